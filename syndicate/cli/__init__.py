@@ -1,0 +1,150 @@
+"""Command line: the click group, shared options, and the one error boundary.
+
+Commands live in the submodules of this package and stay thin: they parse
+options, call the stage functions, and print. Only this package prints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from syndicate import __version__
+from syndicate.config import Settings, find_config, load_settings
+from syndicate.errors import SyndicateError
+from syndicate.store import Database, open_database
+
+log = logging.getLogger("syndicate")
+
+
+@dataclass
+class AppContext:
+    """What every command gets: options of the group, lazily loaded settings and database."""
+
+    config_path: Path | None
+    verbosity: int  # -1 quiet, 0 normal, 1+ verbose
+    debug: bool
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    _settings: Settings | None = None
+    _database: Database | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            path = find_config(self.config_path, self.environ, Path.cwd())
+            self._settings = load_settings(path, self.environ)
+        return self._settings
+
+    @property
+    def database(self) -> Database:
+        if self._database is None:
+            self._database = open_database(self.settings.paths.database)
+        return self._database
+
+    def close(self) -> None:
+        if self._database is not None:
+            self._database.close()
+            self._database = None
+
+    @property
+    def quiet(self) -> bool:
+        return self.verbosity < 0
+
+    def echo(self, message: str) -> None:
+        """Print a normal result line (suppressed by -q)."""
+        if not self.quiet:
+            click.echo(message)
+
+    def now(self) -> float:
+        return time.time()
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+class _LineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            return f"error: {message}"
+        if record.levelno >= logging.WARNING:
+            return f"warning: {message}"
+        return message
+
+
+def _setup_logging(verbosity: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LineFormatter())
+    root = logging.getLogger("syndicate")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    if verbosity < 0:
+        root.setLevel(logging.ERROR)
+    elif verbosity == 0:
+        root.setLevel(logging.WARNING)
+    elif verbosity == 1:
+        root.setLevel(logging.INFO)
+    else:
+        root.setLevel(logging.DEBUG)
+
+
+class SyndicateGroup(click.Group):
+    """A click group that is the one error boundary: SyndicateError -> one line + exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SyndicateError as exc:
+            app = ctx.obj if isinstance(ctx.obj, AppContext) else None
+            if app is not None and app.debug:
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=SyndicateGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Config file (default: $SYNDICATE_CONFIG, else ./syndicate.toml if present).",
+)
+@click.option("-v", "--verbose", count=True, help="More detail on stderr (repeat for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors (for cron).")
+@click.option("--debug", is_flag=True, help="Show a traceback for errors.")
+@click.version_option(__version__, "--version", prog_name="syndicate")
+@click.pass_context
+def cli(
+    ctx: click.Context, config_path: Path | None, verbose: int, quiet: bool, debug: bool
+) -> None:
+    """syndicate: article dumps in; feeds, pages and a daily digest out.
+
+    Example: syndicate build
+    """
+    verbosity = -1 if quiet else verbose
+    _setup_logging(verbosity)
+    app = AppContext(config_path=config_path, verbosity=verbosity, debug=debug)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli.main(prog_name="syndicate")
+
+
+# Command modules register themselves on `cli` when imported.
+from syndicate.cli import commands_build, commands_mail, commands_serve  # noqa: E402
+
+__all__ = ["AppContext", "cli", "main", "pass_app"]

@@ -1,0 +1,360 @@
+"""Settings: a frozen tree of embedded defaults, overridden by a TOML file and the environment.
+
+`load_settings(path, environ)` is the only place that reads the config file or the
+environment; everything else receives a `Settings` object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from syndicate.errors import ConfigError
+
+CONFIG_FILE_NAME = "syndicate.toml"
+ENV_CONFIG = "SYNDICATE_CONFIG"
+ENV_SECRET = "SYNDICATE_SECRET"  # noqa: S105 - the name of a variable, not a secret
+ENV_SMTP_PASSWORD = "SYNDICATE_SMTP_PASSWORD"  # noqa: S105
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSettings:
+    title: str = "Tin mới"
+    description: str = "Tin tức mới nhất, tổng hợp bởi syndicate."
+    base_url: str = "http://localhost:8000/"
+    language: str = "vi"
+    timezone: str = "Asia/Ho_Chi_Minh"
+    page_size: int = 30  # articles per index page before archive pages start
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True, slots=True)
+class PathSettings:
+    seeds: Path = Path("seeds")
+    output: Path = Path("feeds")
+    database: Path = Path("syndicate.db")
+    outbox: Path = Path("outbox")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSettings:
+    max_bytes: int = 10 * 1024 * 1024  # dumps larger than this are skipped
+
+
+@dataclass(frozen=True, slots=True)
+class FeedSettings:
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class MailSettings:
+    transport: str = "outbox"
+    from_: str = ""
+    reply_to: str = ""
+    subject: str = "{site}: bản tin {date}"
+    list_id: str = ""
+    postal_address: str = ""
+    secret: str = ""
+    bounce_limit: int = 3
+    mailto_unsubscribe: str = ""  # optional mailto: address added to List-Unsubscribe
+
+    @property
+    def sender(self) -> str:
+        """The From address; the outbox transport has a harmless default."""
+        return self.from_ or "syndicate <newsletter@localhost>"
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    host: str = "localhost"
+    port: int = 587
+    tls: str = "starttls"
+    username: str = ""
+    timeout: float = 30.0
+    connections: int = 8
+    messages_per_connection: int = 100
+    rate: float = 0.0
+    password: str = field(default="", repr=False)  # only from SYNDICATE_SMTP_PASSWORD
+
+
+@dataclass(frozen=True, slots=True)
+class DigestSettings:
+    max_articles: int = 20
+    max_age_hours: int = 48
+    lead_words: int = 60
+    templates_dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSettings:
+    domain: str = ""
+    selector: str = ""
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeSettings:
+    confirm_hours: int = 48
+    rate_limit: int = 10  # sign-up POSTs per client address per minute
+    resend_minutes: int = 10  # a repeat sign-up re-sends the confirmation at most this often
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    site: SiteSettings = field(default_factory=SiteSettings)
+    paths: PathSettings = field(default_factory=PathSettings)
+    load: LoadSettings = field(default_factory=LoadSettings)
+    feeds: FeedSettings = field(default_factory=FeedSettings)
+    mail: MailSettings = field(default_factory=MailSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    digest: DigestSettings = field(default_factory=DigestSettings)
+    dkim: DkimSettings = field(default_factory=DkimSettings)
+    subscribe: SubscribeSettings = field(default_factory=SubscribeSettings)
+    config_path: Path | None = None
+    env_secret: str = field(default="", repr=False)  # SYNDICATE_SECRET
+
+    @property
+    def secret(self) -> str:
+        """The signing secret from the environment or config ('' = use the database's)."""
+        return self.env_secret or self.mail.secret
+
+
+# Keys a TOML file may not set: filled from the environment only.
+_ENV_ONLY = {("smtp", "password")}
+
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("mail", "transport"): ("outbox", "smtp"),
+    ("smtp", "tls"): ("starttls", "tls", "none"),
+    ("site", "language"): ("vi", "en"),
+}
+
+_EXAMPLES: dict[type, str] = {
+    int: "a whole number like 587",
+    float: "a number like 2.5",
+    str: 'a quoted string like "text"',
+    Path: 'a path like "seeds"',
+}
+
+
+def _toml_key(name: str) -> str:
+    return name.rstrip("_")
+
+
+def _section_types() -> dict[str, type[Any]]:
+    hints: dict[str, type[Any]] = {}
+    for f in dataclasses.fields(Settings):
+        if dataclasses.is_dataclass(f.default_factory):  # type: ignore[misc]
+            hints[f.name] = f.default_factory  # type: ignore[assignment]
+    return hints
+
+
+def _convert(section: str, key: str, value: object, annotation: str, base: Path) -> object:
+    where = f"config key {section}.{key}"
+    optional = annotation.endswith("| None")
+    kind = annotation.replace("| None", "").strip()
+    if kind == "Path":
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"{where} has value {value!r}; expected {_EXAMPLES[Path]}.", key=key
+            )
+        if optional and value == "":
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base / path
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} has value {value!r}; expected {_EXAMPLES[int]}.", key=key)
+        if value < 0:
+            raise ConfigError(f"{where} has value {value!r}; expected 0 or more.", key=key)
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(
+                f"{where} has value {value!r}; expected {_EXAMPLES[float]}.", key=key
+            )
+        if value < 0:
+            raise ConfigError(f"{where} has value {value!r}; expected 0 or more.", key=key)
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} has value {value!r}; expected {_EXAMPLES[str]}.", key=key)
+    choices = _CHOICES.get((section, key))
+    if choices and value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"{where} has value {value!r}; expected one of {listed}.", key=key)
+    return value
+
+
+def _build_section(
+    section: str, cls: type[Any], raw: object, base: Path
+) -> object:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"config section [{section}] must be a table, not {raw!r}.", key=section
+        )
+    fields_by_key = {
+        _toml_key(f.name): f for f in dataclasses.fields(cls) if (section, f.name) not in _ENV_ONLY
+    }
+    values: dict[str, object] = {}
+    defaults = cls()
+    for key, value in raw.items():
+        fld = fields_by_key.get(key)
+        if fld is None:
+            known = ", ".join(sorted(fields_by_key))
+            raise ConfigError(
+                f"config key {section}.{key} is not known; keys of [{section}] are: {known}.",
+                key=f"{section}.{key}",
+            )
+        values[fld.name] = _convert(section, key, value, str(fld.type), base)
+    # Relative default paths are relative to the config file's folder too.
+    for fld in dataclasses.fields(cls):
+        if fld.name not in values and str(fld.type) == "Path":
+            default = getattr(defaults, fld.name)
+            values[fld.name] = default if default.is_absolute() else base / default
+    return cls(**values)
+
+
+def find_config(explicit: Path | None, environ: Mapping[str, str], cwd: Path) -> Path | None:
+    """Pick the config file: --config, then $SYNDICATE_CONFIG, then ./syndicate.toml if present."""
+    if explicit is not None:
+        return explicit
+    from_env = environ.get(ENV_CONFIG, "")
+    if from_env:
+        return Path(from_env)
+    candidate = cwd / CONFIG_FILE_NAME
+    return candidate if candidate.is_file() else None
+
+
+def load_settings(
+    path: Path | None, environ: Mapping[str, str], *, cwd: Path | None = None
+) -> Settings:
+    """Build Settings from the defaults, the TOML file at `path` (if any) and the environment.
+
+    Raises ConfigError naming the key for unknown keys, wrong types and bad values.
+    """
+    cwd = cwd or Path.cwd()
+    raw: dict[str, Any] = {}
+    base = cwd
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(
+                f"config file {str(path)!r} does not exist.",
+                hint="Give an existing file with --config, or leave it out to use the defaults.",
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {str(path)!r} cannot be read: {exc}.") from exc
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(
+                f"config file {str(path)!r} is not valid TOML: {exc}.",
+                hint="Fix the syntax; see README.md for an example.",
+            ) from exc
+        base = path.resolve().parent
+    sections = _section_types()
+    built: dict[str, object] = {}
+    for name, value in raw.items():
+        if name not in sections:
+            raise ConfigError(
+                f"config section [{name}] is not known; sections are: "
+                f"{', '.join(sorted(sections))}.",
+                key=name,
+            )
+        built[name] = _build_section(name, sections[name], value, base)
+    for name, cls in sections.items():
+        if name not in built:
+            built[name] = _build_section(name, cls, {}, base)
+    smtp = dataclasses.replace(
+        built["smtp"],  # type: ignore[type-var]
+        password=environ.get(ENV_SMTP_PASSWORD, ""),
+    )
+    built["smtp"] = smtp
+    settings = Settings(
+        config_path=path.resolve() if path is not None else None,
+        env_secret=environ.get(ENV_SECRET, ""),
+        **built,  # type: ignore[arg-type]
+    )
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    site = settings.site
+    parts = urlsplit(site.base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            f"config key site.base_url has value {site.base_url!r}; "
+            "expected an absolute http(s) URL like 'https://news.example.org/'.",
+            key="site.base_url",
+        )
+    try:
+        ZoneInfo(site.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"config key site.timezone has value {site.timezone!r}; "
+            "expected an IANA zone like 'Asia/Ho_Chi_Minh'.",
+            key="site.timezone",
+        ) from None
+    for section, key in (("feeds", "limit"), ("site", "page_size"), ("smtp", "connections"),
+                         ("smtp", "messages_per_connection"), ("digest", "max_articles"),
+                         ("digest", "lead_words"), ("load", "max_bytes")):
+        value = getattr(getattr(settings, section), key)
+        if value < 1:
+            raise ConfigError(
+                f"config key {section}.{key} has value {value!r}; expected 1 or more.",
+                key=f"{section}.{key}",
+            )
+    if settings.mail.transport == "smtp" and not settings.mail.from_:
+        raise ConfigError(
+            "config key mail.from is empty, but mail.transport is 'smtp'.",
+            key="mail.from",
+            hint='Set it to the sender, like from = "News <news@example.org>".',
+        )
+    dkim = settings.dkim
+    if dkim.domain and (not dkim.selector or dkim.key_file is None):
+        raise ConfigError(
+            "config key dkim.domain is set, but dkim.selector or dkim.key_file is empty.",
+            key="dkim.selector",
+            hint="Set all three to sign, or leave dkim.domain empty.",
+        )
+
+
+def base_url(settings: Settings) -> str:
+    """The site's base URL, always ending in '/'."""
+    url = settings.site.base_url
+    return url if url.endswith("/") else url + "/"
+
+
+def templates_root() -> Path:
+    """The shipped templates folder: the source checkout's, else the installed copy."""
+    here = Path(__file__).resolve().parent.parent / "templates"
+    if here.is_dir():
+        return here
+    installed = Path(sys.prefix) / "share" / "syndicate" / "templates"
+    if installed.is_dir():
+        return installed
+    raise ConfigError(
+        "the shipped templates folder is missing.",
+        hint="Reinstall syndicate (pip install .) so that templates/ is installed with it.",
+    )
+
+
+def email_templates_dir(settings: Settings) -> Path:
+    """Where the digest and confirmation email templates are read from."""
+    return settings.digest.templates_dir or templates_root() / "email"
+
+
+def site_templates_dir() -> Path:
+    """Where the page templates are read from."""
+    return templates_root() / "site"

@@ -1,0 +1,88 @@
+"""Errors: every expected failure, with where / what / what to do and an exit code."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the job ran but something failed (or was skipped under --strict)
+EXIT_USAGE = 2  # bad invocation, bad config or unusable input
+EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: locked, or the mail server stayed unavailable
+
+
+class SyndicateError(Exception):
+    """Base of every error syndicate expects; `cli` turns it into one line and an exit code."""
+
+    exit_code: ClassVar[int] = EXIT_USAGE
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} {self.hint}"
+        return self.message
+
+
+class ConfigError(SyndicateError, ValueError):
+    """The config file or environment holds a bad key or value."""
+
+    def __init__(self, message: str, *, key: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.key = key
+
+
+class DumpError(SyndicateError, ValueError):
+    """One dump file cannot be turned into an article; the batch goes on without it."""
+
+    def __init__(
+        self,
+        path: str,
+        reason: str,
+        *,
+        line: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = f"{path} line {line}" if line is not None else path
+        super().__init__(f"{where}: {reason}", hint=hint)
+        self.path = path
+        self.line = line
+        self.reason = reason
+
+
+class InputError(SyndicateError):
+    """A path or argument given on the command line cannot be used."""
+
+
+class OutputError(SyndicateError, OSError):
+    """A file could not be written."""
+
+
+class StoreError(SyndicateError):
+    """The SQLite database cannot be opened, migrated or written."""
+
+
+class LockedError(SyndicateError):
+    """Another run holds the lock; try again later."""
+
+    exit_code: ClassVar[int] = EXIT_TEMPFAIL
+
+
+class DeliveryError(SyndicateError):
+    """The mail server refused the whole run (a setup problem, not one bad address)."""
+
+
+class TempFailError(SyndicateError):
+    """The mail server stayed unavailable after retries; try again later."""
+
+    exit_code: ClassVar[int] = EXIT_TEMPFAIL
+
+
+class TokenError(SyndicateError, ValueError):
+    """A confirm or unsubscribe token is malformed, altered or expired."""
+
+
+class SubscriberError(SyndicateError, ValueError):
+    """A subscriber operation got a bad address or an unknown subscriber."""

@@ -1,0 +1,149 @@
+"""Model: the plain, immutable values that flow between stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Precision(StrEnum):
+    """How much of an article's publish time is known."""
+
+    DATETIME = "datetime"  # date and time of day from the publish line
+    DATE = "date"  # a full date, no time of day
+    INFERRED_YEAR = "inferred-year"  # day/month from the text, year inferred from other dates
+    UNKNOWN = "unknown"
+
+
+class BlockKind(StrEnum):
+    PARAGRAPH = "paragraph"
+    CAPTION = "caption"
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One body line of an article, in reading order."""
+
+    kind: BlockKind
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Teaser:
+    """A blurb advertising another story, from the end of a dump."""
+
+    dateline: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Article:
+    """One normalized article. All text is NFC; `published` is tz-aware or None.
+
+    `body` holds paragraphs and captions in reading order; its first paragraph
+    is the lead (dateline removed).
+    """
+
+    id: str  # stable content id (hash of the normalized body): the dedup key
+    slug: str
+    title: str
+    title_derived: bool
+    published: datetime | None
+    precision: Precision
+    body: tuple[Block, ...]
+    author: str | None = None
+    teasers: tuple[Teaser, ...] = ()
+    source: str = ""
+    language: str = "vi"
+    dateline: str | None = None  # the agency tag the lead opened with, if any
+    summary: str | None = field(default=None)  # the header's sapo, when the dump had one
+
+    @property
+    def paragraphs(self) -> tuple[str, ...]:
+        return tuple(b.text for b in self.body if b.kind is BlockKind.PARAGRAPH)
+
+    @property
+    def captions(self) -> tuple[str, ...]:
+        return tuple(b.text for b in self.body if b.kind is BlockKind.CAPTION)
+
+    @property
+    def lead(self) -> str:
+        for block in self.body:
+            if block.kind is BlockKind.PARAGRAPH:
+                return block.text
+        return ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `inspect --json` shape (also the cache format, plus `body` and `language`)."""
+        return {
+            "id": self.id,
+            "slug": self.slug,
+            "title": self.title,
+            "title_derived": self.title_derived,
+            "published": self.published.isoformat() if self.published else None,
+            "published_precision": str(self.precision),
+            "lead": self.lead,
+            "paragraphs": list(self.paragraphs),
+            "captions": list(self.captions),
+            "author": self.author,
+            "teasers": [{"dateline": t.dateline, "text": t.text} for t in self.teasers],
+            "source": self.source,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        """A lossless JSON-able dict, read back by `from_record`."""
+        record = self.to_dict()
+        del record["paragraphs"], record["captions"], record["lead"]
+        record["body"] = [[str(b.kind), b.text] for b in self.body]
+        record["language"] = self.language
+        record["dateline"] = self.dateline
+        record["summary"] = self.summary
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Article:
+        published = record["published"]
+        return cls(
+            id=record["id"],
+            slug=record["slug"],
+            title=record["title"],
+            title_derived=bool(record["title_derived"]),
+            published=datetime.fromisoformat(published) if published else None,
+            precision=Precision(record["published_precision"]),
+            body=tuple(Block(BlockKind(kind), text) for kind, text in record["body"]),
+            author=record["author"],
+            teasers=tuple(Teaser(t["dateline"], t["text"]) for t in record["teasers"]),
+            source=record["source"],
+            language=record["language"],
+            dateline=record.get("dateline"),
+            summary=record.get("summary"),
+        )
+
+
+class SubscriptionStatus(StrEnum):
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+
+
+class DeliveryStatus(StrEnum):
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    id: int
+    email: str
+    name: str | None
+    language: str
+    status: SubscriptionStatus
+    created_at: datetime
+    confirmed_at: datetime | None = None
+    unsubscribed_at: datetime | None = None
+    bounced_at: datetime | None = None
+    bounce_count: int = 0

@@ -1,0 +1,128 @@
+"""Store: the SQLite database (schema, migrations, transactions). The only code that runs SQL.
+
+One connection per process, WAL mode, short `BEGIN IMMEDIATE` transactions
+through `Database.transaction()`. Area modules (`articles`, `subscribers`,
+`ledger`) hold the statements for their tables and take a `Database`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from syndicate.errors import StoreError
+from syndicate.store.schema import MIGRATIONS
+
+# Busy timeout: a concurrent writer (the web app beside `syndicate send`) waits this long.
+_BUSY_TIMEOUT_MS = 10_000
+
+
+class Database:
+    """An open, migrated syndicate database."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+        self._depth = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run the block in one `BEGIN IMMEDIATE` transaction: all of it commits, or none.
+
+        Nested use joins the outer transaction.
+        """
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.conn
+            finally:
+                self._depth -= 1
+            return
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot start a transaction: {exc}.") from exc
+        self._depth = 1
+        try:
+            yield self.conn
+        except BaseException:
+            self._depth = 0
+            self.conn.rollback()
+            raise
+        self._depth = 0
+        try:
+            self.conn.commit()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot commit: {exc}.") from exc
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        row = self.conn.execute("PRAGMA user_version").fetchone()
+        return int(row[0])
+
+
+def open_database(path: Path) -> Database:
+    """Open (creating if needed) and migrate the database at `path`.
+
+    Raises StoreError with the path when the file cannot be opened or is not
+    a syndicate database.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN ourselves, so transactions are explicit.
+        conn = sqlite3.connect(path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(
+            f"{path}: cannot open the database: {exc}.",
+            hint="Check paths.database and the folder's permissions.",
+        ) from exc
+    db = Database(conn, path)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        _migrate(db)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(
+            f"{path}: not a usable syndicate database: {exc}.",
+            hint="Point paths.database at a new file, or restore this one from a backup.",
+        ) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return db
+
+
+def _migrate(db: Database) -> None:
+    current = db.schema_version
+    latest = len(MIGRATIONS)
+    if current > latest:
+        raise StoreError(
+            f"{db.path}: schema version {current} is newer than this syndicate knows ({latest}).",
+            hint="Upgrade syndicate before using this database.",
+        )
+    for version in range(current + 1, latest + 1):
+        with db.transaction() as conn:
+            for statement in MIGRATIONS[version - 1]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
