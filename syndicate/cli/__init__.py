@@ -145,6 +145,13 @@ def main() -> None:
 
 
 # Command modules register themselves on `cli` when imported.
-from syndicate.cli import commands_build, commands_mail, commands_serve  # noqa: E402
+from syndicate.cli import (  # noqa: E402
+    commands_build,
+    commands_digest,
+    commands_inspect,
+    commands_send,
+    commands_serve,
+    commands_subscribers,
+)
 
 __all__ = ["AppContext", "cli", "main", "pass_app"]

@@ -1,1 +1,1 @@
-"""Commands: placeholder module, filled in by its issue."""
+"""Commands: serve."""

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 # Each step is a list of statements run in one transaction; PRAGMA user_version
-# records how many steps a database has had.
+# records how many steps a database has had. Times are UTC ISO-8601 text.
 MIGRATIONS: list[list[str]] = [
-    # 1: build cache (dumps parsed before, keyed on file identity and contents)
-    #    and the articles syndicate has seen.
+    # 1: the first schema.
     [
+        # Small key/value facts: the generated signing secret.
         """
         CREATE TABLE meta (
             key TEXT PRIMARY KEY,
             value TEXT NOT NULL
         )
         """,
+        # Build cache: dumps parsed before, keyed on file identity and contents.
         """
         CREATE TABLE dumps (
             path TEXT PRIMARY KEY,          -- absolute path of the dump file
@@ -27,14 +28,65 @@ MIGRATIONS: list[list[str]] = [
             error TEXT                      -- the rejection reason, else NULL
         )
         """,
+        # Every article syndicate has seen, and the digest that carried it.
         """
         CREATE TABLE articles (
             id TEXT PRIMARY KEY,            -- Article.id, the content hash
             record TEXT NOT NULL,           -- Article.to_record() as JSON
-            published_at TEXT,              -- UTC ISO-8601, NULL when unknown
-            first_seen_at TEXT NOT NULL     -- UTC ISO-8601
+            published_at TEXT,              -- NULL when unknown
+            first_seen_at TEXT NOT NULL,
+            digest_day TEXT                 -- NULL until a digest includes it
         )
         """,
         "CREATE INDEX articles_published ON articles (published_at)",
+        "CREATE INDEX articles_undigested ON articles (digest_day) WHERE digest_day IS NULL",
+        # One digest a day (in the site's timezone).
+        """
+        CREATE TABLE digests (
+            day TEXT PRIMARY KEY,           -- YYYY-MM-DD in site.timezone
+            created_at TEXT NOT NULL,
+            article_ids TEXT NOT NULL,      -- JSON list, digest order
+            more INTEGER NOT NULL DEFAULT 0 -- articles left out past digest.max_articles
+        )
+        """,
+        """
+        CREATE TABLE subscribers (
+            id INTEGER PRIMARY KEY,
+            email TEXT NOT NULL,
+            email_key TEXT NOT NULL UNIQUE,  -- case-folded address: unique case-insensitively
+            name TEXT,
+            language TEXT NOT NULL DEFAULT 'vi' CHECK (language IN ('vi', 'en')),
+            status TEXT NOT NULL
+                CHECK (status IN ('pending', 'confirmed', 'unsubscribed', 'bounced')),
+            bounce_count INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            confirmed_at TEXT,
+            unsubscribed_at TEXT,
+            bounced_at TEXT,
+            confirm_sent_at TEXT             -- last confirmation mail, for the resend limit
+        )
+        """,
+        "CREATE INDEX subscribers_status ON subscribers (status, id)",
+        # Erased addresses: only a keyed hash stays, so an import cannot bring them back.
+        """
+        CREATE TABLE suppressions (
+            email_hash TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL
+        )
+        """,
+        # The send ledger: one row per (digest, subscriber).
+        """
+        CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY,
+            digest_day TEXT NOT NULL REFERENCES digests (day),
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers (id) ON DELETE CASCADE,
+            status TEXT NOT NULL CHECK (status IN ('sending', 'sent', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            reply TEXT,                      -- the server's last reply on failure
+            updated_at TEXT NOT NULL,
+            UNIQUE (digest_day, subscriber_id)
+        )
+        """,
     ],
 ]

@@ -1,1 +1,0 @@
-"""Commands: placeholder module, filled in by its issue."""

@@ -1,0 +1,1 @@
+"""Commands: send and unsubscribe-token."""
