@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -120,6 +120,15 @@ class Article:
             dateline=record.get("dateline"),
             summary=record.get("summary"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class DigestPlan:
+    """The articles of one day's digest, in digest order (newest first)."""
+
+    day: date  # in the site's timezone
+    articles: tuple[Article, ...]
+    more: int = 0  # articles left out past digest.max_articles
 
 
 class SubscriptionStatus(StrEnum):
