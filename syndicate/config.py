@@ -153,8 +153,9 @@ def _toml_key(name: str) -> str:
 def _section_types() -> dict[str, type[Any]]:
     hints: dict[str, type[Any]] = {}
     for f in dataclasses.fields(Settings):
-        if dataclasses.is_dataclass(f.default_factory):  # type: ignore[misc]
-            hints[f.name] = f.default_factory  # type: ignore[assignment]
+        factory = f.default_factory
+        if isinstance(factory, type) and dataclasses.is_dataclass(factory):
+            hints[f.name] = factory
     return hints
 
 
@@ -164,9 +165,7 @@ def _convert(section: str, key: str, value: object, annotation: str, base: Path)
     kind = annotation.replace("| None", "").strip()
     if kind == "Path":
         if not isinstance(value, str):
-            raise ConfigError(
-                f"{where} has value {value!r}; expected {_EXAMPLES[Path]}.", key=key
-            )
+            raise ConfigError(f"{where} has value {value!r}; expected {_EXAMPLES[Path]}.", key=key)
         if optional and value == "":
             return None
         path = Path(value).expanduser()
@@ -179,9 +178,7 @@ def _convert(section: str, key: str, value: object, annotation: str, base: Path)
         return value
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(
-                f"{where} has value {value!r}; expected {_EXAMPLES[float]}.", key=key
-            )
+            raise ConfigError(f"{where} has value {value!r}; expected {_EXAMPLES[float]}.", key=key)
         if value < 0:
             raise ConfigError(f"{where} has value {value!r}; expected 0 or more.", key=key)
         return float(value)
@@ -194,13 +191,9 @@ def _convert(section: str, key: str, value: object, annotation: str, base: Path)
     return value
 
 
-def _build_section(
-    section: str, cls: type[Any], raw: object, base: Path
-) -> object:
+def _build_section(section: str, cls: type[Any], raw: object, base: Path) -> object:
     if not isinstance(raw, Mapping):
-        raise ConfigError(
-            f"config section [{section}] must be a table, not {raw!r}.", key=section
-        )
+        raise ConfigError(f"config section [{section}] must be a table, not {raw!r}.", key=section)
     fields_by_key = {
         _toml_key(f.name): f for f in dataclasses.fields(cls) if (section, f.name) not in _ENV_ONLY
     }
@@ -306,9 +299,15 @@ def _check(settings: Settings) -> None:
             "expected an IANA zone like 'Asia/Ho_Chi_Minh'.",
             key="site.timezone",
         ) from None
-    for section, key in (("feeds", "limit"), ("site", "page_size"), ("smtp", "connections"),
-                         ("smtp", "messages_per_connection"), ("digest", "max_articles"),
-                         ("digest", "lead_words"), ("load", "max_bytes")):
+    for section, key in (
+        ("feeds", "limit"),
+        ("site", "page_size"),
+        ("smtp", "connections"),
+        ("smtp", "messages_per_connection"),
+        ("digest", "max_articles"),
+        ("digest", "lead_words"),
+        ("load", "max_bytes"),
+    ):
         value = getattr(getattr(settings, section), key)
         if value < 1:
             raise ConfigError(

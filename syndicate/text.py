@@ -7,8 +7,11 @@ import unicodedata
 
 # Characters that render as nothing or as a plain space in the dumps we get.
 _TO_SPACE = dict.fromkeys(
-    map(ord, "\u00a0\u2007\u202f\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2008\u2009\u200a"
-             "\u205f\u3000\t\v\f"),
+    map(
+        ord,
+        "\u00a0\u2007\u202f\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2008\u2009\u200a"
+        "\u205f\u3000\t\v\f",
+    ),
     " ",
 )
 _DELETE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
@@ -52,5 +55,7 @@ def slugify(text: str, *, max_length: int = 80) -> str:
     ascii_only = "".join(c for c in decomposed if not unicodedata.combining(c))
     slug = _SLUG_DROP.sub("-", ascii_only.lower()).strip("-")
     if len(slug) > max_length:
-        slug = slug[:max_length].rsplit("-", 1)[0] if "-" in slug[:max_length] else slug[:max_length]
+        slug = (
+            slug[:max_length].rsplit("-", 1)[0] if "-" in slug[:max_length] else slug[:max_length]
+        )
     return slug.strip("-")

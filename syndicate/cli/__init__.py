@@ -145,7 +145,7 @@ def main() -> None:
 
 
 # Command modules register themselves on `cli` when imported.
-from syndicate.cli import (  # noqa: E402
+from syndicate.cli import (  # noqa: E402, F401
     commands_build,
     commands_digest,
     commands_inspect,
