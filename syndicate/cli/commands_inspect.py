@@ -1,1 +1,76 @@
 """Commands: inspect."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from syndicate.cli import AppContext, cli, pass_app
+from syndicate.errors import EXIT_FAILED, DumpError
+from syndicate.load import read_dumps
+from syndicate.model import Article
+
+
+def _error_text(exc: DumpError) -> str:
+    """The error without its path (the JSON object names the source separately)."""
+    where = f"line {exc.line}: " if exc.line is not None else ""
+    hint = f" {exc.hint}" if exc.hint else ""
+    return f"{where}{exc.reason}{hint}"
+
+
+def _render(article: Article) -> list[str]:
+    published = article.published.isoformat() if article.published else "unknown"
+    title = article.title + (" (derived from the lead)" if article.title_derived else "")
+    lines = [
+        article.source,
+        f"  id:          {article.id}",
+        f"  slug:        {article.slug}",
+        f"  title:       {title}",
+        f"  published:   {published} ({article.precision})",
+        f"  author:      {article.author or '-'}",
+        f"  language:    {article.language}",
+        f"  dateline:    {article.dateline or '-'}",
+        f"  lead:        {article.lead}",
+        f"  paragraphs:  {len(article.paragraphs)}",
+        f"  captions:    {len(article.captions)}",
+    ]
+    lines += [f"    - {caption}" for caption in article.captions]
+    lines.append(f"  teasers:     {len(article.teasers)}")
+    lines += [f"    - {t.dateline} - {t.text}" for t in article.teasers]
+    return lines
+
+
+@cli.command("inspect")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines, one object per file.")
+@pass_app
+def inspect_command(app: AppContext, paths: tuple[Path, ...], as_json: bool) -> None:
+    """Show how each dump file parses, on its own (no duplicate removal).
+
+    Example: syndicate inspect seeds/001_lam-giang.txt --json
+    """
+    settings = app.settings
+    failed = 0
+    first = True
+    for path, result in read_dumps(
+        list(paths), max_bytes=settings.load.max_bytes, tz=settings.site.tz
+    ):
+        if isinstance(result, DumpError):
+            failed += 1
+            if as_json:
+                record = {"source": str(path), "error": _error_text(result)}
+                click.echo(json.dumps(record, ensure_ascii=False))
+            else:
+                click.echo(f"error: {result}", err=True)
+            continue
+        if as_json:
+            click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+        else:
+            if not first:
+                click.echo("")
+            click.echo("\n".join(_render(result)))
+            first = False
+    if failed:
+        raise click.exceptions.Exit(EXIT_FAILED)

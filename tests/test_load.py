@@ -1,0 +1,889 @@
+"""Load stage: every FORMAT.md rule, the failure modes, the real sample, arbitrary bytes."""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from syndicate.errors import DumpError, InputError
+from syndicate.load import (
+    PARSER_VERSION,
+    decode_dump,
+    find_dumps,
+    parse_dump,
+    read_dump,
+    read_dumps,
+)
+from syndicate.model import Article, BlockKind, Precision, Teaser
+from tests.conftest import DATA, ROOT, SHARED_SEEDS
+from tests.data.dumps import make_dumps
+
+DUMPS = DATA / "dumps"
+TZ = ZoneInfo("Asia/Ho_Chi_Minh")
+SAMPLE = SHARED_SEEDS / "000_bb14428c403474a4.txt"
+
+BASIC_LEAD = (
+    "Sáng nay 31/10, tại TP. Đông Hà, Sở Y tế tỉnh tổ chức hội nghị tổng kết công tác "
+    "phòng chống dịch bệnh năm 2024. Ông Lê Văn Hải chủ trì hội nghị."
+)
+BASIC_PARAGRAPHS = [
+    BASIC_LEAD,
+    "Theo báo cáo, năm qua toàn tỉnh không để xảy ra dịch lớn, các ca bệnh được phát hiện sớm.",
+    "Hội nghị cũng đề ra nhiều giải pháp cho năm tới, trong đó chú trọng y tế cơ sở.",
+]
+# The lead's first sentence is 122 characters: cut at a word boundary within 100.
+BASIC_TITLE = (
+    "Sáng nay 31/10, tại TP. Đông Hà, Sở Y tế tỉnh tổ chức hội nghị tổng kết công tác phòng "
+    "chống dịch…"
+)
+
+
+def load(name: str) -> Article:
+    return parse_dump((DUMPS / name).read_bytes(), source=f"dumps/{name}", tz=TZ)
+
+
+def parse_text(text: str, source: str = "x.txt") -> Article:
+    return parse_dump(text.encode("utf-8"), source=source, tz=TZ)
+
+
+def rejected(name: str) -> str:
+    with pytest.raises(DumpError) as info:
+        load(name)
+    return str(info.value)
+
+
+def test_committed_dumps_match_their_generator() -> None:
+    for name, data in make_dumps.cases().items():
+        assert (DUMPS / name).read_bytes() == data, name
+
+
+def test_parser_version_is_a_positive_int() -> None:
+    assert isinstance(PARSER_VERSION, int)
+    assert PARSER_VERSION >= 1
+
+
+# ---------------------------------------------------------------- layout
+
+
+def test_basic_dump_parses_every_part() -> None:
+    article = load("basic_utf8.txt")
+    assert article.title == BASIC_TITLE
+    assert article.title_derived is True
+    assert article.lead == BASIC_LEAD
+    assert article.dateline == "QTO"
+    assert list(article.paragraphs) == BASIC_PARAGRAPHS
+    assert article.captions == ("Quang cảnh hội nghị - Ảnh: T.P",)
+    assert [b.kind for b in article.body] == [
+        BlockKind.PARAGRAPH,
+        BlockKind.CAPTION,
+        BlockKind.PARAGRAPH,
+        BlockKind.PARAGRAPH,
+    ]
+    assert article.author == "Trúc Phương"
+    assert article.teasers == (
+        Teaser(
+            "QTO",
+            "Chiều nay 30/10, Ban Văn hóa - Xã hội HĐND tỉnh làm việc với Sở Giáo dục về kế...",
+        ),
+        Teaser(
+            "QTO",
+            "Phó Thủ tướng vừa ký Quyết định số 1281/QĐ-TTg ngày 29/10/2024 ban hành Kế hoạch...",
+        ),
+    )
+    assert article.published == datetime(2024, 10, 31, tzinfo=TZ)
+    assert article.published.isoformat() == "2024-10-31T00:00:00+07:00"
+    assert article.precision is Precision.INFERRED_YEAR
+    assert article.source == "dumps/basic_utf8.txt"
+    assert article.language == "vi"
+    assert article.summary is None
+    assert article.slug == (
+        "sang-nay-31-10-tai-tp-dong-ha-so-y-te-tinh-to-chuc-hoi-nghi-tong-ket-cong-tac"
+    )
+    assert len(article.id) == 32
+    int(article.id, 16)
+
+
+def test_to_dict_has_exactly_the_inspect_keys() -> None:
+    record = load("basic_utf8.txt").to_dict()
+    assert list(record) == [
+        "id",
+        "slug",
+        "title",
+        "title_derived",
+        "published",
+        "published_precision",
+        "lead",
+        "paragraphs",
+        "captions",
+        "author",
+        "teasers",
+        "source",
+    ]
+    assert record["teasers"][0] == {
+        "dateline": "QTO",
+        "text": "Chiều nay 30/10, Ban Văn hóa - Xã hội HĐND tỉnh làm việc với Sở Giáo dục về kế...",
+    }
+
+
+def test_filled_header_gives_title_date_and_sapo_as_lead() -> None:
+    article = load("header_filled.txt")
+    assert article.title == "Tiêu đề thật của bài"
+    assert article.title_derived is False
+    assert article.published == datetime(2024, 10, 31, 9, 15, tzinfo=TZ)
+    assert article.precision is Precision.DATETIME
+    assert article.summary == "Sapo của bài: tỉnh tổ chức hội nghị tổng kết."
+    assert article.lead == "Sapo của bài: tỉnh tổ chức hội nghị tổng kết."
+    assert article.dateline == "QTO"
+    assert list(article.paragraphs) == [
+        "Sapo của bài: tỉnh tổ chức hội nghị tổng kết.",
+        "Đoạn thân bài thứ nhất.",
+        "Đoạn thân bài thứ hai.",
+    ]
+    assert article.author == "TTXVN"
+
+
+def test_header_is_the_first_three_physical_lines_even_when_blank() -> None:
+    article = parse_text("\n\n\nĐoạn mở đầu.\nĐoạn hai.\n")
+    assert article.title == "Đoạn mở đầu"
+    assert article.title_derived is True
+    assert list(article.paragraphs) == ["Đoạn mở đầu.", "Đoạn hai."]
+    # A real third line is the sapo, not the lead of the body.
+    article = parse_text("Tiêu đề\n\nSapo.\nThân bài.\n")
+    assert article.summary == "Sapo."
+    assert list(article.paragraphs) == ["Sapo.", "Thân bài."]
+
+
+def test_teasers_are_the_trailing_run_and_a_paragraph_may_end_in_an_ellipsis() -> None:
+    article = load("ellipsis_paragraph.txt")
+    assert list(article.paragraphs) == [
+        "Đoạn mở đầu.",
+        "Các tham luận xoay quanh những nội dung như: chuyển đổi số, cải cách hành chính...",
+    ]
+    assert article.dateline == "QTO"
+    assert article.teasers == (
+        Teaser("QTO", "Tin khác thứ nhất..."),
+        Teaser("QTO", "Tin khác thứ hai…"),
+    )
+
+
+def test_dateline_line_in_the_middle_of_the_body_is_a_paragraph() -> None:
+    article = parse_text("T\n{publish}\n{head}\nMở đầu.\nQTO - Giữa bài.\nKết bài.\n")
+    assert list(article.paragraphs) == ["Mở đầu.", "QTO - Giữa bài.", "Kết bài."]
+    assert article.teasers == ()
+
+
+def test_teasers_never_eat_the_lead() -> None:
+    article = parse_text("T\n{publish}\n{head}\nQTO - Chỉ có một đoạn...\n")
+    assert list(article.paragraphs) == ["Chỉ có một đoạn..."]
+    assert article.teasers == ()
+    article = parse_text("T\n{publish}\n{head}\nẢNH: A\nQTO - Lead.\nQTO - Tin khác...\n")
+    assert article.captions == ("ẢNH: A",)
+    assert article.lead == "Lead."
+    assert article.teasers == (Teaser("QTO", "Tin khác..."),)
+
+
+def test_every_dateline_form_is_recognised() -> None:
+    article = load("datelines.txt")
+    assert article.dateline == "QTO"
+    assert article.lead == "Đoạn mở đầu."
+    assert article.author == "Thu Ha"
+    assert [t.dateline for t in article.teasers] == [
+        "QTO",
+        "QTO",
+        "(QT)",
+        "(QBĐT)",
+        "TTO",
+        "TPO",
+        "(Dân trí)",
+        "VOV.VN",
+        "(PLO)",
+        "VTV.vn",
+        "(Chinhphu.vn)",
+        "TTO",
+    ]
+    assert [t.text for t in article.teasers] == [f"Tin {n}..." for n in range(1, 13)]
+
+
+def test_no_break_spaces_inside_datelines() -> None:
+    article = load("nbsp_dateline.txt")
+    assert article.dateline == "QTO"
+    assert article.lead == "Sáng nay 31/10, hội nghị bắt đầu lúc 8 giờ."
+    assert article.teasers == (
+        Teaser("QTO", "Chiều nay 30/10, một tin khác ngày 29/10/2024..."),
+        Teaser("TTO", "Tin thứ hai..."),
+    )
+    assert article.published == datetime(2024, 10, 31, tzinfo=TZ)
+
+
+@pytest.mark.parametrize(
+    ("line", "author"),
+    [
+        ("Trúc Phương", "Trúc Phương"),
+        ("NHÓM PV", "NHÓM PV"),
+        ("Theo TTXVN", "TTXVN"),
+        ("Theo Báo Lam Giang", "Báo Lam Giang"),
+        ("By Thu Ha", "Thu Ha"),
+        ("Thu Hà (tổng hợp)", "Thu Hà (tổng hợp)"),
+        ("Hoài Nam - Minh Đức", "Hoài Nam - Minh Đức"),
+    ],
+)
+def test_byline_shapes(line: str, author: str) -> None:
+    article = parse_text(f"T\n{{publish}}\n{{head}}\nMở đầu.\nThân bài.\n{line}\nQTO - Tin...\n")
+    assert article.author == author
+    assert list(article.paragraphs) == ["Mở đầu.", "Thân bài."]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Kết thúc bài viết ở đây.",
+        "một dòng viết thường",
+        "Một Dòng Viết Hoa Rất Dài Có Quá Nhiều Chữ Để Là Tên",
+        "Ai Đó Nói Thế?",
+        "Người dân đón xem - Ảnh: Minh Đức",
+    ],
+)
+def test_not_a_byline(line: str) -> None:
+    article = parse_text(f"T\n{{publish}}\n{{head}}\nMở đầu.\n{line}\n")
+    assert article.author is None
+
+
+def test_lone_short_line_is_the_lead_not_a_byline() -> None:
+    article = parse_text("T\n{publish}\n{head}\nTrúc Phương\n")
+    assert article.author is None
+    assert article.lead == "Trúc Phương"
+
+
+def test_caption_forms() -> None:
+    article = load("caption_forms.txt")
+    assert article.captions == (
+        "Quang cảnh hội thảo - Ảnh: T.P",
+        "Đại biểu phát biểu \u2013 Ảnh: N.V.",
+        "Người dân đón xem (Ảnh: Minh Đức)",
+        "ẢNH: NGỌC VĂN",
+        "Cánh đồng lúa chín - Ảnh minh họa",
+        "Cánh đồng lúa chín vàng - Ảnh minh hoạ",
+        "Farmers at work - Photo: Thu Ha",
+    )
+    assert list(article.paragraphs) == [
+        "Lead của bài viết về các dạng chú thích ảnh trong báo điện tử.",
+        "Theo tác giả bức ảnh: đây là khoảnh khắc đẹp nhất mà anh từng chụp được trong đời.",
+        "Đoạn cuối của bài viết.",
+    ]
+
+
+def test_anh_mid_sentence_is_not_a_caption() -> None:
+    article = load("anh_midsentence.txt")
+    assert article.captions == ()
+    assert article.lead == (
+        "Ông cho biết bức ảnh: đây là kỷ niệm đẹp nhất của gia đình, được chụp năm 1975."
+    )
+
+
+def test_caption_before_the_lead() -> None:
+    article = parse_text("T\n{publish}\n{head}\nẢNH: NGỌC VĂN\nQTO - Mở đầu.\nHai.\n")
+    assert article.body[0].kind is BlockKind.CAPTION
+    assert article.lead == "Mở đầu."
+    assert article.dateline == "QTO"
+
+
+def test_consecutive_duplicate_lines_collapse() -> None:
+    article = load("duplicate_lines.txt")
+    assert list(article.paragraphs) == ["Đoạn mở đầu.", "Đoạn hai.", "Đoạn ba."]
+
+
+# ---------------------------------------------------------------- text pitfalls
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "utf8_bom.txt",
+        "utf16le_bom.txt",
+        "utf16be_bom.txt",
+        "cp1258.txt",
+        "nfd.txt",
+        "crlf.txt",
+        "cr_only.txt",
+        "duplicate_a.txt",
+    ],
+)
+def test_encodings_and_line_endings_parse_like_plain_utf8(name: str) -> None:
+    expected = load("basic_utf8.txt")
+    article = load(name)
+    assert article.title == expected.title
+    assert article.title_derived is True  # a BOM did not make "{title}" a real title
+    assert article.body == expected.body
+    assert article.id == expected.id
+    assert article.published == expected.published
+    assert article.author == "Trúc Phương"
+    assert len(article.teasers) == 2
+
+
+def test_nfd_and_cp1258_come_out_as_nfc_bytes() -> None:
+    nfc_bytes = BASIC_LEAD.encode("utf-8")
+    for name in ("nfd.txt", "cp1258.txt"):
+        article = load(name)
+        assert article.lead.encode("utf-8") == nfc_bytes
+        assert unicodedata.is_normalized("NFC", article.title)
+        assert all(unicodedata.is_normalized("NFC", b.text) for b in article.body)
+
+
+def test_cp1258_is_tried_before_anything_western() -> None:
+    data = (DUMPS / "cp1258.txt").read_bytes()
+    text = decode_dump(data, source="x")
+    assert "Đông Hà" in unicodedata.normalize("NFC", text)
+    assert "Ð" not in text  # what cp1252/latin-1 would have made of 0xD0
+
+
+def test_form_feed_and_line_separators_do_not_split_lines() -> None:
+    article = load("formfeed_u2028.txt")
+    assert list(article.paragraphs) == [
+        "Sáng nay 31/10, hội nghị bắt đầu lúc 8 giờ tại hội trường.",
+        "Đoạn hai của bài.",
+    ]
+
+
+def test_zero_width_characters_and_tabs_are_cleaned() -> None:
+    article = load("zero_width.txt")
+    assert article.title == "Tiêu đề có ký tự ẩn"
+    assert article.title_derived is False
+    assert article.dateline == "QTO"
+    assert list(article.paragraphs) == ["Đoạn mở đầu của bài. Có tab.", "Đoạn hai."]
+
+
+def test_soft_hyphens_are_deleted() -> None:
+    article = load("soft_hyphen.txt")
+    assert article.title == "Chuyển đổi số ở Quảng Trị"
+    assert article.slug == "chuyen-doi-so-o-quang-tri"
+    assert article.lead == "Đoạn mở đầu nói về chuyển đổi số."
+
+
+def test_duplicates_share_an_id_across_encodings_and_teaser_blocks() -> None:
+    a = load("duplicate_a.txt")
+    b = load("duplicate_b.txt")
+    c = load("duplicate_c_cp1258.txt")
+    assert a.id == b.id == c.id
+    assert a.teasers != b.teasers != c.teasers
+    assert a.source != b.source
+
+
+def test_id_depends_on_the_body_not_on_title_or_teasers() -> None:
+    one = parse_text("Tiêu đề A\n{publish}\n{head}\nMở đầu.\nHai.\n", "a.txt")
+    two = parse_text("Tiêu đề B\n31/10/2024\n{head}\nMở  đầu.\nHai.\nTTO - Khác...\n", "b.txt")
+    three = parse_text("Tiêu đề A\n{publish}\n{head}\nMở đầu.\nBa.\n", "a.txt")
+    assert one.id == two.id
+    assert one.id != three.id
+
+
+# ---------------------------------------------------------------- dates
+
+PUBLISH_LAYOUTS = [
+    ("date_dmy_hm.txt", datetime(2024, 10, 31, 9, 15, tzinfo=TZ), Precision.DATETIME),
+    ("date_hm_dmy.txt", datetime(2019, 8, 26, 18, 2, tzinfo=TZ), Precision.DATETIME),
+    ("date_pipe_gmt.txt", datetime(2022, 9, 9, 9, 11, tzinfo=TZ), Precision.DATETIME),
+    ("date_weekday_dash.txt", datetime(2017, 3, 9, 21, 41, tzinfo=TZ), Precision.DATETIME),
+    ("date_weekday_comma_gmt.txt", datetime(2024, 10, 31, 9, 15, tzinfo=TZ), Precision.DATETIME),
+    ("date_ngay_thang_nam.txt", datetime(2024, 12, 8, tzinfo=TZ), Precision.DATE),
+    ("date_sql.txt", datetime(2019, 8, 3, 9, 23, 32, tzinfo=TZ), Precision.DATETIME),
+    ("date_iso.txt", datetime(2024, 10, 31, 9, 15, tzinfo=TZ), Precision.DATETIME),
+    ("date_iso_utc.txt", datetime(2024, 10, 31, 2, 15, tzinfo=UTC), Precision.DATETIME),
+]
+
+
+@pytest.mark.parametrize(("name", "expected", "precision"), PUBLISH_LAYOUTS)
+def test_publish_line_layouts(name: str, expected: datetime, precision: Precision) -> None:
+    article = load(name)
+    assert article.published == expected
+    assert article.published is not None
+    assert article.published.utcoffset() == expected.utcoffset()
+    assert article.precision is precision
+
+
+def test_local_publish_times_keep_the_plus_seven_offset() -> None:
+    published = load("date_dmy_hm.txt").published
+    assert published is not None
+    assert published.isoformat() == "2024-10-31T09:15:00+07:00"
+
+
+def test_publish_line_with_another_offset_keeps_it() -> None:
+    published = load("date_gmt8.txt").published
+    assert published is not None
+    assert published.isoformat() == "2024-10-31T10:15:00+08:00"
+    assert published.utcoffset() == timedelta(hours=8)
+    assert published.tzinfo == timezone(timedelta(hours=8))
+
+
+@pytest.mark.parametrize(
+    ("line", "expected", "precision"),
+    [
+        ("October 31, 2024 9:15 am", datetime(2024, 10, 31, 9, 15, tzinfo=TZ), "datetime"),
+        ("31 Oct 2024, 3:05 PM", datetime(2024, 10, 31, 15, 5, tzinfo=TZ), "datetime"),
+        ("Cập nhật: 31.10.2024 9h15", datetime(2024, 10, 31, 9, 15, tzinfo=TZ), "datetime"),
+        ("31-10-2024", datetime(2024, 10, 31, tzinfo=TZ), "date"),
+        ("2024-10-31", datetime(2024, 10, 31, tzinfo=TZ), "date"),
+        ("2024-10-31T09:15:00.123+0700", datetime(2024, 10, 31, 9, 15, tzinfo=TZ), "datetime"),
+    ],
+)
+def test_more_publish_layouts(line: str, expected: datetime, precision: str) -> None:
+    article = parse_text(f"T\n{line}\n{{head}}\nMở đầu.\n")
+    assert article.published == expected
+    assert str(article.precision) == precision
+
+
+def test_impossible_publish_date_is_an_error_with_the_line_number() -> None:
+    assert rejected("bad_date_31_02.txt") == (
+        "dumps/bad_date_31_02.txt line 2: publish time '31/02/2025 08:00' is not a real date. "
+        "Fix the dump or move it out of seeds/."
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "what"),
+    [
+        ("31/10/2024 25:10", "is not a real time of day"),
+        ("31/13/2024", "is not a real date"),
+        ("hôm nay", "holds no date syndicate understands (for example '31/10/2024 09:15')"),
+        ("31/10/2024 09:15 GMT+19", "has an impossible UTC offset"),
+    ],
+)
+def test_bad_publish_lines(line: str, what: str) -> None:
+    with pytest.raises(DumpError) as info:
+        parse_text(f"T\n{line}\n{{head}}\nMở đầu.\n", "seeds/017.txt")
+    assert str(info.value) == (
+        f"seeds/017.txt line 2: publish time {line!r} {what}. "
+        "Fix the dump or move it out of seeds/."
+    )
+    assert info.value.line == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("lead_sang_nay.txt", date(2024, 10, 31)),
+        ("lead_chieu_nay.txt", date(2024, 10, 29)),
+        ("lead_toi_nay.txt", date(2024, 10, 30)),
+        ("lead_hom_nay.txt", date(2024, 11, 21)),
+        # "Hôm qua 15-11": the event was on the 15th, so the article is from the 16th.
+        ("lead_hom_qua.txt", date(2024, 11, 16)),
+        ("lead_ngay_dot.txt", date(2024, 10, 27)),
+    ],
+)
+def test_lead_dates_get_their_year_from_the_teasers(name: str, expected: date) -> None:
+    article = load(name)
+    assert article.published == datetime.combine(expected, datetime.min.time(), tzinfo=TZ)
+    assert article.precision is Precision.INFERRED_YEAR
+
+
+def test_year_inference_picks_the_nearest_year() -> None:
+    article = load("year_nearest.txt")
+    # 2/1 next to a teaser dated 30/12/2024 is 2 January 2025, and the 1945 in the body
+    # is not used while the teasers have a date.
+    assert article.published == datetime(2025, 1, 2, tzinfo=TZ)
+    assert article.precision is Precision.INFERRED_YEAR
+
+
+def test_year_inference_uses_body_dates_when_teasers_have_none() -> None:
+    article = parse_text(
+        "{title}\n{publish}\n{head}\nSáng nay 3/11, hội nghị khai mạc.\n"
+        "Trước đó, ngày 1/11/2023 tỉnh đã ban hành kế hoạch.\n"
+    )
+    assert article.published == datetime(2023, 11, 3, tzinfo=TZ)
+
+
+def test_lead_date_must_open_the_lead() -> None:
+    near = parse_text(
+        "T\n{publish}\n{head}\nTheo UBND tỉnh, chiều nay 29/10, đoàn công tác đã đến.\n"
+        "QTO - Ngày 30/10/2024 tin khác...\n"
+    )
+    assert near.published == datetime(2024, 10, 29, tzinfo=TZ)
+    far = parse_text(
+        "T\n{publish}\n{head}\nTheo kế hoạch của Sở Văn hóa, Thể thao và Du lịch tỉnh Lam "
+        "Giang, giải chạy diễn ra vào sáng 3/11.\nQTO - Ngày 30/10/2024 tin khác...\n"
+    )
+    assert far.published is None
+    assert far.precision is Precision.UNKNOWN
+
+
+def test_full_date_in_the_lead_has_date_precision() -> None:
+    article = parse_text("T\n{publish}\n{head}\nNgày 27/10/2024, tỉnh tổ chức hội nghị.\n")
+    assert article.published == datetime(2024, 10, 27, tzinfo=TZ)
+    assert article.precision is Precision.DATE
+
+
+def test_dates_in_teasers_or_later_paragraphs_are_never_the_articles_own() -> None:
+    article = load("no_date.txt")
+    assert article.published is None
+    assert article.precision is Precision.UNKNOWN
+    article = parse_text(
+        "T\n{publish}\n{head}\nHội nghị diễn ra tại hội trường.\n"
+        "Sáng nay 31/10/2024, đoàn đã về đến tỉnh.\nQTO - Ngày 30/10/2024 tin khác...\n"
+    )
+    assert article.published is None
+    assert article.precision is Precision.UNKNOWN
+
+
+def test_day_month_without_any_full_date_is_unknown_not_this_year() -> None:
+    article = load("formfeed_u2028.txt")
+    assert article.published is None
+    assert article.precision is Precision.UNKNOWN
+
+
+def test_publish_line_wins_over_the_lead() -> None:
+    article = parse_text("T\n30/10/2024 07:00\n{head}\nSáng nay 31/10, hội nghị.\n")
+    assert article.published == datetime(2024, 10, 30, 7, 0, tzinfo=TZ)
+
+
+# ---------------------------------------------------------------- titles
+
+
+def test_title_from_lead_knows_abbreviations_and_initials() -> None:
+    article = parse_text(
+        "{title}\n{publish}\n{head}\nPGS. TS. Lê Minh và ThS. T.P Hải dự họp. Câu thứ hai.\n"
+    )
+    assert article.title == "PGS. TS. Lê Minh và ThS. T.P Hải dự họp"
+    assert article.title_derived is True
+    assert article.slug == "pgs-ts-le-minh-va-ths-t-p-hai-du-hop"
+
+
+def test_long_derived_title_is_cut_at_a_word_boundary() -> None:
+    words = "Hội nghị tổng kết công tác chuyển đổi số của các cơ quan đảng và mặt trận tỉnh"
+    article = parse_text(f"{{title}}\n{{publish}}\n{{head}}\n{words} {words}.\n")
+    assert article.title == (
+        "Hội nghị tổng kết công tác chuyển đổi số của các cơ quan đảng và mặt trận tỉnh Hội "
+        "nghị tổng kết…"
+    )
+    assert len(article.title) <= 100
+
+
+def test_question_keeps_its_mark_in_a_derived_title() -> None:
+    article = parse_text("{title}\n{publish}\n{head}\nAi sẽ thắng? Không ai biết.\n")
+    assert article.title == "Ai sẽ thắng?"
+
+
+def test_slug_maps_d_stroke() -> None:
+    article = parse_text("Đông Hà đón Đoàn đại biểu\n{publish}\n{head}\nMở đầu.\n")
+    assert article.slug == "dong-ha-don-doan-dai-bieu"
+
+
+def test_title_of_symbols_only_gets_a_slug_from_the_id() -> None:
+    article = parse_text("!!!\n{publish}\n{head}\nMở đầu.\n")
+    assert article.slug == f"bai-{article.id[:12]}"
+
+
+# ---------------------------------------------------------------- language
+
+
+def test_english_dump() -> None:
+    article = load("english.txt")
+    assert article.language == "en"
+    assert article.title == "Coffee farmers in Lam Giang are replanting with arabica"
+    assert article.author == "Thu Ha"
+    assert article.captions == ("A farmer sorts coffee cherries - Photo: Lam Giang Times",)
+    assert article.published == datetime(2024, 10, 29, 10, 30, tzinfo=TZ)
+
+
+# ---------------------------------------------------------------- failures
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("empty.txt", "dumps/empty.txt: is empty. Remove it, or fill it with an article."),
+        (
+            "blank.txt",
+            "dumps/blank.txt: holds only blank space. Remove it, or fill it with an article.",
+        ),
+        (
+            "binary.bin.txt",
+            "dumps/binary.bin.txt: looks like a binary file (it holds NUL bytes), not a text "
+            "dump. Remove it from the dump folder; UTF-16 text needs a byte-order mark.",
+        ),
+        (
+            "placeholders_only.txt",
+            "dumps/placeholders_only.txt: has only the three placeholder lines ({title}, "
+            "{publish}, {head}) and no article text. Fix the dump or move it out of seeds/.",
+        ),
+        (
+            "vni.txt",
+            "dumps/vni.txt: looks like Vietnamese in the legacy VNI encoding, which syndicate "
+            "does not read. Convert it to UTF-8 (for example with UniKey's converter) and try "
+            "again.",
+        ),
+        (
+            "tcvn3.txt",
+            "dumps/tcvn3.txt: looks like Vietnamese in the legacy TCVN3 encoding, which "
+            "syndicate does not read. Convert it to UTF-8 (for example with UniKey's converter) "
+            "and try again.",
+        ),
+    ],
+)
+def test_rejected_dumps_have_clear_reasons(name: str, message: str) -> None:
+    assert rejected(name) == message
+
+
+def test_header_without_body_is_rejected() -> None:
+    with pytest.raises(DumpError) as info:
+        parse_text("Tiêu đề\n31/10/2024\n{head}\n\n")
+    assert info.value.reason == "has a header but no article text after line 3."
+
+
+def test_only_captions_is_rejected() -> None:
+    with pytest.raises(DumpError) as info:
+        parse_text("T\n{publish}\n{head}\nQuang cảnh - Ảnh: T.P\n")
+    assert info.value.reason == "has no article paragraph (only captions, a byline or teasers)."
+
+
+def test_random_binary_without_nul_is_rejected() -> None:
+    data = bytes(b for b in range(1, 256) if b not in b"\n\r") * 8
+    with pytest.raises(DumpError) as info:
+        decode_dump(data, source="b.txt")
+    assert "binary" in info.value.reason or "neither UTF-8" in info.value.reason
+
+
+def test_utf8_with_a_stray_byte_is_not_read_as_cp1258() -> None:
+    data = (DUMPS / "basic_utf8.txt").read_bytes()
+    broken = data[:40] + b"\xff" + data[40:]
+    with pytest.raises(DumpError) as info:
+        decode_dump(broken, source="b.txt")
+    assert str(info.value) == (
+        "b.txt: is UTF-8 with 1 invalid byte sequence (the first is byte 0xFF at offset 40). "
+        "Fix or export the file again as UTF-8."
+    )
+
+
+def test_utf8_cut_inside_the_last_character_keeps_the_whole_ones() -> None:
+    data = "T\n{publish}\n{head}\nMở đầu về Đông Hà".encode()
+    text = decode_dump(data[:-1], source="c.txt")
+    assert text == "T\n{publish}\n{head}\nMở đầu về Đông H"
+    assert parse_dump(data[:-1], source="c.txt", tz=TZ).lead == "Mở đầu về Đông H"
+
+
+def test_bytes_undefined_in_cp1258_are_reported() -> None:
+    with pytest.raises(DumpError) as info:
+        decode_dump(b"T\n{publish}\n{head}\nabc \x81\x8d xyz\n", source="u.txt")
+    assert str(info.value) == (
+        "u.txt: is neither UTF-8 nor Windows-1258 text (byte 0x81 at offset 23). "
+        "Save it again as UTF-8."
+    )
+
+
+def test_utf16_bom_with_broken_bytes() -> None:
+    with pytest.raises(DumpError) as info:
+        decode_dump(b"\xff\xfeA\x00\x00\xd8", source="u.txt")
+    assert str(info.value) == (
+        "u.txt: starts with a UTF-16-LE byte-order mark but byte 4 is not valid UTF-16-LE. "
+        "Save it again as UTF-8."
+    )
+
+
+# ---------------------------------------------------------------- files
+
+
+def test_read_dump_enforces_the_size_limit(tmp_path: Path) -> None:
+    path = tmp_path / "big.txt"
+    path.write_bytes(b"x" * 2049)
+    assert read_dump(path, max_bytes=4096) == b"x" * 2049
+    with pytest.raises(DumpError) as info:
+        read_dump(path, max_bytes=2048)
+    assert str(info.value) == (
+        f"{path}: is larger than the limit of 2 KiB (2048 bytes). "
+        "Raise load.max_bytes in the config if the file is a real article."
+    )
+
+
+def test_read_dump_reports_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(DumpError) as info:
+        read_dump(tmp_path / "missing.txt", max_bytes=100)
+    assert str(info.value) == (
+        f"{tmp_path / 'missing.txt'}: cannot be read: No such file or directory. "
+        "Check that the file exists and is readable."
+    )
+    with pytest.raises(DumpError) as info:
+        read_dump(tmp_path, max_bytes=100)
+    assert info.value.reason == "is a folder, not a dump file."
+
+
+def test_find_dumps_takes_files_as_given_and_folders_recursively(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "2.txt").write_text("x")
+    (tmp_path / "a.txt").write_text("x")
+    (tmp_path / "c.md").write_text("x")
+    (tmp_path / "b" / "1.txt").write_text("x")
+    (tmp_path / "b" / "d.txt").mkdir()
+    odd = tmp_path / "dump.export"
+    odd.write_text("x")
+    assert list(find_dumps([tmp_path])) == [
+        tmp_path / "a.txt",
+        tmp_path / "b" / "1.txt",
+        tmp_path / "b" / "2.txt",
+    ]
+    assert list(find_dumps([odd, tmp_path / "b"])) == [
+        odd,
+        tmp_path / "b" / "1.txt",
+        tmp_path / "b" / "2.txt",
+    ]
+
+
+def test_find_dumps_names_a_missing_path_before_yielding_anything(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("x")
+    found = find_dumps([tmp_path, tmp_path / "nope"])
+    with pytest.raises(InputError) as info:
+        next(found)
+    assert str(info.value) == (
+        f"{tmp_path / 'nope'}: no such file or folder. "
+        "Give existing dump files or folders (the default is paths.seeds)."
+    )
+
+
+def test_read_dumps_yields_errors_and_goes_on(tmp_path: Path) -> None:
+    for name in ("basic_utf8.txt", "empty.txt", "vni.txt", "english.txt"):
+        (tmp_path / name).write_bytes((DUMPS / name).read_bytes())
+    (tmp_path / "big.txt").write_bytes(b"T\n{publish}\n{head}\n" + b"a" * 5000)
+    results = list(read_dumps([tmp_path], max_bytes=4096, tz=TZ))
+    assert [(p.name, type(r).__name__) for p, r in results] == [
+        ("basic_utf8.txt", "Article"),
+        ("big.txt", "DumpError"),
+        ("empty.txt", "DumpError"),
+        ("english.txt", "Article"),
+        ("vni.txt", "DumpError"),
+    ]
+    article = results[0][1]
+    assert isinstance(article, Article)
+    assert article.source == str(tmp_path / "basic_utf8.txt")
+
+
+def test_read_dumps_is_lazy(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_bytes((DUMPS / "basic_utf8.txt").read_bytes())
+    (tmp_path / "b.txt").write_bytes((DUMPS / "basic_utf8.txt").read_bytes())
+    results = read_dumps([tmp_path], max_bytes=4096, tz=TZ)
+    first_path, _ = next(results)
+    (tmp_path / "b.txt").unlink()  # not read yet: the iterator reads one file at a time
+    second_path, second = next(results)
+    assert (first_path.name, second_path.name) == ("a.txt", "b.txt")
+    assert isinstance(second, DumpError)
+    assert second.reason.startswith("cannot be read")
+
+
+# ---------------------------------------------------------------- seeds and the sample
+
+
+def test_repo_seeds_all_parse_and_cover_the_format(sample_articles: list[Article]) -> None:
+    assert len(sample_articles) >= 8
+    assert len({a.id for a in sample_articles}) == len(sample_articles)
+    assert {a.language for a in sample_articles} == {"vi", "en"}
+    assert any(a.title_derived for a in sample_articles)
+    assert any(not a.title_derived for a in sample_articles)
+    assert any(a.published is None for a in sample_articles)
+    assert any(a.precision is Precision.INFERRED_YEAR for a in sample_articles)
+    assert any(a.author is None for a in sample_articles)
+    assert sum(1 for a in sample_articles if a.author) >= 4
+    assert len({t.dateline for a in sample_articles for t in a.teasers}) >= 5
+    dated = sorted(a.published for a in sample_articles if a.published)
+    assert len({d.date() for d in dated}) >= 4
+    newest_day = dated[-1].date()
+    assert sum(1 for d in dated if d.date() == newest_day) >= 2
+    for path in (ROOT / "seeds").glob("*.txt"):
+        assert 1800 <= path.stat().st_size <= 6 * 1024, path.name
+
+
+@pytest.mark.skipif(not SAMPLE.exists(), reason="shared sample not present")
+def test_real_shared_sample() -> None:
+    article = parse_dump(SAMPLE.read_bytes(), source=str(SAMPLE), tz=TZ)
+    assert article.title == (
+        "Sáng nay 31/10, tại TP. Đông Hà, Ban Tuyên giáo Tỉnh ủy, Văn phòng Tỉnh ủy phối hợp "
+        "tổ chức hội…"
+    )
+    assert article.title_derived is True
+    assert article.lead.startswith("Sáng nay 31/10, tại TP. Đông Hà, Ban Tuyên giáo Tỉnh ủy")
+    assert article.lead.endswith("Trưởng Ban Tuyên giáo Tỉnh ủy Hồ Đại Nam chủ trì hội thảo.")
+    assert article.published == datetime(2024, 10, 31, tzinfo=TZ)
+    assert article.precision is Precision.INFERRED_YEAR
+    assert article.author == "Trúc Phương"
+    assert len(article.teasers) == 12
+    assert {t.dateline for t in article.teasers} == {"QTO"}
+    assert article.teasers[-1].text.startswith("Chiều nay 29/10, Phó Chủ tịch UBND tỉnh")
+    assert article.captions == (
+        "Quang cảnh hội thảo - Ảnh: T.P",
+        "Phó Bí thư Thường trực Tỉnh ủy, Chủ tịch HĐND tỉnh Nguyễn Đăng Quang phát biểu tại "
+        "hội thảo - Ảnh: T.P",
+    )
+    assert len(article.paragraphs) == 12
+    assert article.language == "vi"
+    assert article.slug.startswith("sang-nay-31-10-tai-tp-dong-ha-ban-tuyen-giao")
+
+
+# ---------------------------------------------------------------- any bytes
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.binary(max_size=600),
+        st.text(max_size=400).map(lambda s: s.encode("utf-8")),
+        st.lists(
+            st.sampled_from(
+                [
+                    "{title}",
+                    "{publish}",
+                    "{head}",
+                    "",
+                    "QTO - Sáng nay 31/10, tin...",
+                    "Quang cảnh - Ảnh: T.P",
+                    "Trúc Phương",
+                    "31/02/2025 08:00",
+                    "2024-10-31T09:15:00+07:00",
+                    "Hôm qua 15-11, hội nghị.",
+                    "\ufeff\u00a0\u200b\u00ad\f\u2028",
+                    "Ngày 29/2, tỉnh họp. QTO - 30/12/2023...",
+                ]
+            ),
+            max_size=8,
+        ).map(lambda lines: "\r\n".join(lines).encode("utf-8")),
+    ),
+    st.sampled_from(["utf-8", "cp1258", "utf-16"]),
+)
+def test_any_bytes_give_an_article_or_a_dump_error(data: bytes, encoding: str) -> None:
+    if encoding != "utf-8":
+        try:
+            data = data.decode("utf-8").encode(encoding)
+        except (UnicodeDecodeError, UnicodeEncodeError):
+            pass
+    try:
+        article = parse_dump(data, source="h.txt", tz=TZ)
+    except DumpError as exc:
+        error = exc
+    else:
+        error = None
+    if error is not None:
+        assert str(error).startswith("h.txt")
+        return
+    assert isinstance(article, Article)
+    assert article.lead
+    assert article.title
+    assert "\n" not in article.title
+    assert article.published is None or article.published.tzinfo is not None
+    assert all(unicodedata.is_normalized("NFC", b.text) for b in article.body)
+
+
+def test_hostile_articles_fixture_is_well_formed(hostile_articles: list[Article]) -> None:
+    assert len({a.id for a in hostile_articles}) == len(hostile_articles)
+    assert len({a.slug for a in hostile_articles}) == len(hostile_articles)
+    assert all(a.published is not None and a.published.tzinfo for a in hostile_articles)
+    titles = " ".join(a.title for a in hostile_articles)
+    for needle in ("<script>", "{{ 7*7 }}", "{% raw %}", "]]>", "\r\nBcc: evil@example.com"):
+        assert needle in titles
+    assert "&amp;" in hostile_articles[0].lead
+    parsed = hostile_articles[3]
+    assert parsed.title == "Hội nghị ở Đông Hà"
+    assert unicodedata.is_normalized("NFC", parsed.lead)
+    assert not unicodedata.is_normalized("NFC", hostile_articles[4].title)
+    assert unicodedata.normalize("NFC", hostile_articles[4].title) == (
+        "Quảng Trị đón bão số 6: Đông Hà ngập sâu"
+    )

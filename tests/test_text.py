@@ -1,0 +1,124 @@
+"""Text helpers: NFC, invisible characters, header-safe strings, slugs, sentences, language."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import pytest
+
+from syndicate.text import (
+    clean_line,
+    collapse_spaces,
+    detect_language,
+    first_sentence,
+    header_safe,
+    nfc,
+    shorten,
+    slugify,
+)
+
+
+def test_nfc_composes_decomposed_vietnamese() -> None:
+    decomposed = unicodedata.normalize("NFD", "Quảng Trị")
+    assert decomposed != "Quảng Trị"
+    assert nfc(decomposed).encode("utf-8") == "Quảng Trị".encode()
+
+
+def test_nfc_does_not_unify_tone_placement() -> None:
+    assert nfc("hòa") != nfc("hoà")
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("QTO\u00a0-\u00a0Sáng nay", "QTO - Sáng nay"),
+        ("a\u200bb\u200cc\u200dd\u2060e\ufefff", "abcdef"),
+        ("chuyển\u00ad đổi", "chuyển đổi"),
+        ("\ttab\t\tđôi  ", "tab đôi"),
+        ("a\fb\u2028c\u2029d\x85e", "a b c d e"),
+        ("\ufeff{title}", "{title}"),
+        ("x\x1b[31my", "x [31my"),
+        (unicodedata.normalize("NFD", "Đông  Hà"), "Đông Hà"),
+        ("thin\u2009space\u202fnarrow\u3000wide", "thin space narrow wide"),
+    ],
+)
+def test_clean_line(raw: str, clean: str) -> None:
+    assert clean_line(raw) == clean
+
+
+def test_header_safe_removes_line_breaks_and_bounds_length() -> None:
+    assert header_safe("Tin khẩn\r\nBcc: evil@example.com") == "Tin khẩn Bcc: evil@example.com"
+    long = header_safe("x" * 1000, limit=10)
+    assert long == "xxxxxxxxx…"
+    assert len(long) == 10
+
+
+@pytest.mark.parametrize(
+    ("title", "slug"),
+    [
+        ("Đông Hà", "dong-ha"),
+        ("Sáng nay 31/10, tại TP. Đông Hà", "sang-nay-31-10-tai-tp-dong-ha"),
+        ("<script>alert(1)</script>", "script-alert-1-script"),
+        (unicodedata.normalize("NFD", "Quảng Trị"), "quang-tri"),
+        ("!!!", ""),
+        ("Ưu đãi ĐẶC BIỆT ở Huế", "uu-dai-dac-biet-o-hue"),
+    ],
+)
+def test_slugify(title: str, slug: str) -> None:
+    assert slugify(title) == slug
+
+
+def test_slugify_cuts_at_a_hyphen() -> None:
+    slug = slugify("một hai ba bốn năm sáu bảy tám chín mười " * 5)
+    assert len(slug) <= 80
+    assert not slug.endswith("-")
+    assert slug == ("mot-hai-ba-bon-nam-sau-bay-tam-chin-muoi-mot-hai-ba-bon-nam-sau-bay-tam-chin")
+
+
+def test_collapse_spaces() -> None:
+    assert collapse_spaces("  a \n\t b  ") == "a b"
+
+
+@pytest.mark.parametrize(
+    ("text", "sentence"),
+    [
+        (
+            "Sáng nay, tại TP. Đông Hà, hội thảo diễn ra. Câu hai.",
+            "Sáng nay, tại TP. Đông Hà, hội thảo diễn ra.",
+        ),
+        ("TS. Lê và ThS. Hồ họp. Sau.", "TS. Lê và ThS. Hồ họp."),
+        ("PGS. TS. Nguyễn Văn A nói. Sau.", "PGS. TS. Nguyễn Văn A nói."),
+        ("Ảnh của T.P cho thấy. Sau.", "Ảnh của T.P cho thấy."),
+        ("Ông N.V. Hải phát biểu. Sau.", "Ông N.V. Hải phát biểu."),
+        ("Giá 1.000 đồng. Sau.", "Giá 1.000 đồng."),
+        ("Ai thắng? Không rõ.", "Ai thắng?"),
+        ("Ông nói: “Tốt lắm.” Sau đó ông về.", "Ông nói: “Tốt lắm.”"),
+        ("Hết câu... nhưng chưa hết. Sau.", "Hết câu... nhưng chưa hết."),
+        ("Không có dấu chấm", "Không có dấu chấm"),
+        ("Hội nghị ở Đông Hà. Sau đó ông về.", "Hội nghị ở Đông Hà."),
+        ("Ông H. phát biểu. Sau.", "Ông H. phát biểu."),
+        ("Mr. Smith met Dr. Jones. Then left.", "Mr. Smith met Dr. Jones."),
+    ],
+)
+def test_first_sentence_knows_abbreviations(text: str, sentence: str) -> None:
+    assert first_sentence(text) == sentence
+
+
+def test_shorten_cuts_at_a_word_boundary() -> None:
+    assert shorten("ngắn", limit=10) == "ngắn"
+    assert shorten("một hai ba bốn năm", limit=12) == "một hai ba…"
+    assert shorten("một, hai ba", limit=8) == "một…"
+    assert len(shorten("từ " * 100, limit=100)) <= 100
+
+
+@pytest.mark.parametrize(
+    ("text", "language"),
+    [
+        ("Sáng nay, tại TP. Đông Hà, hội thảo về chuyển đổi số đã diễn ra.", "vi"),
+        ("Coffee growers in Quảng Trị and Đông Hà say prices are rising fast this year.", "en"),
+        ("The province opened a new bridge on Monday.", "en"),
+        ("", "vi"),
+    ],
+)
+def test_detect_language(text: str, language: str) -> None:
+    assert detect_language(text) == language
