@@ -1,1 +1,97 @@
 """Commands: build."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from syndicate.build import BuildSummary, run_build
+from syndicate.cli import AppContext, cli, pass_app
+from syndicate.errors import EXIT_FAILED
+
+
+class _ProgressBar:
+    """A click progress bar on stderr, created when the total is first known."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            if total == 0:
+                return
+            self.bar = click.progressbar(
+                length=total, label="Reading dumps", file=sys.stderr, show_pos=True
+            )
+            self.bar.__enter__()
+        self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def _shown_dir(path: Path) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        rel = str(path)
+    shown = rel if not rel.startswith("..") else str(path)
+    return shown.rstrip("/") + "/"
+
+
+def format_summary(summary: BuildSummary, output: Path) -> str:
+    """The one summary line of a build."""
+    line = (
+        f"Built {_plural(summary.articles, 'article', 'articles')} "
+        f"({_plural(summary.duplicates, 'duplicate', 'duplicates')}, "
+        f"{summary.skipped} skipped) into {_shown_dir(output)}: "
+        f"{_plural(summary.written, 'file', 'files')} written, {summary.unchanged} unchanged"
+    )
+    if summary.removed:
+        line += f", {summary.removed} removed"
+    return f"{line} in {summary.seconds:.2f} s."
+
+
+@cli.command("build")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--strict", is_flag=True, help="Exit with 1 when any dump was skipped.")
+@pass_app
+def build_command(app: AppContext, paths: tuple[Path, ...], strict: bool) -> None:
+    """Build feeds and article pages from the dumps (default: paths.seeds).
+
+    Example: syndicate build seeds/ --strict
+    """
+    settings = app.settings
+    bar = _ProgressBar() if sys.stderr.isatty() and not app.quiet else None
+    try:
+        summary = run_build(
+            settings,
+            app.database,
+            now=datetime.now(UTC),
+            paths=list(paths) or None,
+            progress=bar,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    app.echo(format_summary(summary, settings.paths.output))
+    if strict and summary.skipped:
+        click.echo(
+            f"Error: {_plural(summary.skipped, 'dump was', 'dumps were')} skipped "
+            "and --strict is set. Fix or remove them (see the warnings above).",
+            err=True,
+        )
+        click.get_current_context().exit(EXIT_FAILED)

@@ -35,7 +35,22 @@ MIGRATIONS: list[list[str]] = [
             record TEXT NOT NULL,           -- Article.to_record() as JSON
             published_at TEXT,              -- NULL when unknown
             first_seen_at TEXT NOT NULL,
-            digest_day TEXT                 -- NULL until a digest includes it
+            digest_day TEXT,                -- NULL until a digest includes it
+            -- Light copies from the record, so index pages need no JSON parsing:
+            slug TEXT NOT NULL DEFAULT '',
+            title TEXT NOT NULL DEFAULT '',
+            precision TEXT NOT NULL DEFAULT 'unknown',
+            author TEXT,
+            source TEXT NOT NULL DEFAULT '',     -- the dump the record was parsed from
+            record_hash TEXT NOT NULL DEFAULT '' -- blake2b of `record`: page fingerprints
+        )
+        """,
+        # Pages and feeds `syndicate build` wrote, with a fingerprint of their inputs,
+        # so an unchanged page is neither rendered nor written again.
+        """
+        CREATE TABLE pages (
+            path TEXT PRIMARY KEY,          -- relative to paths.output, '/'-separated
+            fingerprint TEXT NOT NULL
         )
         """,
         "CREATE INDEX articles_published ON articles (published_at)",

@@ -1,0 +1,270 @@
+"""Feeds stage: articles in, RSS 2.0 / Atom 1.0 / JSON Feed 1.1 bytes out. Pure: no I/O.
+
+RSS and Atom go through feedgen, whose traps are handled here: entries are
+appended in our order (it prepends by default), the feed's updated time is set
+from the articles (it defaults to the wall clock), the RSS channel link is set by
+the last link() call, content:encoded needs a description beside it, and only
+tz-aware datetimes are passed. JSON Feed is built as JSON (feedgen has none).
+
+Item ids are `urn:uuid:` names derived from Article.id (a content hash), so they
+never change across runs, machines or a move of the site to another base_url.
+An undated article gets no published date; its updated time (required by
+Atom) is the feed's updated time, so the output depends on the input alone.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from feedgen.feed import FeedGenerator
+from lxml import etree
+from markupsafe import Markup, escape
+
+from syndicate.model import Article, BlockKind
+from syndicate.text import clean_line
+
+FeedKind = Literal["rss", "atom", "json"]
+
+FEED_FILES: dict[str, str] = {"rss": "rss.xml", "atom": "atom.xml", "json": "feed.json"}
+FEED_TYPES: dict[str, str] = {
+    "rss": "application/rss+xml",
+    "atom": "application/atom+xml",
+    "json": "application/feed+json",
+}
+JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
+
+_ATOM_NS = "http://www.w3.org/2005/Atom"
+_XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+# Our own feedgen output is re-read with entity expansion and network access off.
+_SAFE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+
+# Namespace for the UUIDs of our item ids; fixed forever (changing it changes every id).
+_ID_NAMESPACE = uuid.UUID("6f1d7c3e-5b0a-4c52-9d3e-8a2f51c0b7e4")
+
+
+def _one_line(text: str) -> str:
+    """Text on one line (no CR/LF), NFC, invisible characters removed, spaces collapsed."""
+    # Fast path: loader output is already clean (isprintable() is False for controls,
+    # line breaks and the invisible characters clean_line removes).
+    if (
+        text.isprintable()
+        and "  " not in text
+        and text == text.strip()
+        and unicodedata.is_normalized("NFC", text)
+    ):
+        return text
+    return clean_line(text.replace("\r", " ").replace("\n", " "))
+
+
+@dataclass(frozen=True, slots=True)
+class FeedInfo:
+    """Feed-level facts, from the site settings."""
+
+    title: str
+    description: str
+    base_url: str  # ends in '/'
+    language: str
+    timezone: str
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def item_id(article_id: str) -> str:
+    """The permanent feed id of an article: a name-based UUID URN."""
+    return f"urn:uuid:{uuid.uuid5(_ID_NAMESPACE, article_id)}"
+
+
+def feed_url(base_url: str, kind: FeedKind) -> str:
+    return base_url + FEED_FILES[kind]
+
+
+def build_content_html(article: Article) -> str:
+    """The article body as HTML: each paragraph and caption escaped on its own.
+
+    Captions become `<p class="caption"><em>…</em></p>`, which reads well in
+    feed readers that drop class names.
+    """
+    parts: list[str] = []
+    for block in article.body:
+        text = escape(_one_line(block.text))
+        if block.kind is BlockKind.CAPTION:
+            parts.append(Markup('<p class="caption"><em>{}</em></p>').format(text))
+        else:
+            parts.append(Markup("<p>{}</p>").format(text))
+    return "\n".join(parts)
+
+
+def _summary(article: Article) -> str:
+    return _one_line(article.lead) or _title(article)
+
+
+def _title(article: Article) -> str:
+    """The title on one line, NFC (a title must never carry a line break)."""
+    return _one_line(article.title)
+
+
+def _author(article: Article, info: FeedInfo) -> str:
+    return _one_line(article.author or "") or info.title
+
+
+def _order(articles: Sequence[Article]) -> list[Article]:
+    """Newest first, undated last, ties by id: the same order for any input order."""
+
+    def key(a: Article) -> tuple[bool, float, str]:
+        return (a.published is None, -a.published.timestamp() if a.published else 0.0, a.id)
+
+    return sorted(articles, key=key)
+
+
+def _feed_updated(articles: Sequence[Article], now: datetime) -> datetime:
+    dated = [a.published for a in articles if a.published is not None]
+    return max(dated) if dated else now
+
+
+def build_feed(
+    articles: Sequence[Article],
+    *,
+    kind: FeedKind,
+    now: datetime,
+    info: FeedInfo,
+    limit: int,
+    page_urls: Mapping[str, str] | None = None,
+) -> bytes:
+    """Render one feed of the newest `limit` articles (undated last).
+
+    `page_urls` maps Article.id to the absolute URL of its page, as the site
+    stage assigned it (slug collisions included); without it the plain slug is
+    used. `now` is used only when no chosen article has a date. The bytes are
+    the same for the same arguments.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    chosen = _order(articles)[:limit]
+    if page_urls is None:
+        page_urls = {a.id: f"{info.base_url}articles/{a.slug}.html" for a in chosen}
+    updated = _feed_updated(chosen, now).astimezone(info.tz).replace(microsecond=0)
+    if kind == "json":
+        return _build_json_feed(chosen, info=info, updated=updated, page_urls=page_urls)
+    return _build_xml_feed(chosen, kind=kind, info=info, updated=updated, page_urls=page_urls)
+
+
+def _local(value: datetime, tz: ZoneInfo) -> datetime:
+    return value.astimezone(tz).replace(microsecond=0)
+
+
+def _build_xml_feed(
+    articles: Sequence[Article],
+    *,
+    kind: Literal["rss", "atom"],
+    info: FeedInfo,
+    updated: datetime,
+    page_urls: Mapping[str, str],
+) -> bytes:
+    fg = FeedGenerator()
+    # Dublin Core for RSS only (dc:creator, dc:language); Atom has author and xml:lang.
+    fg.load_extension("dc", atom=False, rss=True)
+    fg.id(f"urn:uuid:{uuid.uuid5(_ID_NAMESPACE, 'feed:' + info.base_url)}")
+    fg.title(info.title)
+    fg.description(info.description or info.title)
+    fg.subtitle(info.description or info.title)
+    fg.language(info.language)
+    fg.author({"name": info.title})
+    fg.generator("syndicate", uri=None, version=None)
+    fg.updated(updated)
+    self_type = FEED_TYPES[kind]
+    fg.link(href=feed_url(info.base_url, kind), rel="self", type=self_type)
+    # The RSS channel <link> is the last link() call: the site must come last.
+    fg.link(href=info.base_url, rel="alternate", type="text/html")
+    for article in articles:
+        _add_entry(fg, article, info=info, updated=updated, page_url=page_urls[article.id])
+    if kind == "rss":
+        data: bytes = fg.rss_str(pretty=True, encoding="UTF-8", xml_declaration=True)
+        return data
+    data = fg.atom_str(pretty=True, encoding="UTF-8", xml_declaration=True)
+    return _fix_atom_entries(data, [a.language for a in articles])
+
+
+def _fix_atom_entries(atom: bytes, languages: Sequence[str]) -> bytes:
+    """Give every Atom entry its own xml:lang (feedgen cannot), in entry order, and put
+    back the rel and type feedgen drops from entry links."""
+    root = etree.fromstring(atom, _SAFE_PARSER)
+    entries = root.findall(f"{{{_ATOM_NS}}}entry")
+    for entry, language in zip(entries, languages, strict=True):
+        entry.set(_XML_LANG, language)
+        for link in entry.findall(f"{{{_ATOM_NS}}}link"):
+            link.set("rel", "alternate")
+            link.set("type", "text/html")
+    result: bytes = etree.tostring(root, encoding="UTF-8", xml_declaration=True)
+    return result
+
+
+def _add_entry(
+    fg: FeedGenerator, article: Article, *, info: FeedInfo, updated: datetime, page_url: str
+) -> None:
+    fe = fg.add_entry(order="append")
+    fe.id(item_id(article.id))
+    fe.guid(item_id(article.id), permalink=False)
+    fe.title(_title(article))
+    fe.link(href=page_url, rel="alternate", type="text/html")
+    # RSS <description> is entity-encoded HTML, so the plain lead is escaped once more.
+    fe.description(str(escape(_summary(article))))
+    fe.summary(_summary(article))
+    fe.content(build_content_html(article), type="html")
+    author = _author(article, info)
+    fe.author({"name": author})
+    fe.dc.dc_creator(author)
+    fe.dc.dc_language(article.language)
+    if article.published is not None:
+        published = _local(article.published, info.tz)
+        fe.published(published)
+        fe.pubDate(published)
+        fe.updated(published)
+    else:
+        fe.updated(updated)
+
+
+def _build_json_feed(
+    articles: Sequence[Article],
+    *,
+    info: FeedInfo,
+    updated: datetime,
+    page_urls: Mapping[str, str],
+) -> bytes:
+    items: list[dict[str, Any]] = []
+    for article in articles:
+        item: dict[str, Any] = {
+            "id": item_id(article.id),
+            "url": page_urls[article.id],
+            "title": _title(article),
+            "content_html": build_content_html(article),
+            "summary": _summary(article),
+        }
+        if article.published is not None:
+            stamp = _local(article.published, info.tz).isoformat()
+            item["date_published"] = stamp
+            item["date_modified"] = stamp
+        else:
+            item["date_modified"] = updated.isoformat()
+        item["authors"] = [{"name": _author(article, info)}]
+        item["language"] = article.language
+        items.append(item)
+    feed: dict[str, Any] = {
+        "version": JSON_FEED_VERSION,
+        "title": info.title,
+        "home_page_url": info.base_url,
+        "feed_url": feed_url(info.base_url, "json"),
+        "description": info.description,
+        "language": info.language,
+        "authors": [{"name": info.title}],
+        "items": items,
+    }
+    return (json.dumps(feed, ensure_ascii=False, indent=2) + "\n").encode("utf-8")

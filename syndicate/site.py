@@ -1,0 +1,309 @@
+"""Site stage: articles in, static HTML pages out (bytes). Pure apart from reading templates.
+
+Pages are rendered with Jinja2 autoescaping from `config.site_templates_dir()`;
+article text only ever enters a template as a variable, so it is escaped and
+never compiled. Links between pages are relative (the site works from any
+folder and from file://); canonical and feed links are absolute under base_url.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import babel
+import jinja2
+from babel.dates import format_date, format_time, get_datetime_format
+from markupsafe import Markup
+
+from syndicate.model import Article, BlockKind, Precision
+from syndicate.text import clean_line, slugify
+
+# Bump when page rendering changes in code (not templates), so old pages get re-rendered.
+RENDER_VERSION = 1
+
+ARTICLE_TEMPLATE = "article.html.j2"
+INDEX_TEMPLATE = "index.html.j2"
+
+# Reader-facing strings of the page chrome, by site language.
+STRINGS: dict[str, dict[str, str]] = {
+    "vi": {
+        "home": "Trang chủ",
+        "feeds": "Theo dõi",
+        "unknown_date": "Chưa rõ ngày",
+        "by": "Tác giả",
+        "newer": "← Tin mới hơn",
+        "older": "Tin cũ hơn →",
+        "page": "Trang {page}/{pages}",
+        "empty": "Chưa có bài viết nào.",
+        "back": "← Về trang chủ",
+        "latest": "Tin mới nhất",
+        "archive": "Lưu trữ, trang {page}",
+    },
+    "en": {
+        "home": "Home",
+        "feeds": "Follow",
+        "unknown_date": "Date unknown",
+        "by": "By",
+        "newer": "← Newer",
+        "older": "Older →",
+        "page": "Page {page} of {pages}",
+        "empty": "No articles yet.",
+        "back": "← Back to the front page",
+        "latest": "Latest news",
+        "archive": "Archive, page {page}",
+    },
+}
+
+_PARAGRAPH = Markup("<p>{}</p>")
+_CAPTION = Markup('<p class="caption">{}</p>')
+_SAFE_SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+def _one_line(text: str) -> str:
+    """Text on one line (no CR/LF), NFC, invisible characters removed, spaces collapsed."""
+    # Fast path: loader output is already clean (isprintable() is False for controls,
+    # line breaks and the invisible characters clean_line removes).
+    if (
+        text.isprintable()
+        and "  " not in text
+        and text == text.strip()
+        and unicodedata.is_normalized("NFC", text)
+    ):
+        return text
+    return clean_line(text.replace("\r", " ").replace("\n", " "))
+
+
+@dataclass(frozen=True, slots=True)
+class SiteInfo:
+    """Site-level facts, from the settings."""
+
+    title: str
+    description: str
+    base_url: str  # ends in '/'
+    language: str
+    timezone: str
+    page_size: int
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """What an index page shows of one article."""
+
+    id: str
+    slug: str
+    title: str
+    published: datetime | None
+    precision: Precision
+    author: str | None
+
+
+def article_path(slug: str) -> str:
+    """The output path of an article page, relative to the output folder."""
+    return f"articles/{slug}.html"
+
+
+def article_url(base_url: str, slug: str) -> str:
+    """The absolute URL of an article page."""
+    if not base_url.endswith("/"):
+        base_url += "/"
+    return base_url + article_path(slug)
+
+
+def index_path(page: int) -> str:
+    """The output path of index page `page` (1 is index.html, then page/2.html, ...)."""
+    return "index.html" if page == 1 else f"page/{page}.html"
+
+
+def page_count(total: int, page_size: int) -> int:
+    return max(1, -(-total // page_size))
+
+
+def _safe_slug(slug: str, article_id: str) -> str:
+    if _SAFE_SLUG.fullmatch(slug):
+        return slug
+    return slugify(slug) or slugify(article_id) or "bai-viet"
+
+
+def assign_slugs(items: Iterable[tuple[str, str, datetime | None]]) -> dict[str, str]:
+    """Give every article (id, slug, published) a unique page slug.
+
+    In a group sharing a slug, the earliest published (undated after dated, then
+    the smallest id) keeps it; the others get `-<first 6 of id>` (longer if that
+    is taken too). The result depends on the set of articles only, never on
+    their order.
+    """
+    groups: dict[str, list[tuple[bool, float, str]]] = {}
+    for article_id, slug, published in items:
+        key = (published is None, published.timestamp() if published else 0.0, article_id)
+        groups.setdefault(_safe_slug(slug, article_id), []).append(key)
+    result: dict[str, str] = {}
+    taken: set[str] = set()
+    losers: list[tuple[str, str]] = []
+    for slug in sorted(groups):
+        members = sorted(groups[slug])
+        result[members[0][2]] = slug
+        taken.add(slug)
+        losers.extend((slug, member[2]) for member in members[1:])
+    for slug, article_id in sorted(losers):
+        suffix_source = slugify(article_id) or "x"
+        for width in (6, 12, len(suffix_source)):
+            candidate = f"{slug}-{suffix_source[:width]}"
+            if candidate not in taken:
+                break
+        else:
+            number = 2
+            while f"{candidate}-{number}" in taken:
+                number += 1
+            candidate = f"{candidate}-{number}"
+        result[article_id] = candidate
+        taken.add(candidate)
+    return result
+
+
+@functools.lru_cache(maxsize=4096)  # each date is shown twice: its page and an index page
+def format_published(
+    published: datetime | None, precision: Precision, *, locale: str, tz: ZoneInfo
+) -> str:
+    """The publish date as a reader of `locale` expects it (CLDR via Babel).
+
+    A time of day is shown only when the dump gave one; an unknown date says so.
+    """
+    if published is None or precision is Precision.UNKNOWN:
+        return STRINGS.get(locale, STRINGS["vi"])["unknown_date"]
+    local = published.astimezone(tz)
+    day = format_date(local.date(), "full", locale=locale)
+    if precision is not Precision.DATETIME:
+        return day
+    clock = format_time(local.time(), "short", locale=locale)
+    # Babel's own way of joining date and time (format_datetime does the same).
+    pattern = str(get_datetime_format("full", locale=locale))
+    return pattern.replace("'", "").replace("{0}", clock).replace("{1}", day)
+
+
+def _machine_date(published: datetime | None, precision: Precision, tz: ZoneInfo) -> str:
+    if published is None or precision is Precision.UNKNOWN:
+        return ""
+    local = published.astimezone(tz).replace(microsecond=0)
+    if precision is Precision.DATETIME:
+        return local.isoformat()
+    return local.date().isoformat()
+
+
+def page_context(info: SiteInfo, *, root: str) -> dict[str, Any]:
+    """What `_base.html.j2` needs: lang, site, root (the way to the site root from the
+    page: "", "../" or an absolute URL) and t (the chrome strings)."""
+    return {
+        "site": info,
+        "lang": info.language,
+        "root": root,
+        "t": STRINGS.get(info.language, STRINGS["vi"]),
+    }
+
+
+def make_environment(templates_dir: Path) -> jinja2.Environment:
+    """A Jinja2 environment that escapes every variable and fails on undefined names."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+class SiteRenderer:
+    """Renders article and index pages for one site; `fingerprint` covers all its inputs.
+
+    Two renderers with the same fingerprint give the same bytes for the same pages.
+    """
+
+    def __init__(self, info: SiteInfo, templates_dir: Path) -> None:
+        self.info = info
+        self.templates_dir = templates_dir
+        self.env = make_environment(templates_dir)
+        self.strings = STRINGS.get(info.language, STRINGS["vi"])
+        self._article = self.env.get_template(ARTICLE_TEMPLATE)
+        self._index = self.env.get_template(INDEX_TEMPLATE)
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(repr((RENDER_VERSION, babel.__version__, info)).encode())
+        for name in sorted(self.env.list_templates(extensions=["j2"])):
+            source, _filename, _uptodate = self.env.loader.get_source(  # type: ignore[union-attr]
+                self.env, name
+            )
+            digest.update(name.encode() + b"\0" + source.encode() + b"\0")
+        self.fingerprint = digest.hexdigest()
+
+    def _date(self, published: datetime | None, precision: Precision) -> dict[str, str]:
+        return {
+            "text": format_published(
+                published, precision, locale=self.info.language, tz=self.info.tz
+            ),
+            "machine": _machine_date(published, precision, self.info.tz),
+        }
+
+    def render_article(self, article: Article, *, slug: str) -> bytes:
+        """The page of one article, written at `article_path(slug)`."""
+        # Each paragraph escaped on its own (Markup.format escapes its arguments): article
+        # text is never part of a template.
+        body = Markup("\n").join(
+            (_CAPTION if block.kind is BlockKind.CAPTION else _PARAGRAPH).format(
+                _one_line(block.text)
+            )
+            for block in article.body
+        )
+        html = self._article.render(
+            **page_context(self.info, root="../"),
+            article={
+                "title": _one_line(article.title),
+                "language": article.language,
+                "author": _one_line(article.author) if article.author else None,
+                "date": self._date(article.published, article.precision),
+                "body": body,
+            },
+            canonical=article_url(self.info.base_url, slug),
+        )
+        return html.encode("utf-8")
+
+    def render_index(
+        self,
+        entries: Sequence[IndexEntry],
+        *,
+        page: int,
+        pages: int,
+        slugs: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """Index page `page` of `pages`, listing `entries` (already newest first)."""
+        root = "" if page == 1 else "../"
+        items = [
+            {
+                "href": root + article_path((slugs or {}).get(e.id, e.slug)),
+                "title": _one_line(e.title),
+                "author": _one_line(e.author) if e.author else None,
+                "date": self._date(e.published, e.precision),
+            }
+            for e in entries
+        ]
+        html = self._index.render(
+            **page_context(self.info, root=root),
+            entries=items,
+            page=page,
+            pages=pages,
+            newer=root + index_path(page - 1) if page > 1 else None,
+            older=root + index_path(page + 1) if page < pages else None,
+            canonical=self.info.base_url + ("" if page == 1 else index_path(page)),
+        )
+        return html.encode("utf-8")

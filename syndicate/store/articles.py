@@ -1,0 +1,302 @@
+"""Store: the build cache (`dumps`), the `articles` table and the `pages` fingerprints.
+
+Every statement for these tables lives here as a named constant. Functions take a
+`Database` and return model objects or small tuples; callers open transactions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from syndicate.errors import StoreError
+from syndicate.model import Article, Precision
+from syndicate.store import Database
+
+# Rows read per query when iterating: bounded memory however large the table grows.
+_BATCH = 500
+
+# Every cached dump with its stat signature and outcome (loaded once per build).
+SELECT_DUMPS = """
+    SELECT path, device, inode, size, mtime_ns, content_hash, parser_version, article_id, error
+    FROM dumps
+"""
+# Record what a dump parsed to (or why it was rejected), keyed on its absolute path.
+UPSERT_DUMP = """
+    INSERT INTO dumps
+        (path, device, inode, size, mtime_ns, content_hash, parser_version, article_id, error)
+    VALUES (:path, :device, :inode, :size, :mtime_ns, :content_hash, :parser_version,
+            :article_id, :error)
+    ON CONFLICT (path) DO UPDATE SET
+        device = excluded.device, inode = excluded.inode, size = excluded.size,
+        mtime_ns = excluded.mtime_ns, content_hash = excluded.content_hash,
+        parser_version = excluded.parser_version, article_id = excluded.article_id,
+        error = excluded.error
+"""
+# Forget a dump whose file is gone.
+DELETE_DUMP = "DELETE FROM dumps WHERE path = ?"
+
+# Insert an article, or refresh its record; first_seen_at and digest_day are kept.
+UPSERT_ARTICLE = """
+    INSERT INTO articles
+        (id, record, published_at, first_seen_at, slug, title, precision, author, source,
+         record_hash)
+    VALUES (:id, :record, :published_at, :first_seen_at, :slug, :title, :precision, :author,
+            :source, :record_hash)
+    ON CONFLICT (id) DO UPDATE SET
+        record = excluded.record, published_at = excluded.published_at,
+        slug = excluded.slug, title = excluded.title, precision = excluded.precision,
+        author = excluded.author, source = excluded.source,
+        record_hash = excluded.record_hash
+    WHERE articles.record_hash != excluded.record_hash OR articles.source != excluded.source
+"""
+# Does an article exist already (to count new ones)?
+SELECT_ARTICLE_EXISTS = "SELECT 1 FROM articles WHERE id = ?"
+# Which dump each article's stored record came from.
+SELECT_ARTICLE_SOURCES = "SELECT id, source FROM articles"
+# One full article.
+SELECT_ARTICLE = "SELECT record FROM articles WHERE id = ?"
+# The light columns of every article, for index pages and feed selection.
+SELECT_SUMMARIES = """
+    SELECT id, slug, title, published_at, precision, author, record_hash, first_seen_at
+    FROM articles
+"""
+# Full articles newest first (undated last, then by id), one keyset batch at a time.
+# published_at is always UTC ISO text, so text order is time order; NULL sorts as ''.
+SELECT_ARTICLES_NEWEST_FIRST = """
+    SELECT record, coalesce(published_at, '') AS k, id FROM articles
+    WHERE k < :k OR (k = :k AND id > :id)
+    ORDER BY k DESC, id
+    LIMIT :limit
+"""
+SELECT_ARTICLES_NEWEST_FIRST_START = """
+    SELECT record, coalesce(published_at, '') AS k, id FROM articles
+    ORDER BY k DESC, id
+    LIMIT :limit
+"""
+
+# Page fingerprints from the last build.
+SELECT_PAGES = "SELECT path, fingerprint FROM pages"
+UPSERT_PAGE = """
+    INSERT INTO pages (path, fingerprint) VALUES (?, ?)
+    ON CONFLICT (path) DO UPDATE SET fingerprint = excluded.fingerprint
+"""
+DELETE_PAGE = "DELETE FROM pages WHERE path = ?"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedDump:
+    """What the cache knows about one dump file."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    content_hash: str
+    parser_version: int
+    article_id: str | None
+    error: str | None  # JSON {"reason", "line", "hint"} when the dump was rejected
+
+
+@dataclass(frozen=True, slots=True)
+class ArticleSummary:
+    """The light part of an article: enough for index pages and feed selection."""
+
+    id: str
+    slug: str
+    title: str
+    published: datetime | None
+    precision: Precision
+    author: str | None
+    record_hash: str
+    first_seen_at: datetime
+
+
+def _utc_text(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+def _wrap(what: str, db: Database, exc: sqlite3.Error) -> StoreError:
+    return StoreError(f"{db.path}: cannot {what}: {exc}.")
+
+
+def read_dump_cache(db: Database) -> dict[str, CachedDump]:
+    """Load the whole dump cache, keyed on absolute path (a few small fields per dump)."""
+    try:
+        rows = db.conn.execute(SELECT_DUMPS)
+        return {
+            row[0]: CachedDump(
+                int(row[1]),
+                int(row[2]),
+                int(row[3]),
+                int(row[4]),
+                str(row[5]),
+                int(row[6]),
+                row[7],
+                row[8],
+            )
+            for row in rows
+        }
+    except sqlite3.Error as exc:
+        raise _wrap("read the dump cache", db, exc) from exc
+
+
+def write_dump(db: Database, path: str, entry: CachedDump) -> None:
+    """Record the outcome for the dump at `path`."""
+    try:
+        db.conn.execute(
+            UPSERT_DUMP,
+            {
+                "path": path,
+                "device": entry.device,
+                "inode": entry.inode,
+                "size": entry.size,
+                "mtime_ns": entry.mtime_ns,
+                "content_hash": entry.content_hash,
+                "parser_version": entry.parser_version,
+                "article_id": entry.article_id,
+                "error": entry.error,
+            },
+        )
+    except sqlite3.Error as exc:
+        raise _wrap("update the dump cache", db, exc) from exc
+
+
+def delete_dumps(db: Database, paths: Iterable[str]) -> None:
+    """Forget the given dumps."""
+    try:
+        db.conn.executemany(DELETE_DUMP, ((p,) for p in paths))
+    except sqlite3.Error as exc:
+        raise _wrap("update the dump cache", db, exc) from exc
+
+
+def encode_record(article: Article) -> tuple[str, str]:
+    """The stored JSON record of `article` and its hash."""
+    record = json.dumps(article.to_record(), ensure_ascii=False, sort_keys=True)
+    return record, hashlib.blake2b(record.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def upsert_article(db: Database, article: Article, *, now: datetime) -> bool:
+    """Store `article`; a new id gets first_seen_at = `now`. Returns True when it was new."""
+    record, record_hash = encode_record(article)
+    try:
+        existed = db.conn.execute(SELECT_ARTICLE_EXISTS, (article.id,)).fetchone() is not None
+        db.conn.execute(
+            UPSERT_ARTICLE,
+            {
+                "id": article.id,
+                "record": record,
+                "published_at": _utc_text(article.published) if article.published else None,
+                "first_seen_at": _utc_text(now),
+                "slug": article.slug,
+                "title": article.title,
+                "precision": str(article.precision),
+                "author": article.author,
+                "source": article.source,
+                "record_hash": record_hash,
+            },
+        )
+    except sqlite3.Error as exc:
+        raise _wrap(f"store article {article.id!r}", db, exc) from exc
+    return not existed
+
+
+def read_article_sources(db: Database) -> dict[str, str]:
+    """Map every stored article id to the dump path its record was parsed from."""
+    try:
+        return {str(i): str(src) for i, src in db.conn.execute(SELECT_ARTICLE_SOURCES)}
+    except sqlite3.Error as exc:
+        raise _wrap("read the articles", db, exc) from exc
+
+
+def get_article(db: Database, article_id: str) -> Article | None:
+    """Load one article by id, or None when the store has no such article."""
+    try:
+        row = db.conn.execute(SELECT_ARTICLE, (article_id,)).fetchone()
+    except sqlite3.Error as exc:
+        raise _wrap("read the articles", db, exc) from exc
+    if row is None:
+        return None
+    return Article.from_record(json.loads(row[0]))
+
+
+def get_record(db: Database, article_id: str) -> str | None:
+    """The stored JSON record of one article (for `Article.from_record(json.loads(...))`)."""
+    try:
+        row = db.conn.execute(SELECT_ARTICLE, (article_id,)).fetchone()
+    except sqlite3.Error as exc:
+        raise _wrap("read the articles", db, exc) from exc
+    return None if row is None else str(row[0])
+
+
+def iter_summaries(db: Database) -> Iterator[ArticleSummary]:
+    """Yield the light summary of every stored article (in no particular order)."""
+    try:
+        cursor = db.conn.execute(SELECT_SUMMARIES)
+        while rows := cursor.fetchmany(_BATCH):
+            for row in rows:
+                yield ArticleSummary(
+                    id=row[0],
+                    slug=row[1],
+                    title=row[2],
+                    published=datetime.fromisoformat(row[3]) if row[3] else None,
+                    precision=Precision(row[4]),
+                    author=row[5],
+                    record_hash=row[6],
+                    first_seen_at=datetime.fromisoformat(row[7]),
+                )
+    except sqlite3.Error as exc:
+        raise _wrap("read the articles", db, exc) from exc
+
+
+def iter_articles_newest_first(db: Database, *, batch: int = _BATCH) -> Iterator[Article]:
+    """Yield every stored article, newest publish date first, undated last, then by id.
+
+    Reads in keyset batches, so memory stays bounded; a row changed during the
+    iteration may or may not be seen.
+    """
+    key: dict[str, object] | None = None
+    while True:
+        try:
+            if key is None:
+                rows = db.conn.execute(
+                    SELECT_ARTICLES_NEWEST_FIRST_START, {"limit": batch}
+                ).fetchall()
+            else:
+                rows = db.conn.execute(SELECT_ARTICLES_NEWEST_FIRST, key).fetchall()
+        except sqlite3.Error as exc:
+            raise _wrap("read the articles", db, exc) from exc
+        if not rows:
+            return
+        for record, _published, _id in rows:
+            yield Article.from_record(json.loads(record))
+        _record, last_key, last_id = rows[-1]
+        key = {"k": last_key, "id": last_id, "limit": batch}
+
+
+def read_page_fingerprints(db: Database) -> dict[str, str]:
+    """Every page the last build recorded, with its input fingerprint."""
+    try:
+        return {str(path): str(fp) for path, fp in db.conn.execute(SELECT_PAGES)}
+    except sqlite3.Error as exc:
+        raise _wrap("read the page fingerprints", db, exc) from exc
+
+
+def write_page_fingerprints(db: Database, pages: Iterable[tuple[str, str]]) -> None:
+    """Record (path, fingerprint) pairs for pages just written or confirmed."""
+    try:
+        db.conn.executemany(UPSERT_PAGE, pages)
+    except sqlite3.Error as exc:
+        raise _wrap("record the page fingerprints", db, exc) from exc
+
+
+def delete_page_fingerprints(db: Database, paths: Iterable[str]) -> None:
+    """Forget pages that were removed."""
+    try:
+        db.conn.executemany(DELETE_PAGE, ((p,) for p in paths))
+    except sqlite3.Error as exc:
+        raise _wrap("record the page fingerprints", db, exc) from exc

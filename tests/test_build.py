@@ -1,0 +1,466 @@
+"""Build edge: dumps -> store -> feeds and pages, incremental and deterministic."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import posixpath
+import re
+import unicodedata
+from datetime import datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import feedparser
+import pytest
+
+from syndicate import build, load
+from syndicate.build import run_build, sync_articles
+from syndicate.config import Settings, load_settings
+from syndicate.errors import InputError
+from syndicate.store import Database, open_database
+from syndicate.store.articles import get_article, iter_articles_newest_first
+
+HOSTILE_TITLE = "<script>alert(1)</script> ]]> {{ 7*7 }} Tin nóng"
+
+# Our own small dumps in the FORMAT.md layout: name -> (text, encoding).
+DUMPS: dict[str, tuple[str, str]] = {
+    "001.txt": (
+        "Hội thảo khoa học tại Đông Hà\n31/10/2024 09:15\n"
+        "QTO - Sáng nay, hội thảo diễn ra tại TP. Đông Hà.\n"
+        "Đoạn thân bài thứ nhất có nội dung.\nQuang cảnh hội thảo - Ảnh: T.P\n"
+        "Đoạn thân bài thứ hai.\nTrúc Phương\nQTO - Tin khác đang được quan tâm...\n",
+        "utf-8",
+    ),
+    "002.txt": (
+        "Khánh thành cầu mới\n30/10/2024 15:00\n"
+        "QTO - Chiều nay, tỉnh khánh thành cây cầu mới nối hai huyện.\n"
+        "Cây cầu dài 300 mét, rộng 12 mét.\nNHÓM PV\n",
+        "cp1258",
+    ),
+    "003.txt": (
+        f"{HOSTILE_TITLE}\n29/10/2024 08:00\n"
+        "QTO - Nội dung có <b>thẻ</b> và ]]> cùng {{ 7*7 }} trong bài.\n"
+        "Đoạn hai có {% raw %} và <script>alert(2)</script>.\n",
+        "utf-16",
+    ),
+    "004.txt": (
+        "{title}\n{publish}\n{head}\n"
+        "Bài không có ngày tháng nào, chỉ có nội dung để đọc.\nĐoạn thứ hai của bài.\n",
+        "utf-8-sig",
+    ),
+    # The same article as 001 under another name and encoding: a duplicate.
+    "005-copy.txt": ("", "utf-16"),
+    # Same title as 002, other body: a slug collision.
+    "006.txt": (
+        "Khánh thành cầu mới\n01/10/2024 07:30\n"
+        "QTO - Sáng nay, một cây cầu khác cũng được khánh thành ở huyện miền núi.\n"
+        "Cầu treo dài 80 mét.\n",
+        "utf-8",
+    ),
+    "007-empty.txt": ("", "utf-8"),
+}
+DUMPS["005-copy.txt"] = (DUMPS["001.txt"][0], "utf-16")
+
+
+def encode_cp1258(text: str) -> bytes:
+    """Windows-1258 the way Vietnamese Windows wrote it: base letters plus combining tones."""
+    out = bytearray()
+    for char in text:
+        try:
+            out += char.encode("cp1258")
+            continue
+        except UnicodeEncodeError:
+            pass
+        base, *marks = unicodedata.normalize("NFD", char)
+        # cp1258 has â ê ô ă ơ ư precomposed and the five tones as combining marks.
+        for i, mark in enumerate(marks):
+            composed = unicodedata.normalize("NFC", base + mark)
+            if len(composed) == 1 and composed.encode("cp1258", errors="ignore"):
+                base, marks = composed, marks[:i] + marks[i + 1 :]
+                break
+        out += base.encode("cp1258") + "".join(marks).encode("cp1258")
+    return bytes(out)
+
+
+def write_dumps(folder: Path, names: list[str] | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names or list(DUMPS):
+        text, encoding = DUMPS[name]
+        data = encode_cp1258(text) if encoding == "cp1258" else text.encode(encoding)
+        (folder / name).write_bytes(data)
+
+
+@pytest.fixture
+def db(settings: Settings):  # type: ignore[no-untyped-def]
+    database = open_database(settings.paths.database)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def seeds(settings: Settings) -> Path:
+    write_dumps(settings.paths.seeds)
+    return settings.paths.seeds
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name in ("href", "src") and value:
+                self.hrefs.append(value)
+
+
+def _resolve(base_url: str, page: str, href: str) -> str:
+    """The output-relative path a link points at (absolute URLs under base_url too)."""
+    if href.startswith(base_url):
+        rel = href[len(base_url) :]
+    else:
+        assert not urlsplit(href).scheme, f"{page}: external link {href}"
+        rel = posixpath.normpath(posixpath.join(posixpath.dirname(page), href))
+    return rel or "index.html"
+
+
+def test_build_writes_feeds_pages_and_counts(
+    settings: Settings, db: Database, seeds: Path, now: datetime
+) -> None:
+    summary = run_build(settings, db, now=now)
+    assert (summary.articles, summary.duplicates, summary.skipped) == (5, 1, 1)
+    assert summary.errors[0].path.endswith("007-empty.txt")
+    out = _tree(settings.paths.output)
+    assert {"rss.xml", "atom.xml", "feed.json", "index.html"} <= set(out)
+    pages = sorted(p for p in out if p.startswith("articles/"))
+    assert len(pages) == 5
+    assert summary.written == len(out) == 9
+    assert summary.unchanged == 0
+    assert "articles/hoi-thao-khoa-hoc-tai-dong-ha.html" in pages
+    # Slug collision: the earlier article keeps the plain slug.
+    assert "articles/khanh-thanh-cau-moi.html" in pages
+    other = [p for p in pages if re.fullmatch(r"articles/khanh-thanh-cau-moi-[0-9a-f]{6}\.html", p)]
+    assert len(other) == 1
+    plain = out["articles/khanh-thanh-cau-moi.html"].decode()
+    assert "Cầu treo dài 80 mét." in plain  # 006 was published first (1 Oct)
+
+
+def test_every_link_in_pages_and_feeds_resolves_to_a_written_file(
+    settings: Settings, db: Database, seeds: Path, now: datetime
+) -> None:
+    settings = dataclasses.replace(settings, site=dataclasses.replace(settings.site, page_size=2))
+    run_build(settings, db, now=now)
+    out = _tree(settings.paths.output)
+    assert {"page/2.html", "page/3.html"} <= set(out)
+    base = settings.site.base_url
+    checked = 0
+    for name, data in out.items():
+        if name.endswith(".html"):
+            parser = _Links()
+            parser.feed(data.decode("utf-8"))
+            hrefs = parser.hrefs
+        elif name.endswith(".xml"):
+            parsed = feedparser.parse(data)
+            assert parsed.bozo == 0
+            hrefs = [link.href for e in parsed.entries for link in e.links]
+            hrefs += [link.href for link in parsed.feed.links]
+        else:
+            feed = json.loads(data)
+            hrefs = [feed["home_page_url"], feed["feed_url"]] + [i["url"] for i in feed["items"]]
+        for href in hrefs:
+            assert _resolve(base, name, href) in out, f"{name}: broken link {href}"
+            checked += 1
+    assert checked > 50
+
+
+def test_feeds_hold_every_article_newest_first_with_hostile_text_as_text(
+    settings: Settings, db: Database, seeds: Path, now: datetime
+) -> None:
+    run_build(settings, db, now=now)
+    output = settings.paths.output
+    rss = feedparser.parse((output / "rss.xml").read_bytes())
+    assert rss.bozo == 0
+    titles = [e.title for e in rss.entries]
+    assert titles[:3] == ["Hội thảo khoa học tại Đông Hà", "Khánh thành cầu mới", HOSTILE_TITLE]
+    assert "published" not in rss.entries[-1]  # the undated one comes last
+    assert rss.feed.updated == "Thu, 31 Oct 2024 09:15:00 +0700"
+    for name in ("rss.xml", "atom.xml", "feed.json", "index.html"):
+        text = (output / name).read_text("utf-8")
+        assert "<script>" not in text.replace('"title": "<script>', "")
+        assert "49" not in text
+    page = next((output / "articles").glob("script-alert*.html")).read_text("utf-8")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script" not in page
+
+
+def test_same_input_gives_byte_identical_output(tmp_path: Path, now: datetime) -> None:
+    trees = []
+    for run in ("one", "two"):
+        work = tmp_path / run
+        work.mkdir()
+        settings = load_settings(None, {}, cwd=work)
+        # Different file order on disk: written in reverse for the second run.
+        names = list(DUMPS) if run == "one" else list(reversed(DUMPS))
+        write_dumps(settings.paths.seeds, names)
+        with open_database(settings.paths.database) as database:
+            run_build(settings, database, now=now + timedelta(days=len(trees)))
+        trees.append(_tree(settings.paths.output))
+    assert trees[0] == trees[1]
+
+
+def test_rebuild_with_nothing_changed_parses_and_writes_nothing(
+    settings: Settings,
+    db: Database,
+    seeds: Path,
+    now: datetime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run_build(settings, db, now=now)
+    output = settings.paths.output
+    stamps = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
+    calls: list[str] = []
+    real_parse = load.parse_dump
+
+    def counting_parse(data: bytes, *, source: str, tz):  # type: ignore[no-untyped-def]
+        calls.append(source)
+        return real_parse(data, source=source, tz=tz)
+
+    monkeypatch.setattr(load, "parse_dump", counting_parse)
+    summary = run_build(settings, db, now=now + timedelta(hours=1))
+    assert calls == []
+    assert (summary.articles, summary.duplicates, summary.skipped) == (5, 1, 1)
+    assert summary.written == 0
+    assert summary.unchanged == len(stamps)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_touched_dump_is_matched_by_content_hash(
+    settings: Settings,
+    db: Database,
+    seeds: Path,
+    now: datetime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run_build(settings, db, now=now)
+    target = seeds / "002.txt"
+    os.utime(target, ns=(1_000_000_000, 1_000_000_000))
+    calls: list[str] = []
+    real_parse = load.parse_dump
+    monkeypatch.setattr(
+        load,
+        "parse_dump",
+        lambda data, *, source, tz: calls.append(source) or real_parse(data, source=source, tz=tz),
+    )
+    summary = run_build(settings, db, now=now)
+    assert calls == []
+    assert summary.written == 0
+    monkeypatch.setattr(load, "PARSER_VERSION", load.PARSER_VERSION + 1)
+    run_build(settings, db, now=now)
+    assert len(calls) == len(DUMPS)  # a new parser version re-parses everything
+
+
+def test_changed_dump_rewrites_only_what_depends_on_it(
+    settings: Settings, db: Database, seeds: Path, now: datetime
+) -> None:
+    run_build(settings, db, now=now)
+    text, encoding = DUMPS["004.txt"]
+    (seeds / "004.txt").write_bytes(
+        text.replace("Đoạn thứ hai", "Đoạn thứ hai đã sửa").encode(encoding)
+    )
+    summary = run_build(settings, db, now=now)
+    # The article's content id changed: its page has the same slug, new bytes; the
+    # feeds carry it too. The index lists only titles and dates, so it is unchanged.
+    assert summary.written == 4  # its page, rss.xml, atom.xml, feed.json
+    assert summary.articles == 5
+
+
+def test_duplicates_keep_the_first_path_and_first_seen_time(
+    settings: Settings, db: Database, seeds: Path, now: datetime
+) -> None:
+    sync = sync_articles(settings, db, now=now)
+    assert sync.duplicates == 1
+    assert sync.new == 5
+    first = next(
+        a for a in iter_articles_newest_first(db) if a.title == "Hội thảo khoa học tại Đông Hà"
+    )
+    assert first.source.endswith("001.txt")
+    row = db.conn.execute("SELECT first_seen_at FROM articles WHERE id = ?", (first.id,))
+    assert row.fetchone()[0] == now.isoformat()
+    # The winner goes away: the copy takes over and the record follows it,
+    # while first_seen_at stays.
+    (seeds / "001.txt").unlink()
+    later = now + timedelta(days=1)
+    again = sync_articles(settings, db, now=later)
+    assert (again.duplicates, again.new) == (0, 0)
+    article = get_article(db, first.id)
+    assert article is not None
+    assert article.source.endswith("005-copy.txt")
+    row = db.conn.execute("SELECT first_seen_at FROM articles WHERE id = ?", (first.id,))
+    assert row.fetchone()[0] == now.isoformat()
+
+
+def test_skipped_dumps_log_one_warning_each_every_run(
+    settings: Settings,
+    db: Database,
+    seeds: Path,
+    now: datetime,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (seeds / "008-binary.txt").write_bytes(bytes(range(256)) * 4)
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="syndicate"):
+            summary = run_build(settings, db, now=now)
+        assert summary.skipped == 2
+        warnings = [r.getMessage() for r in caplog.records if r.name == "syndicate.build"]
+        assert len(warnings) == 2
+        assert warnings[0].startswith(f"{seeds / '007-empty.txt'}: ")
+        assert warnings[1].startswith(f"{seeds / '008-binary.txt'}: ")
+        assert [str(e) for e in summary.errors] == warnings
+
+
+def test_pages_of_articles_that_disappeared_are_removed(
+    settings: Settings, db: Database, seeds: Path, now: datetime
+) -> None:
+    settings = dataclasses.replace(settings, site=dataclasses.replace(settings.site, page_size=2))
+    run_build(settings, db, now=now)
+    output = settings.paths.output
+    page = output / "articles/hoi-thao-khoa-hoc-tai-dong-ha.html"
+    assert (output / "page/3.html").exists()
+    (seeds / "001.txt").unlink()
+    (seeds / "005-copy.txt").unlink()
+    (seeds / "006.txt").unlink()
+    unrelated = output / "articles" / "mine.html"
+    unrelated.write_text("not written by syndicate")
+    summary = run_build(settings, db, now=now)
+    assert summary.articles == 3
+    assert summary.removed == 3  # two article pages and page/3.html
+    assert not page.exists()
+    assert not (output / "page/3.html").exists()
+    assert (output / "page/2.html").exists()
+    assert unrelated.exists()  # only pages syndicate recorded are ever removed
+
+
+def test_deleted_output_is_written_again(
+    settings: Settings, db: Database, seeds: Path, now: datetime
+) -> None:
+    first = run_build(settings, db, now=now)
+    (settings.paths.output / "index.html").unlink()
+    next(iter((settings.paths.output / "articles").iterdir())).unlink()
+    summary = run_build(settings, db, now=now)
+    assert summary.written == 2
+    assert summary.unchanged == first.written - 2
+
+
+def test_explicit_paths_and_missing_path(
+    settings: Settings, db: Database, seeds: Path, now: datetime
+) -> None:
+    summary = run_build(settings, db, now=now, paths=[seeds / "002.txt", seeds / "003.txt"])
+    assert summary.articles == 2
+    with pytest.raises(InputError, match="no such file or folder"):
+        run_build(settings, db, now=now, paths=[seeds / "nope.txt"])
+
+
+def test_progress_reports_every_dump(
+    settings: Settings, db: Database, seeds: Path, now: datetime
+) -> None:
+    seen: list[tuple[int, int]] = []
+    run_build(settings, db, now=now, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(n, len(DUMPS)) for n in range(1, len(DUMPS) + 1)]
+
+
+def test_newest_first_iteration_crosses_batches(
+    settings: Settings, db: Database, seeds: Path, now: datetime
+) -> None:
+    sync_articles(settings, db, now=now)
+    whole = [a.id for a in iter_articles_newest_first(db)]
+    assert [a.id for a in iter_articles_newest_first(db, batch=2)] == whole
+    dates = [a.published for a in iter_articles_newest_first(db)]
+    assert dates[-1] is None
+    known = [d for d in dates if d is not None]
+    assert known == sorted(known, reverse=True)
+
+
+def test_empty_seeds_build_an_empty_site(settings: Settings, db: Database, now: datetime) -> None:
+    summary = run_build(settings, db, now=now)
+    assert summary.articles == 0
+    rss = feedparser.parse((settings.paths.output / "rss.xml").read_bytes())
+    assert rss.bozo == 0
+    assert rss.feed.updated == "Fri, 01 Nov 2024 13:00:00 +0700"  # no dates: the clock
+    assert "Chưa có bài viết nào." in (settings.paths.output / "index.html").read_text("utf-8")
+
+
+def test_real_sample_builds_when_present(settings: Settings, db: Database, now: datetime) -> None:
+    shared = Path(__file__).resolve().parent.parent.parent / "shared" / "seeds"
+    if not shared.is_dir():
+        pytest.skip("the shared sample is not here")
+    summary = run_build(settings, db, now=now, paths=[shared])
+    assert summary.skipped == 0
+    assert summary.articles >= 1
+    assert feedparser.parse((settings.paths.output / "atom.xml").read_bytes()).bozo == 0
+
+
+def test_build_module_has_no_clock() -> None:
+    source = Path(build.__file__).read_text("utf-8")
+    assert "datetime.now" not in source
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
+    calls: list[str] = []
+    real = getattr(load, name)
+
+    def counting(data_or_path, **kw):  # type: ignore[no-untyped-def]
+        calls.append(str(kw.get("source", data_or_path)))
+        return real(data_or_path, **kw)
+
+    monkeypatch.setattr(load, name, counting)
+    return calls
+
+
+def test_settled_dumps_are_not_even_read_again(
+    settings: Settings,
+    db: Database,
+    seeds: Path,
+    now: datetime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for path in seeds.iterdir():
+        os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    run_build(settings, db, now=now)
+    reads = _count_calls(monkeypatch, "read_dump")
+    summary = run_build(settings, db, now=now)
+    assert reads == []  # the stat signature vouched for every dump
+    assert (summary.articles, summary.duplicates, summary.skipped, summary.written) == (5, 1, 1, 0)
+
+
+def test_a_change_within_the_same_mtime_tick_is_caught(
+    settings: Settings,
+    db: Database,
+    seeds: Path,
+    now: datetime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run_build(settings, db, now=now)  # the dumps were written just now: "racy"
+    target = seeds / "004.txt"
+    before = target.stat()
+    text, encoding = DUMPS["004.txt"]
+    changed = text.replace("Đoạn thứ hai", "Đoạn thứ ba ").encode(encoding)
+    assert len(changed) == before.st_size
+    target.write_bytes(changed)
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    parses = _count_calls(monkeypatch, "parse_dump")
+    summary = run_build(settings, db, now=now)
+    assert parses == [str(target)]
+    assert summary.written == 4  # its page and the three feeds

@@ -1,0 +1,137 @@
+"""`syndicate build` through CliRunner, and once as a real subprocess."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from syndicate.cli import cli
+
+GOOD = (
+    "Hội thảo khoa học tại Đông Hà\n31/10/2024 09:15\n"
+    "QTO - Sáng nay, hội thảo diễn ra tại TP. Đông Hà.\n"
+    "Đoạn thân bài thứ nhất.\nQuang cảnh hội thảo - Ảnh: T.P\nTrúc Phương\n"
+)
+OTHER = (
+    "Khánh thành cầu mới\n30/10/2024 15:00\n"
+    "QTO - Chiều nay, tỉnh khánh thành cây cầu mới nối hai huyện.\n"
+    "Cây cầu dài 300 mét.\n"
+)
+SUMMARY = re.compile(
+    r"Built (?P<articles>\d+) articles? \((?P<dups>\d+) duplicates?, (?P<skipped>\d+) skipped\) "
+    r"into (?P<out>\S+): (?P<written>\d+) files? written, (?P<unchanged>\d+) unchanged"
+    r"(?:, (?P<removed>\d+) removed)? in \d+\.\d\d s\.\n"
+)
+
+
+@pytest.fixture
+def project(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    seeds = workdir / "seeds"
+    (seeds / "a.txt").write_text(GOOD, encoding="utf-8")
+    (seeds / "b.txt").write_bytes(GOOD.encode("utf-16"))  # a duplicate of a.txt
+    (seeds / "c.txt").write_text(OTHER, encoding="utf-8-sig")
+    (seeds / "d.txt").write_bytes(b"")
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv("SYNDICATE_CONFIG", raising=False)
+    return workdir
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_build_prints_one_summary_line_and_warns_per_skipped_dump(project: Path) -> None:
+    code, out, err = _run("build")
+    assert code == 0
+    match = SUMMARY.fullmatch(out)
+    assert match, out
+    assert match.group("articles", "dups", "skipped", "out") == ("2", "1", "1", "feeds/")
+    assert match.group("written", "unchanged") == ("6", "0")
+    assert out.startswith("Built 2 articles (1 duplicate, 1 skipped) into feeds/: 6 files written")
+    lines = err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("warning: seeds/d.txt: ")
+    assert "Reading dumps" not in err  # no progress bar when stderr is not a terminal
+    assert (project / "feeds" / "index.html").is_file()
+    assert (project / "syndicate.db").is_file()
+
+
+def test_second_build_writes_nothing(project: Path) -> None:
+    _run("build")
+    code, out, _err = _run("build")
+    assert code == 0
+    match = SUMMARY.fullmatch(out)
+    assert match, out
+    assert match.group("written", "unchanged") == ("0", "6")
+
+
+def test_strict_exits_1_when_a_dump_was_skipped(project: Path) -> None:
+    code, out, err = _run("build", "--strict")
+    assert code == 1
+    assert SUMMARY.fullmatch(out)
+    assert err.splitlines()[-1] == (
+        "Error: 1 dump was skipped and --strict is set. "
+        "Fix or remove them (see the warnings above)."
+    )
+    (project / "seeds" / "d.txt").unlink()
+    code, _out, _err = _run("build", "--strict")
+    assert code == 0
+
+
+def test_quiet_prints_only_errors(project: Path) -> None:
+    code, out, err = _run("-q", "build")
+    assert (code, out, err) == (0, "", "")
+    code, out, err = _run("-q", "build", "--strict")
+    assert code == 1
+    assert out == ""
+    assert err.startswith("Error: 1 dump was skipped")
+
+
+def test_paths_given_replace_the_seeds(project: Path) -> None:
+    code, out, _err = _run("build", "seeds/c.txt")
+    assert code == 0
+    assert out.startswith("Built 1 article (0 duplicates, 0 skipped) into feeds/:")
+
+
+def test_missing_path_is_a_usage_error(project: Path) -> None:
+    code, out, err = _run("build", "nope")
+    assert code == 2
+    assert out == ""
+    assert err == (
+        "Error: nope: no such file or folder. "
+        "Give existing dump files or folders (the default is paths.seeds).\n"
+    )
+
+
+def test_output_folder_from_config(project: Path) -> None:
+    (project / "syndicate.toml").write_text(
+        '[paths]\noutput = "public"\n[site]\nbase_url = "https://news.example.org/"\n',
+        encoding="utf-8",
+    )
+    code, out, _err = _run("build")
+    assert code == 0
+    assert " into public/: " in out
+    rss = (project / "public" / "rss.xml").read_text("utf-8")
+    assert "<link>https://news.example.org/</link>" in rss
+
+
+@pytest.mark.slow
+def test_build_as_a_real_subprocess(project: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "syndicate", "build", "--strict"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert SUMMARY.fullmatch(proc.stdout), proc.stdout
+    assert proc.stderr.startswith("warning: seeds/d.txt: ")
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,347 @@
+"""Feeds stage: RSS / Atom / JSON Feed bytes, read back with feedparser."""
+
+from __future__ import annotations
+
+import email.utils
+import html
+import json
+import re
+import unicodedata
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import feedparser
+import pytest
+
+from syndicate.feeds import FeedInfo, build_content_html, build_feed, item_id
+from syndicate.model import Article, Block, BlockKind, Precision
+
+TZ = ZoneInfo("Asia/Ho_Chi_Minh")
+BASE = "https://news.example.org/"
+INFO = FeedInfo(
+    title="Tin mới Quảng Trị",
+    description="Tin tức mới nhất, tổng hợp bởi syndicate.",
+    base_url=BASE,
+    language="vi",
+    timezone="Asia/Ho_Chi_Minh",
+)
+HOSTILE_TITLE = "<script>alert('x')</script> ]]> {{ 7*7 }} & Đông Hà"
+HOSTILE_BODY = "Sáng nay <b>đậm</b> ]]> {{ 7*7 }} {% raw %} & &amp; tại TP. Đông Hà."
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)$")
+
+
+def _article(
+    n: int,
+    *,
+    title: str | None = None,
+    body: tuple[Block, ...] | None = None,
+    published: datetime | None = None,
+    precision: Precision = Precision.DATETIME,
+    author: str | None = "Trúc Phương",
+    language: str = "vi",
+) -> Article:
+    return Article(
+        id=f"{n:032x}",
+        slug=f"bai-{n}",
+        title=title or f"Bài số {n}: hội nghị ở Đông Hà",
+        title_derived=False,
+        published=published,
+        precision=precision if published else Precision.UNKNOWN,
+        body=body
+        or (
+            Block(BlockKind.PARAGRAPH, f"Sáng nay, bài {n} mở đầu tại TP. Đông Hà."),
+            Block(BlockKind.CAPTION, "Quang cảnh hội thảo - Ảnh: T.P"),
+            Block(BlockKind.PARAGRAPH, "Đoạn thứ hai của bài viết."),
+        ),
+        author=author,
+        language=language,
+    )
+
+
+@pytest.fixture
+def articles() -> list[Article]:
+    day = datetime(2024, 10, 31, 9, 15, tzinfo=TZ)
+    return [
+        _article(1, published=day),
+        _article(2, published=day - timedelta(days=1), author=None),
+        _article(
+            3,
+            title=HOSTILE_TITLE,
+            body=(
+                Block(BlockKind.PARAGRAPH, HOSTILE_BODY),
+                Block(BlockKind.CAPTION, "<img src=x onerror=alert(1)> - Ảnh: X"),
+            ),
+            published=day - timedelta(hours=3),
+        ),
+        _article(4, published=None),
+        _article(
+            5,
+            title="Hội nghị tổng kết",
+            published=datetime(2024, 10, 29, tzinfo=TZ),
+            precision=Precision.INFERRED_YEAR,
+            language="en",
+        ),
+    ]
+
+
+def _build(articles: list[Article], kind: str, **kw: object) -> bytes:
+    options: dict[str, object] = {
+        "now": datetime(2024, 11, 1, 6, 0, tzinfo=UTC),
+        "info": INFO,
+        "limit": 50,
+    }
+    options.update(kw)
+    return build_feed(articles, kind=kind, **options)  # type: ignore[arg-type]
+
+
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+@pytest.mark.parametrize("kind", ["rss", "atom"])
+def test_xml_feed_reads_back_with_every_entry_intact(articles: list[Article], kind: str) -> None:
+    parsed = feedparser.parse(_build(articles, kind))
+    assert parsed.bozo == 0, parsed.get("bozo_exception")
+    by_id = {a.id: a for a in articles}
+    assert len(parsed.entries) == len(articles)
+    for entry in parsed.entries:
+        article = next(a for a in by_id.values() if item_id(a.id) == entry.id)
+        assert _nfc(entry.title) == article.title
+        assert entry.link == f"{BASE}articles/{article.slug}.html"
+        assert entry.author == (article.author or INFO.title)
+        summary = html.unescape(entry.summary) if kind == "rss" else entry.summary
+        assert _nfc(summary) == article.lead
+        content = entry.content[0].value
+        for block in article.body:
+            assert html.escape(block.text, quote=False) in content
+        if article.published is None:
+            assert "published" not in entry
+        else:
+            assert entry.published_parsed[:6] == article.published.astimezone(UTC).timetuple()[:6]
+
+
+def test_rss_uses_rfc822_dates_self_link_and_the_site_as_channel_link(
+    articles: list[Article],
+) -> None:
+    data = _build(articles, "rss")
+    text = data.decode("utf-8")
+    parsed = feedparser.parse(data)
+    assert parsed.feed.link == BASE
+    assert f'<atom:link href="{BASE}rss.xml" rel="self" type="application/rss+xml"/>' in text
+    assert parsed.feed.language == "vi"
+    for value in re.findall(r"<(?:pubDate|lastBuildDate)>([^<]+)<", text):
+        assert email.utils.parsedate_to_datetime(value).tzinfo is not None
+    # content:encoded is present for every item (feedgen drops it without a description).
+    assert text.count("<content:encoded>") == len(articles)
+    assert text.count('<guid isPermaLink="false">urn:uuid:') == len(articles)
+
+
+def test_atom_has_rfc3339_dates_authors_and_self_link(articles: list[Article]) -> None:
+    data = _build(articles, "atom")
+    text = data.decode("utf-8")
+    for value in re.findall(r"<(?:updated|published)>([^<]+)<", text):
+        assert RFC3339.match(value), value
+    assert text.count("<author>") == len(articles) + 1  # the feed's own, then each entry's
+    assert f'<link href="{BASE}atom.xml" rel="self" type="application/atom+xml"/>' in text
+    assert '<content type="html">' in text
+    assert text.count('<entry xml:lang="vi">') == len(articles) - 1
+    assert text.count('<entry xml:lang="en">') == 1
+    # feedgen drops rel and type from entry links; they are put back.
+    assert text.count('.html" rel="alternate" type="text/html"/>') == len(articles)
+    parsed = feedparser.parse(data)
+    assert [e.title_detail.language for e in parsed.entries].count("en") == 1
+
+
+def test_json_feed_follows_version_1_1(articles: list[Article]) -> None:
+    feed = json.loads(_build(articles, "json"))
+    assert list(feed) == [
+        "version",
+        "title",
+        "home_page_url",
+        "feed_url",
+        "description",
+        "language",
+        "authors",
+        "items",
+    ]
+    assert feed["version"] == "https://jsonfeed.org/version/1.1"
+    assert feed["feed_url"] == f"{BASE}feed.json"
+    assert feed["home_page_url"] == BASE
+    ids = [item["id"] for item in feed["items"]]
+    assert len(set(ids)) == len(ids)
+    first = feed["items"][0]
+    assert set(first) == {
+        "id",
+        "url",
+        "title",
+        "content_html",
+        "summary",
+        "date_published",
+        "date_modified",
+        "authors",
+        "language",
+    }
+    assert RFC3339.match(first["date_published"])
+    undated = feed["items"][-1]
+    assert "date_published" not in undated
+    assert [i["language"] for i in feed["items"]].count("en") == 1
+
+
+@pytest.mark.parametrize("kind", ["rss", "atom", "json"])
+def test_hostile_text_shows_as_text_in_every_feed(articles: list[Article], kind: str) -> None:
+    data = _build(articles, kind)
+    text = data.decode("utf-8")
+    if kind == "json":
+        # JSON Feed title and summary are plain text by the spec; content_html is HTML.
+        item = next(i for i in json.loads(data)["items"] if i["title"] == HOSTILE_TITLE)
+        assert item["summary"] == HOSTILE_BODY
+        assert html.escape(HOSTILE_BODY, quote=False) in item["content_html"]
+        assert "<img" not in item["content_html"]
+        assert "<b>" not in item["content_html"]
+        return
+    assert "<script>" not in text
+    assert "<img" not in text
+    assert "<b>" not in text
+    assert "]]>" not in text
+    entry = next(e for e in feedparser.parse(data).entries if "alert" in e.title)
+    assert entry.title == HOSTILE_TITLE
+    # The content, read as HTML by a feed reader, shows the markup as text.
+    assert "&lt;b&gt;đậm&lt;/b&gt;" in entry.content[0].value
+    assert "{{ 7*7 }}" in entry.content[0].value
+
+
+def test_content_html_escapes_each_paragraph_and_marks_captions() -> None:
+    article = _article(
+        9,
+        body=(
+            Block(BlockKind.PARAGRAPH, "a < b & c"),
+            Block(BlockKind.CAPTION, "Ảnh <x> - Ảnh: T.P"),
+        ),
+    )
+    assert build_content_html(article) == (
+        '<p>a &lt; b &amp; c</p>\n<p class="caption"><em>Ảnh &lt;x&gt; - Ảnh: T.P</em></p>'
+    )
+
+
+@pytest.mark.parametrize("kind", ["rss", "atom", "json"])
+def test_items_are_newest_first_undated_last_and_limited(
+    articles: list[Article], kind: str
+) -> None:
+    data = _build(list(reversed(articles)), kind, limit=4)
+    if kind == "json":
+        ids = [i["id"] for i in json.loads(data)["items"]]
+    else:
+        ids = [e.id for e in feedparser.parse(data).entries]
+    assert ids == [item_id(articles[n].id) for n in (0, 2, 1, 4)]
+    everything = _build(articles, kind, limit=50)
+    last = (
+        json.loads(everything)["items"][-1]["id"]
+        if kind == "json"
+        else feedparser.parse(everything).entries[-1].id
+    )
+    assert last == item_id(articles[3].id)  # the undated one
+
+
+@pytest.mark.parametrize("kind", ["rss", "atom", "json"])
+def test_feed_bytes_do_not_depend_on_input_order(articles: list[Article], kind: str) -> None:
+    assert _build(articles, kind) == _build(list(reversed(articles)), kind)
+
+
+def test_feed_updated_is_the_newest_article_date_never_the_clock(
+    articles: list[Article],
+) -> None:
+    later = datetime(2030, 1, 1, tzinfo=UTC)
+    for kind in ("rss", "atom", "json"):
+        assert _build(articles, kind) == _build(articles, kind, now=later)
+    atom = feedparser.parse(_build(articles, "atom"))
+    assert atom.feed.updated == "2024-10-31T09:15:00+07:00"
+    rss = feedparser.parse(_build(articles, "rss"))
+    assert rss.feed.updated == "Thu, 31 Oct 2024 09:15:00 +0700"
+
+
+def test_feed_updated_falls_back_to_now_without_dated_articles() -> None:
+    now = datetime(2024, 11, 1, 6, 0, tzinfo=UTC)
+    atom = feedparser.parse(_build([_article(1, published=None)], "atom", now=now))
+    assert atom.feed.updated == "2024-11-01T13:00:00+07:00"
+    assert atom.entries[0].updated == "2024-11-01T13:00:00+07:00"
+    empty = feedparser.parse(_build([], "rss", now=now))
+    assert empty.bozo == 0
+    assert empty.entries == []
+
+
+def test_item_ids_never_depend_on_base_url_or_paths(articles: list[Article]) -> None:
+    other = FeedInfo("x", "y", "http://127.0.0.1:9/", "vi", "Asia/Ho_Chi_Minh")
+    first = [e.id for e in feedparser.parse(_build(articles, "atom")).entries]
+    second = [e.id for e in feedparser.parse(_build(articles, "atom", info=other)).entries]
+    assert first == second
+    assert item_id("abc") == "urn:uuid:" + item_id("abc").removeprefix("urn:uuid:")
+    assert item_id("abc") != item_id("abd")
+
+
+def test_page_urls_given_by_the_site_are_used(articles: list[Article]) -> None:
+    urls = {a.id: f"{BASE}articles/x-{a.id[-6:]}.html" for a in articles}
+    parsed = feedparser.parse(_build(articles, "rss", page_urls=urls))
+    assert sorted(e.link for e in parsed.entries) == sorted(urls.values())
+
+
+def test_naive_now_is_refused(articles: list[Article]) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        _build(articles, "rss", now=datetime(2024, 11, 1))  # noqa: DTZ001
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), [("rss", "rss.xml"), ("atom", "atom.xml"), ("json", "feed.json")]
+)
+def test_feeds_match_golden_files(
+    articles: list[Article], kind: str, name: str, check_golden, now
+) -> None:  # type: ignore[no-untyped-def]
+    check_golden(name, _build(articles, kind, now=now))
+
+
+@pytest.mark.parametrize("kind", ["rss", "atom", "json"])
+def test_shared_hostile_articles_come_out_as_nfc_text(
+    hostile_articles: list[Article], kind: str
+) -> None:
+    data = _build(hostile_articles, kind)
+    text = data.decode("utf-8")
+    assert "\r" not in text
+    assert not re.search(r"^\s*Bcc:", text, re.MULTILINE)
+    if kind == "json":
+        items = json.loads(data)["items"]
+        titles = [i["title"] for i in items]
+        contents = [i["content_html"] for i in items]
+    else:
+        parsed = feedparser.parse(data)
+        assert parsed.bozo == 0, parsed.get("bozo_exception")
+        titles = [e.title for e in parsed.entries]
+        contents = [e.content[0].value for e in parsed.entries]
+        assert "<script" not in text
+        assert "<img" not in text
+    assert len(titles) == len(hostile_articles)
+    for title in titles:
+        assert title == unicodedata.normalize("NFC", title)
+        assert "\n" not in title
+    assert "Tin khẩn Bcc: evil@example.com" in titles
+    assert "Quảng Trị đón bão số 6: Đông Hà ngập sâu" in titles  # built in NFD, output NFC
+    joined = "\n".join(contents)
+    assert joined == unicodedata.normalize("NFC", joined)
+    assert "&lt;script&gt;alert(" in joined
+    assert "&amp;amp;" in joined  # the literal five characters "&amp;" stay text
+    for tag in ("<script", "<img", "<b>"):
+        assert tag not in joined
+
+
+@pytest.mark.parametrize("kind", ["rss", "atom"])
+def test_the_repo_seeds_read_back_intact(sample_articles: list[Article], kind: str) -> None:
+    if not sample_articles:
+        pytest.skip("no seeds/ in this checkout")
+    unique = list({a.id: a for a in sample_articles}.values())
+    parsed = feedparser.parse(_build(unique, kind))
+    assert parsed.bozo == 0, parsed.get("bozo_exception")
+    assert len(parsed.entries) == len(unique)
+    by_item = {item_id(a.id): a for a in unique}
+    for entry in parsed.entries:
+        article = by_item[entry.id]
+        assert _nfc(entry.title) == article.title
+        assert entry.link == f"{BASE}articles/{article.slug}.html"
+        assert ("published" in entry) == (article.published is not None)

@@ -1,0 +1,297 @@
+"""Site stage: article and index pages, dates for Vietnamese readers, slugs."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import unicodedata
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from syndicate.config import site_templates_dir
+from syndicate.model import Article, Block, BlockKind, Precision
+from syndicate.site import (
+    IndexEntry,
+    SiteInfo,
+    SiteRenderer,
+    article_url,
+    assign_slugs,
+    format_published,
+    index_path,
+    page_count,
+)
+
+TZ = ZoneInfo("Asia/Ho_Chi_Minh")
+BASE = "https://news.example.org/"
+INFO = SiteInfo(
+    title="Tin mới Quảng Trị",
+    description="Tin tức mới nhất, tổng hợp bởi syndicate.",
+    base_url=BASE,
+    language="vi",
+    timezone="Asia/Ho_Chi_Minh",
+    page_size=30,
+)
+HOSTILE_TITLE = "<script>alert('x')</script> ]]> {{ 7*7 }} & Đông Hà"
+HOSTILE_BODY = "Sáng nay <b>đậm</b> {{ 7*7 }} {% raw %} & tại TP. Đông Hà."
+
+
+class _Page(HTMLParser):
+    """Collects what the checks need: tags, attributes, text."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def _parse(data: bytes) -> _Page:
+    page = _Page()
+    page.feed(data.decode("utf-8"))
+    return page
+
+
+@pytest.fixture
+def renderer() -> SiteRenderer:
+    return SiteRenderer(INFO, site_templates_dir())
+
+
+@pytest.fixture
+def hostile() -> Article:
+    return Article(
+        id="f" * 32,
+        slug="script-alert",
+        title=HOSTILE_TITLE,
+        title_derived=False,
+        published=datetime(2024, 10, 31, 9, 15, tzinfo=TZ),
+        precision=Precision.DATETIME,
+        body=(
+            Block(BlockKind.PARAGRAPH, HOSTILE_BODY),
+            Block(BlockKind.CAPTION, "<img src=x onerror=alert(1)> Quang cảnh - Ảnh: T.P"),
+            Block(BlockKind.PARAGRAPH, "Đoạn hai ]]> kết thúc."),
+        ),
+        author="Trúc <i>Phương</i>",
+    )
+
+
+def test_article_page_shows_hostile_text_as_text(renderer: SiteRenderer, hostile: Article) -> None:
+    data = renderer.render_article(hostile, slug="script-alert")
+    text = data.decode("utf-8")
+    assert "<script" not in text
+    assert "<img" not in text
+    assert "<b>" not in text
+    assert "<i>" not in text
+    assert "49" not in text  # {{ 7*7 }} was never evaluated
+    page = _parse(data)
+    shown = "".join(page.text)
+    assert HOSTILE_TITLE in shown
+    assert HOSTILE_BODY in shown
+    assert "Trúc <i>Phương</i>" in shown
+
+
+def test_article_page_is_self_contained_html5(renderer: SiteRenderer, hostile: Article) -> None:
+    data = renderer.render_article(hostile, slug="script-alert")
+    text = data.decode("utf-8")
+    assert text.startswith('<!DOCTYPE html>\n<html lang="vi">')
+    page = _parse(data)
+    tags = [tag for tag, _ in page.tags]
+    assert ("meta", {"charset": "utf-8"}) in page.tags
+    assert ("meta", {"name": "viewport", "content": "width=device-width, initial-scale=1"}) in (
+        page.tags
+    )
+    assert "style" in tags
+    assert "script" not in tags
+    for tag, attrs in page.tags:
+        assert "src" not in attrs, tag
+        if tag == "link" and attrs.get("rel") == "stylesheet":
+            pytest.fail("external stylesheet")
+    assert ("link", {"rel": "canonical", "href": f"{BASE}articles/script-alert.html"}) in page.tags
+    hrefs = {attrs.get("href") for tag, attrs in page.tags if tag == "a"}
+    assert {"../index.html", "../rss.xml", "../atom.xml", "../feed.json"} <= hrefs
+    assert ("article", {"lang": "vi"}) in page.tags
+    assert '<p class="caption">' in text
+
+
+def test_article_page_shows_the_date_for_vietnamese_readers(
+    renderer: SiteRenderer, hostile: Article
+) -> None:
+    text = renderer.render_article(hostile, slug="x").decode("utf-8")
+    assert (
+        '<time datetime="2024-10-31T09:15:00+07:00">09:15 Thứ Năm, 31 tháng 10, 2024</time>' in text
+    )
+    assert "Tác giả: Trúc &lt;i&gt;Phương&lt;/i&gt;" in text
+
+
+@pytest.mark.parametrize(
+    ("published", "precision", "locale", "expected"),
+    [
+        (datetime(2024, 10, 31, 2, 15, tzinfo=UTC), Precision.DATETIME, "vi",
+         "09:15 Thứ Năm, 31 tháng 10, 2024"),
+        (datetime(2024, 10, 31, tzinfo=TZ), Precision.DATE, "vi", "Thứ Năm, 31 tháng 10, 2024"),
+        (datetime(2024, 10, 29, tzinfo=TZ), Precision.INFERRED_YEAR, "vi",
+         "Thứ Ba, 29 tháng 10, 2024"),
+        (None, Precision.UNKNOWN, "vi", "Chưa rõ ngày"),
+        (None, Precision.UNKNOWN, "en", "Date unknown"),
+        (datetime(2024, 10, 31, 2, 15, tzinfo=UTC), Precision.DATETIME, "en",
+         "Thursday, October 31, 2024, 9:15\u202fAM"),
+    ],
+)  # fmt: skip
+def test_format_published_by_precision(
+    published: datetime | None, precision: Precision, locale: str, expected: str
+) -> None:
+    assert format_published(published, precision, locale=locale, tz=TZ) == expected
+
+
+def _entries(count: int) -> list[IndexEntry]:
+    start = datetime(2024, 10, 31, 9, 0, tzinfo=TZ)
+    return [
+        IndexEntry(
+            id=f"{n:032x}",
+            slug=f"bai-{n}",
+            title=f"Bài {n} <em>",
+            published=start - timedelta(hours=n) if n % 5 else None,
+            precision=Precision.DATETIME if n % 5 else Precision.UNKNOWN,
+            author=None if n % 2 else "NHÓM PV",
+        )
+        for n in range(count)
+    ]
+
+
+def test_index_page_lists_entries_with_feed_autodiscovery(renderer: SiteRenderer) -> None:
+    entries = _entries(3)
+    data = renderer.render_index(entries, page=1, pages=1)
+    page = _parse(data)
+    alternates = {
+        attrs["type"]: attrs["href"]
+        for tag, attrs in page.tags
+        if tag == "link" and attrs.get("rel") == "alternate"
+    }
+    assert alternates == {
+        "application/rss+xml": "rss.xml",
+        "application/atom+xml": "atom.xml",
+        "application/feed+json": "feed.json",
+    }
+    links = [attrs["href"] for tag, attrs in page.tags if tag == "a"]
+    assert [link for link in links if link and link.startswith("articles/")] == [
+        "articles/bai-0.html",
+        "articles/bai-1.html",
+        "articles/bai-2.html",
+    ]
+    text = data.decode("utf-8")
+    assert "Bài 0 &lt;em&gt;" in text
+    assert "Chưa rõ ngày" in text  # entry 0 is undated
+    assert 'rel="next"' not in text
+
+
+def test_archive_pages_link_back_and_on(renderer: SiteRenderer) -> None:
+    first = renderer.render_index(_entries(2), page=1, pages=3).decode("utf-8")
+    assert '<a href="page/2.html" rel="next">' in first
+    middle = renderer.render_index(_entries(2), page=2, pages=3).decode("utf-8")
+    assert '<a href="../index.html" rel="prev">' in middle
+    assert '<a href="../page/3.html" rel="next">' in middle
+    assert 'href="../articles/bai-0.html"' in middle
+    assert "Trang 2/3" in middle
+    last = renderer.render_index(_entries(1), page=3, pages=3).decode("utf-8")
+    assert '<a href="../page/2.html" rel="prev">' in last
+    assert 'rel="next"' not in last
+
+
+def test_page_helpers() -> None:
+    assert index_path(1) == "index.html"
+    assert index_path(4) == "page/4.html"
+    assert page_count(0, 30) == 1
+    assert page_count(30, 30) == 1
+    assert page_count(31, 30) == 2
+    assert article_url("https://x.org", "a-b") == "https://x.org/articles/a-b.html"
+
+
+def test_slug_collisions_get_a_stable_suffix_in_any_order() -> None:
+    day = datetime(2024, 10, 31, tzinfo=TZ)
+    items = [
+        ("b" * 32, "hoi-nghi", day),
+        ("a" * 32, "hoi-nghi", day + timedelta(days=1)),
+        ("c" * 32, "hoi-nghi", None),
+        ("d" * 32, "khac", None),
+    ]
+    expected = {
+        "b" * 32: "hoi-nghi",  # earliest published keeps the plain slug
+        "a" * 32: "hoi-nghi-aaaaaa",
+        "c" * 32: "hoi-nghi-cccccc",
+        "d" * 32: "khac",
+    }
+    for order in itertools.permutations(items):
+        assert assign_slugs(order) == expected
+
+
+def test_slug_ties_go_to_the_smallest_id_and_suffixes_never_clash() -> None:
+    items = [
+        ("123456ff", "tin", None),
+        ("123456aa", "tin", None),
+        ("999999aa", "tin-123456ff", None),  # already owns what would be the suffixed slug
+        ("00", "", None),
+        ("11", "Không hợp lệ/..", None),
+    ]
+    slugs = assign_slugs(items)
+    assert slugs["123456aa"] == "tin"
+    assert slugs["999999aa"] == "tin-123456ff"
+    assert slugs["123456ff"] not in {"tin", "tin-123456ff"}
+    assert len(set(slugs.values())) == len(slugs)
+    for slug in slugs.values():
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", slug)
+
+
+def test_renderer_fingerprint_follows_settings() -> None:
+    one = SiteRenderer(INFO, site_templates_dir())
+    same = SiteRenderer(INFO, site_templates_dir())
+    other = SiteRenderer(
+        SiteInfo(INFO.title, INFO.description, "https://other.example/", "vi", INFO.timezone, 30),
+        site_templates_dir(),
+    )
+    assert one.fingerprint == same.fingerprint != other.fingerprint
+
+
+def test_english_site_chrome(hostile: Article) -> None:
+    info = SiteInfo("News", "All the news.", BASE, "en", "Asia/Ho_Chi_Minh", 30)
+    text = SiteRenderer(info, site_templates_dir()).render_article(hostile, slug="x").decode()
+    assert '<html lang="en">' in text
+    assert "By: Trúc" in text
+
+
+def test_pages_match_golden_files(renderer: SiteRenderer, hostile: Article, check_golden) -> None:  # type: ignore[no-untyped-def]
+    check_golden("article.html", renderer.render_article(hostile, slug="script-alert"))
+    # In build order: newest first, undated last.
+    entries = sorted(
+        _entries(4), key=lambda e: (e.published is None, e.published and -e.published.timestamp())
+    )
+    check_golden("index.html", renderer.render_index(entries, page=1, pages=2))
+
+
+def test_shared_hostile_articles_render_as_nfc_text(
+    renderer: SiteRenderer, hostile_articles: list[Article]
+) -> None:
+    for article in hostile_articles:
+        data = renderer.render_article(article, slug=article.slug)
+        text = data.decode("utf-8")
+        assert text == unicodedata.normalize("NFC", text)
+        for tag in ("<script", "<img", "<b>", "<em>"):
+            assert tag not in text
+        assert "49" not in text
+        (h1,) = re.findall(r"<h1>(.*?)</h1>", text, re.DOTALL)
+        assert "\n" not in h1
+        assert "\r" not in text
+    entries = [
+        IndexEntry(a.id, a.slug, a.title, a.published, a.precision, a.author)
+        for a in hostile_articles
+    ]
+    index = renderer.render_index(entries, page=1, pages=1).decode("utf-8")
+    assert "Tin khẩn Bcc: evil@example.com</a>" in index
+    assert "Quảng Trị đón bão số 6: Đông Hà ngập sâu" in index
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; Tin nóng &amp; lạnh" in index
