@@ -1,0 +1,116 @@
+"""Orchestration shared by the `digest` and `send` commands: today's digest and its web page."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import date, datetime
+from pathlib import Path
+
+from syndicate.config import Settings, base_url
+from syndicate.digest import plan_digest, render_digest
+from syndicate.model import DigestPlan
+from syndicate.output import write_atomic
+from syndicate.site import assign_slugs
+from syndicate.store import Database
+from syndicate.store.articles import iter_summaries
+from syndicate.store.digests import (
+    create_digest,
+    get_digest,
+    iter_candidates,
+    live_article_ids,
+    newest_published,
+)
+
+DIGESTS_FOLDER = "digests"  # under paths.output, served under base_url
+
+
+def digest_day(settings: Settings, now: datetime) -> date:
+    """The digest's day: the date of `now` in the site's timezone."""
+    return now.astimezone(settings.site.tz).date()
+
+
+def todays_digest(
+    settings: Settings, db: Database, *, now: datetime, create: bool
+) -> DigestPlan | None:
+    """Today's digest: the one already stored for today, else a new plan, else None.
+
+    One digest a day: a stored digest is returned as it is, even when newer
+    articles have arrived since. `create=True` stores a new plan (and marks its
+    articles) in the same transaction that looked for one; `create=False`
+    changes nothing.
+    """
+    day = digest_day(settings, now)
+    if not create:
+        plan = get_digest(db, day) or _plan(settings, db, day)
+    else:
+        with db.transaction():
+            plan = get_digest(db, day)
+            if plan is None:
+                plan = _plan(settings, db, day)
+                if plan is not None:
+                    create_digest(db, plan, now=now)
+    if plan is None or not plan.articles:  # a stored digest whose articles are gone
+        return None
+    return _with_page_slugs(db, plan)
+
+
+def _with_page_slugs(db: Database, plan: DigestPlan) -> DigestPlan:
+    """Give the plan's articles the slugs their pages have.
+
+    `build` resolves slug collisions among the articles its dumps give; do the
+    same over the same set (all stored articles when no dump is recorded).
+    """
+    live = live_article_ids(db)
+    wanted = {a.id for a in plan.articles}
+    slugs = assign_slugs(
+        (s.id, s.slug, s.published)
+        for s in iter_summaries(db)
+        if not live or s.id in live or s.id in wanted
+    )
+    articles = tuple(dataclasses.replace(a, slug=slugs.get(a.id, a.slug)) for a in plan.articles)
+    return dataclasses.replace(plan, articles=articles)
+
+
+def _plan(settings: Settings, db: Database, day: date) -> DigestPlan | None:
+    # Mail only articles the site has a page for: a stored article whose dump
+    # was removed lost its page at the last build.
+    live = live_article_ids(db)
+    candidates = iter_candidates(db)
+    if live:
+        candidates = (c for c in candidates if c[0].id in live)
+    return plan_digest(
+        candidates,
+        day=day,
+        newest_published=newest_published(db),
+        max_age_hours=settings.digest.max_age_hours,
+        max_articles=settings.digest.max_articles,
+    )
+
+
+def digest_view_url(settings: Settings, day: date) -> str:
+    """The public URL of a day's "view in browser" page."""
+    return f"{base_url(settings)}{DIGESTS_FOLDER}/{day.isoformat()}.html"
+
+
+def generic_unsubscribe_url(settings: Settings) -> str:
+    """The unsubscribe page (asks for the address) for pages that carry no personal token."""
+    return f"{base_url(settings)}unsubscribe"
+
+
+def write_digest_page(settings: Settings, plan: DigestPlan, *, now: datetime) -> Path:
+    """Write the digest's "view in browser" page, feeds/digests/<day>.html, atomically.
+
+    The page is the HTML part in the site's language, with a link to the
+    generic unsubscribe page instead of a personal one. Returns its path.
+    """
+    rendered = render_digest(
+        plan,
+        lang=settings.site.language,
+        settings=settings,
+        unsubscribe_url=generic_unsubscribe_url(settings),
+        now=now,
+        web=True,
+    )
+    path = settings.paths.output / DIGESTS_FOLDER / f"{plan.day.isoformat()}.html"
+    write_atomic(path, rendered.html.encode("utf-8"))
+    return path

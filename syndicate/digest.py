@@ -1,0 +1,638 @@
+"""Digest stage: pick a day's articles, render the digest (and the confirmation mail).
+
+Pure: no clock, no database, no network; `now`, the settings and the URLs are
+passed in. Templates are read from `config.email_templates_dir(settings)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import re
+import textwrap
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import Any
+
+import css_inline
+import jinja2
+from babel.dates import format_date, format_time, get_datetime_format
+
+from syndicate.config import Settings, base_url, email_templates_dir
+from syndicate.errors import ConfigError, InputError
+from syndicate.model import Article, DigestPlan, Precision, Teaser
+from syndicate.site import article_url
+from syndicate.text import header_safe, nfc
+
+LANGUAGES = ("vi", "en")
+TEXT_WIDTH = 72  # columns of the text part
+PREHEADER_CHARS = 100
+MAX_TEASERS = 15  # "Other news" items: enough for a sidebar, small enough for Gmail's 102 KB
+# RFC 5322 caps a line at 998 bytes; fold well below it so a substituted
+# per-recipient URL still fits.
+MAX_LINE_BYTES = 900
+
+DEFAULT_SUBJECT_VI = "{site}: bản tin {date}"
+DEFAULT_SUBJECT_EN = "{site}: news for {date}"
+
+# Reader-facing strings. `{site}`, `{n}` and `{hours}` are filled in by str.replace,
+# never by a template engine, so a site title cannot inject template code.
+STRINGS: dict[str, dict[str, str]] = {
+    "vi": {
+        "heading": "Bản tin ngày {date}",
+        "in_this_issue": "Trong số này",
+        "read_more": "Đọc tiếp",
+        "other_news": "Tin khác",
+        "more_one": "Và {n} tin khác trên trang",
+        "more_many": "Và {n} tin khác trên trang",
+        "why": "Bạn nhận được thư này vì đã đăng ký nhận bản tin hằng ngày của {site}.",
+        "why_web": (
+            "Đây là bản xem trên trình duyệt của bản tin hằng ngày của {site}. "
+            "Để hủy đăng ký, hãy dùng liên kết ở cuối thư bản tin bạn nhận được."
+        ),
+        "unsubscribe": "Hủy đăng ký",
+        "view_in_browser": "Xem trong trình duyệt",
+        "feeds": "Theo dõi qua",
+        "site_link": "Trang tin",
+        "confirm_subject": "Xác nhận đăng ký bản tin {site}",
+        "confirm_heading": "Xác nhận đăng ký",
+        "confirm_body": (
+            "Bạn (hoặc ai đó dùng địa chỉ này) vừa đăng ký nhận bản tin hằng ngày "
+            "của {site}. Bấm vào nút dưới đây để xác nhận."
+        ),
+        "confirm_body_text": (
+            "Bạn (hoặc ai đó dùng địa chỉ này) vừa đăng ký nhận bản tin hằng ngày "
+            "của {site}. Mở liên kết dưới đây để xác nhận."
+        ),
+        "confirm_button": "Xác nhận đăng ký",
+        "confirm_expiry": (
+            "Liên kết có hiệu lực trong {hours} giờ. Nếu bạn không đăng ký, hãy bỏ qua "
+            "thư này: bạn sẽ không nhận thêm thư nào."
+        ),
+        "confirm_link_label": "Hoặc mở liên kết này",
+    },
+    "en": {
+        "heading": "News for {date}",
+        "in_this_issue": "In this issue",
+        "read_more": "Read more",
+        "other_news": "Other news",
+        "more_one": "And {n} more story on the site",
+        "more_many": "And {n} more stories on the site",
+        "why": "You are receiving this because you subscribed to the daily digest of {site}.",
+        "why_web": (
+            "This is the web version of the daily digest of {site}. "
+            "To unsubscribe, use the link at the end of any digest email you received."
+        ),
+        "unsubscribe": "Unsubscribe",
+        "view_in_browser": "View in browser",
+        "feeds": "Follow via",
+        "site_link": "Website",
+        "confirm_subject": "Confirm your subscription to {site}",
+        "confirm_heading": "Please confirm your subscription",
+        "confirm_body": (
+            "You (or someone using this address) asked to receive the daily digest of "
+            "{site}. Click the button below to confirm."
+        ),
+        "confirm_body_text": (
+            "You (or someone using this address) asked to receive the daily digest of "
+            "{site}. Open the link below to confirm."
+        ),
+        "confirm_button": "Confirm subscription",
+        "confirm_expiry": (
+            "The link works for {hours} hours. If you did not sign up, ignore this "
+            "message: you will get no more mail from us."
+        ),
+        "confirm_link_label": "Or open this link",
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    """One rendered message body in one language; headers are the mail stage's job."""
+
+    lang: str
+    subject: str
+    preheader: str
+    html: str
+    text: str
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_digest(
+    candidates: Iterable[tuple[Article, datetime]],
+    *,
+    day: date,
+    newest_published: datetime | None,
+    max_age_hours: int,
+    max_articles: int,
+) -> DigestPlan | None:
+    """Choose the day's articles from (article, first_seen_at) pairs not yet in a digest.
+
+    An article counts from its publish time, or from when it was first seen when
+    its date is unknown. One older than `newest_published` minus `max_age_hours`
+    is dropped. The newest `max_articles` are kept, newest first (on a tie a
+    dated article first, then by id, descending); the rest are counted in
+    `more`. Streams: holds at most `max_articles` articles. Returns None when
+    nothing is left.
+    """
+    cutoff = newest_published - timedelta(hours=max_age_hours) if newest_published else None
+    # A min-heap of the best so far: its root is the first to drop out.
+    heap: list[tuple[datetime, bool, str, Article]] = []
+    eligible = 0
+    for article, first_seen_at in candidates:
+        when, dated = _effective_time(article, first_seen_at)
+        if cutoff is not None and when < cutoff:
+            continue
+        eligible += 1
+        entry = (when, dated, article.id, article)
+        if len(heap) < max_articles:
+            heapq.heappush(heap, entry)
+        elif entry[:3] > heap[0][:3]:
+            heapq.heapreplace(heap, entry)
+    if not heap:
+        return None
+    chosen = sorted(heap, key=lambda e: e[:3], reverse=True)
+    return DigestPlan(day=day, articles=tuple(e[3] for e in chosen), more=eligible - len(chosen))
+
+
+def _effective_time(article: Article, first_seen_at: datetime) -> tuple[datetime, bool]:
+    if article.published is not None and article.precision is not Precision.UNKNOWN:
+        return article.published.astimezone(UTC), True
+    return first_seen_at.astimezone(UTC), False
+
+
+# --------------------------------------------------------------------------- lead excerpts
+
+# Words that end in a period without ending a sentence (compared case-folded,
+# without the final period).
+_ABBREVIATIONS = frozenset(
+    {
+        # Vietnamese titles, degrees and place kinds
+        "tp", "ts", "ths", "th.s", "pgs", "pgs.ts", "gs", "gs.ts", "bs", "bsck", "ks",
+        "cn", "ls", "nsnd", "nsưt", "tt", "q", "p", "h", "x", "tx", "đh", "tw", "đc",
+        "ubnd", "hđnd", "ttxvn", "v.v", "vv", "tr", "sđd", "nxb",
+        # English
+        "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "no", "vs", "etc", "e.g",
+        "i.e", "inc", "ltd", "co", "corp", "gen", "col", "lt", "sgt", "u.s", "fig",
+    }
+)  # fmt: skip
+# A candidate boundary: terminal punctuation, optional closing quotes, a space.
+_BOUNDARY = re.compile("([.!?\u2026]+)([\"'\u201d\u2019\u00bb)\\]]*) ")
+# Characters a new sentence may open with besides a capital or a digit.
+_OPENERS = "\"'\u201c\u2018\u00ab([-\u2013\u2014"
+# Punctuation that must not dangle before an added ellipsis.
+_TRAILING = ",;:-\u2013\u2014 "
+
+
+def lead_excerpt(text: str, *, words: int) -> str:
+    """Cut `text` at a sentence boundary to at most `words` words.
+
+    Knows abbreviations (TP., TS., ThS., PGS.), initials (T.P, N.V.) and
+    ellipses. When even the first sentence is longer, cut at a word boundary
+    and end with "…". Works on whole words of NFC text, so no character is
+    ever split.
+    """
+    tokens = nfc(text).split()
+    if len(tokens) <= words:
+        return " ".join(tokens)
+    flat = " ".join(tokens)
+    best = ""
+    for end in _sentence_ends(flat):
+        piece = flat[:end]
+        if len(piece.split()) > words:
+            break
+        best = piece
+    if best:
+        return best
+    cut = " ".join(tokens[:words]).rstrip(_TRAILING)
+    return cut.rstrip(".…") + "…"
+
+
+def _sentence_ends(flat: str) -> Iterator[int]:
+    """Yield the end offsets of sentences in single-spaced text, in order."""
+    for match in _BOUNDARY.finditer(flat):
+        following = flat[match.end() : match.end() + 1]
+        if not following or not (
+            following.isupper() or following.isdigit() or following in _OPENERS
+        ):
+            continue
+        punct = match.group(1)
+        if punct == ".":
+            start = flat.rfind(" ", 0, match.start()) + 1
+            word = flat[start : match.start()].lstrip(_OPENERS)
+            if word.casefold() in _ABBREVIATIONS or _is_initials(word):
+                continue
+        yield match.end() - 1
+
+
+def _is_initials(word: str) -> bool:
+    """'T', 'T.P', 'N.V', 'Th.S' (the final period already cut off); not 'm' or 'EU'."""
+    parts = word.split(".")
+    if len(parts) == 1:
+        return len(word) == 1 and word.isupper()
+    return len(parts) <= 4 and all(1 <= len(p) <= 2 and p[0].isupper() for p in parts)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _shorten(text: str, limit: int) -> str:
+    """Cut plain text to at most `limit` characters at a word boundary, with "…"."""
+    text = nfc(" ".join(text.split()))
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if " " in cut:
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip(_TRAILING) + "…"
+
+
+# --------------------------------------------------------------------------- other news
+
+_NON_WORD = re.compile(r"[\W_]+")
+_ELLIPSIS_END = re.compile(r"(?:\.{2,}|…)\s*$")
+_MIN_MATCH_WORDS = 3
+
+
+def _words(text: str) -> list[str]:
+    return _NON_WORD.sub(" ", nfc(text).casefold()).split()
+
+
+def _teaser_words(text: str) -> list[str]:
+    """The teaser's words, without a last word that the ellipsis may have cut."""
+    found = _words(text)
+    if _ELLIPSIS_END.search(text) and len(found) > 1:
+        found = found[:-1]
+    return found
+
+
+def _is_prefix(short: list[str], long: list[str]) -> bool:
+    return len(short) <= len(long) and long[: len(short)] == short
+
+
+def _advertises(teaser: list[str], own: list[str]) -> bool:
+    # A teaser of one or two words says too little to tie it to an article.
+    return _is_prefix(teaser, own) and (len(teaser) >= _MIN_MATCH_WORDS or teaser == own)
+
+
+def select_other_news(articles: Iterable[Article], *, limit: int = MAX_TEASERS) -> list[Teaser]:
+    """The teasers of `articles`, deduplicated, minus those advertising one of `articles`.
+
+    Teasers are compared on normalized words (case, punctuation and the
+    ellipsis ignored); a teaser is a duplicate when one is a prefix of the
+    other, and advertises an article when it is a prefix of that article's
+    lead, title or summary. Keeps the first `limit`, in digest order.
+    """
+    articles = list(articles)
+    own: list[list[str]] = []
+    for article in articles:
+        for field in (article.lead, article.title, article.summary or ""):
+            found = _words(field)
+            if found:
+                own.append(found)
+    kept: list[tuple[list[str], Teaser]] = []
+    for article in articles:
+        for teaser in article.teasers:
+            key = _teaser_words(teaser.text)
+            if not key:
+                continue
+            if any(_is_prefix(key, seen) or _is_prefix(seen, key) for seen, _ in kept):
+                continue
+            if any(_advertises(key, words) for words in own):
+                continue
+            kept.append((key, teaser))
+            if len(kept) >= limit:
+                return [t for _, t in kept]
+    return [t for _, t in kept]
+
+
+# --------------------------------------------------------------------------- dates
+
+
+def _published_text(article: Article, *, lang: str, tz: tzinfo) -> str | None:
+    """The article's date for a reader of `lang`, as precise as it is known, or None."""
+    if article.published is None or article.precision is Precision.UNKNOWN:
+        return None
+    local = article.published.astimezone(tz)
+    day = format_date(local.date(), "long", locale=lang)
+    if article.precision is not Precision.DATETIME:
+        return day
+    pattern = str(get_datetime_format("medium", locale=lang)).replace("'", "")
+    return pattern.replace("{0}", format_time(local, "short", locale=lang)).replace("{1}", day)
+
+
+def _long_day(day: date, lang: str) -> str:
+    return format_date(day, "long", locale=lang)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _strings(lang: str, site: str) -> dict[str, str]:
+    if lang not in STRINGS:
+        raise InputError(
+            f"language {lang!r} is not supported; expected one of {', '.join(LANGUAGES)}."
+        )
+    return {k: v.replace("{site}", site) for k, v in STRINGS[lang].items()}
+
+
+_PLACEHOLDER = re.compile(r"\{(site|date)\}")
+
+
+def make_subject(settings: Settings, *, lang: str, day: date) -> str:
+    """The digest's Subject: mail.subject with {site} and {date} filled in, one line."""
+    template = settings.mail.subject
+    if lang == "en" and template == DEFAULT_SUBJECT_VI:
+        template = DEFAULT_SUBJECT_EN
+    # str.replace, not str.format: a site title with braces must stay text.
+    values = {"site": settings.site.title, "date": _long_day(day, lang)}
+    return header_safe(_PLACEHOLDER.sub(lambda m: values[m.group(1)], template))
+
+
+def render_digest(
+    plan: DigestPlan,
+    *,
+    lang: str,
+    settings: Settings,
+    unsubscribe_url: str,
+    now: datetime,
+    view_url: str | None = None,
+    web: bool = False,
+) -> RenderedEmail:
+    """Render the digest in `lang` as HTML (CSS inlined) and wrapped text.
+
+    `unsubscribe_url` appears verbatim in both parts (a caller may substitute
+    it in the bytes later). Every line of both parts stays under 998 bytes.
+    `web=True` words the footer for the "view in browser" page rather than a
+    mail. Raises ConfigError when the templates are missing or broken.
+    """
+    site_title = settings.site.title
+    strings = _strings(lang, site_title)
+    root = base_url(settings)
+    tz = settings.site.tz
+    subject = make_subject(settings, lang=lang, day=plan.day)
+    words = settings.digest.lead_words
+    articles = []
+    for number, article in enumerate(plan.articles, start=1):
+        articles.append(
+            {
+                "number": number,
+                "title": header_safe(article.title, limit=10_000),
+                "url": article_url(root, article.slug),
+                "date": _published_text(article, lang=lang, tz=tz),
+                "author": _one_line(article.author) if article.author else None,
+                "lead": lead_excerpt(article.lead, words=words),
+            }
+        )
+    first = plan.articles[0] if plan.articles else None
+    preheader = _shorten((first.lead or first.title) if first else site_title, PREHEADER_CHARS)
+    more_key = "more_one" if plan.more == 1 else "more_many"
+    context = {
+        "lang": lang,
+        "t": strings,
+        "site_title": site_title,
+        "site_url": root,
+        "subject": subject,
+        "preheader": preheader,
+        "heading": strings["heading"].replace("{date}", _long_day(plan.day, lang)),
+        "articles": articles,
+        "other_news": [
+            {"dateline": _one_line(t.dateline), "text": _one_line(t.text)}
+            for t in select_other_news(plan.articles)
+        ],
+        "more": plan.more,
+        "more_text": strings[more_key].replace("{n}", str(plan.more)),
+        "feeds": _feed_links(root),
+        "unsubscribe_url": unsubscribe_url,
+        "view_url": view_url,
+        "why": strings["why_web"] if web else strings["why"],
+        "postal_address": settings.mail.postal_address,
+        "year": now.astimezone(tz).year,
+    }
+    html, text = _render_pair(settings, "digest", context, keep={unsubscribe_url})
+    return RenderedEmail(lang=lang, subject=subject, preheader=preheader, html=html, text=text)
+
+
+def render_confirmation(
+    *, lang: str, settings: Settings, confirm_url: str, now: datetime
+) -> RenderedEmail:
+    """Render the double opt-in mail asking the reader to confirm their subscription."""
+    site_title = settings.site.title
+    strings = _strings(lang, site_title)
+    strings["confirm_expiry"] = strings["confirm_expiry"].replace(
+        "{hours}", str(settings.subscribe.confirm_hours)
+    )
+    subject = header_safe(strings["confirm_subject"])
+    preheader = _shorten(strings["confirm_body"], PREHEADER_CHARS)
+    root = base_url(settings)
+    context = {
+        "lang": lang,
+        "t": strings,
+        "site_title": site_title,
+        "site_url": root,
+        "subject": subject,
+        "preheader": preheader,
+        "confirm_url": confirm_url,
+        "postal_address": settings.mail.postal_address,
+        "year": now.astimezone(settings.site.tz).year,
+    }
+    html, text = _render_pair(settings, "confirm", context, keep={confirm_url})
+    return RenderedEmail(lang=lang, subject=subject, preheader=preheader, html=html, text=text)
+
+
+def _feed_links(root: str) -> list[dict[str, str]]:
+    return [
+        {"label": "RSS", "url": root + "rss.xml"},
+        {"label": "Atom", "url": root + "atom.xml"},
+        {"label": "JSON Feed", "url": root + "feed.json"},
+    ]
+
+
+def _render_pair(
+    settings: Settings, name: str, context: dict[str, Any], *, keep: set[str]
+) -> tuple[str, str]:
+    folder = email_templates_dir(settings)
+    env = _environment(folder)
+    html = _render(env, folder, f"{name}.html.j2", context)
+    text = _render(env, folder, f"{name}.txt.j2", context)
+    html = fold_html_lines(_inline_css(html))
+    return nfc(html), nfc(wrap_text(text, keep=keep))
+
+
+def _render(env: jinja2.Environment, folder: Path, name: str, context: dict[str, Any]) -> str:
+    where = f"config key digest.templates_dir ({str(folder)!r})"
+    try:
+        return env.get_template(name).render(context)
+    except jinja2.TemplateNotFound as exc:
+        raise ConfigError(
+            f"{where}: template {exc.name!r} is missing.",
+            key="digest.templates_dir",
+            hint="Copy templates/email/ from syndicate, or leave digest.templates_dir empty.",
+        ) from exc
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(
+            f"{where}: {exc.name or name} line {exc.lineno}: {exc.message}.",
+            key="digest.templates_dir",
+            hint="Fix the template syntax.",
+        ) from exc
+    except jinja2.UndefinedError as exc:
+        raise ConfigError(
+            f"{where}: {name}: {exc.message}.",
+            key="digest.templates_dir",
+            hint="Use only the variables the shipped templates use.",
+        ) from exc
+
+
+@functools.lru_cache(maxsize=8)
+def _environment(folder: Path) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(folder)),
+        # Article text is passed in as data and escaped; it is never template source.
+        # Escape in every template (partials included) but the text parts.
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=(), disabled_extensions=("txt.j2",), default=True
+        ),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+_INLINER = css_inline.CSSInliner(
+    keep_at_rules=True,  # dark mode and narrow-screen @media rules stay in a <style>
+    load_remote_stylesheets=False,
+)
+
+
+_KEPT_STYLE = re.compile(r"<head>(\s*<style>.*?</style>)", re.DOTALL)
+
+
+def _inline_css(html: str) -> str:
+    try:
+        inlined = _INLINER.inline(html)
+    except css_inline.InlineError as exc:
+        raise ConfigError(
+            f"config key digest.templates_dir: the email CSS cannot be inlined: {exc}.",
+            key="digest.templates_dir",
+            hint="Fix the CSS in the email templates.",
+        ) from exc
+    # css-inline puts the kept @media rules first in <head>; move them after the
+    # <meta charset>, which must come early, and before </head>.
+    match = _KEPT_STYLE.search(inlined)
+    if match is None:
+        return inlined
+    style = match.group(1).strip()
+    inlined = inlined[: match.start(1)] + inlined[match.end(1) :]
+    return inlined.replace("</head>", style + "\n</head>", 1)
+
+
+# --------------------------------------------------------------------------- line length
+
+
+def fold_html_lines(html: str, *, limit: int = MAX_LINE_BYTES) -> str:
+    """Break HTML lines longer than `limit` bytes where a newline means the same.
+
+    Breaks replace a space in text or a space between attributes of a tag,
+    never one inside a quoted attribute value. A run with no such space (only
+    hostile input makes one) is split between characters.
+    """
+    if all(len(line.encode()) <= limit for line in html.split("\n")):
+        return html
+    return "\n".join(_fold_html_line(line, limit) for line in html.split("\n"))
+
+
+def _fold_html_line(line: str, limit: int) -> str:
+    if len(line.encode()) <= limit:
+        return line
+    out: list[str] = []
+    in_tag = False
+    quote = ""
+    size = 0
+    last_space = -1  # index in `out` of the last breakable space on this line
+    size_after_space = 0
+    for char in line:
+        width = len(char.encode())
+        if size + width > limit:
+            if last_space >= 0:
+                out[last_space] = "\n"
+                size -= size_after_space
+                last_space = -1
+            elif not in_tag and not unicodedata.combining(char):
+                out.append("\n")
+                size = 0
+        if quote:
+            if char == quote:
+                quote = ""
+        elif in_tag and char in "\"'":
+            quote = char
+        elif char == "<":
+            in_tag = True
+        elif char == ">":
+            in_tag = False
+        elif char == " ":
+            out.append(char)
+            size += width
+            last_space = len(out) - 1
+            size_after_space = size
+            continue
+        out.append(char)
+        size += width
+    return "".join(out)
+
+
+_URLISH = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|mailto:)", re.IGNORECASE)
+_MARKER = re.compile(r"^(\s*)((?:\d+\.|[-*•]|\[\d+\])\s+)?")
+
+
+def wrap_text(text: str, *, width: int = TEXT_WIDTH, keep: Iterable[str] = ()) -> str:
+    """Wrap every line of a text part to `width` columns; a URL is never split.
+
+    A long line keeps its indent, and a list item ("1. ", "- ") hangs under its
+    text. Words longer than `width` are split unless they are URLs or in
+    `keep` (such as a substitution marker), which stay whole on a line of
+    their own.
+    """
+    protected = set(keep)
+    lines: list[str] = []
+    for line in text.split("\n"):
+        if len(line) <= width:
+            lines.append(line)
+            continue
+        match = _MARKER.match(line)
+        indent = match.group(1) if match else ""
+        hang = indent + " " * len(match.group(2) or "") if match else ""
+        words = [piece for word in line.split() for piece in _split_word(word, width, protected)]
+        filled = textwrap.fill(
+            " ".join(words),
+            width=width,
+            initial_indent=indent,
+            subsequent_indent=hang,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        lines.extend(filled.split("\n"))
+    return "\n".join(lines)
+
+
+def _split_word(word: str, width: int, protected: set[str]) -> list[str]:
+    if len(word) <= width:
+        return [word]
+    if word in protected or (_URLISH.match(word) and len(word.encode()) <= MAX_LINE_BYTES):
+        return [word]
+    pieces: list[str] = []
+    current = ""
+    for char in word:
+        if len(current) >= width and not unicodedata.combining(char):
+            pieces.append(current)
+            current = ""
+        current += char
+    pieces.append(current)
+    return pieces

@@ -1,0 +1,145 @@
+"""Store: the digests table and the articles' digest marks. SQL only; model objects out."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from typing import Any
+
+from syndicate.errors import StoreError
+from syndicate.model import Article, DigestPlan
+from syndicate.store import Database
+
+# Articles no digest has carried yet, one batch after the id `:last`.
+SELECT_CANDIDATES = """
+    SELECT id, record, first_seen_at FROM articles
+    WHERE digest_day IS NULL AND id > :last
+    ORDER BY id LIMIT :n
+"""
+# The newest known publish time in the whole store (published_at is UTC ISO text).
+SELECT_NEWEST_PUBLISHED = "SELECT max(published_at) FROM articles WHERE published_at IS NOT NULL"
+# One day's digest row.
+SELECT_DIGEST = "SELECT article_ids, more FROM digests WHERE day = :day"
+# The stored record of one article.
+SELECT_ARTICLE = "SELECT record FROM articles WHERE id = :id"
+# Articles that a dump on disk still gives (build keeps `dumps` in step with the files):
+# the articles that have pages.
+SELECT_LIVE_ARTICLE_IDS = "SELECT DISTINCT article_id FROM dumps WHERE article_id IS NOT NULL"
+# Record a day's digest; the day is the primary key, so a second one is refused.
+INSERT_DIGEST = """
+    INSERT INTO digests (day, created_at, article_ids, more)
+    VALUES (:day, :created_at, :article_ids, :more)
+    ON CONFLICT (day) DO NOTHING
+"""
+# Mark an article as carried by the digest of :day (never moves it to another day).
+MARK_ARTICLE = "UPDATE articles SET digest_day = :day WHERE id = :id AND digest_day IS NULL"
+
+
+def _utc_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _parse_time(value: str, *, where: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise StoreError(f"{where}: time {value!r} is not ISO 8601.") from exc
+    if parsed.tzinfo is None:  # written as UTC by every writer; be lenient on reading
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def _article(record_json: str, *, where: str) -> Article:
+    try:
+        record: Any = json.loads(record_json)
+        return Article.from_record(record)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(
+            f"{where}: the stored article record is damaged: {exc!r}.",
+            hint="Run `syndicate build` to store the articles again.",
+        ) from exc
+
+
+def iter_candidates(db: Database, *, batch: int = 500) -> Iterator[tuple[Article, datetime]]:
+    """Yield (article, first_seen_at) for every article not yet in a digest, by id.
+
+    Reads `batch` rows at a time, so memory stays flat however large the store.
+    """
+    last = ""
+    while True:
+        try:
+            rows = db.conn.execute(SELECT_CANDIDATES, {"last": last, "n": batch}).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{db.path}: cannot read articles: {exc}.") from exc
+        for article_id, record_json, first_seen_at in rows:
+            where = f"{db.path}: article {article_id!r}"
+            yield (
+                _article(record_json, where=where),
+                _parse_time(first_seen_at, where=where),
+            )
+        if len(rows) < batch:
+            return
+        last = rows[-1][0]
+
+
+def newest_published(db: Database) -> datetime | None:
+    """The newest publish time of any article in the store, or None when none is dated."""
+    try:
+        row = db.conn.execute(SELECT_NEWEST_PUBLISHED).fetchone()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{db.path}: cannot read articles: {exc}.") from exc
+    if row is None or row[0] is None:
+        return None
+    return _parse_time(row[0], where=f"{db.path}: articles.published_at")
+
+
+def live_article_ids(db: Database) -> set[str]:
+    """The ids of the articles a dump still on disk gives: the ones `build` makes pages for."""
+    try:
+        return {row[0] for row in db.conn.execute(SELECT_LIVE_ARTICLE_IDS)}
+    except sqlite3.Error as exc:
+        raise StoreError(f"{db.path}: cannot read the dump cache: {exc}.") from exc
+
+
+def get_digest(db: Database, day: date) -> DigestPlan | None:
+    """The digest stored for `day`, with its articles in digest order, or None."""
+    try:
+        row = db.conn.execute(SELECT_DIGEST, {"day": day.isoformat()}).fetchone()
+        if row is None:
+            return None
+        ids = json.loads(row[0])
+        articles = []
+        for article_id in ids:
+            found = db.conn.execute(SELECT_ARTICLE, {"id": article_id}).fetchone()
+            if found is not None:
+                articles.append(_article(found[0], where=f"{db.path}: article {article_id!r}"))
+    except sqlite3.Error as exc:
+        raise StoreError(f"{db.path}: cannot read the digest of {day}: {exc}.") from exc
+    except ValueError as exc:
+        raise StoreError(f"{db.path}: the digest of {day} is damaged: {exc}.") from exc
+    return DigestPlan(day=day, articles=tuple(articles), more=int(row[1]))
+
+
+def create_digest(db: Database, plan: DigestPlan, *, now: datetime) -> None:
+    """Store `plan` as its day's digest and mark its articles, in one transaction.
+
+    A day has one digest: when one is already stored, this changes nothing.
+    """
+    day = plan.day.isoformat()
+    with db.transaction() as conn:
+        try:
+            inserted = conn.execute(
+                INSERT_DIGEST,
+                {
+                    "day": day,
+                    "created_at": _utc_text(now),
+                    "article_ids": json.dumps([a.id for a in plan.articles]),
+                    "more": plan.more,
+                },
+            ).rowcount
+            if inserted:
+                conn.executemany(MARK_ARTICLE, [{"day": day, "id": a.id} for a in plan.articles])
+        except sqlite3.Error as exc:
+            raise StoreError(f"{db.path}: cannot store the digest of {day}: {exc}.") from exc

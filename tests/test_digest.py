@@ -1,0 +1,790 @@
+"""Digest stage: planning, lead excerpts, other news, rendering (escaping, NFC, size, golden)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import unicodedata
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from syndicate.config import Settings
+from syndicate.digest import (
+    MAX_TEASERS,
+    RenderedEmail,
+    fold_html_lines,
+    lead_excerpt,
+    plan_digest,
+    render_confirmation,
+    render_digest,
+    select_other_news,
+    wrap_text,
+)
+from syndicate.errors import ConfigError, InputError
+from syndicate.model import Article, Block, BlockKind, DigestPlan, Precision, Teaser
+from syndicate.site import article_url
+
+DAY = date(2024, 11, 1)
+MARKER = "https://news.example.org/unsubscribe?t=UNSUB-MARKER-0123456789abcdef"
+VIEW = "http://localhost:8000/digests/2024-11-01.html"
+
+
+def make_article(
+    ident: str,
+    *,
+    title: str = "Tiêu đề",
+    lead: str = "Nội dung đầu tiên của bài viết.",
+    published: datetime | None = datetime(2024, 10, 31, 2, 15, tzinfo=UTC),
+    precision: Precision | None = None,
+    author: str | None = None,
+    teasers: tuple[Teaser, ...] = (),
+    slug: str | None = None,
+    paragraphs: tuple[str, ...] = (),
+) -> Article:
+    if precision is None:
+        precision = Precision.DATETIME if published else Precision.UNKNOWN
+    body = (
+        Block(BlockKind.PARAGRAPH, lead),
+        *tuple(Block(BlockKind.PARAGRAPH, p) for p in paragraphs),
+    )
+    return Article(
+        id=ident,
+        slug=slug or f"bai-{ident}",
+        title=title,
+        title_derived=False,
+        published=published,
+        precision=precision,
+        body=body,
+        author=author,
+        teasers=teasers,
+        source=f"seeds/{ident}.txt",
+    )
+
+
+def html_lines_ok(text: str) -> bool:
+    return all(len(line.encode()) < 998 for line in text.split("\n"))
+
+
+class _Collector(HTMLParser):
+    """Collects tags and the visible text of an HTML document."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag in ("style", "title"):
+            self._skip += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("style", "title"):
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.text.append(data)
+
+
+def parse_html(html: str) -> _Collector:
+    collector = _Collector()
+    collector.feed(html)
+    collector.close()
+    return collector
+
+
+def golden_articles() -> tuple[Article, ...]:
+    """A fixed, realistic digest: dated, date-only, undated; teasers to keep and to drop."""
+    return (
+        make_article(
+            "a1",
+            title="Thông xe cầu Sông Lam nối hai bờ TP. Bến Lam",
+            lead=(
+                "Sáng nay 1/11, UBND tỉnh Lam Giang tổ chức lễ thông xe cầu Sông Lam, công "
+                "trình giao thông trọng điểm nối trung tâm TP. Bến Lam với các xã phía bắc "
+                "sông sau hơn hai năm thi công. Cầu dài 680 m, rộng 21 m. TS. Nguyễn Văn "
+                "Hùng, Giám đốc Sở Giao thông vận tải, cho biết cầu được thiết kế cho tải "
+                "trọng lớn và chịu được lũ lịch sử."
+            ),
+            published=datetime(2024, 11, 1, 2, 15, tzinfo=UTC),
+            author="Hoài Nam",
+            slug="thong-xe-cau-song-lam",
+            teasers=(
+                Teaser("LGO", "Hội thảo chuyển đổi số trong ngành y tế tỉnh Lam Giang..."),
+                Teaser("LGO", "Mưa lũ gây sạt lở nhiều tuyến đường ở huyện miền núi..."),
+            ),
+        ),
+        make_article(
+            "b2",
+            title="Hội thảo chuyển đổi số trong ngành y tế",
+            lead=(
+                "Hội thảo chuyển đổi số trong ngành y tế tỉnh Lam Giang diễn ra với sự tham "
+                "gia của PGS. TS. Trần Thị Mai và hơn 200 đại biểu."
+            ),
+            published=datetime(2024, 10, 31, 17, 0, tzinfo=UTC),
+            precision=Precision.DATE,
+            author="NHÓM PV",
+            slug="hoi-thao-chuyen-doi-so",
+            teasers=(
+                Teaser("LGO", "mưa lũ gây sạt lở nhiều tuyến đường ở huyện miền núi…"),
+                Teaser("(QT)", "Khai mạc lễ hội cầu ngư làng biển Đồng Luỹ..."),
+            ),
+        ),
+        make_article(
+            "c3",
+            title="Thư viện số mở cửa miễn phí cho học sinh",
+            lead="Thư viện tỉnh vừa ra mắt thư viện số với hơn 12.000 đầu sách.",
+            published=None,
+            slug="thu-vien-so",
+        ),
+    )
+
+
+@pytest.fixture
+def golden_plan() -> DigestPlan:
+    return DigestPlan(day=DAY, articles=golden_articles(), more=4)
+
+
+@pytest.fixture
+def mail_settings(settings: Settings) -> Settings:
+    mail = dataclasses.replace(
+        settings.mail, postal_address="Báo Lam Giang, 12 Trần Hưng Đạo, TP. Bến Lam"
+    )
+    return dataclasses.replace(settings, mail=mail)
+
+
+def render(
+    plan: DigestPlan, settings: Settings, now: datetime, *, lang: str = "vi"
+) -> RenderedEmail:
+    return render_digest(
+        plan, lang=lang, settings=settings, unsubscribe_url=MARKER, now=now, view_url=VIEW
+    )
+
+
+# --------------------------------------------------------------------------- plan_digest
+
+NEWEST = datetime(2024, 11, 1, 0, 0, tzinfo=UTC)
+SEEN = datetime(2024, 11, 1, 6, 0, tzinfo=UTC)
+
+
+def plan(candidates: list[tuple[Article, datetime]], **kwargs: object) -> DigestPlan | None:
+    options: dict[str, object] = {
+        "day": DAY,
+        "newest_published": NEWEST,
+        "max_age_hours": 48,
+        "max_articles": 20,
+    }
+    options.update(kwargs)
+    return plan_digest(candidates, **options)  # type: ignore[arg-type]
+
+
+def test_plan_drops_articles_older_than_max_age_before_the_newest() -> None:
+    fresh = make_article("fresh", published=NEWEST - timedelta(hours=47))
+    edge = make_article("edge", published=NEWEST - timedelta(hours=48))
+    stale = make_article("stale", published=NEWEST - timedelta(hours=48, seconds=1))
+    result = plan([(stale, SEEN), (fresh, SEEN), (edge, SEEN)])
+    assert result is not None
+    assert [a.id for a in result.articles] == ["fresh", "edge"]
+    assert result.more == 0
+    assert result.day == DAY
+
+
+def test_plan_counts_undated_articles_from_first_seen() -> None:
+    recent = make_article("recent", published=None)
+    old = make_article("old", published=None)
+    dated = make_article("dated", published=NEWEST - timedelta(hours=1))
+    result = plan(
+        [
+            (recent, NEWEST + timedelta(hours=5)),
+            (old, NEWEST - timedelta(days=3)),
+            (dated, SEEN),
+        ]
+    )
+    assert result is not None
+    assert [a.id for a in result.articles] == ["recent", "dated"]
+
+
+def test_plan_orders_newest_first_with_ties_by_id() -> None:
+    when = NEWEST - timedelta(hours=2)
+    items = [
+        (make_article("m", published=when), SEEN),
+        (make_article("z", published=when), SEEN),
+        (make_article("new", published=NEWEST), SEEN),
+        (make_article("old", published=NEWEST - timedelta(hours=20)), SEEN),
+    ]
+    result = plan(items)
+    assert result is not None
+    assert [a.id for a in result.articles] == ["new", "z", "m", "old"]
+    again = plan(list(reversed(items)))
+    assert again == result
+
+
+def test_plan_puts_a_dated_article_before_an_undated_one_seen_at_that_time() -> None:
+    dated = make_article("a-dated", published=NEWEST)
+    undated = make_article("z-undated", published=None)
+    result = plan([(undated, NEWEST), (dated, SEEN)])
+    assert result is not None
+    assert [a.id for a in result.articles] == ["a-dated", "z-undated"]
+
+
+def test_plan_keeps_max_articles_and_counts_the_rest_in_more() -> None:
+    items = (
+        (make_article(f"x{i:03}", published=NEWEST - timedelta(minutes=i)), SEEN)
+        for i in range(300)
+    )
+    result = plan(list(items), max_articles=5)
+    assert result is not None
+    assert [a.id for a in result.articles] == ["x000", "x001", "x002", "x003", "x004"]
+    assert result.more == 295
+
+
+def test_plan_streams_from_a_one_shot_iterator() -> None:
+    def generate() -> Iterator[tuple[Article, datetime]]:
+        for i in range(2000):
+            yield make_article(f"s{i:05}", published=NEWEST - timedelta(seconds=i)), SEEN
+
+    result = plan_digest(
+        generate(), day=DAY, newest_published=NEWEST, max_age_hours=48, max_articles=3
+    )
+    assert result is not None
+    assert [a.id for a in result.articles] == ["s00000", "s00001", "s00002"]
+    assert result.more == 1997
+
+
+def test_plan_is_none_when_nothing_is_left() -> None:
+    stale = make_article("stale", published=NEWEST - timedelta(days=10))
+    assert plan([]) is None
+    assert plan([(stale, SEEN - timedelta(days=10))]) is None
+
+
+def test_plan_without_any_dated_article_keeps_everything() -> None:
+    items = [(make_article(f"u{i}", published=None), SEEN - timedelta(days=i)) for i in range(4)]
+    result = plan(items, newest_published=None)
+    assert result is not None
+    assert [a.id for a in result.articles] == ["u0", "u1", "u2", "u3"]
+
+
+def test_plan_treats_unknown_precision_as_undated() -> None:
+    odd = make_article("odd", published=NEWEST - timedelta(days=30), precision=Precision.UNKNOWN)
+    result = plan([(odd, SEEN)])
+    assert result is not None
+    assert result.articles[0].id == "odd"
+
+
+# --------------------------------------------------------------------------- lead_excerpt
+
+
+def test_lead_excerpt_keeps_short_text_whole() -> None:
+    text = "Sáng nay 31/10, TP. Đông Hà tổ chức hội thảo."
+    assert lead_excerpt(text, words=60) == text
+
+
+def test_lead_excerpt_cuts_at_the_last_sentence_that_fits() -> None:
+    text = "Câu một có năm từ. Câu hai cũng có sáu từ. Câu ba thì dài hơn hẳn hai câu trước."
+    assert lead_excerpt(text, words=11) == "Câu một có năm từ. Câu hai cũng có sáu từ."
+    assert lead_excerpt(text, words=10) == "Câu một có năm từ."
+
+
+@pytest.mark.parametrize(
+    "abbreviation",
+    ["TP.", "TS.", "ThS.", "PGS.", "GS.", "BS.", "T.P.", "N.V.", "Q.", "Dr.", "Mr."],
+)
+def test_lead_excerpt_does_not_end_a_sentence_at_an_abbreviation(abbreviation: str) -> None:
+    text = (
+        f"Ông được {abbreviation} Nguyễn Văn An mời dự họp. Sau đó mọi người ra về sớm hơn dự kiến."
+    )
+    result = lead_excerpt(text, words=12)
+    assert result == f"Ông được {abbreviation} Nguyễn Văn An mời dự họp."
+
+
+def test_lead_excerpt_ends_a_sentence_after_a_lowercase_unit_or_an_acronym() -> None:
+    text = "Cầu dài 680 m. Vốn đến từ EU. Công trình hoàn thành sớm hơn kế hoạch ba tháng."
+    assert lead_excerpt(text, words=8) == "Cầu dài 680 m. Vốn đến từ EU."
+
+
+def test_lead_excerpt_reads_an_ellipsis_before_lowercase_as_mid_sentence() -> None:
+    text = "Nhiều loại cây... như lúa, ngô được trồng. Mùa này nông dân rất bận rộn với vụ đông."
+    assert lead_excerpt(text, words=10) == "Nhiều loại cây... như lúa, ngô được trồng."
+
+
+def test_lead_excerpt_knows_question_marks_and_closing_quotes() -> None:
+    text = "Ông hỏi: “Có ai ở đây không?” Không ai trả lời câu hỏi ấy cả trong suốt buổi chiều."
+    assert lead_excerpt(text, words=8) == "Ông hỏi: “Có ai ở đây không?”"
+
+
+def test_lead_excerpt_cuts_a_long_first_sentence_at_a_word_with_an_ellipsis() -> None:
+    text = "Một câu rất dài " + " ".join(f"từ{i}," for i in range(100)) + " kết thúc."
+    result = lead_excerpt(text, words=10)
+    assert result.endswith("…")
+    assert len(result.split()) == 10
+    assert result == "Một câu rất dài từ0, từ1, từ2, từ3, từ4, từ5…"
+
+
+def test_lead_excerpt_never_splits_a_character_and_returns_nfc() -> None:
+    decomposed = unicodedata.normalize("NFD", "Người dân Quảng Trị đón mừng. " * 30)
+    result = lead_excerpt(decomposed, words=18)
+    assert unicodedata.is_normalized("NFC", result)
+    assert result == " ".join(["Người dân Quảng Trị đón mừng."] * 3)
+    for word in result.split():
+        assert not unicodedata.combining(word[0])
+
+
+def test_lead_excerpt_respects_the_word_limit_everywhere() -> None:
+    text = "Hà Nội. " + "Đây là câu số một trăm hai mươi. " * 40
+    for words in range(1, 70, 7):
+        result = lead_excerpt(text, words=words)
+        assert 1 <= len(result.split()) <= words
+
+
+# --------------------------------------------------------------------------- other news
+
+
+def test_other_news_drops_teasers_for_articles_in_the_digest_and_duplicates() -> None:
+    chosen = select_other_news(golden_articles())
+    assert [(t.dateline, t.text) for t in chosen] == [
+        ("LGO", "Mưa lũ gây sạt lở nhiều tuyến đường ở huyện miền núi..."),
+        ("(QT)", "Khai mạc lễ hội cầu ngư làng biển Đồng Luỹ..."),
+    ]
+
+
+def test_other_news_matches_a_teaser_cut_mid_word_against_a_lead() -> None:
+    article = make_article(
+        "a",
+        lead="Sáng nay 31/10, TP. Đông Hà tổ chức hội thảo khoa học về di sản văn hoá.",
+        teasers=(Teaser("QTO", "Sáng nay 31/10, TP. Đông Hà tổ chức hội th..."),),
+    )
+    other = make_article("b", teasers=(Teaser("QTO", "Sáng nay 31/10, TP Đông Hà tổ chức hội..."),))
+    assert select_other_news([article, other]) == []
+
+
+def test_other_news_matches_against_titles_and_keeps_unrelated_teasers() -> None:
+    article = make_article(
+        "a",
+        title="Giải chạy bộ vì người nghèo thu hút 3.000 vận động viên",
+        teasers=(
+            Teaser("TTO", "Giải chạy bộ vì người nghèo thu hút 3.000..."),
+            Teaser("TTO", "Giá cà phê xuất khẩu tăng mạnh..."),
+        ),
+    )
+    assert [t.text for t in select_other_news([article])] == ["Giá cà phê xuất khẩu tăng mạnh..."]
+
+
+def test_other_news_keeps_a_teaser_too_short_to_tie_to_an_article() -> None:
+    article = make_article(
+        "a", lead="Hội thảo chuyển đổi số.", teasers=(Teaser("QTO", "Hội thảo..."),)
+    )
+    assert [t.text for t in select_other_news([article])] == ["Hội thảo..."]
+
+
+def test_other_news_is_capped() -> None:
+    teasers = tuple(Teaser("QTO", f"Tin số {i} về chuyện khác hẳn nhau {i}...") for i in range(40))
+    chosen = select_other_news([make_article("a", teasers=teasers)])
+    assert len(chosen) == MAX_TEASERS
+    assert chosen[0].text.startswith("Tin số 0 ")
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def test_golden_digest_vi(
+    golden_plan: DigestPlan, mail_settings: Settings, now: datetime, check_golden
+) -> None:
+    rendered = render(golden_plan, mail_settings, now, lang="vi")
+    check_golden("digest.html", rendered.html.encode("utf-8"))
+    check_golden("digest.txt", rendered.text.encode("utf-8"))
+    assert rendered.subject == "Tin mới: bản tin 1 tháng 11, 2024"
+    assert rendered.lang == "vi"
+
+
+def test_golden_digest_en(
+    golden_plan: DigestPlan, mail_settings: Settings, now: datetime, check_golden
+) -> None:
+    rendered = render(golden_plan, mail_settings, now, lang="en")
+    check_golden("digest.en.html", rendered.html.encode("utf-8"))
+    check_golden("digest.en.txt", rendered.text.encode("utf-8"))
+    assert rendered.subject == "Tin mới: news for November 1, 2024"
+
+
+def test_digest_has_every_required_part(
+    golden_plan: DigestPlan, mail_settings: Settings, now: datetime
+) -> None:
+    rendered = render(golden_plan, mail_settings, now)
+    html, text = rendered.html, rendered.text
+    doc = parse_html(html)
+    links = [attrs.get("href") for tag, attrs in doc.tags if tag == "a"]
+    urls = [article_url("http://localhost:8000/", a.slug) for a in golden_plan.articles]
+    for url in urls:
+        assert links.count(url) == 3  # headline list, title, read more
+        assert text.count(url) == 1
+    root = "http://localhost:8000/"
+    for target in (MARKER, VIEW, root + "rss.xml", root + "atom.xml", root + "feed.json", root):
+        assert target in links
+        assert target in text
+    visible = " ".join(doc.text)
+    assert "Trong số này" in visible
+    assert "Đọc tiếp" in visible
+    assert "Đọc tiếp" in text
+    assert "Tin khác" in visible
+    assert "TIN KHÁC" in text
+    assert "Và 4 tin khác trên trang" in visible
+    assert "Và 4 tin khác trên trang" in text
+    assert "Báo Lam Giang, 12 Trần Hưng Đạo, TP. Bến Lam" in visible
+    assert "Báo Lam Giang, 12 Trần Hưng Đạo, TP. Bến Lam" in text
+    assert "Bạn nhận được thư này vì đã đăng ký" in visible
+    # Dates: time of day when known, date only for a date, nothing when unknown.
+    assert "09:15 1 tháng 11, 2024 · Hoài Nam" in text
+    assert "1 tháng 11, 2024 · NHÓM PV" in text
+    assert "00:00" not in text
+    # The preheader is the first lead, cut to about 100 characters, and hidden.
+    assert rendered.preheader.startswith("Sáng nay 1/11, UBND tỉnh Lam Giang")
+    assert len(rendered.preheader) <= 100
+    assert rendered.preheader.endswith("…")
+    hidden = [attrs for tag, attrs in doc.tags if attrs.get("class") == "preheader"]
+    assert len(hidden) == 1
+    assert "display: none" in (hidden[0]["style"] or "")
+
+
+def test_digest_html_is_an_accessible_600px_table_layout(
+    golden_plan: DigestPlan, mail_settings: Settings, now: datetime
+) -> None:
+    html = render(golden_plan, mail_settings, now).html
+    doc = parse_html(html)
+    assert ("html", {"lang": "vi", "dir": "ltr", "style": "color-scheme: light dark;"}) in doc.tags
+    tables = [attrs for tag, attrs in doc.tags if tag == "table"]
+    assert tables
+    assert all(t.get("role") == "presentation" for t in tables)
+    assert any(t.get("width") == "600" and "width: 600px" in (t.get("style") or "") for t in tables)
+    assert not [tag for tag, _ in doc.tags if tag in ("img", "script", "link")]
+    assert '<meta name="color-scheme" content="light dark">' in html
+    assert "@media (prefers-color-scheme: dark)" in html
+    # CSS is inlined: styled elements carry style attributes, class rules are gone.
+    assert "font-family: Arial" in html
+    assert ".toc-title {" not in html
+    assert html.index('<meta charset="utf-8">') < 200
+
+
+def test_digest_shows_no_more_link_when_nothing_is_left_out(
+    mail_settings: Settings, now: datetime
+) -> None:
+    rendered = render(DigestPlan(day=DAY, articles=golden_articles()[:1]), mail_settings, now)
+    assert "tin khác trên trang" not in rendered.html
+    assert "tin khác trên trang" not in rendered.text
+
+
+def test_digest_in_english(golden_plan: DigestPlan, mail_settings: Settings, now: datetime) -> None:
+    rendered = render(golden_plan, mail_settings, now, lang="en")
+    assert 'lang="en"' in rendered.html
+    for phrase in ("In this issue", "Read more", "Other news", "And 4 more stories on the site"):
+        assert phrase in rendered.html
+    assert "November 1, 2024" in rendered.text
+    assert "Đọc tiếp" not in rendered.text
+
+
+HOSTILE_TITLE = "<script>alert('x')</script> {{ 7*7 }} {% raw %}\r\nBcc: victim@example.org"
+HOSTILE_LEAD = "Tin <b>đậm</b> & {{ config }} ]]> <img src=x onerror=alert(1)> kết thúc."
+
+
+def hostile_plan() -> DigestPlan:
+    article = make_article(
+        "h1",
+        title=HOSTILE_TITLE,
+        lead=HOSTILE_LEAD,
+        author="<i>Tác giả</i>",
+        teasers=(Teaser("<QTO>", "Tin <script>x</script> khác {{ 1+1 }}..."),),
+    )
+    return DigestPlan(day=DAY, articles=(article,))
+
+
+def test_hostile_article_text_is_escaped_in_html(mail_settings: Settings, now: datetime) -> None:
+    site = dataclasses.replace(mail_settings.site, title="<b>Site</b> {{ 7*7 }}")
+    html = render(hostile_plan(), dataclasses.replace(mail_settings, site=site), now).html
+    doc = parse_html(html)
+    tags = {tag for tag, _ in doc.tags}
+    assert not tags & {"script", "b", "i", "img"}
+    visible = " ".join(doc.text)
+    assert "<script>alert('x')</script> {{ 7*7 }} {% raw %} Bcc: victim@example.org" in visible
+    assert "Tin <b>đậm</b> & {{ config }} ]]> <img src=x onerror=alert(1)> kết thúc." in visible
+    assert "<i>Tác giả</i>" in visible
+    assert "Tin <script>x</script> khác {{ 1+1 }}..." in visible
+    assert "49" not in visible
+    assert "<b>Site</b> {{ 7*7 }}" in visible
+    assert "&lt;script&gt;" in html
+    assert "<title>[&lt;b&gt;Site" in html or "<title>&lt;b&gt;Site" in html
+    # The hidden preheader is escaped too (it comes from a partial).
+    assert "Tin &lt;b&gt;đậm&lt;/b&gt;" in html.split("</div>", 1)[0]
+
+
+def test_hostile_article_text_is_literal_in_text_part(
+    mail_settings: Settings, now: datetime
+) -> None:
+    text = render(hostile_plan(), mail_settings, now).text
+    flat = " ".join(text.split())
+    assert "<script>alert('x')</script> {{ 7*7 }} {% raw %} Bcc: victim@example.org" in flat
+    assert "\nBcc:" not in text
+    assert "\r" not in text
+    assert "{{ config }}" in text
+    assert "49" not in text
+
+
+def test_subject_is_one_line_and_takes_braces_literally(settings: Settings, now: datetime) -> None:
+    site = dataclasses.replace(settings.site, title="Tin {{ 7*7 }} {date}\r\nBcc: x@example.org")
+    mail = dataclasses.replace(settings.mail, subject="[{site}] {date} {unknown}")
+    odd = dataclasses.replace(settings, site=site, mail=mail)
+    rendered = render(hostile_plan(), odd, now)
+    assert (
+        rendered.subject == "[Tin {{ 7*7 }} {date} Bcc: x@example.org] 1 tháng 11, 2024 {unknown}"
+    )
+    assert "{{ 7*7 }}" in rendered.html
+
+
+def test_vietnamese_text_is_nfc_in_both_parts(mail_settings: Settings, now: datetime) -> None:
+    title = "Người dân Quảng Trị đón Tết Nguyên đán"
+    lead = "Hội nghị tổng kết công tác hòa giải ở cơ sở được tổ chức tại thành phố Đông Hà."
+    article = make_article(
+        "nfd",
+        title=unicodedata.normalize("NFD", title),
+        lead=unicodedata.normalize("NFD", lead),
+        author=unicodedata.normalize("NFD", "Trúc Phương"),
+    )
+    rendered = render(DigestPlan(day=DAY, articles=(article,)), mail_settings, now)
+    for part in (rendered.html, rendered.text, rendered.subject, rendered.preheader):
+        assert unicodedata.is_normalized("NFC", part)
+    for expected in (title, lead, "Trúc Phương"):
+        encoded = expected.encode("utf-8")
+        assert encoded in rendered.html.encode("utf-8")
+        assert encoded in " ".join(rendered.text.split()).encode("utf-8")
+
+
+def long_plan(count: int = 20) -> DigestPlan:
+    sentence = "Ủy ban nhân dân tỉnh Quảng Trị triển khai nhiều giải pháp phát triển kinh tế xã hội"
+    articles = tuple(
+        make_article(
+            f"long{i:02}",
+            title=f"{sentence} bền vững trong giai đoạn mới, bài số {i}",
+            lead=" ".join(f"{sentence} ở huyện số {i}-{j}." for j in range(30)),
+            author="Nguyễn Thị Phương Thảo",
+            slug=f"uy-ban-nhan-dan-tinh-quang-tri-trien-khai-nhieu-giai-phap-{i}",
+            teasers=tuple(
+                Teaser("QTO", f"Tin riêng số {i}-{k}: {sentence} ở vùng {k}...") for k in range(10)
+            ),
+        )
+        for i in range(count)
+    )
+    return DigestPlan(day=DAY, articles=articles, more=123)
+
+
+def test_digest_with_max_articles_stays_under_gmail_clipping(
+    mail_settings: Settings, now: datetime
+) -> None:
+    plan_ = long_plan(mail_settings.digest.max_articles)
+    rendered = render(plan_, mail_settings, now)
+    size = len(rendered.html.encode("utf-8"))
+    assert size < 102 * 1024, size
+    # Every lead was cut to digest.lead_words at a sentence boundary.
+    leads = [lead_excerpt(a.lead, words=60) for a in plan_.articles]
+    assert all(lead in rendered.text.replace("\n", " ") for lead in leads)
+    assert all(len(lead.split()) <= 60 for lead in leads)
+
+
+def test_every_line_is_short_enough_for_smtp(mail_settings: Settings, now: datetime) -> None:
+    giant = "X" * 5000
+    article = make_article("g", title="Đ" * 3000, lead=f"Mở đầu {giant} tiếp {giant}.")
+    for plan_ in (long_plan(), DigestPlan(day=DAY, articles=(article,))):
+        rendered = render(plan_, mail_settings, now)
+        assert html_lines_ok(rendered.html)
+        assert html_lines_ok(rendered.text)
+        assert MARKER in rendered.html
+        assert MARKER in rendered.text
+
+
+def test_text_part_wraps_at_72_columns_but_never_splits_a_url(
+    mail_settings: Settings, now: datetime
+) -> None:
+    long_slug = "-".join(["mot-duong-dan-rat-dai-cho-bai-viet"] * 4)
+    plan_ = long_plan(5)
+    articles = (dataclasses.replace(plan_.articles[0], slug=long_slug), *plan_.articles[1:])
+    rendered = render(dataclasses.replace(plan_, articles=articles), mail_settings, now)
+    long_url = article_url("http://localhost:8000/", long_slug)
+    assert len(long_url) > 72
+    for line in rendered.text.split("\n"):
+        assert len(line) <= 72 or re.fullmatch(r"\S*https?://\S+", line), line
+    assert f"\n{long_url}\n" in rendered.text
+    assert f"\n{MARKER}\n" in rendered.text
+
+
+def test_unsubscribe_marker_appears_verbatim(mail_settings: Settings, now: datetime) -> None:
+    marker = "SYNDICATE-UNSUBSCRIBE-" + "a1B2-_:/.?=" * 8
+    rendered = render_digest(
+        long_plan(2), lang="vi", settings=mail_settings, unsubscribe_url=marker, now=now
+    )
+    assert rendered.html.count(marker) == 1
+    assert rendered.text.count(marker) == 1
+    assert f"\n{marker}\n" in rendered.text
+
+
+def test_web_version_says_so_and_has_no_view_link(mail_settings: Settings, now: datetime) -> None:
+    rendered = render_digest(
+        DigestPlan(day=DAY, articles=golden_articles()),
+        lang="vi",
+        settings=mail_settings,
+        unsubscribe_url="http://localhost:8000/unsubscribe",
+        now=now,
+        web=True,
+    )
+    assert "Đây là bản xem trên trình duyệt" in rendered.html
+    assert "Xem trong trình duyệt" not in rendered.html
+
+
+def test_unknown_language_is_refused(mail_settings: Settings, now: datetime) -> None:
+    with pytest.raises(
+        InputError, match=r"^language 'fr' is not supported; expected one of vi, en\.$"
+    ):
+        render(hostile_plan(), mail_settings, now, lang="fr")
+
+
+def test_operator_templates_dir_without_templates_is_a_clear_error(
+    mail_settings: Settings, now: datetime, tmp_path: Path
+) -> None:
+    empty = tmp_path / "my-templates"
+    empty.mkdir()
+    odd = dataclasses.replace(
+        mail_settings, digest=dataclasses.replace(mail_settings.digest, templates_dir=empty)
+    )
+    with pytest.raises(ConfigError) as info:
+        render(hostile_plan(), odd, now)
+    assert str(info.value) == (
+        f"config key digest.templates_dir ({str(empty)!r}): template 'digest.html.j2' is missing. "
+        "Copy templates/email/ from syndicate, or leave digest.templates_dir empty."
+    )
+
+
+def test_operator_templates_are_used(
+    mail_settings: Settings, now: datetime, tmp_path: Path
+) -> None:
+    folder = tmp_path / "tpl"
+    folder.mkdir()
+    (folder / "digest.html.j2").write_text(
+        "<html><body>{% for a in articles %}<p>{{ a.title }}</p>{% endfor %}</body></html>",
+        encoding="utf-8",
+    )
+    (folder / "digest.txt.j2").write_text("{{ site_title }}: {{ articles|length }}\n", "utf-8")
+    odd = dataclasses.replace(
+        mail_settings, digest=dataclasses.replace(mail_settings.digest, templates_dir=folder)
+    )
+    rendered = render(hostile_plan(), odd, now)
+    assert "&lt;script&gt;" in rendered.html
+    assert rendered.text == "Tin mới: 1\n"
+
+
+# --------------------------------------------------------------------------- confirmation
+
+
+@pytest.mark.parametrize(
+    ("lang", "subject", "phrase"),
+    [
+        ("vi", "Xác nhận đăng ký bản tin Tin mới", "có hiệu lực trong 48 giờ"),
+        ("en", "Confirm your subscription to Tin mới", "The link works for 48 hours"),
+    ],
+)
+def test_confirmation_mail(
+    mail_settings: Settings, now: datetime, lang: str, subject: str, phrase: str
+) -> None:
+    url = "http://localhost:8000/confirm?token=CONFIRM-MARKER.abc_def-123"
+    rendered = render_confirmation(lang=lang, settings=mail_settings, confirm_url=url, now=now)
+    assert rendered.subject == subject
+    assert rendered.lang == lang
+    assert url in rendered.text
+    assert f'href="{url}"' in rendered.html
+    assert phrase in rendered.html
+    assert phrase in rendered.text
+    assert "Báo Lam Giang" in rendered.text
+    assert f'lang="{lang}"' in rendered.html
+    assert html_lines_ok(rendered.html)
+    assert html_lines_ok(rendered.text)
+    assert all(len(line) <= 72 or url in line for line in rendered.text.split("\n"))
+
+
+# --------------------------------------------------------------------------- line helpers
+
+
+def test_fold_html_lines_breaks_only_outside_attribute_values() -> None:
+    value = "a b " * 40
+    html = f'<p title="{value}" class="x">' + "từ " * 600 + "</p>"
+    folded = fold_html_lines(html, limit=200)
+    assert html_lines_ok(folded)
+    assert all(len(line.encode()) <= 200 for line in folded.split("\n") if value not in line)
+    assert f'title="{value}"' in folded
+    assert folded.replace("\n", " ") == html
+
+
+def test_wrap_text_hangs_list_items_and_keeps_protected_words() -> None:
+    keep = "MARKER-" + "x" * 90
+    text = "1. " + "chữ " * 40 + "\n" + keep + "\n" + "y" * 100
+    wrapped = wrap_text(text, keep={keep})
+    lines = wrapped.split("\n")
+    assert lines[0].startswith("1. chữ")
+    assert lines[1].startswith("   chữ")
+    assert keep in lines
+    assert "y" * 72 in lines
+    assert "y" * 28 in lines
+
+
+# --------------------------------------------------------------------------- shared fixtures
+
+
+def test_shared_hostile_articles_come_out_as_text_in_both_parts(
+    hostile_articles: list[Article], mail_settings: Settings, now: datetime
+) -> None:
+    plan_ = DigestPlan(day=DAY, articles=tuple(hostile_articles))
+    for lang in ("vi", "en"):
+        rendered = render(plan_, mail_settings, now, lang=lang)
+        doc = parse_html(rendered.html)
+        assert not {tag for tag, _ in doc.tags} & {"script", "b", "i", "em", "img"}
+        visible = unicodedata.normalize("NFC", " ".join(" ".join(doc.text).split()))
+        flat_text = " ".join(rendered.text.split())
+        for article in hostile_articles:
+            title = unicodedata.normalize("NFC", " ".join(article.title.split()))
+            lead = lead_excerpt(article.lead, words=mail_settings.digest.lead_words)
+            for expected in (title, lead):
+                assert expected.encode("utf-8") in visible.encode("utf-8"), expected
+                assert expected.encode("utf-8") in flat_text.encode("utf-8"), expected
+        assert "Giá {{ 7*7 }} và {% raw %}mẫu{% endraw %} ]]>" in flat_text
+        assert "Giá 49" not in visible
+        assert "Giá 49" not in flat_text
+        assert "\nBcc:" not in rendered.text
+        assert "\r" not in rendered.text
+        assert "\r" not in rendered.html
+        assert unicodedata.is_normalized("NFC", rendered.html)
+        assert unicodedata.is_normalized("NFC", rendered.text)
+        assert "\n" not in rendered.subject
+
+
+def test_shared_sample_articles_make_a_sound_digest(
+    sample_articles: list[Article], mail_settings: Settings, now: datetime
+) -> None:
+    newest = max(a.published for a in sample_articles if a.published)
+    result = plan_digest(
+        ((a, now) for a in sample_articles),
+        day=DAY,
+        newest_published=newest,
+        max_age_hours=48,
+        max_articles=20,
+    )
+    assert result is not None
+    assert all(
+        a.published is None or a.published >= newest - timedelta(hours=48) for a in result.articles
+    )
+    rendered = render(result, mail_settings, now)
+    assert html_lines_ok(rendered.html)
+    assert html_lines_ok(rendered.text)
+    assert len(rendered.html.encode()) < 102 * 1024
+    for article in sample_articles:
+        excerpt = lead_excerpt(article.lead, words=mail_settings.digest.lead_words)
+        assert len(excerpt.split()) <= mail_settings.digest.lead_words
+        assert " ".join(article.lead.split()).startswith(excerpt.rstrip("…"))
