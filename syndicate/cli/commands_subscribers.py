@@ -1,1 +1,256 @@
-"""Commands: subscribers."""
+"""Commands: subscribers (add, remove, list, import, export, erase, stats)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from syndicate.cli import AppContext, cli, pass_app
+from syndicate.errors import InputError, SubscriberError
+from syndicate.model import Subscriber, SubscriptionStatus
+from syndicate.output import write_atomic
+from syndicate.store.meta import get_secret
+from syndicate.store.subscribers import (
+    LANGUAGES,
+    add_subscriber,
+    erase,
+    get_by_email,
+    iter_subscribers,
+    stats,
+    unsubscribe,
+)
+
+CSV_COLUMNS = ("email", "name", "language")
+_STATUSES = [str(s) for s in SubscriptionStatus]
+
+
+def _now(app: AppContext) -> datetime:
+    return datetime.fromtimestamp(app.now(), UTC)
+
+
+def _record(subscriber: Subscriber) -> dict[str, object]:
+    def iso(moment: datetime | None) -> str | None:
+        return moment.isoformat() if moment else None
+
+    return {
+        "id": subscriber.id,
+        "email": subscriber.email,
+        "name": subscriber.name,
+        "language": subscriber.language,
+        "status": str(subscriber.status),
+        "created_at": iso(subscriber.created_at),
+        "confirmed_at": iso(subscriber.confirmed_at),
+        "unsubscribed_at": iso(subscriber.unsubscribed_at),
+        "bounced_at": iso(subscriber.bounced_at),
+        "bounce_count": subscriber.bounce_count,
+    }
+
+
+@cli.group("subscribers")
+def subscribers_group() -> None:
+    """Manage the mailing list: add, remove, list, import, export, erase, stats.
+
+    Example: syndicate subscribers add an@example.org --lang en
+    """
+
+
+@subscribers_group.command("add")
+@click.argument("email")
+@click.option("--name", default=None, help="The subscriber's name.")
+@click.option(
+    "--lang",
+    "language",
+    type=click.Choice(LANGUAGES),
+    default="vi",
+    show_default=True,
+    help="Language of the digest they get.",
+)
+@pass_app
+def add_command(app: AppContext, email: str, name: str | None, language: str) -> None:
+    """Add a confirmed subscriber (you vouch for their consent).
+
+    Example: syndicate subscribers add an@example.org --name "An" --lang vi
+    """
+    db = app.database
+    existing = get_by_email(db, email)
+    if existing is not None and existing.status is SubscriptionStatus.CONFIRMED:
+        app.echo(f"{existing.email} is already subscribed (id {existing.id}).")
+        return
+    if existing is not None:
+        raise SubscriberError(
+            f"email address {existing.email!r} is already stored with status {existing.status}.",
+            hint="Only the person can subscribe again, through the sign-up form."
+            if existing.status is not SubscriptionStatus.PENDING
+            else "They will be subscribed when they follow the confirmation link.",
+        )
+    added = add_subscriber(
+        db,
+        email,
+        name=name,
+        language=language,
+        status=SubscriptionStatus.CONFIRMED,
+        now=_now(app),
+        secret=get_secret(app.settings, db),
+    )
+    app.echo(f"Added {added.email} (id {added.id}, {added.language}).")
+
+
+@subscribers_group.command("remove")
+@click.argument("email")
+@pass_app
+def remove_command(app: AppContext, email: str) -> None:
+    """Unsubscribe an address; it stays on file so no send or import brings it back.
+
+    Example: syndicate subscribers remove an@example.org
+    """
+    db = app.database
+    found = get_by_email(db, email)
+    if found is None:
+        raise SubscriberError(f"email address {email.strip()!r} is not a subscriber.")
+    was = found.status
+    unsubscribe(db, found.id, now=_now(app))
+    if was is SubscriptionStatus.UNSUBSCRIBED:
+        app.echo(f"{found.email} was already unsubscribed.")
+    else:
+        app.echo(f"Unsubscribed {found.email}.")
+
+
+@subscribers_group.command("list")
+@click.option("--status", type=click.Choice(_STATUSES), default=None, help="Only this status.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_app
+def list_command(app: AppContext, status: str | None, as_json: bool) -> None:
+    """List subscribers, oldest first.
+
+    Example: syndicate subscribers list --status confirmed --json
+    """
+    wanted = SubscriptionStatus(status) if status else None
+    for subscriber in iter_subscribers(app.database, status=wanted):
+        if as_json:
+            click.echo(json.dumps(_record(subscriber), ensure_ascii=False))
+        else:
+            name = f"  {subscriber.name}" if subscriber.name else ""
+            click.echo(
+                f"{subscriber.id}\t{subscriber.email}\t{subscriber.language}\t"
+                f"{subscriber.status}{name}"
+            )
+
+
+@subscribers_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@pass_app
+def import_command(app: AppContext, file: Path) -> None:
+    """Add confirmed subscribers from a CSV file with the header email,name,language.
+
+    Bad rows are reported with their line number and skipped; addresses already
+    stored are left as they are, so importing twice changes nothing.
+
+    Example: syndicate subscribers import list.csv
+    """
+    try:
+        text = file.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(f"{file}: no such file. Give the path of a CSV file.") from None
+    except OSError as exc:
+        raise InputError(f"{file}: cannot read: {exc.strerror or exc}.") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{file}: not UTF-8 text ({exc.reason}). Save it as UTF-8 CSV.") from exc
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    columns = [c.strip().lower() for c in header] if header else []
+    if "email" not in columns or any(c not in CSV_COLUMNS for c in columns if c):
+        raise InputError(
+            f"{file} line 1: the header is {header!r}; expected the columns email,name,language."
+        )
+    db = app.database
+    secret = get_secret(app.settings, db)
+    now = _now(app)
+    added = unchanged = bad = 0
+    for row in reader:
+        line = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        values = dict(zip(columns, (cell.strip() for cell in row), strict=False))
+        try:
+            if len(row) > len(columns):
+                raise SubscriberError(f"{len(row)} columns, expected at most {len(columns)}.")
+            email = values.get("email", "")
+            language = values.get("language") or "vi"
+            if get_by_email(db, email) is not None:
+                unchanged += 1
+                continue
+            add_subscriber(
+                db,
+                email,
+                name=values.get("name") or None,
+                language=language,
+                status=SubscriptionStatus.CONFIRMED,
+                now=now,
+                secret=secret,
+            )
+            added += 1
+        except SubscriberError as exc:
+            bad += 1
+            click.echo(f"{file} line {line}: {exc}", err=True)
+    app.echo(f"Imported {added}, unchanged {unchanged}, rejected {bad}.")
+    if bad:
+        click.get_current_context().exit(1)
+
+
+@subscribers_group.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@pass_app
+def export_command(app: AppContext, file: Path) -> None:
+    """Write every subscriber to a CSV file (email,name,language,status), atomically.
+
+    Example: syndicate subscribers export backup.csv
+    """
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*CSV_COLUMNS, "status"])
+    count = 0
+    for subscriber in iter_subscribers(app.database):
+        writer.writerow(
+            [subscriber.email, subscriber.name or "", subscriber.language, subscriber.status]
+        )
+        count += 1
+    write_atomic(file, buffer.getvalue().encode("utf-8"), skip_unchanged=False)
+    app.echo(f"Exported {count} subscribers to {file}.")
+
+
+@subscribers_group.command("erase")
+@click.argument("email")
+@pass_app
+def erase_command(app: AppContext, email: str) -> None:
+    """Delete an address and its history for good; a keyed hash stops it coming back.
+
+    Example: syndicate subscribers erase an@example.org
+    """
+    db = app.database
+    address = email.strip()
+    deleted = erase(db, address, secret=get_secret(app.settings, db), now=_now(app))
+    if deleted:
+        app.echo(f"Erased {address}; only a keyed hash remains, so it cannot be imported again.")
+    else:
+        app.echo(f"{address} was not stored; its hash is kept so it cannot be imported.")
+
+
+@subscribers_group.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@pass_app
+def stats_command(app: AppContext, as_json: bool) -> None:
+    """Count subscribers by status.
+
+    Example: syndicate subscribers stats
+    """
+    counts = stats(app.database)
+    if as_json:
+        click.echo(json.dumps(counts))
+        return
+    for key in (*_STATUSES, "total", "erased"):
+        click.echo(f"{key}: {counts[key]}")

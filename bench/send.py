@@ -1,0 +1,353 @@
+"""Benchmark `syndicate send` against an SMTP sink in another process, with a same-run floor.
+
+For each size (default 10,000 and 100,000 confirmed subscribers) and each sink
+(an aiosmtpd sink; Postfix's smtp-sink where installed):
+
+- ours:  `python -m syndicate send --json` (a subprocess) delivering a 10-article digest;
+- floor: a bare aiosmtplib loop (another subprocess) sending one pre-built message's bytes
+         the same number of times, over the same number of connections, each carrying the
+         same number of messages (smtp.messages_per_connection).
+
+Reports messages/s (ours over the send loop, and end to end including start-up, build
+and render), ours as a share of the floor, CPU ms per message and peak memory (RSS).
+
+    python bench/send.py                      # 10k and 100k, every sink found
+    python bench/send.py --sizes 10000 --sinks aiosmtpd
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SENDER = "news@example.org"
+
+
+# --- sink and floor: run as child processes of this script -----------------------------------
+
+
+def run_aiosmtpd_sink(port: int, save: Path) -> None:
+    """An aiosmtpd server that accepts everything, keeping only the first message."""
+    from aiosmtpd.controller import Controller
+
+    class Sink:
+        saved = False
+
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            if not Sink.saved:
+                Sink.saved = True
+                save.write_bytes(envelope.original_content or envelope.content)  # type: ignore[attr-defined]
+            return "250 2.0.0 OK"
+
+    controller = Controller(Sink(), hostname="127.0.0.1", port=port, ready_timeout=10)
+    controller.start()
+    print("ready", flush=True)
+    try:
+        sys.stdin.read()  # until the parent closes our stdin
+    finally:
+        controller.stop()
+
+
+def run_floor(port: int, message_file: Path, count: int, connections: int, per_conn: int) -> None:
+    """Send one pre-built message `count` times over `connections` connections; print JSON."""
+    import aiosmtplib
+
+    message = message_file.read_bytes()
+    remaining = count
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30, start_tls=False)
+            await client.connect()
+            options = ["BODY=8BITMIME"] if client.supports_extension("8bitmime") else []
+            used = 0
+            while remaining > 0 and used < per_conn:
+                remaining -= 1
+                used += 1
+                await client.sendmail(
+                    SENDER, [f"r{remaining}@example.org"], message, mail_options=options
+                )
+            await client.quit()
+
+    async def main() -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        return time.perf_counter() - started
+
+    seconds = asyncio.run(main())
+    print(json.dumps({"sent": count, "seconds": seconds}))
+
+
+# --- the benchmark ---------------------------------------------------------------------------
+
+
+@dataclass
+class Measure:
+    seconds: float  # the send loop's time (reported by the process)
+    wall: float  # the whole process
+    cpu: float  # user + system seconds of the process
+    max_rss_mb: float
+    sent: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"sink on port {port} did not start")
+
+
+def measure(args: list[str], *, cwd: Path, env: dict[str, str]) -> tuple[str, Measure]:
+    """Run a child and return its stdout with wall time, CPU time and peak RSS (wait4)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    out = process.stdout.read()
+    err = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({process.returncode}):\n{err.decode()}")
+    cpu = usage.ru_utime + usage.ru_stime
+    return out.decode(), Measure(0.0, wall, cpu, usage.ru_maxrss / 1024, 0)
+
+
+DUMP = (
+    "{title}\n{published}\n{{head}}\n"
+    "QTO - Sáng nay {day}/11, tại TP. Bến Lam, {title_lower} đã diễn ra với sự tham dự của "
+    "nhiều đại biểu, lãnh đạo sở, ngành và người dân địa phương.\n"
+    "Theo ban tổ chức, hoạt động nhằm nâng cao chất lượng đời sống và phát triển kinh tế - "
+    "xã hội của tỉnh trong giai đoạn mới.\n"
+    "Quang cảnh sự kiện - Ảnh: T.P\n"
+    "Các đại biểu đánh giá cao kết quả đạt được và đề xuất nhiều giải pháp cụ thể cho thời "
+    "gian tới, trong đó chú trọng chuyển đổi số và cải cách hành chính.\n"
+    "Trúc Phương\n"
+)
+
+
+def make_project(folder: Path, *, subscribers: int, articles: int, port: int, conns: int) -> None:
+    seeds = folder / "seeds"
+    seeds.mkdir(parents=True)
+    for i in range(articles):
+        title = f"Sự kiện số {i + 1} của tỉnh Lam Giang"
+        text = DUMP.format(
+            title=title,
+            title_lower=title.lower(),
+            published=f"{i + 1:02d}/11/2024 0{i % 10}:15",
+            day=i + 1,
+        )
+        (seeds / f"{i:03d}.txt").write_text(text, encoding="utf-8")
+    write_config(folder, port=port, conns=conns)
+    sys.path.insert(0, str(ROOT))
+    from syndicate.store import open_database
+
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    with open_database(folder / "syndicate.db") as db, db.transaction() as conn:
+        conn.executemany(
+            "INSERT INTO subscribers (email, email_key, language, status, created_at, "
+            "updated_at, confirmed_at) VALUES (?, ?, ?, 'confirmed', ?, ?, ?)",
+            (
+                (
+                    f"reader{i}@example.org",
+                    f"reader{i}@example.org",
+                    "en" if i % 4 == 0 else "vi",
+                    now,
+                    now,
+                    now,
+                )
+                for i in range(subscribers)
+            ),
+        )
+
+
+def write_config(folder: Path, *, port: int, conns: int) -> None:
+    (folder / "syndicate.toml").write_text(
+        '[site]\nbase_url = "https://news.example.org/"\n'
+        f'[mail]\ntransport = "smtp"\nfrom = "Tin mới <{SENDER}>"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {port}\ntls = "none"\nconnections = {conns}\n'
+        "messages_per_connection = 100\n[digest]\nmax_articles = 10\n",
+        encoding="utf-8",
+    )
+
+
+def reset_ledger(folder: Path) -> None:
+    with sqlite3.connect(folder / "syndicate.db") as conn:
+        conn.execute("DELETE FROM deliveries")
+
+
+def start_sink(kind: str, port: int, save: Path) -> subprocess.Popen[bytes]:
+    if kind == "aiosmtpd":
+        process = subprocess.Popen(
+            [sys.executable, __file__, "--sink-server", str(port), "--save", str(save)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        process.stdout.readline()
+    else:
+        sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+        args = [sink]  # advertises 8BITMIME and PIPELINING by default
+        if os.geteuid() == 0:
+            args += ["-u", "nobody"]
+        args += [f"127.0.0.1:{port}", "1024"]
+        process = subprocess.Popen(args, stdin=subprocess.PIPE)
+    wait_port(port)
+    return process
+
+
+def stop_sink(process: subprocess.Popen[bytes]) -> None:
+    if process.stdin:
+        process.stdin.close()
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def run_ours(folder: Path, env: dict[str, str], size: int) -> Measure:
+    out, ours = measure([sys.executable, "-m", "syndicate", "send", "--json"], cwd=folder, env=env)
+    summary = json.loads(out)
+    ours.seconds, ours.sent = float(summary["seconds"]), int(summary["sent"])
+    if ours.sent != size:
+        raise SystemExit(f"ours sent {ours.sent} of {size}: {summary}")
+    return ours
+
+
+def run_floor_child(
+    folder: Path, env: dict[str, str], port: int, saved: Path, size: int, conns: int
+) -> Measure:
+    args = [sys.executable, __file__, "--floor", str(port), "--message", str(saved)]
+    args += ["--count", str(size), "--connections", str(conns)]
+    out, floor = measure(args, cwd=folder, env=env)
+    floor.seconds, floor.sent = float(json.loads(out)["seconds"]), size
+    return floor
+
+
+def bench_size(
+    size: int, sinks: list[str], *, conns: int, articles: int, repeat: int
+) -> list[dict[str, object]]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix=f"bench-send-{size}-") as tmp:
+        folder = Path(tmp)
+        make_project(folder, subscribers=size, articles=articles, port=0, conns=conns)
+        saved = folder / "message.eml"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+        env["SYNDICATE_SECRET"] = "bench-secret"  # noqa: S105 - a throwaway benchmark key
+        for sink_kind in sinks:
+            port = free_port()
+            write_config(folder, port=port, conns=conns)
+            reset_ledger(folder)
+            sink = start_sink(sink_kind, port, saved)
+            try:
+                ours = floor = None
+                for _ in range(repeat):  # best of `repeat`, alternating: the host is shared
+                    reset_ledger(folder)
+                    run = run_ours(folder, env, size)
+                    ours = run if ours is None or run.seconds < ours.seconds else ours
+                    if not saved.exists():
+                        raise SystemExit("no message was saved for the floor (run aiosmtpd first)")
+                    run = run_floor_child(folder, env, port, saved, size, conns)
+                    floor = run if floor is None or run.seconds < floor.seconds else floor
+                assert ours is not None
+                assert floor is not None
+            finally:
+                stop_sink(sink)
+            row = {
+                "subscribers": size,
+                "sink": sink_kind,
+                "connections": conns,
+                "message_bytes": saved.stat().st_size,
+                "ours_msgs_per_s": round(size / ours.seconds, 1),
+                "ours_end_to_end_msgs_per_s": round(size / ours.wall, 1),
+                "floor_msgs_per_s": round(size / floor.seconds, 1),
+                "ours_share_of_floor": round((size / ours.seconds) / (size / floor.seconds), 3),
+                "ours_cpu_ms_per_msg": round(ours.cpu * 1000 / size, 3),
+                "floor_cpu_ms_per_msg": round(floor.cpu * 1000 / size, 3),
+                "ours_peak_rss_mb": round(ours.max_rss_mb, 1),
+                "floor_peak_rss_mb": round(floor.max_rss_mb, 1),
+                "ours_wall_s": round(ours.wall, 2),
+            }
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--sinks", default="aiosmtpd,smtp-sink")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--articles", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=2, help="best of N runs of each side")
+    parser.add_argument("--sink-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--save", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--floor", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--message", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.sink_server:
+        run_aiosmtpd_sink(args.sink_server, args.save)
+        return
+    if args.floor:
+        run_floor(args.floor, args.message, args.count, args.connections, 100)
+        return
+    sinks = [s for s in args.sinks.split(",") if s]
+    if "smtp-sink" in sinks and not (
+        shutil.which("smtp-sink") or Path("/usr/sbin/smtp-sink").exists()
+    ):
+        print("smtp-sink not installed (Debian package postfix); skipping it", file=sys.stderr)
+        sinks.remove("smtp-sink")
+    if sinks and sinks[0] != "aiosmtpd" and "aiosmtpd" in sinks:
+        sinks.remove("aiosmtpd")
+        sinks.insert(0, "aiosmtpd")  # it saves the message the floor sends
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        rows += bench_size(
+            size, sinks, conns=args.connections, articles=args.articles, repeat=args.repeat
+        )
+    by_sink: dict[str, dict[int, float]] = {}
+    for row in rows:
+        by_sink.setdefault(str(row["sink"]), {})[int(row["subscribers"])] = float(
+            row["ours_peak_rss_mb"]  # type: ignore[arg-type]
+        )
+    for sink, peaks in by_sink.items():
+        if len(peaks) > 1:
+            small, large = min(peaks), max(peaks)
+            print(
+                f"{sink}: peak RSS {large} subscribers / {small} subscribers = "
+                f"{peaks[large] / peaks[small]:.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Mail stage: a rendered digest in, MIME bytes out. Pure: no I/O, no clock, no randomness.
+
+The digest message of one day and language is built once as a `MessageTemplate`:
+the serialised bytes cut at the per-recipient slots (To, the Message-ID's
+subscriber id, the unsubscribe URL in the headers and in both parts).
+`fill_message` joins the pieces with one recipient's values, and signs the
+result with DKIM when a key is given. Both parts travel as 8bit UTF-8 so that
+the URL sits in them verbatim.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+from email import policy
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from syndicate.config import Settings, base_url
+from syndicate.errors import ConfigError
+from syndicate.text import header_safe
+
+# Headers covered by a DKIM signature (RFC 8058 asks for both List-Unsubscribe headers).
+DKIM_HEADERS = (
+    b"From",
+    b"To",
+    b"Subject",
+    b"Date",
+    b"Message-ID",
+    b"List-Id",
+    b"List-Unsubscribe",
+    b"List-Unsubscribe-Post",
+    b"Content-Type",
+    b"MIME-Version",
+)
+# The marker URL handed to the renderer: only characters no escaping changes.
+MARKER_PATTERN = re.compile(r"[A-Za-z0-9\-_:/.?=]+")
+_SLOT_TO, _SLOT_ID, _SLOT_URL = 0, 1, 2
+_SAFE_ADDRESS = re.compile(r"[^\s<>\"\\,;]+@[^\s<>\"\\,;@]+")
+
+
+class Rendered(Protocol):
+    """What mail needs from a rendered email (digest.RenderedEmail)."""
+
+    @property
+    def lang(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def html(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKey:
+    """A DKIM signing key: `d=` domain, `s=` selector and the PEM private key."""
+
+    domain: str
+    selector: str
+    private_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MessageTemplate:
+    """One digest message with holes for each recipient's values."""
+
+    lang: str
+    digest_day: date
+    chunks: tuple[bytes, ...]  # static bytes; a slot sits between each neighbouring pair
+    slots: tuple[int, ...]  # which value fills each hole (_SLOT_TO, _SLOT_ID, _SLOT_URL)
+    dkim: DkimKey | None = None
+
+
+def message_domain(settings: Settings) -> str:
+    """Return the Message-ID domain: base_url's host, else the From address's domain."""
+    host = urlsplit(base_url(settings)).hostname
+    if host:
+        return host
+    _, address = parseaddr(settings.mail.sender)
+    return address.rpartition("@")[2] or "localhost"
+
+
+def envelope_sender(settings: Settings) -> str:
+    """Return the bare address of mail.from (the SMTP envelope sender).
+
+    Raises ConfigError when mail.from holds no usable address.
+    """
+    _name, address = parseaddr(settings.mail.sender)
+    if not _SAFE_ADDRESS.fullmatch(address) or not address.isascii():
+        raise ConfigError(
+            f"config key mail.from has value {settings.mail.sender!r}; "
+            'expected an address like "News <news@example.org>".',
+            key="mail.from",
+        )
+    return address
+
+
+def list_id(settings: Settings) -> str:
+    """Return the List-Id value: mail.list_id, else '<title> <digest.HOST>'."""
+    configured = header_safe(settings.mail.list_id)
+    if configured:
+        return configured if "<" in configured else f"<{configured}>"
+    host = urlsplit(base_url(settings)).hostname or "localhost"
+    return f"{header_safe(settings.site.title)} <digest.{host}>"
+
+
+def unsubscribe_url(settings: Settings, token: str) -> str:
+    """Return the one-click unsubscribe URL served by the subscription service."""
+    return f"{base_url(settings)}unsubscribe?token={token}"
+
+
+def _boundary(*parts: str) -> str:
+    digest = hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()[:32]
+    return f"=_syndicate_{digest}"
+
+
+def _common_message(
+    rendered: Rendered, *, settings: Settings, now: datetime, html_cte: str
+) -> EmailMessage:
+    """The headers every recipient shares, and both parts, with a content-derived boundary."""
+    envelope_sender(settings)  # checks mail.from before anything is built
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"] = header_safe(settings.mail.sender)
+    if settings.mail.reply_to:
+        msg["Reply-To"] = header_safe(settings.mail.reply_to)
+    msg["Subject"] = header_safe(rendered.subject) or header_safe(settings.site.title)
+    msg["Date"] = format_datetime(now)
+    msg["List-Id"] = list_id(settings)
+    msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte=html_cte)
+    msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte=html_cte)
+    msg["Content-Language"] = header_safe(rendered.lang)  # after set_content, which drops it
+    for part in msg.iter_parts():
+        del part[
+            "MIME-Version"
+        ]  # add_alternative leaves one on the new part; only the top needs it
+    msg.set_boundary(_boundary(rendered.text, rendered.html))
+    return msg
+
+
+def build_digest_template(
+    rendered: Rendered,
+    *,
+    settings: Settings,
+    digest_day: date,
+    marker: str,
+    now: datetime,
+    dkim: DkimKey | None = None,
+) -> MessageTemplate:
+    """Build the digest message of one language once, with per-recipient slots.
+
+    `rendered` must have been rendered with `unsubscribe_url=marker`; each
+    occurrence of the marker becomes an unsubscribe-URL slot. Raises
+    ConfigError when mail.from is unusable or the rendered digest lost the
+    unsubscribe link (custom templates must keep it).
+    """
+    if not MARKER_PATTERN.fullmatch(marker):
+        raise ValueError(f"marker {marker!r} holds characters escaping could change")
+    mark = marker.encode("ascii")
+    for part, body in (("text", rendered.text), ("HTML", rendered.html)):
+        if marker not in body:
+            raise ConfigError(
+                f"digest ({rendered.lang}): the {part} part has no unsubscribe link.",
+                hint="Keep the unsubscribe link in custom templates (digest.templates_dir).",
+            )
+    common = _common_message(rendered, settings=settings, now=now, html_cte="8bit")
+    domain = message_domain(settings)
+    head: list[bytes | int] = [
+        b"To: ",
+        _SLOT_TO,
+        f"\r\nMessage-ID: <{digest_day.isoformat()}.".encode(),
+        _SLOT_ID,
+    ]
+    head += [f"@{domain}>\r\nList-Unsubscribe: <".encode(), _SLOT_URL, b">"]
+    mailto = header_safe(settings.mail.mailto_unsubscribe)
+    if mailto:
+        address = mailto.removeprefix("mailto:")
+        if not _SAFE_ADDRESS.fullmatch(address) or not address.isascii():
+            raise ConfigError(
+                f"config key mail.mailto_unsubscribe has value {mailto!r}; "
+                "expected a plain ASCII address like 'unsubscribe@example.org'.",
+                key="mail.mailto_unsubscribe",
+            )
+        head.append(f", <mailto:{address}?subject=unsubscribe>".encode("ascii"))
+    head.append(b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+    pieces: list[bytes | int] = [*head]
+    chunks = common.as_bytes().split(mark)
+    for index, chunk in enumerate(chunks):
+        if index:
+            pieces.append(_SLOT_URL)
+        pieces.append(chunk)
+    return _compile(pieces, lang=rendered.lang, digest_day=digest_day, dkim=dkim)
+
+
+def _compile(
+    pieces: list[bytes | int], *, lang: str, digest_day: date, dkim: DkimKey | None
+) -> MessageTemplate:
+    chunks: list[bytes] = [b""]
+    slots: list[int] = []
+    for piece in pieces:
+        if isinstance(piece, int):
+            slots.append(piece)
+            chunks.append(b"")
+        else:
+            chunks[-1] += piece
+    return MessageTemplate(
+        lang=lang, digest_day=digest_day, chunks=tuple(chunks), slots=tuple(slots), dkim=dkim
+    )
+
+
+def fill_message(
+    template: MessageTemplate, *, to: str, subscriber_id: int, unsubscribe_url: str
+) -> bytes:
+    """Return one recipient's message bytes (CRLF line ends), DKIM-signed if the template says.
+
+    `to` must be a checked address (store.subscribers.normalize_email) and the
+    URL made of URL characters: both go into headers as they are.
+    """
+    if "\r" in to or "\n" in to or not to.isascii():
+        raise ValueError(f"recipient {to!r} is not a checked ASCII address")
+    if not MARKER_PATTERN.fullmatch(unsubscribe_url.replace("%", "")):
+        raise ValueError(f"unsubscribe URL {unsubscribe_url!r} holds unsafe characters")
+    values = (to.encode("ascii"), str(subscriber_id).encode("ascii"), unsubscribe_url.encode())
+    chunks, slots = template.chunks, template.slots
+    parts = [chunks[0]]
+    for slot, chunk in zip(slots, chunks[1:], strict=True):
+        parts.append(values[slot])
+        parts.append(chunk)
+    message = b"".join(parts)
+    if template.dkim is not None:
+        message = sign_message(message, template.dkim)
+    return message
+
+
+def sign_message(message: bytes, key: DkimKey) -> bytes:
+    """Prepend a DKIM-Signature (relaxed/relaxed, rsa-sha256) over DKIM_HEADERS present."""
+    import dkim  # imported here: only operators who configure DKIM pay for it
+
+    present = [h for h in DKIM_HEADERS if re.search(rb"(?im)^" + re.escape(h) + rb":", message)]
+    try:
+        signature = dkim.sign(
+            message,
+            key.selector.encode("ascii"),
+            key.domain.encode("ascii"),
+            key.private_key,
+            canonicalize=(b"relaxed", b"relaxed"),
+            include_headers=present,
+        )
+    except dkim.DKIMException as exc:
+        raise ConfigError(
+            f"DKIM signing with selector {key.selector!r} of {key.domain!r} failed: {exc}.",
+            key="dkim.key_file",
+            hint="Check that dkim.key_file holds the PEM private key.",
+        ) from exc
+    return bytes(signature) + message
+
+
+def build_confirmation_message(
+    rendered: Rendered,
+    *,
+    settings: Settings,
+    to: str,
+    now: datetime,
+    dkim: DkimKey | None = None,
+) -> bytes:
+    """Return the double opt-in confirmation mail for `to` as bytes (7bit, quoted-printable).
+
+    The Message-ID is derived from the address and the time, so it is
+    deterministic for a given sign-up.
+    """
+    if "\r" in to or "\n" in to or not to.isascii():
+        raise ValueError(f"recipient {to!r} is not a checked ASCII address")
+    msg = _common_message(rendered, settings=settings, now=now, html_cte="quoted-printable")
+    tag = hashlib.sha256(f"{to}\x00{now.isoformat()}".encode()).hexdigest()[:20]
+    msg["To"] = to
+    msg["Message-ID"] = f"<confirm.{tag}@{message_domain(settings)}>"
+    msg["Auto-Submitted"] = "auto-generated"
+    message = msg.as_bytes()
+    return sign_message(message, dkim) if dkim is not None else message

@@ -1,0 +1,425 @@
+"""Store: subscribers and suppressions. The only code that runs SQL on these tables.
+
+Addresses are checked with email-validator and kept in their normalised ASCII
+form; `email_key` (case-folded) makes them unique case-insensitively. Erased
+addresses leave only a keyed hash in `suppressions`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+
+from syndicate.errors import StoreError, SubscriberError
+from syndicate.model import Subscriber, SubscriptionStatus
+from syndicate.store import Database
+from syndicate.text import clean_line, nfc
+
+LANGUAGES = ("vi", "en")
+_NAME_LIMIT = 200
+_COLUMNS = (
+    "id, email, name, language, status, created_at, confirmed_at, unsubscribed_at, "
+    "bounced_at, bounce_count"
+)
+
+# One subscriber by its case-folded address.
+_SELECT_BY_KEY = f"SELECT {_COLUMNS} FROM subscribers WHERE email_key = ?"  # noqa: S608
+# One subscriber by id.
+_SELECT_BY_ID = f"SELECT {_COLUMNS} FROM subscribers WHERE id = ?"  # noqa: S608
+# A new subscriber; timestamps of the status it starts in are set by the caller.
+_INSERT = """
+    INSERT INTO subscribers (email, email_key, name, language, status, created_at, updated_at,
+                             confirmed_at, confirm_sent_at)
+    VALUES (:email, :key, :name, :language, :status, :now, :now, :confirmed_at, :confirm_sent_at)
+"""
+# Move to a status, stamping the matching *_at column.
+_SET_STATUS = """
+    UPDATE subscribers SET status = :status, updated_at = :now,
+        confirmed_at = CASE WHEN :status = 'confirmed' THEN :now ELSE confirmed_at END,
+        unsubscribed_at = CASE WHEN :status = 'unsubscribed' THEN :now ELSE unsubscribed_at END,
+        bounced_at = CASE WHEN :status = 'bounced' THEN :now ELSE bounced_at END,
+        bounce_count = CASE WHEN :status = 'confirmed' THEN 0 ELSE bounce_count END
+    WHERE id = :id
+"""
+# A (repeat) sign-up: back to pending with the chosen language, confirmation sent now.
+_SET_PENDING = """
+    UPDATE subscribers SET status = 'pending', language = :language, updated_at = :now,
+        confirm_sent_at = :now
+    WHERE id = :id
+"""
+# A repeat sign-up of a pending address that re-sends the confirmation.
+_TOUCH_CONFIRM_SENT = "UPDATE subscribers SET confirm_sent_at = :now WHERE id = :id"
+# When the last confirmation went out, for the re-send limit.
+_SELECT_CONFIRM_SENT = "SELECT confirm_sent_at FROM subscribers WHERE id = ?"
+# A permanent refusal: count it, and bounce the subscriber at the limit.
+_RECORD_BOUNCE = """
+    UPDATE subscribers SET bounce_count = bounce_count + 1, updated_at = :now,
+        status = CASE WHEN bounce_count + 1 >= :limit AND status = 'confirmed'
+                      THEN 'bounced' ELSE status END,
+        bounced_at = CASE WHEN bounce_count + 1 >= :limit AND status = 'confirmed'
+                          THEN :now ELSE bounced_at END
+    WHERE id = :id
+    RETURNING status
+"""
+# Keyset pages of subscribers (all, or of one status), in id order.
+_PAGE_ALL = f"SELECT {_COLUMNS} FROM subscribers WHERE id > ? ORDER BY id LIMIT ?"  # noqa: S608
+_PAGE_STATUS = (
+    f"SELECT {_COLUMNS} FROM subscribers WHERE status = ? AND id > ? "  # noqa: S608
+    "ORDER BY id LIMIT ?"
+)
+# Erase: the row goes (its deliveries cascade), a keyed hash stays.
+_DELETE_BY_KEY = "DELETE FROM subscribers WHERE email_key = ?"
+_INSERT_SUPPRESSION = """
+    INSERT INTO suppressions (email_hash, created_at) VALUES (?, ?)
+    ON CONFLICT (email_hash) DO NOTHING
+"""
+_SELECT_SUPPRESSION = "SELECT 1 FROM suppressions WHERE email_hash = ?"
+# Counts for `subscribers stats`.
+_COUNT_BY_STATUS = "SELECT status, count(*) FROM subscribers GROUP BY status"
+_COUNT_SUPPRESSIONS = "SELECT count(*) FROM suppressions"
+# The languages the day's digest must be rendered in.
+_CONFIRMED_LANGUAGES = (
+    "SELECT DISTINCT language FROM subscribers WHERE status = 'confirmed' ORDER BY language"
+)
+
+
+def normalize_email(email: str) -> str:
+    """Return the checked, normalised address (domain lower-cased, IDN as ASCII).
+
+    Raises SubscriberError with the validator's reason. Addresses that need
+    SMTPUTF8 (a non-ASCII local part) are refused: not every server takes them.
+    """
+    text = nfc(email.strip())
+    if not text:
+        raise SubscriberError("email address is empty. Give an address like 'an@example.org'.")
+    try:
+        result = validate_email(text, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise SubscriberError(
+            f"email address {text!r} is not valid: {exc}", hint="Check it for typos."
+        ) from None
+    return str(result.ascii_email or result.normalized)
+
+
+def email_key(email: str) -> str:
+    """Return the uniqueness key of a normalised address (case-folded)."""
+    return email.casefold()
+
+
+def email_hash(secret: bytes, email: str) -> str:
+    """Return the keyed hash kept for an erased address (HMAC-SHA256 of its key)."""
+    return hmac.new(
+        secret, b"syndicate-erased\x00" + email_key(email).encode("utf-8"), hashlib.sha256
+    ).hexdigest()
+
+
+def check_language(language: str) -> str:
+    """Return `language` if it is one syndicate writes in, else raise SubscriberError."""
+    if language not in LANGUAGES:
+        raise SubscriberError(
+            f"language {language!r} is not supported; expected one of 'vi', 'en'."
+        )
+    return language
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _to_subscriber(row: Any) -> Subscriber:
+    return Subscriber(
+        id=int(row[0]),
+        email=str(row[1]),
+        name=row[2],
+        language=str(row[3]),
+        status=SubscriptionStatus(row[4]),
+        created_at=datetime.fromisoformat(row[5]),
+        confirmed_at=_time(row[6]),
+        unsubscribed_at=_time(row[7]),
+        bounced_at=_time(row[8]),
+        bounce_count=int(row[9]),
+    )
+
+
+def _clean_name(name: str | None) -> str | None:
+    if name is None:
+        return None
+    cleaned = clean_line(name)[:_NAME_LIMIT]
+    return cleaned or None
+
+
+def _fail(db: Database, exc: sqlite3.Error) -> StoreError:
+    return StoreError(f"{db.path}: subscriber query failed: {exc}.")
+
+
+def get_by_email(db: Database, email: str) -> Subscriber | None:
+    """Return the subscriber with this address (any case), or None."""
+    key = email_key(normalize_email(email))
+    try:
+        row = db.conn.execute(_SELECT_BY_KEY, (key,)).fetchone()
+    except sqlite3.Error as exc:
+        raise _fail(db, exc) from exc
+    return _to_subscriber(row) if row else None
+
+
+def get_by_id(db: Database, subscriber_id: int) -> Subscriber | None:
+    """Return the subscriber with this id, or None."""
+    try:
+        row = db.conn.execute(_SELECT_BY_ID, (subscriber_id,)).fetchone()
+    except sqlite3.Error as exc:
+        raise _fail(db, exc) from exc
+    return _to_subscriber(row) if row else None
+
+
+def _require(db: Database, subscriber_id: int) -> Subscriber:
+    found = get_by_id(db, subscriber_id)
+    if found is None:
+        raise SubscriberError(
+            f"subscriber {subscriber_id} does not exist (erased, or never stored)."
+        )
+    return found
+
+
+def is_suppressed(db: Database, email: str, *, secret: bytes) -> bool:
+    """Tell whether this address was erased (its keyed hash is in `suppressions`)."""
+    try:
+        row = db.conn.execute(_SELECT_SUPPRESSION, (email_hash(secret, email),)).fetchone()
+    except sqlite3.Error as exc:
+        raise _fail(db, exc) from exc
+    return row is not None
+
+
+def add_subscriber(
+    db: Database,
+    email: str,
+    *,
+    name: str | None = None,
+    language: str = "vi",
+    status: SubscriptionStatus = SubscriptionStatus.CONFIRMED,
+    now: datetime,
+    secret: bytes | None = None,
+) -> Subscriber:
+    """Store a new subscriber and return it.
+
+    Raises SubscriberError for a bad address or language, an address already
+    stored (any case), and, when `secret` is given, an erased address.
+    """
+    address = normalize_email(email)
+    check_language(language)
+    if secret is not None and is_suppressed(db, address, secret=secret):
+        raise SubscriberError(
+            f"email address {address!r} was erased and cannot be added again.",
+            hint="Only the person can subscribe again, through the sign-up form.",
+        )
+    stamp = _iso(now)
+    params = {
+        "email": address,
+        "key": email_key(address),
+        "name": _clean_name(name),
+        "language": language,
+        "status": str(status),
+        "now": stamp,
+        "confirmed_at": stamp if status is SubscriptionStatus.CONFIRMED else None,
+        "confirm_sent_at": None,
+    }
+    try:
+        with db.transaction() as conn:
+            existing = conn.execute(_SELECT_BY_KEY, (params["key"],)).fetchone()
+            if existing is not None:
+                raise SubscriberError(
+                    f"email address {address!r} is already stored "
+                    f"(status {existing[4]}, id {existing[0]})."
+                )
+            cursor = conn.execute(_INSERT, params)
+            row = conn.execute(_SELECT_BY_ID, (cursor.lastrowid,)).fetchone()
+    except sqlite3.Error as exc:
+        raise _fail(db, exc) from exc
+    return _to_subscriber(row)
+
+
+def set_status(
+    db: Database, subscriber_id: int, status: SubscriptionStatus, *, now: datetime
+) -> Subscriber:
+    """Move a subscriber to `status`, stamping the time; return the updated subscriber."""
+    try:
+        with db.transaction() as conn:
+            _require(db, subscriber_id)
+            conn.execute(
+                _SET_STATUS, {"status": str(status), "now": _iso(now), "id": subscriber_id}
+            )
+    except sqlite3.Error as exc:
+        raise _fail(db, exc) from exc
+    return _require(db, subscriber_id)
+
+
+def signup(
+    db: Database,
+    email: str,
+    *,
+    language: str,
+    now: datetime,
+    resend_after: timedelta = timedelta(minutes=10),
+) -> tuple[Subscriber, bool]:
+    """Record a sign-up; return the subscriber and whether to send a confirmation now.
+
+    A new address is stored as pending. A pending one gets a new confirmation
+    at most once per `resend_after`. A confirmed one is left alone (no mail:
+    the caller answers the same either way, so nobody learns who is
+    subscribed). An unsubscribed or bounced one becomes pending again and is
+    sent a confirmation. Raises SubscriberError for a bad address or language.
+    """
+    address = normalize_email(email)
+    check_language(language)
+    key = email_key(address)
+    stamp = _iso(now)
+    try:
+        with db.transaction() as conn:
+            row = conn.execute(_SELECT_BY_KEY, (key,)).fetchone()
+            if row is None:
+                cursor = conn.execute(
+                    _INSERT,
+                    {
+                        "email": address,
+                        "key": key,
+                        "name": None,
+                        "language": language,
+                        "status": str(SubscriptionStatus.PENDING),
+                        "now": stamp,
+                        "confirmed_at": None,
+                        "confirm_sent_at": stamp,
+                    },
+                )
+                subscriber_id, send = int(cursor.lastrowid or 0), True
+            else:
+                subscriber_id = int(row[0])
+                status = SubscriptionStatus(row[4])
+                if status is SubscriptionStatus.CONFIRMED:
+                    send = False
+                elif status is SubscriptionStatus.PENDING:
+                    sent_at = _time(
+                        conn.execute(_SELECT_CONFIRM_SENT, (subscriber_id,)).fetchone()[0]
+                    )
+                    send = sent_at is None or now - sent_at >= resend_after
+                    if send:
+                        conn.execute(_TOUCH_CONFIRM_SENT, {"now": stamp, "id": subscriber_id})
+                else:
+                    conn.execute(
+                        _SET_PENDING, {"language": language, "now": stamp, "id": subscriber_id}
+                    )
+                    send = True
+            found = conn.execute(_SELECT_BY_ID, (subscriber_id,)).fetchone()
+    except sqlite3.Error as exc:
+        raise _fail(db, exc) from exc
+    return _to_subscriber(found), send
+
+
+def confirm(db: Database, subscriber_id: int, *, now: datetime) -> Subscriber:
+    """Confirm a pending subscriber; idempotent for a confirmed one.
+
+    Subscribers who left (unsubscribed or bounced) after the link was sent are
+    left as they are: a stale confirmation link must not sign them up again.
+    Raises SubscriberError for an unknown id.
+    """
+    try:
+        with db.transaction():
+            current = _require(db, subscriber_id)
+            if current.status is SubscriptionStatus.PENDING:
+                set_status(db, subscriber_id, SubscriptionStatus.CONFIRMED, now=now)
+    except sqlite3.Error as exc:
+        raise _fail(db, exc) from exc
+    return _require(db, subscriber_id)
+
+
+def unsubscribe(db: Database, subscriber_id: int, *, now: datetime) -> Subscriber:
+    """Unsubscribe; idempotent (a second call keeps the first time). Unknown id: SubscriberError."""
+    try:
+        with db.transaction():
+            current = _require(db, subscriber_id)
+            if current.status is not SubscriptionStatus.UNSUBSCRIBED:
+                set_status(db, subscriber_id, SubscriptionStatus.UNSUBSCRIBED, now=now)
+    except sqlite3.Error as exc:
+        raise _fail(db, exc) from exc
+    return _require(db, subscriber_id)
+
+
+def record_bounce(db: Database, subscriber_id: int, *, limit: int, now: datetime) -> bool:
+    """Count one permanent refusal; return True when it made the subscriber bounced."""
+    try:
+        with db.transaction() as conn:
+            before = conn.execute(_SELECT_BY_ID, (subscriber_id,)).fetchone()
+            row = conn.execute(
+                _RECORD_BOUNCE, {"limit": max(limit, 1), "now": _iso(now), "id": subscriber_id}
+            ).fetchone()
+    except sqlite3.Error as exc:
+        raise _fail(db, exc) from exc
+    return bool(before and row and before[4] != "bounced" and row[0] == "bounced")
+
+
+def iter_subscribers(
+    db: Database, *, status: SubscriptionStatus | None = None, batch: int = 1000
+) -> Iterator[Subscriber]:
+    """Yield subscribers in id order, reading `batch` rows at a time (never all at once)."""
+    last = 0
+    while True:
+        try:
+            if status is None:
+                rows = db.conn.execute(_PAGE_ALL, (last, batch)).fetchall()
+            else:
+                rows = db.conn.execute(_PAGE_STATUS, (str(status), last, batch)).fetchall()
+        except sqlite3.Error as exc:
+            raise _fail(db, exc) from exc
+        if not rows:
+            return
+        for row in rows:
+            yield _to_subscriber(row)
+        last = int(rows[-1][0])
+
+
+def erase(db: Database, email: str, *, secret: bytes, now: datetime) -> bool:
+    """Delete the address's personal data and ledger rows, keeping only a keyed hash.
+
+    Returns True when a subscriber row was deleted. The hash is stored even
+    for an address that was never subscribed, so it can never be imported.
+    """
+    address = normalize_email(email)
+    try:
+        # Zero the freed bytes, then fold the WAL back, so no copy of the row stays on disk.
+        db.conn.execute("PRAGMA secure_delete = ON")
+        with db.transaction() as conn:
+            deleted = conn.execute(_DELETE_BY_KEY, (email_key(address),)).rowcount
+            conn.execute(_INSERT_SUPPRESSION, (email_hash(secret, address), _iso(now)))
+        db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error as exc:
+        raise _fail(db, exc) from exc
+    return deleted > 0
+
+
+def stats(db: Database) -> dict[str, int]:
+    """Return counts: one per status, 'total' and 'erased'."""
+    try:
+        counts = dict(db.conn.execute(_COUNT_BY_STATUS).fetchall())
+        erased = int(db.conn.execute(_COUNT_SUPPRESSIONS).fetchone()[0])
+    except sqlite3.Error as exc:
+        raise _fail(db, exc) from exc
+    result = {str(s): int(counts.get(str(s), 0)) for s in SubscriptionStatus}
+    result["total"] = sum(result.values())
+    result["erased"] = erased
+    return result
+
+
+def confirmed_languages(db: Database) -> list[str]:
+    """Return the languages of confirmed subscribers, sorted."""
+    try:
+        return [str(row[0]) for row in db.conn.execute(_CONFIRMED_LANGUAGES)]
+    except sqlite3.Error as exc:
+        raise _fail(db, exc) from exc

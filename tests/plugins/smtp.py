@@ -1,0 +1,144 @@
+"""A real SMTP server for tests: aiosmtpd on 127.0.0.1 at a free port, recording every message.
+
+The handler can be told per test to misbehave: refuse chosen recipients with any
+reply (550, 451, 5.7.1 ...), answer the first N DATA commands with a reply
+(421, 451 ...), drop the connection, or answer slowly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+
+@dataclass
+class Received:
+    """One accepted message: envelope and the message parsed with email.policy.default."""
+
+    sender: str
+    recipients: list[str]
+    raw: bytes
+    message: EmailMessage
+
+
+@dataclass
+class SmtpRecorder:
+    """The handler: records accepted messages; its fields say how to misbehave."""
+
+    messages: list[Received] = field(default_factory=list)
+    # recipient (lower case) -> [reply, times left or None for always]
+    refusals: dict[str, list[Any]] = field(default_factory=dict)
+    data_replies: list[str] = field(default_factory=list)  # replies for the next DATA commands
+    drop_next: int = 0  # drop the connection on this many next DATA commands
+    delay: float = 0.0  # seconds to wait before answering DATA
+    data_attempts: int = 0
+    connections: int = 0
+    lock: threading.Condition = field(default_factory=threading.Condition)
+
+    def refuse(self, address: str, reply: str, *, times: int | None = None) -> None:
+        """Answer RCPT TO:<address> with `reply` (always, or `times` times)."""
+        self.refusals[address.lower()] = [reply, times]
+
+    def fail_next(self, reply: str, count: int = 1) -> None:
+        """Answer the next `count` DATA commands with `reply` (a 421 also closes)."""
+        self.data_replies.extend([reply] * count)
+
+    def recipients(self) -> list[str]:
+        with self.lock:
+            return [r for m in self.messages for r in m.recipients]
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> bool:
+        """Block until at least `count` messages were accepted."""
+        with self.lock:
+            return self.lock.wait_for(lambda: len(self.messages) >= count, timeout)
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        with self.lock:
+            self.connections += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        with self.lock:
+            rule = self.refusals.get(address.lower())
+            if rule is not None:
+                reply, times = rule
+                if times is None or times > 0:
+                    if times is not None:
+                        rule[1] = times - 1
+                    return str(reply)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.data_attempts += 1
+            drop = self.drop_next > 0
+            if drop:
+                self.drop_next -= 1
+            reply = self.data_replies.pop(0) if self.data_replies and not drop else None
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if drop:
+            server.transport.close()
+            return "451 4.3.0 connection dropped"
+        if reply is not None:
+            if reply.startswith("421"):
+                server.transport.close()
+            return reply
+        raw = bytes(envelope.original_content or envelope.content)
+        parsed = message_from_bytes(raw, policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        with self.lock:
+            self.messages.append(
+                Received(str(envelope.mail_from), list(envelope.rcpt_tos), raw, parsed)
+            )
+            self.lock.notify_all()
+        return "250 2.0.0 OK queued"
+
+
+@dataclass
+class SmtpServer:
+    host: str
+    port: int
+    handler: SmtpRecorder
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def run_smtp_server(handler: SmtpRecorder | None = None) -> Iterator[SmtpServer]:
+    """Run an aiosmtpd server in its thread for the block."""
+    handler = handler or SmtpRecorder()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), ready_timeout=10)
+    controller.start()
+    try:
+        yield SmtpServer("127.0.0.1", controller.port, handler)
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def smtpd() -> Iterator[SmtpServer]:
+    """A recording aiosmtpd server on 127.0.0.1; misbehaves as its handler is told."""
+    with run_smtp_server() as server:
+        yield server

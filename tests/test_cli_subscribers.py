@@ -1,0 +1,178 @@
+"""`syndicate subscribers ...` through CliRunner: exact lines and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from syndicate.cli import cli
+
+
+@pytest.fixture
+def project(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv("SYNDICATE_CONFIG", raising=False)
+    monkeypatch.delenv("SYNDICATE_SECRET", raising=False)
+    return workdir
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_add_list_and_stats(project: Path) -> None:
+    assert _run("subscribers", "add", "An@Example.ORG", "--name", "Ân") == (
+        0,
+        "Added An@example.org (id 1, vi).\n",
+        "",
+    )
+    assert _run("subscribers", "add", "bob@example.org", "--lang", "en")[1] == (
+        "Added bob@example.org (id 2, en).\n"
+    )
+    assert _run("subscribers", "add", "an@example.org") == (
+        0,
+        "An@example.org is already subscribed (id 1).\n",
+        "",
+    )
+    code, out, _ = _run("subscribers", "list")
+    assert code == 0
+    assert out == "1\tAn@example.org\tvi\tconfirmed  Ân\n2\tbob@example.org\ten\tconfirmed\n"
+    code, out, _ = _run("subscribers", "list", "--json", "--status", "confirmed")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [(r["id"], r["email"], r["name"], r["status"]) for r in records] == [
+        (1, "An@example.org", "Ân", "confirmed"),
+        (2, "bob@example.org", None, "confirmed"),
+    ]
+    code, out, _ = _run("subscribers", "stats")
+    assert out == "pending: 0\nconfirmed: 2\nunsubscribed: 0\nbounced: 0\ntotal: 2\nerased: 0\n"
+    assert json.loads(_run("subscribers", "stats", "--json")[1]) == {
+        "pending": 0,
+        "confirmed": 2,
+        "unsubscribed": 0,
+        "bounced": 0,
+        "total": 2,
+        "erased": 0,
+    }
+
+
+def test_add_refuses_a_bad_address_in_one_line(project: Path) -> None:
+    code, out, err = _run("subscribers", "add", "an@@example.org")
+    assert (code, out) == (2, "")
+    assert err.startswith("Error: email address 'an@@example.org' is not valid: ")
+    assert err.endswith(" Check it for typos.\n")
+    assert err.count("\n") == 1
+
+
+def test_remove_unsubscribes_and_keeps_the_address_out(project: Path) -> None:
+    _run("subscribers", "add", "an@example.org")
+    assert _run("subscribers", "remove", "AN@example.org") == (
+        0,
+        "Unsubscribed an@example.org.\n",
+        "",
+    )
+    assert _run("subscribers", "remove", "an@example.org")[1] == (
+        "an@example.org was already unsubscribed.\n"
+    )
+    code, _, err = _run("subscribers", "add", "an@example.org")
+    assert code == 2
+    assert err == (
+        "Error: email address 'an@example.org' is already stored with status unsubscribed. "
+        "Only the person can subscribe again, through the sign-up form.\n"
+    )
+    assert _run("subscribers", "list", "--status", "unsubscribed")[1].startswith(
+        "1\tan@example.org"
+    )
+    assert _run("subscribers", "remove", "nobody@example.org") == (
+        2,
+        "",
+        "Error: email address 'nobody@example.org' is not a subscriber.\n",
+    )
+
+
+def test_import_keeps_good_rows_reports_bad_ones_and_is_idempotent(project: Path) -> None:
+    csv_file = project / "list.csv"
+    csv_file.write_text(
+        "email,name,language\n"
+        "an@example.org,Ân,vi\n"
+        "not-an-address,X,vi\n"
+        "bob@example.org,,en\n"
+        "\n"
+        'cee@example.org,"Nguyễn, Cê",fr\n'
+        "dee@example.org,Dee,\n",
+        encoding="utf-8-sig",
+    )
+    code, out, err = _run("subscribers", "import", str(csv_file))
+    assert code == 1
+    assert out == "Imported 3, unchanged 0, rejected 2.\n"
+    lines = err.splitlines()
+    assert lines[0].startswith(f"{csv_file} line 3: email address 'not-an-address' is not valid")
+    assert (
+        lines[1]
+        == f"{csv_file} line 6: language 'fr' is not supported; expected one of 'vi', 'en'."
+    )
+    code, out, _ = _run("subscribers", "import", str(csv_file))
+    assert out == "Imported 0, unchanged 3, rejected 2.\n"
+    listed = _run("subscribers", "list")[1]
+    assert listed.splitlines() == [
+        "1\tan@example.org\tvi\tconfirmed  Ân",
+        "2\tbob@example.org\ten\tconfirmed",
+        "3\tdee@example.org\tvi\tconfirmed  Dee",
+    ]
+
+
+def test_import_refuses_a_file_without_the_header(project: Path) -> None:
+    csv_file = project / "list.csv"
+    csv_file.write_text("an@example.org,An,vi\n", encoding="utf-8")
+    code, _, err = _run("subscribers", "import", str(csv_file))
+    assert code == 2
+    assert err == (
+        f"Error: {csv_file} line 1: the header is ['an@example.org', 'An', 'vi']; "
+        "expected the columns email,name,language.\n"
+    )
+    assert _run("subscribers", "import", "missing.csv") == (
+        2,
+        "",
+        "Error: missing.csv: no such file. Give the path of a CSV file.\n",
+    )
+
+
+def test_export_writes_every_subscriber(project: Path) -> None:
+    _run("subscribers", "add", "an@example.org", "--name", "Nguyễn, Ân")
+    _run("subscribers", "add", "bob@example.org", "--lang", "en")
+    _run("subscribers", "remove", "bob@example.org")
+    out_file = project / "out" / "export.csv"
+    assert (
+        _run("subscribers", "export", str(out_file))[1]
+        == f"Exported 2 subscribers to {out_file}.\n"
+    )
+    assert out_file.read_text(encoding="utf-8") == (
+        "email,name,language,status\n"
+        'an@example.org,"Nguyễn, Ân",vi,confirmed\n'
+        "bob@example.org,,en,unsubscribed\n"
+    )
+
+
+def test_erase_forgets_the_address_and_blocks_reimport(project: Path) -> None:
+    _run("subscribers", "add", "an@example.org", "--name", "Ân")
+    assert _run("subscribers", "erase", "an@example.org")[1] == (
+        "Erased an@example.org; only a keyed hash remains, so it cannot be imported again.\n"
+    )
+    assert _run("subscribers", "list")[1] == ""
+    csv_file = project / "again.csv"
+    csv_file.write_text("email\nAN@example.org\n", encoding="utf-8")
+    code, out, err = _run("subscribers", "import", str(csv_file))
+    assert (code, out) == (1, "Imported 0, unchanged 0, rejected 1.\n")
+    assert err == (
+        f"{csv_file} line 2: email address 'AN@example.org' was erased and cannot be added "
+        "again. Only the person can subscribe again, through the sign-up form.\n"
+    )
+    assert _run("subscribers", "add", "an@example.org")[0] == 2
+    assert "erased: 1" in _run("subscribers", "stats")[1]
+    for path in project.glob("syndicate.db*"):  # the database and its WAL
+        data = path.read_bytes().lower()
+        assert b"an@example.org" not in data
+        assert "Ân".encode() not in data

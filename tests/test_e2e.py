@@ -1,0 +1,206 @@
+"""End to end, the cron path: dumps -> `python -m syndicate send` -> a real SMTP server.
+
+Runs real subprocesses: one send, a rerun, a run killed with SIGKILL mid-batch
+and rerun, and a concurrent run that must exit 75.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from syndicate.store import open_database
+from syndicate.store.subscribers import add_subscriber
+from syndicate.tokens import verify_token
+from tests.plugins.smtp import Received, SmtpServer
+
+pytestmark = pytest.mark.slow
+
+SECRET = "e2e-secret-0123456789"
+DUMPS = {
+    "001.txt": (
+        "<script>alert(1)</script> Khánh thành cầu & đường {{ 7*7 }}\n"
+        "31/10/2024 09:15\n"
+        "QTO - Sáng nay, tỉnh khánh thành <b>cầu mới</b> nối hai huyện ]]>.\n"
+        "Cây cầu dài 300 mét, rộng 12 mét <img src=x onerror=alert(1)>.\n"
+        "Trúc Phương\n"
+    ),
+    "002.txt": (
+        "Hội thảo chuyển đổi số tại Đông Hà\n"
+        "30/10/2024 15:00\n"
+        "{head}\n"
+        "QTO - Chiều nay, hội thảo về chuyển đổi số diễn ra tại TP. Đông Hà.\n"
+        "Các đại biểu thảo luận về ứng dụng công nghệ.\n"
+    ),
+}
+
+
+def _write_project(root: Path, server: SmtpServer, *, connections: int = 2) -> None:
+    seeds = root / "seeds"
+    seeds.mkdir(exist_ok=True)
+    for name, text in DUMPS.items():
+        (seeds / name).write_text(text, encoding="utf-8")
+    (root / "syndicate.toml").write_text(
+        '[site]\nbase_url = "https://news.example.org/"\ntitle = "Tin mới Lam Giang"\n'
+        '[mail]\ntransport = "smtp"\nfrom = "Tin mới <news@example.org>"\n'
+        'reply_to = "toa-soan@example.org"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {server.port}\ntls = "none"\n'
+        f"connections = {connections}\ntimeout = 10\n",
+        encoding="utf-8",
+    )
+
+
+def _subscribe(root: Path, count: int) -> dict[str, str]:
+    now = datetime.now(UTC)
+    languages = {}
+    with open_database(root / "syndicate.db") as db, db.transaction():
+        for i in range(count):
+            lang = "en" if i % 3 == 0 else "vi"
+            added = add_subscriber(db, f"reader{i:03d}@example.org", language=lang, now=now)
+            languages[added.email] = lang
+        add_subscriber(db, "left@example.org", now=now)
+        db.conn.execute("UPDATE subscribers SET status = 'unsubscribed' WHERE email LIKE 'left@%'")
+    return languages
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    env["SYNDICATE_SECRET"] = SECRET
+    return env
+
+
+def _send(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "syndicate", "send", *args],
+        cwd=root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _start(root: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "syndicate", "send"],
+        cwd=root,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _check_message(received: Received, lang: str) -> None:
+    msg: EmailMessage = received.message
+    assert not msg.defects
+    assert msg.get_content_type() == "multipart/alternative"
+    text, html = msg.iter_parts()
+    assert (text.get_content_type(), html.get_content_type()) == ("text/plain", "text/html")
+    assert msg["From"] == "Tin mới <news@example.org>"
+    assert msg["Reply-To"] == "toa-soan@example.org"
+    assert msg["To"] == received.recipients[0]
+    assert msg["Content-Language"] == lang
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["List-Id"] == "Tin mới Lam Giang <digest.news.example.org>"
+    assert msg["Date"]
+    subject = msg["Subject"]
+    assert subject.startswith("Tin mới Lam Giang: ")
+    if lang == "vi":
+        assert "bản tin" in subject
+    url = msg["List-Unsubscribe"].strip("<>")
+    assert url.startswith("https://news.example.org/unsubscribe?token=")
+    subscriber_id = verify_token(
+        SECRET.encode(), url.split("token=")[1], purpose="unsubscribe", now=datetime.now(UTC)
+    )
+    assert msg["Message-ID"].endswith(f".{subscriber_id}@news.example.org>")
+    html_text, plain = html.get_content(), text.get_content()
+    assert url in html_text
+    assert url in plain
+    assert "@" not in url
+    assert "<script>alert(1)</script>" not in html_text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html_text
+    assert "<img src=x" not in html_text
+    assert "<b>cầu mới</b>" not in html_text
+    assert "Khánh thành cầu" in plain
+
+
+def test_send_delivers_exactly_one_message_per_confirmed_subscriber(
+    tmp_path: Path, smtpd: SmtpServer
+) -> None:
+    _write_project(tmp_path, smtpd)
+    languages = _subscribe(tmp_path, 25)
+    result = _send(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.startswith("Digest ")
+    assert "sent 25, failed 0, skipped 0" in result.stdout
+    counts = Counter(smtpd.handler.recipients())
+    assert counts == Counter(list(languages))  # everyone once; not the unsubscribed one
+    for received in smtpd.handler.messages:
+        _check_message(received, languages[received.recipients[0]])
+    again = _send(tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "sent 0, failed 0, skipped 25" in again.stdout
+    assert len(smtpd.handler.messages) == 25
+
+
+def test_a_killed_send_is_completed_by_the_next_run(tmp_path: Path, smtpd: SmtpServer) -> None:
+    connections = 3
+    _write_project(tmp_path, smtpd, connections=connections)
+    languages = _subscribe(tmp_path, 60)
+    smtpd.handler.delay = 0.05
+    process = _start(tmp_path)
+    try:
+        assert smtpd.handler.wait_for(9, timeout=60), "the first messages never arrived"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    first = len(smtpd.handler.messages)
+    assert first < 60, "the run finished before it was killed"
+    smtpd.handler.delay = 0
+    result = _send(tmp_path)
+    assert result.returncode == 0, result.stderr
+    counts = Counter(smtpd.handler.recipients())
+    assert set(counts) == set(languages)  # at least once each
+    duplicates = sum(n - 1 for n in counts.values())
+    assert duplicates <= connections
+    final = _send(tmp_path)
+    assert "sent 0, failed 0, skipped 60" in final.stdout
+
+
+def test_a_concurrent_send_exits_75(tmp_path: Path, smtpd: SmtpServer) -> None:
+    _write_project(tmp_path, smtpd)
+    _subscribe(tmp_path, 80)
+    smtpd.handler.delay = 0.1  # 80 messages over 2 connections: 4 s, ample for a second start
+    process = _start(tmp_path)
+    try:
+        assert smtpd.handler.wait_for(1, timeout=60)
+        second = _send(tmp_path)
+        assert second.returncode == 75
+        assert second.stdout == ""
+        assert second.stderr == (
+            f"Error: {tmp_path / 'syndicate.db.lock'}: another `syndicate send` is running "
+            "(it holds this lock). Let it finish; run again later.\n"
+        )
+        smtpd.handler.delay = 0
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert "sent 80, failed 0" in out

@@ -1,0 +1,260 @@
+"""Mail: one template per digest and language, filled per recipient; headers safe and complete."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import re
+import shutil
+import subprocess
+from datetime import date
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from syndicate.config import Settings
+from syndicate.digest import RenderedEmail
+from syndicate.errors import ConfigError
+from syndicate.mail import (
+    DkimKey,
+    build_confirmation_message,
+    build_digest_template,
+    fill_message,
+    unsubscribe_url,
+)
+
+MARKER = "https://marker.syndicate.invalid/unsubscribe?token=MARKER-abc123"
+DAY = date(2024, 11, 1)
+URL = "https://news.example.org/unsubscribe?token=AQIAAAAAAAAAKmckm3Dk_-x"
+
+
+@pytest.fixture
+def mail_settings(settings: Settings) -> Settings:
+    return dataclasses.replace(
+        settings,
+        site=dataclasses.replace(settings.site, base_url="https://news.example.org/"),
+        mail=dataclasses.replace(
+            settings.mail,
+            from_="Tin mới Lam Giang <news@example.org>",
+            reply_to="toa-soan@example.org",
+            postal_address="1 Đường Lê Lợi, Bến Lam",
+        ),
+    )
+
+
+@pytest.fixture
+def rendered() -> RenderedEmail:
+    return RenderedEmail(
+        lang="vi",
+        subject="Tin mới: <b>bản tin</b> ngày 1/11\r\nBcc: x@y",
+        preheader="Thông xe cầu Sông Lam",
+        html=(
+            '<!doctype html><html lang="vi"><body><p>Thông xe cầu &lt;script&gt;</p>\n'
+            f'<a href="{MARKER}">Hủy đăng ký</a></body></html>\n'
+        ),
+        text=f"Thông xe cầu <script>\n\nHủy đăng ký: {MARKER}\n",
+    )
+
+
+def _parse(raw: bytes) -> EmailMessage:
+    parsed = message_from_bytes(raw, policy=policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def _fill(template, to: str = "an@example.org", subscriber_id: int = 42) -> bytes:  # type: ignore[no-untyped-def]
+    return fill_message(template, to=to, subscriber_id=subscriber_id, unsubscribe_url=URL)
+
+
+def test_digest_message_has_every_header(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
+    template = build_digest_template(
+        rendered, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now
+    )
+    msg = _parse(_fill(template))
+    assert msg["To"] == "an@example.org"
+    assert msg["From"] == "Tin mới Lam Giang <news@example.org>"
+    assert msg["Reply-To"] == "toa-soan@example.org"
+    assert msg["Subject"] == "Tin mới: <b>bản tin</b> ngày 1/11 Bcc: x@y"
+    assert msg["Date"] == "Fri, 01 Nov 2024 06:00:00 +0000"
+    assert msg["Message-ID"] == "<2024-11-01.42@news.example.org>"
+    assert msg["List-Id"] == "Tin mới <digest.news.example.org>"
+    assert msg["List-Unsubscribe"] == f"<{URL}>"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["Content-Language"] == "vi"
+    assert msg["Bcc"] is None
+    assert msg.get_content_type() == "multipart/alternative"
+    assert not msg.defects
+
+
+def test_subject_is_one_encoded_line_that_round_trips(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
+    template = build_digest_template(
+        rendered, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now
+    )
+    raw = _fill(template)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert head.isascii()
+    assert not re.search(rb"(?m)^Bcc:", head)
+    subject = re.search(rb"(?m)^Subject: .*(\r\n[ \t].*)*", head)
+    assert subject is not None
+    assert b"=?utf-8?" in subject.group(0)
+    assert _parse(raw)["Subject"].count("\n") == 0
+
+
+def test_parts_are_text_then_html_with_the_url_filled_in(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
+    template = build_digest_template(
+        rendered, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now
+    )
+    raw = _fill(template)
+    assert b"MARKER" not in raw
+    text, html = _parse(raw).iter_parts()
+    assert text.get_content_type() == "text/plain"
+    assert html.get_content_type() == "text/html"
+    assert text.get_content_charset() == "utf-8"
+    assert text.get_content().replace("\r\n", "\n") == rendered.text.replace(MARKER, URL)
+    assert html.get_content().replace("\r\n", "\n") == rendered.html.replace(MARKER, URL)
+
+
+def test_each_recipient_gets_their_own_fields(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
+    template = build_digest_template(
+        rendered, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now
+    )
+    one = _parse(fill_message(template, to="a@x.org", subscriber_id=1, unsubscribe_url=URL + "1"))
+    two = _parse(fill_message(template, to="b@x.org", subscriber_id=2, unsubscribe_url=URL + "2"))
+    assert (one["To"], one["Message-ID"]) == ("a@x.org", "<2024-11-01.1@news.example.org>")
+    assert (two["To"], two["Message-ID"]) == ("b@x.org", "<2024-11-01.2@news.example.org>")
+    assert URL + "2" in two.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert URL + "1" not in two.as_string()
+
+
+def test_mailto_unsubscribe_is_added_when_configured(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
+    configured = dataclasses.replace(
+        mail_settings,
+        mail=dataclasses.replace(
+            mail_settings.mail, mailto_unsubscribe="leave@example.org", list_id="tin.example.org"
+        ),
+    )
+    template = build_digest_template(
+        rendered, settings=configured, digest_day=DAY, marker=MARKER, now=now
+    )
+    msg = _parse(_fill(template))
+    assert msg["List-Unsubscribe"] == f"<{URL}>, <mailto:leave@example.org?subject=unsubscribe>"
+    assert msg["List-Id"] == "<tin.example.org>"
+
+
+def test_fill_message_refuses_header_breaking_values(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
+    template = build_digest_template(
+        rendered, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now
+    )
+    with pytest.raises(ValueError, match="not a checked ASCII address"):
+        fill_message(template, to="a@x.org\r\nBcc: y@z", subscriber_id=1, unsubscribe_url=URL)
+    with pytest.raises(ValueError, match="unsafe characters"):
+        fill_message(template, to="a@x.org", subscriber_id=1, unsubscribe_url=URL + ">\r\nX: y")
+
+
+def test_a_digest_without_the_unsubscribe_link_is_refused(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
+    broken = dataclasses.replace(rendered, html="<p>no link</p>")
+    with pytest.raises(ConfigError) as caught:
+        build_digest_template(
+            broken, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now
+        )
+    assert str(caught.value) == (
+        "digest (vi): the HTML part has no unsubscribe link. Keep the unsubscribe link in "
+        "custom templates (digest.templates_dir)."
+    )
+
+
+def test_a_bad_from_address_names_the_key(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
+    bad = dataclasses.replace(
+        mail_settings, mail=dataclasses.replace(mail_settings.mail, from_="News <news@>")
+    )
+    with pytest.raises(ConfigError, match=r"^config key mail.from has value 'News <news@>'"):
+        build_digest_template(rendered, settings=bad, digest_day=DAY, marker=MARKER, now=now)
+
+
+def test_digest_message_matches_golden(mail_settings, rendered, now, check_golden) -> None:  # type: ignore[no-untyped-def]
+    template = build_digest_template(
+        rendered, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now
+    )
+    # The boundary is derived from the content, so the bytes are deterministic as they are.
+    check_golden("digest-message.eml", _fill(template))
+
+
+def test_confirmation_message(mail_settings, now) -> None:  # type: ignore[no-untyped-def]
+    confirm_url = "https://news.example.org/confirm?token=abc"
+    rendered = RenderedEmail(
+        lang="en",
+        subject="Confirm your subscription to Tin mới",
+        preheader="",
+        html=f'<p><a href="{confirm_url}">Confirm</a></p>',
+        text=f"Confirm: {confirm_url}\n",
+    )
+    raw = build_confirmation_message(rendered, settings=mail_settings, to="an@example.org", now=now)
+    msg = _parse(raw)
+    assert msg["To"] == "an@example.org"
+    assert msg["Subject"] == "Confirm your subscription to Tin mới"
+    assert msg["Message-ID"].endswith("@news.example.org>")
+    assert msg["List-Unsubscribe"] is None
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert confirm_url in msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert raw.isascii()
+    assert raw == build_confirmation_message(
+        rendered, settings=mail_settings, to="an@example.org", now=now
+    )
+
+
+@pytest.fixture(scope="module")
+def dkim_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a DKIM test key")
+    folder = tmp_path_factory.mktemp("dkim")
+    key = folder / "key.pem"
+    subprocess.run(
+        ["openssl", "genrsa", "-traditional", "-out", str(key), "2048"],
+        check=True,
+        capture_output=True,
+    )
+    public = subprocess.run(
+        ["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    return key.read_bytes(), base64.b64encode(public)
+
+
+def test_dkim_signature_covers_the_unsubscribe_headers_and_verifies(  # type: ignore[no-untyped-def]
+    mail_settings, rendered, now, dkim_key
+) -> None:
+    import dkim
+
+    private, public = dkim_key
+    key = DkimKey(domain="example.org", selector="news", private_key=private)
+    template = build_digest_template(
+        rendered, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now, dkim=key
+    )
+    raw = _fill(template)
+    assert raw.startswith(b"DKIM-Signature: ")
+    signed = re.search(rb"h=([^;]+);", raw.split(b"\r\n\r\n", 1)[0].replace(b"\r\n ", b""))
+    assert signed is not None
+    names = {n.strip().lower() for n in signed.group(1).replace(b" ", b"").split(b":")}
+    assert {b"from", b"subject", b"date", b"message-id", b"list-unsubscribe"} <= names
+    assert b"list-unsubscribe-post" in names
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"news._domainkey.example.org."
+        return b"v=DKIM1; k=rsa; p=" + public
+
+    assert dkim.verify(raw, dnsfunc=dns)
+    tampered = raw.replace(URL.encode(), URL.encode() + b"x", 1)
+    assert not dkim.verify(tampered, dnsfunc=dns)
+
+
+def test_unsubscribe_url_lives_under_base_url(mail_settings) -> None:  # type: ignore[no-untyped-def]
+    assert unsubscribe_url(mail_settings, "T0K") == "https://news.example.org/unsubscribe?token=T0K"
+
+
+def test_golden_is_stored_with_crlf_line_ends() -> None:
+    golden = Path(__file__).parent / "golden" / "digest-message.eml"
+    if golden.exists():
+        assert b"\r\n" in golden.read_bytes()

@@ -1,0 +1,282 @@
+"""Send: the ledger-driven delivery loop against a real aiosmtpd server that misbehaves on cue."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import date
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+
+from syndicate.config import Settings
+from syndicate.digest import RenderedEmail
+from syndicate.errors import DeliveryError, LockedError, TempFailError
+from syndicate.mail import MessageTemplate, build_digest_template
+from syndicate.model import SubscriptionStatus
+from syndicate.send import OutboxMailer, SmtpMailer, open_send_lock, send_digest
+from syndicate.store import Database, ledger, open_database
+from syndicate.store.subscribers import add_subscriber, get_by_id
+from syndicate.tokens import verify_token
+from tests.plugins.smtp import SmtpServer, free_port
+
+DAY = date(2024, 11, 1)
+SECRET = b"t" * 32
+MARKER = "https://marker.syndicate.invalid/unsubscribe?token=MARKER-1"
+
+
+@pytest.fixture
+def db(tmp_path: Path):  # type: ignore[no-untyped-def]
+    database = open_database(tmp_path / "syndicate.db")
+    with database.transaction() as conn:
+        conn.execute(
+            "INSERT INTO digests (day, created_at, article_ids) VALUES (?, ?, '[]')",
+            (DAY.isoformat(), "2024-11-01T06:00:00+00:00"),
+        )
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def send_settings(settings: Settings) -> Settings:
+    return dataclasses.replace(
+        settings,
+        site=dataclasses.replace(settings.site, base_url="https://news.example.org/"),
+        mail=dataclasses.replace(settings.mail, from_="News <news@example.org>", bounce_limit=2),
+    )
+
+
+def _templates(settings: Settings, now) -> dict[str, MessageTemplate]:  # type: ignore[no-untyped-def]
+    built = {}
+    for lang, word in (("vi", "Hủy đăng ký"), ("en", "Unsubscribe")):
+        rendered = RenderedEmail(
+            lang=lang,
+            subject=f"Bản tin {lang}",
+            preheader="",
+            html=f'<p>{word}: <a href="{MARKER}">{word}</a></p>\n',
+            text=f"{word}: {MARKER}\n",
+        )
+        built[lang] = build_digest_template(
+            rendered, settings=settings, digest_day=DAY, marker=MARKER, now=now
+        )
+    return built
+
+
+def _subscribe(db: Database, count: int, now, *, lang: str = "vi") -> list[str]:  # type: ignore[no-untyped-def]
+    emails = [f"reader{i}@example.org" for i in range(count)]
+    for email in emails:
+        add_subscriber(db, email, language=lang, now=now)
+    return emails
+
+
+async def _send(db, server: SmtpServer | None, settings, now, **options):  # type: ignore[no-untyped-def]
+    connections = options.pop("connections", 2)
+    mailer = options.pop("mailer", None) or SmtpMailer(
+        host="127.0.0.1",
+        port=server.port if server else free_port(),
+        tls="none",
+        timeout=5,
+        connections=connections,
+        messages_per_connection=options.pop("per_connection", 100),
+    )
+    return await send_digest(
+        db=db,
+        mailer=mailer,
+        templates=_templates(settings, now),
+        settings=settings,
+        secret=SECRET,
+        day=DAY,
+        now=now,
+        connections=connections,
+        retry_delay=0.01,
+        **options,
+    )
+
+
+async def test_send_delivers_one_message_per_confirmed_subscriber(  # type: ignore[no-untyped-def]
+    db, smtpd, send_settings, now
+) -> None:
+    emails = _subscribe(db, 12, now)
+    add_subscriber(db, "gone@example.org", status=SubscriptionStatus.UNSUBSCRIBED, now=now)
+    summary = await _send(db, smtpd, send_settings, now)
+    assert (summary.sent, summary.failed, summary.skipped) == (12, 0, 0)
+    assert sorted(smtpd.handler.recipients()) == sorted(emails)
+    for received in smtpd.handler.messages:
+        msg = received.message
+        assert received.sender == "news@example.org"
+        assert msg["To"] == received.recipients[0]
+        url = msg["List-Unsubscribe"].strip("<>")
+        token = url.split("token=")[1]
+        subscriber_id = verify_token(SECRET, token, purpose="unsubscribe", now=now)
+        assert msg["Message-ID"] == f"<2024-11-01.{subscriber_id}@news.example.org>"
+        found = get_by_id(db, subscriber_id)
+        assert found is not None
+        assert found.email == msg["To"]
+        assert url in msg.get_body(("plain",)).get_content()
+    assert ledger.day_counts(db, day=DAY) == {"sent": 12}
+
+
+async def test_send_skips_already_sent_subscribers(db, smtpd, send_settings, now) -> None:  # type: ignore[no-untyped-def]
+    _subscribe(db, 5, now)
+    await _send(db, smtpd, send_settings, now)
+    again = await _send(db, smtpd, send_settings, now)
+    assert (again.sent, again.failed, again.skipped) == (0, 0, 5)
+    assert len(smtpd.handler.messages) == 5
+
+
+async def test_rows_left_sending_by_a_crash_are_sent_again(db, smtpd, send_settings, now) -> None:  # type: ignore[no-untyped-def]
+    _subscribe(db, 4, now)
+    ledger.mark_sending(db, day=DAY, subscriber_ids=[1, 2], now=now)
+    ledger.mark_sent(db, day=DAY, subscriber_id=1, now=now)
+    summary = await _send(db, smtpd, send_settings, now)
+    assert (summary.sent, summary.skipped) == (3, 1)
+    assert sorted(smtpd.handler.recipients()) == [f"reader{i}@example.org" for i in (1, 2, 3)]
+
+
+async def test_a_refused_recipient_is_recorded_and_the_batch_goes_on(  # type: ignore[no-untyped-def]
+    db, smtpd, send_settings, now
+) -> None:
+    _subscribe(db, 6, now)
+    smtpd.handler.refuse("reader2@example.org", "550 5.1.1 <reader2@example.org>: no such user")
+    summary = await _send(db, smtpd, send_settings, now)
+    assert (summary.sent, summary.failed) == (5, 1)
+    status, attempts, reply = ledger.get_delivery(db, day=DAY, subscriber_id=3) or ("", 0, "")
+    assert (status, attempts) == ("failed", 1)
+    assert reply == "550 5.1.1 <reader2@example.org>: no such user"
+    refused = get_by_id(db, 3)
+    assert refused is not None
+    assert refused.bounce_count == 1
+    assert refused.status is SubscriptionStatus.CONFIRMED
+    # The next run retries the failed one; a second refusal reaches bounce_limit (2).
+    again = await _send(db, smtpd, send_settings, now)
+    assert (again.sent, again.failed, again.bounced, again.skipped) == (0, 1, 1, 5)
+    bounced = get_by_id(db, 3)
+    assert bounced is not None
+    assert bounced.status is SubscriptionStatus.BOUNCED
+    third = await _send(db, smtpd, send_settings, now)
+    assert (third.sent, third.failed, third.skipped) == (0, 0, 5)
+
+
+async def test_transient_failures_are_retried_until_accepted(db, smtpd, send_settings, now) -> None:  # type: ignore[no-untyped-def]
+    _subscribe(db, 6, now)
+    smtpd.handler.fail_next("451 4.3.0 try again later", 2)
+    smtpd.handler.fail_next("421 4.3.2 shutting down", 1)
+    smtpd.handler.drop_next = 1
+    summary = await _send(db, smtpd, send_settings, now, connections=1, retries=5)
+    assert (summary.sent, summary.failed) == (6, 0)
+    assert sorted(smtpd.handler.recipients()) == sorted(f"reader{i}@example.org" for i in range(6))
+    assert smtpd.handler.data_attempts == 6 + 4
+    assert smtpd.handler.connections >= 1 + 4  # every retry went out on a fresh connection
+
+
+async def test_a_recipient_deferred_past_the_retries_is_failed_with_the_reply(  # type: ignore[no-untyped-def]
+    db, smtpd, send_settings, now
+) -> None:
+    _subscribe(db, 3, now)
+    smtpd.handler.refuse("reader1@example.org", "452 4.2.2 mailbox full")
+    summary = await _send(db, smtpd, send_settings, now, retries=2)
+    assert (summary.sent, summary.failed, summary.bounced) == (2, 1, 0)
+    assert ledger.get_delivery(db, day=DAY, subscriber_id=2) == (
+        "failed",
+        1,
+        "452 4.2.2 mailbox full",
+    )
+    refused = get_by_id(db, 2)
+    assert refused is not None
+    assert refused.bounce_count == 0
+
+
+async def test_a_policy_refusal_stops_the_run_as_a_setup_problem(
+    db, smtpd, send_settings, now
+) -> None:  # type: ignore[no-untyped-def]
+    _subscribe(db, 20, now)
+    smtpd.handler.refuse("reader0@example.org", "550 5.7.1 Relaying denied")
+    with pytest.raises(DeliveryError) as caught:
+        await _send(db, smtpd, send_settings, now, connections=1)
+    assert str(caught.value) == (
+        f"smtp 127.0.0.1:{smtpd.port}: the server refused 'reader0@example.org' on security or "
+        "policy grounds: 550 5.7.1 Relaying denied. This is a setup problem (relay permission, "
+        "authentication, sender reputation), not a bad address; the run stopped. Check "
+        "smtp.username, SYNDICATE_SMTP_PASSWORD and mail.from."
+    )
+    assert caught.value.exit_code == 2
+    assert len(smtpd.handler.messages) < 20
+
+
+async def test_a_server_refusing_everyone_stops_the_run_without_bounces(  # type: ignore[no-untyped-def]
+    db, smtpd, send_settings, now
+) -> None:
+    emails = _subscribe(db, 30, now)
+    for email in emails:
+        smtpd.handler.refuse(email, "550 5.1.0 sender not allowed")
+    with pytest.raises(DeliveryError, match=r"refused the first 10 recipients"):
+        await _send(db, smtpd, send_settings, now, connections=1)
+    counts = ledger.day_counts(db, day=DAY)
+    assert counts["failed"] == 10
+    assert db.conn.execute("SELECT max(bounce_count) FROM subscribers").fetchone()[0] == 0
+
+
+async def test_an_unreachable_server_is_a_temporary_failure(db, send_settings, now) -> None:  # type: ignore[no-untyped-def]
+    _subscribe(db, 3, now)
+    with pytest.raises(TempFailError, match=r"cannot connect.*after 3 tries") as caught:
+        await _send(db, None, send_settings, now, retries=2)
+    assert caught.value.exit_code == 75
+    assert ledger.day_counts(db, day=DAY).get("sent") is None
+    assert ledger.count_owed(db, day=DAY, max_attempts=5) == 3  # all left for the next run
+
+
+async def test_connections_are_reused_up_to_the_cap(db, smtpd, send_settings, now) -> None:  # type: ignore[no-untyped-def]
+    _subscribe(db, 10, now)
+    summary = await _send(db, smtpd, send_settings, now, connections=1, per_connection=3)
+    assert summary.sent == 10
+    assert smtpd.handler.connections == 4
+
+
+async def test_limit_sends_to_at_most_n(db, smtpd, send_settings, now) -> None:  # type: ignore[no-untyped-def]
+    _subscribe(db, 10, now)
+    summary = await _send(db, smtpd, send_settings, now, limit=3)
+    assert summary.sent == 3
+    assert sorted(smtpd.handler.recipients()) == [f"reader{i}@example.org" for i in range(3)]
+
+
+async def test_each_subscriber_gets_their_language(db, smtpd, send_settings, now) -> None:  # type: ignore[no-untyped-def]
+    _subscribe(db, 2, now, lang="vi")
+    add_subscriber(db, "en@example.org", language="en", now=now)
+    await _send(db, smtpd, send_settings, now)
+    langs = {m.recipients[0]: m.message["Content-Language"] for m in smtpd.handler.messages}
+    assert langs == {
+        "reader0@example.org": "vi",
+        "reader1@example.org": "vi",
+        "en@example.org": "en",
+    }
+
+
+async def test_outbox_writes_one_file_per_recipient(db, tmp_path, send_settings, now) -> None:  # type: ignore[no-untyped-def]
+    _subscribe(db, 3, now)
+    folder = tmp_path / "outbox" / DAY.isoformat()
+    summary = await _send(db, None, send_settings, now, mailer=OutboxMailer(folder), connections=1)
+    assert summary.sent == 3
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == [f"2024-11-01.{i}_news.example.org.eml" for i in (1, 2, 3)]
+    parsed = message_from_bytes((folder / files[0]).read_bytes(), policy=policy.default)
+    assert parsed["To"] == "reader0@example.org"
+
+
+def test_send_lock_is_exclusive(tmp_path: Path) -> None:
+    database = tmp_path / "syndicate.db"
+    with open_send_lock(database) as path:
+        assert path == tmp_path / "syndicate.db.lock"
+        with pytest.raises(LockedError, match=r"another `syndicate send` is running") as caught:
+            with open_send_lock(database):
+                pass
+        assert caught.value.exit_code == 75
+    with open_send_lock(database):
+        pass
+
+
+async def test_rate_spaces_the_messages(db, smtpd, send_settings, now) -> None:  # type: ignore[no-untyped-def]
+    _subscribe(db, 10, now)
+    summary = await _send(db, smtpd, send_settings, now, connections=4, rate=20.0)
+    assert summary.sent == 10
+    # Ten starts 1/20 s apart: the last starts 9 intervals (450 ms) after the first.
+    assert summary.seconds >= 0.4

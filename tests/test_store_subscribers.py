@@ -1,0 +1,216 @@
+"""Store: subscribers, suppressions, the generated secret and the send ledger, on real SQLite."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+from syndicate.config import Settings
+from syndicate.errors import SubscriberError
+from syndicate.model import SubscriptionStatus
+from syndicate.store import Database, ledger, open_database
+from syndicate.store.meta import get_secret
+from syndicate.store.subscribers import (
+    add_subscriber,
+    confirm,
+    confirmed_languages,
+    email_hash,
+    erase,
+    get_by_email,
+    get_by_id,
+    is_suppressed,
+    iter_subscribers,
+    normalize_email,
+    record_bounce,
+    set_status,
+    signup,
+    stats,
+    unsubscribe,
+)
+
+CONFIRMED = SubscriptionStatus.CONFIRMED
+SECRET = b"s" * 32
+
+
+@pytest.fixture
+def db(tmp_path: Path):  # type: ignore[no-untyped-def]
+    database = open_database(tmp_path / "syndicate.db")
+    yield database
+    database.close()
+
+
+def test_normalize_email_lowercases_the_domain_only() -> None:
+    assert normalize_email("  Ann.Le@Example.COM ") == "Ann.Le@example.com"
+
+
+def test_normalize_email_gives_idn_domains_in_ascii() -> None:
+    assert normalize_email("an@bücher.de") == "an@xn--bcher-kva.de"
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("", "email address is empty"),
+        ("no-at-sign", "must have an @-sign"),
+        ("an@", "something after the @-sign"),
+        ("an@@example.org", "not valid"),
+        ("ân@example.org", "not valid"),
+        ("an@example.org\r\nBcc: x@y", "not valid"),
+    ],
+)
+def test_normalize_email_refuses_bad_addresses_with_the_reason(bad: str, reason: str) -> None:
+    with pytest.raises(SubscriberError, match=reason):
+        normalize_email(bad)
+
+
+def test_add_subscriber_stores_a_confirmed_subscriber(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    added = add_subscriber(db, "an@example.org", name=" A\u0302\u0301n ", language="en", now=now)
+    assert added.status is CONFIRMED
+    assert added.confirmed_at == now
+    assert added.name == "Ấn"  # NFC, trimmed
+    assert get_by_id(db, added.id) == added
+    assert get_by_email(db, "AN@EXAMPLE.ORG") == added
+
+
+def test_addresses_are_unique_case_insensitively(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    add_subscriber(db, "An@Example.org", now=now)
+    with pytest.raises(SubscriberError, match="already stored"):
+        add_subscriber(db, "an@example.org", now=now)
+    assert get_by_email(db, "AN@example.org") is not None
+
+
+def test_add_subscriber_refuses_an_unknown_language(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SubscriberError, match="language 'fr' is not supported"):
+        add_subscriber(db, "an@example.org", language="fr", now=now)
+
+
+def test_erase_deletes_personal_data_and_keeps_a_keyed_hash(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    added = add_subscriber(db, "an@example.org", name="An", now=now)
+    assert erase(db, "AN@example.org", secret=SECRET, now=now) is True
+    assert get_by_id(db, added.id) is None
+    rows = db.conn.execute("SELECT * FROM suppressions").fetchall()
+    assert rows == [(email_hash(SECRET, "an@example.org"), now.isoformat())]
+    dumped = "\n".join(db.conn.iterdump())
+    assert "an@example.org" not in dumped.lower()
+    assert is_suppressed(db, "An@Example.org", secret=SECRET)
+    with pytest.raises(SubscriberError, match="was erased and cannot be added again"):
+        add_subscriber(db, "an@example.org", now=now, secret=SECRET)
+    assert erase(db, "an@example.org", secret=SECRET, now=now) is False
+
+
+def test_signup_stores_pending_and_limits_resends(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    sub, send = signup(db, "an@example.org", language="en", now=now)
+    assert (sub.status, sub.language, send) == (SubscriptionStatus.PENDING, "en", True)
+    _, send = signup(db, "an@example.org", language="en", now=now + timedelta(minutes=5))
+    assert send is False
+    _, send = signup(db, "an@example.org", language="en", now=now + timedelta(minutes=10))
+    assert send is True
+    confirmed = confirm(db, sub.id, now=now + timedelta(minutes=11))
+    assert confirmed.status is CONFIRMED
+    again, send = signup(db, "an@example.org", language="vi", now=now + timedelta(hours=1))
+    assert (again.status, send) == (CONFIRMED, False)
+
+
+def test_signup_after_unsubscribing_starts_over_as_pending(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    added = add_subscriber(db, "an@example.org", now=now)
+    unsubscribe(db, added.id, now=now)
+    sub, send = signup(db, "an@example.org", language="en", now=now + timedelta(minutes=1))
+    assert (sub.status, sub.language, send) == (SubscriptionStatus.PENDING, "en", True)
+
+
+def test_stale_confirm_link_does_not_resubscribe(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    sub, _ = signup(db, "an@example.org", language="vi", now=now)
+    unsubscribe(db, sub.id, now=now)
+    assert confirm(db, sub.id, now=now).status is SubscriptionStatus.UNSUBSCRIBED
+
+
+def test_unsubscribe_is_idempotent_and_keeps_the_first_time(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    added = add_subscriber(db, "an@example.org", now=now)
+    first = unsubscribe(db, added.id, now=now)
+    second = unsubscribe(db, added.id, now=now + timedelta(days=1))
+    assert first.unsubscribed_at == second.unsubscribed_at == now
+    with pytest.raises(SubscriberError, match="subscriber 999 does not exist"):
+        unsubscribe(db, 999, now=now)
+
+
+def test_bounces_count_up_to_the_limit(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    added = add_subscriber(db, "an@example.org", now=now)
+    assert record_bounce(db, added.id, limit=2, now=now) is False
+    assert record_bounce(db, added.id, limit=2, now=now) is True
+    bounced = get_by_id(db, added.id)
+    assert bounced is not None
+    assert (bounced.status, bounced.bounce_count, bounced.bounced_at) == (
+        SubscriptionStatus.BOUNCED,
+        2,
+        now,
+    )
+    assert set_status(db, added.id, CONFIRMED, now=now).bounce_count == 0
+
+
+def test_iter_subscribers_pages_in_id_order(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    for i in range(7):
+        add_subscriber(db, f"u{i}@example.org", language="vi" if i % 2 else "en", now=now)
+    unsubscribe(db, 3, now=now)
+    assert [s.id for s in iter_subscribers(db, batch=2)] == list(range(1, 8))
+    assert [s.id for s in iter_subscribers(db, status=CONFIRMED, batch=3)] == [1, 2, 4, 5, 6, 7]
+    assert confirmed_languages(db) == ["en", "vi"]
+    assert stats(db) == {
+        "pending": 0,
+        "confirmed": 6,
+        "unsubscribed": 1,
+        "bounced": 0,
+        "total": 7,
+        "erased": 0,
+    }
+
+
+def test_secret_is_generated_once_and_kept(tmp_path: Path, settings: Settings) -> None:
+    path = tmp_path / "s.db"
+    with open_database(path) as first:
+        secret = get_secret(settings, first)
+        assert len(secret) == 32
+        assert get_secret(settings, first) == secret
+    with open_database(path) as again:
+        assert get_secret(settings, again) == secret
+
+
+def test_secret_from_the_environment_wins(tmp_path: Path, settings: Settings) -> None:
+    configured = dataclasses.replace(settings, env_secret="from-env")
+    with open_database(tmp_path / "s.db") as db:
+        assert get_secret(configured, db) == b"from-env"
+        assert db.conn.execute("SELECT count(*) FROM meta").fetchone()[0] == 0
+
+
+def _digest(db: Database, day: date) -> None:
+    with db.transaction() as conn:
+        conn.execute(
+            "INSERT INTO digests (day, created_at, article_ids) VALUES (?, ?, '[]')",
+            (day.isoformat(), "2024-11-01T06:00:00+00:00"),
+        )
+
+
+def test_ledger_owes_the_digest_to_confirmed_subscribers_not_yet_sent(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    day = date(2024, 11, 1)
+    _digest(db, day)
+    for i in range(6):
+        add_subscriber(db, f"u{i}@example.org", now=now)
+    unsubscribe(db, 6, now=now)
+    owed = ledger.owed_page(db, day=day, after=0, limit=100, max_attempts=2)
+    assert [r.subscriber_id for r in owed] == [1, 2, 3, 4, 5]
+    ledger.mark_sending(db, day=day, subscriber_ids=[1, 2, 3, 4], now=now)
+    ledger.mark_sent(db, day=day, subscriber_id=1, now=now)
+    ledger.mark_failed(db, day=day, subscriber_id=2, reply="550 no", now=now)
+    ledger.mark_failed(db, day=day, subscriber_id=3, reply="451 later", now=now)
+    ledger.mark_sending(db, day=day, subscriber_ids=[3], now=now)
+    ledger.mark_failed(db, day=day, subscriber_id=3, reply="451 later", now=now)
+    # 1 sent; 3 out of attempts; 2 failed once; 4 left 'sending' by a crash; 5 never tried.
+    owed = ledger.owed_page(db, day=day, after=0, limit=100, max_attempts=2)
+    assert [(r.subscriber_id, r.attempts) for r in owed] == [(2, 1), (4, 0), (5, 0)]
+    assert ledger.owed_page(db, day=day, after=2, limit=1, max_attempts=2)[0].subscriber_id == 4
+    assert ledger.count_owed(db, day=day, max_attempts=2) == 3
+    assert ledger.count_skipped(db, day=day, max_attempts=2) == 2
+    assert ledger.day_counts(db, day=day) == {"sent": 1, "failed": 2, "sending": 1}
+    assert ledger.get_delivery(db, day=day, subscriber_id=3) == ("failed", 2, "451 later")
