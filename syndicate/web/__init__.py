@@ -1,0 +1,91 @@
+"""Web edge: `syndicate serve`'s ASGI app (Starlette).
+
+Serves the output folder (feeds, pages, digests) with validators and caching
+headers, and the subscription service: sign-up with double opt-in, confirm,
+and one-click unsubscribe (RFC 8058). The store and the mailer come in through
+protocols (`SubscriptionStore`, `send.Mailer`), so tests pass real alternatives.
+Modules: `static` (the output folder), `guard` (headers, limits, CSRF), `pages`
+(the endpoints), `seams` (the protocols and the SQLite store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from syndicate.config import Settings
+from syndicate.send import Mailer
+from syndicate.web.guard import (
+    CONTENT_SECURITY_POLICY,
+    MAX_BODY_BYTES,
+    BodyLimit,
+    SecurityHeaders,
+    check_form_token,
+    make_form_token,
+)
+from syndicate.web.pages import Service, build_confirmation, negotiate_language
+from syndicate.web.seams import Clock, DatabaseStore, SubscriptionStore, utc_now
+
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "MAX_BODY_BYTES",
+    "Clock",
+    "DatabaseStore",
+    "SubscriptionStore",
+    "build_confirmation",
+    "check_form_token",
+    "create_app",
+    "make_form_token",
+    "negotiate_language",
+]
+
+
+def create_app(
+    settings: Settings,
+    store: SubscriptionStore,
+    mailer: Mailer,
+    *,
+    clock: Clock = utc_now,
+) -> Starlette:
+    """Build the ASGI app serving `settings.paths.output` and the subscription pages.
+
+    The mailer is closed when the app shuts down; the store belongs to the caller.
+    """
+    service = Service(settings, store, mailer, clock)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await mailer.aclose()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status_code = exc.status_code if isinstance(exc, HTTPException) else 500
+        headers = exc.headers if isinstance(exc, HTTPException) else None
+        return service.error_page(request, status_code, headers=headers)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # Starlette re-raises the exception after this page is sent, so uvicorn logs it.
+        return service.error_page(request, 500)
+
+    routes = [
+        Route("/healthz", service.healthz, methods=["GET"]),
+        Route("/subscribe", service.subscribe, methods=["GET", "POST"]),
+        Route("/confirm", service.confirm, methods=["GET"]),
+        Route("/unsubscribe", service.unsubscribe, methods=["GET", "POST"]),
+        Route("/{path:path}", service.static, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(SecurityHeaders), Middleware(BodyLimit, limit=MAX_BODY_BYTES)],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+        lifespan=lifespan,
+    )

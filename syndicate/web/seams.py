@@ -1,0 +1,79 @@
+"""Web: the app's seams (the clock, the store operations it needs) and the SQLite store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from syndicate.config import Settings
+from syndicate.model import Subscriber
+from syndicate.store import Database, meta
+from syndicate.store import subscribers as store_subscribers
+
+
+class Clock(Protocol):
+    """Gives the current time, tz-aware UTC."""
+
+    def __call__(self) -> datetime: ...
+
+
+class SubscriptionStore(Protocol):
+    """The store operations the web app needs."""
+
+    def read_secret(self) -> bytes:
+        """The signing secret for tokens."""
+        ...
+
+    def sign_up(self, email: str, *, language: str, now: datetime) -> tuple[Subscriber, bool]:
+        """Store a sign-up as pending; True when a confirmation mail should go out now."""
+        ...
+
+    def find(self, subscriber_id: int) -> Subscriber | None: ...
+
+    def confirm(self, subscriber_id: int, *, now: datetime) -> None: ...
+
+    def unsubscribe(self, subscriber_id: int, *, now: datetime) -> None: ...
+
+    def check(self) -> None:
+        """Raise StoreError when the database is not usable."""
+        ...
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class DatabaseStore:
+    """The SQLite store behind the web app (implements SubscriptionStore).
+
+    Use it on the thread that opened `db`: the app calls it from its event loop.
+    """
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+
+    def read_secret(self) -> bytes:
+        return meta.get_secret(self.settings, self.db)
+
+    def sign_up(self, email: str, *, language: str, now: datetime) -> tuple[Subscriber, bool]:
+        return store_subscribers.signup(
+            self.db,
+            email,
+            language=language,
+            now=now,
+            resend_after=timedelta(minutes=self.settings.subscribe.resend_minutes),
+        )
+
+    def find(self, subscriber_id: int) -> Subscriber | None:
+        return store_subscribers.get_by_id(self.db, subscriber_id)
+
+    def confirm(self, subscriber_id: int, *, now: datetime) -> None:
+        store_subscribers.confirm(self.db, subscriber_id, now=now)
+
+    def unsubscribe(self, subscriber_id: int, *, now: datetime) -> None:
+        store_subscribers.unsubscribe(self.db, subscriber_id, now=now)
+
+    def check(self) -> None:
+        # A primary-key lookup: cheap, and it fails (StoreError) when the file is unusable.
+        store_subscribers.get_by_id(self.db, 0)

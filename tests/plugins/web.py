@@ -1,0 +1,223 @@
+"""Live web server: the real app under uvicorn on 127.0.0.1 at a free port, in a thread.
+
+`live_server(**changes)` starts one and returns a LiveServer; the base URL in its
+settings is the server's own address, so links in mails and pages lead back to it.
+The socket is bound before the server starts and the fixture waits for the app's
+lifespan startup, so no test sleeps or retries to find the server up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email
+import email.policy
+import shutil
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from syndicate.build import run_build
+from syndicate.cli.flow import todays_digest, write_digest_page
+from syndicate.config import Settings
+from syndicate.send import Mailer, open_mailer
+from syndicate.store import open_database
+from syndicate.web import DatabaseStore, create_app
+
+CONFIRMATIONS = "confirmations"
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+class MutableClock:
+    """A clock the test moves by hand (the app reads it on every request)."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+class RecordingMailer:
+    """Wraps a real mailer: delivers through it, then records the message and wakes waiters.
+
+    Confirmation mails go out after the response (a background task), so tests
+    wait here for them instead of polling the outbox.
+    """
+
+    def __init__(self, inner: Mailer) -> None:
+        self.inner = inner
+        self.messages: list[EmailMessage] = []
+        self._changed = threading.Condition()
+
+    async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> None:
+        await self.inner.send(sender, recipients, message)
+        parsed = email.message_from_bytes(message, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        with self._changed:
+            self.messages.append(parsed)
+            self._changed.notify_all()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def wait_for(self, count: int, *, timeout: float = 10.0) -> list[EmailMessage]:
+        """Block until `count` messages were delivered in all; return them all."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.messages) >= count, timeout):
+                pytest.fail(f"expected {count} mails, got {len(self.messages)} in {timeout} s")
+            return list(self.messages)
+
+
+@dataclass
+class LiveServer:
+    url: str  # the base URL, ending in '/'
+    settings: Settings
+    clock: MutableClock
+    mail: RecordingMailer
+
+    @property
+    def outbox(self) -> Path:
+        """Where confirmation mails land with the outbox transport."""
+        return self.settings.paths.outbox / CONFIRMATIONS
+
+
+def build_site(settings: Settings, now: datetime) -> None:
+    """Build feeds and pages from the shipped seeds, and today's digest page."""
+    shutil.copytree(ROOT / "seeds", settings.paths.seeds, dirs_exist_ok=True)
+    with open_database(settings.paths.database) as db:
+        run_build(settings, db, now=now)
+        plan = todays_digest(settings, db, now=now, create=True)
+        assert plan is not None, "the shipped seeds made no digest"
+        write_digest_page(settings, plan, now=now)
+
+
+def bind_loopback() -> socket.socket:
+    """A listening socket on 127.0.0.1 at a port the kernel picks."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+class _SignalStartup:
+    """Wraps an ASGI app; sets `event` once its lifespan startup has completed."""
+
+    def __init__(self, app: Any, event: threading.Event) -> None:
+        self.app = app
+        self.event = event
+        self.failed = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_and_signal(message: Any) -> None:
+            await send(message)
+            if message["type"] == "lifespan.startup.failed":
+                self.failed = True
+            if message["type"] in ("lifespan.startup.complete", "lifespan.startup.failed"):
+                self.event.set()
+
+        await self.app(scope, receive, send_and_signal)
+
+
+@contextmanager
+def run_server(
+    settings: Settings,
+    sock: socket.socket,
+    *,
+    clock: Callable[[], datetime],
+    make_mailer: Callable[[Settings], Mailer],
+) -> Iterator[threading.Thread]:
+    """Run create_app under uvicorn on `sock` in a thread until the block ends.
+
+    The database is opened inside the server thread: SQLite connections belong
+    to the thread that made them.
+    """
+    started = threading.Event()
+    failures: list[BaseException] = []
+    servers: list[uvicorn.Server] = []
+    wrappers: list[_SignalStartup] = []
+
+    def target() -> None:
+        try:
+            with open_database(settings.paths.database) as db:
+                app = create_app(
+                    settings, DatabaseStore(settings, db), make_mailer(settings), clock=clock
+                )
+                wrappers.append(_SignalStartup(app, started))
+                config = uvicorn.Config(
+                    wrappers[0],
+                    log_level="warning",
+                    access_log=False,
+                    lifespan="on",
+                )
+                server = uvicorn.Server(config)
+                servers.append(server)
+                server.run(sockets=[sock])
+        except BaseException as exc:  # reported to the test thread below
+            failures.append(exc)
+        finally:
+            started.set()
+
+    thread = threading.Thread(target=target, name="live-server", daemon=True)
+    thread.start()
+    if not started.wait(timeout=20):
+        pytest.fail("the live server did not start within 20 s")
+    if failures:
+        raise failures[0]
+    if not wrappers or wrappers[0].failed:
+        pytest.fail("the live server's startup failed; see the log above")
+    try:
+        yield thread
+    finally:
+        if servers:
+            servers[0].should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+        assert not thread.is_alive(), "the live server did not stop"
+        if failures:
+            raise failures[0]
+
+
+@pytest.fixture
+def live_server(settings: Settings, now: datetime) -> Iterator[Callable[..., LiveServer]]:
+    """Start the app on 127.0.0.1:<free port>: `live_server(subscribe=..., mailer=...)`.
+
+    Keyword arguments replace whole settings sections (`subscribe=SubscribeSettings(...)`);
+    `mailer` is a factory `settings -> Mailer` (default: the configured transport,
+    the outbox), wrapped in a RecordingMailer. The clock starts at the fixed `now`.
+    """
+    with ExitStack() as stack:
+
+        def start(
+            *, mailer: Callable[[Settings], Mailer] | None = None, **sections: Any
+        ) -> LiveServer:
+            sock = bind_loopback()
+            port = sock.getsockname()[1]
+            url = f"http://127.0.0.1:{port}/"
+            site = dataclasses.replace(sections.pop("site", settings.site), base_url=url)
+            configured = dataclasses.replace(settings, site=site, **sections)
+            configured.paths.output.mkdir(parents=True, exist_ok=True)
+            clock = MutableClock(now)
+            inner = mailer or (lambda s: open_mailer(s, folder=CONFIRMATIONS))
+            recorder = RecordingMailer(inner(configured))
+            stack.enter_context(
+                run_server(configured, sock, clock=clock, make_mailer=lambda _: recorder)
+            )
+            return LiveServer(url=url, settings=configured, clock=clock, mail=recorder)
+
+        yield start

@@ -1,0 +1,201 @@
+"""The service's pages in headless Chromium (Debian's), driven by Playwright.
+
+Fills in and submits the sign-up form, follows the confirmation link, presses the
+unsubscribe button, and screenshots pages at phone and desktop widths. Any console
+error, page error, CSP violation or request leaving the server fails the test.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syndicate import tokens
+from syndicate.model import SubscriptionStatus
+from syndicate.store import open_database
+from syndicate.store.meta import get_secret
+from syndicate.store.subscribers import get_by_email
+from tests.plugins.web import LiveServer, build_site
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WIDTHS = {"phone": 375, "desktop": 1280}
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (apt install chromium)"
+    ),
+]
+
+# Reported to the console, so a violation of the page's CSP fails the test.
+_REPORT_CSP = """
+document.addEventListener('securitypolicyviolation', (e) => {
+  console.error('CSP violation: ' + e.violatedDirective + ' ' + e.blockedURI);
+});
+"""
+
+
+class Browser:
+    """One Chromium page that records everything that should not happen."""
+
+    def __init__(self, context: Any, server: LiveServer) -> None:
+        self.server = server
+        self.problems: list[str] = []
+        context.add_init_script(_REPORT_CSP)
+        self.page = context.new_page()
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda exc: self.problems.append(f"page error: {exc}"))
+        self.page.on("request", self._request)
+        self.page.on("response", self._response)
+
+    def _console(self, message: Any) -> None:
+        if message.type in ("error", "warning"):
+            self.problems.append(f"console {message.type}: {message.text}")
+
+    def _response(self, response: Any) -> None:
+        if response.status >= 400:
+            self.problems.append(f"HTTP {response.status}: {response.url}")
+
+    def _request(self, request: Any) -> None:
+        if not request.url.startswith(self.server.url):
+            self.problems.append(f"request outside the site: {request.url}")
+
+    def open(self, path: str) -> Any:
+        response = self.page.goto(self.server.url + path)
+        assert response is not None
+        return response
+
+    def screenshot_at_widths(self, path: str, name: str, folder: Path) -> list[Path]:
+        shots = []
+        for label, width in WIDTHS.items():
+            self.page.set_viewport_size({"width": width, "height": 900})
+            self.open(path)
+            overflow = self.page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 0, f"{path} scrolls sideways at {width} px"
+            shot = folder / f"{name}-{label}.png"
+            self.page.screenshot(path=str(shot), full_page=True)
+            shots.append(shot)
+        return shots
+
+
+@pytest.fixture
+def browser(
+    live_server: Callable[..., LiveServer], tmp_path: Path, now: datetime
+) -> Iterator[Browser]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    server = live_server()
+    build_site(server.settings, now)
+    profile = tmp_path / "chromium-profile"
+    profile.mkdir()
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            locale="vi-VN",
+        )
+        try:
+            driver = Browser(context, server)
+            yield driver
+        finally:
+            context.close()
+    assert driver.problems == []
+
+
+def _status(server: LiveServer, address: str) -> SubscriptionStatus:
+    with open_database(server.settings.paths.database) as db:
+        found = get_by_email(db, address)
+    assert found is not None
+    return found.status
+
+
+def test_sign_up_confirm_and_unsubscribe_in_a_real_browser(browser: Browser) -> None:
+    server, page = browser.server, browser.page
+    browser.open("subscribe")
+    assert page.evaluate("document.documentElement.lang") == "vi"
+    page.get_by_label("Địa chỉ email").focus()
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline != "none", "the focused field shows no focus ring"
+    page.get_by_label("Địa chỉ email").fill("trang@example.org")
+    page.get_by_label("Ngôn ngữ của bản tin").select_option("en")
+    with page.expect_request(lambda request: request.method == "POST") as posted:
+        page.get_by_role("button", name="Đăng ký").click()
+    page.wait_for_load_state()
+    # Our Referrer-Policy must leave the browser's Origin header intact (the static
+    # index's form, which has no token, relies on it).
+    assert posted.value.all_headers().get("origin") == server.url.rstrip("/")
+    assert page.get_by_role("heading", level=1).inner_text() == "Hãy kiểm tra hộp thư của bạn"
+    assert "trang@example.org" in page.get_by_role("status").inner_text()
+
+    [message] = server.mail.wait_for(1)
+    body = message.get_body(("plain",))
+    assert body is not None
+    link = re.search(re.escape(server.url) + r"confirm\?token=[\w-]+", body.get_content())
+    assert link
+    page.goto(link.group(0))
+    assert page.get_by_role("heading", level=1).inner_text() == "Đăng ký đã được xác nhận"
+    assert _status(server, "trang@example.org") is SubscriptionStatus.CONFIRMED
+
+    with open_database(server.settings.paths.database) as db:
+        secret = get_secret(server.settings, db)
+        found = get_by_email(db, "trang@example.org")
+    assert found is not None
+    token = tokens.make_token(
+        secret, purpose="unsubscribe", subscriber_id=found.id, issued_at=server.clock()
+    )
+    browser.open(f"unsubscribe?token={token}&lang=en")
+    assert page.evaluate("document.documentElement.lang") == "en"
+    assert _status(server, "trang@example.org") is SubscriptionStatus.CONFIRMED
+    page.get_by_role("button", name="Unsubscribe").click()
+    page.wait_for_load_state()
+    assert page.get_by_role("heading", level=1).inner_text() == "You have unsubscribed"
+    assert _status(server, "trang@example.org") is SubscriptionStatus.UNSUBSCRIBED
+    assert page.context.cookies() == []
+
+
+def test_pages_at_phone_and_desktop_widths(browser: Browser, tmp_path: Path) -> None:
+    output = browser.server.settings.paths.output
+    digest_page = sorted((output / "digests").glob("*.html"))[0]
+    shots: list[Path] = []
+    for path, name in (
+        ("", "index"),
+        (f"digests/{digest_page.name}", "digest"),
+        ("subscribe", "subscribe"),
+        ("subscribe?lang=en", "subscribe-en"),
+    ):
+        shots += browser.screenshot_at_widths(path, name, tmp_path)
+    for shot in shots:
+        assert shot.stat().st_size > 5_000, f"{shot.name} looks empty"
+
+
+def test_sign_up_from_the_form_on_the_static_index(browser: Browser) -> None:
+    server, page = browser.server, browser.page
+    index = (server.settings.paths.output / "index.html").read_text(encoding="utf-8")
+    if 'class="signup"' not in index:
+        pytest.skip("the static index does not include _subscribe_form.html.j2 yet")
+    browser.open("")
+    page.get_by_label("Địa chỉ email").fill("uyen@example.org")
+    page.get_by_role("button", name="Đăng ký").click()
+    page.wait_for_load_state()
+    # No form token on a static page: the browser's Origin header vouches for it.
+    assert page.get_by_role("heading", level=1).inner_text() == "Hãy kiểm tra hộp thư của bạn"
+    server.mail.wait_for(1)
+    assert _status(server, "uyen@example.org") is SubscriptionStatus.PENDING

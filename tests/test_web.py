@@ -1,0 +1,804 @@
+"""The subscription service: the real app under uvicorn on 127.0.0.1, driven by httpx."""
+
+from __future__ import annotations
+
+import dataclasses
+import email
+import email.policy
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from email.utils import formatdate
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from syndicate import tokens
+from syndicate.cli import AppContext, cli
+from syndicate.config import Settings, SubscribeSettings, site_templates_dir
+from syndicate.model import SubscriptionStatus
+from syndicate.site import make_environment
+from syndicate.store import open_database
+from syndicate.store.meta import get_secret
+from syndicate.store.subscribers import add_subscriber, get_by_email
+from syndicate.web import (
+    CONTENT_SECURITY_POLICY,
+    check_form_token,
+    make_form_token,
+    negotiate_language,
+)
+from tests.conftest import ROOT
+from tests.plugins.smtp import SmtpServer
+from tests.plugins.web import LiveServer, build_site
+
+FORM_TOKEN = re.compile(r'name="form_token" value="([^"]+)"')
+SECRET_TEXT = b"TOP-SECRET-DO-NOT-SERVE"
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def server(live_server: Callable[..., LiveServer]) -> LiveServer:
+    return live_server()
+
+
+@pytest.fixture
+def client(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        yield http
+
+
+def form_token(client: httpx.Client, *, lang: str = "vi") -> str:
+    page = client.get("subscribe", params={"lang": lang})
+    assert page.status_code == 200
+    found = FORM_TOKEN.search(page.text)
+    assert found, "the sign-up page has no form token"
+    return found.group(1)
+
+
+def sign_up(
+    client: httpx.Client, address: str, *, language: str = "vi", **headers: str
+) -> httpx.Response:
+    token = form_token(client)
+    return client.post(
+        "subscribe",
+        data={"email": address, "language": language, "form_token": token},
+        headers=headers,
+    )
+
+
+def confirm_url(server: LiveServer, message: EmailMessage) -> str:
+    body = message.get_body(("plain",))
+    assert body is not None
+    found = re.search(re.escape(server.url) + r"confirm\?token=[A-Za-z0-9_\-]+", body.get_content())
+    assert found, "the confirmation mail has no confirm link"
+    return found.group(0)
+
+
+def subscriber(settings: Settings, address: str):  # type: ignore[no-untyped-def]
+    with open_database(settings.paths.database) as db:
+        return get_by_email(db, address)
+
+
+def add_confirmed(settings: Settings, address: str, now: datetime) -> tuple[int, bytes]:
+    with open_database(settings.paths.database) as db:
+        added = add_subscriber(db, address, language="vi", now=now)
+        return added.id, get_secret(settings, db)
+
+
+def raw_get(url: str, target: str) -> tuple[int, bytes]:
+    """GET `target` exactly as written (no client-side normalisation of dot segments)."""
+    parts = urlsplit(url)
+    assert parts.hostname
+    assert parts.port
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(
+            f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+def assert_security_headers(response: httpx.Response) -> None:
+    assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["referrer-policy"] == "same-origin"
+
+
+# --- static files -------------------------------------------------------------------------
+
+
+def test_feeds_and_pages_are_served_with_their_content_types(
+    live_server: Callable[..., LiveServer], settings: Settings, now: datetime
+) -> None:
+    server = live_server(site=dataclasses.replace(settings.site, page_size=3))
+    build_site(server.settings, now)
+    output = server.settings.paths.output
+    article = sorted((output / "articles").glob("*.html"))[0]
+    digest_page = sorted((output / "digests").glob("*.html"))[0]
+    assert (output / "page" / "2.html").is_file()
+    expected = {
+        "": ("index.html", "text/html; charset=utf-8"),
+        "index.html": ("index.html", "text/html; charset=utf-8"),
+        "rss.xml": ("rss.xml", "application/rss+xml; charset=utf-8"),
+        "atom.xml": ("atom.xml", "application/atom+xml; charset=utf-8"),
+        "feed.json": ("feed.json", "application/feed+json; charset=utf-8"),
+        f"articles/{article.name}": (f"articles/{article.name}", "text/html; charset=utf-8"),
+        f"digests/{digest_page.name}": (f"digests/{digest_page.name}", "text/html; charset=utf-8"),
+        "page/2.html": ("page/2.html", "text/html; charset=utf-8"),
+    }
+    with httpx.Client(base_url=server.url) as client:
+        for url_path, (file, content_type) in expected.items():
+            response = client.get(url_path)
+            assert response.status_code == 200, url_path
+            assert response.headers["content-type"] == content_type, url_path
+            assert response.content == (output / file).read_bytes(), url_path
+            assert re.fullmatch(r'"[0-9a-f]{24}"', response.headers["etag"])
+            assert response.headers["last-modified"].endswith(" GMT")
+            assert response.headers["cache-control"] == "public, max-age=300"
+            assert_security_headers(response)
+        head = client.head("rss.xml")
+        assert head.status_code == 200
+        assert head.content == b""
+        assert head.headers["etag"] == client.get("rss.xml").headers["etag"]
+
+
+def test_conditional_gets_answer_304_until_the_file_changes(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    feed = server.settings.paths.output / "rss.xml"
+    feed.write_bytes(b"<rss version='2.0'><channel><title>one</title></channel></rss>")
+    first = client.get("rss.xml")
+    etag, modified = first.headers["etag"], first.headers["last-modified"]
+
+    by_etag = client.get("rss.xml", headers={"if-none-match": etag})
+    assert by_etag.status_code == 304
+    assert by_etag.content == b""
+    assert by_etag.headers["etag"] == etag
+    assert by_etag.headers["cache-control"] == "public, max-age=300"
+    assert client.get("rss.xml", headers={"if-none-match": f'"x", W/{etag}'}).status_code == 304
+    assert client.get("rss.xml", headers={"if-none-match": '"other"'}).status_code == 200
+    by_date = client.get("rss.xml", headers={"if-modified-since": modified})
+    assert by_date.status_code == 304
+    older = formatdate(feed.stat().st_mtime - 3600, usegmt=True)
+    assert client.get("rss.xml", headers={"if-modified-since": older}).status_code == 200
+    assert client.get("rss.xml", headers={"if-modified-since": "garbage"}).status_code == 200
+    # If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2).
+    both = {"if-none-match": '"other"', "if-modified-since": modified}
+    assert client.get("rss.xml", headers=both).status_code == 200
+
+    feed.write_bytes(b"<rss version='2.0'><channel><title>two</title></channel></rss>")
+    changed = client.get("rss.xml", headers={"if-none-match": etag})
+    assert changed.status_code == 200
+    assert b"two" in changed.content
+    assert changed.headers["etag"] != etag
+
+
+def test_large_files_are_streamed_with_validators(server: LiveServer, client: httpx.Client) -> None:
+    page = server.settings.paths.output / "articles" / "long.html"
+    page.parent.mkdir(parents=True)
+    page.write_bytes(b"<p>" + "Đông Hà ".encode() * 400_000 + b"</p>")
+    first = client.get("articles/long.html")
+    assert first.status_code == 200
+    assert first.headers["content-type"] == "text/html; charset=utf-8"
+    assert first.content == page.read_bytes()
+    assert re.fullmatch(r'"[0-9a-f]+-[0-9a-f]+"', first.headers["etag"])
+    assert_security_headers(first)
+    again = client.get("articles/long.html", headers={"if-none-match": first.headers["etag"]})
+    assert again.status_code == 304
+    assert again.content == b""
+
+
+def test_favicon_is_no_content_until_the_site_has_one(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    assert client.get("favicon.ico").status_code == 204
+    (server.settings.paths.output / "favicon.ico").write_bytes(b"\x00\x00\x01\x00")
+    icon = client.get("favicon.ico")
+    assert icon.status_code == 200
+    assert icon.headers["content-type"] == "image/x-icon"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/../secret.txt",
+        "/../secret.html",
+        "/%2e%2e/secret.html",
+        "/..%2fsecret.html",
+        "/.%2e/secret.html",
+        "/articles/../../secret.html",
+        "/articles/%2e%2e/%2e%2e/secret.html",
+        "/articles/..%2f..%2fsecret.html",
+        "/articles/..%5c..%5csecret.html",
+        "//secret.html",
+        "/secret.html%00.html",
+        "/linked/secret.html",
+        "/escape.html",
+        "/.hidden.html",
+        "/syndicate.db",
+        "/articles/",
+    ],
+)
+def test_paths_outside_the_output_folder_are_never_served(server: LiveServer, target: str) -> None:
+    output = server.settings.paths.output
+    workdir = output.parent
+    (workdir / "secret.txt").write_bytes(SECRET_TEXT)
+    (workdir / "secret.html").write_bytes(SECRET_TEXT)
+    (output / "articles").mkdir(exist_ok=True)
+    (output / "articles" / "real.html").write_bytes(b"<p>real</p>")
+    (output / ".hidden.html").write_bytes(SECRET_TEXT)
+    (output / "linked").symlink_to(workdir, target_is_directory=True)
+    (output / "escape.html").symlink_to(workdir / "secret.html")
+    (output / "syndicate.db").write_bytes(SECRET_TEXT)
+
+    assert raw_get(server.url, "/articles/real.html") == (200, b"<p>real</p>")
+    status, body = raw_get(server.url, target)
+    assert status in (400, 404)
+    assert SECRET_TEXT not in body
+
+
+def test_healthz_reports_the_database_and_the_output(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    before = client.get("healthz")
+    assert before.status_code == 503
+    assert before.headers["content-type"] == "application/json"
+    assert before.json()["checks"] == {
+        "database": "ok",
+        "output": "index.html missing; run syndicate build",
+    }
+    (server.settings.paths.output / "index.html").write_text("<!DOCTYPE html>", encoding="utf-8")
+    after = client.get("healthz")
+    assert after.status_code == 200
+    assert after.json()["status"] == "ok"
+    assert after.json()["checks"] == {"database": "ok", "output": "ok"}
+    wrong_method = client.post("healthz")
+    assert wrong_method.status_code == 405
+    assert wrong_method.json() == {
+        "error": {"status": 405, "message": "This address does not accept that kind of request."}
+    }
+
+
+def test_errors_share_one_page_in_the_reader_s_language(client: httpx.Client) -> None:
+    missing = client.get("no-such-page.html")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "text/html; charset=utf-8"
+    assert '<html lang="vi">' in missing.text
+    assert "Không tìm thấy trang" in missing.text
+    assert_security_headers(missing)
+    english = client.get("no-such-page.html", headers={"accept-language": "en-GB,en;q=0.9"})
+    assert '<html lang="en">' in english.text
+    assert "Page not found" in english.text
+    by_query = client.get("no-such-page.html", params={"lang": "en"})
+    assert "Page not found" in by_query.text
+    not_allowed = client.post("rss.xml")
+    assert not_allowed.status_code == 405
+    assert "Phương thức không được hỗ trợ" in not_allowed.text
+
+
+@pytest.mark.parametrize(
+    ("query", "header", "expected"),
+    [
+        (None, None, "vi"),
+        ("en", None, "en"),
+        ("vi", "en", "vi"),
+        ("<script>", "en-US,en;q=0.8", "en"),
+        (None, "fr-FR,fr;q=0.9,en;q=0.8,vi;q=0.7", "en"),
+        (None, "vi-VN,en;q=0.5", "vi"),
+        (None, "en;q=0, vi;q=0.1", "vi"),
+        (None, "de, *;q=0.5", "vi"),
+        (None, "en;q=abc", "vi"),
+    ],
+)
+def test_language_is_chosen_by_query_then_accept_language(
+    query: str | None, header: str | None, expected: str
+) -> None:
+    assert negotiate_language(query, header, "vi") == expected
+
+
+# --- sign-up ------------------------------------------------------------------------------
+
+
+def test_signup_page_has_an_accessible_form_in_both_languages(client: httpx.Client) -> None:
+    page = client.get("subscribe")
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert page.headers["cache-control"] == "no-store"
+    assert "set-cookie" not in page.headers
+    assert_security_headers(page)
+    assert '<html lang="vi">' in page.text
+    assert '<label for="signup-email">Địa chỉ email</label>' in page.text
+    assert 'id="signup-email" name="email" type="email" required' in page.text
+    assert '<label for="signup-language">' in page.text
+    english = client.get("subscribe", headers={"accept-language": "en"})
+    assert '<html lang="en">' in english.text
+    assert '<label for="signup-email">Email address</label>' in english.text
+    assert 'action="/subscribe?lang=en"' in english.text
+
+
+def test_signup_stores_pending_and_mails_a_signed_confirmation_link(
+    server: LiveServer, client: httpx.Client, now: datetime
+) -> None:
+    answer = sign_up(client, "Lan.Nguyen@Example.ORG", language="en")
+    assert answer.status_code == 200
+    assert "Lan.Nguyen@example.org" in answer.text
+    stored = subscriber(server.settings, "lan.nguyen@example.org")
+    assert stored is not None
+    assert stored.status is SubscriptionStatus.PENDING
+    assert stored.language == "en"
+
+    [message] = server.mail.wait_for(1)
+    assert message["To"] == "Lan.Nguyen@example.org"
+    assert list(server.outbox.glob("*.eml")), "the outbox transport wrote no .eml file"
+    link = confirm_url(server, message)
+    token = link.split("token=")[1]
+    with open_database(server.settings.paths.database) as db:
+        secret = get_secret(server.settings, db)
+    assert (
+        tokens.verify_token(secret, token, purpose="confirm", now=now, max_age=timedelta(hours=48))
+        == stored.id
+    )
+    assert "Lan.Nguyen" not in link
+
+
+def test_confirm_link_confirms_once_and_then_says_so_again(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    sign_up(client, "an@example.org")
+    link = confirm_url(server, server.mail.wait_for(1)[0])
+    first = client.get(link)
+    assert first.status_code == 200
+    assert "Đăng ký đã được xác nhận" in first.text
+    stored = subscriber(server.settings, "an@example.org")
+    assert stored.status is SubscriptionStatus.CONFIRMED
+    again = client.get(link)
+    assert again.status_code == 200
+    assert again.content == first.content
+    assert subscriber(server.settings, "an@example.org").confirmed_at == stored.confirmed_at
+
+
+def test_signup_answers_byte_identically_whatever_the_address_state(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    address = "binh@example.org"
+    new = sign_up(client, address)
+    link = confirm_url(server, server.mail.wait_for(1)[0])
+    pending = sign_up(client, address)
+    assert client.get(link).status_code == 200
+    confirmed = sign_up(client, address)
+    stored = subscriber(server.settings, address)
+    with open_database(server.settings.paths.database) as db:
+        secret = get_secret(server.settings, db)
+    leave = tokens.make_token(
+        secret, purpose="unsubscribe", subscriber_id=stored.id, issued_at=server.clock()
+    )
+    assert client.post("unsubscribe", params={"token": leave}).status_code == 200
+    left = sign_up(client, address)
+
+    answers = [new, pending, confirmed, left]
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.content for a in answers}) == 1
+    headers = [{k: v for k, v in a.headers.items() if k != "date"} for a in answers]
+    assert all(h == headers[0] for h in headers)
+    # A person who left can come back: pending again, with a new confirmation.
+    assert subscriber(server.settings, address).status is SubscriptionStatus.PENDING
+    server.mail.wait_for(2)
+
+
+def test_repeat_signup_resends_the_confirmation_at_most_once_per_window(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    start = server.clock()
+    sign_up(client, "chi@example.org")
+    server.mail.wait_for(1)
+    server.clock.advance(minutes=5)
+    sign_up(client, "chi@example.org")
+    server.clock.advance(minutes=6)
+    sign_up(client, "chi@example.org")
+    messages = server.mail.wait_for(2)
+    sent_at = [email.utils.parsedate_to_datetime(m["Date"]) for m in messages]
+    assert sent_at == [start, start + timedelta(minutes=11)]
+
+
+def test_invalid_address_shows_the_form_again_with_the_input_escaped(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    hostile = '"><script>alert(1)</script>'
+    answer = sign_up(client, hostile)
+    assert answer.status_code == 400
+    assert "<script>alert(1)</script>" not in answer.text
+    assert "&#34;&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in answer.text
+    assert "Địa chỉ email này không hợp lệ" in answer.text
+    assert 'aria-invalid="true"' in answer.text
+    assert FORM_TOKEN.search(answer.text), "the form comes back with a fresh token"
+
+
+def test_signup_from_another_site_or_without_a_token_is_refused(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    data = {"email": "dung@example.org", "language": "vi"}
+    assert client.post("subscribe", data=data).status_code == 403
+    genuine = form_token(client)
+    # Alter the last character (to one it is not), so the signature cannot match.
+    forged = {**data, "form_token": genuine[:-1] + ("1" if genuine.endswith("0") else "0")}
+    assert client.post("subscribe", data=forged).status_code == 403
+    foreign = client.post(
+        "subscribe",
+        data={**data, "form_token": form_token(client)},
+        headers={"origin": "https://evil.example"},
+    )
+    assert foreign.status_code == 403
+    assert "Biểu mẫu đã hết hạn" in foreign.text
+    stale = form_token(client)
+    server.clock.advance(hours=13)
+    assert client.post("subscribe", data={**data, "form_token": stale}).status_code == 403
+    assert subscriber(server.settings, "dung@example.org") is None
+    # A browser posting from our own pages sends our Origin: no token needed (static index).
+    same_site = client.post("subscribe", data=data, headers={"origin": server.url.rstrip("/")})
+    assert same_site.status_code == 200
+    assert subscriber(server.settings, "dung@example.org") is not None
+
+
+def test_form_tokens_are_signed_and_expire(now: datetime) -> None:
+    token = make_form_token(b"k" * 32, now=now)
+    assert check_form_token(b"k" * 32, token, now=now + timedelta(hours=11))
+    assert not check_form_token(b"k" * 32, token, now=now + timedelta(hours=13))
+    assert not check_form_token(b"x" * 32, token, now=now)
+    assert not check_form_token(b"k" * 32, token, now=now - timedelta(hours=1))
+    assert not check_form_token(b"k" * 32, "", now=now)
+    assert not check_form_token(b"k" * 32, "123.abc", now=now)
+
+
+def test_signups_are_rate_limited_per_client_address(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    server = live_server(subscribe=SubscribeSettings(rate_limit=3))
+    with httpx.Client(base_url=server.url) as client:
+        for n in range(3):
+            assert sign_up(client, f"user{n}@example.org").status_code == 200
+        limited = sign_up(client, "user3@example.org")
+        assert limited.status_code == 429
+        assert int(limited.headers["retry-after"]) >= 1
+        assert "Quá nhiều yêu cầu" in limited.text
+        assert limited.headers["content-type"] == "text/html; charset=utf-8"
+        assert subscriber(server.settings, "user3@example.org") is None
+        # Another client (named by the trusted local proxy) has its own allowance.
+        other = sign_up(client, "user3@example.org", **{"x-forwarded-for": "203.0.113.9"})
+        assert other.status_code == 200
+
+
+def test_oversized_request_bodies_get_413(client: httpx.Client) -> None:
+    big = b"email=" + b"a" * 100_000
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    declared = client.post("subscribe", content=big, headers=form)
+    assert declared.status_code == 413
+    assert "Yêu cầu quá lớn" in declared.text
+
+    def chunks() -> Iterator[bytes]:
+        yield b"email="
+        for _ in range(20):
+            yield b"b" * 4096
+
+    streamed = client.post("subscribe", content=chunks(), headers=form)
+    assert streamed.status_code == 413
+    one_click = client.post("unsubscribe", content=big, headers=form)
+    assert one_click.status_code == 413
+
+
+# --- confirm ------------------------------------------------------------------------------
+
+
+def test_expired_altered_unknown_and_misused_confirm_tokens_get_400(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    sign_up(client, "em@example.org")
+    link = confirm_url(server, server.mail.wait_for(1)[0])
+    token = link.split("token=")[1]
+    altered = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    with open_database(server.settings.paths.database) as db:
+        secret = get_secret(server.settings, db)
+    stored = subscriber(server.settings, "em@example.org")
+    unknown = tokens.make_token(
+        secret, purpose="confirm", subscriber_id=9999, issued_at=server.clock()
+    )
+    wrong_purpose = tokens.make_token(
+        secret, purpose="unsubscribe", subscriber_id=stored.id, issued_at=server.clock()
+    )
+    for bad in (altered, unknown, wrong_purpose, "", "<b>x</b>"):
+        answer = client.get("confirm", params={"token": bad})
+        assert answer.status_code == 400, bad
+        assert "Liên kết xác nhận không dùng được" in answer.text
+        assert "<b>x</b>" not in answer.text
+    server.clock.advance(hours=48, seconds=1)
+    expired = client.get(link)
+    assert expired.status_code == 400
+    assert subscriber(server.settings, "em@example.org").status is SubscriptionStatus.PENDING
+    server.clock.advance(hours=-1)
+    assert client.get(link).status_code == 200
+
+
+def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    sign_up(client, "giang@example.org")
+    link = confirm_url(server, server.mail.wait_for(1)[0])
+    assert client.get(link).status_code == 200
+    stored = subscriber(server.settings, "giang@example.org")
+    with open_database(server.settings.paths.database) as db:
+        secret = get_secret(server.settings, db)
+    leave = tokens.make_token(
+        secret, purpose="unsubscribe", subscriber_id=stored.id, issued_at=server.clock()
+    )
+    assert client.post("unsubscribe", params={"token": leave}).status_code == 200
+    replay = client.get(link)
+    assert replay.status_code == 400
+    assert subscriber(server.settings, "giang@example.org").status is (
+        SubscriptionStatus.UNSUBSCRIBED
+    )
+
+
+# --- unsubscribe --------------------------------------------------------------------------
+
+
+def test_unsubscribe_get_shows_one_button_and_changes_nothing(
+    server: LiveServer, client: httpx.Client, now: datetime
+) -> None:
+    subscriber_id, secret = add_confirmed(server.settings, "hoa@example.org", now)
+    token = tokens.make_token(
+        secret, purpose="unsubscribe", subscriber_id=subscriber_id, issued_at=now
+    )
+    page = client.get("unsubscribe", params={"token": token})
+    assert page.status_code == 200
+    assert page.text.count("<button") == 1
+    assert f'action="/unsubscribe?token={token}"' in page.text
+    assert "set-cookie" not in page.headers
+    assert subscriber(server.settings, "hoa@example.org").status is SubscriptionStatus.CONFIRMED
+
+
+def test_one_click_unsubscribe_needs_no_cookie_or_form_token_and_is_idempotent(
+    server: LiveServer, client: httpx.Client, now: datetime
+) -> None:
+    subscriber_id, secret = add_confirmed(server.settings, "khanh@example.org", now)
+    token = tokens.make_token(
+        secret, purpose="unsubscribe", subscriber_id=subscriber_id, issued_at=now
+    )
+    one_click = {"content-type": "application/x-www-form-urlencoded"}
+    for _ in range(2):
+        answer = client.post(
+            f"unsubscribe?token={token}", content=b"List-Unsubscribe=One-Click", headers=one_click
+        )
+        assert answer.status_code == 200
+        assert "set-cookie" not in answer.headers
+        assert "location" not in answer.headers
+        assert "Bạn đã hủy đăng ký" in answer.text
+        stored = subscriber(server.settings, "khanh@example.org")
+        assert stored.status is SubscriptionStatus.UNSUBSCRIBED
+    assert client.cookies == httpx.Cookies()
+    # The unsubscribe time is the first one.
+    server.clock.advance(days=1)
+    client.post(f"unsubscribe?token={token}", content=b"List-Unsubscribe=One-Click")
+    assert (
+        subscriber(server.settings, "khanh@example.org").unsubscribed_at == stored.unsubscribed_at
+    )
+
+
+def test_unsubscribe_with_an_altered_token_gets_400_and_changes_nothing(
+    server: LiveServer, client: httpx.Client, now: datetime
+) -> None:
+    subscriber_id, secret = add_confirmed(server.settings, "linh@example.org", now)
+    token = tokens.make_token(
+        secret, purpose="unsubscribe", subscriber_id=subscriber_id, issued_at=now
+    )
+    altered = token[:10] + ("A" if token[10] != "A" else "B") + token[11:]
+    confirm_token = tokens.make_token(
+        secret, purpose="confirm", subscriber_id=subscriber_id, issued_at=now
+    )
+    for bad in (altered, confirm_token, ""):
+        if bad:
+            assert client.get("unsubscribe", params={"token": bad}).status_code == 400
+        answer = client.post("unsubscribe", params={"token": bad})
+        assert answer.status_code == 400
+        assert "Liên kết hủy đăng ký không hợp lệ" in answer.text
+    assert subscriber(server.settings, "linh@example.org").status is SubscriptionStatus.CONFIRMED
+
+
+def test_unsubscribe_without_a_token_explains_where_the_personal_link_is(
+    server: LiveServer, client: httpx.Client, now: datetime
+) -> None:
+    # The "view in browser" digest page links here without a token.
+    add_confirmed(server.settings, "lan@example.org", now)
+    page = client.get("unsubscribe")
+    assert page.status_code == 200
+    assert "Cách hủy đăng ký" in page.text
+    assert "<form" not in page.text.split("<main", 1)[-1].split("</main>", 1)[0]
+    english = client.get("unsubscribe", params={"lang": "en"})
+    assert "How to unsubscribe" in english.text
+    assert subscriber(server.settings, "lan@example.org").status is SubscriptionStatus.CONFIRMED
+
+
+def test_unsubscribe_token_in_the_form_body_and_of_an_erased_subscriber(
+    server: LiveServer, client: httpx.Client, now: datetime
+) -> None:
+    subscriber_id, secret = add_confirmed(server.settings, "minh@example.org", now)
+    token = tokens.make_token(
+        secret, purpose="unsubscribe", subscriber_id=subscriber_id, issued_at=now
+    )
+    assert client.post("unsubscribe", data={"token": token}).status_code == 200
+    assert subscriber(server.settings, "minh@example.org").status is (
+        SubscriptionStatus.UNSUBSCRIBED
+    )
+    gone = tokens.make_token(secret, purpose="unsubscribe", subscriber_id=4242, issued_at=now)
+    assert client.post("unsubscribe", params={"token": gone}).status_code == 200
+
+
+# --- the whole journey --------------------------------------------------------------------
+
+NEXT_DAY_DUMP = """Khánh thành nhà văn hóa cộng đồng ở xã Hải An
+08:00 | 02/11/2024 GMT+7
+{head}
+LGO - Sáng 2/11, xã Hải An khánh thành nhà văn hóa cộng đồng mới, nơi sinh hoạt chung \
+của hơn 2.000 người dân ven biển, được xây bằng vốn ngân sách và đóng góp của bà con.
+Nhà văn hóa có hội trường 300 chỗ, thư viện nhỏ và sân chơi cho thiếu nhi; đây cũng là \
+nơi trú bão an toàn cho các hộ dân ven biển mỗi khi có bão lớn.
+"""
+
+
+def _digest_mails(settings: Settings, day: str) -> dict[str, EmailMessage]:
+    found: dict[str, EmailMessage] = {}
+    for path in sorted((settings.paths.outbox / day).glob("*.eml")):
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        found[str(message["To"])] = message
+    return found
+
+
+def test_sign_up_confirm_send_one_click_unsubscribe_and_the_next_send_skips_them(
+    live_server: Callable[..., LiveServer],
+    settings: Settings,
+    now: datetime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = live_server()
+    config = server.settings.paths.seeds.parent / "syndicate.toml"
+    config.write_text(f'[site]\nbase_url = "{server.url}"\n', encoding="utf-8")
+    shutil.copytree(ROOT / "seeds", server.settings.paths.seeds, dirs_exist_ok=True)
+    clock = {"now": now}
+    monkeypatch.setattr(AppContext, "now", lambda self: clock["now"].timestamp())
+    runner = CliRunner()
+
+    with httpx.Client(base_url=server.url) as client:
+        # Two readers sign up through the form and follow the link in their mail.
+        for address in ("an@example.org", "binh@example.org"):
+            assert sign_up(client, address).status_code == 200
+        for message in server.mail.wait_for(2):
+            assert client.get(confirm_url(server, message)).status_code == 200
+        for address in ("an@example.org", "binh@example.org"):
+            assert subscriber(server.settings, address).status is SubscriptionStatus.CONFIRMED
+
+        first = runner.invoke(cli, ["--config", str(config), "send"])
+        assert first.exit_code == 0, first.output
+        day_one = _digest_mails(server.settings, "2024-11-01")
+        assert sorted(day_one) == ["an@example.org", "binh@example.org"]
+
+        # An's mail client does the RFC 8058 one-click POST to the List-Unsubscribe URL.
+        message = day_one["an@example.org"]
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        found = re.search(r"<(https?://[^>]+)>", str(message["List-Unsubscribe"]))
+        assert found
+        unsubscribe_url = found.group(1)
+        assert unsubscribe_url.startswith(f"{server.url}unsubscribe?token=")
+        with httpx.Client() as mail_client:
+            answer = mail_client.post(
+                unsubscribe_url,
+                content=b"List-Unsubscribe=One-Click",
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            )
+        assert answer.status_code == 200
+        assert "set-cookie" not in answer.headers
+        assert "location" not in answer.headers
+        assert subscriber(server.settings, "an@example.org").status is (
+            SubscriptionStatus.UNSUBSCRIBED
+        )
+
+    # The next day brings news; the next send reaches Bình only.
+    (server.settings.paths.seeds / "011_nha-van-hoa.txt").write_text(NEXT_DAY_DUMP, "utf-8")
+    clock["now"] = now + timedelta(days=1)
+    second = runner.invoke(cli, ["--config", str(config), "send"])
+    assert second.exit_code == 0, second.output
+    assert sorted(_digest_mails(server.settings, "2024-11-02")) == ["binh@example.org"]
+
+
+def test_confirmation_mail_goes_through_smtp_when_configured(
+    live_server: Callable[..., LiveServer], settings: Settings, smtpd: SmtpServer
+) -> None:
+    mail = dataclasses.replace(settings.mail, transport="smtp", from_="Tin <tin@example.org>")
+    smtp = dataclasses.replace(settings.smtp, host=smtpd.host, port=smtpd.port, tls="none")
+    server = live_server(mail=mail, smtp=smtp)
+    with httpx.Client(base_url=server.url) as client:
+        assert sign_up(client, "phuong@example.org").status_code == 200
+    [message] = server.mail.wait_for(1)
+    [received] = smtpd.handler.messages
+    assert received.sender == "tin@example.org"
+    assert received.recipients == ["phuong@example.org"]
+    body = received.message.get_body(("plain",))
+    assert body is not None
+    assert confirm_url(server, message) in body.get_content()
+    assert not server.outbox.exists()
+
+
+# --- the serve command --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_serve_command_serves_until_interrupted(workdir: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syndicate", "serve", "--port", "0"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")},
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        found = re.search(r" at (http://127\.0\.0\.1:\d+/) \(site http://localhost:8000/\)", line)
+        assert found, line
+        health = httpx.get(found.group(1) + "healthz", timeout=10)
+        assert health.status_code == 503
+        assert health.json()["checks"]["database"] == "ok"
+        assert (workdir / "syndicate.db").is_file()
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=20)
+    # uvicorn shuts down gracefully, then re-raises the signal: Ctrl-C ends like any command.
+    assert process.returncode == 130, stderr
+    assert stderr.endswith("Interrupted.\n")
+
+
+def test_serve_command_on_a_busy_port_fails_with_one_line(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(workdir)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(cli, ["serve", "--port", str(port)])
+    assert result.exit_code == 2
+    assert result.output == (
+        f"Error: serve: cannot listen on 127.0.0.1:{port}: Address already in use. "
+        "Choose another --port or --host, or stop the program that uses it.\n"
+    )
+
+
+def test_the_form_partial_renders_for_static_pages_without_a_token() -> None:
+    env = make_environment(site_templates_dir())
+    page = env.from_string(
+        '{% import "_subscribe_form.html.j2" as signup %}'
+        "<style>{{ signup.style() }}</style>{{ signup.form(root=root, lang=lang, heading=True) }}"
+    )
+    html = page.render(root="../", lang="en")
+    assert '<form class="signup" method="post" action="../subscribe?lang=en">' in html
+    assert '<h2 id="signup-title">Get the newsletter by email</h2>' in html
+    assert '<label for="signup-email">Email address</label>' in html
+    assert "form_token" not in html
+    assert "form.signup label" in html
+    vietnamese = page.render(root="", lang="vi")
+    assert 'action="subscribe?lang=vi"' in vietnamese
+    assert "Nhận bản tin qua email" in vietnamese
