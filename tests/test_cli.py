@@ -1,0 +1,69 @@
+"""The command group: version, help, and the one error boundary."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from syndicate import __version__
+from syndicate.cli import cli
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert result.output == f"syndicate, version {__version__}\n"
+
+
+def test_help_lists_the_commands() -> None:
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for name in ("build", "inspect"):
+        assert name in result.output
+
+
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[feeds]\nlimit = 'many'\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["--config", str(config), "build"])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Error: config key feeds.limit has value 'many'; expected a whole number like 587.\n"
+    )
+    assert result.stdout == ""
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["frobnicate"])
+    assert result.exit_code == 2
+    assert "No such command 'frobnicate'" in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[feeds]\nlimit = 'many'\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["--debug", "--config", str(config), "build"])
+    assert result.exit_code == 1
+    assert result.exception is not None
+    assert type(result.exception).__name__ == "ConfigError"
+
+
+@pytest.mark.slow
+def test_real_subprocess_reports_a_bad_config_without_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[nope]\n", encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "syndicate", "--config", str(config), "build"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("Error: config section [nope] is not known;")
+    assert "Traceback" not in proc.stderr
