@@ -74,7 +74,10 @@ def verify_token(
         raise TokenError(
             f"{purpose} token: the token is malformed. Use the link from the email."
         ) from None
-    if len(raw) != _TOKEN_BYTES:
+    # urlsafe_b64decode skips stray characters; only the canonical spelling is accepted,
+    # so one token has exactly one valid form.
+    canonical = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    if len(raw) != _TOKEN_BYTES or canonical != text:
         raise TokenError(f"{purpose} token: the token is malformed. Use the link from the email.")
     payload, tag = raw[: _PAYLOAD.size], raw[_PAYLOAD.size :]
     if not hmac.compare_digest(tag, _tag(secret, payload)):

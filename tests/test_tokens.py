@@ -77,6 +77,14 @@ def test_malformed_token_is_refused(bad: str) -> None:
         verify_token(SECRET, bad, purpose="unsubscribe", now=NOW)
 
 
+@pytest.mark.parametrize("junk", [".", "!", "\n", "=", "+"])
+def test_a_valid_token_with_stray_characters_is_refused(junk: str) -> None:
+    token = _make()
+    for spelled in (token + junk, token[:20] + junk + token[20:]):
+        with pytest.raises(TokenError, match="malformed"):
+            verify_token(SECRET, spelled, purpose="unsubscribe", now=NOW)
+
+
 def test_token_holds_no_email_address() -> None:
     raw = base64.urlsafe_b64decode(_make() + "=" * (-len(_make()) % 4))
     assert b"@" not in raw
