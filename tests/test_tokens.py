@@ -77,7 +77,7 @@ def test_malformed_token_is_refused(bad: str) -> None:
         verify_token(SECRET, bad, purpose="unsubscribe", now=NOW)
 
 
-@pytest.mark.parametrize("junk", [".", "!", "\n", "=", "+"])
+@pytest.mark.parametrize("junk", [".", "!", "=", "+", "%"])
 def test_a_valid_token_with_stray_characters_is_refused(junk: str) -> None:
     token = _make()
     for spelled in (token + junk, token[:20] + junk + token[20:]):
