@@ -138,8 +138,20 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("site", "language"): ("vi", "en"),
 }
 
+# Whole-number keys that must be at least 1 (the others may be 0).
+_AT_LEAST_ONE = {
+    ("feeds", "limit"),
+    ("site", "page_size"),
+    ("smtp", "connections"),
+    ("smtp", "messages_per_connection"),
+    ("smtp", "port"),
+    ("digest", "max_articles"),
+    ("digest", "lead_words"),
+    ("load", "max_bytes"),
+    ("subscribe", "confirm_hours"),
+}
+
 _EXAMPLES: dict[type, str] = {
-    int: "a whole number like 587",
     float: "a number like 2.5",
     str: 'a quoted string like "text"',
     Path: 'a path like "seeds"',
@@ -159,7 +171,9 @@ def _section_types() -> dict[str, type[Any]]:
     return hints
 
 
-def _convert(section: str, key: str, value: object, annotation: str, base: Path) -> object:
+def _convert(
+    section: str, key: str, value: object, annotation: str, base: Path, default: object
+) -> object:
     where = f"config key {section}.{key}"
     optional = annotation.endswith("| None")
     kind = annotation.replace("| None", "").strip()
@@ -172,9 +186,12 @@ def _convert(section: str, key: str, value: object, annotation: str, base: Path)
         return path if path.is_absolute() else base / path
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} has value {value!r}; expected {_EXAMPLES[int]}.", key=key)
-        if value < 0:
-            raise ConfigError(f"{where} has value {value!r}; expected 0 or more.", key=key)
+            raise ConfigError(
+                f"{where} has value {value!r}; expected a whole number like {default}.", key=key
+            )
+        least = 1 if (section, key) in _AT_LEAST_ONE else 0
+        if value < least:
+            raise ConfigError(f"{where} has value {value!r}; expected {least} or more.", key=key)
         return value
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -207,7 +224,8 @@ def _build_section(section: str, cls: type[Any], raw: object, base: Path) -> obj
                 f"config key {section}.{key} is not known; keys of [{section}] are: {known}.",
                 key=f"{section}.{key}",
             )
-        values[fld.name] = _convert(section, key, value, str(fld.type), base)
+        default = getattr(defaults, fld.name)
+        values[fld.name] = _convert(section, key, value, str(fld.type), base, default)
     # Relative default paths are relative to the config file's folder too.
     for fld in dataclasses.fields(cls):
         if fld.name not in values and str(fld.type) == "Path":
@@ -243,10 +261,19 @@ def load_settings(
         except FileNotFoundError:
             raise ConfigError(
                 f"config file {str(path)!r} does not exist.",
-                hint="Give an existing file with --config, or leave it out to use the defaults.",
+                hint="Check the path given by --config or SYNDICATE_CONFIG, "
+                "or leave both out to use the defaults.",
             ) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {str(path)!r} cannot be read: {exc}.") from exc
+        except OSError as exc:
+            raise ConfigError(
+                f"config file {str(path)!r} cannot be read: {exc.strerror or exc}.",
+                hint="Check the file's permissions.",
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}).",
+                hint="Save it as UTF-8.",
+            ) from exc
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -258,6 +285,12 @@ def load_settings(
     sections = _section_types()
     built: dict[str, object] = {}
     for name, value in raw.items():
+        if name not in sections and not isinstance(value, dict):
+            raise ConfigError(
+                f"config key {name!r} is outside any section.",
+                key=name,
+                hint="Put it under its [section], for example [site] for title.",
+            )
         if name not in sections:
             raise ConfigError(
                 f"config section [{name}] is not known; sections are: "
@@ -299,21 +332,18 @@ def _check(settings: Settings) -> None:
             "expected an IANA zone like 'Asia/Ho_Chi_Minh'.",
             key="site.timezone",
         ) from None
-    for section, key in (
-        ("feeds", "limit"),
-        ("site", "page_size"),
-        ("smtp", "connections"),
-        ("smtp", "messages_per_connection"),
-        ("digest", "max_articles"),
-        ("digest", "lead_words"),
-        ("load", "max_bytes"),
-    ):
-        value = getattr(getattr(settings, section), key)
-        if value < 1:
-            raise ConfigError(
-                f"config key {section}.{key} has value {value!r}; expected 1 or more.",
-                key=f"{section}.{key}",
-            )
+    if parts.query or parts.fragment or any(c.isspace() for c in site.base_url):
+        raise ConfigError(
+            f"config key site.base_url has value {site.base_url!r}; "
+            "expected a URL without query, fragment or spaces, like 'https://news.example.org/'.",
+            key="site.base_url",
+        )
+    if not site.title.strip():
+        raise ConfigError(
+            "config key site.title is empty; feeds and pages need a title.",
+            key="site.title",
+            hint='Set it, like title = "Tin mới".',
+        )
     if settings.mail.transport == "smtp" and not settings.mail.from_:
         raise ConfigError(
             "config key mail.from is empty, but mail.transport is 'smtp'.",

@@ -32,7 +32,7 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--config", str(config), "build"])
     assert result.exit_code == 2
     assert result.stderr == (
-        "Error: config key feeds.limit has value 'many'; expected a whole number like 587.\n"
+        "Error: config key feeds.limit has value 'many'; expected a whole number like 50.\n"
     )
     assert result.stdout == ""
 

@@ -90,7 +90,11 @@ def test_quiet_prints_only_errors(project: Path) -> None:
     code, out, err = _run("-q", "build", "--strict")
     assert code == 1
     assert out == ""
-    assert err.startswith("Error: 1 dump was skipped")
+    first, last = err.splitlines()
+    assert first.startswith("error: seeds/d.txt: ")
+    assert last == (
+        "Error: 1 dump was skipped and --strict is set. Fix or remove them (listed above)."
+    )
 
 
 def test_paths_given_replace_the_seeds(project: Path) -> None:

@@ -108,6 +108,33 @@ def test_environment_supplies_secret_and_smtp_password(tmp_path: Path) -> None:
             'Set it to the sender, like from = "News <news@example.org>".',
         ),
         (
+            "[feeds]\nlimit = 'many'\n",
+            "config key feeds.limit has value 'many'; expected a whole number like 50.",
+        ),
+        (
+            "[feeds]\nlimit = -1\n",
+            "config key feeds.limit has value -1; expected 1 or more.",
+        ),
+        (
+            "[smtp]\nrate = -1\n",
+            "config key smtp.rate has value -1; expected 0 or more.",
+        ),
+        (
+            "[site]\ntitle = '  '\n",
+            "config key site.title is empty; feeds and pages need a title. "
+            'Set it, like title = "Tin mới".',
+        ),
+        (
+            "title = 'x'\n",
+            "config key 'title' is outside any section. "
+            "Put it under its [section], for example [site] for title.",
+        ),
+        (
+            "[site]\nbase_url = 'https://x.org/?a=1'\n",
+            "config key site.base_url has value 'https://x.org/?a=1'; expected a URL without "
+            "query, fragment or spaces, like 'https://news.example.org/'.",
+        ),
+        (
             "[site]\nbase_url = 'ftp://x'\n",
             "config key site.base_url has value 'ftp://x'; expected an absolute http(s) URL "
             "like 'https://news.example.org/'.",
@@ -119,6 +146,16 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> No
     with pytest.raises(ConfigError) as info:
         load_settings(path, {}, cwd=tmp_path)
     assert str(info.value) == message
+
+
+def test_config_that_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "syndicate.toml"
+    path.write_bytes(b"[site]\ntitle = '\xff'\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {}, cwd=tmp_path)
+    assert str(info.value).endswith(
+        "is not UTF-8 text (invalid start byte at byte 16). Save it as UTF-8."
+    )
 
 
 def test_invalid_toml_is_one_clear_error(tmp_path: Path) -> None:

@@ -26,8 +26,13 @@ class _ProgressBar:
         if self.bar is None:
             if total == 0:
                 return
+            # Redraw about 200 times per run, not once per dump (100,000 redraws is megabytes).
             self.bar = click.progressbar(
-                length=total, label="Reading dumps", file=sys.stderr, show_pos=True
+                length=total,
+                label="Reading dumps",
+                file=sys.stderr,
+                show_pos=True,
+                update_min_steps=max(1, total // 200),
             )
             self.bar.__enter__()
         self.bar.update(done - self.done)
@@ -89,9 +94,14 @@ def build_command(app: AppContext, paths: tuple[Path, ...], strict: bool) -> Non
             bar.close()
     app.echo(format_summary(summary, settings.paths.output))
     if strict and summary.skipped:
+        if app.quiet:
+            # -q hid the warnings; under --strict a skip is an error, so name each file.
+            for error in summary.errors:
+                click.echo(f"error: {error}", err=True)
+        where = "listed above" if app.quiet else "see the warnings above"
         click.echo(
             f"Error: {_plural(summary.skipped, 'dump was', 'dumps were')} skipped "
-            "and --strict is set. Fix or remove them (see the warnings above).",
+            f"and --strict is set. Fix or remove them ({where}).",
             err=True,
         )
         click.get_current_context().exit(EXIT_FAILED)
