@@ -15,10 +15,11 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from email import policy
+from email.header import Header
 from email.message import EmailMessage
-from email.utils import format_datetime, parseaddr
+from email.utils import format_datetime, formataddr, getaddresses, parseaddr
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from syndicate.config import Settings, base_url
 from syndicate.errors import ConfigError
@@ -39,6 +40,9 @@ DKIM_HEADERS = (
 )
 # The marker URL handed to the renderer: only characters no escaping changes.
 MARKER_PATTERN = re.compile(r"[A-Za-z0-9\-_:/.?=]+")
+# What a per-recipient URL may hold: RFC 3986 characters that need no escaping in a header
+# or in HTML ('&' and "'" would be escaped in the HTML part, so they are percent-encoded).
+_URL_SAFE = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$()*+,;=%]+")
 _SLOT_TO, _SLOT_ID, _SLOT_URL = 0, 1, 2
 _SAFE_ADDRESS = re.compile(r"[^\s<>\"\\,;]+@[^\s<>\"\\,;@]+")
 
@@ -76,11 +80,38 @@ class MessageTemplate:
     dkim: DkimKey | None = None
 
 
+def _ascii_host(host: str) -> str:
+    """Return `host` as ASCII (an internationalised name in its xn-- form)."""
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ConfigError(
+            f"config key site.base_url has a host name {host!r} that is not a valid domain name.",
+            key="site.base_url",
+            hint="Give the host in ASCII (its xn-- form), like 'https://xn--bo-mia.vn/'.",
+        ) from None
+
+
+def _header_base_url(settings: Settings) -> str:
+    """base_url as ASCII URL characters: IDN host in xn-- form, the rest percent-encoded.
+
+    The result goes verbatim into headers and both message parts, so it may hold
+    only characters that neither a header nor HTML escaping would change.
+    """
+    parts = urlsplit(base_url(settings))
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else _ascii_host(host)
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    path = quote(parts.path, safe="/:@!$()*+,;=~%")
+    return f"{parts.scheme}://{netloc}{path}"
+
+
 def message_domain(settings: Settings) -> str:
     """Return the Message-ID domain: base_url's host, else the From address's domain."""
     host = urlsplit(base_url(settings)).hostname
     if host:
-        return host
+        return _ascii_host(host)
     _, address = parseaddr(settings.mail.sender)
     return address.rpartition("@")[2] or "localhost"
 
@@ -105,13 +136,79 @@ def list_id(settings: Settings) -> str:
     configured = header_safe(settings.mail.list_id)
     if configured:
         return configured if "<" in configured else f"<{configured}>"
-    host = urlsplit(base_url(settings)).hostname or "localhost"
-    return f"{header_safe(settings.site.title)} <digest.{host}>"
+    host = _ascii_host(urlsplit(base_url(settings)).hostname or "localhost")
+    # Angle brackets in the phrase would make a reader take the wrong part as the id.
+    phrase = header_safe(settings.site.title.replace("<", " ").replace(">", " "))
+    return f"{phrase} <digest.{host}>"
+
+
+def reply_to(settings: Settings) -> str:
+    """Return the Reply-To value (empty when not set); raise ConfigError when it is no address."""
+    value = header_safe(settings.mail.reply_to)
+    if not value:
+        return ""
+    addresses = [address for _name, address in getaddresses([value])]
+    if not addresses or not all(
+        _SAFE_ADDRESS.fullmatch(address) and address.isascii() for address in addresses
+    ):
+        raise ConfigError(
+            f"config key mail.reply_to has value {settings.mail.reply_to!r}; "
+            "expected an address like 'editor@example.org'.",
+            key="mail.reply_to",
+        )
+    return value
 
 
 def unsubscribe_url(settings: Settings, token: str) -> str:
-    """Return the one-click unsubscribe URL served by the subscription service."""
-    return f"{base_url(settings)}unsubscribe?token={token}"
+    """Return the one-click unsubscribe URL served by the subscription service.
+
+    Always ASCII URL characters (an internationalised host in its xn-- form), so
+    it can go into the List-Unsubscribe header as it is.
+    """
+    return f"{_header_base_url(settings)}unsubscribe?token={token}"
+
+
+def _encode_text(name: str, text: str) -> str:
+    """`text` as a header value, RFC 2047-encoded when not ASCII, folded at 76 columns.
+
+    Spaces go inside the encoded words, so a reader decodes the text exactly; the
+    email package's own folder drops a space that falls between two encoded words.
+    """
+    charset = "us-ascii" if text.isascii() else "utf-8"
+    return Header(text, charset, header_name=name).encode(linesep="\r\n")
+
+
+def _encode_address(name: str, value: str) -> str:
+    """An address header's value ('Name <addr>', bare addresses) with the names encoded."""
+    encoded = []
+    for display, address in getaddresses([value]):
+        if not display:
+            encoded.append(address)
+        elif display.isascii():
+            encoded.append(formataddr((display, address)))  # quotes a name with specials
+        else:
+            # One encoded word: some readers add a space between the words of a folded name.
+            single = formataddr((display, address), charset="utf-8")
+            if len(name) + 2 + len(single) > 990:
+                single = f"{_encode_text(name, display)} <{address}>"
+            encoded.append(single)
+    return ", ".join(encoded) if encoded else value
+
+
+def _text_headers(rendered: Rendered, settings: Settings) -> bytes:
+    """From, Reply-To, Subject and List-Id as header bytes, encoded by `_encode_text`."""
+    lines = [f"From: {_encode_address('From', header_safe(settings.mail.sender))}"]
+    answer_to = reply_to(settings)
+    if answer_to:
+        lines.append(f"Reply-To: {_encode_address('Reply-To', answer_to)}")
+    subject = header_safe(rendered.subject) or header_safe(settings.site.title)
+    lines.append(f"Subject: {_encode_text('Subject', subject)}")
+    phrase, bracket, rest = list_id(settings).rpartition("<")
+    if bracket and phrase.strip():
+        lines.append(f"List-Id: {_encode_text('List-Id', phrase.strip())} <{rest}")
+    else:
+        lines.append(f"List-Id: {list_id(settings)}")
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
 
 def _boundary(*parts: str) -> str:
@@ -122,15 +219,13 @@ def _boundary(*parts: str) -> str:
 def _common_message(
     rendered: Rendered, *, settings: Settings, now: datetime, html_cte: str
 ) -> EmailMessage:
-    """The headers every recipient shares, and both parts, with a content-derived boundary."""
+    """The headers every recipient shares, and both parts, with a content-derived boundary.
+
+    From, Reply-To, Subject and List-Id are not in it: `_text_headers` makes them.
+    """
     envelope_sender(settings)  # checks mail.from before anything is built
     msg = EmailMessage(policy=policy.SMTP)
-    msg["From"] = header_safe(settings.mail.sender)
-    if settings.mail.reply_to:
-        msg["Reply-To"] = header_safe(settings.mail.reply_to)
-    msg["Subject"] = header_safe(rendered.subject) or header_safe(settings.site.title)
     msg["Date"] = format_datetime(now)
-    msg["List-Id"] = list_id(settings)
     msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte=html_cte)
     msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte=html_cte)
     msg["Content-Language"] = header_safe(rendered.lang)  # after set_content, which drops it
@@ -187,6 +282,7 @@ def build_digest_template(
             )
         head.append(f", <mailto:{address}?subject=unsubscribe>".encode("ascii"))
     head.append(b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+    head.append(_text_headers(rendered, settings))
     pieces: list[bytes | int] = [*head]
     chunks = common.as_bytes().split(mark)
     for index, chunk in enumerate(chunks):
@@ -222,7 +318,7 @@ def fill_message(
     """
     if "\r" in to or "\n" in to or not to.isascii():
         raise ValueError(f"recipient {to!r} is not a checked ASCII address")
-    if not MARKER_PATTERN.fullmatch(unsubscribe_url.replace("%", "")):
+    if not _URL_SAFE.fullmatch(unsubscribe_url):
         raise ValueError(f"unsubscribe URL {unsubscribe_url!r} holds unsafe characters")
     values = (to.encode("ascii"), str(subscriber_id).encode("ascii"), unsubscribe_url.encode())
     chunks, slots = template.chunks, template.slots
@@ -279,5 +375,5 @@ def build_confirmation_message(
     msg["To"] = to
     msg["Message-ID"] = f"<confirm.{tag}@{message_domain(settings)}>"
     msg["Auto-Submitted"] = "auto-generated"
-    message = msg.as_bytes()
+    message = _text_headers(rendered, settings) + msg.as_bytes()
     return sign_message(message, dkim) if dkim is not None else message

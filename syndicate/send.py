@@ -251,7 +251,7 @@ class SmtpMailer:
     async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> None:
         """Send one message; raise RecipientRefusedError, TransientSendError or DeliveryError."""
         async with self._slots:
-            conn = self._idle.pop() if self._idle else await self._open()
+            conn = self._take_idle() or await self._open()
             keep = False
             try:
                 await conn.client.sendmail(sender, recipients, message, mail_options=conn.options)
@@ -289,6 +289,15 @@ class SmtpMailer:
                     await _quit(conn.client)
                 else:
                     _close_quietly(conn.client)
+
+    def _take_idle(self) -> _Connection | None:
+        """An idle connection still open; servers close idle ones (RFC 5321: after minutes)."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.client.is_connected:
+                return conn
+            _close_quietly(conn.client)
+        return None
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []

@@ -92,6 +92,20 @@ def test_one_digest_a_day_then_only_new_articles(settings: Settings, db: Databas
     assert count_digests(db) == 2
 
 
+def test_an_article_dated_in_the_future_does_not_stop_later_digests(
+    settings: Settings, db: Database
+) -> None:
+    typo = article("typo", datetime(2042, 10, 31, 2, 0, tzinfo=UTC))  # a mistyped year
+    store(db, typo, article("a", NOW - timedelta(hours=1)))
+    first = todays_digest(settings, db, now=NOW, create=True)
+    assert first is not None
+    assert [a.id for a in first.articles] == ["typo", "a"]
+    store(db, article("b", NOW + timedelta(hours=20)), now=NOW + timedelta(hours=20))
+    tomorrow = todays_digest(settings, db, now=NOW + timedelta(days=1), create=True)
+    assert tomorrow is not None
+    assert [a.id for a in tomorrow.articles] == ["b"]
+
+
 def test_first_run_over_an_archive_mails_only_the_latest_days(
     settings: Settings, db: Database
 ) -> None:

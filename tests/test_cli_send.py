@@ -90,6 +90,17 @@ def test_send_with_nothing_new_says_so(project: Path) -> None:
     _subscribe("an@example.org")
     assert _run("send") == (0, "Nothing new to send.\n", "")
     assert _run("-q", "send") == (0, "", "")
+    code, out, _ = _run("send", "--json")
+    assert code == 0
+    assert json.loads(out) == {
+        "digest": None,
+        "sent": 0,
+        "failed": 0,
+        "skipped": 0,
+        "bounced": 0,
+        "seconds": 0.0,
+        "rate": 0.0,
+    }
 
 
 def test_quiet_send_prints_nothing_on_success_and_json_prints_the_summary(project: Path) -> None:

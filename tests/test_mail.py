@@ -11,6 +11,7 @@ from datetime import date
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -258,3 +259,107 @@ def test_golden_is_stored_with_crlf_line_ends() -> None:
     golden = Path(__file__).parent / "golden" / "digest-message.eml"
     if golden.exists():
         assert b"\r\n" in golden.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("base", "expected"),
+    [
+        ("https://example.org/~news/", "https://example.org/~news/unsubscribe?token=T0K"),
+        ("https://báo.example.vn/tin/", "https://xn--bo-mia.example.vn/tin/unsubscribe?token=T0K"),
+        ("http://[::1]:8000/", "http://[::1]:8000/unsubscribe?token=T0K"),
+        (
+            "https://example.org/tin tức/",
+            "https://example.org/tin%20t%E1%BB%A9c/unsubscribe?token=T0K",
+        ),
+    ],
+)
+def test_unsubscribe_url_is_header_safe_for_any_base_url(  # type: ignore[no-untyped-def]
+    mail_settings, rendered, now, base: str, expected: str
+) -> None:
+    settings = dataclasses.replace(
+        mail_settings, site=dataclasses.replace(mail_settings.site, base_url=base)
+    )
+    url = unsubscribe_url(settings, "T0K")
+    assert url == expected
+    template = build_digest_template(
+        rendered, settings=settings, digest_day=DAY, marker=MARKER, now=now
+    )
+    raw = fill_message(template, to="an@example.org", subscriber_id=7, unsubscribe_url=url)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert head.isascii()
+    msg = _parse(raw)
+    assert msg["List-Unsubscribe"] == f"<{url}>"
+    assert msg["Message-ID"].endswith("@" + (urlsplit(expected).hostname or "") + ">")
+    assert url in msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+def test_list_id_phrase_cannot_hide_the_id(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
+    settings = dataclasses.replace(
+        mail_settings, site=dataclasses.replace(mail_settings.site, title="Tin <b>mới</b>")
+    )
+    template = build_digest_template(
+        rendered, settings=settings, digest_day=DAY, marker=MARKER, now=now
+    )
+    list_id = str(_parse(_fill(template))["List-Id"])
+    assert list_id.endswith("<digest.news.example.org>")
+    assert list_id.count("<") == 1
+
+
+def test_a_reply_to_that_is_not_an_address_names_the_key(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
+    bad = dataclasses.replace(
+        mail_settings, mail=dataclasses.replace(mail_settings.mail, reply_to="not an address")
+    )
+    with pytest.raises(ConfigError) as caught:
+        build_digest_template(rendered, settings=bad, digest_day=DAY, marker=MARKER, now=now)
+    assert str(caught.value) == (
+        "config key mail.reply_to has value 'not an address'; "
+        "expected an address like 'editor@example.org'."
+    )
+
+
+def test_long_vietnamese_headers_round_trip_with_every_space(  # type: ignore[no-untyped-def]
+    mail_settings, rendered, now
+) -> None:
+    title = (
+        "Báo điện tử Lam Giang \u2013 Cơ quan của Đảng bộ, Chính quyền và Nhân dân tỉnh "
+        '«Tiếng nói» "quê hương" (bản tin)'
+    )
+    subject = f"{title}: bản tin 26 tháng 11, 2026"
+    sender = "Báo Lam Giang, cơ quan của Đảng bộ, Chính quyền và Nhân dân tỉnh Lam Giang"
+    settings = dataclasses.replace(
+        mail_settings,
+        site=dataclasses.replace(mail_settings.site, title=title),
+        mail=dataclasses.replace(mail_settings.mail, from_=f'"{sender}" <news@example.org>'),
+    )
+    long_one = dataclasses.replace(rendered, subject=subject)
+    template = build_digest_template(
+        long_one, settings=settings, digest_day=DAY, marker=MARKER, now=now
+    )
+    raw = _fill(template)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert head.isascii()
+    assert max(len(line) for line in head.split(b"\r\n")) <= 998
+    msg = _parse(raw)
+    assert str(msg["Subject"]) == subject
+    assert msg["From"].addresses[0].display_name == sender
+    assert msg["From"].addresses[0].addr_spec == "news@example.org"
+    assert str(msg["List-Id"]) == f"{title} <digest.news.example.org>"
+    confirmation = build_confirmation_message(
+        long_one, settings=settings, to="an@example.org", now=now
+    )
+    assert str(_parse(confirmation)["Subject"]) == subject
+
+
+def test_reply_to_keeps_every_address_and_encodes_names(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
+    two = dataclasses.replace(
+        mail_settings,
+        mail=dataclasses.replace(
+            mail_settings.mail, reply_to="Tòa soạn <toa-soan@example.org>, ban-doc@example.org"
+        ),
+    )
+    template = build_digest_template(rendered, settings=two, digest_day=DAY, marker=MARKER, now=now)
+    addresses = _parse(_fill(template))["Reply-To"].addresses
+    assert [(a.display_name, a.addr_spec) for a in addresses] == [
+        ("Tòa soạn", "toa-soan@example.org"),
+        ("", "ban-doc@example.org"),
+    ]

@@ -280,3 +280,30 @@ async def test_rate_spaces_the_messages(db, smtpd, send_settings, now) -> None: 
     assert summary.sent == 10
     # Ten starts 1/20 s apart: the last starts 9 intervals (450 ms) after the first.
     assert summary.seconds >= 0.4
+
+
+async def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
+    import asyncio
+
+    from aiosmtpd.controller import Controller
+
+    from tests.plugins.smtp import SmtpRecorder
+
+    handler = SmtpRecorder()
+    # The server drops connections idle for 0.2 s, as real ones do after a few minutes.
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), timeout=0.2)
+    controller.start()
+    try:
+        mailer = SmtpMailer(host="127.0.0.1", port=controller.port, tls="none", connections=1)
+        message = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: x\r\n\r\nhi\r\n"
+        await mailer.send("a@example.org", ["b@example.org"], message)
+        idle = mailer._idle[0].client
+        async with asyncio.timeout(10):
+            while idle.is_connected:  # wait for the server's idle timeout to close it
+                await asyncio.sleep(0.05)
+        await mailer.send("a@example.org", ["b@example.org"], message)  # a fresh connection
+        await mailer.aclose()
+    finally:
+        controller.stop()
+    assert len(handler.messages) == 2
+    assert handler.connections == 2

@@ -75,6 +75,11 @@ def test_add_subscriber_stores_a_confirmed_subscriber(db: Database, now) -> None
     assert get_by_email(db, "AN@EXAMPLE.ORG") == added
 
 
+def test_a_name_is_kept_on_one_line(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    added = add_subscriber(db, "an@example.org", name="Nguyễn\r\nVăn\tAn\u2028 ", now=now)
+    assert added.name == "Nguyễn Văn An"
+
+
 def test_addresses_are_unique_case_insensitively(db: Database, now) -> None:  # type: ignore[no-untyped-def]
     add_subscriber(db, "An@Example.org", now=now)
     with pytest.raises(SubscriberError, match="already stored"):

@@ -498,6 +498,11 @@ def test_oversized_request_bodies_get_413(client: httpx.Client) -> None:
     assert streamed.status_code == 413
     one_click = client.post("unsubscribe", content=big, headers=form)
     assert one_click.status_code == 413
+    # The token in the URL does not exempt the body from the limit.
+    in_url = client.post("unsubscribe", params={"token": "AQIA"}, content=big, headers=form)
+    assert in_url.status_code == 413
+    unknown_type = client.post("unsubscribe", params={"token": "AQIA"}, content=big)
+    assert unknown_type.status_code == 413
 
 
 # --- confirm ------------------------------------------------------------------------------
@@ -739,6 +744,21 @@ def test_confirmation_mail_goes_through_smtp_when_configured(
     assert body is not None
     assert confirm_url(server, message) in body.get_content()
     assert not server.outbox.exists()
+
+
+def test_a_confirmation_the_server_dropped_is_sent_again_on_a_fresh_connection(
+    live_server: Callable[..., LiveServer], settings: Settings, smtpd: SmtpServer
+) -> None:
+    mail = dataclasses.replace(settings.mail, transport="smtp", from_="Tin <tin@example.org>")
+    smtp = dataclasses.replace(settings.smtp, host=smtpd.host, port=smtpd.port, tls="none")
+    smtpd.handler.drop_next = 1  # the first DATA loses its connection, as a stale one would
+    server = live_server(mail=mail, smtp=smtp)
+    with httpx.Client(base_url=server.url) as client:
+        assert sign_up(client, "quang@example.org").status_code == 200
+    server.mail.wait_for(1)
+    [received] = smtpd.handler.messages
+    assert received.recipients == ["quang@example.org"]
+    assert smtpd.handler.data_attempts == 2
 
 
 # --- the serve command --------------------------------------------------------------------

@@ -202,7 +202,9 @@ NO_SUBSCRIBERS = (
 
 def _nothing(app: AppContext, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps({"digest": None, "sent": 0, "failed": 0, "skipped": 0}))
+        # The same keys as a run's summary, so a script reads one shape.
+        nothing = {"sent": 0, "failed": 0, "skipped": 0, "bounced": 0, "seconds": 0.0, "rate": 0.0}
+        click.echo(json.dumps({"digest": None, **nothing}))
     else:
         app.echo(NOTHING_NEW)
 

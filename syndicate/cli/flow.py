@@ -41,12 +41,12 @@ def todays_digest(
     """
     day = digest_day(settings, now)
     if not create:
-        plan = get_digest(db, day) or _plan(settings, db, day)
+        plan = get_digest(db, day) or _plan(settings, db, day, now=now)
     else:
         with db.transaction():
             plan = get_digest(db, day)
             if plan is None:
-                plan = _plan(settings, db, day)
+                plan = _plan(settings, db, day, now=now)
                 if plan is not None:
                     create_digest(db, plan, now=now)
     if plan is None or not plan.articles:  # a stored digest whose articles are gone
@@ -71,17 +71,22 @@ def _with_page_slugs(db: Database, plan: DigestPlan) -> DigestPlan:
     return dataclasses.replace(plan, articles=articles)
 
 
-def _plan(settings: Settings, db: Database, day: date) -> DigestPlan | None:
+def _plan(settings: Settings, db: Database, day: date, *, now: datetime) -> DigestPlan | None:
     # Mail only articles the site has a page for: a stored article whose dump
     # was removed lost its page at the last build.
     live = live_article_ids(db)
     candidates = iter_candidates(db)
     if live:
         candidates = (c for c in candidates if c[0].id in live)
+    # A publish date in the future (a typo like 2042 in a dump) must not move the age
+    # cutoff past every real article: it would stop all later digests, for good.
+    newest = newest_published(db)
+    if newest is not None and newest > now:
+        newest = now
     return plan_digest(
         candidates,
         day=day,
-        newest_published=newest_published(db),
+        newest_published=newest,
         max_age_hours=settings.digest.max_age_hours,
         max_articles=settings.digest.max_articles,
     )

@@ -154,7 +154,8 @@ def _to_subscriber(row: Any) -> Subscriber:
 def _clean_name(name: str | None) -> str | None:
     if name is None:
         return None
-    cleaned = clean_line(name)[:_NAME_LIMIT]
+    # One line: a name is printed in `list` (tab-separated) and may end up in headers.
+    cleaned = " ".join(clean_line(name).split())[:_NAME_LIMIT].rstrip()
     return cleaned or None
 
 

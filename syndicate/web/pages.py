@@ -17,7 +17,7 @@ from syndicate.config import Settings, base_url, site_templates_dir
 from syndicate.errors import StoreError, SubscriberError, SyndicateError, TokenError
 from syndicate.mail import DkimKey
 from syndicate.model import Subscriber, SubscriptionStatus
-from syndicate.send import Mailer, read_dkim_key
+from syndicate.send import Mailer, TransientSendError, read_dkim_key
 from syndicate.store import subscribers as store_subscribers
 from syndicate.web.guard import (
     MAX_BODY_BYTES,
@@ -420,6 +420,7 @@ class Service:
         )
         confirm_url = f"{self.base_url}confirm?token={token}"
         try:
+            sender = mail.envelope_sender(self.settings)
             message = build_confirmation(
                 self.settings,
                 subscriber=subscriber,
@@ -427,7 +428,15 @@ class Service:
                 now=now,
                 dkim=self.dkim,
             )
-            await self.mailer.send(self.settings.mail.sender, [subscriber.email], message)
+            try:
+                await self.mailer.send(sender, [subscriber.email], message)
+            except TransientSendError as exc:
+                # One retry on a fresh connection: a pooled one may have been dropped by
+                # the server while idle, and the sign-up page already said a mail is coming.
+                log.info(
+                    "subscribe: confirmation to subscriber %s: %s; retrying", subscriber.id, exc
+                )
+                await self.mailer.send(sender, [subscriber.email], message)
         except (SyndicateError, OSError) as exc:
             log.warning("subscribe: confirmation to subscriber %s failed: %s", subscriber.id, exc)
 
@@ -467,9 +476,13 @@ class Service:
         lang = self.language(request)
         strings = _STRINGS[lang]
         token = request.query_params.get("token", "")
-        if request.method == "POST" and not token:
-            form = await request.form(max_files=0, max_fields=10, max_part_size=MAX_BODY_BYTES)
-            token = str(form.get("token") or "")
+        if request.method == "POST":
+            # Read the body even when the token is in the URL, so that the body limit
+            # (413) holds here as everywhere; a one-click body is a few bytes.
+            await request.body()
+            if not token:
+                form = await request.form(max_files=0, max_fields=10, max_part_size=MAX_BODY_BYTES)
+                token = str(form.get("token") or "")
         if not token and request.method != "POST":
             # The generic link of the "view in browser" page: explain, change nothing.
             return self.page(
