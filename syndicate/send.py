@@ -3,9 +3,11 @@
 `send_digest` streams recipients from the ledger in pages, claims each page as
 `sending` (committed) before its messages go, and records `sent` right after
 the server accepts each one, so a crash can leave only messages in flight in
-doubt: delivery is at-least-once. Transports are `Mailer`s: `OutboxMailer`
-writes .eml files, `SmtpMailer` keeps a pool of persistent aiosmtplib
-connections.
+doubt: delivery is at-least-once. `read_earlier_digests` finds the digests of
+earlier days (within CATCH_UP_DAYS) still owed to someone, so a day whose run
+failed or was cut short is finished by the next day's run. Transports are
+`Mailer`s: `OutboxMailer` writes .eml files, `SmtpMailer` keeps a pool of
+persistent aiosmtplib connections.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -37,7 +39,7 @@ from syndicate.mail import (
     unsubscribe_url,
 )
 from syndicate.output import write_atomic
-from syndicate.store import Database, ledger
+from syndicate.store import Database, digests, ledger
 from syndicate.store.subscribers import record_bounce
 from syndicate.tokens import make_token
 
@@ -45,6 +47,9 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 500  # recipients claimed per ledger transaction
 MAX_ATTEMPTS = 5  # runs that may try one recipient before it is skipped as failed
+# A digest still owed to someone is caught up by the runs of this many following days;
+# after that it is given up (with a warning), so old news does not go out a month late.
+CATCH_UP_DAYS = 7
 # A run whose first this-many recipients are all refused stops: the server refuses everything.
 REFUSE_ALL_AFTER = 10
 # This many recipients in a row failing temporarily (after retries) means the server is down.
@@ -431,6 +436,7 @@ async def send_digest(
     secret: bytes,
     day: date,
     now: datetime,
+    confirmed_by: datetime | None = None,
     connections: int = 1,
     limit: int | None = None,
     retries: int = 3,
@@ -448,6 +454,10 @@ async def send_digest(
     toward mail.bounce_limit. Transient failures are retried `retries` times
     with exponential backoff and jitter, each on a fresh connection.
 
+    `confirmed_by` (an earlier day's digest: its creation time) leaves out
+    subscribers confirmed after it; None (today's digest) owes it to every
+    confirmed subscriber. `limit` caps the recipients claimed by this call.
+
     Raises DeliveryError when the server refuses on policy or authentication
     grounds, or refuses the first REFUSE_ALL_AFTER recipients (a setup
     problem), and TempFailError when it stays unavailable. Rows not yet sent
@@ -455,8 +465,10 @@ async def send_digest(
     """
     tick = clock or (lambda: datetime.now(UTC))
     started = time.monotonic()
-    skipped = ledger.count_skipped(db, day=day, max_attempts=MAX_ATTEMPTS)
-    total = ledger.count_owed(db, day=day, max_attempts=MAX_ATTEMPTS)
+    skipped = ledger.count_skipped(
+        db, day=day, max_attempts=MAX_ATTEMPTS, confirmed_by=confirmed_by
+    )
+    total = ledger.count_owed(db, day=day, max_attempts=MAX_ATTEMPTS, confirmed_by=confirmed_by)
     if limit is not None:
         total = min(total, limit)
     fallback = templates.get(settings.site.language) or next(iter(templates.values()))
@@ -471,7 +483,14 @@ async def send_digest(
         after, remaining = 0, total if limit is not None else None
         while remaining is None or remaining > 0:
             size = PAGE_SIZE if remaining is None else min(PAGE_SIZE, remaining)
-            page = ledger.owed_page(db, day=day, after=after, limit=size, max_attempts=MAX_ATTEMPTS)
+            page = ledger.owed_page(
+                db,
+                day=day,
+                after=after,
+                limit=size,
+                max_attempts=MAX_ATTEMPTS,
+                confirmed_by=confirmed_by,
+            )
             if not page:
                 break
             ledger.mark_sending(
@@ -609,6 +628,48 @@ async def send_digest(
         seconds=time.monotonic() - started,
         bounced=run.bounced,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class OwedDigest:
+    """An earlier day's digest that some subscribers are still owed."""
+
+    day: date
+    created_at: datetime  # subscribers confirmed later are not owed it
+    owed: int
+
+
+def read_earlier_digests(
+    db: Database, *, today: date, now: datetime, window_days: int = CATCH_UP_DAYS
+) -> list[OwedDigest]:
+    """Return the digests of days before `today` still owed to someone, oldest first.
+
+    Owed means: a subscriber confirmed when the digest was created, confirmed
+    still, whose ledger row is missing, left `sending`, or `failed` with
+    attempts to spare. Digests owed to nobody are closed, and so are those
+    older than `window_days` (given up, with a warning naming how many never
+    got it), so each digest is looked at by a few runs only.
+    """
+    first = today - timedelta(days=window_days)
+    found: list[OwedDigest] = []
+    for stored in digests.open_digests(db, before=today):
+        owed = ledger.count_owed(
+            db, day=stored.day, max_attempts=MAX_ATTEMPTS, confirmed_by=stored.created_at
+        )
+        if owed and stored.day >= first:
+            found.append(OwedDigest(stored.day, stored.created_at, owed))
+            continue
+        if owed:
+            log.warning(
+                "digest %s: given up with %d %s never sent it: it is older than the "
+                "%d-day catch-up window.",
+                stored.day.isoformat(),
+                owed,
+                "subscriber" if owed == 1 else "subscribers",
+                window_days,
+            )
+        digests.close_digest(db, stored.day, now=now)
+    return found
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

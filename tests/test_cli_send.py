@@ -6,14 +6,17 @@ import json
 import re
 import shutil
 import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from syndicate.cli import cli
+from syndicate.cli import AppContext, cli
 from syndicate.send import open_send_lock
-from tests.plugins.smtp import SmtpServer
+from tests.plugins.smtp import SmtpServer, free_port
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 SUMMARY = re.compile(
@@ -21,6 +24,7 @@ SUMMARY = re.compile(
     r"(?:, (?P<bounced>\d+) bounced)?, skipped (?P<skipped>\d+) in \d+\.\d s "
     r"\(\d+\.\d messages/s\)\.\n"
 )
+NOTHING_COUNTS = {"sent": 0, "failed": 0, "skipped": 0, "bounced": 0, "seconds": 0.0, "rate": 0.0}
 
 
 @pytest.fixture
@@ -92,15 +96,7 @@ def test_send_with_nothing_new_says_so(project: Path) -> None:
     assert _run("-q", "send") == (0, "", "")
     code, out, _ = _run("send", "--json")
     assert code == 0
-    assert json.loads(out) == {
-        "digest": None,
-        "sent": 0,
-        "failed": 0,
-        "skipped": 0,
-        "bounced": 0,
-        "seconds": 0.0,
-        "rate": 0.0,
-    }
+    assert json.loads(out) == {"digest": None, **NOTHING_COUNTS, "earlier": []}
 
 
 def test_quiet_send_prints_nothing_on_success_and_json_prints_the_summary(project: Path) -> None:
@@ -116,7 +112,17 @@ def test_quiet_send_prints_nothing_on_success_and_json_prints_the_summary(projec
         "skipped": 1,
         "bounced": 0,
     }
-    assert set(summary) == {"digest", "sent", "failed", "skipped", "bounced", "seconds", "rate"}
+    assert set(summary) == {
+        "digest",
+        "sent",
+        "failed",
+        "skipped",
+        "bounced",
+        "seconds",
+        "rate",
+        "earlier",
+    }
+    assert summary["earlier"] == []
 
 
 def test_dry_run_writes_and_sends_nothing(project: Path) -> None:
@@ -222,4 +228,235 @@ def test_unsubscribe_token_make_and_verify(project: Path) -> None:
     assert err == (
         "Error: not valid: unsubscribe token: the signature does not match (altered, or "
         "signed with another secret). Use the link from the email.\n"
+    )
+
+
+# --------------------------------------------------------------------------- across days
+
+DAY1 = datetime(2024, 10, 31, 6, 0, tzinfo=UTC)  # 13:00 on 31 October in Asia/Ho_Chi_Minh
+DUMP_DAY1 = """Thông xe cầu Sông Lam
+31/10/2024 09:15
+LGO - Sáng nay 31/10, tỉnh Lam Giang thông xe cầu Sông Lam.
+Cầu dài 680 m, rộng 21 m với bốn làn xe cơ giới.
+Hoài Nam
+"""
+DUMP_DAY2 = """Hội thảo chuyển đổi số
+01/11/2024 09:00
+LGO - Sáng 1/11, hội thảo chuyển đổi số diễn ra tại TP. Bến Lam.
+Hơn 200 đại biểu tham dự hội thảo.
+"""
+
+
+@dataclass
+class Clock:
+    now: datetime
+
+    def next_day(self, days: int = 1) -> None:
+        self.now += timedelta(days=days)
+
+
+@pytest.fixture
+def clock(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """A project folder with the day-1 dump, and a clock the commands read (day 1, 13:00)."""
+    monkeypatch.chdir(workdir)
+    for name in ("SYNDICATE_CONFIG", "SYNDICATE_SECRET", "SYNDICATE_SMTP_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    (workdir / "seeds" / "day1.txt").write_text(DUMP_DAY1, encoding="utf-8")
+    current = Clock(DAY1)
+    monkeypatch.setattr(AppContext, "now", lambda self: current.now.timestamp())
+    return current
+
+
+def _outbox_recipients(project: Path, day: str) -> list[str]:
+    folder = project / "outbox" / day
+    if not folder.exists():
+        return []
+    found = []
+    for path in folder.iterdir():
+        message = message_from_bytes(path.read_bytes(), policy=policy.default)
+        found.append(str(message["To"]))
+    return sorted(found)
+
+
+def _summaries(text: str) -> list[tuple[str, str, str, str]]:
+    lines = text.splitlines(keepends=True)
+    matches = [SUMMARY.fullmatch(line) for line in lines]
+    assert all(matches), text
+    return [m.group("day", "sent", "failed", "skipped") for m in matches if m]
+
+
+def test_a_day_cut_short_is_finished_by_the_next_days_run_before_todays_digest(
+    clock: Clock, workdir: Path
+) -> None:
+    _subscribe("a@example.org", "b@example.org", "c@example.org", "d@example.org", "e@example.org")
+    code, out, err = _run("send", "--limit", "1")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-10-31", "1", "0", "0")]
+    # What a failed or killed day-1 run leaves: b in flight when the process died, c deferred
+    # once by the server, e out of attempts; d was never tried.
+    with sqlite3.connect(workdir / "syndicate.db") as conn:
+        conn.executemany(
+            "INSERT INTO deliveries (digest_day, subscriber_id, status, attempts, reply, "
+            "updated_at) VALUES ('2024-10-31', ?, ?, ?, ?, '2024-10-31T06:00:00+00:00')",
+            [(2, "sending", 0, None), (3, "failed", 1, "451 4.3.0 later"), (5, "failed", 5, "x")],
+        )
+    clock.next_day()
+    _subscribe("new@example.org")  # confirmed after the day-1 digest was made
+    (workdir / "seeds" / "day2.txt").write_text(DUMP_DAY2, encoding="utf-8")
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-10-31", "3", "0", "2"), ("2024-11-01", "6", "0", "0")]
+    assert _outbox_recipients(workdir, "2024-10-31") == [
+        "a@example.org",
+        "b@example.org",
+        "c@example.org",
+        "d@example.org",
+    ]
+    assert len(_outbox_recipients(workdir, "2024-11-01")) == 6
+    assert (workdir / "feeds" / "digests" / "2024-10-31.html").is_file()
+    # Nobody is owed the day-1 digest any more: the next run closes it and sends nothing.
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-11-01", "0", "0", "6")]
+    with sqlite3.connect(workdir / "syndicate.db") as conn:
+        closed = conn.execute("SELECT day, closed_at FROM digests ORDER BY day").fetchall()
+    assert closed == [("2024-10-31", "2024-11-01T06:00:00+00:00"), ("2024-11-01", None)]
+
+
+def test_limit_covers_the_whole_run_and_json_lists_the_earlier_digests(
+    clock: Clock, workdir: Path
+) -> None:
+    _subscribe("a@example.org", "b@example.org", "c@example.org")
+    assert _run("send", "--limit", "1")[0] == 0
+    clock.next_day()
+    (workdir / "seeds" / "day2.txt").write_text(DUMP_DAY2, encoding="utf-8")
+    code, out, err = _run("send", "--json", "--limit", "3")
+    assert (code, err) == (0, "")
+    summary = json.loads(out)
+    counts = ("digest", "sent", "failed", "skipped", "bounced")
+    assert {k: summary[k] for k in counts} == {
+        "digest": "2024-11-01",
+        "sent": 1,
+        "failed": 0,
+        "skipped": 0,
+        "bounced": 0,
+    }
+    assert [{k: e[k] for k in counts} for e in summary["earlier"]] == [
+        {"digest": "2024-10-31", "sent": 2, "failed": 0, "skipped": 1, "bounced": 0}
+    ]
+    assert set(summary["earlier"][0]) == set(summary) - {"earlier"}
+    code, out, _ = _run("send", "--json")
+    summary = json.loads(out)
+    assert (summary["sent"], summary["skipped"], summary["earlier"]) == (2, 1, [])
+
+
+def test_a_limit_used_up_by_earlier_digests_leaves_today_for_the_next_run(
+    clock: Clock, workdir: Path
+) -> None:
+    _subscribe("a@example.org", "b@example.org", "c@example.org")
+    assert _run("send", "--limit", "1")[0] == 0
+    clock.next_day()
+    (workdir / "seeds" / "day2.txt").write_text(DUMP_DAY2, encoding="utf-8")
+    code, out, _ = _run("send", "--limit", "2")
+    assert code == 0
+    assert _summaries(out) == [("2024-10-31", "2", "0", "1"), ("2024-11-01", "0", "0", "0")]
+    assert _outbox_recipients(workdir, "2024-11-01") == []
+    code, out, _ = _run("send")
+    assert _summaries(out) == [("2024-11-01", "3", "0", "0")]
+
+
+def test_an_earlier_digest_is_caught_up_on_a_day_with_nothing_new(
+    clock: Clock, workdir: Path
+) -> None:
+    _subscribe("a@example.org", "b@example.org")
+    assert _run("send", "--limit", "1")[0] == 0
+    clock.next_day(7)  # the last day of the catch-up window
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    lines = out.splitlines(keepends=True)
+    assert _summaries(lines[0]) == [("2024-10-31", "1", "0", "1")]
+    assert lines[1:] == ["Nothing new to send.\n"]
+    assert _outbox_recipients(workdir, "2024-10-31") == ["a@example.org", "b@example.org"]
+    code, out, _ = _run("send", "--json")
+    assert json.loads(out) == {"digest": None, **NOTHING_COUNTS, "earlier": []}
+
+
+def test_a_digest_older_than_the_window_is_given_up_with_one_warning(
+    clock: Clock, workdir: Path
+) -> None:
+    _subscribe("a@example.org", "b@example.org")
+    assert _run("send", "--limit", "1")[0] == 0
+    clock.next_day(8)
+    assert _run("send") == (
+        0,
+        "Nothing new to send.\n",
+        "warning: digest 2024-10-31: given up with 1 subscriber never sent it: it is older "
+        "than the 7-day catch-up window.\n",
+    )
+    assert _outbox_recipients(workdir, "2024-10-31") == ["a@example.org"]
+    assert _run("send") == (0, "Nothing new to send.\n", "")  # warned once, then closed
+
+
+def test_a_run_stopped_by_a_down_server_is_finished_the_next_day(
+    clock: Clock, workdir: Path, smtpd: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("syndicate.send._BACKOFF_CAP", 0.0)  # retry at once: the test is fast
+    down = SmtpServer("127.0.0.1", free_port(), smtpd.handler)  # nothing listens there
+    _smtp_config(workdir, down)
+    _subscribe("a@example.org", "b@example.org")
+    code, out, err = _run("-q", "send")
+    assert (code, out) == (75, "")
+    assert err.startswith(f"Error: smtp 127.0.0.1:{down.port}: cannot connect")
+    clock.next_day()
+    _smtp_config(workdir, smtpd)
+    (workdir / "seeds" / "day2.txt").write_text(DUMP_DAY2, encoding="utf-8")
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-10-31", "2", "0", "0"), ("2024-11-01", "2", "0", "0")]
+    ids = sorted(str(m.message["Message-ID"]) for m in smtpd.handler.messages)
+    assert ids == [
+        "<2024-10-31.1@news.example.org>",
+        "<2024-10-31.2@news.example.org>",
+        "<2024-11-01.1@news.example.org>",
+        "<2024-11-01.2@news.example.org>",
+    ]
+
+
+def test_failures_in_an_earlier_digest_exit_1_with_its_line_on_stderr(
+    clock: Clock, workdir: Path, smtpd: SmtpServer
+) -> None:
+    _smtp_config(workdir, smtpd)
+    _subscribe("a@example.org", "b@example.org")
+    assert _run("send", "--limit", "1")[0] == 0
+    clock.next_day()
+    smtpd.handler.refuse("b@example.org", "550 5.1.1 no such user", times=1)
+    code, out, err = _run("-q", "send")
+    assert (code, out) == (1, "")
+    assert _summaries(err) == [("2024-10-31", "0", "1", "1")]  # nothing new on day 2
+
+
+def test_each_test_copy_has_its_own_message_id(clock: Clock, workdir: Path) -> None:
+    for _ in range(2):
+        assert _run("send", "--to", "editor@example.org") == (
+            0,
+            "Sent a test copy of the 2024-10-31 digest to editor@example.org.\n",
+            "",
+        )
+    copies = list((workdir / "outbox" / "test").iterdir())
+    ids = [
+        str(message_from_bytes(p.read_bytes(), policy=policy.default)["Message-ID"]) for p in copies
+    ]
+    assert len(ids) == 2
+    assert ids[0] != ids[1]
+    for message_id in ids:
+        assert re.fullmatch(r"<2024-10-31\.test-[0-9a-f]{16}@localhost>", message_id)
+
+
+def test_dry_run_counts_in_the_singular(clock: Clock) -> None:
+    _subscribe("a@example.org")
+    assert _run("send", "--dry-run") == (
+        0,
+        "Dry run: the 2024-10-31 digest (1 article) would go to 1 subscriber, 0 skipped; "
+        "nothing was written or sent.\n",
+        "",
     )

@@ -176,3 +176,23 @@ def test_erase_forgets_the_address_and_blocks_reimport(project: Path) -> None:
         data = path.read_bytes().lower()
         assert b"an@example.org" not in data
         assert "Ân".encode() not in data
+
+
+def test_an_erased_address_stays_refused_after_the_signing_secret_changes(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _run("subscribers", "add", "an@example.org")
+    assert _run("subscribers", "erase", "an@example.org")[0] == 0  # generated secret
+    csv_file = project / "again.csv"
+    csv_file.write_text("email\nan@example.org\n", encoding="utf-8")
+    for secret in ("first-secret-0123456789", "rotated-secret-9876543210"):
+        monkeypatch.setenv("SYNDICATE_SECRET", secret)
+        code, out, err = _run("subscribers", "add", "An@example.org")
+        assert (code, out) == (2, "")
+        assert err == (
+            "Error: email address 'An@example.org' was erased and cannot be added again. "
+            "Only the person can subscribe again, through the sign-up form.\n"
+        )
+        code, out, _ = _run("subscribers", "import", str(csv_file))
+        assert (code, out) == (1, "Imported 0, unchanged 0, rejected 1.\n")
+    assert _run("subscribers", "list")[1] == ""

@@ -7,11 +7,13 @@ and rerun, and a concurrent run that must exit 75.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -204,3 +206,65 @@ def test_a_concurrent_send_exits_75(tmp_path: Path, smtpd: SmtpServer) -> None:
             process.communicate()
     assert process.returncode == 0, err
     assert "sent 80, failed 0" in out
+
+
+def _make_yesterdays(root: Path) -> str:
+    """Turn the stored digest into yesterday's, as if the killed run had been a day earlier.
+
+    Its creation time stays (after the subscribers confirmed), so they are still owed it.
+    """
+    with sqlite3.connect(root / "syndicate.db") as conn:
+        (today,) = conn.execute("SELECT day FROM digests").fetchone()
+        yesterday = (date.fromisoformat(today) - timedelta(days=1)).isoformat()
+        for statement in (
+            "UPDATE digests SET day = :old WHERE day = :day",
+            "UPDATE deliveries SET digest_day = :old WHERE digest_day = :day",
+            "UPDATE articles SET digest_day = :old WHERE digest_day = :day",
+        ):
+            conn.execute(statement, {"old": yesterday, "day": today})
+    return yesterday
+
+
+def test_a_killed_send_is_finished_by_the_next_days_run(tmp_path: Path, smtpd: SmtpServer) -> None:
+    connections = 2
+    _write_project(tmp_path, smtpd, connections=connections)
+    languages = _subscribe(tmp_path, 30)
+    smtpd.handler.delay = 0.05
+    process = _start(tmp_path)
+    try:
+        assert smtpd.handler.wait_for(5, timeout=60), "the first messages never arrived"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+    assert len(smtpd.handler.messages) < 30, "the run finished before it was killed"
+    smtpd.handler.delay = 0
+    yesterday = _make_yesterdays(tmp_path)
+    (tmp_path / "seeds" / "003.txt").write_text(
+        "Giải chạy bộ vì sức khỏe cộng đồng\n01/11/2024 07:00\n"
+        "QTO - Sáng 1/11, hơn 2.000 người tham gia giải chạy bộ ven sông.\n"
+        "Giải năm nay có ba cự ly.\n",
+        encoding="utf-8",
+    )
+    result = _send(tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, result.stdout
+    assert lines[0].startswith(f"Digest {yesterday}: sent ")
+    # Today's digest (its day is `today` unless the clock passed midnight meanwhile).
+    assert re.match(r"Digest \d{4}-\d\d-\d\d: sent 30, failed 0, skipped 0 ", lines[1])
+    assert not lines[1].startswith(f"Digest {yesterday}")
+    first, second = Counter[str](), Counter[str]()
+    for received in smtpd.handler.messages:
+        plain = received.message.get_body(("plain",))
+        assert plain is not None
+        is_first = "Khánh thành cầu" in plain.get_content()
+        (first if is_first else second)[received.recipients[0]] += 1
+    assert set(first) == set(languages)  # the interrupted digest: at least once each
+    assert sum(n - 1 for n in first.values()) <= connections
+    assert second == Counter(list(languages))  # today's: exactly once each
+    final = _send(tmp_path)
+    assert re.match(r"Digest \S+: sent 0, failed 0, skipped 30 ", final.stdout)
+    assert len(final.stdout.splitlines()) == 1

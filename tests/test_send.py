@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -14,7 +14,13 @@ from syndicate.digest import RenderedEmail
 from syndicate.errors import DeliveryError, LockedError, TempFailError
 from syndicate.mail import MessageTemplate, build_digest_template
 from syndicate.model import SubscriptionStatus
-from syndicate.send import OutboxMailer, SmtpMailer, open_send_lock, send_digest
+from syndicate.send import (
+    OutboxMailer,
+    SmtpMailer,
+    open_send_lock,
+    read_earlier_digests,
+    send_digest,
+)
 from syndicate.store import Database, ledger, open_database
 from syndicate.store.subscribers import add_subscriber, get_by_id
 from syndicate.tokens import verify_token
@@ -307,3 +313,54 @@ async def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
         controller.stop()
     assert len(handler.messages) == 2
     assert handler.connections == 2
+
+
+async def test_confirmed_by_leaves_out_subscribers_confirmed_after_the_digest(  # type: ignore[no-untyped-def]
+    db, smtpd, send_settings, now
+) -> None:
+    _subscribe(db, 2, now)
+    add_subscriber(db, "late@example.org", now=now + timedelta(hours=3))
+    created = now  # the fixture's digest was made at 06:00, as `now`
+    summary = await _send(db, smtpd, send_settings, now, confirmed_by=created)
+    assert (summary.sent, summary.failed, summary.skipped) == (2, 0, 0)
+    assert sorted(smtpd.handler.recipients()) == ["reader0@example.org", "reader1@example.org"]
+    today = await _send(db, smtpd, send_settings, now)  # today's digest: everyone confirmed
+    assert (today.sent, today.skipped) == (1, 2)
+
+
+def _stored_digest(db: Database, day: date, created_at: str) -> None:
+    with db.transaction() as conn:
+        conn.execute(
+            "INSERT INTO digests (day, created_at, article_ids) VALUES (?, ?, '[]')",
+            (day.isoformat(), created_at),
+        )
+
+
+def test_earlier_digests_owed_to_someone_are_found_oldest_first(db, now, caplog) -> None:  # type: ignore[no-untyped-def]
+    # DAY (1 November, the fixture's) and three more: one too old, one finished, one owed.
+    _stored_digest(db, date(2024, 10, 20), "2024-10-20T06:00:00+00:00")
+    _stored_digest(db, date(2024, 10, 28), "2024-10-28T06:00:00+00:00")
+    _stored_digest(db, date(2024, 10, 30), "2024-10-30T06:00:00+00:00")
+    early = add_subscriber(db, "early@example.org", now=now - timedelta(days=30))
+    add_subscriber(db, "later@example.org", now=datetime(2024, 10, 29, 12, 0, tzinfo=UTC))
+    ledger.mark_sending(db, day=date(2024, 10, 28), subscriber_ids=[early.id], now=now)
+    ledger.mark_sent(db, day=date(2024, 10, 28), subscriber_id=early.id, now=now)
+    today = date(2024, 11, 3)
+    with caplog.at_level("WARNING", logger="syndicate"):
+        found = read_earlier_digests(db, today=today, now=now)
+    assert [(d.day, d.owed) for d in found] == [(date(2024, 10, 30), 2), (DAY, 2)]
+    assert found[0].created_at == datetime(2024, 10, 30, 6, 0, tzinfo=UTC)
+    assert caplog.messages == [
+        "digest 2024-10-20: given up with 1 subscriber never sent it: it is older than the "
+        "7-day catch-up window."
+    ]
+    # 20 October (given up) and 28 October (sent to all confirmed by then) are closed.
+    closed = db.conn.execute("SELECT day FROM digests WHERE closed_at IS NOT NULL").fetchall()
+    assert sorted(closed) == [("2024-10-20",), ("2024-10-28",)]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="syndicate"):
+        again = read_earlier_digests(db, today=today, now=now)
+    assert [d.day for d in again] == [date(2024, 10, 30), DAY]
+    assert caplog.messages == []
+    # Today's digest and later ones are not "earlier".
+    assert read_earlier_digests(db, today=DAY, now=now) == [found[0]]

@@ -12,7 +12,7 @@ from syndicate.config import Settings
 from syndicate.errors import SubscriberError
 from syndicate.model import SubscriptionStatus
 from syndicate.store import Database, ledger, open_database
-from syndicate.store.meta import get_secret
+from syndicate.store.meta import get_erasure_key, get_secret
 from syndicate.store.subscribers import (
     add_subscriber,
     confirm,
@@ -32,7 +32,6 @@ from syndicate.store.subscribers import (
 )
 
 CONFIRMED = SubscriptionStatus.CONFIRMED
-SECRET = b"s" * 32
 
 
 @pytest.fixture
@@ -94,16 +93,48 @@ def test_add_subscriber_refuses_an_unknown_language(db: Database, now) -> None: 
 
 def test_erase_deletes_personal_data_and_keeps_a_keyed_hash(db: Database, now) -> None:  # type: ignore[no-untyped-def]
     added = add_subscriber(db, "an@example.org", name="An", now=now)
-    assert erase(db, "AN@example.org", secret=SECRET, now=now) is True
+    assert get_erasure_key(db) is None  # made by the first erasure, not before
+    assert erase(db, "AN@example.org", now=now) is True
     assert get_by_id(db, added.id) is None
+    key = get_erasure_key(db)
+    assert key is not None
+    assert len(key) == 32
     rows = db.conn.execute("SELECT * FROM suppressions").fetchall()
-    assert rows == [(email_hash(SECRET, "an@example.org"), now.isoformat())]
+    assert rows == [(email_hash(key, "an@example.org"), now.isoformat())]
     dumped = "\n".join(db.conn.iterdump())
     assert "an@example.org" not in dumped.lower()
-    assert is_suppressed(db, "An@Example.org", secret=SECRET)
+    assert is_suppressed(db, "An@Example.org")
     with pytest.raises(SubscriberError, match="was erased and cannot be added again"):
-        add_subscriber(db, "an@example.org", now=now, secret=SECRET)
-    assert erase(db, "an@example.org", secret=SECRET, now=now) is False
+        add_subscriber(db, "an@example.org", now=now)
+    assert erase(db, "an@example.org", now=now) is False
+    assert get_erasure_key(db) == key
+
+
+def test_erasures_do_not_depend_on_the_signing_secret(
+    tmp_path: Path, settings: Settings, now
+) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "s.db"
+    with open_database(path) as db:
+        signing = get_secret(settings, db)
+        erase(db, "an@example.org", now=now)
+        key = get_erasure_key(db)
+        assert key is not None
+        assert key != signing
+        rows = db.conn.execute("SELECT email_hash FROM suppressions").fetchall()
+        assert rows == [(email_hash(key, "an@example.org"),)]
+        assert email_hash(signing, "an@example.org") != rows[0][0]
+    rotated = dataclasses.replace(settings, env_secret="a-new-signing-secret")
+    with open_database(path) as db:
+        assert get_secret(rotated, db) == b"a-new-signing-secret"
+        assert is_suppressed(db, "AN@example.org")
+        with pytest.raises(SubscriberError, match="was erased"):
+            add_subscriber(db, "an@example.org", now=now)
+        assert get_erasure_key(db) == key
+
+
+def test_is_suppressed_before_any_erasure_creates_no_key(db: Database) -> None:
+    assert is_suppressed(db, "an@example.org") is False
+    assert db.conn.execute("SELECT count(*) FROM meta").fetchone()[0] == 0
 
 
 def test_signup_stores_pending_and_limits_resends(db: Database, now) -> None:  # type: ignore[no-untyped-def]
@@ -219,3 +250,24 @@ def test_ledger_owes_the_digest_to_confirmed_subscribers_not_yet_sent(db: Databa
     assert ledger.count_skipped(db, day=day, max_attempts=2) == 2
     assert ledger.day_counts(db, day=day) == {"sent": 1, "failed": 2, "sending": 1}
     assert ledger.get_delivery(db, day=day, subscriber_id=3) == ("failed", 2, "451 later")
+
+
+def test_ledger_cutoff_leaves_out_subscribers_confirmed_after_it(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    day = date(2024, 11, 1)
+    _digest(db, day)
+    for i in range(3):
+        add_subscriber(db, f"u{i}@example.org", now=now + timedelta(hours=i))
+    cutoff = now + timedelta(hours=1)  # u0 before, u1 at the same second, u2 after
+    owed = ledger.owed_page(db, day=day, after=0, limit=10, max_attempts=2, confirmed_by=cutoff)
+    assert [r.subscriber_id for r in owed] == [1, 2]
+    assert ledger.count_owed(db, day=day, max_attempts=2, confirmed_by=cutoff) == 2
+    assert ledger.count_owed(db, day=day, max_attempts=2) == 3
+    ledger.mark_sending(db, day=day, subscriber_ids=[1, 3], now=now)
+    ledger.mark_sent(db, day=day, subscriber_id=1, now=now)
+    ledger.mark_sent(db, day=day, subscriber_id=3, now=now)
+    assert ledger.count_skipped(db, day=day, max_attempts=2, confirmed_by=cutoff) == 1
+    assert ledger.count_skipped(db, day=day, max_attempts=2) == 2
+    # Confirming again (after leaving) moves confirmed_at past the cutoff too.
+    unsubscribe(db, 2, now=now + timedelta(hours=3))
+    set_status(db, 2, CONFIRMED, now=now + timedelta(hours=4))
+    assert ledger.count_owed(db, day=day, max_attempts=2, confirmed_by=cutoff) == 0

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
+import logging
 import secrets
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import click
 
 from syndicate.build import run_build, sync_articles
 from syndicate.cli import AppContext, cli, pass_app
-from syndicate.cli.flow import digest_view_url, todays_digest, write_digest_page
+from syndicate.cli.flow import (
+    digest_day,
+    digest_view_url,
+    stored_digest,
+    todays_digest,
+    write_digest_page,
+)
 from syndicate.config import Settings
 from syndicate.digest import render_digest
 from syndicate.errors import ConfigError, SubscriberError, TokenError
@@ -23,6 +31,7 @@ from syndicate.mail import (
     build_digest_template,
     envelope_sender,
     fill_message,
+    sign_message,
     unsubscribe_url,
 )
 from syndicate.model import DigestPlan
@@ -33,9 +42,11 @@ from syndicate.send import (
     open_mailer,
     open_send_lock,
     read_dkim_key,
+    read_earlier_digests,
     send_digest,
 )
 from syndicate.store import Database, ledger
+from syndicate.store.digests import close_digest
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import (
     confirmed_languages,
@@ -44,6 +55,8 @@ from syndicate.store.subscribers import (
     normalize_email,
 )
 from syndicate.tokens import make_token, verify_token
+
+log = logging.getLogger(__name__)
 
 NOTHING_NEW = "Nothing new to send."
 # Substituted by each recipient's URL in the built message; never leaves this process.
@@ -83,6 +96,21 @@ def format_summary(summary: SendSummary) -> str:
         f"skipped {summary.skipped} in {summary.seconds:.1f} s "
         f"({summary.rate:.1f} messages/s)."
     )
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _print_summary(app: AppContext, summary: SendSummary, *, note: str = "") -> None:
+    """Print one summary line: on stderr when some failed (so `-q` under cron still shows it)."""
+    line = format_summary(summary)
+    if note:
+        line = f"{line[:-1]}; {note}"
+    if summary.failed:
+        click.echo(line, err=True)
+    else:
+        app.echo(line)
 
 
 def _templates(
@@ -126,7 +154,7 @@ def _check_smtp(settings: Settings) -> None:
     "--limit",
     type=click.IntRange(min=1),
     default=None,
-    help="Send to at most N subscribers in this run.",
+    help="Send to at most N subscribers in this run (earlier days first).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_app
@@ -136,6 +164,7 @@ def send_command(
     """Build feeds and today's digest, and deliver it to every confirmed subscriber owed it.
 
     Safe to rerun: subscribers already sent are skipped; failed ones are retried.
+    Digests of the last 7 days still owed to someone are finished first.
 
     Example: syndicate -q send
     """
@@ -149,30 +178,76 @@ def send_command(
         now = datetime.fromtimestamp(app.now(), UTC)
         run_build(settings, db, now=now)
         plan = todays_digest(settings, db, now=now, create=True)
-        if plan is None:
-            _nothing(app, as_json)
-            return
-        write_digest_page(settings, plan, now=now)
+        deliver = _Delivery(app, db, now=now, progress=not as_json)
+        # Earlier days first, oldest first: a day whose run failed, was killed or was cut
+        # short by --limit is finished before today's digest goes out.
+        earlier: list[SendSummary] = []
+        budget = limit
+        for owed in read_earlier_digests(db, today=digest_day(settings, now), now=now):
+            if budget == 0:
+                break
+            earlier_plan = stored_digest(db, owed.day)
+            if earlier_plan is None:
+                log.warning(
+                    "digest %s: its articles are no longer stored, so it cannot be sent to "
+                    "the %s still owed it.",
+                    owed.day.isoformat(),
+                    _plural(owed.owed, "subscriber"),
+                )
+                close_digest(db, owed.day, now=now)
+                continue
+            summary = deliver(earlier_plan, confirmed_by=owed.created_at, limit=budget)
+            earlier.append(summary)
+            if budget is not None:
+                budget -= summary.sent + summary.failed
+            if not as_json:
+                _print_summary(app, summary)
+        today = deliver(plan, confirmed_by=None, limit=budget) if plan is not None else None
+    failed = any(s.failed for s in earlier) or bool(today and today.failed)
+    if as_json:
+        # The same keys whether or not there was a digest today, so a script reads one shape.
+        shape = today.to_dict() if today is not None else {"digest": None, **_NOTHING_COUNTS}
+        click.echo(json.dumps({**shape, "earlier": [s.to_dict() for s in earlier]}))
+    elif today is None:
+        app.echo(NOTHING_NEW)
+    else:
+        _print_summary(app, today, note="" if deliver.languages else NO_SUBSCRIBERS)
+    if failed:
+        click.get_current_context().exit(1)
+
+
+class _Delivery:
+    """Sends one stored digest (an earlier day's or today's) to whoever is owed it."""
+
+    def __init__(self, app: AppContext, db: Database, *, now: datetime, progress: bool) -> None:
+        self.app, self.settings, self.db, self.now = app, app.settings, db, now
+        self.languages = confirmed_languages(db)
+        self.secret = get_secret(self.settings, db)
+        self.progress = progress and sys.stderr.isatty() and not app.quiet
+
+    def __call__(
+        self, plan: DigestPlan, *, confirmed_by: datetime | None, limit: int | None
+    ) -> SendSummary:
+        settings = self.settings
+        write_digest_page(settings, plan, now=self.now)
         marker = _MARKER_BASE + secrets.token_hex(8)
-        languages = confirmed_languages(db)
-        templates = _templates(settings, plan, languages, marker=marker, now=now)
-        progress = (
-            _ProgressLine() if sys.stderr.isatty() and not app.quiet and not as_json else None
-        )
+        templates = _templates(settings, plan, self.languages, marker=marker, now=self.now)
+        progress = _ProgressLine() if self.progress else None
         # Everything loaded so far (templates, Babel data, parsed articles) lives until exit:
         # keep it out of the collector's full passes during the send loop.
         gc.collect()
         gc.freeze()
         try:
-            summary = asyncio.run(
+            return asyncio.run(
                 send_digest(
-                    db=db,
+                    db=self.db,
                     mailer=open_mailer(settings, folder=plan.day.isoformat()),
                     templates=templates,
                     settings=settings,
-                    secret=get_secret(settings, db),
+                    secret=self.secret,
                     day=plan.day,
-                    now=now,
+                    now=self.now,
+                    confirmed_by=confirmed_by,
                     connections=mailer_concurrency(settings),
                     limit=limit,
                     rate=settings.smtp.rate if settings.mail.transport == "smtp" else 0.0,
@@ -182,16 +257,6 @@ def send_command(
         finally:
             if progress is not None:
                 progress.close()
-    if as_json:
-        click.echo(json.dumps(summary.to_dict()))
-    elif summary.failed:
-        click.echo(format_summary(summary), err=True)
-    elif not languages:
-        app.echo(format_summary(summary)[:-1] + f"; {NO_SUBSCRIBERS}")
-    else:
-        app.echo(format_summary(summary))
-    if summary.failed:
-        click.get_current_context().exit(1)
 
 
 NO_SUBSCRIBERS = (
@@ -200,11 +265,14 @@ NO_SUBSCRIBERS = (
 )
 
 
+# The counts of a run that had no digest to send: the keys of SendSummary.to_dict().
+_NOTHING_COUNTS = {"sent": 0, "failed": 0, "skipped": 0, "bounced": 0, "seconds": 0.0, "rate": 0.0}
+
+
 def _nothing(app: AppContext, as_json: bool) -> None:
     if as_json:
         # The same keys as a run's summary, so a script reads one shape.
-        nothing = {"sent": 0, "failed": 0, "skipped": 0, "bounced": 0, "seconds": 0.0, "rate": 0.0}
-        click.echo(json.dumps({"digest": None, **nothing}))
+        click.echo(json.dumps({"digest": None, **_NOTHING_COUNTS}))
     else:
         app.echo(NOTHING_NEW)
 
@@ -236,8 +304,8 @@ def _preview_send(
         token = make_token(
             get_secret(settings, db), purpose="unsubscribe", subscriber_id=0, issued_at=now
         )
-        message = fill_message(
-            template, to=address, subscriber_id=0, unsubscribe_url=unsubscribe_url(settings, token)
+        message = _test_copy(
+            template, to=address, day=plan.day, url=unsubscribe_url(settings, token)
         )
 
         async def deliver() -> None:
@@ -274,9 +342,31 @@ def _preview_send(
         )
         return
     app.echo(
-        f"Dry run: the {plan.day.isoformat()} digest ({len(plan.articles)} articles) would go to "
-        f"{owed} subscribers, {skipped} skipped; nothing was written or sent{note}."
+        f"Dry run: the {plan.day.isoformat()} digest ({_plural(len(plan.articles), 'article')}) "
+        f"would go to {_plural(owed, 'subscriber')}, {skipped} skipped; "
+        f"nothing was written or sent{note}."
     )
+
+
+def _test_copy(template: MessageTemplate, *, to: str, day: date, url: str) -> bytes:
+    """One test copy, with a Message-ID of its own (`<day.test-RANDOM@domain>`).
+
+    Subscribers' Message-IDs are deterministic (`<day.id@domain>`); test copies
+    are not recorded, so each gets a random one: two copies must not look like
+    one message to a mail client or to the outbox folder.
+    """
+    message = fill_message(
+        dataclasses.replace(template, dkim=None), to=to, subscriber_id=0, unsubscribe_url=url
+    )
+    slot = f"\r\nMessage-ID: <{day.isoformat()}.0@".encode("ascii")
+    unique = f"\r\nMessage-ID: <{day.isoformat()}.test-{secrets.token_hex(8)}@".encode("ascii")
+    head_end = message.index(b"\r\n\r\n")
+    if message.find(slot, 0, head_end) < 0:  # pragma: no cover - mail.py puts it after To
+        raise AssertionError("the digest template has no Message-ID after To")
+    message = message.replace(slot, unique, 1)
+    if template.dkim is not None:  # sign what goes out, with its final Message-ID
+        message = sign_message(message, template.dkim)
+    return message
 
 
 @cli.group("unsubscribe-token")

@@ -14,7 +14,6 @@ from syndicate.cli import AppContext, cli, pass_app
 from syndicate.errors import InputError, SubscriberError
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.output import write_atomic
-from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import (
     LANGUAGES,
     add_subscriber,
@@ -95,7 +94,6 @@ def add_command(app: AppContext, email: str, name: str | None, language: str) ->
         language=language,
         status=SubscriptionStatus.CONFIRMED,
         now=_now(app),
-        secret=get_secret(app.settings, db),
     )
     app.echo(f"Added {added.email} (id {added.id}, {added.language}).")
 
@@ -168,7 +166,6 @@ def import_command(app: AppContext, file: Path) -> None:
             f"{file} line 1: the header is {header!r}; expected the columns email,name,language."
         )
     db = app.database
-    secret = get_secret(app.settings, db)
     now = _now(app)
     added = unchanged = bad = 0
     for row in reader:
@@ -191,7 +188,6 @@ def import_command(app: AppContext, file: Path) -> None:
                 language=language,
                 status=SubscriptionStatus.CONFIRMED,
                 now=now,
-                secret=secret,
             )
             added += 1
         except SubscriberError as exc:
@@ -233,7 +229,7 @@ def erase_command(app: AppContext, email: str) -> None:
     """
     db = app.database
     address = email.strip()
-    deleted = erase(db, address, secret=get_secret(app.settings, db), now=_now(app))
+    deleted = erase(db, address, now=_now(app))
     if deleted:
         app.echo(f"Erased {address}; only a keyed hash remains, so it cannot be imported again.")
     else:

@@ -1,4 +1,4 @@
-"""Orchestration shared by the `digest` and `send` commands: today's digest and its web page."""
+"""Orchestration shared by the `digest` and `send` commands: the day's digest and its web page."""
 
 from __future__ import annotations
 
@@ -50,6 +50,17 @@ def todays_digest(
                 if plan is not None:
                     create_digest(db, plan, now=now)
     if plan is None or not plan.articles:  # a stored digest whose articles are gone
+        return None
+    return _with_page_slugs(db, plan)
+
+
+def stored_digest(db: Database, day: date) -> DigestPlan | None:
+    """The digest stored for `day`, with its pages' slugs; None if none, or its articles are gone.
+
+    For `send` catching up an earlier day: the digest is sent as it was made.
+    """
+    plan = get_digest(db, day)
+    if plan is None or not plan.articles:
         return None
     return _with_page_slugs(db, plan)
 

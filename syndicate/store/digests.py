@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -35,6 +36,22 @@ INSERT_DIGEST = """
 """
 # Mark an article as carried by the digest of :day (never moves it to another day).
 MARK_ARTICLE = "UPDATE articles SET digest_day = :day WHERE id = :id AND digest_day IS NULL"
+# Digests of days before :before that `send` has not closed yet, oldest first.
+SELECT_OPEN_DIGESTS = """
+    SELECT day, created_at FROM digests
+    WHERE closed_at IS NULL AND day < :before
+    ORDER BY day
+"""
+# Close a digest: nobody is owed it any more, or it was given up.
+CLOSE_DIGEST = "UPDATE digests SET closed_at = :now WHERE day = :day AND closed_at IS NULL"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDigest:
+    """A digest row: its day and when it was created (the cutoff for catching it up)."""
+
+    day: date
+    created_at: datetime
 
 
 def _utc_text(moment: datetime) -> str:
@@ -143,3 +160,31 @@ def create_digest(db: Database, plan: DigestPlan, *, now: datetime) -> None:
                 conn.executemany(MARK_ARTICLE, [{"day": day, "id": a.id} for a in plan.articles])
         except sqlite3.Error as exc:
             raise StoreError(f"{db.path}: cannot store the digest of {day}: {exc}.") from exc
+
+
+def open_digests(db: Database, *, before: date) -> list[StoredDigest]:
+    """The digests of days before `before` not closed yet, oldest first.
+
+    Few: `send` closes each one a later day finds finished or too old.
+    """
+    try:
+        rows = db.conn.execute(SELECT_OPEN_DIGESTS, {"before": before.isoformat()}).fetchall()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{db.path}: cannot read the digests: {exc}.") from exc
+    where = f"{db.path}: digests"
+    try:
+        return [
+            StoredDigest(date.fromisoformat(day), _parse_time(created_at, where=where))
+            for day, created_at in rows
+        ]
+    except ValueError as exc:
+        raise StoreError(f"{where}: a stored day is damaged: {exc}.") from exc
+
+
+def close_digest(db: Database, day: date, *, now: datetime) -> None:
+    """Mark the digest of `day` closed, so later runs no longer look for recipients owed it."""
+    try:
+        with db.transaction() as conn:
+            conn.execute(CLOSE_DIGEST, {"day": day.isoformat(), "now": _utc_text(now)})
+    except sqlite3.Error as exc:
+        raise StoreError(f"{db.path}: cannot close the digest of {day}: {exc}.") from exc

@@ -4,6 +4,10 @@ A row moves `sending -> sent | failed`. `sending` is committed before the
 message goes and `sent` only after the server accepted it, so a crash leaves
 at most the in-flight messages in doubt; a rerun sends every row that is not
 `sent` again (at-least-once).
+
+The queries that say who is owed a digest take `confirmed_by`: when set (a
+digest of an earlier day being caught up), only subscribers confirmed at or
+before that time count, so a new subscriber is not sent last week's digest.
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ class Recipient:
     attempts: int  # finished attempts in earlier runs
 
 
-# Which confirmed subscribers are still owed the digest of :day: no row, a row a crashed
-# run left in 'sending', or a 'failed' row with attempts to spare. Keyset-paged by id.
+# Which confirmed subscribers (confirmed by :confirmed_by, when given) are still owed the
+# digest of :day: no row, a row a crashed run left in 'sending', or a 'failed' row with
+# attempts to spare. Keyset-paged by id.
 _OWED_PAGE = """
     SELECT s.id, s.email, s.language, coalesce(d.attempts, 0)
     FROM subscribers AS s
     LEFT JOIN deliveries AS d ON d.digest_day = :day AND d.subscriber_id = s.id
     WHERE s.status = 'confirmed' AND s.id > :after
+      AND (:confirmed_by IS NULL OR s.confirmed_at <= :confirmed_by)
       AND (d.status IS NULL OR d.status = 'sending'
            OR (d.status = 'failed' AND d.attempts < :max_attempts))
     ORDER BY s.id
@@ -45,6 +51,7 @@ _OWED_COUNT = """
     FROM subscribers AS s
     LEFT JOIN deliveries AS d ON d.digest_day = :day AND d.subscriber_id = s.id
     WHERE s.status = 'confirmed'
+      AND (:confirmed_by IS NULL OR s.confirmed_at <= :confirmed_by)
       AND (d.status IS NULL OR d.status = 'sending'
            OR (d.status = 'failed' AND d.attempts < :max_attempts))
 """
@@ -54,6 +61,7 @@ _SKIPPED_COUNT = """
     FROM subscribers AS s
     JOIN deliveries AS d ON d.digest_day = :day AND d.subscriber_id = s.id
     WHERE s.status = 'confirmed'
+      AND (:confirmed_by IS NULL OR s.confirmed_at <= :confirmed_by)
       AND (d.status = 'sent' OR (d.status = 'failed' AND d.attempts >= :max_attempts))
 """
 # Claim a recipient before its message goes (committed first: the crash-safety point).
@@ -91,11 +99,28 @@ def _fail(db: Database, exc: sqlite3.Error) -> StoreError:
     return StoreError(f"{db.path}: send ledger query failed: {exc}.")
 
 
+def _cutoff(confirmed_by: datetime | None) -> str | None:
+    # Same text form as subscribers.confirmed_at, so SQLite compares them as text.
+    return _iso(confirmed_by) if confirmed_by is not None else None
+
+
 def owed_page(
-    db: Database, *, day: date, after: int, limit: int, max_attempts: int
+    db: Database,
+    *,
+    day: date,
+    after: int,
+    limit: int,
+    max_attempts: int,
+    confirmed_by: datetime | None = None,
 ) -> list[Recipient]:
     """Return up to `limit` recipients owed the digest of `day` with ids above `after`."""
-    params = {"day": day.isoformat(), "after": after, "limit": limit, "max_attempts": max_attempts}
+    params = {
+        "day": day.isoformat(),
+        "after": after,
+        "limit": limit,
+        "max_attempts": max_attempts,
+        "confirmed_by": _cutoff(confirmed_by),
+    }
     try:
         rows = db.conn.execute(_OWED_PAGE, params).fetchall()
     except sqlite3.Error as exc:
@@ -103,22 +128,34 @@ def owed_page(
     return [Recipient(int(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]
 
 
-def count_owed(db: Database, *, day: date, max_attempts: int) -> int:
+def _count_params(day: date, max_attempts: int, confirmed_by: datetime | None) -> dict[str, object]:
+    return {
+        "day": day.isoformat(),
+        "max_attempts": max_attempts,
+        "confirmed_by": _cutoff(confirmed_by),
+    }
+
+
+def count_owed(
+    db: Database, *, day: date, max_attempts: int, confirmed_by: datetime | None = None
+) -> int:
     """Return how many confirmed subscribers are owed the digest of `day`."""
     try:
         row = db.conn.execute(
-            _OWED_COUNT, {"day": day.isoformat(), "max_attempts": max_attempts}
+            _OWED_COUNT, _count_params(day, max_attempts, confirmed_by)
         ).fetchone()
     except sqlite3.Error as exc:
         raise _fail(db, exc) from exc
     return int(row[0])
 
 
-def count_skipped(db: Database, *, day: date, max_attempts: int) -> int:
+def count_skipped(
+    db: Database, *, day: date, max_attempts: int, confirmed_by: datetime | None = None
+) -> int:
     """Return how many confirmed subscribers a run skips: already sent, or out of attempts."""
     try:
         row = db.conn.execute(
-            _SKIPPED_COUNT, {"day": day.isoformat(), "max_attempts": max_attempts}
+            _SKIPPED_COUNT, _count_params(day, max_attempts, confirmed_by)
         ).fetchone()
     except sqlite3.Error as exc:
         raise _fail(db, exc) from exc

@@ -7,7 +7,7 @@ from __future__ import annotations
 MIGRATIONS: list[list[str]] = [
     # 1: the first schema.
     [
-        # Small key/value facts: the generated signing secret.
+        # Small key/value facts: the generated signing secret, the erasure key.
         """
         CREATE TABLE meta (
             key TEXT PRIMARY KEY,
@@ -61,7 +61,10 @@ MIGRATIONS: list[list[str]] = [
             day TEXT PRIMARY KEY,           -- YYYY-MM-DD in site.timezone
             created_at TEXT NOT NULL,
             article_ids TEXT NOT NULL,      -- JSON list, digest order
-            more INTEGER NOT NULL DEFAULT 0 -- articles left out past digest.max_articles
+            more INTEGER NOT NULL DEFAULT 0, -- articles left out past digest.max_articles
+            -- Set once a later day's `send` found nobody still owed it, or gave it up
+            -- (older than the catch-up window): later runs look at it no more.
+            closed_at TEXT
         )
         """,
         """
@@ -83,7 +86,8 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
         "CREATE INDEX subscribers_status ON subscribers (status, id)",
-        # Erased addresses: only a keyed hash stays, so an import cannot bring them back.
+        # Erased addresses: only a hash keyed with meta's erasure_key (never the signing
+        # secret, which may be rotated) stays, so an import cannot bring them back.
         """
         CREATE TABLE suppressions (
             email_hash TEXT PRIMARY KEY,

@@ -2,7 +2,9 @@
 
 Addresses are checked with email-validator and kept in their normalised ASCII
 form; `email_key` (case-folded) makes them unique case-insensitively. Erased
-addresses leave only a keyed hash in `suppressions`.
+addresses leave only a hash in `suppressions`, keyed with the database's own
+erasure key (meta), never with the signing secret: rotating that secret must
+not let an erased address back in.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from email_validator import EmailNotValidError, validate_email
 from syndicate.errors import StoreError, SubscriberError
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.store import Database
+from syndicate.store.meta import get_erasure_key
 from syndicate.text import clean_line, nfc
 
 LANGUAGES = ("vi", "en")
@@ -73,7 +76,7 @@ _PAGE_STATUS = (
     f"SELECT {_COLUMNS} FROM subscribers WHERE status = ? AND id > ? "  # noqa: S608
     "ORDER BY id LIMIT ?"
 )
-# Erase: the row goes (its deliveries cascade), a keyed hash stays.
+# Erase: the row goes (its deliveries cascade), a hash keyed with the erasure key stays.
 _DELETE_BY_KEY = "DELETE FROM subscribers WHERE email_key = ?"
 _INSERT_SUPPRESSION = """
     INSERT INTO suppressions (email_hash, created_at) VALUES (?, ?)
@@ -112,10 +115,10 @@ def email_key(email: str) -> str:
     return email.casefold()
 
 
-def email_hash(secret: bytes, email: str) -> str:
-    """Return the keyed hash kept for an erased address (HMAC-SHA256 of its key)."""
+def email_hash(key: bytes, email: str) -> str:
+    """Return the hash kept for an erased address: HMAC-SHA256 of its email_key under `key`."""
     return hmac.new(
-        secret, b"syndicate-erased\x00" + email_key(email).encode("utf-8"), hashlib.sha256
+        key, b"syndicate-erased\x00" + email_key(email).encode("utf-8"), hashlib.sha256
     ).hexdigest()
 
 
@@ -191,10 +194,13 @@ def _require(db: Database, subscriber_id: int) -> Subscriber:
     return found
 
 
-def is_suppressed(db: Database, email: str, *, secret: bytes) -> bool:
-    """Tell whether this address was erased (its keyed hash is in `suppressions`)."""
+def is_suppressed(db: Database, email: str) -> bool:
+    """Tell whether this address was erased (its hash is in `suppressions`)."""
+    key = get_erasure_key(db)
+    if key is None:  # no address was ever erased in this database
+        return False
     try:
-        row = db.conn.execute(_SELECT_SUPPRESSION, (email_hash(secret, email),)).fetchone()
+        row = db.conn.execute(_SELECT_SUPPRESSION, (email_hash(key, email),)).fetchone()
     except sqlite3.Error as exc:
         raise _fail(db, exc) from exc
     return row is not None
@@ -208,16 +214,15 @@ def add_subscriber(
     language: str = "vi",
     status: SubscriptionStatus = SubscriptionStatus.CONFIRMED,
     now: datetime,
-    secret: bytes | None = None,
 ) -> Subscriber:
     """Store a new subscriber and return it.
 
     Raises SubscriberError for a bad address or language, an address already
-    stored (any case), and, when `secret` is given, an erased address.
+    stored (any case), or an erased address.
     """
     address = normalize_email(email)
     check_language(language)
-    if secret is not None and is_suppressed(db, address, secret=secret):
+    if is_suppressed(db, address):
         raise SubscriberError(
             f"email address {address!r} was erased and cannot be added again.",
             hint="Only the person can subscribe again, through the sign-up form.",
@@ -386,19 +391,23 @@ def iter_subscribers(
         last = int(rows[-1][0])
 
 
-def erase(db: Database, email: str, *, secret: bytes, now: datetime) -> bool:
+def erase(db: Database, email: str, *, now: datetime) -> bool:
     """Delete the address's personal data and ledger rows, keeping only a keyed hash.
 
     Returns True when a subscriber row was deleted. The hash is stored even
     for an address that was never subscribed, so it can never be imported.
+    It is keyed with the database's erasure key (generated on the first
+    erasure), so it outlives any change of the signing secret.
     """
     address = normalize_email(email)
     try:
         # Zero the freed bytes, then fold the WAL back, so no copy of the row stays on disk.
         db.conn.execute("PRAGMA secure_delete = ON")
         with db.transaction() as conn:
+            key = get_erasure_key(db, create=True)
+            assert key is not None  # noqa: S101 - created above
             deleted = conn.execute(_DELETE_BY_KEY, (email_key(address),)).rowcount
-            conn.execute(_INSERT_SUPPRESSION, (email_hash(secret, address), _iso(now)))
+            conn.execute(_INSERT_SUPPRESSION, (email_hash(key, address), _iso(now)))
         db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     except sqlite3.Error as exc:
         raise _fail(db, exc) from exc
