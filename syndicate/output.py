@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
-import tempfile
 from pathlib import Path
 
 from syndicate.errors import OutputError
+
+# Temp files: created exclusively (O_EXCL, never following a link) and readable by
+# their owner only until they are complete.
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+_TEMP_FLAGS |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_counter = itertools.count()
 
 
 def write_atomic(
@@ -24,15 +30,17 @@ def write_atomic(
     try:
         if skip_unchanged and _same_bytes(path, data):
             return False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _create_temp(path)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
                 if fsync:
-                    os.fsync(handle.fileno())
-            os.chmod(tmp, 0o644)
+                    os.fsync(fd)
+                os.fchmod(fd, 0o644)
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -46,10 +54,29 @@ def write_atomic(
     return True
 
 
+def _create_temp(path: Path) -> tuple[int, str]:
+    """Create a new, empty temp file beside `path` (making its folder if needed)."""
+    folder = os.fspath(path.parent)
+    prefix = os.path.join(folder, f".{path.name}.{os.getpid()}.")
+    made_folder = False
+    while True:
+        tmp = f"{prefix}{next(_counter)}.tmp"
+        try:
+            return os.open(tmp, _TEMP_FLAGS, 0o600), tmp
+        except FileExistsError:  # left by a crashed run that had our pid: take the next
+            continue
+        except FileNotFoundError:
+            if made_folder:
+                raise
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made_folder = True
+
+
 def _same_bytes(path: Path, data: bytes) -> bool:
     try:
-        if path.stat().st_size != len(data):
+        if os.stat(path).st_size != len(data):
             return False
-        return path.read_bytes() == data
+        with open(path, "rb") as handle:
+            return handle.read(len(data) + 1) == data
     except FileNotFoundError:
         return False

@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import babel
 import jinja2
 from babel.dates import format_date, format_time, get_datetime_format
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from syndicate.model import Article, BlockKind, Precision
 from syndicate.text import clean_line, slugify
@@ -63,8 +63,9 @@ STRINGS: dict[str, dict[str, str]] = {
     },
 }
 
-_PARAGRAPH = Markup("<p>{}</p>")
-_CAPTION = Markup('<p class="caption">{}</p>')
+_PARAGRAPH_OPEN = Markup("<p>")
+_CAPTION_OPEN = Markup('<p class="caption">')
+_CLOSE = Markup("</p>")
 _SAFE_SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 
@@ -257,12 +258,12 @@ class SiteRenderer:
 
     def render_article(self, article: Article, *, slug: str) -> bytes:
         """The page of one article, written at `article_path(slug)`."""
-        # Each paragraph escaped on its own (Markup.format escapes its arguments): article
-        # text is never part of a template.
+        # Each paragraph escaped on its own: article text is never part of a template.
+        # (Markup + escape() is what Markup.format did, without its formatter overhead.)
         body = Markup("\n").join(
-            (_CAPTION if block.kind is BlockKind.CAPTION else _PARAGRAPH).format(
-                _one_line(block.text)
-            )
+            (_CAPTION_OPEN if block.kind is BlockKind.CAPTION else _PARAGRAPH_OPEN)
+            + escape(_one_line(block.text))
+            + _CLOSE
             for block in article.body
         )
         html = self._article.render(

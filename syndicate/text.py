@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 
@@ -14,7 +15,8 @@ _TO_SPACE = dict.fromkeys(
     ),
     " ",
 )
-_DELETE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
+# U+FFFE/U+FFFF are valid UTF-8 but not XML characters: a feed writer would refuse them.
+_DELETE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\ufffe\uffff"), None)
 _CLEAN_TABLE = {**_TO_SPACE, **_DELETE}
 _SPACES = re.compile(r" {2,}")
 # C0/C1 controls other than \n (line breaks are split on before cleaning).
@@ -27,7 +29,7 @@ def nfc(text: str) -> str:
 
 
 # The same mapping as _CLEAN_TABLE, as regexes: one C-level scan each, even on long texts.
-_DELETE_RE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
+_DELETE_RE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad\ufffe\uffff\ud800-\udfff]")
 _TO_SPACE_RE = re.compile(
     "[\u00a0\u2000-\u200a\u202f\u205f\u3000\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]"
 )
@@ -62,6 +64,9 @@ def header_safe(text: str, *, limit: int = 900) -> str:
 
 
 _SLUG_DROP = re.compile(r"[^a-z0-9]+")
+# Combining Diacritical Marks, all of non-zero combining class (U+034F, the grapheme joiner,
+# has class 0 and is left out).
+_COMBINING_MARKS = re.compile("[\u0300-\u034e\u0350-\u036f]+")
 
 
 def slugify(text: str, *, max_length: int = 80) -> str:
@@ -69,7 +74,11 @@ def slugify(text: str, *, max_length: int = 80) -> str:
     # đ/Đ have no Unicode decomposition, so NFD alone would drop them.
     text = text.replace("đ", "d").replace("Đ", "D")
     decomposed = unicodedata.normalize("NFKD", text)
-    ascii_only = "".join(c for c in decomposed if not unicodedata.combining(c))
+    # Fast path: strip the usual combining marks with one regex; when only ASCII is left,
+    # no other combining character can remain and the result is the same as the slow path.
+    ascii_only = _COMBINING_MARKS.sub("", decomposed)
+    if not ascii_only.isascii():
+        ascii_only = "".join(c for c in decomposed if not unicodedata.combining(c))
     slug = _SLUG_DROP.sub("-", ascii_only.lower()).strip("-")
     if len(slug) > max_length:
         slug = (
@@ -89,6 +98,7 @@ VIETNAMESE_LETTERS = frozenset(
 )
 
 
+_WORD_PUNCTUATION = ".,;:!?()\"'\u201c\u201d\u2018\u2019"
 _VI_WORDS = frozenset(
     "và của các là có được trong cho với đã này những người một không tại theo để khi từ đến "
     "về như ở sẽ đang cũng nhiều năm ngày tỉnh huyện xã".split()
@@ -105,15 +115,15 @@ def detect_language(text: str) -> str:
     Counts common function words of each language, then the share of words carrying
     Vietnamese letters as a tie-break: an English text with a few Vietnamese names stays "en".
     """
-    words = [w.strip(".,;:!?()\"'\u201c\u201d\u2018\u2019") for w in text.lower().split()[:600]]
-    words = [w for w in words if w]
+    raw = text.lower().split()[:600]
+    words = [w for w in map(str.strip, raw, itertools.repeat(_WORD_PUNCTUATION)) if w]
     if not words:
         return "vi"
-    vi = sum(1 for w in words if w in _VI_WORDS)
-    en = sum(1 for w in words if w in _EN_WORDS)
+    vi = sum(map(_VI_WORDS.__contains__, words))
+    en = sum(map(_EN_WORDS.__contains__, words))
     if vi != en:
         return "vi" if vi > en else "en"
-    marked = sum(1 for w in words if any(c in VIETNAMESE_LETTERS for c in w))
+    marked = sum(1 for w in words if not VIETNAMESE_LETTERS.isdisjoint(w))
     return "vi" if marked * 3 >= len(words) else "en"
 
 

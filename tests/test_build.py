@@ -398,7 +398,8 @@ def test_empty_seeds_build_an_empty_site(settings: Settings, db: Database, now: 
     assert summary.articles == 0
     rss = feedparser.parse((settings.paths.output / "rss.xml").read_bytes())
     assert rss.bozo == 0
-    assert rss.feed.updated == "Fri, 01 Nov 2024 13:00:00 +0700"  # no dates: the clock
+    # No article at all: the Unix epoch (in the site's zone, then UTC+8), never the clock.
+    assert rss.feed.updated == "Thu, 01 Jan 1970 08:00:00 +0800"
     assert "Chưa có bài viết nào." in (settings.paths.output / "index.html").read_text("utf-8")
 
 
@@ -464,3 +465,113 @@ def test_a_change_within_the_same_mtime_tick_is_caught(
     summary = run_build(settings, db, now=now)
     assert parses == [str(target)]
     assert summary.written == 4  # its page and the three feeds
+
+
+def test_worker_processes_give_the_same_site_store_and_warnings(
+    tmp_path: Path, now: datetime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Large builds parse and render in forked workers: the result must not change."""
+    dumps_dir = Path(__file__).resolve().parent / "data" / "dumps"
+    results = []
+    for run, threshold in (("single", 10**9), ("workers", 1)):
+        monkeypatch.setattr(build, "_PARALLEL_MIN", threshold)
+        work = tmp_path / run
+        work.mkdir()
+        settings = load_settings(None, {}, cwd=work)
+        write_dumps(settings.paths.seeds)
+        for dump in sorted(dumps_dir.glob("*.txt")):
+            (settings.paths.seeds / f"z-{dump.name}").write_bytes(dump.read_bytes())
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), open_database(settings.paths.database) as database:
+            summary = run_build(settings, database, now=now)
+            rows = [
+                (row[0], row[1].replace(str(work), ""), row[2], row[3])
+                for row in database.conn.execute(
+                    "SELECT id, record, slug, published_at FROM articles ORDER BY id"
+                )
+            ]
+        warnings = sorted(r.getMessage().replace(str(work), "") for r in caplog.records)
+        counts = (summary.articles, summary.duplicates, summary.skipped, summary.written)
+        results.append((_tree(settings.paths.output), rows, warnings, counts))
+    single, workers = results
+    assert single[3][2] > 0, "the data set must include rejected dumps"
+    assert workers[3] == single[3]
+    assert workers[2] == single[2]
+    assert workers[1] == single[1]
+    assert workers[0] == single[0]
+
+
+def test_undated_articles_date_the_feed_by_first_sight_not_the_clock(
+    settings: Settings, now: datetime
+) -> None:
+    write_dumps(settings.paths.seeds, ["004.txt"])  # the only article has no date
+    with open_database(settings.paths.database) as database:
+        run_build(settings, database, now=now)
+        first = _tree(settings.paths.output)
+        summary = run_build(settings, database, now=now + timedelta(days=3))
+    assert summary.written == 0
+    assert _tree(settings.paths.output) == first
+    atom = feedparser.parse(first["atom.xml"])
+    assert atom.bozo == 0
+    assert atom.feed.updated == now.astimezone(settings.site.tz).isoformat()
+
+
+def test_xml_noncharacters_in_a_dump_are_dropped_not_fatal(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    settings.paths.seeds.mkdir(parents=True, exist_ok=True)
+    (settings.paths.seeds / "x.txt").write_bytes(
+        "Tiêu đề\uffff lạ\n31/10/2024 09:00\n{head}\n"
+        "Đoạn dẫn \ufffe có ký tự lạ.\nĐoạn hai.\n".encode()
+    )
+    summary = run_build(settings, db, now=now)
+    assert (summary.articles, summary.skipped) == (1, 0)
+    rss = feedparser.parse((settings.paths.output / "rss.xml").read_bytes())
+    assert rss.bozo == 0
+    assert rss.entries[0].title == "Tiêu đề lạ"
+
+
+def test_cached_parses_follow_timezone_and_size_limit_changes(
+    tmp_path: Path, now: datetime
+) -> None:
+    def build_with(folder: Path, toml: str) -> dict[str, bytes]:
+        (folder / "syndicate.toml").write_text(toml, encoding="utf-8")
+        settings = load_settings(folder / "syndicate.toml", {}, cwd=folder)
+        with open_database(settings.paths.database) as database:
+            run_build(settings, database, now=now)
+        return _tree(settings.paths.output)
+
+    cached = tmp_path / "cached"
+    write_dumps(cached / "seeds")
+    build_with(cached, "")
+    tokyo = '[site]\ntimezone = "Asia/Tokyo"\n'
+    fresh = tmp_path / "fresh"
+    write_dumps(fresh / "seeds")
+    assert build_with(cached, tokyo) == build_with(fresh, tokyo)
+    small = tokyo + "[load]\nmax_bytes = 200\n"
+    assert build_with(cached, small) == build_with(fresh, small)
+
+
+def test_odd_files_are_reported_not_fatal(
+    settings: Settings, db: Database, now: datetime, caplog: pytest.LogCaptureFixture
+) -> None:
+    seeds = settings.paths.seeds
+    write_dumps(seeds, ["001.txt"])
+    os.mkfifo(seeds / "pipe.txt")
+    (seeds / "dangling.txt").symlink_to(seeds / "nowhere")
+    bad_name = os.fsencode(seeds) + b"/bad\xff.txt"
+    with open(bad_name, "wb") as handle:
+        handle.write((seeds / "001.txt").read_bytes().replace(b"Trong", b"Ngoai"))
+    with caplog.at_level(logging.WARNING):
+        summary = run_build(settings, db, now=now)
+        run_build(settings, db, now=now)  # and again: nothing odd was cached
+    assert summary.articles == 1
+    messages = sorted({r.getMessage() for r in caplog.records})
+    assert any("bad\ufffd.txt: the file name is not valid UTF-8." in m for m in messages)
+    assert any("dangling.txt: cannot be read" in m for m in messages)
+    assert summary.skipped == 2  # the FIFO is not a *.txt file (is_file() is False)
+    code = load.read_dumps([seeds / "pipe.txt"], max_bytes=1000, tz=settings.site.tz)
+    [(_path, error)] = list(code)
+    assert str(error).endswith(
+        "pipe.txt: is not a regular file (a FIFO, socket or device). Give dump files only."
+    )

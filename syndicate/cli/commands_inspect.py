@@ -9,7 +9,7 @@ import click
 
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.errors import EXIT_FAILED, DumpError
-from syndicate.load import read_dumps
+from syndicate.load import display_path, read_dumps
 from syndicate.model import Article
 
 
@@ -60,7 +60,7 @@ def inspect_command(app: AppContext, paths: tuple[Path, ...], as_json: bool) -> 
         if isinstance(result, DumpError):
             failed += 1
             if as_json:
-                record = {"source": str(path), "error": _error_text(result)}
+                record = {"source": display_path(path), "error": _error_text(result)}
                 click.echo(json.dumps(record, ensure_ascii=False))
             else:
                 click.echo(f"error: {result}", err=True)

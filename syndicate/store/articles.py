@@ -17,6 +17,9 @@ from syndicate.errors import StoreError
 from syndicate.model import Article, Precision
 from syndicate.store import Database
 
+# The same as json.dumps(..., ensure_ascii=False, sort_keys=True), built once.
+_RECORD_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
+
 # Rows read per query when iterating: bounded memory however large the table grows.
 _BATCH = 500
 
@@ -176,32 +179,77 @@ def delete_dumps(db: Database, paths: Iterable[str]) -> None:
 
 def encode_record(article: Article) -> tuple[str, str]:
     """The stored JSON record of `article` and its hash."""
-    record = json.dumps(article.to_record(), ensure_ascii=False, sort_keys=True)
+    record = _RECORD_ENCODER.encode(article.to_record())
     return record, hashlib.blake2b(record.encode("utf-8"), digest_size=16).hexdigest()
 
 
-def upsert_article(db: Database, article: Article, *, now: datetime) -> bool:
-    """Store `article`; a new id gets first_seen_at = `now`. Returns True when it was new."""
+@dataclass(frozen=True, slots=True)
+class ArticleRow:
+    """An article as the `articles` table stores it (all but first_seen_at): small to
+    pass between processes, and enough for `upsert_row`."""
+
+    id: str
+    record: str
+    record_hash: str
+    published_at: str | None  # UTC ISO text
+    slug: str
+    title: str
+    precision: str
+    author: str | None
+    source: str
+
+
+def article_row(article: Article) -> ArticleRow:
+    """The stored form of `article`."""
     record, record_hash = encode_record(article)
+    return ArticleRow(
+        id=article.id,
+        record=record,
+        record_hash=record_hash,
+        published_at=_utc_text(article.published) if article.published else None,
+        slug=article.slug,
+        title=article.title,
+        precision=str(article.precision),
+        author=article.author,
+        source=article.source,
+    )
+
+
+def upsert_article(
+    db: Database, article: Article, *, now: datetime, existed: bool | None = None
+) -> bool:
+    """Store `article`; a new id gets first_seen_at = `now`. Returns True when it was new.
+
+    `existed` may say whether the store already holds this id (a caller that loaded
+    every id saves one query per article); None looks it up.
+    """
+    return upsert_row(db, article_row(article), now=now, existed=existed)
+
+
+def upsert_row(
+    db: Database, row: ArticleRow, *, now: datetime, existed: bool | None = None
+) -> bool:
+    """`upsert_article` for an article already in its stored form."""
     try:
-        existed = db.conn.execute(SELECT_ARTICLE_EXISTS, (article.id,)).fetchone() is not None
+        if existed is None:
+            existed = db.conn.execute(SELECT_ARTICLE_EXISTS, (row.id,)).fetchone() is not None
         db.conn.execute(
             UPSERT_ARTICLE,
             {
-                "id": article.id,
-                "record": record,
-                "published_at": _utc_text(article.published) if article.published else None,
+                "id": row.id,
+                "record": row.record,
+                "published_at": row.published_at,
                 "first_seen_at": _utc_text(now),
-                "slug": article.slug,
-                "title": article.title,
-                "precision": str(article.precision),
-                "author": article.author,
-                "source": article.source,
-                "record_hash": record_hash,
+                "slug": row.slug,
+                "title": row.title,
+                "precision": row.precision,
+                "author": row.author,
+                "source": row.source,
+                "record_hash": row.record_hash,
             },
         )
     except sqlite3.Error as exc:
-        raise _wrap(f"store article {article.id!r}", db, exc) from exc
+        raise _wrap(f"store article {row.id!r}", db, exc) from exc
     return not existed
 
 
