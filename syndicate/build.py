@@ -566,7 +566,7 @@ def run_build(
     summaries = sorted(
         (s for s in store.iter_summaries(db) if s.id in sync.article_ids), key=_newest_first_key
     )
-    slugs = assign_slugs((s.id, s.slug, s.published) for s in summaries)
+    slugs = assign_slugs((s.id, s.slug, s.published, s.first_seen_at) for s in summaries)
     writer = _Writer(output, store.read_page_fingerprints(db))
     try:
         _write_pages(settings, db, writer, renderer, info, summaries, slugs, now=now)

@@ -138,26 +138,34 @@ def _safe_slug(slug: str, article_id: str) -> str:
     return slugify(slug) or slugify(article_id) or "bai-viet"
 
 
-def assign_slugs(items: Iterable[tuple[str, str, datetime | None]]) -> dict[str, str]:
-    """Give every article (id, slug, published) a unique page slug.
+def assign_slugs(
+    items: Iterable[tuple[str, str, datetime | None, datetime | None]],
+) -> dict[str, str]:
+    """Give every article (id, slug, published, first_seen) a unique page slug.
 
-    In a group sharing a slug, the earliest published (undated after dated, then
-    the smallest id) keeps it; the others get `-<first 6 of id>` (longer if that
-    is taken too). The result depends on the set of articles only, never on
-    their order.
+    In a group sharing a slug, the article syndicate saw first keeps it, so a
+    published URL never changes hands when an older article arrives later; among
+    those seen at once, the earliest published (undated after dated, then the
+    smallest id). The others get `-<first 6 of id>` (longer if that is taken
+    too). The result depends on the set of articles only, never on their order.
     """
-    groups: dict[str, list[tuple[bool, float, str]]] = {}
-    for article_id, slug, published in items:
-        key = (published is None, published.timestamp() if published else 0.0, article_id)
+    groups: dict[str, list[tuple[float, bool, float, str]]] = {}
+    for article_id, slug, published, first_seen in items:
+        key = (
+            first_seen.timestamp() if first_seen else 0.0,
+            published is None,
+            published.timestamp() if published else 0.0,
+            article_id,
+        )
         groups.setdefault(_safe_slug(slug, article_id), []).append(key)
     result: dict[str, str] = {}
     taken: set[str] = set()
     losers: list[tuple[str, str]] = []
     for slug in sorted(groups):
         members = sorted(groups[slug])
-        result[members[0][2]] = slug
+        result[members[0][3]] = slug
         taken.add(slug)
-        losers.extend((slug, member[2]) for member in members[1:])
+        losers.extend((slug, member[3]) for member in members[1:])
     for slug, article_id in sorted(losers):
         suffix_source = slugify(article_id) or "x"
         for width in (6, 12, len(suffix_source)):

@@ -216,10 +216,10 @@ def test_page_helpers() -> None:
 def test_slug_collisions_get_a_stable_suffix_in_any_order() -> None:
     day = datetime(2024, 10, 31, tzinfo=TZ)
     items = [
-        ("b" * 32, "hoi-nghi", day),
-        ("a" * 32, "hoi-nghi", day + timedelta(days=1)),
-        ("c" * 32, "hoi-nghi", None),
-        ("d" * 32, "khac", None),
+        ("b" * 32, "hoi-nghi", day, None),
+        ("a" * 32, "hoi-nghi", day + timedelta(days=1), None),
+        ("c" * 32, "hoi-nghi", None, None),
+        ("d" * 32, "khac", None, None),
     ]
     expected = {
         "b" * 32: "hoi-nghi",  # earliest published keeps the plain slug
@@ -231,13 +231,25 @@ def test_slug_collisions_get_a_stable_suffix_in_any_order() -> None:
         assert assign_slugs(order) == expected
 
 
+def test_an_older_article_seen_later_does_not_take_a_published_slug() -> None:
+    day = datetime(2024, 10, 31, tzinfo=TZ)
+    first_build = day + timedelta(days=2)
+    items = [
+        ("b" * 32, "hoi-nghi", day, first_build),
+        ("a" * 32, "hoi-nghi", day - timedelta(days=5), first_build + timedelta(days=1)),
+    ]
+    for order in itertools.permutations(items):
+        slugs = assign_slugs(order)
+        assert slugs == {"b" * 32: "hoi-nghi", "a" * 32: "hoi-nghi-aaaaaa"}
+
+
 def test_slug_ties_go_to_the_smallest_id_and_suffixes_never_clash() -> None:
     items = [
-        ("123456ff", "tin", None),
-        ("123456aa", "tin", None),
-        ("999999aa", "tin-123456ff", None),  # already owns what would be the suffixed slug
-        ("00", "", None),
-        ("11", "Không hợp lệ/..", None),
+        ("123456ff", "tin", None, None),
+        ("123456aa", "tin", None, None),
+        ("999999aa", "tin-123456ff", None, None),  # already owns what would be the suffixed slug
+        ("00", "", None, None),
+        ("11", "Không hợp lệ/..", None, None),
     ]
     slugs = assign_slugs(items)
     assert slugs["123456aa"] == "tin"

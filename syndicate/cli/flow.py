@@ -74,7 +74,7 @@ def _with_page_slugs(db: Database, plan: DigestPlan) -> DigestPlan:
     live = live_article_ids(db)
     wanted = {a.id for a in plan.articles}
     slugs = assign_slugs(
-        (s.id, s.slug, s.published)
+        (s.id, s.slug, s.published, s.first_seen_at)
         for s in iter_summaries(db)
         if not live or s.id in live or s.id in wanted
     )
