@@ -25,7 +25,7 @@ from syndicate.config import Settings, base_url, email_templates_dir
 from syndicate.errors import ConfigError, InputError
 from syndicate.model import Article, DigestPlan, Precision, Teaser
 from syndicate.site import article_url
-from syndicate.text import header_safe, nfc
+from syndicate.text import header_safe, nfc, one_line
 
 LANGUAGES = ("vi", "en")
 TEXT_WIDTH = 72  # columns of the text part
@@ -239,10 +239,6 @@ def _is_initials(word: str) -> bool:
     return len(parts) <= 4 and all(1 <= len(p) <= 2 and p[0].isupper() for p in parts)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _shorten(text: str, limit: int) -> str:
     """Cut plain text to at most `limit` characters at a word boundary, with "…"."""
     text = nfc(" ".join(text.split()))
@@ -387,7 +383,7 @@ def render_digest(
                 "title": header_safe(article.title, limit=10_000),
                 "url": article_url(root, article.slug),
                 "date": _published_text(article, lang=lang, tz=tz),
-                "author": _one_line(article.author) if article.author else None,
+                "author": one_line(article.author) if article.author else None,
                 "lead": lead_excerpt(article.lead, words=words),
             }
         )
@@ -404,7 +400,7 @@ def render_digest(
         "heading": strings["heading"].replace("{date}", _long_day(plan.day, lang)),
         "articles": articles,
         "other_news": [
-            {"dateline": _one_line(t.dateline), "text": _one_line(t.text)}
+            {"dateline": one_line(t.dateline), "text": one_line(t.text)}
             for t in select_other_news(plan.articles)
         ],
         "more": plan.more,

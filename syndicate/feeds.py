@@ -15,7 +15,6 @@ Atom) is the feed's updated time, so the output depends on the input alone.
 from __future__ import annotations
 
 import json
-import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from lxml import etree
 from markupsafe import Markup, escape
 
 from syndicate.model import Article, BlockKind
-from syndicate.text import clean_line
+from syndicate.text import one_line
 
 FeedKind = Literal["rss", "atom", "json"]
 
@@ -47,20 +46,6 @@ _SAFE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd
 
 # Namespace for the UUIDs of our item ids; fixed forever (changing it changes every id).
 _ID_NAMESPACE = uuid.UUID("6f1d7c3e-5b0a-4c52-9d3e-8a2f51c0b7e4")
-
-
-def _one_line(text: str) -> str:
-    """Text on one line (no CR/LF), NFC, invisible characters removed, spaces collapsed."""
-    # Fast path: loader output is already clean (isprintable() is False for controls,
-    # line breaks and the invisible characters clean_line removes).
-    if (
-        text.isprintable()
-        and "  " not in text
-        and text == text.strip()
-        and unicodedata.is_normalized("NFC", text)
-    ):
-        return text
-    return clean_line(text.replace("\r", " ").replace("\n", " "))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +80,7 @@ def build_content_html(article: Article) -> str:
     """
     parts: list[str] = []
     for block in article.body:
-        text = escape(_one_line(block.text))
+        text = escape(one_line(block.text))
         if block.kind is BlockKind.CAPTION:
             parts.append(Markup('<p class="caption"><em>{}</em></p>').format(text))
         else:
@@ -104,16 +89,16 @@ def build_content_html(article: Article) -> str:
 
 
 def _summary(article: Article) -> str:
-    return _one_line(article.lead) or _title(article)
+    return one_line(article.lead) or _title(article)
 
 
 def _title(article: Article) -> str:
     """The title on one line, NFC (a title must never carry a line break)."""
-    return _one_line(article.title)
+    return one_line(article.title)
 
 
 def _author(article: Article, info: FeedInfo) -> str:
-    return _one_line(article.author or "") or info.title
+    return one_line(article.author or "") or info.title
 
 
 def _order(articles: Sequence[Article]) -> list[Article]:

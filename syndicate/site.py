@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +24,7 @@ from babel.dates import format_date, format_time, get_datetime_format
 from markupsafe import Markup, escape
 
 from syndicate.model import Article, BlockKind, Precision
-from syndicate.text import clean_line, slugify
+from syndicate.text import one_line, slugify
 
 # Bump when page rendering changes in code (not templates), so old pages get re-rendered.
 RENDER_VERSION = 1
@@ -67,20 +66,6 @@ _PARAGRAPH_OPEN = Markup("<p>")
 _CAPTION_OPEN = Markup('<p class="caption">')
 _CLOSE = Markup("</p>")
 _SAFE_SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-
-
-def _one_line(text: str) -> str:
-    """Text on one line (no CR/LF), NFC, invisible characters removed, spaces collapsed."""
-    # Fast path: loader output is already clean (isprintable() is False for controls,
-    # line breaks and the invisible characters clean_line removes).
-    if (
-        text.isprintable()
-        and "  " not in text
-        and text == text.strip()
-        and unicodedata.is_normalized("NFC", text)
-    ):
-        return text
-    return clean_line(text.replace("\r", " ").replace("\n", " "))
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,16 +255,16 @@ class SiteRenderer:
         # (Markup + escape() is what Markup.format did, without its formatter overhead.)
         body = Markup("\n").join(
             (_CAPTION_OPEN if block.kind is BlockKind.CAPTION else _PARAGRAPH_OPEN)
-            + escape(_one_line(block.text))
+            + escape(one_line(block.text))
             + _CLOSE
             for block in article.body
         )
         html = self._article.render(
             **page_context(self.info, root="../"),
             article={
-                "title": _one_line(article.title),
+                "title": one_line(article.title),
                 "language": article.language,
-                "author": _one_line(article.author) if article.author else None,
+                "author": one_line(article.author) if article.author else None,
                 "date": self._date(article.published, article.precision),
                 "body": body,
             },
@@ -300,8 +285,8 @@ class SiteRenderer:
         items = [
             {
                 "href": root + article_path((slugs or {}).get(e.id, e.slug)),
-                "title": _one_line(e.title),
-                "author": _one_line(e.author) if e.author else None,
+                "title": one_line(e.title),
+                "author": one_line(e.author) if e.author else None,
                 "date": self._date(e.published, e.precision),
             }
             for e in entries

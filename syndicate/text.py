@@ -53,6 +53,20 @@ def clean_line(line: str) -> str:
     return _SPACES.sub(" ", clean_text(line)).strip()
 
 
+def one_line(text: str) -> str:
+    """Text on one line (no CR/LF), NFC, invisible characters removed, spaces collapsed."""
+    # Fast path: loader output is already clean (isprintable() is False for controls,
+    # line breaks and the invisible characters clean_line removes).
+    if (
+        text.isprintable()
+        and "  " not in text
+        and text == text.strip()
+        and unicodedata.is_normalized("NFC", text)
+    ):
+        return text
+    return clean_line(text.replace("\r", " ").replace("\n", " "))
+
+
 def header_safe(text: str, *, limit: int = 900) -> str:
     """Make article text safe for one email header: one line, no controls, NFC, bounded."""
     text = _CONTROLS.sub(" ", text.replace("\r", " ").replace("\n", " "))
