@@ -117,10 +117,10 @@ def _shown(path: Path, cwd: Path) -> str:
     """The path for messages and Article.source: relative to the working folder when inside."""
     if path.is_absolute():
         try:
-            return str(path.relative_to(cwd))
+            path = path.relative_to(cwd)
         except ValueError:
-            return str(path)
-    return str(path)
+            pass
+    return load.display_path(path)
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,8 +60,15 @@ def find_dumps(paths: Sequence[Path]) -> Iterator[Path]:
 
 
 def display_path(path: Path | str) -> str:
-    """A path as text that is safe to print and store: bytes that are not UTF-8 shown as U+FFFD."""
-    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    """A path as text that is safe to print and store on one line.
+
+    Bytes that are not UTF-8, line breaks and other control characters show as U+FFFD,
+    so a file name cannot split or forge a warning line.
+    """
+    text = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else "\ufffd" for c in text)
 
 
 def check_name(path: Path, *, source: str | None = None) -> None:

@@ -24,7 +24,7 @@ from babel.dates import format_date, format_time, get_datetime_format
 from markupsafe import Markup, escape
 
 from syndicate.model import Article, BlockKind, Precision
-from syndicate.text import one_line, slugify
+from syndicate.text import one_line, shorten, slugify
 
 # Bump when page rendering changes in code (not templates), so old pages get re-rendered.
 RENDER_VERSION = 1
@@ -263,6 +263,7 @@ class SiteRenderer:
             **page_context(self.info, root="../"),
             article={
                 "title": one_line(article.title),
+                "summary": shorten(one_line(article.lead), limit=160),
                 "language": article.language,
                 "author": one_line(article.author) if article.author else None,
                 "date": self._date(article.published, article.precision),

@@ -562,6 +562,7 @@ def test_odd_files_are_reported_not_fatal(
     bad_name = os.fsencode(seeds) + b"/bad\xff.txt"
     with open(bad_name, "wb") as handle:
         handle.write((seeds / "001.txt").read_bytes().replace(b"Trong", b"Ngoai"))
+    (seeds / "two\nlines.txt").write_bytes(b"")  # a name that could fake a warning line
     with caplog.at_level(logging.WARNING):
         summary = run_build(settings, db, now=now)
         run_build(settings, db, now=now)  # and again: nothing odd was cached
@@ -569,7 +570,9 @@ def test_odd_files_are_reported_not_fatal(
     messages = sorted({r.getMessage() for r in caplog.records})
     assert any("bad\ufffd.txt: the file name is not valid UTF-8." in m for m in messages)
     assert any("dangling.txt: cannot be read" in m for m in messages)
-    assert summary.skipped == 2  # the FIFO is not a *.txt file (is_file() is False)
+    assert any("two\ufffdlines.txt: is empty." in m for m in messages)
+    assert not any("\n" in m for m in messages)
+    assert summary.skipped == 3  # the FIFO is not a *.txt file (is_file() is False)
     code = load.read_dumps([seeds / "pipe.txt"], max_bytes=1000, tz=settings.site.tz)
     [(_path, error)] = list(code)
     assert str(error).endswith(
