@@ -139,6 +139,9 @@ def test_dry_run_writes_and_sends_nothing(project: Path) -> None:
     with sqlite3.connect(project / "syndicate.db") as conn:
         assert conn.execute("SELECT count(*) FROM digests").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
+        # The seeds were read in a transaction that was rolled back.
+        assert conn.execute("SELECT count(*) FROM articles").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM dumps").fetchone()[0] == 0
     code, out, _ = _run("send", "--dry-run", "--json", "--limit", "1")
     assert json.loads(out)["would_send"] == 1
 

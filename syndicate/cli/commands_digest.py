@@ -42,16 +42,19 @@ def preview_unsubscribe_url(root: str) -> str:
 def digest_command(app: AppContext, lang: str | None, out: Path) -> None:
     """Preview the digest `send` would mail now, as HTML and text files.
 
-    Refreshes the article store from the seeds, then writes the digest without
-    storing it or sending anything.
+    Reads the seeds as `send` would, then writes the digest without storing it
+    or anything else, and without sending.
 
     Example: syndicate digest --lang en --out /tmp/preview
     """
     settings = app.settings
     db = app.database
     now = datetime.fromtimestamp(app.now(), UTC)
-    sync_articles(settings, db, now=now)
-    plan = todays_digest(settings, db, now=now, create=False)
+    # Refresh the articles as `send` would, inside a transaction that is rolled back:
+    # the preview leaves the database as it found it.
+    with db.scratch():
+        sync_articles(settings, db, now=now)
+        plan = todays_digest(settings, db, now=now, create=False)
     if plan is None:
         app.echo(NOTHING_NEW)
         return

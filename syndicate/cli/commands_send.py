@@ -290,9 +290,12 @@ def _preview_send(
     db = app.database
     now = datetime.fromtimestamp(app.now(), UTC)
     address = normalize_email(to) if to is not None else None
-    # Refresh the article cache (as `digest` does) so the plan matches what `send` would mail.
-    sync_articles(settings, db, now=now)
-    plan = todays_digest(settings, db, now=now, create=False)
+    # The secret is made (once) outside the scratch transaction: a test copy's link must verify.
+    secret = get_secret(settings, db)
+    # Read the seeds as `send` would, in a transaction that is rolled back: nothing stays.
+    with db.scratch():
+        sync_articles(settings, db, now=now)
+        plan = todays_digest(settings, db, now=now, create=False)
     if plan is None:
         _nothing(app, as_json)
         return
@@ -301,9 +304,7 @@ def _preview_send(
     templates = _templates(settings, plan, languages, marker=marker, now=now)
     if address is not None and not dry_run:
         template = templates[settings.site.language]
-        token = make_token(
-            get_secret(settings, db), purpose="unsubscribe", subscriber_id=0, issued_at=now
-        )
+        token = make_token(secret, purpose="unsubscribe", subscriber_id=0, issued_at=now)
         message = _test_copy(
             template, to=address, day=plan.day, url=unsubscribe_url(settings, token)
         )

@@ -21,6 +21,10 @@ from syndicate.store.schema import MIGRATIONS
 _BUSY_TIMEOUT_MS = 10_000
 
 
+class _Discard(Exception):
+    """Raised inside Database.scratch() to roll its transaction back."""
+
+
 class Database:
     """An open, migrated syndicate database."""
 
@@ -58,6 +62,20 @@ class Database:
             self.conn.commit()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot commit: {exc}.") from exc
+
+    @contextmanager
+    def scratch(self) -> Iterator[sqlite3.Connection]:
+        """Run the block in one transaction that is always rolled back.
+
+        For previews (`digest`, `send --dry-run`): they may refresh the article
+        cache to see what `send` would see, and nothing of it stays.
+        """
+        try:
+            with self.transaction() as conn:
+                yield conn
+                raise _Discard
+        except _Discard:
+            pass
 
     def close(self) -> None:
         self.conn.close()
