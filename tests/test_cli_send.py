@@ -403,7 +403,7 @@ def test_a_digest_older_than_the_window_is_given_up_with_one_warning(
 def test_a_run_stopped_by_a_down_server_is_finished_the_next_day(
     clock: Clock, workdir: Path, smtpd: SmtpServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("syndicate.send._BACKOFF_CAP", 0.0)  # retry at once: the test is fast
+    monkeypatch.setattr("syndicate.send.deliver._BACKOFF_CAP", 0.0)  # retry at once: fast test
     down = SmtpServer("127.0.0.1", free_port(), smtpd.handler)  # nothing listens there
     _smtp_config(workdir, down)
     _subscribe("a@example.org", "b@example.org")

@@ -1,0 +1,31 @@
+"""Build: the edge that runs the pipeline: dumps -> store -> feeds and pages -> output folder.
+
+`sync_articles` brings the `articles` table up to date with the dumps, reusing
+what earlier runs parsed (the `dumps` cache: stat signature first, then content
+hash, and the parser version). `run_build` then writes the feeds and pages,
+rendering only pages whose inputs changed (fingerprints in the `pages` table).
+Neither holds every article body in memory: dumps and pages go through in
+bounded batches, and each page loads its article from the store when it is
+rendered. With many dumps or pages to do, reading and parsing, then rendering
+and writing article pages, run in worker processes (one per core, forked) while
+this process keeps the store and the counts, in the same order as alone; page
+files are written by a background thread. Every file is still written whole
+(temp file and rename in the same folder).
+
+Modules: `sync` (dumps -> store), `reading` (one dump, cached or parsed),
+`pages` (feeds and pages -> output folder, and `run_build`), `writer` (the
+background page writer), `workers` (the worker processes).
+"""
+
+from syndicate.build.pages import BuildSummary, run_build
+from syndicate.build.reading import parse_version
+from syndicate.build.sync import Progress, SyncResult, sync_articles
+
+__all__ = [
+    "BuildSummary",
+    "Progress",
+    "SyncResult",
+    "parse_version",
+    "run_build",
+    "sync_articles",
+]

@@ -1,0 +1,244 @@
+"""Build: write the feeds and pages into the output folder, and run the whole build.
+
+Only pages whose inputs changed are rendered (fingerprints in the `pages` table);
+each article page loads its article from the store when it is rendered. Pages an
+earlier build wrote that no longer belong to the site are deleted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from syndicate.build.reading import _hash
+from syndicate.build.sync import Progress, sync_articles
+from syndicate.build.workers import _use_workers, _write_articles_in_workers
+from syndicate.build.writer import _Writer
+from syndicate.config import Settings, base_url, site_templates_dir
+from syndicate.errors import DumpError, SyndicateError
+from syndicate.feeds import FEED_FILES, FeedInfo, build_feed
+from syndicate.model import Article
+from syndicate.site import (
+    IndexEntry,
+    SiteInfo,
+    SiteRenderer,
+    article_path,
+    article_url,
+    assign_slugs,
+    index_path,
+    page_count,
+)
+from syndicate.store import Database
+from syndicate.store import articles as store
+
+# The stage's logger: records keep the name they had before build became a package.
+log = logging.getLogger("syndicate.build")
+
+
+@dataclass(frozen=True, slots=True)
+class BuildSummary:
+    """The outcome of one `syndicate build`."""
+
+    articles: int
+    duplicates: int
+    skipped: int
+    written: int  # files whose bytes changed (or were new)
+    unchanged: int  # files left as they were
+    seconds: float
+    errors: tuple[DumpError, ...]
+    removed: int = 0  # stale pages deleted
+
+
+def _site_info(settings: Settings) -> SiteInfo:
+    site = settings.site
+    return SiteInfo(
+        title=site.title,
+        description=site.description,
+        base_url=base_url(settings),
+        language=site.language,
+        timezone=site.timezone,
+        page_size=site.page_size,
+    )
+
+
+def _feed_info(settings: Settings) -> FeedInfo:
+    site = settings.site
+    return FeedInfo(
+        title=site.title,
+        description=site.description,
+        base_url=base_url(settings),
+        language=site.language,
+        timezone=site.timezone,
+    )
+
+
+def _newest_first_key(summary: store.ArticleSummary) -> tuple[bool, float, str]:
+    published = summary.published
+    return (published is None, -published.timestamp() if published else 0.0, summary.id)
+
+
+def run_build(
+    settings: Settings,
+    db: Database,
+    *,
+    now: datetime,
+    paths: Sequence[Path] | None = None,
+    progress: Progress | None = None,
+) -> BuildSummary:
+    """Sync the store with the dumps, then write feeds and pages into paths.output.
+
+    Writes rss.xml, atom.xml, feed.json, articles/<slug>.html and index.html
+    (+ page/<n>.html archive pages) for the articles found in the dumps. Writes
+    are atomic and files whose bytes did not change are not rewritten; article
+    and index pages whose inputs did not change are not even rendered. Pages an
+    earlier build wrote that no longer belong to the site are deleted.
+    """
+    started = time.perf_counter()
+    sync = sync_articles(settings, db, now=now, paths=paths, progress=progress)
+    output = settings.paths.output
+    info = _site_info(settings)
+    renderer = SiteRenderer(info, site_templates_dir())
+
+    summaries = sorted(
+        (s for s in store.iter_summaries(db) if s.id in sync.article_ids), key=_newest_first_key
+    )
+    slugs = assign_slugs((s.id, s.slug, s.published, s.first_seen_at) for s in summaries)
+    writer = _Writer(output, store.read_page_fingerprints(db))
+    try:
+        _write_pages(settings, db, writer, renderer, info, summaries, slugs, now=now)
+    except BaseException:
+        writer.abandon()
+        raise
+    writer.finish()
+
+    removed = _remove_stale(output, writer)
+    with db.transaction():
+        store.delete_page_fingerprints(db, (rel for rel in writer.old if rel not in writer.new))
+        store.write_page_fingerprints(
+            db, ((rel, fp) for rel, fp in writer.new.items() if writer.old.get(rel) != fp)
+        )
+    return BuildSummary(
+        articles=sync.articles,
+        duplicates=sync.duplicates,
+        skipped=sync.skipped,
+        written=writer.written,
+        unchanged=writer.unchanged,
+        seconds=time.perf_counter() - started,
+        errors=sync.errors,
+        removed=removed,
+    )
+
+
+def _write_pages(
+    settings: Settings,
+    db: Database,
+    writer: _Writer,
+    renderer: SiteRenderer,
+    info: SiteInfo,
+    summaries: Sequence[store.ArticleSummary],
+    slugs: dict[str, str],
+    *,
+    now: datetime,
+) -> None:
+    """Render and queue the feeds, the article pages and the index pages."""
+    _write_feeds(settings, db, writer, summaries, slugs)
+    todo: list[tuple[str, str, str, str]] = []  # rel, slug, article id, fingerprint
+    for summary in summaries:
+        slug = slugs[summary.id]
+        rel = article_path(slug)
+        fingerprint = _hash(f"{renderer.fingerprint}\0{slug}\0{summary.record_hash}".encode())
+        if not writer.fresh(rel, fingerprint):
+            todo.append((rel, slug, summary.id, fingerprint))
+    if _use_workers(len(todo)):
+        writer.drain()  # the writer thread sits idle while the workers are forked
+        _write_articles_in_workers(functools.partial(_record, db), writer, info, todo)
+    else:
+        for rel, slug, article_id, fingerprint in todo:
+            article = Article.from_record(json.loads(_record(db, article_id)))
+            data = renderer.render_article(article, slug=slug)
+            writer.write(rel, data, fingerprint, fsync=False)
+
+    pages = page_count(len(summaries), info.page_size)
+    for page in range(1, pages + 1):
+        chunk = summaries[(page - 1) * info.page_size : page * info.page_size]
+        entries = [
+            IndexEntry(s.id, slugs[s.id], s.title, s.published, s.precision, s.author)
+            for s in chunk
+        ]
+        rel = index_path(page)
+        fingerprint = _hash(repr((renderer.fingerprint, page, pages, entries)).encode())
+        if writer.fresh(rel, fingerprint):
+            continue
+        data = renderer.render_index(entries, page=page, pages=pages)
+        writer.write(rel, data, fingerprint, fsync=page == 1)
+
+
+def _record(db: Database, article_id: str) -> str:
+    record = store.get_record(db, article_id)
+    if record is None:  # pragma: no cover - the sync just stored it
+        raise SyndicateError(f"{db.path}: article {article_id!r} vanished during the build.")
+    return record
+
+
+def _top_articles(
+    db: Database, summaries: Sequence[store.ArticleSummary], limit: int
+) -> Iterator[Article]:
+    for summary in summaries[:limit]:
+        article = store.get_article(db, summary.id)
+        if article is not None:
+            yield article
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _write_feeds(
+    settings: Settings,
+    db: Database,
+    writer: _Writer,
+    summaries: Sequence[store.ArticleSummary],
+    slugs: dict[str, str],
+) -> None:
+    limit = settings.feeds.limit
+    top = list(_top_articles(db, summaries, limit))
+    info = _feed_info(settings)
+    urls = {a.id: article_url(info.base_url, slugs[a.id]) for a in top}
+    # The feed's updated time is the newest publish date. When no article in it has one,
+    # it is when syndicate first saw the newest of them: stored, so a rebuild gives the
+    # same bytes; never the clock. An empty feed uses the Unix epoch for the same reason.
+    ids = {a.id for a in top}
+    seen = [s.first_seen_at for s in summaries if s.id in ids]
+    fallback = max(seen) if seen else _EPOCH
+    for kind, name in FEED_FILES.items():
+        data = build_feed(
+            top,
+            kind=kind,  # type: ignore[arg-type]
+            now=fallback.astimezone(UTC),
+            info=info,
+            limit=limit,
+            page_urls=urls,
+        )
+        writer.write(name, data, _hash(data), fsync=True)
+
+
+def _remove_stale(output: Path, writer: _Writer) -> int:
+    """Delete pages an earlier build wrote that this build did not produce."""
+    removed = 0
+    for rel in sorted(writer.old):
+        if rel in writer.new:
+            continue
+        target = output / rel
+        try:
+            target.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("%s: cannot remove a stale page: %s", target, exc.strerror or exc)
+    return removed

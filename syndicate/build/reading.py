@@ -1,0 +1,94 @@
+"""Build: read one dump, hash its bytes and parse them unless the cache has them already.
+
+`_work` does the same for a chunk of dumps in a worker process, returning read
+failures as plain values (DumpError does not pickle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from syndicate import load
+from syndicate.errors import DumpError
+from syndicate.store import articles as store
+
+
+def _hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _encode_error(exc: DumpError) -> str:
+    return json.dumps({"reason": exc.reason, "line": exc.line, "hint": exc.hint})
+
+
+def _decode_error(path: str, text: str) -> DumpError:
+    try:
+        data = json.loads(text)
+        return DumpError(path, str(data["reason"]), line=data.get("line"), hint=data.get("hint"))
+    except (ValueError, KeyError, TypeError):
+        return DumpError(path, text)
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """What reading one dump (and parsing it, when the cache could not vouch) gave."""
+
+    content_hash: str
+    article_id: str | None
+    error: str | None  # the encoded parse rejection
+    row: store.ArticleRow | None  # the article, when parsed just now
+    parsed: bool
+
+
+def parse_version(timezone: str) -> int:
+    """The cache's parser version: the loader's version and every setting parsing depends on.
+
+    A publish time without an offset is read in site.timezone, so a cached parse made under
+    another zone must not be reused.
+    """
+    digest = hashlib.blake2b(f"{load.PARSER_VERSION}:{timezone}".encode(), digest_size=6)
+    return int.from_bytes(digest.digest(), "big")
+
+
+def _read_and_parse(
+    path: Path, shown: str, cached: store.CachedDump | None, *, max_bytes: int, tz: ZoneInfo
+) -> _Read:
+    """Read one dump and parse it unless the cache has these exact bytes already.
+
+    Raises DumpError when the file cannot be read or is too large.
+    """
+    data = load.read_dump(path, max_bytes=max_bytes, source=shown)
+    content_hash = _hash(data)
+    if (
+        cached is not None
+        and cached.content_hash == content_hash
+        and cached.parser_version == parse_version(str(tz))
+    ):
+        return _Read(content_hash, cached.article_id, cached.error, None, parsed=False)
+    try:
+        article = load.parse_dump(data, source=shown, tz=tz)
+    except DumpError as exc:
+        return _Read(content_hash, None, _encode_error(exc), None, parsed=True)
+    return _Read(content_hash, article.id, None, store.article_row(article), parsed=True)
+
+
+# One unit of work for a parse worker: path, shown path, cache entry.
+_Job = tuple[Path, str, "store.CachedDump | None"]
+# A read failure, as plain values (DumpError does not pickle): path, reason, line, hint.
+_Failed = tuple[str, str, int | None, str | None]
+
+
+def _work(jobs: list[_Job], max_bytes: int, timezone: str) -> list[_Read | _Failed]:
+    """Run `_read_and_parse` on a chunk of jobs, in a worker process."""
+    tz = ZoneInfo(timezone)
+    out: list[_Read | _Failed] = []
+    for path, shown, cached in jobs:
+        try:
+            out.append(_read_and_parse(path, shown, cached, max_bytes=max_bytes, tz=tz))
+        except DumpError as exc:
+            out.append((exc.path, exc.reason, exc.line, exc.hint))
+    return out

@@ -1,0 +1,268 @@
+"""Build: bring the `articles` table up to date with the dumps, reusing what earlier runs parsed.
+
+The `dumps` cache vouches for a dump by its stat signature, else its content
+hash, and the parser version. Dumps go through in path order and in bounded
+batches (one short write transaction each); with many to read, reading and
+parsing run in worker processes while this process keeps the store and counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from syndicate import load
+from syndicate.build.reading import _decode_error, _Read, _read_and_parse, parse_version
+from syndicate.build.workers import _parallel_reads, _use_workers
+from syndicate.config import Settings
+from syndicate.errors import DumpError
+from syndicate.store import Database
+from syndicate.store import articles as store
+
+# The stage's logger: records keep the name they had before build became a package.
+log = logging.getLogger("syndicate.build")
+
+Progress = Callable[[int, int], None]
+
+# Dumps stored per write transaction: short transactions keep the web app responsive.
+_SYNC_BATCH = 500
+# A dump modified less than this before the run is cached with no usable mtime.
+_RACY_WINDOW_NS = 2_000_000_000
+_RACY_MTIME = -1
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """What `sync_articles` found in the dumps."""
+
+    articles: int  # distinct articles (after dedup)
+    new: int  # of which the store had never seen
+    duplicates: int  # dumps whose article an earlier path already gave
+    skipped: int  # dumps rejected (one warning each)
+    errors: tuple[DumpError, ...]
+    article_ids: frozenset[str]  # the distinct articles, for the site and feeds
+
+
+def _shown(path: Path, cwd: Path) -> str:
+    """The path for messages and Article.source: relative to the working folder when inside."""
+    if path.is_absolute():
+        try:
+            path = path.relative_to(cwd)
+        except ValueError:
+            pass
+    return load.display_path(path)
+
+
+# A dump's stat signature: device, inode, size, mtime_ns (small: one is kept per dump).
+_Signature = tuple[int, int, int, int]
+
+
+class _Sync:
+    """Syncs one dump at a time, in path order: cache, dedup, articles, counts."""
+
+    def __init__(self, settings: Settings, db: Database, *, now: datetime) -> None:
+        self.settings = settings
+        self.db = db
+        self.now = now
+        self.tz = settings.site.tz
+        self.max_bytes = settings.load.max_bytes
+        self.parser_version = parse_version(settings.site.timezone)
+        self.cache = store.read_dump_cache(db)
+        self.sources = store.read_article_sources(db)
+        # Files modified this close to the run's start have an untrustworthy signature.
+        self.racy_after_ns = time.time_ns() - _RACY_WINDOW_NS
+        self.ids: set[str] = set()
+        self.errors: list[DumpError] = []
+        self.duplicates = 0
+        self.new = 0
+        self.parsed = 0
+
+    def signature(self, path: Path, shown: str) -> _Signature | DumpError:
+        """The stat signature of a dump (taken before it is read), or why it cannot be read."""
+        try:
+            load.check_name(path, source=shown)
+        except DumpError as exc:
+            return exc
+        try:
+            st = path.stat()
+        except OSError as exc:
+            return DumpError(shown, f"cannot be read: {exc.strerror or exc}.")
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def vouched(self, key: str, st: _Signature) -> store.CachedDump | None:
+        """The cache entry when the stat signature and parser version match, else None."""
+        cached = self.cache.get(key)
+        if (
+            cached is not None
+            and (cached.device, cached.inode, cached.size, cached.mtime_ns) == st
+            and cached.parser_version == self.parser_version
+            # A lowered load.max_bytes must reject a dump it accepted before.
+            and cached.size <= self.max_bytes
+        ):
+            return cached
+        return None
+
+    def read(self, path: Path, key: str, shown: str) -> _Read:
+        """Read (and parse when needed) in this process; DumpError when unreadable."""
+        return _read_and_parse(
+            path, shown, self.cache.get(key), max_bytes=self.max_bytes, tz=self.tz
+        )
+
+    def add(
+        self,
+        path: Path,
+        key: str,
+        shown: str,
+        st: _Signature | DumpError,
+        read: _Read | DumpError | None = None,
+    ) -> None:
+        """Sync the dump at `path` (cache key `key`, shown to the user as `shown`).
+
+        `st` is its signature from `signature`; `read` what reading it gave when that was
+        done already (by a worker), else it is read here when the cache cannot vouch.
+        """
+        if isinstance(st, DumpError):  # unreadable: not cached, retried next run
+            self._skip(st)
+            return
+        entry = self.vouched(key, st)
+        row = None
+        if entry is None:
+            try:
+                got = read if read is not None else self.read(path, key, shown)
+            except DumpError as exc:
+                got = exc
+            if isinstance(got, DumpError):  # unreadable or too large: not cached
+                self._skip(got)
+                return
+            entry, row = self._record(key, st, got), got.row
+        if entry.article_id is None:
+            self._skip(_decode_error(shown, entry.error or "rejected"))
+            return
+        if entry.article_id in self.ids:
+            self.duplicates += 1
+            return
+        # The first path in sorted order owns the stored record: parse again when the
+        # record came from another dump (the owner changed, or the store lost it).
+        if row is None and self.sources.get(entry.article_id) != shown:
+            try:
+                data = load.read_dump(path, max_bytes=self.max_bytes, source=shown)
+                self.parsed += 1
+                row = store.article_row(load.parse_dump(data, source=shown, tz=self.tz))
+            except DumpError as exc:
+                self._skip(exc)
+                return
+        self.ids.add(entry.article_id)
+        if row is not None:
+            # self.sources holds every stored id: no need to ask the store whether it is new.
+            existed = row.id in self.sources
+            self.sources[row.id] = shown
+            self.new += store.upsert_row(self.db, row, now=self.now, existed=existed)
+
+    def _record(self, key: str, st: _Signature, got: _Read) -> store.CachedDump:
+        """Cache what reading a dump gave, under the signature taken before the read."""
+        self.parsed += got.parsed
+        device, inode, size, mtime_ns = st
+        if mtime_ns >= self.racy_after_ns:
+            # Modified moments before this run: a later write in the same timestamp tick
+            # would keep the signature, so it must not vouch for this content (as git
+            # does with "racy" index entries); the next run checks the content hash.
+            mtime_ns = _RACY_MTIME
+        entry = store.CachedDump(
+            device,
+            inode,
+            size,
+            mtime_ns,
+            got.content_hash,
+            self.parser_version,
+            got.article_id,
+            got.error,
+        )
+        store.write_dump(self.db, key, entry)
+        return entry
+
+    def _skip(self, error: DumpError) -> None:
+        log.warning("%s", error)
+        self.errors.append(error)
+
+    def result(self) -> SyncResult:
+        return SyncResult(
+            articles=len(self.ids),
+            new=self.new,
+            duplicates=self.duplicates,
+            skipped=len(self.errors),
+            errors=tuple(self.errors),
+            article_ids=frozenset(self.ids),
+        )
+
+
+def sync_articles(
+    settings: Settings,
+    db: Database,
+    *,
+    now: datetime,
+    paths: Sequence[Path] | None = None,
+    progress: Progress | None = None,
+) -> SyncResult:
+    """Bring the store up to date with the dumps under `paths` (default: paths.seeds).
+
+    Dumps are taken in sorted path order; when two give the same Article.id the
+    first one wins and the others count as duplicates. A rejected dump is logged
+    as one warning (`path: reason`) and counted; the run goes on. New articles
+    get first_seen_at = `now`. A dump whose stat signature (else content hash)
+    and parser version match the cache is not parsed again. Raises InputError
+    for a missing path. Many dumps to read are read and parsed by worker
+    processes (one per core), the results still taken in path order.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    roots = list(paths) if paths else [settings.paths.seeds]
+    found = sorted(set(load.find_dumps(roots)), key=str)
+    total = len(found)
+    cwd = Path.cwd()
+    sync = _Sync(settings, db, now=now)
+    # Every signature is taken before any dump is read (a write after it shows up next run),
+    # which also tells which dumps must be read: those the cache cannot vouch for.
+    items = []
+    for path in found:
+        key, shown = str(path.absolute()), _shown(path, cwd)
+        st = sync.signature(path, shown)
+        must_read = not isinstance(st, DumpError) and sync.vouched(key, st) is None
+        items.append((path, key, shown, st, must_read))
+    todo = [(path, key, shown) for path, key, shown, _st, must_read in items if must_read]
+    reads = _parallel_reads(sync.cache, todo, settings) if _use_workers(len(todo)) else None
+    seen: set[str] = set()
+    try:
+        for start in range(0, total, _SYNC_BATCH):
+            with db.transaction():
+                for done, (path, key, shown, st, must_read) in enumerate(
+                    items[start : start + _SYNC_BATCH], start + 1
+                ):
+                    seen.add(key)
+                    read = next(reads) if reads is not None and must_read else None
+                    sync.add(path, key, shown, st, read)
+                    if progress is not None:
+                        progress(done, total)
+    finally:
+        if reads is not None:
+            reads.close()
+    gone = [key for key in sync.cache if key not in seen and not os.path.exists(key)]
+    if gone:
+        with db.transaction():
+            store.delete_dumps(db, gone)
+    if progress is not None and not total:
+        progress(0, 0)
+    result = sync.result()
+    log.info(
+        "%d dumps: %d parsed, %d taken from the cache; %d articles, %d new",
+        total,
+        sync.parsed,
+        total - sync.parsed,
+        result.articles,
+        result.new,
+    )
+    return result

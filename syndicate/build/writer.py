@@ -1,0 +1,80 @@
+"""Build: the page writer. Atomic writes on one background thread; unchanged pages are skipped.
+
+A page is fresh when the fingerprint of its inputs matches the one stored by the
+last build and its file is still there: it is then neither rendered nor written.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from syndicate.output import write_atomic
+
+# Rendered pages waiting for the writer thread, at most (bounds the memory they hold).
+_WRITES_IN_FLIGHT = 64
+
+
+class _Writer:
+    """Writes pages under the output folder, skipping those whose fingerprint is unchanged.
+
+    Page writes run on one background thread (file system calls release the GIL, so
+    they overlap with rendering the next page); at most `_WRITES_IN_FLIGHT` pages wait
+    in memory. `finish()` waits for them all and raises the first write error.
+    """
+
+    def __init__(self, output: Path, fingerprints: dict[str, str]) -> None:
+        self.output = output
+        self.old = fingerprints
+        self.new: dict[str, str] = {}
+        self.written = 0
+        self.unchanged = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syndicate-write")
+        self._pending: deque[tuple[str, str, Future[bool]]] = deque()
+
+    def fresh(self, rel: str, fingerprint: str) -> bool:
+        """True (and counted as unchanged) when `rel` was built from these inputs before."""
+        if self.old.get(rel) == fingerprint and (self.output / rel).is_file():
+            self.new[rel] = fingerprint
+            self.unchanged += 1
+            return True
+        return False
+
+    def write(self, rel: str, data: bytes, fingerprint: str, *, fsync: bool) -> None:
+        """Queue an atomic write of `data` to `rel`; counted once it is done."""
+        future = self._pool.submit(write_atomic, self.output / rel, data, fsync=fsync)
+        self._pending.append((rel, fingerprint, future))
+        if len(self._pending) > _WRITES_IN_FLIGHT:
+            self._settle()
+
+    def _settle(self) -> None:
+        rel, fingerprint, future = self._pending.popleft()
+        self.record(rel, fingerprint, changed=future.result())
+
+    def record(self, rel: str, fingerprint: str, *, changed: bool) -> None:
+        """Count a page written (elsewhere) from inputs with this fingerprint."""
+        if changed:
+            self.written += 1
+        else:
+            self.unchanged += 1
+        self.new[rel] = fingerprint
+
+    def drain(self) -> None:
+        """Wait for every queued write; raise the first failure."""
+        while self._pending:
+            self._settle()
+
+    def finish(self) -> None:
+        """Wait for every queued write and stop the thread; raise the first failure."""
+        try:
+            self.drain()
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Drop the writes not started yet and wait for the one in progress (no errors)."""
+        for _rel, _fingerprint, future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        self._pool.shutdown(wait=True)

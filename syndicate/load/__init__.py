@@ -1,0 +1,26 @@
+"""Load stage: article dump files in, `Article` values out.
+
+`parse_dump` and `decode_dump` are pure; `find_dumps`, `read_dump` and `read_dumps` are the
+edge that touches the file system. The format is described in FORMAT.md and the README.
+
+Modules: `files` (finding and reading dump files), `decode` (bytes -> text),
+`parse` (text -> Article), `dates` (publish dates).
+"""
+
+from syndicate.load.dates import LEAD_DATE_WITHIN
+from syndicate.load.decode import decode_dump
+from syndicate.load.files import check_name, display_path, find_dumps, read_dump, read_dumps
+from syndicate.load.parse import PARSER_VERSION, TITLE_LIMIT, parse_dump
+
+__all__ = [
+    "LEAD_DATE_WITHIN",
+    "PARSER_VERSION",
+    "TITLE_LIMIT",
+    "check_name",
+    "decode_dump",
+    "display_path",
+    "find_dumps",
+    "parse_dump",
+    "read_dump",
+    "read_dumps",
+]

@@ -1,0 +1,141 @@
+"""Load: dump bytes to text (BOM, else UTF-8, else Windows-1258). Pure.
+
+Binary files and the legacy VNI and TCVN3 encodings are rejected, not guessed at.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+
+from syndicate.errors import DumpError
+
+_BOMS: tuple[tuple[bytes, str], ...] = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+# Control characters other than \t \n \v \f \r: text has a few at most, binary has many.
+_CONTROL_SET = bytes([*range(0x00, 0x09), *range(0x0E, 0x20), 0x7F])
+_HIGH = bytes(range(0x80, 0x100))
+# cp1258 bytes 0xA1-0xBF are symbols (¡ ¢ £ ... ¿); TCVN3 puts Vietnamese letters there,
+# between ASCII letters: "ViÖt", "®­îc", "Qu¶ng".
+_TCVN3_RANGE = bytes(range(0xA1, 0xC0))
+_TCVN3_LETTERS = re.compile(rb"[A-Za-z][\xa1-\xbf]|[\xa1-\xbf][A-Za-z]")
+# VNI writes tones as bytes that cp1258 reads as letters Vietnamese never uses: ø ù û ï ä å
+# ö ü and Ñ/ñ (VNI's Đ/đ): "Haø", "Quaûng", "Vieät", "Ñoâng".
+_VNI_BYTES = "øùûïäåöüÑñÄÅÖÜØÙÛÏ".encode("cp1258")
+
+
+def decode_dump(data: bytes, *, source: str) -> str:
+    """Decode dump bytes to text: BOM, else strict UTF-8, else Windows-1258. Never latin-1.
+
+    DumpError for empty, binary and undecodable input, and for the legacy VNI and TCVN3
+    encodings (reported as unsupported rather than read as garbage).
+    """
+    if not data.strip():
+        raise DumpError(
+            source,
+            "is empty." if not data else "holds only blank space.",
+            hint="Remove it, or fill it with an article.",
+        )
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            try:
+                text = data[len(bom) :].decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise DumpError(
+                    source,
+                    f"starts with a {encoding.upper()} byte-order mark but byte "
+                    f"{exc.start + len(bom)} is not valid {encoding.upper()}.",
+                    hint="Save it again as UTF-8.",
+                ) from exc
+            _check_text(text, source, data[len(bom) :] if encoding == "utf-8" else None)
+            return text
+    if b"\x00" in data:
+        raise DumpError(
+            source,
+            "looks like a binary file (it holds NUL bytes), not a text dump.",
+            hint="Remove it from the dump folder; UTF-16 text needs a byte-order mark.",
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.end == len(data) and exc.reason == "unexpected end of data":
+            # A scrape cut off inside the last character: keep what is whole.
+            text = data[: exc.start].decode("utf-8")
+            _check_text(text, source, data[: exc.start])
+            return text
+        _check_broken_utf8(data, exc, source)
+    else:
+        _check_text(text, source, data)
+        return text
+    if len(data) - len(data.translate(None, _CONTROL_SET)) > max(2, len(data) // 100):
+        raise DumpError(
+            source,
+            "looks like a binary file (many control bytes), not a text dump.",
+            hint="Remove it from the dump folder.",
+        )
+    try:
+        text = data.decode("cp1258")
+    except UnicodeDecodeError as exc:
+        raise DumpError(
+            source,
+            f"is neither UTF-8 nor Windows-1258 text (byte 0x{data[exc.start]:02X} "
+            f"at offset {exc.start}).",
+            hint="Save it again as UTF-8.",
+        ) from exc
+    legacy = _legacy_encoding(data)
+    if legacy:
+        raise DumpError(
+            source,
+            f"looks like Vietnamese in the legacy {legacy} encoding, "
+            "which syndicate does not read.",
+            hint="Convert it to UTF-8 (for example with UniKey's converter) and try again.",
+        )
+    _check_text(text, source, data)  # cp1258 maps these controls to themselves
+    return text
+
+
+def _check_broken_utf8(data: bytes, exc: UnicodeDecodeError, source: str) -> None:
+    """Reject UTF-8 with a few bad bytes, which cp1258 would silently turn into mojibake."""
+    replaced = data.decode("utf-8", "replace")
+    bad = replaced.count("\ufffd")
+    good = len(replaced) - len(replaced.encode("ascii", "ignore")) - bad
+    if good >= 3 and good >= 4 * bad:
+        raise DumpError(
+            source,
+            f"is UTF-8 with {bad} invalid byte sequence{'s' if bad > 1 else ''} "
+            f"(the first is byte 0x{data[exc.start]:02X} at offset {exc.start}).",
+            hint="Fix or export the file again as UTF-8.",
+        ) from exc
+
+
+def _check_text(text: str, source: str, encoded: bytes | None = None) -> None:
+    """Reject text with many control characters. `encoded` is `text` as UTF-8 or cp1258
+    bytes when the caller has them: both keep these controls as the same single bytes,
+    and counting bytes is several times faster than a regex over the text."""
+    if encoded is None:
+        encoded = text.encode("utf-8", "surrogatepass")
+    controls = len(encoded) - len(encoded.translate(None, _CONTROL_SET))
+    if controls > max(2, len(text) // 100):
+        raise DumpError(
+            source,
+            "looks like a binary file (many control characters), not a text dump.",
+            hint="Remove it from the dump folder.",
+        )
+
+
+def _legacy_encoding(data: bytes) -> str | None:
+    """Name the legacy encoding `data` seems to be in ("VNI", "TCVN3"), or None for cp1258."""
+    high = len(data) - len(data.translate(None, _HIGH))
+    if len(data) - len(data.translate(None, _TCVN3_RANGE)) >= 3:
+        tcvn = len(_TCVN3_LETTERS.findall(data))
+        if tcvn >= 3 and tcvn * 4 >= high:
+            return "TCVN3"
+    foreign = len(data) - len(data.translate(None, _VNI_BYTES))
+    if foreign >= 3 and foreign * 4 >= high:
+        return "VNI"
+    return None

@@ -1,0 +1,134 @@
+"""Load: the edge that touches the file system: find dump files and read their bytes.
+
+Only regular files are read, up to load.max_bytes; a file that cannot be read
+is a DumpError naming it. `read_dumps` also parses each dump, lazily.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from syndicate.errors import DumpError, InputError
+from syndicate.load.parse import parse_dump
+from syndicate.model import Article
+
+
+def find_dumps(paths: Sequence[Path]) -> Iterator[Path]:
+    """Yield the dump files named by `paths`, in a stable order.
+
+    A file is taken as it is, whatever its name; a folder gives every `*.txt` below it,
+    recursively, sorted by path. Every path is checked before the first one is yielded:
+    a path that does not exist raises InputError.
+    """
+    for path in paths:
+        if not path.exists():
+            raise InputError(
+                f"{path}: no such file or folder.",
+                hint="Give existing dump files or folders (the default is paths.seeds).",
+            )
+    for path in paths:
+        if path.is_dir():
+            # A broken link is yielded too, so that it is reported rather than passed over.
+            yield from sorted(p for p in path.rglob("*.txt") if p.is_file() or p.is_symlink())
+        else:
+            yield path
+
+
+def display_path(path: Path | str) -> str:
+    """A path as text that is safe to print and store on one line.
+
+    Bytes that are not UTF-8, line breaks and other control characters show as U+FFFD,
+    so a file name cannot split or forge a warning line.
+    """
+    text = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else "\ufffd" for c in text)
+
+
+def check_name(path: Path, *, source: str | None = None) -> None:
+    """Raise DumpError when the file name is not valid UTF-8 (it could not be stored or shown)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DumpError(
+            display_path(source or path),
+            "the file name is not valid UTF-8.",
+            hint="Rename the file (for example with convmv -f cp1258 -t utf-8).",
+        ) from None
+
+
+def read_dump(path: Path, *, max_bytes: int, source: str | None = None) -> bytes:
+    """Return the bytes of one dump; DumpError when it is too large or cannot be read.
+
+    `source` names the file in messages (default: the path). Only regular files are
+    read: a FIFO or device would block or never end.
+    """
+    where = display_path(source or path)
+    check_name(path, source=source)
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for files.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except IsADirectoryError:
+        raise DumpError(where, "is a folder, not a dump file.") from None
+    except OSError as exc:
+        raise DumpError(
+            where,
+            f"cannot be read: {exc.strerror or exc}.",
+            hint="Check that the file exists and is readable.",
+        ) from exc
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise DumpError(where, "is a folder, not a dump file.")
+        raise DumpError(
+            where,
+            "is not a regular file (a FIFO, socket or device).",
+            hint="Give dump files only.",
+        )
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise DumpError(
+                where,
+                f"cannot be read: {exc.strerror or exc}.",
+                hint="Check that the file exists and is readable.",
+            ) from exc
+    if len(data) > max_bytes:
+        raise DumpError(
+            where,
+            f"is larger than the limit of {_size(max_bytes)}.",
+            hint="Raise load.max_bytes in the config if the file is a real article.",
+        )
+    return data
+
+
+def read_dumps(
+    paths: Sequence[Path], *, max_bytes: int, tz: ZoneInfo
+) -> Iterator[tuple[Path, Article | DumpError]]:
+    """Yield (path, article) or (path, DumpError) for every dump, lazily, one file at a time.
+
+    Never raises DumpError (it is yielded, so the caller can count and go on); InputError
+    for a path that does not exist.
+    """
+    for path in find_dumps(paths):
+        try:
+            data = read_dump(path, max_bytes=max_bytes)
+            yield path, parse_dump(data, source=display_path(path), tz=tz)
+        except DumpError as exc:
+            yield path, exc
+
+
+def _size(count: int) -> str:
+    """Say a byte count for people: "10 MiB (10485760 bytes)", "100 bytes"."""
+    if count >= 1024 * 1024:
+        return f"{count / (1024 * 1024):.3g} MiB ({count} bytes)"
+    if count >= 1024:
+        return f"{count / 1024:.3g} KiB ({count} bytes)"
+    return f"{count} bytes"

@@ -1,0 +1,224 @@
+"""Load: one dump's bytes in, an `Article` out: header, body blocks, byline, teasers, date. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from zoneinfo import ZoneInfo
+
+from syndicate.errors import DumpError
+from syndicate.load.dates import _HINT, _full_dates, _lead_date, _parse_publish
+from syndicate.load.decode import decode_dump
+from syndicate.model import Article, Block, BlockKind, Teaser
+from syndicate.text import (
+    clean_text,
+    detect_language,
+    first_sentence,
+    shorten,
+    slugify,
+)
+
+# Bump whenever parse output can change for the same bytes: the build cache keys on it.
+PARSER_VERSION = 2
+
+TITLE_LIMIT = 100  # characters of a title derived from the lead
+
+_SPACES = re.compile(" {2,}")
+_PLACEHOLDER = re.compile(r"^\{\s*[A-Za-z_]+\s*\}$")
+# A dateline: a short agency tag ("QTO", "VOV.VN", "VTV.vn", "(Dân trí)", "(PLO)"), then a
+# hyphen, en dash or em dash, then the text. Spaces are already normalised (NBSP -> " ").
+_DATELINE = re.compile(
+    r"^(?P<tag>\([^()]{2,24}\)|[A-ZĐ]{2,}[A-Za-zĐ0-9]*(?:\.[A-Za-z]{2,4})?)"
+    r" ?[-\u2013\u2014] +(?P<text>\S.*)$"
+)
+# Photo credits make a line a caption when they end it, after " - " (or an en or em dash),
+# ". " or "(", or when they stand alone on the line.
+_CREDIT = (
+    r"(?:ảnh|photo|photos)\s*:\s*[^\s:][^:]{0,48}"
+    r"|ảnh\s+minh\s+(?:họa|hoạ)(?:\s*[:(][^:]{0,48})?"
+    r"|(?:ảnh|photo)\s+(?:tư\s+liệu|internet|file)"
+)
+_CAPTION = re.compile(
+    rf"(?:^|\s[-\u2013\u2014]\s+|\.\s+|\(\s*)(?P<credit>{_CREDIT})\)?\s*$", re.IGNORECASE
+)
+
+
+def _split_lines(text: str) -> list[str]:
+    """NFC, cleaned, whitespace-collapsed physical lines.
+
+    Only "\\n" splits (after "\\r\\n" and "\\r" become "\\n"): str.splitlines() would also
+    split on form feeds, U+0085 and U+2028, which are spaces inside a line here.
+    """
+    text = clean_text(text.replace("\r\n", "\n").replace("\r", "\n"))
+    return [
+        _SPACES.sub(" ", line).strip() if "  " in line else line.strip()
+        for line in text.split("\n")
+    ]
+
+
+def _is_unfilled(value: str) -> bool:
+    return not value or bool(_PLACEHOLDER.match(value))
+
+
+def _split_dateline(text: str) -> tuple[str | None, str]:
+    match = _DATELINE.match(text)
+    if not match:
+        return None, text
+    return match.group("tag"), match.group("text")
+
+
+def _is_caption(text: str) -> bool:
+    tail = text[-90:].lower()
+    if "ảnh" not in tail and "photo" not in tail:
+        return False
+    match = _CAPTION.search(text)
+    if not match:
+        return False
+    credit = match.group("credit")
+    # A credit is a name or two, not a sentence: "ảnh: đây là..." mid-sentence is prose.
+    words = credit.split(":", 1)[-1].split()
+    if len(words) > 8 or credit.rstrip(")").endswith(("!", "?", "…", "...")):
+        return False
+    return not (match.start() == 0 and len(text) > 60)
+
+
+def _is_byline(text: str) -> bool:
+    if len(text) > 50 or _is_caption(text) or _DATELINE.match(text):
+        return False
+    if text[-1] in ".!?:;,…" and not re.search(r"\b[A-ZĐ]\.$", text):
+        return False
+    body = re.sub(r"\s*\([^()]{1,30}\)$", "", text)  # "Thu Hà (tổng hợp)"
+    prefixed = re.match(r"^(?:Theo|By)\s+(?P<rest>.+)$", body)
+    if prefixed:
+        body = prefixed.group("rest")
+    words = [w for w in re.split(r"[\s,&/]+|\s[-\u2013]\s", body) if any(c.isalpha() for c in w)]
+    if not 1 <= len(words) <= 6:
+        return False
+    if prefixed:
+        return words[0][0].isupper() or words[0][0].isdigit()
+    joiners = {"và", "and", "-"}
+    return all(w[0].isupper() or w.lower() in joiners for w in words) and any(
+        w[0].isupper() for w in words
+    )
+
+
+def _author(text: str) -> str:
+    match = re.match(r"^(?:Theo|By)\s+(?P<rest>.+)$", text)
+    return match.group("rest") if match else text
+
+
+def parse_dump(data: bytes, *, source: str, tz: ZoneInfo) -> Article:
+    """Turn one dump's bytes into an Article. Pure.
+
+    Raises DumpError (naming `source`, and the line where it helps) for anything that is not
+    a usable article: empty, binary, legacy-encoded, placeholders only, no article text, an
+    impossible publish date.
+    """
+    raw = _split_lines(decode_dump(data, source=source))
+    header = [*raw, "", "", ""][:3]
+    title_line, publish_line, head_line = header
+    lines: list[str] = []
+    for line in raw[3:]:
+        # Blank lines drop; consecutive duplicate lines collapse.
+        if line and (not lines or lines[-1] != line):
+            lines.append(line)
+    head = "" if _is_unfilled(head_line) else head_line
+    if head and lines and lines[0] == head:
+        lines.pop(0)
+    if not lines and not head:
+        if all(_is_unfilled(value) for value in header):
+            reason = (
+                "has only the three placeholder lines ({title}, {publish}, {head}) "
+                "and no article text."
+            )
+            if not any(header):
+                reason = "has no text, only blank lines."
+        else:
+            reason = "has a header but no article text after line 3."
+        raise DumpError(source, reason, hint=_HINT)
+
+    # 1. Teasers: the maximal trailing run of dateline lines, scanned from the end. They may
+    # not eat the lead: without a head, the first non-caption line is the lead.
+    captions = [_is_caption(line) for line in lines]
+    floor = 0
+    if not head:
+        floor = next((i for i, caption in enumerate(captions) if not caption), 0) + 1
+    start = len(lines)
+    while start > floor and _DATELINE.match(lines[start - 1]):
+        start -= 1
+    teasers = []
+    for line in lines[start:]:
+        tag, rest = _split_dateline(line)
+        teasers.append(Teaser(dateline=tag or "", text=rest))
+    lines, captions = lines[:start], captions[:start]
+
+    # 2. Byline: the last remaining line, if it is byline-shaped and not the only text.
+    author: str | None = None
+    paragraphs_left = captions.count(False) + (1 if head else 0)
+    if lines and paragraphs_left > 1 and not captions[-1] and _is_byline(lines[-1]):
+        author = _author(lines.pop())
+        captions.pop()
+
+    # 3. Captions and paragraphs; the lead is the first paragraph, its dateline removed.
+    blocks: list[Block] = []
+    dateline: str | None = None
+    summary: str | None = None
+    has_paragraph = False
+    if head:
+        dateline, summary = _split_dateline(head)
+        blocks.append(Block(BlockKind.PARAGRAPH, summary))
+        has_paragraph = True
+    for line, caption in zip(lines, captions, strict=True):
+        if caption:
+            blocks.append(Block(BlockKind.CAPTION, line))
+        elif not has_paragraph:
+            dateline, lead_text = _split_dateline(line)
+            blocks.append(Block(BlockKind.PARAGRAPH, lead_text))
+            has_paragraph = True
+        else:
+            blocks.append(Block(BlockKind.PARAGRAPH, line))
+    lead = next((b.text for b in blocks if b.kind is BlockKind.PARAGRAPH), "")
+    if not lead:
+        raise DumpError(
+            source,
+            "has no article paragraph (only captions, a byline or teasers).",
+            hint=_HINT,
+        )
+
+    # 4. Date: the publish line, else the opening of the lead with the year inferred from
+    # full dates elsewhere in the dump (teasers first: they were scraped at the same time).
+    if not _is_unfilled(publish_line):
+        when = _parse_publish(publish_line, source=source, line=2, tz=tz)
+    else:
+        references = list(_full_dates("\n".join(t.text for t in teasers)))
+        if not references:
+            rest = "\n".join([title_line, *(b.text for b in blocks[1:])])
+            references = list(_full_dates(rest))
+        when = _lead_date(lead, references, tz)
+
+    # 5. Title: the title line, else the lead's first sentence, shortened.
+    if _is_unfilled(title_line):
+        sentence = first_sentence(lead)
+        if sentence.endswith(".") and not sentence.endswith(".."):
+            sentence = sentence[:-1]
+        title, derived = shorten(sentence, limit=TITLE_LIMIT), True
+    else:
+        title, derived = title_line, False
+
+    content = "\n".join(b.text for b in blocks)
+    article_id = hashlib.blake2b(content.encode("utf-8"), digest_size=16).hexdigest()
+    return Article(
+        id=article_id,
+        slug=slugify(title) or f"bai-{article_id[:12]}",
+        title=title,
+        title_derived=derived,
+        published=when.published,
+        precision=when.precision,
+        body=tuple(blocks),
+        author=author,
+        teasers=tuple(teasers),
+        source=source,
+        language=detect_language(f"{title}\n{content[:1500]}"),
+        dateline=dateline,
+        summary=summary,
+    )

@@ -1,0 +1,55 @@
+"""Send stage: deliver one digest to every confirmed subscriber owed it. The only SMTP code.
+
+`send_digest` streams recipients from the ledger in pages, claims each page as
+`sending` (committed) before its messages go, and records `sent` right after
+the server accepts each one, so a crash can leave only messages in flight in
+doubt: delivery is at-least-once. `read_earlier_digests` finds the digests of
+earlier days (within CATCH_UP_DAYS) still owed to someone, so a day whose run
+failed or was cut short is finished by the next day's run. Transports are
+`Mailer`s: `OutboxMailer` writes .eml files, `SmtpMailer` keeps a pool of
+persistent aiosmtplib connections.
+
+Modules: `transports` (the Mailers and what opens them), `deliver` (the send
+loop), `runs` (the send lock and the catch-up of earlier digests).
+"""
+
+from syndicate.send.deliver import (
+    MAX_ATTEMPTS,
+    PAGE_SIZE,
+    REFUSE_ALL_AFTER,
+    TEMPFAIL_STREAK,
+    SendSummary,
+    send_digest,
+)
+from syndicate.send.runs import CATCH_UP_DAYS, OwedDigest, open_send_lock, read_earlier_digests
+from syndicate.send.transports import (
+    Mailer,
+    OutboxMailer,
+    RecipientRefusedError,
+    SmtpMailer,
+    TransientSendError,
+    mailer_concurrency,
+    open_mailer,
+    read_dkim_key,
+)
+
+__all__ = [
+    "CATCH_UP_DAYS",
+    "MAX_ATTEMPTS",
+    "PAGE_SIZE",
+    "REFUSE_ALL_AFTER",
+    "TEMPFAIL_STREAK",
+    "Mailer",
+    "OutboxMailer",
+    "OwedDigest",
+    "RecipientRefusedError",
+    "SendSummary",
+    "SmtpMailer",
+    "TransientSendError",
+    "mailer_concurrency",
+    "open_mailer",
+    "open_send_lock",
+    "read_dkim_key",
+    "read_earlier_digests",
+    "send_digest",
+]

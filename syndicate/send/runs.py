@@ -1,0 +1,99 @@
+"""Send: what spans runs: the send lock (one run at a time) and the catch-up of earlier digests.
+
+`read_earlier_digests` finds the digests of earlier days (within CATCH_UP_DAYS)
+still owed to someone, so a day whose run failed or was cut short is finished by
+the next day's run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+from syndicate.errors import LockedError, OutputError
+from syndicate.send.deliver import MAX_ATTEMPTS
+from syndicate.store import Database, digests, ledger
+
+# The stage's logger: records keep the name they had before send became a package.
+log = logging.getLogger("syndicate.send")
+
+# A digest still owed to someone is caught up by the runs of this many following days;
+# after that it is given up (with a warning), so old news does not go out a month late.
+CATCH_UP_DAYS = 7
+
+
+@contextlib.contextmanager
+def open_send_lock(database: Path) -> Iterator[Path]:
+    """Hold the send lock, `<database>.lock`, for the block; never wait for it.
+
+    Raises LockedError (exit 75) at once when another process holds it. The
+    kernel drops the lock when the holder dies, even by SIGKILL.
+    """
+    path = database.with_name(database.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OutputError(
+            f"{path}: cannot open the send lock: {exc.strerror or exc}.",
+            hint="Check that the database folder is writable (paths.database).",
+        ) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(
+                f"{path}: another `syndicate send` is running (it holds this lock).",
+                hint="Let it finish; run again later.",
+            ) from None
+        yield path
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class OwedDigest:
+    """An earlier day's digest that some subscribers are still owed."""
+
+    day: date
+    created_at: datetime  # subscribers confirmed later are not owed it
+    owed: int
+
+
+def read_earlier_digests(
+    db: Database, *, today: date, now: datetime, window_days: int = CATCH_UP_DAYS
+) -> list[OwedDigest]:
+    """Return the digests of days before `today` still owed to someone, oldest first.
+
+    Owed means: a subscriber confirmed when the digest was created, confirmed
+    still, whose ledger row is missing, left `sending`, or `failed` with
+    attempts to spare. Digests owed to nobody are closed, and so are those
+    older than `window_days` (given up, with a warning naming how many never
+    got it), so each digest is looked at by a few runs only.
+    """
+    first = today - timedelta(days=window_days)
+    found: list[OwedDigest] = []
+    for stored in digests.open_digests(db, before=today):
+        owed = ledger.count_owed(
+            db, day=stored.day, max_attempts=MAX_ATTEMPTS, confirmed_by=stored.created_at
+        )
+        if owed and stored.day >= first:
+            found.append(OwedDigest(stored.day, stored.created_at, owed))
+            continue
+        if owed:
+            log.warning(
+                "digest %s: given up with %d %s never sent it: it is older than the "
+                "%d-day catch-up window.",
+                stored.day.isoformat(),
+                owed,
+                "subscriber" if owed == 1 else "subscribers",
+                window_days,
+            )
+        digests.close_digest(db, stored.day, now=now)
+    return found

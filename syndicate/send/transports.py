@@ -1,0 +1,309 @@
+"""Send: the transports, `Mailer`s that take one message's bytes or raise. The only SMTP code.
+
+`OutboxMailer` writes .eml files, `SmtpMailer` keeps a pool of persistent
+aiosmtplib connections; `open_mailer` and `read_dkim_key` turn the settings into
+what a run sends with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+
+from syndicate.config import Settings
+from syndicate.errors import ConfigError, DeliveryError, TempFailError
+from syndicate.mail import DkimKey
+from syndicate.output import write_atomic
+
+# The stage's logger: records keep the name they had before send became a package.
+log = logging.getLogger("syndicate.send")
+
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
+
+
+class Mailer(Protocol):
+    """A transport: takes one message's bytes for its recipients, or raises."""
+
+    async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class RecipientRefusedError(DeliveryError):
+    """The server refused a recipient for good (5xx): recorded, counted as a bounce."""
+
+    def __init__(self, recipient: str, code: int, reply: str) -> None:
+        super().__init__(f"{recipient}: the server refused the message: {code} {reply}")
+        self.code = code
+        self.reply = f"{code} {reply}"
+
+
+class TransientSendError(TempFailError):
+    """A temporary failure (4xx, dropped connection, timeout): worth retrying."""
+
+    def __init__(self, message: str, *, reply: str, connection: bool) -> None:
+        super().__init__(message)
+        self.reply = reply
+        self.connection = connection  # the connection itself failed, not one recipient
+
+
+_MESSAGE_ID = re.compile(rb"(?im)^Message-ID:\s*<([^>\r\n]+)>")
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class OutboxMailer:
+    """Writes each message as an .eml file in one folder (atomically), named by its Message-ID.
+
+    Re-sending a message replaces its file, so the folder holds one file per
+    recipient however often a run is repeated.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> None:
+        found = _MESSAGE_ID.search(message[:4096])
+        if found:
+            stem = _UNSAFE_NAME.sub("_", found.group(1).decode("ascii", "replace"))
+        else:
+            stem = _UNSAFE_NAME.sub("_", ",".join(recipients))
+        write_atomic(self.folder / f"{stem[:150]}.eml", message, skip_unchanged=False)
+
+    async def aclose(self) -> None:
+        return None
+
+
+@dataclass
+class _Connection:
+    client: aiosmtplib.SMTP
+    options: list[str]
+    used: int = 0
+
+
+class SmtpMailer:
+    """A pool of persistent aiosmtplib connections shared by concurrent `send` calls.
+
+    At most `connections` are open at once; each carries up to
+    `messages_per_connection` messages, then is closed with QUIT. A connection
+    that failed is dropped, so a retry goes out on a fresh one.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        tls: str = "starttls",
+        username: str = "",
+        password: str = "",
+        timeout: float = 30.0,
+        connections: int = 8,
+        messages_per_connection: int = 100,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.host, self.port, self.tls = host, port, tls
+        self.username, self.password = username, password
+        self.timeout = timeout
+        self.connections = connections
+        self.messages_per_connection = messages_per_connection
+        self.tls_context = tls_context
+        self._idle: list[_Connection] = []
+        self._slots = asyncio.Semaphore(connections)
+        self.where = f"smtp {host}:{port}"
+
+    async def _open(self) -> _Connection:
+        client = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            timeout=self.timeout,
+            use_tls=self.tls == "tls",
+            start_tls=True if self.tls == "starttls" else False,
+            username=self.username or None,
+            password=self.password if self.username else None,
+            tls_context=self.tls_context,
+        )
+        try:
+            await client.connect()
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            raise DeliveryError(
+                f"{self.where}: the server refused the login of {self.username!r}: "
+                f"{exc.code} {exc.message}.",
+                hint="Check smtp.username and SYNDICATE_SMTP_PASSWORD.",
+            ) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            _close_quietly(client)
+            if 400 <= exc.code < 500:
+                raise TransientSendError(
+                    f"{self.where}: the server is busy: {exc.code} {exc.message}",
+                    reply=f"{exc.code} {exc.message}",
+                    connection=True,
+                ) from exc
+            raise DeliveryError(
+                f"{self.where}: the server refused the session: {exc.code} {exc.message}.",
+                hint="Check smtp.host, smtp.port, smtp.tls and the credentials.",
+            ) from exc
+        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+            _close_quietly(client)
+            raise TransientSendError(
+                f"{self.where}: cannot connect: {exc}",
+                reply=str(exc),
+                connection=True,
+            ) from exc
+        except aiosmtplib.SMTPException as exc:
+            _close_quietly(client)
+            raise DeliveryError(
+                f"{self.where}: cannot start the session: {exc}.",
+                hint="Check smtp.tls (starttls, tls or none) against what the server offers.",
+            ) from exc
+        options = ["BODY=8BITMIME"] if client.supports_extension("8bitmime") else []
+        return _Connection(client, options)
+
+    async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> None:
+        """Send one message; raise RecipientRefusedError, TransientSendError or DeliveryError."""
+        async with self._slots:
+            conn = self._take_idle() or await self._open()
+            keep = False
+            try:
+                await conn.client.sendmail(sender, recipients, message, mail_options=conn.options)
+                keep = True
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                refusal = exc.recipients[0]
+                keep = refusal.code >= 500
+                raise _classify(
+                    self.where, refusal.recipient, refusal.code, refusal.message
+                ) from exc
+            except aiosmtplib.SMTPSenderRefused as exc:
+                if 400 <= exc.code < 500:
+                    raise _classify(self.where, sender, exc.code, exc.message) from exc
+                raise DeliveryError(
+                    f"{self.where}: the server refused the sender {sender!r}: "
+                    f"{exc.code} {exc.message}.",
+                    hint="Check mail.from: the server must accept it as a sender.",
+                ) from exc
+            except aiosmtplib.SMTPResponseException as exc:
+                keep = exc.code >= 500 and exc.code != 554
+                raise _classify(self.where, ",".join(recipients), exc.code, exc.message) from exc
+            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+                raise TransientSendError(
+                    f"{self.where}: the connection failed: {exc}",
+                    reply=str(exc) or type(exc).__name__,
+                    connection=True,
+                ) from exc
+            except aiosmtplib.SMTPException as exc:
+                raise DeliveryError(f"{self.where}: sending failed: {exc}.") from exc
+            finally:
+                conn.used += 1
+                if keep and conn.used < self.messages_per_connection:
+                    self._idle.append(conn)
+                elif keep:
+                    await _quit(conn.client)
+                else:
+                    _close_quietly(conn.client)
+
+    def _take_idle(self) -> _Connection | None:
+        """An idle connection still open; servers close idle ones (RFC 5321: after minutes)."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.client.is_connected:
+                return conn
+            _close_quietly(conn.client)
+        return None
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(_quit(conn.client) for conn in idle))
+
+
+def _classify(where: str, recipient: str, code: int, message: str) -> DeliveryError | TempFailError:
+    enhanced = _ENHANCED.match(message)
+    if enhanced and enhanced.group(1) == "5" and enhanced.group(2) == "7":
+        return DeliveryError(
+            f"{where}: the server refused {recipient!r} on security or policy grounds: "
+            f"{code} {message}. This is a setup problem (relay permission, authentication, "
+            "sender reputation), not a bad address; the run stopped.",
+            hint="Check smtp.username, SYNDICATE_SMTP_PASSWORD and mail.from.",
+        )
+    if code in (530, 535, 538):
+        return DeliveryError(
+            f"{where}: the server asks for authentication: {code} {message}.",
+            hint="Set smtp.username and SYNDICATE_SMTP_PASSWORD.",
+        )
+    if code == 421:
+        return TransientSendError(
+            f"{where}: the server is closing the connection: {code} {message}",
+            reply=f"{code} {message}",
+            connection=True,
+        )
+    if 400 <= code < 500:
+        return TransientSendError(
+            f"{where}: {recipient}: temporary failure: {code} {message}",
+            reply=f"{code} {message}",
+            connection=False,
+        )
+    return RecipientRefusedError(recipient, code, message)
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    try:
+        await client.quit()
+    except (aiosmtplib.SMTPException, OSError):
+        _close_quietly(client)
+
+
+def _close_quietly(client: aiosmtplib.SMTP) -> None:
+    try:
+        client.close()
+    except (aiosmtplib.SMTPException, OSError):  # pragma: no cover - close does not raise
+        log.debug("closing an SMTP connection failed", exc_info=True)
+
+
+def open_mailer(settings: Settings, *, folder: str) -> Mailer:
+    """Return the configured transport: the outbox folder `outbox/<folder>/`, or SMTP."""
+    if settings.mail.transport == "smtp":
+        smtp = settings.smtp
+        return SmtpMailer(
+            host=smtp.host,
+            port=smtp.port,
+            tls=smtp.tls,
+            username=smtp.username,
+            password=smtp.password,
+            timeout=smtp.timeout,
+            connections=smtp.connections,
+            messages_per_connection=smtp.messages_per_connection,
+        )
+    return OutboxMailer(settings.paths.outbox / folder)
+
+
+def mailer_concurrency(settings: Settings) -> int:
+    """How many messages the configured transport sends at once."""
+    return settings.smtp.connections if settings.mail.transport == "smtp" else 1
+
+
+def read_dkim_key(settings: Settings) -> DkimKey | None:
+    """Read the DKIM private key named in config; None while dkim.domain is empty."""
+    dkim = settings.dkim
+    if not dkim.domain or dkim.key_file is None:
+        return None
+    try:
+        key = dkim.key_file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"config key dkim.key_file: {str(dkim.key_file)!r} cannot be read: "
+            f"{exc.strerror or exc}.",
+            key="dkim.key_file",
+            hint="Point it at the PEM private key of the selector.",
+        ) from exc
+    if b"PRIVATE KEY" not in key:
+        raise ConfigError(
+            f"config key dkim.key_file: {str(dkim.key_file)!r} is not a PEM private key.",
+            key="dkim.key_file",
+        )
+    return DkimKey(domain=dkim.domain, selector=dkim.selector, private_key=key)
