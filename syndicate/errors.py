@@ -60,6 +60,12 @@ class OutputError(SyndicateError, OSError):
     """A file could not be written."""
 
 
+class WorkerError(SyndicateError):
+    """A build worker process died (killed for lack of memory, say); the build stopped."""
+
+    exit_code: ClassVar[int] = EXIT_FAILED
+
+
 class StoreError(SyndicateError):
     """The SQLite database cannot be opened, migrated or written."""
 

@@ -20,7 +20,7 @@ import pytest
 from syndicate import build, load
 from syndicate.build import run_build, sync_articles
 from syndicate.config import Settings, load_settings
-from syndicate.errors import InputError
+from syndicate.errors import InputError, WorkerError
 from syndicate.store import Database, open_database
 from syndicate.store.articles import get_article, iter_articles_newest_first
 
@@ -578,3 +578,22 @@ def test_odd_files_are_reported_not_fatal(
     assert str(error).endswith(
         "pipe.txt: is not a regular file (a FIFO, socket or device). Give dump files only."
     )
+
+
+def _die(*_args: object) -> None:
+    """A worker task that kills its process, as the kernel's OOM killer would."""
+    os._exit(3)
+
+
+def test_a_worker_that_dies_stops_the_build_with_one_line_and_exit_1(
+    settings: Settings, db: Database, seeds: Path, now: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(build.workers, "_PARALLEL_MIN", 1)
+    monkeypatch.setattr(build.workers, "_work", _die)
+    with pytest.raises(WorkerError) as info:
+        run_build(settings, db, now=now)
+    assert info.value.exit_code == 1
+    assert str(info.value).startswith("build: a worker process stopped unexpectedly (")
+    # The store is left consistent: a normal build afterwards works.
+    monkeypatch.undo()
+    assert run_build(settings, db, now=now).articles > 0

@@ -163,6 +163,20 @@ async def test_a_refused_recipient_is_recorded_and_the_batch_goes_on(  # type: i
     assert (third.sent, third.failed, third.skipped) == (0, 0, 5)
 
 
+async def test_an_accepted_message_resets_the_bounce_count(db, smtpd, send_settings, now) -> None:  # type: ignore[no-untyped-def]
+    # bounce_limit counts permanent refusals in a row: one good delivery clears them.
+    _subscribe(db, 3, now)
+    smtpd.handler.refuse("reader2@example.org", "550 5.2.2 mailbox full", times=1)
+    first = await _send(db, smtpd, send_settings, now)
+    assert (first.sent, first.failed) == (2, 1)
+    assert (get_by_id(db, 3) or pytest.fail("gone")).bounce_count == 1  # reader2 is id 3
+    again = await _send(db, smtpd, send_settings, now)
+    assert (again.sent, again.failed) == (1, 0)
+    after = get_by_id(db, 3)
+    assert after is not None
+    assert (after.bounce_count, after.status) == (0, SubscriptionStatus.CONFIRMED)
+
+
 async def test_transient_failures_are_retried_until_accepted(db, smtpd, send_settings, now) -> None:  # type: ignore[no-untyped-def]
     _subscribe(db, 6, now)
     smtpd.handler.fail_next("451 4.3.0 try again later", 2)

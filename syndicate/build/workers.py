@@ -2,7 +2,7 @@
 
 Work goes out in chunks, at most `_CHUNKS_IN_FLIGHT` at a time, so memory stays
 bounded; results are taken back in order, so a build with workers gives what it
-gives alone. A worker that dies turns into a SyndicateError.
+gives alone. A worker that dies turns into a WorkerError.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from syndicate.build.reading import _Failed, _Read, _work
 from syndicate.build.writer import _Writer
 from syndicate.config import Settings, site_templates_dir
-from syndicate.errors import DumpError, OutputError, SyndicateError
+from syndicate.errors import DumpError, OutputError, SyndicateError, WorkerError
 from syndicate.model import Article
 from syndicate.output import write_atomic
 from syndicate.site import SiteInfo, SiteRenderer
@@ -77,11 +77,11 @@ def _parallel_reads(
 
 
 def _result(future: Future[_T]) -> _T:
-    """A worker's result; SyndicateError when the worker process died."""
+    """A worker's result; WorkerError (exit 1) when the worker process died."""
     try:
         return future.result()
     except BrokenProcessPool as exc:
-        raise SyndicateError(
+        raise WorkerError(
             f"build: a worker process stopped unexpectedly ({exc}).",
             hint="Run the build again; if it keeps failing, check the memory available.",
         ) from exc

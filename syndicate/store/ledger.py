@@ -77,6 +77,10 @@ _MARK_SENT = """
         updated_at = :now
     WHERE digest_day = :day AND subscriber_id = :id
 """
+# An accepted message ends a run of permanent refusals: bounce_limit counts them in a row.
+_RESET_BOUNCES = """
+    UPDATE subscribers SET bounce_count = 0 WHERE id = :id AND bounce_count > 0
+"""
 # The attempt failed; keep the server's reply.
 _MARK_FAILED = """
     UPDATE deliveries SET status = 'failed', attempts = attempts + 1, reply = :reply,
@@ -181,6 +185,7 @@ def mark_sent(db: Database, *, day: date, subscriber_id: int, now: datetime) -> 
             conn.execute(
                 _MARK_SENT, {"day": day.isoformat(), "id": subscriber_id, "now": _iso(now)}
             )
+            conn.execute(_RESET_BOUNCES, {"id": subscriber_id})
     except sqlite3.Error as exc:
         raise _fail(db, exc) from exc
 
@@ -195,6 +200,7 @@ def mark_sent_many(
             conn.executemany(
                 _MARK_SENT, ({"day": key, "id": i, "now": stamp} for i in subscriber_ids)
             )
+            conn.executemany(_RESET_BOUNCES, ({"id": i} for i in subscriber_ids))
     except sqlite3.Error as exc:
         raise _fail(db, exc) from exc
 
