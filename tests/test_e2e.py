@@ -156,21 +156,27 @@ def test_send_delivers_exactly_one_message_per_confirmed_subscriber(
     assert len(smtpd.handler.messages) == 25
 
 
-def test_a_killed_send_is_completed_by_the_next_run(tmp_path: Path, smtpd: SmtpServer) -> None:
-    connections = 3
-    _write_project(tmp_path, smtpd, connections=connections)
-    languages = _subscribe(tmp_path, 60)
+def _kill_mid_run(tmp_path: Path, smtpd: SmtpServer, *, after: int) -> int | None:
+    """Start `syndicate send` against a slow server, SIGKILL it after `after` messages."""
     smtpd.handler.delay = 0.05
     process = _start(tmp_path)
     try:
-        assert smtpd.handler.wait_for(9, timeout=60), "the first messages never arrived"
+        assert smtpd.handler.wait_for(after, timeout=60), "the first messages never arrived"
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
         process.communicate()
-    assert process.returncode == -signal.SIGKILL
+    return process.returncode
+
+
+def test_a_killed_send_is_completed_by_the_next_run(tmp_path: Path, smtpd: SmtpServer) -> None:
+    connections = 3
+    _write_project(tmp_path, smtpd, connections=connections)
+    languages = _subscribe(tmp_path, 60)
+    returncode = _kill_mid_run(tmp_path, smtpd, after=9)
+    assert returncode == -signal.SIGKILL
     first = len(smtpd.handler.messages)
     assert first < 60, "the run finished before it was killed"
     smtpd.handler.delay = 0
@@ -229,16 +235,7 @@ def test_a_killed_send_is_finished_by_the_next_days_run(tmp_path: Path, smtpd: S
     connections = 2
     _write_project(tmp_path, smtpd, connections=connections)
     languages = _subscribe(tmp_path, 30)
-    smtpd.handler.delay = 0.05
-    process = _start(tmp_path)
-    try:
-        assert smtpd.handler.wait_for(5, timeout=60), "the first messages never arrived"
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
+    _kill_mid_run(tmp_path, smtpd, after=5)
     assert len(smtpd.handler.messages) < 30, "the run finished before it was killed"
     smtpd.handler.delay = 0
     yesterday = _make_yesterdays(tmp_path)
