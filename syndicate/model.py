@@ -94,13 +94,22 @@ class Article:
 
     def to_record(self) -> dict[str, Any]:
         """A lossless JSON-able dict, read back by `from_record`."""
-        record = self.to_dict()
-        del record["paragraphs"], record["captions"], record["lead"]
-        record["body"] = [[str(b.kind), b.text] for b in self.body]
-        record["language"] = self.language
-        record["dateline"] = self.dateline
-        record["summary"] = self.summary
-        return record
+        # Built directly (not from to_dict): it runs once per parsed dump.
+        return {
+            "id": self.id,
+            "slug": self.slug,
+            "title": self.title,
+            "title_derived": self.title_derived,
+            "published": self.published.isoformat() if self.published else None,
+            "published_precision": self.precision.value,
+            "author": self.author,
+            "teasers": [{"dateline": t.dateline, "text": t.text} for t in self.teasers],
+            "source": self.source,
+            "body": [[b.kind.value, b.text] for b in self.body],
+            "language": self.language,
+            "dateline": self.dateline,
+            "summary": self.summary,
+        }
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Article:

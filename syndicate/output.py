@@ -80,3 +80,56 @@ def _same_bytes(path: Path, data: bytes) -> bool:
             return handle.read(len(data) + 1) == data
     except FileNotFoundError:
         return False
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Create `path` (which must not exist) holding `data`, mode 0644; no fsync.
+
+    For staged files in a private folder: they reach their public name later through
+    `move_into_place`, which is the atomic step. Raises OSError (FileExistsError when
+    `path` exists); a failed write removes what it created.
+    """
+    fd = os.open(path, _TEMP_FLAGS, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
+def move_into_place(staged: Path, path: Path) -> bool:
+    """Atomically replace `path` with the finished file `staged` (same file system).
+
+    Returns False, removing `staged` and leaving `path` as it was, when `path` already
+    holds exactly the same bytes. Raises OutputError on any OS failure.
+    """
+    try:
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            size = -1
+        if size == os.stat(staged).st_size:
+            with open(staged, "rb") as handle:
+                if _same_bytes(path, handle.read()):
+                    os.unlink(staged)
+                    return False
+        try:
+            os.replace(staged, path)
+        except FileNotFoundError:
+            if not os.path.exists(staged):
+                raise
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, path)
+    except OSError as exc:
+        raise OutputError(
+            f"{path}: cannot write: {exc.strerror or exc}.",
+            hint="Check that the output folder exists and is writable (paths.output).",
+        ) from exc
+    return True

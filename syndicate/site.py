@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -62,9 +63,10 @@ STRINGS: dict[str, dict[str, str]] = {
     },
 }
 
-_PARAGRAPH_OPEN = Markup("<p>")
-_CAPTION_OPEN = Markup('<p class="caption">')
-_CLOSE = Markup("</p>")
+# Plain str, joined with str.join: `str + Markup` would escape the str.
+_PARAGRAPH_OPEN = "<p>"
+_CAPTION_OPEN = '<p class="caption">'
+_CLOSE = "</p>"
 _SAFE_SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 
@@ -251,14 +253,17 @@ class SiteRenderer:
 
     def render_article(self, article: Article, *, slug: str) -> bytes:
         """The page of one article, written at `article_path(slug)`."""
-        # Each paragraph escaped on its own: article text is never part of a template.
-        # (Markup + escape() is what Markup.format did, without its formatter overhead.)
-        body = Markup("\n").join(
-            (_CAPTION_OPEN if block.kind is BlockKind.CAPTION else _PARAGRAPH_OPEN)
-            + escape(one_line(block.text))
-            + _CLOSE
-            for block in article.body
-        )
+        # Article text is never part of a template: each block is escaped here and put
+        # between fixed tags. Loader text is printable and NFC already; anything else is
+        # first put on one clean line.
+        tagged = []
+        for block in article.body:
+            text = block.text
+            if not (text.isprintable() and unicodedata.is_normalized("NFC", text)):
+                text = one_line(text)
+            opening = _CAPTION_OPEN if block.kind is BlockKind.CAPTION else _PARAGRAPH_OPEN
+            tagged.append("".join((opening, escape(text), _CLOSE)))
+        body = Markup("\n".join(tagged))  # noqa: S704 - its texts went through escape()
         html = self._article.render(
             **page_context(self.info, root="../"),
             article={

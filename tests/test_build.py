@@ -8,6 +8,7 @@ import logging
 import os
 import posixpath
 import re
+import subprocess
 import unicodedata
 from datetime import datetime, timedelta
 from html.parser import HTMLParser
@@ -499,6 +500,52 @@ def test_worker_processes_give_the_same_site_store_and_warnings(
     assert workers[2] == single[2]
     assert workers[1] == single[1]
     assert workers[0] == single[0]
+
+
+def test_worker_pages_are_moved_into_place_not_rendered_again(
+    settings: Settings, db: Database, seeds: Path, now: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parse workers render each page under the article's own slug; only a page whose slug
+    changed (the loser of the 002/006 collision) is rendered again after the sync."""
+    monkeypatch.setattr(build.workers, "_PARALLEL_MIN", 1)
+    rendered_after_sync: list[str] = []
+    real = build.pages._write_articles_in_workers
+
+    def spy(records, writer, info, todo):  # type: ignore[no-untyped-def]
+        rendered_after_sync.extend(rel for rel, _slug, _id, _fp in todo)
+        return real(records, writer, info, todo)
+
+    monkeypatch.setattr(build.pages, "_write_articles_in_workers", spy)
+    summary = run_build(settings, db, now=now)
+    output = settings.paths.output
+    pages = sorted(p.name for p in (output / "articles").iterdir())
+    assert len(pages) == summary.articles == 5
+    [loser] = rendered_after_sync
+    assert loser.startswith("articles/khanh-thanh-cau-moi-")
+    assert not (output / ".staging").exists()
+    assert not [p for p in output.rglob("*") if p.name.startswith(".")]
+
+
+def test_a_staging_folder_left_by_a_killed_build_is_removed(
+    settings: Settings, db: Database, seeds: Path, now: datetime
+) -> None:
+    dead_pid = _exited_pid()
+    root = settings.paths.output / ".staging"
+    (root / str(dead_pid)).mkdir(parents=True)
+    (root / str(dead_pid) / "0123.html").write_bytes(b"half a page")
+    live = root / str(os.getppid())  # a running build of someone else's
+    live.mkdir()
+    (live / "4567.html").write_bytes(b"their page")
+    run_build(settings, db, now=now)
+    assert sorted(p.name for p in root.iterdir()) == [str(os.getppid())]
+    assert (live / "4567.html").read_bytes() == b"their page"
+
+
+def _exited_pid() -> int:
+    """The pid of a child that has exited and been reaped (no process has it now)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 def test_undated_articles_date_the_feed_by_first_sight_not_the_clock(

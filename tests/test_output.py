@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from syndicate.errors import OutputError
-from syndicate.output import write_atomic
+from syndicate.output import move_into_place, write_atomic, write_new
 
 
 def test_write_creates_folders_and_file(tmp_path: Path) -> None:
@@ -38,3 +38,42 @@ def test_failed_write_leaves_no_temp_file_and_raises_our_error(tmp_path: Path) -
         write_atomic(blocker / "y.txt", b"new")
     assert sorted(p.name for p in folder.iterdir()) == ["sub", "x.txt"]
     assert (folder / "x.txt").read_bytes() == b"old"
+
+
+def test_write_new_never_overwrites_and_makes_a_public_file(tmp_path: Path) -> None:
+    target = tmp_path / "page.html"
+    write_new(target, "Quảng Trị".encode())
+    assert target.read_bytes() == "Quảng Trị".encode()
+    assert target.stat().st_mode & 0o777 == 0o644
+    with pytest.raises(FileExistsError):
+        write_new(target, b"other")
+    assert target.read_bytes() == "Quảng Trị".encode()
+
+
+def test_move_into_place_renames_and_makes_folders(tmp_path: Path) -> None:
+    staged = tmp_path / "stage" / "a.html"
+    staged.parent.mkdir()
+    write_new(staged, b"<p>new</p>")
+    target = tmp_path / "site" / "articles" / "a.html"
+    assert move_into_place(staged, target) is True
+    assert target.read_bytes() == b"<p>new</p>"
+    assert not staged.exists()
+
+
+def test_move_into_place_keeps_a_file_that_holds_the_same_bytes(tmp_path: Path) -> None:
+    target = tmp_path / "a.html"
+    write_atomic(target, b"<p>same</p>")
+    inode = target.stat().st_ino
+    staged = tmp_path / "staged.html"
+    write_new(staged, b"<p>same</p>")
+    assert move_into_place(staged, target) is False
+    assert target.stat().st_ino == inode  # not replaced
+    assert not staged.exists()
+    write_new(staged, b"<p>else</p>")  # same size, other bytes: replaced
+    assert move_into_place(staged, target) is True
+    assert target.read_bytes() == b"<p>else</p>"
+
+
+def test_move_into_place_reports_a_missing_file_as_our_error(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match=r"a\.html: cannot write"):
+        move_into_place(tmp_path / "gone.html", tmp_path / "a.html")

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from syndicate.build.reading import _hash
+from syndicate.build.staging import Stager, close_staging, open_staging, page_fingerprint
 from syndicate.build.sync import Progress, sync_articles
 from syndicate.build.workers import _use_workers, _write_articles_in_workers
 from syndicate.build.writer import _Writer
@@ -100,22 +101,30 @@ def run_build(
     earlier build wrote that no longer belong to the site are deleted.
     """
     started = time.perf_counter()
-    sync = sync_articles(settings, db, now=now, paths=paths, progress=progress)
     output = settings.paths.output
     info = _site_info(settings)
     renderer = SiteRenderer(info, site_templates_dir())
-
-    summaries = sorted(
-        (s for s in store.iter_summaries(db) if s.id in sync.article_ids), key=_newest_first_key
-    )
-    slugs = assign_slugs((s.id, s.slug, s.published, s.first_seen_at) for s in summaries)
     writer = _Writer(output, store.read_page_fingerprints(db))
+    staging = _open_staging(output)
     try:
-        _write_pages(settings, db, writer, renderer, info, summaries, slugs, now=now)
-    except BaseException:
-        writer.abandon()
-        raise
-    writer.finish()
+        stager = Stager(renderer, staging, writer.old) if staging is not None else None
+        sync = sync_articles(settings, db, now=now, paths=paths, progress=progress, stager=stager)
+        summaries = sorted(
+            (s for s in store.iter_summaries(db) if s.id in sync.article_ids),
+            key=_newest_first_key,
+        )
+        slugs = assign_slugs((s.id, s.slug, s.published, s.first_seen_at) for s in summaries)
+        try:
+            _write_pages(
+                settings, db, writer, renderer, info, summaries, slugs, now=now, staging=stager
+            )
+        except BaseException:
+            writer.abandon()
+            raise
+        writer.finish()
+    finally:
+        if staging is not None:
+            close_staging(staging)
 
     removed = _remove_stale(output, writer)
     with db.transaction():
@@ -135,6 +144,14 @@ def run_build(
     )
 
 
+def _open_staging(output: Path) -> Path | None:
+    try:
+        return open_staging(output)
+    except OSError as exc:  # pages are then rendered after the sync, where errors show
+        log.debug("%s: no staging folder: %s", output, exc.strerror or exc)
+        return None
+
+
 def _write_pages(
     settings: Settings,
     db: Database,
@@ -145,16 +162,24 @@ def _write_pages(
     slugs: dict[str, str],
     *,
     now: datetime,
+    staging: Stager | None = None,
 ) -> None:
-    """Render and queue the feeds, the article pages and the index pages."""
+    """Render and queue the feeds, the article pages and the index pages.
+
+    An article page the parse workers staged with the same fingerprint is moved into place
+    instead of being rendered.
+    """
     _write_feeds(settings, db, writer, summaries, slugs)
     todo: list[tuple[str, str, str, str]] = []  # rel, slug, article id, fingerprint
     for summary in summaries:
         slug = slugs[summary.id]
         rel = article_path(slug)
-        fingerprint = _hash(f"{renderer.fingerprint}\0{slug}\0{summary.record_hash}".encode())
-        if not writer.fresh(rel, fingerprint):
-            todo.append((rel, slug, summary.id, fingerprint))
+        fingerprint = page_fingerprint(renderer.fingerprint, slug, summary.record_hash)
+        if writer.fresh(rel, fingerprint):
+            continue
+        if staging is not None and writer.adopt(rel, staging.staged(fingerprint), fingerprint):
+            continue
+        todo.append((rel, slug, summary.id, fingerprint))
     if _use_workers(len(todo)):
         writer.drain()  # the writer thread sits idle while the workers are forked
         _write_articles_in_workers(functools.partial(_record, db), writer, info, todo)

@@ -13,6 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from syndicate import load
+from syndicate.build.staging import Stager
 from syndicate.errors import DumpError
 from syndicate.store import articles as store
 
@@ -55,11 +56,18 @@ def parse_version(timezone: str) -> int:
 
 
 def _read_and_parse(
-    path: Path, shown: str, cached: store.CachedDump | None, *, max_bytes: int, tz: ZoneInfo
+    path: Path,
+    shown: str,
+    cached: store.CachedDump | None,
+    *,
+    max_bytes: int,
+    tz: ZoneInfo,
+    stager: Stager | None = None,
 ) -> _Read:
     """Read one dump and parse it unless the cache has these exact bytes already.
 
-    Raises DumpError when the file cannot be read or is too large.
+    A `stager` renders the page of an article parsed here. Raises DumpError when the
+    file cannot be read or is too large.
     """
     data = load.read_dump(path, max_bytes=max_bytes, source=shown)
     content_hash = _hash(data)
@@ -73,7 +81,10 @@ def _read_and_parse(
         article = load.parse_dump(data, source=shown, tz=tz)
     except DumpError as exc:
         return _Read(content_hash, None, _encode_error(exc), None, parsed=True)
-    return _Read(content_hash, article.id, None, store.article_row(article), parsed=True)
+    row = store.article_row(article)
+    if stager is not None:
+        stager.stage(article, row.record_hash)
+    return _Read(content_hash, article.id, None, row, parsed=True)
 
 
 # One unit of work for a parse worker: path, shown path, cache entry.
@@ -82,13 +93,26 @@ _Job = tuple[Path, str, "store.CachedDump | None"]
 _Failed = tuple[str, str, int | None, str | None]
 
 
+# The page stager of a parse worker (set by `_start_reader` in each worker process).
+_WORKER_STAGER: Stager | None = None
+
+
+def _start_reader(stager: Stager | None) -> None:
+    global _WORKER_STAGER
+    _WORKER_STAGER = stager
+
+
 def _work(jobs: list[_Job], max_bytes: int, timezone: str) -> list[_Read | _Failed]:
     """Run `_read_and_parse` on a chunk of jobs, in a worker process."""
     tz = ZoneInfo(timezone)
     out: list[_Read | _Failed] = []
     for path, shown, cached in jobs:
         try:
-            out.append(_read_and_parse(path, shown, cached, max_bytes=max_bytes, tz=tz))
+            out.append(
+                _read_and_parse(
+                    path, shown, cached, max_bytes=max_bytes, tz=tz, stager=_WORKER_STAGER
+                )
+            )
         except DumpError as exc:
             out.append((exc.path, exc.reason, exc.line, exc.hint))
     return out

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from syndicate import load
 from syndicate.build.reading import _decode_error, _Read, _read_and_parse, parse_version
+from syndicate.build.staging import Stager
 from syndicate.build.workers import _parallel_reads, _use_workers
 from syndicate.config import Settings
 from syndicate.errors import DumpError
@@ -207,6 +208,7 @@ def sync_articles(
     now: datetime,
     paths: Sequence[Path] | None = None,
     progress: Progress | None = None,
+    stager: Stager | None = None,
 ) -> SyncResult:
     """Bring the store up to date with the dumps under `paths` (default: paths.seeds).
 
@@ -216,7 +218,8 @@ def sync_articles(
     get first_seen_at = `now`. A dump whose stat signature (else content hash)
     and parser version match the cache is not parsed again. Raises InputError
     for a missing path. Many dumps to read are read and parsed by worker
-    processes (one per core), the results still taken in path order.
+    processes (one per core), the results still taken in path order; there, a `stager`
+    renders the page of each article parsed.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -234,7 +237,9 @@ def sync_articles(
         must_read = not isinstance(st, DumpError) and sync.vouched(key, st) is None
         items.append((path, key, shown, st, must_read))
     todo = [(path, key, shown) for path, key, shown, _st, must_read in items if must_read]
-    reads = _parallel_reads(sync.cache, todo, settings) if _use_workers(len(todo)) else None
+    reads = None
+    if _use_workers(len(todo)):
+        reads = _parallel_reads(sync.cache, todo, settings, stager)
     seen: set[str] = set()
     try:
         for start in range(0, total, _SYNC_BATCH):

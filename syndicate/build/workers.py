@@ -18,7 +18,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, TypeVar
 
-from syndicate.build.reading import _Failed, _Read, _work
+from syndicate.build.reading import _Failed, _Read, _start_reader, _work
+from syndicate.build.staging import Stager
 from syndicate.build.writer import _Writer
 from syndicate.config import Settings, site_templates_dir
 from syndicate.errors import DumpError, OutputError, SyndicateError, WorkerError
@@ -40,11 +41,12 @@ def _parallel_reads(
     cache: Mapping[str, store.CachedDump],
     todo: list[tuple[Path, str, str]],
     settings: Settings,
+    stager: Stager | None = None,
 ) -> Generator[_Read | DumpError, None, None]:
     """Read and parse `todo` (path, key, shown) in worker processes, yielding in order.
 
     At most `_CHUNKS_IN_FLIGHT` chunks are out at a time, so memory stays bounded
-    however many dumps there are.
+    however many dumps there are. A `stager` renders each parsed article's page.
     """
     workers = min(_MAX_WORKERS, os.cpu_count() or 1)
     chunks = (
@@ -52,7 +54,9 @@ def _parallel_reads(
         for i in range(0, len(todo), _CHUNK)
     )
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_start_reader, initargs=(stager,)
+    ) as pool:
         pending: deque[Future[list[_Read | _Failed]]] = deque()
         try:
             for chunk in itertools.islice(chunks, _CHUNKS_IN_FLIGHT):

@@ -6,11 +6,12 @@ last build and its file is still there: it is then neither rendered nor written.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from syndicate.output import write_atomic
+from syndicate.output import move_into_place, write_atomic
 
 # Rendered pages waiting for the writer thread, at most (bounds the memory they hold).
 _WRITES_IN_FLIGHT = 64
@@ -47,6 +48,15 @@ class _Writer:
         self._pending.append((rel, fingerprint, future))
         if len(self._pending) > _WRITES_IN_FLIGHT:
             self._settle()
+
+    def adopt(self, rel: str, staged: Path, fingerprint: str) -> bool:
+        """Move the finished file `staged` to `rel` (atomic rename), here and now: a rename
+        is too quick to be worth a trip to the writer thread. False when there is no such
+        file."""
+        if not os.path.isfile(staged):
+            return False
+        self.record(rel, fingerprint, changed=move_into_place(staged, self.output / rel))
+        return True
 
     def _settle(self) -> None:
         rel, fingerprint, future = self._pending.popleft()

@@ -1,0 +1,96 @@
+"""Build: article pages rendered where the dump was parsed, staged until their slug is known.
+
+A worker that parses a dump has the article in hand, so it renders its page there
+and then (under the slug the article would keep if nothing collides) into a
+private staging folder, named by the page's fingerprint. Once the slugs are
+assigned, a page whose fingerprint matches is moved into place (one rename);
+any other page is rendered as usual. This saves storing, loading and decoding
+the article again for its page. The staging folder belongs to one build
+process and is removed when that build ends, or by a later build when the
+process that made it is gone (a build killed mid-run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from syndicate.model import Article
+from syndicate.output import write_new
+from syndicate.site import SiteRenderer, article_path
+
+log = logging.getLogger("syndicate.build")
+
+STAGING_FOLDER = ".staging"
+
+
+def page_fingerprint(renderer_fingerprint: str, slug: str, record_hash: str) -> str:
+    """The fingerprint of an article page's inputs: templates and site, slug, stored record."""
+    key = f"{renderer_fingerprint}\0{slug}\0{record_hash}".encode()
+    return hashlib.blake2b(key, digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Stager:
+    """Renders pages of just-parsed articles into `folder` (used inside worker processes).
+
+    `old` holds the fingerprints of the pages the last build wrote: a page that would
+    come out the same is not rendered at all.
+    """
+
+    renderer: SiteRenderer
+    folder: Path
+    old: dict[str, str]
+
+    def staged(self, fingerprint: str) -> Path:
+        return self.folder / f"{fingerprint}.html"
+
+    def stage(self, article: Article, record_hash: str) -> None:
+        """Render `article`'s page under its own slug and stage it; best effort.
+
+        A page that cannot be staged (a full disk, say) is simply rendered again later,
+        where a failure is reported.
+        """
+        slug = article.slug
+        fingerprint = page_fingerprint(self.renderer.fingerprint, slug, record_hash)
+        if self.old.get(article_path(slug)) == fingerprint:
+            return
+        data = self.renderer.render_article(article, slug=slug)
+        with contextlib.suppress(OSError):  # FileExistsError: a duplicate dump staged it
+            write_new(self.staged(fingerprint), data)
+
+
+def open_staging(output: Path) -> Path:
+    """Create this process's staging folder under `output`, after removing those left by
+    builds that were killed (their process is gone). Raises OSError."""
+    root = output / STAGING_FOLDER
+    if root.is_dir():
+        for entry in root.iterdir():
+            if entry.name.isdigit() and not _alive(int(entry.name)):
+                shutil.rmtree(entry, ignore_errors=True)
+    folder = root / str(os.getpid())
+    shutil.rmtree(folder, ignore_errors=True)  # a dead build that had our pid
+    folder.mkdir(parents=True)
+    return folder
+
+
+def close_staging(folder: Path) -> None:
+    """Remove a staging folder and what is left in it (pages not taken)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):  # not empty: another build is staging too
+        folder.parent.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
