@@ -524,6 +524,10 @@ def test_worker_pages_are_moved_into_place_not_rendered_again(
     assert loser.startswith("articles/khanh-thanh-cau-moi-")
     assert not (output / ".staging").exists()
     assert not [p for p in output.rglob("*") if p.name.startswith(".")]
+    # Records cross from the workers as UTF-8 bytes and are stored as JSON text.
+    kinds = db.conn.execute("SELECT DISTINCT typeof(record) FROM articles").fetchall()
+    assert kinds == [("text",)]
+    assert get_article(db, db.conn.execute("SELECT id FROM articles").fetchone()[0])
 
 
 def test_a_staging_folder_left_by_a_killed_build_is_removed(

@@ -48,8 +48,8 @@ UPSERT_ARTICLE = """
     INSERT INTO articles
         (id, record, published_at, first_seen_at, slug, title, precision, author, source,
          record_hash)
-    VALUES (:id, :record, :published_at, :first_seen_at, :slug, :title, :precision, :author,
-            :source, :record_hash)
+    VALUES (:id, CAST(:record AS TEXT), :published_at, :first_seen_at, :slug, :title,
+            :precision, :author, :source, :record_hash)
     ON CONFLICT (id) DO UPDATE SET
         record = excluded.record, published_at = excluded.published_at,
         slug = excluded.slug, title = excluded.title, precision = excluded.precision,
@@ -177,19 +177,20 @@ def delete_dumps(db: Database, paths: Iterable[str]) -> None:
         raise _wrap("update the dump cache", db, exc) from exc
 
 
-def encode_record(article: Article) -> tuple[str, str]:
-    """The stored JSON record of `article` and its hash."""
-    record = _RECORD_ENCODER.encode(article.to_record())
-    return record, hashlib.blake2b(record.encode("utf-8"), digest_size=16).hexdigest()
+def encode_record(article: Article) -> tuple[bytes, str]:
+    """The stored JSON record of `article`, as UTF-8, and its hash."""
+    record = _RECORD_ENCODER.encode(article.to_record()).encode("utf-8")
+    return record, hashlib.blake2b(record, digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
 class ArticleRow:
     """An article as the `articles` table stores it (all but first_seen_at): small to
-    pass between processes, and enough for `upsert_row`."""
+    pass between processes, and enough for `upsert_row`. The record is UTF-8 bytes: they
+    cross a process boundary and reach SQLite (stored as TEXT) without being encoded again."""
 
     id: str
-    record: str
+    record: bytes
     record_hash: str
     published_at: str | None  # UTC ISO text
     slug: str
