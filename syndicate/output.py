@@ -104,27 +104,28 @@ def write_new(path: Path, data: bytes) -> None:
         raise
 
 
-def move_into_place(staged: Path, path: Path) -> bool:
+def move_into_place(staged: Path, path: Path) -> bool | None:
     """Atomically replace `path` with the finished file `staged` (same file system).
 
-    Returns False, removing `staged` and leaving `path` as it was, when `path` already
-    holds exactly the same bytes. Raises OutputError on any OS failure.
+    Returns True when moved; False, removing `staged` and leaving `path` as it was, when
+    `path` already holds exactly the same bytes; None when there is no `staged` file.
+    Raises OutputError on any other OS failure.
     """
     try:
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            size = -1
-        if size == os.stat(staged).st_size:
-            with open(staged, "rb") as handle:
-                if _same_bytes(path, handle.read()):
-                    os.unlink(staged)
-                    return False
+        if os.path.exists(path):
+            try:
+                with open(staged, "rb") as handle:
+                    data = handle.read()
+            except FileNotFoundError:
+                return None
+            if _same_bytes(path, data):
+                os.unlink(staged)
+                return False
         try:
             os.replace(staged, path)
         except FileNotFoundError:
             if not os.path.exists(staged):
-                raise
+                return None
             path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, path)
     except OSError as exc:

@@ -14,7 +14,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -149,10 +149,12 @@ def assign_slugs(
     taken: set[str] = set()
     losers: list[tuple[str, str]] = []
     for slug in sorted(groups):
-        members = sorted(groups[slug])
+        members = groups[slug]
+        if len(members) > 1:
+            members.sort()
+            losers.extend((slug, member[3]) for member in members[1:])
         result[members[0][3]] = slug
         taken.add(slug)
-        losers.extend((slug, member[3]) for member in members[1:])
     for slug, article_id in sorted(losers):
         suffix_source = slugify(article_id) or "x"
         for width in (6, 12, len(suffix_source)):
@@ -169,7 +171,6 @@ def assign_slugs(
     return result
 
 
-@functools.lru_cache(maxsize=4096)  # each date is shown twice: its page and an index page
 def format_published(
     published: datetime | None, precision: Precision, *, locale: str, tz: ZoneInfo
 ) -> str:
@@ -180,13 +181,31 @@ def format_published(
     if published is None or precision is Precision.UNKNOWN:
         return STRINGS.get(locale, STRINGS["vi"])["unknown_date"]
     local = published.astimezone(tz)
-    day = format_date(local.date(), "full", locale=locale)
+    day = _format_day(local.date(), locale)
     if precision is not Precision.DATETIME:
         return day
-    clock = format_time(local.time(), "short", locale=locale)
+    return (
+        _datetime_pattern(locale)
+        .replace("{0}", _format_clock(local.time(), locale))
+        .replace("{1}", day)
+    )
+
+
+# Many articles share a day, and times of day repeat: Babel formats each once.
+@functools.lru_cache(maxsize=2048)
+def _format_day(day: date, locale: str) -> str:
+    return str(format_date(day, "full", locale=locale))
+
+
+@functools.lru_cache(maxsize=2048)
+def _format_clock(clock: time, locale: str) -> str:
+    return str(format_time(clock, "short", locale=locale))
+
+
+@functools.lru_cache(maxsize=16)
+def _datetime_pattern(locale: str) -> str:
     # Babel's own way of joining date and time (format_datetime does the same).
-    pattern = str(get_datetime_format("full", locale=locale))
-    return pattern.replace("'", "").replace("{0}", clock).replace("{1}", day)
+    return str(get_datetime_format("full", locale=locale)).replace("'", "")
 
 
 def _machine_date(published: datetime | None, precision: Precision, tz: ZoneInfo) -> str:

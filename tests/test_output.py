@@ -74,6 +74,17 @@ def test_move_into_place_keeps_a_file_that_holds_the_same_bytes(tmp_path: Path) 
     assert target.read_bytes() == b"<p>else</p>"
 
 
-def test_move_into_place_reports_a_missing_file_as_our_error(tmp_path: Path) -> None:
+def test_move_into_place_without_a_staged_file_touches_nothing(tmp_path: Path) -> None:
+    assert move_into_place(tmp_path / "gone.html", tmp_path / "a.html") is None
+    write_atomic(tmp_path / "a.html", b"kept")
+    assert move_into_place(tmp_path / "gone.html", tmp_path / "a.html") is None
+    assert (tmp_path / "a.html").read_bytes() == b"kept"
+
+
+def test_move_into_place_reports_other_failures_as_our_error(tmp_path: Path) -> None:
+    staged = tmp_path / "staged.html"
+    write_new(staged, b"page")
+    (tmp_path / "blocker").write_bytes(b"")  # a file where a folder is needed
     with pytest.raises(OutputError, match=r"a\.html: cannot write"):
-        move_into_place(tmp_path / "gone.html", tmp_path / "a.html")
+        move_into_place(staged, tmp_path / "blocker" / "a.html")
+    assert staged.read_bytes() == b"page"

@@ -6,7 +6,6 @@ last build and its file is still there: it is then neither rendered nor written.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -53,9 +52,10 @@ class _Writer:
         """Move the finished file `staged` to `rel` (atomic rename), here and now: a rename
         is too quick to be worth a trip to the writer thread. False when there is no such
         file."""
-        if not os.path.isfile(staged):
+        changed = move_into_place(staged, self.output / rel)
+        if changed is None:
             return False
-        self.record(rel, fingerprint, changed=move_into_place(staged, self.output / rel))
+        self.record(rel, fingerprint, changed=changed)
         return True
 
     def _settle(self) -> None:
