@@ -82,6 +82,9 @@ class _Sync:
         self.duplicates = 0
         self.new = 0
         self.parsed = 0
+        # Rows waiting for `flush` (one executemany each per batch).
+        self.dump_rows: list[tuple[str, store.CachedDump]] = []
+        self.article_rows: list[store.ArticleRow] = []
 
     def signature(self, path: Path, shown: str) -> _Signature | DumpError:
         """The stat signature of a dump (taken before it is read), or why it cannot be read."""
@@ -160,9 +163,16 @@ class _Sync:
         self.ids.add(entry.article_id)
         if row is not None:
             # self.sources holds every stored id: no need to ask the store whether it is new.
-            existed = row.id in self.sources
+            self.new += row.id not in self.sources
             self.sources[row.id] = shown
-            self.new += store.upsert_row(self.db, row, now=self.now, existed=existed)
+            self.article_rows.append(row)
+
+    def flush(self) -> None:
+        """Write the rows `add` gathered (inside the caller's transaction)."""
+        store.write_dumps(self.db, self.dump_rows)
+        store.upsert_rows(self.db, self.article_rows, now=self.now)
+        self.dump_rows.clear()
+        self.article_rows.clear()
 
     def _record(self, key: str, st: _Signature, got: _Read) -> store.CachedDump:
         """Cache what reading a dump gave, under the signature taken before the read."""
@@ -183,7 +193,7 @@ class _Sync:
             got.article_id,
             got.error,
         )
-        store.write_dump(self.db, key, entry)
+        self.dump_rows.append((key, entry))
         return entry
 
     def _skip(self, error: DumpError) -> None:
@@ -252,6 +262,7 @@ def sync_articles(
                     sync.add(path, key, shown, st, read)
                     if progress is not None:
                         progress(done, total)
+                sync.flush()
     finally:
         if reads is not None:
             reads.close()

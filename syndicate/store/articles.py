@@ -148,22 +148,25 @@ def read_dump_cache(db: Database) -> dict[str, CachedDump]:
         raise _wrap("read the dump cache", db, exc) from exc
 
 
-def write_dump(db: Database, path: str, entry: CachedDump) -> None:
-    """Record the outcome for the dump at `path`."""
+def write_dumps(db: Database, entries: Iterable[tuple[str, CachedDump]]) -> None:
+    """Record the outcome for each (path, entry) dump."""
     try:
-        db.conn.execute(
+        db.conn.executemany(
             UPSERT_DUMP,
-            {
-                "path": path,
-                "device": entry.device,
-                "inode": entry.inode,
-                "size": entry.size,
-                "mtime_ns": entry.mtime_ns,
-                "content_hash": entry.content_hash,
-                "parser_version": entry.parser_version,
-                "article_id": entry.article_id,
-                "error": entry.error,
-            },
+            (
+                {
+                    "path": path,
+                    "device": entry.device,
+                    "inode": entry.inode,
+                    "size": entry.size,
+                    "mtime_ns": entry.mtime_ns,
+                    "content_hash": entry.content_hash,
+                    "parser_version": entry.parser_version,
+                    "article_id": entry.article_id,
+                    "error": entry.error,
+                }
+                for path, entry in entries
+            ),
         )
     except sqlite3.Error as exc:
         raise _wrap("update the dump cache", db, exc) from exc
@@ -234,24 +237,36 @@ def upsert_row(
     try:
         if existed is None:
             existed = db.conn.execute(SELECT_ARTICLE_EXISTS, (row.id,)).fetchone() is not None
-        db.conn.execute(
-            UPSERT_ARTICLE,
-            {
-                "id": row.id,
-                "record": row.record,
-                "published_at": row.published_at,
-                "first_seen_at": _utc_text(now),
-                "slug": row.slug,
-                "title": row.title,
-                "precision": row.precision,
-                "author": row.author,
-                "source": row.source,
-                "record_hash": row.record_hash,
-            },
-        )
     except sqlite3.Error as exc:
         raise _wrap(f"store article {row.id!r}", db, exc) from exc
+    upsert_rows(db, [row], now=now)
     return not existed
+
+
+def upsert_rows(db: Database, rows: Iterable[ArticleRow], *, now: datetime) -> None:
+    """Store articles already in their stored form; new ids get first_seen_at = `now`."""
+    seen = _utc_text(now)
+    try:
+        db.conn.executemany(
+            UPSERT_ARTICLE,
+            (
+                {
+                    "id": row.id,
+                    "record": row.record,
+                    "published_at": row.published_at,
+                    "first_seen_at": seen,
+                    "slug": row.slug,
+                    "title": row.title,
+                    "precision": row.precision,
+                    "author": row.author,
+                    "source": row.source,
+                    "record_hash": row.record_hash,
+                }
+                for row in rows
+            ),
+        )
+    except sqlite3.Error as exc:
+        raise _wrap("store the articles", db, exc) from exc
 
 
 def read_article_sources(db: Database) -> dict[str, str]:
