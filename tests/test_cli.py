@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from syndicate import __version__
-from syndicate.cli import cli
+from syndicate.cli import COMMAND_MODULES, cli
 
 
 def test_version() -> None:
@@ -22,8 +22,24 @@ def test_version() -> None:
 def test_help_lists_the_commands() -> None:
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for name in ("build", "inspect"):
-        assert name in result.output
+    for name in COMMAND_MODULES:
+        assert f"  {name} " in result.output
+
+
+def test_build_loads_neither_the_web_server_nor_the_mail_stack(tmp_path: Path) -> None:
+    """Commands load lazily: a cron `syndicate build` starts without them."""
+    script = (
+        "import sys\n"
+        "from syndicate.cli import cli\n"
+        "cli.main(['-q', 'build'], standalone_mode=False)\n"
+        "heavy = ('syndicate.web', 'syndicate.send', 'syndicate.mail', 'uvicorn', 'aiosmtplib')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    (tmp_path / "seeds").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert done.stdout == "[]\n"
 
 
 def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -20,7 +20,10 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encodi
 def _commands(group: click.Command, prefix: str) -> Iterator[tuple[str, click.Command]]:
     yield prefix, group
     if isinstance(group, click.Group):
-        for name, command in sorted(group.commands.items()):
+        ctx = click.Context(group)
+        for name in group.list_commands(ctx):  # loads the lazy ones too
+            command = group.get_command(ctx, name)
+            assert command is not None, f"{prefix} {name} does not load"
             yield from _commands(command, f"{prefix} {name}")
 
 

@@ -6,6 +6,7 @@ options, call the stage functions, and print. Only this package prints.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -95,8 +96,32 @@ def _setup_logging(verbosity: int) -> None:
         root.setLevel(logging.DEBUG)
 
 
+# Each command's module, imported when the command is first looked up: `syndicate build`
+# then loads neither the web server nor the mail stack (a shorter start for cron runs).
+COMMAND_MODULES = {
+    "build": "commands_build",
+    "digest": "commands_digest",
+    "inspect": "commands_inspect",
+    "send": "commands_send",
+    "serve": "commands_serve",
+    "subscribers": "commands_subscribers",
+    "unsubscribe-token": "commands_send",
+}
+
+
 class SyndicateGroup(click.Group):
-    """A click group that is the one error boundary: SyndicateError -> one line + exit code."""
+    """A click group that is the one error boundary: SyndicateError -> one line + exit code.
+
+    Its commands load lazily (COMMAND_MODULES); each module registers on `cli` on import.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            importlib.import_module(f"{__name__}.{COMMAND_MODULES[cmd_name]}")
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -143,15 +168,5 @@ def main() -> None:
     """Console-script entry point."""
     cli.main(prog_name="syndicate")
 
-
-# Command modules register themselves on `cli` when imported.
-from syndicate.cli import (  # noqa: E402, F401
-    commands_build,
-    commands_digest,
-    commands_inspect,
-    commands_send,
-    commands_serve,
-    commands_subscribers,
-)
 
 __all__ = ["AppContext", "cli", "main", "pass_app"]
