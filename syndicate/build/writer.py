@@ -6,6 +6,7 @@ last build and its file is still there: it is then neither rendered nor written.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,16 +31,27 @@ class _Writer:
         self.new: dict[str, str] = {}
         self.written = 0
         self.unchanged = 0
+        self._listings: dict[str, frozenset[str]] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syndicate-write")
         self._pending: deque[tuple[str, str, Future[bool]]] = deque()
 
     def fresh(self, rel: str, fingerprint: str) -> bool:
-        """True (and counted as unchanged) when `rel` was built from these inputs before."""
-        if self.old.get(rel) == fingerprint and (self.output / rel).is_file():
+        """True (and counted as unchanged) when `rel` was built from these inputs before
+        and its file is still there."""
+        if self.old.get(rel) == fingerprint and self._exists(rel):
             self.new[rel] = fingerprint
             self.unchanged += 1
             return True
         return False
+
+    def _exists(self, rel: str) -> bool:
+        """Whether `rel` was a file when its folder was first looked at (one listing per
+        folder rather than one stat per page)."""
+        folder, _, name = rel.rpartition("/")
+        names = self._listings.get(folder)
+        if names is None:
+            names = self._listings[folder] = _file_names(self.output / folder)
+        return name in names
 
     def write(self, rel: str, data: bytes, fingerprint: str, *, fsync: bool) -> None:
         """Queue an atomic write of `data` to `rel`; counted once it is done."""
@@ -88,3 +100,12 @@ class _Writer:
             future.cancel()
         self._pending.clear()
         self._pool.shutdown(wait=True)
+
+
+def _file_names(folder: Path) -> frozenset[str]:
+    """The names of the regular files (or links to them) in `folder`; none if unreadable."""
+    try:
+        with os.scandir(folder) as entries:
+            return frozenset(entry.name for entry in entries if entry.is_file())
+    except OSError:
+        return frozenset()
