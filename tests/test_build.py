@@ -509,13 +509,13 @@ def test_worker_pages_are_moved_into_place_not_rendered_again(
     changed (the loser of the 002/006 collision) is rendered again after the sync."""
     monkeypatch.setattr(build.workers, "_PARALLEL_MIN", 1)
     rendered_after_sync: list[str] = []
-    real = build.pages._write_articles_in_workers
+    real = build.workers.BuildPool.render_articles
 
-    def spy(records, writer, info, todo):  # type: ignore[no-untyped-def]
+    def spy(self, records, writer, todo):  # type: ignore[no-untyped-def]
         rendered_after_sync.extend(rel for rel, _slug, _id, _fp in todo)
-        return real(records, writer, info, todo)
+        return real(self, records, writer, todo)
 
-    monkeypatch.setattr(build.pages, "_write_articles_in_workers", spy)
+    monkeypatch.setattr(build.workers.BuildPool, "render_articles", spy)
     summary = run_build(settings, db, now=now)
     output = settings.paths.output
     pages = sorted(p.name for p in (output / "articles").iterdir())

@@ -19,7 +19,7 @@ from pathlib import Path
 from syndicate.build.reading import _hash
 from syndicate.build.staging import Stager, close_staging, open_staging, page_fingerprint
 from syndicate.build.sync import Progress, sync_articles
-from syndicate.build.workers import _use_workers, _write_articles_in_workers
+from syndicate.build.workers import BuildPool, IndexJob, _use_workers
 from syndicate.build.writer import _Writer
 from syndicate.config import Settings, base_url, site_templates_dir
 from syndicate.errors import DumpError, SyndicateError
@@ -106,22 +106,21 @@ def run_build(
     renderer = SiteRenderer(info, site_templates_dir())
     writer = _Writer(output, store.read_page_fingerprints(db))
     staging = _open_staging(output)
+    stager = Stager(renderer, staging, writer.old) if staging is not None else None
     try:
-        stager = Stager(renderer, staging, writer.old) if staging is not None else None
-        sync = sync_articles(settings, db, now=now, paths=paths, progress=progress, stager=stager)
-        summaries = sorted(
-            (s for s in store.iter_summaries(db) if s.id in sync.article_ids),
-            key=_newest_first_key,
-        )
-        slugs = assign_slugs((s.id, s.slug, s.published, s.first_seen_at) for s in summaries)
-        try:
-            _write_pages(
-                settings, db, writer, renderer, info, summaries, slugs, now=now, staging=stager
+        with BuildPool(renderer, output, stager) as pool:
+            sync = sync_articles(settings, db, now=now, paths=paths, progress=progress, pool=pool)
+            summaries = sorted(
+                (s for s in store.iter_summaries(db) if s.id in sync.article_ids),
+                key=_newest_first_key,
             )
-        except BaseException:
-            writer.abandon()
-            raise
-        writer.finish()
+            slugs = assign_slugs((s.id, s.slug, s.published, s.first_seen_at) for s in summaries)
+            try:
+                _write_pages(settings, db, writer, renderer, info, summaries, slugs, pool, stager)
+            except BaseException:
+                writer.abandon()
+                raise
+            writer.finish()
     finally:
         if staging is not None:
             close_staging(staging)
@@ -160,16 +159,39 @@ def _write_pages(
     info: SiteInfo,
     summaries: Sequence[store.ArticleSummary],
     slugs: dict[str, str],
-    *,
-    now: datetime,
-    staging: Stager | None = None,
+    pool: BuildPool,
+    staging: Stager | None,
 ) -> None:
     """Render and queue the feeds, the article pages and the index pages.
 
     An article page the parse workers staged with the same fingerprint is moved into place
-    instead of being rendered.
+    instead of being rendered. When the workers are running, they render the index pages
+    meanwhile.
     """
     _write_feeds(settings, db, writer, summaries, slugs)
+
+    pages = page_count(len(summaries), info.page_size)
+    index_jobs: list[IndexJob] = []
+    index_fingerprints: list[str] = []
+    for page in range(1, pages + 1):
+        chunk = summaries[(page - 1) * info.page_size : page * info.page_size]
+        rel = index_path(page)
+        # What the page shows of each article is in its record: slug and record hash say it.
+        key = "\0".join(
+            [renderer.fingerprint, str(page), str(pages)]
+            + [f"{slugs[s.id]}:{s.record_hash}" for s in chunk]
+        )
+        fingerprint = _hash(key.encode())
+        if writer.fresh(rel, fingerprint):
+            continue
+        entries = [
+            IndexEntry(s.id, slugs[s.id], s.title, s.published, s.precision, s.author)
+            for s in chunk
+        ]
+        index_jobs.append((rel, page, pages, entries))
+        index_fingerprints.append(fingerprint)
+    index_futures = pool.start_index_pages(index_jobs) if pool.started and index_jobs else None
+
     todo: list[tuple[str, str, str, str]] = []  # rel, slug, article id, fingerprint
     for summary in summaries:
         slug = slugs[summary.id]
@@ -182,26 +204,21 @@ def _write_pages(
         todo.append((rel, slug, summary.id, fingerprint))
     if _use_workers(len(todo)):
         writer.drain()  # the writer thread sits idle while the workers are forked
-        _write_articles_in_workers(functools.partial(_record, db), writer, info, todo)
+        pool.render_articles(functools.partial(_record, db), writer, todo)
     else:
         for rel, slug, article_id, fingerprint in todo:
             article = Article.from_record(json.loads(_record(db, article_id)))
             data = renderer.render_article(article, slug=slug)
             writer.write(rel, data, fingerprint, fsync=False)
 
-    pages = page_count(len(summaries), info.page_size)
-    for page in range(1, pages + 1):
-        chunk = summaries[(page - 1) * info.page_size : page * info.page_size]
-        entries = [
-            IndexEntry(s.id, slugs[s.id], s.title, s.published, s.precision, s.author)
-            for s in chunk
-        ]
-        rel = index_path(page)
-        fingerprint = _hash(repr((renderer.fingerprint, page, pages, entries)).encode())
-        if writer.fresh(rel, fingerprint):
-            continue
-        data = renderer.render_index(entries, page=page, pages=pages)
-        writer.write(rel, data, fingerprint, fsync=page == 1)
+    if index_futures is not None:
+        pool.finish_index_pages(writer, index_jobs, index_fingerprints, index_futures)
+    else:
+        for (rel, page, _pages, entries), fingerprint in zip(
+            index_jobs, index_fingerprints, strict=True
+        ):
+            data = renderer.render_index(entries, page=page, pages=pages)
+            writer.write(rel, data, fingerprint, fsync=page == 1)
 
 
 def _record(db: Database, article_id: str) -> str:

@@ -18,8 +18,7 @@ from pathlib import Path
 
 from syndicate import load
 from syndicate.build.reading import _decode_error, _Read, _read_and_parse, parse_version
-from syndicate.build.staging import Stager
-from syndicate.build.workers import _parallel_reads, _use_workers
+from syndicate.build.workers import BuildPool, _use_workers
 from syndicate.config import Settings
 from syndicate.errors import DumpError
 from syndicate.store import Database
@@ -218,7 +217,7 @@ def sync_articles(
     now: datetime,
     paths: Sequence[Path] | None = None,
     progress: Progress | None = None,
-    stager: Stager | None = None,
+    pool: BuildPool | None = None,
 ) -> SyncResult:
     """Bring the store up to date with the dumps under `paths` (default: paths.seeds).
 
@@ -228,8 +227,8 @@ def sync_articles(
     get first_seen_at = `now`. A dump whose stat signature (else content hash)
     and parser version match the cache is not parsed again. Raises InputError
     for a missing path. Many dumps to read are read and parsed by worker
-    processes (one per core), the results still taken in path order; there, a `stager`
-    renders the page of each article parsed.
+    processes (one per core: `pool`, else a pool of its own), the results still taken in
+    path order.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -247,9 +246,11 @@ def sync_articles(
         must_read = not isinstance(st, DumpError) and sync.vouched(key, st) is None
         items.append((path, key, shown, st, must_read))
     todo = [(path, key, shown) for path, key, shown, _st, must_read in items if must_read]
-    reads = None
+    reads = own_pool = None
     if _use_workers(len(todo)):
-        reads = _parallel_reads(sync.cache, todo, settings, stager)
+        if pool is None:
+            pool = own_pool = BuildPool(None, settings.paths.output)
+        reads = pool.reads(sync.cache, todo, settings)
     seen: set[str] = set()
     try:
         for start in range(0, total, _SYNC_BATCH):
@@ -266,6 +267,8 @@ def sync_articles(
     finally:
         if reads is not None:
             reads.close()
+        if own_pool is not None:
+            own_pool.close()
     gone = [key for key in sync.cache if key not in seen and not os.path.exists(key)]
     if gone:
         with db.transaction():

@@ -1,8 +1,12 @@
-"""Build: the worker processes (forked, one per core) that parse dumps and render article pages.
+"""Build: the worker processes (forked, one per core) that parse dumps and render pages.
 
-Work goes out in chunks, at most `_CHUNKS_IN_FLIGHT` at a time, so memory stays
-bounded; results are taken back in order, so a build with workers gives what it
-gives alone. A worker that dies turns into a WorkerError.
+One pool serves a whole build. It is forked when first needed, parses the dumps
+(a stager renders and stages each new article's page as it goes), then renders
+what the build still needs, index pages and article pages whose slug changed,
+while this process moves the staged pages into place. Work goes out in chunks,
+at most `_CHUNKS_IN_FLIGHT` at a time, so memory stays bounded; results are
+taken back in order, so a build with workers gives what it gives alone. A
+worker that dies turns into a WorkerError.
 """
 
 from __future__ import annotations
@@ -12,20 +16,22 @@ import json
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Self, TypeVar
 
-from syndicate.build.reading import _Failed, _Read, _start_reader, _work
+from syndicate.build.reading import _Read, _start_reader, _work
 from syndicate.build.staging import Stager
 from syndicate.build.writer import _Writer
-from syndicate.config import Settings, site_templates_dir
+from syndicate.config import Settings
 from syndicate.errors import DumpError, OutputError, SyndicateError, WorkerError
 from syndicate.model import Article
 from syndicate.output import write_atomic
-from syndicate.site import SiteInfo, SiteRenderer
+from syndicate.site import IndexEntry, SiteRenderer
 from syndicate.store import articles as store
 
 _T = TypeVar("_T")
@@ -33,51 +39,48 @@ _T = TypeVar("_T")
 # Reading and parsing go to worker processes when at least this many dumps need it.
 _PARALLEL_MIN = 512
 _MAX_WORKERS = 4
-_CHUNK = 64  # dumps per worker task
+_CHUNK = 64  # dumps or article pages per worker task
+_INDEX_CHUNK = 16  # index pages per worker task
 _CHUNKS_IN_FLIGHT = 8  # tasks out at a time: bounds the results held in memory
 
+# A task's outcome when it failed: (message, hint) of its SyndicateError, which does not
+# pickle whole.
+_TaskError = tuple[str, str | None]
+# An index page to render: rel, page number, page count, its entries.
+IndexJob = tuple[str, int, int, list[IndexEntry]]
 
-def _parallel_reads(
-    cache: Mapping[str, store.CachedDump],
-    todo: list[tuple[Path, str, str]],
-    settings: Settings,
-    stager: Stager | None = None,
-) -> Generator[_Read | DumpError, None, None]:
-    """Read and parse `todo` (path, key, shown) in worker processes, yielding in order.
 
-    At most `_CHUNKS_IN_FLIGHT` chunks are out at a time, so memory stays bounded
-    however many dumps there are. A `stager` renders each parsed article's page.
-    """
-    workers = min(_MAX_WORKERS, os.cpu_count() or 1)
-    chunks = (
-        [(path, shown, cache.get(key)) for path, key, shown in todo[i : i + _CHUNK]]
-        for i in range(0, len(todo), _CHUNK)
+@dataclass(frozen=True, slots=True)
+class _WorkerState:
+    """What every worker needs, inherited through fork: no pickling, no template compiling."""
+
+    renderer: SiteRenderer | None  # None in a pool that only parses
+    output: Path
+    stager: Stager | None
+
+
+# The state of a worker process (set by `_start_worker` in each one).
+_STATE: _WorkerState | None = None
+
+
+def _start_worker(state: _WorkerState) -> None:
+    global _STATE
+    _STATE = state
+    _start_reader(state.stager)
+
+
+def _state() -> _WorkerState:
+    if _STATE is None:  # pragma: no cover - the pool's initializer sets it
+        raise RuntimeError("build tasks run in a worker started by _start_worker")
+    return _STATE
+
+
+def _use_workers(count: int) -> bool:
+    return (
+        count >= _PARALLEL_MIN
+        and (os.cpu_count() or 1) > 1
+        and "fork" in multiprocessing.get_all_start_methods()
     )
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_start_reader, initargs=(stager,)
-    ) as pool:
-        pending: deque[Future[list[_Read | _Failed]]] = deque()
-        try:
-            for chunk in itertools.islice(chunks, _CHUNKS_IN_FLIGHT):
-                pending.append(
-                    pool.submit(_work, chunk, settings.load.max_bytes, settings.site.timezone)
-                )
-            while pending:
-                results = _result(pending.popleft())
-                chunk = next(chunks, [])
-                if chunk:
-                    pending.append(
-                        pool.submit(_work, chunk, settings.load.max_bytes, settings.site.timezone)
-                    )
-                for got in results:
-                    if isinstance(got, tuple):
-                        yield DumpError(got[0], got[1], line=got[2], hint=got[3])
-                    else:
-                        yield got
-        finally:
-            for future in pending:
-                future.cancel()
 
 
 def _result(future: Future[_T]) -> _T:
@@ -91,29 +94,16 @@ def _result(future: Future[_T]) -> _T:
         ) from exc
 
 
-def _use_workers(count: int) -> bool:
-    return (
-        count >= _PARALLEL_MIN
-        and (os.cpu_count() or 1) > 1
-        and "fork" in multiprocessing.get_all_start_methods()
-    )
+def _renderer() -> tuple[SiteRenderer, Path]:
+    state = _state()
+    if state.renderer is None:  # pragma: no cover - render tasks go to pools that render
+        raise RuntimeError("this pool was started without a renderer")
+    return state.renderer, state.output
 
 
-# A worker's renderer and output folder (set by `_start_renderer` in each worker process).
-_WORKER_RENDERER: tuple[SiteRenderer, Path] | None = None
-
-
-def _start_renderer(info: SiteInfo, output: Path) -> None:
-    global _WORKER_RENDERER
-    _WORKER_RENDERER = (SiteRenderer(info, site_templates_dir()), output)
-
-
-def _render_articles(chunk: list[tuple[str, str, str]]) -> list[bool] | tuple[str, str | None]:
-    """Render and write (rel, slug, record) pages in a worker: whether each file changed,
-    or the (message, hint) of the first error (SyndicateError does not pickle whole)."""
-    if _WORKER_RENDERER is None:  # pragma: no cover - the pool's initializer sets it
-        raise RuntimeError("_render_articles runs in a worker started by _start_renderer")
-    renderer, output = _WORKER_RENDERER
+def _render_articles(chunk: list[tuple[str, str, str]]) -> list[bool] | _TaskError:
+    """Render and write (rel, slug, record) article pages: whether each file changed."""
+    renderer, output = _renderer()
     changed = []
     try:
         for rel, slug, record in chunk:
@@ -125,42 +115,150 @@ def _render_articles(chunk: list[tuple[str, str, str]]) -> list[bool] | tuple[st
     return changed
 
 
-def _write_articles_in_workers(
-    records: Callable[[str], str],
-    writer: _Writer,
-    info: SiteInfo,
-    todo: list[tuple[str, str, str, str]],
-) -> None:
-    """Render and write article pages in worker processes (one per core, each with its own
-    renderer); this process reads the records and keeps the counts, in page order."""
-    workers = min(_MAX_WORKERS, os.cpu_count() or 1)
-    chunks = (todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK))
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=context,
-        initializer=_start_renderer,
-        initargs=(info, writer.output),
-    ) as pool:
-        pending: deque[tuple[list[tuple[str, str, str, str]], Future[Any]]] = deque()
+def _render_index_pages(jobs: list[IndexJob]) -> list[bool] | _TaskError:
+    """Render and write index pages: whether each file changed."""
+    renderer, output = _renderer()
+    changed = []
+    try:
+        for rel, page, pages, entries in jobs:
+            data = renderer.render_index(entries, page=page, pages=pages)
+            changed.append(write_atomic(output / rel, data, fsync=page == 1))
+    except SyndicateError as exc:
+        return (exc.message, exc.hint)
+    return changed
 
-        def submit(chunk: list[tuple[str, str, str, str]]) -> None:
-            work = [(rel, slug, records(article_id)) for rel, slug, article_id, _fp in chunk]
-            pending.append((chunk, pool.submit(_render_articles, work)))
 
+def _checked(result: list[bool] | _TaskError) -> list[bool]:
+    if isinstance(result, tuple):
+        raise OutputError(result[0], hint=result[1])
+    return result
+
+
+class BuildPool:
+    """The worker processes of one build, forked on first use and kept until `close`.
+
+    Without a first use nothing is forked: a build with little to do stays in one process.
+    """
+
+    def __init__(
+        self, renderer: SiteRenderer | None, output: Path, stager: Stager | None = None
+    ) -> None:
+        self._state = _WorkerState(renderer, output, stager)
+        self._pool: ProcessPoolExecutor | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._pool is not None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=min(_MAX_WORKERS, os.cpu_count() or 1),
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_start_worker,
+                initargs=(self._state,),
+            )
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the workers (tasks not started are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _ordered(
+        self, tasks: Iterator[tuple[Callable[..., _T], tuple[Any, ...]]]
+    ) -> Generator[_T, None, None]:
+        """Run `tasks` (function, args) in the workers, at most `_CHUNKS_IN_FLIGHT` out at a
+        time, and yield their results in order."""
+        pool = self._executor()
+        pending: deque[Future[_T]] = deque()
         try:
-            for chunk in itertools.islice(chunks, _CHUNKS_IN_FLIGHT):
-                submit(chunk)
+            for function, args in itertools.islice(tasks, _CHUNKS_IN_FLIGHT):
+                pending.append(pool.submit(function, *args))
             while pending:
-                chunk, future = pending.popleft()
-                result = _result(future)
-                if isinstance(result, tuple):
-                    raise OutputError(result[0], hint=result[1])
-                for (rel, _slug, _id, fingerprint), changed in zip(chunk, result, strict=True):
-                    writer.record(rel, fingerprint, changed=changed)
-                following = next(chunks, [])
-                if following:
-                    submit(following)
+                result = _result(pending.popleft())
+                following = next(tasks, None)
+                if following is not None:
+                    pending.append(pool.submit(following[0], *following[1]))
+                yield result
         finally:
-            for _chunk, future in pending:
+            for future in pending:
                 future.cancel()
+
+    def reads(
+        self,
+        cache: Mapping[str, store.CachedDump],
+        todo: list[tuple[Path, str, str]],
+        settings: Settings,
+    ) -> Generator[_Read | DumpError, None, None]:
+        """Read and parse `todo` (path, key, shown) in the workers, yielding in order; the
+        stager renders each parsed article's page."""
+        max_bytes, timezone = settings.load.max_bytes, settings.site.timezone
+        tasks = (
+            (
+                _work,
+                (
+                    [(path, shown, cache.get(key)) for path, key, shown in todo[i : i + _CHUNK]],
+                    max_bytes,
+                    timezone,
+                ),
+            )
+            for i in range(0, len(todo), _CHUNK)
+        )
+        for results in self._ordered(tasks):
+            for got in results:
+                if isinstance(got, tuple):
+                    yield DumpError(got[0], got[1], line=got[2], hint=got[3])
+                else:
+                    yield got
+
+    def render_articles(
+        self,
+        records: Callable[[str], str],
+        writer: _Writer,
+        todo: Sequence[tuple[str, str, str, str]],
+    ) -> None:
+        """Render and write (rel, slug, article id, fingerprint) article pages in the workers;
+        this process reads the records and keeps the counts, in page order."""
+        chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
+        tasks = (
+            (_render_articles, ([(rel, slug, records(id_)) for rel, slug, id_, _fp in chunk],))
+            for chunk in chunks
+        )
+        for chunk, result in zip(chunks, self._ordered(tasks), strict=True):
+            for (rel, _slug, _id, fingerprint), changed in zip(
+                chunk, _checked(result), strict=True
+            ):
+                writer.record(rel, fingerprint, changed=changed)
+
+    def start_index_pages(self, jobs: Sequence[IndexJob]) -> list[Future[list[bool] | _TaskError]]:
+        """Send index pages to the workers now; `finish_index_pages` counts them."""
+        pool = self._executor()
+        return [
+            pool.submit(_render_index_pages, list(jobs[i : i + _INDEX_CHUNK]))
+            for i in range(0, len(jobs), _INDEX_CHUNK)
+        ]
+
+    @staticmethod
+    def finish_index_pages(
+        writer: _Writer,
+        jobs: Sequence[IndexJob],
+        fingerprints: Sequence[str],
+        futures: list[Future[list[bool] | _TaskError]],
+    ) -> None:
+        """Wait for the index pages sent by `start_index_pages` and count them."""
+        changed = [flag for future in futures for flag in _checked(_result(future))]
+        for (rel, *_rest), fingerprint, flag in zip(jobs, fingerprints, changed, strict=True):
+            writer.record(rel, fingerprint, changed=flag)
