@@ -48,7 +48,9 @@ class Stager:
     old: dict[str, str]
 
     def staged(self, fingerprint: str) -> Path:
-        return self.folder / f"{fingerprint}.html"
+        # Spread over 16 subfolders by the first hex digit: workers creating files at the
+        # same moment then seldom wait on the same folder's lock.
+        return self.folder / fingerprint[0] / f"{fingerprint}.html"
 
     def stage(self, article: Article, record_hash: str) -> None:
         """Render `article`'s page under its own slug and stage it; best effort.
@@ -76,6 +78,8 @@ def open_staging(output: Path) -> Path:
     folder = root / str(os.getpid())
     shutil.rmtree(folder, ignore_errors=True)  # a dead build that had our pid
     folder.mkdir(parents=True)
+    for digit in "0123456789abcdef":
+        (folder / digit).mkdir()
     return folder
 
 
