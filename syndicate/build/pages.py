@@ -8,7 +8,6 @@ earlier build wrote that no longer belong to the site are deleted.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -207,7 +206,7 @@ def _write_pages(
         pool.render_articles(functools.partial(_record, db), writer, todo)
     else:
         for rel, slug, article_id, fingerprint in todo:
-            article = Article.from_record(json.loads(_record(db, article_id)))
+            article = store.decode_article(*_record(db, article_id))
             data = renderer.render_article(article, slug=slug)
             writer.write(rel, data, fingerprint, fsync=False)
 
@@ -221,7 +220,7 @@ def _write_pages(
             writer.write(rel, data, fingerprint, fsync=page == 1)
 
 
-def _record(db: Database, article_id: str) -> str:
+def _record(db: Database, article_id: str) -> tuple[str, str | None]:
     record = store.get_record(db, article_id)
     if record is None:  # pragma: no cover - the sync just stored it
         raise SyndicateError(f"{db.path}: article {article_id!r} vanished during the build.")

@@ -12,7 +12,6 @@ worker that dies turns into a WorkerError.
 from __future__ import annotations
 
 import itertools
-import json
 import multiprocessing
 import os
 from collections import deque
@@ -29,7 +28,6 @@ from syndicate.build.staging import Stager
 from syndicate.build.writer import _Writer
 from syndicate.config import Settings
 from syndicate.errors import DumpError, OutputError, SyndicateError, WorkerError
-from syndicate.model import Article
 from syndicate.output import write_atomic
 from syndicate.site import IndexEntry, SiteRenderer
 from syndicate.store import articles as store
@@ -101,13 +99,15 @@ def _renderer() -> tuple[SiteRenderer, Path]:
     return state.renderer, state.output
 
 
-def _render_articles(chunk: list[tuple[str, str, str]]) -> list[bool] | _TaskError:
-    """Render and write (rel, slug, record) article pages: whether each file changed."""
+def _render_articles(
+    chunk: list[tuple[str, str, tuple[str, str | None]]],
+) -> list[bool] | _TaskError:
+    """Render and write (rel, slug, (record, body)) article pages: whether each file changed."""
     renderer, output = _renderer()
     changed = []
     try:
         for rel, slug, record in chunk:
-            article = Article.from_record(json.loads(record))
+            article = store.decode_article(*record)
             data = renderer.render_article(article, slug=slug)
             changed.append(write_atomic(output / rel, data, fsync=False))
     except SyndicateError as exc:
@@ -226,7 +226,7 @@ class BuildPool:
 
     def render_articles(
         self,
-        records: Callable[[str], str],
+        records: Callable[[str], tuple[str, str | None]],
         writer: _Writer,
         todo: Sequence[tuple[str, str, str, str]],
     ) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from syndicate.errors import StoreError
-from syndicate.model import Article, Precision
+from syndicate.model import Article, BlockKind, Precision
 from syndicate.store import Database
 
 # The same as json.dumps(..., ensure_ascii=False, sort_keys=True), built once.
@@ -46,12 +46,12 @@ DELETE_DUMP = "DELETE FROM dumps WHERE path = ?"
 # Insert an article, or refresh its record; first_seen_at and digest_day are kept.
 UPSERT_ARTICLE = """
     INSERT INTO articles
-        (id, record, published_at, first_seen_at, slug, title, precision, author, source,
+        (id, record, body, published_at, first_seen_at, slug, title, precision, author, source,
          record_hash)
-    VALUES (:id, CAST(:record AS TEXT), :published_at, :first_seen_at, :slug, :title,
-            :precision, :author, :source, :record_hash)
+    VALUES (:id, CAST(:record AS TEXT), CAST(:body AS TEXT), :published_at, :first_seen_at,
+            :slug, :title, :precision, :author, :source, :record_hash)
     ON CONFLICT (id) DO UPDATE SET
-        record = excluded.record, published_at = excluded.published_at,
+        record = excluded.record, body = excluded.body, published_at = excluded.published_at,
         slug = excluded.slug, title = excluded.title, precision = excluded.precision,
         author = excluded.author, source = excluded.source,
         record_hash = excluded.record_hash
@@ -62,7 +62,7 @@ SELECT_ARTICLE_EXISTS = "SELECT 1 FROM articles WHERE id = ?"
 # Which dump each article's stored record came from.
 SELECT_ARTICLE_SOURCES = "SELECT id, source FROM articles"
 # One full article.
-SELECT_ARTICLE = "SELECT record FROM articles WHERE id = ?"
+SELECT_ARTICLE = "SELECT record, body FROM articles WHERE id = ?"
 # The light columns of every article, for index pages and feed selection.
 SELECT_SUMMARIES = """
     SELECT id, slug, title, published_at, precision, author, record_hash, first_seen_at
@@ -71,13 +71,13 @@ SELECT_SUMMARIES = """
 # Full articles newest first (undated last, then by id), one keyset batch at a time.
 # published_at is always UTC ISO text, so text order is time order; NULL sorts as ''.
 SELECT_ARTICLES_NEWEST_FIRST = """
-    SELECT record, coalesce(published_at, '') AS k, id FROM articles
+    SELECT record, body, coalesce(published_at, '') AS k, id FROM articles
     WHERE k < :k OR (k = :k AND id > :id)
     ORDER BY k DESC, id
     LIMIT :limit
 """
 SELECT_ARTICLES_NEWEST_FIRST_START = """
-    SELECT record, coalesce(published_at, '') AS k, id FROM articles
+    SELECT record, body, coalesce(published_at, '') AS k, id FROM articles
     ORDER BY k DESC, id
     LIMIT :limit
 """
@@ -180,10 +180,46 @@ def delete_dumps(db: Database, paths: Iterable[str]) -> None:
         raise _wrap("update the dump cache", db, exc) from exc
 
 
-def encode_record(article: Article) -> tuple[bytes, str]:
-    """The stored JSON record of `article`, as UTF-8, and its hash."""
-    record = _RECORD_ENCODER.encode(article.to_record()).encode("utf-8")
-    return record, hashlib.blake2b(record, digest_size=16).hexdigest()
+# Block kinds as one letter each in a stored record whose texts are in the `body` column.
+_KIND_LETTERS = {BlockKind.PARAGRAPH: "p", BlockKind.CAPTION: "c"}
+_LETTER_KINDS = {letter: str(kind) for kind, letter in _KIND_LETTERS.items()}
+
+
+def encode_record(article: Article) -> tuple[bytes, bytes | None, str]:
+    """The stored form of `article`: its JSON record and body text, as UTF-8, and their hash.
+
+    The body's texts go in a column of their own, one per line, when none holds a line
+    break (the loader's never do); else they stay in the record (body None).
+    """
+    record = article.to_record()
+    texts = [block.text for block in article.body]
+    body = None
+    if not any("\n" in text for text in texts):
+        record["body"] = "".join([_KIND_LETTERS[block.kind] for block in article.body])
+        body = "\n".join(texts).encode("utf-8")
+    data = _RECORD_ENCODER.encode(record).encode("utf-8")
+    digest = hashlib.blake2b(data, digest_size=16)
+    if body is not None:
+        digest.update(b"\0")
+        digest.update(body)
+    return data, body, digest.hexdigest()
+
+
+def decode_article(record: str | bytes, body: str | None) -> Article:
+    """The article stored as `record` (JSON) and `body`, as `encode_record` made them.
+
+    Raises ValueError, KeyError or TypeError when they are damaged.
+    """
+    data = json.loads(record)
+    kinds = data["body"]
+    if isinstance(kinds, str):
+        if body is None:
+            raise ValueError("the record's body text is missing")
+        texts = body.split("\n") if kinds else []
+        data["body"] = [
+            [_LETTER_KINDS[kind], text] for kind, text in zip(kinds, texts, strict=True)
+        ]
+    return Article.from_record(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +230,7 @@ class ArticleRow:
 
     id: str
     record: bytes
+    body: bytes | None
     record_hash: str
     published_at: str | None  # UTC ISO text
     slug: str
@@ -205,10 +242,11 @@ class ArticleRow:
 
 def article_row(article: Article) -> ArticleRow:
     """The stored form of `article`."""
-    record, record_hash = encode_record(article)
+    record, body, record_hash = encode_record(article)
     return ArticleRow(
         id=article.id,
         record=record,
+        body=body,
         record_hash=record_hash,
         published_at=_utc_text(article.published) if article.published else None,
         slug=article.slug,
@@ -253,6 +291,7 @@ def upsert_rows(db: Database, rows: Iterable[ArticleRow], *, now: datetime) -> N
                 {
                     "id": row.id,
                     "record": row.record,
+                    "body": row.body,
                     "published_at": row.published_at,
                     "first_seen_at": seen,
                     "slug": row.slug,
@@ -285,16 +324,26 @@ def get_article(db: Database, article_id: str) -> Article | None:
         raise _wrap("read the articles", db, exc) from exc
     if row is None:
         return None
-    return Article.from_record(json.loads(row[0]))
+    return _decoded(db, article_id, row[0], row[1])
 
 
-def get_record(db: Database, article_id: str) -> str | None:
-    """The stored JSON record of one article (for `Article.from_record(json.loads(...))`)."""
+def get_record(db: Database, article_id: str) -> tuple[str, str | None] | None:
+    """The stored record and body of one article (for `decode_article`), or None."""
     try:
         row = db.conn.execute(SELECT_ARTICLE, (article_id,)).fetchone()
     except sqlite3.Error as exc:
         raise _wrap("read the articles", db, exc) from exc
-    return None if row is None else str(row[0])
+    return None if row is None else (str(row[0]), row[1])
+
+
+def _decoded(db: Database, article_id: str, record: str, body: str | None) -> Article:
+    try:
+        return decode_article(record, body)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(
+            f"{db.path}: article {article_id!r}: the stored record is damaged: {exc!r}.",
+            hint="Run `syndicate build` to store the articles again.",
+        ) from exc
 
 
 def iter_summaries(db: Database) -> Iterator[ArticleSummary]:
@@ -336,9 +385,9 @@ def iter_articles_newest_first(db: Database, *, batch: int = _BATCH) -> Iterator
             raise _wrap("read the articles", db, exc) from exc
         if not rows:
             return
-        for record, _published, _id in rows:
-            yield Article.from_record(json.loads(record))
-        _record, last_key, last_id = rows[-1]
+        for record, body, _published, article_id in rows:
+            yield _decoded(db, article_id, record, body)
+        *_record, last_key, last_id = rows[-1]
         key = {"k": last_key, "id": last_id, "limit": batch}
 
 

@@ -7,15 +7,15 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
 
 from syndicate.errors import StoreError
 from syndicate.model import Article, DigestPlan
 from syndicate.store import Database
+from syndicate.store.articles import decode_article
 
 # Articles no digest has carried yet, one batch after the id `:last`.
 SELECT_CANDIDATES = """
-    SELECT id, record, first_seen_at FROM articles
+    SELECT id, record, body, first_seen_at FROM articles
     WHERE digest_day IS NULL AND id > :last
     ORDER BY id LIMIT :n
 """
@@ -24,7 +24,7 @@ SELECT_NEWEST_PUBLISHED = "SELECT max(published_at) FROM articles WHERE publishe
 # One day's digest row.
 SELECT_DIGEST = "SELECT article_ids, more FROM digests WHERE day = :day"
 # The stored record of one article.
-SELECT_ARTICLE = "SELECT record FROM articles WHERE id = :id"
+SELECT_ARTICLE = "SELECT record, body FROM articles WHERE id = :id"
 # Articles that a dump on disk still gives (build keeps `dumps` in step with the files):
 # the articles that have pages.
 SELECT_LIVE_ARTICLE_IDS = "SELECT DISTINCT article_id FROM dumps WHERE article_id IS NOT NULL"
@@ -68,10 +68,9 @@ def _parse_time(value: str, *, where: str) -> datetime:
     return parsed
 
 
-def _article(record_json: str, *, where: str) -> Article:
+def _article(record_json: str, body: str | None, *, where: str) -> Article:
     try:
-        record: Any = json.loads(record_json)
-        return Article.from_record(record)
+        return decode_article(record_json, body)
     except (ValueError, KeyError, TypeError) as exc:
         raise StoreError(
             f"{where}: the stored article record is damaged: {exc!r}.",
@@ -90,10 +89,10 @@ def iter_candidates(db: Database, *, batch: int = 500) -> Iterator[tuple[Article
             rows = db.conn.execute(SELECT_CANDIDATES, {"last": last, "n": batch}).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"{db.path}: cannot read articles: {exc}.") from exc
-        for article_id, record_json, first_seen_at in rows:
+        for article_id, record_json, body, first_seen_at in rows:
             where = f"{db.path}: article {article_id!r}"
             yield (
-                _article(record_json, where=where),
+                _article(record_json, body, where=where),
                 _parse_time(first_seen_at, where=where),
             )
         if len(rows) < batch:
@@ -131,7 +130,8 @@ def get_digest(db: Database, day: date) -> DigestPlan | None:
         for article_id in ids:
             found = db.conn.execute(SELECT_ARTICLE, {"id": article_id}).fetchone()
             if found is not None:
-                articles.append(_article(found[0], where=f"{db.path}: article {article_id!r}"))
+                where = f"{db.path}: article {article_id!r}"
+                articles.append(_article(found[0], found[1], where=where))
     except sqlite3.Error as exc:
         raise StoreError(f"{db.path}: cannot read the digest of {day}: {exc}.") from exc
     except ValueError as exc:

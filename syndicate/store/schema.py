@@ -32,7 +32,7 @@ MIGRATIONS: list[list[str]] = [
         """
         CREATE TABLE articles (
             id TEXT PRIMARY KEY,            -- Article.id, the content hash
-            record TEXT NOT NULL,           -- Article.to_record() as JSON
+            record TEXT NOT NULL,           -- Article.to_record() as JSON (see migration 2)
             published_at TEXT,              -- NULL when unknown
             first_seen_at TEXT NOT NULL,
             digest_day TEXT,                -- NULL until a digest includes it
@@ -107,5 +107,12 @@ MIGRATIONS: list[list[str]] = [
             UNIQUE (digest_day, subscriber_id)
         )
         """,
+    ],
+    # 2: article bodies in a column of their own, as plain text: storing an article no
+    # longer JSON-escapes its whole text. In such a row the record's "body" holds the
+    # blocks' kinds ("p" paragraph, "c" caption) and `body` their texts, one per line;
+    # rows without `body` keep their blocks in the record as before.
+    [
+        "ALTER TABLE articles ADD COLUMN body TEXT",
     ],
 ]

@@ -1,0 +1,126 @@
+"""Store: how articles are kept (JSON record plus body text), on a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from syndicate.errors import StoreError
+from syndicate.model import Article, Block, BlockKind, Precision, Teaser
+from syndicate.store import Database, open_database
+from syndicate.store.articles import (
+    decode_article,
+    encode_record,
+    get_article,
+    iter_articles_newest_first,
+    upsert_article,
+)
+from syndicate.store.schema import MIGRATIONS
+
+NOW = datetime(2024, 11, 1, 6, 0, tzinfo=UTC)
+
+
+def _article(ident: str, *blocks: Block) -> Article:
+    return Article(
+        id=ident,
+        slug=f"bai-{ident}",
+        title=f"Bài {ident} <b>&</b>",
+        title_derived=False,
+        published=datetime(2024, 10, 31, 2, 15, tzinfo=UTC),
+        precision=Precision.DATETIME,
+        body=blocks,
+        author="Trúc Phương",
+        teasers=(Teaser("QTO", "Tin khác..."),),
+        source="seeds/a.txt",
+        dateline="QTO",
+        summary=None,
+    )
+
+
+LOADER_LIKE = _article(
+    "a1",
+    Block(BlockKind.PARAGRAPH, 'Sáng nay, tại Đông Hà "trích dẫn" và \\ gạch.'),
+    Block(BlockKind.CAPTION, "Quang cảnh - Ảnh: T.P"),
+    Block(BlockKind.PARAGRAPH, ""),
+    Block(BlockKind.PARAGRAPH, "Đoạn cuối {{ 7*7 }} </p>."),
+)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = open_database(tmp_path / "x.db")
+    yield database
+    database.close()
+
+
+@pytest.mark.parametrize(
+    "article",
+    [
+        LOADER_LIKE,
+        _article("empty"),  # no blocks at all
+        _article("one-empty", Block(BlockKind.PARAGRAPH, "")),
+        _article("broken", Block(BlockKind.PARAGRAPH, "hai\ndòng"), Block(BlockKind.CAPTION, "x")),
+    ],
+    ids=["loader-like", "no-blocks", "one-empty-block", "line-break-in-a-block"],
+)
+def test_articles_round_trip_through_the_store(db: Database, article: Article) -> None:
+    record, body, _hash = encode_record(article)
+    assert decode_article(record, None if body is None else body.decode()) == article
+    with db.transaction():
+        upsert_article(db, article, now=NOW)
+    assert get_article(db, article.id) == article
+    assert list(iter_articles_newest_first(db)) == [article]
+
+
+def test_the_body_is_plain_text_in_its_own_column(db: Database) -> None:
+    with db.transaction():
+        upsert_article(db, LOADER_LIKE, now=NOW)
+    record, body, kinds = db.conn.execute(
+        "SELECT record, body, typeof(body) FROM articles"
+    ).fetchone()
+    assert kinds == "text"
+    assert body == "\n".join(b.text for b in LOADER_LIKE.body)
+    assert json.loads(record)["body"] == "pcpp"
+    # A block holding a line break keeps the blocks in the record instead.
+    broken = _article("b", Block(BlockKind.PARAGRAPH, "hai\ndòng"))
+    record_bytes, no_body, _hash = encode_record(broken)
+    assert no_body is None
+    assert json.loads(record_bytes)["body"] == [["paragraph", "hai\ndòng"]]
+
+
+def test_the_hash_covers_the_body_text(db: Database) -> None:
+    changed = _article("a1", Block(BlockKind.PARAGRAPH, "Một chữ khác."))
+    assert encode_record(changed)[2] != encode_record(LOADER_LIKE)[2]
+    caption = _article("a1", Block(BlockKind.CAPTION, "Một chữ khác."))
+    assert encode_record(caption)[2] != encode_record(changed)[2]
+
+
+def test_a_database_from_before_the_body_column_is_migrated_and_read(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)
+    old_record = LOADER_LIKE.to_record()  # blocks inline, as migration 1 stored them
+    conn.execute(
+        "INSERT INTO articles (id, record, first_seen_at) VALUES (?, ?, ?)",
+        (LOADER_LIKE.id, json.dumps(old_record, ensure_ascii=False), NOW.isoformat()),
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with open_database(path) as database:
+        assert database.schema_version == len(MIGRATIONS) == 2
+        assert get_article(database, LOADER_LIKE.id) == LOADER_LIKE
+
+
+def test_a_record_whose_body_is_missing_is_reported_as_damaged(db: Database) -> None:
+    with db.transaction():
+        upsert_article(db, LOADER_LIKE, now=NOW)
+        db.conn.execute("UPDATE articles SET body = NULL")
+    with pytest.raises(StoreError, match=r"article 'a1': the stored record is damaged"):
+        get_article(db, "a1")
