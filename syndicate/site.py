@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -252,6 +253,7 @@ class SiteRenderer:
         self.env = make_environment(templates_dir)
         self.strings = STRINGS.get(info.language, STRINGS["vi"])
         self._article = self.env.get_template(ARTICLE_TEMPLATE)
+        self._article_context = self._context("../")
         self._index = self.env.get_template(INDEX_TEMPLATE)
         digest = hashlib.blake2b(digest_size=16)
         digest.update(repr((RENDER_VERSION, babel.__version__, info)).encode())
@@ -262,13 +264,18 @@ class SiteRenderer:
             digest.update(name.encode() + b"\0" + source.encode() + b"\0")
         self.fingerprint = digest.hexdigest()
 
-    def _date(self, published: datetime | None, precision: Precision) -> dict[str, str]:
-        return {
-            "text": format_published(
-                published, precision, locale=self.info.language, tz=self.info.tz
-            ),
-            "machine": _machine_date(published, precision, self.info.tz),
-        }
+    # Template values are objects with attributes, not dicts: Jinja tries an attribute
+    # first, and a dict key only after that lookup has failed (an exception each time).
+    def _date(self, published: datetime | None, precision: Precision) -> SimpleNamespace:
+        return SimpleNamespace(
+            text=format_published(published, precision, locale=self.info.language, tz=self.info.tz),
+            machine=_machine_date(published, precision, self.info.tz),
+        )
+
+    def _context(self, root: str) -> dict[str, Any]:
+        context = page_context(self.info, root=root)
+        context["t"] = SimpleNamespace(**context["t"])
+        return context
 
     def render_article(self, article: Article, *, slug: str) -> bytes:
         """The page of one article, written at `article_path(slug)`."""
@@ -284,15 +291,15 @@ class SiteRenderer:
             tagged.append("".join((opening, escape(text), _CLOSE)))
         body = Markup("\n".join(tagged))  # noqa: S704 - its texts went through escape()
         html = self._article.render(
-            **page_context(self.info, root="../"),
-            article={
-                "title": one_line(article.title),
-                "summary": shorten(one_line(article.lead), limit=160),
-                "language": article.language,
-                "author": one_line(article.author) if article.author else None,
-                "date": self._date(article.published, article.precision),
-                "body": body,
-            },
+            **self._article_context,
+            article=SimpleNamespace(
+                title=one_line(article.title),
+                summary=shorten(one_line(article.lead), limit=160),
+                language=article.language,
+                author=one_line(article.author) if article.author else None,
+                date=self._date(article.published, article.precision),
+                body=body,
+            ),
             canonical=article_url(self.info.base_url, slug),
         )
         return html.encode("utf-8")
@@ -308,16 +315,16 @@ class SiteRenderer:
         """Index page `page` of `pages`, listing `entries` (already newest first)."""
         root = "" if page == 1 else "../"
         items = [
-            {
-                "href": root + article_path((slugs or {}).get(e.id, e.slug)),
-                "title": one_line(e.title),
-                "author": one_line(e.author) if e.author else None,
-                "date": self._date(e.published, e.precision),
-            }
+            SimpleNamespace(
+                href=root + article_path((slugs or {}).get(e.id, e.slug)),
+                title=one_line(e.title),
+                author=one_line(e.author) if e.author else None,
+                date=self._date(e.published, e.precision),
+            )
             for e in entries
         ]
         html = self._index.render(
-            **page_context(self.info, root=root),
+            **self._context(root),
             entries=items,
             page=page,
             pages=pages,
