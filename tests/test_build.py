@@ -232,13 +232,13 @@ def test_rebuild_with_nothing_changed_parses_and_writes_nothing(
     output = settings.paths.output
     stamps = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
     calls: list[str] = []
-    real_parse = load.parse_dump
+    real_parse = load.parse_dump_with_body
 
     def counting_parse(data: bytes, *, source: str, tz):  # type: ignore[no-untyped-def]
         calls.append(source)
         return real_parse(data, source=source, tz=tz)
 
-    monkeypatch.setattr(load, "parse_dump", counting_parse)
+    monkeypatch.setattr(load, "parse_dump_with_body", counting_parse)
     summary = run_build(settings, db, now=now + timedelta(hours=1))
     assert calls == []
     assert (summary.articles, summary.duplicates, summary.skipped) == (5, 1, 1)
@@ -258,10 +258,10 @@ def test_touched_dump_is_matched_by_content_hash(
     target = seeds / "002.txt"
     os.utime(target, ns=(1_000_000_000, 1_000_000_000))
     calls: list[str] = []
-    real_parse = load.parse_dump
+    real_parse = load.parse_dump_with_body
     monkeypatch.setattr(
         load,
-        "parse_dump",
+        "parse_dump_with_body",
         lambda data, *, source, tz: calls.append(source) or real_parse(data, source=source, tz=tz),
     )
     summary = run_build(settings, db, now=now)
@@ -462,7 +462,7 @@ def test_a_change_within_the_same_mtime_tick_is_caught(
     assert len(changed) == before.st_size
     target.write_bytes(changed)
     os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
-    parses = _count_calls(monkeypatch, "parse_dump")
+    parses = _count_calls(monkeypatch, "parse_dump_with_body")
     summary = run_build(settings, db, now=now)
     assert parses == [str(target)]
     assert summary.written == 4  # its page and the three feeds

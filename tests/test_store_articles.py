@@ -124,3 +124,17 @@ def test_a_record_whose_body_is_missing_is_reported_as_damaged(db: Database) -> 
         db.conn.execute("UPDATE articles SET body = NULL")
     with pytest.raises(StoreError, match=r"article 'a1': the stored record is damaged"):
         get_article(db, "a1")
+
+
+def test_a_parsed_body_gives_the_same_stored_form_as_encoding_it_again() -> None:
+    from zoneinfo import ZoneInfo
+
+    from syndicate.load import parse_dump_with_body
+
+    dump = (
+        "Hội thảo khoa học\n31/10/2024 09:15\nQTO - Sáng nay, hội thảo diễn ra.\n"
+        "Đoạn hai.\nQuang cảnh - Ảnh: T.P\nTrúc Phương\n"
+    ).encode()
+    article, body = parse_dump_with_body(dump, source="a.txt", tz=ZoneInfo("Asia/Ho_Chi_Minh"))
+    assert body == "\n".join(b.text for b in article.body).encode()
+    assert encode_record(article, body) == encode_record(article)

@@ -78,10 +78,10 @@ def _read_and_parse(
     ):
         return _Read(content_hash, cached.article_id, cached.error, None, parsed=False)
     try:
-        article = load.parse_dump(data, source=shown, tz=tz)
+        article, body = load.parse_dump_with_body(data, source=shown, tz=tz)
     except DumpError as exc:
         return _Read(content_hash, None, _encode_error(exc), None, parsed=True)
-    row = store.article_row(article)
+    row = store.article_row(article, body)
     if stager is not None:
         stager.stage(article, row.record_hash)
     return _Read(content_hash, article.id, None, row, parsed=True)

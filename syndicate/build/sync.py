@@ -155,7 +155,7 @@ class _Sync:
             try:
                 data = load.read_dump(path, max_bytes=self.max_bytes, source=shown)
                 self.parsed += 1
-                row = store.article_row(load.parse_dump(data, source=shown, tz=self.tz))
+                row = store.article_row(*load.parse_dump_with_body(data, source=shown, tz=self.tz))
             except DumpError as exc:
                 self._skip(exc)
                 return

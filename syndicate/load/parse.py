@@ -14,6 +14,7 @@ from syndicate.text import (
     clean_text,
     detect_language,
     first_sentence,
+    nfc,
     shorten,
     slugify,
 )
@@ -50,7 +51,11 @@ def _split_lines(text: str) -> list[str]:
     Only "\\n" splits (after "\\r\\n" and "\\r" become "\\n"): str.splitlines() would also
     split on form feeds, U+0085 and U+2028, which are spaces inside a line here.
     """
-    text = clean_text(text.replace("\r\n", "\n").replace("\r", "\n"))
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    # Every character clean_text removes or replaces is unprintable: a text that is
+    # printable (line breaks aside) only needs NFC.
+    text = nfc(text) if text.replace("\n", " ").isprintable() else clean_text(text)
     return [
         _SPACES.sub(" ", line).strip() if "  " in line else line.strip()
         for line in text.split("\n")
@@ -114,6 +119,15 @@ def parse_dump(data: bytes, *, source: str, tz: ZoneInfo) -> Article:
     Raises DumpError (naming `source`, and the line where it helps) for anything that is not
     a usable article: empty, binary, legacy-encoded, placeholders only, no article text, an
     impossible publish date.
+    """
+    return parse_dump_with_body(data, source=source, tz=tz)[0]
+
+
+def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Article, bytes]:
+    """`parse_dump`, and the article's body text as UTF-8: its blocks' texts, one per line.
+
+    Article.id is the BLAKE2b digest of exactly these bytes, so a caller that stores them
+    needs neither encode nor hash them again.
     """
     raw = _split_lines(decode_dump(data, source=source))
     header = [*raw, "", "", ""][:3]
@@ -206,9 +220,10 @@ def parse_dump(data: bytes, *, source: str, tz: ZoneInfo) -> Article:
     else:
         title, derived = title_line, False
 
-    content = "\n".join(b.text for b in blocks)
-    article_id = hashlib.blake2b(content.encode("utf-8"), digest_size=16).hexdigest()
-    return Article(
+    content = "\n".join([b.text for b in blocks])
+    body = content.encode("utf-8")
+    article_id = hashlib.blake2b(body, digest_size=16).hexdigest()
+    article = Article(
         id=article_id,
         slug=slugify(title) or f"bai-{article_id[:12]}",
         title=title,
@@ -224,3 +239,4 @@ def parse_dump(data: bytes, *, source: str, tz: ZoneInfo) -> Article:
         dateline=dateline,
         summary=summary,
     )
+    return article, body

@@ -185,23 +185,32 @@ _KIND_LETTERS = {BlockKind.PARAGRAPH: "p", BlockKind.CAPTION: "c"}
 _LETTER_KINDS = {letter: str(kind) for kind, letter in _KIND_LETTERS.items()}
 
 
-def encode_record(article: Article) -> tuple[bytes, bytes | None, str]:
+def encode_record(
+    article: Article, parsed_body: bytes | None = None
+) -> tuple[bytes, bytes | None, str]:
     """The stored form of `article`: its JSON record and body text, as UTF-8, and their hash.
 
     The body's texts go in a column of their own, one per line, when none holds a line
-    break (the loader's never do); else they stay in the record (body None).
+    break (the loader's never do); else they stay in the record (body None). The hash
+    covers the record and the body's BLAKE2b digest. `parsed_body` is the body the loader
+    returned with the article (`parse_dump_with_body`): its digest is the article's id, so
+    it is neither encoded nor hashed again.
     """
     record = article.to_record()
-    texts = [block.text for block in article.body]
-    body = None
-    if not any("\n" in text for text in texts):
+    body = body_digest = None
+    if parsed_body is not None:
+        body, body_digest = parsed_body, article.id
+    else:
+        texts = [block.text for block in article.body]
+        if not any("\n" in text for text in texts):
+            body = "\n".join(texts).encode("utf-8")
+            body_digest = hashlib.blake2b(body, digest_size=16).hexdigest()
+    if body is not None:
         record["body"] = "".join([_KIND_LETTERS[block.kind] for block in article.body])
-        body = "\n".join(texts).encode("utf-8")
     data = _RECORD_ENCODER.encode(record).encode("utf-8")
     digest = hashlib.blake2b(data, digest_size=16)
-    if body is not None:
-        digest.update(b"\0")
-        digest.update(body)
+    if body_digest is not None:
+        digest.update(b"\0" + body_digest.encode())
     return data, body, digest.hexdigest()
 
 
@@ -240,9 +249,9 @@ class ArticleRow:
     source: str
 
 
-def article_row(article: Article) -> ArticleRow:
-    """The stored form of `article`."""
-    record, body, record_hash = encode_record(article)
+def article_row(article: Article, parsed_body: bytes | None = None) -> ArticleRow:
+    """The stored form of `article` (`parsed_body`: see `encode_record`)."""
+    record, body, record_hash = encode_record(article, parsed_body)
     return ArticleRow(
         id=article.id,
         record=record,
