@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -23,8 +22,6 @@ from pathlib import Path
 from syndicate.model import Article
 from syndicate.output import write_new
 from syndicate.site import SiteRenderer, article_path
-
-log = logging.getLogger("syndicate.build")
 
 STAGING_FOLDER = ".staging"
 
