@@ -277,15 +277,21 @@ class SiteRenderer:
         context["t"] = SimpleNamespace(**context["t"])
         return context
 
-    def render_article(self, article: Article, *, slug: str) -> bytes:
-        """The page of one article, written at `article_path(slug)`."""
+    def render_article(self, article: Article, *, slug: str, from_loader: bool = False) -> bytes:
+        """The page of one article, written at `article_path(slug)`.
+
+        `from_loader` says the article comes straight from the loader, whose blocks are
+        one clean NFC line each: they are then not checked again.
+        """
         # Article text is never part of a template: each block is escaped here and put
-        # between fixed tags. Loader text is printable and NFC already; anything else is
+        # between fixed tags. A block that is not printable NFC text (not the loader's) is
         # first put on one clean line.
         tagged = []
         for block in article.body:
             text = block.text
-            if not (text.isprintable() and unicodedata.is_normalized("NFC", text)):
+            if not from_loader and not (
+                text.isprintable() and unicodedata.is_normalized("NFC", text)
+            ):
                 text = one_line(text)
             opening = _CAPTION_OPEN if block.kind is BlockKind.CAPTION else _PARAGRAPH_OPEN
             tagged.append("".join((opening, escape(text), _CLOSE)))

@@ -333,6 +333,8 @@ def test_nfd_and_cp1258_come_out_as_nfc_bytes() -> None:
         assert article.lead.encode("utf-8") == nfc_bytes
         assert unicodedata.is_normalized("NFC", article.title)
         assert all(unicodedata.is_normalized("NFC", b.text) for b in article.body)
+    # What SiteRenderer.render_article(from_loader=True) relies on: one printable line each.
+    assert all(b.text.isprintable() for b in article.body)
 
 
 def test_cp1258_is_tried_before_anything_western() -> None:

@@ -307,3 +307,12 @@ def test_shared_hostile_articles_render_as_nfc_text(
     assert "Tin khẩn Bcc: evil@example.com</a>" in index
     assert "Quảng Trị đón bão số 6: Đông Hà ngập sâu" in index
     assert "&lt;script&gt;alert(1)&lt;/script&gt; Tin nóng &amp; lạnh" in index
+
+
+def test_a_loader_article_renders_the_same_unchecked(sample_articles: list[Article]) -> None:
+    """from_loader=True skips re-checking text the loader made clean: same bytes."""
+    renderer = SiteRenderer(INFO, site_templates_dir())
+    for article in sample_articles:
+        assert renderer.render_article(article, slug="x", from_loader=True) == (
+            renderer.render_article(article, slug="x")
+        )

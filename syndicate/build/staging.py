@@ -59,7 +59,7 @@ class Stager:
         fingerprint = page_fingerprint(self.renderer.fingerprint, slug, record_hash)
         if self.old.get(article_path(slug)) == fingerprint:
             return
-        data = self.renderer.render_article(article, slug=slug)
+        data = self.renderer.render_article(article, slug=slug, from_loader=True)
         with contextlib.suppress(OSError):  # FileExistsError: a duplicate dump staged it
             write_new(self.staged(fingerprint), data)
 
