@@ -72,7 +72,7 @@ def _create_temp(path: Path) -> tuple[int, str]:
             made_folder = True
 
 
-def _same_bytes(path: Path, data: bytes) -> bool:
+def _same_bytes(path: str | Path, data: bytes) -> bool:
     try:
         if os.stat(path).st_size != len(data):
             return False
@@ -82,7 +82,7 @@ def _same_bytes(path: Path, data: bytes) -> bool:
         return False
 
 
-def write_new(path: Path, data: bytes) -> None:
+def write_new(path: str | Path, data: bytes) -> None:
     """Create `path` (which must not exist) holding `data`, mode 0644; no fsync.
 
     For staged files in a private folder: they reach their public name later through
@@ -104,7 +104,7 @@ def write_new(path: Path, data: bytes) -> None:
         raise
 
 
-def move_into_place(staged: Path, path: Path) -> bool | None:
+def move_into_place(staged: str | Path, path: str | Path) -> bool | None:
     """Atomically replace `path` with the finished file `staged` (same file system).
 
     Returns True when moved; False, removing `staged` and leaving `path` as it was, when
@@ -126,7 +126,7 @@ def move_into_place(staged: Path, path: Path) -> bool | None:
         except FileNotFoundError:
             if not os.path.exists(staged):
                 return None
-            path.parent.mkdir(parents=True, exist_ok=True)
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, path)
     except OSError as exc:
         raise OutputError(

@@ -44,10 +44,10 @@ class Stager:
     folder: Path
     old: dict[str, str]
 
-    def staged(self, fingerprint: str) -> Path:
+    def staged(self, fingerprint: str) -> str:
         # Spread over 16 subfolders by the first hex digit: workers creating files at the
         # same moment then seldom wait on the same folder's lock.
-        return self.folder / fingerprint[0] / f"{fingerprint}.html"
+        return f"{self.folder}/{fingerprint[0]}/{fingerprint}.html"
 
     def stage(self, article: Article, record_hash: str) -> None:
         """Render `article`'s page under its own slug and stage it; best effort.

@@ -32,6 +32,7 @@ class _Writer:
         self.written = 0
         self.unchanged = 0
         self._listings: dict[str, frozenset[str]] = {}
+        self._root = os.fspath(output)  # plain text paths: 10,000 pages, no pathlib per page
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syndicate-write")
         self._pending: deque[tuple[str, str, Future[bool]]] = deque()
 
@@ -60,11 +61,11 @@ class _Writer:
         if len(self._pending) > _WRITES_IN_FLIGHT:
             self._settle()
 
-    def adopt(self, rel: str, staged: Path, fingerprint: str) -> bool:
+    def adopt(self, rel: str, staged: str, fingerprint: str) -> bool:
         """Move the finished file `staged` to `rel` (atomic rename), here and now: a rename
         is too quick to be worth a trip to the writer thread. False when there is no such
         file."""
-        changed = move_into_place(staged, self.output / rel)
+        changed = move_into_place(staged, f"{self._root}/{rel}")
         if changed is None:
             return False
         self.record(rel, fingerprint, changed=changed)
