@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import unicodedata
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
@@ -889,3 +890,31 @@ def test_hostile_articles_fixture_is_well_formed(hostile_articles: list[Article]
     assert unicodedata.normalize("NFC", hostile_articles[4].title) == (
         "Quảng Trị đón bão số 6: Đông Hà ngập sâu"
     )
+
+
+def test_find_dumps_finds_what_rglob_finds(tmp_path: Path) -> None:
+    """The scandir walk keeps pathlib's rules: dot files, no linked folders, links kept."""
+    root = tmp_path / "seeds"
+    (root / "b" / "deep").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    (root / "dir.txt").mkdir()  # a folder named like a dump: looked into, not yielded
+    for rel in ("a.txt", "b/z.txt", "b/deep/y.txt", ".hidden/h.txt", ".dot.txt", "dir.txt/in.txt"):
+        (root / rel).write_bytes(b"x")
+    (root / "UPPER.TXT").write_bytes(b"x")  # not *.txt
+    (root / "note.md").write_bytes(b"x")
+    (root / "link.txt").symlink_to(root / "a.txt")
+    (root / "broken.txt").symlink_to(root / "nowhere")
+    (root / "linked-folder").symlink_to(root / "b")  # not followed
+    os.mkfifo(root / "pipe.txt")  # not a regular file
+    expected = sorted(p for p in root.rglob("*.txt") if p.is_file() or p.is_symlink())
+    assert list(find_dumps([root])) == expected
+    assert [p.relative_to(root).as_posix() for p in expected] == [
+        ".dot.txt",
+        ".hidden/h.txt",
+        "a.txt",
+        "b/deep/y.txt",
+        "b/z.txt",
+        "broken.txt",
+        "dir.txt/in.txt",
+        "link.txt",
+    ]

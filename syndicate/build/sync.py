@@ -48,13 +48,16 @@ class SyncResult:
     article_ids: frozenset[str]  # the distinct articles, for the site and feeds
 
 
-def _shown(path: Path, cwd: Path) -> str:
-    """The path for messages and Article.source: relative to the working folder when inside."""
-    if path.is_absolute():
-        try:
-            path = path.relative_to(cwd)
-        except ValueError:
-            pass
+def _shown(path: str, cwd: str) -> str:
+    """The path for messages and Article.source: relative to the working folder when inside.
+
+    `path` is a `str(Path)` (normalised) and `cwd` an absolute folder, so comparing text is
+    what Path.relative_to would do, without building a Path per dump.
+    """
+    if os.path.isabs(path):
+        inside = cwd.rstrip("/") + "/"
+        if path.startswith(inside):
+            path = path[len(inside) :]
     return load.display_path(path)
 
 
@@ -85,14 +88,14 @@ class _Sync:
         self.dump_rows: list[tuple[str, store.CachedDump]] = []
         self.article_rows: list[store.ArticleRow] = []
 
-    def signature(self, path: Path, shown: str) -> _Signature | DumpError:
+    def signature(self, path: str, shown: str) -> _Signature | DumpError:
         """The stat signature of a dump (taken before it is read), or why it cannot be read."""
         try:
             load.check_name(path, source=shown)
         except DumpError as exc:
             return exc
         try:
-            st = path.stat()
+            st = os.stat(path)
         except OSError as exc:
             return DumpError(shown, f"cannot be read: {exc.strerror or exc}.")
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -235,14 +238,16 @@ def sync_articles(
     roots = list(paths) if paths else [settings.paths.seeds]
     found = sorted(set(load.find_dumps(roots)), key=str)
     total = len(found)
-    cwd = Path.cwd()
+    cwd = os.getcwd()
     sync = _Sync(settings, db, now=now)
     # Every signature is taken before any dump is read (a write after it shows up next run),
     # which also tells which dumps must be read: those the cache cannot vouch for.
     items = []
     for path in found:
-        key, shown = str(path.absolute()), _shown(path, cwd)
-        st = sync.signature(path, shown)
+        text = str(path)
+        key = text if os.path.isabs(text) else os.path.join(cwd, text)
+        shown = _shown(text, cwd)
+        st = sync.signature(text, shown)
         must_read = not isinstance(st, DumpError) and sync.vouched(key, st) is None
         items.append((path, key, shown, st, must_read))
     todo = [(path, key, shown) for path, key, shown, _st, must_read in items if must_read]

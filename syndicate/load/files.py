@@ -32,10 +32,51 @@ def find_dumps(paths: Sequence[Path]) -> Iterator[Path]:
             )
     for path in paths:
         if path.is_dir():
-            # A broken link is yielded too, so that it is reported rather than passed over.
-            yield from sorted(p for p in path.rglob("*.txt") if p.is_file() or p.is_symlink())
+            try:
+                found = sorted(_dump_names(os.fspath(path)))
+            except OSError as exc:
+                raise InputError(
+                    f"{path}: cannot read this folder: {exc.strerror or exc}.",
+                    hint="Check its permissions.",
+                ) from exc
+            yield from (path.joinpath(*parts) for parts in found)
         else:
             yield path
+
+
+def _dump_names(root: str, parts: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """The `*.txt` files below `root` as path parts, as `Path(root).rglob("*.txt")` finds them
+    (dot files too; into real subfolders, not linked ones; an unreadable subfolder is passed
+    over), keeping regular files and links (a broken link too, so that it is reported).
+
+    One `scandir` per folder, and the file types it reports: no `stat` per file.
+    """
+    try:
+        with os.scandir(os.path.join(root, *parts)) as entries:
+            listed = list(entries)
+    except OSError:
+        if not parts:
+            raise
+        return
+    for entry in listed:
+        name = entry.name
+        if name.endswith(".txt") and _is_dump(entry):
+            yield (*parts, name)
+        try:
+            is_folder = entry.is_dir() and not entry.is_symlink()
+        except OSError:
+            continue
+        if is_folder:
+            yield from _dump_names(root, (*parts, name))
+
+
+def _is_dump(entry: os.DirEntry[str]) -> bool:
+    """A regular file or a link (even a broken one); a file whose type cannot be told is
+    taken too, so that reading it reports the problem."""
+    try:
+        return entry.is_file() or entry.is_symlink()
+    except OSError:
+        return True
 
 
 def display_path(path: Path | str) -> str:
@@ -50,7 +91,7 @@ def display_path(path: Path | str) -> str:
     return "".join(c if c.isprintable() or c == " " else "\ufffd" for c in text)
 
 
-def check_name(path: Path, *, source: str | None = None) -> None:
+def check_name(path: Path | str, *, source: str | None = None) -> None:
     """Raise DumpError when the file name is not valid UTF-8 (it could not be stored or shown)."""
     try:
         str(path).encode("utf-8")
