@@ -64,7 +64,7 @@ STRINGS: dict[str, dict[str, str]] = {
     },
 }
 
-# Plain str, joined with str.join: `str + Markup` would escape the str.
+# Plain str: `str + Markup` would escape the str.
 _PARAGRAPH_OPEN = "<p>"
 _CAPTION_OPEN = '<p class="caption">'
 _CLOSE = "</p>"
@@ -283,19 +283,28 @@ class SiteRenderer:
         `from_loader` says the article comes straight from the loader, whose blocks are
         one clean NFC line each: they are then not checked again.
         """
-        # Article text is never part of a template: each block is escaped here and put
-        # between fixed tags. A block that is not printable NFC text (not the loader's) is
-        # first put on one clean line.
-        tagged = []
-        for block in article.body:
-            text = block.text
-            if not from_loader and not (
-                text.isprintable() and unicodedata.is_normalized("NFC", text)
-            ):
-                text = one_line(text)
-            opening = _CAPTION_OPEN if block.kind is BlockKind.CAPTION else _PARAGRAPH_OPEN
-            tagged.append("".join((opening, escape(text), _CLOSE)))
-        body = Markup("\n".join(tagged))  # noqa: S704 - its texts went through escape()
+        # Article text is never part of a template: the blocks are escaped here (in one
+        # call, joined by line breaks, which no block holds) and put between fixed tags. A
+        # block that is not printable NFC text (not the loader's) is first put on one line.
+        blocks = article.body
+        texts = [block.text for block in blocks]
+        if not from_loader:
+            texts = [
+                text
+                if text.isprintable() and unicodedata.is_normalized("NFC", text)
+                else one_line(text)
+                for text in texts
+            ]
+        escaped = str(escape("\n".join(texts))).split("\n") if texts else []
+        tagged = "\n".join(
+            [
+                (_CAPTION_OPEN if block.kind is BlockKind.CAPTION else _PARAGRAPH_OPEN)
+                + text
+                + _CLOSE
+                for block, text in zip(blocks, escaped, strict=True)
+            ]
+        )
+        body = Markup(tagged)  # noqa: S704 - its texts went through escape()
         html = self._article.render(
             **self._article_context,
             article=SimpleNamespace(
