@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 from pathlib import Path
@@ -108,8 +109,9 @@ def move_into_place(staged: str | Path, path: str | Path) -> bool | None:
     """Atomically replace `path` with the finished file `staged` (same file system).
 
     Returns True when moved; False, removing `staged` and leaving `path` as it was, when
-    `path` already holds exactly the same bytes; None when there is no `staged` file.
-    Raises OutputError on any other OS failure.
+    `path` already holds exactly the same bytes; None when there is no `staged` file, or
+    when `path` is on another file system (its folder links elsewhere): the caller then
+    writes the file there itself. Raises OutputError on any other OS failure.
     """
     try:
         if os.path.exists(path):
@@ -128,6 +130,10 @@ def move_into_place(staged: str | Path, path: str | Path) -> bool | None:
                 return None
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, path)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return None
+            raise
     except OSError as exc:
         raise OutputError(
             f"{path}: cannot write: {exc.strerror or exc}.",

@@ -88,3 +88,20 @@ def test_move_into_place_reports_other_failures_as_our_error(tmp_path: Path) -> 
     with pytest.raises(OutputError, match=r"a\.html: cannot write"):
         move_into_place(staged, tmp_path / "blocker" / "a.html")
     assert staged.read_bytes() == b"page"
+
+
+def test_move_into_place_across_file_systems_leaves_it_to_the_caller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An output folder linked to another volume: no rename there, the page is written anew."""
+    import errno
+
+    staged = tmp_path / "staged.html"
+    write_new(staged, b"page")
+
+    def cross_device(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "replace", cross_device)
+    assert move_into_place(staged, tmp_path / "a.html") is None
+    assert not (tmp_path / "a.html").exists()
