@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -196,3 +198,30 @@ def test_an_erased_address_stays_refused_after_the_signing_secret_changes(
         code, out, _ = _run("subscribers", "import", str(csv_file))
         assert (code, out) == (1, "Imported 0, unchanged 0, rejected 1.\n")
     assert _run("subscribers", "list")[1] == ""
+
+
+def test_export_defuses_spreadsheet_formulas_and_import_restores_them(project: Path) -> None:
+    _run("subscribers", "add", "an@example.org", "--name", '=HYPERLINK("http://x","y")')
+    _run("subscribers", "add", "bob@example.org", "--name", "-5 Bob")
+    _run("subscribers", "add", "cy@example.org", "--name", "Cy = Cy")
+    out_file = project / "export.csv"
+    _run("subscribers", "export", str(out_file))
+    assert out_file.read_text(encoding="utf-8") == (
+        "email,name,language,status\n"
+        'an@example.org,"\'=HYPERLINK(""http://x"",""y"")",vi,confirmed\n'
+        "bob@example.org,'-5 Bob,vi,confirmed\n"
+        "cy@example.org,Cy = Cy,vi,confirmed\n"
+    )
+    for email in ("an@example.org", "bob@example.org", "cy@example.org"):
+        _run("subscribers", "erase", email)
+    # Erased addresses cannot come back: import the rows (without status) under new ones.
+    rows = list(csv.reader(io.StringIO(out_file.read_text(encoding="utf-8"))))
+    again = io.StringIO()
+    csv.writer(again, lineterminator="\n").writerows(
+        [row[0].replace("@example.org", "@example.net"), *row[1:3]] for row in rows
+    )
+    (project / "again.csv").write_text(again.getvalue(), encoding="utf-8")
+    assert _run("subscribers", "import", str(project / "again.csv"))[0] == 0
+    listed = _run("subscribers", "list", "--json")[1]
+    names = sorted(json.loads(line)["name"] for line in listed.splitlines())
+    assert names == ["-5 Bob", '=HYPERLINK("http://x","y")', "Cy = Cy"]

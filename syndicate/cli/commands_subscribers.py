@@ -25,6 +25,19 @@ from syndicate.store.subscribers import (
 )
 
 CSV_COLUMNS = ("email", "name", "language")
+# A cell a spreadsheet would run as a formula (a name typed into the sign-up form, say):
+# exported with a leading apostrophe, which `import` takes off again (OWASP's advice).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell_out(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def _cell_in(text: str) -> str:
+    return text[1:] if text.startswith("'") and text[1:].startswith(_FORMULA_STARTS) else text
+
+
 _STATUSES = [str(s) for s in SubscriptionStatus]
 
 
@@ -172,7 +185,7 @@ def import_command(app: AppContext, file: Path) -> None:
         line = reader.line_num
         if not any(cell.strip() for cell in row):
             continue
-        values = dict(zip(columns, (cell.strip() for cell in row), strict=False))
+        values = dict(zip(columns, (_cell_in(cell.strip()) for cell in row), strict=False))
         try:
             if len(row) > len(columns):
                 raise SubscriberError(f"{len(row)} columns, expected at most {len(columns)}.")
@@ -204,6 +217,9 @@ def import_command(app: AppContext, file: Path) -> None:
 def export_command(app: AppContext, file: Path) -> None:
     """Write every subscriber to a CSV file (email,name,language,status), atomically.
 
+    A cell that starts like a spreadsheet formula (= + - @) gets a leading apostrophe,
+    which `import` removes.
+
     Example: syndicate subscribers export backup.csv
     """
     buffer = io.StringIO(newline="")
@@ -212,7 +228,12 @@ def export_command(app: AppContext, file: Path) -> None:
     count = 0
     for subscriber in iter_subscribers(app.database):
         writer.writerow(
-            [subscriber.email, subscriber.name or "", subscriber.language, subscriber.status]
+            [
+                _cell_out(subscriber.email),
+                _cell_out(subscriber.name or ""),
+                subscriber.language,
+                subscriber.status,
+            ]
         )
         count += 1
     write_atomic(file, buffer.getvalue().encode("utf-8"), skip_unchanged=False)
