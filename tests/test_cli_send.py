@@ -51,6 +51,7 @@ def _smtp_config(project: Path, server: SmtpServer) -> None:
     (project / "syndicate.toml").write_text(
         '[site]\nbase_url = "https://news.example.org/"\n'
         '[mail]\ntransport = "smtp"\nfrom = "Tin mới <news@example.org>"\n'
+        'postal_address = "12 Trần Hưng Đạo, TP. Bến Lam"\n'
         f'[smtp]\nhost = "127.0.0.1"\nport = {server.port}\ntls = "none"\n'
         "connections = 2\n",
         encoding="utf-8",
@@ -463,3 +464,24 @@ def test_dry_run_counts_in_the_singular(clock: Clock) -> None:
         "nothing was written or sent.\n",
         "",
     )
+
+
+def test_smtp_without_a_postal_address_warns_once(project: Path, smtpd: SmtpServer) -> None:
+    _smtp_config(project, smtpd)
+    config = project / "syndicate.toml"
+    config.write_text(
+        "\n".join(
+            line
+            for line in config.read_text(encoding="utf-8").splitlines()
+            if not line.startswith("postal_address")
+        ),
+        encoding="utf-8",
+    )
+    _subscribe("an@example.org")
+    code, _out, err = _run("send")
+    assert code == 0
+    assert err == (
+        "warning: config key mail.postal_address is empty, so the digest carries no postal "
+        "address; set the sender's address in syndicate.toml.\n"
+    )
+    assert smtpd.handler.recipients() == ["an@example.org"]

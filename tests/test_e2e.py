@@ -53,6 +53,7 @@ def _write_project(root: Path, server: SmtpServer, *, connections: int = 2) -> N
     (root / "syndicate.toml").write_text(
         '[site]\nbase_url = "https://news.example.org/"\ntitle = "Tin mới Lam Giang"\n'
         '[mail]\ntransport = "smtp"\nfrom = "Tin mới <news@example.org>"\n'
+        'postal_address = "12 Trần Hưng Đạo, TP. Bến Lam"\n'
         'reply_to = "toa-soan@example.org"\n'
         f'[smtp]\nhost = "127.0.0.1"\nport = {server.port}\ntls = "none"\n'
         f"connections = {connections}\ntimeout = 10\n",

@@ -223,6 +223,13 @@ class _Delivery:
         self.app, self.settings, self.db, self.now = app, app.settings, db, now
         self.languages = confirmed_languages(db)
         self.secret = get_secret(self.settings, db)
+        mail = self.settings.mail
+        if self.languages and mail.transport == "smtp" and not mail.postal_address.strip():
+            # Bulk-mail rules (CAN-SPAM, and the like elsewhere) want one in every message.
+            log.warning(
+                "config key mail.postal_address is empty, so the digest carries no postal "
+                "address; set the sender's address in syndicate.toml."
+            )
         self.progress = progress and sys.stderr.isatty() and not app.quiet
 
     def __call__(
