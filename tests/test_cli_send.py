@@ -485,3 +485,28 @@ def test_smtp_without_a_postal_address_warns_once(project: Path, smtpd: SmtpServ
         "address; set the sender's address in syndicate.toml.\n"
     )
     assert smtpd.handler.recipients() == ["an@example.org"]
+
+
+def test_erase_deletes_the_outbox_messages_to_that_address(project: Path) -> None:
+    _subscribe("an@example.org", "bob@example.org")
+    assert _run("send")[0] == 0
+    confirmations = project / "outbox" / "confirmations"
+    confirmations.mkdir(parents=True)
+    (confirmations / "x.eml").write_bytes(
+        b"From: news@example.org\r\nTo: =?utf-8?q?=C3=82n?= <AN@example.org>\r\n"
+        b"Subject: confirm\r\n\r\nbody with an@example.org\r\n"
+    )
+    (confirmations / "y.eml").write_bytes(
+        b"From: news@example.org\r\nTo: bob@example.org\r\n\r\nan@example.org\r\n"
+    )
+    before = sorted(p.name for p in (project / "outbox").rglob("*.eml"))
+    code, out, _err = _run("subscribers", "erase", "an@example.org")
+    assert code == 0
+    assert out.splitlines()[-1] == "Deleted 2 outbox messages to an@example.org."
+    after = sorted(p.name for p in (project / "outbox").rglob("*.eml"))
+    assert len(before) == 4
+    assert sorted(set(before) - set(after)) == sorted(
+        ["x.eml", next(n for n in before if ".1_" in n)]
+    )
+    for path in (project / "outbox").rglob("*.eml"):
+        assert b"To: an@example.org" not in path.read_bytes()

@@ -14,6 +14,7 @@ from syndicate.cli import AppContext, cli, pass_app
 from syndicate.errors import InputError, SubscriberError
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.output import write_atomic
+from syndicate.send import forget_recipient
 from syndicate.store.subscribers import (
     LANGUAGES,
     add_subscriber,
@@ -246,6 +247,8 @@ def export_command(app: AppContext, file: Path) -> None:
 def erase_command(app: AppContext, email: str) -> None:
     """Delete an address and its history for good; a keyed hash stops it coming back.
 
+    Messages to it in the outbox folder are deleted too.
+
     Example: syndicate subscribers erase an@example.org
     """
     db = app.database
@@ -255,6 +258,9 @@ def erase_command(app: AppContext, email: str) -> None:
         app.echo(f"Erased {address}; only a keyed hash remains, so it cannot be imported again.")
     else:
         app.echo(f"{address} was not stored; its hash is kept so it cannot be imported.")
+    removed = forget_recipient(app.settings.paths.outbox, address)
+    if removed:
+        app.echo(f"Deleted {removed} outbox message{'s' if removed != 1 else ''} to {address}.")
 
 
 @subscribers_group.command("stats")

@@ -8,11 +8,15 @@ what a run sends with.
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import logging
+import os
 import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Protocol
 
@@ -79,6 +83,36 @@ class OutboxMailer:
 
     async def aclose(self) -> None:
         return None
+
+
+# The header block of an .eml file is read up to this many bytes when looking for recipients.
+_HEADER_LIMIT = 65_536
+
+
+def forget_recipient(outbox: Path, address: str) -> int:
+    """Delete every message under the outbox folder addressed (To or Cc) to `address`.
+
+    For `subscribers erase`: the outbox must not keep an erased address. Reads only each
+    file's header block, one file at a time. Returns the number of files deleted.
+    """
+    wanted = address.strip().lower()
+    removed = 0
+    for folder, _dirs, names in os.walk(outbox):
+        for name in names:
+            if not name.endswith(".eml"):
+                continue
+            path = os.path.join(folder, name)
+            try:
+                with open(path, "rb") as handle:
+                    head = handle.read(_HEADER_LIMIT).split(b"\r\n\r\n", 1)[0]
+                headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+                fields = [str(v) for key in ("To", "Cc") for v in headers.get_all(key, [])]
+                if any(found.lower() == wanted for _n, found in getaddresses(fields)):
+                    os.unlink(path)
+                    removed += 1
+            except OSError as exc:
+                log.warning("%s: cannot check or remove: %s", path, exc.strerror or exc)
+    return removed
 
 
 @dataclass
