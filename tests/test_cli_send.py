@@ -6,17 +6,20 @@ import json
 import re
 import shutil
 import sqlite3
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
+import trustme
+from aiosmtpd.controller import Controller
 from click.testing import CliRunner
 
 from syndicate.cli import AppContext, cli
 from syndicate.send import open_send_lock
-from tests.plugins.smtp import SmtpServer, free_port
+from tests.plugins.smtp import SmtpRecorder, SmtpServer, free_port
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 SUMMARY = re.compile(
@@ -510,3 +513,57 @@ def test_erase_deletes_the_outbox_messages_to_that_address(project: Path) -> Non
     )
     for path in (project / "outbox").rglob("*.eml"):
         assert b"To: an@example.org" not in path.read_bytes()
+
+
+@pytest.mark.parametrize("tls", ["starttls", "tls"])
+def test_send_over_smtp_with_tls_verifies_the_certificate(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls: str
+) -> None:
+    """STARTTLS (the server refuses mail before it) and implicit TLS, against a certificate
+    from a throwaway CA: trusted, mail goes; not trusted, the run stops with one line."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    handler = SmtpRecorder()
+    port = free_port()
+    if tls == "starttls":
+        controller = Controller(
+            handler,
+            hostname="127.0.0.1",
+            port=port,
+            tls_context=server_context,
+            require_starttls=True,
+            ready_timeout=10,
+        )
+    else:
+        controller = Controller(
+            handler,
+            hostname="127.0.0.1",
+            port=port,
+            ssl_context=server_context,
+            ready_timeout=10,
+        )
+    controller.start()
+    try:
+        _smtp_config(project, SmtpServer("127.0.0.1", port, handler))
+        config = project / "syndicate.toml"
+        config.write_text(
+            config.read_text(encoding="utf-8").replace('tls = "none"', f'tls = "{tls}"'),
+            encoding="utf-8",
+        )
+        _subscribe("an@example.org")
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "nobody-trusts-this.pem"))
+        code, _out, err = _run("send")
+        assert code == 2  # a setup problem, not retried
+        assert err.startswith(
+            f"Error: smtp 127.0.0.1:{port}: the server's TLS certificate is not trusted: "
+        )
+        assert len(err.splitlines()) <= 2  # the error and its hint, no traceback
+        assert handler.recipients() == []
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        code, _out, err = _run("send")
+        assert (code, err) == (0, "")
+        assert handler.recipients() == ["an@example.org"]
+    finally:
+        controller.stop()

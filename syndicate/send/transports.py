@@ -115,6 +115,18 @@ def forget_recipient(outbox: Path, address: str) -> int:
     return removed
 
 
+def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind `exc` (aiosmtplib may wrap it), if any."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 @dataclass
 class _Connection:
     client: aiosmtplib.SMTP
@@ -186,6 +198,14 @@ class SmtpMailer:
             ) from exc
         except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPTimeoutError, OSError) as exc:
             _close_quietly(client)
+            untrusted = _certificate_error(exc)
+            if untrusted is not None:  # a setup problem: waiting will not fix it
+                raise DeliveryError(
+                    f"{self.where}: the server's TLS certificate is not trusted: "
+                    f"{untrusted.verify_message or untrusted.reason}.",
+                    hint="Check smtp.host (the certificate must name it) and the CA "
+                    "certificates this machine trusts (SSL_CERT_FILE).",
+                ) from exc
             raise TransientSendError(
                 f"{self.where}: cannot connect: {exc}",
                 reply=str(exc),
