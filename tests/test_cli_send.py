@@ -203,6 +203,7 @@ def test_a_setup_problem_stops_the_run_with_exit_2(project: Path, smtpd: SmtpSer
     code, _, err = _run("send")
     assert code == 2
     assert err.startswith(f"Error: smtp 127.0.0.1:{smtpd.port}: the server refused ")
+    assert re.search(r"\. Digest \d{4}-\d\d-\d\d so far: 0 sent, 0 failed", err), err
     assert "This is a setup problem" in err
 
 
@@ -414,6 +415,8 @@ def test_a_run_stopped_by_a_down_server_is_finished_the_next_day(
     code, out, err = _run("-q", "send")
     assert (code, out) == (75, "")
     assert err.startswith(f"Error: smtp 127.0.0.1:{down.port}: cannot connect")
+    assert re.search(r"\. Digest \d{4}-\d\d-\d\d so far: 0 sent, 0 failed, 2 in flight ", err), err
+    assert len(err.splitlines()) == 1
     clock.next_day()
     _smtp_config(workdir, smtpd)
     (workdir / "seeds" / "day2.txt").write_text(DUMP_DAY2, encoding="utf-8")

@@ -25,7 +25,7 @@ from syndicate.cli.flow import (
 )
 from syndicate.config import Settings
 from syndicate.digest import render_digest
-from syndicate.errors import ConfigError, SubscriberError, TokenError
+from syndicate.errors import ConfigError, SubscriberError, SyndicateError, TokenError
 from syndicate.mail import (
     MessageTemplate,
     build_digest_template,
@@ -34,7 +34,7 @@ from syndicate.mail import (
     sign_message,
     unsubscribe_url,
 )
-from syndicate.model import DigestPlan
+from syndicate.model import DeliveryStatus, DigestPlan
 from syndicate.send import (
     MAX_ATTEMPTS,
     SendSummary,
@@ -245,7 +245,7 @@ class _Delivery:
         gc.collect()
         gc.freeze()
         try:
-            return asyncio.run(
+            summary = asyncio.run(
                 send_digest(
                     db=self.db,
                     mailer=open_mailer(settings, folder=plan.day.isoformat()),
@@ -261,9 +261,25 @@ class _Delivery:
                     progress=progress,
                 )
             )
+        except SyndicateError as exc:
+            # The run stops here: the one error line also says how far this digest got.
+            exc.message = f"{exc.message.rstrip('.')}. {self._so_far(plan)}"
+            raise
         finally:
             if progress is not None:
                 progress.close()
+        return summary
+
+    def _so_far(self, plan: DigestPlan) -> str:
+        counts = ledger.day_counts(self.db, day=plan.day)
+        sent, failed, sending = (
+            counts.get(str(status), 0)
+            for status in (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SENDING)
+        )
+        line = f"Digest {plan.day.isoformat()} so far: {sent} sent, {failed} failed"
+        if sending:
+            line += f", {sending} in flight (the next run settles them)"
+        return line + "."
 
 
 NO_SUBSCRIBERS = (
