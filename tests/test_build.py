@@ -365,6 +365,44 @@ def test_deleted_output_is_written_again(
     assert summary.unchanged == first.written - 2
 
 
+def test_edited_output_is_written_again(
+    settings: Settings, db: Database, seeds: Path, now: datetime
+) -> None:
+    first = run_build(settings, db, now=now)
+    output = settings.paths.output
+    page = next(iter(sorted((output / "articles").iterdir())))
+    original = page.read_bytes()
+    untouched = {p: p.stat().st_mtime_ns for p in output.rglob("*.html") if p != page}
+    page.write_bytes(original.replace(b"<h1>", b"<h1>EDITED "))  # a hand edit
+    summary = run_build(settings, db, now=now)
+    assert summary.written == 1
+    assert summary.unchanged == first.written - 1
+    assert page.read_bytes() == original
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
+    # Same size, new content, new time: still noticed.
+    page.write_bytes(original.replace(b"<h1>", b"<h2>", 1))
+    os.utime(page, ns=(1_000_000_000, 1_000_000_000))
+    assert run_build(settings, db, now=now).written == 1
+    assert page.read_bytes() == original
+    assert run_build(settings, db, now=now).written == 0
+
+
+def test_pages_recorded_without_a_stamp_are_stamped_by_the_next_build(
+    settings: Settings, db: Database, seeds: Path, now: datetime
+) -> None:
+    """A database from before page stamps (migration 3): pages count as fresh while their
+    file is there, and get a stamp, so a later edit is noticed."""
+    run_build(settings, db, now=now)
+    with db.transaction():
+        db.conn.execute("UPDATE pages SET size = NULL, mtime_ns = NULL")
+    assert run_build(settings, db, now=now).written == 0
+    stamps = db.conn.execute("SELECT count(*) FROM pages WHERE size IS NULL").fetchone()
+    assert stamps == (0,)
+    page = settings.paths.output / "index.html"
+    page.write_bytes(page.read_bytes() + b"<!-- edited -->")
+    assert run_build(settings, db, now=now).written == 1
+
+
 def test_explicit_paths_and_missing_path(
     settings: Settings, db: Database, seeds: Path, now: datetime
 ) -> None:

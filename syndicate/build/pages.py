@@ -103,7 +103,7 @@ def run_build(
     output = settings.paths.output
     info = _site_info(settings)
     renderer = SiteRenderer(info, site_templates_dir())
-    writer = _Writer(output, store.read_page_fingerprints(db))
+    writer = _Writer(output, *store.read_page_fingerprints(db))
     staging = _open_staging(output)
     stager = Stager(renderer, staging, writer.old) if staging is not None else None
     try:
@@ -128,7 +128,12 @@ def run_build(
     with db.transaction():
         store.delete_page_fingerprints(db, (rel for rel in writer.old if rel not in writer.new))
         store.write_page_fingerprints(
-            db, ((rel, fp) for rel, fp in writer.new.items() if writer.old.get(rel) != fp)
+            db,
+            (
+                (rel, fp, *(writer.new_stamps.get(rel) or (None, None)))
+                for rel, fp in writer.new.items()
+                if writer.old.get(rel) != fp or writer.stamps.get(rel) != writer.new_stamps[rel]
+            ),
         )
     return BuildSummary(
         articles=sync.articles,

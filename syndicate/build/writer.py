@@ -1,7 +1,8 @@
 """Build: the page writer. Atomic writes on one background thread; unchanged pages are skipped.
 
 A page is fresh when the fingerprint of its inputs matches the one stored by the
-last build and its file is still there: it is then neither rendered nor written.
+last build and its file is as that build left it (same size and modification time):
+it is then neither rendered nor written. A page deleted or edited since is written again.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from syndicate.output import move_into_place, write_atomic
+from syndicate.store.articles import PageStamp
 
 # Rendered pages waiting for the writer thread, at most (bounds the memory they hold).
 _WRITES_IN_FLIGHT = 64
@@ -25,10 +27,17 @@ class _Writer:
     in memory. `finish()` waits for them all and raises the first write error.
     """
 
-    def __init__(self, output: Path, fingerprints: dict[str, str]) -> None:
+    def __init__(
+        self,
+        output: Path,
+        fingerprints: dict[str, str],
+        stamps: dict[str, PageStamp] | None = None,
+    ) -> None:
         self.output = output
         self.old = fingerprints
+        self.stamps = stamps or {}  # how the last build left each page (size, mtime_ns)
         self.new: dict[str, str] = {}
+        self.new_stamps: dict[str, PageStamp | None] = {}
         self.written = 0
         self.unchanged = 0
         self._listings: dict[str, frozenset[str]] = {}
@@ -39,11 +48,27 @@ class _Writer:
     def fresh(self, rel: str, fingerprint: str) -> bool:
         """True (and counted as unchanged) when `rel` was built from these inputs before
         and its file is still there."""
-        if self.old.get(rel) == fingerprint and self._exists(rel):
-            self.new[rel] = fingerprint
-            self.unchanged += 1
-            return True
-        return False
+        if self.old.get(rel) != fingerprint:
+            return False
+        stamp = self.stamps.get(rel)
+        if stamp is None:  # recorded before stamps were kept: is the file there at all?
+            if not self._exists(rel):
+                return False
+            stamp = self._stamp(rel)
+        elif self._stamp(rel) != stamp:  # deleted, or edited since
+            return False
+        self.new[rel] = fingerprint
+        self.new_stamps[rel] = stamp
+        self.unchanged += 1
+        return True
+
+    def _stamp(self, rel: str) -> PageStamp | None:
+        """The size and modification time of the page file now, or None when it is gone."""
+        try:
+            st = os.stat(f"{self._root}/{rel}")
+        except OSError:
+            return None
+        return (st.st_size, st.st_mtime_ns)
 
     def _exists(self, rel: str) -> bool:
         """Whether `rel` was a file when its folder was first looked at (one listing per
@@ -82,6 +107,7 @@ class _Writer:
         else:
             self.unchanged += 1
         self.new[rel] = fingerprint
+        self.new_stamps[rel] = self._stamp(rel)
 
     def drain(self) -> None:
         """Wait for every queued write; raise the first failure."""

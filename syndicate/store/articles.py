@@ -82,11 +82,12 @@ SELECT_ARTICLES_NEWEST_FIRST_START = """
     LIMIT :limit
 """
 
-# Page fingerprints from the last build.
-SELECT_PAGES = "SELECT path, fingerprint FROM pages"
+# Page fingerprints (and how each file was left) from the last build.
+SELECT_PAGES = "SELECT path, fingerprint, size, mtime_ns FROM pages"
 UPSERT_PAGE = """
-    INSERT INTO pages (path, fingerprint) VALUES (?, ?)
-    ON CONFLICT (path) DO UPDATE SET fingerprint = excluded.fingerprint
+    INSERT INTO pages (path, fingerprint, size, mtime_ns) VALUES (?, ?, ?, ?)
+    ON CONFLICT (path) DO UPDATE SET
+        fingerprint = excluded.fingerprint, size = excluded.size, mtime_ns = excluded.mtime_ns
 """
 DELETE_PAGE = "DELETE FROM pages WHERE path = ?"
 
@@ -400,16 +401,29 @@ def iter_articles_newest_first(db: Database, *, batch: int = _BATCH) -> Iterator
         key = {"k": last_key, "id": last_id, "limit": batch}
 
 
-def read_page_fingerprints(db: Database) -> dict[str, str]:
-    """Every page the last build recorded, with its input fingerprint."""
+# How a build left a page file: its size and modification time (ns).
+PageStamp = tuple[int, int]
+
+
+def read_page_fingerprints(db: Database) -> tuple[dict[str, str], dict[str, PageStamp]]:
+    """Every page the last build recorded: its input fingerprint, and (when known) the size
+    and modification time its file had then."""
+    fingerprints: dict[str, str] = {}
+    stamps: dict[str, PageStamp] = {}
     try:
-        return {str(path): str(fp) for path, fp in db.conn.execute(SELECT_PAGES)}
+        for path, fp, size, mtime_ns in db.conn.execute(SELECT_PAGES):
+            fingerprints[str(path)] = str(fp)
+            if size is not None and mtime_ns is not None:
+                stamps[str(path)] = (int(size), int(mtime_ns))
     except sqlite3.Error as exc:
         raise _wrap("read the page fingerprints", db, exc) from exc
+    return fingerprints, stamps
 
 
-def write_page_fingerprints(db: Database, pages: Iterable[tuple[str, str]]) -> None:
-    """Record (path, fingerprint) pairs for pages just written or confirmed."""
+def write_page_fingerprints(
+    db: Database, pages: Iterable[tuple[str, str, int | None, int | None]]
+) -> None:
+    """Record (path, fingerprint, size, mtime_ns) for pages just written or confirmed."""
     try:
         db.conn.executemany(UPSERT_PAGE, pages)
     except sqlite3.Error as exc:

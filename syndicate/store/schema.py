@@ -115,4 +115,10 @@ MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE articles ADD COLUMN body TEXT",
     ],
+    # 3: the size and modification time of each page as the build left it, so a page
+    # edited by hand (or by anything else) is written again by the next build.
+    [
+        "ALTER TABLE pages ADD COLUMN size INTEGER",
+        "ALTER TABLE pages ADD COLUMN mtime_ns INTEGER",
+    ],
 ]
