@@ -138,3 +138,11 @@ def test_a_parsed_body_gives_the_same_stored_form_as_encoding_it_again() -> None
     article, body = parse_dump_with_body(dump, source="a.txt", tz=ZoneInfo("Asia/Ho_Chi_Minh"))
     assert body == "\n".join(b.text for b in article.body).encode()
     assert encode_record(article, body) == encode_record(article)
+
+
+def test_page_stamps_pack_size_and_time_losslessly() -> None:
+    from syndicate.store.articles import page_stamp, stamp_parts
+
+    for size, mtime_ns in [(0, 0), (15_321, 1_764_000_000_123_456_789), (2**40, 2**63 - 1)]:
+        assert stamp_parts(page_stamp(size, mtime_ns)) == (size, mtime_ns)
+    assert page_stamp(1, 2) != page_stamp(2, 1)

@@ -130,7 +130,7 @@ def run_build(
         store.write_page_fingerprints(
             db,
             (
-                (rel, fp, *(writer.new_stamps.get(rel) or (None, None)))
+                (rel, fp, *_stamp_columns(writer.new_stamps.get(rel)))
                 for rel, fp in writer.new.items()
                 if writer.old.get(rel) != fp or writer.stamps.get(rel) != writer.new_stamps[rel]
             ),
@@ -271,6 +271,10 @@ def _write_feeds(
             page_urls=urls,
         )
         writer.write(name, data, _hash(data), fsync=True)
+
+
+def _stamp_columns(stamp: store.PageStamp | None) -> tuple[int | None, int | None]:
+    return (None, None) if stamp is None else store.stamp_parts(stamp)
 
 
 def _remove_stale(output: Path, writer: _Writer) -> int:

@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from syndicate.output import move_into_place, write_atomic
-from syndicate.store.articles import PageStamp
+from syndicate.store.articles import PageStamp, page_stamp
 
 # Rendered pages waiting for the writer thread, at most (bounds the memory they hold).
 _WRITES_IN_FLIGHT = 64
@@ -35,7 +35,7 @@ class _Writer:
     ) -> None:
         self.output = output
         self.old = fingerprints
-        self.stamps = stamps or {}  # how the last build left each page (size, mtime_ns)
+        self.stamps = stamps or {}  # how the last build left each page (size and mtime)
         self.new: dict[str, str] = {}
         self.new_stamps: dict[str, PageStamp | None] = {}
         self.written = 0
@@ -68,7 +68,7 @@ class _Writer:
             st = os.stat(f"{self._root}/{rel}")
         except OSError:
             return None
-        return (st.st_size, st.st_mtime_ns)
+        return page_stamp(st.st_size, st.st_mtime_ns)
 
     def _exists(self, rel: str) -> bool:
         """Whether `rel` was a file when its folder was first looked at (one listing per

@@ -402,7 +402,18 @@ def iter_articles_newest_first(db: Database, *, batch: int = _BATCH) -> Iterator
 
 
 # How a build left a page file: its size and modification time (ns).
-PageStamp = tuple[int, int]
+# Packed in one int (size << 64 | mtime_ns): one object per page, not a tuple of two.
+PageStamp = int
+
+
+def page_stamp(size: int, mtime_ns: int) -> PageStamp:
+    """The stamp of a file of `size` bytes last modified at `mtime_ns`."""
+    return size << 64 | mtime_ns
+
+
+def stamp_parts(stamp: PageStamp) -> tuple[int, int]:
+    """(size, mtime_ns) of a stamp."""
+    return stamp >> 64, stamp & (1 << 64) - 1
 
 
 def read_page_fingerprints(db: Database) -> tuple[dict[str, str], dict[str, PageStamp]]:
@@ -414,7 +425,7 @@ def read_page_fingerprints(db: Database) -> tuple[dict[str, str], dict[str, Page
         for path, fp, size, mtime_ns in db.conn.execute(SELECT_PAGES):
             fingerprints[str(path)] = str(fp)
             if size is not None and mtime_ns is not None:
-                stamps[str(path)] = (int(size), int(mtime_ns))
+                stamps[str(path)] = page_stamp(int(size), int(mtime_ns))
     except sqlite3.Error as exc:
         raise _wrap("read the page fingerprints", db, exc) from exc
     return fingerprints, stamps
