@@ -33,26 +33,36 @@ def write_atomic(
             return False
         fd, tmp = _create_temp(path)
         try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if fsync:
-                    os.fsync(fd)
-                os.fchmod(fd, 0o644)
-            finally:
-                os.close(fd)
+            _fill(fd, data, fsync=fsync)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
     except OSError as exc:
-        raise OutputError(
-            f"{path}: cannot write: {exc.strerror or exc}.",
-            hint="Check that the output folder exists and is writable (paths.output).",
-        ) from exc
+        raise _write_error(path, exc) from exc
     return True
+
+
+def _fill(fd: int, data: bytes, *, fsync: bool) -> None:
+    """Write all of `data` to the new file `fd`, flush it if asked, make it public (0644)
+    and close it."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
+        os.fchmod(fd, 0o644)
+    finally:
+        os.close(fd)
+
+
+def _write_error(path: str | Path, exc: OSError) -> OutputError:
+    return OutputError(
+        f"{path}: cannot write: {exc.strerror or exc}.",
+        hint="Check that the output folder exists and is writable (paths.output).",
+    )
 
 
 def _create_temp(path: Path) -> tuple[int, str]:
@@ -92,13 +102,7 @@ def write_new(path: str | Path, data: bytes) -> None:
     """
     fd = os.open(path, _TEMP_FLAGS, 0o600)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fchmod(fd, 0o644)
-        finally:
-            os.close(fd)
+        _fill(fd, data, fsync=False)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(path)
@@ -135,8 +139,5 @@ def move_into_place(staged: str | Path, path: str | Path) -> bool | None:
                 return None
             raise
     except OSError as exc:
-        raise OutputError(
-            f"{path}: cannot write: {exc.strerror or exc}.",
-            hint="Check that the output folder exists and is writable (paths.output).",
-        ) from exc
+        raise _write_error(path, exc) from exc
     return True

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import trustme
-from aiosmtpd.controller import Controller
 from click.testing import CliRunner
 
 from syndicate.cli import AppContext, cli
 from syndicate.send import open_send_lock
-from tests.plugins.smtp import SmtpRecorder, SmtpServer, free_port
+from tests.plugins.smtp import SmtpServer, free_port, run_smtp_server
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 SUMMARY = re.compile(
@@ -527,28 +526,13 @@ def test_send_over_smtp_with_tls_verifies_the_certificate(
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    handler = SmtpRecorder()
-    port = free_port()
     if tls == "starttls":
-        controller = Controller(
-            handler,
-            hostname="127.0.0.1",
-            port=port,
-            tls_context=server_context,
-            require_starttls=True,
-            ready_timeout=10,
-        )
+        options = {"tls_context": server_context, "require_starttls": True}
     else:
-        controller = Controller(
-            handler,
-            hostname="127.0.0.1",
-            port=port,
-            ssl_context=server_context,
-            ready_timeout=10,
-        )
-    controller.start()
-    try:
-        _smtp_config(project, SmtpServer("127.0.0.1", port, handler))
+        options = {"ssl_context": server_context}
+    with run_smtp_server(**options) as server:
+        handler, port = server.handler, server.port
+        _smtp_config(project, server)
         config = project / "syndicate.toml"
         config.write_text(
             config.read_text(encoding="utf-8").replace('tls = "none"', f'tls = "{tls}"'),
@@ -568,5 +552,3 @@ def test_send_over_smtp_with_tls_verifies_the_certificate(
         code, _out, err = _run("send")
         assert (code, err) == (0, "")
         assert handler.recipients() == ["an@example.org"]
-    finally:
-        controller.stop()

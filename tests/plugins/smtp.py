@@ -126,10 +126,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def run_smtp_server(handler: SmtpRecorder | None = None) -> Iterator[SmtpServer]:
-    """Run an aiosmtpd server in its thread for the block."""
+def run_smtp_server(handler: SmtpRecorder | None = None, **options: Any) -> Iterator[SmtpServer]:
+    """Run an aiosmtpd server in its thread for the block (`options`: more Controller
+    arguments, such as a TLS context)."""
     handler = handler or SmtpRecorder()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), ready_timeout=10)
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=free_port(), ready_timeout=10, **options
+    )
     controller.start()
     try:
         yield SmtpServer("127.0.0.1", controller.port, handler)
