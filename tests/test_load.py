@@ -701,6 +701,29 @@ def test_read_dump_enforces_the_size_limit(tmp_path: Path) -> None:
     )
 
 
+def test_read_dump_reads_whole_files_of_any_size_up_to_the_limit(tmp_path: Path) -> None:
+    for size in (0, 1, 4095, 4096):
+        path = tmp_path / f"{size}.txt"
+        path.write_bytes(bytes(range(256)) * (size // 256) + b"y" * (size % 256))
+        assert read_dump(path, max_bytes=4096) == path.read_bytes()
+    with pytest.raises(DumpError, match="larger than the limit"):
+        read_dump(tmp_path / "4096.txt", max_bytes=4095)
+
+
+def test_read_dump_reads_on_past_the_size_the_file_reported() -> None:
+    # Files under /proc report size 0 but have content: the read goes on to the real end,
+    # as it must for a file that grew after it was looked at.
+    status = Path("/proc/self/status")
+    if not status.is_file():  # pragma: no cover - Linux only
+        pytest.skip("needs /proc")
+    data = read_dump(status, max_bytes=1 << 20)
+    assert data.startswith(b"Name:")
+    assert data.endswith(b"\n")
+    assert len(data) > 100
+    with pytest.raises(DumpError, match="larger than the limit"):
+        read_dump(status, max_bytes=50)
+
+
 def test_read_dump_reports_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(DumpError) as info:
         read_dump(tmp_path / "missing.txt", max_bytes=100)

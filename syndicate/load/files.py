@@ -122,32 +122,53 @@ def read_dump(path: Path, *, max_bytes: int, source: str | None = None) -> bytes
             f"cannot be read: {exc.strerror or exc}.",
             hint="Check that the file exists and is readable.",
         ) from exc
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        if stat.S_ISDIR(mode):
-            raise DumpError(where, "is a folder, not a dump file.")
-        raise DumpError(
-            where,
-            "is not a regular file (a FIFO, socket or device).",
-            hint="Give dump files only.",
-        )
-    with os.fdopen(fd, "rb") as handle:
-        try:
-            data = handle.read(max_bytes + 1)
-        except OSError as exc:
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            if stat.S_ISDIR(st.st_mode):
+                raise DumpError(where, "is a folder, not a dump file.")
             raise DumpError(
                 where,
-                f"cannot be read: {exc.strerror or exc}.",
-                hint="Check that the file exists and is readable.",
-            ) from exc
-    if len(data) > max_bytes:
+                "is not a regular file (a FIFO, socket or device).",
+                hint="Give dump files only.",
+            )
+        # Larger already: not read at all (the check below covers a file that grows).
+        data = b"" if st.st_size > max_bytes else _read_to_end(fd, st.st_size, max_bytes)
+    except OSError as exc:
+        raise DumpError(
+            where,
+            f"cannot be read: {exc.strerror or exc}.",
+            hint="Check that the file exists and is readable.",
+        ) from exc
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes or st.st_size > max_bytes:
         raise DumpError(
             where,
             f"is larger than the limit of {_size(max_bytes)}.",
             hint="Raise load.max_bytes in the config if the file is a real article.",
         )
     return data
+
+
+def _read_to_end(fd: int, size: int, max_bytes: int) -> bytes:
+    """Read the file `fd` to its end, but no more than `max_bytes` + 1 bytes.
+
+    `size` (from fstat) sizes the first read: one read and one at the end of the file,
+    where a buffered read of `max_bytes` + 1 would allocate that much (10 MiB) each time.
+    A file that grows meanwhile is read on; one byte over the limit is enough to tell.
+    """
+    parts = []
+    total = 0
+    want = min(max(size, 0), max_bytes) + 1
+    while total <= max_bytes:
+        chunk = os.read(fd, want)
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+        want = min(1 << 20, max_bytes + 1 - total)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def read_dumps(
