@@ -506,6 +506,31 @@ def test_a_change_within_the_same_mtime_tick_is_caught(
     assert summary.written == 4  # its page and the three feeds
 
 
+def test_signatures_are_taken_in_path_order_as_far_as_they_are_needed(
+    settings: Settings, db: Database, seeds: Path, now: datetime
+) -> None:
+    """The workers start on the first dumps to read while the rest are still being signed."""
+    found = sorted(load.find_dump_paths([seeds]))
+    for path in found:  # older than the racy window: the cache vouches by signature
+        os.utime(path, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+    run_build(settings, db, now=now)
+    Path(found[2]).write_bytes(b"changed\n{publish}\n{head}\nText.\n")
+    sync = build.sync._Sync(settings, db, now=now)
+    signer = build.sync._Signer(sync, found, os.getcwd())
+    signed: list[str] = []
+    original = sync.signature
+    sync.signature = lambda path, shown: (signed.append(path), original(path, shown))[1]  # type: ignore[method-assign]
+    assert signer.count_todo(1) == 1  # the changed dump: the cached ones before it are not
+    assert signed == found[:3]
+    todo = signer.todo()
+    assert next(todo)[0] == found[2]
+    assert [item[0] for item in signer.items(0, 2)] == found[:2]
+    assert next(todo, None) is None  # the others are vouched for: signing runs to the end
+    assert signed == found
+    items = signer.items(0, len(found) + 5)
+    assert [(item[0], item[4]) for item in items] == [(path, path == found[2]) for path in found]
+
+
 def test_worker_processes_give_the_same_site_store_and_warnings(
     tmp_path: Path, now: datetime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

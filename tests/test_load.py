@@ -16,6 +16,7 @@ from syndicate.errors import DumpError, InputError
 from syndicate.load import (
     PARSER_VERSION,
     decode_dump,
+    find_dump_paths,
     find_dumps,
     parse_dump,
     read_dump,
@@ -915,7 +916,7 @@ def test_hostile_articles_fixture_is_well_formed(hostile_articles: list[Article]
     )
 
 
-def test_find_dumps_finds_what_rglob_finds(tmp_path: Path) -> None:
+def test_find_dumps_finds_what_rglob_finds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The scandir walk keeps pathlib's rules: dot files, no linked folders, links kept."""
     root = tmp_path / "seeds"
     (root / "b" / "deep").mkdir(parents=True)
@@ -931,6 +932,12 @@ def test_find_dumps_finds_what_rglob_finds(tmp_path: Path) -> None:
     os.mkfifo(root / "pipe.txt")  # not a regular file
     expected = sorted(p for p in root.rglob("*.txt") if p.is_file() or p.is_symlink())
     assert list(find_dumps([root])) == expected
+    assert list(find_dump_paths([root])) == [str(p) for p in expected]
+    # Text paths are spelled as str(Path) spells them, from any root.
+    monkeypatch.chdir(root)
+    for named in (Path("."), Path("b"), Path("b/"), Path("./b/deep"), Path("a.txt")):
+        assert list(find_dump_paths([named])) == [str(p) for p in find_dumps([named])]
+    assert list(find_dump_paths([Path(".")]))[:2] == [".dot.txt", ".hidden/h.txt"]
     assert [p.relative_to(root).as_posix() for p in expected] == [
         ".dot.txt",
         ".hidden/h.txt",

@@ -56,7 +56,7 @@ def parse_version(timezone: str) -> int:
 
 
 def _read_and_parse(
-    path: Path,
+    path: str | Path,
     shown: str,
     cached: store.CachedDump | None,
     *,
@@ -88,7 +88,7 @@ def _read_and_parse(
 
 
 # One unit of work for a parse worker: path, shown path, cache entry.
-_Job = tuple[Path, str, "store.CachedDump | None"]
+_Job = tuple[str, str, "store.CachedDump | None"]
 # A read failure, as plain values (DumpError does not pickle): path, reason, line, hint.
 _Failed = tuple[str, str, int | None, str | None]
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from syndicate import load
+from syndicate.build import workers
 from syndicate.build.reading import _decode_error, _Read, _read_and_parse, parse_version
 from syndicate.build.workers import BuildPool, _use_workers
 from syndicate.config import Settings
@@ -113,7 +114,7 @@ class _Sync:
             return cached
         return None
 
-    def read(self, path: Path, key: str, shown: str) -> _Read:
+    def read(self, path: str, key: str, shown: str) -> _Read:
         """Read (and parse when needed) in this process; DumpError when unreadable."""
         return _read_and_parse(
             path, shown, self.cache.get(key), max_bytes=self.max_bytes, tz=self.tz
@@ -121,7 +122,7 @@ class _Sync:
 
     def add(
         self,
-        path: Path,
+        path: str,
         key: str,
         shown: str,
         st: _Signature | DumpError,
@@ -213,6 +214,58 @@ class _Sync:
         )
 
 
+# A dump to sync: path, cache key (absolute path), path shown, signature, must it be read.
+_Item = tuple[str, str, str, "_Signature | DumpError", bool]
+
+
+class _Signer:
+    """Takes the dumps' signatures in path order, as far as they are asked for.
+
+    `items` gives them to the sync loop; `todo` gives the dumps to read, ahead of it.
+    """
+
+    def __init__(self, sync: _Sync, found: Sequence[str], cwd: str) -> None:
+        self._sync = sync
+        self._found = found
+        self._cwd = cwd
+        self._items: list[_Item] = []
+        self._todo: list[tuple[str, str, str]] = []  # path, key, shown of those to read
+
+    def _sign_next(self) -> bool:
+        """Sign the next dump; False when all are signed."""
+        done = len(self._items)
+        if done == len(self._found):
+            return False
+        text = self._found[done]
+        key = text if os.path.isabs(text) else os.path.join(self._cwd, text)
+        shown = _shown(text, self._cwd)
+        st = self._sync.signature(text, shown)
+        must_read = not isinstance(st, DumpError) and self._sync.vouched(key, st) is None
+        self._items.append((text, key, shown, st, must_read))
+        if must_read:
+            self._todo.append((text, key, shown))
+        return True
+
+    def count_todo(self, enough: int) -> int:
+        """How many dumps must be read, counting no further than `enough`."""
+        while len(self._todo) < enough and self._sign_next():
+            pass
+        return len(self._todo)
+
+    def todo(self) -> Iterator[tuple[str, str, str]]:
+        """The dumps to read (path, key, shown), in path order, signing as it goes."""
+        index = 0
+        while index < len(self._todo) or self.count_todo(index + 1) > index:
+            yield self._todo[index]
+            index += 1
+
+    def items(self, start: int, stop: int) -> list[_Item]:
+        """The signed dumps from `start` to `stop` (fewer at the end)."""
+        while len(self._items) < stop and self._sign_next():
+            pass
+        return self._items[start:stop]
+
+
 def sync_articles(
     settings: Settings,
     db: Database,
@@ -236,32 +289,25 @@ def sync_articles(
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     roots = list(paths) if paths else [settings.paths.seeds]
-    found = sorted(set(load.find_dumps(roots)), key=str)
+    found = sorted(set(load.find_dump_paths(roots)))
     total = len(found)
-    cwd = os.getcwd()
     sync = _Sync(settings, db, now=now)
-    # Every signature is taken before any dump is read (a write after it shows up next run),
-    # which also tells which dumps must be read: those the cache cannot vouch for.
-    items = []
-    for path in found:
-        text = str(path)
-        key = text if os.path.isabs(text) else os.path.join(cwd, text)
-        shown = _shown(text, cwd)
-        st = sync.signature(text, shown)
-        must_read = not isinstance(st, DumpError) and sync.vouched(key, st) is None
-        items.append((path, key, shown, st, must_read))
-    todo = [(path, key, shown) for path, key, shown, _st, must_read in items if must_read]
+    signer = _Signer(sync, found, os.getcwd())
     reads = own_pool = None
-    if _use_workers(len(todo)):
+    # Signatures are taken as the dumps are needed, each before its dump is read (a write
+    # after it shows up next run); they also tell which dumps must be read: those the
+    # cache cannot vouch for. With enough of those, the workers start on the first ones
+    # while this process signs the rest.
+    if _use_workers(signer.count_todo(workers._PARALLEL_MIN)):
         if pool is None:
             pool = own_pool = BuildPool(None, settings.paths.output)
-        reads = pool.reads(sync.cache, todo, settings)
+        reads = pool.reads(sync.cache, signer.todo(), settings)
     seen: set[str] = set()
     try:
         for start in range(0, total, _SYNC_BATCH):
             with db.transaction():
                 for done, (path, key, shown, st, must_read) in enumerate(
-                    items[start : start + _SYNC_BATCH], start + 1
+                    signer.items(start, start + _SYNC_BATCH), start + 1
                 ):
                     seen.add(key)
                     read = next(reads) if reads is not None and must_read else None

@@ -15,7 +15,7 @@ import itertools
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -79,6 +79,13 @@ def _use_workers(count: int) -> bool:
         and (os.cpu_count() or 1) > 1
         and "fork" in multiprocessing.get_all_start_methods()
     )
+
+
+def _chunks(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    """`items` in lists of `size` (the last may be shorter), taken lazily."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def _result(future: Future[_T]) -> _T:
@@ -200,22 +207,22 @@ class BuildPool:
     def reads(
         self,
         cache: Mapping[str, store.CachedDump],
-        todo: list[tuple[Path, str, str]],
+        todo: Iterable[tuple[str, str, str]],
         settings: Settings,
     ) -> Generator[_Read | DumpError, None, None]:
         """Read and parse `todo` (path, key, shown) in the workers, yielding in order; the
-        stager renders each parsed article's page."""
-        max_bytes, timezone = settings.load.max_bytes, settings.site.timezone
+        stager renders each parsed article's page. `todo` is taken lazily, a chunk at a
+        time, as the workers need more."""
         tasks = (
             (
                 _work,
                 (
-                    [(path, shown, cache.get(key)) for path, key, shown in todo[i : i + _CHUNK]],
-                    max_bytes,
-                    timezone,
+                    [(path, shown, cache.get(key)) for path, key, shown in chunk],
+                    settings.load.max_bytes,
+                    settings.site.timezone,
                 ),
             )
-            for i in range(0, len(todo), _CHUNK)
+            for chunk in _chunks(todo, _CHUNK)
         )
         for results in self._ordered(tasks):
             for got in results:

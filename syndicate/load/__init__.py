@@ -9,7 +9,14 @@ Modules: `files` (finding and reading dump files), `decode` (bytes -> text),
 
 from syndicate.load.dates import LEAD_DATE_WITHIN
 from syndicate.load.decode import decode_dump
-from syndicate.load.files import check_name, display_path, find_dumps, read_dump, read_dumps
+from syndicate.load.files import (
+    check_name,
+    display_path,
+    find_dump_paths,
+    find_dumps,
+    read_dump,
+    read_dumps,
+)
 from syndicate.load.parse import PARSER_VERSION, TITLE_LIMIT, parse_dump, parse_dump_with_body
 
 __all__ = [
@@ -19,6 +26,7 @@ __all__ = [
     "check_name",
     "decode_dump",
     "display_path",
+    "find_dump_paths",
     "find_dumps",
     "parse_dump",
     "parse_dump_with_body",

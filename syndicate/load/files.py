@@ -24,6 +24,12 @@ def find_dumps(paths: Sequence[Path]) -> Iterator[Path]:
     recursively, sorted by path. Every path is checked before the first one is yielded:
     a path that does not exist raises InputError.
     """
+    for path in find_dump_paths(paths):
+        yield Path(path)
+
+
+def find_dump_paths(paths: Sequence[Path]) -> Iterator[str]:
+    """`find_dumps` as text: `str(path)` of each dump, without making a Path per dump."""
     for path in paths:
         if not path.exists():
             raise InputError(
@@ -31,17 +37,20 @@ def find_dumps(paths: Sequence[Path]) -> Iterator[Path]:
                 hint="Give existing dump files or folders (the default is paths.seeds).",
             )
     for path in paths:
+        root = os.fspath(path)
         if path.is_dir():
             try:
-                found = sorted(_dump_names(os.fspath(path)))
+                found = sorted(_dump_names(root))
             except OSError as exc:
                 raise InputError(
                     f"{path}: cannot read this folder: {exc.strerror or exc}.",
                     hint="Check its permissions.",
                 ) from exc
-            yield from (path.joinpath(*parts) for parts in found)
+            # As str(path.joinpath(*parts)) has it: "." is dropped, "/" not doubled.
+            prefix = "" if root == "." else root if root.endswith("/") else root + "/"
+            yield from (prefix + "/".join(parts) for parts in found)
         else:
-            yield path
+            yield root
 
 
 def _dump_names(root: str, parts: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
@@ -103,7 +112,7 @@ def check_name(path: Path | str, *, source: str | None = None) -> None:
         ) from None
 
 
-def read_dump(path: Path, *, max_bytes: int, source: str | None = None) -> bytes:
+def read_dump(path: str | Path, *, max_bytes: int, source: str | None = None) -> bytes:
     """Return the bytes of one dump; DumpError when it is too large or cannot be read.
 
     `source` names the file in messages (default: the path). Only regular files are
