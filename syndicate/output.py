@@ -44,9 +44,9 @@ def write_atomic(
     return True
 
 
-def _fill(fd: int, data: bytes, *, fsync: bool) -> None:
+def _fill(fd: int, data: bytes, *, fsync: bool) -> int:
     """Write all of `data` to the new file `fd`, flush it if asked, make it public (0644)
-    and close it."""
+    and close it. Returns the file's modification time (ns) once written."""
     try:
         view = memoryview(data)
         while view:
@@ -54,6 +54,7 @@ def _fill(fd: int, data: bytes, *, fsync: bool) -> None:
         if fsync:
             os.fsync(fd)
         os.fchmod(fd, 0o644)
+        return os.fstat(fd).st_mtime_ns
     finally:
         os.close(fd)
 
@@ -93,8 +94,9 @@ def _same_bytes(path: str | Path, data: bytes) -> bool:
         return False
 
 
-def write_new(path: str | Path, data: bytes) -> None:
-    """Create `path` (which must not exist) holding `data`, mode 0644; no fsync.
+def write_new(path: str | Path, data: bytes) -> int:
+    """Create `path` (which must not exist) holding `data`, mode 0644; no fsync. Returns
+    its modification time (ns), which a rename keeps.
 
     For staged files in a private folder: they reach their public name later through
     `move_into_place`, which is the atomic step. Raises OSError (FileExistsError when
@@ -102,23 +104,24 @@ def write_new(path: str | Path, data: bytes) -> None:
     """
     fd = os.open(path, _TEMP_FLAGS, 0o600)
     try:
-        _fill(fd, data, fsync=False)
+        return _fill(fd, data, fsync=False)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise
 
 
-def move_into_place(staged: str | Path, path: str | Path) -> bool | None:
+def move_into_place(staged: str | Path, path: str | Path, *, absent: bool = False) -> bool | None:
     """Atomically replace `path` with the finished file `staged` (same file system).
 
     Returns True when moved; False, removing `staged` and leaving `path` as it was, when
     `path` already holds exactly the same bytes; None when there is no `staged` file, or
     when `path` is on another file system (its folder links elsewhere): the caller then
     writes the file there itself. Raises OutputError on any other OS failure.
+    `absent` says the caller knows `path` is not there: it is then not looked for.
     """
     try:
-        if os.path.exists(path):
+        if not absent and os.path.exists(path):
             try:
                 with open(staged, "rb") as handle:
                     data = handle.read()

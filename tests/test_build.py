@@ -591,6 +591,34 @@ def test_worker_pages_are_moved_into_place_not_rendered_again(
     kinds = db.conn.execute("SELECT DISTINCT typeof(record) FROM articles").fetchall()
     assert kinds == [("text",)]
     assert get_article(db, db.conn.execute("SELECT id FROM articles").fetchone()[0])
+    # The stamps the workers took of the staged files are those of the pages in place.
+    stamps = db.conn.execute("SELECT path, size, mtime_ns FROM pages").fetchall()
+    assert len(stamps) > summary.articles
+    for rel, size, mtime_ns in stamps:
+        st = (output / rel).stat()
+        assert (size, mtime_ns) == (st.st_size, st.st_mtime_ns), rel
+    assert run_build(settings, db, now=now).written == 0
+
+
+def test_a_worker_build_into_a_full_output_folder_keeps_the_same_pages(
+    settings: Settings, seeds: Path, now: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store is lost, the pages are not: staged pages equal to those in place are not
+    moved over them."""
+    monkeypatch.setattr(build.workers, "_PARALLEL_MIN", 1)
+    with open_database(settings.paths.database) as first:
+        run_build(settings, first, now=now)
+    output = settings.paths.output
+    before = {p: p.stat().st_mtime_ns for p in (output / "articles").iterdir()}
+    settings.paths.database.unlink()
+    with open_database(settings.paths.database) as second:
+        summary = run_build(settings, second, now=now)
+        stamps = second.conn.execute("SELECT path, size, mtime_ns FROM pages").fetchall()
+    assert summary.written == 0
+    assert {p: p.stat().st_mtime_ns for p in (output / "articles").iterdir()} == before
+    for rel, size, mtime_ns in stamps:
+        st = (output / rel).stat()
+        assert (size, mtime_ns) == (st.st_size, st.st_mtime_ns), rel
 
 
 def test_a_staging_folder_left_by_a_killed_build_is_removed(

@@ -203,7 +203,12 @@ def _write_pages(
         fingerprint = page_fingerprint(renderer.fingerprint, slug, summary.record_hash)
         if writer.fresh(rel, fingerprint):
             continue
-        if staging is not None and writer.adopt(rel, staging.staged(fingerprint), fingerprint):
+        stamp = pool.staged.pop(fingerprint, None)
+        if (
+            staging is not None
+            and stamp is not None
+            and writer.adopt(rel, staging.staged(fingerprint), fingerprint, stamp)
+        ):
             continue
         todo.append((rel, slug, summary.id, fingerprint))
     if _use_workers(len(todo)):

@@ -43,6 +43,8 @@ class _Read:
     error: str | None  # the encoded parse rejection
     row: store.ArticleRow | None  # the article, when parsed just now
     parsed: bool
+    # The fingerprint and file stamp of the page a worker staged for the article, if any.
+    staged: tuple[str, store.PageStamp] | None = None
 
 
 def parse_version(timezone: str) -> int:
@@ -82,9 +84,8 @@ def _read_and_parse(
     except DumpError as exc:
         return _Read(content_hash, None, _encode_error(exc), None, parsed=True)
     row = store.article_row(article, body)
-    if stager is not None:
-        stager.stage(article, row.record_hash)
-    return _Read(content_hash, article.id, None, row, parsed=True)
+    staged = stager.stage(article, row.record_hash) if stager is not None else None
+    return _Read(content_hash, article.id, None, row, parsed=True, staged=staged)
 
 
 # One unit of work for a parse worker: path, shown path, cache entry.

@@ -22,6 +22,7 @@ from pathlib import Path
 from syndicate.model import Article
 from syndicate.output import write_new
 from syndicate.site import SiteRenderer, article_path
+from syndicate.store.articles import PageStamp, page_stamp
 
 STAGING_FOLDER = ".staging"
 
@@ -49,19 +50,23 @@ class Stager:
         # same moment then seldom wait on the same folder's lock.
         return f"{self.folder}/{fingerprint[0]}/{fingerprint}.html"
 
-    def stage(self, article: Article, record_hash: str) -> None:
+    def stage(self, article: Article, record_hash: str) -> tuple[str, PageStamp] | None:
         """Render `article`'s page under its own slug and stage it; best effort.
 
-        A page that cannot be staged (a full disk, say) is simply rendered again later,
-        where a failure is reported.
+        Returns the page's fingerprint and the stamp of its staged file (which the move
+        into place keeps), or None when nothing was staged. A page that cannot be staged
+        (a full disk, say) is simply rendered again later, where a failure is reported.
         """
         slug = article.slug
         fingerprint = page_fingerprint(self.renderer.fingerprint, slug, record_hash)
         if self.old.get(article_path(slug)) == fingerprint:
-            return
+            return None
         data = self.renderer.render_article(article, slug=slug, from_loader=True)
-        with contextlib.suppress(OSError):  # FileExistsError: a duplicate dump staged it
-            write_new(self.staged(fingerprint), data)
+        try:
+            mtime_ns = write_new(self.staged(fingerprint), data)
+        except OSError:  # FileExistsError: a duplicate dump staged it
+            return None
+        return fingerprint, page_stamp(len(data), mtime_ns)
 
 
 def open_staging(output: Path) -> Path:

@@ -152,6 +152,8 @@ class BuildPool:
     ) -> None:
         self._state = _WorkerState(renderer, output, stager)
         self._pool: ProcessPoolExecutor | None = None
+        # Pages the workers staged: fingerprint -> stamp of the staged file.
+        self.staged: dict[str, store.PageStamp] = {}
 
     @property
     def started(self) -> bool:
@@ -224,11 +226,14 @@ class BuildPool:
             )
             for chunk in _chunks(todo, _CHUNK)
         )
+        staged = self.staged
         for results in self._ordered(tasks):
             for got in results:
                 if isinstance(got, tuple):
                     yield DumpError(got[0], got[1], line=got[2], hint=got[3])
                 else:
+                    if got.staged is not None:
+                        staged[got.staged[0]] = got.staged[1]
                     yield got
 
     def render_articles(

@@ -86,28 +86,32 @@ class _Writer:
         if len(self._pending) > _WRITES_IN_FLIGHT:
             self._settle()
 
-    def adopt(self, rel: str, staged: str, fingerprint: str) -> bool:
-        """Move the finished file `staged` to `rel` (atomic rename), here and now: a rename
-        is too quick to be worth a trip to the writer thread. False when there is no such
-        file."""
-        changed = move_into_place(staged, f"{self._root}/{rel}")
+    def adopt(self, rel: str, staged: str, fingerprint: str, stamp: PageStamp) -> bool:
+        """Move the finished file `staged` (whose stamp is `stamp`) to `rel` (atomic rename),
+        here and now: a rename is too quick to be worth a trip to the writer thread. False
+        when there is no such file."""
+        # A page not there when its folder was listed is not looked for again.
+        changed = move_into_place(staged, f"{self._root}/{rel}", absent=not self._exists(rel))
         if changed is None:
             return False
-        self.record(rel, fingerprint, changed=changed)
+        self.record(rel, fingerprint, changed=changed, stamp=stamp if changed else None)
         return True
 
     def _settle(self) -> None:
         rel, fingerprint, future = self._pending.popleft()
         self.record(rel, fingerprint, changed=future.result())
 
-    def record(self, rel: str, fingerprint: str, *, changed: bool) -> None:
-        """Count a page written (elsewhere) from inputs with this fingerprint."""
+    def record(
+        self, rel: str, fingerprint: str, *, changed: bool, stamp: PageStamp | None = None
+    ) -> None:
+        """Count a page written (elsewhere) from inputs with this fingerprint; `stamp` is its
+        file's when known (else the file is looked at)."""
         if changed:
             self.written += 1
         else:
             self.unchanged += 1
         self.new[rel] = fingerprint
-        self.new_stamps[rel] = self._stamp(rel)
+        self.new_stamps[rel] = stamp if stamp is not None else self._stamp(rel)
 
     def drain(self) -> None:
         """Wait for every queued write; raise the first failure."""
