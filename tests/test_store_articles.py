@@ -116,6 +116,15 @@ def test_a_database_from_before_the_body_column_is_migrated_and_read(tmp_path: P
     with open_database(path) as database:
         assert database.schema_version == len(MIGRATIONS)
         assert get_article(database, LOADER_LIKE.id) == LOADER_LIKE
+        # An existing database keeps its page size; only new ones get 8 KiB pages.
+        assert database.conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+
+
+def test_a_new_database_has_8_kib_pages(tmp_path: Path) -> None:
+    # A stored article (about 10 KiB) then takes two pages rather than three.
+    with open_database(tmp_path / "new.db") as database:
+        assert database.conn.execute("PRAGMA page_size").fetchone()[0] == 8192
+        assert database.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_a_record_whose_body_is_missing_is_reported_as_damaged(db: Database) -> None:
