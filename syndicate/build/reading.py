@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from syndicate import load
@@ -34,9 +34,9 @@ def _decode_error(path: str, text: str) -> DumpError:
         return DumpError(path, text)
 
 
-@dataclass(frozen=True, slots=True)
-class _Read:
-    """What reading one dump (and parsing it, when the cache could not vouch) gave."""
+class _Read(NamedTuple):
+    """What reading one dump (and parsing it, when the cache could not vouch) gave. A named
+    tuple: it crosses from the workers, and pickles several times faster than a dataclass."""
 
     content_hash: str
     article_id: str | None

@@ -229,7 +229,7 @@ class BuildPool:
         staged = self.staged
         for results in self._ordered(tasks):
             for got in results:
-                if isinstance(got, tuple):
+                if not isinstance(got, _Read):  # a failure, as plain values
                     yield DumpError(got[0], got[1], line=got[2], hint=got[3])
                 else:
                     if got.staged is not None:

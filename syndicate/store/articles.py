@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from syndicate.errors import StoreError
 from syndicate.model import Article, BlockKind, Precision
@@ -232,11 +233,11 @@ def decode_article(record: str | bytes, body: str | None) -> Article:
     return Article.from_record(data)
 
 
-@dataclass(frozen=True, slots=True)
-class ArticleRow:
+class ArticleRow(NamedTuple):
     """An article as the `articles` table stores it (all but first_seen_at): small to
     pass between processes, and enough for `upsert_row`. The record is UTF-8 bytes: they
-    cross a process boundary and reach SQLite (stored as TEXT) without being encoded again."""
+    cross a process boundary and reach SQLite (stored as TEXT) without being encoded again.
+    A named tuple: it pickles several times faster than a dataclass (10,000 per build)."""
 
     id: str
     record: bytes
