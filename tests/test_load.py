@@ -22,6 +22,7 @@ from syndicate.load import (
     read_dump,
     read_dumps,
 )
+from syndicate.load import decode as decode_module
 from syndicate.model import Article, BlockKind, Precision, Teaser
 from tests.conftest import DATA, ROOT, SHARED_SEEDS
 from tests.data.dumps import make_dumps
@@ -844,6 +845,76 @@ def test_real_shared_sample() -> None:
     assert len(article.paragraphs) == 12
     assert article.language == "vi"
     assert article.slug.startswith("sang-nay-31-10-tai-tp-dong-ha-ban-tuyen-giao")
+
+
+# Pieces of text in the encodings a non-UTF-8 dump may mix: the decoder's byte counts must
+# reach the same verdict as decoding everything (the reference functions below).
+_MIXED_PIECES = [
+    "Quảng Trị ".encode(),
+    "Đông Hà ".encode(),
+    "người dân ".encode(),
+    "Đông Hà ".encode("cp1258", "replace"),
+    "Vi\u00eat ".encode("cp1258"),
+    b"Hu\xf8 ",  # VNI-looking
+    b"S\xb8ng nay, t\xb9i TP. \xa7\xabng H\xb5 ",  # TCVN3
+    b"\xe2\x82",  # a cut sequence
+    b"\x80\x81\xbf",  # lone continuation bytes
+    b"\xc0\xff\xf5",  # bytes UTF-8 never uses
+    b"plain ascii ",
+    "\ufffd".encode(),
+]
+
+
+def _reference_broken_utf8(data: bytes) -> bool:
+    replaced = data.decode("utf-8", "replace")
+    bad = replaced.count("\ufffd")
+    good = len(replaced) - len(replaced.encode("ascii", "ignore")) - bad
+    return good >= 3 and good >= 4 * bad
+
+
+def _reference_legacy(data: bytes) -> str | None:
+    high = sum(b >= 0x80 for b in data)
+    if sum(0xA1 <= b <= 0xBF for b in data) >= 3:
+        tcvn = len(decode_module._TCVN3_LETTERS.findall(data))
+        if tcvn >= 3 and tcvn * 4 >= high:
+            return "TCVN3"
+    foreign = sum(b in decode_module._VNI_BYTES for b in data)
+    return "VNI" if foreign >= 3 and foreign * 4 >= high else None
+
+
+@pytest.mark.parametrize(
+    ("data", "broken", "legacy"),
+    [
+        ("Quảng Trị, Đông Hà ".encode() * 3 + b"\xff", True, None),
+        ("Quảng Trị ".encode() + b"\xff\xfe\xfd", False, None),
+        (b"S\xb8ng nay, t\xb9i TP. \xa7\xabng H\xb5, Ban Tuy\xaan gi\xb8o", False, "TCVN3"),
+        (b"Ha\xf8 Quau\xfbng Vie\xe4t \xd1o\xe2ng", False, "VNI"),
+        ("Đông Hà, Quảng Trị".encode("cp1258", "replace"), False, None),
+    ],
+)
+def test_the_cp1258_checks_on_known_cases(data: bytes, broken: bool, legacy: str | None) -> None:
+    assert _reference_broken_utf8(data) is broken
+    assert _reference_legacy(data) == legacy
+    _check_cp1258_verdicts(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_MIXED_PIECES), min_size=1, max_size=30))
+def test_the_cp1258_checks_count_bytes_to_the_same_verdict(pieces: list[bytes]) -> None:
+    _check_cp1258_verdicts(b"".join(pieces))
+
+
+def _check_cp1258_verdicts(data: bytes) -> None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        continuation = sum(0x80 <= b <= 0xBF for b in data)
+        if _reference_broken_utf8(data):
+            with pytest.raises(DumpError, match="invalid byte sequence"):
+                decode_module._check_broken_utf8(data, exc, "x.txt", continuation)
+        else:
+            decode_module._check_broken_utf8(data, exc, "x.txt", continuation)
+        assert decode_module._legacy_encoding(data, continuation) == _reference_legacy(data)
 
 
 # ---------------------------------------------------------------- any bytes

@@ -20,6 +20,10 @@ _BOMS: tuple[tuple[bytes, str], ...] = (
 # Control characters other than \t \n \v \f \r: text has a few at most, binary has many.
 _CONTROL_SET = bytes([*range(0x00, 0x09), *range(0x0E, 0x20), 0x7F])
 _HIGH = bytes(range(0x80, 0x100))
+# UTF-8 continuation bytes: every multi-byte UTF-8 character holds at least one.
+_CONTINUATION = bytes(range(0x80, 0xC0))
+# Bytes that never occur in UTF-8: each is one invalid sequence of its own.
+_NEVER_UTF8 = bytes([0xC0, 0xC1, *range(0xF5, 0x100)])
 # cp1258 bytes 0xA1-0xBF are symbols (¡ ¢ £ ... ¿); TCVN3 puts Vietnamese letters there,
 # between ASCII letters: "ViÖt", "®­îc", "Qu¶ng".
 _TCVN3_RANGE = bytes(range(0xA1, 0xC0))
@@ -68,11 +72,13 @@ def decode_dump(data: bytes, *, source: str) -> str:
             text = data[: exc.start].decode("utf-8")
             _check_text(text, source, data[: exc.start])
             return text
-        _check_broken_utf8(data, exc, source)
+        continuation = _count(data, _CONTINUATION)
+        _check_broken_utf8(data, exc, source, continuation)
     else:
         _check_text(text, source, data)
         return text
-    if len(data) - len(data.translate(None, _CONTROL_SET)) > max(2, len(data) // 100):
+    # (cp1258 maps these controls to themselves: this is _check_text for its text.)
+    if _count(data, _CONTROL_SET) > max(2, len(data) // 100):
         raise DumpError(
             source,
             "looks like a binary file (many control bytes), not a text dump.",
@@ -87,7 +93,7 @@ def decode_dump(data: bytes, *, source: str) -> str:
             f"at offset {exc.start}).",
             hint="Save it again as UTF-8.",
         ) from exc
-    legacy = _legacy_encoding(data)
+    legacy = _legacy_encoding(data, continuation)
     if legacy:
         raise DumpError(
             source,
@@ -95,12 +101,26 @@ def decode_dump(data: bytes, *, source: str) -> str:
             "which syndicate does not read.",
             hint="Convert it to UTF-8 (for example with UniKey's converter) and try again.",
         )
-    _check_text(text, source, data)  # cp1258 maps these controls to themselves
     return text
 
 
-def _check_broken_utf8(data: bytes, exc: UnicodeDecodeError, source: str) -> None:
-    """Reject UTF-8 with a few bad bytes, which cp1258 would silently turn into mojibake."""
+def _count(data: bytes, byte_set: bytes) -> int:
+    """How many bytes of `data` are in `byte_set`."""
+    return len(data) - len(data.translate(None, byte_set))
+
+
+def _check_broken_utf8(
+    data: bytes, exc: UnicodeDecodeError, source: str, continuation: int
+) -> None:
+    """Reject UTF-8 with a few bad bytes, which cp1258 would silently turn into mojibake.
+
+    `continuation` is the number of continuation bytes (0x80-0xBF) in `data`.
+    """
+    # The good characters are at most the continuation bytes (each has one or more) and
+    # the bad ones at least the bytes UTF-8 never uses: most cp1258 text, which has few
+    # bytes in 0x80-0xBF, is cleared by these counts without decoding it a second time.
+    if continuation < 3 or continuation < 4 * _count(data, _NEVER_UTF8):
+        return
     replaced = data.decode("utf-8", "replace")
     bad = replaced.count("\ufffd")
     good = len(replaced) - len(replaced.encode("ascii", "ignore")) - bad
@@ -128,14 +148,21 @@ def _check_text(text: str, source: str, encoded: bytes | None = None) -> None:
         )
 
 
-def _legacy_encoding(data: bytes) -> str | None:
-    """Name the legacy encoding `data` seems to be in ("VNI", "TCVN3"), or None for cp1258."""
-    high = len(data) - len(data.translate(None, _HIGH))
-    if len(data) - len(data.translate(None, _TCVN3_RANGE)) >= 3:
+def _legacy_encoding(data: bytes, continuation: int) -> str | None:
+    """Name the legacy encoding `data` seems to be in ("VNI", "TCVN3"), or None for cp1258.
+
+    `continuation` is the number of bytes 0x80-0xBF in `data` (the TCVN3 range is within).
+    """
+    high = -1  # counted when first needed
+    if continuation >= 3 and _count(data, _TCVN3_RANGE) >= 3:
         tcvn = len(_TCVN3_LETTERS.findall(data))
+        high = _count(data, _HIGH)
         if tcvn >= 3 and tcvn * 4 >= high:
             return "TCVN3"
-    foreign = len(data) - len(data.translate(None, _VNI_BYTES))
-    if foreign >= 3 and foreign * 4 >= high:
-        return "VNI"
+    foreign = _count(data, _VNI_BYTES)
+    if foreign >= 3:
+        if high < 0:
+            high = _count(data, _HIGH)
+        if foreign * 4 >= high:
+            return "VNI"
     return None
