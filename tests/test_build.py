@@ -600,12 +600,18 @@ def test_worker_pages_are_moved_into_place_not_rendered_again(
     assert run_build(settings, db, now=now).written == 0
 
 
+@pytest.mark.parametrize("list_after", [0, 256])
 def test_a_worker_build_into_a_full_output_folder_keeps_the_same_pages(
-    settings: Settings, seeds: Path, now: datetime, monkeypatch: pytest.MonkeyPatch
+    settings: Settings,
+    seeds: Path,
+    now: datetime,
+    monkeypatch: pytest.MonkeyPatch,
+    list_after: int,
 ) -> None:
     """The store is lost, the pages are not: staged pages equal to those in place are not
-    moved over them."""
+    moved over them (each target looked for, or its folder listed once)."""
     monkeypatch.setattr(build.workers, "_PARALLEL_MIN", 1)
+    monkeypatch.setattr(build.writer, "_LIST_AFTER", list_after)
     with open_database(settings.paths.database) as first:
         run_build(settings, first, now=now)
     output = settings.paths.output

@@ -17,6 +17,9 @@ from syndicate.store.articles import PageStamp, page_stamp
 
 # Rendered pages waiting for the writer thread, at most (bounds the memory they hold).
 _WRITES_IN_FLIGHT = 64
+# Staged pages moved into place before the folder is listed once rather than each target
+# looked for (a build that parsed a few dumps should not list 100,000 pages).
+_LIST_AFTER = 256
 
 
 class _Writer:
@@ -41,6 +44,7 @@ class _Writer:
         self.written = 0
         self.unchanged = 0
         self._listings: dict[str, frozenset[str]] = {}
+        self._adopted = 0
         self._root = os.fspath(output)  # plain text paths: 10,000 pages, no pathlib per page
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syndicate-write")
         self._pending: deque[tuple[str, str, Future[bool]]] = deque()
@@ -90,8 +94,10 @@ class _Writer:
         """Move the finished file `staged` (whose stamp is `stamp`) to `rel` (atomic rename),
         here and now: a rename is too quick to be worth a trip to the writer thread. False
         when there is no such file."""
-        # A page not there when its folder was listed is not looked for again.
-        changed = move_into_place(staged, f"{self._root}/{rel}", absent=not self._exists(rel))
+        # Past the first few, a page missing from its folder's listing is not looked for.
+        self._adopted += 1
+        absent = self._adopted > _LIST_AFTER and not self._exists(rel)
+        changed = move_into_place(staged, f"{self._root}/{rel}", absent=absent)
         if changed is None:
             return False
         self.record(rel, fingerprint, changed=changed, stamp=stamp if changed else None)
