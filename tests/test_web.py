@@ -10,9 +10,13 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -26,13 +30,14 @@ from click.testing import CliRunner
 from syndicate import tokens
 from syndicate.cli import AppContext, cli
 from syndicate.config import Settings, SubscribeSettings, site_templates_dir
-from syndicate.model import SubscriptionStatus
+from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.site import make_environment
 from syndicate.store import open_database
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import add_subscriber, get_by_email
 from syndicate.web import (
     CONTENT_SECURITY_POLICY,
+    SubscriptionStore,
     check_form_token,
     make_form_token,
     negotiate_language,
@@ -272,6 +277,63 @@ def test_healthz_reports_the_database_and_the_output(
     assert wrong_method.json() == {
         "error": {"status": 405, "message": "This address does not accept that kind of request."}
     }
+
+
+class _WatchedStore:
+    """The real store, telling the test when a sign-up has reached it."""
+
+    def __init__(self, inner: SubscriptionStore) -> None:
+        self.inner = inner
+        self.signing_up = threading.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def sign_up(self, email: str, *, language: str, now: datetime) -> tuple[Subscriber, bool]:
+        self.signing_up.set()
+        return self.inner.sign_up(email, language=language, now=now)
+
+
+def test_a_held_database_lock_delays_sign_ups_but_not_the_pages(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    """`syndicate send` holding the write lock makes a sign-up wait, not the whole server."""
+    watched: list[_WatchedStore] = []
+
+    def wrap(store: SubscriptionStore) -> SubscriptionStore:
+        watched.append(_WatchedStore(store))
+        return watched[0]
+
+    server = live_server(wrap_store=wrap)
+    (server.settings.paths.output / "rss.xml").write_bytes(b"<rss/>")
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        token = form_token(client)
+        # Another process's write transaction, as `send` holds one while it records a batch.
+        holder = sqlite3.connect(server.settings.paths.database, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pending = pool.submit(
+                    httpx.post,
+                    server.url + "subscribe",
+                    data={"email": "lan@example.org", "language": "vi", "form_token": token},
+                    timeout=30,
+                )
+                assert watched[0].signing_up.wait(timeout=10)
+                started = time.monotonic()
+                page = client.get("rss.xml")
+                waited = time.monotonic() - started
+                assert page.status_code == 200
+                assert page.content == b"<rss/>"
+                assert waited < 2.0, f"a page waited {waited:.1f} s for the database lock"
+                assert not pending.done()  # the sign-up is still waiting for the lock
+                holder.execute("ROLLBACK")
+                assert pending.result(timeout=20).status_code == 200
+        finally:
+            holder.close()
+    found = subscriber(server.settings, "lan@example.org")
+    assert found is not None
+    assert found.status is SubscriptionStatus.PENDING
 
 
 def test_errors_share_one_page_in_the_reader_s_language(client: httpx.Client) -> None:

@@ -11,6 +11,7 @@ import uvicorn
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.errors import InputError
 from syndicate.send import open_mailer
+from syndicate.store import Database, open_database
 from syndicate.web import DatabaseStore, create_app
 
 # Confirmation mails of the outbox transport go to outbox/<this>/.
@@ -53,7 +54,17 @@ def serve_command(app: AppContext, host: str, port: int) -> None:
     Example: syndicate serve --host 127.0.0.1 --port 8000
     """
     settings = app.settings
-    store = DatabaseStore(settings, app.database)
+    # The app uses the database from a thread of its own (one call at a time).
+    database = open_database(settings.paths.database, any_thread=True)
+    try:
+        _serve(app, database, host, port)
+    finally:
+        database.close()
+
+
+def _serve(app: AppContext, database: Database, host: str, port: int) -> None:
+    settings = app.settings
+    store = DatabaseStore(settings, database)
     store.read_secret()  # create the signing secret now, not on the first request
     asgi = create_app(settings, store, open_mailer(settings, folder=CONFIRMATIONS_FOLDER))
     sock = open_listener(host, port)

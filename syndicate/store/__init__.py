@@ -97,16 +97,22 @@ class Database:
         return int(row[0])
 
 
-def open_database(path: Path) -> Database:
+def open_database(path: Path, *, any_thread: bool = False) -> Database:
     """Open (creating if needed) and migrate the database at `path`.
 
     Raises StoreError with the path when the file cannot be opened or is not
-    a syndicate database.
+    a syndicate database. `any_thread` lets a thread other than this one use the
+    connection (one thread at a time: the caller serialises its use).
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN ourselves, so transactions are explicit.
-        conn = sqlite3.connect(path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
+        conn = sqlite3.connect(
+            path,
+            isolation_level=None,
+            timeout=_BUSY_TIMEOUT_MS / 1000,
+            check_same_thread=not any_thread,
+        )
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(
             f"{path}: cannot open the database: {exc}.",

@@ -56,16 +56,22 @@ def create_app(
 ) -> Starlette:
     """Build the ASGI app serving `settings.paths.output` and the subscription pages.
 
-    The mailer is closed when the app shuts down; the store belongs to the caller.
+    The mailer is closed when the app shuts down; the store belongs to the caller. Store
+    calls run on a thread of their own (one at a time), so `store` must be usable from a
+    thread other than the caller's (`open_database(..., any_thread=True)`).
     """
     service = Service(settings, store, mailer, clock)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
+            await service.start()
             yield
         finally:
-            await mailer.aclose()
+            try:
+                await mailer.aclose()
+            finally:
+                service.close()
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status_code = exc.status_code if isinstance(exc, HTTPException) else 500

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from typing import ParamSpec, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 import jinja2
@@ -179,8 +183,17 @@ def negotiate_language(query: str | None, accept_language: str | None, default: 
 # --- The endpoints ----------------------------------------------------------------------
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
 class Service:
-    """The endpoints, sharing settings, store, mailer, clock and templates."""
+    """The endpoints, sharing settings, store, mailer, clock and templates.
+
+    Store calls run on one thread of their own, one at a time: a call that waits for the
+    database (`syndicate send` holding its write lock, for up to the busy timeout) holds
+    up only the requests that need the store, never the event loop serving the pages.
+    """
 
     def __init__(
         self, settings: Settings, store: SubscriptionStore, mailer: Mailer, clock: Clock
@@ -204,11 +217,29 @@ class Service:
         self.strings = {lang: {**site.STRINGS[lang], **_STRINGS[lang]} for lang in LANGUAGES}
         self._secret: bytes | None = None
         self.dkim = read_dkim_key(settings)
+        self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syndicate-store")
+
+    async def call_store(
+        self, function: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """Run a store operation on the store's thread and wait for it without blocking."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._store_thread, functools.partial(function, *args, **kwargs)
+        )
+
+    async def start(self) -> None:
+        """Read the signing secret (at startup, on the store's thread)."""
+        self._secret = await self.call_store(self.store.read_secret)
+
+    def close(self) -> None:
+        """Finish the store call in progress, if any, and stop the store's thread."""
+        self._store_thread.shutdown(wait=True)
 
     @property
     def secret(self) -> bytes:
-        if self._secret is None:
-            self._secret = self.store.read_secret()
+        if self._secret is None:  # an app whose startup did not run: read it once now
+            self._secret = self._store_thread.submit(self.store.read_secret).result()
         return self._secret
 
     # Pages -------------------------------------------------------------------------
@@ -336,7 +367,7 @@ class Service:
         checks: dict[str, str] = {}
         healthy = True
         try:
-            self.store.check()
+            await self.call_store(self.store.check)
             checks["database"] = "ok"
         except StoreError as exc:
             log.error("healthz: %s", exc)
@@ -385,7 +416,9 @@ class Service:
         now = self.clock()
         background = None
         try:
-            subscriber, should_send = self.store.sign_up(address, language=language, now=now)
+            subscriber, should_send = await self.call_store(
+                self.store.sign_up, address, language=language, now=now
+            )
         except SubscriberError as exc:
             # Refusals past the address check (an erased address, for one) must look
             # like any other sign-up, or the page would tell who is on the list.
@@ -455,7 +488,11 @@ class Service:
             )
         except TokenError:
             subscriber_id = None
-        subscriber = self.store.find(subscriber_id) if subscriber_id is not None else None
+        subscriber = (
+            await self.call_store(self.store.find, subscriber_id)
+            if subscriber_id is not None
+            else None
+        )
         # An old link must not bring back someone who left or bounced since.
         if subscriber is None or subscriber.status not in (
             SubscriptionStatus.PENDING,
@@ -469,7 +506,7 @@ class Service:
                 ok=False,
             )
         if subscriber.status is SubscriptionStatus.PENDING:
-            self.store.confirm(subscriber.id, now=now)
+            await self.call_store(self.store.confirm, subscriber.id, now=now)
         return self.page("confirm.html.j2", lang, title=strings["confirmed_title"], ok=True)
 
     async def unsubscribe(self, request: Request) -> Response:
@@ -510,7 +547,7 @@ class Service:
                 form_action=self.url("unsubscribe", lang, token=token),
             )
         try:
-            self.store.unsubscribe(subscriber_id, now=self.clock())
+            await self.call_store(self.store.unsubscribe, subscriber_id, now=self.clock())
         except SubscriberError as exc:
             # An erased subscriber is off the list already: that is what they asked for.
             log.info("unsubscribe: %s", exc)

@@ -46,7 +46,8 @@ def utc_now() -> datetime:
 class DatabaseStore:
     """The SQLite store behind the web app (implements SubscriptionStore).
 
-    Use it on the thread that opened `db`: the app calls it from its event loop.
+    The app calls it from a thread of its own, one call at a time: open `db` with
+    `open_database(..., any_thread=True)`.
     """
 
     def __init__(self, settings: Settings, db: Database) -> None:

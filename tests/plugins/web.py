@@ -30,7 +30,7 @@ from syndicate.cli.flow import todays_digest, write_digest_page
 from syndicate.config import Settings
 from syndicate.send import Mailer, open_mailer
 from syndicate.store import open_database
-from syndicate.web import DatabaseStore, create_app
+from syndicate.web import DatabaseStore, SubscriptionStore, create_app
 
 CONFIRMATIONS = "confirmations"
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -141,11 +141,12 @@ def run_server(
     *,
     clock: Callable[[], datetime],
     make_mailer: Callable[[Settings], Mailer],
+    wrap_store: Callable[[SubscriptionStore], SubscriptionStore] | None = None,
 ) -> Iterator[threading.Thread]:
     """Run create_app under uvicorn on `sock` in a thread until the block ends.
 
-    The database is opened inside the server thread: SQLite connections belong
-    to the thread that made them.
+    The database is opened inside the server thread, for the app's store thread
+    (`any_thread`); `wrap_store` may wrap the store the app gets.
     """
     started = threading.Event()
     failures: list[BaseException] = []
@@ -154,10 +155,11 @@ def run_server(
 
     def target() -> None:
         try:
-            with open_database(settings.paths.database) as db:
-                app = create_app(
-                    settings, DatabaseStore(settings, db), make_mailer(settings), clock=clock
-                )
+            with open_database(settings.paths.database, any_thread=True) as db:
+                store: SubscriptionStore = DatabaseStore(settings, db)
+                if wrap_store is not None:
+                    store = wrap_store(store)
+                app = create_app(settings, store, make_mailer(settings), clock=clock)
                 wrappers.append(_SignalStartup(app, started))
                 config = uvicorn.Config(
                     wrappers[0],
@@ -199,12 +201,16 @@ def live_server(settings: Settings, now: datetime) -> Iterator[Callable[..., Liv
 
     Keyword arguments replace whole settings sections (`subscribe=SubscribeSettings(...)`);
     `mailer` is a factory `settings -> Mailer` (default: the configured transport,
-    the outbox), wrapped in a RecordingMailer. The clock starts at the fixed `now`.
+    the outbox), wrapped in a RecordingMailer; `wrap_store` wraps the app's store. The
+    clock starts at the fixed `now`.
     """
     with ExitStack() as stack:
 
         def start(
-            *, mailer: Callable[[Settings], Mailer] | None = None, **sections: Any
+            *,
+            mailer: Callable[[Settings], Mailer] | None = None,
+            wrap_store: Callable[[SubscriptionStore], SubscriptionStore] | None = None,
+            **sections: Any,
         ) -> LiveServer:
             sock = bind_loopback()
             port = sock.getsockname()[1]
@@ -216,7 +222,13 @@ def live_server(settings: Settings, now: datetime) -> Iterator[Callable[..., Liv
             inner = mailer or (lambda s: open_mailer(s, folder=CONFIRMATIONS))
             recorder = RecordingMailer(inner(configured))
             stack.enter_context(
-                run_server(configured, sock, clock=clock, make_mailer=lambda _: recorder)
+                run_server(
+                    configured,
+                    sock,
+                    clock=clock,
+                    make_mailer=lambda _: recorder,
+                    wrap_store=wrap_store,
+                )
             )
             return LiveServer(url=url, settings=configured, clock=clock, mail=recorder)
 
