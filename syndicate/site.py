@@ -43,7 +43,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "by": "Tác giả",
         "newer": "← Tin mới hơn",
         "older": "Tin cũ hơn →",
-        "page": "Trang {page}/{pages}",
+        "pages": "Các trang tin",
         "empty": "Chưa có bài viết nào.",
         "back": "← Về trang chủ",
         "latest": "Tin mới nhất",
@@ -56,7 +56,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "by": "By",
         "newer": "← Newer",
         "older": "Older →",
-        "page": "Page {page} of {pages}",
+        "pages": "Pages of news",
         "empty": "No articles yet.",
         "back": "← Back to the front page",
         "latest": "Latest news",
@@ -111,13 +111,43 @@ def article_url(base_url: str, slug: str) -> str:
     return base_url + article_path(slug)
 
 
-def index_path(page: int) -> str:
-    """The output path of index page `page` (1 is index.html, then page/2.html, ...)."""
-    return "index.html" if page == 1 else f"page/{page}.html"
+INDEX_PAGE = "index.html"
 
 
-def page_count(total: int, page_size: int) -> int:
-    return max(1, -(-total // page_size))
+def archive_path(number: int) -> str:
+    """The output path of archive page `number` (page/1.html holds the oldest articles)."""
+    return f"page/{number}.html"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexPage:
+    """A page listing articles: index.html (`archive` None) or archive page `archive`."""
+
+    rel: str
+    archive: int | None
+    archives: int  # how many archive pages the site has
+    start: int  # its articles are [start:stop] of the list sorted newest first
+    stop: int
+
+
+def index_pages(total: int, page_size: int) -> list[IndexPage]:
+    """index.html with the newest `page_size` of `total` articles, then the archive pages.
+
+    Archive pages are numbered from the oldest articles, `page_size` each; the newest may
+    hold fewer. A new article therefore changes index.html and the newest archive page or
+    two; the older archive pages keep their articles and their bytes.
+    """
+    archived = max(0, total - page_size)
+    archives = -(-archived // page_size)
+    pages = [IndexPage(INDEX_PAGE, None, archives, 0, min(total, page_size))]
+    for number in range(1, archives + 1):
+        start = max(page_size, total - number * page_size)
+        pages.append(
+            IndexPage(
+                archive_path(number), number, archives, start, total - (number - 1) * page_size
+            )
+        )
+    return pages
 
 
 def _safe_slug(slug: str, article_id: str) -> str:
@@ -323,12 +353,14 @@ class SiteRenderer:
         self,
         entries: Sequence[IndexEntry],
         *,
-        page: int,
-        pages: int,
+        archive: int | None,
+        archives: int,
         slugs: Mapping[str, str] | None = None,
     ) -> bytes:
-        """Index page `page` of `pages`, listing `entries` (already newest first)."""
-        root = "" if page == 1 else "../"
+        """index.html (`archive` None) or archive page `archive` of `archives`, listing
+        `entries` (already newest first). Newer and older links lead along the pages; an
+        archive page shows nothing else of `archives`, so it stays the same as they grow."""
+        root = "" if archive is None else "../"
         items = [
             SimpleNamespace(
                 href=root + article_path((slugs or {}).get(e.id, e.slug)),
@@ -338,13 +370,18 @@ class SiteRenderer:
             )
             for e in entries
         ]
+        if archive is None:
+            newer = None
+            older = archive_path(archives) if archives else None
+        else:
+            newer = root + (archive_path(archive + 1) if archive < archives else INDEX_PAGE)
+            older = root + archive_path(archive - 1) if archive > 1 else None
         html = self._index.render(
             **self._context(root),
             entries=items,
-            page=page,
-            pages=pages,
-            newer=root + index_path(page - 1) if page > 1 else None,
-            older=root + index_path(page + 1) if page < pages else None,
-            canonical=self.info.base_url + ("" if page == 1 else index_path(page)),
+            archive=archive,
+            newer=newer,
+            older=older,
+            canonical=self.info.base_url + ("" if archive is None else archive_path(archive)),
         )
         return html.encode("utf-8")

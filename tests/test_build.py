@@ -164,7 +164,7 @@ def test_every_link_in_pages_and_feeds_resolves_to_a_written_file(
     settings = dataclasses.replace(settings, site=dataclasses.replace(settings.site, page_size=2))
     run_build(settings, db, now=now)
     out = _tree(settings.paths.output)
-    assert {"page/2.html", "page/3.html"} <= set(out)
+    assert {"page/1.html", "page/2.html"} <= set(out)
     base = settings.site.base_url
     checked = 0
     for name, data in out.items():
@@ -332,6 +332,34 @@ def test_skipped_dumps_log_one_warning_each_every_run(
         assert [str(e) for e in summary.errors] == warnings
 
 
+def test_a_new_article_leaves_the_older_archive_pages_as_they_were(
+    settings: Settings, db: Database, seeds: Path, now: datetime
+) -> None:
+    """Archive pages are numbered from the oldest: news changes index.html and the newest
+    archive page, not the pages behind them (their URLs keep their articles)."""
+    settings = dataclasses.replace(settings, site=dataclasses.replace(settings.site, page_size=2))
+    (seeds / "007-empty.txt").unlink()
+    run_build(settings, db, now=now)  # 5 articles: index.html 2, page/1.html 2, page/2.html 1
+    output = settings.paths.output
+    before = {rel: (output / rel).stat().st_mtime_ns for rel in ("page/1.html", "page/2.html")}
+    oldest = (output / "page/1.html").read_bytes()
+    (seeds / "010.txt").write_text(
+        "Tin mới nhất trong ngày\n01/11/2024 10:00\nQTO - Sáng nay có tin mới.\nĐoạn hai.\n",
+        encoding="utf-8",
+    )
+    summary = run_build(settings, db, now=now)
+    assert summary.articles == 6
+    # Its page, the three feeds, index.html and page/2.html (now full); page/1.html as it was.
+    assert summary.written == 6
+    assert (output / "page/1.html").read_bytes() == oldest
+    assert (output / "page/1.html").stat().st_mtime_ns == before["page/1.html"]
+    assert (output / "page/2.html").stat().st_mtime_ns != before["page/2.html"]
+    assert not (output / "page/3.html").exists()
+    index = (output / "index.html").read_text(encoding="utf-8")
+    assert "Tin mới nhất trong ngày" in index
+    assert '<a href="page/2.html" rel="next">' in index
+
+
 def test_pages_of_articles_that_disappeared_are_removed(
     settings: Settings, db: Database, seeds: Path, now: datetime
 ) -> None:
@@ -339,7 +367,7 @@ def test_pages_of_articles_that_disappeared_are_removed(
     run_build(settings, db, now=now)
     output = settings.paths.output
     page = output / "articles/hoi-thao-khoa-hoc-tai-dong-ha.html"
-    assert (output / "page/3.html").exists()
+    assert (output / "page/2.html").exists()
     (seeds / "001.txt").unlink()
     (seeds / "005-copy.txt").unlink()
     (seeds / "006.txt").unlink()
@@ -347,10 +375,10 @@ def test_pages_of_articles_that_disappeared_are_removed(
     unrelated.write_text("not written by syndicate")
     summary = run_build(settings, db, now=now)
     assert summary.articles == 3
-    assert summary.removed == 3  # two article pages and page/3.html
+    assert summary.removed == 3  # two article pages and page/2.html
     assert not page.exists()
-    assert not (output / "page/3.html").exists()
-    assert (output / "page/2.html").exists()
+    assert not (output / "page/2.html").exists()
+    assert (output / "page/1.html").exists()
     assert unrelated.exists()  # only pages syndicate recorded are ever removed
 
 

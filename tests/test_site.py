@@ -17,11 +17,11 @@ from syndicate.site import (
     IndexEntry,
     SiteInfo,
     SiteRenderer,
+    archive_path,
     article_url,
     assign_slugs,
     format_published,
-    index_path,
-    page_count,
+    index_pages,
 )
 
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -167,7 +167,7 @@ def _entries(count: int) -> list[IndexEntry]:
 
 def test_index_page_lists_entries_with_feed_autodiscovery(renderer: SiteRenderer) -> None:
     entries = _entries(3)
-    data = renderer.render_index(entries, page=1, pages=1)
+    data = renderer.render_index(entries, archive=None, archives=0)
     page = _parse(data)
     alternates = {
         attrs["type"]: attrs["href"]
@@ -192,24 +192,47 @@ def test_index_page_lists_entries_with_feed_autodiscovery(renderer: SiteRenderer
 
 
 def test_archive_pages_link_back_and_on(renderer: SiteRenderer) -> None:
-    first = renderer.render_index(_entries(2), page=1, pages=3).decode("utf-8")
-    assert '<a href="page/2.html" rel="next">' in first
-    middle = renderer.render_index(_entries(2), page=2, pages=3).decode("utf-8")
-    assert '<a href="../index.html" rel="prev">' in middle
-    assert '<a href="../page/3.html" rel="next">' in middle
-    assert 'href="../articles/bai-0.html"' in middle
-    assert "Trang 2/3" in middle
-    last = renderer.render_index(_entries(1), page=3, pages=3).decode("utf-8")
-    assert '<a href="../page/2.html" rel="prev">' in last
-    assert 'rel="next"' not in last
+    # Three archive pages: page/3.html is the newest, page/1.html the oldest.
+    first = renderer.render_index(_entries(2), archive=None, archives=3).decode("utf-8")
+    assert '<a href="page/3.html" rel="next">' in first
+    assert 'rel="prev"' not in first
+    newest = renderer.render_index(_entries(2), archive=3, archives=3).decode("utf-8")
+    assert '<a href="../index.html" rel="prev">' in newest
+    assert '<a href="../page/2.html" rel="next">' in newest
+    assert 'href="../articles/bai-0.html"' in newest
+    assert "<h1>Lưu trữ, trang 3</h1>" in newest
+    assert '<link rel="canonical" href="https://news.example.org/page/3.html">' in newest
+    middle = renderer.render_index(_entries(2), archive=2, archives=3).decode("utf-8")
+    assert '<a href="../page/3.html" rel="prev">' in middle
+    assert '<a href="../page/1.html" rel="next">' in middle
+    oldest = renderer.render_index(_entries(1), archive=1, archives=3).decode("utf-8")
+    assert '<a href="../page/2.html" rel="prev">' in oldest
+    assert 'rel="next"' not in oldest
+    # An archive page does not say how many there are: more of them leave it unchanged.
+    assert renderer.render_index(_entries(2), archive=2, archives=7) == middle.encode()
 
 
-def test_page_helpers() -> None:
-    assert index_path(1) == "index.html"
-    assert index_path(4) == "page/4.html"
-    assert page_count(0, 30) == 1
-    assert page_count(30, 30) == 1
-    assert page_count(31, 30) == 2
+def test_archive_pages_are_numbered_from_the_oldest() -> None:
+    assert archive_path(4) == "page/4.html"
+
+    def layout(total: int) -> list[tuple[str, int | None, int, int]]:
+        return [(p.rel, p.archive, p.start, p.stop) for p in index_pages(total, 30)]
+
+    assert layout(0) == [("index.html", None, 0, 0)]
+    assert layout(30) == [("index.html", None, 0, 30)]
+    assert layout(31) == [("index.html", None, 0, 30), ("page/1.html", 1, 30, 31)]
+    assert layout(95) == [
+        ("index.html", None, 0, 30),
+        ("page/1.html", 1, 65, 95),  # the 30 oldest
+        ("page/2.html", 2, 35, 65),
+        ("page/3.html", 3, 30, 35),  # the newest archive page holds the rest
+    ]
+    assert {p.archives for p in index_pages(95, 30)} == {3}
+    # One more article (the newest): index.html and page/3.html change, pages 1-2 keep
+    # exactly the same articles (the list grew by one at its head).
+    before = {p.rel: (p.start, p.stop) for p in index_pages(95, 30)}
+    after = {p.rel: (p.start - 1, p.stop - 1) for p in index_pages(96, 30)}
+    assert [rel for rel in before if before[rel] != after[rel]] == ["index.html", "page/3.html"]
     assert article_url("https://x.org", "a-b") == "https://x.org/articles/a-b.html"
 
 
@@ -283,7 +306,7 @@ def test_pages_match_golden_files(renderer: SiteRenderer, hostile: Article, chec
     entries = sorted(
         _entries(4), key=lambda e: (e.published is None, e.published and -e.published.timestamp())
     )
-    check_golden("index.html", renderer.render_index(entries, page=1, pages=2))
+    check_golden("index.html", renderer.render_index(entries, archive=None, archives=2))
 
 
 def test_shared_hostile_articles_render_as_nfc_text(
@@ -303,7 +326,7 @@ def test_shared_hostile_articles_render_as_nfc_text(
         IndexEntry(a.id, a.slug, a.title, a.published, a.precision, a.author)
         for a in hostile_articles
     ]
-    index = renderer.render_index(entries, page=1, pages=1).decode("utf-8")
+    index = renderer.render_index(entries, archive=None, archives=0).decode("utf-8")
     assert "Tin khẩn Bcc: evil@example.com</a>" in index
     assert "Quảng Trị đón bão số 6: Đông Hà ngập sâu" in index
     assert "&lt;script&gt;alert(1)&lt;/script&gt; Tin nóng &amp; lạnh" in index

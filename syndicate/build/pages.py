@@ -31,8 +31,7 @@ from syndicate.site import (
     article_path,
     article_url,
     assign_slugs,
-    index_path,
-    page_count,
+    index_pages,
 )
 from syndicate.store import Database
 from syndicate.store import articles as store
@@ -94,8 +93,8 @@ def run_build(
     """Sync the store with the dumps, then write feeds and pages into paths.output.
 
     Writes rss.xml, atom.xml, feed.json, articles/<slug>.html and index.html
-    (+ page/<n>.html archive pages) for the articles found in the dumps. Writes
-    are atomic and files whose bytes did not change are not rewritten; article
+    (+ page/<n>.html archive pages, page/1.html the oldest) for the articles found in
+    the dumps. Writes are atomic and files whose bytes did not change are not rewritten; article
     and index pages whose inputs did not change are not even rendered. Pages an
     earlier build wrote that no longer belong to the site are deleted.
     """
@@ -174,25 +173,29 @@ def _write_pages(
     """
     _write_feeds(settings, db, writer, summaries, slugs)
 
-    pages = page_count(len(summaries), info.page_size)
     index_jobs: list[IndexJob] = []
     index_fingerprints: list[str] = []
-    for page in range(1, pages + 1):
-        chunk = summaries[(page - 1) * info.page_size : page * info.page_size]
-        rel = index_path(page)
-        # What the page shows of each article is in its record: slug and record hash say it.
+    for page in index_pages(len(summaries), info.page_size):
+        chunk = summaries[page.start : page.stop]
+        # What the page shows of each article is in its record: slug and record hash say
+        # it. Its links depend on where it stands: the index on the newest archive page's
+        # number, an archive page on whether it is the newest.
+        where = (
+            f"index:{page.archives}"
+            if page.archive is None
+            else (f"{page.archive}:{page.archive == page.archives}")
+        )
         key = "\0".join(
-            [renderer.fingerprint, str(page), str(pages)]
-            + [f"{slugs[s.id]}:{s.record_hash}" for s in chunk]
+            [renderer.fingerprint, where] + [f"{slugs[s.id]}:{s.record_hash}" for s in chunk]
         )
         fingerprint = _hash(key.encode())
-        if writer.fresh(rel, fingerprint):
+        if writer.fresh(page.rel, fingerprint):
             continue
         entries = [
             IndexEntry(s.id, slugs[s.id], s.title, s.published, s.precision, s.author)
             for s in chunk
         ]
-        index_jobs.append((rel, page, pages, entries))
+        index_jobs.append((page.rel, page.archive, page.archives, entries))
         index_fingerprints.append(fingerprint)
     index_futures = pool.start_index_pages(index_jobs) if pool.started and index_jobs else None
 
@@ -223,11 +226,11 @@ def _write_pages(
     if index_futures is not None:
         pool.finish_index_pages(writer, index_jobs, index_fingerprints, index_futures)
     else:
-        for (rel, page, _pages, entries), fingerprint in zip(
+        for (rel, archive, archives, entries), fingerprint in zip(
             index_jobs, index_fingerprints, strict=True
         ):
-            data = renderer.render_index(entries, page=page, pages=pages)
-            writer.write(rel, data, fingerprint, fsync=page == 1)
+            data = renderer.render_index(entries, archive=archive, archives=archives)
+            writer.write(rel, data, fingerprint, fsync=archive is None)
 
 
 def _record(db: Database, article_id: str) -> tuple[str, str | None]:

@@ -44,8 +44,8 @@ _CHUNKS_IN_FLIGHT = 8  # tasks out at a time: bounds the results held in memory
 # A task's outcome when it failed: (message, hint) of its SyndicateError, which does not
 # pickle whole.
 _TaskError = tuple[str, str | None]
-# An index page to render: rel, page number, page count, its entries.
-IndexJob = tuple[str, int, int, list[IndexEntry]]
+# An index page to render: rel, archive number (None: index.html), archive count, entries.
+IndexJob = tuple[str, int | None, int, list[IndexEntry]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +127,9 @@ def _render_index_pages(jobs: list[IndexJob]) -> list[bool] | _TaskError:
     renderer, output = _renderer()
     changed = []
     try:
-        for rel, page, pages, entries in jobs:
-            data = renderer.render_index(entries, page=page, pages=pages)
-            changed.append(write_atomic(output / rel, data, fsync=page == 1))
+        for rel, archive, archives, entries in jobs:
+            data = renderer.render_index(entries, archive=archive, archives=archives)
+            changed.append(write_atomic(output / rel, data, fsync=archive is None))
     except SyndicateError as exc:
         return (exc.message, exc.hint)
     return changed
