@@ -9,7 +9,6 @@ import os
 import posixpath
 import re
 import subprocess
-import unicodedata
 from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -24,6 +23,7 @@ from syndicate.config import Settings, load_settings
 from syndicate.errors import InputError, WorkerError
 from syndicate.store import Database, open_database
 from syndicate.store.articles import get_article, iter_articles_newest_first
+from tests.data.dumps.make_dumps import to_cp1258
 
 HOSTILE_TITLE = "<script>alert(1)</script> ]]> {{ 7*7 }} Tin nóng"
 
@@ -67,31 +67,11 @@ DUMPS: dict[str, tuple[str, str]] = {
 DUMPS["005-copy.txt"] = (DUMPS["001.txt"][0], "utf-16")
 
 
-def encode_cp1258(text: str) -> bytes:
-    """Windows-1258 the way Vietnamese Windows wrote it: base letters plus combining tones."""
-    out = bytearray()
-    for char in text:
-        try:
-            out += char.encode("cp1258")
-            continue
-        except UnicodeEncodeError:
-            pass
-        base, *marks = unicodedata.normalize("NFD", char)
-        # cp1258 has â ê ô ă ơ ư precomposed and the five tones as combining marks.
-        for i, mark in enumerate(marks):
-            composed = unicodedata.normalize("NFC", base + mark)
-            if len(composed) == 1 and composed.encode("cp1258", errors="ignore"):
-                base, marks = composed, marks[:i] + marks[i + 1 :]
-                break
-        out += base.encode("cp1258") + "".join(marks).encode("cp1258")
-    return bytes(out)
-
-
 def write_dumps(folder: Path, names: list[str] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name in names or list(DUMPS):
         text, encoding = DUMPS[name]
-        data = encode_cp1258(text) if encoding == "cp1258" else text.encode(encoding)
+        data = to_cp1258(text) if encoding == "cp1258" else text.encode(encoding)
         (folder / name).write_bytes(data)
 
 
