@@ -126,11 +126,7 @@ def read_dump(path: str | Path, *, max_bytes: int, source: str | None = None) ->
     except IsADirectoryError:
         raise DumpError(where, "is a folder, not a dump file.") from None
     except OSError as exc:
-        raise DumpError(
-            where,
-            f"cannot be read: {exc.strerror or exc}.",
-            hint="Check that the file exists and is readable.",
-        ) from exc
+        raise _unreadable(where, exc) from exc
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -144,11 +140,7 @@ def read_dump(path: str | Path, *, max_bytes: int, source: str | None = None) ->
         # Larger already: not read at all (the check below covers a file that grows).
         data = b"" if st.st_size > max_bytes else _read_to_end(fd, st.st_size, max_bytes)
     except OSError as exc:
-        raise DumpError(
-            where,
-            f"cannot be read: {exc.strerror or exc}.",
-            hint="Check that the file exists and is readable.",
-        ) from exc
+        raise _unreadable(where, exc) from exc
     finally:
         os.close(fd)
     if len(data) > max_bytes or st.st_size > max_bytes:
@@ -158,6 +150,14 @@ def read_dump(path: str | Path, *, max_bytes: int, source: str | None = None) ->
             hint="Raise load.max_bytes in the config if the file is a real article.",
         )
     return data
+
+
+def _unreadable(where: str, exc: OSError) -> DumpError:
+    return DumpError(
+        where,
+        f"cannot be read: {exc.strerror or exc}.",
+        hint="Check that the file exists and is readable.",
+    )
 
 
 def _read_to_end(fd: int, size: int, max_bytes: int) -> bytes:
