@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from feedgen import version as feedgen_version
 from feedgen.feed import FeedGenerator
 from lxml import etree
 from markupsafe import Markup, escape
@@ -46,6 +47,11 @@ _SAFE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd
 
 # Namespace for the UUIDs of our item ids; fixed forever (changing it changes every id).
 _ID_NAMESPACE = uuid.UUID("6f1d7c3e-5b0a-4c52-9d3e-8a2f51c0b7e4")
+
+
+# The libraries that write the feed bytes: their versions are part of what a build
+# fingerprints before it skips rendering unchanged feeds.
+LIBRARY_VERSIONS = (feedgen_version.version_str, etree.LXML_VERSION)
 
 
 @dataclass(frozen=True, slots=True)

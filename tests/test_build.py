@@ -373,6 +373,50 @@ def test_deleted_output_is_written_again(
     assert summary.unchanged == first.written - 2
 
 
+def test_feeds_are_rendered_only_when_their_inputs_change(
+    settings: Settings, db: Database, seeds: Path, now: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered: list[str] = []
+    real = build.pages.build_feed
+
+    def counting(articles, **kw):  # type: ignore[no-untyped-def]
+        rendered.append(kw["kind"])
+        return real(articles, **kw)
+
+    monkeypatch.setattr(build.pages, "build_feed", counting)
+    run_build(settings, db, now=now)
+    assert sorted(rendered) == ["atom", "json", "rss"]
+    output = settings.paths.output
+    before = {name: (output / name).read_bytes() for name in ("rss.xml", "atom.xml", "feed.json")}
+    rendered.clear()
+    assert run_build(settings, db, now=now).written == 0
+    assert rendered == []  # nothing changed: not even rendered
+    (output / "atom.xml").unlink()
+    assert run_build(settings, db, now=now).written == 1
+    assert rendered == ["atom"]
+    assert (output / "atom.xml").read_bytes() == before["atom.xml"]
+    # Another site title: every feed says it.
+    rendered.clear()
+    retitled = dataclasses.replace(settings, site=dataclasses.replace(settings.site, title="Khác"))
+    run_build(retitled, db, now=now)
+    assert sorted(rendered) == ["atom", "json", "rss"]
+    assert b"Kh\xc3\xa1c" in (output / "rss.xml").read_bytes()
+    # A feed article's text changes: so do the feeds.
+    rendered.clear()
+    (seeds / "001.txt").write_text(
+        DUMPS["001.txt"][0].replace("Đoạn thân bài thứ hai.", "Đoạn thân bài đã sửa."),
+        encoding="utf-8",
+    )
+    run_build(retitled, db, now=now)
+    assert sorted(rendered) == ["atom", "json", "rss"]
+    assert "Đoạn thân bài đã sửa." in (output / "feed.json").read_text(encoding="utf-8")
+    # New feed code (or a new feedgen or lxml): rendered again; the same bytes stay put.
+    rendered.clear()
+    monkeypatch.setattr(build.pages, "_feeds_code", lambda: "another version")
+    assert run_build(retitled, db, now=now).written == 0
+    assert sorted(rendered) == ["atom", "json", "rss"]
+
+
 def test_edited_output_is_written_again(
     settings: Settings, db: Database, seeds: Path, now: datetime
 ) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from syndicate import feeds
 from syndicate.build.reading import _hash
 from syndicate.build.staging import Stager, close_staging, open_staging, page_fingerprint
 from syndicate.build.sync import Progress, sync_articles
@@ -252,6 +253,14 @@ def _top_articles(
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+@functools.cache
+def _feeds_code() -> str:
+    """What the feed bytes depend on besides their inputs: the feeds module's code and the
+    libraries that write them (a change to either renders the feeds again)."""
+    source = Path(feeds.__file__).read_bytes()
+    return _hash(repr((feeds.LIBRARY_VERSIONS, source)).encode())
+
+
 def _write_feeds(
     settings: Settings,
     db: Database,
@@ -260,16 +269,28 @@ def _write_feeds(
     slugs: dict[str, str],
 ) -> None:
     limit = settings.feeds.limit
-    top = list(_top_articles(db, summaries, limit))
     info = _feed_info(settings)
+    chosen = summaries[:limit]
+    # The feeds show the chosen articles' records at their page URLs, dated by them or, when
+    # none has a date, by when the newest was first seen: with the same settings and code,
+    # the same inputs give the same bytes, and the feeds are not rendered again.
+    key = "\0".join(
+        [_feeds_code(), repr(info), str(limit)]
+        + [f"{slugs[s.id]}:{s.record_hash}:{s.first_seen_at.isoformat()}" for s in chosen]
+    )
+    fingerprint = _hash(key.encode())
+    stale = {kind: name for kind, name in FEED_FILES.items() if not writer.fresh(name, fingerprint)}
+    if not stale:
+        return
+    top = list(_top_articles(db, summaries, limit))
     urls = {a.id: article_url(info.base_url, slugs[a.id]) for a in top}
     # The feed's updated time is the newest publish date. When no article in it has one,
     # it is when syndicate first saw the newest of them: stored, so a rebuild gives the
     # same bytes; never the clock. An empty feed uses the Unix epoch for the same reason.
     ids = {a.id for a in top}
-    seen = [s.first_seen_at for s in summaries if s.id in ids]
+    seen = [s.first_seen_at for s in chosen if s.id in ids]
     fallback = max(seen) if seen else _EPOCH
-    for kind, name in FEED_FILES.items():
+    for kind, name in stale.items():
         data = build_feed(
             top,
             kind=kind,  # type: ignore[arg-type]
@@ -278,7 +299,7 @@ def _write_feeds(
             limit=limit,
             page_urls=urls,
         )
-        writer.write(name, data, _hash(data), fsync=True)
+        writer.write(name, data, fingerprint, fsync=True)
 
 
 def _stamp_columns(stamp: store.PageStamp | None) -> tuple[int | None, int | None]:
