@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from syndicate import feeds
-from syndicate.build.reading import _hash
+from syndicate.build.hashing import digest as _hash
 from syndicate.build.staging import Stager, close_staging, open_staging, page_fingerprint
 from syndicate.build.sync import Progress, sync_articles
 from syndicate.build.workers import BuildPool, IndexJob, _use_workers

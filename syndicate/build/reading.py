@@ -13,13 +13,10 @@ from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from syndicate import load
+from syndicate.build.hashing import digest as _hash
 from syndicate.build.staging import Stager
 from syndicate.errors import DumpError
 from syndicate.store import articles as store
-
-
-def _hash(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def _encode_error(exc: DumpError) -> str:

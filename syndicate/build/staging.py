@@ -13,12 +13,12 @@ process that made it is gone (a build killed mid-run).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from syndicate.build.hashing import digest
 from syndicate.model import Article
 from syndicate.output import write_new
 from syndicate.site import SiteRenderer, article_path
@@ -29,8 +29,7 @@ STAGING_FOLDER = ".staging"
 
 def page_fingerprint(renderer_fingerprint: str, slug: str, record_hash: str) -> str:
     """The fingerprint of an article page's inputs: templates and site, slug, stored record."""
-    key = f"{renderer_fingerprint}\0{slug}\0{record_hash}".encode()
-    return hashlib.blake2b(key, digest_size=16).hexdigest()
+    return digest(f"{renderer_fingerprint}\0{slug}\0{record_hash}".encode())
 
 
 @dataclass(frozen=True, slots=True)
