@@ -12,7 +12,7 @@ import functools
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
@@ -355,7 +355,6 @@ class SiteRenderer:
         *,
         archive: int | None,
         archives: int,
-        slugs: Mapping[str, str] | None = None,
     ) -> bytes:
         """index.html (`archive` None) or archive page `archive` of `archives`, listing
         `entries` (already newest first). Newer and older links lead along the pages; an
@@ -363,7 +362,7 @@ class SiteRenderer:
         root = "" if archive is None else "../"
         items = [
             SimpleNamespace(
-                href=root + article_path((slugs or {}).get(e.id, e.slug)),
+                href=root + article_path(e.slug),
                 title=one_line(e.title),
                 author=one_line(e.author) if e.author else None,
                 date=self._date(e.published, e.precision),

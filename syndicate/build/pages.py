@@ -95,9 +95,9 @@ def run_build(
 
     Writes rss.xml, atom.xml, feed.json, articles/<slug>.html and index.html
     (+ page/<n>.html archive pages, page/1.html the oldest) for the articles found in
-    the dumps. Writes are atomic and files whose bytes did not change are not rewritten; article
-    and index pages whose inputs did not change are not even rendered. Pages an
-    earlier build wrote that no longer belong to the site are deleted.
+    the dumps. Writes are atomic and files whose bytes did not change are not
+    rewritten; pages and feeds whose inputs did not change are not even rendered.
+    Pages an earlier build wrote that no longer belong to the site are deleted.
     """
     started = time.perf_counter()
     output = settings.paths.output
@@ -241,10 +241,8 @@ def _record(db: Database, article_id: str) -> tuple[str, str | None]:
     return record
 
 
-def _top_articles(
-    db: Database, summaries: Sequence[store.ArticleSummary], limit: int
-) -> Iterator[Article]:
-    for summary in summaries[:limit]:
+def _top_articles(db: Database, chosen: Sequence[store.ArticleSummary]) -> Iterator[Article]:
+    for summary in chosen:
         article = store.get_article(db, summary.id)
         if article is not None:
             yield article
@@ -282,7 +280,7 @@ def _write_feeds(
     stale = {kind: name for kind, name in FEED_FILES.items() if not writer.fresh(name, fingerprint)}
     if not stale:
         return
-    top = list(_top_articles(db, summaries, limit))
+    top = list(_top_articles(db, chosen))
     urls = {a.id: article_url(info.base_url, slugs[a.id]) for a in top}
     # The feed's updated time is the newest publish date. When no article in it has one,
     # it is when syndicate first saw the newest of them: stored, so a rebuild gives the

@@ -244,7 +244,7 @@ class BuildPool:
     ) -> None:
         """Render and write (rel, slug, article id, fingerprint) article pages in the workers;
         this process reads the records and keeps the counts, in page order."""
-        chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
+        chunks = list(_chunks(todo, _CHUNK))
         tasks = (
             (_render_articles, ([(rel, slug, records(id_)) for rel, slug, id_, _fp in chunk],))
             for chunk in chunks
@@ -258,10 +258,7 @@ class BuildPool:
     def start_index_pages(self, jobs: Sequence[IndexJob]) -> list[Future[list[bool] | _TaskError]]:
         """Send index pages to the workers now; `finish_index_pages` counts them."""
         pool = self._executor()
-        return [
-            pool.submit(_render_index_pages, list(jobs[i : i + _INDEX_CHUNK]))
-            for i in range(0, len(jobs), _INDEX_CHUNK)
-        ]
+        return [pool.submit(_render_index_pages, chunk) for chunk in _chunks(jobs, _INDEX_CHUNK)]
 
     @staticmethod
     def finish_index_pages(
