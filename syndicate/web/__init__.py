@@ -10,6 +10,7 @@ Modules: `static` (the output folder), `guard` (headers, limits, CSRF), `pages`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from syndicate.config import Settings
+from syndicate.errors import StoreBusyError, StoreFullError
 from syndicate.send import Mailer
 from syndicate.web.guard import (
     CONTENT_SECURITY_POLICY,
@@ -33,9 +35,12 @@ from syndicate.web.guard import (
 from syndicate.web.pages import Service, build_confirmation, negotiate_language
 from syndicate.web.seams import Clock, DatabaseStore, SubscriptionStore, utc_now
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "CONTENT_SECURITY_POLICY",
     "MAX_BODY_BYTES",
+    "RETRY_AFTER",
     "Clock",
     "DatabaseStore",
     "SubscriptionStore",
@@ -45,6 +50,10 @@ __all__ = [
     "make_form_token",
     "negotiate_language",
 ]
+
+
+# Seconds a client is asked to wait after a 503 (the database busy, or the disk full).
+RETRY_AFTER = 5
 
 
 def create_app(
@@ -57,8 +66,10 @@ def create_app(
     """Build the ASGI app serving `settings.paths.output` and the subscription pages.
 
     The mailer is closed when the app shuts down; the store belongs to the caller. Store
-    calls run on a thread of their own (one at a time), so `store` must be usable from a
-    thread other than the caller's (`open_database(..., any_thread=True)`).
+    calls run on threads of their own (writes on one, reads on another), so `store` must
+    be usable from threads other than the caller's (`open_database(..., any_thread=True)`).
+    A busy database (another command kept the write lock past `store.busy_timeout`) or a
+    full disk answers 503 with Retry-After, in the usual error shape.
     """
     service = Service(settings, store, mailer, clock)
 
@@ -78,6 +89,11 @@ def create_app(
         headers = exc.headers if isinstance(exc, HTTPException) else None
         return service.error_page(request, status_code, headers=headers)
 
+    async def store_unavailable(request: Request, exc: Exception) -> Response:
+        # Not the app's fault and not for long: the client may try again (RFC 9110 15.6.4).
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return service.error_page(request, 503, headers={"retry-after": str(RETRY_AFTER)})
+
     async def server_error(request: Request, exc: Exception) -> Response:
         # Starlette re-raises the exception after this page is sent, so uvicorn logs it.
         return service.error_page(request, 500)
@@ -92,6 +108,11 @@ def create_app(
     return Starlette(
         routes=routes,
         middleware=[Middleware(SecurityHeaders), Middleware(BodyLimit, limit=MAX_BODY_BYTES)],
-        exception_handlers={HTTPException: http_error, Exception: server_error},
+        exception_handlers={
+            HTTPException: http_error,
+            StoreBusyError: store_unavailable,
+            StoreFullError: store_unavailable,
+            Exception: server_error,
+        },
         lifespan=lifespan,
     )

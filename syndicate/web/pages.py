@@ -94,6 +94,8 @@ _STRINGS: dict[str, dict[str, str]] = {
         "error_429": "Bạn đã gửi quá nhiều yêu cầu. Hãy thử lại sau một phút.",
         "error_500_title": "Lỗi máy chủ",
         "error_500": "Đã có lỗi ở phía chúng tôi. Hãy thử lại sau ít phút.",
+        "error_503_title": "Hệ thống đang bận",
+        "error_503": "Hệ thống đang bận trong giây lát. Hãy thử lại sau ít giây.",
     },
     "en": {
         "subscribe_title": "Subscribe to the newsletter",
@@ -152,6 +154,8 @@ _STRINGS: dict[str, dict[str, str]] = {
         "error_429": "You have sent too many requests. Please try again in a minute.",
         "error_500_title": "Server error",
         "error_500": "Something went wrong on our side. Please try again in a few minutes.",
+        "error_503_title": "Busy for a moment",
+        "error_503": "We are busy for a moment. Please try again in a few seconds.",
     },
 }
 
@@ -190,9 +194,10 @@ _T = TypeVar("_T")
 class Service:
     """The endpoints, sharing settings, store, mailer, clock and templates.
 
-    Store calls run on one thread of their own, one at a time: a call that waits for the
-    database (`syndicate send` holding its write lock, for up to the busy timeout) holds
-    up only the requests that need the store, never the event loop serving the pages.
+    Store calls that write run on one thread of their own, one at a time: a call that
+    waits for the database (`syndicate send` holding its write lock, for up to the busy
+    timeout) holds up only the requests that write, never the event loop serving the
+    pages. Reads (`find`, `check`) run on another thread, so they never queue behind it.
     """
 
     def __init__(
@@ -218,6 +223,9 @@ class Service:
         self._secret: bytes | None = None
         self.dkim = read_dkim_key(settings)
         self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syndicate-store")
+        self._reader_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="syndicate-store-read"
+        )
 
     async def call_store(
         self, function: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
@@ -228,13 +236,25 @@ class Service:
             self._store_thread, functools.partial(function, *args, **kwargs)
         )
 
+    async def call_reader(
+        self, function: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """Run a store read (`find`, `check`) on the reading thread and wait for it."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._reader_thread, functools.partial(function, *args, **kwargs)
+        )
+
     async def start(self) -> None:
         """Read the signing secret (at startup, on the store's thread)."""
         self._secret = await self.call_store(self.store.read_secret)
 
     def close(self) -> None:
-        """Finish the store call in progress, if any, and stop the store's thread."""
-        self._store_thread.shutdown(wait=True)
+        """Finish the store calls in progress, if any, and stop the store's threads."""
+        try:
+            self._store_thread.shutdown(wait=True)
+        finally:
+            self._reader_thread.shutdown(wait=True)
 
     @property
     def secret(self) -> bytes:
@@ -367,7 +387,7 @@ class Service:
         checks: dict[str, str] = {}
         healthy = True
         try:
-            await self.call_store(self.store.check)
+            await self.call_reader(self.store.check)
             checks["database"] = "ok"
         except StoreError as exc:
             log.error("healthz: %s", exc)
@@ -489,7 +509,7 @@ class Service:
         except TokenError:
             subscriber_id = None
         subscriber = (
-            await self.call_store(self.store.find, subscriber_id)
+            await self.call_reader(self.store.find, subscriber_id)
             if subscriber_id is not None
             else None
         )
