@@ -314,8 +314,6 @@ def _preview_send(
     db = app.database
     now = datetime.fromtimestamp(app.now(), UTC)
     address = normalize_email(to) if to is not None else None
-    # The secret is made (once) and kept: a test copy's link must verify.
-    secret = get_secret(settings, db)
     # Read the seeds as `send` would; no write lock is held while the digest is planned.
     plan = preview_digest(settings, db, now=now)
     if plan is None:
@@ -326,6 +324,9 @@ def _preview_send(
     templates = _templates(settings, plan, languages, marker=marker, now=now)
     if address is not None and not dry_run:
         template = templates[settings.site.language]
+        # The secret is made (once) and kept: a test copy's link must verify. A dry run
+        # needs none, so it never waits for the write lock to store one.
+        secret = get_secret(settings, db)
         token = make_token(secret, purpose="unsubscribe", subscriber_id=0, issued_at=now)
         message = _test_copy(
             template, to=address, day=plan.day, url=unsubscribe_url(settings, token)
