@@ -45,6 +45,13 @@ def store_error(path: Path | str, what: str, exc: sqlite3.Error) -> StoreError:
     return StoreError(f"{path}: {what}: {exc}.")
 
 
+def _raise_if_try_later(path: Path, exc: sqlite3.Error) -> None:
+    """Raise StoreBusyError or StoreFullError for a busy database or a full disk."""
+    error = store_error(path, "", exc)
+    if type(error) is not StoreError:
+        raise error from exc
+
+
 class _Discard(Exception):
     """Raised inside Database.scratch() to roll its transaction back."""
 
@@ -82,10 +89,10 @@ class Database:
         try:
             yield self.conn
         except sqlite3.Error as exc:
-            # A statement the area module did not wrap: still one line, busy is still 75.
             self._depth = 0
             self._rollback()
-            raise store_error(self.path, "a statement failed", exc) from exc
+            _raise_if_try_later(self.path, exc)
+            raise  # the area module's own handler words it
         except BaseException:
             self._depth = 0
             self._rollback()
@@ -118,7 +125,8 @@ class Database:
         try:
             yield self.conn
         except sqlite3.Error as exc:
-            raise store_error(self.path, "a query failed", exc) from exc
+            _raise_if_try_later(self.path, exc)
+            raise
         finally:
             self._reading = False
             self._rollback()  # nothing was written: ending it only lets the snapshot go
@@ -207,9 +215,7 @@ def open_database(
             conn.execute("PRAGMA query_only = ON")
     except sqlite3.DatabaseError as exc:
         conn.close()
-        failed = store_error(path, "cannot open the database", exc)
-        if type(failed) is not StoreError:  # busy or full: the file itself is fine
-            raise failed from exc
+        _raise_if_try_later(path, exc)  # busy or full: the file itself is fine
         raise StoreError(
             f"{path}: not a usable syndicate database: {exc}.",
             hint="Point paths.database at a new file, or restore this one from a backup.",
