@@ -148,8 +148,25 @@ def _migrate(db: Database) -> None:
             f"{db.path}: schema version {current} is newer than this syndicate knows ({latest}).",
             hint="Upgrade syndicate before using this database.",
         )
-    for version in range(current + 1, latest + 1):
-        with db.transaction() as conn:
-            for statement in MIGRATIONS[version - 1]:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {version}")
+    if current == latest:
+        return
+    # Foreign keys are off while steps run, as SQLite's own recipe for rebuilding a table
+    # says: dropping the old copy of a table must not cascade into the rows that point at
+    # it. The pragma is a no-op inside a transaction, so it is set around them, and each
+    # step checks the keys itself before it commits.
+    db.conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        for version in range(current + 1, latest + 1):
+            with db.transaction() as conn:
+                for statement in MIGRATIONS[version - 1]:
+                    conn.execute(statement)
+                broken = conn.execute("PRAGMA foreign_key_check").fetchone()
+                if broken is not None:
+                    raise StoreError(
+                        f"{db.path}: migration {version} would leave a row of {broken[0]} "
+                        f"pointing at a missing row of {broken[2]}; nothing was changed.",
+                        hint="Restore the database from a backup, or report this.",
+                    )
+                conn.execute(f"PRAGMA user_version = {version}")
+    finally:
+        db.conn.execute("PRAGMA foreign_keys = ON")
