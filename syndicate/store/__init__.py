@@ -214,6 +214,9 @@ def _migrate(db: Database) -> None:
     try:
         for version in range(current + 1, latest + 1):
             with db.transaction() as conn:
+                # Another process may have run this step while we waited for the lock.
+                if db.schema_version >= version:
+                    continue
                 for statement in MIGRATIONS[version - 1]:
                     conn.execute(statement)
                 broken = conn.execute("PRAGMA foreign_key_check").fetchone()
