@@ -165,3 +165,5 @@ class Subscriber:
     unsubscribed_at: datetime | None = None
     bounced_at: datetime | None = None
     bounce_count: int = 0
+    # Random, stored with the subscriber and signed into their tokens: a link dies with them.
+    token_nonce: bytes = field(default=b"", repr=False)

@@ -239,6 +239,28 @@ def test_unsubscribe_token_make_and_verify(project: Path) -> None:
     )
 
 
+def test_unsubscribe_token_of_an_erased_subscriber_is_not_valid_for_the_next_one(
+    project: Path,
+) -> None:
+    _subscribe("an@example.org")
+    url = _run("unsubscribe-token", "make", "an@example.org")[1]
+    assert _run("subscribers", "erase", "an@example.org")[0] == 0
+    _subscribe("binh@example.org")
+    token = url.strip().split("token=")[1]
+    assert _run("unsubscribe-token", "verify", token) == (
+        2,
+        "",
+        "Error: not valid: unsubscribe token: the subscriber it was made for no longer "
+        "exists (erased). Nothing was changed.\n",
+    )
+    binh = _run("unsubscribe-token", "make", "binh@example.org")[1].strip().split("token=")[1]
+    assert _run("unsubscribe-token", "verify", binh) == (
+        0,
+        "valid: subscriber 2 <binh@example.org> (confirmed)\n",
+        "",
+    )
+
+
 # --------------------------------------------------------------------------- across days
 
 DAY1 = datetime(2024, 10, 31, 6, 0, tzinfo=UTC)  # 13:00 on 31 October in Asia/Ho_Chi_Minh

@@ -323,20 +323,23 @@ def _can_mount() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _can_mount(), reason="needs root and unshare to mount a small tmpfs")
 def test_a_full_disk_is_exit_75_not_2(workdir: Path) -> None:
-    """A real full disk: a 256 KiB tmpfs in a private mount namespace, filled up."""
+    """A real full disk: a 2 MiB tmpfs in a private mount namespace, filled up."""
     copy_seeds(workdir / "seeds")
     disk = workdir / "disk"
     disk.mkdir()
-    (workdir / "syndicate.toml").write_text(
+    # The database on the small disk; and one beside it, for a file write that fails.
+    (workdir / "on-disk.toml").write_text(
         '[paths]\noutput = "disk/feeds"\ndatabase = "disk/syndicate.db"\n', encoding="utf-8"
     )
+    (workdir / "beside.toml").write_text('[paths]\ndatabase = "syndicate.db"\n', encoding="utf-8")
     syndicate = f"{sys.executable} -m syndicate"
     script = f"""
-    mount -t tmpfs -o size=256k tmpfs disk || exit 99
-    {syndicate} subscribers add lan@example.org > /dev/null || exit 98
+    mount -t tmpfs -o size=2m tmpfs disk || exit 99
+    {syndicate} --config on-disk.toml subscribers add lan@example.org > /dev/null || exit 98
+    {syndicate} --config beside.toml subscribers add lan@example.org > /dev/null || exit 98
     dd if=/dev/zero of=disk/filler bs=4k 2> /dev/null
-    {syndicate} subscribers add an@example.org; echo "exit $?"
-    {syndicate} subscribers export disk/backup.csv; echo "exit $?"
+    {syndicate} --config on-disk.toml subscribers add an@example.org; echo "exit $?"
+    {syndicate} --config beside.toml subscribers export disk/backup.csv; echo "exit $?"
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
     done = subprocess.run(

@@ -96,10 +96,10 @@ def subscriber(settings: Settings, address: str):  # type: ignore[no-untyped-def
         return get_by_email(db, address)
 
 
-def add_confirmed(settings: Settings, address: str, now: datetime) -> tuple[int, bytes]:
+def add_confirmed(settings: Settings, address: str, now: datetime) -> tuple[Subscriber, bytes]:
     with open_database(settings.paths.database) as db:
         added = add_subscriber(db, address, language="vi", now=now)
-        return added.id, get_secret(settings, db)
+        return added, get_secret(settings, db)
 
 
 def raw_get(url: str, target: str) -> tuple[int, bytes]:
@@ -411,10 +411,11 @@ def test_signup_stores_pending_and_mails_a_signed_confirmation_link(
     token = link.split("token=")[1]
     with open_database(server.settings.paths.database) as db:
         secret = get_secret(server.settings, db)
-    assert (
-        tokens.verify_token(secret, token, purpose="confirm", now=now, max_age=timedelta(hours=48))
-        == stored.id
+    claim = tokens.read_token(
+        secret, token, purpose="confirm", now=now, max_age=timedelta(hours=48)
     )
+    assert claim.subscriber_id == stored.id
+    assert claim.nonce == stored.token_nonce
     assert "Lan.Nguyen" not in link
 
 
@@ -447,7 +448,11 @@ def test_signup_answers_byte_identically_whatever_the_address_state(
     with open_database(server.settings.paths.database) as db:
         secret = get_secret(server.settings, db)
     leave = tokens.make_token(
-        secret, purpose="unsubscribe", subscriber_id=stored.id, issued_at=server.clock()
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=stored.id,
+        nonce=stored.token_nonce,
+        issued_at=server.clock(),
     )
     assert client.post("unsubscribe", params={"token": leave}).status_code == 200
     left = sign_up(client, address)
@@ -581,10 +586,18 @@ def test_expired_altered_unknown_and_misused_confirm_tokens_get_400(
         secret = get_secret(server.settings, db)
     stored = subscriber(server.settings, "em@example.org")
     unknown = tokens.make_token(
-        secret, purpose="confirm", subscriber_id=9999, issued_at=server.clock()
+        secret,
+        purpose="confirm",
+        subscriber_id=9999,
+        nonce=stored.token_nonce,
+        issued_at=server.clock(),
     )
     wrong_purpose = tokens.make_token(
-        secret, purpose="unsubscribe", subscriber_id=stored.id, issued_at=server.clock()
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=stored.id,
+        nonce=stored.token_nonce,
+        issued_at=server.clock(),
     )
     for bad in (altered, unknown, wrong_purpose, "", "<b>x</b>"):
         answer = client.get("confirm", params={"token": bad})
@@ -609,7 +622,11 @@ def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
     with open_database(server.settings.paths.database) as db:
         secret = get_secret(server.settings, db)
     leave = tokens.make_token(
-        secret, purpose="unsubscribe", subscriber_id=stored.id, issued_at=server.clock()
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=stored.id,
+        nonce=stored.token_nonce,
+        issued_at=server.clock(),
     )
     assert client.post("unsubscribe", params={"token": leave}).status_code == 200
     replay = client.get(link)
@@ -625,9 +642,13 @@ def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
 def test_unsubscribe_get_shows_one_button_and_changes_nothing(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
-    subscriber_id, secret = add_confirmed(server.settings, "hoa@example.org", now)
+    added, secret = add_confirmed(server.settings, "hoa@example.org", now)
     token = tokens.make_token(
-        secret, purpose="unsubscribe", subscriber_id=subscriber_id, issued_at=now
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=added.id,
+        nonce=added.token_nonce,
+        issued_at=now,
     )
     page = client.get("unsubscribe", params={"token": token})
     assert page.status_code == 200
@@ -640,9 +661,13 @@ def test_unsubscribe_get_shows_one_button_and_changes_nothing(
 def test_one_click_unsubscribe_needs_no_cookie_or_form_token_and_is_idempotent(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
-    subscriber_id, secret = add_confirmed(server.settings, "khanh@example.org", now)
+    added, secret = add_confirmed(server.settings, "khanh@example.org", now)
     token = tokens.make_token(
-        secret, purpose="unsubscribe", subscriber_id=subscriber_id, issued_at=now
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=added.id,
+        nonce=added.token_nonce,
+        issued_at=now,
     )
     one_click = {"content-type": "application/x-www-form-urlencoded"}
     for _ in range(2):
@@ -667,13 +692,17 @@ def test_one_click_unsubscribe_needs_no_cookie_or_form_token_and_is_idempotent(
 def test_unsubscribe_with_an_altered_token_gets_400_and_changes_nothing(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
-    subscriber_id, secret = add_confirmed(server.settings, "linh@example.org", now)
+    added, secret = add_confirmed(server.settings, "linh@example.org", now)
     token = tokens.make_token(
-        secret, purpose="unsubscribe", subscriber_id=subscriber_id, issued_at=now
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=added.id,
+        nonce=added.token_nonce,
+        issued_at=now,
     )
     altered = token[:10] + ("A" if token[10] != "A" else "B") + token[11:]
     confirm_token = tokens.make_token(
-        secret, purpose="confirm", subscriber_id=subscriber_id, issued_at=now
+        secret, purpose="confirm", subscriber_id=added.id, nonce=added.token_nonce, issued_at=now
     )
     for bad in (altered, confirm_token, ""):
         if bad:
@@ -701,15 +730,21 @@ def test_unsubscribe_without_a_token_explains_where_the_personal_link_is(
 def test_unsubscribe_token_in_the_form_body_and_of_an_erased_subscriber(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
-    subscriber_id, secret = add_confirmed(server.settings, "minh@example.org", now)
+    added, secret = add_confirmed(server.settings, "minh@example.org", now)
     token = tokens.make_token(
-        secret, purpose="unsubscribe", subscriber_id=subscriber_id, issued_at=now
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=added.id,
+        nonce=added.token_nonce,
+        issued_at=now,
     )
     assert client.post("unsubscribe", data={"token": token}).status_code == 200
     assert subscriber(server.settings, "minh@example.org").status is (
         SubscriptionStatus.UNSUBSCRIBED
     )
-    gone = tokens.make_token(secret, purpose="unsubscribe", subscriber_id=4242, issued_at=now)
+    gone = tokens.make_token(
+        secret, purpose="unsubscribe", subscriber_id=4242, nonce=bytes(16), issued_at=now
+    )
     assert client.post("unsubscribe", params={"token": gone}).status_code == 200
 
 

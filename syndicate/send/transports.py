@@ -12,7 +12,9 @@ import email.policy
 import logging
 import os
 import re
+import shlex
 import ssl
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
@@ -79,7 +81,8 @@ class OutboxMailer:
             stem = _UNSAFE_NAME.sub("_", found.group(1).decode("ascii", "replace"))
         else:
             stem = _UNSAFE_NAME.sub("_", ",".join(recipients))
-        write_atomic(self.folder / f"{stem[:150]}.eml", message, skip_unchanged=False)
+        # Private: each message holds an address and its personal unsubscribe link.
+        write_atomic(self.folder / f"{stem[:150]}.eml", message, skip_unchanged=False, private=True)
 
     async def aclose(self) -> None:
         return None
@@ -341,13 +344,29 @@ def mailer_concurrency(settings: Settings) -> int:
     return settings.smtp.connections if settings.mail.transport == "smtp" else 1
 
 
+def _exposure(mode: int) -> str:
+    if mode & 0o004:
+        return "readable by others"
+    if mode & 0o040:
+        return "readable by its group"
+    return "writable by group or others"
+
+
 def read_dkim_key(settings: Settings) -> DkimKey | None:
-    """Read the DKIM private key named in config; None while dkim.domain is empty."""
+    """Read the DKIM private key named in config; None while dkim.domain is empty.
+
+    Raises ConfigError when the file cannot be read, is open to its group or to
+    others (any read or write bit: mode 0600 or 0400 is required), or holds no PEM
+    private key.
+    """
     dkim = settings.dkim
     if not dkim.domain or dkim.key_file is None:
         return None
     try:
-        key = dkim.key_file.read_bytes()
+        with dkim.key_file.open("rb") as handle:
+            # The mode of the file read, not of whatever the path names a moment later.
+            mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+            key = handle.read()
     except OSError as exc:
         raise ConfigError(
             f"config key dkim.key_file: {str(dkim.key_file)!r} cannot be read: "
@@ -355,6 +374,13 @@ def read_dkim_key(settings: Settings) -> DkimKey | None:
             key="dkim.key_file",
             hint="Point it at the PEM private key of the selector.",
         ) from exc
+    if mode & 0o066:
+        # Whoever can read the key can sign as the domain; OpenDKIM refuses such keys too.
+        raise ConfigError(
+            f"dkim.key_file {dkim.key_file}: {_exposure(mode)} (mode {mode:04o}); "
+            f"run chmod 600 {shlex.quote(str(dkim.key_file))}.",
+            key="dkim.key_file",
+        )
     if b"PRIVATE KEY" not in key:
         raise ConfigError(
             f"config key dkim.key_file: {str(dkim.key_file)!r} is not a PEM private key.",

@@ -469,7 +469,11 @@ class Service:
 
     async def _send_confirmation(self, subscriber: Subscriber, now: datetime) -> None:
         token = tokens.make_token(
-            self.secret, purpose="confirm", subscriber_id=subscriber.id, issued_at=now
+            self.secret,
+            purpose="confirm",
+            subscriber_id=subscriber.id,
+            nonce=subscriber.token_nonce,
+            issued_at=now,
         )
         confirm_url = f"{self.base_url}confirm?token={token}"
         try:
@@ -498,21 +502,22 @@ class Service:
         strings = _STRINGS[lang]
         max_age = timedelta(hours=self.settings.subscribe.confirm_hours)
         now = self.clock()
+        subscriber: Subscriber | None
         try:
-            subscriber_id = tokens.verify_token(
+            # The lookup runs on the reading thread (it only reads, so it never waits
+            # behind a sign-up that waits for the write lock): the token must name the
+            # very subscriber it was made for (their nonce), not whoever holds the id now.
+            subscriber = await self.call_reader(
+                tokens.verify_token,
                 self.secret,
                 request.query_params.get("token", ""),
                 purpose="confirm",
                 now=now,
                 max_age=max_age,
+                find=self.store.find,
             )
         except TokenError:
-            subscriber_id = None
-        subscriber = (
-            await self.call_reader(self.store.find, subscriber_id)
-            if subscriber_id is not None
-            else None
-        )
+            subscriber = None
         # An old link must not bring back someone who left or bounced since.
         if subscriber is None or subscriber.status not in (
             SubscriptionStatus.PENDING,
@@ -546,9 +551,8 @@ class Service:
                 "unsubscribe.html.j2", lang, title=strings["how_unsubscribe_title"], state="how"
             )
         try:
-            subscriber_id = tokens.verify_token(
-                self.secret, token, purpose="unsubscribe", now=self.clock()
-            )
+            # The signature first; a GET needs no more, as it changes nothing.
+            tokens.read_token(self.secret, token, purpose="unsubscribe", now=self.clock())
         except TokenError:
             return self.page(
                 "unsubscribe.html.j2",
@@ -567,9 +571,19 @@ class Service:
                 form_action=self.url("unsubscribe", lang, token=token),
             )
         try:
-            await self.call_store(self.store.unsubscribe, subscriber_id, now=self.clock())
-        except SubscriberError as exc:
-            # An erased subscriber is off the list already: that is what they asked for.
+            owner = await self.call_store(
+                tokens.verify_token,
+                self.secret,
+                token,
+                purpose="unsubscribe",
+                now=self.clock(),
+                find=self.store.find,
+            )
+            await self.call_store(self.store.unsubscribe, owner.id, now=self.clock())
+        except (TokenError, SubscriberError) as exc:
+            # The subscriber the link was made for is erased: off the list already, which
+            # is what they asked for. Whoever holds their id now (a database from before
+            # ids were kept unique) is left alone.
             log.info("unsubscribe: %s", exc)
         return self.page(
             "unsubscribe.html.j2", lang, title=strings["unsubscribed_title"], state="done"
