@@ -56,9 +56,10 @@ def create_app(
 ) -> Starlette:
     """Build the ASGI app serving `settings.paths.output` and the subscription pages.
 
-    The mailer is closed when the app shuts down; the store belongs to the caller. Store
-    calls run on a thread of their own (one at a time), so `store` must be usable from a
-    thread other than the caller's (`open_database(..., any_thread=True)`).
+    The mailer is used on the sign-ups' thread (an event loop of its own) and closed there
+    when the app shuts down; the store belongs to the caller. Store calls run on a thread
+    of their own (one at a time), so `store` must be usable from a thread other than the
+    caller's (`open_database(..., any_thread=True)`).
     """
     service = Service(settings, store, mailer, clock)
 
@@ -69,7 +70,7 @@ def create_app(
             yield
         finally:
             try:
-                await mailer.aclose()
+                await service.stop()  # closes the mailer on the sign-ups' thread
             finally:
                 service.close()
 

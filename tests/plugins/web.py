@@ -80,12 +80,52 @@ class RecordingMailer:
             return list(self.messages)
 
 
+class Tally:
+    """A count other threads add to, and tests wait on."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = threading.Condition()
+
+    def add(self) -> None:
+        with self._changed:
+            self.count += 1
+            self._changed.notify_all()
+
+    def wait_for(self, count: int, *, timeout: float = 10.0) -> None:
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.count >= count, timeout):
+                pytest.fail(f"expected {count}, got {self.count} in {timeout} s")
+
+
+class CountingStore:
+    """Wraps the app's store: counts the sign-ups it has finished storing (or refused).
+
+    A sign-up is stored after the response (off the request), so tests that look at
+    the database next wait here: `server.signups.wait_for(n)`.
+    """
+
+    def __init__(self, inner: SubscriptionStore, tally: Tally) -> None:
+        self.inner = inner
+        self.tally = tally
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def sign_up(self, email: str, *, language: str, now: datetime) -> tuple[Any, bool]:
+        try:
+            return self.inner.sign_up(email, language=language, now=now)
+        finally:
+            self.tally.add()
+
+
 @dataclass
 class LiveServer:
     url: str  # the base URL, ending in '/'
     settings: Settings
     clock: MutableClock
     mail: RecordingMailer
+    signups: Tally  # sign-ups stored (or refused) so far
 
     @property
     def outbox(self) -> Path:
@@ -221,15 +261,19 @@ def live_server(settings: Settings, now: datetime) -> Iterator[Callable[..., Liv
             clock = MutableClock(now)
             inner = mailer or (lambda s: open_mailer(s, folder=CONFIRMATIONS))
             recorder = RecordingMailer(inner(configured))
+            tally = Tally()
+
+            def wrap(store: SubscriptionStore) -> SubscriptionStore:
+                counted = CountingStore(store, tally)
+                return wrap_store(counted) if wrap_store is not None else counted
+
             stack.enter_context(
                 run_server(
-                    configured,
-                    sock,
-                    clock=clock,
-                    make_mailer=lambda _: recorder,
-                    wrap_store=wrap_store,
+                    configured, sock, clock=clock, make_mailer=lambda _: recorder, wrap_store=wrap
                 )
             )
-            return LiveServer(url=url, settings=configured, clock=clock, mail=recorder)
+            return LiveServer(
+                url=url, settings=configured, clock=clock, mail=recorder, signups=tally
+            )
 
         yield start
