@@ -43,6 +43,7 @@ from syndicate.web import (
     make_form_token,
     negotiate_language,
 )
+from syndicate.web.guard import rate_limit_key
 from tests.conftest import ROOT
 from tests.plugins.smtp import SmtpServer
 from tests.plugins.web import LiveServer, build_site
@@ -635,6 +636,39 @@ def test_signups_are_rate_limited_per_client_address(
         # Another client (named by the trusted local proxy) has its own allowance.
         other = sign_up(client, "user3@example.org", **{"x-forwarded-for": "203.0.113.9"})
         assert other.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("client", "key"),
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:DB8:1:2::ffff", "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_the_rate_limit_counts_an_ipv6_client_by_its_64(client: str, key: str) -> None:
+    assert rate_limit_key(client) == key
+
+
+def test_ipv6_sign_ups_are_rate_limited_per_64_network(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    """Addresses from one /64 share one allowance; the next /64 has its own."""
+    server = live_server(subscribe=SubscribeSettings(rate_limit=3))
+    with httpx.Client(base_url=server.url) as client:
+        for n in range(3):
+            hop = {"x-forwarded-for": f"2001:db8:5:6::{n + 1:x}"}
+            assert sign_up(client, f"v6-{n}@example.org", **hop).status_code == 200
+        limited = sign_up(
+            client, "v6-3@example.org", **{"x-forwarded-for": "2001:db8:5:6:ffff:1:2:3"}
+        )
+        assert limited.status_code == 429
+        neighbour = sign_up(client, "v6-4@example.org", **{"x-forwarded-for": "2001:db8:5:7::1"})
+        assert neighbour.status_code == 200
 
 
 def test_oversized_request_bodies_get_413(client: httpx.Client) -> None:

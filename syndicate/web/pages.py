@@ -29,6 +29,7 @@ from syndicate.web.guard import (
     check_form_token,
     make_form_token,
     origin_of,
+    rate_limit_key,
 )
 from syndicate.web.seams import Clock, SubscriptionStore
 from syndicate.web.signups import SignupWorker
@@ -403,7 +404,7 @@ class Service:
         if request.method != "POST":
             return self.form_page(lang)
         client = request.client.host if request.client else "unknown"
-        allowed, wait = self.limiter.allow(client)
+        allowed, wait = self.limiter.allow(rate_limit_key(client))
         if not allowed:
             return self.error_page(request, 429, headers={"retry-after": str(wait)})
         form = await request.form(max_files=0, max_fields=10, max_part_size=MAX_BODY_BYTES)
