@@ -365,11 +365,11 @@ def _check_base_url(url: str) -> None:
             f"{where}; expected an absolute http(s) URL like 'https://news.example.org/'.",
             key="site.base_url",
         )
-    userinfo, at, hostport = parts.netloc.rpartition("@")
+    _userinfo, at, hostport = parts.netloc.rpartition("@")
     if at:
         # Every link and mail would carry the credentials, in clear.
         raise ConfigError(
-            f"config key site.base_url has credentials (user:password@) in it; expected a "
+            "config key site.base_url has credentials (user:password@) in it; expected a "
             "URL without them, like 'https://news.example.org/'.",
             key="site.base_url",
         )

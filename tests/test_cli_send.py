@@ -529,10 +529,13 @@ def test_implicit_tls_to_a_plain_smtp_port_is_a_setup_error_not_a_retry(
     _subscribe("an@example.org")
     code, out, err = _run("-q", "send")
     assert (code, out) == (2, "")
-    line = re.escape(
-        f"Error: smtp 127.0.0.1:{smtpd.port}: implicit TLS (smtp.tls = 'tls') failed: "
-        "WRONG_VERSION_NUMBER; the server does not speak TLS on this port."
-    ) + r" Digest [\d-]+ so far: 0 sent, 0 failed, 1 in flight \(the next run settles them\)\. "
+    line = (
+        re.escape(
+            f"Error: smtp 127.0.0.1:{smtpd.port}: implicit TLS (smtp.tls = 'tls') failed: "
+            "WRONG_VERSION_NUMBER; the server does not speak TLS on this port."
+        )
+        + r" Digest [\d-]+ so far: 0 sent, 0 failed, 1 in flight \(the next run settles them\)\. "
+    )
     hint = re.escape(
         "Use smtp.tls = 'starttls' for a port like 587 or 25, or the server's implicit TLS "
         "port (usually 465).\n"

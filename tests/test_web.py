@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import email
 import email.policy
+import logging
 import os
 import re
 import shutil
@@ -16,7 +17,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -31,10 +31,10 @@ from syndicate import tokens
 from syndicate.cli import AppContext, cli
 from syndicate.config import Settings, SubscribeSettings, site_templates_dir
 from syndicate.model import Subscriber, SubscriptionStatus
+from syndicate.send import Mailer, open_mailer
 from syndicate.site import make_environment
 from syndicate.store import open_database
 from syndicate.store.meta import get_secret
-from syndicate.send import Mailer, open_mailer
 from syndicate.store.subscribers import add_subscriber, get_by_email, signup, unsubscribe
 from syndicate.web import (
     CONTENT_SECURITY_POLICY,
@@ -692,6 +692,145 @@ def test_oversized_request_bodies_get_413(client: httpx.Client) -> None:
     assert in_url.status_code == 413
     unknown_type = client.post("unsubscribe", params={"token": "AQIA"}, content=big)
     assert unknown_type.status_code == 413
+
+
+# --- slow and vanishing clients -------------------------------------------------------------
+
+
+class _LogRecorder(logging.Handler):
+    """Collects the app's log records and uvicorn's warnings and errors; wakes waiters."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("uvicorn") and record.levelno < logging.WARNING:
+            return  # startup and shutdown news
+        with self._changed:
+            self.records.append(record)
+            self._changed.notify_all()
+
+    def wait_for(self, count: int, *, timeout: float = 10.0) -> list[logging.LogRecord]:
+        with self._changed:
+            self._changed.wait_for(lambda: len(self.records) >= count, timeout)
+            return list(self.records)
+
+
+@pytest.fixture
+def server_log() -> Iterator[_LogRecorder]:
+    recorder = _LogRecorder()
+    loggers = [logging.getLogger(name) for name in ("syndicate", "uvicorn.error")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(recorder)
+        logger.setLevel(logging.INFO)
+    try:
+        yield recorder
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(recorder)
+            logger.setLevel(level)
+
+
+def _trickle(sock: socket.socket, data: bytes, *, every: float, limit: float) -> float | None:
+    """Send `data` a byte at a time, one per `every` s; the seconds until the server closed."""
+    started = time.monotonic()
+    sock.settimeout(every)
+    for byte in data:
+        try:
+            if sock.recv(1024) == b"":  # the server closed the connection
+                return time.monotonic() - started
+        except TimeoutError:
+            pass  # still open: the pace of a slow client
+        except ConnectionError:
+            return time.monotonic() - started
+        if time.monotonic() - started > limit:
+            return None
+        try:
+            sock.sendall(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - started
+    return None
+
+
+def _messages(records: list[logging.LogRecord]) -> list[str]:
+    return [record.getMessage() for record in records]
+
+
+def test_a_client_sending_its_headers_a_byte_at_a_time_is_cut_off(
+    live_server: Callable[..., LiveServer], server_log: _LogRecorder
+) -> None:
+    server = live_server(timeouts=(1.0, 1.0))
+    parts = urlsplit(server.url)
+    assert parts.hostname
+    assert parts.port
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 200 + b"\r\n\r\n"
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        local = sock.getsockname()
+        closed_after = _trickle(sock, request, every=0.1, limit=8.0)
+    assert closed_after is not None, "a slowloris client kept its connection for 8 s"
+    assert closed_after < 5.0
+    [record] = server_log.wait_for(1)
+    assert record.getMessage() == (
+        f"serve: {local[0]}:{local[1]} did not send its request headers within 1 s; "
+        "connection closed"
+    )
+    assert record.levelno == logging.WARNING
+
+
+def test_a_client_sending_its_body_a_byte_at_a_time_is_cut_off(
+    live_server: Callable[..., LiveServer], server_log: _LogRecorder
+) -> None:
+    server = live_server(timeouts=(5.0, 1.0))
+    parts = urlsplit(server.url)
+    assert parts.hostname
+    assert parts.port
+    body = b"email=" + b"a" * 200
+    head = (
+        b"POST /subscribe HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        local = sock.getsockname()
+        sock.sendall(head)
+        closed_after = _trickle(sock, body, every=0.1, limit=8.0)
+    assert closed_after is not None, "a client trickling its body kept its connection for 8 s"
+    assert closed_after < 5.0
+    records = server_log.wait_for(2)
+    assert _messages(records) == [
+        f"serve: {local[0]}:{local[1]} did not send its request body within 1 s; connection closed",
+        f"serve: POST /subscribe: {local[0]}:{local[1]} disconnected before sending the "
+        "whole request body",
+    ]
+    assert not any(record.exc_info for record in records)
+
+
+def test_a_client_that_disconnects_mid_body_is_one_log_line_not_a_traceback(
+    server: LiveServer, server_log: _LogRecorder
+) -> None:
+    parts = urlsplit(server.url)
+    assert parts.hostname
+    assert parts.port
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        local = sock.getsockname()
+        sock.sendall(
+            b"POST /subscribe HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 500\r\n\r\nemail=half"
+        )
+    records = server_log.wait_for(1)
+    # The server goes on: a request after it is answered, and nothing more was logged.
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.get("healthz").status_code == 503
+    assert _messages(server_log.records) == [
+        f"serve: POST /subscribe: {local[0]}:{local[1]} disconnected before sending the "
+        "whole request body"
+    ]
+    assert records[0].levelno == logging.INFO
+    assert not any(record.exc_info for record in server_log.records)
 
 
 # --- confirm ------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from syndicate.cli.flow import todays_digest, write_digest_page
 from syndicate.config import Settings
 from syndicate.send import Mailer, open_mailer
 from syndicate.store import open_database
-from syndicate.web import DatabaseStore, SubscriptionStore, create_app
+from syndicate.web import DatabaseStore, SubscriptionStore, create_app, make_http_protocol
 
 CONFIRMATIONS = "confirmations"
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -182,11 +182,13 @@ def run_server(
     clock: Callable[[], datetime],
     make_mailer: Callable[[Settings], Mailer],
     wrap_store: Callable[[SubscriptionStore], SubscriptionStore] | None = None,
+    timeouts: tuple[float, float] | None = None,
 ) -> Iterator[threading.Thread]:
     """Run create_app under uvicorn on `sock` in a thread until the block ends.
 
     The database is opened inside the server thread, for the app's store thread
-    (`any_thread`); `wrap_store` may wrap the store the app gets.
+    (`any_thread`); `wrap_store` may wrap the store the app gets. The HTTP protocol is
+    the one `syndicate serve` runs; `timeouts` = (header, body) seconds replace its defaults.
     """
     started = threading.Event()
     failures: list[BaseException] = []
@@ -206,6 +208,13 @@ def run_server(
                     log_level="warning",
                     access_log=False,
                     lifespan="on",
+                    http=make_http_protocol(
+                        **(
+                            {"header_timeout": timeouts[0], "body_timeout": timeouts[1]}
+                            if timeouts
+                            else {}
+                        )
+                    ),
                 )
                 server = uvicorn.Server(config)
                 servers.append(server)
@@ -241,8 +250,8 @@ def live_server(settings: Settings, now: datetime) -> Iterator[Callable[..., Liv
 
     Keyword arguments replace whole settings sections (`subscribe=SubscribeSettings(...)`);
     `mailer` is a factory `settings -> Mailer` (default: the configured transport,
-    the outbox), wrapped in a RecordingMailer; `wrap_store` wraps the app's store. The
-    clock starts at the fixed `now`.
+    the outbox), wrapped in a RecordingMailer; `wrap_store` wraps the app's store;
+    `timeouts` = (header, body) seconds for slow clients. The clock starts at the fixed `now`.
     """
     with ExitStack() as stack:
 
@@ -250,6 +259,7 @@ def live_server(settings: Settings, now: datetime) -> Iterator[Callable[..., Liv
             *,
             mailer: Callable[[Settings], Mailer] | None = None,
             wrap_store: Callable[[SubscriptionStore], SubscriptionStore] | None = None,
+            timeouts: tuple[float, float] | None = None,
             **sections: Any,
         ) -> LiveServer:
             sock = bind_loopback()
@@ -269,7 +279,12 @@ def live_server(settings: Settings, now: datetime) -> Iterator[Callable[..., Liv
 
             stack.enter_context(
                 run_server(
-                    configured, sock, clock=clock, make_mailer=lambda _: recorder, wrap_store=wrap
+                    configured,
+                    sock,
+                    clock=clock,
+                    make_mailer=lambda _: recorder,
+                    wrap_store=wrap,
+                    timeouts=timeouts,
                 )
             )
             return LiveServer(
