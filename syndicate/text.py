@@ -42,8 +42,7 @@ def nfc(text: str) -> str:
 
 # The same mapping as _CLEAN_TABLE, as regexes: one C-level scan each, even on long texts.
 _DELETE_RE = re.compile(
-    f"[\u200b\u200c\u2060\ufeff\u00ad\ufffe\uffff\ud800-\udfff{_BIDI}]"
-    f"|{_ZWJ_OUTSIDE_EMOJI.pattern}"
+    f"[\u200b\u200c\u2060\ufeff\u00ad\ufffe\uffff\ud800-\udfff{_BIDI}]|{_ZWJ_OUTSIDE_EMOJI.pattern}"
 )
 _TO_SPACE_RE = re.compile(
     "[\u00a0\u2000-\u200a\u202f\u205f\u3000\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]"
@@ -51,8 +50,7 @@ _TO_SPACE_RE = re.compile(
 
 # Any character either of them may change (the joiner included: most texts have none).
 _SPECIAL_RE = re.compile(
-    f"[\u200b-\u200d\u2060\ufeff\u00ad\ufffe\uffff\ud800-\udfff{_BIDI}"
-    f"{_TO_SPACE_RE.pattern[1:]}"
+    f"[\u200b-\u200d\u2060\ufeff\u00ad\ufffe\uffff\ud800-\udfff{_BIDI}{_TO_SPACE_RE.pattern[1:]}"
 )
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from syndicate.build.hashing import digest
 from syndicate.model import Article
 from syndicate.output import write_new
-from syndicate.site import SiteRenderer, article_path
+from syndicate.site import RENDER_ERRORS, SiteRenderer, article_path
 from syndicate.store.articles import PageStamp, page_stamp
 
 STAGING_FOLDER = ".staging"
@@ -60,7 +60,10 @@ class Stager:
         fingerprint = page_fingerprint(self.renderer.fingerprint, slug, record_hash)
         if self.old.get(article_path(slug)) == fingerprint:
             return None
-        data = self.renderer.render_article(article, slug=slug, from_loader=True)
+        try:
+            data = self.renderer.render_article(article, slug=slug, from_loader=True)
+        except RENDER_ERRORS:  # rendered again later, where the failure is reported
+            return None
         try:
             mtime_ns = write_new(self.staged(fingerprint), data)
         except OSError:  # FileExistsError: a duplicate dump staged it

@@ -17,11 +17,20 @@ from syndicate.load.files import (
     read_dump,
     read_dumps,
 )
-from syndicate.load.parse import PARSER_VERSION, TITLE_LIMIT, parse_dump, parse_dump_with_body
+from syndicate.load.parse import (
+    LINE_LIMIT,
+    PARSER_VERSION,
+    TEXT_LIMIT,
+    TITLE_LIMIT,
+    parse_dump,
+    parse_dump_with_body,
+)
 
 __all__ = [
     "LEAD_DATE_WITHIN",
+    "LINE_LIMIT",
     "PARSER_VERSION",
+    "TEXT_LIMIT",
     "TITLE_LIMIT",
     "check_name",
     "decode_dump",
