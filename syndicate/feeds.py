@@ -54,6 +54,7 @@ ENTRY_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
     LookupError,
     TypeError,
+    ArithmeticError,
     RecursionError,
     etree.LxmlError,
 )

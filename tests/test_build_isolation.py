@@ -1,0 +1,249 @@
+"""One bad dump is one bad dump: whatever a dump makes a later stage do (feeds, pages,
+digest, mail), that dump is skipped with one warning and the rest goes on."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import feedparser
+import pytest
+from click.testing import CliRunner
+from lxml import etree
+
+from syndicate.build import run_build
+from syndicate.cli import cli
+from syndicate.config import Settings
+from syndicate.digest import render_digest
+from syndicate.load import parse
+from syndicate.model import DigestPlan
+from syndicate.store import Database, open_database
+from syndicate.store.articles import get_article
+
+GOOD = {
+    "001.txt": (
+        "Khánh thành cầu mới\n31/10/2024 09:15\n"
+        "QTO - Sáng nay, tỉnh khánh thành cây cầu mới nối hai huyện.\n"
+        "Cây cầu dài 300 mét, rộng 12 mét.\nTrúc Phương\n"
+    ),
+    "002.txt": (
+        "Hội thảo chuyển đổi số\n30/10/2024 15:00\n"
+        "QTO - Chiều nay, hội thảo về chuyển đổi số diễn ra tại TP. Đông Hà.\n"
+        "Các đại biểu thảo luận về ứng dụng công nghệ.\n"
+    ),
+}
+ATOM = "http://www.w3.org/2005/Atom"
+HEADER = "Tiêu đề bài lỗi\n29/10/2024 08:00\nQTO - Mở đầu bài lỗi.\n"
+
+
+def huge_markup(path: Path) -> None:
+    """2.6 MB of `<>`: under load.max_bytes, past lxml's 10 MB text node once escaped."""
+    path.write_text(HEADER + "<>" * 1_300_000 + "\n", encoding="utf-8")
+
+
+def million_lines(path: Path) -> None:
+    """1,000,000 short lines."""
+    path.write_text(HEADER + "".join(f"d{n}\n" for n in range(1_000_000)), encoding="utf-8")
+
+
+@pytest.fixture
+def project(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name, text in GOOD.items():
+        (workdir / "seeds" / name).write_text(text, encoding="utf-8")
+    monkeypatch.chdir(workdir)
+    for name in ("SYNDICATE_CONFIG", "SYNDICATE_SECRET", "SYNDICATE_SMTP_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    return workdir
+
+
+@pytest.fixture
+def db(settings: Settings):  # type: ignore[no-untyped-def]
+    database = open_database(settings.paths.database)
+    yield database
+    database.close()
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _check_feeds(output: Path, titles: set[str], *, huge: bool = False) -> None:
+    for name in ("rss.xml", "atom.xml"):
+        data = (output / name).read_bytes()
+        if huge:  # feedparser takes a minute over 40 MB: a strict XML parse says enough
+            root = etree.fromstring(data, etree.XMLParser(huge_tree=True))
+            found = {e.text for e in root.iter("title", f"{{{ATOM}}}title")}
+            assert found == {*titles, "Tin mới"}, name
+            continue
+        parsed = feedparser.parse(data)
+        assert not parsed.bozo, (name, parsed.get("bozo_exception"))
+        assert {entry.title for entry in parsed.entries} == titles, name
+    items = json.loads((output / "feed.json").read_bytes())["items"]
+    assert {item["title"] for item in items} == titles
+
+
+def _check_good_pages(output: Path) -> None:
+    index = (output / "index.html").read_text(encoding="utf-8")
+    for slug in ("khanh-thanh-cau-moi", "hoi-thao-chuyen-doi-so"):
+        assert (output / "articles" / f"{slug}.html").is_file()
+        assert f'href="articles/{slug}.html"' in index
+
+
+GOOD_TITLES = {"Khánh thành cầu mới", "Hội thảo chuyển đổi số"}
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (huge_markup, "holds 2,600,056 characters of text, more than an article's 1,000,000."),
+        (million_lines, "holds 7,888,945 characters of text, more than an article's 1,000,000."),
+    ],
+    ids=["huge-markup", "million-lines"],
+)
+def test_an_oversized_dump_is_skipped_and_the_build_and_send_go_on(
+    project: Path, make, reason: str
+) -> None:  # type: ignore[no-untyped-def]
+    make(project / "seeds" / "003-bad.txt")
+    code, out, err = _run("build")
+    assert code == 0
+    assert err == (
+        f"warning: seeds/003-bad.txt: {reason} "
+        "Split it into articles, or move it out of the dump folder.\n"
+    )
+    assert out.startswith("Built 2 articles (0 duplicates, 1 skipped) into feeds/")
+    _check_good_pages(project / "feeds")
+    _check_feeds(project / "feeds", GOOD_TITLES)
+
+    assert _run("subscribers", "add", "an@example.org")[0] == 0
+    code, out, _err = _run("send")
+    assert code == 0, out
+    assert out.startswith("Digest ") and ": sent 1, failed 0" in out
+    assert len(list((project / "outbox").rglob("*.eml"))) == 1
+
+
+@pytest.mark.slow
+def test_escaping_past_lxmls_text_node_limit_still_builds(
+    project: Path, settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under a limit that lets it through, the 2.6 MB dump of `<>` is an article like any
+    # other: its escaped content (over 10 MB in the Atom feed) is written whole.
+    monkeypatch.setattr(parse, "TEXT_LIMIT", 3_000_000, raising=False)
+    huge_markup(project / "seeds" / "003-big.txt")
+    summary = run_build(settings, db, now=datetime(2024, 11, 1, tzinfo=UTC))
+    assert (summary.articles, summary.skipped) == (3, 0)
+    page = (project / "feeds" / "articles" / "tieu-de-bai-loi.html").read_bytes()
+    assert page.count(b"&lt;&gt;") == 1_300_000
+    _check_feeds(project / "feeds", {*GOOD_TITLES, "Tiêu đề bài lỗi"}, huge=True)
+
+
+def _damage(db: Database, article_id: str, **fields: object) -> None:
+    """Change fields of a stored record (its record hash stays: the build's caches vouch)."""
+    (record,) = db.conn.execute(
+        "SELECT record FROM articles WHERE id = ?", (article_id,)
+    ).fetchone()
+    data = json.loads(record)
+    data.update(fields)
+    with db.transaction():
+        db.conn.execute(
+            "UPDATE articles SET record = ? WHERE id = ?", (json.dumps(data), article_id)
+        )
+
+
+def _id_of(db: Database, source: str) -> str:
+    (article_id,) = db.conn.execute(
+        "SELECT id FROM articles WHERE json_extract(record, '$.source') = ?", (source,)
+    ).fetchone()
+    return str(article_id)
+
+
+# A date that exists in UTC but not in the site's timezone (UTC+7): Python refuses it.
+OUT_OF_RANGE = "9999-12-31T23:30:00+00:00"
+
+
+def test_an_article_whose_page_cannot_be_rendered_is_left_out_of_the_site(
+    project: Path,
+    settings: Settings,
+    db: Database,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (project / "seeds" / "003.txt").write_text(HEADER + "Đoạn hai.\n", encoding="utf-8")
+    now = datetime(2024, 11, 1, tzinfo=UTC)
+    run_build(settings, db, now=now)
+    bad = _id_of(db, "seeds/003.txt")
+    _damage(db, bad, published=OUT_OF_RANGE)
+    (project / "feeds" / "articles" / "tieu-de-bai-loi.html").unlink()  # render it again
+    caplog.clear()
+
+    summary = run_build(settings, db, now=now)
+
+    assert (summary.articles, summary.skipped) == (2, 1)
+    message = (
+        "seeds/003.txt: its page cannot be rendered (OverflowError: date value out of range); "
+        "the article is left out. Fix the dump or move it out of the dump folder; the rest "
+        "was built."
+    )
+    assert [str(e) for e in summary.errors] == [message]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [message]
+    _check_good_pages(project / "feeds")
+    assert "tieu-de-bai-loi" not in (project / "feeds" / "index.html").read_text("utf-8")
+    assert not (project / "feeds" / "articles" / "tieu-de-bai-loi.html").exists()
+    _check_feeds(project / "feeds", GOOD_TITLES)
+
+    # The digest goes out without it too.
+    assert _run("subscribers", "add", "an@example.org")[0] == 0
+    code, out, _err = _run("send")
+    assert code == 0, out
+    assert ": sent 1, failed 0" in out
+
+
+def test_an_article_that_cannot_go_in_a_feed_is_left_out_of_the_feeds(
+    project: Path,
+    settings: Settings,
+    db: Database,
+) -> None:
+    (project / "seeds" / "003.txt").write_text(HEADER + "Đoạn hai.\n", encoding="utf-8")
+    now = datetime(2024, 11, 1, tzinfo=UTC)
+    run_build(settings, db, now=now)
+    # lxml refuses control characters: the article's language goes into dc:language.
+    _damage(db, _id_of(db, "seeds/003.txt"), language="vi\x01")
+    for name in ("rss.xml", "atom.xml", "feed.json"):
+        (project / "feeds" / name).unlink()
+
+    summary = run_build(settings, db, now=now)
+
+    assert summary.skipped == 1
+    [error] = summary.errors
+    assert str(error).startswith("seeds/003.txt: its feed entry cannot be rendered (ValueError: ")
+    _check_feeds(project / "feeds", GOOD_TITLES)
+    # Its page was fine, and stays.
+    assert (project / "feeds" / "articles" / "tieu-de-bai-loi.html").is_file()
+    # Reported again next time, not taken as fresh.
+    again = run_build(settings, db, now=now)
+    assert [str(e) for e in again.errors] == [str(error)]
+
+
+def test_an_article_the_digest_cannot_render_is_left_out_of_it(
+    project: Path,
+    settings: Settings,
+    db: Database,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = datetime(2024, 11, 1, tzinfo=UTC)
+    run_build(settings, db, now=now)
+    first = get_article(db, _id_of(db, "seeds/001.txt"))
+    second = get_article(db, _id_of(db, "seeds/002.txt"))
+    assert first is not None and second is not None
+    broken = dataclasses.replace(first, published=datetime.fromisoformat(OUT_OF_RANGE))
+    plan = DigestPlan(day=now.date(), articles=(broken, second))
+    rendered = render_digest(
+        plan, lang="vi", settings=settings, unsubscribe_url="https://x.example/u", now=now
+    )
+    assert "Hội thảo chuyển đổi số" in rendered.text
+    assert "Khánh thành cầu mới" not in rendered.text
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "seeds/001.txt: cannot go in the digest (OverflowError: date value out of range); left out."
+    ]
