@@ -121,7 +121,8 @@ def test_an_oversized_dump_is_skipped_and_the_build_and_send_go_on(
     assert _run("subscribers", "add", "an@example.org")[0] == 0
     code, out, _err = _run("send")
     assert code == 0, out
-    assert out.startswith("Digest ") and ": sent 1, failed 0" in out
+    assert out.startswith("Digest ")
+    assert ": sent 1, failed 0" in out
     assert len(list((project / "outbox").rglob("*.eml"))) == 1
 
 
@@ -236,7 +237,8 @@ def test_an_article_the_digest_cannot_render_is_left_out_of_it(
     run_build(settings, db, now=now)
     first = get_article(db, _id_of(db, "seeds/001.txt"))
     second = get_article(db, _id_of(db, "seeds/002.txt"))
-    assert first is not None and second is not None
+    assert first is not None
+    assert second is not None
     broken = dataclasses.replace(first, published=datetime.fromisoformat(OUT_OF_RANGE))
     plan = DigestPlan(day=now.date(), articles=(broken, second))
     rendered = render_digest(
