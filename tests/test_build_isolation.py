@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,8 +18,9 @@ from lxml import etree
 
 from syndicate.build import run_build
 from syndicate.cli import cli
-from syndicate.config import Settings
+from syndicate.config import Settings, load_settings
 from syndicate.digest import render_digest
+from syndicate.errors import ConfigError
 from syndicate.load import parse
 from syndicate.model import DigestPlan
 from syndicate.store import Database, open_database
@@ -249,3 +252,128 @@ def test_an_article_the_digest_cannot_render_is_left_out_of_it(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
         "seeds/001.txt: cannot go in the digest (OverflowError: date value out of range); left out."
     ]
+
+
+# --------------------------------------------------------------------------- links
+
+
+def test_a_dump_linked_from_outside_the_dump_folder_is_skipped(
+    project: Path, settings: Settings, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    outside = project / "private"
+    outside.mkdir()
+    (outside / "secret.txt").write_text(HEADER + "Đoạn hai.\n", encoding="utf-8")
+    (project / "seeds" / "003-out.txt").symlink_to(outside / "secret.txt")
+    (project / "seeds" / "sub").mkdir()
+    (project / "seeds" / "sub" / "004-in.txt").symlink_to(project / "seeds" / "001.txt")
+
+    summary = run_build(settings, db, now=datetime(2024, 11, 1, tzinfo=UTC))
+
+    message = (
+        f"seeds/003-out.txt: is a link to '{outside / 'secret.txt'}', outside the dump folder. "
+        "Copy the file into the dump folder, or set load.follow_symlinks = true."
+    )
+    assert [str(e) for e in summary.errors] == [message]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [message]
+    # The link inside the folder is read: it gives 001's article again.
+    assert (summary.articles, summary.duplicates, summary.skipped) == (2, 1, 1)
+    assert not (project / "feeds" / "articles" / "tieu-de-bai-loi.html").exists()
+
+
+def test_follow_symlinks_reads_dumps_linked_from_anywhere(
+    project: Path, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = project / "private"
+    outside.mkdir()
+    (outside / "secret.txt").write_text(HEADER + "Đoạn hai.\n", encoding="utf-8")
+    (project / "seeds" / "003-out.txt").symlink_to(outside / "secret.txt")
+    (project / "syndicate.toml").write_text("[load]\nfollow_symlinks = true\n", encoding="utf-8")
+    settings = load_settings(project / "syndicate.toml", {}, cwd=project)
+    assert settings.load.follow_symlinks is True
+
+    summary = run_build(settings, db, now=datetime(2024, 11, 1, tzinfo=UTC))
+
+    assert (summary.articles, summary.skipped) == (3, 0)
+    assert (project / "feeds" / "articles" / "tieu-de-bai-loi.html").is_file()
+
+
+def test_a_dump_named_on_its_own_is_read_wherever_its_link_leads(
+    project: Path, settings: Settings, db: Database
+) -> None:
+    outside = project / "private"
+    outside.mkdir()
+    (outside / "secret.txt").write_text(HEADER + "Đoạn hai.\n", encoding="utf-8")
+    (project / "seeds" / "003-out.txt").symlink_to(outside / "secret.txt")
+    summary = run_build(
+        settings,
+        db,
+        now=datetime(2024, 11, 1, tzinfo=UTC),
+        paths=[project / "seeds" / "003-out.txt"],
+    )
+    assert (summary.articles, summary.skipped) == (1, 0)
+
+
+def test_follow_symlinks_must_be_true_or_false(project: Path) -> None:
+    (project / "syndicate.toml").write_text('[load]\nfollow_symlinks = "yes"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings(project / "syndicate.toml", {}, cwd=project)
+    assert str(info.value) == (
+        "config key load.follow_symlinks has value 'yes'; expected true or false."
+    )
+
+
+# --------------------------------------------------------------------------- leftovers
+
+
+def _exited_pid() -> int:
+    """The pid of a child that has exited and been reaped (no process has it now)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_temp_files_left_by_a_killed_build_are_removed_by_the_next(
+    project: Path, settings: Settings, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = datetime(2024, 11, 1, tzinfo=UTC)
+    run_build(settings, db, now=now)
+    output = settings.paths.output
+    # What a build killed mid-run leaves: its staging folder, and the temp files of
+    # write_atomic (".<name>.<pid>.<n>.tmp") wherever it was writing.
+    dead = _exited_pid()
+    (output / ".staging" / str(dead) / "a").mkdir(parents=True)
+    (output / ".staging" / str(dead) / "a" / "abc.html").write_bytes(b"staged")
+    leftovers = [
+        output / f".index.html.{dead}.0.tmp",
+        output / f".rss.xml.{dead}.12.tmp",
+        output / "articles" / f".khanh-thanh-cau-moi.html.{dead}.3.tmp",
+        output / "page" / f".1.html.{dead}.4.tmp",
+        output / "digests" / f".2024-11-01.html.{dead}.0.tmp",
+    ]
+    # What must stay: another running build's temp file, files that only look alike.
+    live = os.getppid()
+    kept = [
+        output / f".atom.xml.{live}.0.tmp",
+        output / ".htaccess",
+        output / "articles" / "notes.1.2.tmp",
+        output / "articles" / f".keep.{dead}.tmp",
+        output / f"index.html.{dead}.0.tmp",
+    ]
+    for path in leftovers + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    before = {
+        p: p.read_bytes()
+        for p in output.rglob("*")
+        if p.is_file() and p not in leftovers and ".staging" not in p.parts
+    }
+    caplog.set_level(logging.INFO, logger="syndicate.build")
+
+    summary = run_build(settings, db, now=now)
+
+    assert summary.written == 0
+    assert [p for p in leftovers if p.exists()] == []
+    assert not (output / ".staging").exists()
+    after = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
+    assert after == before
+    assert f"{output}: removed 5 temp files left by a killed build" in caplog.messages
