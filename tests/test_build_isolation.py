@@ -8,12 +8,16 @@ import json
 import logging
 import os
 import subprocess
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import feedparser
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 from lxml import etree
 
 from syndicate.build import run_build
@@ -22,9 +26,11 @@ from syndicate.config import Settings, load_settings
 from syndicate.digest import render_digest
 from syndicate.errors import ConfigError
 from syndicate.load import parse
+from syndicate.mail import build_digest_template
 from syndicate.model import DigestPlan
 from syndicate.store import Database, open_database
 from syndicate.store.articles import get_article
+from syndicate.store.digests import iter_candidates
 
 GOOD = {
     "001.txt": (
@@ -377,3 +383,105 @@ def test_temp_files_left_by_a_killed_build_are_removed_by_the_next(
     after = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
     assert after == before
     assert f"{output}: removed 5 temp files left by a killed build" in caplog.messages
+
+
+# --------------------------------------------------------------------------- random dumps
+
+VI_LOWER = "aàảãáạăằẳẵắặâầẩẫấậbcdđeèẻẽéẹêềểễếệghiìỉĩíịklmnoòỏõóọôồổỗốộơờởỡớợ"
+VI_LETTERS = VI_LOWER + "pqrstuùủũúụưừửữứựvxyỳỷỹýỵ"
+VI_ALPHABET = VI_LETTERS + VI_LETTERS.upper() + "0123456789 .,;:!?-\u2013\u2014()\"'/…"
+BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Text that has broken stages before, or might: markup, template syntax, CDATA ends,
+# invisible, bidi and control characters, emoji sequences, datelines, placeholders.
+HOSTILE = [
+    "<script>alert(1)</script>",
+    "]]>",
+    "<![CDATA[x]]>",
+    "{{ 7*7 }}",
+    "{% raw %}",
+    "&amp;&#0;&#x1;",
+    "<>" * 50,
+    "\x00\x01\x08\x0b\x0c\x1b\x7f\x85",
+    "\u200b\u200c\u200d\u2060\ufeff\u00ad\ufffe\uffff",
+    "\u202e\u202a\u2066\u2069\u200e\u200f",
+    "👨\u200d👩\u200d👧 🏳\ufe0f\u200d🌈",
+    "\r\n\r",
+    "\u2028\u2029",
+    "QTO - ",
+    "(Dân trí) \u2013 ",
+    "{title}",
+    "{publish}",
+    " - Ảnh: T.P",
+    "31/02/2025 08:00",
+    "Sáng nay 31/10",
+    "Trúc Phương",
+    "...",
+    "\U0010ffff\ue000",
+]
+
+pieces = st.one_of(
+    st.text(alphabet=VI_ALPHABET, max_size=80),
+    st.sampled_from(HOSTILE),
+    st.text(max_size=40),  # any code point, surrogates aside
+    st.integers(1, 4_000).map(lambda n: "<>" * n),  # a long line
+)
+lines = st.lists(pieces, max_size=6).map("".join)
+text_dumps = st.lists(lines, max_size=40).map("\n".join)
+many_lines = st.integers(100, 3_000).map(lambda n: "Tiêu đề\n\n\n" + "dòng\nkhác\n" * n)
+encoded = st.one_of(
+    text_dumps.map(lambda t: t.encode("utf-8", "surrogatepass")),
+    text_dumps.map(lambda t: t.encode("utf-16", "surrogatepass")),
+    text_dumps.map(lambda t: t.encode("cp1258", "ignore")),
+    many_lines.map(str.encode),
+    st.binary(max_size=2_000),
+)
+
+
+MARKER = "https://news.example.org/unsubscribe/MARKER"
+
+
+@hyp_settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.lists(encoded, min_size=1, max_size=3))
+def test_random_dumps_never_stop_the_build_or_the_digest(dumps: list[bytes]) -> None:
+    now = datetime(2024, 11, 1, tzinfo=UTC)
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        (root / "seeds").mkdir()
+        for name, text in GOOD.items():
+            (root / "seeds" / name).write_text(text, encoding="utf-8")
+        for number, data in enumerate(dumps):
+            (root / "seeds" / f"x{number}.txt").write_bytes(data)
+        settings = load_settings(None, {}, cwd=root)
+        with open_database(settings.paths.database) as db:
+            summary = run_build(settings, db, now=now)
+            candidates = [article for article, _seen in iter_candidates(db)]
+
+        # Every dump is an article, a duplicate or skipped with its reason; nothing else.
+        assert summary.articles + summary.duplicates + summary.skipped == len(dumps) + 2
+        assert len(summary.errors) == summary.skipped
+        output = settings.paths.output
+        pages = [p.read_text("utf-8") for p in (output / "articles").iterdir()]
+        for lead in ("tỉnh khánh thành cây cầu mới", "hội thảo về chuyển đổi số"):
+            assert any(lead in page for page in pages), lead
+        for name in ("rss.xml", "atom.xml"):
+            parsed = feedparser.parse((output / name).read_bytes())
+            assert not parsed.bozo, (name, parsed.get("bozo_exception"))
+        for page in [*pages, (output / "atom.xml").read_text("utf-8")]:
+            assert BIDI.isdisjoint(page)
+        assert len(json.loads((output / "feed.json").read_bytes())["items"]) == summary.articles
+
+        plan = DigestPlan(day=now.date(), articles=tuple(candidates))
+        for lang in ("vi", "en"):
+            rendered = render_digest(
+                plan, lang=lang, settings=settings, unsubscribe_url=MARKER, now=now
+            )
+            message = build_digest_template(
+                rendered, settings=settings, digest_day=now.date(), marker=MARKER, now=now
+            )
+            data = b"".join(message.chunks)
+            assert max(len(line) for line in data.split(b"\r\n")) <= 998
+            assert len(data) < 2_000_000
