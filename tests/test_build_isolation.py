@@ -20,6 +20,7 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 from lxml import etree
 
+from syndicate import build
 from syndicate.build import run_build
 from syndicate.cli import cli
 from syndicate.config import Settings, load_settings
@@ -174,12 +175,17 @@ def _id_of(db: Database, source: str) -> str:
 OUT_OF_RANGE = "9999-12-31T23:30:00+00:00"
 
 
+@pytest.mark.parametrize("in_workers", [False, True], ids=["alone", "workers"])
 def test_an_article_whose_page_cannot_be_rendered_is_left_out_of_the_site(
     project: Path,
     settings: Settings,
     db: Database,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    in_workers: bool,
 ) -> None:
+    if in_workers:
+        monkeypatch.setattr(build.workers, "_PARALLEL_MIN", 1)
     (project / "seeds" / "003.txt").write_text(HEADER + "Đoạn hai.\n", encoding="utf-8")
     now = datetime(2024, 11, 1, tzinfo=UTC)
     run_build(settings, db, now=now)
