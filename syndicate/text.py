@@ -29,7 +29,9 @@ _CLEAN_TABLE = {**_TO_SPACE, **_DELETE}
 _EMOJI = "\u00a9\u00ae\u203c\u2049\u2122\u2139\u2194-\u21aa\u231a-\u23ff\u24c2\u25aa-\u27bf"
 _EMOJI += "\u2934\u2935\u2b05-\u2b55\u3030\u303d\u3297\u3299\U0001f000-\U0001faff"
 # A zero-width joiner that does not join two emoji: deleted like the other invisibles.
-_ZWJ_OUTSIDE_EMOJI = re.compile(f"(?<![{_EMOJI}\ufe0f])\u200d|\u200d(?![{_EMOJI}])")
+# It starts with the joiner itself: a pattern opening with a lookbehind is tried at every
+# position of the text, four times slower over a whole dump.
+_ZWJ_OUTSIDE_EMOJI = re.compile(f"\u200d(?:(?<![{_EMOJI}\ufe0f]\u200d)|(?![{_EMOJI}]))")
 _SPACES = re.compile(r" {2,}")
 # C0/C1 controls other than \n (line breaks are split on before cleaning).
 _CONTROLS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
@@ -41,9 +43,7 @@ def nfc(text: str) -> str:
 
 
 # The same mapping as _CLEAN_TABLE, as regexes: one C-level scan each, even on long texts.
-_DELETE_RE = re.compile(
-    f"[\u200b\u200c\u2060\ufeff\u00ad\ufffe\uffff\ud800-\udfff{_BIDI}]|{_ZWJ_OUTSIDE_EMOJI.pattern}"
-)
+_DELETE_RE = re.compile(f"[\u200b\u200c\u2060\ufeff\u00ad\ufffe\uffff\ud800-\udfff{_BIDI}]")
 _TO_SPACE_RE = re.compile(
     "[\u00a0\u2000-\u200a\u202f\u205f\u3000\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]"
 )
@@ -61,6 +61,8 @@ def clean_text(text: str) -> str:
     are left for the caller to collapse.
     """
     if _SPECIAL_RE.search(text):  # most texts have none: one scan instead of two rewrites
+        if "\u200d" in text:  # rare: its own pass keeps the character class scans fast
+            text = _ZWJ_OUTSIDE_EMOJI.sub("", text)
         text = _TO_SPACE_RE.sub(" ", _DELETE_RE.sub("", text))
     return nfc(text)
 
