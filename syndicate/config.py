@@ -53,6 +53,9 @@ class PathSettings:
 @dataclass(frozen=True, slots=True)
 class LoadSettings:
     max_bytes: int = 10 * 1024 * 1024  # dumps larger than this are skipped
+    # Read dumps whose link leads out of the dump folder (off by default: a link in the
+    # seeds folder must not make the site publish any file the build can read).
+    follow_symlinks: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +209,10 @@ def _convert(
         least = 1 if (section, key) in _AT_LEAST_ONE else 0
         if value < least:
             raise ConfigError(f"{where} has value {value!r}; expected {least} or more.", key=key)
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} has value {value!r}; expected true or false.", key=key)
         return value
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, int | float):
