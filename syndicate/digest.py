@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import logging
 import re
 import textwrap
 import unicodedata
@@ -24,13 +25,22 @@ from babel.dates import format_date, format_time, get_datetime_format
 from syndicate.config import Settings, base_url, email_templates_dir
 from syndicate.errors import ConfigError, InputError
 from syndicate.model import Article, DigestPlan, Precision, Teaser
-from syndicate.site import article_url
-from syndicate.text import header_safe, nfc, one_line
+from syndicate.site import RENDER_ERRORS, article_url
+from syndicate.text import header_safe, nfc, one_line, shorten
+
+log = logging.getLogger(__name__)
 
 LANGUAGES = ("vi", "en")
 TEXT_WIDTH = 72  # columns of the text part
 PREHEADER_CHARS = 100
 MAX_TEASERS = 15  # "Other news" items: enough for a sidebar, small enough for Gmail's 102 KB
+# What one article may add to a digest, whatever its dump holds: a digest stays a few
+# hundred kilobytes, under every mail server's size limit. Real titles and teasers are far
+# shorter; a lead is cut at `digest.lead_words` words first, then at this many characters
+# per word (a "word" of thousands of characters is a broken scrape).
+TITLE_CHARS = 300
+TEASER_CHARS = 300
+CHARS_PER_LEAD_WORD = 20
 # RFC 5322 caps a line at 998 bytes; fold well below it so a substituted
 # per-recipient URL still fits.
 MAX_LINE_BYTES = 900
@@ -375,18 +385,27 @@ def render_digest(
     tz = settings.site.tz
     subject = make_subject(settings, lang=lang, day=plan.day)
     words = settings.digest.lead_words
-    articles = []
-    for number, article in enumerate(plan.articles, start=1):
-        articles.append(
-            {
-                "number": number,
-                "title": header_safe(article.title, limit=10_000),
-                "url": article_url(root, article.slug),
-                "date": _published_text(article, lang=lang, tz=tz),
-                "author": one_line(article.author) if article.author else None,
-                "lead": lead_excerpt(article.lead, words=words),
-            }
-        )
+    articles: list[dict[str, Any]] = []
+    for article in plan.articles:
+        try:
+            articles.append(
+                {
+                    "number": len(articles) + 1,
+                    "title": header_safe(article.title, limit=TITLE_CHARS),
+                    "url": article_url(root, article.slug),
+                    "date": _published_text(article, lang=lang, tz=tz),
+                    "author": one_line(article.author) if article.author else None,
+                    "lead": _shorten(
+                        lead_excerpt(article.lead, words=words), words * CHARS_PER_LEAD_WORD
+                    ),
+                }
+            )
+        except RENDER_ERRORS as exc:  # one article's content: the digest goes without it
+            log.warning(
+                "%s: cannot go in the digest (%s); left out.",
+                article.source or f"article {article.id}",
+                shorten(one_line(f"{type(exc).__name__}: {exc}"), limit=200),
+            )
     first = plan.articles[0] if plan.articles else None
     preheader = _shorten((first.lead or first.title) if first else site_title, PREHEADER_CHARS)
     more_key = "more_one" if plan.more == 1 else "more_many"
@@ -400,7 +419,7 @@ def render_digest(
         "heading": strings["heading"].replace("{date}", _long_day(plan.day, lang)),
         "articles": articles,
         "other_news": [
-            {"dateline": one_line(t.dateline), "text": one_line(t.text)}
+            {"dateline": one_line(t.dateline), "text": _shorten(one_line(t.text), TEASER_CHARS)}
             for t in select_other_news(plan.articles)
         ],
         "more": plan.more,

@@ -6,6 +6,8 @@ import contextlib
 import errno
 import itertools
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 from syndicate.errors import DiskFullError, OutputError
@@ -119,6 +121,28 @@ def make_private_folder(folder: Path) -> None:
     for made in reversed(missing):
         with contextlib.suppress(FileExistsError):  # made by a concurrent process meanwhile
             made.mkdir(mode=_PRIVATE_FOLDER_MODE)
+
+
+# The name `_create_temp` gives a temp file: ".<name>.<pid>.<n>.tmp".
+_TEMP_NAME = re.compile(r"\..+\.(?P<pid>[0-9]+)\.[0-9]+\.tmp")
+
+
+def remove_temp_files(root: Path, *, alive: Callable[[int], bool], skip: str = "") -> int:
+    """Delete the temp files `write_atomic` left anywhere under `root` (a process killed
+    between creating one and renaming it), except those of processes still `alive`, and
+    folders named `skip`. Returns how many were deleted; a file that cannot be is left."""
+    removed = 0
+    for folder, folders, files in os.walk(root):
+        if skip in folders:
+            folders.remove(skip)
+        for name in files:
+            match = _TEMP_NAME.fullmatch(name)
+            if match is None or alive(int(match.group("pid"))):
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+    return removed
 
 
 def _same_bytes(path: str | Path, data: bytes) -> bool:

@@ -64,6 +64,17 @@ STRINGS: dict[str, dict[str, str]] = {
     },
 }
 
+# What rendering one article's page can raise because of that article (a value a library
+# refuses, a date out of range in the site's timezone, a damaged stored record): the build
+# leaves that article out and goes on.
+RENDER_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    LookupError,
+    TypeError,
+    ArithmeticError,
+    RecursionError,
+)
+
 # Plain str: `str + Markup` would escape the str.
 _PARAGRAPH_OPEN = "<p>"
 _CAPTION_OPEN = '<p class="caption">'

@@ -540,6 +540,33 @@ def test_erase_deletes_the_outbox_messages_to_that_address(project: Path) -> Non
         assert b"To: an@example.org" not in path.read_bytes()
 
 
+def test_implicit_tls_to_a_plain_smtp_port_is_a_setup_error_not_a_retry(
+    project: Path, smtpd: SmtpServer
+) -> None:
+    _smtp_config(project, smtpd)
+    config = project / "syndicate.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8").replace('tls = "none"', 'tls = "tls"'),
+        encoding="utf-8",
+    )
+    _subscribe("an@example.org")
+    code, out, err = _run("-q", "send")
+    assert (code, out) == (2, "")
+    line = (
+        re.escape(
+            f"Error: smtp 127.0.0.1:{smtpd.port}: implicit TLS (smtp.tls = 'tls') failed: "
+            "WRONG_VERSION_NUMBER; the server does not speak TLS on this port."
+        )
+        + r" Digest [\d-]+ so far: 0 sent, 0 failed, 1 in flight \(the next run settles them\)\. "
+    )
+    hint = re.escape(
+        "Use smtp.tls = 'starttls' for a port like 587 or 25, or the server's implicit TLS "
+        "port (usually 465).\n"
+    )
+    assert re.fullmatch(line + hint, err), err
+    assert smtpd.handler.recipients() == []
+
+
 @pytest.mark.parametrize("tls", ["starttls", "tls"])
 def test_send_over_smtp_with_tls_verifies_the_certificate(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls: str

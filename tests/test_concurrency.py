@@ -29,7 +29,7 @@ from syndicate.cli.flow import preview_digest
 from syndicate.config import Settings, StoreSettings, SubscribeSettings
 from syndicate.errors import StoreBusyError, StoreFullError
 from syndicate.store import open_database
-from syndicate.store.subscribers import add_subscriber, get_by_email
+from syndicate.store.subscribers import add_subscriber, get_by_email, iter_subscribers
 from tests.conftest import ROOT
 from tests.plugins.web import LiveServer
 
@@ -242,6 +242,8 @@ def test_sign_ups_are_answered_at_once_while_a_big_preview_runs(
                 answer = web.post(
                     "subscribe", data={"email": f"r{len(answers)}@example.org", "language": "vi"}
                 )
+                # Answered at once; the sign-up is stored just after: time both.
+                server.signups.wait_for(len(answers) + 1, timeout=30)
                 answers.append((answer.status_code, time.monotonic() - started))
     _, err = preview.communicate(timeout=30)
     assert (preview.returncode, err) == (0, b""), err.decode()
@@ -249,6 +251,8 @@ def test_sign_ups_are_answered_at_once_while_a_big_preview_runs(
     assert {code for code, _ in answers} == {200}
     slowest = max(seconds for _, seconds in answers)
     assert slowest < 1.0, f"a sign-up waited {slowest:.1f} s for the preview"
+    with open_database(settings.paths.database) as db:  # each one stored at its first try
+        assert sum(1 for _ in iter_subscribers(db)) == len(answers)
 
 
 # --------------------------------------------------------------------------- web
@@ -260,33 +264,43 @@ def test_a_busy_database_answers_503_with_retry_after_and_the_pages_still_answer
     server = live_server(store=StoreSettings(busy_timeout=SHORT_WAIT))
     (server.settings.paths.output / "rss.xml").write_bytes(b"<rss/>")
     origin = {"origin": server.url[:-1]}
-    with httpx.Client(base_url=server.url, timeout=30) as web:
+    with httpx.Client(base_url=server.url, timeout=30, headers=origin) as web:
+        assert web.post("subscribe", data={"email": "lan@example.org"}).status_code == 200
+        [message] = server.mail.wait_for(1)
+        body = message.get_body(("plain",))
+        assert body is not None
+        found = re.search(
+            re.escape(server.url) + r"confirm\?token=[A-Za-z0-9_\-]+", body.get_content()
+        )
+        assert found, "the confirmation mail has no confirm link"
         with held_write_lock(server.settings.paths.database):
-            busy = web.post(
-                "subscribe", data={"email": "lan@example.org", "language": "en"}, headers=origin
-            )
+            # Confirming must write: it waits its busy timeout, then asks to come back.
+            busy = web.get(found.group(0))
             assert busy.status_code == 503
             assert busy.headers["retry-after"] == "5"
             assert busy.headers["content-type"] == "text/html; charset=utf-8"
             assert '<html lang="vi">' in busy.text
             assert "Hệ thống đang bận" in busy.text
-            english = web.post(
-                "subscribe",
-                data={"email": "lan@example.org", "language": "en"},
-                headers={**origin, "accept-language": "en"},
-            )
+            english = web.get(found.group(0), headers={"accept-language": "en"})
             assert (english.status_code, english.headers["retry-after"]) == (503, "5")
             assert "Busy for a moment" in english.text
             # Pages, the form and the health check read only: they still answer.
             assert web.get("rss.xml").content == b"<rss/>"
             assert web.get("subscribe").status_code == 200
-            health = web.get("healthz")
-            assert health.json()["checks"]["database"] == "ok"
-        # The lock gone, the same sign-up goes through.
-        done = web.post(
-            "subscribe", data={"email": "lan@example.org", "language": "en"}, headers=origin
-        )
-        assert done.status_code == 200
+            assert web.get("healthz").json()["checks"]["database"] == "ok"
+            # A sign-up is answered at once; storing it waits, and is tried again later.
+            assert web.post("subscribe", data={"email": "an@example.org"}).status_code == 200
+            server.signups.wait_for(2, timeout=30)  # its first try met the busy database
+        server.signups.wait_for(3, timeout=30)  # tried again once the lock was gone
+        # The lock gone, the same link confirms.
+        assert web.get(found.group(0)).status_code == 200
+    with open_database(server.settings.paths.database) as db:
+        stored = get_by_email(db, "an@example.org")
+        assert stored is not None
+        assert stored.status == "pending"
+        confirmed = get_by_email(db, "lan@example.org")
+        assert confirmed is not None
+        assert confirmed.status == "confirmed"
 
 
 def test_store_errors_name_busy_and_full_databases(tmp_path: Path) -> None:

@@ -363,6 +363,16 @@ def test_zero_width_characters_and_tabs_are_cleaned() -> None:
     assert list(article.paragraphs) == ["Đoạn mở đầu của bài. Có tab.", "Đoạn hai."]
 
 
+def test_bidi_controls_are_removed_and_emoji_joiners_kept() -> None:
+    article = parse_text(
+        "Tin \u202enóng\u202c về gia đình 👨\u200d👩\u200d👧\n31/10/2024 09:15\n"
+        "QTO - Đoạn mở đầu \u2066của\u2069 bài.\nĐoạn hai.\nTrúc\u202e Phương\n"
+    )
+    assert article.title == "Tin nóng về gia đình 👨\u200d👩\u200d👧"
+    assert article.author == "Trúc Phương"
+    assert article.lead == "Đoạn mở đầu của bài."
+
+
 def test_soft_hyphens_are_deleted() -> None:
     article = load("soft_hyphen.txt")
     assert article.title == "Chuyển đổi số ở Quảng Trị"

@@ -13,6 +13,7 @@ from syndicate.text import (
     first_sentence,
     header_safe,
     nfc,
+    one_line,
     shorten,
     slugify,
 )
@@ -51,6 +52,45 @@ def test_header_safe_removes_line_breaks_and_bounds_length() -> None:
     long = header_safe("x" * 1000, limit=10)
     assert long == "xxxxxxxxx…"
     assert len(long) == 10
+
+
+# Every way a title, author or other one-line field is cleaned.
+ONE_LINE_CLEANERS = [clean_line, one_line, header_safe]
+
+
+@pytest.mark.parametrize("clean", ONE_LINE_CLEANERS)
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # RIGHT-TO-LEFT OVERRIDE would show "gpj.exe" as "exe.jpg".
+        ("Ảnh\u202egpj.exe", "Ảnhgpj.exe"),
+        ("a\u202ab\u202bc\u202cd\u202de\u202ef", "abcdef"),
+        ("Tin \u2066nóng\u2069 \u2067x\u2069\u2068y\u2069", "Tin nóng xy"),
+        # Decomposed text around a control composes once it is gone.
+        (unicodedata.normalize("NFD", "Hà\u202e Nội"), "Hà Nội"),
+    ],
+)
+def test_bidi_controls_are_removed_from_one_line_fields(clean, raw: str, expected: str) -> None:  # type: ignore[no-untyped-def]
+    assert clean(raw) == expected
+
+
+@pytest.mark.parametrize("clean", ONE_LINE_CLEANERS)
+@pytest.mark.parametrize(
+    "emoji",
+    [
+        "👨\u200d👩\u200d👧",  # family
+        "🏳\ufe0f\u200d🌈",  # rainbow flag: variation selector before the joiner
+        "👩🏽\u200d💻",  # skin tone before the joiner
+        "❤\ufe0f\u200d🔥",  # a dingbat heart
+    ],
+)
+def test_zero_width_joiner_inside_an_emoji_sequence_is_kept(clean, emoji: str) -> None:  # type: ignore[no-untyped-def]
+    assert clean(f"Gia đình {emoji} vui") == f"Gia đình {emoji} vui"
+
+
+@pytest.mark.parametrize("clean", ONE_LINE_CLEANERS)
+def test_zero_width_joiner_outside_emoji_is_removed(clean) -> None:  # type: ignore[no-untyped-def]
+    assert clean("a\u200db \u200d👍 👍\u200d x\u200d\u200d👍") == "ab 👍 👍 x👍"
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -69,7 +70,14 @@ _Signature = tuple[int, int, int, int]
 class _Sync:
     """Syncs one dump at a time, in path order: cache, dedup, articles, counts."""
 
-    def __init__(self, settings: Settings, db: Database, *, now: datetime) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        *,
+        now: datetime,
+        roots: Sequence[Path] = (),
+    ) -> None:
         self.settings = settings
         self.db = db
         self.now = now
@@ -77,6 +85,10 @@ class _Sync:
         self.max_bytes = settings.load.max_bytes
         self.parser_version = parse_version(settings.site.timezone)
         self.cache = store.read_dump_cache(db)
+        # Links found in these folders must stay inside one of them (None: not checked).
+        # A file named on its own is read wherever its link leads: it was asked for.
+        self.link_folders = None if settings.load.follow_symlinks else load.real_folders(roots)
+        self.named_files = {os.fspath(root) for root in roots if not root.is_dir()}
         self.sources = store.read_article_sources(db)
         # Files modified this close to the run's start have an untrustworthy signature.
         self.racy_after_ns = time.time_ns() - _RACY_WINDOW_NS
@@ -96,7 +108,13 @@ class _Sync:
         except DumpError as exc:
             return exc
         try:
-            st = os.stat(path)
+            st = os.lstat(path)  # as cheap as stat: a link costs a second call, a file none
+            if stat.S_ISLNK(st.st_mode):
+                if self.link_folders is not None and path not in self.named_files:
+                    load.check_link(path, self.link_folders, source=shown)
+                st = os.stat(path)
+        except DumpError as exc:
+            return exc
         except OSError as exc:
             return DumpError(shown, f"cannot be read: {exc.strerror or exc}.")
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -291,7 +309,7 @@ def sync_articles(
     roots = list(paths) if paths else [settings.paths.seeds]
     found = sorted(set(load.find_dump_paths(roots)))
     total = len(found)
-    sync = _Sync(settings, db, now=now)
+    sync = _Sync(settings, db, now=now, roots=roots)
     signer = _Signer(sync, found, os.getcwd())
     reads = own_pool = None
     # Signatures are taken as the dumps are needed, each before its dump is read (a write

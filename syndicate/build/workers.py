@@ -29,8 +29,9 @@ from syndicate.build.writer import _Writer
 from syndicate.config import Settings
 from syndicate.errors import DiskFullError, DumpError, OutputError, SyndicateError, WorkerError
 from syndicate.output import write_atomic
-from syndicate.site import IndexEntry, SiteRenderer
+from syndicate.site import RENDER_ERRORS, IndexEntry, SiteRenderer
 from syndicate.store import articles as store
+from syndicate.text import one_line, shorten
 
 _T = TypeVar("_T")
 
@@ -106,17 +107,29 @@ def _renderer() -> tuple[SiteRenderer, Path]:
     return state.renderer, state.output
 
 
+def render_page(renderer: SiteRenderer, record: tuple[str, str | None], slug: str) -> bytes | str:
+    """The page of the stored article `record` under `slug`, or why that article's content
+    cannot be rendered (one line): the build then leaves it out."""
+    try:
+        return renderer.render_article(store.decode_article(*record), slug=slug)
+    except RENDER_ERRORS as exc:
+        return shorten(one_line(f"{type(exc).__name__}: {exc}"), limit=200)
+
+
 def _render_articles(
     chunk: list[tuple[str, str, tuple[str, str | None]]],
-) -> list[bool] | _TaskError:
-    """Render and write (rel, slug, (record, body)) article pages: whether each file changed."""
+) -> list[bool | str] | _TaskError:
+    """Render and write (rel, slug, (record, body)) article pages: whether each file changed,
+    or why its article could not be rendered."""
     renderer, output = _renderer()
-    changed = []
+    changed: list[bool | str] = []
     try:
         for rel, slug, record in chunk:
-            article = store.decode_article(*record)
-            data = renderer.render_article(article, slug=slug)
-            changed.append(write_atomic(output / rel, data, fsync=False))
+            data = render_page(renderer, record, slug)
+            if isinstance(data, str):
+                changed.append(data)
+            else:
+                changed.append(write_atomic(output / rel, data, fsync=False))
     except SyndicateError as exc:
         return (exc.message, exc.hint, isinstance(exc, DiskFullError))
     return changed
@@ -135,7 +148,7 @@ def _render_index_pages(jobs: list[IndexJob]) -> list[bool] | _TaskError:
     return changed
 
 
-def _checked(result: list[bool] | _TaskError) -> list[bool]:
+def _checked(result: list[_T] | _TaskError) -> list[_T]:
     if isinstance(result, tuple):
         error = DiskFullError if result[2] else OutputError
         raise error(result[0], hint=result[1])
@@ -242,19 +255,25 @@ class BuildPool:
         records: Callable[[str], tuple[str, str | None]],
         writer: _Writer,
         todo: Sequence[tuple[str, str, str, str]],
-    ) -> None:
+    ) -> dict[str, str]:
         """Render and write (rel, slug, article id, fingerprint) article pages in the workers;
-        this process reads the records and keeps the counts, in page order."""
+        this process reads the records and keeps the counts, in page order. Returns the
+        articles whose page could not be rendered: id -> why."""
         chunks = list(_chunks(todo, _CHUNK))
         tasks = (
             (_render_articles, ([(rel, slug, records(id_)) for rel, slug, id_, _fp in chunk],))
             for chunk in chunks
         )
+        failed: dict[str, str] = {}
         for chunk, result in zip(chunks, self._ordered(tasks), strict=True):
-            for (rel, _slug, _id, fingerprint), changed in zip(
+            for (rel, _slug, article_id, fingerprint), changed in zip(
                 chunk, _checked(result), strict=True
             ):
-                writer.record(rel, fingerprint, changed=changed)
+                if isinstance(changed, str):
+                    failed[article_id] = changed
+                else:
+                    writer.record(rel, fingerprint, changed=changed)
+        return failed
 
     def start_index_pages(self, jobs: Sequence[IndexJob]) -> list[Future[list[bool] | _TaskError]]:
         """Send index pages to the workers now; `finish_index_pages` counts them."""

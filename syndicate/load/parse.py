@@ -20,9 +20,15 @@ from syndicate.text import (
 )
 
 # Bump whenever parse output can change for the same bytes: the build cache keys on it.
-PARSER_VERSION = 3
+PARSER_VERSION = 4
 
 TITLE_LIMIT = 100  # characters of a title derived from the lead
+# The most a dump may hold to be taken as one article: ten times the longest real article
+# (about 100,000 characters in 200 lines). Past them a dump is a scrape gone wrong, and its
+# page and feed entries would grow tens of megabytes once escaped.
+TEXT_LIMIT = 1_000_000  # characters, after decoding
+LINE_LIMIT = 10_000  # lines
+_LIMIT_HINT = "Split it into articles, or move it out of the dump folder."
 LANGUAGE_SAMPLE = 700  # characters of the body read to tell its language
 
 _SPACES = re.compile(" {2,}")
@@ -129,7 +135,20 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
     Article.id is the BLAKE2b digest of exactly these bytes, so a caller that stores them
     needs neither encode nor hash them again.
     """
-    raw = _split_lines(decode_dump(data, source=source))
+    text = decode_dump(data, source=source)
+    if len(text) > TEXT_LIMIT:
+        raise DumpError(
+            source,
+            f"holds {len(text):,} characters of text, more than an article's {TEXT_LIMIT:,}.",
+            hint=_LIMIT_HINT,
+        )
+    raw = _split_lines(text)
+    if len(raw) > LINE_LIMIT:
+        raise DumpError(
+            source,
+            f"holds {len(raw):,} lines, more than an article's {LINE_LIMIT:,}.",
+            hint=_LIMIT_HINT,
+        )
     header = [*raw, "", "", ""][:3]
     title_line, publish_line, head_line = header
     lines: list[str] = []

@@ -130,6 +130,22 @@ def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | Non
     return None
 
 
+# TLS failures that say nothing about the server's setup: the connection dropped.
+_TLS_DROPPED = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
+def _handshake_error(exc: BaseException) -> ssl.SSLError | None:
+    """The failed TLS handshake behind `exc`, unless the connection merely dropped."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError) and not isinstance(seen, _TLS_DROPPED):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 @dataclass
 class _Connection:
     client: aiosmtplib.SMTP
@@ -208,6 +224,15 @@ class SmtpMailer:
                     f"{untrusted.verify_message or untrusted.reason}.",
                     hint="Check smtp.host (the certificate must name it) and the CA "
                     "certificates this machine trusts (SSL_CERT_FILE).",
+                ) from exc
+            handshake = _handshake_error(exc) if self.tls == "tls" else None
+            if handshake is not None:  # a plain SMTP port answers TLS with a plain greeting
+                raise DeliveryError(
+                    f"{self.where}: implicit TLS (smtp.tls = 'tls') failed: "
+                    f"{handshake.reason or handshake}; the server does not speak TLS on "
+                    "this port.",
+                    hint="Use smtp.tls = 'starttls' for a port like 587 or 25, or the "
+                    "server's implicit TLS port (usually 465).",
                 ) from exc
             raise TransientSendError(
                 f"{self.where}: cannot connect: {exc}",
@@ -309,17 +334,35 @@ def _classify(where: str, recipient: str, code: int, message: str) -> DeliveryEr
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:
+    transport = client.transport
     try:
         await client.quit()
     except (aiosmtplib.SMTPException, OSError):
         _close_quietly(client)
+    finally:
+        _abort(transport)
 
 
 def _close_quietly(client: aiosmtplib.SMTP) -> None:
+    transport = client.transport
     try:
         client.close()
     except (aiosmtplib.SMTPException, OSError):  # pragma: no cover - close does not raise
         log.debug("closing an SMTP connection failed", exc_info=True)
+    finally:
+        _abort(transport)
+
+
+def _abort(transport: asyncio.BaseTransport | None) -> None:
+    """Release the socket now, whatever the TLS layer is still waiting for.
+
+    Closing a TLS connection waits for the server's close_notify (asyncio allows 30 s);
+    a run whose event loop ends first never closes the socket (ResourceWarning:
+    unclosed transport). The session is over when we close (QUIT answered, or failed),
+    so nothing is lost by not waiting.
+    """
+    if isinstance(transport, asyncio.Transport):
+        transport.abort()
 
 
 def open_mailer(settings: Settings, *, folder: str) -> Mailer:

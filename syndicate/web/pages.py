@@ -18,7 +18,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 
 from syndicate import digest, mail, site, tokens
 from syndicate.config import Settings, base_url, site_templates_dir
-from syndicate.errors import StoreError, SubscriberError, SyndicateError, TokenError
+from syndicate.errors import StoreBusyError, StoreError, SubscriberError, SyndicateError, TokenError
 from syndicate.mail import DkimKey
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.send import Mailer, TransientSendError, read_dkim_key
@@ -29,8 +29,10 @@ from syndicate.web.guard import (
     check_form_token,
     make_form_token,
     origin_of,
+    rate_limit_key,
 )
 from syndicate.web.seams import Clock, SubscriptionStore
+from syndicate.web.signups import SignupWorker
 from syndicate.web.static import LargeFile, OutputFolder, not_modified, safe_relative
 
 log = logging.getLogger(__name__)
@@ -187,6 +189,10 @@ def negotiate_language(query: str | None, accept_language: str | None, default: 
 # --- The endpoints ----------------------------------------------------------------------
 
 
+# Waits before a sign-up that met a busy database is stored again (after the answer, so
+# they hold up nobody's page); the last try's failure is logged and the sign-up dropped.
+_BUSY_RETRY_SECONDS = (1, 2, 4)
+
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -198,6 +204,8 @@ class Service:
     waits for the database (`syndicate send` holding its write lock, for up to the busy
     timeout) holds up only the requests that write, never the event loop serving the
     pages. Reads (`find`, `check`) run on another thread, so they never queue behind it.
+    A sign-up's state-dependent work (storing it, the confirmation mail) runs after the
+    response on the `SignupWorker`'s thread, which owns the mailer.
     """
 
     def __init__(
@@ -206,6 +214,7 @@ class Service:
         self.settings = settings
         self.store = store
         self.mailer = mailer
+        self.signups = SignupWorker(mailer)
         self.clock = clock
         self.base_url = base_url(settings)
         self.base_path = urlsplit(self.base_url).path or "/"
@@ -246,8 +255,13 @@ class Service:
         )
 
     async def start(self) -> None:
-        """Read the signing secret (at startup, on the store's thread)."""
+        """Read the signing secret (at startup, on the store's thread); start the sign-ups'."""
         self._secret = await self.call_store(self.store.read_secret)
+        self.signups.start()
+
+    async def stop(self) -> None:
+        """Finish the sign-ups in progress (bounded) and close the mailer, off the loop."""
+        await asyncio.to_thread(self.signups.stop)
 
     def close(self) -> None:
         """Finish the store calls in progress, if any, and stop the store's threads."""
@@ -414,7 +428,7 @@ class Service:
         if request.method != "POST":
             return self.form_page(lang)
         client = request.client.host if request.client else "unknown"
-        allowed, wait = self.limiter.allow(client)
+        allowed, wait = self.limiter.allow(rate_limit_key(client))
         if not allowed:
             return self.error_page(request, 429, headers={"retry-after": str(wait)})
         form = await request.form(max_files=0, max_fields=10, max_part_size=MAX_BODY_BYTES)
@@ -433,19 +447,9 @@ class Service:
                 error=_STRINGS[lang]["invalid_email"],
                 status_code=400,
             )
-        now = self.clock()
-        background = None
-        try:
-            subscriber, should_send = await self.call_store(
-                self.store.sign_up, address, language=language, now=now
-            )
-        except SubscriberError as exc:
-            # Refusals past the address check (an erased address, for one) must look
-            # like any other sign-up, or the page would tell who is on the list.
-            log.info("subscribe: sign-up not stored: %s", exc)
-        else:
-            if should_send:
-                background = BackgroundTask(self._send_confirmation, subscriber, now)
+        # Everything from here on depends on the address's state: it runs after the
+        # response, off this loop, so no response or next request's timing tells it.
+        background = BackgroundTask(self._queue_sign_up, address, language, self.clock())
         strings = _STRINGS[lang]
         return self.page(
             "subscribe.html.j2",
@@ -466,6 +470,41 @@ class Service:
             trusted = {origin_of(self.base_url), f"{request.url.scheme}://{host}".lower()}
             return origin.lower() in trusted
         return bool(form_token) and check_form_token(self.secret, form_token, now=self.clock())
+
+    async def _queue_sign_up(self, address: str, language: str, now: datetime) -> None:
+        self.signups.submit(self._sign_up(address, language, now))
+
+    async def _sign_up(self, address: str, language: str, now: datetime) -> None:
+        """Store the sign-up and send a confirmation if due (on the sign-ups' loop).
+
+        A busy database (another command kept the write lock past the busy timeout) is
+        tried again a few times, later: the page already promised the mail.
+        """
+        try:
+            subscriber, should_send = await self._store_sign_up(address, language, now)
+        except SubscriberError as exc:
+            # Refusals past the address check (an erased address, for one) answered
+            # like any other sign-up, so the page did not tell who is on the list.
+            log.info("subscribe: sign-up not stored: %s", exc)
+            return
+        except StoreError as exc:
+            log.error("subscribe: sign-up not stored: %s", exc)
+            return
+        if should_send:
+            await self._send_confirmation(subscriber, now)
+
+    async def _store_sign_up(
+        self, address: str, language: str, now: datetime
+    ) -> tuple[Subscriber, bool]:
+        for delay in _BUSY_RETRY_SECONDS:
+            try:
+                return await self.call_store(
+                    self.store.sign_up, address, language=language, now=now
+                )
+            except StoreBusyError as exc:
+                log.warning("subscribe: %s Storing the sign-up again in %s s.", exc, delay)
+            await asyncio.sleep(delay)
+        return await self.call_store(self.store.sign_up, address, language=language, now=now)
 
     async def _send_confirmation(self, subscriber: Subscriber, now: datetime) -> None:
         token = tokens.make_token(
