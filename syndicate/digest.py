@@ -289,7 +289,7 @@ def select_other_news(articles: Iterable[Article], *, limit: int = MAX_TEASERS) 
     articles = list(articles)
     own: list[list[str]] = []
     for article in articles:
-        for field in (article.lead, article.title, article.summary or ""):
+        for field in (article.lead, article.title, article.head or ""):
             found = _words(field)
             if found:
                 own.append(found)
@@ -384,11 +384,11 @@ def render_digest(
                 "url": article_url(root, article.slug),
                 "date": _published_text(article, lang=lang, tz=tz),
                 "author": one_line(article.author) if article.author else None,
-                "lead": lead_excerpt(article.lead, words=words),
+                "lead": lead_excerpt(article.summary, words=words),
             }
         )
     first = plan.articles[0] if plan.articles else None
-    preheader = _shorten((first.lead or first.title) if first else site_title, PREHEADER_CHARS)
+    preheader = _shorten((first.summary or first.title) if first else site_title, PREHEADER_CHARS)
     more_key = "more_one" if plan.more == 1 else "more_many"
     context = {
         "lang": lang,

@@ -43,7 +43,8 @@ class Article:
     """One normalized article. All text is NFC; `published` is tz-aware or None.
 
     `body` holds paragraphs and captions in reading order; its first paragraph
-    is the lead (dateline removed).
+    is the lead (dateline removed). `head` is the header's line 3 (the sapo), dateline
+    removed, or None when the dump left it unfilled: a summary, never a paragraph.
     """
 
     id: str  # stable content id (hash of the normalized body): the dedup key
@@ -58,7 +59,7 @@ class Article:
     source: str = ""
     language: str = "vi"
     dateline: str | None = None  # the agency tag the lead opened with, if any
-    summary: str | None = field(default=None)  # the header's sapo, when the dump had one
+    head: str | None = field(default=None)  # the header's sapo, when the dump had one
 
     @property
     def paragraphs(self) -> tuple[str, ...]:
@@ -75,6 +76,11 @@ class Article:
                 return block.text
         return ""
 
+    @property
+    def summary(self) -> str:
+        """What summarises the article: its head when the dump had one, else its lead."""
+        return self.head or self.lead
+
     def to_dict(self) -> dict[str, Any]:
         """The `inspect --json` shape (also the cache format, plus `body` and `language`)."""
         return {
@@ -84,6 +90,7 @@ class Article:
             "title_derived": self.title_derived,
             "published": self.published.isoformat() if self.published else None,
             "published_precision": str(self.precision),
+            "head": self.head,
             "lead": self.lead,
             "paragraphs": list(self.paragraphs),
             "captions": list(self.captions),
@@ -108,7 +115,7 @@ class Article:
             "body": [[b.kind.value, b.text] for b in self.body],
             "language": self.language,
             "dateline": self.dateline,
-            "summary": self.summary,
+            "head": self.head,
         }
 
     @classmethod
@@ -127,7 +134,7 @@ class Article:
             source=record["source"],
             language=record["language"],
             dateline=record.get("dateline"),
-            summary=record.get("summary"),
+            head=record.get("head"),  # records stored before heads existed have none
         )
 
 

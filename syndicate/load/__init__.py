@@ -17,7 +17,13 @@ from syndicate.load.files import (
     read_dump,
     read_dumps,
 )
-from syndicate.load.parse import PARSER_VERSION, TITLE_LIMIT, parse_dump, parse_dump_with_body
+from syndicate.load.parse import (
+    PARSER_VERSION,
+    merge_copies,
+    parse_dump,
+    parse_dump_with_body,
+)
+from syndicate.text import TITLE_LIMIT
 
 __all__ = [
     "LEAD_DATE_WITHIN",
@@ -28,6 +34,7 @@ __all__ = [
     "display_path",
     "find_dump_paths",
     "find_dumps",
+    "merge_copies",
     "parse_dump",
     "parse_dump_with_body",
     "read_dump",
