@@ -38,7 +38,7 @@ def _article(ident: str, *blocks: Block) -> Article:
         teasers=(Teaser("QTO", "Tin khác..."),),
         source="seeds/a.txt",
         dateline="QTO",
-        summary=None,
+        head="Sapo: tin chính <i>ở</i> Đông Hà.",
     )
 
 
