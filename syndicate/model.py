@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
@@ -36,6 +37,16 @@ class Teaser:
 
     dateline: str
     text: str
+
+
+def make_article_id(body: bytes, author: str | None) -> str:
+    """An article's id: the BLAKE2b digest of its body text (UTF-8 block texts, one per
+    line), then a NUL and the byline when there is one. Header lines, teasers and the
+    encoding are not part of it: they vary between scrapes of one story."""
+    digest = hashlib.blake2b(body, digest_size=16)
+    if author:
+        digest.update(b"\0" + author.encode("utf-8"))
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

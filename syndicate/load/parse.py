@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import replace
 from zoneinfo import ZoneInfo
@@ -10,7 +9,7 @@ from zoneinfo import ZoneInfo
 from syndicate.errors import DumpError
 from syndicate.load.dates import _HINT, _full_dates, _lead_date, _parse_publish
 from syndicate.load.decode import decode_dump
-from syndicate.model import Article, Block, BlockKind, Precision, Teaser
+from syndicate.model import Article, Block, BlockKind, Precision, Teaser, make_article_id
 from syndicate.text import (
     TITLE_LIMIT,
     clean_text,
@@ -126,10 +125,10 @@ def parse_dump(data: bytes, *, source: str, tz: ZoneInfo) -> Article:
 def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Article, bytes]:
     """`parse_dump`, and the article's body text as UTF-8: its blocks' texts, one per line.
 
-    Article.id is the BLAKE2b digest of exactly these bytes followed by the byline (a NUL,
-    then the author as written, when there is one): the header lines, the teasers and the
-    encoding are not part of it, so one story scraped with and without its header, or
-    with another sidebar, has one id. A caller that stores the bytes need not encode them.
+    Article.id is `make_article_id` of exactly these bytes and the byline: the header
+    lines, the teasers and the encoding are not part of it, so one story scraped with and
+    without its header, or with another sidebar, has one id. A caller that stores the
+    bytes need neither encode nor hash them again.
     """
     raw = _split_lines(decode_dump(data, source=source))
     header = [*raw, "", "", ""][:3]
@@ -221,7 +220,7 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
 
     content = "\n".join([b.text for b in blocks])
     body = content.encode("utf-8")
-    article_id = _article_id(body, author)
+    article_id = make_article_id(body, author)
     article = Article(
         id=article_id,
         slug=slugify(title) or f"bai-{article_id[:12]}",
@@ -239,13 +238,6 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
         head=summary,
     )
     return article, body
-
-
-def _article_id(body: bytes, author: str | None) -> str:
-    digest = hashlib.blake2b(body, digest_size=16)
-    if author:
-        digest.update(b"\0" + author.encode("utf-8"))
-    return digest.hexdigest()
 
 
 # How much of the publish time each precision knows, to take the better of two copies.

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 from syndicate.errors import StoreError
-from syndicate.model import Article, BlockKind, Precision
+from syndicate.model import Article, BlockKind, Precision, make_article_id
 from syndicate.store import Database
 
 # The same as json.dumps(..., ensure_ascii=False, sort_keys=True), built once.
@@ -194,9 +194,9 @@ def encode_record(
 
     The body's texts go in a column of their own, one per line, when none holds a line
     break (the loader's never do); else they stay in the record (body None). The hash
-    covers the record and the body's BLAKE2b digest. `parsed_body` is the body the loader
-    returned with the article (`parse_dump_with_body`): its digest is the article's id, so
-    it is neither encoded nor hashed again.
+    covers the record and the body's digest (`make_article_id`, byline included).
+    `parsed_body` is the body the loader returned with the article (`parse_dump_with_body`):
+    its digest is the article's id, so it is neither encoded nor hashed again.
     """
     record = article.to_record()
     body = body_digest = None
@@ -206,7 +206,7 @@ def encode_record(
         texts = [block.text for block in article.body]
         if not any("\n" in text for text in texts):
             body = "\n".join(texts).encode("utf-8")
-            body_digest = hashlib.blake2b(body, digest_size=16).hexdigest()
+            body_digest = make_article_id(body, article.author)
     if body is not None:
         record["body"] = "".join([_KIND_LETTERS[block.kind] for block in article.body])
     data = _RECORD_ENCODER.encode(record).encode("utf-8")
