@@ -561,8 +561,7 @@ def test_long_derived_title_is_cut_at_a_word_boundary() -> None:
     article = parse_text(f"{{title}}\n{{publish}}\n{{head}}\n{words} {words}.\n")
     # 89 characters would end inside "hội nghị"; 86 would end on the compound's first half.
     assert article.title == (
-        "Hội nghị tổng kết công tác chuyển đổi số của các cơ quan đảng và mặt trận tỉnh Hội "
-        "nghị…"
+        "Hội nghị tổng kết công tác chuyển đổi số của các cơ quan đảng và mặt trận tỉnh Hội nghị…"
     )
     assert len(article.title) <= 90
 

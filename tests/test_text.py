@@ -146,7 +146,10 @@ def test_detect_language(text: str, language: str) -> None:
         ("On Thursday, the ministry said exports rose.", "The ministry said exports rose"),
         ("Yesterday, farmers began the harvest early.", "Farmers began the harvest early"),
         # Not an adverbial: kept as written.
-        ("Sáng tạo trong công tác dân vận được biểu dương.", "Sáng tạo trong công tác dân vận được biểu dương"),
+        (
+            "Sáng tạo trong công tác dân vận được biểu dương.",
+            "Sáng tạo trong công tác dân vận được biểu dương",
+        ),
         ("Ngày hội đọc sách thu hút học sinh.", "Ngày hội đọc sách thu hút học sinh"),
     ],
 )
