@@ -497,6 +497,8 @@ def _clause_cut(text: str, limit: int) -> str | None:
 
 def _splits_a_word(left: str, right: str) -> bool:
     """Would a cut between the syllables `left` and `right` split one word?"""
+    if not right:
+        return False
     if left in _DASHES or right in _DASHES:
         return True  # "chính trị - xã hội" is one term
     if left[-1] in _WORD_PUNCTUATION or right[0] in _WORD_PUNCTUATION:
@@ -526,7 +528,8 @@ def _word_cut(text: str, limit: int) -> str:
         if not opening:
             continue
         fallback = fallback or opening
-        last, following = words[count - 1], words[count]
+        last = words[count - 1]
+        following = words[count] if count < len(words) else ""
         if _bare(last) in FUNCTION_WORDS or not _bare(last):
             continue
         if _splits_a_word(last, following):
