@@ -514,7 +514,7 @@ def _splits_a_word(left: str, right: str) -> bool:
 
 def _word_cut(text: str, limit: int) -> str:
     """The longest opening of `text` ending at a word boundary that reads well."""
-    words = text.split(" ")
+    words = text[: limit + 40].split(" ")  # the words near the cut are all it looks at
     fallback = None
     length = -1
     kept: list[int] = []  # lengths of the openings that fit, by number of words
@@ -551,7 +551,9 @@ def derive_title(text: str, *, limit: int = TITLE_LIMIT) -> str:
     that splits no compound word (COMPOUND_WORDS, names) and leaves no function word
     (FUNCTION_WORDS) at the end; "…" ends the title only when something was cut.
     """
-    sentence = first_sentence(collapse_spaces(text))
+    if "  " in text or not text.isprintable() or text != text.strip():
+        text = collapse_spaces(text)  # loader text has single spaces already
+    sentence = first_sentence(text)
     if sentence.endswith(".") and not sentence.endswith(".."):
         sentence = sentence[:-1]
     sentence = drop_opening_adverbial(sentence)
