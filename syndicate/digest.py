@@ -299,7 +299,7 @@ def select_other_news(articles: Iterable[Article], *, limit: int = MAX_TEASERS) 
     articles = list(articles)
     own: list[list[str]] = []
     for article in articles:
-        for field in (article.lead, article.title, article.summary or ""):
+        for field in (article.lead, article.title, article.head or ""):
             found = _words(field)
             if found:
                 own.append(found)
@@ -396,7 +396,7 @@ def render_digest(
                     "date": _published_text(article, lang=lang, tz=tz),
                     "author": one_line(article.author) if article.author else None,
                     "lead": _shorten(
-                        lead_excerpt(article.lead, words=words), words * CHARS_PER_LEAD_WORD
+                        lead_excerpt(article.summary, words=words), words * CHARS_PER_LEAD_WORD
                     ),
                 }
             )
@@ -407,7 +407,7 @@ def render_digest(
                 shorten(one_line(f"{type(exc).__name__}: {exc}"), limit=200),
             )
     first = plan.articles[0] if plan.articles else None
-    preheader = _shorten((first.lead or first.title) if first else site_title, PREHEADER_CHARS)
+    preheader = _shorten((first.summary or first.title) if first else site_title, PREHEADER_CHARS)
     more_key = "more_one" if plan.more == 1 else "more_many"
     context = {
         "lang": lang,

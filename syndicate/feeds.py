@@ -109,7 +109,7 @@ def build_content_html(article: Article) -> str:
 
 
 def _summary(article: Article) -> str:
-    return one_line(article.lead) or _title(article)
+    return one_line(article.summary) or _title(article)
 
 
 def _title(article: Article) -> str:

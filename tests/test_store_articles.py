@@ -38,7 +38,7 @@ def _article(ident: str, *blocks: Block) -> Article:
         teasers=(Teaser("QTO", "Tin khác..."),),
         source="seeds/a.txt",
         dateline="QTO",
-        summary=None,
+        head="Sapo: tin chính <i>ở</i> Đông Hà.",
     )
 
 
@@ -155,3 +155,14 @@ def test_page_stamps_pack_size_and_time_losslessly() -> None:
     for size, mtime_ns in [(0, 0), (15_321, 1_764_000_000_123_456_789), (2**40, 2**63 - 1)]:
         assert stamp_parts(page_stamp(size, mtime_ns)) == (size, mtime_ns)
     assert page_stamp(1, 2) != page_stamp(2, 1)
+
+
+def test_a_record_stored_before_heads_existed_reads_back_without_one() -> None:
+    record = LOADER_LIKE.to_record()
+    assert record["head"] == "Sapo: tin chính <i>ở</i> Đông Hà."
+    assert Article.from_record(record) == LOADER_LIKE
+    del record["head"]
+    record["summary"] = "the old field"
+    old = Article.from_record(record)
+    assert old.head is None
+    assert old.summary == old.lead

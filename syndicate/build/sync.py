@@ -13,7 +13,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -48,6 +48,10 @@ class SyncResult:
     skipped: int  # dumps rejected (one warning each)
     errors: tuple[DumpError, ...]
     article_ids: frozenset[str]  # the distinct articles, for the site and feeds
+
+
+def _text(body: bytes | None) -> str | None:
+    return None if body is None else body.decode("utf-8")
 
 
 def _shown(path: str, cwd: str) -> str:
@@ -89,7 +93,14 @@ class _Sync:
         # A file named on its own is read wherever its link leads: it was asked for.
         self.link_folders = None if settings.load.follow_symlinks else load.real_folders(roots)
         self.named_files = {os.fspath(root) for root in roots if not root.is_dir()}
-        self.sources = store.read_article_sources(db)
+        keys = store.read_article_keys(db)
+        self.sources = {key: source for key, (source, _slug) in keys.items()}
+        # The slug each stored article was first published under: it never changes.
+        self.slugs = {key: slug for key, (_source, slug) in keys.items()}
+        del keys
+        # Articles whose stored record this run rewrote, and where a pending row sits.
+        self.touched: set[str] = set()
+        self.pending: dict[str, int] = {}
         # Files modified this close to the run's start have an untrustworthy signature.
         self.racy_after_ns = time.time_ns() - _RACY_WINDOW_NS
         self.ids: set[str] = set()
@@ -170,6 +181,7 @@ class _Sync:
             return
         if entry.article_id in self.ids:
             self.duplicates += 1
+            self._merge_copy(path, shown, entry.article_id, row)
             return
         # The first path in sorted order owns the stored record: parse again when the
         # record came from another dump (the owner changed, or the store lost it).
@@ -186,7 +198,53 @@ class _Sync:
             # self.sources holds every stored id: no need to ask the store whether it is new.
             self.new += row.id not in self.sources
             self.sources[row.id] = shown
+            slug = self.slugs.get(row.id)
+            if slug is not None and slug != row.slug:  # a published URL never changes
+                article = store.decode_article(row.record, _text(row.body))
+                row = store.article_row(replace(article, slug=slug))
+            self._put(row)
+
+    def _put(self, row: store.ArticleRow) -> None:
+        """Queue `row` for `flush`, replacing a row for the same article queued before."""
+        self.touched.add(row.id)
+        index = self.pending.get(row.id)
+        if index is None:
+            self.pending[row.id] = len(self.article_rows)
             self.article_rows.append(row)
+        else:
+            self.article_rows[index] = row
+
+    def _merge_copy(
+        self, path: str, shown: str, article_id: str, row: store.ArticleRow | None
+    ) -> None:
+        """Fill the stored article in with what another copy of it (the dump at `path`) adds.
+
+        Only when either copy was parsed this run: otherwise the stored record has both.
+        """
+        if row is None and article_id not in self.touched:
+            return
+        try:
+            if row is None:  # the first copy changed: this one must be merged in again
+                data = load.read_dump(path, max_bytes=self.max_bytes, source=shown)
+                self.parsed += 1
+                other = load.parse_dump(data, source=shown, tz=self.tz)
+            else:
+                other = store.decode_article(row.record, _text(row.body))
+        except DumpError as exc:
+            self._skip(exc)
+            return
+        index = self.pending.get(article_id)
+        if index is not None:
+            kept = self.article_rows[index]
+            current = store.decode_article(kept.record, _text(kept.body))
+        else:
+            found = store.get_article(self.db, article_id)
+            if found is None:
+                return
+            current = found
+        merged = load.merge_copies(current, other)
+        if merged != current:
+            self._put(store.article_row(merged))
 
     def flush(self) -> None:
         """Write the rows `add` gathered (inside the caller's transaction)."""
@@ -194,6 +252,7 @@ class _Sync:
         store.upsert_rows(self.db, self.article_rows, now=self.now)
         self.dump_rows.clear()
         self.article_rows.clear()
+        self.pending.clear()
 
     def _record(self, key: str, st: _Signature, got: _Read) -> store.CachedDump:
         """Cache what reading a dump gave, under the signature taken before the read."""

@@ -23,10 +23,11 @@ from syndicate.load.parse import (
     LINE_LIMIT,
     PARSER_VERSION,
     TEXT_LIMIT,
-    TITLE_LIMIT,
+    merge_copies,
     parse_dump,
     parse_dump_with_body,
 )
+from syndicate.text import TITLE_LIMIT
 
 __all__ = [
     "LEAD_DATE_WITHIN",
@@ -40,6 +41,7 @@ __all__ = [
     "display_path",
     "find_dump_paths",
     "find_dumps",
+    "merge_copies",
     "parse_dump",
     "parse_dump_with_body",
     "read_dump",
