@@ -117,6 +117,12 @@ class SubscribeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSettings:
+    # Seconds a command waits for another's write lock before it gives up (exit 75, HTTP 503).
+    busy_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     site: SiteSettings = field(default_factory=SiteSettings)
     paths: PathSettings = field(default_factory=PathSettings)
@@ -127,6 +133,7 @@ class Settings:
     digest: DigestSettings = field(default_factory=DigestSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
     subscribe: SubscribeSettings = field(default_factory=SubscribeSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     config_path: Path | None = None
     env_secret: str = field(default="", repr=False)  # SYNDICATE_SECRET
 

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from syndicate.errors import OutputError
+from syndicate.errors import DiskFullError, OutputError
 
 # Temp files: created exclusively (O_EXCL, never following a link) and readable by
 # their owner only until they are complete.
@@ -33,7 +33,8 @@ def write_atomic(
     """Write `data` to `path` atomically (temp file in the same folder, fsync, rename).
 
     Returns False, touching nothing, when `skip_unchanged` and the file already
-    holds exactly these bytes. Raises OutputError on any OS failure; a failed
+    holds exactly these bytes. Raises OutputError on any OS failure (DiskFullError,
+    exit 75, when the disk is full or over quota); a failed
     write leaves the old file as it was and no temp file behind. `fsync=False`
     keeps the write atomic for readers (rename) but skips the disk flush, for
     bulk page writes where one flush per file would dominate the run. The file
@@ -71,7 +72,16 @@ def _fill(fd: int, data: bytes, *, fsync: bool, mode: int = _PUBLIC_MODE) -> int
         os.close(fd)
 
 
+# A full disk or an exhausted quota: nothing is wrong with the path, only with the moment.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 def _write_error(path: str | Path, exc: OSError) -> OutputError:
+    if exc.errno in _FULL_ERRNOS:
+        return DiskFullError(
+            f"{path}: cannot write: {exc.strerror or exc}.",
+            hint="Free some space on that disk, then run again (nothing was half-written).",
+        )
     return OutputError(
         f"{path}: cannot write: {exc.strerror or exc}.",
         hint="Check that the output folder exists and is writable (paths.output).",

@@ -202,9 +202,14 @@ def test_digest_command_writes_the_preview_and_changes_no_digest_state(
     assert "http://localhost:8000/digests/2024-11-01.html" in text
     with open_database(workdir / "syndicate.db") as db:
         assert count_digests(db) == 0
-        # The preview read the seeds in a transaction it rolled back: nothing stayed.
-        for table in ("articles", "dumps", "digests", "deliveries", "meta"):
+        # No digest state: no digest, delivery or secret, no article marked as mailed.
+        for table in ("digests", "deliveries", "meta"):
             assert db.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0  # noqa: S608
+        marked = db.conn.execute("SELECT count(*) FROM articles WHERE digest_day IS NOT NULL")
+        assert marked.fetchone()[0] == 0
+        # What it parsed is kept, as `build` keeps it: the next run parses nothing again.
+        for table in ("articles", "dumps"):
+            assert db.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 2  # noqa: S608
     # A second preview gives the same bytes.
     again = runner.invoke(cli, ["digest", "--out", "preview"])
     assert again.exit_code == 0

@@ -134,7 +134,7 @@ def test_dry_run_writes_and_sends_nothing(project: Path) -> None:
     assert code == 0, err
     assert re.fullmatch(
         r"Dry run: the \d{4}-\d\d-\d\d digest \(\d+ articles\) would go to 2 subscribers, "
-        r"0 skipped; nothing was written or sent\.\n",
+        r"0 skipped; no digest was stored and nothing was sent\.\n",
         out,
     )
     assert not (project / "outbox").exists()
@@ -142,9 +142,10 @@ def test_dry_run_writes_and_sends_nothing(project: Path) -> None:
     with sqlite3.connect(project / "syndicate.db") as conn:
         assert conn.execute("SELECT count(*) FROM digests").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
-        # The seeds were read in a transaction that was rolled back.
-        assert conn.execute("SELECT count(*) FROM articles").fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM dumps").fetchone()[0] == 0
+        # What it parsed is kept (as `build` keeps it); no article is marked as mailed.
+        assert conn.execute("SELECT count(*) FROM dumps").fetchone()[0] > 0
+        marked = conn.execute("SELECT count(*) FROM articles WHERE digest_day IS NOT NULL")
+        assert marked.fetchone()[0] == 0
     code, out, _ = _run("send", "--dry-run", "--json", "--limit", "1")
     assert json.loads(out)["would_send"] == 1
 
@@ -488,7 +489,7 @@ def test_dry_run_counts_in_the_singular(clock: Clock) -> None:
     assert _run("send", "--dry-run") == (
         0,
         "Dry run: the 2024-10-31 digest (1 article) would go to 1 subscriber, 0 skipped; "
-        "nothing was written or sent.\n",
+        "no digest was stored and nothing was sent.\n",
         "",
     )
 

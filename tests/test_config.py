@@ -102,7 +102,7 @@ def test_environment_supplies_secret_and_smtp_password(tmp_path: Path) -> None:
         (
             "[nope]\n",
             "config section [nope] is not known; sections are: digest, dkim, feeds, load, mail, "
-            "paths, site, smtp, subscribe.",
+            "paths, site, smtp, store, subscribe.",
         ),
         (
             "[mail]\ntransport = 'smtp'\n",

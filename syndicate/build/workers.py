@@ -27,7 +27,7 @@ from syndicate.build.reading import _Read, _start_reader, _work
 from syndicate.build.staging import Stager
 from syndicate.build.writer import _Writer
 from syndicate.config import Settings
-from syndicate.errors import DumpError, OutputError, SyndicateError, WorkerError
+from syndicate.errors import DiskFullError, DumpError, OutputError, SyndicateError, WorkerError
 from syndicate.output import write_atomic
 from syndicate.site import RENDER_ERRORS, IndexEntry, SiteRenderer
 from syndicate.store import articles as store
@@ -42,9 +42,9 @@ _CHUNK = 64  # dumps or article pages per worker task
 _INDEX_CHUNK = 16  # index pages per worker task
 _CHUNKS_IN_FLIGHT = 8  # tasks out at a time: bounds the results held in memory
 
-# A task's outcome when it failed: (message, hint) of its SyndicateError, which does not
-# pickle whole.
-_TaskError = tuple[str, str | None]
+# A task's outcome when it failed: (message, hint, disk full?) of its SyndicateError, which
+# does not pickle whole.
+_TaskError = tuple[str, str | None, bool]
 # An index page to render: rel, archive number (None: index.html), archive count, entries.
 IndexJob = tuple[str, int | None, int, list[IndexEntry]]
 
@@ -131,7 +131,7 @@ def _render_articles(
             else:
                 changed.append(write_atomic(output / rel, data, fsync=False))
     except SyndicateError as exc:
-        return (exc.message, exc.hint)
+        return (exc.message, exc.hint, isinstance(exc, DiskFullError))
     return changed
 
 
@@ -144,13 +144,14 @@ def _render_index_pages(jobs: list[IndexJob]) -> list[bool] | _TaskError:
             data = renderer.render_index(entries, archive=archive, archives=archives)
             changed.append(write_atomic(output / rel, data, fsync=archive is None))
     except SyndicateError as exc:
-        return (exc.message, exc.hint)
+        return (exc.message, exc.hint, isinstance(exc, DiskFullError))
     return changed
 
 
 def _checked(result: list[_T] | _TaskError) -> list[_T]:
     if isinstance(result, tuple):
-        raise OutputError(result[0], hint=result[1])
+        error = DiskFullError if result[2] else OutputError
+        raise error(result[0], hint=result[1])
     return result
 
 

@@ -14,11 +14,12 @@ from datetime import UTC, date, datetime, timedelta
 
 import click
 
-from syndicate.build import run_build, sync_articles
+from syndicate.build import run_build
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.cli.flow import (
     digest_day,
     digest_view_url,
+    preview_digest,
     stored_digest,
     todays_digest,
     write_digest_page,
@@ -142,7 +143,7 @@ def _check_smtp(settings: Settings) -> None:
 
 
 @cli.command("send")
-@click.option("--dry-run", is_flag=True, help="Render and count; write and send nothing.")
+@click.option("--dry-run", is_flag=True, help="Render and count; store no digest, send nothing.")
 @click.option(
     "--to",
     "to",
@@ -313,12 +314,8 @@ def _preview_send(
     db = app.database
     now = datetime.fromtimestamp(app.now(), UTC)
     address = normalize_email(to) if to is not None else None
-    # The secret is made (once) outside the scratch transaction: a test copy's link must verify.
-    secret = get_secret(settings, db)
-    # Read the seeds as `send` would, in a transaction that is rolled back: nothing stays.
-    with db.scratch():
-        sync_articles(settings, db, now=now)
-        plan = todays_digest(settings, db, now=now, create=False)
+    # Read the seeds as `send` would; no write lock is held while the digest is planned.
+    plan = preview_digest(settings, db, now=now)
     if plan is None:
         _nothing(app, as_json)
         return
@@ -327,6 +324,9 @@ def _preview_send(
     templates = _templates(settings, plan, languages, marker=marker, now=now)
     if address is not None and not dry_run:
         template = templates[settings.site.language]
+        # The secret is made (once) and kept: a test copy's link must verify. A dry run
+        # needs none, so it never waits for the write lock to store one.
+        secret = get_secret(settings, db)
         # Subscriber 0 never exists, so the copy's link acts on nobody.
         token = make_token(
             secret,
@@ -375,7 +375,7 @@ def _preview_send(
     app.echo(
         f"Dry run: the {plan.day.isoformat()} digest ({_plural(len(plan.articles), 'article')}) "
         f"would go to {_plural(owed, 'subscriber')}, {skipped} skipped; "
-        f"nothing was written or sent{note}."
+        f"no digest was stored and nothing was sent{note}."
     )
 
 

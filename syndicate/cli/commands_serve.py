@@ -54,17 +54,25 @@ def serve_command(app: AppContext, host: str, port: int) -> None:
     Example: syndicate serve --host 127.0.0.1 --port 8000
     """
     settings = app.settings
-    # The app uses the database from a thread of its own (one call at a time).
-    database = open_database(settings.paths.database, any_thread=True)
+    # The app writes from a thread of its own (one call at a time), and reads from
+    # another, through a second connection that never takes the write lock.
+    timeout = settings.store.busy_timeout
+    database = open_database(settings.paths.database, any_thread=True, busy_timeout=timeout)
     try:
-        _serve(app, database, host, port)
+        reader = open_database(
+            settings.paths.database, any_thread=True, busy_timeout=timeout, read_only=True
+        )
+        try:
+            _serve(app, database, reader, host, port)
+        finally:
+            reader.close()
     finally:
         database.close()
 
 
-def _serve(app: AppContext, database: Database, host: str, port: int) -> None:
+def _serve(app: AppContext, database: Database, reader: Database, host: str, port: int) -> None:
     settings = app.settings
-    store = DatabaseStore(settings, database)
+    store = DatabaseStore(settings, database, reader)
     store.read_secret()  # create the signing secret now, not on the first request
     asgi = create_app(settings, store, open_mailer(settings, folder=CONFIRMATIONS_FOLDER))
     sock = open_listener(host, port)

@@ -6,6 +6,7 @@ import dataclasses
 from datetime import date, datetime
 from pathlib import Path
 
+from syndicate.build import sync_articles
 from syndicate.config import Settings, base_url
 from syndicate.digest import plan_digest, render_digest
 from syndicate.model import DigestPlan
@@ -52,6 +53,20 @@ def todays_digest(
     if plan is None or not plan.articles:  # a stored digest whose articles are gone
         return None
     return _with_page_slugs(db, plan)
+
+
+def preview_digest(settings: Settings, db: Database, *, now: datetime) -> DigestPlan | None:
+    """Today's digest as `send` would make it now, without storing it (`digest`, `--dry-run`).
+
+    The dumps are synced as `build` syncs them: what was parsed is kept (the parse
+    cache and the articles, in short write transactions of a batch each), so the
+    next `build` or `send` need not parse it again. The plan is then worked out in
+    one read transaction, which takes no write lock: `send` and sign-ups go on
+    meanwhile. No digest row is stored and no article is marked.
+    """
+    sync_articles(settings, db, now=now)
+    with db.snapshot():
+        return todays_digest(settings, db, now=now, create=False)
 
 
 def stored_digest(db: Database, day: date) -> DigestPlan | None:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from syndicate.errors import StoreError
 from syndicate.model import Article, BlockKind, Precision, make_article_id
-from syndicate.store import Database
+from syndicate.store import Database, store_error
 
 # The same as json.dumps(..., ensure_ascii=False, sort_keys=True), built once.
 _RECORD_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
@@ -126,7 +126,7 @@ def _utc_text(value: datetime) -> str:
 
 
 def _wrap(what: str, db: Database, exc: sqlite3.Error) -> StoreError:
-    return StoreError(f"{db.path}: cannot {what}: {exc}.")
+    return store_error(db.path, f"cannot {what}", exc)
 
 
 def read_dump_cache(db: Database) -> dict[str, CachedDump]:

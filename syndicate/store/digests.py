@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime
 
 from syndicate.errors import StoreError
 from syndicate.model import Article, DigestPlan
-from syndicate.store import Database
+from syndicate.store import Database, store_error
 from syndicate.store.articles import decode_article
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def iter_candidates(db: Database, *, batch: int = 500) -> Iterator[tuple[Article
         try:
             rows = db.conn.execute(SELECT_CANDIDATES, {"last": last, "n": batch}).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"{db.path}: cannot read articles: {exc}.") from exc
+            raise store_error(db.path, "cannot read articles", exc) from exc
         for article_id, record_json, body, first_seen_at in rows:
             where = f"{db.path}: article {article_id!r}"
             article = _article_or_none(record_json, body, where=where)
@@ -117,7 +117,7 @@ def newest_published(db: Database) -> datetime | None:
     try:
         row = db.conn.execute(SELECT_NEWEST_PUBLISHED).fetchone()
     except sqlite3.Error as exc:
-        raise StoreError(f"{db.path}: cannot read articles: {exc}.") from exc
+        raise store_error(db.path, "cannot read articles", exc) from exc
     if row is None or row[0] is None:
         return None
     return _parse_time(row[0], where=f"{db.path}: articles.published_at")
@@ -128,7 +128,7 @@ def live_article_ids(db: Database) -> set[str]:
     try:
         return {row[0] for row in db.conn.execute(SELECT_LIVE_ARTICLE_IDS)}
     except sqlite3.Error as exc:
-        raise StoreError(f"{db.path}: cannot read the dump cache: {exc}.") from exc
+        raise store_error(db.path, "cannot read the dump cache", exc) from exc
 
 
 def get_digest(db: Database, day: date) -> DigestPlan | None:
@@ -147,7 +147,7 @@ def get_digest(db: Database, day: date) -> DigestPlan | None:
                 if article is not None:
                     articles.append(article)
     except sqlite3.Error as exc:
-        raise StoreError(f"{db.path}: cannot read the digest of {day}: {exc}.") from exc
+        raise store_error(db.path, f"cannot read the digest of {day}", exc) from exc
     except ValueError as exc:
         raise StoreError(f"{db.path}: the digest of {day} is damaged: {exc}.") from exc
     return DigestPlan(day=day, articles=tuple(articles), more=int(row[1]))
@@ -173,7 +173,7 @@ def create_digest(db: Database, plan: DigestPlan, *, now: datetime) -> None:
             if inserted:
                 conn.executemany(MARK_ARTICLE, [{"day": day, "id": a.id} for a in plan.articles])
         except sqlite3.Error as exc:
-            raise StoreError(f"{db.path}: cannot store the digest of {day}: {exc}.") from exc
+            raise store_error(db.path, f"cannot store the digest of {day}", exc) from exc
 
 
 def open_digests(db: Database, *, before: date) -> list[StoredDigest]:
@@ -184,7 +184,7 @@ def open_digests(db: Database, *, before: date) -> list[StoredDigest]:
     try:
         rows = db.conn.execute(SELECT_OPEN_DIGESTS, {"before": before.isoformat()}).fetchall()
     except sqlite3.Error as exc:
-        raise StoreError(f"{db.path}: cannot read the digests: {exc}.") from exc
+        raise store_error(db.path, "cannot read the digests", exc) from exc
     where = f"{db.path}: digests"
     try:
         return [
@@ -201,4 +201,4 @@ def close_digest(db: Database, day: date, *, now: datetime) -> None:
         with db.transaction() as conn:
             conn.execute(CLOSE_DIGEST, {"day": day.isoformat(), "now": _utc_text(now)})
     except sqlite3.Error as exc:
-        raise StoreError(f"{db.path}: cannot close the digest of {day}: {exc}.") from exc
+        raise store_error(db.path, f"cannot close the digest of {day}", exc) from exc

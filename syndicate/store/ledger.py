@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from syndicate.errors import StoreError
-from syndicate.store import Database
+from syndicate.store import Database, store_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,7 @@ def _iso(moment: datetime) -> str:
 
 
 def _fail(db: Database, exc: sqlite3.Error) -> StoreError:
-    return StoreError(f"{db.path}: send ledger query failed: {exc}.")
+    return store_error(db.path, "send ledger query failed", exc)
 
 
 def _cutoff(confirmed_by: datetime | None) -> str | None:

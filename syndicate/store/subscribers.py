@@ -21,7 +21,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from syndicate.errors import StoreError, SubscriberError
 from syndicate.model import Subscriber, SubscriptionStatus
-from syndicate.store import Database
+from syndicate.store import Database, store_error
 from syndicate.store.meta import get_erasure_key
 from syndicate.text import clean_line, nfc
 
@@ -168,7 +168,7 @@ def _clean_name(name: str | None) -> str | None:
 
 
 def _fail(db: Database, exc: sqlite3.Error) -> StoreError:
-    return StoreError(f"{db.path}: subscriber query failed: {exc}.")
+    return store_error(db.path, "subscriber query failed", exc)
 
 
 def get_by_email(db: Database, email: str) -> Subscriber | None:

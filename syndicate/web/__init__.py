@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from syndicate.config import Settings
+from syndicate.errors import StoreBusyError, StoreFullError
 from syndicate.send import Mailer
 from syndicate.web.guard import (
     CONTENT_SECURITY_POLICY,
@@ -42,6 +43,7 @@ __all__ = [
     "CONTENT_SECURITY_POLICY",
     "HEADER_TIMEOUT",
     "MAX_BODY_BYTES",
+    "RETRY_AFTER",
     "Clock",
     "DatabaseStore",
     "SubscriptionStore",
@@ -54,6 +56,10 @@ __all__ = [
 ]
 
 
+# Seconds a client is asked to wait after a 503 (the database busy, or the disk full).
+RETRY_AFTER = 5
+
+
 def create_app(
     settings: Settings,
     store: SubscriptionStore,
@@ -64,9 +70,11 @@ def create_app(
     """Build the ASGI app serving `settings.paths.output` and the subscription pages.
 
     The mailer is used on the sign-ups' thread (an event loop of its own) and closed there
-    when the app shuts down; the store belongs to the caller. Store calls run on a thread
-    of their own (one at a time), so `store` must be usable from a thread other than the
-    caller's (`open_database(..., any_thread=True)`).
+    when the app shuts down; the store belongs to the caller. Store calls run on threads
+    of their own (writes on one, reads on another), so `store` must be usable from threads
+    other than the caller's (`open_database(..., any_thread=True)`). A busy database
+    (another command kept the write lock past `store.busy_timeout`) or a full disk answers
+    503 with Retry-After, in the usual error shape.
     """
     service = Service(settings, store, mailer, clock)
 
@@ -85,6 +93,11 @@ def create_app(
         status_code = exc.status_code if isinstance(exc, HTTPException) else 500
         headers = exc.headers if isinstance(exc, HTTPException) else None
         return service.error_page(request, status_code, headers=headers)
+
+    async def store_unavailable(request: Request, exc: Exception) -> Response:
+        # Not the app's fault and not for long: the client may try again (RFC 9110 15.6.4).
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return service.error_page(request, 503, headers={"retry-after": str(RETRY_AFTER)})
 
     async def client_gone(request: Request, exc: Exception) -> Response:
         # The client closed the connection (or a deadline did) before its body was in:
@@ -114,6 +127,8 @@ def create_app(
         middleware=[Middleware(SecurityHeaders), Middleware(BodyLimit, limit=MAX_BODY_BYTES)],
         exception_handlers={
             HTTPException: http_error,
+            StoreBusyError: store_unavailable,
+            StoreFullError: store_unavailable,
             ClientDisconnect: client_gone,
             Exception: server_error,
         },

@@ -18,7 +18,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 
 from syndicate import digest, mail, site, tokens
 from syndicate.config import Settings, base_url, site_templates_dir
-from syndicate.errors import StoreError, SubscriberError, SyndicateError, TokenError
+from syndicate.errors import StoreBusyError, StoreError, SubscriberError, SyndicateError, TokenError
 from syndicate.mail import DkimKey
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.send import Mailer, TransientSendError, read_dkim_key
@@ -96,6 +96,8 @@ _STRINGS: dict[str, dict[str, str]] = {
         "error_429": "Bạn đã gửi quá nhiều yêu cầu. Hãy thử lại sau một phút.",
         "error_500_title": "Lỗi máy chủ",
         "error_500": "Đã có lỗi ở phía chúng tôi. Hãy thử lại sau ít phút.",
+        "error_503_title": "Hệ thống đang bận",
+        "error_503": "Hệ thống đang bận trong giây lát. Hãy thử lại sau ít giây.",
     },
     "en": {
         "subscribe_title": "Subscribe to the newsletter",
@@ -154,6 +156,8 @@ _STRINGS: dict[str, dict[str, str]] = {
         "error_429": "You have sent too many requests. Please try again in a minute.",
         "error_500_title": "Server error",
         "error_500": "Something went wrong on our side. Please try again in a few minutes.",
+        "error_503_title": "Busy for a moment",
+        "error_503": "We are busy for a moment. Please try again in a few seconds.",
     },
 }
 
@@ -185,6 +189,10 @@ def negotiate_language(query: str | None, accept_language: str | None, default: 
 # --- The endpoints ----------------------------------------------------------------------
 
 
+# Waits before a sign-up that met a busy database is stored again (after the answer, so
+# they hold up nobody's page); the last try's failure is logged and the sign-up dropped.
+_BUSY_RETRY_SECONDS = (1, 2, 4)
+
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -192,9 +200,10 @@ _T = TypeVar("_T")
 class Service:
     """The endpoints, sharing settings, store, mailer, clock and templates.
 
-    Store calls run on one thread of their own, one at a time: a call that waits for the
-    database (`syndicate send` holding its write lock, for up to the busy timeout) holds
-    up only the requests that need the store, never the event loop serving the pages.
+    Store calls that write run on one thread of their own, one at a time: a call that
+    waits for the database (`syndicate send` holding its write lock, for up to the busy
+    timeout) holds up only the requests that write, never the event loop serving the
+    pages. Reads (`find`, `check`) run on another thread, so they never queue behind it.
     A sign-up's state-dependent work (storing it, the confirmation mail) runs after the
     response on the `SignupWorker`'s thread, which owns the mailer.
     """
@@ -223,6 +232,9 @@ class Service:
         self._secret: bytes | None = None
         self.dkim = read_dkim_key(settings)
         self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syndicate-store")
+        self._reader_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="syndicate-store-read"
+        )
 
     async def call_store(
         self, function: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
@@ -231,6 +243,15 @@ class Service:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._store_thread, functools.partial(function, *args, **kwargs)
+        )
+
+    async def call_reader(
+        self, function: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """Run a store read (`find`, `check`) on the reading thread and wait for it."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._reader_thread, functools.partial(function, *args, **kwargs)
         )
 
     async def start(self) -> None:
@@ -243,8 +264,11 @@ class Service:
         await asyncio.to_thread(self.signups.stop)
 
     def close(self) -> None:
-        """Finish the store call in progress, if any, and stop the store's thread."""
-        self._store_thread.shutdown(wait=True)
+        """Finish the store calls in progress, if any, and stop the store's threads."""
+        try:
+            self._store_thread.shutdown(wait=True)
+        finally:
+            self._reader_thread.shutdown(wait=True)
 
     @property
     def secret(self) -> bytes:
@@ -377,7 +401,7 @@ class Service:
         checks: dict[str, str] = {}
         healthy = True
         try:
-            await self.call_store(self.store.check)
+            await self.call_reader(self.store.check)
             checks["database"] = "ok"
         except StoreError as exc:
             log.error("healthz: %s", exc)
@@ -451,11 +475,13 @@ class Service:
         self.signups.submit(self._sign_up(address, language, now))
 
     async def _sign_up(self, address: str, language: str, now: datetime) -> None:
-        """Store the sign-up and send a confirmation if due (on the sign-ups' loop)."""
+        """Store the sign-up and send a confirmation if due (on the sign-ups' loop).
+
+        A busy database (another command kept the write lock past the busy timeout) is
+        tried again a few times, later: the page already promised the mail.
+        """
         try:
-            subscriber, should_send = await self.call_store(
-                self.store.sign_up, address, language=language, now=now
-            )
+            subscriber, should_send = await self._store_sign_up(address, language, now)
         except SubscriberError as exc:
             # Refusals past the address check (an erased address, for one) answered
             # like any other sign-up, so the page did not tell who is on the list.
@@ -466,6 +492,19 @@ class Service:
             return
         if should_send:
             await self._send_confirmation(subscriber, now)
+
+    async def _store_sign_up(
+        self, address: str, language: str, now: datetime
+    ) -> tuple[Subscriber, bool]:
+        for delay in _BUSY_RETRY_SECONDS:
+            try:
+                return await self.call_store(
+                    self.store.sign_up, address, language=language, now=now
+                )
+            except StoreBusyError as exc:
+                log.warning("subscribe: %s Storing the sign-up again in %s s.", exc, delay)
+            await asyncio.sleep(delay)
+        return await self.call_store(self.store.sign_up, address, language=language, now=now)
 
     async def _send_confirmation(self, subscriber: Subscriber, now: datetime) -> None:
         token = tokens.make_token(
@@ -504,9 +543,10 @@ class Service:
         now = self.clock()
         subscriber: Subscriber | None
         try:
-            # The lookup runs on the store's thread: the token must name the very
-            # subscriber it was made for (their nonce), not whoever holds the id now.
-            subscriber = await self.call_store(
+            # The lookup runs on the reading thread (it only reads, so it never waits
+            # behind a sign-up that waits for the write lock): the token must name the
+            # very subscriber it was made for (their nonce), not whoever holds the id now.
+            subscriber = await self.call_reader(
                 tokens.verify_token,
                 self.secret,
                 request.query_params.get("token", ""),

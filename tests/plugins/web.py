@@ -197,8 +197,14 @@ def run_server(
 
     def target() -> None:
         try:
-            with open_database(settings.paths.database, any_thread=True) as db:
-                store: SubscriptionStore = DatabaseStore(settings, db)
+            timeout = settings.store.busy_timeout
+            with (
+                open_database(settings.paths.database, any_thread=True, busy_timeout=timeout) as db,
+                open_database(
+                    settings.paths.database, any_thread=True, busy_timeout=timeout, read_only=True
+                ) as reader,
+            ):
+                store: SubscriptionStore = DatabaseStore(settings, db, reader)
                 if wrap_store is not None:
                     store = wrap_store(store)
                 app = create_app(settings, store, make_mailer(settings), clock=clock)
