@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 import feedparser
 import pytest
 
-from syndicate import build, load
-from syndicate.build import run_build, sync_articles
+from syndicate import load, publish
 from syndicate.config import Settings, load_settings
 from syndicate.errors import InputError, WorkerError
+from syndicate.publish import run_build, sync_articles
 from syndicate.store import Database, open_database
 from syndicate.store.articles import get_article, iter_articles_newest_first
 from tests.data.dumps.make_dumps import to_cp1258
@@ -305,7 +305,7 @@ def test_skipped_dumps_log_one_warning_each_every_run(
         with caplog.at_level(logging.WARNING, logger="syndicate"):
             summary = run_build(settings, db, now=now)
         assert summary.skipped == 2
-        warnings = [r.getMessage() for r in caplog.records if r.name == "syndicate.build"]
+        warnings = [r.getMessage() for r in caplog.records if r.name == "syndicate.publish"]
         assert len(warnings) == 2
         assert warnings[0].startswith(f"{seeds / '007-empty.txt'}: ")
         assert warnings[1].startswith(f"{seeds / '008-binary.txt'}: ")
@@ -377,13 +377,13 @@ def test_feeds_are_rendered_only_when_their_inputs_change(
     settings: Settings, db: Database, seeds: Path, now: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rendered: list[str] = []
-    real = build.pages.build_feed
+    real = publish.run.build_feed
 
     def counting(articles, **kw):  # type: ignore[no-untyped-def]
         rendered.append(kw["kind"])
         return real(articles, **kw)
 
-    monkeypatch.setattr(build.pages, "build_feed", counting)
+    monkeypatch.setattr(publish.run, "build_feed", counting)
     run_build(settings, db, now=now)
     assert sorted(rendered) == ["atom", "json", "rss"]
     output = settings.paths.output
@@ -412,7 +412,7 @@ def test_feeds_are_rendered_only_when_their_inputs_change(
     assert "Đoạn thân bài đã sửa." in (output / "feed.json").read_text(encoding="utf-8")
     # New feed code (or a new feedgen or lxml): rendered again; the same bytes stay put.
     rendered.clear()
-    monkeypatch.setattr(build.pages, "_feeds_code", lambda: "another version")
+    monkeypatch.setattr(publish.run, "_feeds_code", lambda: "another version")
     assert run_build(retitled, db, now=now).written == 0
     assert sorted(rendered) == ["atom", "json", "rss"]
 
@@ -505,7 +505,7 @@ def test_real_sample_builds_when_present(settings: Settings, db: Database, now: 
 
 
 def test_build_module_has_no_clock() -> None:
-    for path in Path(build.__file__).parent.glob("*.py"):
+    for path in Path(publish.__file__).parent.glob("*.py"):
         assert "datetime.now" not in path.read_text("utf-8"), path.name
 
 
@@ -567,8 +567,8 @@ def test_signatures_are_taken_in_path_order_as_far_as_they_are_needed(
         os.utime(path, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
     run_build(settings, db, now=now)
     Path(found[2]).write_bytes(b"changed\n{publish}\n{head}\nText.\n")
-    sync = build.sync._Sync(settings, db, now=now)
-    signer = build.sync._Signer(sync, found, os.getcwd())
+    sync = publish.sync._Sync(settings, db, now=now)
+    signer = publish.sync._Signer(sync, found, os.getcwd())
     signed: list[str] = []
     original = sync.signature
     sync.signature = lambda path, shown: (signed.append(path), original(path, shown))[1]  # type: ignore[method-assign]
@@ -590,7 +590,7 @@ def test_worker_processes_give_the_same_site_store_and_warnings(
     dumps_dir = Path(__file__).resolve().parent / "data" / "dumps"
     results = []
     for run, threshold in (("single", 10**9), ("workers", 1)):
-        monkeypatch.setattr(build.workers, "_PARALLEL_MIN", threshold)
+        monkeypatch.setattr(publish.pool, "_PARALLEL_MIN", threshold)
         work = tmp_path / run
         work.mkdir()
         settings = load_settings(None, {}, cwd=work)
@@ -622,15 +622,15 @@ def test_worker_pages_are_moved_into_place_not_rendered_again(
 ) -> None:
     """Parse workers render each page under the article's own slug; only a page whose slug
     changed (the loser of the 002/006 collision) is rendered again after the sync."""
-    monkeypatch.setattr(build.workers, "_PARALLEL_MIN", 1)
+    monkeypatch.setattr(publish.pool, "_PARALLEL_MIN", 1)
     rendered_after_sync: list[str] = []
-    real = build.workers.BuildPool.render_articles
+    real = publish.pool.BuildPool.render_articles
 
     def spy(self, records, writer, todo):  # type: ignore[no-untyped-def]
         rendered_after_sync.extend(rel for rel, _slug, _id, _fp in todo)
         return real(self, records, writer, todo)
 
-    monkeypatch.setattr(build.workers.BuildPool, "render_articles", spy)
+    monkeypatch.setattr(publish.pool.BuildPool, "render_articles", spy)
     summary = run_build(settings, db, now=now)
     output = settings.paths.output
     pages = sorted(p.name for p in (output / "articles").iterdir())
@@ -662,8 +662,8 @@ def test_a_worker_build_into_a_full_output_folder_keeps_the_same_pages(
 ) -> None:
     """The store is lost, the pages are not: staged pages equal to those in place are not
     moved over them (each target looked for, or its folder listed once)."""
-    monkeypatch.setattr(build.workers, "_PARALLEL_MIN", 1)
-    monkeypatch.setattr(build.writer, "_LIST_AFTER", list_after)
+    monkeypatch.setattr(publish.pool, "_PARALLEL_MIN", 1)
+    monkeypatch.setattr(publish.writer, "_LIST_AFTER", list_after)
     with open_database(settings.paths.database) as first:
         run_build(settings, first, now=now)
     output = settings.paths.output
@@ -788,8 +788,8 @@ def _die(*_args: object) -> None:
 def test_a_worker_that_dies_stops_the_build_with_one_line_and_exit_1(
     settings: Settings, db: Database, seeds: Path, now: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(build.workers, "_PARALLEL_MIN", 1)
-    monkeypatch.setattr(build.workers, "_work", _die)
+    monkeypatch.setattr(publish.pool, "_PARALLEL_MIN", 1)
+    monkeypatch.setattr(publish.pool, "_work", _die)
     with pytest.raises(WorkerError) as info:
         run_build(settings, db, now=now)
     assert info.value.exit_code == 1

@@ -20,8 +20,7 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from syndicate import build
-from syndicate.build import run_build
+from syndicate import publish
 from syndicate.cli import cli
 from syndicate.config import Settings, load_settings
 from syndicate.digest import render_digest
@@ -29,6 +28,7 @@ from syndicate.errors import ConfigError
 from syndicate.load import parse
 from syndicate.mail import build_digest_template
 from syndicate.model import DigestPlan
+from syndicate.publish import run_build
 from syndicate.store import Database, open_database
 from syndicate.store.articles import get_article
 from syndicate.store.digests import iter_candidates
@@ -185,7 +185,7 @@ def test_an_article_whose_page_cannot_be_rendered_is_left_out_of_the_site(
     in_workers: bool,
 ) -> None:
     if in_workers:
-        monkeypatch.setattr(build.workers, "_PARALLEL_MIN", 1)
+        monkeypatch.setattr(publish.pool, "_PARALLEL_MIN", 1)
     (project / "seeds" / "003.txt").write_text(HEADER + "Đoạn hai.\n", encoding="utf-8")
     now = datetime(2024, 11, 1, tzinfo=UTC)
     run_build(settings, db, now=now)
@@ -379,7 +379,7 @@ def test_temp_files_left_by_a_killed_build_are_removed_by_the_next(
         for p in output.rglob("*")
         if p.is_file() and p not in leftovers and ".staging" not in p.parts
     }
-    caplog.set_level(logging.INFO, logger="syndicate.build")
+    caplog.set_level(logging.INFO, logger="syndicate.publish")
 
     summary = run_build(settings, db, now=now)
 

@@ -14,7 +14,6 @@ from datetime import UTC, date, datetime, timedelta
 
 import click
 
-from syndicate.build import run_build
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.cli.flow import (
     digest_day,
@@ -36,6 +35,7 @@ from syndicate.mail import (
     unsubscribe_url,
 )
 from syndicate.model import DeliveryStatus, DigestPlan
+from syndicate.publish import run_build
 from syndicate.send import (
     MAX_ATTEMPTS,
     SendSummary,

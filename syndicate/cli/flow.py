@@ -6,11 +6,11 @@ import dataclasses
 from datetime import date, datetime
 from pathlib import Path
 
-from syndicate.build import sync_articles
 from syndicate.config import Settings, base_url
 from syndicate.digest import plan_digest, render_digest
 from syndicate.model import DigestPlan
 from syndicate.output import write_atomic
+from syndicate.publish import sync_articles
 from syndicate.site import assign_slugs
 from syndicate.store import Database
 from syndicate.store.articles import iter_summaries

@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 import uvicorn
 
-from syndicate.build import run_build
 from syndicate.cli.flow import todays_digest, write_digest_page
 from syndicate.config import Settings
+from syndicate.publish import run_build
 from syndicate.send import Mailer, open_mailer
 from syndicate.store import open_database
 from syndicate.web import DatabaseStore, SubscriptionStore, create_app, make_http_protocol

@@ -19,16 +19,16 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from syndicate.build.hashing import digest
 from syndicate.model import Article
 from syndicate.output import remove_temp_files, write_new
+from syndicate.publish.hashing import digest
 from syndicate.site import RENDER_ERRORS, SiteRenderer, article_path
 from syndicate.store.articles import PageStamp, page_stamp
 
 STAGING_FOLDER = ".staging"
 
-# The stage's logger: records keep the name they had before build became a package.
-log = logging.getLogger("syndicate.build")
+# The stage's logger.
+log = logging.getLogger("syndicate.publish")
 
 
 def page_fingerprint(renderer_fingerprint: str, slug: str, record_hash: str) -> str:

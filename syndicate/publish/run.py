@@ -16,15 +16,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from syndicate import feeds
-from syndicate.build.hashing import digest as _hash
-from syndicate.build.staging import Stager, close_staging, open_staging, page_fingerprint
-from syndicate.build.sync import Progress, sync_articles
-from syndicate.build.workers import BuildPool, IndexJob, _use_workers, render_page
-from syndicate.build.writer import _Writer
 from syndicate.config import Settings, base_url, site_templates_dir
 from syndicate.errors import DumpError, StoreError, SyndicateError
 from syndicate.feeds import ENTRY_ERRORS, FEED_FILES, FeedInfo, build_feed
 from syndicate.model import Article
+from syndicate.publish.hashing import digest as _hash
+from syndicate.publish.pool import BuildPool, IndexJob, _use_workers, render_page
+from syndicate.publish.staging import Stager, close_staging, open_staging, page_fingerprint
+from syndicate.publish.sync import Progress, sync_articles
+from syndicate.publish.writer import _Writer
 from syndicate.site import (
     IndexEntry,
     SiteInfo,
@@ -38,8 +38,8 @@ from syndicate.store import Database
 from syndicate.store import articles as store
 from syndicate.text import one_line, shorten
 
-# The stage's logger: records keep the name they had before build became a package.
-log = logging.getLogger("syndicate.build")
+# The stage's logger.
+log = logging.getLogger("syndicate.publish")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,16 +18,16 @@ from datetime import datetime
 from pathlib import Path
 
 from syndicate import load
-from syndicate.build import workers
-from syndicate.build.reading import _decode_error, _Read, _read_and_parse, parse_version
-from syndicate.build.workers import BuildPool, _use_workers
 from syndicate.config import Settings
 from syndicate.errors import DumpError
+from syndicate.publish import pool as pool_module
+from syndicate.publish.pool import BuildPool, _use_workers
+from syndicate.publish.reading import _decode_error, _Read, _read_and_parse, parse_version
 from syndicate.store import Database
 from syndicate.store import articles as store
 
-# The stage's logger: records keep the name they had before build became a package.
-log = logging.getLogger("syndicate.build")
+# The stage's logger.
+log = logging.getLogger("syndicate.publish")
 
 Progress = Callable[[int, int], None]
 
@@ -375,7 +375,7 @@ def sync_articles(
     # after it shows up next run); they also tell which dumps must be read: those the
     # cache cannot vouch for. With enough of those, the workers start on the first ones
     # while this process signs the rest.
-    if _use_workers(signer.count_todo(workers._PARALLEL_MIN)):
+    if _use_workers(signer.count_todo(pool_module._PARALLEL_MIN)):
         if pool is None:
             pool = own_pool = BuildPool(None, settings.paths.output)
         reads = pool.reads(sync.cache, signer.todo(), settings)

@@ -23,12 +23,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from syndicate.build.reading import _Read, _start_reader, _work
-from syndicate.build.staging import Stager
-from syndicate.build.writer import _Writer
 from syndicate.config import Settings
 from syndicate.errors import DiskFullError, DumpError, OutputError, SyndicateError, WorkerError
 from syndicate.output import write_atomic
+from syndicate.publish.reading import _Read, _start_reader, _work
+from syndicate.publish.staging import Stager
+from syndicate.publish.writer import _Writer
 from syndicate.site import RENDER_ERRORS, IndexEntry, SiteRenderer
 from syndicate.store import articles as store
 from syndicate.text import one_line, shorten
