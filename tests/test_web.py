@@ -1142,6 +1142,10 @@ def test_serve_command_serves_until_interrupted(workdir: Path) -> None:
         line = process.stdout.readline()
         found = re.search(r" at (http://127\.0\.0\.1:\d+/) \(site http://localhost:8000/\)", line)
         assert found, line
+        assert line.endswith(
+            "(site http://localhost:8000/); confirmation mails are written to "
+            "outbox/confirmations/, not sent (mail.transport is outbox); press Ctrl-C to stop.\n"
+        )
         health = httpx.get(found.group(1) + "healthz", timeout=10)
         assert health.status_code == 503
         assert health.json()["checks"]["database"] == "ok"
