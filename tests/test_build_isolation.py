@@ -20,7 +20,6 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from syndicate import publish
 from syndicate.cli import cli
 from syndicate.config import Settings, load_settings
 from syndicate.digest import render_digest
@@ -28,7 +27,7 @@ from syndicate.errors import ConfigError
 from syndicate.load import parse
 from syndicate.mail import build_digest_template
 from syndicate.model import DigestPlan
-from syndicate.publish import run_build
+from syndicate.publish import PARALLEL_MIN, BuildTuning, run_build
 from syndicate.store import Database, open_database
 from syndicate.store.articles import get_article
 from syndicate.store.digests import iter_candidates
@@ -181,20 +180,18 @@ def test_an_article_whose_page_cannot_be_rendered_is_left_out_of_the_site(
     settings: Settings,
     db: Database,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
     in_workers: bool,
 ) -> None:
-    if in_workers:
-        monkeypatch.setattr(publish.pool, "_PARALLEL_MIN", 1)
+    tuning = BuildTuning(parallel_min=1 if in_workers else PARALLEL_MIN)
     (project / "seeds" / "003.txt").write_text(HEADER + "Đoạn hai.\n", encoding="utf-8")
     now = datetime(2024, 11, 1, tzinfo=UTC)
-    run_build(settings, db, now=now)
+    run_build(settings, db, now=now, tuning=tuning)
     bad = _id_of(db, "seeds/003.txt")
     _damage(db, bad, published=OUT_OF_RANGE)
     (project / "feeds" / "articles" / "tieu-de-bai-loi.html").unlink()  # render it again
     caplog.clear()
 
-    summary = run_build(settings, db, now=now)
+    summary = run_build(settings, db, now=now, tuning=tuning)
 
     assert (summary.articles, summary.skipped) == (2, 1)
     message = (
