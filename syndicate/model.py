@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
@@ -59,6 +60,7 @@ class Article:
     language: str = "vi"
     dateline: str | None = None  # the agency tag the lead opened with, if any
     summary: str | None = field(default=None)  # the header's sapo, when the dump had one
+    head: str | None = None  # line 3 of the dump (the sapo), dateline removed; None when unfilled
 
     @property
     def paragraphs(self) -> tuple[str, ...]:
@@ -109,6 +111,7 @@ class Article:
             "language": self.language,
             "dateline": self.dateline,
             "summary": self.summary,
+            "head": self.head,
         }
 
     @classmethod
@@ -128,7 +131,20 @@ class Article:
             language=record["language"],
             dateline=record.get("dateline"),
             summary=record.get("summary"),
+            head=record.get("head"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StoryLink:
+    """The stored article a teaser advertises: what a link to its page shows."""
+
+    id: str
+    slug: str  # the slug of its page
+    title: str
+    published: datetime | None  # None when its date is unknown
+    precision: Precision
+    first_seen_at: datetime  # places it when undated
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +154,8 @@ class DigestPlan:
     day: date  # in the site's timezone
     articles: tuple[Article, ...]
     more: int = 0  # articles left out past digest.max_articles
+    # The stored articles its teasers advertise, by the teaser's text.story_key.
+    links: Mapping[str, StoryLink] = field(default_factory=dict)
 
 
 class SubscriptionStatus(StrEnum):

@@ -626,9 +626,9 @@ def test_worker_pages_are_moved_into_place_not_rendered_again(
     rendered_after_sync: list[str] = []
     real = build.workers.BuildPool.render_articles
 
-    def spy(self, records, writer, todo):  # type: ignore[no-untyped-def]
+    def spy(self, records, writer, todo, links):  # type: ignore[no-untyped-def]
         rendered_after_sync.extend(rel for rel, _slug, _id, _fp in todo)
-        return real(self, records, writer, todo)
+        return real(self, records, writer, todo, links)
 
     monkeypatch.setattr(build.workers.BuildPool, "render_articles", spy)
     summary = run_build(settings, db, now=now)

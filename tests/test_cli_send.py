@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from syndicate.cli import AppContext, cli
 from syndicate.send import open_send_lock
 from tests.plugins.smtp import SmtpServer, free_port, run_smtp_server
+from tests.conftest import FIXED_NOW
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 SUMMARY = re.compile(
@@ -36,6 +37,8 @@ def project(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(workdir)
     for name in ("SYNDICATE_CONFIG", "SYNDICATE_SECRET", "SYNDICATE_SMTP_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
+    # The day the seeds were news: a clock years later would add the freshness warning.
+    monkeypatch.setattr(AppContext, "now", lambda self: FIXED_NOW.timestamp())
     return workdir
 
 

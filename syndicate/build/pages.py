@@ -24,7 +24,7 @@ from syndicate.build.writer import _Writer
 from syndicate.config import Settings, base_url, site_templates_dir
 from syndicate.errors import DumpError, SyndicateError
 from syndicate.feeds import FEED_FILES, FeedInfo, build_feed
-from syndicate.model import Article
+from syndicate.model import Article, StoryLink
 from syndicate.site import (
     IndexEntry,
     SiteInfo,
@@ -33,8 +33,9 @@ from syndicate.site import (
     article_url,
     assign_slugs,
     index_pages,
+    order_key,
 )
-from syndicate.store import Database
+from syndicate.store import Database, teasers
 from syndicate.store import articles as store
 
 # The stage's logger: records keep the name they had before build became a package.
@@ -78,9 +79,33 @@ def _feed_info(settings: Settings) -> FeedInfo:
     )
 
 
-def _newest_first_key(summary: store.ArticleSummary) -> tuple[bool, float, str]:
-    published = summary.published
-    return (published is None, -published.timestamp() if published else 0.0, summary.id)
+def _order_key(summary: store.ArticleSummary) -> tuple[datetime, bool, str]:
+    # The digest's order (an undated article stands where it was first seen): sort reversed.
+    return order_key(summary.published, summary.precision, summary.first_seen_at, summary.id)
+
+
+# An article page's links: the story key of a teaser -> the article it advertises.
+_Links = dict[str, StoryLink]
+
+
+def _page_links(
+    db: Database, summaries: Sequence[store.ArticleSummary], slugs: dict[str, str]
+) -> tuple[dict[str, _Links], dict[str, str]]:
+    """The links of every article page whose teasers advertise an article with a page, and
+    what of them goes into the page's fingerprint (the targets' slugs and records)."""
+    by_id = {s.id: s for s in summaries}
+    links: dict[str, _Links] = {}
+    parts: dict[str, list[str]] = {}
+    for article_id, position, key, target_id in teasers.iter_links(db):
+        target = by_id.get(target_id)
+        if target is None or article_id not in by_id:  # no page: no link
+            continue
+        slug = slugs[target_id]
+        links.setdefault(article_id, {})[key] = StoryLink(
+            target.id, slug, target.title, target.published, target.precision, target.first_seen_at
+        )
+        parts.setdefault(article_id, []).append(f"{position}:{slug}:{target.record_hash}")
+    return links, {article_id: ";".join(part) for article_id, part in parts.items()}
 
 
 def run_build(
@@ -111,7 +136,8 @@ def run_build(
             sync = sync_articles(settings, db, now=now, paths=paths, progress=progress, pool=pool)
             summaries = sorted(
                 (s for s in store.iter_summaries(db) if s.id in sync.article_ids),
-                key=_newest_first_key,
+                key=_order_key,
+                reverse=True,
             )
             slugs = assign_slugs((s.id, s.slug, s.published, s.first_seen_at) for s in summaries)
             try:
@@ -200,11 +226,14 @@ def _write_pages(
         index_fingerprints.append(fingerprint)
     index_futures = pool.start_index_pages(index_jobs) if pool.started and index_jobs else None
 
+    links, link_parts = _page_links(db, summaries, slugs)
     todo: list[tuple[str, str, str, str]] = []  # rel, slug, article id, fingerprint
     for summary in summaries:
         slug = slugs[summary.id]
         rel = article_path(slug)
-        fingerprint = page_fingerprint(renderer.fingerprint, slug, summary.record_hash)
+        fingerprint = page_fingerprint(
+            renderer.fingerprint, slug, summary.record_hash, link_parts.get(summary.id, "")
+        )
         if writer.fresh(rel, fingerprint):
             continue
         stamp = pool.staged.pop(fingerprint, None)
@@ -217,11 +246,11 @@ def _write_pages(
         todo.append((rel, slug, summary.id, fingerprint))
     if _use_workers(len(todo)):
         writer.drain()  # the writer thread sits idle while the workers are forked
-        pool.render_articles(functools.partial(_record, db), writer, todo)
+        pool.render_articles(functools.partial(_record, db), writer, todo, links)
     else:
         for rel, slug, article_id, fingerprint in todo:
             article = store.decode_article(*_record(db, article_id))
-            data = renderer.render_article(article, slug=slug)
+            data = renderer.render_article(article, slug=slug, links=links.get(article_id))
             writer.write(rel, data, fingerprint, fsync=False)
 
     if index_futures is not None:

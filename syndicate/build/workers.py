@@ -28,6 +28,7 @@ from syndicate.build.staging import Stager
 from syndicate.build.writer import _Writer
 from syndicate.config import Settings
 from syndicate.errors import DumpError, OutputError, SyndicateError, WorkerError
+from syndicate.model import StoryLink
 from syndicate.output import write_atomic
 from syndicate.site import IndexEntry, SiteRenderer
 from syndicate.store import articles as store
@@ -107,15 +108,16 @@ def _renderer() -> tuple[SiteRenderer, Path]:
 
 
 def _render_articles(
-    chunk: list[tuple[str, str, tuple[str, str | None]]],
+    chunk: list[tuple[str, str, tuple[str, str | None], Mapping[str, StoryLink] | None]],
 ) -> list[bool] | _TaskError:
-    """Render and write (rel, slug, (record, body)) article pages: whether each file changed."""
+    """Render and write (rel, slug, (record, body), links) article pages: whether each file
+    changed."""
     renderer, output = _renderer()
     changed = []
     try:
-        for rel, slug, record in chunk:
+        for rel, slug, record, links in chunk:
             article = store.decode_article(*record)
-            data = renderer.render_article(article, slug=slug)
+            data = renderer.render_article(article, slug=slug, links=links)
             changed.append(write_atomic(output / rel, data, fsync=False))
     except SyndicateError as exc:
         return (exc.message, exc.hint)
@@ -241,12 +243,17 @@ class BuildPool:
         records: Callable[[str], tuple[str, str | None]],
         writer: _Writer,
         todo: Sequence[tuple[str, str, str, str]],
+        links: Mapping[str, Mapping[str, StoryLink]],
     ) -> None:
-        """Render and write (rel, slug, article id, fingerprint) article pages in the workers;
-        this process reads the records and keeps the counts, in page order."""
+        """Render and write (rel, slug, article id, fingerprint) article pages in the workers,
+        with the `links` of their teasers (by article id); this process reads the records
+        and keeps the counts, in page order."""
         chunks = list(_chunks(todo, _CHUNK))
         tasks = (
-            (_render_articles, ([(rel, slug, records(id_)) for rel, slug, id_, _fp in chunk],))
+            (
+                _render_articles,
+                ([(rel, slug, records(id_), links.get(id_)) for rel, slug, id_, _fp in chunk],),
+            )
             for chunk in chunks
         )
         for chunk, result in zip(chunks, self._ordered(tasks), strict=True):
