@@ -188,7 +188,7 @@ def test_digest_command_writes_the_preview_and_changes_no_digest_state(
     assert result.exit_code == 0, result.output
     assert result.stdout == (
         "Digest of 2024-11-01: 2 articles.\n"
-        "Subject: Tin mới: bản tin 1 tháng 11, 2024\n"
+        "Subject: Tin mới: Thông xe cầu Sông Lam và 1 tin khác\n"
         "preview/digest.html\n"
         "preview/digest.txt\n"
     )
@@ -268,3 +268,24 @@ def test_an_article_whose_dump_was_removed_is_not_mailed(runner: CliRunner, work
     html = (workdir / "preview" / "digest.html").read_text(encoding="utf-8")
     assert "Thông xe cầu Sông Lam" in html
     assert "chuyển đổi số" not in html
+
+
+STALE_LINE = (
+    "Warning: digest of 2024-11-12: its newest article is from 2024-11-01, 11 days before "
+    "the digest's day. Check that the scraper still delivers new dumps.\n"
+)
+
+
+def test_digest_warns_on_stderr_even_under_quiet_when_the_news_is_old(
+    runner: CliRunner, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_seeds(workdir)
+    # The newest dump is of 1/11; eleven days later the scraper has probably stopped.
+    later = NOW + timedelta(days=11)
+    monkeypatch.setattr(AppContext, "now", lambda self: later.timestamp())
+    result = runner.invoke(cli, ["-q", "digest", "--out", "preview"])
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", STALE_LINE)
+    # On the day itself: no warning.
+    monkeypatch.setattr(AppContext, "now", lambda self: NOW.timestamp())
+    result = runner.invoke(cli, ["-q", "digest", "--out", "preview"])
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")
