@@ -244,11 +244,13 @@ class Service:
 
     # Pages -------------------------------------------------------------------------
 
-    def language(self, request: Request) -> str:
+    def language(self, request: Request, subscriber: Subscriber | None = None) -> str:
+        """`?lang=`, else the language of the token's subscriber, else the browser's."""
+        query = request.query_params.get("lang")
+        if subscriber is not None and query not in LANGUAGES and subscriber.language in LANGUAGES:
+            return subscriber.language
         return negotiate_language(
-            request.query_params.get("lang"),
-            request.headers.get("accept-language"),
-            self.settings.site.language,
+            query, request.headers.get("accept-language"), self.settings.site.language
         )
 
     def url(self, name: str, lang: str, **params: str) -> str:
@@ -474,8 +476,6 @@ class Service:
             log.warning("subscribe: confirmation to subscriber %s failed: %s", subscriber.id, exc)
 
     async def confirm(self, request: Request) -> Response:
-        lang = self.language(request)
-        strings = _STRINGS[lang]
         max_age = timedelta(hours=self.settings.subscribe.confirm_hours)
         now = self.clock()
         try:
@@ -493,6 +493,8 @@ class Service:
             if subscriber_id is not None
             else None
         )
+        lang = self.language(request, subscriber)
+        strings = _STRINGS[lang]
         # An old link must not bring back someone who left or bounced since.
         if subscriber is None or subscriber.status not in (
             SubscriptionStatus.PENDING,
@@ -537,6 +539,9 @@ class Service:
                 status_code=400,
                 state="invalid",
             )
+        # The page speaks the subscriber's language, not the browser's (`?lang=` still wins).
+        lang = self.language(request, await self.call_store(self.store.find, subscriber_id))
+        strings = _STRINGS[lang]
         if request.method != "POST":
             # Link scanners follow GETs: show the button, change nothing.
             return self.page(
