@@ -18,8 +18,8 @@ from click.testing import CliRunner
 
 from syndicate.cli import AppContext, cli
 from syndicate.send import open_send_lock
-from tests.plugins.smtp import SmtpServer, free_port, run_smtp_server
 from tests.conftest import FIXED_NOW
+from tests.plugins.smtp import SmtpServer, free_port, run_smtp_server
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 SUMMARY = re.compile(
