@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import logging
 import re
 import textwrap
 import unicodedata
@@ -24,13 +25,22 @@ from babel.dates import format_date, format_time, get_datetime_format
 from syndicate.config import Settings, base_url, email_templates_dir
 from syndicate.errors import ConfigError, InputError
 from syndicate.model import Article, DigestPlan, Precision, Teaser
-from syndicate.site import OtherNews, article_url, order_key, order_teasers
+from syndicate.site import RENDER_ERRORS, OtherNews, article_url, order_key, order_teasers
 from syndicate.text import header_safe, nfc, one_line, shorten
+
+log = logging.getLogger(__name__)
 
 LANGUAGES = ("vi", "en")
 TEXT_WIDTH = 72  # columns of the text part
 PREHEADER_CHARS = 100
 MAX_TEASERS = 15  # "Other news" items: enough for a sidebar, small enough for Gmail's 102 KB
+# What one article may add to a digest, whatever its dump holds: a digest stays a few
+# hundred kilobytes, under every mail server's size limit. Real titles and teasers are far
+# shorter; a lead is cut at `digest.lead_words` words first, then at this many characters
+# per word (a "word" of thousands of characters is a broken scrape).
+TITLE_CHARS = 300
+TEASER_CHARS = 300
+CHARS_PER_LEAD_WORD = 20
 # RFC 5322 caps a line at 998 bytes; fold well below it so a substituted
 # per-recipient URL still fits.
 MAX_LINE_BYTES = 900
@@ -287,7 +297,7 @@ def select_other_news(articles: Iterable[Article], *, limit: int = MAX_TEASERS) 
     articles = list(articles)
     own: list[list[str]] = []
     for article in articles:
-        for field in (article.lead, article.title, article.summary or ""):
+        for field in (article.lead, article.title, article.head or ""):
             found = _words(field)
             if found:
                 own.append(found)
@@ -324,12 +334,15 @@ def plan_other_news(plan: DigestPlan, *, limit: int, tz: tzinfo) -> list[OtherNe
 
 def _newest_day(plan: DigestPlan, tz: tzinfo) -> date | None:
     """The local day of the digest's newest dated article, or None when none is dated."""
-    dated = [
-        a.published
-        for a in plan.articles
-        if a.published is not None and a.precision is not Precision.UNKNOWN
-    ]
-    return max(dated).astimezone(tz).date() if dated else None
+    days = []
+    for article in plan.articles:
+        if article.published is None or article.precision is Precision.UNKNOWN:
+            continue
+        try:
+            days.append(article.published.astimezone(tz).date())
+        except RENDER_ERRORS:  # out of range in the site's timezone: render_digest skips it
+            continue
+    return max(days) if days else None
 
 
 def stale_warning(plan: DigestPlan, *, tz: tzinfo) -> str | None:
@@ -436,28 +449,40 @@ def render_digest(
     strings = _strings(lang, site_title)
     root = base_url(settings)
     tz = settings.site.tz
-    first = plan.articles[0] if plan.articles else None
+    words = settings.digest.lead_words
+    articles: list[dict[str, Any]] = []
+    shown: list[Article] = []  # the articles that went in, for the subject
+    for article in plan.articles:
+        try:
+            articles.append(
+                {
+                    "number": len(articles) + 1,
+                    "title": header_safe(article.title, limit=TITLE_CHARS),
+                    "url": article_url(root, article.slug),
+                    "date": _published_text(article, lang=lang, tz=tz),
+                    "author": one_line(article.author) if article.author else None,
+                    "lead": _shorten(
+                        lead_excerpt(article.summary, words=words), words * CHARS_PER_LEAD_WORD
+                    ),
+                }
+            )
+            shown.append(article)
+        except RENDER_ERRORS as exc:  # one article's content: the digest goes without it
+            log.warning(
+                "%s: cannot go in the digest (%s); left out.",
+                article.source or f"article {article.id}",
+                shorten(one_line(f"{type(exc).__name__}: {exc}"), limit=200),
+            )
+    # The subject names the top story that went in, and counts the others.
     subject = make_subject(
         settings,
         lang=lang,
         day=plan.day,
-        headline=first.title if first else "",
-        others=len(plan.articles) - 1,
+        headline=shown[0].title if shown else "",
+        others=len(shown) - 1,
     )
-    words = settings.digest.lead_words
-    articles = []
-    for number, article in enumerate(plan.articles, start=1):
-        articles.append(
-            {
-                "number": number,
-                "title": header_safe(article.title, limit=10_000),
-                "url": article_url(root, article.slug),
-                "date": _published_text(article, lang=lang, tz=tz),
-                "author": one_line(article.author) if article.author else None,
-                "lead": lead_excerpt(article.lead, words=words),
-            }
-        )
-    preheader = _shorten((first.lead or first.title) if first else site_title, PREHEADER_CHARS)
+    first = plan.articles[0] if plan.articles else None
+    preheader = _shorten((first.summary or first.title) if first else site_title, PREHEADER_CHARS)
     more_key = "more_one" if plan.more == 1 else "more_many"
     context = {
         "lang": lang,
@@ -471,8 +496,8 @@ def render_digest(
         "other_news": [
             {
                 "dateline": one_line(n.teaser.dateline),
-                "text": one_line(n.teaser.text),
-                "title": one_line(n.link.title) if n.link else None,
+                "text": _shorten(one_line(n.teaser.text), TEASER_CHARS),
+                "title": header_safe(n.link.title, limit=TITLE_CHARS) if n.link else None,
                 "url": article_url(root, n.link.slug) if n.link else None,
             }
             for n in plan_other_news(plan, limit=settings.digest.max_teasers, tz=tz)

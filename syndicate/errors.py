@@ -90,5 +90,9 @@ class TokenError(SyndicateError, ValueError):
     """A confirm or unsubscribe token is malformed, altered or expired."""
 
 
+class StaleTokenError(TokenError):
+    """A well-signed token whose subscriber is gone (erased): it may act on nobody."""
+
+
 class SubscriberError(SyndicateError, ValueError):
     """A subscriber operation got a bad address or an unknown subscriber."""

@@ -25,7 +25,7 @@ import jinja2
 from babel.dates import format_date, format_time, get_datetime_format
 from markupsafe import Markup, escape
 
-from syndicate.model import Article, BlockKind, Precision, StoryLink, Teaser
+from syndicate.model import Article, Block, BlockKind, Precision, StoryLink, Teaser
 from syndicate.text import one_line, shorten, slugify, story_key
 
 # Bump when page rendering changes in code (not templates), so old pages get re-rendered.
@@ -65,6 +65,17 @@ STRINGS: dict[str, dict[str, str]] = {
         "other_news": "Other news",
     },
 }
+
+# What rendering one article's page can raise because of that article (a value a library
+# refuses, a date out of range in the site's timezone, a damaged stored record): the build
+# leaves that article out and goes on.
+RENDER_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    LookupError,
+    TypeError,
+    ArithmeticError,
+    RecursionError,
+)
 
 # Plain str: `str + Markup` would escape the str.
 _PARAGRAPH_OPEN = "<p>"
@@ -343,6 +354,26 @@ def _machine_date(published: datetime | None, precision: Precision, tz: ZoneInfo
     return local.date().isoformat()
 
 
+def _after_title(title: str, text: str) -> str:
+    """`text` without the words of a title derived from it, when it opens with them.
+
+    A title that is the whole first sentence takes that sentence away; a title cut short
+    ("…") leaves the rest of the text, which then opens with "…". Empty when nothing is
+    left; `text` itself when it does not open with the title.
+    """
+    cut = title.endswith("\u2026")
+    opening = title.removesuffix("\u2026")
+    if not opening or not text.startswith(opening):
+        return text
+    rest = text[len(opening) :]
+    if cut:
+        rest = rest.lstrip(" ,;:")
+        return "\u2026" + rest if rest else ""
+    if rest and not rest[0].isspace() and rest[0] not in ".!?\u2026":
+        return text  # the title ends inside a word of the text: not the same words
+    return rest.lstrip(".").strip()
+
+
 def page_context(info: SiteInfo, *, root: str) -> dict[str, Any]:
     """What `_base.html.j2` needs: lang, site, root (the way to the site root from the
     page: "", "../" or an absolute URL) and t (the chrome strings)."""
@@ -420,6 +451,16 @@ class SiteRenderer:
         # call, joined by line breaks, which no block holds) and put between fixed tags. A
         # block that is not printable NFC text (not the loader's) is first put on one line.
         blocks = article.body
+        standfirst = article.head if article.head and article.head != article.lead else None
+        if article.title_derived:
+            # The headline was made from the text right below it: print those words once.
+            if standfirst is not None:
+                standfirst = _after_title(article.title, standfirst) or None
+            elif blocks and blocks[0].kind is BlockKind.PARAGRAPH:
+                rest = _after_title(article.title, blocks[0].text)
+                if rest != blocks[0].text:
+                    first = (Block(BlockKind.PARAGRAPH, rest),) if rest else ()
+                    blocks = first + blocks[1:]
         texts = [block.text for block in blocks]
         if not from_loader:
             texts = [
@@ -442,7 +483,8 @@ class SiteRenderer:
             **self._article_context,
             article=SimpleNamespace(
                 title=one_line(article.title),
-                summary=shorten(one_line(article.lead), limit=160),
+                summary=shorten(one_line(article.summary), limit=160),
+                standfirst=one_line(standfirst) if standfirst else None,
                 language=article.language,
                 author=one_line(article.author) if article.author else None,
                 date=self._date(article.published, article.precision),

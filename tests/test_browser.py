@@ -160,7 +160,11 @@ def test_sign_up_confirm_and_unsubscribe_in_a_real_browser(browser: Browser) -> 
         found = get_by_email(db, "trang@example.org")
     assert found is not None
     token = tokens.make_token(
-        secret, purpose="unsubscribe", subscriber_id=found.id, issued_at=server.clock()
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=found.id,
+        nonce=found.token_nonce,
+        issued_at=server.clock(),
     )
     browser.open(f"unsubscribe?token={token}&lang=en")
     assert page.evaluate("document.documentElement.lang") == "en"

@@ -892,3 +892,72 @@ def test_the_index_places_an_undated_article_where_it_was_first_seen(
     run_build(settings, db, now=datetime(2024, 10, 30, 9, 0, tzinfo=UTC))
     index = (settings.paths.output / "index.html").read_text(encoding="utf-8")
     assert index.index("Bài không ghi ngày") < index.index("Giám sát nhiệm vụ lao động")
+
+
+# One story as two scrapes: without its header, then with it filled, in another encoding and
+# with another "latest news" sidebar. FORMAT.md: the same article, keyed on its body.
+STORY_BODY = (
+    "QTO - Sáng nay 31/10, tại TP. Đông Hà, Ban Tuyên giáo Tỉnh ủy tổ chức hội thảo về chuyển "
+    "đổi số trong các cơ quan đảng, mặt trận và các đoàn thể chính trị - xã hội của tỉnh.\n"
+    "Quang cảnh hội thảo - Ảnh: T.P\n"
+    "Các đại biểu thảo luận giải pháp cho thời gian tới.\n"
+    "Trúc Phương\n"
+)
+STORY_BARE = (
+    "{title}\n{publish}\n{head}\n" + STORY_BODY + "QTO - Hôm nay 30/10/2024, tin khác thứ nhất...\n"
+)
+STORY_FILLED = (
+    "Hội thảo chuyển đổi số ở Đông Hà\nThứ năm, 31/10/2024, 09:15 (GMT+7)\n"
+    "QTO - Tỉnh bàn cách đưa chuyển đổi số vào các cơ quan đảng và đoàn thể.\n"
+    + STORY_BODY
+    + "QTO - Tin khác hoàn toàn khác...\nQTO - Thêm một tin nữa…\n"
+)
+
+
+@pytest.mark.parametrize("filled_name", ["050-filled.txt", "200-filled.txt"])
+def test_same_story_with_its_header_filled_is_one_article_merged_under_its_first_slug(
+    settings: Settings, db: Database, now: datetime, filled_name: str
+) -> None:
+    seeds = settings.paths.seeds
+    seeds.mkdir(parents=True, exist_ok=True)
+    (seeds / "100-bare.txt").write_text(STORY_BARE, encoding="utf-8")
+    first = run_build(settings, db, now=now)
+    assert first.articles == 1
+    [before] = iter_articles_newest_first(db)
+    assert before.title_derived is True
+    assert before.head is None
+    assert before.title == (
+        "Ban Tuyên giáo Tỉnh ủy tổ chức hội thảo về chuyển đổi số trong các cơ quan đảng…"
+    )
+    page = settings.paths.output / "articles" / f"{before.slug}.html"
+    assert page.is_file()
+
+    # The filled copy sorts before the bare one (it then owns the record) or after it.
+    (seeds / filled_name).write_bytes(STORY_FILLED.encode("utf-16"))
+    second = run_build(settings, db, now=now + timedelta(hours=1))
+    assert (second.articles, second.duplicates, second.skipped) == (1, 1, 0)
+    [after] = iter_articles_newest_first(db)
+    assert after.id == before.id
+    assert after.slug == before.slug  # a published URL never changes
+    assert after.title == "Hội thảo chuyển đổi số ở Đông Hà"
+    assert after.title_derived is False
+    assert after.head == "Tỉnh bàn cách đưa chuyển đổi số vào các cơ quan đảng và đoàn thể."
+    assert after.published is not None
+    assert after.published.isoformat() == "2024-10-31T09:15:00+07:00"
+    assert after.lead == before.lead
+    pages = sorted(p.name for p in (settings.paths.output / "articles").iterdir())
+    assert pages == [f"{before.slug}.html"]
+    html = page.read_text(encoding="utf-8")
+    assert "<h1>Hội thảo chuyển đổi số ở Đông Hà</h1>" in html
+    assert '<p class="standfirst">Tỉnh bàn cách đưa chuyển đổi số' in html
+    feed = feedparser.parse((settings.paths.output / "rss.xml").read_bytes())
+    assert not feed.bozo
+    [entry] = feed.entries
+    assert entry.title == "Hội thảo chuyển đổi số ở Đông Hà"
+    assert entry.summary == after.head
+    assert entry.link.endswith(f"/articles/{before.slug}.html")
+
+    # Nothing changed: the merged record stays, nothing is written.
+    third = run_build(settings, db, now=now + timedelta(hours=2))
+    assert third.written == 0
+    assert list(iter_articles_newest_first(db)) == [after]

@@ -241,6 +241,28 @@ def test_unsubscribe_token_make_and_verify(project: Path) -> None:
     )
 
 
+def test_unsubscribe_token_of_an_erased_subscriber_is_not_valid_for_the_next_one(
+    project: Path,
+) -> None:
+    _subscribe("an@example.org")
+    url = _run("unsubscribe-token", "make", "an@example.org")[1]
+    assert _run("subscribers", "erase", "an@example.org")[0] == 0
+    _subscribe("binh@example.org")
+    token = url.strip().split("token=")[1]
+    assert _run("unsubscribe-token", "verify", token) == (
+        2,
+        "",
+        "Error: not valid: unsubscribe token: the subscriber it was made for no longer "
+        "exists (erased). Nothing was changed.\n",
+    )
+    binh = _run("unsubscribe-token", "make", "binh@example.org")[1].strip().split("token=")[1]
+    assert _run("unsubscribe-token", "verify", binh) == (
+        0,
+        "valid: subscriber 2 <binh@example.org> (confirmed)\n",
+        "",
+    )
+
+
 # --------------------------------------------------------------------------- across days
 
 DAY1 = datetime(2024, 10, 31, 6, 0, tzinfo=UTC)  # 13:00 on 31 October in Asia/Ho_Chi_Minh
@@ -518,6 +540,33 @@ def test_erase_deletes_the_outbox_messages_to_that_address(project: Path) -> Non
     )
     for path in (project / "outbox").rglob("*.eml"):
         assert b"To: an@example.org" not in path.read_bytes()
+
+
+def test_implicit_tls_to_a_plain_smtp_port_is_a_setup_error_not_a_retry(
+    project: Path, smtpd: SmtpServer
+) -> None:
+    _smtp_config(project, smtpd)
+    config = project / "syndicate.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8").replace('tls = "none"', 'tls = "tls"'),
+        encoding="utf-8",
+    )
+    _subscribe("an@example.org")
+    code, out, err = _run("-q", "send")
+    assert (code, out) == (2, "")
+    line = (
+        re.escape(
+            f"Error: smtp 127.0.0.1:{smtpd.port}: implicit TLS (smtp.tls = 'tls') failed: "
+            "WRONG_VERSION_NUMBER; the server does not speak TLS on this port."
+        )
+        + r" Digest [\d-]+ so far: 0 sent, 0 failed, 1 in flight \(the next run settles them\)\. "
+    )
+    hint = re.escape(
+        "Use smtp.tls = 'starttls' for a port like 587 or 25, or the server's implicit TLS "
+        "port (usually 465).\n"
+    )
+    assert re.fullmatch(line + hint, err), err
+    assert smtpd.handler.recipients() == []
 
 
 @pytest.mark.parametrize("tls", ["starttls", "tls"])

@@ -974,3 +974,17 @@ def test_shared_sample_articles_make_a_sound_digest(
         excerpt = lead_excerpt(article.lead, words=mail_settings.digest.lead_words)
         assert len(excerpt.split()) <= mail_settings.digest.lead_words
         assert " ".join(article.lead.split()).startswith(excerpt.rstrip("…"))
+
+
+def test_digest_blurb_is_the_head_when_the_article_has_one(
+    settings: Settings, now: datetime
+) -> None:
+    with_head = dataclasses.replace(
+        make_article("h", lead="Đoạn thân bài đầu tiên."), head="Sapo <b>tóm tắt</b> bài."
+    )
+    without = make_article("l", lead="Chỉ có đoạn mở đầu.")
+    email = render(DigestPlan(day=DAY, articles=(with_head, without)), settings, now)
+    assert "Sapo &lt;b&gt;tóm tắt&lt;/b&gt; bài." in email.html
+    assert "Sapo <b>tóm tắt</b> bài." in email.text
+    assert "Đoạn thân bài đầu tiên." not in email.text
+    assert "Chỉ có đoạn mở đầu." in email.text

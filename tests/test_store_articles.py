@@ -41,7 +41,7 @@ def _article(ident: str, *blocks: Block) -> Article:
         teasers=(Teaser("QTO", "Tin khác..."),),
         source="seeds/a.txt",
         dateline="QTO",
-        summary=None,
+        head="Sapo: tin chính <i>ở</i> Đông Hà.",
     )
 
 
@@ -198,10 +198,14 @@ def test_teasers_are_linked_in_either_order_and_to_the_smallest_matching_id(
     assert _targets(db) == [("a", 0, "m"), ("z", 0, "m")]
 
 
-def test_a_database_from_before_the_teasers_table_is_indexed_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [3, 4])
+def test_a_database_from_before_the_teasers_table_is_indexed_once(
+    tmp_path: Path, version: int
+) -> None:
+    """Migration 5 added the teasers table: a database at step 3 or 4 with articles."""
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
-    for step in MIGRATIONS[:3]:
+    for step in MIGRATIONS[:version]:
         for statement in step:
             conn.execute(statement)
     for article in (_story("a", "Bài A.", LONG_LEAD[:50] + "…"), _story("b", LONG_LEAD)):
@@ -217,11 +221,23 @@ def test_a_database_from_before_the_teasers_table_is_indexed_once(tmp_path: Path
                 record_hash,
             ),
         )
-    conn.execute("PRAGMA user_version = 3")
+    conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
     conn.close()
     with open_database(path) as database:
+        assert database.schema_version == len(MIGRATIONS) == 5
         assert _targets(database) == []
         assert backfill_teasers(database) == 2
         assert _targets(database) == [("a", 0, "b")]
         assert backfill_teasers(database) == 0  # once only
+
+
+def test_a_record_stored_before_heads_existed_reads_back_without_one() -> None:
+    record = LOADER_LIKE.to_record()
+    assert record["head"] == "Sapo: tin chính <i>ở</i> Đông Hà."
+    assert Article.from_record(record) == LOADER_LIKE
+    del record["head"]
+    record["summary"] = "the old field"
+    old = Article.from_record(record)
+    assert old.head is None
+    assert old.summary == old.lead

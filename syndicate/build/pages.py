@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,11 +19,11 @@ from syndicate import feeds
 from syndicate.build.hashing import digest as _hash
 from syndicate.build.staging import Stager, close_staging, open_staging, page_fingerprint
 from syndicate.build.sync import Progress, sync_articles
-from syndicate.build.workers import BuildPool, IndexJob, _use_workers
+from syndicate.build.workers import BuildPool, IndexJob, _use_workers, render_page
 from syndicate.build.writer import _Writer
 from syndicate.config import Settings, base_url, site_templates_dir
-from syndicate.errors import DumpError, SyndicateError
-from syndicate.feeds import FEED_FILES, FeedInfo, build_feed
+from syndicate.errors import DumpError, StoreError, SyndicateError
+from syndicate.feeds import ENTRY_ERRORS, FEED_FILES, FeedInfo, build_feed
 from syndicate.model import Article, StoryLink
 from syndicate.site import (
     IndexEntry,
@@ -37,6 +37,7 @@ from syndicate.site import (
 )
 from syndicate.store import Database, teasers
 from syndicate.store import articles as store
+from syndicate.text import one_line, shorten
 
 # The stage's logger: records keep the name they had before build became a package.
 log = logging.getLogger("syndicate.build")
@@ -141,7 +142,9 @@ def run_build(
             )
             slugs = assign_slugs((s.id, s.slug, s.published, s.first_seen_at) for s in summaries)
             try:
-                _write_pages(settings, db, writer, renderer, info, summaries, slugs, pool, stager)
+                left_out = _write_pages(
+                    settings, db, writer, renderer, info, summaries, slugs, pool, stager
+                )
             except BaseException:
                 writer.abandon()
                 raise
@@ -161,14 +164,16 @@ def run_build(
                 if writer.old.get(rel) != fp or writer.stamps.get(rel) != writer.new_stamps[rel]
             ),
         )
+    for error in left_out.errors:
+        log.warning("%s", error)
     return BuildSummary(
-        articles=sync.articles,
+        articles=sync.articles - left_out.pages,
         duplicates=sync.duplicates,
-        skipped=sync.skipped,
+        skipped=sync.skipped + len(left_out.errors),
         written=writer.written,
         unchanged=writer.unchanged,
         seconds=time.perf_counter() - started,
-        errors=sync.errors,
+        errors=sync.errors + left_out.errors,
         removed=removed,
     )
 
@@ -181,6 +186,34 @@ def _open_staging(output: Path) -> Path | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class _LeftOut:
+    """Articles a stage could not render, each named by its dump: `pages` of them are
+    missing from the whole site (page, index pages and feeds), the others from the feeds."""
+
+    errors: tuple[DumpError, ...] = ()
+    pages: int = 0
+
+
+_LEFT_OUT_HINT = "Fix the dump or move it out of the dump folder; the rest was built."
+
+
+def _left_out(db: Database, failed: dict[str, str], what: str) -> list[DumpError]:
+    """One DumpError per article id in `failed` (id -> why), named by its dump, in order."""
+    if not failed:
+        return []
+    sources = store.read_article_sources(db)
+    errors = [
+        DumpError(
+            sources.get(article_id, f"article {article_id}"),
+            f"{what} cannot be rendered ({reason}); the article is left out.",
+            hint=_LEFT_OUT_HINT,
+        )
+        for article_id, reason in failed.items()
+    ]
+    return sorted(errors, key=lambda e: e.path)
+
+
 def _write_pages(
     settings: Settings,
     db: Database,
@@ -191,14 +224,18 @@ def _write_pages(
     slugs: dict[str, str],
     pool: BuildPool,
     staging: Stager | None,
-) -> None:
-    """Render and queue the feeds, the article pages and the index pages.
+) -> _LeftOut:
+    """Render and queue the article pages, then the index pages and the feeds.
 
     An article page the parse workers staged with the same fingerprint is moved into place
-    instead of being rendered. When the workers are running, they render the index pages
-    meanwhile.
+    instead of being rendered. An article whose page cannot be rendered is left out of the
+    index pages and feeds too; one that cannot go in a feed is left out of the feeds. When
+    the workers are running, they render the index pages while this process does the feeds.
     """
-    _write_feeds(settings, db, writer, summaries, slugs)
+    failed = _write_article_pages(db, writer, renderer, summaries, slugs, pool, staging)
+    errors = _left_out(db, failed, "its page")
+    if failed:
+        summaries = [s for s in summaries if s.id not in failed]
 
     index_jobs: list[IndexJob] = []
     index_fingerprints: list[str] = []
@@ -226,6 +263,30 @@ def _write_pages(
         index_fingerprints.append(fingerprint)
     index_futures = pool.start_index_pages(index_jobs) if pool.started and index_jobs else None
 
+    errors += _left_out(db, _write_feeds(settings, db, writer, summaries, slugs), "its feed entry")
+
+    if index_futures is not None:
+        pool.finish_index_pages(writer, index_jobs, index_fingerprints, index_futures)
+    else:
+        for (rel, archive, archives, entries), fingerprint in zip(
+            index_jobs, index_fingerprints, strict=True
+        ):
+            data = renderer.render_index(entries, archive=archive, archives=archives)
+            writer.write(rel, data, fingerprint, fsync=archive is None)
+    return _LeftOut(tuple(errors), len(failed))
+
+
+def _write_article_pages(
+    db: Database,
+    writer: _Writer,
+    renderer: SiteRenderer,
+    summaries: Sequence[store.ArticleSummary],
+    slugs: dict[str, str],
+    pool: BuildPool,
+    staging: Stager | None,
+) -> dict[str, str]:
+    """Render and queue the article pages that changed, their teasers linked to the pages of
+    the articles they advertise; the articles whose page could not be rendered: id -> why."""
     links, link_parts = _page_links(db, summaries, slugs)
     todo: list[tuple[str, str, str, str]] = []  # rel, slug, article id, fingerprint
     for summary in summaries:
@@ -244,23 +305,30 @@ def _write_pages(
         ):
             continue
         todo.append((rel, slug, summary.id, fingerprint))
+    return _render_pages(db, writer, renderer, pool, todo, links)
+
+
+def _render_pages(
+    db: Database,
+    writer: _Writer,
+    renderer: SiteRenderer,
+    pool: BuildPool,
+    todo: Sequence[tuple[str, str, str, str]],
+    links: Mapping[str, Mapping[str, StoryLink]],
+) -> dict[str, str]:
+    """Render and queue the (rel, slug, article id, fingerprint) article pages, their teasers
+    linked by `links` (by article id); the articles whose page could not be rendered."""
     if _use_workers(len(todo)):
         writer.drain()  # the writer thread sits idle while the workers are forked
-        pool.render_articles(functools.partial(_record, db), writer, todo, links)
-    else:
-        for rel, slug, article_id, fingerprint in todo:
-            article = store.decode_article(*_record(db, article_id))
-            data = renderer.render_article(article, slug=slug, links=links.get(article_id))
+        return pool.render_articles(functools.partial(_record, db), writer, todo, links)
+    failed: dict[str, str] = {}
+    for rel, slug, article_id, fingerprint in todo:
+        data = render_page(renderer, _record(db, article_id), slug, links.get(article_id))
+        if isinstance(data, str):
+            failed[article_id] = data
+        else:
             writer.write(rel, data, fingerprint, fsync=False)
-
-    if index_futures is not None:
-        pool.finish_index_pages(writer, index_jobs, index_fingerprints, index_futures)
-    else:
-        for (rel, archive, archives, entries), fingerprint in zip(
-            index_jobs, index_fingerprints, strict=True
-        ):
-            data = renderer.render_index(entries, archive=archive, archives=archives)
-            writer.write(rel, data, fingerprint, fsync=archive is None)
+    return failed
 
 
 def _record(db: Database, article_id: str) -> tuple[str, str | None]:
@@ -270,9 +338,16 @@ def _record(db: Database, article_id: str) -> tuple[str, str | None]:
     return record
 
 
-def _top_articles(db: Database, chosen: Sequence[store.ArticleSummary]) -> Iterator[Article]:
+def _top_articles(
+    db: Database, chosen: Sequence[store.ArticleSummary], failed: dict[str, str]
+) -> Iterator[Article]:
+    """The chosen articles from the store; a damaged record goes into `failed` instead."""
     for summary in chosen:
-        article = store.get_article(db, summary.id)
+        try:
+            article = store.get_article(db, summary.id)
+        except StoreError as exc:
+            failed[summary.id] = exc.message
+            continue
         if article is not None:
             yield article
 
@@ -294,7 +369,8 @@ def _write_feeds(
     writer: _Writer,
     summaries: Sequence[store.ArticleSummary],
     slugs: dict[str, str],
-) -> None:
+) -> dict[str, str]:
+    """Render and queue the feeds that changed; the articles left out of them: id -> why."""
     limit = settings.feeds.limit
     info = _feed_info(settings)
     chosen = summaries[:limit]
@@ -308,8 +384,9 @@ def _write_feeds(
     fingerprint = _hash(key.encode())
     stale = {kind: name for kind, name in FEED_FILES.items() if not writer.fresh(name, fingerprint)}
     if not stale:
-        return
-    top = list(_top_articles(db, chosen))
+        return {}
+    failed: dict[str, str] = {}
+    top = list(_top_articles(db, chosen, failed))
     urls = {a.id: article_url(info.base_url, slugs[a.id]) for a in top}
     # The feed's updated time is the newest publish date. When no article in it has one,
     # it is when syndicate first saw the newest of them: stored, so a rebuild gives the
@@ -317,16 +394,38 @@ def _write_feeds(
     ids = {a.id for a in top}
     seen = [s.first_seen_at for s in chosen if s.id in ids]
     fallback = max(seen) if seen else _EPOCH
-    for kind, name in stale.items():
-        data = build_feed(
-            top,
-            kind=kind,  # type: ignore[arg-type]
-            now=fallback.astimezone(UTC),
-            info=info,
-            limit=limit,
-            page_urls=urls,
-        )
-        writer.write(name, data, fingerprint, fsync=True)
+    render = functools.partial(
+        build_feed, now=fallback.astimezone(UTC), info=info, limit=limit, page_urls=urls
+    )
+    feeds = _render_feeds(render, top, list(stale), failed)
+    if failed:  # not fresh next time: the articles left out are reported again
+        fingerprint = _hash(f"{fingerprint}:left out".encode())
+    for kind, data in feeds.items():
+        writer.write(stale[kind], data, fingerprint, fsync=True)
+    return failed
+
+
+def _render_feeds(
+    render: Callable[..., bytes], top: list[Article], kinds: list[str], failed: dict[str, str]
+) -> dict[str, bytes]:
+    """`render(articles, kind=kind)` for each kind. An article whose entry cannot be built
+    is left out (into `failed`, id -> why) and the feeds built without it; a failure no
+    single article causes is raised."""
+    while True:
+        try:
+            return {kind: render(top, kind=kind) for kind in kinds}
+        except ENTRY_ERRORS:
+            bad = {}
+            for article in top:
+                try:
+                    for kind in kinds:
+                        render([article], kind=kind)
+                except ENTRY_ERRORS as exc:
+                    bad[article.id] = shorten(one_line(f"{type(exc).__name__}: {exc}"), limit=200)
+            if not bad:
+                raise
+            failed.update(bad)
+            top = [a for a in top if a.id not in bad]
 
 
 def _stamp_columns(stamp: store.PageStamp | None) -> tuple[int | None, int | None]:

@@ -30,8 +30,9 @@ from syndicate.config import Settings
 from syndicate.errors import DumpError, OutputError, SyndicateError, WorkerError
 from syndicate.model import StoryLink
 from syndicate.output import write_atomic
-from syndicate.site import IndexEntry, SiteRenderer
+from syndicate.site import RENDER_ERRORS, IndexEntry, SiteRenderer
 from syndicate.store import articles as store
+from syndicate.text import one_line, shorten
 
 _T = TypeVar("_T")
 
@@ -107,18 +108,35 @@ def _renderer() -> tuple[SiteRenderer, Path]:
     return state.renderer, state.output
 
 
+def render_page(
+    renderer: SiteRenderer,
+    record: tuple[str, str | None],
+    slug: str,
+    links: Mapping[str, StoryLink] | None = None,
+) -> bytes | str:
+    """The page of the stored article `record` under `slug`, its teasers linked by `links`,
+    or why that article's content cannot be rendered (one line): the build then leaves it
+    out."""
+    try:
+        return renderer.render_article(store.decode_article(*record), slug=slug, links=links)
+    except RENDER_ERRORS as exc:
+        return shorten(one_line(f"{type(exc).__name__}: {exc}"), limit=200)
+
+
 def _render_articles(
     chunk: list[tuple[str, str, tuple[str, str | None], Mapping[str, StoryLink] | None]],
-) -> list[bool] | _TaskError:
+) -> list[bool | str] | _TaskError:
     """Render and write (rel, slug, (record, body), links) article pages: whether each file
-    changed."""
+    changed, or why its article could not be rendered."""
     renderer, output = _renderer()
-    changed = []
+    changed: list[bool | str] = []
     try:
         for rel, slug, record, links in chunk:
-            article = store.decode_article(*record)
-            data = renderer.render_article(article, slug=slug, links=links)
-            changed.append(write_atomic(output / rel, data, fsync=False))
+            data = render_page(renderer, record, slug, links)
+            if isinstance(data, str):
+                changed.append(data)
+            else:
+                changed.append(write_atomic(output / rel, data, fsync=False))
     except SyndicateError as exc:
         return (exc.message, exc.hint)
     return changed
@@ -137,7 +155,7 @@ def _render_index_pages(jobs: list[IndexJob]) -> list[bool] | _TaskError:
     return changed
 
 
-def _checked(result: list[bool] | _TaskError) -> list[bool]:
+def _checked(result: list[_T] | _TaskError) -> list[_T]:
     if isinstance(result, tuple):
         raise OutputError(result[0], hint=result[1])
     return result
@@ -244,10 +262,11 @@ class BuildPool:
         writer: _Writer,
         todo: Sequence[tuple[str, str, str, str]],
         links: Mapping[str, Mapping[str, StoryLink]],
-    ) -> None:
+    ) -> dict[str, str]:
         """Render and write (rel, slug, article id, fingerprint) article pages in the workers,
         with the `links` of their teasers (by article id); this process reads the records
-        and keeps the counts, in page order."""
+        and keeps the counts, in page order. Returns the articles whose page could not be
+        rendered: id -> why."""
         chunks = list(_chunks(todo, _CHUNK))
         tasks = (
             (
@@ -256,11 +275,16 @@ class BuildPool:
             )
             for chunk in chunks
         )
+        failed: dict[str, str] = {}
         for chunk, result in zip(chunks, self._ordered(tasks), strict=True):
-            for (rel, _slug, _id, fingerprint), changed in zip(
+            for (rel, _slug, article_id, fingerprint), changed in zip(
                 chunk, _checked(result), strict=True
             ):
-                writer.record(rel, fingerprint, changed=changed)
+                if isinstance(changed, str):
+                    failed[article_id] = changed
+                else:
+                    writer.record(rel, fingerprint, changed=changed)
+        return failed
 
     def start_index_pages(self, jobs: Sequence[IndexJob]) -> list[Future[list[bool] | _TaskError]]:
         """Send index pages to the workers now; `finish_index_pages` counts them."""

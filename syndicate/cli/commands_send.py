@@ -55,7 +55,7 @@ from syndicate.store.subscribers import (
     get_by_id,
     normalize_email,
 )
-from syndicate.tokens import make_token, verify_token
+from syndicate.tokens import NONCE_BYTES, make_token, verify_token
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,14 @@ def _preview_send(
     templates = _templates(settings, plan, languages, marker=marker, now=now)
     if address is not None and not dry_run:
         template = templates[settings.site.language]
-        token = make_token(secret, purpose="unsubscribe", subscriber_id=0, issued_at=now)
+        # Subscriber 0 never exists, so the copy's link acts on nobody.
+        token = make_token(
+            secret,
+            purpose="unsubscribe",
+            subscriber_id=0,
+            nonce=secrets.token_bytes(NONCE_BYTES),
+            issued_at=now,
+        )
         message = _test_copy(
             template, to=address, day=plan.day, url=unsubscribe_url(settings, token)
         )
@@ -403,18 +410,13 @@ def unsubscribe_token_group() -> None:
     """
 
 
-def _subscriber_line(db: Database, subscriber_id: int) -> str:
-    found = get_by_id(db, subscriber_id)
-    if found is None:
-        return f"subscriber {subscriber_id} (no longer stored: erased, or a test copy)"
-    return f"subscriber {found.id} <{found.email}> ({found.status})"
-
-
 @unsubscribe_token_group.command("verify")
 @click.argument("token")
 @pass_app
 def verify_command(app: AppContext, token: str) -> None:
     """Check an unsubscribe token and show whom it is for; exit 2 if it is not valid.
+
+    A token whose subscriber is gone (erased, or a test copy's) is not valid.
 
     Example: syndicate unsubscribe-token verify AQIAAAAAAAAAKmckm3Dk...
     """
@@ -422,12 +424,16 @@ def verify_command(app: AppContext, token: str) -> None:
     db = app.database
     now = datetime.fromtimestamp(app.now(), UTC)
     try:
-        subscriber_id = verify_token(
-            get_secret(settings, db), token, purpose="unsubscribe", now=now
+        found = verify_token(
+            get_secret(settings, db),
+            token,
+            purpose="unsubscribe",
+            now=now,
+            find=lambda subscriber_id: get_by_id(db, subscriber_id),
         )
     except TokenError as exc:
         raise TokenError(f"not valid: {exc.message}", hint=exc.hint) from None
-    click.echo(f"valid: {_subscriber_line(db, subscriber_id)}")
+    click.echo(f"valid: subscriber {found.id} <{found.email}> ({found.status})")
 
 
 @unsubscribe_token_group.command("make")
@@ -445,6 +451,10 @@ def make_command(app: AppContext, email: str) -> None:
         raise SubscriberError(f"email address {normalize_email(email)!r} is not a subscriber.")
     now = datetime.fromtimestamp(app.now(), UTC)
     token = make_token(
-        get_secret(settings, db), purpose="unsubscribe", subscriber_id=found.id, issued_at=now
+        get_secret(settings, db),
+        purpose="unsubscribe",
+        subscriber_id=found.id,
+        nonce=found.token_nonce,
+        issued_at=now,
     )
     click.echo(unsubscribe_url(settings, token))

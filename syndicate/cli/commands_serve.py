@@ -12,7 +12,7 @@ from syndicate.cli import AppContext, cli, pass_app
 from syndicate.errors import InputError
 from syndicate.send import open_mailer
 from syndicate.store import Database, open_database
-from syndicate.web import DatabaseStore, create_app
+from syndicate.web import DatabaseStore, create_app, make_http_protocol
 
 # Confirmation mails of the outbox transport go to outbox/<this>/.
 CONFIRMATIONS_FOLDER = "confirmations"
@@ -74,6 +74,7 @@ def _serve(app: AppContext, database: Database, host: str, port: int) -> None:
         log_level=logging.INFO if verbose else logging.WARNING,
         access_log=verbose,
         lifespan="on",
+        http=make_http_protocol(),  # h11 with header and body deadlines (slow clients)
         server_header=False,
         proxy_headers=True,  # X-Forwarded-For from a proxy on 127.0.0.1 names the client
     )

@@ -216,7 +216,7 @@ def import_command(app: AppContext, file: Path) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @pass_app
 def export_command(app: AppContext, file: Path) -> None:
-    """Write every subscriber to a CSV file (email,name,language,status), atomically.
+    """Write every subscriber to a CSV file (email,name,language,status), atomically, 0600.
 
     A cell that starts like a spreadsheet formula (= + - @) gets a leading apostrophe,
     which `import` removes.
@@ -237,7 +237,7 @@ def export_command(app: AppContext, file: Path) -> None:
             ]
         )
         count += 1
-    write_atomic(file, buffer.getvalue().encode("utf-8"), skip_unchanged=False)
+    write_atomic(file, buffer.getvalue().encode("utf-8"), skip_unchanged=False, private=True)
     app.echo(f"Exported {count} subscribers to {file}.")
 
 

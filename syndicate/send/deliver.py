@@ -192,7 +192,11 @@ async def send_digest(
     async def deliver(recipient: ledger.Recipient) -> None:
         template = templates.get(recipient.language, fallback)
         token = make_token(
-            secret, purpose="unsubscribe", subscriber_id=recipient.subscriber_id, issued_at=issued
+            secret,
+            purpose="unsubscribe",
+            subscriber_id=recipient.subscriber_id,
+            nonce=recipient.token_nonce,
+            issued_at=issued,
         )
         message = fill_message(
             template,

@@ -7,7 +7,10 @@ through `Database.transaction()`. Area modules (`articles`, `subscribers`,
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +22,13 @@ from syndicate.store.schema import MIGRATIONS
 
 # Busy timeout: a concurrent writer (the web app beside `syndicate send`) waits this long.
 _BUSY_TIMEOUT_MS = 10_000
+# The database holds every address and the signing secret: owner only. SQLite gives its
+# -wal and -shm files the database file's mode, so creating the file first covers them.
+_FILE_MODE = 0o600
+_FOLDER_MODE = 0o700
+_SIDE_FILES = ("", "-wal", "-shm")
+
+log = logging.getLogger(__name__)
 
 
 class _Discard(Exception):
@@ -105,7 +115,8 @@ def open_database(path: Path, *, any_thread: bool = False) -> Database:
     connection (one thread at a time: the caller serialises its use).
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private_folder(path.parent)
+        _create_private_file(path)
         # isolation_level=None: we issue BEGIN ourselves, so transactions are explicit.
         conn = sqlite3.connect(
             path,
@@ -140,6 +151,51 @@ def open_database(path: Path, *, any_thread: bool = False) -> Database:
     return db
 
 
+def _make_private_folder(folder: Path) -> None:
+    """Create `folder` and any missing parents, each 0700; existing folders are left alone."""
+    missing: list[Path] = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        try:
+            made.mkdir(mode=_FOLDER_MODE)
+        except FileExistsError:  # made by a concurrent process meanwhile
+            continue
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file 0600 if it is missing; take "others" off an existing one.
+
+    An existing file keeps its group bits (a group shared with `syndicate serve` running
+    as another user is a choice); read or write access for everyone else never is, so it
+    is removed, with a warning, from the file and its -wal and -shm.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE))
+        return
+    except FileExistsError:
+        pass
+    for name in _SIDE_FILES:
+        side = path.with_name(path.name + name)
+        try:
+            mode = stat.S_IMODE(side.stat().st_mode)
+            if mode & 0o007:
+                side.chmod(mode & ~0o007)
+                log.warning(
+                    "%s: was open to all users (mode %04o); now %04o. Run chmod 600 %s "
+                    "unless another user of its group needs it.",
+                    side,
+                    mode,
+                    mode & ~0o007,
+                    side,
+                )
+        except FileNotFoundError:
+            continue
+        except PermissionError as exc:  # not ours to change: say so, and go on
+            log.warning("%s: open to all users, and cannot be tightened: %s.", side, exc)
+
+
 def _migrate(db: Database) -> None:
     current = db.schema_version
     latest = len(MIGRATIONS)
@@ -148,8 +204,28 @@ def _migrate(db: Database) -> None:
             f"{db.path}: schema version {current} is newer than this syndicate knows ({latest}).",
             hint="Upgrade syndicate before using this database.",
         )
-    for version in range(current + 1, latest + 1):
-        with db.transaction() as conn:
-            for statement in MIGRATIONS[version - 1]:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {version}")
+    if current == latest:
+        return
+    # Foreign keys are off while steps run, as SQLite's own recipe for rebuilding a table
+    # says: dropping the old copy of a table must not cascade into the rows that point at
+    # it. The pragma is a no-op inside a transaction, so it is set around them, and each
+    # step checks the keys itself before it commits.
+    db.conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        for version in range(current + 1, latest + 1):
+            with db.transaction() as conn:
+                # Another process may have run this step while we waited for the lock.
+                if db.schema_version >= version:
+                    continue
+                for statement in MIGRATIONS[version - 1]:
+                    conn.execute(statement)
+                broken = conn.execute("PRAGMA foreign_key_check").fetchone()
+                if broken is not None:
+                    raise StoreError(
+                        f"{db.path}: migration {version} would leave a row of {broken[0]} "
+                        f"pointing at a missing row of {broken[2]}; nothing was changed.",
+                        hint="Restore the database from a backup, or report this.",
+                    )
+                conn.execute(f"PRAGMA user_version = {version}")
+    finally:
+        db.conn.execute("PRAGMA foreign_keys = ON")

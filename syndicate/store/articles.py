@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 from syndicate.errors import StoreError
-from syndicate.model import Article, BlockKind, Precision
+from syndicate.model import Article, BlockKind, Precision, make_article_id
 from syndicate.store import Database, teasers
 
 # The same as json.dumps(..., ensure_ascii=False, sort_keys=True), built once.
@@ -60,8 +60,8 @@ UPSERT_ARTICLE = """
 """
 # Does an article exist already (to count new ones)?
 SELECT_ARTICLE_EXISTS = "SELECT 1 FROM articles WHERE id = ?"
-# Which dump each article's stored record came from.
-SELECT_ARTICLE_SOURCES = "SELECT id, source FROM articles"
+# Which dump each article's stored record came from, and the slug it was published under.
+SELECT_ARTICLE_SOURCES = "SELECT id, source, slug FROM articles"
 # One full article.
 SELECT_ARTICLE = "SELECT record, body FROM articles WHERE id = ?"
 # The light columns of every article, for index pages and feed selection.
@@ -83,7 +83,7 @@ SELECT_ARTICLES_NEWEST_FIRST_START = """
     LIMIT :limit
 """
 
-# Articles stored before the teasers table existed are indexed once (migration 4 sets it).
+# Articles stored before the teasers table existed are indexed once (migration 5 sets it).
 BACKFILL_KEY = "teasers_backfill"
 SELECT_BACKFILL = "SELECT 1 FROM meta WHERE key = ?"
 DELETE_BACKFILL = "DELETE FROM meta WHERE key = ?"
@@ -201,9 +201,9 @@ def encode_record(
 
     The body's texts go in a column of their own, one per line, when none holds a line
     break (the loader's never do); else they stay in the record (body None). The hash
-    covers the record and the body's BLAKE2b digest. `parsed_body` is the body the loader
-    returned with the article (`parse_dump_with_body`): its digest is the article's id, so
-    it is neither encoded nor hashed again.
+    covers the record and the body's digest (`make_article_id`, byline included).
+    `parsed_body` is the body the loader returned with the article (`parse_dump_with_body`):
+    its digest is the article's id, so it is neither encoded nor hashed again.
     """
     record = article.to_record()
     body = body_digest = None
@@ -213,7 +213,7 @@ def encode_record(
         texts = [block.text for block in article.body]
         if not any("\n" in text for text in texts):
             body = "\n".join(texts).encode("utf-8")
-            body_digest = hashlib.blake2b(body, digest_size=16).hexdigest()
+            body_digest = make_article_id(body, article.author)
     if body is not None:
         record["body"] = "".join([_KIND_LETTERS[block.kind] for block in article.body])
     data = _RECORD_ENCODER.encode(record).encode("utf-8")
@@ -337,8 +337,16 @@ def upsert_rows(db: Database, rows: Sequence[ArticleRow], *, now: datetime) -> N
 
 def read_article_sources(db: Database) -> dict[str, str]:
     """Map every stored article id to the dump path its record was parsed from."""
+    return {key: source for key, (source, _slug) in read_article_keys(db).items()}
+
+
+def read_article_keys(db: Database) -> dict[str, tuple[str, str]]:
+    """Map every stored article id to (the dump path its record came from, its slug)."""
     try:
-        return {str(i): str(src) for i, src in db.conn.execute(SELECT_ARTICLE_SOURCES)}
+        return {
+            str(i): (str(src), str(slug))
+            for i, src, slug in db.conn.execute(SELECT_ARTICLE_SOURCES)
+        }
     except sqlite3.Error as exc:
         raise _wrap("read the articles", db, exc) from exc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from syndicate.errors import StoreError
 from syndicate.model import Article, DigestPlan
 from syndicate.store import Database
 from syndicate.store.articles import decode_article
+
+log = logging.getLogger(__name__)
 
 # Articles no digest has carried yet, one batch after the id `:last`.
 SELECT_CANDIDATES = """
@@ -78,6 +81,16 @@ def _article(record_json: str, body: str | None, *, where: str) -> Article:
         ) from exc
 
 
+def _article_or_none(record_json: str, body: str | None, *, where: str) -> Article | None:
+    """The stored article, or None (with one warning) when its record is damaged: one bad
+    article never stops a digest."""
+    try:
+        return _article(record_json, body, where=where)
+    except StoreError as exc:
+        log.warning("%s", exc)
+        return None
+
+
 def iter_candidates(db: Database, *, batch: int = 500) -> Iterator[tuple[Article, datetime]]:
     """Yield (article, first_seen_at) for every article not yet in a digest, by id.
 
@@ -91,10 +104,9 @@ def iter_candidates(db: Database, *, batch: int = 500) -> Iterator[tuple[Article
             raise StoreError(f"{db.path}: cannot read articles: {exc}.") from exc
         for article_id, record_json, body, first_seen_at in rows:
             where = f"{db.path}: article {article_id!r}"
-            yield (
-                _article(record_json, body, where=where),
-                _parse_time(first_seen_at, where=where),
-            )
+            article = _article_or_none(record_json, body, where=where)
+            if article is not None:
+                yield article, _parse_time(first_seen_at, where=where)
         if len(rows) < batch:
             return
         last = rows[-1][0]
@@ -131,7 +143,9 @@ def get_digest(db: Database, day: date) -> DigestPlan | None:
             found = db.conn.execute(SELECT_ARTICLE, {"id": article_id}).fetchone()
             if found is not None:
                 where = f"{db.path}: article {article_id!r}"
-                articles.append(_article(found[0], found[1], where=where))
+                article = _article_or_none(found[0], found[1], where=where)
+                if article is not None:
+                    articles.append(article)
     except sqlite3.Error as exc:
         raise StoreError(f"{db.path}: cannot read the digest of {day}: {exc}.") from exc
     except ValueError as exc:

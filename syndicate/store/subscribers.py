@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,8 +29,10 @@ LANGUAGES = ("vi", "en")
 _NAME_LIMIT = 200
 _COLUMNS = (
     "id, email, name, language, status, created_at, confirmed_at, unsubscribed_at, "
-    "bounced_at, bounce_count"
+    "bounced_at, bounce_count, token_nonce"
 )
+# Bytes of a subscriber's token nonce (tokens.NONCE_BYTES; the schema checks the length).
+_NONCE_BYTES = 16
 
 # One subscriber by its case-folded address.
 _SELECT_BY_KEY = f"SELECT {_COLUMNS} FROM subscribers WHERE email_key = ?"  # noqa: S608
@@ -38,8 +41,9 @@ _SELECT_BY_ID = f"SELECT {_COLUMNS} FROM subscribers WHERE id = ?"  # noqa: S608
 # A new subscriber; timestamps of the status it starts in are set by the caller.
 _INSERT = """
     INSERT INTO subscribers (email, email_key, name, language, status, created_at, updated_at,
-                             confirmed_at, confirm_sent_at)
-    VALUES (:email, :key, :name, :language, :status, :now, :now, :confirmed_at, :confirm_sent_at)
+                             confirmed_at, confirm_sent_at, token_nonce)
+    VALUES (:email, :key, :name, :language, :status, :now, :now, :confirmed_at, :confirm_sent_at,
+            :nonce)
 """
 # Move to a status, stamping the matching *_at column.
 _SET_STATUS = """
@@ -151,6 +155,7 @@ def _to_subscriber(row: Any) -> Subscriber:
         unsubscribed_at=_time(row[7]),
         bounced_at=_time(row[8]),
         bounce_count=int(row[9]),
+        token_nonce=bytes(row[10]),
     )
 
 
@@ -237,6 +242,7 @@ def add_subscriber(
         "now": stamp,
         "confirmed_at": stamp if status is SubscriptionStatus.CONFIRMED else None,
         "confirm_sent_at": None,
+        "nonce": secrets.token_bytes(_NONCE_BYTES),
     }
     try:
         with db.transaction() as conn:
@@ -303,6 +309,7 @@ def signup(
                         "now": stamp,
                         "confirmed_at": None,
                         "confirm_sent_at": stamp,
+                        "nonce": secrets.token_bytes(_NONCE_BYTES),
                     },
                 )
                 subscriber_id, send = int(cursor.lastrowid or 0), True

@@ -29,8 +29,10 @@ from syndicate.web.guard import (
     check_form_token,
     make_form_token,
     origin_of,
+    rate_limit_key,
 )
 from syndicate.web.seams import Clock, SubscriptionStore
+from syndicate.web.signups import SignupWorker
 from syndicate.web.static import LargeFile, OutputFolder, not_modified, safe_relative
 
 log = logging.getLogger(__name__)
@@ -193,6 +195,8 @@ class Service:
     Store calls run on one thread of their own, one at a time: a call that waits for the
     database (`syndicate send` holding its write lock, for up to the busy timeout) holds
     up only the requests that need the store, never the event loop serving the pages.
+    A sign-up's state-dependent work (storing it, the confirmation mail) runs after the
+    response on the `SignupWorker`'s thread, which owns the mailer.
     """
 
     def __init__(
@@ -201,6 +205,7 @@ class Service:
         self.settings = settings
         self.store = store
         self.mailer = mailer
+        self.signups = SignupWorker(mailer)
         self.clock = clock
         self.base_url = base_url(settings)
         self.base_path = urlsplit(self.base_url).path or "/"
@@ -229,8 +234,13 @@ class Service:
         )
 
     async def start(self) -> None:
-        """Read the signing secret (at startup, on the store's thread)."""
+        """Read the signing secret (at startup, on the store's thread); start the sign-ups'."""
         self._secret = await self.call_store(self.store.read_secret)
+        self.signups.start()
+
+    async def stop(self) -> None:
+        """Finish the sign-ups in progress (bounded) and close the mailer, off the loop."""
+        await asyncio.to_thread(self.signups.stop)
 
     def close(self) -> None:
         """Finish the store call in progress, if any, and stop the store's thread."""
@@ -396,7 +406,7 @@ class Service:
         if request.method != "POST":
             return self.form_page(lang)
         client = request.client.host if request.client else "unknown"
-        allowed, wait = self.limiter.allow(client)
+        allowed, wait = self.limiter.allow(rate_limit_key(client))
         if not allowed:
             return self.error_page(request, 429, headers={"retry-after": str(wait)})
         form = await request.form(max_files=0, max_fields=10, max_part_size=MAX_BODY_BYTES)
@@ -415,19 +425,9 @@ class Service:
                 error=_STRINGS[lang]["invalid_email"],
                 status_code=400,
             )
-        now = self.clock()
-        background = None
-        try:
-            subscriber, should_send = await self.call_store(
-                self.store.sign_up, address, language=language, now=now
-            )
-        except SubscriberError as exc:
-            # Refusals past the address check (an erased address, for one) must look
-            # like any other sign-up, or the page would tell who is on the list.
-            log.info("subscribe: sign-up not stored: %s", exc)
-        else:
-            if should_send:
-                background = BackgroundTask(self._send_confirmation, subscriber, now)
+        # Everything from here on depends on the address's state: it runs after the
+        # response, off this loop, so no response or next request's timing tells it.
+        background = BackgroundTask(self._queue_sign_up, address, language, self.clock())
         strings = _STRINGS[lang]
         return self.page(
             "subscribe.html.j2",
@@ -449,9 +449,33 @@ class Service:
             return origin.lower() in trusted
         return bool(form_token) and check_form_token(self.secret, form_token, now=self.clock())
 
+    async def _queue_sign_up(self, address: str, language: str, now: datetime) -> None:
+        self.signups.submit(self._sign_up(address, language, now))
+
+    async def _sign_up(self, address: str, language: str, now: datetime) -> None:
+        """Store the sign-up and send a confirmation if due (on the sign-ups' loop)."""
+        try:
+            subscriber, should_send = await self.call_store(
+                self.store.sign_up, address, language=language, now=now
+            )
+        except SubscriberError as exc:
+            # Refusals past the address check (an erased address, for one) answered
+            # like any other sign-up, so the page did not tell who is on the list.
+            log.info("subscribe: sign-up not stored: %s", exc)
+            return
+        except StoreError as exc:
+            log.error("subscribe: sign-up not stored: %s", exc)
+            return
+        if should_send:
+            await self._send_confirmation(subscriber, now)
+
     async def _send_confirmation(self, subscriber: Subscriber, now: datetime) -> None:
         token = tokens.make_token(
-            self.secret, purpose="confirm", subscriber_id=subscriber.id, issued_at=now
+            self.secret,
+            purpose="confirm",
+            subscriber_id=subscriber.id,
+            nonce=subscriber.token_nonce,
+            issued_at=now,
         )
         confirm_url = f"{self.base_url}confirm?token={token}"
         try:
@@ -478,21 +502,23 @@ class Service:
     async def confirm(self, request: Request) -> Response:
         max_age = timedelta(hours=self.settings.subscribe.confirm_hours)
         now = self.clock()
+        subscriber: Subscriber | None
         try:
-            subscriber_id = tokens.verify_token(
+            # The lookup runs on the store's thread: the token must name the very
+            # subscriber it was made for (their nonce), not whoever holds the id now.
+            subscriber = await self.call_store(
+                tokens.verify_token,
                 self.secret,
                 request.query_params.get("token", ""),
                 purpose="confirm",
                 now=now,
                 max_age=max_age,
+                find=self.store.find,
             )
         except TokenError:
-            subscriber_id = None
-        subscriber = (
-            await self.call_store(self.store.find, subscriber_id)
-            if subscriber_id is not None
-            else None
-        )
+            subscriber = None
+        # The page speaks the language of the subscriber the link was made for, not the
+        # browser's (`?lang=` still wins).
         lang = self.language(request, subscriber)
         strings = _STRINGS[lang]
         # An old link must not bring back someone who left or bounced since.
@@ -528,9 +554,8 @@ class Service:
                 "unsubscribe.html.j2", lang, title=strings["how_unsubscribe_title"], state="how"
             )
         try:
-            subscriber_id = tokens.verify_token(
-                self.secret, token, purpose="unsubscribe", now=self.clock()
-            )
+            # The signature first: a bad link is answered without asking the store.
+            tokens.read_token(self.secret, token, purpose="unsubscribe", now=self.clock())
         except TokenError:
             return self.page(
                 "unsubscribe.html.j2",
@@ -539,8 +564,22 @@ class Service:
                 status_code=400,
                 state="invalid",
             )
-        # The page speaks the subscriber's language, not the browser's (`?lang=` still wins).
-        lang = self.language(request, await self.call_store(self.store.find, subscriber_id))
+        # The subscriber the link was made for (None when erased since): the page speaks
+        # their language, not the browser's (`?lang=` still wins).
+        owner: Subscriber | None = None
+        stale: TokenError | None = None
+        try:
+            owner = await self.call_store(
+                tokens.verify_token,
+                self.secret,
+                token,
+                purpose="unsubscribe",
+                now=self.clock(),
+                find=self.store.find,
+            )
+        except TokenError as exc:
+            stale = exc
+        lang = self.language(request, owner)
         strings = _STRINGS[lang]
         if request.method != "POST":
             # Link scanners follow GETs: show the button, change nothing.
@@ -551,11 +590,16 @@ class Service:
                 state="ask",
                 form_action=self.url("unsubscribe", lang, token=token),
             )
-        try:
-            await self.call_store(self.store.unsubscribe, subscriber_id, now=self.clock())
-        except SubscriberError as exc:
-            # An erased subscriber is off the list already: that is what they asked for.
-            log.info("unsubscribe: %s", exc)
+        # The subscriber the link was made for is erased: off the list already, which is
+        # what they asked for. Whoever holds their id now (a database from before ids were
+        # kept unique) is left alone.
+        if owner is None:
+            log.info("unsubscribe: %s", stale)
+        else:
+            try:
+                await self.call_store(self.store.unsubscribe, owner.id, now=self.clock())
+            except SubscriberError as exc:
+                log.info("unsubscribe: %s", exc)
         return self.page(
             "unsubscribe.html.j2", lang, title=strings["unsubscribed_title"], state="done"
         )
