@@ -305,7 +305,30 @@ def _write_article_pages(
         ):
             continue
         todo.append((rel, slug, summary.id, fingerprint))
-    return _render_pages(db, writer, renderer, pool, todo, links)
+    # The pages teasers link to go first: a teaser advertising an article whose page cannot
+    # be rendered (left out of the site) is then shown unlinked. Such a page's inputs are in
+    # the linking page's fingerprint, so the outcome is the same at every build.
+    targets = {link.id for found in links.values() for link in found.values()}
+    first = [job for job in todo if job[2] in targets]
+    rest = [job for job in todo if job[2] not in targets]
+    failed = _render_pages(db, writer, renderer, pool, first, links)
+    if not failed:
+        failed.update(_render_pages(db, writer, renderer, pool, rest, links))
+        return failed
+    kept = {
+        article_id: {key: link for key, link in found.items() if link.id not in failed}
+        for article_id, found in links.items()
+    }
+    failed.update(_render_pages(db, writer, renderer, pool, rest, kept))
+    # Rare: a page rendered first links to another rendered first that failed. Rendered
+    # again without that link, it replaces the first copy (counted once).
+    for rel, slug, article_id, fingerprint in first:
+        if article_id in failed or kept.get(article_id) == links.get(article_id):
+            continue
+        data = render_page(renderer, _record(db, article_id), slug, kept.get(article_id))
+        if isinstance(data, bytes):  # else the first copy, which did render, stays
+            writer.replace(rel, data, fingerprint)
+    return failed
 
 
 def _render_pages(
