@@ -68,7 +68,7 @@ class MailSettings:
     transport: str = "outbox"
     from_: str = ""
     reply_to: str = ""
-    subject: str = "{site}: bản tin {date}"
+    subject: str = "{site}: {headline} {more}"
     list_id: str = ""
     postal_address: str = ""
     secret: str = ""
@@ -97,6 +97,7 @@ class SmtpSettings:
 @dataclass(frozen=True, slots=True)
 class DigestSettings:
     max_articles: int = 20
+    max_teasers: int = 5  # "Other news" items; 0 hides the section
     max_age_hours: int = 48
     lead_words: int = 60
     templates_dir: Path | None = None

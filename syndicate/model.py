@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
@@ -150,12 +151,26 @@ class Article:
 
 
 @dataclass(frozen=True, slots=True)
+class StoryLink:
+    """The stored article a teaser advertises: what a link to its page shows."""
+
+    id: str
+    slug: str  # the slug of its page
+    title: str
+    published: datetime | None  # None when its date is unknown
+    precision: Precision
+    first_seen_at: datetime  # places it when undated
+
+
+@dataclass(frozen=True, slots=True)
 class DigestPlan:
     """The articles of one day's digest, in digest order (newest first)."""
 
     day: date  # in the site's timezone
     articles: tuple[Article, ...]
     more: int = 0  # articles left out past digest.max_articles
+    # The stored articles its teasers advertise, by the teaser's text.story_key.
+    links: Mapping[str, StoryLink] = field(default_factory=dict)
 
 
 class SubscriptionStatus(StrEnum):

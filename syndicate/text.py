@@ -203,6 +203,25 @@ def shorten(text: str, *, limit: int = 100) -> str:
     return cut.rstrip(" ,;:-\u2013\u2014(\u201c\u2018\"'") + "…"
 
 
+# How much of a head or lead a story key keeps: more than any teaser the sites cut off.
+STORY_KEY_CHARS = 240
+# A teaser must keep at least this much text to be tied to an article (its probe).
+STORY_PROBE_CHARS = 24
+_TRAILING_ELLIPSIS = re.compile(r"(?:\s*(?:\.{2,}|…))+\s*$")
+
+
+def story_key(text: str) -> str:
+    """The matching key of a head, lead or teaser text: NFC, invisible characters removed,
+    case-folded, whitespace collapsed, a trailing ellipsis dropped, at most STORY_KEY_CHARS.
+
+    A teaser advertises an article when its key is a prefix of the article's head or lead
+    key (a teaser is that text, usually cut off).
+    """
+    key = collapse_spaces(clean_text(text).casefold())
+    key = _TRAILING_ELLIPSIS.sub("", key)
+    return key[:STORY_KEY_CHARS].rstrip()
+
+
 # ---------------------------------------------------------------- derived titles
 #
 # A headline derived from the head (else the lead) is written as a sub-editor would: the

@@ -10,6 +10,7 @@ import os
 import posixpath
 import re
 import subprocess
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -766,6 +767,100 @@ def test_a_worker_that_dies_stops_the_build_with_one_line_and_exit_1(
     assert str(info.value).startswith("build: a worker process stopped unexpectedly (")
     # The store is left consistent: a normal build afterwards works.
     assert run_build(settings, db, now=now).articles > 0
+
+
+# Article A's sidebar advertises B (stored by an earlier build) and C (a later one).
+TEASER_B = (
+    "Chiều nay 30/10, Ban Văn hóa - Xã hội HĐND tỉnh làm việc với Sở Lao động, Thương binh "
+    "và Xã hội về nhiệm vụ năm 2024, kế hoạch năm"
+)
+TEASER_C = (
+    "Sáng nay 30/10, tại TP. Đông Hà, Trường Chính trị Lê Duẩn có buổi làm việc với Trường "
+    "Chính trị - Hành chính 2 tỉnh Savannakhet, Salavan (Lào) để"
+)
+DUMP_A = (
+    "Hội thảo chuyển đổi số\n31/10/2024 09:15\n"
+    "QTO - Sáng nay 31/10, tại TP. Đông Hà diễn ra hội thảo về chuyển đổi số.\n"
+    "Đoạn thân bài của hội thảo.\n"
+    f"QTO - {TEASER_B}...\n"
+    "QTO - Hôm nay 21/11, Bộ Chỉ huy Bộ đội Biên phòng tỉnh tuần tra song…\n"
+    f"QTO\u00a0- {TEASER_C.upper()}…\n"
+)
+DUMP_B = (
+    "Giám sát nhiệm vụ lao động năm 2024\n30/10/2024 15:00\n"
+    f"QTO - {TEASER_B} 2025 của ngành.\n"
+    "Đoạn thân bài về buổi làm việc.\n"
+)
+DUMP_C = (
+    "Hợp tác đào tạo cán bộ với Lào\n30/10/2024 08:00\n"
+    f"QTO - {unicodedata.normalize('NFD', TEASER_C)} trao đổi kinh nghiệm đào tạo.\n"
+    "Đoạn thân bài về hợp tác.\n"
+)
+
+
+def _page_links(output: Path, slug: str) -> dict[str, str]:
+    """The "Other news" links of an article page: link text -> target path."""
+    html = (output / "articles" / f"{slug}.html").read_text(encoding="utf-8")
+    section = html.split('<section class="other-news">', 1)[1].split("</section>", 1)[0]
+    found = re.findall(r'<a href="([^"]+)">([^<]+)</a>', section)
+    return {text: posixpath.normpath(posixpath.join("articles", href)) for href, text in found}
+
+
+def test_teasers_link_to_articles_stored_before_and_after_them(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    seeds = settings.paths.seeds
+    seeds.mkdir(parents=True, exist_ok=True)
+    (seeds / "b.txt").write_text(DUMP_B, encoding="utf-8")
+    run_build(settings, db, now=now)  # B is stored first
+    (seeds / "a.txt").write_text(DUMP_A, encoding="utf-8")
+    run_build(settings, db, now=now + timedelta(hours=1))
+    output = settings.paths.output
+    slug_a = "hoi-thao-chuyen-doi-so"
+    assert _page_links(output, slug_a) == {
+        "Giám sát nhiệm vụ lao động năm 2024": "articles/giam-sat-nhiem-vu-lao-dong-nam-2024.html"
+    }
+    page_a = (output / "articles" / f"{slug_a}.html").read_text(encoding="utf-8")
+    assert "Trường Chính trị Lê Duẩn".upper() in page_a  # C is not stored yet: plain text
+    assert "Hôm nay 21/11" not in page_a  # unlinked, and dated three weeks after A
+
+    (seeds / "c.txt").write_text(DUMP_C, encoding="utf-8")
+    summary = run_build(settings, db, now=now + timedelta(hours=2))
+    # C's page, A's page (its teaser now leads to C), the index and the three feeds.
+    assert summary.written == 6
+    links = _page_links(output, slug_a)
+    assert links == {
+        # Linked teasers newest first: B (30/10 15:00) before C (30/10 08:00).
+        "Giám sát nhiệm vụ lao động năm 2024": "articles/giam-sat-nhiem-vu-lao-dong-nam-2024.html",
+        "Hợp tác đào tạo cán bộ với Lào": "articles/hop-tac-dao-tao-can-bo-voi-lao.html",
+    }
+    assert list(links) == ["Giám sát nhiệm vụ lao động năm 2024", "Hợp tác đào tạo cán bộ với Lào"]
+    for target in links.values():
+        assert (output / target).is_file()
+    again = run_build(settings, db, now=now + timedelta(hours=3))
+    assert again.written == 0
+
+    # C's dump goes away: its page is removed, and A's teaser is plain text again.
+    (seeds / "c.txt").unlink()
+    run_build(settings, db, now=now + timedelta(hours=4))
+    assert list(_page_links(output, slug_a)) == ["Giám sát nhiệm vụ lao động năm 2024"]
+
+
+def test_the_index_places_an_undated_article_where_it_was_first_seen(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """The index and the digest order alike: an undated article by when it was first seen."""
+    seeds = settings.paths.seeds
+    seeds.mkdir(parents=True, exist_ok=True)
+    (seeds / "b.txt").write_text(DUMP_B, encoding="utf-8")
+    (seeds / "u.txt").write_text(
+        "{title}\n{publish}\n{head}\nBài không ghi ngày, đến sau cùng.\nĐoạn hai.\n",
+        encoding="utf-8",
+    )
+    # First seen after B's publish time (30/10 15:00 in Vietnam = 08:00 UTC): above B.
+    run_build(settings, db, now=datetime(2024, 10, 30, 9, 0, tzinfo=UTC))
+    index = (settings.paths.output / "index.html").read_text(encoding="utf-8")
+    assert index.index("Bài không ghi ngày") < index.index("Giám sát nhiệm vụ lao động")
 
 
 # One story as two scrapes: without its header, then with it filled, in another encoding and

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import subprocess
 import tempfile
 from datetime import UTC, datetime
@@ -213,6 +214,69 @@ def test_an_article_whose_page_cannot_be_rendered_is_left_out_of_the_site(
     assert ": sent 1, failed 0" in out
 
 
+# Sidebar lines advertising the good seeds (their heads, cut off as sites do).
+TEASES_001 = "QTO - Sáng nay, tỉnh khánh thành cây cầu mới nối hai..."
+TEASES_002 = "QTO - Chiều nay, hội thảo về chuyển đổi số diễn ra tại..."
+
+
+def _other_news_links(output: Path, slug: str) -> list[str]:
+    """The pages the "Other news" items of an article page link to."""
+    html = (output / "articles" / f"{slug}.html").read_text(encoding="utf-8")
+    section = html.split('<section class="other-news">', 1)[1].split("</section>", 1)[0]
+    return re.findall(r'<a href="\.\./articles/([^"]+)\.html">', section)
+
+
+def _break(db: Database, article_id: str) -> None:
+    """Make an article's page fail to render, as a changed record would (new record hash)."""
+    _damage(db, article_id, published=OUT_OF_RANGE)
+    with db.transaction():
+        db.conn.execute("UPDATE articles SET record_hash = 'changed' WHERE id = ?", (article_id,))
+
+
+@pytest.mark.parametrize("in_workers", [False, True], ids=["alone", "workers"])
+@pytest.mark.parametrize("mutual", [False, True], ids=["one-way", "mutual"])
+def test_a_teaser_never_links_to_an_article_left_out_of_the_site(
+    project: Path,
+    settings: Settings,
+    db: Database,
+    in_workers: bool,
+    mutual: bool,
+) -> None:
+    """One-way: a page links to 002, whose page fails. Mutual: 001 and 002 advertise each
+    other, so both are link targets and rendered first; 001 is rendered again unlinked."""
+    tuning = BuildTuning(parallel_min=1 if in_workers else PARALLEL_MIN)
+    seeds = project / "seeds"
+    if mutual:
+        for name, teaser in (("001.txt", TEASES_002), ("002.txt", TEASES_001)):
+            (seeds / name).write_text(GOOD[name] + teaser + "\n", encoding="utf-8")
+        linking = "khanh-thanh-cau-moi"
+    else:
+        (seeds / "003.txt").write_text(
+            HEADER + "Đoạn hai.\n" + TEASES_001 + "\n" + TEASES_002 + "\n", encoding="utf-8"
+        )
+        linking = "tieu-de-bai-loi"
+    now = datetime(2024, 11, 1, tzinfo=UTC)
+    run_build(settings, db, now=now, tuning=tuning)
+    output = project / "feeds"
+    assert "hoi-thao-chuyen-doi-so" in _other_news_links(output, linking)
+    _break(db, _id_of(db, "seeds/002.txt"))
+
+    summary = run_build(settings, db, now=now, tuning=tuning)
+
+    assert [str(e).split(" (")[0] for e in summary.errors] == [
+        "seeds/002.txt: its page cannot be rendered"
+    ]
+    assert not (output / "articles" / "hoi-thao-chuyen-doi-so.html").exists()
+    expected = [] if mutual else ["khanh-thanh-cau-moi"]
+    assert _other_news_links(output, linking) == expected
+    page = (output / "articles" / f"{linking}.html").read_text(encoding="utf-8")
+    assert "Chiều nay, hội thảo về chuyển đổi số diễn ra tại..." in page  # unlinked text
+    # The same outcome next time: nothing to write, and still no link to the missing page.
+    again = run_build(settings, db, now=now)
+    assert again.written == 0
+    assert _other_news_links(output, linking) == expected
+
+
 def test_an_article_that_cannot_go_in_a_feed_is_left_out_of_the_feeds(
     project: Path,
     settings: Settings,
@@ -258,6 +322,8 @@ def test_an_article_the_digest_cannot_render_is_left_out_of_it(
     )
     assert "Hội thảo chuyển đổi số" in rendered.text
     assert "Khánh thành cầu mới" not in rendered.text
+    # The subject names the top story that went in, and counts no other.
+    assert rendered.subject == "Tin mới: Hội thảo chuyển đổi số"
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
         "seeds/001.txt: cannot go in the digest (OverflowError: date value out of range); left out."
     ]

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from syndicate.cli import AppContext, cli
 from syndicate.send import open_send_lock
+from tests.conftest import FIXED_NOW
 from tests.plugins.smtp import SmtpServer, free_port, run_smtp_server
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
@@ -36,6 +37,8 @@ def project(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(workdir)
     for name in ("SYNDICATE_CONFIG", "SYNDICATE_SECRET", "SYNDICATE_SMTP_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
+    # The day the seeds were news: a clock years later would add the freshness warning.
+    monkeypatch.setattr(AppContext, "now", lambda self: FIXED_NOW.timestamp())
     return workdir
 
 
@@ -602,3 +605,17 @@ def test_send_over_smtp_with_tls_verifies_the_certificate(
         code, _out, err = _run("send")
         assert (code, err) == (0, "")
         assert handler.recipients() == ["an@example.org"]
+
+
+def test_quiet_send_warns_once_on_stderr_when_the_newest_article_is_old(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _subscribe("an@example.org")
+    later = FIXED_NOW + timedelta(days=30)
+    monkeypatch.setattr(AppContext, "now", lambda self: later.timestamp())
+    assert _run("-q", "send") == (
+        0,
+        "",
+        "Warning: digest of 2024-12-01: its newest article is from 2024-11-01, 30 days before "
+        "the digest's day. Check that the scraper still delivers new dumps.\n",
+    )

@@ -20,13 +20,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from syndicate.cli import cli
+from syndicate.cli import AppContext, cli
 from syndicate.config import DkimSettings, Settings
 from syndicate.errors import ConfigError
 from syndicate.send import open_send_lock, read_dkim_key
 from syndicate.send.transports import OutboxMailer
 from syndicate.store import open_database
 from syndicate.store.subscribers import add_subscriber
+from tests.conftest import FIXED_NOW
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 MAIL = b"To: an@example.org\r\nMessage-ID: <2024-11-01.1@news.example.org>\r\n\r\nHello\r\n"
@@ -54,6 +55,8 @@ def project(workdir: Path, monkeypatch: pytest.MonkeyPatch, umask: None) -> Path
     monkeypatch.chdir(workdir)
     for name in ("SYNDICATE_CONFIG", "SYNDICATE_SECRET", "SYNDICATE_SMTP_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
+    # The day the seeds were news: a clock years later would add the freshness warning.
+    monkeypatch.setattr(AppContext, "now", lambda self: FIXED_NOW.timestamp())
     return workdir
 
 

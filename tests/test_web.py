@@ -956,6 +956,57 @@ def test_one_click_unsubscribe_needs_no_cookie_or_form_token_and_is_idempotent(
     )
 
 
+def _add_in(
+    settings: Settings, address: str, language: str, now: datetime
+) -> tuple[Subscriber, bytes]:
+    with open_database(settings.paths.database) as db:
+        added = add_subscriber(db, address, language=language, now=now)
+        return added, get_secret(settings, db)
+
+
+@pytest.mark.parametrize(
+    ("language", "title"), [("en", "You have unsubscribed"), ("vi", "Bạn đã hủy đăng ký")]
+)
+def test_unsubscribe_pages_speak_the_subscribers_language_not_the_browsers(
+    server: LiveServer, client: httpx.Client, now: datetime, language: str, title: str
+) -> None:
+    added, secret = _add_in(server.settings, f"{language}@example.org", language, now)
+    token = tokens.make_token(
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=added.id,
+        nonce=added.token_nonce,
+        issued_at=now,
+    )
+    browser = {"accept-language": "vi" if language == "en" else "en-GB,en;q=0.9"}
+    ask = client.get("unsubscribe", params={"token": token}, headers=browser)
+    assert ask.status_code == 200
+    assert f'<html lang="{language}"' in ask.text
+    done = client.post(
+        f"unsubscribe?token={token}", content=b"List-Unsubscribe=One-Click", headers=browser
+    )
+    assert title in done.text
+    # ?lang= still chooses.
+    other = "vi" if language == "en" else "en"
+    chosen = client.get("unsubscribe", params={"token": token, "lang": other}, headers=browser)
+    assert f'<html lang="{other}"' in chosen.text
+
+
+def test_confirm_page_speaks_the_subscribers_language(
+    server: LiveServer, client: httpx.Client, now: datetime
+) -> None:
+    added, secret = _add_in(server.settings, "mai@example.org", "en", now)
+    token = tokens.make_token(
+        secret, purpose="confirm", subscriber_id=added.id, nonce=added.token_nonce, issued_at=now
+    )
+    page = client.get("confirm", params={"token": token}, headers={"accept-language": "vi"})
+    assert page.status_code == 200
+    assert "Subscription confirmed" in page.text
+    # A bad token has no subscriber: the browser's language.
+    bad = client.get("confirm", params={"token": "x"}, headers={"accept-language": "en"})
+    assert (bad.status_code, '<html lang="en"' in bad.text) == (400, True)
+
+
 def test_unsubscribe_with_an_altered_token_gets_400_and_changes_nothing(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:

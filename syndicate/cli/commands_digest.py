@@ -9,13 +9,21 @@ import click
 
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.cli.flow import digest_view_url, preview_digest
-from syndicate.config import base_url
-from syndicate.digest import LANGUAGES, render_digest
+from syndicate.config import Settings, base_url
+from syndicate.digest import LANGUAGES, render_digest, stale_warning
 from syndicate.load import check_dump_paths
+from syndicate.model import DigestPlan
 from syndicate.output import write_atomic
 
 DEFAULT_OUT = Path("digest-preview")
 NOTHING_NEW = "Nothing new for a digest."
+
+
+def warn_if_stale(settings: Settings, plan: DigestPlan | None) -> None:
+    """Print the digest's freshness warning on stderr (also under -q: cron mails it)."""
+    warning = stale_warning(plan, tz=settings.site.tz) if plan is not None else None
+    if warning is not None:
+        click.echo(warning, err=True)
 
 
 def preview_unsubscribe_url(root: str) -> str:
@@ -52,6 +60,7 @@ def digest_command(app: AppContext, lang: str | None, out: Path) -> None:
     db = app.database
     now = datetime.fromtimestamp(app.now(), UTC)
     plan = preview_digest(settings, db, now=now)
+    warn_if_stale(settings, plan)
     if plan is None:
         app.echo(NOTHING_NEW)
         return

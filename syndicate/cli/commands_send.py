@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 import click
 
 from syndicate.cli import AppContext, cli, pass_app
+from syndicate.cli.commands_digest import warn_if_stale
 from syndicate.cli.flow import (
     digest_day,
     digest_view_url,
@@ -181,6 +182,7 @@ def send_command(
         now = datetime.fromtimestamp(app.now(), UTC)
         run_build(settings, db, now=now)
         plan = todays_digest(settings, db, now=now, create=True)
+        warn_if_stale(settings, plan)  # ed2: freshness warning (stderr, also under -q)
         deliver = _Delivery(app, db, now=now, progress=not as_json)
         # Earlier days first, oldest first: a day whose run failed, was killed or was cut
         # short by --limit is finished before today's digest goes out.

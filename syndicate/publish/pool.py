@@ -25,6 +25,7 @@ from typing import Any, Self, TypeVar
 
 from syndicate.config import Settings
 from syndicate.errors import DiskFullError, DumpError, OutputError, SyndicateError, WorkerError
+from syndicate.model import StoryLink
 from syndicate.output import write_atomic
 from syndicate.publish.reading import _Read, _start_reader, _work
 from syndicate.publish.staging import Stager
@@ -133,25 +134,31 @@ def _renderer() -> tuple[SiteRenderer, Path]:
     return state.renderer, state.output
 
 
-def render_page(renderer: SiteRenderer, record: tuple[str, str | None], slug: str) -> bytes | str:
-    """The page of the stored article `record` under `slug`, or why that article's content
-    cannot be rendered (one line): the build then leaves it out."""
+def render_page(
+    renderer: SiteRenderer,
+    record: tuple[str, str | None],
+    slug: str,
+    links: Mapping[str, StoryLink] | None = None,
+) -> bytes | str:
+    """The page of the stored article `record` under `slug`, its teasers linked by `links`,
+    or why that article's content cannot be rendered (one line): the build then leaves it
+    out."""
     try:
-        return renderer.render_article(store.decode_article(*record), slug=slug)
+        return renderer.render_article(store.decode_article(*record), slug=slug, links=links)
     except RENDER_ERRORS as exc:
         return shorten(one_line(f"{type(exc).__name__}: {exc}"), limit=200)
 
 
 def _render_articles(
-    chunk: list[tuple[str, str, tuple[str, str | None]]],
+    chunk: list[tuple[str, str, tuple[str, str | None], Mapping[str, StoryLink] | None]],
 ) -> list[bool | str] | _TaskError:
-    """Render and write (rel, slug, (record, body)) article pages: whether each file changed,
-    or why its article could not be rendered."""
+    """Render and write (rel, slug, (record, body), links) article pages: whether each file
+    changed, or why its article could not be rendered."""
     renderer, output = _renderer()
     changed: list[bool | str] = []
     try:
-        for rel, slug, record in chunk:
-            data = render_page(renderer, record, slug)
+        for rel, slug, record, links in chunk:
+            data = render_page(renderer, record, slug, links)
             if isinstance(data, str):
                 changed.append(data)
             else:
@@ -287,13 +294,18 @@ class BuildPool:
         records: Callable[[str], tuple[str, str | None]],
         writer: _Writer,
         todo: Sequence[tuple[str, str, str, str]],
+        links: Mapping[str, Mapping[str, StoryLink]],
     ) -> dict[str, str]:
-        """Render and write (rel, slug, article id, fingerprint) article pages in the workers;
-        this process reads the records and keeps the counts, in page order. Returns the
-        articles whose page could not be rendered: id -> why."""
+        """Render and write (rel, slug, article id, fingerprint) article pages in the workers,
+        with the `links` of their teasers (by article id); this process reads the records
+        and keeps the counts, in page order. Returns the articles whose page could not be
+        rendered: id -> why."""
         chunks = list(_chunks(todo, _CHUNK))
         tasks = (
-            (_render_articles, ([(rel, slug, records(id_)) for rel, slug, id_, _fp in chunk],))
+            (
+                _render_articles,
+                ([(rel, slug, records(id_), links.get(id_)) for rel, slug, id_, _fp in chunk],),
+            )
             for chunk in chunks
         )
         failed: dict[str, str] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +19,7 @@ from syndicate import feeds
 from syndicate.config import Settings, base_url, site_templates_dir
 from syndicate.errors import DumpError, StoreError, SyndicateError
 from syndicate.feeds import ENTRY_ERRORS, FEED_FILES, FeedInfo, build_feed
-from syndicate.model import Article
+from syndicate.model import Article, StoryLink
 from syndicate.publish.hashing import digest as _hash
 from syndicate.publish.pool import BuildPool, BuildTuning, IndexJob, render_page
 from syndicate.publish.staging import Stager, close_staging, open_staging, page_fingerprint
@@ -33,8 +33,9 @@ from syndicate.site import (
     article_url,
     assign_slugs,
     index_pages,
+    order_key,
 )
-from syndicate.store import Database
+from syndicate.store import Database, teasers
 from syndicate.store import articles as store
 from syndicate.text import one_line, shorten
 
@@ -82,9 +83,33 @@ def _feed_info(settings: Settings) -> FeedInfo:
     )
 
 
-def _newest_first_key(summary: store.ArticleSummary) -> tuple[bool, float, str]:
-    published = summary.published
-    return (published is None, -published.timestamp() if published else 0.0, summary.id)
+def _order_key(summary: store.ArticleSummary) -> tuple[datetime, bool, str]:
+    # The digest's order (an undated article stands where it was first seen): sort reversed.
+    return order_key(summary.published, summary.precision, summary.first_seen_at, summary.id)
+
+
+# An article page's links: the story key of a teaser -> the article it advertises.
+_Links = dict[str, StoryLink]
+
+
+def _page_links(
+    db: Database, summaries: Sequence[store.ArticleSummary], slugs: dict[str, str]
+) -> tuple[dict[str, _Links], dict[str, str]]:
+    """The links of every article page whose teasers advertise an article with a page, and
+    what of them goes into the page's fingerprint (the targets' slugs and records)."""
+    by_id = {s.id: s for s in summaries}
+    links: dict[str, _Links] = {}
+    parts: dict[str, list[str]] = {}
+    for article_id, position, key, target_id in teasers.iter_links(db):
+        target = by_id.get(target_id)
+        if target is None or article_id not in by_id:  # no page: no link
+            continue
+        slug = slugs[target_id]
+        links.setdefault(article_id, {})[key] = StoryLink(
+            target.id, slug, target.title, target.published, target.precision, target.first_seen_at
+        )
+        parts.setdefault(article_id, []).append(f"{position}:{slug}:{target.record_hash}")
+    return links, {article_id: ";".join(part) for article_id, part in parts.items()}
 
 
 def run_build(
@@ -118,7 +143,8 @@ def run_build(
             sync = sync_articles(settings, db, now=now, paths=paths, progress=progress, pool=pool)
             summaries = sorted(
                 (s for s in store.iter_summaries(db) if s.id in sync.article_ids),
-                key=_newest_first_key,
+                key=_order_key,
+                reverse=True,
             )
             slugs = assign_slugs((s.id, s.slug, s.published, s.first_seen_at) for s in summaries)
             try:
@@ -270,13 +296,17 @@ def _write_article_pages(
     pool: BuildPool,
     staging: Stager | None,
 ) -> tuple[dict[str, str], int]:
-    """Render and queue the article pages that changed; return the articles whose page could
-    not be rendered (id -> why) and how many pages were rendered."""
+    """Render and queue the article pages that changed, their teasers linked to the pages of
+    the articles they advertise; return the articles whose page could not be rendered
+    (id -> why) and how many pages were rendered."""
+    links, link_parts = _page_links(db, summaries, slugs)
     todo: list[tuple[str, str, str, str]] = []  # rel, slug, article id, fingerprint
     for summary in summaries:
         slug = slugs[summary.id]
         rel = article_path(slug)
-        fingerprint = page_fingerprint(renderer.fingerprint, slug, summary.record_hash)
+        fingerprint = page_fingerprint(
+            renderer.fingerprint, slug, summary.record_hash, link_parts.get(summary.id, "")
+        )
         if writer.fresh(rel, fingerprint):
             continue
         stamp = pool.staged.pop(fingerprint, None)
@@ -287,17 +317,53 @@ def _write_article_pages(
         ):
             continue
         todo.append((rel, slug, summary.id, fingerprint))
+    # The pages teasers link to go first: a teaser advertising an article whose page cannot
+    # be rendered (left out of the site) is then shown unlinked. Such a page's inputs are in
+    # the linking page's fingerprint, so the outcome is the same at every build.
+    targets = {link.id for found in links.values() for link in found.values()}
+    first = [job for job in todo if job[2] in targets]
+    rest = [job for job in todo if job[2] not in targets]
+    failed = _render_pages(db, writer, renderer, pool, first, links)
+    if not failed:
+        failed.update(_render_pages(db, writer, renderer, pool, rest, links))
+        return failed, len(todo)
+    kept = {
+        article_id: {key: link for key, link in found.items() if link.id not in failed}
+        for article_id, found in links.items()
+    }
+    failed.update(_render_pages(db, writer, renderer, pool, rest, kept))
+    # Rare: a page rendered first links to another rendered first that failed. Rendered
+    # again without that link, it replaces the first copy (counted once).
+    for rel, slug, article_id, fingerprint in first:
+        if article_id in failed or kept.get(article_id) == links.get(article_id):
+            continue
+        data = render_page(renderer, _record(db, article_id), slug, kept.get(article_id))
+        if isinstance(data, bytes):  # else the first copy, which did render, stays
+            writer.replace(rel, data, fingerprint)
+    return failed, len(todo)
+
+
+def _render_pages(
+    db: Database,
+    writer: _Writer,
+    renderer: SiteRenderer,
+    pool: BuildPool,
+    todo: Sequence[tuple[str, str, str, str]],
+    links: Mapping[str, Mapping[str, StoryLink]],
+) -> dict[str, str]:
+    """Render and queue the (rel, slug, article id, fingerprint) article pages, their teasers
+    linked by `links` (by article id); the articles whose page could not be rendered."""
     if pool.tuning.use_workers(len(todo)):
         writer.drain()  # the writer thread sits idle while the workers are forked
-        return pool.render_articles(functools.partial(_record, db), writer, todo), len(todo)
+        return pool.render_articles(functools.partial(_record, db), writer, todo, links)
     failed: dict[str, str] = {}
     for rel, slug, article_id, fingerprint in todo:
-        data = render_page(renderer, _record(db, article_id), slug)
+        data = render_page(renderer, _record(db, article_id), slug, links.get(article_id))
         if isinstance(data, str):
             failed[article_id] = data
         else:
             writer.write(rel, data, fingerprint, fsync=False)
-    return failed, len(todo)
+    return failed
 
 
 def _record(db: Database, article_id: str) -> tuple[str, str | None]:

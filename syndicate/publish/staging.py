@@ -31,9 +31,13 @@ STAGING_FOLDER = ".staging"
 log = logging.getLogger("syndicate.publish")
 
 
-def page_fingerprint(renderer_fingerprint: str, slug: str, record_hash: str) -> str:
-    """The fingerprint of an article page's inputs: templates and site, slug, stored record."""
-    return digest(f"{renderer_fingerprint}\0{slug}\0{record_hash}".encode())
+def page_fingerprint(
+    renderer_fingerprint: str, slug: str, record_hash: str, links: str = ""
+) -> str:
+    """The fingerprint of an article page's inputs: templates and site, slug, stored record,
+    and the pages its teasers link to (`links`, empty when none: the staged page's case)."""
+    extra = f"\0{links}" if links else ""
+    return digest(f"{renderer_fingerprint}\0{slug}\0{record_hash}{extra}".encode())
 
 
 @dataclass(frozen=True, slots=True)

@@ -376,6 +376,7 @@ def sync_articles(
     roots = list(paths) if paths else [settings.paths.seeds]
     found = sorted(set(load.find_dump_paths(roots)))
     total = len(found)
+    store.backfill_teasers(db)  # once, for articles stored before teasers were linked
     sync = _Sync(settings, db, now=now, roots=roots)
     signer = _Signer(sync, found, os.getcwd())
     reads = own_pool = None

@@ -159,4 +159,36 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE subscribers_new RENAME TO subscribers",
         "CREATE INDEX subscribers_status ON subscribers (status, id)",
     ],
+    # 5: which stored article each teaser advertises. `stories` holds the story keys
+    # (text.story_key) of each article's head and lead; `teasers` each article's teasers
+    # long enough to match, with their key, its first text.STORY_PROBE_CHARS characters (to
+    # find the teasers a new article answers) and the article they advertise (NULL while the
+    # store has none). Articles stored before this step are indexed by the next build (the
+    # meta key says so).
+    [
+        """
+        CREATE TABLE stories (
+            key TEXT NOT NULL,
+            article_id TEXT NOT NULL,
+            PRIMARY KEY (key, article_id)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX stories_article ON stories (article_id)",
+        """
+        CREATE TABLE teasers (
+            article_id TEXT NOT NULL,       -- the article whose dump carries the teaser
+            position INTEGER NOT NULL,      -- its place among that article's teasers
+            key TEXT NOT NULL,
+            probe TEXT NOT NULL,
+            target_id TEXT,                 -- the article it advertises, when stored
+            PRIMARY KEY (article_id, position)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX teasers_probe ON teasers (probe)",
+        "CREATE INDEX teasers_target ON teasers (target_id) WHERE target_id IS NOT NULL",
+        """
+        INSERT INTO meta (key, value) SELECT 'teasers_backfill', 'pending'
+        WHERE EXISTS (SELECT 1 FROM articles)
+        """,
+    ],
 ]

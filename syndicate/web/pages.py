@@ -278,11 +278,13 @@ class Service:
 
     # Pages -------------------------------------------------------------------------
 
-    def language(self, request: Request) -> str:
+    def language(self, request: Request, subscriber: Subscriber | None = None) -> str:
+        """`?lang=`, else the language of the token's subscriber, else the browser's."""
+        query = request.query_params.get("lang")
+        if subscriber is not None and query not in LANGUAGES and subscriber.language in LANGUAGES:
+            return subscriber.language
         return negotiate_language(
-            request.query_params.get("lang"),
-            request.headers.get("accept-language"),
-            self.settings.site.language,
+            query, request.headers.get("accept-language"), self.settings.site.language
         )
 
     def url(self, name: str, lang: str, **params: str) -> str:
@@ -537,8 +539,6 @@ class Service:
             log.warning("subscribe: confirmation to subscriber %s failed: %s", subscriber.id, exc)
 
     async def confirm(self, request: Request) -> Response:
-        lang = self.language(request)
-        strings = _STRINGS[lang]
         max_age = timedelta(hours=self.settings.subscribe.confirm_hours)
         now = self.clock()
         subscriber: Subscriber | None
@@ -557,6 +557,10 @@ class Service:
             )
         except TokenError:
             subscriber = None
+        # The page speaks the language of the subscriber the link was made for, not the
+        # browser's (`?lang=` still wins).
+        lang = self.language(request, subscriber)
+        strings = _STRINGS[lang]
         # An old link must not bring back someone who left or bounced since.
         if subscriber is None or subscriber.status not in (
             SubscriptionStatus.PENDING,
@@ -590,7 +594,7 @@ class Service:
                 "unsubscribe.html.j2", lang, title=strings["how_unsubscribe_title"], state="how"
             )
         try:
-            # The signature first; a GET needs no more, as it changes nothing.
+            # The signature first: a bad link is answered without asking the store.
             tokens.read_token(self.secret, token, purpose="unsubscribe", now=self.clock())
         except TokenError:
             return self.page(
@@ -600,15 +604,10 @@ class Service:
                 status_code=400,
                 state="invalid",
             )
-        if request.method != "POST":
-            # Link scanners follow GETs: show the button, change nothing.
-            return self.page(
-                "unsubscribe.html.j2",
-                lang,
-                title=strings["unsubscribe_title"],
-                state="ask",
-                form_action=self.url("unsubscribe", lang, token=token),
-            )
+        # The subscriber the link was made for (None when erased since): the page speaks
+        # their language, not the browser's (`?lang=` still wins).
+        owner: Subscriber | None = None
+        stale: TokenError | None = None
         try:
             owner = await self.call_store(
                 tokens.verify_token,
@@ -618,12 +617,29 @@ class Service:
                 now=self.clock(),
                 find=self.store.find,
             )
-            await self.call_store(self.store.unsubscribe, owner.id, now=self.clock())
-        except (TokenError, SubscriberError) as exc:
-            # The subscriber the link was made for is erased: off the list already, which
-            # is what they asked for. Whoever holds their id now (a database from before
-            # ids were kept unique) is left alone.
-            log.info("unsubscribe: %s", exc)
+        except TokenError as exc:
+            stale = exc
+        lang = self.language(request, owner)
+        strings = _STRINGS[lang]
+        if request.method != "POST":
+            # Link scanners follow GETs: show the button, change nothing.
+            return self.page(
+                "unsubscribe.html.j2",
+                lang,
+                title=strings["unsubscribe_title"],
+                state="ask",
+                form_action=self.url("unsubscribe", lang, token=token),
+            )
+        # The subscriber the link was made for is erased: off the list already, which is
+        # what they asked for. Whoever holds their id now (a database from before ids were
+        # kept unique) is left alone.
+        if owner is None:
+            log.info("unsubscribe: %s", stale)
+        else:
+            try:
+                await self.call_store(self.store.unsubscribe, owner.id, now=self.clock())
+            except SubscriberError as exc:
+                log.info("unsubscribe: %s", exc)
         return self.page(
             "unsubscribe.html.j2", lang, title=strings["unsubscribed_title"], state="done"
         )
