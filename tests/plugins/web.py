@@ -317,16 +317,8 @@ def live_server(settings: Settings, now: datetime) -> Iterator[Callable[..., Liv
         yield functools.partial(start_live_server, stack, settings, now)
 
 
-# Tables a reset empties: all but `meta` (the signing secret the running app holds).
-_RESET_TABLES = (
-    "deliveries",
-    "digests",
-    "subscribers",
-    "suppressions",
-    "pages",
-    "articles",
-    "dumps",
-)
+# Tables a reset leaves: the signing secret the running app holds, and SQLite's own.
+_KEPT_TABLES = ("meta", "sqlite_sequence")
 
 
 @pytest.fixture(scope="module")
@@ -354,8 +346,15 @@ def reset_server(server: LiveServer, now: datetime) -> LiveServer:
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-    with open_database(paths.database) as db, db.transaction() as conn:
-        for table in _RESET_TABLES:
-            conn.execute(f"DELETE FROM {table}")  # noqa: S608 - our own table names
-        conn.execute("DELETE FROM sqlite_sequence")
+    with open_database(paths.database) as db:
+        db.conn.execute("PRAGMA foreign_keys = OFF")  # every table is emptied anyway
+        with db.transaction() as conn:
+            tables = [
+                str(row[0])
+                for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                if row[0] not in _KEPT_TABLES
+            ]
+            for table in tables:
+                conn.execute(f'DELETE FROM "{table}"')  # noqa: S608 - the schema's own names
+            conn.execute("DELETE FROM sqlite_sequence")
     return server
