@@ -117,8 +117,10 @@ def _title(article: Article) -> str:
     return one_line(article.title)
 
 
-def _author(article: Article, info: FeedInfo) -> str:
-    return one_line(article.author or "") or info.title
+def _author(article: Article) -> str | None:
+    """The byline on one line, or None: an article without one names no author (the site
+    is not one; readers such as rss2email would show "Site: Site" as the sender)."""
+    return one_line(article.author or "") or None
 
 
 def _order(articles: Sequence[Article]) -> list[Article]:
@@ -224,9 +226,10 @@ def _add_entry(
     fe.description(str(escape(_summary(article))))
     fe.summary(_summary(article))
     fe.content(build_content_html(article), type="html")
-    author = _author(article, info)
-    fe.author({"name": author})
-    fe.dc.dc_creator(author)
+    author = _author(article)
+    if author is not None:
+        fe.author({"name": author})
+        fe.dc.dc_creator(author)
     fe.dc.dc_language(article.language)
     if article.published is not None:
         published = _local(article.published, info.tz)
@@ -259,7 +262,9 @@ def _build_json_feed(
             item["date_modified"] = stamp
         else:
             item["date_modified"] = updated.isoformat()
-        item["authors"] = [{"name": _author(article, info)}]
+        author = _author(article)
+        if author is not None:
+            item["authors"] = [{"name": author}]
         item["language"] = article.language
         items.append(item)
     feed: dict[str, Any] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
 import posixpath
 import re
@@ -21,11 +22,13 @@ import pytest
 from syndicate import load, publish
 from syndicate.config import Settings, load_settings
 from syndicate.errors import InputError, WorkerError
-from syndicate.publish import run_build, sync_articles
+from syndicate.publish import BuildTuning, run_build, sync_articles
 from syndicate.store import Database, open_database
 from syndicate.store.articles import get_article, iter_articles_newest_first
 from tests.data.dumps.make_dumps import to_cp1258
 
+# Worker processes whatever the amount of work (where fork and a second core exist).
+WORKERS = BuildTuning(parallel_min=1)
 HOSTILE_TITLE = "<script>alert(1)</script> ]]> {{ 7*7 }} Tin nóng"
 
 # Our own small dumps in the FORMAT.md layout: name -> (text, encoding).
@@ -203,25 +206,15 @@ def test_same_input_gives_byte_identical_output(tmp_path: Path, now: datetime) -
 
 
 def test_rebuild_with_nothing_changed_parses_and_writes_nothing(
-    settings: Settings,
-    db: Database,
-    seeds: Path,
-    now: datetime,
-    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings, db: Database, seeds: Path, now: datetime
 ) -> None:
-    run_build(settings, db, now=now)
+    first = run_build(settings, db, now=now)
+    assert (first.read, first.parsed) == (len(DUMPS), len(DUMPS))
     output = settings.paths.output
     stamps = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
-    calls: list[str] = []
-    real_parse = load.parse_dump_with_body
-
-    def counting_parse(data: bytes, *, source: str, tz):  # type: ignore[no-untyped-def]
-        calls.append(source)
-        return real_parse(data, source=source, tz=tz)
-
-    monkeypatch.setattr(load, "parse_dump_with_body", counting_parse)
     summary = run_build(settings, db, now=now + timedelta(hours=1))
-    assert calls == []
+    assert summary.parsed == 0
+    assert summary.rendered == 0
     assert (summary.articles, summary.duplicates, summary.skipped) == (5, 1, 1)
     assert summary.written == 0
     assert summary.unchanged == len(stamps)
@@ -229,28 +222,22 @@ def test_rebuild_with_nothing_changed_parses_and_writes_nothing(
 
 
 def test_touched_dump_is_matched_by_content_hash(
-    settings: Settings,
-    db: Database,
-    seeds: Path,
-    now: datetime,
-    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings, db: Database, seeds: Path, now: datetime
 ) -> None:
+    for path in seeds.iterdir():  # older than the racy window: the cache vouches by stat
+        os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
     run_build(settings, db, now=now)
     target = seeds / "002.txt"
     os.utime(target, ns=(1_000_000_000, 1_000_000_000))
-    calls: list[str] = []
-    real_parse = load.parse_dump_with_body
-    monkeypatch.setattr(
-        load,
-        "parse_dump_with_body",
-        lambda data, *, source, tz: calls.append(source) or real_parse(data, source=source, tz=tz),
-    )
     summary = run_build(settings, db, now=now)
-    assert calls == []
+    assert (summary.read, summary.parsed) == (1, 0)  # read and hashed, not parsed
     assert summary.written == 0
-    monkeypatch.setattr(load, "PARSER_VERSION", load.PARSER_VERSION + 1)
-    run_build(settings, db, now=now)
-    assert len(calls) == len(DUMPS)  # a new parser version re-parses everything
+    # What an older parser cached (a database from before a parser upgrade): all parsed again.
+    with db.transaction():
+        db.conn.execute("UPDATE dumps SET parser_version = parser_version - 1")
+    again = run_build(settings, db, now=now)
+    assert (again.read, again.parsed) == (len(DUMPS), len(DUMPS))
+    assert again.written == 0
 
 
 def test_changed_dump_rewrites_only_what_depends_on_it(
@@ -374,48 +361,47 @@ def test_deleted_output_is_written_again(
     assert summary.unchanged == first.written - 2
 
 
+FEEDS = ("rss.xml", "atom.xml", "feed.json")
+
+
 def test_feeds_are_rendered_only_when_their_inputs_change(
-    settings: Settings, db: Database, seeds: Path, now: datetime, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, db: Database, seeds: Path, now: datetime
 ) -> None:
-    rendered: list[str] = []
-    real = publish.run.build_feed
-
-    def counting(articles, **kw):  # type: ignore[no-untyped-def]
-        rendered.append(kw["kind"])
-        return real(articles, **kw)
-
-    monkeypatch.setattr(publish.run, "build_feed", counting)
-    run_build(settings, db, now=now)
-    assert sorted(rendered) == ["atom", "json", "rss"]
+    first = run_build(settings, db, now=now)
+    assert first.rendered == 5 + 1 + 3  # the article pages, index.html and the three feeds
     output = settings.paths.output
-    before = {name: (output / name).read_bytes() for name in ("rss.xml", "atom.xml", "feed.json")}
-    rendered.clear()
-    assert run_build(settings, db, now=now).written == 0
-    assert rendered == []  # nothing changed: not even rendered
+    before = {name: (output / name).read_bytes() for name in FEEDS}
+    again = run_build(settings, db, now=now)
+    assert (again.rendered, again.written) == (0, 0)  # nothing changed: not even rendered
     (output / "atom.xml").unlink()
-    assert run_build(settings, db, now=now).written == 1
-    assert rendered == ["atom"]
+    gone = run_build(settings, db, now=now)
+    assert (gone.rendered, gone.written) == (1, 1)
     assert (output / "atom.xml").read_bytes() == before["atom.xml"]
     # Another site title: every feed says it.
-    rendered.clear()
     retitled = dataclasses.replace(settings, site=dataclasses.replace(settings.site, title="Khác"))
     run_build(retitled, db, now=now)
-    assert sorted(rendered) == ["atom", "json", "rss"]
-    assert b"Kh\xc3\xa1c" in (output / "rss.xml").read_bytes()
-    # A feed article's text changes: so do the feeds.
-    rendered.clear()
+    for name in FEEDS:
+        assert "Khác" in (output / name).read_text(encoding="utf-8"), name
+    # A feed article's text changes: so do the feeds. Its copy 005 is now a story of its
+    # own: two pages, index.html (one more entry) and the three feeds; nothing else.
     (seeds / "001.txt").write_text(
         DUMPS["001.txt"][0].replace("Đoạn thân bài thứ hai.", "Đoạn thân bài đã sửa."),
         encoding="utf-8",
     )
-    run_build(retitled, db, now=now)
-    assert sorted(rendered) == ["atom", "json", "rss"]
-    assert "Đoạn thân bài đã sửa." in (output / "feed.json").read_text(encoding="utf-8")
-    # New feed code (or a new feedgen or lxml): rendered again; the same bytes stay put.
-    rendered.clear()
-    monkeypatch.setattr(publish.run, "_feeds_code", lambda: "another version")
-    assert run_build(retitled, db, now=now).written == 0
-    assert sorted(rendered) == ["atom", "json", "rss"]
+    edited = run_build(retitled, db, now=now)
+    assert (edited.articles, edited.rendered) == (6, 2 + 1 + 3)
+    for name in FEEDS:
+        assert "Đoạn thân bài đã sửa." in (output / name).read_text(encoding="utf-8"), name
+    # Feeds recorded as rendered by other code (a new syndicate, feedgen or lxml): rendered
+    # again; the same bytes stay put.
+    with db.transaction():
+        db.conn.execute(
+            "UPDATE pages SET fingerprint = 'older code' WHERE path IN (?, ?, ?)", FEEDS
+        )
+    stamps = {name: (output / name).stat().st_mtime_ns for name in FEEDS}
+    recoded = run_build(retitled, db, now=now)
+    assert (recoded.rendered, recoded.written) == (3, 0)
+    assert {name: (output / name).stat().st_mtime_ns for name in FEEDS} == stamps
 
 
 def test_edited_output_is_written_again(
@@ -505,45 +491,38 @@ def test_real_sample_builds_when_present(settings: Settings, db: Database, now: 
     assert feedparser.parse((settings.paths.output / "atom.xml").read_bytes()).bozo == 0
 
 
-def test_build_module_has_no_clock() -> None:
-    for path in Path(publish.__file__).parent.glob("*.py"):
-        assert "datetime.now" not in path.read_text("utf-8"), path.name
-
-
-def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
-    calls: list[str] = []
-    real = getattr(load, name)
-
-    def counting(data_or_path, **kw):  # type: ignore[no-untyped-def]
-        calls.append(str(kw.get("source", data_or_path)))
-        return real(data_or_path, **kw)
-
-    monkeypatch.setattr(load, name, counting)
-    return calls
+def test_the_build_takes_its_time_from_the_clock_it_is_given(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """A build in 2030 (a clock passed in, not the machine's) stamps 2030: first sight of
+    each article, and the feeds' updated time when no article has a date."""
+    later = datetime(2030, 7, 1, 12, 30, tzinfo=UTC)
+    write_dumps(settings.paths.seeds, ["004.txt"])  # undated: the feeds fall back to `now`
+    run_build(settings, db, now=later)
+    [(first_seen,)] = db.conn.execute("SELECT first_seen_at FROM articles").fetchall()
+    assert datetime.fromisoformat(first_seen) == later
+    atom = feedparser.parse((settings.paths.output / "atom.xml").read_bytes())
+    assert atom.bozo == 0
+    assert atom.feed.updated == later.astimezone(settings.site.tz).isoformat()
+    rss = feedparser.parse((settings.paths.output / "rss.xml").read_bytes())
+    assert rss.feed.updated_parsed[:5] == (2030, 7, 1, 12, 30)
+    feed = json.loads((settings.paths.output / "feed.json").read_bytes())
+    assert datetime.fromisoformat(feed["items"][0]["date_modified"]) == later
 
 
 def test_settled_dumps_are_not_even_read_again(
-    settings: Settings,
-    db: Database,
-    seeds: Path,
-    now: datetime,
-    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings, db: Database, seeds: Path, now: datetime
 ) -> None:
     for path in seeds.iterdir():
         os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
     run_build(settings, db, now=now)
-    reads = _count_calls(monkeypatch, "read_dump")
     summary = run_build(settings, db, now=now)
-    assert reads == []  # the stat signature vouched for every dump
+    assert (summary.read, summary.parsed) == (0, 0)  # the stat signature vouched for all
     assert (summary.articles, summary.duplicates, summary.skipped, summary.written) == (5, 1, 1, 0)
 
 
 def test_a_change_within_the_same_mtime_tick_is_caught(
-    settings: Settings,
-    db: Database,
-    seeds: Path,
-    now: datetime,
-    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings, db: Database, seeds: Path, now: datetime
 ) -> None:
     run_build(settings, db, now=now)  # the dumps were written just now: "racy"
     target = seeds / "004.txt"
@@ -553,10 +532,10 @@ def test_a_change_within_the_same_mtime_tick_is_caught(
     assert len(changed) == before.st_size
     target.write_bytes(changed)
     os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
-    parses = _count_calls(monkeypatch, "parse_dump_with_body")
     summary = run_build(settings, db, now=now)
-    assert parses == [str(target)]
+    assert summary.parsed == 1  # the others were read again (racy) but matched their hash
     assert summary.written == 4  # its page and the three feeds
+    assert "Đoạn thứ ba" in (settings.paths.output / "feed.json").read_text(encoding="utf-8")
 
 
 def test_signatures_are_taken_in_path_order_as_far_as_they_are_needed(
@@ -585,13 +564,13 @@ def test_signatures_are_taken_in_path_order_as_far_as_they_are_needed(
 
 
 def test_worker_processes_give_the_same_site_store_and_warnings(
-    tmp_path: Path, now: datetime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, now: datetime, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Large builds parse and render in forked workers: the result must not change."""
     dumps_dir = Path(__file__).resolve().parent / "data" / "dumps"
     results = []
     for run, threshold in (("single", 10**9), ("workers", 1)):
-        monkeypatch.setattr(publish.pool, "_PARALLEL_MIN", threshold)
+        tuning = BuildTuning(parallel_min=threshold)
         work = tmp_path / run
         work.mkdir()
         settings = load_settings(None, {}, cwd=work)
@@ -600,7 +579,7 @@ def test_worker_processes_give_the_same_site_store_and_warnings(
             (settings.paths.seeds / f"z-{dump.name}").write_bytes(dump.read_bytes())
         caplog.clear()
         with caplog.at_level(logging.WARNING), open_database(settings.paths.database) as database:
-            summary = run_build(settings, database, now=now)
+            summary = run_build(settings, database, now=now, tuning=tuning)
             rows = [
                 (row[0], row[1].replace(str(work), ""), row[2], row[3])
                 for row in database.conn.execute(
@@ -619,25 +598,16 @@ def test_worker_processes_give_the_same_site_store_and_warnings(
 
 
 def test_worker_pages_are_moved_into_place_not_rendered_again(
-    settings: Settings, db: Database, seeds: Path, now: datetime, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, db: Database, seeds: Path, now: datetime
 ) -> None:
     """Parse workers render each page under the article's own slug; only a page whose slug
     changed (the loser of the 002/006 collision) is rendered again after the sync."""
-    monkeypatch.setattr(publish.pool, "_PARALLEL_MIN", 1)
-    rendered_after_sync: list[str] = []
-    real = publish.pool.BuildPool.render_articles
-
-    def spy(self, records, writer, todo, links):  # type: ignore[no-untyped-def]
-        rendered_after_sync.extend(rel for rel, _slug, _id, _fp in todo)
-        return real(self, records, writer, todo, links)
-
-    monkeypatch.setattr(publish.pool.BuildPool, "render_articles", spy)
-    summary = run_build(settings, db, now=now)
+    summary = run_build(settings, db, now=now, tuning=WORKERS)
     output = settings.paths.output
     pages = sorted(p.name for p in (output / "articles").iterdir())
     assert len(pages) == summary.articles == 5
-    [loser] = rendered_after_sync
-    assert loser.startswith("articles/khanh-thanh-cau-moi-")
+    # The loser's page, index.html and the three feeds; alone, all five pages would be.
+    assert summary.rendered == 1 + 1 + 3
     assert not (output / ".staging").exists()
     assert not [p for p in output.rglob("*") if p.name.startswith(".")]
     # Records cross from the workers as UTF-8 bytes and are stored as JSON text.
@@ -650,7 +620,7 @@ def test_worker_pages_are_moved_into_place_not_rendered_again(
     for rel, size, mtime_ns in stamps:
         st = (output / rel).stat()
         assert (size, mtime_ns) == (st.st_size, st.st_mtime_ns), rel
-    assert run_build(settings, db, now=now).written == 0
+    assert run_build(settings, db, now=now, tuning=WORKERS).written == 0
 
 
 @pytest.mark.parametrize("list_after", [0, 256])
@@ -658,20 +628,18 @@ def test_a_worker_build_into_a_full_output_folder_keeps_the_same_pages(
     settings: Settings,
     seeds: Path,
     now: datetime,
-    monkeypatch: pytest.MonkeyPatch,
     list_after: int,
 ) -> None:
     """The store is lost, the pages are not: staged pages equal to those in place are not
     moved over them (each target looked for, or its folder listed once)."""
-    monkeypatch.setattr(publish.pool, "_PARALLEL_MIN", 1)
-    monkeypatch.setattr(publish.writer, "_LIST_AFTER", list_after)
+    tuning = BuildTuning(parallel_min=1, list_after=list_after)
     with open_database(settings.paths.database) as first:
-        run_build(settings, first, now=now)
+        run_build(settings, first, now=now, tuning=tuning)
     output = settings.paths.output
     before = {p: p.stat().st_mtime_ns for p in (output / "articles").iterdir()}
     settings.paths.database.unlink()
     with open_database(settings.paths.database) as second:
-        summary = run_build(settings, second, now=now)
+        summary = run_build(settings, second, now=now, tuning=tuning)
         stamps = second.conn.execute("SELECT path, size, mtime_ns FROM pages").fetchall()
     assert summary.written == 0
     assert {p: p.stat().st_mtime_ns for p in (output / "articles").iterdir()} == before
@@ -781,22 +749,23 @@ def test_odd_files_are_reported_not_fatal(
     )
 
 
-def _die(*_args: object) -> None:
-    """A worker task that kills its process, as the kernel's OOM killer would."""
-    os._exit(3)
+def _kill_workers(done: int, _total: int) -> None:
+    """A progress callback that kills the build's worker processes after the first dump,
+    as the kernel's OOM killer would."""
+    if done == 1:
+        for child in multiprocessing.active_children():
+            child.kill()
+            child.join()
 
 
 def test_a_worker_that_dies_stops_the_build_with_one_line_and_exit_1(
-    settings: Settings, db: Database, seeds: Path, now: datetime, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, db: Database, seeds: Path, now: datetime
 ) -> None:
-    monkeypatch.setattr(publish.pool, "_PARALLEL_MIN", 1)
-    monkeypatch.setattr(publish.pool, "_work", _die)
     with pytest.raises(WorkerError) as info:
-        run_build(settings, db, now=now)
+        run_build(settings, db, now=now, tuning=WORKERS, progress=_kill_workers)
     assert info.value.exit_code == 1
     assert str(info.value).startswith("build: a worker process stopped unexpectedly (")
     # The store is left consistent: a normal build afterwards works.
-    monkeypatch.undo()
     assert run_build(settings, db, now=now).articles > 0
 
 

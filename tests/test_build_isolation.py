@@ -21,7 +21,6 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from syndicate import publish
 from syndicate.cli import cli
 from syndicate.config import Settings, load_settings
 from syndicate.digest import render_digest
@@ -29,7 +28,7 @@ from syndicate.errors import ConfigError
 from syndicate.load import parse
 from syndicate.mail import build_digest_template
 from syndicate.model import DigestPlan
-from syndicate.publish import run_build
+from syndicate.publish import PARALLEL_MIN, BuildTuning, run_build
 from syndicate.store import Database, open_database
 from syndicate.store.articles import get_article
 from syndicate.store.digests import iter_candidates
@@ -182,20 +181,18 @@ def test_an_article_whose_page_cannot_be_rendered_is_left_out_of_the_site(
     settings: Settings,
     db: Database,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
     in_workers: bool,
 ) -> None:
-    if in_workers:
-        monkeypatch.setattr(publish.pool, "_PARALLEL_MIN", 1)
+    tuning = BuildTuning(parallel_min=1 if in_workers else PARALLEL_MIN)
     (project / "seeds" / "003.txt").write_text(HEADER + "Đoạn hai.\n", encoding="utf-8")
     now = datetime(2024, 11, 1, tzinfo=UTC)
-    run_build(settings, db, now=now)
+    run_build(settings, db, now=now, tuning=tuning)
     bad = _id_of(db, "seeds/003.txt")
     _damage(db, bad, published=OUT_OF_RANGE)
     (project / "feeds" / "articles" / "tieu-de-bai-loi.html").unlink()  # render it again
     caplog.clear()
 
-    summary = run_build(settings, db, now=now)
+    summary = run_build(settings, db, now=now, tuning=tuning)
 
     assert (summary.articles, summary.skipped) == (2, 1)
     message = (
@@ -242,14 +239,12 @@ def test_a_teaser_never_links_to_an_article_left_out_of_the_site(
     project: Path,
     settings: Settings,
     db: Database,
-    monkeypatch: pytest.MonkeyPatch,
     in_workers: bool,
     mutual: bool,
 ) -> None:
     """One-way: a page links to 002, whose page fails. Mutual: 001 and 002 advertise each
     other, so both are link targets and rendered first; 001 is rendered again unlinked."""
-    if in_workers:
-        monkeypatch.setattr(publish.pool, "_PARALLEL_MIN", 1)
+    tuning = BuildTuning(parallel_min=1 if in_workers else PARALLEL_MIN)
     seeds = project / "seeds"
     if mutual:
         for name, teaser in (("001.txt", TEASES_002), ("002.txt", TEASES_001)):
@@ -261,12 +256,12 @@ def test_a_teaser_never_links_to_an_article_left_out_of_the_site(
         )
         linking = "tieu-de-bai-loi"
     now = datetime(2024, 11, 1, tzinfo=UTC)
-    run_build(settings, db, now=now)
+    run_build(settings, db, now=now, tuning=tuning)
     output = project / "feeds"
     assert "hoi-thao-chuyen-doi-so" in _other_news_links(output, linking)
     _break(db, _id_of(db, "seeds/002.txt"))
 
-    summary = run_build(settings, db, now=now)
+    summary = run_build(settings, db, now=now, tuning=tuning)
 
     assert [str(e).split(" (")[0] for e in summary.errors] == [
         "seeds/002.txt: its page cannot be rendered"

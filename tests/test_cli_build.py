@@ -139,3 +139,26 @@ def test_build_as_a_real_subprocess(project: Path) -> None:
     assert SUMMARY.fullmatch(proc.stdout), proc.stdout
     assert proc.stderr.startswith("warning: seeds/d.txt: ")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["build"], ["build", "seeds/"], ["digest"], ["send"], ["send", "--dry-run"]],
+)
+def test_a_command_without_its_seeds_folder_fails_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """No feeds/, no syndicate.db, no lock file: a run that fails on its input leaves the
+    folder as it found it."""
+    empty = tmp_path / "new-site"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    monkeypatch.delenv("SYNDICATE_CONFIG", raising=False)
+    code, out, err = _run(*command)
+    assert (code, out) == (2, "")
+    shown = "seeds" if command == ["build", "seeds/"] else str(empty / "seeds")
+    assert err == (
+        f"Error: {shown}: no such file or folder. "
+        "Give existing dump files or folders (the default is paths.seeds).\n"
+    )
+    assert sorted(p.name for p in empty.iterdir()) == []

@@ -5,12 +5,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from syndicate.cli import cli
+from syndicate.config import load_settings
+from syndicate.model import SubscriptionStatus
+from syndicate.store import open_database
+from syndicate.store.subscribers import get_by_email, set_status, signup
 
 
 @pytest.fixture
@@ -109,15 +114,18 @@ def test_import_keeps_good_rows_reports_bad_ones_and_is_idempotent(project: Path
     )
     code, out, err = _run("subscribers", "import", str(csv_file))
     assert code == 1
-    assert out == "Imported 3, unchanged 0, rejected 2.\n"
+    assert out == "Imported 3, unchanged 0, rejected 2 (syndicate list).\n"
     lines = err.splitlines()
-    assert lines[0].startswith(f"{csv_file} line 3: email address 'not-an-address' is not valid")
-    assert (
-        lines[1]
-        == f"{csv_file} line 6: language 'fr' is not supported; expected one of 'vi', 'en'."
+    assert lines[0].startswith(
+        f"{csv_file} line 3, column email: email address 'not-an-address' is not valid"
+    )
+    assert lines[0].endswith(" Check it for typos.")
+    assert lines[1] == (
+        f"{csv_file} line 6, column language: language 'fr' is not supported; expected 'vi' "
+        "or 'en'. Fix the row and import the file again; the other rows are kept."
     )
     code, out, _ = _run("subscribers", "import", str(csv_file))
-    assert out == "Imported 0, unchanged 3, rejected 2.\n"
+    assert out == "Imported 0, unchanged 3, rejected 2 (syndicate list).\n"
     listed = _run("subscribers", "list")[1]
     assert listed.splitlines() == [
         "1\tan@example.org\tvi\tconfirmed  Ân",
@@ -132,8 +140,19 @@ def test_import_refuses_a_file_without_the_header(project: Path) -> None:
     code, _, err = _run("subscribers", "import", str(csv_file))
     assert code == 2
     assert err == (
-        f"Error: {csv_file} line 1: the header is ['an@example.org', 'An', 'vi']; "
-        "expected the columns email,name,language.\n"
+        f"Error: {csv_file} line 1: the header has no email column (the header is "
+        "['an@example.org', 'An', 'vi']); expected syndicate's own (email,name,language,status; "
+        "only email is required), or an export of listmonk, Mailchimp or Substack. "
+        "Fix the header line, or export the list again from its tool.\n"
+    )
+    csv_file.write_text("email,name,langauge\nan@example.org,An,en\n", encoding="utf-8")
+    code, _, err = _run("subscribers", "import", str(csv_file))
+    assert code == 2
+    assert err.startswith(
+        f"Error: {csv_file} line 1: the header has columns syndicate does not know: 'langauge'; "
+    )
+    assert _run("subscribers", "list")[1] == (
+        "No subscribers yet. Add one with `syndicate subscribers add EMAIL`.\n"
     )
     assert _run("subscribers", "import", "missing.csv") == (
         2,
@@ -163,14 +182,14 @@ def test_erase_forgets_the_address_and_blocks_reimport(project: Path) -> None:
     assert _run("subscribers", "erase", "an@example.org")[1] == (
         "Erased an@example.org; only a keyed hash remains, so it cannot be imported again.\n"
     )
-    assert _run("subscribers", "list")[1] == ""
+    assert _run("subscribers", "list", "--json")[1] == ""
     csv_file = project / "again.csv"
     csv_file.write_text("email\nAN@example.org\n", encoding="utf-8")
     code, out, err = _run("subscribers", "import", str(csv_file))
-    assert (code, out) == (1, "Imported 0, unchanged 0, rejected 1.\n")
+    assert (code, out) == (1, "Imported 0, unchanged 0, rejected 1 (syndicate list).\n")
     assert err == (
-        f"{csv_file} line 2: email address 'AN@example.org' was erased and cannot be added "
-        "again. Only the person can subscribe again, through the sign-up form.\n"
+        f"{csv_file} line 2, column email: email address 'AN@example.org' was erased and "
+        "cannot be added again. Only the person can subscribe again, through the sign-up form.\n"
     )
     assert _run("subscribers", "add", "an@example.org")[0] == 2
     assert "erased: 1" in _run("subscribers", "stats")[1]
@@ -196,8 +215,8 @@ def test_an_erased_address_stays_refused_after_the_signing_secret_changes(
             "Only the person can subscribe again, through the sign-up form.\n"
         )
         code, out, _ = _run("subscribers", "import", str(csv_file))
-        assert (code, out) == (1, "Imported 0, unchanged 0, rejected 1.\n")
-    assert _run("subscribers", "list")[1] == ""
+        assert (code, out) == (1, "Imported 0, unchanged 0, rejected 1 (syndicate list).\n")
+    assert _run("subscribers", "list", "--json")[1] == ""
 
 
 def test_export_defuses_spreadsheet_formulas_and_import_restores_them(project: Path) -> None:
@@ -225,3 +244,158 @@ def test_export_defuses_spreadsheet_formulas_and_import_restores_them(project: P
     listed = _run("subscribers", "list", "--json")[1]
     names = sorted(json.loads(line)["name"] for line in listed.splitlines())
     assert names == ["-5 Bob", '=HYPERLINK("http://x","y")', "Cy = Cy"]
+
+
+LISTS = Path(__file__).resolve().parent / "data" / "lists"
+
+
+def _statuses() -> dict[str, tuple[str | None, str, str]]:
+    listed = _run("subscribers", "list", "--json")[1]
+    return {
+        r["email"]: (r["name"], r["language"], r["status"])
+        for r in map(json.loads, listed.splitlines())
+    }
+
+
+def test_export_then_import_into_an_empty_database_keeps_every_status(
+    project: Path, monkeypatch: pytest.MonkeyPatch, now: datetime
+) -> None:
+    """Unsubscribed and bounced stay so (never mailed), pending stays pending."""
+    _run("subscribers", "add", "an@example.org", "--name", "Nguyễn, Ân")
+    _run("subscribers", "add", "bob@example.org", "--lang", "en", "--name", "=Bob")
+    _run("subscribers", "add", "dee@example.org")
+    _run("subscribers", "remove", "bob@example.org")
+    with open_database(load_settings(None, {}, cwd=project).paths.database) as db:
+        signup(db, "cee@example.org", language="en", now=now)
+        found = get_by_email(db, "dee@example.org")
+        assert found is not None
+        set_status(db, found.id, SubscriptionStatus.BOUNCED, now=now)
+    before = _statuses()
+    assert sorted(status for *_, status in before.values()) == [
+        "bounced",
+        "confirmed",
+        "pending",
+        "unsubscribed",
+    ]
+    exported = project / "export.csv"
+    _run("subscribers", "export", str(exported))
+
+    elsewhere = project / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert _run("subscribers", "import", str(exported)) == (
+        0,
+        "Imported 4, unchanged 0, rejected 0 (syndicate list).\n",
+        "",
+    )
+    assert _statuses() == before
+    again = elsewhere / "again.csv"
+    _run("subscribers", "export", str(again))
+    assert again.read_bytes() == exported.read_bytes()
+    # What `send` mails: the confirmed only.
+    assert _run("subscribers", "list", "--status", "confirmed")[1].count("\n") == 1
+    # A later file saying someone is subscribed does not bring a leaver back.
+    (elsewhere / "resubscribe.csv").write_text(
+        "email\nbob@example.org\ndee@example.org\n", encoding="utf-8"
+    )
+    assert _run("subscribers", "import", str(elsewhere / "resubscribe.csv"))[1] == (
+        "Imported 0, unchanged 2, rejected 0 (syndicate list).\n"
+    )
+    assert _statuses() == before
+
+
+def test_own_list_file_with_statuses_and_a_defused_formula(project: Path) -> None:
+    assert _run("subscribers", "import", str(LISTS / "syndicate.csv"))[0] == 0
+    assert _statuses() == {
+        "an@example.org": ("Nguyễn, Ân", "vi", "confirmed"),
+        "bob@example.org": (None, "en", "unsubscribed"),
+        "cee@example.org": ("Cê", "vi", "pending"),
+        "dee@example.org": ("=Dee", "en", "bounced"),
+    }
+    stored = json.loads(_run("subscribers", "list", "--json", "--status", "bounced")[1])
+    assert stored["bounced_at"] is not None
+    assert stored["confirmed_at"] is None
+
+
+def test_listmonk_export_imports_with_blocklisted_ones_unsubscribed(project: Path) -> None:
+    assert _run("subscribers", "import", str(LISTS / "listmonk.csv")) == (
+        0,
+        "Imported 3, unchanged 0, rejected 0 (listmonk list).\n",
+        "",
+    )
+    assert _statuses() == {
+        "lan@example.org": ("Nguyễn Thị Lan", "en", "confirmed"),
+        "minh@example.org": ("Trần Minh", "vi", "unsubscribed"),
+        "hoa@example.org": ("Hoa", "vi", "unsubscribed"),
+    }
+
+
+def test_mailchimp_exports_import_by_audience_status(project: Path) -> None:
+    for name, summary in (
+        ("mailchimp-subscribed.csv", "Imported 2, unchanged 0, rejected 0"),
+        ("mailchimp-unsubscribed.csv", "Imported 1, unchanged 0, rejected 0"),
+        ("mailchimp-cleaned.csv", "Imported 1, unchanged 0, rejected 0"),
+    ):
+        assert _run("subscribers", "import", str(LISTS / name)) == (
+            0,
+            f"{summary} (Mailchimp list).\n",
+            "",
+        )
+    assert _statuses() == {
+        "an@example.org": ("An Nguyễn", "vi", "confirmed"),
+        "binh@example.org": ("Bình", "vi", "confirmed"),
+        "cuc@example.org": ("Cúc Lê", "vi", "unsubscribed"),
+        "dung@example.org": ("Dũng", "vi", "bounced"),
+    }
+
+
+def test_a_later_unsubscribed_export_unsubscribes_a_stored_subscriber(project: Path) -> None:
+    _run("subscribers", "add", "cuc@example.org")
+    assert _run("subscribers", "import", str(LISTS / "mailchimp-unsubscribed.csv"))[1] == (
+        "Imported 0, 1 stored ones marked as having left, unchanged 0, rejected 0 "
+        "(Mailchimp list).\n"
+    )
+    assert _statuses()["cuc@example.org"][2] == "unsubscribed"
+
+
+def test_substack_export_imports_with_disabled_email_unsubscribed(project: Path) -> None:
+    assert _run("subscribers", "import", str(LISTS / "substack.csv"))[1] == (
+        "Imported 3, unchanged 0, rejected 0 (Substack list).\n"
+    )
+    assert _statuses() == {
+        "giang@example.org": (None, "vi", "confirmed"),
+        "ha@example.org": (None, "vi", "confirmed"),
+        "khoa@example.org": (None, "vi", "unsubscribed"),
+    }
+
+
+def test_bad_cells_of_other_tools_name_their_line_and_column(project: Path) -> None:
+    csv_file = project / "listmonk.csv"
+    csv_file.write_text(
+        "uuid,email,name,attributes,status\n"
+        "1,an@example.org,An,{},enabled\n"
+        "2,bo@example.org,Bo,{not json,enabled\n"
+        "3,cy@example.org,Cy,{},deleted\n"
+        "4,di@example.org,Di,{},enabled,extra\n",
+        encoding="utf-8",
+    )
+    code, out, err = _run("subscribers", "import", str(csv_file))
+    assert (code, out) == (1, "Imported 1, unchanged 0, rejected 3 (listmonk list).\n")
+    fix = " Fix the row and import the file again; the other rows are kept."
+    assert err.splitlines() == [
+        f"{csv_file} line 3, column attributes: attributes is not JSON.{fix}",
+        f"{csv_file} line 4, column status: listmonk status 'deleted' is unknown; expected "
+        f"'enabled', 'disabled' or 'blocklisted'.{fix}",
+        f"{csv_file} line 5: 6 cells, but the header names 5.{fix}",
+    ]
+
+
+def test_list_on_an_empty_list_says_so(project: Path) -> None:
+    assert _run("subscribers", "list") == (
+        0,
+        "No subscribers yet. Add one with `syndicate subscribers add EMAIL`.\n",
+        "",
+    )
+    bounced = _run("subscribers", "list", "--status", "bounced")
+    assert bounced == (0, "No bounced subscribers.\n", "")
+    assert _run("subscribers", "list", "--json") == (0, "", "")

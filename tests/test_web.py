@@ -46,7 +46,7 @@ from syndicate.web import (
 from syndicate.web.guard import rate_limit_key
 from tests.conftest import ROOT
 from tests.plugins.smtp import SmtpServer
-from tests.plugins.web import LiveServer, build_site
+from tests.plugins.web import LiveServer, build_site, reset_server
 
 FORM_TOKEN = re.compile(r'name="form_token" value="([^"]+)"')
 SECRET_TEXT = b"TOP-SECRET-DO-NOT-SERVE"
@@ -56,8 +56,9 @@ SECRET_TEXT = b"TOP-SECRET-DO-NOT-SERVE"
 
 
 @pytest.fixture
-def server(live_server: Callable[..., LiveServer]) -> LiveServer:
-    return live_server()
+def server(shared_server: LiveServer, now: datetime) -> LiveServer:
+    """The module's live server with the default settings, reset for this test."""
+    return reset_server(shared_server, now)
 
 
 @pytest.fixture
@@ -1193,6 +1194,10 @@ def test_serve_command_serves_until_interrupted(workdir: Path) -> None:
         line = process.stdout.readline()
         found = re.search(r" at (http://127\.0\.0\.1:\d+/) \(site http://localhost:8000/\)", line)
         assert found, line
+        assert line.endswith(
+            "(site http://localhost:8000/); confirmation mails are written to "
+            "outbox/confirmations/, not sent (mail.transport is outbox); press Ctrl-C to stop.\n"
+        )
         health = httpx.get(found.group(1) + "healthz", timeout=10)
         assert health.status_code == 503
         assert health.json()["checks"]["database"] == "ok"

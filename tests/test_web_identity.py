@@ -4,7 +4,7 @@ the subscriber it was made for, never on whoever signs up after them."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 
 import httpx
@@ -16,7 +16,7 @@ from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.store import open_database
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import erase
-from tests.plugins.web import LiveServer
+from tests.plugins.web import LiveServer, reset_server
 from tests.test_tokens import make_legacy_token
 from tests.test_web import confirm_url, sign_up, subscriber
 
@@ -26,8 +26,8 @@ BAD_CONFIRM = "Liên kết xác nhận không dùng được"
 
 
 @pytest.fixture
-def server(live_server: Callable[..., LiveServer]) -> LiveServer:
-    return live_server()
+def server(shared_server: LiveServer, now: datetime) -> LiveServer:
+    return reset_server(shared_server, now)
 
 
 @pytest.fixture

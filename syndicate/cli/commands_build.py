@@ -12,6 +12,7 @@ import click
 
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.errors import EXIT_FAILED
+from syndicate.load import check_dump_paths
 from syndicate.publish import BuildSummary, run_build
 
 
@@ -80,6 +81,8 @@ def build_command(app: AppContext, paths: tuple[Path, ...], strict: bool) -> Non
     Example: syndicate build seeds/ --strict
     """
     settings = app.settings
+    # Before the database or the output folder is made: bad input leaves nothing behind.
+    check_dump_paths(list(paths) or [settings.paths.seeds])
     bar = _ProgressBar() if sys.stderr.isatty() and not app.quiet else None
     try:
         summary = run_build(

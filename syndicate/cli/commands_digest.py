@@ -11,6 +11,7 @@ from syndicate.cli import AppContext, cli, pass_app
 from syndicate.cli.flow import digest_view_url, preview_digest
 from syndicate.config import Settings, base_url
 from syndicate.digest import LANGUAGES, render_digest, stale_warning
+from syndicate.load import check_dump_paths
 from syndicate.model import DigestPlan
 from syndicate.output import write_atomic
 
@@ -55,6 +56,7 @@ def digest_command(app: AppContext, lang: str | None, out: Path) -> None:
     Example: syndicate digest --lang en --out /tmp/preview
     """
     settings = app.settings
+    check_dump_paths([settings.paths.seeds])  # no database is made for a missing seeds folder
     db = app.database
     now = datetime.fromtimestamp(app.now(), UTC)
     plan = preview_digest(settings, db, now=now)

@@ -27,6 +27,7 @@ from syndicate.cli.flow import (
 from syndicate.config import Settings
 from syndicate.digest import render_digest
 from syndicate.errors import ConfigError, SubscriberError, SyndicateError, TokenError
+from syndicate.load import check_dump_paths
 from syndicate.mail import (
     MessageTemplate,
     build_digest_template,
@@ -172,6 +173,7 @@ def send_command(
     """
     settings = app.settings
     _check_smtp(settings)
+    check_dump_paths([settings.paths.seeds])  # before the lock and database are made
     if dry_run or to is not None:
         _preview_send(app, settings, dry_run=dry_run, to=to, limit=limit, as_json=as_json)
         return

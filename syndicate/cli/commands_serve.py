@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 
 import click
 import uvicorn
 
 from syndicate.cli import AppContext, cli, pass_app
+from syndicate.config import Settings
 from syndicate.errors import InputError
 from syndicate.send import open_mailer
 from syndicate.store import Database, open_database
@@ -16,6 +18,18 @@ from syndicate.web import DatabaseStore, create_app, make_http_protocol
 
 # Confirmation mails of the outbox transport go to outbox/<this>/.
 CONFIRMATIONS_FOLDER = "confirmations"
+
+
+def confirmations_note(settings: Settings) -> str:
+    """Where the confirmation mails of sign-ups go, for the start line."""
+    if settings.mail.transport == "smtp":
+        return f"confirmation mails go out through {settings.smtp.host}:{settings.smtp.port}"
+    folder = settings.paths.outbox / CONFIRMATIONS_FOLDER
+    try:
+        shown = folder.relative_to(Path.cwd())
+    except ValueError:
+        shown = folder
+    return f"confirmation mails are written to {shown}/, not sent (mail.transport is outbox)"
 
 
 def open_listener(host: str, port: int) -> socket.socket:
@@ -90,7 +104,8 @@ def _serve(app: AppContext, database: Database, reader: Database, host: str, por
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     app.echo(
         f"Serving {settings.paths.output} at http://{shown}:{bound_port}/ "
-        f"(site {settings.site.base_url}); press Ctrl-C to stop."
+        f"(site {settings.site.base_url}); {confirmations_note(settings)}; "
+        "press Ctrl-C to stop."
     )
     try:
         uvicorn.Server(config).run(sockets=[sock])

@@ -15,6 +15,7 @@ from syndicate.errors import InputError, SubscriberError
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.output import write_atomic
 from syndicate.send import forget_recipient
+from syndicate.store.lists import OWN_COLUMNS, RowError, defuse_cell, import_row, read_list
 from syndicate.store.subscribers import (
     LANGUAGES,
     add_subscriber,
@@ -25,18 +26,9 @@ from syndicate.store.subscribers import (
     unsubscribe,
 )
 
-CSV_COLUMNS = ("email", "name", "language")
-# A cell a spreadsheet would run as a formula (a name typed into the sign-up form, say):
-# exported with a leading apostrophe, which `import` takes off again (OWASP's advice).
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell_out(text: str) -> str:
-    return "'" + text if text.startswith(_FORMULA_STARTS) else text
-
-
-def _cell_in(text: str) -> str:
-    return text[1:] if text.startswith("'") and text[1:].startswith(_FORMULA_STARTS) else text
+EMPTY_LIST = "No subscribers yet. Add one with `syndicate subscribers add EMAIL`."
+# What a rejected row's line ends with.
+_ROW_FIX = "Fix the row and import the file again; the other rows are kept."
 
 
 _STATUSES = [str(s) for s in SubscriptionStatus]
@@ -144,8 +136,10 @@ def list_command(app: AppContext, status: str | None, as_json: bool) -> None:
     wanted = SubscriptionStatus(status) if status else None
     db = app.database
     # One read transaction: a consistent list, and no write lock (sign-ups go on).
+    listed = 0
     with db.snapshot():
         for subscriber in iter_subscribers(db, status=wanted):
+            listed += 1
             if as_json:
                 click.echo(json.dumps(_record(subscriber), ensure_ascii=False))
             else:
@@ -154,16 +148,23 @@ def list_command(app: AppContext, status: str | None, as_json: bool) -> None:
                     f"{subscriber.id}\t{subscriber.email}\t{subscriber.language}\t"
                     f"{subscriber.status}{name}"
                 )
+    if not listed and not as_json:  # an empty list says so; --json stays machine-readable
+        if wanted is None:
+            app.echo(EMPTY_LIST)
+        else:
+            app.echo(f"No {wanted} subscribers.")
 
 
 @subscribers_group.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @pass_app
 def import_command(app: AppContext, file: Path) -> None:
-    """Add confirmed subscribers from a CSV file with the header email,name,language.
+    """Add subscribers from a CSV list: syndicate's export, or listmonk's, Mailchimp's, Substack's.
 
-    Bad rows are reported with their line number and skipped; addresses already
-    stored are left as they are, so importing twice changes nothing.
+    Each row keeps its status: unsubscribed and bounced addresses are stored as such and
+    never mailed; pending ones wait for their own confirmation. Bad rows are reported
+    with their line and column and skipped; addresses already stored are left as they
+    are (a row saying they left unsubscribes them), so importing twice changes nothing.
 
     Example: syndicate subscribers import list.csv
     """
@@ -175,42 +176,26 @@ def import_command(app: AppContext, file: Path) -> None:
         raise InputError(f"{file}: cannot read: {exc.strerror or exc}.") from exc
     except UnicodeDecodeError as exc:
         raise InputError(f"{file}: not UTF-8 text ({exc.reason}). Save it as UTF-8 CSV.") from exc
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
-    columns = [c.strip().lower() for c in header] if header else []
-    if "email" not in columns or any(c not in CSV_COLUMNS for c in columns if c):
-        raise InputError(
-            f"{file} line 1: the header is {header!r}; expected the columns email,name,language."
-        )
+    shape, rows = read_list(text, source=str(file))
     db = app.database
     now = _now(app)
-    added = unchanged = bad = 0
-    for row in reader:
-        line = reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue
-        values = dict(zip(columns, (_cell_in(cell.strip()) for cell in row), strict=False))
+    added = unchanged = stopped = bad = 0
+    for parsed in rows:
         try:
-            if len(row) > len(columns):
-                raise SubscriberError(f"{len(row)} columns, expected at most {len(columns)}.")
-            email = values.get("email", "")
-            language = values.get("language") or "vi"
-            if get_by_email(db, email) is not None:
-                unchanged += 1
-                continue
-            add_subscriber(
-                db,
-                email,
-                name=values.get("name") or None,
-                language=language,
-                status=SubscriptionStatus.CONFIRMED,
-                now=now,
-            )
-            added += 1
+            if isinstance(parsed.row, RowError):
+                raise parsed.row
+            outcome = import_row(db, parsed.row, now=now)
         except SubscriberError as exc:
             bad += 1
-            click.echo(f"{file} line {line}: {exc}", err=True)
-    app.echo(f"Imported {added}, unchanged {unchanged}, rejected {bad}.")
+            column = exc.column if isinstance(exc, RowError) else "email"
+            where = f"{file} line {parsed.line}" + (f", column {column}" if column else "")
+            click.echo(f"{where}: {exc}" + ("" if exc.hint else f" {_ROW_FIX}"), err=True)
+            continue
+        added += outcome.added
+        stopped += outcome.stopped
+        unchanged += not (outcome.added or outcome.stopped)
+    left = f", {stopped} stored ones marked as having left" if stopped else ""
+    app.echo(f"Imported {added}{left}, unchanged {unchanged}, rejected {bad} ({shape.name} list).")
     if bad:
         click.get_current_context().exit(1)
 
@@ -228,15 +213,15 @@ def export_command(app: AppContext, file: Path) -> None:
     """
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*CSV_COLUMNS, "status"])
+    writer.writerow(OWN_COLUMNS)
     count = 0
     db = app.database
     with db.snapshot():  # a consistent copy, taken without the write lock
         for subscriber in iter_subscribers(db):
             writer.writerow(
                 [
-                    _cell_out(subscriber.email),
-                    _cell_out(subscriber.name or ""),
+                    defuse_cell(subscriber.email),
+                    defuse_cell(subscriber.name or ""),
                     subscriber.language,
                     subscriber.status,
                 ]

@@ -10,6 +10,7 @@ Modules: `files` (finding and reading dump files), `decode` (bytes -> text),
 from syndicate.load.dates import LEAD_DATE_WITHIN
 from syndicate.load.decode import decode_dump
 from syndicate.load.files import (
+    check_dump_paths,
     check_link,
     check_name,
     display_path,
@@ -35,6 +36,7 @@ __all__ = [
     "PARSER_VERSION",
     "TEXT_LIMIT",
     "TITLE_LIMIT",
+    "check_dump_paths",
     "check_link",
     "check_name",
     "decode_dump",

@@ -28,14 +28,23 @@ def find_dumps(paths: Sequence[Path]) -> Iterator[Path]:
         yield Path(path)
 
 
-def find_dump_paths(paths: Sequence[Path]) -> Iterator[str]:
-    """`find_dumps` as text: `str(path)` of each dump, without making a Path per dump."""
+def check_dump_paths(paths: Sequence[Path]) -> None:
+    """Raise InputError naming the first of `paths` that does not exist.
+
+    Commands call it before they open the database or make any folder: a run that
+    fails on its input leaves nothing behind.
+    """
     for path in paths:
         if not path.exists():
             raise InputError(
                 f"{path}: no such file or folder.",
                 hint="Give existing dump files or folders (the default is paths.seeds).",
             )
+
+
+def find_dump_paths(paths: Sequence[Path]) -> Iterator[str]:
+    """`find_dumps` as text: `str(path)` of each dump, without making a Path per dump."""
+    check_dump_paths(paths)
     for path in paths:
         root = os.fspath(path)
         if path.is_dir():

@@ -13,16 +13,20 @@ files are written by a background thread. Every file is still written whole
 (temp file and rename in the same folder).
 
 Modules: `sync` (dumps -> store), `reading` (one dump, cached or parsed),
-`pages` (feeds and pages -> output folder, and `run_build`), `writer` (the
-background page writer), `workers` (the worker processes).
+`run` (feeds and pages -> output folder, and `run_build`), `writer` (the
+background page writer), `pool` (the worker processes; `BuildTuning` says when they
+take part).
 """
 
+from syndicate.publish.pool import PARALLEL_MIN, BuildTuning
 from syndicate.publish.reading import parse_version
 from syndicate.publish.run import BuildSummary, run_build
 from syndicate.publish.sync import Progress, SyncResult, sync_articles
 
 __all__ = [
+    "PARALLEL_MIN",
     "BuildSummary",
+    "BuildTuning",
     "Progress",
     "SyncResult",
     "parse_version",

@@ -37,7 +37,7 @@ from syndicate.text import one_line, shorten
 _T = TypeVar("_T")
 
 # Reading and parsing go to worker processes when at least this many dumps need it.
-_PARALLEL_MIN = 512
+PARALLEL_MIN = 512
 _MAX_WORKERS = 4
 _CHUNK = 64  # dumps or article pages per worker task
 _INDEX_CHUNK = 16  # index pages per worker task
@@ -75,12 +75,26 @@ def _state() -> _WorkerState:
     return _STATE
 
 
-def _use_workers(count: int) -> bool:
-    return (
-        count >= _PARALLEL_MIN
-        and (os.cpu_count() or 1) > 1
-        and "fork" in multiprocessing.get_all_start_methods()
-    )
+@dataclass(frozen=True, slots=True)
+class BuildTuning:
+    """How a build spreads its work: the same site and store whatever the values.
+
+    `parallel_min`: worker processes (forked, one per core) read and parse the dumps, and
+    render article pages, when at least this many need it (1: always, where fork and a
+    second core exist; a huge number: never). `list_after`: past this many staged pages
+    moved into place, a page's folder is listed once rather than each target looked for.
+    """
+
+    parallel_min: int = PARALLEL_MIN
+    list_after: int = 256
+
+    def use_workers(self, count: int) -> bool:
+        """Whether `count` dumps or pages to do go to worker processes."""
+        return (
+            count >= max(self.parallel_min, 1)
+            and (os.cpu_count() or 1) > 1
+            and "fork" in multiprocessing.get_all_start_methods()
+        )
 
 
 def _chunks(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
@@ -90,15 +104,27 @@ def _chunks(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
         yield chunk
 
 
+def _worker_error(exc: BrokenProcessPool) -> WorkerError:
+    return WorkerError(
+        f"build: a worker process stopped unexpectedly ({exc}).",
+        hint="Run the build again; if it keeps failing, check the memory available.",
+    )
+
+
 def _result(future: Future[_T]) -> _T:
     """A worker's result; WorkerError (exit 1) when the worker process died."""
     try:
         return future.result()
     except BrokenProcessPool as exc:
-        raise WorkerError(
-            f"build: a worker process stopped unexpectedly ({exc}).",
-            hint="Run the build again; if it keeps failing, check the memory available.",
-        ) from exc
+        raise _worker_error(exc) from exc
+
+
+def _submit(pool: ProcessPoolExecutor, function: Callable[..., _T], *args: Any) -> Future[_T]:
+    """Send a task; WorkerError (exit 1) when a worker died before (the pool is broken)."""
+    try:
+        return pool.submit(function, *args)
+    except BrokenProcessPool as exc:
+        raise _worker_error(exc) from exc
 
 
 def _renderer() -> tuple[SiteRenderer, Path]:
@@ -169,9 +195,15 @@ class BuildPool:
     """
 
     def __init__(
-        self, renderer: SiteRenderer | None, output: Path, stager: Stager | None = None
+        self,
+        renderer: SiteRenderer | None,
+        output: Path,
+        stager: Stager | None = None,
+        *,
+        tuning: BuildTuning | None = None,
     ) -> None:
         self._state = _WorkerState(renderer, output, stager)
+        self.tuning = tuning or BuildTuning()
         self._pool: ProcessPoolExecutor | None = None
         # Pages the workers staged: fingerprint -> stamp of the staged file.
         self.staged: dict[str, store.PageStamp] = {}
@@ -216,12 +248,12 @@ class BuildPool:
         pending: deque[Future[_T]] = deque()
         try:
             for function, args in itertools.islice(tasks, _CHUNKS_IN_FLIGHT):
-                pending.append(pool.submit(function, *args))
+                pending.append(_submit(pool, function, *args))
             while pending:
                 result = _result(pending.popleft())
                 following = next(tasks, None)
                 if following is not None:
-                    pending.append(pool.submit(following[0], *following[1]))
+                    pending.append(_submit(pool, following[0], *following[1]))
                 yield result
         finally:
             for future in pending:
@@ -290,7 +322,7 @@ class BuildPool:
     def start_index_pages(self, jobs: Sequence[IndexJob]) -> list[Future[list[bool] | _TaskError]]:
         """Send index pages to the workers now; `finish_index_pages` counts them."""
         pool = self._executor()
-        return [pool.submit(_render_index_pages, chunk) for chunk in _chunks(jobs, _INDEX_CHUNK)]
+        return [_submit(pool, _render_index_pages, chunk) for chunk in _chunks(jobs, _INDEX_CHUNK)]
 
     @staticmethod
     def finish_index_pages(

@@ -21,7 +21,7 @@ from syndicate.errors import DumpError, StoreError, SyndicateError
 from syndicate.feeds import ENTRY_ERRORS, FEED_FILES, FeedInfo, build_feed
 from syndicate.model import Article, StoryLink
 from syndicate.publish.hashing import digest as _hash
-from syndicate.publish.pool import BuildPool, IndexJob, _use_workers, render_page
+from syndicate.publish.pool import BuildPool, BuildTuning, IndexJob, render_page
 from syndicate.publish.staging import Stager, close_staging, open_staging, page_fingerprint
 from syndicate.publish.sync import Progress, sync_articles
 from syndicate.publish.writer import _Writer
@@ -55,6 +55,9 @@ class BuildSummary:
     seconds: float
     errors: tuple[DumpError, ...]
     removed: int = 0  # stale pages deleted
+    read: int = 0  # dumps read (the cache could not vouch for them by their stat signature)
+    parsed: int = 0  # dumps parsed (the others came from the cache)
+    rendered: int = 0  # feeds and pages rendered after the sync (inputs changed or file gone)
 
 
 def _site_info(settings: Settings) -> SiteInfo:
@@ -116,6 +119,7 @@ def run_build(
     now: datetime,
     paths: Sequence[Path] | None = None,
     progress: Progress | None = None,
+    tuning: BuildTuning | None = None,
 ) -> BuildSummary:
     """Sync the store with the dumps, then write feeds and pages into paths.output.
 
@@ -124,16 +128,18 @@ def run_build(
     the dumps. Writes are atomic and files whose bytes did not change are not
     rewritten; pages and feeds whose inputs did not change are not even rendered.
     Pages an earlier build wrote that no longer belong to the site are deleted.
+    `tuning` says when worker processes take part; the output is the same either way.
     """
+    tuning = tuning or BuildTuning()
     started = time.perf_counter()
     output = settings.paths.output
     info = _site_info(settings)
     renderer = SiteRenderer(info, site_templates_dir())
-    writer = _Writer(output, *store.read_page_fingerprints(db))
+    writer = _Writer(output, *store.read_page_fingerprints(db), list_after=tuning.list_after)
     staging = _open_staging(output)
     stager = Stager(renderer, staging, writer.old) if staging is not None else None
     try:
-        with BuildPool(renderer, output, stager) as pool:
+        with BuildPool(renderer, output, stager, tuning=tuning) as pool:
             sync = sync_articles(settings, db, now=now, paths=paths, progress=progress, pool=pool)
             summaries = sorted(
                 (s for s in store.iter_summaries(db) if s.id in sync.article_ids),
@@ -175,6 +181,9 @@ def run_build(
         seconds=time.perf_counter() - started,
         errors=sync.errors + left_out.errors,
         removed=removed,
+        read=sync.read,
+        parsed=sync.parsed,
+        rendered=left_out.rendered,
     )
 
 
@@ -193,6 +202,7 @@ class _LeftOut:
 
     errors: tuple[DumpError, ...] = ()
     pages: int = 0
+    rendered: int = 0  # feeds and pages rendered
 
 
 _LEFT_OUT_HINT = "Fix the dump or move it out of the dump folder; the rest was built."
@@ -232,7 +242,7 @@ def _write_pages(
     index pages and feeds too; one that cannot go in a feed is left out of the feeds. When
     the workers are running, they render the index pages while this process does the feeds.
     """
-    failed = _write_article_pages(db, writer, renderer, summaries, slugs, pool, staging)
+    failed, rendered = _write_article_pages(db, writer, renderer, summaries, slugs, pool, staging)
     errors = _left_out(db, failed, "its page")
     if failed:
         summaries = [s for s in summaries if s.id not in failed]
@@ -263,7 +273,8 @@ def _write_pages(
         index_fingerprints.append(fingerprint)
     index_futures = pool.start_index_pages(index_jobs) if pool.started and index_jobs else None
 
-    errors += _left_out(db, _write_feeds(settings, db, writer, summaries, slugs), "its feed entry")
+    feeds_failed, feeds_rendered = _write_feeds(settings, db, writer, summaries, slugs)
+    errors += _left_out(db, feeds_failed, "its feed entry")
 
     if index_futures is not None:
         pool.finish_index_pages(writer, index_jobs, index_fingerprints, index_futures)
@@ -273,7 +284,7 @@ def _write_pages(
         ):
             data = renderer.render_index(entries, archive=archive, archives=archives)
             writer.write(rel, data, fingerprint, fsync=archive is None)
-    return _LeftOut(tuple(errors), len(failed))
+    return _LeftOut(tuple(errors), len(failed), rendered + len(index_jobs) + feeds_rendered)
 
 
 def _write_article_pages(
@@ -284,9 +295,10 @@ def _write_article_pages(
     slugs: dict[str, str],
     pool: BuildPool,
     staging: Stager | None,
-) -> dict[str, str]:
+) -> tuple[dict[str, str], int]:
     """Render and queue the article pages that changed, their teasers linked to the pages of
-    the articles they advertise; the articles whose page could not be rendered: id -> why."""
+    the articles they advertise; return the articles whose page could not be rendered
+    (id -> why) and how many pages were rendered."""
     links, link_parts = _page_links(db, summaries, slugs)
     todo: list[tuple[str, str, str, str]] = []  # rel, slug, article id, fingerprint
     for summary in summaries:
@@ -314,7 +326,7 @@ def _write_article_pages(
     failed = _render_pages(db, writer, renderer, pool, first, links)
     if not failed:
         failed.update(_render_pages(db, writer, renderer, pool, rest, links))
-        return failed
+        return failed, len(todo)
     kept = {
         article_id: {key: link for key, link in found.items() if link.id not in failed}
         for article_id, found in links.items()
@@ -328,7 +340,7 @@ def _write_article_pages(
         data = render_page(renderer, _record(db, article_id), slug, kept.get(article_id))
         if isinstance(data, bytes):  # else the first copy, which did render, stays
             writer.replace(rel, data, fingerprint)
-    return failed
+    return failed, len(todo)
 
 
 def _render_pages(
@@ -341,7 +353,7 @@ def _render_pages(
 ) -> dict[str, str]:
     """Render and queue the (rel, slug, article id, fingerprint) article pages, their teasers
     linked by `links` (by article id); the articles whose page could not be rendered."""
-    if _use_workers(len(todo)):
+    if pool.tuning.use_workers(len(todo)):
         writer.drain()  # the writer thread sits idle while the workers are forked
         return pool.render_articles(functools.partial(_record, db), writer, todo, links)
     failed: dict[str, str] = {}
@@ -392,8 +404,9 @@ def _write_feeds(
     writer: _Writer,
     summaries: Sequence[store.ArticleSummary],
     slugs: dict[str, str],
-) -> dict[str, str]:
-    """Render and queue the feeds that changed; the articles left out of them: id -> why."""
+) -> tuple[dict[str, str], int]:
+    """Render and queue the feeds that changed; return the articles left out of them
+    (id -> why) and how many feeds were rendered."""
     limit = settings.feeds.limit
     info = _feed_info(settings)
     chosen = summaries[:limit]
@@ -407,7 +420,7 @@ def _write_feeds(
     fingerprint = _hash(key.encode())
     stale = {kind: name for kind, name in FEED_FILES.items() if not writer.fresh(name, fingerprint)}
     if not stale:
-        return {}
+        return {}, 0
     failed: dict[str, str] = {}
     top = list(_top_articles(db, chosen, failed))
     urls = {a.id: article_url(info.base_url, slugs[a.id]) for a in top}
@@ -425,7 +438,7 @@ def _write_feeds(
         fingerprint = _hash(f"{fingerprint}:left out".encode())
     for kind, data in feeds.items():
         writer.write(stale[kind], data, fingerprint, fsync=True)
-    return failed
+    return failed, len(stale)
 
 
 def _render_feeds(

@@ -20,8 +20,7 @@ from pathlib import Path
 from syndicate import load
 from syndicate.config import Settings
 from syndicate.errors import DumpError
-from syndicate.publish import pool as pool_module
-from syndicate.publish.pool import BuildPool, _use_workers
+from syndicate.publish.pool import BuildPool, BuildTuning
 from syndicate.publish.reading import _decode_error, _Read, _read_and_parse, parse_version
 from syndicate.store import Database
 from syndicate.store import articles as store
@@ -48,6 +47,8 @@ class SyncResult:
     skipped: int  # dumps rejected (one warning each)
     errors: tuple[DumpError, ...]
     article_ids: frozenset[str]  # the distinct articles, for the site and feeds
+    read: int = 0  # dumps whose bytes were read: those the cache could not vouch for by stat
+    parsed: int = 0  # dumps parsed (the others were vouched for by stat or content hash)
 
 
 def _text(body: bytes | None) -> str | None:
@@ -107,6 +108,7 @@ class _Sync:
         self.errors: list[DumpError] = []
         self.duplicates = 0
         self.new = 0
+        self.read_count = 0
         self.parsed = 0
         # Rows waiting for `flush` (one executemany each per batch).
         self.dump_rows: list[tuple[str, store.CachedDump]] = []
@@ -168,6 +170,7 @@ class _Sync:
         entry = self.vouched(key, st)
         row = None
         if entry is None:
+            self.read_count += 1
             try:
                 got = read if read is not None else self.read(path, key, shown)
             except DumpError as exc:
@@ -188,6 +191,7 @@ class _Sync:
         if row is None and self.sources.get(entry.article_id) != shown:
             try:
                 data = load.read_dump(path, max_bytes=self.max_bytes, source=shown)
+                self.read_count += 1
                 self.parsed += 1
                 row = store.article_row(*load.parse_dump_with_body(data, source=shown, tz=self.tz))
             except DumpError as exc:
@@ -226,6 +230,7 @@ class _Sync:
         try:
             if row is None:  # the first copy changed: this one must be merged in again
                 data = load.read_dump(path, max_bytes=self.max_bytes, source=shown)
+                self.read_count += 1
                 self.parsed += 1
                 other = load.parse_dump(data, source=shown, tz=self.tz)
             else:
@@ -288,6 +293,8 @@ class _Sync:
             skipped=len(self.errors),
             errors=tuple(self.errors),
             article_ids=frozenset(self.ids),
+            read=self.read_count,
+            parsed=self.parsed,
         )
 
 
@@ -351,6 +358,7 @@ def sync_articles(
     paths: Sequence[Path] | None = None,
     progress: Progress | None = None,
     pool: BuildPool | None = None,
+    tuning: BuildTuning | None = None,
 ) -> SyncResult:
     """Bring the store up to date with the dumps under `paths` (default: paths.seeds).
 
@@ -361,7 +369,7 @@ def sync_articles(
     and parser version match the cache is not parsed again. Raises InputError
     for a missing path. Many dumps to read are read and parsed by worker
     processes (one per core: `pool`, else a pool of its own), the results still taken in
-    path order.
+    path order; `tuning` (else the pool's) says how many are many.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -376,9 +384,10 @@ def sync_articles(
     # after it shows up next run); they also tell which dumps must be read: those the
     # cache cannot vouch for. With enough of those, the workers start on the first ones
     # while this process signs the rest.
-    if _use_workers(signer.count_todo(pool_module._PARALLEL_MIN)):
+    tuning = tuning or (pool.tuning if pool is not None else BuildTuning())
+    if tuning.use_workers(signer.count_todo(max(tuning.parallel_min, 1))):
         if pool is None:
-            pool = own_pool = BuildPool(None, settings.paths.output)
+            pool = own_pool = BuildPool(None, settings.paths.output, tuning=tuning)
         reads = pool.reads(sync.cache, signer.todo(), settings)
     seen: set[str] = set()
     try:

@@ -17,9 +17,6 @@ from syndicate.store.articles import PageStamp, page_stamp
 
 # Rendered pages waiting for the writer thread, at most (bounds the memory they hold).
 _WRITES_IN_FLIGHT = 64
-# Staged pages moved into place before the folder is listed once rather than each target
-# looked for (a build that parsed a few dumps should not list 100,000 pages).
-_LIST_AFTER = 256
 
 
 class _Writer:
@@ -35,8 +32,13 @@ class _Writer:
         output: Path,
         fingerprints: dict[str, str],
         stamps: dict[str, PageStamp] | None = None,
+        *,
+        list_after: int = 256,
     ) -> None:
         self.output = output
+        # Staged pages moved into place before the folder is listed once rather than each
+        # target looked for (a build that parsed a few dumps should not list 100,000 pages).
+        self.list_after = list_after
         self.old = fingerprints
         self.stamps = stamps or {}  # how the last build left each page (size and mtime)
         self.new: dict[str, str] = {}
@@ -104,7 +106,7 @@ class _Writer:
         when there is no such file."""
         # Past the first few, a page missing from its folder's listing is not looked for.
         self._adopted += 1
-        absent = self._adopted > _LIST_AFTER and not self._exists(rel)
+        absent = self._adopted > self.list_after and not self._exists(rel)
         changed = move_into_place(staged, f"{self._root}/{rel}", absent=absent)
         if changed is None:
             return False

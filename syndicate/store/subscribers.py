@@ -38,12 +38,16 @@ _NONCE_BYTES = 16
 _SELECT_BY_KEY = f"SELECT {_COLUMNS} FROM subscribers WHERE email_key = ?"  # noqa: S608
 # One subscriber by id.
 _SELECT_BY_ID = f"SELECT {_COLUMNS} FROM subscribers WHERE id = ?"  # noqa: S608
-# A new subscriber; timestamps of the status it starts in are set by the caller.
+# A new subscriber; the time of the status it starts in is stamped with :now.
 _INSERT = """
     INSERT INTO subscribers (email, email_key, name, language, status, created_at, updated_at,
-                             confirmed_at, confirm_sent_at, token_nonce)
-    VALUES (:email, :key, :name, :language, :status, :now, :now, :confirmed_at, :confirm_sent_at,
-            :nonce)
+                             confirmed_at, unsubscribed_at, bounced_at, confirm_sent_at,
+                             token_nonce)
+    VALUES (:email, :key, :name, :language, :status, :now, :now,
+            CASE WHEN :status = 'confirmed' THEN :now END,
+            CASE WHEN :status = 'unsubscribed' THEN :now END,
+            CASE WHEN :status = 'bounced' THEN :now END,
+            :confirm_sent_at, :nonce)
 """
 # Move to a status, stamping the matching *_at column.
 _SET_STATUS = """
@@ -240,7 +244,6 @@ def add_subscriber(
         "language": language,
         "status": str(status),
         "now": stamp,
-        "confirmed_at": stamp if status is SubscriptionStatus.CONFIRMED else None,
         "confirm_sent_at": None,
         "nonce": secrets.token_bytes(_NONCE_BYTES),
     }
@@ -307,7 +310,6 @@ def signup(
                         "language": language,
                         "status": str(SubscriptionStatus.PENDING),
                         "now": stamp,
-                        "confirmed_at": None,
                         "confirm_sent_at": stamp,
                         "nonce": secrets.token_bytes(_NONCE_BYTES),
                     },

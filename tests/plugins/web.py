@@ -2,6 +2,8 @@
 
 `live_server(**changes)` starts one and returns a LiveServer; the base URL in its
 settings is the server's own address, so links in mails and pages lead back to it.
+`shared_server` is one per module with the default settings, which a test module's
+fixture hands each test through `reset_server`.
 The socket is bound before the server starts and the fixture waits for the app's
 lifespan startup, so no test sleeps or retries to find the server up.
 """
@@ -11,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import email
 import email.policy
+import functools
 import shutil
 import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -26,13 +29,15 @@ import pytest
 import uvicorn
 
 from syndicate.cli.flow import todays_digest, write_digest_page
-from syndicate.config import Settings
+from syndicate.config import Settings, load_settings
 from syndicate.publish import run_build
 from syndicate.send import Mailer, open_mailer
 from syndicate.store import open_database
 from syndicate.web import DatabaseStore, SubscriptionStore, create_app, make_http_protocol
 
 CONFIRMATIONS = "confirmations"
+# The fixed clock of tests/conftest.py (`now`), for servers that outlive one test.
+FIXED_NOW = datetime(2024, 11, 1, 6, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -72,6 +77,11 @@ class RecordingMailer:
     async def aclose(self) -> None:
         await self.inner.aclose()
 
+    def reset(self) -> None:
+        """Forget the messages delivered so far (a server shared between tests)."""
+        with self._changed:
+            self.messages.clear()
+
     def wait_for(self, count: int, *, timeout: float = 10.0) -> list[EmailMessage]:
         """Block until `count` messages were delivered in all; return them all."""
         with self._changed:
@@ -91,6 +101,10 @@ class Tally:
         with self._changed:
             self.count += 1
             self._changed.notify_all()
+
+    def reset(self) -> None:
+        with self._changed:
+            self.count = 0
 
     def wait_for(self, count: int, *, timeout: float = 10.0) -> None:
         with self._changed:
@@ -250,6 +264,45 @@ def run_server(
             raise failures[0]
 
 
+def start_live_server(
+    stack: ExitStack,
+    settings: Settings,
+    now: datetime,
+    *,
+    mailer: Callable[[Settings], Mailer] | None = None,
+    wrap_store: Callable[[SubscriptionStore], SubscriptionStore] | None = None,
+    timeouts: tuple[float, float] | None = None,
+    **sections: Any,
+) -> LiveServer:
+    """Start the app on 127.0.0.1:<free port> until `stack` closes (see `live_server`)."""
+    sock = bind_loopback()
+    port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
+    site = dataclasses.replace(sections.pop("site", settings.site), base_url=url)
+    configured = dataclasses.replace(settings, site=site, **sections)
+    configured.paths.output.mkdir(parents=True, exist_ok=True)
+    clock = MutableClock(now)
+    inner = mailer or (lambda s: open_mailer(s, folder=CONFIRMATIONS))
+    recorder = RecordingMailer(inner(configured))
+    tally = Tally()
+
+    def wrap(store: SubscriptionStore) -> SubscriptionStore:
+        counted = CountingStore(store, tally)
+        return wrap_store(counted) if wrap_store is not None else counted
+
+    stack.enter_context(
+        run_server(
+            configured,
+            sock,
+            clock=clock,
+            make_mailer=lambda _: recorder,
+            wrap_store=wrap,
+            timeouts=timeouts,
+        )
+    )
+    return LiveServer(url=url, settings=configured, clock=clock, mail=recorder, signups=tally)
+
+
 @pytest.fixture
 def live_server(settings: Settings, now: datetime) -> Iterator[Callable[..., LiveServer]]:
     """Start the app on 127.0.0.1:<free port>: `live_server(subscribe=..., mailer=...)`.
@@ -258,43 +311,50 @@ def live_server(settings: Settings, now: datetime) -> Iterator[Callable[..., Liv
     `mailer` is a factory `settings -> Mailer` (default: the configured transport,
     the outbox), wrapped in a RecordingMailer; `wrap_store` wraps the app's store;
     `timeouts` = (header, body) seconds for slow clients. The clock starts at the fixed `now`.
+    For a server with the default settings, `shared_server` is started once per module.
     """
     with ExitStack() as stack:
+        yield functools.partial(start_live_server, stack, settings, now)
 
-        def start(
-            *,
-            mailer: Callable[[Settings], Mailer] | None = None,
-            wrap_store: Callable[[SubscriptionStore], SubscriptionStore] | None = None,
-            timeouts: tuple[float, float] | None = None,
-            **sections: Any,
-        ) -> LiveServer:
-            sock = bind_loopback()
-            port = sock.getsockname()[1]
-            url = f"http://127.0.0.1:{port}/"
-            site = dataclasses.replace(sections.pop("site", settings.site), base_url=url)
-            configured = dataclasses.replace(settings, site=site, **sections)
-            configured.paths.output.mkdir(parents=True, exist_ok=True)
-            clock = MutableClock(now)
-            inner = mailer or (lambda s: open_mailer(s, folder=CONFIRMATIONS))
-            recorder = RecordingMailer(inner(configured))
-            tally = Tally()
 
-            def wrap(store: SubscriptionStore) -> SubscriptionStore:
-                counted = CountingStore(store, tally)
-                return wrap_store(counted) if wrap_store is not None else counted
+# Tables a reset leaves: the signing secret the running app holds, and SQLite's own.
+_KEPT_TABLES = ("meta", "sqlite_sequence")
 
-            stack.enter_context(
-                run_server(
-                    configured,
-                    sock,
-                    clock=clock,
-                    make_mailer=lambda _: recorder,
-                    wrap_store=wrap,
-                    timeouts=timeouts,
-                )
-            )
-            return LiveServer(
-                url=url, settings=configured, clock=clock, mail=recorder, signups=tally
-            )
 
-        yield start
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One live server for a whole test module, with the default settings (but no sign-up
+    rate limit: its tests share one client address). Starting and stopping uvicorn costs
+    more than most tests; a test takes it through a fixture that calls `reset_server`."""
+    work = tmp_path_factory.mktemp("live")
+    (work / "seeds").mkdir()
+    settings = load_settings(None, {}, cwd=work)
+    unlimited = dataclasses.replace(settings.subscribe, rate_limit=1_000_000)
+    with ExitStack() as stack:
+        yield start_live_server(stack, settings, FIXED_NOW, subscribe=unlimited)
+
+
+def reset_server(server: LiveServer, now: datetime) -> LiveServer:
+    """Give the next test a server as if just started: the clock at `now`, no mail or
+    sign-ups counted, empty output, outbox and seeds folders, and no rows in the database
+    (ids start at 1 again); only the signing secret stays."""
+    server.clock.now = now
+    server.mail.reset()
+    server.signups.reset()
+    paths = server.settings.paths
+    for folder in (paths.output, paths.outbox, paths.seeds):
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+    with open_database(paths.database) as db:
+        db.conn.execute("PRAGMA foreign_keys = OFF")  # every table is emptied anyway
+        with db.transaction() as conn:
+            tables = [
+                str(row[0])
+                for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                if row[0] not in _KEPT_TABLES
+            ]
+            for table in tables:
+                conn.execute(f'DELETE FROM "{table}"')  # noqa: S608 - the schema's own names
+            conn.execute("DELETE FROM sqlite_sequence")
+    return server
