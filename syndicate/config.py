@@ -84,6 +84,8 @@ class SmtpSettings:
     connections: int = 8
     messages_per_connection: int = 100
     rate: float = 0.0
+    retry_window: float = 300.0  # seconds a run keeps retrying deferred recipients
+    data_timeout: float = 600.0  # seconds to wait for the reply after the message body
     password: str = field(default="", repr=False)  # only from SYNDICATE_SMTP_PASSWORD
 
 

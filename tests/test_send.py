@@ -16,6 +16,7 @@ from syndicate.mail import MessageTemplate, build_digest_template
 from syndicate.model import SubscriptionStatus
 from syndicate.send import (
     OutboxMailer,
+    SendPolicy,
     SmtpMailer,
     open_send_lock,
     read_earlier_digests,
@@ -85,6 +86,14 @@ async def _send(db, server: SmtpServer | None, settings, now, **options):  # typ
         connections=connections,
         messages_per_connection=options.pop("per_connection", 100),
     )
+    policy = SendPolicy(
+        connections=connections,
+        rate=options.pop("rate", 0.0),
+        retry_window=options.pop("retry_window", 1.0),
+        retry_delay=0.01,
+        attempts=options.pop("retries", 2) + 1,
+        bounce_limit=settings.mail.bounce_limit,
+    )
     return await send_digest(
         db=db,
         mailer=mailer,
@@ -93,8 +102,7 @@ async def _send(db, server: SmtpServer | None, settings, now, **options):  # typ
         secret=SECRET,
         day=DAY,
         now=now,
-        connections=connections,
-        retry_delay=0.01,
+        policy=policy,
         **options,
     )
 

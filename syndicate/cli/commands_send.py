@@ -17,7 +17,6 @@ import click
 from syndicate.build import run_build, sync_articles
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.cli.flow import (
-    digest_day,
     digest_view_url,
     stored_digest,
     todays_digest,
@@ -25,7 +24,7 @@ from syndicate.cli.flow import (
 )
 from syndicate.config import Settings
 from syndicate.digest import render_digest
-from syndicate.errors import ConfigError, SubscriberError, SyndicateError, TokenError
+from syndicate.errors import ConfigError, InterruptError, SubscriberError, TokenError
 from syndicate.mail import (
     MessageTemplate,
     build_digest_template,
@@ -34,19 +33,16 @@ from syndicate.mail import (
     sign_message,
     unsubscribe_url,
 )
-from syndicate.model import DeliveryStatus, DigestPlan
+from syndicate.model import DigestPlan
 from syndicate.send import (
     MAX_ATTEMPTS,
     SendSummary,
-    mailer_concurrency,
     open_mailer,
     open_send_lock,
     read_dkim_key,
-    read_earlier_digests,
-    send_digest,
 )
+from syndicate.send.daily import run_daily
 from syndicate.store import Database, ledger
-from syndicate.store.digests import close_digest
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import (
     confirmed_languages,
@@ -154,7 +150,7 @@ def _check_smtp(settings: Settings) -> None:
     "--limit",
     type=click.IntRange(min=1),
     default=None,
-    help="Send to at most N subscribers in this run (earlier days first).",
+    help="Send to at most N subscribers in this run (today's digest first).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_app
@@ -163,8 +159,8 @@ def send_command(
 ) -> None:
     """Build feeds and today's digest, and deliver it to every confirmed subscriber owed it.
 
-    Safe to rerun: subscribers already sent are skipped; failed ones are retried.
-    Digests of the last 7 days still owed to someone are finished first.
+    Safe to rerun: subscribers already sent are skipped; deferred ones are retried.
+    Then digests of the last 7 days still owed to someone are finished.
 
     Example: syndicate -q send
     """
@@ -178,49 +174,48 @@ def send_command(
         now = datetime.fromtimestamp(app.now(), UTC)
         run_build(settings, db, now=now)
         plan = todays_digest(settings, db, now=now, create=True)
-        deliver = _Delivery(app, db, now=now, progress=not as_json)
-        # Earlier days first, oldest first: a day whose run failed, was killed or was cut
-        # short by --limit is finished before today's digest goes out.
-        earlier: list[SendSummary] = []
-        budget = limit
-        for owed in read_earlier_digests(db, today=digest_day(settings, now), now=now):
-            if budget == 0:
-                break
-            earlier_plan = stored_digest(db, owed.day)
-            if earlier_plan is None:
-                log.warning(
-                    "digest %s: its articles are no longer stored, so it cannot be sent to "
-                    "the %s still owed it.",
-                    owed.day.isoformat(),
-                    _plural(owed.owed, "subscriber"),
-                )
-                close_digest(db, owed.day, now=now)
-                continue
-            summary = deliver(earlier_plan, confirmed_by=owed.created_at, limit=budget)
-            earlier.append(summary)
-            if budget is not None:
-                budget -= summary.sent + summary.failed
-            if not as_json:
+        messages = _Messages(app, db, now=now, progress=not as_json)
+
+        def show(summary: SendSummary) -> None:
+            if not as_json and summary.digest != (plan and plan.day.isoformat()):
                 _print_summary(app, summary)
-        today = deliver(plan, confirmed_by=None, limit=budget) if plan is not None else None
-    failed = any(s.failed for s in earlier) or bool(today and today.failed)
+
+        try:
+            report = run_daily(
+                db=db,
+                settings=settings,
+                secret=messages.secret,
+                now=now,
+                today=plan,
+                prepare=messages.prepare,
+                load_stored=lambda day: stored_digest(db, day),
+                limit=limit,
+                progress=messages.progress_line,
+                on_summary=show,
+            )
+        except InterruptError as exc:
+            click.echo(exc.message, err=True)
+            click.get_current_context().exit(exc.exit_code)
+        finally:
+            messages.close_progress()
+    today = report.today
     if as_json:
         # The same keys whether or not there was a digest today, so a script reads one shape.
         shape = today.to_dict() if today is not None else {"digest": None, **_NOTHING_COUNTS}
-        click.echo(json.dumps({**shape, "earlier": [s.to_dict() for s in earlier]}))
+        click.echo(json.dumps({**shape, "earlier": [s.to_dict() for s in report.earlier]}))
     elif today is None:
         app.echo(NOTHING_NEW)
     else:
-        _print_summary(app, today, note="" if deliver.languages else NO_SUBSCRIBERS)
-    if failed:
+        _print_summary(app, today, note="" if messages.languages else NO_SUBSCRIBERS)
+    if report.failed:
         click.get_current_context().exit(1)
 
 
-class _Delivery:
-    """Sends one stored digest (an earlier day's or today's) to whoever is owed it."""
+class _Messages:
+    """Builds each digest's messages (and writes its web page) for the daily job."""
 
     def __init__(self, app: AppContext, db: Database, *, now: datetime, progress: bool) -> None:
-        self.app, self.settings, self.db, self.now = app, app.settings, db, now
+        self.settings, self.now = app.settings, now
         self.languages = confirmed_languages(db)
         self.secret = get_secret(self.settings, db)
         mail = self.settings.mail
@@ -230,56 +225,28 @@ class _Delivery:
                 "config key mail.postal_address is empty, so the digest carries no postal "
                 "address; set the sender's address in syndicate.toml."
             )
-        self.progress = progress and sys.stderr.isatty() and not app.quiet
+        self.show_progress = progress and sys.stderr.isatty() and not app.quiet
+        self._line: _ProgressLine | None = None
 
-    def __call__(
-        self, plan: DigestPlan, *, confirmed_by: datetime | None, limit: int | None
-    ) -> SendSummary:
-        settings = self.settings
-        write_digest_page(settings, plan, now=self.now)
+    def prepare(self, plan: DigestPlan) -> dict[str, MessageTemplate]:
+        write_digest_page(self.settings, plan, now=self.now)
         marker = _MARKER_BASE + secrets.token_hex(8)
-        templates = _templates(settings, plan, self.languages, marker=marker, now=self.now)
-        progress = _ProgressLine() if self.progress else None
+        templates = _templates(self.settings, plan, self.languages, marker=marker, now=self.now)
         # Everything loaded so far (templates, Babel data, parsed articles) lives until exit:
         # keep it out of the collector's full passes during the send loop.
         gc.collect()
         gc.freeze()
-        try:
-            summary = asyncio.run(
-                send_digest(
-                    db=self.db,
-                    mailer=open_mailer(settings, folder=plan.day.isoformat()),
-                    templates=templates,
-                    settings=settings,
-                    secret=self.secret,
-                    day=plan.day,
-                    now=self.now,
-                    confirmed_by=confirmed_by,
-                    connections=mailer_concurrency(settings),
-                    limit=limit,
-                    rate=settings.smtp.rate if settings.mail.transport == "smtp" else 0.0,
-                    progress=progress,
-                )
-            )
-        except SyndicateError as exc:
-            # The run stops here: the one error line also says how far this digest got.
-            exc.message = f"{exc.message.rstrip('.')}. {self._so_far(plan)}"
-            raise
-        finally:
-            if progress is not None:
-                progress.close()
-        return summary
+        return templates
 
-    def _so_far(self, plan: DigestPlan) -> str:
-        counts = ledger.day_counts(self.db, day=plan.day)
-        sent, failed, sending = (
-            counts.get(str(status), 0)
-            for status in (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SENDING)
-        )
-        line = f"Digest {plan.day.isoformat()} so far: {sent} sent, {failed} failed"
-        if sending:
-            line += f", {sending} in flight (the next run settles them)"
-        return line + "."
+    def progress_line(self) -> _ProgressLine | None:
+        self.close_progress()
+        self._line = _ProgressLine() if self.show_progress else None
+        return self._line
+
+    def close_progress(self) -> None:
+        if self._line is not None:
+            self._line.close()
+            self._line = None
 
 
 NO_SUBSCRIBERS = (

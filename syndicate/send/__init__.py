@@ -13,13 +13,15 @@ Modules: `transports` (the Mailers and what opens them), `deliver` (the send
 loop), `runs` (the send lock and the catch-up of earlier digests).
 """
 
-from syndicate.send.deliver import (
+from syndicate.send.deliver import PAGE_SIZE, DigestSender, SendSummary, Stop, send_digest
+from syndicate.send.policy import (
     MAX_ATTEMPTS,
-    PAGE_SIZE,
     REFUSE_ALL_AFTER,
-    TEMPFAIL_STREAK,
-    SendSummary,
-    send_digest,
+    Action,
+    Outcome,
+    SendPolicy,
+    Stage,
+    to_action,
 )
 from syndicate.send.runs import CATCH_UP_DAYS, OwedDigest, open_send_lock, read_earlier_digests
 from syndicate.send.transports import (
@@ -39,13 +41,18 @@ __all__ = [
     "MAX_ATTEMPTS",
     "PAGE_SIZE",
     "REFUSE_ALL_AFTER",
-    "TEMPFAIL_STREAK",
+    "Action",
+    "DigestSender",
     "Mailer",
     "OutboxMailer",
+    "Outcome",
     "OwedDigest",
     "RecipientRefusedError",
+    "SendPolicy",
     "SendSummary",
     "SmtpMailer",
+    "Stage",
+    "Stop",
     "TransientSendError",
     "forget_recipient",
     "mailer_concurrency",
@@ -54,4 +61,5 @@ __all__ = [
     "read_dkim_key",
     "read_earlier_digests",
     "send_digest",
+    "to_action",
 ]

@@ -17,7 +17,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from syndicate.errors import LockedError, OutputError
-from syndicate.send.deliver import MAX_ATTEMPTS
+from syndicate.send.policy import MAX_ATTEMPTS
 from syndicate.store import Database, digests, ledger
 
 # The stage's logger: records keep the name they had before send became a package.
