@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -415,3 +416,70 @@ def test_earlier_digests_owed_to_someone_are_found_oldest_first(db, now, caplog)
     assert caplog.messages == []
     # Today's digest and later ones are not "earlier".
     assert read_earlier_digests(db, today=DAY, now=now) == [found[0]]
+
+
+async def test_a_slow_reply_after_the_body_waits_data_timeout_and_makes_one_copy(  # type: ignore[no-untyped-def]
+    db, smtpd, send_settings, now
+) -> None:
+    # RFC 5321 4.5.3.2.6: the reply after the body may take minutes; smtp.timeout is for
+    # commands. Giving up at smtp.timeout and retrying made one copy per retry.
+    _subscribe(db, 2, now)
+    smtpd.handler.delay = 3.0
+    mailer = SmtpMailer(
+        host="127.0.0.1", port=smtpd.port, tls="none", timeout=1, data_timeout=10, connections=2
+    )
+    summary = await _send(db, smtpd, send_settings, now, mailer=mailer)
+    assert (summary.sent, summary.failed, summary.in_flight) == (2, 0, 0)
+    assert sorted(smtpd.handler.recipients()) == ["reader0@example.org", "reader1@example.org"]
+    assert smtpd.handler.data_attempts == 2
+    again = await _send(db, smtpd, send_settings, now)
+    assert again.sent == 0
+    assert len(smtpd.handler.messages) == 2
+
+
+async def test_a_data_reply_slower_than_data_timeout_is_in_flight_and_never_resent_in_the_run(  # type: ignore[no-untyped-def]
+    db, smtpd, send_settings, now
+) -> None:
+    _subscribe(db, 1, now)
+    smtpd.handler.delay = 1.0
+    mailer = SmtpMailer(
+        host="127.0.0.1", port=smtpd.port, tls="none", timeout=5, data_timeout=0.2, connections=1
+    )
+    summary = await _send(db, smtpd, send_settings, now, mailer=mailer, connections=1)
+    assert (summary.sent, summary.failed, summary.in_flight) == (0, 0, 1)
+    assert smtpd.handler.data_attempts == 1
+    assert ledger.day_counts(db, day=DAY) == {"sending": 1}
+
+
+async def test_deferred_recipients_wait_after_everyone_else_and_hold_no_worker(  # type: ignore[no-untyped-def]
+    db, smtpd, send_settings, now
+) -> None:
+    emails = _subscribe(db, 500, now)
+    deferred = set(emails[::5])  # 100 of 500
+    for email in deferred:
+        smtpd.handler.refuse(email, "451 4.7.1 greylisted, try again later")
+    window = 1.0
+    started = time.monotonic()
+    summary = await _send(db, smtpd, send_settings, now, connections=4, retry_window=window)
+    took = time.monotonic() - started
+    assert (summary.sent, summary.failed) == (400, 100)
+    # Nobody waited behind a deferred recipient: every other message went before any retry.
+    log = smtpd.handler.rcpt_log
+    seen: set[str] = set()
+    first_retry = len(log)
+    for i, (address, _reply) in enumerate(log):
+        if address in seen:
+            first_retry = i
+            break
+        seen.add(address)
+    accepted_before = sum(1 for address, reply in log[:first_retry] if reply == "250 OK")
+    assert accepted_before >= 400 - 4  # at most the other connections' last messages after it
+    tries = [sum(1 for a, _ in log if a == email) for email in sorted(deferred)]
+    assert min(tries) >= 2  # retried within the window, with backoff
+    assert ledger.get_delivery(db, day=DAY, subscriber_id=1) == (
+        "failed",
+        1,
+        "451 4.7.1 greylisted, try again later",
+    )
+    # Bounded by the others' time plus the window (generous: the machine is shared).
+    assert took < window + 15, took

@@ -1,8 +1,10 @@
 """A real SMTP server for tests: aiosmtpd on 127.0.0.1 at a free port, recording every message.
 
 The handler can be told per test to misbehave: refuse chosen recipients with any
-reply (550, 451, 5.7.1 ...), answer the first N DATA commands with a reply
-(421, 451 ...), drop the connection, or answer slowly.
+reply (550 5.1.1, 452 4.2.2, 550 5.7.1 ...), answer the first N DATA commands with a
+reply (421, 451 ...), drop the connection, or answer slowly after the message body
+(`delay`: the message is recorded only once the reply is due, as a slow real server would).
+Every RCPT is logged in order (`rcpt_log`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class SmtpRecorder:
     delay: float = 0.0  # seconds to wait before answering DATA
     data_attempts: int = 0
     connections: int = 0
+    rcpt_log: list[tuple[str, str]] = field(default_factory=list)  # (address, reply) in order
     lock: threading.Condition = field(default_factory=threading.Condition)
 
     def refuse(self, address: str, reply: str, *, times: int | None = None) -> None:
@@ -80,7 +83,9 @@ class SmtpRecorder:
                 if times is None or times > 0:
                     if times is not None:
                         rule[1] = times - 1
+                    self.rcpt_log.append((address, str(reply)))
                     return str(reply)
+            self.rcpt_log.append((address, "250 OK"))
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
