@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import trustme
@@ -18,6 +19,8 @@ from click.testing import CliRunner
 
 from syndicate.cli import AppContext, cli
 from syndicate.send import open_send_lock
+from syndicate.store import open_database
+from syndicate.store.subscribers import add_subscriber
 from tests.plugins.smtp import SmtpServer, free_port, run_smtp_server
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
@@ -555,3 +558,57 @@ def test_send_over_smtp_with_tls_verifies_the_certificate(
         code, _out, err = _run("send")
         assert (code, err) == (0, "")
         assert handler.recipients() == ["an@example.org"]
+
+
+def _dump_for(day: datetime) -> str:
+    local = day.astimezone(ZoneInfo("Asia/Ho_Chi_Minh"))
+    return (
+        f"Tin ngày {local:%d/%m}\n{local:%d/%m/%Y} 09:00\n"
+        f"LGO - Sáng {local.day}/{local.month}, tỉnh Lam Giang họp bàn kế hoạch tuần.\n"
+        "Các sở, ngành báo cáo tiến độ.\n"
+    )
+
+
+def test_a_week_of_dead_and_full_mailboxes_never_holds_up_a_days_digest(
+    clock: Clock, workdir: Path, smtpd: SmtpServer
+) -> None:
+    # 50 of 500 answer 550 5.1.1 and 12 answer 452 4.2.2 all week; 5 are greylisted once a
+    # day. Every day's digest must reach every deliverable subscriber on its day, once.
+    _smtp_config(workdir, smtpd, extra="retry_window = 0.1\n")
+    emails = [f"reader{i}@example.org" for i in range(500)]
+    unknown = set(emails[::10])
+    full = {emails[i] for i in range(1, 500, 42)}
+    greylisted = {emails[i] for i in range(7, 500, 100)}
+    deliverable = set(emails) - unknown - full
+    assert (len(unknown), len(full), len(deliverable)) == (50, 12, 438)
+    with open_database(workdir / "syndicate.db") as db:
+        for email in emails:
+            add_subscriber(db, email, now=clock.now - timedelta(hours=1))
+    for email in unknown:
+        smtpd.handler.refuse(email, "550 5.1.1 User unknown")
+    for email in full:
+        smtpd.handler.refuse(email, "452 4.2.2 Mailbox full")
+    for offset in range(8):
+        day = (clock.now.astimezone(ZoneInfo("Asia/Ho_Chi_Minh"))).date().isoformat()
+        if offset:
+            (workdir / "seeds" / f"day{offset}.txt").write_text(
+                _dump_for(clock.now), encoding="utf-8"
+            )
+        for email in greylisted:
+            smtpd.handler.refuse(email, "451 4.7.1 Greylisted", times=1)
+        code, _out, err = _run("-q", "send")
+        assert code == 1, err  # the full mailboxes failed (and are left to later runs)
+        by_day: dict[str, list[str]] = {}
+        for received in smtpd.handler.messages:
+            digest_day = str(received.message["Message-ID"]).strip("<").split(".")[0]
+            by_day.setdefault(digest_day, []).extend(received.recipients)
+        assert sorted(by_day[day]) == sorted(deliverable), day  # on its day, exactly once
+        assert all(sorted(got) == sorted(deliverable) for got in by_day.values())
+        clock.next_day()
+    assert len(by_day) == 8
+    # A refused address was tried once, then bounced; never retried.
+    tried = [address for address, _ in smtpd.handler.rcpt_log if address in unknown]
+    assert sorted(tried) == sorted(unknown)
+    with sqlite3.connect(workdir / "syndicate.db") as conn:
+        bounced = conn.execute("SELECT count(*) FROM subscribers WHERE status = 'bounced'")
+        assert bounced.fetchone()[0] == 50

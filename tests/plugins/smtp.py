@@ -60,6 +60,11 @@ class SmtpRecorder:
         with self.lock:
             return [r for m in self.messages for r in m.recipients]
 
+    def wait_for_data(self, count: int, timeout: float = 30.0) -> bool:
+        """Block until at least `count` DATA commands have come (accepted or not)."""
+        with self.lock:
+            return self.lock.wait_for(lambda: self.data_attempts >= count, timeout)
+
     def wait_for(self, count: int, timeout: float = 30.0) -> bool:
         """Block until at least `count` messages were accepted."""
         with self.lock:
@@ -92,6 +97,7 @@ class SmtpRecorder:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
             self.data_attempts += 1
+            self.lock.notify_all()
             drop = self.drop_next > 0
             if drop:
                 self.drop_next -= 1
