@@ -5,12 +5,14 @@
 the server accepts each one, so a crash can leave only messages in flight in
 doubt: delivery is at-least-once. `read_earlier_digests` finds the digests of
 earlier days (within CATCH_UP_DAYS) still owed to someone, so a day whose run
-failed or was cut short is finished by the next day's run. Transports are
+failed or was cut short is finished by the next day's run, after that day's own. Transports are
 `Mailer`s: `OutboxMailer` writes .eml files, `SmtpMailer` keeps a pool of
 persistent aiosmtplib connections.
 
-Modules: `transports` (the Mailers and what opens them), `deliver` (the send
-loop), `runs` (the send lock and the catch-up of earlier digests).
+Modules: `transports` (the Mailers and what opens them), `policy` (the frozen
+SendPolicy and the pure map from an SMTP outcome to a ledger action), `deliver`
+(the send loop, `DigestSender`), `runs` (the send lock and the catch-up of
+earlier digests), `daily` (the daily job: today's digest, then the catch-up).
 """
 
 from syndicate.send.deliver import PAGE_SIZE, DigestSender, SendSummary, Stop, send_digest
