@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import gc
 import json
 import logging
 import secrets
 import sys
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import click
 
@@ -29,20 +27,16 @@ from syndicate.mail import (
     MessageTemplate,
     build_digest_template,
     envelope_sender,
-    fill_message,
-    sign_message,
     unsubscribe_url,
 )
 from syndicate.model import DigestPlan
 from syndicate.send import (
-    MAX_ATTEMPTS,
     SendSummary,
-    open_mailer,
     open_send_lock,
     read_dkim_key,
 )
-from syndicate.send.daily import run_daily
-from syndicate.store import Database, ledger
+from syndicate.send.daily import preview, run_daily
+from syndicate.store import Database
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import (
     confirmed_languages,
@@ -292,72 +286,42 @@ def _preview_send(
     marker = _MARKER_BASE + secrets.token_hex(8)
     languages = confirmed_languages(db)
     templates = _templates(settings, plan, languages, marker=marker, now=now)
-    if address is not None and not dry_run:
-        template = templates[settings.site.language]
-        token = make_token(secret, purpose="unsubscribe", subscriber_id=0, issued_at=now)
-        message = _test_copy(
-            template, to=address, day=plan.day, url=unsubscribe_url(settings, token)
-        )
-
-        async def deliver() -> None:
-            mailer = open_mailer(settings, folder="test")
-            try:
-                await mailer.send(envelope_sender(settings), [address], message)
-            finally:
-                await mailer.aclose()
-
-        asyncio.run(deliver())
+    shown = preview(
+        db=db,
+        settings=settings,
+        plan=plan,
+        templates=templates,
+        secret=secret,
+        now=now,
+        test_copy_to=None if dry_run else address,
+        limit=limit,
+    )
+    if shown.test_copy is not None:
         if as_json:
-            click.echo(json.dumps({"digest": plan.day.isoformat(), "test_copy": address}))
+            click.echo(json.dumps({"digest": shown.digest, "test_copy": shown.test_copy}))
         else:
-            app.echo(f"Sent a test copy of the {plan.day.isoformat()} digest to {address}.")
+            app.echo(f"Sent a test copy of the {shown.digest} digest to {shown.test_copy}.")
         return
-    owed = ledger.count_owed(db, day=plan.day, max_attempts=MAX_ATTEMPTS)
-    if limit is not None:
-        owed = min(owed, limit)
     note = f" (no test copy to {address} either)" if address else ""
-    skipped = ledger.count_skipped(db, day=plan.day, max_attempts=MAX_ATTEMPTS)
-    sizes = {lang: sum(len(c) for c in t.chunks) for lang, t in templates.items()}
     if as_json:
         click.echo(
             json.dumps(
                 {
-                    "digest": plan.day.isoformat(),
+                    "digest": shown.digest,
                     "dry_run": True,
-                    "articles": len(plan.articles),
-                    "would_send": owed,
-                    "skipped": skipped,
-                    "message_bytes": sizes,
+                    "articles": shown.articles,
+                    "would_send": shown.would_send,
+                    "skipped": shown.skipped,
+                    "message_bytes": shown.message_bytes,
                 }
             )
         )
         return
     app.echo(
-        f"Dry run: the {plan.day.isoformat()} digest ({_plural(len(plan.articles), 'article')}) "
-        f"would go to {_plural(owed, 'subscriber')}, {skipped} skipped; "
+        f"Dry run: the {shown.digest} digest ({_plural(shown.articles, 'article')}) "
+        f"would go to {_plural(shown.would_send, 'subscriber')}, {shown.skipped} skipped; "
         f"nothing was written or sent{note}."
     )
-
-
-def _test_copy(template: MessageTemplate, *, to: str, day: date, url: str) -> bytes:
-    """One test copy, with a Message-ID of its own (`<day.test-RANDOM@domain>`).
-
-    Subscribers' Message-IDs are deterministic (`<day.id@domain>`); test copies
-    are not recorded, so each gets a random one: two copies must not look like
-    one message to a mail client or to the outbox folder.
-    """
-    message = fill_message(
-        dataclasses.replace(template, dkim=None), to=to, subscriber_id=0, unsubscribe_url=url
-    )
-    slot = f"\r\nMessage-ID: <{day.isoformat()}.0@".encode("ascii")
-    unique = f"\r\nMessage-ID: <{day.isoformat()}.test-{secrets.token_hex(8)}@".encode("ascii")
-    head_end = message.index(b"\r\n\r\n")
-    if message.find(slot, 0, head_end) < 0:  # pragma: no cover - mail.py puts it after To
-        raise AssertionError("the digest template has no Message-ID after To")
-    message = message.replace(slot, unique, 1)
-    if template.dkim is not None:  # sign what goes out, with its final Message-ID
-        message = sign_message(message, template.dkim)
-    return message
 
 
 @cli.group("unsubscribe-token")

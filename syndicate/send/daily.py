@@ -1,4 +1,4 @@
-"""Send: the daily job. Today's digest first, then the catch-up of earlier ones, then the report.
+"""Send: the daily job (today's digest, then the catch-up, then the report) and its preview.
 
 Today's digest goes out on its day whatever happened to earlier ones: the
 catch-up runs after it and never stops it. SIGINT and SIGTERM stop the job
@@ -9,23 +9,32 @@ a second SIGINT quits at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
+import secrets
 import signal
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from syndicate.config import Settings
 from syndicate.errors import InterruptError, TerminatedError
-from syndicate.mail import MessageTemplate
+from syndicate.mail import (
+    MessageTemplate,
+    envelope_sender,
+    fill_message,
+    sign_message,
+    unsubscribe_url,
+)
 from syndicate.model import DigestPlan
 from syndicate.send.deliver import DigestSender, SendSummary, Stop
-from syndicate.send.policy import SendPolicy
+from syndicate.send.policy import MAX_ATTEMPTS, SendPolicy
 from syndicate.send.runs import read_earlier_digests
 from syndicate.send.transports import Mailer, open_mailer
-from syndicate.store import Database
+from syndicate.store import Database, ledger
 from syndicate.store.digests import close_digest
+from syndicate.tokens import make_token
 
 # The stage's logger: records keep the name they had before send became a package.
 log = logging.getLogger("syndicate.send")
@@ -159,6 +168,82 @@ async def _daily(
             "run `syndicate send` again to finish."
         )
     return DailyReport(today=first, earlier=tuple(earlier))
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """What `send --dry-run` counts, or the address a `send --to` test copy went to."""
+
+    digest: str
+    articles: int
+    would_send: int = 0
+    skipped: int = 0
+    message_bytes: Mapping[str, int] = field(default_factory=dict)
+    test_copy: str | None = None
+
+
+def preview(
+    *,
+    db: Database,
+    settings: Settings,
+    plan: DigestPlan,
+    templates: Mapping[str, MessageTemplate],
+    secret: bytes,
+    now: datetime,
+    test_copy_to: str | None = None,
+    limit: int | None = None,
+) -> Preview:
+    """Count today's digest's recipients (no lock, no ledger row), or send one test copy.
+
+    A test copy is not recorded: it goes to `test_copy_to` through the
+    configured transport (the outbox folder `test/`), with a Message-ID of its own.
+    """
+    day = plan.day.isoformat()
+    if test_copy_to is not None:
+        template = templates[settings.site.language]
+        token = make_token(secret, purpose="unsubscribe", subscriber_id=0, issued_at=now)
+        message = _test_copy(
+            template, to=test_copy_to, day=plan.day, url=unsubscribe_url(settings, token)
+        )
+
+        async def deliver() -> None:
+            mailer = open_mailer(settings, folder="test")
+            try:
+                await mailer.send(envelope_sender(settings), [test_copy_to], message)
+            finally:
+                await mailer.aclose()
+
+        asyncio.run(deliver())
+        return Preview(digest=day, articles=len(plan.articles), test_copy=test_copy_to)
+    owed = ledger.count_owed(db, day=plan.day, max_attempts=MAX_ATTEMPTS)
+    return Preview(
+        digest=day,
+        articles=len(plan.articles),
+        would_send=min(owed, limit) if limit is not None else owed,
+        skipped=ledger.count_skipped(db, day=plan.day, max_attempts=MAX_ATTEMPTS),
+        message_bytes={lang: sum(len(c) for c in t.chunks) for lang, t in templates.items()},
+    )
+
+
+def _test_copy(template: MessageTemplate, *, to: str, day: date, url: str) -> bytes:
+    """One test copy, with a Message-ID of its own (`<day.test-RANDOM@domain>`).
+
+    Subscribers' Message-IDs are deterministic (`<day.id@domain>`); test copies
+    are not recorded, so each gets a random one: two copies must not look like
+    one message to a mail client or to the outbox folder.
+    """
+    message = fill_message(
+        dataclasses.replace(template, dkim=None), to=to, subscriber_id=0, unsubscribe_url=url
+    )
+    slot = f"\r\nMessage-ID: <{day.isoformat()}.0@".encode("ascii")
+    unique = f"\r\nMessage-ID: <{day.isoformat()}.test-{secrets.token_hex(8)}@".encode("ascii")
+    head_end = message.index(b"\r\n\r\n")
+    if message.find(slot, 0, head_end) < 0:  # pragma: no cover - mail.py puts it after To
+        raise AssertionError("the digest template has no Message-ID after To")
+    message = message.replace(slot, unique, 1)
+    if template.dkim is not None:  # sign what goes out, with its final Message-ID
+        message = sign_message(message, template.dkim)
+    return message
 
 
 def _today(settings: Settings, now: datetime) -> date:
