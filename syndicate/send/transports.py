@@ -145,6 +145,7 @@ def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | Non
 class _Connection:
     client: aiosmtplib.SMTP
     options: list[str]
+    sized: bool = False  # the server takes SIZE= (RFC 1870): it can refuse a big one at once
     used: int = 0
 
 
@@ -233,7 +234,7 @@ class SmtpMailer:
                 hint="Check smtp.tls (starttls, tls or none) against what the server offers.",
             ) from exc
         options = ["BODY=8BITMIME"] if client.supports_extension("8bitmime") else []
-        return _Connection(client, options)
+        return _Connection(client, options, sized=client.supports_extension("size"))
 
     async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> None:
         """Send one message; raise RecipientRefusedError, TransientSendError or DeliveryError.
@@ -248,7 +249,8 @@ class SmtpMailer:
             keep = False
             stage = Stage.SENDER
             try:
-                await client.mail(sender, options=conn.options, timeout=self.timeout)
+                options = [*conn.options, f"SIZE={len(message)}"] if conn.sized else conn.options
+                await client.mail(sender, options=options, timeout=self.timeout)
                 stage = Stage.RECIPIENT
                 for recipient in recipients:
                     await client.rcpt(recipient, timeout=self.timeout)
