@@ -190,7 +190,8 @@ def make_project(folder: Path, *, subscribers: int, articles: int, port: int, co
     with open_database(folder / "syndicate.db") as db, db.transaction() as conn:
         conn.executemany(
             "INSERT INTO subscribers (email, email_key, language, status, created_at, "
-            "updated_at, confirmed_at) VALUES (?, ?, ?, 'confirmed', ?, ?, ?)",
+            "updated_at, confirmed_at, token_nonce) "
+            "VALUES (?, ?, ?, 'confirmed', ?, ?, ?, randomblob(16))",
             (
                 (
                     f"reader{i}@example.org",

@@ -7,8 +7,12 @@ environment; everything else receives a `Settings` object.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
+import re
 import sys
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +53,9 @@ class PathSettings:
 @dataclass(frozen=True, slots=True)
 class LoadSettings:
     max_bytes: int = 10 * 1024 * 1024  # dumps larger than this are skipped
+    # Read dumps whose link leads out of the dump folder (off by default: a link in the
+    # seeds folder must not make the site publish any file the build can read).
+    follow_symlinks: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +68,7 @@ class MailSettings:
     transport: str = "outbox"
     from_: str = ""
     reply_to: str = ""
-    subject: str = "{site}: bản tin {date}"
+    subject: str = "{site}: {headline} {more}"
     list_id: str = ""
     postal_address: str = ""
     secret: str = ""
@@ -92,6 +99,7 @@ class SmtpSettings:
 @dataclass(frozen=True, slots=True)
 class DigestSettings:
     max_articles: int = 20
+    max_teasers: int = 5  # "Other news" items; 0 hides the section
     max_age_hours: int = 48
     lead_words: int = 60
     templates_dir: Path | None = None
@@ -112,6 +120,12 @@ class SubscribeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSettings:
+    # Seconds a command waits for another's write lock before it gives up (exit 75, HTTP 503).
+    busy_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     site: SiteSettings = field(default_factory=SiteSettings)
     paths: PathSettings = field(default_factory=PathSettings)
@@ -122,6 +136,7 @@ class Settings:
     digest: DigestSettings = field(default_factory=DigestSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
     subscribe: SubscribeSettings = field(default_factory=SubscribeSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     config_path: Path | None = None
     env_secret: str = field(default="", repr=False)  # SYNDICATE_SECRET
 
@@ -152,6 +167,12 @@ _AT_LEAST_ONE = {
     ("load", "max_bytes"),
     ("subscribe", "confirm_hours"),
 }
+
+# Number keys that must be above 0 (a zero timeout would fail every command at once).
+_ABOVE_ZERO = {("smtp", "timeout"), ("smtp", "data_timeout")}
+
+# One host label (after IDNA encoding): letters, digits, `_` and inner hyphens, 1 to 63 long.
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 
 _EXAMPLES: dict[type, str] = {
     float: "a number like 2.5",
@@ -191,13 +212,30 @@ def _convert(
             raise ConfigError(
                 f"{where} has value {value!r}; expected a whole number like {default}.", key=key
             )
+        if (section, key) == ("smtp", "port") and not 1 <= value <= 65535:
+            raise ConfigError(
+                f"{where} has value {value!r}; expected a port number from 1 to 65535.", key=key
+            )
         least = 1 if (section, key) in _AT_LEAST_ONE else 0
         if value < least:
             raise ConfigError(f"{where} has value {value!r}; expected {least} or more.", key=key)
         return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} has value {value!r}; expected true or false.", key=key)
+        return value
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where} has value {value!r}; expected {_EXAMPLES[float]}.", key=key)
+        if not math.isfinite(value):
+            raise ConfigError(
+                f"{where} has value {value!r}; expected a finite number like {default}.", key=key
+            )
+        if (section, key) in _ABOVE_ZERO and value <= 0:
+            raise ConfigError(
+                f"{where} has value {value!r}; expected a number above 0, like {default}.",
+                key=key,
+            )
         if value < 0:
             raise ConfigError(f"{where} has value {value!r}; expected 0 or more.", key=key)
         return float(value)
@@ -317,15 +355,68 @@ def load_settings(
     return settings
 
 
-def _check(settings: Settings) -> None:
-    site = settings.site
-    parts = urlsplit(site.base_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+def _valid_host(host: str) -> bool:
+    """True for a DNS name (IDNA allowed), an IPv4 address or a bracketed IPv6 one."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return True
+    try:
+        ascii_host = host.rstrip(".").encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return False
+    labels = ascii_host.split(".")
+    return len(ascii_host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+
+
+def _check_base_url(url: str) -> None:
+    where = f"config key site.base_url has value {url!r}"
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced '[' in the host
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(
-            f"config key site.base_url has value {site.base_url!r}; "
-            "expected an absolute http(s) URL like 'https://news.example.org/'.",
+            f"{where}; expected an absolute http(s) URL like 'https://news.example.org/'.",
             key="site.base_url",
         )
+    _userinfo, at, hostport = parts.netloc.rpartition("@")
+    if at:
+        # Every link and mail would carry the credentials, in clear.
+        raise ConfigError(
+            "config key site.base_url has credentials (user:password@) in it; expected a "
+            "URL without them, like 'https://news.example.org/'.",
+            key="site.base_url",
+        )
+    host, colon, port = hostport, "", ""
+    if not hostport.endswith("]"):
+        host, colon, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+    if not _valid_host(host):
+        raise ConfigError(
+            f"{where}; its host {host!r} is not a host name or IP address.",
+            key="site.base_url",
+        )
+    if colon and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ConfigError(
+            f"{where}; its port {port!r} is not a port number from 1 to 65535.",
+            key="site.base_url",
+        )
+
+
+def _control_character(text: str) -> str | None:
+    """The first control character in `text` (line breaks and tabs included), if any."""
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            return char
+    return None
+
+
+def _check(settings: Settings) -> None:
+    site = settings.site
+    _check_base_url(site.base_url)
+    parts = urlsplit(site.base_url)
     try:
         ZoneInfo(site.timezone)
     except (ZoneInfoNotFoundError, ValueError):
@@ -345,6 +436,21 @@ def _check(settings: Settings) -> None:
             "config key site.title is empty; feeds and pages need a title.",
             key="site.title",
             hint='Set it, like title = "Tin mới".',
+        )
+    for key, text in (("title", site.title), ("description", site.description)):
+        bad = _control_character(text)
+        if bad is not None:
+            # It would reach feed XML (where most are illegal) and mail headers.
+            raise ConfigError(
+                f"config key site.{key} has value {text!r}; expected one line of text "
+                f"without control characters (found {bad!r}).",
+                key=f"site.{key}",
+            )
+    if settings.mail.transport == "smtp" and not settings.smtp.host.strip():
+        raise ConfigError(
+            "config key smtp.host is empty, but mail.transport is 'smtp'.",
+            key="smtp.host",
+            hint='Set it to the mail server, like host = "smtp.example.org".',
         )
     if settings.mail.transport == "smtp" and not settings.mail.from_:
         raise ConfigError(

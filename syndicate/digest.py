@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import functools
 import heapq
+import logging
 import re
 import textwrap
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +25,28 @@ from babel.dates import format_date, format_time, get_datetime_format
 from syndicate.config import Settings, base_url, email_templates_dir
 from syndicate.errors import ConfigError, InputError
 from syndicate.model import Article, DigestPlan, Precision, Teaser
-from syndicate.site import article_url
-from syndicate.text import header_safe, nfc, one_line
+from syndicate.site import RENDER_ERRORS, OtherNews, article_url, order_key, order_teasers
+from syndicate.text import header_safe, nfc, one_line, shorten
+
+log = logging.getLogger(__name__)
 
 LANGUAGES = ("vi", "en")
 TEXT_WIDTH = 72  # columns of the text part
 PREHEADER_CHARS = 100
 MAX_TEASERS = 15  # "Other news" items: enough for a sidebar, small enough for Gmail's 102 KB
+# What one article may add to a digest, whatever its dump holds: a digest stays a few
+# hundred kilobytes, under every mail server's size limit. Real titles and teasers are far
+# shorter; a lead is cut at `digest.lead_words` words first, then at this many characters
+# per word (a "word" of thousands of characters is a broken scrape).
+TITLE_CHARS = 300
+TEASER_CHARS = 300
+CHARS_PER_LEAD_WORD = 20
 # RFC 5322 caps a line at 998 bytes; fold well below it so a substituted
 # per-recipient URL still fits.
 MAX_LINE_BYTES = 900
 
-DEFAULT_SUBJECT_VI = "{site}: bản tin {date}"
-DEFAULT_SUBJECT_EN = "{site}: news for {date}"
+SUBJECT_CHARS = 78  # RFC 5322's recommended line length, before encoding
+STALE_DAYS = 7  # a digest whose newest article is older than this gets a warning
 
 # Reader-facing strings. `{site}`, `{n}` and `{hours}` are filled in by str.replace,
 # never by a template engine, so a site title cannot inject template code.
@@ -48,6 +58,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "other_news": "Tin khác",
         "more_one": "Và {n} tin khác trên trang",
         "more_many": "Và {n} tin khác trên trang",
+        "subject_more": "và {n} tin khác",
         "why": "Bạn nhận được thư này vì đã đăng ký nhận bản tin hằng ngày của {site}.",
         "why_web": (
             "Đây là bản xem trên trình duyệt của bản tin hằng ngày của {site}. "
@@ -81,6 +92,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "other_news": "Other news",
         "more_one": "And {n} more story on the site",
         "more_many": "And {n} more stories on the site",
+        "subject_more": "and {n} more",
         "why": "You are receiving this because you subscribed to the daily digest of {site}.",
         "why_web": (
             "This is the web version of the daily digest of {site}. "
@@ -146,7 +158,9 @@ def plan_digest(
     heap: list[tuple[datetime, bool, str, Article]] = []
     eligible = 0
     for article, first_seen_at in candidates:
-        when, dated = _effective_time(article, first_seen_at)
+        when, dated, _id = order_key(
+            article.published, article.precision, first_seen_at, article.id
+        )
         if cutoff is not None and when < cutoff:
             continue
         eligible += 1
@@ -159,12 +173,6 @@ def plan_digest(
         return None
     chosen = sorted(heap, key=lambda e: e[:3], reverse=True)
     return DigestPlan(day=day, articles=tuple(e[3] for e in chosen), more=eligible - len(chosen))
-
-
-def _effective_time(article: Article, first_seen_at: datetime) -> tuple[datetime, bool]:
-    if article.published is not None and article.precision is not Precision.UNKNOWN:
-        return article.published.astimezone(UTC), True
-    return first_seen_at.astimezone(UTC), False
 
 
 # --------------------------------------------------------------------------- lead excerpts
@@ -289,7 +297,7 @@ def select_other_news(articles: Iterable[Article], *, limit: int = MAX_TEASERS) 
     articles = list(articles)
     own: list[list[str]] = []
     for article in articles:
-        for field in (article.lead, article.title, article.summary or ""):
+        for field in (article.lead, article.title, article.head or ""):
             found = _words(field)
             if found:
                 own.append(found)
@@ -307,6 +315,50 @@ def select_other_news(articles: Iterable[Article], *, limit: int = MAX_TEASERS) 
             if len(kept) >= limit:
                 return [t for _, t in kept]
     return [t for _, t in kept]
+
+
+def plan_other_news(plan: DigestPlan, *, limit: int, tz: tzinfo) -> list[OtherNews]:
+    """The digest's "Other news": at most `limit` teasers of its articles, see order_teasers.
+
+    None for an article in the digest; those tied to a stored article (`plan.links`) first,
+    newest first, then the others in digest order, less those dated after the digest's
+    newest article.
+    """
+    if limit <= 0:
+        return []
+    candidates = select_other_news(plan.articles, limit=sum(len(a.teasers) for a in plan.articles))
+    newest = _newest_day(plan, tz)
+    exclude = {a.id for a in plan.articles}
+    return order_teasers(candidates, plan.links, newest=newest, exclude=exclude, limit=limit)
+
+
+def _newest_day(plan: DigestPlan, tz: tzinfo) -> date | None:
+    """The local day of the digest's newest dated article, or None when none is dated."""
+    days = []
+    for article in plan.articles:
+        if article.published is None or article.precision is Precision.UNKNOWN:
+            continue
+        try:
+            days.append(article.published.astimezone(tz).date())
+        except RENDER_ERRORS:  # out of range in the site's timezone: render_digest skips it
+            continue
+    return max(days) if days else None
+
+
+def stale_warning(plan: DigestPlan, *, tz: tzinfo) -> str | None:
+    """A one-line warning when the digest's newest article is more than STALE_DAYS older than
+    the digest's day (the scraper has probably stopped), else None."""
+    newest = _newest_day(plan, tz)
+    if newest is None:
+        return None
+    age = (plan.day - newest).days
+    if age <= STALE_DAYS:
+        return None
+    return (
+        f"Warning: digest of {plan.day.isoformat()}: its newest article is from "
+        f"{newest.isoformat()}, {age} days before the digest's day. "
+        "Check that the scraper still delivers new dumps."
+    )
 
 
 # --------------------------------------------------------------------------- dates
@@ -339,17 +391,41 @@ def _strings(lang: str, site: str) -> dict[str, str]:
     return {k: v.replace("{site}", site) for k, v in STRINGS[lang].items()}
 
 
-_PLACEHOLDER = re.compile(r"\{(site|date)\}")
+_PLACEHOLDER = re.compile(r"\{(site|date|headline|more)\}")
 
 
-def make_subject(settings: Settings, *, lang: str, day: date) -> str:
-    """The digest's Subject: mail.subject with {site} and {date} filled in, one line."""
-    template = settings.mail.subject
-    if lang == "en" and template == DEFAULT_SUBJECT_VI:
-        template = DEFAULT_SUBJECT_EN
-    # str.replace, not str.format: a site title with braces must stay text.
-    values = {"site": settings.site.title, "date": _long_day(day, lang)}
-    return header_safe(_PLACEHOLDER.sub(lambda m: values[m.group(1)], template))
+def make_subject(
+    settings: Settings, *, lang: str, day: date, headline: str = "", others: int = 0
+) -> str:
+    """The digest's Subject: mail.subject with its placeholders filled in, on one line.
+
+    {site} is the site's title, {date} the digest's day, {headline} the top story's title
+    and {more} "và N tin khác" / "and N more" for the `others` (empty when none). The
+    headline is shortened at a word boundary so that the subject keeps to SUBJECT_CHARS
+    characters when the rest of the template leaves room.
+    """
+    strings = _strings(lang, settings.site.title)
+    more = strings["subject_more"].replace("{n}", str(others)) if others > 0 else ""
+    values = {"site": settings.site.title, "date": _long_day(day, lang), "more": more}
+    headline = header_safe(headline)
+
+    def fill(title: str) -> str:
+        # str.replace, not str.format: a site title with braces must stay text.
+        found = dict(values, headline=title)
+        return header_safe(_PLACEHOLDER.sub(lambda m: found[m.group(1)], settings.mail.subject))
+
+    subject = fill(headline)
+    if len(subject) <= SUBJECT_CHARS or "{headline}" not in settings.mail.subject:
+        return subject
+    room = SUBJECT_CHARS - len(fill("")) - 1
+    for limit in range(room, _MIN_HEADLINE - 1, -1):
+        subject = fill(shorten(headline, limit=limit))
+        if len(subject) <= SUBJECT_CHARS:
+            return subject
+    return subject
+
+
+_MIN_HEADLINE = 12  # shorter than this, a headline says nothing: the subject may run long
 
 
 def render_digest(
@@ -373,22 +449,40 @@ def render_digest(
     strings = _strings(lang, site_title)
     root = base_url(settings)
     tz = settings.site.tz
-    subject = make_subject(settings, lang=lang, day=plan.day)
     words = settings.digest.lead_words
-    articles = []
-    for number, article in enumerate(plan.articles, start=1):
-        articles.append(
-            {
-                "number": number,
-                "title": header_safe(article.title, limit=10_000),
-                "url": article_url(root, article.slug),
-                "date": _published_text(article, lang=lang, tz=tz),
-                "author": one_line(article.author) if article.author else None,
-                "lead": lead_excerpt(article.lead, words=words),
-            }
-        )
+    articles: list[dict[str, Any]] = []
+    shown: list[Article] = []  # the articles that went in, for the subject
+    for article in plan.articles:
+        try:
+            articles.append(
+                {
+                    "number": len(articles) + 1,
+                    "title": header_safe(article.title, limit=TITLE_CHARS),
+                    "url": article_url(root, article.slug),
+                    "date": _published_text(article, lang=lang, tz=tz),
+                    "author": one_line(article.author) if article.author else None,
+                    "lead": _shorten(
+                        lead_excerpt(article.summary, words=words), words * CHARS_PER_LEAD_WORD
+                    ),
+                }
+            )
+            shown.append(article)
+        except RENDER_ERRORS as exc:  # one article's content: the digest goes without it
+            log.warning(
+                "%s: cannot go in the digest (%s); left out.",
+                article.source or f"article {article.id}",
+                shorten(one_line(f"{type(exc).__name__}: {exc}"), limit=200),
+            )
+    # The subject names the top story that went in, and counts the others.
+    subject = make_subject(
+        settings,
+        lang=lang,
+        day=plan.day,
+        headline=shown[0].title if shown else "",
+        others=len(shown) - 1,
+    )
     first = plan.articles[0] if plan.articles else None
-    preheader = _shorten((first.lead or first.title) if first else site_title, PREHEADER_CHARS)
+    preheader = _shorten((first.summary or first.title) if first else site_title, PREHEADER_CHARS)
     more_key = "more_one" if plan.more == 1 else "more_many"
     context = {
         "lang": lang,
@@ -400,8 +494,13 @@ def render_digest(
         "heading": strings["heading"].replace("{date}", _long_day(plan.day, lang)),
         "articles": articles,
         "other_news": [
-            {"dateline": one_line(t.dateline), "text": one_line(t.text)}
-            for t in select_other_news(plan.articles)
+            {
+                "dateline": one_line(n.teaser.dateline),
+                "text": _shorten(one_line(n.teaser.text), TEASER_CHARS),
+                "title": header_safe(n.link.title, limit=TITLE_CHARS) if n.link else None,
+                "url": article_url(root, n.link.slug) if n.link else None,
+            }
+            for n in plan_other_news(plan, limit=settings.digest.max_teasers, tz=tz)
         ],
         "more": plan.more,
         "more_text": strings[more_key].replace("{n}", str(plan.more)),

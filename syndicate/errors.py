@@ -7,7 +7,7 @@ from typing import ClassVar
 EXIT_OK = 0
 EXIT_FAILED = 1  # the job ran but something failed (or was skipped under --strict)
 EXIT_USAGE = 2  # bad invocation, bad config or unusable input
-EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: locked, or the mail server stayed unavailable
+EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: locked or busy, disk full, or the mail server unavailable
 
 
 class SyndicateError(Exception):
@@ -60,6 +60,12 @@ class OutputError(SyndicateError, OSError):
     """A file could not be written."""
 
 
+class DiskFullError(OutputError):
+    """A file could not be written because the disk is full (or over quota); try again later."""
+
+    exit_code: ClassVar[int] = EXIT_TEMPFAIL
+
+
 class WorkerError(SyndicateError):
     """A build worker process died (killed for lack of memory, say); the build stopped."""
 
@@ -68,6 +74,32 @@ class WorkerError(SyndicateError):
 
 class StoreError(SyndicateError):
     """The SQLite database cannot be opened, migrated or written."""
+
+
+class StoreBusyError(StoreError):
+    """Another process held the database's write lock past the busy timeout; try again later."""
+
+    exit_code: ClassVar[int] = EXIT_TEMPFAIL
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"{path}: the database is busy (another syndicate command is writing). "
+            "Try again in a moment."
+        )
+        self.path = path
+
+
+class StoreFullError(StoreError):
+    """The disk holding the database is full; try again once there is room."""
+
+    exit_code: ClassVar[int] = EXIT_TEMPFAIL
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"{path}: the disk is full, so the database cannot grow. "
+            "Free some space, then try again."
+        )
+        self.path = path
 
 
 class LockedError(SyndicateError):
@@ -88,6 +120,10 @@ class TempFailError(SyndicateError):
 
 class TokenError(SyndicateError, ValueError):
     """A confirm or unsubscribe token is malformed, altered or expired."""
+
+
+class StaleTokenError(TokenError):
+    """A well-signed token whose subscriber is gone (erased): it may act on nobody."""
 
 
 class SubscriberError(SyndicateError, ValueError):

@@ -42,8 +42,22 @@ JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
 
 _ATOM_NS = "http://www.w3.org/2005/Atom"
 _XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
-# Our own feedgen output is re-read with entity expansion and network access off.
-_SAFE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+# Our own feedgen output is re-read with entity expansion and network access off, and
+# without libxml2's 10 MB cap on one text node: an article's escaped content can pass it.
+_SAFE_PARSER = etree.XMLParser(
+    resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True
+)
+
+# What building a feed can raise because of one article's content (lxml refuses some
+# values, feedgen others): the build leaves that article out of the feeds and goes on.
+ENTRY_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    LookupError,
+    TypeError,
+    ArithmeticError,
+    RecursionError,
+    etree.LxmlError,
+)
 
 # Namespace for the UUIDs of our item ids; fixed forever (changing it changes every id).
 _ID_NAMESPACE = uuid.UUID("6f1d7c3e-5b0a-4c52-9d3e-8a2f51c0b7e4")
@@ -95,7 +109,7 @@ def build_content_html(article: Article) -> str:
 
 
 def _summary(article: Article) -> str:
-    return one_line(article.lead) or _title(article)
+    return one_line(article.summary) or _title(article)
 
 
 def _title(article: Article) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
@@ -38,12 +40,23 @@ class Teaser:
     text: str
 
 
+def make_article_id(body: bytes, author: str | None) -> str:
+    """An article's id: the BLAKE2b digest of its body text (UTF-8 block texts, one per
+    line), then a NUL and the byline when there is one. Header lines, teasers and the
+    encoding are not part of it: they vary between scrapes of one story."""
+    digest = hashlib.blake2b(body, digest_size=16)
+    if author:
+        digest.update(b"\0" + author.encode("utf-8"))
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class Article:
     """One normalized article. All text is NFC; `published` is tz-aware or None.
 
     `body` holds paragraphs and captions in reading order; its first paragraph
-    is the lead (dateline removed).
+    is the lead (dateline removed). `head` is the header's line 3 (the sapo), dateline
+    removed, or None when the dump left it unfilled: a summary, never a paragraph.
     """
 
     id: str  # stable content id (hash of the normalized body): the dedup key
@@ -58,7 +71,7 @@ class Article:
     source: str = ""
     language: str = "vi"
     dateline: str | None = None  # the agency tag the lead opened with, if any
-    summary: str | None = field(default=None)  # the header's sapo, when the dump had one
+    head: str | None = field(default=None)  # the header's sapo, when the dump had one
 
     @property
     def paragraphs(self) -> tuple[str, ...]:
@@ -75,6 +88,11 @@ class Article:
                 return block.text
         return ""
 
+    @property
+    def summary(self) -> str:
+        """What summarises the article: its head when the dump had one, else its lead."""
+        return self.head or self.lead
+
     def to_dict(self) -> dict[str, Any]:
         """The `inspect --json` shape (also the cache format, plus `body` and `language`)."""
         return {
@@ -84,6 +102,7 @@ class Article:
             "title_derived": self.title_derived,
             "published": self.published.isoformat() if self.published else None,
             "published_precision": str(self.precision),
+            "head": self.head,
             "lead": self.lead,
             "paragraphs": list(self.paragraphs),
             "captions": list(self.captions),
@@ -108,7 +127,7 @@ class Article:
             "body": [[b.kind.value, b.text] for b in self.body],
             "language": self.language,
             "dateline": self.dateline,
-            "summary": self.summary,
+            "head": self.head,
         }
 
     @classmethod
@@ -127,8 +146,20 @@ class Article:
             source=record["source"],
             language=record["language"],
             dateline=record.get("dateline"),
-            summary=record.get("summary"),
+            head=record.get("head"),  # records stored before heads existed have none
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StoryLink:
+    """The stored article a teaser advertises: what a link to its page shows."""
+
+    id: str
+    slug: str  # the slug of its page
+    title: str
+    published: datetime | None  # None when its date is unknown
+    precision: Precision
+    first_seen_at: datetime  # places it when undated
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +169,8 @@ class DigestPlan:
     day: date  # in the site's timezone
     articles: tuple[Article, ...]
     more: int = 0  # articles left out past digest.max_articles
+    # The stored articles its teasers advertise, by the teaser's text.story_key.
+    links: Mapping[str, StoryLink] = field(default_factory=dict)
 
 
 class SubscriptionStatus(StrEnum):
@@ -165,3 +198,5 @@ class Subscriber:
     unsubscribed_at: datetime | None = None
     bounced_at: datetime | None = None
     bounce_count: int = 0
+    # Random, stored with the subscriber and signed into their tokens: a link dies with them.
+    token_nonce: bytes = field(default=b"", repr=False)

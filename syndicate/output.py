@@ -6,34 +6,47 @@ import contextlib
 import errno
 import itertools
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 
-from syndicate.errors import OutputError
+from syndicate.errors import DiskFullError, OutputError
 
 # Temp files: created exclusively (O_EXCL, never following a link) and readable by
 # their owner only until they are complete.
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 _TEMP_FLAGS |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _counter = itertools.count()
+_PUBLIC_MODE = 0o644  # pages and feeds, served to everyone
+_PRIVATE_MODE = 0o600  # personal data: the owner only, whatever the umask
+_PRIVATE_FOLDER_MODE = 0o700
 
 
 def write_atomic(
-    path: Path, data: bytes, *, skip_unchanged: bool = True, fsync: bool = True
+    path: Path,
+    data: bytes,
+    *,
+    skip_unchanged: bool = True,
+    fsync: bool = True,
+    private: bool = False,
 ) -> bool:
     """Write `data` to `path` atomically (temp file in the same folder, fsync, rename).
 
     Returns False, touching nothing, when `skip_unchanged` and the file already
-    holds exactly these bytes. Raises OutputError on any OS failure; a failed
+    holds exactly these bytes. Raises OutputError on any OS failure (DiskFullError,
+    exit 75, when the disk is full or over quota); a failed
     write leaves the old file as it was and no temp file behind. `fsync=False`
     keeps the write atomic for readers (rename) but skips the disk flush, for
-    bulk page writes where one flush per file would dominate the run.
+    bulk page writes where one flush per file would dominate the run. The file
+    is public (0644) unless `private` (personal data: mails, exports): then it is
+    0600, and the folders made for it are 0700.
     """
     try:
         if skip_unchanged and _same_bytes(path, data):
             return False
-        fd, tmp = _create_temp(path)
+        fd, tmp = _create_temp(path, private=private)
         try:
-            _fill(fd, data, fsync=fsync)
+            _fill(fd, data, fsync=fsync, mode=_PRIVATE_MODE if private else _PUBLIC_MODE)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -44,30 +57,39 @@ def write_atomic(
     return True
 
 
-def _fill(fd: int, data: bytes, *, fsync: bool) -> int:
-    """Write all of `data` to the new file `fd`, flush it if asked, make it public (0644)
-    and close it. Returns the file's modification time (ns) once written."""
+def _fill(fd: int, data: bytes, *, fsync: bool, mode: int = _PUBLIC_MODE) -> int:
+    """Write all of `data` to the new file `fd`, flush it if asked, give it `mode` (public,
+    0644, by default) and close it. Returns the file's modification time (ns) once written."""
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
         if fsync:
             os.fsync(fd)
-        os.fchmod(fd, 0o644)
+        os.fchmod(fd, mode)
         return os.fstat(fd).st_mtime_ns
     finally:
         os.close(fd)
 
 
+# A full disk or an exhausted quota: nothing is wrong with the path, only with the moment.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 def _write_error(path: str | Path, exc: OSError) -> OutputError:
+    if exc.errno in _FULL_ERRNOS:
+        return DiskFullError(
+            f"{path}: cannot write: {exc.strerror or exc}.",
+            hint="Free some space on that disk, then run again (nothing was half-written).",
+        )
     return OutputError(
         f"{path}: cannot write: {exc.strerror or exc}.",
         hint="Check that the output folder exists and is writable (paths.output).",
     )
 
 
-def _create_temp(path: Path) -> tuple[int, str]:
-    """Create a new, empty temp file beside `path` (making its folder if needed)."""
+def _create_temp(path: Path, *, private: bool = False) -> tuple[int, str]:
+    """Create a new, empty temp file beside `path` (making its folder, 0700 if `private`)."""
     folder = os.fspath(path.parent)
     prefix = os.path.join(folder, f".{path.name}.{os.getpid()}.")
     made_folder = False
@@ -80,8 +102,47 @@ def _create_temp(path: Path) -> tuple[int, str]:
         except FileNotFoundError:
             if made_folder:
                 raise
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if private:
+                make_private_folder(path.parent)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
             made_folder = True
+
+
+def make_private_folder(folder: Path) -> None:
+    """Create `folder` and any missing parents, each 0700; existing folders are left alone.
+
+    Raises OSError.
+    """
+    missing: list[Path] = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made by a concurrent process meanwhile
+            made.mkdir(mode=_PRIVATE_FOLDER_MODE)
+
+
+# The name `_create_temp` gives a temp file: ".<name>.<pid>.<n>.tmp".
+_TEMP_NAME = re.compile(r"\..+\.(?P<pid>[0-9]+)\.[0-9]+\.tmp")
+
+
+def remove_temp_files(root: Path, *, alive: Callable[[int], bool], skip: str = "") -> int:
+    """Delete the temp files `write_atomic` left anywhere under `root` (a process killed
+    between creating one and renaming it), except those of processes still `alive`, and
+    folders named `skip`. Returns how many were deleted; a file that cannot be is left."""
+    removed = 0
+    for folder, folders, files in os.walk(root):
+        if skip in folders:
+            folders.remove(skip)
+        for name in files:
+            match = _TEMP_NAME.fullmatch(name)
+            if match is None or alive(int(match.group("pid"))):
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+    return removed
 
 
 def _same_bytes(path: str | Path, data: bytes) -> bool:

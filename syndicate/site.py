@@ -12,9 +12,9 @@ import functools
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,11 +25,11 @@ import jinja2
 from babel.dates import format_date, format_time, get_datetime_format
 from markupsafe import Markup, escape
 
-from syndicate.model import Article, BlockKind, Precision
-from syndicate.text import one_line, shorten, slugify
+from syndicate.model import Article, Block, BlockKind, Precision, StoryLink, Teaser
+from syndicate.text import one_line, shorten, slugify, story_key
 
 # Bump when page rendering changes in code (not templates), so old pages get re-rendered.
-RENDER_VERSION = 1
+RENDER_VERSION = 2
 
 ARTICLE_TEMPLATE = "article.html.j2"
 INDEX_TEMPLATE = "index.html.j2"
@@ -48,6 +48,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "back": "← Về trang chủ",
         "latest": "Tin mới nhất",
         "archive": "Lưu trữ, trang {page}",
+        "other_news": "Tin khác",
     },
     "en": {
         "home": "Home",
@@ -61,8 +62,20 @@ STRINGS: dict[str, dict[str, str]] = {
         "back": "← Back to the front page",
         "latest": "Latest news",
         "archive": "Archive, page {page}",
+        "other_news": "Other news",
     },
 }
+
+# What rendering one article's page can raise because of that article (a value a library
+# refuses, a date out of range in the site's timezone, a damaged stored record): the build
+# leaves that article out and goes on.
+RENDER_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    LookupError,
+    TypeError,
+    ArithmeticError,
+    RecursionError,
+)
 
 # Plain str: `str + Markup` would escape the str.
 _PARAGRAPH_OPEN = "<p>"
@@ -148,6 +161,99 @@ def index_pages(total: int, page_size: int) -> list[IndexPage]:
             )
         )
     return pages
+
+
+def order_key(
+    published: datetime | None, precision: Precision, first_seen_at: datetime, article_id: str
+) -> tuple[datetime, bool, str]:
+    """Where an article stands in the index and the digest: sort by this key, reversed.
+
+    An article counts from its publish time, or from when syndicate first saw it when
+    its date is unknown; on a tie a dated article comes first, then the larger id.
+    """
+    if published is not None and precision is not Precision.UNKNOWN:
+        return published.astimezone(UTC), True, article_id
+    return first_seen_at.astimezone(UTC), False, article_id
+
+
+# The day a teaser opens with ("Hôm nay 21/11", "Sáng nay 30/10", "Ngày 27.10.2024").
+_TEASER_DAY = re.compile(
+    r"(?:(?:sáng|chiều|tối|trưa|đêm|rạng sáng|hôm)\s+(?:nay|qua)|ngày)\s+"
+    r"(\d{1,2})[/.-](\d{1,2})(?:[/.-](\d{4}))?\b",
+    re.IGNORECASE,
+)
+
+
+def teaser_day(text: str, *, near: date) -> date | None:
+    """The day a teaser's opening words give, the year (when missing) chosen nearest `near`."""
+    match = _TEASER_DAY.match(text)
+    if match is None:
+        return None
+    day, month = int(match.group(1)), int(match.group(2))
+    years = [int(match.group(3))] if match.group(3) else [near.year - 1, near.year, near.year + 1]
+    found: list[date] = []
+    for year in years:
+        try:
+            found.append(date(year, month, day))
+        except ValueError:
+            continue
+    return min(found, key=lambda d: abs((d - near).days)) if found else None
+
+
+@dataclass(frozen=True, slots=True)
+class OtherNews:
+    """One "Other news" item: a teaser, and the page of the article it advertises if known."""
+
+    teaser: Teaser
+    link: StoryLink | None
+
+
+def order_teasers(
+    teasers: Iterable[Teaser],
+    links: Mapping[str, StoryLink],
+    *,
+    newest: date | None,
+    exclude: Collection[str] = (),
+    limit: int | None = None,
+) -> list[OtherNews]:
+    """The "Other news" of a page or digest: linked teasers first, newest first, then the others.
+
+    `links` maps a teaser's story key to the article it advertises. A teaser linking to an
+    article in `exclude` (shown already) is left out, and so is an unlinked one whose
+    opening words date it after `newest` (a sidebar scraped weeks later). Duplicates (one
+    key a prefix of another, or the same article) count once. At most `limit` items.
+    """
+    linked: list[OtherNews] = []
+    unlinked: list[OtherNews] = []
+    keys: list[str] = []
+    targets: set[str] = set()
+    for teaser in teasers:
+        key = story_key(teaser.text)
+        if not key or any(k.startswith(key) or key.startswith(k) for k in keys):
+            continue
+        keys.append(key)
+        link = links.get(key)
+        if link is not None:
+            if link.id in exclude or link.id in targets:
+                continue
+            targets.add(link.id)
+            linked.append(OtherNews(teaser, link))
+            continue
+        if newest is not None:
+            day = teaser_day(teaser.text, near=newest)
+            if day is not None and day > newest:
+                continue
+        unlinked.append(OtherNews(teaser, None))
+    linked.sort(
+        key=lambda n: (
+            order_key(n.link.published, n.link.precision, n.link.first_seen_at, n.link.id)
+            if n.link is not None
+            else (datetime.min.replace(tzinfo=UTC), False, "")
+        ),
+        reverse=True,
+    )
+    items = linked + unlinked
+    return items if limit is None else items[:limit]
 
 
 def _safe_slug(slug: str, article_id: str) -> str:
@@ -248,6 +354,26 @@ def _machine_date(published: datetime | None, precision: Precision, tz: ZoneInfo
     return local.date().isoformat()
 
 
+def _after_title(title: str, text: str) -> str:
+    """`text` without the words of a title derived from it, when it opens with them.
+
+    A title that is the whole first sentence takes that sentence away; a title cut short
+    ("…") leaves the rest of the text, which then opens with "…". Empty when nothing is
+    left; `text` itself when it does not open with the title.
+    """
+    cut = title.endswith("\u2026")
+    opening = title.removesuffix("\u2026")
+    if not opening or not text.startswith(opening):
+        return text
+    rest = text[len(opening) :]
+    if cut:
+        rest = rest.lstrip(" ,;:")
+        return "\u2026" + rest if rest else ""
+    if rest and not rest[0].isspace() and rest[0] not in ".!?\u2026":
+        return text  # the title ends inside a word of the text: not the same words
+    return rest.lstrip(".").strip()
+
+
 def page_context(info: SiteInfo, *, root: str) -> dict[str, Any]:
     """What `_base.html.j2` needs: lang, site, root (the way to the site root from the
     page: "", "../" or an absolute URL) and t (the chrome strings)."""
@@ -307,16 +433,34 @@ class SiteRenderer:
         context["t"] = SimpleNamespace(**context["t"])
         return context
 
-    def render_article(self, article: Article, *, slug: str, from_loader: bool = False) -> bytes:
+    def render_article(
+        self,
+        article: Article,
+        *,
+        slug: str,
+        from_loader: bool = False,
+        links: Mapping[str, StoryLink] | None = None,
+    ) -> bytes:
         """The page of one article, written at `article_path(slug)`.
 
         `from_loader` says the article comes straight from the loader, whose blocks are
-        one clean NFC line each: they are then not checked again.
+        one clean NFC line each: they are then not checked again. `links` maps the story
+        keys of its teasers to the articles they advertise (see `order_teasers`).
         """
         # Article text is never part of a template: the blocks are escaped here (in one
         # call, joined by line breaks, which no block holds) and put between fixed tags. A
         # block that is not printable NFC text (not the loader's) is first put on one line.
         blocks = article.body
+        standfirst = article.head if article.head and article.head != article.lead else None
+        if article.title_derived:
+            # The headline was made from the text right below it: print those words once.
+            if standfirst is not None:
+                standfirst = _after_title(article.title, standfirst) or None
+            elif blocks and blocks[0].kind is BlockKind.PARAGRAPH:
+                rest = _after_title(article.title, blocks[0].text)
+                if rest != blocks[0].text:
+                    first = (Block(BlockKind.PARAGRAPH, rest),) if rest else ()
+                    blocks = first + blocks[1:]
         texts = [block.text for block in blocks]
         if not from_loader:
             texts = [
@@ -339,15 +483,37 @@ class SiteRenderer:
             **self._article_context,
             article=SimpleNamespace(
                 title=one_line(article.title),
-                summary=shorten(one_line(article.lead), limit=160),
+                summary=shorten(one_line(article.summary), limit=160),
+                standfirst=one_line(standfirst) if standfirst else None,
                 language=article.language,
                 author=one_line(article.author) if article.author else None,
                 date=self._date(article.published, article.precision),
                 body=body,
             ),
+            other_news=self._other_news(article, links or {}),
             canonical=article_url(self.info.base_url, slug),
         )
         return html.encode("utf-8")
+
+    def _other_news(
+        self, article: Article, links: Mapping[str, StoryLink]
+    ) -> list[SimpleNamespace]:
+        if not article.teasers:
+            return []
+        dated = article.published is not None and article.precision is not Precision.UNKNOWN
+        newest = article.published.astimezone(self.info.tz).date() if dated else None  # type: ignore[union-attr]
+        items = []
+        for item in order_teasers(article.teasers, links, newest=newest, exclude={article.id}):
+            link = item.link
+            items.append(
+                SimpleNamespace(
+                    href=None if link is None else "../" + article_path(link.slug),
+                    title=None if link is None else one_line(link.title),
+                    dateline=one_line(item.teaser.dateline),
+                    text=one_line(item.teaser.text),
+                )
+            )
+        return items
 
     def render_index(
         self,

@@ -1,8 +1,16 @@
 """Tokens: sign and verify confirm and unsubscribe tokens. Pure: the secret and clock come in.
 
-A token is url-safe base64 (no padding) of a 14-byte payload and a 16-byte
+A token is url-safe base64 (no padding) of a 30-byte payload and a 16-byte
 HMAC-SHA256 tag over the purpose and the payload. The payload holds a version,
-the purpose code, the subscriber id and the issue time; never the address.
+the purpose code, the subscriber id, the issue time and the subscriber's
+token nonce; never the address. The nonce is random per subscriber and dies
+with them (`erase`), so a saved link can act on nobody else, even on a
+database where an id was used twice.
+
+Version 1 tokens (no nonce, 14-byte payload) are still read: they sit in mails
+sent before nonces existed. They count only for a subscriber stored at or before
+their issue time, so a link made for an erased subscriber never acts on a later
+one who got the same id.
 """
 
 from __future__ import annotations
@@ -12,17 +20,35 @@ import binascii
 import hashlib
 import hmac
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from syndicate.errors import TokenError
+from syndicate.errors import StaleTokenError, TokenError
+from syndicate.model import Subscriber
 
 PURPOSES = ("confirm", "unsubscribe")
-_VERSION = 1
-_PAYLOAD = struct.Struct(">BBQI")  # version, purpose code, subscriber id, issued (unix s)
+NONCE_BYTES = 16
+_VERSION = 2
+_LEGACY_VERSION = 1
+# version, purpose code, subscriber id, issued (unix s), the subscriber's token nonce
+_PAYLOAD = struct.Struct(f">BBQI{NONCE_BYTES}s")
+_LEGACY_PAYLOAD = struct.Struct(">BBQI")  # version 1: no nonce
 _TAG_BYTES = 16
 _TOKEN_BYTES = _PAYLOAD.size + _TAG_BYTES
+_LEGACY_TOKEN_BYTES = _LEGACY_PAYLOAD.size + _TAG_BYTES
+_MAX_TEXT = 64  # a version 2 token is 62 characters
 # A token issued this far in the future still passes: clocks of two hosts drift.
 _CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaim:
+    """What a token with a good signature says: whom it was made for, and when."""
+
+    subscriber_id: int
+    issued_at: datetime
+    nonce: bytes | None  # None: a version 1 token, made before nonces
 
 
 def _purpose_code(purpose: str) -> int:
@@ -37,56 +63,69 @@ def _tag(secret: bytes, payload: bytes) -> bytes:
     return hmac.new(secret, b"syndicate-token\x00" + payload, hashlib.sha256).digest()[:_TAG_BYTES]
 
 
-def make_token(secret: bytes, *, purpose: str, subscriber_id: int, issued_at: datetime) -> str:
-    """Return a signed, url-safe token for `purpose` ('confirm' or 'unsubscribe')."""
+def make_token(
+    secret: bytes, *, purpose: str, subscriber_id: int, nonce: bytes, issued_at: datetime
+) -> str:
+    """Return a signed, url-safe token for `purpose` ('confirm' or 'unsubscribe').
+
+    `nonce` is the subscriber's token nonce (NONCE_BYTES random bytes stored with them).
+    """
     if not secret:
         raise ValueError("an empty secret cannot sign tokens")
     if issued_at.tzinfo is None:
         raise ValueError("issued_at must be timezone-aware")
+    if len(nonce) != NONCE_BYTES:
+        raise ValueError(f"a token nonce has {NONCE_BYTES} bytes, not {len(nonce)}")
     payload = _PAYLOAD.pack(
-        _VERSION, _purpose_code(purpose), subscriber_id, int(issued_at.timestamp())
+        _VERSION, _purpose_code(purpose), subscriber_id, int(issued_at.timestamp()), nonce
     )
     raw = payload + _tag(secret, payload)
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def verify_token(
+def read_token(
     secret: bytes,
     token: str,
     *,
     purpose: str,
     now: datetime,
     max_age: timedelta | None = None,
-) -> int:
-    """Return the subscriber id a valid token was made for.
+) -> TokenClaim:
+    """Return what a token with a good signature claims, without asking who owns it.
 
     Raises TokenError when the token is malformed, altered, made for another
     purpose, or older than `max_age` (None: never expires). The tag is
-    compared in constant time.
+    compared in constant time. Only `verify_token` says whether the
+    subscriber it names is still the one it was made for.
     """
     code = _purpose_code(purpose)
+    malformed = f"{purpose} token: the token is malformed. Use the link from the email."
     text = token.strip()
-    if not text or len(text) > 64 or not text.isascii():
-        raise TokenError(f"{purpose} token: the token is malformed. Use the link from the email.")
+    if not text or len(text) > _MAX_TEXT or not text.isascii():
+        raise TokenError(malformed)
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
-        raise TokenError(
-            f"{purpose} token: the token is malformed. Use the link from the email."
-        ) from None
+        raise TokenError(malformed) from None
     # urlsafe_b64decode skips stray characters; only the canonical spelling is accepted,
     # so one token has exactly one valid form.
     canonical = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-    if len(raw) != _TOKEN_BYTES or canonical != text:
-        raise TokenError(f"{purpose} token: the token is malformed. Use the link from the email.")
-    payload, tag = raw[: _PAYLOAD.size], raw[_PAYLOAD.size :]
+    if len(raw) not in (_TOKEN_BYTES, _LEGACY_TOKEN_BYTES) or canonical != text:
+        raise TokenError(malformed)
+    payload, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
     if not hmac.compare_digest(tag, _tag(secret, payload)):
         raise TokenError(
             f"{purpose} token: the signature does not match (altered, or signed with "
             "another secret). Use the link from the email."
         )
-    version, token_code, subscriber_id, issued = _PAYLOAD.unpack(payload)
-    if version != _VERSION or token_code != code:
+    nonce: bytes | None
+    if len(payload) == _PAYLOAD.size:
+        version, token_code, subscriber_id, issued, nonce = _PAYLOAD.unpack(payload)
+        expected = _VERSION
+    else:
+        version, token_code, subscriber_id, issued = _LEGACY_PAYLOAD.unpack(payload)
+        nonce, expected = None, _LEGACY_VERSION
+    if version != expected or token_code != code:
         raise TokenError(f"{purpose} token: the token was made for another purpose.")
     issued_at = datetime.fromtimestamp(issued, tz=UTC)
     if issued_at > now + _CLOCK_SKEW:
@@ -96,4 +135,43 @@ def verify_token(
             f"{purpose} token: the token has expired (issued {issued_at:%Y-%m-%d %H:%M} UTC).",
             hint="Ask for a new one.",
         )
-    return int(subscriber_id)
+    return TokenClaim(int(subscriber_id), issued_at, nonce)
+
+
+def is_owner(claim: TokenClaim, subscriber: Subscriber) -> bool:
+    """Tell whether `subscriber` is the one the token was made for.
+
+    Version 2: the nonces match (compared in constant time). Version 1 (no
+    nonce): the subscriber was stored at or before the token's issue time; a
+    later subscriber with a reused id was not.
+    """
+    if subscriber.id != claim.subscriber_id:
+        return False
+    if claim.nonce is None:
+        return subscriber.created_at <= claim.issued_at
+    return hmac.compare_digest(claim.nonce, subscriber.token_nonce)
+
+
+def verify_token(
+    secret: bytes,
+    token: str,
+    *,
+    purpose: str,
+    now: datetime,
+    find: Callable[[int], Subscriber | None],
+    max_age: timedelta | None = None,
+) -> Subscriber:
+    """Return the subscriber a valid token was made for; `find` looks a subscriber up by id.
+
+    Raises TokenError as `read_token` does, and StaleTokenError (a TokenError)
+    when the signature is good but the subscriber it was made for is gone
+    (erased, or another database): nothing may be done with such a token.
+    """
+    claim = read_token(secret, token, purpose=purpose, now=now, max_age=max_age)
+    found = find(claim.subscriber_id)
+    if found is None or not is_owner(claim, found):
+        raise StaleTokenError(
+            f"{purpose} token: the subscriber it was made for no longer exists (erased).",
+            hint="Nothing was changed.",
+        )
+    return found

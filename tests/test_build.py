@@ -9,7 +9,8 @@ import os
 import posixpath
 import re
 import subprocess
-from datetime import datetime, timedelta
+import unicodedata
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -17,10 +18,10 @@ from urllib.parse import urlsplit
 import feedparser
 import pytest
 
-from syndicate import build, load
-from syndicate.build import run_build, sync_articles
+from syndicate import load, publish
 from syndicate.config import Settings, load_settings
 from syndicate.errors import InputError, WorkerError
+from syndicate.publish import run_build, sync_articles
 from syndicate.store import Database, open_database
 from syndicate.store.articles import get_article, iter_articles_newest_first
 from tests.data.dumps.make_dumps import to_cp1258
@@ -305,7 +306,7 @@ def test_skipped_dumps_log_one_warning_each_every_run(
         with caplog.at_level(logging.WARNING, logger="syndicate"):
             summary = run_build(settings, db, now=now)
         assert summary.skipped == 2
-        warnings = [r.getMessage() for r in caplog.records if r.name == "syndicate.build"]
+        warnings = [r.getMessage() for r in caplog.records if r.name == "syndicate.publish"]
         assert len(warnings) == 2
         assert warnings[0].startswith(f"{seeds / '007-empty.txt'}: ")
         assert warnings[1].startswith(f"{seeds / '008-binary.txt'}: ")
@@ -377,13 +378,13 @@ def test_feeds_are_rendered_only_when_their_inputs_change(
     settings: Settings, db: Database, seeds: Path, now: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rendered: list[str] = []
-    real = build.pages.build_feed
+    real = publish.run.build_feed
 
     def counting(articles, **kw):  # type: ignore[no-untyped-def]
         rendered.append(kw["kind"])
         return real(articles, **kw)
 
-    monkeypatch.setattr(build.pages, "build_feed", counting)
+    monkeypatch.setattr(publish.run, "build_feed", counting)
     run_build(settings, db, now=now)
     assert sorted(rendered) == ["atom", "json", "rss"]
     output = settings.paths.output
@@ -412,7 +413,7 @@ def test_feeds_are_rendered_only_when_their_inputs_change(
     assert "Đoạn thân bài đã sửa." in (output / "feed.json").read_text(encoding="utf-8")
     # New feed code (or a new feedgen or lxml): rendered again; the same bytes stay put.
     rendered.clear()
-    monkeypatch.setattr(build.pages, "_feeds_code", lambda: "another version")
+    monkeypatch.setattr(publish.run, "_feeds_code", lambda: "another version")
     assert run_build(retitled, db, now=now).written == 0
     assert sorted(rendered) == ["atom", "json", "rss"]
 
@@ -505,7 +506,7 @@ def test_real_sample_builds_when_present(settings: Settings, db: Database, now: 
 
 
 def test_build_module_has_no_clock() -> None:
-    for path in Path(build.__file__).parent.glob("*.py"):
+    for path in Path(publish.__file__).parent.glob("*.py"):
         assert "datetime.now" not in path.read_text("utf-8"), path.name
 
 
@@ -567,8 +568,8 @@ def test_signatures_are_taken_in_path_order_as_far_as_they_are_needed(
         os.utime(path, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
     run_build(settings, db, now=now)
     Path(found[2]).write_bytes(b"changed\n{publish}\n{head}\nText.\n")
-    sync = build.sync._Sync(settings, db, now=now)
-    signer = build.sync._Signer(sync, found, os.getcwd())
+    sync = publish.sync._Sync(settings, db, now=now)
+    signer = publish.sync._Signer(sync, found, os.getcwd())
     signed: list[str] = []
     original = sync.signature
     sync.signature = lambda path, shown: (signed.append(path), original(path, shown))[1]  # type: ignore[method-assign]
@@ -590,7 +591,7 @@ def test_worker_processes_give_the_same_site_store_and_warnings(
     dumps_dir = Path(__file__).resolve().parent / "data" / "dumps"
     results = []
     for run, threshold in (("single", 10**9), ("workers", 1)):
-        monkeypatch.setattr(build.workers, "_PARALLEL_MIN", threshold)
+        monkeypatch.setattr(publish.pool, "_PARALLEL_MIN", threshold)
         work = tmp_path / run
         work.mkdir()
         settings = load_settings(None, {}, cwd=work)
@@ -622,15 +623,15 @@ def test_worker_pages_are_moved_into_place_not_rendered_again(
 ) -> None:
     """Parse workers render each page under the article's own slug; only a page whose slug
     changed (the loser of the 002/006 collision) is rendered again after the sync."""
-    monkeypatch.setattr(build.workers, "_PARALLEL_MIN", 1)
+    monkeypatch.setattr(publish.pool, "_PARALLEL_MIN", 1)
     rendered_after_sync: list[str] = []
-    real = build.workers.BuildPool.render_articles
+    real = publish.pool.BuildPool.render_articles
 
-    def spy(self, records, writer, todo):  # type: ignore[no-untyped-def]
+    def spy(self, records, writer, todo, links):  # type: ignore[no-untyped-def]
         rendered_after_sync.extend(rel for rel, _slug, _id, _fp in todo)
-        return real(self, records, writer, todo)
+        return real(self, records, writer, todo, links)
 
-    monkeypatch.setattr(build.workers.BuildPool, "render_articles", spy)
+    monkeypatch.setattr(publish.pool.BuildPool, "render_articles", spy)
     summary = run_build(settings, db, now=now)
     output = settings.paths.output
     pages = sorted(p.name for p in (output / "articles").iterdir())
@@ -662,8 +663,8 @@ def test_a_worker_build_into_a_full_output_folder_keeps_the_same_pages(
 ) -> None:
     """The store is lost, the pages are not: staged pages equal to those in place are not
     moved over them (each target looked for, or its folder listed once)."""
-    monkeypatch.setattr(build.workers, "_PARALLEL_MIN", 1)
-    monkeypatch.setattr(build.writer, "_LIST_AFTER", list_after)
+    monkeypatch.setattr(publish.pool, "_PARALLEL_MIN", 1)
+    monkeypatch.setattr(publish.writer, "_LIST_AFTER", list_after)
     with open_database(settings.paths.database) as first:
         run_build(settings, first, now=now)
     output = settings.paths.output
@@ -788,8 +789,8 @@ def _die(*_args: object) -> None:
 def test_a_worker_that_dies_stops_the_build_with_one_line_and_exit_1(
     settings: Settings, db: Database, seeds: Path, now: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(build.workers, "_PARALLEL_MIN", 1)
-    monkeypatch.setattr(build.workers, "_work", _die)
+    monkeypatch.setattr(publish.pool, "_PARALLEL_MIN", 1)
+    monkeypatch.setattr(publish.pool, "_work", _die)
     with pytest.raises(WorkerError) as info:
         run_build(settings, db, now=now)
     assert info.value.exit_code == 1
@@ -797,3 +798,166 @@ def test_a_worker_that_dies_stops_the_build_with_one_line_and_exit_1(
     # The store is left consistent: a normal build afterwards works.
     monkeypatch.undo()
     assert run_build(settings, db, now=now).articles > 0
+
+
+# Article A's sidebar advertises B (stored by an earlier build) and C (a later one).
+TEASER_B = (
+    "Chiều nay 30/10, Ban Văn hóa - Xã hội HĐND tỉnh làm việc với Sở Lao động, Thương binh "
+    "và Xã hội về nhiệm vụ năm 2024, kế hoạch năm"
+)
+TEASER_C = (
+    "Sáng nay 30/10, tại TP. Đông Hà, Trường Chính trị Lê Duẩn có buổi làm việc với Trường "
+    "Chính trị - Hành chính 2 tỉnh Savannakhet, Salavan (Lào) để"
+)
+DUMP_A = (
+    "Hội thảo chuyển đổi số\n31/10/2024 09:15\n"
+    "QTO - Sáng nay 31/10, tại TP. Đông Hà diễn ra hội thảo về chuyển đổi số.\n"
+    "Đoạn thân bài của hội thảo.\n"
+    f"QTO - {TEASER_B}...\n"
+    "QTO - Hôm nay 21/11, Bộ Chỉ huy Bộ đội Biên phòng tỉnh tuần tra song…\n"
+    f"QTO\u00a0- {TEASER_C.upper()}…\n"
+)
+DUMP_B = (
+    "Giám sát nhiệm vụ lao động năm 2024\n30/10/2024 15:00\n"
+    f"QTO - {TEASER_B} 2025 của ngành.\n"
+    "Đoạn thân bài về buổi làm việc.\n"
+)
+DUMP_C = (
+    "Hợp tác đào tạo cán bộ với Lào\n30/10/2024 08:00\n"
+    f"QTO - {unicodedata.normalize('NFD', TEASER_C)} trao đổi kinh nghiệm đào tạo.\n"
+    "Đoạn thân bài về hợp tác.\n"
+)
+
+
+def _page_links(output: Path, slug: str) -> dict[str, str]:
+    """The "Other news" links of an article page: link text -> target path."""
+    html = (output / "articles" / f"{slug}.html").read_text(encoding="utf-8")
+    section = html.split('<section class="other-news">', 1)[1].split("</section>", 1)[0]
+    found = re.findall(r'<a href="([^"]+)">([^<]+)</a>', section)
+    return {text: posixpath.normpath(posixpath.join("articles", href)) for href, text in found}
+
+
+def test_teasers_link_to_articles_stored_before_and_after_them(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    seeds = settings.paths.seeds
+    seeds.mkdir(parents=True, exist_ok=True)
+    (seeds / "b.txt").write_text(DUMP_B, encoding="utf-8")
+    run_build(settings, db, now=now)  # B is stored first
+    (seeds / "a.txt").write_text(DUMP_A, encoding="utf-8")
+    run_build(settings, db, now=now + timedelta(hours=1))
+    output = settings.paths.output
+    slug_a = "hoi-thao-chuyen-doi-so"
+    assert _page_links(output, slug_a) == {
+        "Giám sát nhiệm vụ lao động năm 2024": "articles/giam-sat-nhiem-vu-lao-dong-nam-2024.html"
+    }
+    page_a = (output / "articles" / f"{slug_a}.html").read_text(encoding="utf-8")
+    assert "Trường Chính trị Lê Duẩn".upper() in page_a  # C is not stored yet: plain text
+    assert "Hôm nay 21/11" not in page_a  # unlinked, and dated three weeks after A
+
+    (seeds / "c.txt").write_text(DUMP_C, encoding="utf-8")
+    summary = run_build(settings, db, now=now + timedelta(hours=2))
+    # C's page, A's page (its teaser now leads to C), the index and the three feeds.
+    assert summary.written == 6
+    links = _page_links(output, slug_a)
+    assert links == {
+        # Linked teasers newest first: B (30/10 15:00) before C (30/10 08:00).
+        "Giám sát nhiệm vụ lao động năm 2024": "articles/giam-sat-nhiem-vu-lao-dong-nam-2024.html",
+        "Hợp tác đào tạo cán bộ với Lào": "articles/hop-tac-dao-tao-can-bo-voi-lao.html",
+    }
+    assert list(links) == ["Giám sát nhiệm vụ lao động năm 2024", "Hợp tác đào tạo cán bộ với Lào"]
+    for target in links.values():
+        assert (output / target).is_file()
+    again = run_build(settings, db, now=now + timedelta(hours=3))
+    assert again.written == 0
+
+    # C's dump goes away: its page is removed, and A's teaser is plain text again.
+    (seeds / "c.txt").unlink()
+    run_build(settings, db, now=now + timedelta(hours=4))
+    assert list(_page_links(output, slug_a)) == ["Giám sát nhiệm vụ lao động năm 2024"]
+
+
+def test_the_index_places_an_undated_article_where_it_was_first_seen(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """The index and the digest order alike: an undated article by when it was first seen."""
+    seeds = settings.paths.seeds
+    seeds.mkdir(parents=True, exist_ok=True)
+    (seeds / "b.txt").write_text(DUMP_B, encoding="utf-8")
+    (seeds / "u.txt").write_text(
+        "{title}\n{publish}\n{head}\nBài không ghi ngày, đến sau cùng.\nĐoạn hai.\n",
+        encoding="utf-8",
+    )
+    # First seen after B's publish time (30/10 15:00 in Vietnam = 08:00 UTC): above B.
+    run_build(settings, db, now=datetime(2024, 10, 30, 9, 0, tzinfo=UTC))
+    index = (settings.paths.output / "index.html").read_text(encoding="utf-8")
+    assert index.index("Bài không ghi ngày") < index.index("Giám sát nhiệm vụ lao động")
+
+
+# One story as two scrapes: without its header, then with it filled, in another encoding and
+# with another "latest news" sidebar. FORMAT.md: the same article, keyed on its body.
+STORY_BODY = (
+    "QTO - Sáng nay 31/10, tại TP. Đông Hà, Ban Tuyên giáo Tỉnh ủy tổ chức hội thảo về chuyển "
+    "đổi số trong các cơ quan đảng, mặt trận và các đoàn thể chính trị - xã hội của tỉnh.\n"
+    "Quang cảnh hội thảo - Ảnh: T.P\n"
+    "Các đại biểu thảo luận giải pháp cho thời gian tới.\n"
+    "Trúc Phương\n"
+)
+STORY_BARE = (
+    "{title}\n{publish}\n{head}\n" + STORY_BODY + "QTO - Hôm nay 30/10/2024, tin khác thứ nhất...\n"
+)
+STORY_FILLED = (
+    "Hội thảo chuyển đổi số ở Đông Hà\nThứ năm, 31/10/2024, 09:15 (GMT+7)\n"
+    "QTO - Tỉnh bàn cách đưa chuyển đổi số vào các cơ quan đảng và đoàn thể.\n"
+    + STORY_BODY
+    + "QTO - Tin khác hoàn toàn khác...\nQTO - Thêm một tin nữa…\n"
+)
+
+
+@pytest.mark.parametrize("filled_name", ["050-filled.txt", "200-filled.txt"])
+def test_same_story_with_its_header_filled_is_one_article_merged_under_its_first_slug(
+    settings: Settings, db: Database, now: datetime, filled_name: str
+) -> None:
+    seeds = settings.paths.seeds
+    seeds.mkdir(parents=True, exist_ok=True)
+    (seeds / "100-bare.txt").write_text(STORY_BARE, encoding="utf-8")
+    first = run_build(settings, db, now=now)
+    assert first.articles == 1
+    [before] = iter_articles_newest_first(db)
+    assert before.title_derived is True
+    assert before.head is None
+    assert before.title == (
+        "Ban Tuyên giáo Tỉnh ủy tổ chức hội thảo về chuyển đổi số trong các cơ quan đảng…"
+    )
+    page = settings.paths.output / "articles" / f"{before.slug}.html"
+    assert page.is_file()
+
+    # The filled copy sorts before the bare one (it then owns the record) or after it.
+    (seeds / filled_name).write_bytes(STORY_FILLED.encode("utf-16"))
+    second = run_build(settings, db, now=now + timedelta(hours=1))
+    assert (second.articles, second.duplicates, second.skipped) == (1, 1, 0)
+    [after] = iter_articles_newest_first(db)
+    assert after.id == before.id
+    assert after.slug == before.slug  # a published URL never changes
+    assert after.title == "Hội thảo chuyển đổi số ở Đông Hà"
+    assert after.title_derived is False
+    assert after.head == "Tỉnh bàn cách đưa chuyển đổi số vào các cơ quan đảng và đoàn thể."
+    assert after.published is not None
+    assert after.published.isoformat() == "2024-10-31T09:15:00+07:00"
+    assert after.lead == before.lead
+    pages = sorted(p.name for p in (settings.paths.output / "articles").iterdir())
+    assert pages == [f"{before.slug}.html"]
+    html = page.read_text(encoding="utf-8")
+    assert "<h1>Hội thảo chuyển đổi số ở Đông Hà</h1>" in html
+    assert '<p class="standfirst">Tỉnh bàn cách đưa chuyển đổi số' in html
+    feed = feedparser.parse((settings.paths.output / "rss.xml").read_bytes())
+    assert not feed.bozo
+    [entry] = feed.entries
+    assert entry.title == "Hội thảo chuyển đổi số ở Đông Hà"
+    assert entry.summary == after.head
+    assert entry.link.endswith(f"/articles/{before.slug}.html")
+
+    # Nothing changed: the merged record stays, nothing is written.
+    third = run_build(settings, db, now=now + timedelta(hours=2))
+    assert third.written == 0
+    assert list(iter_articles_newest_first(db)) == [after]

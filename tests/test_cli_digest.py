@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from syndicate.cli import AppContext, cli
 from syndicate.cli.flow import digest_view_url, todays_digest, write_digest_page
 from syndicate.config import Settings
-from syndicate.model import Article, Block, BlockKind, Precision
+from syndicate.digest import render_digest
+from syndicate.model import Article, Block, BlockKind, Precision, Teaser
 from syndicate.store import Database, open_database
 from syndicate.store.articles import upsert_article
 
@@ -188,7 +189,7 @@ def test_digest_command_writes_the_preview_and_changes_no_digest_state(
     assert result.exit_code == 0, result.output
     assert result.stdout == (
         "Digest of 2024-11-01: 2 articles.\n"
-        "Subject: Tin mới: bản tin 1 tháng 11, 2024\n"
+        "Subject: Tin mới: Thông xe cầu Sông Lam và 1 tin khác\n"
         "preview/digest.html\n"
         "preview/digest.txt\n"
     )
@@ -202,9 +203,14 @@ def test_digest_command_writes_the_preview_and_changes_no_digest_state(
     assert "http://localhost:8000/digests/2024-11-01.html" in text
     with open_database(workdir / "syndicate.db") as db:
         assert count_digests(db) == 0
-        # The preview read the seeds in a transaction it rolled back: nothing stayed.
-        for table in ("articles", "dumps", "digests", "deliveries", "meta"):
+        # No digest state: no digest, delivery or secret, no article marked as mailed.
+        for table in ("digests", "deliveries", "meta"):
             assert db.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0  # noqa: S608
+        marked = db.conn.execute("SELECT count(*) FROM articles WHERE digest_day IS NOT NULL")
+        assert marked.fetchone()[0] == 0
+        # What it parsed is kept, as `build` keeps it: the next run parses nothing again.
+        for table in ("articles", "dumps"):
+            assert db.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 2  # noqa: S608
     # A second preview gives the same bytes.
     again = runner.invoke(cli, ["digest", "--out", "preview"])
     assert again.exit_code == 0
@@ -268,3 +274,48 @@ def test_an_article_whose_dump_was_removed_is_not_mailed(runner: CliRunner, work
     html = (workdir / "preview" / "digest.html").read_text(encoding="utf-8")
     assert "Thông xe cầu Sông Lam" in html
     assert "chuyển đổi số" not in html
+
+
+STALE_LINE = (
+    "Warning: digest of 2024-11-12: its newest article is from 2024-11-01, 11 days before "
+    "the digest's day. Check that the scraper still delivers new dumps.\n"
+)
+
+
+def test_digest_warns_on_stderr_even_under_quiet_when_the_news_is_old(
+    runner: CliRunner, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_seeds(workdir)
+    # The newest dump is of 1/11; eleven days later the scraper has probably stopped.
+    later = NOW + timedelta(days=11)
+    monkeypatch.setattr(AppContext, "now", lambda self: later.timestamp())
+    result = runner.invoke(cli, ["-q", "digest", "--out", "preview"])
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", STALE_LINE)
+    # On the day itself: no warning.
+    monkeypatch.setattr(AppContext, "now", lambda self: NOW.timestamp())
+    result = runner.invoke(cli, ["-q", "digest", "--out", "preview"])
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_todays_digest_links_a_teaser_to_a_stored_article_outside_the_digest(
+    settings: Settings, db: Database
+) -> None:
+    teaser = "Chiều nay 30/10, Sở Y tế kiểm tra an toàn thực phẩm tại các chợ trong tỉnh"
+    old = dataclasses.replace(
+        article("old", NOW - timedelta(days=5)),
+        title="Kiểm tra an toàn thực phẩm",
+        body=(Block(BlockKind.PARAGRAPH, teaser + " trước Tết."),),
+    )
+    store(db, old)
+    # The old article is past digest.max_age_hours: stored, with a page, but not mailed.
+    new = dataclasses.replace(
+        article("new", NOW - timedelta(hours=1)), teasers=(Teaser("QTO", teaser + "..."),)
+    )
+    store(db, new)
+    plan = todays_digest(settings, db, now=NOW, create=False)
+    assert plan is not None
+    assert [a.id for a in plan.articles] == ["new"]
+    [link] = plan.links.values()
+    assert (link.id, link.slug, link.title) == ("old", "bai-old", "Kiểm tra an toàn thực phẩm")
+    rendered = render_digest(plan, lang="vi", settings=settings, unsubscribe_url="u", now=NOW)
+    assert '<a href="http://localhost:8000/articles/bai-old.html"' in rendered.html

@@ -21,6 +21,7 @@ from syndicate.cli import AppContext, cli
 from syndicate.send import open_send_lock
 from syndicate.store import open_database
 from syndicate.store.subscribers import add_subscriber
+from tests.conftest import FIXED_NOW
 from tests.plugins.smtp import SmtpServer, free_port, run_smtp_server
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
@@ -39,6 +40,8 @@ def project(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(workdir)
     for name in ("SYNDICATE_CONFIG", "SYNDICATE_SECRET", "SYNDICATE_SMTP_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
+    # The day the seeds were news: a clock years later would add the freshness warning.
+    monkeypatch.setattr(AppContext, "now", lambda self: FIXED_NOW.timestamp())
     return workdir
 
 
@@ -137,7 +140,7 @@ def test_dry_run_writes_and_sends_nothing(project: Path) -> None:
     assert code == 0, err
     assert re.fullmatch(
         r"Dry run: the \d{4}-\d\d-\d\d digest \(\d+ articles\) would go to 2 subscribers, "
-        r"0 skipped; nothing was written or sent\.\n",
+        r"0 skipped; no digest was stored and nothing was sent\.\n",
         out,
     )
     assert not (project / "outbox").exists()
@@ -145,9 +148,10 @@ def test_dry_run_writes_and_sends_nothing(project: Path) -> None:
     with sqlite3.connect(project / "syndicate.db") as conn:
         assert conn.execute("SELECT count(*) FROM digests").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
-        # The seeds were read in a transaction that was rolled back.
-        assert conn.execute("SELECT count(*) FROM articles").fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM dumps").fetchone()[0] == 0
+        # What it parsed is kept (as `build` keeps it); no article is marked as mailed.
+        assert conn.execute("SELECT count(*) FROM dumps").fetchone()[0] > 0
+        marked = conn.execute("SELECT count(*) FROM articles WHERE digest_day IS NOT NULL")
+        assert marked.fetchone()[0] == 0
     code, out, _ = _run("send", "--dry-run", "--json", "--limit", "1")
     assert json.loads(out)["would_send"] == 1
 
@@ -239,6 +243,28 @@ def test_unsubscribe_token_make_and_verify(project: Path) -> None:
     assert err == (
         "Error: not valid: unsubscribe token: the signature does not match (altered, or "
         "signed with another secret). Use the link from the email.\n"
+    )
+
+
+def test_unsubscribe_token_of_an_erased_subscriber_is_not_valid_for_the_next_one(
+    project: Path,
+) -> None:
+    _subscribe("an@example.org")
+    url = _run("unsubscribe-token", "make", "an@example.org")[1]
+    assert _run("subscribers", "erase", "an@example.org")[0] == 0
+    _subscribe("binh@example.org")
+    token = url.strip().split("token=")[1]
+    assert _run("unsubscribe-token", "verify", token) == (
+        2,
+        "",
+        "Error: not valid: unsubscribe token: the subscriber it was made for no longer "
+        "exists (erased). Nothing was changed.\n",
+    )
+    binh = _run("unsubscribe-token", "make", "binh@example.org")[1].strip().split("token=")[1]
+    assert _run("unsubscribe-token", "verify", binh) == (
+        0,
+        "valid: subscriber 2 <binh@example.org> (confirmed)\n",
+        "",
     )
 
 
@@ -472,7 +498,7 @@ def test_dry_run_counts_in_the_singular(clock: Clock) -> None:
     assert _run("send", "--dry-run") == (
         0,
         "Dry run: the 2024-10-31 digest (1 article) would go to 1 subscriber, 0 skipped; "
-        "nothing was written or sent.\n",
+        "no digest was stored and nothing was sent.\n",
         "",
     )
 
@@ -523,6 +549,34 @@ def test_erase_deletes_the_outbox_messages_to_that_address(project: Path) -> Non
         assert b"To: an@example.org" not in path.read_bytes()
 
 
+def test_implicit_tls_to_a_plain_smtp_port_is_a_setup_error_not_a_retry(
+    project: Path, smtpd: SmtpServer
+) -> None:
+    _smtp_config(project, smtpd)
+    config = project / "syndicate.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8").replace('tls = "none"', 'tls = "tls"'),
+        encoding="utf-8",
+    )
+    _subscribe("an@example.org")
+    code, out, err = _run("-q", "send")
+    assert (code, out) == (2, "")
+    line = (
+        re.escape(
+            f"Error: smtp 127.0.0.1:{smtpd.port}: implicit TLS (smtp.tls = 'tls') failed: "
+            "WRONG_VERSION_NUMBER; the server does not speak TLS on this port."
+        )
+        # No DATA started: nothing is in flight.
+        + r" Digest [\d-]+ so far: 0 sent, 0 failed\. "
+    )
+    hint = re.escape(
+        "Use smtp.tls = 'starttls' for a port like 587 or 25, or the server's implicit TLS "
+        "port (usually 465).\n"
+    )
+    assert re.fullmatch(line + hint, err), err
+    assert smtpd.handler.recipients() == []
+
+
 @pytest.mark.parametrize("tls", ["starttls", "tls"])
 def test_send_over_smtp_with_tls_verifies_the_certificate(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls: str
@@ -565,7 +619,7 @@ def _dump_for(day: datetime) -> str:
     return (
         f"Tin ngày {local:%d/%m}\n{local:%d/%m/%Y} 09:00\n"
         f"LGO - Sáng {local.day}/{local.month}, tỉnh Lam Giang họp bàn kế hoạch tuần.\n"
-        "Các sở, ngành báo cáo tiến độ.\n"
+        f"Các sở, ngành báo cáo tiến độ công việc số {local.day} trong tháng {local.month}.\n"
     )
 
 
@@ -591,7 +645,7 @@ def test_a_week_of_dead_and_full_mailboxes_never_holds_up_a_days_digest(
     for offset in range(8):
         day = (clock.now.astimezone(ZoneInfo("Asia/Ho_Chi_Minh"))).date().isoformat()
         if offset:
-            (workdir / "seeds" / f"day{offset}.txt").write_text(
+            (workdir / "seeds" / f"week{offset}.txt").write_text(
                 _dump_for(clock.now), encoding="utf-8"
             )
         for email in greylisted:
@@ -612,3 +666,17 @@ def test_a_week_of_dead_and_full_mailboxes_never_holds_up_a_days_digest(
     with sqlite3.connect(workdir / "syndicate.db") as conn:
         bounced = conn.execute("SELECT count(*) FROM subscribers WHERE status = 'bounced'")
         assert bounced.fetchone()[0] == 50
+
+
+def test_quiet_send_warns_once_on_stderr_when_the_newest_article_is_old(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _subscribe("an@example.org")
+    later = FIXED_NOW + timedelta(days=30)
+    monkeypatch.setattr(AppContext, "now", lambda self: later.timestamp())
+    assert _run("-q", "send") == (
+        0,
+        "",
+        "Warning: digest of 2024-12-01: its newest article is from 2024-11-01, 30 days before "
+        "the digest's day. Check that the scraper still delivers new dumps.\n",
+    )

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from syndicate.cli import cli
 from syndicate.config import (
     Settings,
     base_url,
@@ -101,7 +103,7 @@ def test_environment_supplies_secret_and_smtp_password(tmp_path: Path) -> None:
         (
             "[nope]\n",
             "config section [nope] is not known; sections are: digest, dkim, feeds, load, mail, "
-            "paths, site, smtp, subscribe.",
+            "paths, site, smtp, store, subscribe.",
         ),
         (
             "[mail]\ntransport = 'smtp'\n",
@@ -147,6 +149,112 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> No
     with pytest.raises(ConfigError) as info:
         load_settings(path, {}, cwd=tmp_path)
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[site]\nbase_url = 'http://[::1/'\n",
+            "config key site.base_url has value 'http://[::1/'; expected an absolute http(s) URL "
+            "like 'https://news.example.org/'.",
+        ),
+        (
+            "[site]\nbase_url = 'https://news.example.org:99999/'\n",
+            "config key site.base_url has value 'https://news.example.org:99999/'; "
+            "its port '99999' is not a port number from 1 to 65535.",
+        ),
+        (
+            "[site]\nbase_url = 'https://news.example.org:https/'\n",
+            "config key site.base_url has value 'https://news.example.org:https/'; "
+            "its port 'https' is not a port number from 1 to 65535.",
+        ),
+        (
+            "[site]\nbase_url = 'https://news<example>.org/'\n",
+            "config key site.base_url has value 'https://news<example>.org/'; "
+            "its host 'news<example>.org' is not a host name or IP address.",
+        ),
+        (
+            "[site]\nbase_url = 'https://news..example.org/'\n",
+            "config key site.base_url has value 'https://news..example.org/'; "
+            "its host 'news..example.org' is not a host name or IP address.",
+        ),
+        (
+            "[site]\nbase_url = 'https://admin:hunter2@news.example.org/'\n",
+            "config key site.base_url has credentials (user:password@) in it; expected a URL "
+            "without them, like 'https://news.example.org/'.",
+        ),
+        (
+            "[smtp]\nport = 70000\n",
+            "config key smtp.port has value 70000; expected a port number from 1 to 65535.",
+        ),
+        (
+            "[smtp]\nport = 0\n",
+            "config key smtp.port has value 0; expected a port number from 1 to 65535.",
+        ),
+        (
+            '[site]\ntitle = "Tin\\nBcc: x@example.org"\n',
+            "config key site.title has value 'Tin\\nBcc: x@example.org'; expected one line of "
+            "text without control characters (found '\\n').",
+        ),
+        (
+            '[site]\ndescription = "Tin \\u0007 mới"\n',
+            "config key site.description has value 'Tin \\x07 mới'; expected one line of text "
+            "without control characters (found '\\x07').",
+        ),
+        (
+            "[smtp]\ntimeout = 0\n",
+            "config key smtp.timeout has value 0; expected a number above 0, like 30.0.",
+        ),
+        (
+            "[smtp]\ntimeout = -2.5\n",
+            "config key smtp.timeout has value -2.5; expected a number above 0, like 30.0.",
+        ),
+        (
+            "[smtp]\ntimeout = nan\n",
+            "config key smtp.timeout has value nan; expected a finite number like 30.0.",
+        ),
+        (
+            "[smtp]\ntimeout = inf\n",
+            "config key smtp.timeout has value inf; expected a finite number like 30.0.",
+        ),
+        (
+            "[mail]\ntransport = 'smtp'\nfrom = 'tin@example.org'\n[smtp]\nhost = ''\n",
+            "config key smtp.host is empty, but mail.transport is 'smtp'. "
+            'Set it to the mail server, like host = "smtp.example.org".',
+        ),
+    ],
+)
+def test_bad_values_that_used_to_crash_later_are_one_line_and_exit_2(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {}, cwd=tmp_path)
+    assert str(info.value) == message
+    result = CliRunner().invoke(cli, ["--config", str(path), "build"])
+    assert result.exit_code == 2
+    assert result.output == f"Error: {message}\n"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1]:8000/",
+        "http://127.0.0.1:8000/news/",
+        "https://tin.báo.vn/",
+        "http://intranet_host.local/",
+        "https://news.example.org./",
+    ],
+)
+def test_unusual_but_valid_base_urls_are_accepted(tmp_path: Path, url: str) -> None:
+    path = _write(tmp_path, f"[site]\nbase_url = {url!r}\n")
+    assert load_settings(path, {}, cwd=tmp_path).site.base_url == url
+
+
+def test_an_empty_smtp_host_is_fine_with_the_outbox(tmp_path: Path) -> None:
+    path = _write(tmp_path, "[smtp]\nhost = ''\n")
+    assert load_settings(path, {}, cwd=tmp_path).smtp.host == ""
 
 
 def test_config_that_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:

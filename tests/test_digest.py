@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -18,15 +19,27 @@ from syndicate.digest import (
     RenderedEmail,
     fold_html_lines,
     lead_excerpt,
+    make_subject,
     plan_digest,
+    plan_other_news,
     render_confirmation,
     render_digest,
     select_other_news,
+    stale_warning,
     wrap_text,
 )
 from syndicate.errors import ConfigError, InputError
-from syndicate.model import Article, Block, BlockKind, DigestPlan, Precision, Teaser
+from syndicate.model import (
+    Article,
+    Block,
+    BlockKind,
+    DigestPlan,
+    Precision,
+    StoryLink,
+    Teaser,
+)
 from syndicate.site import article_url
+from syndicate.text import story_key
 
 DAY = date(2024, 11, 1)
 MARKER = "https://news.example.org/unsubscribe?t=UNSUB-MARKER-0123456789abcdef"
@@ -142,13 +155,33 @@ def golden_articles() -> tuple[Article, ...]:
             lead="Thư viện tỉnh vừa ra mắt thư viện số với hơn 12.000 đầu sách.",
             published=None,
             slug="thu-vien-so",
+            teasers=(
+                # Scraped three weeks later, and no article of the store: left out.
+                Teaser("LGO", "Hôm nay 21/11, Bộ Chỉ huy Bộ đội Biên phòng tỉnh tuần tra song..."),
+                # Its article is stored (GOLDEN_LINK): linked, and listed first.
+                Teaser("LGO", "Sáng nay 30/10, Sở Y tế tỉnh Lam Giang khánh thành trung tâm..."),
+            ),
         ),
     )
 
 
+# The stored article the last teaser of golden_articles() advertises.
+GOLDEN_LINK = StoryLink(
+    "d4",
+    "cap-cuu-115",
+    "Khánh thành trung tâm cấp cứu 115 của tỉnh",
+    datetime(2024, 10, 30, 1, 0, tzinfo=UTC),
+    Precision.DATETIME,
+    datetime(2024, 10, 30, 3, 0, tzinfo=UTC),
+)
+
+
 @pytest.fixture
 def golden_plan() -> DigestPlan:
-    return DigestPlan(day=DAY, articles=golden_articles(), more=4)
+    links = {
+        story_key("Sáng nay 30/10, Sở Y tế tỉnh Lam Giang khánh thành trung tâm..."): GOLDEN_LINK
+    }
+    return DigestPlan(day=DAY, articles=golden_articles(), more=4, links=links)
 
 
 @pytest.fixture
@@ -346,11 +379,164 @@ def test_lead_excerpt_respects_the_word_limit_everywhere() -> None:
 
 
 def test_other_news_drops_teasers_for_articles_in_the_digest_and_duplicates() -> None:
-    chosen = select_other_news(golden_articles())
+    chosen = select_other_news(golden_articles()[:2])
     assert [(t.dateline, t.text) for t in chosen] == [
         ("LGO", "Mưa lũ gây sạt lở nhiều tuyến đường ở huyện miền núi..."),
         ("(QT)", "Khai mạc lễ hội cầu ngư làng biển Đồng Luỹ..."),
     ]
+
+
+def _link(ident: str, published: datetime | None, title: str = "") -> StoryLink:
+    precision = Precision.DATETIME if published else Precision.UNKNOWN
+    seen = datetime(2024, 10, 31, 12, 0, tzinfo=UTC)
+    return StoryLink(ident, f"bai-{ident}", title or f"Bài {ident}", published, precision, seen)
+
+
+def _teaser(text: str) -> Teaser:
+    return Teaser("QTO", text)
+
+
+# Teasers long enough to tie to an article, each about something else.
+T_OLD = "Sáng nay 28/10, tỉnh khởi công đường ven biển nối ba huyện..."
+T_NEW = "Chiều nay 30/10, Sở Y tế kiểm tra an toàn thực phẩm tại các chợ..."
+T_UNDATED = "Phó Chủ tịch UBND tỉnh vừa ký văn bản gửi Công ty Cảng quốc tế..."
+T_PLAIN = "Hiện tỉnh còn 26 xã miền núi chưa đạt chuẩn nông thôn mới..."
+T_LATER = "Hôm nay 21/11, Bộ Chỉ huy Bộ đội Biên phòng tỉnh tuần tra song..."
+T_IN_DIGEST = "Hội thảo chuyển đổi số diễn ra với sự tham gia của hơn 200 đại biểu..."
+
+
+def _other_news_plan(*, teasers: tuple[str, ...], links: dict[str, StoryLink]) -> DigestPlan:
+    a = make_article(
+        "a",
+        published=datetime(2024, 10, 31, 2, 0, tzinfo=UTC),
+        teasers=tuple(map(_teaser, teasers)),
+    )
+    b = make_article("b", title="Hội thảo", lead=T_IN_DIGEST.removesuffix("..."), published=None)
+    return DigestPlan(day=DAY, articles=(a, b), links={story_key(k): v for k, v in links.items()})
+
+
+def test_other_news_puts_linked_teasers_first_newest_first_then_the_others() -> None:
+    plan = _other_news_plan(
+        teasers=(T_PLAIN, T_OLD, T_UNDATED, T_NEW),
+        links={
+            T_OLD: _link("old", datetime(2024, 10, 28, 1, 0, tzinfo=UTC)),
+            T_NEW: _link("new", datetime(2024, 10, 30, 8, 0, tzinfo=UTC)),
+            # Undated: placed by when it was first seen (31/10 12:00), newest of the three.
+            T_UNDATED: _link("undated", None),
+        },
+    )
+    chosen = plan_other_news(plan, limit=10, tz=UTC)
+    assert [(n.link.id if n.link else n.teaser.text) for n in chosen] == [
+        "undated",
+        "new",
+        "old",
+        T_PLAIN,
+    ]
+
+
+def test_other_news_leaves_out_articles_in_the_digest_and_later_unlinked_teasers() -> None:
+    plan = _other_news_plan(
+        teasers=(T_IN_DIGEST, T_LATER, T_PLAIN, T_NEW),
+        # The first teaser advertises article b, which this digest carries.
+        links={T_IN_DIGEST: _link("b", None, "Hội thảo"), T_NEW: _link("new", None)},
+    )
+    chosen = plan_other_news(plan, limit=10, tz=UTC)
+    # T_LATER opens with 21/11: three weeks after the newest article (31/10), and unlinked.
+    assert [(n.link.id if n.link else n.teaser.text) for n in chosen] == ["new", T_PLAIN]
+
+
+def test_a_linked_teaser_dated_later_is_kept() -> None:
+    plan = _other_news_plan(teasers=(T_LATER,), links={T_LATER: _link("later", None)})
+    assert [n.link.id for n in plan_other_news(plan, limit=5, tz=UTC) if n.link] == ["later"]
+
+
+def test_other_news_keeps_at_most_max_teasers_and_none_at_zero(
+    mail_settings: Settings, now: datetime
+) -> None:
+    teasers = tuple(f"Tin số {i} về chuyện khác hẳn nhau ở xã {i}..." for i in range(12))
+    plan = _other_news_plan(teasers=teasers, links={teasers[7]: _link("x", None, "Tin bảy")})
+    chosen = plan_other_news(plan, limit=5, tz=UTC)
+    assert len(chosen) == 5
+    assert chosen[0].link == _link("x", None, "Tin bảy")
+    default = render(plan, mail_settings, now)
+    assert default.text.count("\n- ") == 5  # digest.max_teasers defaults to 5
+    hidden = dataclasses.replace(
+        mail_settings, digest=dataclasses.replace(mail_settings.digest, max_teasers=0)
+    )
+    rendered = render(plan, hidden, now)
+    assert "Tin khác" not in rendered.html
+    assert "TIN KHÁC" not in rendered.text
+
+
+def _subject_settings(settings: Settings, template: str | None = None) -> Settings:
+    mail = (
+        settings.mail if template is None else dataclasses.replace(settings.mail, subject=template)
+    )
+    return dataclasses.replace(settings, mail=mail)
+
+
+@pytest.mark.parametrize(
+    ("lang", "others", "expected"),
+    [
+        ("vi", 6, "Tin mới: Thông xe cầu Sông Lam và 6 tin khác"),
+        ("en", 6, "Tin mới: Thông xe cầu Sông Lam and 6 more"),
+        ("vi", 0, "Tin mới: Thông xe cầu Sông Lam"),
+        ("en", 1, "Tin mới: Thông xe cầu Sông Lam and 1 more"),
+    ],
+)
+def test_subject_names_the_top_story_and_how_many_more(
+    settings: Settings, lang: str, others: int, expected: str
+) -> None:
+    subject = make_subject(
+        settings, lang=lang, day=DAY, headline="Thông xe cầu Sông Lam", others=others
+    )
+    assert subject == expected
+
+
+def test_subject_shortens_a_long_headline_at_a_word_boundary_to_78_characters(
+    settings: Settings,
+) -> None:
+    headline = (
+        "Phó Bí thư Thường trực Tỉnh ủy, Chủ tịch HĐND tỉnh Nguyễn Đăng Quang dự hội thảo "
+        "chuyển đổi số trong các cơ quan đảng"
+    )
+    subject = make_subject(settings, lang="vi", day=DAY, headline=headline, others=6)
+    assert subject == ("Tin mới: Phó Bí thư Thường trực Tỉnh ủy, Chủ tịch HĐND tỉnh… và 6 tin khác")
+    assert len(subject) <= 78
+    # Decomposed input gives the same, NFC, subject.
+    decomposed = unicodedata.normalize("NFD", headline)
+    assert make_subject(settings, lang="vi", day=DAY, headline=decomposed, others=6) == subject
+
+
+def test_subject_template_takes_headline_and_more_or_is_used_as_written(
+    settings: Settings,
+) -> None:
+    custom = _subject_settings(settings, "[{site}] {date}: {headline} ({more})")
+    assert (
+        make_subject(custom, lang="en", day=DAY, headline="Cầu mới", others=2)
+        == "[Tin mới] November 1, 2024: Cầu mới (and 2 more)"
+    )
+    fixed = _subject_settings(settings, "Bản tin {site} {{headline}")
+    assert (
+        make_subject(fixed, lang="vi", day=DAY, headline="Cầu mới", others=2)
+        == "Bản tin Tin mới {Cầu mới"
+    )
+    plain = _subject_settings(settings, "Bản tin sáng")
+    assert make_subject(plain, lang="vi", day=DAY, headline="x " * 100, others=9) == "Bản tin sáng"
+
+
+def test_stale_warning_when_the_newest_article_is_over_a_week_older_than_the_day() -> None:
+    article = make_article("a", published=datetime(2024, 10, 24, 23, 0, tzinfo=UTC))
+    undated = make_article("u", published=None)
+    # Published 25/10 at 06:00 in Vietnam: 7 days before 1/11, not yet stale.
+    fresh = DigestPlan(day=date(2024, 11, 1), articles=(undated, article))
+    assert stale_warning(fresh, tz=ZoneInfo("Asia/Ho_Chi_Minh")) is None
+    stale = DigestPlan(day=date(2024, 11, 2), articles=(undated, article))
+    assert stale_warning(stale, tz=ZoneInfo("Asia/Ho_Chi_Minh")) == (
+        "Warning: digest of 2024-11-02: its newest article is from 2024-10-25, 8 days before "
+        "the digest's day. Check that the scraper still delivers new dumps."
+    )
+    assert stale_warning(DigestPlan(day=DAY, articles=(undated,)), tz=UTC) is None
 
 
 def test_other_news_matches_a_teaser_cut_mid_word_against_a_lead() -> None:
@@ -398,7 +584,7 @@ def test_golden_digest_vi(
     rendered = render(golden_plan, mail_settings, now, lang="vi")
     check_golden("digest.html", rendered.html.encode("utf-8"))
     check_golden("digest.txt", rendered.text.encode("utf-8"))
-    assert rendered.subject == "Tin mới: bản tin 1 tháng 11, 2024"
+    assert rendered.subject == "Tin mới: Thông xe cầu Sông Lam nối hai bờ TP. Bến Lam và 2 tin khác"
     assert rendered.lang == "vi"
 
 
@@ -408,7 +594,7 @@ def test_golden_digest_en(
     rendered = render(golden_plan, mail_settings, now, lang="en")
     check_golden("digest.en.html", rendered.html.encode("utf-8"))
     check_golden("digest.en.txt", rendered.text.encode("utf-8"))
-    assert rendered.subject == "Tin mới: news for November 1, 2024"
+    assert rendered.subject == "Tin mới: Thông xe cầu Sông Lam nối hai bờ TP. Bến Lam and 2 more"
 
 
 def test_digest_has_every_required_part(
@@ -788,3 +974,17 @@ def test_shared_sample_articles_make_a_sound_digest(
         excerpt = lead_excerpt(article.lead, words=mail_settings.digest.lead_words)
         assert len(excerpt.split()) <= mail_settings.digest.lead_words
         assert " ".join(article.lead.split()).startswith(excerpt.rstrip("…"))
+
+
+def test_digest_blurb_is_the_head_when_the_article_has_one(
+    settings: Settings, now: datetime
+) -> None:
+    with_head = dataclasses.replace(
+        make_article("h", lead="Đoạn thân bài đầu tiên."), head="Sapo <b>tóm tắt</b> bài."
+    )
+    without = make_article("l", lead="Chỉ có đoạn mở đầu.")
+    email = render(DigestPlan(day=DAY, articles=(with_head, without)), settings, now)
+    assert "Sapo &lt;b&gt;tóm tắt&lt;/b&gt; bài." in email.html
+    assert "Sapo <b>tóm tắt</b> bài." in email.text
+    assert "Đoạn thân bài đầu tiên." not in email.text
+    assert "Chỉ có đoạn mở đầu." in email.text

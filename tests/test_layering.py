@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "store": BASE | {"store"},
     "output": BASE,
     "mail": BASE | {"digest", "tokens", "site"},
-    "build": BASE | {"load", "feeds", "site", "store", "output"},
+    "publish": BASE | {"load", "feeds", "site", "store", "output"},
     "send": BASE | {"mail", "store", "output", "digest", "tokens", "site"},
     "web": BASE | {"store", "tokens", "mail", "send", "digest", "site", "output"},
 }

@@ -41,10 +41,8 @@ BASIC_PARAGRAPHS = [
     "Hội nghị cũng đề ra nhiều giải pháp cho năm tới, trong đó chú trọng y tế cơ sở.",
 ]
 # The lead's first sentence is 122 characters: cut at a word boundary within 100.
-BASIC_TITLE = (
-    "Sáng nay 31/10, tại TP. Đông Hà, Sở Y tế tỉnh tổ chức hội nghị tổng kết công tác phòng "
-    "chống dịch…"
-)
+# The time and place adverbial goes (the date is in `published`); the sentence fits.
+BASIC_TITLE = "Sở Y tế tỉnh tổ chức hội nghị tổng kết công tác phòng chống dịch bệnh năm 2024"
 
 
 def load(name: str) -> Article:
@@ -104,9 +102,10 @@ def test_basic_dump_parses_every_part() -> None:
     assert article.precision is Precision.INFERRED_YEAR
     assert article.source == "dumps/basic_utf8.txt"
     assert article.language == "vi"
-    assert article.summary is None
+    assert article.head is None
+    assert article.summary == BASIC_LEAD
     assert article.slug == (
-        "sang-nay-31-10-tai-tp-dong-ha-so-y-te-tinh-to-chuc-hoi-nghi-tong-ket-cong-tac"
+        "so-y-te-tinh-to-chuc-hoi-nghi-tong-ket-cong-tac-phong-chong-dich-benh-nam-2024"
     )
     assert len(article.id) == 32
     int(article.id, 16)
@@ -121,6 +120,7 @@ def test_to_dict_has_exactly_the_inspect_keys() -> None:
         "title_derived",
         "published",
         "published_precision",
+        "head",
         "lead",
         "paragraphs",
         "captions",
@@ -134,21 +134,19 @@ def test_to_dict_has_exactly_the_inspect_keys() -> None:
     }
 
 
-def test_filled_header_gives_title_date_and_sapo_as_lead() -> None:
+def test_filled_header_gives_title_date_and_head_and_the_lead_is_the_first_body_line() -> None:
     article = load("header_filled.txt")
     assert article.title == "Tiêu đề thật của bài"
     assert article.title_derived is False
     assert article.published == datetime(2024, 10, 31, 9, 15, tzinfo=TZ)
     assert article.precision is Precision.DATETIME
-    assert article.summary == "Sapo của bài: tỉnh tổ chức hội nghị tổng kết."
-    assert article.lead == "Sapo của bài: tỉnh tổ chức hội nghị tổng kết."
+    assert article.head == "Sapo của bài: tỉnh tổ chức hội nghị tổng kết."
+    assert article.summary == article.head
+    assert article.lead == "Đoạn thân bài thứ nhất."
     assert article.dateline == "QTO"
-    assert list(article.paragraphs) == [
-        "Sapo của bài: tỉnh tổ chức hội nghị tổng kết.",
-        "Đoạn thân bài thứ nhất.",
-        "Đoạn thân bài thứ hai.",
-    ]
+    assert list(article.paragraphs) == ["Đoạn thân bài thứ nhất.", "Đoạn thân bài thứ hai."]
     assert article.author == "TTXVN"
+    assert article.to_dict()["head"] == "Sapo của bài: tỉnh tổ chức hội nghị tổng kết."
 
 
 def test_header_is_the_first_three_physical_lines_even_when_blank() -> None:
@@ -156,10 +154,11 @@ def test_header_is_the_first_three_physical_lines_even_when_blank() -> None:
     assert article.title == "Đoạn mở đầu"
     assert article.title_derived is True
     assert list(article.paragraphs) == ["Đoạn mở đầu.", "Đoạn hai."]
-    # A real third line is the sapo, not the lead of the body.
+    # A real third line is the sapo (the head), not the lead of the body.
     article = parse_text("Tiêu đề\n\nSapo.\nThân bài.\n")
-    assert article.summary == "Sapo."
-    assert list(article.paragraphs) == ["Sapo.", "Thân bài."]
+    assert article.head == "Sapo."
+    assert article.lead == "Thân bài."
+    assert list(article.paragraphs) == ["Thân bài."]
 
 
 def test_teasers_are_the_trailing_run_and_a_paragraph_may_end_in_an_ellipsis() -> None:
@@ -363,6 +362,17 @@ def test_zero_width_characters_and_tabs_are_cleaned() -> None:
     assert list(article.paragraphs) == ["Đoạn mở đầu của bài. Có tab.", "Đoạn hai."]
 
 
+def test_bidi_controls_are_removed_and_emoji_joiners_kept() -> None:
+    article = parse_text(
+        "Tin \u202enóng\u202c về gia đình 👨\u200d👩\u200d👧\n31/10/2024 09:15\n"
+        "QTO - Đoạn mở đầu \u2066của\u2069 bài.\nĐoạn hai.\nTrúc\u202e Phương\n"
+    )
+    assert article.title == "Tin nóng về gia đình 👨\u200d👩\u200d👧"
+    assert article.author == "Trúc Phương"
+    assert article.head == "Đoạn mở đầu của bài."
+    assert article.lead == "Đoạn hai."
+
+
 def test_soft_hyphens_are_deleted() -> None:
     article = load("soft_hyphen.txt")
     assert article.title == "Chuyển đổi số ở Quảng Trị"
@@ -560,11 +570,11 @@ def test_title_from_lead_knows_abbreviations_and_initials() -> None:
 def test_long_derived_title_is_cut_at_a_word_boundary() -> None:
     words = "Hội nghị tổng kết công tác chuyển đổi số của các cơ quan đảng và mặt trận tỉnh"
     article = parse_text(f"{{title}}\n{{publish}}\n{{head}}\n{words} {words}.\n")
+    # 89 characters would end inside "hội nghị"; 86 would end on the compound's first half.
     assert article.title == (
-        "Hội nghị tổng kết công tác chuyển đổi số của các cơ quan đảng và mặt trận tỉnh Hội "
-        "nghị tổng kết…"
+        "Hội nghị tổng kết công tác chuyển đổi số của các cơ quan đảng và mặt trận tỉnh Hội nghị…"
     )
-    assert len(article.title) <= 100
+    assert len(article.title) <= 90
 
 
 def test_question_keeps_its_mark_in_a_derived_title() -> None:
@@ -824,11 +834,12 @@ def test_repo_seeds_all_parse_and_cover_the_format(sample_articles: list[Article
 @pytest.mark.skipif(not SAMPLE.exists(), reason="shared sample not present")
 def test_real_shared_sample() -> None:
     article = parse_dump(SAMPLE.read_bytes(), source=str(SAMPLE), tz=TZ)
+    # The adverbial goes; the cut splits neither "hội thảo" nor "chủ đề".
     assert article.title == (
-        "Sáng nay 31/10, tại TP. Đông Hà, Ban Tuyên giáo Tỉnh ủy, Văn phòng Tỉnh ủy phối hợp "
-        "tổ chức hội…"
+        "Ban Tuyên giáo Tỉnh ủy, Văn phòng Tỉnh ủy phối hợp tổ chức hội thảo với chủ đề…"
     )
     assert article.title_derived is True
+    assert article.head is None
     assert article.lead.startswith("Sáng nay 31/10, tại TP. Đông Hà, Ban Tuyên giáo Tỉnh ủy")
     assert article.lead.endswith("Trưởng Ban Tuyên giáo Tỉnh ủy Hồ Đại Nam chủ trì hội thảo.")
     assert article.published == datetime(2024, 10, 31, tzinfo=TZ)
@@ -844,7 +855,7 @@ def test_real_shared_sample() -> None:
     )
     assert len(article.paragraphs) == 12
     assert article.language == "vi"
-    assert article.slug.startswith("sang-nay-31-10-tai-tp-dong-ha-ban-tuyen-giao")
+    assert article.slug.startswith("ban-tuyen-giao-tinh-uy-van-phong-tinh-uy")
 
 
 # Pieces of text in the encodings a non-UTF-8 dump may mix: the decoder's byte counts must

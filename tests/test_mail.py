@@ -7,6 +7,7 @@ import dataclasses
 import re
 import shutil
 import subprocess
+import unicodedata
 from datetime import date
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from syndicate.config import Settings
-from syndicate.digest import RenderedEmail
+from syndicate.digest import RenderedEmail, make_subject
 from syndicate.errors import ConfigError
 from syndicate.mail import (
     DkimKey,
@@ -363,3 +364,22 @@ def test_reply_to_keeps_every_address_and_encodes_names(mail_settings, rendered,
         ("Tòa soạn", "toa-soan@example.org"),
         ("", "ban-doc@example.org"),
     ]
+
+
+def test_the_top_story_subject_is_byte_exact_vietnamese_after_encoding(  # type: ignore[no-untyped-def]
+    mail_settings, rendered, now
+) -> None:
+    # A decomposed (NFD) headline, as cp1258 dumps give: the subject is NFC.
+    headline = unicodedata.normalize("NFD", "Quảng Trị: thông xe cầu Sông Thạch Hãn mùa lũ")
+    subject = make_subject(mail_settings, lang="vi", day=DAY, headline=headline, others=6)
+    expected = "Tin mới: Quảng Trị: thông xe cầu Sông Thạch Hãn mùa lũ và 6 tin khác"
+    assert subject == expected
+    template = build_digest_template(
+        dataclasses.replace(rendered, subject=subject),
+        settings=mail_settings,
+        digest_day=DAY,
+        marker=MARKER,
+        now=now,
+    )
+    decoded = _parse(_fill(template))["Subject"]
+    assert decoded.encode("utf-8") == expected.encode("utf-8")

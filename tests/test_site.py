@@ -339,3 +339,74 @@ def test_a_loader_article_renders_the_same_unchecked(sample_articles: list[Artic
         assert renderer.render_article(article, slug="x", from_loader=True) == (
             renderer.render_article(article, slug="x")
         )
+
+
+def _parsed_page(renderer: SiteRenderer, text: str) -> str:
+    from syndicate.load import parse_dump
+
+    article = parse_dump(text.encode(), source="x.txt", tz=TZ)
+    return renderer.render_article(article, slug="x", from_loader=True).decode("utf-8")
+
+
+def _after_h1(html: str) -> str:
+    """The article's text from its H1 on, tags dropped, one line."""
+    page = _parse(html.split("<h1>", 1)[1].encode())
+    return " ".join(" ".join(page.text).split())
+
+
+def test_head_is_the_standfirst_and_the_meta_description(renderer: SiteRenderer) -> None:
+    html = _parsed_page(
+        renderer,
+        "Tiêu đề thật\n31/10/2024 09:15\nQTO - Tỉnh bàn chuyển đổi số <b>mạnh</b>.\n"
+        "Đoạn thân bài đầu.\nĐoạn hai.\n",
+    )
+    assert (
+        '<meta name="description" content="Tỉnh bàn chuyển đổi số &lt;b&gt;mạnh&lt;/b&gt;.">'
+        in html
+    )
+    assert '<p class="standfirst">Tỉnh bàn chuyển đổi số &lt;b&gt;mạnh&lt;/b&gt;.</p>' in html
+    assert html.index('class="standfirst"') < html.index("<p>Đoạn thân bài đầu.</p>")
+
+
+def test_page_with_a_title_derived_from_the_lead_prints_its_words_once(
+    renderer: SiteRenderer,
+) -> None:
+    html = _parsed_page(renderer, "{title}\n{publish}\n{head}\nAi sẽ thắng? Không ai biết.\nHết.\n")
+    assert "<h1>Ai sẽ thắng?</h1>" in html
+    assert _after_h1(html).count("Ai sẽ thắng?") == 1
+    assert "<p>Không ai biết.</p>" in html
+    # A lead that is all title leaves no empty paragraph behind.
+    html = _parsed_page(renderer, "{title}\n{publish}\n{head}\nHội nghị tổng kết năm.\nHết.\n")
+    assert "<h1>Hội nghị tổng kết năm</h1>" in html
+    assert "<p></p>" not in html
+    assert _after_h1(html).count("Hội nghị tổng kết năm") == 1
+
+
+def test_page_with_a_cut_derived_title_goes_on_where_the_title_stopped(
+    renderer: SiteRenderer,
+) -> None:
+    words = "Hội nghị tổng kết công tác chuyển đổi số của các cơ quan đảng và mặt trận tỉnh"
+    html = _parsed_page(renderer, f"{{title}}\n{{publish}}\n{{head}}\n{words} {words}.\n")
+    assert "<h1>Hội nghị tổng kết công tác chuyển đổi số" in html
+    assert "<p>…tổng kết công tác chuyển đổi số của các cơ quan đảng và mặt trận tỉnh.</p>" in html
+
+
+def test_page_with_a_title_derived_from_the_head_shows_the_rest_of_the_head(
+    renderer: SiteRenderer,
+) -> None:
+    html = _parsed_page(
+        renderer,
+        "{title}\n{publish}\nQTO - Tỉnh khen thưởng 20 tập thể. Lễ diễn ra tại Đông Hà.\n"
+        "Thân bài.\n",
+    )
+    assert "<h1>Tỉnh khen thưởng 20 tập thể</h1>" in html
+    assert '<p class="standfirst">Lễ diễn ra tại Đông Hà.</p>' in html
+    assert "<p>Thân bài.</p>" in html
+
+
+def test_lead_that_opens_with_an_adverbial_is_printed_whole(renderer: SiteRenderer) -> None:
+    html = _parsed_page(
+        renderer, "{title}\n{publish}\n{head}\nSáng nay 31/10, tỉnh khai mạc hội chợ.\nHết.\n"
+    )
+    assert "<h1>Tỉnh khai mạc hội chợ</h1>" in html
+    assert "<p>Sáng nay 31/10, tỉnh khai mạc hội chợ.</p>" in html

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
+import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +16,7 @@ from syndicate.errors import StoreError
 from syndicate.model import Article, Block, BlockKind, Precision, Teaser
 from syndicate.store import Database, open_database
 from syndicate.store.articles import (
+    backfill_teasers,
     decode_article,
     encode_record,
     get_article,
@@ -38,7 +41,7 @@ def _article(ident: str, *blocks: Block) -> Article:
         teasers=(Teaser("QTO", "Tin khác..."),),
         source="seeds/a.txt",
         dateline="QTO",
-        summary=None,
+        head="Sapo: tin chính <i>ở</i> Đông Hà.",
     )
 
 
@@ -155,3 +158,86 @@ def test_page_stamps_pack_size_and_time_losslessly() -> None:
     for size, mtime_ns in [(0, 0), (15_321, 1_764_000_000_123_456_789), (2**40, 2**63 - 1)]:
         assert stamp_parts(page_stamp(size, mtime_ns)) == (size, mtime_ns)
     assert page_stamp(1, 2) != page_stamp(2, 1)
+
+
+LONG_LEAD = "Sáng nay 30/10, tại TP. Đông Hà, Trường Chính trị Lê Duẩn có buổi làm việc với"
+
+
+def _story(ident: str, lead: str, *teasers: str) -> Article:
+    base = _article(ident, Block(BlockKind.PARAGRAPH, lead))
+    return dataclasses.replace(base, teasers=tuple(Teaser("QTO", t) for t in teasers))
+
+
+def _targets(db: Database) -> list[tuple[str, int, str | None]]:
+    return db.conn.execute(
+        "SELECT article_id, position, target_id FROM teasers ORDER BY article_id, position"
+    ).fetchall()
+
+
+def test_teasers_are_linked_in_either_order_and_to_the_smallest_matching_id(
+    db: Database,
+) -> None:
+    teaser = LONG_LEAD[:60] + "..."
+    with db.transaction():
+        upsert_article(db, _story("a", "Bài A.", teaser, "Quá ngắn..."), now=NOW)
+    assert _targets(db) == [("a", 0, None)]  # "Quá ngắn" is too short to match anything
+    with db.transaction():
+        upsert_article(db, _story("m", LONG_LEAD + " lãnh đạo tỉnh."), now=NOW)
+    assert _targets(db) == [("a", 0, "m")]
+    # A second match with a smaller id takes the link, as if it had come first.
+    with db.transaction():
+        upsert_article(db, _story("c", unicodedata.normalize("NFD", LONG_LEAD.upper())), now=NOW)
+    assert _targets(db) == [("a", 0, "c")]
+    # A teaser stored after its article is linked at once.
+    with db.transaction():
+        upsert_article(db, _story("z", "Bài Z.", teaser), now=NOW)
+    assert _targets(db) == [("a", 0, "c"), ("z", 0, "c")]
+    # C's lead changes: its teasers go to the next match.
+    with db.transaction():
+        upsert_article(db, _story("c", "Một bài khác hẳn."), now=NOW)
+    assert _targets(db) == [("a", 0, "m"), ("z", 0, "m")]
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_a_database_from_before_the_teasers_table_is_indexed_once(
+    tmp_path: Path, version: int
+) -> None:
+    """Migration 5 added the teasers table: a database at step 3 or 4 with articles."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for step in MIGRATIONS[:version]:
+        for statement in step:
+            conn.execute(statement)
+    for article in (_story("a", "Bài A.", LONG_LEAD[:50] + "…"), _story("b", LONG_LEAD)):
+        record, body, record_hash = encode_record(article)
+        conn.execute(
+            "INSERT INTO articles (id, record, body, first_seen_at, record_hash)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                article.id,
+                record.decode(),
+                body.decode() if body else None,
+                NOW.isoformat(),
+                record_hash,
+            ),
+        )
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.commit()
+    conn.close()
+    with open_database(path) as database:
+        assert database.schema_version == len(MIGRATIONS) == 5
+        assert _targets(database) == []
+        assert backfill_teasers(database) == 2
+        assert _targets(database) == [("a", 0, "b")]
+        assert backfill_teasers(database) == 0  # once only
+
+
+def test_a_record_stored_before_heads_existed_reads_back_without_one() -> None:
+    record = LOADER_LIKE.to_record()
+    assert record["head"] == "Sapo: tin chính <i>ở</i> Đông Hà."
+    assert Article.from_record(record) == LOADER_LIKE
+    del record["head"]
+    record["summary"] = "the old field"
+    old = Article.from_record(record)
+    assert old.head is None
+    assert old.summary == old.lead

@@ -117,8 +117,20 @@ def test_create_digest_is_all_or_nothing(db: Database) -> None:
     assert db.conn.execute("SELECT count(*) FROM digests").fetchone()[0] == 0
 
 
-def test_a_damaged_record_is_a_store_error(db: Database) -> None:
+def test_a_damaged_record_is_left_out_of_the_digest_with_one_warning(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
     store(db, article("a", T0))
-    db.conn.execute("UPDATE articles SET record = '{\"id\": 1}'")
-    with pytest.raises(StoreError, match=r"article 'a': the stored article record is damaged"):
-        list(iter_candidates(db))
+    store(db, article("b", T0))
+    db.conn.execute("UPDATE articles SET record = '{\"id\": 1}' WHERE id = 'a'")
+    assert [found.id for found, _seen in iter_candidates(db)] == ["b"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0].endswith(
+        "x.db: article 'a': the stored article record is damaged: KeyError('body'). "
+        "Run `syndicate build` to store the articles again."
+    )
+    create_digest(db, DigestPlan(day=DAY, articles=(article("a", T0), article("b", T0))), now=T0)
+    plan = get_digest(db, DAY)
+    assert plan is not None
+    assert [found.id for found in plan.articles] == ["b"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from syndicate.errors import SubscriberError
 from syndicate.model import SubscriptionStatus
 from syndicate.store import Database, ledger, open_database
 from syndicate.store.meta import get_erasure_key, get_secret
+from syndicate.store.schema import MIGRATIONS
 from syndicate.store.subscribers import (
     add_subscriber,
     confirm,
@@ -108,6 +110,74 @@ def test_erase_deletes_personal_data_and_keeps_a_keyed_hash(db: Database, now) -
         add_subscriber(db, "an@example.org", now=now)
     assert erase(db, "an@example.org", now=now) is False
     assert get_erasure_key(db) == key
+
+
+def test_ids_are_never_used_again_after_erasing_the_highest(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    # A saved link names an id: the next sign-up must not inherit an erased subscriber's.
+    first = add_subscriber(db, "an@example.org", now=now)
+    last = add_subscriber(db, "binh@example.org", now=now)
+    assert erase(db, "binh@example.org", now=now)
+    added = add_subscriber(db, "chi@example.org", now=now)
+    assert erase(db, "chi@example.org", now=now)
+    signed_up, _ = signup(db, "dung@example.org", language="vi", now=now)
+    assert (first.id, last.id, added.id, signed_up.id) == (1, 2, 3, 4)
+
+
+def test_each_subscriber_gets_a_random_token_nonce_that_stays(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    an = add_subscriber(db, "an@example.org", now=now)
+    binh, _ = signup(db, "binh@example.org", language="vi", now=now)
+    assert len(an.token_nonce) == len(binh.token_nonce) == 16
+    assert an.token_nonce != binh.token_nonce
+    assert "token_nonce" not in repr(an)
+    left = unsubscribe(db, an.id, now=now)
+    back, _ = signup(db, "an@example.org", language="en", now=now)
+    assert left.token_nonce == back.token_nonce == an.token_nonce
+
+
+def test_a_version_3_database_keeps_its_subscribers_and_deliveries_through_migration_4(
+    tmp_path: Path, now
+) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "v3.db"
+    conn = sqlite3.connect(path)
+    for step in MIGRATIONS[:3]:
+        for statement in step:
+            conn.execute(statement)
+    stamp = now.isoformat()
+    for subscriber_id, address in ((1, "an@example.org"), (2, "binh@example.org"), (5, "em@x.org")):
+        conn.execute(
+            "INSERT INTO subscribers (id, email, email_key, status, created_at, updated_at) "
+            "VALUES (?, ?, ?, 'confirmed', ?, ?)",
+            (subscriber_id, address, address, stamp, stamp),
+        )
+    conn.execute(
+        "INSERT INTO digests (day, created_at, article_ids) VALUES ('2024-11-01', ?, '[]')",
+        (stamp,),
+    )
+    for subscriber_id in (2, 5):
+        conn.execute(
+            "INSERT INTO deliveries (digest_day, subscriber_id, status, attempts, updated_at) "
+            "VALUES ('2024-11-01', ?, 'sent', 1, ?)",
+            (subscriber_id, stamp),
+        )
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+    with open_database(path) as migrated:
+        assert migrated.schema_version == len(MIGRATIONS)
+        kept = list(iter_subscribers(migrated))
+        assert [(s.id, s.email) for s in kept] == [
+            (1, "an@example.org"),
+            (2, "binh@example.org"),
+            (5, "em@x.org"),
+        ]
+        assert len({s.token_nonce for s in kept}) == 3
+        assert all(len(s.token_nonce) == 16 for s in kept)
+        assert ledger.day_counts(migrated, day=date(2024, 11, 1)) == {"sent": 2}
+        assert migrated.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        # The highest id is erased (its delivery goes with it); the next one is new.
+        assert erase(migrated, "em@x.org", now=now)
+        assert ledger.day_counts(migrated, day=date(2024, 11, 1)) == {"sent": 1}
+        assert add_subscriber(migrated, "giang@example.org", now=now).id == 6
 
 
 def test_erasures_do_not_depend_on_the_signing_secret(

@@ -7,12 +7,18 @@ import unicodedata
 import pytest
 
 from syndicate.text import (
+    COMPOUND_WORDS,
+    FUNCTION_WORDS,
+    TITLE_LIMIT,
     clean_line,
     collapse_spaces,
+    derive_title,
     detect_language,
+    drop_opening_adverbial,
     first_sentence,
     header_safe,
     nfc,
+    one_line,
     shorten,
     slugify,
 )
@@ -51,6 +57,45 @@ def test_header_safe_removes_line_breaks_and_bounds_length() -> None:
     long = header_safe("x" * 1000, limit=10)
     assert long == "xxxxxxxxx…"
     assert len(long) == 10
+
+
+# Every way a title, author or other one-line field is cleaned.
+ONE_LINE_CLEANERS = [clean_line, one_line, header_safe]
+
+
+@pytest.mark.parametrize("clean", ONE_LINE_CLEANERS)
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # RIGHT-TO-LEFT OVERRIDE would show "gpj.exe" as "exe.jpg".
+        ("Ảnh\u202egpj.exe", "Ảnhgpj.exe"),
+        ("a\u202ab\u202bc\u202cd\u202de\u202ef", "abcdef"),
+        ("Tin \u2066nóng\u2069 \u2067x\u2069\u2068y\u2069", "Tin nóng xy"),
+        # Decomposed text around a control composes once it is gone.
+        (unicodedata.normalize("NFD", "Hà\u202e Nội"), "Hà Nội"),
+    ],
+)
+def test_bidi_controls_are_removed_from_one_line_fields(clean, raw: str, expected: str) -> None:  # type: ignore[no-untyped-def]
+    assert clean(raw) == expected
+
+
+@pytest.mark.parametrize("clean", ONE_LINE_CLEANERS)
+@pytest.mark.parametrize(
+    "emoji",
+    [
+        "👨\u200d👩\u200d👧",  # family
+        "🏳\ufe0f\u200d🌈",  # rainbow flag: variation selector before the joiner
+        "👩🏽\u200d💻",  # skin tone before the joiner
+        "❤\ufe0f\u200d🔥",  # a dingbat heart
+    ],
+)
+def test_zero_width_joiner_inside_an_emoji_sequence_is_kept(clean, emoji: str) -> None:  # type: ignore[no-untyped-def]
+    assert clean(f"Gia đình {emoji} vui") == f"Gia đình {emoji} vui"
+
+
+@pytest.mark.parametrize("clean", ONE_LINE_CLEANERS)
+def test_zero_width_joiner_outside_emoji_is_removed(clean) -> None:  # type: ignore[no-untyped-def]
+    assert clean("a\u200db \u200d👍 👍\u200d x\u200d\u200d👍") == "ab 👍 👍 x👍"
 
 
 @pytest.mark.parametrize(
@@ -122,3 +167,118 @@ def test_shorten_cuts_at_a_word_boundary() -> None:
 )
 def test_detect_language(text: str, language: str) -> None:
     assert detect_language(text) == language
+
+
+# ---------------------------------------------------------------- derived titles
+
+
+@pytest.mark.parametrize(
+    ("lead", "title"),
+    [
+        ("Sáng nay 31/10, Sở Y tế tỉnh tổ chức hội nghị.", "Sở Y tế tỉnh tổ chức hội nghị"),
+        (
+            "Chiều 2/11, tại TP. Đông Hà, UBND tỉnh họp bàn kế hoạch năm 2025.",
+            "UBND tỉnh họp bàn kế hoạch năm 2025",
+        ),
+        ("Ngày 27.10, huyện Gio Linh ra quân trồng rừng.", "Huyện Gio Linh ra quân trồng rừng"),
+        ("Hôm qua (15/11), đoàn công tác đến thăm xã.", "Đoàn công tác đến thăm xã"),
+        ("Tối nay 30-10, đêm nhạc diễn ra ở quảng trường.", "Đêm nhạc diễn ra ở quảng trường"),
+        ("On Thursday, the ministry said exports rose.", "The ministry said exports rose"),
+        ("Yesterday, farmers began the harvest early.", "Farmers began the harvest early"),
+        # Not an adverbial: kept as written.
+        (
+            "Sáng tạo trong công tác dân vận được biểu dương.",
+            "Sáng tạo trong công tác dân vận được biểu dương",
+        ),
+        ("Ngày hội đọc sách thu hút học sinh.", "Ngày hội đọc sách thu hút học sinh"),
+    ],
+)
+def test_derived_title_drops_the_opening_time_and_place(lead: str, title: str) -> None:
+    assert derive_title(lead) == title
+
+
+def test_adverbial_is_kept_when_too_little_would_be_left() -> None:
+    assert drop_opening_adverbial("Sáng nay 31/10, họp.") == "Sáng nay 31/10, họp."
+
+
+def test_derived_title_prefers_a_clause_boundary_between_40_and_90_characters() -> None:
+    lead = (
+        "Tỉnh Quảng Trị hoàn thành kế hoạch trồng rừng năm 2024 sớm hai tháng, vượt chỉ tiêu "
+        "được giao và mở rộng diện tích rừng gỗ lớn ở các huyện miền núi phía tây."
+    )
+    assert derive_title(lead) == (
+        "Tỉnh Quảng Trị hoàn thành kế hoạch trồng rừng năm 2024 sớm hai tháng…"
+    )
+
+
+def test_derived_title_cuts_after_a_closing_quotation_mark() -> None:
+    lead = (
+        "Sở Văn hóa tổ chức hội thảo khoa học “Di sản văn hóa biển đảo Quảng Trị”, với sự tham "
+        "gia của nhiều nhà nghiên cứu trong và ngoài tỉnh cùng đông đảo người dân địa phương."
+    )
+    assert derive_title(lead) == (
+        "Sở Văn hóa tổ chức hội thảo khoa học “Di sản văn hóa biển đảo Quảng Trị”…"
+    )
+
+
+def test_derived_title_without_a_clause_boundary_never_splits_a_compound_word() -> None:
+    # 89 characters end between "hội" and "thảo".
+    lead = (
+        "Đông đảo đại biểu các sở ngành địa phương trong tỉnh đã về dự buổi tọa đàm trực tuyến "
+        "hội thảo chuyên đề về chuyển đổi số."
+    )
+    title = derive_title(lead)
+    assert title == (
+        "Đông đảo đại biểu các sở ngành địa phương trong tỉnh đã về dự buổi tọa đàm trực tuyến…"
+    )
+    assert len(title) <= TITLE_LIMIT
+    assert "hội thảo" in COMPOUND_WORDS
+
+
+def test_derived_title_never_ends_on_a_function_word() -> None:
+    lead = (
+        "Nhiều hộ dân ở vùng ven biển huyện Triệu Phong chủ động gia cố nhà cửa chằng chống "
+        "của người dân và tàu thuyền trước khi bão số 6 đổ bộ vào đất liền."
+    )
+    title = derive_title(lead)
+    assert title.endswith("…")
+    assert title.removesuffix("…").rsplit(" ", 1)[-1] not in FUNCTION_WORDS
+    assert title == (
+        "Nhiều hộ dân ở vùng ven biển huyện Triệu Phong chủ động gia cố nhà cửa chằng chống…"
+    )
+
+
+def test_derived_title_keeps_names_whole() -> None:
+    lead = (
+        "Sáng nay 31/10, Phó Bí thư Thường trực Tỉnh ủy, Chủ tịch HĐND tỉnh tiếp và làm việc "
+        "với đoàn công tác của Đại sứ quán Cộng hòa Dân chủ Nhân dân Lào tại Việt Nam."
+    )
+    title = derive_title(lead)
+    assert title == (
+        "Phó Bí thư Thường trực Tỉnh ủy, Chủ tịch HĐND tỉnh tiếp và làm việc với đoàn công tác…"
+    )
+
+
+def test_derived_english_title_is_cut_without_a_dangling_article() -> None:
+    # 89 characters end in "prices of the harv": "the" and "of" may not end it.
+    lead = (
+        "On Thursday, coffee growers across the central highlands province now reported that "
+        "prices of the harvest had doubled within a single dry season."
+    )
+    title = derive_title(lead)
+    assert title == "Coffee growers across the central highlands province now reported that prices…"
+    assert len(title) <= TITLE_LIMIT
+
+
+def test_derived_title_has_an_ellipsis_only_when_cut() -> None:
+    assert derive_title("Ai sẽ thắng? Không ai biết.") == "Ai sẽ thắng?"
+    assert derive_title("Sáng nay 31/10, trời mưa to ở khắp các huyện.") == (
+        "Trời mưa to ở khắp các huyện"
+    )
+    assert not derive_title("x " * 30).endswith("…")
+
+
+def test_compound_list_is_lower_case_nfc_pairs() -> None:
+    for word in COMPOUND_WORDS:
+        assert word == nfc(word).lower()
+        assert len(word.split()) == 2, word

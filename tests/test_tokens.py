@@ -1,80 +1,135 @@
-"""Tokens: signed, opaque, purpose-bound, expiring; verified in constant time."""
+"""Tokens: signed, opaque, purpose-bound, expiring, bound to their subscriber's nonce."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import struct
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from syndicate.errors import TokenError
-from syndicate.tokens import make_token, verify_token
+from syndicate.errors import StaleTokenError, TokenError
+from syndicate.model import Subscriber, SubscriptionStatus
+from syndicate.tokens import make_token, read_token, verify_token
 
 SECRET = b"k" * 32
 NOW = datetime(2024, 11, 1, 6, 0, tzinfo=UTC)
+NONCE = bytes(range(16))
+# Made by syndicate before nonces (version 1) for subscriber 42 at NOW, with SECRET: the
+# links in mails sent before the upgrade.
+LEGACY_UNSUBSCRIBE = "AQIAAAAAAAAAKmckbmCo1wnWMOLGhzbwzgEcTuDB"
+LEGACY_CONFIRM = "AQEAAAAAAAAAKmckbmBDCTyZhNxERnD4sJtMmfsL"
+
+
+def make_legacy_token(
+    secret: bytes, *, purpose: str, subscriber_id: int, issued_at: datetime
+) -> str:
+    """A version 1 token (no nonce), byte for byte as syndicate made them before nonces."""
+    payload = struct.pack(
+        ">BBQI",
+        1,
+        ("confirm", "unsubscribe").index(purpose) + 1,
+        subscriber_id,
+        int(issued_at.timestamp()),
+    )
+    tag = hmac.new(secret, b"syndicate-token\x00" + payload, hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(payload + tag).rstrip(b"=").decode("ascii")
 
 
 def _make(**kw: object) -> str:
-    args: dict[str, object] = {"purpose": "unsubscribe", "subscriber_id": 42, "issued_at": NOW}
+    args: dict[str, object] = {
+        "purpose": "unsubscribe",
+        "subscriber_id": 42,
+        "nonce": NONCE,
+        "issued_at": NOW,
+    }
     args.update(kw)
     return make_token(SECRET, **args)  # type: ignore[arg-type]
 
 
-def test_token_round_trips_to_the_subscriber_id() -> None:
-    token = _make()
-    assert verify_token(SECRET, token, purpose="unsubscribe", now=NOW) == 42
+def _subscriber(
+    subscriber_id: int = 42, *, nonce: bytes = NONCE, created_at: datetime = NOW
+) -> Subscriber:
+    return Subscriber(
+        id=subscriber_id,
+        email="an@example.org",
+        name=None,
+        language="vi",
+        status=SubscriptionStatus.CONFIRMED,
+        created_at=created_at,
+        token_nonce=nonce,
+    )
+
+
+def _finder(*stored: Subscriber):  # type: ignore[no-untyped-def]
+    by_id = {s.id: s for s in stored}
+    return by_id.get
+
+
+def test_token_round_trips_to_the_subscriber_id_and_nonce() -> None:
+    claim = read_token(SECRET, _make(), purpose="unsubscribe", now=NOW)
+    assert (claim.subscriber_id, claim.nonce, claim.issued_at) == (42, NONCE, NOW)
 
 
 def test_token_is_url_safe_and_short() -> None:
     token = _make(subscriber_id=2**40)
-    assert len(token) == 40
+    assert len(token) == 62
     assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def test_token_is_deterministic_for_the_same_inputs() -> None:
     assert _make() == _make()
     assert _make() != _make(subscriber_id=43)
+    assert _make() != _make(nonce=bytes(16))
+
+
+def test_a_nonce_of_the_wrong_size_cannot_sign() -> None:
+    with pytest.raises(ValueError, match="16 bytes, not 0"):
+        _make(nonce=b"")
 
 
 def test_altered_token_is_refused() -> None:
-    raw = bytearray(base64.urlsafe_b64decode(_make() + "=" * (-len(_make()) % 4)))
-    raw[5] ^= 1  # change the subscriber id, keep the tag
-    forged = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
-    with pytest.raises(TokenError, match="signature does not match"):
-        verify_token(SECRET, forged, purpose="unsubscribe", now=NOW)
+    for offset in (5, 20):  # the subscriber id, then the nonce; the tag kept
+        raw = bytearray(base64.urlsafe_b64decode(_make() + "=" * (-len(_make()) % 4)))
+        raw[offset] ^= 1
+        forged = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+        with pytest.raises(TokenError, match="signature does not match"):
+            read_token(SECRET, forged, purpose="unsubscribe", now=NOW)
 
 
 def test_token_signed_with_another_secret_is_refused() -> None:
     with pytest.raises(TokenError, match="signature does not match"):
-        verify_token(b"x" * 32, _make(), purpose="unsubscribe", now=NOW)
+        read_token(b"x" * 32, _make(), purpose="unsubscribe", now=NOW)
 
 
 def test_confirm_token_cannot_unsubscribe() -> None:
     token = _make(purpose="confirm")
-    assert verify_token(SECRET, token, purpose="confirm", now=NOW) == 42
+    assert read_token(SECRET, token, purpose="confirm", now=NOW).subscriber_id == 42
     with pytest.raises(TokenError, match="another purpose"):
-        verify_token(SECRET, token, purpose="unsubscribe", now=NOW)
+        read_token(SECRET, token, purpose="unsubscribe", now=NOW)
 
 
 def test_expired_token_is_refused_with_a_hint() -> None:
     token = _make(purpose="confirm")
     later = NOW + timedelta(hours=49)
-    assert verify_token(SECRET, token, purpose="confirm", now=later) == 42  # no max_age
+    assert read_token(SECRET, token, purpose="confirm", now=later).subscriber_id == 42
     with pytest.raises(TokenError, match="has expired") as caught:
-        verify_token(SECRET, token, purpose="confirm", now=later, max_age=timedelta(hours=48))
+        read_token(SECRET, token, purpose="confirm", now=later, max_age=timedelta(hours=48))
     assert caught.value.hint == "Ask for a new one."
 
 
 def test_token_from_the_future_is_refused() -> None:
     token = _make(issued_at=NOW + timedelta(hours=1))
     with pytest.raises(TokenError, match="in the future"):
-        verify_token(SECRET, token, purpose="unsubscribe", now=NOW)
+        read_token(SECRET, token, purpose="unsubscribe", now=NOW)
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "abc", "!!!!", "é" * 40, "A" * 200, _make()[:-2]])
 def test_malformed_token_is_refused(bad: str) -> None:
     with pytest.raises(TokenError, match=r"malformed|signature"):
-        verify_token(SECRET, bad, purpose="unsubscribe", now=NOW)
+        read_token(SECRET, bad, purpose="unsubscribe", now=NOW)
 
 
 @pytest.mark.parametrize("junk", [".", "!", "=", "+", "%"])
@@ -82,9 +137,62 @@ def test_a_valid_token_with_stray_characters_is_refused(junk: str) -> None:
     token = _make()
     for spelled in (token + junk, token[:20] + junk + token[20:]):
         with pytest.raises(TokenError, match="malformed"):
-            verify_token(SECRET, spelled, purpose="unsubscribe", now=NOW)
+            read_token(SECRET, spelled, purpose="unsubscribe", now=NOW)
 
 
 def test_token_holds_no_email_address() -> None:
     raw = base64.urlsafe_b64decode(_make() + "=" * (-len(_make()) % 4))
     assert b"@" not in raw
+
+
+# --- whose token it is --------------------------------------------------------------------
+
+
+def test_verify_returns_the_subscriber_the_token_was_made_for() -> None:
+    owner = _subscriber()
+    found = verify_token(SECRET, _make(), purpose="unsubscribe", now=NOW, find=_finder(owner))
+    assert found is owner
+
+
+def test_a_token_acts_on_nobody_once_its_subscriber_is_gone() -> None:
+    token = _make()
+    with pytest.raises(StaleTokenError) as caught:
+        verify_token(SECRET, token, purpose="unsubscribe", now=NOW, find=_finder())
+    assert str(caught.value) == (
+        "unsubscribe token: the subscriber it was made for no longer exists (erased). "
+        "Nothing was changed."
+    )
+    # Another subscriber holding the same id (an id used twice) has another nonce.
+    newcomer = _subscriber(nonce=bytes(16), created_at=NOW + timedelta(days=1))
+    with pytest.raises(StaleTokenError):
+        verify_token(
+            SECRET,
+            token,
+            purpose="unsubscribe",
+            now=NOW + timedelta(days=2),
+            find=_finder(newcomer),
+        )
+
+
+def test_legacy_tokens_count_only_for_a_subscriber_stored_before_they_were_issued() -> None:
+    later = NOW + timedelta(days=30)
+    assert LEGACY_CONFIRM == make_legacy_token(
+        SECRET, purpose="confirm", subscriber_id=42, issued_at=NOW
+    )
+    assert LEGACY_UNSUBSCRIBE == make_legacy_token(
+        SECRET, purpose="unsubscribe", subscriber_id=42, issued_at=NOW
+    )
+    for token, purpose in ((LEGACY_UNSUBSCRIBE, "unsubscribe"), (LEGACY_CONFIRM, "confirm")):
+        claim = read_token(SECRET, token, purpose=purpose, now=later)
+        assert (claim.subscriber_id, claim.nonce, claim.issued_at) == (42, None, NOW)
+        # The subscriber the mail went to: stored before (or as) the link was made.
+        for created in (NOW - timedelta(days=3), NOW):
+            owner = _subscriber(created_at=created)
+            assert (
+                verify_token(SECRET, token, purpose=purpose, now=later, find=_finder(owner))
+                is owner
+            )
+        # Someone who got id 42 after that subscriber was erased: the link is not theirs.
+        newcomer = _subscriber(created_at=NOW + timedelta(seconds=1))
+        with pytest.raises(StaleTokenError):
+            verify_token(SECRET, token, purpose=purpose, now=later, find=_finder(newcomer))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import email
 import email.policy
+import logging
 import os
 import re
 import shutil
@@ -15,8 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -31,10 +31,11 @@ from syndicate import tokens
 from syndicate.cli import AppContext, cli
 from syndicate.config import Settings, SubscribeSettings, site_templates_dir
 from syndicate.model import Subscriber, SubscriptionStatus
+from syndicate.send import Mailer, open_mailer
 from syndicate.site import make_environment
 from syndicate.store import open_database
 from syndicate.store.meta import get_secret
-from syndicate.store.subscribers import add_subscriber, get_by_email
+from syndicate.store.subscribers import add_subscriber, get_by_email, signup, unsubscribe
 from syndicate.web import (
     CONTENT_SECURITY_POLICY,
     SubscriptionStore,
@@ -42,6 +43,7 @@ from syndicate.web import (
     make_form_token,
     negotiate_language,
 )
+from syndicate.web.guard import rate_limit_key
 from tests.conftest import ROOT
 from tests.plugins.smtp import SmtpServer
 from tests.plugins.web import LiveServer, build_site
@@ -73,14 +75,28 @@ def form_token(client: httpx.Client, *, lang: str = "vi") -> str:
 
 
 def sign_up(
-    client: httpx.Client, address: str, *, language: str = "vi", **headers: str
+    client: httpx.Client,
+    address: str,
+    *,
+    language: str = "vi",
+    server: LiveServer | None = None,
+    **headers: str,
 ) -> httpx.Response:
+    """Post the sign-up form; with `server`, also wait until the sign-up has been stored.
+
+    The page answers before the sign-up is stored (that work depends on the address's
+    state, so it runs after the response), so a test that reads the database next waits.
+    """
     token = form_token(client)
-    return client.post(
+    stored = server.signups.count if server is not None else 0
+    answer = client.post(
         "subscribe",
         data={"email": address, "language": language, "form_token": token},
         headers=headers,
     )
+    if server is not None and answer.status_code == 200:
+        server.signups.wait_for(stored + 1)
+    return answer
 
 
 def confirm_url(server: LiveServer, message: EmailMessage) -> str:
@@ -96,10 +112,10 @@ def subscriber(settings: Settings, address: str):  # type: ignore[no-untyped-def
         return get_by_email(db, address)
 
 
-def add_confirmed(settings: Settings, address: str, now: datetime) -> tuple[int, bytes]:
+def add_confirmed(settings: Settings, address: str, now: datetime) -> tuple[Subscriber, bytes]:
     with open_database(settings.paths.database) as db:
         added = add_subscriber(db, address, language="vi", now=now)
-        return added.id, get_secret(settings, db)
+        return added, get_secret(settings, db)
 
 
 def raw_get(url: str, target: str) -> tuple[int, bytes]:
@@ -294,7 +310,7 @@ class _WatchedStore:
         return self.inner.sign_up(email, language=language, now=now)
 
 
-def test_a_held_database_lock_delays_sign_ups_but_not_the_pages(
+def test_a_held_database_lock_delays_storing_a_sign_up_but_not_its_page_or_others(
     live_server: Callable[..., LiveServer],
 ) -> None:
     """`syndicate send` holding the write lock makes a sign-up wait, not the whole server."""
@@ -306,29 +322,24 @@ def test_a_held_database_lock_delays_sign_ups_but_not_the_pages(
 
     server = live_server(wrap_store=wrap)
     (server.settings.paths.output / "rss.xml").write_bytes(b"<rss/>")
-    with httpx.Client(base_url=server.url, timeout=30) as client:
+    with httpx.Client(base_url=server.url, timeout=10) as client:
         token = form_token(client)
         # Another process's write transaction, as `send` holds one while it records a batch.
         holder = sqlite3.connect(server.settings.paths.database, isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")
         try:
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                pending = pool.submit(
-                    httpx.post,
-                    server.url + "subscribe",
-                    data={"email": "lan@example.org", "language": "vi", "form_token": token},
-                    timeout=30,
-                )
-                assert watched[0].signing_up.wait(timeout=10)
-                started = time.monotonic()
-                page = client.get("rss.xml")
-                waited = time.monotonic() - started
-                assert page.status_code == 200
-                assert page.content == b"<rss/>"
-                assert waited < 2.0, f"a page waited {waited:.1f} s for the database lock"
-                assert not pending.done()  # the sign-up is still waiting for the lock
-                holder.execute("ROLLBACK")
-                assert pending.result(timeout=20).status_code == 200
+            answer = client.post(
+                "subscribe",
+                data={"email": "lan@example.org", "language": "vi", "form_token": token},
+            )
+            assert answer.status_code == 200  # answered while the sign-up waits for the lock
+            assert watched[0].signing_up.wait(timeout=10)
+            page = client.get("rss.xml")
+            assert page.status_code == 200
+            assert page.content == b"<rss/>"
+            assert server.signups.count == 0  # the sign-up is still waiting for the lock
+            holder.execute("ROLLBACK")
+            server.signups.wait_for(1, timeout=20)
         finally:
             holder.close()
     found = subscriber(server.settings, "lan@example.org")
@@ -396,7 +407,7 @@ def test_signup_page_has_an_accessible_form_in_both_languages(client: httpx.Clie
 def test_signup_stores_pending_and_mails_a_signed_confirmation_link(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
-    answer = sign_up(client, "Lan.Nguyen@Example.ORG", language="en")
+    answer = sign_up(client, "Lan.Nguyen@Example.ORG", language="en", server=server)
     assert answer.status_code == 200
     assert "Lan.Nguyen@example.org" in answer.text
     stored = subscriber(server.settings, "lan.nguyen@example.org")
@@ -411,10 +422,11 @@ def test_signup_stores_pending_and_mails_a_signed_confirmation_link(
     token = link.split("token=")[1]
     with open_database(server.settings.paths.database) as db:
         secret = get_secret(server.settings, db)
-    assert (
-        tokens.verify_token(secret, token, purpose="confirm", now=now, max_age=timedelta(hours=48))
-        == stored.id
+    claim = tokens.read_token(
+        secret, token, purpose="confirm", now=now, max_age=timedelta(hours=48)
     )
+    assert claim.subscriber_id == stored.id
+    assert claim.nonce == stored.token_nonce
     assert "Lan.Nguyen" not in link
 
 
@@ -438,19 +450,23 @@ def test_signup_answers_byte_identically_whatever_the_address_state(
     server: LiveServer, client: httpx.Client
 ) -> None:
     address = "binh@example.org"
-    new = sign_up(client, address)
+    new = sign_up(client, address, server=server)
     link = confirm_url(server, server.mail.wait_for(1)[0])
-    pending = sign_up(client, address)
+    pending = sign_up(client, address, server=server)
     assert client.get(link).status_code == 200
-    confirmed = sign_up(client, address)
+    confirmed = sign_up(client, address, server=server)
     stored = subscriber(server.settings, address)
     with open_database(server.settings.paths.database) as db:
         secret = get_secret(server.settings, db)
     leave = tokens.make_token(
-        secret, purpose="unsubscribe", subscriber_id=stored.id, issued_at=server.clock()
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=stored.id,
+        nonce=stored.token_nonce,
+        issued_at=server.clock(),
     )
     assert client.post("unsubscribe", params={"token": leave}).status_code == 200
-    left = sign_up(client, address)
+    left = sign_up(client, address, server=server)
 
     answers = [new, pending, confirmed, left]
     assert {a.status_code for a in answers} == {200}
@@ -462,16 +478,98 @@ def test_signup_answers_byte_identically_whatever_the_address_state(
     server.mail.wait_for(2)
 
 
+class _StuckMailer:
+    """A transport that blocks its thread in every send until released (a hung disk or server).
+
+    Blocking the thread, not just the coroutine, is what a synchronous outbox write on a
+    slow disk does; a sign-up whose mail ran on the server's event loop would stall it.
+    """
+
+    def __init__(self, inner: Mailer) -> None:
+        self.inner = inner
+        self.sending = threading.Event()
+        self.release = threading.Event()
+
+    async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> None:
+        self.sending.set()
+        self.release.wait(timeout=30)
+        await self.inner.send(sender, recipients, message)
+
+    async def aclose(self) -> None:
+        self.release.set()
+        await self.inner.aclose()
+
+
+def _put_in_state(settings: Settings, address: str, state: str, now: datetime) -> None:
+    with open_database(settings.paths.database) as db:
+        if state == "new":
+            return
+        if state.startswith("pending"):
+            sent = now - timedelta(minutes=1 if state == "pending-recent" else 11)
+            signup(db, address, language="vi", now=sent)
+            return
+        added = add_subscriber(db, address, language="vi", now=now)
+        if state == "unsubscribed":
+            unsubscribe(db, added.id, now=now)
+
+
+@pytest.mark.parametrize(
+    ("state", "mails"),
+    [
+        ("new", True),
+        ("pending-recent", False),
+        ("pending-due", True),
+        ("confirmed", False),
+        ("unsubscribed", True),
+    ],
+)
+def test_signup_answers_and_the_next_request_never_wait_for_the_state_dependent_work(
+    live_server: Callable[..., LiveServer], state: str, mails: bool
+) -> None:
+    """Timing must not tell an address's state: the mail goes out after, and off, the request."""
+    stuck: list[_StuckMailer] = []
+
+    def mailer(settings: Settings) -> Mailer:
+        stuck.append(_StuckMailer(open_mailer(settings, folder="confirmations")))
+        return stuck[0]
+
+    server = live_server(mailer=mailer)
+    address = "tam@example.org"
+    _put_in_state(server.settings, address, state, server.clock())
+    try:
+        # The transport is stuck for 30 s; these would time out if they waited for it.
+        with httpx.Client(base_url=server.url, timeout=5) as client:
+            answer = sign_up(client, address, server=server)
+            assert answer.status_code == 200
+            assert "Hãy kiểm tra hộp thư của bạn" in answer.text
+            if mails:
+                assert stuck[0].sending.wait(timeout=10)  # the mail is in the stuck transport
+            health = client.get("healthz")
+            assert health.json()["checks"]["database"] == "ok"
+            assert not stuck[0].release.is_set()
+    finally:
+        stuck[0].release.set()
+    if mails:
+        [message] = server.mail.wait_for(1)
+        assert message["To"] == address
+    else:
+        assert not stuck[0].sending.is_set()
+    assert subscriber(server.settings, address).status in (
+        SubscriptionStatus.PENDING,
+        SubscriptionStatus.CONFIRMED,
+    )
+
+
 def test_repeat_signup_resends_the_confirmation_at_most_once_per_window(
     server: LiveServer, client: httpx.Client
 ) -> None:
     start = server.clock()
-    sign_up(client, "chi@example.org")
+    sign_up(client, "chi@example.org", server=server)
     server.mail.wait_for(1)
     server.clock.advance(minutes=5)
-    sign_up(client, "chi@example.org")
+    sign_up(client, "chi@example.org", server=server)
     server.clock.advance(minutes=6)
-    sign_up(client, "chi@example.org")
+    sign_up(client, "chi@example.org", server=server)
     messages = server.mail.wait_for(2)
     sent_at = [email.utils.parsedate_to_datetime(m["Date"]) for m in messages]
     assert sent_at == [start, start + timedelta(minutes=11)]
@@ -513,6 +611,7 @@ def test_signup_from_another_site_or_without_a_token_is_refused(
     # A browser posting from our own pages sends our Origin: no token needed (static index).
     same_site = client.post("subscribe", data=data, headers={"origin": server.url.rstrip("/")})
     assert same_site.status_code == 200
+    server.signups.wait_for(1)
     assert subscriber(server.settings, "dung@example.org") is not None
 
 
@@ -544,6 +643,39 @@ def test_signups_are_rate_limited_per_client_address(
         assert other.status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("client", "key"),
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:DB8:1:2::ffff", "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_the_rate_limit_counts_an_ipv6_client_by_its_64(client: str, key: str) -> None:
+    assert rate_limit_key(client) == key
+
+
+def test_ipv6_sign_ups_are_rate_limited_per_64_network(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    """Addresses from one /64 share one allowance; the next /64 has its own."""
+    server = live_server(subscribe=SubscribeSettings(rate_limit=3))
+    with httpx.Client(base_url=server.url) as client:
+        for n in range(3):
+            hop = {"x-forwarded-for": f"2001:db8:5:6::{n + 1:x}"}
+            assert sign_up(client, f"v6-{n}@example.org", **hop).status_code == 200
+        limited = sign_up(
+            client, "v6-3@example.org", **{"x-forwarded-for": "2001:db8:5:6:ffff:1:2:3"}
+        )
+        assert limited.status_code == 429
+        neighbour = sign_up(client, "v6-4@example.org", **{"x-forwarded-for": "2001:db8:5:7::1"})
+        assert neighbour.status_code == 200
+
+
 def test_oversized_request_bodies_get_413(client: httpx.Client) -> None:
     big = b"email=" + b"a" * 100_000
     form = {"content-type": "application/x-www-form-urlencoded"}
@@ -567,13 +699,152 @@ def test_oversized_request_bodies_get_413(client: httpx.Client) -> None:
     assert unknown_type.status_code == 413
 
 
+# --- slow and vanishing clients -------------------------------------------------------------
+
+
+class _LogRecorder(logging.Handler):
+    """Collects the app's log records and uvicorn's warnings and errors; wakes waiters."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("uvicorn") and record.levelno < logging.WARNING:
+            return  # startup and shutdown news
+        with self._changed:
+            self.records.append(record)
+            self._changed.notify_all()
+
+    def wait_for(self, count: int, *, timeout: float = 10.0) -> list[logging.LogRecord]:
+        with self._changed:
+            self._changed.wait_for(lambda: len(self.records) >= count, timeout)
+            return list(self.records)
+
+
+@pytest.fixture
+def server_log() -> Iterator[_LogRecorder]:
+    recorder = _LogRecorder()
+    loggers = [logging.getLogger(name) for name in ("syndicate", "uvicorn.error")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(recorder)
+        logger.setLevel(logging.INFO)
+    try:
+        yield recorder
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(recorder)
+            logger.setLevel(level)
+
+
+def _trickle(sock: socket.socket, data: bytes, *, every: float, limit: float) -> float | None:
+    """Send `data` a byte at a time, one per `every` s; the seconds until the server closed."""
+    started = time.monotonic()
+    sock.settimeout(every)
+    for byte in data:
+        try:
+            if sock.recv(1024) == b"":  # the server closed the connection
+                return time.monotonic() - started
+        except TimeoutError:
+            pass  # still open: the pace of a slow client
+        except ConnectionError:
+            return time.monotonic() - started
+        if time.monotonic() - started > limit:
+            return None
+        try:
+            sock.sendall(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - started
+    return None
+
+
+def _messages(records: list[logging.LogRecord]) -> list[str]:
+    return [record.getMessage() for record in records]
+
+
+def test_a_client_sending_its_headers_a_byte_at_a_time_is_cut_off(
+    live_server: Callable[..., LiveServer], server_log: _LogRecorder
+) -> None:
+    server = live_server(timeouts=(1.0, 1.0))
+    parts = urlsplit(server.url)
+    assert parts.hostname
+    assert parts.port
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 200 + b"\r\n\r\n"
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        local = sock.getsockname()
+        closed_after = _trickle(sock, request, every=0.1, limit=8.0)
+    assert closed_after is not None, "a slowloris client kept its connection for 8 s"
+    assert closed_after < 5.0
+    [record] = server_log.wait_for(1)
+    assert record.getMessage() == (
+        f"serve: {local[0]}:{local[1]} did not send its request headers within 1 s; "
+        "connection closed"
+    )
+    assert record.levelno == logging.WARNING
+
+
+def test_a_client_sending_its_body_a_byte_at_a_time_is_cut_off(
+    live_server: Callable[..., LiveServer], server_log: _LogRecorder
+) -> None:
+    server = live_server(timeouts=(5.0, 1.0))
+    parts = urlsplit(server.url)
+    assert parts.hostname
+    assert parts.port
+    body = b"email=" + b"a" * 200
+    head = (
+        b"POST /subscribe HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        local = sock.getsockname()
+        sock.sendall(head)
+        closed_after = _trickle(sock, body, every=0.1, limit=8.0)
+    assert closed_after is not None, "a client trickling its body kept its connection for 8 s"
+    assert closed_after < 5.0
+    records = server_log.wait_for(2)
+    assert _messages(records) == [
+        f"serve: {local[0]}:{local[1]} did not send its request body within 1 s; connection closed",
+        f"serve: POST /subscribe: {local[0]}:{local[1]} disconnected before sending the "
+        "whole request body",
+    ]
+    assert not any(record.exc_info for record in records)
+
+
+def test_a_client_that_disconnects_mid_body_is_one_log_line_not_a_traceback(
+    server: LiveServer, server_log: _LogRecorder
+) -> None:
+    parts = urlsplit(server.url)
+    assert parts.hostname
+    assert parts.port
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        local = sock.getsockname()
+        sock.sendall(
+            b"POST /subscribe HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 500\r\n\r\nemail=half"
+        )
+    records = server_log.wait_for(1)
+    # The server goes on: a request after it is answered, and nothing more was logged.
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.get("healthz").status_code == 503
+    assert _messages(server_log.records) == [
+        f"serve: POST /subscribe: {local[0]}:{local[1]} disconnected before sending the "
+        "whole request body"
+    ]
+    assert records[0].levelno == logging.INFO
+    assert not any(record.exc_info for record in server_log.records)
+
+
 # --- confirm ------------------------------------------------------------------------------
 
 
 def test_expired_altered_unknown_and_misused_confirm_tokens_get_400(
     server: LiveServer, client: httpx.Client
 ) -> None:
-    sign_up(client, "em@example.org")
+    sign_up(client, "em@example.org", server=server)
     link = confirm_url(server, server.mail.wait_for(1)[0])
     token = link.split("token=")[1]
     altered = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
@@ -581,10 +852,18 @@ def test_expired_altered_unknown_and_misused_confirm_tokens_get_400(
         secret = get_secret(server.settings, db)
     stored = subscriber(server.settings, "em@example.org")
     unknown = tokens.make_token(
-        secret, purpose="confirm", subscriber_id=9999, issued_at=server.clock()
+        secret,
+        purpose="confirm",
+        subscriber_id=9999,
+        nonce=stored.token_nonce,
+        issued_at=server.clock(),
     )
     wrong_purpose = tokens.make_token(
-        secret, purpose="unsubscribe", subscriber_id=stored.id, issued_at=server.clock()
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=stored.id,
+        nonce=stored.token_nonce,
+        issued_at=server.clock(),
     )
     for bad in (altered, unknown, wrong_purpose, "", "<b>x</b>"):
         answer = client.get("confirm", params={"token": bad})
@@ -602,14 +881,18 @@ def test_expired_altered_unknown_and_misused_confirm_tokens_get_400(
 def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
     server: LiveServer, client: httpx.Client
 ) -> None:
-    sign_up(client, "giang@example.org")
+    sign_up(client, "giang@example.org", server=server)
     link = confirm_url(server, server.mail.wait_for(1)[0])
     assert client.get(link).status_code == 200
     stored = subscriber(server.settings, "giang@example.org")
     with open_database(server.settings.paths.database) as db:
         secret = get_secret(server.settings, db)
     leave = tokens.make_token(
-        secret, purpose="unsubscribe", subscriber_id=stored.id, issued_at=server.clock()
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=stored.id,
+        nonce=stored.token_nonce,
+        issued_at=server.clock(),
     )
     assert client.post("unsubscribe", params={"token": leave}).status_code == 200
     replay = client.get(link)
@@ -625,9 +908,13 @@ def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
 def test_unsubscribe_get_shows_one_button_and_changes_nothing(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
-    subscriber_id, secret = add_confirmed(server.settings, "hoa@example.org", now)
+    added, secret = add_confirmed(server.settings, "hoa@example.org", now)
     token = tokens.make_token(
-        secret, purpose="unsubscribe", subscriber_id=subscriber_id, issued_at=now
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=added.id,
+        nonce=added.token_nonce,
+        issued_at=now,
     )
     page = client.get("unsubscribe", params={"token": token})
     assert page.status_code == 200
@@ -640,9 +927,13 @@ def test_unsubscribe_get_shows_one_button_and_changes_nothing(
 def test_one_click_unsubscribe_needs_no_cookie_or_form_token_and_is_idempotent(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
-    subscriber_id, secret = add_confirmed(server.settings, "khanh@example.org", now)
+    added, secret = add_confirmed(server.settings, "khanh@example.org", now)
     token = tokens.make_token(
-        secret, purpose="unsubscribe", subscriber_id=subscriber_id, issued_at=now
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=added.id,
+        nonce=added.token_nonce,
+        issued_at=now,
     )
     one_click = {"content-type": "application/x-www-form-urlencoded"}
     for _ in range(2):
@@ -664,16 +955,71 @@ def test_one_click_unsubscribe_needs_no_cookie_or_form_token_and_is_idempotent(
     )
 
 
+def _add_in(
+    settings: Settings, address: str, language: str, now: datetime
+) -> tuple[Subscriber, bytes]:
+    with open_database(settings.paths.database) as db:
+        added = add_subscriber(db, address, language=language, now=now)
+        return added, get_secret(settings, db)
+
+
+@pytest.mark.parametrize(
+    ("language", "title"), [("en", "You have unsubscribed"), ("vi", "Bạn đã hủy đăng ký")]
+)
+def test_unsubscribe_pages_speak_the_subscribers_language_not_the_browsers(
+    server: LiveServer, client: httpx.Client, now: datetime, language: str, title: str
+) -> None:
+    added, secret = _add_in(server.settings, f"{language}@example.org", language, now)
+    token = tokens.make_token(
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=added.id,
+        nonce=added.token_nonce,
+        issued_at=now,
+    )
+    browser = {"accept-language": "vi" if language == "en" else "en-GB,en;q=0.9"}
+    ask = client.get("unsubscribe", params={"token": token}, headers=browser)
+    assert ask.status_code == 200
+    assert f'<html lang="{language}"' in ask.text
+    done = client.post(
+        f"unsubscribe?token={token}", content=b"List-Unsubscribe=One-Click", headers=browser
+    )
+    assert title in done.text
+    # ?lang= still chooses.
+    other = "vi" if language == "en" else "en"
+    chosen = client.get("unsubscribe", params={"token": token, "lang": other}, headers=browser)
+    assert f'<html lang="{other}"' in chosen.text
+
+
+def test_confirm_page_speaks_the_subscribers_language(
+    server: LiveServer, client: httpx.Client, now: datetime
+) -> None:
+    added, secret = _add_in(server.settings, "mai@example.org", "en", now)
+    token = tokens.make_token(
+        secret, purpose="confirm", subscriber_id=added.id, nonce=added.token_nonce, issued_at=now
+    )
+    page = client.get("confirm", params={"token": token}, headers={"accept-language": "vi"})
+    assert page.status_code == 200
+    assert "Subscription confirmed" in page.text
+    # A bad token has no subscriber: the browser's language.
+    bad = client.get("confirm", params={"token": "x"}, headers={"accept-language": "en"})
+    assert (bad.status_code, '<html lang="en"' in bad.text) == (400, True)
+
+
 def test_unsubscribe_with_an_altered_token_gets_400_and_changes_nothing(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
-    subscriber_id, secret = add_confirmed(server.settings, "linh@example.org", now)
+    added, secret = add_confirmed(server.settings, "linh@example.org", now)
     token = tokens.make_token(
-        secret, purpose="unsubscribe", subscriber_id=subscriber_id, issued_at=now
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=added.id,
+        nonce=added.token_nonce,
+        issued_at=now,
     )
     altered = token[:10] + ("A" if token[10] != "A" else "B") + token[11:]
     confirm_token = tokens.make_token(
-        secret, purpose="confirm", subscriber_id=subscriber_id, issued_at=now
+        secret, purpose="confirm", subscriber_id=added.id, nonce=added.token_nonce, issued_at=now
     )
     for bad in (altered, confirm_token, ""):
         if bad:
@@ -701,15 +1047,21 @@ def test_unsubscribe_without_a_token_explains_where_the_personal_link_is(
 def test_unsubscribe_token_in_the_form_body_and_of_an_erased_subscriber(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
-    subscriber_id, secret = add_confirmed(server.settings, "minh@example.org", now)
+    added, secret = add_confirmed(server.settings, "minh@example.org", now)
     token = tokens.make_token(
-        secret, purpose="unsubscribe", subscriber_id=subscriber_id, issued_at=now
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=added.id,
+        nonce=added.token_nonce,
+        issued_at=now,
     )
     assert client.post("unsubscribe", data={"token": token}).status_code == 200
     assert subscriber(server.settings, "minh@example.org").status is (
         SubscriptionStatus.UNSUBSCRIBED
     )
-    gone = tokens.make_token(secret, purpose="unsubscribe", subscriber_id=4242, issued_at=now)
+    gone = tokens.make_token(
+        secret, purpose="unsubscribe", subscriber_id=4242, nonce=bytes(16), issued_at=now
+    )
     assert client.post("unsubscribe", params={"token": gone}).status_code == 200
 
 

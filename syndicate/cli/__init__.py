@@ -46,7 +46,10 @@ class AppContext:
     @property
     def database(self) -> Database:
         if self._database is None:
-            self._database = open_database(self.settings.paths.database)
+            settings = self.settings
+            self._database = open_database(
+                settings.paths.database, busy_timeout=settings.store.busy_timeout
+            )
         return self._database
 
     def close(self) -> None:

@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
-from syndicate.build import BuildSummary, run_build
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.errors import EXIT_FAILED
+from syndicate.publish import BuildSummary, run_build
 
 
 class _ProgressBar:

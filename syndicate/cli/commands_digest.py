@@ -7,15 +7,22 @@ from pathlib import Path
 
 import click
 
-from syndicate.build import sync_articles
 from syndicate.cli import AppContext, cli, pass_app
-from syndicate.cli.flow import digest_view_url, todays_digest
-from syndicate.config import base_url
-from syndicate.digest import LANGUAGES, render_digest
+from syndicate.cli.flow import digest_view_url, preview_digest
+from syndicate.config import Settings, base_url
+from syndicate.digest import LANGUAGES, render_digest, stale_warning
+from syndicate.model import DigestPlan
 from syndicate.output import write_atomic
 
 DEFAULT_OUT = Path("digest-preview")
 NOTHING_NEW = "Nothing new for a digest."
+
+
+def warn_if_stale(settings: Settings, plan: DigestPlan | None) -> None:
+    """Print the digest's freshness warning on stderr (also under -q: cron mails it)."""
+    warning = stale_warning(plan, tz=settings.site.tz) if plan is not None else None
+    if warning is not None:
+        click.echo(warning, err=True)
 
 
 def preview_unsubscribe_url(root: str) -> str:
@@ -42,19 +49,16 @@ def preview_unsubscribe_url(root: str) -> str:
 def digest_command(app: AppContext, lang: str | None, out: Path) -> None:
     """Preview the digest `send` would mail now, as HTML and text files.
 
-    Reads the seeds as `send` would, then writes the digest without storing it
-    or anything else, and without sending.
+    Reads the seeds as `send` would (keeping what it parsed, as `build` does), then
+    writes the digest without storing it, and without sending.
 
     Example: syndicate digest --lang en --out /tmp/preview
     """
     settings = app.settings
     db = app.database
     now = datetime.fromtimestamp(app.now(), UTC)
-    # Refresh the articles as `send` would, inside a transaction that is rolled back:
-    # the preview leaves the database as it found it.
-    with db.scratch():
-        sync_articles(settings, db, now=now)
-        plan = todays_digest(settings, db, now=now, create=False)
+    plan = preview_digest(settings, db, now=now)
+    warn_if_stale(settings, plan)
     if plan is None:
         app.echo(NOTHING_NEW)
         return

@@ -22,7 +22,8 @@ def _error_text(exc: DumpError) -> str:
 
 def _render(article: Article) -> list[str]:
     published = article.published.isoformat() if article.published else "unknown"
-    title = article.title + (" (derived from the lead)" if article.title_derived else "")
+    source = "head" if article.head else "lead"
+    title = article.title + (f" (derived from the {source})" if article.title_derived else "")
     lines = [
         article.source,
         f"  id:          {article.id}",
@@ -32,6 +33,7 @@ def _render(article: Article) -> list[str]:
         f"  author:      {article.author or '-'}",
         f"  language:    {article.language}",
         f"  dateline:    {article.dateline or '-'}",
+        f"  head:        {article.head or '-'}",
         f"  lead:        {article.lead}",
         f"  paragraphs:  {len(article.paragraphs)}",
         f"  captions:    {len(article.captions)}",

@@ -12,10 +12,11 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
-from syndicate.build import run_build, sync_articles
 from syndicate.cli import AppContext, cli, pass_app
+from syndicate.cli.commands_digest import warn_if_stale
 from syndicate.cli.flow import (
     digest_view_url,
+    preview_digest,
     stored_digest,
     todays_digest,
     write_digest_page,
@@ -30,6 +31,7 @@ from syndicate.mail import (
     unsubscribe_url,
 )
 from syndicate.model import DigestPlan
+from syndicate.publish import run_build
 from syndicate.send import (
     SendSummary,
     open_send_lock,
@@ -132,7 +134,7 @@ def _check_smtp(settings: Settings) -> None:
 
 
 @cli.command("send")
-@click.option("--dry-run", is_flag=True, help="Render and count; write and send nothing.")
+@click.option("--dry-run", is_flag=True, help="Render and count; store no digest, send nothing.")
 @click.option(
     "--to",
     "to",
@@ -168,6 +170,7 @@ def send_command(
         now = datetime.fromtimestamp(app.now(), UTC)
         run_build(settings, db, now=now)
         plan = todays_digest(settings, db, now=now, create=True)
+        warn_if_stale(settings, plan)  # ed2: freshness warning (stderr, also under -q)
         messages = _Messages(app, db, now=now, progress=not as_json)
 
         def show(summary: SendSummary) -> None:
@@ -274,26 +277,25 @@ def _preview_send(
     db = app.database
     now = datetime.fromtimestamp(app.now(), UTC)
     address = normalize_email(to) if to is not None else None
-    # The secret is made (once) outside the scratch transaction: a test copy's link must verify.
-    secret = get_secret(settings, db)
-    # Read the seeds as `send` would, in a transaction that is rolled back: nothing stays.
-    with db.scratch():
-        sync_articles(settings, db, now=now)
-        plan = todays_digest(settings, db, now=now, create=False)
+    # Read the seeds as `send` would; no write lock is held while the digest is planned.
+    plan = preview_digest(settings, db, now=now)
     if plan is None:
         _nothing(app, as_json)
         return
     marker = _MARKER_BASE + secrets.token_hex(8)
     languages = confirmed_languages(db)
     templates = _templates(settings, plan, languages, marker=marker, now=now)
+    test_copy = address is not None and not dry_run
     shown = preview(
         db=db,
         settings=settings,
         plan=plan,
         templates=templates,
-        secret=secret,
+        # The secret is made (once) and kept: a test copy's link must verify. A dry run
+        # needs none, so it never waits for the write lock to store one.
+        secret=get_secret(settings, db) if test_copy else b"",
         now=now,
-        test_copy_to=None if dry_run else address,
+        test_copy_to=address if test_copy else None,
         limit=limit,
     )
     if shown.test_copy is not None:
@@ -320,7 +322,7 @@ def _preview_send(
     app.echo(
         f"Dry run: the {shown.digest} digest ({_plural(shown.articles, 'article')}) "
         f"would go to {_plural(shown.would_send, 'subscriber')}, {shown.skipped} skipped; "
-        f"nothing was written or sent{note}."
+        f"no digest was stored and nothing was sent{note}."
     )
 
 
@@ -332,18 +334,13 @@ def unsubscribe_token_group() -> None:
     """
 
 
-def _subscriber_line(db: Database, subscriber_id: int) -> str:
-    found = get_by_id(db, subscriber_id)
-    if found is None:
-        return f"subscriber {subscriber_id} (no longer stored: erased, or a test copy)"
-    return f"subscriber {found.id} <{found.email}> ({found.status})"
-
-
 @unsubscribe_token_group.command("verify")
 @click.argument("token")
 @pass_app
 def verify_command(app: AppContext, token: str) -> None:
     """Check an unsubscribe token and show whom it is for; exit 2 if it is not valid.
+
+    A token whose subscriber is gone (erased, or a test copy's) is not valid.
 
     Example: syndicate unsubscribe-token verify AQIAAAAAAAAAKmckm3Dk...
     """
@@ -351,12 +348,16 @@ def verify_command(app: AppContext, token: str) -> None:
     db = app.database
     now = datetime.fromtimestamp(app.now(), UTC)
     try:
-        subscriber_id = verify_token(
-            get_secret(settings, db), token, purpose="unsubscribe", now=now
+        found = verify_token(
+            get_secret(settings, db),
+            token,
+            purpose="unsubscribe",
+            now=now,
+            find=lambda subscriber_id: get_by_id(db, subscriber_id),
         )
     except TokenError as exc:
         raise TokenError(f"not valid: {exc.message}", hint=exc.hint) from None
-    click.echo(f"valid: {_subscriber_line(db, subscriber_id)}")
+    click.echo(f"valid: subscriber {found.id} <{found.email}> ({found.status})")
 
 
 @unsubscribe_token_group.command("make")
@@ -374,6 +375,10 @@ def make_command(app: AppContext, email: str) -> None:
         raise SubscriberError(f"email address {normalize_email(email)!r} is not a subscriber.")
     now = datetime.fromtimestamp(app.now(), UTC)
     token = make_token(
-        get_secret(settings, db), purpose="unsubscribe", subscriber_id=found.id, issued_at=now
+        get_secret(settings, db),
+        purpose="unsubscribe",
+        subscriber_id=found.id,
+        nonce=found.token_nonce,
+        issued_at=now,
     )
     click.echo(unsubscribe_url(settings, token))

@@ -12,7 +12,7 @@ from syndicate.cli import AppContext, cli, pass_app
 from syndicate.errors import InputError
 from syndicate.send import open_mailer
 from syndicate.store import Database, open_database
-from syndicate.web import DatabaseStore, create_app
+from syndicate.web import DatabaseStore, create_app, make_http_protocol
 
 # Confirmation mails of the outbox transport go to outbox/<this>/.
 CONFIRMATIONS_FOLDER = "confirmations"
@@ -54,17 +54,25 @@ def serve_command(app: AppContext, host: str, port: int) -> None:
     Example: syndicate serve --host 127.0.0.1 --port 8000
     """
     settings = app.settings
-    # The app uses the database from a thread of its own (one call at a time).
-    database = open_database(settings.paths.database, any_thread=True)
+    # The app writes from a thread of its own (one call at a time), and reads from
+    # another, through a second connection that never takes the write lock.
+    timeout = settings.store.busy_timeout
+    database = open_database(settings.paths.database, any_thread=True, busy_timeout=timeout)
     try:
-        _serve(app, database, host, port)
+        reader = open_database(
+            settings.paths.database, any_thread=True, busy_timeout=timeout, read_only=True
+        )
+        try:
+            _serve(app, database, reader, host, port)
+        finally:
+            reader.close()
     finally:
         database.close()
 
 
-def _serve(app: AppContext, database: Database, host: str, port: int) -> None:
+def _serve(app: AppContext, database: Database, reader: Database, host: str, port: int) -> None:
     settings = app.settings
-    store = DatabaseStore(settings, database)
+    store = DatabaseStore(settings, database, reader)
     store.read_secret()  # create the signing secret now, not on the first request
     asgi = create_app(settings, store, open_mailer(settings, folder=CONFIRMATIONS_FOLDER))
     sock = open_listener(host, port)
@@ -74,6 +82,7 @@ def _serve(app: AppContext, database: Database, host: str, port: int) -> None:
         log_level=logging.INFO if verbose else logging.WARNING,
         access_log=verbose,
         lifespan="on",
+        http=make_http_protocol(),  # h11 with header and body deadlines (slow clients)
         server_header=False,
         proxy_headers=True,  # X-Forwarded-For from a proxy on 127.0.0.1 names the client
     )

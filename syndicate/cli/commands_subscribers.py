@@ -142,15 +142,18 @@ def list_command(app: AppContext, status: str | None, as_json: bool) -> None:
     Example: syndicate subscribers list --status confirmed --json
     """
     wanted = SubscriptionStatus(status) if status else None
-    for subscriber in iter_subscribers(app.database, status=wanted):
-        if as_json:
-            click.echo(json.dumps(_record(subscriber), ensure_ascii=False))
-        else:
-            name = f"  {subscriber.name}" if subscriber.name else ""
-            click.echo(
-                f"{subscriber.id}\t{subscriber.email}\t{subscriber.language}\t"
-                f"{subscriber.status}{name}"
-            )
+    db = app.database
+    # One read transaction: a consistent list, and no write lock (sign-ups go on).
+    with db.snapshot():
+        for subscriber in iter_subscribers(db, status=wanted):
+            if as_json:
+                click.echo(json.dumps(_record(subscriber), ensure_ascii=False))
+            else:
+                name = f"  {subscriber.name}" if subscriber.name else ""
+                click.echo(
+                    f"{subscriber.id}\t{subscriber.email}\t{subscriber.language}\t"
+                    f"{subscriber.status}{name}"
+                )
 
 
 @subscribers_group.command("import")
@@ -216,7 +219,7 @@ def import_command(app: AppContext, file: Path) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @pass_app
 def export_command(app: AppContext, file: Path) -> None:
-    """Write every subscriber to a CSV file (email,name,language,status), atomically.
+    """Write every subscriber to a CSV file (email,name,language,status), atomically, 0600.
 
     A cell that starts like a spreadsheet formula (= + - @) gets a leading apostrophe,
     which `import` removes.
@@ -227,17 +230,19 @@ def export_command(app: AppContext, file: Path) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([*CSV_COLUMNS, "status"])
     count = 0
-    for subscriber in iter_subscribers(app.database):
-        writer.writerow(
-            [
-                _cell_out(subscriber.email),
-                _cell_out(subscriber.name or ""),
-                subscriber.language,
-                subscriber.status,
-            ]
-        )
-        count += 1
-    write_atomic(file, buffer.getvalue().encode("utf-8"), skip_unchanged=False)
+    db = app.database
+    with db.snapshot():  # a consistent copy, taken without the write lock
+        for subscriber in iter_subscribers(db):
+            writer.writerow(
+                [
+                    _cell_out(subscriber.email),
+                    _cell_out(subscriber.name or ""),
+                    subscriber.language,
+                    subscriber.status,
+                ]
+            )
+            count += 1
+    write_atomic(file, buffer.getvalue().encode("utf-8"), skip_unchanged=False, private=True)
     app.echo(f"Exported {count} subscribers to {file}.")
 
 
@@ -271,7 +276,9 @@ def stats_command(app: AppContext, as_json: bool) -> None:
 
     Example: syndicate subscribers stats
     """
-    counts = stats(app.database)
+    db = app.database
+    with db.snapshot():
+        counts = stats(db)
     if as_json:
         click.echo(json.dumps(counts))
         return

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from syndicate.config import Settings, base_url
 from syndicate.digest import plan_digest, render_digest
-from syndicate.model import DigestPlan
+from syndicate.model import DigestPlan, StoryLink
 from syndicate.output import write_atomic
+from syndicate.publish import sync_articles
 from syndicate.site import assign_slugs
 from syndicate.store import Database
 from syndicate.store.articles import iter_summaries
@@ -20,6 +21,7 @@ from syndicate.store.digests import (
     live_article_ids,
     newest_published,
 )
+from syndicate.store.teasers import article_links
 
 DIGESTS_FOLDER = "digests"  # under paths.output, served under base_url
 
@@ -54,6 +56,20 @@ def todays_digest(
     return _with_page_slugs(db, plan)
 
 
+def preview_digest(settings: Settings, db: Database, *, now: datetime) -> DigestPlan | None:
+    """Today's digest as `send` would make it now, without storing it (`digest`, `--dry-run`).
+
+    The dumps are synced as `build` syncs them: what was parsed is kept (the parse
+    cache and the articles, in short write transactions of a batch each), so the
+    next `build` or `send` need not parse it again. The plan is then worked out in
+    one read transaction, which takes no write lock: `send` and sign-ups go on
+    meanwhile. No digest row is stored and no article is marked.
+    """
+    sync_articles(settings, db, now=now)
+    with db.snapshot():
+        return todays_digest(settings, db, now=now, create=False)
+
+
 def stored_digest(db: Database, day: date) -> DigestPlan | None:
     """The digest stored for `day`, with its pages' slugs; None if none, or its articles are gone.
 
@@ -66,20 +82,34 @@ def stored_digest(db: Database, day: date) -> DigestPlan | None:
 
 
 def _with_page_slugs(db: Database, plan: DigestPlan) -> DigestPlan:
-    """Give the plan's articles the slugs their pages have.
+    """Give the plan's articles the slugs their pages have, and its teasers their links.
 
     `build` resolves slug collisions among the articles its dumps give; do the
-    same over the same set (all stored articles when no dump is recorded).
+    same over the same set (all stored articles when no dump is recorded). A teaser
+    links to the article it advertises when that article has a page.
     """
     live = live_article_ids(db)
     wanted = {a.id for a in plan.articles}
-    slugs = assign_slugs(
-        (s.id, s.slug, s.published, s.first_seen_at)
-        for s in iter_summaries(db)
-        if not live or s.id in live or s.id in wanted
-    )
+    summaries = {s.id: s for s in iter_summaries(db) if not live or s.id in live or s.id in wanted}
+    slugs = assign_slugs((s.id, s.slug, s.published, s.first_seen_at) for s in summaries.values())
     articles = tuple(dataclasses.replace(a, slug=slugs.get(a.id, a.slug)) for a in plan.articles)
-    return dataclasses.replace(plan, articles=articles)
+    links: dict[str, StoryLink] = {}
+    for found in article_links(db, wanted).values():
+        for key, target_id in found:
+            target = summaries.get(target_id)
+            if target is not None and (not live or target_id in live):
+                links.setdefault(
+                    key,
+                    StoryLink(
+                        target.id,
+                        slugs[target.id],
+                        target.title,
+                        target.published,
+                        target.precision,
+                        target.first_seen_at,
+                    ),
+                )
+    return dataclasses.replace(plan, articles=articles, links=links)
 
 
 def _plan(settings: Settings, db: Database, day: date, *, now: datetime) -> DigestPlan | None:

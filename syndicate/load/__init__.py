@@ -10,26 +10,41 @@ Modules: `files` (finding and reading dump files), `decode` (bytes -> text),
 from syndicate.load.dates import LEAD_DATE_WITHIN
 from syndicate.load.decode import decode_dump
 from syndicate.load.files import (
+    check_link,
     check_name,
     display_path,
     find_dump_paths,
     find_dumps,
     read_dump,
     read_dumps,
+    real_folders,
 )
-from syndicate.load.parse import PARSER_VERSION, TITLE_LIMIT, parse_dump, parse_dump_with_body
+from syndicate.load.parse import (
+    LINE_LIMIT,
+    PARSER_VERSION,
+    TEXT_LIMIT,
+    merge_copies,
+    parse_dump,
+    parse_dump_with_body,
+)
+from syndicate.text import TITLE_LIMIT
 
 __all__ = [
     "LEAD_DATE_WITHIN",
+    "LINE_LIMIT",
     "PARSER_VERSION",
+    "TEXT_LIMIT",
     "TITLE_LIMIT",
+    "check_link",
     "check_name",
     "decode_dump",
     "display_path",
     "find_dump_paths",
     "find_dumps",
+    "merge_copies",
     "parse_dump",
     "parse_dump_with_body",
     "read_dump",
     "read_dumps",
+    "real_folders",
 ]

@@ -112,6 +112,27 @@ def check_name(path: Path | str, *, source: str | None = None) -> None:
         ) from None
 
 
+def real_folders(paths: Sequence[Path]) -> tuple[str, ...]:
+    """The real paths (links resolved) of the folders among `paths`, for `check_link`."""
+    return tuple(os.path.realpath(path) for path in paths if path.is_dir())
+
+
+def check_link(path: str, folders: Sequence[str], *, source: str | None = None) -> None:
+    """Raise DumpError when `path` is a symbolic link that leads outside every folder in
+    `folders` (real paths, from `real_folders`). Not a link, or a link within: nothing."""
+    if not os.path.islink(path):
+        return
+    target = os.path.realpath(path)
+    for folder in folders:
+        if target == folder or target.startswith(folder.rstrip("/") + "/"):
+            return
+    raise DumpError(
+        display_path(source or path),
+        f"is a link to {display_path(target)!r}, outside the dump folder.",
+        hint="Copy the file into the dump folder, or set load.follow_symlinks = true.",
+    )
+
+
 def read_dump(path: str | Path, *, max_bytes: int, source: str | None = None) -> bytes:
     """Return the bytes of one dump; DumpError when it is too large or cannot be read.
 

@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
+from dataclasses import replace
 from zoneinfo import ZoneInfo
 
 from syndicate.errors import DumpError
 from syndicate.load.dates import _HINT, _full_dates, _lead_date, _parse_publish
 from syndicate.load.decode import decode_dump
-from syndicate.model import Article, Block, BlockKind, Teaser
+from syndicate.model import Article, Block, BlockKind, Precision, Teaser, make_article_id
 from syndicate.text import (
+    TITLE_LIMIT,
     clean_text,
+    derive_title,
     detect_language,
-    first_sentence,
     nfc,
-    shorten,
     slugify,
 )
 
 # Bump whenever parse output can change for the same bytes: the build cache keys on it.
-PARSER_VERSION = 3
+# 4: the head (line 3) is a summary, not a paragraph; ids cover the byline; new titles.
+# 5: size limits on a dump (TEXT_LIMIT, LINE_LIMIT); bidi controls removed.
+PARSER_VERSION = 5
 
-TITLE_LIMIT = 100  # characters of a title derived from the lead
+# The most a dump may hold to be taken as one article: ten times the longest real article
+# (about 100,000 characters in 200 lines). Past them a dump is a scrape gone wrong, and its
+# page and feed entries would grow tens of megabytes once escaped.
+TEXT_LIMIT = 1_000_000  # characters, after decoding
+LINE_LIMIT = 10_000  # lines
+_LIMIT_HINT = "Split it into articles, or move it out of the dump folder."
 LANGUAGE_SAMPLE = 700  # characters of the body read to tell its language
 
 _SPACES = re.compile(" {2,}")
@@ -126,10 +133,25 @@ def parse_dump(data: bytes, *, source: str, tz: ZoneInfo) -> Article:
 def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Article, bytes]:
     """`parse_dump`, and the article's body text as UTF-8: its blocks' texts, one per line.
 
-    Article.id is the BLAKE2b digest of exactly these bytes, so a caller that stores them
-    needs neither encode nor hash them again.
+    Article.id is `make_article_id` of exactly these bytes and the byline: the header
+    lines, the teasers and the encoding are not part of it, so one story scraped with and
+    without its header, or with another sidebar, has one id. A caller that stores the
+    bytes need neither encode nor hash them again.
     """
-    raw = _split_lines(decode_dump(data, source=source))
+    text = decode_dump(data, source=source)
+    if len(text) > TEXT_LIMIT:
+        raise DumpError(
+            source,
+            f"holds {len(text):,} characters of text, more than an article's {TEXT_LIMIT:,}.",
+            hint=_LIMIT_HINT,
+        )
+    raw = _split_lines(text)
+    if len(raw) > LINE_LIMIT:
+        raise DumpError(
+            source,
+            f"holds {len(raw):,} lines, more than an article's {LINE_LIMIT:,}.",
+            hint=_LIMIT_HINT,
+        )
     header = [*raw, "", "", ""][:3]
     title_line, publish_line, head_line = header
     lines: list[str] = []
@@ -138,9 +160,7 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
         if line and (not lines or lines[-1] != line):
             lines.append(line)
     head = "" if _is_unfilled(head_line) else head_line
-    if head and lines and lines[0] == head:
-        lines.pop(0)
-    if not lines and not head:
+    if not lines:
         if all(_is_unfilled(value) for value in header):
             reason = (
                 "has only the three placeholder lines ({title}, {publish}, {head}) "
@@ -153,11 +173,10 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
         raise DumpError(source, reason, hint=_HINT)
 
     # 1. Teasers: the maximal trailing run of dateline lines, scanned from the end. They may
-    # not eat the lead: without a head, the first non-caption line is the lead.
+    # not eat the lead: the first non-caption line is the lead. Nothing here looks at the
+    # header, so the body (and the id) is the same whether the header was filled or not.
     captions = [_is_caption(line) for line in lines]
-    floor = 0
-    if not head:
-        floor = next((i for i, caption in enumerate(captions) if not caption), 0) + 1
+    floor = next((i for i, caption in enumerate(captions) if not caption), 0) + 1
     start = len(lines)
     while start > floor and _DATELINE.match(lines[start - 1]):
         start -= 1
@@ -169,25 +188,25 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
 
     # 2. Byline: the last remaining line, if it is byline-shaped and not the only text.
     author: str | None = None
-    paragraphs_left = captions.count(False) + (1 if head else 0)
+    paragraphs_left = captions.count(False)
     if lines and paragraphs_left > 1 and not captions[-1] and _is_byline(lines[-1]):
         author = _author(lines.pop())
         captions.pop()
 
-    # 3. Captions and paragraphs; the lead is the first paragraph, its dateline removed.
+    # 3. Captions and paragraphs; the lead is the first paragraph, its dateline removed. The
+    # head (line 3) is the summary, never a paragraph; its dateline is removed too.
     blocks: list[Block] = []
     dateline: str | None = None
     summary: str | None = None
     has_paragraph = False
     if head:
         dateline, summary = _split_dateline(head)
-        blocks.append(Block(BlockKind.PARAGRAPH, summary))
-        has_paragraph = True
     for line, caption in zip(lines, captions, strict=True):
         if caption:
             blocks.append(Block(BlockKind.CAPTION, line))
         elif not has_paragraph:
-            dateline, lead_text = _split_dateline(line)
+            lead_tag, lead_text = _split_dateline(line)
+            dateline = lead_tag or dateline
             blocks.append(Block(BlockKind.PARAGRAPH, lead_text))
             has_paragraph = True
         else:
@@ -207,22 +226,22 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
     else:
         references = list(_full_dates("\n".join(t.text for t in teasers)))
         if not references:
-            rest = "\n".join([title_line, *(b.text for b in blocks[1:])])
+            rest = "\n".join([title_line, summary or "", *(b.text for b in blocks[1:])])
             references = list(_full_dates(rest))
-        when = _lead_date(lead, references, tz)
+        when = _lead_date(summary or "", references, tz)
+        if when.published is None:
+            when = _lead_date(lead, references, tz)
 
-    # 5. Title: the title line, else the lead's first sentence, shortened.
+    # 5. Title: the title line, else derived from the head (else the lead) as a sub-editor
+    # would (text.derive_title).
     if _is_unfilled(title_line):
-        sentence = first_sentence(lead)
-        if sentence.endswith(".") and not sentence.endswith(".."):
-            sentence = sentence[:-1]
-        title, derived = shorten(sentence, limit=TITLE_LIMIT), True
+        title, derived = derive_title(summary or lead, limit=TITLE_LIMIT), True
     else:
         title, derived = title_line, False
 
     content = "\n".join([b.text for b in blocks])
     body = content.encode("utf-8")
-    article_id = hashlib.blake2b(body, digest_size=16).hexdigest()
+    article_id = make_article_id(body, author)
     article = Article(
         id=article_id,
         slug=slugify(title) or f"bai-{article_id[:12]}",
@@ -237,6 +256,43 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
         # The opening is enough to tell the language: about 120 words.
         language=detect_language(f"{title}\n{content[:LANGUAGE_SAMPLE]}"),
         dateline=dateline,
-        summary=summary,
+        head=summary,
     )
     return article, body
+
+
+# How much of the publish time each precision knows, to take the better of two copies.
+_PRECISION_RANK = {
+    Precision.UNKNOWN: 0,
+    Precision.INFERRED_YEAR: 1,
+    Precision.DATE: 2,
+    Precision.DATETIME: 3,
+}
+
+
+def merge_copies(first: Article, other: Article) -> Article:
+    """`first`, with what `other` (another copy of the same story: same id) adds. Pure.
+
+    The richer copy fills in what the first lacked: a real title for a derived one, a
+    more precise publish time, a head (and a title derived again from it), a dateline.
+    The id, slug, body, teasers and source stay the first copy's: a published URL never
+    changes.
+    """
+    title, derived = first.title, first.title_derived
+    head = first.head or other.head
+    if derived and not other.title_derived:
+        title, derived = other.title, False
+    elif derived and head and not first.head:
+        title = derive_title(head, limit=TITLE_LIMIT)
+    published, precision = first.published, first.precision
+    if _PRECISION_RANK[other.precision] > _PRECISION_RANK[precision]:
+        published, precision = other.published, other.precision
+    return replace(
+        first,
+        title=title,
+        title_derived=derived,
+        published=published,
+        precision=precision,
+        head=head,
+        dateline=first.dateline or other.dateline,
+    )

@@ -34,7 +34,7 @@ from syndicate.send.runs import read_earlier_digests
 from syndicate.send.transports import Mailer, open_mailer
 from syndicate.store import Database, ledger
 from syndicate.store.digests import close_digest
-from syndicate.tokens import make_token
+from syndicate.tokens import NONCE_BYTES, make_token
 
 # The stage's logger: records keep the name they had before send became a package.
 log = logging.getLogger("syndicate.send")
@@ -201,7 +201,14 @@ def preview(
     day = plan.day.isoformat()
     if test_copy_to is not None:
         template = templates[settings.site.language]
-        token = make_token(secret, purpose="unsubscribe", subscriber_id=0, issued_at=now)
+        # Subscriber 0 never exists, so the copy's link acts on nobody.
+        token = make_token(
+            secret,
+            purpose="unsubscribe",
+            subscriber_id=0,
+            nonce=secrets.token_bytes(NONCE_BYTES),
+            issued_at=now,
+        )
         message = _test_copy(
             template, to=test_copy_to, day=plan.day, url=unsubscribe_url(settings, token)
         )

@@ -225,6 +225,7 @@ class DigestSender:
                 self.secret,
                 purpose="unsubscribe",
                 subscriber_id=recipient.subscriber_id,
+                nonce=recipient.token_nonce,
                 issued_at=now,
             )
             return fill_message(

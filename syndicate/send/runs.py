@@ -17,6 +17,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from syndicate.errors import LockedError, OutputError
+from syndicate.output import make_private_folder
 from syndicate.send.policy import MAX_ATTEMPTS
 from syndicate.store import Database, digests, ledger
 
@@ -37,8 +38,8 @@ def open_send_lock(database: Path) -> Iterator[Path]:
     """
     path = database.with_name(database.name + ".lock")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        make_private_folder(path.parent)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise OutputError(
             f"{path}: cannot open the send lock: {exc.strerror or exc}.",

@@ -12,7 +12,9 @@ import email.policy
 import logging
 import os
 import re
+import shlex
 import ssl
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
@@ -93,7 +95,8 @@ class OutboxMailer:
             stem = _UNSAFE_NAME.sub("_", found.group(1).decode("ascii", "replace"))
         else:
             stem = _UNSAFE_NAME.sub("_", ",".join(recipients))
-        write_atomic(self.folder / f"{stem[:150]}.eml", message, skip_unchanged=False)
+        # Private: each message holds an address and its personal unsubscribe link.
+        write_atomic(self.folder / f"{stem[:150]}.eml", message, skip_unchanged=False, private=True)
 
     async def aclose(self) -> None:
         return None
@@ -136,6 +139,22 @@ def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | Non
         if seen is None:
             return None
         if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+# TLS failures that say nothing about the server's setup: the connection dropped.
+_TLS_DROPPED = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
+def _handshake_error(exc: BaseException) -> ssl.SSLError | None:
+    """The failed TLS handshake behind `exc`, unless the connection merely dropped."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError) and not isinstance(seen, _TLS_DROPPED):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
@@ -222,6 +241,15 @@ class SmtpMailer:
                     f"{untrusted.verify_message or untrusted.reason}.",
                     hint="Check smtp.host (the certificate must name it) and the CA "
                     "certificates this machine trusts (SSL_CERT_FILE).",
+                ) from exc
+            handshake = _handshake_error(exc) if self.tls == "tls" else None
+            if handshake is not None:  # a plain SMTP port answers TLS with a plain greeting
+                raise DeliveryError(
+                    f"{self.where}: implicit TLS (smtp.tls = 'tls') failed: "
+                    f"{handshake.reason or handshake}; the server does not speak TLS on "
+                    "this port.",
+                    hint="Use smtp.tls = 'starttls' for a port like 587 or 25, or the "
+                    "server's implicit TLS port (usually 465).",
                 ) from exc
             raise TransientSendError(
                 f"{self.where}: cannot connect: {exc}",
@@ -331,17 +359,35 @@ async def _reset(client: aiosmtplib.SMTP, timeout: float) -> bool:
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:
+    transport = client.transport
     try:
         await client.quit()
     except (aiosmtplib.SMTPException, OSError):
         _close_quietly(client)
+    finally:
+        _abort(transport)
 
 
 def _close_quietly(client: aiosmtplib.SMTP) -> None:
+    transport = client.transport
     try:
         client.close()
     except (aiosmtplib.SMTPException, OSError):  # pragma: no cover - close does not raise
         log.debug("closing an SMTP connection failed", exc_info=True)
+    finally:
+        _abort(transport)
+
+
+def _abort(transport: asyncio.BaseTransport | None) -> None:
+    """Release the socket now, whatever the TLS layer is still waiting for.
+
+    Closing a TLS connection waits for the server's close_notify (asyncio allows 30 s);
+    a run whose event loop ends first never closes the socket (ResourceWarning:
+    unclosed transport). The session is over when we close (QUIT answered, or failed),
+    so nothing is lost by not waiting.
+    """
+    if isinstance(transport, asyncio.Transport):
+        transport.abort()
 
 
 def open_mailer(settings: Settings, *, folder: str) -> Mailer:
@@ -367,13 +413,29 @@ def mailer_concurrency(settings: Settings) -> int:
     return settings.smtp.connections if settings.mail.transport == "smtp" else 1
 
 
+def _exposure(mode: int) -> str:
+    if mode & 0o004:
+        return "readable by others"
+    if mode & 0o040:
+        return "readable by its group"
+    return "writable by group or others"
+
+
 def read_dkim_key(settings: Settings) -> DkimKey | None:
-    """Read the DKIM private key named in config; None while dkim.domain is empty."""
+    """Read the DKIM private key named in config; None while dkim.domain is empty.
+
+    Raises ConfigError when the file cannot be read, is open to its group or to
+    others (any read or write bit: mode 0600 or 0400 is required), or holds no PEM
+    private key.
+    """
     dkim = settings.dkim
     if not dkim.domain or dkim.key_file is None:
         return None
     try:
-        key = dkim.key_file.read_bytes()
+        with dkim.key_file.open("rb") as handle:
+            # The mode of the file read, not of whatever the path names a moment later.
+            mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+            key = handle.read()
     except OSError as exc:
         raise ConfigError(
             f"config key dkim.key_file: {str(dkim.key_file)!r} cannot be read: "
@@ -381,6 +443,13 @@ def read_dkim_key(settings: Settings) -> DkimKey | None:
             key="dkim.key_file",
             hint="Point it at the PEM private key of the selector.",
         ) from exc
+    if mode & 0o066:
+        # Whoever can read the key can sign as the domain; OpenDKIM refuses such keys too.
+        raise ConfigError(
+            f"dkim.key_file {dkim.key_file}: {_exposure(mode)} (mode {mode:04o}); "
+            f"run chmod 600 {shlex.quote(str(dkim.key_file))}.",
+            key="dkim.key_file",
+        )
     if b"PRIVATE KEY" not in key:
         raise ConfigError(
             f"config key dkim.key_file: {str(dkim.key_file)!r} is not a PEM private key.",

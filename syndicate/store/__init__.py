@@ -1,24 +1,78 @@
 """Store: the SQLite database (schema, migrations, transactions). The only code that runs SQL.
 
 One connection per process, WAL mode, short `BEGIN IMMEDIATE` transactions
-through `Database.transaction()`. Area modules (`articles`, `subscribers`,
-`ledger`) hold the statements for their tables and take a `Database`.
+through `Database.transaction()` for writes, and deferred read transactions
+through `Database.snapshot()` for reads (under WAL a reader never waits for the
+writer, nor holds it up). Area modules (`articles`, `subscribers`, `ledger`)
+hold the statements for their tables and take a `Database`; they turn SQLite
+errors into ours through `store_error`, so a busy database or a full disk
+is a "try again later" (exit 75, HTTP 503), never a usage error.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from syndicate.errors import StoreError
+from syndicate.errors import StoreBusyError, StoreError, StoreFullError
 from syndicate.store.schema import MIGRATIONS
 
-# Busy timeout: a concurrent writer (the web app beside `syndicate send`) waits this long.
-_BUSY_TIMEOUT_MS = 10_000
+# Busy timeout: a concurrent writer (the web app beside `syndicate send`) waits this long
+# (seconds; config key store.busy_timeout).
+DEFAULT_BUSY_TIMEOUT = 10.0
+
+# Primary result codes (the low byte of an extended code) that mean "try again later".
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_FULL_CODES = frozenset({sqlite3.SQLITE_FULL})
+
+# The database holds every address and the signing secret: owner only. SQLite gives its
+# -wal and -shm files the database file's mode, so creating the file first covers them.
+_FILE_MODE = 0o600
+_FOLDER_MODE = 0o700
+_SIDE_FILES = ("", "-wal", "-shm")
+
+log = logging.getLogger(__name__)
+
+
+def store_error(path: Path | str, what: str, exc: sqlite3.Error) -> StoreError:
+    """The StoreError for a failed SQLite call: `{path}: {what}: {exc}.`.
+
+    A busy database (another connection held the write lock past the busy
+    timeout) gives StoreBusyError, a full disk StoreFullError: both exit 75.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary in _BUSY_CODES:
+        return StoreBusyError(str(path))
+    if primary in _FULL_CODES or (primary == sqlite3.SQLITE_IOERR and _no_room(Path(path))):
+        return StoreFullError(str(path))
+    return StoreError(f"{path}: {what}: {exc}.")
+
+
+def _no_room(path: Path) -> bool:
+    """Whether the file system holding `path` has no block left to give.
+
+    SQLite reports a full disk met while making its -shm or -wal file as a plain
+    "disk I/O error" (it keeps no errno): the free space tells the two apart.
+    """
+    try:
+        return os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return False
+
+
+def _raise_if_try_later(path: Path, exc: sqlite3.Error) -> None:
+    """Raise StoreBusyError or StoreFullError for a busy database or a full disk."""
+    error = store_error(path, "", exc)
+    if type(error) is not StoreError:
+        raise error from exc
 
 
 class _Discard(Exception):
@@ -32,13 +86,17 @@ class Database:
         self.conn = conn
         self.path = path
         self._depth = 0
+        self._reading = False
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """Run the block in one `BEGIN IMMEDIATE` transaction: all of it commits, or none.
 
-        Nested use joins the outer transaction.
+        Nested use joins the outer transaction. Raises StoreBusyError (exit 75) when
+        another connection keeps the write lock past the busy timeout.
         """
+        if self._reading:
+            raise RuntimeError("a write transaction cannot start inside Database.snapshot()")
         if self._depth:
             self._depth += 1
             try:
@@ -49,26 +107,65 @@ class Database:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot start a transaction: {exc}.") from exc
+            raise store_error(self.path, "cannot start a transaction", exc) from exc
         self._depth = 1
         try:
             yield self.conn
+        except sqlite3.Error as exc:
+            self._depth = 0
+            self._rollback()
+            _raise_if_try_later(self.path, exc)
+            raise  # the area module's own handler words it
         except BaseException:
             self._depth = 0
-            self.conn.rollback()
+            self._rollback()
             raise
         self._depth = 0
         try:
             self.conn.commit()
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot commit: {exc}.") from exc
+            self._rollback()
+            raise store_error(self.path, "cannot commit", exc) from exc
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """Run the block in one deferred read transaction: every read sees the same state.
+
+        Under WAL this takes no write lock: writers (`send`, sign-ups) go on while it is
+        open, and it never waits for them. Inside a write transaction it joins that one.
+        The block must not write (taking the write lock mid-transaction fails at once
+        when another connection wrote since the snapshot began); writes go through
+        `transaction()`.
+        """
+        if self._depth or self._reading:
+            yield self.conn
+            return
+        try:
+            self.conn.execute("BEGIN DEFERRED")
+        except sqlite3.Error as exc:
+            raise store_error(self.path, "cannot start reading", exc) from exc
+        self._reading = True
+        try:
+            yield self.conn
+        except sqlite3.Error as exc:
+            _raise_if_try_later(self.path, exc)
+            raise
+        finally:
+            self._reading = False
+            self._rollback()  # nothing was written: ending it only lets the snapshot go
+
+    def _rollback(self) -> None:
+        try:
+            self.conn.rollback()
+        except sqlite3.Error:  # the transaction is gone already (SQLite rolled it back)
+            pass
 
     @contextmanager
     def scratch(self) -> Iterator[sqlite3.Connection]:
         """Run the block in one transaction that is always rolled back.
 
-        For previews (`digest`, `send --dry-run`): they may refresh the article
-        cache to see what `send` would see, and nothing of it stays.
+        It holds the write lock until it ends: the previews (`digest`, `send --dry-run`)
+        no longer use it (`cli.flow.preview_digest` reads in a `snapshot()` instead).
         """
         try:
             with self.transaction() as conn:
@@ -97,20 +194,30 @@ class Database:
         return int(row[0])
 
 
-def open_database(path: Path, *, any_thread: bool = False) -> Database:
+def open_database(
+    path: Path,
+    *,
+    any_thread: bool = False,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    read_only: bool = False,
+) -> Database:
     """Open (creating if needed) and migrate the database at `path`.
 
     Raises StoreError with the path when the file cannot be opened or is not
-    a syndicate database. `any_thread` lets a thread other than this one use the
-    connection (one thread at a time: the caller serialises its use).
+    a syndicate database, StoreBusyError when another connection held the write
+    lock for longer than `busy_timeout` seconds (each statement waits that long).
+    `any_thread` lets a thread other than this one use the connection (one thread
+    at a time: the caller serialises its use). `read_only` refuses every write on
+    this connection (`PRAGMA query_only`), for a reader beside the writer.
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private_folder(path.parent)
+        _create_private_file(path)
         # isolation_level=None: we issue BEGIN ourselves, so transactions are explicit.
         conn = sqlite3.connect(
             path,
             isolation_level=None,
-            timeout=_BUSY_TIMEOUT_MS / 1000,
+            timeout=busy_timeout,
             check_same_thread=not any_thread,
         )
     except (sqlite3.Error, OSError) as exc:
@@ -120,7 +227,7 @@ def open_database(path: Path, *, any_thread: bool = False) -> Database:
         ) from exc
     db = Database(conn, path)
     try:
-        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
         # New databases only (an existing one keeps its size): a stored article, body
         # and record, is about 10 KiB, which 4 KiB pages split over three pages.
         conn.execute("PRAGMA page_size = 8192")
@@ -128,8 +235,11 @@ def open_database(path: Path, *, any_thread: bool = False) -> Database:
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         _migrate(db)
+        if read_only:
+            conn.execute("PRAGMA query_only = ON")
     except sqlite3.DatabaseError as exc:
         conn.close()
+        _raise_if_try_later(path, exc)  # busy or full: the file itself is fine
         raise StoreError(
             f"{path}: not a usable syndicate database: {exc}.",
             hint="Point paths.database at a new file, or restore this one from a backup.",
@@ -140,6 +250,51 @@ def open_database(path: Path, *, any_thread: bool = False) -> Database:
     return db
 
 
+def _make_private_folder(folder: Path) -> None:
+    """Create `folder` and any missing parents, each 0700; existing folders are left alone."""
+    missing: list[Path] = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        try:
+            made.mkdir(mode=_FOLDER_MODE)
+        except FileExistsError:  # made by a concurrent process meanwhile
+            continue
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file 0600 if it is missing; take "others" off an existing one.
+
+    An existing file keeps its group bits (a group shared with `syndicate serve` running
+    as another user is a choice); read or write access for everyone else never is, so it
+    is removed, with a warning, from the file and its -wal and -shm.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE))
+        return
+    except FileExistsError:
+        pass
+    for name in _SIDE_FILES:
+        side = path.with_name(path.name + name)
+        try:
+            mode = stat.S_IMODE(side.stat().st_mode)
+            if mode & 0o007:
+                side.chmod(mode & ~0o007)
+                log.warning(
+                    "%s: was open to all users (mode %04o); now %04o. Run chmod 600 %s "
+                    "unless another user of its group needs it.",
+                    side,
+                    mode,
+                    mode & ~0o007,
+                    side,
+                )
+        except FileNotFoundError:
+            continue
+        except PermissionError as exc:  # not ours to change: say so, and go on
+            log.warning("%s: open to all users, and cannot be tightened: %s.", side, exc)
+
+
 def _migrate(db: Database) -> None:
     current = db.schema_version
     latest = len(MIGRATIONS)
@@ -148,8 +303,28 @@ def _migrate(db: Database) -> None:
             f"{db.path}: schema version {current} is newer than this syndicate knows ({latest}).",
             hint="Upgrade syndicate before using this database.",
         )
-    for version in range(current + 1, latest + 1):
-        with db.transaction() as conn:
-            for statement in MIGRATIONS[version - 1]:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {version}")
+    if current == latest:
+        return
+    # Foreign keys are off while steps run, as SQLite's own recipe for rebuilding a table
+    # says: dropping the old copy of a table must not cascade into the rows that point at
+    # it. The pragma is a no-op inside a transaction, so it is set around them, and each
+    # step checks the keys itself before it commits.
+    db.conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        for version in range(current + 1, latest + 1):
+            with db.transaction() as conn:
+                # Another process may have run this step while we waited for the lock.
+                if db.schema_version >= version:
+                    continue
+                for statement in MIGRATIONS[version - 1]:
+                    conn.execute(statement)
+                broken = conn.execute("PRAGMA foreign_key_check").fetchone()
+                if broken is not None:
+                    raise StoreError(
+                        f"{db.path}: migration {version} would leave a row of {broken[0]} "
+                        f"pointing at a missing row of {broken[2]}; nothing was changed.",
+                        hint="Restore the database from a backup, or report this.",
+                    )
+                conn.execute(f"PRAGMA user_version = {version}")
+    finally:
+        db.conn.execute("PRAGMA foreign_keys = ON")

@@ -9,14 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
 from syndicate.errors import StoreError
-from syndicate.model import Article, BlockKind, Precision
-from syndicate.store import Database
+from syndicate.model import Article, BlockKind, Precision, make_article_id
+from syndicate.store import Database, store_error, teasers
 
 # The same as json.dumps(..., ensure_ascii=False, sort_keys=True), built once.
 _RECORD_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
@@ -60,8 +60,8 @@ UPSERT_ARTICLE = """
 """
 # Does an article exist already (to count new ones)?
 SELECT_ARTICLE_EXISTS = "SELECT 1 FROM articles WHERE id = ?"
-# Which dump each article's stored record came from.
-SELECT_ARTICLE_SOURCES = "SELECT id, source FROM articles"
+# Which dump each article's stored record came from, and the slug it was published under.
+SELECT_ARTICLE_SOURCES = "SELECT id, source, slug FROM articles"
 # One full article.
 SELECT_ARTICLE = "SELECT record, body FROM articles WHERE id = ?"
 # The light columns of every article, for index pages and feed selection.
@@ -82,6 +82,13 @@ SELECT_ARTICLES_NEWEST_FIRST_START = """
     ORDER BY k DESC, id
     LIMIT :limit
 """
+
+# Articles stored before the teasers table existed are indexed once (migration 5 sets it).
+BACKFILL_KEY = "teasers_backfill"
+SELECT_BACKFILL = "SELECT 1 FROM meta WHERE key = ?"
+DELETE_BACKFILL = "DELETE FROM meta WHERE key = ?"
+# Stored articles in id order, a batch after :id.
+SELECT_RECORDS_AFTER = "SELECT id, record, body FROM articles WHERE id > ? ORDER BY id LIMIT ?"
 
 # Page fingerprints (and how each file was left) from the last build.
 SELECT_PAGES = "SELECT path, fingerprint, size, mtime_ns FROM pages"
@@ -126,7 +133,7 @@ def _utc_text(value: datetime) -> str:
 
 
 def _wrap(what: str, db: Database, exc: sqlite3.Error) -> StoreError:
-    return StoreError(f"{db.path}: cannot {what}: {exc}.")
+    return store_error(db.path, f"cannot {what}", exc)
 
 
 def read_dump_cache(db: Database) -> dict[str, CachedDump]:
@@ -194,9 +201,9 @@ def encode_record(
 
     The body's texts go in a column of their own, one per line, when none holds a line
     break (the loader's never do); else they stay in the record (body None). The hash
-    covers the record and the body's BLAKE2b digest. `parsed_body` is the body the loader
-    returned with the article (`parse_dump_with_body`): its digest is the article's id, so
-    it is neither encoded nor hashed again.
+    covers the record and the body's digest (`make_article_id`, byline included).
+    `parsed_body` is the body the loader returned with the article (`parse_dump_with_body`):
+    its digest is the article's id, so it is neither encoded nor hashed again.
     """
     record = article.to_record()
     body = body_digest = None
@@ -206,7 +213,7 @@ def encode_record(
         texts = [block.text for block in article.body]
         if not any("\n" in text for text in texts):
             body = "\n".join(texts).encode("utf-8")
-            body_digest = hashlib.blake2b(body, digest_size=16).hexdigest()
+            body_digest = make_article_id(body, article.author)
     if body is not None:
         record["body"] = "".join([_KIND_LETTERS[block.kind] for block in article.body])
     data = _RECORD_ENCODER.encode(record).encode("utf-8")
@@ -249,6 +256,9 @@ class ArticleRow(NamedTuple):
     precision: str
     author: str | None
     source: str
+    # text.story_key of its head and lead, and of each of its teasers (for store.teasers).
+    story_keys: tuple[str, ...] = ()
+    teaser_keys: tuple[str, ...] = ()
 
 
 def article_row(article: Article, parsed_body: bytes | None = None) -> ArticleRow:
@@ -265,6 +275,8 @@ def article_row(article: Article, parsed_body: bytes | None = None) -> ArticleRo
         precision=str(article.precision),
         author=article.author,
         source=article.source,
+        story_keys=teasers.story_keys(article),
+        teaser_keys=teasers.teaser_keys(article),
     )
 
 
@@ -292,8 +304,11 @@ def upsert_row(
     return not existed
 
 
-def upsert_rows(db: Database, rows: Iterable[ArticleRow], *, now: datetime) -> None:
-    """Store articles already in their stored form; new ids get first_seen_at = `now`."""
+def upsert_rows(db: Database, rows: Sequence[ArticleRow], *, now: datetime) -> None:
+    """Store articles already in their stored form; new ids get first_seen_at = `now`.
+
+    Their teasers are tied to the articles they advertise, and teasers stored earlier to them.
+    """
     seen = _utc_text(now)
     try:
         db.conn.executemany(
@@ -317,12 +332,21 @@ def upsert_rows(db: Database, rows: Iterable[ArticleRow], *, now: datetime) -> N
         )
     except sqlite3.Error as exc:
         raise _wrap("store the articles", db, exc) from exc
+    teasers.index_keys(db, [(row.id, row.story_keys, row.teaser_keys) for row in rows])
 
 
 def read_article_sources(db: Database) -> dict[str, str]:
     """Map every stored article id to the dump path its record was parsed from."""
+    return {key: source for key, (source, _slug) in read_article_keys(db).items()}
+
+
+def read_article_keys(db: Database) -> dict[str, tuple[str, str]]:
+    """Map every stored article id to (the dump path its record came from, its slug)."""
     try:
-        return {str(i): str(src) for i, src in db.conn.execute(SELECT_ARTICLE_SOURCES)}
+        return {
+            str(i): (str(src), str(slug))
+            for i, src, slug in db.conn.execute(SELECT_ARTICLE_SOURCES)
+        }
     except sqlite3.Error as exc:
         raise _wrap("read the articles", db, exc) from exc
 
@@ -400,6 +424,37 @@ def iter_articles_newest_first(db: Database, *, batch: int = _BATCH) -> Iterator
             yield _decoded(db, article_id, record, body)
         *_record, last_key, last_id = rows[-1]
         key = {"k": last_key, "id": last_id, "limit": batch}
+
+
+def backfill_teasers(db: Database) -> int:
+    """Index the teasers of articles stored before the teasers table existed, once.
+
+    Returns how many articles it indexed (0 once done).
+    """
+    done = 0
+    last = ""
+    try:
+        if db.conn.execute(SELECT_BACKFILL, (BACKFILL_KEY,)).fetchone() is None:
+            return 0
+        while True:
+            with db.transaction() as conn:
+                found = conn.execute(SELECT_RECORDS_AFTER, (last, _BATCH)).fetchall()
+                if not found:
+                    conn.execute(DELETE_BACKFILL, (BACKFILL_KEY,))
+                    return done
+                teasers.index_keys(db, [_keys(*row) for row in found])
+            done += len(found)
+            last = found[-1][0]
+    except sqlite3.Error as exc:
+        raise _wrap("index the stored teasers", db, exc) from exc
+
+
+def _keys(article_id: str, record: str, body: str | None) -> teasers.Keys:
+    try:
+        article = decode_article(record, body)
+    except (ValueError, KeyError, TypeError):  # damaged: no keys; a rebuild stores it again
+        return article_id, (), ()
+    return article_id, teasers.story_keys(article), teasers.teaser_keys(article)
 
 
 # How a build left a page file: its size and modification time (ns).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,8 +11,10 @@ from datetime import UTC, date, datetime
 
 from syndicate.errors import StoreError
 from syndicate.model import Article, DigestPlan
-from syndicate.store import Database
+from syndicate.store import Database, store_error
 from syndicate.store.articles import decode_article
+
+log = logging.getLogger(__name__)
 
 # Articles no digest has carried yet, one batch after the id `:last`.
 SELECT_CANDIDATES = """
@@ -78,6 +81,16 @@ def _article(record_json: str, body: str | None, *, where: str) -> Article:
         ) from exc
 
 
+def _article_or_none(record_json: str, body: str | None, *, where: str) -> Article | None:
+    """The stored article, or None (with one warning) when its record is damaged: one bad
+    article never stops a digest."""
+    try:
+        return _article(record_json, body, where=where)
+    except StoreError as exc:
+        log.warning("%s", exc)
+        return None
+
+
 def iter_candidates(db: Database, *, batch: int = 500) -> Iterator[tuple[Article, datetime]]:
     """Yield (article, first_seen_at) for every article not yet in a digest, by id.
 
@@ -88,13 +101,12 @@ def iter_candidates(db: Database, *, batch: int = 500) -> Iterator[tuple[Article
         try:
             rows = db.conn.execute(SELECT_CANDIDATES, {"last": last, "n": batch}).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"{db.path}: cannot read articles: {exc}.") from exc
+            raise store_error(db.path, "cannot read articles", exc) from exc
         for article_id, record_json, body, first_seen_at in rows:
             where = f"{db.path}: article {article_id!r}"
-            yield (
-                _article(record_json, body, where=where),
-                _parse_time(first_seen_at, where=where),
-            )
+            article = _article_or_none(record_json, body, where=where)
+            if article is not None:
+                yield article, _parse_time(first_seen_at, where=where)
         if len(rows) < batch:
             return
         last = rows[-1][0]
@@ -105,7 +117,7 @@ def newest_published(db: Database) -> datetime | None:
     try:
         row = db.conn.execute(SELECT_NEWEST_PUBLISHED).fetchone()
     except sqlite3.Error as exc:
-        raise StoreError(f"{db.path}: cannot read articles: {exc}.") from exc
+        raise store_error(db.path, "cannot read articles", exc) from exc
     if row is None or row[0] is None:
         return None
     return _parse_time(row[0], where=f"{db.path}: articles.published_at")
@@ -116,7 +128,7 @@ def live_article_ids(db: Database) -> set[str]:
     try:
         return {row[0] for row in db.conn.execute(SELECT_LIVE_ARTICLE_IDS)}
     except sqlite3.Error as exc:
-        raise StoreError(f"{db.path}: cannot read the dump cache: {exc}.") from exc
+        raise store_error(db.path, "cannot read the dump cache", exc) from exc
 
 
 def get_digest(db: Database, day: date) -> DigestPlan | None:
@@ -131,9 +143,11 @@ def get_digest(db: Database, day: date) -> DigestPlan | None:
             found = db.conn.execute(SELECT_ARTICLE, {"id": article_id}).fetchone()
             if found is not None:
                 where = f"{db.path}: article {article_id!r}"
-                articles.append(_article(found[0], found[1], where=where))
+                article = _article_or_none(found[0], found[1], where=where)
+                if article is not None:
+                    articles.append(article)
     except sqlite3.Error as exc:
-        raise StoreError(f"{db.path}: cannot read the digest of {day}: {exc}.") from exc
+        raise store_error(db.path, f"cannot read the digest of {day}", exc) from exc
     except ValueError as exc:
         raise StoreError(f"{db.path}: the digest of {day} is damaged: {exc}.") from exc
     return DigestPlan(day=day, articles=tuple(articles), more=int(row[1]))
@@ -159,7 +173,7 @@ def create_digest(db: Database, plan: DigestPlan, *, now: datetime) -> None:
             if inserted:
                 conn.executemany(MARK_ARTICLE, [{"day": day, "id": a.id} for a in plan.articles])
         except sqlite3.Error as exc:
-            raise StoreError(f"{db.path}: cannot store the digest of {day}: {exc}.") from exc
+            raise store_error(db.path, f"cannot store the digest of {day}", exc) from exc
 
 
 def open_digests(db: Database, *, before: date) -> list[StoredDigest]:
@@ -170,7 +184,7 @@ def open_digests(db: Database, *, before: date) -> list[StoredDigest]:
     try:
         rows = db.conn.execute(SELECT_OPEN_DIGESTS, {"before": before.isoformat()}).fetchall()
     except sqlite3.Error as exc:
-        raise StoreError(f"{db.path}: cannot read the digests: {exc}.") from exc
+        raise store_error(db.path, "cannot read the digests", exc) from exc
     where = f"{db.path}: digests"
     try:
         return [
@@ -187,4 +201,4 @@ def close_digest(db: Database, day: date, *, now: datetime) -> None:
         with db.transaction() as conn:
             conn.execute(CLOSE_DIGEST, {"day": day.isoformat(), "now": _utc_text(now)})
     except sqlite3.Error as exc:
-        raise StoreError(f"{db.path}: cannot close the digest of {day}: {exc}.") from exc
+        raise store_error(db.path, f"cannot close the digest of {day}", exc) from exc

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from syndicate.errors import StoreError
-from syndicate.store import Database
+from syndicate.store import Database, store_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +29,14 @@ class Recipient:
     email: str
     language: str
     attempts: int  # finished attempts in earlier runs
+    token_nonce: bytes  # signed into the unsubscribe token (tokens.make_token)
 
 
 # Which confirmed subscribers (confirmed by :confirmed_by, when given) are still owed the
 # digest of :day: no row, a row a crashed run left in 'sending', or a 'failed' row with
 # attempts to spare. Keyset-paged by id.
 _OWED_PAGE = """
-    SELECT s.id, s.email, s.language, coalesce(d.attempts, 0)
+    SELECT s.id, s.email, s.language, coalesce(d.attempts, 0), s.token_nonce
     FROM subscribers AS s
     LEFT JOIN deliveries AS d ON d.digest_day = :day AND d.subscriber_id = s.id
     WHERE s.status = 'confirmed' AND s.id > :after
@@ -106,7 +107,7 @@ def _iso(moment: datetime) -> str:
 
 
 def _fail(db: Database, exc: sqlite3.Error) -> StoreError:
-    return StoreError(f"{db.path}: send ledger query failed: {exc}.")
+    return store_error(db.path, "send ledger query failed", exc)
 
 
 def _cutoff(confirmed_by: datetime | None) -> str | None:
@@ -135,7 +136,7 @@ def owed_page(
         rows = db.conn.execute(_OWED_PAGE, params).fetchall()
     except sqlite3.Error as exc:
         raise _fail(db, exc) from exc
-    return [Recipient(int(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]
+    return [Recipient(int(r[0]), str(r[1]), str(r[2]), int(r[3]), bytes(r[4])) for r in rows]
 
 
 def _count_params(day: date, max_attempts: int, confirmed_by: datetime | None) -> dict[str, object]:

@@ -7,7 +7,7 @@ import sqlite3
 
 from syndicate.config import Settings
 from syndicate.errors import StoreError
-from syndicate.store import Database
+from syndicate.store import Database, store_error
 
 SECRET_KEY = "secret"  # noqa: S105 - the meta key's name, not a secret
 ERASURE_KEY = "erasure_key"
@@ -30,7 +30,7 @@ def _read_key(
                 conn.execute(_INSERT_VALUE, (name, secrets.token_bytes(_KEY_BYTES).hex()))
                 row = conn.execute(_SELECT_VALUE, (name,)).fetchone()
     except sqlite3.Error as exc:
-        raise StoreError(f"{db.path}: cannot read or store the {what}: {exc}.") from exc
+        raise store_error(db.path, f"cannot read or store the {what}", exc) from exc
     if row is None:
         return None
     try:

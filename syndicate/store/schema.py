@@ -121,4 +121,74 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE pages ADD COLUMN size INTEGER",
         "ALTER TABLE pages ADD COLUMN mtime_ns INTEGER",
     ],
+    # 4: subscriber ids are never used twice (AUTOINCREMENT: an erased subscriber's id is
+    # not handed to the next sign-up), and each subscriber gets a random token nonce that
+    # their confirm and unsubscribe tokens carry, so a saved link dies with its subscriber.
+    # SQLite cannot add either to a table in place: the table is rebuilt, keeping every row
+    # and id (deliveries point at them), with foreign keys off while the migration runs
+    # (see store._migrate). Existing rows get their nonce from SQLite's randomblob().
+    [
+        """
+        CREATE TABLE subscribers_new (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            email TEXT NOT NULL,
+            email_key TEXT NOT NULL UNIQUE,  -- case-folded address: unique case-insensitively
+            name TEXT,
+            language TEXT NOT NULL DEFAULT 'vi' CHECK (language IN ('vi', 'en')),
+            status TEXT NOT NULL
+                CHECK (status IN ('pending', 'confirmed', 'unsubscribed', 'bounced')),
+            bounce_count INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            confirmed_at TEXT,
+            unsubscribed_at TEXT,
+            bounced_at TEXT,
+            confirm_sent_at TEXT,            -- last confirmation mail, for the resend limit
+            token_nonce BLOB NOT NULL CHECK (length(token_nonce) = 16)  -- signed into tokens
+        )
+        """,
+        """
+        INSERT INTO subscribers_new (id, email, email_key, name, language, status, bounce_count,
+            created_at, updated_at, confirmed_at, unsubscribed_at, bounced_at, confirm_sent_at,
+            token_nonce)
+        SELECT id, email, email_key, name, language, status, bounce_count, created_at,
+            updated_at, confirmed_at, unsubscribed_at, bounced_at, confirm_sent_at, randomblob(16)
+        FROM subscribers ORDER BY id
+        """,
+        "DROP TABLE subscribers",
+        "ALTER TABLE subscribers_new RENAME TO subscribers",
+        "CREATE INDEX subscribers_status ON subscribers (status, id)",
+    ],
+    # 5: which stored article each teaser advertises. `stories` holds the story keys
+    # (text.story_key) of each article's head and lead; `teasers` each article's teasers
+    # long enough to match, with their key, its first text.STORY_PROBE_CHARS characters (to
+    # find the teasers a new article answers) and the article they advertise (NULL while the
+    # store has none). Articles stored before this step are indexed by the next build (the
+    # meta key says so).
+    [
+        """
+        CREATE TABLE stories (
+            key TEXT NOT NULL,
+            article_id TEXT NOT NULL,
+            PRIMARY KEY (key, article_id)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX stories_article ON stories (article_id)",
+        """
+        CREATE TABLE teasers (
+            article_id TEXT NOT NULL,       -- the article whose dump carries the teaser
+            position INTEGER NOT NULL,      -- its place among that article's teasers
+            key TEXT NOT NULL,
+            probe TEXT NOT NULL,
+            target_id TEXT,                 -- the article it advertises, when stored
+            PRIMARY KEY (article_id, position)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX teasers_probe ON teasers (probe)",
+        "CREATE INDEX teasers_target ON teasers (target_id) WHERE target_id IS NOT NULL",
+        """
+        INSERT INTO meta (key, value) SELECT 'teasers_backfill', 'pending'
+        WHERE EXISTS (SELECT 1 FROM articles)
+        """,
+    ],
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from syndicate.errors import StoreError, SubscriberError
 from syndicate.model import Subscriber, SubscriptionStatus
-from syndicate.store import Database
+from syndicate.store import Database, store_error
 from syndicate.store.meta import get_erasure_key
 from syndicate.text import clean_line, nfc
 
@@ -28,8 +29,10 @@ LANGUAGES = ("vi", "en")
 _NAME_LIMIT = 200
 _COLUMNS = (
     "id, email, name, language, status, created_at, confirmed_at, unsubscribed_at, "
-    "bounced_at, bounce_count"
+    "bounced_at, bounce_count, token_nonce"
 )
+# Bytes of a subscriber's token nonce (tokens.NONCE_BYTES; the schema checks the length).
+_NONCE_BYTES = 16
 
 # One subscriber by its case-folded address.
 _SELECT_BY_KEY = f"SELECT {_COLUMNS} FROM subscribers WHERE email_key = ?"  # noqa: S608
@@ -38,8 +41,9 @@ _SELECT_BY_ID = f"SELECT {_COLUMNS} FROM subscribers WHERE id = ?"  # noqa: S608
 # A new subscriber; timestamps of the status it starts in are set by the caller.
 _INSERT = """
     INSERT INTO subscribers (email, email_key, name, language, status, created_at, updated_at,
-                             confirmed_at, confirm_sent_at)
-    VALUES (:email, :key, :name, :language, :status, :now, :now, :confirmed_at, :confirm_sent_at)
+                             confirmed_at, confirm_sent_at, token_nonce)
+    VALUES (:email, :key, :name, :language, :status, :now, :now, :confirmed_at, :confirm_sent_at,
+            :nonce)
 """
 # Move to a status, stamping the matching *_at column.
 _SET_STATUS = """
@@ -151,6 +155,7 @@ def _to_subscriber(row: Any) -> Subscriber:
         unsubscribed_at=_time(row[7]),
         bounced_at=_time(row[8]),
         bounce_count=int(row[9]),
+        token_nonce=bytes(row[10]),
     )
 
 
@@ -163,7 +168,7 @@ def _clean_name(name: str | None) -> str | None:
 
 
 def _fail(db: Database, exc: sqlite3.Error) -> StoreError:
-    return StoreError(f"{db.path}: subscriber query failed: {exc}.")
+    return store_error(db.path, "subscriber query failed", exc)
 
 
 def get_by_email(db: Database, email: str) -> Subscriber | None:
@@ -237,6 +242,7 @@ def add_subscriber(
         "now": stamp,
         "confirmed_at": stamp if status is SubscriptionStatus.CONFIRMED else None,
         "confirm_sent_at": None,
+        "nonce": secrets.token_bytes(_NONCE_BYTES),
     }
     try:
         with db.transaction() as conn:
@@ -303,6 +309,7 @@ def signup(
                         "now": stamp,
                         "confirmed_at": None,
                         "confirm_sent_at": stamp,
+                        "nonce": secrets.token_bytes(_NONCE_BYTES),
                     },
                 )
                 subscriber_id, send = int(cursor.lastrowid or 0), True

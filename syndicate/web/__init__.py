@@ -10,17 +10,19 @@ Modules: `static` (the output folder), `guard` (headers, limits, CSRF), `pages`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from syndicate.config import Settings
+from syndicate.errors import StoreBusyError, StoreFullError
 from syndicate.send import Mailer
 from syndicate.web.guard import (
     CONTENT_SECURITY_POLICY,
@@ -31,11 +33,17 @@ from syndicate.web.guard import (
     make_form_token,
 )
 from syndicate.web.pages import Service, build_confirmation, negotiate_language
+from syndicate.web.protocol import BODY_TIMEOUT, HEADER_TIMEOUT, make_http_protocol
 from syndicate.web.seams import Clock, DatabaseStore, SubscriptionStore, utc_now
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "BODY_TIMEOUT",
     "CONTENT_SECURITY_POLICY",
+    "HEADER_TIMEOUT",
     "MAX_BODY_BYTES",
+    "RETRY_AFTER",
     "Clock",
     "DatabaseStore",
     "SubscriptionStore",
@@ -43,8 +51,13 @@ __all__ = [
     "check_form_token",
     "create_app",
     "make_form_token",
+    "make_http_protocol",
     "negotiate_language",
 ]
+
+
+# Seconds a client is asked to wait after a 503 (the database busy, or the disk full).
+RETRY_AFTER = 5
 
 
 def create_app(
@@ -56,9 +69,12 @@ def create_app(
 ) -> Starlette:
     """Build the ASGI app serving `settings.paths.output` and the subscription pages.
 
-    The mailer is closed when the app shuts down; the store belongs to the caller. Store
-    calls run on a thread of their own (one at a time), so `store` must be usable from a
-    thread other than the caller's (`open_database(..., any_thread=True)`).
+    The mailer is used on the sign-ups' thread (an event loop of its own) and closed there
+    when the app shuts down; the store belongs to the caller. Store calls run on threads
+    of their own (writes on one, reads on another), so `store` must be usable from threads
+    other than the caller's (`open_database(..., any_thread=True)`). A busy database
+    (another command kept the write lock past `store.busy_timeout`) or a full disk answers
+    503 with Retry-After, in the usual error shape.
     """
     service = Service(settings, store, mailer, clock)
 
@@ -69,7 +85,7 @@ def create_app(
             yield
         finally:
             try:
-                await mailer.aclose()
+                await service.stop()  # closes the mailer on the sign-ups' thread
             finally:
                 service.close()
 
@@ -77,6 +93,23 @@ def create_app(
         status_code = exc.status_code if isinstance(exc, HTTPException) else 500
         headers = exc.headers if isinstance(exc, HTTPException) else None
         return service.error_page(request, status_code, headers=headers)
+
+    async def store_unavailable(request: Request, exc: Exception) -> Response:
+        # Not the app's fault and not for long: the client may try again (RFC 9110 15.6.4).
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return service.error_page(request, 503, headers={"retry-after": str(RETRY_AFTER)})
+
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        # The client closed the connection (or a deadline did) before its body was in:
+        # nobody is left to answer, and it is no bug of ours, so one line, no traceback.
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        log.info(
+            "serve: %s %s: %s disconnected before sending the whole request body",
+            request.method,
+            request.url.path,
+            client,
+        )
+        return Response(status_code=400)
 
     async def server_error(request: Request, exc: Exception) -> Response:
         # Starlette re-raises the exception after this page is sent, so uvicorn logs it.
@@ -92,6 +125,12 @@ def create_app(
     return Starlette(
         routes=routes,
         middleware=[Middleware(SecurityHeaders), Middleware(BodyLimit, limit=MAX_BODY_BYTES)],
-        exception_handlers={HTTPException: http_error, Exception: server_error},
+        exception_handlers={
+            HTTPException: http_error,
+            StoreBusyError: store_unavailable,
+            StoreFullError: store_unavailable,
+            ClientDisconnect: client_gone,
+            Exception: server_error,
+        },
         lifespan=lifespan,
     )

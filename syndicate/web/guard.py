@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import math
 import time
 from collections import OrderedDict
@@ -60,6 +61,23 @@ class RateLimiter:
         while len(self._buckets) > _RATE_LIMIT_CLIENTS:
             self._buckets.popitem(last=False)
         return allowed, 0 if allowed else math.ceil((1.0 - tokens_left) / rate)
+
+
+def rate_limit_key(client: str) -> str:
+    """The rate limiter's key for a client address: the address, or its /64 for IPv6.
+
+    One IPv6 host usually holds a whole /64 (SLAAC, privacy addresses), so a per-address
+    limit would give it 2**64 allowances. An IPv4-mapped address counts as the IPv4 one.
+    """
+    try:
+        address = ipaddress.ip_address(client.split("%", 1)[0])
+    except ValueError:
+        return client
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def make_form_token(secret: bytes, *, now: datetime) -> str:

@@ -18,7 +18,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 
 from syndicate import digest, mail, site, tokens
 from syndicate.config import Settings, base_url, site_templates_dir
-from syndicate.errors import StoreError, SubscriberError, SyndicateError, TokenError
+from syndicate.errors import StoreBusyError, StoreError, SubscriberError, SyndicateError, TokenError
 from syndicate.mail import DkimKey
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.send import Mailer, TransientSendError, read_dkim_key
@@ -29,8 +29,10 @@ from syndicate.web.guard import (
     check_form_token,
     make_form_token,
     origin_of,
+    rate_limit_key,
 )
 from syndicate.web.seams import Clock, SubscriptionStore
+from syndicate.web.signups import SignupWorker
 from syndicate.web.static import LargeFile, OutputFolder, not_modified, safe_relative
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,8 @@ _STRINGS: dict[str, dict[str, str]] = {
         "error_429": "Bạn đã gửi quá nhiều yêu cầu. Hãy thử lại sau một phút.",
         "error_500_title": "Lỗi máy chủ",
         "error_500": "Đã có lỗi ở phía chúng tôi. Hãy thử lại sau ít phút.",
+        "error_503_title": "Hệ thống đang bận",
+        "error_503": "Hệ thống đang bận trong giây lát. Hãy thử lại sau ít giây.",
     },
     "en": {
         "subscribe_title": "Subscribe to the newsletter",
@@ -152,6 +156,8 @@ _STRINGS: dict[str, dict[str, str]] = {
         "error_429": "You have sent too many requests. Please try again in a minute.",
         "error_500_title": "Server error",
         "error_500": "Something went wrong on our side. Please try again in a few minutes.",
+        "error_503_title": "Busy for a moment",
+        "error_503": "We are busy for a moment. Please try again in a few seconds.",
     },
 }
 
@@ -183,6 +189,10 @@ def negotiate_language(query: str | None, accept_language: str | None, default: 
 # --- The endpoints ----------------------------------------------------------------------
 
 
+# Waits before a sign-up that met a busy database is stored again (after the answer, so
+# they hold up nobody's page); the last try's failure is logged and the sign-up dropped.
+_BUSY_RETRY_SECONDS = (1, 2, 4)
+
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -190,9 +200,12 @@ _T = TypeVar("_T")
 class Service:
     """The endpoints, sharing settings, store, mailer, clock and templates.
 
-    Store calls run on one thread of their own, one at a time: a call that waits for the
-    database (`syndicate send` holding its write lock, for up to the busy timeout) holds
-    up only the requests that need the store, never the event loop serving the pages.
+    Store calls that write run on one thread of their own, one at a time: a call that
+    waits for the database (`syndicate send` holding its write lock, for up to the busy
+    timeout) holds up only the requests that write, never the event loop serving the
+    pages. Reads (`find`, `check`) run on another thread, so they never queue behind it.
+    A sign-up's state-dependent work (storing it, the confirmation mail) runs after the
+    response on the `SignupWorker`'s thread, which owns the mailer.
     """
 
     def __init__(
@@ -201,6 +214,7 @@ class Service:
         self.settings = settings
         self.store = store
         self.mailer = mailer
+        self.signups = SignupWorker(mailer)
         self.clock = clock
         self.base_url = base_url(settings)
         self.base_path = urlsplit(self.base_url).path or "/"
@@ -218,6 +232,9 @@ class Service:
         self._secret: bytes | None = None
         self.dkim = read_dkim_key(settings)
         self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syndicate-store")
+        self._reader_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="syndicate-store-read"
+        )
 
     async def call_store(
         self, function: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
@@ -228,13 +245,30 @@ class Service:
             self._store_thread, functools.partial(function, *args, **kwargs)
         )
 
+    async def call_reader(
+        self, function: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """Run a store read (`find`, `check`) on the reading thread and wait for it."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._reader_thread, functools.partial(function, *args, **kwargs)
+        )
+
     async def start(self) -> None:
-        """Read the signing secret (at startup, on the store's thread)."""
+        """Read the signing secret (at startup, on the store's thread); start the sign-ups'."""
         self._secret = await self.call_store(self.store.read_secret)
+        self.signups.start()
+
+    async def stop(self) -> None:
+        """Finish the sign-ups in progress (bounded) and close the mailer, off the loop."""
+        await asyncio.to_thread(self.signups.stop)
 
     def close(self) -> None:
-        """Finish the store call in progress, if any, and stop the store's thread."""
-        self._store_thread.shutdown(wait=True)
+        """Finish the store calls in progress, if any, and stop the store's threads."""
+        try:
+            self._store_thread.shutdown(wait=True)
+        finally:
+            self._reader_thread.shutdown(wait=True)
 
     @property
     def secret(self) -> bytes:
@@ -244,11 +278,13 @@ class Service:
 
     # Pages -------------------------------------------------------------------------
 
-    def language(self, request: Request) -> str:
+    def language(self, request: Request, subscriber: Subscriber | None = None) -> str:
+        """`?lang=`, else the language of the token's subscriber, else the browser's."""
+        query = request.query_params.get("lang")
+        if subscriber is not None and query not in LANGUAGES and subscriber.language in LANGUAGES:
+            return subscriber.language
         return negotiate_language(
-            request.query_params.get("lang"),
-            request.headers.get("accept-language"),
-            self.settings.site.language,
+            query, request.headers.get("accept-language"), self.settings.site.language
         )
 
     def url(self, name: str, lang: str, **params: str) -> str:
@@ -367,7 +403,7 @@ class Service:
         checks: dict[str, str] = {}
         healthy = True
         try:
-            await self.call_store(self.store.check)
+            await self.call_reader(self.store.check)
             checks["database"] = "ok"
         except StoreError as exc:
             log.error("healthz: %s", exc)
@@ -394,7 +430,7 @@ class Service:
         if request.method != "POST":
             return self.form_page(lang)
         client = request.client.host if request.client else "unknown"
-        allowed, wait = self.limiter.allow(client)
+        allowed, wait = self.limiter.allow(rate_limit_key(client))
         if not allowed:
             return self.error_page(request, 429, headers={"retry-after": str(wait)})
         form = await request.form(max_files=0, max_fields=10, max_part_size=MAX_BODY_BYTES)
@@ -413,19 +449,9 @@ class Service:
                 error=_STRINGS[lang]["invalid_email"],
                 status_code=400,
             )
-        now = self.clock()
-        background = None
-        try:
-            subscriber, should_send = await self.call_store(
-                self.store.sign_up, address, language=language, now=now
-            )
-        except SubscriberError as exc:
-            # Refusals past the address check (an erased address, for one) must look
-            # like any other sign-up, or the page would tell who is on the list.
-            log.info("subscribe: sign-up not stored: %s", exc)
-        else:
-            if should_send:
-                background = BackgroundTask(self._send_confirmation, subscriber, now)
+        # Everything from here on depends on the address's state: it runs after the
+        # response, off this loop, so no response or next request's timing tells it.
+        background = BackgroundTask(self._queue_sign_up, address, language, self.clock())
         strings = _STRINGS[lang]
         return self.page(
             "subscribe.html.j2",
@@ -447,9 +473,48 @@ class Service:
             return origin.lower() in trusted
         return bool(form_token) and check_form_token(self.secret, form_token, now=self.clock())
 
+    async def _queue_sign_up(self, address: str, language: str, now: datetime) -> None:
+        self.signups.submit(self._sign_up(address, language, now))
+
+    async def _sign_up(self, address: str, language: str, now: datetime) -> None:
+        """Store the sign-up and send a confirmation if due (on the sign-ups' loop).
+
+        A busy database (another command kept the write lock past the busy timeout) is
+        tried again a few times, later: the page already promised the mail.
+        """
+        try:
+            subscriber, should_send = await self._store_sign_up(address, language, now)
+        except SubscriberError as exc:
+            # Refusals past the address check (an erased address, for one) answered
+            # like any other sign-up, so the page did not tell who is on the list.
+            log.info("subscribe: sign-up not stored: %s", exc)
+            return
+        except StoreError as exc:
+            log.error("subscribe: sign-up not stored: %s", exc)
+            return
+        if should_send:
+            await self._send_confirmation(subscriber, now)
+
+    async def _store_sign_up(
+        self, address: str, language: str, now: datetime
+    ) -> tuple[Subscriber, bool]:
+        for delay in _BUSY_RETRY_SECONDS:
+            try:
+                return await self.call_store(
+                    self.store.sign_up, address, language=language, now=now
+                )
+            except StoreBusyError as exc:
+                log.warning("subscribe: %s Storing the sign-up again in %s s.", exc, delay)
+            await asyncio.sleep(delay)
+        return await self.call_store(self.store.sign_up, address, language=language, now=now)
+
     async def _send_confirmation(self, subscriber: Subscriber, now: datetime) -> None:
         token = tokens.make_token(
-            self.secret, purpose="confirm", subscriber_id=subscriber.id, issued_at=now
+            self.secret,
+            purpose="confirm",
+            subscriber_id=subscriber.id,
+            nonce=subscriber.token_nonce,
+            issued_at=now,
         )
         confirm_url = f"{self.base_url}confirm?token={token}"
         try:
@@ -474,25 +539,28 @@ class Service:
             log.warning("subscribe: confirmation to subscriber %s failed: %s", subscriber.id, exc)
 
     async def confirm(self, request: Request) -> Response:
-        lang = self.language(request)
-        strings = _STRINGS[lang]
         max_age = timedelta(hours=self.settings.subscribe.confirm_hours)
         now = self.clock()
+        subscriber: Subscriber | None
         try:
-            subscriber_id = tokens.verify_token(
+            # The lookup runs on the reading thread (it only reads, so it never waits
+            # behind a sign-up that waits for the write lock): the token must name the
+            # very subscriber it was made for (their nonce), not whoever holds the id now.
+            subscriber = await self.call_reader(
+                tokens.verify_token,
                 self.secret,
                 request.query_params.get("token", ""),
                 purpose="confirm",
                 now=now,
                 max_age=max_age,
+                find=self.store.find,
             )
         except TokenError:
-            subscriber_id = None
-        subscriber = (
-            await self.call_store(self.store.find, subscriber_id)
-            if subscriber_id is not None
-            else None
-        )
+            subscriber = None
+        # The page speaks the language of the subscriber the link was made for, not the
+        # browser's (`?lang=` still wins).
+        lang = self.language(request, subscriber)
+        strings = _STRINGS[lang]
         # An old link must not bring back someone who left or bounced since.
         if subscriber is None or subscriber.status not in (
             SubscriptionStatus.PENDING,
@@ -526,9 +594,8 @@ class Service:
                 "unsubscribe.html.j2", lang, title=strings["how_unsubscribe_title"], state="how"
             )
         try:
-            subscriber_id = tokens.verify_token(
-                self.secret, token, purpose="unsubscribe", now=self.clock()
-            )
+            # The signature first: a bad link is answered without asking the store.
+            tokens.read_token(self.secret, token, purpose="unsubscribe", now=self.clock())
         except TokenError:
             return self.page(
                 "unsubscribe.html.j2",
@@ -537,6 +604,23 @@ class Service:
                 status_code=400,
                 state="invalid",
             )
+        # The subscriber the link was made for (None when erased since): the page speaks
+        # their language, not the browser's (`?lang=` still wins).
+        owner: Subscriber | None = None
+        stale: TokenError | None = None
+        try:
+            owner = await self.call_store(
+                tokens.verify_token,
+                self.secret,
+                token,
+                purpose="unsubscribe",
+                now=self.clock(),
+                find=self.store.find,
+            )
+        except TokenError as exc:
+            stale = exc
+        lang = self.language(request, owner)
+        strings = _STRINGS[lang]
         if request.method != "POST":
             # Link scanners follow GETs: show the button, change nothing.
             return self.page(
@@ -546,11 +630,16 @@ class Service:
                 state="ask",
                 form_action=self.url("unsubscribe", lang, token=token),
             )
-        try:
-            await self.call_store(self.store.unsubscribe, subscriber_id, now=self.clock())
-        except SubscriberError as exc:
-            # An erased subscriber is off the list already: that is what they asked for.
-            log.info("unsubscribe: %s", exc)
+        # The subscriber the link was made for is erased: off the list already, which is
+        # what they asked for. Whoever holds their id now (a database from before ids were
+        # kept unique) is left alone.
+        if owner is None:
+            log.info("unsubscribe: %s", stale)
+        else:
+            try:
+                await self.call_store(self.store.unsubscribe, owner.id, now=self.clock())
+            except SubscriberError as exc:
+                log.info("unsubscribe: %s", exc)
         return self.page(
             "unsubscribe.html.j2", lang, title=strings["unsubscribed_title"], state="done"
         )

@@ -18,7 +18,12 @@ class Clock(Protocol):
 
 
 class SubscriptionStore(Protocol):
-    """The store operations the web app needs."""
+    """The store operations the web app needs.
+
+    `find` and `check` only read: the app calls them on a thread of their own, at the
+    same time as the writing calls (so a read never queues behind a write that waits
+    for the database's write lock). The others are called one at a time.
+    """
 
     def read_secret(self) -> bytes:
         """The signing secret for tokens."""
@@ -46,13 +51,16 @@ def utc_now() -> datetime:
 class DatabaseStore:
     """The SQLite store behind the web app (implements SubscriptionStore).
 
-    The app calls it from a thread of its own, one call at a time: open `db` with
-    `open_database(..., any_thread=True)`.
+    Writes go through `db`, reads (`find`, `check`) through `reader`, a second
+    connection to the same file (`open_database(..., read_only=True)`): under WAL a
+    reader neither waits for the write lock nor holds it. The app uses each from a
+    thread of its own, one call at a time: open both with `any_thread=True`.
     """
 
-    def __init__(self, settings: Settings, db: Database) -> None:
+    def __init__(self, settings: Settings, db: Database, reader: Database) -> None:
         self.settings = settings
         self.db = db
+        self.reader = reader
 
     def read_secret(self) -> bytes:
         return meta.get_secret(self.settings, self.db)
@@ -67,7 +75,7 @@ class DatabaseStore:
         )
 
     def find(self, subscriber_id: int) -> Subscriber | None:
-        return store_subscribers.get_by_id(self.db, subscriber_id)
+        return store_subscribers.get_by_id(self.reader, subscriber_id)
 
     def confirm(self, subscriber_id: int, *, now: datetime) -> None:
         store_subscribers.confirm(self.db, subscriber_id, now=now)
@@ -77,4 +85,4 @@ class DatabaseStore:
 
     def check(self) -> None:
         # A primary-key lookup: cheap, and it fails (StoreError) when the file is unusable.
-        store_subscribers.get_by_id(self.db, 0)
+        store_subscribers.get_by_id(self.reader, 0)

@@ -25,12 +25,12 @@ from typing import Any
 import pytest
 import uvicorn
 
-from syndicate.build import run_build
 from syndicate.cli.flow import todays_digest, write_digest_page
 from syndicate.config import Settings
+from syndicate.publish import run_build
 from syndicate.send import Mailer, open_mailer
 from syndicate.store import open_database
-from syndicate.web import DatabaseStore, SubscriptionStore, create_app
+from syndicate.web import DatabaseStore, SubscriptionStore, create_app, make_http_protocol
 
 CONFIRMATIONS = "confirmations"
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -80,12 +80,52 @@ class RecordingMailer:
             return list(self.messages)
 
 
+class Tally:
+    """A count other threads add to, and tests wait on."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = threading.Condition()
+
+    def add(self) -> None:
+        with self._changed:
+            self.count += 1
+            self._changed.notify_all()
+
+    def wait_for(self, count: int, *, timeout: float = 10.0) -> None:
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.count >= count, timeout):
+                pytest.fail(f"expected {count}, got {self.count} in {timeout} s")
+
+
+class CountingStore:
+    """Wraps the app's store: counts the sign-ups it has finished storing (or refused).
+
+    A sign-up is stored after the response (off the request), so tests that look at
+    the database next wait here: `server.signups.wait_for(n)`.
+    """
+
+    def __init__(self, inner: SubscriptionStore, tally: Tally) -> None:
+        self.inner = inner
+        self.tally = tally
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def sign_up(self, email: str, *, language: str, now: datetime) -> tuple[Any, bool]:
+        try:
+            return self.inner.sign_up(email, language=language, now=now)
+        finally:
+            self.tally.add()
+
+
 @dataclass
 class LiveServer:
     url: str  # the base URL, ending in '/'
     settings: Settings
     clock: MutableClock
     mail: RecordingMailer
+    signups: Tally  # sign-ups stored (or refused) so far
 
     @property
     def outbox(self) -> Path:
@@ -142,11 +182,13 @@ def run_server(
     clock: Callable[[], datetime],
     make_mailer: Callable[[Settings], Mailer],
     wrap_store: Callable[[SubscriptionStore], SubscriptionStore] | None = None,
+    timeouts: tuple[float, float] | None = None,
 ) -> Iterator[threading.Thread]:
     """Run create_app under uvicorn on `sock` in a thread until the block ends.
 
     The database is opened inside the server thread, for the app's store thread
-    (`any_thread`); `wrap_store` may wrap the store the app gets.
+    (`any_thread`); `wrap_store` may wrap the store the app gets. The HTTP protocol is
+    the one `syndicate serve` runs; `timeouts` = (header, body) seconds replace its defaults.
     """
     started = threading.Event()
     failures: list[BaseException] = []
@@ -155,8 +197,14 @@ def run_server(
 
     def target() -> None:
         try:
-            with open_database(settings.paths.database, any_thread=True) as db:
-                store: SubscriptionStore = DatabaseStore(settings, db)
+            timeout = settings.store.busy_timeout
+            with (
+                open_database(settings.paths.database, any_thread=True, busy_timeout=timeout) as db,
+                open_database(
+                    settings.paths.database, any_thread=True, busy_timeout=timeout, read_only=True
+                ) as reader,
+            ):
+                store: SubscriptionStore = DatabaseStore(settings, db, reader)
                 if wrap_store is not None:
                     store = wrap_store(store)
                 app = create_app(settings, store, make_mailer(settings), clock=clock)
@@ -166,6 +214,13 @@ def run_server(
                     log_level="warning",
                     access_log=False,
                     lifespan="on",
+                    http=make_http_protocol(
+                        **(
+                            {"header_timeout": timeouts[0], "body_timeout": timeouts[1]}
+                            if timeouts
+                            else {}
+                        )
+                    ),
                 )
                 server = uvicorn.Server(config)
                 servers.append(server)
@@ -201,8 +256,8 @@ def live_server(settings: Settings, now: datetime) -> Iterator[Callable[..., Liv
 
     Keyword arguments replace whole settings sections (`subscribe=SubscribeSettings(...)`);
     `mailer` is a factory `settings -> Mailer` (default: the configured transport,
-    the outbox), wrapped in a RecordingMailer; `wrap_store` wraps the app's store. The
-    clock starts at the fixed `now`.
+    the outbox), wrapped in a RecordingMailer; `wrap_store` wraps the app's store;
+    `timeouts` = (header, body) seconds for slow clients. The clock starts at the fixed `now`.
     """
     with ExitStack() as stack:
 
@@ -210,6 +265,7 @@ def live_server(settings: Settings, now: datetime) -> Iterator[Callable[..., Liv
             *,
             mailer: Callable[[Settings], Mailer] | None = None,
             wrap_store: Callable[[SubscriptionStore], SubscriptionStore] | None = None,
+            timeouts: tuple[float, float] | None = None,
             **sections: Any,
         ) -> LiveServer:
             sock = bind_loopback()
@@ -221,15 +277,24 @@ def live_server(settings: Settings, now: datetime) -> Iterator[Callable[..., Liv
             clock = MutableClock(now)
             inner = mailer or (lambda s: open_mailer(s, folder=CONFIRMATIONS))
             recorder = RecordingMailer(inner(configured))
+            tally = Tally()
+
+            def wrap(store: SubscriptionStore) -> SubscriptionStore:
+                counted = CountingStore(store, tally)
+                return wrap_store(counted) if wrap_store is not None else counted
+
             stack.enter_context(
                 run_server(
                     configured,
                     sock,
                     clock=clock,
                     make_mailer=lambda _: recorder,
-                    wrap_store=wrap_store,
+                    wrap_store=wrap,
+                    timeouts=timeouts,
                 )
             )
-            return LiveServer(url=url, settings=configured, clock=clock, mail=recorder)
+            return LiveServer(
+                url=url, settings=configured, clock=clock, mail=recorder, signups=tally
+            )
 
         yield start

@@ -13,9 +13,9 @@ from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from syndicate import load
-from syndicate.build.hashing import digest as _hash
-from syndicate.build.staging import Stager
 from syndicate.errors import DumpError
+from syndicate.publish.hashing import digest as _hash
+from syndicate.publish.staging import Stager
 from syndicate.store import articles as store
 
 

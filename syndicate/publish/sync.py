@@ -10,23 +10,24 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 from syndicate import load
-from syndicate.build import workers
-from syndicate.build.reading import _decode_error, _Read, _read_and_parse, parse_version
-from syndicate.build.workers import BuildPool, _use_workers
 from syndicate.config import Settings
 from syndicate.errors import DumpError
+from syndicate.publish import pool as pool_module
+from syndicate.publish.pool import BuildPool, _use_workers
+from syndicate.publish.reading import _decode_error, _Read, _read_and_parse, parse_version
 from syndicate.store import Database
 from syndicate.store import articles as store
 
-# The stage's logger: records keep the name they had before build became a package.
-log = logging.getLogger("syndicate.build")
+# The stage's logger.
+log = logging.getLogger("syndicate.publish")
 
 Progress = Callable[[int, int], None]
 
@@ -49,6 +50,10 @@ class SyncResult:
     article_ids: frozenset[str]  # the distinct articles, for the site and feeds
 
 
+def _text(body: bytes | None) -> str | None:
+    return None if body is None else body.decode("utf-8")
+
+
 def _shown(path: str, cwd: str) -> str:
     """The path for messages and Article.source: relative to the working folder when inside.
 
@@ -69,7 +74,14 @@ _Signature = tuple[int, int, int, int]
 class _Sync:
     """Syncs one dump at a time, in path order: cache, dedup, articles, counts."""
 
-    def __init__(self, settings: Settings, db: Database, *, now: datetime) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        *,
+        now: datetime,
+        roots: Sequence[Path] = (),
+    ) -> None:
         self.settings = settings
         self.db = db
         self.now = now
@@ -77,7 +89,18 @@ class _Sync:
         self.max_bytes = settings.load.max_bytes
         self.parser_version = parse_version(settings.site.timezone)
         self.cache = store.read_dump_cache(db)
-        self.sources = store.read_article_sources(db)
+        # Links found in these folders must stay inside one of them (None: not checked).
+        # A file named on its own is read wherever its link leads: it was asked for.
+        self.link_folders = None if settings.load.follow_symlinks else load.real_folders(roots)
+        self.named_files = {os.fspath(root) for root in roots if not root.is_dir()}
+        keys = store.read_article_keys(db)
+        self.sources = {key: source for key, (source, _slug) in keys.items()}
+        # The slug each stored article was first published under: it never changes.
+        self.slugs = {key: slug for key, (_source, slug) in keys.items()}
+        del keys
+        # Articles whose stored record this run rewrote, and where a pending row sits.
+        self.touched: set[str] = set()
+        self.pending: dict[str, int] = {}
         # Files modified this close to the run's start have an untrustworthy signature.
         self.racy_after_ns = time.time_ns() - _RACY_WINDOW_NS
         self.ids: set[str] = set()
@@ -96,7 +119,13 @@ class _Sync:
         except DumpError as exc:
             return exc
         try:
-            st = os.stat(path)
+            st = os.lstat(path)  # as cheap as stat: a link costs a second call, a file none
+            if stat.S_ISLNK(st.st_mode):
+                if self.link_folders is not None and path not in self.named_files:
+                    load.check_link(path, self.link_folders, source=shown)
+                st = os.stat(path)
+        except DumpError as exc:
+            return exc
         except OSError as exc:
             return DumpError(shown, f"cannot be read: {exc.strerror or exc}.")
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -152,6 +181,7 @@ class _Sync:
             return
         if entry.article_id in self.ids:
             self.duplicates += 1
+            self._merge_copy(path, shown, entry.article_id, row)
             return
         # The first path in sorted order owns the stored record: parse again when the
         # record came from another dump (the owner changed, or the store lost it).
@@ -168,7 +198,53 @@ class _Sync:
             # self.sources holds every stored id: no need to ask the store whether it is new.
             self.new += row.id not in self.sources
             self.sources[row.id] = shown
+            slug = self.slugs.get(row.id)
+            if slug is not None and slug != row.slug:  # a published URL never changes
+                article = store.decode_article(row.record, _text(row.body))
+                row = store.article_row(replace(article, slug=slug))
+            self._put(row)
+
+    def _put(self, row: store.ArticleRow) -> None:
+        """Queue `row` for `flush`, replacing a row for the same article queued before."""
+        self.touched.add(row.id)
+        index = self.pending.get(row.id)
+        if index is None:
+            self.pending[row.id] = len(self.article_rows)
             self.article_rows.append(row)
+        else:
+            self.article_rows[index] = row
+
+    def _merge_copy(
+        self, path: str, shown: str, article_id: str, row: store.ArticleRow | None
+    ) -> None:
+        """Fill the stored article in with what another copy of it (the dump at `path`) adds.
+
+        Only when either copy was parsed this run: otherwise the stored record has both.
+        """
+        if row is None and article_id not in self.touched:
+            return
+        try:
+            if row is None:  # the first copy changed: this one must be merged in again
+                data = load.read_dump(path, max_bytes=self.max_bytes, source=shown)
+                self.parsed += 1
+                other = load.parse_dump(data, source=shown, tz=self.tz)
+            else:
+                other = store.decode_article(row.record, _text(row.body))
+        except DumpError as exc:
+            self._skip(exc)
+            return
+        index = self.pending.get(article_id)
+        if index is not None:
+            kept = self.article_rows[index]
+            current = store.decode_article(kept.record, _text(kept.body))
+        else:
+            found = store.get_article(self.db, article_id)
+            if found is None:
+                return
+            current = found
+        merged = load.merge_copies(current, other)
+        if merged != current:
+            self._put(store.article_row(merged))
 
     def flush(self) -> None:
         """Write the rows `add` gathered (inside the caller's transaction)."""
@@ -176,6 +252,7 @@ class _Sync:
         store.upsert_rows(self.db, self.article_rows, now=self.now)
         self.dump_rows.clear()
         self.article_rows.clear()
+        self.pending.clear()
 
     def _record(self, key: str, st: _Signature, got: _Read) -> store.CachedDump:
         """Cache what reading a dump gave, under the signature taken before the read."""
@@ -291,30 +368,34 @@ def sync_articles(
     roots = list(paths) if paths else [settings.paths.seeds]
     found = sorted(set(load.find_dump_paths(roots)))
     total = len(found)
-    sync = _Sync(settings, db, now=now)
+    store.backfill_teasers(db)  # once, for articles stored before teasers were linked
+    sync = _Sync(settings, db, now=now, roots=roots)
     signer = _Signer(sync, found, os.getcwd())
     reads = own_pool = None
     # Signatures are taken as the dumps are needed, each before its dump is read (a write
     # after it shows up next run); they also tell which dumps must be read: those the
     # cache cannot vouch for. With enough of those, the workers start on the first ones
     # while this process signs the rest.
-    if _use_workers(signer.count_todo(workers._PARALLEL_MIN)):
+    if _use_workers(signer.count_todo(pool_module._PARALLEL_MIN)):
         if pool is None:
             pool = own_pool = BuildPool(None, settings.paths.output)
         reads = pool.reads(sync.cache, signer.todo(), settings)
     seen: set[str] = set()
     try:
         for start in range(0, total, _SYNC_BATCH):
-            with db.transaction():
-                for done, (path, key, shown, st, must_read) in enumerate(
-                    signer.items(start, start + _SYNC_BATCH), start + 1
-                ):
-                    seen.add(key)
-                    read = next(reads) if reads is not None and must_read else None
-                    sync.add(path, key, shown, st, read)
-                    if progress is not None:
-                        progress(done, total)
-                sync.flush()
+            for done, (path, key, shown, st, must_read) in enumerate(
+                signer.items(start, start + _SYNC_BATCH), start + 1
+            ):
+                seen.add(key)
+                read = next(reads) if reads is not None and must_read else None
+                sync.add(path, key, shown, st, read)
+                if progress is not None:
+                    progress(done, total)
+            # Only the writing holds the write lock, not the reading and parsing before it:
+            # a sign-up or `send` waits for one batch's rows at most.
+            if sync.dump_rows or sync.article_rows:
+                with db.transaction():
+                    sync.flush()
     finally:
         if reads is not None:
             reads.close()

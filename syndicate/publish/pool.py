@@ -23,14 +23,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from syndicate.build.reading import _Read, _start_reader, _work
-from syndicate.build.staging import Stager
-from syndicate.build.writer import _Writer
 from syndicate.config import Settings
-from syndicate.errors import DumpError, OutputError, SyndicateError, WorkerError
+from syndicate.errors import DiskFullError, DumpError, OutputError, SyndicateError, WorkerError
+from syndicate.model import StoryLink
 from syndicate.output import write_atomic
-from syndicate.site import IndexEntry, SiteRenderer
+from syndicate.publish.reading import _Read, _start_reader, _work
+from syndicate.publish.staging import Stager
+from syndicate.publish.writer import _Writer
+from syndicate.site import RENDER_ERRORS, IndexEntry, SiteRenderer
 from syndicate.store import articles as store
+from syndicate.text import one_line, shorten
 
 _T = TypeVar("_T")
 
@@ -41,9 +43,9 @@ _CHUNK = 64  # dumps or article pages per worker task
 _INDEX_CHUNK = 16  # index pages per worker task
 _CHUNKS_IN_FLIGHT = 8  # tasks out at a time: bounds the results held in memory
 
-# A task's outcome when it failed: (message, hint) of its SyndicateError, which does not
-# pickle whole.
-_TaskError = tuple[str, str | None]
+# A task's outcome when it failed: (message, hint, disk full?) of its SyndicateError, which
+# does not pickle whole.
+_TaskError = tuple[str, str | None, bool]
 # An index page to render: rel, archive number (None: index.html), archive count, entries.
 IndexJob = tuple[str, int | None, int, list[IndexEntry]]
 
@@ -106,19 +108,37 @@ def _renderer() -> tuple[SiteRenderer, Path]:
     return state.renderer, state.output
 
 
-def _render_articles(
-    chunk: list[tuple[str, str, tuple[str, str | None]]],
-) -> list[bool] | _TaskError:
-    """Render and write (rel, slug, (record, body)) article pages: whether each file changed."""
-    renderer, output = _renderer()
-    changed = []
+def render_page(
+    renderer: SiteRenderer,
+    record: tuple[str, str | None],
+    slug: str,
+    links: Mapping[str, StoryLink] | None = None,
+) -> bytes | str:
+    """The page of the stored article `record` under `slug`, its teasers linked by `links`,
+    or why that article's content cannot be rendered (one line): the build then leaves it
+    out."""
     try:
-        for rel, slug, record in chunk:
-            article = store.decode_article(*record)
-            data = renderer.render_article(article, slug=slug)
-            changed.append(write_atomic(output / rel, data, fsync=False))
+        return renderer.render_article(store.decode_article(*record), slug=slug, links=links)
+    except RENDER_ERRORS as exc:
+        return shorten(one_line(f"{type(exc).__name__}: {exc}"), limit=200)
+
+
+def _render_articles(
+    chunk: list[tuple[str, str, tuple[str, str | None], Mapping[str, StoryLink] | None]],
+) -> list[bool | str] | _TaskError:
+    """Render and write (rel, slug, (record, body), links) article pages: whether each file
+    changed, or why its article could not be rendered."""
+    renderer, output = _renderer()
+    changed: list[bool | str] = []
+    try:
+        for rel, slug, record, links in chunk:
+            data = render_page(renderer, record, slug, links)
+            if isinstance(data, str):
+                changed.append(data)
+            else:
+                changed.append(write_atomic(output / rel, data, fsync=False))
     except SyndicateError as exc:
-        return (exc.message, exc.hint)
+        return (exc.message, exc.hint, isinstance(exc, DiskFullError))
     return changed
 
 
@@ -131,13 +151,14 @@ def _render_index_pages(jobs: list[IndexJob]) -> list[bool] | _TaskError:
             data = renderer.render_index(entries, archive=archive, archives=archives)
             changed.append(write_atomic(output / rel, data, fsync=archive is None))
     except SyndicateError as exc:
-        return (exc.message, exc.hint)
+        return (exc.message, exc.hint, isinstance(exc, DiskFullError))
     return changed
 
 
-def _checked(result: list[bool] | _TaskError) -> list[bool]:
+def _checked(result: list[_T] | _TaskError) -> list[_T]:
     if isinstance(result, tuple):
-        raise OutputError(result[0], hint=result[1])
+        error = DiskFullError if result[2] else OutputError
+        raise error(result[0], hint=result[1])
     return result
 
 
@@ -241,19 +262,30 @@ class BuildPool:
         records: Callable[[str], tuple[str, str | None]],
         writer: _Writer,
         todo: Sequence[tuple[str, str, str, str]],
-    ) -> None:
-        """Render and write (rel, slug, article id, fingerprint) article pages in the workers;
-        this process reads the records and keeps the counts, in page order."""
+        links: Mapping[str, Mapping[str, StoryLink]],
+    ) -> dict[str, str]:
+        """Render and write (rel, slug, article id, fingerprint) article pages in the workers,
+        with the `links` of their teasers (by article id); this process reads the records
+        and keeps the counts, in page order. Returns the articles whose page could not be
+        rendered: id -> why."""
         chunks = list(_chunks(todo, _CHUNK))
         tasks = (
-            (_render_articles, ([(rel, slug, records(id_)) for rel, slug, id_, _fp in chunk],))
+            (
+                _render_articles,
+                ([(rel, slug, records(id_), links.get(id_)) for rel, slug, id_, _fp in chunk],),
+            )
             for chunk in chunks
         )
+        failed: dict[str, str] = {}
         for chunk, result in zip(chunks, self._ordered(tasks), strict=True):
-            for (rel, _slug, _id, fingerprint), changed in zip(
+            for (rel, _slug, article_id, fingerprint), changed in zip(
                 chunk, _checked(result), strict=True
             ):
-                writer.record(rel, fingerprint, changed=changed)
+                if isinstance(changed, str):
+                    failed[article_id] = changed
+                else:
+                    writer.record(rel, fingerprint, changed=changed)
+        return failed
 
     def start_index_pages(self, jobs: Sequence[IndexJob]) -> list[Future[list[bool] | _TaskError]]:
         """Send index pages to the workers now; `finish_index_pages` counts them."""

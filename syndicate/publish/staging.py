@@ -13,23 +13,31 @@ process that made it is gone (a build killed mid-run).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from syndicate.build.hashing import digest
 from syndicate.model import Article
-from syndicate.output import write_new
-from syndicate.site import SiteRenderer, article_path
+from syndicate.output import remove_temp_files, write_new
+from syndicate.publish.hashing import digest
+from syndicate.site import RENDER_ERRORS, SiteRenderer, article_path
 from syndicate.store.articles import PageStamp, page_stamp
 
 STAGING_FOLDER = ".staging"
 
+# The stage's logger.
+log = logging.getLogger("syndicate.publish")
 
-def page_fingerprint(renderer_fingerprint: str, slug: str, record_hash: str) -> str:
-    """The fingerprint of an article page's inputs: templates and site, slug, stored record."""
-    return digest(f"{renderer_fingerprint}\0{slug}\0{record_hash}".encode())
+
+def page_fingerprint(
+    renderer_fingerprint: str, slug: str, record_hash: str, links: str = ""
+) -> str:
+    """The fingerprint of an article page's inputs: templates and site, slug, stored record,
+    and the pages its teasers link to (`links`, empty when none: the staged page's case)."""
+    extra = f"\0{links}" if links else ""
+    return digest(f"{renderer_fingerprint}\0{slug}\0{record_hash}{extra}".encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +68,10 @@ class Stager:
         fingerprint = page_fingerprint(self.renderer.fingerprint, slug, record_hash)
         if self.old.get(article_path(slug)) == fingerprint:
             return None
-        data = self.renderer.render_article(article, slug=slug, from_loader=True)
+        try:
+            data = self.renderer.render_article(article, slug=slug, from_loader=True)
+        except RENDER_ERRORS:  # rendered again later, where the failure is reported
+            return None
         try:
             mtime_ns = write_new(self.staged(fingerprint), data)
         except OSError:  # FileExistsError: a duplicate dump staged it
@@ -70,14 +81,21 @@ class Stager:
 
 def open_staging(output: Path) -> Path:
     """Create this process's staging folder under `output`, after removing those left by
-    builds that were killed (their process is gone). Raises OSError."""
+    builds that were killed (their process is gone) and those builds' temp files. Raises
+    OSError."""
     root = output / STAGING_FOLDER
     if root.is_dir():
-        for entry in root.iterdir():
-            if entry.name.isdigit() and not _alive(int(entry.name)):
-                shutil.rmtree(entry, ignore_errors=True)
+        dead = [entry for entry in root.iterdir() if entry.name.isdigit() and _dead(entry.name)]
+        if dead:
+            # Every build has a staging folder while it runs: one left behind says a build
+            # was killed, maybe between creating a page's temp file and renaming it. The
+            # folders go last, so a build killed while sweeping leaves the sign for the next.
+            removed = remove_temp_files(output, alive=_alive_other, skip=STAGING_FOLDER)
+            if removed:
+                log.info("%s: removed %d temp files left by a killed build", output, removed)
+        for entry in dead:
+            shutil.rmtree(entry, ignore_errors=True)
     folder = root / str(os.getpid())
-    shutil.rmtree(folder, ignore_errors=True)  # a dead build that had our pid
     folder.mkdir(parents=True)
     for digit in "0123456789abcdef":
         (folder / digit).mkdir()
@@ -89,6 +107,16 @@ def close_staging(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     with contextlib.suppress(OSError):  # not empty: another build is staging too
         folder.parent.rmdir()
+
+
+def _dead(name: str) -> bool:
+    """Whether the staging folder `name` (a pid) belongs to no running build: its process is
+    gone, or it is ours from before (a dead build that had our pid: we have not made it)."""
+    return not _alive_other(int(name))
+
+
+def _alive_other(pid: int) -> bool:
+    return pid != os.getpid() and _alive(pid)
 
 
 def _alive(pid: int) -> bool:

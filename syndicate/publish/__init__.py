@@ -17,9 +17,9 @@ Modules: `sync` (dumps -> store), `reading` (one dump, cached or parsed),
 background page writer), `workers` (the worker processes).
 """
 
-from syndicate.build.pages import BuildSummary, run_build
-from syndicate.build.reading import parse_version
-from syndicate.build.sync import Progress, SyncResult, sync_articles
+from syndicate.publish.reading import parse_version
+from syndicate.publish.run import BuildSummary, run_build
+from syndicate.publish.sync import Progress, SyncResult, sync_articles
 
 __all__ = [
     "BuildSummary",

@@ -90,6 +90,14 @@ class _Writer:
         if len(self._pending) > _WRITES_IN_FLIGHT:
             self._settle()
 
+    def replace(self, rel: str, data: bytes, fingerprint: str) -> None:
+        """Write `rel` again, here and now, over a copy written earlier in this build (which
+        was counted): the page is counted once."""
+        self.drain()
+        write_atomic(self.output / rel, data, fsync=False)
+        self.new[rel] = fingerprint
+        self.new_stamps[rel] = self._stamp(rel)
+
     def adopt(self, rel: str, staged: str, fingerprint: str, stamp: PageStamp) -> bool:
         """Move the finished file `staged` (whose stamp is `stamp`) to `rel` (atomic rename),
         here and now: a rename is too quick to be worth a trip to the writer thread. False

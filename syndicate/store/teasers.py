@@ -1,0 +1,132 @@
+"""Store: the `stories` and `teasers` tables: which stored article each teaser advertises.
+
+A teaser advertises an article when its story key (text.story_key) is a prefix of the
+article's head or lead key. Links are kept up to date as articles are stored, in
+either order: a teaser stored before its article is tied to it when the article arrives.
+When several articles match, the smallest id wins, whatever the order they came in.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+
+from syndicate.errors import StoreError
+from syndicate.model import Article
+from syndicate.store import Database
+from syndicate.text import STORY_PROBE_CHARS, story_key
+
+# Forget an article's keys and teasers before storing them again.
+DELETE_STORIES = "DELETE FROM stories WHERE article_id = ?"
+DELETE_TEASERS = "DELETE FROM teasers WHERE article_id = ?"
+# Store one head or lead key of an article.
+INSERT_STORY = "INSERT OR IGNORE INTO stories (key, article_id) VALUES (?, ?)"
+# Store one teaser of an article (its target is found by a RESOLVE_ statement).
+INSERT_TEASER = "INSERT INTO teasers (article_id, position, key, probe) VALUES (?, ?, ?, ?)"
+# Tie teasers to the article they advertise: the smallest id among the other articles with
+# a key that starts with the teaser's key (a range on the stories index: U+10FFFF sorts
+# after every character).
+_RESOLVE = """
+    UPDATE teasers SET target_id = (
+        SELECT s.article_id FROM stories AS s
+        WHERE s.key >= teasers.key AND s.key < teasers.key || char(1114111)
+          AND s.article_id != teasers.article_id
+        ORDER BY s.article_id LIMIT 1
+    )
+    WHERE {where}
+"""
+# ... the teasers of one article,
+RESOLVE_OWN = _RESOLVE.format(where="article_id = ?")
+# ... the teasers that advertised an article stored again (its keys may have changed),
+RESOLVE_TARGETING = _RESOLVE.format(where="target_id = ?")
+# ... the teasers a newly stored key may answer.
+RESOLVE_PROBE = _RESOLVE.format(where="probe = ?")
+# Every link, for page fingerprints: (article, teaser position, teaser key, target).
+SELECT_LINKS = """
+    SELECT article_id, position, key, target_id FROM teasers WHERE target_id IS NOT NULL
+    ORDER BY article_id, position
+"""
+# The links of one article's teasers.
+SELECT_ARTICLE_LINKS = """
+    SELECT key, target_id FROM teasers WHERE article_id = ? AND target_id IS NOT NULL
+    ORDER BY position
+"""
+
+_BATCH = 500
+
+
+def _wrap(what: str, db: Database, exc: sqlite3.Error) -> StoreError:
+    return StoreError(f"{db.path}: cannot {what}: {exc}.")
+
+
+# An article's keys: (id, its head and lead keys, its teasers' keys).
+Keys = tuple[str, tuple[str, ...], tuple[str, ...]]
+
+
+def story_keys(article: Article) -> tuple[str, ...]:
+    """The keys a teaser advertising `article` is matched against: its head's and lead's."""
+    keys = [story_key(article.head)] if article.head else []
+    lead = story_key(article.lead)
+    if lead not in keys:
+        keys.append(lead)
+    return tuple(k for k in keys if k)
+
+
+def teaser_keys(article: Article) -> tuple[str, ...]:
+    """The keys of `article`'s teasers, in order."""
+    return tuple(story_key(t.text) for t in article.teasers)
+
+
+def index_keys(db: Database, items: Sequence[Keys]) -> None:
+    """Store the (id, story keys, teaser keys) of articles just stored, and relink the
+    teasers they touch (inside the caller's transaction)."""
+    if not items:
+        return
+    ids = [(article_id,) for article_id, _keys, _teasers in items]
+    probes = {
+        (key[:STORY_PROBE_CHARS],)
+        for _id, keys, _teasers in items
+        for key in keys
+        if len(key) >= STORY_PROBE_CHARS
+    }
+    try:
+        conn = db.conn
+        conn.executemany(DELETE_STORIES, ids)
+        conn.executemany(INSERT_STORY, ((key, i) for i, keys, _teasers in items for key in keys))
+        conn.executemany(DELETE_TEASERS, ids)
+        conn.executemany(
+            INSERT_TEASER,
+            (
+                (article_id, position, key, key[:STORY_PROBE_CHARS])
+                for article_id, _keys, teasers in items
+                for position, key in enumerate(teasers)
+                if len(key) >= STORY_PROBE_CHARS
+            ),
+        )
+        conn.executemany(RESOLVE_OWN, ids)
+        conn.executemany(RESOLVE_TARGETING, ids)
+        conn.executemany(RESOLVE_PROBE, sorted(probes))
+    except sqlite3.Error as exc:
+        raise _wrap("link the teasers", db, exc) from exc
+
+
+def iter_links(db: Database) -> Iterator[tuple[str, int, str, str]]:
+    """Every teaser tied to an article: (article id, position, teaser key, target id)."""
+    try:
+        cursor = db.conn.execute(SELECT_LINKS)
+        while rows := cursor.fetchmany(_BATCH):
+            yield from rows
+    except sqlite3.Error as exc:
+        raise _wrap("read the teaser links", db, exc) from exc
+
+
+def article_links(db: Database, article_ids: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
+    """The links of the given articles' teasers: article id -> [(teaser key, target id)]."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    try:
+        for article_id in article_ids:
+            rows = db.conn.execute(SELECT_ARTICLE_LINKS, (article_id,)).fetchall()
+            found[article_id] = [(str(key), str(target)) for key, target in rows]
+    except sqlite3.Error as exc:
+        raise _wrap("read the teaser links", db, exc) from exc
+    return found

@@ -1,0 +1,118 @@
+"""Web: the sign-ups' state-dependent work, run after the response on a thread of its own.
+
+What a sign-up does depends on the address's state (new, pending, confirmed, left):
+a row written or not, a confirmation mail rendered, signed and sent or not. If any of
+that ran before the response, or on the event loop serving the other requests, the
+time a response (or the next request) takes would tell whether an address is on the
+list. So the page answers first, the same for everyone, and the work goes to a worker
+thread running an event loop of its own: the mailer lives there (SMTP or outbox), and
+store calls still go through the store's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from typing import Any
+
+from syndicate.send import Mailer
+
+log = logging.getLogger(__name__)
+
+# Sign-ups waiting for or in their state-dependent work at once; more are dropped (logged).
+MAX_PENDING_SIGNUPS = 1000
+# How long shutdown waits for sign-ups in progress before giving up on them.
+DRAIN_SECONDS = 30.0
+
+
+class SignupWorker:
+    """An event loop on a thread of its own; owns the mailer, runs sign-up jobs.
+
+    `submit` never blocks the caller. `stop` waits (up to `drain_seconds`) for the
+    jobs in progress, closes the mailer on the worker's loop, and ends the thread.
+    """
+
+    def __init__(
+        self,
+        mailer: Mailer,
+        *,
+        max_pending: int = MAX_PENDING_SIGNUPS,
+        drain_seconds: float = DRAIN_SECONDS,
+    ) -> None:
+        self.mailer = mailer
+        self.max_pending = max_pending
+        self.drain_seconds = drain_seconds
+        self._lock = threading.Lock()
+        self._jobs: set[Future[None]] = set()
+        # Made by start(): an app that never starts (its listener failed) leaves nothing open.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._loop is not None:
+            return
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(
+            target=loop.run_forever, name="syndicate-signups", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, job: Coroutine[Any, Any, None]) -> bool:
+        """Run `job` on the worker's loop; False (and the job dropped) when too many wait."""
+        with self._lock:
+            if self._loop is None or len(self._jobs) >= self.max_pending:
+                job.close()
+                log.warning(
+                    "subscribe: %s sign-ups in progress; this one was dropped", len(self._jobs)
+                )
+                return False
+            future = asyncio.run_coroutine_threadsafe(self._guard(job), self._loop)
+            self._jobs.add(future)
+        future.add_done_callback(self._forget)
+        return True
+
+    def _forget(self, future: Future[None]) -> None:
+        with self._lock:
+            self._jobs.discard(future)
+
+    @staticmethod
+    async def _guard(job: Coroutine[Any, Any, None]) -> None:
+        # Nobody awaits a job: anything it raises must be logged here, not lost.
+        try:
+            await job
+        except Exception:
+            log.exception("subscribe: a sign-up failed")
+
+    def pending(self) -> int:
+        """How many jobs are waiting or in progress."""
+        with self._lock:
+            return len(self._jobs)
+
+    def stop(self) -> None:
+        """Finish the jobs in progress (bounded), close the mailer, end the thread."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        with self._lock:
+            jobs = list(self._jobs)
+        for job in jobs:
+            try:
+                job.result(timeout=self.drain_seconds)
+            except TimeoutError:
+                job.cancel()
+                log.warning("subscribe: a sign-up still running at shutdown was abandoned")
+            except Exception:  # already logged by _guard; a cancelled job lands here too
+                log.debug("subscribe: a sign-up ended with an error at shutdown", exc_info=True)
+        try:
+            asyncio.run_coroutine_threadsafe(self.mailer.aclose(), loop).result(
+                timeout=self.drain_seconds
+            )
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=self.drain_seconds)
+            if not thread.is_alive():
+                loop.close()

@@ -1,0 +1,381 @@
+"""Reading never blocks writing: previews and reads take no write lock, and a busy
+database (or a full disk) is "try again later": exit 75 on the command line, 503 on the web.
+
+Real SQLite files, real concurrent connections and processes, the live web server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from syndicate.cli import AppContext, cli
+from syndicate.cli.flow import preview_digest
+from syndicate.config import Settings, StoreSettings, SubscribeSettings
+from syndicate.errors import StoreBusyError, StoreFullError
+from syndicate.publish import sync_articles
+from syndicate.store import open_database
+from syndicate.store.subscribers import add_subscriber, get_by_email, iter_subscribers
+from tests.conftest import FIXED_NOW, ROOT
+from tests.plugins.web import LiveServer
+
+SEEDS = ROOT / "seeds"
+# Seeds written long before the run: the parse cache vouches for them by their stat alone.
+OLD_MTIME = 1_700_000_000
+SHORT_WAIT = 0.3  # store.busy_timeout in these tests, seconds
+
+
+def busy_line(database: Path) -> str:
+    return (
+        f"Error: {database}: the database is busy (another syndicate command is writing). "
+        "Try again in a moment.\n"
+    )
+
+
+@contextmanager
+def held_write_lock(database: Path) -> Iterator[None]:
+    """Another connection's write transaction, as `send` holds one while it records a batch."""
+    holder = sqlite3.connect(database, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        yield
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+
+
+def copy_seeds(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in SEEDS.glob("*.txt"):
+        target = folder / seed.name
+        shutil.copy(seed, target)
+        os.utime(target, (OLD_MTIME, OLD_MTIME))
+
+
+@pytest.fixture
+def project(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder with the shipped seeds and a short busy timeout; returns the database."""
+    copy_seeds(workdir / "seeds")
+    (workdir / "syndicate.toml").write_text(
+        f"[store]\nbusy_timeout = {SHORT_WAIT}\n", encoding="utf-8"
+    )
+    monkeypatch.chdir(workdir)
+    # The day of the shipped seeds: a digest of them is fresh, so no freshness warning.
+    monkeypatch.setattr(AppContext, "now", lambda self: FIXED_NOW.timestamp())
+    for name in ("SYNDICATE_CONFIG", "SYNDICATE_SECRET", "SYNDICATE_SMTP_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    database = workdir.resolve() / "syndicate.db"
+    open_database(database).close()  # created and migrated: opening it later writes nothing
+    return database
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+# --------------------------------------------------------------------------- command line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("subscribers", "add", "lan@example.org"), ("build",), ("send",)],
+    ids=["subscribers-add", "build", "send"],
+)
+def test_a_command_that_must_write_exits_75_with_one_line_while_the_database_is_busy(
+    project: Path, args: tuple[str, ...]
+) -> None:
+    with held_write_lock(project):
+        started = time.monotonic()
+        code, out, err = run(*args)
+        waited = time.monotonic() - started
+    assert (code, out, err) == (75, "", busy_line(project))
+    assert waited >= SHORT_WAIT  # it waited its busy timeout first, then gave up
+
+
+@pytest.mark.slow
+def test_a_busy_database_is_one_line_and_exit_75_in_a_real_process(project: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    with held_write_lock(project):
+        done = subprocess.run(
+            [sys.executable, "-m", "syndicate", "subscribers", "add", "lan@example.org"],
+            cwd=project.parent,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert (done.returncode, done.stdout, done.stderr) == (75, "", busy_line(project))
+
+
+def test_previews_and_reads_go_on_while_another_connection_holds_the_write_lock(
+    project: Path,
+) -> None:
+    assert run("subscribers", "add", "lan@example.org")[0] == 0
+    assert run("build")[0] == 0  # the parse cache now vouches for every seed
+    with held_write_lock(project):
+        code, out, err = run("digest", "--out", "preview")
+        assert (code, err) == (0, ""), err
+        assert re.match(r"Digest of \d{4}-\d\d-\d\d: \d+ articles\.\n", out)
+        assert (project.parent / "preview" / "digest.html").is_file()
+        code, out, err = run("send", "--dry-run")
+        assert (code, err) == (0, ""), err
+        assert "would go to 1 subscriber, 0 skipped" in out
+        assert run("subscribers", "stats") == (
+            0,
+            "pending: 0\nconfirmed: 1\nunsubscribed: 0\nbounced: 0\ntotal: 1\nerased: 0\n",
+            "",
+        )
+        code, out, _ = run("subscribers", "list")
+        assert (code, out) == (0, "1\tlan@example.org\tvi\tconfirmed\n")
+        code, out, _ = run("subscribers", "export", "backup.csv")
+        assert (code, out) == (0, "Exported 1 subscribers to backup.csv.\n")
+        seed = sorted((project.parent / "seeds").iterdir())[0]
+        assert run("inspect", str(seed))[0] == 0
+    with open_database(project) as db:
+        # The previews stored no digest and marked no article.
+        assert db.conn.execute("SELECT count(*) FROM digests").fetchone()[0] == 0
+        marked = db.conn.execute("SELECT count(*) FROM articles WHERE digest_day IS NOT NULL")
+        assert marked.fetchone()[0] == 0
+
+
+def test_a_preview_over_new_dumps_waits_then_exits_75_while_the_database_is_busy(
+    project: Path,
+) -> None:
+    # New dumps must go into the parse cache, which is a write: it waits, then gives up.
+    with held_write_lock(project):
+        assert run("digest", "--out", "preview") == (75, "", busy_line(project))
+    assert not (project.parent / "preview").exists()
+
+
+def test_a_write_goes_on_while_a_preview_is_reading(settings: Settings) -> None:
+    copy_seeds(settings.paths.seeds)
+    now = datetime(2024, 11, 1, 6, 0, tzinfo=UTC)
+    with open_database(settings.paths.database) as db:
+        sync_articles(settings, db, now=now)
+    # Hold the preview mid-way: at its second query inside its read transaction, its
+    # snapshot is taken and still open.
+    reached, release = threading.Event(), threading.Event()
+    statements: list[str] = []
+
+    def trace(statement: str) -> None:
+        statements.append(statement)
+        if "BEGIN DEFERRED" in statements[:-1] and not reached.is_set():
+            if sum(s.lstrip().upper().startswith("SELECT") for s in statements) >= 2:
+                reached.set()
+                release.wait(timeout=30)
+
+    plans = []
+    with open_database(settings.paths.database, any_thread=True) as preview_db:
+        preview_db.conn.set_trace_callback(trace)
+
+        def preview() -> None:
+            plans.append(preview_digest(settings, preview_db, now=now))
+
+        thread = threading.Thread(target=preview)
+        thread.start()
+        try:
+            assert reached.wait(timeout=30), "the preview never reached its read transaction"
+            # A sign-up (another connection, a short busy timeout) goes through at once.
+            with open_database(settings.paths.database, busy_timeout=SHORT_WAIT) as other:
+                add_subscriber(other, "lan@example.org", language="vi", now=now)
+                assert get_by_email(other, "lan@example.org") is not None
+        finally:
+            release.set()
+            thread.join(timeout=30)
+    assert len(plans) == 1
+    assert plans[0] is not None
+    assert plans[0].articles
+
+
+def _dump(n: int) -> str:
+    return (
+        f"Tin số {n}: tỉnh Lam Giang khánh thành công trình thứ {n}\n"
+        f"{1 + n % 28:02d}/10/2024 {8 + n % 12:02d}:{n % 60:02d}\n"
+        f"LGO - Sáng {1 + n % 28}/10, tỉnh Lam Giang khánh thành công trình số {n}.\n"
+        f"Công trình số {n} có tổng mức đầu tư {n * 7} tỷ đồng, do tỉnh quản lý.\n"
+        f"Đây là một trong những công trình trọng điểm của năm, mã {n}.\n"
+        "Hoài Nam\n"
+    )
+
+
+@pytest.mark.slow
+def test_sign_ups_are_answered_at_once_while_a_big_preview_runs(
+    live_server: Callable[..., LiveServer], settings: Settings, workdir: Path
+) -> None:
+    # Enough dumps for the preview to take seconds: it once held the write lock throughout.
+    for n in range(4000):
+        (settings.paths.seeds / f"{n:05d}.txt").write_text(_dump(n), encoding="utf-8")
+    server = live_server(
+        store=StoreSettings(busy_timeout=1.0),
+        subscribe=SubscribeSettings(rate_limit=100_000),
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    preview = subprocess.Popen(  # the same folder, so the same seeds and database
+        [sys.executable, "-m", "syndicate", "-q", "digest", "--out", "preview"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    answers: list[tuple[int, float]] = []
+    with httpx.Client(base_url=server.url, timeout=30, headers={"origin": server.url[:-1]}) as web:
+        while True:
+            try:
+                preview.wait(timeout=0.05)  # paces the sign-ups; ends with the preview
+                break
+            except subprocess.TimeoutExpired:
+                started = time.monotonic()
+                answer = web.post(
+                    "subscribe", data={"email": f"r{len(answers)}@example.org", "language": "vi"}
+                )
+                # Answered at once; the sign-up is stored just after: time both.
+                server.signups.wait_for(len(answers) + 1, timeout=30)
+                answers.append((answer.status_code, time.monotonic() - started))
+    _, err = preview.communicate(timeout=30)
+    # The generated dumps are dated in the past: the freshness warning is expected, nothing else.
+    errors = [line for line in err.decode().splitlines() if not line.startswith("Warning: digest")]
+    assert (preview.returncode, errors) == (0, []), err.decode()
+    assert len(answers) >= 5, "the preview ended before the sign-ups could overlap it"
+    assert {code for code, _ in answers} == {200}
+    slowest = max(seconds for _, seconds in answers)
+    assert slowest < 1.0, f"a sign-up waited {slowest:.1f} s for the preview"
+    with open_database(settings.paths.database) as db:  # each one stored at its first try
+        assert sum(1 for _ in iter_subscribers(db)) == len(answers)
+
+
+# --------------------------------------------------------------------------- web
+
+
+def test_a_busy_database_answers_503_with_retry_after_and_the_pages_still_answer(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    server = live_server(store=StoreSettings(busy_timeout=SHORT_WAIT))
+    (server.settings.paths.output / "rss.xml").write_bytes(b"<rss/>")
+    origin = {"origin": server.url[:-1]}
+    with httpx.Client(base_url=server.url, timeout=30, headers=origin) as web:
+        assert web.post("subscribe", data={"email": "lan@example.org"}).status_code == 200
+        [message] = server.mail.wait_for(1)
+        body = message.get_body(("plain",))
+        assert body is not None
+        found = re.search(
+            re.escape(server.url) + r"confirm\?token=[A-Za-z0-9_\-]+", body.get_content()
+        )
+        assert found, "the confirmation mail has no confirm link"
+        with held_write_lock(server.settings.paths.database):
+            # Confirming must write: it waits its busy timeout, then asks to come back.
+            busy = web.get(found.group(0))
+            assert busy.status_code == 503
+            assert busy.headers["retry-after"] == "5"
+            assert busy.headers["content-type"] == "text/html; charset=utf-8"
+            assert '<html lang="vi">' in busy.text
+            assert "Hệ thống đang bận" in busy.text
+            english = web.get(found.group(0), headers={"accept-language": "en"})
+            assert (english.status_code, english.headers["retry-after"]) == (503, "5")
+            assert "Busy for a moment" in english.text
+            # Pages, the form and the health check read only: they still answer.
+            assert web.get("rss.xml").content == b"<rss/>"
+            assert web.get("subscribe").status_code == 200
+            assert web.get("healthz").json()["checks"]["database"] == "ok"
+            # A sign-up is answered at once; storing it waits, and is tried again later.
+            assert web.post("subscribe", data={"email": "an@example.org"}).status_code == 200
+            server.signups.wait_for(2, timeout=30)  # its first try met the busy database
+        server.signups.wait_for(3, timeout=30)  # tried again once the lock was gone
+        # The lock gone, the same link confirms.
+        assert web.get(found.group(0)).status_code == 200
+    with open_database(server.settings.paths.database) as db:
+        stored = get_by_email(db, "an@example.org")
+        assert stored is not None
+        assert stored.status == "pending"
+        confirmed = get_by_email(db, "lan@example.org")
+        assert confirmed is not None
+        assert confirmed.status == "confirmed"
+
+
+def test_store_errors_name_busy_and_full_databases(tmp_path: Path) -> None:
+    database = tmp_path / "syndicate.db"
+    with open_database(database, busy_timeout=SHORT_WAIT) as db:
+        with held_write_lock(database), pytest.raises(StoreBusyError) as busy:
+            add_subscriber(db, "lan@example.org", language="vi", now=datetime.now(UTC))
+        assert busy.value.exit_code == 75
+        assert str(busy.value) == busy_line(database)[len("Error: ") : -1]
+        # A database that may not grow is SQLite's "disk is full".
+        pages = db.conn.execute("PRAGMA page_count").fetchone()[0]
+        db.conn.execute(f"PRAGMA max_page_count = {pages}")
+
+        def sign_up_many() -> None:
+            for n in range(200):
+                add_subscriber(db, f"r{n}@example.org", language="vi", now=datetime.now(UTC))
+
+        with pytest.raises(StoreFullError) as full:
+            sign_up_many()
+        assert full.value.exit_code == 75
+        assert str(full.value) == (
+            f"{database}: the disk is full, so the database cannot grow. "
+            "Free some space, then try again."
+        )
+
+
+# --------------------------------------------------------------------------- full disk
+
+
+def _can_mount() -> bool:
+    return sys.platform == "linux" and os.geteuid() == 0 and shutil.which("unshare") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_mount(), reason="needs root and unshare to mount a small tmpfs")
+def test_a_full_disk_is_exit_75_not_2(workdir: Path) -> None:
+    """A real full disk: a 2 MiB tmpfs in a private mount namespace, filled up."""
+    copy_seeds(workdir / "seeds")
+    disk = workdir / "disk"
+    disk.mkdir()
+    # The database on the small disk; and one beside it, for a file write that fails.
+    (workdir / "on-disk.toml").write_text(
+        '[paths]\noutput = "disk/feeds"\ndatabase = "disk/syndicate.db"\n', encoding="utf-8"
+    )
+    (workdir / "beside.toml").write_text('[paths]\ndatabase = "syndicate.db"\n', encoding="utf-8")
+    syndicate = f"{sys.executable} -m syndicate"
+    script = f"""
+    mount -t tmpfs -o size=2m tmpfs disk || exit 99
+    {syndicate} --config on-disk.toml subscribers add lan@example.org > /dev/null || exit 98
+    {syndicate} --config beside.toml subscribers add lan@example.org > /dev/null || exit 98
+    dd if=/dev/zero of=disk/filler bs=4k 2> /dev/null
+    {syndicate} --config on-disk.toml subscribers add an@example.org; echo "exit $?"
+    {syndicate} --config beside.toml subscribers export disk/backup.csv; echo "exit $?"
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    done = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode == 99:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    database = workdir.resolve() / "disk" / "syndicate.db"
+    assert done.stdout == "exit 75\nexit 75\n", done.stderr
+    assert done.stderr == (
+        f"Error: {database}: the disk is full, so the database cannot grow. "
+        "Free some space, then try again.\n"
+        "Error: disk/backup.csv: cannot write: No space left on device. "
+        "Free some space on that disk, then run again (nothing was half-written).\n"
+    )

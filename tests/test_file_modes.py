@@ -1,0 +1,210 @@
+"""File modes: what holds addresses or secrets is the owner's alone, whatever the umask.
+
+The database (with its -wal and -shm), the send lock, outbox mails and subscriber
+exports are created 0600 and the folders made for them 0700; a DKIM key others
+can read is refused. Real files under tmp_path, the real CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from syndicate.cli import AppContext, cli
+from syndicate.config import DkimSettings, Settings
+from syndicate.errors import ConfigError
+from syndicate.send import open_send_lock, read_dkim_key
+from syndicate.send.transports import OutboxMailer
+from syndicate.store import open_database
+from syndicate.store.subscribers import add_subscriber
+from tests.conftest import FIXED_NOW
+
+SEEDS = Path(__file__).resolve().parent.parent / "seeds"
+MAIL = b"To: an@example.org\r\nMessage-ID: <2024-11-01.1@news.example.org>\r\n\r\nHello\r\n"
+PEM = b"-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n"
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def umask() -> Iterator[None]:
+    """The common default umask, 022: without care, new files would be 0644."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.fixture
+def project(workdir: Path, monkeypatch: pytest.MonkeyPatch, umask: None) -> Path:
+    for seed in SEEDS.glob("*.txt"):
+        shutil.copy(seed, workdir / "seeds" / seed.name)
+    monkeypatch.chdir(workdir)
+    for name in ("SYNDICATE_CONFIG", "SYNDICATE_SECRET", "SYNDICATE_SMTP_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    # The day the seeds were news: a clock years later would add the freshness warning.
+    monkeypatch.setattr(AppContext, "now", lambda self: FIXED_NOW.timestamp())
+    return workdir
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_a_new_database_its_wal_shm_and_folders_are_private(
+    tmp_path: Path, umask: None, now: datetime
+) -> None:
+    shared = tmp_path / "srv"
+    shared.mkdir(mode=0o755)
+    path = shared / "var" / "lib" / "syndicate.db"
+    with open_database(path) as db:
+        add_subscriber(db, "an@example.org", now=now)
+        for name in ("syndicate.db", "syndicate.db-wal", "syndicate.db-shm"):
+            assert _mode(path.with_name(name)) == 0o600, name
+    assert _mode(shared / "var") == _mode(shared / "var" / "lib") == 0o700
+    assert _mode(shared) == 0o755  # a folder that was there is left alone
+
+
+def test_an_existing_database_open_to_everyone_is_tightened_with_a_warning(
+    tmp_path: Path, umask: None, now: datetime, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "old.db"
+    with open_database(path) as db:
+        add_subscriber(db, "an@example.org", now=now)
+    path.chmod(0o664)  # as an older syndicate (and a group-shared setup) left it
+    with caplog.at_level(logging.WARNING, logger="syndicate.store"):
+        open_database(path).close()
+    assert _mode(path) == 0o660  # the group keeps what the operator gave it
+    assert caplog.messages == [
+        f"{path}: was open to all users (mode 0664); now 0660. Run chmod 600 {path} "
+        "unless another user of its group needs it."
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="syndicate.store"):
+        open_database(path).close()
+    assert caplog.messages == []
+
+
+def test_under_umask_077_nothing_is_widened(tmp_path: Path, now: datetime) -> None:
+    old = os.umask(0o077)
+    try:
+        with open_database(tmp_path / "db" / "syndicate.db") as db:
+            add_subscriber(db, "an@example.org", now=now)
+        with open_send_lock(tmp_path / "db" / "syndicate.db") as lock:
+            assert _mode(lock) == 0o600
+        # The outbox used to force its mails to 0644, even under this umask.
+        mailer = OutboxMailer(tmp_path / "outbox" / "2024-11-01")
+        asyncio.run(mailer.send("news@example.org", ["an@example.org"], MAIL))
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "db" / "syndicate.db") == 0o600
+    assert _mode(tmp_path / "db") == 0o700
+    [mail] = (tmp_path / "outbox" / "2024-11-01").iterdir()
+    assert mail.name == "2024-11-01.1_news.example.org.eml"
+    assert _mode(mail) == 0o600
+    assert _mode(mail.parent) == _mode(mail.parent.parent) == 0o700
+
+
+def test_the_send_lock_and_its_folder_are_private(tmp_path: Path, umask: None) -> None:
+    with open_send_lock(tmp_path / "new" / "syndicate.db") as lock:
+        assert lock == tmp_path / "new" / "syndicate.db.lock"
+        assert _mode(lock) == 0o600
+    assert _mode(tmp_path / "new") == 0o700
+
+
+def test_outbox_mails_and_exports_are_private_under_umask_022(project: Path) -> None:
+    assert _run("subscribers", "add", "an@example.org")[0] == 0
+    assert _mode(project / "syndicate.db") == 0o600
+    code, _, err = _run("send")
+    assert (code, err) == (0, "")
+    code, _, err = _run("send", "--to", "editor@example.org")
+    assert (code, err) == (0, "")
+    outbox = project / "outbox"
+    mails = sorted(outbox.rglob("*.eml"))
+    assert len(mails) == 2  # the digest and the test copy
+    assert {_mode(mail) for mail in mails} == {0o600}
+    assert {_mode(folder) for folder in [outbox, *(m.parent for m in mails)]} == {0o700}
+    assert _mode(project / "syndicate.db.lock") == 0o600
+
+    export = project / "backup" / "list.csv"
+    assert _run("subscribers", "export", str(export))[0] == 0
+    assert (_mode(export), _mode(export.parent)) == (0o600, 0o700)
+    export.chmod(0o644)  # a file left by an older syndicate is replaced by a private one
+    assert _run("subscribers", "export", str(export))[0] == 0
+    assert _mode(export) == 0o600
+
+
+# --- the DKIM key -------------------------------------------------------------------------
+
+
+def _dkim(settings: Settings, key: Path) -> Settings:
+    return dataclasses.replace(
+        settings, dkim=DkimSettings(domain="example.org", selector="s1", key_file=key)
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "what"),
+    [
+        (0o644, "readable by others"),
+        (0o604, "readable by others"),
+        (0o640, "readable by its group"),
+        (0o620, "writable by group or others"),
+    ],
+    ids=["0644", "0604", "0640", "0620"],
+)
+def test_a_dkim_key_open_to_others_is_refused(
+    tmp_path: Path, settings: Settings, mode: int, what: str
+) -> None:
+    key = tmp_path / "dkim.key"
+    key.write_bytes(PEM)
+    key.chmod(mode)
+    with pytest.raises(ConfigError) as caught:
+        read_dkim_key(_dkim(settings, key))
+    assert (
+        str(caught.value) == f"dkim.key_file {key}: {what} (mode {mode:04o}); run chmod 600 {key}."
+    )
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400], ids=["0600", "0400"])
+def test_a_dkim_key_only_its_owner_can_read_is_used(
+    tmp_path: Path, settings: Settings, mode: int
+) -> None:
+    key = tmp_path / "dkim.key"
+    key.write_bytes(PEM)
+    key.chmod(mode)
+    found = read_dkim_key(_dkim(settings, key))
+    assert found is not None
+    assert found.private_key == PEM
+
+
+def test_send_refuses_a_world_readable_dkim_key_with_one_line_and_exit_2(project: Path) -> None:
+    key = project / "dkim.key"
+    key.write_bytes(PEM)
+    assert _mode(key) == 0o644
+    (project / "syndicate.toml").write_text(
+        f'[dkim]\ndomain = "example.org"\nselector = "s1"\nkey_file = "{key}"\n',
+        encoding="utf-8",
+    )
+    assert _run("subscribers", "add", "an@example.org")[0] == 0
+    assert _run("send") == (
+        2,
+        "",
+        f"Error: dkim.key_file {key}: readable by others (mode 0644); run chmod 600 {key}.\n",
+    )
+    assert not (project / "outbox").exists()
