@@ -13,6 +13,11 @@ and render), ours as a share of the floor, CPU ms per message and peak memory (R
 
     python bench/send.py                      # 10k and 100k, every sink found
     python bench/send.py --sizes 10000 --sinks aiosmtpd
+    python bench/send.py --sizes 2000 --deferred 20 --retry-window 5   # 20% answer 451
+
+With --deferred PCT the aiosmtpd sink answers `451 4.7.1` to that share of the
+recipients, always; the run is then compared with a run of the same size with no
+deferrals: it should take at most that time plus smtp.retry_window.
 """
 
 from __future__ import annotations
@@ -39,12 +44,22 @@ SENDER = "news@example.org"
 # --- sink and floor: run as child processes of this script -----------------------------------
 
 
-def run_aiosmtpd_sink(port: int, save: Path) -> None:
-    """An aiosmtpd server that accepts everything, keeping only the first message."""
+def run_aiosmtpd_sink(port: int, save: Path, defer_every: int = 0) -> None:
+    """An aiosmtpd server that accepts everything (but every `defer_every`-th reader: 451),
+    keeping only the first message."""
     from aiosmtpd.controller import Controller
 
     class Sink:
         saved = False
+
+        async def handle_RCPT(
+            self, server: object, session: object, envelope: object, address: str, options: object
+        ) -> str:
+            number = address.split("@")[0].removeprefix("reader")
+            if defer_every and number.isdigit() and int(number) % defer_every == 0:
+                return "451 4.7.1 greylisted, try again later"
+            envelope.rcpt_tos.append(address)  # type: ignore[attr-defined]
+            return "250 OK"
 
         async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
             if not Sink.saved:
@@ -121,7 +136,9 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise SystemExit(f"sink on port {port} did not start")
 
 
-def measure(args: list[str], *, cwd: Path, env: dict[str, str]) -> tuple[str, Measure]:
+def measure(
+    args: list[str], *, cwd: Path, env: dict[str, str], ok: tuple[int, ...] = (0,)
+) -> tuple[str, Measure]:
     """Run a child and return its stdout with wall time, CPU time and peak RSS (wait4)."""
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -134,7 +151,7 @@ def measure(args: list[str], *, cwd: Path, env: dict[str, str]) -> tuple[str, Me
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started
-    if process.returncode != 0:
+    if process.returncode not in ok:
         raise SystemExit(f"{' '.join(args)} failed ({process.returncode}):\n{err.decode()}")
     cpu = usage.ru_utime + usage.ru_stime
     return out.decode(), Measure(0.0, wall, cpu, usage.ru_maxrss / 1024, 0)
@@ -189,12 +206,13 @@ def make_project(folder: Path, *, subscribers: int, articles: int, port: int, co
         )
 
 
-def write_config(folder: Path, *, port: int, conns: int) -> None:
+def write_config(folder: Path, *, port: int, conns: int, retry_window: float | None = None) -> None:
+    window = f"retry_window = {retry_window}\n" if retry_window is not None else ""
     (folder / "syndicate.toml").write_text(
         '[site]\nbase_url = "https://news.example.org/"\n'
         f'[mail]\ntransport = "smtp"\nfrom = "Tin mới <{SENDER}>"\n'
         f'[smtp]\nhost = "127.0.0.1"\nport = {port}\ntls = "none"\nconnections = {conns}\n'
-        "messages_per_connection = 100\n[digest]\nmax_articles = 10\n",
+        f"messages_per_connection = 100\n{window}[digest]\nmax_articles = 10\n",
         encoding="utf-8",
     )
 
@@ -204,10 +222,11 @@ def reset_ledger(folder: Path) -> None:
         conn.execute("DELETE FROM deliveries")
 
 
-def start_sink(kind: str, port: int, save: Path) -> subprocess.Popen[bytes]:
+def start_sink(kind: str, port: int, save: Path, defer_every: int = 0) -> subprocess.Popen[bytes]:
     if kind == "aiosmtpd":
+        args = [sys.executable, __file__, "--sink-server", str(port), "--save", str(save)]
         process = subprocess.Popen(
-            [sys.executable, __file__, "--sink-server", str(port), "--save", str(save)],
+            [*args, "--defer-every", str(defer_every)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -303,6 +322,49 @@ def bench_size(
     return results
 
 
+def bench_deferred(
+    size: int, *, percent: int, conns: int, articles: int, window: float | None
+) -> None:
+    """The same send with no deferrals, then with `percent`% of recipients always answering 451."""
+    defer_every = round(100 / percent)
+    deferred = len(range(0, size, defer_every))
+    with tempfile.TemporaryDirectory(prefix=f"bench-send-deferred-{size}-") as tmp:
+        folder = Path(tmp)
+        make_project(folder, subscribers=size, articles=articles, port=0, conns=conns)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+        env["SYNDICATE_SECRET"] = "bench-secret"  # noqa: S105 - a throwaway benchmark key
+        seconds: dict[int, float] = {}
+        for every in (0, defer_every):
+            port = free_port()
+            write_config(folder, port=port, conns=conns, retry_window=window)
+            reset_ledger(folder)
+            sink = start_sink("aiosmtpd", port, folder / "message.eml", every)
+            try:
+                out, _run = measure(
+                    [sys.executable, "-m", "syndicate", "send", "--json"],
+                    cwd=folder,
+                    env=env,
+                    ok=(0, 1),
+                )
+            finally:
+                stop_sink(sink)
+            summary = json.loads(out)
+            expected = size - (deferred if every else 0)
+            if int(summary["sent"]) != expected:
+                raise SystemExit(f"sent {summary['sent']} of {expected}: {summary}")
+            seconds[every] = float(summary["seconds"])
+        row = {
+            "subscribers": size,
+            "deferred": deferred,
+            "retry_window_s": window,
+            "no_deferrals_s": round(seconds[0], 2),
+            "with_deferrals_s": round(seconds[defer_every], 2),
+            "bound_s": round(seconds[0] + (window or 300.0), 2),
+            "within_bound": seconds[defer_every] <= seconds[0] + (window or 300.0),
+        }
+        print(json.dumps(row), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000")
@@ -310,6 +372,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--articles", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=2, help="best of N runs of each side")
+    parser.add_argument("--deferred", type=int, default=0, help="percent of recipients: 451")
+    parser.add_argument("--retry-window", type=float, default=None, help="smtp.retry_window")
+    parser.add_argument("--defer-every", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--sink-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--save", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--floor", type=int, help=argparse.SUPPRESS)
@@ -317,7 +382,17 @@ def main() -> None:
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sink_server:
-        run_aiosmtpd_sink(args.sink_server, args.save)
+        run_aiosmtpd_sink(args.sink_server, args.save, args.defer_every)
+        return
+    if args.deferred:
+        for size in (int(s) for s in args.sizes.split(",")):
+            bench_deferred(
+                size,
+                percent=args.deferred,
+                conns=args.connections,
+                articles=args.articles,
+                window=args.retry_window,  # None: the config leaves it out (older versions)
+            )
         return
     if args.floor:
         run_floor(args.floor, args.message, args.count, args.connections, 100)

@@ -91,6 +91,8 @@ class SmtpSettings:
     connections: int = 8
     messages_per_connection: int = 100
     rate: float = 0.0
+    retry_window: float = 300.0  # seconds a run keeps retrying deferred recipients
+    data_timeout: float = 600.0  # seconds to wait for the reply after the message body
     password: str = field(default="", repr=False)  # only from SYNDICATE_SMTP_PASSWORD
 
 
@@ -167,7 +169,7 @@ _AT_LEAST_ONE = {
 }
 
 # Number keys that must be above 0 (a zero timeout would fail every command at once).
-_ABOVE_ZERO = {("smtp", "timeout")}
+_ABOVE_ZERO = {("smtp", "timeout"), ("smtp", "data_timeout")}
 
 # One host label (after IDNA encoding): letters, digits, `_` and inner hyphens, 1 to 63 long.
 _HOST_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")

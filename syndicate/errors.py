@@ -128,3 +128,15 @@ class StaleTokenError(TokenError):
 
 class SubscriberError(SyndicateError, ValueError):
     """A subscriber operation got a bad address or an unknown subscriber."""
+
+
+class InterruptError(SyndicateError):
+    """A run stopped by SIGINT (Ctrl-C): started messages finished and were recorded."""
+
+    exit_code: ClassVar[int] = 130  # 128 + SIGINT
+
+
+class TerminatedError(InterruptError):
+    """A run stopped by SIGTERM: started messages finished and were recorded."""
+
+    exit_code: ClassVar[int] = 143  # 128 + SIGTERM

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import trustme
@@ -18,6 +19,8 @@ from click.testing import CliRunner
 
 from syndicate.cli import AppContext, cli
 from syndicate.send import open_send_lock
+from syndicate.store import open_database
+from syndicate.store.subscribers import add_subscriber
 from tests.conftest import FIXED_NOW
 from tests.plugins.smtp import SmtpServer, free_port, run_smtp_server
 
@@ -52,13 +55,13 @@ def _subscribe(*emails: str) -> None:
         assert _run("subscribers", "add", email)[0] == 0
 
 
-def _smtp_config(project: Path, server: SmtpServer) -> None:
+def _smtp_config(project: Path, server: SmtpServer, *, extra: str = "") -> None:
     (project / "syndicate.toml").write_text(
         '[site]\nbase_url = "https://news.example.org/"\n'
         '[mail]\ntransport = "smtp"\nfrom = "Tin mới <news@example.org>"\n'
         'postal_address = "12 Trần Hưng Đạo, TP. Bến Lam"\n'
         f'[smtp]\nhost = "127.0.0.1"\nport = {server.port}\ntls = "none"\n'
-        "connections = 2\n",
+        "connections = 2\n" + extra,
         encoding="utf-8",
     )
 
@@ -178,7 +181,9 @@ def test_send_while_another_run_holds_the_lock_exits_75(project: Path) -> None:
     )
 
 
-def test_send_over_smtp_reports_failures_with_exit_1(project: Path, smtpd: SmtpServer) -> None:
+def test_send_over_smtp_reports_failures_with_exit_1_and_never_retries_a_refusal(
+    project: Path, smtpd: SmtpServer
+) -> None:
     _smtp_config(project, smtpd)
     _subscribe("an@example.org", "bad@example.org", "cee@example.org")
     smtpd.handler.refuse("bad@example.org", "550 5.1.1 no such user")
@@ -188,15 +193,12 @@ def test_send_over_smtp_reports_failures_with_exit_1(project: Path, smtpd: SmtpS
     assert match, err
     assert match.group("sent", "failed", "skipped") == ("2", "1", "0")
     assert sorted(smtpd.handler.recipients()) == ["an@example.org", "cee@example.org"]
-    code, out, err = _run("send")  # the rerun retries the refused one, and says why it failed
-    assert (code, out) == (1, "")
-    lines = err.splitlines(keepends=True)
-    assert lines[0] == (
-        "warning: bad@example.org: the server refused the message: 550 5.1.1 no such user\n"
-    )
-    match = SUMMARY.fullmatch(lines[1])
+    code, out, err = _run("send")  # no such user: bounced at once, never tried again
+    assert (code, err) == (0, "")
+    match = SUMMARY.fullmatch(out)
     assert match
-    assert match.group("sent", "failed", "skipped") == ("0", "1", "2")
+    assert match.group("sent", "failed", "skipped") == ("0", "0", "2")
+    assert len(smtpd.handler.recipients()) == 2
 
 
 def test_a_setup_problem_stops_the_run_with_exit_2(project: Path, smtpd: SmtpServer) -> None:
@@ -205,9 +207,11 @@ def test_a_setup_problem_stops_the_run_with_exit_2(project: Path, smtpd: SmtpSer
     smtpd.handler.refuse("an@example.org", "535 5.7.8 Authentication credentials invalid")
     code, _, err = _run("send")
     assert code == 2
-    assert err.startswith(f"Error: smtp 127.0.0.1:{smtpd.port}: the server refused ")
-    assert re.search(r"\. Digest \d{4}-\d\d-\d\d so far: 0 sent, 0 failed", err), err
-    assert "This is a setup problem" in err
+    assert err.startswith(
+        f"Error: smtp 127.0.0.1:{smtpd.port}: the server asks for authentication: "
+        "535 5.7.8 Authentication credentials invalid. "
+    )
+    assert re.search(r"\. Digest \d{4}-\d\d-\d\d so far: 0 sent, 0 failed\. ", err), err
 
 
 def test_smtp_login_needs_the_password_variable(project: Path, smtpd: SmtpServer) -> None:
@@ -356,34 +360,37 @@ def test_a_day_cut_short_is_finished_by_the_next_days_run_before_todays_digest(
     assert closed == [("2024-10-31", "2024-11-01T06:00:00+00:00"), ("2024-11-01", None)]
 
 
-def test_limit_covers_the_whole_run_and_json_lists_the_earlier_digests(
+def test_limit_covers_the_whole_run_today_first_and_json_lists_the_earlier_digests(
     clock: Clock, workdir: Path
 ) -> None:
     _subscribe("a@example.org", "b@example.org", "c@example.org")
     assert _run("send", "--limit", "1")[0] == 0
     clock.next_day()
     (workdir / "seeds" / "day2.txt").write_text(DUMP_DAY2, encoding="utf-8")
-    code, out, err = _run("send", "--json", "--limit", "3")
+    code, out, err = _run("send", "--json", "--limit", "4")
     assert (code, err) == (0, "")
     summary = json.loads(out)
     counts = ("digest", "sent", "failed", "skipped", "bounced")
     assert {k: summary[k] for k in counts} == {
         "digest": "2024-11-01",
-        "sent": 1,
+        "sent": 3,
         "failed": 0,
         "skipped": 0,
         "bounced": 0,
     }
     assert [{k: e[k] for k in counts} for e in summary["earlier"]] == [
-        {"digest": "2024-10-31", "sent": 2, "failed": 0, "skipped": 1, "bounced": 0}
+        {"digest": "2024-10-31", "sent": 1, "failed": 0, "skipped": 1, "bounced": 0}
     ]
     assert set(summary["earlier"][0]) == set(summary) - {"earlier"}
     code, out, _ = _run("send", "--json")
     summary = json.loads(out)
-    assert (summary["sent"], summary["skipped"], summary["earlier"]) == (2, 1, [])
+    assert (summary["sent"], summary["skipped"]) == (0, 3)
+    assert [(e["digest"], e["sent"], e["skipped"]) for e in summary["earlier"]] == [
+        ("2024-10-31", 1, 2)
+    ]
 
 
-def test_a_limit_used_up_by_earlier_digests_leaves_today_for_the_next_run(
+def test_a_limit_used_up_by_todays_digest_leaves_the_catch_up_for_the_next_run(
     clock: Clock, workdir: Path
 ) -> None:
     _subscribe("a@example.org", "b@example.org", "c@example.org")
@@ -392,10 +399,10 @@ def test_a_limit_used_up_by_earlier_digests_leaves_today_for_the_next_run(
     (workdir / "seeds" / "day2.txt").write_text(DUMP_DAY2, encoding="utf-8")
     code, out, _ = _run("send", "--limit", "2")
     assert code == 0
-    assert _summaries(out) == [("2024-10-31", "2", "0", "1"), ("2024-11-01", "0", "0", "0")]
-    assert _outbox_recipients(workdir, "2024-11-01") == []
+    assert _summaries(out) == [("2024-11-01", "2", "0", "0")]
+    assert _outbox_recipients(workdir, "2024-10-31") == ["a@example.org"]
     code, out, _ = _run("send")
-    assert _summaries(out) == [("2024-11-01", "3", "0", "0")]
+    assert _summaries(out) == [("2024-10-31", "2", "0", "1"), ("2024-11-01", "1", "0", "2")]
 
 
 def test_an_earlier_digest_is_caught_up_on_a_day_with_nothing_new(
@@ -431,16 +438,15 @@ def test_a_digest_older_than_the_window_is_given_up_with_one_warning(
 
 
 def test_a_run_stopped_by_a_down_server_is_finished_the_next_day(
-    clock: Clock, workdir: Path, smtpd: SmtpServer, monkeypatch: pytest.MonkeyPatch
+    clock: Clock, workdir: Path, smtpd: SmtpServer
 ) -> None:
-    monkeypatch.setattr("syndicate.send.deliver._BACKOFF_CAP", 0.0)  # retry at once: fast test
     down = SmtpServer("127.0.0.1", free_port(), smtpd.handler)  # nothing listens there
-    _smtp_config(workdir, down)
+    _smtp_config(workdir, down, extra="retry_window = 0.1\n")  # retry at once: fast test
     _subscribe("a@example.org", "b@example.org")
     code, out, err = _run("-q", "send")
     assert (code, out) == (75, "")
     assert err.startswith(f"Error: smtp 127.0.0.1:{down.port}: cannot connect")
-    assert re.search(r"\. Digest \d{4}-\d\d-\d\d so far: 0 sent, 0 failed, 2 in flight ", err), err
+    assert re.search(r"\. Digest \d{4}-\d\d-\d\d so far: 0 sent, 0 failed\. ", err), err
     assert len(err.splitlines()) == 1
     clock.next_day()
     _smtp_config(workdir, smtpd)
@@ -560,7 +566,8 @@ def test_implicit_tls_to_a_plain_smtp_port_is_a_setup_error_not_a_retry(
             f"Error: smtp 127.0.0.1:{smtpd.port}: implicit TLS (smtp.tls = 'tls') failed: "
             "WRONG_VERSION_NUMBER; the server does not speak TLS on this port."
         )
-        + r" Digest [\d-]+ so far: 0 sent, 0 failed, 1 in flight \(the next run settles them\)\. "
+        # No DATA started: nothing is in flight.
+        + r" Digest [\d-]+ so far: 0 sent, 0 failed\. "
     )
     hint = re.escape(
         "Use smtp.tls = 'starttls' for a port like 587 or 25, or the server's implicit TLS "
@@ -605,6 +612,60 @@ def test_send_over_smtp_with_tls_verifies_the_certificate(
         code, _out, err = _run("send")
         assert (code, err) == (0, "")
         assert handler.recipients() == ["an@example.org"]
+
+
+def _dump_for(day: datetime) -> str:
+    local = day.astimezone(ZoneInfo("Asia/Ho_Chi_Minh"))
+    return (
+        f"Tin ngày {local:%d/%m}\n{local:%d/%m/%Y} 09:00\n"
+        f"LGO - Sáng {local.day}/{local.month}, tỉnh Lam Giang họp bàn kế hoạch tuần.\n"
+        f"Các sở, ngành báo cáo tiến độ công việc số {local.day} trong tháng {local.month}.\n"
+    )
+
+
+def test_a_week_of_dead_and_full_mailboxes_never_holds_up_a_days_digest(
+    clock: Clock, workdir: Path, smtpd: SmtpServer
+) -> None:
+    # 50 of 500 answer 550 5.1.1 and 12 answer 452 4.2.2 all week; 5 are greylisted once a
+    # day. Every day's digest must reach every deliverable subscriber on its day, once.
+    _smtp_config(workdir, smtpd, extra="retry_window = 0.1\n")
+    emails = [f"reader{i}@example.org" for i in range(500)]
+    unknown = set(emails[::10])
+    full = {emails[i] for i in range(1, 500, 42)}
+    greylisted = {emails[i] for i in range(7, 500, 100)}
+    deliverable = set(emails) - unknown - full
+    assert (len(unknown), len(full), len(deliverable)) == (50, 12, 438)
+    with open_database(workdir / "syndicate.db") as db:
+        for email in emails:
+            add_subscriber(db, email, now=clock.now - timedelta(hours=1))
+    for email in unknown:
+        smtpd.handler.refuse(email, "550 5.1.1 User unknown")
+    for email in full:
+        smtpd.handler.refuse(email, "452 4.2.2 Mailbox full")
+    for offset in range(8):
+        day = (clock.now.astimezone(ZoneInfo("Asia/Ho_Chi_Minh"))).date().isoformat()
+        if offset:
+            (workdir / "seeds" / f"week{offset}.txt").write_text(
+                _dump_for(clock.now), encoding="utf-8"
+            )
+        for email in greylisted:
+            smtpd.handler.refuse(email, "451 4.7.1 Greylisted", times=1)
+        code, _out, err = _run("-q", "send")
+        assert code == 1, err  # the full mailboxes failed (and are left to later runs)
+        by_day: dict[str, list[str]] = {}
+        for received in smtpd.handler.messages:
+            digest_day = str(received.message["Message-ID"]).strip("<").split(".")[0]
+            by_day.setdefault(digest_day, []).extend(received.recipients)
+        assert sorted(by_day[day]) == sorted(deliverable), day  # on its day, exactly once
+        assert all(sorted(got) == sorted(deliverable) for got in by_day.values())
+        clock.next_day()
+    assert len(by_day) == 8
+    # A refused address was tried once, then bounced; never retried.
+    tried = [address for address, _ in smtpd.handler.rcpt_log if address in unknown]
+    assert sorted(tried) == sorted(unknown)
+    with sqlite3.connect(workdir / "syndicate.db") as conn:
+        bounced = conn.execute("SELECT count(*) FROM subscribers WHERE status = 'bounced'")
+        assert bounced.fetchone()[0] == 50
 
 
 def test_quiet_send_warns_once_on_stderr_when_the_newest_article_is_old(

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import gc
 import json
 import logging
 import secrets
 import sys
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import click
 
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.cli.commands_digest import warn_if_stale
 from syndicate.cli.flow import (
-    digest_day,
     digest_view_url,
     preview_digest,
     stored_digest,
@@ -26,30 +23,28 @@ from syndicate.cli.flow import (
 )
 from syndicate.config import Settings
 from syndicate.digest import render_digest
-from syndicate.errors import ConfigError, SubscriberError, SyndicateError, TokenError
+from syndicate.errors import (
+    ConfigError,
+    InterruptError,
+    SubscriberError,
+    TokenError,
+)
 from syndicate.load import check_dump_paths
 from syndicate.mail import (
     MessageTemplate,
     build_digest_template,
     envelope_sender,
-    fill_message,
-    sign_message,
     unsubscribe_url,
 )
-from syndicate.model import DeliveryStatus, DigestPlan
+from syndicate.model import DigestPlan
 from syndicate.publish import run_build
 from syndicate.send import (
-    MAX_ATTEMPTS,
     SendSummary,
-    mailer_concurrency,
-    open_mailer,
     open_send_lock,
     read_dkim_key,
-    read_earlier_digests,
-    send_digest,
 )
-from syndicate.store import Database, ledger
-from syndicate.store.digests import close_digest
+from syndicate.send.daily import preview, run_daily
+from syndicate.store import Database
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import (
     confirmed_languages,
@@ -57,7 +52,7 @@ from syndicate.store.subscribers import (
     get_by_id,
     normalize_email,
 )
-from syndicate.tokens import NONCE_BYTES, make_token, verify_token
+from syndicate.tokens import make_token, verify_token
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +152,7 @@ def _check_smtp(settings: Settings) -> None:
     "--limit",
     type=click.IntRange(min=1),
     default=None,
-    help="Send to at most N subscribers in this run (earlier days first).",
+    help="Send to at most N subscribers in this run (today's digest first).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_app
@@ -166,8 +161,8 @@ def send_command(
 ) -> None:
     """Build feeds and today's digest, and deliver it to every confirmed subscriber owed it.
 
-    Safe to rerun: subscribers already sent are skipped; failed ones are retried.
-    Digests of the last 7 days still owed to someone are finished first.
+    Safe to rerun: subscribers already sent are skipped; deferred ones are retried.
+    Then digests of the last 7 days still owed to someone are finished.
 
     Example: syndicate -q send
     """
@@ -183,49 +178,48 @@ def send_command(
         run_build(settings, db, now=now)
         plan = todays_digest(settings, db, now=now, create=True)
         warn_if_stale(settings, plan)  # ed2: freshness warning (stderr, also under -q)
-        deliver = _Delivery(app, db, now=now, progress=not as_json)
-        # Earlier days first, oldest first: a day whose run failed, was killed or was cut
-        # short by --limit is finished before today's digest goes out.
-        earlier: list[SendSummary] = []
-        budget = limit
-        for owed in read_earlier_digests(db, today=digest_day(settings, now), now=now):
-            if budget == 0:
-                break
-            earlier_plan = stored_digest(db, owed.day)
-            if earlier_plan is None:
-                log.warning(
-                    "digest %s: its articles are no longer stored, so it cannot be sent to "
-                    "the %s still owed it.",
-                    owed.day.isoformat(),
-                    _plural(owed.owed, "subscriber"),
-                )
-                close_digest(db, owed.day, now=now)
-                continue
-            summary = deliver(earlier_plan, confirmed_by=owed.created_at, limit=budget)
-            earlier.append(summary)
-            if budget is not None:
-                budget -= summary.sent + summary.failed
-            if not as_json:
+        messages = _Messages(app, db, now=now, progress=not as_json)
+
+        def show(summary: SendSummary) -> None:
+            if not as_json and summary.digest != (plan and plan.day.isoformat()):
                 _print_summary(app, summary)
-        today = deliver(plan, confirmed_by=None, limit=budget) if plan is not None else None
-    failed = any(s.failed for s in earlier) or bool(today and today.failed)
+
+        try:
+            report = run_daily(
+                db=db,
+                settings=settings,
+                secret=messages.secret,
+                now=now,
+                today=plan,
+                prepare=messages.prepare,
+                load_stored=lambda day: stored_digest(db, day),
+                limit=limit,
+                progress=messages.progress_line,
+                on_summary=show,
+            )
+        except InterruptError as exc:
+            click.echo(exc.message, err=True)
+            click.get_current_context().exit(exc.exit_code)
+        finally:
+            messages.close_progress()
+    today = report.today
     if as_json:
         # The same keys whether or not there was a digest today, so a script reads one shape.
         shape = today.to_dict() if today is not None else {"digest": None, **_NOTHING_COUNTS}
-        click.echo(json.dumps({**shape, "earlier": [s.to_dict() for s in earlier]}))
+        click.echo(json.dumps({**shape, "earlier": [s.to_dict() for s in report.earlier]}))
     elif today is None:
         app.echo(NOTHING_NEW)
     else:
-        _print_summary(app, today, note="" if deliver.languages else NO_SUBSCRIBERS)
-    if failed:
+        _print_summary(app, today, note="" if messages.languages else NO_SUBSCRIBERS)
+    if report.failed:
         click.get_current_context().exit(1)
 
 
-class _Delivery:
-    """Sends one stored digest (an earlier day's or today's) to whoever is owed it."""
+class _Messages:
+    """Builds each digest's messages (and writes its web page) for the daily job."""
 
     def __init__(self, app: AppContext, db: Database, *, now: datetime, progress: bool) -> None:
-        self.app, self.settings, self.db, self.now = app, app.settings, db, now
+        self.settings, self.now = app.settings, now
         self.languages = confirmed_languages(db)
         self.secret = get_secret(self.settings, db)
         mail = self.settings.mail
@@ -235,56 +229,28 @@ class _Delivery:
                 "config key mail.postal_address is empty, so the digest carries no postal "
                 "address; set the sender's address in syndicate.toml."
             )
-        self.progress = progress and sys.stderr.isatty() and not app.quiet
+        self.show_progress = progress and sys.stderr.isatty() and not app.quiet
+        self._line: _ProgressLine | None = None
 
-    def __call__(
-        self, plan: DigestPlan, *, confirmed_by: datetime | None, limit: int | None
-    ) -> SendSummary:
-        settings = self.settings
-        write_digest_page(settings, plan, now=self.now)
+    def prepare(self, plan: DigestPlan) -> dict[str, MessageTemplate]:
+        write_digest_page(self.settings, plan, now=self.now)
         marker = _MARKER_BASE + secrets.token_hex(8)
-        templates = _templates(settings, plan, self.languages, marker=marker, now=self.now)
-        progress = _ProgressLine() if self.progress else None
+        templates = _templates(self.settings, plan, self.languages, marker=marker, now=self.now)
         # Everything loaded so far (templates, Babel data, parsed articles) lives until exit:
         # keep it out of the collector's full passes during the send loop.
         gc.collect()
         gc.freeze()
-        try:
-            summary = asyncio.run(
-                send_digest(
-                    db=self.db,
-                    mailer=open_mailer(settings, folder=plan.day.isoformat()),
-                    templates=templates,
-                    settings=settings,
-                    secret=self.secret,
-                    day=plan.day,
-                    now=self.now,
-                    confirmed_by=confirmed_by,
-                    connections=mailer_concurrency(settings),
-                    limit=limit,
-                    rate=settings.smtp.rate if settings.mail.transport == "smtp" else 0.0,
-                    progress=progress,
-                )
-            )
-        except SyndicateError as exc:
-            # The run stops here: the one error line also says how far this digest got.
-            exc.message = f"{exc.message.rstrip('.')}. {self._so_far(plan)}"
-            raise
-        finally:
-            if progress is not None:
-                progress.close()
-        return summary
+        return templates
 
-    def _so_far(self, plan: DigestPlan) -> str:
-        counts = ledger.day_counts(self.db, day=plan.day)
-        sent, failed, sending = (
-            counts.get(str(status), 0)
-            for status in (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SENDING)
-        )
-        line = f"Digest {plan.day.isoformat()} so far: {sent} sent, {failed} failed"
-        if sending:
-            line += f", {sending} in flight (the next run settles them)"
-        return line + "."
+    def progress_line(self) -> _ProgressLine | None:
+        self.close_progress()
+        self._line = _ProgressLine() if self.show_progress else None
+        return self._line
+
+    def close_progress(self) -> None:
+        if self._line is not None:
+            self._line.close()
+            self._line = None
 
 
 NO_SUBSCRIBERS = (
@@ -326,82 +292,45 @@ def _preview_send(
     marker = _MARKER_BASE + secrets.token_hex(8)
     languages = confirmed_languages(db)
     templates = _templates(settings, plan, languages, marker=marker, now=now)
-    if address is not None and not dry_run:
-        template = templates[settings.site.language]
+    test_copy = address is not None and not dry_run
+    shown = preview(
+        db=db,
+        settings=settings,
+        plan=plan,
+        templates=templates,
         # The secret is made (once) and kept: a test copy's link must verify. A dry run
         # needs none, so it never waits for the write lock to store one.
-        secret = get_secret(settings, db)
-        # Subscriber 0 never exists, so the copy's link acts on nobody.
-        token = make_token(
-            secret,
-            purpose="unsubscribe",
-            subscriber_id=0,
-            nonce=secrets.token_bytes(NONCE_BYTES),
-            issued_at=now,
-        )
-        message = _test_copy(
-            template, to=address, day=plan.day, url=unsubscribe_url(settings, token)
-        )
-
-        async def deliver() -> None:
-            mailer = open_mailer(settings, folder="test")
-            try:
-                await mailer.send(envelope_sender(settings), [address], message)
-            finally:
-                await mailer.aclose()
-
-        asyncio.run(deliver())
+        secret=get_secret(settings, db) if test_copy else b"",
+        now=now,
+        test_copy_to=address if test_copy else None,
+        limit=limit,
+    )
+    if shown.test_copy is not None:
         if as_json:
-            click.echo(json.dumps({"digest": plan.day.isoformat(), "test_copy": address}))
+            click.echo(json.dumps({"digest": shown.digest, "test_copy": shown.test_copy}))
         else:
-            app.echo(f"Sent a test copy of the {plan.day.isoformat()} digest to {address}.")
+            app.echo(f"Sent a test copy of the {shown.digest} digest to {shown.test_copy}.")
         return
-    owed = ledger.count_owed(db, day=plan.day, max_attempts=MAX_ATTEMPTS)
-    if limit is not None:
-        owed = min(owed, limit)
     note = f" (no test copy to {address} either)" if address else ""
-    skipped = ledger.count_skipped(db, day=plan.day, max_attempts=MAX_ATTEMPTS)
-    sizes = {lang: sum(len(c) for c in t.chunks) for lang, t in templates.items()}
     if as_json:
         click.echo(
             json.dumps(
                 {
-                    "digest": plan.day.isoformat(),
+                    "digest": shown.digest,
                     "dry_run": True,
-                    "articles": len(plan.articles),
-                    "would_send": owed,
-                    "skipped": skipped,
-                    "message_bytes": sizes,
+                    "articles": shown.articles,
+                    "would_send": shown.would_send,
+                    "skipped": shown.skipped,
+                    "message_bytes": shown.message_bytes,
                 }
             )
         )
         return
     app.echo(
-        f"Dry run: the {plan.day.isoformat()} digest ({_plural(len(plan.articles), 'article')}) "
-        f"would go to {_plural(owed, 'subscriber')}, {skipped} skipped; "
+        f"Dry run: the {shown.digest} digest ({_plural(shown.articles, 'article')}) "
+        f"would go to {_plural(shown.would_send, 'subscriber')}, {shown.skipped} skipped; "
         f"no digest was stored and nothing was sent{note}."
     )
-
-
-def _test_copy(template: MessageTemplate, *, to: str, day: date, url: str) -> bytes:
-    """One test copy, with a Message-ID of its own (`<day.test-RANDOM@domain>`).
-
-    Subscribers' Message-IDs are deterministic (`<day.id@domain>`); test copies
-    are not recorded, so each gets a random one: two copies must not look like
-    one message to a mail client or to the outbox folder.
-    """
-    message = fill_message(
-        dataclasses.replace(template, dkim=None), to=to, subscriber_id=0, unsubscribe_url=url
-    )
-    slot = f"\r\nMessage-ID: <{day.isoformat()}.0@".encode("ascii")
-    unique = f"\r\nMessage-ID: <{day.isoformat()}.test-{secrets.token_hex(8)}@".encode("ascii")
-    head_end = message.index(b"\r\n\r\n")
-    if message.find(slot, 0, head_end) < 0:  # pragma: no cover - mail.py puts it after To
-        raise AssertionError("the digest template has no Message-ID after To")
-    message = message.replace(slot, unique, 1)
-    if template.dkim is not None:  # sign what goes out, with its final Message-ID
-        message = sign_message(message, template.dkim)
-    return message
 
 
 @cli.group("unsubscribe-token")

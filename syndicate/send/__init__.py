@@ -5,21 +5,25 @@
 the server accepts each one, so a crash can leave only messages in flight in
 doubt: delivery is at-least-once. `read_earlier_digests` finds the digests of
 earlier days (within CATCH_UP_DAYS) still owed to someone, so a day whose run
-failed or was cut short is finished by the next day's run. Transports are
+failed or was cut short is finished by the next day's run, after that day's own. Transports are
 `Mailer`s: `OutboxMailer` writes .eml files, `SmtpMailer` keeps a pool of
 persistent aiosmtplib connections.
 
-Modules: `transports` (the Mailers and what opens them), `deliver` (the send
-loop), `runs` (the send lock and the catch-up of earlier digests).
+Modules: `transports` (the Mailers and what opens them), `policy` (the frozen
+SendPolicy and the pure map from an SMTP outcome to a ledger action), `deliver`
+(the send loop, `DigestSender`), `runs` (the send lock and the catch-up of
+earlier digests), `daily` (the daily job: today's digest, then the catch-up).
 """
 
-from syndicate.send.deliver import (
+from syndicate.send.deliver import PAGE_SIZE, DigestSender, SendSummary, Stop, send_digest
+from syndicate.send.policy import (
     MAX_ATTEMPTS,
-    PAGE_SIZE,
     REFUSE_ALL_AFTER,
-    TEMPFAIL_STREAK,
-    SendSummary,
-    send_digest,
+    Action,
+    Outcome,
+    SendPolicy,
+    Stage,
+    to_action,
 )
 from syndicate.send.runs import CATCH_UP_DAYS, OwedDigest, open_send_lock, read_earlier_digests
 from syndicate.send.transports import (
@@ -39,13 +43,18 @@ __all__ = [
     "MAX_ATTEMPTS",
     "PAGE_SIZE",
     "REFUSE_ALL_AFTER",
-    "TEMPFAIL_STREAK",
+    "Action",
+    "DigestSender",
     "Mailer",
     "OutboxMailer",
+    "Outcome",
     "OwedDigest",
     "RecipientRefusedError",
+    "SendPolicy",
     "SendSummary",
     "SmtpMailer",
+    "Stage",
+    "Stop",
     "TransientSendError",
     "forget_recipient",
     "mailer_concurrency",
@@ -54,4 +63,5 @@ __all__ = [
     "read_dkim_key",
     "read_earlier_digests",
     "send_digest",
+    "to_action",
 ]

@@ -1,24 +1,30 @@
 """Send: deliver one digest to every confirmed subscriber the ledger says is owed it.
 
-`send_digest` streams recipients from the ledger in pages, claims each page as
+`DigestSender` streams recipients from the ledger in pages, claims each page as
 `sending` (committed) before its messages go, and records `sent` right after
 the server accepts each one, so a crash can leave only messages in flight in
-doubt: delivery is at-least-once.
+doubt: delivery is at-least-once. What each reply means is `policy.to_action`'s
+decision; this module carries it out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import logging
 import random
+import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 from syndicate.config import Settings
-from syndicate.errors import DeliveryError, TempFailError
+from syndicate.errors import DeliveryError, SyndicateError, TempFailError
 from syndicate.mail import MessageTemplate, envelope_sender, fill_message, unsubscribe_url
+from syndicate.send.policy import MAX_ATTEMPTS, REFUSE_ALL_AFTER, Action, SendPolicy, to_action
 from syndicate.send.transports import Mailer, RecipientRefusedError, TransientSendError
 from syndicate.store import Database, ledger
 from syndicate.store.subscribers import record_bounce
@@ -28,17 +34,17 @@ from syndicate.tokens import make_token
 log = logging.getLogger("syndicate.send")
 
 PAGE_SIZE = 500  # recipients claimed per ledger transaction
-MAX_ATTEMPTS = 5  # runs that may try one recipient before it is skipped as failed
-# A run whose first this-many recipients are all refused stops: the server refuses everything.
-REFUSE_ALL_AFTER = 10
-# This many recipients in a row failing temporarily (after retries) means the server is down.
-TEMPFAIL_STREAK = 10
-_BACKOFF_CAP = 60.0
+
+__all__ = ["MAX_ATTEMPTS", "PAGE_SIZE", "REFUSE_ALL_AFTER", "DigestSender", "SendSummary", "Stop"]
 
 
 @dataclass(frozen=True, slots=True)
 class SendSummary:
-    """What one run did; `rate` is messages accepted per second."""
+    """What one run did; `rate` is messages accepted per second.
+
+    `in_flight`: messages whose DATA had started and whose reply never came
+    (left `sending`: a later run sends them again).
+    """
 
     digest: str
     sent: int
@@ -46,6 +52,7 @@ class SendSummary:
     skipped: int
     seconds: float
     bounced: int = 0
+    in_flight: int = 0
 
     @property
     def rate(self) -> float:
@@ -61,6 +68,44 @@ class SendSummary:
             "seconds": round(self.seconds, 3),
             "rate": round(self.rate, 1),
         }
+
+
+class Stop:
+    """Why the runs of one process stop starting messages: a signal or an error.
+
+    Shared by today's digest and the catch-up, so a stop ends the whole job.
+    Messages already started are never cancelled; they finish and are recorded.
+    """
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.signal: int | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self.event.is_set()
+
+    def by_signal(self, signum: int) -> None:
+        if self.signal is None:
+            self.signal = signum
+        self.event.set()
+
+    def by_error(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+        self.event.set()
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the run is told to stop meanwhile."""
+        if seconds <= 0 or self.stopping:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.event.wait(), seconds)
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal is not None else ""
 
 
 class _Pacer:
@@ -82,13 +127,338 @@ class _Pacer:
 
 
 @dataclass
+class _Deferred:
+    recipient: ledger.Recipient
+    tries: int
+    reply: str
+
+
+@dataclass
 class _Run:
+    day: date
+    confirmed_by: datetime | None
+    remaining: int | None  # recipients this run may still claim (None: no cap)
+    total: int
+    after: int = 0  # keyset cursor over the owed recipients
+    exhausted: bool = False
+    buffer: list[ledger.Recipient] = field(default_factory=list)
+    deferred: list[tuple[float, int, _Deferred]] = field(default_factory=list)  # a heap
+    deadline: float | None = None  # set when the first pass is done
     sent: int = 0
     failed: int = 0
     bounced: int = 0
-    refused_before_first_sent: int = 0
-    transient_streak: int = 0
-    deferred_bounces: list[int] = field(default_factory=list)
+    in_doubt: int = 0
+    refused_unaccepted: int = 0  # permanent refusals (not address statuses) before any accept
+    pending: list[tuple[int, Action, str]] = field(default_factory=list)  # refusals to confirm
+    accepted: list[int] = field(default_factory=list)
+    order: itertools.count[int] = field(default_factory=itertools.count)
+
+
+class DigestSender:
+    """Sends stored digests over one mailer under one `SendPolicy`; reused for each day.
+
+    Each page of recipients is committed as `sending` before any of its
+    messages goes; each accepted message is committed as `sent` at once; each
+    reply is turned into a ledger action by `to_action`. Deferred recipients
+    wait in a list retried after everyone else, within `policy.retry_window`,
+    and never hold a worker meanwhile. On a stop no new message starts and no
+    started one is cancelled.
+    """
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        mailer: Mailer,
+        settings: Settings,
+        secret: bytes,
+        policy: SendPolicy,
+        stop: Stop | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.db, self.mailer, self.settings, self.secret = db, mailer, settings, secret
+        self.policy = policy
+        self.stop = stop or Stop()
+        self.tick = clock or (lambda: datetime.now(UTC))
+        self.sender = envelope_sender(settings)
+        self.pacer = _Pacer(policy.rate)
+
+    async def send(
+        self,
+        *,
+        templates: Mapping[str, MessageTemplate],
+        day: date,
+        now: datetime,
+        confirmed_by: datetime | None = None,
+        limit: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> SendSummary:
+        """Deliver the digest of `day` to every confirmed subscriber owed it.
+
+        `templates` maps language to the built message (the site language's is
+        the fallback). `confirmed_by` (an earlier day's digest: its creation
+        time) leaves out subscribers confirmed after it. `limit` caps the
+        recipients claimed. Raises DeliveryError (a setup problem) or
+        TempFailError (the server stayed unavailable) after every started
+        message has finished and been recorded; a stop by signal returns the
+        summary so far (the caller sees `stop.signal`).
+        """
+        started = time.monotonic()
+        max_attempts = self.policy.max_attempts
+        skipped = ledger.count_skipped(
+            self.db, day=day, max_attempts=max_attempts, confirmed_by=confirmed_by
+        )
+        total = ledger.count_owed(
+            self.db, day=day, max_attempts=max_attempts, confirmed_by=confirmed_by
+        )
+        if limit is not None:
+            total = min(total, limit)
+        run = _Run(day=day, confirmed_by=confirmed_by, remaining=limit, total=total)
+        fallback = templates.get(self.settings.site.language) or next(iter(templates.values()))
+
+        def report() -> None:
+            if progress is not None:
+                progress(run.sent + run.failed + run.in_doubt, total)
+
+        def build(recipient: ledger.Recipient) -> bytes:
+            token = make_token(
+                self.secret,
+                purpose="unsubscribe",
+                subscriber_id=recipient.subscriber_id,
+                nonce=recipient.token_nonce,
+                issued_at=now,
+            )
+            return fill_message(
+                templates.get(recipient.language, fallback),
+                to=recipient.email,
+                subscriber_id=recipient.subscriber_id,
+                unsubscribe_url=unsubscribe_url(self.settings, token),
+            )
+
+        report()
+        workers = [self._work(run, build, report) for _ in range(max(1, self.policy.connections))]
+        results = await asyncio.gather(*workers, return_exceptions=True)
+        try:
+            self._flush(run)
+            self._give_up_deferred(run)
+            if not self.stop.stopping:
+                self._confirm_refusals(run)  # no whole-server refusal: they were real bounces
+        finally:
+            await self.mailer.aclose()
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, SyndicateError):
+                raise result
+        error = self.stop.error
+        if isinstance(error, DeliveryError | TempFailError):
+            # The run stops here: the one error line also says how far this digest got.
+            error.message = f"{error.message.rstrip('.')}. {_so_far(run)}"
+        if error is not None:
+            raise error
+        return SendSummary(
+            digest=day.isoformat(),
+            sent=run.sent,
+            failed=run.failed,
+            skipped=skipped,
+            seconds=time.monotonic() - started,
+            bounced=run.bounced,
+            in_flight=run.in_doubt,
+        )
+
+    def _next(self, run: _Run) -> ledger.Recipient | None:
+        """The next owed recipient of the first pass, claiming a page at a time; None at its end."""
+        if not run.buffer and not run.exhausted:
+            size = PAGE_SIZE if run.remaining is None else min(PAGE_SIZE, run.remaining)
+            page = (
+                ledger.owed_page(
+                    self.db,
+                    day=run.day,
+                    after=run.after,
+                    limit=size,
+                    max_attempts=self.policy.max_attempts,
+                    confirmed_by=run.confirmed_by,
+                )
+                if size > 0
+                else []
+            )
+            if not page:
+                run.exhausted = True
+            else:
+                ledger.mark_sending(
+                    self.db,
+                    day=run.day,
+                    subscriber_ids=[r.subscriber_id for r in page],
+                    now=self.tick(),
+                )
+                run.after = page[-1].subscriber_id
+                if run.remaining is not None:
+                    run.remaining -= len(page)
+                run.buffer = page[::-1]
+        return run.buffer.pop() if run.buffer else None
+
+    async def _work(
+        self,
+        run: _Run,
+        build: Callable[[ledger.Recipient], bytes],
+        report: Callable[[], None],
+    ) -> None:
+        try:
+            while not self.stop.stopping:
+                recipient, tries = self._next(run), 0
+                if recipient is None:
+                    loop = asyncio.get_running_loop()
+                    if run.deadline is None:
+                        run.deadline = loop.time() + self.policy.retry_window
+                    if not run.deferred:
+                        return
+                    due, _, item = run.deferred[0]
+                    if due > run.deadline:
+                        return  # left to the next run
+                    if due > loop.time():
+                        await self.stop.sleep(due - loop.time())
+                        continue
+                    heapq.heappop(run.deferred)
+                    recipient, tries = item.recipient, item.tries
+                await self._deliver(run, recipient, tries, build(recipient))
+                report()
+        except BaseException as exc:
+            self.stop.by_error(exc)
+            raise
+
+    async def _deliver(
+        self, run: _Run, recipient: ledger.Recipient, tries: int, message: bytes
+    ) -> None:
+        """Send one message and carry out what its outcome means."""
+        reconnects, sent_before = 0, run.sent
+        while True:
+            await self.pacer.wait()
+            try:
+                await self.mailer.send(self.sender, [recipient.email], message)
+            except (RecipientRefusedError, TransientSendError) as exc:
+                action, reply = to_action(exc.outcome), exc.reply
+                failure: SyndicateError = exc
+            except DeliveryError as exc:  # the mailer's own setup errors (TLS, login, sender)
+                self.stop.by_error(exc)
+                return
+            else:
+                await self._record_sent(run, recipient.subscriber_id)
+                return
+            if action is Action.RECONNECT:
+                if run.sent != sent_before:  # the server took others meanwhile: start over
+                    reconnects, sent_before = 0, run.sent
+                reconnects += 1
+                if reconnects >= self.policy.attempts:
+                    self.stop.by_error(
+                        TempFailError(
+                            f"{failure.message} (after {reconnects} tries). "
+                            "The server stayed unavailable.",
+                            hint="Try again later; the next run sends to everyone not yet sent.",
+                        )
+                    )
+                    return
+                log.info("%s (try %d of %d)", failure.message, reconnects, self.policy.attempts)
+                await self.stop.sleep(_jitter(self.policy.backoff(reconnects)))
+                if self.stop.stopping:
+                    return
+                continue
+            break
+        subscriber_id = recipient.subscriber_id
+        if action is Action.DEFER:
+            log.info("%s (deferred)", failure.message)
+            loop = asyncio.get_running_loop()
+            due = loop.time() + _jitter(self.policy.backoff(tries + 1))
+            item = _Deferred(recipient, tries + 1, reply)
+            heapq.heappush(run.deferred, (due, next(run.order), item))
+        elif action is Action.IN_DOUBT:
+            log.warning("%s; the message may have been accepted: left for a later run", failure)
+            run.in_doubt += 1
+        elif action is Action.SETUP_STOP:
+            self.stop.by_error(failure)
+        else:
+            log.warning("%s", failure.message)
+            run.failed += 1
+            self._refused(run, subscriber_id, action, reply)
+
+    def _refused(self, run: _Run, subscriber_id: int, action: Action, reply: str) -> None:
+        """Record a permanent refusal; its bounce waits for proof the server takes mail at all."""
+        if run.sent:
+            self._settle(run, subscriber_id, action, reply)
+            return
+        # Until one message is accepted, every refusal may be the server's setup refusing all.
+        ledger.mark_failed(
+            self.db, day=run.day, subscriber_id=subscriber_id, reply=reply, now=self.tick()
+        )
+        run.pending.append((subscriber_id, action, reply))
+        if action is Action.COUNT_BOUNCE:
+            run.refused_unaccepted += 1
+            if run.refused_unaccepted >= self.policy.refuse_all_after:
+                self.stop.by_error(
+                    DeliveryError(
+                        f"mail server refused the first {run.refused_unaccepted} recipients "
+                        f"(last reply: {reply}). This is a setup problem (sender, relay "
+                        "permission, authentication), not bad addresses; the run stopped "
+                        "and bounced nobody.",
+                        hint="Check smtp.* and mail.from, then run `syndicate send` again.",
+                    )
+                )
+
+    def _settle(self, run: _Run, subscriber_id: int, action: Action, reply: str) -> None:
+        now = self.tick()
+        ledger.mark_refused(
+            self.db,
+            day=run.day,
+            subscriber_id=subscriber_id,
+            reply=reply,
+            max_attempts=self.policy.max_attempts,
+            now=now,
+        )
+        limit = 1 if action is Action.BOUNCE_NOW else self.policy.bounce_limit
+        if record_bounce(self.db, subscriber_id, limit=limit, now=now):
+            run.bounced += 1
+
+    def _confirm_refusals(self, run: _Run) -> None:
+        pending, run.pending = run.pending, []
+        for subscriber_id, action, reply in pending:
+            self._settle(run, subscriber_id, action, reply)
+
+    async def _record_sent(self, run: _Run, subscriber_id: int) -> None:
+        # Group commit: yield once so that every message accepted in this turn of the event
+        # loop is committed in one transaction. No connection starts its next message before
+        # the commit, so a crash still leaves at most one message per connection in doubt.
+        run.accepted.append(subscriber_id)
+        run.sent += 1
+        await asyncio.sleep(0)
+        self._flush(run)
+        if run.pending:
+            self._confirm_refusals(run)
+
+    def _flush(self, run: _Run) -> None:
+        if run.accepted:
+            batch, run.accepted = run.accepted, []
+            ledger.mark_sent_many(self.db, day=run.day, subscriber_ids=batch, now=self.tick())
+
+    def _give_up_deferred(self, run: _Run) -> None:
+        """Record the recipients still deferred as failed (temporarily): later runs retry them."""
+        deferred, run.deferred = run.deferred, []
+        for _due, _order, item in deferred:
+            ledger.mark_failed(
+                self.db,
+                day=run.day,
+                subscriber_id=item.recipient.subscriber_id,
+                reply=item.reply,
+                now=self.tick(),
+            )
+            run.failed += 1
+
+
+def _jitter(delay: float) -> float:
+    return delay + random.uniform(0, delay / 2)  # noqa: S311 - spreads retries, not a secret
+
+
+def _so_far(run: _Run) -> str:
+    line = f"Digest {run.day.isoformat()} so far: {run.sent} sent, {run.failed} failed"
+    if run.in_doubt:
+        line += f", {run.in_doubt} in flight (the next run sends them again)"
+    return line + "."
 
 
 async def send_digest(
@@ -100,217 +470,20 @@ async def send_digest(
     secret: bytes,
     day: date,
     now: datetime,
+    policy: SendPolicy | None = None,
     confirmed_by: datetime | None = None,
-    connections: int = 1,
     limit: int | None = None,
-    retries: int = 3,
-    retry_delay: float = 1.0,
-    rate: float = 0.0,
-    progress: Callable[[int, int], None] | None = None,
-    clock: Callable[[], datetime] | None = None,
+    stop: Stop | None = None,
 ) -> SendSummary:
-    """Deliver the digest of `day` to every confirmed subscriber the ledger says is owed it.
-
-    `templates` maps language to the built message (the site language's is the
-    fallback). Each page of recipients is committed as `sending` before any of
-    its messages goes; each accepted message is committed as `sent` at once;
-    a permanent refusal is committed as `failed` with the reply and counted
-    toward mail.bounce_limit. Transient failures are retried `retries` times
-    with exponential backoff and jitter, each on a fresh connection.
-
-    `confirmed_by` (an earlier day's digest: its creation time) leaves out
-    subscribers confirmed after it; None (today's digest) owes it to every
-    confirmed subscriber. `limit` caps the recipients claimed by this call.
-
-    Raises DeliveryError when the server refuses on policy or authentication
-    grounds, or refuses the first REFUSE_ALL_AFTER recipients (a setup
-    problem), and TempFailError when it stays unavailable. Rows not yet sent
-    stay `sending`/`failed` for the next run.
-    """
-    tick = clock or (lambda: datetime.now(UTC))
-    started = time.monotonic()
-    skipped = ledger.count_skipped(
-        db, day=day, max_attempts=MAX_ATTEMPTS, confirmed_by=confirmed_by
+    """Deliver the digest of `day` once, under `policy` (default: from the settings)."""
+    sender = DigestSender(
+        db=db,
+        mailer=mailer,
+        settings=settings,
+        secret=secret,
+        policy=policy or SendPolicy.from_settings(settings),
+        stop=stop,
     )
-    total = ledger.count_owed(db, day=day, max_attempts=MAX_ATTEMPTS, confirmed_by=confirmed_by)
-    if limit is not None:
-        total = min(total, limit)
-    fallback = templates.get(settings.site.language) or next(iter(templates.values()))
-    sender_address = envelope_sender(settings)
-    run = _Run()
-    pacer = _Pacer(rate)
-    queue: asyncio.Queue[ledger.Recipient | None] = asyncio.Queue(maxsize=PAGE_SIZE)
-    workers = max(1, connections)
-    issued = now
-
-    async def produce() -> None:
-        after, remaining = 0, total if limit is not None else None
-        while remaining is None or remaining > 0:
-            size = PAGE_SIZE if remaining is None else min(PAGE_SIZE, remaining)
-            page = ledger.owed_page(
-                db,
-                day=day,
-                after=after,
-                limit=size,
-                max_attempts=MAX_ATTEMPTS,
-                confirmed_by=confirmed_by,
-            )
-            if not page:
-                break
-            ledger.mark_sending(
-                db, day=day, subscriber_ids=[r.subscriber_id for r in page], now=tick()
-            )
-            for recipient in page:
-                await queue.put(recipient)
-            after = page[-1].subscriber_id
-            if remaining is not None:
-                remaining -= len(page)
-        for _ in range(workers):
-            await queue.put(None)
-
-    accepted: list[int] = []
-
-    async def record_sent(subscriber_id: int) -> None:
-        # Group commit: yield once so that every message accepted in this turn of the event
-        # loop is committed in one transaction. No connection starts its next message before
-        # the commit, so a crash still leaves at most one message per connection in doubt.
-        accepted.append(subscriber_id)
-        await asyncio.sleep(0)
-        if accepted:
-            batch = accepted[:]
-            accepted.clear()
-            ledger.mark_sent_many(db, day=day, subscriber_ids=batch, now=tick())
-
-    def report() -> None:
-        if progress is not None:
-            progress(run.sent + run.failed, total)
-
-    def bounce(subscriber_id: int) -> None:
-        if record_bounce(db, subscriber_id, limit=settings.mail.bounce_limit, now=tick()):
-            run.bounced += 1
-
-    async def deliver(recipient: ledger.Recipient) -> None:
-        template = templates.get(recipient.language, fallback)
-        token = make_token(
-            secret,
-            purpose="unsubscribe",
-            subscriber_id=recipient.subscriber_id,
-            nonce=recipient.token_nonce,
-            issued_at=issued,
-        )
-        message = fill_message(
-            template,
-            to=recipient.email,
-            subscriber_id=recipient.subscriber_id,
-            unsubscribe_url=unsubscribe_url(settings, token),
-        )
-        last: TransientSendError | None = None
-        for attempt in range(retries + 1):
-            if attempt:
-                delay = min(_BACKOFF_CAP, retry_delay * 2 ** (attempt - 1))
-                await asyncio.sleep(delay + random.uniform(0, delay))  # noqa: S311 - jitter
-            await pacer.wait()
-            try:
-                await mailer.send(sender_address, [recipient.email], message)
-            except TransientSendError as exc:
-                log.info("%s (attempt %d of %d)", exc, attempt + 1, retries + 1)
-                last = exc
-                continue
-            except RecipientRefusedError as exc:
-                log.warning("%s", exc)
-                ledger.mark_failed(
-                    db, day=day, subscriber_id=recipient.subscriber_id, reply=exc.reply, now=tick()
-                )
-                run.failed += 1
-                run.transient_streak = 0
-                if run.sent:
-                    bounce(recipient.subscriber_id)
-                else:
-                    run.deferred_bounces.append(recipient.subscriber_id)
-                    run.refused_before_first_sent += 1
-                    if run.refused_before_first_sent >= REFUSE_ALL_AFTER:
-                        raise DeliveryError(
-                            f"mail server refused the first {run.refused_before_first_sent} "
-                            f"recipients (last reply: {exc.reply}). This is a setup problem "
-                            "(sender, relay permission, authentication), not bad addresses; "
-                            "the run stopped.",
-                            hint="Check smtp.* and mail.from, then run `syndicate send` again.",
-                        ) from exc
-                report()
-                return
-            await record_sent(recipient.subscriber_id)
-            run.sent += 1
-            run.transient_streak = 0
-            if run.deferred_bounces:
-                deferred, run.deferred_bounces = run.deferred_bounces, []
-                for subscriber_id in deferred:
-                    bounce(subscriber_id)
-            report()
-            return
-        assert last is not None  # noqa: S101 - the loop ran at least once
-        if last.connection:
-            raise TempFailError(
-                f"{last} (after {retries + 1} tries). The server stayed unavailable.",
-                hint="Try again later; the next run sends to everyone not yet sent.",
-            ) from last
-        ledger.mark_failed(
-            db, day=day, subscriber_id=recipient.subscriber_id, reply=last.reply, now=tick()
-        )
-        run.failed += 1
-        run.transient_streak += 1
-        report()
-        if run.transient_streak >= TEMPFAIL_STREAK:
-            raise TempFailError(
-                f"mail server deferred {run.transient_streak} recipients in a row "
-                f"(last reply: {last.reply}).",
-                hint="Try again later; the next run retries them.",
-            ) from last
-
-    async def work() -> None:
-        while True:
-            recipient = await queue.get()
-            if recipient is None:
-                return
-            await deliver(recipient)
-
-    report()
-    try:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(produce())
-            for _ in range(workers):
-                group.create_task(work())
-    except BaseExceptionGroup as group_error:
-        raise _first_error(group_error) from None
-    finally:
-        if accepted:  # accepted messages of workers cancelled before their commit
-            ledger.mark_sent_many(db, day=day, subscriber_ids=accepted, now=tick())
-        await mailer.aclose()
-    # A run that ended normally had no whole-server refusal: the refusals were real bounces.
-    for subscriber_id in run.deferred_bounces:
-        bounce(subscriber_id)
-    return SendSummary(
-        digest=day.isoformat(),
-        sent=run.sent,
-        failed=run.failed,
-        skipped=skipped,
-        seconds=time.monotonic() - started,
-        bounced=run.bounced,
+    return await sender.send(
+        templates=templates, day=day, now=now, confirmed_by=confirmed_by, limit=limit
     )
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error to report from a failed TaskGroup: ours first, then anything else."""
-    flat: list[BaseException] = []
-
-    def walk(error: BaseException) -> None:
-        if isinstance(error, BaseExceptionGroup):
-            for inner in error.exceptions:
-                walk(inner)
-        else:
-            flat.append(error)
-
-    walk(group)
-    for error in flat:
-        if isinstance(error, DeliveryError | TempFailError):
-            return error
-    return flat[0]

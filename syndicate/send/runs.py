@@ -18,7 +18,7 @@ from pathlib import Path
 
 from syndicate.errors import LockedError, OutputError
 from syndicate.output import make_private_folder
-from syndicate.send.deliver import MAX_ATTEMPTS
+from syndicate.send.policy import MAX_ATTEMPTS
 from syndicate.store import Database, digests, ledger
 
 # The stage's logger: records keep the name they had before send became a package.

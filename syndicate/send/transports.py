@@ -28,15 +28,17 @@ from syndicate.config import Settings
 from syndicate.errors import ConfigError, DeliveryError, TempFailError
 from syndicate.mail import DkimKey
 from syndicate.output import write_atomic
+from syndicate.send.policy import Action, Outcome, Stage, to_action
 
 # The stage's logger: records keep the name they had before send became a package.
 log = logging.getLogger("syndicate.send")
 
-_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
-
 
 class Mailer(Protocol):
     """A transport: takes one message's bytes for its recipients, or raises."""
+
+    # Messages whose DATA has started and whose reply has not come yet.
+    in_flight: int
 
     async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> None: ...
 
@@ -44,21 +46,32 @@ class Mailer(Protocol):
 
 
 class RecipientRefusedError(DeliveryError):
-    """The server refused a recipient for good (5xx): recorded, counted as a bounce."""
+    """The server refused a recipient for good (5xx): recorded, never retried, a bounce."""
 
-    def __init__(self, recipient: str, code: int, reply: str) -> None:
-        super().__init__(f"{recipient}: the server refused the message: {code} {reply}")
-        self.code = code
-        self.reply = f"{code} {reply}"
+    def __init__(self, recipient: str, outcome: Outcome) -> None:
+        super().__init__(f"{recipient}: the server refused the message: {outcome.reply}")
+        self.outcome = outcome
+        self.code = outcome.code
+        self.reply = outcome.reply
 
 
 class TransientSendError(TempFailError):
     """A temporary failure (4xx, dropped connection, timeout): worth retrying."""
 
-    def __init__(self, message: str, *, reply: str, connection: bool) -> None:
+    def __init__(self, message: str, *, outcome: Outcome) -> None:
         super().__init__(message)
-        self.reply = reply
-        self.connection = connection  # the connection itself failed, not one recipient
+        self.outcome = outcome
+        self.reply = outcome.reply
+
+    @property
+    def connection(self) -> bool:
+        """The session could not be opened: the server, not one recipient, is the problem."""
+        return self.outcome.stage is Stage.SESSION
+
+    @property
+    def in_flight(self) -> bool:
+        """The DATA command had gone when the reply failed to come: maybe accepted."""
+        return self.outcome.in_flight
 
 
 _MESSAGE_ID = re.compile(rb"(?im)^Message-ID:\s*<([^>\r\n]+)>")
@@ -74,6 +87,7 @@ class OutboxMailer:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.in_flight = 0
 
     async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> None:
         found = _MESSAGE_ID.search(message[:4096])
@@ -150,6 +164,7 @@ def _handshake_error(exc: BaseException) -> ssl.SSLError | None:
 class _Connection:
     client: aiosmtplib.SMTP
     options: list[str]
+    sized: bool = False  # the server takes SIZE= (RFC 1870): it can refuse a big one at once
     used: int = 0
 
 
@@ -170,6 +185,7 @@ class SmtpMailer:
         username: str = "",
         password: str = "",
         timeout: float = 30.0,
+        data_timeout: float = 600.0,
         connections: int = 8,
         messages_per_connection: int = 100,
         tls_context: ssl.SSLContext | None = None,
@@ -177,9 +193,11 @@ class SmtpMailer:
         self.host, self.port, self.tls = host, port, tls
         self.username, self.password = username, password
         self.timeout = timeout
+        self.data_timeout = data_timeout
         self.connections = connections
         self.messages_per_connection = messages_per_connection
         self.tls_context = tls_context
+        self.in_flight = 0
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(connections)
         self.where = f"smtp {host}:{port}"
@@ -208,8 +226,7 @@ class SmtpMailer:
             if 400 <= exc.code < 500:
                 raise TransientSendError(
                     f"{self.where}: the server is busy: {exc.code} {exc.message}",
-                    reply=f"{exc.code} {exc.message}",
-                    connection=True,
+                    outcome=Outcome(Stage.SESSION, exc.code, f"{exc.code} {exc.message}"),
                 ) from exc
             raise DeliveryError(
                 f"{self.where}: the server refused the session: {exc.code} {exc.message}.",
@@ -236,8 +253,7 @@ class SmtpMailer:
                 ) from exc
             raise TransientSendError(
                 f"{self.where}: cannot connect: {exc}",
-                reply=str(exc),
-                connection=True,
+                outcome=Outcome(Stage.SESSION, 0, str(exc) or type(exc).__name__),
             ) from exc
         except aiosmtplib.SMTPException as exc:
             _close_quietly(client)
@@ -246,38 +262,45 @@ class SmtpMailer:
                 hint="Check smtp.tls (starttls, tls or none) against what the server offers.",
             ) from exc
         options = ["BODY=8BITMIME"] if client.supports_extension("8bitmime") else []
-        return _Connection(client, options)
+        return _Connection(client, options, sized=client.supports_extension("size"))
 
     async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> None:
-        """Send one message; raise RecipientRefusedError, TransientSendError or DeliveryError."""
+        """Send one message; raise RecipientRefusedError, TransientSendError or DeliveryError.
+
+        MAIL and RCPT wait `timeout` for their replies; the reply after the
+        message body waits `data_timeout` (RFC 5321 4.5.3.2.6), since giving up
+        earlier makes a copy the server may already have accepted.
+        """
         async with self._slots:
             conn = self._take_idle() or await self._open()
+            client = conn.client
             keep = False
+            stage = Stage.SENDER
             try:
-                await conn.client.sendmail(sender, recipients, message, mail_options=conn.options)
+                options = [*conn.options, f"SIZE={len(message)}"] if conn.sized else conn.options
+                await client.mail(sender, options=options, timeout=self.timeout)
+                stage = Stage.RECIPIENT
+                for recipient in recipients:
+                    await client.rcpt(recipient, timeout=self.timeout)
+                stage = Stage.DATA
+                self.in_flight += 1
+                try:
+                    await client.data(message, timeout=self.data_timeout)
+                finally:
+                    self.in_flight -= 1
                 keep = True
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                refusal = exc.recipients[0]
-                keep = refusal.code >= 500
-                raise _classify(
-                    self.where, refusal.recipient, refusal.code, refusal.message
-                ) from exc
-            except aiosmtplib.SMTPSenderRefused as exc:
-                if 400 <= exc.code < 500:
-                    raise _classify(self.where, sender, exc.code, exc.message) from exc
-                raise DeliveryError(
-                    f"{self.where}: the server refused the sender {sender!r}: "
-                    f"{exc.code} {exc.message}.",
-                    hint="Check mail.from: the server must accept it as a sender.",
-                ) from exc
             except aiosmtplib.SMTPResponseException as exc:
-                keep = exc.code >= 500 and exc.code != 554
-                raise _classify(self.where, ",".join(recipients), exc.code, exc.message) from exc
+                outcome = Outcome(stage, exc.code, f"{exc.code} {exc.message}")
+                # After a 5xx the session is still good: reset the envelope and reuse it.
+                keep = exc.code >= 500 and await _reset(client, self.timeout)
+                failed = ",".join(recipients) if stage is not Stage.SENDER else sender
+                raise _failure(self.where, failed, outcome) from exc
             except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+                # In DATA, silence may hide an accepted message: the caller must not resend it.
+                reason = str(exc) or type(exc).__name__
                 raise TransientSendError(
-                    f"{self.where}: the connection failed: {exc}",
-                    reply=str(exc) or type(exc).__name__,
-                    connection=True,
+                    f"{self.where}: the connection failed: {reason}",
+                    outcome=Outcome(stage, 0, reason, in_flight=stage is Stage.DATA),
                 ) from exc
             except aiosmtplib.SMTPException as exc:
                 raise DeliveryError(f"{self.where}: sending failed: {exc}.") from exc
@@ -286,9 +309,9 @@ class SmtpMailer:
                 if keep and conn.used < self.messages_per_connection:
                     self._idle.append(conn)
                 elif keep:
-                    await _quit(conn.client)
+                    await _quit(client)
                 else:
-                    _close_quietly(conn.client)
+                    _close_quietly(client)
 
     def _take_idle(self) -> _Connection | None:
         """An idle connection still open; servers close idle ones (RFC 5321: after minutes)."""
@@ -304,33 +327,35 @@ class SmtpMailer:
         await asyncio.gather(*(_quit(conn.client) for conn in idle))
 
 
-def _classify(where: str, recipient: str, code: int, message: str) -> DeliveryError | TempFailError:
-    enhanced = _ENHANCED.match(message)
-    if enhanced and enhanced.group(1) == "5" and enhanced.group(2) == "7":
+def _failure(where: str, recipient: str, outcome: Outcome) -> DeliveryError | TempFailError:
+    """The error for a refused message: what `to_action` makes of the reply picks the class."""
+    action = to_action(outcome)
+    if action is Action.SETUP_STOP and outcome.code in (530, 535, 538):
         return DeliveryError(
-            f"{where}: the server refused {recipient!r} on security or policy grounds: "
-            f"{code} {message}. This is a setup problem (relay permission, authentication, "
-            "sender reputation), not a bad address; the run stopped.",
-            hint="Check smtp.username, SYNDICATE_SMTP_PASSWORD and mail.from.",
-        )
-    if code in (530, 535, 538):
-        return DeliveryError(
-            f"{where}: the server asks for authentication: {code} {message}.",
+            f"{where}: the server asks for authentication: {outcome.reply}.",
             hint="Set smtp.username and SYNDICATE_SMTP_PASSWORD.",
         )
-    if code == 421:
-        return TransientSendError(
-            f"{where}: the server is closing the connection: {code} {message}",
-            reply=f"{code} {message}",
-            connection=True,
+    if action is Action.SETUP_STOP:
+        return DeliveryError(
+            f"{where}: the server refused the sender {recipient!r}: {outcome.reply}.",
+            hint="Check mail.from: the server must accept it as a sender.",
         )
-    if 400 <= code < 500:
+    if action in (Action.DEFER, Action.RECONNECT, Action.IN_DOUBT):
         return TransientSendError(
-            f"{where}: {recipient}: temporary failure: {code} {message}",
-            reply=f"{code} {message}",
-            connection=False,
+            f"{where}: {recipient}: temporary failure: {outcome.reply}", outcome=outcome
         )
-    return RecipientRefusedError(recipient, code, message)
+    return RecipientRefusedError(recipient, outcome)
+
+
+async def _reset(client: aiosmtplib.SMTP, timeout: float) -> bool:
+    """Reset the envelope after a refusal; False when the session is no longer usable."""
+    if not client.is_connected:
+        return False
+    try:
+        await client.rset(timeout=timeout)
+    except (aiosmtplib.SMTPException, OSError):
+        return False
+    return True
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:
@@ -376,6 +401,7 @@ def open_mailer(settings: Settings, *, folder: str) -> Mailer:
             username=smtp.username,
             password=smtp.password,
             timeout=smtp.timeout,
+            data_timeout=smtp.data_timeout,
             connections=smtp.connections,
             messages_per_connection=smtp.messages_per_connection,
         )

@@ -88,6 +88,12 @@ _MARK_FAILED = """
         updated_at = :now
     WHERE digest_day = :day AND subscriber_id = :id
 """
+# The server refused the recipient for good: failed, with no attempts left (never retried).
+_MARK_REFUSED = """
+    UPDATE deliveries SET status = 'failed', reply = :reply, updated_at = :now,
+        attempts = max(attempts + 1, :max_attempts)
+    WHERE digest_day = :day AND subscriber_id = :id
+"""
 # Counts per status for one day (stats, tests).
 _DAY_COUNTS = "SELECT status, count(*) FROM deliveries WHERE digest_day = ? GROUP BY status"
 # One row, for `inspect`-style checks and tests.
@@ -212,6 +218,24 @@ def mark_failed(db: Database, *, day: date, subscriber_id: int, reply: str, now:
     try:
         with db.transaction() as conn:
             conn.execute(_MARK_FAILED, params)
+    except sqlite3.Error as exc:
+        raise _fail(db, exc) from exc
+
+
+def mark_refused(
+    db: Database, *, day: date, subscriber_id: int, reply: str, max_attempts: int, now: datetime
+) -> None:
+    """Record a permanent refusal: `failed` with its attempts used up, so no run retries it."""
+    params = {
+        "day": day.isoformat(),
+        "id": subscriber_id,
+        "reply": reply[:1000],
+        "max_attempts": max_attempts,
+        "now": _iso(now),
+    }
+    try:
+        with db.transaction() as conn:
+            conn.execute(_MARK_REFUSED, params)
     except sqlite3.Error as exc:
         raise _fail(db, exc) from exc
 

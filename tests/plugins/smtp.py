@@ -1,8 +1,10 @@
 """A real SMTP server for tests: aiosmtpd on 127.0.0.1 at a free port, recording every message.
 
 The handler can be told per test to misbehave: refuse chosen recipients with any
-reply (550, 451, 5.7.1 ...), answer the first N DATA commands with a reply
-(421, 451 ...), drop the connection, or answer slowly.
+reply (550 5.1.1, 452 4.2.2, 550 5.7.1 ...), answer the first N DATA commands with a
+reply (421, 451 ...), drop the connection, or answer slowly after the message body
+(`delay`: the message is recorded only once the reply is due, as a slow real server would).
+Every RCPT is logged in order (`rcpt_log`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class SmtpRecorder:
     delay: float = 0.0  # seconds to wait before answering DATA
     data_attempts: int = 0
     connections: int = 0
+    rcpt_log: list[tuple[str, str]] = field(default_factory=list)  # (address, reply) in order
     lock: threading.Condition = field(default_factory=threading.Condition)
 
     def refuse(self, address: str, reply: str, *, times: int | None = None) -> None:
@@ -56,6 +59,11 @@ class SmtpRecorder:
     def recipients(self) -> list[str]:
         with self.lock:
             return [r for m in self.messages for r in m.recipients]
+
+    def wait_for_data(self, count: int, timeout: float = 30.0) -> bool:
+        """Block until at least `count` DATA commands have come (accepted or not)."""
+        with self.lock:
+            return self.lock.wait_for(lambda: self.data_attempts >= count, timeout)
 
     def wait_for(self, count: int, timeout: float = 30.0) -> bool:
         """Block until at least `count` messages were accepted."""
@@ -80,13 +88,16 @@ class SmtpRecorder:
                 if times is None or times > 0:
                     if times is not None:
                         rule[1] = times - 1
+                    self.rcpt_log.append((address, str(reply)))
                     return str(reply)
+            self.rcpt_log.append((address, "250 OK"))
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
             self.data_attempts += 1
+            self.lock.notify_all()
             drop = self.drop_next > 0
             if drop:
                 self.drop_next -= 1

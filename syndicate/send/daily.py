@@ -1,0 +1,289 @@
+"""Send: the daily job (today's digest, then the catch-up, then the report) and its preview.
+
+Today's digest goes out on its day whatever happened to earlier ones: the
+catch-up runs after it and never stops it. SIGINT and SIGTERM stop the job
+gracefully (no new message starts, messages in DATA finish and are recorded);
+a second SIGINT quits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import secrets
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from syndicate.config import Settings
+from syndicate.errors import InterruptError, TerminatedError
+from syndicate.mail import (
+    MessageTemplate,
+    envelope_sender,
+    fill_message,
+    sign_message,
+    unsubscribe_url,
+)
+from syndicate.model import DigestPlan
+from syndicate.send.deliver import DigestSender, SendSummary, Stop
+from syndicate.send.policy import MAX_ATTEMPTS, SendPolicy
+from syndicate.send.runs import read_earlier_digests
+from syndicate.send.transports import Mailer, open_mailer
+from syndicate.store import Database, ledger
+from syndicate.store.digests import close_digest
+from syndicate.tokens import NONCE_BYTES, make_token
+
+# The stage's logger: records keep the name they had before send became a package.
+log = logging.getLogger("syndicate.send")
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class DailyReport:
+    """What the daily job did: today's digest (None when there was nothing new) and the catch-up."""
+
+    today: SendSummary | None
+    earlier: tuple[SendSummary, ...]
+
+    @property
+    def failed(self) -> bool:
+        return any(s.failed for s in self.earlier) or bool(self.today and self.today.failed)
+
+
+def run_daily(
+    *,
+    db: Database,
+    settings: Settings,
+    secret: bytes,
+    now: datetime,
+    today: DigestPlan | None,
+    prepare: Callable[[DigestPlan], Mapping[str, MessageTemplate]],
+    load_stored: Callable[[date], DigestPlan | None],
+    limit: int | None = None,
+    progress: Callable[[], Progress | None] = lambda: None,
+    on_summary: Callable[[SendSummary], None] = lambda summary: None,
+    handle_signals: bool = True,
+) -> DailyReport:
+    """Send today's digest, then every earlier digest still owed to someone, oldest first.
+
+    `prepare` builds a digest's messages (and its web page); `load_stored`
+    loads an earlier day's stored digest. `limit` caps the recipients of the
+    whole job, today's first. Raises DeliveryError (exit 2) or TempFailError
+    (exit 75) when the server stops the job, and InterruptError (130) or
+    TerminatedError (143) after a signal, each once every started message
+    has finished and been recorded.
+    """
+    return asyncio.run(
+        _daily(
+            db=db,
+            settings=settings,
+            secret=secret,
+            now=now,
+            today=today,
+            prepare=prepare,
+            load_stored=load_stored,
+            limit=limit,
+            progress=progress,
+            on_summary=on_summary,
+            handle_signals=handle_signals,
+        )
+    )
+
+
+async def _daily(
+    *,
+    db: Database,
+    settings: Settings,
+    secret: bytes,
+    now: datetime,
+    today: DigestPlan | None,
+    prepare: Callable[[DigestPlan], Mapping[str, MessageTemplate]],
+    load_stored: Callable[[date], DigestPlan | None],
+    limit: int | None,
+    progress: Callable[[], Progress | None],
+    on_summary: Callable[[SendSummary], None],
+    handle_signals: bool,
+) -> DailyReport:
+    stop = Stop()
+    policy = SendPolicy.from_settings(settings)
+    mailers: list[Mailer] = []
+    if handle_signals:
+        _watch_signals(stop, mailers)
+    sent = in_flight = 0
+    budget = limit
+
+    async def deliver(plan: DigestPlan, confirmed_by: datetime | None) -> SendSummary:
+        nonlocal sent, in_flight, budget
+        mailer = open_mailer(settings, folder=plan.day.isoformat())
+        mailers[:] = [mailer]
+        sender = DigestSender(
+            db=db, mailer=mailer, settings=settings, secret=secret, policy=policy, stop=stop
+        )
+        summary = await sender.send(
+            templates=prepare(plan),
+            day=plan.day,
+            now=now,
+            confirmed_by=confirmed_by,
+            limit=budget,
+            progress=progress(),
+        )
+        sent += summary.sent
+        in_flight += summary.in_flight
+        if budget is not None:
+            budget -= summary.sent + summary.failed + summary.in_flight
+        on_summary(summary)
+        return summary
+
+    try:
+        first = await deliver(today, None) if today is not None else None
+        earlier: list[SendSummary] = []
+        # Earlier days after today's, oldest first: a day whose run failed, was killed or
+        # was cut short by --limit is finished by a later day's run.
+        for owed in read_earlier_digests(db, today=_today(settings, now), now=now):
+            if stop.stopping or budget == 0:
+                break
+            plan = load_stored(owed.day)
+            if plan is None:
+                log.warning(
+                    "digest %s: its articles are no longer stored, so it cannot be sent to "
+                    "the %d %s still owed it.",
+                    owed.day.isoformat(),
+                    owed.owed,
+                    "subscriber" if owed.owed == 1 else "subscribers",
+                )
+                close_digest(db, owed.day, now=now)
+                continue
+            earlier.append(await deliver(plan, owed.created_at))
+    finally:
+        if handle_signals:
+            _unwatch_signals()
+    if stop.signal is not None:
+        error = TerminatedError if stop.signal == signal.SIGTERM else InterruptError
+        raise error(
+            f"interrupted: {sent:,} sent, {in_flight:,} in flight; "
+            "run `syndicate send` again to finish."
+        )
+    return DailyReport(today=first, earlier=tuple(earlier))
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """What `send --dry-run` counts, or the address a `send --to` test copy went to."""
+
+    digest: str
+    articles: int
+    would_send: int = 0
+    skipped: int = 0
+    message_bytes: Mapping[str, int] = field(default_factory=dict)
+    test_copy: str | None = None
+
+
+def preview(
+    *,
+    db: Database,
+    settings: Settings,
+    plan: DigestPlan,
+    templates: Mapping[str, MessageTemplate],
+    secret: bytes,
+    now: datetime,
+    test_copy_to: str | None = None,
+    limit: int | None = None,
+) -> Preview:
+    """Count today's digest's recipients (no lock, no ledger row), or send one test copy.
+
+    A test copy is not recorded: it goes to `test_copy_to` through the
+    configured transport (the outbox folder `test/`), with a Message-ID of its own.
+    """
+    day = plan.day.isoformat()
+    if test_copy_to is not None:
+        template = templates[settings.site.language]
+        # Subscriber 0 never exists, so the copy's link acts on nobody.
+        token = make_token(
+            secret,
+            purpose="unsubscribe",
+            subscriber_id=0,
+            nonce=secrets.token_bytes(NONCE_BYTES),
+            issued_at=now,
+        )
+        message = _test_copy(
+            template, to=test_copy_to, day=plan.day, url=unsubscribe_url(settings, token)
+        )
+
+        async def deliver() -> None:
+            mailer = open_mailer(settings, folder="test")
+            try:
+                await mailer.send(envelope_sender(settings), [test_copy_to], message)
+            finally:
+                await mailer.aclose()
+
+        asyncio.run(deliver())
+        return Preview(digest=day, articles=len(plan.articles), test_copy=test_copy_to)
+    owed = ledger.count_owed(db, day=plan.day, max_attempts=MAX_ATTEMPTS)
+    return Preview(
+        digest=day,
+        articles=len(plan.articles),
+        would_send=min(owed, limit) if limit is not None else owed,
+        skipped=ledger.count_skipped(db, day=plan.day, max_attempts=MAX_ATTEMPTS),
+        message_bytes={lang: sum(len(c) for c in t.chunks) for lang, t in templates.items()},
+    )
+
+
+def _test_copy(template: MessageTemplate, *, to: str, day: date, url: str) -> bytes:
+    """One test copy, with a Message-ID of its own (`<day.test-RANDOM@domain>`).
+
+    Subscribers' Message-IDs are deterministic (`<day.id@domain>`); test copies
+    are not recorded, so each gets a random one: two copies must not look like
+    one message to a mail client or to the outbox folder.
+    """
+    message = fill_message(
+        dataclasses.replace(template, dkim=None), to=to, subscriber_id=0, unsubscribe_url=url
+    )
+    slot = f"\r\nMessage-ID: <{day.isoformat()}.0@".encode("ascii")
+    unique = f"\r\nMessage-ID: <{day.isoformat()}.test-{secrets.token_hex(8)}@".encode("ascii")
+    head_end = message.index(b"\r\n\r\n")
+    if message.find(slot, 0, head_end) < 0:  # pragma: no cover - mail.py puts it after To
+        raise AssertionError("the digest template has no Message-ID after To")
+    message = message.replace(slot, unique, 1)
+    if template.dkim is not None:  # sign what goes out, with its final Message-ID
+        message = sign_message(message, template.dkim)
+    return message
+
+
+def _today(settings: Settings, now: datetime) -> date:
+    return now.astimezone(settings.site.tz).date()
+
+
+def _watch_signals(stop: Stop, mailers: list[Mailer]) -> None:
+    """Turn SIGINT and SIGTERM into a graceful stop; a second SIGINT quits at once."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        waiting = sum(m.in_flight for m in mailers)
+        if stop.signal == signal.SIGINT and signum == signal.SIGINT:
+            log.error(
+                "interrupted again: quitting at once; %d in flight not recorded (the next run "
+                "sends them again).",
+                waiting,
+            )
+            logging.shutdown()
+            os._exit(128 + signum)
+        log.warning(
+            "stopping (%s): no new messages; waiting for %d in flight%s.",
+            signal.Signals(signum).name,
+            waiting,
+            " (Ctrl-C again to quit at once)" if signum == signal.SIGINT else "",
+        )
+        stop.by_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+def _unwatch_signals() -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(signum)

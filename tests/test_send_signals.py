@@ -1,0 +1,142 @@
+"""`syndicate send` stopped by SIGINT and SIGTERM: a real subprocess against a real aiosmtpd.
+
+No message the server may have accepted is cancelled, the lock is released, one line says
+what happened, and a later run finishes the job without losing or repeating anyone.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from syndicate.send import open_send_lock
+from syndicate.store import open_database
+from syndicate.store.subscribers import add_subscriber
+from tests.plugins.smtp import SmtpServer, run_smtp_server
+
+pytestmark = pytest.mark.slow
+
+SMTP_TIMEOUT = 5
+LINE = re.compile(
+    r"interrupted: [\d,]+ sent, \d+ in flight; run `syndicate send` again to finish\."
+)
+DUMP = """Thông xe cầu Sông Lam
+31/10/2024 09:15
+LGO - Sáng nay 31/10, tỉnh Lam Giang thông xe cầu Sông Lam.
+Cầu dài 680 m, rộng 21 m với bốn làn xe cơ giới.
+Hoài Nam
+"""
+
+
+def _project(folder: Path, server: SmtpServer, subscribers: int) -> list[str]:
+    (folder / "seeds").mkdir()
+    (folder / "seeds" / "day1.txt").write_text(DUMP, encoding="utf-8")
+    (folder / "syndicate.toml").write_text(
+        '[site]\nbase_url = "https://news.example.org/"\n'
+        '[mail]\ntransport = "smtp"\nfrom = "News <news@example.org>"\n'
+        'postal_address = "12 Trần Hưng Đạo"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {server.port}\ntls = "none"\n'
+        f"connections = 2\ntimeout = {SMTP_TIMEOUT}\n",
+        encoding="utf-8",
+    )
+    emails = [f"reader{i}@example.org" for i in range(subscribers)]
+    with open_database(folder / "syndicate.db") as db:
+        for email in emails:
+            add_subscriber(db, email, now=_now())
+    return emails
+
+
+def _now() -> datetime:
+    return datetime.now(UTC) - timedelta(days=1)  # confirmed before today's digest is made
+
+
+def _start(folder: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "syndicate", "-q", "send"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _lock_is_free(folder: Path) -> bool:
+    with open_send_lock(folder / "syndicate.db"):
+        return True
+
+
+def test_interrupts_at_random_points_stop_cleanly_and_a_final_run_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(20)
+    with run_smtp_server() as server:
+        server.handler.delay = 0.02  # each message takes a moment after its body
+        emails = _project(tmp_path, server, 300)
+        interrupted = 0
+        for _ in range(20):
+            before = len(server.handler.messages)
+            process = _start(tmp_path)
+            # A random point of the send loop: after 1 to 12 more accepted messages.
+            server.handler.wait_for(before + rng.randint(1, 12), timeout=60)
+            process.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            _out, err = process.communicate(timeout=SMTP_TIMEOUT + 5)
+            assert time.monotonic() - started < SMTP_TIMEOUT + 5
+            if process.returncode == 0:  # it finished before the signal came
+                break
+            assert process.returncode == 130, err
+            last = err.splitlines()[-1]
+            assert LINE.fullmatch(last), err
+            assert _lock_is_free(tmp_path)
+            interrupted += 1
+        assert interrupted >= 10
+        final = _start(tmp_path)
+        _out, err = final.communicate(timeout=120)
+        assert final.returncode == 0, err
+        got = Counter(r for m in server.handler.messages for r in m.recipients)
+        assert set(got) == set(emails)
+        assert max(got.values()) == 1, [e for e, n in got.items() if n > 1]
+
+
+def test_sigterm_stops_gracefully_with_exit_143_and_the_line(tmp_path: Path) -> None:
+    with run_smtp_server() as server:
+        server.handler.delay = 0.05
+        _project(tmp_path, server, 100)
+        process = _start(tmp_path)
+        server.handler.wait_for(5, timeout=60)
+        process.send_signal(signal.SIGTERM)
+        _out, err = process.communicate(timeout=SMTP_TIMEOUT + 5)
+        assert process.returncode == 143, err
+        sent = len(server.handler.messages)
+        assert err.splitlines()[-1] == (
+            f"interrupted: {sent:,} sent, 0 in flight; run `syndicate send` again to finish."
+        )
+        assert _lock_is_free(tmp_path)
+
+
+def test_a_second_ctrl_c_quits_at_once(tmp_path: Path) -> None:
+    with run_smtp_server() as server:
+        server.handler.delay = 30.0  # every message hangs after its body
+        _project(tmp_path, server, 4)
+        process = _start(tmp_path)
+        assert server.handler.wait_for_data(2, timeout=60)
+        process.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.communicate(timeout=1)  # the first waits for the messages in flight
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=5)
+        assert process.returncode == 130, err
+        assert "interrupted again: quitting at once; 2 in flight not recorded" in err
+        assert _lock_is_free(tmp_path)
