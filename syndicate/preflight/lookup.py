@@ -11,8 +11,6 @@ import ipaddress
 import time
 
 import dns.exception
-import dns.name
-import dns.rdatatype
 import dns.resolver
 
 from syndicate.errors import SyndicateError
