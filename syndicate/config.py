@@ -74,6 +74,7 @@ class MailSettings:
     secret: str = ""
     bounce_limit: int = 3
     mailto_unsubscribe: str = ""  # optional mailto: address added to List-Unsubscribe
+    bounce_address: str = ""  # envelope sender for bounces; empty = mail.from
 
     @property
     def sender(self) -> str:

@@ -9,7 +9,12 @@ import pytest
 
 from syndicate.config import Settings, load_settings
 
-pytest_plugins: list[str] = ["tests.plugins.web", "tests.plugins.articles", "tests.plugins.smtp"]
+pytest_plugins: list[str] = [
+    "tests.plugins.web",
+    "tests.plugins.articles",
+    "tests.plugins.smtp",
+    "tests.plugins.dns",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

@@ -27,6 +27,8 @@ ALLOWED: dict[str, set[str]] = {
     "publish": BASE | {"load", "feeds", "site", "store", "output"},
     "send": BASE | {"mail", "store", "output", "digest", "tokens", "site"},
     "web": BASE | {"store", "tokens", "mail", "send", "digest", "site", "output"},
+    # An edge like send: DNS and SMTP look-ups; reads the DKIM key as send does.
+    "preflight": BASE | {"send"},
 }
 # Stages that must stay pure: no database, SMTP, sockets or subprocesses.
 PURE = {"model", "text", "load", "feeds", "site", "digest", "tokens", "mail"}

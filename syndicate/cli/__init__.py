@@ -105,6 +105,7 @@ COMMAND_MODULES = {
     "build": "commands_build",
     "digest": "commands_digest",
     "inspect": "commands_inspect",
+    "preflight": "commands_preflight",
     "send": "commands_send",
     "serve": "commands_serve",
     "subscribers": "commands_subscribers",

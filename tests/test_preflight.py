@@ -1,0 +1,417 @@
+"""`syndicate preflight` against a real DNS server (dnslib) and a real SMTP server (aiosmtpd
+with STARTTLS from a throwaway CA and a login): each broken record fails exactly its check."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import ssl
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from syndicate.cli import cli
+from syndicate.preflight import BULK_PER_DAY, CHECKS, check_volume
+from syndicate.preflight.lookup import DnsClient, organisational_domain, parse_nameserver
+from syndicate.preflight.records import dkim_record_key, private_key_public_part
+from syndicate.preflight.spf import evaluate_spf
+from tests.plugins.dns import DnsServer, Zone
+from tests.plugins.smtp import run_smtp_server
+
+SEEDS = Path(__file__).resolve().parent.parent / "seeds"
+PASSWORD = "correct horse"
+
+
+def _pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+
+
+def _p(key: rsa.RSAPrivateKey) -> str:
+    import base64
+
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(der).decode("ascii")
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]:
+    """The DKIM key of the config, and another one."""
+    return (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    )
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def _good_zone(zone: Zone, key: rsa.RSAPrivateKey) -> None:
+    zone.txt("example.org", "v=spf1 include:_spf.example.org -all")
+    zone.txt("example.org", "google-site-verification=abc")  # not SPF: ignored
+    zone.txt("_spf.example.org", "v=spf1 mx a:mail.example.org ~all")
+    zone.mx("example.org", "mx.example.org")
+    zone.a("mx.example.org", "192.0.2.25")
+    zone.a("mail.example.org", "127.0.0.1")
+    zone.txt("s2024._domainkey.example.org", f"v=DKIM1; k=rsa; p={_p(key)}")
+    zone.txt("_dmarc.example.org", "v=DMARC1; p=quarantine; rua=mailto:dmarc@example.org")
+
+
+@dataclass
+class Setup:
+    project: Path
+    zone: Zone
+    dns: DnsServer
+    smtp_port: int
+    monkeypatch: pytest.MonkeyPatch
+
+    def run(self, *args: str) -> tuple[int, str, str]:
+        result = CliRunner().invoke(
+            cli, ["preflight", "--nameserver", self.dns.address, *args], catch_exceptions=False
+        )
+        return result.exit_code, result.stdout, result.stderr
+
+    def config(self, old: str, new: str) -> None:
+        path = self.project / "syndicate.toml"
+        text = path.read_text(encoding="utf-8")
+        assert old in text
+        path.write_text(text.replace(old, new), encoding="utf-8")
+
+    def failing(self) -> list[str]:
+        code, out, err = self.run("--json")
+        checks = json.loads(out)
+        assert [c["check"] for c in checks] == list(CHECKS)
+        failed = [c["check"] for c in checks if not c["ok"]]
+        assert code == (1 if failed else 0), (code, err)
+        return failed
+
+
+def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+    ok = isinstance(data, LoginPassword) and data == (b"news", PASSWORD.encode())
+    return AuthResult(success=ok)
+
+
+@pytest.fixture
+def setup(
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    dns_server: DnsServer,
+    keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
+    ca: trustme.CA,
+) -> Iterator[Setup]:
+    for seed in SEEDS.glob("*.txt"):
+        shutil.copy(seed, workdir / "seeds" / seed.name)
+    monkeypatch.chdir(workdir)
+    for name in ("SYNDICATE_CONFIG", "SYNDICATE_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    (workdir / "dkim.pem").write_bytes(_pem(keys[0]))
+    (workdir / "dkim.pem").chmod(0o600)  # a key others can read is refused
+    ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(workdir / "ca.pem"))
+    monkeypatch.setenv("SYNDICATE_SMTP_PASSWORD", PASSWORD)
+    _good_zone(dns_server.zone, keys[0])
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    with run_smtp_server(
+        tls_context=context, require_starttls=True, authenticator=_authenticate
+    ) as smtp:
+        (workdir / "syndicate.toml").write_text(
+            '[site]\nbase_url = "https://news.example.org/"\n'
+            '[mail]\ntransport = "smtp"\nfrom = "Tin mới <news@example.org>"\n'
+            'postal_address = "12 Trần Hưng Đạo, TP. Bến Lam"\n'
+            f'[smtp]\nhost = "127.0.0.1"\nport = {smtp.port}\ntls = "starttls"\n'
+            'username = "news"\n'
+            '[dkim]\ndomain = "example.org"\nselector = "s2024"\nkey_file = "dkim.pem"\n',
+            encoding="utf-8",
+        )
+        yield Setup(workdir, dns_server.zone, dns_server, smtp.port, monkeypatch)
+
+
+def test_a_good_setup_passes_every_check_with_one_line_each(setup: Setup) -> None:
+    code, out, err = setup.run()
+    assert (code, err) == (0, ""), out
+    lines = out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"✓ {name}" for name in CHECKS]
+    assert lines[0] == (
+        "✓ spf: example.org (mail.from) authorises smtp.host 127.0.0.1: "
+        "127.0.0.1 (a:mail.example.org in _spf.example.org)."
+    )
+    assert lines[1].startswith(
+        "✓ dkim: s2024._domainkey.example.org publishes the 2048-bit key of dkim.key_file; "
+    )
+    assert lines[2] == (
+        "✓ dmarc: _dmarc.example.org: policy p=quarantine, sp=quarantine, "
+        "reports to mailto:dmarc@example.org."
+    )
+    assert lines[3] == (
+        f"✓ smtp: 127.0.0.1:{setup.smtp_port} answered, STARTTLS with a trusted certificate, "
+        "accepted the login of 'news'."
+    )
+    assert lines[4].startswith("✓ message: one-click https List-Unsubscribe, postal address, ")
+    assert lines[5] == (
+        "✓ volume: 0 confirmed subscribers: under the 5,000 a day at which bulk-sender rules apply."
+    )
+
+
+def _no_spf(s: Setup) -> None:
+    s.zone.remove("example.org")
+    s.zone.mx("example.org", "mx.example.org")
+
+
+def _spf_elsewhere(s: Setup) -> None:
+    s.zone.remove("_spf.example.org")
+    s.zone.txt("_spf.example.org", "v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32 -all")
+
+
+def _spf_eleven_lookups(s: Setup) -> None:
+    s.zone.remove("example.org")
+    s.zone.txt("example.org", "v=spf1 include:l1.example.org -all")
+    for n in range(1, 12):
+        s.zone.txt(f"l{n}.example.org", f"v=spf1 include:l{n + 1}.example.org ~all")
+    s.zone.txt("l12.example.org", "v=spf1 ip4:127.0.0.1 -all")
+
+
+def _other_dkim_key(s: Setup, other: rsa.RSAPrivateKey) -> None:
+    s.zone.remove("s2024._domainkey.example.org")
+    s.zone.txt("s2024._domainkey.example.org", f"v=DKIM1; k=rsa; p={_p(other)}")
+
+
+def _no_dmarc(s: Setup) -> None:
+    s.zone.remove("_dmarc.example.org")
+
+
+def _bad_dmarc(s: Setup) -> None:
+    s.zone.remove("_dmarc.example.org")
+    s.zone.txt("_dmarc.example.org", "v=DMARC1; p=maybe")
+
+
+def _wrong_password(s: Setup) -> None:
+    s.monkeypatch.setenv("SYNDICATE_SMTP_PASSWORD", "wrong")
+
+
+def _untrusted_certificate(s: Setup) -> None:
+    s.monkeypatch.setenv("SSL_CERT_FILE", str(s.project / "nobody-trusts-this.pem"))
+
+
+def _no_postal_address(s: Setup) -> None:
+    s.config('postal_address = "12 Trần Hưng Đạo, TP. Bến Lam"\n', "")
+
+
+def _http_base_url(s: Setup) -> None:
+    s.config('base_url = "https://news', 'base_url = "http://news')
+
+
+BREAKS: dict[str, tuple[str, Callable[..., None]]] = {
+    "no SPF record": ("spf", _no_spf),
+    "SPF does not list the server": ("spf", _spf_elsewhere),
+    "SPF needs 11 look-ups": ("spf", _spf_eleven_lookups),
+    "DKIM record holds another key": ("dkim", _other_dkim_key),
+    "no DMARC record": ("dmarc", _no_dmarc),
+    "DMARC record without a policy": ("dmarc", _bad_dmarc),
+    "wrong SMTP password": ("smtp", _wrong_password),
+    "untrusted certificate": ("smtp", _untrusted_certificate),
+    "no postal address": ("message", _no_postal_address),
+    "unsubscribe link over http": ("message", _http_base_url),
+}
+
+
+@pytest.mark.parametrize("case", list(BREAKS))
+def test_each_broken_part_fails_exactly_its_check(
+    setup: Setup, case: str, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]
+) -> None:
+    assert setup.failing() == []
+    check, breaks = BREAKS[case]
+    if breaks is _other_dkim_key:
+        breaks(setup, keys[1])
+    else:
+        breaks(setup)
+    assert setup.failing() == [check]
+
+
+def test_failing_lines_say_what_to_fix(
+    setup: Setup, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]
+) -> None:
+    _spf_elsewhere(setup)
+    _no_dmarc(setup)
+    _other_dkim_key(setup, keys[1])
+    code, out, err = setup.run()
+    assert (code, err) == (1, "")
+    lines = out.splitlines()
+    assert lines[0] == (
+        "✗ spf: example.org (mail.from) does not authorise 127.0.0.1 (smtp.host 127.0.0.1): "
+        "fail by -all in example.org. Add ip4:127.0.0.1 (or include: your provider's SPF) "
+        "before the all term of example.org's record."
+    )
+    assert lines[1] == (
+        "✗ dkim: the key published at s2024._domainkey.example.org is not the public half of "
+        f'dkim.key_file. Publish TXT "v=DKIM1; k=rsa; p={_p(keys[0])}" at '
+        "s2024._domainkey.example.org."
+    )
+    assert lines[2] == (
+        '✗ dmarc: no DMARC record at _dmarc.example.org. Publish TXT "v=DMARC1; p=none; '
+        'rua=mailto:dmarc@example.org" at _dmarc.example.org, then tighten p= once reports '
+        "are clean."
+    )
+
+
+def test_the_envelope_domain_is_the_bounce_address_when_set(setup: Setup) -> None:
+    setup.config("[smtp]", '\nbounce_address = "bounces@bounce.example.net"\n[smtp]')
+    setup.zone.txt("bounce.example.net", "v=spf1 ip4:127.0.0.0/8 -all")
+    code, out, _err = setup.run()
+    assert code == 0
+    assert out.splitlines()[0] == (
+        "✓ spf: bounce.example.net (mail.bounce_address) authorises smtp.host 127.0.0.1: "
+        "127.0.0.1 (ip4:127.0.0.0/8 in bounce.example.net)."
+    )
+
+
+def test_dkim_off_and_the_outbox_transport_fail_with_the_reason(setup: Setup) -> None:
+    setup.config('[dkim]\ndomain = "example.org"', '[dkim]\ndomain = ""')
+    setup.config('transport = "smtp"', 'transport = "outbox"')
+    code, out, _err = setup.run("--json")
+    checks = {c["check"]: c for c in json.loads(out)}
+    assert code == 1
+    assert checks["dkim"] == {
+        "check": "dkim",
+        "ok": False,
+        "detail": "signing is off (dkim.domain is empty). Make a key, publish it and set "
+        "dkim.domain, dkim.selector and dkim.key_file; see README, Preflight.",
+    }
+    assert checks["smtp"]["ok"] is False
+    assert checks["smtp"]["detail"].startswith("mail.transport is 'outbox': ")
+
+
+def test_a_nameserver_that_never_answers_fails_the_dns_checks_without_a_traceback(
+    setup: Setup, silent_nameserver: str
+) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["preflight", "--nameserver", silent_nameserver, "--timeout", "0.5", "--json"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 1
+    checks = {c["check"]: c for c in json.loads(result.stdout)}
+    for name in ("spf", "dkim", "dmarc"):
+        assert checks[name]["ok"] is False
+        assert "timed out" in checks[name]["detail"], checks[name]
+    assert checks["smtp"]["ok"] is True  # smtp.host is an address: no DNS needed
+
+
+def test_a_server_failure_is_a_failing_line(setup: Setup) -> None:
+    setup.zone.fail("_dmarc.example.org")
+    code, out, _err = setup.run()
+    assert code == 1
+    assert out.splitlines()[2] == (
+        "✗ dmarc: DNS look-up of TXT _dmarc.example.org failed (SERVFAIL)."
+    )
+
+
+@pytest.mark.parametrize("value", ["dns.example.org", "127.0.0.1:99999", "[::1]x"])
+def test_a_bad_nameserver_is_a_usage_error(setup: Setup, value: str) -> None:
+    result = CliRunner().invoke(cli, ["preflight", "--nameserver", value])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: --nameserver {value!r}: ")
+    assert result.stdout == ""
+
+
+# The parts, on their own ------------------------------------------------------------------
+
+
+def _spf(server: DnsServer, ip: str, domain: str = "example.org") -> tuple[str, str, int]:
+    client = DnsClient(nameserver=(server.host, server.port), timeout=5)
+    result = evaluate_spf(
+        client, ip=ipaddress.ip_address(ip), domain=domain, sender=f"news@{domain}"
+    )
+    return result.result, result.reason, result.lookups
+
+
+def test_spf_redirect_mx_cidr_and_qualifiers(dns_server: DnsServer) -> None:
+    zone = dns_server.zone
+    zone.txt("example.org", "v=spf1 ?ip4:198.51.100.7 redirect=_spf.example.net")
+    zone.txt("_spf.example.net", "v=spf1 mx:example.net/24 a//64 ip6:2001:db8:1::/48 ~all")
+    zone.mx("example.net", "mx1.example.net")
+    zone.a("mx1.example.net", "203.0.113.10")
+    zone.a("_spf.example.net", "2001:db8:5::1")
+    assert _spf(dns_server, "203.0.113.99") == ("pass", "mx:example.net/24 in _spf.example.net", 2)
+    assert _spf(dns_server, "2001:db8:5::ffff")[:2] == ("pass", "a//64 in _spf.example.net")
+    assert _spf(dns_server, "2001:db8:1:2::3")[0] == "pass"
+    assert _spf(dns_server, "198.51.100.7")[:2] == ("neutral", "?ip4:198.51.100.7 in example.org")
+    assert _spf(dns_server, "192.0.2.1")[:2] == ("softfail", "~all in _spf.example.net")
+
+
+def test_spf_macros_exists_and_the_void_lookup_limit(dns_server: DnsServer) -> None:
+    zone = dns_server.zone
+    zone.txt("example.org", "v=spf1 exists:%{ir}.%{v}._spf.%{d} -all")
+    zone.a("1.2.0.192.in-addr._spf.example.org", "127.0.0.2")
+    assert _spf(dns_server, "192.0.2.1")[0] == "pass"
+    assert _spf(dns_server, "192.0.2.2")[0] == "fail"
+    zone.txt("voids.example", "v=spf1 a:n1.voids.example a:n2.voids.example a:n3.voids.example")
+    result, reason, _ = _spf(dns_server, "192.0.2.2", "voids.example")
+    assert (result, reason) == (
+        "permerror",
+        "more than 2 look-ups found nothing (last: n3.voids.example)",
+    )
+
+
+def test_spf_two_records_and_syntax_errors_are_permerrors(dns_server: DnsServer) -> None:
+    dns_server.zone.txt("two.example", "v=spf1 -all")
+    dns_server.zone.txt("two.example", "v=spf1 +all")
+    dns_server.zone.txt("bad.example", "v=spf1 ip4:not-an-address -all")
+    assert _spf(dns_server, "192.0.2.1", "two.example")[:2] == (
+        "permerror",
+        "two.example has 2 SPF records; RFC 7208 allows one",
+    )
+    assert _spf(dns_server, "192.0.2.1", "bad.example")[0] == "permerror"
+    assert _spf(dns_server, "192.0.2.1", "nothing.example")[0] == "none"
+
+
+def test_dkim_public_key_der_is_what_openssl_publishes(
+    keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
+) -> None:
+    ours = private_key_public_part(_pem(keys[0]))
+    assert ours.to_p() == _p(keys[0])
+    assert dkim_record_key(f"v=DKIM1; k=rsa; p={_p(keys[0])}") == ours
+    pkcs8 = keys[0].private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    assert private_key_public_part(pkcs8) == ours
+
+
+def test_organisational_domain_by_the_suffix_rule() -> None:
+    assert organisational_domain("news.example.org") == "example.org"
+    assert organisational_domain("tin.baoquangtri.com.vn") == "baoquangtri.com.vn"
+    assert organisational_domain("baoquangtri.vn") == "baoquangtri.vn"
+
+
+def test_nameserver_forms() -> None:
+    assert parse_nameserver("127.0.0.1") == ("127.0.0.1", 53)
+    assert parse_nameserver("127.0.0.1:5353") == ("127.0.0.1", 5353)
+    assert parse_nameserver("[::1]:5353") == ("::1", 5353)
+    assert parse_nameserver("::1") == ("::1", 53)
+
+
+def test_volume_says_when_bulk_sender_rules_apply() -> None:
+    assert check_volume(1).detail == (
+        "1 confirmed subscriber: under the 5,000 a day at which bulk-sender rules apply."
+    )
+    big = check_volume(BULK_PER_DAY)
+    assert big.ok is True
+    assert big.detail.startswith("5,000 confirmed subscribers: at or above 5,000 a day, so ")
