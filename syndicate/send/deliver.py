@@ -18,7 +18,13 @@ from datetime import UTC, date, datetime
 
 from syndicate.config import Settings
 from syndicate.errors import DeliveryError, TempFailError
-from syndicate.mail import MessageTemplate, envelope_sender, fill_message, unsubscribe_url
+from syndicate.mail import (
+    MessageTemplate,
+    envelope_sender,
+    fill_message,
+    return_path,
+    unsubscribe_url,
+)
 from syndicate.send.transports import Mailer, RecipientRefusedError, TransientSendError
 from syndicate.store import Database, ledger
 from syndicate.store.subscribers import record_bounce
@@ -136,7 +142,7 @@ async def send_digest(
     if limit is not None:
         total = min(total, limit)
     fallback = templates.get(settings.site.language) or next(iter(templates.values()))
-    sender_address = envelope_sender(settings)
+    envelope_sender(settings)  # checks mail.from before the first message
     run = _Run()
     pacer = _Pacer(rate)
     queue: asyncio.Queue[ledger.Recipient | None] = asyncio.Queue(maxsize=PAGE_SIZE)
@@ -204,6 +210,14 @@ async def send_digest(
             subscriber_id=recipient.subscriber_id,
             unsubscribe_url=unsubscribe_url(settings, token),
         )
+        # MAIL FROM per recipient: a VERP address when mail.bounce_address is set.
+        sender = return_path(
+            settings,
+            secret=secret,
+            subscriber_id=recipient.subscriber_id,
+            nonce=recipient.token_nonce,
+            day=day,
+        )
         last: TransientSendError | None = None
         for attempt in range(retries + 1):
             if attempt:
@@ -211,7 +225,7 @@ async def send_digest(
                 await asyncio.sleep(delay + random.uniform(0, delay))  # noqa: S311 - jitter
             await pacer.wait()
             try:
-                await mailer.send(sender_address, [recipient.email], message)
+                await mailer.send(sender, [recipient.email], message)
             except TransientSendError as exc:
                 log.info("%s (attempt %d of %d)", exc, attempt + 1, retries + 1)
                 last = exc
