@@ -27,6 +27,8 @@ ALLOWED: dict[str, set[str]] = {
     "build": BASE | {"load", "feeds", "site", "store", "output"},
     "send": BASE | {"mail", "store", "output", "digest", "tokens", "site"},
     "web": BASE | {"store", "tokens", "mail", "send", "digest", "site", "output"},
+    # Bounce and complaint mail: parsed (pure), then applied through the store.
+    "bounces": BASE | {"tokens", "mail", "store"},
 }
 # Stages that must stay pure: no database, SMTP, sockets or subprocesses.
 PURE = {"model", "text", "load", "feeds", "site", "digest", "tokens", "mail"}
