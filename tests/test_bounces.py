@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from syndicate.bounces.parse import Kind, ReportFormatError, parse_report
-from syndicate.cli import cli
+from syndicate.cli import AppContext, cli
 from syndicate.config import load_settings
 from syndicate.model import SubscriptionStatus
 from syndicate.store import Database, open_database
@@ -86,6 +86,7 @@ def project(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(workdir)
     monkeypatch.delenv("SYNDICATE_CONFIG", raising=False)
     monkeypatch.delenv("SYNDICATE_SECRET", raising=False)
+    monkeypatch.setattr(AppContext, "now", lambda self: NOW.timestamp())
     (workdir / "syndicate.toml").write_text(
         f'[mail]\nbounce_address = "{BOUNCE_ADDRESS}"\nbounce_limit = 2\n', encoding="utf-8"
     )
@@ -350,3 +351,29 @@ def test_a_version_4_database_keeps_ids_nonces_and_its_sequence_through_the_boun
         with pytest.raises(sqlite3.IntegrityError):
             db.conn.execute("UPDATE subscribers SET status = 'nonsense' WHERE id = 1")
         db.conn.execute("UPDATE subscribers SET status = 'complained' WHERE id = 1")
+
+
+def test_stats_show_rates_for_30_days_and_the_last_digest(project: Path) -> None:
+    _run("bounces", str(BOUNCES / "gmail-hard.eml"), str(BOUNCES / "microsoft-arf.eml"))
+    code, out, _ = _run("subscribers", "stats")
+    assert code == 0
+    assert out.splitlines()[-2:] == [
+        "last 30 days: 7 sent, 1 hard bounce (14.29%, keep under 2%), 1 complaint (14.29%, "
+        "keep under 0.3%, better under 0.1%)",
+        "last digest 2024-11-01: 7 sent, 1 hard bounce (14.29%, keep under 2%), 1 complaint "
+        "(14.29%, keep under 0.3%, better under 0.1%)",
+    ]
+    rates = json.loads(_run("subscribers", "stats", "--json")[1])["rates"]
+    assert rates["last_digest"] == {
+        "day": "2024-11-01",
+        "sent": 7,
+        "hard_bounces": 1,
+        "complaints": 1,
+        "bounce_rate": 0.142857,
+        "complaint_rate": 0.142857,
+    }
+    assert rates["limits"] == {
+        "bounce_rate": 0.02,
+        "complaint_rate": 0.003,
+        "complaint_rate_target": 0.001,
+    }
