@@ -46,8 +46,8 @@ from syndicate.send import (
     send_digest,
 )
 from syndicate.store import Database, ledger
-from syndicate.store.digests import close_digest
 from syndicate.store.bounces import complaint_warning, recent_rates
+from syndicate.store.digests import close_digest
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import (
     confirmed_languages,
