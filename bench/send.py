@@ -13,6 +13,7 @@ and render), ours as a share of the floor, CPU ms per message and peak memory (R
 
     python bench/send.py                      # 10k and 100k, every sink found
     python bench/send.py --sizes 10000 --sinks aiosmtpd
+    python bench/send.py --bounce-address bounces@news.example.org   # VERP: MAIL FROM per message
 """
 
 from __future__ import annotations
@@ -153,7 +154,9 @@ DUMP = (
 )
 
 
-def make_project(folder: Path, *, subscribers: int, articles: int, port: int, conns: int) -> None:
+def make_project(
+    folder: Path, *, subscribers: int, articles: int, port: int, conns: int, bounce: str = ""
+) -> None:
     seeds = folder / "seeds"
     seeds.mkdir(parents=True)
     for i in range(articles):
@@ -165,7 +168,7 @@ def make_project(folder: Path, *, subscribers: int, articles: int, port: int, co
             day=i + 1,
         )
         (seeds / f"{i:03d}.txt").write_text(text, encoding="utf-8")
-    write_config(folder, port=port, conns=conns)
+    write_config(folder, port=port, conns=conns, bounce=bounce)
     sys.path.insert(0, str(ROOT))
     from syndicate.store import open_database
 
@@ -189,10 +192,11 @@ def make_project(folder: Path, *, subscribers: int, articles: int, port: int, co
         )
 
 
-def write_config(folder: Path, *, port: int, conns: int) -> None:
+def write_config(folder: Path, *, port: int, conns: int, bounce: str = "") -> None:
     (folder / "syndicate.toml").write_text(
         '[site]\nbase_url = "https://news.example.org/"\n'
         f'[mail]\ntransport = "smtp"\nfrom = "Tin mới <{SENDER}>"\n'
+        f'bounce_address = "{bounce}"\n'
         f'[smtp]\nhost = "127.0.0.1"\nport = {port}\ntls = "none"\nconnections = {conns}\n'
         "messages_per_connection = 100\n[digest]\nmax_articles = 10\n",
         encoding="utf-8",
@@ -255,18 +259,20 @@ def run_floor_child(
 
 
 def bench_size(
-    size: int, sinks: list[str], *, conns: int, articles: int, repeat: int
+    size: int, sinks: list[str], *, conns: int, articles: int, repeat: int, bounce: str = ""
 ) -> list[dict[str, object]]:
     results = []
     with tempfile.TemporaryDirectory(prefix=f"bench-send-{size}-") as tmp:
         folder = Path(tmp)
-        make_project(folder, subscribers=size, articles=articles, port=0, conns=conns)
+        make_project(
+            folder, subscribers=size, articles=articles, port=0, conns=conns, bounce=bounce
+        )
         saved = folder / "message.eml"
         env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
         env["SYNDICATE_SECRET"] = "bench-secret"  # noqa: S105 - a throwaway benchmark key
         for sink_kind in sinks:
             port = free_port()
-            write_config(folder, port=port, conns=conns)
+            write_config(folder, port=port, conns=conns, bounce=bounce)
             reset_ledger(folder)
             sink = start_sink(sink_kind, port, saved)
             try:
@@ -287,6 +293,7 @@ def bench_size(
                 "subscribers": size,
                 "sink": sink_kind,
                 "connections": conns,
+                "bounce_address": bounce,
                 "message_bytes": saved.stat().st_size,
                 "ours_msgs_per_s": round(size / ours.seconds, 1),
                 "ours_end_to_end_msgs_per_s": round(size / ours.wall, 1),
@@ -310,6 +317,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--articles", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=2, help="best of N runs of each side")
+    parser.add_argument(
+        "--bounce-address", default="", help="mail.bounce_address (VERP envelope per message)"
+    )
     parser.add_argument("--sink-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--save", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--floor", type=int, help=argparse.SUPPRESS)
@@ -334,7 +344,12 @@ def main() -> None:
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
         rows += bench_size(
-            size, sinks, conns=args.connections, articles=args.articles, repeat=args.repeat
+            size,
+            sinks,
+            conns=args.connections,
+            articles=args.articles,
+            repeat=args.repeat,
+            bounce=args.bounce_address,
         )
     by_sink: dict[str, dict[int, float]] = {}
     for row in rows:

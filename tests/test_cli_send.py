@@ -601,3 +601,20 @@ def test_send_over_smtp_with_tls_verifies_the_certificate(
         code, _out, err = _run("send")
         assert (code, err) == (0, "")
         assert handler.recipients() == ["an@example.org"]
+
+
+def test_send_warns_in_one_line_when_complaints_pass_three_in_a_thousand(project: Path) -> None:
+    _subscribe("an@example.org", "bob@example.org")
+    assert _run("send")[0] == 0
+    # One complaint about the digest just sent to two: 50%.
+    arf = (Path(__file__).parent / "data" / "bounces" / "microsoft-arf.eml").read_bytes()
+    arf = arf.replace(b"complainer@outlook.example", b"bob@example.org")
+    result = CliRunner().invoke(cli, ["bounces", "-"], input=arf, catch_exceptions=False)
+    assert result.stdout == "bounces: 0 hard, 0 soft, 1 complaint, 0 ignored, 0 unreadable\n"
+    code, _, err = _run("send")
+    assert code == 0
+    assert err == (
+        "warning: spam complaints over the last 30 days are 50.00% of 2 messages sent, above "
+        "the 0.3% mailbox providers allow (keep it under 0.1%). Check who is on the list and "
+        "how they signed up.\n"
+    )
