@@ -377,3 +377,34 @@ def test_stats_show_rates_for_30_days_and_the_last_digest(project: Path) -> None
         "complaint_rate": 0.003,
         "complaint_rate_target": 0.001,
     }
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            "bounces+x@news.example.org",
+            "Error: config key mail.bounce_address has value 'bounces+x@news.example.org'; its "
+            "local part may not hold '+' (the VERP delimiter). Use an address like "
+            "'bounces@news.example.org'.\n",
+        ),
+        (
+            "b" * 30 + "@news.example.org",
+            "Error: config key mail.bounce_address has value "
+            f"'{'b' * 30}@news.example.org'; its local part is too long for a VERP address "
+            "(at most 29 characters). Use a shorter one like 'bounces'.\n",
+        ),
+        (
+            "bounces",
+            "Error: config key mail.bounce_address has value 'bounces'; expected a plain "
+            "address like 'bounces@news.example.org'.\n",
+        ),
+    ],
+)
+def test_a_bad_bounce_address_is_a_config_error(project: Path, value: str, message: str) -> None:
+    (project / "syndicate.toml").write_text(f'[mail]\nbounce_address = "{value}"\n')
+    assert _run("bounces", str(BOUNCES / "gmail-hard.eml")) == (2, "", message)
+    # 29 characters is the longest local part that keeps the VERP one within 64 octets.
+    verp_ok = "b" * 29 + "@news.example.org"
+    (project / "syndicate.toml").write_text(f'[mail]\nbounce_address = "{verp_ok}"\n')
+    assert _run("bounces", str(BOUNCES / "gmail-hard.eml"))[0] == 0
