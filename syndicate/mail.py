@@ -18,10 +18,11 @@ from email import policy
 from email.header import Header
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, getaddresses, parseaddr
+from functools import lru_cache
 from typing import Protocol
 from urllib.parse import quote, urlsplit
 
-from syndicate.config import Settings, base_url
+from syndicate.config import MailSettings, Settings, base_url
 from syndicate.errors import ConfigError
 from syndicate.text import header_safe
 from syndicate.tokens import RETURN_TOKEN_LENGTH, make_return_token
@@ -164,6 +165,13 @@ def bounce_address(settings: Settings) -> tuple[str, str] | None:
     return local, domain.lower()
 
 
+@lru_cache(maxsize=8)
+def _return_parts(mail: MailSettings) -> tuple[str, tuple[str, str] | None]:
+    # Called per message: the checked addresses are worked out once per mail settings.
+    settings = Settings(mail=mail)
+    return envelope_sender(settings), bounce_address(settings)
+
+
 def return_path(
     settings: Settings, *, secret: bytes, subscriber_id: int, nonce: bytes, day: date
 ) -> str:
@@ -173,9 +181,9 @@ def return_path(
     the token naming the subscriber and the digest day
     (tokens.make_return_token); else mail.from's address, as for every message.
     """
-    parts = bounce_address(settings)
+    sender, parts = _return_parts(settings.mail)
     if parts is None:
-        return envelope_sender(settings)
+        return sender
     token = make_return_token(secret, subscriber_id=subscriber_id, nonce=nonce, day=day)
     return f"{parts[0]}+{token}@{parts[1]}"
 
