@@ -13,6 +13,7 @@ and render), ours as a share of the floor, CPU ms per message and peak memory (R
 
     python bench/send.py                      # 10k and 100k, every sink found
     python bench/send.py --sizes 10000 --sinks aiosmtpd
+    python bench/send.py --bounce-address bounces@news.example.org   # VERP: MAIL FROM per message
     python bench/send.py --sizes 2000 --deferred 20 --retry-window 5   # 20% answer 451
 
 With --deferred PCT the aiosmtpd sink answers `451 4.7.1` to that share of the
@@ -170,7 +171,9 @@ DUMP = (
 )
 
 
-def make_project(folder: Path, *, subscribers: int, articles: int, port: int, conns: int) -> None:
+def make_project(
+    folder: Path, *, subscribers: int, articles: int, port: int, conns: int, bounce: str = ""
+) -> None:
     seeds = folder / "seeds"
     seeds.mkdir(parents=True)
     for i in range(articles):
@@ -182,7 +185,7 @@ def make_project(folder: Path, *, subscribers: int, articles: int, port: int, co
             day=i + 1,
         )
         (seeds / f"{i:03d}.txt").write_text(text, encoding="utf-8")
-    write_config(folder, port=port, conns=conns)
+    write_config(folder, port=port, conns=conns, bounce=bounce)
     sys.path.insert(0, str(ROOT))
     from syndicate.store import open_database
 
@@ -206,11 +209,14 @@ def make_project(folder: Path, *, subscribers: int, articles: int, port: int, co
         )
 
 
-def write_config(folder: Path, *, port: int, conns: int, retry_window: float | None = None) -> None:
+def write_config(
+    folder: Path, *, port: int, conns: int, retry_window: float | None = None, bounce: str = ""
+) -> None:
     window = f"retry_window = {retry_window}\n" if retry_window is not None else ""
     (folder / "syndicate.toml").write_text(
         '[site]\nbase_url = "https://news.example.org/"\n'
         f'[mail]\ntransport = "smtp"\nfrom = "Tin mới <{SENDER}>"\n'
+        f'bounce_address = "{bounce}"\n'
         f'[smtp]\nhost = "127.0.0.1"\nport = {port}\ntls = "none"\nconnections = {conns}\n'
         f"messages_per_connection = 100\n{window}[digest]\nmax_articles = 10\n",
         encoding="utf-8",
@@ -274,18 +280,20 @@ def run_floor_child(
 
 
 def bench_size(
-    size: int, sinks: list[str], *, conns: int, articles: int, repeat: int
+    size: int, sinks: list[str], *, conns: int, articles: int, repeat: int, bounce: str = ""
 ) -> list[dict[str, object]]:
     results = []
     with tempfile.TemporaryDirectory(prefix=f"bench-send-{size}-") as tmp:
         folder = Path(tmp)
-        make_project(folder, subscribers=size, articles=articles, port=0, conns=conns)
+        make_project(
+            folder, subscribers=size, articles=articles, port=0, conns=conns, bounce=bounce
+        )
         saved = folder / "message.eml"
         env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
         env["SYNDICATE_SECRET"] = "bench-secret"  # noqa: S105 - a throwaway benchmark key
         for sink_kind in sinks:
             port = free_port()
-            write_config(folder, port=port, conns=conns)
+            write_config(folder, port=port, conns=conns, bounce=bounce)
             reset_ledger(folder)
             sink = start_sink(sink_kind, port, saved)
             try:
@@ -306,6 +314,7 @@ def bench_size(
                 "subscribers": size,
                 "sink": sink_kind,
                 "connections": conns,
+                "bounce_address": bounce,
                 "message_bytes": saved.stat().st_size,
                 "ours_msgs_per_s": round(size / ours.seconds, 1),
                 "ours_end_to_end_msgs_per_s": round(size / ours.wall, 1),
@@ -375,6 +384,9 @@ def main() -> None:
     parser.add_argument("--deferred", type=int, default=0, help="percent of recipients: 451")
     parser.add_argument("--retry-window", type=float, default=None, help="smtp.retry_window")
     parser.add_argument("--defer-every", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--bounce-address", default="", help="mail.bounce_address (VERP envelope per message)"
+    )
     parser.add_argument("--sink-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--save", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--floor", type=int, help=argparse.SUPPRESS)
@@ -409,7 +421,12 @@ def main() -> None:
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
         rows += bench_size(
-            size, sinks, conns=args.connections, articles=args.articles, repeat=args.repeat
+            size,
+            sinks,
+            conns=args.connections,
+            articles=args.articles,
+            repeat=args.repeat,
+            bounce=args.bounce_address,
         )
     by_sink: dict[str, dict[int, float]] = {}
     for row in rows:

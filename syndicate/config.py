@@ -73,8 +73,10 @@ class MailSettings:
     postal_address: str = ""
     secret: str = ""
     bounce_limit: int = 3
+    # Envelope sender for digests; when set, each message's is a VERP address
+    # local+<token>@domain naming its subscriber and digest ("" = mail.from's address).
+    bounce_address: str = ""
     mailto_unsubscribe: str = ""  # optional mailto: address added to List-Unsubscribe
-    bounce_address: str = ""  # envelope sender for bounces; empty = mail.from
 
     @property
     def sender(self) -> str:

@@ -18,12 +18,14 @@ from email import policy
 from email.header import Header
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, getaddresses, parseaddr
+from functools import lru_cache
 from typing import Protocol
 from urllib.parse import quote, urlsplit
 
-from syndicate.config import Settings, base_url
+from syndicate.config import MailSettings, Settings, base_url
 from syndicate.errors import ConfigError
 from syndicate.text import header_safe
+from syndicate.tokens import RETURN_TOKEN_LENGTH, make_return_token
 
 # Headers covered by a DKIM signature (RFC 8058 asks for both List-Unsubscribe headers).
 DKIM_HEADERS = (
@@ -131,6 +133,61 @@ def envelope_sender(settings: Settings) -> str:
     return address
 
 
+def bounce_address(settings: Settings) -> tuple[str, str] | None:
+    """Return mail.bounce_address as (local part, domain), or None when it is not set.
+
+    Raises ConfigError when it is no plain ASCII address, when its local part
+    holds the VERP delimiter '+', or when a VERP local part made from it would
+    pass the 64 octets RFC 5321 allows.
+    """
+    value = settings.mail.bounce_address.strip()
+    if not value:
+        return None
+    local, _at, domain = value.rpartition("@")
+    where = f"config key mail.bounce_address has value {settings.mail.bounce_address!r}"
+    if not _SAFE_ADDRESS.fullmatch(value) or not value.isascii() or '"' in local:
+        raise ConfigError(
+            f"{where}; expected a plain address like 'bounces@news.example.org'.",
+            key="mail.bounce_address",
+        )
+    if "+" in local:
+        raise ConfigError(
+            f"{where}; its local part may not hold '+' (the VERP delimiter). "
+            "Use an address like 'bounces@news.example.org'.",
+            key="mail.bounce_address",
+        )
+    if len(local) + 1 + RETURN_TOKEN_LENGTH > 64:
+        raise ConfigError(
+            f"{where}; its local part is too long for a VERP address (at most "
+            f"{63 - RETURN_TOKEN_LENGTH} characters). Use a shorter one like 'bounces'.",
+            key="mail.bounce_address",
+        )
+    return local, domain.lower()
+
+
+@lru_cache(maxsize=8)
+def _return_parts(mail: MailSettings) -> tuple[str, tuple[str, str] | None]:
+    # Called per message: the checked addresses are worked out once per mail settings.
+    settings = Settings(mail=mail)
+    return envelope_sender(settings), bounce_address(settings)
+
+
+def return_path(
+    settings: Settings, *, secret: bytes, subscriber_id: int, nonce: bytes, day: date
+) -> str:
+    """Return one digest message's envelope sender (SMTP MAIL FROM and Return-Path).
+
+    With mail.bounce_address set, the VERP address `local+<token>@domain`,
+    the token naming the subscriber and the digest day
+    (tokens.make_return_token); else mail.from's address, as for every message.
+    """
+    sender, parts = _return_parts(settings.mail)
+    if parts is None:
+        return sender
+    token = make_return_token(secret, subscriber_id=subscriber_id, nonce=nonce, day=day)
+    return f"{parts[0]}+{token}@{parts[1]}"
+
+
 def list_id(settings: Settings) -> str:
     """Return the List-Id value: mail.list_id, else '<title> <digest.HOST>'."""
     configured = header_safe(settings.mail.list_id)
@@ -224,6 +281,7 @@ def _common_message(
     From, Reply-To, Subject and List-Id are not in it: `_text_headers` makes them.
     """
     envelope_sender(settings)  # checks mail.from before anything is built
+    bounce_address(settings)  # and mail.bounce_address
     msg = EmailMessage(policy=policy.SMTP)
     msg["Date"] = format_datetime(now)
     msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte=html_cte)

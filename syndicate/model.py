@@ -178,6 +178,9 @@ class SubscriptionStatus(StrEnum):
     CONFIRMED = "confirmed"
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
+    # A spam complaint (ARF abuse report): never mailed again; only the person can come back,
+    # through the sign-up form and its confirmation.
+    COMPLAINED = "complained"
 
 
 class DeliveryStatus(StrEnum):

@@ -1,4 +1,4 @@
-"""Tokens: sign and verify confirm and unsubscribe tokens. Pure: the secret and clock come in.
+"""Tokens: sign and verify confirm, unsubscribe and return-path tokens. Pure: no I/O.
 
 A token is url-safe base64 (no padding) of a 30-byte payload and a 16-byte
 HMAC-SHA256 tag over the purpose and the payload. The payload holds a version,
@@ -6,6 +6,13 @@ the purpose code, the subscriber id, the issue time and the subscriber's
 token nonce; never the address. The nonce is random per subscriber and dies
 with them (`erase`), so a saved link can act on nobody else, even on a
 database where an id was used twice.
+
+Return-path tokens (`make_return_token`) go into the local part of a VERP
+envelope sender, `bounces+<token>@domain`, so they are lower-case base32
+(some MTAs lower-case local parts) and short: a version byte, the subscriber
+id and the digest day, then a 10-byte tag over those and the subscriber's
+nonce. The nonce is not carried: the reader looks the subscriber up and
+checks the tag with theirs, so a token dies with its subscriber too.
 
 Version 1 tokens (no nonce, 14-byte payload) are still read: they sit in mails
 sent before nonces existed. They count only for a subscriber stored at or before
@@ -22,7 +29,7 @@ import hmac
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from syndicate.errors import StaleTokenError, TokenError
 from syndicate.model import Subscriber
@@ -175,3 +182,77 @@ def verify_token(
             hint="Nothing was changed.",
         )
     return found
+
+
+_RETURN_VERSION = 1
+# version, subscriber id, digest day (days since _RETURN_EPOCH)
+_RETURN_PAYLOAD = struct.Struct(">BQH")
+_RETURN_TAG_BYTES = 10  # 80 bits: a forged bounce must guess it, and gets one try per mail
+_RETURN_EPOCH = date(2000, 1, 1)
+_RETURN_BYTES = _RETURN_PAYLOAD.size + _RETURN_TAG_BYTES
+RETURN_TOKEN_LENGTH = -(-_RETURN_BYTES * 8 // 5)  # base32 characters, no padding: 34
+_BASE32 = frozenset("abcdefghijklmnopqrstuvwxyz234567")
+
+
+def _return_tag(secret: bytes, payload: bytes, nonce: bytes) -> bytes:
+    message = b"syndicate-return\x00" + payload + nonce
+    return hmac.new(secret, message, hashlib.sha256).digest()[:_RETURN_TAG_BYTES]
+
+
+def _b32(raw: bytes) -> str:
+    # Lower-case base32 without padding: the return-path token's one spelling.
+    return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+
+
+def make_return_token(secret: bytes, *, subscriber_id: int, nonce: bytes, day: date) -> str:
+    """Return the lower-case base32 token naming a subscriber and a digest day, for VERP."""
+    if not secret:
+        raise ValueError("an empty secret cannot sign tokens")
+    if len(nonce) != NONCE_BYTES:
+        raise ValueError(f"a token nonce has {NONCE_BYTES} bytes, not {len(nonce)}")
+    payload = _RETURN_PAYLOAD.pack(_RETURN_VERSION, subscriber_id, (day - _RETURN_EPOCH).days)
+    return _b32(payload + _return_tag(secret, payload, nonce))
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnClaim:
+    """What a verified return-path token names: the subscriber and the digest day."""
+
+    subscriber: Subscriber
+    day: date
+
+
+def verify_return_token(
+    secret: bytes, token: str, *, find: Callable[[int], Subscriber | None]
+) -> ReturnClaim:
+    """Return the subscriber and digest day a return-path token was made for.
+
+    Case does not matter. Raises TokenError when the token is malformed or its
+    tag does not match the subscriber it names (forged, altered, another
+    secret), and StaleTokenError when that subscriber is gone.
+    """
+    text = token.strip().lower()
+    if len(text) != RETURN_TOKEN_LENGTH or not set(text) <= _BASE32:
+        raise TokenError("return-path token: the token is malformed.")
+    padded = text.upper() + "=" * (-len(text) % 8)
+    try:
+        raw = base64.b32decode(padded)
+    except (binascii.Error, ValueError):
+        raise TokenError("return-path token: the token is malformed.") from None
+    if len(raw) != _RETURN_BYTES or _b32(raw) != text:
+        raise TokenError("return-path token: the token is malformed.")
+    payload, tag = raw[: _RETURN_PAYLOAD.size], raw[_RETURN_PAYLOAD.size :]
+    version, subscriber_id, days = _RETURN_PAYLOAD.unpack(payload)
+    if version != _RETURN_VERSION:
+        raise TokenError("return-path token: the token has an unknown version.")
+    found = find(int(subscriber_id))
+    if found is None:
+        raise StaleTokenError(
+            "return-path token: the subscriber it was made for no longer exists (erased)."
+        )
+    if not hmac.compare_digest(tag, _return_tag(secret, payload, found.token_nonce)):
+        raise TokenError(
+            "return-path token: the signature does not match (forged, altered, or signed "
+            "with another secret)."
+        )
+    return ReturnClaim(found, _RETURN_EPOCH + timedelta(days=int(days)))

@@ -680,3 +680,20 @@ def test_quiet_send_warns_once_on_stderr_when_the_newest_article_is_old(
         "Warning: digest of 2024-12-01: its newest article is from 2024-11-01, 30 days before "
         "the digest's day. Check that the scraper still delivers new dumps.\n",
     )
+
+
+def test_send_warns_in_one_line_when_complaints_pass_three_in_a_thousand(project: Path) -> None:
+    _subscribe("an@example.org", "bob@example.org")
+    assert _run("send")[0] == 0
+    # One complaint about the digest just sent to two: 50%.
+    arf = (Path(__file__).parent / "data" / "bounces" / "microsoft-arf.eml").read_bytes()
+    arf = arf.replace(b"complainer@outlook.example", b"bob@example.org")
+    result = CliRunner().invoke(cli, ["bounces", "-"], input=arf, catch_exceptions=False)
+    assert result.stdout == "bounces: 0 hard, 0 soft, 1 complaint, 0 ignored, 0 unreadable\n"
+    code, _, err = _run("send")
+    assert code == 0
+    assert err == (
+        "warning: spam complaints over the last 30 days are 50.00% of 2 messages sent, above "
+        "the 0.3% mailbox providers allow (keep it under 0.1%). Check who is on the list and "
+        "how they signed up.\n"
+    )

@@ -29,6 +29,8 @@ ALLOWED: dict[str, set[str]] = {
     "web": BASE | {"store", "tokens", "mail", "send", "digest", "site", "output"},
     # An edge like send: DNS and SMTP look-ups; reads the DKIM key as send does.
     "preflight": BASE | {"send"},
+    # Bounce and complaint mail: parsed (pure), then applied through the store.
+    "bounces": BASE | {"tokens", "mail", "store"},
 }
 # Stages that must stay pure: no database, SMTP, sockets or subprocesses.
 PURE = {"model", "text", "load", "feeds", "site", "digest", "tokens", "mail"}

@@ -483,3 +483,44 @@ async def test_deferred_recipients_wait_after_everyone_else_and_hold_no_worker( 
     )
     # Bounded by the others' time plus the window (generous: the machine is shared).
     assert took < window + 15, took
+
+
+async def test_with_a_bounce_address_each_message_has_its_own_verp_sender(  # type: ignore[no-untyped-def]
+    db, smtpd, send_settings, now, tmp_path
+) -> None:
+    from syndicate.tokens import verify_return_token
+
+    verp = dataclasses.replace(
+        send_settings,
+        mail=dataclasses.replace(send_settings.mail, bounce_address="bounces@news.example.org"),
+    )
+    _subscribe(db, 3, now)
+    summary = await _send(db, smtpd, verp, now)
+    assert summary.sent == 3
+    senders = set()
+    for received in smtpd.handler.messages:
+        local, _, domain = received.sender.partition("@")
+        assert domain == "news.example.org"
+        assert local.startswith("bounces+")
+        assert len(local) <= 64
+        claim = verify_return_token(
+            SECRET, local.removeprefix("bounces+"), find=lambda i: get_by_id(db, i)
+        )
+        assert claim.subscriber.email == received.recipients[0]
+        assert claim.day == DAY
+        # From and the Message-ID's domain stay as they were.
+        assert received.message["From"] == "News <news@example.org>"
+        senders.add(received.sender)
+    assert len(senders) == 3
+    # The outbox writes the same envelope sender as its Return-Path.
+    outbox = OutboxMailer(tmp_path / "outbox")
+    with db.transaction() as conn:
+        conn.execute("DELETE FROM deliveries")
+    await _send(db, None, verp, now, mailer=outbox)
+    for path in (tmp_path / "outbox").iterdir():
+        parsed = message_from_bytes(path.read_bytes(), policy=policy.default)
+        path_local = parsed["Return-Path"].strip("<>").partition("@")[0]
+        claim = verify_return_token(
+            SECRET, path_local.removeprefix("bounces+"), find=lambda i: get_by_id(db, i)
+        )
+        assert claim.subscriber.email == parsed["To"]

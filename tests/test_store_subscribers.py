@@ -268,6 +268,7 @@ def test_iter_subscribers_pages_in_id_order(db: Database, now) -> None:  # type:
         "confirmed": 6,
         "unsubscribed": 1,
         "bounced": 0,
+        "complained": 0,
         "total": 7,
         "erased": 0,
     }

@@ -196,3 +196,39 @@ def test_legacy_tokens_count_only_for_a_subscriber_stored_before_they_were_issue
         newcomer = _subscriber(created_at=NOW + timedelta(seconds=1))
         with pytest.raises(StaleTokenError):
             verify_token(SECRET, token, purpose=purpose, now=later, find=_finder(newcomer))
+
+
+# Return-path (VERP) tokens.
+
+
+def test_return_token_names_the_subscriber_and_the_digest_day() -> None:
+    from datetime import date
+
+    from syndicate.tokens import RETURN_TOKEN_LENGTH, make_return_token, verify_return_token
+
+    token = make_return_token(SECRET, subscriber_id=42, nonce=NONCE, day=date(2024, 11, 1))
+    assert len(token) == RETURN_TOKEN_LENGTH == 34
+    # Lower-case base32: safe in a local part, and unchanged by an MTA that lower-cases it.
+    assert set(token) <= set("abcdefghijklmnopqrstuvwxyz234567")
+    claim = verify_return_token(SECRET, token.upper(), find=_finder(_subscriber()))
+    assert (claim.subscriber.id, claim.day) == (42, date(2024, 11, 1))
+
+
+def test_a_forged_or_stale_return_token_is_refused() -> None:
+    from datetime import date
+
+    from syndicate.tokens import make_return_token, verify_return_token
+
+    token = make_return_token(SECRET, subscriber_id=42, nonce=NONCE, day=date(2024, 11, 1))
+    forged = make_return_token(b"x" * 32, subscriber_id=42, nonce=NONCE, day=date(2024, 11, 1))
+    with pytest.raises(TokenError, match="signature does not match"):
+        verify_return_token(SECRET, forged, find=_finder(_subscriber()))
+    # The same id, given to someone else after an erasure (another nonce): not theirs.
+    with pytest.raises(TokenError, match="signature does not match"):
+        verify_return_token(SECRET, token, find=_finder(_subscriber(nonce=b"\x01" * 16)))
+    with pytest.raises(StaleTokenError):
+        verify_return_token(SECRET, token, find=_finder())
+    altered = token[:-1] + ("a" if token[-1] != "a" else "b")
+    for bad in (altered, token[:-1], token + "a", "bounces", token[:-1] + "1"):
+        with pytest.raises(TokenError):
+            verify_return_token(SECRET, bad, find=_finder(_subscriber()))

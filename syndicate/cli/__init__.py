@@ -102,6 +102,7 @@ def _setup_logging(verbosity: int) -> None:
 # Each command's module, imported when the command is first looked up: `syndicate build`
 # then loads neither the web server nor the mail stack (a shorter start for cron runs).
 COMMAND_MODULES = {
+    "bounces": "commands_bounces",
     "build": "commands_build",
     "digest": "commands_digest",
     "inspect": "commands_inspect",

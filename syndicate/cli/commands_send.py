@@ -45,6 +45,7 @@ from syndicate.send import (
 )
 from syndicate.send.daily import preview, run_daily
 from syndicate.store import Database
+from syndicate.store.bounces import complaint_warning, recent_rates
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import (
     confirmed_languages,
@@ -175,6 +176,9 @@ def send_command(
     with open_send_lock(settings.paths.database):
         db = app.database
         now = datetime.fromtimestamp(app.now(), UTC)
+        # Reputation: one warning line when spam complaints pass the providers' limit.
+        if (complaints := complaint_warning(recent_rates(db, now=now))) is not None:
+            log.warning("%s", complaints)
         run_build(settings, db, now=now)
         plan = todays_digest(settings, db, now=now, create=True)
         warn_if_stale(settings, plan)  # ed2: freshness warning (stderr, also under -q)

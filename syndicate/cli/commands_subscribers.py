@@ -15,6 +15,15 @@ from syndicate.errors import InputError, SubscriberError
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.output import write_atomic
 from syndicate.send import forget_recipient
+from syndicate.store.bounces import (
+    BOUNCE_LIMIT,
+    COMPLAINT_LIMIT,
+    COMPLAINT_TARGET,
+    RATE_DAYS,
+    Rates,
+    last_digest_rates,
+    recent_rates,
+)
 from syndicate.store.lists import OWN_COLUMNS, RowError, defuse_cell, import_row, read_list
 from syndicate.store.subscribers import (
     LANGUAGES,
@@ -253,19 +262,45 @@ def erase_command(app: AppContext, email: str) -> None:
         app.echo(f"Deleted {removed} outbox message{'s' if removed != 1 else ''} to {address}.")
 
 
+def _rates_line(label: str, rates: Rates) -> str:
+    complaint = "complaint" if rates.complaints == 1 else "complaints"
+    bounce = "hard bounce" if rates.hard == 1 else "hard bounces"
+    return (
+        f"{label}: {rates.sent} sent, {rates.hard} {bounce} ({rates.bounce_rate:.2%}, "
+        f"keep under {BOUNCE_LIMIT:.0%}), {rates.complaints} {complaint} "
+        f"({rates.complaint_rate:.2%}, keep under {COMPLAINT_LIMIT:.1%}, "
+        f"better under {COMPLAINT_TARGET:.1%})"
+    )
+
+
 @subscribers_group.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @pass_app
 def stats_command(app: AppContext, as_json: bool) -> None:
-    """Count subscribers by status.
+    """Count subscribers by status, and bounce and complaint rates.
+
+    Rates are for the last 30 days and for the last digest sent.
 
     Example: syndicate subscribers stats
     """
     db = app.database
     with db.snapshot():
         counts = stats(db)
+        recent = recent_rates(db, now=_now(app))
+        day, last = last_digest_rates(db)
     if as_json:
-        click.echo(json.dumps(counts))
+        rates = {
+            "last_30_days": recent.to_dict(),
+            "last_digest": {"day": day.isoformat() if day else None, **last.to_dict()},
+            "limits": {
+                "bounce_rate": BOUNCE_LIMIT,
+                "complaint_rate": COMPLAINT_LIMIT,
+                "complaint_rate_target": COMPLAINT_TARGET,
+            },
+        }
+        click.echo(json.dumps({**counts, "rates": rates}))
         return
     for key in (*_STATUSES, "total", "erased"):
         click.echo(f"{key}: {counts[key]}")
+    click.echo(_rates_line(f"last {RATE_DAYS} days", recent))
+    click.echo(_rates_line(f"last digest {day.isoformat() if day else '(none)'}", last))

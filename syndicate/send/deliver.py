@@ -23,7 +23,13 @@ from datetime import UTC, date, datetime
 
 from syndicate.config import Settings
 from syndicate.errors import DeliveryError, SyndicateError, TempFailError
-from syndicate.mail import MessageTemplate, envelope_sender, fill_message, unsubscribe_url
+from syndicate.mail import (
+    MessageTemplate,
+    envelope_sender,
+    fill_message,
+    return_path,
+    unsubscribe_url,
+)
 from syndicate.send.policy import MAX_ATTEMPTS, REFUSE_ALL_AFTER, Action, SendPolicy, to_action
 from syndicate.send.transports import Mailer, RecipientRefusedError, TransientSendError
 from syndicate.store import Database, ledger
@@ -180,7 +186,7 @@ class DigestSender:
         self.policy = policy
         self.stop = stop or Stop()
         self.tick = clock or (lambda: datetime.now(UTC))
-        self.sender = envelope_sender(settings)
+        envelope_sender(settings)  # checks mail.from before the first message
         self.pacer = _Pacer(policy.rate)
 
     async def send(
@@ -324,6 +330,16 @@ class DigestSender:
             self.stop.by_error(exc)
             raise
 
+    def _sender(self, run: _Run, recipient: ledger.Recipient) -> str:
+        """MAIL FROM for one recipient: a VERP address when mail.bounce_address is set."""
+        return return_path(
+            self.settings,
+            secret=self.secret,
+            subscriber_id=recipient.subscriber_id,
+            nonce=recipient.token_nonce,
+            day=run.day,
+        )
+
     async def _deliver(
         self, run: _Run, recipient: ledger.Recipient, tries: int, message: bytes
     ) -> None:
@@ -332,7 +348,7 @@ class DigestSender:
         while True:
             await self.pacer.wait()
             try:
-                await self.mailer.send(self.sender, [recipient.email], message)
+                await self.mailer.send(self._sender(run, recipient), [recipient.email], message)
             except (RecipientRefusedError, TransientSendError) as exc:
                 action, reply = to_action(exc.outcome), exc.reply
                 failure: SyndicateError = exc

@@ -95,8 +95,10 @@ class OutboxMailer:
             stem = _UNSAFE_NAME.sub("_", found.group(1).decode("ascii", "replace"))
         else:
             stem = _UNSAFE_NAME.sub("_", ",".join(recipients))
+        # The Return-Path an MTA's final delivery would add: the envelope sender (VERP or not).
+        stamped = f"Return-Path: <{sender}>\r\n".encode("ascii") + message
         # Private: each message holds an address and its personal unsubscribe link.
-        write_atomic(self.folder / f"{stem[:150]}.eml", message, skip_unchanged=False, private=True)
+        write_atomic(self.folder / f"{stem[:150]}.eml", stamped, skip_unchanged=False, private=True)
 
     async def aclose(self) -> None:
         return None

@@ -192,3 +192,69 @@ MIGRATIONS: list[list[str]] = [
         """,
     ],
 ]
+
+# 6: bounces and complaints read from mail (`syndicate bounces`).
+BOUNCES_MIGRATION: list[str] = [
+    # Subscribers get the status 'complained' (a spam complaint): the CHECK list can only
+    # change by rebuilding the table, as migration 4 did, keeping ids, AUTOINCREMENT and
+    # token nonces. The sequence is carried over, so an erased highest id is not reused.
+    """
+    CREATE TABLE subscribers_new (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        email TEXT NOT NULL,
+        email_key TEXT NOT NULL UNIQUE,  -- case-folded address: unique case-insensitively
+        name TEXT,
+        language TEXT NOT NULL DEFAULT 'vi' CHECK (language IN ('vi', 'en')),
+        status TEXT NOT NULL CHECK (
+            status IN ('pending', 'confirmed', 'unsubscribed', 'bounced', 'complained')),
+        bounce_count INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        confirmed_at TEXT,
+        unsubscribed_at TEXT,
+        bounced_at TEXT,
+        confirm_sent_at TEXT,            -- last confirmation mail, for the resend limit
+        token_nonce BLOB NOT NULL CHECK (length(token_nonce) = 16),  -- signed into tokens
+        complained_at TEXT               -- the last spam complaint
+    )
+    """,
+    """
+    INSERT INTO subscribers_new (id, email, email_key, name, language, status, bounce_count,
+        created_at, updated_at, confirmed_at, unsubscribed_at, bounced_at, confirm_sent_at,
+        token_nonce)
+    SELECT id, email, email_key, name, language, status, bounce_count, created_at,
+        updated_at, confirmed_at, unsubscribed_at, bounced_at, confirm_sent_at, token_nonce
+    FROM subscribers ORDER BY id
+    """,
+    """
+    UPDATE sqlite_sequence
+    SET seq = max(seq, coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'subscribers'), 0))
+    WHERE name = 'subscribers_new'
+    """,
+    "DROP TABLE subscribers",
+    "ALTER TABLE subscribers_new RENAME TO subscribers",
+    "CREATE INDEX subscribers_status ON subscribers (status, id)",
+    # When each bounce and complaint read from mail happened, for `syndicate bounces`
+    # (soft bounces count per digest) and the rates in `subscribers stats`.
+    """
+    CREATE TABLE mail_events (
+        id INTEGER PRIMARY KEY,
+        subscriber_id INTEGER NOT NULL REFERENCES subscribers (id) ON DELETE CASCADE,
+        kind TEXT NOT NULL CHECK (kind IN ('hard', 'soft', 'complaint')),
+        digest_day TEXT,                 -- the digest it was about; NULL when unknown
+        detail TEXT,                     -- DSN status code or feedback type
+        created_at TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX mail_events_time ON mail_events (created_at, kind)",
+    "CREATE INDEX mail_events_subscriber ON mail_events (subscriber_id, kind, digest_day)",
+    # Bounce and complaint mails already applied (Message-ID, else a hash of the bytes), so
+    # reading the same mail twice changes nothing.
+    """
+    CREATE TABLE mail_reports (
+        key TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL
+    )
+    """,
+]
+MIGRATIONS.append(BOUNCES_MIGRATION)

@@ -1,0 +1,191 @@
+"""Bounces: apply what report mails say to the subscribers they are about.
+
+The subscriber is found, in this order: a VERP return-path token (signed: it
+names the subscriber and the digest day), the recipient the report names
+(Final-Recipient, Original-Recipient, Original-Rcpt-To) matched against the
+stored addresses, then the addresses flufl.bounce found. A report whose token
+does not verify (forged, altered, or for an erased subscriber) is ignored
+altogether.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from syndicate.bounces.mailboxes import Item
+from syndicate.bounces.parse import Kind, Report, ReportFormatError, digest_hint, parse_report
+from syndicate.config import Settings
+from syndicate.errors import SubscriberError, TokenError
+from syndicate.mail import bounce_address
+from syndicate.model import Subscriber
+from syndicate.store import Database
+from syndicate.store.bounces import ReportKind, apply_report, is_applied, last_sent_day
+from syndicate.store.subscribers import get_by_email, get_by_id
+from syndicate.tokens import verify_return_token
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BounceSummary:
+    """What one `syndicate bounces` run read."""
+
+    hard: int = 0
+    soft: int = 0
+    complaints: int = 0
+    ignored: int = 0
+    unreadable: int = 0
+    changed: list[str] = field(default_factory=list)  # "address: status"
+
+    def line(self) -> str:
+        complaint = "complaint" if self.complaints == 1 else "complaints"
+        return (
+            f"bounces: {self.hard} hard, {self.soft} soft, {self.complaints} {complaint}, "
+            f"{self.ignored} ignored, {self.unreadable} unreadable"
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "hard": self.hard,
+            "soft": self.soft,
+            "complaints": self.complaints,
+            "ignored": self.ignored,
+            "unreadable": self.unreadable,
+        }
+
+
+class _Forged(Exception):
+    pass
+
+
+def _token_claim(
+    db: Database, report: Report, *, secret: bytes, verp: tuple[str, str] | None
+) -> tuple[Subscriber, date] | None:
+    """The subscriber and day a VERP token in the report names; raises _Forged for a bad one."""
+    if verp is None:
+        return None
+    prefix = f"{verp[0]}+".lower()
+    for address in report.return_paths:
+        local, _at, domain = address.rpartition("@")
+        if domain.lower() != verp[1] or not local.lower().startswith(prefix):
+            continue
+        token = local[len(prefix) :]
+        try:
+            claim = verify_return_token(secret, token, find=lambda i: get_by_id(db, i))
+        except TokenError as exc:
+            raise _Forged(str(exc)) from None
+        return claim.subscriber, claim.day
+    return None
+
+
+def _by_address(db: Database, addresses: Iterable[str]) -> Subscriber | None:
+    for address in addresses:
+        try:
+            found = get_by_email(db, address)
+        except SubscriberError:
+            continue
+        if found is not None:
+            return found
+    return None
+
+
+def _apply_one(
+    db: Database,
+    item: Item,
+    report: Report,
+    summary: BounceSummary,
+    *,
+    settings: Settings,
+    secret: bytes,
+    verp: tuple[str, str] | None,
+    now: datetime,
+) -> None:
+    if report.kind is Kind.IGNORED:
+        log.info("%s: ignored (%s)", item.label, report.detail)
+        summary.ignored += 1
+        return
+    if is_applied(db, report.key):
+        log.info("%s: ignored (read before)", item.label)
+        summary.ignored += 1
+        return
+    try:
+        claim = _token_claim(db, report, secret=secret, verp=verp)
+    except _Forged as exc:
+        log.info("%s: ignored (%s)", item.label, exc)
+        summary.ignored += 1
+        return
+    subscriber: Subscriber | None
+    day: date | None = None
+    if claim is not None:
+        subscriber, day = claim
+    else:
+        subscriber = _by_address(db, report.recipients)
+    if subscriber is None:
+        log.info("%s: ignored (%s about no subscriber)", item.label, report.kind)
+        summary.ignored += 1
+        return
+    if day is None:
+        hint = digest_hint(report.original_id)
+        day = hint[0] if hint and hint[1] == subscriber.id else last_sent_day(db, subscriber.id)
+    changed = apply_report(
+        db,
+        key=report.key,
+        subscriber_id=subscriber.id,
+        kind=ReportKind(str(report.kind)),
+        day=day,
+        detail=report.detail,
+        bounce_limit=settings.mail.bounce_limit,
+        now=now,
+    )
+    if changed is None:
+        summary.ignored += 1
+        return
+    if report.kind is Kind.HARD:
+        summary.hard += 1
+    elif report.kind is Kind.SOFT:
+        summary.soft += 1
+    else:
+        summary.complaints += 1
+    if changed:
+        after = get_by_id(db, subscriber.id)
+        status = after.status if after else "?"
+        summary.changed.append(f"{subscriber.email}: {status}")
+        log.info(
+            "%s: %s %s; %s is now %s",
+            item.label,
+            report.kind,
+            report.detail,
+            subscriber.email,
+            status,
+        )
+
+
+def apply_mail(
+    db: Database, items: Iterable[Item], *, settings: Settings, secret: bytes, now: datetime
+) -> BounceSummary:
+    """Read each mail, apply the bounces and complaints it reports, and file it.
+
+    A mail that cannot be read or parsed gets one warning and is left where it
+    is; every other one (applied or ignored) is filed (Maildir: moved to cur/,
+    seen). Raises ConfigError when mail.bounce_address is unusable.
+    """
+    verp = bounce_address(settings)
+    summary = BounceSummary()
+    for item in items:
+        if item.raw is None:
+            log.warning("%s: cannot read: %s", item.label, item.error)
+            summary.unreadable += 1
+            continue
+        try:
+            report = parse_report(item.raw)
+        except ReportFormatError as exc:
+            log.warning("%s: not a readable mail: %s; left in place.", item.label, exc)
+            summary.unreadable += 1
+            continue
+        _apply_one(db, item, report, summary, settings=settings, secret=secret, verp=verp, now=now)
+        if item.done is not None:
+            item.done()
+    return summary

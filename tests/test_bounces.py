@@ -1,0 +1,413 @@
+"""Bounces: DSN, ARF and non-standard bounce mail read back into subscriber statuses."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from syndicate.bounces.parse import Kind, ReportFormatError, parse_report
+from syndicate.cli import AppContext, cli
+from syndicate.config import load_settings
+from syndicate.model import SubscriptionStatus
+from syndicate.store import Database, open_database
+from syndicate.store.bounces import complaint_warning, recent_rates
+from syndicate.store.meta import get_secret
+from syndicate.store.schema import MIGRATIONS
+from syndicate.store.subscribers import (
+    add_subscriber,
+    confirm,
+    get_by_email,
+    iter_subscribers,
+    signup,
+)
+from syndicate.tokens import make_return_token
+from tests.conftest import DATA
+
+BOUNCES = DATA / "bounces"
+BOUNCE_ADDRESS = "bounces@news.example.org"
+NOW = datetime(2024, 11, 2, 6, 0, tzinfo=UTC)
+# Which subscriber each sample mail is about (by address; Yahoo's ARF redacts it).
+SUBSCRIBERS = (
+    "gone@gmail.example",
+    "nobody@outlook.example",
+    "full@yahoo.example",
+    "complainer@outlook.example",
+    "yahoo-reader@yahoo.example",
+    "old@qmail.example",
+    "an@example.org",
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "detail", "recipient"),
+    [
+        ("gmail-hard.eml", Kind.HARD, "5.1.1", "gone@gmail.example"),
+        ("microsoft-hard.eml", Kind.HARD, "5.5.0", "nobody@outlook.example"),
+        ("yahoo-soft.eml", Kind.SOFT, "4.7.0", "full@yahoo.example"),
+        ("microsoft-arf.eml", Kind.COMPLAINT, "feedback abuse", "complainer@outlook.example"),
+        ("yahoo-arf.eml", Kind.COMPLAINT, "feedback abuse", "redacted@yahoo.example"),
+        ("qmail-hard.eml", Kind.HARD, "non-standard bounce", "old@qmail.example"),
+        ("vacation.eml", Kind.IGNORED, "auto-reply", None),
+        ("not-a-bounce.eml", Kind.IGNORED, "not a bounce", None),
+    ],
+)
+def test_sample_reports_parse_to_their_kind_and_recipient(
+    name: str, kind: Kind, detail: str, recipient: str | None
+) -> None:
+    report = parse_report((BOUNCES / name).read_bytes())
+    assert (report.kind, report.detail) == (kind, detail)
+    if recipient is not None:
+        assert report.recipients[0] == recipient
+        assert BOUNCE_ADDRESS in report.return_paths
+
+
+def test_a_dsn_that_reports_delivery_is_not_a_bounce() -> None:
+    raw = (BOUNCES / "gmail-hard.eml").read_bytes()
+    raw = raw.replace(b"Action: failed\nStatus: 5.1.1", b"Action: delivered\nStatus: 2.0.0")
+    assert parse_report(raw).kind is Kind.IGNORED
+
+
+@pytest.mark.parametrize("raw", [b"", b"   \n\n", b"\x00\x01\x02 binary junk without headers"])
+def test_bytes_that_are_no_mail_are_unreadable(raw: bytes) -> None:
+    with pytest.raises(ReportFormatError):
+        parse_report(raw)
+
+
+# Through the command.
+
+
+@pytest.fixture
+def project(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv("SYNDICATE_CONFIG", raising=False)
+    monkeypatch.delenv("SYNDICATE_SECRET", raising=False)
+    monkeypatch.setattr(AppContext, "now", lambda self: NOW.timestamp())
+    (workdir / "syndicate.toml").write_text(
+        f'[mail]\nbounce_address = "{BOUNCE_ADDRESS}"\nbounce_limit = 2\n', encoding="utf-8"
+    )
+    with open_database(workdir / "syndicate.db") as db:
+        for address in SUBSCRIBERS:
+            add_subscriber(db, address, now=NOW)
+        _sent(db, "2024-11-01", [s.id for s in iter_subscribers(db)])
+    return workdir
+
+
+def _sent(db: Database, day: str, ids: list[int]) -> None:
+    with db.transaction() as conn:
+        conn.execute(
+            "INSERT OR IGNORE INTO digests (day, created_at, article_ids) VALUES (?, ?, '[]')",
+            (day, f"{day}T06:00:00+00:00"),
+        )
+        for subscriber_id in ids:
+            conn.execute(
+                "INSERT INTO deliveries (digest_day, subscriber_id, status, attempts, updated_at)"
+                " VALUES (?, ?, 'sent', 1, ?)",
+                (day, subscriber_id, f"{day}T06:00:01+00:00"),
+            )
+
+
+def _run(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), input=stdin, catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _maildir(root: Path, names: list[str], *, replace: dict[bytes, bytes] | None = None) -> Path:
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for index, name in enumerate(names):
+        raw = (BOUNCES / name).read_bytes()
+        for old, new in (replace or {}).items():
+            raw = raw.replace(old, new)
+        (root / "new" / f"1730440000.{index}.host").write_bytes(raw)
+    return root
+
+
+def _statuses(project: Path) -> dict[str, str]:
+    with open_database(project / "syndicate.db") as db:
+        return {s.email: str(s.status) for s in iter_subscribers(db)}
+
+
+def _verp(project: Path, email: str, day: date) -> str:
+    settings = load_settings(project / "syndicate.toml", {}, cwd=project)
+    with open_database(project / "syndicate.db") as db:
+        found = get_by_email(db, email)
+        assert found is not None
+        token = make_return_token(
+            get_secret(settings, db), subscriber_id=found.id, nonce=found.token_nonce, day=day
+        )
+    return f"bounces+{token}@news.example.org"
+
+
+def test_bounces_reads_a_maildir_and_files_each_handled_message(project: Path) -> None:
+    names = [
+        "gmail-hard.eml",
+        "microsoft-hard.eml",
+        "qmail-hard.eml",
+        "yahoo-soft.eml",
+        "microsoft-arf.eml",
+        "vacation.eml",
+        "not-a-bounce.eml",
+    ]
+    box = _maildir(project / "Maildir", names)
+    (box / "new" / "1730440099.junk.host").write_bytes(b"")
+    code, out, err = _run("bounces", str(box))
+    assert out == "bounces: 3 hard, 1 soft, 1 complaint, 2 ignored, 1 unreadable\n"
+    assert code == 1
+    assert (
+        err == f"warning: {box}/new/1730440099.junk.host: not a readable mail: "
+        "the message is empty; left in place.\n"
+    )
+    assert _statuses(project) == {
+        "gone@gmail.example": "bounced",
+        "nobody@outlook.example": "bounced",
+        "full@yahoo.example": "confirmed",  # one soft bounce, limit 2
+        "complainer@outlook.example": "complained",
+        "yahoo-reader@yahoo.example": "confirmed",
+        "old@qmail.example": "bounced",
+        "an@example.org": "confirmed",
+    }
+    assert sorted(p.name for p in (box / "new").iterdir()) == ["1730440099.junk.host"]
+    assert sorted(p.name for p in (box / "cur").iterdir()) == [
+        f"1730440000.{i}.host:2,S" for i in range(len(names))
+    ]
+    # cron runs it again: the handled mail is not read twice.
+    assert _run("bounces", str(box))[1] == (
+        "bounces: 0 hard, 0 soft, 0 complaints, 0 ignored, 1 unreadable\n"
+    )
+
+
+def test_the_same_report_read_twice_changes_nothing(project: Path) -> None:
+    soft = BOUNCES / "yahoo-soft.eml"
+    assert _run("bounces", str(soft))[1] == (
+        "bounces: 0 hard, 1 soft, 0 complaints, 0 ignored, 0 unreadable\n"
+    )
+    # The limit is 2: were the same mail counted again, the subscriber would be bounced.
+    assert _run("bounces", str(soft), str(soft), "--json") == (
+        0,
+        json.dumps({"hard": 0, "soft": 0, "complaints": 0, "ignored": 2, "unreadable": 0}) + "\n",
+        "",
+    )
+    assert _statuses(project)["full@yahoo.example"] == "confirmed"
+    with open_database(project / "syndicate.db") as db:
+        assert db.conn.execute("SELECT count(*) FROM mail_events").fetchone()[0] == 1
+
+
+def test_a_verp_token_names_the_subscriber_when_the_report_hides_the_address(
+    project: Path,
+) -> None:
+    verp = _verp(project, "yahoo-reader@yahoo.example", date(2024, 11, 1))
+    raw = (BOUNCES / "yahoo-arf.eml").read_bytes().replace(BOUNCE_ADDRESS.encode(), verp.encode())
+    # Some MTAs lower- or upper-case the local part: the token survives either.
+    raw = raw.replace(verp.encode(), verp.upper().encode(), 1)
+    assert _run("bounces", "-", stdin=raw)[1] == (
+        "bounces: 0 hard, 0 soft, 1 complaint, 0 ignored, 0 unreadable\n"
+    )
+    assert _statuses(project)["yahoo-reader@yahoo.example"] == "complained"
+    with open_database(project / "syndicate.db") as db:
+        assert db.conn.execute("SELECT kind, digest_day FROM mail_events").fetchall() == [
+            ("complaint", "2024-11-01")
+        ]
+
+
+def test_the_token_wins_over_the_address_the_report_names(project: Path) -> None:
+    verp = _verp(project, "an@example.org", date(2024, 11, 1))
+    raw = (BOUNCES / "gmail-hard.eml").read_bytes().replace(BOUNCE_ADDRESS.encode(), verp.encode())
+    _run("bounces", "-", stdin=raw)
+    statuses = _statuses(project)
+    assert (statuses["an@example.org"], statuses["gone@gmail.example"]) == ("bounced", "confirmed")
+
+
+def test_a_forged_token_is_ignored(project: Path) -> None:
+    verp = _verp(project, "gone@gmail.example", date(2024, 11, 1))
+    local, _, domain = verp.partition("@")
+    forged = f"{local[:-2]}{'aa' if not local.endswith('aa') else 'bb'}@{domain}"
+    raw = (
+        (BOUNCES / "gmail-hard.eml").read_bytes().replace(BOUNCE_ADDRESS.encode(), forged.encode())
+    )
+    assert _run("bounces", "-", stdin=raw)[1] == (
+        "bounces: 0 hard, 0 soft, 0 complaints, 1 ignored, 0 unreadable\n"
+    )
+    assert _statuses(project)["gone@gmail.example"] == "confirmed"
+
+
+def test_soft_bounces_of_distinct_digests_in_a_row_reach_the_limit(project: Path) -> None:
+    with open_database(project / "syndicate.db") as db:
+        reader = get_by_email(db, "full@yahoo.example")
+        assert reader is not None
+        _sent(db, "2024-11-02", [reader.id])
+        _sent(db, "2024-11-03", [reader.id])
+
+    def soft(day: date, n: int) -> bytes:
+        verp = _verp(project, "full@yahoo.example", day)
+        raw = (BOUNCES / "yahoo-soft.eml").read_bytes()
+        raw = raw.replace(BOUNCE_ADDRESS.encode(), verp.encode())
+        return raw.replace(b"yahoo-dsn@", f"yahoo-dsn-{n}@".encode())
+
+    # Digest 1 bounced softly, digest 2 was delivered (no bounce), digest 3 bounced softly:
+    # not two in a row.
+    _run("bounces", "-", stdin=soft(date(2024, 11, 1), 1))
+    _run("bounces", "-", stdin=soft(date(2024, 11, 3), 2))
+    assert _statuses(project)["full@yahoo.example"] == "confirmed"
+    # A late report says digest 2 bounced softly too (a delay notice for the same digest
+    # counts once): now three digests in a row.
+    _run("bounces", "-", stdin=soft(date(2024, 11, 2), 3))
+    _run("bounces", "-", stdin=soft(date(2024, 11, 2), 4))
+    assert _statuses(project)["full@yahoo.example"] == "bounced"
+
+
+def test_bad_invocations_exit_2(project: Path) -> None:
+    assert _run("bounces") == (
+        2,
+        "",
+        "Error: bounces: no PATH given. Give a Maildir, mbox or .eml file, or '-'.\n",
+    )
+    assert _run("bounces", "missing") == (
+        2,
+        "",
+        "Error: missing: no such file or folder. Give a Maildir, mbox or .eml file.\n",
+    )
+    (project / "plain").mkdir()
+    assert _run("bounces", "plain")[0] == 2
+
+
+def test_bounces_reads_an_mbox_file(project: Path) -> None:
+    mbox = project / "bounces.mbox"
+    with mbox.open("wb") as out:
+        for name in ("gmail-hard.eml", "microsoft-arf.eml"):
+            out.write(b"From MAILER-DAEMON Fri Nov  1 06:00:04 2024\n")
+            out.write((BOUNCES / name).read_bytes().replace(b"\nFrom ", b"\n>From "))
+            out.write(b"\n")
+    assert _run("bounces", str(mbox))[1] == (
+        "bounces: 1 hard, 0 soft, 1 complaint, 0 ignored, 0 unreadable\n"
+    )
+    assert mbox.exists()
+
+
+def test_a_complainer_comes_back_only_through_the_sign_up_form(project: Path) -> None:
+    _run("bounces", str(BOUNCES / "microsoft-arf.eml"))
+    address = "complainer@outlook.example"
+    (project / "list.csv").write_text(f"email\n{address}\n", encoding="utf-8")
+    assert (
+        _run("subscribers", "import", "list.csv")[1]
+        == "Imported 0, unchanged 1, rejected 0 (syndicate list).\n"
+    )
+    code, _, err = _run("subscribers", "add", address)
+    assert code == 2
+    assert "already stored with status complained" in err
+    assert _statuses(project)[address] == "complained"
+    with open_database(project / "syndicate.db") as db:
+        pending, send = signup(db, address, language="vi", now=NOW)
+        assert (pending.status, send) == (SubscriptionStatus.PENDING, True)
+        assert confirm(db, pending.id, now=NOW).status is SubscriptionStatus.CONFIRMED
+
+
+def test_complaint_rate_warning_passes_only_above_three_in_a_thousand(project: Path) -> None:
+    with open_database(project / "syndicate.db") as db:
+        assert complaint_warning(recent_rates(db, now=NOW)) is None
+    _run("bounces", str(BOUNCES / "microsoft-arf.eml"))
+    with open_database(project / "syndicate.db") as db:
+        rates = recent_rates(db, now=NOW)
+        assert (rates.sent, rates.complaints) == (7, 1)
+        assert complaint_warning(rates) == (
+            "spam complaints over the last 30 days are 14.29% of 7 messages sent, above the "
+            "0.3% mailbox providers allow (keep it under 0.1%). Check who is on the list and "
+            "how they signed up."
+        )
+
+
+def test_a_version_4_database_keeps_ids_nonces_and_its_sequence_through_the_bounce_step(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v4.db"
+    conn = sqlite3.connect(path)
+    for step in MIGRATIONS[:4]:
+        for statement in step:
+            conn.execute(statement)
+    stamp = NOW.isoformat()
+    for subscriber_id in (1, 2, 9):
+        conn.execute(
+            "INSERT INTO subscribers (id, email, email_key, status, created_at, updated_at, "
+            "token_nonce) VALUES (?, ?, ?, 'confirmed', ?, ?, ?)",
+            (
+                subscriber_id,
+                f"r{subscriber_id}@x.org",
+                f"r{subscriber_id}@x.org",
+                stamp,
+                stamp,
+                bytes([subscriber_id]) * 16,
+            ),
+        )
+    conn.execute("DELETE FROM subscribers WHERE id = 9")  # erased: 9 must not come back
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+    with open_database(path) as db:
+        kept = list(iter_subscribers(db))
+        assert [(s.id, s.token_nonce) for s in kept] == [(1, b"\x01" * 16), (2, b"\x02" * 16)]
+        added = add_subscriber(db, "new@x.org", now=NOW)
+        assert added.id == 10
+        with pytest.raises(sqlite3.IntegrityError):
+            db.conn.execute("UPDATE subscribers SET status = 'nonsense' WHERE id = 1")
+        db.conn.execute("UPDATE subscribers SET status = 'complained' WHERE id = 1")
+
+
+def test_stats_show_rates_for_30_days_and_the_last_digest(project: Path) -> None:
+    _run("bounces", str(BOUNCES / "gmail-hard.eml"), str(BOUNCES / "microsoft-arf.eml"))
+    code, out, _ = _run("subscribers", "stats")
+    assert code == 0
+    assert out.splitlines()[-2:] == [
+        "last 30 days: 7 sent, 1 hard bounce (14.29%, keep under 2%), 1 complaint (14.29%, "
+        "keep under 0.3%, better under 0.1%)",
+        "last digest 2024-11-01: 7 sent, 1 hard bounce (14.29%, keep under 2%), 1 complaint "
+        "(14.29%, keep under 0.3%, better under 0.1%)",
+    ]
+    rates = json.loads(_run("subscribers", "stats", "--json")[1])["rates"]
+    assert rates["last_digest"] == {
+        "day": "2024-11-01",
+        "sent": 7,
+        "hard_bounces": 1,
+        "complaints": 1,
+        "bounce_rate": 0.142857,
+        "complaint_rate": 0.142857,
+    }
+    assert rates["limits"] == {
+        "bounce_rate": 0.02,
+        "complaint_rate": 0.003,
+        "complaint_rate_target": 0.001,
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            "bounces+x@news.example.org",
+            "Error: config key mail.bounce_address has value 'bounces+x@news.example.org'; its "
+            "local part may not hold '+' (the VERP delimiter). Use an address like "
+            "'bounces@news.example.org'.\n",
+        ),
+        (
+            "b" * 30 + "@news.example.org",
+            "Error: config key mail.bounce_address has value "
+            f"'{'b' * 30}@news.example.org'; its local part is too long for a VERP address "
+            "(at most 29 characters). Use a shorter one like 'bounces'.\n",
+        ),
+        (
+            "bounces",
+            "Error: config key mail.bounce_address has value 'bounces'; expected a plain "
+            "address like 'bounces@news.example.org'.\n",
+        ),
+    ],
+)
+def test_a_bad_bounce_address_is_a_config_error(project: Path, value: str, message: str) -> None:
+    (project / "syndicate.toml").write_text(f'[mail]\nbounce_address = "{value}"\n')
+    assert _run("bounces", str(BOUNCES / "gmail-hard.eml")) == (2, "", message)
+    # 29 characters is the longest local part that keeps the VERP one within 64 octets.
+    verp_ok = "b" * 29 + "@news.example.org"
+    (project / "syndicate.toml").write_text(f'[mail]\nbounce_address = "{verp_ok}"\n')
+    assert _run("bounces", str(BOUNCES / "gmail-hard.eml"))[0] == 0
