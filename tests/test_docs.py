@@ -14,7 +14,10 @@ from syndicate.cli import cli
 from syndicate.config import Settings
 from syndicate.errors import EXIT_FAILED, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+ROOT = Path(__file__).resolve().parent.parent
+README = "\n".join(
+    p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+)
 
 
 def _commands(group: click.Command, prefix: str) -> Iterator[tuple[str, click.Command]]:
