@@ -72,7 +72,7 @@ class SiteSettings:
 
 @dataclass(frozen=True, slots=True)
 class PathSettings:
-    """Where syndicate reads and writes; relative to the config file's folder (else the working one)."""
+    """Where syndicate reads and writes: relative to the config file's folder, else to the cwd."""
 
     seeds: Path = field(default=Path("seeds"), metadata={"doc": "where the dumps are read"})
     output: Path = field(
