@@ -519,7 +519,7 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(
                 f"config file {str(path)!r} is not valid TOML: {exc}.",
-                hint="Fix the syntax; see README.md for an example.",
+                hint="Fix the syntax; see syndicate.example.toml for every key.",
             ) from exc
         base = path.resolve().parent
     sections = _section_types()
