@@ -126,12 +126,42 @@ def test_every_option_is_in_its_own_commands_section(path: str, command: click.C
                 )
 
 
-@pytest.mark.parametrize(
-    "path", [p for p, c in COMMANDS if p.count(" ") == 1], ids=lambda p: str(p)
-)
-def test_every_command_is_described_in_the_manual(path: str) -> None:
-    headings = [h for h in _sections(_read(DOCS / "commands.md")) if h.startswith(f"`{path}")]
-    assert headings, f"docs/commands.md has no section on `{path}`"
+def _chapter(text: str, path: str) -> str:
+    """The `## `syndicate CMD...`` part of commands.md, its ### subsections included."""
+    top = path if path.count(" ") < 2 else path.rsplit(" ", 1)[0]
+    lines = iter(text.splitlines())
+    chapter: list[str] = []
+    for line in lines:
+        if line.startswith(f"## `{top}"):
+            chapter.append(line)
+            for rest in lines:
+                if rest.startswith("## "):
+                    break
+                chapter.append(rest)
+            break
+    return "\n".join(chapter)
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS[1:], ids=[p for p, _ in COMMANDS[1:]])
+def test_every_command_and_option_is_described_in_the_manual(
+    path: str, command: click.Command
+) -> None:
+    chapter = _chapter(_read(DOCS / "commands.md"), path)
+    assert chapter, f"docs/commands.md has no section `## `{path}...`"
+    assert f"`{path}" in chapter, f"docs/commands.md does not describe `{path}`"
+    for param in command.params:
+        if isinstance(param, click.Option):
+            longest = max(param.opts, key=len)
+            assert re.search(rf"`[^`]*{re.escape(longest)}\b", chapter), (
+                f"docs/commands.md does not describe {longest} in the section on `{path}`"
+            )
+
+
+def test_global_options_are_described_in_the_manual() -> None:
+    intro = _sections(_read(DOCS / "commands.md"))["Commands"]
+    for param in cli.params:
+        if isinstance(param, click.Option):
+            assert f"`{max(param.opts, key=len)}" in intro
 
 
 def _config_keys() -> Iterator[tuple[str, str]]:
