@@ -129,7 +129,7 @@ def check_dkim(settings: Settings, client: DnsClient) -> Check:
             "dkim",
             False,
             "signing is off (dkim.domain is empty). Make a key, publish it and set "
-            "dkim.domain, dkim.selector and dkim.key_file; see README, Preflight.",
+            "dkim.domain, dkim.selector and dkim.key_file; see docs/operating.md, DKIM.",
         )
     try:
         key = read_dkim_key(settings)
