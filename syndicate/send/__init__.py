@@ -15,6 +15,7 @@ SendPolicy and the pure map from an SMTP outcome to a ledger action), `deliver`
 earlier digests), `daily` (the daily job: today's digest, then the catch-up).
 """
 
+from syndicate.errors import RecipientRefusedError, TransientSendError
 from syndicate.send.deliver import PAGE_SIZE, DigestSender, SendSummary, Stop, send_digest
 from syndicate.send.policy import (
     MAX_ATTEMPTS,
@@ -23,15 +24,14 @@ from syndicate.send.policy import (
     Outcome,
     SendPolicy,
     Stage,
+    outcome_of,
     to_action,
 )
 from syndicate.send.runs import CATCH_UP_DAYS, OwedDigest, open_send_lock, read_earlier_digests
 from syndicate.send.transports import (
     Mailer,
     OutboxMailer,
-    RecipientRefusedError,
     SmtpMailer,
-    TransientSendError,
     forget_recipient,
     mailer_concurrency,
     open_mailer,
@@ -60,6 +60,7 @@ __all__ = [
     "mailer_concurrency",
     "open_mailer",
     "open_send_lock",
+    "outcome_of",
     "read_dkim_key",
     "read_earlier_digests",
     "send_digest",
