@@ -8,43 +8,10 @@ from datetime import UTC, datetime
 import click
 
 from syndicate.cli import AppContext, cli, pass_app
-from syndicate.cli.flow import digest_view_url, preview_digest
-from syndicate.config import Settings
-from syndicate.digest import LANGUAGES, render_digest
 from syndicate.errors import SyndicateError
-from syndicate.mail import build_digest_template, fill_message, unsubscribe_url
 from syndicate.preflight import run_preflight
-from syndicate.store import Database
+from syndicate.send.digests import build_sample_messages
 from syndicate.store.subscribers import stats
-
-# Stands in for a subscriber's token: the check looks at the link's form, not its signature.
-_SAMPLE_TOKEN = "PREFLIGHT-SAMPLE-TOKEN"  # noqa: S105
-_MARKER = "https://marker.syndicate.invalid/unsubscribe?token=PREFLIGHT-MARKER"
-
-
-def _digest_messages(settings: Settings, db: Database, now: datetime) -> dict[str, bytes]:
-    """Today's digest as one recipient's message per language, built as `send` builds it."""
-    plan = preview_digest(settings, db, now=now)  # reads without the write lock
-    if plan is None:
-        return {}
-    url = unsubscribe_url(settings, _SAMPLE_TOKEN)
-    messages: dict[str, bytes] = {}
-    for lang in LANGUAGES:
-        rendered = render_digest(
-            plan,
-            lang=lang,
-            settings=settings,
-            unsubscribe_url=_MARKER,
-            now=now,
-            view_url=digest_view_url(settings, plan.day),
-        )
-        template = build_digest_template(
-            rendered, settings=settings, digest_day=plan.day, marker=_MARKER, now=now
-        )
-        messages[lang] = fill_message(
-            template, to="preflight@example.invalid", subscriber_id=0, unsubscribe_url=url
-        )
-    return messages
 
 
 @cli.command("preflight")
@@ -77,7 +44,7 @@ def preflight_command(
     now = datetime.fromtimestamp(app.now(), UTC)
     message_error = ""
     try:
-        messages = _digest_messages(settings, db, now)
+        messages = build_sample_messages(settings, db, now=now)
     except SyndicateError as exc:
         messages, message_error = {}, str(exc)
     checks = run_preflight(

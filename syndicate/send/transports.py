@@ -32,12 +32,25 @@ from syndicate.errors import (
     SendError,
     TransientSendError,
 )
-from syndicate.mail import DkimKey
+from syndicate.mail import DkimKey, envelope_sender
 from syndicate.output import write_atomic
 from syndicate.send.policy import Action, Outcome, Stage, to_action
 
 # The stage's logger: records keep the name they had before send became a package.
 log = logging.getLogger("syndicate.send")
+
+
+def check_mail_settings(settings: Settings) -> None:
+    """Raise ConfigError when the SMTP transport's settings cannot work (before any lock)."""
+    if settings.mail.transport != "smtp":
+        return
+    envelope_sender(settings)
+    if settings.smtp.username and not settings.smtp.password:
+        raise ConfigError(
+            "config key smtp.username is set, but SYNDICATE_SMTP_PASSWORD is empty.",
+            key="smtp.username",
+            hint="Export the password in SYNDICATE_SMTP_PASSWORD, or leave smtp.username empty.",
+        )
 
 
 class Mailer(Protocol):
