@@ -32,6 +32,7 @@ from syndicate.mail import (
 )
 from syndicate.model import DigestPlan
 from syndicate.publish import run_build
+from syndicate.send.catchup import read_earlier_digests
 from syndicate.send.deliver import DigestSender, SendSummary, Stop
 from syndicate.send.digests import (
     build_send_templates,
@@ -41,8 +42,8 @@ from syndicate.send.digests import (
     todays_digest,
     write_digest_page,
 )
+from syndicate.send.lock import open_send_lock
 from syndicate.send.policy import MAX_ATTEMPTS, SendPolicy
-from syndicate.send.runs import open_send_lock, read_earlier_digests
 from syndicate.send.transports import Mailer, check_mail_settings, open_mailer
 from syndicate.store import Database, ledger
 from syndicate.store.bounces import complaint_warning, recent_rates
@@ -164,7 +165,7 @@ async def _daily(
 
     async def deliver(plan: DigestPlan, confirmed_by: datetime | None) -> SendSummary:
         nonlocal sent, in_flight, budget
-        mailer = open_mailer(settings, folder=plan.day.isoformat())
+        mailer = open_mailer(settings, folder=plan.day.isoformat(), policy=policy)
         mailers[:] = [mailer]
         sender = DigestSender(
             db=db, mailer=mailer, settings=settings, secret=secret, policy=policy, stop=stop

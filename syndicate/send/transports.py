@@ -34,7 +34,7 @@ from syndicate.errors import (
 )
 from syndicate.mail import DkimKey, envelope_sender
 from syndicate.output import write_atomic
-from syndicate.send.policy import Action, Outcome, Stage, to_action
+from syndicate.send.policy import Action, Outcome, SendPolicy, Stage, to_action
 
 # The stage's logger: records keep the name they had before send became a package.
 log = logging.getLogger("syndicate.send")
@@ -395,9 +395,13 @@ def _abort(transport: asyncio.BaseTransport | None) -> None:
         transport.abort()
 
 
-def open_mailer(settings: Settings, *, folder: str) -> Mailer:
-    """Return the configured transport: the outbox folder `outbox/<folder>/`, or SMTP."""
+def open_mailer(settings: Settings, *, folder: str, policy: SendPolicy | None = None) -> Mailer:
+    """Return the configured transport: the outbox folder `outbox/<folder>/`, or SMTP.
+
+    The SMTP pool's size and DATA timeout come from `policy` (default: the settings').
+    """
     if settings.mail.transport == "smtp":
+        policy = policy or SendPolicy.from_settings(settings)
         smtp = settings.smtp
         return SmtpMailer(
             host=smtp.host,
@@ -406,16 +410,11 @@ def open_mailer(settings: Settings, *, folder: str) -> Mailer:
             username=smtp.username,
             password=smtp.password,
             timeout=smtp.timeout,
-            data_timeout=smtp.data_timeout,
-            connections=smtp.connections,
+            data_timeout=policy.data_timeout,
+            connections=policy.connections,
             messages_per_connection=smtp.messages_per_connection,
         )
     return OutboxMailer(settings.paths.outbox / folder)
-
-
-def mailer_concurrency(settings: Settings) -> int:
-    """How many messages the configured transport sends at once."""
-    return settings.smtp.connections if settings.mail.transport == "smtp" else 1
 
 
 def _exposure(mode: int) -> str:
