@@ -8,10 +8,7 @@ from datetime import UTC, datetime
 import click
 
 from syndicate.cli import AppContext, cli, pass_app
-from syndicate.errors import SyndicateError
-from syndicate.preflight import run_preflight
-from syndicate.send.digests import build_sample_messages
-from syndicate.store.subscribers import stats
+from syndicate.preflight import preflight_setup
 
 
 @cli.command("preflight")
@@ -40,20 +37,9 @@ def preflight_command(
     Example: syndicate preflight --nameserver 9.9.9.9
     """
     settings = app.settings
-    db = app.database
     now = datetime.fromtimestamp(app.now(), UTC)
-    message_error = ""
-    try:
-        messages = build_sample_messages(settings, db, now=now)
-    except SyndicateError as exc:
-        messages, message_error = {}, str(exc)
-    checks = run_preflight(
-        settings,
-        messages=messages,
-        message_error=message_error,
-        confirmed=stats(db)["confirmed"],
-        nameserver=nameserver,
-        timeout=timeout,
+    checks = preflight_setup(
+        settings, app.database, now=now, nameserver=nameserver, timeout=timeout
     )
     if as_json:
         click.echo(json.dumps([c.to_dict() for c in checks], ensure_ascii=False))
