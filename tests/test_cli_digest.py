@@ -1,4 +1,4 @@
-"""Today's digest (cli.flow) and the `syndicate digest` preview command."""
+"""Today's digest (send/digests.py) and the `syndicate digest` preview command."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from syndicate.cli import AppContext, cli
-from syndicate.cli.flow import digest_view_url, todays_digest, write_digest_page
 from syndicate.config import Settings
 from syndicate.digest import render_digest
 from syndicate.model import Article, Block, BlockKind, Precision, Teaser
+from syndicate.send.digests import digest_view_url, todays_digest, write_digest_page
 from syndicate.store import Database, open_database
 from syndicate.store.articles import upsert_article
 

@@ -24,7 +24,7 @@ from syndicate.publish.hashing import digest as _hash
 from syndicate.publish.pool import BuildPool, BuildTuning, IndexJob, render_page
 from syndicate.publish.staging import Stager, close_staging, open_staging, page_fingerprint
 from syndicate.publish.sync import Progress, sync_articles
-from syndicate.publish.writer import _Writer
+from syndicate.publish.writer import PageWriter
 from syndicate.site import (
     IndexEntry,
     SiteInfo,
@@ -135,7 +135,7 @@ def run_build(
     output = settings.paths.output
     info = _site_info(settings)
     renderer = SiteRenderer(info, site_templates_dir())
-    writer = _Writer(output, *store.read_page_fingerprints(db), list_after=tuning.list_after)
+    writer = PageWriter(output, *store.read_page_fingerprints(db), list_after=tuning.list_after)
     staging = _open_staging(output)
     stager = Stager(renderer, staging, writer.old) if staging is not None else None
     try:
@@ -227,7 +227,7 @@ def _left_out(db: Database, failed: dict[str, str], what: str) -> list[DumpError
 def _write_pages(
     settings: Settings,
     db: Database,
-    writer: _Writer,
+    writer: PageWriter,
     renderer: SiteRenderer,
     info: SiteInfo,
     summaries: Sequence[store.ArticleSummary],
@@ -289,7 +289,7 @@ def _write_pages(
 
 def _write_article_pages(
     db: Database,
-    writer: _Writer,
+    writer: PageWriter,
     renderer: SiteRenderer,
     summaries: Sequence[store.ArticleSummary],
     slugs: dict[str, str],
@@ -345,7 +345,7 @@ def _write_article_pages(
 
 def _render_pages(
     db: Database,
-    writer: _Writer,
+    writer: PageWriter,
     renderer: SiteRenderer,
     pool: BuildPool,
     todo: Sequence[tuple[str, str, str, str]],
@@ -401,7 +401,7 @@ def _feeds_code() -> str:
 def _write_feeds(
     settings: Settings,
     db: Database,
-    writer: _Writer,
+    writer: PageWriter,
     summaries: Sequence[store.ArticleSummary],
     slugs: dict[str, str],
 ) -> tuple[dict[str, str], int]:
@@ -468,7 +468,7 @@ def _stamp_columns(stamp: store.PageStamp | None) -> tuple[int | None, int | Non
     return (None, None) if stamp is None else store.stamp_parts(stamp)
 
 
-def _remove_stale(output: Path, writer: _Writer) -> int:
+def _remove_stale(output: Path, writer: PageWriter) -> int:
     """Delete pages an earlier build wrote that this build did not produce."""
     removed = 0
     for rel in sorted(writer.old):

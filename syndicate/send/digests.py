@@ -1,16 +1,30 @@
-"""Orchestration shared by the `digest` and `send` commands: the day's digest and its web page."""
+"""Send: the digests the daily job sends: today's (planned and stored once), an earlier day's
+(as stored), their web page and their messages, and the previews of them (`digest`,
+`preflight`, `send --dry-run`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
 from syndicate.config import Settings, base_url
-from syndicate.digest import plan_digest, render_digest
+from syndicate.digest import LANGUAGES, plan_digest, render_digest
+from syndicate.load import check_dump_paths
+from syndicate.mail import (
+    DkimKey,
+    MessageTemplate,
+    build_digest_template,
+    fill_message,
+    unsubscribe_url,
+)
 from syndicate.model import DigestPlan, StoryLink
 from syndicate.output import write_atomic
 from syndicate.publish import sync_articles
+from syndicate.send.transports import read_dkim_key
 from syndicate.site import assign_slugs
 from syndicate.store import Database
 from syndicate.store.articles import iter_summaries
@@ -160,3 +174,114 @@ def write_digest_page(settings: Settings, plan: DigestPlan, *, now: datetime) ->
     path = settings.paths.output / DIGESTS_FOLDER / f"{plan.day.isoformat()}.html"
     write_atomic(path, rendered.html.encode("utf-8"))
     return path
+
+
+# Substituted by each recipient's URL in the built message; never leaves this process.
+MARKER_BASE = "https://marker.syndicate.invalid/unsubscribe?token=MARKER-"
+# Stands in for a subscriber's token in `preflight`: the check looks at the link's form.
+_SAMPLE_TOKEN = "PREFLIGHT-SAMPLE-TOKEN"  # noqa: S105
+_SAMPLE_MARKER = "https://marker.syndicate.invalid/unsubscribe?token=PREFLIGHT-MARKER"
+
+
+def make_marker() -> str:
+    """A fresh unsubscribe-URL marker for one digest's templates."""
+    return MARKER_BASE + secrets.token_hex(8)
+
+
+def build_templates(
+    settings: Settings,
+    plan: DigestPlan,
+    languages: Iterable[str],
+    *,
+    marker: str,
+    now: datetime,
+    dkim: DkimKey | None,
+) -> dict[str, MessageTemplate]:
+    """Build the digest's message template in each language (and the site's), once each."""
+    view_url = digest_view_url(settings, plan.day)
+    built: dict[str, MessageTemplate] = {}
+    for lang in dict.fromkeys([*languages, settings.site.language]):
+        rendered = render_digest(
+            plan, lang=lang, settings=settings, unsubscribe_url=marker, now=now, view_url=view_url
+        )
+        built[lang] = build_digest_template(
+            rendered, settings=settings, digest_day=plan.day, marker=marker, now=now, dkim=dkim
+        )
+    return built
+
+
+def build_send_templates(
+    settings: Settings, plan: DigestPlan, languages: Iterable[str], *, now: datetime
+) -> dict[str, MessageTemplate]:
+    """The templates `send` fills for each recipient: a fresh marker, DKIM-signed when set up."""
+    return build_templates(
+        settings, plan, languages, marker=make_marker(), now=now, dkim=read_dkim_key(settings)
+    )
+
+
+def build_sample_messages(settings: Settings, db: Database, *, now: datetime) -> dict[str, bytes]:
+    """Today's digest as one recipient's message per language, built as `send` builds it.
+
+    For `preflight`: read without the write lock (see `preview_digest`); unsigned, with a
+    sample token in the unsubscribe link. Empty when there is no digest to send.
+    """
+    plan = preview_digest(settings, db, now=now)
+    if plan is None:
+        return {}
+    url = unsubscribe_url(settings, _SAMPLE_TOKEN)
+    templates = build_templates(
+        settings, plan, LANGUAGES, marker=_SAMPLE_MARKER, now=now, dkim=None
+    )
+    return {
+        lang: fill_message(
+            template, to="preflight@example.invalid", subscriber_id=0, unsubscribe_url=url
+        )
+        for lang, template in templates.items()
+    }
+
+
+def preview_unsubscribe_url(root: str) -> str:
+    """A clearly fake unsubscribe link for previews: no real token is ever made for them."""
+    return f"{root}unsubscribe?token=PREVIEW-SAMPLE-TOKEN"
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewFiles:
+    """What `write_digest_preview` wrote: the digest's plan, its subject and two files."""
+
+    plan: DigestPlan
+    subject: str
+    html_path: Path
+    text_path: Path
+
+
+def write_digest_preview(
+    settings: Settings,
+    *,
+    open_db: Callable[[], Database],
+    now: datetime,
+    lang: str | None,
+    out: Path,
+) -> PreviewFiles | None:
+    """Write today's digest as `send` would mail it now to out/digest.html and digest.txt.
+
+    Reads the seeds as `send` would (see `preview_digest`); stores no digest and sends
+    nothing. Returns None, writing nothing, when there is no digest to send.
+    """
+    check_dump_paths([settings.paths.seeds])  # no database is made for a missing seeds folder
+    plan = preview_digest(settings, open_db(), now=now)
+    if plan is None:
+        return None
+    rendered = render_digest(
+        plan,
+        lang=lang or settings.site.language,
+        settings=settings,
+        unsubscribe_url=preview_unsubscribe_url(base_url(settings)),
+        now=now,
+        view_url=digest_view_url(settings, plan.day),
+    )
+    html_path = out / "digest.html"
+    text_path = out / "digest.txt"
+    write_atomic(html_path, rendered.html.encode("utf-8"))
+    write_atomic(text_path, rendered.text.encode("utf-8"))
+    return PreviewFiles(plan, rendered.subject, html_path, text_path)
