@@ -507,7 +507,7 @@ class SiteRenderer:
             link = item.link
             items.append(
                 SimpleNamespace(
-                    href=None if link is None else "../" + article_path(link.slug),
+                    href=None if link is None else "../" + link.path,
                     title=None if link is None else one_line(link.title),
                     dateline=one_line(item.teaser.dateline),
                     text=one_line(item.teaser.text),
