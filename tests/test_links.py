@@ -199,6 +199,29 @@ def test_a_digest_links_each_article_to_its_own_page_after_builds_from_two_folde
     ]
 
 
+def _page_of(output: Path, phrase: str) -> str:
+    [page] = [
+        p.name for p in (output / "articles").iterdir() if phrase in p.read_text(encoding="utf-8")
+    ]
+    return page
+
+
+def test_a_page_keeps_its_path_through_builds_of_other_folders(site: Path) -> None:
+    output = site / "feeds"
+    (site / "extra" / "cau.txt").write_text(EXTRA_DUMP, encoding="utf-8")
+    (site / "seeds" / "cau.txt").write_text(SEEDS_DUMP, encoding="utf-8")
+    _run("build", "extra")
+    _run("build", "seeds", "extra")  # the extra/ article, seen first, keeps the plain slug
+    assert _page_of(output, "Bến Đò bắc qua") == "khanh-thanh-cau-moi.html"
+    suffixed = _page_of(output, "Cửa Tùng nối hai")
+    assert suffixed.startswith("khanh-thanh-cau-moi-")
+    _run("build")  # seeds/ alone: its article's page stays put, the other one goes
+    assert sorted(p.name for p in (output / "articles").iterdir()) == [suffixed]
+    _run("build", "extra", "seeds")
+    assert _page_of(output, "Cửa Tùng nối hai") == suffixed
+    assert _page_of(output, "Bến Đò bắc qua") == "khanh-thanh-cau-moi.html"
+
+
 def test_every_link_resolves_after_builds_from_different_folders(
     site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

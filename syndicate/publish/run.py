@@ -34,6 +34,7 @@ from syndicate.site import (
     assign_slugs,
     index_pages,
     order_key,
+    page_slug,
 )
 from syndicate.store import Database, teasers
 from syndicate.store import articles as store
@@ -151,7 +152,13 @@ def run_build(
                 key=_order_key,
                 reverse=True,
             )
-            slugs = assign_slugs((s.id, s.slug, s.published, s.first_seen_at) for s in summaries)
+            # An article with a page keeps its path: a published URL stays put.
+            kept = {
+                s.id: slug for s in summaries if s.page_path and (slug := page_slug(s.page_path))
+            }
+            slugs = assign_slugs(
+                ((s.id, s.slug, s.published, s.first_seen_at) for s in summaries), kept=kept
+            )
             try:
                 left_out = _write_pages(
                     settings, db, writer, renderer, info, summaries, slugs, pool, stager
