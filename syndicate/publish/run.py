@@ -159,6 +159,13 @@ def run_build(
             slugs = assign_slugs(
                 ((s.id, s.slug, s.published, s.first_seen_at) for s in summaries), kept=kept
             )
+            # Before a page file is written, forget every page that moves or goes: a page
+            # file may be about to hold another article, and a reader meanwhile (a digest)
+            # must show such an article unlinked, never linked to that other one's page.
+            with db.transaction():
+                store.write_page_paths(
+                    db, {i: article_path(slugs[i]) for i, slug in kept.items() if slugs[i] == slug}
+                )
             try:
                 left_out = _write_pages(
                     settings, db, writer, renderer, info, summaries, slugs, pool, stager
