@@ -25,7 +25,7 @@ from babel.dates import format_date, format_time, get_datetime_format
 from syndicate.config import Settings, base_url, email_templates_dir
 from syndicate.errors import ConfigError, InputError
 from syndicate.model import Article, DigestPlan, Precision, Teaser
-from syndicate.site import RENDER_ERRORS, OtherNews, article_url, order_key, order_teasers
+from syndicate.site import RENDER_ERRORS, OtherNews, order_key, order_teasers
 from syndicate.text import header_safe, nfc, one_line, shorten
 
 log = logging.getLogger(__name__)
@@ -453,12 +453,13 @@ def render_digest(
     articles: list[dict[str, Any]] = []
     shown: list[Article] = []  # the articles that went in, for the subject
     for article in plan.articles:
+        page = plan.pages.get(article.id)
         try:
             articles.append(
                 {
                     "number": len(articles) + 1,
                     "title": header_safe(article.title, limit=TITLE_CHARS),
-                    "url": article_url(root, article.slug),
+                    "url": root + page if page else None,  # no page: no link
                     "date": _published_text(article, lang=lang, tz=tz),
                     "author": one_line(article.author) if article.author else None,
                     "lead": _shorten(
@@ -498,7 +499,7 @@ def render_digest(
                 "dateline": one_line(n.teaser.dateline),
                 "text": _shorten(one_line(n.teaser.text), TEASER_CHARS),
                 "title": header_safe(n.link.title, limit=TITLE_CHARS) if n.link else None,
-                "url": article_url(root, n.link.slug) if n.link else None,
+                "url": root + n.link.path if n.link else None,
             }
             for n in plan_other_news(plan, limit=settings.digest.max_teasers, tz=tz)
         ],

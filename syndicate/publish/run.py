@@ -34,6 +34,7 @@ from syndicate.site import (
     assign_slugs,
     index_pages,
     order_key,
+    page_slug,
 )
 from syndicate.store import Database, teasers
 from syndicate.store import articles as store
@@ -106,7 +107,12 @@ def _page_links(
             continue
         slug = slugs[target_id]
         links.setdefault(article_id, {})[key] = StoryLink(
-            target.id, slug, target.title, target.published, target.precision, target.first_seen_at
+            target.id,
+            article_path(slug),
+            target.title,
+            target.published,
+            target.precision,
+            target.first_seen_at,
         )
         parts.setdefault(article_id, []).append(f"{position}:{slug}:{target.record_hash}")
     return links, {article_id: ";".join(part) for article_id, part in parts.items()}
@@ -146,7 +152,20 @@ def run_build(
                 key=_order_key,
                 reverse=True,
             )
-            slugs = assign_slugs((s.id, s.slug, s.published, s.first_seen_at) for s in summaries)
+            # An article with a page keeps its path: a published URL stays put.
+            kept = {
+                s.id: slug for s in summaries if s.page_path and (slug := page_slug(s.page_path))
+            }
+            slugs = assign_slugs(
+                ((s.id, s.slug, s.published, s.first_seen_at) for s in summaries), kept=kept
+            )
+            # Before a page file is written, forget every page that moves or goes: a page
+            # file may be about to hold another article, and a reader meanwhile (a digest)
+            # must show such an article unlinked, never linked to that other one's page.
+            with db.transaction():
+                store.write_page_paths(
+                    db, {i: article_path(slugs[i]) for i, slug in kept.items() if slugs[i] == slug}
+                )
             try:
                 left_out = _write_pages(
                     settings, db, writer, renderer, info, summaries, slugs, pool, stager
@@ -159,6 +178,17 @@ def run_build(
         if staging is not None:
             close_staging(staging)
 
+    # Where each article's page now is: the one place it is decided. Recorded once the pages
+    # are written and before stale ones are deleted, so a stored path always names a file.
+    with db.transaction():
+        store.write_page_paths(
+            db,
+            {
+                s.id: article_path(slugs[s.id])
+                for s in summaries
+                if s.id not in left_out.without_page
+            },
+        )
     removed = _remove_stale(output, writer)
     with db.transaction():
         store.delete_page_fingerprints(db, (rel for rel in writer.old if rel not in writer.new))
@@ -203,6 +233,7 @@ class _LeftOut:
     errors: tuple[DumpError, ...] = ()
     pages: int = 0
     rendered: int = 0  # feeds and pages rendered
+    without_page: frozenset[str] = frozenset()  # the ids of the `pages` articles
 
 
 _LEFT_OUT_HINT = "Fix the dump or move it out of the dump folder; the rest was built."
@@ -284,7 +315,9 @@ def _write_pages(
         ):
             data = renderer.render_index(entries, archive=archive, archives=archives)
             writer.write(rel, data, fingerprint, fsync=archive is None)
-    return _LeftOut(tuple(errors), len(failed), rendered + len(index_jobs) + feeds_rendered)
+    return _LeftOut(
+        tuple(errors), len(failed), rendered + len(index_jobs) + feeds_rendered, frozenset(failed)
+    )
 
 
 def _write_article_pages(

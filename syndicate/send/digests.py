@@ -25,7 +25,6 @@ from syndicate.model import DigestPlan, StoryLink
 from syndicate.output import write_atomic
 from syndicate.publish import sync_articles
 from syndicate.send.transports import read_dkim_key
-from syndicate.site import assign_slugs
 from syndicate.store import Database
 from syndicate.store.articles import iter_summaries
 from syndicate.store.digests import (
@@ -67,7 +66,7 @@ def todays_digest(
                     create_digest(db, plan, now=now)
     if plan is None or not plan.articles:  # a stored digest whose articles are gone
         return None
-    return _with_page_slugs(db, plan)
+    return _with_pages(db, plan)
 
 
 def preview_digest(settings: Settings, db: Database, *, now: datetime) -> DigestPlan | None:
@@ -85,45 +84,44 @@ def preview_digest(settings: Settings, db: Database, *, now: datetime) -> Digest
 
 
 def stored_digest(db: Database, day: date) -> DigestPlan | None:
-    """The digest stored for `day`, with its pages' slugs; None if none, or its articles are gone.
+    """The digest stored for `day`, with its articles' pages; None if none or its articles gone.
 
     For `send` catching up an earlier day: the digest is sent as it was made.
     """
     plan = get_digest(db, day)
     if plan is None or not plan.articles:
         return None
-    return _with_page_slugs(db, plan)
+    return _with_pages(db, plan)
 
 
-def _with_page_slugs(db: Database, plan: DigestPlan) -> DigestPlan:
-    """Give the plan's articles the slugs their pages have, and its teasers their links.
+def _with_pages(db: Database, plan: DigestPlan) -> DigestPlan:
+    """Give the plan its articles' pages, and its teasers links, as the last build stored them.
 
-    `build` resolves slug collisions among the articles its dumps give; do the
-    same over the same set (all stored articles when no dump is recorded). A teaser
-    links to the article it advertises when that article has a page.
+    Nothing is worked out here: an article (or an advertised one) without a stored page path
+    has no page, and is shown unlinked.
     """
-    live = live_article_ids(db)
     wanted = {a.id for a in plan.articles}
-    summaries = {s.id: s for s in iter_summaries(db) if not live or s.id in live or s.id in wanted}
-    slugs = assign_slugs((s.id, s.slug, s.published, s.first_seen_at) for s in summaries.values())
-    articles = tuple(dataclasses.replace(a, slug=slugs.get(a.id, a.slug)) for a in plan.articles)
+    found = article_links(db, wanted)
+    targets = {target_id for pairs in found.values() for _key, target_id in pairs}
+    summaries = {s.id: s for s in iter_summaries(db) if s.id in wanted or s.id in targets}
+    pages = {i: s.page_path for i, s in summaries.items() if i in wanted and s.page_path}
     links: dict[str, StoryLink] = {}
-    for found in article_links(db, wanted).values():
-        for key, target_id in found:
+    for pairs in found.values():
+        for key, target_id in pairs:
             target = summaries.get(target_id)
-            if target is not None and (not live or target_id in live):
+            if target is not None and target.page_path:
                 links.setdefault(
                     key,
                     StoryLink(
                         target.id,
-                        slugs[target.id],
+                        target.page_path,
                         target.title,
                         target.published,
                         target.precision,
                         target.first_seen_at,
                     ),
                 )
-    return dataclasses.replace(plan, articles=articles, links=links)
+    return dataclasses.replace(plan, links=links, pages=pages)
 
 
 def _plan(settings: Settings, db: Database, day: date, *, now: datetime) -> DigestPlan | None:
