@@ -258,3 +258,8 @@ BOUNCES_MIGRATION: list[str] = [
     """,
 ]
 MIGRATIONS.append(BOUNCES_MIGRATION)
+
+# 7: every sign-up writes the same one row, whatever the address's state (new, pending,
+# confirmed, left), so storing it before the page answers costs the same for everyone;
+# `signed_up_at` is that write's stamp for an address already on the list.
+MIGRATIONS.append(["ALTER TABLE subscribers ADD COLUMN signed_up_at TEXT"])
