@@ -104,7 +104,9 @@ class Setup:
 
 def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
     ok = isinstance(data, LoginPassword) and data == (b"news", PASSWORD.encode())
-    return AuthResult(success=ok)
+    # handled=False: aiosmtpd answers a refusal with 535 itself (handled=True, the default,
+    # means the authenticator already replied, so the client would wait for its timeout).
+    return AuthResult(success=ok, handled=False)
 
 
 @pytest.fixture
@@ -278,6 +280,17 @@ def test_the_envelope_domain_is_the_bounce_address_when_set(setup: Setup) -> Non
     assert out.splitlines()[0] == (
         "✓ spf: bounce.example.net (mail.bounce_address) authorises smtp.host 127.0.0.1: "
         "127.0.0.1 (ip4:127.0.0.0/8 in bounce.example.net)."
+    )
+
+
+def test_a_wrong_password_is_the_servers_refusal_not_a_timeout(setup: Setup) -> None:
+    _wrong_password(setup)
+    code, out, _err = setup.run("--json")
+    assert code == 1
+    [smtp] = [c for c in json.loads(out) if c["check"] == "smtp"]
+    assert smtp["detail"] == (
+        f"127.0.0.1:{setup.smtp_port} refused the login of 'news': 535 5.7.8 Authentication "
+        "credentials invalid. Check smtp.username and SYNDICATE_SMTP_PASSWORD."
     )
 
 
