@@ -244,7 +244,7 @@ def test_sign_ups_are_answered_at_once_while_a_big_preview_runs(
                 answer = web.post(
                     "subscribe", data={"email": f"r{len(answers)}@example.org", "language": "vi"}
                 )
-                # Answered at once; the sign-up is stored just after: time both.
+                # Stored, then answered, at once: the preview holds no write lock.
                 server.signups.wait_for(len(answers) + 1, timeout=30)
                 answers.append((answer.status_code, time.monotonic() - started))
     _, err = preview.communicate(timeout=30)
