@@ -25,12 +25,12 @@ log = logging.getLogger(__name__)
 # Confirmation mails waiting or in progress at once; more are dropped (logged; the
 # sign-up itself is stored, and signing up again after the re-send window mails again).
 MAX_PENDING_SIGNUPS = 1000
-# How long shutdown waits for sign-ups in progress before giving up on them.
+# How long shutdown waits for confirmation mails in progress before giving up on them.
 DRAIN_SECONDS = 30.0
 
 
 class SignupWorker:
-    """An event loop on a thread of its own; owns the mailer, runs sign-up jobs.
+    """An event loop on a thread of its own; owns the mailer, sends confirmation mails.
 
     `submit` never blocks the caller. `stop` waits (up to `drain_seconds`) for the
     jobs in progress, closes the mailer on the worker's loop, and ends the thread.
@@ -87,7 +87,7 @@ class SignupWorker:
         try:
             await job
         except Exception:
-            log.exception("subscribe: a sign-up failed")
+            log.exception("subscribe: a confirmation mail failed")
 
     def pending(self) -> int:
         """How many jobs are waiting or in progress."""
@@ -106,9 +106,11 @@ class SignupWorker:
                 job.result(timeout=self.drain_seconds)
             except TimeoutError:
                 job.cancel()
-                log.warning("subscribe: a sign-up still running at shutdown was abandoned")
+                log.warning("subscribe: a confirmation mail still going at shutdown was abandoned")
             except Exception:  # already logged by _guard; a cancelled job lands here too
-                log.debug("subscribe: a sign-up ended with an error at shutdown", exc_info=True)
+                log.debug(
+                    "subscribe: a confirmation mail ended with an error at shutdown", exc_info=True
+                )
         try:
             asyncio.run_coroutine_threadsafe(self.mailer.aclose(), loop).result(
                 timeout=self.drain_seconds
