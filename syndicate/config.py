@@ -605,10 +605,15 @@ def _check_base_url(url: str) -> None:
         )
 
 
+# Bidi embedding, override and isolate controls (U+202A-U+202E, U+2066-U+2069): in a
+# title they flip the text around them in mail clients and feed readers (spoofing).
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _control_character(text: str) -> str | None:
-    """The first control character in `text` (line breaks and tabs included), if any."""
+    """The first control character in `text` (line breaks, tabs, bidi controls), if any."""
     for char in text:
-        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+        if char in _BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Zl", "Zp"):
             return char
     return None
 

@@ -145,6 +145,26 @@ def remove_temp_files(root: Path, *, alive: Callable[[int], bool], skip: str = "
     return removed
 
 
+def remove_temp_files_in(folder: Path, *, alive: Callable[[int], bool]) -> int:
+    """Delete the temp files `write_atomic` left in `folder` itself (not below it), except
+    those of processes still `alive`. One listing, names only: cheap for 10,000 pages.
+    Returns how many were deleted; a missing folder, or a file that cannot be, is left."""
+    removed = 0
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries if e.name[0] == "." and e.name.endswith(".tmp")]
+    except OSError:
+        return 0
+    for name in names:
+        match = _TEMP_NAME.fullmatch(name)
+        if match is None or alive(int(match.group("pid"))):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, name))
+            removed += 1
+    return removed
+
+
 def _same_bytes(path: str | Path, data: bytes) -> bool:
     try:
         if os.stat(path).st_size != len(data):

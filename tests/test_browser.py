@@ -95,28 +95,33 @@ class Browser:
         return shots
 
 
-@pytest.fixture
-def browser(
-    live_server: Callable[..., LiveServer], tmp_path: Path, now: datetime
-) -> Iterator[Browser]:
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """One Chromium for the module (starting it is the slow part); each test gets a
+    fresh context of its own (no cookies, storage or cache shared between tests)."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    server = live_server()
-    build_site(server.settings, now)
-    profile = tmp_path / "chromium-profile"
-    profile.mkdir()
     with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(profile),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            locale="vi-VN",
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
         )
         try:
-            driver = Browser(context, server)
-            yield driver
+            yield launched
         finally:
-            context.close()
+            launched.close()
+
+
+@pytest.fixture
+def browser(
+    chromium: Any, live_server: Callable[..., LiveServer], now: datetime
+) -> Iterator[Browser]:
+    server = live_server()
+    build_site(server.settings, now)
+    context = chromium.new_context(locale="vi-VN")
+    try:
+        driver = Browser(context, server)
+        yield driver
+    finally:
+        context.close()
     assert driver.problems == []
 
 

@@ -451,7 +451,7 @@ def test_temp_files_left_by_a_killed_build_are_removed_by_the_next(
     assert not (output / ".staging").exists()
     after = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
     assert after == before
-    assert f"{output}: removed 5 temp files left by a killed build" in caplog.messages
+    assert f"{output}: removed 5 temp files left by a killed process" in caplog.messages
 
 
 # --------------------------------------------------------------------------- random dumps

@@ -654,7 +654,7 @@ def test_a_week_of_dead_and_full_mailboxes_never_holds_up_a_days_digest(
         assert code == 1, err  # the full mailboxes failed (and are left to later runs)
         by_day: dict[str, list[str]] = {}
         for received in smtpd.handler.messages:
-            digest_day = str(received.message["Message-ID"]).strip("<").split(".")[0]
+            digest_day = str(received.headers["Message-ID"]).strip("<").split(".")[0]
             by_day.setdefault(digest_day, []).extend(received.recipients)
         assert sorted(by_day[day]) == sorted(deliverable), day  # on its day, exactly once
         assert all(sorted(got) == sorted(deliverable) for got in by_day.values())

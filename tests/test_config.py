@@ -203,6 +203,21 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> No
             "without control characters (found '\\x07').",
         ),
         (
+            '[site]\ntitle = "Tin \u202egnp.exe"\n',
+            "config key site.title has value 'Tin \\u202egnp.exe'; expected one line of "
+            "text without control characters (found '\\u202e').",
+        ),
+        (
+            '[site]\ndescription = "Tin \u2066mới\u2069"\n',
+            "config key site.description has value 'Tin \\u2066mới\\u2069'; expected one "
+            "line of text without control characters (found '\\u2066').",
+        ),
+        (
+            '[site]\ntitle = "Tin \u202amới"\n',
+            "config key site.title has value 'Tin \\u202amới'; expected one line of "
+            "text without control characters (found '\\u202a').",
+        ),
+        (
             "[smtp]\ntimeout = 0\n",
             "config key smtp.timeout has value 0; expected a number above 0, like 30.0.",
         ),

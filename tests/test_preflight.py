@@ -104,7 +104,9 @@ class Setup:
 
 def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
     ok = isinstance(data, LoginPassword) and data == (b"news", PASSWORD.encode())
-    return AuthResult(success=ok)
+    # handled=False: aiosmtpd answers a refusal with 535 itself (handled=True, the default,
+    # means the authenticator already replied, so the client would wait for its timeout).
+    return AuthResult(success=ok, handled=False)
 
 
 @pytest.fixture
@@ -281,6 +283,17 @@ def test_the_envelope_domain_is_the_bounce_address_when_set(setup: Setup) -> Non
     )
 
 
+def test_a_wrong_password_is_the_servers_refusal_not_a_timeout(setup: Setup) -> None:
+    _wrong_password(setup)
+    code, out, _err = setup.run("--json")
+    assert code == 1
+    [smtp] = [c for c in json.loads(out) if c["check"] == "smtp"]
+    assert smtp["detail"] == (
+        f"127.0.0.1:{setup.smtp_port} refused the login of 'news': 535 5.7.8 Authentication "
+        "credentials invalid. Check smtp.username and SYNDICATE_SMTP_PASSWORD."
+    )
+
+
 def test_dkim_off_and_the_outbox_transport_fail_with_the_reason(setup: Setup) -> None:
     setup.config('[dkim]\ndomain = "example.org"', '[dkim]\ndomain = ""')
     setup.config('transport = "smtp"', 'transport = "outbox"')
@@ -302,7 +315,8 @@ def test_a_nameserver_that_never_answers_fails_the_dns_checks_without_a_tracebac
 ) -> None:
     result = CliRunner().invoke(
         cli,
-        ["preflight", "--nameserver", silent_nameserver, "--timeout", "0.5", "--json"],
+        # Every look-up waits out the timeout: keep it short (only the DNS checks are judged).
+        ["preflight", "--nameserver", silent_nameserver, "--timeout", "0.2", "--json"],
         catch_exceptions=False,
     )
     assert result.exit_code == 1

@@ -227,6 +227,30 @@ def test_signup_after_unsubscribing_starts_over_as_pending(db: Database, now) ->
     assert (sub.status, sub.language, send) == (SubscriptionStatus.PENDING, "en", True)
 
 
+@pytest.mark.parametrize(
+    "state", ["new", "pending-recent", "pending-due", "confirmed", "unsubscribed", "bounced"]
+)
+def test_every_sign_up_writes_exactly_one_row_whatever_the_address_state(
+    db: Database,
+    now,  # type: ignore[no-untyped-def]
+    state: str,
+) -> None:
+    """The web app stores a sign-up before it answers: the write must not tell the state."""
+    address = "an@example.org"
+    if state.startswith("pending"):
+        minutes = 1 if state == "pending-recent" else 11
+        signup(db, address, language="vi", now=now - timedelta(minutes=minutes))
+    elif state != "new":
+        added = add_subscriber(db, address, now=now)
+        if state != "confirmed":
+            set_status(db, added.id, SubscriptionStatus(state), now=now)
+    before = db.conn.total_changes
+    signup(db, address, language="en", now=now)
+    assert db.conn.total_changes - before == 1
+    stamped = db.conn.execute("SELECT signed_up_at FROM subscribers").fetchone()[0]
+    assert stamped == now.isoformat(timespec="seconds")
+
+
 def test_stale_confirm_link_does_not_resubscribe(db: Database, now) -> None:  # type: ignore[no-untyped-def]
     sub, _ = signup(db, "an@example.org", language="vi", now=now)
     unsubscribe(db, sub.id, now=now)

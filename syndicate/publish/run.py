@@ -22,7 +22,13 @@ from syndicate.feeds import ENTRY_ERRORS, FEED_FILES, FeedInfo, build_feed
 from syndicate.model import Article, StoryLink
 from syndicate.publish.hashing import digest as _hash
 from syndicate.publish.pool import BuildPool, BuildTuning, IndexJob, render_page
-from syndicate.publish.staging import Stager, close_staging, open_staging, page_fingerprint
+from syndicate.publish.staging import (
+    Stager,
+    close_staging,
+    open_staging,
+    page_fingerprint,
+    remove_dead_temp_files,
+)
 from syndicate.publish.sync import Progress, sync_articles
 from syndicate.publish.writer import PageWriter
 from syndicate.site import (
@@ -142,6 +148,7 @@ def run_build(
     info = _site_info(settings)
     renderer = SiteRenderer(info, site_templates_dir())
     writer = PageWriter(output, *store.read_page_fingerprints(db), list_after=tuning.list_after)
+    remove_dead_temp_files(output)  # before this build writes any of its own
     staging = _open_staging(output)
     stager = Stager(renderer, staging, writer.old) if staging is not None else None
     try:

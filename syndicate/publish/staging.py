@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from syndicate.model import Article
-from syndicate.output import remove_temp_files, write_new
+from syndicate.output import remove_temp_files, remove_temp_files_in, write_new
 from syndicate.publish.hashing import digest
 from syndicate.site import RENDER_ERRORS, SiteRenderer, article_path
 from syndicate.store.articles import PageStamp, page_stamp
 
 STAGING_FOLDER = ".staging"
+# The folders under paths.output syndicate writes pages into: the feeds and index, the
+# article and archive pages, and `send`'s digest pages (cli.flow.DIGESTS_FOLDER).
+WRITTEN_FOLDERS = ("", "articles", "page", "digests")
 
 # The stage's logger.
 log = logging.getLogger("syndicate.publish")
@@ -77,6 +80,21 @@ class Stager:
         except OSError:  # FileExistsError: a duplicate dump staged it
             return None
         return fingerprint, page_stamp(len(data), mtime_ns)
+
+
+def remove_dead_temp_files(output: Path) -> int:
+    """Delete the temp files that processes now gone (a killed build or `send`) left in the
+    folders syndicate writes into; return how many. Cheap: one listing of each folder.
+
+    A build killed before it made its staging folder, or a `send` killed while writing the
+    digest page, leaves no other sign, so every build looks (`open_staging` walks the
+    whole output folder only when a dead build's staging folder says one was killed)."""
+    removed = sum(
+        remove_temp_files_in(output / folder, alive=_alive_other) for folder in WRITTEN_FOLDERS
+    )
+    if removed:
+        log.info("%s: removed %d temp files left by a killed process", output, removed)
+    return removed
 
 
 def open_staging(output: Path) -> Path:

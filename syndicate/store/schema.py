@@ -268,3 +268,8 @@ PAGES_MIGRATION: list[str] = [
     "ALTER TABLE articles ADD COLUMN page_path TEXT",
 ]
 MIGRATIONS.append(PAGES_MIGRATION)
+
+# 8: every sign-up writes the same one row, whatever the address's state (new, pending,
+# confirmed, left), so storing it before the page answers costs the same for everyone;
+# `signed_up_at` is that write's stamp for an address already on the list.
+MIGRATIONS.append(["ALTER TABLE subscribers ADD COLUMN signed_up_at TEXT"])

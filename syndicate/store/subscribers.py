@@ -42,12 +42,12 @@ _SELECT_BY_ID = f"SELECT {_COLUMNS} FROM subscribers WHERE id = ?"  # noqa: S608
 _INSERT = """
     INSERT INTO subscribers (email, email_key, name, language, status, created_at, updated_at,
                              confirmed_at, unsubscribed_at, bounced_at, confirm_sent_at,
-                             token_nonce)
+                             token_nonce, signed_up_at)
     VALUES (:email, :key, :name, :language, :status, :now, :now,
             CASE WHEN :status = 'confirmed' THEN :now END,
             CASE WHEN :status = 'unsubscribed' THEN :now END,
             CASE WHEN :status = 'bounced' THEN :now END,
-            :confirm_sent_at, :nonce)
+            :confirm_sent_at, :nonce, :signed_up_at)
 """
 # Move to a status, stamping the matching *_at column.
 _SET_STATUS = """
@@ -58,16 +58,19 @@ _SET_STATUS = """
         bounce_count = CASE WHEN :status = 'confirmed' THEN 0 ELSE bounce_count END
     WHERE id = :id
 """
-# A (repeat) sign-up: back to pending with the chosen language, confirmation sent now.
-_SET_PENDING = """
-    UPDATE subscribers SET status = 'pending', language = :language, updated_at = :now,
-        confirm_sent_at = :now
+# A repeat sign-up, the one write for every state (so its cost tells no state): stamp
+# signed_up_at; one who left is pending again in the chosen language, confirmation sent
+# now (:send); a pending one whose re-send is due (:send) gets confirm_sent_at = now.
+_SIGN_UP_AGAIN = """
+    UPDATE subscribers SET signed_up_at = :now,
+        status = CASE WHEN :rejoin THEN 'pending' ELSE status END,
+        language = CASE WHEN :rejoin THEN :language ELSE language END,
+        updated_at = CASE WHEN :rejoin THEN :now ELSE updated_at END,
+        confirm_sent_at = CASE WHEN :send THEN :now ELSE confirm_sent_at END
     WHERE id = :id
 """
-# A repeat sign-up of a pending address that re-sends the confirmation.
-_TOUCH_CONFIRM_SENT = "UPDATE subscribers SET confirm_sent_at = :now WHERE id = :id"
-# When the last confirmation went out, for the re-send limit.
-_SELECT_CONFIRM_SENT = "SELECT confirm_sent_at FROM subscribers WHERE id = ?"
+# One subscriber by its case-folded address, with when its last confirmation went out.
+_SELECT_FOR_SIGN_UP = f"SELECT {_COLUMNS}, confirm_sent_at FROM subscribers WHERE email_key = ?"  # noqa: S608
 # A permanent refusal: count it, and bounce the subscriber at the limit.
 _RECORD_BOUNCE = """
     UPDATE subscribers SET bounce_count = bounce_count + 1, updated_at = :now,
@@ -246,6 +249,7 @@ def add_subscriber(
         "now": stamp,
         "confirm_sent_at": None,
         "nonce": secrets.token_bytes(_NONCE_BYTES),
+        "signed_up_at": None,
     }
     try:
         with db.transaction() as conn:
@@ -291,7 +295,11 @@ def signup(
     at most once per `resend_after`. A confirmed one is left alone (no mail:
     the caller answers the same either way, so nobody learns who is
     subscribed). An unsubscribed or bounced one becomes pending again and is
-    sent a confirmation. Raises SubscriberError for a bad address or language.
+    sent a confirmation. Every state costs one read and one write (an insert,
+    or one update stamping `signed_up_at`), so the web app can store a sign-up
+    before it answers without its timing telling the state. Raises
+    SubscriberError for a bad address or language, StoreBusyError when the
+    database stayed locked past the busy timeout.
     """
     address = normalize_email(email)
     check_language(language)
@@ -299,7 +307,7 @@ def signup(
     stamp = _iso(now)
     try:
         with db.transaction() as conn:
-            row = conn.execute(_SELECT_BY_KEY, (key,)).fetchone()
+            row = conn.execute(_SELECT_FOR_SIGN_UP, (key,)).fetchone()
             if row is None:
                 cursor = conn.execute(
                     _INSERT,
@@ -312,26 +320,29 @@ def signup(
                         "now": stamp,
                         "confirm_sent_at": stamp,
                         "nonce": secrets.token_bytes(_NONCE_BYTES),
+                        "signed_up_at": stamp,
                     },
                 )
                 subscriber_id, send = int(cursor.lastrowid or 0), True
             else:
                 subscriber_id = int(row[0])
                 status = SubscriptionStatus(row[4])
-                if status is SubscriptionStatus.CONFIRMED:
-                    send = False
-                elif status is SubscriptionStatus.PENDING:
-                    sent_at = _time(
-                        conn.execute(_SELECT_CONFIRM_SENT, (subscriber_id,)).fetchone()[0]
-                    )
-                    send = sent_at is None or now - sent_at >= resend_after
-                    if send:
-                        conn.execute(_TOUCH_CONFIRM_SENT, {"now": stamp, "id": subscriber_id})
-                else:
-                    conn.execute(
-                        _SET_PENDING, {"language": language, "now": stamp, "id": subscriber_id}
-                    )
-                    send = True
+                rejoin = status not in (SubscriptionStatus.CONFIRMED, SubscriptionStatus.PENDING)
+                sent_at = _time(row[-1])
+                send = rejoin or (
+                    status is SubscriptionStatus.PENDING
+                    and (sent_at is None or now - sent_at >= resend_after)
+                )
+                conn.execute(
+                    _SIGN_UP_AGAIN,
+                    {
+                        "rejoin": rejoin,
+                        "send": send,
+                        "language": language,
+                        "now": stamp,
+                        "id": subscriber_id,
+                    },
+                )
             found = conn.execute(_SELECT_BY_ID, (subscriber_id,)).fetchone()
     except sqlite3.Error as exc:
         raise _fail(db, exc) from exc

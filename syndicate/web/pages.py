@@ -18,7 +18,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 
 from syndicate import digest, mail, site, tokens
 from syndicate.config import Settings, base_url, site_templates_dir
-from syndicate.errors import StoreBusyError, StoreError, SubscriberError, SyndicateError, TokenError
+from syndicate.errors import StoreError, SubscriberError, SyndicateError, TokenError
 from syndicate.mail import DkimKey
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.send import Mailer, TransientSendError, read_dkim_key
@@ -189,10 +189,6 @@ def negotiate_language(query: str | None, accept_language: str | None, default: 
 # --- The endpoints ----------------------------------------------------------------------
 
 
-# Waits before a sign-up that met a busy database is stored again (after the answer, so
-# they hold up nobody's page); the last try's failure is logged and the sign-up dropped.
-_BUSY_RETRY_SECONDS = (1, 2, 4)
-
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -204,8 +200,8 @@ class Service:
     waits for the database (`syndicate send` holding its write lock, for up to the busy
     timeout) holds up only the requests that write, never the event loop serving the
     pages. Reads (`find`, `check`) run on another thread, so they never queue behind it.
-    A sign-up's state-dependent work (storing it, the confirmation mail) runs after the
-    response on the `SignupWorker`'s thread, which owns the mailer.
+    A sign-up is stored before the answer; its state-dependent work (the confirmation
+    mail) runs after the response on the `SignupWorker`'s thread, which owns the mailer.
     """
 
     def __init__(
@@ -449,9 +445,23 @@ class Service:
                 error=_STRINGS[lang]["invalid_email"],
                 status_code=400,
             )
-        # Everything from here on depends on the address's state: it runs after the
-        # response, off this loop, so no response or next request's timing tells it.
-        background = BackgroundTask(self._queue_sign_up, address, language, self.clock())
+        # Stored before the answer, so a sign-up is never lost after a 200: a database
+        # busy past its timeout raises StoreBusyError, answered 503 with Retry-After. The
+        # store does the same one read and one write for every state, so the wait tells
+        # none; only the confirmation mail depends on it, and it goes after the response,
+        # off this loop (the sign-ups' thread owns the mailer).
+        now = self.clock()
+        background: BackgroundTask | None = None
+        try:
+            subscriber, should_send = await self.call_store(
+                self.store.sign_up, address, language=language, now=now
+            )
+        except SubscriberError as exc:
+            # A refusal past the address check answers like any other sign-up, so the
+            # page does not tell who is on the list.
+            log.info("subscribe: sign-up not stored: %s", exc)
+        else:
+            background = BackgroundTask(self._queue_confirmation, subscriber, should_send, now)
         strings = _STRINGS[lang]
         return self.page(
             "subscribe.html.j2",
@@ -473,40 +483,11 @@ class Service:
             return origin.lower() in trusted
         return bool(form_token) and check_form_token(self.secret, form_token, now=self.clock())
 
-    async def _queue_sign_up(self, address: str, language: str, now: datetime) -> None:
-        self.signups.submit(self._sign_up(address, language, now))
-
-    async def _sign_up(self, address: str, language: str, now: datetime) -> None:
-        """Store the sign-up and send a confirmation if due (on the sign-ups' loop).
-
-        A busy database (another command kept the write lock past the busy timeout) is
-        tried again a few times, later: the page already promised the mail.
-        """
-        try:
-            subscriber, should_send = await self._store_sign_up(address, language, now)
-        except SubscriberError as exc:
-            # Refusals past the address check (an erased address, for one) answered
-            # like any other sign-up, so the page did not tell who is on the list.
-            log.info("subscribe: sign-up not stored: %s", exc)
-            return
-        except StoreError as exc:
-            log.error("subscribe: sign-up not stored: %s", exc)
-            return
+    async def _queue_confirmation(
+        self, subscriber: Subscriber, should_send: bool, now: datetime
+    ) -> None:
         if should_send:
-            await self._send_confirmation(subscriber, now)
-
-    async def _store_sign_up(
-        self, address: str, language: str, now: datetime
-    ) -> tuple[Subscriber, bool]:
-        for delay in _BUSY_RETRY_SECONDS:
-            try:
-                return await self.call_store(
-                    self.store.sign_up, address, language=language, now=now
-                )
-            except StoreBusyError as exc:
-                log.warning("subscribe: %s Storing the sign-up again in %s s.", exc, delay)
-            await asyncio.sleep(delay)
-        return await self.call_store(self.store.sign_up, address, language=language, now=now)
+            self.signups.submit(self._send_confirmation(subscriber, now))
 
     async def _send_confirmation(self, subscriber: Subscriber, now: datetime) -> None:
         token = tokens.make_token(

@@ -1,12 +1,12 @@
-"""Web: the sign-ups' state-dependent work, run after the response on a thread of its own.
+"""Web: the sign-ups' confirmation mails, sent after the response on a thread of its own.
 
-What a sign-up does depends on the address's state (new, pending, confirmed, left):
-a row written or not, a confirmation mail rendered, signed and sent or not. If any of
-that ran before the response, or on the event loop serving the other requests, the
-time a response (or the next request) takes would tell whether an address is on the
-list. So the page answers first, the same for everyone, and the work goes to a worker
-thread running an event loop of its own: the mailer lives there (SMTP or outbox), and
-store calls still go through the store's thread.
+A sign-up is stored before the page answers (the store does the same one write for
+every address state), so nothing is lost after a 200. Whether a confirmation mail is
+rendered, signed and sent depends on the state (new, pending, confirmed, left): if that
+ran before the response, or on the event loop serving the other requests, the time a
+response (or the next request) takes would tell whether an address is on the list. So
+the mail goes to a worker thread running an event loop of its own: the mailer lives
+there (SMTP or outbox).
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ from syndicate.send import Mailer
 
 log = logging.getLogger(__name__)
 
-# Sign-ups waiting for or in their state-dependent work at once; more are dropped (logged).
+# Confirmation mails waiting or in progress at once; more are dropped (logged; the
+# sign-up itself is stored, and signing up again after the re-send window mails again).
 MAX_PENDING_SIGNUPS = 1000
-# How long shutdown waits for sign-ups in progress before giving up on them.
+# How long shutdown waits for confirmation mails in progress before giving up on them.
 DRAIN_SECONDS = 30.0
 
 
 class SignupWorker:
-    """An event loop on a thread of its own; owns the mailer, runs sign-up jobs.
+    """An event loop on a thread of its own; owns the mailer, sends confirmation mails.
 
     `submit` never blocks the caller. `stop` waits (up to `drain_seconds`) for the
     jobs in progress, closes the mailer on the worker's loop, and ends the thread.
@@ -67,7 +68,8 @@ class SignupWorker:
             if self._loop is None or len(self._jobs) >= self.max_pending:
                 job.close()
                 log.warning(
-                    "subscribe: %s sign-ups in progress; this one was dropped", len(self._jobs)
+                    "subscribe: %s confirmation mails in progress; this one was dropped",
+                    len(self._jobs),
                 )
                 return False
             future = asyncio.run_coroutine_threadsafe(self._guard(job), self._loop)
@@ -85,7 +87,7 @@ class SignupWorker:
         try:
             await job
         except Exception:
-            log.exception("subscribe: a sign-up failed")
+            log.exception("subscribe: a confirmation mail failed")
 
     def pending(self) -> int:
         """How many jobs are waiting or in progress."""
@@ -104,9 +106,11 @@ class SignupWorker:
                 job.result(timeout=self.drain_seconds)
             except TimeoutError:
                 job.cancel()
-                log.warning("subscribe: a sign-up still running at shutdown was abandoned")
+                log.warning("subscribe: a confirmation mail still going at shutdown was abandoned")
             except Exception:  # already logged by _guard; a cancelled job lands here too
-                log.debug("subscribe: a sign-up ended with an error at shutdown", exc_info=True)
+                log.debug(
+                    "subscribe: a confirmation mail ended with an error at shutdown", exc_info=True
+                )
         try:
             asyncio.run_coroutine_threadsafe(self.mailer.aclose(), loop).result(
                 timeout=self.drain_seconds

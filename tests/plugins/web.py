@@ -115,8 +115,8 @@ class Tally:
 class CountingStore:
     """Wraps the app's store: counts the sign-ups it has finished storing (or refused).
 
-    A sign-up is stored after the response (off the request), so tests that look at
-    the database next wait here: `server.signups.wait_for(n)`.
+    A sign-up is stored before its answer; tests that must know a store call has ended
+    (a busy one too) wait here: `server.signups.wait_for(n)`.
     """
 
     def __init__(self, inner: SubscriptionStore, tally: Tally) -> None:
