@@ -22,15 +22,17 @@ import css_inline
 import jinja2
 from babel.dates import format_date, format_time, get_datetime_format
 
+from syndicate import i18n
 from syndicate.config import Settings, base_url, email_templates_dir
 from syndicate.errors import ConfigError, InputError
+from syndicate.i18n import LANGUAGES
 from syndicate.model import Article, DigestPlan, Precision, Teaser
-from syndicate.site import RENDER_ERRORS, OtherNews, article_url, order_key, order_teasers
+from syndicate.site import RENDER_ERRORS, OtherNews, order_key, order_teasers
 from syndicate.text import header_safe, nfc, one_line, shorten
+from syndicate.urls import article_url, feed_url
 
 log = logging.getLogger(__name__)
 
-LANGUAGES = ("vi", "en")
 TEXT_WIDTH = 72  # columns of the text part
 PREHEADER_CHARS = 100
 MAX_TEASERS = 15  # "Other news" items: enough for a sidebar, small enough for Gmail's 102 KB
@@ -48,78 +50,7 @@ MAX_LINE_BYTES = 900
 SUBJECT_CHARS = 78  # RFC 5322's recommended line length, before encoding
 STALE_DAYS = 7  # a digest whose newest article is older than this gets a warning
 
-# Reader-facing strings. `{site}`, `{n}` and `{hours}` are filled in by str.replace,
-# never by a template engine, so a site title cannot inject template code.
-STRINGS: dict[str, dict[str, str]] = {
-    "vi": {
-        "heading": "Bản tin ngày {date}",
-        "in_this_issue": "Trong số này",
-        "read_more": "Đọc tiếp",
-        "other_news": "Tin khác",
-        "more_one": "Và {n} tin khác trên trang",
-        "more_many": "Và {n} tin khác trên trang",
-        "subject_more": "và {n} tin khác",
-        "why": "Bạn nhận được thư này vì đã đăng ký nhận bản tin hằng ngày của {site}.",
-        "why_web": (
-            "Đây là bản xem trên trình duyệt của bản tin hằng ngày của {site}. "
-            "Để hủy đăng ký, hãy dùng liên kết ở cuối thư bản tin bạn nhận được."
-        ),
-        "unsubscribe": "Hủy đăng ký",
-        "view_in_browser": "Xem trong trình duyệt",
-        "feeds": "Theo dõi qua",
-        "site_link": "Trang tin",
-        "confirm_subject": "Xác nhận đăng ký bản tin {site}",
-        "confirm_heading": "Xác nhận đăng ký",
-        "confirm_body": (
-            "Bạn (hoặc ai đó dùng địa chỉ này) vừa đăng ký nhận bản tin hằng ngày "
-            "của {site}. Bấm vào nút dưới đây để xác nhận."
-        ),
-        "confirm_body_text": (
-            "Bạn (hoặc ai đó dùng địa chỉ này) vừa đăng ký nhận bản tin hằng ngày "
-            "của {site}. Mở liên kết dưới đây để xác nhận."
-        ),
-        "confirm_button": "Xác nhận đăng ký",
-        "confirm_expiry": (
-            "Liên kết có hiệu lực trong {hours} giờ. Nếu bạn không đăng ký, hãy bỏ qua "
-            "thư này: bạn sẽ không nhận thêm thư nào."
-        ),
-        "confirm_link_label": "Hoặc mở liên kết này",
-    },
-    "en": {
-        "heading": "News for {date}",
-        "in_this_issue": "In this issue",
-        "read_more": "Read more",
-        "other_news": "Other news",
-        "more_one": "And {n} more story on the site",
-        "more_many": "And {n} more stories on the site",
-        "subject_more": "and {n} more",
-        "why": "You are receiving this because you subscribed to the daily digest of {site}.",
-        "why_web": (
-            "This is the web version of the daily digest of {site}. "
-            "To unsubscribe, use the link at the end of any digest email you received."
-        ),
-        "unsubscribe": "Unsubscribe",
-        "view_in_browser": "View in browser",
-        "feeds": "Follow via",
-        "site_link": "Website",
-        "confirm_subject": "Confirm your subscription to {site}",
-        "confirm_heading": "Please confirm your subscription",
-        "confirm_body": (
-            "You (or someone using this address) asked to receive the daily digest of "
-            "{site}. Click the button below to confirm."
-        ),
-        "confirm_body_text": (
-            "You (or someone using this address) asked to receive the daily digest of "
-            "{site}. Open the link below to confirm."
-        ),
-        "confirm_button": "Confirm subscription",
-        "confirm_expiry": (
-            "The link works for {hours} hours. If you did not sign up, ignore this "
-            "message: you will get no more mail from us."
-        ),
-        "confirm_link_label": "Or open this link",
-    },
-}
+_STRINGS = i18n.STRINGS["digest"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,11 +315,11 @@ def _long_day(day: date, lang: str) -> str:
 
 
 def _strings(lang: str, site: str) -> dict[str, str]:
-    if lang not in STRINGS:
+    if lang not in _STRINGS:
         raise InputError(
             f"language {lang!r} is not supported; expected one of {', '.join(LANGUAGES)}."
         )
-    return {k: v.replace("{site}", site) for k, v in STRINGS[lang].items()}
+    return {k: v.replace("{site}", site) for k, v in _STRINGS[lang].items()}
 
 
 _PLACEHOLDER = re.compile(r"\{(site|date|headline|more)\}")
@@ -544,9 +475,9 @@ def render_confirmation(
 
 def _feed_links(root: str) -> list[dict[str, str]]:
     return [
-        {"label": "RSS", "url": root + "rss.xml"},
-        {"label": "Atom", "url": root + "atom.xml"},
-        {"label": "JSON Feed", "url": root + "feed.json"},
+        {"label": "RSS", "url": feed_url(root, "rss")},
+        {"label": "Atom", "url": feed_url(root, "atom")},
+        {"label": "JSON Feed", "url": feed_url(root, "json")},
     ]
 
 

@@ -20,12 +20,14 @@ from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, getaddresses, parseaddr
 from functools import lru_cache
 from typing import Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
+from syndicate import urls
 from syndicate.config import MailSettings, Settings, base_url
 from syndicate.errors import ConfigError
 from syndicate.text import header_safe
 from syndicate.tokens import RETURN_TOKEN_LENGTH, make_return_token
+from syndicate.urls import ascii_host
 
 # Headers covered by a DKIM signature (RFC 8058 asks for both List-Unsubscribe headers).
 DKIM_HEADERS = (
@@ -82,38 +84,11 @@ class MessageTemplate:
     dkim: DkimKey | None = None
 
 
-def _ascii_host(host: str) -> str:
-    """Return `host` as ASCII (an internationalised name in its xn-- form)."""
-    try:
-        return host.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise ConfigError(
-            f"config key site.base_url has a host name {host!r} that is not a valid domain name.",
-            key="site.base_url",
-            hint="Give the host in ASCII (its xn-- form), like 'https://xn--bo-mia.vn/'.",
-        ) from None
-
-
-def _header_base_url(settings: Settings) -> str:
-    """base_url as ASCII URL characters: IDN host in xn-- form, the rest percent-encoded.
-
-    The result goes verbatim into headers and both message parts, so it may hold
-    only characters that neither a header nor HTML escaping would change.
-    """
-    parts = urlsplit(base_url(settings))
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else _ascii_host(host)
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    path = quote(parts.path, safe="/:@!$()*+,;=~%")
-    return f"{parts.scheme}://{netloc}{path}"
-
-
 def message_domain(settings: Settings) -> str:
     """Return the Message-ID domain: base_url's host, else the From address's domain."""
     host = urlsplit(base_url(settings)).hostname
     if host:
-        return _ascii_host(host)
+        return ascii_host(host)
     _, address = parseaddr(settings.mail.sender)
     return address.rpartition("@")[2] or "localhost"
 
@@ -193,7 +168,7 @@ def list_id(settings: Settings) -> str:
     configured = header_safe(settings.mail.list_id)
     if configured:
         return configured if "<" in configured else f"<{configured}>"
-    host = _ascii_host(urlsplit(base_url(settings)).hostname or "localhost")
+    host = ascii_host(urlsplit(base_url(settings)).hostname or "localhost")
     # Angle brackets in the phrase would make a reader take the wrong part as the id.
     phrase = header_safe(settings.site.title.replace("<", " ").replace(">", " "))
     return f"{phrase} <digest.{host}>"
@@ -217,12 +192,8 @@ def reply_to(settings: Settings) -> str:
 
 
 def unsubscribe_url(settings: Settings, token: str) -> str:
-    """Return the one-click unsubscribe URL served by the subscription service.
-
-    Always ASCII URL characters (an internationalised host in its xn-- form), so
-    it can go into the List-Unsubscribe header as it is.
-    """
-    return f"{_header_base_url(settings)}unsubscribe?token={token}"
+    """Return the one-click unsubscribe URL (urls.unsubscribe_url under the site's base_url)."""
+    return urls.unsubscribe_url(base_url(settings), token)
 
 
 def _encode_text(name: str, text: str) -> str:

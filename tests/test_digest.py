@@ -38,8 +38,8 @@ from syndicate.model import (
     StoryLink,
     Teaser,
 )
-from syndicate.site import article_url
 from syndicate.text import story_key
+from syndicate.urls import article_url
 
 DAY = date(2024, 11, 1)
 MARKER = "https://news.example.org/unsubscribe?t=UNSUB-MARKER-0123456789abcdef"

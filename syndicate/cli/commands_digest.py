@@ -10,7 +10,8 @@ import click
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.cli.flow import digest_view_url, preview_digest
 from syndicate.config import Settings, base_url
-from syndicate.digest import LANGUAGES, render_digest, stale_warning
+from syndicate.digest import render_digest, stale_warning
+from syndicate.i18n import LANGUAGES
 from syndicate.load import check_dump_paths
 from syndicate.model import DigestPlan
 from syndicate.output import write_atomic

@@ -10,8 +10,9 @@ import click
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.cli.flow import digest_view_url, preview_digest
 from syndicate.config import Settings
-from syndicate.digest import LANGUAGES, render_digest
+from syndicate.digest import render_digest
 from syndicate.errors import SyndicateError
+from syndicate.i18n import LANGUAGES
 from syndicate.mail import build_digest_template, fill_message, unsubscribe_url
 from syndicate.preflight import run_preflight
 from syndicate.store import Database

@@ -16,9 +16,10 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from syndicate import digest, mail, site, tokens
+from syndicate import digest, i18n, mail, tokens, urls
 from syndicate.config import Settings, base_url, site_templates_dir
 from syndicate.errors import StoreBusyError, StoreError, SubscriberError, SyndicateError, TokenError
+from syndicate.i18n import LANGUAGES
 from syndicate.mail import DkimKey
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.send import Mailer, TransientSendError, read_dkim_key
@@ -37,129 +38,7 @@ from syndicate.web.static import LargeFile, OutputFolder, not_modified, safe_rel
 
 log = logging.getLogger(__name__)
 
-LANGUAGES = ("vi", "en")
-
-_STRINGS: dict[str, dict[str, str]] = {
-    "vi": {
-        "subscribe_title": "Đăng ký nhận bản tin",
-        "subscribe_intro": (
-            "Mỗi sáng một email với những tin mới nhất. "
-            "Bạn có thể hủy đăng ký bất cứ lúc nào chỉ với một cú bấm."
-        ),
-        "invalid_email": "Địa chỉ email này không hợp lệ. Hãy kiểm tra và nhập lại.",
-        "sent_title": "Hãy kiểm tra hộp thư của bạn",
-        "sent_body": (
-            "Chúng tôi đã nhận yêu cầu đăng ký cho {email}. Nếu địa chỉ này cần xác nhận, "
-            "một email có liên kết xác nhận sẽ đến trong vài phút; "
-            "liên kết có hiệu lực trong {hours} giờ."
-        ),
-        "sent_hint": "Không thấy email? Hãy xem trong thư mục thư rác hoặc quảng cáo.",
-        "confirmed_title": "Đăng ký đã được xác nhận",
-        "confirmed_body": "Cảm ơn bạn! Từ sáng mai, bản tin sẽ đến hộp thư của bạn.",
-        "bad_confirm_title": "Liên kết xác nhận không dùng được",
-        "bad_confirm_body": (
-            "Liên kết này đã hết hạn, bị thay đổi hoặc không còn hiệu lực. "
-            "Hãy đăng ký lại để nhận một liên kết mới."
-        ),
-        "unsubscribe_title": "Hủy đăng ký",
-        "unsubscribe_body": "Bấm nút dưới đây để ngừng nhận bản tin qua email.",
-        "unsubscribe_button": "Hủy đăng ký",
-        "unsubscribed_title": "Bạn đã hủy đăng ký",
-        "unsubscribed_body": (
-            "Bạn sẽ không nhận bản tin nữa. Nếu đổi ý, bạn có thể đăng ký lại bất cứ lúc nào."
-        ),
-        "subscribe_again": "Đăng ký lại",
-        "how_unsubscribe_title": "Cách hủy đăng ký",
-        "how_unsubscribe_body": (
-            "Mỗi bản tin có một liên kết hủy đăng ký riêng ở cuối thư. "
-            "Hãy bấm liên kết đó trong email bạn nhận được: chỉ cần một cú bấm."
-        ),
-        "bad_unsubscribe_title": "Liên kết hủy đăng ký không hợp lệ",
-        "bad_unsubscribe_body": (
-            "Liên kết này bị thiếu hoặc bị thay đổi. Hãy dùng đúng liên kết "
-            "ở cuối một bản tin bạn đã nhận."
-        ),
-        "error": "Lỗi",
-        "error_400": "Yêu cầu không hợp lệ.",
-        "error_403_title": "Biểu mẫu đã hết hạn",
-        "error_403": (
-            "Biểu mẫu này đã hết hạn hoặc được gửi từ một trang khác. "
-            "Hãy tải lại trang đăng ký và thử lại."
-        ),
-        "error_404_title": "Không tìm thấy trang",
-        "error_404": "Trang bạn tìm không có ở đây.",
-        "error_405_title": "Phương thức không được hỗ trợ",
-        "error_405": "Địa chỉ này không nhận loại yêu cầu đó.",
-        "error_413_title": "Yêu cầu quá lớn",
-        "error_413": "Dữ liệu gửi lên quá lớn.",
-        "error_429_title": "Quá nhiều yêu cầu",
-        "error_429": "Bạn đã gửi quá nhiều yêu cầu. Hãy thử lại sau một phút.",
-        "error_500_title": "Lỗi máy chủ",
-        "error_500": "Đã có lỗi ở phía chúng tôi. Hãy thử lại sau ít phút.",
-        "error_503_title": "Hệ thống đang bận",
-        "error_503": "Hệ thống đang bận trong giây lát. Hãy thử lại sau ít giây.",
-    },
-    "en": {
-        "subscribe_title": "Subscribe to the newsletter",
-        "subscribe_intro": (
-            "One email every morning with the latest news. "
-            "You can unsubscribe at any time with one click."
-        ),
-        "invalid_email": "This email address is not valid. Please check it and try again.",
-        "sent_title": "Check your inbox",
-        "sent_body": (
-            "We have received a sign-up for {email}. If the address needs confirming, "
-            "an email with a confirmation link will arrive within a few minutes; "
-            "the link is valid for {hours} hours."
-        ),
-        "sent_hint": "No email? Look in your spam or promotions folder.",
-        "confirmed_title": "Subscription confirmed",
-        "confirmed_body": "Thank you! The newsletter will reach your inbox from tomorrow morning.",
-        "bad_confirm_title": "This confirmation link cannot be used",
-        "bad_confirm_body": (
-            "The link has expired, was altered, or is no longer valid. "
-            "Please sign up again to get a new link."
-        ),
-        "unsubscribe_title": "Unsubscribe",
-        "unsubscribe_body": "Press the button below to stop receiving the newsletter by email.",
-        "unsubscribe_button": "Unsubscribe",
-        "unsubscribed_title": "You have unsubscribed",
-        "unsubscribed_body": (
-            "You will not receive the newsletter any more. "
-            "If you change your mind, you can sign up again at any time."
-        ),
-        "subscribe_again": "Sign up again",
-        "how_unsubscribe_title": "How to unsubscribe",
-        "how_unsubscribe_body": (
-            "Every newsletter carries its own unsubscribe link at the bottom. "
-            "Follow that link in an email you received: one click is all it takes."
-        ),
-        "bad_unsubscribe_title": "This unsubscribe link is not valid",
-        "bad_unsubscribe_body": (
-            "The link is incomplete or was altered. Please use the link "
-            "at the bottom of a newsletter you received."
-        ),
-        "error": "Error",
-        "error_400": "The request is not valid.",
-        "error_403_title": "This form has expired",
-        "error_403": (
-            "The form has expired or was sent from another site. "
-            "Please reload the sign-up page and try again."
-        ),
-        "error_404_title": "Page not found",
-        "error_404": "The page you are looking for is not here.",
-        "error_405_title": "Method not allowed",
-        "error_405": "This address does not accept that kind of request.",
-        "error_413_title": "Request too large",
-        "error_413": "The data sent is too large.",
-        "error_429_title": "Too many requests",
-        "error_429": "You have sent too many requests. Please try again in a minute.",
-        "error_500_title": "Server error",
-        "error_500": "Something went wrong on our side. Please try again in a few minutes.",
-        "error_503_title": "Busy for a moment",
-        "error_503": "We are busy for a moment. Please try again in a few seconds.",
-    },
-}
+_STRINGS = i18n.STRINGS["web"]
 
 
 def negotiate_language(query: str | None, accept_language: str | None, default: str) -> str:
@@ -228,7 +107,9 @@ class Service:
             lstrip_blocks=True,
         )
         # The page chrome's strings (site.py) with the service's own on top.
-        self.strings = {lang: {**site.STRINGS[lang], **_STRINGS[lang]} for lang in LANGUAGES}
+        self.strings = {
+            lang: {**i18n.STRINGS["pages"][lang], **_STRINGS[lang]} for lang in LANGUAGES
+        }
         self._secret: bytes | None = None
         self.dkim = read_dkim_key(settings)
         self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syndicate-store")
@@ -516,7 +397,7 @@ class Service:
             nonce=subscriber.token_nonce,
             issued_at=now,
         )
-        confirm_url = f"{self.base_url}confirm?token={token}"
+        confirm_url = urls.confirm_url(self.base_url, token)
         try:
             sender = mail.envelope_sender(self.settings)
             message = build_confirmation(
