@@ -12,7 +12,7 @@ import logging
 import re
 import textwrap
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -28,7 +28,7 @@ from syndicate.errors import ConfigError, InputError
 from syndicate.i18n import LANGUAGES
 from syndicate.model import Article, DigestPlan, Precision, Teaser
 from syndicate.site import RENDER_ERRORS, OtherNews, order_key, order_teasers
-from syndicate.text import header_safe, nfc, one_line, shorten
+from syndicate.text import header_safe, lead_excerpt, nfc, one_line, shorten
 from syndicate.urls import article_url, feed_url
 
 log = logging.getLogger(__name__)
@@ -104,89 +104,6 @@ def plan_digest(
         return None
     chosen = sorted(heap, key=lambda e: e[:3], reverse=True)
     return DigestPlan(day=day, articles=tuple(e[3] for e in chosen), more=eligible - len(chosen))
-
-
-# --------------------------------------------------------------------------- lead excerpts
-
-# Words that end in a period without ending a sentence (compared case-folded,
-# without the final period).
-_ABBREVIATIONS = frozenset(
-    {
-        # Vietnamese titles, degrees and place kinds
-        "tp", "ts", "ths", "th.s", "pgs", "pgs.ts", "gs", "gs.ts", "bs", "bsck", "ks",
-        "cn", "ls", "nsnd", "nsưt", "tt", "q", "p", "h", "x", "tx", "đh", "tw", "đc",
-        "ubnd", "hđnd", "ttxvn", "v.v", "vv", "tr", "sđd", "nxb",
-        # English
-        "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "no", "vs", "etc", "e.g",
-        "i.e", "inc", "ltd", "co", "corp", "gen", "col", "lt", "sgt", "u.s", "fig",
-    }
-)  # fmt: skip
-# A candidate boundary: terminal punctuation, optional closing quotes, a space.
-_BOUNDARY = re.compile("([.!?\u2026]+)([\"'\u201d\u2019\u00bb)\\]]*) ")
-# Characters a new sentence may open with besides a capital or a digit.
-_OPENERS = "\"'\u201c\u2018\u00ab([-\u2013\u2014"
-# Punctuation that must not dangle before an added ellipsis.
-_TRAILING = ",;:-\u2013\u2014 "
-
-
-def lead_excerpt(text: str, *, words: int) -> str:
-    """Cut `text` at a sentence boundary to at most `words` words.
-
-    Knows abbreviations (TP., TS., ThS., PGS.), initials (T.P, N.V.) and
-    ellipses. When even the first sentence is longer, cut at a word boundary
-    and end with "…". Works on whole words of NFC text, so no character is
-    ever split.
-    """
-    tokens = nfc(text).split()
-    if len(tokens) <= words:
-        return " ".join(tokens)
-    flat = " ".join(tokens)
-    best = ""
-    for end in _sentence_ends(flat):
-        piece = flat[:end]
-        if len(piece.split()) > words:
-            break
-        best = piece
-    if best:
-        return best
-    cut = " ".join(tokens[:words]).rstrip(_TRAILING)
-    return cut.rstrip(".…") + "…"
-
-
-def _sentence_ends(flat: str) -> Iterator[int]:
-    """Yield the end offsets of sentences in single-spaced text, in order."""
-    for match in _BOUNDARY.finditer(flat):
-        following = flat[match.end() : match.end() + 1]
-        if not following or not (
-            following.isupper() or following.isdigit() or following in _OPENERS
-        ):
-            continue
-        punct = match.group(1)
-        if punct == ".":
-            start = flat.rfind(" ", 0, match.start()) + 1
-            word = flat[start : match.start()].lstrip(_OPENERS)
-            if word.casefold() in _ABBREVIATIONS or _is_initials(word):
-                continue
-        yield match.end() - 1
-
-
-def _is_initials(word: str) -> bool:
-    """'T', 'T.P', 'N.V', 'Th.S' (the final period already cut off); not 'm' or 'EU'."""
-    parts = word.split(".")
-    if len(parts) == 1:
-        return len(word) == 1 and word.isupper()
-    return len(parts) <= 4 and all(1 <= len(p) <= 2 and p[0].isupper() for p in parts)
-
-
-def _shorten(text: str, limit: int) -> str:
-    """Cut plain text to at most `limit` characters at a word boundary, with "…"."""
-    text = nfc(" ".join(text.split()))
-    if len(text) <= limit:
-        return text
-    cut = text[: limit - 1]
-    if " " in cut:
-        cut = cut.rsplit(" ", 1)[0]
-    return cut.rstrip(_TRAILING) + "…"
 
 
 # --------------------------------------------------------------------------- other news
@@ -392,8 +309,9 @@ def render_digest(
                     "url": article_url(root, article.slug),
                     "date": _published_text(article, lang=lang, tz=tz),
                     "author": one_line(article.author) if article.author else None,
-                    "lead": _shorten(
-                        lead_excerpt(article.summary, words=words), words * CHARS_PER_LEAD_WORD
+                    "lead": shorten(
+                        lead_excerpt(article.summary, words=words),
+                        limit=words * CHARS_PER_LEAD_WORD,
                     ),
                 }
             )
@@ -413,7 +331,9 @@ def render_digest(
         others=len(shown) - 1,
     )
     first = plan.articles[0] if plan.articles else None
-    preheader = _shorten((first.summary or first.title) if first else site_title, PREHEADER_CHARS)
+    preheader = shorten(
+        (first.summary or first.title) if first else site_title, limit=PREHEADER_CHARS
+    )
     more_key = "more_one" if plan.more == 1 else "more_many"
     context = {
         "lang": lang,
@@ -427,7 +347,7 @@ def render_digest(
         "other_news": [
             {
                 "dateline": one_line(n.teaser.dateline),
-                "text": _shorten(one_line(n.teaser.text), TEASER_CHARS),
+                "text": shorten(one_line(n.teaser.text), limit=TEASER_CHARS),
                 "title": header_safe(n.link.title, limit=TITLE_CHARS) if n.link else None,
                 "url": article_url(root, n.link.slug) if n.link else None,
             }
@@ -456,7 +376,7 @@ def render_confirmation(
         "{hours}", str(settings.subscribe.confirm_hours)
     )
     subject = header_safe(strings["confirm_subject"])
-    preheader = _shorten(strings["confirm_body"], PREHEADER_CHARS)
+    preheader = shorten(strings["confirm_body"], limit=PREHEADER_CHARS)
     root = base_url(settings)
     context = {
         "lang": lang,

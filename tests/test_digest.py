@@ -18,7 +18,6 @@ from syndicate.digest import (
     MAX_TEASERS,
     RenderedEmail,
     fold_html_lines,
-    lead_excerpt,
     make_subject,
     plan_digest,
     plan_other_news,
@@ -38,7 +37,7 @@ from syndicate.model import (
     StoryLink,
     Teaser,
 )
-from syndicate.text import story_key
+from syndicate.text import lead_excerpt, story_key
 from syndicate.urls import article_url
 
 DAY = date(2024, 11, 1)
