@@ -23,7 +23,7 @@ import jinja2
 from babel.dates import format_date, format_time, get_datetime_format
 
 from syndicate import i18n
-from syndicate.config import Settings, base_url, email_templates_dir
+from syndicate.config import Settings, base_url, email_templates_dir, make_environment
 from syndicate.errors import ConfigError, InputError
 from syndicate.i18n import LANGUAGES
 from syndicate.model import Article, DigestPlan, Precision, Teaser
@@ -436,20 +436,8 @@ def _render(env: jinja2.Environment, folder: Path, name: str, context: dict[str,
         ) from exc
 
 
-@functools.lru_cache(maxsize=8)
-def _environment(folder: Path) -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(folder)),
-        # Article text is passed in as data and escaped; it is never template source.
-        # Escape in every template (partials included) but the text parts.
-        autoescape=jinja2.select_autoescape(
-            enabled_extensions=(), disabled_extensions=("txt.j2",), default=True
-        ),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
+# The email templates are read once per folder.
+_environment = functools.lru_cache(maxsize=8)(make_environment)
 
 
 _INLINER = css_inline.CSSInliner(

@@ -21,11 +21,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import babel
-import jinja2
 from babel.dates import format_date, format_time, get_datetime_format
 from markupsafe import Markup, escape
 
 from syndicate import i18n
+from syndicate.config import make_environment
 from syndicate.model import Article, Block, BlockKind, Precision, StoryLink, Teaser
 from syndicate.text import one_line, shorten, slugify, story_key
 from syndicate.urls import article_path, article_url
@@ -343,18 +343,6 @@ def page_context(info: SiteInfo, *, root: str) -> dict[str, Any]:
         "root": root,
         "t": _STRINGS.get(info.language, _STRINGS["vi"]),
     }
-
-
-def make_environment(templates_dir: Path) -> jinja2.Environment:
-    """A Jinja2 environment that escapes every variable and fails on undefined names."""
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates_dir),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
 
 
 class SiteRenderer:

@@ -95,3 +95,13 @@ def test_only_the_cli_imports_web() -> None:
         if _stage(path) in {"cli", "web"}:
             continue
         assert "syndicate.web" not in _imports(path), f"{path.name} imports syndicate.web"
+
+
+def test_only_config_makes_a_jinja_environment() -> None:
+    # One factory (config.make_environment) for site pages, web pages and email.
+    makers = sorted(
+        str(path.relative_to(PACKAGE))
+        for path in _modules()
+        if "jinja2.Environment(" in path.read_text(encoding="utf-8")
+    )
+    assert makers == ["config.py"]

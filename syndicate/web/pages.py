@@ -11,13 +11,12 @@ from datetime import datetime, timedelta
 from typing import ParamSpec, TypeVar
 from urllib.parse import urlencode, urlsplit
 
-import jinja2
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from syndicate import digest, i18n, mail, tokens, urls
-from syndicate.config import Settings, base_url, site_templates_dir
+from syndicate.config import Settings, base_url, make_environment, site_templates_dir
 from syndicate.errors import StoreBusyError, StoreError, SubscriberError, SyndicateError, TokenError
 from syndicate.i18n import LANGUAGES
 from syndicate.mail import DkimKey
@@ -99,13 +98,7 @@ class Service:
         self.base_path = urlsplit(self.base_url).path or "/"
         self.output = OutputFolder(settings.paths.output)
         self.limiter = RateLimiter(settings.subscribe.rate_limit)
-        self.templates = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(site_templates_dir()),
-            autoescape=True,
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
+        self.templates = make_environment(site_templates_dir())
         # The page chrome's strings (site.py) with the service's own on top.
         self.strings = {
             lang: {**i18n.STRINGS["pages"][lang], **_STRINGS[lang]} for lang in LANGUAGES
