@@ -1,7 +1,8 @@
 """Digest stage: pick a day's articles, render the digest (and the confirmation mail).
 
-Pure: no clock, no database, no network; `now`, the settings and the URLs are
-passed in. Templates are read from `config.email_templates_dir(settings)`.
+Pure: no clock, no database, no network; `now`, a `DigestInfo` (the values it needs
+from the settings) and the URLs are passed in. Templates are read from
+`DigestInfo.templates_dir`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import css_inline
 import jinja2
@@ -51,6 +53,36 @@ SUBJECT_CHARS = 78  # RFC 5322's recommended line length, before encoding
 STALE_DAYS = 7  # a digest whose newest article is older than this gets a warning
 
 _STRINGS = i18n.STRINGS["digest"]
+
+
+@dataclass(frozen=True, slots=True)
+class DigestInfo:
+    """What the digest stage needs from the settings, as SiteInfo and FeedInfo are for theirs."""
+
+    site_title: str
+    base_url: str  # ends in '/'
+    tz: ZoneInfo
+    subject: str  # mail.subject, placeholders and all
+    postal_address: str
+    lead_words: int
+    max_teasers: int
+    confirm_hours: int
+    templates_dir: Path
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DigestInfo:
+        """Take the digest's values from `settings`."""
+        return cls(
+            site_title=settings.site.title,
+            base_url=base_url(settings),
+            tz=settings.site.tz,
+            subject=settings.mail.subject,
+            postal_address=settings.mail.postal_address,
+            lead_words=settings.digest.lead_words,
+            max_teasers=settings.digest.max_teasers,
+            confirm_hours=settings.subscribe.confirm_hours,
+            templates_dir=email_templates_dir(settings),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +275,7 @@ _PLACEHOLDER = re.compile(r"\{(site|date|headline|more)\}")
 
 
 def make_subject(
-    settings: Settings, *, lang: str, day: date, headline: str = "", others: int = 0
+    info: DigestInfo, *, lang: str, day: date, headline: str = "", others: int = 0
 ) -> str:
     """The digest's Subject: mail.subject with its placeholders filled in, on one line.
 
@@ -252,18 +284,18 @@ def make_subject(
     headline is shortened at a word boundary so that the subject keeps to SUBJECT_CHARS
     characters when the rest of the template leaves room.
     """
-    strings = _strings(lang, settings.site.title)
+    strings = _strings(lang, info.site_title)
     more = strings["subject_more"].replace("{n}", str(others)) if others > 0 else ""
-    values = {"site": settings.site.title, "date": _long_day(day, lang), "more": more}
+    values = {"site": info.site_title, "date": _long_day(day, lang), "more": more}
     headline = header_safe(headline)
 
     def fill(title: str) -> str:
         # str.replace, not str.format: a site title with braces must stay text.
         found = dict(values, headline=title)
-        return header_safe(_PLACEHOLDER.sub(lambda m: found[m.group(1)], settings.mail.subject))
+        return header_safe(_PLACEHOLDER.sub(lambda m: found[m.group(1)], info.subject))
 
     subject = fill(headline)
-    if len(subject) <= SUBJECT_CHARS or "{headline}" not in settings.mail.subject:
+    if len(subject) <= SUBJECT_CHARS or "{headline}" not in info.subject:
         return subject
     room = SUBJECT_CHARS - len(fill("")) - 1
     for limit in range(room, _MIN_HEADLINE - 1, -1):
@@ -280,7 +312,7 @@ def render_digest(
     plan: DigestPlan,
     *,
     lang: str,
-    settings: Settings,
+    info: DigestInfo,
     unsubscribe_url: str,
     now: datetime,
     view_url: str | None = None,
@@ -293,11 +325,11 @@ def render_digest(
     `web=True` words the footer for the "view in browser" page rather than a
     mail. Raises ConfigError when the templates are missing or broken.
     """
-    site_title = settings.site.title
+    site_title = info.site_title
     strings = _strings(lang, site_title)
-    root = base_url(settings)
-    tz = settings.site.tz
-    words = settings.digest.lead_words
+    root = info.base_url
+    tz = info.tz
+    words = info.lead_words
     articles: list[dict[str, Any]] = []
     shown: list[Article] = []  # the articles that went in, for the subject
     for article in plan.articles:
@@ -324,7 +356,7 @@ def render_digest(
             )
     # The subject names the top story that went in, and counts the others.
     subject = make_subject(
-        settings,
+        info,
         lang=lang,
         day=plan.day,
         headline=shown[0].title if shown else "",
@@ -351,7 +383,7 @@ def render_digest(
                 "title": header_safe(n.link.title, limit=TITLE_CHARS) if n.link else None,
                 "url": article_url(root, n.link.slug) if n.link else None,
             }
-            for n in plan_other_news(plan, limit=settings.digest.max_teasers, tz=tz)
+            for n in plan_other_news(plan, limit=info.max_teasers, tz=tz)
         ],
         "more": plan.more,
         "more_text": strings[more_key].replace("{n}", str(plan.more)),
@@ -359,25 +391,25 @@ def render_digest(
         "unsubscribe_url": unsubscribe_url,
         "view_url": view_url,
         "why": strings["why_web"] if web else strings["why"],
-        "postal_address": settings.mail.postal_address,
+        "postal_address": info.postal_address,
         "year": now.astimezone(tz).year,
     }
-    html, text = _render_pair(settings, "digest", context, keep={unsubscribe_url})
+    html, text = _render_pair(info.templates_dir, "digest", context, keep={unsubscribe_url})
     return RenderedEmail(lang=lang, subject=subject, preheader=preheader, html=html, text=text)
 
 
 def render_confirmation(
-    *, lang: str, settings: Settings, confirm_url: str, now: datetime
+    *, lang: str, info: DigestInfo, confirm_url: str, now: datetime
 ) -> RenderedEmail:
     """Render the double opt-in mail asking the reader to confirm their subscription."""
-    site_title = settings.site.title
+    site_title = info.site_title
     strings = _strings(lang, site_title)
     strings["confirm_expiry"] = strings["confirm_expiry"].replace(
-        "{hours}", str(settings.subscribe.confirm_hours)
+        "{hours}", str(info.confirm_hours)
     )
     subject = header_safe(strings["confirm_subject"])
     preheader = shorten(strings["confirm_body"], limit=PREHEADER_CHARS)
-    root = base_url(settings)
+    root = info.base_url
     context = {
         "lang": lang,
         "t": strings,
@@ -386,10 +418,10 @@ def render_confirmation(
         "subject": subject,
         "preheader": preheader,
         "confirm_url": confirm_url,
-        "postal_address": settings.mail.postal_address,
-        "year": now.astimezone(settings.site.tz).year,
+        "postal_address": info.postal_address,
+        "year": now.astimezone(info.tz).year,
     }
-    html, text = _render_pair(settings, "confirm", context, keep={confirm_url})
+    html, text = _render_pair(info.templates_dir, "confirm", context, keep={confirm_url})
     return RenderedEmail(lang=lang, subject=subject, preheader=preheader, html=html, text=text)
 
 
@@ -402,9 +434,8 @@ def _feed_links(root: str) -> list[dict[str, str]]:
 
 
 def _render_pair(
-    settings: Settings, name: str, context: dict[str, Any], *, keep: set[str]
+    folder: Path, name: str, context: dict[str, Any], *, keep: set[str]
 ) -> tuple[str, str]:
-    folder = email_templates_dir(settings)
     env = _environment(folder)
     html = _render(env, folder, f"{name}.html.j2", context)
     text = _render(env, folder, f"{name}.txt.j2", context)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from syndicate.cli import AppContext, cli
 from syndicate.cli.flow import digest_view_url, todays_digest, write_digest_page
 from syndicate.config import Settings
-from syndicate.digest import render_digest
+from syndicate.digest import DigestInfo, render_digest
 from syndicate.model import Article, Block, BlockKind, Precision, Teaser
 from syndicate.store import Database, open_database
 from syndicate.store.articles import upsert_article
@@ -317,5 +317,7 @@ def test_todays_digest_links_a_teaser_to_a_stored_article_outside_the_digest(
     assert [a.id for a in plan.articles] == ["new"]
     [link] = plan.links.values()
     assert (link.id, link.slug, link.title) == ("old", "bai-old", "Kiểm tra an toàn thực phẩm")
-    rendered = render_digest(plan, lang="vi", settings=settings, unsubscribe_url="u", now=NOW)
+    rendered = render_digest(
+        plan, lang="vi", info=DigestInfo.from_settings(settings), unsubscribe_url="u", now=NOW
+    )
     assert '<a href="http://localhost:8000/articles/bai-old.html"' in rendered.html

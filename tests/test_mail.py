@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from syndicate.config import Settings
-from syndicate.digest import RenderedEmail, make_subject
+from syndicate.digest import DigestInfo, RenderedEmail, make_subject
 from syndicate.errors import ConfigError
 from syndicate.mail import (
     DkimKey,
@@ -371,7 +371,9 @@ def test_the_top_story_subject_is_byte_exact_vietnamese_after_encoding(  # type:
 ) -> None:
     # A decomposed (NFD) headline, as cp1258 dumps give: the subject is NFC.
     headline = unicodedata.normalize("NFD", "Quảng Trị: thông xe cầu Sông Thạch Hãn mùa lũ")
-    subject = make_subject(mail_settings, lang="vi", day=DAY, headline=headline, others=6)
+    subject = make_subject(
+        DigestInfo.from_settings(mail_settings), lang="vi", day=DAY, headline=headline, others=6
+    )
     expected = "Tin mới: Quảng Trị: thông xe cầu Sông Thạch Hãn mùa lũ và 6 tin khác"
     assert subject == expected
     template = build_digest_template(

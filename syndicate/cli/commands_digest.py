@@ -10,7 +10,7 @@ import click
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.cli.flow import digest_view_url, preview_digest
 from syndicate.config import Settings, base_url
-from syndicate.digest import render_digest, stale_warning
+from syndicate.digest import DigestInfo, render_digest, stale_warning
 from syndicate.i18n import LANGUAGES
 from syndicate.load import check_dump_paths
 from syndicate.model import DigestPlan
@@ -68,7 +68,7 @@ def digest_command(app: AppContext, lang: str | None, out: Path) -> None:
     rendered = render_digest(
         plan,
         lang=lang or settings.site.language,
-        settings=settings,
+        info=DigestInfo.from_settings(settings),
         unsubscribe_url=preview_unsubscribe_url(base_url(settings)),
         now=now,
         view_url=digest_view_url(settings, plan.day),

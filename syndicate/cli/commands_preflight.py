@@ -10,7 +10,7 @@ import click
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.cli.flow import digest_view_url, preview_digest
 from syndicate.config import Settings
-from syndicate.digest import render_digest
+from syndicate.digest import DigestInfo, render_digest
 from syndicate.errors import SyndicateError
 from syndicate.i18n import LANGUAGES
 from syndicate.mail import build_digest_template, fill_message, unsubscribe_url
@@ -34,7 +34,7 @@ def _digest_messages(settings: Settings, db: Database, now: datetime) -> dict[st
         rendered = render_digest(
             plan,
             lang=lang,
-            settings=settings,
+            info=DigestInfo.from_settings(settings),
             unsubscribe_url=_MARKER,
             now=now,
             view_url=digest_view_url(settings, plan.day),

@@ -22,7 +22,7 @@ from syndicate.cli.flow import (
     write_digest_page,
 )
 from syndicate.config import Settings
-from syndicate.digest import render_digest
+from syndicate.digest import DigestInfo, render_digest
 from syndicate.errors import (
     ConfigError,
     InterruptError,
@@ -120,7 +120,12 @@ def _templates(
     built: dict[str, MessageTemplate] = {}
     for lang in dict.fromkeys([*languages, settings.site.language]):
         rendered = render_digest(
-            plan, lang=lang, settings=settings, unsubscribe_url=marker, now=now, view_url=view_url
+            plan,
+            lang=lang,
+            info=DigestInfo.from_settings(settings),
+            unsubscribe_url=marker,
+            now=now,
+            view_url=view_url,
         )
         built[lang] = build_digest_template(
             rendered, settings=settings, digest_day=plan.day, marker=marker, now=now, dkim=dkim

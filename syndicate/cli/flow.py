@@ -7,7 +7,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 from syndicate.config import Settings, base_url
-from syndicate.digest import plan_digest, render_digest
+from syndicate.digest import DigestInfo, plan_digest, render_digest
 from syndicate.model import DigestPlan, StoryLink
 from syndicate.output import write_atomic
 from syndicate.publish import sync_articles
@@ -152,7 +152,7 @@ def write_digest_page(settings: Settings, plan: DigestPlan, *, now: datetime) ->
     rendered = render_digest(
         plan,
         lang=settings.site.language,
-        settings=settings,
+        info=DigestInfo.from_settings(settings),
         unsubscribe_url=generic_unsubscribe_url(settings),
         now=now,
         web=True,

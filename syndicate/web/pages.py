@@ -529,7 +529,10 @@ def build_confirmation(
 ) -> bytes:
     """Render the confirmation mail for `subscriber` in their language; return its bytes."""
     rendered = digest.render_confirmation(
-        lang=subscriber.language, settings=settings, confirm_url=confirm_url, now=now
+        lang=subscriber.language,
+        info=digest.DigestInfo.from_settings(settings),
+        confirm_url=confirm_url,
+        now=now,
     )
     return mail.build_confirmation_message(
         rendered, settings=settings, to=subscriber.email, now=now, dkim=dkim
