@@ -45,8 +45,8 @@ MAX_TEASERS = 15  # "Other news" items: enough for a sidebar, small enough for G
 TITLE_CHARS = 300
 TEASER_CHARS = 300
 CHARS_PER_LEAD_WORD = 20
-# RFC 5322 caps a line at 998 bytes; fold well below it so a substituted
-# per-recipient URL still fits.
+# RFC 5322 caps a line at 998 bytes; wrap (and mail folds) well below it so a
+# substituted per-recipient URL still fits.
 MAX_LINE_BYTES = 900
 
 SUBJECT_CHARS = 78  # RFC 5322's recommended line length, before encoding
@@ -321,7 +321,8 @@ def render_digest(
     """Render the digest in `lang` as HTML (CSS inlined) and wrapped text.
 
     `unsubscribe_url` appears verbatim in both parts (a caller may substitute
-    it in the bytes later). Every line of both parts stays under 998 bytes.
+    it in the bytes later). Every line of the text part stays under 998 bytes; the
+    mail stage folds long HTML lines (mail.fold_html_lines).
     `web=True` words the footer for the "view in browser" page rather than a
     mail. Raises ConfigError when the templates are missing or broken.
     """
@@ -439,8 +440,7 @@ def _render_pair(
     env = _environment(folder)
     html = _render(env, folder, f"{name}.html.j2", context)
     text = _render(env, folder, f"{name}.txt.j2", context)
-    html = fold_html_lines(_inline_css(html))
-    return nfc(html), nfc(wrap_text(text, keep=keep))
+    return nfc(_inline_css(html)), nfc(wrap_text(text, keep=keep))
 
 
 def _render(env: jinja2.Environment, folder: Path, name: str, context: dict[str, Any]) -> str:
@@ -499,58 +499,7 @@ def _inline_css(html: str) -> str:
     return inlined.replace("</head>", style + "\n</head>", 1)
 
 
-# --------------------------------------------------------------------------- line length
-
-
-def fold_html_lines(html: str, *, limit: int = MAX_LINE_BYTES) -> str:
-    """Break HTML lines longer than `limit` bytes where a newline means the same.
-
-    Breaks replace a space in text or a space between attributes of a tag,
-    never one inside a quoted attribute value. A run with no such space (only
-    hostile input makes one) is split between characters.
-    """
-    if all(len(line.encode()) <= limit for line in html.split("\n")):
-        return html
-    return "\n".join(_fold_html_line(line, limit) for line in html.split("\n"))
-
-
-def _fold_html_line(line: str, limit: int) -> str:
-    if len(line.encode()) <= limit:
-        return line
-    out: list[str] = []
-    in_tag = False
-    quote = ""
-    size = 0
-    last_space = -1  # index in `out` of the last breakable space on this line
-    size_after_space = 0
-    for char in line:
-        width = len(char.encode())
-        if size + width > limit:
-            if last_space >= 0:
-                out[last_space] = "\n"
-                size -= size_after_space
-                last_space = -1
-            elif not in_tag and not unicodedata.combining(char):
-                out.append("\n")
-                size = 0
-        if quote:
-            if char == quote:
-                quote = ""
-        elif in_tag and char in "\"'":
-            quote = char
-        elif char == "<":
-            in_tag = True
-        elif char == ">":
-            in_tag = False
-        elif char == " ":
-            out.append(char)
-            size += width
-            last_space = len(out) - 1
-            size_after_space = size
-            continue
-        out.append(char)
-        size += width
-    return "".join(out)
+# --------------------------------------------------------------------------- text part
 
 
 _URLISH = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|mailto:)", re.IGNORECASE)

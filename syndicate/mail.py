@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime
 from email import policy
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 
 from syndicate import urls
 from syndicate.config import MailSettings, Settings, base_url
+from syndicate.digest import MAX_LINE_BYTES
 from syndicate.errors import ConfigError
 from syndicate.text import header_safe
 from syndicate.tokens import RETURN_TOKEN_LENGTH, make_return_token
@@ -239,6 +241,57 @@ def _text_headers(rendered: Rendered, settings: Settings) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
 
+def fold_html_lines(html: str, *, limit: int = MAX_LINE_BYTES) -> str:
+    """Break HTML lines longer than `limit` bytes where a newline means the same.
+
+    Breaks replace a space in text or a space between attributes of a tag,
+    never one inside a quoted attribute value. A run with no such space (only
+    hostile input makes one) is split between characters.
+    """
+    if all(len(line.encode()) <= limit for line in html.split("\n")):
+        return html
+    return "\n".join(_fold_html_line(line, limit) for line in html.split("\n"))
+
+
+def _fold_html_line(line: str, limit: int) -> str:
+    if len(line.encode()) <= limit:
+        return line
+    out: list[str] = []
+    in_tag = False
+    quote = ""
+    size = 0
+    last_space = -1  # index in `out` of the last breakable space on this line
+    size_after_space = 0
+    for char in line:
+        width = len(char.encode())
+        if size + width > limit:
+            if last_space >= 0:
+                out[last_space] = "\n"
+                size -= size_after_space
+                last_space = -1
+            elif not in_tag and not unicodedata.combining(char):
+                out.append("\n")
+                size = 0
+        if quote:
+            if char == quote:
+                quote = ""
+        elif in_tag and char in "\"'":
+            quote = char
+        elif char == "<":
+            in_tag = True
+        elif char == ">":
+            in_tag = False
+        elif char == " ":
+            out.append(char)
+            size += width
+            last_space = len(out) - 1
+            size_after_space = size
+            continue
+        out.append(char)
+        size += width
+    return "".join(out)
+
+
 def _boundary(*parts: str) -> str:
     digest = hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()[:32]
     return f"=_syndicate_{digest}"
@@ -256,7 +309,8 @@ def _common_message(
     msg = EmailMessage(policy=policy.SMTP)
     msg["Date"] = format_datetime(now)
     msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte=html_cte)
-    msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte=html_cte)
+    html = fold_html_lines(rendered.html)
+    msg.add_alternative(html, subtype="html", charset="utf-8", cte=html_cte)
     msg["Content-Language"] = header_safe(rendered.lang)  # after set_content, which drops it
     for part in msg.iter_parts():
         del part[
