@@ -246,12 +246,12 @@ def main() -> None:
         peak = max(mb for _s, mb, _c, _k in fulls + rebuilds)
         print(f"peak RSS        = {peak:.0f} MB  (target < 300 MB at 100,000)")
         if full_sys > 0.3 * full_cpu:
-            # About 1 s of 5.6 s on a quiet disk of the project's machine; see the README.
+            # About 1 s of 5.6 s on a quiet disk of the project's machine; see docs/performance.md.
             print(
                 f"note: the full build spent {full_sys:.1f} s of its {full_cpu:.1f} s CPU in the "
                 "kernel. On ext4 without a journal, creating files costs more for minutes "
                 "after a large deletion nearby; run again on a quiet disk or with "
-                "TMPDIR=/dev/shm (README, Performance)."
+                "TMPDIR=/dev/shm (docs/performance.md)."
             )
     finally:
         if options.keep:

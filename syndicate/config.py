@@ -32,12 +32,40 @@ ENV_SMTP_PASSWORD = "SYNDICATE_SMTP_PASSWORD"  # noqa: S105
 
 @dataclass(frozen=True, slots=True)
 class SiteSettings:
-    title: str = "Tin mới"
-    description: str = "Tin tức mới nhất, tổng hợp bởi syndicate."
-    base_url: str = "http://localhost:8000/"
-    language: str = "vi"
-    timezone: str = "Asia/Ho_Chi_Minh"
-    page_size: int = 30  # articles per index page before archive pages start
+    """The site: its name, address, language and clock."""
+
+    title: str = field(
+        default="Tin mới",
+        metadata={"doc": "feed and page title; one line, no control characters"},
+    )
+    description: str = field(
+        default="Tin tức mới nhất, tổng hợp bởi syndicate.",
+        metadata={"doc": "feed description, index subtitle; one line, no control characters"},
+    )
+    base_url: str = field(
+        default="http://localhost:8000/",
+        metadata={
+            "doc": "absolute URL the site is served under; every link and feed id derives "
+            "from it. A valid host name or IP address, a port from 1 to 65535 if any, "
+            "no `user:password@`"
+        },
+    )
+    language: str = field(
+        default="vi", metadata={"doc": "language of feeds and pages: `vi` or `en`"}
+    )
+    timezone: str = field(
+        default="Asia/Ho_Chi_Minh",
+        metadata={
+            "doc": "IANA zone for dates without an offset, for display, and for the digest's day"
+        },
+    )
+    page_size: int = field(
+        default=30,  # articles per index page before archive pages start
+        metadata={
+            "doc": "articles on the index page and on each archive page (`page/1.html`, "
+            "the oldest, `page/2.html`, ...)"
+        },
+    )
 
     @property
     def tz(self) -> ZoneInfo:
@@ -46,39 +74,118 @@ class SiteSettings:
 
 @dataclass(frozen=True, slots=True)
 class PathSettings:
-    seeds: Path = Path("seeds")
-    output: Path = Path("feeds")
-    database: Path = Path("syndicate.db")
-    outbox: Path = Path("outbox")
+    """Where syndicate reads and writes: relative to the config file's folder, else to the cwd."""
+
+    seeds: Path = field(default=Path("seeds"), metadata={"doc": "where the dumps are read"})
+    output: Path = field(
+        default=Path("feeds"), metadata={"doc": "where feeds and pages are written"}
+    )
+    database: Path = field(
+        default=Path("syndicate.db"),
+        metadata={"doc": "the SQLite database: build cache, articles, subscribers, send ledger"},
+    )
+    outbox: Path = field(
+        default=Path("outbox"),
+        metadata={"doc": "where the `outbox` transport writes `.eml` files"},
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class LoadSettings:
-    max_bytes: int = 10 * 1024 * 1024  # dumps larger than this are skipped
+    """Reading the dumps."""
+
+    max_bytes: int = field(
+        default=10 * 1024 * 1024,  # dumps larger than this are skipped
+        metadata={"doc": "dumps larger than this (10 MiB) are skipped"},
+    )
     # Read dumps whose link leads out of the dump folder (off by default: a link in the
     # seeds folder must not make the site publish any file the build can read).
-    follow_symlinks: bool = False
+    follow_symlinks: bool = field(
+        default=False,
+        metadata={
+            "doc": "`true` reads dumps whose link leads outside the dump folder "
+            "(skipped with a warning otherwise)"
+        },
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class FeedSettings:
-    limit: int = 50
+    """The RSS, Atom and JSON feeds."""
+
+    limit: int = field(default=50, metadata={"doc": "items per feed"})
 
 
 @dataclass(frozen=True, slots=True)
 class MailSettings:
-    transport: str = "outbox"
-    from_: str = ""
-    reply_to: str = ""
-    subject: str = "{site}: {headline} {more}"
-    list_id: str = ""
-    postal_address: str = ""
-    secret: str = ""
-    bounce_limit: int = 3
+    """The digest message and how it is delivered."""
+
+    transport: str = field(
+        default="outbox",
+        metadata={"doc": "`outbox` (write `.eml` files, no server needed) or `smtp`"},
+    )
+    from_: str = field(
+        default="",
+        metadata={
+            "doc": "the From address; required for `smtp` (the outbox uses `newsletter@localhost`)"
+        },
+    )
+    reply_to: str = field(
+        default="",
+        metadata={
+            "doc": "Reply-To header, when set: one or more addresses, checked like `mail.from`"
+        },
+    )
+    subject: str = field(
+        default="{site}: {headline} {more}",
+        metadata={
+            "doc": "subject template; `{site}` is `site.title`, `{date}` the digest day in "
+            "the reader's language, `{headline}` the top story (shortened to keep the "
+            'subject within 78 characters), `{more}` "và N tin khác" / "and N more" '
+            "(empty for one article)"
+        },
+    )
+    list_id: str = field(
+        default="", metadata={"doc": "List-Id header; empty derives one from `site.base_url`"}
+    )
+    postal_address: str = field(
+        default="",
+        metadata={
+            "doc": "the sender's postal address, shown in every digest footer; bulk-mail "
+            "rules (CAN-SPAM and the like) want one, so `send` over SMTP warns while it "
+            "is empty"
+        },
+    )
+    secret: str = field(
+        default="",
+        metadata={
+            "doc": "signing secret when `SYNDICATE_SECRET` is not set; when both are empty "
+            "one is generated into the database on first use"
+        },
+    )
+    bounce_limit: int = field(
+        default=3,
+        metadata={
+            "doc": "permanent refusals in a row after which a subscriber becomes `bounced` "
+            "(a delivered message resets the count); also the number of digests in a row "
+            "with soft bounces read by `syndicate bounces`"
+        },
+    )
     # Envelope sender for digests; when set, each message's is a VERP address
     # local+<token>@domain naming its subscriber and digest ("" = mail.from's address).
-    bounce_address: str = ""
-    mailto_unsubscribe: str = ""  # optional mailto: address added to List-Unsubscribe
+    bounce_address: str = field(
+        default="",
+        metadata={
+            "doc": "envelope sender for digests: each message's becomes a VERP address "
+            "`local+<token>@domain` naming its subscriber and digest, for "
+            "`syndicate bounces`; empty uses `mail.from`'s address (`preflight` checks "
+            "this domain's SPF)"
+        },
+    )
+    mailto_unsubscribe: str = field(
+        default="",  # optional mailto: address added to List-Unsubscribe
+        metadata={"doc": "optional address added to `List-Unsubscribe` as a `mailto:`"},
+    )
 
     @property
     def sender(self) -> str:
@@ -88,46 +195,136 @@ class MailSettings:
 
 @dataclass(frozen=True, slots=True)
 class SmtpSettings:
-    host: str = "localhost"
-    port: int = 587
-    tls: str = "starttls"
-    username: str = ""
-    timeout: float = 30.0
-    connections: int = 8
-    messages_per_connection: int = 100
-    rate: float = 0.0
-    retry_window: float = 300.0  # seconds a run keeps retrying deferred recipients
-    data_timeout: float = 600.0  # seconds to wait for the reply after the message body
+    """The SMTP server, for `mail.transport = "smtp"`."""
+
+    host: str = field(
+        default="localhost",
+        metadata={"doc": 'SMTP server; may not be empty with `mail.transport = "smtp"`'},
+    )
+    port: int = field(default=587, metadata={"doc": "SMTP port, 1 to 65535"})
+    tls: str = field(
+        default="starttls",
+        metadata={"doc": "`starttls`, `tls` (implicit TLS) or `none`"},
+    )
+    username: str = field(
+        default="",
+        metadata={"doc": "SMTP login; the password comes only from `SYNDICATE_SMTP_PASSWORD`"},
+    )
+    timeout: float = field(
+        default=30.0,
+        metadata={
+            "doc": "seconds to wait for the reply to an SMTP command (not the reply after "
+            "the message body: `smtp.data_timeout`); a finite number above 0"
+        },
+    )
+    connections: int = field(
+        default=8, metadata={"doc": "persistent SMTP connections used in parallel"}
+    )
+    messages_per_connection: int = field(
+        default=100,
+        metadata={"doc": "messages sent over one connection before it is renewed"},
+    )
+    rate: float = field(
+        default=0.0,
+        metadata={"doc": "messages per second across all connections; `0` = no limit"},
+    )
+    retry_window: float = field(
+        default=300.0,  # seconds a run keeps retrying deferred recipients
+        metadata={
+            "doc": "seconds a run keeps retrying deferred (4xx) recipients after the first pass"
+        },
+    )
+    data_timeout: float = field(
+        default=600.0,  # seconds to wait for the reply after the message body
+        metadata={
+            "doc": "seconds to wait for the reply after the message body (RFC 5321); above 0"
+        },
+    )
     password: str = field(default="", repr=False)  # only from SYNDICATE_SMTP_PASSWORD
 
 
 @dataclass(frozen=True, slots=True)
 class DigestSettings:
-    max_articles: int = 20
-    max_teasers: int = 5  # "Other news" items; 0 hides the section
-    max_age_hours: int = 48
-    lead_words: int = 60
-    templates_dir: Path | None = None
+    """What goes into the daily digest."""
+
+    max_articles: int = field(
+        default=20,
+        metadata={"doc": 'articles in one digest; the rest are named as "and N more"'},
+    )
+    max_teasers: int = field(
+        default=5,  # "Other news" items; 0 hides the section
+        metadata={
+            "doc": '"Tin khác" / "Other news" items in a digest, linked ones first; `0` '
+            "hides the section"
+        },
+    )
+    max_age_hours: int = field(
+        default=48,
+        metadata={
+            "doc": "articles published more than this before the newest article are never mailed"
+        },
+    )
+    lead_words: int = field(
+        default=60,
+        metadata={
+            "doc": "the lead of each article is cut at a sentence boundary to at most "
+            "this many words"
+        },
+    )
+    templates_dir: Path | None = field(
+        default=None,
+        metadata={
+            "doc": "a folder of your own email templates; empty = the shipped `templates/email`"
+        },
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class DkimSettings:
-    domain: str = ""
-    selector: str = ""
-    key_file: Path | None = None
+    """Optional DKIM signing of every digest."""
+
+    domain: str = field(
+        default="", metadata={"doc": "DKIM signing domain; signing is off while empty"}
+    )
+    selector: str = field(default="", metadata={"doc": "DKIM selector"})
+    key_file: Path | None = field(
+        default=None,
+        metadata={"doc": "PEM private key for DKIM; mode `0600` or `0400`"},
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class SubscribeSettings:
-    confirm_hours: int = 48
-    rate_limit: int = 10  # sign-up POSTs per client address per minute
-    resend_minutes: int = 10  # a repeat sign-up re-sends the confirmation at most this often
+    """Sign-up through `syndicate serve`."""
+
+    confirm_hours: int = field(
+        default=48, metadata={"doc": "how long a confirmation link stays valid"}
+    )
+    rate_limit: int = field(
+        default=10,  # sign-up POSTs per client address per minute
+        metadata={
+            "doc": "sign-up requests per client address (IPv6: per /64) per minute; `0` "
+            "turns the limit off"
+        },
+    )
+    resend_minutes: int = field(
+        default=10,  # a repeat sign-up re-sends the confirmation at most this often
+        metadata={"doc": "a repeated sign-up re-sends the confirmation at most this often"},
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
+    """The database."""
+
     # Seconds a command waits for another's write lock before it gives up (exit 75, HTTP 503).
-    busy_timeout: float = 10.0
+    busy_timeout: float = field(
+        default=10.0,
+        metadata={
+            "doc": "seconds a command or request waits for another's write lock before "
+            "it gives up (exit 75, HTTP 503)"
+        },
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +521,7 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(
                 f"config file {str(path)!r} is not valid TOML: {exc}.",
-                hint="Fix the syntax; see README.md for an example.",
+                hint="Fix the syntax; see syndicate.example.toml for every key.",
             ) from exc
         base = path.resolve().parent
     sections = _section_types()

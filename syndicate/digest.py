@@ -31,7 +31,7 @@ from syndicate.i18n import LANGUAGES
 from syndicate.model import Article, DigestPlan, Precision, Teaser
 from syndicate.site import RENDER_ERRORS, OtherNews, order_key, order_teasers
 from syndicate.text import header_safe, lead_excerpt, nfc, one_line, shorten
-from syndicate.urls import article_url, feed_url
+from syndicate.urls import feed_url
 
 log = logging.getLogger(__name__)
 
@@ -334,12 +334,13 @@ def render_digest(
     articles: list[dict[str, Any]] = []
     shown: list[Article] = []  # the articles that went in, for the subject
     for article in plan.articles:
+        page = plan.pages.get(article.id)
         try:
             articles.append(
                 {
                     "number": len(articles) + 1,
                     "title": header_safe(article.title, limit=TITLE_CHARS),
-                    "url": article_url(root, article.slug),
+                    "url": root + page if page else None,  # no page: no link
                     "date": _published_text(article, lang=lang, tz=tz),
                     "author": one_line(article.author) if article.author else None,
                     "lead": shorten(
@@ -382,7 +383,7 @@ def render_digest(
                 "dateline": one_line(n.teaser.dateline),
                 "text": shorten(one_line(n.teaser.text), limit=TEASER_CHARS),
                 "title": header_safe(n.link.title, limit=TITLE_CHARS) if n.link else None,
-                "url": article_url(root, n.link.slug) if n.link else None,
+                "url": root + n.link.path if n.link else None,
             }
             for n in plan_other_news(plan, limit=info.max_teasers, tz=tz)
         ],

@@ -108,14 +108,59 @@ class LockedError(SyndicateError):
     exit_code: ClassVar[int] = EXIT_TEMPFAIL
 
 
-class DeliveryError(SyndicateError):
+class SendError(SyndicateError):
+    """Sending mail failed: the subclasses say whether for one recipient, for now, or for good."""
+
+
+class DeliveryError(SendError):
     """The mail server refused the whole run (a setup problem, not one bad address)."""
 
 
-class TempFailError(SyndicateError):
+class TempFailError(SendError):
     """The mail server stayed unavailable after retries; try again later."""
 
     exit_code: ClassVar[int] = EXIT_TEMPFAIL
+
+
+class RecipientRefusedError(SendError):
+    """The server refused one recipient for good (5xx): recorded, never retried, a bounce.
+
+    `stage` is how far the SMTP session got (a `send.policy.Stage` value), `code`
+    and `reply` the server's answer. The run goes on without this recipient.
+    """
+
+    exit_code: ClassVar[int] = EXIT_FAILED
+
+    def __init__(self, recipient: str, *, stage: str, code: int, reply: str) -> None:
+        super().__init__(f"{recipient}: the server refused the message: {reply}")
+        self.recipient = recipient
+        self.stage = stage
+        self.code = code
+        self.reply = reply
+        self.in_flight = False
+
+
+class TransientSendError(SendError):
+    """A temporary failure (4xx, dropped connection, timeout): worth retrying.
+
+    `in_flight` is True when the message body had been sent: it may have been accepted.
+    """
+
+    exit_code: ClassVar[int] = EXIT_TEMPFAIL
+
+    def __init__(
+        self, message: str, *, stage: str, code: int, reply: str, in_flight: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.code = code
+        self.reply = reply
+        self.in_flight = in_flight
+
+    @property
+    def connection(self) -> bool:
+        """The session could not be opened: the server, not one recipient, is the problem."""
+        return self.stage == "session"
 
 
 class TokenError(SyndicateError, ValueError):

@@ -133,20 +133,18 @@ def build_feed(
     now: datetime,
     info: FeedInfo,
     limit: int,
-    page_urls: Mapping[str, str] | None = None,
+    page_urls: Mapping[str, str],
 ) -> bytes:
     """Render one feed of the newest `limit` articles (undated last).
 
-    `page_urls` maps Article.id to the absolute URL of its page, as the site
-    stage assigned it (slug collisions included); without it the plain slug is
-    used. `now` is used only when no chosen article has a date. The bytes are
-    the same for the same arguments.
+    `page_urls` maps Article.id to the absolute URL of its page, where the build
+    wrote it (the feed never works a page out from a slug); every chosen article
+    must have one. `now` is used only when no chosen article has a date. The
+    bytes are the same for the same arguments.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     chosen = _order(articles)[:limit]
-    if page_urls is None:
-        page_urls = {a.id: f"{info.base_url}articles/{a.slug}.html" for a in chosen}
     updated = _feed_updated(chosen, now).astimezone(info.tz).replace(microsecond=0)
     if kind == "json":
         return _build_json_feed(chosen, info=info, updated=updated, page_urls=page_urls)

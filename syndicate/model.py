@@ -155,7 +155,7 @@ class StoryLink:
     """The stored article a teaser advertises: what a link to its page shows."""
 
     id: str
-    slug: str  # the slug of its page
+    path: str  # its page, as the build stored it: relative to the site root
     title: str
     published: datetime | None  # None when its date is unknown
     precision: Precision
@@ -171,6 +171,9 @@ class DigestPlan:
     more: int = 0  # articles left out past digest.max_articles
     # The stored articles its teasers advertise, by the teaser's text.story_key.
     links: Mapping[str, StoryLink] = field(default_factory=dict)
+    # Each article's page as the build stored it (id -> path relative to the site root);
+    # an article missing here has no page and is shown unlinked.
+    pages: Mapping[str, str] = field(default_factory=dict)
 
 
 class SubscriptionStatus(StrEnum):

@@ -224,17 +224,38 @@ def _safe_slug(slug: str, article_id: str) -> str:
 
 def assign_slugs(
     items: Iterable[tuple[str, str, datetime | None, datetime | None]],
+    *,
+    kept: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Give every article (id, slug, published, first_seen) a unique page slug.
 
-    In a group sharing a slug, the article syndicate saw first keeps it, so a
-    published URL never changes hands when an older article arrives later; among
-    those seen at once, the earliest published (undated after dated, then the
-    smallest id). The others get `-<first 6 of id>` (longer if that is taken
-    too). The result depends on the set of articles only, never on their order.
+    An article that has a page already keeps its slug (`kept`: id -> the slug of its page),
+    so a published URL stays put. In a group sharing a slug, the article syndicate saw
+    first gets it, so a published URL never changes hands when an older article arrives
+    later; among those seen at once, the earliest published (undated after dated, then the
+    smallest id). The others get `-<first 6 of id>` (longer if that is taken too). The
+    result depends on the set of articles (and `kept`) only, never on their order.
     """
+    items = list(items)
+    wanted = {item[0] for item in items}
+    kept = kept or {}
+    # Pages that exist keep their slugs: claimed first, in sorted order (one build never
+    # records two articles under one page, so no claim loses unless `kept` is damaged).
+    result: dict[str, str] = {}
+    taken: set[str] = set()
+    for own, article_id in sorted(
+        (own, article_id)
+        for article_id, own in kept.items()
+        if _SAFE_SLUG.fullmatch(own) and article_id in wanted
+    ):
+        if own not in taken:
+            result[article_id] = own
+            taken.add(own)
     groups: dict[str, list[tuple[float, bool, float, str]]] = {}
+    losers: list[tuple[str, str]] = []
     for article_id, slug, published, first_seen in items:
+        if article_id in result:
+            continue
         key = (
             first_seen.timestamp() if first_seen else 0.0,
             published is None,
@@ -242,14 +263,12 @@ def assign_slugs(
             article_id,
         )
         groups.setdefault(_safe_slug(slug, article_id), []).append(key)
-    result: dict[str, str] = {}
-    taken: set[str] = set()
-    losers: list[tuple[str, str]] = []
     for slug in sorted(groups):
-        members = groups[slug]
-        if len(members) > 1:
-            members.sort()
-            losers.extend((slug, member[3]) for member in members[1:])
+        members = sorted(groups[slug])
+        if slug in taken:  # kept by an article that has its page under it
+            losers.extend((slug, member[3]) for member in members)
+            continue
+        losers.extend((slug, member[3]) for member in members[1:])
         result[members[0][3]] = slug
         taken.add(slug)
     for slug, article_id in sorted(losers):
@@ -455,7 +474,7 @@ class SiteRenderer:
             link = item.link
             items.append(
                 SimpleNamespace(
-                    href=None if link is None else "../" + article_path(link.slug),
+                    href=None if link is None else "../" + link.path,
                     title=None if link is None else one_line(link.title),
                     dateline=one_line(item.teaser.dateline),
                     text=one_line(item.teaser.text),

@@ -288,8 +288,8 @@ def story_key(text: str) -> str:
 #
 # Vietnamese writes a space between syllables, so a space is not a word boundary. The
 # maintained segmenters (underthesea, pyvi) cost 0.3-2.5 ms a title and 0.3-4 s of loading
-# per process, against 0.12 ms a dump for the whole read-decode-split floor (README,
-# "Derived titles"): instead, two-syllable words that news leads use often are listed here,
+# per process, against 0.12 ms a dump for the whole read-decode-split floor (docs/format.md,
+# "Titles"): instead, two-syllable words that news leads use often are listed here,
 # and runs of capitalised syllables (names: Đông Hà, Nguyễn Đăng Quang) are never split.
 
 TITLE_LIMIT = 90  # characters of a derived title, "…" included

@@ -95,7 +95,12 @@ def run_postfix(relay_port: int) -> Iterator[Postfix]:
         folder.mkdir()
     os.chown(data, owner.pw_uid, owner.pw_gid)
     os.chown(mail, owner.pw_uid, owner.pw_gid)
-    shutil.copy("/etc/postfix/master.cf", etc / "master.cf")
+    # Debian's postinst writes /etc/postfix/master.cf from the shipped master.cf.dist; a
+    # package installed with "No configuration" may not have it.
+    shipped = Path("/etc/postfix/master.cf")
+    if not shipped.is_file():
+        shipped = Path("/usr/share/postfix/master.cf.dist")
+    shutil.copy(shipped, etc / "master.cf")
     port = free_port()
     settings = {
         "compatibility_level": "3.6",

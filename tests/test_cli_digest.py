@@ -1,4 +1,4 @@
-"""Today's digest (cli.flow) and the `syndicate digest` preview command."""
+"""Today's digest (send/digests.py) and the `syndicate digest` preview command."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from syndicate.cli import AppContext, cli
-from syndicate.cli.flow import digest_view_url, todays_digest, write_digest_page
 from syndicate.config import Settings
 from syndicate.digest import DigestInfo, render_digest
 from syndicate.model import Article, Block, BlockKind, Precision, Teaser
+from syndicate.send.digests import digest_view_url, todays_digest, write_digest_page
 from syndicate.store import Database, open_database
-from syndicate.store.articles import upsert_article
+from syndicate.store.articles import upsert_article, write_page_paths
 
 NOW = datetime(2024, 11, 1, 6, 0, tzinfo=UTC)  # 13:00 in Asia/Ho_Chi_Minh
 DAY = date(2024, 11, 1)
@@ -45,6 +45,12 @@ def store(db: Database, *articles: Article, now: datetime = NOW) -> None:
     with db.transaction():
         for item in articles:
             upsert_article(db, item, now=now)
+
+
+def publish(db: Database, pages: dict[str, str]) -> None:
+    """Record article pages as `build` does once it has written them."""
+    with db.transaction():
+        write_page_paths(db, pages)
 
 
 def count_digests(db: Database) -> int:
@@ -130,17 +136,28 @@ def test_max_articles_and_more(settings: Settings, db: Database) -> None:
     assert plan.more == 3
 
 
-def test_plan_uses_the_slugs_of_the_built_pages(settings: Settings, db: Database) -> None:
+def test_plan_links_the_pages_the_build_stored_and_no_other(
+    settings: Settings, db: Database
+) -> None:
     older = article("older", NOW - timedelta(hours=5), slug="cung-ten")
     newer = article("newer", NOW - timedelta(hours=1), slug="cung-ten")
     store(db, older, newer)
+    # Built from another folder first: the newer one took the slug, and keeps it.
+    publish(db, {"newer": "articles/cung-ten.html", "older": "articles/cung-ten-x.html"})
     plan = todays_digest(settings, db, now=NOW, create=False)
     assert plan is not None
-    assert [a.slug for a in plan.articles] == ["cung-ten-newer", "cung-ten"]
+    assert [a.id for a in plan.articles] == ["newer", "older"]
+    assert plan.pages == {"newer": "articles/cung-ten.html", "older": "articles/cung-ten-x.html"}
+    # A later build left the newer one without a page: it is not linked, nor given another.
+    publish(db, {"older": "articles/cung-ten-x.html"})
+    plan = todays_digest(settings, db, now=NOW, create=False)
+    assert plan is not None
+    assert plan.pages == {"older": "articles/cung-ten-x.html"}
 
 
 def test_write_digest_page(settings: Settings, db: Database) -> None:
     store(db, article("a", NOW))
+    publish(db, {"a": "articles/bai-a.html"})
     plan = todays_digest(settings, db, now=NOW, create=True)
     assert plan is not None
     path = write_digest_page(settings, plan, now=NOW)
@@ -219,6 +236,7 @@ def test_digest_command_writes_the_preview_and_changes_no_digest_state(
 
 def test_digest_command_in_english_to_the_default_folder(runner: CliRunner, workdir: Path) -> None:
     write_seeds(workdir)
+    assert runner.invoke(cli, ["build"]).exit_code == 0  # the pages "Read more" links to
     result = runner.invoke(cli, ["digest", "--lang", "en"])
     assert result.exit_code == 0, result.output
     assert "digest-preview/digest.html\n" in result.stdout
@@ -312,11 +330,20 @@ def test_todays_digest_links_a_teaser_to_a_stored_article_outside_the_digest(
         article("new", NOW - timedelta(hours=1)), teasers=(Teaser("QTO", teaser + "..."),)
     )
     store(db, new)
+    # Until a build gives the old article a page, the teaser is not linked.
+    plan = todays_digest(settings, db, now=NOW, create=False)
+    assert plan is not None
+    assert plan.links == {}
+    publish(db, {"old": "articles/bai-old.html", "new": "articles/bai-new.html"})
     plan = todays_digest(settings, db, now=NOW, create=False)
     assert plan is not None
     assert [a.id for a in plan.articles] == ["new"]
     [link] = plan.links.values()
-    assert (link.id, link.slug, link.title) == ("old", "bai-old", "Kiểm tra an toàn thực phẩm")
+    assert (link.id, link.path, link.title) == (
+        "old",
+        "articles/bai-old.html",
+        "Kiểm tra an toàn thực phẩm",
+    )
     rendered = render_digest(
         plan, lang="vi", info=DigestInfo.from_settings(settings), unsubscribe_url="u", now=NOW
     )

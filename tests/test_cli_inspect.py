@@ -104,6 +104,20 @@ def test_human_output_is_one_block_per_file(folder: Path) -> None:
     )
 
 
+def test_human_output_names_the_page_the_last_build_wrote(folder: Path) -> None:
+    (folder / "seeds" / "b.txt").unlink()
+    assert CliRunner().invoke(cli, ["build"]).exit_code == 0
+    (folder / "c.txt").write_text(DUMP.replace("Đoạn thân bài", "Một đoạn khác"), "utf-8")
+    code, out, err = run("seeds/a.txt", "c.txt")
+    assert (code, err) == (0, "")
+    pages = [line for line in out.splitlines() if line.startswith("  page:")]
+    assert pages == [
+        "  page:        articles/hoi-thao-b-chuyen-doi-so-b-dien-ra.html",
+        "  page:        -",  # never built: no page
+    ]
+    assert (folder / "feeds" / "articles" / "hoi-thao-b-chuyen-doi-so-b-dien-ra.html").is_file()
+
+
 def test_rejected_file_prints_its_error_and_exits_1_at_the_end(folder: Path) -> None:
     (folder / "seeds" / "0_empty.txt").write_bytes(b"")
     (folder / "seeds" / "c.txt").write_text(

@@ -24,10 +24,10 @@ import pytest
 from click.testing import CliRunner
 
 from syndicate.cli import AppContext, cli
-from syndicate.cli.flow import preview_digest
 from syndicate.config import Settings, StoreSettings, SubscribeSettings
 from syndicate.errors import StoreBusyError, StoreFullError
 from syndicate.publish import sync_articles
+from syndicate.send.digests import preview_digest
 from syndicate.store import open_database
 from syndicate.store.subscribers import add_subscriber, get_by_email, iter_subscribers
 from tests.conftest import FIXED_NOW, ROOT

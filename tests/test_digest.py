@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -39,7 +40,7 @@ from syndicate.model import (
     Teaser,
 )
 from syndicate.text import lead_excerpt, story_key
-from syndicate.urls import article_url
+from syndicate.urls import article_path, article_url
 
 DAY = date(2024, 11, 1)
 MARKER = "https://news.example.org/unsubscribe?t=UNSUB-MARKER-0123456789abcdef"
@@ -165,10 +166,16 @@ def golden_articles() -> tuple[Article, ...]:
     )
 
 
+def digest_plan(*, day: date, articles: tuple[Article, ...], **rest: Any) -> DigestPlan:
+    """A plan whose articles all have pages where the build puts them (articles/<slug>.html)."""
+    pages = {a.id: article_path(a.slug) for a in articles}
+    return DigestPlan(day=day, articles=articles, pages=pages, **rest)
+
+
 # The stored article the last teaser of golden_articles() advertises.
 GOLDEN_LINK = StoryLink(
     "d4",
-    "cap-cuu-115",
+    "articles/cap-cuu-115.html",
     "Khánh thành trung tâm cấp cứu 115 của tỉnh",
     datetime(2024, 10, 30, 1, 0, tzinfo=UTC),
     Precision.DATETIME,
@@ -181,7 +188,7 @@ def golden_plan() -> DigestPlan:
     links = {
         story_key("Sáng nay 30/10, Sở Y tế tỉnh Lam Giang khánh thành trung tâm..."): GOLDEN_LINK
     }
-    return DigestPlan(day=DAY, articles=golden_articles(), more=4, links=links)
+    return digest_plan(day=DAY, articles=golden_articles(), more=4, links=links)
 
 
 @pytest.fixture
@@ -394,7 +401,9 @@ def test_other_news_drops_teasers_for_articles_in_the_digest_and_duplicates() ->
 def _link(ident: str, published: datetime | None, title: str = "") -> StoryLink:
     precision = Precision.DATETIME if published else Precision.UNKNOWN
     seen = datetime(2024, 10, 31, 12, 0, tzinfo=UTC)
-    return StoryLink(ident, f"bai-{ident}", title or f"Bài {ident}", published, precision, seen)
+    return StoryLink(
+        ident, f"articles/bai-{ident}.html", title or f"Bài {ident}", published, precision, seen
+    )
 
 
 def _teaser(text: str) -> Teaser:
@@ -417,7 +426,7 @@ def _other_news_plan(*, teasers: tuple[str, ...], links: dict[str, StoryLink]) -
         teasers=tuple(map(_teaser, teasers)),
     )
     b = make_article("b", title="Hội thảo", lead=T_IN_DIGEST.removesuffix("..."), published=None)
-    return DigestPlan(day=DAY, articles=(a, b), links={story_key(k): v for k, v in links.items()})
+    return digest_plan(day=DAY, articles=(a, b), links={story_key(k): v for k, v in links.items()})
 
 
 def test_other_news_puts_linked_teasers_first_newest_first_then_the_others() -> None:
@@ -554,14 +563,14 @@ def test_stale_warning_when_the_newest_article_is_over_a_week_older_than_the_day
     article = make_article("a", published=datetime(2024, 10, 24, 23, 0, tzinfo=UTC))
     undated = make_article("u", published=None)
     # Published 25/10 at 06:00 in Vietnam: 7 days before 1/11, not yet stale.
-    fresh = DigestPlan(day=date(2024, 11, 1), articles=(undated, article))
+    fresh = digest_plan(day=date(2024, 11, 1), articles=(undated, article))
     assert stale_warning(fresh, tz=ZoneInfo("Asia/Ho_Chi_Minh")) is None
-    stale = DigestPlan(day=date(2024, 11, 2), articles=(undated, article))
+    stale = digest_plan(day=date(2024, 11, 2), articles=(undated, article))
     assert stale_warning(stale, tz=ZoneInfo("Asia/Ho_Chi_Minh")) == (
         "Warning: digest of 2024-11-02: its newest article is from 2024-10-25, 8 days before "
         "the digest's day. Check that the scraper still delivers new dumps."
     )
-    assert stale_warning(DigestPlan(day=DAY, articles=(undated,)), tz=UTC) is None
+    assert stale_warning(digest_plan(day=DAY, articles=(undated,)), tz=UTC) is None
 
 
 def test_other_news_matches_a_teaser_cut_mid_word_against_a_lead() -> None:
@@ -611,6 +620,22 @@ def test_golden_digest_vi(
     check_golden("digest.txt", rendered.text.encode("utf-8"))
     assert rendered.subject == "Tin mới: Thông xe cầu Sông Lam nối hai bờ TP. Bến Lam và 2 tin khác"
     assert rendered.lang == "vi"
+
+
+def test_an_article_without_a_page_is_shown_unlinked(
+    golden_plan: DigestPlan, mail_settings: Settings, now: datetime
+) -> None:
+    first, *others = golden_plan.articles
+    pages = {i: p for i, p in golden_plan.pages.items() if i != first.id}
+    rendered = render(dataclasses.replace(golden_plan, pages=pages), mail_settings, now)
+    url = article_url("http://localhost:8000/", first.slug)
+    assert url not in rendered.html
+    assert url not in rendered.text
+    assert first.title in rendered.text
+    assert f">{first.title}</h2>" in rendered.html  # in the digest, its title unlinked
+    for article in others:
+        assert f'href="{article_url("http://localhost:8000/", article.slug)}"' in rendered.html
+    assert rendered.text.count("Đọc tiếp") == len(others)
 
 
 def test_golden_digest_en(
@@ -683,7 +708,7 @@ def test_digest_html_is_an_accessible_600px_table_layout(
 def test_digest_shows_no_more_link_when_nothing_is_left_out(
     mail_settings: Settings, now: datetime
 ) -> None:
-    rendered = render(DigestPlan(day=DAY, articles=golden_articles()[:1]), mail_settings, now)
+    rendered = render(digest_plan(day=DAY, articles=golden_articles()[:1]), mail_settings, now)
     assert "tin khác trên trang" not in rendered.html
     assert "tin khác trên trang" not in rendered.text
 
@@ -709,7 +734,7 @@ def hostile_plan() -> DigestPlan:
         author="<i>Tác giả</i>",
         teasers=(Teaser("<QTO>", "Tin <script>x</script> khác {{ 1+1 }}..."),),
     )
-    return DigestPlan(day=DAY, articles=(article,))
+    return digest_plan(day=DAY, articles=(article,))
 
 
 def test_hostile_article_text_is_escaped_in_html(mail_settings: Settings, now: datetime) -> None:
@@ -763,7 +788,7 @@ def test_vietnamese_text_is_nfc_in_both_parts(mail_settings: Settings, now: date
         lead=unicodedata.normalize("NFD", lead),
         author=unicodedata.normalize("NFD", "Trúc Phương"),
     )
-    rendered = render(DigestPlan(day=DAY, articles=(article,)), mail_settings, now)
+    rendered = render(digest_plan(day=DAY, articles=(article,)), mail_settings, now)
     for part in (rendered.html, rendered.text, rendered.subject, rendered.preheader):
         assert unicodedata.is_normalized("NFC", part)
     for expected in (title, lead, "Trúc Phương"):
@@ -787,7 +812,7 @@ def long_plan(count: int = 20) -> DigestPlan:
         )
         for i in range(count)
     )
-    return DigestPlan(day=DAY, articles=articles, more=123)
+    return digest_plan(day=DAY, articles=articles, more=123)
 
 
 def test_digest_with_max_articles_stays_under_gmail_clipping(
@@ -806,7 +831,7 @@ def test_digest_with_max_articles_stays_under_gmail_clipping(
 def test_every_line_is_short_enough_for_smtp(mail_settings: Settings, now: datetime) -> None:
     giant = "X" * 5000
     article = make_article("g", title="Đ" * 3000, lead=f"Mở đầu {giant} tiếp {giant}.")
-    for plan_ in (long_plan(), DigestPlan(day=DAY, articles=(article,))):
+    for plan_ in (long_plan(), digest_plan(day=DAY, articles=(article,))):
         rendered = render(plan_, mail_settings, now)
         assert html_lines_ok(rendered.text)
         assert MARKER in rendered.html
@@ -827,7 +852,10 @@ def test_text_part_wraps_at_72_columns_but_never_splits_a_url(
     long_slug = "-".join(["mot-duong-dan-rat-dai-cho-bai-viet"] * 4)
     plan_ = long_plan(5)
     articles = (dataclasses.replace(plan_.articles[0], slug=long_slug), *plan_.articles[1:])
-    rendered = render(dataclasses.replace(plan_, articles=articles), mail_settings, now)
+    pages = {a.id: article_path(a.slug) for a in articles}
+    rendered = render(
+        dataclasses.replace(plan_, articles=articles, pages=pages), mail_settings, now
+    )
     long_url = article_url("http://localhost:8000/", long_slug)
     assert len(long_url) > 72
     for line in rendered.text.split("\n"):
@@ -852,7 +880,7 @@ def test_unsubscribe_marker_appears_verbatim(mail_settings: Settings, now: datet
 
 def test_web_version_says_so_and_has_no_view_link(mail_settings: Settings, now: datetime) -> None:
     rendered = render_digest(
-        DigestPlan(day=DAY, articles=golden_articles()),
+        digest_plan(day=DAY, articles=golden_articles()),
         lang="vi",
         info=DigestInfo.from_settings(mail_settings),
         unsubscribe_url="http://localhost:8000/unsubscribe",
@@ -965,7 +993,7 @@ def test_wrap_text_hangs_list_items_and_keeps_protected_words() -> None:
 def test_shared_hostile_articles_come_out_as_text_in_both_parts(
     hostile_articles: list[Article], mail_settings: Settings, now: datetime
 ) -> None:
-    plan_ = DigestPlan(day=DAY, articles=tuple(hostile_articles))
+    plan_ = digest_plan(day=DAY, articles=tuple(hostile_articles))
     for lang in ("vi", "en"):
         rendered = render(plan_, mail_settings, now, lang=lang)
         doc = parse_html(rendered.html)
@@ -1021,7 +1049,7 @@ def test_digest_blurb_is_the_head_when_the_article_has_one(
         make_article("h", lead="Đoạn thân bài đầu tiên."), head="Sapo <b>tóm tắt</b> bài."
     )
     without = make_article("l", lead="Chỉ có đoạn mở đầu.")
-    email = render(DigestPlan(day=DAY, articles=(with_head, without)), settings, now)
+    email = render(digest_plan(day=DAY, articles=(with_head, without)), settings, now)
     assert "Sapo &lt;b&gt;tóm tắt&lt;/b&gt; bài." in email.html
     assert "Sapo <b>tóm tắt</b> bài." in email.text
     assert "Đoạn thân bài đầu tiên." not in email.text

@@ -89,6 +89,8 @@ def _build(articles: list[Article], kind: str, **kw: object) -> bytes:
         "now": datetime(2024, 11, 1, 6, 0, tzinfo=UTC),
         "info": INFO,
         "limit": 50,
+        # Where the build would write each page (it passes the paths it wrote).
+        "page_urls": {a.id: f"{INFO.base_url}articles/{a.slug}.html" for a in articles},
     }
     options.update(kw)
     return build_feed(articles, kind=kind, **options)  # type: ignore[arg-type]

@@ -10,29 +10,46 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "syndicate"
 
 BASE = {"model", "text", "errors", "config", "i18n", "urls"}
-# What each stage may import from syndicate (besides itself). Packages count by top name.
-ALLOWED: dict[str, set[str]] = {
-    "errors": set(),
-    "model": {"errors"},
-    "text": {"errors"},
-    "config": {"errors"},
-    "i18n": set(),
-    "urls": {"errors"},
-    "load": BASE,
-    "feeds": BASE,
-    "site": BASE,
-    "digest": BASE | {"site"},
-    "tokens": BASE,
-    "store": BASE | {"store"},
-    "output": BASE,
-    "mail": BASE | {"digest", "tokens", "site"},
-    "publish": BASE | {"load", "feeds", "site", "store", "output"},
-    "send": BASE | {"mail", "store", "output", "digest", "tokens", "site"},
-    "web": BASE | {"store", "tokens", "mail", "send", "digest", "site", "output"},
-    # An edge like send: DNS and SMTP look-ups; reads the DKIM key as send does.
-    "preflight": BASE | {"send"},
-    # Bounce and complaint mail: parsed (pure), then applied through the store.
-    "bounces": BASE | {"tokens", "mail", "store"},
+# STYLE.md section 1, as written there: what each stage imports besides the base (the base
+# modules import only each other). Packages count by their top name.
+DIRECT: dict[str, set[str]] = {
+    "load": set(),
+    "feeds": set(),
+    "site": set(),
+    "digest": set(),
+    "tokens": set(),
+    "store": set(),
+    "output": set(),
+    "publish": {"load", "feeds", "site", "store", "output"},
+    "mail": {"digest", "tokens"},
+    "send": {"mail", "store", "publish", "output"},
+    "web": {"store", "tokens", "mail", "send"},
+    # Edges the map does not name yet (proposed for STYLE.md): preflight checks DNS and
+    # SMTP as send sends; bounces parses bounce mail and applies it through the store.
+    "preflight": {"send"},
+    "bounces": {"tokens", "mail", "store"},
+}
+
+
+def _layered(stage: str) -> set[str]:
+    """What `stage` may import: its own row, and what those stages may import (layers)."""
+    allowed, todo = set(BASE), list(DIRECT.get(stage, set()))
+    while todo:
+        name = todo.pop()
+        if name not in allowed:
+            allowed.add(name)
+            todo.extend(DIRECT.get(name, set()))
+    return allowed
+
+
+ALLOWED: dict[str, set[str]] = {name: BASE - {name} for name in BASE}
+ALLOWED.update({name: _layered(name) for name in DIRECT})
+# Single imports that break the map today, each with the change that removes it. The list
+# only shrinks: a test fails when an entry is no longer needed.
+KNOWN_EXCEPTIONS: dict[str, set[str]] = {
+    # digest takes teaser order (order_teasers, OtherNews) and RENDER_ERRORS from site; its
+    # article URLs come from urls.py now (wip/s2); moving the teaser order out removes it.
+    "digest.py": {"site"},
 }
 # Stages that must stay pure: no database, SMTP, sockets or subprocesses.
 PURE = {"model", "text", "i18n", "urls", "load", "feeds", "site", "digest", "tokens", "mail"}
@@ -75,7 +92,7 @@ def test_module_imports_follow_the_layering(path: Path) -> None:
         if name.startswith("syndicate.") and len(name.split(".")) > 1
     }
     own.discard(stage)
-    extra = own - ALLOWED[stage]
+    extra = own - ALLOWED[stage] - KNOWN_EXCEPTIONS.get(str(path.relative_to(PACKAGE)), set())
     assert not extra, f"syndicate/{path.relative_to(PACKAGE)} imports {sorted(extra)}"
     assert "cli" not in own
 
@@ -95,6 +112,50 @@ def test_only_the_cli_imports_web() -> None:
         if _stage(path) in {"cli", "web"}:
             continue
         assert "syndicate.web" not in _imports(path), f"{path.name} imports syndicate.web"
+
+
+@pytest.mark.parametrize("rel", sorted(KNOWN_EXCEPTIONS))
+def test_known_layering_exceptions_are_still_needed(rel: str) -> None:
+    path = PACKAGE / rel
+    own = {n.split(".")[1] for n in _imports(path) if n.startswith("syndicate.")}
+    still = KNOWN_EXCEPTIONS[rel] & (own - ALLOWED[_stage(path)])
+    assert still == KNOWN_EXCEPTIONS[rel], f"drop {sorted(KNOWN_EXCEPTIONS[rel] - still)} for {rel}"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _private_imports(path: Path) -> list[str]:
+    """`from syndicate.x import _y` in `path`, where syndicate.x is another module."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    here = _module_name(path) if path.is_relative_to(PACKAGE) else ""
+    return [
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        and node.level == 0
+        and node.module
+        and node.module.split(".")[0] == "syndicate"
+        and node.module != here
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__")
+    ]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        *_modules(),
+        *sorted((PACKAGE.parent / "tests").rglob("*.py")),
+        *sorted((PACKAGE.parent / "bench").rglob("*.py")),
+    ],
+    ids=lambda p: str(p.relative_to(PACKAGE.parent)),
+)
+def test_no_private_name_is_imported_from_another_module(path: Path) -> None:
+    found = _private_imports(path)
+    assert not found, f"{path.relative_to(PACKAGE.parent)} imports private names {found}"
 
 
 def test_only_config_makes_a_jinja_environment() -> None:

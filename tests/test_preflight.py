@@ -291,7 +291,7 @@ def test_dkim_off_and_the_outbox_transport_fail_with_the_reason(setup: Setup) ->
         "check": "dkim",
         "ok": False,
         "detail": "signing is off (dkim.domain is empty). Make a key, publish it and set "
-        "dkim.domain, dkim.selector and dkim.key_file; see README, Preflight.",
+        "dkim.domain, dkim.selector and dkim.key_file; see docs/operating.md, DKIM.",
     }
     assert checks["smtp"]["ok"] is False
     assert checks["smtp"]["detail"].startswith("mail.transport is 'outbox': ")

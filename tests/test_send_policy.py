@@ -72,3 +72,28 @@ def test_the_policy_is_built_once_from_the_settings(settings: Settings) -> None:
         ).retry_delay
         == 0.25
     )
+
+
+def test_per_message_send_errors_sit_in_errors_py_under_one_branch() -> None:
+    from syndicate import errors
+    from syndicate.send.policy import Outcome, Stage, outcome_of, to_action
+
+    refused = errors.RecipientRefusedError(
+        "an@example.org", stage=Stage.RECIPIENT, code=550, reply="550 5.1.1 no such user"
+    )
+    transient = errors.TransientSendError(
+        "busy", stage=Stage.DATA, code=0, reply="dropped", in_flight=True
+    )
+    for error in (refused, transient, errors.DeliveryError("x"), errors.TempFailError("x")):
+        assert isinstance(error, errors.SendError)
+    # One refused address is not a refused run, and one 4xx is not "the server stayed down".
+    assert not isinstance(refused, errors.DeliveryError)
+    assert not isinstance(transient, errors.TempFailError)
+    assert refused.exit_code == errors.EXIT_FAILED
+    assert transient.exit_code == errors.EXIT_TEMPFAIL
+    assert str(refused) == "an@example.org: the server refused the message: 550 5.1.1 no such user"
+    assert outcome_of(refused) == Outcome(Stage.RECIPIENT, 550, "550 5.1.1 no such user")
+    assert outcome_of(transient) == Outcome(Stage.DATA, 0, "dropped", in_flight=True)
+    assert to_action(outcome_of(transient)) is to_action(
+        Outcome(Stage.DATA, 0, "dropped", in_flight=True)
+    )

@@ -266,6 +266,22 @@ def test_an_older_article_seen_later_does_not_take_a_published_slug() -> None:
         assert slugs == {"b" * 32: "hoi-nghi", "a" * 32: "hoi-nghi-aaaaaa"}
 
 
+def test_an_article_with_a_page_keeps_its_slug_when_the_plain_one_is_free_or_wanted() -> None:
+    day = datetime(2024, 10, 31, tzinfo=TZ)
+    items = [
+        ("b" * 32, "hoi-nghi", day, day),  # seen first, but its page is suffixed already
+        ("a" * 32, "hoi-nghi", day, day + timedelta(days=1)),  # has the plain page
+        ("c" * 32, "khac", None, None),
+    ]
+    kept = {"b" * 32: "hoi-nghi-bbbbbb", "a" * 32: "hoi-nghi", "z" * 32: "khac"}
+    expected = {"b" * 32: "hoi-nghi-bbbbbb", "a" * 32: "hoi-nghi", "c" * 32: "khac"}
+    for order in itertools.permutations(items):
+        assert assign_slugs(order, kept=kept) == expected
+    # Alone in a build, a suffixed page stays where it is rather than move to the plain slug.
+    assert assign_slugs(items[:1], kept=kept) == {"b" * 32: "hoi-nghi-bbbbbb"}
+    assert assign_slugs(items[:1]) == {"b" * 32: "hoi-nghi"}
+
+
 def test_slug_ties_go_to_the_smallest_id_and_suffixes_never_clash() -> None:
     items = [
         ("123456ff", "tin", None, None),

@@ -21,7 +21,7 @@ _TOTAL = re.compile(r"Content analysis details:\s+\((-?\d+(?:\.\d+)?) points")
 # Rules that the article text itself trips, whatever the templates do. MIXED_ES counts the
 # letters e, è, é, ê, ë across the parts and scores when more than 2 in 7 are not a plain e:
 # Vietnamese prose (tiên, đêm, lễ, bé ...) does that by itself. It is not our markup's doing;
-# the README's Preflight section says so.
+# docs/operating.md (Spam filters) says so.
 CONTENT_RULES = {"vi": {"MIXED_ES"}, "en": set[str]()}
 
 

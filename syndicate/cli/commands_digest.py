@@ -8,13 +8,11 @@ from pathlib import Path
 import click
 
 from syndicate.cli import AppContext, cli, pass_app
-from syndicate.cli.flow import digest_view_url, preview_digest
-from syndicate.config import Settings, base_url
-from syndicate.digest import DigestInfo, render_digest, stale_warning
+from syndicate.config import Settings
+from syndicate.digest import stale_warning
 from syndicate.i18n import LANGUAGES
-from syndicate.load import check_dump_paths
 from syndicate.model import DigestPlan
-from syndicate.output import write_atomic
+from syndicate.send.digests import write_digest_preview
 
 DEFAULT_OUT = Path("digest-preview")
 NOTHING_NEW = "Nothing new for a digest."
@@ -25,11 +23,6 @@ def warn_if_stale(settings: Settings, plan: DigestPlan | None) -> None:
     warning = stale_warning(plan, tz=settings.site.tz) if plan is not None else None
     if warning is not None:
         click.echo(warning, err=True)
-
-
-def preview_unsubscribe_url(root: str) -> str:
-    """A clearly fake unsubscribe link for previews: no real token is ever made for them."""
-    return f"{root}unsubscribe?token=PREVIEW-SAMPLE-TOKEN"
 
 
 @cli.command("digest")
@@ -57,30 +50,19 @@ def digest_command(app: AppContext, lang: str | None, out: Path) -> None:
     Example: syndicate digest --lang en --out /tmp/preview
     """
     settings = app.settings
-    check_dump_paths([settings.paths.seeds])  # no database is made for a missing seeds folder
-    db = app.database
     now = datetime.fromtimestamp(app.now(), UTC)
-    plan = preview_digest(settings, db, now=now)
-    warn_if_stale(settings, plan)
-    if plan is None:
+    written = write_digest_preview(
+        settings, open_db=lambda: app.database, now=now, lang=lang, out=out
+    )
+    warn_if_stale(settings, written.plan if written is not None else None)
+    if written is None:
         app.echo(NOTHING_NEW)
         return
-    rendered = render_digest(
-        plan,
-        lang=lang or settings.site.language,
-        info=DigestInfo.from_settings(settings),
-        unsubscribe_url=preview_unsubscribe_url(base_url(settings)),
-        now=now,
-        view_url=digest_view_url(settings, plan.day),
-    )
-    html_path = out / "digest.html"
-    text_path = out / "digest.txt"
-    write_atomic(html_path, rendered.html.encode("utf-8"))
-    write_atomic(text_path, rendered.text.encode("utf-8"))
+    plan = written.plan
     more = f", {plan.more} more" if plan.more else ""
     count = len(plan.articles)
     articles = f"{count} article" if count == 1 else f"{count} articles"
     app.echo(f"Digest of {plan.day.isoformat()}: {articles}{more}.")
-    app.echo(f"Subject: {rendered.subject}")
-    app.echo(str(html_path))
-    app.echo(str(text_path))
+    app.echo(f"Subject: {written.subject}")
+    app.echo(str(written.html_path))
+    app.echo(str(written.text_path))

@@ -11,6 +11,7 @@ from syndicate.cli import AppContext, cli, pass_app
 from syndicate.errors import EXIT_FAILED, DumpError
 from syndicate.load import display_path, read_dumps
 from syndicate.model import Article
+from syndicate.store.articles import read_page_paths
 
 
 def _error_text(exc: DumpError) -> str:
@@ -20,7 +21,7 @@ def _error_text(exc: DumpError) -> str:
     return f"{where}{exc.reason}{hint}"
 
 
-def _render(article: Article) -> list[str]:
+def _render(article: Article, pages: dict[str, str] | None) -> list[str]:
     published = article.published.isoformat() if article.published else "unknown"
     source = "head" if article.head else "lead"
     title = article.title + (f" (derived from the {source})" if article.title_derived else "")
@@ -28,6 +29,10 @@ def _render(article: Article) -> list[str]:
         article.source,
         f"  id:          {article.id}",
         f"  slug:        {article.slug}",
+    ]
+    if pages is not None:  # a store exists: where the last build put its page, if anywhere
+        lines.append(f"  page:        {pages.get(article.id, '-')}")
+    lines += [
         f"  title:       {title}",
         f"  published:   {published} ({article.precision})",
         f"  author:      {article.author or '-'}",
@@ -54,6 +59,8 @@ def inspect_command(app: AppContext, paths: tuple[Path, ...], as_json: bool) -> 
     Example: syndicate inspect seeds/001_lam-giang.txt --json
     """
     settings = app.settings
+    # Page paths are the build's to decide: shown as stored, only when there is a store.
+    pages = read_page_paths(app.database) if settings.paths.database.exists() else None
     failed = 0
     first = True
     for path, result in read_dumps(
@@ -72,7 +79,7 @@ def inspect_command(app: AppContext, paths: tuple[Path, ...], as_json: bool) -> 
         else:
             if not first:
                 click.echo("")
-            click.echo("\n".join(_render(result)))
+            click.echo("\n".join(_render(result, pages)))
             first = False
     if failed:
         raise click.exceptions.Exit(EXIT_FAILED)

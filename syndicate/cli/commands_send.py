@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import gc
 import json
-import logging
-import secrets
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -13,53 +10,15 @@ from datetime import UTC, datetime, timedelta
 import click
 
 from syndicate.cli import AppContext, cli, pass_app
-from syndicate.cli.commands_digest import warn_if_stale
-from syndicate.cli.flow import (
-    digest_view_url,
-    preview_digest,
-    stored_digest,
-    todays_digest,
-    write_digest_page,
-)
-from syndicate.config import Settings
-from syndicate.digest import DigestInfo, render_digest
-from syndicate.errors import (
-    ConfigError,
-    InterruptError,
-    SubscriberError,
-    TokenError,
-)
-from syndicate.load import check_dump_paths
-from syndicate.mail import (
-    MessageTemplate,
-    build_digest_template,
-    envelope_sender,
-    unsubscribe_url,
-)
-from syndicate.model import DigestPlan
-from syndicate.publish import run_build
-from syndicate.send import (
-    SendSummary,
-    open_send_lock,
-    read_dkim_key,
-)
-from syndicate.send.daily import preview, run_daily
-from syndicate.store import Database
-from syndicate.store.bounces import complaint_warning, recent_rates
+from syndicate.errors import InterruptError, SubscriberError, TokenError
+from syndicate.mail import unsubscribe_url
+from syndicate.send import SendSummary
+from syndicate.send.daily import Preview, preview, run_daily
 from syndicate.store.meta import get_secret
-from syndicate.store.subscribers import (
-    confirmed_languages,
-    get_by_email,
-    get_by_id,
-    normalize_email,
-)
+from syndicate.store.subscribers import get_by_email, get_by_id, normalize_email
 from syndicate.tokens import make_token, verify_token
 
-log = logging.getLogger(__name__)
-
 NOTHING_NEW = "Nothing new to send."
-# Substituted by each recipient's URL in the built message; never leaves this process.
-_MARKER_BASE = "https://marker.syndicate.invalid/unsubscribe?token=MARKER-"
 
 
 class _ProgressLine:
@@ -112,39 +71,6 @@ def _print_summary(app: AppContext, summary: SendSummary, *, note: str = "") -> 
         app.echo(line)
 
 
-def _templates(
-    settings: Settings, plan: DigestPlan, languages: list[str], *, marker: str, now: datetime
-) -> dict[str, MessageTemplate]:
-    dkim = read_dkim_key(settings)
-    view_url = digest_view_url(settings, plan.day)
-    built: dict[str, MessageTemplate] = {}
-    for lang in dict.fromkeys([*languages, settings.site.language]):
-        rendered = render_digest(
-            plan,
-            lang=lang,
-            info=DigestInfo.from_settings(settings),
-            unsubscribe_url=marker,
-            now=now,
-            view_url=view_url,
-        )
-        built[lang] = build_digest_template(
-            rendered, settings=settings, digest_day=plan.day, marker=marker, now=now, dkim=dkim
-        )
-    return built
-
-
-def _check_smtp(settings: Settings) -> None:
-    if settings.mail.transport != "smtp":
-        return
-    envelope_sender(settings)
-    if settings.smtp.username and not settings.smtp.password:
-        raise ConfigError(
-            "config key smtp.username is set, but SYNDICATE_SMTP_PASSWORD is empty.",
-            key="smtp.username",
-            hint="Export the password in SYNDICATE_SMTP_PASSWORD, or leave smtp.username empty.",
-        )
-
-
 @cli.command("send")
 @click.option("--dry-run", is_flag=True, help="Render and count; store no digest, send nothing.")
 @click.option(
@@ -173,44 +99,34 @@ def send_command(
     Example: syndicate -q send
     """
     settings = app.settings
-    _check_smtp(settings)
-    check_dump_paths([settings.paths.seeds])  # before the lock and database are made
+    now = datetime.fromtimestamp(app.now(), UTC)
     if dry_run or to is not None:
-        _preview_send(app, settings, dry_run=dry_run, to=to, limit=limit, as_json=as_json)
+        shown = preview(
+            settings, open_db=lambda: app.database, now=now, to=to, dry_run=dry_run, limit=limit
+        )
+        _print_preview(app, shown, as_json=as_json)
         return
-    with open_send_lock(settings.paths.database):
-        db = app.database
-        now = datetime.fromtimestamp(app.now(), UTC)
-        # Reputation: one warning line when spam complaints pass the providers' limit.
-        if (complaints := complaint_warning(recent_rates(db, now=now))) is not None:
-            log.warning("%s", complaints)
-        run_build(settings, db, now=now)
-        plan = todays_digest(settings, db, now=now, create=True)
-        warn_if_stale(settings, plan)  # ed2: freshness warning (stderr, also under -q)
-        messages = _Messages(app, db, now=now, progress=not as_json)
+    lines = _ProgressLines(show=not as_json and sys.stderr.isatty() and not app.quiet)
 
-        def show(summary: SendSummary) -> None:
-            if not as_json and summary.digest != (plan and plan.day.isoformat()):
-                _print_summary(app, summary)
+    def show(summary: SendSummary) -> None:
+        if not as_json:
+            _print_summary(app, summary)
 
-        try:
-            report = run_daily(
-                db=db,
-                settings=settings,
-                secret=messages.secret,
-                now=now,
-                today=plan,
-                prepare=messages.prepare,
-                load_stored=lambda day: stored_digest(db, day),
-                limit=limit,
-                progress=messages.progress_line,
-                on_summary=show,
-            )
-        except InterruptError as exc:
-            click.echo(exc.message, err=True)
-            click.get_current_context().exit(exc.exit_code)
-        finally:
-            messages.close_progress()
+    try:
+        report = run_daily(
+            settings,
+            open_db=lambda: app.database,
+            now=now,
+            limit=limit,
+            progress=lines.next,
+            on_earlier=show,
+            on_notice=lambda line: click.echo(line, err=True),  # also under -q: cron mails it
+        )
+    except InterruptError as exc:
+        click.echo(exc.message, err=True)
+        click.get_current_context().exit(exc.exit_code)
+    finally:
+        lines.close()
     today = report.today
     if as_json:
         # The same keys whether or not there was a digest today, so a script reads one shape.
@@ -219,44 +135,24 @@ def send_command(
     elif today is None:
         app.echo(NOTHING_NEW)
     else:
-        _print_summary(app, today, note="" if messages.languages else NO_SUBSCRIBERS)
+        _print_summary(app, today, note="" if report.subscribers else NO_SUBSCRIBERS)
     if report.failed:
         click.get_current_context().exit(1)
 
 
-class _Messages:
-    """Builds each digest's messages (and writes its web page) for the daily job."""
+class _ProgressLines:
+    """A fresh progress line for each digest sent, on terminals only."""
 
-    def __init__(self, app: AppContext, db: Database, *, now: datetime, progress: bool) -> None:
-        self.settings, self.now = app.settings, now
-        self.languages = confirmed_languages(db)
-        self.secret = get_secret(self.settings, db)
-        mail = self.settings.mail
-        if self.languages and mail.transport == "smtp" and not mail.postal_address.strip():
-            # Bulk-mail rules (CAN-SPAM, and the like elsewhere) want one in every message.
-            log.warning(
-                "config key mail.postal_address is empty, so the digest carries no postal "
-                "address; set the sender's address in syndicate.toml."
-            )
-        self.show_progress = progress and sys.stderr.isatty() and not app.quiet
+    def __init__(self, *, show: bool) -> None:
+        self.show = show
         self._line: _ProgressLine | None = None
 
-    def prepare(self, plan: DigestPlan) -> dict[str, MessageTemplate]:
-        write_digest_page(self.settings, plan, now=self.now)
-        marker = _MARKER_BASE + secrets.token_hex(8)
-        templates = _templates(self.settings, plan, self.languages, marker=marker, now=self.now)
-        # Everything loaded so far (templates, Babel data, parsed articles) lives until exit:
-        # keep it out of the collector's full passes during the send loop.
-        gc.collect()
-        gc.freeze()
-        return templates
-
-    def progress_line(self) -> _ProgressLine | None:
-        self.close_progress()
-        self._line = _ProgressLine() if self.show_progress else None
+    def next(self) -> _ProgressLine | None:
+        self.close()
+        self._line = _ProgressLine() if self.show else None
         return self._line
 
-    def close_progress(self) -> None:
+    def close(self) -> None:
         if self._line is not None:
             self._line.close()
             self._line = None
@@ -272,55 +168,22 @@ NO_SUBSCRIBERS = (
 _NOTHING_COUNTS = {"sent": 0, "failed": 0, "skipped": 0, "bounced": 0, "seconds": 0.0, "rate": 0.0}
 
 
-def _nothing(app: AppContext, as_json: bool) -> None:
-    if as_json:
-        # The same keys as a run's summary, so a script reads one shape.
-        click.echo(json.dumps({"digest": None, **_NOTHING_COUNTS}))
-    else:
-        app.echo(NOTHING_NEW)
-
-
-def _preview_send(
-    app: AppContext,
-    settings: Settings,
-    *,
-    dry_run: bool,
-    to: str | None,
-    limit: int | None,
-    as_json: bool,
-) -> None:
-    """--dry-run and --to: no lock, no feeds, no digest row, no ledger rows."""
-    db = app.database
-    now = datetime.fromtimestamp(app.now(), UTC)
-    address = normalize_email(to) if to is not None else None
-    # Read the seeds as `send` would; no write lock is held while the digest is planned.
-    plan = preview_digest(settings, db, now=now)
-    if plan is None:
-        _nothing(app, as_json)
+def _print_preview(app: AppContext, shown: Preview | None, *, as_json: bool) -> None:
+    """Print what --dry-run counted, or where the --to test copy went."""
+    if shown is None:
+        if as_json:
+            # The same keys as a run's summary, so a script reads one shape.
+            click.echo(json.dumps({"digest": None, **_NOTHING_COUNTS}))
+        else:
+            app.echo(NOTHING_NEW)
         return
-    marker = _MARKER_BASE + secrets.token_hex(8)
-    languages = confirmed_languages(db)
-    templates = _templates(settings, plan, languages, marker=marker, now=now)
-    test_copy = address is not None and not dry_run
-    shown = preview(
-        db=db,
-        settings=settings,
-        plan=plan,
-        templates=templates,
-        # The secret is made (once) and kept: a test copy's link must verify. A dry run
-        # needs none, so it never waits for the write lock to store one.
-        secret=get_secret(settings, db) if test_copy else b"",
-        now=now,
-        test_copy_to=address if test_copy else None,
-        limit=limit,
-    )
     if shown.test_copy is not None:
         if as_json:
             click.echo(json.dumps({"digest": shown.digest, "test_copy": shown.test_copy}))
         else:
             app.echo(f"Sent a test copy of the {shown.digest} digest to {shown.test_copy}.")
         return
-    note = f" (no test copy to {address} either)" if address else ""
+    note = f" (no test copy to {shown.address} either)" if shown.address else ""
     if as_json:
         click.echo(
             json.dumps(

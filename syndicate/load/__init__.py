@@ -1,7 +1,7 @@
 """Load stage: article dump files in, `Article` values out.
 
 `parse_dump` and `decode_dump` are pure; `find_dumps`, `read_dump` and `read_dumps` are the
-edge that touches the file system. The format is described in FORMAT.md and the README.
+edge that touches the file system. The format is described in docs/format.md.
 
 Modules: `files` (finding and reading dump files), `decode` (bytes -> text),
 `parse` (text -> Article), `dates` (publish dates).

@@ -18,7 +18,7 @@ from syndicate.text import first_sentence
 
 LEAD_DATE_WITHIN = 60  # a lead's "Sáng nay 31/10" must start within this many characters
 # The hint of every rejection for what a dump holds (dates here, the rest in `parse`).
-_HINT = "Fix the dump or move it out of seeds/."
+DATE_HINT = "Fix the dump or move it out of seeds/."
 _MIN_YEAR, _MAX_YEAR = 1900, 2200
 
 _OFFSET = re.compile(
@@ -99,7 +99,7 @@ _UNKNOWN = _When(None, Precision.UNKNOWN)
 
 
 def _bad_date(source: str, line: int, value: str, what: str) -> DumpError:
-    return DumpError(source, f"publish time {value!r} {what}.", line=line, hint=_HINT)
+    return DumpError(source, f"publish time {value!r} {what}.", line=line, hint=DATE_HINT)
 
 
 def _make_date(y: int, mo: int, d: int) -> date | None:
@@ -120,7 +120,7 @@ def _attach(local: datetime, offset: timedelta | None, tz: ZoneInfo) -> datetime
     return local.replace(tzinfo=fixed)
 
 
-def _parse_publish(value: str, *, source: str, line: int, tz: ZoneInfo) -> _When:
+def parse_publish(value: str, *, source: str, line: int, tz: ZoneInfo) -> _When:
     """Parse a filled publish line; DumpError when it holds no date or an impossible one."""
     text = _WEEKDAY.sub(" ", value)
     offset: timedelta | None = None
@@ -213,7 +213,7 @@ def _search_date(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
     return None
 
 
-def _full_dates(text: str) -> Iterator[date]:
+def find_full_dates(text: str) -> Iterator[date]:
     """Yield every complete, real date written in `text` (d/m/yyyy, ISO, "ngày d tháng m năm y")."""
     patterns = [_DMY, _ISO]
     if "tháng" in text.lower():
@@ -244,7 +244,7 @@ def _infer_year(month: int, day: int, references: Sequence[date]) -> date | None
     return best[2] if best else None
 
 
-def _lead_date(lead: str, references: Sequence[date], tz: ZoneInfo) -> _When:
+def find_lead_date(lead: str, references: Sequence[date], tz: ZoneInfo) -> _When:
     """The article's date from the opening of its lead: "Sáng nay 31/10", "Hôm qua 15-11"."""
     opening = first_sentence(lead)[:160]
     found = _LEAD_DATE.search(opening)

@@ -7,7 +7,7 @@ from dataclasses import replace
 from zoneinfo import ZoneInfo
 
 from syndicate.errors import DumpError
-from syndicate.load.dates import _HINT, _full_dates, _lead_date, _parse_publish
+from syndicate.load.dates import DATE_HINT, find_full_dates, find_lead_date, parse_publish
 from syndicate.load.decode import decode_dump
 from syndicate.model import Article, Block, BlockKind, Precision, Teaser, make_article_id
 from syndicate.text import (
@@ -170,7 +170,7 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
                 reason = "has no text, only blank lines."
         else:
             reason = "has a header but no article text after line 3."
-        raise DumpError(source, reason, hint=_HINT)
+        raise DumpError(source, reason, hint=DATE_HINT)
 
     # 1. Teasers: the maximal trailing run of dateline lines, scanned from the end. They may
     # not eat the lead: the first non-caption line is the lead. Nothing here looks at the
@@ -216,21 +216,21 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
         raise DumpError(
             source,
             "has no article paragraph (only captions, a byline or teasers).",
-            hint=_HINT,
+            hint=DATE_HINT,
         )
 
     # 4. Date: the publish line, else the opening of the lead with the year inferred from
     # full dates elsewhere in the dump (teasers first: they were scraped at the same time).
     if not _is_unfilled(publish_line):
-        when = _parse_publish(publish_line, source=source, line=2, tz=tz)
+        when = parse_publish(publish_line, source=source, line=2, tz=tz)
     else:
-        references = list(_full_dates("\n".join(t.text for t in teasers)))
+        references = list(find_full_dates("\n".join(t.text for t in teasers)))
         if not references:
             rest = "\n".join([title_line, summary or "", *(b.text for b in blocks[1:])])
-            references = list(_full_dates(rest))
-        when = _lead_date(summary or "", references, tz)
+            references = list(find_full_dates(rest))
+        when = find_lead_date(summary or "", references, tz)
         if when.published is None:
-            when = _lead_date(lead, references, tz)
+            when = find_lead_date(lead, references, tz)
 
     # 5. Title: the title line, else derived from the head (else the lead) as a sub-editor
     # would (text.derive_title).

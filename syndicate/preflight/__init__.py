@@ -13,12 +13,13 @@ import asyncio
 import html
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import parseaddr
 
 from syndicate.config import Settings
-from syndicate.errors import ConfigError
+from syndicate.errors import ConfigError, SyndicateError
 from syndicate.preflight.lookup import (
     DnsClient,
     DnsLookupError,
@@ -35,6 +36,9 @@ from syndicate.preflight.records import (
 from syndicate.preflight.server import probe_smtp
 from syndicate.preflight.spf import MAX_LOOKUPS, evaluate_spf
 from syndicate.send import read_dkim_key
+from syndicate.send.digests import build_sample_messages
+from syndicate.store import Database
+from syndicate.store.subscribers import stats
 
 CHECKS = ("spf", "dkim", "dmarc", "smtp", "message", "volume")
 # Gmail clips a message whose HTML passes about 102 KB; counted here as 102,000 bytes.
@@ -129,7 +133,7 @@ def check_dkim(settings: Settings, client: DnsClient) -> Check:
             "dkim",
             False,
             "signing is off (dkim.domain is empty). Make a key, publish it and set "
-            "dkim.domain, dkim.selector and dkim.key_file; see README, Preflight.",
+            "dkim.domain, dkim.selector and dkim.key_file; see docs/operating.md, DKIM.",
         )
     try:
         key = read_dkim_key(settings)
@@ -345,4 +349,32 @@ def run_preflight(
     return results
 
 
-__all__ = ["CHECKS", "Check", "run_preflight"]
+def preflight_setup(
+    settings: Settings,
+    db: Database,
+    *,
+    now: datetime,
+    nameserver: str | None,
+    timeout: float,
+) -> list[Check]:
+    """Run every check on this setup and today's digest, built as `send` would build it.
+
+    The digest is read without the write lock (no digest is stored); a digest that
+    cannot be built fails the message check rather than the command.
+    """
+    message_error = ""
+    try:
+        messages = build_sample_messages(settings, db, now=now)
+    except SyndicateError as exc:
+        messages, message_error = {}, str(exc)
+    return run_preflight(
+        settings,
+        messages=messages,
+        message_error=message_error,
+        confirmed=stats(db)["confirmed"],
+        nameserver=nameserver,
+        timeout=timeout,
+    )
+
+
+__all__ = ["CHECKS", "Check", "preflight_setup", "run_preflight"]

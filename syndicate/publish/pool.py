@@ -22,14 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
+from zoneinfo import ZoneInfo
 
 from syndicate.config import Settings
 from syndicate.errors import DiskFullError, DumpError, OutputError, SyndicateError, WorkerError
 from syndicate.model import StoryLink
 from syndicate.output import write_atomic
-from syndicate.publish.reading import _Read, _start_reader, _work
+from syndicate.publish.reading import Read, read_and_parse
 from syndicate.publish.staging import Stager
-from syndicate.publish.writer import _Writer
+from syndicate.publish.writer import PageWriter
 from syndicate.site import RENDER_ERRORS, IndexEntry, SiteRenderer
 from syndicate.store import articles as store
 from syndicate.text import one_line, shorten
@@ -66,13 +67,33 @@ _STATE: _WorkerState | None = None
 def _start_worker(state: _WorkerState) -> None:
     global _STATE
     _STATE = state
-    _start_reader(state.stager)
 
 
 def _state() -> _WorkerState:
     if _STATE is None:  # pragma: no cover - the pool's initializer sets it
         raise RuntimeError("build tasks run in a worker started by _start_worker")
     return _STATE
+
+
+# One unit of work for a parse worker: path, shown path, cache entry.
+_Job = tuple[str, str, "store.CachedDump | None"]
+# A read failure, as plain values (DumpError does not pickle): path, reason, line, hint.
+_Failed = tuple[str, str, int | None, str | None]
+
+
+def _read_chunk(jobs: list[_Job], max_bytes: int, timezone: str) -> list[Read | _Failed]:
+    """Run `read_and_parse` on a chunk of jobs, in a worker process (with its stager)."""
+    tz = ZoneInfo(timezone)
+    stager = _state().stager
+    out: list[Read | _Failed] = []
+    for path, shown, cached in jobs:
+        try:
+            out.append(
+                read_and_parse(path, shown, cached, max_bytes=max_bytes, tz=tz, stager=stager)
+            )
+        except DumpError as exc:
+            out.append((exc.path, exc.reason, exc.line, exc.hint))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,13 +285,13 @@ class BuildPool:
         cache: Mapping[str, store.CachedDump],
         todo: Iterable[tuple[str, str, str]],
         settings: Settings,
-    ) -> Generator[_Read | DumpError, None, None]:
+    ) -> Generator[Read | DumpError, None, None]:
         """Read and parse `todo` (path, key, shown) in the workers, yielding in order; the
         stager renders each parsed article's page. `todo` is taken lazily, a chunk at a
         time, as the workers need more."""
         tasks = (
             (
-                _work,
+                _read_chunk,
                 (
                     [(path, shown, cache.get(key)) for path, key, shown in chunk],
                     settings.load.max_bytes,
@@ -282,7 +303,7 @@ class BuildPool:
         staged = self.staged
         for results in self._ordered(tasks):
             for got in results:
-                if not isinstance(got, _Read):  # a failure, as plain values
+                if not isinstance(got, Read):  # a failure, as plain values
                     yield DumpError(got[0], got[1], line=got[2], hint=got[3])
                 else:
                     if got.staged is not None:
@@ -292,7 +313,7 @@ class BuildPool:
     def render_articles(
         self,
         records: Callable[[str], tuple[str, str | None]],
-        writer: _Writer,
+        writer: PageWriter,
         todo: Sequence[tuple[str, str, str, str]],
         links: Mapping[str, Mapping[str, StoryLink]],
     ) -> dict[str, str]:
@@ -326,7 +347,7 @@ class BuildPool:
 
     @staticmethod
     def finish_index_pages(
-        writer: _Writer,
+        writer: PageWriter,
         jobs: Sequence[IndexJob],
         fingerprints: Sequence[str],
         futures: list[Future[list[bool] | _TaskError]],

@@ -1,7 +1,6 @@
 """Build: read one dump, hash its bytes and parse them unless the cache has them already.
 
-`_work` does the same for a chunk of dumps in a worker process, returning read
-failures as plain values (DumpError does not pickle).
+The pool's workers run `read_and_parse` on chunks of dumps (see pool.py).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ def _encode_error(exc: DumpError) -> str:
     return json.dumps({"reason": exc.reason, "line": exc.line, "hint": exc.hint})
 
 
-def _decode_error(path: str, text: str) -> DumpError:
+def decode_error(path: str, text: str) -> DumpError:
     try:
         data = json.loads(text)
         return DumpError(path, str(data["reason"]), line=data.get("line"), hint=data.get("hint"))
@@ -31,7 +30,7 @@ def _decode_error(path: str, text: str) -> DumpError:
         return DumpError(path, text)
 
 
-class _Read(NamedTuple):
+class Read(NamedTuple):
     """What reading one dump (and parsing it, when the cache could not vouch) gave. A named
     tuple: it crosses from the workers, and pickles several times faster than a dataclass."""
 
@@ -54,7 +53,7 @@ def parse_version(timezone: str) -> int:
     return int.from_bytes(digest.digest(), "big")
 
 
-def _read_and_parse(
+def read_and_parse(
     path: str | Path,
     shown: str,
     cached: store.CachedDump | None,
@@ -62,7 +61,7 @@ def _read_and_parse(
     max_bytes: int,
     tz: ZoneInfo,
     stager: Stager | None = None,
-) -> _Read:
+) -> Read:
     """Read one dump and parse it unless the cache has these exact bytes already.
 
     A `stager` renders the page of an article parsed here. Raises DumpError when the
@@ -75,42 +74,11 @@ def _read_and_parse(
         and cached.content_hash == content_hash
         and cached.parser_version == parse_version(str(tz))
     ):
-        return _Read(content_hash, cached.article_id, cached.error, None, parsed=False)
+        return Read(content_hash, cached.article_id, cached.error, None, parsed=False)
     try:
         article, body = load.parse_dump_with_body(data, source=shown, tz=tz)
     except DumpError as exc:
-        return _Read(content_hash, None, _encode_error(exc), None, parsed=True)
+        return Read(content_hash, None, _encode_error(exc), None, parsed=True)
     row = store.article_row(article, body)
     staged = stager.stage(article, row.record_hash) if stager is not None else None
-    return _Read(content_hash, article.id, None, row, parsed=True, staged=staged)
-
-
-# One unit of work for a parse worker: path, shown path, cache entry.
-_Job = tuple[str, str, "store.CachedDump | None"]
-# A read failure, as plain values (DumpError does not pickle): path, reason, line, hint.
-_Failed = tuple[str, str, int | None, str | None]
-
-
-# The page stager of a parse worker (set by `_start_reader` in each worker process).
-_WORKER_STAGER: Stager | None = None
-
-
-def _start_reader(stager: Stager | None) -> None:
-    global _WORKER_STAGER
-    _WORKER_STAGER = stager
-
-
-def _work(jobs: list[_Job], max_bytes: int, timezone: str) -> list[_Read | _Failed]:
-    """Run `_read_and_parse` on a chunk of jobs, in a worker process."""
-    tz = ZoneInfo(timezone)
-    out: list[_Read | _Failed] = []
-    for path, shown, cached in jobs:
-        try:
-            out.append(
-                _read_and_parse(
-                    path, shown, cached, max_bytes=max_bytes, tz=tz, stager=_WORKER_STAGER
-                )
-            )
-        except DumpError as exc:
-            out.append((exc.path, exc.reason, exc.line, exc.hint))
-    return out
+    return Read(content_hash, article.id, None, row, parsed=True, staged=staged)

@@ -24,7 +24,7 @@ from syndicate.publish.hashing import digest as _hash
 from syndicate.publish.pool import BuildPool, BuildTuning, IndexJob, render_page
 from syndicate.publish.staging import Stager, close_staging, open_staging, page_fingerprint
 from syndicate.publish.sync import Progress, sync_articles
-from syndicate.publish.writer import _Writer
+from syndicate.publish.writer import PageWriter
 from syndicate.site import (
     IndexEntry,
     SiteInfo,
@@ -36,7 +36,7 @@ from syndicate.site import (
 from syndicate.store import Database, teasers
 from syndicate.store import articles as store
 from syndicate.text import one_line, shorten
-from syndicate.urls import FEED_FILES, article_path, article_url
+from syndicate.urls import FEED_FILES, article_path, article_url, page_slug
 
 # The stage's logger.
 log = logging.getLogger("syndicate.publish")
@@ -105,7 +105,12 @@ def _page_links(
             continue
         slug = slugs[target_id]
         links.setdefault(article_id, {})[key] = StoryLink(
-            target.id, slug, target.title, target.published, target.precision, target.first_seen_at
+            target.id,
+            article_path(slug),
+            target.title,
+            target.published,
+            target.precision,
+            target.first_seen_at,
         )
         parts.setdefault(article_id, []).append(f"{position}:{slug}:{target.record_hash}")
     return links, {article_id: ";".join(part) for article_id, part in parts.items()}
@@ -134,7 +139,7 @@ def run_build(
     output = settings.paths.output
     info = _site_info(settings)
     renderer = SiteRenderer(info, site_templates_dir())
-    writer = _Writer(output, *store.read_page_fingerprints(db), list_after=tuning.list_after)
+    writer = PageWriter(output, *store.read_page_fingerprints(db), list_after=tuning.list_after)
     staging = _open_staging(output)
     stager = Stager(renderer, staging, writer.old) if staging is not None else None
     try:
@@ -145,7 +150,20 @@ def run_build(
                 key=_order_key,
                 reverse=True,
             )
-            slugs = assign_slugs((s.id, s.slug, s.published, s.first_seen_at) for s in summaries)
+            # An article with a page keeps its path: a published URL stays put.
+            kept = {
+                s.id: slug for s in summaries if s.page_path and (slug := page_slug(s.page_path))
+            }
+            slugs = assign_slugs(
+                ((s.id, s.slug, s.published, s.first_seen_at) for s in summaries), kept=kept
+            )
+            # Before a page file is written, forget every page that moves or goes: a page
+            # file may be about to hold another article, and a reader meanwhile (a digest)
+            # must show such an article unlinked, never linked to that other one's page.
+            with db.transaction():
+                store.write_page_paths(
+                    db, {i: article_path(slugs[i]) for i, slug in kept.items() if slugs[i] == slug}
+                )
             try:
                 left_out = _write_pages(
                     settings, db, writer, renderer, info, summaries, slugs, pool, stager
@@ -158,6 +176,17 @@ def run_build(
         if staging is not None:
             close_staging(staging)
 
+    # Where each article's page now is: the one place it is decided. Recorded once the pages
+    # are written and before stale ones are deleted, so a stored path always names a file.
+    with db.transaction():
+        store.write_page_paths(
+            db,
+            {
+                s.id: article_path(slugs[s.id])
+                for s in summaries
+                if s.id not in left_out.without_page
+            },
+        )
     removed = _remove_stale(output, writer)
     with db.transaction():
         store.delete_page_fingerprints(db, (rel for rel in writer.old if rel not in writer.new))
@@ -202,6 +231,7 @@ class _LeftOut:
     errors: tuple[DumpError, ...] = ()
     pages: int = 0
     rendered: int = 0  # feeds and pages rendered
+    without_page: frozenset[str] = frozenset()  # the ids of the `pages` articles
 
 
 _LEFT_OUT_HINT = "Fix the dump or move it out of the dump folder; the rest was built."
@@ -226,7 +256,7 @@ def _left_out(db: Database, failed: dict[str, str], what: str) -> list[DumpError
 def _write_pages(
     settings: Settings,
     db: Database,
-    writer: _Writer,
+    writer: PageWriter,
     renderer: SiteRenderer,
     info: SiteInfo,
     summaries: Sequence[store.ArticleSummary],
@@ -283,12 +313,14 @@ def _write_pages(
         ):
             data = renderer.render_index(entries, archive=archive, archives=archives)
             writer.write(rel, data, fingerprint, fsync=archive is None)
-    return _LeftOut(tuple(errors), len(failed), rendered + len(index_jobs) + feeds_rendered)
+    return _LeftOut(
+        tuple(errors), len(failed), rendered + len(index_jobs) + feeds_rendered, frozenset(failed)
+    )
 
 
 def _write_article_pages(
     db: Database,
-    writer: _Writer,
+    writer: PageWriter,
     renderer: SiteRenderer,
     summaries: Sequence[store.ArticleSummary],
     slugs: dict[str, str],
@@ -344,7 +376,7 @@ def _write_article_pages(
 
 def _render_pages(
     db: Database,
-    writer: _Writer,
+    writer: PageWriter,
     renderer: SiteRenderer,
     pool: BuildPool,
     todo: Sequence[tuple[str, str, str, str]],
@@ -400,7 +432,7 @@ def _feeds_code() -> str:
 def _write_feeds(
     settings: Settings,
     db: Database,
-    writer: _Writer,
+    writer: PageWriter,
     summaries: Sequence[store.ArticleSummary],
     slugs: dict[str, str],
 ) -> tuple[dict[str, str], int]:
@@ -467,7 +499,7 @@ def _stamp_columns(stamp: store.PageStamp | None) -> tuple[int | None, int | Non
     return (None, None) if stamp is None else store.stamp_parts(stamp)
 
 
-def _remove_stale(output: Path, writer: _Writer) -> int:
+def _remove_stale(output: Path, writer: PageWriter) -> int:
     """Delete pages an earlier build wrote that this build did not produce."""
     removed = 0
     for rel in sorted(writer.old):

@@ -21,7 +21,7 @@ from syndicate import load
 from syndicate.config import Settings
 from syndicate.errors import DumpError
 from syndicate.publish.pool import BuildPool, BuildTuning
-from syndicate.publish.reading import _decode_error, _Read, _read_and_parse, parse_version
+from syndicate.publish.reading import Read, decode_error, parse_version, read_and_parse
 from syndicate.store import Database
 from syndicate.store import articles as store
 
@@ -145,9 +145,9 @@ class _Sync:
             return cached
         return None
 
-    def read(self, path: str, key: str, shown: str) -> _Read:
+    def read(self, path: str, key: str, shown: str) -> Read:
         """Read (and parse when needed) in this process; DumpError when unreadable."""
-        return _read_and_parse(
+        return read_and_parse(
             path, shown, self.cache.get(key), max_bytes=self.max_bytes, tz=self.tz
         )
 
@@ -157,7 +157,7 @@ class _Sync:
         key: str,
         shown: str,
         st: _Signature | DumpError,
-        read: _Read | DumpError | None = None,
+        read: Read | DumpError | None = None,
     ) -> None:
         """Sync the dump at `path` (cache key `key`, shown to the user as `shown`).
 
@@ -180,7 +180,7 @@ class _Sync:
                 return
             entry, row = self._record(key, st, got), got.row
         if entry.article_id is None:
-            self._skip(_decode_error(shown, entry.error or "rejected"))
+            self._skip(decode_error(shown, entry.error or "rejected"))
             return
         if entry.article_id in self.ids:
             self.duplicates += 1
@@ -259,7 +259,7 @@ class _Sync:
         self.article_rows.clear()
         self.pending.clear()
 
-    def _record(self, key: str, st: _Signature, got: _Read) -> store.CachedDump:
+    def _record(self, key: str, st: _Signature, got: Read) -> store.CachedDump:
         """Cache what reading a dump gave, under the signature taken before the read."""
         self.parsed += got.parsed
         device, inode, size, mtime_ns = st

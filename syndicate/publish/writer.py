@@ -19,7 +19,7 @@ from syndicate.store.articles import PageStamp, page_stamp
 _WRITES_IN_FLIGHT = 64
 
 
-class _Writer:
+class PageWriter:
     """Writes pages under the output folder, skipping those whose fingerprint is unchanged.
 
     Page writes run on one background thread (file system calls release the GIL, so

@@ -11,11 +11,15 @@ persistent aiosmtplib connections.
 
 Modules: `transports` (the Mailers and what opens them), `policy` (the frozen
 SendPolicy and the pure map from an SMTP outcome to a ledger action), `deliver`
-(the send loop, `DigestSender`), `runs` (the send lock and the catch-up of
-earlier digests), `daily` (the daily job: today's digest, then the catch-up).
+(the send loop, `DigestSender`), `lock` (one run at a time), `catchup` (earlier
+digests still owed), `digests` (which digest goes out, its page and messages),
+`daily` (the daily job: today's digest, then the catch-up; its previews).
 """
 
+from syndicate.errors import RecipientRefusedError, TransientSendError
+from syndicate.send.catchup import CATCH_UP_DAYS, OwedDigest, read_earlier_digests
 from syndicate.send.deliver import PAGE_SIZE, DigestSender, SendSummary, Stop, send_digest
+from syndicate.send.lock import open_send_lock
 from syndicate.send.policy import (
     MAX_ATTEMPTS,
     REFUSE_ALL_AFTER,
@@ -23,17 +27,14 @@ from syndicate.send.policy import (
     Outcome,
     SendPolicy,
     Stage,
+    outcome_of,
     to_action,
 )
-from syndicate.send.runs import CATCH_UP_DAYS, OwedDigest, open_send_lock, read_earlier_digests
 from syndicate.send.transports import (
     Mailer,
     OutboxMailer,
-    RecipientRefusedError,
     SmtpMailer,
-    TransientSendError,
     forget_recipient,
-    mailer_concurrency,
     open_mailer,
     read_dkim_key,
 )
@@ -57,9 +58,9 @@ __all__ = [
     "Stop",
     "TransientSendError",
     "forget_recipient",
-    "mailer_concurrency",
     "open_mailer",
     "open_send_lock",
+    "outcome_of",
     "read_dkim_key",
     "read_earlier_digests",
     "send_digest",

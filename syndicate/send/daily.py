@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import secrets
@@ -19,7 +20,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from syndicate.config import Settings
+from syndicate.digest import stale_warning
 from syndicate.errors import InterruptError, TerminatedError
+from syndicate.load import check_dump_paths
 from syndicate.mail import (
     MessageTemplate,
     envelope_sender,
@@ -28,12 +31,25 @@ from syndicate.mail import (
     unsubscribe_url,
 )
 from syndicate.model import DigestPlan
+from syndicate.publish import run_build
+from syndicate.send.catchup import read_earlier_digests
 from syndicate.send.deliver import DigestSender, SendSummary, Stop
+from syndicate.send.digests import (
+    build_send_templates,
+    digest_day,
+    preview_digest,
+    stored_digest,
+    todays_digest,
+    write_digest_page,
+)
+from syndicate.send.lock import open_send_lock
 from syndicate.send.policy import MAX_ATTEMPTS, SendPolicy
-from syndicate.send.runs import read_earlier_digests
-from syndicate.send.transports import Mailer, open_mailer
+from syndicate.send.transports import Mailer, check_mail_settings, open_mailer
 from syndicate.store import Database, ledger
+from syndicate.store.bounces import complaint_warning, recent_rates
 from syndicate.store.digests import close_digest
+from syndicate.store.meta import get_secret
+from syndicate.store.subscribers import confirmed_languages, normalize_email
 from syndicate.tokens import NONCE_BYTES, make_token
 
 # The stage's logger: records keep the name they had before send became a package.
@@ -48,6 +64,7 @@ class DailyReport:
 
     today: SendSummary | None
     earlier: tuple[SendSummary, ...]
+    subscribers: bool = True  # some subscriber is confirmed
 
     @property
     def failed(self) -> bool:
@@ -55,43 +72,73 @@ class DailyReport:
 
 
 def run_daily(
-    *,
-    db: Database,
     settings: Settings,
-    secret: bytes,
+    *,
+    open_db: Callable[[], Database],
     now: datetime,
-    today: DigestPlan | None,
-    prepare: Callable[[DigestPlan], Mapping[str, MessageTemplate]],
-    load_stored: Callable[[date], DigestPlan | None],
     limit: int | None = None,
     progress: Callable[[], Progress | None] = lambda: None,
-    on_summary: Callable[[SendSummary], None] = lambda summary: None,
+    on_earlier: Callable[[SendSummary], None] = lambda summary: None,
+    on_notice: Callable[[str], None] = lambda line: None,
     handle_signals: bool = True,
 ) -> DailyReport:
-    """Send today's digest, then every earlier digest still owed to someone, oldest first.
+    """Run the daily job: build, send today's digest, then every earlier one still owed.
 
-    `prepare` builds a digest's messages (and its web page); `load_stored`
-    loads an earlier day's stored digest. `limit` caps the recipients of the
-    whole job, today's first. Raises DeliveryError (exit 2) or TempFailError
-    (exit 75) when the server stops the job, and InterruptError (130) or
-    TerminatedError (143) after a signal, each once every started message
-    has finished and been recorded.
+    Holds the send lock throughout (LockedError, exit 75, when another run has
+    it); `open_db` is called once the lock is held. Earlier digests go oldest
+    first, after today's; each one's summary goes to `on_earlier` when it is
+    done. `on_notice` gets the digest's freshness warning, for the operator's
+    eyes even under `-q`. `limit` caps the recipients of the whole job, today's
+    first. Raises DeliveryError (exit 2) or TempFailError (exit 75) when the
+    server stops the job, and InterruptError (130) or TerminatedError (143)
+    after a signal, each once every started message has finished and been
+    recorded.
     """
-    return asyncio.run(
-        _daily(
-            db=db,
-            settings=settings,
-            secret=secret,
-            now=now,
-            today=today,
-            prepare=prepare,
-            load_stored=load_stored,
-            limit=limit,
-            progress=progress,
-            on_summary=on_summary,
-            handle_signals=handle_signals,
+    check_mail_settings(settings)
+    check_dump_paths([settings.paths.seeds])  # before the lock and database are made
+    with open_send_lock(settings.paths.database):
+        db = open_db()
+        # Reputation: one warning line when spam complaints pass the providers' limit.
+        if (complaints := complaint_warning(recent_rates(db, now=now))) is not None:
+            log.warning("%s", complaints)
+        run_build(settings, db, now=now)
+        plan = todays_digest(settings, db, now=now, create=True)
+        if plan is not None and (stale := stale_warning(plan, tz=settings.site.tz)) is not None:
+            on_notice(stale)
+        languages = confirmed_languages(db)
+        mail = settings.mail
+        if languages and mail.transport == "smtp" and not mail.postal_address.strip():
+            # Bulk-mail rules (CAN-SPAM, and the like elsewhere) want one in every message.
+            log.warning(
+                "config key mail.postal_address is empty, so the digest carries no postal "
+                "address; set the sender's address in syndicate.toml."
+            )
+
+        def prepare(plan: DigestPlan) -> Mapping[str, MessageTemplate]:
+            write_digest_page(settings, plan, now=now)
+            templates = build_send_templates(settings, plan, languages, now=now)
+            # Everything loaded so far (templates, Babel data, parsed articles) lives until
+            # exit: keep it out of the collector's full passes during the send loop.
+            gc.collect()
+            gc.freeze()
+            return templates
+
+        report = asyncio.run(
+            _daily(
+                db=db,
+                settings=settings,
+                secret=get_secret(settings, db),
+                now=now,
+                today=plan,
+                prepare=prepare,
+                load_stored=lambda day: stored_digest(db, day),
+                limit=limit,
+                progress=progress,
+                on_earlier=on_earlier,
+                handle_signals=handle_signals,
+            )
         )
-    )
+    return dataclasses.replace(report, subscribers=bool(languages))
 
 
 async def _daily(
@@ -105,7 +152,7 @@ async def _daily(
     load_stored: Callable[[date], DigestPlan | None],
     limit: int | None,
     progress: Callable[[], Progress | None],
-    on_summary: Callable[[SendSummary], None],
+    on_earlier: Callable[[SendSummary], None],
     handle_signals: bool,
 ) -> DailyReport:
     stop = Stop()
@@ -118,7 +165,7 @@ async def _daily(
 
     async def deliver(plan: DigestPlan, confirmed_by: datetime | None) -> SendSummary:
         nonlocal sent, in_flight, budget
-        mailer = open_mailer(settings, folder=plan.day.isoformat())
+        mailer = open_mailer(settings, folder=plan.day.isoformat(), policy=policy)
         mailers[:] = [mailer]
         sender = DigestSender(
             db=db, mailer=mailer, settings=settings, secret=secret, policy=policy, stop=stop
@@ -135,7 +182,6 @@ async def _daily(
         in_flight += summary.in_flight
         if budget is not None:
             budget -= summary.sent + summary.failed + summary.in_flight
-        on_summary(summary)
         return summary
 
     try:
@@ -143,7 +189,7 @@ async def _daily(
         earlier: list[SendSummary] = []
         # Earlier days after today's, oldest first: a day whose run failed, was killed or
         # was cut short by --limit is finished by a later day's run.
-        for owed in read_earlier_digests(db, today=_today(settings, now), now=now):
+        for owed in read_earlier_digests(db, today=digest_day(settings, now), now=now):
             if stop.stopping or budget == 0:
                 break
             plan = load_stored(owed.day)
@@ -158,6 +204,7 @@ async def _daily(
                 close_digest(db, owed.day, now=now)
                 continue
             earlier.append(await deliver(plan, owed.created_at))
+            on_earlier(earlier[-1])
     finally:
         if handle_signals:
             _unwatch_signals()
@@ -180,9 +227,50 @@ class Preview:
     skipped: int = 0
     message_bytes: Mapping[str, int] = field(default_factory=dict)
     test_copy: str | None = None
+    address: str | None = None  # the --to address, normalised (with --dry-run: not sent to)
 
 
 def preview(
+    settings: Settings,
+    *,
+    open_db: Callable[[], Database],
+    now: datetime,
+    to: str | None,
+    dry_run: bool,
+    limit: int | None = None,
+) -> Preview | None:
+    """`send --dry-run` and `send --to`: count today's digest's recipients, or send a test copy.
+
+    Takes no lock, stores no digest and writes no ledger row (a test copy goes
+    through the configured transport, not recorded). Returns None when there is
+    no digest to send.
+    """
+    check_mail_settings(settings)
+    check_dump_paths([settings.paths.seeds])  # before the database is made
+    db = open_db()
+    address = normalize_email(to) if to is not None else None
+    # Read the seeds as `send` would; no write lock is held while the digest is planned.
+    plan = preview_digest(settings, db, now=now)
+    if plan is None:
+        return None
+    templates = build_send_templates(settings, plan, confirmed_languages(db), now=now)
+    test_copy = address is not None and not dry_run
+    shown = _preview_plan(
+        db=db,
+        settings=settings,
+        plan=plan,
+        templates=templates,
+        # The secret is made (once) and kept: a test copy's link must verify. A dry run
+        # needs none, so it never waits for the write lock to store one.
+        secret=get_secret(settings, db) if test_copy else b"",
+        now=now,
+        test_copy_to=address if test_copy else None,
+        limit=limit,
+    )
+    return dataclasses.replace(shown, address=address)
+
+
+def _preview_plan(
     *,
     db: Database,
     settings: Settings,
@@ -251,10 +339,6 @@ def _test_copy(template: MessageTemplate, *, to: str, day: date, url: str) -> by
     if template.dkim is not None:  # sign what goes out, with its final Message-ID
         message = sign_message(message, template.dkim)
     return message
-
-
-def _today(settings: Settings, now: datetime) -> date:
-    return now.astimezone(settings.site.tz).date()
 
 
 def _watch_signals(stop: Stop, mailers: list[Mailer]) -> None:

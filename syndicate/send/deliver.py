@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 from syndicate.config import Settings
-from syndicate.errors import DeliveryError, SyndicateError, TempFailError
+from syndicate.errors import (
+    DeliveryError,
+    RecipientRefusedError,
+    SyndicateError,
+    TempFailError,
+    TransientSendError,
+)
 from syndicate.mail import (
     MessageTemplate,
     envelope_sender,
@@ -30,8 +36,15 @@ from syndicate.mail import (
     return_path,
     unsubscribe_url,
 )
-from syndicate.send.policy import MAX_ATTEMPTS, REFUSE_ALL_AFTER, Action, SendPolicy, to_action
-from syndicate.send.transports import Mailer, RecipientRefusedError, TransientSendError
+from syndicate.send.policy import (
+    MAX_ATTEMPTS,
+    REFUSE_ALL_AFTER,
+    Action,
+    SendPolicy,
+    outcome_of,
+    to_action,
+)
+from syndicate.send.transports import Mailer
 from syndicate.store import Database, ledger
 from syndicate.store.subscribers import record_bounce
 from syndicate.tokens import make_token
@@ -350,7 +363,7 @@ class DigestSender:
             try:
                 await self.mailer.send(self._sender(run, recipient), [recipient.email], message)
             except (RecipientRefusedError, TransientSendError) as exc:
-                action, reply = to_action(exc.outcome), exc.reply
+                action, reply = to_action(outcome_of(exc)), exc.reply
                 failure: SyndicateError = exc
             except DeliveryError as exc:  # the mailer's own setup errors (TLS, login, sender)
                 self.stop.by_error(exc)

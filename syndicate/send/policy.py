@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from syndicate.config import Settings
+from syndicate.errors import RecipientRefusedError, TransientSendError
 
 MAX_ATTEMPTS = 5  # runs that may try one recipient (transient failures) before it is skipped
 # A run stops as a setup problem when this many recipients were refused for good and none
@@ -68,6 +69,11 @@ class Outcome:
         text = self.reply.split(" ", 1)[1] if self.reply[:3].isdigit() else self.reply
         found = _ENHANCED.match(text)
         return ".".join(found.groups()) if found else None
+
+
+def outcome_of(error: RecipientRefusedError | TransientSendError) -> Outcome:
+    """The outcome a transport's per-message error reports."""
+    return Outcome(Stage(error.stage), error.code, error.reply, in_flight=error.in_flight)
 
 
 def to_action(outcome: Outcome) -> Action:

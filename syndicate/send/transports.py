@@ -25,13 +25,32 @@ from typing import Protocol
 import aiosmtplib
 
 from syndicate.config import Settings
-from syndicate.errors import ConfigError, DeliveryError, TempFailError
-from syndicate.mail import DkimKey
+from syndicate.errors import (
+    ConfigError,
+    DeliveryError,
+    RecipientRefusedError,
+    SendError,
+    TransientSendError,
+)
+from syndicate.mail import DkimKey, envelope_sender
 from syndicate.output import write_atomic
-from syndicate.send.policy import Action, Outcome, Stage, to_action
+from syndicate.send.policy import Action, Outcome, SendPolicy, Stage, to_action
 
 # The stage's logger: records keep the name they had before send became a package.
 log = logging.getLogger("syndicate.send")
+
+
+def check_mail_settings(settings: Settings) -> None:
+    """Raise ConfigError when the SMTP transport's settings cannot work (before any lock)."""
+    if settings.mail.transport != "smtp":
+        return
+    envelope_sender(settings)
+    if settings.smtp.username and not settings.smtp.password:
+        raise ConfigError(
+            "config key smtp.username is set, but SYNDICATE_SMTP_PASSWORD is empty.",
+            key="smtp.username",
+            hint="Export the password in SYNDICATE_SMTP_PASSWORD, or leave smtp.username empty.",
+        )
 
 
 class Mailer(Protocol):
@@ -43,35 +62,6 @@ class Mailer(Protocol):
     async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> None: ...
 
     async def aclose(self) -> None: ...
-
-
-class RecipientRefusedError(DeliveryError):
-    """The server refused a recipient for good (5xx): recorded, never retried, a bounce."""
-
-    def __init__(self, recipient: str, outcome: Outcome) -> None:
-        super().__init__(f"{recipient}: the server refused the message: {outcome.reply}")
-        self.outcome = outcome
-        self.code = outcome.code
-        self.reply = outcome.reply
-
-
-class TransientSendError(TempFailError):
-    """A temporary failure (4xx, dropped connection, timeout): worth retrying."""
-
-    def __init__(self, message: str, *, outcome: Outcome) -> None:
-        super().__init__(message)
-        self.outcome = outcome
-        self.reply = outcome.reply
-
-    @property
-    def connection(self) -> bool:
-        """The session could not be opened: the server, not one recipient, is the problem."""
-        return self.outcome.stage is Stage.SESSION
-
-    @property
-    def in_flight(self) -> bool:
-        """The DATA command had gone when the reply failed to come: maybe accepted."""
-        return self.outcome.in_flight
 
 
 _MESSAGE_ID = re.compile(rb"(?im)^Message-ID:\s*<([^>\r\n]+)>")
@@ -228,7 +218,9 @@ class SmtpMailer:
             if 400 <= exc.code < 500:
                 raise TransientSendError(
                     f"{self.where}: the server is busy: {exc.code} {exc.message}",
-                    outcome=Outcome(Stage.SESSION, exc.code, f"{exc.code} {exc.message}"),
+                    stage=Stage.SESSION,
+                    code=exc.code,
+                    reply=f"{exc.code} {exc.message}",
                 ) from exc
             raise DeliveryError(
                 f"{self.where}: the server refused the session: {exc.code} {exc.message}.",
@@ -255,7 +247,9 @@ class SmtpMailer:
                 ) from exc
             raise TransientSendError(
                 f"{self.where}: cannot connect: {exc}",
-                outcome=Outcome(Stage.SESSION, 0, str(exc) or type(exc).__name__),
+                stage=Stage.SESSION,
+                code=0,
+                reply=str(exc) or type(exc).__name__,
             ) from exc
         except aiosmtplib.SMTPException as exc:
             _close_quietly(client)
@@ -302,7 +296,10 @@ class SmtpMailer:
                 reason = str(exc) or type(exc).__name__
                 raise TransientSendError(
                     f"{self.where}: the connection failed: {reason}",
-                    outcome=Outcome(stage, 0, reason, in_flight=stage is Stage.DATA),
+                    stage=stage,
+                    code=0,
+                    reply=reason,
+                    in_flight=stage is Stage.DATA,
                 ) from exc
             except aiosmtplib.SMTPException as exc:
                 raise DeliveryError(f"{self.where}: sending failed: {exc}.") from exc
@@ -329,7 +326,7 @@ class SmtpMailer:
         await asyncio.gather(*(_quit(conn.client) for conn in idle))
 
 
-def _failure(where: str, recipient: str, outcome: Outcome) -> DeliveryError | TempFailError:
+def _failure(where: str, recipient: str, outcome: Outcome) -> SendError:
     """The error for a refused message: what `to_action` makes of the reply picks the class."""
     action = to_action(outcome)
     if action is Action.SETUP_STOP and outcome.code in (530, 535, 538):
@@ -344,9 +341,15 @@ def _failure(where: str, recipient: str, outcome: Outcome) -> DeliveryError | Te
         )
     if action in (Action.DEFER, Action.RECONNECT, Action.IN_DOUBT):
         return TransientSendError(
-            f"{where}: {recipient}: temporary failure: {outcome.reply}", outcome=outcome
+            f"{where}: {recipient}: temporary failure: {outcome.reply}",
+            stage=outcome.stage,
+            code=outcome.code,
+            reply=outcome.reply,
+            in_flight=outcome.in_flight,
         )
-    return RecipientRefusedError(recipient, outcome)
+    return RecipientRefusedError(
+        recipient, stage=outcome.stage, code=outcome.code, reply=outcome.reply
+    )
 
 
 async def _reset(client: aiosmtplib.SMTP, timeout: float) -> bool:
@@ -392,9 +395,13 @@ def _abort(transport: asyncio.BaseTransport | None) -> None:
         transport.abort()
 
 
-def open_mailer(settings: Settings, *, folder: str) -> Mailer:
-    """Return the configured transport: the outbox folder `outbox/<folder>/`, or SMTP."""
+def open_mailer(settings: Settings, *, folder: str, policy: SendPolicy | None = None) -> Mailer:
+    """Return the configured transport: the outbox folder `outbox/<folder>/`, or SMTP.
+
+    The SMTP pool's size and DATA timeout come from `policy` (default: the settings').
+    """
     if settings.mail.transport == "smtp":
+        policy = policy or SendPolicy.from_settings(settings)
         smtp = settings.smtp
         return SmtpMailer(
             host=smtp.host,
@@ -403,16 +410,11 @@ def open_mailer(settings: Settings, *, folder: str) -> Mailer:
             username=smtp.username,
             password=smtp.password,
             timeout=smtp.timeout,
-            data_timeout=smtp.data_timeout,
-            connections=smtp.connections,
+            data_timeout=policy.data_timeout,
+            connections=policy.connections,
             messages_per_connection=smtp.messages_per_connection,
         )
     return OutboxMailer(settings.paths.outbox / folder)
-
-
-def mailer_concurrency(settings: Settings) -> int:
-    """How many messages the configured transport sends at once."""
-    return settings.smtp.connections if settings.mail.transport == "smtp" else 1
 
 
 def _exposure(mode: int) -> str:

@@ -165,7 +165,7 @@ class Database:
         """Run the block in one transaction that is always rolled back.
 
         It holds the write lock until it ends: the previews (`digest`, `send --dry-run`)
-        no longer use it (`cli.flow.preview_digest` reads in a `snapshot()` instead).
+        no longer use it (`send.digests.preview_digest` reads in a `snapshot()` instead).
         """
         try:
             with self.transaction() as conn:

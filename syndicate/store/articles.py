@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -66,9 +66,14 @@ SELECT_ARTICLE_SOURCES = "SELECT id, source, slug FROM articles"
 SELECT_ARTICLE = "SELECT record, body FROM articles WHERE id = ?"
 # The light columns of every article, for index pages and feed selection.
 SELECT_SUMMARIES = """
-    SELECT id, slug, title, published_at, precision, author, record_hash, first_seen_at
+    SELECT id, slug, title, published_at, precision, author, record_hash, first_seen_at,
+        page_path
     FROM articles
 """
+# The articles that have a page, and where (only the build writes page_path).
+SELECT_PAGE_PATHS = "SELECT id, page_path FROM articles WHERE page_path IS NOT NULL"
+# Record where an article's page is, or (NULL) that it has none.
+UPDATE_PAGE_PATH = "UPDATE articles SET page_path = ? WHERE id = ?"
 # Full articles newest first (undated last, then by id), one keyset batch at a time.
 # published_at is always UTC ISO text, so text order is time order; NULL sorts as ''.
 SELECT_ARTICLES_NEWEST_FIRST = """
@@ -126,6 +131,7 @@ class ArticleSummary:
     author: str | None
     record_hash: str
     first_seen_at: datetime
+    page_path: str | None = None  # where the last build wrote its page; None: it has none
 
 
 def _utc_text(value: datetime) -> str:
@@ -396,6 +402,7 @@ def iter_summaries(db: Database) -> Iterator[ArticleSummary]:
                     author=row[5],
                     record_hash=row[6],
                     first_seen_at=datetime.fromisoformat(row[7]),
+                    page_path=row[8],
                 )
     except sqlite3.Error as exc:
         raise _wrap("read the articles", db, exc) from exc
@@ -455,6 +462,30 @@ def _keys(article_id: str, record: str, body: str | None) -> teasers.Keys:
     except (ValueError, KeyError, TypeError):  # damaged: no keys; a rebuild stores it again
         return article_id, (), ()
     return article_id, teasers.story_keys(article), teasers.teaser_keys(article)
+
+
+def read_page_paths(db: Database) -> dict[str, str]:
+    """Map every article that has a page to its page's path (relative to paths.output)."""
+    try:
+        return {str(i): str(path) for i, path in db.conn.execute(SELECT_PAGE_PATHS)}
+    except sqlite3.Error as exc:
+        raise _wrap("read the page paths", db, exc) from exc
+
+
+def write_page_paths(db: Database, pages: Mapping[str, str]) -> None:
+    """Record that the articles in `pages` (id -> path) have those pages, and no other one has.
+
+    For the publish stage only, once it has written the pages: the one writer of page paths.
+    """
+    old = read_page_paths(db)
+    changes: list[tuple[str | None, str]] = [
+        (path, i) for i, path in pages.items() if old.get(i) != path
+    ]
+    changes += [(None, i) for i in old if i not in pages]
+    try:
+        db.conn.executemany(UPDATE_PAGE_PATH, changes)
+    except sqlite3.Error as exc:
+        raise _wrap("record the page paths", db, exc) from exc
 
 
 # How a build left a page file: its size and modification time (ns).

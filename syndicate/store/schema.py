@@ -258,3 +258,13 @@ BOUNCES_MIGRATION: list[str] = [
     """,
 ]
 MIGRATIONS.append(BOUNCES_MIGRATION)
+
+# 7: the page each article has, as `syndicate build` left it (one writer: the publish stage,
+# when it writes the pages). Digests, feeds and teaser links read it and never work a page
+# out again. NULL when the article has no page: built from another folder, its dump gone, or
+# left out of the site. Articles stored before this step get theirs at the next build.
+PAGES_MIGRATION: list[str] = [
+    # Relative to paths.output, '/'-separated: articles/<slug>.html.
+    "ALTER TABLE articles ADD COLUMN page_path TEXT",
+]
+MIGRATIONS.append(PAGES_MIGRATION)

@@ -28,10 +28,10 @@ from typing import Any
 import pytest
 import uvicorn
 
-from syndicate.cli.flow import todays_digest, write_digest_page
 from syndicate.config import Settings, load_settings
 from syndicate.publish import run_build
 from syndicate.send import Mailer, open_mailer
+from syndicate.send.digests import todays_digest, write_digest_page
 from syndicate.store import open_database
 from syndicate.web import DatabaseStore, SubscriptionStore, create_app, make_http_protocol
 

@@ -1,4 +1,4 @@
-"""Send: what spans runs: the send lock (one run at a time) and the catch-up of earlier digests.
+"""Send: the catch-up of earlier digests, which spans runs.
 
 `read_earlier_digests` finds the digests of earlier days (within CATCH_UP_DAYS)
 still owed to someone, so a day whose run failed or was cut short is finished by
@@ -7,17 +7,10 @@ the next day's run.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from pathlib import Path
 
-from syndicate.errors import LockedError, OutputError
-from syndicate.output import make_private_folder
 from syndicate.send.policy import MAX_ATTEMPTS
 from syndicate.store import Database, digests, ledger
 
@@ -27,35 +20,6 @@ log = logging.getLogger("syndicate.send")
 # A digest still owed to someone is caught up by the runs of this many following days;
 # after that it is given up (with a warning), so old news does not go out a month late.
 CATCH_UP_DAYS = 7
-
-
-@contextlib.contextmanager
-def open_send_lock(database: Path) -> Iterator[Path]:
-    """Hold the send lock, `<database>.lock`, for the block; never wait for it.
-
-    Raises LockedError (exit 75) at once when another process holds it. The
-    kernel drops the lock when the holder dies, even by SIGKILL.
-    """
-    path = database.with_name(database.name + ".lock")
-    try:
-        make_private_folder(path.parent)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise OutputError(
-            f"{path}: cannot open the send lock: {exc.strerror or exc}.",
-            hint="Check that the database folder is writable (paths.database).",
-        ) from exc
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockedError(
-                f"{path}: another `syndicate send` is running (it holds this lock).",
-                hint="Let it finish; run again later.",
-            ) from None
-        yield path
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,286 @@
+"""Send: the digests the daily job sends: today's (planned and stored once), an earlier day's
+(as stored), their web page and their messages, and the previews of them (`digest`,
+`preflight`, `send --dry-run`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+from syndicate import urls
+from syndicate.config import Settings, base_url
+from syndicate.digest import DigestInfo, plan_digest, render_digest
+from syndicate.i18n import LANGUAGES
+from syndicate.load import check_dump_paths
+from syndicate.mail import (
+    DkimKey,
+    MessageTemplate,
+    build_digest_template,
+    fill_message,
+    unsubscribe_url,
+)
+from syndicate.model import DigestPlan, StoryLink
+from syndicate.output import write_atomic
+from syndicate.publish import sync_articles
+from syndicate.send.transports import read_dkim_key
+from syndicate.store import Database
+from syndicate.store.articles import iter_summaries
+from syndicate.store.digests import (
+    create_digest,
+    get_digest,
+    iter_candidates,
+    live_article_ids,
+    newest_published,
+)
+from syndicate.store.teasers import article_links
+
+
+def digest_day(settings: Settings, now: datetime) -> date:
+    """The digest's day: the date of `now` in the site's timezone."""
+    return now.astimezone(settings.site.tz).date()
+
+
+def todays_digest(
+    settings: Settings, db: Database, *, now: datetime, create: bool
+) -> DigestPlan | None:
+    """Today's digest: the one already stored for today, else a new plan, else None.
+
+    One digest a day: a stored digest is returned as it is, even when newer
+    articles have arrived since. `create=True` stores a new plan (and marks its
+    articles) in the same transaction that looked for one; `create=False`
+    changes nothing.
+    """
+    day = digest_day(settings, now)
+    if not create:
+        plan = get_digest(db, day) or _plan(settings, db, day, now=now)
+    else:
+        with db.transaction():
+            plan = get_digest(db, day)
+            if plan is None:
+                plan = _plan(settings, db, day, now=now)
+                if plan is not None:
+                    create_digest(db, plan, now=now)
+    if plan is None or not plan.articles:  # a stored digest whose articles are gone
+        return None
+    return _with_pages(db, plan)
+
+
+def preview_digest(settings: Settings, db: Database, *, now: datetime) -> DigestPlan | None:
+    """Today's digest as `send` would make it now, without storing it (`digest`, `--dry-run`).
+
+    The dumps are synced as `build` syncs them: what was parsed is kept (the parse
+    cache and the articles, in short write transactions of a batch each), so the
+    next `build` or `send` need not parse it again. The plan is then worked out in
+    one read transaction, which takes no write lock: `send` and sign-ups go on
+    meanwhile. No digest row is stored and no article is marked.
+    """
+    sync_articles(settings, db, now=now)
+    with db.snapshot():
+        return todays_digest(settings, db, now=now, create=False)
+
+
+def stored_digest(db: Database, day: date) -> DigestPlan | None:
+    """The digest stored for `day`, with its articles' pages; None if none or its articles gone.
+
+    For `send` catching up an earlier day: the digest is sent as it was made.
+    """
+    plan = get_digest(db, day)
+    if plan is None or not plan.articles:
+        return None
+    return _with_pages(db, plan)
+
+
+def _with_pages(db: Database, plan: DigestPlan) -> DigestPlan:
+    """Give the plan its articles' pages, and its teasers links, as the last build stored them.
+
+    Nothing is worked out here: an article (or an advertised one) without a stored page path
+    has no page, and is shown unlinked.
+    """
+    wanted = {a.id for a in plan.articles}
+    found = article_links(db, wanted)
+    targets = {target_id for pairs in found.values() for _key, target_id in pairs}
+    summaries = {s.id: s for s in iter_summaries(db) if s.id in wanted or s.id in targets}
+    pages = {i: s.page_path for i, s in summaries.items() if i in wanted and s.page_path}
+    links: dict[str, StoryLink] = {}
+    for pairs in found.values():
+        for key, target_id in pairs:
+            target = summaries.get(target_id)
+            if target is not None and target.page_path:
+                links.setdefault(
+                    key,
+                    StoryLink(
+                        target.id,
+                        target.page_path,
+                        target.title,
+                        target.published,
+                        target.precision,
+                        target.first_seen_at,
+                    ),
+                )
+    return dataclasses.replace(plan, links=links, pages=pages)
+
+
+def _plan(settings: Settings, db: Database, day: date, *, now: datetime) -> DigestPlan | None:
+    # Mail only articles the site has a page for: a stored article whose dump
+    # was removed lost its page at the last build.
+    live = live_article_ids(db)
+    candidates = iter_candidates(db)
+    if live:
+        candidates = (c for c in candidates if c[0].id in live)
+    # A publish date in the future (a typo like 2042 in a dump) must not move the age
+    # cutoff past every real article: it would stop all later digests, for good.
+    newest = newest_published(db)
+    if newest is not None and newest > now:
+        newest = now
+    return plan_digest(
+        candidates,
+        day=day,
+        newest_published=newest,
+        max_age_hours=settings.digest.max_age_hours,
+        max_articles=settings.digest.max_articles,
+    )
+
+
+def digest_view_url(settings: Settings, day: date) -> str:
+    """The public URL of a day's "view in browser" page."""
+    return urls.digest_view_url(base_url(settings), day)
+
+
+def generic_unsubscribe_url(settings: Settings) -> str:
+    """The unsubscribe page (asks for the address) for pages that carry no personal token."""
+    return urls.unsubscribe_page_url(base_url(settings))
+
+
+def write_digest_page(settings: Settings, plan: DigestPlan, *, now: datetime) -> Path:
+    """Write the digest's "view in browser" page, feeds/digests/<day>.html, atomically.
+
+    The page is the HTML part in the site's language, with a link to the
+    generic unsubscribe page instead of a personal one. Returns its path.
+    """
+    rendered = render_digest(
+        plan,
+        lang=settings.site.language,
+        info=DigestInfo.from_settings(settings),
+        unsubscribe_url=generic_unsubscribe_url(settings),
+        now=now,
+        web=True,
+    )
+    path = settings.paths.output / urls.digest_page_path(plan.day)
+    write_atomic(path, rendered.html.encode("utf-8"))
+    return path
+
+
+# Substituted by each recipient's URL in the built message; never leaves this process.
+MARKER_BASE = "https://marker.syndicate.invalid/unsubscribe?token=MARKER-"
+# Stands in for a subscriber's token in `preflight`: the check looks at the link's form.
+_SAMPLE_TOKEN = "PREFLIGHT-SAMPLE-TOKEN"  # noqa: S105
+_SAMPLE_MARKER = "https://marker.syndicate.invalid/unsubscribe?token=PREFLIGHT-MARKER"
+
+
+def make_marker() -> str:
+    """A fresh unsubscribe-URL marker for one digest's templates."""
+    return MARKER_BASE + secrets.token_hex(8)
+
+
+def build_templates(
+    settings: Settings,
+    plan: DigestPlan,
+    languages: Iterable[str],
+    *,
+    marker: str,
+    now: datetime,
+    dkim: DkimKey | None,
+) -> dict[str, MessageTemplate]:
+    """Build the digest's message template in each language (and the site's), once each."""
+    view_url = digest_view_url(settings, plan.day)
+    info = DigestInfo.from_settings(settings)
+    built: dict[str, MessageTemplate] = {}
+    for lang in dict.fromkeys([*languages, settings.site.language]):
+        rendered = render_digest(
+            plan, lang=lang, info=info, unsubscribe_url=marker, now=now, view_url=view_url
+        )
+        built[lang] = build_digest_template(
+            rendered, settings=settings, digest_day=plan.day, marker=marker, now=now, dkim=dkim
+        )
+    return built
+
+
+def build_send_templates(
+    settings: Settings, plan: DigestPlan, languages: Iterable[str], *, now: datetime
+) -> dict[str, MessageTemplate]:
+    """The templates `send` fills for each recipient: a fresh marker, DKIM-signed when set up."""
+    return build_templates(
+        settings, plan, languages, marker=make_marker(), now=now, dkim=read_dkim_key(settings)
+    )
+
+
+def build_sample_messages(settings: Settings, db: Database, *, now: datetime) -> dict[str, bytes]:
+    """Today's digest as one recipient's message per language, built as `send` builds it.
+
+    For `preflight`: read without the write lock (see `preview_digest`); unsigned, with a
+    sample token in the unsubscribe link. Empty when there is no digest to send.
+    """
+    plan = preview_digest(settings, db, now=now)
+    if plan is None:
+        return {}
+    url = unsubscribe_url(settings, _SAMPLE_TOKEN)
+    templates = build_templates(
+        settings, plan, LANGUAGES, marker=_SAMPLE_MARKER, now=now, dkim=None
+    )
+    return {
+        lang: fill_message(
+            template, to="preflight@example.invalid", subscriber_id=0, unsubscribe_url=url
+        )
+        for lang, template in templates.items()
+    }
+
+
+def preview_unsubscribe_url(root: str) -> str:
+    """A clearly fake unsubscribe link for previews: no real token is ever made for them."""
+    return urls.preview_unsubscribe_url(root)
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewFiles:
+    """What `write_digest_preview` wrote: the digest's plan, its subject and two files."""
+
+    plan: DigestPlan
+    subject: str
+    html_path: Path
+    text_path: Path
+
+
+def write_digest_preview(
+    settings: Settings,
+    *,
+    open_db: Callable[[], Database],
+    now: datetime,
+    lang: str | None,
+    out: Path,
+) -> PreviewFiles | None:
+    """Write today's digest as `send` would mail it now to out/digest.html and digest.txt.
+
+    Reads the seeds as `send` would (see `preview_digest`); stores no digest and sends
+    nothing. Returns None, writing nothing, when there is no digest to send.
+    """
+    check_dump_paths([settings.paths.seeds])  # no database is made for a missing seeds folder
+    plan = preview_digest(settings, open_db(), now=now)
+    if plan is None:
+        return None
+    rendered = render_digest(
+        plan,
+        lang=lang or settings.site.language,
+        info=DigestInfo.from_settings(settings),
+        unsubscribe_url=preview_unsubscribe_url(base_url(settings)),
+        now=now,
+        view_url=digest_view_url(settings, plan.day),
+    )
+    html_path = out / "digest.html"
+    text_path = out / "digest.txt"
+    write_atomic(html_path, rendered.html.encode("utf-8"))
+    write_atomic(text_path, rendered.text.encode("utf-8"))
+    return PreviewFiles(plan, rendered.subject, html_path, text_path)
