@@ -20,6 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import jinja2
+
 from syndicate.errors import ConfigError
 
 CONFIG_FILE_NAME = "syndicate.toml"
@@ -700,3 +702,22 @@ def email_templates_dir(settings: Settings) -> Path:
 def site_templates_dir() -> Path:
     """Where the page templates are read from."""
     return templates_root() / "site"
+
+
+def make_environment(folder: Path) -> jinja2.Environment:
+    """The one Jinja2 environment for a template folder: site pages, web pages and email.
+
+    Article text is passed in as data and escaped; it is never template source. Every
+    template (partials included) escapes its variables except text parts (`*.txt.j2`),
+    and an undefined name is an error.
+    """
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(folder)),
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=(), disabled_extensions=("txt.j2",), default=True
+        ),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )

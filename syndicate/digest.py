@@ -1,7 +1,8 @@
 """Digest stage: pick a day's articles, render the digest (and the confirmation mail).
 
-Pure: no clock, no database, no network; `now`, the settings and the URLs are
-passed in. Templates are read from `config.email_templates_dir(settings)`.
+Pure: no clock, no database, no network; `now`, a `DigestInfo` (the values it needs
+from the settings) and the URLs are passed in. Templates are read from
+`DigestInfo.templates_dir`.
 """
 
 from __future__ import annotations
@@ -12,25 +13,28 @@ import logging
 import re
 import textwrap
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import css_inline
 import jinja2
 from babel.dates import format_date, format_time, get_datetime_format
 
-from syndicate.config import Settings, base_url, email_templates_dir
+from syndicate import i18n
+from syndicate.config import Settings, base_url, email_templates_dir, make_environment
 from syndicate.errors import ConfigError, InputError
+from syndicate.i18n import LANGUAGES
 from syndicate.model import Article, DigestPlan, Precision, Teaser
 from syndicate.site import RENDER_ERRORS, OtherNews, order_key, order_teasers
-from syndicate.text import header_safe, nfc, one_line, shorten
+from syndicate.text import header_safe, lead_excerpt, nfc, one_line, shorten
+from syndicate.urls import feed_url
 
 log = logging.getLogger(__name__)
 
-LANGUAGES = ("vi", "en")
 TEXT_WIDTH = 72  # columns of the text part
 PREHEADER_CHARS = 100
 MAX_TEASERS = 15  # "Other news" items: enough for a sidebar, small enough for Gmail's 102 KB
@@ -41,85 +45,44 @@ MAX_TEASERS = 15  # "Other news" items: enough for a sidebar, small enough for G
 TITLE_CHARS = 300
 TEASER_CHARS = 300
 CHARS_PER_LEAD_WORD = 20
-# RFC 5322 caps a line at 998 bytes; fold well below it so a substituted
-# per-recipient URL still fits.
+# RFC 5322 caps a line at 998 bytes; wrap (and mail folds) well below it so a
+# substituted per-recipient URL still fits.
 MAX_LINE_BYTES = 900
 
 SUBJECT_CHARS = 78  # RFC 5322's recommended line length, before encoding
 STALE_DAYS = 7  # a digest whose newest article is older than this gets a warning
 
-# Reader-facing strings. `{site}`, `{n}` and `{hours}` are filled in by str.replace,
-# never by a template engine, so a site title cannot inject template code.
-STRINGS: dict[str, dict[str, str]] = {
-    "vi": {
-        "heading": "Bản tin ngày {date}",
-        "in_this_issue": "Trong số này",
-        "read_more": "Đọc tiếp",
-        "other_news": "Tin khác",
-        "more_one": "Và {n} tin khác trên trang",
-        "more_many": "Và {n} tin khác trên trang",
-        "subject_more": "và {n} tin khác",
-        "why": "Bạn nhận được thư này vì đã đăng ký nhận bản tin hằng ngày của {site}.",
-        "why_web": (
-            "Đây là bản xem trên trình duyệt của bản tin hằng ngày của {site}. "
-            "Để hủy đăng ký, hãy dùng liên kết ở cuối thư bản tin bạn nhận được."
-        ),
-        "unsubscribe": "Hủy đăng ký",
-        "view_in_browser": "Xem trong trình duyệt",
-        "feeds": "Theo dõi qua",
-        "site_link": "Trang tin",
-        "confirm_subject": "Xác nhận đăng ký bản tin {site}",
-        "confirm_heading": "Xác nhận đăng ký",
-        "confirm_body": (
-            "Bạn (hoặc ai đó dùng địa chỉ này) vừa đăng ký nhận bản tin hằng ngày "
-            "của {site}. Bấm vào nút dưới đây để xác nhận."
-        ),
-        "confirm_body_text": (
-            "Bạn (hoặc ai đó dùng địa chỉ này) vừa đăng ký nhận bản tin hằng ngày "
-            "của {site}. Mở liên kết dưới đây để xác nhận."
-        ),
-        "confirm_button": "Xác nhận đăng ký",
-        "confirm_expiry": (
-            "Liên kết có hiệu lực trong {hours} giờ. Nếu bạn không đăng ký, hãy bỏ qua "
-            "thư này: bạn sẽ không nhận thêm thư nào."
-        ),
-        "confirm_link_label": "Hoặc mở liên kết này",
-    },
-    "en": {
-        "heading": "News for {date}",
-        "in_this_issue": "In this issue",
-        "read_more": "Read more",
-        "other_news": "Other news",
-        "more_one": "And {n} more story on the site",
-        "more_many": "And {n} more stories on the site",
-        "subject_more": "and {n} more",
-        "why": "You are receiving this because you subscribed to the daily digest of {site}.",
-        "why_web": (
-            "This is the web version of the daily digest of {site}. "
-            "To unsubscribe, use the link at the end of any digest email you received."
-        ),
-        "unsubscribe": "Unsubscribe",
-        "view_in_browser": "View in browser",
-        "feeds": "Follow via",
-        "site_link": "Website",
-        "confirm_subject": "Confirm your subscription to {site}",
-        "confirm_heading": "Please confirm your subscription",
-        "confirm_body": (
-            "You (or someone using this address) asked to receive the daily digest of "
-            "{site}. Click the button below to confirm."
-        ),
-        "confirm_body_text": (
-            "You (or someone using this address) asked to receive the daily digest of "
-            "{site}. Open the link below to confirm."
-        ),
-        "confirm_button": "Confirm subscription",
-        "confirm_expiry": (
-            "The link works for {hours} hours. If you did not sign up, ignore this "
-            "message: you will get no more mail from us."
-        ),
-        "confirm_link_label": "Or open this link",
-    },
-}
+_STRINGS = i18n.STRINGS["digest"]
+
+
+@dataclass(frozen=True, slots=True)
+class DigestInfo:
+    """What the digest stage needs from the settings, as SiteInfo and FeedInfo are for theirs."""
+
+    site_title: str
+    base_url: str  # ends in '/'
+    tz: ZoneInfo
+    subject: str  # mail.subject, placeholders and all
+    postal_address: str
+    lead_words: int
+    max_teasers: int
+    confirm_hours: int
+    templates_dir: Path
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DigestInfo:
+        """Take the digest's values from `settings`."""
+        return cls(
+            site_title=settings.site.title,
+            base_url=base_url(settings),
+            tz=settings.site.tz,
+            subject=settings.mail.subject,
+            postal_address=settings.mail.postal_address,
+            lead_words=settings.digest.lead_words,
+            max_teasers=settings.digest.max_teasers,
+            confirm_hours=settings.subscribe.confirm_hours,
+            templates_dir=email_templates_dir(settings),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,89 +136,6 @@ def plan_digest(
         return None
     chosen = sorted(heap, key=lambda e: e[:3], reverse=True)
     return DigestPlan(day=day, articles=tuple(e[3] for e in chosen), more=eligible - len(chosen))
-
-
-# --------------------------------------------------------------------------- lead excerpts
-
-# Words that end in a period without ending a sentence (compared case-folded,
-# without the final period).
-_ABBREVIATIONS = frozenset(
-    {
-        # Vietnamese titles, degrees and place kinds
-        "tp", "ts", "ths", "th.s", "pgs", "pgs.ts", "gs", "gs.ts", "bs", "bsck", "ks",
-        "cn", "ls", "nsnd", "nsưt", "tt", "q", "p", "h", "x", "tx", "đh", "tw", "đc",
-        "ubnd", "hđnd", "ttxvn", "v.v", "vv", "tr", "sđd", "nxb",
-        # English
-        "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "no", "vs", "etc", "e.g",
-        "i.e", "inc", "ltd", "co", "corp", "gen", "col", "lt", "sgt", "u.s", "fig",
-    }
-)  # fmt: skip
-# A candidate boundary: terminal punctuation, optional closing quotes, a space.
-_BOUNDARY = re.compile("([.!?\u2026]+)([\"'\u201d\u2019\u00bb)\\]]*) ")
-# Characters a new sentence may open with besides a capital or a digit.
-_OPENERS = "\"'\u201c\u2018\u00ab([-\u2013\u2014"
-# Punctuation that must not dangle before an added ellipsis.
-_TRAILING = ",;:-\u2013\u2014 "
-
-
-def lead_excerpt(text: str, *, words: int) -> str:
-    """Cut `text` at a sentence boundary to at most `words` words.
-
-    Knows abbreviations (TP., TS., ThS., PGS.), initials (T.P, N.V.) and
-    ellipses. When even the first sentence is longer, cut at a word boundary
-    and end with "…". Works on whole words of NFC text, so no character is
-    ever split.
-    """
-    tokens = nfc(text).split()
-    if len(tokens) <= words:
-        return " ".join(tokens)
-    flat = " ".join(tokens)
-    best = ""
-    for end in _sentence_ends(flat):
-        piece = flat[:end]
-        if len(piece.split()) > words:
-            break
-        best = piece
-    if best:
-        return best
-    cut = " ".join(tokens[:words]).rstrip(_TRAILING)
-    return cut.rstrip(".…") + "…"
-
-
-def _sentence_ends(flat: str) -> Iterator[int]:
-    """Yield the end offsets of sentences in single-spaced text, in order."""
-    for match in _BOUNDARY.finditer(flat):
-        following = flat[match.end() : match.end() + 1]
-        if not following or not (
-            following.isupper() or following.isdigit() or following in _OPENERS
-        ):
-            continue
-        punct = match.group(1)
-        if punct == ".":
-            start = flat.rfind(" ", 0, match.start()) + 1
-            word = flat[start : match.start()].lstrip(_OPENERS)
-            if word.casefold() in _ABBREVIATIONS or _is_initials(word):
-                continue
-        yield match.end() - 1
-
-
-def _is_initials(word: str) -> bool:
-    """'T', 'T.P', 'N.V', 'Th.S' (the final period already cut off); not 'm' or 'EU'."""
-    parts = word.split(".")
-    if len(parts) == 1:
-        return len(word) == 1 and word.isupper()
-    return len(parts) <= 4 and all(1 <= len(p) <= 2 and p[0].isupper() for p in parts)
-
-
-def _shorten(text: str, limit: int) -> str:
-    """Cut plain text to at most `limit` characters at a word boundary, with "…"."""
-    text = nfc(" ".join(text.split()))
-    if len(text) <= limit:
-        return text
-    cut = text[: limit - 1]
-    if " " in cut:
-        cut = cut.rsplit(" ", 1)[0]
-    return cut.rstrip(_TRAILING) + "…"
 
 
 # --------------------------------------------------------------------------- other news
@@ -384,18 +264,18 @@ def _long_day(day: date, lang: str) -> str:
 
 
 def _strings(lang: str, site: str) -> dict[str, str]:
-    if lang not in STRINGS:
+    if lang not in _STRINGS:
         raise InputError(
             f"language {lang!r} is not supported; expected one of {', '.join(LANGUAGES)}."
         )
-    return {k: v.replace("{site}", site) for k, v in STRINGS[lang].items()}
+    return {k: v.replace("{site}", site) for k, v in _STRINGS[lang].items()}
 
 
 _PLACEHOLDER = re.compile(r"\{(site|date|headline|more)\}")
 
 
 def make_subject(
-    settings: Settings, *, lang: str, day: date, headline: str = "", others: int = 0
+    info: DigestInfo, *, lang: str, day: date, headline: str = "", others: int = 0
 ) -> str:
     """The digest's Subject: mail.subject with its placeholders filled in, on one line.
 
@@ -404,18 +284,18 @@ def make_subject(
     headline is shortened at a word boundary so that the subject keeps to SUBJECT_CHARS
     characters when the rest of the template leaves room.
     """
-    strings = _strings(lang, settings.site.title)
+    strings = _strings(lang, info.site_title)
     more = strings["subject_more"].replace("{n}", str(others)) if others > 0 else ""
-    values = {"site": settings.site.title, "date": _long_day(day, lang), "more": more}
+    values = {"site": info.site_title, "date": _long_day(day, lang), "more": more}
     headline = header_safe(headline)
 
     def fill(title: str) -> str:
         # str.replace, not str.format: a site title with braces must stay text.
         found = dict(values, headline=title)
-        return header_safe(_PLACEHOLDER.sub(lambda m: found[m.group(1)], settings.mail.subject))
+        return header_safe(_PLACEHOLDER.sub(lambda m: found[m.group(1)], info.subject))
 
     subject = fill(headline)
-    if len(subject) <= SUBJECT_CHARS or "{headline}" not in settings.mail.subject:
+    if len(subject) <= SUBJECT_CHARS or "{headline}" not in info.subject:
         return subject
     room = SUBJECT_CHARS - len(fill("")) - 1
     for limit in range(room, _MIN_HEADLINE - 1, -1):
@@ -432,7 +312,7 @@ def render_digest(
     plan: DigestPlan,
     *,
     lang: str,
-    settings: Settings,
+    info: DigestInfo,
     unsubscribe_url: str,
     now: datetime,
     view_url: str | None = None,
@@ -441,15 +321,16 @@ def render_digest(
     """Render the digest in `lang` as HTML (CSS inlined) and wrapped text.
 
     `unsubscribe_url` appears verbatim in both parts (a caller may substitute
-    it in the bytes later). Every line of both parts stays under 998 bytes.
+    it in the bytes later). Every line of the text part stays under 998 bytes; the
+    mail stage folds long HTML lines (mail.fold_html_lines).
     `web=True` words the footer for the "view in browser" page rather than a
     mail. Raises ConfigError when the templates are missing or broken.
     """
-    site_title = settings.site.title
+    site_title = info.site_title
     strings = _strings(lang, site_title)
-    root = base_url(settings)
-    tz = settings.site.tz
-    words = settings.digest.lead_words
+    root = info.base_url
+    tz = info.tz
+    words = info.lead_words
     articles: list[dict[str, Any]] = []
     shown: list[Article] = []  # the articles that went in, for the subject
     for article in plan.articles:
@@ -462,8 +343,9 @@ def render_digest(
                     "url": root + page if page else None,  # no page: no link
                     "date": _published_text(article, lang=lang, tz=tz),
                     "author": one_line(article.author) if article.author else None,
-                    "lead": _shorten(
-                        lead_excerpt(article.summary, words=words), words * CHARS_PER_LEAD_WORD
+                    "lead": shorten(
+                        lead_excerpt(article.summary, words=words),
+                        limit=words * CHARS_PER_LEAD_WORD,
                     ),
                 }
             )
@@ -476,14 +358,16 @@ def render_digest(
             )
     # The subject names the top story that went in, and counts the others.
     subject = make_subject(
-        settings,
+        info,
         lang=lang,
         day=plan.day,
         headline=shown[0].title if shown else "",
         others=len(shown) - 1,
     )
     first = plan.articles[0] if plan.articles else None
-    preheader = _shorten((first.summary or first.title) if first else site_title, PREHEADER_CHARS)
+    preheader = shorten(
+        (first.summary or first.title) if first else site_title, limit=PREHEADER_CHARS
+    )
     more_key = "more_one" if plan.more == 1 else "more_many"
     context = {
         "lang": lang,
@@ -497,11 +381,11 @@ def render_digest(
         "other_news": [
             {
                 "dateline": one_line(n.teaser.dateline),
-                "text": _shorten(one_line(n.teaser.text), TEASER_CHARS),
+                "text": shorten(one_line(n.teaser.text), limit=TEASER_CHARS),
                 "title": header_safe(n.link.title, limit=TITLE_CHARS) if n.link else None,
                 "url": root + n.link.path if n.link else None,
             }
-            for n in plan_other_news(plan, limit=settings.digest.max_teasers, tz=tz)
+            for n in plan_other_news(plan, limit=info.max_teasers, tz=tz)
         ],
         "more": plan.more,
         "more_text": strings[more_key].replace("{n}", str(plan.more)),
@@ -509,25 +393,25 @@ def render_digest(
         "unsubscribe_url": unsubscribe_url,
         "view_url": view_url,
         "why": strings["why_web"] if web else strings["why"],
-        "postal_address": settings.mail.postal_address,
+        "postal_address": info.postal_address,
         "year": now.astimezone(tz).year,
     }
-    html, text = _render_pair(settings, "digest", context, keep={unsubscribe_url})
+    html, text = _render_pair(info.templates_dir, "digest", context, keep={unsubscribe_url})
     return RenderedEmail(lang=lang, subject=subject, preheader=preheader, html=html, text=text)
 
 
 def render_confirmation(
-    *, lang: str, settings: Settings, confirm_url: str, now: datetime
+    *, lang: str, info: DigestInfo, confirm_url: str, now: datetime
 ) -> RenderedEmail:
     """Render the double opt-in mail asking the reader to confirm their subscription."""
-    site_title = settings.site.title
+    site_title = info.site_title
     strings = _strings(lang, site_title)
     strings["confirm_expiry"] = strings["confirm_expiry"].replace(
-        "{hours}", str(settings.subscribe.confirm_hours)
+        "{hours}", str(info.confirm_hours)
     )
     subject = header_safe(strings["confirm_subject"])
-    preheader = _shorten(strings["confirm_body"], PREHEADER_CHARS)
-    root = base_url(settings)
+    preheader = shorten(strings["confirm_body"], limit=PREHEADER_CHARS)
+    root = info.base_url
     context = {
         "lang": lang,
         "t": strings,
@@ -536,30 +420,28 @@ def render_confirmation(
         "subject": subject,
         "preheader": preheader,
         "confirm_url": confirm_url,
-        "postal_address": settings.mail.postal_address,
-        "year": now.astimezone(settings.site.tz).year,
+        "postal_address": info.postal_address,
+        "year": now.astimezone(info.tz).year,
     }
-    html, text = _render_pair(settings, "confirm", context, keep={confirm_url})
+    html, text = _render_pair(info.templates_dir, "confirm", context, keep={confirm_url})
     return RenderedEmail(lang=lang, subject=subject, preheader=preheader, html=html, text=text)
 
 
 def _feed_links(root: str) -> list[dict[str, str]]:
     return [
-        {"label": "RSS", "url": root + "rss.xml"},
-        {"label": "Atom", "url": root + "atom.xml"},
-        {"label": "JSON Feed", "url": root + "feed.json"},
+        {"label": "RSS", "url": feed_url(root, "rss")},
+        {"label": "Atom", "url": feed_url(root, "atom")},
+        {"label": "JSON Feed", "url": feed_url(root, "json")},
     ]
 
 
 def _render_pair(
-    settings: Settings, name: str, context: dict[str, Any], *, keep: set[str]
+    folder: Path, name: str, context: dict[str, Any], *, keep: set[str]
 ) -> tuple[str, str]:
-    folder = email_templates_dir(settings)
     env = _environment(folder)
     html = _render(env, folder, f"{name}.html.j2", context)
     text = _render(env, folder, f"{name}.txt.j2", context)
-    html = fold_html_lines(_inline_css(html))
-    return nfc(html), nfc(wrap_text(text, keep=keep))
+    return nfc(_inline_css(html)), nfc(wrap_text(text, keep=keep))
 
 
 def _render(env: jinja2.Environment, folder: Path, name: str, context: dict[str, Any]) -> str:
@@ -586,20 +468,8 @@ def _render(env: jinja2.Environment, folder: Path, name: str, context: dict[str,
         ) from exc
 
 
-@functools.lru_cache(maxsize=8)
-def _environment(folder: Path) -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(folder)),
-        # Article text is passed in as data and escaped; it is never template source.
-        # Escape in every template (partials included) but the text parts.
-        autoescape=jinja2.select_autoescape(
-            enabled_extensions=(), disabled_extensions=("txt.j2",), default=True
-        ),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
+# The email templates are read once per folder.
+_environment = functools.lru_cache(maxsize=8)(make_environment)
 
 
 _INLINER = css_inline.CSSInliner(
@@ -630,58 +500,7 @@ def _inline_css(html: str) -> str:
     return inlined.replace("</head>", style + "\n</head>", 1)
 
 
-# --------------------------------------------------------------------------- line length
-
-
-def fold_html_lines(html: str, *, limit: int = MAX_LINE_BYTES) -> str:
-    """Break HTML lines longer than `limit` bytes where a newline means the same.
-
-    Breaks replace a space in text or a space between attributes of a tag,
-    never one inside a quoted attribute value. A run with no such space (only
-    hostile input makes one) is split between characters.
-    """
-    if all(len(line.encode()) <= limit for line in html.split("\n")):
-        return html
-    return "\n".join(_fold_html_line(line, limit) for line in html.split("\n"))
-
-
-def _fold_html_line(line: str, limit: int) -> str:
-    if len(line.encode()) <= limit:
-        return line
-    out: list[str] = []
-    in_tag = False
-    quote = ""
-    size = 0
-    last_space = -1  # index in `out` of the last breakable space on this line
-    size_after_space = 0
-    for char in line:
-        width = len(char.encode())
-        if size + width > limit:
-            if last_space >= 0:
-                out[last_space] = "\n"
-                size -= size_after_space
-                last_space = -1
-            elif not in_tag and not unicodedata.combining(char):
-                out.append("\n")
-                size = 0
-        if quote:
-            if char == quote:
-                quote = ""
-        elif in_tag and char in "\"'":
-            quote = char
-        elif char == "<":
-            in_tag = True
-        elif char == ">":
-            in_tag = False
-        elif char == " ":
-            out.append(char)
-            size += width
-            last_space = len(out) - 1
-            size_after_space = size
-            continue
-        out.append(char)
-        size += width
-    return "".join(out)
+# --------------------------------------------------------------------------- text part
 
 
 _URLISH = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|mailto:)", re.IGNORECASE)

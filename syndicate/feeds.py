@@ -29,15 +29,8 @@ from markupsafe import Markup, escape
 
 from syndicate.model import Article, BlockKind
 from syndicate.text import one_line
+from syndicate.urls import FEED_TYPES, FeedKind, feed_url
 
-FeedKind = Literal["rss", "atom", "json"]
-
-FEED_FILES: dict[str, str] = {"rss": "rss.xml", "atom": "atom.xml", "json": "feed.json"}
-FEED_TYPES: dict[str, str] = {
-    "rss": "application/rss+xml",
-    "atom": "application/atom+xml",
-    "json": "application/feed+json",
-}
 JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
 
 _ATOM_NS = "http://www.w3.org/2005/Atom"
@@ -86,10 +79,6 @@ class FeedInfo:
 def item_id(article_id: str) -> str:
     """The permanent feed id of an article: a name-based UUID URN."""
     return f"urn:uuid:{uuid.uuid5(_ID_NAMESPACE, article_id)}"
-
-
-def feed_url(base_url: str, kind: FeedKind) -> str:
-    return base_url + FEED_FILES[kind]
 
 
 def build_content_html(article: Article) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime
 from email import policy
@@ -20,12 +21,15 @@ from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, getaddresses, parseaddr
 from functools import lru_cache
 from typing import Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
+from syndicate import urls
 from syndicate.config import MailSettings, Settings, base_url
+from syndicate.digest import MAX_LINE_BYTES
 from syndicate.errors import ConfigError
 from syndicate.text import header_safe
 from syndicate.tokens import RETURN_TOKEN_LENGTH, make_return_token
+from syndicate.urls import ascii_host
 
 # Headers covered by a DKIM signature (RFC 8058 asks for both List-Unsubscribe headers).
 DKIM_HEADERS = (
@@ -82,38 +86,11 @@ class MessageTemplate:
     dkim: DkimKey | None = None
 
 
-def _ascii_host(host: str) -> str:
-    """Return `host` as ASCII (an internationalised name in its xn-- form)."""
-    try:
-        return host.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise ConfigError(
-            f"config key site.base_url has a host name {host!r} that is not a valid domain name.",
-            key="site.base_url",
-            hint="Give the host in ASCII (its xn-- form), like 'https://xn--bo-mia.vn/'.",
-        ) from None
-
-
-def _header_base_url(settings: Settings) -> str:
-    """base_url as ASCII URL characters: IDN host in xn-- form, the rest percent-encoded.
-
-    The result goes verbatim into headers and both message parts, so it may hold
-    only characters that neither a header nor HTML escaping would change.
-    """
-    parts = urlsplit(base_url(settings))
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else _ascii_host(host)
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    path = quote(parts.path, safe="/:@!$()*+,;=~%")
-    return f"{parts.scheme}://{netloc}{path}"
-
-
 def message_domain(settings: Settings) -> str:
     """Return the Message-ID domain: base_url's host, else the From address's domain."""
     host = urlsplit(base_url(settings)).hostname
     if host:
-        return _ascii_host(host)
+        return ascii_host(host)
     _, address = parseaddr(settings.mail.sender)
     return address.rpartition("@")[2] or "localhost"
 
@@ -193,7 +170,7 @@ def list_id(settings: Settings) -> str:
     configured = header_safe(settings.mail.list_id)
     if configured:
         return configured if "<" in configured else f"<{configured}>"
-    host = _ascii_host(urlsplit(base_url(settings)).hostname or "localhost")
+    host = ascii_host(urlsplit(base_url(settings)).hostname or "localhost")
     # Angle brackets in the phrase would make a reader take the wrong part as the id.
     phrase = header_safe(settings.site.title.replace("<", " ").replace(">", " "))
     return f"{phrase} <digest.{host}>"
@@ -217,12 +194,8 @@ def reply_to(settings: Settings) -> str:
 
 
 def unsubscribe_url(settings: Settings, token: str) -> str:
-    """Return the one-click unsubscribe URL served by the subscription service.
-
-    Always ASCII URL characters (an internationalised host in its xn-- form), so
-    it can go into the List-Unsubscribe header as it is.
-    """
-    return f"{_header_base_url(settings)}unsubscribe?token={token}"
+    """Return the one-click unsubscribe URL (urls.unsubscribe_url under the site's base_url)."""
+    return urls.unsubscribe_url(base_url(settings), token)
 
 
 def _encode_text(name: str, text: str) -> str:
@@ -268,6 +241,57 @@ def _text_headers(rendered: Rendered, settings: Settings) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
 
+def fold_html_lines(html: str, *, limit: int = MAX_LINE_BYTES) -> str:
+    """Break HTML lines longer than `limit` bytes where a newline means the same.
+
+    Breaks replace a space in text or a space between attributes of a tag,
+    never one inside a quoted attribute value. A run with no such space (only
+    hostile input makes one) is split between characters.
+    """
+    if all(len(line.encode()) <= limit for line in html.split("\n")):
+        return html
+    return "\n".join(_fold_html_line(line, limit) for line in html.split("\n"))
+
+
+def _fold_html_line(line: str, limit: int) -> str:
+    if len(line.encode()) <= limit:
+        return line
+    out: list[str] = []
+    in_tag = False
+    quote = ""
+    size = 0
+    last_space = -1  # index in `out` of the last breakable space on this line
+    size_after_space = 0
+    for char in line:
+        width = len(char.encode())
+        if size + width > limit:
+            if last_space >= 0:
+                out[last_space] = "\n"
+                size -= size_after_space
+                last_space = -1
+            elif not in_tag and not unicodedata.combining(char):
+                out.append("\n")
+                size = 0
+        if quote:
+            if char == quote:
+                quote = ""
+        elif in_tag and char in "\"'":
+            quote = char
+        elif char == "<":
+            in_tag = True
+        elif char == ">":
+            in_tag = False
+        elif char == " ":
+            out.append(char)
+            size += width
+            last_space = len(out) - 1
+            size_after_space = size
+            continue
+        out.append(char)
+        size += width
+    return "".join(out)
+
+
 def _boundary(*parts: str) -> str:
     digest = hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()[:32]
     return f"=_syndicate_{digest}"
@@ -285,7 +309,8 @@ def _common_message(
     msg = EmailMessage(policy=policy.SMTP)
     msg["Date"] = format_datetime(now)
     msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte=html_cte)
-    msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte=html_cte)
+    html = fold_html_lines(rendered.html)
+    msg.add_alternative(html, subtype="html", charset="utf-8", cte=html_cte)
     msg["Content-Language"] = header_safe(rendered.lang)  # after set_content, which drops it
     for part in msg.iter_parts():
         del part[

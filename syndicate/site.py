@@ -21,12 +21,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import babel
-import jinja2
 from babel.dates import format_date, format_time, get_datetime_format
 from markupsafe import Markup, escape
 
+from syndicate import i18n
+from syndicate.config import make_environment
 from syndicate.model import Article, Block, BlockKind, Precision, StoryLink, Teaser
 from syndicate.text import one_line, shorten, slugify, story_key
+from syndicate.urls import article_path, article_url
 
 # Bump when page rendering changes in code (not templates), so old pages get re-rendered.
 RENDER_VERSION = 2
@@ -34,37 +36,7 @@ RENDER_VERSION = 2
 ARTICLE_TEMPLATE = "article.html.j2"
 INDEX_TEMPLATE = "index.html.j2"
 
-# Reader-facing strings of the page chrome, by site language.
-STRINGS: dict[str, dict[str, str]] = {
-    "vi": {
-        "home": "Trang chủ",
-        "feeds": "Theo dõi",
-        "unknown_date": "Chưa rõ ngày",
-        "by": "Tác giả",
-        "newer": "← Tin mới hơn",
-        "older": "Tin cũ hơn →",
-        "pages": "Các trang tin",
-        "empty": "Chưa có bài viết nào.",
-        "back": "← Về trang chủ",
-        "latest": "Tin mới nhất",
-        "archive": "Lưu trữ, trang {page}",
-        "other_news": "Tin khác",
-    },
-    "en": {
-        "home": "Home",
-        "feeds": "Follow",
-        "unknown_date": "Date unknown",
-        "by": "By",
-        "newer": "← Newer",
-        "older": "Older →",
-        "pages": "Pages of news",
-        "empty": "No articles yet.",
-        "back": "← Back to the front page",
-        "latest": "Latest news",
-        "archive": "Archive, page {page}",
-        "other_news": "Other news",
-    },
-}
+_STRINGS = i18n.STRINGS["pages"]
 
 # What rendering one article's page can raise because of that article (a value a library
 # refuses, a date out of range in the site's timezone, a damaged stored record): the build
@@ -110,25 +82,6 @@ class IndexEntry:
     published: datetime | None
     precision: Precision
     author: str | None
-
-
-def article_path(slug: str) -> str:
-    """The output path of an article page, relative to the output folder."""
-    return f"articles/{slug}.html"
-
-
-def page_slug(path: str) -> str | None:
-    """The slug of an article page's `article_path`, or None when `path` is not one."""
-    if path.startswith("articles/") and path.endswith(".html"):
-        return path.removeprefix("articles/").removesuffix(".html") or None
-    return None
-
-
-def article_url(base_url: str, slug: str) -> str:
-    """The absolute URL of an article page."""
-    if not base_url.endswith("/"):
-        base_url += "/"
-    return base_url + article_path(slug)
 
 
 INDEX_PAGE = "index.html"
@@ -342,7 +295,7 @@ def format_published(
     A time of day is shown only when the dump gave one; an unknown date says so.
     """
     if published is None or precision is Precision.UNKNOWN:
-        return STRINGS.get(locale, STRINGS["vi"])["unknown_date"]
+        return _STRINGS.get(locale, _STRINGS["vi"])["unknown_date"]
     local = published.astimezone(tz)
     day = _format_day(local.date(), locale)
     if precision is not Precision.DATETIME:
@@ -407,20 +360,8 @@ def page_context(info: SiteInfo, *, root: str) -> dict[str, Any]:
         "site": info,
         "lang": info.language,
         "root": root,
-        "t": STRINGS.get(info.language, STRINGS["vi"]),
+        "t": _STRINGS.get(info.language, _STRINGS["vi"]),
     }
-
-
-def make_environment(templates_dir: Path) -> jinja2.Environment:
-    """A Jinja2 environment that escapes every variable and fails on undefined names."""
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates_dir),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
 
 
 class SiteRenderer:
@@ -433,7 +374,7 @@ class SiteRenderer:
         self.info = info
         self.templates_dir = templates_dir
         self.env = make_environment(templates_dir)
-        self.strings = STRINGS.get(info.language, STRINGS["vi"])
+        self.strings = _STRINGS.get(info.language, _STRINGS["vi"])
         self._article = self.env.get_template(ARTICLE_TEMPLATE)
         self._article_context = self._context("../")
         self._index = self.env.get_template(INDEX_TEMPLATE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 import unicodedata
+from collections.abc import Iterator
 
 # Characters that render as nothing or as a plain space in the dumps we get.
 _TO_SPACE = dict.fromkeys(
@@ -161,46 +162,102 @@ def detect_language(text: str) -> str:
     return "vi" if marked * 3 >= len(words) else "en"
 
 
-# Tokens ending in "." that do not end a sentence: titles and abbreviations seen in Vietnamese
-# news ("TP. Đông Hà", "TS.", "ThS.", "PGS.") and in English news ("Mr.", "Dr.").
+# Tokens ending in "." that do not end a sentence (compared case-folded, without the final
+# period): titles, degrees, place kinds and abbreviations seen in Vietnamese news ("TP. Đông
+# Hà", "TS.", "ThS.", "PGS.") and in English news ("Mr.", "Dr.", "Oct.").
 ABBREVIATIONS = frozenset(
-    "tp tx tt q p h x ts ths th.s pgs pgs.ts gs gs.ts bs bsck ks ls nxb mr mrs ms dr prof no "
-    "vs etc e.g i.e jr sr st mt gen col lt inc ltd co corp jan feb mar apr jun jul aug sep "
-    "sept oct nov dec".split()
-)
-_SENTENCE_END = re.compile("[.!?\u2026]+[\"'\u201d\u2019\u00bb)\\]]*(?=\\s|$)")
-# Initials such as "T.P", "N.V", "Th.S" (dotted parts of one or two letters) or one capital
-# letter ("H."). A two-letter word such as "Hà." does end a sentence.
-_INITIALS = re.compile(r"^(?:[^\W\d_]{1,2}\.)+[^\W\d_]{1,2}$|^[^\W\d_]$")
-_OPENERS = "\"'\u201c\u2018\u00ab(["
+    {
+        # Vietnamese titles, degrees, place kinds and bodies
+        "tp", "ts", "ths", "th.s", "pgs", "pgs.ts", "gs", "gs.ts", "bs", "bsck", "ks",
+        "cn", "ls", "nsnd", "nsưt", "tt", "q", "p", "h", "x", "tx", "đh", "tw", "đc",
+        "ubnd", "hđnd", "ttxvn", "v.v", "vv", "tr", "sđd", "nxb",
+        # English titles and abbreviations
+        "mr", "mrs", "ms", "dr", "prof", "st", "mt", "jr", "sr", "no", "vs", "etc", "e.g",
+        "i.e", "inc", "ltd", "co", "corp", "gen", "col", "lt", "sgt", "u.s", "fig",
+        # English months
+        "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec",
+    }
+)  # fmt: skip
+_CLOSERS = "\"'\u201d\u2019\u00bb)]"
+# Terminal punctuation and closing quotes, then a space or the end of the text.
+_SENTENCE_END = re.compile(f"[.!?\u2026]+[{re.escape(_CLOSERS)}]*(?=\\s|$)")
+# Opening quotes and brackets; a new sentence may also open with a dash.
+_QUOTE_OPENERS = "\"'\u201c\u2018\u00ab(["
+_OPENERS = _QUOTE_OPENERS + "-\u2013\u2014"
+
+
+def _is_initials(word: str) -> bool:
+    """'T', 'T.P', 'N.V', 'Th.S' (the final period already cut off); not 'm' or 'EU'."""
+    parts = word.split(".")
+    if len(parts) == 1:
+        return len(word) == 1 and word.isupper()
+    return len(parts) <= 4 and all(1 <= len(p) <= 2 and p[0].isupper() for p in parts)
+
+
+def sentence_ends(text: str) -> Iterator[int]:
+    """Yield the offsets where the sentences of `text` end, in order; the one sentence splitter.
+
+    A sentence ends at terminal punctuation (and closing quotes) followed by a space and
+    a capital, a digit or an opening quote. A period after an abbreviation (ABBREVIATIONS)
+    or initials (T.P, N.V.) ends none, nor does an ellipsis before lower-case text. The
+    end of the text is not yielded.
+    """
+    for match in _SENTENCE_END.finditer(text):
+        if match.group().rstrip(_CLOSERS) == ".":
+            word = text[text.rfind(" ", 0, match.start()) + 1 : match.start()].lstrip(_OPENERS)
+            if word.casefold() in ABBREVIATIONS or _is_initials(word):
+                continue
+        rest = text[match.end() :].lstrip()
+        if rest and (rest[0].isupper() or rest[0].isdigit() or rest[0] in _OPENERS):
+            yield match.end()
 
 
 def first_sentence(text: str) -> str:
-    """Return the first sentence of `text`, knowing abbreviations (TP., TS.) and initials (T.P)."""
-    for match in _SENTENCE_END.finditer(text):
-        marks = match.group().rstrip("\"'\u201d\u2019\u00bb)]")
-        if marks == ".":
-            token = text[text.rfind(" ", 0, match.start()) + 1 : match.start()].lstrip(_OPENERS)
-            if token.lower() in ABBREVIATIONS:
-                continue
-            if _INITIALS.match(token) and token[0].isupper():
-                continue
-        rest = text[match.end() :].lstrip()
-        if rest and not (rest[0].isupper() or rest[0].isdigit() or rest[0] in _OPENERS):
-            continue
-        return text[: match.end()].strip()
+    """Return the first sentence of `text` (see sentence_ends), or all of it."""
+    for end in sentence_ends(text):
+        return text[:end].strip()
     return text.strip()
 
 
+def lead_excerpt(text: str, *, words: int) -> str:
+    """Cut `text` at a sentence boundary (sentence_ends) to at most `words` words.
+
+    When even the first sentence is longer, cut at a word boundary and end with "…".
+    Works on whole words of NFC text, so no character is ever split.
+    """
+    tokens = nfc(text).split()
+    if len(tokens) <= words:
+        return " ".join(tokens)
+    flat = " ".join(tokens)
+    best = ""
+    for end in sentence_ends(flat):
+        piece = flat[:end]
+        if len(piece.split()) > words:
+            break
+        best = piece
+    if best:
+        return best
+    cut = " ".join(tokens[:words]).rstrip(_SHORTEN_STRIP)
+    return cut.rstrip(".…") + "…"
+
+
+# Punctuation that must not dangle before an added ellipsis.
+_SHORTEN_STRIP = " ,;:-\u2013\u2014(\u201c\u2018\"'"
+
+
 def shorten(text: str, *, limit: int = 100) -> str:
-    """Cut `text` at a word boundary to at most `limit` characters, ending in "…" when cut."""
-    text = collapse_spaces(text)
+    """Cut NFC `text` at a word boundary to at most `limit` characters; the one shortener.
+
+    Whitespace is collapsed; "…" ends the text only when something was cut, and no
+    comma, dash or opening quote dangles before it.
+    """
+    text = nfc(collapse_spaces(text))
     if len(text) <= limit:
         return text
     cut = text[: limit - 1]
     if text[limit - 1] != " " and " " in cut:
         cut = cut.rsplit(" ", 1)[0]
-    return cut.rstrip(" ,;:-\u2013\u2014(\u201c\u2018\"'") + "…"
+    return cut.rstrip(_SHORTEN_STRIP) + "…"
 
 
 # How much of a head or lead a story key keeps: more than any teaser the sites cut off.
@@ -542,7 +599,7 @@ def _splits_a_word(left: str, right: str) -> bool:
         return True  # "chính trị - xã hội" is one term
     if left[-1] in _WORD_PUNCTUATION or right[0] in _WORD_PUNCTUATION:
         return False
-    left, right = left.lstrip(_OPENERS), right.rstrip(_WORD_PUNCTUATION)
+    left, right = left.lstrip(_QUOTE_OPENERS), right.rstrip(_WORD_PUNCTUATION)
     if not left or not right:
         return False
     if f"{left} {right}".lower() in COMPOUND_WORDS:

@@ -23,7 +23,7 @@ from lxml import etree
 
 from syndicate.cli import cli
 from syndicate.config import Settings, load_settings
-from syndicate.digest import render_digest
+from syndicate.digest import DigestInfo, render_digest
 from syndicate.errors import ConfigError
 from syndicate.load import parse
 from syndicate.mail import build_digest_template
@@ -318,7 +318,11 @@ def test_an_article_the_digest_cannot_render_is_left_out_of_it(
     broken = dataclasses.replace(first, published=datetime.fromisoformat(OUT_OF_RANGE))
     plan = DigestPlan(day=now.date(), articles=(broken, second))
     rendered = render_digest(
-        plan, lang="vi", settings=settings, unsubscribe_url="https://x.example/u", now=now
+        plan,
+        lang="vi",
+        info=DigestInfo.from_settings(settings),
+        unsubscribe_url="https://x.example/u",
+        now=now,
     )
     assert "Hội thảo chuyển đổi số" in rendered.text
     assert "Khánh thành cầu mới" not in rendered.text
@@ -546,7 +550,11 @@ def test_random_dumps_never_stop_the_build_or_the_digest(dumps: list[bytes]) -> 
         plan = DigestPlan(day=now.date(), articles=tuple(candidates))
         for lang in ("vi", "en"):
             rendered = render_digest(
-                plan, lang=lang, settings=settings, unsubscribe_url=MARKER, now=now
+                plan,
+                lang=lang,
+                info=DigestInfo.from_settings(settings),
+                unsubscribe_url=MARKER,
+                now=now,
             )
             message = build_digest_template(
                 rendered, settings=settings, digest_day=now.date(), marker=MARKER, now=now

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from syndicate.cli import AppContext, cli
 from syndicate.config import Settings
-from syndicate.digest import render_digest
+from syndicate.digest import DigestInfo, render_digest
 from syndicate.model import Article, Block, BlockKind, Precision, Teaser
 from syndicate.send.digests import digest_view_url, todays_digest, write_digest_page
 from syndicate.store import Database, open_database
@@ -344,5 +344,7 @@ def test_todays_digest_links_a_teaser_to_a_stored_article_outside_the_digest(
         "articles/bai-old.html",
         "Kiểm tra an toàn thực phẩm",
     )
-    rendered = render_digest(plan, lang="vi", settings=settings, unsubscribe_url="u", now=NOW)
+    rendered = render_digest(
+        plan, lang="vi", info=DigestInfo.from_settings(settings), unsubscribe_url="u", now=NOW
+    )
     assert '<a href="http://localhost:8000/articles/bai-old.html"' in rendered.html

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jinja2
 import pytest
 from click.testing import CliRunner
 
@@ -14,6 +15,7 @@ from syndicate.config import (
     email_templates_dir,
     find_config,
     load_settings,
+    make_environment,
     site_templates_dir,
 )
 from syndicate.errors import ConfigError
@@ -309,3 +311,15 @@ def test_templates_resolve_to_the_shipped_folders(tmp_path: Path) -> None:
     assert site_templates_dir().name == "site"
     custom = load_settings(_write(tmp_path, '[digest]\ntemplates_dir = "mine"\n'), {}, cwd=tmp_path)
     assert email_templates_dir(custom) == tmp_path / "mine"
+
+
+def test_the_template_environment_escapes_every_template_but_text_parts(tmp_path: Path) -> None:
+    (tmp_path / "page.html.j2").write_text("{{ x }}", encoding="utf-8")
+    (tmp_path / "_part.j2").write_text("{{ x }}", encoding="utf-8")
+    (tmp_path / "mail.txt.j2").write_text("{{ x }}\n", encoding="utf-8")
+    env = make_environment(tmp_path)
+    assert env.get_template("page.html.j2").render(x="<b>") == "&lt;b&gt;"
+    assert env.get_template("_part.j2").render(x="<b>") == "&lt;b&gt;"
+    assert env.get_template("mail.txt.j2").render(x="<b>") == "<b>\n"
+    with pytest.raises(jinja2.UndefinedError):
+        env.get_template("page.html.j2").render()

@@ -17,9 +17,8 @@ import pytest
 from syndicate.config import Settings
 from syndicate.digest import (
     MAX_TEASERS,
+    DigestInfo,
     RenderedEmail,
-    fold_html_lines,
-    lead_excerpt,
     make_subject,
     plan_digest,
     plan_other_news,
@@ -30,6 +29,7 @@ from syndicate.digest import (
     wrap_text,
 )
 from syndicate.errors import ConfigError, InputError
+from syndicate.mail import build_digest_template, fill_message, fold_html_lines
 from syndicate.model import (
     Article,
     Block,
@@ -39,8 +39,8 @@ from syndicate.model import (
     StoryLink,
     Teaser,
 )
-from syndicate.site import article_path, article_url
-from syndicate.text import story_key
+from syndicate.text import lead_excerpt, story_key
+from syndicate.urls import article_path, article_url
 
 DAY = date(2024, 11, 1)
 MARKER = "https://news.example.org/unsubscribe?t=UNSUB-MARKER-0123456789abcdef"
@@ -203,7 +203,12 @@ def render(
     plan: DigestPlan, settings: Settings, now: datetime, *, lang: str = "vi"
 ) -> RenderedEmail:
     return render_digest(
-        plan, lang=lang, settings=settings, unsubscribe_url=MARKER, now=now, view_url=VIEW
+        plan,
+        lang=lang,
+        info=DigestInfo.from_settings(settings),
+        unsubscribe_url=MARKER,
+        now=now,
+        view_url=VIEW,
     )
 
 
@@ -497,7 +502,11 @@ def test_subject_names_the_top_story_and_how_many_more(
     settings: Settings, lang: str, others: int, expected: str
 ) -> None:
     subject = make_subject(
-        settings, lang=lang, day=DAY, headline="Thông xe cầu Sông Lam", others=others
+        DigestInfo.from_settings(settings),
+        lang=lang,
+        day=DAY,
+        headline="Thông xe cầu Sông Lam",
+        others=others,
     )
     assert subject == expected
 
@@ -509,12 +518,19 @@ def test_subject_shortens_a_long_headline_at_a_word_boundary_to_78_characters(
         "Phó Bí thư Thường trực Tỉnh ủy, Chủ tịch HĐND tỉnh Nguyễn Đăng Quang dự hội thảo "
         "chuyển đổi số trong các cơ quan đảng"
     )
-    subject = make_subject(settings, lang="vi", day=DAY, headline=headline, others=6)
+    subject = make_subject(
+        DigestInfo.from_settings(settings), lang="vi", day=DAY, headline=headline, others=6
+    )
     assert subject == ("Tin mới: Phó Bí thư Thường trực Tỉnh ủy, Chủ tịch HĐND tỉnh… và 6 tin khác")
     assert len(subject) <= 78
     # Decomposed input gives the same, NFC, subject.
     decomposed = unicodedata.normalize("NFD", headline)
-    assert make_subject(settings, lang="vi", day=DAY, headline=decomposed, others=6) == subject
+    assert (
+        make_subject(
+            DigestInfo.from_settings(settings), lang="vi", day=DAY, headline=decomposed, others=6
+        )
+        == subject
+    )
 
 
 def test_subject_template_takes_headline_and_more_or_is_used_as_written(
@@ -522,16 +538,25 @@ def test_subject_template_takes_headline_and_more_or_is_used_as_written(
 ) -> None:
     custom = _subject_settings(settings, "[{site}] {date}: {headline} ({more})")
     assert (
-        make_subject(custom, lang="en", day=DAY, headline="Cầu mới", others=2)
+        make_subject(
+            DigestInfo.from_settings(custom), lang="en", day=DAY, headline="Cầu mới", others=2
+        )
         == "[Tin mới] November 1, 2024: Cầu mới (and 2 more)"
     )
     fixed = _subject_settings(settings, "Bản tin {site} {{headline}")
     assert (
-        make_subject(fixed, lang="vi", day=DAY, headline="Cầu mới", others=2)
+        make_subject(
+            DigestInfo.from_settings(fixed), lang="vi", day=DAY, headline="Cầu mới", others=2
+        )
         == "Bản tin Tin mới {Cầu mới"
     )
     plain = _subject_settings(settings, "Bản tin sáng")
-    assert make_subject(plain, lang="vi", day=DAY, headline="x " * 100, others=9) == "Bản tin sáng"
+    assert (
+        make_subject(
+            DigestInfo.from_settings(plain), lang="vi", day=DAY, headline="x " * 100, others=9
+        )
+        == "Bản tin sáng"
+    )
 
 
 def test_stale_warning_when_the_newest_article_is_over_a_week_older_than_the_day() -> None:
@@ -808,10 +833,17 @@ def test_every_line_is_short_enough_for_smtp(mail_settings: Settings, now: datet
     article = make_article("g", title="Đ" * 3000, lead=f"Mở đầu {giant} tiếp {giant}.")
     for plan_ in (long_plan(), digest_plan(day=DAY, articles=(article,))):
         rendered = render(plan_, mail_settings, now)
-        assert html_lines_ok(rendered.html)
         assert html_lines_ok(rendered.text)
         assert MARKER in rendered.html
         assert MARKER in rendered.text
+        # The mail stage folds the HTML part's long lines.
+        template = build_digest_template(
+            rendered, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now
+        )
+        data = fill_message(
+            template, to="a@example.org", subscriber_id=1, unsubscribe_url=MARKER + "-filled"
+        )
+        assert max(len(line) for line in data.split(b"\r\n")) <= 998
 
 
 def test_text_part_wraps_at_72_columns_but_never_splits_a_url(
@@ -835,7 +867,11 @@ def test_text_part_wraps_at_72_columns_but_never_splits_a_url(
 def test_unsubscribe_marker_appears_verbatim(mail_settings: Settings, now: datetime) -> None:
     marker = "SYNDICATE-UNSUBSCRIBE-" + "a1B2-_:/.?=" * 8
     rendered = render_digest(
-        long_plan(2), lang="vi", settings=mail_settings, unsubscribe_url=marker, now=now
+        long_plan(2),
+        lang="vi",
+        info=DigestInfo.from_settings(mail_settings),
+        unsubscribe_url=marker,
+        now=now,
     )
     assert rendered.html.count(marker) == 1
     assert rendered.text.count(marker) == 1
@@ -846,7 +882,7 @@ def test_web_version_says_so_and_has_no_view_link(mail_settings: Settings, now: 
     rendered = render_digest(
         digest_plan(day=DAY, articles=golden_articles()),
         lang="vi",
-        settings=mail_settings,
+        info=DigestInfo.from_settings(mail_settings),
         unsubscribe_url="http://localhost:8000/unsubscribe",
         now=now,
         web=True,
@@ -910,7 +946,9 @@ def test_confirmation_mail(
     mail_settings: Settings, now: datetime, lang: str, subject: str, phrase: str
 ) -> None:
     url = "http://localhost:8000/confirm?token=CONFIRM-MARKER.abc_def-123"
-    rendered = render_confirmation(lang=lang, settings=mail_settings, confirm_url=url, now=now)
+    rendered = render_confirmation(
+        lang=lang, info=DigestInfo.from_settings(mail_settings), confirm_url=url, now=now
+    )
     assert rendered.subject == subject
     assert rendered.lang == lang
     assert url in rendered.text
@@ -1016,3 +1054,26 @@ def test_digest_blurb_is_the_head_when_the_article_has_one(
     assert "Sapo <b>tóm tắt</b> bài." in email.text
     assert "Đoạn thân bài đầu tiên." not in email.text
     assert "Chỉ có đoạn mở đầu." in email.text
+
+
+def test_rendering_takes_digest_info_not_the_whole_settings() -> None:
+    import inspect
+
+    for function in (make_subject, render_digest, render_confirmation):
+        annotations = {str(p.annotation) for p in inspect.signature(function).parameters.values()}
+        assert "Settings" not in annotations, function.__name__
+        assert "DigestInfo" in annotations, function.__name__
+
+
+def test_digest_info_takes_the_digest_values_from_the_settings(settings: Settings) -> None:
+    info = DigestInfo.from_settings(settings)
+    assert info.site_title == settings.site.title
+    assert info.base_url.endswith("/")
+    assert info.tz == settings.site.tz
+    assert info.subject == settings.mail.subject
+    assert (info.lead_words, info.max_teasers) == (
+        settings.digest.lead_words,
+        settings.digest.max_teasers,
+    )
+    assert info.confirm_hours == settings.subscribe.confirm_hours
+    assert (info.templates_dir / "digest.html.j2").is_file()

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from syndicate.config import Settings
-from syndicate.digest import RenderedEmail, make_subject
+from syndicate.digest import DigestInfo, RenderedEmail, make_subject
 from syndicate.errors import ConfigError
 from syndicate.mail import (
     DkimKey,
@@ -371,7 +371,9 @@ def test_the_top_story_subject_is_byte_exact_vietnamese_after_encoding(  # type:
 ) -> None:
     # A decomposed (NFD) headline, as cp1258 dumps give: the subject is NFC.
     headline = unicodedata.normalize("NFD", "Quảng Trị: thông xe cầu Sông Thạch Hãn mùa lũ")
-    subject = make_subject(mail_settings, lang="vi", day=DAY, headline=headline, others=6)
+    subject = make_subject(
+        DigestInfo.from_settings(mail_settings), lang="vi", day=DAY, headline=headline, others=6
+    )
     expected = "Tin mới: Quảng Trị: thông xe cầu Sông Thạch Hãn mùa lũ và 6 tin khác"
     assert subject == expected
     template = build_digest_template(
@@ -383,3 +385,16 @@ def test_the_top_story_subject_is_byte_exact_vietnamese_after_encoding(  # type:
     )
     decoded = _parse(_fill(template))["Subject"]
     assert decoded.encode("utf-8") == expected.encode("utf-8")
+
+
+def test_mail_folds_long_html_lines_of_the_rendered_digest(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
+    # The digest renders; folding for SMTP's 998-byte lines is the mail stage's job.
+    long_html = "<p>" + "Thông xe cầu " * 300 + "</p>"
+    rendered = dataclasses.replace(rendered, html=long_html + f'<a href="{MARKER}">x</a>\n')
+    template = build_digest_template(
+        rendered, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now
+    )
+    data = fill_message(template, to="an@example.org", subscriber_id=7, unsubscribe_url=URL)
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    html = _parse(data).get_body(preferencelist=("html",)).get_content()
+    assert html.replace("\r\n", " ").startswith(long_html)

@@ -17,6 +17,7 @@ from syndicate.text import (
     drop_opening_adverbial,
     first_sentence,
     header_safe,
+    lead_excerpt,
     nfc,
     one_line,
     shorten,
@@ -147,6 +148,19 @@ def test_collapse_spaces() -> None:
 )
 def test_first_sentence_knows_abbreviations(text: str, sentence: str) -> None:
     assert first_sentence(text) == sentence
+
+
+def test_first_sentence_and_lead_excerpt_share_one_abbreviation_list() -> None:
+    # "UBND." was known only to the digest's splitter, "Oct." only to first_sentence.
+    assert first_sentence("Phó Chủ tịch UBND. Tỉnh dự họp.") == "Phó Chủ tịch UBND. Tỉnh dự họp."
+    lead = "The bridge opened on Oct. 31 after two years of work. It cost a lot."
+    assert lead_excerpt(lead, words=8) == "The bridge opened on Oct. 31 after two…"
+    assert lead_excerpt(lead, words=11) == "The bridge opened on Oct. 31 after two years of work."
+
+
+def test_shorten_keeps_a_word_that_ends_at_the_limit_and_returns_nfc() -> None:
+    assert shorten("một hai ba bốn", limit=11) == "một hai ba…"
+    assert shorten("Ho\u0300a bi\u0300nh", limit=20) == "Hòa bình"
 
 
 def test_shorten_cuts_at_a_word_boundary() -> None:

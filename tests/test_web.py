@@ -29,10 +29,9 @@ from click.testing import CliRunner
 
 from syndicate import tokens
 from syndicate.cli import AppContext, cli
-from syndicate.config import Settings, SubscribeSettings, site_templates_dir
+from syndicate.config import Settings, SubscribeSettings, make_environment, site_templates_dir
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.send import Mailer, open_mailer
-from syndicate.site import make_environment
 from syndicate.store import open_database
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import add_subscriber, get_by_email, signup, unsubscribe

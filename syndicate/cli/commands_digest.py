@@ -9,7 +9,8 @@ import click
 
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.config import Settings
-from syndicate.digest import LANGUAGES, stale_warning
+from syndicate.digest import stale_warning
+from syndicate.i18n import LANGUAGES
 from syndicate.model import DigestPlan
 from syndicate.send.digests import write_digest_preview
 

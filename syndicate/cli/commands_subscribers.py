@@ -12,6 +12,7 @@ import click
 
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.errors import InputError, SubscriberError
+from syndicate.i18n import LANGUAGES
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.output import write_atomic
 from syndicate.send import forget_recipient
@@ -26,7 +27,6 @@ from syndicate.store.bounces import (
 )
 from syndicate.store.lists import OWN_COLUMNS, RowError, defuse_cell, import_row, read_list
 from syndicate.store.subscribers import (
-    LANGUAGES,
     add_subscriber,
     erase,
     get_by_email,

@@ -18,7 +18,7 @@ from pathlib import Path
 from syndicate import feeds
 from syndicate.config import Settings, base_url, site_templates_dir
 from syndicate.errors import DumpError, StoreError, SyndicateError
-from syndicate.feeds import ENTRY_ERRORS, FEED_FILES, FeedInfo, build_feed
+from syndicate.feeds import ENTRY_ERRORS, FeedInfo, build_feed
 from syndicate.model import Article, StoryLink
 from syndicate.publish.hashing import digest as _hash
 from syndicate.publish.pool import BuildPool, BuildTuning, IndexJob, render_page
@@ -35,16 +35,14 @@ from syndicate.site import (
     IndexEntry,
     SiteInfo,
     SiteRenderer,
-    article_path,
-    article_url,
     assign_slugs,
     index_pages,
     order_key,
-    page_slug,
 )
 from syndicate.store import Database, teasers
 from syndicate.store import articles as store
 from syndicate.text import one_line, shorten
+from syndicate.urls import FEED_FILES, article_path, article_url, page_slug
 
 # The stage's logger.
 log = logging.getLogger("syndicate.publish")

@@ -22,8 +22,9 @@ from pathlib import Path
 from syndicate.model import Article
 from syndicate.output import remove_temp_files, remove_temp_files_in, write_new
 from syndicate.publish.hashing import digest
-from syndicate.site import RENDER_ERRORS, SiteRenderer, article_path
+from syndicate.site import RENDER_ERRORS, SiteRenderer
 from syndicate.store.articles import PageStamp, page_stamp
+from syndicate.urls import article_path
 
 STAGING_FOLDER = ".staging"
 # The folders under paths.output syndicate writes pages into: the feeds and index, the

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
+from syndicate import urls
 from syndicate.config import Settings, base_url
-from syndicate.digest import LANGUAGES, plan_digest, render_digest
+from syndicate.digest import DigestInfo, plan_digest, render_digest
+from syndicate.i18n import LANGUAGES
 from syndicate.load import check_dump_paths
 from syndicate.mail import (
     DkimKey,
@@ -35,8 +37,6 @@ from syndicate.store.digests import (
     newest_published,
 )
 from syndicate.store.teasers import article_links
-
-DIGESTS_FOLDER = "digests"  # under paths.output, served under base_url
 
 
 def digest_day(settings: Settings, now: datetime) -> date:
@@ -147,12 +147,12 @@ def _plan(settings: Settings, db: Database, day: date, *, now: datetime) -> Dige
 
 def digest_view_url(settings: Settings, day: date) -> str:
     """The public URL of a day's "view in browser" page."""
-    return f"{base_url(settings)}{DIGESTS_FOLDER}/{day.isoformat()}.html"
+    return urls.digest_view_url(base_url(settings), day)
 
 
 def generic_unsubscribe_url(settings: Settings) -> str:
     """The unsubscribe page (asks for the address) for pages that carry no personal token."""
-    return f"{base_url(settings)}unsubscribe"
+    return urls.unsubscribe_page_url(base_url(settings))
 
 
 def write_digest_page(settings: Settings, plan: DigestPlan, *, now: datetime) -> Path:
@@ -164,12 +164,12 @@ def write_digest_page(settings: Settings, plan: DigestPlan, *, now: datetime) ->
     rendered = render_digest(
         plan,
         lang=settings.site.language,
-        settings=settings,
+        info=DigestInfo.from_settings(settings),
         unsubscribe_url=generic_unsubscribe_url(settings),
         now=now,
         web=True,
     )
-    path = settings.paths.output / DIGESTS_FOLDER / f"{plan.day.isoformat()}.html"
+    path = settings.paths.output / urls.digest_page_path(plan.day)
     write_atomic(path, rendered.html.encode("utf-8"))
     return path
 
@@ -197,10 +197,11 @@ def build_templates(
 ) -> dict[str, MessageTemplate]:
     """Build the digest's message template in each language (and the site's), once each."""
     view_url = digest_view_url(settings, plan.day)
+    info = DigestInfo.from_settings(settings)
     built: dict[str, MessageTemplate] = {}
     for lang in dict.fromkeys([*languages, settings.site.language]):
         rendered = render_digest(
-            plan, lang=lang, settings=settings, unsubscribe_url=marker, now=now, view_url=view_url
+            plan, lang=lang, info=info, unsubscribe_url=marker, now=now, view_url=view_url
         )
         built[lang] = build_digest_template(
             rendered, settings=settings, digest_day=plan.day, marker=marker, now=now, dkim=dkim
@@ -240,7 +241,7 @@ def build_sample_messages(settings: Settings, db: Database, *, now: datetime) ->
 
 def preview_unsubscribe_url(root: str) -> str:
     """A clearly fake unsubscribe link for previews: no real token is ever made for them."""
-    return f"{root}unsubscribe?token=PREVIEW-SAMPLE-TOKEN"
+    return urls.preview_unsubscribe_url(root)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +274,7 @@ def write_digest_preview(
     rendered = render_digest(
         plan,
         lang=lang or settings.site.language,
-        settings=settings,
+        info=DigestInfo.from_settings(settings),
         unsubscribe_url=preview_unsubscribe_url(base_url(settings)),
         now=now,
         view_url=digest_view_url(settings, plan.day),

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from syndicate.errors import SubscriberError
+from syndicate.i18n import LANGUAGES
 from syndicate.model import SubscriptionStatus
 from syndicate.store import Database
-from syndicate.store.subscribers import LANGUAGES, add_subscriber, get_by_email, set_status
+from syndicate.store.subscribers import add_subscriber, get_by_email, set_status
 
 # A cell a spreadsheet would run as a formula: written with a leading apostrophe by
 # `export`, which reading takes off again (OWASP's advice).

@@ -20,12 +20,12 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 
 from syndicate.errors import StoreError, SubscriberError
+from syndicate.i18n import LANGUAGES
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.store import Database, store_error
 from syndicate.store.meta import get_erasure_key
 from syndicate.text import clean_line, nfc
 
-LANGUAGES = ("vi", "en")
 _NAME_LIMIT = 200
 _COLUMNS = (
     "id, email, name, language, status, created_at, confirmed_at, unsubscribed_at, "

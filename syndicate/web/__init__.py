@@ -32,9 +32,10 @@ from syndicate.web.guard import (
     check_form_token,
     make_form_token,
 )
-from syndicate.web.pages import Service, build_confirmation, negotiate_language
+from syndicate.web.pages import Service, negotiate_language
 from syndicate.web.protocol import BODY_TIMEOUT, HEADER_TIMEOUT, make_http_protocol
 from syndicate.web.seams import Clock, DatabaseStore, SubscriptionStore, utc_now
+from syndicate.web.signup import build_confirmation
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from starlette.requests import Request
 
+from syndicate.urls import FEED_FILES, FEED_TYPES
+
 log = logging.getLogger(__name__)
 
 # Static files up to this size are kept in memory (validated by a stat per request).
@@ -28,9 +30,7 @@ STATIC_CACHE_CONTROL = "public, max-age=300"
 
 # Content types by path inside the output folder, then by extension.
 _TYPES_BY_PATH = {
-    "rss.xml": "application/rss+xml; charset=utf-8",
-    "atom.xml": "application/atom+xml; charset=utf-8",
-    "feed.json": "application/feed+json; charset=utf-8",
+    FEED_FILES[kind]: f"{kind_type}; charset=utf-8" for kind, kind_type in FEED_TYPES.items()
 }
 _TYPES_BY_EXTENSION = {
     ".html": "text/html; charset=utf-8",

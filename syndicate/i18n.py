@@ -1,0 +1,242 @@
+"""Every reader-facing string, Vietnamese and English, in one table.
+
+Sections: "pages" (the static site's chrome), "digest" (the digest and the confirmation
+mail) and "web" (the subscription service's pages; it shows them over the "pages" chrome).
+Placeholders such as `{site}`, `{n}` and `{hours}` are filled in by the caller with
+str.replace (never by a template engine, so a site title cannot inject template code).
+"""
+
+from __future__ import annotations
+
+LANGUAGES = ("vi", "en")
+
+STRINGS: dict[str, dict[str, dict[str, str]]] = {
+    "pages": {
+        "vi": {
+            "home": "Trang chủ",
+            "feeds": "Theo dõi",
+            "unknown_date": "Chưa rõ ngày",
+            "by": "Tác giả",
+            "newer": "← Tin mới hơn",
+            "older": "Tin cũ hơn →",
+            "pages": "Các trang tin",
+            "empty": "Chưa có bài viết nào.",
+            "back": "← Về trang chủ",
+            "latest": "Tin mới nhất",
+            "archive": "Lưu trữ, trang {page}",
+            "other_news": "Tin khác",
+        },
+        "en": {
+            "home": "Home",
+            "feeds": "Follow",
+            "unknown_date": "Date unknown",
+            "by": "By",
+            "newer": "← Newer",
+            "older": "Older →",
+            "pages": "Pages of news",
+            "empty": "No articles yet.",
+            "back": "← Back to the front page",
+            "latest": "Latest news",
+            "archive": "Archive, page {page}",
+            "other_news": "Other news",
+        },
+    },
+    "digest": {
+        "vi": {
+            "heading": "Bản tin ngày {date}",
+            "in_this_issue": "Trong số này",
+            "read_more": "Đọc tiếp",
+            "other_news": "Tin khác",
+            "more_one": "Và {n} tin khác trên trang",
+            "more_many": "Và {n} tin khác trên trang",
+            "subject_more": "và {n} tin khác",
+            "why": "Bạn nhận được thư này vì đã đăng ký nhận bản tin hằng ngày của {site}.",
+            "why_web": (
+                "Đây là bản xem trên trình duyệt của bản tin hằng ngày của {site}. "
+                "Để hủy đăng ký, hãy dùng liên kết ở cuối thư bản tin bạn nhận được."
+            ),
+            "unsubscribe": "Hủy đăng ký",
+            "view_in_browser": "Xem trong trình duyệt",
+            "feeds": "Theo dõi qua",
+            "site_link": "Trang tin",
+            "confirm_subject": "Xác nhận đăng ký bản tin {site}",
+            "confirm_heading": "Xác nhận đăng ký",
+            "confirm_body": (
+                "Bạn (hoặc ai đó dùng địa chỉ này) vừa đăng ký nhận bản tin hằng ngày "
+                "của {site}. Bấm vào nút dưới đây để xác nhận."
+            ),
+            "confirm_body_text": (
+                "Bạn (hoặc ai đó dùng địa chỉ này) vừa đăng ký nhận bản tin hằng ngày "
+                "của {site}. Mở liên kết dưới đây để xác nhận."
+            ),
+            "confirm_button": "Xác nhận đăng ký",
+            "confirm_expiry": (
+                "Liên kết có hiệu lực trong {hours} giờ. Nếu bạn không đăng ký, hãy bỏ qua "
+                "thư này: bạn sẽ không nhận thêm thư nào."
+            ),
+            "confirm_link_label": "Hoặc mở liên kết này",
+        },
+        "en": {
+            "heading": "News for {date}",
+            "in_this_issue": "In this issue",
+            "read_more": "Read more",
+            "other_news": "Other news",
+            "more_one": "And {n} more story on the site",
+            "more_many": "And {n} more stories on the site",
+            "subject_more": "and {n} more",
+            "why": "You are receiving this because you subscribed to the daily digest of {site}.",
+            "why_web": (
+                "This is the web version of the daily digest of {site}. "
+                "To unsubscribe, use the link at the end of any digest email you received."
+            ),
+            "unsubscribe": "Unsubscribe",
+            "view_in_browser": "View in browser",
+            "feeds": "Follow via",
+            "site_link": "Website",
+            "confirm_subject": "Confirm your subscription to {site}",
+            "confirm_heading": "Please confirm your subscription",
+            "confirm_body": (
+                "You (or someone using this address) asked to receive the daily digest of "
+                "{site}. Click the button below to confirm."
+            ),
+            "confirm_body_text": (
+                "You (or someone using this address) asked to receive the daily digest of "
+                "{site}. Open the link below to confirm."
+            ),
+            "confirm_button": "Confirm subscription",
+            "confirm_expiry": (
+                "The link works for {hours} hours. If you did not sign up, ignore this "
+                "message: you will get no more mail from us."
+            ),
+            "confirm_link_label": "Or open this link",
+        },
+    },
+    "web": {
+        "vi": {
+            "subscribe_title": "Đăng ký nhận bản tin",
+            "subscribe_intro": (
+                "Mỗi sáng một email với những tin mới nhất. "
+                "Bạn có thể hủy đăng ký bất cứ lúc nào chỉ với một cú bấm."
+            ),
+            "invalid_email": "Địa chỉ email này không hợp lệ. Hãy kiểm tra và nhập lại.",
+            "sent_title": "Hãy kiểm tra hộp thư của bạn",
+            "sent_body": (
+                "Chúng tôi đã nhận yêu cầu đăng ký cho {email}. Nếu địa chỉ này cần xác nhận, "
+                "một email có liên kết xác nhận sẽ đến trong vài phút; "
+                "liên kết có hiệu lực trong {hours} giờ."
+            ),
+            "sent_hint": "Không thấy email? Hãy xem trong thư mục thư rác hoặc quảng cáo.",
+            "confirmed_title": "Đăng ký đã được xác nhận",
+            "confirmed_body": "Cảm ơn bạn! Từ sáng mai, bản tin sẽ đến hộp thư của bạn.",
+            "bad_confirm_title": "Liên kết xác nhận không dùng được",
+            "bad_confirm_body": (
+                "Liên kết này đã hết hạn, bị thay đổi hoặc không còn hiệu lực. "
+                "Hãy đăng ký lại để nhận một liên kết mới."
+            ),
+            "unsubscribe_title": "Hủy đăng ký",
+            "unsubscribe_body": "Bấm nút dưới đây để ngừng nhận bản tin qua email.",
+            "unsubscribe_button": "Hủy đăng ký",
+            "unsubscribed_title": "Bạn đã hủy đăng ký",
+            "unsubscribed_body": (
+                "Bạn sẽ không nhận bản tin nữa. Nếu đổi ý, bạn có thể đăng ký lại bất cứ lúc nào."
+            ),
+            "subscribe_again": "Đăng ký lại",
+            "how_unsubscribe_title": "Cách hủy đăng ký",
+            "how_unsubscribe_body": (
+                "Mỗi bản tin có một liên kết hủy đăng ký riêng ở cuối thư. "
+                "Hãy bấm liên kết đó trong email bạn nhận được: chỉ cần một cú bấm."
+            ),
+            "bad_unsubscribe_title": "Liên kết hủy đăng ký không hợp lệ",
+            "bad_unsubscribe_body": (
+                "Liên kết này bị thiếu hoặc bị thay đổi. Hãy dùng đúng liên kết "
+                "ở cuối một bản tin bạn đã nhận."
+            ),
+            "error": "Lỗi",
+            "error_400": "Yêu cầu không hợp lệ.",
+            "error_403_title": "Biểu mẫu đã hết hạn",
+            "error_403": (
+                "Biểu mẫu này đã hết hạn hoặc được gửi từ một trang khác. "
+                "Hãy tải lại trang đăng ký và thử lại."
+            ),
+            "error_404_title": "Không tìm thấy trang",
+            "error_404": "Trang bạn tìm không có ở đây.",
+            "error_405_title": "Phương thức không được hỗ trợ",
+            "error_405": "Địa chỉ này không nhận loại yêu cầu đó.",
+            "error_413_title": "Yêu cầu quá lớn",
+            "error_413": "Dữ liệu gửi lên quá lớn.",
+            "error_429_title": "Quá nhiều yêu cầu",
+            "error_429": "Bạn đã gửi quá nhiều yêu cầu. Hãy thử lại sau một phút.",
+            "error_500_title": "Lỗi máy chủ",
+            "error_500": "Đã có lỗi ở phía chúng tôi. Hãy thử lại sau ít phút.",
+            "error_503_title": "Hệ thống đang bận",
+            "error_503": "Hệ thống đang bận trong giây lát. Hãy thử lại sau ít giây.",
+        },
+        "en": {
+            "subscribe_title": "Subscribe to the newsletter",
+            "subscribe_intro": (
+                "One email every morning with the latest news. "
+                "You can unsubscribe at any time with one click."
+            ),
+            "invalid_email": "This email address is not valid. Please check it and try again.",
+            "sent_title": "Check your inbox",
+            "sent_body": (
+                "We have received a sign-up for {email}. If the address needs confirming, "
+                "an email with a confirmation link will arrive within a few minutes; "
+                "the link is valid for {hours} hours."
+            ),
+            "sent_hint": "No email? Look in your spam or promotions folder.",
+            "confirmed_title": "Subscription confirmed",
+            "confirmed_body": (
+                "Thank you! The newsletter will reach your inbox from tomorrow morning."
+            ),
+            "bad_confirm_title": "This confirmation link cannot be used",
+            "bad_confirm_body": (
+                "The link has expired, was altered, or is no longer valid. "
+                "Please sign up again to get a new link."
+            ),
+            "unsubscribe_title": "Unsubscribe",
+            "unsubscribe_body": "Press the button below to stop receiving the newsletter by email.",
+            "unsubscribe_button": "Unsubscribe",
+            "unsubscribed_title": "You have unsubscribed",
+            "unsubscribed_body": (
+                "You will not receive the newsletter any more. "
+                "If you change your mind, you can sign up again at any time."
+            ),
+            "subscribe_again": "Sign up again",
+            "how_unsubscribe_title": "How to unsubscribe",
+            "how_unsubscribe_body": (
+                "Every newsletter carries its own unsubscribe link at the bottom. "
+                "Follow that link in an email you received: one click is all it takes."
+            ),
+            "bad_unsubscribe_title": "This unsubscribe link is not valid",
+            "bad_unsubscribe_body": (
+                "The link is incomplete or was altered. Please use the link "
+                "at the bottom of a newsletter you received."
+            ),
+            "error": "Error",
+            "error_400": "The request is not valid.",
+            "error_403_title": "This form has expired",
+            "error_403": (
+                "The form has expired or was sent from another site. "
+                "Please reload the sign-up page and try again."
+            ),
+            "error_404_title": "Page not found",
+            "error_404": "The page you are looking for is not here.",
+            "error_405_title": "Method not allowed",
+            "error_405": "This address does not accept that kind of request.",
+            "error_413_title": "Request too large",
+            "error_413": "The data sent is too large.",
+            "error_429_title": "Too many requests",
+            "error_429": "You have sent too many requests. Please try again in a minute.",
+            "error_500_title": "Server error",
+            "error_500": "Something went wrong on our side. Please try again in a few minutes.",
+            "error_503_title": "Busy for a moment",
+            "error_503": "We are busy for a moment. Please try again in a few seconds.",
+        },
+    },
+}
+
+
+def strings(section: str, lang: str) -> dict[str, str]:
+    """The strings of `section` in `lang`; KeyError when either is unknown."""
+    return STRINGS[section][lang]

@@ -1,0 +1,62 @@
+"""Web: the confirm endpoint (double opt-in links)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from syndicate import i18n, tokens
+from syndicate.errors import TokenError
+from syndicate.model import Subscriber, SubscriptionStatus
+
+if TYPE_CHECKING:
+    from syndicate.web.pages import Service
+
+log = logging.getLogger(__name__)
+
+_STRINGS = i18n.STRINGS["web"]
+
+
+async def confirm(service: Service, request: Request) -> Response:
+    """Confirm the pending subscriber a valid, unexpired confirm link was made for."""
+    max_age = timedelta(hours=service.settings.subscribe.confirm_hours)
+    now = service.clock()
+    subscriber: Subscriber | None
+    try:
+        # The lookup runs on the reading thread (it only reads, so it never waits
+        # behind a sign-up that waits for the write lock): the token must name the
+        # very subscriber it was made for (their nonce), not whoever holds the id now.
+        subscriber = await service.call_reader(
+            tokens.verify_token,
+            service.secret,
+            request.query_params.get("token", ""),
+            purpose="confirm",
+            now=now,
+            max_age=max_age,
+            find=service.store.find,
+        )
+    except TokenError:
+        subscriber = None
+    # The page speaks the language of the subscriber the link was made for, not the
+    # browser's (`?lang=` still wins).
+    lang = service.language(request, subscriber)
+    strings = _STRINGS[lang]
+    # An old link must not bring back someone who left or bounced since.
+    if subscriber is None or subscriber.status not in (
+        SubscriptionStatus.PENDING,
+        SubscriptionStatus.CONFIRMED,
+    ):
+        return service.page(
+            "confirm.html.j2",
+            lang,
+            title=strings["bad_confirm_title"],
+            status_code=400,
+            ok=False,
+        )
+    if subscriber.status is SubscriptionStatus.PENDING:
+        await service.call_store(service.store.confirm, subscriber.id, now=now)
+    return service.page("confirm.html.j2", lang, title=strings["confirmed_title"], ok=True)

@@ -1,0 +1,153 @@
+"""Web: the sign-up endpoint (stored before the answer) and its confirmation mail, sent after."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response
+
+from syndicate import digest, i18n, mail, tokens, urls
+from syndicate.config import Settings
+from syndicate.errors import SubscriberError, SyndicateError
+from syndicate.i18n import LANGUAGES
+from syndicate.mail import DkimKey
+from syndicate.model import Subscriber
+from syndicate.send import TransientSendError
+from syndicate.store import subscribers as store_subscribers
+from syndicate.web.guard import MAX_BODY_BYTES, check_form_token, origin_of, rate_limit_key
+
+if TYPE_CHECKING:
+    from syndicate.web.pages import Service
+
+log = logging.getLogger(__name__)
+
+_STRINGS = i18n.STRINGS["web"]
+
+
+async def subscribe(service: Service, request: Request) -> Response:
+    """The form on GET; on POST the same "check your inbox" page for every address.
+
+    The sign-up is stored before the answer; the confirmation mail runs after it
+    (SignupWorker).
+    """
+    lang = service.language(request)
+    if request.method != "POST":
+        return service.form_page(lang)
+    client = request.client.host if request.client else "unknown"
+    allowed, wait = service.limiter.allow(rate_limit_key(client))
+    if not allowed:
+        return service.error_page(request, 429, headers={"retry-after": str(wait)})
+    form = await request.form(max_files=0, max_fields=10, max_part_size=MAX_BODY_BYTES)
+    email = str(form.get("email") or "").strip()
+    language = str(form.get("language") or "")
+    language = language if language in LANGUAGES else lang
+    if not _trusted_post(service, request, str(form.get("form_token") or "")):
+        return service.error_page(request, 403)
+    try:
+        address = store_subscribers.normalize_email(email)
+    except SubscriberError:
+        return service.form_page(
+            lang,
+            email=email,
+            language=language,
+            error=_STRINGS[lang]["invalid_email"],
+            status_code=400,
+        )
+    # Stored before the answer, so a sign-up is never lost after a 200: a database
+    # busy past its timeout raises StoreBusyError, answered 503 with Retry-After. The
+    # store does the same one read and one write for every state, so the wait tells
+    # none; only the confirmation mail depends on it, and it goes after the response,
+    # off this loop (the sign-ups' thread owns the mailer).
+    now = service.clock()
+    background: BackgroundTask | None = None
+    try:
+        subscriber, should_send = await service.call_store(
+            service.store.sign_up, address, language=language, now=now
+        )
+    except SubscriberError as exc:
+        # A refusal past the address check answers like any other sign-up, so the
+        # page does not tell who is on the list.
+        log.info("subscribe: sign-up not stored: %s", exc)
+    else:
+        background = BackgroundTask(_queue_confirmation, service, subscriber, should_send, now)
+    strings = _STRINGS[lang]
+    return service.page(
+        "subscribe.html.j2",
+        lang,
+        title=strings["sent_title"],
+        state="sent",
+        sent_body=strings["sent_body"].format(
+            email=address, hours=service.settings.subscribe.confirm_hours
+        ),
+        background=background,
+    )
+
+
+def _trusted_post(service: Service, request: Request, form_token: str) -> bool:
+    """Anti-forgery: a same-site Origin, or (no Origin) a valid signed form token."""
+    origin = request.headers.get("origin")
+    if origin and origin != "null":
+        host = request.headers.get("host", "")
+        trusted = {origin_of(service.base_url), f"{request.url.scheme}://{host}".lower()}
+        return origin.lower() in trusted
+    return bool(form_token) and check_form_token(service.secret, form_token, now=service.clock())
+
+
+async def _queue_confirmation(
+    service: Service, subscriber: Subscriber, should_send: bool, now: datetime
+) -> None:
+    if should_send:
+        service.signups.submit(_send_confirmation(service, subscriber, now))
+
+
+async def _send_confirmation(service: Service, subscriber: Subscriber, now: datetime) -> None:
+    token = tokens.make_token(
+        service.secret,
+        purpose="confirm",
+        subscriber_id=subscriber.id,
+        nonce=subscriber.token_nonce,
+        issued_at=now,
+    )
+    confirm_url = urls.confirm_url(service.base_url, token)
+    try:
+        sender = mail.envelope_sender(service.settings)
+        message = build_confirmation(
+            service.settings,
+            subscriber=subscriber,
+            confirm_url=confirm_url,
+            now=now,
+            dkim=service.dkim,
+        )
+        try:
+            await service.mailer.send(sender, [subscriber.email], message)
+        except TransientSendError as exc:
+            # One retry on a fresh connection: a pooled one may have been dropped by
+            # the server while idle, and the sign-up page already said a mail is coming.
+            log.info("subscribe: confirmation to subscriber %s: %s; retrying", subscriber.id, exc)
+            await service.mailer.send(sender, [subscriber.email], message)
+    except (SyndicateError, OSError) as exc:
+        log.warning("subscribe: confirmation to subscriber %s failed: %s", subscriber.id, exc)
+
+
+def build_confirmation(
+    settings: Settings,
+    *,
+    subscriber: Subscriber,
+    confirm_url: str,
+    now: datetime,
+    dkim: DkimKey | None = None,
+) -> bytes:
+    """Render the confirmation mail for `subscriber` in their language; return its bytes."""
+    rendered = digest.render_confirmation(
+        lang=subscriber.language,
+        info=digest.DigestInfo.from_settings(settings),
+        confirm_url=confirm_url,
+        now=now,
+    )
+    return mail.build_confirmation_message(
+        rendered, settings=settings, to=subscriber.email, now=now, dkim=dkim
+    )

@@ -1,0 +1,90 @@
+"""Web: the unsubscribe endpoint (the page, the form and RFC 8058 one-click POSTs)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from syndicate import i18n, tokens
+from syndicate.errors import SubscriberError, TokenError
+from syndicate.model import Subscriber
+from syndicate.web.guard import MAX_BODY_BYTES
+
+if TYPE_CHECKING:
+    from syndicate.web.pages import Service
+
+log = logging.getLogger(__name__)
+
+_STRINGS = i18n.STRINGS["web"]
+
+
+async def unsubscribe(service: Service, request: Request) -> Response:
+    """Ask on GET (link scanners follow GETs); unsubscribe on POST, one-click or the form."""
+    lang = service.language(request)
+    strings = _STRINGS[lang]
+    token = request.query_params.get("token", "")
+    if request.method == "POST":
+        # Read the body even when the token is in the URL, so that the body limit
+        # (413) holds here as everywhere; a one-click body is a few bytes.
+        await request.body()
+        if not token:
+            form = await request.form(max_files=0, max_fields=10, max_part_size=MAX_BODY_BYTES)
+            token = str(form.get("token") or "")
+    if not token and request.method != "POST":
+        # The generic link of the "view in browser" page: explain, change nothing.
+        return service.page(
+            "unsubscribe.html.j2", lang, title=strings["how_unsubscribe_title"], state="how"
+        )
+    try:
+        # The signature first: a bad link is answered without asking the store.
+        tokens.read_token(service.secret, token, purpose="unsubscribe", now=service.clock())
+    except TokenError:
+        return service.page(
+            "unsubscribe.html.j2",
+            lang,
+            title=strings["bad_unsubscribe_title"],
+            status_code=400,
+            state="invalid",
+        )
+    # The subscriber the link was made for (None when erased since): the page speaks
+    # their language, not the browser's (`?lang=` still wins).
+    owner: Subscriber | None = None
+    stale: TokenError | None = None
+    try:
+        owner = await service.call_store(
+            tokens.verify_token,
+            service.secret,
+            token,
+            purpose="unsubscribe",
+            now=service.clock(),
+            find=service.store.find,
+        )
+    except TokenError as exc:
+        stale = exc
+    lang = service.language(request, owner)
+    strings = _STRINGS[lang]
+    if request.method != "POST":
+        # Link scanners follow GETs: show the button, change nothing.
+        return service.page(
+            "unsubscribe.html.j2",
+            lang,
+            title=strings["unsubscribe_title"],
+            state="ask",
+            form_action=service.url("unsubscribe", lang, token=token),
+        )
+    # The subscriber the link was made for is erased: off the list already, which is
+    # what they asked for. Whoever holds their id now (a database from before ids were
+    # kept unique) is left alone.
+    if owner is None:
+        log.info("unsubscribe: %s", stale)
+    else:
+        try:
+            await service.call_store(service.store.unsubscribe, owner.id, now=service.clock())
+        except SubscriberError as exc:
+            log.info("unsubscribe: %s", exc)
+    return service.page(
+        "unsubscribe.html.j2", lang, title=strings["unsubscribed_title"], state="done"
+    )
