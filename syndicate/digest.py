@@ -28,8 +28,16 @@ from syndicate import i18n
 from syndicate.config import Settings, base_url, email_templates_dir, make_environment
 from syndicate.errors import ConfigError, InputError
 from syndicate.i18n import LANGUAGES
-from syndicate.model import Article, DigestPlan, Precision, Teaser
-from syndicate.site import RENDER_ERRORS, OtherNews, order_key, order_teasers
+from syndicate.model import (
+    RENDER_ERRORS,
+    Article,
+    DigestPlan,
+    OtherNews,
+    Precision,
+    Teaser,
+    order_key,
+    order_teasers,
+)
 from syndicate.text import header_safe, lead_excerpt, nfc, one_line, shorten
 from syndicate.urls import feed_url
 

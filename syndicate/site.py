@@ -12,9 +12,9 @@ import functools
 import hashlib
 import re
 import unicodedata
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import date, datetime, time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,8 +26,15 @@ from markupsafe import Markup, escape
 
 from syndicate import i18n
 from syndicate.config import make_environment
-from syndicate.model import Article, Block, BlockKind, Precision, StoryLink, Teaser
-from syndicate.text import one_line, shorten, slugify, story_key
+from syndicate.model import (
+    Article,
+    Block,
+    BlockKind,
+    Precision,
+    StoryLink,
+    order_teasers,
+)
+from syndicate.text import one_line, shorten, slugify
 from syndicate.urls import article_path, article_url
 
 # Bump when page rendering changes in code (not templates), so old pages get re-rendered.
@@ -37,17 +44,6 @@ ARTICLE_TEMPLATE = "article.html.j2"
 INDEX_TEMPLATE = "index.html.j2"
 
 _STRINGS = i18n.STRINGS["pages"]
-
-# What rendering one article's page can raise because of that article (a value a library
-# refuses, a date out of range in the site's timezone, a damaged stored record): the build
-# leaves that article out and goes on.
-RENDER_ERRORS: tuple[type[Exception], ...] = (
-    ValueError,
-    LookupError,
-    TypeError,
-    ArithmeticError,
-    RecursionError,
-)
 
 # Plain str: `str + Markup` would escape the str.
 _PARAGRAPH_OPEN = "<p>"
@@ -121,99 +117,6 @@ def index_pages(total: int, page_size: int) -> list[IndexPage]:
             )
         )
     return pages
-
-
-def order_key(
-    published: datetime | None, precision: Precision, first_seen_at: datetime, article_id: str
-) -> tuple[datetime, bool, str]:
-    """Where an article stands in the index and the digest: sort by this key, reversed.
-
-    An article counts from its publish time, or from when syndicate first saw it when
-    its date is unknown; on a tie a dated article comes first, then the larger id.
-    """
-    if published is not None and precision is not Precision.UNKNOWN:
-        return published.astimezone(UTC), True, article_id
-    return first_seen_at.astimezone(UTC), False, article_id
-
-
-# The day a teaser opens with ("Hôm nay 21/11", "Sáng nay 30/10", "Ngày 27.10.2024").
-_TEASER_DAY = re.compile(
-    r"(?:(?:sáng|chiều|tối|trưa|đêm|rạng sáng|hôm)\s+(?:nay|qua)|ngày)\s+"
-    r"(\d{1,2})[/.-](\d{1,2})(?:[/.-](\d{4}))?\b",
-    re.IGNORECASE,
-)
-
-
-def teaser_day(text: str, *, near: date) -> date | None:
-    """The day a teaser's opening words give, the year (when missing) chosen nearest `near`."""
-    match = _TEASER_DAY.match(text)
-    if match is None:
-        return None
-    day, month = int(match.group(1)), int(match.group(2))
-    years = [int(match.group(3))] if match.group(3) else [near.year - 1, near.year, near.year + 1]
-    found: list[date] = []
-    for year in years:
-        try:
-            found.append(date(year, month, day))
-        except ValueError:
-            continue
-    return min(found, key=lambda d: abs((d - near).days)) if found else None
-
-
-@dataclass(frozen=True, slots=True)
-class OtherNews:
-    """One "Other news" item: a teaser, and the page of the article it advertises if known."""
-
-    teaser: Teaser
-    link: StoryLink | None
-
-
-def order_teasers(
-    teasers: Iterable[Teaser],
-    links: Mapping[str, StoryLink],
-    *,
-    newest: date | None,
-    exclude: Collection[str] = (),
-    limit: int | None = None,
-) -> list[OtherNews]:
-    """The "Other news" of a page or digest: linked teasers first, newest first, then the others.
-
-    `links` maps a teaser's story key to the article it advertises. A teaser linking to an
-    article in `exclude` (shown already) is left out, and so is an unlinked one whose
-    opening words date it after `newest` (a sidebar scraped weeks later). Duplicates (one
-    key a prefix of another, or the same article) count once. At most `limit` items.
-    """
-    linked: list[OtherNews] = []
-    unlinked: list[OtherNews] = []
-    keys: list[str] = []
-    targets: set[str] = set()
-    for teaser in teasers:
-        key = story_key(teaser.text)
-        if not key or any(k.startswith(key) or key.startswith(k) for k in keys):
-            continue
-        keys.append(key)
-        link = links.get(key)
-        if link is not None:
-            if link.id in exclude or link.id in targets:
-                continue
-            targets.add(link.id)
-            linked.append(OtherNews(teaser, link))
-            continue
-        if newest is not None:
-            day = teaser_day(teaser.text, near=newest)
-            if day is not None and day > newest:
-                continue
-        unlinked.append(OtherNews(teaser, None))
-    linked.sort(
-        key=lambda n: (
-            order_key(n.link.published, n.link.precision, n.link.first_seen_at, n.link.id)
-            if n.link is not None
-            else (datetime.min.replace(tzinfo=UTC), False, "")
-        ),
-        reverse=True,
-    )
-    items = linked + unlinked
-    return items if limit is None else items[:limit]
 
 
 def _safe_slug(slug: str, article_id: str) -> str:

@@ -26,12 +26,12 @@ from zoneinfo import ZoneInfo
 
 from syndicate.config import Settings
 from syndicate.errors import DiskFullError, DumpError, OutputError, SyndicateError, WorkerError
-from syndicate.model import StoryLink
+from syndicate.model import RENDER_ERRORS, StoryLink
 from syndicate.output import write_atomic
 from syndicate.publish.reading import Read, read_and_parse
 from syndicate.publish.staging import Stager
 from syndicate.publish.writer import PageWriter
-from syndicate.site import RENDER_ERRORS, IndexEntry, SiteRenderer
+from syndicate.site import IndexEntry, SiteRenderer
 from syndicate.store import articles as store
 from syndicate.text import one_line, shorten
 

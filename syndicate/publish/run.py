@@ -19,7 +19,7 @@ from syndicate import feeds
 from syndicate.config import Settings, base_url, site_templates_dir
 from syndicate.errors import DumpError, StoreError, SyndicateError
 from syndicate.feeds import ENTRY_ERRORS, FeedInfo, build_feed
-from syndicate.model import Article, StoryLink
+from syndicate.model import Article, StoryLink, order_key
 from syndicate.publish.hashing import digest as _hash
 from syndicate.publish.pool import BuildPool, BuildTuning, IndexJob, render_page
 from syndicate.publish.staging import (
@@ -37,7 +37,6 @@ from syndicate.site import (
     SiteRenderer,
     assign_slugs,
     index_pages,
-    order_key,
 )
 from syndicate.store import Database, teasers
 from syndicate.store import articles as store

@@ -19,10 +19,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from syndicate.model import Article
+from syndicate.model import RENDER_ERRORS, Article
 from syndicate.output import remove_temp_files, remove_temp_files_in, write_new
 from syndicate.publish.hashing import digest
-from syndicate.site import RENDER_ERRORS, SiteRenderer
+from syndicate.site import SiteRenderer
 from syndicate.store.articles import PageStamp, page_stamp
 from syndicate.urls import article_path
 
