@@ -24,7 +24,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from syndicate import urls
-from syndicate.config import MailSettings, Settings, base_url
+from syndicate.config import Settings, base_url
 from syndicate.digest import MAX_LINE_BYTES
 from syndicate.errors import ConfigError
 from syndicate.text import header_safe
@@ -86,42 +86,68 @@ class MessageTemplate:
     dkim: DkimKey | None = None
 
 
-def message_domain(settings: Settings) -> str:
+@dataclass(frozen=True, slots=True)
+class MailInfo:
+    """What the mail stage needs from the settings, as DigestInfo is for the digest's."""
+
+    sender: str  # mail.from, or the outbox default
+    reply_to: str
+    list_id: str
+    bounce_address: str
+    mailto_unsubscribe: str
+    site_title: str
+    base_url: str  # ends in '/'
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MailInfo:
+        """Take the mail stage's values from `settings`."""
+        return cls(
+            sender=settings.mail.sender,
+            reply_to=settings.mail.reply_to,
+            list_id=settings.mail.list_id,
+            bounce_address=settings.mail.bounce_address,
+            mailto_unsubscribe=settings.mail.mailto_unsubscribe,
+            site_title=settings.site.title,
+            base_url=base_url(settings),
+        )
+
+
+def message_domain(*, info: MailInfo) -> str:
     """Return the Message-ID domain: base_url's host, else the From address's domain."""
-    host = urlsplit(base_url(settings)).hostname
+    host = urlsplit(info.base_url).hostname
     if host:
         return ascii_host(host)
-    _, address = parseaddr(settings.mail.sender)
+    _, address = parseaddr(info.sender)
     return address.rpartition("@")[2] or "localhost"
 
 
-def envelope_sender(settings: Settings) -> str:
+def envelope_sender(*, info: MailInfo) -> str:
     """Return the bare address of mail.from (the SMTP envelope sender).
 
     Raises ConfigError when mail.from holds no usable address.
     """
-    _name, address = parseaddr(settings.mail.sender)
+    _name, address = parseaddr(info.sender)
     if not _SAFE_ADDRESS.fullmatch(address) or not address.isascii():
         raise ConfigError(
-            f"config key mail.from has value {settings.mail.sender!r}; "
+            f"config key mail.from has value {info.sender!r}; "
             'expected an address like "News <news@example.org>".',
             key="mail.from",
         )
     return address
 
 
-def bounce_address(settings: Settings) -> tuple[str, str] | None:
+def bounce_address(*, info: MailInfo) -> tuple[str, str] | None:
     """Return mail.bounce_address as (local part, domain), or None when it is not set.
 
     Raises ConfigError when it is no plain ASCII address, when its local part
     holds the VERP delimiter '+', or when a VERP local part made from it would
     pass the 64 octets RFC 5321 allows.
     """
-    value = settings.mail.bounce_address.strip()
+    value = info.bounce_address.strip()
     if not value:
         return None
     local, _at, domain = value.rpartition("@")
-    where = f"config key mail.bounce_address has value {settings.mail.bounce_address!r}"
+    where = f"config key mail.bounce_address has value {info.bounce_address!r}"
     if not _SAFE_ADDRESS.fullmatch(value) or not value.isascii() or '"' in local:
         raise ConfigError(
             f"{where}; expected a plain address like 'bounces@news.example.org'.",
@@ -143,14 +169,13 @@ def bounce_address(settings: Settings) -> tuple[str, str] | None:
 
 
 @lru_cache(maxsize=8)
-def _return_parts(mail: MailSettings) -> tuple[str, tuple[str, str] | None]:
-    # Called per message: the checked addresses are worked out once per mail settings.
-    settings = Settings(mail=mail)
-    return envelope_sender(settings), bounce_address(settings)
+def _return_parts(info: MailInfo) -> tuple[str, tuple[str, str] | None]:
+    # Called per message: the checked addresses are worked out once per MailInfo.
+    return envelope_sender(info=info), bounce_address(info=info)
 
 
 def return_path(
-    settings: Settings, *, secret: bytes, subscriber_id: int, nonce: bytes, day: date
+    *, info: MailInfo, secret: bytes, subscriber_id: int, nonce: bytes, day: date
 ) -> str:
     """Return one digest message's envelope sender (SMTP MAIL FROM and Return-Path).
 
@@ -158,27 +183,27 @@ def return_path(
     the token naming the subscriber and the digest day
     (tokens.make_return_token); else mail.from's address, as for every message.
     """
-    sender, parts = _return_parts(settings.mail)
+    sender, parts = _return_parts(info)
     if parts is None:
         return sender
     token = make_return_token(secret, subscriber_id=subscriber_id, nonce=nonce, day=day)
     return f"{parts[0]}+{token}@{parts[1]}"
 
 
-def list_id(settings: Settings) -> str:
+def list_id(*, info: MailInfo) -> str:
     """Return the List-Id value: mail.list_id, else '<title> <digest.HOST>'."""
-    configured = header_safe(settings.mail.list_id)
+    configured = header_safe(info.list_id)
     if configured:
         return configured if "<" in configured else f"<{configured}>"
-    host = ascii_host(urlsplit(base_url(settings)).hostname or "localhost")
+    host = ascii_host(urlsplit(info.base_url).hostname or "localhost")
     # Angle brackets in the phrase would make a reader take the wrong part as the id.
-    phrase = header_safe(settings.site.title.replace("<", " ").replace(">", " "))
+    phrase = header_safe(info.site_title.replace("<", " ").replace(">", " "))
     return f"{phrase} <digest.{host}>"
 
 
-def reply_to(settings: Settings) -> str:
+def reply_to(*, info: MailInfo) -> str:
     """Return the Reply-To value (empty when not set); raise ConfigError when it is no address."""
-    value = header_safe(settings.mail.reply_to)
+    value = header_safe(info.reply_to)
     if not value:
         return ""
     addresses = [address for _name, address in getaddresses([value])]
@@ -186,16 +211,16 @@ def reply_to(settings: Settings) -> str:
         _SAFE_ADDRESS.fullmatch(address) and address.isascii() for address in addresses
     ):
         raise ConfigError(
-            f"config key mail.reply_to has value {settings.mail.reply_to!r}; "
+            f"config key mail.reply_to has value {info.reply_to!r}; "
             "expected an address like 'editor@example.org'.",
             key="mail.reply_to",
         )
     return value
 
 
-def unsubscribe_url(settings: Settings, token: str) -> str:
+def unsubscribe_url(token: str, *, info: MailInfo) -> str:
     """Return the one-click unsubscribe URL (urls.unsubscribe_url under the site's base_url)."""
-    return urls.unsubscribe_url(base_url(settings), token)
+    return urls.unsubscribe_url(info.base_url, token)
 
 
 def _encode_text(name: str, text: str) -> str:
@@ -225,19 +250,19 @@ def _encode_address(name: str, value: str) -> str:
     return ", ".join(encoded) if encoded else value
 
 
-def _text_headers(rendered: Rendered, settings: Settings) -> bytes:
+def _text_headers(rendered: Rendered, info: MailInfo) -> bytes:
     """From, Reply-To, Subject and List-Id as header bytes, encoded by `_encode_text`."""
-    lines = [f"From: {_encode_address('From', header_safe(settings.mail.sender))}"]
-    answer_to = reply_to(settings)
+    lines = [f"From: {_encode_address('From', header_safe(info.sender))}"]
+    answer_to = reply_to(info=info)
     if answer_to:
         lines.append(f"Reply-To: {_encode_address('Reply-To', answer_to)}")
-    subject = header_safe(rendered.subject) or header_safe(settings.site.title)
+    subject = header_safe(rendered.subject) or header_safe(info.site_title)
     lines.append(f"Subject: {_encode_text('Subject', subject)}")
-    phrase, bracket, rest = list_id(settings).rpartition("<")
+    phrase, bracket, rest = list_id(info=info).rpartition("<")
     if bracket and phrase.strip():
         lines.append(f"List-Id: {_encode_text('List-Id', phrase.strip())} <{rest}")
     else:
-        lines.append(f"List-Id: {list_id(settings)}")
+        lines.append(f"List-Id: {list_id(info=info)}")
     return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
 
@@ -298,14 +323,14 @@ def _boundary(*parts: str) -> str:
 
 
 def _common_message(
-    rendered: Rendered, *, settings: Settings, now: datetime, html_cte: str
+    rendered: Rendered, *, info: MailInfo, now: datetime, html_cte: str
 ) -> EmailMessage:
     """The headers every recipient shares, and both parts, with a content-derived boundary.
 
     From, Reply-To, Subject and List-Id are not in it: `_text_headers` makes them.
     """
-    envelope_sender(settings)  # checks mail.from before anything is built
-    bounce_address(settings)  # and mail.bounce_address
+    envelope_sender(info=info)  # checks mail.from before anything is built
+    bounce_address(info=info)  # and mail.bounce_address
     msg = EmailMessage(policy=policy.SMTP)
     msg["Date"] = format_datetime(now)
     msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte=html_cte)
@@ -323,7 +348,7 @@ def _common_message(
 def build_digest_template(
     rendered: Rendered,
     *,
-    settings: Settings,
+    info: MailInfo,
     digest_day: date,
     marker: str,
     now: datetime,
@@ -345,8 +370,8 @@ def build_digest_template(
                 f"digest ({rendered.lang}): the {part} part has no unsubscribe link.",
                 hint="Keep the unsubscribe link in custom templates (digest.templates_dir).",
             )
-    common = _common_message(rendered, settings=settings, now=now, html_cte="8bit")
-    domain = message_domain(settings)
+    common = _common_message(rendered, info=info, now=now, html_cte="8bit")
+    domain = message_domain(info=info)
     head: list[bytes | int] = [
         b"To: ",
         _SLOT_TO,
@@ -354,7 +379,7 @@ def build_digest_template(
         _SLOT_ID,
     ]
     head += [f"@{domain}>\r\nList-Unsubscribe: <".encode(), _SLOT_URL, b">"]
-    mailto = header_safe(settings.mail.mailto_unsubscribe)
+    mailto = header_safe(info.mailto_unsubscribe)
     if mailto:
         address = mailto.removeprefix("mailto:")
         if not _SAFE_ADDRESS.fullmatch(address) or not address.isascii():
@@ -365,7 +390,7 @@ def build_digest_template(
             )
         head.append(f", <mailto:{address}?subject=unsubscribe>".encode("ascii"))
     head.append(b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
-    head.append(_text_headers(rendered, settings))
+    head.append(_text_headers(rendered, info))
     pieces: list[bytes | int] = [*head]
     chunks = common.as_bytes().split(mark)
     for index, chunk in enumerate(chunks):
@@ -441,7 +466,7 @@ def sign_message(message: bytes, key: DkimKey) -> bytes:
 def build_confirmation_message(
     rendered: Rendered,
     *,
-    settings: Settings,
+    info: MailInfo,
     to: str,
     now: datetime,
     dkim: DkimKey | None = None,
@@ -453,10 +478,10 @@ def build_confirmation_message(
     """
     if "\r" in to or "\n" in to or not to.isascii():
         raise ValueError(f"recipient {to!r} is not a checked ASCII address")
-    msg = _common_message(rendered, settings=settings, now=now, html_cte="quoted-printable")
+    msg = _common_message(rendered, info=info, now=now, html_cte="quoted-printable")
     tag = hashlib.sha256(f"{to}\x00{now.isoformat()}".encode()).hexdigest()[:20]
     msg["To"] = to
-    msg["Message-ID"] = f"<confirm.{tag}@{message_domain(settings)}>"
+    msg["Message-ID"] = f"<confirm.{tag}@{message_domain(info=info)}>"
     msg["Auto-Submitted"] = "auto-generated"
-    message = _text_headers(rendered, settings) + msg.as_bytes()
+    message = _text_headers(rendered, info) + msg.as_bytes()
     return sign_message(message, dkim) if dkim is not None else message

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from syndicate.cli import cli
 from syndicate.config import Settings, load_settings
 from syndicate.digest import RenderedEmail
-from syndicate.mail import MessageTemplate, build_digest_template
+from syndicate.mail import MailInfo, MessageTemplate, build_digest_template
 from syndicate.send import SmtpMailer, send_digest
 from syndicate.store import Database, open_database
 from syndicate.store.bounces import complaint_warning, recent_rates
@@ -182,7 +182,7 @@ def _templates(settings: Settings, day: date) -> dict[str, MessageTemplate]:
         text=f"Hủy đăng ký: {MARKER}\n",
     )
     template = build_digest_template(
-        rendered, settings=settings, digest_day=day, marker=MARKER, now=NOW
+        rendered, info=MailInfo.from_settings(settings), digest_day=day, marker=MARKER, now=NOW
     )
     return {"vi": template}
 

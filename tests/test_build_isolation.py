@@ -26,7 +26,7 @@ from syndicate.config import Settings, load_settings
 from syndicate.digest import DigestInfo, render_digest
 from syndicate.errors import ConfigError
 from syndicate.load import parse
-from syndicate.mail import build_digest_template
+from syndicate.mail import MailInfo, build_digest_template
 from syndicate.model import DigestPlan
 from syndicate.publish import PARALLEL_MIN, BuildTuning, run_build
 from syndicate.store import Database, open_database
@@ -557,7 +557,11 @@ def test_random_dumps_never_stop_the_build_or_the_digest(dumps: list[bytes]) -> 
                 now=now,
             )
             message = build_digest_template(
-                rendered, settings=settings, digest_day=now.date(), marker=MARKER, now=now
+                rendered,
+                info=MailInfo.from_settings(settings),
+                digest_day=now.date(),
+                marker=MARKER,
+                now=now,
             )
             data = b"".join(message.chunks)
             assert max(len(line) for line in data.split(b"\r\n")) <= 998

@@ -29,7 +29,7 @@ from syndicate.digest import (
     wrap_text,
 )
 from syndicate.errors import ConfigError, InputError
-from syndicate.mail import build_digest_template, fill_message, fold_html_lines
+from syndicate.mail import MailInfo, build_digest_template, fill_message, fold_html_lines
 from syndicate.model import (
     Article,
     Block,
@@ -838,7 +838,11 @@ def test_every_line_is_short_enough_for_smtp(mail_settings: Settings, now: datet
         assert MARKER in rendered.text
         # The mail stage folds the HTML part's long lines.
         template = build_digest_template(
-            rendered, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now
+            rendered,
+            info=MailInfo.from_settings(mail_settings),
+            digest_day=DAY,
+            marker=MARKER,
+            now=now,
         )
         data = fill_message(
             template, to="a@example.org", subscriber_id=1, unsubscribe_url=MARKER + "-filled"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import inspect
 import re
 import shutil
 import subprocess
+import typing
 import unicodedata
 from datetime import date
 from email import message_from_bytes, policy
@@ -16,11 +18,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from syndicate import mail
 from syndicate.config import Settings
 from syndicate.digest import DigestInfo, RenderedEmail, make_subject
 from syndicate.errors import ConfigError
 from syndicate.mail import (
     DkimKey,
+    MailInfo,
     build_confirmation_message,
     build_digest_template,
     fill_message,
@@ -72,7 +76,7 @@ def _fill(template, to: str = "an@example.org", subscriber_id: int = 42) -> byte
 
 def test_digest_message_has_every_header(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
     template = build_digest_template(
-        rendered, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now
+        rendered, info=MailInfo.from_settings(mail_settings), digest_day=DAY, marker=MARKER, now=now
     )
     msg = _parse(_fill(template))
     assert msg["To"] == "an@example.org"
@@ -92,7 +96,7 @@ def test_digest_message_has_every_header(mail_settings, rendered, now) -> None: 
 
 def test_subject_is_one_encoded_line_that_round_trips(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
     template = build_digest_template(
-        rendered, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now
+        rendered, info=MailInfo.from_settings(mail_settings), digest_day=DAY, marker=MARKER, now=now
     )
     raw = _fill(template)
     head = raw.split(b"\r\n\r\n", 1)[0]
@@ -106,7 +110,7 @@ def test_subject_is_one_encoded_line_that_round_trips(mail_settings, rendered, n
 
 def test_parts_are_text_then_html_with_the_url_filled_in(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
     template = build_digest_template(
-        rendered, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now
+        rendered, info=MailInfo.from_settings(mail_settings), digest_day=DAY, marker=MARKER, now=now
     )
     raw = _fill(template)
     assert b"MARKER" not in raw
@@ -120,7 +124,7 @@ def test_parts_are_text_then_html_with_the_url_filled_in(mail_settings, rendered
 
 def test_each_recipient_gets_their_own_fields(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
     template = build_digest_template(
-        rendered, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now
+        rendered, info=MailInfo.from_settings(mail_settings), digest_day=DAY, marker=MARKER, now=now
     )
     one = _parse(fill_message(template, to="a@x.org", subscriber_id=1, unsubscribe_url=URL + "1"))
     two = _parse(fill_message(template, to="b@x.org", subscriber_id=2, unsubscribe_url=URL + "2"))
@@ -138,7 +142,7 @@ def test_mailto_unsubscribe_is_added_when_configured(mail_settings, rendered, no
         ),
     )
     template = build_digest_template(
-        rendered, settings=configured, digest_day=DAY, marker=MARKER, now=now
+        rendered, info=MailInfo.from_settings(configured), digest_day=DAY, marker=MARKER, now=now
     )
     msg = _parse(_fill(template))
     assert msg["List-Unsubscribe"] == f"<{URL}>, <mailto:leave@example.org?subject=unsubscribe>"
@@ -147,7 +151,7 @@ def test_mailto_unsubscribe_is_added_when_configured(mail_settings, rendered, no
 
 def test_fill_message_refuses_header_breaking_values(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
     template = build_digest_template(
-        rendered, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now
+        rendered, info=MailInfo.from_settings(mail_settings), digest_day=DAY, marker=MARKER, now=now
     )
     with pytest.raises(ValueError, match="not a checked ASCII address"):
         fill_message(template, to="a@x.org\r\nBcc: y@z", subscriber_id=1, unsubscribe_url=URL)
@@ -159,7 +163,11 @@ def test_a_digest_without_the_unsubscribe_link_is_refused(mail_settings, rendere
     broken = dataclasses.replace(rendered, html="<p>no link</p>")
     with pytest.raises(ConfigError) as caught:
         build_digest_template(
-            broken, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now
+            broken,
+            info=MailInfo.from_settings(mail_settings),
+            digest_day=DAY,
+            marker=MARKER,
+            now=now,
         )
     assert str(caught.value) == (
         "digest (vi): the HTML part has no unsubscribe link. Keep the unsubscribe link in "
@@ -172,12 +180,14 @@ def test_a_bad_from_address_names_the_key(mail_settings, rendered, now) -> None:
         mail_settings, mail=dataclasses.replace(mail_settings.mail, from_="News <news@>")
     )
     with pytest.raises(ConfigError, match=r"^config key mail.from has value 'News <news@>'"):
-        build_digest_template(rendered, settings=bad, digest_day=DAY, marker=MARKER, now=now)
+        build_digest_template(
+            rendered, info=MailInfo.from_settings(bad), digest_day=DAY, marker=MARKER, now=now
+        )
 
 
 def test_digest_message_matches_golden(mail_settings, rendered, now, check_golden) -> None:  # type: ignore[no-untyped-def]
     template = build_digest_template(
-        rendered, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now
+        rendered, info=MailInfo.from_settings(mail_settings), digest_day=DAY, marker=MARKER, now=now
     )
     # The boundary is derived from the content, so the bytes are deterministic as they are.
     check_golden("digest-message.eml", _fill(template))
@@ -192,7 +202,9 @@ def test_confirmation_message(mail_settings, now) -> None:  # type: ignore[no-un
         html=f'<p><a href="{confirm_url}">Confirm</a></p>',
         text=f"Confirm: {confirm_url}\n",
     )
-    raw = build_confirmation_message(rendered, settings=mail_settings, to="an@example.org", now=now)
+    raw = build_confirmation_message(
+        rendered, info=MailInfo.from_settings(mail_settings), to="an@example.org", now=now
+    )
     msg = _parse(raw)
     assert msg["To"] == "an@example.org"
     assert msg["Subject"] == "Confirm your subscription to Tin mới"
@@ -202,7 +214,7 @@ def test_confirmation_message(mail_settings, now) -> None:  # type: ignore[no-un
     assert confirm_url in msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert raw.isascii()
     assert raw == build_confirmation_message(
-        rendered, settings=mail_settings, to="an@example.org", now=now
+        rendered, info=MailInfo.from_settings(mail_settings), to="an@example.org", now=now
     )
 
 
@@ -233,7 +245,12 @@ def test_dkim_signature_covers_the_unsubscribe_headers_and_verifies(  # type: ig
     private, public = dkim_key
     key = DkimKey(domain="example.org", selector="news", private_key=private)
     template = build_digest_template(
-        rendered, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now, dkim=key
+        rendered,
+        info=MailInfo.from_settings(mail_settings),
+        digest_day=DAY,
+        marker=MARKER,
+        now=now,
+        dkim=key,
     )
     raw = _fill(template)
     assert raw.startswith(b"DKIM-Signature: ")
@@ -253,7 +270,10 @@ def test_dkim_signature_covers_the_unsubscribe_headers_and_verifies(  # type: ig
 
 
 def test_unsubscribe_url_lives_under_base_url(mail_settings) -> None:  # type: ignore[no-untyped-def]
-    assert unsubscribe_url(mail_settings, "T0K") == "https://news.example.org/unsubscribe?token=T0K"
+    assert (
+        unsubscribe_url("T0K", info=MailInfo.from_settings(mail_settings))
+        == "https://news.example.org/unsubscribe?token=T0K"
+    )
 
 
 def test_golden_is_stored_with_crlf_line_ends() -> None:
@@ -280,10 +300,10 @@ def test_unsubscribe_url_is_header_safe_for_any_base_url(  # type: ignore[no-unt
     settings = dataclasses.replace(
         mail_settings, site=dataclasses.replace(mail_settings.site, base_url=base)
     )
-    url = unsubscribe_url(settings, "T0K")
+    url = unsubscribe_url("T0K", info=MailInfo.from_settings(settings))
     assert url == expected
     template = build_digest_template(
-        rendered, settings=settings, digest_day=DAY, marker=MARKER, now=now
+        rendered, info=MailInfo.from_settings(settings), digest_day=DAY, marker=MARKER, now=now
     )
     raw = fill_message(template, to="an@example.org", subscriber_id=7, unsubscribe_url=url)
     head = raw.split(b"\r\n\r\n", 1)[0]
@@ -299,7 +319,7 @@ def test_list_id_phrase_cannot_hide_the_id(mail_settings, rendered, now) -> None
         mail_settings, site=dataclasses.replace(mail_settings.site, title="Tin <b>mới</b>")
     )
     template = build_digest_template(
-        rendered, settings=settings, digest_day=DAY, marker=MARKER, now=now
+        rendered, info=MailInfo.from_settings(settings), digest_day=DAY, marker=MARKER, now=now
     )
     list_id = str(_parse(_fill(template))["List-Id"])
     assert list_id.endswith("<digest.news.example.org>")
@@ -311,7 +331,9 @@ def test_a_reply_to_that_is_not_an_address_names_the_key(mail_settings, rendered
         mail_settings, mail=dataclasses.replace(mail_settings.mail, reply_to="not an address")
     )
     with pytest.raises(ConfigError) as caught:
-        build_digest_template(rendered, settings=bad, digest_day=DAY, marker=MARKER, now=now)
+        build_digest_template(
+            rendered, info=MailInfo.from_settings(bad), digest_day=DAY, marker=MARKER, now=now
+        )
     assert str(caught.value) == (
         "config key mail.reply_to has value 'not an address'; "
         "expected an address like 'editor@example.org'."
@@ -334,7 +356,7 @@ def test_long_vietnamese_headers_round_trip_with_every_space(  # type: ignore[no
     )
     long_one = dataclasses.replace(rendered, subject=subject)
     template = build_digest_template(
-        long_one, settings=settings, digest_day=DAY, marker=MARKER, now=now
+        long_one, info=MailInfo.from_settings(settings), digest_day=DAY, marker=MARKER, now=now
     )
     raw = _fill(template)
     head = raw.split(b"\r\n\r\n", 1)[0]
@@ -346,7 +368,7 @@ def test_long_vietnamese_headers_round_trip_with_every_space(  # type: ignore[no
     assert msg["From"].addresses[0].addr_spec == "news@example.org"
     assert str(msg["List-Id"]) == f"{title} <digest.news.example.org>"
     confirmation = build_confirmation_message(
-        long_one, settings=settings, to="an@example.org", now=now
+        long_one, info=MailInfo.from_settings(settings), to="an@example.org", now=now
     )
     assert str(_parse(confirmation)["Subject"]) == subject
 
@@ -358,7 +380,9 @@ def test_reply_to_keeps_every_address_and_encodes_names(mail_settings, rendered,
             mail_settings.mail, reply_to="Tòa soạn <toa-soan@example.org>, ban-doc@example.org"
         ),
     )
-    template = build_digest_template(rendered, settings=two, digest_day=DAY, marker=MARKER, now=now)
+    template = build_digest_template(
+        rendered, info=MailInfo.from_settings(two), digest_day=DAY, marker=MARKER, now=now
+    )
     addresses = _parse(_fill(template))["Reply-To"].addresses
     assert [(a.display_name, a.addr_spec) for a in addresses] == [
         ("Tòa soạn", "toa-soan@example.org"),
@@ -378,7 +402,7 @@ def test_the_top_story_subject_is_byte_exact_vietnamese_after_encoding(  # type:
     assert subject == expected
     template = build_digest_template(
         dataclasses.replace(rendered, subject=subject),
-        settings=mail_settings,
+        info=MailInfo.from_settings(mail_settings),
         digest_day=DAY,
         marker=MARKER,
         now=now,
@@ -392,9 +416,47 @@ def test_mail_folds_long_html_lines_of_the_rendered_digest(mail_settings, render
     long_html = "<p>" + "Thông xe cầu " * 300 + "</p>"
     rendered = dataclasses.replace(rendered, html=long_html + f'<a href="{MARKER}">x</a>\n')
     template = build_digest_template(
-        rendered, settings=mail_settings, digest_day=DAY, marker=MARKER, now=now
+        rendered, info=MailInfo.from_settings(mail_settings), digest_day=DAY, marker=MARKER, now=now
     )
     data = fill_message(template, to="an@example.org", subscriber_id=7, unsubscribe_url=URL)
     assert max(len(line) for line in data.split(b"\r\n")) <= 998
     html = _parse(data).get_body(preferencelist=("html",)).get_content()
     assert html.replace("\r\n", " ").startswith(long_html)
+
+
+def test_mail_takes_mail_info_not_the_whole_settings() -> None:
+    takes_info = set()
+    for name, function in vars(mail).items():
+        if not inspect.isfunction(function) or function.__module__ != mail.__name__:
+            continue
+        hints = typing.get_type_hints(function)
+        for parameter in inspect.signature(function).parameters.values():
+            assert hints.get(parameter.name) is not Settings, (name, parameter.name)
+            assert parameter.name != "settings", name
+            if hints.get(parameter.name) is MailInfo and not name.startswith("_"):
+                assert parameter.kind is inspect.Parameter.KEYWORD_ONLY, name
+                assert parameter.name == "info", name
+                takes_info.add(name)
+    assert {
+        "message_domain",
+        "envelope_sender",
+        "bounce_address",
+        "return_path",
+        "list_id",
+        "reply_to",
+        "unsubscribe_url",
+        "build_digest_template",
+        "build_confirmation_message",
+    } <= takes_info
+    params = MailInfo.__dataclass_params__  # type: ignore[attr-defined]
+    assert params.frozen
+    assert hasattr(MailInfo, "__slots__")
+
+
+def test_mail_info_takes_the_base_url_with_its_slash(settings: Settings) -> None:
+    bare = dataclasses.replace(
+        settings, site=dataclasses.replace(settings.site, base_url="https://news.example.org/x")
+    )
+    info = MailInfo.from_settings(bare)
+    assert info.base_url == "https://news.example.org/x/"
+    assert unsubscribe_url("T0K", info=info) == "https://news.example.org/x/unsubscribe?token=T0K"

@@ -13,7 +13,7 @@ import pytest
 from syndicate.config import Settings
 from syndicate.digest import RenderedEmail
 from syndicate.errors import DeliveryError, LockedError, TempFailError
-from syndicate.mail import MessageTemplate, build_digest_template
+from syndicate.mail import MailInfo, MessageTemplate, build_digest_template
 from syndicate.model import SubscriptionStatus
 from syndicate.send import (
     OutboxMailer,
@@ -70,7 +70,7 @@ def _templates(settings: Settings, now) -> dict[str, MessageTemplate]:  # type: 
             text=f"{word}: {MARKER}\n",
         )
         built[lang] = build_digest_template(
-            rendered, settings=settings, digest_day=DAY, marker=MARKER, now=now
+            rendered, info=MailInfo.from_settings(settings), digest_day=DAY, marker=MARKER, now=now
         )
     return built
 

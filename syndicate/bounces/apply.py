@@ -19,7 +19,7 @@ from syndicate.bounces.mailboxes import Item
 from syndicate.bounces.parse import Kind, Report, ReportFormatError, digest_hint, parse_report
 from syndicate.config import Settings
 from syndicate.errors import SubscriberError, TokenError
-from syndicate.mail import bounce_address
+from syndicate.mail import MailInfo, bounce_address
 from syndicate.model import Subscriber
 from syndicate.store import Database
 from syndicate.store.bounces import ReportKind, apply_report, is_applied, last_sent_day
@@ -172,7 +172,7 @@ def apply_mail(
     is; every other one (applied or ignored) is filed (Maildir: moved to cur/,
     seen). Raises ConfigError when mail.bounce_address is unusable.
     """
-    verp = bounce_address(settings)
+    verp = bounce_address(info=MailInfo.from_settings(settings))
     summary = BounceSummary()
     for item in items:
         if item.raw is None:

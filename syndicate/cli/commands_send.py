@@ -11,7 +11,7 @@ import click
 
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.errors import InterruptError, SubscriberError, TokenError
-from syndicate.mail import unsubscribe_url
+from syndicate.mail import MailInfo, unsubscribe_url
 from syndicate.send import SendSummary
 from syndicate.send.daily import Preview, preview, run_daily
 from syndicate.store.meta import get_secret
@@ -260,4 +260,4 @@ def make_command(app: AppContext, email: str) -> None:
         nonce=found.token_nonce,
         issued_at=now,
     )
-    click.echo(unsubscribe_url(settings, token))
+    click.echo(unsubscribe_url(token, info=MailInfo.from_settings(settings)))

@@ -24,6 +24,7 @@ from syndicate.digest import stale_warning
 from syndicate.errors import InterruptError, TerminatedError
 from syndicate.load import check_dump_paths
 from syndicate.mail import (
+    MailInfo,
     MessageTemplate,
     envelope_sender,
     fill_message,
@@ -289,6 +290,7 @@ def _preview_plan(
     day = plan.day.isoformat()
     if test_copy_to is not None:
         template = templates[settings.site.language]
+        mail_info = MailInfo.from_settings(settings)
         # Subscriber 0 never exists, so the copy's link acts on nobody.
         token = make_token(
             secret,
@@ -298,13 +300,13 @@ def _preview_plan(
             issued_at=now,
         )
         message = _test_copy(
-            template, to=test_copy_to, day=plan.day, url=unsubscribe_url(settings, token)
+            template, to=test_copy_to, day=plan.day, url=unsubscribe_url(token, info=mail_info)
         )
 
         async def deliver() -> None:
             mailer = open_mailer(settings, folder="test")
             try:
-                await mailer.send(envelope_sender(settings), [test_copy_to], message)
+                await mailer.send(envelope_sender(info=mail_info), [test_copy_to], message)
             finally:
                 await mailer.aclose()
 

@@ -30,6 +30,7 @@ from syndicate.errors import (
     TransientSendError,
 )
 from syndicate.mail import (
+    MailInfo,
     MessageTemplate,
     envelope_sender,
     fill_message,
@@ -199,7 +200,8 @@ class DigestSender:
         self.policy = policy
         self.stop = stop or Stop()
         self.tick = clock or (lambda: datetime.now(UTC))
-        envelope_sender(settings)  # checks mail.from before the first message
+        self.mail_info = MailInfo.from_settings(settings)  # once per run, not per message
+        envelope_sender(info=self.mail_info)  # checks mail.from before the first message
         self.pacer = _Pacer(policy.rate)
 
     async def send(
@@ -251,7 +253,7 @@ class DigestSender:
                 templates.get(recipient.language, fallback),
                 to=recipient.email,
                 subscriber_id=recipient.subscriber_id,
-                unsubscribe_url=unsubscribe_url(self.settings, token),
+                unsubscribe_url=unsubscribe_url(token, info=self.mail_info),
             )
 
         report()
@@ -346,7 +348,7 @@ class DigestSender:
     def _sender(self, run: _Run, recipient: ledger.Recipient) -> str:
         """MAIL FROM for one recipient: a VERP address when mail.bounce_address is set."""
         return return_path(
-            self.settings,
+            info=self.mail_info,
             secret=self.secret,
             subscriber_id=recipient.subscriber_id,
             nonce=recipient.token_nonce,

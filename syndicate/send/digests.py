@@ -18,6 +18,7 @@ from syndicate.i18n import LANGUAGES
 from syndicate.load import check_dump_paths
 from syndicate.mail import (
     DkimKey,
+    MailInfo,
     MessageTemplate,
     build_digest_template,
     fill_message,
@@ -198,13 +199,14 @@ def build_templates(
     """Build the digest's message template in each language (and the site's), once each."""
     view_url = digest_view_url(settings, plan.day)
     info = DigestInfo.from_settings(settings)
+    mail_info = MailInfo.from_settings(settings)
     built: dict[str, MessageTemplate] = {}
     for lang in dict.fromkeys([*languages, settings.site.language]):
         rendered = render_digest(
             plan, lang=lang, info=info, unsubscribe_url=marker, now=now, view_url=view_url
         )
         built[lang] = build_digest_template(
-            rendered, settings=settings, digest_day=plan.day, marker=marker, now=now, dkim=dkim
+            rendered, info=mail_info, digest_day=plan.day, marker=marker, now=now, dkim=dkim
         )
     return built
 
@@ -227,7 +229,7 @@ def build_sample_messages(settings: Settings, db: Database, *, now: datetime) ->
     plan = preview_digest(settings, db, now=now)
     if plan is None:
         return {}
-    url = unsubscribe_url(settings, _SAMPLE_TOKEN)
+    url = unsubscribe_url(_SAMPLE_TOKEN, info=MailInfo.from_settings(settings))
     templates = build_templates(
         settings, plan, LANGUAGES, marker=_SAMPLE_MARKER, now=now, dkim=None
     )

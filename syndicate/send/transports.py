@@ -32,7 +32,7 @@ from syndicate.errors import (
     SendError,
     TransientSendError,
 )
-from syndicate.mail import DkimKey, envelope_sender
+from syndicate.mail import DkimKey, MailInfo, envelope_sender
 from syndicate.output import write_atomic
 from syndicate.send.policy import Action, Outcome, SendPolicy, Stage, to_action
 
@@ -44,7 +44,7 @@ def check_mail_settings(settings: Settings) -> None:
     """Raise ConfigError when the SMTP transport's settings cannot work (before any lock)."""
     if settings.mail.transport != "smtp":
         return
-    envelope_sender(settings)
+    envelope_sender(info=MailInfo.from_settings(settings))
     if settings.smtp.username and not settings.smtp.password:
         raise ConfigError(
             "config key smtp.username is set, but SYNDICATE_SMTP_PASSWORD is empty.",

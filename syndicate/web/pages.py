@@ -22,6 +22,7 @@ from syndicate import i18n
 from syndicate.config import Settings, base_url, make_environment, site_templates_dir
 from syndicate.errors import StoreError
 from syndicate.i18n import LANGUAGES
+from syndicate.mail import MailInfo
 from syndicate.model import Subscriber
 from syndicate.send import Mailer, read_dkim_key
 from syndicate.web.confirm import confirm
@@ -91,6 +92,7 @@ class Service:
         self.signups = SignupWorker(mailer)
         self.clock = clock
         self.base_url = base_url(settings)
+        self.mail_info = MailInfo.from_settings(settings)
         self.base_path = urlsplit(self.base_url).path or "/"
         self.output = OutputFolder(settings.paths.output)
         self.limiter = RateLimiter(settings.subscribe.rate_limit)

@@ -114,7 +114,7 @@ async def _send_confirmation(service: Service, subscriber: Subscriber, now: date
     )
     confirm_url = urls.confirm_url(service.base_url, token)
     try:
-        sender = mail.envelope_sender(service.settings)
+        sender = mail.envelope_sender(info=service.mail_info)
         message = build_confirmation(
             service.settings,
             subscriber=subscriber,
@@ -149,5 +149,9 @@ def build_confirmation(
         now=now,
     )
     return mail.build_confirmation_message(
-        rendered, settings=settings, to=subscriber.email, now=now, dkim=dkim
+        rendered,
+        info=mail.MailInfo.from_settings(settings),
+        to=subscriber.email,
+        now=now,
+        dkim=dkim,
     )
