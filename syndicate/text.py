@@ -275,7 +275,10 @@ def story_key(text: str) -> str:
     key (a teaser is that text, usually cut off).
     """
     key = collapse_spaces(clean_text(text).casefold())
-    key = _TRAILING_ELLIPSIS.sub("", key)
+    # Spaces collapsed, a trailing ellipsis is within the run of spaces, dots and "…" the
+    # key ends with: only that run is searched (the regex would try every position).
+    stem = len(key.rstrip(" .…"))
+    key = key[:stem] + _TRAILING_ELLIPSIS.sub("", key[stem:])
     return key[:STORY_KEY_CHARS].rstrip()
 
 

@@ -22,6 +22,7 @@ from syndicate.text import (
     one_line,
     shorten,
     slugify,
+    story_key,
 )
 
 
@@ -296,3 +297,20 @@ def test_compound_list_is_lower_case_nfc_pairs() -> None:
     for word in COMPOUND_WORDS:
         assert word == nfc(word).lower()
         assert len(word.split()) == 2, word
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("Khánh thành trung tâm...", "khánh thành trung tâm"),
+        ("Khánh thành trung tâm …", "khánh thành trung tâm"),
+        ("Khánh thành. . .. …  ", "khánh thành. ."),
+        ("Khánh thành trung tâm.", "khánh thành trung tâm."),
+        ("Khánh thành... trung tâm", "khánh thành... trung tâm"),
+        ("Khánh\u00a0thành ....\n", "khánh thành"),
+        ("...", ""),
+        (" . ", "."),
+    ],
+)
+def test_story_key_drops_only_a_trailing_ellipsis(text: str, key: str) -> None:
+    assert story_key(text) == key
