@@ -21,7 +21,9 @@ from syndicate.store.articles import (
     encode_record,
     get_article,
     iter_articles_newest_first,
+    read_page_paths,
     upsert_article,
+    write_page_paths,
 )
 from syndicate.store.schema import MIGRATIONS
 
@@ -241,3 +243,27 @@ def test_a_record_stored_before_heads_existed_reads_back_without_one() -> None:
     old = Article.from_record(record)
     assert old.head is None
     assert old.summary == old.lead
+
+
+def test_page_paths_recorded_in_the_articles_row_move_to_their_own_table(tmp_path: Path) -> None:
+    # Migration 9: page paths left the wide articles row (updating it rewrote the body).
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for step in MIGRATIONS[:8]:
+        for statement in step:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 8")
+    conn.executemany(
+        "INSERT INTO articles (id, record, first_seen_at, page_path) VALUES (?, '{}', ?, ?)",
+        [("a", "2024-11-01T00:00:00Z", "articles/a.html"), ("b", "2024-11-01T00:00:00Z", None)],
+    )
+    conn.commit()
+    conn.close()
+    with open_database(path) as database:
+        assert database.schema_version == len(MIGRATIONS)
+        assert read_page_paths(database) == {"a": "articles/a.html"}
+        with database.transaction():
+            write_page_paths(database, {"b": "articles/b.html"})
+        assert read_page_paths(database) == {"b": "articles/b.html"}
+        left = database.conn.execute("SELECT count(*) FROM articles WHERE page_path IS NOT NULL")
+        assert left.fetchone()[0] == 0

@@ -66,14 +66,19 @@ SELECT_ARTICLE_SOURCES = "SELECT id, source, slug FROM articles"
 SELECT_ARTICLE = "SELECT record, body FROM articles WHERE id = ?"
 # The light columns of every article, for index pages and feed selection.
 SELECT_SUMMARIES = """
-    SELECT id, slug, title, published_at, precision, author, record_hash, first_seen_at,
-        page_path
-    FROM articles
+    SELECT a.id, a.slug, a.title, a.published_at, a.precision, a.author, a.record_hash,
+        a.first_seen_at, p.path
+    FROM articles AS a LEFT JOIN article_pages AS p ON p.article_id = a.id
 """
-# The articles that have a page, and where (only the build writes page_path).
-SELECT_PAGE_PATHS = "SELECT id, page_path FROM articles WHERE page_path IS NOT NULL"
-# Record where an article's page is, or (NULL) that it has none.
-UPDATE_PAGE_PATH = "UPDATE articles SET page_path = ? WHERE id = ?"
+# The articles that have a page, and where (only the build writes article_pages).
+SELECT_PAGE_PATHS = "SELECT article_id, path FROM article_pages"
+# Record where an article's page is.
+UPSERT_PAGE_PATH = """
+    INSERT INTO article_pages (article_id, path) VALUES (?, ?)
+    ON CONFLICT (article_id) DO UPDATE SET path = excluded.path
+"""
+# Record that an article has no page.
+DELETE_PAGE_PATH = "DELETE FROM article_pages WHERE article_id = ?"
 # Full articles newest first (undated last, then by id), one keyset batch at a time.
 # published_at is always UTC ISO text, so text order is time order; NULL sorts as ''.
 SELECT_ARTICLES_NEWEST_FIRST = """
@@ -478,12 +483,11 @@ def write_page_paths(db: Database, pages: Mapping[str, str]) -> None:
     For the publish stage only, once it has written the pages: the one writer of page paths.
     """
     old = read_page_paths(db)
-    changes: list[tuple[str | None, str]] = [
-        (path, i) for i, path in pages.items() if old.get(i) != path
-    ]
-    changes += [(None, i) for i in old if i not in pages]
+    changed = sorted((i, path) for i, path in pages.items() if old.get(i) != path)
+    gone = sorted((i,) for i in old if i not in pages)
     try:
-        db.conn.executemany(UPDATE_PAGE_PATH, changes)
+        db.conn.executemany(UPSERT_PAGE_PATH, changed)
+        db.conn.executemany(DELETE_PAGE_PATH, gone)
     except sqlite3.Error as exc:
         raise _wrap("record the page paths", db, exc) from exc
 

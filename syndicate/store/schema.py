@@ -273,3 +273,22 @@ MIGRATIONS.append(PAGES_MIGRATION)
 # confirmed, left), so storing it before the page answers costs the same for everyone;
 # `signed_up_at` is that write's stamp for an address already on the list.
 MIGRATIONS.append(["ALTER TABLE subscribers ADD COLUMN signed_up_at TEXT"])
+
+# 9: page paths in a narrow table of their own. Updating `articles.page_path` rewrote each
+# whole article row (record and body, about 10 KiB): a full build wrote every article twice.
+# The column stays (SQLite keeps it) but is emptied and no longer read.
+MIGRATIONS.append(
+    [
+        """
+        CREATE TABLE article_pages (
+            article_id TEXT PRIMARY KEY,    -- articles.id
+            path TEXT NOT NULL              -- relative to paths.output: articles/<slug>.html
+        ) WITHOUT ROWID
+        """,
+        """
+        INSERT INTO article_pages (article_id, path)
+        SELECT id, page_path FROM articles WHERE page_path IS NOT NULL
+        """,
+        "UPDATE articles SET page_path = NULL WHERE page_path IS NOT NULL",
+    ]
+)
