@@ -7,7 +7,7 @@ import errno
 import itertools
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from syndicate.errors import DiskFullError, OutputError
@@ -135,13 +135,7 @@ def remove_temp_files(root: Path, *, alive: Callable[[int], bool], skip: str = "
     for folder, folders, files in os.walk(root):
         if skip in folders:
             folders.remove(skip)
-        for name in files:
-            match = _TEMP_NAME.fullmatch(name)
-            if match is None or alive(int(match.group("pid"))):
-                continue
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(folder, name))
-                removed += 1
+        removed += _remove_dead_temps(folder, files, alive)
     return removed
 
 
@@ -149,12 +143,19 @@ def remove_temp_files_in(folder: Path, *, alive: Callable[[int], bool]) -> int:
     """Delete the temp files `write_atomic` left in `folder` itself (not below it), except
     those of processes still `alive`. One listing, names only: cheap for 10,000 pages.
     Returns how many were deleted; a missing folder, or a file that cannot be, is left."""
-    removed = 0
     try:
         with os.scandir(folder) as entries:
             names = [e.name for e in entries if e.name[0] == "." and e.name.endswith(".tmp")]
     except OSError:
         return 0
+    return _remove_dead_temps(folder, names, alive)
+
+
+def _remove_dead_temps(
+    folder: str | Path, names: Iterable[str], alive: Callable[[int], bool]
+) -> int:
+    """Delete the temp files among `names` in `folder` whose process is not `alive`."""
+    removed = 0
     for name in names:
         match = _TEMP_NAME.fullmatch(name)
         if match is None or alive(int(match.group("pid"))):

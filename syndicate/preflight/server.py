@@ -5,22 +5,11 @@ accept the login? One connection, ended with QUIT; nothing is sent.
 from __future__ import annotations
 
 import asyncio
-import ssl
 
 import aiosmtplib
 
 from syndicate.config import Settings
-
-
-def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return None
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+from syndicate.send.transports import certificate_error
 
 
 async def probe_smtp(settings: Settings, *, timeout: float) -> tuple[bool, str]:
@@ -83,7 +72,7 @@ async def _probe(settings: Settings, *, timeout: float) -> tuple[bool, str]:
             "Check smtp.username and SYNDICATE_SMTP_PASSWORD."
         )
     except aiosmtplib.SMTPException as exc:
-        untrusted = _certificate_error(exc)
+        untrusted = certificate_error(exc)
         if untrusted is not None:
             return False, (
                 f"{where}: the TLS certificate is not trusted: "

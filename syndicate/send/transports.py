@@ -124,7 +124,7 @@ def forget_recipient(outbox: Path, address: str) -> int:
     return removed
 
 
-def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+def certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     """The certificate verification failure behind `exc` (aiosmtplib may wrap it), if any."""
     seen: BaseException | None = exc
     for _ in range(5):
@@ -228,7 +228,7 @@ class SmtpMailer:
             ) from exc
         except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPTimeoutError, OSError) as exc:
             _close_quietly(client)
-            untrusted = _certificate_error(exc)
+            untrusted = certificate_error(exc)
             if untrusted is not None:  # a setup problem: waiting will not fix it
                 raise DeliveryError(
                     f"{self.where}: the server's TLS certificate is not trusted: "
