@@ -97,6 +97,14 @@ def project(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return workdir
 
 
+@pytest.fixture
+def plain_project(project: Path) -> Path:
+    """The project of an operator without VERP (no mail.bounce_address): reports are tied
+    to subscribers by the address they name."""
+    (project / "syndicate.toml").write_text("[mail]\nbounce_limit = 2\n", encoding="utf-8")
+    return project
+
+
 def _sent(db: Database, day: str, ids: list[int]) -> None:
     with db.transaction() as conn:
         conn.execute(
@@ -143,7 +151,8 @@ def _verp(project: Path, email: str, day: date) -> str:
     return f"bounces+{token}@news.example.org"
 
 
-def test_bounces_reads_a_maildir_and_files_each_handled_message(project: Path) -> None:
+def test_bounces_reads_a_maildir_and_files_each_handled_message(plain_project: Path) -> None:
+    project = plain_project
     names = [
         "gmail-hard.eml",
         "microsoft-hard.eml",
@@ -181,7 +190,8 @@ def test_bounces_reads_a_maildir_and_files_each_handled_message(project: Path) -
     )
 
 
-def test_the_same_report_read_twice_changes_nothing(project: Path) -> None:
+def test_the_same_report_read_twice_changes_nothing(plain_project: Path) -> None:
+    project = plain_project
     soft = BOUNCES / "yahoo-soft.eml"
     assert _run("bounces", str(soft))[1] == (
         "bounces: 0 hard, 1 soft, 0 complaints, 0 ignored, 0 unreadable\n"
@@ -275,7 +285,8 @@ def test_bad_invocations_exit_2(project: Path) -> None:
     assert _run("bounces", "plain")[0] == 2
 
 
-def test_bounces_reads_an_mbox_file(project: Path) -> None:
+def test_bounces_reads_an_mbox_file(plain_project: Path) -> None:
+    project = plain_project
     mbox = project / "bounces.mbox"
     with mbox.open("wb") as out:
         for name in ("gmail-hard.eml", "microsoft-arf.eml"):
@@ -288,7 +299,8 @@ def test_bounces_reads_an_mbox_file(project: Path) -> None:
     assert mbox.exists()
 
 
-def test_a_complainer_comes_back_only_through_the_sign_up_form(project: Path) -> None:
+def test_a_complainer_comes_back_only_through_the_sign_up_form(plain_project: Path) -> None:
+    project = plain_project
     _run("bounces", str(BOUNCES / "microsoft-arf.eml"))
     address = "complainer@outlook.example"
     (project / "list.csv").write_text(f"email\n{address}\n", encoding="utf-8")
@@ -306,7 +318,8 @@ def test_a_complainer_comes_back_only_through_the_sign_up_form(project: Path) ->
         assert confirm(db, pending.id, now=NOW).status is SubscriptionStatus.CONFIRMED
 
 
-def test_complaint_rate_warning_passes_only_above_three_in_a_thousand(project: Path) -> None:
+def test_complaint_rate_warning_passes_only_above_three_in_a_thousand(plain_project: Path) -> None:
+    project = plain_project
     with open_database(project / "syndicate.db") as db:
         assert complaint_warning(recent_rates(db, now=NOW)) is None
     _run("bounces", str(BOUNCES / "microsoft-arf.eml"))
@@ -356,7 +369,8 @@ def test_a_version_4_database_keeps_ids_nonces_and_its_sequence_through_the_boun
         db.conn.execute("UPDATE subscribers SET status = 'complained' WHERE id = 1")
 
 
-def test_stats_show_rates_for_30_days_and_the_last_digest(project: Path) -> None:
+@pytest.mark.usefixtures("plain_project")
+def test_stats_show_rates_for_30_days_and_the_last_digest() -> None:
     _run("bounces", str(BOUNCES / "gmail-hard.eml"), str(BOUNCES / "microsoft-arf.eml"))
     code, out, _ = _run("subscribers", "stats")
     assert code == 0
@@ -411,3 +425,13 @@ def test_a_bad_bounce_address_is_a_config_error(project: Path, value: str, messa
     verp_ok = "b" * 29 + "@news.example.org"
     (project / "syndicate.toml").write_text(f'[mail]\nbounce_address = "{verp_ok}"\n')
     assert _run("bounces", str(BOUNCES / "gmail-hard.eml"))[0] == 0
+
+
+def test_with_verp_a_report_without_a_token_changes_nothing(project: Path) -> None:
+    # Anyone can mail the bounce address and name a subscriber: with mail.bounce_address
+    # set, only a report carrying a signed return-path token counts.
+    for sample in ("microsoft-arf.eml", "gmail-hard.eml"):
+        result = CliRunner().invoke(cli, ["bounces", str(BOUNCES / sample)], catch_exceptions=False)
+        assert result.stdout == "bounces: 0 hard, 0 soft, 0 complaints, 1 ignored, 0 unreadable\n"
+    with open_database(project / "syndicate.db") as db:
+        assert {s.status for s in iter_subscribers(db)} == {SubscriptionStatus.CONFIRMED}

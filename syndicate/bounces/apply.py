@@ -121,6 +121,13 @@ def _apply_one(
     day: date | None = None
     if claim is not None:
         subscriber, day = claim
+    elif verp is not None:
+        # With mail.bounce_address set, every digest's return path carries a signed token:
+        # a report without one is not about our mail (anyone can mail the bounce address
+        # and name any subscriber), so it changes nothing.
+        log.info("%s: ignored (no return-path token)", item.label)
+        summary.ignored += 1
+        return
     else:
         subscriber = _by_address(db, report.recipients)
     if subscriber is None:
