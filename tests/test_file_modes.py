@@ -208,3 +208,19 @@ def test_send_refuses_a_world_readable_dkim_key_with_one_line_and_exit_2(project
         f"Error: dkim.key_file {key}: readable by others (mode 0644); run chmod 600 {key}.\n",
     )
     assert not (project / "outbox").exists()
+
+
+def test_tightening_an_existing_database_does_not_follow_a_planted_link(tmp_path: Path) -> None:
+    database = tmp_path / "syndicate.db"
+    open_database(database).close()
+    for side in ("-wal", "-shm"):
+        Path(f"{database}{side}").unlink(missing_ok=True)
+    victim = tmp_path / "elsewhere.txt"
+    victim.write_text("not ours\n", encoding="utf-8")
+    victim.chmod(0o644)
+    Path(f"{database}-shm").symlink_to(victim)
+    try:
+        open_database(database).close()
+    except Exception:  # noqa: S110 - SQLite may refuse the link; the mode is the point
+        pass
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644

@@ -277,6 +277,8 @@ def _create_private_file(path: Path) -> None:
         pass
     for name in _SIDE_FILES:
         side = path.with_name(path.name + name)
+        if name and side.is_symlink():
+            continue  # a planted -wal/-shm link must not make us chmod what it points to
         try:
             mode = stat.S_IMODE(side.stat().st_mode)
             if mode & 0o007:
