@@ -40,8 +40,12 @@ _SIDE_FILES = ("", "-wal", "-shm")
 
 log = logging.getLogger(__name__)
 
+# The errors a statement can raise, whichever engine runs it: area modules catch these
+# and word them through `store_error`.
+DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error,)
 
-def store_error(path: Path | str, what: str, exc: sqlite3.Error) -> StoreError:
+
+def store_error(path: Path | str, what: str, exc: Exception) -> StoreError:
     """The StoreError for a failed SQLite call: `{path}: {what}: {exc}.`.
 
     A busy database (another connection held the write lock past the busy
@@ -68,7 +72,7 @@ def _no_room(path: Path) -> bool:
         return False
 
 
-def _raise_if_try_later(path: Path, exc: sqlite3.Error) -> None:
+def _raise_if_try_later(path: Path, exc: Exception) -> None:
     """Raise StoreBusyError or StoreFullError for a busy database or a full disk."""
     error = store_error(path, "", exc)
     if type(error) is not StoreError:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +15,7 @@ from typing import NamedTuple
 
 from syndicate.errors import StoreError
 from syndicate.model import Article, BlockKind, Precision, make_article_id
-from syndicate.store import Database, store_error, teasers
+from syndicate.store import DB_ERRORS, Database, store_error, teasers
 
 # The same as json.dumps(..., ensure_ascii=False, sort_keys=True), built once.
 _RECORD_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
@@ -143,7 +142,7 @@ def _utc_text(value: datetime) -> str:
     return value.astimezone(UTC).isoformat()
 
 
-def _wrap(what: str, db: Database, exc: sqlite3.Error) -> StoreError:
+def _wrap(what: str, db: Database, exc: Exception) -> StoreError:
     return store_error(db.path, f"cannot {what}", exc)
 
 
@@ -164,7 +163,7 @@ def read_dump_cache(db: Database) -> dict[str, CachedDump]:
             )
             for row in rows
         }
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _wrap("read the dump cache", db, exc) from exc
 
 
@@ -188,7 +187,7 @@ def write_dumps(db: Database, entries: Iterable[tuple[str, CachedDump]]) -> None
                 for path, entry in entries
             ),
         )
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _wrap("update the dump cache", db, exc) from exc
 
 
@@ -196,7 +195,7 @@ def delete_dumps(db: Database, paths: Iterable[str]) -> None:
     """Forget the given dumps."""
     try:
         db.conn.executemany(DELETE_DUMP, ((p,) for p in paths))
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _wrap("update the dump cache", db, exc) from exc
 
 
@@ -309,7 +308,7 @@ def upsert_row(
     try:
         if existed is None:
             existed = db.conn.execute(SELECT_ARTICLE_EXISTS, (row.id,)).fetchone() is not None
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _wrap(f"store article {row.id!r}", db, exc) from exc
     upsert_rows(db, [row], now=now)
     return not existed
@@ -341,7 +340,7 @@ def upsert_rows(db: Database, rows: Sequence[ArticleRow], *, now: datetime) -> N
                 for row in rows
             ),
         )
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _wrap("store the articles", db, exc) from exc
     teasers.index_keys(db, [(row.id, row.story_keys, row.teaser_keys) for row in rows])
 
@@ -358,7 +357,7 @@ def read_article_keys(db: Database) -> dict[str, tuple[str, str]]:
             str(i): (str(src), str(slug))
             for i, src, slug in db.conn.execute(SELECT_ARTICLE_SOURCES)
         }
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _wrap("read the articles", db, exc) from exc
 
 
@@ -366,7 +365,7 @@ def get_article(db: Database, article_id: str) -> Article | None:
     """Load one article by id, or None when the store has no such article."""
     try:
         row = db.conn.execute(SELECT_ARTICLE, (article_id,)).fetchone()
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _wrap("read the articles", db, exc) from exc
     if row is None:
         return None
@@ -377,7 +376,7 @@ def get_record(db: Database, article_id: str) -> tuple[str, str | None] | None:
     """The stored record and body of one article (for `decode_article`), or None."""
     try:
         row = db.conn.execute(SELECT_ARTICLE, (article_id,)).fetchone()
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _wrap("read the articles", db, exc) from exc
     return None if row is None else (str(row[0]), row[1])
 
@@ -409,7 +408,7 @@ def iter_summaries(db: Database) -> Iterator[ArticleSummary]:
                     first_seen_at=datetime.fromisoformat(row[7]),
                     page_path=row[8],
                 )
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _wrap("read the articles", db, exc) from exc
 
 
@@ -428,7 +427,7 @@ def iter_articles_newest_first(db: Database, *, batch: int = _BATCH) -> Iterator
                 ).fetchall()
             else:
                 rows = db.conn.execute(SELECT_ARTICLES_NEWEST_FIRST, key).fetchall()
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise _wrap("read the articles", db, exc) from exc
         if not rows:
             return
@@ -457,7 +456,7 @@ def backfill_teasers(db: Database) -> int:
                 teasers.index_keys(db, [_keys(*row) for row in found])
             done += len(found)
             last = found[-1][0]
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _wrap("index the stored teasers", db, exc) from exc
 
 
@@ -473,7 +472,7 @@ def read_page_paths(db: Database) -> dict[str, str]:
     """Map every article that has a page to its page's path (relative to paths.output)."""
     try:
         return {str(i): str(path) for i, path in db.conn.execute(SELECT_PAGE_PATHS)}
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _wrap("read the page paths", db, exc) from exc
 
 
@@ -488,7 +487,7 @@ def write_page_paths(db: Database, pages: Mapping[str, str]) -> None:
     try:
         db.conn.executemany(UPSERT_PAGE_PATH, changed)
         db.conn.executemany(DELETE_PAGE_PATH, gone)
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _wrap("record the page paths", db, exc) from exc
 
 
@@ -517,7 +516,7 @@ def read_page_fingerprints(db: Database) -> tuple[dict[str, str], dict[str, Page
             fingerprints[str(path)] = str(fp)
             if size is not None and mtime_ns is not None:
                 stamps[str(path)] = page_stamp(int(size), int(mtime_ns))
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _wrap("read the page fingerprints", db, exc) from exc
     return fingerprints, stamps
 
@@ -528,7 +527,7 @@ def write_page_fingerprints(
     """Record (path, fingerprint, size, mtime_ns) for pages just written or confirmed."""
     try:
         db.conn.executemany(UPSERT_PAGE, pages)
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _wrap("record the page fingerprints", db, exc) from exc
 
 
@@ -536,5 +535,5 @@ def delete_page_fingerprints(db: Database, paths: Iterable[str]) -> None:
     """Forget pages that were removed."""
     try:
         db.conn.executemany(DELETE_PAGE, ((p,) for p in paths))
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _wrap("record the page fingerprints", db, exc) from exc

@@ -11,13 +11,12 @@ them that did not bounce starts the count again); a complaint makes them
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 
 from syndicate.errors import StoreError
-from syndicate.store import Database
+from syndicate.store import DB_ERRORS, Database
 
 RATE_DAYS = 30
 # Mailbox providers' limits (Gmail and Yahoo sender rules, 2024): complaints must stay
@@ -94,7 +93,7 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
-def _fail(db: Database, exc: sqlite3.Error) -> StoreError:
+def _fail(db: Database, exc: Exception) -> StoreError:
     return StoreError(f"{db.path}: bounce query failed: {exc}.")
 
 
@@ -102,7 +101,7 @@ def is_applied(db: Database, key: str) -> bool:
     """Tell whether the report mail with this key was applied before."""
     try:
         return db.conn.execute(_SELECT_REPORT, (key,)).fetchone() is not None
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
 
 
@@ -110,7 +109,7 @@ def last_sent_day(db: Database, subscriber_id: int) -> date | None:
     """Return the day of the last digest sent to a subscriber, or None."""
     try:
         row = db.conn.execute(_LAST_SENT_DAY, (subscriber_id,)).fetchone()
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return date.fromisoformat(row[0]) if row and row[0] else None
 
@@ -152,7 +151,7 @@ def apply_report(
                 changed = 0
                 if streak >= max(bounce_limit, 1):
                     changed = conn.execute(_SOFT_LIMIT, params).rowcount
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return changed > 0
 
@@ -189,7 +188,7 @@ def recent_rates(db: Database, *, now: datetime, days: int = RATE_DAYS) -> Rates
     try:
         sent = int(db.conn.execute(_SENT_SINCE, (since,)).fetchone()[0])
         kinds = dict(db.conn.execute(_EVENTS_SINCE, (since,)).fetchall())
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return Rates(sent, int(kinds.get("hard", 0)), int(kinds.get("complaint", 0)))
 
@@ -203,7 +202,7 @@ def last_digest_rates(db: Database) -> tuple[date | None, Rates]:
         day = str(row[0])
         sent = int(db.conn.execute(_SENT_OF_DAY, (day,)).fetchone()[0])
         kinds = dict(db.conn.execute(_EVENTS_OF_DAY, (day,)).fetchall())
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     rates = Rates(sent, int(kinds.get("hard", 0)), int(kinds.get("complaint", 0)))
     return date.fromisoformat(day), rates

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from syndicate.errors import StoreError
 from syndicate.model import Article, DigestPlan
-from syndicate.store import Database, store_error
+from syndicate.store import DB_ERRORS, Database, store_error
 from syndicate.store.articles import decode_article
 
 log = logging.getLogger(__name__)
@@ -100,7 +99,7 @@ def iter_candidates(db: Database, *, batch: int = 500) -> Iterator[tuple[Article
     while True:
         try:
             rows = db.conn.execute(SELECT_CANDIDATES, {"last": last, "n": batch}).fetchall()
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise store_error(db.path, "cannot read articles", exc) from exc
         for article_id, record_json, body, first_seen_at in rows:
             where = f"{db.path}: article {article_id!r}"
@@ -116,7 +115,7 @@ def newest_published(db: Database) -> datetime | None:
     """The newest publish time of any article in the store, or None when none is dated."""
     try:
         row = db.conn.execute(SELECT_NEWEST_PUBLISHED).fetchone()
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise store_error(db.path, "cannot read articles", exc) from exc
     if row is None or row[0] is None:
         return None
@@ -127,7 +126,7 @@ def live_article_ids(db: Database) -> set[str]:
     """The ids of the articles a dump still on disk gives: the ones `build` makes pages for."""
     try:
         return {row[0] for row in db.conn.execute(SELECT_LIVE_ARTICLE_IDS)}
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise store_error(db.path, "cannot read the dump cache", exc) from exc
 
 
@@ -146,7 +145,7 @@ def get_digest(db: Database, day: date) -> DigestPlan | None:
                 article = _article_or_none(found[0], found[1], where=where)
                 if article is not None:
                     articles.append(article)
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise store_error(db.path, f"cannot read the digest of {day}", exc) from exc
     except ValueError as exc:
         raise StoreError(f"{db.path}: the digest of {day} is damaged: {exc}.") from exc
@@ -172,7 +171,7 @@ def create_digest(db: Database, plan: DigestPlan, *, now: datetime) -> None:
             ).rowcount
             if inserted:
                 conn.executemany(MARK_ARTICLE, [{"day": day, "id": a.id} for a in plan.articles])
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise store_error(db.path, f"cannot store the digest of {day}", exc) from exc
 
 
@@ -183,7 +182,7 @@ def open_digests(db: Database, *, before: date) -> list[StoredDigest]:
     """
     try:
         rows = db.conn.execute(SELECT_OPEN_DIGESTS, {"before": before.isoformat()}).fetchall()
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise store_error(db.path, "cannot read the digests", exc) from exc
     where = f"{db.path}: digests"
     try:
@@ -200,5 +199,5 @@ def close_digest(db: Database, day: date, *, now: datetime) -> None:
     try:
         with db.transaction() as conn:
             conn.execute(CLOSE_DIGEST, {"day": day.isoformat(), "now": _utc_text(now)})
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise store_error(db.path, f"cannot close the digest of {day}", exc) from exc

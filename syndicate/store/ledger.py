@@ -12,13 +12,12 @@ before that time count, so a new subscriber is not sent last week's digest.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from syndicate.errors import StoreError
-from syndicate.store import Database, store_error
+from syndicate.store import DB_ERRORS, Database, store_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +105,7 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
-def _fail(db: Database, exc: sqlite3.Error) -> StoreError:
+def _fail(db: Database, exc: Exception) -> StoreError:
     return store_error(db.path, "send ledger query failed", exc)
 
 
@@ -134,7 +133,7 @@ def owed_page(
     }
     try:
         rows = db.conn.execute(_OWED_PAGE, params).fetchall()
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return [Recipient(int(r[0]), str(r[1]), str(r[2]), int(r[3]), bytes(r[4])) for r in rows]
 
@@ -155,7 +154,7 @@ def count_owed(
         row = db.conn.execute(
             _OWED_COUNT, _count_params(day, max_attempts, confirmed_by)
         ).fetchone()
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return int(row[0])
 
@@ -168,7 +167,7 @@ def count_skipped(
         row = db.conn.execute(
             _SKIPPED_COUNT, _count_params(day, max_attempts, confirmed_by)
         ).fetchone()
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return int(row[0])
 
@@ -181,7 +180,7 @@ def mark_sending(db: Database, *, day: date, subscriber_ids: Iterable[int], now:
             conn.executemany(
                 _MARK_SENDING, ({"day": key, "id": i, "now": stamp} for i in subscriber_ids)
             )
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
 
 
@@ -193,7 +192,7 @@ def mark_sent(db: Database, *, day: date, subscriber_id: int, now: datetime) -> 
                 _MARK_SENT, {"day": day.isoformat(), "id": subscriber_id, "now": _iso(now)}
             )
             conn.execute(_RESET_BOUNCES, {"id": subscriber_id})
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
 
 
@@ -208,7 +207,7 @@ def mark_sent_many(
                 _MARK_SENT, ({"day": key, "id": i, "now": stamp} for i in subscriber_ids)
             )
             conn.executemany(_RESET_BOUNCES, ({"id": i} for i in subscriber_ids))
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
 
 
@@ -218,7 +217,7 @@ def mark_failed(db: Database, *, day: date, subscriber_id: int, reply: str, now:
     try:
         with db.transaction() as conn:
             conn.execute(_MARK_FAILED, params)
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
 
 
@@ -236,7 +235,7 @@ def mark_refused(
     try:
         with db.transaction() as conn:
             conn.execute(_MARK_REFUSED, params)
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
 
 
@@ -244,7 +243,7 @@ def day_counts(db: Database, *, day: date) -> dict[str, int]:
     """Return the number of ledger rows per status for `day`."""
     try:
         rows = db.conn.execute(_DAY_COUNTS, (day.isoformat(),)).fetchall()
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return {str(status): int(n) for status, n in rows}
 
@@ -255,6 +254,6 @@ def get_delivery(
     """Return (status, attempts, reply) of one ledger row, or None."""
     try:
         row = db.conn.execute(_SELECT_ROW, (day.isoformat(), subscriber_id)).fetchone()
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return (str(row[0]), int(row[1]), row[2]) if row else None

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import secrets
-import sqlite3
 
 from syndicate.config import Settings
 from syndicate.errors import StoreError
-from syndicate.store import Database, store_error
+from syndicate.store import DB_ERRORS, Database, store_error
 
 SECRET_KEY = "secret"  # noqa: S105 - the meta key's name, not a secret
 ERASURE_KEY = "erasure_key"
@@ -29,7 +28,7 @@ def _read_key(
             with db.transaction() as conn:
                 conn.execute(_INSERT_VALUE, (name, secrets.token_bytes(_KEY_BYTES).hex()))
                 row = conn.execute(_SELECT_VALUE, (name,)).fetchone()
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise store_error(db.path, f"cannot read or store the {what}", exc) from exc
     if row is None:
         return None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,7 +21,7 @@ from email_validator import EmailNotValidError, validate_email
 from syndicate.errors import StoreError, SubscriberError
 from syndicate.i18n import LANGUAGES
 from syndicate.model import Subscriber, SubscriptionStatus
-from syndicate.store import Database, store_error
+from syndicate.store import DB_ERRORS, Database, store_error
 from syndicate.store.meta import get_erasure_key
 from syndicate.text import clean_line, nfc
 
@@ -48,6 +47,7 @@ _INSERT = """
             CASE WHEN :status = 'unsubscribed' THEN :now END,
             CASE WHEN :status = 'bounced' THEN :now END,
             :confirm_sent_at, :nonce, :signed_up_at)
+    RETURNING id
 """
 # Move to a status, stamping the matching *_at column.
 _SET_STATUS = """
@@ -174,7 +174,7 @@ def _clean_name(name: str | None) -> str | None:
     return cleaned or None
 
 
-def _fail(db: Database, exc: sqlite3.Error) -> StoreError:
+def _fail(db: Database, exc: Exception) -> StoreError:
     return store_error(db.path, "subscriber query failed", exc)
 
 
@@ -183,7 +183,7 @@ def get_by_email(db: Database, email: str) -> Subscriber | None:
     key = email_key(normalize_email(email))
     try:
         row = db.conn.execute(_SELECT_BY_KEY, (key,)).fetchone()
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return _to_subscriber(row) if row else None
 
@@ -192,7 +192,7 @@ def get_by_id(db: Database, subscriber_id: int) -> Subscriber | None:
     """Return the subscriber with this id, or None."""
     try:
         row = db.conn.execute(_SELECT_BY_ID, (subscriber_id,)).fetchone()
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return _to_subscriber(row) if row else None
 
@@ -213,7 +213,7 @@ def is_suppressed(db: Database, email: str) -> bool:
         return False
     try:
         row = db.conn.execute(_SELECT_SUPPRESSION, (email_hash(key, email),)).fetchone()
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return row is not None
 
@@ -259,9 +259,9 @@ def add_subscriber(
                     f"email address {address!r} is already stored "
                     f"(status {existing[4]}, id {existing[0]})."
                 )
-            cursor = conn.execute(_INSERT, params)
-            row = conn.execute(_SELECT_BY_ID, (cursor.lastrowid,)).fetchone()
-    except sqlite3.Error as exc:
+            new_id = conn.execute(_INSERT, params).fetchone()[0]
+            row = conn.execute(_SELECT_BY_ID, (new_id,)).fetchone()
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return _to_subscriber(row)
 
@@ -276,7 +276,7 @@ def set_status(
             conn.execute(
                 _SET_STATUS, {"status": str(status), "now": _iso(now), "id": subscriber_id}
             )
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return _require(db, subscriber_id)
 
@@ -309,7 +309,7 @@ def signup(
         with db.transaction() as conn:
             row = conn.execute(_SELECT_FOR_SIGN_UP, (key,)).fetchone()
             if row is None:
-                cursor = conn.execute(
+                inserted = conn.execute(
                     _INSERT,
                     {
                         "email": address,
@@ -323,7 +323,7 @@ def signup(
                         "signed_up_at": stamp,
                     },
                 )
-                subscriber_id, send = int(cursor.lastrowid or 0), True
+                subscriber_id, send = int(inserted.fetchone()[0]), True
             else:
                 subscriber_id = int(row[0])
                 status = SubscriptionStatus(row[4])
@@ -344,7 +344,7 @@ def signup(
                     },
                 )
             found = conn.execute(_SELECT_BY_ID, (subscriber_id,)).fetchone()
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return _to_subscriber(found), send
 
@@ -361,7 +361,7 @@ def confirm(db: Database, subscriber_id: int, *, now: datetime) -> Subscriber:
             current = _require(db, subscriber_id)
             if current.status is SubscriptionStatus.PENDING:
                 set_status(db, subscriber_id, SubscriptionStatus.CONFIRMED, now=now)
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return _require(db, subscriber_id)
 
@@ -373,7 +373,7 @@ def unsubscribe(db: Database, subscriber_id: int, *, now: datetime) -> Subscribe
             current = _require(db, subscriber_id)
             if current.status is not SubscriptionStatus.UNSUBSCRIBED:
                 set_status(db, subscriber_id, SubscriptionStatus.UNSUBSCRIBED, now=now)
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return _require(db, subscriber_id)
 
@@ -386,7 +386,7 @@ def record_bounce(db: Database, subscriber_id: int, *, limit: int, now: datetime
             row = conn.execute(
                 _RECORD_BOUNCE, {"limit": max(limit, 1), "now": _iso(now), "id": subscriber_id}
             ).fetchone()
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return bool(before and row and before[4] != "bounced" and row[0] == "bounced")
 
@@ -402,7 +402,7 @@ def iter_subscribers(
                 rows = db.conn.execute(_PAGE_ALL, (last, batch)).fetchall()
             else:
                 rows = db.conn.execute(_PAGE_STATUS, (str(status), last, batch)).fetchall()
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise _fail(db, exc) from exc
         if not rows:
             return
@@ -429,7 +429,7 @@ def erase(db: Database, email: str, *, now: datetime) -> bool:
             deleted = conn.execute(_DELETE_BY_KEY, (email_key(address),)).rowcount
             conn.execute(_INSERT_SUPPRESSION, (email_hash(key, address), _iso(now)))
         db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return deleted > 0
 
@@ -439,7 +439,7 @@ def stats(db: Database) -> dict[str, int]:
     try:
         counts = dict(db.conn.execute(_COUNT_BY_STATUS).fetchall())
         erased = int(db.conn.execute(_COUNT_SUPPRESSIONS).fetchone()[0])
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     result = {str(s): int(counts.get(str(s), 0)) for s in SubscriptionStatus}
     result["total"] = sum(result.values())
@@ -451,5 +451,5 @@ def confirmed_languages(db: Database) -> list[str]:
     """Return the languages of confirmed subscribers, sorted."""
     try:
         return [str(row[0]) for row in db.conn.execute(_CONFIRMED_LANGUAGES)]
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _fail(db, exc) from exc

@@ -8,19 +8,18 @@ When several articles match, the smallest id wins, whatever the order they came 
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 
 from syndicate.errors import StoreError
 from syndicate.model import Article
-from syndicate.store import Database
+from syndicate.store import DB_ERRORS, Database
 from syndicate.text import STORY_PROBE_CHARS, story_key
 
 # Forget an article's keys and teasers before storing them again.
 DELETE_STORIES = "DELETE FROM stories WHERE article_id = ?"
 DELETE_TEASERS = "DELETE FROM teasers WHERE article_id = ?"
 # Store one head or lead key of an article.
-INSERT_STORY = "INSERT OR IGNORE INTO stories (key, article_id) VALUES (?, ?)"
+INSERT_STORY = "INSERT INTO stories (key, article_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
 # Store one teaser of an article (its target is found by a RESOLVE_ statement).
 INSERT_TEASER = "INSERT INTO teasers (article_id, position, key, probe) VALUES (?, ?, ?, ?)"
 # Tie teasers to the article they advertise: the smallest id among the other articles with
@@ -55,7 +54,7 @@ SELECT_ARTICLE_LINKS = """
 _BATCH = 500
 
 
-def _wrap(what: str, db: Database, exc: sqlite3.Error) -> StoreError:
+def _wrap(what: str, db: Database, exc: Exception) -> StoreError:
     return StoreError(f"{db.path}: cannot {what}: {exc}.")
 
 
@@ -106,7 +105,7 @@ def index_keys(db: Database, items: Sequence[Keys]) -> None:
         conn.executemany(RESOLVE_OWN, ids)
         conn.executemany(RESOLVE_TARGETING, ids)
         conn.executemany(RESOLVE_PROBE, sorted(probes))
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _wrap("link the teasers", db, exc) from exc
 
 
@@ -116,7 +115,7 @@ def iter_links(db: Database) -> Iterator[tuple[str, int, str, str]]:
         cursor = db.conn.execute(SELECT_LINKS)
         while rows := cursor.fetchmany(_BATCH):
             yield from rows
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _wrap("read the teaser links", db, exc) from exc
 
 
@@ -127,6 +126,6 @@ def article_links(db: Database, article_ids: Iterable[str]) -> dict[str, list[tu
         for article_id in article_ids:
             rows = db.conn.execute(SELECT_ARTICLE_LINKS, (article_id,)).fetchall()
             found[article_id] = [(str(key), str(target)) for key, target in rows]
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         raise _wrap("read the teaser links", db, exc) from exc
     return found
