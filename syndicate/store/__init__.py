@@ -86,6 +86,10 @@ class _Discard(Exception):
 class Database:
     """An open, migrated syndicate database."""
 
+    # Which engine runs the statements: "sqlite" or "postgresql". Area modules pick a
+    # statement by it only where the two engines' SQL differs.
+    dialect = "sqlite"
+
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
