@@ -28,6 +28,7 @@ CONFIG_FILE_NAME = "syndicate.toml"
 ENV_CONFIG = "SYNDICATE_CONFIG"
 ENV_SECRET = "SYNDICATE_SECRET"  # noqa: S105 - the name of a variable, not a secret
 ENV_SMTP_PASSWORD = "SYNDICATE_SMTP_PASSWORD"  # noqa: S105
+ENV_STORE_URL = "SYNDICATE_STORE_URL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +318,18 @@ class SubscribeSettings:
 class StoreSettings:
     """The database."""
 
+    # Empty: the SQLite file at paths.database. Else a libpq URL of a PostgreSQL database.
+    url: str = field(
+        default="",
+        repr=False,  # it may carry a password
+        metadata={
+            "doc": "empty for the SQLite file at `paths.database`; a "
+            "`postgresql://user@host:port/dbname` URL for a PostgreSQL store shared by "
+            "several machines. `SYNDICATE_STORE_URL` wins over it, so a password need "
+            "not be in this file"
+        },
+    )
+
     # Seconds a command waits for another's write lock before it gives up (exit 75, HTTP 503).
     busy_timeout: float = field(
         default=10.0,
@@ -548,6 +561,9 @@ def load_settings(
         password=environ.get(ENV_SMTP_PASSWORD, ""),
     )
     built["smtp"] = smtp
+    store_url = environ.get(ENV_STORE_URL, "")
+    if store_url:
+        built["store"] = dataclasses.replace(built["store"], url=store_url)  # type: ignore[type-var]
     settings = Settings(
         config_path=path.resolve() if path is not None else None,
         env_secret=environ.get(ENV_SECRET, ""),
@@ -621,6 +637,14 @@ def _control_character(text: str) -> str | None:
 
 
 def _check(settings: Settings) -> None:
+    url = settings.store.url
+    if url and urlsplit(url).scheme not in ("postgresql", "postgres"):
+        # The value is not echoed: it may carry a password.
+        raise ConfigError(
+            "config key store.url (or SYNDICATE_STORE_URL) is not a PostgreSQL URL; expected "
+            "empty (the SQLite file at paths.database) or 'postgresql://user@host:port/dbname'.",
+            key="store.url",
+        )
     site = settings.site
     _check_base_url(site.base_url)
     parts = urlsplit(site.base_url)

@@ -73,7 +73,7 @@ class WorkerError(SyndicateError):
 
 
 class StoreError(SyndicateError):
-    """The SQLite database cannot be opened, migrated or written."""
+    """The store (SQLite file or PostgreSQL database) cannot be opened, migrated or written."""
 
 
 class StoreBusyError(StoreError):
@@ -100,6 +100,12 @@ class StoreFullError(StoreError):
             "Free some space, then try again."
         )
         self.path = path
+
+
+class StoreUnavailableError(StoreError):
+    """The database server cannot be reached (down, restarting, refused); try again later."""
+
+    exit_code: ClassVar[int] = EXIT_TEMPFAIL
 
 
 class LockedError(SyndicateError):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from syndicate.config import Settings, load_settings
+from syndicate.config import ENV_STORE_URL, Settings, load_settings
 
 pytest_plugins: list[str] = [
+    "tests.plugins.postgres",  # first: the others import it
     "tests.plugins.web",
     "tests.plugins.articles",
     "tests.plugins.smtp",
@@ -67,6 +69,9 @@ def workdir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings(workdir: Path) -> Settings:
-    """Default settings rooted in a temporary working folder."""
-    return load_settings(None, {}, cwd=workdir)
+def settings(workdir: Path, request: pytest.FixtureRequest) -> Settings:
+    """Default settings rooted in a temporary working folder, on the test's store engine."""
+    if "store" in request.fixturenames:
+        request.getfixturevalue("store")  # first: it says which store the settings name
+    url = os.environ.get(ENV_STORE_URL, "")
+    return load_settings(None, {ENV_STORE_URL: url} if url else {}, cwd=workdir)

@@ -15,8 +15,11 @@ from syndicate.config import Settings
 from syndicate.digest import DigestInfo, render_digest
 from syndicate.model import Article, Block, BlockKind, Precision, Teaser
 from syndicate.send.digests import digest_view_url, todays_digest, write_digest_page
-from syndicate.store import Database, open_database
+from syndicate.store import Database
 from syndicate.store.articles import upsert_article, write_page_paths
+from tests.plugins.postgres import open_store
+
+pytestmark = pytest.mark.usefixtures("store")
 
 NOW = datetime(2024, 11, 1, 6, 0, tzinfo=UTC)  # 13:00 in Asia/Ho_Chi_Minh
 DAY = date(2024, 11, 1)
@@ -36,7 +39,7 @@ def article(ident: str, published: datetime | None, *, slug: str | None = None) 
 
 @pytest.fixture
 def db(settings: Settings) -> Iterator[Database]:
-    database = open_database(settings.paths.database)
+    database = open_store(settings.paths.database)
     yield database
     database.close()
 
@@ -218,7 +221,7 @@ def test_digest_command_writes_the_preview_and_changes_no_digest_state(
     assert "http://localhost:8000/unsubscribe?token=PREVIEW-SAMPLE-TOKEN" in html
     assert "http://localhost:8000/unsubscribe?token=PREVIEW-SAMPLE-TOKEN" in text
     assert "http://localhost:8000/digests/2024-11-01.html" in text
-    with open_database(workdir / "syndicate.db") as db:
+    with open_store(workdir / "syndicate.db") as db:
         assert count_digests(db) == 0
         # No digest state: no digest, delivery or secret, no article marked as mailed.
         for table in ("digests", "deliveries", "meta"):

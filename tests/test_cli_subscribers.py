@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -14,8 +15,10 @@ from click.testing import CliRunner
 from syndicate.cli import cli
 from syndicate.config import load_settings
 from syndicate.model import SubscriptionStatus
-from syndicate.store import open_database
 from syndicate.store.subscribers import get_by_email, set_status, signup
+from tests.plugins.postgres import ENV_STORE_URL, open_store
+
+pytestmark = pytest.mark.usefixtures("store")
 
 
 @pytest.fixture
@@ -268,14 +271,14 @@ def _statuses() -> dict[str, tuple[str | None, str, str]]:
 
 
 def test_export_then_import_into_an_empty_database_keeps_every_status(
-    project: Path, monkeypatch: pytest.MonkeyPatch, now: datetime
+    project: Path, monkeypatch: pytest.MonkeyPatch, now: datetime, request: pytest.FixtureRequest
 ) -> None:
     """Unsubscribed and bounced stay so (never mailed), pending stays pending."""
     _run("subscribers", "add", "an@example.org", "--name", "Nguyễn, Ân")
     _run("subscribers", "add", "bob@example.org", "--lang", "en", "--name", "=Bob")
     _run("subscribers", "add", "dee@example.org")
     _run("subscribers", "remove", "bob@example.org")
-    with open_database(load_settings(None, {}, cwd=project).paths.database) as db:
+    with open_store(load_settings(None, {}, cwd=project).paths.database) as db:
         signup(db, "cee@example.org", language="en", now=now)
         found = get_by_email(db, "dee@example.org")
         assert found is not None
@@ -292,6 +295,8 @@ def test_export_then_import_into_an_empty_database_keeps_every_status(
 
     elsewhere = project / "elsewhere"
     elsewhere.mkdir()
+    if os.environ.get(ENV_STORE_URL):  # on PostgreSQL: another, empty database
+        monkeypatch.setenv(ENV_STORE_URL, request.getfixturevalue("pg_cluster").new_database())
     monkeypatch.chdir(elsewhere)
     assert _run("subscribers", "import", str(exported)) == (
         0,

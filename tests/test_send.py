@@ -23,10 +23,13 @@ from syndicate.send import (
     read_earlier_digests,
     send_digest,
 )
-from syndicate.store import Database, ledger, open_database
+from syndicate.store import Database, ledger
 from syndicate.store.subscribers import add_subscriber, get_by_id
 from syndicate.tokens import verify_token
+from tests.plugins.postgres import open_store
 from tests.plugins.smtp import SmtpServer, free_port
+
+pytestmark = pytest.mark.usefixtures("store")
 
 DAY = date(2024, 11, 1)
 DAY2 = date(2024, 11, 2)
@@ -44,7 +47,7 @@ def _add_digest(database: Database, day: date) -> None:
 
 @pytest.fixture
 def db(tmp_path: Path):  # type: ignore[no-untyped-def]
-    database = open_database(tmp_path / "syndicate.db")
+    database = open_store(tmp_path / "syndicate.db")
     _add_digest(database, DAY)
     yield database
     database.close()

@@ -12,9 +12,12 @@ from syndicate.config import Settings
 from syndicate.errors import ConfigError, LockedError
 from syndicate.send.daily import preview, run_daily
 from syndicate.send.lock import open_send_lock
-from syndicate.store import Database, open_database
+from syndicate.store import Database
 from syndicate.store.subscribers import add_subscriber
 from tests.conftest import FIXED_NOW
+from tests.plugins.postgres import open_store
+
+pytestmark = pytest.mark.usefixtures("store")
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 
@@ -28,7 +31,7 @@ def seeded(settings: Settings) -> Settings:
 
 def _opener(settings: Settings, opened: list[Database]):  # type: ignore[no-untyped-def]
     def open_db() -> Database:
-        db = open_database(settings.paths.database)
+        db = open_store(settings.paths.database)
         opened.append(db)
         return db
 
@@ -37,7 +40,7 @@ def _opener(settings: Settings, opened: list[Database]):  # type: ignore[no-unty
 
 def test_run_daily_builds_sends_today_and_reports_without_the_cli(seeded: Settings) -> None:
     opened: list[Database] = []
-    with open_database(seeded.paths.database) as db:
+    with open_store(seeded.paths.database) as db:
         add_subscriber(db, "an@example.org", now=FIXED_NOW)
     notices: list[str] = []
     report = run_daily(
@@ -89,7 +92,7 @@ def test_smtp_settings_are_checked_before_the_database_is_made(
 
 def test_preview_counts_without_storing_a_digest(seeded: Settings) -> None:
     opened: list[Database] = []
-    with open_database(seeded.paths.database) as db:
+    with open_store(seeded.paths.database) as db:
         add_subscriber(db, "an@example.org", now=FIXED_NOW)
     shown = preview(
         seeded, open_db=_opener(seeded, opened), now=FIXED_NOW, to="An@Example.org", dry_run=True

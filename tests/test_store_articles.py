@@ -14,7 +14,7 @@ import pytest
 
 from syndicate.errors import StoreError
 from syndicate.model import Article, Block, BlockKind, Precision, Teaser
-from syndicate.store import Database, open_database
+from syndicate.store import Database
 from syndicate.store.articles import (
     backfill_teasers,
     decode_article,
@@ -26,6 +26,9 @@ from syndicate.store.articles import (
     write_page_paths,
 )
 from syndicate.store.schema import MIGRATIONS
+from tests.plugins.postgres import open_store
+
+pytestmark = pytest.mark.usefixtures("store")
 
 NOW = datetime(2024, 11, 1, 6, 0, tzinfo=UTC)
 
@@ -58,7 +61,7 @@ LOADER_LIKE = _article(
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    database = open_database(tmp_path / "x.db")
+    database = open_store(tmp_path / "x.db")
     yield database
     database.close()
 
@@ -82,6 +85,7 @@ def test_articles_round_trip_through_the_store(db: Database, article: Article) -
     assert list(iter_articles_newest_first(db)) == [article]
 
 
+@pytest.mark.sqlite_only
 def test_the_body_is_plain_text_in_its_own_column(db: Database) -> None:
     with db.transaction():
         upsert_article(db, LOADER_LIKE, now=NOW)
@@ -105,6 +109,7 @@ def test_the_hash_covers_the_body_text(db: Database) -> None:
     assert encode_record(caption)[2] != encode_record(changed)[2]
 
 
+@pytest.mark.sqlite_only
 def test_a_database_from_before_the_body_column_is_migrated_and_read(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
@@ -118,16 +123,17 @@ def test_a_database_from_before_the_body_column_is_migrated_and_read(tmp_path: P
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
-    with open_database(path) as database:
+    with open_store(path) as database:
         assert database.schema_version == len(MIGRATIONS)
         assert get_article(database, LOADER_LIKE.id) == LOADER_LIKE
         # An existing database keeps its page size; only new ones get 8 KiB pages.
         assert database.conn.execute("PRAGMA page_size").fetchone()[0] == 4096
 
 
+@pytest.mark.sqlite_only
 def test_a_new_database_has_8_kib_pages(tmp_path: Path) -> None:
     # A stored article (about 10 KiB) then takes two pages rather than three.
-    with open_database(tmp_path / "new.db") as database:
+    with open_store(tmp_path / "new.db") as database:
         assert database.conn.execute("PRAGMA page_size").fetchone()[0] == 8192
         assert database.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -200,6 +206,7 @@ def test_teasers_are_linked_in_either_order_and_to_the_smallest_matching_id(
     assert _targets(db) == [("a", 0, "m"), ("z", 0, "m")]
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("version", [3, 4])
 def test_a_database_from_before_the_teasers_table_is_indexed_once(
     tmp_path: Path, version: int
@@ -226,7 +233,7 @@ def test_a_database_from_before_the_teasers_table_is_indexed_once(
     conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
     conn.close()
-    with open_database(path) as database:
+    with open_store(path) as database:
         assert database.schema_version == len(MIGRATIONS)
         assert _targets(database) == []
         assert backfill_teasers(database) == 2
@@ -245,6 +252,7 @@ def test_a_record_stored_before_heads_existed_reads_back_without_one() -> None:
     assert old.summary == old.lead
 
 
+@pytest.mark.sqlite_only
 def test_page_paths_recorded_in_the_articles_row_move_to_their_own_table(tmp_path: Path) -> None:
     # Migration 9: page paths left the wide articles row (updating it rewrote the body).
     path = tmp_path / "old.db"
@@ -259,7 +267,7 @@ def test_page_paths_recorded_in_the_articles_row_move_to_their_own_table(tmp_pat
     )
     conn.commit()
     conn.close()
-    with open_database(path) as database:
+    with open_store(path) as database:
         assert database.schema_version == len(MIGRATIONS)
         assert read_page_paths(database) == {"a": "articles/a.html"}
         with database.transaction():

@@ -11,7 +11,7 @@ import pytest
 
 from syndicate.errors import StoreError
 from syndicate.model import Article, Block, BlockKind, DigestPlan, Precision
-from syndicate.store import Database, open_database
+from syndicate.store import Database
 from syndicate.store.articles import upsert_article
 from syndicate.store.digests import (
     create_digest,
@@ -19,6 +19,9 @@ from syndicate.store.digests import (
     iter_candidates,
     newest_published,
 )
+from tests.plugins.postgres import open_store
+
+pytestmark = pytest.mark.usefixtures("store")
 
 T0 = datetime(2024, 11, 1, 6, 0, tzinfo=UTC)
 DAY = date(2024, 11, 1)
@@ -38,7 +41,7 @@ def article(ident: str, published: datetime | None) -> Article:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    database = open_database(tmp_path / "x.db")
+    database = open_store(tmp_path / "x.db")
     yield database
     database.close()
 
@@ -108,10 +111,20 @@ def test_an_article_keeps_the_day_of_its_first_digest(db: Database) -> None:
 def test_create_digest_is_all_or_nothing(db: Database) -> None:
     item = article("a", T0)
     store(db, item)
-    db.conn.execute(
-        "CREATE TRIGGER refuse BEFORE UPDATE OF digest_day ON articles "
-        "BEGIN SELECT RAISE(ABORT, 'refused'); END"
-    )
+    if db.dialect == "sqlite":
+        db.conn.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE OF digest_day ON articles "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    else:
+        db.conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql "
+            "AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$"
+        )
+        db.conn.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE OF digest_day ON articles "
+            "FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
     with pytest.raises(StoreError, match=r"cannot store the digest of 2024-11-01: refused\.$"):
         create_digest(db, DigestPlan(day=DAY, articles=(item,)), now=T0)
     assert db.conn.execute("SELECT count(*) FROM digests").fetchone()[0] == 0
@@ -127,7 +140,7 @@ def test_a_damaged_record_is_left_out_of_the_digest_with_one_warning(
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
     assert warnings[0].endswith(
-        "x.db: article 'a': the stored article record is damaged: KeyError('body'). "
+        f"{db.path}: article 'a': the stored article record is damaged: KeyError('body'). "
         "Run `syndicate build` to store the articles again."
     )
     create_digest(db, DigestPlan(day=DAY, articles=(article("a", T0), article("b", T0))), now=T0)

@@ -12,7 +12,7 @@ import pytest
 from syndicate.config import Settings
 from syndicate.errors import SubscriberError
 from syndicate.model import SubscriptionStatus
-from syndicate.store import Database, ledger, open_database
+from syndicate.store import Database, ledger
 from syndicate.store.meta import get_erasure_key, get_secret
 from syndicate.store.schema import MIGRATIONS
 from syndicate.store.subscribers import (
@@ -32,13 +32,16 @@ from syndicate.store.subscribers import (
     stats,
     unsubscribe,
 )
+from tests.plugins.postgres import open_store
+
+pytestmark = pytest.mark.usefixtures("store")
 
 CONFIRMED = SubscriptionStatus.CONFIRMED
 
 
 @pytest.fixture
 def db(tmp_path: Path):  # type: ignore[no-untyped-def]
-    database = open_database(tmp_path / "syndicate.db")
+    database = open_store(tmp_path / "syndicate.db")
     yield database
     database.close()
 
@@ -103,8 +106,9 @@ def test_erase_deletes_personal_data_and_keeps_a_keyed_hash(db: Database, now) -
     assert len(key) == 32
     rows = db.conn.execute("SELECT * FROM suppressions").fetchall()
     assert rows == [(email_hash(key, "an@example.org"), now.isoformat())]
-    dumped = "\n".join(db.conn.iterdump())
-    assert "an@example.org" not in dumped.lower()
+    if db.dialect == "sqlite":  # no copy of the address anywhere in the file's contents
+        dumped = "\n".join(db.conn.iterdump())
+        assert "an@example.org" not in dumped.lower()
     assert is_suppressed(db, "An@Example.org")
     with pytest.raises(SubscriberError, match="was erased and cannot be added again"):
         add_subscriber(db, "an@example.org", now=now)
@@ -134,6 +138,7 @@ def test_each_subscriber_gets_a_random_token_nonce_that_stays(db: Database, now)
     assert left.token_nonce == back.token_nonce == an.token_nonce
 
 
+@pytest.mark.sqlite_only
 def test_a_version_3_database_keeps_its_subscribers_and_deliveries_through_migration_4(
     tmp_path: Path, now
 ) -> None:  # type: ignore[no-untyped-def]
@@ -162,7 +167,7 @@ def test_a_version_3_database_keeps_its_subscribers_and_deliveries_through_migra
     conn.execute("PRAGMA user_version = 3")
     conn.commit()
     conn.close()
-    with open_database(path) as migrated:
+    with open_store(path) as migrated:
         assert migrated.schema_version == len(MIGRATIONS)
         kept = list(iter_subscribers(migrated))
         assert [(s.id, s.email) for s in kept] == [
@@ -184,7 +189,7 @@ def test_erasures_do_not_depend_on_the_signing_secret(
     tmp_path: Path, settings: Settings, now
 ) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "s.db"
-    with open_database(path) as db:
+    with open_store(path) as db:
         signing = get_secret(settings, db)
         erase(db, "an@example.org", now=now)
         key = get_erasure_key(db)
@@ -194,7 +199,7 @@ def test_erasures_do_not_depend_on_the_signing_secret(
         assert rows == [(email_hash(key, "an@example.org"),)]
         assert email_hash(signing, "an@example.org") != rows[0][0]
     rotated = dataclasses.replace(settings, env_secret="a-new-signing-secret")
-    with open_database(path) as db:
+    with open_store(path) as db:
         assert get_secret(rotated, db) == b"a-new-signing-secret"
         assert is_suppressed(db, "AN@example.org")
         with pytest.raises(SubscriberError, match="was erased"):
@@ -230,6 +235,7 @@ def test_signup_after_unsubscribing_starts_over_as_pending(db: Database, now) ->
 @pytest.mark.parametrize(
     "state", ["new", "pending-recent", "pending-due", "confirmed", "unsubscribed", "bounced"]
 )
+@pytest.mark.sqlite_only
 def test_every_sign_up_writes_exactly_one_row_whatever_the_address_state(
     db: Database,
     now,  # type: ignore[no-untyped-def]
@@ -300,17 +306,17 @@ def test_iter_subscribers_pages_in_id_order(db: Database, now) -> None:  # type:
 
 def test_secret_is_generated_once_and_kept(tmp_path: Path, settings: Settings) -> None:
     path = tmp_path / "s.db"
-    with open_database(path) as first:
+    with open_store(path) as first:
         secret = get_secret(settings, first)
         assert len(secret) == 32
         assert get_secret(settings, first) == secret
-    with open_database(path) as again:
+    with open_store(path) as again:
         assert get_secret(settings, again) == secret
 
 
 def test_secret_from_the_environment_wins(tmp_path: Path, settings: Settings) -> None:
     configured = dataclasses.replace(settings, env_secret="from-env")
-    with open_database(tmp_path / "s.db") as db:
+    with open_store(tmp_path / "s.db") as db:
         assert get_secret(configured, db) == b"from-env"
         assert db.conn.execute("SELECT count(*) FROM meta").fetchone()[0] == 0
 

@@ -48,7 +48,9 @@ class AppContext:
         if self._database is None:
             settings = self.settings
             self._database = open_database(
-                settings.paths.database, busy_timeout=settings.store.busy_timeout
+                settings.paths.database,
+                url=settings.store.url,
+                busy_timeout=settings.store.busy_timeout,
             )
         return self._database
 

@@ -60,7 +60,8 @@ def inspect_command(app: AppContext, paths: tuple[Path, ...], as_json: bool) -> 
     """
     settings = app.settings
     # Page paths are the build's to decide: shown as stored, only when there is a store.
-    pages = read_page_paths(app.database) if settings.paths.database.exists() else None
+    stored = settings.store.url or settings.paths.database.exists()
+    pages = read_page_paths(app.database) if stored else None
     failed = 0
     first = True
     for path, result in read_dumps(

@@ -70,11 +70,13 @@ def serve_command(app: AppContext, host: str, port: int) -> None:
     settings = app.settings
     # The app writes from a thread of its own (one call at a time), and reads from
     # another, through a second connection that never takes the write lock.
-    timeout = settings.store.busy_timeout
-    database = open_database(settings.paths.database, any_thread=True, busy_timeout=timeout)
+    timeout, url = settings.store.busy_timeout, settings.store.url
+    database = open_database(
+        settings.paths.database, url=url, any_thread=True, busy_timeout=timeout
+    )
     try:
         reader = open_database(
-            settings.paths.database, any_thread=True, busy_timeout=timeout, read_only=True
+            settings.paths.database, url=url, any_thread=True, busy_timeout=timeout, read_only=True
         )
         try:
             _serve(app, database, reader, host, port)

@@ -1,12 +1,14 @@
-"""Store: the SQLite database (schema, migrations, transactions). The only code that runs SQL.
+"""Store: the database (schema, migrations, transactions). The only code that runs SQL.
 
-One connection per process, WAL mode, short `BEGIN IMMEDIATE` transactions
-through `Database.transaction()` for writes, and deferred read transactions
-through `Database.snapshot()` for reads (under WAL a reader never waits for the
-writer, nor holds it up). Area modules (`articles`, `subscribers`, `ledger`)
-hold the statements for their tables and take a `Database`; they turn SQLite
-errors into ours through `store_error`, so a busy database or a full disk
-is a "try again later" (exit 75, HTTP 503), never a usage error.
+The store is a SQLite file (the embedded default, `paths.database`) or a PostgreSQL
+database (`store.url`, for several machines: see `store.postgres`); both run the same
+statements with the same meaning. On SQLite: one connection per process, WAL mode,
+short `BEGIN IMMEDIATE` transactions through `Database.transaction()` for writes, and
+deferred read transactions through `Database.snapshot()` for reads (under WAL a reader
+never waits for the writer, nor holds it up). Area modules (`articles`, `subscribers`,
+`ledger`) hold the statements for their tables and take a `Database`; they turn engine
+errors into ours through `store_error`, so a busy database, a full disk or an
+unreachable server is a "try again later" (exit 75, HTTP 503), never a usage error.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
-from syndicate.errors import StoreBusyError, StoreError, StoreFullError
+from syndicate.errors import StoreBusyError, StoreError, StoreFullError, StoreUnavailableError
+from syndicate.store import postgres
+from syndicate.store.pg_schema import PG_FIRST_VERSION, PG_MIGRATIONS
 from syndicate.store.schema import MIGRATIONS
 
 # Busy timeout: a concurrent writer (the web app beside `syndicate send`) waits this long
@@ -42,7 +46,9 @@ log = logging.getLogger(__name__)
 
 # The errors a statement can raise, whichever engine runs it: area modules catch these
 # and word them through `store_error`.
-DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error,)
+DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, *postgres.ERRORS)
+# A UNIQUE, CHECK or foreign key constraint refused a row.
+INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, *postgres.INTEGRITY_ERRORS)
 
 
 def store_error(path: Path | str, what: str, exc: Exception) -> StoreError:
@@ -51,6 +57,14 @@ def store_error(path: Path | str, what: str, exc: Exception) -> StoreError:
     A busy database (another connection held the write lock past the busy
     timeout) gives StoreBusyError, a full disk StoreFullError: both exit 75.
     """
+    if isinstance(exc, postgres.ERRORS):
+        if postgres.is_full(exc):
+            return StoreFullError(str(path))
+        if postgres.is_busy(exc):
+            if getattr(exc, "sqlstate", None) is None:
+                return unreachable(str(path), exc)
+            return StoreBusyError(str(path))
+        return StoreError(f"{path}: {what}: {_first_line(exc)}.")
     code = getattr(exc, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
     if primary in _BUSY_CODES:
@@ -58,6 +72,20 @@ def store_error(path: Path | str, what: str, exc: Exception) -> StoreError:
     if primary in _FULL_CODES or (primary == sqlite3.SQLITE_IOERR and _no_room(Path(path))):
         return StoreFullError(str(path))
     return StoreError(f"{path}: {what}: {exc}.")
+
+
+def unreachable(where: str, exc: BaseException) -> StoreUnavailableError:
+    """The error for a database server that cannot be reached (exit 75)."""
+    return StoreUnavailableError(
+        f"{where}: cannot reach the database: {_first_line(exc)}.",
+        hint="Check that the server runs and store.url (or SYNDICATE_STORE_URL); "
+        "the next run tries again.",
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0].rstrip(".") if text else type(exc).__name__
 
 
 def _no_room(path: Path) -> bool:
@@ -72,7 +100,7 @@ def _no_room(path: Path) -> bool:
         return False
 
 
-def _raise_if_try_later(path: Path, exc: Exception) -> None:
+def _raise_if_try_later(path: Path | str, exc: Exception) -> None:
     """Raise StoreBusyError or StoreFullError for a busy database or a full disk."""
     error = store_error(path, "", exc)
     if type(error) is not StoreError:
@@ -89,15 +117,20 @@ class Database:
     # Which engine runs the statements: "sqlite" or "postgresql". Area modules pick a
     # statement by it only where the two engines' SQL differs.
     dialect = "sqlite"
+    # What opens a write transaction and a read snapshot.
+    _begin_write: tuple[str, ...] = ("BEGIN IMMEDIATE",)
+    _begin_read: tuple[str, ...] = ("BEGIN DEFERRED",)
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
-        self.conn = conn
+    def __init__(self, conn: Any, path: Path | str) -> None:
+        # A sqlite3.Connection, or a postgres.PgConnection offering the same calls.
+        self.conn: Any = conn
+        # How messages name the store: the SQLite file, or `PostgreSQL at host:port/db`.
         self.path = path
         self._depth = 0
         self._reading = False
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Any]:
         """Run the block in one `BEGIN IMMEDIATE` transaction: all of it commits, or none.
 
         Nested use joins the outer transaction. Raises StoreBusyError (exit 75) when
@@ -113,13 +146,15 @@ class Database:
                 self._depth -= 1
             return
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
+            for statement in self._begin_write:
+                self.conn.execute(statement)
+        except DB_ERRORS as exc:
+            self._rollback()
             raise store_error(self.path, "cannot start a transaction", exc) from exc
         self._depth = 1
         try:
             yield self.conn
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             self._depth = 0
             self._rollback()
             _raise_if_try_later(self.path, exc)
@@ -131,12 +166,12 @@ class Database:
         self._depth = 0
         try:
             self.conn.commit()
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             self._rollback()
             raise store_error(self.path, "cannot commit", exc) from exc
 
     @contextmanager
-    def snapshot(self) -> Iterator[sqlite3.Connection]:
+    def snapshot(self) -> Iterator[Any]:
         """Run the block in one deferred read transaction: every read sees the same state.
 
         Under WAL this takes no write lock: writers (`send`, sign-ups) go on while it is
@@ -149,13 +184,15 @@ class Database:
             yield self.conn
             return
         try:
-            self.conn.execute("BEGIN DEFERRED")
-        except sqlite3.Error as exc:
+            for statement in self._begin_read:
+                self.conn.execute(statement)
+        except DB_ERRORS as exc:
+            self._rollback()
             raise store_error(self.path, "cannot start reading", exc) from exc
         self._reading = True
         try:
             yield self.conn
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             _raise_if_try_later(self.path, exc)
             raise
         finally:
@@ -165,11 +202,11 @@ class Database:
     def _rollback(self) -> None:
         try:
             self.conn.rollback()
-        except sqlite3.Error:  # the transaction is gone already (SQLite rolled it back)
+        except DB_ERRORS:  # the transaction is gone already (SQLite rolled it back)
             pass
 
     @contextmanager
-    def scratch(self) -> Iterator[sqlite3.Connection]:
+    def scratch(self) -> Iterator[Any]:
         """Run the block in one transaction that is always rolled back.
 
         It holds the write lock until it ends: the previews (`digest`, `send --dry-run`)
@@ -201,15 +238,40 @@ class Database:
         row = self.conn.execute("PRAGMA user_version").fetchone()
         return int(row[0])
 
+    def _set_schema_version(self, version: int) -> None:
+        self.conn.execute(f"PRAGMA user_version = {int(version)}")
+
+
+class PgDatabase(Database):
+    """An open, migrated syndicate store on PostgreSQL (see `store.postgres`)."""
+
+    dialect = "postgresql"
+    _begin_write = postgres.BEGIN_WRITE
+    _begin_read = postgres.BEGIN_READ
+
+    @property
+    def schema_version(self) -> int:
+        # PostgreSQL has no user_version: one row in a table of its own (step 9 makes it).
+        if self.conn.execute("SELECT to_regclass('syndicate_schema')").fetchone()[0] is None:
+            return 0
+        row = self.conn.execute("SELECT version FROM syndicate_schema").fetchone()
+        return int(row[0]) if row else 0
+
+    def _set_schema_version(self, version: int) -> None:
+        self.conn.execute("UPDATE syndicate_schema SET version = ?", (int(version),))
+
 
 def open_database(
     path: Path,
     *,
+    url: str = "",
     any_thread: bool = False,
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     read_only: bool = False,
 ) -> Database:
-    """Open (creating if needed) and migrate the database at `path`.
+    """Open (creating if needed) and migrate the store: PostgreSQL at `url`, else `path`.
+
+    `url` is `store.url` (a PostgreSQL URL) or empty for the SQLite file at `path`.
 
     Raises StoreError with the path when the file cannot be opened or is not
     a syndicate database, StoreBusyError when another connection held the write
@@ -217,7 +279,11 @@ def open_database(
     `any_thread` lets a thread other than this one use the connection (one thread
     at a time: the caller serialises its use). `read_only` refuses every write on
     this connection (`PRAGMA query_only`), for a reader beside the writer.
+    On PostgreSQL a server that cannot be reached is StoreUnavailableError (exit 75),
+    named by host, port and database, never by password.
     """
+    if url:
+        return _open_postgres(url, busy_timeout=busy_timeout, read_only=read_only)
     try:
         _make_private_folder(path.parent)
         _create_private_file(path)
@@ -251,6 +317,31 @@ def open_database(
         raise StoreError(
             f"{path}: not a usable syndicate database: {exc}.",
             hint="Point paths.database at a new file, or restore this one from a backup.",
+        ) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return db
+
+
+def _open_postgres(url: str, *, busy_timeout: float, read_only: bool) -> Database:
+    where = postgres.where(url)
+    try:
+        conn = postgres.connect(url, busy_timeout=busy_timeout)
+    except postgres.ERRORS as exc:
+        raise unreachable(where, exc) from exc
+    db = PgDatabase(conn, where)
+    try:
+        _migrate(db)
+        if read_only:
+            conn.execute("SET default_transaction_read_only = on")
+    except postgres.ERRORS as exc:
+        conn.close()
+        _raise_if_try_later(where, exc)
+        raise StoreError(
+            f"{where}: not a usable syndicate database: {_first_line(exc)}.",
+            hint="Point store.url at a new database, or check the role's privileges "
+            "(docs/operating.md).",
         ) from exc
     except BaseException:
         conn.close()
@@ -315,6 +406,9 @@ def _migrate(db: Database) -> None:
         )
     if current == latest:
         return
+    if isinstance(db, PgDatabase):
+        _migrate_postgres(db, current, latest)
+        return
     # Foreign keys are off while steps run, as SQLite's own recipe for rebuilding a table
     # says: dropping the old copy of a table must not cascade into the rows that point at
     # it. The pragma is a no-op inside a transaction, so it is set around them, and each
@@ -335,6 +429,22 @@ def _migrate(db: Database) -> None:
                         f"pointing at a missing row of {broken[2]}; nothing was changed.",
                         hint="Restore the database from a backup, or report this.",
                     )
-                conn.execute(f"PRAGMA user_version = {version}")
+                db._set_schema_version(version)
     finally:
         db.conn.execute("PRAGMA foreign_keys = ON")
+
+
+def _migrate_postgres(db: PgDatabase, current: int, latest: int) -> None:
+    """Run the PostgreSQL twin of each missing step, one transaction each (DDL included)."""
+    for version in range(max(current + 1, PG_FIRST_VERSION), latest + 1):
+        if version not in PG_MIGRATIONS:
+            raise StoreError(
+                f"{db.path}: schema step {version} has no PostgreSQL version; nothing was changed.",
+                hint="Report this: every step after 9 needs one (store/pg_schema.py).",
+            )
+        with db.transaction() as conn:
+            if db.schema_version >= version:  # another process ran it while we waited
+                continue
+            for statement in PG_MIGRATIONS[version]:
+                conn.raw.execute(statement)
+            db._set_schema_version(version)

@@ -57,6 +57,11 @@ UPSERT_ARTICLE = """
         record_hash = excluded.record_hash
     WHERE articles.record_hash != excluded.record_hash OR articles.source != excluded.source
 """
+# PostgreSQL's spelling: the record and body come as UTF-8 bytes (see `encode_record`).
+_UPSERT_ARTICLE_PG = UPSERT_ARTICLE.replace(
+    "CAST(:record AS TEXT), CAST(:body AS TEXT)",
+    "convert_from(:record, 'UTF8'), convert_from(:body, 'UTF8')",
+)
 # Does an article exist already (to count new ones)?
 SELECT_ARTICLE_EXISTS = "SELECT 1 FROM articles WHERE id = ?"
 # Which dump each article's stored record came from, and the slug it was published under.
@@ -82,7 +87,7 @@ DELETE_PAGE_PATH = "DELETE FROM article_pages WHERE article_id = ?"
 # published_at is always UTC ISO text, so text order is time order; NULL sorts as ''.
 SELECT_ARTICLES_NEWEST_FIRST = """
     SELECT record, body, coalesce(published_at, '') AS k, id FROM articles
-    WHERE k < :k OR (k = :k AND id > :id)
+    WHERE coalesce(published_at, '') < :k OR (coalesce(published_at, '') = :k AND id > :id)
     ORDER BY k DESC, id
     LIMIT :limit
 """
@@ -322,7 +327,7 @@ def upsert_rows(db: Database, rows: Sequence[ArticleRow], *, now: datetime) -> N
     seen = _utc_text(now)
     try:
         db.conn.executemany(
-            UPSERT_ARTICLE,
+            _UPSERT_ARTICLE_PG if db.dialect == "postgresql" else UPSERT_ARTICLE,
             (
                 {
                     "id": row.id,

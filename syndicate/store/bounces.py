@@ -153,7 +153,7 @@ def apply_report(
                     changed = conn.execute(_SOFT_LIMIT, params).rowcount
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
-    return changed > 0
+    return bool(changed > 0)
 
 
 @dataclass(frozen=True, slots=True)

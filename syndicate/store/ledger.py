@@ -90,7 +90,7 @@ _MARK_FAILED = """
 # The server refused the recipient for good: failed, with no attempts left (never retried).
 _MARK_REFUSED = """
     UPDATE deliveries SET status = 'failed', reply = :reply, updated_at = :now,
-        attempts = max(attempts + 1, :max_attempts)
+        attempts = CASE WHEN attempts + 1 > :max_attempts THEN attempts + 1 ELSE :max_attempts END
     WHERE digest_day = :day AND subscriber_id = :id
 """
 # Counts per status for one day (stats, tests).

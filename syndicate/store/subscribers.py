@@ -422,16 +422,19 @@ def erase(db: Database, email: str, *, now: datetime) -> bool:
     address = normalize_email(email)
     try:
         # Zero the freed bytes, then fold the WAL back, so no copy of the row stays on disk.
-        db.conn.execute("PRAGMA secure_delete = ON")
+        # (PostgreSQL reuses the dead row's space at its next vacuum.)
+        if db.dialect == "sqlite":
+            db.conn.execute("PRAGMA secure_delete = ON")
         with db.transaction() as conn:
             key = get_erasure_key(db, create=True)
             assert key is not None  # noqa: S101 - created above
             deleted = conn.execute(_DELETE_BY_KEY, (email_key(address),)).rowcount
             conn.execute(_INSERT_SUPPRESSION, (email_hash(key, address), _iso(now)))
-        db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if db.dialect == "sqlite":
+            db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
-    return deleted > 0
+    return bool(deleted > 0)
 
 
 def stats(db: Database) -> dict[str, int]:

@@ -150,7 +150,7 @@ class LiveServer:
 def build_site(settings: Settings, now: datetime) -> None:
     """Build feeds and pages from the shipped seeds, and today's digest page."""
     shutil.copytree(ROOT / "seeds", settings.paths.seeds, dirs_exist_ok=True)
-    with open_database(settings.paths.database) as db:
+    with open_database(settings.paths.database, url=settings.store.url) as db:
         run_build(settings, db, now=now)
         plan = todays_digest(settings, db, now=now, create=True)
         assert plan is not None, "the shipped seeds made no digest"
@@ -213,9 +213,18 @@ def run_server(
         try:
             timeout = settings.store.busy_timeout
             with (
-                open_database(settings.paths.database, any_thread=True, busy_timeout=timeout) as db,
                 open_database(
-                    settings.paths.database, any_thread=True, busy_timeout=timeout, read_only=True
+                    settings.paths.database,
+                    url=settings.store.url,
+                    any_thread=True,
+                    busy_timeout=timeout,
+                ) as db,
+                open_database(
+                    settings.paths.database,
+                    url=settings.store.url,
+                    any_thread=True,
+                    busy_timeout=timeout,
+                    read_only=True,
                 ) as reader,
             ):
                 store: SubscriptionStore = DatabaseStore(settings, db, reader)
@@ -328,7 +337,8 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServ
     more than most tests; a test takes it through a fixture that calls `reset_server`."""
     work = tmp_path_factory.mktemp("live")
     (work / "seeds").mkdir()
-    settings = load_settings(None, {}, cwd=work)
+    environ: dict[str, str] = {}
+    settings = load_settings(None, environ, cwd=work)
     unlimited = dataclasses.replace(settings.subscribe, rate_limit=1_000_000)
     with ExitStack() as stack:
         yield start_live_server(stack, settings, FIXED_NOW, subscribe=unlimited)
@@ -346,7 +356,16 @@ def reset_server(server: LiveServer, now: datetime) -> LiveServer:
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-    with open_database(paths.database) as db:
+    with open_database(paths.database, url=server.settings.store.url) as db:
+        if db.dialect == "postgresql":
+            with db.transaction() as conn:
+                names = conn.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                    "AND tablename NOT IN ('meta', 'syndicate_schema')"
+                ).fetchall()
+                listed = ", ".join(f'"{row[0]}"' for row in names)
+                conn.execute(f"TRUNCATE {listed} RESTART IDENTITY CASCADE")
+            return server
         db.conn.execute("PRAGMA foreign_keys = OFF")  # every table is emptied anyway
         with db.transaction() as conn:
             tables = [

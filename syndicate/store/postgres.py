@@ -1,0 +1,154 @@
+"""The PostgreSQL engine: a connection that runs the area modules' SQL unchanged.
+
+The area modules write their statements once, in the SQL both engines run, with
+SQLite's parameter styles (`?` and `:name`). `PgConnection` offers the part of
+`sqlite3.Connection` they use (`execute`, `executemany`, `commit`, `rollback`) over a
+psycopg 3 connection in autocommit mode, translating each statement's parameters to
+psycopg's (`%s`, `%(name)s`) once and caching it.
+
+Transactions keep SQLite's meaning (see `store.Database`): a write transaction takes
+one transaction-scoped advisory lock, so writers run one at a time as under SQLite's
+`BEGIN IMMEDIATE` and a read-then-write in one transaction cannot race another
+writer; readers take a REPEATABLE READ snapshot and never wait. Waiting for the lock
+ends after `store.busy_timeout` (`lock_timeout`), which is a busy store: exit 75. The
+send queue's claim is the one writer that does not take the lock: it uses row locks
+(`FOR UPDATE SKIP LOCKED`), so workers on many machines claim batches side by side.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+
+# Key of the advisory lock every write transaction takes (any fixed 64-bit number:
+# "syndicat" in ASCII).
+WRITE_LOCK_KEY = 0x73796E6469636174 - (1 << 63)
+
+BEGIN_WRITE = ("BEGIN", f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
+BEGIN_READ = ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",)
+
+# SQLSTATEs that mean "try again later": lock or statement timeout, deadlock,
+# serialization failure, the server shutting down or out of connections.
+_BUSY_STATES = frozenset({"55P03", "57014", "40P01", "40001", "57P01", "57P02", "57P03", "53300"})
+# Disk full, out of memory, too many files.
+_FULL_STATES = frozenset({"53100", "53200", "53000"})
+
+Params = Sequence[Any] | Mapping[str, Any]
+
+_TOKENS = re.compile(
+    r"""
+    (?P<literal>'(?:[^']|'')*')       # a string literal: left alone
+    | (?P<ident>"(?:[^"]|"")*")       # a quoted identifier
+    | (?P<comment>--[^\n]*)           # a comment
+    | (?P<cast>::)                    # a PostgreSQL cast, not a parameter
+    | (?P<char>\bchar\()              # SQLite's char(n) is PostgreSQL's chr(n)
+    | :(?P<name>[A-Za-z_]\w*)         # a named parameter
+    | (?P<question>\?)                # a positional parameter
+    | (?P<percent>%)                  # psycopg's own marker: doubled
+    """,
+    re.VERBOSE,
+)
+
+
+def translate(sql: str) -> str:
+    """SQLite's parameter styles in `sql` as psycopg's: `?` -> `%s`, `:x` -> `%(x)s`.
+
+    Outside literals, `%` is doubled (psycopg's marker) and SQLite's `char(n)` becomes
+    PostgreSQL's `chr(n)`, the one function the area modules use whose name differs.
+    """
+
+    def swap(match: re.Match[str]) -> str:
+        if match.group("name"):
+            return f"%({match.group('name')})s"
+        if match.group("question"):
+            return "%s"
+        if match.group("percent"):
+            return "%%"
+        if match.group("char"):
+            return "chr("
+        return match.group(0)
+
+    return _TOKENS.sub(swap, sql)
+
+
+class PgConnection:
+    """The part of sqlite3.Connection the area modules use, over psycopg."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.raw = conn
+        self._sql: dict[str, str] = {}
+
+    def _translated(self, sql: str) -> str:
+        found = self._sql.get(sql)
+        if found is None:
+            found = self._sql[sql] = translate(sql)
+        return found
+
+    def execute(self, sql: str, params: Params | None = None) -> psycopg.Cursor[Any]:
+        return self.raw.execute(self._translated(sql), params)
+
+    def executemany(self, sql: str, rows: Iterable[Params]) -> psycopg.Cursor[Any]:
+        cursor = self.raw.cursor()
+        cursor.executemany(self._translated(sql), rows)
+        return cursor
+
+    def commit(self) -> None:
+        self.raw.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.raw.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def redact(url: str) -> str:
+    """`url` without its password, for every message that names the store."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
+def where(url: str) -> str:
+    """How messages name a PostgreSQL store: `PostgreSQL at host:port/dbname`."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"PostgreSQL at {host}{port}{parts.path or ''}"
+
+
+def connect(url: str, *, busy_timeout: float) -> PgConnection:
+    """Open an autocommit connection to `url`; psycopg's errors go to the caller."""
+    # Parameters are bound on the client, as SQLite binds them: a literal takes the type its
+    # place asks for (`:cutoff IS NULL`, `CASE WHEN :flag`), which server-side binding of
+    # untyped parameters cannot do.
+    conn = psycopg.connect(
+        url, autocommit=True, connect_timeout=10, cursor_factory=psycopg.ClientCursor
+    )
+    conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
+    return PgConnection(conn)
+
+
+def is_busy(exc: BaseException) -> bool:
+    """True for an error that means "try again later"."""
+    state = getattr(exc, "sqlstate", None)
+    if state in _BUSY_STATES:
+        return True
+    # The connection broke (the server restarted, the network went): sqlstate is None.
+    return isinstance(exc, psycopg.OperationalError) and state is None
+
+
+def is_full(exc: BaseException) -> bool:
+    return getattr(exc, "sqlstate", None) in _FULL_STATES
+
+
+ERRORS: tuple[type[Exception], ...] = (psycopg.Error,)
+INTEGRITY_ERRORS: tuple[type[Exception], ...] = (pg_errors.IntegrityError,)
