@@ -58,8 +58,10 @@ _TOKENS = re.compile(
 def translate(sql: str) -> str:
     """SQLite's parameter styles in `sql` as psycopg's: `?` -> `%s`, `:x` -> `%(x)s`.
 
-    Outside literals, `%` is doubled (psycopg's marker) and SQLite's `char(n)` becomes
-    PostgreSQL's `chr(n)`, the one function the area modules use whose name differs.
+    Every `%` is doubled (psycopg's marker, which it looks for inside literals too, so
+    statements always go with parameters, `()` when there are none). Outside literals,
+    SQLite's `char(n)` becomes PostgreSQL's `chr(n)`, the one function the area modules
+    use whose name differs.
     """
 
     def swap(match: re.Match[str]) -> str:
@@ -71,7 +73,8 @@ def translate(sql: str) -> str:
             return "%%"
         if match.group("char"):
             return "chr("
-        return match.group(0)
+        # A literal, identifier or comment keeps its text; psycopg reads `%` everywhere.
+        return match.group(0).replace("%", "%%")
 
     return _TOKENS.sub(swap, sql)
 
@@ -90,7 +93,7 @@ class PgConnection:
         return found
 
     def execute(self, sql: str, params: Params | None = None) -> psycopg.Cursor[Any]:
-        return self.raw.execute(self._translated(sql), params)
+        return self.raw.execute(self._translated(sql), () if params is None else params)
 
     def executemany(self, sql: str, rows: Iterable[Params]) -> psycopg.Cursor[Any]:
         cursor = self.raw.cursor()

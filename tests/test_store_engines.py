@@ -1,0 +1,171 @@
+"""The two store engines: same schema, same version, and the failures a user meets.
+
+SQLite builds its tables step by step (store/schema.py); PostgreSQL's twin starts at step
+9 (store/pg_schema.py). These tests hold the two together, and check what `syndicate`
+says when PostgreSQL is down, refuses, or was written by a newer syndicate.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from syndicate.cli import cli
+from syndicate.errors import StoreError, StoreUnavailableError
+from syndicate.store import PgDatabase, open_database
+from syndicate.store.pg_schema import PG_FIRST_VERSION, PG_MIGRATIONS
+from syndicate.store.postgres import redact, translate
+from syndicate.store.schema import MIGRATIONS
+from tests.plugins.postgres import ENV_STORE_URL, Cluster
+
+
+def _sqlite_columns(path: Path) -> dict[str, list[str]]:
+    with open_database(path) as db:
+        tables = [
+            str(row[0])
+            for row in db.conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+        return {
+            table: [str(col[1]) for col in db.conn.execute(f'PRAGMA table_info("{table}")')]
+            for table in tables
+        }
+
+
+def _pg_columns(url: str) -> dict[str, list[str]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND table_name != 'syndicate_schema' "
+            "ORDER BY table_name, ordinal_position"
+        ).fetchall()
+    columns: dict[str, list[str]] = {}
+    for table, column in rows:
+        columns.setdefault(str(table), []).append(str(column))
+    return columns
+
+
+def test_both_engines_have_the_same_tables_columns_and_version(
+    tmp_path: Path, pg_cluster: Cluster
+) -> None:
+    url = pg_cluster.new_database()
+    with open_database(Path("unused"), url=url) as db:
+        assert isinstance(db, PgDatabase)
+        assert db.schema_version == len(MIGRATIONS)
+    with open_database(tmp_path / "s.db") as db:
+        assert db.schema_version == len(MIGRATIONS)
+    assert _pg_columns(url) == _sqlite_columns(tmp_path / "s.db")
+
+
+def test_every_step_from_the_first_postgresql_one_has_a_postgresql_twin() -> None:
+    assert sorted(PG_MIGRATIONS) == list(range(PG_FIRST_VERSION, len(MIGRATIONS) + 1))
+
+
+def test_opening_twice_migrates_once(pg_cluster: Cluster) -> None:
+    url = pg_cluster.new_database()
+    open_database(Path("unused"), url=url).close()
+    with open_database(Path("unused"), url=url) as db:  # nothing left to run
+        assert db.schema_version == len(MIGRATIONS)
+
+
+def test_a_store_from_a_newer_syndicate_is_one_clear_line(pg_cluster: Cluster) -> None:
+    url = pg_cluster.new_database()
+    open_database(Path("unused"), url=url).close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE syndicate_schema SET version = 99")
+    with pytest.raises(StoreError, match="schema version 99 is newer than this syndicate knows"):
+        open_database(Path("unused"), url=url)
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # closed again when the block ends
+
+
+def test_an_unreachable_server_is_exit_75_naming_the_host_and_never_the_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    port = _closed_port()
+    url = f"postgresql://news:s3cr3t-pw@127.0.0.1:{port}/syndicate"
+    with pytest.raises(StoreUnavailableError) as caught:
+        open_database(tmp_path / "unused.db", url=url)
+    assert caught.value.exit_code == 75
+    assert f"127.0.0.1:{port}" in str(caught.value)
+    assert "s3cr3t-pw" not in str(caught.value)
+    assert not (tmp_path / "unused.db").exists()  # no SQLite file made instead
+
+    (tmp_path / "seeds").mkdir()
+    result = CliRunner().invoke(
+        cli,
+        ["subscribers", "add", "an@example.org"],
+        env={ENV_STORE_URL: url, "SYNDICATE_CONFIG": ""},
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 75, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith(f"Error: PostgreSQL at 127.0.0.1:{port}/syndicate: cannot reach")
+    assert "s3cr3t-pw" not in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "syndicate.db").exists()
+
+
+def test_a_role_without_rights_is_one_line_not_a_traceback(pg_cluster: Cluster) -> None:
+    url = pg_cluster.new_database()
+    dbname = url.rsplit("/", 1)[1]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS reader")
+        conn.execute("CREATE ROLE reader LOGIN")
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        conn.execute(f'GRANT CONNECT ON DATABASE "{dbname}" TO reader')
+    weak = url.replace("postgres@", "reader@")
+    with pytest.raises(StoreError, match="not a usable syndicate database: permission denied"):
+        open_database(Path("unused"), url=weak)
+
+
+def test_store_url_must_be_a_postgresql_url_and_is_not_echoed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "seeds").mkdir()
+    result = CliRunner().invoke(
+        cli,
+        ["subscribers", "list"],
+        env={ENV_STORE_URL: "mysql://u:hunter2@db/x", "SYNDICATE_CONFIG": ""},
+    )
+    assert result.exit_code == 2
+    assert "store.url" in result.output
+    assert "hunter2" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("sqlite", "psycopg_form"),
+    [
+        ("SELECT ? , ?", "SELECT %s , %s"),
+        ("WHERE a = :a AND b = :b_2", "WHERE a = %(a)s AND b = %(b_2)s"),
+        ("SELECT 'a:b ? 50%' , x::text", "SELECT 'a:b ? 50%%' , x::text"),
+        ("SELECT 'it''s :x' || ?", "SELECT 'it''s :x' || %s"),
+        ("LIKE '%x' OR y = 5 % 2", "LIKE '%%x' OR y = 5 %% 2"),
+        (
+            'SELECT "odd:name" FROM t -- a ? comment\nWHERE 1',
+            'SELECT "odd:name" FROM t -- a ? comment\nWHERE 1',
+        ),
+        ("key < teasers.key || char(1114111)", "key < teasers.key || chr(1114111)"),
+    ],
+)
+def test_statements_are_translated_outside_literals_only(sqlite: str, psycopg_form: str) -> None:
+    assert translate(sqlite) == psycopg_form
+
+
+def test_redact_drops_only_the_password() -> None:
+    assert (
+        redact("postgresql://u:pw@h:5/d?sslmode=require") == "postgresql://u@h:5/d?sslmode=require"
+    )
+    assert redact("postgresql://u@h/d") == "postgresql://u@h/d"
