@@ -96,7 +96,10 @@ class PgConnection:
         return self.raw.execute(self._translated(sql), () if params is None else params)
 
     def executemany(self, sql: str, rows: Iterable[Params]) -> psycopg.Cursor[Any]:
-        cursor = self.raw.cursor()
+        # Bound on the server: a batch's statements are the plain INSERTs and UPDATEs of the
+        # build and the ledger, whose parameters take their columns' types; psycopg prepares
+        # each once and pipelines the rows, where a client-bound batch is parsed row by row.
+        cursor = psycopg.Cursor(self.raw)
         cursor.executemany(self._translated(sql), rows)
         return cursor
 
