@@ -60,9 +60,9 @@ def store_error(path: Path | str, what: str, exc: Exception) -> StoreError:
     if isinstance(exc, postgres.ERRORS):
         if postgres.is_full(exc):
             return StoreFullError(str(path))
+        if postgres.is_gone(exc):
+            return unreachable(str(path), exc)
         if postgres.is_busy(exc):
-            if getattr(exc, "sqlstate", None) is None:
-                return unreachable(str(path), exc)
             return StoreBusyError(str(path))
         return StoreError(f"{path}: {what}: {_first_line(exc)}.")
     code = getattr(exc, "sqlite_errorcode", None)

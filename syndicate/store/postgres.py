@@ -33,8 +33,10 @@ BEGIN_WRITE = ("BEGIN", f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
 BEGIN_READ = ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",)
 
 # SQLSTATEs that mean "try again later": lock or statement timeout, deadlock,
-# serialization failure, the server shutting down or out of connections.
-_BUSY_STATES = frozenset({"55P03", "57014", "40P01", "40001", "57P01", "57P02", "57P03", "53300"})
+# serialization failure, too many connections.
+_BUSY_STATES = frozenset({"55P03", "57014", "40P01", "40001", "53300"})
+# The server went away: shut down or restarting (57P0x), or the connection broke (08xxx).
+_GONE_STATES = frozenset({"57P01", "57P02", "57P03"})
 # Disk full, out of memory, too many files.
 _FULL_STATES = frozenset({"53100", "53200", "53000"})
 
@@ -144,12 +146,16 @@ def connect(url: str, *, busy_timeout: float) -> PgConnection:
 
 
 def is_busy(exc: BaseException) -> bool:
-    """True for an error that means "try again later"."""
+    """True for a server that is there but busy: try again in a moment."""
+    return getattr(exc, "sqlstate", None) in _BUSY_STATES
+
+
+def is_gone(exc: BaseException) -> bool:
+    """True for a server that went away (restart, shutdown, broken connection)."""
     state = getattr(exc, "sqlstate", None)
-    if state in _BUSY_STATES:
-        return True
-    # The connection broke (the server restarted, the network went): sqlstate is None.
-    return isinstance(exc, psycopg.OperationalError) and state is None
+    if state is None:  # psycopg's own: the connection is closed or broke
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+    return state in _GONE_STATES or state.startswith("08")
 
 
 def is_full(exc: BaseException) -> bool:
