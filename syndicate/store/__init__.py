@@ -130,11 +130,14 @@ class Database:
         self._reading = False
 
     @contextmanager
-    def transaction(self) -> Iterator[Any]:
+    def transaction(self, *, rows_only: bool = False) -> Iterator[Any]:
         """Run the block in one `BEGIN IMMEDIATE` transaction: all of it commits, or none.
 
         Nested use joins the outer transaction. Raises StoreBusyError (exit 75) when
-        another connection keeps the write lock past the busy timeout.
+        another connection keeps the write lock past the busy timeout. `rows_only` is for
+        a block that writes only rows it has locked itself (the send queue's claim and
+        marks): on PostgreSQL it does not take the store-wide write lock, so workers on
+        many machines write side by side; on SQLite it changes nothing.
         """
         if self._reading:
             raise RuntimeError("a write transaction cannot start inside Database.snapshot()")
@@ -146,7 +149,7 @@ class Database:
                 self._depth -= 1
             return
         try:
-            for statement in self._begin_write:
+            for statement in self._begin_write[:1] if rows_only else self._begin_write:
                 self.conn.execute(statement)
         except DB_ERRORS as exc:
             self._rollback()
