@@ -448,15 +448,56 @@ def test_confirm_link_confirms_once_and_then_says_so_again(
 ) -> None:
     sign_up(client, "an@example.org")
     link = confirm_url(server, server.mail.wait_for(1)[0])
-    first = client.get(link)
+    first = client.post(link)
     assert first.status_code == 200
     assert "Đăng ký đã được xác nhận" in first.text
     stored = subscriber(server.settings, "an@example.org")
     assert stored.status is SubscriptionStatus.CONFIRMED
-    again = client.get(link)
+    again = client.post(link)
     assert again.status_code == 200
     assert again.content == first.content
+    # Opening the link again says so too, with no button left to press.
+    opened = client.get(link)
+    assert (opened.status_code, opened.content) == (200, first.content)
     assert subscriber(server.settings, "an@example.org").confirmed_at == stored.confirmed_at
+
+
+def test_confirm_get_shows_one_button_and_confirms_nothing_until_it_is_pressed(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    """Mail gateways' link scanners fetch every link: only the button's POST confirms."""
+    sign_up(client, "scan@example.org", server=server)
+    link = confirm_url(server, server.mail.wait_for(1)[0])
+    token = link.split("token=")[1]
+    for _ in range(3):  # a scanner, the preview pane, the reader
+        page = client.get(link)
+        assert page.status_code == 200
+        assert client.head(link).status_code == 200
+        assert page.text.count("<button") == 1
+        assert page.text.count("<form") == 1
+        assert f'<form method="post" action="/confirm?token={token}">' in page.text
+        assert "Xác nhận đăng ký" in page.text
+        assert "set-cookie" not in page.headers
+        assert page.headers["cache-control"] == "no-store"
+        assert subscriber(server.settings, "scan@example.org").status is (
+            SubscriptionStatus.PENDING
+        )
+    pressed = client.post(link)
+    assert pressed.status_code == 200
+    assert "Đăng ký đã được xác nhận" in pressed.text
+    assert subscriber(server.settings, "scan@example.org").status is SubscriptionStatus.CONFIRMED
+
+
+def test_confirm_post_takes_the_token_from_the_form_body_and_keeps_the_body_limit(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    sign_up(client, "body@example.org", server=server)
+    token = confirm_url(server, server.mail.wait_for(1)[0]).split("token=")[1]
+    big = client.post("confirm", params={"token": token}, content=b"x=" + b"a" * 100_000)
+    assert big.status_code == 413
+    assert subscriber(server.settings, "body@example.org").status is SubscriptionStatus.PENDING
+    assert client.post("confirm", data={"token": token}).status_code == 200
+    assert subscriber(server.settings, "body@example.org").status is SubscriptionStatus.CONFIRMED
 
 
 def test_signup_answers_byte_identically_whatever_the_address_state(
@@ -466,7 +507,7 @@ def test_signup_answers_byte_identically_whatever_the_address_state(
     new = sign_up(client, address, server=server)
     link = confirm_url(server, server.mail.wait_for(1)[0])
     pending = sign_up(client, address, server=server)
-    assert client.get(link).status_code == 200
+    assert client.post(link).status_code == 200
     confirmed = sign_up(client, address, server=server)
     stored = subscriber(server.settings, address)
     with open_database(server.settings.paths.database) as db:
@@ -879,16 +920,23 @@ def test_expired_altered_unknown_and_misused_confirm_tokens_get_400(
         issued_at=server.clock(),
     )
     for bad in (altered, unknown, wrong_purpose, "", "<b>x</b>"):
-        answer = client.get("confirm", params={"token": bad})
-        assert answer.status_code == 400, bad
-        assert "Liên kết xác nhận không dùng được" in answer.text
-        assert "<b>x</b>" not in answer.text
+        for answer in (
+            client.get("confirm", params={"token": bad}),
+            client.post("confirm", params={"token": bad}),
+        ):
+            assert answer.status_code == 400, bad
+            assert "Liên kết xác nhận không dùng được" in answer.text
+            assert "<b>x</b>" not in answer.text
+            assert "<button" not in answer.text
     server.clock.advance(hours=48, seconds=1)
-    expired = client.get(link)
-    assert expired.status_code == 400
+    for expired in (client.get(link), client.post(link)):
+        assert expired.status_code == 400
     assert subscriber(server.settings, "em@example.org").status is SubscriptionStatus.PENDING
     server.clock.advance(hours=-1)
     assert client.get(link).status_code == 200
+    assert subscriber(server.settings, "em@example.org").status is SubscriptionStatus.PENDING
+    assert client.post(link).status_code == 200
+    assert subscriber(server.settings, "em@example.org").status is SubscriptionStatus.CONFIRMED
 
 
 def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
@@ -896,7 +944,7 @@ def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
 ) -> None:
     sign_up(client, "giang@example.org", server=server)
     link = confirm_url(server, server.mail.wait_for(1)[0])
-    assert client.get(link).status_code == 200
+    assert client.post(link).status_code == 200
     stored = subscriber(server.settings, "giang@example.org")
     with open_database(server.settings.paths.database) as db:
         secret = get_secret(server.settings, db)
@@ -908,8 +956,8 @@ def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
         issued_at=server.clock(),
     )
     assert client.post("unsubscribe", params={"token": leave}).status_code == 200
-    replay = client.get(link)
-    assert replay.status_code == 400
+    for replay in (client.get(link), client.post(link)):
+        assert replay.status_code == 400
     assert subscriber(server.settings, "giang@example.org").status is (
         SubscriptionStatus.UNSUBSCRIBED
     )
@@ -1007,13 +1055,21 @@ def test_unsubscribe_pages_speak_the_subscribers_language_not_the_browsers(
 def test_confirm_page_speaks_the_subscribers_language(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
-    added, secret = _add_in(server.settings, "mai@example.org", "en", now)
+    with open_database(server.settings.paths.database) as db:
+        added = add_subscriber(
+            db, "mai@example.org", language="en", status=SubscriptionStatus.PENDING, now=now
+        )
+        secret = get_secret(server.settings, db)
     token = tokens.make_token(
         secret, purpose="confirm", subscriber_id=added.id, nonce=added.token_nonce, issued_at=now
     )
     page = client.get("confirm", params={"token": token}, headers={"accept-language": "vi"})
     assert page.status_code == 200
-    assert "Subscription confirmed" in page.text
+    assert '<html lang="en"' in page.text
+    assert "Confirm subscription</button>" in page.text
+    done = client.post("confirm", params={"token": token}, headers={"accept-language": "vi"})
+    assert done.status_code == 200
+    assert "Subscription confirmed" in done.text
     # A bad token has no subscriber: the browser's language.
     bad = client.get("confirm", params={"token": "x"}, headers={"accept-language": "en"})
     assert (bad.status_code, '<html lang="en"' in bad.text) == (400, True)
@@ -1118,7 +1174,7 @@ def test_sign_up_confirm_send_one_click_unsubscribe_and_the_next_send_skips_them
         for address in ("an@example.org", "binh@example.org"):
             assert sign_up(client, address).status_code == 200
         for message in server.mail.wait_for(2):
-            assert client.get(confirm_url(server, message)).status_code == 200
+            assert client.post(confirm_url(server, message)).status_code == 200
         for address in ("an@example.org", "binh@example.org"):
             assert subscriber(server.settings, address).status is SubscriptionStatus.CONFIRMED
 
