@@ -34,7 +34,13 @@ from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.send import Mailer, open_mailer
 from syndicate.store import open_database
 from syndicate.store.meta import get_secret
-from syndicate.store.subscribers import add_subscriber, get_by_email, signup, unsubscribe
+from syndicate.store.subscribers import (
+    add_subscriber,
+    get_by_email,
+    set_status,
+    signup,
+    unsubscribe,
+)
 from syndicate.web import (
     CONTENT_SECURITY_POLICY,
     SubscriptionStore,
@@ -627,6 +633,56 @@ def test_repeat_signup_resends_the_confirmation_at_most_once_per_window(
     messages = server.mail.wait_for(2)
     sent_at = [email.utils.parsedate_to_datetime(m["Date"]) for m in messages]
     assert sent_at == [start, start + timedelta(minutes=11)]
+
+
+def test_repeated_sign_ups_of_one_address_mail_it_at_most_three_times_a_day(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    """Mail bombing through the form: a sign-up every re-send window, all day long."""
+    start = server.clock()
+    answers = []
+    for _ in range(10):
+        answers.append(sign_up(client, "dao@example.org", server=server))
+        server.clock.advance(minutes=11)
+    # The answer tells nothing of the cap: the same page, mailed or not.
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.content for a in answers}) == 1
+    # A day after the first mail, one more may go (the window rolls).
+    server.clock.now = start + timedelta(hours=24)
+    sign_up(client, "dao@example.org", server=server)
+    messages = server.mail.wait_for(4)
+    sent_at = sorted(email.utils.parsedate_to_datetime(m["Date"]) for m in messages)
+    assert sent_at == [
+        start,
+        start + timedelta(minutes=11),
+        start + timedelta(minutes=22),
+        start + timedelta(hours=24),
+    ]
+
+
+def test_a_complained_address_comes_back_to_pending_through_the_form_but_within_the_cap(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    address = "kieu@example.org"
+    times = []
+    for step in range(4):
+        times.append(server.clock())
+        sign_up(client, address, server=server)
+        assert subscriber(server.settings, address).status is SubscriptionStatus.PENDING
+        with open_database(server.settings.paths.database) as db:
+            set_status(
+                db,
+                subscriber(server.settings, address).id,
+                SubscriptionStatus.COMPLAINED,
+                now=server.clock(),
+            )
+        server.clock.advance(minutes=1 + step)
+    server.clock.advance(hours=24)
+    sign_up(client, address, server=server)
+    messages = server.mail.wait_for(4)
+    # Three the first day (the fourth sign-up mails nothing), one the next.
+    sent_at = sorted(email.utils.parsedate_to_datetime(m["Date"]) for m in messages)
+    assert sent_at == [*times[:3], server.clock()]
 
 
 def test_invalid_address_shows_the_form_again_with_the_input_escaped(
