@@ -33,6 +33,7 @@ from syndicate.config import Settings, SubscribeSettings, make_environment, site
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.send import Mailer, open_mailer
 from syndicate.store import open_database
+from syndicate.store.limits import count_request
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import (
     add_subscriber,
@@ -48,7 +49,7 @@ from syndicate.web import (
     make_form_token,
     negotiate_language,
 )
-from syndicate.web.guard import rate_limit_key
+from syndicate.web.guard import RateWindow, rate_decision, rate_limit_key
 from tests.conftest import ROOT
 from tests.plugins.smtp import SmtpServer
 from tests.plugins.web import LiveServer, build_site, reset_server
@@ -301,7 +302,8 @@ def test_healthz_reports_the_database_and_the_output(
 
 
 class _WatchedStore:
-    """The real store, telling the test when a sign-up has reached it."""
+    """The real store, telling the test when a sign-up has reached it (its rate-limit
+    count, the first of its writes)."""
 
     def __init__(self, inner: SubscriptionStore) -> None:
         self.inner = inner
@@ -309,6 +311,10 @@ class _WatchedStore:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
+
+    def count_signup(self, network: str, *, now: datetime) -> tuple[int, int]:
+        self.signing_up.set()
+        return self.inner.count_signup(network, now=now)
 
     def sign_up(self, email: str, *, language: str, now: datetime) -> tuple[Subscriber, bool]:
         self.signing_up.set()
@@ -784,6 +790,91 @@ def test_ipv6_sign_ups_are_rate_limited_per_64_network(
         assert limited.status_code == 429
         neighbour = sign_up(client, "v6-4@example.org", **{"x-forwarded-for": "2001:db8:5:7::1"})
         assert neighbour.status_code == 200
+
+
+def test_the_sign_up_rate_limit_holds_across_two_servers_on_one_store(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    """`serve` on several machines behind one store: they count together, not each alone."""
+    limited = SubscribeSettings(rate_limit=3)
+    first, second = live_server(subscribe=limited), live_server(subscribe=limited)
+    assert first.settings.paths.database == second.settings.paths.database
+    with (
+        httpx.Client(base_url=first.url) as one,
+        httpx.Client(base_url=second.url) as two,
+    ):
+        assert sign_up(one, "a1@example.org").status_code == 200
+        assert sign_up(two, "a2@example.org").status_code == 200
+        assert sign_up(one, "a3@example.org").status_code == 200
+        for client in (two, one):
+            refused = sign_up(client, "a4@example.org")
+            assert refused.status_code == 429
+            assert int(refused.headers["retry-after"]) >= 1
+        # Another network still has its allowance, on either server.
+        other = sign_up(two, "b1@example.org", **{"x-forwarded-for": "198.51.100.7"})
+        assert other.status_code == 200
+    assert subscriber(first.settings, "a4@example.org") is None
+
+
+def test_retry_after_is_when_the_next_sign_up_is_allowed(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    server = live_server(subscribe=SubscribeSettings(rate_limit=3))
+    with httpx.Client(base_url=server.url) as client:
+        for n in range(3):
+            assert sign_up(client, f"r{n}@example.org").status_code == 200
+        refused = sign_up(client, "r3@example.org")
+        assert refused.status_code == 429
+        wait = int(refused.headers["retry-after"])
+        server.clock.advance(seconds=wait - 1)
+        assert sign_up(client, "r3@example.org").status_code == 429  # not yet
+        server.clock.advance(seconds=wait)  # the early retry counted: wait once more
+        assert sign_up(client, "r3@example.org").status_code == 200
+
+
+def test_other_networks_cannot_push_a_client_s_count_out_of_the_store(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    """A /48 holds 65,536 /64s, more than an in-memory table of 50,000 kept: counts leave
+    the store only when their minute is over, whatever else is counted meanwhile."""
+    server = live_server(subscribe=SubscribeSettings(rate_limit=3))
+    hop = {"x-forwarded-for": "2001:db8:48:1::1"}
+    with httpx.Client(base_url=server.url) as client:
+        for n in range(3):
+            assert sign_up(client, f"f{n}@example.org", **hop).status_code == 200
+        window = RateWindow.at(server.clock())
+        with open_database(server.settings.paths.database) as db, db.transaction():
+            for n in range(50_001):  # the old in-memory table's size, and one more
+                count_request(
+                    db,
+                    f"2001:db8:48:{n + 2:x}::/64",  # rate_limit_key of each /64's hosts
+                    window_at=window.start,
+                    previous_at=window.previous,
+                )
+        assert sign_up(client, "f3@example.org", **hop).status_code == 429
+        # The minute over, the next one's sweep takes the old counts away.
+        server.clock.advance(minutes=2)
+        assert sign_up(client, "f3@example.org", **hop).status_code == 200
+    with open_database(server.settings.paths.database) as db:
+        rows = db.conn.execute("SELECT window_at, network, count FROM signup_counts").fetchall()
+    assert rows == [(window.start.replace(minute=2).isoformat(), "2001:db8:48:1::/64", 1)]
+
+
+@pytest.mark.parametrize(
+    ("previous", "current", "elapsed", "expected"),
+    [
+        (0, 3, 0.0, (True, 0)),
+        (0, 4, 0.0, (False, 90)),  # into the next minute, until the 4 weigh 2
+        (6, 1, 30.0, (False, 20)),  # the previous minute's 6 weigh 3 after 30 s
+        (6, 1, 50.0, (True, 0)),  # weighing 1 after 50 s: 1 + 1 <= 3
+        (3, 3, 59.0, (False, 21)),  # no double allowance across the turn of the minute
+        (0, 1, 10.0, (True, 0)),
+    ],
+)
+def test_the_rate_limit_is_a_sliding_window(
+    previous: int, current: int, elapsed: float, expected: tuple[bool, int]
+) -> None:
+    assert rate_decision(3, previous=previous, current=current, elapsed=elapsed) == expected
 
 
 def test_oversized_request_bodies_get_413(client: httpx.Client) -> None:
