@@ -1039,6 +1039,96 @@ def test_a_client_that_disconnects_mid_body_is_one_log_line_not_a_traceback(
     assert not any(record.exc_info for record in server_log.records)
 
 
+def _connect(server: LiveServer, *, receive_buffer: int | None = None) -> socket.socket:
+    parts = urlsplit(server.url)
+    assert parts.hostname
+    assert parts.port
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:  # before connecting, so the window is small from the start
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(10)
+    sock.connect((parts.hostname, parts.port))
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes (or drops) the connection."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_a_client_that_stops_reading_its_answer_is_dropped(
+    live_server: Callable[..., LiveServer], server_log: _LogRecorder
+) -> None:
+    """A large file to a client that never reads: the connection goes after the write timeout."""
+    server = live_server(write_timeout=1.0)
+    size = 32 * 1024 * 1024  # well over what the kernel's socket buffers hold (4 MiB)
+    (server.settings.paths.output / "big.xml").write_bytes(b"x" * size)
+    with _connect(server, receive_buffer=4096) as sock:
+        local = sock.getsockname()
+        sock.sendall(b"GET /big.xml HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = time.monotonic()
+        [record] = server_log.wait_for(1, timeout=15)
+        dropped_after = time.monotonic() - started
+        received = _read_all(sock)
+    assert record.getMessage() == (
+        f"serve: {local[0]}:{local[1]} did not read its response within 1 s; connection dropped"
+    )
+    assert record.levelno == logging.WARNING
+    assert dropped_after < 10
+    assert received.startswith(b"HTTP/1.1 200 OK")
+    assert len(received) < size  # cut off, not sent in full
+
+
+def test_a_client_reading_through_a_small_window_gets_the_whole_answer(
+    live_server: Callable[..., LiveServer], server_log: _LogRecorder
+) -> None:
+    server = live_server(write_timeout=5.0)  # room for a loaded machine: it must not cut
+    size = 8 * 1024 * 1024
+    (server.settings.paths.output / "big.xml").write_bytes(b"y" * size)
+    with _connect(server, receive_buffer=4096) as sock:
+        sock.sendall(b"GET /big.xml HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = _read_all(sock)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert len(body) == size
+    assert server_log.records == []
+
+
+def test_connections_beyond_the_cap_are_answered_503_and_closed(
+    live_server: Callable[..., LiveServer], server_log: _LogRecorder
+) -> None:
+    server = live_server(max_connections=3)
+    request = b"GET /subscribe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    held = [_connect(server) for _ in range(3)]  # idle: no request yet
+    try:
+        with _connect(server) as extra:
+            extra.sendall(request)
+            refused = _read_all(extra)
+        assert refused.startswith(b"HTTP/1.1 503 ")
+        assert b"connection: close" in refused.lower()
+        [record] = server_log.wait_for(1)
+        assert record.getMessage() == (
+            "serve: 3 connections open, the most serve takes; 1 new one(s) answered 503"
+        )
+        # One of the held connections is answered and closed: a new one has its place.
+        held[0].sendall(request)
+        assert _read_all(held[0]).startswith(b"HTTP/1.1 200 OK")
+        with _connect(server) as next_one:
+            next_one.sendall(request)
+            assert _read_all(next_one).startswith(b"HTTP/1.1 200 OK")
+    finally:
+        for sock in held:
+            sock.close()
+
+
 # --- confirm ------------------------------------------------------------------------------
 
 
