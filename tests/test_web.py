@@ -1114,16 +1114,21 @@ def test_connections_beyond_the_cap_are_answered_503_and_closed(
             refused = _read_all(extra)
         assert refused.startswith(b"HTTP/1.1 503 ")
         assert b"connection: close" in refused.lower()
+        with _connect(server) as silent:  # sends nothing: closed after its short deadline
+            started = time.monotonic()
+            assert _read_all(silent) == b""
+            assert time.monotonic() - started < 8
         [record] = server_log.wait_for(1)
         assert record.getMessage() == (
             "serve: 3 connections open, the most serve takes; 1 new one(s) answered 503"
-        )
+        )  # once a minute at most: the silent one added no line of its own
         # One of the held connections is answered and closed: a new one has its place.
         held[0].sendall(request)
         assert _read_all(held[0]).startswith(b"HTTP/1.1 200 OK")
         with _connect(server) as next_one:
             next_one.sendall(request)
             assert _read_all(next_one).startswith(b"HTTP/1.1 200 OK")
+        assert len(server_log.records) == 1
     finally:
         for sock in held:
             sock.close()

@@ -157,6 +157,9 @@ class DeadlineH11Protocol(H11Protocol):
         self._waiting_for = ""
         if self.transport.is_closing():
             return
+        if self.limit_concurrency == 0:  # refused: counted in the refusals' log already
+            self.transport.close()
+            return
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
         log.warning(
             "serve: %s did not send its request %s within %g s; connection closed",
