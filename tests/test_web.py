@@ -570,6 +570,10 @@ def _put_in_state(settings: Settings, address: str, state: str, now: datetime) -
     with open_database(settings.paths.database) as db:
         if state == "new":
             return
+        if state == "pending-capped":  # three confirmation mails today already
+            for minutes in (60, 40, 20):
+                signup(db, address, language="vi", now=now - timedelta(minutes=minutes))
+            return
         if state.startswith("pending"):
             sent = now - timedelta(minutes=1 if state == "pending-recent" else 11)
             signup(db, address, language="vi", now=sent)
@@ -585,6 +589,7 @@ def _put_in_state(settings: Settings, address: str, state: str, now: datetime) -
         ("new", True),
         ("pending-recent", False),
         ("pending-due", True),
+        ("pending-capped", False),
         ("confirmed", False),
         ("unsubscribed", True),
     ],
