@@ -304,8 +304,8 @@ class SubscribeSettings:
     rate_limit: int = field(
         default=10,  # sign-up POSTs per client address per minute
         metadata={
-            "doc": "sign-up requests per client address (IPv6: per /64) per minute; `0` "
-            "turns the limit off"
+            "doc": "sign-up requests per client address (IPv6: per /64) per minute, counted "
+            "in the database for every `serve` on it; `0` turns the limit off"
         },
     )
     resend_minutes: int = field(

@@ -126,6 +126,9 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
                 "liên kết có hiệu lực trong {hours} giờ."
             ),
             "sent_hint": "Không thấy email? Hãy xem trong thư mục thư rác hoặc quảng cáo.",
+            "confirm_ask_title": "Xác nhận đăng ký",
+            "confirm_ask_body": "Bấm nút dưới đây để bắt đầu nhận bản tin qua email.",
+            "confirm_ask_button": "Xác nhận đăng ký",
             "confirmed_title": "Đăng ký đã được xác nhận",
             "confirmed_body": "Cảm ơn bạn! Từ sáng mai, bản tin sẽ đến hộp thư của bạn.",
             "bad_confirm_title": "Liên kết xác nhận không dùng được",
@@ -185,6 +188,9 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
                 "the link is valid for {hours} hours."
             ),
             "sent_hint": "No email? Look in your spam or promotions folder.",
+            "confirm_ask_title": "Confirm your subscription",
+            "confirm_ask_body": "Press the button below to start receiving the newsletter.",
+            "confirm_ask_button": "Confirm subscription",
             "confirmed_title": "Subscription confirmed",
             "confirmed_body": (
                 "Thank you! The newsletter will reach your inbox from tomorrow morning."

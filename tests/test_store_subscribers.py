@@ -233,7 +233,16 @@ def test_signup_after_unsubscribing_starts_over_as_pending(db: Database, now) ->
 
 
 @pytest.mark.parametrize(
-    "state", ["new", "pending-recent", "pending-due", "confirmed", "unsubscribed", "bounced"]
+    "state",
+    [
+        "new",
+        "pending-recent",
+        "pending-due",
+        "pending-capped",
+        "confirmed",
+        "unsubscribed",
+        "bounced",
+    ],
 )
 @pytest.mark.sqlite_only
 def test_every_sign_up_writes_exactly_one_row_whatever_the_address_state(
@@ -243,7 +252,10 @@ def test_every_sign_up_writes_exactly_one_row_whatever_the_address_state(
 ) -> None:
     """The web app stores a sign-up before it answers: the write must not tell the state."""
     address = "an@example.org"
-    if state.startswith("pending"):
+    if state == "pending-capped":  # three mails today already: this one mails nothing
+        for minutes in (60, 40, 20):
+            assert signup(db, address, language="vi", now=now - timedelta(minutes=minutes))[1]
+    elif state.startswith("pending"):
         minutes = 1 if state == "pending-recent" else 11
         signup(db, address, language="vi", now=now - timedelta(minutes=minutes))
     elif state != "new":
@@ -372,3 +384,36 @@ def test_ledger_cutoff_leaves_out_subscribers_confirmed_after_it(db: Database, n
     unsubscribe(db, 2, now=now + timedelta(hours=3))
     set_status(db, 2, CONFIRMED, now=now + timedelta(hours=4))
     assert ledger.count_owed(db, day=day, max_attempts=2, confirmed_by=cutoff) == 0
+
+
+def test_an_address_gets_at_most_three_confirmations_in_any_day(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    """Signing up someone else's address every re-send window must not mail them forever."""
+    sent = []
+    for step in range(12):  # every 11 minutes for two hours: each one due
+        _, send = signup(
+            db, "an@example.org", language="vi", now=now + timedelta(minutes=11 * step)
+        )
+        sent.append(send)
+    assert sent == [True, True, True] + [False] * 9
+    # Rolling: the first mail leaves the window 24 h after it was sent, the next after that.
+    assert signup(db, "an@example.org", language="vi", now=now + timedelta(hours=24))[1] is True
+    later = now + timedelta(hours=24, minutes=10)
+    assert signup(db, "an@example.org", language="vi", now=later)[1] is False
+    later = now + timedelta(hours=24, minutes=11)
+    assert signup(db, "an@example.org", language="vi", now=later)[1] is True
+
+
+@pytest.mark.parametrize("status", ["unsubscribed", "bounced", "complained"])
+def test_the_form_brings_a_left_address_back_to_pending_but_within_the_cap(
+    db: Database,
+    now,  # type: ignore[no-untyped-def]
+    status: str,
+) -> None:
+    sub, _ = signup(db, "an@example.org", language="vi", now=now)
+    sent = []
+    for step in range(1, 5):
+        set_status(db, sub.id, SubscriptionStatus(status), now=now)
+        again, send = signup(db, "an@example.org", language="en", now=now + timedelta(minutes=step))
+        assert again.status is SubscriptionStatus.PENDING  # today's rule: pending again
+        sent.append(send)
+    assert sent == [True, True, False, False]  # the first sign-up's mail counts too

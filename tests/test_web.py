@@ -33,8 +33,15 @@ from syndicate.config import Settings, SubscribeSettings, make_environment, site
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.send import Mailer, open_mailer
 from syndicate.store import open_database
+from syndicate.store.limits import count_request
 from syndicate.store.meta import get_secret
-from syndicate.store.subscribers import add_subscriber, get_by_email, signup, unsubscribe
+from syndicate.store.subscribers import (
+    add_subscriber,
+    get_by_email,
+    set_status,
+    signup,
+    unsubscribe,
+)
 from syndicate.web import (
     CONTENT_SECURITY_POLICY,
     SubscriptionStore,
@@ -42,7 +49,7 @@ from syndicate.web import (
     make_form_token,
     negotiate_language,
 )
-from syndicate.web.guard import rate_limit_key
+from syndicate.web.guard import RateWindow, rate_decision, rate_limit_key
 from tests.conftest import ROOT
 from tests.plugins.smtp import SmtpServer
 from tests.plugins.web import LiveServer, build_site, reset_server
@@ -295,7 +302,8 @@ def test_healthz_reports_the_database_and_the_output(
 
 
 class _WatchedStore:
-    """The real store, telling the test when a sign-up has reached it."""
+    """The real store, telling the test when a sign-up has reached it (its rate-limit
+    count, the first of its writes)."""
 
     def __init__(self, inner: SubscriptionStore) -> None:
         self.inner = inner
@@ -303,6 +311,10 @@ class _WatchedStore:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
+
+    def count_signup(self, network: str, *, now: datetime) -> tuple[int, int]:
+        self.signing_up.set()
+        return self.inner.count_signup(network, now=now)
 
     def sign_up(self, email: str, *, language: str, now: datetime) -> tuple[Subscriber, bool]:
         self.signing_up.set()
@@ -448,15 +460,56 @@ def test_confirm_link_confirms_once_and_then_says_so_again(
 ) -> None:
     sign_up(client, "an@example.org")
     link = confirm_url(server, server.mail.wait_for(1)[0])
-    first = client.get(link)
+    first = client.post(link)
     assert first.status_code == 200
     assert "Đăng ký đã được xác nhận" in first.text
     stored = subscriber(server.settings, "an@example.org")
     assert stored.status is SubscriptionStatus.CONFIRMED
-    again = client.get(link)
+    again = client.post(link)
     assert again.status_code == 200
     assert again.content == first.content
+    # Opening the link again says so too, with no button left to press.
+    opened = client.get(link)
+    assert (opened.status_code, opened.content) == (200, first.content)
     assert subscriber(server.settings, "an@example.org").confirmed_at == stored.confirmed_at
+
+
+def test_confirm_get_shows_one_button_and_confirms_nothing_until_it_is_pressed(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    """Mail gateways' link scanners fetch every link: only the button's POST confirms."""
+    sign_up(client, "scan@example.org", server=server)
+    link = confirm_url(server, server.mail.wait_for(1)[0])
+    token = link.split("token=")[1]
+    for _ in range(3):  # a scanner, the preview pane, the reader
+        page = client.get(link)
+        assert page.status_code == 200
+        assert client.head(link).status_code == 200
+        assert page.text.count("<button") == 1
+        assert page.text.count("<form") == 1
+        assert f'<form method="post" action="/confirm?token={token}">' in page.text
+        assert "Xác nhận đăng ký" in page.text
+        assert "set-cookie" not in page.headers
+        assert page.headers["cache-control"] == "no-store"
+        assert subscriber(server.settings, "scan@example.org").status is (
+            SubscriptionStatus.PENDING
+        )
+    pressed = client.post(link)
+    assert pressed.status_code == 200
+    assert "Đăng ký đã được xác nhận" in pressed.text
+    assert subscriber(server.settings, "scan@example.org").status is SubscriptionStatus.CONFIRMED
+
+
+def test_confirm_post_takes_the_token_from_the_form_body_and_keeps_the_body_limit(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    sign_up(client, "body@example.org", server=server)
+    token = confirm_url(server, server.mail.wait_for(1)[0]).split("token=")[1]
+    big = client.post("confirm", params={"token": token}, content=b"x=" + b"a" * 100_000)
+    assert big.status_code == 413
+    assert subscriber(server.settings, "body@example.org").status is SubscriptionStatus.PENDING
+    assert client.post("confirm", data={"token": token}).status_code == 200
+    assert subscriber(server.settings, "body@example.org").status is SubscriptionStatus.CONFIRMED
 
 
 def test_signup_answers_byte_identically_whatever_the_address_state(
@@ -466,7 +519,7 @@ def test_signup_answers_byte_identically_whatever_the_address_state(
     new = sign_up(client, address, server=server)
     link = confirm_url(server, server.mail.wait_for(1)[0])
     pending = sign_up(client, address, server=server)
-    assert client.get(link).status_code == 200
+    assert client.post(link).status_code == 200
     confirmed = sign_up(client, address, server=server)
     stored = subscriber(server.settings, address)
     with open_database(server.settings.paths.database) as db:
@@ -517,6 +570,10 @@ def _put_in_state(settings: Settings, address: str, state: str, now: datetime) -
     with open_database(settings.paths.database) as db:
         if state == "new":
             return
+        if state == "pending-capped":  # three confirmation mails today already
+            for minutes in (60, 40, 20):
+                signup(db, address, language="vi", now=now - timedelta(minutes=minutes))
+            return
         if state.startswith("pending"):
             sent = now - timedelta(minutes=1 if state == "pending-recent" else 11)
             signup(db, address, language="vi", now=sent)
@@ -532,6 +589,7 @@ def _put_in_state(settings: Settings, address: str, state: str, now: datetime) -
         ("new", True),
         ("pending-recent", False),
         ("pending-due", True),
+        ("pending-capped", False),
         ("confirmed", False),
         ("unsubscribed", True),
     ],
@@ -586,6 +644,56 @@ def test_repeat_signup_resends_the_confirmation_at_most_once_per_window(
     messages = server.mail.wait_for(2)
     sent_at = [email.utils.parsedate_to_datetime(m["Date"]) for m in messages]
     assert sent_at == [start, start + timedelta(minutes=11)]
+
+
+def test_repeated_sign_ups_of_one_address_mail_it_at_most_three_times_a_day(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    """Mail bombing through the form: a sign-up every re-send window, all day long."""
+    start = server.clock()
+    answers = []
+    for _ in range(10):
+        answers.append(sign_up(client, "dao@example.org", server=server))
+        server.clock.advance(minutes=11)
+    # The answer tells nothing of the cap: the same page, mailed or not.
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.content for a in answers}) == 1
+    # A day after the first mail, one more may go (the window rolls).
+    server.clock.now = start + timedelta(hours=24)
+    sign_up(client, "dao@example.org", server=server)
+    messages = server.mail.wait_for(4)
+    sent_at = sorted(email.utils.parsedate_to_datetime(m["Date"]) for m in messages)
+    assert sent_at == [
+        start,
+        start + timedelta(minutes=11),
+        start + timedelta(minutes=22),
+        start + timedelta(hours=24),
+    ]
+
+
+def test_a_complained_address_comes_back_to_pending_through_the_form_but_within_the_cap(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    address = "kieu@example.org"
+    times = []
+    for step in range(4):
+        times.append(server.clock())
+        sign_up(client, address, server=server)
+        assert subscriber(server.settings, address).status is SubscriptionStatus.PENDING
+        with open_database(server.settings.paths.database) as db:
+            set_status(
+                db,
+                subscriber(server.settings, address).id,
+                SubscriptionStatus.COMPLAINED,
+                now=server.clock(),
+            )
+        server.clock.advance(minutes=1 + step)
+    server.clock.advance(hours=24)
+    sign_up(client, address, server=server)
+    messages = server.mail.wait_for(4)
+    # Three the first day (the fourth sign-up mails nothing), one the next.
+    sent_at = sorted(email.utils.parsedate_to_datetime(m["Date"]) for m in messages)
+    assert sent_at == [*times[:3], server.clock()]
 
 
 def test_invalid_address_shows_the_form_again_with_the_input_escaped(
@@ -687,6 +795,91 @@ def test_ipv6_sign_ups_are_rate_limited_per_64_network(
         assert limited.status_code == 429
         neighbour = sign_up(client, "v6-4@example.org", **{"x-forwarded-for": "2001:db8:5:7::1"})
         assert neighbour.status_code == 200
+
+
+def test_the_sign_up_rate_limit_holds_across_two_servers_on_one_store(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    """`serve` on several machines behind one store: they count together, not each alone."""
+    limited = SubscribeSettings(rate_limit=3)
+    first, second = live_server(subscribe=limited), live_server(subscribe=limited)
+    assert first.settings.paths.database == second.settings.paths.database
+    with (
+        httpx.Client(base_url=first.url) as one,
+        httpx.Client(base_url=second.url) as two,
+    ):
+        assert sign_up(one, "a1@example.org").status_code == 200
+        assert sign_up(two, "a2@example.org").status_code == 200
+        assert sign_up(one, "a3@example.org").status_code == 200
+        for client in (two, one):
+            refused = sign_up(client, "a4@example.org")
+            assert refused.status_code == 429
+            assert int(refused.headers["retry-after"]) >= 1
+        # Another network still has its allowance, on either server.
+        other = sign_up(two, "b1@example.org", **{"x-forwarded-for": "198.51.100.7"})
+        assert other.status_code == 200
+    assert subscriber(first.settings, "a4@example.org") is None
+
+
+def test_retry_after_is_when_the_next_sign_up_is_allowed(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    server = live_server(subscribe=SubscribeSettings(rate_limit=3))
+    with httpx.Client(base_url=server.url) as client:
+        for n in range(3):
+            assert sign_up(client, f"r{n}@example.org").status_code == 200
+        refused = sign_up(client, "r3@example.org")
+        assert refused.status_code == 429
+        wait = int(refused.headers["retry-after"])
+        server.clock.advance(seconds=wait - 1)
+        assert sign_up(client, "r3@example.org").status_code == 429  # not yet
+        server.clock.advance(seconds=wait)  # the early retry counted: wait once more
+        assert sign_up(client, "r3@example.org").status_code == 200
+
+
+def test_other_networks_cannot_push_a_client_s_count_out_of_the_store(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    """A /48 holds 65,536 /64s, more than an in-memory table of 50,000 kept: counts leave
+    the store only when their minute is over, whatever else is counted meanwhile."""
+    server = live_server(subscribe=SubscribeSettings(rate_limit=3))
+    hop = {"x-forwarded-for": "2001:db8:48:1::1"}
+    with httpx.Client(base_url=server.url) as client:
+        for n in range(3):
+            assert sign_up(client, f"f{n}@example.org", **hop).status_code == 200
+        window = RateWindow.at(server.clock())
+        with open_database(server.settings.paths.database) as db, db.transaction():
+            for n in range(50_001):  # the old in-memory table's size, and one more
+                count_request(
+                    db,
+                    f"2001:db8:48:{n + 2:x}::/64",  # rate_limit_key of each /64's hosts
+                    window_at=window.start,
+                    previous_at=window.previous,
+                )
+        assert sign_up(client, "f3@example.org", **hop).status_code == 429
+        # The minute over, the next one's sweep takes the old counts away.
+        server.clock.advance(minutes=2)
+        assert sign_up(client, "f3@example.org", **hop).status_code == 200
+    with open_database(server.settings.paths.database) as db:
+        rows = db.conn.execute("SELECT window_at, network, count FROM signup_counts").fetchall()
+    assert rows == [(window.start.replace(minute=2).isoformat(), "2001:db8:48:1::/64", 1)]
+
+
+@pytest.mark.parametrize(
+    ("previous", "current", "elapsed", "expected"),
+    [
+        (0, 3, 0.0, (True, 0)),
+        (0, 4, 0.0, (False, 90)),  # into the next minute, until the 4 weigh 2
+        (6, 1, 30.0, (False, 20)),  # the previous minute's 6 weigh 3 after 30 s
+        (6, 1, 50.0, (True, 0)),  # weighing 1 after 50 s: 1 + 1 <= 3
+        (3, 3, 59.0, (False, 21)),  # no double allowance across the turn of the minute
+        (0, 1, 10.0, (True, 0)),
+    ],
+)
+def test_the_rate_limit_is_a_sliding_window(
+    previous: int, current: int, elapsed: float, expected: tuple[bool, int]
+) -> None:
+    assert rate_decision(3, previous=previous, current=current, elapsed=elapsed) == expected
 
 
 def test_oversized_request_bodies_get_413(client: httpx.Client) -> None:
@@ -851,6 +1044,101 @@ def test_a_client_that_disconnects_mid_body_is_one_log_line_not_a_traceback(
     assert not any(record.exc_info for record in server_log.records)
 
 
+def _connect(server: LiveServer, *, receive_buffer: int | None = None) -> socket.socket:
+    parts = urlsplit(server.url)
+    assert parts.hostname
+    assert parts.port
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:  # before connecting, so the window is small from the start
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(10)
+    sock.connect((parts.hostname, parts.port))
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes (or drops) the connection."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_a_client_that_stops_reading_its_answer_is_dropped(
+    live_server: Callable[..., LiveServer], server_log: _LogRecorder
+) -> None:
+    """A large file to a client that never reads: the connection goes after the write timeout."""
+    server = live_server(write_timeout=1.0)
+    size = 32 * 1024 * 1024  # well over what the kernel's socket buffers hold (4 MiB)
+    (server.settings.paths.output / "big.xml").write_bytes(b"x" * size)
+    with _connect(server, receive_buffer=4096) as sock:
+        local = sock.getsockname()
+        sock.sendall(b"GET /big.xml HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = time.monotonic()
+        [record] = server_log.wait_for(1, timeout=15)
+        dropped_after = time.monotonic() - started
+        received = _read_all(sock)
+    assert record.getMessage() == (
+        f"serve: {local[0]}:{local[1]} did not read its response within 1 s; connection dropped"
+    )
+    assert record.levelno == logging.WARNING
+    assert dropped_after < 10
+    assert received.startswith(b"HTTP/1.1 200 OK")
+    assert len(received) < size  # cut off, not sent in full
+
+
+def test_a_client_reading_through_a_small_window_gets_the_whole_answer(
+    live_server: Callable[..., LiveServer], server_log: _LogRecorder
+) -> None:
+    server = live_server(write_timeout=5.0)  # room for a loaded machine: it must not cut
+    size = 8 * 1024 * 1024
+    (server.settings.paths.output / "big.xml").write_bytes(b"y" * size)
+    with _connect(server, receive_buffer=4096) as sock:
+        sock.sendall(b"GET /big.xml HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = _read_all(sock)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert len(body) == size
+    assert server_log.records == []
+
+
+def test_connections_beyond_the_cap_are_answered_503_and_closed(
+    live_server: Callable[..., LiveServer], server_log: _LogRecorder
+) -> None:
+    server = live_server(max_connections=3)
+    request = b"GET /subscribe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    held = [_connect(server) for _ in range(3)]  # idle: no request yet
+    try:
+        with _connect(server) as extra:
+            extra.sendall(request)
+            refused = _read_all(extra)
+        assert refused.startswith(b"HTTP/1.1 503 ")
+        assert b"connection: close" in refused.lower()
+        with _connect(server) as silent:  # sends nothing: closed after its short deadline
+            started = time.monotonic()
+            assert _read_all(silent) == b""
+            assert time.monotonic() - started < 8
+        [record] = server_log.wait_for(1)
+        assert record.getMessage() == (
+            "serve: 3 connections open, the most serve takes; 1 new one(s) answered 503"
+        )  # once a minute at most: the silent one added no line of its own
+        # One of the held connections is answered and closed: a new one has its place.
+        held[0].sendall(request)
+        assert _read_all(held[0]).startswith(b"HTTP/1.1 200 OK")
+        with _connect(server) as next_one:
+            next_one.sendall(request)
+            assert _read_all(next_one).startswith(b"HTTP/1.1 200 OK")
+        assert len(server_log.records) == 1
+    finally:
+        for sock in held:
+            sock.close()
+
+
 # --- confirm ------------------------------------------------------------------------------
 
 
@@ -879,16 +1167,23 @@ def test_expired_altered_unknown_and_misused_confirm_tokens_get_400(
         issued_at=server.clock(),
     )
     for bad in (altered, unknown, wrong_purpose, "", "<b>x</b>"):
-        answer = client.get("confirm", params={"token": bad})
-        assert answer.status_code == 400, bad
-        assert "Liên kết xác nhận không dùng được" in answer.text
-        assert "<b>x</b>" not in answer.text
+        for answer in (
+            client.get("confirm", params={"token": bad}),
+            client.post("confirm", params={"token": bad}),
+        ):
+            assert answer.status_code == 400, bad
+            assert "Liên kết xác nhận không dùng được" in answer.text
+            assert "<b>x</b>" not in answer.text
+            assert "<button" not in answer.text
     server.clock.advance(hours=48, seconds=1)
-    expired = client.get(link)
-    assert expired.status_code == 400
+    for expired in (client.get(link), client.post(link)):
+        assert expired.status_code == 400
     assert subscriber(server.settings, "em@example.org").status is SubscriptionStatus.PENDING
     server.clock.advance(hours=-1)
     assert client.get(link).status_code == 200
+    assert subscriber(server.settings, "em@example.org").status is SubscriptionStatus.PENDING
+    assert client.post(link).status_code == 200
+    assert subscriber(server.settings, "em@example.org").status is SubscriptionStatus.CONFIRMED
 
 
 def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
@@ -896,7 +1191,7 @@ def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
 ) -> None:
     sign_up(client, "giang@example.org", server=server)
     link = confirm_url(server, server.mail.wait_for(1)[0])
-    assert client.get(link).status_code == 200
+    assert client.post(link).status_code == 200
     stored = subscriber(server.settings, "giang@example.org")
     with open_database(server.settings.paths.database) as db:
         secret = get_secret(server.settings, db)
@@ -908,8 +1203,8 @@ def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
         issued_at=server.clock(),
     )
     assert client.post("unsubscribe", params={"token": leave}).status_code == 200
-    replay = client.get(link)
-    assert replay.status_code == 400
+    for replay in (client.get(link), client.post(link)):
+        assert replay.status_code == 400
     assert subscriber(server.settings, "giang@example.org").status is (
         SubscriptionStatus.UNSUBSCRIBED
     )
@@ -1007,13 +1302,21 @@ def test_unsubscribe_pages_speak_the_subscribers_language_not_the_browsers(
 def test_confirm_page_speaks_the_subscribers_language(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
-    added, secret = _add_in(server.settings, "mai@example.org", "en", now)
+    with open_database(server.settings.paths.database) as db:
+        added = add_subscriber(
+            db, "mai@example.org", language="en", status=SubscriptionStatus.PENDING, now=now
+        )
+        secret = get_secret(server.settings, db)
     token = tokens.make_token(
         secret, purpose="confirm", subscriber_id=added.id, nonce=added.token_nonce, issued_at=now
     )
     page = client.get("confirm", params={"token": token}, headers={"accept-language": "vi"})
     assert page.status_code == 200
-    assert "Subscription confirmed" in page.text
+    assert '<html lang="en"' in page.text
+    assert "Confirm subscription</button>" in page.text
+    done = client.post("confirm", params={"token": token}, headers={"accept-language": "vi"})
+    assert done.status_code == 200
+    assert "Subscription confirmed" in done.text
     # A bad token has no subscriber: the browser's language.
     bad = client.get("confirm", params={"token": "x"}, headers={"accept-language": "en"})
     assert (bad.status_code, '<html lang="en"' in bad.text) == (400, True)
@@ -1118,7 +1421,7 @@ def test_sign_up_confirm_send_one_click_unsubscribe_and_the_next_send_skips_them
         for address in ("an@example.org", "binh@example.org"):
             assert sign_up(client, address).status_code == 200
         for message in server.mail.wait_for(2):
-            assert client.get(confirm_url(server, message)).status_code == 200
+            assert client.post(confirm_url(server, message)).status_code == 200
         for address in ("an@example.org", "binh@example.org"):
             assert subscriber(server.settings, address).status is SubscriptionStatus.CONFIRMED
 

@@ -292,3 +292,24 @@ MIGRATIONS.append(
         "UPDATE articles SET page_path = NULL WHERE page_path IS NOT NULL",
     ]
 )
+
+# 10: limits that hold across every `syndicate serve` sharing the store.
+# `confirm_mails`: the times (space-separated ISO-8601 UTC) of the confirmation mails sent
+# to the address in the last 24 hours, at most subscribers.CONFIRM_MAILS_PER_DAY of them:
+# repeated sign-ups of someone else's address must not mail it without end.
+# `signup_counts`: sign-up requests per client network (IPv4 address, IPv6 /64) per
+# minute, for the rate limit. Keyed by the window first, so the rows of past windows are
+# swept with one range delete on the key; nothing else ever evicts a count.
+MIGRATIONS.append(
+    [
+        "ALTER TABLE subscribers ADD COLUMN confirm_mails TEXT",
+        """
+        CREATE TABLE signup_counts (
+            window_at TEXT NOT NULL,        -- the minute's start, ISO-8601 UTC
+            network TEXT NOT NULL,          -- web.guard.rate_limit_key of the client
+            count INTEGER NOT NULL,
+            PRIMARY KEY (window_at, network)
+        ) WITHOUT ROWID
+        """,
+    ]
+)

@@ -32,6 +32,11 @@ _COLUMNS = (
 )
 # Bytes of a subscriber's token nonce (tokens.NONCE_BYTES; the schema checks the length).
 _NONCE_BYTES = 16
+# Confirmation mails one address gets at most in any CONFIRM_MAILS_WINDOW, whoever signs
+# it up and however often: repeated sign-ups of someone else's address must not mail them
+# without end (bounced and complained addresses brought back by the form included).
+CONFIRM_MAILS_PER_DAY = 3
+CONFIRM_MAILS_WINDOW = timedelta(hours=24)
 
 # One subscriber by its case-folded address.
 _SELECT_BY_KEY = f"SELECT {_COLUMNS} FROM subscribers WHERE email_key = ?"  # noqa: S608
@@ -41,12 +46,12 @@ _SELECT_BY_ID = f"SELECT {_COLUMNS} FROM subscribers WHERE id = ?"  # noqa: S608
 _INSERT = """
     INSERT INTO subscribers (email, email_key, name, language, status, created_at, updated_at,
                              confirmed_at, unsubscribed_at, bounced_at, confirm_sent_at,
-                             token_nonce, signed_up_at)
+                             token_nonce, signed_up_at, confirm_mails)
     VALUES (:email, :key, :name, :language, :status, :now, :now,
             CASE WHEN :status = 'confirmed' THEN :now END,
             CASE WHEN :status = 'unsubscribed' THEN :now END,
             CASE WHEN :status = 'bounced' THEN :now END,
-            :confirm_sent_at, :nonce, :signed_up_at)
+            :confirm_sent_at, :nonce, :signed_up_at, :confirm_sent_at)
     RETURNING id
 """
 # Move to a status, stamping the matching *_at column.
@@ -59,18 +64,22 @@ _SET_STATUS = """
     WHERE id = :id
 """
 # A repeat sign-up, the one write for every state (so its cost tells no state): stamp
-# signed_up_at; one who left is pending again in the chosen language, confirmation sent
-# now (:send); a pending one whose re-send is due (:send) gets confirm_sent_at = now.
+# signed_up_at; one who left is pending again in the chosen language; when a confirmation
+# goes out now (:send), confirm_sent_at = now and :mails (the day's mails, this one too).
 _SIGN_UP_AGAIN = """
     UPDATE subscribers SET signed_up_at = :now,
         status = CASE WHEN :rejoin THEN 'pending' ELSE status END,
         language = CASE WHEN :rejoin THEN :language ELSE language END,
         updated_at = CASE WHEN :rejoin THEN :now ELSE updated_at END,
-        confirm_sent_at = CASE WHEN :send THEN :now ELSE confirm_sent_at END
+        confirm_sent_at = CASE WHEN :send THEN :now ELSE confirm_sent_at END,
+        confirm_mails = CASE WHEN :send THEN :mails ELSE confirm_mails END
     WHERE id = :id
 """
-# One subscriber by its case-folded address, with when its last confirmation went out.
-_SELECT_FOR_SIGN_UP = f"SELECT {_COLUMNS}, confirm_sent_at FROM subscribers WHERE email_key = ?"  # noqa: S608
+# One subscriber by its case-folded address, with when its last confirmations went out.
+_SELECT_FOR_SIGN_UP = (
+    f"SELECT {_COLUMNS}, confirm_sent_at, confirm_mails FROM subscribers "  # noqa: S608
+    "WHERE email_key = ?"
+)
 # A permanent refusal: count it, and bounce the subscriber at the limit.
 _RECORD_BOUNCE = """
     UPDATE subscribers SET bounce_count = bounce_count + 1, updated_at = :now,
@@ -281,6 +290,15 @@ def set_status(
     return _require(db, subscriber_id)
 
 
+def _recent_mails(
+    sent_at: str | None, mails: str | None, *, now: datetime, window: timedelta
+) -> list[str]:
+    """The stamps of the confirmation mails sent within `window` before `now`."""
+    # A row from before migration 10 has only its last mail's time.
+    stamps = mails.split() if mails else ([sent_at] if sent_at else [])
+    return [stamp for stamp in stamps if now - datetime.fromisoformat(stamp) < window]
+
+
 def signup(
     db: Database,
     email: str,
@@ -288,16 +306,21 @@ def signup(
     language: str,
     now: datetime,
     resend_after: timedelta = timedelta(minutes=10),
+    max_mails: int = CONFIRM_MAILS_PER_DAY,
+    mails_window: timedelta = CONFIRM_MAILS_WINDOW,
 ) -> tuple[Subscriber, bool]:
     """Record a sign-up; return the subscriber and whether to send a confirmation now.
 
     A new address is stored as pending. A pending one gets a new confirmation
     at most once per `resend_after`. A confirmed one is left alone (no mail:
     the caller answers the same either way, so nobody learns who is
-    subscribed). An unsubscribed or bounced one becomes pending again and is
-    sent a confirmation. Every state costs one read and one write (an insert,
-    or one update stamping `signed_up_at`), so the web app can store a sign-up
-    before it answers without its timing telling the state. Raises
+    subscribed). An unsubscribed, bounced or complained one becomes pending
+    again and is sent a confirmation. Whatever the state, an address gets at
+    most `max_mails` confirmations in any `mails_window` (a rolling window);
+    past that a sign-up is stored but mails nothing. Every state costs one
+    read and one write (an insert, or one update stamping `signed_up_at`), so
+    the web app can store a sign-up before it answers without its timing
+    telling the state. Raises
     SubscriberError for a bad address or language, StoreBusyError when the
     database stayed locked past the busy timeout.
     """
@@ -328,16 +351,19 @@ def signup(
                 subscriber_id = int(row[0])
                 status = SubscriptionStatus(row[4])
                 rejoin = status not in (SubscriptionStatus.CONFIRMED, SubscriptionStatus.PENDING)
-                sent_at = _time(row[-1])
-                send = rejoin or (
+                sent_at = _time(row[-2])
+                recent = _recent_mails(row[-2], row[-1], now=now, window=mails_window)
+                due = rejoin or (
                     status is SubscriptionStatus.PENDING
                     and (sent_at is None or now - sent_at >= resend_after)
                 )
+                send = due and len(recent) < max_mails
                 conn.execute(
                     _SIGN_UP_AGAIN,
                     {
                         "rejoin": rejoin,
                         "send": send,
+                        "mails": " ".join([*recent, stamp]),
                         "language": language,
                         "now": stamp,
                         "id": subscriber_id,

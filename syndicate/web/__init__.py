@@ -119,7 +119,7 @@ def create_app(
     routes = [
         Route("/healthz", service.healthz, methods=["GET"]),
         Route("/subscribe", service.subscribe, methods=["GET", "POST"]),
-        Route("/confirm", service.confirm, methods=["GET"]),
+        Route("/confirm", service.confirm, methods=["GET", "POST"]),
         Route("/unsubscribe", service.unsubscribe, methods=["GET", "POST"]),
         Route("/{path:path}", service.static, methods=["GET"]),
     ]

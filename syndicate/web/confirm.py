@@ -1,4 +1,4 @@
-"""Web: the confirm endpoint (double opt-in links)."""
+"""Web: the confirm endpoint (double opt-in links): a button on GET, the confirmation on POST."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from starlette.responses import Response
 from syndicate import i18n, tokens
 from syndicate.errors import TokenError
 from syndicate.model import Subscriber, SubscriptionStatus
+from syndicate.web.guard import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
     from syndicate.web.pages import Service
@@ -22,7 +23,19 @@ _STRINGS = i18n.STRINGS["web"]
 
 
 async def confirm(service: Service, request: Request) -> Response:
-    """Confirm the pending subscriber a valid, unexpired confirm link was made for."""
+    """Ask on GET; confirm on POST the pending subscriber a valid, unexpired link was made for.
+
+    Mail gateways' link scanners (Safe Links and the like) fetch every link in a mail, so
+    a GET that confirmed would confirm addresses their owners never saw. The GET only
+    checks the link and shows one button, which POSTs back the same token.
+    """
+    token = request.query_params.get("token", "")
+    if request.method == "POST":
+        # Read the body even when the token is in the URL, so the body limit (413) holds.
+        await request.body()
+        if not token:
+            form = await request.form(max_files=0, max_fields=10, max_part_size=MAX_BODY_BYTES)
+            token = str(form.get("token") or "")
     max_age = timedelta(hours=service.settings.subscribe.confirm_hours)
     now = service.clock()
     subscriber: Subscriber | None
@@ -33,7 +46,7 @@ async def confirm(service: Service, request: Request) -> Response:
         subscriber = await service.call_reader(
             tokens.verify_token,
             service.secret,
-            request.query_params.get("token", ""),
+            token,
             purpose="confirm",
             now=now,
             max_age=max_age,
@@ -55,8 +68,17 @@ async def confirm(service: Service, request: Request) -> Response:
             lang,
             title=strings["bad_confirm_title"],
             status_code=400,
-            ok=False,
+            state="invalid",
+        )
+    if request.method != "POST" and subscriber.status is SubscriptionStatus.PENDING:
+        # Link scanners follow GETs: show the button, change nothing.
+        return service.page(
+            "confirm.html.j2",
+            lang,
+            title=strings["confirm_ask_title"],
+            state="ask",
+            form_action=service.url("confirm", lang, token=token),
         )
     if subscriber.status is SubscriptionStatus.PENDING:
         await service.call_store(service.store.confirm, subscriber.id, now=now)
-    return service.page("confirm.html.j2", lang, title=strings["confirmed_title"], ok=True)
+    return service.page("confirm.html.j2", lang, title=strings["confirmed_title"], state="done")

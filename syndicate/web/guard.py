@@ -6,10 +6,8 @@ import hashlib
 import hmac
 import ipaddress
 import math
-import time
-from collections import OrderedDict
-from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
@@ -20,8 +18,6 @@ MAX_BODY_BYTES = 16 * 1024
 # How long a sign-up form's anti-forgery token stays valid, and the clock skew allowed.
 FORM_TOKEN_HOURS = 12
 _FORM_TOKEN_SKEW = 300
-# Rate-limiter memory bound: the least recently seen addresses are forgotten first.
-_RATE_LIMIT_CLIENTS = 50_000
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
@@ -38,29 +34,50 @@ _SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
 ]
 
 
-class RateLimiter:
-    """A token bucket per client address: `per_minute` requests, refilled evenly."""
+# The sign-up rate limit's window: `subscribe.rate_limit` requests per minute.
+RATE_WINDOW = timedelta(minutes=1)
 
-    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.per_minute = per_minute
-        self._clock = clock
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def allow(self, client: str) -> tuple[bool, int]:
-        """Take one request from `client`'s bucket: (allowed, seconds to wait if not)."""
-        if self.per_minute <= 0:
-            return True, 0
-        now = self._clock()
-        rate = self.per_minute / 60.0
-        tokens_left, last = self._buckets.pop(client, (float(self.per_minute), now))
-        tokens_left = min(float(self.per_minute), tokens_left + (now - last) * rate)
-        allowed = tokens_left >= 1.0
-        if allowed:
-            tokens_left -= 1.0
-        self._buckets[client] = (tokens_left, now)
-        while len(self._buckets) > _RATE_LIMIT_CLIENTS:
-            self._buckets.popitem(last=False)
-        return allowed, 0 if allowed else math.ceil((1.0 - tokens_left) / rate)
+@dataclass(frozen=True, slots=True)
+class RateWindow:
+    """The rate limit's window `now` falls in: its start, the one before, seconds into it."""
+
+    start: datetime
+    previous: datetime
+    elapsed: float
+
+    @classmethod
+    def at(cls, now: datetime) -> RateWindow:
+        seconds = RATE_WINDOW.total_seconds()
+        stamp = now.timestamp()
+        start = datetime.fromtimestamp(stamp - stamp % seconds, UTC)
+        return cls(start=start, previous=start - RATE_WINDOW, elapsed=stamp % seconds)
+
+
+def rate_decision(
+    per_minute: int, *, previous: int, current: int, elapsed: float
+) -> tuple[bool, int]:
+    """(allowed, seconds to wait if not) for a network's counts, this request included.
+
+    A sliding window: the previous minute's count weighs what is left of it, so a burst
+    across the turn of a minute is no double allowance. Refused requests count too: a
+    client that keeps trying stays refused until it slows down.
+    """
+    window = RATE_WINDOW.total_seconds()
+    if previous * (1 - elapsed / window) + current <= per_minute:
+        return True, 0
+    # When one more request would be allowed, if none came meanwhile.
+    if current + 1 <= per_minute and previous > 0:
+        wait = window * (1 - (per_minute - current - 1) / previous) - elapsed
+        if wait < window - elapsed:
+            return False, _whole_seconds(wait)
+    into_next = window * (1 - (per_minute - 1) / current) if current > per_minute - 1 else 0.0
+    return False, _whole_seconds(window - elapsed + into_next)
+
+
+def _whole_seconds(seconds: float) -> int:
+    # Rounded up (a retry a moment early is refused), but not over float noise: 21.0000001 is 21.
+    return max(1, math.ceil(round(seconds, 6)))
 
 
 def rate_limit_key(client: str) -> str:

@@ -26,10 +26,7 @@ from syndicate.mail import MailInfo
 from syndicate.model import Subscriber
 from syndicate.send import Mailer, read_dkim_key
 from syndicate.web.confirm import confirm
-from syndicate.web.guard import (
-    RateLimiter,
-    make_form_token,
-)
+from syndicate.web.guard import make_form_token
 from syndicate.web.seams import Clock, SubscriptionStore
 from syndicate.web.signup import subscribe
 from syndicate.web.signups import SignupWorker
@@ -95,7 +92,6 @@ class Service:
         self.mail_info = MailInfo.from_settings(settings)
         self.base_path = urlsplit(self.base_url).path or "/"
         self.output = OutputFolder(settings.paths.output)
-        self.limiter = RateLimiter(settings.subscribe.rate_limit)
         self.templates = make_environment(site_templates_dir())
         # The page chrome's strings (site.py) with the service's own on top.
         self.strings = {

@@ -8,7 +8,9 @@ from typing import Protocol
 from syndicate.config import Settings
 from syndicate.model import Subscriber
 from syndicate.store import Database, meta
+from syndicate.store import limits as store_limits
 from syndicate.store import subscribers as store_subscribers
+from syndicate.web.guard import RateWindow
 
 
 class Clock(Protocol):
@@ -31,6 +33,14 @@ class SubscriptionStore(Protocol):
 
     def sign_up(self, email: str, *, language: str, now: datetime) -> tuple[Subscriber, bool]:
         """Store a sign-up as pending; True when a confirmation mail should go out now."""
+        ...
+
+    def count_signup(self, network: str, *, now: datetime) -> tuple[int, int]:
+        """Count a sign-up request of `network` (web.guard.rate_limit_key) at `now`.
+
+        Returns its count in the previous rate-limit window and in this one (this request
+        included), as every process sharing the store counted them.
+        """
         ...
 
     def find(self, subscriber_id: int) -> Subscriber | None: ...
@@ -61,6 +71,7 @@ class DatabaseStore:
         self.settings = settings
         self.db = db
         self.reader = reader
+        self._swept: datetime | None = None  # the rate-limit window last swept
 
     def read_secret(self) -> bytes:
         return meta.get_secret(self.settings, self.db)
@@ -73,6 +84,21 @@ class DatabaseStore:
             now=now,
             resend_after=timedelta(minutes=self.settings.subscribe.resend_minutes),
         )
+
+    def count_signup(self, network: str, *, now: datetime) -> tuple[int, int]:
+        window = RateWindow.at(now)
+        # Once per window, this process sweeps the counts of windows that are over (any
+        # process may: a sweep another one did already finds nothing).
+        sweep = window.previous if window.start != self._swept else None
+        counts = store_limits.count_request(
+            self.db,
+            network,
+            window_at=window.start,
+            previous_at=window.previous,
+            sweep_before=sweep,
+        )
+        self._swept = window.start
+        return counts
 
     def find(self, subscriber_id: int) -> Subscriber | None:
         return store_subscribers.get_by_id(self.reader, subscriber_id)

@@ -18,7 +18,14 @@ from syndicate.mail import DkimKey
 from syndicate.model import Subscriber
 from syndicate.send import TransientSendError
 from syndicate.store import subscribers as store_subscribers
-from syndicate.web.guard import MAX_BODY_BYTES, check_form_token, origin_of, rate_limit_key
+from syndicate.web.guard import (
+    MAX_BODY_BYTES,
+    RateWindow,
+    check_form_token,
+    origin_of,
+    rate_decision,
+    rate_limit_key,
+)
 
 if TYPE_CHECKING:
     from syndicate.web.pages import Service
@@ -37,10 +44,20 @@ async def subscribe(service: Service, request: Request) -> Response:
     lang = service.language(request)
     if request.method != "POST":
         return service.form_page(lang)
-    client = request.client.host if request.client else "unknown"
-    allowed, wait = service.limiter.allow(rate_limit_key(client))
-    if not allowed:
-        return service.error_page(request, 429, headers={"retry-after": str(wait)})
+    per_minute = service.settings.subscribe.rate_limit
+    if per_minute > 0:
+        client = request.client.host if request.client else "unknown"
+        now = service.clock()
+        # Counted in the store, so every `serve` sharing it counts together. A busy store
+        # raises StoreBusyError here, answered 503 with Retry-After like the sign-up's own.
+        previous, current = await service.call_store(
+            service.store.count_signup, rate_limit_key(client), now=now
+        )
+        allowed, wait = rate_decision(
+            per_minute, previous=previous, current=current, elapsed=RateWindow.at(now).elapsed
+        )
+        if not allowed:
+            return service.error_page(request, 429, headers={"retry-after": str(wait)})
     form = await request.form(max_files=0, max_fields=10, max_part_size=MAX_BODY_BYTES)
     email = str(form.get("email") or "").strip()
     language = str(form.get("language") or "")

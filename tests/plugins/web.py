@@ -197,13 +197,23 @@ def run_server(
     make_mailer: Callable[[Settings], Mailer],
     wrap_store: Callable[[SubscriptionStore], SubscriptionStore] | None = None,
     timeouts: tuple[float, float] | None = None,
+    write_timeout: float | None = None,
+    max_connections: int | None = None,
 ) -> Iterator[threading.Thread]:
     """Run create_app under uvicorn on `sock` in a thread until the block ends.
 
     The database is opened inside the server thread, for the app's store thread
     (`any_thread`); `wrap_store` may wrap the store the app gets. The HTTP protocol is
-    the one `syndicate serve` runs; `timeouts` = (header, body) seconds replace its defaults.
+    the one `syndicate serve` runs; `timeouts` = (header, body) seconds, `write_timeout`
+    and `max_connections` replace its defaults.
     """
+    protocol: dict[str, Any] = {}
+    if timeouts:
+        protocol.update(header_timeout=timeouts[0], body_timeout=timeouts[1])
+    if write_timeout is not None:
+        protocol["write_timeout"] = write_timeout
+    if max_connections is not None:
+        protocol["max_connections"] = max_connections
     started = threading.Event()
     failures: list[BaseException] = []
     servers: list[uvicorn.Server] = []
@@ -237,13 +247,7 @@ def run_server(
                     log_level="warning",
                     access_log=False,
                     lifespan="on",
-                    http=make_http_protocol(
-                        **(
-                            {"header_timeout": timeouts[0], "body_timeout": timeouts[1]}
-                            if timeouts
-                            else {}
-                        )
-                    ),
+                    http=make_http_protocol(**protocol),
                 )
                 server = uvicorn.Server(config)
                 servers.append(server)
@@ -281,6 +285,8 @@ def start_live_server(
     mailer: Callable[[Settings], Mailer] | None = None,
     wrap_store: Callable[[SubscriptionStore], SubscriptionStore] | None = None,
     timeouts: tuple[float, float] | None = None,
+    write_timeout: float | None = None,
+    max_connections: int | None = None,
     **sections: Any,
 ) -> LiveServer:
     """Start the app on 127.0.0.1:<free port> until `stack` closes (see `live_server`)."""
@@ -307,6 +313,8 @@ def start_live_server(
             make_mailer=lambda _: recorder,
             wrap_store=wrap,
             timeouts=timeouts,
+            write_timeout=write_timeout,
+            max_connections=max_connections,
         )
     )
     return LiveServer(url=url, settings=configured, clock=clock, mail=recorder, signups=tally)
@@ -319,7 +327,8 @@ def live_server(settings: Settings, now: datetime) -> Iterator[Callable[..., Liv
     Keyword arguments replace whole settings sections (`subscribe=SubscribeSettings(...)`);
     `mailer` is a factory `settings -> Mailer` (default: the configured transport,
     the outbox), wrapped in a RecordingMailer; `wrap_store` wraps the app's store;
-    `timeouts` = (header, body) seconds for slow clients. The clock starts at the fixed `now`.
+    `timeouts` = (header, body) seconds for slow clients, `write_timeout` for clients that
+    do not read, `max_connections` the cap. The clock starts at the fixed `now`.
     For a server with the default settings, `shared_server` is started once per module.
     """
     with ExitStack() as stack:
