@@ -166,8 +166,21 @@ _VERSION_9: list[str] = [
     """,
 ]
 
+# 10: the confirmation-mail cap and the shared sign-up rate limit (see schema.py).
+_VERSION_10: list[str] = [
+    f"ALTER TABLE subscribers ADD COLUMN confirm_mails {T}",
+    f"""
+    CREATE TABLE signup_counts (
+        window_at {T} NOT NULL,
+        network {T} NOT NULL,
+        count BIGINT NOT NULL,
+        PRIMARY KEY (window_at, network)
+    )
+    """,
+]
+
 # Version -> statements. A version missing here has no PostgreSQL step (1 to 8).
-PG_MIGRATIONS: dict[int, list[str]] = {9: _VERSION_9}
+PG_MIGRATIONS: dict[int, list[str]] = {9: _VERSION_9, 10: _VERSION_10}
 
 # The first version a PostgreSQL store can be at: what step 9 creates.
 PG_FIRST_VERSION = 9
