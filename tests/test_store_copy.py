@@ -7,13 +7,16 @@ reports); the PostgreSQL side is a database of the session's throwaway cluster.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sqlite3
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
@@ -59,6 +62,20 @@ def project(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(AppContext, "now", lambda self: FIXED_NOW.timestamp())
     return workdir
+
+
+@pytest.fixture
+def new_pg(pg_cluster: Cluster) -> Iterator[Callable[[], str]]:
+    """Make empty databases on the session's cluster; dropped after the test."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(pg_cluster.new_database())
+        return made[-1]
+
+    yield make
+    for url in made:
+        pg_cluster.drop_database(url)
 
 
 @pytest.fixture
@@ -144,9 +161,9 @@ def _count_rows(db: Database) -> int:
 
 
 def test_a_full_store_goes_to_postgresql_and_back_with_every_row_unchanged(
-    full_store: Path, pg_cluster: Cluster, tmp_path: Path
+    full_store: Path, new_pg: Callable[[], str], tmp_path: Path
 ) -> None:
-    pg_url, pg_url_2 = pg_cluster.new_database(), pg_cluster.new_database()
+    pg_url, pg_url_2 = new_pg(), new_pg()
     back = tmp_path / "back" / "syndicate.db"
     code, out, err = _run("store", "copy", "--from", str(full_store), "--to", pg_url)
     assert (code, err) == (0, "")
@@ -176,7 +193,7 @@ def test_a_full_store_goes_to_postgresql_and_back_with_every_row_unchanged(
 
 
 def test_on_postgresql_the_copied_store_goes_on_where_sqlite_left_it(
-    full_store: Path, pg_cluster: Cluster, project: Path, monkeypatch: pytest.MonkeyPatch
+    full_store: Path, new_pg: Callable[[], str], project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code, url, _ = _run("unsubscribe-token", "make", "an@example.org")
     assert code == 0
@@ -186,7 +203,7 @@ def test_on_postgresql_the_copied_store_goes_on_where_sqlite_left_it(
         erased = source.conn.execute("SELECT seq FROM sqlite_sequence").fetchone()[0]
     assert erased > top  # the newest subscriber was erased: its id is never handed out again
     outbox = sorted(p.name for p in (project / "outbox").rglob("*.eml"))
-    pg_url = pg_cluster.new_database()
+    pg_url = new_pg()
     assert _run("store", "copy", "--from", str(full_store), "--to", pg_url)[0] == 0
 
     monkeypatch.setenv(ENV_STORE_URL, pg_url)
@@ -210,10 +227,10 @@ def test_on_postgresql_the_copied_store_goes_on_where_sqlite_left_it(
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 def test_a_target_that_is_not_empty_is_refused_and_left_as_it_was(
-    full_store: Path, pg_cluster: Cluster, tmp_path: Path, engine: str
+    full_store: Path, new_pg: Callable[[], str], tmp_path: Path, engine: str
 ) -> None:
     if engine == "postgresql":
-        url = pg_cluster.new_database()
+        url = new_pg()
         target = open_database(Path(), url=url)
         where = url.replace("postgresql://postgres@", "PostgreSQL at ")
     else:
@@ -233,7 +250,7 @@ def test_a_target_that_is_not_empty_is_refused_and_left_as_it_was(
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 def test_a_failure_part_way_leaves_the_target_empty(
-    full_store: Path, pg_cluster: Cluster, tmp_path: Path, engine: str
+    full_store: Path, new_pg: Callable[[], str], tmp_path: Path, engine: str
 ) -> None:
     # A damaged source: a delivery of a subscriber who is not there (written with the
     # foreign keys off). It is copied last but one, after every other table went in.
@@ -244,7 +261,7 @@ def test_a_failure_part_way_leaves_the_target_empty(
     )
     raw.commit()
     raw.close()
-    url = pg_cluster.new_database() if engine == "postgresql" else str(tmp_path / "target.db")
+    url = new_pg() if engine == "postgresql" else str(tmp_path / "target.db")
     code, out, err = _run("store", "copy", "--from", str(full_store), "--to", url)
     assert (code, out) == (2, "")
     assert len(err.splitlines()) == 1
@@ -296,3 +313,30 @@ def test_bad_locations_are_usage_errors_and_create_nothing(project: Path) -> Non
     assert "Invalid value for --from: 'mysql://db/x' is neither a postgresql:// URL" in err
     assert not Path("missing.db").exists()
     assert not Path("new.db").exists()
+
+
+def test_a_role_with_only_the_documented_privileges_takes_the_copy(
+    full_store: Path, pg_cluster: Cluster, tmp_path: Path
+) -> None:
+    # docs/operating.md: a role that does not own the database needs CONNECT on it and
+    # USAGE and CREATE on its schema (PostgreSQL 15 no longer gives CREATE to everyone).
+    role = f"syndicate_{os.getpid()}"
+    url = pg_cluster.new_database()
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        admin.execute(f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC')
+        admin.execute(f'GRANT CONNECT ON DATABASE "{name}" TO "{role}"')
+    try:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f'GRANT USAGE, CREATE ON SCHEMA public TO "{role}"')
+        as_role = url.replace("postgres@", f"{role}@")
+        assert _run("store", "copy", "--from", str(full_store), "--to", as_role)[0] == 0
+        back = tmp_path / "back.db"
+        assert _run("store", "copy", "--from", as_role, "--to", str(back))[0] == 0
+        with open_database(full_store) as source, open_database(back) as copied:
+            assert _rows(copied) == _rows(source)
+    finally:
+        pg_cluster.drop_database(url)
+        with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
+            admin.execute(f'DROP ROLE "{role}"')

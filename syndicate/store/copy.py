@@ -171,7 +171,17 @@ def _refuse_rows(target: Database, tables: Sequence[_Table]) -> None:
 
 
 def _read_rows(db: Database, table: _Table) -> Iterator[Sequence[Sequence[Any]]]:
-    """The table's rows in batches, in primary key order, never all at once."""
+    """The table's rows in batches, in primary key order, never all at once.
+
+    A failed read is worded as the source's (StoreError), not the target's.
+    """
+    try:
+        yield from _fetch_rows(db, table)
+    except DB_ERRORS as exc:
+        raise store_error(db.path, f"cannot read table {table.name} to copy it", exc) from exc
+
+
+def _fetch_rows(db: Database, table: _Table) -> Iterator[Sequence[Sequence[Any]]]:
     columns = ", ".join(map(_quote, table.columns))
     order = f" ORDER BY {', '.join(map(_quote, table.key))}" if table.key else ""
     sql = f"SELECT {columns} FROM {_quote(table.name)}{order}"  # noqa: S608 - catalog names
