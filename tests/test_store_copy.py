@@ -340,3 +340,17 @@ def test_a_role_with_only_the_documented_privileges_takes_the_copy(
         pg_cluster.drop_database(url)
         with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
             admin.execute(f'DROP ROLE "{role}"')
+
+
+def test_a_store_from_a_newer_syndicate_is_one_line_and_nothing_is_made(project: Path) -> None:
+    open_database(project / "new.db").close()
+    raw = sqlite3.connect(project / "new.db")
+    raw.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    raw.close()
+    code, out, err = _run("store", "copy", "--from", "new.db", "--to", "target.db")
+    assert (code, out) == (2, "")
+    assert err == (
+        f"Error: new.db: schema version {len(MIGRATIONS) + 1} is newer than this syndicate "
+        f"knows ({len(MIGRATIONS)}). Upgrade syndicate before using this database.\n"
+    )
+    assert not Path("target.db").exists()
