@@ -111,6 +111,7 @@ COMMAND_MODULES = {
     "preflight": "commands_preflight",
     "send": "commands_send",
     "serve": "commands_serve",
+    "store": "commands_store",
     "subscribers": "commands_subscribers",
     "unsubscribe-token": "commands_send",
 }

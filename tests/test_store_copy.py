@@ -1,0 +1,353 @@
+"""`syndicate store copy`: a whole store from SQLite to PostgreSQL and back, on real stores.
+
+The source is built the way a user builds one (seeds, `send`, sign-ups, erasure, bounce
+reports); the PostgreSQL side is a database of the session's throwaway cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+from collections.abc import Callable, Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from syndicate.cli import AppContext, cli
+from syndicate.store import Database, open_database
+from syndicate.store.bounces import ReportKind, apply_report
+from syndicate.store.copy import copy_store
+from syndicate.store.schema import MIGRATIONS
+from syndicate.store.subscribers import add_subscriber, get_by_email, signup
+from tests.conftest import FIXED_NOW
+from tests.plugins.postgres import ENV_STORE_URL, Cluster
+
+SEEDS = Path(__file__).resolve().parent.parent / "seeds"
+# The tables a store built as `full_store` builds it has rows in: every kind of row.
+FILLED = {
+    "article_pages",
+    "articles",
+    "deliveries",
+    "digests",
+    "dumps",
+    "mail_events",
+    "mail_reports",
+    "meta",
+    "pages",
+    "stories",
+    "subscribers",
+    "suppressions",
+    "teasers",
+}
+PASSWORD = "s3cr3t-pw"  # a test password that must never be printed
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def project(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for seed in SEEDS.glob("*.txt"):
+        shutil.copy(seed, workdir / "seeds" / seed.name)
+    monkeypatch.chdir(workdir)
+    for name in ("SYNDICATE_CONFIG", "SYNDICATE_SECRET", ENV_STORE_URL):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(AppContext, "now", lambda self: FIXED_NOW.timestamp())
+    return workdir
+
+
+@pytest.fixture
+def new_pg(pg_cluster: Cluster) -> Iterator[Callable[[], str]]:
+    """Make empty databases on the session's cluster; dropped after the test."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(pg_cluster.new_database())
+        return made[-1]
+
+    yield make
+    for url in made:
+        pg_cluster.drop_database(url)
+
+
+@pytest.fixture
+def full_store(project: Path) -> Path:
+    """A SQLite store with a row in every table: the seeds built and a digest sent to
+    some, then subscribers in every status, an erased one (the newest id), a bounce
+    and a complaint read from mail."""
+    for email in ("an@example.org", "binh@example.org", "chi@example.org", "dung@example.org"):
+        assert _run("subscribers", "add", email)[0] == 0
+    code, out, err = _run("send")
+    assert (code, err) == (0, ""), out
+    assert "sent 4" in out
+    assert _run("subscribers", "add", "late@example.org", "--lang", "en")[0] == 0
+    assert _run("subscribers", "remove", "binh@example.org")[0] == 0
+    db = open_database(project / "syndicate.db")
+    with db:
+        signup(db, "pending@example.org", language="vi", now=FIXED_NOW)
+        for email, kind in (("chi@example.org", "hard"), ("dung@example.org", "complaint")):
+            found = get_by_email(db, email)
+            assert found is not None
+            apply_report(
+                db,
+                key=f"<report-{kind}@example.org>",
+                subscriber_id=found.id,
+                kind=ReportKind(kind),
+                day=date(2024, 11, 1),
+                detail="5.1.1" if kind == "hard" else "abuse",
+                bounce_limit=3,
+                now=FIXED_NOW,
+            )
+        add_subscriber(db, "gone@example.org", now=FIXED_NOW)  # the highest id, erased below
+    assert _run("subscribers", "erase", "gone@example.org")[0] == 0
+    return project / "syndicate.db"
+
+
+def _rows(db: Database) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, by column name, in primary key order."""
+    found: dict[str, list[tuple[Any, ...]]] = {}
+    with db.snapshot() as conn:
+        for table in sorted(TABLES):
+            columns, key = SCHEMA[table]
+            listed, order = (", ".join(f'"{c}"' for c in names) for names in (columns, key))
+            sql = f'SELECT {listed} FROM "{table}" ORDER BY {order}'  # noqa: S608
+            found[table] = [tuple(row) for row in conn.execute(sql).fetchall()]
+    return found
+
+
+def _schema() -> dict[str, tuple[list[str], list[str]]]:
+    """Each table of the current schema (as SQLite's steps make it): columns, primary key."""
+    db = sqlite3.connect(":memory:")
+    try:
+        for step in MIGRATIONS:
+            for statement in step:
+                db.execute(statement)
+        names = [
+            r[0]
+            for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'"
+            )
+        ]
+        schema = {}
+        for table in names:
+            info = db.execute(f"PRAGMA table_info({table})").fetchall()
+            key = [r[1] for r in sorted((r for r in info if r[5]), key=lambda r: r[5])]
+            schema[table] = ([r[1] for r in info], key)
+        return schema
+    finally:
+        db.close()
+
+
+SCHEMA = _schema()
+TABLES = set(SCHEMA)
+
+
+def _count_rows(db: Database) -> int:
+    with db.snapshot() as conn:
+        return sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES)  # noqa: S608
+
+
+def test_a_full_store_goes_to_postgresql_and_back_with_every_row_unchanged(
+    full_store: Path, new_pg: Callable[[], str], tmp_path: Path
+) -> None:
+    pg_url, pg_url_2 = new_pg(), new_pg()
+    back = tmp_path / "back" / "syndicate.db"
+    code, out, err = _run("store", "copy", "--from", str(full_store), "--to", pg_url)
+    assert (code, err) == (0, "")
+    with open_database(full_store) as source:
+        before = _rows(source)
+        sequence = source.conn.execute("SELECT seq FROM sqlite_sequence").fetchall()
+    assert FILLED <= TABLES
+    assert all(before[t] for t in FILLED), [t for t in FILLED if not before[t]]
+    counts = ", ".join(f"{len(before[t])} {t}" for t in re.findall(r"\d+ (\w+)", out))
+    assert out == f"copied: {counts}\n"
+    assert set(re.findall(r"\d+ (\w+)", out)) == TABLES
+    # PostgreSQL to PostgreSQL, then back to SQLite (a sqlite:/// URL), with --json.
+    assert _run("store", "copy", "--from", pg_url, "--to", pg_url_2)[0] == 0
+    code, out, err = _run("store", "copy", "--from", pg_url_2, "--to", f"sqlite://{back}", "--json")
+    assert (code, err) == (0, "")
+    report = json.loads(out)
+    assert report["copied"] == {t: len(rows) for t, rows in before.items()}
+    assert report["to"] == str(back)
+    for url in (pg_url, pg_url_2):
+        with open_database(Path(), url=url) as pg:
+            assert _rows(pg) == before
+    with open_database(back) as copied:
+        assert _rows(copied) == before
+        assert copied.conn.execute("SELECT seq FROM sqlite_sequence").fetchall() == sequence
+        assert copied.schema_version == len(MIGRATIONS)
+    nonces = [row[SCHEMA["subscribers"][0].index("token_nonce")] for row in before["subscribers"]]
+    assert all(type(n) is bytes and len(n) == 16 for n in nonces)
+
+
+def test_on_postgresql_the_copied_store_goes_on_where_sqlite_left_it(
+    full_store: Path, new_pg: Callable[[], str], project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, url, _ = _run("unsubscribe-token", "make", "an@example.org")
+    assert code == 0
+    token = url.strip().rsplit("token=", 1)[1]
+    with open_database(full_store) as source:
+        top = source.conn.execute("SELECT max(id) FROM subscribers").fetchone()[0]
+        erased = source.conn.execute("SELECT seq FROM sqlite_sequence").fetchone()[0]
+    assert erased > top  # the newest subscriber was erased: its id is never handed out again
+    outbox = sorted(p.name for p in (project / "outbox").rglob("*.eml"))
+    pg_url = new_pg()
+    assert _run("store", "copy", "--from", str(full_store), "--to", pg_url)[0] == 0
+
+    monkeypatch.setenv(ENV_STORE_URL, pg_url)
+    code, out, err = _run("unsubscribe-token", "verify", token)
+    assert (code, err) == (0, "")
+    assert out.startswith("valid: subscriber 1 <an@example.org> (confirmed)")
+    assert _run("subscribers", "add", "new@example.org")[0] == 0
+    with open_database(Path(), url=pg_url) as pg:
+        new = get_by_email(pg, "new@example.org")
+    assert new is not None
+    assert new.id == erased + 1
+    # The digest already sent goes only to those who have not had it: the ledger came along.
+    code, out, err = _run("send")
+    assert code == 0, err
+    assert re.search(r"sent 2, failed 0", out), out
+    now_in_outbox = sorted(p.name for p in (project / "outbox").rglob("*.eml"))
+    day = FIXED_NOW.date().isoformat()
+    late = [f"{day}.{n}_localhost.eml" for n in (5, new.id)]  # added after the first send
+    assert now_in_outbox == sorted(outbox + late)
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_target_that_is_not_empty_is_refused_and_left_as_it_was(
+    full_store: Path, new_pg: Callable[[], str], tmp_path: Path, engine: str
+) -> None:
+    if engine == "postgresql":
+        url = new_pg()
+        target = open_database(Path(), url=url)
+        where = url.replace("postgresql://postgres@", "PostgreSQL at ")
+    else:
+        url = str(tmp_path / "target.db")
+        target = open_database(Path(url))
+        where = url
+    with target:
+        add_subscriber(target, "someone@example.org", now=FIXED_NOW)
+        code, out, err = _run("store", "copy", "--from", str(full_store), "--to", url)
+        assert (code, out) == (2, "")
+        assert err == (
+            f"Error: {where}: table subscribers is not empty; nothing was copied. "
+            "Copy into a new, empty store (a new SQLite file or an empty PostgreSQL database).\n"
+        )
+        assert _count_rows(target) == 1
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_failure_part_way_leaves_the_target_empty(
+    full_store: Path, new_pg: Callable[[], str], tmp_path: Path, engine: str
+) -> None:
+    # A damaged source: a delivery of a subscriber who is not there (written with the
+    # foreign keys off). It is copied last but one, after every other table went in.
+    raw = sqlite3.connect(full_store)
+    raw.execute(
+        "INSERT INTO deliveries (digest_day, subscriber_id, status, updated_at) "
+        "SELECT day, 999, 'sent', created_at FROM digests"
+    )
+    raw.commit()
+    raw.close()
+    url = new_pg() if engine == "postgresql" else str(tmp_path / "target.db")
+    code, out, err = _run("store", "copy", "--from", str(full_store), "--to", url)
+    assert (code, out) == (2, "")
+    assert len(err.splitlines()) == 1
+    assert "cannot copy the store" in err
+    assert "foreign key" in err.lower()
+    with open_database(Path(url), url=url if engine == "postgresql" else "") as target:
+        assert _count_rows(target) == 0
+
+
+def test_copy_store_reports_rows_per_table_in_foreign_key_order(
+    full_store: Path, tmp_path: Path
+) -> None:
+    with open_database(full_store) as source, open_database(tmp_path / "t.db") as target:
+        counts = copy_store(source, target)
+    order = list(counts)
+    assert set(order) == TABLES
+    assert order.index("subscribers") < order.index("deliveries")
+    assert order.index("digests") < order.index("deliveries")
+    assert order.index("subscribers") < order.index("mail_events")
+
+
+def test_an_unreachable_server_is_exit_75_naming_the_host_never_the_password(
+    full_store: Path, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql://syndicate:{PASSWORD}@127.0.0.1:{port}/news"
+    for args in (("--from", str(full_store), "--to", url), ("--from", url, "--to", "new.db")):
+        code, out, err = _run("store", "copy", *args)
+        assert (code, out) == (75, "")
+        assert len(err.splitlines()) == 1
+        assert err.startswith(f"Error: PostgreSQL at 127.0.0.1:{port}/news: cannot reach")
+        assert PASSWORD not in err
+    assert not Path("new.db").exists()
+
+
+def test_bad_locations_are_usage_errors_and_create_nothing(project: Path) -> None:
+    code, out, err = _run("store", "copy", "--from", "missing.db", "--to", "new.db")
+    assert (code, out) == (2, "")
+    assert err == (
+        "Error: missing.db: no such store to copy from; nothing was copied. "
+        "Check the path given to --from.\n"
+    )
+    code, _, err = _run("store", "copy", "--from", "mysql://db/x", "--to", "new.db")
+    assert code == 2
+    assert "Invalid value for --from: 'mysql://db/x' is neither a postgresql:// URL" in err
+    assert not Path("missing.db").exists()
+    assert not Path("new.db").exists()
+
+
+def test_a_role_with_only_the_documented_privileges_takes_the_copy(
+    full_store: Path, pg_cluster: Cluster, tmp_path: Path
+) -> None:
+    # docs/operating.md: a role that does not own the database needs CONNECT on it and
+    # USAGE and CREATE on its schema (PostgreSQL 15 no longer gives CREATE to everyone).
+    role = f"syndicate_{os.getpid()}"
+    url = pg_cluster.new_database()
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        admin.execute(f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC')
+        admin.execute(f'GRANT CONNECT ON DATABASE "{name}" TO "{role}"')
+    try:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f'GRANT USAGE, CREATE ON SCHEMA public TO "{role}"')
+        as_role = url.replace("postgres@", f"{role}@")
+        assert _run("store", "copy", "--from", str(full_store), "--to", as_role)[0] == 0
+        back = tmp_path / "back.db"
+        assert _run("store", "copy", "--from", as_role, "--to", str(back))[0] == 0
+        with open_database(full_store) as source, open_database(back) as copied:
+            assert _rows(copied) == _rows(source)
+    finally:
+        pg_cluster.drop_database(url)
+        with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
+            admin.execute(f'DROP ROLE "{role}"')
+
+
+def test_a_store_from_a_newer_syndicate_is_one_line_and_nothing_is_made(project: Path) -> None:
+    open_database(project / "new.db").close()
+    raw = sqlite3.connect(project / "new.db")
+    raw.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    raw.close()
+    code, out, err = _run("store", "copy", "--from", "new.db", "--to", "target.db")
+    assert (code, out) == (2, "")
+    assert err == (
+        f"Error: new.db: schema version {len(MIGRATIONS) + 1} is newer than this syndicate "
+        f"knows ({len(MIGRATIONS)}). Upgrade syndicate before using this database.\n"
+    )
+    assert not Path("target.db").exists()
