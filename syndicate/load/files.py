@@ -6,10 +6,12 @@ is a DumpError naming it. `read_dumps` also parses each dump, lazily.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from syndicate.errors import DumpError, InputError
@@ -142,23 +144,44 @@ def check_link(path: str, folders: Sequence[str], *, source: str | None = None) 
     )
 
 
-def read_dump(path: str | Path, *, max_bytes: int, source: str | None = None) -> bytes:
+class DumpPin(NamedTuple):
+    """The file a dump's path was checked to be (by lstat, and stat for a link): what
+    `read_dump` must find when it opens the path. A named tuple: it crosses to the workers."""
+
+    device: int
+    inode: int
+    link: bool  # the path was a link, checked to stay inside the dump folder
+
+
+def read_dump(
+    path: str | Path, *, max_bytes: int, source: str | None = None, pin: DumpPin | None = None
+) -> bytes:
     """Return the bytes of one dump; DumpError when it is too large or cannot be read.
 
     `source` names the file in messages (default: the path). Only regular files are
-    read: a FIFO or device would block or never end.
+    read: a FIFO or device would block or never end. With a `pin` (the link check made
+    before), the path must still be the file that was checked: a path that was no link is
+    opened with O_NOFOLLOW, and the file opened must be the pinned one, so a dump swapped
+    for a link (or its folder for one) between the check and the read is refused.
     """
     where = display_path(source or path)
     check_name(path, source=source)
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for files.
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if pin is not None and not pin.link:
+        flags |= os.O_NOFOLLOW
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for files.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, flags)
     except IsADirectoryError:
         raise DumpError(where, "is a folder, not a dump file.") from None
     except OSError as exc:
+        if flags & os.O_NOFOLLOW and exc.errno in (errno.ELOOP, errno.EMLINK):
+            raise _swapped(where, path) from exc
         raise _unreadable(where, exc) from exc
     try:
         st = os.fstat(fd)
+        if pin is not None and (st.st_dev, st.st_ino) != (pin.device, pin.inode):
+            raise _swapped(where, path)
         if not stat.S_ISREG(st.st_mode):
             if stat.S_ISDIR(st.st_mode):
                 raise DumpError(where, "is a folder, not a dump file.")
@@ -180,6 +203,22 @@ def read_dump(path: str | Path, *, max_bytes: int, source: str | None = None) ->
             hint="Raise load.max_bytes in the config if the file is a real article.",
         )
     return data
+
+
+def _swapped(where: str, path: str | Path) -> DumpError:
+    # Between the link check and the open, the dump (or a folder on its path) was replaced:
+    # by a link, perhaps leading out of the dump folder. Refused like a link that fails it.
+    target = os.path.realpath(path)
+    if target == os.path.abspath(path):
+        reason = "was replaced by another file after its link check; skipped."
+    else:
+        reason = f"became a link to {display_path(target)!r} after its link check; skipped."
+    return DumpError(
+        where,
+        reason,
+        hint="Build again; a link leading outside the dump folder is skipped unless "
+        "load.follow_symlinks = true.",
+    )
 
 
 def _unreadable(where: str, exc: OSError) -> DumpError:
