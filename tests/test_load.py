@@ -1069,3 +1069,30 @@ def test_a_pinned_read_refuses_a_dump_swapped_after_its_link_check(tmp_path: Pat
         )
     # Without a pin (links not checked: load.follow_symlinks, or a file named on its own).
     assert read_dump(root / "a.txt", max_bytes=100) == b"secret"
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/fd").is_dir(), reason="the system does not name open files"
+)
+def test_a_pinned_read_refuses_a_file_outside_its_folders_whatever_the_pin(tmp_path: Path) -> None:
+    # A folder swapped for a link before the check: lstat went through it, so the pin names
+    # the outside file. Where the opened file really is still refuses it.
+    root, outside = tmp_path / "seeds", tmp_path / "private"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "a.txt").write_bytes(b"secret")
+    (root / "sub").symlink_to(outside)
+    st = os.lstat(root / "sub" / "a.txt")
+    folders = (os.path.realpath(root),)
+    pin = DumpPin(st.st_dev, st.st_ino, False, folders)
+    with pytest.raises(DumpError) as caught:
+        read_dump(root / "sub" / "a.txt", max_bytes=100, source="seeds/sub/a.txt", pin=pin)
+    assert str(caught.value).startswith(
+        f"seeds/sub/a.txt: became a link to '{outside / 'a.txt'}' after its link check; skipped."
+    )
+    (root / "b.txt").write_bytes(b"dump")
+    st = os.lstat(root / "b.txt")
+    assert (
+        read_dump(root / "b.txt", max_bytes=100, pin=DumpPin(st.st_dev, st.st_ino, False, folders))
+        == b"dump"
+    )

@@ -134,14 +134,25 @@ def check_link(path: str, folders: Sequence[str], *, source: str | None = None) 
     if not os.path.islink(path):
         return
     target = os.path.realpath(path)
-    for folder in folders:
-        if target == folder or target.startswith(folder.rstrip("/") + "/"):
-            return
+    if _inside(target, folders):
+        return
     raise DumpError(
         display_path(source or path),
         f"is a link to {display_path(target)!r}, outside the dump folder.",
         hint="Copy the file into the dump folder, or set load.follow_symlinks = true.",
     )
+
+
+def _inside(target: str, folders: Sequence[str]) -> bool:
+    return any(target == f or target.startswith(f.rstrip("/") + "/") for f in folders)
+
+
+def _opened_path(fd: int) -> str | None:
+    """Where the file open as `fd` is, as the kernel names it (Linux's /proc); else None."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
 
 
 class DumpPin(NamedTuple):
@@ -151,6 +162,7 @@ class DumpPin(NamedTuple):
     device: int
     inode: int
     link: bool  # the path was a link, checked to stay inside the dump folder
+    folders: tuple[str, ...] = ()  # the dump folders (real paths) the file must be inside
 
 
 def read_dump(
@@ -161,8 +173,9 @@ def read_dump(
     `source` names the file in messages (default: the path). Only regular files are
     read: a FIFO or device would block or never end. With a `pin` (the link check made
     before), the path must still be the file that was checked: a path that was no link is
-    opened with O_NOFOLLOW, and the file opened must be the pinned one, so a dump swapped
-    for a link (or its folder for one) between the check and the read is refused.
+    opened with O_NOFOLLOW, the file opened must be the pinned one and, where the system
+    names open files (Linux), lie inside the pin's folders. So a dump swapped for a link, or
+    a folder on its path swapped for one, after the check is refused.
     """
     where = display_path(source or path)
     check_name(path, source=source)
@@ -180,8 +193,14 @@ def read_dump(
         raise _unreadable(where, exc) from exc
     try:
         st = os.fstat(fd)
-        if pin is not None and (st.st_dev, st.st_ino) != (pin.device, pin.inode):
-            raise _swapped(where, path)
+        if pin is not None:
+            if (st.st_dev, st.st_ino) != (pin.device, pin.inode):
+                raise _swapped(where, path)
+            # The pin itself came from paths: a folder swapped for a link before the check
+            # leaves it naming an outside file. Where the file opened really is settles it.
+            opened = _opened_path(fd) if pin.folders else None
+            if opened is not None and not _inside(opened, pin.folders):
+                raise _swapped(where, path, opened)
         if not stat.S_ISREG(st.st_mode):
             if stat.S_ISDIR(st.st_mode):
                 raise DumpError(where, "is a folder, not a dump file.")
@@ -205,10 +224,10 @@ def read_dump(
     return data
 
 
-def _swapped(where: str, path: str | Path) -> DumpError:
+def _swapped(where: str, path: str | Path, opened: str | None = None) -> DumpError:
     # Between the link check and the open, the dump (or a folder on its path) was replaced:
     # by a link, perhaps leading out of the dump folder. Refused like a link that fails it.
-    target = os.path.realpath(path)
+    target = opened or os.path.realpath(path)
     if target == os.path.abspath(path):
         reason = "was replaced by another file after its link check; skipped."
     else:

@@ -140,7 +140,7 @@ class _Sync:
         checked here), so that a dump swapped for a link after the check is not read."""
         if self.link_folders is None or path in self.named_files:
             return None
-        return load.DumpPin(st[0], st[1], link=path in self.checked_links)
+        return load.DumpPin(st[0], st[1], path in self.checked_links, self.link_folders)
 
     def vouched(self, key: str, st: _Signature) -> store.CachedDump | None:
         """The cache entry when the stat signature and parser version match, else None."""
