@@ -9,7 +9,7 @@ import asyncio
 
 import aiosmtplib
 
-from syndicate.send.transports import SmtpServer, certificate_error
+from syndicate.send.transports import SmtpServer, certificate_error, end_session
 
 
 async def probe_smtp(smtp: SmtpServer, *, timeout: float) -> tuple[bool, str]:
@@ -85,8 +85,4 @@ async def _probe(smtp: SmtpServer, *, timeout: float) -> tuple[bool, str]:
     except OSError as exc:
         return False, f"{where}: cannot connect: {exc}. Check smtp.host, smtp.port and smtp.tls."
     finally:
-        if client.is_connected:
-            try:
-                await client.quit()
-            except (aiosmtplib.SMTPException, OSError):
-                client.close()
+        await end_session(client)

@@ -398,6 +398,15 @@ async def _reset(client: aiosmtplib.SMTP, timeout: float) -> bool:
     return True
 
 
+async def end_session(client: aiosmtplib.SMTP) -> None:
+    """End `client`'s session: QUIT when it is still connected, and release its socket at once
+    in any case (also after a TLS handshake that failed half way). Never raises."""
+    if client.is_connected:
+        await _quit(client)
+    else:
+        _close_quietly(client)
+
+
 async def _quit(client: aiosmtplib.SMTP) -> None:
     transport = client.transport
     try:
