@@ -1,4 +1,4 @@
-"""Digest stage: pick a day's articles, render the digest (and the confirmation mail).
+"""Digest stage: pick a day's articles and render the digest; the email templates' renderer.
 
 Pure: no clock, no database, no network; `now`, a `DigestInfo` (the values it needs
 from the settings) and the URLs are passed in. Templates are read from
@@ -74,7 +74,6 @@ class DigestInfo:
     postal_address: str
     lead_words: int
     max_teasers: int
-    confirm_hours: int
     templates_dir: Path
 
     @classmethod
@@ -88,7 +87,6 @@ class DigestInfo:
             postal_address=settings.mail.postal_address,
             lead_words=settings.digest.lead_words,
             max_teasers=settings.digest.max_teasers,
-            confirm_hours=settings.subscribe.confirm_hours,
             templates_dir=email_templates_dir(settings),
         )
 
@@ -271,7 +269,8 @@ def _long_day(day: date, lang: str) -> str:
 # --------------------------------------------------------------------------- rendering
 
 
-def _strings(lang: str, site: str) -> dict[str, str]:
+def make_strings(lang: str, site: str) -> dict[str, str]:
+    """The email strings of `lang` with {site} filled in; `InputError` for another language."""
     if lang not in _STRINGS:
         raise InputError(
             f"language {lang!r} is not supported; expected one of {', '.join(LANGUAGES)}."
@@ -292,7 +291,7 @@ def make_subject(
     headline is shortened at a word boundary so that the subject keeps to SUBJECT_CHARS
     characters when the rest of the template leaves room.
     """
-    strings = _strings(lang, info.site_title)
+    strings = make_strings(lang, info.site_title)
     more = strings["subject_more"].replace("{n}", str(others)) if others > 0 else ""
     values = {"site": info.site_title, "date": _long_day(day, lang), "more": more}
     headline = header_safe(headline)
@@ -335,7 +334,7 @@ def render_digest(
     mail. Raises ConfigError when the templates are missing or broken.
     """
     site_title = info.site_title
-    strings = _strings(lang, site_title)
+    strings = make_strings(lang, site_title)
     root = info.base_url
     tz = info.tz
     words = info.lead_words
@@ -404,34 +403,7 @@ def render_digest(
         "postal_address": info.postal_address,
         "year": now.astimezone(tz).year,
     }
-    html, text = _render_pair(info.templates_dir, "digest", context, keep={unsubscribe_url})
-    return RenderedEmail(lang=lang, subject=subject, preheader=preheader, html=html, text=text)
-
-
-def render_confirmation(
-    *, lang: str, info: DigestInfo, confirm_url: str, now: datetime
-) -> RenderedEmail:
-    """Render the double opt-in mail asking the reader to confirm their subscription."""
-    site_title = info.site_title
-    strings = _strings(lang, site_title)
-    strings["confirm_expiry"] = strings["confirm_expiry"].replace(
-        "{hours}", str(info.confirm_hours)
-    )
-    subject = header_safe(strings["confirm_subject"])
-    preheader = shorten(strings["confirm_body"], limit=PREHEADER_CHARS)
-    root = info.base_url
-    context = {
-        "lang": lang,
-        "t": strings,
-        "site_title": site_title,
-        "site_url": root,
-        "subject": subject,
-        "preheader": preheader,
-        "confirm_url": confirm_url,
-        "postal_address": info.postal_address,
-        "year": now.astimezone(info.tz).year,
-    }
-    html, text = _render_pair(info.templates_dir, "confirm", context, keep={confirm_url})
+    html, text = render_email(info.templates_dir, "digest", context, keep={unsubscribe_url})
     return RenderedEmail(lang=lang, subject=subject, preheader=preheader, html=html, text=text)
 
 
@@ -443,9 +415,14 @@ def _feed_links(root: str) -> list[dict[str, str]]:
     ]
 
 
-def _render_pair(
+def render_email(
     folder: Path, name: str, context: dict[str, Any], *, keep: set[str]
 ) -> tuple[str, str]:
+    """Render `<name>.html.j2` (CSS inlined) and `<name>.txt.j2` (wrapped) from `folder`.
+
+    The words in `keep` (substitution markers, URLs) are never split. A missing or broken
+    template is a `ConfigError` naming digest.templates_dir.
+    """
     env = _environment(folder)
     html = _render(env, folder, f"{name}.html.j2", context)
     text = _render(env, folder, f"{name}.txt.j2", context)

@@ -435,3 +435,14 @@ def test_with_verp_a_report_without_a_token_changes_nothing(project: Path) -> No
         assert result.stdout == "bounces: 0 hard, 0 soft, 0 complaints, 1 ignored, 0 unreadable\n"
     with open_database(project / "syndicate.db") as db:
         assert {s.status for s in iter_subscribers(db)} == {SubscriptionStatus.CONFIRMED}
+
+
+def test_bounces_take_the_send_policys_bounce_limit_not_the_settings() -> None:
+    # mail.bounce_limit is read once, by SendPolicy; the bounces stage is handed its value.
+    import inspect
+
+    from syndicate.bounces import apply_mail
+
+    parameters = inspect.signature(apply_mail).parameters
+    assert "settings" not in parameters
+    assert "bounce_limit" in parameters

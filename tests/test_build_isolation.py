@@ -566,3 +566,64 @@ def test_random_dumps_never_stop_the_build_or_the_digest(dumps: list[bytes]) -> 
             data = b"".join(message.chunks)
             assert max(len(line) for line in data.split(b"\r\n")) <= 998
             assert len(data) < 2_000_000
+
+
+def test_a_dump_swapped_for_a_link_after_its_check_is_skipped(
+    project: Path, settings: Settings, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    outside = project / "private"
+    outside.mkdir()
+    (outside / "secret.txt").write_text(HEADER + "Đoạn hai.\n", encoding="utf-8")
+    second = sorted((project / "seeds").glob("*.txt"))[1]
+
+    def swap(done: int, total: int) -> None:
+        # Every dump of a batch is checked (lstat) before the first is read: once the first
+        # is stored, the second has passed its check and is about to be opened.
+        if done == 1:
+            second.unlink()
+            second.symlink_to(outside / "secret.txt")
+
+    summary = run_build(settings, db, now=datetime(2024, 11, 1, tzinfo=UTC), progress=swap)
+
+    message = (
+        f"seeds/{second.name}: became a link to '{outside / 'secret.txt'}' after its link "
+        "check; skipped. Build again; a link leading outside the dump folder is skipped "
+        "unless load.follow_symlinks = true."
+    )
+    assert [str(e) for e in summary.errors] == [message]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [message]
+    assert summary.skipped == 1
+    assert not (project / "feeds" / "articles" / "tieu-de-bai-loi.html").exists()
+    # Next run, the link is what it is: a link outside the folder, skipped as ever.
+    again = run_build(settings, db, now=datetime(2024, 11, 1, tzinfo=UTC))
+    assert [str(e) for e in again.errors] == [
+        f"seeds/{second.name}: is a link to '{outside / 'secret.txt'}', outside the dump "
+        "folder. Copy the file into the dump folder, or set load.follow_symlinks = true."
+    ]
+
+
+def test_a_worker_refuses_a_dump_swapped_after_its_link_check(
+    project: Path, settings: Settings
+) -> None:
+    # The pin the link check made goes with the dump to the worker that opens it.
+    from syndicate.load import DumpPin
+    from syndicate.publish.pool import BuildPool
+
+    outside = project / "private"
+    outside.mkdir()
+    (outside / "secret.txt").write_text(HEADER + "Đoạn hai.\n", encoding="utf-8")
+    dump = sorted((project / "seeds").glob("*.txt"))[1]
+    checked = os.lstat(dump)
+    pin = DumpPin(checked.st_dev, checked.st_ino, link=False)
+    dump.unlink()
+    dump.symlink_to(outside / "secret.txt")
+    shown = f"seeds/{dump.name}"
+    with BuildPool(None, settings.paths.output, tuning=BuildTuning(parallel_min=1)) as pool:
+        got = list(pool.reads({}, [(str(dump), str(dump), shown, pin)], settings))
+        unpinned = list(pool.reads({}, [(str(dump), str(dump), shown, None)], settings))
+    assert [str(g) for g in got] == [
+        f"{shown}: became a link to '{outside / 'secret.txt'}' after its link check; skipped. "
+        "Build again; a link leading outside the dump folder is skipped unless "
+        "load.follow_symlinks = true."
+    ]
+    assert [type(g).__name__ for g in unpinned] == ["Read"]

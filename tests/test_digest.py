@@ -22,7 +22,6 @@ from syndicate.digest import (
     make_subject,
     plan_digest,
     plan_other_news,
-    render_confirmation,
     render_digest,
     select_other_news,
     stale_warning,
@@ -936,36 +935,6 @@ def test_operator_templates_are_used(
     assert rendered.text == "Tin mới: 1\n"
 
 
-# --------------------------------------------------------------------------- confirmation
-
-
-@pytest.mark.parametrize(
-    ("lang", "subject", "phrase"),
-    [
-        ("vi", "Xác nhận đăng ký bản tin Tin mới", "có hiệu lực trong 48 giờ"),
-        ("en", "Confirm your subscription to Tin mới", "The link works for 48 hours"),
-    ],
-)
-def test_confirmation_mail(
-    mail_settings: Settings, now: datetime, lang: str, subject: str, phrase: str
-) -> None:
-    url = "http://localhost:8000/confirm?token=CONFIRM-MARKER.abc_def-123"
-    rendered = render_confirmation(
-        lang=lang, info=DigestInfo.from_settings(mail_settings), confirm_url=url, now=now
-    )
-    assert rendered.subject == subject
-    assert rendered.lang == lang
-    assert url in rendered.text
-    assert f'href="{url}"' in rendered.html
-    assert phrase in rendered.html
-    assert phrase in rendered.text
-    assert "Báo Lam Giang" in rendered.text
-    assert f'lang="{lang}"' in rendered.html
-    assert html_lines_ok(rendered.html)
-    assert html_lines_ok(rendered.text)
-    assert all(len(line) <= 72 or url in line for line in rendered.text.split("\n"))
-
-
 # --------------------------------------------------------------------------- line helpers
 
 
@@ -1063,7 +1032,7 @@ def test_digest_blurb_is_the_head_when_the_article_has_one(
 def test_rendering_takes_digest_info_not_the_whole_settings() -> None:
     import inspect
 
-    for function in (make_subject, render_digest, render_confirmation):
+    for function in (make_subject, render_digest):
         annotations = {str(p.annotation) for p in inspect.signature(function).parameters.values()}
         assert "Settings" not in annotations, function.__name__
         assert "DigestInfo" in annotations, function.__name__
@@ -1079,5 +1048,4 @@ def test_digest_info_takes_the_digest_values_from_the_settings(settings: Setting
         settings.digest.lead_words,
         settings.digest.max_teasers,
     )
-    assert info.confirm_hours == settings.subscribe.confirm_hours
     assert (info.templates_dir / "digest.html.j2").is_file()

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from syndicate.errors import DumpError, InputError
 from syndicate.load import (
     PARSER_VERSION,
+    DumpPin,
     decode_dump,
     find_dump_paths,
     find_dumps,
@@ -1030,3 +1031,68 @@ def test_find_dumps_finds_what_rglob_finds(tmp_path: Path, monkeypatch: pytest.M
         "dir.txt/in.txt",
         "link.txt",
     ]
+
+
+def test_a_pinned_read_refuses_a_dump_swapped_after_its_link_check(tmp_path: Path) -> None:
+    root, outside = tmp_path / "seeds", tmp_path / "private"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "a.txt").write_bytes(b"secret")
+    (root / "a.txt").write_bytes(b"dump")
+    (root / "sub" / "a.txt").write_bytes(b"dump")
+    (root / "in.txt").symlink_to(root / "sub" / "a.txt")
+
+    def pin(path: Path, *, link: bool = False) -> DumpPin:
+        st = os.stat(path) if link else os.lstat(path)
+        return DumpPin(st.st_dev, st.st_ino, link=link)
+
+    checked = {name: pin(root / name) for name in ("a.txt", "sub/a.txt")}
+    checked["in.txt"] = pin(root / "in.txt", link=True)
+    # Unchanged since the check: read as ever, links checked to stay inside included.
+    for name, expected in checked.items():
+        assert read_dump(root / name, max_bytes=100, pin=expected) == b"dump"
+    # The file swapped for a link to outside (O_NOFOLLOW), a checked link pointed elsewhere
+    # and a folder on the path swapped for a link (the opened file is not the pinned one).
+    (root / "a.txt").unlink()
+    (root / "a.txt").symlink_to(outside / "a.txt")
+    (root / "in.txt").unlink()
+    (root / "in.txt").symlink_to(outside / "a.txt")
+    (root / "sub").rename(tmp_path / "old-sub")
+    (root / "sub").symlink_to(outside)
+    for name in ("a.txt", "in.txt", "sub/a.txt"):
+        with pytest.raises(DumpError) as caught:
+            read_dump(root / name, max_bytes=100, source=f"seeds/{name}", pin=checked[name])
+        assert str(caught.value) == (
+            f"seeds/{name}: became a link to '{outside / 'a.txt'}' after its link check; "
+            "skipped. Build again; a link leading outside the dump folder is skipped unless "
+            "load.follow_symlinks = true."
+        )
+    # Without a pin (links not checked: load.follow_symlinks, or a file named on its own).
+    assert read_dump(root / "a.txt", max_bytes=100) == b"secret"
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/fd").is_dir(), reason="the system does not name open files"
+)
+def test_a_pinned_read_refuses_a_file_outside_its_folders_whatever_the_pin(tmp_path: Path) -> None:
+    # A folder swapped for a link before the check: lstat went through it, so the pin names
+    # the outside file. Where the opened file really is still refuses it.
+    root, outside = tmp_path / "seeds", tmp_path / "private"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "a.txt").write_bytes(b"secret")
+    (root / "sub").symlink_to(outside)
+    st = os.lstat(root / "sub" / "a.txt")
+    folders = (os.path.realpath(root),)
+    pin = DumpPin(st.st_dev, st.st_ino, False, folders)
+    with pytest.raises(DumpError) as caught:
+        read_dump(root / "sub" / "a.txt", max_bytes=100, source="seeds/sub/a.txt", pin=pin)
+    assert str(caught.value).startswith(
+        f"seeds/sub/a.txt: became a link to '{outside / 'a.txt'}' after its link check; skipped."
+    )
+    (root / "b.txt").write_bytes(b"dump")
+    st = os.lstat(root / "b.txt")
+    assert (
+        read_dump(root / "b.txt", max_bytes=100, pin=DumpPin(st.st_dev, st.st_ino, False, folders))
+        == b"dump"
+    )

@@ -429,3 +429,37 @@ def test_volume_says_when_bulk_sender_rules_apply() -> None:
     big = check_volume(BULK_PER_DAY)
     assert big.ok is True
     assert big.detail.startswith("5,000 confirmed subscribers: at or above 5,000 a day, so ")
+
+
+def test_preflight_probes_the_server_send_opens(workdir: Path) -> None:
+    # smtp.* is read in one place, send's SmtpServer: preflight's probe and send's pool
+    # are built from the same value, so they cannot disagree about the server.
+    import inspect
+
+    from syndicate.config import load_settings
+    from syndicate.preflight.server import probe_smtp
+    from syndicate.send import SmtpMailer, SmtpServer, open_mailer
+
+    (workdir / "syndicate.toml").write_text(
+        '[mail]\ntransport = "smtp"\nfrom = "news@example.org"\n'
+        '[smtp]\nhost = "mx.example.org"\nport = 465\ntls = "tls"\nusername = "news"\n'
+        "timeout = 12\nmessages_per_connection = 7\n",
+        encoding="utf-8",
+    )
+    settings = load_settings(
+        workdir / "syndicate.toml", {"SYNDICATE_SMTP_PASSWORD": PASSWORD}, cwd=workdir
+    )
+    server = SmtpServer.from_settings(settings)
+    assert server == SmtpServer("mx.example.org", 465, "tls", "news", PASSWORD, 12.0, 7)
+    assert PASSWORD not in repr(server)
+    mailer = open_mailer(settings, folder="test")
+    assert isinstance(mailer, SmtpMailer)
+    assert (mailer.host, mailer.port, mailer.tls, mailer.username, mailer.password) == (
+        server.host,
+        server.port,
+        server.tls,
+        server.username,
+        server.password,
+    )
+    assert (mailer.timeout, mailer.messages_per_connection) == (12.0, 7)
+    assert inspect.signature(probe_smtp).parameters["smtp"].annotation == "SmtpServer"

@@ -18,11 +18,20 @@ SPAMASSASSIN = shutil.which("spamassassin")
 # A rule line of the report: points, name, description.
 _RULE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s+([A-Z0-9_]+)\s", re.MULTILINE)
 _TOTAL = re.compile(r"Content analysis details:\s+\((-?\d+(?:\.\d+)?) points")
-# Rules that the article text itself trips, whatever the templates do. MIXED_ES counts the
-# letters e, è, é, ê, ë across the parts and scores when more than 2 in 7 are not a plain e:
-# Vietnamese prose (tiên, đêm, lễ, bé ...) does that by itself. It is not our markup's doing;
-# docs/operating.md (Spam filters) says so.
-CONTENT_RULES = {"vi": {"MIXED_ES"}, "en": set[str]()}
+# The only rule allowed to score, and only for Vietnamese: MIXED_ES, at its default 1.0.
+# SpamAssassin 4.0.1 (72_active.cf) defines it as
+#   meta MIXED_ES (!HTML_IMAGE_ONLY_16) && (__LOWER_E > 20)
+#        && (__E_LIKE_LETTER > (__LOWER_E * 14) / 10) && (__E_LIKE_LETTER < 10 * __LOWER_E)
+#   body __LOWER_E /e/ (multiple, maxhits=230); body __E_LIKE_LETTER /<lcase_e>/ (maxhits=320)
+# where lcase_e is a plain e or a lookalike: è, é, ê, ë, ē, ĕ, ė, ę, ě, Cyrillic U+0435, ё, є...
+# It fires when the lookalikes outnumber 0.4 of the plain e's across the Subject, the text part
+# and the rendered HTML part. Vietnamese writes ê, é and è as ordinary letters and rarely a
+# plain e (the shipped Vietnamese seeds: 1.0 to 5.25 lookalikes per plain e, against 0.4), and
+# SpamAssassin converts every charset to UTF-8 and decodes QP, base64 and HTML entities first,
+# so no encoding changes the count: only rewriting the letters would. In the digest of the
+# shipped seeds SpamAssassin counts 46 plain e's (37 of them in our URLs and "Feed") and 26
+# lookalikes (20 ê, 6 é), every one of them in the articles' own words: 73 > 46 * 1.4.
+ALLOWED = {"vi": {"MIXED_ES": 1.0}, "en": dict[str, float]()}
 
 
 def _score(message: bytes, home: Path) -> tuple[float, dict[str, float]]:
@@ -65,8 +74,8 @@ def test_the_digest_scores_zero_or_less_in_spamassassin(
     home = workdir / "home"
     home.mkdir()
     total, rules = _score(message_path.read_bytes(), home)
-    ours = {name: points for name, points in rules.items() if name not in CONTENT_RULES[lang]}
-    assert not [name for name, points in ours.items() if points > 0], rules
-    assert sum(ours.values()) <= 0, rules
-    if not CONTENT_RULES[lang]:
-        assert total <= 0, rules
+    scoring = {name: points for name, points in rules.items() if points > 0}
+    assert scoring.keys() <= ALLOWED[lang].keys(), rules
+    assert all(points <= ALLOWED[lang][name] for name, points in scoring.items()), rules
+    assert total <= sum(ALLOWED[lang].values()), rules
+    assert sum(points for name, points in rules.items() if name not in ALLOWED[lang]) <= 0, rules

@@ -17,7 +17,6 @@ from datetime import date, datetime
 
 from syndicate.bounces.mailboxes import Item
 from syndicate.bounces.parse import Kind, Report, ReportFormatError, digest_hint, parse_report
-from syndicate.config import Settings
 from syndicate.errors import SubscriberError, TokenError
 from syndicate.mail import MailInfo, bounce_address
 from syndicate.model import Subscriber
@@ -98,7 +97,7 @@ def _apply_one(
     report: Report,
     summary: BounceSummary,
     *,
-    settings: Settings,
+    bounce_limit: int,
     secret: bytes,
     verp: tuple[str, str] | None,
     now: datetime,
@@ -144,7 +143,7 @@ def _apply_one(
         kind=ReportKind(str(report.kind)),
         day=day,
         detail=report.detail,
-        bounce_limit=settings.mail.bounce_limit,
+        bounce_limit=bounce_limit,
         now=now,
     )
     if changed is None:
@@ -171,15 +170,24 @@ def _apply_one(
 
 
 def apply_mail(
-    db: Database, items: Iterable[Item], *, settings: Settings, secret: bytes, now: datetime
+    db: Database,
+    items: Iterable[Item],
+    *,
+    info: MailInfo,
+    bounce_limit: int,
+    secret: bytes,
+    now: datetime,
 ) -> BounceSummary:
     """Read each mail, apply the bounces and complaints it reports, and file it.
+
+    `bounce_limit` is the send policy's (SendPolicy.bounce_limit): soft bounces over that
+    many digests in a row make a subscriber `bounced`, as refusals during a send do.
 
     A mail that cannot be read or parsed gets one warning and is left where it
     is; every other one (applied or ignored) is filed (Maildir: moved to cur/,
     seen). Raises ConfigError when mail.bounce_address is unusable.
     """
-    verp = bounce_address(info=MailInfo.from_settings(settings))
+    verp = bounce_address(info=info)
     summary = BounceSummary()
     for item in items:
         if item.raw is None:
@@ -192,7 +200,16 @@ def apply_mail(
             log.warning("%s: not a readable mail: %s; left in place.", item.label, exc)
             summary.unreadable += 1
             continue
-        _apply_one(db, item, report, summary, settings=settings, secret=secret, verp=verp, now=now)
+        _apply_one(
+            db,
+            item,
+            report,
+            summary,
+            bounce_limit=bounce_limit,
+            secret=secret,
+            verp=verp,
+            now=now,
+        )
         if item.done is not None:
             item.done()
     return summary

@@ -13,6 +13,8 @@ import click
 from syndicate.bounces import Item, apply_mail, read_mail
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.errors import InputError
+from syndicate.mail import MailInfo
+from syndicate.send import SendPolicy
 from syndicate.store.meta import get_secret
 
 
@@ -42,7 +44,8 @@ def bounces_command(app: AppContext, paths: tuple[Path, ...], as_json: bool) -> 
     summary = apply_mail(
         db,
         items,
-        settings=settings,
+        info=MailInfo.from_settings(settings),
+        bounce_limit=SendPolicy.from_settings(settings).bounce_limit,
         secret=get_secret(settings, db),
         now=datetime.fromtimestamp(app.now(), UTC),
     )

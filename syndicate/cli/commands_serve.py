@@ -12,7 +12,7 @@ import uvicorn
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.config import Settings
 from syndicate.errors import InputError
-from syndicate.send import open_mailer
+from syndicate.send import SmtpServer, open_mailer
 from syndicate.store import Database, open_database
 from syndicate.web import DatabaseStore, create_app, make_http_protocol
 
@@ -23,7 +23,7 @@ CONFIRMATIONS_FOLDER = "confirmations"
 def confirmations_note(settings: Settings) -> str:
     """Where the confirmation mails of sign-ups go, for the start line."""
     if settings.mail.transport == "smtp":
-        return f"confirmation mails go out through {settings.smtp.host}:{settings.smtp.port}"
+        return f"confirmation mails go out through {SmtpServer.from_settings(settings).where}"
     folder = settings.paths.outbox / CONFIRMATIONS_FOLDER
     try:
         shown = folder.relative_to(Path.cwd())

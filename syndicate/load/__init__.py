@@ -10,6 +10,7 @@ Modules: `files` (finding and reading dump files), `decode` (bytes -> text),
 from syndicate.load.dates import LEAD_DATE_WITHIN
 from syndicate.load.decode import decode_dump
 from syndicate.load.files import (
+    DumpPin,
     check_dump_paths,
     check_link,
     check_name,
@@ -36,6 +37,7 @@ __all__ = [
     "PARSER_VERSION",
     "TEXT_LIMIT",
     "TITLE_LIMIT",
+    "DumpPin",
     "check_dump_paths",
     "check_link",
     "check_name",

@@ -6,10 +6,12 @@ is a DumpError naming it. `read_dumps` also parses each dump, lazily.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from syndicate.errors import DumpError, InputError
@@ -132,9 +134,8 @@ def check_link(path: str, folders: Sequence[str], *, source: str | None = None) 
     if not os.path.islink(path):
         return
     target = os.path.realpath(path)
-    for folder in folders:
-        if target == folder or target.startswith(folder.rstrip("/") + "/"):
-            return
+    if _inside(target, folders):
+        return
     raise DumpError(
         display_path(source or path),
         f"is a link to {display_path(target)!r}, outside the dump folder.",
@@ -142,23 +143,64 @@ def check_link(path: str, folders: Sequence[str], *, source: str | None = None) 
     )
 
 
-def read_dump(path: str | Path, *, max_bytes: int, source: str | None = None) -> bytes:
+def _inside(target: str, folders: Sequence[str]) -> bool:
+    return any(target == f or target.startswith(f.rstrip("/") + "/") for f in folders)
+
+
+def _opened_path(fd: int) -> str | None:
+    """Where the file open as `fd` is, as the kernel names it (Linux's /proc); else None."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
+class DumpPin(NamedTuple):
+    """The file a dump's path was checked to be (by lstat, and stat for a link): what
+    `read_dump` must find when it opens the path. A named tuple: it crosses to the workers."""
+
+    device: int
+    inode: int
+    link: bool  # the path was a link, checked to stay inside the dump folder
+    folders: tuple[str, ...] = ()  # the dump folders (real paths) the file must be inside
+
+
+def read_dump(
+    path: str | Path, *, max_bytes: int, source: str | None = None, pin: DumpPin | None = None
+) -> bytes:
     """Return the bytes of one dump; DumpError when it is too large or cannot be read.
 
     `source` names the file in messages (default: the path). Only regular files are
-    read: a FIFO or device would block or never end.
+    read: a FIFO or device would block or never end. With a `pin` (the link check made
+    before), the path must still be the file that was checked: a path that was no link is
+    opened with O_NOFOLLOW, the file opened must be the pinned one and, where the system
+    names open files (Linux), lie inside the pin's folders. So a dump swapped for a link, or
+    a folder on its path swapped for one, after the check is refused.
     """
     where = display_path(source or path)
     check_name(path, source=source)
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for files.
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if pin is not None and not pin.link:
+        flags |= os.O_NOFOLLOW
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for files.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, flags)
     except IsADirectoryError:
         raise DumpError(where, "is a folder, not a dump file.") from None
     except OSError as exc:
+        if flags & os.O_NOFOLLOW and exc.errno in (errno.ELOOP, errno.EMLINK):
+            raise _swapped(where, path) from exc
         raise _unreadable(where, exc) from exc
     try:
         st = os.fstat(fd)
+        if pin is not None:
+            if (st.st_dev, st.st_ino) != (pin.device, pin.inode):
+                raise _swapped(where, path)
+            # The pin itself came from paths: a folder swapped for a link before the check
+            # leaves it naming an outside file. Where the file opened really is settles it.
+            opened = _opened_path(fd) if pin.folders else None
+            if opened is not None and not _inside(opened, pin.folders):
+                raise _swapped(where, path, opened)
         if not stat.S_ISREG(st.st_mode):
             if stat.S_ISDIR(st.st_mode):
                 raise DumpError(where, "is a folder, not a dump file.")
@@ -180,6 +222,22 @@ def read_dump(path: str | Path, *, max_bytes: int, source: str | None = None) ->
             hint="Raise load.max_bytes in the config if the file is a real article.",
         )
     return data
+
+
+def _swapped(where: str, path: str | Path, opened: str | None = None) -> DumpError:
+    # Between the link check and the open, the dump (or a folder on its path) was replaced:
+    # by a link, perhaps leading out of the dump folder. Refused like a link that fails it.
+    target = opened or os.path.realpath(path)
+    if target == os.path.abspath(path):
+        reason = "was replaced by another file after its link check; skipped."
+    else:
+        reason = f"became a link to {display_path(target)!r} after its link check; skipped."
+    return DumpError(
+        where,
+        reason,
+        hint="Build again; a link leading outside the dump folder is skipped unless "
+        "load.follow_symlinks = true.",
+    )
 
 
 def _unreadable(where: str, exc: OSError) -> DumpError:

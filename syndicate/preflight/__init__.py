@@ -35,7 +35,7 @@ from syndicate.preflight.records import (
 )
 from syndicate.preflight.server import probe_smtp
 from syndicate.preflight.spf import MAX_LOOKUPS, evaluate_spf
-from syndicate.send import read_dkim_key
+from syndicate.send import SmtpServer, read_dkim_key
 from syndicate.send.digests import build_sample_messages
 from syndicate.store import Database
 from syndicate.store.subscribers import stats
@@ -78,7 +78,7 @@ def check_spf(settings: Settings, client: DnsClient) -> Check:
     sender = envelope_address(settings)
     domain = _domain(sender)
     which = "mail.bounce_address" if settings.mail.bounce_address else "mail.from"
-    host = settings.smtp.host
+    host = SmtpServer.from_settings(settings).host
     try:
         addresses = host_addresses(client, host)
     except DnsLookupError as exc:
@@ -225,7 +225,7 @@ def check_smtp(settings: Settings, *, timeout: float) -> Check:
             f"mail.transport is {settings.mail.transport!r}: nothing goes out over SMTP. "
             'Set mail.transport = "smtp" and [smtp] to send.',
         )
-    ok, detail = asyncio.run(probe_smtp(settings, timeout=timeout))
+    ok, detail = asyncio.run(probe_smtp(SmtpServer.from_settings(settings), timeout=timeout))
     return Check("smtp", ok, detail)
 
 

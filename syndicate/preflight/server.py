@@ -1,5 +1,6 @@
 """Preflight: does the configured SMTP server answer, encrypt with a trusted certificate and
-accept the login? One connection, ended with QUIT; nothing is sent.
+accept the login? One connection, ended with QUIT; nothing is sent. The server is send's
+`SmtpServer`, read from the settings where `send` reads it.
 """
 
 from __future__ import annotations
@@ -8,25 +9,22 @@ import asyncio
 
 import aiosmtplib
 
-from syndicate.config import Settings
-from syndicate.send.transports import certificate_error
+from syndicate.send.transports import SmtpServer, certificate_error, end_session
 
 
-async def probe_smtp(settings: Settings, *, timeout: float) -> tuple[bool, str]:
-    """Connect as `syndicate send` would; return (ok, one-line detail)."""
+async def probe_smtp(smtp: SmtpServer, *, timeout: float) -> tuple[bool, str]:
+    """Connect to `smtp` as `syndicate send` would; return (ok, one-line detail)."""
     try:
-        return await asyncio.wait_for(_probe(settings, timeout=timeout), timeout)
+        return await asyncio.wait_for(_probe(smtp, timeout=timeout), timeout)
     except TimeoutError:
-        smtp = settings.smtp
         return False, (
-            f"{smtp.host}:{smtp.port} did not finish the greeting, TLS and login within "
+            f"{smtp.where} did not finish the greeting, TLS and login within "
             f"{timeout:g} s. Check smtp.host, smtp.port and the firewall."
         )
 
 
-async def _probe(settings: Settings, *, timeout: float) -> tuple[bool, str]:
-    smtp = settings.smtp
-    where = f"{smtp.host}:{smtp.port}"
+async def _probe(smtp: SmtpServer, *, timeout: float) -> tuple[bool, str]:
+    where = smtp.where
     if smtp.username and not smtp.password:
         return False, (
             f"smtp.username is {smtp.username!r} but SYNDICATE_SMTP_PASSWORD is empty. "
@@ -87,8 +85,4 @@ async def _probe(settings: Settings, *, timeout: float) -> tuple[bool, str]:
     except OSError as exc:
         return False, f"{where}: cannot connect: {exc}. Check smtp.host, smtp.port and smtp.tls."
     finally:
-        if client.is_connected:
-            try:
-                await client.quit()
-            except (aiosmtplib.SMTPException, OSError):
-                client.close()
+        await end_session(client)

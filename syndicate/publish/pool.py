@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 
 from syndicate.config import Settings
 from syndicate.errors import DiskFullError, DumpError, OutputError, SyndicateError, WorkerError
+from syndicate.load import DumpPin
 from syndicate.model import RENDER_ERRORS, StoryLink
 from syndicate.output import write_atomic
 from syndicate.publish.reading import Read, read_and_parse
@@ -75,8 +76,8 @@ def _state() -> _WorkerState:
     return _STATE
 
 
-# One unit of work for a parse worker: path, shown path, cache entry.
-_Job = tuple[str, str, "store.CachedDump | None"]
+# One unit of work for a parse worker: path, shown path, cache entry, what to find (pin).
+_Job = tuple[str, str, "store.CachedDump | None", "DumpPin | None"]
 # A read failure, as plain values (DumpError does not pickle): path, reason, line, hint.
 _Failed = tuple[str, str, int | None, str | None]
 
@@ -86,10 +87,12 @@ def _read_chunk(jobs: list[_Job], max_bytes: int, timezone: str) -> list[Read | 
     tz = ZoneInfo(timezone)
     stager = _state().stager
     out: list[Read | _Failed] = []
-    for path, shown, cached in jobs:
+    for path, shown, cached, pin in jobs:
         try:
             out.append(
-                read_and_parse(path, shown, cached, max_bytes=max_bytes, tz=tz, stager=stager)
+                read_and_parse(
+                    path, shown, cached, max_bytes=max_bytes, tz=tz, stager=stager, pin=pin
+                )
             )
         except DumpError as exc:
             out.append((exc.path, exc.reason, exc.line, exc.hint))
@@ -283,17 +286,17 @@ class BuildPool:
     def reads(
         self,
         cache: Mapping[str, store.CachedDump],
-        todo: Iterable[tuple[str, str, str]],
+        todo: Iterable[tuple[str, str, str, DumpPin | None]],
         settings: Settings,
     ) -> Generator[Read | DumpError, None, None]:
-        """Read and parse `todo` (path, key, shown) in the workers, yielding in order; the
+        """Read and parse `todo` (path, key, shown, pin) in the workers, yielding in order; the
         stager renders each parsed article's page. `todo` is taken lazily, a chunk at a
         time, as the workers need more."""
         tasks = (
             (
                 _read_chunk,
                 (
-                    [(path, shown, cache.get(key)) for path, key, shown in chunk],
+                    [(path, shown, cache.get(key), pin) for path, key, shown, pin in chunk],
                     settings.load.max_bytes,
                     settings.site.timezone,
                 ),

@@ -61,13 +61,14 @@ def read_and_parse(
     max_bytes: int,
     tz: ZoneInfo,
     stager: Stager | None = None,
+    pin: load.DumpPin | None = None,
 ) -> Read:
     """Read one dump and parse it unless the cache has these exact bytes already.
 
     A `stager` renders the page of an article parsed here. Raises DumpError when the
-    file cannot be read or is too large.
+    file cannot be read or is too large, or is no longer the file `pin` names.
     """
-    data = load.read_dump(path, max_bytes=max_bytes, source=shown)
+    data = load.read_dump(path, max_bytes=max_bytes, source=shown, pin=pin)
     content_hash = _hash(data)
     if (
         cached is not None

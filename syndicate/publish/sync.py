@@ -94,6 +94,8 @@ class _Sync:
         # A file named on its own is read wherever its link leads: it was asked for.
         self.link_folders = None if settings.load.follow_symlinks else load.real_folders(roots)
         self.named_files = {os.fspath(root) for root in roots if not root.is_dir()}
+        # Paths that were links when signed, checked to stay inside the folders (rare).
+        self.checked_links: set[str] = set()
         keys = store.read_article_keys(db)
         self.sources = {key: source for key, (source, _slug) in keys.items()}
         # The slug each stored article was first published under: it never changes.
@@ -125,12 +127,20 @@ class _Sync:
             if stat.S_ISLNK(st.st_mode):
                 if self.link_folders is not None and path not in self.named_files:
                     load.check_link(path, self.link_folders, source=shown)
+                    self.checked_links.add(path)
                 st = os.stat(path)
         except DumpError as exc:
             return exc
         except OSError as exc:
             return DumpError(shown, f"cannot be read: {exc.strerror or exc}.")
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def pin(self, path: str, st: _Signature) -> load.DumpPin | None:
+        """What reading `path` must find: the file `signature` checked (None: links are not
+        checked here), so that a dump swapped for a link after the check is not read."""
+        if self.link_folders is None or path in self.named_files:
+            return None
+        return load.DumpPin(st[0], st[1], path in self.checked_links, self.link_folders)
 
     def vouched(self, key: str, st: _Signature) -> store.CachedDump | None:
         """The cache entry when the stat signature and parser version match, else None."""
@@ -145,10 +155,15 @@ class _Sync:
             return cached
         return None
 
-    def read(self, path: str, key: str, shown: str) -> Read:
+    def read(self, path: str, key: str, shown: str, st: _Signature) -> Read:
         """Read (and parse when needed) in this process; DumpError when unreadable."""
         return read_and_parse(
-            path, shown, self.cache.get(key), max_bytes=self.max_bytes, tz=self.tz
+            path,
+            shown,
+            self.cache.get(key),
+            max_bytes=self.max_bytes,
+            tz=self.tz,
+            pin=self.pin(path, st),
         )
 
     def add(
@@ -172,7 +187,7 @@ class _Sync:
         if entry is None:
             self.read_count += 1
             try:
-                got = read if read is not None else self.read(path, key, shown)
+                got = read if read is not None else self.read(path, key, shown, st)
             except DumpError as exc:
                 got = exc
             if isinstance(got, DumpError):  # unreadable or too large: not cached
@@ -184,13 +199,15 @@ class _Sync:
             return
         if entry.article_id in self.ids:
             self.duplicates += 1
-            self._merge_copy(path, shown, entry.article_id, row)
+            self._merge_copy(path, shown, entry.article_id, row, self.pin(path, st))
             return
         # The first path in sorted order owns the stored record: parse again when the
         # record came from another dump (the owner changed, or the store lost it).
         if row is None and self.sources.get(entry.article_id) != shown:
             try:
-                data = load.read_dump(path, max_bytes=self.max_bytes, source=shown)
+                data = load.read_dump(
+                    path, max_bytes=self.max_bytes, source=shown, pin=self.pin(path, st)
+                )
                 self.read_count += 1
                 self.parsed += 1
                 row = store.article_row(*load.parse_dump_with_body(data, source=shown, tz=self.tz))
@@ -219,7 +236,12 @@ class _Sync:
             self.article_rows[index] = row
 
     def _merge_copy(
-        self, path: str, shown: str, article_id: str, row: store.ArticleRow | None
+        self,
+        path: str,
+        shown: str,
+        article_id: str,
+        row: store.ArticleRow | None,
+        pin: load.DumpPin | None,
     ) -> None:
         """Fill the stored article in with what another copy of it (the dump at `path`) adds.
 
@@ -229,7 +251,7 @@ class _Sync:
             return
         try:
             if row is None:  # the first copy changed: this one must be merged in again
-                data = load.read_dump(path, max_bytes=self.max_bytes, source=shown)
+                data = load.read_dump(path, max_bytes=self.max_bytes, source=shown, pin=pin)
                 self.read_count += 1
                 self.parsed += 1
                 other = load.parse_dump(data, source=shown, tz=self.tz)
@@ -300,6 +322,8 @@ class _Sync:
 
 # A dump to sync: path, cache key (absolute path), path shown, signature, must it be read.
 _Item = tuple[str, str, str, "_Signature | DumpError", bool]
+# A dump to read: path, cache key, path shown, and what the read must find (`_Sync.pin`).
+_Todo = tuple[str, str, str, "load.DumpPin | None"]
 
 
 class _Signer:
@@ -313,7 +337,7 @@ class _Signer:
         self._found = found
         self._cwd = cwd
         self._items: list[_Item] = []
-        self._todo: list[tuple[str, str, str]] = []  # path, key, shown of those to read
+        self._todo: list[_Todo] = []  # those to read
 
     def _sign_next(self) -> bool:
         """Sign the next dump; False when all are signed."""
@@ -326,8 +350,8 @@ class _Signer:
         st = self._sync.signature(text, shown)
         must_read = not isinstance(st, DumpError) and self._sync.vouched(key, st) is None
         self._items.append((text, key, shown, st, must_read))
-        if must_read:
-            self._todo.append((text, key, shown))
+        if must_read and not isinstance(st, DumpError):
+            self._todo.append((text, key, shown, self._sync.pin(text, st)))
         return True
 
     def count_todo(self, enough: int) -> int:
@@ -336,8 +360,8 @@ class _Signer:
             pass
         return len(self._todo)
 
-    def todo(self) -> Iterator[tuple[str, str, str]]:
-        """The dumps to read (path, key, shown), in path order, signing as it goes."""
+    def todo(self) -> Iterator[_Todo]:
+        """The dumps to read (path, key, shown, pin), in path order, signing as it goes."""
         index = 0
         while index < len(self._todo) or self.count_todo(index + 1) > index:
             yield self._todo[index]

@@ -1,8 +1,8 @@
 """Send: the transports, `Mailer`s that take one message's bytes or raise. The only SMTP code.
 
 `OutboxMailer` writes .eml files, `SmtpMailer` keeps a pool of persistent
-aiosmtplib connections; `open_mailer` and `read_dkim_key` turn the settings into
-what a run sends with.
+aiosmtplib connections; `SmtpServer` (the smtp.* keys, read in this one place),
+`open_mailer` and `read_dkim_key` turn the settings into what a run sends with.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import shlex
 import ssl
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 from pathlib import Path
@@ -40,12 +40,47 @@ from syndicate.send.policy import Action, Outcome, SendPolicy, Stage, to_action
 log = logging.getLogger("syndicate.send")
 
 
+@dataclass(frozen=True, slots=True)
+class SmtpServer:
+    """The SMTP server a run connects to, and how: the smtp.* keys, read once (`from_settings`).
+
+    `send` opens its pool with it and `preflight` probes the same server with it.
+    """
+
+    host: str
+    port: int
+    tls: str  # "starttls", "tls" (implicit, RFC 8314) or "none"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    timeout: float = 30.0
+    messages_per_connection: int = 100
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SmtpServer:
+        """Take the server's address, TLS mode, login and command timeout from `settings`."""
+        smtp = settings.smtp
+        return cls(
+            host=smtp.host,
+            port=smtp.port,
+            tls=smtp.tls,
+            username=smtp.username,
+            password=smtp.password,
+            timeout=smtp.timeout,
+            messages_per_connection=smtp.messages_per_connection,
+        )
+
+
 def check_mail_settings(settings: Settings) -> None:
     """Raise ConfigError when the SMTP transport's settings cannot work (before any lock)."""
     if settings.mail.transport != "smtp":
         return
     envelope_sender(info=MailInfo.from_settings(settings))
-    if settings.smtp.username and not settings.smtp.password:
+    server = SmtpServer.from_settings(settings)
+    if server.username and not server.password:
         raise ConfigError(
             "config key smtp.username is set, but SYNDICATE_SMTP_PASSWORD is empty.",
             key="smtp.username",
@@ -363,6 +398,15 @@ async def _reset(client: aiosmtplib.SMTP, timeout: float) -> bool:
     return True
 
 
+async def end_session(client: aiosmtplib.SMTP) -> None:
+    """End `client`'s session: QUIT when it is still connected, and release its socket at once
+    in any case (also after a TLS handshake that failed half way). Never raises."""
+    if client.is_connected:
+        await _quit(client)
+    else:
+        _close_quietly(client)
+
+
 async def _quit(client: aiosmtplib.SMTP) -> None:
     transport = client.transport
     try:
@@ -402,17 +446,17 @@ def open_mailer(settings: Settings, *, folder: str, policy: SendPolicy | None = 
     """
     if settings.mail.transport == "smtp":
         policy = policy or SendPolicy.from_settings(settings)
-        smtp = settings.smtp
+        server = SmtpServer.from_settings(settings)
         return SmtpMailer(
-            host=smtp.host,
-            port=smtp.port,
-            tls=smtp.tls,
-            username=smtp.username,
-            password=smtp.password,
-            timeout=smtp.timeout,
+            host=server.host,
+            port=server.port,
+            tls=server.tls,
+            username=server.username,
+            password=server.password,
+            timeout=server.timeout,
             data_timeout=policy.data_timeout,
             connections=policy.connections,
-            messages_per_connection=smtp.messages_per_connection,
+            messages_per_connection=server.messages_per_connection,
         )
     return OutboxMailer(settings.paths.outbox / folder)
 

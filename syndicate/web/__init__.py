@@ -24,6 +24,7 @@ from starlette.routing import Route
 from syndicate.config import Settings
 from syndicate.errors import StoreBusyError, StoreFullError
 from syndicate.send import Mailer
+from syndicate.web.confirmation import build_confirmation
 from syndicate.web.guard import (
     CONTENT_SECURITY_POLICY,
     MAX_BODY_BYTES,
@@ -35,7 +36,6 @@ from syndicate.web.guard import (
 from syndicate.web.pages import Service, negotiate_language
 from syndicate.web.protocol import BODY_TIMEOUT, HEADER_TIMEOUT, make_http_protocol
 from syndicate.web.seams import Clock, DatabaseStore, SubscriptionStore, utc_now
-from syndicate.web.signup import build_confirmation
 
 log = logging.getLogger(__name__)
 

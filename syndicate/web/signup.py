@@ -1,4 +1,4 @@
-"""Web: the sign-up endpoint (stored before the answer) and its confirmation mail, sent after."""
+"""Web: the sign-up endpoint (stored before the answer); its confirmation mail is sent after."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
-from syndicate import digest, i18n, mail, tokens, urls
-from syndicate.config import Settings
+from syndicate import i18n, mail, tokens, urls
 from syndicate.errors import SubscriberError, SyndicateError
 from syndicate.i18n import LANGUAGES
-from syndicate.mail import DkimKey
 from syndicate.model import Subscriber
 from syndicate.send import TransientSendError
 from syndicate.store import subscribers as store_subscribers
+from syndicate.web.confirmation import build_confirmation
 from syndicate.web.guard import (
     MAX_BODY_BYTES,
     RateWindow,
@@ -148,27 +147,3 @@ async def _send_confirmation(service: Service, subscriber: Subscriber, now: date
             await service.mailer.send(sender, [subscriber.email], message)
     except (SyndicateError, OSError) as exc:
         log.warning("subscribe: confirmation to subscriber %s failed: %s", subscriber.id, exc)
-
-
-def build_confirmation(
-    settings: Settings,
-    *,
-    subscriber: Subscriber,
-    confirm_url: str,
-    now: datetime,
-    dkim: DkimKey | None = None,
-) -> bytes:
-    """Render the confirmation mail for `subscriber` in their language; return its bytes."""
-    rendered = digest.render_confirmation(
-        lang=subscriber.language,
-        info=digest.DigestInfo.from_settings(settings),
-        confirm_url=confirm_url,
-        now=now,
-    )
-    return mail.build_confirmation_message(
-        rendered,
-        info=mail.MailInfo.from_settings(settings),
-        to=subscriber.email,
-        now=now,
-        dkim=dkim,
-    )
