@@ -11,6 +11,7 @@ import posixpath
 import re
 import subprocess
 import unicodedata
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -23,9 +24,12 @@ from syndicate import load, publish
 from syndicate.config import Settings, load_settings
 from syndicate.errors import InputError, WorkerError
 from syndicate.publish import BuildTuning, run_build, sync_articles
-from syndicate.store import Database, open_database
+from syndicate.store import Database
 from syndicate.store.articles import get_article, iter_articles_newest_first
 from tests.data.dumps.make_dumps import to_cp1258
+from tests.plugins.postgres import ENV_STORE_URL, open_store
+
+pytestmark = pytest.mark.usefixtures("store")
 
 # Worker processes whatever the amount of work (where fork and a second core exist).
 WORKERS = BuildTuning(parallel_min=1)
@@ -81,7 +85,7 @@ def write_dumps(folder: Path, names: list[str] | None = None) -> None:
 
 @pytest.fixture
 def db(settings: Settings):  # type: ignore[no-untyped-def]
-    database = open_database(settings.paths.database)
+    database = open_store(settings.paths.database)
     yield database
     database.close()
 
@@ -190,16 +194,20 @@ def test_feeds_hold_every_article_newest_first_with_hostile_text_as_text(
     assert "<script" not in page
 
 
-def test_same_input_gives_byte_identical_output(tmp_path: Path, now: datetime) -> None:
+def test_same_input_gives_byte_identical_output(
+    tmp_path: Path, now: datetime, new_store: Callable[[], str]
+) -> None:
     trees = []
     for run in ("one", "two"):
         work = tmp_path / run
         work.mkdir()
+        if trees:
+            new_store()  # each project its own store
         settings = load_settings(None, {}, cwd=work)
         # Different file order on disk: written in reverse for the second run.
         names = list(DUMPS) if run == "one" else list(reversed(DUMPS))
         write_dumps(settings.paths.seeds, names)
-        with open_database(settings.paths.database) as database:
+        with open_store(settings.paths.database) as database:
             run_build(settings, database, now=now + timedelta(days=len(trees)))
         trees.append(_tree(settings.paths.output))
     assert trees[0] == trees[1]
@@ -564,7 +572,7 @@ def test_signatures_are_taken_in_path_order_as_far_as_they_are_needed(
 
 
 def test_worker_processes_give_the_same_site_store_and_warnings(
-    tmp_path: Path, now: datetime, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, now: datetime, caplog: pytest.LogCaptureFixture, new_store: Callable[[], str]
 ) -> None:
     """Large builds parse and render in forked workers: the result must not change."""
     dumps_dir = Path(__file__).resolve().parent / "data" / "dumps"
@@ -573,12 +581,14 @@ def test_worker_processes_give_the_same_site_store_and_warnings(
         tuning = BuildTuning(parallel_min=threshold)
         work = tmp_path / run
         work.mkdir()
+        if results:
+            new_store()  # each project its own store
         settings = load_settings(None, {}, cwd=work)
         write_dumps(settings.paths.seeds)
         for dump in sorted(dumps_dir.glob("*.txt")):
             (settings.paths.seeds / f"z-{dump.name}").write_bytes(dump.read_bytes())
         caplog.clear()
-        with caplog.at_level(logging.WARNING), open_database(settings.paths.database) as database:
+        with caplog.at_level(logging.WARNING), open_store(settings.paths.database) as database:
             summary = run_build(settings, database, now=now, tuning=tuning)
             rows = [
                 (row[0], row[1].replace(str(work), ""), row[2], row[3])
@@ -611,7 +621,11 @@ def test_worker_pages_are_moved_into_place_not_rendered_again(
     assert not (output / ".staging").exists()
     assert not [p for p in output.rglob("*") if p.name.startswith(".")]
     # Records cross from the workers as UTF-8 bytes and are stored as JSON text.
-    kinds = db.conn.execute("SELECT DISTINCT typeof(record) FROM articles").fetchall()
+    kinds = db.conn.execute(
+        "SELECT DISTINCT typeof(record) FROM articles"
+        if db.dialect == "sqlite"
+        else "SELECT DISTINCT pg_typeof(record)::text FROM articles"
+    ).fetchall()
     assert kinds == [("text",)]
     assert get_article(db, db.conn.execute("SELECT id FROM articles").fetchone()[0])
     # The stamps the workers took of the staged files are those of the pages in place.
@@ -629,16 +643,18 @@ def test_a_worker_build_into_a_full_output_folder_keeps_the_same_pages(
     seeds: Path,
     now: datetime,
     list_after: int,
+    new_store: Callable[[], str],
 ) -> None:
     """The store is lost, the pages are not: staged pages equal to those in place are not
     moved over them (each target looked for, or its folder listed once)."""
     tuning = BuildTuning(parallel_min=1, list_after=list_after)
-    with open_database(settings.paths.database) as first:
+    with open_store(settings.paths.database) as first:
         run_build(settings, first, now=now, tuning=tuning)
     output = settings.paths.output
     before = {p: p.stat().st_mtime_ns for p in (output / "articles").iterdir()}
-    settings.paths.database.unlink()
-    with open_database(settings.paths.database) as second:
+    if not new_store():  # on PostgreSQL a new, empty database; on SQLite the file goes
+        settings.paths.database.unlink()
+    with open_store(settings.paths.database) as second:
         summary = run_build(settings, second, now=now, tuning=tuning)
         stamps = second.conn.execute("SELECT path, size, mtime_ns FROM pages").fetchall()
     assert summary.written == 0
@@ -674,7 +690,7 @@ def test_undated_articles_date_the_feed_by_first_sight_not_the_clock(
     settings: Settings, now: datetime
 ) -> None:
     write_dumps(settings.paths.seeds, ["004.txt"])  # the only article has no date
-    with open_database(settings.paths.database) as database:
+    with open_store(settings.paths.database) as database:
         run_build(settings, database, now=now)
         first = _tree(settings.paths.output)
         summary = run_build(settings, database, now=now + timedelta(days=3))
@@ -701,12 +717,18 @@ def test_xml_noncharacters_in_a_dump_are_dropped_not_fatal(
 
 
 def test_cached_parses_follow_timezone_and_size_limit_changes(
-    tmp_path: Path, now: datetime
+    tmp_path: Path, now: datetime, new_store: Callable[[], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    urls: dict[Path, str] = {}  # each project its own store
+
     def build_with(folder: Path, toml: str) -> dict[str, bytes]:
+        if folder not in urls:
+            urls[folder] = new_store() if urls else os.environ.get(ENV_STORE_URL, "")
+        if urls[folder]:
+            monkeypatch.setenv(ENV_STORE_URL, urls[folder])
         (folder / "syndicate.toml").write_text(toml, encoding="utf-8")
         settings = load_settings(folder / "syndicate.toml", {}, cwd=folder)
-        with open_database(settings.paths.database) as database:
+        with open_store(settings.paths.database) as database:
             run_build(settings, database, now=now)
         return _tree(settings.paths.output)
 

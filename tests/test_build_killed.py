@@ -15,10 +15,14 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
 from syndicate.config import Settings
 from syndicate.publish import run_build
 from syndicate.publish.staging import WRITTEN_FOLDERS
-from syndicate.store import open_database
+from tests.plugins.postgres import open_store
+
+pytestmark = pytest.mark.usefixtures("store")
 
 DUMPS = 400
 # A writer killed between `_create_temp` and the rename, as a killed `send` is while it
@@ -140,7 +144,7 @@ def test_a_killed_writers_temp_file_without_a_staging_folder_goes_at_the_next_bu
 ) -> None:
     _write_dumps(settings.paths.seeds, 3)
     output = settings.paths.output
-    with open_database(settings.paths.database) as db:
+    with open_store(settings.paths.database) as db:
         run_build(settings, db, now=now)
         before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
         pid, digest_temp = _kill_writer(output / "digests" / "2024-11-01.html")

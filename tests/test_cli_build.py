@@ -7,10 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
 from syndicate.cli import cli
+from tests.plugins.postgres import ENV_STORE_URL, open_store, store_environ
+
+pytestmark = pytest.mark.usefixtures("store")
 
 GOOD = (
     "Hội thảo khoa học tại Đông Hà\n31/10/2024 09:15\n"
@@ -46,7 +50,9 @@ def _run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def test_build_prints_one_summary_line_and_warns_per_skipped_dump(project: Path) -> None:
+def test_build_prints_one_summary_line_and_warns_per_skipped_dump(
+    project: Path, store: str
+) -> None:
     code, out, err = _run("build")
     assert code == 0
     match = SUMMARY.fullmatch(out)
@@ -59,7 +65,9 @@ def test_build_prints_one_summary_line_and_warns_per_skipped_dump(project: Path)
     assert lines[0].startswith("warning: seeds/d.txt: ")
     assert "Reading dumps" not in err  # no progress bar when stderr is not a terminal
     assert (project / "feeds" / "index.html").is_file()
-    assert (project / "syndicate.db").is_file()
+    assert (project / "syndicate.db").is_file() == (store == "sqlite")
+    with open_store(project / "syndicate.db") as db:
+        assert db.conn.execute("SELECT count(*) FROM articles").fetchone() == (2,)
 
 
 def test_second_build_writes_nothing(project: Path) -> None:
@@ -111,6 +119,8 @@ def test_missing_path_is_a_usage_error(project: Path) -> None:
         "Error: nope: no such file or folder. "
         "Give existing dump files or folders (the default is paths.seeds).\n"
     )
+    assert not (project / "syndicate.db").exists()
+    assert _untouched()
 
 
 def test_output_folder_from_config(project: Path) -> None:
@@ -149,7 +159,7 @@ def test_a_command_without_its_seeds_folder_fails_and_creates_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
 ) -> None:
     """No feeds/, no syndicate.db, no lock file: a run that fails on its input leaves the
-    folder as it found it."""
+    folder as it found it, and a PostgreSQL store without tables (see `_untouched`)."""
     empty = tmp_path / "new-site"
     empty.mkdir()
     monkeypatch.chdir(empty)
@@ -162,3 +172,19 @@ def test_a_command_without_its_seeds_folder_fails_and_creates_nothing(
         "Give existing dump files or folders (the default is paths.seeds).\n"
     )
     assert sorted(p.name for p in empty.iterdir()) == []
+    assert _untouched()
+
+
+def _untouched() -> bool:
+    """Whether the test's PostgreSQL database (if any) is as the test got it: no tables.
+
+    Such a run is on the summary line of PostgreSQL runs that never opened their store,
+    on purpose.
+    """
+    url = store_environ().get(ENV_STORE_URL)
+    if not url:
+        return True
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchone() == (0,)

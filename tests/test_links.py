@@ -21,6 +21,8 @@ from click.testing import CliRunner
 from syndicate.cli import AppContext, cli
 from tests.conftest import FIXED_NOW
 
+pytestmark = pytest.mark.usefixtures("store")
+
 BASE = "https://news.example.org/"
 # Served by `syndicate serve`, not files of the output folder.
 WEB_ROUTES = {"subscribe", "confirm", "unsubscribe", "healthz"}

@@ -27,6 +27,8 @@ from syndicate.preflight.spf import evaluate_spf
 from tests.plugins.dns import DnsServer, Zone
 from tests.plugins.smtp import run_smtp_server
 
+pytestmark = pytest.mark.usefixtures("store")
+
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 PASSWORD = "correct horse"
 

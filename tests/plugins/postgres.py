@@ -20,7 +20,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,3 +233,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+@pytest.fixture
+def new_store(
+    store: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[], str]]:
+    """Move the test to another empty store, as a second project folder (or a deleted
+    database file) gives on SQLite; the function returns the new store's URL.
+
+    On SQLite it does nothing and returns "": each folder has its own file already. On
+    PostgreSQL `SYNDICATE_STORE_URL` points at a new database of the session's cluster,
+    dropped after the test; `monkeypatch.setenv(ENV_STORE_URL, url)` goes back to one.
+    """
+    made: list[str] = []
+
+    def make() -> str:
+        if store != "postgresql":
+            return ""
+        cluster: Cluster = request.getfixturevalue("pg_cluster")
+        made.append(cluster.new_database())
+        monkeypatch.setenv(ENV_STORE_URL, made[-1])
+        return made[-1]
+
+    yield make
+    if made:
+        cluster = request.getfixturevalue("pg_cluster")
+        for url in made:
+            cluster.drop_database(url)
