@@ -104,6 +104,7 @@ def test_human_output_is_one_block_per_file(folder: Path) -> None:
     )
 
 
+@pytest.mark.usefixtures("store")  # the one test here with a store: it builds first
 def test_human_output_names_the_page_the_last_build_wrote(folder: Path) -> None:
     (folder / "seeds" / "b.txt").unlink()
     assert CliRunner().invoke(cli, ["build"]).exit_code == 0

@@ -27,8 +27,6 @@ from syndicate.preflight.spf import evaluate_spf
 from tests.plugins.dns import DnsServer, Zone
 from tests.plugins.smtp import run_smtp_server
 
-pytestmark = pytest.mark.usefixtures("store")
-
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 PASSWORD = "correct horse"
 
@@ -118,6 +116,7 @@ def setup(
     dns_server: DnsServer,
     keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
     ca: trustme.CA,
+    store: str,  # the checks that run the command read the store: on both engines
 ) -> Iterator[Setup]:
     for seed in SEEDS.glob("*.txt"):
         shutil.copy(seed, workdir / "seeds" / seed.name)
