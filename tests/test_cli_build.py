@@ -186,5 +186,5 @@ def _untouched() -> bool:
         return True
     with psycopg.connect(url) as conn:
         return conn.execute(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+            "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
         ).fetchone() == (0,)
