@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from syndicate.config import Settings, load_settings
+
+def _cache_bytecode_outside_the_tree() -> None:
+    """Keep compiled bytecode in .pytest_cache/pycache when PYTHONDONTWRITEBYTECODE is set.
+
+    With it set, this process and every `python -m syndicate` the tests start compile
+    syndicate (and pytest rewrites the test modules) from source on each start: about
+    0.15 s a child process and several seconds of collection. The cache sits in the
+    ignored .pytest_cache, so the source tree stays free of __pycache__ as the variable
+    intends. Runs before anything below imports syndicate.
+    """
+    if not os.environ.get("PYTHONDONTWRITEBYTECODE") or os.environ.get("PYTHONPYCACHEPREFIX"):
+        return
+    prefix = Path(__file__).resolve().parent.parent / ".pytest_cache" / "pycache"
+    try:
+        prefix.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only checkout: compile as before
+        return
+    sys.pycache_prefix = str(prefix)
+    sys.dont_write_bytecode = False
+    os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)  # for the child processes
+    del os.environ["PYTHONDONTWRITEBYTECODE"]
+
+
+_cache_bytecode_outside_the_tree()
+
+from syndicate.config import Settings, load_settings  # noqa: E402 - after the cache is set up
 
 pytest_plugins: list[str] = [
     "tests.plugins.web",
