@@ -135,7 +135,7 @@ def test_a_second_ctrl_c_quits_at_once(tmp_path: Path) -> None:
         assert server.handler.wait_for_data(2, timeout=60)
         process.send_signal(signal.SIGINT)
         with pytest.raises(subprocess.TimeoutExpired):
-            process.communicate(timeout=1)  # the first waits for the messages in flight
+            process.communicate(timeout=0.5)  # the first waits for the messages in flight
         process.send_signal(signal.SIGINT)
         _out, err = process.communicate(timeout=5)
         assert process.returncode == 130, err
