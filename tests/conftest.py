@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,7 +33,30 @@ def _cache_bytecode_outside_the_tree() -> None:
     del os.environ["PYTHONDONTWRITEBYTECODE"]
 
 
+def _scratch_folders_in_memory() -> None:
+    """Put the tests' scratch folders (tmp_path, tempfile) on /dev/shm, a RAM-backed tmpfs.
+
+    The tests create hundreds of SQLite databases and build sites whose every file is
+    fsynced (output.write_atomic); on a disk shared with other jobs those waits were a
+    large part of the suite's time. Nothing here tests the disk itself (the full-disk test
+    mounts its own tmpfs). A TMPDIR or PYTEST_DEBUG_TEMPROOT the user set wins, and so
+    does a missing or nearly full /dev/shm.
+    """
+    if os.environ.get("TMPDIR") or os.environ.get("PYTEST_DEBUG_TEMPROOT"):
+        return
+    shm = "/dev/shm"
+    try:
+        disk = os.statvfs(shm)
+    except OSError:
+        return
+    if not os.access(shm, os.W_OK) or disk.f_bavail * disk.f_frsize < 2 << 30:
+        return
+    tempfile.tempdir = shm  # pytest's tmp_path root, and tempfile's, in this process
+    os.environ["TMPDIR"] = shm  # and in the child processes
+
+
 _cache_bytecode_outside_the_tree()
+_scratch_folders_in_memory()
 
 from syndicate.config import Settings, load_settings  # noqa: E402 - after the cache is set up
 
