@@ -3,12 +3,62 @@
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from syndicate.config import ENV_STORE_URL, Settings, load_settings
+
+def _cache_bytecode_outside_the_tree() -> None:
+    """Keep compiled bytecode in .pytest_cache/pycache when PYTHONDONTWRITEBYTECODE is set.
+
+    With it set, this process and every `python -m syndicate` the tests start compile
+    syndicate (and pytest rewrites the test modules) from source on each start: about
+    0.15 s a child process and several seconds of collection. The cache sits in the
+    ignored .pytest_cache, so the source tree stays free of __pycache__ as the variable
+    intends. Runs before anything below imports syndicate.
+    """
+    if not os.environ.get("PYTHONDONTWRITEBYTECODE") or os.environ.get("PYTHONPYCACHEPREFIX"):
+        return
+    prefix = Path(__file__).resolve().parent.parent / ".pytest_cache" / "pycache"
+    try:
+        prefix.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only checkout: compile as before
+        return
+    sys.pycache_prefix = str(prefix)
+    sys.dont_write_bytecode = False
+    os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)  # for the child processes
+    del os.environ["PYTHONDONTWRITEBYTECODE"]
+
+
+def _scratch_folders_in_memory() -> None:
+    """Put the tests' scratch folders (tmp_path, tempfile) on /dev/shm, a RAM-backed tmpfs.
+
+    The tests create hundreds of SQLite databases and build sites whose every file is
+    fsynced (output.write_atomic); on a disk shared with other jobs those waits were a
+    large part of the suite's time. Nothing here tests the disk itself (the full-disk test
+    mounts its own tmpfs). A TMPDIR or PYTEST_DEBUG_TEMPROOT the user set wins, and so
+    does a missing or nearly full /dev/shm.
+    """
+    if os.environ.get("TMPDIR") or os.environ.get("PYTEST_DEBUG_TEMPROOT"):
+        return
+    shm = "/dev/shm"
+    try:
+        disk = os.statvfs(shm)
+    except OSError:
+        return
+    if not os.access(shm, os.W_OK) or disk.f_bavail * disk.f_frsize < 2 << 30:
+        return
+    tempfile.tempdir = shm  # pytest's tmp_path root, and tempfile's, in this process
+    os.environ["TMPDIR"] = shm  # and in the child processes
+
+
+_cache_bytecode_outside_the_tree()
+_scratch_folders_in_memory()
+
+from syndicate.config import ENV_STORE_URL, Settings, load_settings  # noqa: E402 - after the cache
 
 pytest_plugins: list[str] = [
     "tests.plugins.postgres",  # first: the others import it

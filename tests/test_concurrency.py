@@ -36,7 +36,7 @@ from tests.plugins.web import LiveServer
 SEEDS = ROOT / "seeds"
 # Seeds written long before the run: the parse cache vouches for them by their stat alone.
 OLD_MTIME = 1_700_000_000
-SHORT_WAIT = 0.3  # store.busy_timeout in these tests, seconds
+SHORT_WAIT = 0.1  # store.busy_timeout in these tests, seconds
 
 
 def busy_line(database: Path) -> str:

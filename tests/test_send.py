@@ -427,9 +427,9 @@ async def test_a_slow_reply_after_the_body_waits_data_timeout_and_makes_one_copy
     # RFC 5321 4.5.3.2.6: the reply after the body may take minutes; smtp.timeout is for
     # commands. Giving up at smtp.timeout and retrying made one copy per retry.
     _subscribe(db, 2, now)
-    smtpd.handler.delay = 1.5  # three times smtp.timeout, well inside data_timeout
+    smtpd.handler.delay = 0.9  # three times smtp.timeout, well inside data_timeout
     mailer = SmtpMailer(
-        host="127.0.0.1", port=smtpd.port, tls="none", timeout=0.5, data_timeout=10, connections=2
+        host="127.0.0.1", port=smtpd.port, tls="none", timeout=0.3, data_timeout=10, connections=2
     )
     summary = await _send(db, smtpd, send_settings, now, mailer=mailer)
     assert (summary.sent, summary.failed, summary.in_flight) == (2, 0, 0)
@@ -461,7 +461,7 @@ async def test_deferred_recipients_wait_after_everyone_else_and_hold_no_worker( 
     deferred = set(emails[::5])  # 100 of 500
     for email in deferred:
         smtpd.handler.refuse(email, "451 4.7.1 greylisted, try again later")
-    window = 1.0
+    window = 0.3  # the first retries are due after window / 8: several fit in it
     started = time.monotonic()
     summary = await _send(db, smtpd, send_settings, now, connections=4, retry_window=window)
     took = time.monotonic() - started

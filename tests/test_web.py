@@ -973,7 +973,7 @@ def _messages(records: list[logging.LogRecord]) -> list[str]:
 def test_a_client_sending_its_headers_a_byte_at_a_time_is_cut_off(
     live_server: Callable[..., LiveServer], server_log: _LogRecorder
 ) -> None:
-    server = live_server(timeouts=(1.0, 1.0))
+    server = live_server(timeouts=(0.4, 0.4))
     parts = urlsplit(server.url)
     assert parts.hostname
     assert parts.port
@@ -985,7 +985,7 @@ def test_a_client_sending_its_headers_a_byte_at_a_time_is_cut_off(
     assert closed_after < 5.0
     [record] = server_log.wait_for(1)
     assert record.getMessage() == (
-        f"serve: {local[0]}:{local[1]} did not send its request headers within 1 s; "
+        f"serve: {local[0]}:{local[1]} did not send its request headers within 0.4 s; "
         "connection closed"
     )
     assert record.levelno == logging.WARNING
@@ -994,7 +994,7 @@ def test_a_client_sending_its_headers_a_byte_at_a_time_is_cut_off(
 def test_a_client_sending_its_body_a_byte_at_a_time_is_cut_off(
     live_server: Callable[..., LiveServer], server_log: _LogRecorder
 ) -> None:
-    server = live_server(timeouts=(5.0, 1.0))
+    server = live_server(timeouts=(5.0, 0.4))
     parts = urlsplit(server.url)
     assert parts.hostname
     assert parts.port
@@ -1012,7 +1012,8 @@ def test_a_client_sending_its_body_a_byte_at_a_time_is_cut_off(
     assert closed_after < 5.0
     records = server_log.wait_for(2)
     assert _messages(records) == [
-        f"serve: {local[0]}:{local[1]} did not send its request body within 1 s; connection closed",
+        f"serve: {local[0]}:{local[1]} did not send its request body within 0.4 s; "
+        "connection closed",
         f"serve: POST /subscribe: {local[0]}:{local[1]} disconnected before sending the "
         "whole request body",
     ]
