@@ -91,8 +91,10 @@ class Cluster:
         import psycopg
 
         name = f"t{os.getpid()}_{next(self._names)}"
+        # FILE_COPY copies template0's few files (a checkpoint, cheap with fsync off): about
+        # 0.1 s, where PostgreSQL 15's default WAL_LOG writes every block to the WAL (0.8 s).
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 STRATEGY FILE_COPY')
         return self.url(name)
 
     def drop_database(self, url: str) -> bool:
