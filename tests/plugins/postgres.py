@@ -124,8 +124,24 @@ class Cluster:
             used = conn.execute("SELECT to_regclass('syndicate_schema')").fetchone()
             conn.execute("DROP SCHEMA public CASCADE")
             conn.execute("CREATE SCHEMA public")
-        self._free.append(name)
+            reusable = conn.execute(_AS_MADE).fetchone()
+        if reusable is not None and reusable[0]:
+            self._free.append(name)
+        else:  # a test gave a role rights on it: dropped, so the role can go
+            with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         return used is not None and used[0] is not None
+
+
+# Whether the current database is as CREATE DATABASE made it, once its schema is emptied:
+# its access list untouched and no role's rights or objects recorded in it.
+_AS_MADE = """
+    SELECT b.datacl IS NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_shdepend AS d
+        WHERE d.dbid = b.oid OR (d.classid = 'pg_database'::regclass AND d.objid = b.oid)
+    )
+    FROM pg_database AS b WHERE b.datname = current_database()
+"""
 
 
 def start_cluster() -> Cluster:
