@@ -27,6 +27,7 @@ from syndicate.store.subscribers import (
 )
 from syndicate.tokens import make_return_token
 from tests.conftest import DATA
+from tests.plugins.postgres import open_store
 
 BOUNCES = DATA / "bounces"
 BOUNCE_ADDRESS = "bounces@news.example.org"
@@ -82,7 +83,9 @@ def test_bytes_that_are_no_mail_are_unreadable(raw: bytes) -> None:
 
 
 @pytest.fixture
-def project(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def project(workdir: Path, store: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project of 7 confirmed subscribers, each sent the digest of 2024-11-01, on the
+    module's store engine (the parse-only tests above run once)."""
     monkeypatch.chdir(workdir)
     monkeypatch.delenv("SYNDICATE_CONFIG", raising=False)
     monkeypatch.delenv("SYNDICATE_SECRET", raising=False)
@@ -90,7 +93,7 @@ def project(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (workdir / "syndicate.toml").write_text(
         f'[mail]\nbounce_address = "{BOUNCE_ADDRESS}"\nbounce_limit = 2\n', encoding="utf-8"
     )
-    with open_database(workdir / "syndicate.db") as db:
+    with open_store(workdir / "syndicate.db") as db:
         for address in SUBSCRIBERS:
             add_subscriber(db, address, now=NOW)
         _sent(db, "2024-11-01", [s.id for s in iter_subscribers(db)])
@@ -108,7 +111,8 @@ def plain_project(project: Path) -> Path:
 def _sent(db: Database, day: str, ids: list[int]) -> None:
     with db.transaction() as conn:
         conn.execute(
-            "INSERT OR IGNORE INTO digests (day, created_at, article_ids) VALUES (?, ?, '[]')",
+            "INSERT INTO digests (day, created_at, article_ids) VALUES (?, ?, '[]')"
+            " ON CONFLICT (day) DO NOTHING",
             (day, f"{day}T06:00:00+00:00"),
         )
         for subscriber_id in ids:
@@ -136,13 +140,13 @@ def _maildir(root: Path, names: list[str], *, replace: dict[bytes, bytes] | None
 
 
 def _statuses(project: Path) -> dict[str, str]:
-    with open_database(project / "syndicate.db") as db:
+    with open_store(project / "syndicate.db") as db:
         return {s.email: str(s.status) for s in iter_subscribers(db)}
 
 
 def _verp(project: Path, email: str, day: date) -> str:
     settings = load_settings(project / "syndicate.toml", {}, cwd=project)
-    with open_database(project / "syndicate.db") as db:
+    with open_store(project / "syndicate.db") as db:
         found = get_by_email(db, email)
         assert found is not None
         token = make_return_token(
@@ -203,7 +207,7 @@ def test_the_same_report_read_twice_changes_nothing(plain_project: Path) -> None
         "",
     )
     assert _statuses(project)["full@yahoo.example"] == "confirmed"
-    with open_database(project / "syndicate.db") as db:
+    with open_store(project / "syndicate.db") as db:
         assert db.conn.execute("SELECT count(*) FROM mail_events").fetchone()[0] == 1
 
 
@@ -218,7 +222,7 @@ def test_a_verp_token_names_the_subscriber_when_the_report_hides_the_address(
         "bounces: 0 hard, 0 soft, 1 complaint, 0 ignored, 0 unreadable\n"
     )
     assert _statuses(project)["yahoo-reader@yahoo.example"] == "complained"
-    with open_database(project / "syndicate.db") as db:
+    with open_store(project / "syndicate.db") as db:
         assert db.conn.execute("SELECT kind, digest_day FROM mail_events").fetchall() == [
             ("complaint", "2024-11-01")
         ]
@@ -246,7 +250,7 @@ def test_a_forged_token_is_ignored(project: Path) -> None:
 
 
 def test_soft_bounces_of_distinct_digests_in_a_row_reach_the_limit(project: Path) -> None:
-    with open_database(project / "syndicate.db") as db:
+    with open_store(project / "syndicate.db") as db:
         reader = get_by_email(db, "full@yahoo.example")
         assert reader is not None
         _sent(db, "2024-11-02", [reader.id])
@@ -312,7 +316,7 @@ def test_a_complainer_comes_back_only_through_the_sign_up_form(plain_project: Pa
     assert code == 2
     assert "already stored with status complained" in err
     assert _statuses(project)[address] == "complained"
-    with open_database(project / "syndicate.db") as db:
+    with open_store(project / "syndicate.db") as db:
         pending, send = signup(db, address, language="vi", now=NOW)
         assert (pending.status, send) == (SubscriptionStatus.PENDING, True)
         assert confirm(db, pending.id, now=NOW).status is SubscriptionStatus.CONFIRMED
@@ -320,10 +324,10 @@ def test_a_complainer_comes_back_only_through_the_sign_up_form(plain_project: Pa
 
 def test_complaint_rate_warning_passes_only_above_three_in_a_thousand(plain_project: Path) -> None:
     project = plain_project
-    with open_database(project / "syndicate.db") as db:
+    with open_store(project / "syndicate.db") as db:
         assert complaint_warning(recent_rates(db, now=NOW)) is None
     _run("bounces", str(BOUNCES / "microsoft-arf.eml"))
-    with open_database(project / "syndicate.db") as db:
+    with open_store(project / "syndicate.db") as db:
         rates = recent_rates(db, now=NOW)
         assert (rates.sent, rates.complaints) == (7, 1)
         assert complaint_warning(rates) == (
@@ -359,7 +363,7 @@ def test_a_version_4_database_keeps_ids_nonces_and_its_sequence_through_the_boun
     conn.execute("PRAGMA user_version = 4")
     conn.commit()
     conn.close()
-    with open_database(path) as db:
+    with open_database(path) as db:  # a SQLite file of version 4: SQLite only
         kept = list(iter_subscribers(db))
         assert [(s.id, s.token_nonce) for s in kept] == [(1, b"\x01" * 16), (2, b"\x02" * 16)]
         added = add_subscriber(db, "new@x.org", now=NOW)
@@ -433,7 +437,7 @@ def test_with_verp_a_report_without_a_token_changes_nothing(project: Path) -> No
     for sample in ("microsoft-arf.eml", "gmail-hard.eml"):
         result = CliRunner().invoke(cli, ["bounces", str(BOUNCES / sample)], catch_exceptions=False)
         assert result.stdout == "bounces: 0 hard, 0 soft, 0 complaints, 1 ignored, 0 unreadable\n"
-    with open_database(project / "syndicate.db") as db:
+    with open_store(project / "syndicate.db") as db:
         assert {s.status for s in iter_subscribers(db)} == {SubscriptionStatus.CONFIRMED}
 
 

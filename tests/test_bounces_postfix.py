@@ -27,17 +27,19 @@ from syndicate.config import Settings, load_settings
 from syndicate.digest import RenderedEmail
 from syndicate.mail import MailInfo, MessageTemplate, build_digest_template
 from syndicate.send import SmtpMailer, send_digest
-from syndicate.store import Database, open_database
+from syndicate.store import Database
 from syndicate.store.bounces import complaint_warning, recent_rates
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import add_subscriber, get_by_email, iter_subscribers
 from syndicate.tokens import make_return_token
 from tests.conftest import DATA
+from tests.plugins.postgres import open_store, store_environ
 from tests.plugins.smtp import free_port, run_smtp_server
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("postfix") is None, reason="Postfix is not installed"),
+    pytest.mark.usefixtures("store"),
 ]
 
 DAY = date(2024, 11, 1)
@@ -227,14 +229,14 @@ async def test_bounces_written_by_postfix_stop_the_next_send_to_exactly_the_righ
         'bounce_address = "bounces@news.example.org"\n',
         encoding="utf-8",
     )
-    settings = load_settings(config, {}, cwd=tmp_path)
+    settings = load_settings(config, store_environ(), cwd=tmp_path)
     assert settings.mail.bounce_limit == 3  # one soft bounce does not stop the mail
     emails = [f"reader{i:02d}@example.net" for i in range(20)]
     with run_smtp_server() as inbox, run_postfix(inbox.port) as mta:
         for address in HARD:
             inbox.handler.refuse(address, f"550 5.1.1 <{address}>: no such user")
         inbox.handler.refuse(SOFT, "452 4.2.2 mailbox full")
-        with open_database(settings.paths.database) as db:
+        with open_store(settings.paths.database) as db:
             for address in emails:
                 add_subscriber(db, address, now=NOW)
             _digest(db, DAY)
@@ -271,7 +273,7 @@ async def test_bounces_written_by_postfix_stop_the_next_send_to_exactly_the_righ
         ), mta.log()[-3000:]
         assert not list((mta.maildir / "new").iterdir())
 
-    with open_database(settings.paths.database) as db:
+    with open_store(settings.paths.database) as db:
         statuses = {s.email: str(s.status) for s in iter_subscribers(db)}
         assert {a: s for a, s in statuses.items() if s != "confirmed"} == {
             **{address: "bounced" for address in HARD},

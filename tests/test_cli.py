@@ -26,8 +26,9 @@ def test_help_lists_the_commands() -> None:
         assert f"  {name} " in result.output
 
 
+@pytest.mark.usefixtures("store")  # the subprocess inherits the test's store
 def test_build_loads_neither_the_web_server_nor_the_mail_stack(tmp_path: Path) -> None:
-    """Commands load lazily: a cron `syndicate build` starts without them."""
+    """Commands load lazily: a cron `syndicate build` starts without them, on either engine."""
     script = (
         "import sys\n"
         "from syndicate.cli import cli\n"

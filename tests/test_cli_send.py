@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sqlite3
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,9 +18,9 @@ from click.testing import CliRunner
 
 from syndicate.cli import AppContext, cli
 from syndicate.send import open_send_lock
-from syndicate.store import open_database
 from syndicate.store.subscribers import add_subscriber
 from tests.conftest import FIXED_NOW
+from tests.plugins.postgres import open_store
 from tests.plugins.smtp import SmtpServer, free_port, run_smtp_server
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
@@ -34,7 +33,14 @@ NOTHING_COUNTS = {"sent": 0, "failed": 0, "skipped": 0, "bounced": 0, "seconds":
 
 
 @pytest.fixture
-def project(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def project(folder: Path, store: str) -> Path:
+    """The project folder, with a store on the module's engine."""
+    return folder
+
+
+@pytest.fixture
+def folder(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The project folder, for a test that stops before it opens the store."""
     for seed in SEEDS.glob("*.txt"):
         shutil.copy(seed, workdir / "seeds" / seed.name)
     monkeypatch.chdir(workdir)
@@ -145,12 +151,12 @@ def test_dry_run_writes_and_sends_nothing(project: Path) -> None:
     )
     assert not (project / "outbox").exists()
     assert not (project / "feeds").exists()
-    with sqlite3.connect(project / "syndicate.db") as conn:
-        assert conn.execute("SELECT count(*) FROM digests").fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
+    with open_store(project / "syndicate.db") as db:
+        assert db.conn.execute("SELECT count(*) FROM digests").fetchone()[0] == 0
+        assert db.conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
         # What it parsed is kept (as `build` keeps it); no article is marked as mailed.
-        assert conn.execute("SELECT count(*) FROM dumps").fetchone()[0] > 0
-        marked = conn.execute("SELECT count(*) FROM articles WHERE digest_day IS NOT NULL")
+        assert db.conn.execute("SELECT count(*) FROM dumps").fetchone()[0] > 0
+        marked = db.conn.execute("SELECT count(*) FROM articles WHERE digest_day IS NOT NULL")
         assert marked.fetchone()[0] == 0
     code, out, _ = _run("send", "--dry-run", "--json", "--limit", "1")
     assert json.loads(out)["would_send"] == 1
@@ -164,9 +170,9 @@ def test_test_copy_is_sent_but_not_recorded(project: Path) -> None:
     copies = list((project / "outbox" / "test").iterdir())
     assert len(copies) == 1
     assert b"To: Editor@example.org\r\n" in copies[0].read_bytes()
-    with sqlite3.connect(project / "syndicate.db") as conn:
-        assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM digests").fetchone()[0] == 0
+    with open_store(project / "syndicate.db") as db:
+        assert db.conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
+        assert db.conn.execute("SELECT count(*) FROM digests").fetchone()[0] == 0
     assert _run("send", "--to", "nope@")[0] == 2
 
 
@@ -214,9 +220,9 @@ def test_a_setup_problem_stops_the_run_with_exit_2(project: Path, smtpd: SmtpSer
     assert re.search(r"\. Digest \d{4}-\d\d-\d\d so far: 0 sent, 0 failed\. ", err), err
 
 
-def test_smtp_login_needs_the_password_variable(project: Path, smtpd: SmtpServer) -> None:
-    _smtp_config(project, smtpd)
-    config = project / "syndicate.toml"
+def test_smtp_login_needs_the_password_variable(folder: Path, smtpd: SmtpServer) -> None:
+    _smtp_config(folder, smtpd)
+    config = folder / "syndicate.toml"
     config.write_text(config.read_text() + 'username = "news"\n', encoding="utf-8")
     assert _run("send") == (
         2,
@@ -293,7 +299,7 @@ class Clock:
 
 
 @pytest.fixture
-def clock(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Clock:
+def clock(workdir: Path, store: str, monkeypatch: pytest.MonkeyPatch) -> Clock:
     """A project folder with the day-1 dump, and a clock the commands read (day 1, 13:00)."""
     monkeypatch.chdir(workdir)
     for name in ("SYNDICATE_CONFIG", "SYNDICATE_SECRET", "SYNDICATE_SMTP_PASSWORD"):
@@ -331,8 +337,8 @@ def test_a_day_cut_short_is_finished_by_the_next_days_run_before_todays_digest(
     assert _summaries(out) == [("2024-10-31", "1", "0", "0")]
     # What a failed or killed day-1 run leaves: b in flight when the process died, c deferred
     # once by the server, e out of attempts; d was never tried.
-    with sqlite3.connect(workdir / "syndicate.db") as conn:
-        conn.executemany(
+    with open_store(workdir / "syndicate.db") as db:
+        db.conn.executemany(
             "INSERT INTO deliveries (digest_day, subscriber_id, status, attempts, reply, "
             "updated_at) VALUES ('2024-10-31', ?, ?, ?, ?, '2024-10-31T06:00:00+00:00')",
             [(2, "sending", 0, None), (3, "failed", 1, "451 4.3.0 later"), (5, "failed", 5, "x")],
@@ -355,8 +361,8 @@ def test_a_day_cut_short_is_finished_by_the_next_days_run_before_todays_digest(
     code, out, err = _run("send")
     assert (code, err) == (0, "")
     assert _summaries(out) == [("2024-11-01", "0", "0", "6")]
-    with sqlite3.connect(workdir / "syndicate.db") as conn:
-        closed = conn.execute("SELECT day, closed_at FROM digests ORDER BY day").fetchall()
+    with open_store(workdir / "syndicate.db") as db:
+        closed = db.conn.execute("SELECT day, closed_at FROM digests ORDER BY day").fetchall()
     assert closed == [("2024-10-31", "2024-11-01T06:00:00+00:00"), ("2024-11-01", None)]
 
 
@@ -639,7 +645,7 @@ def test_a_week_of_dead_and_full_mailboxes_never_holds_up_a_days_digest(
     assert (len(unknown), len(full), len(deliverable)) == (50, 12, 438)
     assert greylisted <= deliverable
     assert len(greylisted) == 5
-    with open_database(workdir / "syndicate.db") as db:
+    with open_store(workdir / "syndicate.db") as db:
         for email in emails:
             add_subscriber(db, email, now=clock.now - timedelta(hours=1))
     for email in unknown:
@@ -667,8 +673,8 @@ def test_a_week_of_dead_and_full_mailboxes_never_holds_up_a_days_digest(
     # A refused address was tried once, then bounced; never retried.
     tried = [address for address, _ in smtpd.handler.rcpt_log if address in unknown]
     assert sorted(tried) == sorted(unknown)
-    with sqlite3.connect(workdir / "syndicate.db") as conn:
-        bounced = conn.execute("SELECT count(*) FROM subscribers WHERE status = 'bounced'")
+    with open_store(workdir / "syndicate.db") as db:
+        bounced = db.conn.execute("SELECT count(*) FROM subscribers WHERE status = 'bounced'")
         assert bounced.fetchone()[0] == 50
 
 

@@ -1,7 +1,8 @@
 """Reading never blocks writing: previews and reads take no write lock, and a busy
 database (or a full disk) is "try again later": exit 75 on the command line, 503 on the web.
 
-Real SQLite files, real concurrent connections and processes, the live web server.
+Real stores on both engines (SQLite files, PostgreSQL databases), real concurrent
+connections and processes, the live web server.
 """
 
 from __future__ import annotations
@@ -9,29 +10,33 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from click.testing import CliRunner
 
 from syndicate.cli import AppContext, cli
-from syndicate.config import Settings, StoreSettings, SubscribeSettings
+from syndicate.config import Settings, SubscribeSettings
 from syndicate.errors import StoreBusyError, StoreFullError
 from syndicate.publish import sync_articles
 from syndicate.send.digests import preview_digest
-from syndicate.store import open_database
+from syndicate.store import postgres
 from syndicate.store.subscribers import add_subscriber, get_by_email, iter_subscribers
 from tests.conftest import FIXED_NOW, ROOT
+from tests.plugins.postgres import ENV_STORE_URL, open_store, store_environ
 from tests.plugins.web import LiveServer
+
+pytestmark = pytest.mark.usefixtures("store")
 
 SEEDS = ROOT / "seeds"
 # Seeds written long before the run: the parse cache vouches for them by their stat alone.
@@ -39,23 +44,31 @@ OLD_MTIME = 1_700_000_000
 SHORT_WAIT = 0.1  # store.busy_timeout in these tests, seconds
 
 
+def store_name(database: Path) -> str:
+    """How messages name the test's store: the SQLite file, or `PostgreSQL at host:port/db`."""
+    url = os.environ.get(ENV_STORE_URL)
+    return postgres.where(url) if url else str(database)
+
+
 def busy_line(database: Path) -> str:
     return (
-        f"Error: {database}: the database is busy (another syndicate command is writing). "
-        "Try again in a moment.\n"
+        f"Error: {store_name(database)}: the database is busy (another syndicate command is "
+        "writing). Try again in a moment.\n"
     )
+
+
+def environ() -> dict[str, str]:
+    """A subprocess's environment: none of ours but the test's store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    return env | store_environ()
 
 
 @contextmanager
 def held_write_lock(database: Path) -> Iterator[None]:
-    """Another connection's write transaction, as `send` holds one while it records a batch."""
-    holder = sqlite3.connect(database, isolation_level=None)
-    try:
-        holder.execute("BEGIN IMMEDIATE")
+    """Another connection's write transaction, as `send` holds one while it records a batch
+    (SQLite's `BEGIN IMMEDIATE`, PostgreSQL's advisory write lock)."""
+    with open_store(database) as holder, holder.transaction():
         yield
-        holder.execute("ROLLBACK")
-    finally:
-        holder.close()
 
 
 def copy_seeds(folder: Path) -> None:
@@ -79,7 +92,7 @@ def project(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("SYNDICATE_CONFIG", "SYNDICATE_SECRET", "SYNDICATE_SMTP_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
     database = workdir.resolve() / "syndicate.db"
-    open_database(database).close()  # created and migrated: opening it later writes nothing
+    open_store(database).close()  # created and migrated: opening it later writes nothing
     return database
 
 
@@ -109,12 +122,11 @@ def test_a_command_that_must_write_exits_75_with_one_line_while_the_database_is_
 
 @pytest.mark.slow
 def test_a_busy_database_is_one_line_and_exit_75_in_a_real_process(project: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
     with held_write_lock(project):
         done = subprocess.run(
             [sys.executable, "-m", "syndicate", "subscribers", "add", "lan@example.org"],
             cwd=project.parent,
-            env=env,
+            env=environ(),
             capture_output=True,
             text=True,
             timeout=60,
@@ -147,7 +159,7 @@ def test_previews_and_reads_go_on_while_another_connection_holds_the_write_lock(
         assert (code, out) == (0, "Exported 1 subscribers to backup.csv.\n")
         seed = sorted((project.parent / "seeds").iterdir())[0]
         assert run("inspect", str(seed))[0] == 0
-    with open_database(project) as db:
+    with open_store(project) as db:
         # The previews stored no digest and marked no article.
         assert db.conn.execute("SELECT count(*) FROM digests").fetchone()[0] == 0
         marked = db.conn.execute("SELECT count(*) FROM articles WHERE digest_day IS NOT NULL")
@@ -166,7 +178,7 @@ def test_a_preview_over_new_dumps_waits_then_exits_75_while_the_database_is_busy
 def test_a_write_goes_on_while_a_preview_is_reading(settings: Settings) -> None:
     copy_seeds(settings.paths.seeds)
     now = datetime(2024, 11, 1, 6, 0, tzinfo=UTC)
-    with open_database(settings.paths.database) as db:
+    with open_store(settings.paths.database) as db:
         sync_articles(settings, db, now=now)
     # Hold the preview mid-way: at its second query inside its read transaction, its
     # snapshot is taken and still open.
@@ -175,14 +187,14 @@ def test_a_write_goes_on_while_a_preview_is_reading(settings: Settings) -> None:
 
     def trace(statement: str) -> None:
         statements.append(statement)
-        if "BEGIN DEFERRED" in statements[:-1] and not reached.is_set():
+        if any(s in READ_BEGINS for s in statements[:-1]) and not reached.is_set():
             if sum(s.lstrip().upper().startswith("SELECT") for s in statements) >= 2:
                 reached.set()
                 release.wait(timeout=30)
 
     plans = []
-    with open_database(settings.paths.database, any_thread=True) as preview_db:
-        preview_db.conn.set_trace_callback(trace)
+    with open_store(settings.paths.database, any_thread=True) as preview_db:
+        preview_db.conn = Traced(preview_db.conn, trace)
 
         def preview() -> None:
             plans.append(preview_digest(settings, preview_db, now=now))
@@ -192,7 +204,7 @@ def test_a_write_goes_on_while_a_preview_is_reading(settings: Settings) -> None:
         try:
             assert reached.wait(timeout=30), "the preview never reached its read transaction"
             # A sign-up (another connection, a short busy timeout) goes through at once.
-            with open_database(settings.paths.database, busy_timeout=SHORT_WAIT) as other:
+            with open_store(settings.paths.database, busy_timeout=SHORT_WAIT) as other:
                 add_subscriber(other, "lan@example.org", language="vi", now=now)
                 assert get_by_email(other, "lan@example.org") is not None
         finally:
@@ -201,6 +213,24 @@ def test_a_write_goes_on_while_a_preview_is_reading(settings: Settings) -> None:
     assert len(plans) == 1
     assert plans[0] is not None
     assert plans[0].articles
+
+
+# What opens a read snapshot, on either engine.
+READ_BEGINS = ("BEGIN DEFERRED", *postgres.BEGIN_READ)
+
+
+class Traced:
+    """A store connection that shows each statement to `trace` before it runs it."""
+
+    def __init__(self, conn: Any, trace: Callable[[str], None]) -> None:
+        self._conn, self._trace = conn, trace
+
+    def execute(self, sql: str, *params: Any) -> Any:
+        self._trace(sql)
+        return self._conn.execute(sql, *params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
 
 
 def _dump(n: int) -> str:
@@ -222,14 +252,13 @@ def test_sign_ups_are_answered_at_once_while_a_big_preview_runs(
     for n in range(4000):
         (settings.paths.seeds / f"{n:05d}.txt").write_text(_dump(n), encoding="utf-8")
     server = live_server(
-        store=StoreSettings(busy_timeout=1.0),
+        store=replace(settings.store, busy_timeout=1.0),
         subscribe=SubscribeSettings(rate_limit=100_000),
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
     preview = subprocess.Popen(  # the same folder, so the same seeds and database
         [sys.executable, "-m", "syndicate", "-q", "digest", "--out", "preview"],
         cwd=workdir,
-        env=env,
+        env=environ(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -255,7 +284,7 @@ def test_sign_ups_are_answered_at_once_while_a_big_preview_runs(
     assert {code for code, _ in answers} == {200}
     slowest = max(seconds for _, seconds in answers)
     assert slowest < 1.0, f"a sign-up waited {slowest:.1f} s for the preview"
-    with open_database(settings.paths.database) as db:  # each one stored at its first try
+    with open_store(settings.paths.database) as db:  # each one stored at its first try
         assert sum(1 for _ in iter_subscribers(db)) == len(answers)
 
 
@@ -263,9 +292,9 @@ def test_sign_ups_are_answered_at_once_while_a_big_preview_runs(
 
 
 def test_a_busy_database_answers_503_with_retry_after_and_the_pages_still_answer(
-    live_server: Callable[..., LiveServer],
+    live_server: Callable[..., LiveServer], settings: Settings
 ) -> None:
-    server = live_server(store=StoreSettings(busy_timeout=SHORT_WAIT))
+    server = live_server(store=replace(settings.store, busy_timeout=SHORT_WAIT))
     (server.settings.paths.output / "rss.xml").write_bytes(b"<rss/>")
     origin = {"origin": server.url[:-1]}
     with httpx.Client(base_url=server.url, timeout=30, headers=origin) as web:
@@ -303,7 +332,7 @@ def test_a_busy_database_answers_503_with_retry_after_and_the_pages_still_answer
             # Lan's only: this one met the busy database at its first write (its count
             # for the rate limit), before anything of it was stored.
             assert server.signups.count == 1
-        with open_database(server.settings.paths.database) as db:
+        with open_store(server.settings.paths.database) as db:
             assert get_by_email(db, "an@example.org") is None
         # Sent again once the lock is gone, as the 503 asked: stored, and mailed once.
         assert web.post("subscribe", data={"email": "an@example.org"}).status_code == 200
@@ -311,7 +340,7 @@ def test_a_busy_database_answers_503_with_retry_after_and_the_pages_still_answer
         assert mailed["To"] == "an@example.org"
         # The lock gone, the same link confirms.
         assert web.post(found.group(0)).status_code == 200
-    with open_database(server.settings.paths.database) as db:
+    with open_store(server.settings.paths.database) as db:
         stored = get_by_email(db, "an@example.org")
         assert stored is not None
         assert stored.status == "pending"
@@ -320,13 +349,19 @@ def test_a_busy_database_answers_503_with_retry_after_and_the_pages_still_answer
         assert confirmed.status == "confirmed"
 
 
-def test_store_errors_name_busy_and_full_databases(tmp_path: Path) -> None:
+def test_store_errors_name_a_busy_database(tmp_path: Path) -> None:
     database = tmp_path / "syndicate.db"
-    with open_database(database, busy_timeout=SHORT_WAIT) as db:
+    with open_store(database, busy_timeout=SHORT_WAIT) as db:
         with held_write_lock(database), pytest.raises(StoreBusyError) as busy:
             add_subscriber(db, "lan@example.org", language="vi", now=datetime.now(UTC))
         assert busy.value.exit_code == 75
         assert str(busy.value) == busy_line(database)[len("Error: ") : -1]
+
+
+@pytest.mark.sqlite_only
+def test_a_sqlite_file_that_may_not_grow_is_a_full_disk(tmp_path: Path) -> None:
+    database = tmp_path / "syndicate.db"
+    with open_store(database, busy_timeout=SHORT_WAIT) as db:
         # A database that may not grow is SQLite's "disk is full".
         pages = db.conn.execute("PRAGMA page_count").fetchone()[0]
         db.conn.execute(f"PRAGMA max_page_count = {pages}")
@@ -352,6 +387,7 @@ def _can_mount() -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite_only
 @pytest.mark.skipif(not _can_mount(), reason="needs root and unshare to mount a small tmpfs")
 def test_a_full_disk_is_exit_75_not_2(workdir: Path) -> None:
     """A real full disk: a 2 MiB tmpfs in a private mount namespace, filled up."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -19,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from syndicate.store import open_database
 from syndicate.store.subscribers import add_subscriber
 from syndicate.tokens import read_token
+from tests.plugins.postgres import open_store, store_environ
 from tests.plugins.smtp import Received, SmtpServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("store")]
 
 SECRET = "e2e-secret-0123456789"
 DUMPS = {
@@ -70,7 +69,7 @@ STALE = re.compile(
 def _subscribe(root: Path, count: int) -> dict[str, str]:
     now = datetime.now(UTC)
     languages = {}
-    with open_database(root / "syndicate.db") as db, db.transaction():
+    with open_store(root / "syndicate.db") as db, db.transaction():
         for i in range(count):
             lang = "en" if i % 3 == 0 else "vi"
             added = add_subscriber(db, f"reader{i:03d}@example.org", language=lang, now=now)
@@ -83,7 +82,7 @@ def _subscribe(root: Path, count: int) -> dict[str, str]:
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
     env["SYNDICATE_SECRET"] = SECRET
-    return env
+    return env | store_environ()  # the test's store
 
 
 def _send(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -227,13 +226,17 @@ def _make_yesterdays(root: Path) -> str:
 
     Its creation time stays (after the subscribers confirmed), so they are still owed it.
     """
-    with sqlite3.connect(root / "syndicate.db") as conn:
+    with open_store(root / "syndicate.db") as db, db.transaction() as conn:
         (today,) = conn.execute("SELECT day FROM digests").fetchone()
         yesterday = (date.fromisoformat(today) - timedelta(days=1)).isoformat()
+        # The ledger's rows point at the digest (a foreign key): a copy under the old day
+        # first, the rows moved onto it, then the digest of today gone.
         for statement in (
-            "UPDATE digests SET day = :old WHERE day = :day",
+            "INSERT INTO digests (day, created_at, article_ids, more, closed_at)"
+            " SELECT :old, created_at, article_ids, more, closed_at FROM digests WHERE day = :day",
             "UPDATE deliveries SET digest_day = :old WHERE digest_day = :day",
             "UPDATE articles SET digest_day = :old WHERE digest_day = :day",
+            "DELETE FROM digests WHERE day = :day",
         ):
             conn.execute(statement, {"old": yesterday, "day": today})
     return yesterday

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from syndicate.send import open_send_lock
-from syndicate.store import open_database
 from syndicate.store.subscribers import add_subscriber
+from tests.plugins.postgres import open_store, store_environ
 from tests.plugins.smtp import SmtpServer, run_smtp_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("store")]
 
 SMTP_TIMEOUT = 5
 LINE = re.compile(
@@ -51,7 +51,7 @@ def _project(folder: Path, server: SmtpServer, subscribers: int) -> list[str]:
         encoding="utf-8",
     )
     emails = [f"reader{i}@example.org" for i in range(subscribers)]
-    with open_database(folder / "syndicate.db") as db:
+    with open_store(folder / "syndicate.db") as db:
         for email in emails:
             add_subscriber(db, email, now=_now())
     return emails
@@ -63,6 +63,7 @@ def _now() -> datetime:
 
 def _start(folder: Path) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    env |= store_environ()  # the test's store
     return subprocess.Popen(
         [sys.executable, "-m", "syndicate", "-q", "send"],
         cwd=folder,

@@ -29,7 +29,8 @@ from psycopg import errors as pg_errors
 # "syndicat" in ASCII).
 WRITE_LOCK_KEY = 0x73796E6469636174 - (1 << 63)
 
-BEGIN_WRITE = ("BEGIN", f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
+# One round trip: every write transaction pays it, and each one costs a context switch.
+BEGIN_WRITE = (f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})",)
 BEGIN_READ = ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",)
 
 # SQLSTATEs that mean "try again later": lock or statement timeout, deadlock,

@@ -57,6 +57,8 @@ class Cluster:
     bindir: Path
     run_as: str | None  # the system user the server runs as, when we are root
     _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    # Databases emptied after their test, for the next ones (see `drop_database`).
+    _free: list[str] = field(default_factory=list)
 
     def command(self, program: str, *args: str) -> list[str]:
         argv = [str(self.bindir / program), *args]
@@ -87,24 +89,59 @@ class Cluster:
         self.pg_ctl("-w", "-m", mode, "stop", check=False)
 
     def new_database(self) -> str:
-        """Create an empty database (syndicate makes its tables on first use); its URL."""
+        """An empty database (syndicate makes its tables on first use); its URL.
+
+        One emptied after an earlier test when there is one, else a new one.
+        """
         import psycopg
 
+        if self._free:
+            return self.url(self._free.pop())
         name = f"t{os.getpid()}_{next(self._names)}"
+        # FILE_COPY copies template0's few files (a checkpoint, cheap with fsync off): about
+        # 0.1 s, where PostgreSQL 15's default WAL_LOG writes every block to the WAL (0.8 s).
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 STRATEGY FILE_COPY')
         return self.url(name)
 
     def drop_database(self, url: str) -> bool:
-        """Drop the database at `url`; return whether syndicate had made its tables in it."""
+        """Empty the database at `url` for a later test; return whether syndicate had made
+        its tables in it.
+
+        Emptying is ending every other connection to it (a killed process's, a server
+        thread's) and dropping its `public` schema, with all syndicate made there: about
+        0.05 s, where dropping the database and making a new one costs 0.3 to 0.8 s here
+        (CREATE DATABASE waits for a checkpoint).
+        """
         import psycopg
 
         name = url.rsplit("/", 1)[1]
         with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
             used = conn.execute("SELECT to_regclass('syndicate_schema')").fetchone()
-        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            conn.execute("DROP SCHEMA public CASCADE")
+            conn.execute("CREATE SCHEMA public")
+            reusable = conn.execute(_AS_MADE).fetchone()
+        if reusable is not None and reusable[0]:
+            self._free.append(name)
+        else:  # a test gave a role rights on it: dropped, so the role can go
+            with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         return used is not None and used[0] is not None
+
+
+# Whether the current database is as CREATE DATABASE made it, once its schema is emptied:
+# its access list untouched and no role's rights or objects recorded in it.
+_AS_MADE = """
+    SELECT b.datacl IS NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_shdepend AS d
+        WHERE d.dbid = b.oid OR (d.classid = 'pg_database'::regclass AND d.objid = b.oid)
+    )
+    FROM pg_database AS b WHERE b.datname = current_database()
+"""
 
 
 def start_cluster() -> Cluster:
