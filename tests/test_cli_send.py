@@ -334,7 +334,9 @@ def test_a_day_cut_short_is_finished_by_the_next_days_run_before_todays_digest(
     with sqlite3.connect(workdir / "syndicate.db") as conn:
         conn.executemany(
             "INSERT INTO deliveries (digest_day, subscriber_id, status, attempts, reply, "
-            "updated_at) VALUES ('2024-10-31', ?, ?, ?, ?, '2024-10-31T06:00:00+00:00')",
+            "updated_at) VALUES ('2024-10-31', ?, ?, ?, ?, '2024-10-31T06:00:00+00:00') "
+            "ON CONFLICT (digest_day, subscriber_id) DO UPDATE SET status = excluded.status, "
+            "attempts = excluded.attempts, reply = excluded.reply",  # the run enqueued them all
             [(2, "sending", 0, None), (3, "failed", 1, "451 4.3.0 later"), (5, "failed", 5, "x")],
         )
     clock.next_day()
