@@ -62,6 +62,7 @@ PAGE_SIZE = 500  # the most recipients claimed per ledger transaction
 # Recipients claimed per ledger transaction and connection: batches stay small enough that
 # several workers share a short list, and large enough that claims cost little.
 CLAIM_PER_CONNECTION = 16
+_LOOK_AGAIN = 1.0  # seconds: how often a worker with nothing to claim looks at the others' leases
 
 __all__ = ["MAX_ATTEMPTS", "PAGE_SIZE", "REFUSE_ALL_AFTER", "DigestSender", "SendSummary", "Stop"]
 
@@ -378,7 +379,8 @@ class DigestSender:
                 log.warning("%s: could not renew the lease: %s", self.worker, exc)
 
     async def _wait_for_others(self, run: _Run) -> bool:
-        """Nothing left to claim: wait until the first lease another worker holds runs out.
+        """Nothing left to claim: wait a moment (at most until the first lease another worker
+        holds runs out), then claim again.
 
         Returns False when no other worker holds anything owed (this worker is done).
         Other workers renew their leases while they live, so a worker ends only once
@@ -391,7 +393,12 @@ class DigestSender:
         )
         if expiry is None:
             return False
-        await self.stop.sleep((expiry - self.tick()).total_seconds() + 0.01)
+        # Look again soon: the other worker may finish (or give rows back) long before its
+        # lease would run out, and this one must not hold up the end of the run by a lease.
+        wait = min(
+            (expiry - self.tick()).total_seconds() + 0.01, _LOOK_AGAIN, self.policy.lease / 4
+        )
+        await self.stop.sleep(wait)
         run.exhausted = False
         return True
 

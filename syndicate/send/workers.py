@@ -19,6 +19,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -67,6 +68,7 @@ class WorkerResult:
     """What one worker did, handed back on its stdout: a summary per digest it got to."""
 
     summaries: tuple[SendSummary, ...]
+    spans: tuple[tuple[float, float], ...] = ()  # each digest's send: wall-clock start, end
     signal: int | None = None
     error: SyndicateError | None = None
 
@@ -238,19 +240,24 @@ def _read_result(out: bytes) -> WorkerResult | None:
 
 
 def _merge(days: list[DayJob], results: list[WorkerResult]) -> list[SendSummary]:
-    """One summary per digest that some worker got to: counts summed, the longest time."""
+    """One summary per digest that some worker got to: counts summed; the time from the first
+    worker's start to the last one's end (not the workers' start-up)."""
     merged: list[SendSummary] = []
     for index, job in enumerate(days):
         parts = [r.summaries[index] for r in results if len(r.summaries) > index]
+        spans = [r.spans[index] for r in results if len(r.spans) > index]
         if not parts:
             break
+        seconds = max(p.seconds for p in parts)
+        if spans:
+            seconds = max(seconds, max(end for _s, end in spans) - min(s for s, _e in spans))
         merged.append(
             SendSummary(
                 digest=job.day.isoformat(),
                 sent=sum(p.sent for p in parts),
                 failed=sum(p.failed for p in parts),
                 skipped=job.skipped,
-                seconds=max(p.seconds for p in parts),
+                seconds=seconds,
                 bounced=sum(p.bounced for p in parts),
                 in_flight=sum(p.in_flight for p in parts),
             )
@@ -305,6 +312,7 @@ async def _work(job: WorkerJob) -> WorkerResult:
     settings = job.settings
     policy = SendPolicy.from_settings(settings).for_workers(job.workers)
     summaries: list[SendSummary] = []
+    spans: list[tuple[float, float]] = []
     error: SyndicateError | None = None
     budget = job.limit
     try:
@@ -324,6 +332,7 @@ async def _work(job: WorkerJob) -> WorkerResult:
                 stop=stop,
                 worker=job.worker,
             )
+            started = time.time()
             summary = await sender.send(
                 templates=day.templates,
                 day=day.day,
@@ -332,13 +341,14 @@ async def _work(job: WorkerJob) -> WorkerResult:
                 limit=budget,
             )
             summaries.append(summary)
+            spans.append((started, time.time()))
             if budget is not None:
                 budget -= summary.sent + summary.failed + summary.in_flight
     except SyndicateError as exc:
         error = _portable(exc)
     finally:
         db.close()
-    return WorkerResult(tuple(summaries), signal=stop.signal, error=error)
+    return WorkerResult(tuple(summaries), tuple(spans), signal=stop.signal, error=error)
 
 
 def _portable(error: SyndicateError) -> SyndicateError:
