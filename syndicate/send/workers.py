@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import pickle
@@ -279,6 +280,10 @@ def main() -> None:
     root.handlers[:] = [handler]
     root.propagate = False
     root.setLevel(job.log_level)
+    # As in the parent: what is loaded now lives until exit; keep it out of the collector's
+    # full passes during the send loop.
+    gc.collect()
+    gc.freeze()
     result = asyncio.run(_work(job))
     sys.stdout.buffer.write(pickle.dumps(result))
     sys.stdout.buffer.flush()
