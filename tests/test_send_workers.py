@@ -144,12 +144,6 @@ def test_two_workers_deliver_exactly_once_to_every_subscriber(tmp_path: Path) ->
         owners = _owners(tmp_path)
         assert sum(owners.values()) == 120
         assert all(owner.endswith(("/1", "/2")) for owner in owners)
-        # A rerun sends nothing more.
-        again = _start(tmp_path)
-        out, err = again.communicate(timeout=60)
-        assert again.returncode == 0, err
-        assert SUMMARY.findall(out) == [("0", "0", "120")]
-        assert len(server.handler.recipients()) == 120
 
 
 def test_a_worker_killed_at_random_points_loses_nobody(tmp_path: Path) -> None:
@@ -177,9 +171,12 @@ def test_a_worker_killed_at_random_points_loses_nobody(tmp_path: Path) -> None:
                 assert "was killed by SIGKILL before it finished" in err, err
             assert _lock_is_free(tmp_path), round_
         final = _start(tmp_path)
-        _out, err = final.communicate(timeout=60)
+        out, err = final.communicate(timeout=60)
         assert final.returncode == 0, err
     assert kills >= 2
+    # The last run's summary adds its workers' counts up; who was sent before counts once.
+    sent, failed, skipped = (int(n) for n in SUMMARY.findall(out)[0])
+    assert (failed, sent + skipped) == (0, len(emails))
     got = Counter(server.handler.recipients())
     assert set(got) == set(emails)  # nobody lost
     duplicates = sum(n - 1 for n in got.values())

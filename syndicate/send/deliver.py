@@ -62,7 +62,7 @@ PAGE_SIZE = 500  # the most recipients claimed per ledger transaction
 # Recipients claimed per ledger transaction and connection: batches stay small enough that
 # several workers share a short list, and large enough that claims cost little.
 CLAIM_PER_CONNECTION = 16
-_LOOK_AGAIN = 1.0  # seconds: how often a worker with nothing to claim looks at the others' leases
+_LOOK_AGAIN = 0.2  # seconds: how often a worker with nothing to claim looks at the others' leases
 
 __all__ = ["MAX_ATTEMPTS", "PAGE_SIZE", "REFUSE_ALL_AFTER", "DigestSender", "SendSummary", "Stop"]
 
