@@ -36,8 +36,17 @@ from syndicate.store import open_database
 log = logging.getLogger("syndicate.send")
 
 # What a worker process runs: `main` below, imported by its module name so that what it
-# pickles back names this module's classes.
-_ENTRY = "from syndicate.send.workers import main; main()"
+# pickles back names this module's classes. SIGINT and SIGTERM are caught from the first
+# line, so a signal the parent forwards while the worker is still starting up is kept (and
+# acted on once the send loop's handlers are in place), not a KeyboardInterrupt mid-import.
+_ENTRY = (
+    "import signal\n"
+    "pending = []\n"
+    "for signum in (signal.SIGINT, signal.SIGTERM):\n"
+    "    signal.signal(signum, lambda number, frame: pending.append(number))\n"
+    "from syndicate.send.workers import main\n"
+    "main(pending)\n"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,8 +278,11 @@ def _merge(days: list[DayJob], results: list[WorkerResult]) -> list[SendSummary]
 # -- In the worker process -----------------------------------------------------------------
 
 
-def main() -> None:
-    """A worker process: read the job from stdin, send, write the result to stdout."""
+def main(pending: list[int] | None = None) -> None:
+    """A worker process: read the job from stdin, send, write the result to stdout.
+
+    `pending`: the signals that came before the send loop could handle them.
+    """
     job = pickle.load(sys.stdin.buffer)  # noqa: S301 - from our own parent, over a private pipe
     if not isinstance(job, WorkerJob):
         raise SystemExit("syndicate send worker: no job on stdin")
@@ -284,7 +296,7 @@ def main() -> None:
     # full passes during the send loop.
     gc.collect()
     gc.freeze()
-    result = asyncio.run(_work(job))
+    result = asyncio.run(_work(job, pending if pending is not None else []))
     sys.stdout.buffer.write(pickle.dumps(result))
     sys.stdout.buffer.flush()
 
@@ -301,7 +313,7 @@ class _LineFormatter(logging.Formatter):
         return message
 
 
-async def _work(job: WorkerJob) -> WorkerResult:
+async def _work(job: WorkerJob, pending: list[int]) -> WorkerResult:
     stop = Stop()
     loop = asyncio.get_running_loop()
 
@@ -314,6 +326,8 @@ async def _work(job: WorkerJob) -> WorkerResult:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    for early in list(pending):  # came while starting up
+        on_signal(early)
     settings = job.settings
     policy = SendPolicy.from_settings(settings).for_workers(job.workers)
     summaries: list[SendSummary] = []
