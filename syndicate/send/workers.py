@@ -297,8 +297,11 @@ def main(pending: list[int] | None = None) -> None:
     gc.collect()
     gc.freeze()
     result = asyncio.run(_work(job, pending if pending is not None else []))
-    sys.stdout.buffer.write(pickle.dumps(result))
-    sys.stdout.buffer.flush()
+    try:
+        sys.stdout.buffer.write(pickle.dumps(result))
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:  # the parent was killed; the ledger holds what this worker did
+        os._exit(1)
 
 
 class _LineFormatter(logging.Formatter):
