@@ -15,6 +15,11 @@ and render), ours as a share of the floor, CPU ms per message and peak memory (R
     python bench/send.py --sizes 10000 --sinks aiosmtpd
     python bench/send.py --bounce-address bounces@news.example.org   # VERP: MAIL FROM per message
     python bench/send.py --sizes 2000 --deferred 20 --retry-window 5   # 20% answer 451
+    python bench/send.py --sizes 10000 --workers 1,2   # also `send --workers 2`
+
+With --workers N,M... ours runs once per worker count (`send --workers N`: N processes,
+each with --connections connections); each is reported as msg/s and a share of the
+floor (one process), e.g. `ours_w2_share_of_floor`.
 
 With --deferred PCT the aiosmtpd sink answers `451 4.7.1` to that share of the
 recipients, always; the run is then compared with a run of the same size with no
@@ -260,8 +265,9 @@ def stop_sink(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def run_ours(folder: Path, env: dict[str, str], size: int) -> Measure:
-    out, ours = measure([sys.executable, "-m", "syndicate", "send", "--json"], cwd=folder, env=env)
+def run_ours(folder: Path, env: dict[str, str], size: int, workers: int = 1) -> Measure:
+    args = [sys.executable, "-m", "syndicate", "send", "--json", "--workers", str(workers)]
+    out, ours = measure(args, cwd=folder, env=env)
     summary = json.loads(out)
     ours.seconds, ours.sent = float(summary["seconds"]), int(summary["sent"])
     if ours.sent != size:
@@ -280,7 +286,14 @@ def run_floor_child(
 
 
 def bench_size(
-    size: int, sinks: list[str], *, conns: int, articles: int, repeat: int, bounce: str = ""
+    size: int,
+    sinks: list[str],
+    *,
+    conns: int,
+    articles: int,
+    repeat: int,
+    bounce: str = "",
+    workers: tuple[int, ...] = (1,),
 ) -> list[dict[str, object]]:
     results = []
     with tempfile.TemporaryDirectory(prefix=f"bench-send-{size}-") as tmp:
@@ -298,10 +311,18 @@ def bench_size(
             sink = start_sink(sink_kind, port, saved)
             try:
                 ours = floor = None
+                more: dict[int, Measure] = {}  # --workers above 1
                 for _ in range(repeat):  # best of `repeat`, alternating: the host is shared
                     reset_ledger(folder)
                     run = run_ours(folder, env, size)
                     ours = run if ours is None or run.seconds < ours.seconds else ours
+                    for count in workers:
+                        if count > 1:
+                            reset_ledger(folder)
+                            run = run_ours(folder, env, size, count)
+                            best = more.get(count)
+                            if best is None or run.seconds < best.seconds:
+                                more[count] = run
                     if not saved.exists():
                         raise SystemExit("no message was saved for the floor (run aiosmtpd first)")
                     run = run_floor_child(folder, env, port, saved, size, conns)
@@ -326,6 +347,11 @@ def bench_size(
                 "floor_peak_rss_mb": round(floor.max_rss_mb, 1),
                 "ours_wall_s": round(ours.wall, 2),
             }
+            for count, run in sorted(more.items()):
+                row[f"ours_w{count}_msgs_per_s"] = round(size / run.seconds, 1)
+                row[f"ours_w{count}_share_of_floor"] = round(floor.seconds / run.seconds, 3)
+                row[f"ours_w{count}_cpu_ms_per_msg"] = round(run.cpu * 1000 / size, 3)
+                row[f"ours_w{count}_peak_rss_mb"] = round(run.max_rss_mb, 1)
             print(json.dumps(row), flush=True)
             results.append(row)
     return results
@@ -392,6 +418,9 @@ def main() -> None:
     parser.add_argument("--floor", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--message", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--workers", default="1", help="`send --workers` counts to run, e.g. 1,2 (1 always runs)"
+    )
     args = parser.parse_args()
     if args.sink_server:
         run_aiosmtpd_sink(args.sink_server, args.save, args.defer_every)
@@ -427,6 +456,7 @@ def main() -> None:
             articles=args.articles,
             repeat=args.repeat,
             bounce=args.bounce_address,
+            workers=tuple(int(n) for n in args.workers.split(",") if n),
         )
     by_sink: dict[str, dict[int, float]] = {}
     for row in rows:

@@ -241,6 +241,13 @@ class SmtpSettings:
             "doc": "seconds to wait for the reply after the message body (RFC 5321); above 0"
         },
     )
+    lease: float = field(
+        default=60.0,  # seconds a send worker's claim on a batch of recipients lasts
+        metadata={
+            "doc": "seconds a send worker's claim on its batch of recipients lasts unless "
+            "renewed; a dead worker's batch is taken over once it runs out; above 0"
+        },
+    )
     password: str = field(default="", repr=False)  # only from SYNDICATE_SMTP_PASSWORD
 
 
@@ -384,7 +391,7 @@ _AT_LEAST_ONE = {
 }
 
 # Number keys that must be above 0 (a zero timeout would fail every command at once).
-_ABOVE_ZERO = {("smtp", "timeout"), ("smtp", "data_timeout")}
+_ABOVE_ZERO = {("smtp", "timeout"), ("smtp", "data_timeout"), ("smtp", "lease")}
 
 # One host label (after IDNA encoding): letters, digits, `_` and inner hyphens, 1 to 63 long.
 _HOST_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")

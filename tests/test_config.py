@@ -86,8 +86,8 @@ def test_environment_supplies_secret_and_smtp_password(tmp_path: Path) -> None:
         (
             "[smtp]\npassword = 'x'\n",
             "config key smtp.password is not known; keys of [smtp] are: connections, "
-            "data_timeout, host, messages_per_connection, port, rate, retry_window, timeout, "
-            "tls, username.",
+            "data_timeout, host, lease, messages_per_connection, port, rate, retry_window, "
+            "timeout, tls, username.",
         ),
         (
             "[mail]\ntransport = 'pigeon'\n",

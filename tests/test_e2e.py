@@ -197,6 +197,7 @@ def test_a_killed_send_is_completed_by_the_next_run(tmp_path: Path, smtpd: SmtpS
     assert "sent 0, failed 0, skipped 60" in final.stdout
 
 
+@pytest.mark.sqlite_only  # the send lock is SQLite's; on PostgreSQL runs share the queue
 def test_a_concurrent_send_exits_75(tmp_path: Path, smtpd: SmtpServer) -> None:
     _write_project(tmp_path, smtpd)
     _subscribe(tmp_path, 80)

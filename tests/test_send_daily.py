@@ -62,6 +62,7 @@ def test_run_daily_builds_sends_today_and_reports_without_the_cli(seeded: Settin
     assert len(list((seeded.paths.outbox / "2024-11-01").glob("*.eml"))) == 1
 
 
+@pytest.mark.sqlite_only  # the send lock is SQLite's; on PostgreSQL runs share the queue
 def test_run_daily_opens_no_database_while_another_run_holds_the_lock(seeded: Settings) -> None:
     opened: list[Database] = []
     with open_send_lock(seeded.paths.database), pytest.raises(LockedError):

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from syndicate.send import open_send_lock
+from syndicate.store import open_database
 from syndicate.store.subscribers import add_subscriber
 from tests.plugins.postgres import open_store, store_environ
 from tests.plugins.smtp import SmtpServer, run_smtp_server
@@ -39,7 +40,10 @@ Hoài Nam
 """
 
 
-def _project(folder: Path, server: SmtpServer, subscribers: int) -> list[str]:
+def _project(
+    folder: Path, server: SmtpServer, subscribers: int, url: str | None = None
+) -> list[str]:
+    """A project folder; `url`: a PostgreSQL store of its own, named in its syndicate.toml."""
     (folder / "seeds").mkdir()
     (folder / "seeds" / "day1.txt").write_text(DUMP, encoding="utf-8")
     (folder / "syndicate.toml").write_text(
@@ -47,11 +51,17 @@ def _project(folder: Path, server: SmtpServer, subscribers: int) -> list[str]:
         '[mail]\ntransport = "smtp"\nfrom = "News <news@example.org>"\n'
         'postal_address = "12 Trần Hưng Đạo"\n'
         f'[smtp]\nhost = "127.0.0.1"\nport = {server.port}\ntls = "none"\n'
-        f"connections = 2\ntimeout = {SMTP_TIMEOUT}\n",
+        f"connections = 2\ntimeout = {SMTP_TIMEOUT}\n"
+        + (f'[store]\nurl = "{url}"\n' if url else ""),
         encoding="utf-8",
     )
     emails = [f"reader{i}@example.org" for i in range(subscribers)]
-    with open_store(folder / "syndicate.db") as db:
+    opened = (
+        open_database(folder / "syndicate.db", url=url)
+        if url
+        else open_store(folder / "syndicate.db")
+    )
+    with opened as db:
         for email in emails:
             add_subscriber(db, email, now=_now())
     return emails
@@ -61,9 +71,10 @@ def _now() -> datetime:
     return datetime.now(UTC) - timedelta(days=1)  # confirmed before today's digest is made
 
 
-def _start(folder: Path) -> subprocess.Popen[str]:
+def _start(folder: Path, *, own_store: bool = False) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
-    env |= store_environ()  # the test's store
+    if not own_store:  # else the folder's syndicate.toml names it
+        env |= store_environ()  # the test's store
     return subprocess.Popen(
         [sys.executable, "-m", "syndicate", "-q", "send"],
         cwd=folder,
@@ -79,17 +90,19 @@ def _lock_is_free(folder: Path) -> bool:
         return True
 
 
-def _interrupt_at_random_points(folder: Path, seed: int, signals: int) -> int:
+def _interrupt_at_random_points(
+    folder: Path, seed: int, signals: int, url: str | None = None
+) -> int:
     """`signals` runs of `syndicate send`, each stopped by SIGINT at a random point, then a
     run to the end: every subscriber gets exactly one message. Returns the runs interrupted."""
     rng = random.Random(seed)
     with run_smtp_server() as server:
         server.handler.delay = 0.02  # each message takes a moment after its body
-        emails = _project(folder, server, 300)
+        emails = _project(folder, server, 300, url)
         interrupted = 0
         for _ in range(signals):
             before = len(server.handler.messages)
-            process = _start(folder)
+            process = _start(folder, own_store=url is not None)
             # A random point of the send loop: after 1 to 12 more accepted messages.
             server.handler.wait_for(before + rng.randint(1, 12), timeout=60)
             process.send_signal(signal.SIGINT)
@@ -104,7 +117,7 @@ def _interrupt_at_random_points(folder: Path, seed: int, signals: int) -> int:
             assert _lock_is_free(folder)
             interrupted += 1
         server.handler.delay = 0  # nothing left to interrupt: the last run need not crawl
-        final = _start(folder)
+        final = _start(folder, own_store=url is not None)
         _out, err = final.communicate(timeout=120)
         assert final.returncode == 0, err
         got = Counter(r for m in server.handler.messages for r in m.recipients)
@@ -114,16 +127,18 @@ def _interrupt_at_random_points(folder: Path, seed: int, signals: int) -> int:
 
 
 def test_interrupts_at_random_points_stop_cleanly_and_a_final_run_loses_nothing(
-    tmp_path: Path,
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
 ) -> None:
     # 20 SIGINTs in two projects of 10, side by side: each start of `syndicate send` is
     # mostly Python starting up, so the two chains share the machine's cores.
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
+    second = request.getfixturevalue("pg_cluster").new_database() if store == "postgresql" else None
     with ThreadPoolExecutor(max_workers=2) as pool:
         chains = [
             pool.submit(_interrupt_at_random_points, tmp_path / "a", 20, 10),
-            pool.submit(_interrupt_at_random_points, tmp_path / "b", 21, 10),
+            # On PostgreSQL the second project has a store of its own, named in its config.
+            pool.submit(_interrupt_at_random_points, tmp_path / "b", 21, 10, second),
         ]
         interrupted = [chain.result() for chain in chains]
     assert min(interrupted) >= 5, interrupted

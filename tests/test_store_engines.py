@@ -8,6 +8,7 @@ says when PostgreSQL is down, refuses, or was written by a newer syndicate.
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 
 import psycopg
@@ -71,6 +72,28 @@ def test_opening_twice_migrates_once(pg_cluster: Cluster) -> None:
     url = pg_cluster.new_database()
     open_database(Path("unused"), url=url).close()
     with open_database(Path("unused"), url=url) as db:  # nothing left to run
+        assert db.schema_version == len(MIGRATIONS)
+
+
+def test_processes_opening_a_new_store_at_once_migrate_it_once(pg_cluster: Cluster) -> None:
+    """A transaction begun before another's migration committed could still see no tables
+    in its catalog cache after waiting for the lock, and make them again (it did)."""
+    url = pg_cluster.new_database()
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        try:
+            open_database(Path("unused"), url=url).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with open_database(Path("unused"), url=url) as db:
         assert db.schema_version == len(MIGRATIONS)
 
 

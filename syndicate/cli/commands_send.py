@@ -86,10 +86,23 @@ def _print_summary(app: AppContext, summary: SendSummary, *, note: str = "") -> 
     default=None,
     help="Send to at most N subscribers in this run (today's digest first).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Send through N worker processes sharing the ledger (each with smtp.connections "
+    "connections and 1/N of smtp.rate).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_app
 def send_command(
-    app: AppContext, dry_run: bool, to: str | None, limit: int | None, as_json: bool
+    app: AppContext,
+    dry_run: bool,
+    to: str | None,
+    limit: int | None,
+    workers: int,
+    as_json: bool,
 ) -> None:
     """Build feeds and today's digest, and deliver it to every confirmed subscriber owed it.
 
@@ -121,6 +134,7 @@ def send_command(
             progress=lines.next,
             on_earlier=show,
             on_notice=lambda line: click.echo(line, err=True),  # also under -q: cron mails it
+            workers=workers,
         )
     except InterruptError as exc:
         click.echo(exc.message, err=True)

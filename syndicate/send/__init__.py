@@ -1,9 +1,9 @@
 """Send stage: deliver one digest to every confirmed subscriber owed it. The only SMTP code.
 
-`send_digest` streams recipients from the ledger in pages, claims each page as
-`sending` (committed) before its messages go, and records `sent` right after
-the server accepts each one, so a crash can leave only messages in flight in
-doubt: delivery is at-least-once. `read_earlier_digests` finds the digests of
+`send_digest` takes recipients from the ledger's work queue in batches, each
+claimed under a lease (committed, `sending`) before its messages go, and records
+`sent` right after the server accepts each one, so a crash can leave only
+messages in flight in doubt: delivery is at-least-once. `read_earlier_digests` finds the digests of
 earlier days (within CATCH_UP_DAYS) still owed to someone, so a day whose run
 failed or was cut short is finished by the next day's run, after that day's own. Transports are
 `Mailer`s: `OutboxMailer` writes .eml files, `SmtpMailer` keeps a pool of
@@ -13,7 +13,8 @@ Modules: `transports` (the Mailers and what opens them), `policy` (the frozen
 SendPolicy and the pure map from an SMTP outcome to a ledger action), `deliver`
 (the send loop, `DigestSender`), `lock` (one run at a time), `catchup` (earlier
 digests still owed), `digests` (which digest goes out, its page and messages),
-`daily` (the daily job: today's digest, then the catch-up; its previews).
+`daily` (the daily job: today's digest, then the catch-up; its previews), `workers`
+(`send --workers N`: the worker processes sharing the queue).
 """
 
 from syndicate.errors import RecipientRefusedError, TransientSendError

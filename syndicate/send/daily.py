@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import gc
 import logging
-import os
 import secrets
 import signal
 from collections.abc import Callable, Mapping
@@ -34,7 +33,15 @@ from syndicate.mail import (
 from syndicate.model import DigestPlan
 from syndicate.publish import run_build
 from syndicate.send.catchup import read_earlier_digests
-from syndicate.send.deliver import DigestSender, SendSummary, Stop
+from syndicate.send.deliver import (
+    DigestSender,
+    SendSummary,
+    Stop,
+    make_run_id,
+    make_worker_id,
+    unwatch_signals,
+    watch_signals,
+)
 from syndicate.send.digests import (
     build_send_templates,
     digest_day,
@@ -43,9 +50,10 @@ from syndicate.send.digests import (
     todays_digest,
     write_digest_page,
 )
-from syndicate.send.lock import open_send_lock
+from syndicate.send.lock import hold_send_lock, shared_store_no_lock
 from syndicate.send.policy import MAX_ATTEMPTS, SendPolicy
 from syndicate.send.transports import Mailer, check_mail_settings, open_mailer
+from syndicate.send.workers import DayJob, run_workers
 from syndicate.store import Database, ledger
 from syndicate.store.bounces import complaint_warning, recent_rates
 from syndicate.store.digests import close_digest
@@ -66,10 +74,15 @@ class DailyReport:
     today: SendSummary | None
     earlier: tuple[SendSummary, ...]
     subscribers: bool = True  # some subscriber is confirmed
+    lost_workers: int = 0  # `--workers`: worker processes that died (the others took over)
 
     @property
     def failed(self) -> bool:
-        return any(s.failed for s in self.earlier) or bool(self.today and self.today.failed)
+        return (
+            any(s.failed for s in self.earlier)
+            or bool(self.today and self.today.failed)
+            or bool(self.lost_workers)
+        )
 
 
 def run_daily(
@@ -82,11 +95,13 @@ def run_daily(
     on_earlier: Callable[[SendSummary], None] = lambda summary: None,
     on_notice: Callable[[str], None] = lambda line: None,
     handle_signals: bool = True,
+    workers: int = 1,
 ) -> DailyReport:
     """Run the daily job: build, send today's digest, then every earlier one still owed.
 
-    Holds the send lock throughout (LockedError, exit 75, when another run has
-    it); `open_db` is called once the lock is held. Earlier digests go oldest
+    On SQLite, holds the send lock throughout (LockedError, exit 75, when another
+    run has it); `open_db` is called once the lock is held. On PostgreSQL any
+    number of runs, here and on other machines, share the day's queue. Earlier digests go oldest
     first, after today's; each one's summary goes to `on_earlier` when it is
     done. `on_notice` gets the digest's freshness warning, for the operator's
     eyes even under `-q`. `limit` caps the recipients of the whole job, today's
@@ -94,11 +109,22 @@ def run_daily(
     server stops the job, and InterruptError (130) or TerminatedError (143)
     after a signal, each once every started message has finished and been
     recorded.
+
+    `workers` above 1 sends through that many worker processes sharing the
+    ledger (`send.workers.run_workers`); this process makes the digest and
+    the messages once, holds the lock, and sums up what they did.
     """
     check_mail_settings(settings)
     check_dump_paths([settings.paths.seeds])  # before the lock and database are made
-    with open_send_lock(settings.paths.database):
+    # On SQLite one run at a time (the send lock); on PostgreSQL, runs on many machines share
+    # the ledger's queue, and only its leases keep them apart.
+    locking = shared_store_no_lock if settings.store.url else hold_send_lock
+    with locking(settings.paths.database) as lock:
         db = open_db()
+        if db.dialect == "sqlite":
+            # The lock proves that no worker of another run is alive (each worker holds it
+            # too): leases a killed run left need not be waited out.
+            ledger.break_leases(db)
         # Reputation: one warning line when spam complaints pass the providers' limit.
         if (complaints := complaint_warning(recent_rates(db, now=now))) is not None:
             log.warning("%s", complaints)
@@ -124,6 +150,19 @@ def run_daily(
             gc.freeze()
             return templates
 
+        if workers > 1:
+            return _daily_workers(
+                settings,
+                db=db,
+                now=now,
+                today=plan,
+                prepare=prepare,
+                limit=limit,
+                workers=workers,
+                lock_fd=lock.fd,
+                on_earlier=on_earlier,
+                subscribers=bool(languages),
+            )
         report = asyncio.run(
             _daily(
                 db=db,
@@ -158,9 +197,10 @@ async def _daily(
 ) -> DailyReport:
     stop = Stop()
     policy = SendPolicy.from_settings(settings)
+    worker = make_worker_id(make_run_id(), 1)
     mailers: list[Mailer] = []
     if handle_signals:
-        _watch_signals(stop, mailers)
+        watch_signals(stop, mailers)
     sent = in_flight = 0
     budget = limit
 
@@ -169,7 +209,13 @@ async def _daily(
         mailer = open_mailer(settings, folder=plan.day.isoformat(), policy=policy)
         mailers[:] = [mailer]
         sender = DigestSender(
-            db=db, mailer=mailer, settings=settings, secret=secret, policy=policy, stop=stop
+            db=db,
+            mailer=mailer,
+            settings=settings,
+            secret=secret,
+            policy=policy,
+            stop=stop,
+            worker=worker,
         )
         summary = await sender.send(
             templates=prepare(plan),
@@ -208,7 +254,7 @@ async def _daily(
             on_earlier(earlier[-1])
     finally:
         if handle_signals:
-            _unwatch_signals()
+            unwatch_signals()
     if stop.signal is not None:
         error = TerminatedError if stop.signal == signal.SIGTERM else InterruptError
         raise error(
@@ -216,6 +262,69 @@ async def _daily(
             "run `syndicate send` again to finish."
         )
     return DailyReport(today=first, earlier=tuple(earlier))
+
+
+def _daily_workers(
+    settings: Settings,
+    *,
+    db: Database,
+    now: datetime,
+    today: DigestPlan | None,
+    prepare: Callable[[DigestPlan], Mapping[str, MessageTemplate]],
+    limit: int | None,
+    workers: int,
+    lock_fd: int,
+    on_earlier: Callable[[SendSummary], None],
+    subscribers: bool,
+) -> DailyReport:
+    """The daily job's sending over `workers` processes: every digest owed, made here once."""
+    days: list[DayJob] = []
+    if today is not None:
+        days.append(_day_job(db, today.day, None, prepare(today)))
+    for owed in read_earlier_digests(db, today=digest_day(settings, now), now=now):
+        stored = stored_digest(db, owed.day)
+        if stored is None:
+            log.warning(
+                "digest %s: its articles are no longer stored, so it cannot be sent to "
+                "the %d %s still owed it.",
+                owed.day.isoformat(),
+                owed.owed,
+                "subscriber" if owed.owed == 1 else "subscribers",
+            )
+            close_digest(db, owed.day, now=now)
+            continue
+        days.append(_day_job(db, owed.day, owed.created_at, prepare(stored)))
+    outcome = run_workers(
+        settings,
+        days=days,
+        secret=get_secret(settings, db),
+        now=now,
+        workers=workers,
+        limit=limit,
+        lock_fd=lock_fd,
+    )
+    summaries = list(outcome.summaries)
+    first = summaries.pop(0) if today is not None and summaries else None
+    for summary in summaries:
+        on_earlier(summary)
+    return DailyReport(
+        today=first,
+        earlier=tuple(summaries),
+        subscribers=subscribers,
+        lost_workers=outcome.lost,
+    )
+
+
+def _day_job(
+    db: Database,
+    day: date,
+    confirmed_by: datetime | None,
+    templates: Mapping[str, MessageTemplate],
+) -> DayJob:
+    skipped = ledger.count_skipped(
+        db, day=day, max_attempts=MAX_ATTEMPTS, confirmed_by=confirmed_by
+    )
+    return DayJob(day=day, confirmed_by=confirmed_by, templates=dict(templates), skipped=skipped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,35 +450,3 @@ def _test_copy(template: MessageTemplate, *, to: str, day: date, url: str) -> by
     if template.dkim is not None:  # sign what goes out, with its final Message-ID
         message = sign_message(message, template.dkim)
     return message
-
-
-def _watch_signals(stop: Stop, mailers: list[Mailer]) -> None:
-    """Turn SIGINT and SIGTERM into a graceful stop; a second SIGINT quits at once."""
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        waiting = sum(m.in_flight for m in mailers)
-        if stop.signal == signal.SIGINT and signum == signal.SIGINT:
-            log.error(
-                "interrupted again: quitting at once; %d in flight not recorded (the next run "
-                "sends them again).",
-                waiting,
-            )
-            logging.shutdown()
-            os._exit(128 + signum)
-        log.warning(
-            "stopping (%s): no new messages; waiting for %d in flight%s.",
-            signal.Signals(signum).name,
-            waiting,
-            " (Ctrl-C again to quit at once)" if signum == signal.SIGINT else "",
-        )
-        stop.by_signal(signum)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
-
-
-def _unwatch_signals() -> None:
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.remove_signal_handler(signum)

@@ -1,10 +1,13 @@
 """Send: deliver one digest to every confirmed subscriber the ledger says is owed it.
 
-`DigestSender` streams recipients from the ledger in pages, claims each page as
-`sending` (committed) before its messages go, and records `sent` right after
-the server accepts each one, so a crash can leave only messages in flight in
-doubt: delivery is at-least-once. What each reply means is `policy.to_action`'s
-decision; this module carries it out.
+`DigestSender` is one worker of the ledger's work queue: it enqueues what is
+owed, claims batches of recipients under a lease (committed as `sending` before
+their messages go), and records `sent` right after the server accepts each
+one, so a crash can leave only messages in flight in doubt: delivery is
+at-least-once. It keeps its lease renewed and, before each message, checks
+that it still holds that recipient (fencing), so a worker stalled past its
+lease never sends what another worker took over. What each reply means is
+`policy.to_action`'s decision; this module carries it out.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import contextlib
 import heapq
 import itertools
 import logging
+import os
 import random
+import secrets
 import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from syndicate.config import Settings
 from syndicate.errors import (
@@ -53,7 +58,11 @@ from syndicate.tokens import make_token
 # The stage's logger: records keep the name they had before send became a package.
 log = logging.getLogger("syndicate.send")
 
-PAGE_SIZE = 500  # recipients claimed per ledger transaction
+PAGE_SIZE = 500  # the most recipients claimed per ledger transaction
+# Recipients claimed per ledger transaction and connection: batches stay small enough that
+# several workers share a short list, and large enough that claims cost little.
+CLAIM_PER_CONNECTION = 16
+_LOOK_AGAIN = 0.2  # seconds: how often a worker with nothing to claim looks at the others' leases
 
 __all__ = ["MAX_ATTEMPTS", "PAGE_SIZE", "REFUSE_ALL_AFTER", "DigestSender", "SendSummary", "Stop"]
 
@@ -159,7 +168,6 @@ class _Run:
     confirmed_by: datetime | None
     remaining: int | None  # recipients this run may still claim (None: no cap)
     total: int
-    after: int = 0  # keyset cursor over the owed recipients
     exhausted: bool = False
     buffer: list[ledger.Recipient] = field(default_factory=list)
     deferred: list[tuple[float, int, _Deferred]] = field(default_factory=list)  # a heap
@@ -171,6 +179,9 @@ class _Run:
     refused_unaccepted: int = 0  # permanent refusals (not address statuses) before any accept
     pending: list[tuple[int, Action, str]] = field(default_factory=list)  # refusals to confirm
     accepted: list[int] = field(default_factory=list)
+    held: set[int] = field(default_factory=set)  # ids this worker held at the last claim/renew
+    held_until: datetime | None = None  # when that lease runs out (the earliest, after claims)
+    dropped: int = 0  # claimed, then taken over by another worker (never sent by this one)
     order: itertools.count[int] = field(default_factory=itertools.count)
 
 
@@ -195,9 +206,13 @@ class DigestSender:
         policy: SendPolicy,
         stop: Stop | None = None,
         clock: Callable[[], datetime] | None = None,
+        worker: str | None = None,
     ) -> None:
         self.db, self.mailer, self.settings, self.secret = db, mailer, settings, secret
         self.policy = policy
+        # The lease owner: '<run>/<n>'. Rows this run gave up on are claimed by no worker of it.
+        self.worker = worker or make_worker_id(make_run_id(), 1)
+        self.claim_size = min(PAGE_SIZE, CLAIM_PER_CONNECTION * max(1, policy.connections))
         self.stop = stop or Stop()
         self.tick = clock or (lambda: datetime.now(UTC))
         self.mail_info = MailInfo.from_settings(settings)  # once per run, not per message
@@ -229,6 +244,7 @@ class DigestSender:
         skipped = ledger.count_skipped(
             self.db, day=day, max_attempts=max_attempts, confirmed_by=confirmed_by
         )
+        ledger.enqueue_owed(self.db, day=day, now=self.tick(), confirmed_by=confirmed_by)
         total = ledger.count_owed(
             self.db, day=day, max_attempts=max_attempts, confirmed_by=confirmed_by
         )
@@ -257,15 +273,28 @@ class DigestSender:
             )
 
         report()
+        keeper = asyncio.create_task(self._keep_leases(run))
         workers = [self._work(run, build, report) for _ in range(max(1, self.policy.connections))]
         results = await asyncio.gather(*workers, return_exceptions=True)
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
         try:
             self._flush(run)
             self._give_up_deferred(run)
             if not self.stop.stopping:
                 self._confirm_refusals(run)  # no whole-server refusal: they were real bounces
+            # Claimed and never started (a stop, a setup error): owed again, to anyone, now.
+            ledger.release(self.db, day=day, owner=self.worker)
         finally:
             await self.mailer.aclose()
+        if run.dropped:
+            log.info(
+                "%d recipients were taken over by another worker while this one (%s) had lost "
+                "its lease; it did not send them.",
+                run.dropped,
+                self.worker,
+            )
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, SyndicateError):
                 raise result
@@ -286,14 +315,18 @@ class DigestSender:
         )
 
     def _next(self, run: _Run) -> ledger.Recipient | None:
-        """The next owed recipient of the first pass, claiming a page at a time; None at its end."""
+        """The next recipient this worker holds, claiming a batch at a time; None when none is
+        left to claim now."""
         if not run.buffer and not run.exhausted:
-            size = PAGE_SIZE if run.remaining is None else min(PAGE_SIZE, run.remaining)
+            size = self.claim_size if run.remaining is None else min(self.claim_size, run.remaining)
+            now = self.tick()
             page = (
-                ledger.owed_page(
+                ledger.claim(
                     self.db,
                     day=run.day,
-                    after=run.after,
+                    owner=self.worker,
+                    now=now,
+                    lease=self.policy.lease,
                     limit=size,
                     max_attempts=self.policy.max_attempts,
                     confirmed_by=run.confirmed_by,
@@ -304,17 +337,70 @@ class DigestSender:
             if not page:
                 run.exhausted = True
             else:
-                ledger.mark_sending(
-                    self.db,
-                    day=run.day,
-                    subscriber_ids=[r.subscriber_id for r in page],
-                    now=self.tick(),
-                )
-                run.after = page[-1].subscriber_id
+                until = now + timedelta(seconds=self.policy.lease)
+                run.held.update(r.subscriber_id for r in page)
+                if run.held_until is None or until < run.held_until:
+                    run.held_until = until
                 if run.remaining is not None:
                     run.remaining -= len(page)
                 run.buffer = page[::-1]
         return run.buffer.pop() if run.buffer else None
+
+    def _renew(self, run: _Run, now: datetime) -> None:
+        """Extend the lease on every row this worker still holds; forget the others."""
+        run.held = ledger.renew(
+            self.db, day=run.day, owner=self.worker, now=now, lease=self.policy.lease
+        )
+        run.held_until = now + timedelta(seconds=self.policy.lease)
+
+    def _holds(self, run: _Run, subscriber_id: int) -> bool:
+        """Fencing, before each message: whether this worker still holds the recipient.
+
+        Cheap while the lease in memory has a quarter of its length left; past that
+        (a stall: SIGSTOP, swap, a busy store) the lease is renewed first, which
+        also says which rows are still ours: one another worker claimed is not.
+        """
+        now = self.tick()
+        margin = timedelta(seconds=self.policy.lease / 4)
+        if run.held_until is None or now + margin >= run.held_until:
+            self._renew(run, now)
+        return subscriber_id in run.held
+
+    async def _keep_leases(self, run: _Run) -> None:
+        """Renew the lease every third of its length while the run goes on (deferred and
+        in-flight recipients included), so a live worker never loses a row."""
+        while True:
+            await asyncio.sleep(self.policy.lease / 3)
+            if not run.held:
+                continue
+            try:
+                self._renew(run, self.tick())
+            except SyndicateError as exc:  # the fence renews again before the next message
+                log.warning("%s: could not renew the lease: %s", self.worker, exc)
+
+    async def _wait_for_others(self, run: _Run) -> bool:
+        """Nothing left to claim: wait a moment (at most until the first lease another worker
+        holds runs out), then claim again.
+
+        Returns False when no other worker holds anything owed (this worker is done).
+        Other workers renew their leases while they live, so a worker ends only once
+        everything owed is sent or given up, and a dead worker's batch is taken over.
+        """
+        if run.remaining == 0:
+            return False
+        expiry = ledger.next_expiry(
+            self.db, day=run.day, owner=self.worker, now=self.tick(), confirmed_by=run.confirmed_by
+        )
+        if expiry is None:
+            return False
+        # Look again soon: the other worker may finish (or give rows back) long before its
+        # lease would run out, and this one must not hold up the end of the run by a lease.
+        wait = min(
+            (expiry - self.tick()).total_seconds() + 0.01, _LOOK_AGAIN, self.policy.lease / 4
+        )
+        await self.stop.sleep(wait)
+        run.exhausted = False
+        return True
 
     async def _work(
         self,
@@ -329,11 +415,12 @@ class DigestSender:
                     loop = asyncio.get_running_loop()
                     if run.deadline is None:
                         run.deadline = loop.time() + self.policy.retry_window
-                    if not run.deferred:
+                    # Deferred ones past the window are left to the next run.
+                    if not run.deferred or run.deferred[0][0] > run.deadline:
+                        if await self._wait_for_others(run):
+                            continue
                         return
                     due, _, item = run.deferred[0]
-                    if due > run.deadline:
-                        return  # left to the next run
                     if due > loop.time():
                         await self.stop.sleep(due - loop.time())
                         continue
@@ -362,6 +449,11 @@ class DigestSender:
         reconnects, sent_before = 0, run.sent
         while True:
             await self.pacer.wait()
+            if self.stop.stopping:
+                return  # claimed, never started: released at the end of the run
+            if not self._holds(run, recipient.subscriber_id):
+                run.dropped += 1  # another worker claimed it after this one's lease ran out
+                return
             try:
                 await self.mailer.send(self._sender(run, recipient), [recipient.email], message)
             except (RecipientRefusedError, TransientSendError) as exc:
@@ -402,6 +494,9 @@ class DigestSender:
         elif action is Action.IN_DOUBT:
             log.warning("%s; the message may have been accepted: left for a later run", failure)
             run.in_doubt += 1
+            ledger.mark_in_doubt(
+                self.db, day=run.day, subscriber_id=subscriber_id, owner=self.worker
+            )
         elif action is Action.SETUP_STOP:
             self.stop.by_error(failure)
         else:
@@ -416,7 +511,12 @@ class DigestSender:
             return
         # Until one message is accepted, every refusal may be the server's setup refusing all.
         ledger.mark_failed(
-            self.db, day=run.day, subscriber_id=subscriber_id, reply=reply, now=self.tick()
+            self.db,
+            day=run.day,
+            subscriber_id=subscriber_id,
+            reply=reply,
+            now=self.tick(),
+            owner=self.worker,
         )
         run.pending.append((subscriber_id, action, reply))
         if action is Action.COUNT_BOUNCE:
@@ -441,6 +541,7 @@ class DigestSender:
             reply=reply,
             max_attempts=self.policy.max_attempts,
             now=now,
+            owner=self.worker,
         )
         limit = 1 if action is Action.BOUNCE_NOW else self.policy.bounce_limit
         if record_bounce(self.db, subscriber_id, limit=limit, now=now):
@@ -477,8 +578,19 @@ class DigestSender:
                 subscriber_id=item.recipient.subscriber_id,
                 reply=item.reply,
                 now=self.tick(),
+                owner=self.worker,
             )
             run.failed += 1
+
+
+def make_run_id() -> str:
+    """A new run's id: random hex, so `<run>/%` matches only its own workers' ids."""
+    return secrets.token_hex(6)
+
+
+def make_worker_id(run: str, number: int) -> str:
+    """The lease owner of worker `number` of `run`."""
+    return f"{run}/{number}"
 
 
 def _jitter(delay: float) -> float:
@@ -490,6 +602,38 @@ def _so_far(run: _Run) -> str:
     if run.in_doubt:
         line += f", {run.in_doubt} in flight (the next run sends them again)"
     return line + "."
+
+
+def watch_signals(stop: Stop, mailers: list[Mailer]) -> None:
+    """Turn SIGINT and SIGTERM into a graceful stop; a second SIGINT quits at once."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        waiting = sum(m.in_flight for m in mailers)
+        if stop.signal == signal.SIGINT and signum == signal.SIGINT:
+            log.error(
+                "interrupted again: quitting at once; %d in flight not recorded (the next run "
+                "sends them again).",
+                waiting,
+            )
+            logging.shutdown()
+            os._exit(128 + signum)
+        log.warning(
+            "stopping (%s): no new messages; waiting for %d in flight%s.",
+            signal.Signals(signum).name,
+            waiting,
+            " (Ctrl-C again to quit at once)" if signum == signal.SIGINT else "",
+        )
+        stop.by_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+def unwatch_signals() -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(signum)
 
 
 async def send_digest(
@@ -505,6 +649,7 @@ async def send_digest(
     confirmed_by: datetime | None = None,
     limit: int | None = None,
     stop: Stop | None = None,
+    worker: str | None = None,
 ) -> SendSummary:
     """Deliver the digest of `day` once, under `policy` (default: from the settings)."""
     sender = DigestSender(
@@ -514,6 +659,7 @@ async def send_digest(
         secret=secret,
         policy=policy or SendPolicy.from_settings(settings),
         stop=stop,
+        worker=worker,
     )
     return await sender.send(
         templates=templates, day=day, now=now, confirmed_by=confirmed_by, limit=limit

@@ -6,10 +6,24 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from syndicate.errors import LockedError, OutputError
 from syndicate.output import make_private_folder
+
+
+@dataclass(frozen=True, slots=True)
+class SendLock:
+    """The held send lock: its file, and the descriptor that holds it.
+
+    A child process given `fd` (`pass_fds`) shares the lock: it stays held until
+    the last process holding it ends, so the send workers of a run whose parent
+    was killed still keep a second run out.
+    """
+
+    path: Path
+    fd: int
 
 
 @contextlib.contextmanager
@@ -19,6 +33,13 @@ def open_send_lock(database: Path) -> Iterator[Path]:
     Raises LockedError (exit 75) at once when another process holds it. The
     kernel drops the lock when the holder dies, even by SIGKILL.
     """
+    with hold_send_lock(database) as held:
+        yield held.path
+
+
+@contextlib.contextmanager
+def hold_send_lock(database: Path) -> Iterator[SendLock]:
+    """`open_send_lock`, giving the descriptor too (to share with the send workers)."""
     path = database.with_name(database.name + ".lock")
     try:
         make_private_folder(path.parent)
@@ -36,6 +57,16 @@ def open_send_lock(database: Path) -> Iterator[Path]:
                 f"{path}: another `syndicate send` is running (it holds this lock).",
                 hint="Let it finish; run again later.",
             ) from None
-        yield path
+        yield SendLock(path, fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def shared_store_no_lock(database: Path) -> Iterator[SendLock]:
+    """No send lock, for a PostgreSQL store: runs on any number of machines share its queue.
+
+    The ledger's leases keep them from sending the same message (`store.ledger.claim`);
+    a file lock on one machine would only keep out a second run on that machine.
+    """
+    yield SendLock(database.with_name(database.name + ".lock"), -1)

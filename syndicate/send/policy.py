@@ -8,6 +8,7 @@ are about the whole run.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -124,6 +125,7 @@ class SendPolicy:
     bounce_limit: int = 3
     data_timeout: float = 600.0
     refuse_all_after: int = REFUSE_ALL_AFTER
+    lease: float = 60.0  # seconds a worker's claim lasts unless renewed (smtp.lease)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SendPolicy:
@@ -138,7 +140,14 @@ class SendPolicy:
             retry_delay=min(5.0, window / 8) if window > 0 else 0.0,
             bounce_limit=settings.mail.bounce_limit,
             data_timeout=smtp.data_timeout,
+            lease=smtp.lease,
         )
+
+    def for_workers(self, workers: int) -> SendPolicy:
+        """The policy of one of `workers` processes: each gets its share of the rate."""
+        if workers <= 1 or not self.rate:
+            return self
+        return dataclasses.replace(self, rate=self.rate / workers)
 
     def backoff(self, tries: int) -> float:
         """Seconds to wait before try number `tries + 1` of a deferred recipient (no jitter)."""

@@ -119,6 +119,7 @@ class Database:
     dialect = "sqlite"
     # What opens a write transaction and a read snapshot.
     _begin_write: tuple[str, ...] = ("BEGIN IMMEDIATE",)
+    _begin_rows: tuple[str, ...] = ("BEGIN IMMEDIATE",)  # transaction(rows_only=True)
     _begin_read: tuple[str, ...] = ("BEGIN DEFERRED",)
 
     def __init__(self, conn: Any, path: Path | str) -> None:
@@ -149,7 +150,7 @@ class Database:
                 self._depth -= 1
             return
         try:
-            for statement in self._begin_write[:1] if rows_only else self._begin_write:
+            for statement in self._begin_rows if rows_only else self._begin_write:
                 self.conn.execute(statement)
         except DB_ERRORS as exc:
             self._rollback()
@@ -250,6 +251,7 @@ class PgDatabase(Database):
 
     dialect = "postgresql"
     _begin_write = postgres.BEGIN_WRITE
+    _begin_rows = postgres.BEGIN_ROWS
     _begin_read = postgres.BEGIN_READ
 
     @property
@@ -438,7 +440,21 @@ def _migrate(db: Database) -> None:
 
 
 def _migrate_postgres(db: PgDatabase, current: int, latest: int) -> None:
-    """Run the PostgreSQL twin of each missing step, one transaction each (DDL included)."""
+    """Run the PostgreSQL twin of each missing step, one transaction each (DDL included).
+
+    The write lock is held for the whole run at session level, taken before any of its
+    transactions begins: a transaction that began before another process's migration
+    committed may still look its new tables up in a stale catalog cache, even after
+    waiting for the lock, and try to make them again.
+    """
+    db.conn.execute(postgres.LOCK_SESSION)
+    try:
+        _migrate_postgres_locked(db, db.schema_version, latest)
+    finally:
+        db.conn.execute(postgres.UNLOCK_SESSION)
+
+
+def _migrate_postgres_locked(db: PgDatabase, current: int, latest: int) -> None:
     for version in range(max(current + 1, PG_FIRST_VERSION), latest + 1):
         if version not in PG_MIGRATIONS:
             raise StoreError(

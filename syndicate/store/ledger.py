@@ -5,6 +5,16 @@ message goes and `sent` only after the server accepted it, so a crash leaves
 at most the in-flight messages in doubt; a rerun sends every row that is not
 `sent` again (at-least-once).
 
+The ledger is also the work queue that the send workers share (migration 10).
+A run enqueues a `sending` row, with no lease, for each owed recipient
+(`enqueue_owed`); each worker then claims batches (`claim`): owed rows that no
+live lease holds get its lease, `(lease_owner, lease_until)`. A worker keeps
+its lease with `renew`, which also says which rows are still its own, and
+sends only those (fencing); a dead worker's rows are claimed by another once
+its lease has run out. A row this run is done with but did not send (failed,
+or in doubt) keeps its owner with no expiry, so no worker of the same run
+claims it again; a later run does.
+
 The queries that say who is owed a digest take `confirmed_by`: when set (a
 digest of an earlier day being caught up), only subscribers confirmed at or
 before that time count, so a new subscriber is not sent last week's digest.
@@ -14,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from syndicate.errors import StoreError
 from syndicate.store import DB_ERRORS, Database, store_error
@@ -71,26 +81,33 @@ _MARK_SENDING = """
     ON CONFLICT (digest_day, subscriber_id)
     DO UPDATE SET status = 'sending', updated_at = excluded.updated_at
 """
-# The server accepted the message.
+# The server accepted the message. Not fenced: it was sent, whoever holds the row now.
+# The owner stays (who sent it); the lease ends.
 _MARK_SENT = """
     UPDATE deliveries SET status = 'sent', attempts = attempts + 1, reply = NULL,
-        updated_at = :now
+        updated_at = :now, lease_until = NULL
     WHERE digest_day = :day AND subscriber_id = :id
 """
 # An accepted message ends a run of permanent refusals: bounce_limit counts them in a row.
 _RESET_BOUNCES = """
     UPDATE subscribers SET bounce_count = 0 WHERE id = :id AND bounce_count > 0
 """
-# The attempt failed; keep the server's reply.
+# The attempt failed; keep the server's reply. The owner stays with no expiry: the same
+# run claims it no more (see _CLAIM).
 _MARK_FAILED = """
     UPDATE deliveries SET status = 'failed', attempts = attempts + 1, reply = :reply,
-        updated_at = :now
+        updated_at = :now, lease_until = NULL
     WHERE digest_day = :day AND subscriber_id = :id
 """
+# Fencing for the failure marks: a worker records a failure only on a row it still holds,
+# so a stalled worker never overwrites what the worker that took the row over recorded.
+_HELD = " AND lease_owner = :owner"
 # The server refused the recipient for good: failed, with no attempts left (never retried).
 _MARK_REFUSED = """
     UPDATE deliveries SET status = 'failed', reply = :reply, updated_at = :now,
-        attempts = CASE WHEN attempts + 1 > :max_attempts THEN attempts + 1 ELSE :max_attempts END
+        attempts = CASE WHEN attempts + 1 > :max_attempts THEN attempts + 1
+                        ELSE :max_attempts END,
+        lease_until = NULL
     WHERE digest_day = :day AND subscriber_id = :id
 """
 # Counts per status for one day (stats, tests).
@@ -176,7 +193,7 @@ def mark_sending(db: Database, *, day: date, subscriber_ids: Iterable[int], now:
     """Claim recipients in one committed transaction, before any of their messages goes."""
     stamp, key = _iso(now), day.isoformat()
     try:
-        with db.transaction() as conn:
+        with db.transaction(rows_only=True) as conn:
             conn.executemany(
                 _MARK_SENDING, ({"day": key, "id": i, "now": stamp} for i in subscriber_ids)
             )
@@ -187,7 +204,7 @@ def mark_sending(db: Database, *, day: date, subscriber_ids: Iterable[int], now:
 def mark_sent(db: Database, *, day: date, subscriber_id: int, now: datetime) -> None:
     """Record (committed at once) that the server accepted this recipient's message."""
     try:
-        with db.transaction() as conn:
+        with db.transaction(rows_only=True) as conn:
             conn.execute(
                 _MARK_SENT, {"day": day.isoformat(), "id": subscriber_id, "now": _iso(now)}
             )
@@ -202,7 +219,7 @@ def mark_sent_many(
     """Record several accepted messages in one committed transaction."""
     stamp, key = _iso(now), day.isoformat()
     try:
-        with db.transaction() as conn:
+        with db.transaction(rows_only=True) as conn:
             conn.executemany(
                 _MARK_SENT, ({"day": key, "id": i, "now": stamp} for i in subscriber_ids)
             )
@@ -211,30 +228,55 @@ def mark_sent_many(
         raise _fail(db, exc) from exc
 
 
-def mark_failed(db: Database, *, day: date, subscriber_id: int, reply: str, now: datetime) -> None:
-    """Record a failed attempt with the server's reply."""
-    params = {"day": day.isoformat(), "id": subscriber_id, "reply": reply[:1000], "now": _iso(now)}
+def mark_failed(
+    db: Database,
+    *,
+    day: date,
+    subscriber_id: int,
+    reply: str,
+    now: datetime,
+    owner: str | None = None,
+) -> None:
+    """Record a failed attempt with the server's reply; with `owner`, only on a row it holds."""
+    params = {
+        "day": day.isoformat(),
+        "id": subscriber_id,
+        "reply": reply[:1000],
+        "now": _iso(now),
+        "owner": owner,
+    }
     try:
-        with db.transaction() as conn:
-            conn.execute(_MARK_FAILED, params)
+        with db.transaction(rows_only=True) as conn:
+            conn.execute(_MARK_FAILED + (_HELD if owner is not None else ""), params)
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
 
 
 def mark_refused(
-    db: Database, *, day: date, subscriber_id: int, reply: str, max_attempts: int, now: datetime
+    db: Database,
+    *,
+    day: date,
+    subscriber_id: int,
+    reply: str,
+    max_attempts: int,
+    now: datetime,
+    owner: str | None = None,
 ) -> None:
-    """Record a permanent refusal: `failed` with its attempts used up, so no run retries it."""
+    """Record a permanent refusal: `failed` with its attempts used up, so no run retries it.
+
+    With `owner`, only on a row that worker still holds.
+    """
     params = {
         "day": day.isoformat(),
         "id": subscriber_id,
         "reply": reply[:1000],
         "max_attempts": max_attempts,
         "now": _iso(now),
+        "owner": owner,
     }
     try:
-        with db.transaction() as conn:
-            conn.execute(_MARK_REFUSED, params)
+        with db.transaction(rows_only=True) as conn:
+            conn.execute(_MARK_REFUSED + (_HELD if owner is not None else ""), params)
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
 
@@ -257,3 +299,227 @@ def get_delivery(
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return (str(row[0]), int(row[1]), row[2]) if row else None
+
+
+# -- The work queue (migration 10) ------------------------------------------------------
+
+# Enqueue: a `sending` row with no lease for every confirmed subscriber (confirmed by
+# :confirmed_by, when given) who has no row for :day yet. Idempotent: every worker of every
+# run does it first, and rows already there (sent, failed, leased) are left alone.
+_ENQUEUE = """
+    INSERT INTO deliveries (digest_day, subscriber_id, status, attempts, updated_at)
+    SELECT :day, s.id, 'sending', 0, :now
+    FROM subscribers AS s
+    WHERE s.status = 'confirmed'
+      AND (:confirmed_by IS NULL OR s.confirmed_at <= :confirmed_by)
+    ORDER BY s.id
+    ON CONFLICT (digest_day, subscriber_id) DO NOTHING
+"""
+
+# Claim: up to :limit owed rows of :day that no live lease holds get the lease
+# (:owner, :until), in one write transaction. Owed: `sending`, or `failed` with attempts
+# to spare, of a subscriber still confirmed (by :confirmed_by). Not claimed: a row with a
+# live lease (lease_until > :at), and a row this run is done with (its owner is a worker
+# of this run, :run_like = '<run>/%', and it has no expiry: failed or in doubt this run;
+# the next run takes it). The inner SELECT finds the rows through deliveries_queue; the
+# `status <> 'sent'` term is the partial index's own, so the planner may use it.
+# On SQLite, BEGIN IMMEDIATE serialises claimers; on PostgreSQL the same statement with
+# `FOR UPDATE OF d SKIP LOCKED` lets claimers pass each other's locked rows.
+# RETURNING may name only the updated table on SQLite, so the subscriber's fields come
+# from scalar subqueries (primary-key lookups).
+_CLAIM_TEMPLATE = """
+    UPDATE deliveries
+    SET status = 'sending', lease_owner = :owner, lease_until = :until, updated_at = :now
+    WHERE id IN (
+        SELECT d.id
+        FROM deliveries AS d
+        JOIN subscribers AS s ON s.id = d.subscriber_id
+        WHERE d.digest_day = :day AND d.status <> 'sent'
+          AND (d.lease_until IS NULL OR d.lease_until <= :at)
+          AND NOT (d.lease_until IS NULL AND coalesce(d.lease_owner, '') LIKE :run_like)
+          AND (d.status = 'sending' OR d.attempts < :max_attempts)
+          AND s.status = 'confirmed'
+          AND (:confirmed_by IS NULL OR s.confirmed_at <= :confirmed_by)
+        LIMIT :limit{lock}
+    )
+    RETURNING subscriber_id, attempts,
+        (SELECT email FROM subscribers WHERE id = deliveries.subscriber_id),
+        (SELECT language FROM subscribers WHERE id = deliveries.subscriber_id),
+        (SELECT token_nonce FROM subscribers WHERE id = deliveries.subscriber_id)
+"""
+_CLAIM = {
+    "sqlite": _CLAIM_TEMPLATE.format(lock=""),
+    "postgresql": _CLAIM_TEMPLATE.format(lock="\n        FOR UPDATE OF d SKIP LOCKED"),
+}
+
+# Renew: extend the lease of every row :owner still holds for :day, and say which those
+# are. A row another worker claimed (its lease had run out) is no longer :owner's: it is
+# left out, and its sender drops it (fencing). Rows sent, failed or in doubt have no expiry.
+_RENEW = """
+    UPDATE deliveries SET lease_until = :until
+    WHERE digest_day = :day AND status <> 'sent' AND lease_until IS NOT NULL
+      AND lease_owner = :owner AND status = 'sending'
+    RETURNING subscriber_id
+"""
+
+# Release: rows :owner claimed but never started (a stop, a limit, a setup error) are
+# owed again, to any worker of any run, at once.
+_RELEASE = """
+    UPDATE deliveries SET lease_owner = NULL, lease_until = NULL
+    WHERE digest_day = :day AND status <> 'sent' AND lease_until IS NOT NULL
+      AND lease_owner = :owner AND status = 'sending'
+"""
+
+# In doubt: the body went and no reply came. The row stays `sending` and keeps its owner
+# with no expiry, so no worker of this run sends it again; the next run does.
+_MARK_IN_DOUBT = """
+    UPDATE deliveries SET lease_until = NULL
+    WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
+"""
+
+# The earliest expiry among the live leases other workers hold on rows still owed: a
+# worker with nothing left to claim waits until then, in case that worker has died.
+_NEXT_EXPIRY = """
+    SELECT min(d.lease_until)
+    FROM deliveries AS d
+    JOIN subscribers AS s ON s.id = d.subscriber_id
+    WHERE d.digest_day = :day AND d.status <> 'sent' AND d.lease_until > :at
+      AND d.status = 'sending' AND d.lease_owner <> :owner
+      AND s.status = 'confirmed'
+      AND (:confirmed_by IS NULL OR s.confirmed_at <= :confirmed_by)
+"""
+
+# Break every lease: only under the SQLite send lock, which proves that no worker of any
+# other run is alive (the lock is held by a run's parent and by each of its workers).
+_BREAK_LEASES = """
+    UPDATE deliveries SET lease_owner = NULL, lease_until = NULL
+    WHERE status <> 'sent' AND lease_until IS NOT NULL
+"""
+
+
+def lease_stamp(moment: datetime) -> str:
+    """A lease time as stored: UTC ISO-8601 with microseconds, fixed width, so text order is
+    time order."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def run_of(owner: str) -> str:
+    """The run part of a worker id '<run>/<n>'."""
+    return owner.rsplit("/", 1)[0]
+
+
+def enqueue_owed(
+    db: Database, *, day: date, now: datetime, confirmed_by: datetime | None = None
+) -> int:
+    """Add a `sending` row, with no lease, for each confirmed subscriber with no row for `day`.
+
+    Idempotent. Returns how many rows were added.
+    """
+    params = {"day": day.isoformat(), "now": _iso(now), "confirmed_by": _cutoff(confirmed_by)}
+    try:
+        with db.transaction() as conn:
+            cursor = conn.execute(_ENQUEUE, params)
+            return max(int(cursor.rowcount), 0)
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+
+
+def claim(
+    db: Database,
+    *,
+    day: date,
+    owner: str,
+    now: datetime,
+    lease: float,
+    limit: int,
+    max_attempts: int,
+    confirmed_by: datetime | None = None,
+) -> list[Recipient]:
+    """Lease up to `limit` owed, unleased recipients of `day` to `owner` for `lease` seconds.
+
+    One write transaction; the rows are `sending` once it commits. Returns them
+    in subscriber order.
+    """
+    params = {
+        "day": day.isoformat(),
+        "owner": owner,
+        "until": lease_stamp(now + timedelta(seconds=lease)),
+        "at": lease_stamp(now),
+        "now": _iso(now),
+        "run_like": run_of(owner) + "/%",
+        "limit": limit,
+        "max_attempts": max_attempts,
+        "confirmed_by": _cutoff(confirmed_by),
+    }
+    try:
+        with db.transaction(rows_only=True) as conn:
+            rows = conn.execute(_CLAIM[db.dialect], params).fetchall()
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+    found = [Recipient(int(r[0]), str(r[2]), str(r[3]), int(r[1]), bytes(r[4])) for r in rows]
+    return sorted(found, key=lambda r: r.subscriber_id)
+
+
+def renew(db: Database, *, day: date, owner: str, now: datetime, lease: float) -> set[int]:
+    """Extend `owner`'s lease on its rows of `day`; return the ids it still holds."""
+    params = {
+        "day": day.isoformat(),
+        "owner": owner,
+        "until": lease_stamp(now + timedelta(seconds=lease)),
+    }
+    try:
+        with db.transaction(rows_only=True) as conn:
+            rows = conn.execute(_RENEW, params).fetchall()
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+    return {int(r[0]) for r in rows}
+
+
+def release(db: Database, *, day: date, owner: str) -> None:
+    """Give back the rows of `day` that `owner` claimed and never started."""
+    try:
+        with db.transaction(rows_only=True) as conn:
+            conn.execute(_RELEASE, {"day": day.isoformat(), "owner": owner})
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+
+
+def mark_in_doubt(db: Database, *, day: date, subscriber_id: int, owner: str) -> None:
+    """Leave a message whose reply never came to the next run (no worker of this one)."""
+    params = {"day": day.isoformat(), "id": subscriber_id, "owner": owner}
+    try:
+        with db.transaction(rows_only=True) as conn:
+            conn.execute(_MARK_IN_DOUBT, params)
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+
+
+def next_expiry(
+    db: Database,
+    *,
+    day: date,
+    owner: str,
+    now: datetime,
+    confirmed_by: datetime | None = None,
+) -> datetime | None:
+    """When the first live lease that another worker holds on an owed row of `day` runs out."""
+    params = {
+        "day": day.isoformat(),
+        "owner": owner,
+        "at": lease_stamp(now),
+        "confirmed_by": _cutoff(confirmed_by),
+    }
+    try:
+        row = db.conn.execute(_NEXT_EXPIRY, params).fetchone()
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+    return datetime.fromisoformat(row[0]) if row and row[0] is not None else None
+
+
+def break_leases(db: Database) -> int:
+    """End every lease (SQLite, under the send lock only). Returns how many there were."""
+    try:
+        with db.transaction() as conn:
+            return max(int(conn.execute(_BREAK_LEASES).rowcount), 0)
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc

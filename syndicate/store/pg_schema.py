@@ -179,8 +179,18 @@ _VERSION_10: list[str] = [
     """,
 ]
 
+# 11: the send ledger's queue: leases, and the partial index the claim reads (see schema.py).
+_VERSION_11: list[str] = [
+    f"ALTER TABLE deliveries ADD COLUMN lease_owner {T}",
+    f"ALTER TABLE deliveries ADD COLUMN lease_until {T}",
+    """
+    CREATE INDEX deliveries_queue ON deliveries (digest_day, lease_until)
+    WHERE status <> 'sent'
+    """,
+]
+
 # Version -> statements. A version missing here has no PostgreSQL step (1 to 8).
-PG_MIGRATIONS: dict[int, list[str]] = {9: _VERSION_9, 10: _VERSION_10}
+PG_MIGRATIONS: dict[int, list[str]] = {9: _VERSION_9, 10: _VERSION_10, 11: _VERSION_11}
 
 # The first version a PostgreSQL store can be at: what step 9 creates.
 PG_FIRST_VERSION = 9

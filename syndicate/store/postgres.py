@@ -31,7 +31,11 @@ WRITE_LOCK_KEY = 0x73796E6469636174 - (1 << 63)
 
 # One round trip: every write transaction pays it, and each one costs a context switch.
 BEGIN_WRITE = (f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})",)
+BEGIN_ROWS = ("BEGIN",)  # a transaction that writes only rows it locks itself
 BEGIN_READ = ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",)
+# The same lock held by a session across several transactions (the migrations).
+LOCK_SESSION = f"SELECT pg_advisory_lock({WRITE_LOCK_KEY})"
+UNLOCK_SESSION = f"SELECT pg_advisory_unlock({WRITE_LOCK_KEY})"
 
 # SQLSTATEs that mean "try again later": lock or statement timeout, deadlock,
 # serialization failure, too many connections.

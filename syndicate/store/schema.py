@@ -313,3 +313,19 @@ MIGRATIONS.append(
         """,
     ]
 )
+
+# 11: the send ledger is a work queue. Each run enqueues a row per owed recipient ('sending',
+# no lease), and each worker claims batches of rows by setting a lease: its id and an expiry
+# (UTC ISO-8601 text with microseconds, compared as text). A worker sends only what it still
+# holds; a dead worker's rows are taken by another once its lease has run out. The partial
+# index holds only the rows not yet sent (the queue), keyed the way the claim looks them up.
+MIGRATIONS.append(
+    [
+        "ALTER TABLE deliveries ADD COLUMN lease_owner TEXT",  # worker id: '<run>/<n>'
+        "ALTER TABLE deliveries ADD COLUMN lease_until TEXT",  # NULL: not leased
+        """
+        CREATE INDEX deliveries_queue ON deliveries (digest_day, lease_until)
+        WHERE status <> 'sent'
+        """,
+    ]
+)

@@ -1,0 +1,387 @@
+"""Send: `send --workers N`, the daily job's sending spread over N processes sharing the ledger.
+
+The parent (holding the send lock) has made every digest's messages once; it
+starts N worker processes, hands each its job (pickled, on stdin) and the
+lock's descriptor, forwards SIGINT and SIGTERM to them, and sums up what they
+report (pickled, on stdout). Each worker is a `DigestSender` with a lease
+owner of its own, its own SMTP connections (`smtp.connections` each) and its
+share of `smtp.rate`; they divide the recipients through the ledger's claims.
+The workers run in a process group of their own: a terminal's Ctrl-C reaches
+the parent only, which passes it on once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import pickle
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from syndicate.config import Settings
+from syndicate.errors import InterruptError, SendError, SyndicateError, TerminatedError
+from syndicate.mail import MessageTemplate
+from syndicate.send.deliver import DigestSender, SendSummary, Stop, make_run_id, make_worker_id
+from syndicate.send.policy import SendPolicy
+from syndicate.send.transports import open_mailer
+from syndicate.store import open_database
+
+log = logging.getLogger("syndicate.send")
+
+# What a worker process runs: `main` below, imported by its module name so that what it
+# pickles back names this module's classes. SIGINT and SIGTERM are caught from the first
+# line, so a signal the parent forwards while the worker is still starting up is kept (and
+# acted on once the send loop's handlers are in place), not a KeyboardInterrupt mid-import.
+_ENTRY = (
+    "import signal\n"
+    "pending = []\n"
+    "for signum in (signal.SIGINT, signal.SIGTERM):\n"
+    "    signal.signal(signum, lambda number, frame: pending.append(number))\n"
+    "from syndicate.send.workers import main\n"
+    "main(pending)\n"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DayJob:
+    """One digest the workers send: made once by the parent, in the order they send them."""
+
+    day: date
+    confirmed_by: datetime | None  # an earlier day's digest: its creation time
+    templates: Mapping[str, MessageTemplate]
+    skipped: int  # already sent or out of attempts when the run began (counted once, here)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerJob:
+    """Everything one worker process needs, handed over on its stdin."""
+
+    settings: Settings
+    secret: bytes
+    now: datetime
+    worker: str  # its lease owner: '<run>/<n>'
+    workers: int  # how many share the run (each gets its share of smtp.rate)
+    days: tuple[DayJob, ...]
+    limit: int | None  # its share of --limit
+    log_level: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerResult:
+    """What one worker did, handed back on its stdout: a summary per digest it got to."""
+
+    summaries: tuple[SendSummary, ...]
+    spans: tuple[tuple[float, float], ...] = ()  # each digest's send: wall-clock start, end
+    signal: int | None = None
+    error: SyndicateError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersOutcome:
+    """The run's summaries, one per digest the workers got to (summed), and the dead workers."""
+
+    summaries: tuple[SendSummary, ...]
+    lost: int = 0
+
+
+def run_workers(
+    settings: Settings,
+    *,
+    days: list[DayJob],
+    secret: bytes,
+    now: datetime,
+    workers: int,
+    limit: int | None,
+    lock_fd: int,
+) -> WorkersOutcome:
+    """Send `days` through `workers` processes; return their summed summaries.
+
+    Raises InterruptError (130) or TerminatedError (143) after SIGINT or
+    SIGTERM, once every worker has stopped; otherwise the first error a
+    worker reported (DeliveryError, TempFailError, a store error). A worker
+    that died (SIGKILL, a crash) is counted in `lost`: the others take over
+    its recipients once its lease runs out.
+    """
+    return asyncio.run(
+        _run(
+            settings,
+            days=days,
+            secret=secret,
+            now=now,
+            workers=workers,
+            limit=limit,
+            lock_fd=lock_fd,
+        )
+    )
+
+
+async def _run(
+    settings: Settings,
+    *,
+    days: list[DayJob],
+    secret: bytes,
+    now: datetime,
+    workers: int,
+    limit: int | None,
+    lock_fd: int,
+) -> WorkersOutcome:
+    run = make_run_id()
+    level = logging.getLogger("syndicate").getEffectiveLevel()
+    shares = _shares(limit, workers)
+    procs: list[asyncio.subprocess.Process] = []
+    jobs: list[bytes] = []
+    stopped: list[int] = []
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stopped and stopped[0] == signal.SIGINT and signum == signal.SIGINT:
+            log.error(
+                "interrupted again: quitting at once; messages in flight are not recorded "
+                "(the next run sends them again)."
+            )
+            _signal_all(procs, signum)  # each worker quits at once too
+            logging.shutdown()
+            os._exit(128 + signum)
+        log.warning(
+            "stopping (%s): no new messages; waiting for the %d workers' messages in flight%s.",
+            signal.Signals(signum).name,
+            len(procs),
+            " (Ctrl-C again to quit at once)" if signum == signal.SIGINT else "",
+        )
+        if not stopped:
+            stopped.append(signum)
+        _signal_all(procs, signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        for number in range(1, workers + 1):
+            job = WorkerJob(
+                settings=settings,
+                secret=secret,
+                now=now,
+                worker=make_worker_id(run, number),
+                workers=workers,
+                days=tuple(days),
+                limit=shares[number - 1],
+                log_level=level,
+            )
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-c",
+                    _ENTRY,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    # The send lock stays held while any worker lives (none on PostgreSQL).
+                    pass_fds=(lock_fd,) if lock_fd >= 0 else (),
+                    process_group=0,  # the terminal's Ctrl-C goes to the parent only
+                )
+            )
+            jobs.append(pickle.dumps(job))
+            if stopped:  # a signal came while the workers were starting
+                _signal_all(procs, stopped[0])
+        talks = [proc.communicate(job) for proc, job in zip(procs, jobs, strict=True)]
+        outputs = await asyncio.gather(*talks)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    results: list[WorkerResult] = []
+    lost = 0
+    for number, (proc, (out, _err)) in enumerate(zip(procs, outputs, strict=True), start=1):
+        result = _read_result(out)
+        if result is None:
+            lost += 1
+            code = proc.returncode or 0
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited {code}"
+            log.error(
+                "send worker %d (pid %d) %s before it finished; the other workers take over "
+                "what it held once its lease runs out (its messages in flight may go twice). "
+                "Run `syndicate send` again to finish anything left.",
+                number,
+                proc.pid,
+                how,
+            )
+            continue
+        results.append(result)
+    summaries = _merge(days, results)
+    if stopped:
+        sent = sum(s.sent for s in summaries)
+        in_flight = sum(s.in_flight for s in summaries)
+        error = TerminatedError if stopped[0] == signal.SIGTERM else InterruptError
+        raise error(
+            f"interrupted: {sent:,} sent, {in_flight:,} in flight; "
+            "run `syndicate send` again to finish."
+        )
+    for result in results:
+        if result.error is not None:
+            raise result.error
+    return WorkersOutcome(summaries=tuple(summaries), lost=lost)
+
+
+def _shares(limit: int | None, workers: int) -> list[int | None]:
+    """Each worker's share of --limit: as even as whole numbers allow."""
+    if limit is None:
+        return [None] * workers
+    return [limit // workers + (1 if n < limit % workers else 0) for n in range(workers)]
+
+
+def _signal_all(procs: list[asyncio.subprocess.Process], signum: int) -> None:
+    for proc in procs:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+
+def _read_result(out: bytes) -> WorkerResult | None:
+    if not out:
+        return None
+    try:
+        result = pickle.loads(out)  # noqa: S301 - our own child's answer, over a private pipe
+    except Exception:  # a worker cut off mid-answer
+        return None
+    return result if isinstance(result, WorkerResult) else None
+
+
+def _merge(days: list[DayJob], results: list[WorkerResult]) -> list[SendSummary]:
+    """One summary per digest that some worker got to: counts summed; the time from the first
+    worker's start to the last one's end (not the workers' start-up)."""
+    merged: list[SendSummary] = []
+    for index, job in enumerate(days):
+        parts = [r.summaries[index] for r in results if len(r.summaries) > index]
+        spans = [r.spans[index] for r in results if len(r.spans) > index]
+        if not parts:
+            break
+        seconds = max(p.seconds for p in parts)
+        if spans:
+            seconds = max(seconds, max(end for _s, end in spans) - min(s for s, _e in spans))
+        merged.append(
+            SendSummary(
+                digest=job.day.isoformat(),
+                sent=sum(p.sent for p in parts),
+                failed=sum(p.failed for p in parts),
+                skipped=job.skipped,
+                seconds=seconds,
+                bounced=sum(p.bounced for p in parts),
+                in_flight=sum(p.in_flight for p in parts),
+            )
+        )
+    return merged
+
+
+# -- In the worker process -----------------------------------------------------------------
+
+
+def main(pending: list[int] | None = None) -> None:
+    """A worker process: read the job from stdin, send, write the result to stdout.
+
+    `pending`: the signals that came before the send loop could handle them.
+    """
+    job = pickle.load(sys.stdin.buffer)  # noqa: S301 - from our own parent, over a private pipe
+    if not isinstance(job, WorkerJob):
+        raise SystemExit("syndicate send worker: no job on stdin")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LineFormatter())
+    root = logging.getLogger("syndicate")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(job.log_level)
+    # As in the parent: what is loaded now lives until exit; keep it out of the collector's
+    # full passes during the send loop.
+    gc.collect()
+    gc.freeze()
+    result = asyncio.run(_work(job, pending if pending is not None else []))
+    try:
+        sys.stdout.buffer.write(pickle.dumps(result))
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:  # the parent was killed; the ledger holds what this worker did
+        os._exit(1)
+
+
+class _LineFormatter(logging.Formatter):
+    """The CLI's one-line shape, so a worker's warnings read like the parent's."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            return f"error: {message}"
+        if record.levelno >= logging.WARNING:
+            return f"warning: {message}"
+        return message
+
+
+async def _work(job: WorkerJob, pending: list[int]) -> WorkerResult:
+    stop = Stop()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        # The parent forwards each signal once and says what happens; a second SIGINT quits.
+        if stop.signal == signal.SIGINT and signum == signal.SIGINT:
+            logging.shutdown()
+            os._exit(128 + signum)
+        stop.by_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    for early in list(pending):  # came while starting up
+        on_signal(early)
+    settings = job.settings
+    policy = SendPolicy.from_settings(settings).for_workers(job.workers)
+    summaries: list[SendSummary] = []
+    spans: list[tuple[float, float]] = []
+    error: SyndicateError | None = None
+    budget = job.limit
+    try:
+        db = open_database(
+            settings.paths.database,
+            url=settings.store.url,
+            busy_timeout=settings.store.busy_timeout,
+        )
+    except SyndicateError as exc:
+        return WorkerResult((), error=_portable(exc))
+    try:
+        for day in job.days:
+            if stop.stopping or budget == 0:
+                break
+            sender = DigestSender(
+                db=db,
+                mailer=open_mailer(settings, folder=day.day.isoformat(), policy=policy),
+                settings=settings,
+                secret=job.secret,
+                policy=policy,
+                stop=stop,
+                worker=job.worker,
+            )
+            started = time.time()
+            summary = await sender.send(
+                templates=day.templates,
+                day=day.day,
+                now=job.now,
+                confirmed_by=day.confirmed_by,
+                limit=budget,
+            )
+            summaries.append(summary)
+            spans.append((started, time.time()))
+            if budget is not None:
+                budget -= summary.sent + summary.failed + summary.in_flight
+    except SyndicateError as exc:
+        error = _portable(exc)
+    finally:
+        db.close()
+    return WorkerResult(tuple(summaries), tuple(spans), signal=stop.signal, error=error)
+
+
+def _portable(error: SyndicateError) -> SyndicateError:
+    """The error itself when it survives pickling, else a SendError with its line."""
+    try:
+        pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
+    except Exception:
+        return SendError(str(error))
+    return error

@@ -1,0 +1,108 @@
+"""The send ledger as a work queue: enqueue, claim, renew, release and fencing, on a real
+SQLite file, with the clock passed in (no waiting for a lease to run out)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from syndicate.store import Database, ledger
+from syndicate.store.subscribers import add_subscriber, unsubscribe
+from tests.plugins.postgres import open_store
+
+pytestmark = pytest.mark.usefixtures("store")
+
+DAY = date(2024, 11, 1)
+T0 = datetime(2024, 11, 1, 6, 0, tzinfo=UTC)
+LEASE = 30.0
+
+
+def _store(tmp_path: Path, subscribers: int) -> Database:
+    db = open_store(tmp_path / "queue.db")
+    with db.transaction() as conn:
+        conn.execute(
+            "INSERT INTO digests (day, created_at, article_ids) VALUES (?, ?, '[]')",
+            (DAY.isoformat(), T0.isoformat()),
+        )
+    for i in range(subscribers):
+        add_subscriber(db, f"u{i}@example.org", now=T0 - timedelta(days=1))
+    return db
+
+
+def _claim(db: Database, owner: str, at: datetime, limit: int = 100) -> list[int]:
+    found = ledger.claim(db, day=DAY, owner=owner, now=at, lease=LEASE, limit=limit, max_attempts=5)
+    return [r.subscriber_id for r in found]
+
+
+def test_enqueue_is_idempotent_and_owes_only_confirmed_subscribers(tmp_path: Path) -> None:
+    with _store(tmp_path, 4) as db:
+        unsubscribe(db, 4, now=T0)
+        assert ledger.enqueue_owed(db, day=DAY, now=T0) == 3
+        assert ledger.enqueue_owed(db, day=DAY, now=T0) == 0
+        assert ledger.day_counts(db, day=DAY) == {"sending": 3}
+        assert ledger.count_owed(db, day=DAY, max_attempts=5) == 3
+
+
+def test_claims_split_the_queue_and_a_live_lease_is_never_claimed_twice(tmp_path: Path) -> None:
+    with _store(tmp_path, 10) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        first = _claim(db, "run1/1", T0, limit=4)
+        second = _claim(db, "run1/2", T0, limit=100)
+        assert first == [1, 2, 3, 4]
+        assert second == [5, 6, 7, 8, 9, 10]
+        assert _claim(db, "run1/3", T0 + timedelta(seconds=LEASE - 1)) == []
+        # Worker 1 still holds its rows, and says so when it renews.
+        assert ledger.renew(db, day=DAY, owner="run1/1", now=T0, lease=LEASE) == {1, 2, 3, 4}
+        # The others wait for the first live lease held by someone else to run out.
+        expiry = ledger.next_expiry(db, day=DAY, owner="run1/2", now=T0)
+        assert expiry == T0 + timedelta(seconds=LEASE)
+
+
+def test_a_lapsed_lease_is_taken_over_and_the_old_owner_is_fenced_off(tmp_path: Path) -> None:
+    with _store(tmp_path, 3) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        assert _claim(db, "run1/1", T0) == [1, 2, 3]
+        ledger.mark_sent(db, day=DAY, subscriber_id=1, now=T0)
+        # Worker 1 stalls past its lease; worker 2 takes the rest over.
+        later = T0 + timedelta(seconds=LEASE + 1)
+        assert _claim(db, "run1/2", later) == [2, 3]
+        # Worker 1 wakes: its renewal says nothing is its own any more ...
+        assert ledger.renew(db, day=DAY, owner="run1/1", now=later, lease=LEASE) == set()
+        # ... and a failure it records on a row it lost changes nothing.
+        ledger.mark_sent(db, day=DAY, subscriber_id=2, now=later)
+        ledger.mark_failed(db, day=DAY, subscriber_id=2, reply="451 x", now=later, owner="run1/1")
+        ledger.mark_refused(
+            db, day=DAY, subscriber_id=3, reply="550 x", max_attempts=5, now=later, owner="run1/1"
+        )
+        assert ledger.get_delivery(db, day=DAY, subscriber_id=2) == ("sent", 1, None)
+        assert ledger.get_delivery(db, day=DAY, subscriber_id=3) == ("sending", 0, None)
+        assert ledger.renew(db, day=DAY, owner="run1/2", now=later, lease=LEASE) == {3}
+
+
+def test_rows_given_up_in_a_run_wait_for_the_next_run_and_released_rows_do_not(
+    tmp_path: Path,
+) -> None:
+    with _store(tmp_path, 4) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        assert _claim(db, "run1/1", T0) == [1, 2, 3, 4]
+        ledger.mark_failed(db, day=DAY, subscriber_id=1, reply="451 later", now=T0, owner="run1/1")
+        ledger.mark_in_doubt(db, day=DAY, subscriber_id=2, owner="run1/1")
+        ledger.release(db, day=DAY, owner="run1/1")  # 3 and 4 were never started
+        # Another worker of the same run takes only the released rows, at once ...
+        assert _claim(db, "run1/2", T0) == [3, 4]
+        assert ledger.next_expiry(db, day=DAY, owner="run1/1", now=T0) is not None
+        # ... and a worker of the next run takes the failed and in-doubt ones.
+        later = T0 + timedelta(seconds=LEASE + 1)
+        assert _claim(db, "run2/1", later) == [1, 2, 3, 4]
+        assert ledger.get_delivery(db, day=DAY, subscriber_id=1) == ("sending", 1, "451 later")
+
+
+def test_breaking_leases_frees_a_killed_runs_rows(tmp_path: Path) -> None:
+    with _store(tmp_path, 2) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        assert _claim(db, "run1/1", T0) == [1, 2]
+        assert _claim(db, "run2/1", T0) == []
+        assert ledger.break_leases(db) == 2
+        assert _claim(db, "run2/1", T0) == [1, 2]

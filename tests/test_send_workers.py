@@ -1,0 +1,261 @@
+"""`syndicate send --workers N`: real worker processes sharing the ledger, a real aiosmtpd
+that records every message, and real signals (SIGKILL, SIGSTOP/SIGCONT, SIGINT).
+
+Short leases (`smtp.lease = 1`) keep the takeovers quick; the waits are on the sink's
+counts, never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syndicate.send import open_send_lock
+from syndicate.store.subscribers import add_subscriber
+from tests.plugins.postgres import ENV_STORE_URL, open_store
+from tests.plugins.smtp import SmtpRecorder, SmtpServer, run_smtp_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("store")]
+
+CONNECTIONS = 2
+DUMP = """Thông xe cầu Sông Lam
+31/10/2024 09:15
+LGO - Sáng nay 31/10, tỉnh Lam Giang thông xe cầu Sông Lam.
+Cầu dài 680 m, rộng 21 m với bốn làn xe cơ giới.
+Hoài Nam
+"""
+SUMMARY = re.compile(r"Digest \S+: sent (\d+), failed (\d+), skipped (\d+) in ")
+
+
+class TimedRecorder(SmtpRecorder):
+    """Also records when each accepted message began (its MAIL FROM), by recipient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[tuple[float, str]] = []
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        session.mail_at = time.monotonic()
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        reply = await super().handle_DATA(server, session, envelope)
+        if reply.startswith("250"):
+            with self.lock:
+                self.started.extend((session.mail_at, r) for r in envelope.rcpt_tos)
+        return reply
+
+
+def _project(folder: Path, server: SmtpServer) -> None:
+    (folder / "seeds").mkdir()
+    (folder / "seeds" / "day1.txt").write_text(DUMP, encoding="utf-8")
+    (folder / "syndicate.toml").write_text(
+        '[site]\nbase_url = "https://news.example.org/"\n'
+        '[mail]\ntransport = "smtp"\nfrom = "News <news@example.org>"\n'
+        'postal_address = "12 Trần Hưng Đạo"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {server.port}\ntls = "none"\n'
+        f"connections = {CONNECTIONS}\ntimeout = 5\nlease = 1\n",
+        encoding="utf-8",
+    )
+
+
+def _subscribe(folder: Path, start: int, count: int) -> list[str]:
+    emails = [f"reader{i}@example.org" for i in range(start, start + count)]
+    yesterday = datetime.now(UTC) - timedelta(days=1)  # confirmed before today's digest
+    with open_store(folder / "syndicate.db") as db:
+        for email in emails:
+            add_subscriber(db, email, now=yesterday)
+    return emails
+
+
+def _start(folder: Path, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    if os.environ.get(ENV_STORE_URL):  # the test's PostgreSQL store
+        env[ENV_STORE_URL] = os.environ[ENV_STORE_URL]
+    return subprocess.Popen(
+        [sys.executable, "-m", "syndicate", "send", "--workers", "2", *args],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _workers(process: subprocess.Popen[str]) -> list[int]:
+    """The worker processes of a running `send` (its children)."""
+    path = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    try:
+        return [int(pid) for pid in path.read_text().split()]
+    except FileNotFoundError:  # it has ended
+        return []
+
+
+def _wait_for_workers(process: subprocess.Popen[str], count: int = 2) -> list[int]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = _workers(process)
+        if len(found) >= count or process.poll() is not None:
+            return found
+        time.sleep(0.01)
+    raise AssertionError("the workers never started")
+
+
+def _lock_is_free(folder: Path) -> bool:
+    with open_send_lock(folder / "syndicate.db"):
+        return True
+
+
+def _owners(folder: Path) -> Counter[str]:
+    with open_store(folder / "syndicate.db") as db:
+        rows = db.conn.execute(
+            "SELECT lease_owner, count(*) FROM deliveries WHERE status = 'sent' GROUP BY 1"
+        ).fetchall()
+    return Counter({str(owner): int(n) for owner, n in rows})
+
+
+def _wait_until_both_send(folder: Path) -> None:
+    deadline = time.monotonic() + 30
+    while len(_owners(folder)) < 2:
+        assert time.monotonic() < deadline, "the two workers never both sent"
+        time.sleep(0.01)
+
+
+def test_two_workers_deliver_exactly_once_to_every_subscriber(tmp_path: Path) -> None:
+    with run_smtp_server() as server:
+        server.handler.delay = 0.01
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 120)
+        process = _start(tmp_path)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        assert SUMMARY.search(out) is not None, out
+        assert SUMMARY.findall(out) == [("120", "0", "0")]
+        got = Counter(server.handler.recipients())
+        assert set(got) == set(emails)
+        assert max(got.values()) == 1
+        owners = _owners(tmp_path)
+        assert sum(owners.values()) == 120
+        assert all(owner.endswith(("/1", "/2")) for owner in owners)
+
+
+def test_a_worker_killed_at_random_points_loses_nobody(tmp_path: Path) -> None:
+    rng = random.Random(13)
+    kills = 0
+    with run_smtp_server() as server:
+        server.handler.delay = 0.01
+        _project(tmp_path, server)
+        emails: list[str] = []
+        for round_ in range(3):
+            emails += _subscribe(tmp_path, len(emails), 80)  # owed today's digest too
+            before = len(server.handler.messages)
+            process = _start(tmp_path)
+            workers = _wait_for_workers(process)
+            server.handler.wait_for(before + rng.randint(1, 40), timeout=60)
+            try:
+                os.kill(rng.choice(workers), signal.SIGKILL)
+            except ProcessLookupError:  # that worker had finished already
+                pass
+            else:
+                kills += 1
+            _out, err = process.communicate(timeout=60)
+            assert process.returncode in (0, 1), err
+            if process.returncode == 1:
+                assert "was killed by SIGKILL before it finished" in err, err
+            assert _lock_is_free(tmp_path), round_
+        final = _start(tmp_path)
+        out, err = final.communicate(timeout=60)
+        assert final.returncode == 0, err
+    assert kills >= 2
+    # The last run's summary adds its workers' counts up; who was sent before counts once.
+    sent, failed, skipped = (int(n) for n in SUMMARY.findall(out)[0])
+    assert (failed, sent + skipped) == (0, len(emails))
+    got = Counter(server.handler.recipients())
+    assert set(got) == set(emails)  # nobody lost
+    duplicates = sum(n - 1 for n in got.values())
+    assert duplicates <= CONNECTIONS * kills, got.most_common(5)
+
+
+def test_a_worker_stalled_past_its_lease_sends_nothing_another_took_over(
+    tmp_path: Path,
+) -> None:
+    handler = TimedRecorder()
+    with run_smtp_server(handler) as server:
+        handler.delay = 0.02
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 150)
+        process = _start(tmp_path)
+        workers = _wait_for_workers(process)
+        _wait_until_both_send(tmp_path)  # each holds a batch now
+        stalled = workers[0]
+        os.kill(stalled, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        try:
+            # The other worker sends its own share, then, once the stalled one's lease has
+            # run out, the rows the stalled one held.
+            with handler.lock:
+                everyone = handler.lock.wait_for(
+                    lambda: len({r for m in handler.messages for r in m.recipients}) >= 150, 30
+                )
+            assert everyone
+        finally:
+            os.kill(stalled, signal.SIGCONT)
+        _out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+    got = Counter(r for _at, r in handler.started)
+    assert set(got) == set(emails)
+    # A second copy only of a message the stalled worker had begun before it stopped (in
+    # flight); never one it began after it woke up: those rows were no longer its own.
+    grace = 0.2  # its last commands may reach the sink a moment after the signal was sent
+    twice = [r for r, n in got.items() if n > 1]
+    assert len(twice) <= CONNECTIONS, twice
+    for recipient in twice:
+        starts = sorted(at for at, r in handler.started if r == recipient)
+        assert starts[0] < stopped_at + grace, (recipient, starts, stopped_at)
+    assert len(_owners(tmp_path)) == 2
+
+
+@pytest.mark.sqlite_only  # on PostgreSQL a second run shares the queue (no lock)
+def test_sigint_stops_every_worker_gracefully_and_a_second_send_exits_75(
+    tmp_path: Path,
+) -> None:
+    with run_smtp_server() as server:
+        server.handler.delay = 0.05
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path)
+        _wait_for_workers(process)
+        server.handler.wait_for(5, timeout=60)
+        other = _start(tmp_path)  # a second, separate run while this one sends
+        _out, err = other.communicate(timeout=60)
+        assert other.returncode == 75, err
+        assert "another `syndicate send` is running" in err
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=30)
+        assert process.returncode == 130, err
+        sent = len(server.handler.messages)
+        assert err.splitlines()[-1] == (
+            f"interrupted: {sent:,} sent, 0 in flight; run `syndicate send` again to finish."
+        )
+        assert _lock_is_free(tmp_path)
+        final = _start(tmp_path)
+        _out, err = final.communicate(timeout=60)
+        assert final.returncode == 0, err
+    got = Counter(server.handler.recipients())
+    assert set(got) == set(emails)
+    assert max(got.values()) == 1
