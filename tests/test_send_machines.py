@@ -235,7 +235,7 @@ def test_two_machines_one_killed_ten_times_lose_nobody(
     assert set(got) == set(emails)  # nobody lost
     twice = {r for r, n in got.items() if n > 1}
     duplicates = sum(n - 1 for n in got.values())
-    print(
+    print(  # noqa: T201 - the figures, with -s
         f"\n{SUBSCRIBERS} sent by two machines in {both:.1f} s with {KILLS} kills; "
         f"{duplicates} duplicates; in doubt at each kill: {[len(s) for s in in_doubt]}"
     )
@@ -292,7 +292,8 @@ def test_a_machine_stopped_past_its_lease_sends_nothing_the_other_took_over(
         deadline = time.monotonic() + 60
         while len(_owners(store_url, one)) < 2:  # each machine holds a batch now
             assert time.monotonic() < deadline, "the two machines never both sent"
-            assert stalled.poll() is None and other.poll() is None
+            assert stalled.poll() is None
+            assert other.poll() is None
             time.sleep(0.01)
         stalled.send_signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
