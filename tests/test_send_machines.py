@@ -63,7 +63,7 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _machine(folder: Path, port: int, *, lease: float = 1.0) -> Path:
+def _machine(folder: Path, port: int, *, connections: int = CONNECTIONS) -> Path:
     """A project folder standing for one machine: its own config, the shared site and seeds."""
     folder.mkdir()
     (folder / "seeds").mkdir()
@@ -73,7 +73,7 @@ def _machine(folder: Path, port: int, *, lease: float = 1.0) -> Path:
         '[mail]\ntransport = "smtp"\nfrom = "News <news@example.org>"\n'
         'postal_address = "12 Trần Hưng Đạo"\n'
         f'[smtp]\nhost = "127.0.0.1"\nport = {port}\ntls = "none"\n'
-        f"connections = {CONNECTIONS}\ntimeout = 5\nlease = {lease}\n",
+        f"connections = {connections}\ntimeout = 5\nlease = 1\n",
         encoding="utf-8",
     )
     return folder
@@ -193,14 +193,17 @@ def _kill(process: subprocess.Popen[str]) -> None:
 
 SUBSCRIBERS = 20_000
 KILLS = 10
+# Connections per machine: 8, as `bench/send.py` measures; with 2 the send alone takes
+# twice as long (66 s against 31-35 s here, under load 5 to 9).
+FAST_CONNECTIONS = 8
 
 
 def test_two_machines_one_killed_ten_times_lose_nobody(
     tmp_path: Path, store_url: str, sink: Sink
 ) -> None:
     rng = random.Random(13)
-    one = _machine(tmp_path / "one", sink.port)
-    two = _machine(tmp_path / "two", sink.port)
+    one = _machine(tmp_path / "one", sink.port, connections=FAST_CONNECTIONS)
+    two = _machine(tmp_path / "two", sink.port, connections=FAST_CONNECTIONS)
     emails = _subscribe(one, store_url, SUBSCRIBERS)
     # The kill points: counts of accepted messages, spread over the whole send.
     points = sorted(rng.sample(range(200, SUBSCRIBERS - 1_000), KILLS))
@@ -235,16 +238,24 @@ def test_two_machines_one_killed_ten_times_lose_nobody(
     assert set(got) == set(emails)  # nobody lost
     twice = {r for r, n in got.items() if n > 1}
     duplicates = sum(n - 1 for n in got.values())
-    print(  # noqa: T201 - the figures, with -s
-        f"\n{SUBSCRIBERS} sent by two machines in {both:.1f} s with {KILLS} kills; "
-        f"{duplicates} duplicates; in doubt at each kill: {[len(s) for s in in_doubt]}"
-    )
-    assert duplicates <= CONNECTIONS * KILLS, got.most_common(5)
+    assert duplicates <= FAST_CONNECTIONS * KILLS, got.most_common(5)
     # Every second copy is of a message the server had accepted when a machine was killed
     # and that the ledger did not yet call sent: a message in flight at a kill, at most
     # one per connection of the killed machine.
     assert twice <= set().union(*in_doubt), sorted(twice - set().union(*in_doubt))
-    assert all(len(twice & doubt) <= CONNECTIONS for doubt in in_doubt)
+    # (A message left in doubt stays so until another machine sends it again: it is put
+    # down to the first kill it was in doubt at.)
+    seen: set[str] = set()
+    per_kill = []
+    for doubt in in_doubt:
+        per_kill.append(len(twice & (doubt - seen)))
+        seen |= doubt
+    print(  # noqa: T201 - the figures, with -s
+        f"\n{SUBSCRIBERS} sent by two machines in {both:.1f} s with {KILLS} kills; "
+        f"{duplicates} duplicates, by kill {per_kill}; accepted and not yet recorded "
+        f"sent at each kill (both machines): {[len(s) for s in in_doubt]}"
+    )
+    assert max(per_kill) <= FAST_CONNECTIONS, per_kill
 
 
 class TimedRecorder(SmtpRecorder):
