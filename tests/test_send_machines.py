@@ -355,6 +355,7 @@ def test_two_machines_starting_at_once_make_one_digest(
     got = Counter(smtpd.handler.recipients())
     assert set(got) == set(emails)
     assert max(got.values()) == 1  # nobody mailed twice
+    assert len({m.headers["Subject"] for m in smtpd.handler.messages}) == 1  # one digest
     ids = {m.headers["Message-ID"].split(".", 1)[0] for m in smtpd.handler.messages}
     assert ids == {f"<{day}"}
     sent = sum(int(found[0][1]) for found in summaries if found)
