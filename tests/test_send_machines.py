@@ -218,6 +218,7 @@ def test_two_machines_one_killed_ten_times_lose_nobody(
             assert sink.process.poll() is None, f"smtp-sink ended at {sink.count()}"
             assert victim.poll() is None, victim.communicate()[1]
             time.sleep(rng.uniform(0.005, 0.03))
+        assert victim.poll() is None, "the machine to kill had ended"
         _kill(victim)
         sent = _sent_ids(store_url, one)  # the victim can record nothing more now
         time.sleep(0.1)  # the sink writes out what the victim had sent in full
