@@ -11,12 +11,12 @@ import re
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -32,7 +32,6 @@ from syndicate.cli import AppContext, cli
 from syndicate.config import Settings, SubscribeSettings, make_environment, site_templates_dir
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.send import Mailer, open_mailer
-from syndicate.store import open_database
 from syndicate.store.limits import count_request
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import (
@@ -51,8 +50,9 @@ from syndicate.web import (
 )
 from syndicate.web.guard import RateWindow, rate_decision, rate_limit_key
 from tests.conftest import ROOT
+from tests.plugins.postgres import store_environ
 from tests.plugins.smtp import SmtpServer
-from tests.plugins.web import LiveServer, build_site, reset_server
+from tests.plugins.web import LiveServer, build_site, open_settings_store, reset_server
 
 FORM_TOKEN = re.compile(r'name="form_token" value="([^"]+)"')
 SECRET_TEXT = b"TOP-SECRET-DO-NOT-SERVE"
@@ -114,12 +114,12 @@ def confirm_url(server: LiveServer, message: EmailMessage) -> str:
 
 
 def subscriber(settings: Settings, address: str):  # type: ignore[no-untyped-def]
-    with open_database(settings.paths.database) as db:
+    with open_settings_store(settings) as db:
         return get_by_email(db, address)
 
 
 def add_confirmed(settings: Settings, address: str, now: datetime) -> tuple[Subscriber, bytes]:
-    with open_database(settings.paths.database) as db:
+    with open_settings_store(settings) as db:
         added = add_subscriber(db, address, language="vi", now=now)
         return added, get_secret(settings, db)
 
@@ -341,9 +341,8 @@ def test_a_sign_up_waits_for_a_held_database_lock_and_is_stored_before_its_answe
     with httpx.Client(base_url=server.url, timeout=30) as client:
         token = form_token(client)
         # Another process's write transaction, as `send` holds one while it records a batch.
-        holder = sqlite3.connect(server.settings.paths.database, isolation_level=None)
-        holder.execute("BEGIN IMMEDIATE")
-        try:
+        with open_settings_store(server.settings) as holder, ExitStack() as held:
+            held.enter_context(holder.transaction())
             posting = threading.Thread(
                 target=lambda: answers.append(
                     client.post(
@@ -359,10 +358,8 @@ def test_a_sign_up_waits_for_a_held_database_lock_and_is_stored_before_its_answe
             assert page.content == b"<rss/>"
             assert server.signups.count == 0  # the sign-up is still waiting for the lock
             assert not answers  # and so is its answer
-            holder.execute("ROLLBACK")
+            held.close()  # the other process's transaction ends
             posting.join(timeout=20)
-        finally:
-            holder.close()
     [answer] = answers
     assert answer.status_code == 200
     assert server.signups.count == 1
@@ -445,7 +442,7 @@ def test_signup_stores_pending_and_mails_a_signed_confirmation_link(
     assert list(server.outbox.glob("*.eml")), "the outbox transport wrote no .eml file"
     link = confirm_url(server, message)
     token = link.split("token=")[1]
-    with open_database(server.settings.paths.database) as db:
+    with open_settings_store(server.settings) as db:
         secret = get_secret(server.settings, db)
     claim = tokens.read_token(
         secret, token, purpose="confirm", now=now, max_age=timedelta(hours=48)
@@ -522,7 +519,7 @@ def test_signup_answers_byte_identically_whatever_the_address_state(
     assert client.post(link).status_code == 200
     confirmed = sign_up(client, address, server=server)
     stored = subscriber(server.settings, address)
-    with open_database(server.settings.paths.database) as db:
+    with open_settings_store(server.settings) as db:
         secret = get_secret(server.settings, db)
     leave = tokens.make_token(
         secret,
@@ -567,7 +564,7 @@ class _StuckMailer:
 
 
 def _put_in_state(settings: Settings, address: str, state: str, now: datetime) -> None:
-    with open_database(settings.paths.database) as db:
+    with open_settings_store(settings) as db:
         if state == "new":
             return
         if state == "pending-capped":  # three confirmation mails today already
@@ -680,7 +677,7 @@ def test_a_complained_address_comes_back_to_pending_through_the_form_but_within_
         times.append(server.clock())
         sign_up(client, address, server=server)
         assert subscriber(server.settings, address).status is SubscriptionStatus.PENDING
-        with open_database(server.settings.paths.database) as db:
+        with open_settings_store(server.settings) as db:
             set_status(
                 db,
                 subscriber(server.settings, address).id,
@@ -848,7 +845,7 @@ def test_other_networks_cannot_push_a_client_s_count_out_of_the_store(
         for n in range(3):
             assert sign_up(client, f"f{n}@example.org", **hop).status_code == 200
         window = RateWindow.at(server.clock())
-        with open_database(server.settings.paths.database) as db, db.transaction():
+        with open_settings_store(server.settings) as db, db.transaction():
             for n in range(50_001):  # the old in-memory table's size, and one more
                 count_request(
                     db,
@@ -860,7 +857,7 @@ def test_other_networks_cannot_push_a_client_s_count_out_of_the_store(
         # The minute over, the next one's sweep takes the old counts away.
         server.clock.advance(minutes=2)
         assert sign_up(client, "f3@example.org", **hop).status_code == 200
-    with open_database(server.settings.paths.database) as db:
+    with open_settings_store(server.settings) as db:
         rows = db.conn.execute("SELECT window_at, network, count FROM signup_counts").fetchall()
     assert rows == [(window.start.replace(minute=2).isoformat(), "2001:db8:48:1::/64", 1)]
 
@@ -1150,7 +1147,7 @@ def test_expired_altered_unknown_and_misused_confirm_tokens_get_400(
     link = confirm_url(server, server.mail.wait_for(1)[0])
     token = link.split("token=")[1]
     altered = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
-    with open_database(server.settings.paths.database) as db:
+    with open_settings_store(server.settings) as db:
         secret = get_secret(server.settings, db)
     stored = subscriber(server.settings, "em@example.org")
     unknown = tokens.make_token(
@@ -1194,7 +1191,7 @@ def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
     link = confirm_url(server, server.mail.wait_for(1)[0])
     assert client.post(link).status_code == 200
     stored = subscriber(server.settings, "giang@example.org")
-    with open_database(server.settings.paths.database) as db:
+    with open_settings_store(server.settings) as db:
         secret = get_secret(server.settings, db)
     leave = tokens.make_token(
         secret,
@@ -1267,7 +1264,7 @@ def test_one_click_unsubscribe_needs_no_cookie_or_form_token_and_is_idempotent(
 def _add_in(
     settings: Settings, address: str, language: str, now: datetime
 ) -> tuple[Subscriber, bytes]:
-    with open_database(settings.paths.database) as db:
+    with open_settings_store(settings) as db:
         added = add_subscriber(db, address, language=language, now=now)
         return added, get_secret(settings, db)
 
@@ -1303,7 +1300,7 @@ def test_unsubscribe_pages_speak_the_subscribers_language_not_the_browsers(
 def test_confirm_page_speaks_the_subscribers_language(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
-    with open_database(server.settings.paths.database) as db:
+    with open_settings_store(server.settings) as db:
         added = add_subscriber(
             db, "mai@example.org", language="en", status=SubscriptionStatus.PENDING, now=now
         )
@@ -1496,14 +1493,17 @@ def test_a_confirmation_the_server_dropped_is_sent_again_on_a_fresh_connection(
 
 
 @pytest.mark.slow
-def test_serve_command_serves_until_interrupted(workdir: Path) -> None:
+def test_serve_command_serves_until_interrupted(workdir: Path, store: str) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "syndicate", "serve", "--port", "0"],
         cwd=workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")},
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")},
+            **store_environ(),
+        },
     )
     try:
         assert process.stdout is not None
@@ -1517,7 +1517,7 @@ def test_serve_command_serves_until_interrupted(workdir: Path) -> None:
         health = httpx.get(found.group(1) + "healthz", timeout=10)
         assert health.status_code == 503
         assert health.json()["checks"]["database"] == "ok"
-        assert (workdir / "syndicate.db").is_file()
+        assert (workdir / "syndicate.db").is_file() is (store == "sqlite")
     finally:
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=20)
