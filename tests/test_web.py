@@ -32,6 +32,7 @@ from syndicate.cli import AppContext, cli
 from syndicate.config import Settings, SubscribeSettings, make_environment, site_templates_dir
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.send import Mailer, open_mailer
+from syndicate.store import open_database
 from syndicate.store.limits import count_request
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import (
@@ -50,7 +51,7 @@ from syndicate.web import (
 )
 from syndicate.web.guard import RateWindow, rate_decision, rate_limit_key
 from tests.conftest import ROOT
-from tests.plugins.postgres import store_environ
+from tests.plugins.postgres import ENV_STORE_URL, Cluster, store_environ
 from tests.plugins.smtp import SmtpServer
 from tests.plugins.web import LiveServer, build_site, open_settings_store, reset_server
 
@@ -817,6 +818,105 @@ def test_the_sign_up_rate_limit_holds_across_two_servers_on_one_store(
         other = sign_up(two, "b1@example.org", **{"x-forwarded-for": "198.51.100.7"})
         assert other.status_code == 200
     assert subscriber(first.settings, "a4@example.org") is None
+
+
+def _start_serve(folder: Path, url: str) -> tuple[subprocess.Popen[str], str]:
+    """`syndicate serve --port 0` with the config in `folder` (a machine) on the store at
+    `url`; the process and the address it serves at, once it listens."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syndicate", "serve", "--port", "0"],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**environ, ENV_STORE_URL: url},
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    found = re.search(r" at (http://127\.0\.0\.1:\d+/) ", line)
+    if not found:
+        process.kill()
+        pytest.fail(f"serve did not start: {line}{process.communicate(timeout=20)[1]}")
+    return process, found.group(1)
+
+
+def _stop_serve(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 130, stderr
+
+
+@pytest.mark.slow
+def test_serve_on_two_machines_against_one_postgresql_shares_sign_ups_secret_and_limit(
+    tmp_path: Path, pg_cluster: Cluster, smtpd: SmtpServer
+) -> None:
+    """Two `syndicate serve` processes, each with its own config folder (two machines behind
+    one site), on one PostgreSQL store: a sign-up on either lands in the one store, the
+    link one mails confirms on the other (one secret), and the rate limit counts both."""
+    url = pg_cluster.new_database()
+    try:
+        _two_machines(tmp_path, url, smtpd)
+    finally:
+        pg_cluster.drop_database(url)
+
+
+def _two_machines(tmp_path: Path, url: str, smtpd: SmtpServer) -> None:
+    config = (
+        '[mail]\ntransport = "smtp"\nfrom = "Tin <tin@example.org>"\n'
+        f'[smtp]\nhost = "{smtpd.host}"\nport = {smtpd.port}\ntls = "none"\n'
+        "[subscribe]\nrate_limit = 3\n"
+    )
+    machines = [tmp_path / "one", tmp_path / "two"]
+    for folder in machines:
+        folder.mkdir()
+        (folder / "syndicate.toml").write_text(config, encoding="utf-8")
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        bases = []
+        for folder in machines:
+            process, base = _start_serve(folder, url)
+            processes.append(process)
+            bases.append(base)
+        with (
+            httpx.Client(base_url=bases[0], timeout=10) as one,
+            httpx.Client(base_url=bases[1], timeout=10) as two,
+        ):
+            assert sign_up(one, "an@example.org").status_code == 200
+            assert sign_up(two, "binh@example.org").status_code == 200
+            assert smtpd.handler.wait_for(2)
+            links = {}
+            for received in smtpd.handler.messages:
+                body = received.message.get_body(("plain",))
+                assert body is not None
+                found = re.search(r"confirm\?token=[A-Za-z0-9_\-]+", body.get_content())
+                assert found, "the confirmation mail has no confirm link"
+                links[received.recipients[0]] = found.group(0)
+            # Each link confirms on the machine that did not mail it.
+            assert two.post(links["an@example.org"]).status_code == 200
+            assert one.post(links["binh@example.org"]).status_code == 200
+            # Two sign-ups of this client counted so far, one on each: one more is allowed,
+            # on either machine, and then none on both.
+            assert sign_up(one, "chi@example.org").status_code == 200
+            for client in (two, one):
+                refused = sign_up(client, "dao@example.org")
+                assert refused.status_code == 429
+                assert int(refused.headers["retry-after"]) >= 1
+    finally:
+        for process in processes:
+            _stop_serve(process)
+    with open_database(tmp_path / "syndicate.db", url=url) as db:
+        found_statuses = {
+            address: get_by_email(db, address)
+            for address in ("an@example.org", "binh@example.org", "chi@example.org")
+        }
+        assert get_by_email(db, "dao@example.org") is None
+    assert {a: f.status if f else None for a, f in found_statuses.items()} == {
+        "an@example.org": SubscriptionStatus.CONFIRMED,
+        "binh@example.org": SubscriptionStatus.CONFIRMED,
+        "chi@example.org": SubscriptionStatus.PENDING,
+    }
+    assert not any((folder / "syndicate.db").exists() for folder in machines)
 
 
 def test_retry_after_is_when_the_next_sign_up_is_allowed(
