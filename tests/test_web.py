@@ -51,9 +51,15 @@ from syndicate.web import (
 )
 from syndicate.web.guard import RateWindow, rate_decision, rate_limit_key
 from tests.conftest import ROOT
-from tests.plugins.postgres import ENV_STORE_URL, Cluster, store_environ
+from tests.plugins.postgres import ENV_STORE_URL, Cluster, start_cluster, store_environ
 from tests.plugins.smtp import SmtpServer
-from tests.plugins.web import LiveServer, build_site, open_settings_store, reset_server
+from tests.plugins.web import (
+    LiveServer,
+    build_site,
+    open_settings_store,
+    reset_server,
+    start_live_server,
+)
 
 FORM_TOKEN = re.compile(r'name="form_token" value="([^"]+)"')
 SECRET_TEXT = b"TOP-SECRET-DO-NOT-SERVE"
@@ -1660,3 +1666,38 @@ def test_the_form_partial_renders_for_static_pages_without_a_token() -> None:
     vietnamese = page.render(root="", lang="vi")
     assert 'action="subscribe?lang=vi"' in vietnamese
     assert "Nhận bản tin qua email" in vietnamese
+
+
+@pytest.mark.slow
+def test_serve_answers_503_while_postgresql_is_away_and_uses_it_again_once_it_is_back(
+    settings: Settings, now: datetime
+) -> None:
+    """A PostgreSQL restart (an upgrade, a fail-over) is a moment of 503s, not a server
+    that answers 500 until someone restarts `serve` on every machine."""
+    try:
+        cluster = start_cluster()
+    except (FileNotFoundError, KeyError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"no PostgreSQL cluster could start here: {exc}")
+    try:
+        store = dataclasses.replace(settings.store, url=cluster.new_database())
+        with ExitStack() as stack:
+            server = start_live_server(stack, settings, now, store=store)
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                assert sign_up(client, "an@example.org", server=server).status_code == 200
+                token = form_token(client)
+                cluster.stop()
+                away = client.post(
+                    "subscribe",
+                    data={"email": "binh@example.org", "language": "vi", "form_token": token},
+                )
+                assert away.status_code == 503
+                assert away.headers["retry-after"] == "5"
+                health = client.get("healthz")
+                assert health.json()["checks"]["database"] == "unavailable"
+                cluster.start()
+                assert client.get("healthz").json()["checks"]["database"] == "ok"
+                assert sign_up(client, "binh@example.org", server=server).status_code == 200
+            assert subscriber(server.settings, "binh@example.org") is not None
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(cluster.folder, ignore_errors=True)
