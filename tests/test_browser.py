@@ -18,10 +18,9 @@ import pytest
 
 from syndicate import tokens
 from syndicate.model import SubscriptionStatus
-from syndicate.store import open_database
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import get_by_email
-from tests.plugins.web import LiveServer, build_site
+from tests.plugins.web import LiveServer, build_site, open_settings_store
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -127,7 +126,7 @@ def browser(
 
 
 def _status(server: LiveServer, address: str) -> SubscriptionStatus:
-    with open_database(server.settings.paths.database) as db:
+    with open_settings_store(server.settings) as db:
         found = get_by_email(db, address)
     assert found is not None
     return found.status
@@ -168,7 +167,7 @@ def test_sign_up_confirm_and_unsubscribe_in_a_real_browser(browser: Browser) -> 
     assert page.get_by_role("heading", level=1).inner_text() == "Subscription confirmed"
     assert _status(server, "trang@example.org") is SubscriptionStatus.CONFIRMED
 
-    with open_database(server.settings.paths.database) as db:
+    with open_settings_store(server.settings) as db:
         secret = get_secret(server.settings, db)
         found = get_by_email(db, "trang@example.org")
     assert found is not None

@@ -11,12 +11,12 @@ import re
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -51,8 +51,15 @@ from syndicate.web import (
 )
 from syndicate.web.guard import RateWindow, rate_decision, rate_limit_key
 from tests.conftest import ROOT
+from tests.plugins.postgres import ENV_STORE_URL, Cluster, start_cluster, store_environ
 from tests.plugins.smtp import SmtpServer
-from tests.plugins.web import LiveServer, build_site, reset_server
+from tests.plugins.web import (
+    LiveServer,
+    build_site,
+    open_settings_store,
+    reset_server,
+    start_live_server,
+)
 
 FORM_TOKEN = re.compile(r'name="form_token" value="([^"]+)"')
 SECRET_TEXT = b"TOP-SECRET-DO-NOT-SERVE"
@@ -114,12 +121,12 @@ def confirm_url(server: LiveServer, message: EmailMessage) -> str:
 
 
 def subscriber(settings: Settings, address: str):  # type: ignore[no-untyped-def]
-    with open_database(settings.paths.database) as db:
+    with open_settings_store(settings) as db:
         return get_by_email(db, address)
 
 
 def add_confirmed(settings: Settings, address: str, now: datetime) -> tuple[Subscriber, bytes]:
-    with open_database(settings.paths.database) as db:
+    with open_settings_store(settings) as db:
         added = add_subscriber(db, address, language="vi", now=now)
         return added, get_secret(settings, db)
 
@@ -341,9 +348,8 @@ def test_a_sign_up_waits_for_a_held_database_lock_and_is_stored_before_its_answe
     with httpx.Client(base_url=server.url, timeout=30) as client:
         token = form_token(client)
         # Another process's write transaction, as `send` holds one while it records a batch.
-        holder = sqlite3.connect(server.settings.paths.database, isolation_level=None)
-        holder.execute("BEGIN IMMEDIATE")
-        try:
+        with open_settings_store(server.settings) as holder, ExitStack() as held:
+            held.enter_context(holder.transaction())
             posting = threading.Thread(
                 target=lambda: answers.append(
                     client.post(
@@ -359,10 +365,8 @@ def test_a_sign_up_waits_for_a_held_database_lock_and_is_stored_before_its_answe
             assert page.content == b"<rss/>"
             assert server.signups.count == 0  # the sign-up is still waiting for the lock
             assert not answers  # and so is its answer
-            holder.execute("ROLLBACK")
+            held.close()  # the other process's transaction ends
             posting.join(timeout=20)
-        finally:
-            holder.close()
     [answer] = answers
     assert answer.status_code == 200
     assert server.signups.count == 1
@@ -445,7 +449,7 @@ def test_signup_stores_pending_and_mails_a_signed_confirmation_link(
     assert list(server.outbox.glob("*.eml")), "the outbox transport wrote no .eml file"
     link = confirm_url(server, message)
     token = link.split("token=")[1]
-    with open_database(server.settings.paths.database) as db:
+    with open_settings_store(server.settings) as db:
         secret = get_secret(server.settings, db)
     claim = tokens.read_token(
         secret, token, purpose="confirm", now=now, max_age=timedelta(hours=48)
@@ -522,7 +526,7 @@ def test_signup_answers_byte_identically_whatever_the_address_state(
     assert client.post(link).status_code == 200
     confirmed = sign_up(client, address, server=server)
     stored = subscriber(server.settings, address)
-    with open_database(server.settings.paths.database) as db:
+    with open_settings_store(server.settings) as db:
         secret = get_secret(server.settings, db)
     leave = tokens.make_token(
         secret,
@@ -567,7 +571,7 @@ class _StuckMailer:
 
 
 def _put_in_state(settings: Settings, address: str, state: str, now: datetime) -> None:
-    with open_database(settings.paths.database) as db:
+    with open_settings_store(settings) as db:
         if state == "new":
             return
         if state == "pending-capped":  # three confirmation mails today already
@@ -680,7 +684,7 @@ def test_a_complained_address_comes_back_to_pending_through_the_form_but_within_
         times.append(server.clock())
         sign_up(client, address, server=server)
         assert subscriber(server.settings, address).status is SubscriptionStatus.PENDING
-        with open_database(server.settings.paths.database) as db:
+        with open_settings_store(server.settings) as db:
             set_status(
                 db,
                 subscriber(server.settings, address).id,
@@ -804,6 +808,7 @@ def test_the_sign_up_rate_limit_holds_across_two_servers_on_one_store(
     limited = SubscribeSettings(rate_limit=3)
     first, second = live_server(subscribe=limited), live_server(subscribe=limited)
     assert first.settings.paths.database == second.settings.paths.database
+    assert first.settings.store.url == second.settings.store.url  # "" on SQLite
     with (
         httpx.Client(base_url=first.url) as one,
         httpx.Client(base_url=second.url) as two,
@@ -819,6 +824,105 @@ def test_the_sign_up_rate_limit_holds_across_two_servers_on_one_store(
         other = sign_up(two, "b1@example.org", **{"x-forwarded-for": "198.51.100.7"})
         assert other.status_code == 200
     assert subscriber(first.settings, "a4@example.org") is None
+
+
+def _start_serve(folder: Path, url: str) -> tuple[subprocess.Popen[str], str]:
+    """`syndicate serve --port 0` with the config in `folder` (a machine) on the store at
+    `url`; the process and the address it serves at, once it listens."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syndicate", "serve", "--port", "0"],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**environ, ENV_STORE_URL: url},
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    found = re.search(r" at (http://127\.0\.0\.1:\d+/) ", line)
+    if not found:
+        process.kill()
+        pytest.fail(f"serve did not start: {line}{process.communicate(timeout=20)[1]}")
+    return process, found.group(1)
+
+
+def _stop_serve(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 130, stderr
+
+
+@pytest.mark.slow
+def test_serve_on_two_machines_against_one_postgresql_shares_sign_ups_secret_and_limit(
+    tmp_path: Path, pg_cluster: Cluster, smtpd: SmtpServer
+) -> None:
+    """Two `syndicate serve` processes, each with its own config folder (two machines behind
+    one site), on one PostgreSQL store: a sign-up on either lands in the one store, the
+    link one mails confirms on the other (one secret), and the rate limit counts both."""
+    url = pg_cluster.new_database()
+    try:
+        _two_machines(tmp_path, url, smtpd)
+    finally:
+        pg_cluster.drop_database(url)
+
+
+def _two_machines(tmp_path: Path, url: str, smtpd: SmtpServer) -> None:
+    config = (
+        '[mail]\ntransport = "smtp"\nfrom = "Tin <tin@example.org>"\n'
+        f'[smtp]\nhost = "{smtpd.host}"\nport = {smtpd.port}\ntls = "none"\n'
+        "[subscribe]\nrate_limit = 3\n"
+    )
+    machines = [tmp_path / "one", tmp_path / "two"]
+    for folder in machines:
+        folder.mkdir()
+        (folder / "syndicate.toml").write_text(config, encoding="utf-8")
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        bases = []
+        for folder in machines:
+            process, base = _start_serve(folder, url)
+            processes.append(process)
+            bases.append(base)
+        with (
+            httpx.Client(base_url=bases[0], timeout=10) as one,
+            httpx.Client(base_url=bases[1], timeout=10) as two,
+        ):
+            assert sign_up(one, "an@example.org").status_code == 200
+            assert sign_up(two, "binh@example.org").status_code == 200
+            assert smtpd.handler.wait_for(2)
+            links = {}
+            for received in smtpd.handler.messages:
+                body = received.message.get_body(("plain",))
+                assert body is not None
+                found = re.search(r"confirm\?token=[A-Za-z0-9_\-]+", body.get_content())
+                assert found, "the confirmation mail has no confirm link"
+                links[received.recipients[0]] = found.group(0)
+            # Each link confirms on the machine that did not mail it.
+            assert two.post(links["an@example.org"]).status_code == 200
+            assert one.post(links["binh@example.org"]).status_code == 200
+            # Two sign-ups of this client counted so far, one on each: one more is allowed,
+            # on either machine, and then none on both.
+            assert sign_up(one, "chi@example.org").status_code == 200
+            for client in (two, one):
+                refused = sign_up(client, "dao@example.org")
+                assert refused.status_code == 429
+                assert int(refused.headers["retry-after"]) >= 1
+    finally:
+        for process in processes:
+            _stop_serve(process)
+    with open_database(tmp_path / "syndicate.db", url=url) as db:
+        found_statuses = {
+            address: get_by_email(db, address)
+            for address in ("an@example.org", "binh@example.org", "chi@example.org")
+        }
+        assert get_by_email(db, "dao@example.org") is None
+    assert {a: f.status if f else None for a, f in found_statuses.items()} == {
+        "an@example.org": SubscriptionStatus.CONFIRMED,
+        "binh@example.org": SubscriptionStatus.CONFIRMED,
+        "chi@example.org": SubscriptionStatus.PENDING,
+    }
+    assert not any((folder / "syndicate.db").exists() for folder in machines)
 
 
 def test_retry_after_is_when_the_next_sign_up_is_allowed(
@@ -848,19 +952,21 @@ def test_other_networks_cannot_push_a_client_s_count_out_of_the_store(
         for n in range(3):
             assert sign_up(client, f"f{n}@example.org", **hop).status_code == 200
         window = RateWindow.at(server.clock())
-        with open_database(server.settings.paths.database) as db, db.transaction():
-            for n in range(50_001):  # the old in-memory table's size, and one more
-                count_request(
-                    db,
-                    f"2001:db8:48:{n + 2:x}::/64",  # rate_limit_key of each /64's hosts
-                    window_at=window.start,
-                    previous_at=window.previous,
-                )
+        with open_settings_store(server.settings) as db, db.transaction() as conn:
+            count_request(
+                db, "2001:db8:48:2::/64", window_at=window.start, previous_at=window.previous
+            )
+            # As many counts as that one, of the other /64s (rate_limit_key of their hosts),
+            # in one batch: the old in-memory table's size, and one more.
+            conn.executemany(
+                "INSERT INTO signup_counts (window_at, network, count) VALUES (?, ?, 1)",
+                [(window.start.isoformat(), f"2001:db8:48:{n + 3:x}::/64") for n in range(50_000)],
+            )
         assert sign_up(client, "f3@example.org", **hop).status_code == 429
         # The minute over, the next one's sweep takes the old counts away.
         server.clock.advance(minutes=2)
         assert sign_up(client, "f3@example.org", **hop).status_code == 200
-    with open_database(server.settings.paths.database) as db:
+    with open_settings_store(server.settings) as db:
         rows = db.conn.execute("SELECT window_at, network, count FROM signup_counts").fetchall()
     assert rows == [(window.start.replace(minute=2).isoformat(), "2001:db8:48:1::/64", 1)]
 
@@ -1150,7 +1256,7 @@ def test_expired_altered_unknown_and_misused_confirm_tokens_get_400(
     link = confirm_url(server, server.mail.wait_for(1)[0])
     token = link.split("token=")[1]
     altered = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
-    with open_database(server.settings.paths.database) as db:
+    with open_settings_store(server.settings) as db:
         secret = get_secret(server.settings, db)
     stored = subscriber(server.settings, "em@example.org")
     unknown = tokens.make_token(
@@ -1194,7 +1300,7 @@ def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
     link = confirm_url(server, server.mail.wait_for(1)[0])
     assert client.post(link).status_code == 200
     stored = subscriber(server.settings, "giang@example.org")
-    with open_database(server.settings.paths.database) as db:
+    with open_settings_store(server.settings) as db:
         secret = get_secret(server.settings, db)
     leave = tokens.make_token(
         secret,
@@ -1267,7 +1373,7 @@ def test_one_click_unsubscribe_needs_no_cookie_or_form_token_and_is_idempotent(
 def _add_in(
     settings: Settings, address: str, language: str, now: datetime
 ) -> tuple[Subscriber, bytes]:
-    with open_database(settings.paths.database) as db:
+    with open_settings_store(settings) as db:
         added = add_subscriber(db, address, language=language, now=now)
         return added, get_secret(settings, db)
 
@@ -1303,7 +1409,7 @@ def test_unsubscribe_pages_speak_the_subscribers_language_not_the_browsers(
 def test_confirm_page_speaks_the_subscribers_language(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
-    with open_database(server.settings.paths.database) as db:
+    with open_settings_store(server.settings) as db:
         added = add_subscriber(
             db, "mai@example.org", language="en", status=SubscriptionStatus.PENDING, now=now
         )
@@ -1496,14 +1602,17 @@ def test_a_confirmation_the_server_dropped_is_sent_again_on_a_fresh_connection(
 
 
 @pytest.mark.slow
-def test_serve_command_serves_until_interrupted(workdir: Path) -> None:
+def test_serve_command_serves_until_interrupted(workdir: Path, store: str) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "syndicate", "serve", "--port", "0"],
         cwd=workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")},
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")},
+            **store_environ(),
+        },
     )
     try:
         assert process.stdout is not None
@@ -1517,7 +1626,7 @@ def test_serve_command_serves_until_interrupted(workdir: Path) -> None:
         health = httpx.get(found.group(1) + "healthz", timeout=10)
         assert health.status_code == 503
         assert health.json()["checks"]["database"] == "ok"
-        assert (workdir / "syndicate.db").is_file()
+        assert (workdir / "syndicate.db").is_file() is (store == "sqlite")
     finally:
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=20)
@@ -1557,3 +1666,38 @@ def test_the_form_partial_renders_for_static_pages_without_a_token() -> None:
     vietnamese = page.render(root="", lang="vi")
     assert 'action="subscribe?lang=vi"' in vietnamese
     assert "Nhận bản tin qua email" in vietnamese
+
+
+@pytest.mark.slow
+def test_serve_answers_503_while_postgresql_is_away_and_uses_it_again_once_it_is_back(
+    settings: Settings, now: datetime
+) -> None:
+    """A PostgreSQL restart (an upgrade, a fail-over) is a moment of 503s, not a server
+    that answers 500 until someone restarts `serve` on every machine."""
+    try:
+        cluster = start_cluster()
+    except (FileNotFoundError, KeyError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"no PostgreSQL cluster could start here: {exc}")
+    try:
+        store = dataclasses.replace(settings.store, url=cluster.new_database())
+        with ExitStack() as stack:
+            server = start_live_server(stack, settings, now, store=store)
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                assert sign_up(client, "an@example.org", server=server).status_code == 200
+                token = form_token(client)
+                cluster.stop()
+                away = client.post(
+                    "subscribe",
+                    data={"email": "binh@example.org", "language": "vi", "form_token": token},
+                )
+                assert away.status_code == 503
+                assert away.headers["retry-after"] == "5"
+                health = client.get("healthz")
+                assert health.json()["checks"]["database"] == "unavailable"
+                cluster.start()
+                assert client.get("healthz").json()["checks"]["database"] == "ok"
+                assert sign_up(client, "binh@example.org", server=server).status_code == 200
+            assert subscriber(server.settings, "binh@example.org") is not None
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(cluster.folder, ignore_errors=True)

@@ -3,7 +3,6 @@ the subscriber it was made for, never on whoever signs up after them."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -13,10 +12,9 @@ import pytest
 from syndicate import tokens
 from syndicate.config import Settings
 from syndicate.model import Subscriber, SubscriptionStatus
-from syndicate.store import open_database
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import erase
-from tests.plugins.web import LiveServer, reset_server
+from tests.plugins.web import LiveServer, open_settings_store, reset_server
 from tests.test_tokens import make_legacy_token
 from tests.test_web import confirm_url, sign_up, subscriber
 
@@ -53,7 +51,7 @@ def _signed_up(server: LiveServer, client: httpx.Client, address: str) -> str:
 
 def _unsubscribe_token(settings: Settings, found: Subscriber, now: datetime) -> str:
     """The token `send` puts in a digest's List-Unsubscribe link for `found`."""
-    with open_database(settings.paths.database) as db:
+    with open_settings_store(settings) as db:
         secret = get_secret(settings, db)
     return tokens.make_token(
         secret,
@@ -65,14 +63,14 @@ def _unsubscribe_token(settings: Settings, found: Subscriber, now: datetime) -> 
 
 
 def _erase(settings: Settings, address: str, now: datetime) -> None:
-    with open_database(settings.paths.database) as db:
+    with open_settings_store(settings) as db:
         assert erase(db, address, now=now)
 
 
 def _take_id(settings: Settings, address: str, subscriber_id: int) -> None:
     """Give `address` the id `subscriber_id`, as a database from before migration 4 (or a
     new database under the same SYNDICATE_SECRET) could have done."""
-    with sqlite3.connect(settings.paths.database) as conn:
+    with open_settings_store(settings) as db, db.transaction() as conn:
         conn.execute("UPDATE subscribers SET id = ? WHERE email_key = ?", (subscriber_id, address))
     assert _stored_id(settings, address) == subscriber_id
 
@@ -142,7 +140,7 @@ def test_a_saved_link_does_nothing_to_a_later_subscriber_holding_the_same_id(
 ) -> None:
     # Bob gets Alice's very id (the old schema reused it; so does a new database under
     # the same SYNDICATE_SECRET): her links, new and from before nonces, are not his.
-    with open_database(server.settings.paths.database) as db:
+    with open_settings_store(server.settings) as db:
         secret = get_secret(server.settings, db)
     issued = server.clock()
     alice_confirm = _signed_up(server, client, "alice@example.org")

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from syndicate.config import Settings
-from syndicate.errors import StoreBusyError, StoreFullError
+from syndicate.errors import StoreBusyError, StoreFullError, StoreUnavailableError
 from syndicate.send import Mailer
 from syndicate.web.confirmation import build_confirmation
 from syndicate.web.guard import (
@@ -57,7 +57,8 @@ __all__ = [
 ]
 
 
-# Seconds a client is asked to wait after a 503 (the database busy, or the disk full).
+# Seconds a client is asked to wait after a 503 (the database busy or out of reach, or the
+# disk full).
 RETRY_AFTER = 5
 
 
@@ -74,8 +75,8 @@ def create_app(
     when the app shuts down; the store belongs to the caller. Store calls run on threads
     of their own (writes on one, reads on another), so `store` must be usable from threads
     other than the caller's (`open_database(..., any_thread=True)`). A busy database
-    (another command kept the write lock past `store.busy_timeout`) or a full disk answers
-    503 with Retry-After, in the usual error shape.
+    (another command kept the write lock past `store.busy_timeout`), a database server out
+    of reach or a full disk answers 503 with Retry-After, in the usual error shape.
     """
     service = Service(settings, store, mailer, clock)
 
@@ -130,6 +131,7 @@ def create_app(
             HTTPException: http_error,
             StoreBusyError: store_unavailable,
             StoreFullError: store_unavailable,
+            StoreUnavailableError: store_unavailable,
             ClientDisconnect: client_gone,
             Exception: server_error,
         },

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from syndicate.config import Settings
+from syndicate.errors import StoreUnavailableError
 from syndicate.model import Subscriber
-from syndicate.store import Database, meta
+from syndicate.store import DB_ERRORS, Database, meta, open_database
 from syndicate.store import limits as store_limits
 from syndicate.store import subscribers as store_subscribers
 from syndicate.web.guard import RateWindow
@@ -59,7 +62,7 @@ def utc_now() -> datetime:
 
 
 class DatabaseStore:
-    """The SQLite store behind the web app (implements SubscriptionStore).
+    """The store behind the web app, SQLite or PostgreSQL (implements SubscriptionStore).
 
     Writes go through `db`, reads (`find`, `check`) through `reader`, a second
     connection to the same file (`open_database(..., read_only=True)`): under WAL a
@@ -72,43 +75,79 @@ class DatabaseStore:
         self.db = db
         self.reader = reader
         self._swept: datetime | None = None  # the rate-limit window last swept
+        # The connections (`db`, `reader`) the database server dropped: opened anew on use.
+        self._lost: set[Database] = set()
 
     def read_secret(self) -> bytes:
-        return meta.get_secret(self.settings, self.db)
+        with self._using(self.db) as db:
+            return meta.get_secret(self.settings, db)
 
     def sign_up(self, email: str, *, language: str, now: datetime) -> tuple[Subscriber, bool]:
-        return store_subscribers.signup(
-            self.db,
-            email,
-            language=language,
-            now=now,
-            resend_after=timedelta(minutes=self.settings.subscribe.resend_minutes),
-        )
+        with self._using(self.db) as db:
+            return store_subscribers.signup(
+                db,
+                email,
+                language=language,
+                now=now,
+                resend_after=timedelta(minutes=self.settings.subscribe.resend_minutes),
+            )
 
     def count_signup(self, network: str, *, now: datetime) -> tuple[int, int]:
         window = RateWindow.at(now)
         # Once per window, this process sweeps the counts of windows that are over (any
         # process may: a sweep another one did already finds nothing).
         sweep = window.previous if window.start != self._swept else None
-        counts = store_limits.count_request(
-            self.db,
-            network,
-            window_at=window.start,
-            previous_at=window.previous,
-            sweep_before=sweep,
-        )
+        with self._using(self.db) as db:
+            counts = store_limits.count_request(
+                db,
+                network,
+                window_at=window.start,
+                previous_at=window.previous,
+                sweep_before=sweep,
+            )
         self._swept = window.start
         return counts
 
     def find(self, subscriber_id: int) -> Subscriber | None:
-        return store_subscribers.get_by_id(self.reader, subscriber_id)
+        with self._using(self.reader) as reader:
+            return store_subscribers.get_by_id(reader, subscriber_id)
 
     def confirm(self, subscriber_id: int, *, now: datetime) -> None:
-        store_subscribers.confirm(self.db, subscriber_id, now=now)
+        with self._using(self.db) as db:
+            store_subscribers.confirm(db, subscriber_id, now=now)
 
     def unsubscribe(self, subscriber_id: int, *, now: datetime) -> None:
-        store_subscribers.unsubscribe(self.db, subscriber_id, now=now)
+        with self._using(self.db) as db:
+            store_subscribers.unsubscribe(db, subscriber_id, now=now)
 
     def check(self) -> None:
         # A primary-key lookup: cheap, and it fails (StoreError) when the file is unusable.
-        store_subscribers.get_by_id(self.reader, 0)
+        with self._using(self.reader) as reader:
+            store_subscribers.get_by_id(reader, 0)
+
+    @contextmanager
+    def _using(self, db: Database) -> Iterator[Database]:
+        """Run a call on `db` (the writer or the reader), on a new connection to the same
+        store when the server dropped the last one (a PostgreSQL restart or fail-over).
+
+        The call that finds the server gone raises StoreUnavailableError (503): a write
+        is not tried again, since it may have committed. The next call on that
+        connection connects anew, so `serve` outlives the restart.
+        """
+        if db in self._lost:
+            fresh = open_database(
+                self.settings.paths.database,
+                url=self.settings.store.url,
+                any_thread=True,
+                busy_timeout=self.settings.store.busy_timeout,
+                read_only=db is self.reader,
+            )
+            with suppress(*DB_ERRORS):
+                db.conn.close()
+            db.conn = fresh.conn  # the caller's Database, which it closes, now holds it
+            self._lost.discard(db)
+        try:
+            yield db
+        except StoreUnavailableError:
+            self._lost.add(db)
+            raise

@@ -33,8 +33,9 @@ from syndicate.config import Settings, load_settings
 from syndicate.publish import run_build
 from syndicate.send import Mailer, open_mailer
 from syndicate.send.digests import todays_digest, write_digest_page
-from syndicate.store import open_database
+from syndicate.store import Database, open_database
 from syndicate.web import DatabaseStore, SubscriptionStore, create_app, make_http_protocol
+from tests.plugins.postgres import ENV_STORE_URL, Cluster
 
 CONFIRMATIONS = "confirmations"
 # The fixed clock of tests/conftest.py (`now`), for servers that outlive one test.
@@ -148,10 +149,16 @@ class LiveServer:
         return self.settings.paths.outbox / CONFIRMATIONS
 
 
+def open_settings_store(settings: Settings, **options: Any) -> Database:
+    """Open the store `settings` name: the PostgreSQL database of `store.url`, else the
+    SQLite file. A server's own (`server.settings`), whichever engine its module runs on."""
+    return open_database(settings.paths.database, url=settings.store.url, **options)
+
+
 def build_site(settings: Settings, now: datetime) -> None:
     """Build feeds and pages from the shipped seeds, and today's digest page."""
     shutil.copytree(ROOT / "seeds", settings.paths.seeds, dirs_exist_ok=True)
-    with open_database(settings.paths.database, url=settings.store.url) as db:
+    with open_settings_store(settings) as db:
         run_build(settings, db, now=now)
         plan = todays_digest(settings, db, now=now, create=True)
         assert plan is not None, "the shipped seeds made no digest"
@@ -345,8 +352,12 @@ def start_live_server(
 
 
 @pytest.fixture
-def live_server(settings: Settings, now: datetime) -> Iterator[Callable[..., LiveServer]]:
-    """Start the app on 127.0.0.1:<free port>: `live_server(subscribe=..., mailer=...)`.
+def live_server(
+    store: str, settings: Settings, now: datetime
+) -> Iterator[Callable[..., LiveServer]]:
+    """Start the app on 127.0.0.1:<free port>: `live_server(subscribe=..., mailer=...)`,
+    on the test's store (it takes `store`: a test that starts a server runs on both
+    engines, and every server it starts shares that one store).
 
     Keyword arguments replace whole settings sections (`subscribe=SubscribeSettings(...)`);
     `mailer` is a factory `settings -> Mailer` (default: the configured transport,
@@ -364,17 +375,29 @@ _KEPT_TABLES = ("meta", "sqlite_sequence")
 
 
 @pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def shared_server(
+    tmp_path_factory: pytest.TempPathFactory, store_backend: str, request: pytest.FixtureRequest
+) -> Iterator[LiveServer]:
     """One live server for a whole test module, with the default settings (but no sign-up
-    rate limit: its tests share one client address). Starting and stopping uvicorn costs
-    more than most tests; a test takes it through a fixture that calls `reset_server`."""
+    rate limit: its tests share one client address), on the module's store engine (a
+    test that takes it runs on both): on PostgreSQL a database of its own, which the
+    tests' `store` does not touch. Starting and stopping uvicorn costs more than most
+    tests; a test takes it through a fixture that calls `reset_server`."""
     work = tmp_path_factory.mktemp("live")
     (work / "seeds").mkdir()
     environ: dict[str, str] = {}
+    cluster: Cluster | None = None
+    if store_backend == "postgresql":
+        cluster = request.getfixturevalue("pg_cluster")
+        environ[ENV_STORE_URL] = cluster.new_database()
     settings = load_settings(None, environ, cwd=work)
     unlimited = dataclasses.replace(settings.subscribe, rate_limit=1_000_000)
-    with ExitStack() as stack:
-        yield start_live_server(stack, settings, FIXED_NOW, subscribe=unlimited)
+    try:
+        with ExitStack() as stack:
+            yield start_live_server(stack, settings, FIXED_NOW, subscribe=unlimited)
+    finally:
+        if cluster is not None:  # the server has stopped: its database goes back
+            cluster.drop_database(environ[ENV_STORE_URL])
 
 
 def reset_server(server: LiveServer, now: datetime) -> LiveServer:
@@ -389,11 +412,11 @@ def reset_server(server: LiveServer, now: datetime) -> LiveServer:
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-    with open_database(paths.database, url=server.settings.store.url) as db:
+    with open_settings_store(server.settings) as db:
         if db.dialect == "postgresql":
             with db.transaction() as conn:
                 names = conn.execute(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
                     "AND tablename NOT IN ('meta', 'syndicate_schema')"
                 ).fetchall()
                 listed = ", ".join(f'"{row[0]}"' for row in names)
