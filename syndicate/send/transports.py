@@ -362,7 +362,6 @@ class SmtpMailer:
         await asyncio.gather(*(_quit(conn.client) for conn in idle))
 
 
-
 # The send loop's SMTP commands, each what aiosmtplib's own `mail`, `rcpt` and `data` send
 # and raise, minus their per-message work that our messages never need (issue 13 section 3):
 # parsing an address that is already a bare checked one (about 20 us each), and two regular
@@ -430,6 +429,7 @@ async def _data(client: aiosmtplib.SMTP, wire: bytes, timeout: float) -> None:
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
         client.close()
         raise
+
 
 def _failure(where: str, recipient: str, outcome: Outcome) -> SendError:
     """The error for a refused message: what `to_action` makes of the reply picks the class."""
