@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import struct
@@ -67,7 +68,16 @@ def _purpose_code(purpose: str) -> int:
 
 def _tag(secret: bytes, payload: bytes) -> bytes:
     # The domain prefix keeps these tags apart from any other HMAC made with the same secret.
-    return hmac.new(secret, b"syndicate-token\x00" + payload, hashlib.sha256).digest()[:_TAG_BYTES]
+    keyed = _keyed(secret).copy()
+    keyed.update(payload)
+    return keyed.digest()[:_TAG_BYTES]
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed(secret: bytes) -> hmac.HMAC:
+    # Keyed once per secret (the send loop signs a token per message); the same tag as
+    # hmac.new(secret, b"syndicate-token\x00" + payload, sha256).
+    return hmac.new(secret, b"syndicate-token\x00", hashlib.sha256)
 
 
 def make_token(

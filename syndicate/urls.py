@@ -6,6 +6,7 @@ here once, so the build that writes the feeds and every link to them agree.
 
 from __future__ import annotations
 
+import functools
 from datetime import date
 from typing import Literal
 from urllib.parse import quote, urlsplit
@@ -73,6 +74,7 @@ def ascii_host(host: str) -> str:
         ) from None
 
 
+@functools.lru_cache(maxsize=16)  # per message in the send loop: one base_url a run
 def ascii_base_url(base_url: str) -> str:
     """base_url as ASCII URL characters: IDN host in xn-- form, the rest percent-encoded.
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 import aiosmtplib
+from aiosmtplib.protocol import normalize_message_line_endings
 
 from syndicate.config import Settings
 from syndicate.errors import (
@@ -309,14 +310,14 @@ class SmtpMailer:
             stage = Stage.SENDER
             try:
                 options = [*conn.options, f"SIZE={len(message)}"] if conn.sized else conn.options
-                await client.mail(sender, options=options, timeout=self.timeout)
+                await _mail(client, sender, options, self.timeout)
                 stage = Stage.RECIPIENT
                 for recipient in recipients:
-                    await client.rcpt(recipient, timeout=self.timeout)
+                    await _rcpt(client, recipient, self.timeout)
                 stage = Stage.DATA
                 self.in_flight += 1
                 try:
-                    await client.data(message, timeout=self.data_timeout)
+                    await _data(client, wire_data(message), self.data_timeout)
                 finally:
                     self.in_flight -= 1
                 keep = True
@@ -359,6 +360,75 @@ class SmtpMailer:
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []
         await asyncio.gather(*(_quit(conn.client) for conn in idle))
+
+
+# The send loop's SMTP commands, each what aiosmtplib's own `mail`, `rcpt` and `data` send
+# and raise, minus their per-message work that our messages never need (issue 13 section 3):
+# parsing an address that is already a bare checked one (about 20 us each), and two regular
+# expressions over the whole message (line ends, dot-stuffing: about 0.2 ms a 10 KB message),
+# replaced by `wire_data`'s counts and one replace that give the same bytes.
+_BARE_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+)
+
+
+async def _mail(client: aiosmtplib.SMTP, sender: str, options: list[str], timeout: float) -> None:
+    if client.is_ehlo_or_helo_needed or not _BARE_ADDRESS.fullmatch(sender):
+        await client.mail(sender, options=options, timeout=timeout)
+        return
+    args = [option.encode("ascii") for option in options]
+    reply = await client.execute_command(
+        b"MAIL", b"FROM:<" + sender.encode("ascii") + b">", *args, timeout=timeout
+    )
+    if reply.code != 250:
+        raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
+
+
+async def _rcpt(client: aiosmtplib.SMTP, recipient: str, timeout: float) -> None:
+    if client.is_ehlo_or_helo_needed or not _BARE_ADDRESS.fullmatch(recipient):
+        await client.rcpt(recipient, timeout=timeout)
+        return
+    reply = await client.execute_command(
+        b"RCPT", b"TO:<" + recipient.encode("ascii") + b">", timeout=timeout
+    )
+    if reply.code not in (250, 251):
+        raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
+
+
+def wire_data(message: bytes) -> bytes:
+    """`message` as DATA sends it: CRLF line ends, a final CRLF, leading dots doubled, and the
+    closing `.` line; byte for byte what aiosmtplib's DATA sends for the same message."""
+    crlf = message.count(b"\r\n")
+    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
+        message = normalize_message_line_endings(message)  # a bare CR or LF somewhere
+    elif not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    message = message.replace(b"\n.", b"\n..")
+    if message.startswith(b"."):
+        message = b"." + message
+    return message + b".\r\n"
+
+
+async def _data(client: aiosmtplib.SMTP, wire: bytes, timeout: float) -> None:
+    """DATA with bytes from `wire_data`: as `aiosmtplib.SMTP.data`, which would redo them."""
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    if client.is_ehlo_or_helo_needed:  # MAIL came first and greeted: never here in the loop
+        await client.ehlo()
+    try:
+        protocol.write(b"DATA\r\n")
+        reply = await protocol.read_response(timeout=timeout)
+        if reply.code != 354:
+            raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+        protocol.write(wire)
+        reply = await protocol.read_response(timeout=timeout)
+        if reply.code != 250:
+            raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        client.close()
+        raise
 
 
 def _failure(where: str, recipient: str, outcome: Outcome) -> SendError:
