@@ -323,8 +323,8 @@ _ENQUEUE = """
 # of this run, :run_like = '<run>/%', and it has no expiry: failed or in doubt this run;
 # the next run takes it). The inner SELECT finds the rows through deliveries_queue; the
 # `status <> 'sent'` term is the partial index's own, so the planner may use it.
-# On SQLite, BEGIN IMMEDIATE serialises claimers; on PostgreSQL the same statement with
-# `FOR UPDATE OF d SKIP LOCKED` lets claimers pass each other's locked rows.
+# On SQLite, BEGIN IMMEDIATE serialises claimers; on PostgreSQL the statement below, with
+# `FOR UPDATE OF d SKIP LOCKED`, lets claimers pass each other's locked rows.
 # RETURNING may name only the updated table on SQLite, so the subscriber's fields come
 # from scalar subqueries (primary-key lookups).
 _CLAIM_TEMPLATE = """
@@ -347,10 +347,36 @@ _CLAIM_TEMPLATE = """
         (SELECT language FROM subscribers WHERE id = deliveries.subscriber_id),
         (SELECT token_nonce FROM subscribers WHERE id = deliveries.subscriber_id)
 """
-_CLAIM = {
-    "sqlite": _CLAIM_TEMPLATE.format(lock=""),
-    "postgresql": _CLAIM_TEMPLATE.format(lock="\n        FOR UPDATE OF d SKIP LOCKED"),
-}
+# PostgreSQL's planner needs the same statement in another shape to keep to indexes (see
+# docs/performance.md, tests/test_ledger_plan.py). With `id IN (subquery)` it hash-joined the
+# chosen ids against a sequential scan of the whole ledger (every day's rows); `= ANY(ARRAY(..))`
+# makes the ids one value, looked up in the primary key. With the subscribers JOINed, it
+# merge-joined both tables in subscriber order, reading every row already sent (through the
+# unique index) and every subscriber before the first owed one: a claim's cost grew with the
+# rows sent so far. The subscriber test as a correlated subquery (one primary-key lookup per
+# candidate) lets it read the candidates from deliveries_queue, which holds no sent row.
+_CLAIM_POSTGRESQL = """
+    UPDATE deliveries
+    SET status = 'sending', lease_owner = :owner, lease_until = :until, updated_at = :now
+    WHERE id = ANY(ARRAY(
+        SELECT d.id
+        FROM deliveries AS d
+        WHERE d.digest_day = :day AND d.status <> 'sent'
+          AND (d.lease_until IS NULL OR d.lease_until <= :at)
+          AND NOT (d.lease_until IS NULL AND coalesce(d.lease_owner, '') LIKE :run_like)
+          AND (d.status = 'sending' OR d.attempts < :max_attempts)
+          AND (SELECT s.status = 'confirmed'
+                      AND (:confirmed_by IS NULL OR s.confirmed_at <= :confirmed_by)
+               FROM subscribers AS s WHERE s.id = d.subscriber_id)
+        LIMIT :limit
+        FOR UPDATE OF d SKIP LOCKED
+    ))
+    RETURNING subscriber_id, attempts,
+        (SELECT email FROM subscribers WHERE id = deliveries.subscriber_id),
+        (SELECT language FROM subscribers WHERE id = deliveries.subscriber_id),
+        (SELECT token_nonce FROM subscribers WHERE id = deliveries.subscriber_id)
+"""
+_CLAIM = {"sqlite": _CLAIM_TEMPLATE.format(lock=""), "postgresql": _CLAIM_POSTGRESQL}
 
 # Renew: extend the lease of every row :owner still holds for :day, and say which those
 # are. A row another worker claimed (its lease had run out) is no longer :owner's: it is
