@@ -323,42 +323,24 @@ _ENQUEUE = """
 # of this run, :run_like = '<run>/%', and it has no expiry: failed or in doubt this run;
 # the next run takes it). The inner SELECT finds the rows through deliveries_queue; the
 # `status <> 'sent'` term is the partial index's own, so the planner may use it.
-# On SQLite, BEGIN IMMEDIATE serialises claimers; on PostgreSQL the statement below, with
-# `FOR UPDATE OF d SKIP LOCKED`, lets claimers pass each other's locked rows.
+# On SQLite, BEGIN IMMEDIATE serialises claimers; on PostgreSQL the same statement with
+# `FOR UPDATE OF d SKIP LOCKED` lets claimers pass each other's locked rows.
 # RETURNING may name only the updated table on SQLite, so the subscriber's fields come
 # from scalar subqueries (primary-key lookups).
+# The shape keeps both planners on indexes (docs/performance.md, tests/test_ledger_plan.py):
+# - the subscriber test is a correlated lookup, not a JOIN: joined, PostgreSQL merge-joined
+#   both tables in subscriber order, and SQLite after ANALYZE scanned subscribers, each
+#   reading every row already sent: a claim cost more the more of the day was sent;
+# - ORDER BY is deliveries_queue's own order, so that reading the index is always cheaper
+#   than a scan that would have to sort (with few rows sent, or stale statistics, both
+#   planners otherwise scanned the ledger from its start, past every row sent so far);
+#   SQLite sorts NULL (unleased) first, PostgreSQL last (lapsed leases first);
+# - on PostgreSQL the ids are `= ANY(ARRAY(..))`, one value looked up in the primary key:
+#   with `IN (..)` it hash-joined them against a sequential scan of the whole ledger.
 _CLAIM_TEMPLATE = """
     UPDATE deliveries
     SET status = 'sending', lease_owner = :owner, lease_until = :until, updated_at = :now
-    WHERE id IN (
-        SELECT d.id
-        FROM deliveries AS d
-        JOIN subscribers AS s ON s.id = d.subscriber_id
-        WHERE d.digest_day = :day AND d.status <> 'sent'
-          AND (d.lease_until IS NULL OR d.lease_until <= :at)
-          AND NOT (d.lease_until IS NULL AND coalesce(d.lease_owner, '') LIKE :run_like)
-          AND (d.status = 'sending' OR d.attempts < :max_attempts)
-          AND s.status = 'confirmed'
-          AND (:confirmed_by IS NULL OR s.confirmed_at <= :confirmed_by)
-        LIMIT :limit{lock}
-    )
-    RETURNING subscriber_id, attempts,
-        (SELECT email FROM subscribers WHERE id = deliveries.subscriber_id),
-        (SELECT language FROM subscribers WHERE id = deliveries.subscriber_id),
-        (SELECT token_nonce FROM subscribers WHERE id = deliveries.subscriber_id)
-"""
-# PostgreSQL's planner needs the same statement in another shape to keep to indexes (see
-# docs/performance.md, tests/test_ledger_plan.py). With `id IN (subquery)` it hash-joined the
-# chosen ids against a sequential scan of the whole ledger (every day's rows); `= ANY(ARRAY(..))`
-# makes the ids one value, looked up in the primary key. With the subscribers JOINed, it
-# merge-joined both tables in subscriber order, reading every row already sent (through the
-# unique index) and every subscriber before the first owed one: a claim's cost grew with the
-# rows sent so far. The subscriber test as a correlated subquery (one primary-key lookup per
-# candidate) lets it read the candidates from deliveries_queue, which holds no sent row.
-_CLAIM_POSTGRESQL = """
-    UPDATE deliveries
-    SET status = 'sending', lease_owner = :owner, lease_until = :until, updated_at = :now
-    WHERE id = ANY(ARRAY(
+    WHERE id {ids}(
         SELECT d.id
         FROM deliveries AS d
         WHERE d.digest_day = :day AND d.status <> 'sent'
@@ -368,15 +350,20 @@ _CLAIM_POSTGRESQL = """
           AND (SELECT s.status = 'confirmed'
                       AND (:confirmed_by IS NULL OR s.confirmed_at <= :confirmed_by)
                FROM subscribers AS s WHERE s.id = d.subscriber_id)
-        LIMIT :limit
-        FOR UPDATE OF d SKIP LOCKED
-    ))
+        ORDER BY d.digest_day, d.lease_until
+        LIMIT :limit{lock}
+    ){close}
     RETURNING subscriber_id, attempts,
         (SELECT email FROM subscribers WHERE id = deliveries.subscriber_id),
         (SELECT language FROM subscribers WHERE id = deliveries.subscriber_id),
         (SELECT token_nonce FROM subscribers WHERE id = deliveries.subscriber_id)
 """
-_CLAIM = {"sqlite": _CLAIM_TEMPLATE.format(lock=""), "postgresql": _CLAIM_POSTGRESQL}
+_CLAIM = {
+    "sqlite": _CLAIM_TEMPLATE.format(ids="IN ", lock="", close=""),
+    "postgresql": _CLAIM_TEMPLATE.format(
+        ids="= ANY(ARRAY", lock="\n        FOR UPDATE OF d SKIP LOCKED", close=")"
+    ),
+}
 
 # Renew: extend the lease of every row :owner still holds for :day, and say which those
 # are. A row another worker claimed (its lease had run out) is no longer :owner's: it is
