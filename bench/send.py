@@ -260,6 +260,19 @@ def write_config(
     )
 
 
+def pg_commits(url: str) -> int:
+    """Transactions committed in the PostgreSQL database at `url` so far (0 for SQLite)."""
+    if not url:
+        return 0
+    import psycopg
+
+    with psycopg.connect(url) as pg:
+        row = pg.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def reset_ledger(folder: Path, url: str = "") -> None:
     if url:
         import psycopg
@@ -365,12 +378,17 @@ def bench_size(
             sink = start_sink(sink_kind, port, saved)
             try:
                 best: dict[tuple[str, int], Measure] = {}  # (store, --workers) -> best run
+                commits: dict[str, float] = {}
                 floor = None
                 for _ in range(repeat):  # best of `repeat`, alternating: the host is shared
                     for key, (folder, url) in stores.items():
                         for count in sorted({1, *workers}):
                             reset_ledger(folder, url)
+                            before = pg_commits(url)
                             run = run_ours(folder, envs[key], size, count)
+                            if url and count == 1:  # transactions the store committed, a message
+                                time.sleep(1.0)  # the server's statistics lag up to 0.5 s
+                                commits[key] = (pg_commits(url) - before) / size
                             old = best.get((key, count))
                             if old is None or run.seconds < old.seconds:
                                 best[key, count] = run
@@ -400,6 +418,8 @@ def bench_size(
                 if count == 1:
                     row[f"{name}_end_to_end_msgs_per_s"] = round(size / run.wall, 1)
                     row[f"{name}_wall_s"] = round(run.wall, 2)
+            for key, per_message in commits.items():
+                row[f"{key}commits_per_msg"] = round(per_message, 2)
             if pg_url:
                 row["pg_over_sqlite_w1"] = round(best["", 1].seconds / best["pg_", 1].seconds, 3)
             print(json.dumps(row), flush=True)
