@@ -448,7 +448,7 @@ def claim_plans(folder: Path, url: str, conns: int) -> str:
     sys.path.insert(0, str(ROOT))
     from syndicate.send.deliver import CLAIM_PER_CONNECTION, PAGE_SIZE
     from syndicate.store import open_database
-    from syndicate.store.ledger import _CLAIM, lease_stamp  # the bench reads the statement
+    from syndicate.store.ledger import claim_statement, lease_stamp
 
     with open_database(folder / "syndicate.db", url=url) as db:
         db.conn.execute("ANALYZE")
@@ -467,7 +467,7 @@ def claim_plans(folder: Path, url: str, conns: int) -> str:
         }
         explain = "EXPLAIN " if url else "EXPLAIN QUERY PLAN "
         with db.transaction(rows_only=True) as conn:  # EXPLAIN runs nothing; rolled back anyway
-            rows = conn.execute(explain + _CLAIM[db.dialect], params).fetchall()
+            rows = conn.execute(explain + claim_statement(db.dialect), params).fetchall()
     if url:
         return "\n".join(str(r[0]) for r in rows)
     return "\n".join(f"{r[1]:>3} {r[3]}" for r in rows)

@@ -49,7 +49,7 @@ def _plan(db: Database) -> str:
         "max_attempts": 3,
         "confirmed_by": None,
     }
-    statement = ledger._CLAIM[db.dialect]
+    statement = ledger.claim_statement(db.dialect)
     explain = "EXPLAIN " if db.dialect == "postgresql" else "EXPLAIN QUERY PLAN "
     with db.transaction(rows_only=True) as conn:
         rows = conn.execute(explain + statement, params).fetchall()

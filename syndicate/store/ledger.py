@@ -365,6 +365,13 @@ _CLAIM = {
     ),
 }
 
+
+def claim_statement(dialect: str) -> str:
+    """The claim's SQL on `dialect` ("sqlite" | "postgresql"), for reading its plan (bench,
+    tests)."""
+    return _CLAIM[dialect]
+
+
 # Renew: extend the lease of every row :owner still holds for :day, and say which those
 # are. A row another worker claimed (its lease had run out) is no longer :owner's: it is
 # left out, and its sender drops it (fencing). Rows sent, failed or in doubt have no expiry.
