@@ -39,8 +39,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,7 +179,14 @@ DUMP = (
 
 
 def make_project(
-    folder: Path, *, subscribers: int, articles: int, port: int, conns: int, bounce: str = ""
+    folder: Path,
+    *,
+    subscribers: int,
+    articles: int,
+    port: int,
+    conns: int,
+    bounce: str = "",
+    url: str = "",
 ) -> None:
     seeds = folder / "seeds"
     seeds.mkdir(parents=True)
@@ -191,27 +200,50 @@ def make_project(
         )
         (seeds / f"{i:03d}.txt").write_text(text, encoding="utf-8")
     write_config(folder, port=port, conns=conns, bounce=bounce)
+    fill_subscribers(folder, subscribers, url)
+
+
+def fill_subscribers(folder: Path, count: int, url: str = "") -> None:
+    """`count` confirmed subscribers, inserted fast: one executemany on SQLite, COPY on
+    PostgreSQL (the store is made and migrated by syndicate first)."""
     sys.path.insert(0, str(ROOT))
     from syndicate.store import open_database
 
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    with open_database(folder / "syndicate.db") as db, db.transaction() as conn:
-        conn.executemany(
-            "INSERT INTO subscribers (email, email_key, language, status, created_at, "
-            "updated_at, confirmed_at, token_nonce) "
-            "VALUES (?, ?, ?, 'confirmed', ?, ?, ?, randomblob(16))",
-            (
-                (
-                    f"reader{i}@example.org",
-                    f"reader{i}@example.org",
-                    "en" if i % 4 == 0 else "vi",
-                    now,
-                    now,
-                    now,
-                )
-                for i in range(subscribers)
-            ),
+    rows = (
+        (
+            f"reader{i}@example.org",
+            f"reader{i}@example.org",
+            "en" if i % 4 == 0 else "vi",
+            "confirmed",
+            now,
+            now,
+            now,
+            os.urandom(16),
         )
+        for i in range(count)
+    )
+    columns = (
+        "email, email_key, language, status, created_at, updated_at, confirmed_at, token_nonce"
+    )
+    with open_database(folder / "syndicate.db", url=url) as db:
+        if not url:
+            with db.transaction() as conn:
+                conn.executemany(
+                    f"INSERT INTO subscribers ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                    rows,
+                )
+            return
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        with (
+            conn.cursor() as cursor,
+            cursor.copy(f"COPY subscribers ({columns}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+        conn.execute("ANALYZE")
 
 
 def write_config(
@@ -228,7 +260,27 @@ def write_config(
     )
 
 
-def reset_ledger(folder: Path) -> None:
+def pg_commits(url: str) -> int:
+    """Transactions committed in the PostgreSQL database at `url` so far (0 for SQLite)."""
+    if not url:
+        return 0
+    import psycopg
+
+    with psycopg.connect(url) as pg:
+        row = pg.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def reset_ledger(folder: Path, url: str = "") -> None:
+    if url:
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as pg:
+            pg.execute("DELETE FROM deliveries")
+            pg.execute("VACUUM ANALYZE deliveries")  # as SQLite's DELETE leaves no dead rows
+        return
     with sqlite3.connect(folder / "syndicate.db") as conn:
         conn.execute("DELETE FROM deliveries")
 
@@ -294,67 +346,198 @@ def bench_size(
     repeat: int,
     bounce: str = "",
     workers: tuple[int, ...] = (1,),
+    pg_url: str = "",
 ) -> list[dict[str, object]]:
+    """Ours (SQLite; with `pg_url` also PostgreSQL) and the floor, alternating; best of each."""
     results = []
     with tempfile.TemporaryDirectory(prefix=f"bench-send-{size}-") as tmp:
-        folder = Path(tmp)
-        make_project(
-            folder, subscribers=size, articles=articles, port=0, conns=conns, bounce=bounce
-        )
-        saved = folder / "message.eml"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
-        env["SYNDICATE_SECRET"] = "bench-secret"  # noqa: S105 - a throwaway benchmark key
+        stores = {"": (Path(tmp) / "sqlite", "")}  # key prefix -> (project folder, store URL)
+        if pg_url:
+            stores["pg_"] = (Path(tmp) / "postgresql", pg_url)
+        for folder, url in stores.values():
+            make_project(
+                folder,
+                subscribers=size,
+                articles=articles,
+                port=0,
+                conns=conns,
+                bounce=bounce,
+                url=url,
+            )
+        saved = Path(tmp) / "message.eml"
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+        base_env["SYNDICATE_SECRET"] = "bench-secret"  # noqa: S105 - a throwaway benchmark key
+        envs = {
+            key: {**base_env, "SYNDICATE_STORE_URL": url} if url else base_env
+            for key, (_, url) in stores.items()
+        }
         for sink_kind in sinks:
             port = free_port()
-            write_config(folder, port=port, conns=conns, bounce=bounce)
-            reset_ledger(folder)
+            for folder, _url in stores.values():
+                write_config(folder, port=port, conns=conns, bounce=bounce)
             sink = start_sink(sink_kind, port, saved)
             try:
-                ours = floor = None
-                more: dict[int, Measure] = {}  # --workers above 1
+                best: dict[tuple[str, int], Measure] = {}  # (store, --workers) -> best run
+                commits: dict[str, float] = {}
+                floor = None
                 for _ in range(repeat):  # best of `repeat`, alternating: the host is shared
-                    reset_ledger(folder)
-                    run = run_ours(folder, env, size)
-                    ours = run if ours is None or run.seconds < ours.seconds else ours
-                    for count in workers:
-                        if count > 1:
-                            reset_ledger(folder)
-                            run = run_ours(folder, env, size, count)
-                            best = more.get(count)
-                            if best is None or run.seconds < best.seconds:
-                                more[count] = run
+                    for key, (folder, url) in stores.items():
+                        for count in sorted({1, *workers}):
+                            reset_ledger(folder, url)
+                            before = pg_commits(url)
+                            run = run_ours(folder, envs[key], size, count)
+                            if url and count == 1:  # transactions the store committed, a message
+                                time.sleep(1.0)  # the server's statistics lag up to 0.5 s
+                                commits[key] = (pg_commits(url) - before) / size
+                            old = best.get((key, count))
+                            if old is None or run.seconds < old.seconds:
+                                best[key, count] = run
                     if not saved.exists():
                         raise SystemExit("no message was saved for the floor (run aiosmtpd first)")
-                    run = run_floor_child(folder, env, port, saved, size, conns)
+                    run = run_floor_child(Path(tmp), base_env, port, saved, size, conns)
                     floor = run if floor is None or run.seconds < floor.seconds else floor
-                assert ours is not None
                 assert floor is not None
             finally:
                 stop_sink(sink)
-            row = {
+            row: dict[str, object] = {
                 "subscribers": size,
                 "sink": sink_kind,
                 "connections": conns,
                 "bounce_address": bounce,
                 "message_bytes": saved.stat().st_size,
-                "ours_msgs_per_s": round(size / ours.seconds, 1),
-                "ours_end_to_end_msgs_per_s": round(size / ours.wall, 1),
                 "floor_msgs_per_s": round(size / floor.seconds, 1),
-                "ours_share_of_floor": round((size / ours.seconds) / (size / floor.seconds), 3),
-                "ours_cpu_ms_per_msg": round(ours.cpu * 1000 / size, 3),
                 "floor_cpu_ms_per_msg": round(floor.cpu * 1000 / size, 3),
-                "ours_peak_rss_mb": round(ours.max_rss_mb, 1),
                 "floor_peak_rss_mb": round(floor.max_rss_mb, 1),
-                "ours_wall_s": round(ours.wall, 2),
             }
-            for count, run in sorted(more.items()):
-                row[f"ours_w{count}_msgs_per_s"] = round(size / run.seconds, 1)
-                row[f"ours_w{count}_share_of_floor"] = round(floor.seconds / run.seconds, 3)
-                row[f"ours_w{count}_cpu_ms_per_msg"] = round(run.cpu * 1000 / size, 3)
-                row[f"ours_w{count}_peak_rss_mb"] = round(run.max_rss_mb, 1)
+            for (key, count), run in sorted(best.items()):
+                name = f"{key}ours" if count == 1 else f"{key}ours_w{count}"
+                row[f"{name}_msgs_per_s"] = round(size / run.seconds, 1)
+                row[f"{name}_share_of_floor"] = round(floor.seconds / run.seconds, 3)
+                row[f"{name}_cpu_ms_per_msg"] = round(run.cpu * 1000 / size, 3)
+                row[f"{name}_peak_rss_mb"] = round(run.max_rss_mb, 1)
+                if count == 1:
+                    row[f"{name}_end_to_end_msgs_per_s"] = round(size / run.wall, 1)
+                    row[f"{name}_wall_s"] = round(run.wall, 2)
+            for key, per_message in commits.items():
+                row[f"{key}commits_per_msg"] = round(per_message, 2)
+            if pg_url:
+                row["pg_over_sqlite_w1"] = round(best["", 1].seconds / best["pg_", 1].seconds, 3)
             print(json.dumps(row), flush=True)
+            if pg_url:
+                print(
+                    f"{size} subscribers, {sink_kind}: PostgreSQL 1 worker / SQLite 1 worker = "
+                    f"{row['pg_over_sqlite_w1']} (target >= 0.8)",
+                    flush=True,
+                )
+                for count in workers:
+                    if count > 1:
+                        print(
+                            f"{size} subscribers, {sink_kind}: PostgreSQL {count} workers / "
+                            f"floor = {row[f'pg_ours_w{count}_share_of_floor']}"
+                            + (" (target >= 1.3)" if count == 2 else ""),
+                            flush=True,
+                        )
             results.append(row)
     return results
+
+
+def claim_plans(folder: Path, url: str, conns: int) -> str:
+    """The plan of the ledger's claim statement on this store, with the parameters a worker of
+    a new run uses on the day just sent: PostgreSQL's EXPLAIN after ANALYZE, SQLite's
+    EXPLAIN QUERY PLAN (after ANALYZE too)."""
+    sys.path.insert(0, str(ROOT))
+    from syndicate.send.deliver import CLAIM_PER_CONNECTION, PAGE_SIZE
+    from syndicate.store import open_database
+    from syndicate.store.ledger import claim_statement, lease_stamp
+
+    with open_database(folder / "syndicate.db", url=url) as db:
+        db.conn.execute("ANALYZE")
+        (day,) = db.conn.execute("SELECT max(digest_day) FROM deliveries").fetchone()
+        now = datetime.now(UTC)
+        params = {
+            "day": day,
+            "owner": "bench-run/1",
+            "until": lease_stamp(now + timedelta(seconds=300)),
+            "at": lease_stamp(now),
+            "now": now.isoformat(timespec="seconds"),
+            "run_like": "bench-run/%",
+            "limit": min(PAGE_SIZE, CLAIM_PER_CONNECTION * conns),
+            "max_attempts": 3,
+            "confirmed_by": None,
+        }
+        explain = "EXPLAIN " if url else "EXPLAIN QUERY PLAN "
+        with db.transaction(rows_only=True) as conn:  # EXPLAIN runs nothing; rolled back anyway
+            rows = conn.execute(explain + claim_statement(db.dialect), params).fetchall()
+    if url:
+        return "\n".join(str(r[0]) for r in rows)
+    return "\n".join(f"{r[1]:>3} {r[3]}" for r in rows)
+
+
+def bench_memory(
+    sizes: list[int],
+    *,
+    limit: int,
+    conns: int,
+    articles: int,
+    new_pg: Callable[[], str] | None,
+    sink_kind: str,
+) -> None:
+    """Peak RSS of `send --limit` on stores of each size, on each engine; the claim's plan on
+    the largest."""
+    engines: dict[str, Callable[[], str]] = {"SQLite": str}  # str(): "", the SQLite file
+    if new_pg is not None:
+        engines["PostgreSQL"] = new_pg
+    for engine, new_store in engines.items():
+        peaks: dict[int, float] = {}
+        for size in sizes:
+            url = new_store()
+            with tempfile.TemporaryDirectory(prefix=f"bench-send-mem-{size}-") as tmp:
+                folder = Path(tmp)
+                started = time.perf_counter()
+                make_project(
+                    folder, subscribers=size, articles=articles, port=0, conns=conns, url=url
+                )
+                filled = time.perf_counter() - started
+                port = free_port()
+                write_config(folder, port=port, conns=conns)
+                env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+                env["SYNDICATE_SECRET"] = "bench-secret"  # noqa: S105 - a throwaway benchmark key
+                if url:
+                    env["SYNDICATE_STORE_URL"] = url
+                sink = start_sink(sink_kind, port, folder / "message.eml")
+                try:
+                    args = [sys.executable, "-m", "syndicate", "send", "--json"]
+                    out, run = measure([*args, "--limit", str(limit)], cwd=folder, env=env)
+                finally:
+                    stop_sink(sink)
+                summary = json.loads(out)
+                if int(summary["sent"]) != min(limit, size):
+                    raise SystemExit(f"sent {summary['sent']} of {min(limit, size)}: {summary}")
+                peaks[size] = run.max_rss_mb
+                print(
+                    json.dumps(
+                        {
+                            "engine": engine,
+                            "subscribers": size,
+                            "sent": summary["sent"],
+                            "fill_s": round(filled, 1),
+                            "send_wall_s": round(run.wall, 2),
+                            "send_loop_s": round(float(summary["seconds"]), 2),
+                            "peak_rss_mb": round(run.max_rss_mb, 1),
+                        }
+                    ),
+                    flush=True,
+                )
+                if size == max(sizes):
+                    print(f"{engine} claim plan, {size} subscribers, after ANALYZE:")
+                    print(claim_plans(folder, url, conns), flush=True)
+        small, large = min(peaks), max(peaks)
+        print(
+            f"{engine}: peak RSS of send --limit {limit}, {large} / {small} subscribers = "
+            f"{peaks[large]:.1f} / {peaks[small]:.1f} MB = {peaks[large] / peaks[small]:.2f}x"
+            " (target <= 1.2)",
+            flush=True,
+        )
 
 
 def bench_deferred(
@@ -400,6 +583,24 @@ def bench_deferred(
         print(json.dumps(row), flush=True)
 
 
+@contextmanager
+def pg_cluster(wanted: bool) -> Iterator[Callable[[], str] | None]:
+    """With `wanted`, a throwaway PostgreSQL cluster (the tests' own, as bench/build.py uses):
+    yields a maker of new empty databases' URLs; else None."""
+    if not wanted:
+        yield None
+        return
+    sys.path.insert(0, str(ROOT))
+    from tests.plugins.postgres import start_cluster
+
+    cluster = start_cluster()
+    try:
+        yield cluster.new_database
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(cluster.folder, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000")
@@ -421,6 +622,18 @@ def main() -> None:
     parser.add_argument(
         "--workers", default="1", help="`send --workers` counts to run, e.g. 1,2 (1 always runs)"
     )
+    parser.add_argument(
+        "--postgresql",
+        action="store_true",
+        help="also run with the store on a throwaway PostgreSQL cluster, and compare",
+    )
+    parser.add_argument(
+        "--memory",
+        default="",
+        metavar="SIZES",
+        help="instead: peak RSS of `send --limit` on stores of these sizes, e.g. 10000,1000000",
+    )
+    parser.add_argument("--limit", type=int, default=10_000, help="with --memory: send --limit")
     args = parser.parse_args()
     if args.sink_server:
         run_aiosmtpd_sink(args.sink_server, args.save, args.defer_every)
@@ -447,17 +660,29 @@ def main() -> None:
     if sinks and sinks[0] != "aiosmtpd" and "aiosmtpd" in sinks:
         sinks.remove("aiosmtpd")
         sinks.insert(0, "aiosmtpd")  # it saves the message the floor sends
-    rows = []
-    for size in (int(s) for s in args.sizes.split(",")):
-        rows += bench_size(
-            size,
-            sinks,
-            conns=args.connections,
-            articles=args.articles,
-            repeat=args.repeat,
-            bounce=args.bounce_address,
-            workers=tuple(int(n) for n in args.workers.split(",") if n),
-        )
+    with pg_cluster(args.postgresql) as new_pg:
+        if args.memory:
+            bench_memory(
+                [int(n) for n in args.memory.split(",")],
+                limit=args.limit,
+                conns=args.connections,
+                articles=args.articles,
+                new_pg=new_pg,
+                sink_kind=sinks[-1],  # smtp-sink where installed: the lightest
+            )
+            return
+        rows = []
+        for size in (int(s) for s in args.sizes.split(",")):
+            rows += bench_size(
+                size,
+                sinks,
+                conns=args.connections,
+                articles=args.articles,
+                repeat=args.repeat,
+                bounce=args.bounce_address,
+                workers=tuple(int(n) for n in args.workers.split(",") if n),
+                pg_url=new_pg() if new_pg else "",
+            )
     by_sink: dict[str, dict[int, float]] = {}
     for row in rows:
         by_sink.setdefault(str(row["sink"]), {})[int(row["subscribers"])] = float(

@@ -327,30 +327,50 @@ _ENQUEUE = """
 # `FOR UPDATE OF d SKIP LOCKED` lets claimers pass each other's locked rows.
 # RETURNING may name only the updated table on SQLite, so the subscriber's fields come
 # from scalar subqueries (primary-key lookups).
+# The shape keeps both planners on indexes (docs/performance.md, tests/test_ledger_plan.py):
+# - the subscriber test is a correlated lookup, not a JOIN: joined, PostgreSQL merge-joined
+#   both tables in subscriber order, and SQLite after ANALYZE scanned subscribers, each
+#   reading every row already sent: a claim cost more the more of the day was sent;
+# - ORDER BY is deliveries_queue's own order, so that reading the index is always cheaper
+#   than a scan that would have to sort (with few rows sent, or stale statistics, both
+#   planners otherwise scanned the ledger from its start, past every row sent so far);
+#   SQLite sorts NULL (unleased) first, PostgreSQL last (lapsed leases first);
+# - on PostgreSQL the ids are `= ANY(ARRAY(..))`, one value looked up in the primary key:
+#   with `IN (..)` it hash-joined them against a sequential scan of the whole ledger.
 _CLAIM_TEMPLATE = """
     UPDATE deliveries
     SET status = 'sending', lease_owner = :owner, lease_until = :until, updated_at = :now
-    WHERE id IN (
+    WHERE id {ids}(
         SELECT d.id
         FROM deliveries AS d
-        JOIN subscribers AS s ON s.id = d.subscriber_id
         WHERE d.digest_day = :day AND d.status <> 'sent'
           AND (d.lease_until IS NULL OR d.lease_until <= :at)
           AND NOT (d.lease_until IS NULL AND coalesce(d.lease_owner, '') LIKE :run_like)
           AND (d.status = 'sending' OR d.attempts < :max_attempts)
-          AND s.status = 'confirmed'
-          AND (:confirmed_by IS NULL OR s.confirmed_at <= :confirmed_by)
+          AND (SELECT s.status = 'confirmed'
+                      AND (:confirmed_by IS NULL OR s.confirmed_at <= :confirmed_by)
+               FROM subscribers AS s WHERE s.id = d.subscriber_id)
+        ORDER BY d.digest_day, d.lease_until
         LIMIT :limit{lock}
-    )
+    ){close}
     RETURNING subscriber_id, attempts,
         (SELECT email FROM subscribers WHERE id = deliveries.subscriber_id),
         (SELECT language FROM subscribers WHERE id = deliveries.subscriber_id),
         (SELECT token_nonce FROM subscribers WHERE id = deliveries.subscriber_id)
 """
 _CLAIM = {
-    "sqlite": _CLAIM_TEMPLATE.format(lock=""),
-    "postgresql": _CLAIM_TEMPLATE.format(lock="\n        FOR UPDATE OF d SKIP LOCKED"),
+    "sqlite": _CLAIM_TEMPLATE.format(ids="IN ", lock="", close=""),
+    "postgresql": _CLAIM_TEMPLATE.format(
+        ids="= ANY(ARRAY", lock="\n        FOR UPDATE OF d SKIP LOCKED", close=")"
+    ),
 }
+
+
+def claim_statement(dialect: str) -> str:
+    """The claim's SQL on `dialect` ("sqlite" | "postgresql"), for reading its plan (bench,
+    tests)."""
+    return _CLAIM[dialect]
+
 
 # Renew: extend the lease of every row :owner still holds for :day, and say which those
 # are. A row another worker claimed (its lease had run out) is no longer :owner's: it is
@@ -397,6 +417,10 @@ _BREAK_LEASES = """
 """
 
 
+# Rows enqueued at once from which PostgreSQL's statistics of the ledger are refreshed.
+_ANALYZE_AFTER = 1000
+
+
 def lease_stamp(moment: datetime) -> str:
     """A lease time as stored: UTC ISO-8601 with microseconds, fixed width, so text order is
     time order."""
@@ -419,9 +443,17 @@ def enqueue_owed(
     try:
         with db.transaction() as conn:
             cursor = conn.execute(_ENQUEUE, params)
-            return max(int(cursor.rowcount), 0)
+            added = max(int(cursor.rowcount), 0)
+        if db.dialect == "postgresql" and added >= _ANALYZE_AFTER:
+            # The day's rows are new to the planner's statistics until autovacuum samples
+            # them (a minute or more): meanwhile it costs the claim as a few rows, and
+            # bitmap-scans and sorts the whole day for each batch (1.4 s a claim at 300,000
+            # rows; 13 ms once analysed). See docs/performance.md.
+            with db.transaction(rows_only=True) as conn:
+                conn.execute("ANALYZE deliveries")
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
+    return added
 
 
 def claim(
