@@ -174,6 +174,11 @@ class Database:
             self._rollback()
             raise store_error(self.path, "cannot commit", exc) from exc
 
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction or snapshot of this Database is open."""
+        return bool(self._depth or self._reading)
+
     @contextmanager
     def snapshot(self) -> Iterator[Any]:
         """Run the block in one deferred read transaction: every read sees the same state.
