@@ -50,7 +50,7 @@ from syndicate.send.policy import (
     outcome_of,
     to_action,
 )
-from syndicate.send.transports import Mailer
+from syndicate.send.transports import FencedOff, Mailer
 from syndicate.store import Database, ledger
 from syndicate.store.subscribers import record_bounce
 from syndicate.tokens import make_token
@@ -455,7 +455,17 @@ class DigestSender:
                 run.dropped += 1  # another worker claimed it after this one's lease ran out
                 return
             try:
-                await self.mailer.send(self._sender(run, recipient), [recipient.email], message)
+                # Asked again once a connection is ready: the wait for one may have outlasted
+                # the lease (a stall), and the recipient may be another worker's by then.
+                await self.mailer.send(
+                    self._sender(run, recipient),
+                    [recipient.email],
+                    message,
+                    still_ours=lambda: self._holds(run, recipient.subscriber_id),
+                )
+            except FencedOff:
+                run.dropped += 1
+                return
             except (RecipientRefusedError, TransientSendError) as exc:
                 action, reply = to_action(outcome_of(exc)), exc.reply
                 failure: SyndicateError = exc

@@ -15,7 +15,7 @@ import re
 import shlex
 import ssl
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
@@ -95,9 +95,25 @@ class Mailer(Protocol):
     # Messages whose DATA has started and whose reply has not come yet.
     in_flight: int
 
-    async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> None: ...
+    async def send(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        message: bytes,
+        *,
+        still_ours: Callable[[], bool] | None = None,
+    ) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+class FencedOff(Exception):
+    """`still_ours` said no once the transport was ready to send: nothing was sent.
+
+    The send queue's fencing asks at the last moment before the envelope goes, after any
+    wait for a connection, so a worker stalled in that wait does not send a recipient
+    another worker has taken over meanwhile.
+    """
 
 
 _MESSAGE_ID = re.compile(rb"(?im)^Message-ID:\s*<([^>\r\n]+)>")
@@ -115,7 +131,16 @@ class OutboxMailer:
         self.folder = folder
         self.in_flight = 0
 
-    async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> None:
+    async def send(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        message: bytes,
+        *,
+        still_ours: Callable[[], bool] | None = None,
+    ) -> None:
+        if still_ours is not None and not still_ours():
+            raise FencedOff
         found = _MESSAGE_ID.search(message[:4096])
         if found:
             stem = _UNSAFE_NAME.sub("_", found.group(1).decode("ascii", "replace"))
@@ -296,8 +321,18 @@ class SmtpMailer:
         options = ["BODY=8BITMIME"] if client.supports_extension("8bitmime") else []
         return _Connection(client, options, sized=client.supports_extension("size"))
 
-    async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> None:
+    async def send(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        message: bytes,
+        *,
+        still_ours: Callable[[], bool] | None = None,
+    ) -> None:
         """Send one message; raise RecipientRefusedError, TransientSendError or DeliveryError.
+
+        `still_ours` is asked once a connection is ready, just before MAIL FROM; when it
+        says no, the connection goes back unused and FencedOff is raised.
 
         MAIL and RCPT wait `timeout` for their replies; the reply after the
         message body waits `data_timeout` (RFC 5321 4.5.3.2.6), since giving up
@@ -305,6 +340,9 @@ class SmtpMailer:
         """
         async with self._slots:
             conn = self._take_idle() or await self._open()
+            if still_ours is not None and not still_ours():
+                self._idle.append(conn)  # unused: still good for the next message
+                raise FencedOff
             client = conn.client
             keep = False
             stage = Stage.SENDER
