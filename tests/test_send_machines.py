@@ -26,14 +26,13 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from syndicate.store import open_database
 from syndicate.store.ledger import day_counts
 from tests.plugins.postgres import ENV_STORE_URL, Cluster
-from tests.plugins.smtp import SmtpRecorder, SmtpServer, run_smtp_server
+from tests.plugins.smtp import SmtpServer, TimedRecorder, run_smtp_server
 
 pytestmark = pytest.mark.slow
 
@@ -257,29 +256,6 @@ def test_two_machines_one_killed_ten_times_lose_nobody(
         f"sent at each kill (both machines): {[len(s) for s in in_doubt]}"
     )
     assert max(per_kill) <= FAST_CONNECTIONS, per_kill
-
-
-class TimedRecorder(SmtpRecorder):
-    """Also records when each accepted message began (its MAIL FROM), by recipient."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.started: list[tuple[float, str]] = []
-
-    async def handle_MAIL(
-        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
-    ) -> str:
-        session.mail_at = time.monotonic()
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        reply = await super().handle_DATA(server, session, envelope)
-        if reply.startswith("250"):
-            with self.lock:
-                self.started.extend((session.mail_at, r) for r in envelope.rcpt_tos)
-        return reply
 
 
 def _owners(url: str, folder: Path) -> Counter[str]:

@@ -17,14 +17,13 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from syndicate.send import open_send_lock
 from syndicate.store.subscribers import add_subscriber
 from tests.plugins.postgres import ENV_STORE_URL, open_store
-from tests.plugins.smtp import SmtpRecorder, SmtpServer, run_smtp_server
+from tests.plugins.smtp import SmtpServer, TimedRecorder, run_smtp_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("store")]
 
@@ -36,29 +35,6 @@ Cầu dài 680 m, rộng 21 m với bốn làn xe cơ giới.
 Hoài Nam
 """
 SUMMARY = re.compile(r"Digest \S+: sent (\d+), failed (\d+), skipped (\d+) in ")
-
-
-class TimedRecorder(SmtpRecorder):
-    """Also records when each accepted message began (its MAIL FROM), by recipient."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.started: list[tuple[float, str]] = []
-
-    async def handle_MAIL(
-        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
-    ) -> str:
-        session.mail_at = time.monotonic()
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        reply = await super().handle_DATA(server, session, envelope)
-        if reply.startswith("250"):
-            with self.lock:
-                self.started.extend((session.mail_at, r) for r in envelope.rcpt_tos)
-        return reply
 
 
 def _project(folder: Path, server: SmtpServer) -> None:

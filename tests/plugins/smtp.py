@@ -14,6 +14,7 @@ import contextlib
 import functools
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -135,6 +136,30 @@ class SmtpRecorder:
             self.messages.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos), raw))
             self.lock.notify_all()
         return "250 2.0.0 OK queued"
+
+
+class TimedRecorder(SmtpRecorder):
+    """Also records when each accepted message began (its MAIL FROM), by recipient
+    (the send-worker tests: which copy of a message began before a stall)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[tuple[float, str]] = []
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        session.mail_at = time.monotonic()
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        reply = await super().handle_DATA(server, session, envelope)
+        if reply.startswith("250"):
+            with self.lock:
+                self.started.extend((session.mail_at, r) for r in envelope.rcpt_tos)
+        return reply
 
 
 @dataclass
