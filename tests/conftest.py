@@ -77,6 +77,17 @@ SHARED_SEEDS = ROOT.parent / "shared" / "seeds"
 FIXED_NOW = datetime(2024, 11, 1, 6, 0, tzinfo=UTC)
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (the default, in pyproject.toml): two test processes per core, at most 8.
+
+    Most of the suite's time is waiting, not computing: on child processes starting, on
+    servers answering, on signals and leases, so one process per core leaves the cores
+    idle much of the time.
+    `-n 0` runs everything in this one process; `-n N` chooses.
+    """
+    return max(2, min(8, 2 * (os.cpu_count() or 1)))
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--update-golden", action="store_true", help="Rewrite tests/golden/ from current output."

@@ -55,7 +55,10 @@ def _write_project(root: Path, server: SmtpServer, *, connections: int = 2) -> N
         'postal_address = "12 Trần Hưng Đạo, TP. Bến Lam"\n'
         'reply_to = "toa-soan@example.org"\n'
         f'[smtp]\nhost = "127.0.0.1"\nport = {server.port}\ntls = "none"\n'
-        f"connections = {connections}\ntimeout = 10\n",
+        f"connections = {connections}\ntimeout = 10\n"
+        # On PostgreSQL a killed run's batch is taken over once its lease runs out (there is
+        # no file lock to prove it dead): a short one keeps the next run's wait short.
+        "lease = 3\n",
         encoding="utf-8",
     )
 

@@ -58,7 +58,8 @@ def _project(folder: Path, server: SmtpServer) -> None:
         '[mail]\ntransport = "smtp"\nfrom = "News <news@example.org>"\n'
         'postal_address = "12 Trần Hưng Đạo"\n'
         f'[smtp]\nhost = "127.0.0.1"\nport = {server.port}\ntls = "none"\n'
-        f"connections = {CONNECTIONS}\ntimeout = 5\n",
+        f"connections = {CONNECTIONS}\ntimeout = 5\n"
+        "lease = 3\n",  # the next run takes over a cut-off run's batch once this runs out
         encoding="utf-8",
     )
 

@@ -232,6 +232,19 @@ def store(
 UNTOUCHED: list[str] = []
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In an xdist worker: hand this process's list to the controller, which prints it."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["syndicate_untouched"] = list(UNTOUCHED)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """In the xdist controller: gather each worker's list as it ends."""
+    UNTOUCHED.extend(getattr(node, "workeroutput", {}).get("syndicate_untouched", []))
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if UNTOUCHED:
         terminalreporter.write_line(
