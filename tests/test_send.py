@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -527,3 +528,53 @@ async def test_with_a_bounce_address_each_message_has_its_own_verp_sender(  # ty
             SECRET, path_local.removeprefix("bounces+"), find=lambda i: get_by_id(db, i)
         )
         assert claim.subscriber.email == parsed["To"]
+
+
+async def test_a_crash_could_leave_at_most_one_accepted_message_per_connection_unrecorded(  # type: ignore[no-untyped-def]
+    db, smtpd, send_settings, now, monkeypatch
+) -> None:
+    """The bound behind "duplicates <= smtp.connections per kill", checked at every message.
+
+    Commits are slowed down (on PostgreSQL they run beside the sending, see
+    deliver._Committer): whenever the server takes a message's data, the messages it took
+    before and the store has not yet recorded as sent must be fewer than the connections.
+    """
+    connections = 4
+    _subscribe(db, 40, now)
+    events: list[tuple[str, object]] = []
+    handle_data = smtpd.handler.handle_DATA
+
+    async def taking_data(server, session, envelope):  # type: ignore[no-untyped-def]
+        events.append(("data", envelope.rcpt_tos[0]))
+        return await handle_data(server, session, envelope)
+
+    monkeypatch.setattr(smtpd.handler, "handle_DATA", taking_data)
+    mark_async, mark_sync = ledger.SentMarks.mark, ledger.mark_sent_many
+
+    async def slow_mark(self, *, day, subscriber_ids, now):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.02)
+        await mark_async(self, day=day, subscriber_ids=subscriber_ids, now=now)
+        events.append(("saved", list(subscriber_ids)))
+
+    def slow_mark_sync(database, *, day, subscriber_ids, now):  # type: ignore[no-untyped-def]
+        time.sleep(0.02)
+        mark_sync(database, day=day, subscriber_ids=subscriber_ids, now=now)
+        events.append(("saved", list(subscriber_ids)))
+
+    monkeypatch.setattr(ledger.SentMarks, "mark", slow_mark)
+    monkeypatch.setattr(ledger, "mark_sent_many", slow_mark_sync)
+    summary = await _send(db, smtpd, send_settings, now, connections=connections)
+    assert summary.sent == 40
+    emails = dict(db.conn.execute("SELECT id, email FROM subscribers").fetchall())
+    taken: set[str] = set()
+    saved: set[str] = set()
+    worst = 0
+    for kind, what in events:
+        if kind == "saved":
+            saved.update(emails[i] for i in what)  # type: ignore[attr-defined]
+        else:
+            # Every message taken before this one and not yet recorded could be sent twice.
+            worst = max(worst, len(taken - saved))
+            taken.add(str(what))
+    assert saved == taken == set(emails.values())
+    assert worst < connections, f"{worst} accepted messages unrecorded at once"

@@ -15,7 +15,7 @@ import re
 import shlex
 import ssl
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
@@ -102,6 +102,7 @@ class Mailer(Protocol):
         message: bytes,
         *,
         still_ours: Callable[[], bool] | None = None,
+        before_data: Callable[[], Awaitable[None]] | None = None,
     ) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -138,9 +139,12 @@ class OutboxMailer:
         message: bytes,
         *,
         still_ours: Callable[[], bool] | None = None,
+        before_data: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if still_ours is not None and not still_ours():
             raise FencedOff
+        if before_data is not None:
+            await before_data()
         found = _MESSAGE_ID.search(message[:4096])
         if found:
             stem = _UNSAFE_NAME.sub("_", found.group(1).decode("ascii", "replace"))
@@ -328,11 +332,14 @@ class SmtpMailer:
         message: bytes,
         *,
         still_ours: Callable[[], bool] | None = None,
+        before_data: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Send one message; raise RecipientRefusedError, TransientSendError or DeliveryError.
 
         `still_ours` is asked once a connection is ready, just before MAIL FROM; when it
-        says no, the connection goes back unused and FencedOff is raised.
+        says no, the connection goes back unused and FencedOff is raised. `before_data` is
+        awaited after the recipients are accepted, before DATA: the send queue waits there
+        for its previous message's commit (what it raises ends the session and goes up).
 
         MAIL and RCPT wait `timeout` for their replies; the reply after the
         message body waits `data_timeout` (RFC 5321 4.5.3.2.6), since giving up
@@ -352,6 +359,8 @@ class SmtpMailer:
                 stage = Stage.RECIPIENT
                 for recipient in recipients:
                     await _rcpt(client, recipient, self.timeout)
+                if before_data is not None:
+                    await before_data()
                 stage = Stage.DATA
                 self.in_flight += 1
                 try:

@@ -270,6 +270,21 @@ class PgDatabase(Database):
     def _set_schema_version(self, version: int) -> None:
         self.conn.execute("UPDATE syndicate_schema SET version = ?", (int(version),))
 
+    # Set by open_database: what `another_connection` connects with.
+    _url = ""
+    _busy_timeout = DEFAULT_BUSY_TIMEOUT
+
+    async def connect_async(self) -> Any:
+        """A second connection to this (already migrated) store, a psycopg
+        AsyncConnection, for statements run on an event loop (`ledger.SentMarks`).
+
+        Raises StoreUnavailableError (exit 75) when the server cannot be reached.
+        """
+        try:
+            return await postgres.connect_async(self._url, busy_timeout=self._busy_timeout)
+        except postgres.ERRORS as exc:
+            raise unreachable(str(self.path), exc) from exc
+
 
 def open_database(
     path: Path,
@@ -341,6 +356,7 @@ def _open_postgres(url: str, *, busy_timeout: float, read_only: bool) -> Databas
     except postgres.ERRORS as exc:
         raise unreachable(where, exc) from exc
     db = PgDatabase(conn, where)
+    db._url, db._busy_timeout = url, busy_timeout
     try:
         _migrate(db)
         if read_only:

@@ -22,12 +22,15 @@ before that time count, so a new subscriber is not sent last week's digest.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from syndicate.errors import StoreError
-from syndicate.store import DB_ERRORS, Database, store_error
+from syndicate.store import DB_ERRORS, Database, PgDatabase, store_error
+from syndicate.store.postgres import translate
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +249,35 @@ def mark_sent_many(
             conn.executemany(_RESET_BOUNCES, ({"id": i} for i in subscriber_ids))
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
+
+
+class SentMarks:
+    """Accepted messages marked `sent` from an event loop, on a connection of its own.
+
+    For the send queue on PostgreSQL (`PgDatabase`): a commit there is a round trip to the
+    server, which the sync connection would make with the event loop stopped. `mark` is
+    the same statement as `mark_sent_many`, prepared once on the server.
+    """
+
+    def __init__(self, db: PgDatabase, conn: Any) -> None:
+        self.where, self.conn = db.path, conn
+        self.sql = translate(_MARK_SENT_MANY_PG)
+
+    @classmethod
+    async def open(cls, db: PgDatabase) -> SentMarks:
+        """Raises StoreUnavailableError (exit 75) when the server cannot be reached."""
+        return cls(db, await db.connect_async())
+
+    async def mark(self, *, day: date, subscriber_ids: Sequence[int], now: datetime) -> None:
+        params = {"day": day.isoformat(), "ids": [int(i) for i in subscriber_ids], "now": _iso(now)}
+        try:
+            await self.conn.execute(self.sql, params, prepare=True)
+        except DB_ERRORS as exc:
+            raise store_error(self.where, "send ledger query failed", exc) from exc
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):  # a connection that broke is closed already
+            await self.conn.close()
 
 
 def mark_failed(

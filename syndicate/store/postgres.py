@@ -150,6 +150,14 @@ def connect(url: str, *, busy_timeout: float) -> PgConnection:
     return PgConnection(conn)
 
 
+async def connect_async(url: str, *, busy_timeout: float) -> psycopg.AsyncConnection[Any]:
+    """An autocommit asyncio connection to `url` (the send queue's sent marks); psycopg's
+    errors go to the caller. Its statements use psycopg's own parameter style."""
+    conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=10)
+    await conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
+    return conn
+
+
 def is_busy(exc: BaseException) -> bool:
     """True for a server that is there but busy: try again in a moment."""
     return getattr(exc, "sqlstate", None) in _BUSY_STATES
