@@ -11,11 +11,13 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from syndicate.tokens import make_token
 from tests.plugins.postgres import ENV_STORE_URL
 
 pytestmark = pytest.mark.usefixtures("store")
@@ -86,11 +88,13 @@ def project(workdir: Path) -> Path:
     return workdir
 
 
-def syndicate(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def syndicate(project: Path, *args: str, secret: str = "") -> subprocess.CompletedProcess[str]:
     """Run `python -m syndicate ARGS` in `project`, on the test's store."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
     if os.environ.get(ENV_STORE_URL):
         env[ENV_STORE_URL] = os.environ[ENV_STORE_URL]
+    if secret:
+        env["SYNDICATE_SECRET"] = secret
     return subprocess.run(
         [sys.executable, "-m", "syndicate", *args],
         cwd=project,
@@ -134,6 +138,52 @@ def test_a_read_only_command_makes_no_store_and_says_the_same_on_both_engines(
     else:
         assert done.stdout == expected.replace("{id}", article_id(project))
     # Nothing made: no SQLite file; on PostgreSQL not one table.
+    assert store_tables(project) == (0 if store == "postgresql" else None)
+
+
+SECRET = "a configured secret"
+SIGNED = make_token(
+    SECRET.encode(),
+    purpose="unsubscribe",
+    subscriber_id=1,
+    nonce=bytes(16),
+    issued_at=datetime(2026, 1, 1, tzinfo=UTC),
+)
+# What the unsubscribe-token commands say when there is no store yet: exit 2, one line.
+NO_STORE_TOKENS = {
+    "verify-malformed": (
+        ["verify", "xyz"],
+        "",
+        "Error: not valid: unsubscribe token: the token is malformed. Use the link from the "
+        "email.\n",
+    ),
+    "verify-no-secret": (  # no secret was ever made here: nothing this store signed
+        ["verify", SIGNED],
+        "",
+        "Error: not valid: unsubscribe token: the signature does not match (altered, or "
+        "signed with another secret). Use the link from the email.\n",
+    ),
+    "verify-configured-secret": (
+        ["verify", SIGNED],
+        SECRET,
+        "Error: not valid: unsubscribe token: the subscriber it was made for no longer "
+        "exists (erased). Nothing was changed.\n",
+    ),
+    "make": (
+        ["make", "An@Example.org"],
+        "",
+        "Error: email address 'An@example.org' is not a subscriber.\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(NO_STORE_TOKENS))
+def test_unsubscribe_token_commands_make_no_store_and_say_the_same_on_both_engines(
+    project: Path, store: str, name: str
+) -> None:
+    args, secret, error = NO_STORE_TOKENS[name]
+    done = syndicate(project, "unsubscribe-token", *args, secret=secret)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", error)
     assert store_tables(project) == (0 if store == "postgresql" else None)
 
 
