@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from syndicate.cli.commands_subscribers import EMPTY_LIST
+from syndicate.store.pg_schema import PG_FIRST_VERSION, PG_MIGRATIONS
+from syndicate.store.schema import MIGRATIONS
 from syndicate.tokens import make_token
-from tests.plugins.postgres import ENV_STORE_URL
+from tests.plugins.postgres import ENV_STORE_URL, open_store
 
 pytestmark = pytest.mark.usefixtures("store")
 
@@ -205,3 +210,38 @@ def test_a_store_made_since_is_read_by_the_same_commands(project: Path) -> None:
     assert syndicate(project, "subscribers", "stats").stdout.startswith(
         "pending: 0\nconfirmed: 1\n"
     )
+
+
+def make_older_store(project: Path) -> int:
+    """An empty store one schema step behind this syndicate; its version."""
+    older = len(MIGRATIONS) - 1
+    url = os.environ.get(ENV_STORE_URL)
+    if url:
+        with psycopg.connect(url, autocommit=True) as pg:
+            for version in range(PG_FIRST_VERSION, older + 1):
+                for statement in PG_MIGRATIONS[version]:
+                    pg.execute(statement)
+            pg.execute("UPDATE syndicate_schema SET version = %s", (older,))
+    else:
+        with closing(sqlite3.connect(project / "syndicate.db", isolation_level=None)) as lite:
+            for steps in MIGRATIONS[:older]:
+                for statement in steps:
+                    lite.execute(statement)
+            lite.execute(f"PRAGMA user_version = {older}")
+        (project / "syndicate.db").chmod(0o600)
+    return older
+
+
+def schema_version(project: Path) -> int:
+    with open_store(project / "syndicate.db") as db:
+        return db.schema_version
+
+
+def test_a_read_only_command_brings_an_older_store_up_to_date_and_reads_it(
+    project: Path,
+) -> None:
+    """As after any upgrade: the store is migrated first, on either engine, then read."""
+    assert make_older_store(project) == len(MIGRATIONS) - 1
+    done = syndicate(project, "subscribers", "list")
+    assert (done.returncode, done.stdout, done.stderr) == (0, EMPTY_LIST + "\n", "")
+    assert schema_version(project) == len(MIGRATIONS)
