@@ -312,6 +312,24 @@ def test_bad_locations_are_usage_errors_and_create_nothing(project: Path) -> Non
     assert not Path("new.db").exists()
 
 
+def test_a_postgresql_database_syndicate_never_wrote_is_no_store_to_copy_from(
+    project: Path, new_pg: Callable[[], str]
+) -> None:
+    """As a missing SQLite file is: refused in one line, and left without a table."""
+    url = new_pg()
+    code, out, err = _run("store", "copy", "--from", url, "--to", "new.db")
+    where = "PostgreSQL at " + url.split("@", 1)[1]
+    assert (code, out) == (2, "")
+    assert err == (
+        f"Error: {where}: no such store to copy from; nothing was copied. "
+        "Check the URL given to --from.\n"
+    )
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+        assert row.fetchone() == (0,)
+    assert not Path("new.db").exists()
+
+
 def test_a_role_with_only_the_documented_privileges_takes_the_copy(
     full_store: Path, pg_cluster: Cluster, tmp_path: Path
 ) -> None:

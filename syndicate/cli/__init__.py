@@ -20,7 +20,7 @@ import click
 from syndicate import __version__
 from syndicate.config import Settings, find_config, load_settings
 from syndicate.errors import SyndicateError
-from syndicate.store import Database, open_database
+from syndicate.store import Database, open_database, open_empty, open_reader
 
 log = logging.getLogger("syndicate")
 
@@ -35,6 +35,9 @@ class AppContext:
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     _settings: Settings | None = None
     _database: Database | None = None
+    _reader: Database | None = None  # read_store(): the store, opened to read only
+    _empty: Database | None = None  # reader when there is no store yet: one in memory
+    _looked = False  # whether read_store() has looked for the store
 
     @property
     def settings(self) -> Settings:
@@ -54,10 +57,39 @@ class AppContext:
             )
         return self._database
 
+    def read_store(self) -> Database | None:
+        """The store opened to read only; None when there is none yet, and none is made.
+
+        For the commands that only read (`inspect`, `subscribers list`): on SQLite a
+        missing file, on PostgreSQL a database no command has written, is left as it is.
+        """
+        if not self._looked:
+            settings = self.settings
+            self._reader = open_reader(
+                settings.paths.database,
+                url=settings.store.url,
+                busy_timeout=settings.store.busy_timeout,
+            )
+            self._looked = True
+        return self._reader
+
+    @property
+    def reader(self) -> Database:
+        """The store to read only: `read_store()`, or an empty one in memory when there is
+        none yet, so a read says what a new store holds and makes none."""
+        found = self.read_store()
+        if found is not None:
+            return found
+        if self._empty is None:
+            self._empty = open_empty()
+        return self._empty
+
     def close(self) -> None:
-        if self._database is not None:
-            self._database.close()
-            self._database = None
+        for db in (self._database, self._reader, self._empty):
+            if db is not None:
+                db.close()
+        self._database = self._reader = self._empty = None
+        self._looked = False
 
     @property
     def quiet(self) -> bool:

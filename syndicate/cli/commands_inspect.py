@@ -59,9 +59,10 @@ def inspect_command(app: AppContext, paths: tuple[Path, ...], as_json: bool) -> 
     Example: syndicate inspect seeds/001_lam-giang.txt --json
     """
     settings = app.settings
-    # Page paths are the build's to decide: shown as stored, only when there is a store.
-    stored = settings.store.url or settings.paths.database.exists()
-    pages = read_page_paths(app.database) if stored else None
+    # Page paths are the build's to decide: shown as stored, only when there is a store
+    # (none is made: on PostgreSQL, a database no command has written stays empty).
+    db = app.read_store()
+    pages = read_page_paths(db) if db is not None else None
     failed = 0
     first = True
     for path, result in read_dumps(

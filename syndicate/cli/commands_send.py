@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ from syndicate.errors import InterruptError, SubscriberError, TokenError
 from syndicate.mail import MailInfo, unsubscribe_url
 from syndicate.send import SendSummary
 from syndicate.send.daily import Preview, preview, run_daily
-from syndicate.store.meta import get_secret
+from syndicate.store.meta import get_secret, read_secret
 from syndicate.store.subscribers import get_by_email, get_by_id, normalize_email
 from syndicate.tokens import make_token, verify_token
 
@@ -238,11 +239,14 @@ def verify_command(app: AppContext, token: str) -> None:
     Example: syndicate unsubscribe-token verify AQIAAAAAAAAAKmckm3Dk...
     """
     settings = app.settings
-    db = app.database
+    db = app.reader  # checks only: no store, and no secret, is made for it
     now = datetime.fromtimestamp(app.now(), UTC)
+    # With no secret yet no token was ever signed here: an unkept random one fails it with
+    # the reason (malformed, another purpose, altered) a new secret would.
+    secret = read_secret(settings, app.read_store()) or secrets.token_bytes(32)
     try:
         found = verify_token(
-            get_secret(settings, db),
+            secret,
             token,
             purpose="unsubscribe",
             now=now,
@@ -262,9 +266,10 @@ def make_command(app: AppContext, email: str) -> None:
     Example: syndicate unsubscribe-token make an@example.org
     """
     settings = app.settings
-    db = app.database
-    found = get_by_email(db, email)
-    if found is None:
+    # With no store yet nobody is a subscriber: the error makes none.
+    db = app.database if app.read_store() is not None else None
+    found = get_by_email(db, email) if db is not None else None
+    if db is None or found is None:
         raise SubscriberError(f"email address {normalize_email(email)!r} is not a subscriber.")
     now = datetime.fromtimestamp(app.now(), UTC)
     token = make_token(

@@ -9,7 +9,7 @@ import click
 
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.errors import StoreError
-from syndicate.store import Database, open_database
+from syndicate.store import Database, open_database, open_reader, postgres
 from syndicate.store.copy import copy_store
 
 _PG_SCHEMES = ("postgresql://", "postgres://")
@@ -25,23 +25,32 @@ def store_group() -> None:
 
 
 def _open(location: str, *, option: str, must_exist: bool) -> Database:
-    """Open the store at `location`: a PostgreSQL URL, `sqlite:///path` or a plain path."""
+    """Open the store at `location`: a PostgreSQL URL, `sqlite:///path` or a plain path.
+
+    With `must_exist` (the source) it is opened to read only, and a missing file or a
+    PostgreSQL database syndicate never wrote is refused, left as it is.
+    """
     if location.startswith(_PG_SCHEMES):
-        return open_database(Path(), url=location)
-    text = location.removeprefix(_SQLITE_SCHEME)
-    if not text or "://" in text:
-        raise click.BadParameter(
-            f"{location!r} is neither a postgresql:// URL nor a SQLite file "
-            "(sqlite:///path/to/file.db or a plain path).",
-            param_hint=option,
-        )
-    path = Path(text)
-    if must_exist and not path.is_file():
+        url, path, given = location, Path(), "URL"
+    else:
+        text = location.removeprefix(_SQLITE_SCHEME)
+        if not text or "://" in text:
+            raise click.BadParameter(
+                f"{location!r} is neither a postgresql:// URL nor a SQLite file "
+                "(sqlite:///path/to/file.db or a plain path).",
+                param_hint=option,
+            )
+        url, path, given = "", Path(text), "path"
+    if not must_exist:
+        return open_database(path, url=url)
+    found = open_reader(path, url=url) if url or path.is_file() else None
+    if found is None:
         raise StoreError(
-            f"{path}: no such store to copy from; nothing was copied.",
-            hint="Check the path given to --from.",
+            f"{postgres.where(url) if url else path}: no such store to copy from; "
+            "nothing was copied.",
+            hint=f"Check the {given} given to {option}.",
         )
-    return open_database(path)
+    return found
 
 
 @store_group.command("copy")

@@ -143,7 +143,7 @@ def list_command(app: AppContext, status: str | None, as_json: bool) -> None:
     Example: syndicate subscribers list --status confirmed --json
     """
     wanted = SubscriptionStatus(status) if status else None
-    db = app.database
+    db = app.reader  # reads only: a store not made yet reads as an empty one
     # One read transaction: a consistent list, and no write lock (sign-ups go on).
     listed = 0
     with db.snapshot():
@@ -224,7 +224,7 @@ def export_command(app: AppContext, file: Path) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(OWN_COLUMNS)
     count = 0
-    db = app.database
+    db = app.reader  # reads only: a store not made yet reads as an empty one
     with db.snapshot():  # a consistent copy, taken without the write lock
         for subscriber in iter_subscribers(db):
             writer.writerow(
@@ -283,7 +283,7 @@ def stats_command(app: AppContext, as_json: bool) -> None:
 
     Example: syndicate subscribers stats
     """
-    db = app.database
+    db = app.reader  # reads only: a store not made yet reads as an empty one
     with db.snapshot():
         counts = stats(db)
         recent = recent_rates(db, now=_now(app))

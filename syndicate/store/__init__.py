@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self, overload
 
 from syndicate.errors import StoreBusyError, StoreError, StoreFullError, StoreUnavailableError
 from syndicate.store import postgres
@@ -349,7 +349,45 @@ def open_database(
     return db
 
 
-def _open_postgres(url: str, *, busy_timeout: float, read_only: bool) -> Database:
+def open_reader(
+    path: Path, *, url: str = "", busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+) -> Database | None:
+    """Open the store to read only; None, making nothing, when there is no store yet.
+
+    There is none yet when no file is at `path` (SQLite), or when the PostgreSQL database
+    at `url` holds no syndicate schema (no writing command has used it): a command that
+    only reads leaves such a database as it found it, on either engine. A store of an
+    older version is migrated first, as every command migrates it after an upgrade.
+    Raises as `open_database` does.
+    """
+    if url:
+        return _open_postgres(url, busy_timeout=busy_timeout, read_only=True, must_exist=True)
+    if not path.exists():
+        return None
+    return open_database(path, busy_timeout=busy_timeout, read_only=True)
+
+
+def open_empty() -> Database:
+    """An empty store in memory, migrated and read only: what reading a store not made
+    yet sees (no subscribers, no articles), with the SQL of every other read."""
+    db = Database(sqlite3.connect(":memory:", isolation_level=None), ":memory:")
+    db.conn.execute("PRAGMA foreign_keys = ON")
+    _migrate(db)
+    db.conn.execute("PRAGMA query_only = ON")
+    return db
+
+
+@overload
+def _open_postgres(
+    url: str, *, busy_timeout: float, read_only: bool, must_exist: Literal[False] = False
+) -> Database: ...
+@overload
+def _open_postgres(
+    url: str, *, busy_timeout: float, read_only: bool, must_exist: bool
+) -> Database | None: ...
+def _open_postgres(
+    url: str, *, busy_timeout: float, read_only: bool, must_exist: bool = False
+) -> Database | None:
     where = postgres.where(url)
     try:
         conn = postgres.connect(url, busy_timeout=busy_timeout)
@@ -358,6 +396,9 @@ def _open_postgres(url: str, *, busy_timeout: float, read_only: bool) -> Databas
     db = PgDatabase(conn, where)
     db._url, db._busy_timeout = url, busy_timeout
     try:
+        if must_exist and db.schema_version == 0:  # never used: no store yet, left alone
+            conn.close()
+            return None
         _migrate(db)
         if read_only:
             conn.execute("SET default_transaction_read_only = on")

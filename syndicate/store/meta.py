@@ -59,6 +59,26 @@ def get_secret(settings: Settings, db: Database) -> bytes:
     return key
 
 
+def read_secret(settings: Settings, db: Database | None) -> bytes | None:
+    """Return the signing secret if there is one yet: configured, else stored in `db`.
+
+    Never makes one (for a command that only checks tokens): None when neither is set,
+    and when there is no store (`db` None).
+    """
+    if settings.secret:
+        return settings.secret.encode("utf-8")
+    if db is None:
+        return None
+    return _read_key(
+        db,
+        SECRET_KEY,
+        what="signing secret",
+        create=False,
+        damaged_hint="Set SYNDICATE_SECRET, or delete the 'secret' row of the meta table "
+        "(links already sent stop working).",
+    )
+
+
 def get_erasure_key(db: Database, *, create: bool = False) -> bytes | None:
     """Return the key of the erased-address hashes; None when none exists and not `create`.
 

@@ -1,0 +1,247 @@
+"""Commands that only read the store make none: the same output, and nothing made, on
+SQLite with no database file and on a PostgreSQL database no command has used yet.
+
+Each command runs as a real subprocess, once per engine (the module's `store` fixture),
+and must print exactly the same lines on both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from syndicate.cli.commands_subscribers import EMPTY_LIST
+from syndicate.store.pg_schema import PG_FIRST_VERSION, PG_MIGRATIONS
+from syndicate.store.schema import MIGRATIONS
+from syndicate.tokens import make_token
+from tests.plugins.postgres import ENV_STORE_URL, open_store
+
+pytestmark = pytest.mark.usefixtures("store")
+
+DUMP = (
+    "Hội thảo chuyển đổi số\n31/10/2024 09:15\n{head}\n"
+    "QTO - Sáng nay, tại TP. Đông Hà, hội thảo diễn ra. Câu hai.\n"
+    "Đoạn thân bài thứ hai.\n"
+    "Trúc Phương\n"
+)
+RATES = (
+    "0 sent, 0 hard bounces (0.00%, keep under 2%), 0 complaints (0.00%, keep under 0.3%, "
+    "better under 0.1%)"
+)
+STATS_JSON = (
+    '{"pending": 0, "confirmed": 0, "unsubscribed": 0, "bounced": 0, "complained": 0, '
+    '"total": 0, "erased": 0, "rates": {"last_30_days": {"sent": 0, "hard_bounces": 0, '
+    '"complaints": 0, "bounce_rate": 0.0, "complaint_rate": 0.0}, "last_digest": '
+    '{"day": null, "sent": 0, "hard_bounces": 0, "complaints": 0, "bounce_rate": 0.0, '
+    '"complaint_rate": 0.0}, "limits": {"bounce_rate": 0.02, "complaint_rate": 0.003, '
+    '"complaint_rate_target": 0.001}}}\n'
+)
+# What each read-only command prints when there is no store yet: exit code, stdout.
+NO_STORE_YET = {
+    "inspect": (
+        ["inspect", "seeds/a.txt"],
+        0,
+        "seeds/a.txt\n"
+        "  id:          {id}\n"
+        "  slug:        hoi-thao-chuyen-doi-so\n"  # no `page:` line: there is no store
+        "  title:       Hội thảo chuyển đổi số\n"
+        "  published:   2024-10-31T09:15:00+07:00 (datetime)\n"
+        "  author:      Trúc Phương\n"
+        "  language:    vi\n"
+        "  dateline:    QTO\n"
+        "  head:        -\n"
+        "  lead:        Sáng nay, tại TP. Đông Hà, hội thảo diễn ra. Câu hai.\n"
+        "  paragraphs:  2\n"
+        "  captions:    0\n"
+        "  teasers:     0\n",
+    ),
+    "inspect-json": (["inspect", "seeds/a.txt", "--json"], 0, None),
+    "list": (
+        ["subscribers", "list"],
+        0,
+        "No subscribers yet. Add one with `syndicate subscribers add EMAIL`.\n",
+    ),
+    "list-status": (["subscribers", "list", "--status", "bounced"], 0, "No bounced subscribers.\n"),
+    "list-json": (["subscribers", "list", "--json"], 0, ""),
+    "stats": (
+        ["subscribers", "stats"],
+        0,
+        "pending: 0\nconfirmed: 0\nunsubscribed: 0\nbounced: 0\ncomplained: 0\ntotal: 0\n"
+        f"erased: 0\nlast 30 days: {RATES}\nlast digest (none): {RATES}\n",
+    ),
+    "stats-json": (["subscribers", "stats", "--json"], 0, STATS_JSON),
+    "export": (
+        ["subscribers", "export", "out/list.csv"],
+        0,
+        "Exported 0 subscribers to out/list.csv.\n",
+    ),
+}
+
+
+@pytest.fixture
+def project(workdir: Path) -> Path:
+    (workdir / "seeds" / "a.txt").write_text(DUMP, encoding="utf-8")
+    return workdir
+
+
+def syndicate(project: Path, *args: str, secret: str = "") -> subprocess.CompletedProcess[str]:
+    """Run `python -m syndicate ARGS` in `project`, on the test's store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    if os.environ.get(ENV_STORE_URL):
+        env[ENV_STORE_URL] = os.environ[ENV_STORE_URL]
+    if secret:
+        env["SYNDICATE_SECRET"] = secret
+    return subprocess.run(
+        [sys.executable, "-m", "syndicate", *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def store_tables(project: Path) -> int | None:
+    """How many tables the test's store has; None for no SQLite file (no store at all)."""
+    url = os.environ.get(ENV_STORE_URL)
+    if url:
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+    path = project / "syndicate.db"
+    return None if not path.exists() else -1  # a file: made, which is the failure here
+
+
+def article_id(project: Path) -> str:
+    done = syndicate(project, "inspect", "seeds/a.txt", "--json")
+    return str(json.loads(done.stdout)["id"])
+
+
+@pytest.mark.parametrize("name", list(NO_STORE_YET))
+def test_a_read_only_command_makes_no_store_and_says_the_same_on_both_engines(
+    project: Path, store: str, name: str
+) -> None:
+    args, code, expected = NO_STORE_YET[name]
+    done = syndicate(project, *args)
+    assert (done.returncode, done.stderr) == (code, "")
+    if expected is None:  # --json: one object, the same whatever the store
+        assert done.stdout.startswith('{"id": "')
+        assert done.stdout.count("\n") == 1
+    else:
+        assert done.stdout == expected.replace("{id}", article_id(project))
+    # Nothing made: no SQLite file; on PostgreSQL not one table.
+    assert store_tables(project) == (0 if store == "postgresql" else None)
+
+
+SECRET = "a configured secret"
+SIGNED = make_token(
+    SECRET.encode(),
+    purpose="unsubscribe",
+    subscriber_id=1,
+    nonce=bytes(16),
+    issued_at=datetime(2026, 1, 1, tzinfo=UTC),
+)
+# What the unsubscribe-token commands say when there is no store yet: exit 2, one line.
+NO_STORE_TOKENS = {
+    "verify-malformed": (
+        ["verify", "xyz"],
+        "",
+        "Error: not valid: unsubscribe token: the token is malformed. Use the link from the "
+        "email.\n",
+    ),
+    "verify-no-secret": (  # no secret was ever made here: nothing this store signed
+        ["verify", SIGNED],
+        "",
+        "Error: not valid: unsubscribe token: the signature does not match (altered, or "
+        "signed with another secret). Use the link from the email.\n",
+    ),
+    "verify-configured-secret": (
+        ["verify", SIGNED],
+        SECRET,
+        "Error: not valid: unsubscribe token: the subscriber it was made for no longer "
+        "exists (erased). Nothing was changed.\n",
+    ),
+    "make": (
+        ["make", "An@Example.org"],
+        "",
+        "Error: email address 'An@example.org' is not a subscriber.\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(NO_STORE_TOKENS))
+def test_unsubscribe_token_commands_make_no_store_and_say_the_same_on_both_engines(
+    project: Path, store: str, name: str
+) -> None:
+    args, secret, error = NO_STORE_TOKENS[name]
+    done = syndicate(project, "unsubscribe-token", *args, secret=secret)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", error)
+    assert store_tables(project) == (0 if store == "postgresql" else None)
+
+
+def test_export_of_no_store_writes_just_the_header(project: Path) -> None:
+    done = syndicate(project, "subscribers", "export", "list.csv")
+    assert done.returncode == 0
+    assert (project / "list.csv").read_text(encoding="utf-8") == "email,name,language,status\n"
+
+
+def test_a_store_made_since_is_read_by_the_same_commands(project: Path) -> None:
+    """Once a writing command made the store, the read-only ones read it (and `inspect`
+    names the page, `-` before any build)."""
+    assert syndicate(project, "subscribers", "add", "an@example.org").returncode == 0
+    listed = syndicate(project, "subscribers", "list")
+    assert (listed.returncode, listed.stderr) == (0, "")
+    assert listed.stdout == "1\tan@example.org\tvi\tconfirmed\n"
+    shown = syndicate(project, "inspect", "seeds/a.txt")
+    assert "\n  page:        -\n" in shown.stdout
+    assert syndicate(project, "subscribers", "stats").stdout.startswith(
+        "pending: 0\nconfirmed: 1\n"
+    )
+
+
+def make_older_store(project: Path) -> int:
+    """An empty store one schema step behind this syndicate; its version."""
+    older = len(MIGRATIONS) - 1
+    url = os.environ.get(ENV_STORE_URL)
+    if url:
+        with psycopg.connect(url, autocommit=True) as pg:
+            for version in range(PG_FIRST_VERSION, older + 1):
+                for statement in PG_MIGRATIONS[version]:
+                    pg.execute(statement)
+            pg.execute("UPDATE syndicate_schema SET version = %s", (older,))
+    else:
+        with closing(sqlite3.connect(project / "syndicate.db", isolation_level=None)) as lite:
+            for steps in MIGRATIONS[:older]:
+                for statement in steps:
+                    lite.execute(statement)
+            lite.execute(f"PRAGMA user_version = {older}")
+        (project / "syndicate.db").chmod(0o600)
+    return older
+
+
+def schema_version(project: Path) -> int:
+    with open_store(project / "syndicate.db") as db:
+        return db.schema_version
+
+
+def test_a_read_only_command_brings_an_older_store_up_to_date_and_reads_it(
+    project: Path,
+) -> None:
+    """As after any upgrade: the store is migrated first, on either engine, then read."""
+    assert make_older_store(project) == len(MIGRATIONS) - 1
+    done = syndicate(project, "subscribers", "list")
+    assert (done.returncode, done.stdout, done.stderr) == (0, EMPTY_LIST + "\n", "")
+    assert schema_version(project) == len(MIGRATIONS)
