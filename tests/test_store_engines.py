@@ -7,6 +7,7 @@ says when PostgreSQL is down, refuses, or was written by a newer syndicate.
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 from pathlib import Path
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 
 from syndicate.cli import cli
 from syndicate.errors import StoreError, StoreUnavailableError
-from syndicate.store import PgDatabase, open_database
+from syndicate.store import PgDatabase, open_database, teasers
 from syndicate.store.pg_schema import PG_FIRST_VERSION, PG_MIGRATIONS
 from syndicate.store.postgres import redact, translate
 from syndicate.store.schema import MIGRATIONS
@@ -192,3 +193,44 @@ def test_redact_drops_only_the_password() -> None:
         redact("postgresql://u:pw@h:5/d?sslmode=require") == "postgresql://u@h:5/d?sslmode=require"
     )
     assert redact("postgresql://u@h/d") == "postgresql://u@h/d"
+
+
+def test_teasers_are_linked_alike_on_both_engines(tmp_path: Path, pg_cluster: Cluster) -> None:
+    """PostgreSQL links a batch's teasers with statements of its own (store.teasers): the
+    same batches, with many keys sharing prefixes and articles stored again, give the same
+    links as SQLite's row-by-row statements."""
+    rng = random.Random(20261206)
+    base = "tin mới tỉnh lam giang "  # 23 characters: keys differ past the probe's length
+
+    def key() -> str:
+        return base + "".join(rng.choice("abc") for _ in range(rng.randint(1, 4)))
+
+    ids = [f"{n:04x}" for n in range(120)]
+    batches = []
+    for _ in range(12):
+        chosen = rng.sample(ids, 15)  # the same id may come back later: stored again
+        batches.append(
+            [
+                (
+                    article,
+                    tuple(dict.fromkeys(key() for _ in range(rng.randint(0, 2)))),
+                    tuple(key() for _ in range(rng.randint(0, 4))),
+                )
+                for article in chosen
+            ]
+        )
+    found = []
+    for db in (
+        open_database(tmp_path / "s.db"),
+        open_database(Path("unused"), url=pg_cluster.new_database()),
+    ):
+        with db:
+            for batch in batches:
+                with db.transaction():
+                    teasers.index_keys(db, batch)
+            rows = db.conn.execute(
+                "SELECT article_id, position, key, target_id FROM teasers"
+            ).fetchall()
+            found.append(sorted(tuple(row) for row in rows))
+    assert found[0] == found[1]
+    assert sum(1 for row in found[0] if row[3] is not None) > 50  # many links to compare
