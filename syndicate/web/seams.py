@@ -134,7 +134,9 @@ class DatabaseStore:
         is not tried again, since it may have committed. The next call on that
         connection connects anew, so `serve` outlives the restart.
         """
-        if db in self._lost:
+        # A connection the server ended while it was idle (a restart during which only
+        # the other one was used) is opened anew before the call, not found gone by it.
+        if db in self._lost or (db.dialect == "postgresql" and db.conn.is_dropped()):
             fresh = open_database(
                 self.settings.paths.database,
                 url=self.settings.store.url,
