@@ -192,3 +192,26 @@ def test_redact_drops_only_the_password() -> None:
         redact("postgresql://u:pw@h:5/d?sslmode=require") == "postgresql://u@h:5/d?sslmode=require"
     )
     assert redact("postgresql://u@h/d") == "postgresql://u@h/d"
+
+
+def test_a_connection_the_server_ended_while_idle_is_found_dropped_before_use(
+    pg_cluster: Cluster, tmp_path: Path
+) -> None:
+    url = pg_cluster.new_database()
+    try:
+        with open_database(tmp_path / "unused.db", url=url) as db:
+            assert isinstance(db, PgDatabase)
+            assert db.conn.is_dropped() is False
+            with db.transaction():  # a connection in use is never called dropped
+                assert db.conn.is_dropped() is False
+            pid = db.conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            with psycopg.connect(url, autocommit=True) as admin:
+                # Waits until the backend has ended (and sent its farewell) or 5 s went by.
+                ended = admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,)).fetchone()
+            assert ended == (True,)
+            assert db.conn.is_dropped() is True  # no round trip needed to know
+            with pytest.raises(psycopg.OperationalError):
+                db.conn.execute("SELECT 1")
+            assert db.conn.is_dropped() is True
+    finally:
+        pg_cluster.drop_database(url)
