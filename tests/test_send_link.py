@@ -14,7 +14,7 @@ import secrets
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -76,17 +76,35 @@ def _subscribe(folder: Path, url: str, count: int) -> list[str]:
     return emails
 
 
-def _send(folder: Path, url: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
-    env[ENV_STORE_URL] = url
-    return subprocess.Popen(
-        [sys.executable, "-m", "syndicate", "send", "--workers", str(WORKERS)],
-        cwd=folder,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+Send = Callable[[Path, str], subprocess.Popen[str]]
+
+
+@pytest.fixture
+def send() -> Iterator[Send]:
+    """Start `syndicate send --workers 2` in a folder, on a store URL; a run still going
+    when the test ends (a failed wait) is killed, so it never outlives the test."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(folder: Path, url: str) -> subprocess.Popen[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+        env[ENV_STORE_URL] = url
+        started.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "syndicate", "send", "--workers", str(WORKERS)],
+                cwd=folder,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
 
 
 def _check_ending(process: subprocess.Popen[str], *, timeout: float = 60) -> tuple[str, str]:
@@ -102,13 +120,13 @@ def _check_ending(process: subprocess.Popen[str], *, timeout: float = 60) -> tup
 
 
 def test_two_workers_over_a_slow_link_deliver_exactly_once(
-    tmp_path: Path, store_url: str, pg_cluster: Cluster
+    tmp_path: Path, store_url: str, pg_cluster: Cluster, send: Send
 ) -> None:
     count = 300
     with run_smtp_server() as server, run_link(pg_cluster.port, latency=0.03) as link:
         _project(tmp_path, server, lease=60, connections=4)
         emails = _subscribe(tmp_path, store_url, count)
-        out, err = _check_ending(_send(tmp_path, link.url(store_url)))
+        out, err = _check_ending(send(tmp_path, link.url(store_url)))
         assert link.accepted >= WORKERS  # it went through the link
     assert SUMMARY.findall(out) == [(str(count), "0", "0")], out + err
     got = Counter(server.handler.recipients())
@@ -116,11 +134,11 @@ def test_two_workers_over_a_slow_link_deliver_exactly_once(
     assert max(got.values()) == 1, got.most_common(3)
 
 
-def _finish(tmp_path: Path, link: Link, url: str, first: subprocess.Popen[str]) -> int:
+def _finish(send: Send, tmp_path: Path, link: Link, url: str, first: subprocess.Popen[str]) -> int:
     """The first run's exit code (0 or 75); after a 75 the next run, which finishes (0)."""
     _check_ending(first)
     if first.returncode == 75:
-        again = _send(tmp_path, link.url(url))
+        again = send(tmp_path, link.url(url))
         _out, err = _check_ending(again)
         assert again.returncode == 0, err
     return first.returncode
@@ -136,7 +154,7 @@ def _check_everyone_once(url: str, folder: Path, got: Counter[str], emails: list
 
 
 def test_a_link_stalled_past_the_lease_mid_send_loses_nobody(
-    tmp_path: Path, store_url: str, pg_cluster: Cluster
+    tmp_path: Path, store_url: str, pg_cluster: Cluster, send: Send
 ) -> None:
     count = 200
     lease = 2.0
@@ -144,7 +162,7 @@ def test_a_link_stalled_past_the_lease_mid_send_loses_nobody(
         server.handler.delay = 0.01
         _project(tmp_path, server, lease=lease)
         emails = _subscribe(tmp_path, store_url, count)
-        first = _send(tmp_path, link.url(store_url))
+        first = send(tmp_path, link.url(store_url))
         assert server.handler.wait_for(40, timeout=30), "the send never got going"
         link.stall(lease + 1.0)  # every worker's lease runs out while it waits on the link
         at_stall = len(server.handler.messages)
@@ -152,7 +170,7 @@ def test_a_link_stalled_past_the_lease_mid_send_loses_nobody(
         # A sender waits for its last message's commit before its next DATA: during the
         # stall at most the message each connection was sending can be accepted.
         assert len(server.handler.messages) - at_stall <= CONNECTIONS * WORKERS
-        _finish(tmp_path, link, store_url, first)
+        _finish(send, tmp_path, link, store_url, first)
     assert at_stall < count  # the stall came in the middle of the send
     got = Counter(server.handler.recipients())
     duplicates = _check_everyone_once(store_url, tmp_path, got, emails)
@@ -161,17 +179,17 @@ def test_a_link_stalled_past_the_lease_mid_send_loses_nobody(
 
 
 def test_a_link_cut_mid_send_is_one_line_and_exit_75_and_the_next_run_finishes(
-    tmp_path: Path, store_url: str, pg_cluster: Cluster
+    tmp_path: Path, store_url: str, pg_cluster: Cluster, send: Send
 ) -> None:
     count = 200
     with run_smtp_server() as server, run_link(pg_cluster.port, latency=0.005) as link:
         server.handler.delay = 0.01
         _project(tmp_path, server, lease=2.0)  # the next run takes the cut run's rows over
         emails = _subscribe(tmp_path, store_url, count)
-        first = _send(tmp_path, link.url(store_url))
+        first = send(tmp_path, link.url(store_url))
         assert server.handler.wait_for(40, timeout=30), "the send never got going"
         link.cut()  # every connection to the store breaks (a fail-over, a reset link)
-        code = _finish(tmp_path, link, store_url, first)
+        code = _finish(send, tmp_path, link, store_url, first)
     assert code == 75
     got = Counter(server.handler.recipients())
     duplicates = _check_everyone_once(store_url, tmp_path, got, emails)
