@@ -169,7 +169,8 @@ def test_a_link_stalled_past_the_lease_mid_send_loses_nobody(
         assert link.resumed.wait(30)
         # A sender waits for its last message's commit before its next DATA: during the
         # stall at most the message each connection was sending can be accepted.
-        assert len(server.handler.messages) - at_stall <= CONNECTIONS * WORKERS
+        accepted_in_stall = len(server.handler.messages) - at_stall
+        assert accepted_in_stall <= CONNECTIONS * WORKERS
         _finish(send, tmp_path, link, store_url, first)
     assert at_stall < count  # the stall came in the middle of the send
     got = Counter(server.handler.recipients())
