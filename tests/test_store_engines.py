@@ -234,3 +234,26 @@ def test_teasers_are_linked_alike_on_both_engines(tmp_path: Path, pg_cluster: Cl
             found.append(sorted(tuple(row) for row in rows))
     assert found[0] == found[1]
     assert sum(1 for row in found[0] if row[3] is not None) > 50  # many links to compare
+
+
+def test_a_connection_the_server_ended_while_idle_is_found_dropped_before_use(
+    pg_cluster: Cluster, tmp_path: Path
+) -> None:
+    url = pg_cluster.new_database()
+    try:
+        with open_database(tmp_path / "unused.db", url=url) as db:
+            assert isinstance(db, PgDatabase)
+            assert db.conn.is_dropped() is False
+            with db.transaction():  # a connection in use is never called dropped
+                assert db.conn.is_dropped() is False
+            pid = db.conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            with psycopg.connect(url, autocommit=True) as admin:
+                # Waits until the backend has ended (and sent its farewell) or 5 s went by.
+                ended = admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,)).fetchone()
+            assert ended == (True,)
+            assert db.conn.is_dropped() is True  # no round trip needed to know
+            with pytest.raises(psycopg.OperationalError):
+                db.conn.execute("SELECT 1")
+            assert db.conn.is_dropped() is True
+    finally:
+        pg_cluster.drop_database(url)

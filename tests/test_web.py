@@ -1701,3 +1701,82 @@ def test_serve_answers_503_while_postgresql_is_away_and_uses_it_again_once_it_is
     finally:
         cluster.stop("immediate")
         shutil.rmtree(cluster.folder, ignore_errors=True)
+
+
+def _no_stack_text(answer: httpx.Response) -> None:
+    """An error page that says nothing about the code behind it."""
+    for telltale in ("Traceback", 'File "', "psycopg", "OperationalError", "postgresql://"):
+        assert telltale not in answer.text, (telltale, answer.text[:500])
+
+
+@pytest.mark.slow
+def test_confirm_and_unsubscribe_answer_503_while_postgresql_is_away_and_work_once_it_is_back(
+    settings: Settings, now: datetime
+) -> None:
+    """The links in mails sent before an outage (a confirmation, an unsubscribe) are
+    answered 503 with Retry-After while PostgreSQL is down, the static pages still
+    served, and work as before once it is back: the same tokens, no restart of `serve`."""
+    try:
+        cluster = start_cluster()
+    except (FileNotFoundError, KeyError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"no PostgreSQL cluster could start here: {exc}")
+    try:
+        store = dataclasses.replace(settings.store, url=cluster.new_database())
+        with ExitStack() as stack:
+            server = start_live_server(stack, settings, now, store=store)
+            (server.settings.paths.output / "index.html").write_text(
+                "<!doctype html><title>Tin</title>", encoding="utf-8"
+            )
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                assert sign_up(client, "an@example.org", server=server).status_code == 200
+                [message] = server.mail.wait_for(1)
+                confirm = confirm_url(server, message)[len(server.url) :]
+                leaving, secret = add_confirmed(server.settings, "binh@example.org", now)
+                leave = "unsubscribe?token=" + tokens.make_token(
+                    secret,
+                    purpose="unsubscribe",
+                    subscriber_id=leaving.id,
+                    nonce=leaving.token_nonce,
+                    issued_at=now,
+                )
+                one_click = b"List-Unsubscribe=One-Click"  # RFC 8058, from a mail client
+                form = {"content-type": "application/x-www-form-urlencoded"}
+                calls = [
+                    ("GET", confirm, None),
+                    ("POST", confirm, None),
+                    ("GET", leave, None),
+                    ("POST", leave, one_click),
+                ]
+                cluster.stop()
+                for method, target, body in calls:
+                    away = client.request(method, target, content=body, headers=form)
+                    assert away.status_code == 503, (method, target, away.text[:300])
+                    assert away.headers["retry-after"] == "5"
+                    assert away.headers["content-type"] == "text/html; charset=utf-8"
+                    _no_stack_text(away)
+                page = client.get("index.html")
+                assert page.status_code == 200
+                assert page.text == "<!doctype html><title>Tin</title>"
+                assert client.get("healthz").status_code == 503
+                cluster.start()
+                # The same links, issued before the outage, work as if nothing happened.
+                ask = client.get(confirm)
+                assert ask.status_code == 200, ask.text[:300]
+                assert "<button" in ask.text
+                done = client.post(confirm)
+                assert done.status_code == 200, done.text[:300]
+                assert subscriber(server.settings, "an@example.org").status is (
+                    SubscriptionStatus.CONFIRMED
+                )
+                assert client.get(leave).status_code == 200
+                assert subscriber(server.settings, "binh@example.org").status is (
+                    SubscriptionStatus.CONFIRMED
+                )  # a GET changes nothing
+                gone = client.post(leave, content=one_click, headers=form)
+                assert gone.status_code == 200, gone.text[:300]
+                assert subscriber(server.settings, "binh@example.org").status is (
+                    SubscriptionStatus.UNSUBSCRIBED
+                )
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(cluster.folder, ignore_errors=True)

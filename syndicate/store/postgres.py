@@ -18,6 +18,7 @@ send queue's claim is the one writer that does not take the lock: it uses row lo
 from __future__ import annotations
 
 import re
+import select
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -118,6 +119,23 @@ class PgConnection:
 
     def close(self) -> None:
         self.raw.close()
+
+    def is_dropped(self) -> bool:
+        """Whether the server has ended this idle connection (a restart, a fail-over,
+        pg_terminate_backend), found without a round trip.
+
+        The server sends an idle connection nothing unless it ends it (a FATAL error,
+        then the socket closes): anything to read while idle means the connection is
+        gone, and its next statement would fail.
+        """
+        raw = self.raw
+        if raw.closed or raw.broken:
+            return True
+        if raw.info.transaction_status is not psycopg.pq.TransactionStatus.IDLE:
+            return False
+        poller = select.poll()
+        poller.register(raw.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
 
 def redact(url: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
@@ -77,6 +78,10 @@ class DatabaseStore:
         self._swept: datetime | None = None  # the rate-limit window last swept
         # The connections (`db`, `reader`) the database server dropped: opened anew on use.
         self._lost: set[Database] = set()
+        # One call at a time on each connection: `find` runs on the writing thread too (the
+        # unsubscribe endpoint), and a connection must not be found gone, closed and
+        # replaced while the other thread runs a statement on it.
+        self._guards = {db: threading.Lock(), reader: threading.Lock()}
 
     def read_secret(self) -> bytes:
         with self._using(self.db) as db:
@@ -134,20 +139,23 @@ class DatabaseStore:
         is not tried again, since it may have committed. The next call on that
         connection connects anew, so `serve` outlives the restart.
         """
-        if db in self._lost:
-            fresh = open_database(
-                self.settings.paths.database,
-                url=self.settings.store.url,
-                any_thread=True,
-                busy_timeout=self.settings.store.busy_timeout,
-                read_only=db is self.reader,
-            )
-            with suppress(*DB_ERRORS):
-                db.conn.close()
-            db.conn = fresh.conn  # the caller's Database, which it closes, now holds it
-            self._lost.discard(db)
-        try:
-            yield db
-        except StoreUnavailableError:
-            self._lost.add(db)
-            raise
+        # A connection the server ended while it was idle (a restart during which only
+        # the other one was used) is opened anew before the call, not found gone by it.
+        with self._guards[db]:
+            if db in self._lost or (db.dialect == "postgresql" and db.conn.is_dropped()):
+                fresh = open_database(
+                    self.settings.paths.database,
+                    url=self.settings.store.url,
+                    any_thread=True,
+                    busy_timeout=self.settings.store.busy_timeout,
+                    read_only=db is self.reader,
+                )
+                with suppress(*DB_ERRORS):
+                    db.conn.close()
+                db.conn = fresh.conn  # the caller's Database, which it closes, now holds it
+                self._lost.discard(db)
+            try:
+                yield db
+            except StoreUnavailableError:
+                self._lost.add(db)
+                raise
