@@ -19,7 +19,7 @@ from syndicate.cli import cli
 from syndicate.errors import StoreError, StoreUnavailableError
 from syndicate.store import PgDatabase, open_database
 from syndicate.store.pg_schema import PG_FIRST_VERSION, PG_MIGRATIONS
-from syndicate.store.postgres import redact, translate
+from syndicate.store.postgres import redact, translate, where
 from syndicate.store.schema import MIGRATIONS
 from tests.plugins.postgres import ENV_STORE_URL, Cluster
 
@@ -166,6 +166,39 @@ def test_store_url_must_be_a_postgresql_url_and_is_not_echoed(
     assert result.exit_code == 2
     assert "store.url" in result.output
     assert "hunter2" not in result.output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://news:s3cr3t%pw@127.0.0.1:1/db",  # libpq quoted the token: the password
+        "postgresql://news:s3cr3t%00pw@127.0.0.1:1/db",
+        "postgresql://news:s3cr3t-pw@[::1/db",  # libpq quoted the whole URL
+        "postgresql://news:s3cr3t/pw@127.0.0.1:1/db",  # read as host news, port s3cr3t
+        "postgresql://news:s3cr3t-pw@127.0.0.1:port/db",  # urlsplit raised: a traceback
+        "postgresql://news:s3cr3t-pw@127.0.0.1/db?bogus=1",
+    ],
+)
+def test_a_url_libpq_cannot_read_is_one_line_that_never_shows_the_password(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "seeds").mkdir()
+    result = CliRunner().invoke(
+        cli, ["subscribers", "list"], env={ENV_STORE_URL: url, "SYNDICATE_CONFIG": ""}
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: PostgreSQL URL: libpq cannot read it: ")
+    assert len(result.output.splitlines()) == 1
+    assert "s3cr3t" not in result.output
+    assert not (tmp_path / "syndicate.db").exists()
+
+
+def test_messages_name_the_hosts_libpq_connects_to() -> None:
+    assert where("postgresql://u:pw@h1:5432,h2:5433/news") == "PostgreSQL at h1:5432,h2:5433/news"
+    assert where("postgresql://u:pw@ignored/news?host=/run/pg") == "PostgreSQL at /run/pg/news"
+    assert where("postgresql://u:pw@db.example.org/news") == "PostgreSQL at db.example.org/news"
+    assert where("postgresql://u:s3cr3t%pw@h/news") == "PostgreSQL"
 
 
 @pytest.mark.parametrize(

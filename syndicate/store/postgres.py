@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
 
 # Key of the advisory lock every write transaction takes (any fixed 64-bit number:
 # "syndicat" in ASCII).
@@ -130,12 +131,56 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
+# libpq quotes what it could not read: a password's text, or the whole URL.
+_QUOTED = re.compile(r':?\s*"[^"]*"')
+
+
+def parse_url(url: str) -> dict[str, str]:
+    """The connection parameters of `url` as libpq reads them.
+
+    Raises ValueError whose text never quotes `url` (it may hold a password): libpq's own
+    messages quote the part they could not read. A password with an unencoded `/`, `?`
+    or `#` would end the URL's host part early, and then be read as a port or dbname
+    and quoted as one; an `@` after the host part says so, and is refused too.
+    """
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        lines = str(exc).strip().splitlines()
+        reason = _QUOTED.sub("", lines[0] if lines else "").strip().rstrip(".")
+        raise ValueError(reason or "libpq cannot read it") from None
+    rest = url.partition("://")[2]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in rest[len(authority) :]:
+        raise ValueError(
+            "an '@' comes after its host part: a '/', '?' or '#' in the password must be "
+            "percent-encoded (%2F, %3F, %23)"
+        )
+    ports = str(params.get("port") or "")
+    if ports and not all(port.strip().isdigit() for port in ports.split(",")):
+        # libpq would quote it when connecting: a password, when the host was left out.
+        raise ValueError("its port is not a number")
+    return {key: str(value) for key, value in params.items()}
+
+
 def where(url: str) -> str:
-    """How messages name a PostgreSQL store: `PostgreSQL at host:port/dbname`."""
-    parts = urlsplit(url)
-    host = parts.hostname or "localhost"
-    port = f":{parts.port}" if parts.port else ""
-    return f"PostgreSQL at {host}{port}{parts.path or ''}"
+    """How messages name a PostgreSQL store: `PostgreSQL at host:port/dbname`.
+
+    Built from what libpq reads (a `host=` parameter, several hosts), never the password.
+    """
+    try:
+        params = parse_url(url)
+    except ValueError:
+        return "PostgreSQL"
+    hosts = params.get("host", "") or "localhost"
+    ports = params.get("port", "")
+    if ports and hosts.count(",") == ports.count(","):
+        pairs = zip(hosts.split(","), ports.split(","), strict=True)
+        hosts = ",".join(f"{host}:{port}" for host, port in pairs)
+    elif ports:
+        hosts = f"{hosts}:{ports}"
+    dbname = params.get("dbname", "")
+    return f"PostgreSQL at {hosts}{'/' + dbname if dbname else ''}"
 
 
 def connect(url: str, *, busy_timeout: float) -> PgConnection:
