@@ -307,8 +307,27 @@ def test_bad_locations_are_usage_errors_and_create_nothing(project: Path) -> Non
     )
     code, _, err = _run("store", "copy", "--from", "mysql://db/x", "--to", "new.db")
     assert code == 2
-    assert "Invalid value for --from: 'mysql://db/x' is neither a postgresql:// URL" in err
+    assert "Invalid value for --from: a 'mysql://' location is neither a postgresql:// URL" in err
     assert not Path("missing.db").exists()
+    assert not Path("new.db").exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresq://syndicate:{PASSWORD}@db/news",  # a typo in the scheme
+        f"POSTGRESQL://syndicate:{PASSWORD}@db/news",  # libpq reads lower case only
+        f"postgresql://syndicate:{PASSWORD}%@db/news",  # libpq quotes the bad token
+    ],
+)
+def test_a_location_that_is_not_a_store_is_exit_2_without_its_password(
+    full_store: Path, url: str
+) -> None:
+    for args in (("--from", str(full_store), "--to", url), ("--from", url, "--to", "new.db")):
+        for extra in ((), ("--json",)):
+            code, out, err = _run("store", "copy", *args, *extra)
+            assert (code, out) == (2, "")
+            assert PASSWORD not in err
     assert not Path("new.db").exists()
 
 
