@@ -484,6 +484,15 @@ def run_of(owner: str) -> str:
     return owner.rsplit("/", 1)[0]
 
 
+def server_time(db: Database) -> datetime:
+    """The database server's clock now (PostgreSQL): what the send queue's leases follow."""
+    try:
+        row = db.conn.execute("SELECT clock_timestamp()").fetchone()
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+    return row[0] if isinstance(row[0], datetime) else datetime.fromisoformat(str(row[0]))
+
+
 def enqueue_owed(
     db: Database, *, day: date, now: datetime, confirmed_by: datetime | None = None
 ) -> int:
