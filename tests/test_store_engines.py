@@ -214,6 +214,11 @@ def test_messages_name_the_hosts_libpq_connects_to() -> None:
             'SELECT "odd:name" FROM t -- a ? comment\nWHERE 1',
         ),
         ("key < teasers.key || char(1114111)", "key < teasers.key || chr(1114111)"),
+        # Read whole, so what is inside stays as written (a `'` there opened no literal):
+        ("SELECT E'it\\'s :x ?' , ?", "SELECT E'it\\'s :x ?' , %s"),
+        ("SELECT $$ it's :x ? $$, $q$ ? $q$ , :y", "SELECT $$ it's :x ? $$, $q$ ? $q$ , %(y)s"),
+        ("SELECT /* it's ?\n char( */ :a, 'b'", "SELECT /* it's ?\n char( */ %(a)s, 'b'"),
+        ("WHERE name='x' AND LIKE'?'", "WHERE name='x' AND LIKE'?'"),
     ],
 )
 def test_statements_are_translated_outside_literals_only(sqlite: str, psycopg_form: str) -> None:

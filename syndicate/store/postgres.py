@@ -50,7 +50,10 @@ Params = Sequence[Any] | Mapping[str, Any]
 
 _TOKENS = re.compile(
     r"""
-    (?P<literal>'(?:[^']|'')*')       # a string literal: left alone
+    (?P<escaped>(?<![\w$])[Ee]'(?:[^'\\]|\\.|'')*')  # E'..\'..': left alone
+    | (?P<dollar>\$(?P<tag>(?:[A-Za-z_]\w*)?)\$.*?\$(?P=tag)\$)  # $$..$$, $x$..$x$: too
+    | (?P<block>/\*.*?\*/)            # a block comment
+    | (?P<literal>'(?:[^']|'')*')     # a string literal: left alone
     | (?P<ident>"(?:[^"]|"")*")       # a quoted identifier
     | (?P<comment>--[^\n]*)           # a comment
     | (?P<cast>::)                    # a PostgreSQL cast, not a parameter
@@ -59,7 +62,7 @@ _TOKENS = re.compile(
     | (?P<question>\?)                # a positional parameter
     | (?P<percent>%)                  # psycopg's own marker: doubled
     """,
-    re.VERBOSE,
+    re.VERBOSE | re.DOTALL,
 )
 
 
@@ -82,6 +85,8 @@ def translate(sql: str) -> str:
         if match.group("char"):
             return "chr("
         # A literal, identifier or comment keeps its text; psycopg reads `%` everywhere.
+        # (No statement of ours has an E'' string, $$ quoting or a block comment: they are
+        # read whole all the same, so one added later keeps its `?`, `:x` and `char(`.)
         return match.group(0).replace("%", "%%")
 
     return _TOKENS.sub(swap, sql)
