@@ -140,6 +140,22 @@ def test_an_unreachable_server_is_exit_75_naming_the_host_and_never_the_password
     assert not (tmp_path / "syndicate.db").exists()
 
 
+def test_vietnamese_text_goes_through_whatever_client_encoding_the_machine_sets(
+    pg_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PGCLIENTENCODING", "LATIN1")
+    text = "Thông xe cầu Sông Lam"
+    url = pg_cluster.new_database()
+    for given in (url, url + "?client_encoding=LATIN1"):
+        with open_database(Path("unused"), url=given) as db:
+            with db.transaction() as conn:
+                conn.execute("DELETE FROM meta WHERE key = 'probe'")
+                conn.execute("INSERT INTO meta (key, value) VALUES ('probe', ?)", (text,))
+            assert db.conn.execute("SELECT value FROM meta WHERE key = 'probe'").fetchone() == (
+                text,
+            )
+
+
 def test_a_role_without_rights_is_one_line_not_a_traceback(pg_cluster: Cluster) -> None:
     url = pg_cluster.new_database()
     dbname = url.rsplit("/", 1)[1]

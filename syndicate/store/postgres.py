@@ -48,6 +48,10 @@ _FULL_STATES = frozenset({"53100", "53200", "53000"})
 
 Params = Sequence[Any] | Mapping[str, Any]
 
+# Whatever the URL or PGCLIENTENCODING says: under LATIN1, say, Vietnamese text could not be
+# sent at all (a UnicodeEncodeError out of every statement that carried it).
+CLIENT_ENCODING = "UTF8"
+
 _TOKENS = re.compile(
     r"""
     (?P<escaped>(?<![\w$])[Ee]'(?:[^'\\]|\\.|'')*')  # E'..\'..': left alone
@@ -194,7 +198,11 @@ def connect(url: str, *, busy_timeout: float) -> PgConnection:
     # place asks for (`:cutoff IS NULL`, `CASE WHEN :flag`), which server-side binding of
     # untyped parameters cannot do.
     conn = psycopg.connect(
-        url, autocommit=True, connect_timeout=10, cursor_factory=psycopg.ClientCursor
+        url,
+        autocommit=True,
+        connect_timeout=10,
+        cursor_factory=psycopg.ClientCursor,
+        client_encoding=CLIENT_ENCODING,
     )
     conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
     return PgConnection(conn)
@@ -203,7 +211,9 @@ def connect(url: str, *, busy_timeout: float) -> PgConnection:
 async def connect_async(url: str, *, busy_timeout: float) -> psycopg.AsyncConnection[Any]:
     """An autocommit asyncio connection to `url` (the send queue's sent marks); psycopg's
     errors go to the caller. Its statements use psycopg's own parameter style."""
-    conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=10)
+    conn = await psycopg.AsyncConnection.connect(
+        url, autocommit=True, connect_timeout=10, client_encoding=CLIENT_ENCODING
+    )
     await conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
     return conn
 
