@@ -222,6 +222,21 @@ def test_on_postgresql_the_copied_store_goes_on_where_sqlite_left_it(
     assert now_in_outbox == sorted(outbox + late)
 
 
+def test_a_nul_that_sqlite_kept_goes_to_postgresql_as_a_replacement_character(
+    project: Path, new_pg: Callable[[], str]
+) -> None:
+    # A server's reply kept on SQLite with a NUL in it: COPY refused the row, so the store
+    # could never move to PostgreSQL.
+    with open_database(project / "syndicate.db") as db, db.transaction() as conn:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('note', ?)", ("550 a\x00b",))
+    pg_url = new_pg()
+    code, _, err = _run("store", "copy", "--from", str(project / "syndicate.db"), "--to", pg_url)
+    assert (code, err) == (0, "")
+    with open_database(Path(), url=pg_url) as pg:
+        row = pg.conn.execute("SELECT value FROM meta WHERE key = 'note'").fetchone()
+    assert row == ("550 a\ufffdb",)
+
+
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 def test_a_target_that_is_not_empty_is_refused_and_left_as_it_was(
     full_store: Path, new_pg: Callable[[], str], tmp_path: Path, engine: str

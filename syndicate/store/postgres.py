@@ -96,6 +96,27 @@ def translate(sql: str) -> str:
     return _TOKENS.sub(swap, sql)
 
 
+# PostgreSQL's text holds no NUL, which SQLite's does: a NUL in a value (a header of a stranger's
+# bounce mail, a server's reply) failed the whole statement. It goes in as U+FFFD, the
+# character that stands for what cannot be shown.
+_NUL, NUL_STANDIN = "\x00", "\ufffd"
+
+
+def _no_nul(value: Any) -> Any:
+    return value.replace(_NUL, NUL_STANDIN) if isinstance(value, str) else value
+
+
+def without_nul(params: Params) -> Params:
+    """`params` with every NUL in its text values replaced (the same object when none has one)."""
+    if isinstance(params, Mapping):
+        if any(isinstance(v, str) and _NUL in v for v in params.values()):
+            return {key: _no_nul(value) for key, value in params.items()}
+        return params
+    if any(isinstance(v, str) and _NUL in v for v in params):
+        return [_no_nul(value) for value in params]
+    return params
+
+
 class PgConnection:
     """The part of sqlite3.Connection the area modules use, over psycopg."""
 
@@ -110,14 +131,16 @@ class PgConnection:
         return found
 
     def execute(self, sql: str, params: Params | None = None) -> psycopg.Cursor[Any]:
-        return self.raw.execute(self._translated(sql), () if params is None else params)
+        return self.raw.execute(
+            self._translated(sql), () if params is None else without_nul(params)
+        )
 
     def executemany(self, sql: str, rows: Iterable[Params]) -> psycopg.Cursor[Any]:
         # Bound on the server: a batch's statements are the plain INSERTs and UPDATEs of the
         # build and the ledger, whose parameters take their columns' types; psycopg prepares
         # each once and pipelines the rows, where a client-bound batch is parsed row by row.
         cursor = psycopg.Cursor(self.raw)
-        cursor.executemany(self._translated(sql), rows)
+        cursor.executemany(self._translated(sql), (without_nul(row) for row in rows))
         return cursor
 
     def commit(self) -> None:
