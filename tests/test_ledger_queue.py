@@ -145,3 +145,47 @@ def test_enqueueing_a_long_list_holds_no_sign_up_up(tmp_path: Path) -> None:
                 blocker.rollback()
                 enqueuer.join(10)
         assert added == [3]
+
+
+def test_workers_enqueueing_at_once_do_not_wait_on_each_other_past_the_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every worker enqueues first. In one transaction, the first one's rows stayed
+    # uncommitted for the whole list (11 s at 300,000 subscribers), and every other worker
+    # waited on them past store.busy_timeout and gave up (exit 75). Here a trigger makes
+    # each row take 10 ms: the list takes 1 s, a batch 0.1 s, the busy timeout is 0.5 s.
+    url = os.environ.get(ENV_STORE_URL)
+    if not url:
+        pytest.skip("on SQLite the enqueues take turns on the one write lock")
+    monkeypatch.setattr(ledger, "ENQUEUE_BATCH", 10, raising=False)
+    with _store(tmp_path, 100) as db:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(
+                "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(0.01); RETURN NEW; END $$"
+            )
+            admin.execute(
+                "CREATE TRIGGER slow_row BEFORE INSERT ON deliveries "
+                "FOR EACH ROW EXECUTE FUNCTION slow_row()"
+            )
+            added: list[int] = []
+            first = threading.Thread(
+                target=lambda: added.append(ledger.enqueue_owed(db, day=DAY, now=T0))
+            )
+            first.start()
+            try:
+                deadline = time.monotonic() + 10
+                while not admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE state = 'active' AND query LIKE '%INSERT INTO deliveries%'"
+                    " AND pid <> pg_backend_pid()"
+                ).fetchone()[0]:
+                    assert time.monotonic() < deadline, "the first enqueue never started"
+                    time.sleep(0.01)
+                with open_store(tmp_path / "x.db", busy_timeout=0.5) as other:
+                    added.append(ledger.enqueue_owed(other, day=DAY, now=T0))
+            finally:
+                first.join(30)
+        assert len(added) == 2  # both finished
+        assert sum(added) == 100  # between them, each row once
+        assert ledger.day_counts(db, day=DAY) == {"sending": 100}
