@@ -215,6 +215,9 @@ def test_messages_name_the_hosts_libpq_connects_to() -> None:
     assert where("postgresql://u:pw@ignored/news?host=/run/pg") == "PostgreSQL at /run/pg/news"
     assert where("postgresql://u:pw@db.example.org/news") == "PostgreSQL at db.example.org/news"
     assert where("postgresql://u:s3cr3t%pw@h/news") == "PostgreSQL"
+    # What libpq reads as it is: '#' in a password, '@' in a parameter's value.
+    assert where("postgresql://u:pw#x@h/news") == "PostgreSQL at h/news"
+    assert where("postgresql://u@h/news?passfile=/home/a@b/p") == "PostgreSQL at h/news"
 
 
 @pytest.mark.parametrize(

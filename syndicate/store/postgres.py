@@ -171,9 +171,9 @@ def parse_url(url: str) -> dict[str, str]:
     """The connection parameters of `url` as libpq reads them.
 
     Raises ValueError whose text never quotes `url` (it may hold a password): libpq's own
-    messages quote the part they could not read. A password with an unencoded `/`, `?`
-    or `#` would end the URL's host part early, and then be read as a port or dbname
-    and quoted as one; an `@` after the host part says so, and is refused too.
+    messages quote the part they could not read. A password with an unencoded `/` would
+    end the URL's host part early, and then be read as a port or dbname and quoted as
+    one; an `@` in the path says so, and is refused too.
     """
     try:
         params = conninfo_to_dict(url)
@@ -181,12 +181,12 @@ def parse_url(url: str) -> dict[str, str]:
         lines = str(exc).strip().splitlines()
         reason = _QUOTED.sub("", lines[0] if lines else "").strip().rstrip(".")
         raise ValueError(reason or "libpq cannot read it") from None
+    # As libpq reads a URL: the host part ends at the first '/' or '?', the path at '?'.
     rest = url.partition("://")[2]
-    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    if "@" in rest[len(authority) :]:
+    authority = re.split(r"[/?]", rest, maxsplit=1)[0]
+    if "@" in rest[len(authority) :].partition("?")[0]:
         raise ValueError(
-            "an '@' comes after its host part: a '/', '?' or '#' in the password must be "
-            "percent-encoded (%2F, %3F, %23)"
+            "an '@' comes after its host part: a '/' in the password must be percent-encoded (%2F)"
         )
     ports = str(params.get("port") or "")
     if ports and not all(port.strip().isdigit() for port in ports.split(",")):
