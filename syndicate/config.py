@@ -645,7 +645,9 @@ def _control_character(text: str) -> str | None:
 
 def _check(settings: Settings) -> None:
     url = settings.store.url
-    if url and urlsplit(url).scheme not in ("postgresql", "postgres"):
+    # The scheme by hand, as libpq reads it (lower case only): urlsplit raises on what libpq
+    # reads (several hosts) or refuses (the store says why, without the URL).
+    if url and url.partition("://")[0] not in ("postgresql", "postgres"):
         # The value is not echoed: it may carry a password.
         raise ConfigError(
             "config key store.url (or SYNDICATE_STORE_URL) is not a PostgreSQL URL; expected "

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -92,6 +94,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--update-golden", action="store_true", help="Rewrite tests/golden/ from current output."
     )
+
+
+@pytest.fixture(autouse=True)
+def _syndicate_logger_as_found() -> Iterator[None]:
+    """Put the `syndicate` logger back as it was after each test.
+
+    An in-process CLI run (CliRunner) gives it a handler of its own and stops it from
+    propagating, so `caplog` in a later test of the same process saw nothing: with the
+    suite spread over processes, which test comes later changes from run to run.
+    """
+    logger = logging.getLogger("syndicate")
+    handlers, propagate, level = logger.handlers[:], logger.propagate, logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.propagate, logger.level = propagate, level
 
 
 @pytest.fixture

@@ -194,6 +194,23 @@ def test_bounces_reads_a_maildir_and_files_each_handled_message(plain_project: P
     )
 
 
+def test_a_nul_in_a_stranger_s_report_does_not_stop_the_others(plain_project: Path) -> None:
+    # Anyone can mail the bounce address. PostgreSQL's text holds no NUL: the report's key
+    # (its Message-ID) failed every run at that mail (exit 2), and no report after it was read.
+    poison = {b"<6724d0a4.170a0220": b"<6724d0a4.\x00.170a0220"}
+    box = _maildir(plain_project / "Maildir", ["gmail-hard.eml"], replace=poison)
+    _maildir(box, [])
+    (box / "new" / "1730440001.host").write_bytes((BOUNCES / "qmail-hard.eml").read_bytes())
+    code, out, err = _run("bounces", str(box))
+    assert (code, err) == (0, "")
+    assert out == "bounces: 2 hard, 0 soft, 0 complaints, 0 ignored, 0 unreadable\n"
+    assert _statuses(plain_project)["gone@gmail.example"] == "bounced"
+    assert _statuses(plain_project)["old@qmail.example"] == "bounced"
+    assert _run("bounces", str(box))[1] == (  # each filed as read, as any other
+        "bounces: 0 hard, 0 soft, 0 complaints, 0 ignored, 0 unreadable\n"
+    )
+
+
 def test_the_same_report_read_twice_changes_nothing(plain_project: Path) -> None:
     project = plain_project
     soft = BOUNCES / "yahoo-soft.eml"

@@ -3,14 +3,18 @@ SQLite file, with the clock passed in (no waiting for a lease to run out)."""
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from syndicate.store import Database, ledger
-from syndicate.store.subscribers import add_subscriber, unsubscribe
-from tests.plugins.postgres import open_store
+from syndicate.store.subscribers import add_subscriber, signup, unsubscribe
+from tests.plugins.postgres import ENV_STORE_URL, open_store
 
 pytestmark = pytest.mark.usefixtures("store")
 
@@ -106,3 +110,82 @@ def test_breaking_leases_frees_a_killed_runs_rows(tmp_path: Path) -> None:
         assert _claim(db, "run2/1", T0) == []
         assert ledger.break_leases(db) == 2
         assert _claim(db, "run2/1", T0) == [1, 2]
+
+
+def test_enqueueing_a_long_list_holds_no_sign_up_up(tmp_path: Path) -> None:
+    # The enqueue reads every confirmed subscriber: seconds at a few hundred thousand. Under
+    # the store-wide write lock, a sign-up waited for it, past store.busy_timeout (503).
+    # Here the enqueue is held up on a row another connection is inserting.
+    url = os.environ.get(ENV_STORE_URL)
+    if not url:
+        pytest.skip("on SQLite every write waits for the one writer: that is its design")
+    with _store(tmp_path, 3) as db, open_store(tmp_path / "x.db", busy_timeout=1) as web:
+        with psycopg.connect(url) as blocker:  # a transaction, left open
+            blocker.execute(
+                "INSERT INTO deliveries (digest_day, subscriber_id, status, attempts, updated_at)"
+                " VALUES (%s, 3, 'sending', 0, %s)",
+                (DAY.isoformat(), T0.isoformat()),
+            )
+            added: list[int] = []
+            enqueuer = threading.Thread(
+                target=lambda: added.append(ledger.enqueue_owed(db, day=DAY, now=T0))
+            )
+            enqueuer.start()
+            try:
+                deadline = time.monotonic() + 10
+                while not blocker.execute(  # the enqueue waits on the row, mid-statement
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                ).fetchone()[0]:
+                    assert time.monotonic() < deadline, "the enqueue never waited"
+                    time.sleep(0.01)
+                started = time.monotonic()
+                signup(web, "new@example.org", language="vi", now=T0, resend_after=timedelta(0))
+                assert time.monotonic() - started < 0.9
+            finally:
+                blocker.rollback()
+                enqueuer.join(10)
+        assert added == [3]
+
+
+def test_workers_enqueueing_at_once_do_not_wait_on_each_other_past_the_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every worker enqueues first. In one transaction, the first one's rows stayed
+    # uncommitted for the whole list (11 s at 300,000 subscribers), and every other worker
+    # waited on them past store.busy_timeout and gave up (exit 75). Here a trigger makes
+    # each row take 10 ms: the list takes 1 s, a batch 0.1 s, the busy timeout is 0.5 s.
+    url = os.environ.get(ENV_STORE_URL)
+    if not url:
+        pytest.skip("on SQLite the enqueues take turns on the one write lock")
+    monkeypatch.setattr(ledger, "ENQUEUE_BATCH", 10, raising=False)
+    with _store(tmp_path, 100) as db:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(
+                "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(0.01); RETURN NEW; END $$"
+            )
+            admin.execute(
+                "CREATE TRIGGER slow_row BEFORE INSERT ON deliveries "
+                "FOR EACH ROW EXECUTE FUNCTION slow_row()"
+            )
+            added: list[int] = []
+            first = threading.Thread(
+                target=lambda: added.append(ledger.enqueue_owed(db, day=DAY, now=T0))
+            )
+            first.start()
+            try:
+                deadline = time.monotonic() + 10
+                while not admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE state = 'active' AND query LIKE '%INSERT INTO deliveries%'"
+                    " AND pid <> pg_backend_pid()"
+                ).fetchone()[0]:
+                    assert time.monotonic() < deadline, "the first enqueue never started"
+                    time.sleep(0.01)
+                with open_store(tmp_path / "x.db", busy_timeout=0.5) as other:
+                    added.append(ledger.enqueue_owed(other, day=DAY, now=T0))
+            finally:
+                first.join(30)
+        assert len(added) == 2  # both finished
+        assert sum(added) == 100  # between them, each row once
+        assert ledger.day_counts(db, day=DAY) == {"sending": 100}

@@ -93,12 +93,18 @@ def _subscribe(folder: Path, url: str, count: int) -> list[str]:
     return emails
 
 
-def _send(folder: Path, url: str) -> subprocess.Popen[str]:
-    """One machine's `syndicate send`: its own folder and config, the shared store."""
+def _send(folder: Path, url: str, *, clock: str = "") -> subprocess.Popen[str]:
+    """One machine's `syndicate send`: its own folder and config, the shared store.
+
+    `clock`: how far this machine's clock is off (libfaketime's `+30s`), else none.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
     env |= {ENV_STORE_URL: url, "SYNDICATE_SECRET": SECRET}
+    skewed = ["faketime", "-f", clock] if clock else []
+    if clock:
+        env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"  # the event loop's timers stay real
     return subprocess.Popen(
-        [sys.executable, "-m", "syndicate", "send"],
+        [*skewed, sys.executable, "-m", "syndicate", "send"],
         cwd=folder,
         env=env,
         stdout=subprocess.PIPE,
@@ -337,3 +343,30 @@ def test_two_machines_starting_at_once_make_one_digest(
     assert ids == {f"<{day}"}
     sent = sum(int(found[0][1]) for found in summaries if found)
     assert sent == count, outs
+
+
+def test_a_machine_whose_clock_runs_ahead_never_takes_a_live_lease(
+    tmp_path: Path, store_url: str
+) -> None:
+    # Leases are compared across machines. With each machine's own clock, one running 30 s
+    # ahead saw every lease of the other (1 s) as run out, claimed rows the other held
+    # and was sending, and both sent them: 75 second copies of 300 in one run.
+    if shutil.which("faketime") is None:
+        pytest.skip("libfaketime is not installed (Debian package faketime)")
+    handler = TimedRecorder()
+    count = 300
+    with run_smtp_server(handler) as server:
+        handler.delay = 0.02
+        one = _machine(tmp_path / "one", server.port)
+        two = _machine(tmp_path / "two", server.port)
+        emails = _subscribe(one, store_url, count)
+        runs = [_send(one, store_url), _send(two, store_url, clock="+30s")]
+        results = [run.communicate(timeout=120) for run in runs]
+    for run, (_out, err) in zip(runs, results, strict=True):
+        assert run.returncode == 0, err
+        assert "Traceback" not in err, err
+    got = Counter(r for _at, r in handler.started)
+    assert set(got) == set(emails)
+    assert len(_owners(store_url, one)) == 2, results  # both machines did send
+    assert sum(got.values()) - count == 0, got.most_common(3)
+    assert "this machine's clock is 30." in results[1][1]

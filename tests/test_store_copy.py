@@ -222,6 +222,21 @@ def test_on_postgresql_the_copied_store_goes_on_where_sqlite_left_it(
     assert now_in_outbox == sorted(outbox + late)
 
 
+def test_a_nul_that_sqlite_kept_goes_to_postgresql_as_a_replacement_character(
+    project: Path, new_pg: Callable[[], str]
+) -> None:
+    # A server's reply kept on SQLite with a NUL in it: COPY refused the row, so the store
+    # could never move to PostgreSQL.
+    with open_database(project / "syndicate.db") as db, db.transaction() as conn:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('note', ?)", ("550 a\x00b",))
+    pg_url = new_pg()
+    code, _, err = _run("store", "copy", "--from", str(project / "syndicate.db"), "--to", pg_url)
+    assert (code, err) == (0, "")
+    with open_database(Path(), url=pg_url) as pg:
+        row = pg.conn.execute("SELECT value FROM meta WHERE key = 'note'").fetchone()
+    assert row == ("550 a\ufffdb",)
+
+
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 def test_a_target_that_is_not_empty_is_refused_and_left_as_it_was(
     full_store: Path, new_pg: Callable[[], str], tmp_path: Path, engine: str
@@ -307,7 +322,7 @@ def test_bad_locations_are_usage_errors_and_create_nothing(project: Path) -> Non
     )
     code, _, err = _run("store", "copy", "--from", "mysql://db/x", "--to", "new.db")
     assert code == 2
-    assert "Invalid value for --from: 'mysql://db/x' is neither a postgresql:// URL" in err
+    assert "Invalid value for --from: a 'mysql://' location is neither a postgresql:// URL" in err
     assert not Path("missing.db").exists()
     assert not Path("new.db").exists()
 
@@ -327,6 +342,24 @@ def test_a_postgresql_database_syndicate_never_wrote_is_no_store_to_copy_from(
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
         assert row.fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresq://syndicate:{PASSWORD}@db/news",  # a typo in the scheme
+        f"POSTGRESQL://syndicate:{PASSWORD}@db/news",  # libpq reads lower case only
+        f"postgresql://syndicate:{PASSWORD}%@db/news",  # libpq quotes the bad token
+    ],
+)
+def test_a_location_that_is_not_a_store_is_exit_2_without_its_password(
+    full_store: Path, url: str
+) -> None:
+    for args in (("--from", str(full_store), "--to", url), ("--from", url, "--to", "new.db")):
+        for extra in ((), ("--json",)):
+            code, out, err = _run("store", "copy", *args, *extra)
+            assert (code, out) == (2, "")
+            assert PASSWORD not in err
     assert not Path("new.db").exists()
 
 

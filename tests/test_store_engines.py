@@ -20,7 +20,7 @@ from syndicate.cli import cli
 from syndicate.errors import StoreError, StoreUnavailableError
 from syndicate.store import PgDatabase, open_database, teasers
 from syndicate.store.pg_schema import PG_FIRST_VERSION, PG_MIGRATIONS
-from syndicate.store.postgres import redact, translate
+from syndicate.store.postgres import redact, translate, where
 from syndicate.store.schema import MIGRATIONS
 from tests.plugins.postgres import ENV_STORE_URL, Cluster
 
@@ -141,6 +141,22 @@ def test_an_unreachable_server_is_exit_75_naming_the_host_and_never_the_password
     assert not (tmp_path / "syndicate.db").exists()
 
 
+def test_vietnamese_text_goes_through_whatever_client_encoding_the_machine_sets(
+    pg_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PGCLIENTENCODING", "LATIN1")
+    text = "Thông xe cầu Sông Lam"
+    url = pg_cluster.new_database()
+    for given in (url, url + "?client_encoding=LATIN1"):
+        with open_database(Path("unused"), url=given) as db:
+            with db.transaction() as conn:
+                conn.execute("DELETE FROM meta WHERE key = 'probe'")
+                conn.execute("INSERT INTO meta (key, value) VALUES ('probe', ?)", (text,))
+            assert db.conn.execute("SELECT value FROM meta WHERE key = 'probe'").fetchone() == (
+                text,
+            )
+
+
 def test_a_role_without_rights_is_one_line_not_a_traceback(pg_cluster: Cluster) -> None:
     url = pg_cluster.new_database()
     dbname = url.rsplit("/", 1)[1]
@@ -170,6 +186,42 @@ def test_store_url_must_be_a_postgresql_url_and_is_not_echoed(
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://news:s3cr3t%pw@127.0.0.1:1/db",  # libpq quoted the token: the password
+        "postgresql://news:s3cr3t%00pw@127.0.0.1:1/db",
+        "postgresql://news:s3cr3t-pw@[::1/db",  # libpq quoted the whole URL
+        "postgresql://news:s3cr3t/pw@127.0.0.1:1/db",  # read as host news, port s3cr3t
+        "postgresql://news:s3cr3t-pw@127.0.0.1:port/db",  # urlsplit raised: a traceback
+        "postgresql://news:s3cr3t-pw@127.0.0.1/db?bogus=1",
+    ],
+)
+def test_a_url_libpq_cannot_read_is_one_line_that_never_shows_the_password(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "seeds").mkdir()
+    result = CliRunner().invoke(
+        cli, ["subscribers", "list"], env={ENV_STORE_URL: url, "SYNDICATE_CONFIG": ""}
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: PostgreSQL URL: libpq cannot read it: ")
+    assert len(result.output.splitlines()) == 1
+    assert "s3cr3t" not in result.output
+    assert not (tmp_path / "syndicate.db").exists()
+
+
+def test_messages_name_the_hosts_libpq_connects_to() -> None:
+    assert where("postgresql://u:pw@h1:5432,h2:5433/news") == "PostgreSQL at h1:5432,h2:5433/news"
+    assert where("postgresql://u:pw@ignored/news?host=/run/pg") == "PostgreSQL at /run/pg/news"
+    assert where("postgresql://u:pw@db.example.org/news") == "PostgreSQL at db.example.org/news"
+    assert where("postgresql://u:s3cr3t%pw@h/news") == "PostgreSQL"
+    # What libpq reads as it is: '#' in a password, '@' in a parameter's value.
+    assert where("postgresql://u:pw#x@h/news") == "PostgreSQL at h/news"
+    assert where("postgresql://u@h/news?passfile=/home/a@b/p") == "PostgreSQL at h/news"
+
+
+@pytest.mark.parametrize(
     ("sqlite", "psycopg_form"),
     [
         ("SELECT ? , ?", "SELECT %s , %s"),
@@ -182,6 +234,11 @@ def test_store_url_must_be_a_postgresql_url_and_is_not_echoed(
             'SELECT "odd:name" FROM t -- a ? comment\nWHERE 1',
         ),
         ("key < teasers.key || char(1114111)", "key < teasers.key || chr(1114111)"),
+        # Read whole, so what is inside stays as written (a `'` there opened no literal):
+        ("SELECT E'it\\'s :x ?' , ?", "SELECT E'it\\'s :x ?' , %s"),
+        ("SELECT $$ it's :x ? $$, $q$ ? $q$ , :y", "SELECT $$ it's :x ? $$, $q$ ? $q$ , %(y)s"),
+        ("SELECT /* it's ?\n char( */ :a, 'b'", "SELECT /* it's ?\n char( */ %(a)s, 'b'"),
+        ("WHERE name='x' AND LIKE'?'", "WHERE name='x' AND LIKE'?'"),
     ],
 )
 def test_statements_are_translated_outside_literals_only(sqlite: str, psycopg_form: str) -> None:

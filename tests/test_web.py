@@ -50,6 +50,7 @@ from syndicate.web import (
     negotiate_language,
 )
 from syndicate.web.guard import RateWindow, rate_decision, rate_limit_key
+from syndicate.web.seams import DatabaseStore
 from tests.conftest import ROOT
 from tests.plugins.postgres import ENV_STORE_URL, Cluster, start_cluster, store_environ
 from tests.plugins.smtp import SmtpServer
@@ -963,12 +964,33 @@ def test_other_networks_cannot_push_a_client_s_count_out_of_the_store(
                 [(window.start.isoformat(), f"2001:db8:48:{n + 3:x}::/64") for n in range(50_000)],
             )
         assert sign_up(client, "f3@example.org", **hop).status_code == 429
-        # The minute over, the next one's sweep takes the old counts away.
         server.clock.advance(minutes=2)
         assert sign_up(client, "f3@example.org", **hop).status_code == 200
+        # Ten minutes on (seams.SWEEP_AFTER), the next window's sweep takes the old counts away.
+        server.clock.advance(minutes=10)
+        assert sign_up(client, "f4@example.org", **hop).status_code == 200
     with open_settings_store(server.settings) as db:
-        rows = db.conn.execute("SELECT window_at, network, count FROM signup_counts").fetchall()
-    assert rows == [(window.start.replace(minute=2).isoformat(), "2001:db8:48:1::/64", 1)]
+        rows = db.conn.execute(
+            "SELECT window_at, network, count FROM signup_counts ORDER BY window_at"
+        ).fetchall()
+    assert rows == [
+        (window.start.replace(minute=2).isoformat(), "2001:db8:48:1::/64", 1),
+        (window.start.replace(minute=12).isoformat(), "2001:db8:48:1::/64", 1),
+    ]
+
+
+@pytest.mark.usefixtures("store")
+def test_a_server_whose_clock_runs_ahead_leaves_the_others_counts_alone(
+    settings: Settings,
+) -> None:
+    now = datetime.fromisoformat("2024-11-01T06:00:10+00:00")
+    with open_settings_store(settings) as db:
+        behind, ahead = DatabaseStore(settings, db, db), DatabaseStore(settings, db, db)
+        for _ in range(3):
+            behind.count_signup("192.0.2.1", now=now)
+        ahead.count_signup("198.51.100.1", now=now + timedelta(minutes=3))  # it sweeps
+        assert behind.count_signup("192.0.2.1", now=now + timedelta(seconds=1)) == (0, 4)
+        assert behind.count_signup("192.0.2.1", now=now + timedelta(minutes=1)) == (4, 1)
 
 
 @pytest.mark.parametrize(

@@ -35,8 +35,10 @@ def _open(location: str, *, option: str, must_exist: bool) -> Database:
     else:
         text = location.removeprefix(_SQLITE_SCHEME)
         if not text or "://" in text:
+            # Named by its scheme only: the rest may hold a password (a mistyped postgresql://).
+            scheme = location.partition("://")[0] + "://" if "://" in location else location
             raise click.BadParameter(
-                f"{location!r} is neither a postgresql:// URL nor a SQLite file "
+                f"a {scheme!r} location is neither a postgresql:// URL nor a SQLite file "
                 "(sqlite:///path/to/file.db or a plain path).",
                 param_hint=option,
             )

@@ -63,6 +63,8 @@ PAGE_SIZE = 500  # the most recipients claimed per ledger transaction
 # several workers share a short list, and large enough that claims cost little.
 CLAIM_PER_CONNECTION = 16
 _LOOK_AGAIN = 0.2  # seconds: how often a worker with nothing to claim looks at the others' leases
+# A machine's clock this far off the database server's is worth a warning (it is corrected).
+_SKEW_WARNING = timedelta(seconds=2)
 
 __all__ = ["MAX_ATTEMPTS", "PAGE_SIZE", "REFUSE_ALL_AFTER", "DigestSender", "SendSummary", "Stop"]
 
@@ -229,6 +231,10 @@ class _Committer:
                 for done in waiting:
                     if not done.done():
                         done.set_exception(exc)
+                        # Marked seen: a sender awaits its future unless it is already
+                        # stopping on an error of its own (a claim on the broken store,
+                        # say), and then this one would be logged as never retrieved.
+                        done.exception()
                 if not isinstance(exc, Exception):
                     raise
             else:
@@ -266,7 +272,8 @@ class DigestSender:
         self.worker = worker or make_worker_id(make_run_id(), 1)
         self.claim_size = min(PAGE_SIZE, CLAIM_PER_CONNECTION * max(1, policy.connections))
         self.stop = stop or Stop()
-        self.tick = clock or (lambda: datetime.now(UTC))
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.tick = self.clock  # on PostgreSQL, set to follow the server's clock (send)
         self.mail_info = MailInfo.from_settings(settings)  # once per run, not per message
         envelope_sender(info=self.mail_info)  # checks mail.from before the first message
         self.pacer = _Pacer(policy.rate)
@@ -292,6 +299,8 @@ class DigestSender:
         summary so far (the caller sees `stop.signal`).
         """
         started = time.monotonic()
+        if isinstance(self.db, PgDatabase):
+            self._follow_server_clock()
         max_attempts = self.policy.max_attempts
         skipped = ledger.count_skipped(
             self.db, day=day, max_attempts=max_attempts, confirmed_by=confirmed_by
@@ -372,6 +381,28 @@ class DigestSender:
             bounced=run.bounced,
             in_flight=run.in_doubt,
         )
+
+    def _follow_server_clock(self) -> None:
+        """Take lease times from the database server's clock, not this machine's.
+
+        Workers on several machines compare each other's lease times: a machine whose
+        clock ran ahead by more than two thirds of a lease saw live leases as run out, and
+        sent what another worker was sending. This machine's clock is used for the time
+        that passes; the server's sets where it starts.
+        """
+        before = self.clock()
+        server = ledger.server_time(self.db)
+        after = self.clock()
+        offset = server - (before + (after - before) / 2)
+        if abs(offset) > _SKEW_WARNING:
+            log.warning(
+                "this machine's clock is %.1f s %s the database server's (%s); the send "
+                "queue's leases follow the server's. Keep the clocks in step (NTP).",
+                abs(offset.total_seconds()),
+                "behind" if offset > timedelta(0) else "ahead of",
+                self.db.path,
+            )
+        self.tick = lambda: self.clock() + offset
 
     def _next(self, run: _Run) -> ledger.Recipient | None:
         """The next recipient this worker holds, claiming a batch at a time; None when none is

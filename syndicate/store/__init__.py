@@ -388,6 +388,16 @@ def _open_postgres(
 def _open_postgres(
     url: str, *, busy_timeout: float, read_only: bool, must_exist: bool = False
 ) -> Database | None:
+    try:
+        postgres.parse_url(url)
+    except ValueError as exc:
+        # Not libpq's own message: it quotes what it could not read, the password included.
+        raise StoreError(
+            f"PostgreSQL URL: libpq cannot read it: {exc}. The URL is not shown, as it may "
+            "hold a password.",
+            hint="Check store.url or SYNDICATE_STORE_URL (or the URL given to `store copy`); "
+            "in the password write '%' as %25, '/' as %2F, '@' as %40.",
+        ) from None
     where = postgres.where(url)
     try:
         conn = postgres.connect(url, busy_timeout=busy_timeout)

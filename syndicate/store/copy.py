@@ -19,6 +19,7 @@ from typing import Any
 
 from syndicate.errors import StoreError
 from syndicate.store import DB_ERRORS, Database, store_error
+from syndicate.store.postgres import without_nul
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ def _write_rows(
         with cursor.copy(f"COPY {_quote(name)} ({columns}) FROM STDIN") as copy:
             for batch in batches:
                 for row in batch:
-                    copy.write_row(row)
+                    copy.write_row(without_nul(row))  # a NUL SQLite kept: PostgreSQL has none
                 count += len(batch)
         return count
     marks = ", ".join("?" for _ in names)

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
 
 # Key of the advisory lock every write transaction takes (any fixed 64-bit number:
 # "syndicat" in ASCII).
@@ -48,9 +49,16 @@ _FULL_STATES = frozenset({"53100", "53200", "53000"})
 
 Params = Sequence[Any] | Mapping[str, Any]
 
+# Whatever the URL or PGCLIENTENCODING says: under LATIN1, say, Vietnamese text could not be
+# sent at all (a UnicodeEncodeError out of every statement that carried it).
+CLIENT_ENCODING = "UTF8"
+
 _TOKENS = re.compile(
     r"""
-    (?P<literal>'(?:[^']|'')*')       # a string literal: left alone
+    (?P<escaped>(?<![\w$])[Ee]'(?:[^'\\]|\\.|'')*')  # E'..\'..': left alone
+    | (?P<dollar>\$(?P<tag>(?:[A-Za-z_]\w*)?)\$.*?\$(?P=tag)\$)  # $$..$$, $x$..$x$: too
+    | (?P<block>/\*.*?\*/)            # a block comment
+    | (?P<literal>'(?:[^']|'')*')     # a string literal: left alone
     | (?P<ident>"(?:[^"]|"")*")       # a quoted identifier
     | (?P<comment>--[^\n]*)           # a comment
     | (?P<cast>::)                    # a PostgreSQL cast, not a parameter
@@ -59,7 +67,7 @@ _TOKENS = re.compile(
     | (?P<question>\?)                # a positional parameter
     | (?P<percent>%)                  # psycopg's own marker: doubled
     """,
-    re.VERBOSE,
+    re.VERBOSE | re.DOTALL,
 )
 
 
@@ -82,9 +90,32 @@ def translate(sql: str) -> str:
         if match.group("char"):
             return "chr("
         # A literal, identifier or comment keeps its text; psycopg reads `%` everywhere.
+        # (No statement of ours has an E'' string, $$ quoting or a block comment: they are
+        # read whole all the same, so one added later keeps its `?`, `:x` and `char(`.)
         return match.group(0).replace("%", "%%")
 
     return _TOKENS.sub(swap, sql)
+
+
+# PostgreSQL's text holds no NUL, which SQLite's does: a NUL in a value (a header of a stranger's
+# bounce mail, a server's reply) failed the whole statement. It goes in as U+FFFD, the
+# character that stands for what cannot be shown.
+_NUL, NUL_STANDIN = "\x00", "\ufffd"
+
+
+def _no_nul(value: Any) -> Any:
+    return value.replace(_NUL, NUL_STANDIN) if isinstance(value, str) else value
+
+
+def without_nul(params: Params) -> Params:
+    """`params` with every NUL in its text values replaced (the same object when none has one)."""
+    if isinstance(params, Mapping):
+        if any(isinstance(v, str) and _NUL in v for v in params.values()):
+            return {key: _no_nul(value) for key, value in params.items()}
+        return params
+    if any(isinstance(v, str) and _NUL in v for v in params):
+        return [_no_nul(value) for value in params]
+    return params
 
 
 class PgConnection:
@@ -101,14 +132,16 @@ class PgConnection:
         return found
 
     def execute(self, sql: str, params: Params | None = None) -> psycopg.Cursor[Any]:
-        return self.raw.execute(self._translated(sql), () if params is None else params)
+        return self.raw.execute(
+            self._translated(sql), () if params is None else without_nul(params)
+        )
 
     def executemany(self, sql: str, rows: Iterable[Params]) -> psycopg.Cursor[Any]:
         # Bound on the server: a batch's statements are the plain INSERTs and UPDATEs of the
         # build and the ledger, whose parameters take their columns' types; psycopg prepares
         # each once and pipelines the rows, where a client-bound batch is parsed row by row.
         cursor = psycopg.Cursor(self.raw)
-        cursor.executemany(self._translated(sql), rows)
+        cursor.executemany(self._translated(sql), (without_nul(row) for row in rows))
         return cursor
 
     def commit(self) -> None:
@@ -148,12 +181,56 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
+# libpq quotes what it could not read: a password's text, or the whole URL.
+_QUOTED = re.compile(r':?\s*"[^"]*"')
+
+
+def parse_url(url: str) -> dict[str, str]:
+    """The connection parameters of `url` as libpq reads them.
+
+    Raises ValueError whose text never quotes `url` (it may hold a password): libpq's own
+    messages quote the part they could not read. A password with an unencoded `/` would
+    end the URL's host part early, and then be read as a port or dbname and quoted as
+    one; an `@` in the path says so, and is refused too.
+    """
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        lines = str(exc).strip().splitlines()
+        reason = _QUOTED.sub("", lines[0] if lines else "").strip().rstrip(".")
+        raise ValueError(reason or "libpq cannot read it") from None
+    # As libpq reads a URL: the host part ends at the first '/' or '?', the path at '?'.
+    rest = url.partition("://")[2]
+    authority = re.split(r"[/?]", rest, maxsplit=1)[0]
+    if "@" in rest[len(authority) :].partition("?")[0]:
+        raise ValueError(
+            "an '@' comes after its host part: a '/' in the password must be percent-encoded (%2F)"
+        )
+    ports = str(params.get("port") or "")
+    if ports and not all(port.strip().isdigit() for port in ports.split(",")):
+        # libpq would quote it when connecting: a password, when the host was left out.
+        raise ValueError("its port is not a number")
+    return {key: str(value) for key, value in params.items()}
+
+
 def where(url: str) -> str:
-    """How messages name a PostgreSQL store: `PostgreSQL at host:port/dbname`."""
-    parts = urlsplit(url)
-    host = parts.hostname or "localhost"
-    port = f":{parts.port}" if parts.port else ""
-    return f"PostgreSQL at {host}{port}{parts.path or ''}"
+    """How messages name a PostgreSQL store: `PostgreSQL at host:port/dbname`.
+
+    Built from what libpq reads (a `host=` parameter, several hosts), never the password.
+    """
+    try:
+        params = parse_url(url)
+    except ValueError:
+        return "PostgreSQL"
+    hosts = params.get("host", "") or "localhost"
+    ports = params.get("port", "")
+    if ports and hosts.count(",") == ports.count(","):
+        pairs = zip(hosts.split(","), ports.split(","), strict=True)
+        hosts = ",".join(f"{host}:{port}" for host, port in pairs)
+    elif ports:
+        hosts = f"{hosts}:{ports}"
+    dbname = params.get("dbname", "")
+    return f"PostgreSQL at {hosts}{'/' + dbname if dbname else ''}"
 
 
 def connect(url: str, *, busy_timeout: float) -> PgConnection:
@@ -162,7 +239,11 @@ def connect(url: str, *, busy_timeout: float) -> PgConnection:
     # place asks for (`:cutoff IS NULL`, `CASE WHEN :flag`), which server-side binding of
     # untyped parameters cannot do.
     conn = psycopg.connect(
-        url, autocommit=True, connect_timeout=10, cursor_factory=psycopg.ClientCursor
+        url,
+        autocommit=True,
+        connect_timeout=10,
+        cursor_factory=psycopg.ClientCursor,
+        client_encoding=CLIENT_ENCODING,
     )
     conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
     return PgConnection(conn)
@@ -171,7 +252,9 @@ def connect(url: str, *, busy_timeout: float) -> PgConnection:
 async def connect_async(url: str, *, busy_timeout: float) -> psycopg.AsyncConnection[Any]:
     """An autocommit asyncio connection to `url` (the send queue's sent marks); psycopg's
     errors go to the caller. Its statements use psycopg's own parameter style."""
-    conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=10)
+    conn = await psycopg.AsyncConnection.connect(
+        url, autocommit=True, connect_timeout=10, client_encoding=CLIENT_ENCODING
+    )
     await conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
     return conn
 

@@ -58,6 +58,12 @@ class SubscriptionStore(Protocol):
         ...
 
 
+# Counts are swept only this long after their window: each server names windows by its own
+# clock, and one running ahead swept the windows another was still counting in (from a
+# minute of skew on), which gave a client there a fresh allowance.
+SWEEP_AFTER = timedelta(minutes=10)
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -101,7 +107,7 @@ class DatabaseStore:
         window = RateWindow.at(now)
         # Once per window, this process sweeps the counts of windows that are over (any
         # process may: a sweep another one did already finds nothing).
-        sweep = window.previous if window.start != self._swept else None
+        sweep = window.previous - SWEEP_AFTER if window.start != self._swept else None
         with self._using(self.db) as db:
             counts = store_limits.count_request(
                 db,
