@@ -68,6 +68,7 @@ pytest_plugins: list[str] = [
     "tests.plugins.articles",
     "tests.plugins.smtp",
     "tests.plugins.dns",
+    "tests.plugins.sendproject",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent

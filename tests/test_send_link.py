@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,57 +21,14 @@ import pytest
 from syndicate.store import open_database
 from tests.plugins.link import Link, run_link
 from tests.plugins.postgres import ENV_STORE_URL, Cluster
-from tests.plugins.smtp import SmtpServer, run_smtp_server
+from tests.plugins.sendproject import add_confirmed, write_send_project
+from tests.plugins.smtp import run_smtp_server
 
 pytestmark = pytest.mark.slow
 
 CONNECTIONS = 2
 WORKERS = 2
-DUMP = """Thông xe cầu Sông Lam
-31/10/2024 09:15
-LGO - Sáng nay 31/10, tỉnh Lam Giang thông xe cầu Sông Lam.
-Cầu dài 680 m, rộng 21 m với bốn làn xe cơ giới.
-Hoài Nam
-"""
 SUMMARY = re.compile(r"Digest \S+: sent (\d+), failed (\d+), skipped (\d+) in ")
-
-
-@pytest.fixture
-def store_url(pg_cluster: Cluster) -> Iterator[str]:
-    """A new, empty database of the session's cluster (reached directly, not by the link)."""
-    url = pg_cluster.new_database()
-    yield url
-    pg_cluster.drop_database(url)
-
-
-def _project(
-    folder: Path, server: SmtpServer, *, lease: float, connections: int = CONNECTIONS
-) -> None:
-    (folder / "seeds").mkdir()
-    (folder / "seeds" / "day1.txt").write_text(DUMP, encoding="utf-8")
-    (folder / "syndicate.toml").write_text(
-        '[site]\nbase_url = "https://news.example.org/"\n'
-        '[mail]\ntransport = "smtp"\nfrom = "News <news@example.org>"\n'
-        'postal_address = "12 Trần Hưng Đạo"\n'
-        f'[smtp]\nhost = "127.0.0.1"\nport = {server.port}\ntls = "none"\n'
-        f"connections = {connections}\ntimeout = 5\nlease = {lease}\n",
-        encoding="utf-8",
-    )
-
-
-def _subscribe(folder: Path, url: str, count: int) -> list[str]:
-    """`count` subscribers confirmed yesterday, written directly (not through the link)."""
-    emails = [f"reader{i}@example.org" for i in range(count)]
-    stamp = (datetime.now(UTC) - timedelta(days=1)).isoformat(timespec="seconds")
-    rows = [{"email": e, "key": e, "now": stamp, "nonce": secrets.token_bytes(16)} for e in emails]
-    with open_database(folder / "syndicate.db", url=url) as db, db.transaction() as conn:
-        conn.executemany(
-            "INSERT INTO subscribers (email, email_key, language, status, created_at,"
-            " updated_at, confirmed_at, token_nonce)"
-            " VALUES (:email, :key, 'vi', 'confirmed', :now, :now, :now, :nonce)",
-            rows,
-        )
-    return emails
 
 
 Send = Callable[[Path, str], subprocess.Popen[str]]
@@ -124,8 +79,8 @@ def test_two_workers_over_a_slow_link_deliver_exactly_once(
 ) -> None:
     count = 300
     with run_smtp_server() as server, run_link(pg_cluster.port, latency=0.03) as link:
-        _project(tmp_path, server, lease=60, connections=4)
-        emails = _subscribe(tmp_path, store_url, count)
+        write_send_project(tmp_path, port=server.port, connections=4, lease=60)
+        emails = add_confirmed(tmp_path, store_url, count)
         out, err = _check_ending(send(tmp_path, link.url(store_url)))
         assert link.accepted >= WORKERS  # it went through the link
     assert SUMMARY.findall(out) == [(str(count), "0", "0")], out + err
@@ -160,8 +115,8 @@ def test_a_link_stalled_past_the_lease_mid_send_loses_nobody(
     lease = 2.0
     with run_smtp_server() as server, run_link(pg_cluster.port, latency=0.005) as link:
         server.handler.delay = 0.01
-        _project(tmp_path, server, lease=lease)
-        emails = _subscribe(tmp_path, store_url, count)
+        write_send_project(tmp_path, port=server.port, connections=CONNECTIONS, lease=lease)
+        emails = add_confirmed(tmp_path, store_url, count)
         first = send(tmp_path, link.url(store_url))
         assert server.handler.wait_for(40, timeout=30), "the send never got going"
         link.stall(lease + 1.0)  # every worker's lease runs out while it waits on the link
@@ -185,8 +140,9 @@ def test_a_link_cut_mid_send_is_one_line_and_exit_75_and_the_next_run_finishes(
     count = 200
     with run_smtp_server() as server, run_link(pg_cluster.port, latency=0.005) as link:
         server.handler.delay = 0.01
-        _project(tmp_path, server, lease=2.0)  # the next run takes the cut run's rows over
-        emails = _subscribe(tmp_path, store_url, count)
+        # The next run takes the cut run's rows over once their lease runs out.
+        write_send_project(tmp_path, port=server.port, connections=CONNECTIONS, lease=2.0)
+        emails = add_confirmed(tmp_path, store_url, count)
         first = send(tmp_path, link.url(store_url))
         assert server.handler.wait_for(40, timeout=30), "the send never got going"
         link.cut()  # every connection to the store breaks (a fail-over, a reset link)

@@ -14,7 +14,6 @@ import os
 import pwd
 import random
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -24,36 +23,23 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from pathlib import Path
 
 import pytest
 
 from syndicate.store import open_database
 from syndicate.store.ledger import day_counts
-from tests.plugins.postgres import ENV_STORE_URL, Cluster
+from tests.plugins.postgres import ENV_STORE_URL
+from tests.plugins.sendproject import add_confirmed, write_send_project
 from tests.plugins.smtp import SmtpServer, TimedRecorder, run_smtp_server
 
 pytestmark = pytest.mark.slow
 
 CONNECTIONS = 2
 SECRET = "machines-share-this-secret-" + "x" * 16
-DUMP = """Thông xe cầu Sông Lam
-31/10/2024 09:15
-LGO - Sáng nay 31/10, tỉnh Lam Giang thông xe cầu Sông Lam.
-Cầu dài 680 m, rộng 21 m với bốn làn xe cơ giới.
-Hoài Nam
-"""
 SUMMARY = re.compile(r"Digest (\S+): sent (\d+), failed (\d+), skipped (\d+) in ")
 SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-
-
-@pytest.fixture
-def store_url(pg_cluster: Cluster) -> Iterator[str]:
-    """A new, empty database of the session's cluster: the store every machine shares."""
-    url = pg_cluster.new_database()
-    yield url
-    pg_cluster.drop_database(url)
 
 
 def _free_port() -> int:
@@ -64,33 +50,7 @@ def _free_port() -> int:
 
 def _machine(folder: Path, port: int, *, connections: int = CONNECTIONS) -> Path:
     """A project folder standing for one machine: its own config, the shared site and seeds."""
-    folder.mkdir()
-    (folder / "seeds").mkdir()
-    (folder / "seeds" / "day1.txt").write_text(DUMP, encoding="utf-8")
-    (folder / "syndicate.toml").write_text(
-        '[site]\nbase_url = "https://news.example.org/"\n'
-        '[mail]\ntransport = "smtp"\nfrom = "News <news@example.org>"\n'
-        'postal_address = "12 Trần Hưng Đạo"\n'
-        f'[smtp]\nhost = "127.0.0.1"\nport = {port}\ntls = "none"\n'
-        f"connections = {connections}\ntimeout = 5\nlease = 1\n",
-        encoding="utf-8",
-    )
-    return folder
-
-
-def _subscribe(folder: Path, url: str, count: int) -> list[str]:
-    """`count` confirmed subscribers (confirmed yesterday), in one transaction."""
-    emails = [f"reader{i}@example.org" for i in range(count)]
-    stamp = (datetime.now(UTC) - timedelta(days=1)).isoformat(timespec="seconds")
-    rows = [{"email": e, "key": e, "now": stamp, "nonce": secrets.token_bytes(16)} for e in emails]
-    with open_database(folder / "syndicate.db", url=url) as db, db.transaction() as conn:
-        conn.executemany(
-            "INSERT INTO subscribers (email, email_key, language, status, created_at,"
-            " updated_at, confirmed_at, token_nonce)"
-            " VALUES (:email, :key, 'vi', 'confirmed', :now, :now, :now, :nonce)",
-            rows,
-        )
-    return emails
+    return write_send_project(folder, port=port, connections=connections, lease=1)
 
 
 def _send(folder: Path, url: str, *, clock: str = "") -> subprocess.Popen[str]:
@@ -209,7 +169,7 @@ def test_two_machines_one_killed_ten_times_lose_nobody(
     rng = random.Random(13)
     one = _machine(tmp_path / "one", sink.port, connections=FAST_CONNECTIONS)
     two = _machine(tmp_path / "two", sink.port, connections=FAST_CONNECTIONS)
-    emails = _subscribe(one, store_url, SUBSCRIBERS)
+    emails = add_confirmed(one, store_url, SUBSCRIBERS)
     # The kill points: counts of accepted messages, spread over the whole send.
     points = sorted(rng.sample(range(200, SUBSCRIBERS - 1_000), KILLS))
     started = time.monotonic()
@@ -281,7 +241,7 @@ def test_a_machine_stopped_past_its_lease_sends_nothing_the_other_took_over(
         handler.delay = 0.02
         one = _machine(tmp_path / "one", server.port)
         two = _machine(tmp_path / "two", server.port)
-        emails = _subscribe(one, store_url, count)
+        emails = add_confirmed(one, store_url, count)
         stalled, other = _send(one, store_url), _send(two, store_url)
         deadline = time.monotonic() + 60
         while len(_owners(store_url, one)) < 2:  # each machine holds a batch now
@@ -324,7 +284,7 @@ def test_two_machines_starting_at_once_make_one_digest(
     count = 60
     one = _machine(tmp_path / "one", smtpd.port)
     two = _machine(tmp_path / "two", smtpd.port)
-    emails = _subscribe(one, store_url, count)
+    emails = add_confirmed(one, store_url, count)
     runs = [_send(one, store_url), _send(two, store_url)]  # the same moment, no digest yet
     outs = [_finish(run) for run in runs]
     summaries = [SUMMARY.findall(out) for out in outs]
@@ -359,7 +319,7 @@ def test_a_machine_whose_clock_runs_ahead_never_takes_a_live_lease(
         handler.delay = 0.02
         one = _machine(tmp_path / "one", server.port)
         two = _machine(tmp_path / "two", server.port)
-        emails = _subscribe(one, store_url, count)
+        emails = add_confirmed(one, store_url, count)
         runs = [_send(one, store_url), _send(two, store_url, clock="+30s")]
         results = [run.communicate(timeout=120) for run in runs]
     for run, (_out, err) in zip(runs, results, strict=True):

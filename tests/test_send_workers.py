@@ -23,31 +23,17 @@ import pytest
 from syndicate.send import open_send_lock
 from syndicate.store.subscribers import add_subscriber
 from tests.plugins.postgres import ENV_STORE_URL, open_store
+from tests.plugins.sendproject import write_send_project
 from tests.plugins.smtp import SmtpServer, TimedRecorder, run_smtp_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("store")]
 
 CONNECTIONS = 2
-DUMP = """Thông xe cầu Sông Lam
-31/10/2024 09:15
-LGO - Sáng nay 31/10, tỉnh Lam Giang thông xe cầu Sông Lam.
-Cầu dài 680 m, rộng 21 m với bốn làn xe cơ giới.
-Hoài Nam
-"""
 SUMMARY = re.compile(r"Digest \S+: sent (\d+), failed (\d+), skipped (\d+) in ")
 
 
 def _project(folder: Path, server: SmtpServer) -> None:
-    (folder / "seeds").mkdir()
-    (folder / "seeds" / "day1.txt").write_text(DUMP, encoding="utf-8")
-    (folder / "syndicate.toml").write_text(
-        '[site]\nbase_url = "https://news.example.org/"\n'
-        '[mail]\ntransport = "smtp"\nfrom = "News <news@example.org>"\n'
-        'postal_address = "12 Trần Hưng Đạo"\n'
-        f'[smtp]\nhost = "127.0.0.1"\nport = {server.port}\ntls = "none"\n'
-        f"connections = {CONNECTIONS}\ntimeout = 5\nlease = 1\n",
-        encoding="utf-8",
-    )
+    write_send_project(folder, port=server.port, connections=CONNECTIONS, lease=1)
 
 
 def _subscribe(folder: Path, start: int, count: int) -> list[str]:
