@@ -270,9 +270,9 @@ class PgDatabase(Database):
     def _set_schema_version(self, version: int) -> None:
         self.conn.execute("UPDATE syndicate_schema SET version = ?", (int(version),))
 
-    # Set by open_database: what `another_connection` connects with.
-    _url = ""
-    _busy_timeout = DEFAULT_BUSY_TIMEOUT
+    def __init__(self, conn: Any, path: Path | str, *, url: str, busy_timeout: float) -> None:
+        super().__init__(conn, path)
+        self._url, self._busy_timeout = url, busy_timeout  # for connect_async
 
     async def connect_async(self) -> Any:
         """A second connection to this (already migrated) store, a psycopg
@@ -403,8 +403,7 @@ def _open_postgres(
         conn = postgres.connect(url, busy_timeout=busy_timeout)
     except postgres.ERRORS as exc:
         raise unreachable(where, exc) from exc
-    db = PgDatabase(conn, where)
-    db._url, db._busy_timeout = url, busy_timeout
+    db = PgDatabase(conn, where, url=url, busy_timeout=busy_timeout)
     try:
         if must_exist and db.schema_version == 0:  # never used: no store yet, left alone
             conn.close()
