@@ -75,6 +75,15 @@ class DkimKey:
     private_key: bytes
 
 
+class Canonical(bytes):
+    """Message bytes known to be in canonical form: CRLF line ends only, a final CRLF and no
+    line beginning with '.'. SMTP's DATA then carries them as they are (no line-end or dot
+    pass over every message). Like markupsafe's `Markup` for escaped text, the type is the
+    proof: `fill_message` returns one only when its template and values make it so."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
 class MessageTemplate:
     """One digest message with holes for each recipient's values."""
@@ -84,6 +93,10 @@ class MessageTemplate:
     chunks: tuple[bytes, ...]  # static bytes; a slot sits between each neighbouring pair
     slots: tuple[int, ...]  # which value fills each hole (_SLOT_TO, _SLOT_ID, _SLOT_URL)
     dkim: DkimKey | None = None
+    # The chunks are canonical (`Canonical`) however they are joined to values without CR,
+    # LF or a leading '.'; and the holes (by position) whose value begins a line.
+    canonical: bool = False
+    line_starts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,12 +410,14 @@ def build_digest_template(
         if index:
             pieces.append(_SLOT_URL)
         pieces.append(chunk)
-    return _compile(pieces, lang=rendered.lang, digest_day=digest_day, dkim=dkim)
+    return compile_template(pieces, lang=rendered.lang, digest_day=digest_day, dkim=dkim)
 
 
-def _compile(
+def compile_template(
     pieces: list[bytes | int], *, lang: str, digest_day: date, dkim: DkimKey | None
 ) -> MessageTemplate:
+    """A template from its pieces: static bytes, and ints naming the value of each hole
+    (`fill_message`'s To address, subscriber id or unsubscribe URL)."""
     chunks: list[bytes] = [b""]
     slots: list[int] = []
     for piece in pieces:
@@ -412,7 +427,27 @@ def _compile(
         else:
             chunks[-1] += piece
     return MessageTemplate(
-        lang=lang, digest_day=digest_day, chunks=tuple(chunks), slots=tuple(slots), dkim=dkim
+        lang=lang,
+        digest_day=digest_day,
+        chunks=tuple(chunks),
+        slots=tuple(slots),
+        dkim=dkim,
+        canonical=_canonical_chunks(chunks),
+        line_starts=tuple(n for n, chunk in enumerate(chunks[:-1]) if chunk.endswith(b"\n")),
+    )
+
+
+def _canonical_chunks(chunks: list[bytes]) -> bool:
+    """Whether the chunks, joined by values without CR or LF, keep CRLF line ends only, end in
+    CRLF and begin no line with '.' (holes that begin a line are checked per value)."""
+    if not chunks[0] or chunks[0].startswith(b".") or not chunks[-1].endswith(b"\r\n"):
+        return False
+    # An empty chunk between two holes would let a value begin a line after another value.
+    if any(not chunk for chunk in chunks[1:-1]):
+        return False
+    return all(
+        chunk.count(b"\r\n") == chunk.count(b"\n") == chunk.count(b"\r") and b"\n." not in chunk
+        for chunk in chunks
     )
 
 
@@ -436,7 +471,11 @@ def fill_message(
         parts.append(chunk)
     message = b"".join(parts)
     if template.dkim is not None:
-        message = sign_message(message, template.dkim)
+        return sign_message(message, template.dkim)
+    if template.canonical and all(
+        values[template.slots[n]][:1] not in (b"", b".") for n in template.line_starts
+    ):
+        return Canonical(message)
     return message
 
 

@@ -3,7 +3,9 @@ SQLite file, with the clock passed in (no waiting for a lease to run out)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sqlite3
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -12,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from syndicate.errors import StoreBusyError
 from syndicate.store import Database, ledger
 from syndicate.store.subscribers import add_subscriber, signup, unsubscribe
 from tests.plugins.postgres import ENV_STORE_URL, open_store
@@ -189,3 +192,61 @@ def test_workers_enqueueing_at_once_do_not_wait_on_each_other_past_the_busy_time
         assert len(added) == 2  # both finished
         assert sum(added) == 100  # between them, each row once
         assert ledger.day_counts(db, day=DAY) == {"sending": 100}
+
+
+@pytest.mark.sqlite_only  # SQLite's write lock, held by another process's connection
+async def test_sent_marks_wait_for_the_write_lock_without_stopping_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """A held lock is waited for with asyncio sleeps: the loop runs on meanwhile; the marks
+    land once the lock is free, and the store's busy timeout is as it was."""
+    with _store(tmp_path, 3) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        assert _claim(db, "run1/1", T0) == [1, 2, 3]
+        busy_ms = db.conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        other = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        marks = ledger.SqliteSentMarks(db)
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        async def release_later() -> None:
+            await asyncio.sleep(0.2)
+            other.rollback()
+
+        ticker = asyncio.create_task(tick())
+        releaser = asyncio.create_task(release_later())
+        started = time.monotonic()
+        await marks.mark(day=DAY, subscriber_ids=[1, 2], now=T0)
+        waited = time.monotonic() - started
+        ticker.cancel()
+        await releaser
+        other.close()
+        assert waited >= 0.19
+        assert ticks >= 20  # SQLite's own busy wait would have stopped the loop: 0 ticks
+        assert ledger.day_counts(db, day=DAY) == {"sent": 2, "sending": 1}
+        assert db.conn.execute("PRAGMA busy_timeout").fetchone()[0] == busy_ms
+
+
+@pytest.mark.sqlite_only
+async def test_sent_marks_give_up_as_any_write_once_the_busy_timeout_has_passed(
+    tmp_path: Path,
+) -> None:
+    with _store(tmp_path, 2) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        db.conn.execute("PRAGMA busy_timeout = 300")
+        other = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(StoreBusyError):
+            await ledger.SqliteSentMarks(db).mark(day=DAY, subscriber_ids=[1], now=T0)
+        assert 0.3 <= time.monotonic() - started < 2
+        other.rollback()
+        other.close()
+        assert ledger.day_counts(db, day=DAY) == {"sending": 2}
+        assert db.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 300

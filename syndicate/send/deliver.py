@@ -170,6 +170,7 @@ class _Run:
     confirmed_by: datetime | None
     remaining: int | None  # recipients this run may still claim (None: no cap)
     total: int
+    committer: _Committer  # commits the `sent` marks beside the sending
     exhausted: bool = False
     buffer: list[ledger.Recipient] = field(default_factory=list)
     deferred: list[tuple[float, int, _Deferred]] = field(default_factory=list)  # a heap
@@ -180,27 +181,32 @@ class _Run:
     in_doubt: int = 0
     refused_unaccepted: int = 0  # permanent refusals (not address statuses) before any accept
     pending: list[tuple[int, Action, str]] = field(default_factory=list)  # refusals to confirm
-    accepted: list[int] = field(default_factory=list)
     held: set[int] = field(default_factory=set)  # ids this worker held at the last claim/renew
     held_until: datetime | None = None  # when that lease runs out (the earliest, after claims)
     dropped: int = 0  # claimed, then taken over by another worker (never sent by this one)
     order: itertools.count[int] = field(default_factory=itertools.count)
-    committer: _Committer | None = None  # PostgreSQL: sent marks committed off the loop
 
 
 class _Committer:
-    """Commits `sent` marks without stopping the event loop (PostgreSQL).
+    """Commits `sent` marks without stopping the event loop.
 
     On PostgreSQL a commit is a round trip to the server; made on the loop through the
     sync connection, it held every SMTP connection up for its length (one worker sent
-    half as fast as on SQLite). Here a commit runs on an asyncio connection of its own
-    while the loop goes on sending, and every message accepted meanwhile goes into the
-    next one (group commit). A sender does not wait for its message's commit before it
+    half as fast as on SQLite). There a commit runs on an asyncio connection of its own
+    (`ledger.SentMarks`); on SQLite a write lock held by another process is waited for
+    with asyncio sleeps, not SQLite's own (`ledger.SqliteSentMarks`). Either way the loop
+    goes on sending meanwhile, and every message accepted meanwhile goes into the next
+    commit (group commit). A sender does not wait for its message's commit before it
     starts the next message, only before that message's DATA (see `DigestSender._work`):
     a crash still leaves at most one accepted message per connection uncommitted.
     """
 
-    def __init__(self, marks: ledger.SentMarks, day: date, tick: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        marks: ledger.SentMarks | ledger.SqliteSentMarks,
+        day: date,
+        tick: Callable[[], datetime],
+    ) -> None:
         self.marks, self.day, self.tick = marks, day, tick
         self.ids: list[int] = []
         self.waiting: list[asyncio.Future[None]] = []
@@ -311,10 +317,18 @@ class DigestSender:
         )
         if limit is not None:
             total = min(total, limit)
-        run = _Run(day=day, confirmed_by=confirmed_by, remaining=limit, total=total)
-        marks = await ledger.SentMarks.open(self.db) if isinstance(self.db, PgDatabase) else None
-        if marks is not None:
-            run.committer = _Committer(marks, day, self.tick)
+        marks: ledger.SentMarks | ledger.SqliteSentMarks = (
+            await ledger.SentMarks.open(self.db)
+            if isinstance(self.db, PgDatabase)
+            else ledger.SqliteSentMarks(self.db)
+        )
+        run = _Run(
+            day=day,
+            confirmed_by=confirmed_by,
+            remaining=limit,
+            total=total,
+            committer=_Committer(marks, day, self.tick),
+        )
         fallback = templates.get(self.settings.site.language) or next(iter(templates.values()))
 
         def report() -> None:
@@ -343,10 +357,8 @@ class DigestSender:
         keeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await keeper
-        if run.committer is not None:  # every commit finished before its connection closes
-            await run.committer.drain()
+        await run.committer.drain()  # every commit finished before its connection closes
         try:
-            self._flush(run)
             self._give_up_deferred(run)
             if not self.stop.stopping:
                 self._confirm_refusals(run)  # no whole-server refusal: they were real bounces
@@ -354,8 +366,7 @@ class DigestSender:
             ledger.release(self.db, day=day, owner=self.worker)
         finally:
             await self.mailer.aclose()
-            if marks is not None:
-                await marks.close()
+            await marks.close()
         if run.dropped:
             log.info(
                 "%d recipients were taken over by another worker while this one (%s) had lost "
@@ -498,7 +509,7 @@ class DigestSender:
         build: Callable[[ledger.Recipient], bytes],
         report: Callable[[], None],
     ) -> None:
-        # The commit of this sender's last accepted message while it runs (PostgreSQL). The
+        # The commit of this sender's last accepted message while it runs. The
         # next message waits for it before its DATA, so this sender never has more than one
         # accepted message uncommitted: a crash leaves at most one per connection in doubt.
         unsaved: asyncio.Future[None] | None = None
@@ -677,27 +688,12 @@ class DigestSender:
         for subscriber_id, action, reply in pending:
             self._settle(run, subscriber_id, action, reply)
 
-    async def _record_sent(self, run: _Run, subscriber_id: int) -> asyncio.Future[None] | None:
+    async def _record_sent(self, run: _Run, subscriber_id: int) -> asyncio.Future[None]:
         run.sent += 1
-        if run.committer is not None:  # committed off the loop; see _work
-            committing = run.committer.commit(subscriber_id)
-        else:
-            # Group commit: yield once so that every message accepted in this turn of the
-            # event loop is committed in one transaction. No connection starts its next
-            # message before the commit, so a crash leaves at most one message per
-            # connection in doubt.
-            run.accepted.append(subscriber_id)
-            await asyncio.sleep(0)
-            self._flush(run)
-            committing = None
+        committing = run.committer.commit(subscriber_id)  # off the loop's way; see _work
         if run.pending:
             self._confirm_refusals(run)
         return committing
-
-    def _flush(self, run: _Run) -> None:
-        if run.accepted:
-            batch, run.accepted = run.accepted, []
-            ledger.mark_sent_many(self.db, day=run.day, subscriber_ids=batch, now=self.tick())
 
     def _give_up_deferred(self, run: _Run) -> None:
         """Record the recipients still deferred as failed (temporarily): later runs retry them."""

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Protocol
 
 import aiosmtplib
-from aiosmtplib.protocol import normalize_message_line_endings
+from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
+from aiosmtplib.response import SMTPResponse
 
 from syndicate.config import Settings
 from syndicate.errors import (
@@ -33,7 +34,7 @@ from syndicate.errors import (
     SendError,
     TransientSendError,
 )
-from syndicate.mail import DkimKey, MailInfo, envelope_sender
+from syndicate.mail import Canonical, DkimKey, MailInfo, envelope_sender
 from syndicate.output import write_atomic
 from syndicate.send.policy import Action, Outcome, SendPolicy, Stage, to_action
 
@@ -425,8 +426,8 @@ async def _mail(client: aiosmtplib.SMTP, sender: str, options: list[str], timeou
         await client.mail(sender, options=options, timeout=timeout)
         return
     args = [option.encode("ascii") for option in options]
-    reply = await client.execute_command(
-        b"MAIL", b"FROM:<" + sender.encode("ascii") + b">", *args, timeout=timeout
+    reply = await _command(
+        client, timeout, b"MAIL", b"FROM:<" + sender.encode("ascii") + b">", *args
     )
     if reply.code != 250:
         raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
@@ -436,16 +437,40 @@ async def _rcpt(client: aiosmtplib.SMTP, recipient: str, timeout: float) -> None
     if client.is_ehlo_or_helo_needed or not _BARE_ADDRESS.fullmatch(recipient):
         await client.rcpt(recipient, timeout=timeout)
         return
-    reply = await client.execute_command(
-        b"RCPT", b"TO:<" + recipient.encode("ascii") + b">", timeout=timeout
-    )
+    reply = await _command(client, timeout, b"RCPT", b"TO:<" + recipient.encode("ascii") + b">")
     if reply.code not in (250, 251):
         raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
+
+
+async def _command(client: aiosmtplib.SMTP, timeout: float, *args: bytes) -> SMTPResponse:
+    """One command and its reply, as `client.execute_command` but timed by `asyncio.timeout`:
+    aiosmtplib times each reply with `asyncio.wait_for`, which on Python 3.11 costs a future
+    and an extra turn of the event loop per reply. The caller closes the session on a timeout,
+    a lost connection or a 421 (a session the send loop never reuses)."""
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    try:
+        async with asyncio.timeout(timeout):
+            return await protocol.execute_command(*args, timeout=None)
+    except TimeoutError as exc:
+        raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from exc
+
+
+async def _reply(protocol: SMTPProtocol, timeout: float) -> SMTPResponse:
+    """The next reply, timed as `_command` times its reply."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await protocol.read_response(timeout=None)
+    except TimeoutError as exc:
+        raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from exc
 
 
 def wire_data(message: bytes) -> bytes:
     """`message` as DATA sends it: CRLF line ends, a final CRLF, leading dots doubled, and the
     closing `.` line; byte for byte what aiosmtplib's DATA sends for the same message."""
+    if isinstance(message, Canonical):  # already so: spare the passes over 10 KB
+        return message + b".\r\n"
     crlf = message.count(b"\r\n")
     if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
         message = normalize_message_line_endings(message)  # a bare CR or LF somewhere
@@ -466,11 +491,11 @@ async def _data(client: aiosmtplib.SMTP, wire: bytes, timeout: float) -> None:
         await client.ehlo()
     try:
         protocol.write(b"DATA\r\n")
-        reply = await protocol.read_response(timeout=timeout)
+        reply = await _reply(protocol, timeout)
         if reply.code != 354:
             raise aiosmtplib.SMTPDataError(reply.code, reply.message)
         protocol.write(wire)
-        reply = await protocol.read_response(timeout=timeout)
+        reply = await _reply(protocol, timeout)
         if reply.code != 250:
             raise aiosmtplib.SMTPDataError(reply.code, reply.message)
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
