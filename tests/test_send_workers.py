@@ -198,6 +198,7 @@ def test_sigint_stops_every_worker_gracefully_and_a_second_send_exits_75(
 ) -> None:
     with run_smtp_server() as server:
         server.handler.delay = 0.05
+        server.handler.hold_after = 5  # the run stays mid-send until the SIGINT is sent
         _project(tmp_path, server)
         emails = _subscribe(tmp_path, 0, 100)
         process = _start(tmp_path)
@@ -208,6 +209,7 @@ def test_sigint_stops_every_worker_gracefully_and_a_second_send_exits_75(
         assert other.returncode == 75, err
         assert "another `syndicate send` is running" in err
         process.send_signal(signal.SIGINT)
+        server.handler.release.set()  # the rest would take a second: the signal comes first
         _out, err = process.communicate(timeout=30)
         assert process.returncode == 130, err
         sent = len(server.handler.messages)

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Protocol
 
 import aiosmtplib
-from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
+from aiosmtplib.email import quote_address
+from aiosmtplib.protocol import MAX_LINE_LENGTH, normalize_message_line_endings
 from aiosmtplib.response import SMTPResponse
 
 from syndicate.config import Settings
@@ -220,9 +221,11 @@ def _handshake_error(exc: BaseException) -> ssl.SSLError | None:
 
 @dataclass
 class _Connection:
-    client: aiosmtplib.SMTP
-    options: list[str]
+    client: aiosmtplib.SMTP  # greeted, secured and logged in; its transport now feeds `session`
+    session: _Session
+    options: list[bytes]  # MAIL FROM parameters: BODY=8BITMIME where offered
     sized: bool = False  # the server takes SIZE= (RFC 1870): it can refuse a big one at once
+    pipelining: bool = False  # the server offers PIPELINING (RFC 2920)
     used: int = 0
 
 
@@ -273,6 +276,11 @@ class SmtpMailer:
         )
         try:
             await client.connect()
+            if client.is_ehlo_or_helo_needed:  # neither STARTTLS nor a login greeted yet
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
         except aiosmtplib.SMTPAuthenticationError as exc:
             raise DeliveryError(
                 f"{self.where}: the server refused the login of {self.username!r}: "
@@ -323,8 +331,24 @@ class SmtpMailer:
                 f"{self.where}: cannot start the session: {exc}.",
                 hint="Check smtp.tls (starttls, tls or none) against what the server offers.",
             ) from exc
-        options = ["BODY=8BITMIME"] if client.supports_extension("8bitmime") else []
-        return _Connection(client, options, sized=client.supports_extension("size"))
+        transport = client.transport
+        if transport is None:  # the server hung up right after the greeting
+            _close_quietly(client)
+            raise TransientSendError(
+                f"{self.where}: the server closed the connection after greeting",
+                stage=Stage.SESSION,
+                code=0,
+                reply="connection closed",
+            )
+        session = _Session(transport)
+        transport.set_protocol(session)  # from here on the send loop reads the replies
+        return _Connection(
+            client,
+            session,
+            [b"BODY=8BITMIME"] if client.supports_extension("8bitmime") else [],
+            sized=client.supports_extension("size"),
+            pipelining=client.supports_extension("pipelining"),
+        )
 
     async def send(
         self,
@@ -351,28 +375,60 @@ class SmtpMailer:
             if still_ours is not None and not still_ours():
                 self._idle.append(conn)  # unused: still good for the next message
                 raise FencedOff
-            client = conn.client
+            session = conn.session
             keep = False
             stage = Stage.SENDER
             try:
-                options = [*conn.options, f"SIZE={len(message)}"] if conn.sized else conn.options
-                await _mail(client, sender, options, self.timeout)
-                stage = Stage.RECIPIENT
-                for recipient in recipients:
-                    await _rcpt(client, recipient, self.timeout)
-                if before_data is not None:
-                    await before_data()
-                stage = Stage.DATA
+                options = conn.options
+                if conn.sized:
+                    options = [*options, b"SIZE=%d" % len(message)]
+                mail = _line(b"MAIL FROM:", sender, options)
+                rcpts = [_line(b"RCPT TO:", recipient) for recipient in recipients]
+                if conn.pipelining:  # RFC 2920: the envelope and DATA in one write
+                    session.write(mail + b"".join(rcpts) + b"DATA\r\n")
+                    accepted = await session.reply(self.timeout)
+                    stage = Stage.RECIPIENT
+                    answers = [await session.reply(self.timeout) for _ in rcpts]
+                    stage = Stage.DATA
+                    data = await session.reply(self.data_timeout)
+                    try:
+                        stage = Stage.SENDER
+                        _check_sender(sender, accepted)
+                        stage = Stage.RECIPIENT
+                        for recipient, answer in zip(recipients, answers, strict=True):
+                            _check_recipient(recipient, answer)
+                    except aiosmtplib.SMTPResponseException:
+                        if data.code == 354:  # DATA taken all the same: only closing ends it
+                            session.close()
+                        raise
+                    stage = Stage.DATA
+                    _check_data(data, 354)
+                    # The commit of this sender's previous message ran meanwhile.
+                    if before_data is not None:
+                        await before_data()
+                else:
+                    session.write(mail)
+                    _check_sender(sender, await session.reply(self.timeout))
+                    stage = Stage.RECIPIENT
+                    for recipient, rcpt in zip(recipients, rcpts, strict=True):
+                        session.write(rcpt)
+                        _check_recipient(recipient, await session.reply(self.timeout))
+                    if before_data is not None:
+                        await before_data()
+                    stage = Stage.DATA
+                    session.write(b"DATA\r\n")
+                    _check_data(await session.reply(self.data_timeout), 354)
                 self.in_flight += 1
                 try:
-                    await _data(client, wire_data(message), self.data_timeout)
+                    session.write(wire_data(message))
+                    _check_data(await session.reply(self.data_timeout), 250)
                 finally:
                     self.in_flight -= 1
                 keep = True
             except aiosmtplib.SMTPResponseException as exc:
                 outcome = Outcome(stage, exc.code, f"{exc.code} {exc.message}")
                 # After a 5xx the session is still good: reset the envelope and reuse it.
-                keep = exc.code >= 500 and await _reset(client, self.timeout)
+                keep = exc.code >= 500 and await session.reset(self.timeout)
                 failed = ",".join(recipients) if stage is not Stage.SENDER else sender
                 raise _failure(self.where, failed, outcome) from exc
             except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
@@ -385,85 +441,185 @@ class SmtpMailer:
                     reply=reason,
                     in_flight=stage is Stage.DATA,
                 ) from exc
-            except aiosmtplib.SMTPException as exc:
-                raise DeliveryError(f"{self.where}: sending failed: {exc}.") from exc
             finally:
                 conn.used += 1
                 if keep and conn.used < self.messages_per_connection:
                     self._idle.append(conn)
                 elif keep:
-                    await _quit(client)
+                    await session.quit(self.timeout)
                 else:
-                    _close_quietly(client)
+                    _close_quietly(conn.client)
 
     def _take_idle(self) -> _Connection | None:
         """An idle connection still open; servers close idle ones (RFC 5321: after minutes)."""
         while self._idle:
             conn = self._idle.pop()
-            if conn.client.is_connected:
+            if conn.session.open:
                 return conn
             _close_quietly(conn.client)
         return None
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []
-        await asyncio.gather(*(_quit(conn.client) for conn in idle))
+        await asyncio.gather(*(conn.session.quit(self.timeout) for conn in idle))
 
 
-# The send loop's SMTP commands, each what aiosmtplib's own `mail`, `rcpt` and `data` send
-# and raise, minus their per-message work that our messages never need (issue 13 section 3):
-# parsing an address that is already a bare checked one (about 20 us each), and two regular
-# expressions over the whole message (line ends, dot-stuffing: about 0.2 ms a 10 KB message),
-# replaced by `wire_data`'s counts and one replace that give the same bytes.
+# Addresses the send loop puts in MAIL FROM and RCPT TO as they are: a checked bare address
+# (about 20 us of aiosmtplib's address parsing spared per command); anything else goes through
+# aiosmtplib's `quote_address`, as its own `mail` and `rcpt` would send it.
 _BARE_ADDRESS = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 )
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
-async def _mail(client: aiosmtplib.SMTP, sender: str, options: list[str], timeout: float) -> None:
-    if client.is_ehlo_or_helo_needed or not _BARE_ADDRESS.fullmatch(sender):
-        await client.mail(sender, options=options, timeout=timeout)
-        return
-    args = [option.encode("ascii") for option in options]
-    reply = await _command(
-        client, timeout, b"MAIL", b"FROM:<" + sender.encode("ascii") + b">", *args
-    )
+def _line(verb: bytes, address: str, options: Sequence[bytes] = ()) -> bytes:
+    """One MAIL FROM or RCPT TO command line."""
+    if _BARE_ADDRESS.fullmatch(address):
+        quoted = b"<" + address.encode("ascii") + b">"
+    else:
+        quoted = quote_address(address).encode("ascii")
+        if _CONTROL.search(quoted):
+            raise ValueError(f"address {address!r} holds a control character")
+    return b" ".join([verb + quoted, *options]) + b"\r\n"
+
+
+def _check_sender(sender: str, reply: SMTPResponse) -> None:
     if reply.code != 250:
         raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
 
 
-async def _rcpt(client: aiosmtplib.SMTP, recipient: str, timeout: float) -> None:
-    if client.is_ehlo_or_helo_needed or not _BARE_ADDRESS.fullmatch(recipient):
-        await client.rcpt(recipient, timeout=timeout)
-        return
-    reply = await _command(client, timeout, b"RCPT", b"TO:<" + recipient.encode("ascii") + b">")
+def _check_recipient(recipient: str, reply: SMTPResponse) -> None:
     if reply.code not in (250, 251):
         raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
 
 
-async def _command(client: aiosmtplib.SMTP, timeout: float, *args: bytes) -> SMTPResponse:
-    """One command and its reply, as `client.execute_command` but timed by `asyncio.timeout`:
-    aiosmtplib times each reply with `asyncio.wait_for`, which on Python 3.11 costs a future
-    and an extra turn of the event loop per reply. The caller closes the session on a timeout,
-    a lost connection or a 421 (a session the send loop never reuses)."""
-    protocol = client.protocol
-    if protocol is None:
-        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-    try:
-        async with asyncio.timeout(timeout):
-            return await protocol.execute_command(*args, timeout=None)
-    except TimeoutError as exc:
-        raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from exc
+def _check_data(reply: SMTPResponse, expected: int) -> None:
+    if reply.code != expected:
+        raise aiosmtplib.SMTPDataError(reply.code, reply.message)
 
 
-async def _reply(protocol: SMTPProtocol, timeout: float) -> SMTPResponse:
-    """The next reply, timed as `_command` times its reply."""
-    try:
-        async with asyncio.timeout(timeout):
-            return await protocol.read_response(timeout=None)
-    except TimeoutError as exc:
-        raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from exc
+class _Session(asyncio.Protocol):
+    """One pooled connection's SMTP session, once aiosmtplib has greeted, secured and logged in.
+
+    The pool takes the connection over (`transport.set_protocol`) to write the envelope and
+    DATA in one go where the server offers PIPELINING (RFC 2920), and to read the replies in
+    order: aiosmtplib's protocol expects one reply per command it wrote and drops what comes
+    before it asks. A reply here waits in the buffer until asked for. Each wait is timed by
+    `asyncio.timeout` (aiosmtplib's `wait_for` costs a future and a turn of the loop a reply
+    on Python 3.11). A lost connection fails the waiting reply and every later one.
+    """
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[SMTPResponse] | None = None
+        self.lost: aiosmtplib.SMTPServerDisconnected | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.lost is None and not self.transport.is_closing()
+
+    def write(self, data: bytes) -> None:
+        if not self.open:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        self.transport.write(data)  # type: ignore[attr-defined]
+
+    async def reply(self, timeout: float) -> SMTPResponse:
+        """The next reply; SMTPServerDisconnected, SMTPReadTimeoutError or, for a reply that
+        is not SMTP, SMTPResponseException."""
+        found = self._take()
+        if found is not None:
+            return found
+        if self.lost is not None:
+            raise self.lost
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.waiter
+        except TimeoutError as exc:
+            raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from exc
+        finally:
+            self.waiter = None
+
+    async def reset(self, timeout: float) -> bool:
+        """RSET after a refusal; False when the session is no longer usable."""
+        try:
+            self.write(b"RSET\r\n")
+            return (await self.reply(timeout)).code == 250
+        except (aiosmtplib.SMTPException, OSError):
+            return False
+
+    async def quit(self, timeout: float) -> None:
+        """QUIT, then release the socket at once (see `_abort`). Never raises."""
+        try:
+            self.write(b"QUIT\r\n")
+            await self.reply(timeout)
+        except (aiosmtplib.SMTPException, OSError):
+            pass
+        finally:
+            _abort(self.transport)
+
+    def close(self) -> None:
+        _abort(self.transport)
+
+    def _take(self) -> SMTPResponse | None:
+        """The first whole reply in the buffer, taken out of it; None while it is partial."""
+        lines: list[bytes] = []
+        start = 0
+        while True:
+            end = self.buffer.find(b"\n", start)
+            if end < 0:
+                if len(self.buffer) - start > MAX_LINE_LENGTH:
+                    raise aiosmtplib.SMTPResponseException(-1, "Response too long")
+                return None
+            line = bytes(self.buffer[start : end + 1])
+            start = end + 1
+            if len(line) > MAX_LINE_LENGTH or len(lines) > _MAX_REPLY_LINES:
+                raise aiosmtplib.SMTPResponseException(-1, "Response too long")
+            if not line[:3].isdigit() or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
+                text = line.decode("utf-8", "replace").strip()
+                raise aiosmtplib.SMTPResponseException(-1, f"Malformed SMTP response line: {text}")
+            lines.append(line[4:].strip(b" \t\r\n"))
+            if line[3:4] != b"-":
+                del self.buffer[:start]
+                message = b"\n".join(lines).decode("utf-8", "surrogateescape")
+                return SMTPResponse(int(line[:3]), message)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return  # kept for the next `reply`
+        try:
+            found = self._take()
+        except aiosmtplib.SMTPResponseException as exc:
+            waiter.set_exception(exc)
+            return
+        if found is not None:
+            waiter.set_result(found)
+
+    def eof_received(self) -> bool:
+        self._lose(aiosmtplib.SMTPServerDisconnected("Unexpected EOF received"))
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        lost = aiosmtplib.SMTPServerDisconnected("Connection lost")
+        lost.__cause__ = exc
+        self._lose(lost)
+
+    def _lose(self, error: aiosmtplib.SMTPServerDisconnected) -> None:
+        if self.lost is None:
+            self.lost = error
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(self.lost)
+            waiter.exception()  # seen: its reader may be gone already
+
+
+# A reply longer than this many lines is not a reply (aiosmtplib allows 4 lines' worth).
+_MAX_REPLY_LINES = 100
 
 
 def wire_data(message: bytes) -> bytes:
@@ -480,27 +636,6 @@ def wire_data(message: bytes) -> bytes:
     if message.startswith(b"."):
         message = b"." + message
     return message + b".\r\n"
-
-
-async def _data(client: aiosmtplib.SMTP, wire: bytes, timeout: float) -> None:
-    """DATA with bytes from `wire_data`: as `aiosmtplib.SMTP.data`, which would redo them."""
-    protocol = client.protocol
-    if protocol is None:
-        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-    if client.is_ehlo_or_helo_needed:  # MAIL came first and greeted: never here in the loop
-        await client.ehlo()
-    try:
-        protocol.write(b"DATA\r\n")
-        reply = await _reply(protocol, timeout)
-        if reply.code != 354:
-            raise aiosmtplib.SMTPDataError(reply.code, reply.message)
-        protocol.write(wire)
-        reply = await _reply(protocol, timeout)
-        if reply.code != 250:
-            raise aiosmtplib.SMTPDataError(reply.code, reply.message)
-    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
-        client.close()
-        raise
 
 
 def _failure(where: str, recipient: str, outcome: Outcome) -> SendError:
@@ -527,17 +662,6 @@ def _failure(where: str, recipient: str, outcome: Outcome) -> SendError:
     return RecipientRefusedError(
         recipient, stage=outcome.stage, code=outcome.code, reply=outcome.reply
     )
-
-
-async def _reset(client: aiosmtplib.SMTP, timeout: float) -> bool:
-    """Reset the envelope after a refusal; False when the session is no longer usable."""
-    if not client.is_connected:
-        return False
-    try:
-        await client.rset(timeout=timeout)
-    except (aiosmtplib.SMTPException, OSError):
-        return False
-    return True
 
 
 async def end_session(client: aiosmtplib.SMTP) -> None:

@@ -1,6 +1,7 @@
 """A real SMTP server for tests: aiosmtpd on 127.0.0.1 at a free port, recording every message.
 
-The handler can be told per test to misbehave: refuse chosen recipients with any
+It offers PIPELINING (`pipelining = False`: it does not). The handler can be told per test
+to misbehave: refuse chosen recipients with any
 reply (550 5.1.1, 452 4.2.2, 550 5.7.1 ...), answer the first N DATA commands with a
 reply (421, 451 ...), drop the connection, or answer slowly after the message body
 (`delay`: the message is recorded only once the reply is due, as a slow real server would).
@@ -67,6 +68,13 @@ class SmtpRecorder:
     connections: int = 0
     rcpt_log: list[tuple[str, str]] = field(default_factory=list)  # (address, reply) in order
     lock: threading.Condition = field(default_factory=threading.Condition)
+    # Once this many messages are accepted, answer no DATA until `release` is set (a test
+    # holds a run mid-send for as long as it needs, whatever the machine's speed).
+    hold_after: int | None = None
+    release: threading.Event = field(default_factory=threading.Event)
+    # Offer PIPELINING (RFC 2920) as Postfix, Exim and the big mailbox providers do; aiosmtpd
+    # reads pipelined commands in order but does not say so itself. False: one by one.
+    pipelining: bool = True
 
     def refuse(self, address: str, reply: str, *, times: int | None = None) -> None:
         """Answer RCPT TO:<address> with `reply` (always, or `times` times)."""
@@ -96,6 +104,8 @@ class SmtpRecorder:
         with self.lock:
             self.connections += 1
         session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_RCPT(
@@ -124,6 +134,9 @@ class SmtpRecorder:
             reply = self.data_replies.pop(0) if self.data_replies and not drop else None
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.hold_after is not None and len(self.messages) >= self.hold_after:
+            while not self.release.is_set():
+                await asyncio.sleep(0.01)
         if drop:
             server.transport.close()
             return "451 4.3.0 connection dropped"

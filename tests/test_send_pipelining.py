@@ -1,0 +1,194 @@
+"""The SMTP pool's own session: pipelined envelopes (RFC 2920) where the server offers them,
+one command at a time where it does not, and the same outcome for every reply either way.
+
+Two real servers on 127.0.0.1: aiosmtpd (tests/plugins/smtp.py), told to offer PIPELINING
+or not; and, for what aiosmtpd cannot do (hold its replies until the whole group is in,
+answer a byte at a time, take DATA after refusing the recipient), a small scripted server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from syndicate.errors import RecipientRefusedError, TransientSendError
+from syndicate.send.policy import Stage
+from syndicate.send.transports import SmtpMailer
+from tests.plugins.smtp import SmtpRecorder, run_smtp_server
+
+MESSAGE = (
+    b"From: a@example.org\r\nTo: b@example.org\r\nSubject: x\r\n\r\nXin ch\xc3\xa0o\r\n.dot\r\n"
+)
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def scripted(script: Script) -> AsyncIterator[int]:
+    """A server on 127.0.0.1 that greets, answers EHLO offering PIPELINING, then runs
+    `script` on the connection; yields its port."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 scripted ESMTP\r\n")
+        await reader.readuntil(b"\r\n")  # EHLO
+        writer.write(b"250-scripted\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 1000000\r\n")
+        try:
+            await script(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def _read_group(reader: asyncio.StreamReader) -> list[bytes]:
+    """Read commands up to and with DATA without answering any of them."""
+    lines: list[bytes] = []
+    while not lines or lines[-1] != b"DATA\r\n":
+        lines.append(await reader.readuntil(b"\r\n"))
+    return lines
+
+
+def _mailer(port: int, **options: float) -> SmtpMailer:
+    return SmtpMailer(host="127.0.0.1", port=port, tls="none", connections=1, **options)
+
+
+async def test_the_envelope_and_data_go_in_one_group_and_replies_in_one_packet_are_read() -> None:
+    # The server answers nothing until it has DATA: a client waiting for MAIL's reply would
+    # hang here. Its three replies then come in one write.
+    seen: list[list[bytes]] = []
+    bodies: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            seen.append(await _read_group(reader))
+            writer.write(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go on\r\n")
+            bodies.append(await reader.readuntil(b"\r\n.\r\n"))
+            writer.write(b"250 2.0.0 queued\r\n")
+        await reader.readuntil(b"\r\n")  # QUIT
+        writer.write(b"221 bye\r\n")
+
+    async with scripted(script) as port:
+        mailer = _mailer(port, timeout=5)
+        await asyncio.wait_for(mailer.send("news@example.org", ["b@example.org"], MESSAGE), 10)
+        await asyncio.wait_for(mailer.send("news@example.org", ["c@example.org"], MESSAGE), 10)
+        await mailer.aclose()
+    assert seen[0][0].startswith(b"MAIL FROM:<news@example.org> BODY=8BITMIME SIZE=")
+    assert seen[0][1:] == [b"RCPT TO:<b@example.org>\r\n", b"DATA\r\n"]
+    assert seen[1][1] == b"RCPT TO:<c@example.org>\r\n"
+    assert bodies[0].endswith(b"Xin ch\xc3\xa0o\r\n..dot\r\n.\r\n")  # dot-stuffed, 8 bit kept
+
+
+async def test_replies_that_come_a_byte_at_a_time_and_on_several_lines_are_read_whole() -> None:
+    async def dribble(writer: asyncio.StreamWriter, data: bytes) -> None:
+        for byte in data:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0)
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_group(reader)
+        await dribble(writer, b"250-first\r\n250 2.1.0 ok\r\n250 ok\r\n354-go\r\n354 on\r\n")
+        await reader.readuntil(b"\r\n.\r\n")
+        await dribble(writer, b"250-2.0.0 queued\r\n250 2.0.0 as 12AB\r\n")
+        await reader.readuntil(b"\r\n")
+        writer.write(b"221 bye\r\n")
+
+    async with scripted(script) as port:
+        mailer = _mailer(port, timeout=5)
+        await asyncio.wait_for(mailer.send("news@example.org", ["b@example.org"], MESSAGE), 10)
+        await mailer.aclose()
+
+
+async def test_a_refused_recipient_whose_data_is_taken_anyway_ends_the_session() -> None:
+    # RFC 2920 says DATA must then be refused; a server that says 354 instead waits for a
+    # body. The refusal is reported as such and the session is closed, never reused.
+    connections = 0
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await _read_group(reader)
+        writer.write(b"250 ok\r\n550 5.1.1 no such user\r\n354 go on\r\n")
+        await reader.read()  # until the client hangs up
+
+    async with scripted(script) as port:
+        mailer = _mailer(port, timeout=5)
+        with pytest.raises(RecipientRefusedError) as refused:
+            await asyncio.wait_for(mailer.send("news@example.org", ["b@example.org"], MESSAGE), 10)
+        assert (refused.value.stage, refused.value.code) == (Stage.RECIPIENT, 550)
+        with pytest.raises(RecipientRefusedError):
+            await asyncio.wait_for(mailer.send("news@example.org", ["b@example.org"], MESSAGE), 10)
+        await mailer.aclose()
+    assert connections == 2
+
+
+async def test_a_server_that_goes_silent_before_the_body_is_a_timeout_not_in_flight() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_group(reader)
+        writer.write(b"250 ok\r\n")  # and nothing more
+        await reader.read()
+
+    async with scripted(script) as port:
+        mailer = _mailer(port, timeout=0.3)
+        with pytest.raises(TransientSendError) as failed:
+            await asyncio.wait_for(mailer.send("news@example.org", ["b@example.org"], MESSAGE), 10)
+        assert failed.value.stage == Stage.RECIPIENT
+        assert not failed.value.in_flight
+        await mailer.aclose()
+
+
+# The same refusals and faults through aiosmtpd, offering PIPELINING and not: one outcome.
+BOTH = pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+
+
+@BOTH
+async def test_refusals_and_acceptances_alike_on_both_paths(pipelining: bool) -> None:
+    handler = SmtpRecorder(pipelining=pipelining)
+    handler.refuse("gone@example.org", "550 5.1.1 no such user")
+    handler.refuse("full@example.org", "452 4.2.2 mailbox full")
+    with run_smtp_server(handler) as server:
+        mailer = SmtpMailer(host="127.0.0.1", port=server.port, tls="none", connections=1)
+        await mailer.send("news@example.org", ["a@example.org"], MESSAGE)
+        with pytest.raises(RecipientRefusedError) as gone:
+            await mailer.send("news@example.org", ["gone@example.org"], MESSAGE)
+        with pytest.raises(TransientSendError) as full:
+            await mailer.send("news@example.org", ["full@example.org"], MESSAGE)
+        handler.fail_next("451 4.3.0 try later")
+        with pytest.raises(TransientSendError) as later:
+            await mailer.send("news@example.org", ["b@example.org"], MESSAGE)
+        await mailer.send("news@example.org", ["c@example.org"], MESSAGE)
+        await mailer.aclose()
+    assert (gone.value.stage, gone.value.code) == (Stage.RECIPIENT, 550)
+    assert (full.value.stage, full.value.code) == (Stage.RECIPIENT, 452)
+    assert (later.value.stage, later.value.code) == (Stage.DATA, 451)
+    assert handler.recipients() == ["a@example.org", "c@example.org"]
+    assert handler.messages[0].raw.endswith(b"Xin ch\xc3\xa0o\r\n.dot\r\n")
+    # A 5xx resets the envelope and the session goes on; after a 4xx a fresh one is opened.
+    assert handler.connections == 3
+
+
+@BOTH
+async def test_a_dropped_connection_in_data_is_in_flight_and_the_next_message_reconnects(
+    pipelining: bool,
+) -> None:
+    handler = SmtpRecorder(pipelining=pipelining)
+    handler.drop_next = 1
+    with run_smtp_server(handler) as server:
+        mailer = SmtpMailer(host="127.0.0.1", port=server.port, tls="none", connections=1)
+        with pytest.raises(TransientSendError) as dropped:
+            await mailer.send("news@example.org", ["a@example.org"], MESSAGE)
+        await mailer.send("news@example.org", ["b@example.org"], MESSAGE)
+        await mailer.aclose()
+    assert dropped.value.in_flight
+    assert handler.recipients() == ["b@example.org"]
+    assert handler.connections == 2
