@@ -206,7 +206,7 @@ async def test_sent_marks_wait_for_the_write_lock_without_stopping_the_event_loo
         busy_ms = db.conn.execute("PRAGMA busy_timeout").fetchone()[0]
         other = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
-        marks = ledger.SqliteSentMarks(db)
+        marks = ledger.SqliteQueue(db)
         ticks = 0
 
         async def tick() -> None:
@@ -244,7 +244,7 @@ async def test_sent_marks_give_up_as_any_write_once_the_busy_timeout_has_passed(
         other.execute("BEGIN IMMEDIATE")
         started = time.monotonic()
         with pytest.raises(StoreBusyError):
-            await ledger.SqliteSentMarks(db).mark(day=DAY, subscriber_ids=[1], now=T0)
+            await ledger.SqliteQueue(db).mark(day=DAY, subscriber_ids=[1], now=T0)
         assert 0.3 <= time.monotonic() - started < 2
         other.rollback()
         other.close()

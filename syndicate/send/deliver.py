@@ -170,6 +170,7 @@ class _Run:
     confirmed_by: datetime | None
     remaining: int | None  # recipients this run may still claim (None: no cap)
     total: int
+    queue: ledger.PgQueue | ledger.SqliteQueue  # claims and sent marks, from the loop
     committer: _Committer  # commits the `sent` marks beside the sending
     exhausted: bool = False
     buffer: list[ledger.Recipient] = field(default_factory=list)
@@ -185,6 +186,7 @@ class _Run:
     held_until: datetime | None = None  # when that lease runs out (the earliest, after claims)
     dropped: int = 0  # claimed, then taken over by another worker (never sent by this one)
     order: itertools.count[int] = field(default_factory=itertools.count)
+    claiming: asyncio.Task[tuple[list[ledger.Recipient], datetime]] | None = None  # the next batch
 
 
 class _Committer:
@@ -193,8 +195,8 @@ class _Committer:
     On PostgreSQL a commit is a round trip to the server; made on the loop through the
     sync connection, it held every SMTP connection up for its length (one worker sent
     half as fast as on SQLite). There a commit runs on an asyncio connection of its own
-    (`ledger.SentMarks`); on SQLite a write lock held by another process is waited for
-    with asyncio sleeps, not SQLite's own (`ledger.SqliteSentMarks`). Either way the loop
+    (`ledger.PgQueue`); on SQLite a write lock held by another process is waited for
+    with asyncio sleeps, not SQLite's own (`ledger.SqliteQueue`). Either way the loop
     goes on sending meanwhile, and every message accepted meanwhile goes into the next
     commit (group commit). A sender does not wait for its message's commit before it
     starts the next message, only before that message's DATA (see `DigestSender._work`):
@@ -203,7 +205,7 @@ class _Committer:
 
     def __init__(
         self,
-        marks: ledger.SentMarks | ledger.SqliteSentMarks,
+        marks: ledger.PgQueue | ledger.SqliteQueue,
         day: date,
         tick: Callable[[], datetime],
     ) -> None:
@@ -317,16 +319,17 @@ class DigestSender:
         )
         if limit is not None:
             total = min(total, limit)
-        marks: ledger.SentMarks | ledger.SqliteSentMarks = (
-            await ledger.SentMarks.open(self.db)
+        marks: ledger.PgQueue | ledger.SqliteQueue = (
+            await ledger.PgQueue.open(self.db)
             if isinstance(self.db, PgDatabase)
-            else ledger.SqliteSentMarks(self.db)
+            else ledger.SqliteQueue(self.db)
         )
         run = _Run(
             day=day,
             confirmed_by=confirmed_by,
             remaining=limit,
             total=total,
+            queue=marks,
             committer=_Committer(marks, day, self.tick),
         )
         fallback = templates.get(self.settings.site.language) or next(iter(templates.values()))
@@ -358,6 +361,9 @@ class DigestSender:
         with contextlib.suppress(asyncio.CancelledError):
             await keeper
         await run.committer.drain()  # every commit finished before its connection closes
+        if run.claiming is not None:  # a batch claimed ahead and never taken: released below
+            with contextlib.suppress(Exception):
+                await run.claiming
         try:
             self._give_up_deferred(run)
             if not self.stop.stopping:
@@ -415,37 +421,63 @@ class DigestSender:
             )
         self.tick = lambda: self.clock() + offset
 
-    def _next(self, run: _Run) -> ledger.Recipient | None:
-        """The next recipient this worker holds, claiming a batch at a time; None when none is
-        left to claim now."""
+    async def _next(self, run: _Run) -> ledger.Recipient | None:
+        """The next recipient this worker holds; None when none is left to claim now.
+
+        Recipients are claimed a batch at a time, and the next batch is claimed while the
+        last half of this one is sent (on PostgreSQL a claim is a round trip: made when the
+        list ran dry, every connection stood idle for it)."""
+        if run.claiming is not None and (not run.buffer or run.claiming.done()):
+            claiming, run.claiming = run.claiming, None
+            self._took(run, await claiming)  # raises what the claim raised
         if not run.buffer and not run.exhausted:
-            size = self.claim_size if run.remaining is None else min(self.claim_size, run.remaining)
-            now = self.tick()
-            page = (
-                ledger.claim(
-                    self.db,
-                    day=run.day,
-                    owner=self.worker,
-                    now=now,
-                    lease=self.policy.lease,
-                    limit=size,
-                    max_attempts=self.policy.max_attempts,
-                    confirmed_by=run.confirmed_by,
-                )
-                if size > 0
-                else []
-            )
-            if not page:
-                run.exhausted = True
-            else:
-                until = now + timedelta(seconds=self.policy.lease)
-                run.held.update(r.subscriber_id for r in page)
-                if run.held_until is None or until < run.held_until:
-                    run.held_until = until
-                if run.remaining is not None:
-                    run.remaining -= len(page)
-                run.buffer = page[::-1]
+            self._took(run, await self._claim(run))
+        if (
+            run.claiming is None
+            and not run.exhausted
+            and run.remaining != 0
+            and len(run.buffer) <= self.claim_size // 2
+            and not self.stop.stopping
+        ):
+            run.claiming = asyncio.create_task(self._claim(run))
         return run.buffer.pop() if run.buffer else None
+
+    async def _claim(self, run: _Run) -> tuple[list[ledger.Recipient], datetime]:
+        """Claim a batch (its size taken from run.remaining at once: claims may overlap)."""
+        size = self.claim_size if run.remaining is None else min(self.claim_size, run.remaining)
+        if size <= 0:
+            return [], self.tick()
+        if run.remaining is not None:
+            run.remaining -= size
+        now = self.tick()
+        try:
+            page = await run.queue.claim(
+                day=run.day,
+                owner=self.worker,
+                now=now,
+                lease=self.policy.lease,
+                limit=size,
+                max_attempts=self.policy.max_attempts,
+                confirmed_by=run.confirmed_by,
+            )
+        except BaseException:
+            if run.remaining is not None:
+                run.remaining += size
+            raise
+        if run.remaining is not None:
+            run.remaining += size - len(page)
+        return page, now
+
+    def _took(self, run: _Run, claimed: tuple[list[ledger.Recipient], datetime]) -> None:
+        page, now = claimed
+        if not page:
+            run.exhausted = True
+            return
+        until = now + timedelta(seconds=self.policy.lease)
+        run.held.update(r.subscriber_id for r in page)
+        if run.held_until is None or until < run.held_until:
+            run.held_until = until
+        run.buffer[:0] = page[::-1]  # after the ones still held: the list pops from its end
 
     def _renew(self, run: _Run, now: datetime) -> None:
         """Extend the lease on every row this worker still holds; forget the others."""
@@ -520,7 +552,7 @@ class DigestSender:
 
         try:
             while not self.stop.stopping:
-                recipient, tries = self._next(run), 0
+                recipient, tries = await self._next(run), 0
                 if recipient is None:
                     loop = asyncio.get_running_loop()
                     if run.deadline is None:

@@ -276,7 +276,7 @@ class PgDatabase(Database):
 
     async def connect_async(self) -> Any:
         """A second connection to this (already migrated) store, a psycopg
-        AsyncConnection, for statements run on an event loop (`ledger.SentMarks`).
+        AsyncConnection, for statements run on an event loop (`ledger.PgQueue`).
 
         Raises StoreUnavailableError (exit 75) when the server cannot be reached.
         """

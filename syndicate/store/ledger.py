@@ -25,14 +25,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from syndicate.errors import StoreBusyError, StoreError
 from syndicate.store import DB_ERRORS, Database, PgDatabase, store_error
 from syndicate.store.postgres import translate
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +56,7 @@ _OWED_PAGE = """
     FROM subscribers AS s
     LEFT JOIN deliveries AS d ON d.digest_day = :day AND d.subscriber_id = s.id
     WHERE s.status = 'confirmed' AND s.id > :after
-      AND (:confirmed_by IS NULL OR s.confirmed_at <= :confirmed_by)
+      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by)
       AND (d.status IS NULL OR d.status = 'sending'
            OR (d.status = 'failed' AND d.attempts < :max_attempts))
     ORDER BY s.id
@@ -66,7 +68,7 @@ _OWED_COUNT = """
     FROM subscribers AS s
     LEFT JOIN deliveries AS d ON d.digest_day = :day AND d.subscriber_id = s.id
     WHERE s.status = 'confirmed'
-      AND (:confirmed_by IS NULL OR s.confirmed_at <= :confirmed_by)
+      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by)
       AND (d.status IS NULL OR d.status = 'sending'
            OR (d.status = 'failed' AND d.attempts < :max_attempts))
 """
@@ -76,7 +78,7 @@ _SKIPPED_COUNT = """
     FROM subscribers AS s
     JOIN deliveries AS d ON d.digest_day = :day AND d.subscriber_id = s.id
     WHERE s.status = 'confirmed'
-      AND (:confirmed_by IS NULL OR s.confirmed_at <= :confirmed_by)
+      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by)
       AND (d.status = 'sent' OR (d.status = 'failed' AND d.attempts >= :max_attempts))
 """
 # Claim a recipient before its message goes (committed first: the crash-safety point).
@@ -253,38 +255,61 @@ def mark_sent_many(
         raise _fail(db, exc) from exc
 
 
-class SentMarks:
-    """Accepted messages marked `sent` from an event loop, on a connection of its own.
+class PgQueue:
+    """The send queue's statements made from an event loop, on PostgreSQL (`PgDatabase`):
+    accepted messages marked `sent`, and recipients claimed, on a connection of their own.
 
-    For the send queue on PostgreSQL (`PgDatabase`): a commit there is a round trip to the
-    server, which the sync connection would make with the event loop stopped. `mark` is
-    the same statement as `mark_sent_many`, prepared once on the server.
+    Each is a round trip to the server, which the sync connection would make with the
+    event loop stopped and every SMTP connection idle. `mark` is `mark_sent_many`'s
+    statement and `claim` is `claim`'s (one statement each, so autocommit makes each one
+    transaction), both prepared once on the server.
     """
 
     def __init__(self, db: PgDatabase, conn: Any) -> None:
         self.where, self.conn = db.path, conn
-        self.sql = translate(_MARK_SENT_MANY_PG)
+        self.mark_sql = translate(_MARK_SENT_MANY_PG)
+        self.claim_sql = translate(_CLAIM["postgresql"])
 
     @classmethod
-    async def open(cls, db: PgDatabase) -> SentMarks:
+    async def open(cls, db: PgDatabase) -> PgQueue:
         """Raises StoreUnavailableError (exit 75) when the server cannot be reached."""
         return cls(db, await db.connect_async())
 
     async def mark(self, *, day: date, subscriber_ids: Sequence[int], now: datetime) -> None:
         params = {"day": day.isoformat(), "ids": [int(i) for i in subscriber_ids], "now": _iso(now)}
         try:
-            await self.conn.execute(self.sql, params, prepare=True)
+            await self.conn.execute(self.mark_sql, params, prepare=True)
         except DB_ERRORS as exc:
             raise store_error(self.where, "send ledger query failed", exc) from exc
+
+    async def claim(
+        self,
+        *,
+        day: date,
+        owner: str,
+        now: datetime,
+        lease: float,
+        limit: int,
+        max_attempts: int,
+        confirmed_by: datetime | None = None,
+    ) -> list[Recipient]:
+        """As `claim`."""
+        params = _claim_params(day, owner, now, lease, limit, max_attempts, confirmed_by)
+        try:
+            cursor = await self.conn.execute(self.claim_sql, params, prepare=True)
+            rows = await cursor.fetchall()
+        except DB_ERRORS as exc:
+            raise store_error(self.where, "send ledger query failed", exc) from exc
+        return _recipients(rows)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):  # a connection that broke is closed already
             await self.conn.close()
 
 
-class SqliteSentMarks:
-    """`SentMarks` on SQLite: the same marks, never waiting for the write lock with the event
-    loop stopped.
+class SqliteQueue:
+    """`PgQueue` on SQLite: the same marks and claims, never waiting for the write lock with
+    the event loop stopped.
 
     Beside another process that writes (the other `send --workers` processes, `serve`), the
     lock is often held for a moment when a group of marks is due. SQLite's own busy wait
@@ -292,8 +317,9 @@ class SqliteSentMarks:
     every SMTP connection of the process stood idle meanwhile: with two workers, a sixth of
     each one's time. Here a busy lock is tried again after an asyncio sleep (0.2 ms, doubling
     up to 5 ms) while the other connections go on sending, until `store.busy_timeout` has
-    passed (StoreBusyError then, as for any write). The statements are `mark_sent_many`'s,
-    on the store's own connection, each group in one transaction run with no await inside.
+    passed (StoreBusyError then, as for any write). The statements are `mark_sent_many`'s
+    and `claim`'s, on the store's own connection, each in one transaction with no await
+    inside.
     """
 
     _FIRST_PAUSE, _LAST_PAUSE = 0.0002, 0.005
@@ -303,14 +329,43 @@ class SqliteSentMarks:
         self.busy_ms = int(db.conn.execute("PRAGMA busy_timeout").fetchone()[0])
 
     async def mark(self, *, day: date, subscriber_ids: Sequence[int], now: datetime) -> None:
+        await self._retrying(
+            lambda: mark_sent_many(self.db, day=day, subscriber_ids=subscriber_ids, now=now)
+        )
+
+    async def claim(
+        self,
+        *,
+        day: date,
+        owner: str,
+        now: datetime,
+        lease: float,
+        limit: int,
+        max_attempts: int,
+        confirmed_by: datetime | None = None,
+    ) -> list[Recipient]:
+        """As `claim`."""
+        return await self._retrying(
+            lambda: claim(
+                self.db,
+                day=day,
+                owner=owner,
+                now=now,
+                lease=lease,
+                limit=limit,
+                max_attempts=max_attempts,
+                confirmed_by=confirmed_by,
+            )
+        )
+
+    async def _retrying(self, write: Callable[[], _T]) -> _T:
         conn = self.db.conn
         deadline = time.monotonic() + self.busy_ms / 1000
         pause = self._FIRST_PAUSE
         while True:
             conn.execute("PRAGMA busy_timeout = 0")
             try:
-                mark_sent_many(self.db, day=day, subscriber_ids=subscriber_ids, now=now)
-                return
+                return write()
             except StoreBusyError:
                 if time.monotonic() >= deadline:
                     raise
@@ -407,7 +462,7 @@ _ENQUEUE = """
     SELECT :day, s.id, 'sending', 0, :now
     FROM subscribers AS s
     WHERE s.id > :after AND s.id <= :upto AND s.status = 'confirmed'
-      AND (:confirmed_by IS NULL OR s.confirmed_at <= :confirmed_by)
+      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by)
     ORDER BY s.id
     ON CONFLICT (digest_day, subscriber_id) DO NOTHING
 """
@@ -451,7 +506,7 @@ _CLAIM_TEMPLATE = """
           AND NOT (d.lease_until IS NULL AND coalesce(d.lease_owner, '') LIKE :run_like)
           AND (d.status = 'sending' OR d.attempts < :max_attempts)
           AND (SELECT s.status = 'confirmed'
-                      AND (:confirmed_by IS NULL OR s.confirmed_at <= :confirmed_by)
+                      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by)
                FROM subscribers AS s WHERE s.id = d.subscriber_id)
         ORDER BY d.digest_day, d.lease_until
         LIMIT :limit{lock}
@@ -509,7 +564,7 @@ _NEXT_EXPIRY = """
     WHERE d.digest_day = :day AND d.status <> 'sent' AND d.lease_until > :at
       AND d.status = 'sending' AND d.lease_owner <> :owner
       AND s.status = 'confirmed'
-      AND (:confirmed_by IS NULL OR s.confirmed_at <= :confirmed_by)
+      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by)
 """
 
 # Break every lease: only under the SQLite send lock, which proves that no worker of any
@@ -597,7 +652,25 @@ def claim(
     One write transaction; the rows are `sending` once it commits. Returns them
     in subscriber order.
     """
-    params = {
+    params = _claim_params(day, owner, now, lease, limit, max_attempts, confirmed_by)
+    try:
+        with db.transaction(rows_only=True) as conn:
+            rows = conn.execute(_CLAIM[db.dialect], params).fetchall()
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+    return _recipients(rows)
+
+
+def _claim_params(
+    day: date,
+    owner: str,
+    now: datetime,
+    lease: float,
+    limit: int,
+    max_attempts: int,
+    confirmed_by: datetime | None,
+) -> dict[str, Any]:
+    return {
         "day": day.isoformat(),
         "owner": owner,
         "until": lease_stamp(now + timedelta(seconds=lease)),
@@ -608,11 +681,10 @@ def claim(
         "max_attempts": max_attempts,
         "confirmed_by": _cutoff(confirmed_by),
     }
-    try:
-        with db.transaction(rows_only=True) as conn:
-            rows = conn.execute(_CLAIM[db.dialect], params).fetchall()
-    except DB_ERRORS as exc:
-        raise _fail(db, exc) from exc
+
+
+def _recipients(rows: Iterable[Any]) -> list[Recipient]:
+    """Claimed rows as recipients, in subscriber order."""
     found = [Recipient(int(r[0]), str(r[2]), str(r[3]), int(r[1]), bytes(r[4])) for r in rows]
     return sorted(found, key=lambda r: r.subscriber_id)
 
