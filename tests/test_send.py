@@ -301,6 +301,21 @@ async def test_limit_sends_to_at_most_n(db, smtpd, send_settings, now) -> None: 
     assert sorted(smtpd.handler.recipients()) == [f"reader{i}@example.org" for i in range(3)]
 
 
+async def test_a_limit_over_several_batches_claimed_ahead_sends_exactly_n(  # type: ignore[no-untyped-def]
+    db, smtpd, send_settings, now
+) -> None:
+    # Two connections claim 32 at a time, the next batch while half of one is left: the
+    # claims overlap, and the limit is still met exactly, with no one else left leased.
+    _subscribe(db, 150, now)
+    summary = await _send(db, smtpd, send_settings, now, connections=2, limit=75)
+    assert summary.sent == 75
+    assert len(set(smtpd.handler.recipients())) == 75
+    leased = db.conn.execute(
+        "SELECT count(*) FROM deliveries WHERE status <> 'sent' AND lease_until IS NOT NULL"
+    ).fetchone()[0]
+    assert leased == 0
+
+
 async def test_each_subscriber_gets_their_language(db, smtpd, send_settings, now) -> None:  # type: ignore[no-untyped-def]
     _subscribe(db, 2, now, lang="vi")
     add_subscriber(db, "en@example.org", language="en", now=now)
