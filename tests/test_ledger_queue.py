@@ -15,7 +15,8 @@ import psycopg
 import pytest
 
 from syndicate.errors import StoreBusyError
-from syndicate.store import Database, ledger
+from syndicate.send.deliver import MarkCommitter
+from syndicate.store import Database, PgDatabase, ledger
 from syndicate.store.subscribers import add_subscriber, signup, unsubscribe
 from tests.plugins.postgres import ENV_STORE_URL, open_store
 
@@ -250,3 +251,25 @@ async def test_sent_marks_give_up_as_any_write_once_the_busy_timeout_has_passed(
         other.close()
         assert ledger.day_counts(db, day=DAY) == {"sending": 2}
         assert db.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 300
+
+
+async def test_a_mark_made_as_the_last_commit_ends_is_committed_all_the_same(
+    tmp_path: Path,
+) -> None:
+    """The committer's task ends once no mark is left; a mark made right after, before the
+    loop has run the ended task's callbacks, starts a commit of its own (it once waited
+    forever for the ended task: a send that hung in one run of three)."""
+    with _store(tmp_path, 3) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        assert _claim(db, "run1/1", T0) == [1, 2, 3]
+        queue = (
+            await ledger.PgQueue.open(db) if isinstance(db, PgDatabase) else ledger.SqliteQueue(db)
+        )
+        try:
+            committer = MarkCommitter(queue, DAY, lambda: T0)
+            await committer.commit(1)
+            await asyncio.wait_for(committer.commit(2), 5)
+            await committer.drain()
+        finally:
+            await queue.close()
+        assert ledger.day_counts(db, day=DAY) == {"sent": 2, "sending": 1}

@@ -551,7 +551,7 @@ async def test_a_crash_could_leave_at_most_one_accepted_message_per_connection_u
     """The bound behind "duplicates <= smtp.connections per kill", checked at every message.
 
     Commits are slowed down (on PostgreSQL they run beside the sending, see
-    deliver._Committer): whenever the server takes a message's data, the messages it took
+    deliver.MarkCommitter): whenever the server takes a message's data, the messages it took
     before and the store has not yet recorded as sent must be fewer than the connections.
     """
     connections = 4

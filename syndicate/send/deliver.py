@@ -66,7 +66,15 @@ _LOOK_AGAIN = 0.2  # seconds: how often a worker with nothing to claim looks at 
 # A machine's clock this far off the database server's is worth a warning (it is corrected).
 _SKEW_WARNING = timedelta(seconds=2)
 
-__all__ = ["MAX_ATTEMPTS", "PAGE_SIZE", "REFUSE_ALL_AFTER", "DigestSender", "SendSummary", "Stop"]
+__all__ = [
+    "MAX_ATTEMPTS",
+    "PAGE_SIZE",
+    "REFUSE_ALL_AFTER",
+    "DigestSender",
+    "MarkCommitter",
+    "SendSummary",
+    "Stop",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +179,7 @@ class _Run:
     remaining: int | None  # recipients this run may still claim (None: no cap)
     total: int
     queue: ledger.PgQueue | ledger.SqliteQueue  # claims and sent marks, from the loop
-    committer: _Committer  # commits the `sent` marks beside the sending
+    committer: MarkCommitter  # commits the `sent` marks beside the sending
     exhausted: bool = False
     buffer: list[ledger.Recipient] = field(default_factory=list)
     deferred: list[tuple[float, int, _Deferred]] = field(default_factory=list)  # a heap
@@ -189,7 +197,7 @@ class _Run:
     claiming: asyncio.Task[tuple[list[ledger.Recipient], datetime]] | None = None  # the next batch
 
 
-class _Committer:
+class MarkCommitter:
     """Commits `sent` marks without stopping the event loop.
 
     On PostgreSQL a commit is a round trip to the server; made on the loop through the
@@ -330,7 +338,7 @@ class DigestSender:
             remaining=limit,
             total=total,
             queue=marks,
-            committer=_Committer(marks, day, self.tick),
+            committer=MarkCommitter(marks, day, self.tick),
         )
         fallback = templates.get(self.settings.site.language) or next(iter(templates.values()))
 
