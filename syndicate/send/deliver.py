@@ -180,7 +180,9 @@ class _Run:
     total: int
     queue: ledger.PgQueue | ledger.SqliteQueue  # claims and sent marks, from the loop
     committer: MarkCommitter  # commits the `sent` marks beside the sending
-    exhausted: bool = False
+    exhausted: bool = False  # a claim made with the list empty found nothing
+    looked_at: datetime | None = None  # when that claim was made
+    dry: bool = False  # the last claim found nothing: claim no more ahead for now
     buffer: list[ledger.Recipient] = field(default_factory=list)
     deferred: list[tuple[float, int, _Deferred]] = field(default_factory=list)  # a heap
     deadline: float | None = None  # set when the first pass is done
@@ -191,6 +193,7 @@ class _Run:
     refused_unaccepted: int = 0  # permanent refusals (not address statuses) before any accept
     pending: list[tuple[int, Action, str]] = field(default_factory=list)  # refusals to confirm
     held: set[int] = field(default_factory=set)  # ids this worker held at the last claim/renew
+    taken: set[int] = field(default_factory=set)  # ids listed in `buffer` or being sent
     held_until: datetime | None = None  # when that lease runs out (the earliest, after claims)
     dropped: int = 0  # claimed, then taken over by another worker (never sent by this one)
     order: itertools.count[int] = field(default_factory=itertools.count)
@@ -437,12 +440,20 @@ class DigestSender:
         list ran dry, every connection stood idle for it)."""
         if run.claiming is not None and (not run.buffer or run.claiming.done()):
             claiming, run.claiming = run.claiming, None
-            self._took(run, await claiming)  # raises what the claim raised
+            page, now = await claiming  # raises what the claim raised
+            # Nothing ahead is no proof of an end: leases may run out before this batch is
+            # sent. Only a claim made with the list empty says that (below).
+            run.dry = not page
+            self._took(run, page, now)
         if not run.buffer and not run.exhausted:
-            self._took(run, await self._claim(run))
+            page, now = await self._claim(run)
+            run.dry = run.exhausted = not page
+            run.looked_at = now
+            self._took(run, page, now)
         if (
             run.claiming is None
             and not run.exhausted
+            and not run.dry
             and run.remaining != 0
             and len(run.buffer) <= self.claim_size // 2
             and not self.stop.stopping
@@ -476,11 +487,16 @@ class DigestSender:
             run.remaining += size - len(page)
         return page, now
 
-    def _took(self, run: _Run, claimed: tuple[list[ledger.Recipient], datetime]) -> None:
-        page, now = claimed
+    def _took(self, run: _Run, page: list[ledger.Recipient], now: datetime) -> None:
+        # A row of this worker's own whose lease ran out (renewals late on a starved machine)
+        # may be claimed again while it is still listed or in flight here: keep one copy.
+        fresh = [r for r in page if r.subscriber_id not in run.taken]
+        if run.remaining is not None:
+            run.remaining += len(page) - len(fresh)
+        page = fresh
         if not page:
-            run.exhausted = True
             return
+        run.taken.update(r.subscriber_id for r in page)
         until = now + timedelta(seconds=self.policy.lease)
         run.held.update(r.subscriber_id for r in page)
         if run.held_until is None or until < run.held_until:
@@ -529,15 +545,24 @@ class DigestSender:
         """
         if run.remaining == 0:
             return False
+        # Leases live when the claim that found nothing was made: one that ran out since is
+        # claimable now, and is found by claiming again (asked "live now?", a lease that ran
+        # out between that claim and this question made the worker end with it unsent).
         expiry = ledger.next_expiry(
-            self.db, day=run.day, owner=self.worker, now=self.tick(), confirmed_by=run.confirmed_by
+            self.db,
+            day=run.day,
+            owner=self.worker,
+            now=run.looked_at or self.tick(),
+            confirmed_by=run.confirmed_by,
         )
         if expiry is None:
             return False
         # Look again soon: the other worker may finish (or give rows back) long before its
         # lease would run out, and this one must not hold up the end of the run by a lease.
         wait = min(
-            (expiry - self.tick()).total_seconds() + 0.01, _LOOK_AGAIN, self.policy.lease / 4
+            max(0.0, (expiry - self.tick()).total_seconds()) + 0.01,
+            _LOOK_AGAIN,
+            self.policy.lease / 4,
         )
         await self.stop.sleep(wait)
         run.exhausted = False
@@ -576,7 +601,10 @@ class DigestSender:
                         continue
                     heapq.heappop(run.deferred)
                     recipient, tries = item.recipient, item.tries
-                committing = await self._deliver(run, recipient, tries, build(recipient), saved)
+                try:
+                    committing = await self._deliver(run, recipient, tries, build(recipient), saved)
+                finally:
+                    run.taken.discard(recipient.subscriber_id)
                 if committing is not None:  # accepted, after the one before it was saved
                     unsaved = committing
                 elif unsaved is not None and unsaved.done():
