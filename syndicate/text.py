@@ -124,6 +124,11 @@ def slugify(text: str, *, max_length: int = 80) -> str:
 
 def collapse_spaces(text: str) -> str:
     """Collapse every run of whitespace to one space and trim."""
+    # Fast path: the loader's lines are collapsed already. U+0020 is the only printable
+    # whitespace, so printable text with no double, leading or trailing space is unchanged
+    # (one C scan, where splitting builds a string per word: 5 us for a 350-character lead).
+    if text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
+        return text
     return " ".join(text.split())
 
 

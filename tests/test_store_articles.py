@@ -16,12 +16,14 @@ from syndicate.errors import StoreError
 from syndicate.model import Article, Block, BlockKind, Precision, Teaser
 from syndicate.store import Database
 from syndicate.store.articles import (
+    SYNC_CACHE_KIB,
     backfill_teasers,
     decode_article,
     encode_record,
     get_article,
     iter_articles_newest_first,
     read_page_paths,
+    sync_cache,
     upsert_article,
     write_page_paths,
 )
@@ -275,3 +277,15 @@ def test_page_paths_recorded_in_the_articles_row_move_to_their_own_table(tmp_pat
         assert read_page_paths(database) == {"b": "articles/b.html"}
         left = database.conn.execute("SELECT count(*) FROM articles WHERE page_path IS NOT NULL")
         assert left.fetchone()[0] == 0
+
+
+@pytest.mark.sqlite_only
+def test_the_sync_cache_is_larger_while_a_build_stores_and_restored_after(db: Database) -> None:
+    (before,) = db.conn.execute("PRAGMA cache_size").fetchone()
+    assert before > -SYNC_CACHE_KIB  # smaller: SQLite's default
+    with sync_cache(db):
+        assert db.conn.execute("PRAGMA cache_size").fetchone()[0] == -SYNC_CACHE_KIB
+        with db.transaction():
+            upsert_article(db, LOADER_LIKE, now=NOW)
+    assert db.conn.execute("PRAGMA cache_size").fetchone()[0] == before
+    assert get_article(db, LOADER_LIKE.id) == LOADER_LIKE

@@ -419,20 +419,21 @@ def sync_articles(
     seen: set[str] = set()
     try:
         batch = _SYNC_BATCH[db.dialect]
-        for start in range(0, total, batch):
-            for done, (path, key, shown, st, must_read) in enumerate(
-                signer.items(start, start + batch), start + 1
-            ):
-                seen.add(key)
-                read = next(reads) if reads is not None and must_read else None
-                sync.add(path, key, shown, st, read)
-                if progress is not None:
-                    progress(done, total)
-            # Only the writing holds the write lock, not the reading and parsing before it:
-            # a sign-up or `send` waits for one batch's rows at most.
-            if sync.dump_rows or sync.article_rows:
-                with db.transaction():
-                    sync.flush()
+        with store.sync_cache(db):
+            for start in range(0, total, batch):
+                for done, (path, key, shown, st, must_read) in enumerate(
+                    signer.items(start, start + batch), start + 1
+                ):
+                    seen.add(key)
+                    read = next(reads) if reads is not None and must_read else None
+                    sync.add(path, key, shown, st, read)
+                    if progress is not None:
+                        progress(done, total)
+                # Only the writing holds the write lock, not the reading and parsing before
+                # it: a sign-up or `send` waits for one batch's rows at most.
+                if sync.dump_rows or sync.article_rows:
+                    with db.transaction():
+                        sync.flush()
     finally:
         if reads is not None:
             reads.close()
