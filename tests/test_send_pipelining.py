@@ -147,6 +147,40 @@ async def test_a_server_that_goes_silent_before_the_body_is_a_timeout_not_in_fli
         await mailer.aclose()
 
 
+async def test_a_server_flooding_an_idle_session_is_dropped_and_the_next_one_is_new() -> None:
+    # Unasked data is kept for the next reply, up to a bound: past it the session is given
+    # up (memory stays bounded) and the next message goes on a fresh connection.
+    connections = 0
+    flooded = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await _read_group(reader)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go on\r\n")
+        await reader.readuntil(b"\r\n.\r\n")
+        writer.write(b"250 2.0.0 queued\r\n")
+        if connections == 1:
+            line = b"250-" + b"x" * 1000 + b"\r\n"
+            try:
+                for _ in range(1000):  # about 1 MB nobody asked for
+                    writer.write(line)
+                    await writer.drain()
+            finally:
+                flooded.set()  # all of it written, or the client hung up
+        await reader.readuntil(b"\r\n")  # QUIT, or the end of a dropped connection
+        writer.write(b"221 bye\r\n")
+
+    async with scripted(script) as port:
+        mailer = _mailer(port, timeout=5)
+        await asyncio.wait_for(mailer.send("news@example.org", ["a@example.org"], MESSAGE), 10)
+        await asyncio.wait_for(flooded.wait(), 10)
+        await asyncio.sleep(0.1)  # the last of it reaches the client
+        await asyncio.wait_for(mailer.send("news@example.org", ["b@example.org"], MESSAGE), 10)
+        await mailer.aclose()
+    assert connections == 2
+
+
 # The same refusals and faults through aiosmtpd, offering PIPELINING and not: one outcome.
 BOTH = pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
 

@@ -589,6 +589,10 @@ class _Session(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        if len(self.buffer) > _MAX_UNREAD:  # no pipelined group's replies come to this much
+            self._lose(aiosmtplib.SMTPServerDisconnected("the server sent too much unasked"))
+            _abort(self.transport)
+            return
         waiter = self.waiter
         if waiter is None or waiter.done():
             return  # kept for the next `reply`
@@ -620,6 +624,8 @@ class _Session(asyncio.Protocol):
 
 # A reply longer than this many lines is not a reply (aiosmtplib allows 4 lines' worth).
 _MAX_REPLY_LINES = 100
+# Bytes a session keeps unread before it gives up on the server (memory stays bounded).
+_MAX_UNREAD = 128 * 1024
 
 
 def wire_data(message: bytes) -> bytes:
