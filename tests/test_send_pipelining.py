@@ -132,6 +132,20 @@ async def test_a_refused_recipient_whose_data_is_taken_anyway_ends_the_session()
     assert connections == 2
 
 
+async def test_a_421_to_mail_in_a_group_is_the_server_closing_not_a_lost_connection() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_group(reader)
+        writer.write(b"421 4.3.2 shutting down\r\n")  # and closes: RCPT and DATA unanswered
+
+    async with scripted(script) as port:
+        mailer = _mailer(port, timeout=5)
+        with pytest.raises(TransientSendError) as closing:
+            await asyncio.wait_for(mailer.send("news@example.org", ["b@example.org"], MESSAGE), 10)
+        await mailer.aclose()
+    assert (closing.value.stage, closing.value.code) == (Stage.SENDER, 421)
+    assert not closing.value.in_flight
+
+
 async def test_a_server_that_goes_silent_before_the_body_is_a_timeout_not_in_flight() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_group(reader)

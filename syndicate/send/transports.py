@@ -387,8 +387,14 @@ class SmtpMailer:
                 if conn.pipelining:  # RFC 2920: the envelope and DATA in one write
                     session.write(mail + b"".join(rcpts) + b"DATA\r\n")
                     accepted = await session.reply(self.timeout)
+                    if accepted.code == _CLOSING:  # the server is going: no more replies come
+                        _check_sender(sender, accepted)
                     stage = Stage.RECIPIENT
-                    answers = [await session.reply(self.timeout) for _ in rcpts]
+                    answers = []
+                    for recipient in recipients:
+                        answers.append(await session.reply(self.timeout))
+                        if answers[-1].code == _CLOSING:
+                            _check_recipient(recipient, answers[-1])
                     stage = Stage.DATA
                     data = await session.reply(self.data_timeout)
                     try:
@@ -622,6 +628,8 @@ class _Session(asyncio.Protocol):
             waiter.exception()  # seen: its reader may be gone already
 
 
+# 421: the server is closing the session (RFC 5321 3.8); nothing after it is answered.
+_CLOSING = 421
 # A reply longer than this many lines is not a reply (aiosmtplib allows 4 lines' worth).
 _MAX_REPLY_LINES = 100
 # Bytes a session keeps unread before it gives up on the server (memory stays bounded).
