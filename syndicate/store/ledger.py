@@ -697,8 +697,7 @@ def renew(db: Database, *, day: date, owner: str, now: datetime, lease: float) -
         "until": lease_stamp(now + timedelta(seconds=lease)),
     }
     try:
-        with db.transaction(rows_only=True) as conn:
-            rows = conn.execute(_RENEW, params).fetchall()
+        rows = _one_statement(db, _RENEW, params, fetch=True)
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return {int(r[0]) for r in rows}
@@ -707,8 +706,7 @@ def renew(db: Database, *, day: date, owner: str, now: datetime, lease: float) -
 def release(db: Database, *, day: date, owner: str) -> None:
     """Give back the rows of `day` that `owner` claimed and never started."""
     try:
-        with db.transaction(rows_only=True) as conn:
-            conn.execute(_RELEASE, {"day": day.isoformat(), "owner": owner})
+        _one_statement(db, _RELEASE, {"day": day.isoformat(), "owner": owner})
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
 
@@ -717,10 +715,27 @@ def mark_in_doubt(db: Database, *, day: date, subscriber_id: int, owner: str) ->
     """Leave a message whose reply never came to the next run (no worker of this one)."""
     params = {"day": day.isoformat(), "id": subscriber_id, "owner": owner}
     try:
-        with db.transaction(rows_only=True) as conn:
-            conn.execute(_MARK_IN_DOUBT, params)
+        _one_statement(db, _MARK_IN_DOUBT, params)
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
+
+
+def _one_statement(
+    db: Database, sql: str, params: dict[str, Any], *, fetch: bool = False
+) -> list[Any]:
+    """Run one statement that writes only rows the caller holds, as one transaction.
+
+    On PostgreSQL it goes alone (autocommit), not between a BEGIN and a COMMIT of ours: a
+    worker stopped (SIGSTOP, swapped out) between those kept its rows locked, and the
+    others' claims (SKIP LOCKED) passed them by until it woke, however long after its lease.
+    The statement alone runs to its end on the server whatever the worker does meanwhile.
+    """
+    if db.dialect == "postgresql" and not db.in_transaction:
+        cursor = db.conn.execute(sql, params)
+        return list(cursor.fetchall()) if fetch else []
+    with db.transaction(rows_only=True) as conn:
+        cursor = conn.execute(sql, params)
+        return list(cursor.fetchall()) if fetch else []
 
 
 def next_expiry(
