@@ -24,6 +24,7 @@ from syndicate.send import (
     read_earlier_digests,
     send_digest,
 )
+from syndicate.send.deliver import DigestSender
 from syndicate.store import Database, ledger
 from syndicate.store.subscribers import add_subscriber, get_by_id
 from syndicate.tokens import verify_token
@@ -593,3 +594,28 @@ async def test_a_crash_could_leave_at_most_one_accepted_message_per_connection_u
             taken.add(str(what))
     assert saved == taken == set(emails.values())
     assert worst < connections, f"{worst} accepted messages unrecorded at once"
+
+
+async def test_a_deferred_recipient_claimed_again_after_a_stall_is_sent_once(  # type: ignore[no-untyped-def]
+    db, smtpd, send_settings, now
+) -> None:
+    # The worker stalls (its clock jumps past the lease) while its one recipient waits in the
+    # deferred list. Its next claim finds that row's lease run out and claims it again: the
+    # row is its own and still listed, so it must not go out twice (once as the fresh claim,
+    # once as the retry).
+    [email] = _subscribe(db, 1, now)
+    smtpd.handler.refuse(email, "451 4.7.1 greylisted, try again later", times=1)
+
+    def clock() -> datetime:
+        stalled = any(reply.startswith("451") for _address, reply in smtpd.handler.rcpt_log)
+        return datetime.now(UTC) + (timedelta(hours=1) if stalled else timedelta(0))
+
+    mailer = SmtpMailer(host="127.0.0.1", port=smtpd.port, tls="none", timeout=5, connections=1)
+    policy = SendPolicy(connections=1, retry_window=1.0, retry_delay=0.01, attempts=3)
+    sender = DigestSender(
+        db=db, mailer=mailer, settings=send_settings, secret=SECRET, policy=policy, clock=clock
+    )
+    summary = await sender.send(templates=_templates(send_settings, now), day=DAY, now=now)
+    assert smtpd.handler.recipients() == [email]
+    assert (summary.sent, summary.failed) == (1, 0)
+    assert ledger.day_counts(db, day=DAY) == {"sent": 1}

@@ -194,6 +194,7 @@ class _Run:
     pending: list[tuple[int, Action, str]] = field(default_factory=list)  # refusals to confirm
     held: set[int] = field(default_factory=set)  # ids this worker held at the last claim/renew
     taken: set[int] = field(default_factory=set)  # ids listed in `buffer` or being sent
+    waiting: set[int] = field(default_factory=set)  # ids listed in `deferred` (also taken)
     held_until: datetime | None = None  # when that lease runs out (the earliest, after claims)
     dropped: int = 0  # claimed, then taken over by another worker (never sent by this one)
     order: itertools.count[int] = field(default_factory=itertools.count)
@@ -600,11 +601,13 @@ class DigestSender:
                         await self.stop.sleep(due - loop.time())
                         continue
                     heapq.heappop(run.deferred)
+                    run.waiting.discard(item.recipient.subscriber_id)
                     recipient, tries = item.recipient, item.tries
                 try:
                     committing = await self._deliver(run, recipient, tries, build(recipient), saved)
                 finally:
-                    run.taken.discard(recipient.subscriber_id)
+                    if recipient.subscriber_id not in run.waiting:  # deferred: still listed
+                        run.taken.discard(recipient.subscriber_id)
                 if committing is not None:  # accepted, after the one before it was saved
                     unsaved = committing
                 elif unsaved is not None and unsaved.done():
@@ -694,6 +697,7 @@ class DigestSender:
             due = loop.time() + _jitter(self.policy.backoff(tries + 1))
             item = _Deferred(recipient, tries + 1, reply)
             heapq.heappush(run.deferred, (due, next(run.order), item))
+            run.waiting.add(subscriber_id)
         elif action is Action.IN_DOUBT:
             log.warning("%s; the message may have been accepted: left for a later run", failure)
             run.in_doubt += 1
