@@ -619,3 +619,26 @@ async def test_a_deferred_recipient_claimed_again_after_a_stall_is_sent_once(  #
     assert smtpd.handler.recipients() == [email]
     assert (summary.sent, summary.failed) == (1, 0)
     assert ledger.day_counts(db, day=DAY) == {"sent": 1}
+
+
+async def test_an_accepted_recipient_claimed_again_after_a_stall_is_sent_once(  # type: ignore[no-untyped-def]
+    db, smtpd, send_settings, now
+) -> None:
+    # The worker stalls (its clock jumps past the lease) just as its message is accepted,
+    # before the `sent` mark is committed: its next claim finds the row still `sending` with
+    # its lease run out. The message went: it must not go again.
+    [email] = _subscribe(db, 1, now)
+
+    def clock() -> datetime:
+        stalled = bool(smtpd.handler.messages)
+        return datetime.now(UTC) + (timedelta(hours=1) if stalled else timedelta(0))
+
+    mailer = SmtpMailer(host="127.0.0.1", port=smtpd.port, tls="none", timeout=5, connections=1)
+    policy = SendPolicy(connections=1, retry_window=1.0, retry_delay=0.01, attempts=3)
+    sender = DigestSender(
+        db=db, mailer=mailer, settings=send_settings, secret=SECRET, policy=policy, clock=clock
+    )
+    summary = await sender.send(templates=_templates(send_settings, now), day=DAY, now=now)
+    assert smtpd.handler.recipients() == [email]
+    assert (summary.sent, summary.failed) == (1, 0)
+    assert ledger.day_counts(db, day=DAY) == {"sent": 1}
