@@ -147,6 +147,8 @@ class OutboxMailer:
             raise FencedOff
         if before_data is not None:
             await before_data()
+            if still_ours is not None and not still_ours():
+                raise FencedOff
         found = _MESSAGE_ID.search(message[:4096])
         if found:
             stem = _UNSAFE_NAME.sub("_", found.group(1).decode("ascii", "replace"))
@@ -362,7 +364,9 @@ class SmtpMailer:
         """Send one message; raise RecipientRefusedError, TransientSendError or DeliveryError.
 
         `still_ours` is asked once a connection is ready, just before MAIL FROM; when it
-        says no, the connection goes back unused and FencedOff is raised. `before_data` is
+        says no, the connection goes back unused and FencedOff is raised. It is asked again
+        after `before_data` (a wait that may outlast the lease); a no there closes the
+        connection before the body and raises FencedOff. `before_data` is
         awaited after the recipients are accepted, before DATA: the send queue waits there
         for its previous message's commit (what it raises ends the session and goes up).
 
@@ -416,6 +420,8 @@ class SmtpMailer:
                     # The commit of this sender's previous message ran meanwhile.
                     if before_data is not None:
                         await before_data()
+                        if still_ours is not None and not still_ours():
+                            raise FencedOff  # the wait outlasted the lease: closed, no body
                 else:
                     session.write(mail)
                     _check_sender(sender, await session.reply(self.timeout))
@@ -425,6 +431,8 @@ class SmtpMailer:
                         _check_recipient(recipient, await session.reply(self.timeout))
                     if before_data is not None:
                         await before_data()
+                        if still_ours is not None and not still_ours():
+                            raise FencedOff  # the wait outlasted the lease: closed, unsent
                     stage = Stage.DATA
                     session.write(b"DATA\r\n")
                     _check_data(await session.reply(self.data_timeout), 354)
