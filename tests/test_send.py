@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 import time
 from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes, policy
@@ -24,11 +25,12 @@ from syndicate.send import (
     read_earlier_digests,
     send_digest,
 )
+from syndicate.send.deliver import DigestSender
 from syndicate.store import Database, ledger
 from syndicate.store.subscribers import add_subscriber, get_by_id
 from syndicate.tokens import verify_token
 from tests.plugins.postgres import open_store
-from tests.plugins.smtp import SmtpServer, free_port
+from tests.plugins.smtp import SmtpRecorder, SmtpServer, free_port, run_smtp_server
 
 pytestmark = pytest.mark.usefixtures("store")
 
@@ -593,3 +595,108 @@ async def test_a_crash_could_leave_at_most_one_accepted_message_per_connection_u
             taken.add(str(what))
     assert saved == taken == set(emails.values())
     assert worst < connections, f"{worst} accepted messages unrecorded at once"
+
+
+async def test_a_deferred_recipient_claimed_again_after_a_stall_is_sent_once(  # type: ignore[no-untyped-def]
+    db, smtpd, send_settings, now
+) -> None:
+    # The worker stalls (its clock jumps past the lease) while its one recipient waits in the
+    # deferred list. Its next claim finds that row's lease run out and claims it again: the
+    # row is its own and still listed, so it must not go out twice (once as the fresh claim,
+    # once as the retry).
+    [email] = _subscribe(db, 1, now)
+    smtpd.handler.refuse(email, "451 4.7.1 greylisted, try again later", times=1)
+
+    def clock() -> datetime:
+        stalled = any(reply.startswith("451") for _address, reply in smtpd.handler.rcpt_log)
+        return datetime.now(UTC) + (timedelta(hours=1) if stalled else timedelta(0))
+
+    mailer = SmtpMailer(host="127.0.0.1", port=smtpd.port, tls="none", timeout=5, connections=1)
+    policy = SendPolicy(connections=1, retry_window=1.0, retry_delay=0.01, attempts=3)
+    sender = DigestSender(
+        db=db, mailer=mailer, settings=send_settings, secret=SECRET, policy=policy, clock=clock
+    )
+    summary = await sender.send(templates=_templates(send_settings, now), day=DAY, now=now)
+    assert smtpd.handler.recipients() == [email]
+    assert (summary.sent, summary.failed) == (1, 0)
+    assert ledger.day_counts(db, day=DAY) == {"sent": 1}
+
+
+async def test_an_accepted_recipient_claimed_again_after_a_stall_is_sent_once(  # type: ignore[no-untyped-def]
+    db, smtpd, send_settings, now
+) -> None:
+    # The worker stalls (its clock jumps past the lease) just as its message is accepted,
+    # before the `sent` mark is committed: its next claim finds the row still `sending` with
+    # its lease run out. The message went: it must not go again.
+    [email] = _subscribe(db, 1, now)
+
+    def clock() -> datetime:
+        stalled = bool(smtpd.handler.messages)
+        return datetime.now(UTC) + (timedelta(hours=1) if stalled else timedelta(0))
+
+    mailer = SmtpMailer(host="127.0.0.1", port=smtpd.port, tls="none", timeout=5, connections=1)
+    policy = SendPolicy(connections=1, retry_window=1.0, retry_delay=0.01, attempts=3)
+    sender = DigestSender(
+        db=db, mailer=mailer, settings=send_settings, secret=SECRET, policy=policy, clock=clock
+    )
+    summary = await sender.send(templates=_templates(send_settings, now), day=DAY, now=now)
+    assert smtpd.handler.recipients() == [email]
+    assert (summary.sent, summary.failed) == (1, 0)
+    assert ledger.day_counts(db, day=DAY) == {"sent": 1}
+
+
+class _StallsAfterTheFirst(SmtpRecorder):
+    """Holds the SQLite write lock from the first message's DATA (its `sent` mark waits) to the
+    second's RCPT, when another worker takes the second row over: the sender's previous commit
+    outlasts its lease, as in a stall (SIGSTOP) while the next message waited for it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.locker: sqlite3.Connection | None = None
+        self.stalled = False
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        if self.locker is None:
+            self.locker = sqlite3.connect(self.path, isolation_level=None)
+            self.locker.execute("BEGIN IMMEDIATE")
+        return await super().handle_DATA(server, session, envelope)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        if self.locker is not None and not self.stalled:
+            # The other worker has sent it already by the time this one wakes up.
+            self.locker.execute(
+                "UPDATE deliveries SET lease_owner = 'other/1', lease_until = NULL, "
+                "status = 'sent' WHERE subscriber_id = 2"
+            )
+            self.locker.execute("COMMIT")
+            self.locker.close()
+            self.stalled = True
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+async def test_a_message_that_waited_past_its_lease_for_the_last_commit_is_fenced(  # type: ignore[no-untyped-def]
+    db, send_settings, now, tmp_path, pipelining
+) -> None:
+    # The second message waits (before its body) for the first one's commit; meanwhile its
+    # lease runs out and another worker takes its row over. Its body must not go then.
+    first, _second = _subscribe(db, 2, now)
+    handler = _StallsAfterTheFirst(tmp_path / "syndicate.db")
+    handler.pipelining = pipelining
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + (timedelta(hours=1) if handler.stalled else timedelta(0))
+
+    with run_smtp_server(handler) as server:
+        mailer = SmtpMailer(host="127.0.0.1", port=server.port, tls="none", connections=1)
+        policy = SendPolicy(connections=1, retry_window=1.0, retry_delay=0.01, attempts=3)
+        sender = DigestSender(
+            db=db, mailer=mailer, settings=send_settings, secret=SECRET, policy=policy, clock=clock
+        )
+        summary = await sender.send(templates=_templates(send_settings, now), day=DAY, now=now)
+    assert handler.stalled
+    assert handler.recipients() == [first]
+    assert summary.sent == 1
+    assert ledger.get_delivery(db, day=DAY, subscriber_id=2)[0] == "sent"

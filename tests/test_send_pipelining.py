@@ -27,14 +27,15 @@ Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @contextlib.asynccontextmanager
-async def scripted(script: Script) -> AsyncIterator[int]:
-    """A server on 127.0.0.1 that greets, answers EHLO offering PIPELINING, then runs
-    `script` on the connection; yields its port."""
+async def scripted(script: Script, *, pipelining: bool = True) -> AsyncIterator[int]:
+    """A server on 127.0.0.1 that greets, answers EHLO offering PIPELINING (or not), then
+    runs `script` on the connection; yields its port."""
+    offer = b"250-PIPELINING\r\n" if pipelining else b""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 scripted ESMTP\r\n")
         await reader.readuntil(b"\r\n")  # EHLO
-        writer.write(b"250-scripted\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 1000000\r\n")
+        writer.write(b"250-scripted\r\n" + offer + b"250-8BITMIME\r\n250 SIZE 1000000\r\n")
         try:
             await script(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -240,3 +241,45 @@ async def test_a_dropped_connection_in_data_is_in_flight_and_the_next_message_re
     assert dropped.value.in_flight
     assert handler.recipients() == ["b@example.org"]
     assert handler.connections == 2
+
+
+async def test_a_recipient_refused_with_421_and_a_hang_up_is_deferred_not_in_flight() -> None:
+    # A server going down answers the group's RCPT with 421 and closes (RFC 5321 3.8) before
+    # answering DATA. No body went: the refusal is what counts, not "the reply never came"
+    # (which would leave the recipient in doubt, for the next run).
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_group(reader)
+        writer.write(b"250 2.1.0 ok\r\n421 4.3.2 shutting down\r\n")
+        await writer.drain()
+
+    async with scripted(script) as port:
+        mailer = _mailer(port, timeout=5)
+        with pytest.raises(TransientSendError) as failed:
+            await asyncio.wait_for(mailer.send("news@example.org", ["b@example.org"], MESSAGE), 10)
+        await mailer.aclose()
+    assert (failed.value.stage, failed.value.code) == (Stage.RECIPIENT, 421)
+    assert not failed.value.in_flight
+
+
+@BOTH
+async def test_a_hang_up_before_the_354_is_not_in_flight(pipelining: bool) -> None:
+    # The connection drops after the envelope is accepted, before DATA's 354: no body went,
+    # so the server cannot have taken the message; it is deferred, not left in doubt.
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if pipelining:
+            await _read_group(reader)
+            writer.write(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n")
+        else:
+            for reply in (b"250 2.1.0 ok\r\n", b"250 2.1.5 ok\r\n"):
+                await reader.readuntil(b"\r\n")
+                writer.write(reply)
+            await reader.readuntil(b"\r\n")  # DATA
+        await writer.drain()
+
+    async with scripted(script, pipelining=pipelining) as port:
+        mailer = _mailer(port, timeout=5)
+        with pytest.raises(TransientSendError) as failed:
+            await asyncio.wait_for(mailer.send("news@example.org", ["b@example.org"], MESSAGE), 10)
+        await mailer.aclose()
+    assert failed.value.stage == Stage.DATA
+    assert not failed.value.in_flight

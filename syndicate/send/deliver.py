@@ -193,7 +193,8 @@ class _Run:
     refused_unaccepted: int = 0  # permanent refusals (not address statuses) before any accept
     pending: list[tuple[int, Action, str]] = field(default_factory=list)  # refusals to confirm
     held: set[int] = field(default_factory=set)  # ids this worker held at the last claim/renew
-    taken: set[int] = field(default_factory=set)  # ids listed in `buffer` or being sent
+    taken: set[int] = field(default_factory=set)  # ids listed in `buffer`, sent or committed
+    waiting: set[int] = field(default_factory=set)  # ids listed in `deferred` (also taken)
     held_until: datetime | None = None  # when that lease runs out (the earliest, after claims)
     dropped: int = 0  # claimed, then taken over by another worker (never sent by this one)
     order: itertools.count[int] = field(default_factory=itertools.count)
@@ -445,7 +446,7 @@ class DigestSender:
             # sent. Only a claim made with the list empty says that (below).
             run.dry = not page
             self._took(run, page, now)
-        if not run.buffer and not run.exhausted:
+        if not run.buffer and not run.exhausted and run.remaining != 0:
             page, now = await self._claim(run)
             run.dry = run.exhausted = not page
             run.looked_at = now
@@ -600,11 +601,13 @@ class DigestSender:
                         await self.stop.sleep(due - loop.time())
                         continue
                     heapq.heappop(run.deferred)
+                    run.waiting.discard(item.recipient.subscriber_id)
                     recipient, tries = item.recipient, item.tries
+                committing = None
                 try:
                     committing = await self._deliver(run, recipient, tries, build(recipient), saved)
                 finally:
-                    run.taken.discard(recipient.subscriber_id)
+                    self._done_with(run, recipient.subscriber_id, committing)
                 if committing is not None:  # accepted, after the one before it was saved
                     unsaved = committing
                 elif unsaved is not None and unsaved.done():
@@ -615,6 +618,18 @@ class DigestSender:
         except BaseException as exc:
             self.stop.by_error(exc)
             raise
+
+    @staticmethod
+    def _done_with(run: _Run, subscriber_id: int, committing: asyncio.Future[None] | None) -> None:
+        """Unlist a recipient once its row can no longer come back to this worker's claims
+        as owed: not while it waits in `deferred`, nor while its `sent` mark is committed
+        (after a stall past the lease, a claim finds such a row `sending`, its lease run out)."""
+        if subscriber_id in run.waiting:
+            return
+        if committing is not None and not committing.done():
+            committing.add_done_callback(lambda _done: run.taken.discard(subscriber_id))
+        else:
+            run.taken.discard(subscriber_id)
 
     def _sender(self, run: _Run, recipient: ledger.Recipient) -> str:
         """MAIL FROM for one recipient: a VERP address when mail.bounce_address is set."""
@@ -694,6 +709,7 @@ class DigestSender:
             due = loop.time() + _jitter(self.policy.backoff(tries + 1))
             item = _Deferred(recipient, tries + 1, reply)
             heapq.heappush(run.deferred, (due, next(run.order), item))
+            run.waiting.add(subscriber_id)
         elif action is Action.IN_DOUBT:
             log.warning("%s; the message may have been accepted: left for a later run", failure)
             run.in_doubt += 1

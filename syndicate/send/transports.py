@@ -147,6 +147,8 @@ class OutboxMailer:
             raise FencedOff
         if before_data is not None:
             await before_data()
+            if still_ours is not None and not still_ours():
+                raise FencedOff
         found = _MESSAGE_ID.search(message[:4096])
         if found:
             stem = _UNSAFE_NAME.sub("_", found.group(1).decode("ascii", "replace"))
@@ -362,7 +364,9 @@ class SmtpMailer:
         """Send one message; raise RecipientRefusedError, TransientSendError or DeliveryError.
 
         `still_ours` is asked once a connection is ready, just before MAIL FROM; when it
-        says no, the connection goes back unused and FencedOff is raised. `before_data` is
+        says no, the connection goes back unused and FencedOff is raised. It is asked again
+        after `before_data` (a wait that may outlast the lease); a no there closes the
+        connection before the body and raises FencedOff. `before_data` is
         awaited after the recipients are accepted, before DATA: the send queue waits there
         for its previous message's commit (what it raises ends the session and goes up).
 
@@ -376,7 +380,7 @@ class SmtpMailer:
                 self._idle.append(conn)  # unused: still good for the next message
                 raise FencedOff
             session = conn.session
-            keep = False
+            keep = body_sent = False
             stage = Stage.SENDER
             try:
                 options = conn.options
@@ -386,32 +390,38 @@ class SmtpMailer:
                 rcpts = [_line(b"RCPT TO:", recipient) for recipient in recipients]
                 if conn.pipelining:  # RFC 2920: the envelope and DATA in one write
                     session.write(mail + b"".join(rcpts) + b"DATA\r\n")
-                    accepted = await session.reply(self.timeout)
-                    if accepted.code == _CLOSING:  # the server is going: no more replies come
-                        _check_sender(sender, accepted)
-                    stage = Stage.RECIPIENT
-                    answers = []
-                    for recipient in recipients:
-                        answers.append(await session.reply(self.timeout))
-                        if answers[-1].code == _CLOSING:
-                            _check_recipient(recipient, answers[-1])
-                    stage = Stage.DATA
-                    data = await session.reply(self.data_timeout)
+                    replies: list[SMTPResponse] = []
+                    lost: BaseException | None = None
                     try:
-                        stage = Stage.SENDER
-                        _check_sender(sender, accepted)
+                        for _ in range(len(rcpts) + 1):  # MAIL's and each RCPT's
+                            replies.append(await session.reply(self.timeout))
+                        replies.append(await session.reply(self.data_timeout))
+                    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
+                        lost = exc  # a refusal read before it (a 421, then the hang-up) counts
+                    data = replies[-1] if len(replies) == len(rcpts) + 2 else _NO_REPLY
+                    try:
+                        if replies:
+                            _check_sender(sender, replies[0])
                         stage = Stage.RECIPIENT
-                        for recipient, answer in zip(recipients, answers, strict=True):
+                        for recipient, answer in zip(recipients, replies[1:], strict=False):
                             _check_recipient(recipient, answer)
                     except aiosmtplib.SMTPResponseException:
                         if data.code == 354:  # DATA taken all the same: only closing ends it
                             session.close()
                         raise
+                    if lost is not None:  # the stage of the reply that never came
+                        if not replies:
+                            stage = Stage.SENDER
+                        elif len(replies) > len(rcpts):
+                            stage = Stage.DATA
+                        raise lost
                     stage = Stage.DATA
                     _check_data(data, 354)
                     # The commit of this sender's previous message ran meanwhile.
                     if before_data is not None:
                         await before_data()
+                        if still_ours is not None and not still_ours():
+                            raise FencedOff  # the wait outlasted the lease: closed, no body
                 else:
                     session.write(mail)
                     _check_sender(sender, await session.reply(self.timeout))
@@ -421,10 +431,13 @@ class SmtpMailer:
                         _check_recipient(recipient, await session.reply(self.timeout))
                     if before_data is not None:
                         await before_data()
+                        if still_ours is not None and not still_ours():
+                            raise FencedOff  # the wait outlasted the lease: closed, unsent
                     stage = Stage.DATA
                     session.write(b"DATA\r\n")
                     _check_data(await session.reply(self.data_timeout), 354)
                 self.in_flight += 1
+                body_sent = True
                 try:
                     session.write(wire_data(message))
                     _check_data(await session.reply(self.data_timeout), 250)
@@ -438,14 +451,15 @@ class SmtpMailer:
                 failed = ",".join(recipients) if stage is not Stage.SENDER else sender
                 raise _failure(self.where, failed, outcome) from exc
             except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
-                # In DATA, silence may hide an accepted message: the caller must not resend it.
+                # Once the body went, silence may hide an accepted message: the caller must not
+                # resend it. Before that (up to DATA's 354) the server cannot have taken it.
                 reason = str(exc) or type(exc).__name__
                 raise TransientSendError(
                     f"{self.where}: the connection failed: {reason}",
                     stage=stage,
                     code=0,
                     reply=reason,
-                    in_flight=stage is Stage.DATA,
+                    in_flight=body_sent,
                 ) from exc
             finally:
                 conn.used += 1
@@ -628,8 +642,8 @@ class _Session(asyncio.Protocol):
             waiter.exception()  # seen: its reader may be gone already
 
 
-# 421: the server is closing the session (RFC 5321 3.8); nothing after it is answered.
-_CLOSING = 421
+# Stands for DATA's reply in a pipelined group whose connection failed before it came.
+_NO_REPLY = SMTPResponse(0, "")
 # A reply longer than this many lines is not a reply (aiosmtplib allows 4 lines' worth).
 _MAX_REPLY_LINES = 100
 # Bytes a session keeps unread before it gives up on the server (memory stays bounded).
