@@ -178,7 +178,7 @@ class _Run:
     confirmed_by: datetime | None
     remaining: int | None  # recipients this run may still claim (None: no cap)
     total: int
-    queue: ledger.PgQueue | ledger.SqliteQueue  # claims and sent marks, from the loop
+    queue: ledger.SendQueue  # claims and sent marks, from the loop
     committer: MarkCommitter  # commits the `sent` marks beside the sending
     exhausted: bool = False  # a claim made with the list empty found nothing
     looked_at: datetime | None = None  # when that claim was made
@@ -217,7 +217,7 @@ class MarkCommitter:
 
     def __init__(
         self,
-        marks: ledger.PgQueue | ledger.SqliteQueue,
+        marks: ledger.SendQueue,
         day: date,
         tick: Callable[[], datetime],
     ) -> None:
@@ -331,7 +331,7 @@ class DigestSender:
         )
         if limit is not None:
             total = min(total, limit)
-        marks: ledger.PgQueue | ledger.SqliteQueue = (
+        marks: ledger.SendQueue = (
             await ledger.PgQueue.open(self.db)
             if isinstance(self.db, PgDatabase)
             else ledger.SqliteQueue(self.db)

@@ -145,10 +145,7 @@ class OutboxMailer:
     ) -> None:
         if still_ours is not None and not still_ours():
             raise FencedOff
-        if before_data is not None:
-            await before_data()
-            if still_ours is not None and not still_ours():
-                raise FencedOff
+        await _saved_and_still_ours(before_data, still_ours)
         found = _MESSAGE_ID.search(message[:4096])
         if found:
             stem = _UNSAFE_NAME.sub("_", found.group(1).decode("ascii", "replace"))
@@ -418,10 +415,7 @@ class SmtpMailer:
                     stage = Stage.DATA
                     _check_data(data, 354)
                     # The commit of this sender's previous message ran meanwhile.
-                    if before_data is not None:
-                        await before_data()
-                        if still_ours is not None and not still_ours():
-                            raise FencedOff  # the wait outlasted the lease: closed, no body
+                    await _saved_and_still_ours(before_data, still_ours)
                 else:
                     session.write(mail)
                     _check_sender(sender, await session.reply(self.timeout))
@@ -429,10 +423,7 @@ class SmtpMailer:
                     for recipient, rcpt in zip(recipients, rcpts, strict=True):
                         session.write(rcpt)
                         _check_recipient(recipient, await session.reply(self.timeout))
-                    if before_data is not None:
-                        await before_data()
-                        if still_ours is not None and not still_ours():
-                            raise FencedOff  # the wait outlasted the lease: closed, unsent
+                    await _saved_and_still_ours(before_data, still_ours)
                     stage = Stage.DATA
                     session.write(b"DATA\r\n")
                     _check_data(await session.reply(self.data_timeout), 354)
@@ -503,6 +494,17 @@ def _line(verb: bytes, address: str, options: Sequence[bytes] = ()) -> bytes:
         if _CONTROL.search(quoted):
             raise ValueError(f"address {address!r} holds a control character")
     return b" ".join([verb + quoted, *options]) + b"\r\n"
+
+
+async def _saved_and_still_ours(
+    before_data: Callable[[], Awaitable[None]] | None, still_ours: Callable[[], bool] | None
+) -> None:
+    """Wait for the previous message's commit, then ask the fencing again: a wait that
+    outlasted the lease raises FencedOff (the caller closes the session, no body sent)."""
+    if before_data is not None:
+        await before_data()
+        if still_ours is not None and not still_ours():
+            raise FencedOff
 
 
 def _check_sender(sender: str, reply: SMTPResponse) -> None:

@@ -378,6 +378,10 @@ class SqliteQueue:
         return None  # the store's own connection: its owner closes it
 
 
+# The send queue's statements made from an event loop, on either engine.
+SendQueue = PgQueue | SqliteQueue
+
+
 def mark_failed(
     db: Database,
     *,
