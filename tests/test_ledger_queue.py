@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from syndicate.errors import StoreBusyError
+from syndicate.errors import StoreBusyError, StoreUnavailableError
 from syndicate.send.deliver import MarkCommitter
 from syndicate.store import Database, PgDatabase, ledger
 from syndicate.store.subscribers import add_subscriber, signup, unsubscribe
@@ -273,3 +273,107 @@ async def test_a_mark_made_as_the_last_commit_ends_is_committed_all_the_same(
         finally:
             await queue.close()
         assert ledger.day_counts(db, day=DAY) == {"sent": 2, "sending": 1}
+
+
+def _pg_url() -> str:
+    url = os.environ.get(ENV_STORE_URL)
+    if not url:
+        pytest.skip("PostgreSQL's marks run on libpq directly; SQLite's in a task")
+    return url
+
+
+async def test_a_mark_is_on_its_way_before_start_mark_returns(tmp_path: Path) -> None:
+    # The statement goes out in the call: the server commits it while this event loop stands
+    # still (no await in between), and the future is done by the reply alone.
+    url = _pg_url()
+    with _store(tmp_path, 3) as db, psycopg.connect(url, autocommit=True) as other:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        queue = await ledger.PgQueue.open(db)
+        try:
+            done = queue.start_mark(day=DAY, subscriber_ids=[1, 3], now=T0)
+            deadline = time.monotonic() + 5
+            while other.execute(
+                "SELECT count(*) FROM deliveries WHERE status = 'sent'"
+            ).fetchone() != (2,):
+                assert time.monotonic() < deadline, "the mark never reached the server"
+                time.sleep(0.01)  # the loop stays stopped meanwhile
+            assert not done.done()  # its reply is read by the loop
+            await asyncio.wait_for(done, 5)
+            assert queue.marks.running is False
+            # Again on the same connection: one at a time, many in a row.
+            await asyncio.wait_for(queue.start_mark(day=DAY, subscriber_ids=[2], now=T0), 5)
+        finally:
+            await queue.close()
+        assert ledger.day_counts(db, day=DAY) == {"sent": 3}
+
+
+async def test_a_mark_waits_one_at_a_time_and_a_long_one_goes_out_whole(tmp_path: Path) -> None:
+    _pg_url()
+    with _store(tmp_path, 2) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        queue = await ledger.PgQueue.open(db)
+        try:
+            # 1,000,000 ids are about 8 MB of text: more than a socket takes in one write,
+            # so the rest goes out from the loop's writer callback.
+            many = [1, *range(10, 1_000_010)]
+            first = queue.start_mark(day=DAY, subscriber_ids=many, now=T0)
+            with pytest.raises(RuntimeError, match="one statement at a time"):
+                queue.start_mark(day=DAY, subscriber_ids=[2], now=T0)
+            await asyncio.wait_for(first, 30)
+        finally:
+            await queue.close()
+        assert ledger.day_counts(db, day=DAY) == {"sent": 1, "sending": 1}
+
+
+async def test_a_mark_that_waits_past_the_busy_timeout_fails_as_busy(tmp_path: Path) -> None:
+    url = _pg_url()
+    with _store(tmp_path, 2) as db, open_store(tmp_path / "x.db", busy_timeout=0.2) as short:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        queue = await ledger.PgQueue.open(short)  # type: ignore[arg-type]
+        try:
+            with psycopg.connect(url) as holder:  # holds the row in an open transaction
+                holder.execute("SELECT 1 FROM deliveries WHERE subscriber_id = 1 FOR UPDATE")
+                with pytest.raises(StoreBusyError):
+                    await asyncio.wait_for(
+                        queue.start_mark(day=DAY, subscriber_ids=[1], now=T0), 10
+                    )
+            # The connection is still good for the next one.
+            await asyncio.wait_for(queue.start_mark(day=DAY, subscriber_ids=[1], now=T0), 5)
+        finally:
+            await queue.close()
+        assert ledger.day_counts(db, day=DAY) == {"sent": 1, "sending": 1}
+
+
+async def test_a_mark_whose_connection_dies_fails_as_unreachable(tmp_path: Path) -> None:
+    url = _pg_url()
+    with _store(tmp_path, 2) as db, psycopg.connect(url, autocommit=True) as admin:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        queue = await ledger.PgQueue.open(db)
+        try:
+            with psycopg.connect(url) as holder:  # the mark waits on the row meanwhile
+                holder.execute("SELECT 1 FROM deliveries WHERE subscriber_id = 1 FOR UPDATE")
+                waiting = queue.start_mark(day=DAY, subscriber_ids=[1], now=T0)
+                await asyncio.sleep(0.2)
+                assert not waiting.done()
+                admin.execute("SELECT pg_terminate_backend(%s)", (queue.marks.pgconn.backend_pid,))
+                with pytest.raises(StoreUnavailableError):
+                    await asyncio.wait_for(waiting, 10)
+            with pytest.raises(StoreUnavailableError):  # and so does every later one, at once
+                await asyncio.wait_for(queue.start_mark(day=DAY, subscriber_ids=[2], now=T0), 5)
+        finally:
+            await queue.close()
+        assert ledger.day_counts(db, day=DAY) == {"sending": 2}
+
+
+async def test_closing_the_queue_fails_a_mark_still_running(tmp_path: Path) -> None:
+    url = _pg_url()
+    with _store(tmp_path, 1) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        queue = await ledger.PgQueue.open(db)
+        with psycopg.connect(url) as holder:
+            holder.execute("SELECT 1 FROM deliveries WHERE subscriber_id = 1 FOR UPDATE")
+            waiting = queue.start_mark(day=DAY, subscriber_ids=[1], now=T0)
+            await queue.close()
+            with pytest.raises(StoreUnavailableError):
+                await asyncio.wait_for(waiting, 5)
+            assert queue.marks.running is False

@@ -566,19 +566,22 @@ async def test_a_crash_could_leave_at_most_one_accepted_message_per_connection_u
         return await handle_data(server, session, envelope)
 
     monkeypatch.setattr(smtpd.handler, "handle_DATA", taking_data)
-    mark_async, mark_sync = ledger.PgQueue.mark, ledger.mark_sent_many
+    mark_async, mark_sync = ledger.PgQueue.start_mark, ledger.mark_sent_many
 
-    async def slow_mark(self, *, day, subscriber_ids, now):  # type: ignore[no-untyped-def]
-        await asyncio.sleep(0.02)
-        await mark_async(self, day=day, subscriber_ids=subscriber_ids, now=now)
-        events.append(("saved", list(subscriber_ids)))
+    def slow_mark(self, *, day, subscriber_ids, now):  # type: ignore[no-untyped-def]
+        async def later() -> None:
+            await asyncio.sleep(0.02)
+            await mark_async(self, day=day, subscriber_ids=subscriber_ids, now=now)
+            events.append(("saved", list(subscriber_ids)))
+
+        return asyncio.ensure_future(later())
 
     def slow_mark_sync(database, *, day, subscriber_ids, now):  # type: ignore[no-untyped-def]
         time.sleep(0.02)
         mark_sync(database, day=day, subscriber_ids=subscriber_ids, now=now)
         events.append(("saved", list(subscriber_ids)))
 
-    monkeypatch.setattr(ledger.PgQueue, "mark", slow_mark)
+    monkeypatch.setattr(ledger.PgQueue, "start_mark", slow_mark)
     monkeypatch.setattr(ledger, "mark_sent_many", slow_mark_sync)
     summary = await _send(db, smtpd, send_settings, now, connections=connections)
     assert summary.sent == 40

@@ -17,14 +17,16 @@ send queue's claim is the one writer that does not take the lock: it uses row lo
 
 from __future__ import annotations
 
+import asyncio
 import re
 import select
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
 # Key of the advisory lock every write transaction takes (any fixed 64-bit number:
@@ -93,6 +95,22 @@ def translate(sql: str) -> str:
         # (No statement of ours has an E'' string, $$ quoting or a block comment: they are
         # read whole all the same, so one added later keeps its `?`, `:x` and `char(`.)
         return match.group(0).replace("%", "%%")
+
+    return _TOKENS.sub(swap, sql)
+
+
+def positional(sql: str, names: Sequence[str]) -> str:
+    """`sql`'s named parameters (`:x`) as PostgreSQL's own, numbered in the order of `names`
+    (`:x` -> `$1`); for statements prepared on the server (`LoopStatement`)."""
+
+    def swap(match: re.Match[str]) -> str:
+        if match.group("name"):
+            return f"${names.index(match.group('name')) + 1}"
+        if match.group("question"):
+            raise ValueError("positional() takes named parameters only")
+        if match.group("char"):
+            return "chr("
+        return match.group(0)
 
     return _TOKENS.sub(swap, sql)
 
@@ -278,3 +296,115 @@ def is_full(exc: BaseException) -> bool:
 
 ERRORS: tuple[type[Exception], ...] = (psycopg.Error,)
 INTEGRITY_ERRORS: tuple[type[Exception], ...] = (pg_errors.IntegrityError,)
+
+
+class LoopStatement:
+    """One statement prepared on the server and run on an asyncio connection's libpq
+    connection directly: `start` writes it to the server before it returns, and the future
+    it returns is done by the socket's reader callback, in the loop turn the reply arrives.
+
+    psycopg's `execute` is a coroutine: a task has to start it (a turn of the loop), and
+    its wait for the reply ends in a future whose task resumes a turn later; on a busy send
+    loop each turn is a fraction of a millisecond that a waiting sender stands idle (the
+    `sent` marks: `ledger.PgQueue`). One statement at a time, on a connection used for
+    nothing else once prepared. Parameters go in PostgreSQL's text form; a failure is
+    psycopg's own error for its SQLSTATE (or for the broken connection), passed through
+    `failure`.
+    """
+
+    def __init__(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        name: str,
+        failure: Callable[[Exception], Exception],
+    ) -> None:
+        self.conn, self.name, self.failure = conn, name.encode("ascii"), failure
+        self.pgconn = conn.pgconn
+        self.pgconn.nonblocking = 1  # a write the socket cannot take waits for the writer
+        self.fd = self.pgconn.socket
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] | None = None
+        self.error: Exception | None = None
+
+    @classmethod
+    async def prepare(
+        cls,
+        conn: psycopg.AsyncConnection[Any],
+        name: str,
+        sql: str,
+        types: Sequence[str],
+        failure: Callable[[Exception], Exception],
+    ) -> LoopStatement:
+        """`sql` with PostgreSQL's own parameters ($1...), of `types` ("text", "bigint[]")."""
+        await conn.execute(f"PREPARE {name} ({', '.join(types)}) AS {sql}")
+        return cls(conn, name, failure)
+
+    @property
+    def running(self) -> bool:
+        return self.done is not None
+
+    def start(self, params: Sequence[bytes]) -> asyncio.Future[None]:
+        """Run the statement with `params`; the future is done once the server has answered."""
+        if self.done is not None:
+            raise RuntimeError("LoopStatement runs one statement at a time")
+        done = self.loop.create_future()
+        try:
+            self.pgconn.send_query_prepared(self.name, list(params))
+            unsent = self.pgconn.flush()
+        except psycopg.Error as exc:  # the connection broke
+            done.set_exception(self.failure(exc))
+            return done
+        self.done, self.error = done, None
+        self.loop.add_reader(self.fd, self._readable)
+        if unsent:
+            self.loop.add_writer(self.fd, self._writable)
+        return done
+
+    def close(self) -> None:
+        """Stop listening; a statement still running fails (its connection is being closed)."""
+        if self.done is not None:
+            self._finish(psycopg.OperationalError("the connection was closed"))
+
+    def _writable(self) -> None:
+        try:
+            if self.pgconn.flush() == 0:
+                self.loop.remove_writer(self.fd)
+        except psycopg.Error as exc:
+            self._finish(exc)
+
+    def _readable(self) -> None:
+        pgconn = self.pgconn
+        try:
+            pgconn.consume_input()
+            while not pgconn.is_busy():
+                result = pgconn.get_result()
+                if result is None:  # the statement's last result came
+                    self._finish(self.error)
+                    return
+                if result.status != pq.ExecStatus.COMMAND_OK and self.error is None:
+                    self.error = _result_error(result)
+        except psycopg.Error as exc:  # the connection broke
+            self._finish(exc)
+
+    def _finish(self, error: Exception | None) -> None:
+        self.loop.remove_reader(self.fd)
+        self.loop.remove_writer(self.fd)
+        done, self.done = self.done, None
+        if done is None or done.done():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(self.failure(error))
+
+
+def _result_error(result: pq.abc.PGresult) -> Exception:
+    """psycopg's exception for a failed result: its class says the SQLSTATE, as psycopg's
+    own would (`is_busy`, `is_gone` and `is_full` read it)."""
+    state = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode("ascii", "replace")
+    message = (result.error_message or b"").decode("utf-8", "replace").strip()
+    try:
+        cls: type[Exception] = pg_errors.lookup(state)
+    except KeyError:
+        cls = psycopg.DatabaseError
+    return cls(message or f"the statement failed (SQLSTATE {state or 'unknown'})")
