@@ -101,16 +101,18 @@ _RESET_BOUNCES = """
 """
 # PostgreSQL: both marks for a batch in one statement, so one round trip (a statement on its
 # own is its own transaction: all of it commits, or none). Four round trips (BEGIN, the two
-# batches, COMMIT) made each accepted message cost PostgreSQL a multiple of SQLite.
+# batches, COMMIT) made each accepted message cost PostgreSQL a multiple of SQLite. A
+# data-modifying WITH runs whole whether or not its output is read; the reset looks the ids
+# up itself (each one has a delivery row: it was claimed): joined to the WITH's RETURNING it
+# hashed and memoized them, a third of the statement's time at 3 ids.
 _MARK_SENT_MANY_PG = """
     WITH sent AS (
         UPDATE deliveries SET status = 'sent', attempts = attempts + 1, reply = NULL,
             updated_at = :now, lease_until = NULL
         WHERE digest_day = :day AND subscriber_id = ANY(:ids)
-        RETURNING subscriber_id
     )
     UPDATE subscribers SET bounce_count = 0
-    WHERE id IN (SELECT subscriber_id FROM sent) AND bounce_count > 0
+    WHERE id = ANY(:ids) AND bounce_count > 0
 """
 # The attempt failed; keep the server's reply. The owner stays with no expiry: the same
 # run claims it no more (see _CLAIM).
