@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import signal
 import sqlite3
 import threading
 import time
@@ -18,7 +20,7 @@ from syndicate.errors import StoreBusyError, StoreUnavailableError
 from syndicate.send.deliver import MarkCommitter
 from syndicate.store import Database, PgDatabase, ledger
 from syndicate.store.subscribers import add_subscriber, signup, unsubscribe
-from tests.plugins.postgres import ENV_STORE_URL, open_store
+from tests.plugins.postgres import ENV_STORE_URL, open_store, start_cluster
 
 pytestmark = pytest.mark.usefixtures("store")
 
@@ -377,3 +379,48 @@ async def test_closing_the_queue_fails_a_mark_still_running(tmp_path: Path) -> N
             with pytest.raises(StoreUnavailableError):
                 await asyncio.wait_for(waiting, 5)
             assert queue.marks.running is False
+
+
+async def test_a_mark_whose_backend_dies_while_its_statement_is_still_going_out_fails_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The backend stops reading (SIGSTOP) with most of an 8 MB mark unsent, then dies
+    # (SIGKILL: the socket is reset). libpq closes the socket inside the reader callback
+    # while the writer is still registered: removing the reader then failed on the closed
+    # descriptor (OSError, EBADF, in the callback, where the loop only logs it) and the
+    # future was left for the writer's callback to finish, if it happened to be queued.
+    _pg_url()
+    cluster = start_cluster()  # its own: a killed backend restarts every other one
+    try:
+        monkeypatch.setenv(ENV_STORE_URL, cluster.new_database())
+        with _store(tmp_path, 2) as db:
+            ledger.enqueue_owed(db, day=DAY, now=T0)
+            queue = await ledger.PgQueue.open(db)
+            loop = asyncio.get_running_loop()
+            errors: list[dict[str, object]] = []
+            loop.set_exception_handler(lambda _loop, context: errors.append(context))
+            try:
+                pid = queue.marks.pgconn.backend_pid
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    dying = queue.start_mark(
+                        day=DAY, subscriber_ids=[1, *range(10, 1_000_010)], now=T0
+                    )
+                finally:
+                    os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while os.path.exists(f"/proc/{pid}"):  # reset before the loop looks again
+                    assert time.monotonic() < deadline, "the backend never went"
+                    time.sleep(0.01)
+                with pytest.raises(StoreUnavailableError):
+                    await asyncio.wait_for(asyncio.shield(dying), 10)
+                for _ in range(3):  # any callback still queued runs
+                    await asyncio.sleep(0)
+                assert errors == []
+                assert queue.marks.running is False
+            finally:
+                loop.set_exception_handler(None)
+                await queue.close()
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(cluster.folder, ignore_errors=True)
