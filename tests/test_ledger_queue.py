@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from syndicate.errors import StoreBusyError, StoreUnavailableError
+from syndicate.errors import StoreBusyError, StoreError, StoreUnavailableError
 from syndicate.send.deliver import MarkCommitter
 from syndicate.store import Database, PgDatabase, ledger
 from syndicate.store.subscribers import add_subscriber, signup, unsubscribe
@@ -424,3 +424,34 @@ async def test_a_mark_whose_backend_dies_while_its_statement_is_still_going_out_
     finally:
         cluster.stop("immediate")
         shutil.rmtree(cluster.folder, ignore_errors=True)
+
+
+async def test_a_mark_the_server_refuses_fails_with_the_error_line_of_any_store_error(
+    tmp_path: Path,
+) -> None:
+    # The same StoreError, word for word and class for class, as the statement made through
+    # psycopg on the store's own connection (`mark_sent_many`): no "ERROR:  " of libpq's
+    # raw message text in the one line.
+    url = _pg_url()
+    with _store(tmp_path, 2) as db, psycopg.connect(url, autocommit=True) as admin:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        admin.execute(
+            "CREATE FUNCTION no_marks() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'no marks today' USING HINT = 'a hint'; END $$"
+        )
+        admin.execute(
+            "CREATE TRIGGER no_marks BEFORE UPDATE ON deliveries "
+            "FOR EACH ROW EXECUTE FUNCTION no_marks()"
+        )
+        with pytest.raises(StoreError) as through_psycopg:
+            ledger.mark_sent_many(db, day=DAY, subscriber_ids=[1], now=T0)
+        queue = await ledger.PgQueue.open(db)
+        try:
+            with pytest.raises(StoreError) as on_libpq:
+                await asyncio.wait_for(queue.start_mark(day=DAY, subscriber_ids=[1], now=T0), 5)
+        finally:
+            await queue.close()
+        assert type(on_libpq.value) is type(through_psycopg.value) is StoreError
+        assert str(on_libpq.value) == str(through_psycopg.value)
+        assert str(on_libpq.value).endswith("send ledger query failed: no marks today.")
+        assert ledger.day_counts(db, day=DAY) == {"sending": 2}

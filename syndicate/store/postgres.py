@@ -390,7 +390,9 @@ class LoopStatement:
                     self._finish(self.error)
                     return
                 if result.status != pq.ExecStatus.COMMAND_OK and self.error is None:
-                    self.error = _result_error(result)
+                    # psycopg's own exception for the result: its class says the SQLSTATE
+                    # (`is_busy`, `is_gone` and `is_full` read it), its text has no "ERROR:".
+                    self.error = pg_errors.error_from_result(result, self.conn.info.encoding)
         except psycopg.Error as exc:  # the connection broke
             self._finish(exc)
 
@@ -409,15 +411,3 @@ class LoopStatement:
             done.set_result(None)
         else:
             done.set_exception(self.failure(error))
-
-
-def _result_error(result: pq.abc.PGresult) -> Exception:
-    """psycopg's exception for a failed result: its class says the SQLSTATE, as psycopg's
-    own would (`is_busy`, `is_gone` and `is_full` read it)."""
-    state = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode("ascii", "replace")
-    message = (result.error_message or b"").decode("utf-8", "replace").strip()
-    try:
-        cls: type[Exception] = pg_errors.lookup(state)
-    except KeyError:
-        cls = psycopg.DatabaseError
-    return cls(message or f"the statement failed (SQLSTATE {state or 'unknown'})")
