@@ -18,7 +18,7 @@ import pytest
 
 from syndicate.errors import StoreBusyError, StoreError, StoreUnavailableError
 from syndicate.send.deliver import MarkCommitter
-from syndicate.store import Database, PgDatabase, ledger
+from syndicate.store import Database, PgDatabase, ledger, open_database
 from syndicate.store.subscribers import add_subscriber, signup, unsubscribe
 from tests.plugins.postgres import ENV_STORE_URL, open_store, start_cluster
 
@@ -455,3 +455,41 @@ async def test_a_mark_the_server_refuses_fails_with_the_error_line_of_any_store_
         assert str(on_libpq.value) == str(through_psycopg.value)
         assert str(on_libpq.value).endswith("send ledger query failed: no marks today.")
         assert ledger.day_counts(db, day=DAY) == {"sending": 2}
+
+
+async def test_a_queue_that_cannot_open_its_second_connection_leaves_none_open(
+    tmp_path: Path,
+) -> None:
+    # The queue opens two connections (claims, marks). A role allowed two connections has
+    # the store's own and the first of them: the second is refused (StoreUnavailableError,
+    # exit 75), and the first was left open, to be closed by the garbage collector with a
+    # ResourceWarning, if ever.
+    url = _pg_url()
+    role = f"limited_{os.getpid()}"
+    with _store(tmp_path, 1) as db, psycopg.connect(url, autocommit=True) as admin:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        admin.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 2')
+        try:
+            admin.execute(f'GRANT pg_read_all_data, pg_write_all_data TO "{role}"')
+            as_role = url.replace("postgres@", f"{role}@")
+
+            def open_now() -> int:
+                row = admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (role,)
+                ).fetchone()
+                return int(row[0]) if row else 0
+
+            with open_database(tmp_path / "unused.db", url=as_role) as limited:
+                assert isinstance(limited, PgDatabase)
+                with pytest.raises(StoreUnavailableError, match="too many connections"):
+                    await ledger.PgQueue.open(limited)
+                deadline = time.monotonic() + 5
+                while open_now() > 1:  # the store's own connection alone
+                    assert time.monotonic() < deadline, "a connection of the queue stayed open"
+                    await asyncio.sleep(0.02)
+        finally:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (role,),
+            )
+            admin.execute(f'DROP ROLE "{role}"')
