@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from syndicate.config import Settings
@@ -31,7 +33,7 @@ from syndicate.send.deliver import DigestSender
 from syndicate.store import Database, PgDatabase, ledger
 from syndicate.store.subscribers import add_subscriber, get_by_id
 from syndicate.tokens import verify_token
-from tests.plugins.postgres import open_store
+from tests.plugins.postgres import ENV_STORE_URL, open_store
 from tests.plugins.smtp import SmtpRecorder, SmtpServer, free_port, run_smtp_server
 
 pytestmark = pytest.mark.usefixtures("store")
@@ -600,6 +602,46 @@ async def test_a_crash_could_leave_at_most_one_accepted_message_per_connection_u
             taken.add(str(what))
     assert saved == taken == set(emails.values())
     assert worst < connections, f"{worst} accepted messages unrecorded at once"
+
+
+async def test_on_postgresql_the_bound_holds_with_the_marks_slowed_on_the_server(  # type: ignore[no-untyped-def]
+    db, smtpd, send_settings, now, monkeypatch
+) -> None:
+    """The test above with the marks as they run (deliver.MarkCommitter on the libpq
+    statement, `postgres.LoopStatement`), slowed by the server itself: at each DATA the
+    store, read from another connection, has recorded every message accepted before but
+    fewer than one per connection."""
+    url = os.environ.get(ENV_STORE_URL)
+    if not url:
+        pytest.skip("the marks run on libpq on PostgreSQL only")
+    connections = 4
+    _subscribe(db, 60, now)
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(
+            "CREATE FUNCTION slow_sent() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(0.01); RETURN NEW; END $$"
+        )
+        admin.execute(
+            "CREATE TRIGGER slow_sent BEFORE UPDATE ON deliveries FOR EACH ROW "
+            "WHEN (NEW.status = 'sent' AND OLD.status <> 'sent') EXECUTE FUNCTION slow_sent()"
+        )
+    unrecorded: list[int] = []
+    handle_data = smtpd.handler.handle_DATA
+    with psycopg.connect(url, autocommit=True) as watcher:
+
+        async def taking_data(server, session, envelope):  # type: ignore[no-untyped-def]
+            accepted = {m.recipients[0] for m in smtpd.handler.messages}
+            rows = watcher.execute(
+                "SELECT s.email FROM deliveries AS d JOIN subscribers AS s"
+                " ON s.id = d.subscriber_id WHERE d.status = 'sent'"
+            ).fetchall()
+            unrecorded.append(len(accepted - {email for (email,) in rows}))
+            return await handle_data(server, session, envelope)
+
+        monkeypatch.setattr(smtpd.handler, "handle_DATA", taking_data)
+        summary = await _send(db, smtpd, send_settings, now, connections=connections)
+    assert summary.sent == 60
+    assert 0 < max(unrecorded) < connections
 
 
 async def test_a_deferred_recipient_claimed_again_after_a_stall_is_sent_once(  # type: ignore[no-untyped-def]
