@@ -793,6 +793,51 @@ async def test_a_run_cancelled_while_marks_are_under_way_closes_everything_and_l
     assert len(received - sent) <= connections
 
 
+async def test_a_run_cancelled_again_while_it_waits_for_its_marks_still_closes_its_queue(  # type: ignore[no-untyped-def]
+    db, smtpd, send_settings, now
+) -> None:
+    """A second cancellation (a caller giving up on the wait) lands in the wait for the
+    marks under way, made slow by the server: the queue's connections are closed all the
+    same."""
+    url = os.environ.get(ENV_STORE_URL)
+    if not url:
+        pytest.skip("the queue has connections of its own on PostgreSQL only")
+    _subscribe(db, 40, now)
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(
+            "CREATE FUNCTION slow_sent() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(0.1); RETURN NEW; END $$"
+        )
+        admin.execute(
+            "CREATE TRIGGER slow_sent BEFORE UPDATE ON deliveries FOR EACH ROW "
+            "WHEN (NEW.status = 'sent' AND OLD.status <> 'sent') EXECUTE FUNCTION slow_sent()"
+        )
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        sending = asyncio.create_task(_send(db, smtpd, send_settings, now, connections=4))
+        await asyncio.wait_for(_until(lambda: len(smtpd.handler.messages) >= 5), 10)
+        sending.cancel()
+        await asyncio.sleep(0.03)  # the senders have stopped; a mark takes 0.1 s a row
+        assert not sending.done()
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        others = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        await asyncio.wait_for(_until(lambda: db.conn.execute(others).fetchone() == (0,)), 5)
+        for _ in range(20):  # any callback still due runs
+            await asyncio.sleep(0.005)
+        del sending
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert errors == []
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.001)

@@ -388,9 +388,11 @@ class DigestSender:
         try:
             results = await asyncio.gather(*workers, return_exceptions=True)
         except BaseException:  # cancelled (a caller's timeout): what the run opened is closed
-            await self._wind_down(run, keeper)
-            await self.mailer.aclose()
-            await marks.close()
+            try:
+                await self._wind_down(run, keeper)
+            finally:  # cancelled again meanwhile, too
+                await self.mailer.aclose()
+                await marks.close()
             raise
         await self._wind_down(run, keeper)
         try:
