@@ -385,14 +385,16 @@ class DigestSender:
         report()
         keeper = asyncio.create_task(self._keep_leases(run))
         workers = [self._work(run, build, report) for _ in range(max(1, self.policy.connections))]
-        results = await asyncio.gather(*workers, return_exceptions=True)
-        keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeper
-        await run.committer.drain()  # every commit finished before its connection closes
-        if run.claiming is not None:  # a batch claimed ahead and never taken: released below
-            with contextlib.suppress(Exception):
-                await run.claiming
+        try:
+            results = await asyncio.gather(*workers, return_exceptions=True)
+        except BaseException:  # cancelled (a caller's timeout): what the run opened is closed
+            try:
+                await self._wind_down(run, keeper)
+            finally:  # cancelled again meanwhile, too
+                await self.mailer.aclose()
+                await marks.close()
+            raise
+        await self._wind_down(run, keeper)
         try:
             self._give_up_deferred(run)
             if not self.stop.stopping:
@@ -427,6 +429,17 @@ class DigestSender:
             bounced=run.bounced,
             in_flight=run.in_doubt,
         )
+
+    @staticmethod
+    async def _wind_down(run: _Run, keeper: asyncio.Task[None]) -> None:
+        """Stop renewing leases; wait for the commits and the claim under way."""
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+        await run.committer.drain()  # every commit finished before its connection closes
+        if run.claiming is not None:  # a batch claimed ahead and never taken: released below
+            with contextlib.suppress(Exception):
+                await run.claiming
 
     def _follow_server_clock(self) -> None:
         """Take lease times from the database server's clock, not this machine's.

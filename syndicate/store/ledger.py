@@ -282,21 +282,23 @@ class PgQueue:
         def failure(exc: Exception) -> Exception:
             return store_error(where, "send ledger query failed", exc)
 
-        conn = await db.connect_async()
-        marks_conn = await db.connect_async()
-        try:
+        opened = [await db.connect_async()]
+        try:  # the second connection refused (a connection limit, say): close the first
+            opened.append(await db.connect_async())
             marks = await LoopStatement.prepare(
-                marks_conn,
+                opened[1],
                 "syndicate_mark_sent",
                 positional(_MARK_SENT_MANY_PG, ["day", "ids", "now"]),
                 ["text", "bigint[]", "text"],
                 failure,
             )
-        except DB_ERRORS as exc:
-            await conn.close()
-            await marks_conn.close()
-            raise failure(exc) from exc
-        return cls(db, conn, marks)
+        except BaseException as exc:
+            for conn in opened:
+                await conn.close()
+            if isinstance(exc, DB_ERRORS):
+                raise failure(exc) from exc
+            raise
+        return cls(db, opened[0], marks)
 
     def start_mark(
         self, *, day: date, subscriber_ids: Sequence[int], now: datetime

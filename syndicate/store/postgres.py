@@ -18,6 +18,7 @@ send queue's claim is the one writer that does not take the lock: it uses row lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import select
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -351,6 +352,9 @@ class LoopStatement:
         try:
             self.pgconn.send_query_prepared(self.name, list(params))
             unsent = self.pgconn.flush()
+            # libpq's socket now (it raises once libpq has closed it): never a descriptor
+            # it closed, which the next socket opened may have been given.
+            self.fd = self.pgconn.socket
         except psycopg.Error as exc:  # the connection broke
             done.set_exception(self.failure(exc))
             return done
@@ -366,6 +370,8 @@ class LoopStatement:
             self._finish(psycopg.OperationalError("the connection was closed"))
 
     def _writable(self) -> None:
+        if self.done is None:  # queued in the loop turn the statement ended
+            return
         try:
             if self.pgconn.flush() == 0:
                 self.loop.remove_writer(self.fd)
@@ -373,6 +379,8 @@ class LoopStatement:
             self._finish(exc)
 
     def _readable(self) -> None:
+        if self.done is None:
+            return
         pgconn = self.pgconn
         try:
             pgconn.consume_input()
@@ -382,29 +390,24 @@ class LoopStatement:
                     self._finish(self.error)
                     return
                 if result.status != pq.ExecStatus.COMMAND_OK and self.error is None:
-                    self.error = _result_error(result)
+                    # psycopg's own exception for the result: its class says the SQLSTATE
+                    # (`is_busy`, `is_gone` and `is_full` read it), its text has no "ERROR:".
+                    self.error = pg_errors.error_from_result(result, self.conn.info.encoding)
         except psycopg.Error as exc:  # the connection broke
             self._finish(exc)
 
     def _finish(self, error: Exception | None) -> None:
-        self.loop.remove_reader(self.fd)
-        self.loop.remove_writer(self.fd)
         done, self.done = self.done, None
+        # A connection that broke had its socket closed by libpq, in the call that found it
+        # broken (consume_input, flush). With the reader and the writer both registered the
+        # loop's epoll then fails to change the closed descriptor (EBADF): the selector has
+        # forgotten it all the same, and the future must still be finished.
+        for remove in (self.loop.remove_reader, self.loop.remove_writer):
+            with contextlib.suppress(OSError):
+                remove(self.fd)
         if done is None or done.done():
             return
         if error is None:
             done.set_result(None)
         else:
             done.set_exception(self.failure(error))
-
-
-def _result_error(result: pq.abc.PGresult) -> Exception:
-    """psycopg's exception for a failed result: its class says the SQLSTATE, as psycopg's
-    own would (`is_busy`, `is_gone` and `is_full` read it)."""
-    state = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode("ascii", "replace")
-    message = (result.error_message or b"").decode("utf-8", "replace").strip()
-    try:
-        cls: type[Exception] = pg_errors.lookup(state)
-    except KeyError:
-        cls = psycopg.DatabaseError
-    return cls(message or f"the statement failed (SQLSTATE {state or 'unknown'})")
