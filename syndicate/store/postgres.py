@@ -13,13 +13,20 @@ writer; readers take a REPEATABLE READ snapshot and never wait. Waiting for the 
 ends after `store.busy_timeout` (`lock_timeout`), which is a busy store: exit 75. The
 send queue's claim is the one writer that does not take the lock: it uses row locks
 (`FOR UPDATE SKIP LOCKED`), so workers on many machines claim batches side by side.
+
+A server that stops answering (a partition, a hung host, a stopped backend whose kernel
+still acknowledges every packet, so TCP never notices) must not hang a command: each wait
+for the server ends once it has sent nothing for `store.reply_timeout` seconds (`NoReply`,
+a broken connection: exit 75), and connecting ends after at most 10 s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import select
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -27,7 +34,9 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import pq
+from psycopg.abc import PQGen
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.waiting import Ready
 
 # Key of the advisory lock every write transaction takes (any fixed 64-bit number:
 # "syndicat" in ASCII).
@@ -134,6 +143,87 @@ def without_nul(params: Params) -> Params:
     if any(isinstance(v, str) and _NUL in v for v in params):
         return [_no_nul(value) for value in params]
     return params
+
+
+# Connecting waits at most this long (libpq's connect_timeout), or store.reply_timeout
+# when that is shorter.
+CONNECT_TIMEOUT = 10.0
+
+
+class NoReply(psycopg.OperationalError):
+    """The server sent nothing for `store.reply_timeout` seconds while a statement waited for
+    its reply: taken as gone (`is_gone`); the connection is closed."""
+
+
+def no_reply(limit: float) -> NoReply:
+    return NoReply(f"the server sent nothing for {limit:g} s (store.reply_timeout)")
+
+
+_READ = int(Ready.R)
+
+
+def _bounded(gen: PQGen[Any], limit: float) -> PQGen[Any]:
+    """`gen`, a psycopg wait generator, failing with NoReply once the server has sent nothing
+    for `limit` seconds.
+
+    psycopg's wait functions resume their generator at least every 0.1 s (their `interval`),
+    with nothing ready when the socket stayed quiet: the silence is measured there. Only bytes
+    from the server end it: a socket that takes what we write proves only the kernel alive
+    (a stopped backend's kernel keeps taking them until its buffers fill). So a reply that
+    streams in (a big SELECT) is never cut, and a statement that runs for long before its
+    reply must run for less than `limit`.
+    """
+    heard = time.monotonic()
+    try:
+        state = next(gen)
+        while True:
+            ready = yield state
+            if ready & _READ:
+                heard = time.monotonic()
+            elif time.monotonic() - heard >= limit:
+                gen.close()
+                raise no_reply(limit)
+            state = gen.send(ready)
+    except StopIteration as done:
+        return done.value
+
+
+class BoundedConnection(psycopg.Connection[Any]):
+    """A psycopg connection whose every wait for the server ends after `reply_timeout`
+    seconds of silence (None: no bound) with NoReply, closing the connection: after a reply
+    that never came, what it would next read is unknown."""
+
+    reply_timeout: float | None = None
+
+    def wait(self, gen: PQGen[Any], *args: Any, **kwargs: Any) -> Any:
+        if self.reply_timeout is None:
+            return super().wait(gen, *args, **kwargs)
+        try:
+            return super().wait(_bounded(gen, self.reply_timeout), *args, **kwargs)
+        except NoReply:
+            self.close()
+            raise
+
+
+class BoundedAsyncConnection(psycopg.AsyncConnection[Any]):
+    """`BoundedConnection` on asyncio."""
+
+    reply_timeout: float | None = None
+
+    async def wait(self, gen: PQGen[Any], *args: Any, **kwargs: Any) -> Any:
+        if self.reply_timeout is None:
+            return await super().wait(gen, *args, **kwargs)
+        try:
+            return await super().wait(_bounded(gen, self.reply_timeout), *args, **kwargs)
+        except NoReply:
+            await self.close()
+            raise
+
+
+def _connect_timeout(reply_timeout: float | None) -> int:
+    """libpq's connect_timeout (whole seconds, 2 at least) for `reply_timeout`."""
+    bound = CONNECT_TIMEOUT if reply_timeout is None else min(CONNECT_TIMEOUT, reply_timeout)
+    return max(2, math.ceil(bound))
 
 
 class PgConnection:
@@ -251,29 +341,47 @@ def where(url: str) -> str:
     return f"PostgreSQL at {hosts}{'/' + dbname if dbname else ''}"
 
 
-def connect(url: str, *, busy_timeout: float) -> PgConnection:
-    """Open an autocommit connection to `url`; psycopg's errors go to the caller."""
+def connect(url: str, *, busy_timeout: float, reply_timeout: float | None) -> PgConnection:
+    """Open an autocommit connection to `url`; psycopg's errors go to the caller.
+
+    Each wait for the server ends after `reply_timeout` seconds of silence (None: never)."""
     # Parameters are bound on the client, as SQLite binds them: a literal takes the type its
     # place asks for (`:cutoff IS NULL`, `CASE WHEN :flag`), which server-side binding of
     # untyped parameters cannot do.
-    conn = psycopg.connect(
+    conn = BoundedConnection.connect(
         url,
         autocommit=True,
-        connect_timeout=10,
+        connect_timeout=_connect_timeout(reply_timeout),
         cursor_factory=psycopg.ClientCursor,
         client_encoding=CLIENT_ENCODING,
     )
-    conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
+    conn.reply_timeout = reply_timeout
+    try:
+        conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
+    except BaseException:
+        conn.close()
+        raise
     return PgConnection(conn)
 
 
-async def connect_async(url: str, *, busy_timeout: float) -> psycopg.AsyncConnection[Any]:
+async def connect_async(
+    url: str, *, busy_timeout: float, reply_timeout: float | None
+) -> BoundedAsyncConnection:
     """An autocommit asyncio connection to `url` (the send queue's sent marks); psycopg's
-    errors go to the caller. Its statements use psycopg's own parameter style."""
-    conn = await psycopg.AsyncConnection.connect(
-        url, autocommit=True, connect_timeout=10, client_encoding=CLIENT_ENCODING
+    errors go to the caller. Its statements use psycopg's own parameter style; each wait
+    for the server ends after `reply_timeout` seconds of silence (None: never)."""
+    conn = await BoundedAsyncConnection.connect(
+        url,
+        autocommit=True,
+        connect_timeout=_connect_timeout(reply_timeout),
+        client_encoding=CLIENT_ENCODING,
     )
-    await conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
+    conn.reply_timeout = reply_timeout
+    try:
+        await conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
+    except BaseException:
+        await conn.close()
+        raise
     return conn
 
 
@@ -309,7 +417,8 @@ class LoopStatement:
     `sent` marks: `ledger.PgQueue`). One statement at a time, on a connection used for
     nothing else once prepared. Parameters go in PostgreSQL's text form; a failure is
     psycopg's own error for its SQLSTATE (or for the broken connection), passed through
-    `failure`.
+    `failure`. On a `BoundedAsyncConnection` a statement the server has not answered
+    within its `reply_timeout` fails with NoReply, and the connection is closed.
     """
 
     def __init__(
@@ -325,6 +434,8 @@ class LoopStatement:
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] | None = None
         self.error: Exception | None = None
+        self.reply_timeout: float | None = getattr(conn, "reply_timeout", None)
+        self.timer: asyncio.TimerHandle | None = None
 
     @classmethod
     async def prepare(
@@ -358,6 +469,10 @@ class LoopStatement:
         self.loop.add_reader(self.fd, self._readable)
         if unsent:
             self.loop.add_writer(self.fd, self._writable)
+        if self.reply_timeout is not None:
+            # One statement of a few rows: its whole round trip, not only a silence, is
+            # bounded (one timer a statement, where a silence would want one a read).
+            self.timer = self.loop.call_later(self.reply_timeout, self._silent)
         return done
 
     def close(self) -> None:
@@ -386,7 +501,17 @@ class LoopStatement:
         except psycopg.Error as exc:  # the connection broke
             self._finish(exc)
 
+    def _silent(self) -> None:
+        """The server has not answered in `reply_timeout`: the statement fails, the
+        connection is closed (what it would read next is unknown)."""
+        self.timer = None
+        self._finish(no_reply(self.reply_timeout or 0))
+        self.pgconn.finish()
+
     def _finish(self, error: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.loop.remove_reader(self.fd)
         self.loop.remove_writer(self.fd)
         done, self.done = self.done, None
