@@ -191,16 +191,20 @@ def _bounded(gen: PQGen[Any], limit: float) -> PQGen[Any]:
 class BoundedConnection(psycopg.Connection[Any]):
     """A psycopg connection whose every wait for the server ends after `reply_timeout`
     seconds of silence (None: no bound) with NoReply, closing the connection: after a reply
-    that never came, what it would next read is unknown."""
+    that never came, what it would next read is unknown. `lost` keeps that NoReply, so the
+    statements tried on the closed connection afterwards (a clean-up in a `finally`) say
+    why, not only that it is closed."""
 
     reply_timeout: float | None = None
+    lost: NoReply | None = None
 
     def wait(self, gen: PQGen[Any], *args: Any, **kwargs: Any) -> Any:
         if self.reply_timeout is None:
             return super().wait(gen, *args, **kwargs)
         try:
             return super().wait(_bounded(gen, self.reply_timeout), *args, **kwargs)
-        except NoReply:
+        except NoReply as exc:
+            self.lost = exc
             self.close()
             raise
 
@@ -209,15 +213,30 @@ class BoundedAsyncConnection(psycopg.AsyncConnection[Any]):
     """`BoundedConnection` on asyncio."""
 
     reply_timeout: float | None = None
+    lost: NoReply | None = None
 
     async def wait(self, gen: PQGen[Any], *args: Any, **kwargs: Any) -> Any:
         if self.reply_timeout is None:
             return await super().wait(gen, *args, **kwargs)
         try:
             return await super().wait(_bounded(gen, self.reply_timeout), *args, **kwargs)
-        except NoReply:
+        except NoReply as exc:
+            self.lost = exc
             await self.close()
             raise
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute(*args, **kwargs)
+        except psycopg.OperationalError:
+            _raise_if_lost(self.lost)
+            raise
+
+
+def _raise_if_lost(lost: NoReply | None) -> None:
+    """Raise a NoReply like `lost`, if the connection was closed for one."""
+    if lost is not None:
+        raise NoReply(str(lost)) from None
 
 
 def _connect_timeout(reply_timeout: float | None) -> int:
@@ -240,20 +259,32 @@ class PgConnection:
         return found
 
     def execute(self, sql: str, params: Params | None = None) -> psycopg.Cursor[Any]:
-        return self.raw.execute(
-            self._translated(sql), () if params is None else without_nul(params)
-        )
+        try:
+            return self.raw.execute(
+                self._translated(sql), () if params is None else without_nul(params)
+            )
+        except psycopg.OperationalError:
+            _raise_if_lost(getattr(self.raw, "lost", None))
+            raise
 
     def executemany(self, sql: str, rows: Iterable[Params]) -> psycopg.Cursor[Any]:
         # Bound on the server: a batch's statements are the plain INSERTs and UPDATEs of the
         # build and the ledger, whose parameters take their columns' types; psycopg prepares
         # each once and pipelines the rows, where a client-bound batch is parsed row by row.
         cursor = psycopg.Cursor(self.raw)
-        cursor.executemany(self._translated(sql), (without_nul(row) for row in rows))
+        try:
+            cursor.executemany(self._translated(sql), (without_nul(row) for row in rows))
+        except psycopg.OperationalError:
+            _raise_if_lost(getattr(self.raw, "lost", None))
+            raise
         return cursor
 
     def commit(self) -> None:
-        self.raw.execute("COMMIT")
+        try:
+            self.raw.execute("COMMIT")
+        except psycopg.OperationalError:
+            _raise_if_lost(getattr(self.raw, "lost", None))
+            raise
 
     def rollback(self) -> None:
         self.raw.execute("ROLLBACK")
@@ -436,6 +467,7 @@ class LoopStatement:
         self.error: Exception | None = None
         self.reply_timeout: float | None = getattr(conn, "reply_timeout", None)
         self.timer: asyncio.TimerHandle | None = None
+        self.lost: NoReply | None = None  # why the connection was closed: every later start says it
 
     @classmethod
     async def prepare(
@@ -459,6 +491,9 @@ class LoopStatement:
         if self.done is not None:
             raise RuntimeError("LoopStatement runs one statement at a time")
         done = self.loop.create_future()
+        if self.lost is not None:
+            done.set_exception(self.failure(self.lost))
+            return done
         try:
             self.pgconn.send_query_prepared(self.name, list(params))
             unsent = self.pgconn.flush()
@@ -505,7 +540,8 @@ class LoopStatement:
         """The server has not answered in `reply_timeout`: the statement fails, the
         connection is closed (what it would read next is unknown)."""
         self.timer = None
-        self._finish(no_reply(self.reply_timeout or 0))
+        self.lost = no_reply(self.reply_timeout or 0)
+        self._finish(self.lost)
         self.pgconn.finish()
 
     def _finish(self, error: Exception | None) -> None:
