@@ -11,27 +11,32 @@ hang; once the server answers again the next run finishes, nobody lost.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
-from syndicate.config import load_settings
+from syndicate.config import Settings, load_settings
 from syndicate.errors import ConfigError, StoreUnavailableError
 from syndicate.store import Database, open_database
 from syndicate.store.ledger import PgQueue
 from syndicate.store.subscribers import add_subscriber, get_by_email
 from tests.plugins.postgres import ENV_STORE_URL, Cluster, start_cluster
 from tests.plugins.smtp import run_smtp_server
+from tests.plugins.web import start_live_server
+from tests.test_web import form_token, sign_up, subscriber
 
 pytestmark = pytest.mark.slow
 
@@ -65,17 +70,27 @@ def _postmaster(cluster: Cluster) -> int:
 
 
 @contextmanager
-def stopped(*pids: int) -> Iterator[None]:
-    """`pids` stopped (SIGSTOP) for the block, in that order, and always continued after."""
+def stopped(*pids: int, at_most: float = 10.0) -> Iterator[None]:
+    """`pids` stopped (SIGSTOP) for the block, in that order, and always continued after:
+    at the latest after `at_most` seconds, so a call that would wait for ever (no bound)
+    returns and fails its test instead of hanging it."""
     done: list[int] = []
+
+    def go_on() -> None:
+        for pid in done:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    watchdog = threading.Timer(at_most, go_on)
     try:
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
             done.append(pid)
+        watchdog.start()
         yield
     finally:
-        for pid in done:
-            os.kill(pid, signal.SIGCONT)
+        watchdog.cancel()
+        go_on()
 
 
 def _whole_server(cluster: Cluster) -> list[int]:
@@ -183,6 +198,36 @@ def test_asyncio_statements_on_a_silent_server_end_within_the_bound(
         asyncio.run(run())
     finally:
         db.close()
+
+
+def test_serve_answers_503_while_postgresql_is_silent_and_uses_it_again_after(
+    settings: Settings, now: datetime, own_cluster: Cluster
+) -> None:
+    store = dataclasses.replace(
+        settings.store, url=own_cluster.new_database(), busy_timeout=0.5, reply_timeout=BOUND
+    )
+    with ExitStack() as stack:
+        server = start_live_server(stack, settings, now, store=store)
+        with httpx.Client(base_url=server.url, timeout=15) as client:
+            assert sign_up(client, "an@example.org", server=server).status_code == 200
+            token = form_token(client)
+            with stopped(*_whole_server(own_cluster)):
+                started = time.monotonic()
+                away = client.post(
+                    "subscribe",
+                    data={"email": "binh@example.org", "language": "vi", "form_token": token},
+                )
+                assert away.status_code == 503
+                assert away.headers["retry-after"] == "5"
+                assert time.monotonic() - started < BOUND + SLACK
+                started = time.monotonic()
+                health = client.get("healthz")
+                assert health.json()["checks"]["database"] == "unavailable"
+                assert time.monotonic() - started < BOUND + SLACK
+            # Answering again: the connections closed for the silence are opened anew.
+            assert client.get("healthz").json()["checks"]["database"] == "ok"
+            assert sign_up(client, "binh@example.org", server=server).status_code == 200
+        assert subscriber(server.settings, "binh@example.org") is not None
 
 
 def test_reply_timeout_must_be_more_than_busy_timeout(tmp_path: Path) -> None:
