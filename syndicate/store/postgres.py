@@ -13,14 +13,21 @@ writer; readers take a REPEATABLE READ snapshot and never wait. Waiting for the 
 ends after `store.busy_timeout` (`lock_timeout`), which is a busy store: exit 75. The
 send queue's claim is the one writer that does not take the lock: it uses row locks
 (`FOR UPDATE SKIP LOCKED`), so workers on many machines claim batches side by side.
+
+A server that stops answering (a partition, a hung host, a stopped backend whose kernel
+still acknowledges every packet, so TCP never notices) must not hang a command: each wait
+for the server ends once it has sent nothing for `store.reply_timeout` seconds (`NoReply`,
+a broken connection: exit 75), and connecting ends after at most 10 s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import select
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -28,7 +35,9 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import pq
+from psycopg.abc import PQGen
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.waiting import Ready
 
 # Key of the advisory lock every write transaction takes (any fixed 64-bit number:
 # "syndicat" in ASCII).
@@ -137,6 +146,106 @@ def without_nul(params: Params) -> Params:
     return params
 
 
+# Connecting waits at most this long (libpq's connect_timeout), or store.reply_timeout
+# when that is shorter.
+CONNECT_TIMEOUT = 10.0
+
+
+class NoReply(psycopg.OperationalError):
+    """The server sent nothing for `store.reply_timeout` seconds while a statement waited for
+    its reply: taken as gone (`is_gone`); the connection is closed."""
+
+
+def no_reply(limit: float) -> NoReply:
+    return NoReply(f"the server sent nothing for {limit:g} s (store.reply_timeout)")
+
+
+_READ = int(Ready.R)
+
+
+def _bounded(gen: PQGen[Any], limit: float) -> PQGen[Any]:
+    """`gen`, a psycopg wait generator, failing with NoReply once the server has sent nothing
+    for `limit` seconds.
+
+    psycopg's wait functions resume their generator at least every 0.1 s (their `interval`),
+    with nothing ready when the socket stayed quiet: the silence is measured there. Only bytes
+    from the server end it: a socket that takes what we write proves only the kernel alive
+    (a stopped backend's kernel keeps taking them until its buffers fill). So a reply that
+    streams in (a big SELECT) is never cut, and a statement that runs for long before its
+    reply must run for less than `limit`.
+    """
+    heard = time.monotonic()
+    try:
+        state = next(gen)
+        while True:
+            ready = yield state
+            if ready & _READ:
+                heard = time.monotonic()
+            elif time.monotonic() - heard >= limit:
+                gen.close()
+                raise no_reply(limit)
+            state = gen.send(ready)
+    except StopIteration as done:
+        return done.value
+
+
+class BoundedConnection(psycopg.Connection[Any]):
+    """A psycopg connection whose every wait for the server ends after `reply_timeout`
+    seconds of silence (None: no bound) with NoReply, closing the connection: after a reply
+    that never came, what it would next read is unknown. `lost` keeps that NoReply, so the
+    statements tried on the closed connection afterwards (a clean-up in a `finally`) say
+    why, not only that it is closed."""
+
+    reply_timeout: float | None = None
+    lost: NoReply | None = None
+
+    def wait(self, gen: PQGen[Any], *args: Any, **kwargs: Any) -> Any:
+        if self.reply_timeout is None:
+            return super().wait(gen, *args, **kwargs)
+        try:
+            return super().wait(_bounded(gen, self.reply_timeout), *args, **kwargs)
+        except NoReply as exc:
+            self.lost = exc
+            self.close()
+            raise
+
+
+class BoundedAsyncConnection(psycopg.AsyncConnection[Any]):
+    """`BoundedConnection` on asyncio."""
+
+    reply_timeout: float | None = None
+    lost: NoReply | None = None
+
+    async def wait(self, gen: PQGen[Any], *args: Any, **kwargs: Any) -> Any:
+        if self.reply_timeout is None:
+            return await super().wait(gen, *args, **kwargs)
+        try:
+            return await super().wait(_bounded(gen, self.reply_timeout), *args, **kwargs)
+        except NoReply as exc:
+            self.lost = exc
+            await self.close()
+            raise
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute(*args, **kwargs)
+        except psycopg.OperationalError:
+            _raise_if_lost(self.lost)
+            raise
+
+
+def _raise_if_lost(lost: NoReply | None) -> None:
+    """Raise a NoReply like `lost`, if the connection was closed for one."""
+    if lost is not None:
+        raise NoReply(str(lost)) from None
+
+
+def _connect_timeout(reply_timeout: float | None) -> int:
+    """libpq's connect_timeout (whole seconds, 2 at least) for `reply_timeout`."""
+    bound = CONNECT_TIMEOUT if reply_timeout is None else min(CONNECT_TIMEOUT, reply_timeout)
+    return max(2, math.ceil(bound))
+
+
 class PgConnection:
     """The part of sqlite3.Connection the area modules use, over psycopg."""
 
@@ -151,20 +260,32 @@ class PgConnection:
         return found
 
     def execute(self, sql: str, params: Params | None = None) -> psycopg.Cursor[Any]:
-        return self.raw.execute(
-            self._translated(sql), () if params is None else without_nul(params)
-        )
+        try:
+            return self.raw.execute(
+                self._translated(sql), () if params is None else without_nul(params)
+            )
+        except psycopg.OperationalError:
+            _raise_if_lost(getattr(self.raw, "lost", None))
+            raise
 
     def executemany(self, sql: str, rows: Iterable[Params]) -> psycopg.Cursor[Any]:
         # Bound on the server: a batch's statements are the plain INSERTs and UPDATEs of the
         # build and the ledger, whose parameters take their columns' types; psycopg prepares
         # each once and pipelines the rows, where a client-bound batch is parsed row by row.
         cursor = psycopg.Cursor(self.raw)
-        cursor.executemany(self._translated(sql), (without_nul(row) for row in rows))
+        try:
+            cursor.executemany(self._translated(sql), (without_nul(row) for row in rows))
+        except psycopg.OperationalError:
+            _raise_if_lost(getattr(self.raw, "lost", None))
+            raise
         return cursor
 
     def commit(self) -> None:
-        self.raw.execute("COMMIT")
+        try:
+            self.raw.execute("COMMIT")
+        except psycopg.OperationalError:
+            _raise_if_lost(getattr(self.raw, "lost", None))
+            raise
 
     def rollback(self) -> None:
         self.raw.execute("ROLLBACK")
@@ -252,29 +373,47 @@ def where(url: str) -> str:
     return f"PostgreSQL at {hosts}{'/' + dbname if dbname else ''}"
 
 
-def connect(url: str, *, busy_timeout: float) -> PgConnection:
-    """Open an autocommit connection to `url`; psycopg's errors go to the caller."""
+def connect(url: str, *, busy_timeout: float, reply_timeout: float | None) -> PgConnection:
+    """Open an autocommit connection to `url`; psycopg's errors go to the caller.
+
+    Each wait for the server ends after `reply_timeout` seconds of silence (None: never)."""
     # Parameters are bound on the client, as SQLite binds them: a literal takes the type its
     # place asks for (`:cutoff IS NULL`, `CASE WHEN :flag`), which server-side binding of
     # untyped parameters cannot do.
-    conn = psycopg.connect(
+    conn = BoundedConnection.connect(
         url,
         autocommit=True,
-        connect_timeout=10,
+        connect_timeout=_connect_timeout(reply_timeout),
         cursor_factory=psycopg.ClientCursor,
         client_encoding=CLIENT_ENCODING,
     )
-    conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
+    conn.reply_timeout = reply_timeout
+    try:
+        conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
+    except BaseException:
+        conn.close()
+        raise
     return PgConnection(conn)
 
 
-async def connect_async(url: str, *, busy_timeout: float) -> psycopg.AsyncConnection[Any]:
+async def connect_async(
+    url: str, *, busy_timeout: float, reply_timeout: float | None
+) -> BoundedAsyncConnection:
     """An autocommit asyncio connection to `url` (the send queue's sent marks); psycopg's
-    errors go to the caller. Its statements use psycopg's own parameter style."""
-    conn = await psycopg.AsyncConnection.connect(
-        url, autocommit=True, connect_timeout=10, client_encoding=CLIENT_ENCODING
+    errors go to the caller. Its statements use psycopg's own parameter style; each wait
+    for the server ends after `reply_timeout` seconds of silence (None: never)."""
+    conn = await BoundedAsyncConnection.connect(
+        url,
+        autocommit=True,
+        connect_timeout=_connect_timeout(reply_timeout),
+        client_encoding=CLIENT_ENCODING,
     )
-    await conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
+    conn.reply_timeout = reply_timeout
+    try:
+        await conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
+    except BaseException:
+        await conn.close()
+        raise
     return conn
 
 
@@ -310,7 +449,8 @@ class LoopStatement:
     `sent` marks: `ledger.PgQueue`). One statement at a time, on a connection used for
     nothing else once prepared. Parameters go in PostgreSQL's text form; a failure is
     psycopg's own error for its SQLSTATE (or for the broken connection), passed through
-    `failure`.
+    `failure`. On a `BoundedAsyncConnection` a statement the server has not answered
+    within its `reply_timeout` fails with NoReply, and the connection is closed.
     """
 
     def __init__(
@@ -326,6 +466,9 @@ class LoopStatement:
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] | None = None
         self.error: Exception | None = None
+        self.reply_timeout: float | None = getattr(conn, "reply_timeout", None)
+        self.timer: asyncio.TimerHandle | None = None
+        self.lost: NoReply | None = None  # why the connection was closed: every later start says it
 
     @classmethod
     async def prepare(
@@ -349,6 +492,9 @@ class LoopStatement:
         if self.done is not None:
             raise RuntimeError("LoopStatement runs one statement at a time")
         done = self.loop.create_future()
+        if self.lost is not None:
+            done.set_exception(self.failure(self.lost))
+            return done
         try:
             self.pgconn.send_query_prepared(self.name, list(params))
             unsent = self.pgconn.flush()
@@ -362,6 +508,10 @@ class LoopStatement:
         self.loop.add_reader(self.fd, self._readable)
         if unsent:
             self.loop.add_writer(self.fd, self._writable)
+        if self.reply_timeout is not None:
+            # One statement of a few rows: its whole round trip, not only a silence, is
+            # bounded (one timer a statement, where a silence would want one a read).
+            self.timer = self.loop.call_later(self.reply_timeout, self._silent)
         return done
 
     def close(self) -> None:
@@ -396,7 +546,18 @@ class LoopStatement:
         except psycopg.Error as exc:  # the connection broke
             self._finish(exc)
 
+    def _silent(self) -> None:
+        """The server has not answered in `reply_timeout`: the statement fails, the
+        connection is closed (what it would read next is unknown)."""
+        self.timer = None
+        self.lost = no_reply(self.reply_timeout or 0)
+        self._finish(self.lost)
+        self.pgconn.finish()
+
     def _finish(self, error: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         done, self.done = self.done, None
         # A connection that broke had its socket closed by libpq, in the call that found it
         # broken (consume_input, flush). With the reader and the writer both registered the
