@@ -163,6 +163,7 @@ KILLS = 10
 FAST_CONNECTIONS = 8
 
 
+@pytest.mark.slow(seconds=40)
 def test_two_machines_one_killed_ten_times_lose_nobody(
     tmp_path: Path, store_url: str, sink: Sink
 ) -> None:
@@ -232,6 +233,7 @@ def _owners(url: str, folder: Path) -> Counter[str]:
     return Counter({str(owner).rsplit("/", 1)[0]: int(n) for owner, n in rows})
 
 
+@pytest.mark.slow(seconds=7)
 def test_a_machine_stopped_past_its_lease_sends_nothing_the_other_took_over(
     tmp_path: Path, store_url: str
 ) -> None:
@@ -305,6 +307,7 @@ def test_two_machines_starting_at_once_make_one_digest(
     assert sent == count, outs
 
 
+@pytest.mark.slow(seconds=6)
 def test_a_machine_whose_clock_runs_ahead_never_takes_a_live_lease(
     tmp_path: Path, store_url: str
 ) -> None:
