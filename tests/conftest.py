@@ -138,11 +138,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     slow = sorted((item for item in items if seconds(item)), key=seconds, reverse=True)
     quick = [item for item in items if not seconds(item)]
-    gap = max(1.0, 0.6 * len(quick) / max(1, len(slow)))
+    # After each slow test, quick ones in proportion to its length (at least one), so
+    # the next slow one starts a while later: the slow ones fill the first 60% of the run.
+    per_second = 0.6 * len(quick) / max(1.0, sum(map(seconds, slow)))
     order: list[pytest.Item] = []
-    for index, item in enumerate(slow):
-        order += [item, *quick[round(index * gap) : round((index + 1) * gap)]]
-    items[:] = order + quick[round(len(slow) * gap) :]
+    taken = 0.0
+    for item in slow:
+        start, taken = round(taken), taken + max(1.0, seconds(item) * per_second)
+        order += [item, *quick[start : round(taken)]]
+    items[:] = order + quick[round(taken) :]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
