@@ -97,15 +97,15 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 ONE_PROCESS = {"tests/test_browser.py", "tests/test_preflight.py", "tests/test_send_postgres.py"}
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """xdist's default `--dist load`, as one queue in collection order (see below).
 
     `load` sends each process a quarter of its share at once, then more in chunks; a
     test sent to a busy process waits there while another sits idle. Here each process
     takes the next test, or the next whole module of ONE_PROCESS, when it has two or
-    fewer left (xdist's `loadscope` scheduler, with one scope per test). An explicit
-    `--dist` is left to xdist.
+    fewer left (xdist's `loadscope` scheduler, with one scope per test). Any other
+    `--dist` (loadfile, worksteal ...) is left to xdist.
     """
     if config.getoption("dist") != "load":
         return None
