@@ -346,6 +346,16 @@ class StoreSettings:
         },
     )
 
+    # Seconds a PostgreSQL server may stay silent while a statement waits for its reply.
+    reply_timeout: float = field(
+        default=120.0,
+        metadata={
+            "doc": "PostgreSQL only: seconds the server may send nothing while a statement "
+            "waits for its reply; then it is taken as gone (exit 75, HTTP 503). More than "
+            "`store.busy_timeout` and than the slowest statement; `0` waits for ever"
+        },
+    )
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -645,6 +655,14 @@ def _control_character(text: str) -> str | None:
 
 def _check(settings: Settings) -> None:
     url = settings.store.url
+    store = settings.store
+    if store.reply_timeout and store.reply_timeout <= store.busy_timeout:
+        # A wait for another's lock is silence too: it would be called a lost server.
+        raise ConfigError(
+            f"config key store.reply_timeout has value {store.reply_timeout:g}; expected more "
+            f"than store.busy_timeout ({store.busy_timeout:g}), or 0 for no bound.",
+            key="store.reply_timeout",
+        )
     # The scheme by hand, as libpq reads it (lower case only): urlsplit raises on what libpq
     # reads (several hosts) or refuses (the store says why, without the URL).
     if url and url.partition("://")[0] not in ("postgresql", "postgres"):

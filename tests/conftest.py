@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,6 +90,63 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     `-n 0` runs everything in this one process; `-n N` chooses.
     """
     return max(2, min(8, 2 * (os.cpu_count() or 1)))
+
+
+# Modules one process runs whole: their module fixtures cost more than spreading their
+# tests gains (Chromium's start, a cluster of their own, RSA keys and a CA).
+ONE_PROCESS = {"tests/test_browser.py", "tests/test_preflight.py", "tests/test_send_postgres.py"}
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's default `--dist load`, as one queue in collection order (see below).
+
+    `load` sends each process a quarter of its share at once, then more in chunks; a
+    test sent to a busy process waits there while another sits idle. Here each process
+    takes the next test, or the next whole module of ONE_PROCESS, when it has two or
+    fewer left (xdist's `loadscope` scheduler, with one scope per test). Any other
+    `--dist` (loadfile, worksteal ...) is left to xdist.
+    """
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneQueue(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_PROCESS else nodeid
+
+    config.option.loadscopereorder = False  # keep the order below, not biggest scope first
+    return OneQueue(config, log)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Start the slow tests early, longest first, spread over the first 60% of the run.
+
+    In module order the longest tests (20 to 40 s under load) started in the last
+    minute, while the other processes sat idle at the end waiting for them; all at the
+    very start, they ran side by side and slowed each other past their own timeouts.
+    `@pytest.mark.slow(seconds=N)` says about how long a test takes here under load; a
+    plain `slow` counts as a few seconds. Every process sorts the same items the same
+    way, as xdist requires.
+    """
+
+    def seconds(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("slow")
+        return 0.0 if marker is None else float(marker.kwargs.get("seconds", 3.0))
+
+    slow = sorted((item for item in items if seconds(item)), key=seconds, reverse=True)
+    quick = [item for item in items if not seconds(item)]
+    # After each slow test, quick ones in proportion to its length (at least one), so
+    # the next slow one starts a while later: the slow ones fill the first 60% of the run.
+    per_second = 0.6 * len(quick) / max(1.0, sum(map(seconds, slow)))
+    order: list[pytest.Item] = []
+    taken = 0.0
+    for item in slow:
+        start, taken = round(taken), taken + max(1.0, seconds(item) * per_second)
+        order += [item, *quick[start : round(taken)]]
+    items[:] = order + quick[round(taken) :]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -536,6 +536,7 @@ def _emptied(db: Database) -> Database:
     return db
 
 
+@pytest.mark.slow(seconds=16)
 @hyp_settings(
     max_examples=25,
     deadline=None,

@@ -632,6 +632,7 @@ def _dump_for(day: datetime) -> str:
     )
 
 
+@pytest.mark.slow(seconds=25)
 def test_a_week_of_dead_and_full_mailboxes_never_holds_up_a_days_digest(
     clock: Clock, workdir: Path, smtpd: SmtpServer
 ) -> None:

@@ -244,7 +244,7 @@ def _dump(n: int) -> str:
     )
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=8)
 def test_sign_ups_are_answered_at_once_while_a_big_preview_runs(
     live_server: Callable[..., LiveServer], settings: Settings, workdir: Path
 ) -> None:

@@ -181,6 +181,7 @@ def _kill_mid_run(tmp_path: Path, smtpd: SmtpServer, *, after: int) -> int | Non
     return process.returncode
 
 
+@pytest.mark.slow(seconds=6)
 def test_a_killed_send_is_completed_by_the_next_run(tmp_path: Path, smtpd: SmtpServer) -> None:
     connections = 3
     _write_project(tmp_path, smtpd, connections=connections)
@@ -246,6 +247,7 @@ def _make_yesterdays(root: Path) -> str:
     return yesterday
 
 
+@pytest.mark.slow(seconds=6)
 def test_a_killed_send_is_finished_by_the_next_days_run(tmp_path: Path, smtpd: SmtpServer) -> None:
     connections = 2
     _write_project(tmp_path, smtpd, connections=connections)

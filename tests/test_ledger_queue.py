@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import signal
 import sqlite3
 import threading
 import time
@@ -14,11 +16,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from syndicate.errors import StoreBusyError
+from syndicate.errors import StoreBusyError, StoreError, StoreUnavailableError
 from syndicate.send.deliver import MarkCommitter
-from syndicate.store import Database, PgDatabase, ledger
+from syndicate.store import Database, PgDatabase, ledger, open_database
 from syndicate.store.subscribers import add_subscriber, signup, unsubscribe
-from tests.plugins.postgres import ENV_STORE_URL, open_store
+from tests.plugins.postgres import ENV_STORE_URL, open_store, start_cluster
 
 pytestmark = pytest.mark.usefixtures("store")
 
@@ -273,3 +275,221 @@ async def test_a_mark_made_as_the_last_commit_ends_is_committed_all_the_same(
         finally:
             await queue.close()
         assert ledger.day_counts(db, day=DAY) == {"sent": 2, "sending": 1}
+
+
+def _pg_url() -> str:
+    url = os.environ.get(ENV_STORE_URL)
+    if not url:
+        pytest.skip("PostgreSQL's marks run on libpq directly; SQLite's in a task")
+    return url
+
+
+async def test_a_mark_is_on_its_way_before_start_mark_returns(tmp_path: Path) -> None:
+    # The statement goes out in the call: the server commits it while this event loop stands
+    # still (no await in between), and the future is done by the reply alone.
+    url = _pg_url()
+    with _store(tmp_path, 3) as db, psycopg.connect(url, autocommit=True) as other:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        queue = await ledger.PgQueue.open(db)
+        try:
+            done = queue.start_mark(day=DAY, subscriber_ids=[1, 3], now=T0)
+            deadline = time.monotonic() + 5
+            while other.execute(
+                "SELECT count(*) FROM deliveries WHERE status = 'sent'"
+            ).fetchone() != (2,):
+                assert time.monotonic() < deadline, "the mark never reached the server"
+                time.sleep(0.01)  # the loop stays stopped meanwhile
+            assert not done.done()  # its reply is read by the loop
+            await asyncio.wait_for(done, 5)
+            assert queue.marks.running is False
+            # Again on the same connection: one at a time, many in a row.
+            await asyncio.wait_for(queue.start_mark(day=DAY, subscriber_ids=[2], now=T0), 5)
+        finally:
+            await queue.close()
+        assert ledger.day_counts(db, day=DAY) == {"sent": 3}
+
+
+async def test_a_mark_waits_one_at_a_time_and_a_long_one_goes_out_whole(tmp_path: Path) -> None:
+    _pg_url()
+    with _store(tmp_path, 2) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        queue = await ledger.PgQueue.open(db)
+        try:
+            # 1,000,000 ids are about 8 MB of text: more than a socket takes in one write,
+            # so the rest goes out from the loop's writer callback.
+            many = [1, *range(10, 1_000_010)]
+            first = queue.start_mark(day=DAY, subscriber_ids=many, now=T0)
+            with pytest.raises(RuntimeError, match="one statement at a time"):
+                queue.start_mark(day=DAY, subscriber_ids=[2], now=T0)
+            await asyncio.wait_for(first, 30)
+        finally:
+            await queue.close()
+        assert ledger.day_counts(db, day=DAY) == {"sent": 1, "sending": 1}
+
+
+async def test_a_mark_that_waits_past_the_busy_timeout_fails_as_busy(tmp_path: Path) -> None:
+    url = _pg_url()
+    with _store(tmp_path, 2) as db, open_store(tmp_path / "x.db", busy_timeout=0.2) as short:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        queue = await ledger.PgQueue.open(short)  # type: ignore[arg-type]
+        try:
+            with psycopg.connect(url) as holder:  # holds the row in an open transaction
+                holder.execute("SELECT 1 FROM deliveries WHERE subscriber_id = 1 FOR UPDATE")
+                with pytest.raises(StoreBusyError):
+                    await asyncio.wait_for(
+                        queue.start_mark(day=DAY, subscriber_ids=[1], now=T0), 10
+                    )
+            # The connection is still good for the next one.
+            await asyncio.wait_for(queue.start_mark(day=DAY, subscriber_ids=[1], now=T0), 5)
+        finally:
+            await queue.close()
+        assert ledger.day_counts(db, day=DAY) == {"sent": 1, "sending": 1}
+
+
+async def test_a_mark_whose_connection_dies_fails_as_unreachable(tmp_path: Path) -> None:
+    url = _pg_url()
+    with _store(tmp_path, 2) as db, psycopg.connect(url, autocommit=True) as admin:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        queue = await ledger.PgQueue.open(db)
+        try:
+            with psycopg.connect(url) as holder:  # the mark waits on the row meanwhile
+                holder.execute("SELECT 1 FROM deliveries WHERE subscriber_id = 1 FOR UPDATE")
+                waiting = queue.start_mark(day=DAY, subscriber_ids=[1], now=T0)
+                await asyncio.sleep(0.2)
+                assert not waiting.done()
+                admin.execute("SELECT pg_terminate_backend(%s)", (queue.marks.pgconn.backend_pid,))
+                with pytest.raises(StoreUnavailableError):
+                    await asyncio.wait_for(waiting, 10)
+            with pytest.raises(StoreUnavailableError):  # and so does every later one, at once
+                await asyncio.wait_for(queue.start_mark(day=DAY, subscriber_ids=[2], now=T0), 5)
+        finally:
+            await queue.close()
+        assert ledger.day_counts(db, day=DAY) == {"sending": 2}
+
+
+async def test_closing_the_queue_fails_a_mark_still_running(tmp_path: Path) -> None:
+    url = _pg_url()
+    with _store(tmp_path, 1) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        queue = await ledger.PgQueue.open(db)
+        with psycopg.connect(url) as holder:
+            holder.execute("SELECT 1 FROM deliveries WHERE subscriber_id = 1 FOR UPDATE")
+            waiting = queue.start_mark(day=DAY, subscriber_ids=[1], now=T0)
+            await queue.close()
+            with pytest.raises(StoreUnavailableError):
+                await asyncio.wait_for(waiting, 5)
+            assert queue.marks.running is False
+
+
+async def test_a_mark_whose_backend_dies_while_its_statement_is_still_going_out_fails_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The backend stops reading (SIGSTOP) with most of an 8 MB mark unsent, then dies
+    # (SIGKILL: the socket is reset). libpq closes the socket inside the reader callback
+    # while the writer is still registered: removing the reader then failed on the closed
+    # descriptor (OSError, EBADF, in the callback, where the loop only logs it) and the
+    # future was left for the writer's callback to finish, if it happened to be queued.
+    _pg_url()
+    cluster = start_cluster()  # its own: a killed backend restarts every other one
+    try:
+        monkeypatch.setenv(ENV_STORE_URL, cluster.new_database())
+        with _store(tmp_path, 2) as db:
+            ledger.enqueue_owed(db, day=DAY, now=T0)
+            queue = await ledger.PgQueue.open(db)
+            loop = asyncio.get_running_loop()
+            errors: list[dict[str, object]] = []
+            loop.set_exception_handler(lambda _loop, context: errors.append(context))
+            try:
+                pid = queue.marks.pgconn.backend_pid
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    dying = queue.start_mark(
+                        day=DAY, subscriber_ids=[1, *range(10, 1_000_010)], now=T0
+                    )
+                finally:
+                    os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while os.path.exists(f"/proc/{pid}"):  # reset before the loop looks again
+                    assert time.monotonic() < deadline, "the backend never went"
+                    time.sleep(0.01)
+                with pytest.raises(StoreUnavailableError):
+                    await asyncio.wait_for(asyncio.shield(dying), 10)
+                for _ in range(3):  # any callback still queued runs
+                    await asyncio.sleep(0)
+                assert errors == []
+                assert queue.marks.running is False
+            finally:
+                loop.set_exception_handler(None)
+                await queue.close()
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(cluster.folder, ignore_errors=True)
+
+
+async def test_a_mark_the_server_refuses_fails_with_the_error_line_of_any_store_error(
+    tmp_path: Path,
+) -> None:
+    # The same StoreError, word for word and class for class, as the statement made through
+    # psycopg on the store's own connection (`mark_sent_many`): no "ERROR:  " of libpq's
+    # raw message text in the one line.
+    url = _pg_url()
+    with _store(tmp_path, 2) as db, psycopg.connect(url, autocommit=True) as admin:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        admin.execute(
+            "CREATE FUNCTION no_marks() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'no marks today' USING HINT = 'a hint'; END $$"
+        )
+        admin.execute(
+            "CREATE TRIGGER no_marks BEFORE UPDATE ON deliveries "
+            "FOR EACH ROW EXECUTE FUNCTION no_marks()"
+        )
+        with pytest.raises(StoreError) as through_psycopg:
+            ledger.mark_sent_many(db, day=DAY, subscriber_ids=[1], now=T0)
+        queue = await ledger.PgQueue.open(db)
+        try:
+            with pytest.raises(StoreError) as on_libpq:
+                await asyncio.wait_for(queue.start_mark(day=DAY, subscriber_ids=[1], now=T0), 5)
+        finally:
+            await queue.close()
+        assert type(on_libpq.value) is type(through_psycopg.value) is StoreError
+        assert str(on_libpq.value) == str(through_psycopg.value)
+        assert str(on_libpq.value).endswith("send ledger query failed: no marks today.")
+        assert ledger.day_counts(db, day=DAY) == {"sending": 2}
+
+
+async def test_a_queue_that_cannot_open_its_second_connection_leaves_none_open(
+    tmp_path: Path,
+) -> None:
+    # The queue opens two connections (claims, marks). A role allowed two connections has
+    # the store's own and the first of them: the second is refused (StoreUnavailableError,
+    # exit 75), and the first was left open, to be closed by the garbage collector with a
+    # ResourceWarning, if ever.
+    url = _pg_url()
+    role = f"limited_{os.getpid()}"
+    with _store(tmp_path, 1) as db, psycopg.connect(url, autocommit=True) as admin:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        admin.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 2')
+        try:
+            admin.execute(f'GRANT pg_read_all_data, pg_write_all_data TO "{role}"')
+            as_role = url.replace("postgres@", f"{role}@")
+
+            def open_now() -> int:
+                row = admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (role,)
+                ).fetchone()
+                return int(row[0]) if row else 0
+
+            with open_database(tmp_path / "unused.db", url=as_role) as limited:
+                assert isinstance(limited, PgDatabase)
+                with pytest.raises(StoreUnavailableError, match="too many connections"):
+                    await ledger.PgQueue.open(limited)
+                deadline = time.monotonic() + 5
+                while open_now() > 1:  # the store's own connection alone
+                    assert time.monotonic() < deadline, "a connection of the queue stayed open"
+                    await asyncio.sleep(0.02)
+        finally:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (role,),
+            )
+            admin.execute(f'DROP ROLE "{role}"')

@@ -74,6 +74,7 @@ def _check_ending(process: subprocess.Popen[str], *, timeout: float = 60) -> tup
     return out, err
 
 
+@pytest.mark.slow(seconds=16)
 def test_two_workers_over_a_slow_link_deliver_exactly_once(
     tmp_path: Path, store_url: str, pg_cluster: Cluster, send: Send
 ) -> None:
@@ -108,6 +109,7 @@ def _check_everyone_once(url: str, folder: Path, got: Counter[str], emails: list
     return sum(n - 1 for n in got.values())
 
 
+@pytest.mark.slow(seconds=12)
 def test_a_link_stalled_past_the_lease_mid_send_loses_nobody(
     tmp_path: Path, store_url: str, pg_cluster: Cluster, send: Send
 ) -> None:
@@ -134,6 +136,7 @@ def test_a_link_stalled_past_the_lease_mid_send_loses_nobody(
     assert duplicates <= CONNECTIONS * WORKERS, got.most_common(5)
 
 
+@pytest.mark.slow(seconds=9)
 def test_a_link_cut_mid_send_is_one_line_and_exit_75_and_the_next_run_finishes(
     tmp_path: Path, store_url: str, pg_cluster: Cluster, send: Send
 ) -> None:

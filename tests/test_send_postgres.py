@@ -96,6 +96,7 @@ def test_an_unreachable_server_at_start_is_one_line_and_exit_75(
     assert not (tmp_path / "syndicate.db").exists()
 
 
+@pytest.mark.slow(seconds=8)
 def test_a_restart_in_the_middle_of_a_send_loses_nobody(
     tmp_path: Path, own_cluster: Cluster
 ) -> None:

@@ -126,6 +126,7 @@ def _interrupt_at_random_points(
     return interrupted
 
 
+@pytest.mark.slow(seconds=30)
 def test_interrupts_at_random_points_stop_cleanly_and_a_final_run_loses_nothing(
     tmp_path: Path, store: str, request: pytest.FixtureRequest
 ) -> None:

@@ -98,6 +98,7 @@ def _wait_until_both_send(folder: Path) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow(seconds=6)
 def test_two_workers_deliver_exactly_once_to_every_subscriber(tmp_path: Path) -> None:
     with run_smtp_server() as server:
         server.handler.delay = 0.01
@@ -116,6 +117,7 @@ def test_two_workers_deliver_exactly_once_to_every_subscriber(tmp_path: Path) ->
         assert all(owner.endswith(("/1", "/2")) for owner in owners)
 
 
+@pytest.mark.slow(seconds=18)
 def test_a_worker_killed_at_random_points_loses_nobody(tmp_path: Path) -> None:
     rng = random.Random(13)
     kills = 0
@@ -153,6 +155,7 @@ def test_a_worker_killed_at_random_points_loses_nobody(tmp_path: Path) -> None:
     assert duplicates <= CONNECTIONS * kills, got.most_common(5)
 
 
+@pytest.mark.slow(seconds=15)
 def test_a_worker_stalled_past_its_lease_sends_nothing_another_took_over(
     tmp_path: Path,
 ) -> None:
@@ -193,6 +196,7 @@ def test_a_worker_stalled_past_its_lease_sends_nothing_another_took_over(
 
 
 @pytest.mark.sqlite_only  # on PostgreSQL a second run shares the queue (no lock)
+@pytest.mark.slow(seconds=12)
 def test_sigint_stops_every_worker_gracefully_and_a_second_send_exits_75(
     tmp_path: Path,
 ) -> None:

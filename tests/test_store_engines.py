@@ -20,7 +20,7 @@ from syndicate.cli import cli
 from syndicate.errors import StoreError, StoreUnavailableError
 from syndicate.store import PgDatabase, open_database, teasers
 from syndicate.store.pg_schema import PG_FIRST_VERSION, PG_MIGRATIONS
-from syndicate.store.postgres import redact, translate, where
+from syndicate.store.postgres import positional, redact, translate, where
 from syndicate.store.schema import MIGRATIONS
 from tests.plugins.postgres import ENV_STORE_URL, Cluster
 
@@ -243,6 +243,15 @@ def test_messages_name_the_hosts_libpq_connects_to() -> None:
 )
 def test_statements_are_translated_outside_literals_only(sqlite: str, psycopg_form: str) -> None:
     assert translate(sqlite) == psycopg_form
+
+
+def test_named_parameters_are_numbered_for_a_server_side_prepare() -> None:
+    sql = "UPDATE t SET a = :now, b = ':day' WHERE d = :day AND x::text = '50%' AND id = ANY(:ids)"
+    assert positional(sql, ["day", "ids", "now"]) == (
+        "UPDATE t SET a = $3, b = ':day' WHERE d = $1 AND x::text = '50%' AND id = ANY($2)"
+    )
+    with pytest.raises(ValueError, match="named parameters only"):
+        positional("SELECT ?", [])
 
 
 def test_redact_drops_only_the_password() -> None:

@@ -1187,14 +1187,14 @@ def _connect(server: LiveServer, *, receive_buffer: int | None = None) -> socket
 
 def _read_all(sock: socket.socket) -> bytes:
     """Everything until the server closes (or drops) the connection."""
-    data = b""
+    data = bytearray()  # bytes += copied the whole answer for every 4 KB read
     while True:
         try:
             chunk = sock.recv(1 << 20)
         except ConnectionResetError:
-            return data
+            return bytes(data)
         if not chunk:
-            return data
+            return bytes(data)
         data += chunk
 
 

@@ -54,6 +54,7 @@ class AppContext:
                 settings.paths.database,
                 url=settings.store.url,
                 busy_timeout=settings.store.busy_timeout,
+                reply_timeout=settings.store.reply_timeout,
             )
         return self._database
 
@@ -69,6 +70,7 @@ class AppContext:
                 settings.paths.database,
                 url=settings.store.url,
                 busy_timeout=settings.store.busy_timeout,
+                reply_timeout=settings.store.reply_timeout,
             )
             self._looked = True
         return self._reader

@@ -71,12 +71,22 @@ def serve_command(app: AppContext, host: str, port: int) -> None:
     # The app writes from a thread of its own (one call at a time), and reads from
     # another, through a second connection that never takes the write lock.
     timeout, url = settings.store.busy_timeout, settings.store.url
+    silence = settings.store.reply_timeout
     database = open_database(
-        settings.paths.database, url=url, any_thread=True, busy_timeout=timeout
+        settings.paths.database,
+        url=url,
+        any_thread=True,
+        busy_timeout=timeout,
+        reply_timeout=silence,
     )
     try:
         reader = open_database(
-            settings.paths.database, url=url, any_thread=True, busy_timeout=timeout, read_only=True
+            settings.paths.database,
+            url=url,
+            any_thread=True,
+            busy_timeout=timeout,
+            reply_timeout=silence,
+            read_only=True,
         )
         try:
             _serve(app, database, reader, host, port)

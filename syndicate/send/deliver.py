@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
@@ -206,13 +207,15 @@ class MarkCommitter:
 
     On PostgreSQL a commit is a round trip to the server; made on the loop through the
     sync connection, it held every SMTP connection up for its length (one worker sent
-    half as fast as on SQLite). There a commit runs on an asyncio connection of its own
-    (`ledger.PgQueue`); on SQLite a write lock held by another process is waited for
-    with asyncio sleeps, not SQLite's own (`ledger.SqliteQueue`). Either way the loop
-    goes on sending meanwhile, and every message accepted meanwhile goes into the next
-    commit (group commit). A sender does not wait for its message's commit before it
-    starts the next message, only before that message's DATA (see `DigestSender._work`):
-    a crash still leaves at most one accepted message per connection uncommitted.
+    half as fast as on SQLite). There the statement goes out on a connection of its own
+    the moment a message is accepted, and its reply is read by the loop as it comes
+    (`ledger.PgQueue.start_mark`); on SQLite a write lock held by another process is
+    waited for with asyncio sleeps, not SQLite's own (`ledger.SqliteQueue`). Either way
+    the loop goes on sending meanwhile, and every message accepted while a commit runs
+    goes into the next one (group commit; one runs at a time). A sender does not wait for
+    its message's commit before it starts the next message, only before that message's
+    DATA (see `DigestSender._work`): a crash still leaves at most one accepted message per
+    connection uncommitted.
     """
 
     def __init__(
@@ -224,43 +227,57 @@ class MarkCommitter:
         self.marks, self.day, self.tick = marks, day, tick
         self.ids: list[int] = []
         self.waiting: list[asyncio.Future[None]] = []
-        self.task: asyncio.Task[None] | None = None
+        self.running: asyncio.Future[None] | None = None
 
     def commit(self, subscriber_id: int) -> asyncio.Future[None]:
         """A future done once `subscriber_id` is committed as sent (or failed to be)."""
         done = asyncio.get_running_loop().create_future()
         self.ids.append(subscriber_id)
         self.waiting.append(done)
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._commit_all())
+        if self.running is None:
+            self._start()
         return done
 
     async def drain(self) -> None:
         """Wait for the commits under way (their errors went to their senders)."""
-        if self.task is not None:
+        while self.running is not None:
             with contextlib.suppress(Exception):
-                await self.task
+                await self.running
 
-    async def _commit_all(self) -> None:
-        while self.ids:
-            ids, waiting = self.ids, self.waiting
-            self.ids, self.waiting = [], []
-            try:
-                await self.marks.mark(day=self.day, subscriber_ids=ids, now=self.tick())
-            except BaseException as exc:  # every message in it waits on it: each sees it
-                for done in waiting:
-                    if not done.done():
-                        done.set_exception(exc)
-                        # Marked seen: a sender awaits its future unless it is already
-                        # stopping on an error of its own (a claim on the broken store,
-                        # say), and then this one would be logged as never retrieved.
-                        done.exception()
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                for done in waiting:
-                    if not done.done():
-                        done.set_result(None)
+    def _start(self) -> None:
+        ids, waiting = self.ids, self.waiting
+        self.ids, self.waiting = [], []
+        try:
+            running = self.marks.start_mark(day=self.day, subscriber_ids=ids, now=self.tick())
+        except Exception as exc:  # the clock or the queue failed before the statement went
+            _settle(waiting, exc)
+            return
+        self.running = running
+        running.add_done_callback(functools.partial(self._finished, waiting))
+
+    def _finished(self, waiting: list[asyncio.Future[None]], running: asyncio.Future[None]) -> None:
+        self.running = None
+        if running.cancelled():  # the loop is shutting down: so are the senders
+            for done in waiting:
+                done.cancel()
+        else:  # every message in it waits on it: each sees how it ended
+            _settle(waiting, running.exception())
+        if self.ids:
+            self._start()
+
+
+def _settle(waiting: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for done in waiting:
+        if done.done():
+            continue
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+            # Marked seen: a sender awaits its future unless it is already stopping on an
+            # error of its own (a claim on the broken store, say), and then this one would
+            # be logged as never retrieved.
+            done.exception()
 
 
 class DigestSender:
@@ -368,14 +385,16 @@ class DigestSender:
         report()
         keeper = asyncio.create_task(self._keep_leases(run))
         workers = [self._work(run, build, report) for _ in range(max(1, self.policy.connections))]
-        results = await asyncio.gather(*workers, return_exceptions=True)
-        keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeper
-        await run.committer.drain()  # every commit finished before its connection closes
-        if run.claiming is not None:  # a batch claimed ahead and never taken: released below
-            with contextlib.suppress(Exception):
-                await run.claiming
+        try:
+            results = await asyncio.gather(*workers, return_exceptions=True)
+        except BaseException:  # cancelled (a caller's timeout): what the run opened is closed
+            try:
+                await self._wind_down(run, keeper)
+            finally:  # cancelled again meanwhile, too
+                await self.mailer.aclose()
+                await marks.close()
+            raise
+        await self._wind_down(run, keeper)
         try:
             self._give_up_deferred(run)
             if not self.stop.stopping:
@@ -410,6 +429,17 @@ class DigestSender:
             bounced=run.bounced,
             in_flight=run.in_doubt,
         )
+
+    @staticmethod
+    async def _wind_down(run: _Run, keeper: asyncio.Task[None]) -> None:
+        """Stop renewing leases; wait for the commits and the claim under way."""
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+        await run.committer.drain()  # every commit finished before its connection closes
+        if run.claiming is not None:  # a batch claimed ahead and never taken: released below
+            with contextlib.suppress(Exception):
+                await run.claiming
 
     def _follow_server_clock(self) -> None:
         """Take lease times from the database server's clock, not this machine's.

@@ -343,6 +343,7 @@ async def _work(job: WorkerJob, pending: list[int]) -> WorkerResult:
             settings.paths.database,
             url=settings.store.url,
             busy_timeout=settings.store.busy_timeout,
+            reply_timeout=settings.store.reply_timeout,
         )
     except SyndicateError as exc:
         return WorkerResult((), error=_portable(exc))

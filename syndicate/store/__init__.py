@@ -31,6 +31,9 @@ from syndicate.store.schema import MIGRATIONS
 # Busy timeout: a concurrent writer (the web app beside `syndicate send`) waits this long
 # (seconds; config key store.busy_timeout).
 DEFAULT_BUSY_TIMEOUT = 10.0
+# A PostgreSQL server that has sent nothing for this long while a statement waited for its
+# reply is taken as gone (seconds; config key store.reply_timeout; 0 or None: no bound).
+DEFAULT_REPLY_TIMEOUT = 120.0
 
 # Primary result codes (the low byte of an extended code) that mean "try again later".
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
@@ -270,9 +273,18 @@ class PgDatabase(Database):
     def _set_schema_version(self, version: int) -> None:
         self.conn.execute("UPDATE syndicate_schema SET version = ?", (int(version),))
 
-    def __init__(self, conn: Any, path: Path | str, *, url: str, busy_timeout: float) -> None:
+    def __init__(
+        self,
+        conn: Any,
+        path: Path | str,
+        *,
+        url: str,
+        busy_timeout: float,
+        reply_timeout: float | None,
+    ) -> None:
         super().__init__(conn, path)
-        self._url, self._busy_timeout = url, busy_timeout  # for connect_async
+        # For connect_async.
+        self._url, self._busy_timeout, self._reply_timeout = url, busy_timeout, reply_timeout
 
     async def connect_async(self) -> Any:
         """A second connection to this (already migrated) store, a psycopg
@@ -281,7 +293,9 @@ class PgDatabase(Database):
         Raises StoreUnavailableError (exit 75) when the server cannot be reached.
         """
         try:
-            return await postgres.connect_async(self._url, busy_timeout=self._busy_timeout)
+            return await postgres.connect_async(
+                self._url, busy_timeout=self._busy_timeout, reply_timeout=self._reply_timeout
+            )
         except postgres.ERRORS as exc:
             raise unreachable(str(self.path), exc) from exc
 
@@ -293,6 +307,7 @@ def open_database(
     any_thread: bool = False,
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     read_only: bool = False,
+    reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT,
 ) -> Database:
     """Open (creating if needed) and migrate the store: PostgreSQL at `url`, else `path`.
 
@@ -305,10 +320,13 @@ def open_database(
     at a time: the caller serialises its use). `read_only` refuses every write on
     this connection (`PRAGMA query_only`), for a reader beside the writer.
     On PostgreSQL a server that cannot be reached is StoreUnavailableError (exit 75),
-    named by host, port and database, never by password.
+    named by host, port and database, never by password; so is one that sends nothing for
+    `reply_timeout` seconds while a statement waits for it (0 or None: no bound).
     """
     if url:
-        return _open_postgres(url, busy_timeout=busy_timeout, read_only=read_only)
+        return _open_postgres(
+            url, busy_timeout=busy_timeout, read_only=read_only, reply_timeout=reply_timeout
+        )
     try:
         _make_private_folder(path.parent)
         _create_private_file(path)
@@ -350,7 +368,11 @@ def open_database(
 
 
 def open_reader(
-    path: Path, *, url: str = "", busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    path: Path,
+    *,
+    url: str = "",
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT,
 ) -> Database | None:
     """Open the store to read only; None, making nothing, when there is no store yet.
 
@@ -361,7 +383,13 @@ def open_reader(
     Raises as `open_database` does.
     """
     if url:
-        return _open_postgres(url, busy_timeout=busy_timeout, read_only=True, must_exist=True)
+        return _open_postgres(
+            url,
+            busy_timeout=busy_timeout,
+            read_only=True,
+            must_exist=True,
+            reply_timeout=reply_timeout,
+        )
     if not path.exists():
         return None
     return open_database(path, busy_timeout=busy_timeout, read_only=True)
@@ -379,14 +407,29 @@ def open_empty() -> Database:
 
 @overload
 def _open_postgres(
-    url: str, *, busy_timeout: float, read_only: bool, must_exist: Literal[False] = False
+    url: str,
+    *,
+    busy_timeout: float,
+    read_only: bool,
+    reply_timeout: float | None,
+    must_exist: Literal[False] = False,
 ) -> Database: ...
 @overload
 def _open_postgres(
-    url: str, *, busy_timeout: float, read_only: bool, must_exist: bool
+    url: str,
+    *,
+    busy_timeout: float,
+    read_only: bool,
+    reply_timeout: float | None,
+    must_exist: bool,
 ) -> Database | None: ...
 def _open_postgres(
-    url: str, *, busy_timeout: float, read_only: bool, must_exist: bool = False
+    url: str,
+    *,
+    busy_timeout: float,
+    read_only: bool,
+    reply_timeout: float | None,
+    must_exist: bool = False,
 ) -> Database | None:
     try:
         postgres.parse_url(url)
@@ -399,11 +442,12 @@ def _open_postgres(
             "in the password write '%' as %25, '/' as %2F, '@' as %40.",
         ) from None
     where = postgres.where(url)
+    reply_timeout = reply_timeout or None  # 0: no bound
     try:
-        conn = postgres.connect(url, busy_timeout=busy_timeout)
+        conn = postgres.connect(url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)
     except postgres.ERRORS as exc:
         raise unreachable(where, exc) from exc
-    db = PgDatabase(conn, where, url=url, busy_timeout=busy_timeout)
+    db = PgDatabase(conn, where, url=url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)
     try:
         if must_exist and db.schema_version == 0:  # never used: no store yet, left alone
             conn.close()
@@ -517,12 +561,21 @@ def _migrate_postgres(db: PgDatabase, current: int, latest: int) -> None:
     transactions begins: a transaction that began before another process's migration
     committed may still look its new tables up in a stale catalog cache, even after
     waiting for the lock, and try to make them again.
+
+    Its statements wait without `store.reply_timeout`: a step may rebuild a large table,
+    with nothing to say until it is done (a server that stops answering meanwhile hangs
+    the first command after an upgrade, as it would have before the bound).
     """
-    db.conn.execute(postgres.LOCK_SESSION)
+    raw = db.conn.raw
+    bound, raw.reply_timeout = raw.reply_timeout, None
     try:
-        _migrate_postgres_locked(db, db.schema_version, latest)
+        db.conn.execute(postgres.LOCK_SESSION)
+        try:
+            _migrate_postgres_locked(db, db.schema_version, latest)
+        finally:
+            db.conn.execute(postgres.UNLOCK_SESSION)
     finally:
-        db.conn.execute(postgres.UNLOCK_SESSION)
+        raw.reply_timeout = bound
 
 
 def _migrate_postgres_locked(db: PgDatabase, current: int, latest: int) -> None:

@@ -13,19 +13,31 @@ writer; readers take a REPEATABLE READ snapshot and never wait. Waiting for the 
 ends after `store.busy_timeout` (`lock_timeout`), which is a busy store: exit 75. The
 send queue's claim is the one writer that does not take the lock: it uses row locks
 (`FOR UPDATE SKIP LOCKED`), so workers on many machines claim batches side by side.
+
+A server that stops answering (a partition, a hung host, a stopped backend whose kernel
+still acknowledges every packet, so TCP never notices) must not hang a command: each wait
+for the server ends once it has sent nothing for `store.reply_timeout` seconds (`NoReply`,
+a broken connection: exit 75), and connecting ends after at most 10 s.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import math
 import re
 import select
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import pq
+from psycopg.abc import PQGen
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.waiting import Ready
 
 # Key of the advisory lock every write transaction takes (any fixed 64-bit number:
 # "syndicat" in ASCII).
@@ -97,6 +109,22 @@ def translate(sql: str) -> str:
     return _TOKENS.sub(swap, sql)
 
 
+def positional(sql: str, names: Sequence[str]) -> str:
+    """`sql`'s named parameters (`:x`) as PostgreSQL's own, numbered in the order of `names`
+    (`:x` -> `$1`); for statements prepared on the server (`LoopStatement`)."""
+
+    def swap(match: re.Match[str]) -> str:
+        if match.group("name"):
+            return f"${names.index(match.group('name')) + 1}"
+        if match.group("question"):
+            raise ValueError("positional() takes named parameters only")
+        if match.group("char"):
+            return "chr("
+        return match.group(0)
+
+    return _TOKENS.sub(swap, sql)
+
+
 # PostgreSQL's text holds no NUL, which SQLite's does: a NUL in a value (a header of a stranger's
 # bounce mail, a server's reply) failed the whole statement. It goes in as U+FFFD, the
 # character that stands for what cannot be shown.
@@ -118,6 +146,106 @@ def without_nul(params: Params) -> Params:
     return params
 
 
+# Connecting waits at most this long (libpq's connect_timeout), or store.reply_timeout
+# when that is shorter.
+CONNECT_TIMEOUT = 10.0
+
+
+class NoReply(psycopg.OperationalError):
+    """The server sent nothing for `store.reply_timeout` seconds while a statement waited for
+    its reply: taken as gone (`is_gone`); the connection is closed."""
+
+
+def no_reply(limit: float) -> NoReply:
+    return NoReply(f"the server sent nothing for {limit:g} s (store.reply_timeout)")
+
+
+_READ = int(Ready.R)
+
+
+def _bounded(gen: PQGen[Any], limit: float) -> PQGen[Any]:
+    """`gen`, a psycopg wait generator, failing with NoReply once the server has sent nothing
+    for `limit` seconds.
+
+    psycopg's wait functions resume their generator at least every 0.1 s (their `interval`),
+    with nothing ready when the socket stayed quiet: the silence is measured there. Only bytes
+    from the server end it: a socket that takes what we write proves only the kernel alive
+    (a stopped backend's kernel keeps taking them until its buffers fill). So a reply that
+    streams in (a big SELECT) is never cut, and a statement that runs for long before its
+    reply must run for less than `limit`.
+    """
+    heard = time.monotonic()
+    try:
+        state = next(gen)
+        while True:
+            ready = yield state
+            if ready & _READ:
+                heard = time.monotonic()
+            elif time.monotonic() - heard >= limit:
+                gen.close()
+                raise no_reply(limit)
+            state = gen.send(ready)
+    except StopIteration as done:
+        return done.value
+
+
+class BoundedConnection(psycopg.Connection[Any]):
+    """A psycopg connection whose every wait for the server ends after `reply_timeout`
+    seconds of silence (None: no bound) with NoReply, closing the connection: after a reply
+    that never came, what it would next read is unknown. `lost` keeps that NoReply, so the
+    statements tried on the closed connection afterwards (a clean-up in a `finally`) say
+    why, not only that it is closed."""
+
+    reply_timeout: float | None = None
+    lost: NoReply | None = None
+
+    def wait(self, gen: PQGen[Any], *args: Any, **kwargs: Any) -> Any:
+        if self.reply_timeout is None:
+            return super().wait(gen, *args, **kwargs)
+        try:
+            return super().wait(_bounded(gen, self.reply_timeout), *args, **kwargs)
+        except NoReply as exc:
+            self.lost = exc
+            self.close()
+            raise
+
+
+class BoundedAsyncConnection(psycopg.AsyncConnection[Any]):
+    """`BoundedConnection` on asyncio."""
+
+    reply_timeout: float | None = None
+    lost: NoReply | None = None
+
+    async def wait(self, gen: PQGen[Any], *args: Any, **kwargs: Any) -> Any:
+        if self.reply_timeout is None:
+            return await super().wait(gen, *args, **kwargs)
+        try:
+            return await super().wait(_bounded(gen, self.reply_timeout), *args, **kwargs)
+        except NoReply as exc:
+            self.lost = exc
+            await self.close()
+            raise
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute(*args, **kwargs)
+        except psycopg.OperationalError:
+            _raise_if_lost(self.lost)
+            raise
+
+
+def _raise_if_lost(lost: NoReply | None) -> None:
+    """Raise a NoReply like `lost`, if the connection was closed for one."""
+    if lost is not None:
+        raise NoReply(str(lost)) from None
+
+
+def _connect_timeout(reply_timeout: float | None) -> int:
+    """libpq's connect_timeout (whole seconds, 2 at least) for `reply_timeout`."""
+    bound = CONNECT_TIMEOUT if reply_timeout is None else min(CONNECT_TIMEOUT, reply_timeout)
+    return max(2, math.ceil(bound))
+
+
 class PgConnection:
     """The part of sqlite3.Connection the area modules use, over psycopg."""
 
@@ -132,20 +260,32 @@ class PgConnection:
         return found
 
     def execute(self, sql: str, params: Params | None = None) -> psycopg.Cursor[Any]:
-        return self.raw.execute(
-            self._translated(sql), () if params is None else without_nul(params)
-        )
+        try:
+            return self.raw.execute(
+                self._translated(sql), () if params is None else without_nul(params)
+            )
+        except psycopg.OperationalError:
+            _raise_if_lost(getattr(self.raw, "lost", None))
+            raise
 
     def executemany(self, sql: str, rows: Iterable[Params]) -> psycopg.Cursor[Any]:
         # Bound on the server: a batch's statements are the plain INSERTs and UPDATEs of the
         # build and the ledger, whose parameters take their columns' types; psycopg prepares
         # each once and pipelines the rows, where a client-bound batch is parsed row by row.
         cursor = psycopg.Cursor(self.raw)
-        cursor.executemany(self._translated(sql), (without_nul(row) for row in rows))
+        try:
+            cursor.executemany(self._translated(sql), (without_nul(row) for row in rows))
+        except psycopg.OperationalError:
+            _raise_if_lost(getattr(self.raw, "lost", None))
+            raise
         return cursor
 
     def commit(self) -> None:
-        self.raw.execute("COMMIT")
+        try:
+            self.raw.execute("COMMIT")
+        except psycopg.OperationalError:
+            _raise_if_lost(getattr(self.raw, "lost", None))
+            raise
 
     def rollback(self) -> None:
         self.raw.execute("ROLLBACK")
@@ -233,29 +373,47 @@ def where(url: str) -> str:
     return f"PostgreSQL at {hosts}{'/' + dbname if dbname else ''}"
 
 
-def connect(url: str, *, busy_timeout: float) -> PgConnection:
-    """Open an autocommit connection to `url`; psycopg's errors go to the caller."""
+def connect(url: str, *, busy_timeout: float, reply_timeout: float | None) -> PgConnection:
+    """Open an autocommit connection to `url`; psycopg's errors go to the caller.
+
+    Each wait for the server ends after `reply_timeout` seconds of silence (None: never)."""
     # Parameters are bound on the client, as SQLite binds them: a literal takes the type its
     # place asks for (`:cutoff IS NULL`, `CASE WHEN :flag`), which server-side binding of
     # untyped parameters cannot do.
-    conn = psycopg.connect(
+    conn = BoundedConnection.connect(
         url,
         autocommit=True,
-        connect_timeout=10,
+        connect_timeout=_connect_timeout(reply_timeout),
         cursor_factory=psycopg.ClientCursor,
         client_encoding=CLIENT_ENCODING,
     )
-    conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
+    conn.reply_timeout = reply_timeout
+    try:
+        conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
+    except BaseException:
+        conn.close()
+        raise
     return PgConnection(conn)
 
 
-async def connect_async(url: str, *, busy_timeout: float) -> psycopg.AsyncConnection[Any]:
+async def connect_async(
+    url: str, *, busy_timeout: float, reply_timeout: float | None
+) -> BoundedAsyncConnection:
     """An autocommit asyncio connection to `url` (the send queue's sent marks); psycopg's
-    errors go to the caller. Its statements use psycopg's own parameter style."""
-    conn = await psycopg.AsyncConnection.connect(
-        url, autocommit=True, connect_timeout=10, client_encoding=CLIENT_ENCODING
+    errors go to the caller. Its statements use psycopg's own parameter style; each wait
+    for the server ends after `reply_timeout` seconds of silence (None: never)."""
+    conn = await BoundedAsyncConnection.connect(
+        url,
+        autocommit=True,
+        connect_timeout=_connect_timeout(reply_timeout),
+        client_encoding=CLIENT_ENCODING,
     )
-    await conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
+    conn.reply_timeout = reply_timeout
+    try:
+        await conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
+    except BaseException:
+        await conn.close()
+        raise
     return conn
 
 
@@ -278,3 +436,139 @@ def is_full(exc: BaseException) -> bool:
 
 ERRORS: tuple[type[Exception], ...] = (psycopg.Error,)
 INTEGRITY_ERRORS: tuple[type[Exception], ...] = (pg_errors.IntegrityError,)
+
+
+class LoopStatement:
+    """One statement prepared on the server and run on an asyncio connection's libpq
+    connection directly: `start` writes it to the server before it returns, and the future
+    it returns is done by the socket's reader callback, in the loop turn the reply arrives.
+
+    psycopg's `execute` is a coroutine: a task has to start it (a turn of the loop), and
+    its wait for the reply ends in a future whose task resumes a turn later; on a busy send
+    loop each turn is a fraction of a millisecond that a waiting sender stands idle (the
+    `sent` marks: `ledger.PgQueue`). One statement at a time, on a connection used for
+    nothing else once prepared. Parameters go in PostgreSQL's text form; a failure is
+    psycopg's own error for its SQLSTATE (or for the broken connection), passed through
+    `failure`. On a `BoundedAsyncConnection` a statement the server has not answered
+    within its `reply_timeout` fails with NoReply, and the connection is closed.
+    """
+
+    def __init__(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        name: str,
+        failure: Callable[[Exception], Exception],
+    ) -> None:
+        self.conn, self.name, self.failure = conn, name.encode("ascii"), failure
+        self.pgconn = conn.pgconn
+        self.pgconn.nonblocking = 1  # a write the socket cannot take waits for the writer
+        self.fd = self.pgconn.socket
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] | None = None
+        self.error: Exception | None = None
+        self.reply_timeout: float | None = getattr(conn, "reply_timeout", None)
+        self.timer: asyncio.TimerHandle | None = None
+        self.lost: NoReply | None = None  # why the connection was closed: every later start says it
+
+    @classmethod
+    async def prepare(
+        cls,
+        conn: psycopg.AsyncConnection[Any],
+        name: str,
+        sql: str,
+        types: Sequence[str],
+        failure: Callable[[Exception], Exception],
+    ) -> LoopStatement:
+        """`sql` with PostgreSQL's own parameters ($1...), of `types` ("text", "bigint[]")."""
+        await conn.execute(f"PREPARE {name} ({', '.join(types)}) AS {sql}")
+        return cls(conn, name, failure)
+
+    @property
+    def running(self) -> bool:
+        return self.done is not None
+
+    def start(self, params: Sequence[bytes]) -> asyncio.Future[None]:
+        """Run the statement with `params`; the future is done once the server has answered."""
+        if self.done is not None:
+            raise RuntimeError("LoopStatement runs one statement at a time")
+        done = self.loop.create_future()
+        if self.lost is not None:
+            done.set_exception(self.failure(self.lost))
+            return done
+        try:
+            self.pgconn.send_query_prepared(self.name, list(params))
+            unsent = self.pgconn.flush()
+            # libpq's socket now (it raises once libpq has closed it): never a descriptor
+            # it closed, which the next socket opened may have been given.
+            self.fd = self.pgconn.socket
+        except psycopg.Error as exc:  # the connection broke
+            done.set_exception(self.failure(exc))
+            return done
+        self.done, self.error = done, None
+        self.loop.add_reader(self.fd, self._readable)
+        if unsent:
+            self.loop.add_writer(self.fd, self._writable)
+        if self.reply_timeout is not None:
+            # One statement of a few rows: its whole round trip, not only a silence, is
+            # bounded (one timer a statement, where a silence would want one a read).
+            self.timer = self.loop.call_later(self.reply_timeout, self._silent)
+        return done
+
+    def close(self) -> None:
+        """Stop listening; a statement still running fails (its connection is being closed)."""
+        if self.done is not None:
+            self._finish(psycopg.OperationalError("the connection was closed"))
+
+    def _writable(self) -> None:
+        if self.done is None:  # queued in the loop turn the statement ended
+            return
+        try:
+            if self.pgconn.flush() == 0:
+                self.loop.remove_writer(self.fd)
+        except psycopg.Error as exc:
+            self._finish(exc)
+
+    def _readable(self) -> None:
+        if self.done is None:
+            return
+        pgconn = self.pgconn
+        try:
+            pgconn.consume_input()
+            while not pgconn.is_busy():
+                result = pgconn.get_result()
+                if result is None:  # the statement's last result came
+                    self._finish(self.error)
+                    return
+                if result.status != pq.ExecStatus.COMMAND_OK and self.error is None:
+                    # psycopg's own exception for the result: its class says the SQLSTATE
+                    # (`is_busy`, `is_gone` and `is_full` read it), its text has no "ERROR:".
+                    self.error = pg_errors.error_from_result(result, self.conn.info.encoding)
+        except psycopg.Error as exc:  # the connection broke
+            self._finish(exc)
+
+    def _silent(self) -> None:
+        """The server has not answered in `reply_timeout`: the statement fails, the
+        connection is closed (what it would read next is unknown)."""
+        self.timer = None
+        self.lost = no_reply(self.reply_timeout or 0)
+        self._finish(self.lost)
+        self.pgconn.finish()
+
+    def _finish(self, error: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        done, self.done = self.done, None
+        # A connection that broke had its socket closed by libpq, in the call that found it
+        # broken (consume_input, flush). With the reader and the writer both registered the
+        # loop's epoll then fails to change the closed descriptor (EBADF): the selector has
+        # forgotten it all the same, and the future must still be finished.
+        for remove in (self.loop.remove_reader, self.loop.remove_writer):
+            with contextlib.suppress(OSError):
+                remove(self.fd)
+        if done is None or done.done():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(self.failure(error))

@@ -154,6 +154,7 @@ class DatabaseStore:
                     url=self.settings.store.url,
                     any_thread=True,
                     busy_timeout=self.settings.store.busy_timeout,
+                    reply_timeout=self.settings.store.reply_timeout,
                     read_only=db is self.reader,
                 )
                 with suppress(*DB_ERRORS):

@@ -252,19 +252,21 @@ def run_server(
 
     def target() -> None:
         try:
-            timeout = settings.store.busy_timeout
+            timeout, silence = settings.store.busy_timeout, settings.store.reply_timeout
             with (
                 open_database(
                     settings.paths.database,
                     url=settings.store.url,
                     any_thread=True,
                     busy_timeout=timeout,
+                    reply_timeout=silence,
                 ) as db,
                 open_database(
                     settings.paths.database,
                     url=settings.store.url,
                     any_thread=True,
                     busy_timeout=timeout,
+                    reply_timeout=silence,
                     read_only=True,
                 ) as reader,
             ):
