@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from syndicate.errors import ConfigError, StoreUnavailableError
 from syndicate.store import Database, open_database
 from syndicate.store.ledger import PgQueue
 from syndicate.store.subscribers import add_subscriber, get_by_email
-from tests.plugins.postgres import ENV_STORE_URL, Cluster, start_cluster
+from tests.plugins.postgres import ENV_STORE_URL, Cluster
 from tests.plugins.smtp import run_smtp_server
 from tests.plugins.web import start_live_server
 from tests.test_web import form_token, sign_up, subscriber
@@ -50,19 +49,6 @@ Cầu dài 680 m, rộng 21 m với bốn làn xe cơ giới.
 Hoài Nam
 """
 CONNECTIONS = 2
-
-
-@pytest.fixture(scope="module")
-def own_cluster() -> Iterator[Cluster]:
-    try:
-        cluster = start_cluster()
-    except (FileNotFoundError, KeyError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"no PostgreSQL cluster could start here: {exc}")
-    try:
-        yield cluster
-    finally:
-        cluster.stop("immediate")
-        shutil.rmtree(cluster.folder, ignore_errors=True)
 
 
 def _postmaster(cluster: Cluster) -> int:

@@ -9,13 +9,11 @@ next run finishes, and nobody is lost.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import pytest
 
 from syndicate.store import open_database
 from syndicate.store.subscribers import add_subscriber
-from tests.plugins.postgres import ENV_STORE_URL, Cluster, start_cluster
+from tests.plugins.postgres import ENV_STORE_URL, Cluster
 from tests.plugins.smtp import SmtpServer, run_smtp_server
 
 pytestmark = pytest.mark.slow
@@ -35,19 +33,6 @@ Cầu dài 680 m, rộng 21 m với bốn làn xe cơ giới.
 Hoài Nam
 """
 CONNECTIONS = 2
-
-
-@pytest.fixture(scope="module")
-def own_cluster() -> Iterator[Cluster]:
-    try:
-        cluster = start_cluster()
-    except (FileNotFoundError, KeyError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"no PostgreSQL cluster could start here: {exc}")
-    try:
-        yield cluster
-    finally:
-        cluster.stop("immediate")
-        shutil.rmtree(cluster.folder, ignore_errors=True)
 
 
 def _project(folder: Path, server: SmtpServer) -> None:

@@ -180,9 +180,7 @@ def start_cluster() -> Cluster:
     return cluster
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[Cluster]:
-    """The session's PostgreSQL cluster."""
+def _a_cluster() -> Iterator[Cluster]:
     try:
         cluster = start_cluster()
     except (FileNotFoundError, KeyError, subprocess.CalledProcessError) as exc:
@@ -193,6 +191,19 @@ def pg_cluster() -> Iterator[Cluster]:
     finally:
         cluster.stop("immediate")
         shutil.rmtree(cluster.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """The session's PostgreSQL cluster."""
+    yield from _a_cluster()
+
+
+@pytest.fixture(scope="module")
+def own_cluster() -> Iterator[Cluster]:
+    """A cluster of the module's own, which its tests may stop, freeze or restart without
+    touching the session's."""
+    yield from _a_cluster()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
