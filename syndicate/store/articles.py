@@ -65,8 +65,9 @@ _UPSERT_ARTICLE_PG = UPSERT_ARTICLE.replace(
 )
 # Does an article exist already (to count new ones)?
 SELECT_ARTICLE_EXISTS = "SELECT 1 FROM articles WHERE id = ?"
-# Which dump each article's stored record came from, and the slug it was published under.
-SELECT_ARTICLE_SOURCES = "SELECT id, source, slug FROM articles"
+# Which dump each article's stored record came from; the slug it was published under.
+SELECT_ARTICLE_SOURCES = "SELECT id, source FROM articles"
+SELECT_ARTICLE_SLUGS = "SELECT id, slug FROM articles"
 # One full article.
 SELECT_ARTICLE = "SELECT record, body FROM articles WHERE id = ?"
 # The light columns of every article, for index pages and feed selection.
@@ -353,16 +354,16 @@ def upsert_rows(db: Database, rows: Sequence[ArticleRow], *, now: datetime) -> N
 
 def read_article_sources(db: Database) -> dict[str, str]:
     """Map every stored article id to the dump path its record was parsed from."""
-    return {key: source for key, (source, _slug) in read_article_keys(db).items()}
-
-
-def read_article_keys(db: Database) -> dict[str, tuple[str, str]]:
-    """Map every stored article id to (the dump path its record came from, its slug)."""
     try:
-        return {
-            str(i): (str(src), str(slug))
-            for i, src, slug in db.conn.execute(SELECT_ARTICLE_SOURCES)
-        }
+        return {str(i): str(src) for i, src in db.conn.execute(SELECT_ARTICLE_SOURCES)}
+    except DB_ERRORS as exc:
+        raise _wrap("read the articles", db, exc) from exc
+
+
+def read_article_slugs(db: Database) -> dict[str, str]:
+    """Map every stored article id to its slug."""
+    try:
+        return {str(i): str(slug) for i, slug in db.conn.execute(SELECT_ARTICLE_SLUGS)}
     except DB_ERRORS as exc:
         raise _wrap("read the articles", db, exc) from exc
 
