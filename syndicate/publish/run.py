@@ -358,6 +358,8 @@ def _write_article_pages(
     for summary in summaries:
         slug = slugs[summary.id]
         rel = article_path(slug)
+        if rel == summary.page_path:  # the page stays put: one copy of its path is held
+            rel = summary.page_path
         fingerprint = page_fingerprint(
             renderer.fingerprint, slug, summary.record_hash, link_parts.get(summary.id, "")
         )
