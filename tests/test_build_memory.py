@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("store")
 ARTICLES = 4_000
 # Python memory (traced) an unchanged rebuild may add at its peak, per article, fixed costs
 # included: 2.4 KB when it held second copies of page paths, slugs and fingerprints, and
-# every dump's signature after the sync (313 MB RSS at 100,000 dumps); 1.7-2.0 KB since.
+# every dump's signature after the sync (313 MB RSS at 100,000 dumps); 1.6-2.0 KB since.
 BUDGET_PER_ARTICLE = 2_150
 # Words for titles about as long as a real one (90 characters, Vietnamese).
 WORDS = "tỉnh Quảng Trị hội nghị tổng kết công tác phát triển kinh tế xã hội đồng bào".split()
