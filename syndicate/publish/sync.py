@@ -12,6 +12,7 @@ import logging
 import os
 import stat
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -99,11 +100,10 @@ class _Sync:
         self.named_files = {os.fspath(root) for root in roots if not root.is_dir()}
         # Paths that were links when signed, checked to stay inside the folders (rare).
         self.checked_links: set[str] = set()
-        keys = store.read_article_keys(db)
-        self.sources = {key: source for key, (source, _slug) in keys.items()}
-        # The slug each stored article was first published under: it never changes.
-        self.slugs = {key: slug for key, (_source, slug) in keys.items()}
-        del keys
+        self.sources = store.read_article_sources(db)
+        # The slug each stored article was first published under (it never changes): read
+        # when the first record is stored, so a run that stores none does not hold them all.
+        self._slugs: dict[str, str] | None = None
         # Articles whose stored record this run rewrote, and where a pending row sits.
         self.touched: set[str] = set()
         self.pending: dict[str, int] = {}
@@ -222,7 +222,9 @@ class _Sync:
             # self.sources holds every stored id: no need to ask the store whether it is new.
             self.new += row.id not in self.sources
             self.sources[row.id] = shown
-            slug = self.slugs.get(row.id)
+            if self._slugs is None:
+                self._slugs = store.read_article_slugs(self.db)
+            slug = self._slugs.get(row.id)
             if slug is not None and slug != row.slug:  # a published URL never changes
                 article = store.decode_article(row.record, _text(row.body))
                 row = store.article_row(replace(article, slug=slug))
@@ -332,22 +334,25 @@ _Todo = tuple[str, str, str, "load.DumpPin | None"]
 class _Signer:
     """Takes the dumps' signatures in path order, as far as they are asked for.
 
-    `items` gives them to the sync loop; `todo` gives the dumps to read, ahead of it.
+    `items` gives them to the sync loop; `todo` gives the dumps to read, ahead of it. Each
+    is handed over once and then forgotten: what is held is what lies ahead of the loop.
     """
 
     def __init__(self, sync: _Sync, found: Sequence[str], cwd: str) -> None:
         self._sync = sync
         self._found = found
         self._cwd = cwd
-        self._items: list[_Item] = []
-        self._todo: list[_Todo] = []  # those to read
+        self._signed = 0  # dumps signed so far
+        self._items: deque[_Item] = deque()  # signed, not yet handed to `items`
+        self._todo: deque[_Todo] = deque()  # to read, not yet handed to `todo`
+        self._todo_signed = 0  # dumps found to read so far
 
     def _sign_next(self) -> bool:
         """Sign the next dump; False when all are signed."""
-        done = len(self._items)
-        if done == len(self._found):
+        if self._signed == len(self._found):
             return False
-        text = self._found[done]
+        text = self._found[self._signed]
+        self._signed += 1
         key = text if os.path.isabs(text) else os.path.join(self._cwd, text)
         shown = _shown(text, self._cwd)
         st = self._sync.signature(text, shown)
@@ -355,26 +360,30 @@ class _Signer:
         self._items.append((text, key, shown, st, must_read))
         if must_read and not isinstance(st, DumpError):
             self._todo.append((text, key, shown, self._sync.pin(text, st)))
+            self._todo_signed += 1
         return True
 
     def count_todo(self, enough: int) -> int:
         """How many dumps must be read, counting no further than `enough`."""
-        while len(self._todo) < enough and self._sign_next():
+        while self._todo_signed < enough and self._sign_next():
             pass
-        return len(self._todo)
+        return self._todo_signed
 
     def todo(self) -> Iterator[_Todo]:
         """The dumps to read (path, key, shown, pin), in path order, signing as it goes."""
-        index = 0
-        while index < len(self._todo) or self.count_todo(index + 1) > index:
-            yield self._todo[index]
-            index += 1
+        while self._todo or self._sign_todo():
+            yield self._todo.popleft()
 
-    def items(self, start: int, stop: int) -> list[_Item]:
-        """The signed dumps from `start` to `stop` (fewer at the end)."""
-        while len(self._items) < stop and self._sign_next():
+    def _sign_todo(self) -> bool:
+        """Sign on up to the next dump to read; False when none is left."""
+        before = self._todo_signed
+        return self.count_todo(before + 1) > before
+
+    def items(self, count: int) -> list[_Item]:
+        """The next `count` signed dumps (fewer at the end)."""
+        while len(self._items) < count and self._sign_next():
             pass
-        return self._items[start:stop]
+        return [self._items.popleft() for _ in range(min(count, len(self._items)))]
 
 
 def sync_articles(
@@ -416,17 +425,18 @@ def sync_articles(
         if pool is None:
             pool = own_pool = BuildPool(None, settings.paths.output, tuning=tuning)
         reads = pool.reads(sync.cache, signer.todo(), settings)
-    seen: set[str] = set()
     try:
         batch = _SYNC_BATCH[db.dialect]
         with store.sync_cache(db):
             for start in range(0, total, batch):
                 for done, (path, key, shown, st, must_read) in enumerate(
-                    signer.items(start, start + batch), start + 1
+                    signer.items(batch), start + 1
                 ):
-                    seen.add(key)
                     read = next(reads) if reads is not None and must_read else None
                     sync.add(path, key, shown, st, read)
+                    # Its cache entry is used up (the signing and the reads, ahead of this
+                    # loop, took theirs): what stays in the cache are the dumps not found.
+                    sync.cache.pop(key, None)
                     if progress is not None:
                         progress(done, total)
                 # Only the writing holds the write lock, not the reading and parsing before
@@ -439,7 +449,7 @@ def sync_articles(
             reads.close()
         if own_pool is not None:
             own_pool.close()
-    gone = [key for key in sync.cache if key not in seen and not os.path.exists(key)]
+    gone = [key for key in sync.cache if not os.path.exists(key)]
     if gone:
         with db.transaction():
             store.delete_dumps(db, gone)

@@ -54,7 +54,8 @@ class PageWriter:
     def fresh(self, rel: str, fingerprint: str) -> bool:
         """True (and counted as unchanged) when `rel` was built from these inputs before
         and its file is still there."""
-        if self.old.get(rel) != fingerprint:
+        recorded = self.old.get(rel)
+        if recorded != fingerprint:
             return False
         stamp = self.stamps.get(rel)
         if stamp is None:  # recorded before stamps were kept: is the file there at all?
@@ -63,7 +64,7 @@ class PageWriter:
             stamp = self._stamp(rel)
         elif self._stamp(rel) != stamp:  # deleted, or edited since
             return False
-        self.new[rel] = fingerprint
+        self.new[rel] = recorded  # the text already held, not a second copy of it
         self.new_stamps[rel] = stamp
         self.unchanged += 1
         return True

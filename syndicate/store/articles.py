@@ -66,7 +66,8 @@ _UPSERT_ARTICLE_PG = UPSERT_ARTICLE.replace(
 # Does an article exist already (to count new ones)?
 SELECT_ARTICLE_EXISTS = "SELECT 1 FROM articles WHERE id = ?"
 # Which dump each article's stored record came from, and the slug it was published under.
-SELECT_ARTICLE_SOURCES = "SELECT id, source, slug FROM articles"
+SELECT_ARTICLE_SOURCES = "SELECT id, source FROM articles"
+SELECT_ARTICLE_SLUGS = "SELECT id, slug FROM articles"
 # One full article.
 SELECT_ARTICLE = "SELECT record, body FROM articles WHERE id = ?"
 # The light columns of every article, for index pages and feed selection.
@@ -77,6 +78,7 @@ SELECT_SUMMARIES = """
 """
 # The articles that have a page, and where (only the build writes article_pages).
 SELECT_PAGE_PATHS = "SELECT article_id, path FROM article_pages"
+SELECT_PAGE_IDS = "SELECT article_id FROM article_pages"
 # Record where an article's page is.
 UPSERT_PAGE_PATH = """
     INSERT INTO article_pages (article_id, path) VALUES (?, ?)
@@ -142,6 +144,9 @@ class ArticleSummary:
     record_hash: str
     first_seen_at: datetime
     page_path: str | None = None  # where the last build wrote its page; None: it has none
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _utc_text(value: datetime) -> str:
@@ -353,16 +358,16 @@ def upsert_rows(db: Database, rows: Sequence[ArticleRow], *, now: datetime) -> N
 
 def read_article_sources(db: Database) -> dict[str, str]:
     """Map every stored article id to the dump path its record was parsed from."""
-    return {key: source for key, (source, _slug) in read_article_keys(db).items()}
-
-
-def read_article_keys(db: Database) -> dict[str, tuple[str, str]]:
-    """Map every stored article id to (the dump path its record came from, its slug)."""
     try:
-        return {
-            str(i): (str(src), str(slug))
-            for i, src, slug in db.conn.execute(SELECT_ARTICLE_SOURCES)
-        }
+        return {str(i): str(src) for i, src in db.conn.execute(SELECT_ARTICLE_SOURCES)}
+    except DB_ERRORS as exc:
+        raise _wrap("read the articles", db, exc) from exc
+
+
+def read_article_slugs(db: Database) -> dict[str, str]:
+    """Map every stored article id to its slug."""
+    try:
+        return {str(i): str(slug) for i, slug in db.conn.execute(SELECT_ARTICLE_SLUGS)}
     except DB_ERRORS as exc:
         raise _wrap("read the articles", db, exc) from exc
 
@@ -399,19 +404,27 @@ def _decoded(db: Database, article_id: str, record: str, body: str | None) -> Ar
 
 def iter_summaries(db: Database) -> Iterator[ArticleSummary]:
     """Yield the light summary of every stored article (in no particular order)."""
+    # Many articles share an author, and those one build stored their first-seen time (they
+    # come one after the other): one object each, not one per article (a build holds every
+    # summary). The authors' table holds the texts the summaries hold anyway.
+    authors: dict[str, str] = {}
+    seen_text, seen = "", _EPOCH
     try:
         cursor = db.conn.execute(SELECT_SUMMARIES)
         while rows := cursor.fetchmany(_BATCH):
             for row in rows:
+                author = row[5]
+                if row[7] != seen_text:
+                    seen_text, seen = row[7], datetime.fromisoformat(row[7])
                 yield ArticleSummary(
                     id=row[0],
                     slug=row[1],
                     title=row[2],
                     published=datetime.fromisoformat(row[3]) if row[3] else None,
                     precision=Precision(row[4]),
-                    author=row[5],
+                    author=None if author is None else authors.setdefault(author, author),
                     record_hash=row[6],
-                    first_seen_at=datetime.fromisoformat(row[7]),
+                    first_seen_at=seen,
                     page_path=row[8],
                 )
     except DB_ERRORS as exc:
@@ -511,11 +524,28 @@ def write_page_paths(db: Database, pages: Mapping[str, str]) -> None:
     """Record that the articles in `pages` (id -> path) have those pages, and no other one has.
 
     For the publish stage only, once it has written the pages: the one writer of page paths.
+    The recorded paths are compared as they are read, not loaded whole beside `pages`.
     """
-    old = read_page_paths(db)
-    changed = sorted((i, path) for i, path in pages.items() if old.get(i) != path)
-    gone = sorted((i,) for i in old if i not in pages)
+    changed: list[tuple[str, str]] = []
+    gone: list[tuple[str]] = []
+    recorded = 0  # articles of `pages` that have a path recorded
     try:
+        cursor = db.conn.execute(SELECT_PAGE_PATHS)
+        while rows := cursor.fetchmany(_BATCH):
+            for i, old in rows:
+                path = pages.get(i)
+                if path is None:
+                    gone.append((i,))
+                    continue
+                recorded += 1
+                if path != old:
+                    changed.append((i, path))
+        if recorded < len(pages):  # some have none recorded yet
+            known = {i for (i,) in db.conn.execute(SELECT_PAGE_IDS)}
+            changed += ((i, path) for i, path in pages.items() if i not in known)
+            del known
+        changed.sort()
+        gone.sort()
         db.conn.executemany(UPSERT_PAGE_PATH, changed)
         db.conn.executemany(DELETE_PAGE_PATH, gone)
     except DB_ERRORS as exc:
