@@ -8,6 +8,8 @@ import os
 import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -275,6 +277,58 @@ async def test_a_mark_made_as_the_last_commit_ends_is_committed_all_the_same(
         finally:
             await queue.close()
         assert ledger.day_counts(db, day=DAY) == {"sent": 2, "sending": 1}
+
+
+# Run in a process of its own: a drain that spins never yields, so no timeout inside the
+# test's own event loop could end it.
+_DRAIN_AS_THE_COMMIT_ENDS = """
+import asyncio, sys
+from pathlib import Path
+from datetime import UTC, date, datetime
+from syndicate.send.deliver import MarkCommitter
+from syndicate.store import ledger, open_database
+
+DAY, T0 = date(2024, 11, 1), datetime(2024, 11, 1, 6, tzinfo=UTC)
+
+async def main() -> None:
+    with open_database(Path(sys.argv[1])) as db:
+        queue = ledger.SqliteQueue(db)
+        committer = MarkCommitter(queue, DAY, lambda: T0)
+        done = committer.commit(1)  # its task runs in the next turn of the loop
+        # Made after that task, this one runs right after it in the same turn: the commit's
+        # future is done there and its done-callback is still due.
+        await asyncio.create_task(committer.drain())
+        await done
+        print(ledger.day_counts(db, day=DAY))
+
+asyncio.run(main())
+"""
+
+
+def test_a_drain_that_starts_as_the_last_commit_ends_returns(tmp_path: Path) -> None:
+    """`drain` found the commit's future done with its callback still due, and awaited it
+    again and again (a done future does not yield): a send spun forever at its end."""
+    with _store(tmp_path, 1) as db:
+        if isinstance(db, PgDatabase):
+            pytest.skip("SQLite's commit is a task: the turn it ends in is known")
+    path = tmp_path / "drain.db"
+    with open_database(path) as db:
+        with db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO digests (day, created_at, article_ids) VALUES (?, ?, '[]')",
+                (DAY.isoformat(), T0.isoformat()),
+            )
+        add_subscriber(db, "u0@example.org", now=T0 - timedelta(days=1))
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+    done = subprocess.run(
+        [sys.executable, "-c", _DRAIN_AS_THE_COMMIT_ENDS, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "{'sent': 1}"
 
 
 def _pg_url() -> str:

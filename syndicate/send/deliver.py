@@ -241,8 +241,14 @@ class MarkCommitter:
     async def drain(self) -> None:
         """Wait for the commits under way (their errors went to their senders)."""
         while self.running is not None:
+            running = self.running
+            if running.done():
+                # Its `_finished` is due in this turn of the loop: awaiting a done future
+                # does not yield, and this loop would spin without ever letting it run.
+                await asyncio.sleep(0)
+                continue
             with contextlib.suppress(Exception):
-                await self.running
+                await running
 
     def _start(self) -> None:
         ids, waiting = self.ids, self.waiting
