@@ -7,6 +7,7 @@ says when PostgreSQL is down, refuses, or was written by a newer syndicate.
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
@@ -158,16 +159,23 @@ def test_vietnamese_text_goes_through_whatever_client_encoding_the_machine_sets(
 
 
 def test_a_role_without_rights_is_one_line_not_a_traceback(pg_cluster: Cluster) -> None:
-    url = pg_cluster.new_database()
-    dbname = url.rsplit("/", 1)[1]
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP ROLE IF EXISTS reader")
-        conn.execute("CREATE ROLE reader LOGIN")
-        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
-        conn.execute(f'GRANT CONNECT ON DATABASE "{dbname}" TO reader')
-    weak = url.replace("postgres@", "reader@")
-    with pytest.raises(StoreError, match="not a usable syndicate database: permission denied"):
-        open_database(Path("unused"), url=weak)
+    # A database and a role of the test's own, both dropped after: not one emptied after an
+    # earlier test, and no role left with rights on a database for a later one.
+    dbname, role = f"weak_{os.getpid()}", f"reader_{os.getpid()}"
+    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{dbname}" TEMPLATE template0 STRATEGY FILE_COPY')
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        try:
+            url = pg_cluster.url(dbname)
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+                conn.execute(f'GRANT CONNECT ON DATABASE "{dbname}" TO "{role}"')
+            weak = url.replace("postgres@", f"{role}@")
+            with pytest.raises(StoreError, match="not a usable syndicate database: permission"):
+                open_database(Path("unused"), url=weak)
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            admin.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
 def test_store_url_must_be_a_postgresql_url_and_is_not_echoed(
