@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import httpx
@@ -33,6 +33,7 @@ from syndicate.store import Database, open_database
 from syndicate.store.ledger import PgQueue
 from syndicate.store.subscribers import add_subscriber, get_by_email
 from tests.plugins.postgres import ENV_STORE_URL, Cluster
+from tests.plugins.sendproject import add_confirmed, write_send_project
 from tests.plugins.smtp import run_smtp_server
 from tests.plugins.web import start_live_server
 from tests.test_web import form_token, sign_up, subscriber
@@ -42,12 +43,6 @@ pytestmark = pytest.mark.slow
 BOUND = 1.0  # store.reply_timeout in these tests (seconds)
 SLACK = 1.5  # what a wait may take past it: the 0.1 s wake-ups, a loaded machine
 
-DUMP = """Thông xe cầu Sông Lam
-31/10/2024 09:15
-LGO - Sáng nay 31/10, tỉnh Lam Giang thông xe cầu Sông Lam.
-Cầu dài 680 m, rộng 21 m với bốn làn xe cơ giới.
-Hoài Nam
-"""
 CONNECTIONS = 2
 
 
@@ -226,16 +221,12 @@ def test_reply_timeout_must_be_more_than_busy_timeout(tmp_path: Path) -> None:
 
 
 def _project(folder: Path, smtp_port: int) -> None:
-    (folder / "seeds").mkdir()
-    (folder / "seeds" / "day1.txt").write_text(DUMP, encoding="utf-8")
-    (folder / "syndicate.toml").write_text(
-        '[site]\nbase_url = "https://news.example.org/"\n'
-        '[mail]\ntransport = "smtp"\nfrom = "News <news@example.org>"\n'
-        'postal_address = "12 Trần Hưng Đạo"\n'
-        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\ntls = "none"\n'
-        f"connections = {CONNECTIONS}\ntimeout = 5\n"
-        "lease = 3\n"  # the next run takes over a cut-off run's batch once this runs out
-        f"[store]\nbusy_timeout = 0.5\nreply_timeout = {BOUND}\n",
+    # The next run takes over a cut-off run's batch once its lease (3 s) runs out.
+    write_send_project(folder, port=smtp_port, connections=CONNECTIONS, lease=3)
+    config = folder / "syndicate.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8")
+        + f"[store]\nbusy_timeout = 0.5\nreply_timeout = {BOUND}\n",
         encoding="utf-8",
     )
 
@@ -258,14 +249,10 @@ def test_a_send_whose_server_stops_answering_exits_75_and_the_next_run_finishes(
     tmp_path: Path, own_cluster: Cluster, workers: int
 ) -> None:
     url = own_cluster.new_database()
-    emails = [f"reader{i}@example.org" for i in range(300)]
-    confirmed = datetime.now(UTC) - timedelta(days=1)  # before today's digest is made
-    with open_database(tmp_path / "unused.db", url=url) as db:
-        for email in emails:
-            add_subscriber(db, email, now=confirmed)
     with run_smtp_server() as server:
         server.handler.delay = 0.01  # slow enough to stop the server mid-send
         _project(tmp_path, server.port)
+        emails = add_confirmed(tmp_path, url, 300)
         first = _send(tmp_path, url, "--workers", str(workers))
         try:
             assert server.handler.wait_for(40 * workers), "the send never got going"
