@@ -297,18 +297,33 @@ def _target_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def test_a_failure_part_way_leaves_the_postgresql_target_empty(
-    full_store: Path, new_pg: Callable[[], str]
+def _pg_tables(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return sorted(r[0] for r in rows.fetchall())
+
+
+@pytest.mark.parametrize("store_before", [False, True])
+def test_a_failure_part_way_leaves_the_postgresql_target_as_it_was(
+    full_store: Path, new_pg: Callable[[], str], store_before: bool
 ) -> None:
+    # A database with no store yet kept the tables the copy's migration made in it; one
+    # that held an empty store keeps it, with no row.
     _damage(full_store)
     url = new_pg()
+    if store_before:
+        open_database(Path(), url=url).close()
+    before = _pg_tables(url)
+    assert bool(before) == store_before
     code, out, err = _run("store", "copy", "--from", str(full_store), "--to", url)
     assert (code, out) == (2, "")
     assert len(err.splitlines()) == 1
     assert "cannot copy the store" in err
     assert "foreign key" in err.lower()
-    with open_database(Path(), url=url) as target:
-        assert _count_rows(target) == 0
+    assert _pg_tables(url) == before
+    if store_before:
+        with open_database(Path(), url=url) as target:
+            assert _count_rows(target) == 0
 
 
 @pytest.mark.parametrize("name", ["target.db", "new/deeper/target.db"])
@@ -673,3 +688,32 @@ def test_a_file_that_appears_at_the_target_meanwhile_is_never_overwritten(
     )
     assert _listing(folder) == before
     assert (folder / "t.db").read_text() == "another's file\n"
+
+
+@pytest.mark.slow
+def test_a_copy_into_a_new_postgresql_database_stopped_by_sigterm_leaves_it_as_it_was(
+    project: Path, silent_source: tuple[SilentRelay, str], new_pg: Callable[[], str]
+) -> None:
+    relay, url = silent_source
+    target = new_pg()
+    _configure(project, reply_timeout=0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syndicate", "store", "copy", "--from", url, "--to", target],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert relay.silent.wait(60), "the copy never read the subscribers"
+        assert _pg_tables(target), "no tables made yet: nothing to clean up"
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert (process.returncode, out) == (143, "")
+    assert err == "Error: store copy: stopped by SIGTERM; the target was left as it was.\n"
+    assert _pg_tables(target) == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +13,8 @@ import click
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.config import StoreSettings
 from syndicate.errors import StoreError, TerminatedError
-from syndicate.store import Database, open_database, open_reader, postgres
-from syndicate.store.copy import copy_store, copy_to_new_file
+from syndicate.store import Database, open_reader, postgres
+from syndicate.store.copy import copy_into
 
 _PG_SCHEMES = ("postgresql://", "postgres://")
 _SQLITE_SCHEME = "sqlite://"
@@ -75,20 +74,6 @@ def _open_source(found: _Location, settings: StoreSettings) -> Database:
     return db
 
 
-def _copy(source: Database, to: _Location, settings: StoreSettings) -> tuple[dict[str, int], str]:
-    """Copy into the store at `to`: rows copied per table, and the target's name."""
-    if not to.url and not os.path.lexists(to.path):
-        # A new SQLite file: it appears only once the copy is complete.
-        return copy_to_new_file(source, to.path, busy_timeout=settings.busy_timeout), str(to.path)
-    with open_database(
-        to.path,
-        url=to.url,
-        busy_timeout=settings.busy_timeout,
-        reply_timeout=settings.reply_timeout,
-    ) as target:
-        return copy_store(source, target), str(target.path)
-
-
 def _terminated(signum: int, frame: FrameType | None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up must not be cut short
     raise TerminatedError("store copy: stopped by SIGTERM; the target was left as it was.")
@@ -128,7 +113,13 @@ def copy_command(app: AppContext, source_url: str, target_url: str, as_json: boo
     before = signal.signal(signal.SIGTERM, _terminated)
     try:
         with _open_source(source_at, settings) as source:
-            counts, target_name = _copy(source, target_at, settings)
+            counts, target_name = copy_into(
+                source,
+                url=target_at.url,
+                path=target_at.path,
+                busy_timeout=settings.busy_timeout,
+                reply_timeout=settings.reply_timeout,
+            )
             names = (str(source.path), target_name)
     finally:
         signal.signal(signal.SIGTERM, before)

@@ -11,7 +11,8 @@ of the target is set past the source's (PostgreSQL identity sequences; SQLite's
 
 `copy_to_new_file` makes a new SQLite store: it is built under a temporary name in the
 target's folder and appears at its path only once complete, so a copy that fails (or is
-stopped) leaves no file behind.
+stopped) leaves no file behind. `copy_to_new_database` drops again the tables a failed
+copy's migration made in a new PostgreSQL database. `copy_into` picks one for `store copy`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from syndicate.errors import StoreError
-from syndicate.store import DB_ERRORS, DEFAULT_BUSY_TIMEOUT, Database, open_database, store_error
+from syndicate.store import (
+    DB_ERRORS,
+    DEFAULT_BUSY_TIMEOUT,
+    DEFAULT_REPLY_TIMEOUT,
+    Database,
+    open_database,
+    open_reader,
+    store_error,
+)
 from syndicate.store.postgres import without_nul
 
 log = logging.getLogger(__name__)
@@ -296,6 +305,8 @@ def copy_store(source: Database, target: Database) -> dict[str, int]:
     return copied
 
 
+# What leaves the tables of a failed copy into a new PostgreSQL database where they are.
+_KEPT: tuple[type[Exception], ...] = (*DB_ERRORS, StoreError)
 # The files SQLite may keep beside a database file (WAL mode, or a rollback journal).
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 # The new store's folders, when missing: owner only, as the store makes them.
@@ -348,6 +359,72 @@ def copy_to_new_file(
                 _remove_folder(folder)
         raise
     return counts
+
+
+def copy_into(
+    source: Database,
+    *,
+    url: str,
+    path: Path,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT,
+) -> tuple[dict[str, int], str]:
+    """Copy `source` into the store at `url` (PostgreSQL) or `path` (SQLite), opened with
+    these timeouts; rows copied per table, and the target's name.
+
+    A new SQLite file goes through `copy_to_new_file`, a PostgreSQL database with no store
+    yet through `copy_to_new_database`, any other store through `copy_store`: whichever
+    it is, a failure leaves it as it was.
+    """
+    if not url and not os.path.lexists(path):
+        return copy_to_new_file(source, path, busy_timeout=busy_timeout), str(path)
+    new = False
+    if url:
+        found = open_reader(path, url=url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)
+        if found is not None:
+            found.close()
+        new = found is None
+    with open_database(
+        path, url=url, busy_timeout=busy_timeout, reply_timeout=reply_timeout
+    ) as target:
+        if new:
+            return copy_to_new_database(source, target), str(target.path)
+        return copy_store(source, target), str(target.path)
+
+
+def copy_to_new_database(source: Database, target: Database) -> dict[str, int]:
+    """`copy_store` into a PostgreSQL database that held no syndicate store before `target`
+    was opened (and so migrated) for this copy; rows copied, per table.
+
+    The rows go in one transaction; on any failure (or SIGINT / SIGTERM turned into an
+    exception) the tables the migration made are dropped again, if they are still empty
+    and the connection still answers, so the database is left as it was. Raises as
+    `copy_store` does.
+    """
+    try:
+        return copy_store(source, target)
+    except BaseException:
+        with _signals_held():
+            _drop_empty_store(target)
+        raise
+
+
+def _drop_empty_store(db: Database) -> None:
+    """Drop every table of the store at `db` (schema version included) if none holds a
+    row; leave it as it is otherwise, or when the server cannot be reached."""
+    try:
+        with db.transaction() as conn:
+            tables = [_quote(t) for t in sorted(_read_tables(db))]
+            if not tables:
+                return
+            conn.execute(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE")
+            for table in tables:
+                if conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():  # noqa: S608
+                    log.warning("%s: not empty after a failed copy; its tables are kept", db.path)
+                    return
+            conn.execute(f"DROP TABLE {', '.join([*tables, _quote(_PG_VERSION_TABLE)])}")
+    except _KEPT as exc:
+        log.info("%s: the empty tables of the failed copy are kept: %s", db.path, exc)
 
 
 def _leave_wal(db: Database) -> None:
