@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -102,7 +103,8 @@ def copy_command(app: AppContext, source_url: str, target_url: str, as_json: boo
     """Copy a whole store into an empty one (SQLite to PostgreSQL, or back).
 
     Both stores are migrated to this version's schema first. A target holding any row
-    is refused and nothing is written; a failure part way leaves the target empty.
+    is refused and nothing is written; a failure part way, Ctrl-C or SIGTERM leaves the
+    target as it was (a new SQLite file appears only once complete).
 
     Example: syndicate store copy --from syndicate.db --to postgresql://syndicate@db/syndicate
     """
@@ -110,7 +112,9 @@ def copy_command(app: AppContext, source_url: str, target_url: str, as_json: boo
     target_at = _parse(target_url, option="--to")
     settings = app.settings.store
     # SIGTERM ends the copy as Ctrl-C does (an exception), so a new file is cleaned up.
-    before = signal.signal(signal.SIGTERM, _terminated)
+    # (Python lets only the main thread set a handler: elsewhere, the default stays.)
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _terminated) if main else None
     try:
         with _open_source(source_at, settings) as source:
             counts, target_name = copy_into(
@@ -122,7 +126,8 @@ def copy_command(app: AppContext, source_url: str, target_url: str, as_json: boo
             )
             names = (str(source.path), target_name)
     finally:
-        signal.signal(signal.SIGTERM, before)
+        if main:
+            signal.signal(signal.SIGTERM, before)
     if as_json:
         record = {"from": names[0], "to": names[1], "copied": counts}
         click.echo(json.dumps(record, ensure_ascii=False))
