@@ -227,3 +227,22 @@ def test_inspect_shows_a_filled_head_without_its_dateline(folder: Path) -> None:
     code, out, _err = run("seeds/c.txt")
     assert "  head:        Sáng nay 31/10, tỉnh bàn chuyển đổi số.\n" in out
     assert "(derived from the head)" in out
+
+
+def test_a_link_leading_outside_the_folder_is_refused_as_by_the_build(folder: Path) -> None:
+    (folder / "private").mkdir()
+    (folder / "private" / "passwd").write_text(DUMP, encoding="utf-8")
+    (folder / "seeds" / "c.txt").symlink_to(folder / "private" / "passwd")
+    code, out, err = run("seeds", "--json")
+    assert code == 1
+    assert len(out.splitlines()) == 3  # a.txt and b.txt, then c.txt's error
+    assert err == ""
+    assert json.loads(out.splitlines()[-1]) == {
+        "source": "seeds/c.txt",
+        "error": f"is a link to '{folder / 'private' / 'passwd'}', outside the "
+        "dump folder. Copy the file into the dump folder, or set load.follow_symlinks = true.",
+    }
+    (folder / "syndicate.toml").write_text("[load]\nfollow_symlinks = true\n", encoding="utf-8")
+    code, out, err = run("seeds", "--json")
+    assert (code, err) == (0, "")
+    assert len(out.splitlines()) == 3

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from syndicate.config import load_settings
 from syndicate.errors import DumpError, InputError
 from syndicate.load import (
     PARSER_VERSION,
@@ -25,6 +26,8 @@ from syndicate.load import (
 )
 from syndicate.load import decode as decode_module
 from syndicate.model import Article, BlockKind, Precision, Teaser
+from syndicate.publish.sync import sync_articles  # the build's reading path
+from syndicate.store import open_database
 from tests.conftest import DATA, ROOT, SHARED_SEEDS
 from tests.data.dumps import make_dumps
 
@@ -1096,3 +1099,54 @@ def test_a_pinned_read_refuses_a_file_outside_its_folders_whatever_the_pin(tmp_p
         read_dump(root / "b.txt", max_bytes=100, pin=DumpPin(st.st_dev, st.st_ino, False, folders))
         == b"dump"
     )
+
+
+# ------------------------------------------------------------- read_dumps: the link check
+
+
+def _linked_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """A dump folder holding a dump, a link to it (inside) and a link to a file outside it
+    that stands for /etc/passwd (a readable dump, so only the link check refuses it)."""
+    dumps, outside = tmp_path / "dumps", tmp_path / "etc"
+    dumps.mkdir()
+    outside.mkdir()
+    dump = (DUMPS / "basic_utf8.txt").read_bytes()
+    (dumps / "a.txt").write_bytes(dump)
+    (dumps / "in.txt").symlink_to(dumps / "a.txt")
+    (outside / "passwd").write_bytes(dump)
+    (dumps / "passwd.txt").symlink_to(outside / "passwd")
+    return dumps, outside / "passwd"
+
+
+def test_read_dumps_refuses_a_link_leading_outside_the_folder_and_reads_the_rest(
+    tmp_path: Path,
+) -> None:
+    # read_dumps read any link, where the build refuses one leading outside the folder.
+    dumps, secret = _linked_folder(tmp_path)
+    results = list(read_dumps([dumps], max_bytes=4096, tz=TZ))
+    assert [(p.name, type(r).__name__) for p, r in results] == [
+        ("a.txt", "Article"),
+        ("in.txt", "Article"),  # a link inside the folder is read, as by the build
+        ("passwd.txt", "DumpError"),
+    ]
+    assert str(results[2][1]) == (
+        f"{dumps / 'passwd.txt'}: is a link to '{secret}', outside the dump folder. "
+        "Copy the file into the dump folder, or set load.follow_symlinks = true."
+    )
+    # As in the build: load.follow_symlinks reads it, and so does naming the file itself.
+    followed = list(read_dumps([dumps], max_bytes=4096, tz=TZ, follow_symlinks=True))
+    assert [type(r).__name__ for _, r in followed] == ["Article"] * 3
+    named = list(read_dumps([dumps / "passwd.txt"], max_bytes=4096, tz=TZ))
+    assert [type(r).__name__ for _, r in named] == ["Article"]
+
+
+def test_read_dumps_refuses_what_the_build_refuses_with_the_same_line(tmp_path: Path) -> None:
+    dumps, _ = _linked_folder(tmp_path)
+    (dumps / "gone.txt").symlink_to(tmp_path / "nowhere")  # a broken link
+    read = [str(r) for _, r in read_dumps([dumps], max_bytes=4096, tz=TZ)]
+    settings = load_settings(None, {}, cwd=tmp_path)
+    with open_database(tmp_path / "syndicate.db") as db:
+        result = sync_articles(settings, db, now=datetime(2024, 11, 1, tzinfo=UTC), paths=[dumps])
+    refused = [str(e) for e in result.errors]
+    assert len(refused) == 2
+    assert [line for line in read if line in refused] == refused

@@ -9,9 +9,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
+import signal
+import socket
 import sqlite3
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -260,27 +268,79 @@ def test_a_target_that_is_not_empty_is_refused_and_left_as_it_was(
         assert _count_rows(target) == 1
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
-def test_a_failure_part_way_leaves_the_target_empty(
-    full_store: Path, new_pg: Callable[[], str], tmp_path: Path, engine: str
-) -> None:
-    # A damaged source: a delivery of a subscriber who is not there (written with the
-    # foreign keys off). It is copied last but one, after every other table went in.
-    raw = sqlite3.connect(full_store)
+def _damage(store: Path) -> None:
+    """A damaged source: a delivery of a subscriber who is not there (written with the
+    foreign keys off). It is copied last but one, after every other table went in."""
+    raw = sqlite3.connect(store)
     raw.execute(
         "INSERT INTO deliveries (digest_day, subscriber_id, status, updated_at) "
         "SELECT day, 999, 'sent', created_at FROM digests"
     )
     raw.commit()
     raw.close()
-    url = new_pg() if engine == "postgresql" else str(tmp_path / "target.db")
+
+
+def _listing(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file and folder below `folder`: mode, size and modification time."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        st = path.lstat()
+        found[str(path.relative_to(folder))] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return found
+
+
+def _target_folder(tmp_path: Path) -> Path:
+    """A folder to copy into, holding a file of its own."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("not a store\n")
+    return folder
+
+
+def _pg_tables(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return sorted(r[0] for r in rows.fetchall())
+
+
+@pytest.mark.parametrize("store_before", [False, True])
+def test_a_failure_part_way_leaves_the_postgresql_target_as_it_was(
+    full_store: Path, new_pg: Callable[[], str], store_before: bool
+) -> None:
+    # A database with no store yet kept the tables the copy's migration made in it; one
+    # that held an empty store keeps it, with no row.
+    _damage(full_store)
+    url = new_pg()
+    if store_before:
+        open_database(Path(), url=url).close()
+    before = _pg_tables(url)
+    assert bool(before) == store_before
     code, out, err = _run("store", "copy", "--from", str(full_store), "--to", url)
     assert (code, out) == (2, "")
     assert len(err.splitlines()) == 1
     assert "cannot copy the store" in err
     assert "foreign key" in err.lower()
-    with open_database(Path(url), url=url if engine == "postgresql" else "") as target:
-        assert _count_rows(target) == 0
+    assert _pg_tables(url) == before
+    if store_before:
+        with open_database(Path(), url=url) as target:
+            assert _count_rows(target) == 0
+
+
+@pytest.mark.parametrize("name", ["target.db", "new/deeper/target.db"])
+def test_a_new_sqlite_file_that_fails_part_way_is_never_made(
+    full_store: Path, tmp_path: Path, name: str
+) -> None:
+    # Every table but deliveries went into the new file before the foreign key failed: it
+    # was left there, empty and migrated, with its -wal and -shm (and the folders made).
+    _damage(full_store)
+    folder = _target_folder(tmp_path)
+    before = _listing(folder)
+    code, out, err = _run("store", "copy", "--from", str(full_store), "--to", str(folder / name))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"Error: {folder / name}: cannot copy the store: ")
+    assert len(err.splitlines()) == 1
+    assert "foreign key" in err.lower()
+    assert _listing(folder) == before
 
 
 def test_copy_store_reports_rows_per_table_in_foreign_key_order(
@@ -402,3 +462,258 @@ def test_a_store_from_a_newer_syndicate_is_one_line_and_nothing_is_made(project:
         f"knows ({len(MIGRATIONS)}). Upgrade syndicate before using this database.\n"
     )
     assert not Path("target.db").exists()
+
+
+class SilentRelay:
+    """A TCP relay on 127.0.0.1 to the cluster that goes silent (holds every reply of the
+    server) from the moment a client sends `trigger`, until `speak()` or `at_most` seconds:
+    a server that stopped answering part way, as a stopped one does (test_pg_no_reply),
+    at a chosen statement. `silent` is set when it fell silent."""
+
+    def __init__(self, port: int, trigger: bytes, *, at_most: float = 20.0) -> None:
+        self.upstream = port
+        self.trigger = trigger
+        self.at_most = at_most
+        self.silent = threading.Event()
+        self.spoken = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, url: str) -> str:
+        return url.replace(f":{self.upstream}/", f":{self.port}/")
+
+    def speak(self) -> None:
+        self.spoken.set()
+
+    def close(self) -> None:
+        self.spoken.set()
+        for sock in self.sockets:
+            with suppress(OSError):
+                sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            self.sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, read: socket.socket, write: socket.socket, asking: bool) -> None:
+        try:
+            while data := read.recv(65536):
+                if asking and self.trigger in data:
+                    self.silent.set()  # before the server can answer it
+                    threading.Timer(self.at_most, self.spoken.set).start()
+                if not asking and self.silent.is_set():
+                    self.spoken.wait()
+                write.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with suppress(OSError):
+                write.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def pg_source(full_store: Path, new_pg: Callable[[], str]) -> str:
+    """A PostgreSQL store holding `full_store`'s rows."""
+    url = new_pg()
+    assert _run("store", "copy", "--from", str(full_store), "--to", url)[0] == 0
+    return url
+
+
+@pytest.fixture
+def silent_source(pg_source: str, pg_cluster: Cluster) -> Iterator[tuple[SilentRelay, str]]:
+    """`pg_source` behind a relay that falls silent once the copy reads the subscribers
+    (after the tables before them went into the target), and its URL through the relay."""
+    relay = SilentRelay(pg_cluster.port, b'"syndicate_copy_subscribers"')
+    try:
+        yield relay, relay.url(pg_source)
+    finally:
+        relay.close()
+
+
+def _configure(project: Path, **store: float) -> None:
+    lines = ["[store]", *(f"{key} = {value}" for key, value in store.items())]
+    (project / "syndicate.toml").write_text("\n".join(lines) + "\n")
+
+
+def test_a_silent_source_ends_the_copy_after_the_configured_reply_timeout_leaving_nothing(
+    project: Path, silent_source: tuple[SilentRelay, str], tmp_path: Path
+) -> None:
+    # store copy opened both stores with the default store.reply_timeout (120 s), whatever
+    # the settings said: here the relay speaks again after 20 s and the copy went through.
+    relay, url = silent_source
+    _configure(project, busy_timeout=0.5, reply_timeout=1)
+    folder = _target_folder(tmp_path)
+    before = _listing(folder)
+    started = time.monotonic()
+    code, out, err = _run("store", "copy", "--from", url, "--to", str(folder / "target.db"))
+    took = time.monotonic() - started
+    assert relay.silent.is_set()
+    assert (code, out) == (75, ""), err
+    where = "PostgreSQL at " + url.split("@", 1)[1]
+    assert err.startswith(f"Error: {where}: cannot reach the database: the server sent nothing ")
+    assert "for 1 s (store.reply_timeout)" in err
+    assert len(err.splitlines()) == 1
+    assert took < 1 + 10, took  # well before the relay's 20 s, let alone 120 s
+    assert _listing(folder) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "code", "line"),
+    [
+        (
+            signal.SIGTERM,
+            143,
+            "Error: store copy: stopped by SIGTERM; the target was left as it was.",
+        ),
+        (signal.SIGINT, 130, "Interrupted."),
+    ],
+)
+def test_a_copy_into_a_new_file_stopped_by_a_signal_leaves_nothing(
+    project: Path,
+    silent_source: tuple[SilentRelay, str],
+    tmp_path: Path,
+    signum: int,
+    code: int,
+    line: str,
+) -> None:
+    # SIGTERM killed the copy where it stood (no handler): the half-made file stayed, under
+    # the target's own name; Ctrl-C left it as well.
+    relay, url = silent_source
+    _configure(project, reply_timeout=0)  # no bound: only the signal ends the wait
+    folder = _target_folder(tmp_path)
+    before = _listing(folder)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syndicate", "store", "copy", "--from", url, "--to", "out/t.db"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert relay.silent.wait(60), "the copy never read the subscribers"
+        assert _listing(folder) != before, "nothing made yet: no unfinished copy to clean up"
+        process.send_signal(signum)
+        # The held reply now comes: on Ctrl-C psycopg cancels the statement and waits for
+        # its end (else 5 s, and 5 s more for the cancel), then lets KeyboardInterrupt go.
+        relay.speak()
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert (process.returncode, out) == (code, "")
+    assert err.splitlines()[-1:] == [line]
+    assert _listing(folder) == before
+
+
+@pytest.mark.slow
+def test_a_new_file_that_cannot_grow_part_way_is_never_made(
+    full_store: Path, tmp_path: Path
+) -> None:
+    # The process may write files of 1 MiB at most (RLIMIT_FSIZE): the target cannot grow
+    # part way through the copy, after the empty store (about 280 KiB) was made, as on a
+    # disk that fills up. SQLite sees EFBIG, not ENOSPC: a "disk I/O error", exit 2 (a
+    # full disk is StoreFullError, exit 75, with the same clean-up).
+    with open_database(full_store) as db, db.transaction() as conn:
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            ((f"filler-{n}", os.urandom(5000).hex()) for n in range(300)),
+        )
+    folder = _target_folder(tmp_path)
+    before = _listing(folder)
+    limit = 1 << 20
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    args = ["store", "copy", "--from", str(full_store), "--to", str(folder / "target.db")]
+    done = subprocess.run(
+        [sys.executable, "-m", "syndicate", *args],
+        cwd=full_store.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=small_disk,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr == f"Error: {folder / 'target.db'}: cannot copy the store: disk I/O error.\n"
+    assert _listing(folder) == before
+
+
+@pytest.mark.slow
+def test_a_file_that_appears_at_the_target_meanwhile_is_never_overwritten(
+    project: Path, silent_source: tuple[SilentRelay, str], tmp_path: Path
+) -> None:
+    relay, url = silent_source
+    _configure(project, reply_timeout=0)
+    folder = _target_folder(tmp_path)
+    before = _listing(folder)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syndicate", "store", "copy", "--from", url, "--to", "out/t.db"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert relay.silent.wait(60), "the copy never read the subscribers"
+        (folder / "t.db").write_text("another's file\n")  # made while the copy runs
+        before["t.db"] = _listing(folder)["t.db"]
+        relay.speak()
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert (process.returncode, out) == (2, "")
+    assert err == (
+        "Error: out/t.db: a file appeared there while the copy ran; it is left as it is and "
+        "nothing was copied. Copy again into a new path (or remove that file if it is not "
+        "wanted).\n"
+    )
+    assert _listing(folder) == before
+    assert (folder / "t.db").read_text() == "another's file\n"
+
+
+@pytest.mark.slow
+def test_a_copy_into_a_new_postgresql_database_stopped_by_sigterm_leaves_it_as_it_was(
+    project: Path, silent_source: tuple[SilentRelay, str], new_pg: Callable[[], str]
+) -> None:
+    relay, url = silent_source
+    target = new_pg()
+    _configure(project, reply_timeout=0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syndicate", "store", "copy", "--from", url, "--to", target],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert relay.silent.wait(60), "the copy never read the subscribers"
+        assert _pg_tables(target), "no tables made yet: nothing to clean up"
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert (process.returncode, out) == (143, "")
+    assert err == "Error: store copy: stopped by SIGTERM; the target was left as it was.\n"
+    assert _pg_tables(target) == []

@@ -66,7 +66,10 @@ def inspect_command(app: AppContext, paths: tuple[Path, ...], as_json: bool) -> 
     failed = 0
     first = True
     for path, result in read_dumps(
-        list(paths), max_bytes=settings.load.max_bytes, tz=settings.site.tz
+        list(paths),
+        max_bytes=settings.load.max_bytes,
+        tz=settings.site.tz,
+        follow_symlinks=settings.load.follow_symlinks,
     ):
         if isinstance(result, DumpError):
             failed += 1

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import click
 
 from syndicate.cli import AppContext, cli, pass_app
-from syndicate.errors import StoreError
-from syndicate.store import Database, open_database, open_reader, postgres
-from syndicate.store.copy import copy_store
+from syndicate.config import StoreSettings
+from syndicate.errors import StoreError, TerminatedError
+from syndicate.store import Database, open_reader, postgres
+from syndicate.store.copy import copy_into
 
 _PG_SCHEMES = ("postgresql://", "postgres://")
 _SQLITE_SCHEME = "sqlite://"
@@ -24,35 +29,55 @@ def store_group() -> None:
     """
 
 
-def _open(location: str, *, option: str, must_exist: bool) -> Database:
-    """Open the store at `location`: a PostgreSQL URL, `sqlite:///path` or a plain path.
+@dataclass(frozen=True, slots=True)
+class _Location:
+    """Where a store is: a PostgreSQL URL, or a SQLite file."""
 
-    With `must_exist` (the source) it is opened to read only, and a missing file or a
-    PostgreSQL database syndicate never wrote is refused, left as it is.
-    """
+    url: str  # empty: the SQLite file at `path`
+    path: Path
+    given: str  # "URL" or "path", for messages
+
+
+def _parse(location: str, *, option: str) -> _Location:
+    """Read `location`: a PostgreSQL URL, `sqlite:///path` or a plain path."""
     if location.startswith(_PG_SCHEMES):
-        url, path, given = location, Path(), "URL"
-    else:
-        text = location.removeprefix(_SQLITE_SCHEME)
-        if not text or "://" in text:
-            # Named by its scheme only: the rest may hold a password (a mistyped postgresql://).
-            scheme = location.partition("://")[0] + "://" if "://" in location else location
-            raise click.BadParameter(
-                f"a {scheme!r} location is neither a postgresql:// URL nor a SQLite file "
-                "(sqlite:///path/to/file.db or a plain path).",
-                param_hint=option,
-            )
-        url, path, given = "", Path(text), "path"
-    if not must_exist:
-        return open_database(path, url=url)
-    found = open_reader(path, url=url) if url or path.is_file() else None
-    if found is None:
+        return _Location(location, Path(), "URL")
+    text = location.removeprefix(_SQLITE_SCHEME)
+    if not text or "://" in text:
+        # Named by its scheme only: the rest may hold a password (a mistyped postgresql://).
+        scheme = location.partition("://")[0] + "://" if "://" in location else location
+        raise click.BadParameter(
+            f"a {scheme!r} location is neither a postgresql:// URL nor a SQLite file "
+            "(sqlite:///path/to/file.db or a plain path).",
+            param_hint=option,
+        )
+    return _Location("", Path(text), "path")
+
+
+def _open_source(found: _Location, settings: StoreSettings) -> Database:
+    """Open the store to copy from, to read only. A missing file or a PostgreSQL database
+    syndicate never wrote is refused, left as it is."""
+    path, url = found.path, found.url
+    db = None
+    if url or path.is_file():
+        db = open_reader(
+            path,
+            url=url,
+            busy_timeout=settings.busy_timeout,
+            reply_timeout=settings.reply_timeout,
+        )
+    if db is None:
         raise StoreError(
             f"{postgres.where(url) if url else path}: no such store to copy from; "
             "nothing was copied.",
-            hint=f"Check the {given} given to {option}.",
+            hint=f"Check the {found.given} given to --from.",
         )
-    return found
+    return db
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up must not be cut short
+    raise TerminatedError("store copy: stopped by SIGTERM; the target was left as it was.")
 
 
 @store_group.command("copy")
@@ -78,14 +103,31 @@ def copy_command(app: AppContext, source_url: str, target_url: str, as_json: boo
     """Copy a whole store into an empty one (SQLite to PostgreSQL, or back).
 
     Both stores are migrated to this version's schema first. A target holding any row
-    is refused and nothing is written; a failure part way leaves the target empty.
+    is refused and nothing is written; a failure part way, Ctrl-C or SIGTERM leaves the
+    target as it was (a new SQLite file appears only once complete).
 
     Example: syndicate store copy --from syndicate.db --to postgresql://syndicate@db/syndicate
     """
-    with _open(source_url, option="--from", must_exist=True) as source:
-        with _open(target_url, option="--to", must_exist=False) as target:
-            counts = copy_store(source, target)
-            names = (str(source.path), str(target.path))
+    source_at = _parse(source_url, option="--from")
+    target_at = _parse(target_url, option="--to")
+    settings = app.settings.store
+    # SIGTERM ends the copy as Ctrl-C does (an exception), so a new file is cleaned up.
+    # (Python lets only the main thread set a handler: elsewhere, the default stays.)
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _terminated) if main else None
+    try:
+        with _open_source(source_at, settings) as source:
+            counts, target_name = copy_into(
+                source,
+                url=target_at.url,
+                path=target_at.path,
+                busy_timeout=settings.busy_timeout,
+                reply_timeout=settings.reply_timeout,
+            )
+            names = (str(source.path), target_name)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, before)
     if as_json:
         record = {"from": names[0], "to": names[1], "copied": counts}
         click.echo(json.dumps(record, ensure_ascii=False))

@@ -11,6 +11,7 @@ from syndicate.load.dates import LEAD_DATE_WITHIN
 from syndicate.load.decode import decode_dump
 from syndicate.load.files import (
     DumpPin,
+    LinkCheck,
     check_dump_paths,
     check_link,
     check_name,
@@ -38,6 +39,7 @@ __all__ = [
     "TEXT_LIMIT",
     "TITLE_LIMIT",
     "DumpPin",
+    "LinkCheck",
     "check_dump_paths",
     "check_link",
     "check_name",

@@ -165,6 +165,54 @@ class DumpPin(NamedTuple):
     folders: tuple[str, ...] = ()  # the dump folders (real paths) the file must be inside
 
 
+class LinkCheck:
+    """The link check of dumps, as the build makes it and `read_dumps` too.
+
+    A link found in a folder of `paths` must lead inside one of them (unless
+    `follow_symlinks`); a file named on its own is read wherever its link leads: it was
+    asked for. `stat` takes a dump's stat before it is read, and the pin `read_dump` holds
+    the path to, so a dump swapped for a link after the check is refused as well.
+    """
+
+    __slots__ = ("folders", "named")
+
+    def __init__(self, paths: Sequence[Path], *, follow_symlinks: bool) -> None:
+        # The folders links must stay inside (real paths; None: links are not checked).
+        self.folders = None if follow_symlinks else real_folders(paths)
+        self.named = {os.fspath(path) for path in paths if not path.is_dir()}
+
+    def folders_for(self, path: str) -> tuple[str, ...] | None:
+        """The folders the dump at `path` must stay inside (None: not checked)."""
+        return None if self.folders is None or path in self.named else self.folders
+
+    def stat(self, path: str, *, source: str | None = None) -> tuple[os.stat_result, bool]:
+        """The dump's stat (through a link), and whether it was a link checked to stay in.
+
+        DumpError (named by `source`, default the path) when the name is not UTF-8, the
+        file cannot be stat'ed, or it is a link leading outside the folders.
+        """
+        check_name(path, source=source)
+        checked = False
+        try:
+            st = os.lstat(path)  # as cheap as stat: a link costs a second call, a file none
+            if stat.S_ISLNK(st.st_mode):
+                folders = self.folders_for(path)
+                if folders is not None:
+                    check_link(path, folders, source=source)
+                    checked = True
+                st = os.stat(path)
+        except OSError as exc:
+            where = display_path(source or path)
+            raise DumpError(where, f"cannot be read: {exc.strerror or exc}.") from exc
+        return st, checked
+
+    def pin(self, path: str, device: int, inode: int, link: bool) -> DumpPin | None:
+        """What reading `path` must find: the file `stat` checked (its device and inode,
+        and whether it was a link), or None where links are not checked."""
+        folders = self.folders_for(path)
+        return None if folders is None else DumpPin(device, inode, link, folders)
+
+
 def read_dump(
     path: str | Path, *, max_bytes: int, source: str | None = None, pin: DumpPin | None = None
 ) -> bytes:
@@ -269,16 +317,22 @@ def _read_to_end(fd: int, size: int, max_bytes: int) -> bytes:
 
 
 def read_dumps(
-    paths: Sequence[Path], *, max_bytes: int, tz: ZoneInfo
+    paths: Sequence[Path], *, max_bytes: int, tz: ZoneInfo, follow_symlinks: bool = False
 ) -> Iterator[tuple[Path, Article | DumpError]]:
     """Yield (path, article) or (path, DumpError) for every dump, lazily, one file at a time.
 
-    Never raises DumpError (it is yielded, so the caller can count and go on); InputError
-    for a path that does not exist.
+    Links are checked as the build checks them (`LinkCheck`, load.follow_symlinks): one
+    found in a folder that leads outside the folders given, or a dump swapped for one
+    after the check, is a DumpError. Never raises DumpError (it is yielded, so the caller
+    can count and go on); InputError for a path that does not exist.
     """
-    for path in find_dumps(paths):
+    links = LinkCheck(paths, follow_symlinks=follow_symlinks)
+    for text in find_dump_paths(paths):
+        path = Path(text)
         try:
-            data = read_dump(path, max_bytes=max_bytes)
+            st, link = links.stat(text)
+            pin = links.pin(text, st.st_dev, st.st_ino, link)
+            data = read_dump(text, max_bytes=max_bytes, pin=pin)
             yield path, parse_dump(data, source=display_path(path), tz=tz)
         except DumpError as exc:
             yield path, exc

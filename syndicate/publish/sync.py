@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -94,10 +93,8 @@ class _Sync:
         self.max_bytes = settings.load.max_bytes
         self.parser_version = parse_version(settings.site.timezone)
         self.cache = store.read_dump_cache(db)
-        # Links found in these folders must stay inside one of them (None: not checked).
-        # A file named on its own is read wherever its link leads: it was asked for.
-        self.link_folders = None if settings.load.follow_symlinks else load.real_folders(roots)
-        self.named_files = {os.fspath(root) for root in roots if not root.is_dir()}
+        # The link check (shared with load.read_dumps): where links must stay inside.
+        self.links = load.LinkCheck(roots, follow_symlinks=settings.load.follow_symlinks)
         # Paths that were links when signed, checked to stay inside the folders (rare).
         self.checked_links: set[str] = set()
         self.sources = store.read_article_sources(db)
@@ -122,28 +119,17 @@ class _Sync:
     def signature(self, path: str, shown: str) -> _Signature | DumpError:
         """The stat signature of a dump (taken before it is read), or why it cannot be read."""
         try:
-            load.check_name(path, source=shown)
+            st, link = self.links.stat(path, source=shown)
         except DumpError as exc:
             return exc
-        try:
-            st = os.lstat(path)  # as cheap as stat: a link costs a second call, a file none
-            if stat.S_ISLNK(st.st_mode):
-                if self.link_folders is not None and path not in self.named_files:
-                    load.check_link(path, self.link_folders, source=shown)
-                    self.checked_links.add(path)
-                st = os.stat(path)
-        except DumpError as exc:
-            return exc
-        except OSError as exc:
-            return DumpError(shown, f"cannot be read: {exc.strerror or exc}.")
+        if link:
+            self.checked_links.add(path)
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def pin(self, path: str, st: _Signature) -> load.DumpPin | None:
         """What reading `path` must find: the file `signature` checked (None: links are not
         checked here), so that a dump swapped for a link after the check is not read."""
-        if self.link_folders is None or path in self.named_files:
-            return None
-        return load.DumpPin(st[0], st[1], path in self.checked_links, self.link_folders)
+        return self.links.pin(path, st[0], st[1], path in self.checked_links)
 
     def vouched(self, key: str, st: _Signature) -> store.CachedDump | None:
         """The cache entry when the stat signature and parser version match, else None."""

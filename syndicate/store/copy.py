@@ -8,17 +8,37 @@ copied without a change here; both stores are at the same schema version (opened
 batches, so memory stays flat however long the list. Ids are kept, and each id sequence
 of the target is set past the source's (PostgreSQL identity sequences; SQLite's
 `sqlite_sequence` for AUTOINCREMENT tables), so no id is ever handed out twice.
+
+`copy_to_new_file` makes a new SQLite store: it is built under a temporary name in the
+target's folder and appears at its path only once complete, so a copy that fails (or is
+stopped) leaves no file behind. `copy_to_new_database` drops again the tables a failed
+copy's migration made in a new PostgreSQL database. `copy_into` picks one for `store copy`.
 """
 
 from __future__ import annotations
 
+import copy
+import errno
 import logging
+import os
+import signal
+import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from syndicate.errors import StoreError
-from syndicate.store import DB_ERRORS, Database, store_error
+from syndicate.store import (
+    DB_ERRORS,
+    DEFAULT_BUSY_TIMEOUT,
+    DEFAULT_REPLY_TIMEOUT,
+    Database,
+    open_database,
+    open_reader,
+    store_error,
+)
 from syndicate.store.postgres import without_nul
 
 log = logging.getLogger(__name__)
@@ -283,3 +303,251 @@ def copy_store(source: Database, target: Database) -> dict[str, int]:
     except DB_ERRORS as exc:
         raise store_error(target.path, "cannot copy the store", exc) from exc
     return copied
+
+
+# What leaves the tables of a failed copy into a new PostgreSQL database where they are.
+_KEPT: tuple[type[Exception], ...] = (*DB_ERRORS, StoreError)
+# The files SQLite may keep beside a database file (WAL mode, or a rollback journal).
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+# The new store's folders, when missing: owner only, as the store makes them.
+_FOLDER_MODE = 0o700
+# Errors of link(2) that mean "this file system has no hard links" (vfat, some FUSE).
+_NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK})
+
+
+def copy_to_new_file(
+    source: Database, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+) -> dict[str, int]:
+    """Copy every row of `source` into a new SQLite store at `path`; rows copied, per table.
+
+    The store is built under a temporary name in `path`'s folder (0600, as the store makes
+    its files), closed in rollback-journal mode (no -wal file to carry: the next opening
+    turns WAL on again) and linked to `path` only then. So `path` appears complete or not
+    at all: on any failure, or SIGINT / SIGTERM turned into an exception, the temporary
+    file, its -wal and -shm, and any folder made for it are removed, and the folder is as
+    it was. A file that appears at `path` meanwhile is never overwritten (link(2) refuses
+    an existing name): StoreError, and nothing was copied. Raises as `copy_store` does.
+    """
+    made = _make_folders(path.parent)
+    temporary: Path | None = None
+    try:
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".copy", dir=path.parent)
+        except OSError as exc:
+            raise StoreError(
+                f"{path}: cannot make the new store: {exc.strerror or exc}; nothing was copied.",
+                hint="Check the folder's permissions and free space.",
+            ) from exc
+        os.close(fd)  # mkstemp makes it 0600, owner only
+        temporary = Path(name)
+        try:
+            target = open_database(temporary, busy_timeout=busy_timeout)
+        except StoreError as exc:
+            raise _renamed(exc, temporary, path) from exc
+        with target:
+            target.path = path  # messages name the store the user asked for
+            counts = copy_store(source, target)
+            _leave_wal(target)
+        with _signals_held():
+            _publish(temporary, path)
+            temporary = None
+    except BaseException:
+        with _signals_held():
+            if temporary is not None:
+                _remove(temporary)
+            for folder in reversed(made):
+                _remove_folder(folder)
+        raise
+    return counts
+
+
+def copy_into(
+    source: Database,
+    *,
+    url: str,
+    path: Path,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT,
+) -> tuple[dict[str, int], str]:
+    """Copy `source` into the store at `url` (PostgreSQL) or `path` (SQLite), opened with
+    these timeouts; rows copied per table, and the target's name.
+
+    A new SQLite file goes through `copy_to_new_file`, a PostgreSQL database with no store
+    yet through `copy_to_new_database`, any other store through `copy_store`: whichever
+    it is, a failure leaves it as it was.
+    """
+    if not url and not os.path.lexists(path):
+        return copy_to_new_file(source, path, busy_timeout=busy_timeout), str(path)
+    new = False
+    if url:
+        found = open_reader(path, url=url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)
+        if found is not None:
+            found.close()
+        new = found is None
+    with open_database(
+        path, url=url, busy_timeout=busy_timeout, reply_timeout=reply_timeout
+    ) as target:
+        if new:
+            return copy_to_new_database(source, target), str(target.path)
+        return copy_store(source, target), str(target.path)
+
+
+def copy_to_new_database(source: Database, target: Database) -> dict[str, int]:
+    """`copy_store` into a PostgreSQL database that held no syndicate store before `target`
+    was opened (and so migrated) for this copy; rows copied, per table.
+
+    The rows go in one transaction; on any failure (or SIGINT / SIGTERM turned into an
+    exception) the tables the migration made are dropped again, if they are still empty
+    and the connection still answers, so the database is left as it was. Raises as
+    `copy_store` does.
+    """
+    try:
+        return copy_store(source, target)
+    except BaseException:
+        with _signals_held():
+            _drop_empty_store(target)
+        raise
+
+
+def _drop_empty_store(db: Database) -> None:
+    """Drop every table of the store at `db` (schema version included) if none holds a
+    row; leave it as it is otherwise, or when the server cannot be reached."""
+    try:
+        with db.transaction() as conn:
+            tables = [_quote(t) for t in sorted(_read_tables(db))]
+            if not tables:
+                return
+            conn.execute(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE")
+            for table in tables:
+                if conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():  # noqa: S608
+                    log.warning("%s: not empty after a failed copy; its tables are kept", db.path)
+                    return
+            conn.execute(f"DROP TABLE {', '.join([*tables, _quote(_PG_VERSION_TABLE)])}")
+    except _KEPT as exc:
+        log.info("%s: the empty tables of the failed copy are kept: %s", db.path, exc)
+
+
+def _leave_wal(db: Database) -> None:
+    """Checkpoint the WAL into the database file and go back to a rollback journal, so the
+    file holds everything and SQLite removes its -wal file (the next opening turns WAL on)."""
+    try:
+        mode = db.conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0]
+    except DB_ERRORS as exc:
+        raise store_error(db.path, "cannot finish the new store", exc) from exc
+    if str(mode).lower() != "delete":
+        raise StoreError(
+            f"{db.path}: cannot finish the new store: SQLite kept journal mode {mode!r}; "
+            "nothing was copied."
+        )
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Make `folder` and its missing parents (0700); the folders made, outermost first."""
+    missing: list[Path] = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    made: list[Path] = []
+    for each in reversed(missing):
+        try:
+            each.mkdir(mode=_FOLDER_MODE)
+        except FileExistsError:  # made by another process meanwhile: not ours to remove
+            continue
+        except OSError as exc:
+            for folder in reversed(made):
+                _remove_folder(folder)
+            raise StoreError(
+                f"{each}: cannot make the folder: {exc.strerror or exc}; nothing was copied.",
+                hint="Check the parent folder's permissions.",
+            ) from exc
+        made.append(each)
+    return made
+
+
+def _publish(temporary: Path, path: Path) -> None:
+    """Give the complete store at `temporary` its name `path`, never replacing a file."""
+    for side in _SIDE_FILES:  # the store was closed: SQLite removed these
+        if os.path.lexists(f"{temporary}{side}"):
+            raise StoreError(
+                f"{path}: SQLite left {temporary.name}{side} behind; nothing was copied."
+            )
+    try:
+        fd = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temporary, path)
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            # No hard links on this file system: take the name first (O_EXCL), then put the
+            # store over our own empty file.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.replace(temporary, path)
+        else:
+            os.unlink(temporary)
+    except FileExistsError as exc:
+        raise StoreError(
+            f"{path}: a file appeared there while the copy ran; it is left as it is and "
+            "nothing was copied.",
+            hint="Copy again into a new path (or remove that file if it is not wanted).",
+        ) from exc
+    except OSError as exc:
+        raise StoreError(
+            f"{path}: cannot put the new store in place: {exc.strerror or exc}; nothing was "
+            "copied.",
+            hint="Check the folder's permissions and free space.",
+        ) from exc
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a folder; the file itself was synced
+    finally:
+        os.close(fd)
+
+
+def _remove(temporary: Path) -> None:
+    for side in ("", *_SIDE_FILES):
+        try:
+            os.unlink(f"{temporary}{side}")
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("%s%s: cannot remove this unfinished copy: %s", temporary, side, exc)
+
+
+def _remove_folder(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty: something else was put there meanwhile
+        pass
+
+
+def _renamed(exc: StoreError, temporary: Path, path: Path) -> StoreError:
+    """`exc` naming `path` where it names the temporary file (same class, same exit code)."""
+    named = copy.copy(exc)
+    named.message = exc.message.replace(str(temporary), str(path))
+    named.args = (named.message,)
+    return named
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the block (a cleanup must not be cut in half);
+    one that came meanwhile is delivered after it."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
