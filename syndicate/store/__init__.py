@@ -23,7 +23,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, overload
 
-from syndicate.errors import StoreBusyError, StoreError, StoreFullError, StoreUnavailableError
+from syndicate.errors import (
+    StoreAccessError,
+    StoreBusyError,
+    StoreError,
+    StoreFullError,
+    StoreUnavailableError,
+)
 from syndicate.store import postgres
 from syndicate.store.pg_schema import PG_FIRST_VERSION, PG_MIGRATIONS
 from syndicate.store.schema import MIGRATIONS
@@ -84,6 +90,47 @@ def unreachable(where: str, exc: BaseException) -> StoreUnavailableError:
         hint="Check that the server runs and store.url (or SYNDICATE_STORE_URL); "
         "the next run tries again.",
     )
+
+
+def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
+    """The error for a connection to `url` that failed: StoreAccessError (exit 2) when the
+    server refused the login (a wrong password, no such role or database, no right to
+    connect: no retry fixes it), else the server is unreachable (exit 75)."""
+    refused = postgres.refused_login(exc)
+    if refused is None:
+        return unreachable(where, exc)
+    kind, reason = refused
+    try:
+        params = postgres.parse_url(url)
+    except ValueError:
+        params = {}
+    # libpq's defaults when the URL names none: PGUSER, else the system user; the user's name.
+    user = params.get("user") or os.environ.get("PGUSER") or _system_user()
+    dbname = params.get("dbname") or os.environ.get("PGDATABASE") or user
+    hints = {
+        "password": "Check the password (in store.url or SYNDICATE_STORE_URL, or in "
+        f"PGPASSWORD or ~/.pgpass) against the role's on the server (ALTER ROLE {user} "
+        "PASSWORD ...).",
+        "role": "Check the user in store.url (or SYNDICATE_STORE_URL), or create the role on "
+        f"the server (CREATE ROLE {user} LOGIN PASSWORD ...).",
+        "access": "Let this user in from this machine: a line for it in the server's "
+        f"pg_hba.conf, and GRANT CONNECT ON DATABASE {dbname} TO {user}.",
+        "database": "Check the database name in store.url (or SYNDICATE_STORE_URL), or "
+        f"create it (createdb -O {user} {dbname}).",
+    }
+    return StoreAccessError(
+        f"{where}: cannot log in as user {user!r} to database {dbname!r}: {reason}.",
+        hint=f"{hints[kind]} Trying again will not help until this is fixed.",
+    )
+
+
+def _system_user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def _first_line(exc: BaseException) -> str:
@@ -297,7 +344,7 @@ class PgDatabase(Database):
                 self._url, busy_timeout=self._busy_timeout, reply_timeout=self._reply_timeout
             )
         except postgres.ERRORS as exc:
-            raise unreachable(str(self.path), exc) from exc
+            raise not_connected(str(self.path), self._url, exc) from exc
 
 
 def open_database(
@@ -321,7 +368,8 @@ def open_database(
     this connection (`PRAGMA query_only`), for a reader beside the writer.
     On PostgreSQL a server that cannot be reached is StoreUnavailableError (exit 75),
     named by host, port and database, never by password; so is one that sends nothing for
-    `reply_timeout` seconds while a statement waits for it (0 or None: no bound).
+    `reply_timeout` seconds while a statement waits for it (0 or None: no bound). A login
+    the server refuses (password, role, database, pg_hba.conf) is StoreAccessError (exit 2).
     """
     if url:
         return _open_postgres(
@@ -446,7 +494,7 @@ def _open_postgres(
     try:
         conn = postgres.connect(url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)
     except postgres.ERRORS as exc:
-        raise unreachable(where, exc) from exc
+        raise not_connected(where, url, exc) from exc
     db = PgDatabase(conn, where, url=url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)
     try:
         if must_exist and db.schema_version == 0:  # never used: no store yet, left alone

@@ -417,6 +417,36 @@ async def connect_async(
     return conn
 
 
+# A refused login, by the server's or libpq's words: libpq reports a failed connection with
+# no SQLSTATE, only the text (the server's FATAL line, in English unless its lc_messages says
+# otherwise: another language's text stays "cannot reach", exit 75). Each names a setup
+# problem that no retry fixes; the kind picks the hint.
+_REFUSED = (
+    # 28P01 (password), and 28000 for the other methods (ident, peer, ldap, cert...).
+    ("password", re.compile(r"authentication failed for user")),
+    ("password", re.compile(r"fe_sendauth: no password supplied")),  # libpq: none to give
+    ("role", re.compile(r'role "[^"]*" (?:does not exist|is not permitted to log in)')),
+    ("access", re.compile(r"no pg_hba\.conf entry for|pg_hba\.conf rejects connection")),
+    ("access", re.compile(r"permission denied for database")),  # 42501 at connect
+    ("access", re.compile(r"server does not support SSL, but SSL was required")),
+    ("database", re.compile(r'database "[^"]*" does not exist')),  # 3D000
+)
+
+
+def refused_login(exc: BaseException) -> tuple[str, str] | None:
+    """For a failed connection the server refused to log in (no retry fixes it): its kind
+    ("password", "role", "access" or "database") and the reason, as the server worded it.
+    None for a server down, starting, busy or unreachable."""
+    for line in str(exc).splitlines():
+        for kind, pattern in _REFUSED:
+            found = pattern.search(line)
+            if found is not None:
+                fatal = line.find("FATAL:")
+                reason = line[fatal + len("FATAL:") :] if fatal >= 0 else line[found.start() :]
+                return kind, reason.strip().rstrip(".")
+    return None
+
+
 def is_busy(exc: BaseException) -> bool:
     """True for a server that is there but busy: try again in a moment."""
     return getattr(exc, "sqlstate", None) in _BUSY_STATES
