@@ -9,7 +9,7 @@ import click
 
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.errors import StoreError
-from syndicate.store import Database, open_database, open_reader, postgres
+from syndicate.store import Database, open_database, open_reader
 from syndicate.store.copy import copy_store
 
 _PG_SCHEMES = ("postgresql://", "postgres://")
@@ -47,6 +47,8 @@ def _open(location: str, *, option: str, must_exist: bool) -> Database:
         return open_database(path, url=url)
     found = open_reader(path, url=url) if url or path.is_file() else None
     if found is None:
+        from syndicate.store import postgres  # psycopg: loaded only for a PostgreSQL store
+
         raise StoreError(
             f"{postgres.where(url) if url else path}: no such store to copy from; "
             "nothing was copied.",

@@ -19,7 +19,6 @@ from typing import Any
 
 from syndicate.errors import StoreError
 from syndicate.store import DB_ERRORS, Database, store_error
-from syndicate.store.postgres import without_nul
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +208,8 @@ def _write_rows(
     count = 0
     if db.dialect == "postgresql":
         # COPY: an order of magnitude faster than INSERTs for a big list.
+        from syndicate.store.postgres import without_nul  # loaded: the target is open
+
         cursor = db.conn.raw.cursor()
         with cursor.copy(f"COPY {_quote(name)} ({columns}) FROM STDIN") as copy:
             for batch in batches:
