@@ -627,9 +627,14 @@ class LoopStatement:
         types: Sequence[str],
         failure: Callable[[Exception], Exception],
     ) -> LoopStatement:
-        """`sql` with PostgreSQL's own parameters ($1...), of `types` ("text", "bigint[]")."""
-        await conn.execute(f"PREPARE {name} ({', '.join(types)}) AS {sql}")
-        return cls(conn, name, failure)
+        """`sql` with PostgreSQL's own parameters ($1...), of `types` ("text", "bigint[]").
+
+        Raises PgError when it cannot (the connection broke meanwhile, say)."""
+        try:
+            await conn.execute(f"PREPARE {name} ({', '.join(types)}) AS {sql}")
+            return cls(conn, name, failure)  # reads libpq's socket: a closed one raises
+        except psycopg.Error as exc:
+            raise to_pg_error(exc) from exc
 
     @property
     def running(self) -> bool:
