@@ -170,3 +170,47 @@ def test_a_connection_pg_hba_or_the_database_rights_refuse_is_exit_2(
         assert caught.value.exit_code == 2
     finally:
         roles.drop_database(closed)
+
+
+_AT = 'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        (_AT + 'FATAL:  password authentication failed for user "news"', "password"),
+        (_AT + "fe_sendauth: no password supplied", "password"),
+        (_AT + 'FATAL:  Ident authentication failed for user "news"', "access"),
+        (_AT + 'FATAL:  role "news" does not exist', "role"),
+        (_AT + 'FATAL:  role "news" is not permitted to log in', "role"),
+        (_AT + 'FATAL:  database "news" does not exist', "database"),
+        (
+            _AT + 'FATAL:  no pg_hba.conf entry for host "10.0.0.2", user "news", database "news", '
+            "no encryption",
+            "access",
+        ),
+        (
+            _AT + 'FATAL:  permission denied for database "news"\nDETAIL:  User does not have '
+            "CONNECT privilege.",
+            "access",
+        ),
+        # Each of these may pass: exit 75, and the next run tries again.
+        (_AT + "FATAL:  the database system is starting up", None),
+        (_AT + "FATAL:  the database system is shutting down", None),
+        (_AT + "FATAL:  sorry, too many clients already", None),
+        (_AT + 'FATAL:  too many connections for role "news"', None),
+        (
+            _AT + "Connection refused\n\tIs the server running on that host and accepting TCP/IP "
+            "connections?",
+            None,
+        ),
+        (_AT + "timeout expired", None),
+        ("failed to resolve host 'db.example.org': [Errno -2] Name or service not known", None),
+        ("the server sent nothing for 120 s (store.reply_timeout)", None),
+    ],
+)
+def test_which_failed_connections_no_retry_fixes(message: str, kind: str | None) -> None:
+    from syndicate.store.postgres import refused_login
+
+    found = refused_login(Exception(message))
+    assert (found[0] if found else None) == kind

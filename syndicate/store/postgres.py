@@ -560,9 +560,10 @@ async def connect_async(
 # otherwise: another language's text stays "cannot reach", exit 75). Each names a setup
 # problem that no retry fixes; the kind picks the hint.
 _REFUSED = (
-    # 28P01 (password), and 28000 for the other methods (ident, peer, ldap, cert...).
-    ("password", re.compile(r"authentication failed for user")),
+    ("password", re.compile(r"password authentication failed for user")),  # 28P01
     ("password", re.compile(r"fe_sendauth: no password supplied")),  # libpq: none to give
+    # 28000: the other methods pg_hba.conf may name (ident, peer, ldap, cert...).
+    ("access", re.compile(r"authentication failed for user")),
     ("role", re.compile(r'role "[^"]*" (?:does not exist|is not permitted to log in)')),
     ("access", re.compile(r"no pg_hba\.conf entry for|pg_hba\.conf rejects connection")),
     ("access", re.compile(r"permission denied for database")),  # 42501 at connect
