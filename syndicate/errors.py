@@ -108,6 +108,13 @@ class StoreUnavailableError(StoreError):
     exit_code: ClassVar[int] = EXIT_TEMPFAIL
 
 
+class StoreAccessError(StoreError):
+    """The database server refused the login (wrong password, no such role or database, no
+    right to connect): a setup problem that no retry fixes, exit 2 as for a bad config."""
+
+    exit_code: ClassVar[int] = EXIT_USAGE
+
+
 class LockedError(SyndicateError):
     """Another run holds the lock; try again later."""
 

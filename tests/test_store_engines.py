@@ -21,6 +21,7 @@ from syndicate.cli import cli
 from syndicate.errors import StoreError, StoreUnavailableError
 from syndicate.store import PgDatabase, open_database, teasers
 from syndicate.store.pg_schema import PG_FIRST_VERSION, PG_MIGRATIONS
+from syndicate.store.pgerrors import PgError, is_gone
 from syndicate.store.postgres import positional, redact, translate, where
 from syndicate.store.schema import MIGRATIONS
 from tests.plugins.postgres import ENV_STORE_URL, Cluster
@@ -326,8 +327,10 @@ def test_a_connection_the_server_ended_while_idle_is_found_dropped_before_use(
                 ended = admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,)).fetchone()
             assert ended == (True,)
             assert db.conn.is_dropped() is True  # no round trip needed to know
-            with pytest.raises(psycopg.OperationalError):
+            with pytest.raises(PgError) as caught:  # the store's own, psycopg's as its cause
                 db.conn.execute("SELECT 1")
+            assert is_gone(caught.value)
+            assert isinstance(caught.value.__cause__, psycopg.OperationalError)
             assert db.conn.is_dropped() is True
     finally:
         pg_cluster.drop_database(url)

@@ -14,7 +14,7 @@ import click
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.config import StoreSettings
 from syndicate.errors import StoreError, TerminatedError
-from syndicate.store import Database, open_reader, postgres
+from syndicate.store import Database, open_reader
 from syndicate.store.copy import copy_into
 
 _PG_SCHEMES = ("postgresql://", "postgres://")
@@ -67,6 +67,8 @@ def _open_source(found: _Location, settings: StoreSettings) -> Database:
             reply_timeout=settings.reply_timeout,
         )
     if db is None:
+        from syndicate.store import postgres  # psycopg: loaded only for a PostgreSQL store
+
         raise StoreError(
             f"{postgres.where(url) if url else path}: no such store to copy from; "
             "nothing was copied.",

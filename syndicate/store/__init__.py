@@ -23,9 +23,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, overload
 
-from syndicate.errors import StoreBusyError, StoreError, StoreFullError, StoreUnavailableError
-from syndicate.store import postgres
+from syndicate.errors import (
+    StoreAccessError,
+    StoreBusyError,
+    StoreError,
+    StoreFullError,
+    StoreUnavailableError,
+)
 from syndicate.store.pg_schema import PG_FIRST_VERSION, PG_MIGRATIONS
+from syndicate.store.pgerrors import PgError, PgIntegrityError, is_busy, is_full, is_gone
 from syndicate.store.schema import MIGRATIONS
 
 # Busy timeout: a concurrent writer (the web app beside `syndicate send`) waits this long
@@ -48,10 +54,12 @@ _SIDE_FILES = ("", "-wal", "-shm")
 log = logging.getLogger(__name__)
 
 # The errors a statement can raise, whichever engine runs it: area modules catch these
-# and word them through `store_error`.
-DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, *postgres.ERRORS)
+# and word them through `store_error`. PostgreSQL's are the store's own (`store.postgres`
+# turns psycopg's into them), so naming them does not import psycopg: `store.postgres`
+# (and psycopg) load only when a PostgreSQL store is opened.
+DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, PgError)
 # A UNIQUE, CHECK or foreign key constraint refused a row.
-INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, *postgres.INTEGRITY_ERRORS)
+INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, PgIntegrityError)
 
 
 def store_error(path: Path | str, what: str, exc: Exception) -> StoreError:
@@ -60,12 +68,12 @@ def store_error(path: Path | str, what: str, exc: Exception) -> StoreError:
     A busy database (another connection held the write lock past the busy
     timeout) gives StoreBusyError, a full disk StoreFullError: both exit 75.
     """
-    if isinstance(exc, postgres.ERRORS):
-        if postgres.is_full(exc):
+    if isinstance(exc, PgError):
+        if is_full(exc):
             return StoreFullError(str(path))
-        if postgres.is_gone(exc):
+        if is_gone(exc):
             return unreachable(str(path), exc)
-        if postgres.is_busy(exc):
+        if is_busy(exc):
             return StoreBusyError(str(path))
         return StoreError(f"{path}: {what}: {_first_line(exc)}.")
     code = getattr(exc, "sqlite_errorcode", None)
@@ -84,6 +92,49 @@ def unreachable(where: str, exc: BaseException) -> StoreUnavailableError:
         hint="Check that the server runs and store.url (or SYNDICATE_STORE_URL); "
         "the next run tries again.",
     )
+
+
+def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
+    """The error for a connection to `url` that failed: StoreAccessError (exit 2) when the
+    server refused the login (a wrong password, no such role or database, no right to
+    connect: no retry fixes it), else the server is unreachable (exit 75)."""
+    from syndicate.store import postgres  # loaded already: it raised `exc`
+
+    refused = postgres.refused_login(exc)
+    if refused is None:
+        return unreachable(where, exc)
+    kind, reason = refused
+    try:
+        params = postgres.parse_url(url)
+    except ValueError:
+        params = {}
+    # libpq's defaults when the URL names none: PGUSER, else the system user; the user's name.
+    user = params.get("user") or os.environ.get("PGUSER") or _system_user()
+    dbname = params.get("dbname") or os.environ.get("PGDATABASE") or user
+    hints = {
+        "password": "Check the password (in store.url or SYNDICATE_STORE_URL, or in "
+        f"PGPASSWORD or ~/.pgpass) against the role's on the server (ALTER ROLE {user} "
+        "PASSWORD ...).",
+        "role": "Check the user in store.url (or SYNDICATE_STORE_URL), or create the role on "
+        f"the server (CREATE ROLE {user} LOGIN PASSWORD ...).",
+        "access": "Let this user in from this machine: a line for it in the server's "
+        f"pg_hba.conf, and GRANT CONNECT ON DATABASE {dbname} TO {user}.",
+        "database": "Check the database name in store.url (or SYNDICATE_STORE_URL), or "
+        f"create it (createdb -O {user} {dbname}).",
+    }
+    return StoreAccessError(
+        f"{where}: cannot log in as user {user!r} to database {dbname!r}: {reason}.",
+        hint=f"{hints[kind]} Trying again will not help until this is fixed.",
+    )
+
+
+def _system_user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def _first_line(exc: BaseException) -> str:
@@ -258,9 +309,6 @@ class PgDatabase(Database):
     """An open, migrated syndicate store on PostgreSQL (see `store.postgres`)."""
 
     dialect = "postgresql"
-    _begin_write = postgres.BEGIN_WRITE
-    _begin_rows = postgres.BEGIN_ROWS
-    _begin_read = postgres.BEGIN_READ
 
     @property
     def schema_version(self) -> int:
@@ -282,22 +330,31 @@ class PgDatabase(Database):
         busy_timeout: float,
         reply_timeout: float | None,
     ) -> None:
+        from syndicate.store import postgres  # loaded already: `conn` is its PgConnection
+
         super().__init__(conn, path)
+        self._begin_write = postgres.BEGIN_WRITE
+        self._begin_rows = postgres.BEGIN_ROWS
+        self._begin_read = postgres.BEGIN_READ
         # For connect_async.
         self._url, self._busy_timeout, self._reply_timeout = url, busy_timeout, reply_timeout
 
     async def connect_async(self) -> Any:
         """A second connection to this (already migrated) store, a psycopg
-        AsyncConnection, for statements run on an event loop (`ledger.PgQueue`).
+        AsyncConnection whose errors are PgError, for statements run on an event loop
+        (`ledger.PgQueue`).
 
-        Raises StoreUnavailableError (exit 75) when the server cannot be reached.
+        Raises StoreUnavailableError (exit 75) when the server cannot be reached,
+        StoreAccessError (exit 2) when it refuses the login.
         """
+        from syndicate.store import postgres
+
         try:
             return await postgres.connect_async(
                 self._url, busy_timeout=self._busy_timeout, reply_timeout=self._reply_timeout
             )
-        except postgres.ERRORS as exc:
-            raise unreachable(str(self.path), exc) from exc
+        except PgError as exc:
+            raise not_connected(str(self.path), self._url, exc) from exc
 
 
 def open_database(
@@ -321,7 +378,8 @@ def open_database(
     this connection (`PRAGMA query_only`), for a reader beside the writer.
     On PostgreSQL a server that cannot be reached is StoreUnavailableError (exit 75),
     named by host, port and database, never by password; so is one that sends nothing for
-    `reply_timeout` seconds while a statement waits for it (0 or None: no bound).
+    `reply_timeout` seconds while a statement waits for it (0 or None: no bound). A login
+    the server refuses (password, role, database, pg_hba.conf) is StoreAccessError (exit 2).
     """
     if url:
         return _open_postgres(
@@ -431,6 +489,8 @@ def _open_postgres(
     reply_timeout: float | None,
     must_exist: bool = False,
 ) -> Database | None:
+    from syndicate.store import postgres  # psycopg loads here, on PostgreSQL only
+
     try:
         postgres.parse_url(url)
     except ValueError as exc:
@@ -445,8 +505,8 @@ def _open_postgres(
     reply_timeout = reply_timeout or None  # 0: no bound
     try:
         conn = postgres.connect(url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)
-    except postgres.ERRORS as exc:
-        raise unreachable(where, exc) from exc
+    except PgError as exc:
+        raise not_connected(where, url, exc) from exc
     db = PgDatabase(conn, where, url=url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)
     try:
         if must_exist and db.schema_version == 0:  # never used: no store yet, left alone
@@ -455,7 +515,7 @@ def _open_postgres(
         _migrate(db)
         if read_only:
             conn.execute("SET default_transaction_read_only = on")
-    except postgres.ERRORS as exc:
+    except PgError as exc:
         conn.close()
         _raise_if_try_later(where, exc)
         raise StoreError(
@@ -566,6 +626,8 @@ def _migrate_postgres(db: PgDatabase, current: int, latest: int) -> None:
     with nothing to say until it is done (a server that stops answering meanwhile hangs
     the first command after an upgrade, as it would have before the bound).
     """
+    from syndicate.store import postgres
+
     raw = db.conn.raw
     bound, raw.reply_timeout = raw.reply_timeout, None
     try:
@@ -589,5 +651,5 @@ def _migrate_postgres_locked(db: PgDatabase, current: int, latest: int) -> None:
             if db.schema_version >= version:  # another process ran it while we waited
                 continue
             for statement in PG_MIGRATIONS[version]:
-                conn.raw.execute(statement)
+                conn.execute_as_is(statement)
             db._set_schema_version(version)

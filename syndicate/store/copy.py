@@ -39,7 +39,6 @@ from syndicate.store import (
     open_reader,
     store_error,
 )
-from syndicate.store.postgres import without_nul
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +228,8 @@ def _write_rows(
     count = 0
     if db.dialect == "postgresql":
         # COPY: an order of magnitude faster than INSERTs for a big list.
+        from syndicate.store.postgres import without_nul  # loaded: the target is open
+
         cursor = db.conn.raw.cursor()
         with cursor.copy(f"COPY {_quote(name)} ({columns}) FROM STDIN") as copy:
             for batch in batches:

@@ -28,11 +28,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from syndicate.errors import StoreBusyError, StoreError
 from syndicate.store import DB_ERRORS, Database, PgDatabase, store_error
-from syndicate.store.postgres import LoopStatement, positional, translate
+
+if TYPE_CHECKING:  # psycopg loads with store.postgres, on PostgreSQL only
+    from syndicate.store.postgres import LoopStatement
 
 _T = TypeVar("_T")
 
@@ -271,12 +273,16 @@ class PgQueue:
     """
 
     def __init__(self, db: PgDatabase, conn: Any, marks: LoopStatement) -> None:
+        from syndicate.store.postgres import translate
+
         self.where, self.conn, self.marks = db.path, conn, marks
         self.claim_sql = translate(_CLAIM["postgresql"])
 
     @classmethod
     async def open(cls, db: PgDatabase) -> PgQueue:
         """Raises StoreUnavailableError (exit 75) when the server cannot be reached."""
+        from syndicate.store.postgres import LoopStatement, positional
+
         where = db.path
 
         def failure(exc: Exception) -> Exception:

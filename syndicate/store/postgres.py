@@ -18,6 +18,10 @@ A server that stops answering (a partition, a hung host, a stopped backend whose
 still acknowledges every packet, so TCP never notices) must not hang a command: each wait
 for the server ends once it has sent nothing for `store.reply_timeout` seconds (`NoReply`,
 a broken connection: exit 75), and connecting ends after at most 10 s.
+
+psycopg is imported here only, and this module only when a PostgreSQL store is opened: each
+psycopg error that leaves it (a statement, a fetch, a commit, connecting, the asyncio
+connection, `LoopStatement`) is the store's own `pgerrors.PgError`, psycopg's as its cause.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ import math
 import re
 import select
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -38,6 +42,8 @@ from psycopg import pq
 from psycopg.abc import PQGen
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.waiting import Ready
+
+from syndicate.store.pgerrors import PgError, PgIntegrityError
 
 # Key of the advisory lock every write transaction takes (any fixed 64-bit number:
 # "syndicat" in ASCII).
@@ -50,14 +56,6 @@ BEGIN_READ = ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",)
 # The same lock held by a session across several transactions (the migrations).
 LOCK_SESSION = f"SELECT pg_advisory_lock({WRITE_LOCK_KEY})"
 UNLOCK_SESSION = f"SELECT pg_advisory_unlock({WRITE_LOCK_KEY})"
-
-# SQLSTATEs that mean "try again later": lock or statement timeout, deadlock,
-# serialization failure, too many connections.
-_BUSY_STATES = frozenset({"55P03", "57014", "40P01", "40001", "53300"})
-# The server went away: shut down or restarting (57P0x), or the connection broke (08xxx).
-_GONE_STATES = frozenset({"57P01", "57P02", "57P03"})
-# Disk full, out of memory, too many files.
-_FULL_STATES = frozenset({"53100", "53200", "53000"})
 
 Params = Sequence[Any] | Mapping[str, Any]
 
@@ -160,6 +158,138 @@ def no_reply(limit: float) -> NoReply:
     return NoReply(f"the server sent nothing for {limit:g} s (store.reply_timeout)")
 
 
+def to_pg_error(exc: Exception) -> PgError:
+    """`exc` as the store's own error, with its text and SQLSTATE, `exc` as its cause.
+
+    psycopg's own errors with no SQLSTATE (a closed or broken connection, NoReply) are
+    `broken`: the server is gone (`pgerrors.is_gone`).
+    """
+    state = getattr(exc, "sqlstate", None)
+    kind = PgIntegrityError if isinstance(exc, pg_errors.IntegrityError) else PgError
+    broken = state is None and isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+    error = kind(str(exc), sqlstate=state, broken=broken)
+    error.__cause__ = exc
+    return error
+
+
+def _failure(exc: psycopg.Error, lost: NoReply | None) -> PgError:
+    """`exc` as a PgError; on a connection closed for a reply that never came (`lost`), that
+    NoReply's, so the statements tried on it afterwards (a clean-up in a `finally`) say why,
+    not only that it is closed."""
+    if lost is not None and isinstance(exc, psycopg.OperationalError):
+        error = PgError(str(lost), broken=True)
+        error.__cause__ = exc
+        return error
+    return to_pg_error(exc)
+
+
+if TYPE_CHECKING:
+    _CursorBase = psycopg.Cursor[Any]
+    _AsyncCursorBase = psycopg.AsyncCursor[Any]
+else:
+    _CursorBase = _AsyncCursorBase = object
+
+
+class _Translating(_CursorBase):
+    """A psycopg cursor each of whose calls that runs a statement, reads a row or talks to
+    the server raises PgError, never psycopg's own (rows are read lazily by a server-side
+    cursor, and even a client-side one converts each row as it is fetched)."""
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute(*args, **kwargs)
+        except psycopg.Error as exc:
+            raise _failure(exc, getattr(self.connection, "lost", None)) from exc
+
+    def executemany(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().executemany(*args, **kwargs)
+        except psycopg.Error as exc:
+            raise _failure(exc, getattr(self.connection, "lost", None)) from exc
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except psycopg.Error as exc:
+            raise to_pg_error(exc) from exc
+
+    def fetchmany(self, size: int = 0) -> list[Any]:
+        try:
+            return super().fetchmany(size)
+        except psycopg.Error as exc:
+            raise to_pg_error(exc) from exc
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return super().fetchall()
+        except psycopg.Error as exc:
+            raise to_pg_error(exc) from exc
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except psycopg.Error as exc:
+            raise to_pg_error(exc) from exc
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except psycopg.Error as exc:
+            raise to_pg_error(exc) from exc
+
+    @contextlib.contextmanager
+    def copy(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        try:
+            with super().copy(*args, **kwargs) as copy:
+                yield copy
+        except psycopg.Error as exc:
+            raise _failure(exc, getattr(self.connection, "lost", None)) from exc
+
+
+class _ClientCursor(_Translating, psycopg.ClientCursor[Any]):
+    """The store's statements: parameters bound on the client (see `connect`)."""
+
+
+class _Cursor(_Translating, psycopg.Cursor[Any]):
+    """`PgConnection.executemany`'s: parameters bound on the server."""
+
+
+class _ServerCursor(_Translating, psycopg.ServerCursor[Any]):
+    """A named cursor, whose rows stay on the server until fetched (`store copy`)."""
+
+
+class _AsyncTranslating(_AsyncCursorBase):
+    """`_Translating` on asyncio (the send queue's claims)."""
+
+    async def fetchone(self) -> Any:
+        try:
+            return await super().fetchone()
+        except psycopg.Error as exc:
+            raise to_pg_error(exc) from exc
+
+    async def fetchmany(self, size: int = 0) -> list[Any]:
+        try:
+            return await super().fetchmany(size)
+        except psycopg.Error as exc:
+            raise to_pg_error(exc) from exc
+
+    async def fetchall(self) -> list[Any]:
+        try:
+            return await super().fetchall()
+        except psycopg.Error as exc:
+            raise to_pg_error(exc) from exc
+
+    async def __anext__(self) -> Any:
+        try:
+            return await super().__anext__()
+        except psycopg.Error as exc:
+            raise to_pg_error(exc) from exc
+
+
+class _AsyncCursor(_AsyncTranslating, psycopg.AsyncCursor[Any]):
+    """`connect_async`'s."""
+
+
 _READ = int(Ready.R)
 
 
@@ -229,15 +359,8 @@ class BoundedAsyncConnection(psycopg.AsyncConnection[Any]):
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return await super().execute(*args, **kwargs)
-        except psycopg.OperationalError:
-            _raise_if_lost(self.lost)
-            raise
-
-
-def _raise_if_lost(lost: NoReply | None) -> None:
-    """Raise a NoReply like `lost`, if the connection was closed for one."""
-    if lost is not None:
-        raise NoReply(str(lost)) from None
+        except psycopg.Error as exc:
+            raise _failure(exc, self.lost) from exc
 
 
 def _connect_timeout(reply_timeout: float | None) -> int:
@@ -252,6 +375,7 @@ class PgConnection:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.raw = conn
         self._sql: dict[str, str] = {}
+        conn.server_cursor_factory = _ServerCursor
 
     def _translated(self, sql: str) -> str:
         found = self._sql.get(sql)
@@ -264,34 +388,39 @@ class PgConnection:
             return self.raw.execute(
                 self._translated(sql), () if params is None else without_nul(params)
             )
-        except psycopg.OperationalError:
-            _raise_if_lost(getattr(self.raw, "lost", None))
-            raise
+        except psycopg.Error as exc:
+            raise _failure(exc, getattr(self.raw, "lost", None)) from exc
+
+    def execute_as_is(self, sql: str) -> None:
+        """Run `sql` as written, with no parameters and nothing translated (the migrations'
+        PostgreSQL DDL)."""
+        try:
+            self.raw.execute(sql)
+        except psycopg.Error as exc:
+            raise _failure(exc, getattr(self.raw, "lost", None)) from exc
 
     def executemany(self, sql: str, rows: Iterable[Params]) -> psycopg.Cursor[Any]:
         # Bound on the server: a batch's statements are the plain INSERTs and UPDATEs of the
         # build and the ledger, whose parameters take their columns' types; psycopg prepares
         # each once and pipelines the rows, where a client-bound batch is parsed row by row.
-        cursor = psycopg.Cursor(self.raw)
         try:
+            cursor = _Cursor(self.raw)
             cursor.executemany(self._translated(sql), (without_nul(row) for row in rows))
-        except psycopg.OperationalError:
-            _raise_if_lost(getattr(self.raw, "lost", None))
-            raise
+        except psycopg.Error as exc:
+            raise _failure(exc, getattr(self.raw, "lost", None)) from exc
         return cursor
 
     def commit(self) -> None:
-        try:
-            self.raw.execute("COMMIT")
-        except psycopg.OperationalError:
-            _raise_if_lost(getattr(self.raw, "lost", None))
-            raise
+        self.execute_as_is("COMMIT")
 
     def rollback(self) -> None:
-        self.raw.execute("ROLLBACK")
+        self.execute_as_is("ROLLBACK")
 
     def close(self) -> None:
-        self.raw.close()
+        try:
+            self.raw.close()
+        except psycopg.Error as exc:
+            raise to_pg_error(exc) from exc
 
     def is_dropped(self) -> bool:
         """Whether the server has ended this idle connection (a restart, a fail-over,
@@ -374,40 +503,49 @@ def where(url: str) -> str:
 
 
 def connect(url: str, *, busy_timeout: float, reply_timeout: float | None) -> PgConnection:
-    """Open an autocommit connection to `url`; psycopg's errors go to the caller.
+    """Open an autocommit connection to `url`; raises PgError when it cannot.
 
     Each wait for the server ends after `reply_timeout` seconds of silence (None: never)."""
     # Parameters are bound on the client, as SQLite binds them: a literal takes the type its
     # place asks for (`:cutoff IS NULL`, `CASE WHEN :flag`), which server-side binding of
     # untyped parameters cannot do.
-    conn = BoundedConnection.connect(
-        url,
-        autocommit=True,
-        connect_timeout=_connect_timeout(reply_timeout),
-        cursor_factory=psycopg.ClientCursor,
-        client_encoding=CLIENT_ENCODING,
-    )
-    conn.reply_timeout = reply_timeout
     try:
-        conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
+        conn = BoundedConnection.connect(
+            url,
+            autocommit=True,
+            connect_timeout=_connect_timeout(reply_timeout),
+            cursor_factory=_ClientCursor,
+            client_encoding=CLIENT_ENCODING,
+        )
+    except psycopg.Error as exc:
+        raise to_pg_error(exc) from exc
+    conn.reply_timeout = reply_timeout
+    pg = PgConnection(conn)
+    try:
+        pg.execute_as_is(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
     except BaseException:
         conn.close()
         raise
-    return PgConnection(conn)
+    return pg
 
 
 async def connect_async(
     url: str, *, busy_timeout: float, reply_timeout: float | None
 ) -> BoundedAsyncConnection:
-    """An autocommit asyncio connection to `url` (the send queue's sent marks); psycopg's
-    errors go to the caller. Its statements use psycopg's own parameter style; each wait
-    for the server ends after `reply_timeout` seconds of silence (None: never)."""
-    conn = await BoundedAsyncConnection.connect(
-        url,
-        autocommit=True,
-        connect_timeout=_connect_timeout(reply_timeout),
-        client_encoding=CLIENT_ENCODING,
-    )
+    """An autocommit asyncio connection to `url` (the send queue's sent marks and claims);
+    raises PgError when it cannot, as do its `execute` and its cursors' fetches. Its
+    statements use psycopg's own parameter style; each wait for the server ends after
+    `reply_timeout` seconds of silence (None: never)."""
+    try:
+        conn = await BoundedAsyncConnection.connect(
+            url,
+            autocommit=True,
+            connect_timeout=_connect_timeout(reply_timeout),
+            client_encoding=CLIENT_ENCODING,
+            cursor_factory=_AsyncCursor,
+        )
+    except psycopg.Error as exc:
+        raise to_pg_error(exc) from exc
     conn.reply_timeout = reply_timeout
     try:
         await conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
@@ -417,25 +555,35 @@ async def connect_async(
     return conn
 
 
-def is_busy(exc: BaseException) -> bool:
-    """True for a server that is there but busy: try again in a moment."""
-    return getattr(exc, "sqlstate", None) in _BUSY_STATES
+# A refused login, by the server's or libpq's words: libpq reports a failed connection with
+# no SQLSTATE, only the text (the server's FATAL line, in English unless its lc_messages says
+# otherwise: another language's text stays "cannot reach", exit 75). Each names a setup
+# problem that no retry fixes; the kind picks the hint.
+_REFUSED = (
+    ("password", re.compile(r"password authentication failed for user")),  # 28P01
+    ("password", re.compile(r"fe_sendauth: no password supplied")),  # libpq: none to give
+    # 28000: the other methods pg_hba.conf may name (ident, peer, ldap, cert...).
+    ("access", re.compile(r"authentication failed for user")),
+    ("role", re.compile(r'role "[^"]*" (?:does not exist|is not permitted to log in)')),
+    ("access", re.compile(r"no pg_hba\.conf entry for|pg_hba\.conf rejects connection")),
+    ("access", re.compile(r"permission denied for database")),  # 42501 at connect
+    ("access", re.compile(r"server does not support SSL, but SSL was required")),
+    ("database", re.compile(r'database "[^"]*" does not exist')),  # 3D000
+)
 
 
-def is_gone(exc: BaseException) -> bool:
-    """True for a server that went away (restart, shutdown, broken connection)."""
-    state = getattr(exc, "sqlstate", None)
-    if state is None:  # psycopg's own: the connection is closed or broke
-        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
-    return state in _GONE_STATES or state.startswith("08")
-
-
-def is_full(exc: BaseException) -> bool:
-    return getattr(exc, "sqlstate", None) in _FULL_STATES
-
-
-ERRORS: tuple[type[Exception], ...] = (psycopg.Error,)
-INTEGRITY_ERRORS: tuple[type[Exception], ...] = (pg_errors.IntegrityError,)
+def refused_login(exc: BaseException) -> tuple[str, str] | None:
+    """For a failed connection the server refused to log in (no retry fixes it): its kind
+    ("password", "role", "access" or "database") and the reason, as the server worded it.
+    None for a server down, starting, busy or unreachable."""
+    for line in str(exc).splitlines():
+        for kind, pattern in _REFUSED:
+            found = pattern.search(line)
+            if found is not None:
+                fatal = line.find("FATAL:")
+                reason = line[fatal + len("FATAL:") :] if fatal >= 0 else line[found.start() :]
+                return kind, reason.strip().rstrip(".")
+    return None
 
 
 class LoopStatement:
@@ -447,10 +595,11 @@ class LoopStatement:
     its wait for the reply ends in a future whose task resumes a turn later; on a busy send
     loop each turn is a fraction of a millisecond that a waiting sender stands idle (the
     `sent` marks: `ledger.PgQueue`). One statement at a time, on a connection used for
-    nothing else once prepared. Parameters go in PostgreSQL's text form; a failure is
-    psycopg's own error for its SQLSTATE (or for the broken connection), passed through
-    `failure`. On a `BoundedAsyncConnection` a statement the server has not answered
-    within its `reply_timeout` fails with NoReply, and the connection is closed.
+    nothing else once prepared. Parameters go in PostgreSQL's text form; a failure is a
+    PgError (psycopg's own error for its SQLSTATE, or for the broken connection, as its
+    cause), passed through `failure`. On a `BoundedAsyncConnection` a statement the server
+    has not answered within its `reply_timeout` fails with NoReply's, and the connection is
+    closed.
     """
 
     def __init__(
@@ -479,9 +628,14 @@ class LoopStatement:
         types: Sequence[str],
         failure: Callable[[Exception], Exception],
     ) -> LoopStatement:
-        """`sql` with PostgreSQL's own parameters ($1...), of `types` ("text", "bigint[]")."""
-        await conn.execute(f"PREPARE {name} ({', '.join(types)}) AS {sql}")
-        return cls(conn, name, failure)
+        """`sql` with PostgreSQL's own parameters ($1...), of `types` ("text", "bigint[]").
+
+        Raises PgError when it cannot (the connection broke meanwhile, say)."""
+        try:
+            await conn.execute(f"PREPARE {name} ({', '.join(types)}) AS {sql}")
+            return cls(conn, name, failure)  # reads libpq's socket: a closed one raises
+        except psycopg.Error as exc:
+            raise to_pg_error(exc) from exc
 
     @property
     def running(self) -> bool:
@@ -493,7 +647,7 @@ class LoopStatement:
             raise RuntimeError("LoopStatement runs one statement at a time")
         done = self.loop.create_future()
         if self.lost is not None:
-            done.set_exception(self.failure(self.lost))
+            done.set_exception(self.failure(to_pg_error(self.lost)))
             return done
         try:
             self.pgconn.send_query_prepared(self.name, list(params))
@@ -502,7 +656,7 @@ class LoopStatement:
             # it closed, which the next socket opened may have been given.
             self.fd = self.pgconn.socket
         except psycopg.Error as exc:  # the connection broke
-            done.set_exception(self.failure(exc))
+            done.set_exception(self.failure(to_pg_error(exc)))
             return done
         self.done, self.error = done, None
         self.loop.add_reader(self.fd, self._readable)
@@ -571,4 +725,4 @@ class LoopStatement:
         if error is None:
             done.set_result(None)
         else:
-            done.set_exception(self.failure(error))
+            done.set_exception(self.failure(to_pg_error(error)))

@@ -1,0 +1,216 @@
+"""A PostgreSQL login the server refuses is a setup error (exit 2), never "try again later".
+
+A wrong password, a role or database that does not exist, or a connection pg_hba.conf or
+the database's rights refuse: each is one line naming host, user and database (never the
+password) with what to fix, exit 2, so cron's mail says so instead of retrying silently.
+A server that cannot be reached stays exit 75 (test_send_postgres, test_store_copy).
+The session's cluster trusts every login: the module adds pg_hba.conf lines for roles of
+its own only (a password asked of one, every connection of another rejected).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from syndicate.cli import cli
+from syndicate.errors import StoreAccessError
+from syndicate.store import open_database
+from tests.plugins.postgres import ENV_STORE_URL, Cluster
+
+PASSWORD = "right-pw-never-shown"
+WRONG = "wrong-pw-never-shown"
+ASKED = "syndicate_login_pw"  # must give its password (scram-sha-256)
+REJECTED = "syndicate_login_rejected"  # pg_hba.conf rejects it
+HBA = f"host all {ASKED} 127.0.0.1/32 scram-sha-256\nhost all {REJECTED} 127.0.0.1/32 reject\n"
+
+
+@pytest.fixture(scope="module")
+def roles(pg_cluster: Cluster) -> Cluster:
+    """The two roles, and their pg_hba.conf lines first in the cluster's file (once a
+    process: each xdist process has a cluster of its own)."""
+    admin_url = pg_cluster.url("postgres")
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        for role in (ASKED, REJECTED):
+            if admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                continue
+            admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
+        hba = Path(admin.execute("SHOW hba_file").fetchone()[0])
+        text = hba.read_text()
+        if HBA not in text:
+            hba.write_text(HBA + text)
+            admin.execute("SELECT pg_reload_conf()")
+    # The postmaster rereads the file once it has the signal: wait until a login without a
+    # password is refused (a poll: the reload announces itself nowhere a client can wait on).
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            psycopg.connect(_url(pg_cluster, ASKED, "", "postgres"), connect_timeout=2).close()
+        except psycopg.OperationalError:
+            break
+        assert time.monotonic() < deadline, "pg_hba.conf was not reloaded"
+        time.sleep(0.02)
+    return pg_cluster
+
+
+def _url(cluster: Cluster, user: str, password: str, dbname: str) -> str:
+    secret = f":{password}" if password else ""
+    return f"postgresql://{user}{secret}@127.0.0.1:{cluster.port}/{dbname}"
+
+
+def _list(url: str, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv(ENV_STORE_URL, url)
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(workdir / "no-pgpass"))
+    result = CliRunner().invoke(cli, ["subscribers", "list"], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _refused(cluster: Cluster, user: str, dbname: str, reason: str, hint: str) -> str:
+    return (
+        f"Error: PostgreSQL at 127.0.0.1:{cluster.port}/{dbname}: cannot log in as user "
+        f"{user!r} to database {dbname!r}: {reason}. {hint} Trying again will not help "
+        "until this is fixed.\n"
+    )
+
+
+def test_a_database_that_does_not_exist_is_exit_2_saying_to_create_it(
+    pg_cluster: Cluster, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = _url(pg_cluster, "postgres", "", "no_such_db")
+    code, out, err = _list(url, workdir, monkeypatch)
+    assert (code, out) == (2, "")
+    assert err == _refused(
+        pg_cluster,
+        "postgres",
+        "no_such_db",
+        'database "no_such_db" does not exist',
+        "Check the database name in store.url (or SYNDICATE_STORE_URL), or create it "
+        "(createdb -O postgres no_such_db).",
+    )
+
+
+def test_a_role_that_does_not_exist_is_exit_2_never_showing_the_password(
+    pg_cluster: Cluster, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = _url(pg_cluster, "nobody_here", PASSWORD, "postgres")
+    code, out, err = _list(url, workdir, monkeypatch)
+    assert (code, out) == (2, "")
+    assert err == _refused(
+        pg_cluster,
+        "nobody_here",
+        "postgres",
+        'role "nobody_here" does not exist',
+        "Check the user in store.url (or SYNDICATE_STORE_URL), or create the role on the "
+        "server (CREATE ROLE nobody_here LOGIN PASSWORD ...).",
+    )
+    assert PASSWORD not in err
+
+
+def test_a_wrong_or_missing_password_is_exit_2_and_the_right_one_logs_in(
+    roles: Cluster, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = roles.new_database()
+    dbname = url.rsplit("/", 1)[1]
+    hint = (
+        "Check the password (in store.url or SYNDICATE_STORE_URL, or in PGPASSWORD or "
+        f"~/.pgpass) against the role's on the server (ALTER ROLE {ASKED} PASSWORD ...)."
+    )
+    try:
+        code, out, err = _list(_url(roles, ASKED, WRONG, dbname), workdir, monkeypatch)
+        assert (code, out) == (2, "")
+        reason = f'password authentication failed for user "{ASKED}"'
+        assert err == _refused(roles, ASKED, dbname, reason, hint)
+        assert WRONG not in err
+        code, out, err = _list(_url(roles, ASKED, "", dbname), workdir, monkeypatch)
+        assert (code, out) == (2, "")
+        assert err == _refused(roles, ASKED, dbname, "fe_sendauth: no password supplied", hint)
+        # With its password it gets in (a store not made yet: nothing to list).
+        code, out, err = _list(_url(roles, ASKED, PASSWORD, dbname), workdir, monkeypatch)
+        assert (code, err) == (0, ""), err
+        assert out.startswith("No subscribers yet.")
+    finally:
+        roles.drop_database(url)
+
+
+def test_a_connection_pg_hba_or_the_database_rights_refuse_is_exit_2(
+    roles: Cluster, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = _url(roles, REJECTED, PASSWORD, "postgres")
+    code, out, err = _list(url, workdir, monkeypatch)
+    assert (code, out) == (2, "")
+    assert err.startswith(
+        f"Error: PostgreSQL at 127.0.0.1:{roles.port}/postgres: cannot log in as user "
+        f"{REJECTED!r} to database 'postgres': pg_hba.conf rejects connection for host "
+    )
+    assert err.endswith(
+        "Let this user in from this machine: a line for it in the server's pg_hba.conf, and "
+        f"GRANT CONNECT ON DATABASE postgres TO {REJECTED}. Trying again will not help until "
+        "this is fixed.\n"
+    )
+    assert len(err.splitlines()) == 1
+    assert PASSWORD not in err
+    # A database whose CONNECT right is taken from everybody (PUBLIC): 42501 at connect.
+    closed = roles.new_database()
+    dbname = closed.rsplit("/", 1)[1]
+    try:
+        with psycopg.connect(roles.url("postgres"), autocommit=True) as admin:
+            admin.execute(f'REVOKE CONNECT ON DATABASE "{dbname}" FROM PUBLIC')
+        with pytest.raises(StoreAccessError) as caught:
+            open_database(workdir / "unused.db", url=_url(roles, ASKED, PASSWORD, dbname))
+        assert str(caught.value).startswith(
+            f"PostgreSQL at 127.0.0.1:{roles.port}/{dbname}: cannot log in as user {ASKED!r} "
+            f'to database {dbname!r}: permission denied for database "{dbname}". '
+        )
+        assert caught.value.exit_code == 2
+    finally:
+        roles.drop_database(closed)
+
+
+_AT = 'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        (_AT + 'FATAL:  password authentication failed for user "news"', "password"),
+        (_AT + "fe_sendauth: no password supplied", "password"),
+        (_AT + 'FATAL:  Ident authentication failed for user "news"', "access"),
+        (_AT + 'FATAL:  role "news" does not exist', "role"),
+        (_AT + 'FATAL:  role "news" is not permitted to log in', "role"),
+        (_AT + 'FATAL:  database "news" does not exist', "database"),
+        (
+            _AT + 'FATAL:  no pg_hba.conf entry for host "10.0.0.2", user "news", database "news", '
+            "no encryption",
+            "access",
+        ),
+        (
+            _AT + 'FATAL:  permission denied for database "news"\nDETAIL:  User does not have '
+            "CONNECT privilege.",
+            "access",
+        ),
+        # Each of these may pass: exit 75, and the next run tries again.
+        (_AT + "FATAL:  the database system is starting up", None),
+        (_AT + "FATAL:  the database system is shutting down", None),
+        (_AT + "FATAL:  sorry, too many clients already", None),
+        (_AT + 'FATAL:  too many connections for role "news"', None),
+        (
+            _AT + "Connection refused\n\tIs the server running on that host and accepting TCP/IP "
+            "connections?",
+            None,
+        ),
+        (_AT + "timeout expired", None),
+        ("failed to resolve host 'db.example.org': [Errno -2] Name or service not known", None),
+        ("the server sent nothing for 120 s (store.reply_timeout)", None),
+    ],
+)
+def test_which_failed_connections_no_retry_fixes(message: str, kind: str | None) -> None:
+    from syndicate.store.postgres import refused_login
+
+    found = refused_login(Exception(message))
+    assert (found[0] if found else None) == kind
