@@ -34,7 +34,14 @@ from syndicate.store import Database, PgDatabase, ledger
 from syndicate.store.subscribers import add_subscriber, get_by_id
 from syndicate.tokens import verify_token
 from tests.plugins.postgres import ENV_STORE_URL, open_store
-from tests.plugins.smtp import SmtpRecorder, SmtpServer, free_port, run_smtp_server
+from tests.plugins.smtp import (
+    Conversation,
+    SmtpRecorder,
+    SmtpServer,
+    free_port,
+    run_smtp_server,
+    scripted,
+)
 
 pytestmark = pytest.mark.usefixtures("store")
 
@@ -243,6 +250,77 @@ async def test_a_message_whose_data_reply_never_came_is_left_for_the_next_run(  
     again = await _send(db, smtpd, send_settings, now)
     assert (again.sent, again.in_flight) == (1, 0)
     assert sorted(smtpd.handler.recipients()) == sorted(f"reader{i}@example.org" for i in range(4))
+
+
+class _Garbling(Conversation):
+    """Answers one recipient's RCPT with a line that is not SMTP, and another's message body
+    with a reply too long to be SMTP; each once."""
+
+    def __init__(self, at_rcpt: str, after_body: str) -> None:
+        super().__init__()
+        self.at_rcpt, self.after_body = at_rcpt, after_body
+        self.garbled: list[str] = []
+
+    async def rcpt(self, recipient: str) -> bytes | None:
+        if recipient == self.at_rcpt and recipient not in self.garbled:
+            self.garbled.append(recipient)
+            return b"hello, this is not SMTP\r\n"
+        return await super().rcpt(recipient)
+
+    async def body(self, recipient: str) -> bytes | None:
+        if recipient == self.after_body and recipient not in self.garbled:
+            self.garbled.append(recipient)
+            return b"250 " + b"x" * 10_000 + b"\r\n"
+        return await super().body(recipient)
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+async def test_a_garbled_reply_bounces_nobody_and_is_retried_or_left_in_doubt(  # type: ignore[no-untyped-def]
+    db, send_settings, now, pipelining
+) -> None:
+    # A reply that is not SMTP says nothing of the recipient: before the body it is
+    # deferred and sent on retry; after the body it is in doubt like a lost reply. Neither
+    # counts a bounce, and neither stops the run.
+    emails = _subscribe(db, 4, now)
+    conversation = _Garbling(at_rcpt=emails[1], after_body=emails[2])
+    async with scripted(conversation, pipelining=pipelining) as port:
+        mailer = SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=1)
+        summary = await _send(db, None, send_settings, now, mailer=mailer, connections=1)
+        assert conversation.garbled == [emails[1], emails[2]]
+        assert (summary.sent, summary.failed, summary.bounced, summary.in_flight) == (3, 0, 0, 1)
+        assert ledger.day_counts(db, day=DAY) == {"sent": 3, "sending": 1}
+        assert ledger.get_delivery(db, day=DAY, subscriber_id=3)[0] == "sending"
+        for subscriber_id in range(1, 5):
+            subscriber = get_by_id(db, subscriber_id)
+            assert subscriber is not None
+            assert (subscriber.status, subscriber.bounce_count) == (
+                SubscriptionStatus.CONFIRMED,
+                0,
+            )
+        mailer = SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=1)
+        again = await _send(db, None, send_settings, now, mailer=mailer, connections=1)
+    assert (again.sent, again.failed, again.in_flight) == (1, 0, 0)
+    assert ledger.day_counts(db, day=DAY) == {"sent": 4}
+    assert sorted(conversation.accepted) == sorted(emails)
+
+
+class _AlwaysGarbled(Conversation):
+    async def rcpt(self, recipient: str) -> bytes | None:
+        return b"hello, this is not SMTP\r\n"
+
+
+async def test_a_server_that_only_garbles_is_retried_like_one_that_drops_and_bounces_nobody(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # As a server that keeps dropping the connection: each recipient is deferred, then
+    # failed for now when the retry window ends; the next run tries them all again.
+    _subscribe(db, 12, now)
+    async with scripted(_AlwaysGarbled()) as port:
+        mailer = SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=2)
+        summary = await _send(db, None, send_settings, now, mailer=mailer, retry_window=0.2)
+    assert (summary.sent, summary.failed, summary.bounced) == (0, 12, 0)
+    assert ledger.count_owed(db, day=DAY, max_attempts=5) == 12
+    assert db.conn.execute("SELECT max(bounce_count) FROM subscribers").fetchone()[0] == 0
 
 
 async def test_a_recipient_deferred_past_the_retries_is_failed_with_the_reply(  # type: ignore[no-untyped-def]
