@@ -25,6 +25,7 @@ from syndicate.send import (
     OutboxMailer,
     SendPolicy,
     SmtpMailer,
+    open_mailer,
     open_send_lock,
     read_earlier_digests,
     send_digest,
@@ -552,6 +553,42 @@ async def test_a_data_reply_slower_than_data_timeout_is_in_flight_and_never_rese
     assert (summary.sent, summary.failed, summary.in_flight) == (0, 0, 1)
     assert smtpd.handler.data_attempts == 1
     assert ledger.day_counts(db, day=DAY) == {"sending": 1}
+
+
+class _SilentAtData(Conversation):
+    async def data(self, recipient: str) -> bytes | None:
+        return None
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+async def test_a_server_silent_after_data_is_given_up_on_at_the_command_timeout(  # type: ignore[no-untyped-def]
+    db, send_settings, now, pipelining
+) -> None:
+    # RFC 5321 4.5.3.2: DATA's 354 is a command's reply (smtp.timeout); smtp.data_timeout
+    # is for the reply after the body only. No body went: deferred, then failed for now.
+    _subscribe(db, 1, now)
+    async with scripted(_SilentAtData(), pipelining=pipelining) as port:
+        settings = dataclasses.replace(
+            send_settings,
+            mail=dataclasses.replace(send_settings.mail, transport="smtp"),
+            smtp=dataclasses.replace(
+                send_settings.smtp,
+                host="127.0.0.1",
+                port=port,
+                tls="none",
+                timeout=0.2,
+                data_timeout=60.0,
+            ),
+        )
+        mailer = open_mailer(settings, folder="unused")
+        started = time.monotonic()
+        summary = await asyncio.wait_for(
+            _send(db, None, settings, now, mailer=mailer, connections=1, retry_window=0.1), 20
+        )
+    assert time.monotonic() - started < 10  # a few command timeouts, not data_timeout
+    assert (summary.sent, summary.failed, summary.in_flight) == (0, 1, 0)
+    status, attempts, _reply = ledger.get_delivery(db, day=DAY, subscriber_id=1) or ("", 0, "")
+    assert (status, attempts) == ("failed", 1)  # retried by the next run
 
 
 async def test_deferred_recipients_wait_after_everyone_else_and_hold_no_worker(  # type: ignore[no-untyped-def]

@@ -369,9 +369,9 @@ class SmtpMailer:
         awaited after the recipients are accepted, before DATA: the send queue waits there
         for its previous message's commit (what it raises ends the session and goes up).
 
-        MAIL and RCPT wait `timeout` for their replies; the reply after the
-        message body waits `data_timeout` (RFC 5321 4.5.3.2.6), since giving up
-        earlier makes a copy the server may already have accepted.
+        MAIL, RCPT and DATA wait `timeout` for their replies (DATA's 354 too: RFC 5321
+        4.5.3.2.2); the reply after the message body waits `data_timeout` (4.5.3.2.6),
+        since giving up earlier makes a copy the server may already have accepted.
         """
         async with self._slots:
             conn = self._take_idle() or await self._open()
@@ -392,9 +392,10 @@ class SmtpMailer:
                     replies: list[SMTPResponse] = []
                     lost: BaseException | None = None
                     try:
-                        for _ in range(len(rcpts) + 1):  # MAIL's and each RCPT's
+                        # MAIL's, each RCPT's and DATA's: the 354 is a command's reply
+                        # (RFC 5321 4.5.3.2); data_timeout is for the one after the body.
+                        for _ in range(len(rcpts) + 2):
                             replies.append(await session.reply(self.timeout))
-                        replies.append(await session.reply(self.data_timeout))
                     except (
                         aiosmtplib.SMTPServerDisconnected,
                         aiosmtplib.SMTPTimeoutError,
@@ -434,7 +435,7 @@ class SmtpMailer:
                     await _saved_and_still_ours(before_data, still_ours)
                     stage = Stage.DATA
                     session.write(b"DATA\r\n")
-                    _check_data(await session.reply(self.data_timeout), 354)
+                    _check_data(await session.reply(self.timeout), 354)
                 self.in_flight += 1
                 body_sent = True
                 try:
