@@ -953,6 +953,35 @@ async def test_a_run_cancelled_again_while_it_waits_for_its_marks_still_closes_i
     assert errors == []
 
 
+async def test_a_cancelled_run_gives_back_its_unstarted_recipients_at_once(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    """A caller's timeout cancels a run while a message is at the server: that one is left
+    in doubt (for the next run), every other row it held is given back, so the next run
+    takes them at once instead of waiting out the lease (smtp.lease, 60 s here)."""
+    emails = _subscribe(db, 20, now)
+    handler = SmtpRecorder(hold_after=3)  # the fourth message's DATA is not answered
+    with run_smtp_server(handler) as server:
+        sending = asyncio.create_task(_send(db, server, send_settings, now, connections=1))
+        await asyncio.wait_for(_until(lambda: handler.data_attempts >= 4), 10)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(sending, 0.05)
+        rows = db.conn.execute(
+            "SELECT s.email, d.status, d.lease_owner, d.lease_until FROM deliveries AS d"
+            " JOIN subscribers AS s ON s.id = d.subscriber_id"
+        ).fetchall()
+        assert [r for r in rows if r[3] is not None] == []  # no lease left to wait out
+        in_doubt = [r[0] for r in rows if r[1] == "sending" and r[2] is not None]
+        assert in_doubt == [emails[3]]  # the one at the server: left to the next run
+        sent = {r[0] for r in rows if r[1] == "sent"}
+        handler.hold_after = None
+        handler.release.set()
+        again = await asyncio.wait_for(_send(db, server, send_settings, now, connections=1), 20)
+    assert again.sent == 20 - len(sent)
+    assert ledger.day_counts(db, day=DAY) == {"sent": 20}
+    assert set(handler.recipients()) == set(emails)
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.001)
