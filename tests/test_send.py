@@ -982,6 +982,43 @@ async def test_a_cancelled_run_gives_back_its_unstarted_recipients_at_once(  # t
     assert set(handler.recipients()) == set(emails)
 
 
+async def test_a_cancelled_run_whose_store_fails_to_give_back_still_raises_cancelled(  # type: ignore[no-untyped-def]
+    tmp_path, send_settings, now, caplog
+) -> None:
+    """The store is locked by another connection when the run is cancelled: giving back
+    fails within the store's busy timeout, is logged, and the cancellation still reaches
+    the caller (the rows wait for their lease)."""
+    db = open_store(tmp_path / "syndicate.db", busy_timeout=0.3)
+    try:
+        _add_digest(db, DAY)
+        _subscribe(db, 20, now)
+        handler = SmtpRecorder(hold_after=3)
+        with run_smtp_server(handler) as server:
+            sending = asyncio.create_task(_send(db, server, send_settings, now, connections=1))
+            await asyncio.wait_for(_until(lambda: handler.data_attempts >= 4), 10)
+            url = os.environ.get(ENV_STORE_URL)
+            if url:
+                locker: psycopg.Connection | sqlite3.Connection = psycopg.connect(url)
+                locker.execute("SELECT 1 FROM deliveries FOR UPDATE")
+            else:
+                locker = sqlite3.connect(db.path, isolation_level=None)
+                locker.execute("BEGIN IMMEDIATE")
+            try:
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(sending, 0.05)
+            finally:
+                locker.rollback()
+                locker.close()
+                handler.release.set()
+        leased = db.conn.execute(
+            "SELECT count(*) FROM deliveries WHERE lease_until IS NOT NULL"
+        ).fetchone()[0]
+        assert leased > 0
+        assert any("cancelled, and could not give back" in m for m in caplog.messages)
+    finally:
+        db.close()
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.001)
