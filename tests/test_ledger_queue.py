@@ -435,6 +435,76 @@ async def test_closing_the_queue_fails_a_mark_still_running(tmp_path: Path) -> N
             assert queue.marks.running is False
 
 
+async def _running(queue: ledger.PgQueue) -> None:
+    """Wait until the queue's mark statement has gone to the server."""
+    async with asyncio.timeout(5):
+        while not queue.marks.running:
+            await asyncio.sleep(0.001)
+
+
+async def test_a_cancelled_mark_leaves_the_queue_usable_and_the_next_one_waits_its_turn(
+    tmp_path: Path,
+) -> None:
+    # The caller gives up (cancels) while the statement waits on a locked row: it sees
+    # CancelledError; the statement still runs to its end (its reply is read and dropped),
+    # and a mark started meanwhile goes out after it, on the same connection. A second
+    # start used to raise RuntimeError ("one statement at a time").
+    url = _pg_url()
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        with _store(tmp_path, 3) as db:
+            ledger.enqueue_owed(db, day=DAY, now=T0)
+            queue = await ledger.PgQueue.open(db)
+            try:
+                with psycopg.connect(url) as holder:
+                    holder.execute("SELECT 1 FROM deliveries WHERE subscriber_id = 1 FOR UPDATE")
+                    given_up = asyncio.ensure_future(
+                        queue.mark(day=DAY, subscriber_ids=[1], now=T0)
+                    )
+                    await _running(queue)  # the statement is at the server, waiting
+                    given_up.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await given_up
+                    after = queue.start_mark(day=DAY, subscriber_ids=[2], now=T0)
+                    await asyncio.sleep(0.1)
+                    assert not after.done()  # waits for the cancelled one's reply
+                await asyncio.wait_for(after, 5)
+                await asyncio.wait_for(queue.mark(day=DAY, subscriber_ids=[3], now=T0), 5)
+            finally:
+                await queue.close()
+            # The cancelled statement committed all the same: a mark may outlive its caller.
+            assert ledger.day_counts(db, day=DAY) == {"sent": 3}
+    finally:
+        loop.set_exception_handler(None)
+    assert errors == []
+
+
+async def test_closing_the_queue_with_a_cancelled_mark_in_flight_fails_the_one_waiting(
+    tmp_path: Path,
+) -> None:
+    url = _pg_url()
+    with _store(tmp_path, 2) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        queue = await ledger.PgQueue.open(db)
+        with psycopg.connect(url) as holder:
+            holder.execute("SELECT 1 FROM deliveries FOR UPDATE")
+            given_up = asyncio.ensure_future(queue.mark(day=DAY, subscriber_ids=[1], now=T0))
+            await _running(queue)
+            given_up.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await given_up
+            waiting = queue.start_mark(day=DAY, subscriber_ids=[2], now=T0)
+            await asyncio.wait_for(queue.close(), 5)
+            with pytest.raises(StoreUnavailableError):
+                await asyncio.wait_for(waiting, 5)
+            assert queue.marks.running is False
+        # The one waiting never went (the cancelled one may yet commit on the server: its
+        # backend sees the connection gone only when it answers).
+        assert ledger.get_delivery(db, day=DAY, subscriber_id=2)[0] == "sending"
+
+
 async def test_a_mark_whose_backend_dies_while_its_statement_is_still_going_out_fails_cleanly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,6 +25,7 @@ from syndicate.send import (
     OutboxMailer,
     SendPolicy,
     SmtpMailer,
+    open_mailer,
     open_send_lock,
     read_earlier_digests,
     send_digest,
@@ -34,7 +35,14 @@ from syndicate.store import Database, PgDatabase, ledger
 from syndicate.store.subscribers import add_subscriber, get_by_id
 from syndicate.tokens import verify_token
 from tests.plugins.postgres import ENV_STORE_URL, open_store
-from tests.plugins.smtp import SmtpRecorder, SmtpServer, free_port, run_smtp_server
+from tests.plugins.smtp import (
+    Conversation,
+    SmtpRecorder,
+    SmtpServer,
+    free_port,
+    run_smtp_server,
+    scripted,
+)
 
 pytestmark = pytest.mark.usefixtures("store")
 
@@ -243,6 +251,77 @@ async def test_a_message_whose_data_reply_never_came_is_left_for_the_next_run(  
     again = await _send(db, smtpd, send_settings, now)
     assert (again.sent, again.in_flight) == (1, 0)
     assert sorted(smtpd.handler.recipients()) == sorted(f"reader{i}@example.org" for i in range(4))
+
+
+class _Garbling(Conversation):
+    """Answers one recipient's RCPT with a line that is not SMTP, and another's message body
+    with a reply too long to be SMTP; each once."""
+
+    def __init__(self, at_rcpt: str, after_body: str) -> None:
+        super().__init__()
+        self.at_rcpt, self.after_body = at_rcpt, after_body
+        self.garbled: list[str] = []
+
+    async def rcpt(self, recipient: str) -> bytes | None:
+        if recipient == self.at_rcpt and recipient not in self.garbled:
+            self.garbled.append(recipient)
+            return b"hello, this is not SMTP\r\n"
+        return await super().rcpt(recipient)
+
+    async def body(self, recipient: str) -> bytes | None:
+        if recipient == self.after_body and recipient not in self.garbled:
+            self.garbled.append(recipient)
+            return b"250 " + b"x" * 10_000 + b"\r\n"
+        return await super().body(recipient)
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+async def test_a_garbled_reply_bounces_nobody_and_is_retried_or_left_in_doubt(  # type: ignore[no-untyped-def]
+    db, send_settings, now, pipelining
+) -> None:
+    # A reply that is not SMTP says nothing of the recipient: before the body it is
+    # deferred and sent on retry; after the body it is in doubt like a lost reply. Neither
+    # counts a bounce, and neither stops the run.
+    emails = _subscribe(db, 4, now)
+    conversation = _Garbling(at_rcpt=emails[1], after_body=emails[2])
+    async with scripted(conversation, pipelining=pipelining) as port:
+        mailer = SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=1)
+        summary = await _send(db, None, send_settings, now, mailer=mailer, connections=1)
+        assert conversation.garbled == [emails[1], emails[2]]
+        assert (summary.sent, summary.failed, summary.bounced, summary.in_flight) == (3, 0, 0, 1)
+        assert ledger.day_counts(db, day=DAY) == {"sent": 3, "sending": 1}
+        assert ledger.get_delivery(db, day=DAY, subscriber_id=3)[0] == "sending"
+        for subscriber_id in range(1, 5):
+            subscriber = get_by_id(db, subscriber_id)
+            assert subscriber is not None
+            assert (subscriber.status, subscriber.bounce_count) == (
+                SubscriptionStatus.CONFIRMED,
+                0,
+            )
+        mailer = SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=1)
+        again = await _send(db, None, send_settings, now, mailer=mailer, connections=1)
+    assert (again.sent, again.failed, again.in_flight) == (1, 0, 0)
+    assert ledger.day_counts(db, day=DAY) == {"sent": 4}
+    assert sorted(conversation.accepted) == sorted(emails)
+
+
+class _AlwaysGarbled(Conversation):
+    async def rcpt(self, recipient: str) -> bytes | None:
+        return b"hello, this is not SMTP\r\n"
+
+
+async def test_a_server_that_only_garbles_is_retried_like_one_that_drops_and_bounces_nobody(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # As a server that keeps dropping the connection: each recipient is deferred, then
+    # failed for now when the retry window ends; the next run tries them all again.
+    _subscribe(db, 12, now)
+    async with scripted(_AlwaysGarbled()) as port:
+        mailer = SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=2)
+        summary = await _send(db, None, send_settings, now, mailer=mailer, retry_window=0.2)
+    assert (summary.sent, summary.failed, summary.bounced) == (0, 12, 0)
+    assert ledger.count_owed(db, day=DAY, max_attempts=5) == 12
+    assert db.conn.execute("SELECT max(bounce_count) FROM subscribers").fetchone()[0] == 0
 
 
 async def test_a_recipient_deferred_past_the_retries_is_failed_with_the_reply(  # type: ignore[no-untyped-def]
@@ -474,6 +553,42 @@ async def test_a_data_reply_slower_than_data_timeout_is_in_flight_and_never_rese
     assert (summary.sent, summary.failed, summary.in_flight) == (0, 0, 1)
     assert smtpd.handler.data_attempts == 1
     assert ledger.day_counts(db, day=DAY) == {"sending": 1}
+
+
+class _SilentAtData(Conversation):
+    async def data(self, recipient: str) -> bytes | None:
+        return None
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+async def test_a_server_silent_after_data_is_given_up_on_at_the_command_timeout(  # type: ignore[no-untyped-def]
+    db, send_settings, now, pipelining
+) -> None:
+    # RFC 5321 4.5.3.2: DATA's 354 is a command's reply (smtp.timeout); smtp.data_timeout
+    # is for the reply after the body only. No body went: deferred, then failed for now.
+    _subscribe(db, 1, now)
+    async with scripted(_SilentAtData(), pipelining=pipelining) as port:
+        settings = dataclasses.replace(
+            send_settings,
+            mail=dataclasses.replace(send_settings.mail, transport="smtp"),
+            smtp=dataclasses.replace(
+                send_settings.smtp,
+                host="127.0.0.1",
+                port=port,
+                tls="none",
+                timeout=0.2,
+                data_timeout=60.0,
+            ),
+        )
+        mailer = open_mailer(settings, folder="unused")
+        started = time.monotonic()
+        summary = await asyncio.wait_for(
+            _send(db, None, settings, now, mailer=mailer, connections=1, retry_window=0.1), 20
+        )
+    assert time.monotonic() - started < 10  # a few command timeouts, not data_timeout
+    assert (summary.sent, summary.failed, summary.in_flight) == (0, 1, 0)
+    status, attempts, _reply = ledger.get_delivery(db, day=DAY, subscriber_id=1) or ("", 0, "")
+    assert (status, attempts) == ("failed", 1)  # retried by the next run
 
 
 async def test_deferred_recipients_wait_after_everyone_else_and_hold_no_worker(  # type: ignore[no-untyped-def]
@@ -836,6 +951,72 @@ async def test_a_run_cancelled_again_while_it_waits_for_its_marks_still_closes_i
     finally:
         loop.set_exception_handler(None)
     assert errors == []
+
+
+async def test_a_cancelled_run_gives_back_its_unstarted_recipients_at_once(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    """A caller's timeout cancels a run while a message is at the server: that one is left
+    in doubt (for the next run), every other row it held is given back, so the next run
+    takes them at once instead of waiting out the lease (smtp.lease, 60 s here)."""
+    emails = _subscribe(db, 20, now)
+    handler = SmtpRecorder(hold_after=3)  # the fourth message's DATA is not answered
+    with run_smtp_server(handler) as server:
+        sending = asyncio.create_task(_send(db, server, send_settings, now, connections=1))
+        await asyncio.wait_for(_until(lambda: handler.data_attempts >= 4), 10)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(sending, 0.05)
+        rows = db.conn.execute(
+            "SELECT s.email, d.status, d.lease_owner, d.lease_until FROM deliveries AS d"
+            " JOIN subscribers AS s ON s.id = d.subscriber_id"
+        ).fetchall()
+        assert [r for r in rows if r[3] is not None] == []  # no lease left to wait out
+        in_doubt = [r[0] for r in rows if r[1] == "sending" and r[2] is not None]
+        assert in_doubt == [emails[3]]  # the one at the server: left to the next run
+        sent = {r[0] for r in rows if r[1] == "sent"}
+        handler.hold_after = None
+        handler.release.set()
+        again = await asyncio.wait_for(_send(db, server, send_settings, now, connections=1), 20)
+    assert again.sent == 20 - len(sent)
+    assert ledger.day_counts(db, day=DAY) == {"sent": 20}
+    assert set(handler.recipients()) == set(emails)
+
+
+async def test_a_cancelled_run_whose_store_fails_to_give_back_still_raises_cancelled(  # type: ignore[no-untyped-def]
+    tmp_path, send_settings, now, caplog
+) -> None:
+    """The store is locked by another connection when the run is cancelled: giving back
+    fails within the store's busy timeout, is logged, and the cancellation still reaches
+    the caller (the rows wait for their lease)."""
+    db = open_store(tmp_path / "syndicate.db", busy_timeout=0.3)
+    try:
+        _add_digest(db, DAY)
+        _subscribe(db, 20, now)
+        handler = SmtpRecorder(hold_after=3)
+        with run_smtp_server(handler) as server:
+            sending = asyncio.create_task(_send(db, server, send_settings, now, connections=1))
+            await asyncio.wait_for(_until(lambda: handler.data_attempts >= 4), 10)
+            url = os.environ.get(ENV_STORE_URL)
+            if url:
+                locker: psycopg.Connection | sqlite3.Connection = psycopg.connect(url)
+                locker.execute("SELECT 1 FROM deliveries FOR UPDATE")
+            else:
+                locker = sqlite3.connect(db.path, isolation_level=None)
+                locker.execute("BEGIN IMMEDIATE")
+            try:
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(sending, 0.05)
+            finally:
+                locker.rollback()
+                locker.close()
+                handler.release.set()
+        leased = db.conn.execute(
+            "SELECT count(*) FROM deliveries WHERE lease_until IS NOT NULL"
+        ).fetchone()[0]
+        assert leased > 0
+        assert any("cancelled, and could not give back" in m for m in caplog.messages)
+    finally:
+        db.close()
 
 
 async def _until(condition: Callable[[], bool]) -> None:

@@ -9,46 +9,17 @@ answer a byte at a time, take DATA after refusing the recipient), a small script
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from syndicate.errors import RecipientRefusedError, TransientSendError
 from syndicate.send.policy import Stage
 from syndicate.send.transports import SmtpMailer
-from tests.plugins.smtp import SmtpRecorder, run_smtp_server
+from tests.plugins.smtp import Conversation, SmtpRecorder, run_smtp_server, scripted
 
 MESSAGE = (
     b"From: a@example.org\r\nTo: b@example.org\r\nSubject: x\r\n\r\nXin ch\xc3\xa0o\r\n.dot\r\n"
 )
-
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@contextlib.asynccontextmanager
-async def scripted(script: Script, *, pipelining: bool = True) -> AsyncIterator[int]:
-    """A server on 127.0.0.1 that greets, answers EHLO offering PIPELINING (or not), then
-    runs `script` on the connection; yields its port."""
-    offer = b"250-PIPELINING\r\n" if pipelining else b""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 scripted ESMTP\r\n")
-        await reader.readuntil(b"\r\n")  # EHLO
-        writer.write(b"250-scripted\r\n" + offer + b"250-8BITMIME\r\n250 SIZE 1000000\r\n")
-        try:
-            await script(reader, writer)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def _read_group(reader: asyncio.StreamReader) -> list[bytes]:
@@ -283,3 +254,55 @@ async def test_a_hang_up_before_the_354_is_not_in_flight(pipelining: bool) -> No
         await mailer.aclose()
     assert failed.value.stage == Stage.DATA
     assert not failed.value.in_flight
+
+
+class _Garbling(Conversation):
+    """Answers RCPT for rcpt@ with a line that is not SMTP, and the body for body@ with a
+    reply longer than any SMTP line; each once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.garbled: set[str] = set()
+
+    async def rcpt(self, recipient: str) -> bytes | None:
+        if recipient == "rcpt@example.org" and recipient not in self.garbled:
+            self.garbled.add(recipient)
+            return b"hello, this is not SMTP\r\n"
+        return await super().rcpt(recipient)
+
+    async def body(self, recipient: str) -> bytes | None:
+        if recipient == "body@example.org" and recipient not in self.garbled:
+            self.garbled.add(recipient)
+            return b"250 " + b"x" * 10_000 + b"\r\n"
+        return await super().body(recipient)
+
+
+@BOTH
+async def test_a_reply_that_is_not_smtp_is_a_fault_of_the_session_not_a_refusal(
+    pipelining: bool,
+) -> None:
+    # A garbled reply says nothing of the recipient: no refusal (no bounce), the session is
+    # closed (out of step), and the outcome is that of no reply: not in flight before the
+    # body, in flight after it.
+    conversation = _Garbling()
+    async with scripted(conversation, pipelining=pipelining) as port:
+        mailer = _mailer(port, timeout=5)
+        with pytest.raises(TransientSendError) as at_rcpt:
+            await asyncio.wait_for(
+                mailer.send("news@example.org", ["rcpt@example.org"], MESSAGE), 10
+            )
+        with pytest.raises(TransientSendError) as after_body:
+            await asyncio.wait_for(
+                mailer.send("news@example.org", ["body@example.org"], MESSAGE), 10
+            )
+        for address in ("rcpt@example.org", "body@example.org"):
+            await asyncio.wait_for(mailer.send("news@example.org", [address], MESSAGE), 10)
+        await mailer.aclose()
+    assert (at_rcpt.value.stage, at_rcpt.value.code) == (Stage.RECIPIENT, -1)
+    assert not at_rcpt.value.in_flight
+    assert at_rcpt.value.reply == "Malformed SMTP response line: hello, this is not SMTP"
+    assert (after_body.value.stage, after_body.value.code) == (Stage.DATA, -1)
+    assert after_body.value.in_flight
+    assert after_body.value.reply == "Response too long"
+    assert conversation.accepted == ["rcpt@example.org", "body@example.org"]
+    assert conversation.connections == 3  # each garbled session closed, never reused

@@ -30,6 +30,12 @@ from syndicate.send import Action, Outcome, SendPolicy, Stage, to_action
         (Stage.RECIPIENT, 0, "Unexpected EOF received", False, Action.DEFER),
         (Stage.SENDER, 451, "451 4.3.0 later", False, Action.DEFER),
         (Stage.DATA, 0, "Timed out waiting for server response", True, Action.IN_DOUBT),
+        # A reply that is not SMTP (aiosmtplib's code -1) counts as no reply at all.
+        (Stage.RECIPIENT, -1, "Malformed SMTP response line: hello", False, Action.DEFER),
+        (Stage.SENDER, -1, "Malformed SMTP response line: hello", False, Action.DEFER),
+        (Stage.DATA, -1, "Response too long", False, Action.DEFER),
+        (Stage.DATA, -1, "Response too long", True, Action.IN_DOUBT),
+        (Stage.SESSION, -1, "Malformed SMTP response line: hello", False, Action.RECONNECT),
         (Stage.SENDER, 550, "550 5.7.1 sender rejected", False, Action.SETUP_STOP),
         (Stage.SENDER, 553, "553 5.1.8 sender domain", False, Action.SETUP_STOP),
         (Stage.RECIPIENT, 530, "530 5.7.0 authentication required", False, Action.SETUP_STOP),

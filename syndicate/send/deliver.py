@@ -195,6 +195,7 @@ class _Run:
     pending: list[tuple[int, Action, str]] = field(default_factory=list)  # refusals to confirm
     held: set[int] = field(default_factory=set)  # ids this worker held at the last claim/renew
     taken: set[int] = field(default_factory=set)  # ids listed in `buffer`, sent or committed
+    started: set[int] = field(default_factory=set)  # ids handed to the mailer, not yet back
     waiting: set[int] = field(default_factory=set)  # ids listed in `deferred` (also taken)
     held_until: datetime | None = None  # when that lease runs out (the earliest, after claims)
     dropped: int = 0  # claimed, then taken over by another worker (never sent by this one)
@@ -397,8 +398,11 @@ class DigestSender:
             try:
                 await self._wind_down(run, keeper)
             finally:  # cancelled again meanwhile, too
-                await self.mailer.aclose()
-                await marks.close()
+                try:
+                    self._let_go(run)
+                finally:
+                    await self.mailer.aclose()
+                    await marks.close()
             raise
         await self._wind_down(run, keeper)
         try:
@@ -435,6 +439,27 @@ class DigestSender:
             bounced=run.bounced,
             in_flight=run.in_doubt,
         )
+
+    def _let_go(self, run: _Run) -> None:
+        """A cancelled run: leave the messages it had started in doubt (for the next run), and
+        give back at once every other row it holds, so no worker waits out its lease.
+
+        Never raises: the cancellation under way must reach the caller. A store that fails
+        here (within its own timeouts) is logged, and the rows wait for their lease."""
+        try:
+            for subscriber_id in sorted(run.started):
+                ledger.mark_in_doubt(
+                    self.db, day=run.day, subscriber_id=subscriber_id, owner=self.worker
+                )
+            ledger.release(self.db, day=run.day, owner=self.worker)
+        except Exception as exc:  # logged: the CancelledError must go on up
+            log.warning(
+                "%s: cancelled, and could not give back its recipients: %s; they are owed "
+                "again once their lease runs out (smtp.lease, %g s).",
+                self.worker,
+                exc,
+                self.policy.lease,
+            )
 
     @staticmethod
     async def _wind_down(run: _Run, keeper: asyncio.Task[None]) -> None:
@@ -701,13 +726,7 @@ class DigestSender:
             try:
                 # Asked again once a connection is ready: the wait for one may have outlasted
                 # the lease (a stall), and the recipient may be another worker's by then.
-                await self.mailer.send(
-                    self._sender(run, recipient),
-                    [recipient.email],
-                    message,
-                    still_ours=lambda: self._holds(run, recipient.subscriber_id),
-                    before_data=saved,
-                )
+                await self._send_one(run, recipient, message, saved)
             except FencedOff:
                 run.dropped += 1
                 return None
@@ -759,6 +778,32 @@ class DigestSender:
             run.failed += 1
             self._refused(run, subscriber_id, action, reply)
         return None
+
+    async def _send_one(
+        self,
+        run: _Run,
+        recipient: ledger.Recipient,
+        message: bytes,
+        saved: Callable[[], Awaitable[None]],
+    ) -> None:
+        """`mailer.send`, the recipient listed in `run.started` while it runs: a send cancelled
+        meanwhile may have gone, and the cancelled run leaves it in doubt (`_let_go`)."""
+        subscriber_id = recipient.subscriber_id
+        run.started.add(subscriber_id)
+        try:
+            await self.mailer.send(
+                self._sender(run, recipient),
+                [recipient.email],
+                message,
+                still_ours=lambda: self._holds(run, subscriber_id),
+                before_data=saved,
+            )
+        except asyncio.CancelledError:
+            raise  # still listed
+        except BaseException:
+            run.started.discard(subscriber_id)
+            raise
+        run.started.discard(subscriber_id)
 
     def _refused(self, run: _Run, subscriber_id: int, action: Action, reply: str) -> None:
         """Record a permanent refusal; its bounce waits for proof the server takes mail at all."""

@@ -55,8 +55,10 @@ class Action(StrEnum):
 class Outcome:
     """One message's delivery result: the stage reached, the reply code and text.
 
-    `code` is 0 when no reply came (connection dropped, or timed out);
-    `in_flight` is True when the message body had been sent by then.
+    `code` is 0 when no reply came (connection dropped, or timed out) and -1 when what
+    came was not an SMTP reply (a malformed or overlong line: aiosmtplib's
+    `SMTPStatus.invalid_response`); `in_flight` is True when the message body had been
+    sent by then.
     """
 
     stage: Stage
@@ -83,7 +85,8 @@ def to_action(outcome: Outcome) -> Action:
     Only what is not about one recipient stops a run: the session refused
     (greeting, TLS, login, a 5xx at connect) and the sender refused (`MAIL
     FROM` 5xx). A recipient refused for good is never retried; `5.1.x` and
-    `5.2.1` (no such mailbox, mailbox disabled) bounce the subscriber at once.
+    `5.2.1` (no such mailbox, mailbox disabled) bounce the subscriber at once. A reply
+    that is not SMTP (code -1) says nothing of the recipient: it counts as no reply.
     """
     code, stage = outcome.code, outcome.stage
     if 200 <= code < 300 and stage is Stage.DATA:
@@ -92,9 +95,9 @@ def to_action(outcome: Outcome) -> Action:
         return Action.SETUP_STOP
     if stage is Stage.SESSION:
         return Action.SETUP_STOP if code >= 500 else Action.RECONNECT
-    if outcome.in_flight and code == 0:
+    if outcome.in_flight and code <= 0:
         return Action.IN_DOUBT
-    if code == 0 or 400 <= code < 500:
+    if code <= 0 or 400 <= code < 500:
         # A 421 closes the session but says nothing of the recipient: try it again later.
         return Action.DEFER
     if stage is Stage.SENDER:

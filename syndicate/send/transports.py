@@ -288,6 +288,8 @@ class SmtpMailer:
             ) from exc
         except aiosmtplib.SMTPResponseException as exc:
             _close_quietly(client)
+            if exc.code < 0:  # not SMTP: as a dropped connection, tried again, then exit 75
+                raise _not_smtp(self.where, Stage.SESSION, exc, in_flight=False) from exc
             if 400 <= exc.code < 500:
                 raise TransientSendError(
                     f"{self.where}: the server is busy: {exc.code} {exc.message}",
@@ -367,9 +369,9 @@ class SmtpMailer:
         awaited after the recipients are accepted, before DATA: the send queue waits there
         for its previous message's commit (what it raises ends the session and goes up).
 
-        MAIL and RCPT wait `timeout` for their replies; the reply after the
-        message body waits `data_timeout` (RFC 5321 4.5.3.2.6), since giving up
-        earlier makes a copy the server may already have accepted.
+        MAIL, RCPT and DATA wait `timeout` for their replies (DATA's 354 too: RFC 5321
+        4.5.3.2.2); the reply after the message body waits `data_timeout` (4.5.3.2.6),
+        since giving up earlier makes a copy the server may already have accepted.
         """
         async with self._slots:
             conn = self._take_idle() or await self._open()
@@ -390,11 +392,18 @@ class SmtpMailer:
                     replies: list[SMTPResponse] = []
                     lost: BaseException | None = None
                     try:
-                        for _ in range(len(rcpts) + 1):  # MAIL's and each RCPT's
+                        # MAIL's, each RCPT's and DATA's: the 354 is a command's reply
+                        # (RFC 5321 4.5.3.2); data_timeout is for the one after the body.
+                        for _ in range(len(rcpts) + 2):
                             replies.append(await session.reply(self.timeout))
-                        replies.append(await session.reply(self.data_timeout))
-                    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
+                    except (
+                        aiosmtplib.SMTPServerDisconnected,
+                        aiosmtplib.SMTPTimeoutError,
+                        aiosmtplib.SMTPResponseException,  # not SMTP: see _not_smtp below
+                    ) as exc:
                         lost = exc  # a refusal read before it (a 421, then the hang-up) counts
+                    if isinstance(lost, aiosmtplib.SMTPResponseException):
+                        session.close()  # out of step with the server: no RSET, no reuse
                     data = replies[-1] if len(replies) == len(rcpts) + 2 else _NO_REPLY
                     try:
                         if replies:
@@ -426,7 +435,7 @@ class SmtpMailer:
                     await _saved_and_still_ours(before_data, still_ours)
                     stage = Stage.DATA
                     session.write(b"DATA\r\n")
-                    _check_data(await session.reply(self.data_timeout), 354)
+                    _check_data(await session.reply(self.timeout), 354)
                 self.in_flight += 1
                 body_sent = True
                 try:
@@ -436,6 +445,9 @@ class SmtpMailer:
                     self.in_flight -= 1
                 keep = True
             except aiosmtplib.SMTPResponseException as exc:
+                if exc.code < 0:
+                    session.close()
+                    raise _not_smtp(self.where, stage, exc, in_flight=body_sent) from exc
                 outcome = Outcome(stage, exc.code, f"{exc.code} {exc.message}")
                 # After a 5xx the session is still good: reset the envelope and reuse it.
                 keep = exc.code >= 500 and await session.reset(self.timeout)
@@ -666,6 +678,22 @@ def wire_data(message: bytes) -> bytes:
     if message.startswith(b"."):
         message = b"." + message
     return message + b".\r\n"
+
+
+def _not_smtp(
+    where: str, stage: Stage, exc: aiosmtplib.SMTPResponseException, *, in_flight: bool
+) -> TransientSendError:
+    """A reply that is not SMTP (a malformed or overlong line, code -1): a fault of the
+    session, not a word about the recipient. The stream is out of step and the session is
+    closed; the outcome is as if no reply had come (deferred, or in doubt once the body
+    went: the server may have taken the message)."""
+    return TransientSendError(
+        f"{where}: the server's reply was not SMTP: {exc.message}",
+        stage=stage,
+        code=exc.code,
+        reply=exc.message,
+        in_flight=in_flight,
+    )
 
 
 def _failure(where: str, recipient: str, outcome: Outcome) -> SendError:

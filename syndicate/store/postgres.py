@@ -600,6 +600,10 @@ class LoopStatement:
     cause), passed through `failure`. On a `BoundedAsyncConnection` a statement the server
     has not answered within its `reply_timeout` fails with NoReply's, and the connection is
     closed.
+
+    A caller that gives up on its future (cancels it) does not stop the statement, which
+    may still commit: its reply is read and dropped, and a statement started meanwhile
+    goes out once that reply has come (libpq takes one at a time).
     """
 
     def __init__(
@@ -618,6 +622,8 @@ class LoopStatement:
         self.reply_timeout: float | None = getattr(conn, "reply_timeout", None)
         self.timer: asyncio.TimerHandle | None = None
         self.lost: NoReply | None = None  # why the connection was closed: every later start says it
+        # Started while a cancelled statement's reply was still due: sent once it has come.
+        self.queued: tuple[list[bytes], asyncio.Future[None]] | None = None
 
     @classmethod
     async def prepare(
@@ -643,12 +649,20 @@ class LoopStatement:
 
     def start(self, params: Sequence[bytes]) -> asyncio.Future[None]:
         """Run the statement with `params`; the future is done once the server has answered."""
-        if self.done is not None:
-            raise RuntimeError("LoopStatement runs one statement at a time")
         done = self.loop.create_future()
+        if self.done is not None:
+            given_up = self.done.cancelled() and (self.queued is None or self.queued[1].done())
+            if not given_up:
+                raise RuntimeError("LoopStatement runs one statement at a time")
+            self.queued = (list(params), done)
+            return done
+        self._send(list(params), done)
+        return done
+
+    def _send(self, params: list[bytes], done: asyncio.Future[None]) -> None:
         if self.lost is not None:
             done.set_exception(self.failure(to_pg_error(self.lost)))
-            return done
+            return
         try:
             self.pgconn.send_query_prepared(self.name, list(params))
             unsent = self.pgconn.flush()
@@ -657,7 +671,7 @@ class LoopStatement:
             self.fd = self.pgconn.socket
         except psycopg.Error as exc:  # the connection broke
             done.set_exception(self.failure(to_pg_error(exc)))
-            return done
+            return
         self.done, self.error = done, None
         self.loop.add_reader(self.fd, self._readable)
         if unsent:
@@ -666,12 +680,15 @@ class LoopStatement:
             # One statement of a few rows: its whole round trip, not only a silence, is
             # bounded (one timer a statement, where a silence would want one a read).
             self.timer = self.loop.call_later(self.reply_timeout, self._silent)
-        return done
 
     def close(self) -> None:
         """Stop listening; a statement still running fails (its connection is being closed)."""
+        closed = psycopg.OperationalError("the connection was closed")
+        queued, self.queued = self.queued, None
+        if queued is not None and not queued[1].done():
+            queued[1].set_exception(self.failure(to_pg_error(closed)))
         if self.done is not None:
-            self._finish(psycopg.OperationalError("the connection was closed"))
+            self._finish(closed)
 
     def _writable(self) -> None:
         if self.done is None:  # queued in the loop turn the statement ended
@@ -720,9 +737,11 @@ class LoopStatement:
         for remove in (self.loop.remove_reader, self.loop.remove_writer):
             with contextlib.suppress(OSError):
                 remove(self.fd)
-        if done is None or done.done():
-            return
-        if error is None:
-            done.set_result(None)
-        else:
-            done.set_exception(self.failure(to_pg_error(error)))
+        if done is not None and not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(self.failure(to_pg_error(error)))
+        queued, self.queued = self.queued, None
+        if queued is not None and not queued[1].done():
+            self._send(*queued)

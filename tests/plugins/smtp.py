@@ -16,7 +16,7 @@ import functools
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage, Message
@@ -202,6 +202,87 @@ def run_smtp_server(handler: SmtpRecorder | None = None, **options: Any) -> Iter
         yield SmtpServer("127.0.0.1", controller.port, handler)
     finally:
         controller.stop()
+
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def scripted(script: Script, *, pipelining: bool = True) -> AsyncIterator[int]:
+    """A server on 127.0.0.1 that greets, answers EHLO offering PIPELINING (or not), then
+    runs `script` on the connection; yields its port."""
+    offer = b"250-PIPELINING\r\n" if pipelining else b""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 scripted ESMTP\r\n")
+        await reader.readuntil(b"\r\n")  # EHLO
+        writer.write(b"250-scripted\r\n" + offer + b"250-8BITMIME\r\n250 SIZE 1000000\r\n")
+        try:
+            await script(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+class Conversation:
+    """A scripted server's whole session (pass it to `scripted`): answers MAIL, RCPT, DATA
+    (then reads the body), RSET and QUIT one command at a time, which also serves a
+    pipelining client (its replies go in order). Records the recipients whose message it
+    accepted. A test overrides `rcpt`, `data` or `body` to misbehave: return the reply
+    line(s), or None to answer nothing (the server goes silent until the client hangs up).
+    """
+
+    def __init__(self) -> None:
+        self.accepted: list[str] = []
+        self.connections = 0
+
+    async def rcpt(self, recipient: str) -> bytes | None:
+        return b"250 2.1.5 ok\r\n"
+
+    async def data(self, recipient: str) -> bytes | None:
+        return b"354 go on\r\n"
+
+    async def body(self, recipient: str) -> bytes | None:
+        self.accepted.append(recipient)
+        return b"250 2.0.0 queued\r\n"
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        recipient = ""
+        while True:
+            line = await reader.readuntil(b"\r\n")
+            verb = line[:4].upper()
+            reply: bytes | None
+            if verb == b"MAIL" or verb == b"RSET":
+                reply = b"250 2.1.0 ok\r\n"
+            elif verb == b"RCPT":
+                recipient = line.split(b"<", 1)[1].split(b">", 1)[0].decode()
+                reply = await self.rcpt(recipient)
+            elif verb == b"DATA":
+                reply = await self.data(recipient)
+                if reply is not None and reply.startswith(b"354"):
+                    writer.write(reply)
+                    await reader.readuntil(b"\r\n.\r\n")
+                    reply = await self.body(recipient)
+            elif verb == b"QUIT":
+                writer.write(b"221 2.0.0 bye\r\n")
+                await writer.drain()
+                return
+            else:
+                reply = b"500 5.5.1 unknown command\r\n"
+            if reply is None:
+                await reader.read()  # silent until the client hangs up
+                return
+            writer.write(reply)
+            await writer.drain()
 
 
 @pytest.fixture
