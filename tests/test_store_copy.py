@@ -717,3 +717,19 @@ def test_a_copy_into_a_new_postgresql_database_stopped_by_sigterm_leaves_it_as_i
     assert (process.returncode, out) == (143, "")
     assert err == "Error: store copy: stopped by SIGTERM; the target was left as it was.\n"
     assert _pg_tables(target) == []
+
+
+def test_a_failed_copy_into_a_new_database_never_drops_another_applications_tables(
+    full_store: Path, new_pg: Callable[[], str]
+) -> None:
+    # A database that held no store but another application's (empty) tables: the copy
+    # fails (the target has a table the source has not), and the clean-up dropped every
+    # empty table of the schema, the other application's too, not only those it made.
+    url = new_pg()
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE app_orders (id integer PRIMARY KEY)")
+        conn.execute("CREATE TABLE app_lines (order_id integer REFERENCES app_orders (id))")
+    code, out, err = _run("store", "copy", "--from", str(full_store), "--to", url)
+    assert (code, out) == (2, "")
+    assert len(err.splitlines()) == 1
+    assert _pg_tables(url) == ["app_lines", "app_orders"]

@@ -36,6 +36,7 @@ from syndicate.store import (
     DEFAULT_REPLY_TIMEOUT,
     Database,
     open_database,
+    open_empty,
     open_reader,
     store_error,
 )
@@ -412,10 +413,13 @@ def copy_to_new_database(source: Database, target: Database) -> dict[str, int]:
 
 def _drop_empty_store(db: Database) -> None:
     """Drop every table of the store at `db` (schema version included) if none holds a
-    row; leave it as it is otherwise, or when the server cannot be reached."""
+    row; leave it as it is otherwise, or when the server cannot be reached. Only the
+    store's own tables: another application's in the same schema are never touched."""
+    with open_empty() as empty:
+        ours = set(_read_tables(empty))
     try:
         with db.transaction() as conn:
-            tables = [_quote(t) for t in sorted(_read_tables(db))]
+            tables = [_quote(t) for t in sorted(ours & set(_read_tables(db)))]
             if not tables:
                 return
             conn.execute(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE")
