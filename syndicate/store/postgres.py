@@ -562,8 +562,10 @@ async def connect_async(
 _REFUSED = (
     ("password", re.compile(r"password authentication failed for user")),  # 28P01
     ("password", re.compile(r"fe_sendauth: no password supplied")),  # libpq: none to give
-    # 28000: the other methods pg_hba.conf may name (ident, peer, ldap, cert...).
-    ("access", re.compile(r"authentication failed for user")),
+    # 28000: the methods pg_hba.conf may name that decide on this machine alone. One that
+    # asks another server (LDAP, RADIUS, PAM's backend, ident, GSSAPI's KDC) fails with the
+    # same words when that server is down or slow: not matched, exit 75, tried again.
+    ("access", re.compile(r"(?:Peer|certificate|BSD) authentication failed for user")),
     ("role", re.compile(r'role "[^"]*" (?:does not exist|is not permitted to log in)')),
     ("access", re.compile(r"no pg_hba\.conf entry for|pg_hba\.conf rejects connection")),
     ("access", re.compile(r"permission denied for database")),  # 42501 at connect
