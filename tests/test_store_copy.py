@@ -733,3 +733,39 @@ def test_a_failed_copy_into_a_new_database_never_drops_another_applications_tabl
     assert (code, out) == (2, "")
     assert len(err.splitlines()) == 1
     assert _pg_tables(url) == ["app_lines", "app_orders"]
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_new_database_waits_on_the_server_still_drops_its_tables(
+    full_store: Path, new_pg: Callable[[], str]
+) -> None:
+    # SIGTERM's exception cut psycopg's wait for a statement short, and psycopg cancels the
+    # statement only for Ctrl-C: the connection stayed busy with it, the clean-up's first
+    # statement failed ("another command is already in progress") and the empty tables were
+    # kept, under "the target was left as it was". Here the copy's write transaction waits
+    # for the store's write lock, which another connection holds until after the signal.
+    from syndicate.cli.commands_store import _terminated
+    from syndicate.errors import TerminatedError
+    from syndicate.store.copy import copy_to_new_database
+    from syndicate.store.postgres import WRITE_LOCK_KEY
+
+    url = new_pg()
+    target = open_database(Path(), url=url, busy_timeout=60)
+    assert _pg_tables(url)
+    holder = psycopg.connect(url, autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(%s)", (WRITE_LOCK_KEY,))
+    before = signal.signal(signal.SIGTERM, _terminated)
+    let_go = threading.Timer(1.5, lambda: holder.execute("SELECT pg_advisory_unlock_all()"))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)  # SIGALRM: sends SIGTERM below
+        signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+        let_go.start()
+        with open_database(full_store) as source, target, pytest.raises(TerminatedError):
+            copy_to_new_database(source, target)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        let_go.join()
+        holder.close()
+    assert _pg_tables(url) == []

@@ -418,6 +418,7 @@ def _drop_empty_store(db: Database) -> None:
     with open_empty() as empty:
         ours = set(_read_tables(empty))
     try:
+        db.conn.settle()  # a statement SIGTERM cut short: cancelled, its transaction ended
         with db.transaction() as conn:
             tables = [_quote(t) for t in sorted(ours & set(_read_tables(db)))]
             if not tables:

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import pq
+from psycopg import generators, pq
 from psycopg.abc import PQGen
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.waiting import Ready
@@ -421,6 +421,28 @@ class PgConnection:
             self.raw.close()
         except psycopg.Error as exc:
             raise to_pg_error(exc) from exc
+
+    def settle(self) -> None:
+        """Make the connection take statements again after an exception other than Ctrl-C
+        (SIGTERM's) cut a wait for the server short: psycopg cancels the statement only for
+        KeyboardInterrupt, and left running it refuses every next one ("another command is
+        already in progress"). The statement is cancelled, its end read and its transaction
+        rolled back. Waits as a statement does (store.reply_timeout); raises PgError."""
+        raw = self.raw
+        if raw.closed:
+            return
+        try:
+            if raw.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+                raw.cancel_safe(timeout=CONNECT_TIMEOUT)
+                for _ in range(3):  # its results; a COPY cut short is ended first
+                    results = raw.wait(generators.fetch_many(raw.pgconn))
+                    if not results or results[-1].status != pq.ExecStatus.COPY_IN:
+                        break
+                    raw.wait(generators.copy_end(raw.pgconn, b"cancelled"))
+        except psycopg.Error as exc:
+            raise _failure(exc, getattr(raw, "lost", None)) from exc
+        if raw.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+            self.rollback()
 
     def is_dropped(self) -> bool:
         """Whether the server has ended this idle connection (a restart, a fail-over,
