@@ -769,3 +769,35 @@ def test_sigterm_while_the_new_database_waits_on_the_server_still_drops_its_tabl
         let_go.join()
         holder.close()
     assert _pg_tables(url) == []
+
+
+def test_a_link_at_the_target_path_to_no_file_yet_gets_a_private_complete_store(
+    full_store: Path, tmp_path: Path
+) -> None:
+    # The target path is a link to a file not made yet (a data volume's place for it):
+    # SQLite followed it and made the file with its own mode (0644 under umask 022: every
+    # address and the signing secret readable by all users), filled in place, and a copy
+    # that failed left it behind. It is now made as a new file is: 0600, complete or not
+    # at all, at the place the link leads to.
+    data = tmp_path / "volume"
+    data.mkdir()
+    link = tmp_path / "moved.db"
+    link.symlink_to(data / "syndicate.db")
+    _damage(full_store)
+    code, out, err = _run("store", "copy", "--from", str(full_store), "--to", str(link))
+    assert (code, out) == (2, "")
+    assert "foreign key" in err.lower()
+    assert list(data.iterdir()) == []
+    _repair(full_store)
+    code, out, err = _run("store", "copy", "--from", str(full_store), "--to", str(link))
+    assert (code, err) == (0, ""), out
+    assert sorted(p.name for p in data.iterdir()) == ["syndicate.db"]
+    assert (data / "syndicate.db").stat().st_mode & 0o777 == 0o600
+    assert link.is_symlink()
+
+
+def _repair(store: Path) -> None:
+    raw = sqlite3.connect(store)
+    raw.execute("DELETE FROM deliveries WHERE subscriber_id = 999")
+    raw.commit()
+    raw.close()

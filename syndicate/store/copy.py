@@ -378,6 +378,10 @@ def copy_into(
     yet through `copy_to_new_database`, any other store through `copy_store`: whichever
     it is, a failure leaves it as it was.
     """
+    if not url and os.path.islink(path) and not path.exists():
+        # A link to no file yet: the new store is made where it leads, as a new file is
+        # (SQLite, following it, made the file with its own mode and filled it in place).
+        path = Path(os.path.realpath(path))
     if not url and not os.path.lexists(path):
         return copy_to_new_file(source, path, busy_timeout=busy_timeout), str(path)
     new = False
