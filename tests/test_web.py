@@ -1751,8 +1751,7 @@ def test_serve_answers_503_while_postgresql_refuses_its_login_and_recovers_once_
                 with psycopg.connect(admin_url, autocommit=True) as admin:
                     admin.execute(f"ALTER ROLE {role} NOLOGIN")
                     admin.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE usename = %s",
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
                         (role,),
                     )
                 caplog.clear()
