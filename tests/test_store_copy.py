@@ -744,7 +744,6 @@ def test_sigterm_while_the_new_database_waits_on_the_server_still_drops_its_tabl
     # statement failed ("another command is already in progress") and the empty tables were
     # kept, under "the target was left as it was". Here the copy's write transaction waits
     # for the store's write lock, which another connection holds until after the signal.
-    from syndicate.cli.commands_store import _terminated
     from syndicate.errors import TerminatedError
     from syndicate.store.copy import copy_to_new_database
     from syndicate.store.postgres import WRITE_LOCK_KEY
@@ -754,7 +753,11 @@ def test_sigterm_while_the_new_database_waits_on_the_server_still_drops_its_tabl
     assert _pg_tables(url)
     holder = psycopg.connect(url, autocommit=True)
     holder.execute("SELECT pg_advisory_lock(%s)", (WRITE_LOCK_KEY,))
-    before = signal.signal(signal.SIGTERM, _terminated)
+
+    def terminated(*_: object) -> None:  # as `store copy` turns SIGTERM into an exception
+        raise TerminatedError("store copy: stopped by SIGTERM")
+
+    before = signal.signal(signal.SIGTERM, terminated)
     let_go = threading.Timer(1.5, lambda: holder.execute("SELECT pg_advisory_unlock_all()"))
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.5)  # SIGALRM: sends SIGTERM below
