@@ -1751,7 +1751,9 @@ def test_serve_answers_503_while_postgresql_refuses_its_login_and_recovers_once_
                 with psycopg.connect(admin_url, autocommit=True) as admin:
                     admin.execute(f"ALTER ROLE {role} NOLOGIN")
                     admin.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                        # Waits (up to 10 s) until each is gone: serve sees them ended.
+                        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+                        "WHERE usename = %s",
                         (role,),
                     )
                 caplog.clear()
