@@ -753,24 +753,38 @@ def test_sigterm_while_the_new_database_waits_on_the_server_still_drops_its_tabl
     assert _pg_tables(url)
     holder = psycopg.connect(url, autocommit=True)
     holder.execute("SELECT pg_advisory_lock(%s)", (WRITE_LOCK_KEY,))
+    handled = threading.Event()
 
     def terminated(*_: object) -> None:  # as `store copy` turns SIGTERM into an exception
+        handled.set()
         raise TerminatedError("store copy: stopped by SIGTERM")
 
+    def stop_the_copy() -> None:
+        """SIGTERM once the copy waits for the lock; the lock let go once it was handled."""
+        with psycopg.connect(url, autocommit=True) as watcher:
+            deadline = time.monotonic() + 30
+            while not watcher.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+            ).fetchone():
+                assert time.monotonic() < deadline, "the copy never waited for the lock"
+                time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+        handled.wait(30)
+        holder.execute("SELECT pg_advisory_unlock_all()")
+
     before = signal.signal(signal.SIGTERM, terminated)
-    let_go = threading.Timer(1.5, lambda: holder.execute("SELECT pg_advisory_unlock_all()"))
+    stopper = threading.Thread(target=stop_the_copy)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.5)  # SIGALRM: sends SIGTERM below
-        signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
-        let_go.start()
-        with open_database(full_store) as source, target, pytest.raises(TerminatedError):
-            copy_to_new_database(source, target)
+        with open_database(full_store) as source, target:
+            stopper.start()
+            with pytest.raises(TerminatedError):
+                copy_to_new_database(source, target)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        stopper.join()
         signal.signal(signal.SIGTERM, before)
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        let_go.join()
         holder.close()
+    assert handled.is_set()
     assert _pg_tables(url) == []
 
 
