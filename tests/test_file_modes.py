@@ -79,6 +79,23 @@ def test_a_new_database_its_wal_shm_and_folders_are_private(
     assert _mode(shared) == 0o755  # a folder that was there is left alone
 
 
+def test_a_database_path_that_links_to_no_file_yet_makes_a_private_one(
+    tmp_path: Path, umask: None, now: datetime
+) -> None:
+    # paths.database a link to a file not made yet (a data volume's place for it): the
+    # 0600 file was refused by O_EXCL at the link, and SQLite, following it, made the file
+    # 0644 under umask 022, every address and the signing secret readable by all users.
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    path = tmp_path / "syndicate.db"
+    path.symlink_to(volume / "syndicate.db")
+    with open_database(path) as db:
+        add_subscriber(db, "an@example.org", now=now)
+        for name in ("syndicate.db", "syndicate.db-wal", "syndicate.db-shm"):
+            assert _mode(volume / name) == 0o600, name
+    assert path.is_symlink()
+
+
 def test_an_existing_database_open_to_everyone_is_tightened_with_a_warning(
     tmp_path: Path, umask: None, now: datetime, caplog: pytest.LogCaptureFixture
 ) -> None:

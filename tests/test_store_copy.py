@@ -717,3 +717,104 @@ def test_a_copy_into_a_new_postgresql_database_stopped_by_sigterm_leaves_it_as_i
     assert (process.returncode, out) == (143, "")
     assert err == "Error: store copy: stopped by SIGTERM; the target was left as it was.\n"
     assert _pg_tables(target) == []
+
+
+def test_a_failed_copy_into_a_new_database_never_drops_another_applications_tables(
+    full_store: Path, new_pg: Callable[[], str]
+) -> None:
+    # A database that held no store but another application's (empty) tables: the copy
+    # fails (the target has a table the source has not), and the clean-up dropped every
+    # empty table of the schema, the other application's too, not only those it made.
+    url = new_pg()
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE app_orders (id integer PRIMARY KEY)")
+        conn.execute("CREATE TABLE app_lines (order_id integer REFERENCES app_orders (id))")
+    code, out, err = _run("store", "copy", "--from", str(full_store), "--to", url)
+    assert (code, out) == (2, "")
+    assert len(err.splitlines()) == 1
+    assert _pg_tables(url) == ["app_lines", "app_orders"]
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_new_database_waits_on_the_server_still_drops_its_tables(
+    full_store: Path, new_pg: Callable[[], str]
+) -> None:
+    # SIGTERM's exception cut psycopg's wait for a statement short, and psycopg cancels the
+    # statement only for Ctrl-C: the connection stayed busy with it, the clean-up's first
+    # statement failed ("another command is already in progress") and the empty tables were
+    # kept, under "the target was left as it was". Here the copy's write transaction waits
+    # for the store's write lock, which another connection holds until after the signal.
+    from syndicate.errors import TerminatedError
+    from syndicate.store.copy import copy_to_new_database
+    from syndicate.store.postgres import WRITE_LOCK_KEY
+
+    url = new_pg()
+    target = open_database(Path(), url=url, busy_timeout=60)
+    assert _pg_tables(url)
+    holder = psycopg.connect(url, autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(%s)", (WRITE_LOCK_KEY,))
+    handled = threading.Event()
+
+    def terminated(*_: object) -> None:  # as `store copy` turns SIGTERM into an exception
+        handled.set()
+        raise TerminatedError("store copy: stopped by SIGTERM")
+
+    def stop_the_copy() -> None:
+        """SIGTERM once the copy waits for the lock; the lock let go once it was handled."""
+        with psycopg.connect(url, autocommit=True) as watcher:
+            deadline = time.monotonic() + 30
+            while not watcher.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+            ).fetchone():
+                assert time.monotonic() < deadline, "the copy never waited for the lock"
+                time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+        handled.wait(30)
+        holder.execute("SELECT pg_advisory_unlock_all()")
+
+    before = signal.signal(signal.SIGTERM, terminated)
+    stopper = threading.Thread(target=stop_the_copy)
+    try:
+        with open_database(full_store) as source, target:
+            stopper.start()
+            with pytest.raises(TerminatedError):
+                copy_to_new_database(source, target)
+    finally:
+        stopper.join()
+        signal.signal(signal.SIGTERM, before)
+        holder.close()
+    assert handled.is_set()
+    assert _pg_tables(url) == []
+
+
+def test_a_link_at_the_target_path_to_no_file_yet_gets_a_private_complete_store(
+    full_store: Path, tmp_path: Path
+) -> None:
+    # The target path is a link to a file not made yet (a data volume's place for it):
+    # SQLite followed it and made the file with its own mode (0644 under umask 022: every
+    # address and the signing secret readable by all users), filled in place, and a copy
+    # that failed left it behind. It is now made as a new file is: 0600, complete or not
+    # at all, at the place the link leads to.
+    data = tmp_path / "volume"
+    data.mkdir()
+    link = tmp_path / "moved.db"
+    link.symlink_to(data / "syndicate.db")
+    _damage(full_store)
+    code, out, err = _run("store", "copy", "--from", str(full_store), "--to", str(link))
+    assert (code, out) == (2, "")
+    assert "foreign key" in err.lower()
+    assert list(data.iterdir()) == []
+    _repair(full_store)
+    code, out, err = _run("store", "copy", "--from", str(full_store), "--to", str(link))
+    assert (code, err) == (0, ""), out
+    assert sorted(p.name for p in data.iterdir()) == ["syndicate.db"]
+    assert (data / "syndicate.db").stat().st_mode & 0o777 == 0o600
+    assert link.is_symlink()
+
+
+def _repair(store: Path) -> None:
+    raw = sqlite3.connect(store)
+    raw.execute("DELETE FROM deliveries WHERE subscriber_id = 999")
+    raw.commit()
+    raw.close()

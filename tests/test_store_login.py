@@ -180,7 +180,8 @@ _AT = 'connection failed: connection to server at "127.0.0.1", port 5432 failed:
     [
         (_AT + 'FATAL:  password authentication failed for user "news"', "password"),
         (_AT + "fe_sendauth: no password supplied", "password"),
-        (_AT + 'FATAL:  Ident authentication failed for user "news"', "access"),
+        (_AT + 'FATAL:  Peer authentication failed for user "news"', "access"),
+        (_AT + 'FATAL:  certificate authentication failed for user "news"', "access"),
         (_AT + 'FATAL:  role "news" does not exist', "role"),
         (_AT + 'FATAL:  role "news" is not permitted to log in', "role"),
         (_AT + 'FATAL:  database "news" does not exist', "database"),
@@ -195,6 +196,14 @@ _AT = 'connection failed: connection to server at "127.0.0.1", port 5432 failed:
             "access",
         ),
         # Each of these may pass: exit 75, and the next run tries again.
+        # A method that asks another server (an LDAP or RADIUS server, PAM's backend, the
+        # client's identd, a Kerberos KDC) fails with the same words when that server is
+        # down or slow: the server tells the client nothing more.
+        (_AT + 'FATAL:  LDAP authentication failed for user "news"', None),
+        (_AT + 'FATAL:  RADIUS authentication failed for user "news"', None),
+        (_AT + 'FATAL:  PAM authentication failed for user "news"', None),
+        (_AT + 'FATAL:  Ident authentication failed for user "news"', None),
+        (_AT + 'FATAL:  GSSAPI authentication failed for user "news"', None),
         (_AT + "FATAL:  the database system is starting up", None),
         (_AT + "FATAL:  the database system is shutting down", None),
         (_AT + "FATAL:  sorry, too many clients already", None),

@@ -1725,6 +1725,58 @@ def test_serve_answers_503_while_postgresql_is_away_and_uses_it_again_once_it_is
         shutil.rmtree(cluster.folder, ignore_errors=True)
 
 
+def test_serve_answers_503_while_postgresql_refuses_its_login_and_recovers_once_let_in(
+    settings: Settings, now: datetime, pg_cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A login PostgreSQL refuses after `serve` started (a role locked, a password changed,
+    then its connections ended) is a moment of 503s with one log line, as an outage is: it
+    was a 500 with a traceback on every request (StoreAccessError had no handler)."""
+    import psycopg
+
+    role, name = f"syndicate_web_{os.getpid()}", f"web_refused_{os.getpid()}"
+    admin_url = pg_cluster.url("postgres")
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"CREATE DATABASE {name} OWNER {role} TEMPLATE template0")
+    try:
+        url = f"postgresql://{role}@127.0.0.1:{pg_cluster.port}/{name}"
+        store = dataclasses.replace(settings.store, url=url)
+        with ExitStack() as stack:
+            server = start_live_server(stack, settings, now, store=store)
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                assert sign_up(client, "an@example.org", server=server).status_code == 200
+                token = form_token(client)
+                with psycopg.connect(admin_url, autocommit=True) as admin:
+                    admin.execute(f"ALTER ROLE {role} NOLOGIN")
+                    admin.execute(
+                        # Waits (up to 10 s) until each is gone: serve sees them ended.
+                        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+                        "WHERE usename = %s",
+                        (role,),
+                    )
+                caplog.clear()
+                refused = client.post(
+                    "subscribe",
+                    data={"email": "binh@example.org", "language": "vi", "form_token": token},
+                )
+                assert refused.status_code == 503, refused.text[:300]
+                assert refused.headers["retry-after"] == "5"
+                _no_stack_text(refused)
+                [line] = [r for r in caplog.records if "not permitted to log in" in r.getMessage()]
+                assert line.exc_info is None
+                assert client.get("healthz").json()["checks"]["database"] == "unavailable"
+                with psycopg.connect(admin_url, autocommit=True) as admin:
+                    admin.execute(f"ALTER ROLE {role} LOGIN")
+                assert client.get("healthz").json()["checks"]["database"] == "ok"
+                assert sign_up(client, "binh@example.org", server=server).status_code == 200
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
+
+
 def _no_stack_text(answer: httpx.Response) -> None:
     """An error page that says nothing about the code behind it."""
     for telltale in ("Traceback", 'File "', "psycopg", "OperationalError", "postgresql://"):

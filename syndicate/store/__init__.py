@@ -549,8 +549,11 @@ def _create_private_file(path: Path) -> None:
     as another user is a choice); read or write access for everyone else never is, so it
     is removed, with a warning, from the file and its -wal and -shm.
     """
+    # A link to no file yet (a data volume's place for it): the file is made where it leads,
+    # as SQLite, following it, would make it with its own mode (0644).
+    made = Path(os.path.realpath(path)) if path.is_symlink() and not path.exists() else path
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE))
+        os.close(os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE))
         return
     except FileExistsError:
         pass

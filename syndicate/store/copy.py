@@ -36,6 +36,7 @@ from syndicate.store import (
     DEFAULT_REPLY_TIMEOUT,
     Database,
     open_database,
+    open_empty,
     open_reader,
     store_error,
 )
@@ -377,6 +378,10 @@ def copy_into(
     yet through `copy_to_new_database`, any other store through `copy_store`: whichever
     it is, a failure leaves it as it was.
     """
+    if not url and os.path.islink(path) and not path.exists():
+        # A link to no file yet: the new store is made where it leads, as a new file is
+        # (SQLite, following it, made the file with its own mode and filled it in place).
+        path = Path(os.path.realpath(path))
     if not url and not os.path.lexists(path):
         return copy_to_new_file(source, path, busy_timeout=busy_timeout), str(path)
     new = False
@@ -412,10 +417,14 @@ def copy_to_new_database(source: Database, target: Database) -> dict[str, int]:
 
 def _drop_empty_store(db: Database) -> None:
     """Drop every table of the store at `db` (schema version included) if none holds a
-    row; leave it as it is otherwise, or when the server cannot be reached."""
+    row; leave it as it is otherwise, or when the server cannot be reached. Only the
+    store's own tables: another application's in the same schema are never touched."""
+    with open_empty() as empty:
+        ours = set(_read_tables(empty))
     try:
+        db.conn.settle()  # a statement SIGTERM cut short: cancelled, its transaction ended
         with db.transaction() as conn:
-            tables = [_quote(t) for t in sorted(_read_tables(db))]
+            tables = [_quote(t) for t in sorted(ours & set(_read_tables(db)))]
             if not tables:
                 return
             conn.execute(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE")

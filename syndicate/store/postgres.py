@@ -38,7 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import pq
+from psycopg import generators, pq
 from psycopg.abc import PQGen
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.waiting import Ready
@@ -422,6 +422,28 @@ class PgConnection:
         except psycopg.Error as exc:
             raise to_pg_error(exc) from exc
 
+    def settle(self) -> None:
+        """Make the connection take statements again after an exception other than Ctrl-C
+        (SIGTERM's) cut a wait for the server short: psycopg cancels the statement only for
+        KeyboardInterrupt, and left running it refuses every next one ("another command is
+        already in progress"). The statement is cancelled, its end read and its transaction
+        rolled back. Waits as a statement does (store.reply_timeout); raises PgError."""
+        raw = self.raw
+        if raw.closed:
+            return
+        try:
+            if raw.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+                raw.cancel_safe(timeout=CONNECT_TIMEOUT)
+                for _ in range(3):  # its results; a COPY cut short is ended first
+                    results = raw.wait(generators.fetch_many(raw.pgconn))
+                    if not results or results[-1].status != pq.ExecStatus.COPY_IN:
+                        break
+                    raw.wait(generators.copy_end(raw.pgconn, b"cancelled"))
+        except psycopg.Error as exc:
+            raise _failure(exc, getattr(raw, "lost", None)) from exc
+        if raw.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+            self.rollback()
+
     def is_dropped(self) -> bool:
         """Whether the server has ended this idle connection (a restart, a fail-over,
         pg_terminate_backend), found without a round trip.
@@ -562,8 +584,10 @@ async def connect_async(
 _REFUSED = (
     ("password", re.compile(r"password authentication failed for user")),  # 28P01
     ("password", re.compile(r"fe_sendauth: no password supplied")),  # libpq: none to give
-    # 28000: the other methods pg_hba.conf may name (ident, peer, ldap, cert...).
-    ("access", re.compile(r"authentication failed for user")),
+    # 28000: the methods pg_hba.conf may name that decide on this machine alone. One that
+    # asks another server (LDAP, RADIUS, PAM's backend, ident, GSSAPI's KDC) fails with the
+    # same words when that server is down or slow: not matched, exit 75, tried again.
+    ("access", re.compile(r"(?:Peer|certificate|BSD) authentication failed for user")),
     ("role", re.compile(r'role "[^"]*" (?:does not exist|is not permitted to log in)')),
     ("access", re.compile(r"no pg_hba\.conf entry for|pg_hba\.conf rejects connection")),
     ("access", re.compile(r"permission denied for database")),  # 42501 at connect

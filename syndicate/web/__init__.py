@@ -22,7 +22,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from syndicate.config import Settings
-from syndicate.errors import StoreBusyError, StoreFullError, StoreUnavailableError
+from syndicate.errors import (
+    StoreAccessError,
+    StoreBusyError,
+    StoreFullError,
+    StoreUnavailableError,
+)
 from syndicate.send import Mailer
 from syndicate.web.confirmation import build_confirmation
 from syndicate.web.guard import (
@@ -132,6 +137,9 @@ def create_app(
             StoreBusyError: store_unavailable,
             StoreFullError: store_unavailable,
             StoreUnavailableError: store_unavailable,
+            # A login the server refuses after start (a role locked, a password changed):
+            # the operator's to fix, one line in the log; the client may try again later.
+            StoreAccessError: store_unavailable,
             ClientDisconnect: client_gone,
             Exception: server_error,
         },
