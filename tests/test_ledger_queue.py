@@ -100,7 +100,7 @@ def test_rows_given_up_in_a_run_wait_for_the_next_run_and_released_rows_do_not(
         ledger.enqueue_owed(db, day=DAY, now=T0)
         assert _claim(db, "run1/1", T0) == [1, 2, 3, 4]
         ledger.mark_failed(db, day=DAY, subscriber_id=1, reply="451 later", now=T0, owner="run1/1")
-        ledger.mark_in_doubt(db, day=DAY, subscriber_id=2, owner="run1/1")
+        ledger.mark_in_doubt(db, day=DAY, subscriber_id=2, owner="run1/1", now=T0, max_attempts=5)
         ledger.release(db, day=DAY, owner="run1/1")  # 3 and 4 were never started
         # Another worker of the same run takes only the released rows, at once ...
         assert _claim(db, "run1/2", T0) == [3, 4]

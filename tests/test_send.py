@@ -31,6 +31,7 @@ from syndicate.send import (
     send_digest,
 )
 from syndicate.send.deliver import DigestSender
+from syndicate.send.policy import MAX_ATTEMPTS
 from syndicate.store import Database, PgDatabase, ledger
 from syndicate.store.subscribers import add_subscriber, get_by_id
 from syndicate.tokens import verify_token
@@ -303,6 +304,47 @@ async def test_a_garbled_reply_bounces_nobody_and_is_retried_or_left_in_doubt(  
     assert (again.sent, again.failed, again.in_flight) == (1, 0, 0)
     assert ledger.day_counts(db, day=DAY) == {"sent": 4}
     assert sorted(conversation.accepted) == sorted(emails)
+
+
+class _NeverAnswersAfterTheBody(Conversation):
+    """Takes one recipient's message body every time and answers it with a line that is not
+    SMTP: the message may have been accepted, and no run can tell."""
+
+    def __init__(self, recipient: str) -> None:
+        super().__init__()
+        self.recipient = recipient
+        self.bodies = 0
+
+    async def body(self, recipient: str) -> bytes | None:
+        if recipient == self.recipient:
+            self.bodies += 1
+            return b"hello, this is not SMTP\r\n"
+        return await super().body(recipient)
+
+
+async def test_a_message_left_in_doubt_run_after_run_is_sent_at_most_max_attempts_times(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # Each run that leaves a message in doubt uses one of the recipient's attempts: a relay
+    # that takes the body and never answers would otherwise get the digest again from every
+    # run (every cron run of the catch-up window). After the last, the row is failed.
+    emails = _subscribe(db, 3, now)
+    conversation = _NeverAnswersAfterTheBody(emails[1])
+    async with scripted(conversation) as port:
+        for run in range(1, MAX_ATTEMPTS + 2):
+            mailer = SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=1)
+            summary = await _send(db, None, send_settings, now, mailer=mailer, connections=1)
+            owed = run < MAX_ATTEMPTS
+            assert summary.in_flight == (1 if run <= MAX_ATTEMPTS else 0), run
+            assert conversation.bodies == min(run, MAX_ATTEMPTS)
+            status, attempts, reply = ledger.get_delivery(db, day=DAY, subscriber_id=2)
+            assert (status, attempts) == ("sending" if owed else "failed", min(run, MAX_ATTEMPTS))
+            assert (reply is not None and "not SMTP" in reply) == (not owed), reply
+    assert sorted(conversation.accepted) == [emails[0], emails[2]]
+    assert ledger.count_owed(db, day=DAY, max_attempts=MAX_ATTEMPTS) == 0
+    subscriber = get_by_id(db, 2)
+    assert subscriber is not None
+    assert (subscriber.status, subscriber.bounce_count) == (SubscriptionStatus.CONFIRMED, 0)
 
 
 class _AlwaysGarbled(Conversation):

@@ -449,7 +449,12 @@ class DigestSender:
         try:
             for subscriber_id in sorted(run.started):
                 ledger.mark_in_doubt(
-                    self.db, day=run.day, subscriber_id=subscriber_id, owner=self.worker
+                    self.db,
+                    day=run.day,
+                    subscriber_id=subscriber_id,
+                    owner=self.worker,
+                    now=self.tick(),
+                    max_attempts=self.policy.max_attempts,
                 )
             ledger.release(self.db, day=run.day, owner=self.worker)
         except Exception as exc:  # logged: the CancelledError must go on up
@@ -769,7 +774,13 @@ class DigestSender:
             log.warning("%s; the message may have been accepted: left for a later run", failure)
             run.in_doubt += 1
             ledger.mark_in_doubt(
-                self.db, day=run.day, subscriber_id=subscriber_id, owner=self.worker
+                self.db,
+                day=run.day,
+                subscriber_id=subscriber_id,
+                owner=self.worker,
+                now=self.tick(),
+                max_attempts=self.policy.max_attempts,
+                reply=reply,
             )
         elif action is Action.SETUP_STOP:
             self.stop.by_error(failure)

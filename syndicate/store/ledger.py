@@ -597,7 +597,9 @@ _RELEASE = """
 # In doubt: the body went and no reply came. The row stays `sending` and keeps its owner
 # with no expiry, so no worker of this run sends it again; the next run does.
 _MARK_IN_DOUBT = """
-    UPDATE deliveries SET lease_until = NULL
+    UPDATE deliveries SET lease_until = NULL, attempts = attempts + 1, updated_at = :now,
+        status = CASE WHEN attempts + 1 >= :max_attempts THEN 'failed' ELSE status END,
+        reply = CASE WHEN attempts + 1 >= :max_attempts THEN :reply ELSE reply END
     WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
 """
 
@@ -757,9 +759,31 @@ def release(db: Database, *, day: date, owner: str) -> None:
         raise _fail(db, exc) from exc
 
 
-def mark_in_doubt(db: Database, *, day: date, subscriber_id: int, owner: str) -> None:
-    """Leave a message whose reply never came to the next run (no worker of this one)."""
-    params = {"day": day.isoformat(), "id": subscriber_id, "owner": owner}
+def mark_in_doubt(
+    db: Database,
+    *,
+    day: date,
+    subscriber_id: int,
+    owner: str,
+    now: datetime,
+    max_attempts: int,
+    reply: str = "",
+) -> None:
+    """Leave a message whose reply never came to the next run (no worker of this one).
+
+    It counts as one of the recipient's `max_attempts` runs: a server that takes the body
+    and never answers (or garbles the answer) would otherwise be sent the digest again by
+    every run until the catch-up window closed. The last one makes the row `failed` with
+    `reply`, as a temporary failure out of attempts.
+    """
+    params = {
+        "day": day.isoformat(),
+        "id": subscriber_id,
+        "owner": owner,
+        "now": _iso(now),
+        "max_attempts": max_attempts,
+        "reply": reply or "no reply after the message body",
+    }
     try:
         _one_statement(db, _MARK_IN_DOUBT, params)
     except DB_ERRORS as exc:
