@@ -114,8 +114,9 @@ class Article:
             "source": self.source,
         }
 
-    def to_record(self) -> dict[str, Any]:
-        """A lossless JSON-able dict, read back by `from_record`."""
+    def to_record(self, *, body: str | None = None) -> dict[str, Any]:
+        """A lossless JSON-able dict, read back by `from_record`. `body`, when given, takes
+        the place of the blocks (the store's kind letters, their texts stored apart)."""
         # Built directly (not from to_dict): it runs once per parsed dump.
         return {
             "id": self.id,
@@ -127,7 +128,7 @@ class Article:
             "author": self.author,
             "teasers": [{"dateline": t.dateline, "text": t.text} for t in self.teasers],
             "source": self.source,
-            "body": [[b.kind.value, b.text] for b in self.body],
+            "body": [[b.kind.value, b.text] for b in self.body] if body is None else body,
             "language": self.language,
             "dateline": self.dateline,
             "head": self.head,
