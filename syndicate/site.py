@@ -375,8 +375,8 @@ class SiteRenderer:
         `from_loader` says the article comes straight from the loader, whose blocks are
         one clean NFC line each: they are then not checked again. `links` maps the story
         keys of its teasers to the articles they advertise (see `order_teasers`). `body`,
-        when given, is the article's block texts joined by line breaks, as UTF-8: what
-        `load.parse_dump_with_body` returns beside the article (not encoded again here).
+        with `from_loader`, is the article's block texts joined by line breaks, as UTF-8:
+        what `load.parse_dump_with_body` returns beside the article (not encoded again here).
         """
         # Article text is never part of a template: the blocks are escaped here (in one
         # pass over their UTF-8 text, joined by line breaks, which no block holds) and put
