@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import secrets
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,6 @@ from zoneinfo import ZoneInfo
 
 import babel
 from babel.dates import format_date, format_time, get_datetime_format
-from markupsafe import Markup, escape
 
 from syndicate import i18n
 from syndicate.config import make_environment
@@ -45,10 +45,26 @@ INDEX_TEMPLATE = "index.html.j2"
 
 _STRINGS = i18n.STRINGS["pages"]
 
-# Plain str: `str + Markup` would escape the str.
-_PARAGRAPH_OPEN = "<p>"
-_CAPTION_OPEN = '<p class="caption">'
-_CLOSE = "</p>"
+# An article page's body is tagged as UTF-8 bytes, between these.
+_PARAGRAPH_OPEN = b"<p>"
+_CAPTION_OPEN = b'<p class="caption">'
+_CLOSE = b"</p>"
+# What the article template prints for `article.body`: the rendered page is split there and
+# the body's bytes put in between. A NUL never reaches a page (`one_line` and the loader
+# turn controls into spaces) and the token is new in each process.
+_BODY_MARK = f"\0{secrets.token_hex(16)}\0"
+
+
+class _BodyHole:
+    """`article.body` in the article template: prints `_BODY_MARK`, unescaped."""
+
+    __slots__ = ()
+
+    def __html__(self) -> str:
+        return _BODY_MARK
+
+
+_BODY_HOLE = _BodyHole()
 _SAFE_SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 
@@ -256,6 +272,41 @@ def _after_title(title: str, text: str) -> str:
     return rest.lstrip(".").strip()
 
 
+def _joined_texts(blocks: Sequence[Block], *, checked: bool) -> str:
+    """The texts of `blocks` joined by line breaks, each a printable NFC line: unless
+    `checked` (the loader's are), a block that is not is put on one line first."""
+    joined = "\n".join([block.text for block in blocks])
+    if checked or (
+        # The whole text at once: a line break is a starter that composes with nothing,
+        # so the joined text is NFC exactly when every block is, and it holds one line
+        # break fewer than there are blocks exactly when no block holds one.
+        joined.count("\n") == len(blocks) - 1
+        and joined.replace("\n", " ").isprintable()
+        and unicodedata.is_normalized("NFC", joined)
+    ):
+        return joined
+    return "\n".join(
+        [
+            text
+            if text.isprintable() and unicodedata.is_normalized("NFC", text)
+            else one_line(text)
+            for text in (block.text for block in blocks)
+        ]
+    )
+
+
+def _escape_utf8(text: bytes) -> bytes:
+    """UTF-8 `text` escaped for HTML as markupsafe.escape escapes it (& < > ' "): the
+    characters it replaces are ASCII, which UTF-8 never uses inside another character."""
+    return (
+        text.replace(b"&", b"&amp;")
+        .replace(b"<", b"&lt;")
+        .replace(b">", b"&gt;")
+        .replace(b"'", b"&#39;")
+        .replace(b'"', b"&#34;")
+    )
+
+
 def page_context(info: SiteInfo, *, root: str) -> dict[str, Any]:
     """What `_base.html.j2` needs: lang, site, root (the way to the site root from the
     page: "", "../" or an absolute URL) and t (the chrome strings)."""
@@ -283,8 +334,10 @@ class SiteRenderer:
         # templates per page: 10-30 us).
         self.env.auto_reload = False
         self.strings = _STRINGS.get(info.language, _STRINGS["vi"])
+        self._tz = info.tz
         self._article = self.env.get_template(ARTICLE_TEMPLATE)
-        self._article_context = self._context("../")
+        # The article page's template globals and site-wide values, merged once.
+        self._article_vars = {**self._article.globals, **self._context("../")}
         self._index = self.env.get_template(INDEX_TEMPLATE)
         digest = hashlib.blake2b(digest_size=16)
         digest.update(repr((RENDER_VERSION, babel.__version__, info)).encode())
@@ -299,8 +352,8 @@ class SiteRenderer:
     # first, and a dict key only after that lookup has failed (an exception each time).
     def _date(self, published: datetime | None, precision: Precision) -> SimpleNamespace:
         return SimpleNamespace(
-            text=format_published(published, precision, locale=self.info.language, tz=self.info.tz),
-            machine=_machine_date(published, precision, self.info.tz),
+            text=format_published(published, precision, locale=self.info.language, tz=self._tz),
+            machine=_machine_date(published, precision, self._tz),
         )
 
     def _context(self, root: str) -> dict[str, Any]:
@@ -315,16 +368,20 @@ class SiteRenderer:
         slug: str,
         from_loader: bool = False,
         links: Mapping[str, StoryLink] | None = None,
+        body: bytes | None = None,
     ) -> bytes:
         """The page of one article, written at `article_path(slug)`.
 
         `from_loader` says the article comes straight from the loader, whose blocks are
         one clean NFC line each: they are then not checked again. `links` maps the story
-        keys of its teasers to the articles they advertise (see `order_teasers`).
+        keys of its teasers to the articles they advertise (see `order_teasers`). `body`,
+        with `from_loader`, is the article's block texts joined by line breaks, as UTF-8:
+        what `load.parse_dump_with_body` returns beside the article (not encoded again here).
         """
         # Article text is never part of a template: the blocks are escaped here (in one
-        # call, joined by line breaks, which no block holds) and put between fixed tags. A
-        # block that is not printable NFC text (not the loader's) is first put on one line.
+        # pass over their UTF-8 text, joined by line breaks, which no block holds) and put
+        # between fixed tags. A block that is not printable NFC text (not the loader's) is
+        # first put on one line.
         blocks = article.body
         standfirst = article.head if article.head and article.head != article.lead else None
         if article.title_derived:
@@ -336,39 +393,42 @@ class SiteRenderer:
                 if rest != blocks[0].text:
                     first = (Block(BlockKind.PARAGRAPH, rest),) if rest else ()
                     blocks = first + blocks[1:]
-        texts = [block.text for block in blocks]
-        if not from_loader:
-            texts = [
-                text
-                if text.isprintable() and unicodedata.is_normalized("NFC", text)
-                else one_line(text)
-                for text in texts
-            ]
-        escaped = str(escape("\n".join(texts))).split("\n") if texts else []
-        tagged = "\n".join(
+                    body = None
+        if body is None or not from_loader:
+            body = _joined_texts(blocks, checked=from_loader).encode("utf-8")
+        tagged = b"\n".join(
             [
                 (_CAPTION_OPEN if block.kind is BlockKind.CAPTION else _PARAGRAPH_OPEN)
                 + text
                 + _CLOSE
-                for block, text in zip(blocks, escaped, strict=True)
+                for block, text in zip(blocks, _escape_utf8(body).split(b"\n"), strict=True)
             ]
+            if blocks
+            else []
         )
-        body = Markup(tagged)  # noqa: S704 - its texts went through escape()
-        html = self._article.render(
-            **self._article_context,
-            article=SimpleNamespace(
+        context = {
+            **self._article_vars,
+            "article": SimpleNamespace(
                 title=one_line(article.title),
                 summary=shorten(one_line(article.summary), limit=160),
                 standfirst=one_line(standfirst) if standfirst else None,
                 language=article.language,
                 author=one_line(article.author) if article.author else None,
                 date=self._date(article.published, article.precision),
-                body=body,
+                body=_BODY_HOLE,
             ),
-            other_news=self._other_news(article, links or {}),
-            canonical=article_url(self.info.base_url, slug),
-        )
-        return html.encode("utf-8")
+            "other_news": self._other_news(article, links or {}),
+            "canonical": article_url(self.info.base_url, slug),
+        }
+        # What Template.render does, with the globals merged once per renderer rather than
+        # per page; the page's text around the body is encoded, the body put in as bytes.
+        try:
+            html = "".join(
+                self._article.root_render_func(self._article.new_context(context, shared=True))
+            )
+        except Exception:
+            self.env.handle_exception()
+        return tagged.join([part.encode("utf-8") for part in html.split(_BODY_MARK)])
 
     def _other_news(
         self, article: Article, links: Mapping[str, StoryLink]
@@ -376,7 +436,7 @@ class SiteRenderer:
         if not article.teasers:
             return []
         dated = article.published is not None and article.precision is not Precision.UNKNOWN
-        newest = article.published.astimezone(self.info.tz).date() if dated else None  # type: ignore[union-attr]
+        newest = article.published.astimezone(self._tz).date() if dated else None  # type: ignore[union-attr]
         items = []
         for item in order_teasers(article.teasers, links, newest=newest, exclude={article.id}):
             link = item.link

@@ -426,3 +426,36 @@ def test_lead_that_opens_with_an_adverbial_is_printed_whole(renderer: SiteRender
     )
     assert "<h1>Tỉnh khai mạc hội chợ</h1>" in html
     assert "<p>Sáng nay 31/10, tỉnh khai mạc hội chợ.</p>" in html
+
+
+_MARKUP_DUMP = """{title}
+06/12/2026 08:00
+QTO - Tóm tắt: "giá" <b>lúa</b> & 'gạo' tăng.
+Mở đầu bài với "ngoặc kép", 'nháy đơn', <i>thẻ</i> & dấu và.
+Quang cảnh buổi lễ <script>alert(1)</script> - Ảnh: T.P & "Nam"
+Đoạn hai: a < b > c && d "" ''.
+Trúc Phương
+"""
+
+
+@pytest.mark.parametrize("title", ['Tiêu đề <có> & "thẻ"', "{title}"])
+def test_the_loaders_body_bytes_give_the_same_page(title: str) -> None:
+    """render_article(body=...) puts the loader's UTF-8 text in as bytes, escaped as
+    markupsafe escapes text (a derived title shortens the lead: the bytes are not used)."""
+    from markupsafe import escape
+
+    from syndicate.load import parse_dump_with_body
+
+    renderer = SiteRenderer(INFO, site_templates_dir())
+    article, body = parse_dump_with_body(
+        _MARKUP_DUMP.format(title=title).encode(), source="x.txt", tz=TZ
+    )
+    page = renderer.render_article(article, slug="x", from_loader=True, body=body)
+    assert page == renderer.render_article(article, slug="x", from_loader=True)
+    assert page == renderer.render_article(article, slug="x")
+    text = page.decode("utf-8")
+    caption = next(b.text for b in article.body if b.kind is BlockKind.CAPTION)
+    assert f'<p class="caption">{escape(caption)}</p>' in text
+    assert f"<p>{escape(article.body[-1].text)}</p>\n</article>" in text
+    assert "<script>" not in text
+    assert "<i>" not in text

@@ -81,5 +81,5 @@ def read_and_parse(
     except DumpError as exc:
         return Read(content_hash, None, _encode_error(exc), None, parsed=True)
     row = store.article_row(article, body)
-    staged = stager.stage(article, row.record_hash) if stager is not None else None
+    staged = stager.stage(article, row.record_hash, body) if stager is not None else None
     return Read(content_hash, article.id, None, row, parsed=True, staged=staged)

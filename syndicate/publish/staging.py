@@ -61,8 +61,11 @@ class Stager:
         # same moment then seldom wait on the same folder's lock.
         return f"{self.folder}/{fingerprint[0]}/{fingerprint}.html"
 
-    def stage(self, article: Article, record_hash: str) -> tuple[str, PageStamp] | None:
-        """Render `article`'s page under its own slug and stage it; best effort.
+    def stage(
+        self, article: Article, record_hash: str, body: bytes | None = None
+    ) -> tuple[str, PageStamp] | None:
+        """Render `article`'s page under its own slug and stage it; best effort. `body` is
+        the article's text as the loader returned it beside the article, if at hand.
 
         Returns the page's fingerprint and the stamp of its staged file (which the move
         into place keeps), or None when nothing was staged. A page that cannot be staged
@@ -73,7 +76,7 @@ class Stager:
         if self.old.get(article_path(slug)) == fingerprint:
             return None
         try:
-            data = self.renderer.render_article(article, slug=slug, from_loader=True)
+            data = self.renderer.render_article(article, slug=slug, from_loader=True, body=body)
         except RENDER_ERRORS:  # rendered again later, where the failure is reported
             return None
         try:

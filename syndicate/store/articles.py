@@ -226,7 +226,6 @@ def encode_record(
     `parsed_body` is the body the loader returned with the article (`parse_dump_with_body`):
     its digest is the article's id, so it is neither encoded nor hashed again.
     """
-    record = article.to_record()
     body = body_digest = None
     if parsed_body is not None:
         body, body_digest = parsed_body, article.id
@@ -235,8 +234,9 @@ def encode_record(
         if not any("\n" in text for text in texts):
             body = "\n".join(texts).encode("utf-8")
             body_digest = make_article_id(body, article.author)
-    if body is not None:
-        record["body"] = "".join([_KIND_LETTERS[block.kind] for block in article.body])
+    record = article.to_record(
+        body=None if body is None else "".join([_KIND_LETTERS[b.kind] for b in article.body])
+    )
     data = _RECORD_ENCODER.encode(record).encode("utf-8")
     digest = hashlib.blake2b(data, digest_size=16)
     if body_digest is not None:
