@@ -289,6 +289,19 @@ def _listing(folder: Path) -> dict[str, tuple[int, int, int]]:
     return found
 
 
+def _start_copy(project: Path, source: str, target: str) -> subprocess.Popen[str]:
+    """`syndicate store copy --from source --to target` in a process of its own (to signal)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "syndicate", "store", "copy", "--from", source, "--to", target],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _target_folder(tmp_path: Path) -> Path:
     """A folder to copy into, holding a file of its own."""
     folder = tmp_path / "out"
@@ -592,15 +605,7 @@ def test_a_copy_into_a_new_file_stopped_by_a_signal_leaves_nothing(
     _configure(project, reply_timeout=0)  # no bound: only the signal ends the wait
     folder = _target_folder(tmp_path)
     before = _listing(folder)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "syndicate", "store", "copy", "--from", url, "--to", "out/t.db"],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _start_copy(project, url, "out/t.db")
     try:
         assert relay.silent.wait(60), "the copy never read the subscribers"
         assert _listing(folder) != before, "nothing made yet: no unfinished copy to clean up"
@@ -662,15 +667,7 @@ def test_a_file_that_appears_at_the_target_meanwhile_is_never_overwritten(
     _configure(project, reply_timeout=0)
     folder = _target_folder(tmp_path)
     before = _listing(folder)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "syndicate", "store", "copy", "--from", url, "--to", "out/t.db"],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _start_copy(project, url, "out/t.db")
     try:
         assert relay.silent.wait(60), "the copy never read the subscribers"
         (folder / "t.db").write_text("another's file\n")  # made while the copy runs
@@ -697,15 +694,7 @@ def test_a_copy_into_a_new_postgresql_database_stopped_by_sigterm_leaves_it_as_i
     relay, url = silent_source
     target = new_pg()
     _configure(project, reply_timeout=0)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "syndicate", "store", "copy", "--from", url, "--to", target],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _start_copy(project, url, target)
     try:
         assert relay.silent.wait(60), "the copy never read the subscribers"
         assert _pg_tables(target), "no tables made yet: nothing to clean up"

@@ -448,14 +448,7 @@ class DigestSender:
         here (within its own timeouts) is logged, and the rows wait for their lease."""
         try:
             for subscriber_id in sorted(run.started):
-                ledger.mark_in_doubt(
-                    self.db,
-                    day=run.day,
-                    subscriber_id=subscriber_id,
-                    owner=self.worker,
-                    now=self.tick(),
-                    max_attempts=self.policy.max_attempts,
-                )
+                self._in_doubt(run, subscriber_id)
             ledger.release(self.db, day=run.day, owner=self.worker)
         except Exception as exc:  # logged: the CancelledError must go on up
             log.warning(
@@ -465,6 +458,18 @@ class DigestSender:
                 exc,
                 self.policy.lease,
             )
+
+    def _in_doubt(self, run: _Run, subscriber_id: int, reply: str = "") -> None:
+        """Leave a message that may have gone to the next run, as one of its attempts."""
+        ledger.mark_in_doubt(
+            self.db,
+            day=run.day,
+            subscriber_id=subscriber_id,
+            owner=self.worker,
+            now=self.tick(),
+            max_attempts=self.policy.max_attempts,
+            reply=reply,
+        )
 
     @staticmethod
     async def _wind_down(run: _Run, keeper: asyncio.Task[None]) -> None:
@@ -773,15 +778,7 @@ class DigestSender:
         elif action is Action.IN_DOUBT:
             log.warning("%s; the message may have been accepted: left for a later run", failure)
             run.in_doubt += 1
-            ledger.mark_in_doubt(
-                self.db,
-                day=run.day,
-                subscriber_id=subscriber_id,
-                owner=self.worker,
-                now=self.tick(),
-                max_attempts=self.policy.max_attempts,
-                reply=reply,
-            )
+            self._in_doubt(run, subscriber_id, reply)
         elif action is Action.SETUP_STOP:
             self.stop.by_error(failure)
         else:
