@@ -335,7 +335,7 @@ async def test_a_message_left_in_doubt_run_after_run_is_sent_at_most_max_attempt
             mailer = SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=1)
             summary = await _send(db, None, send_settings, now, mailer=mailer, connections=1)
             owed = run < MAX_ATTEMPTS
-            assert summary.in_flight == (1 if run <= MAX_ATTEMPTS else 0), run
+            assert summary.in_flight == (1 if run < MAX_ATTEMPTS else 0), run
             assert conversation.bodies == min(run, MAX_ATTEMPTS)
             status, attempts, reply = ledger.get_delivery(db, day=DAY, subscriber_id=2)
             assert (status, attempts) == ("sending" if owed else "failed", min(run, MAX_ATTEMPTS))
@@ -345,6 +345,24 @@ async def test_a_message_left_in_doubt_run_after_run_is_sent_at_most_max_attempt
     subscriber = get_by_id(db, 2)
     assert subscriber is not None
     assert (subscriber.status, subscriber.bounce_count) == (SubscriptionStatus.CONFIRMED, 0)
+
+
+async def test_the_run_that_uses_a_message_s_last_attempt_in_doubt_counts_it_failed(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # The run whose in-doubt message uses the recipient's last attempt makes the row failed:
+    # no later run sends it again. It counts as failed (so `send` exits 1 and prints its
+    # line on stderr, as for a temporary failure out of attempts), not as in flight, which
+    # says the next run sends it again.
+    emails = _subscribe(db, 2, now)
+    conversation = _NeverAnswersAfterTheBody(emails[1])
+    async with scripted(conversation) as port:
+        for run in range(1, MAX_ATTEMPTS + 1):
+            mailer = SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=1)
+            summary = await _send(db, None, send_settings, now, mailer=mailer, connections=1)
+            last = run == MAX_ATTEMPTS
+            assert (summary.failed, summary.in_flight) == (int(last), int(not last)), run
+    assert ledger.day_counts(db, day=DAY) == {"sent": 1, "failed": 1}
 
 
 class _AlwaysGarbled(Conversation):

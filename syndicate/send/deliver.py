@@ -459,9 +459,10 @@ class DigestSender:
                 self.policy.lease,
             )
 
-    def _in_doubt(self, run: _Run, subscriber_id: int, reply: str = "") -> None:
-        """Leave a message that may have gone to the next run, as one of its attempts."""
-        ledger.mark_in_doubt(
+    def _in_doubt(self, run: _Run, subscriber_id: int, reply: str = "") -> bool:
+        """Leave a message that may have gone to the next run, as one of its attempts: True
+        when that was its last (the row is `failed`)."""
+        return ledger.mark_in_doubt(
             self.db,
             day=run.day,
             subscriber_id=subscriber_id,
@@ -776,9 +777,12 @@ class DigestSender:
             heapq.heappush(run.deferred, (due, next(run.order), item))
             run.waiting.add(subscriber_id)
         elif action is Action.IN_DOUBT:
-            log.warning("%s; the message may have been accepted: left for a later run", failure)
-            run.in_doubt += 1
-            self._in_doubt(run, subscriber_id, reply)
+            if self._in_doubt(run, subscriber_id, reply):  # its last attempt: failed
+                log.warning("%s; the message may have been accepted: out of attempts", failure)
+                run.failed += 1
+            else:
+                log.warning("%s; the message may have been accepted: left for a later run", failure)
+                run.in_doubt += 1
         elif action is Action.SETUP_STOP:
             self.stop.by_error(failure)
         else:

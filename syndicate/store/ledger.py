@@ -601,6 +601,7 @@ _MARK_IN_DOUBT = """
         status = CASE WHEN attempts + 1 >= :max_attempts THEN 'failed' ELSE status END,
         reply = CASE WHEN attempts + 1 >= :max_attempts THEN :reply ELSE reply END
     WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
+    RETURNING status
 """
 
 # The earliest expiry among the live leases other workers hold on rows still owed: a
@@ -768,13 +769,13 @@ def mark_in_doubt(
     now: datetime,
     max_attempts: int,
     reply: str = "",
-) -> None:
+) -> bool:
     """Leave a message whose reply never came to the next run (no worker of this one).
 
     It counts as one of the recipient's `max_attempts` runs: a server that takes the body
     and never answers (or garbles the answer) would otherwise be sent the digest again by
     every run until the catch-up window closed. The last one makes the row `failed` with
-    `reply`, as a temporary failure out of attempts.
+    `reply`, as a temporary failure out of attempts: then it returns True.
     """
     params = {
         "day": day.isoformat(),
@@ -785,9 +786,10 @@ def mark_in_doubt(
         "reply": reply or "no reply after the message body",
     }
     try:
-        _one_statement(db, _MARK_IN_DOUBT, params)
+        rows = _one_statement(db, _MARK_IN_DOUBT, params, fetch=True)
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
+    return bool(rows) and rows[0][0] == "failed"
 
 
 def _one_statement(
