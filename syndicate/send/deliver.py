@@ -195,7 +195,7 @@ class _Run:
     pending: list[tuple[int, Action, str]] = field(default_factory=list)  # refusals to confirm
     held: set[int] = field(default_factory=set)  # ids this worker held at the last claim/renew
     taken: set[int] = field(default_factory=set)  # ids listed in `buffer`, sent or committed
-    started: set[int] = field(default_factory=set)  # ids handed to the mailer, not yet back
+    started: set[int] = field(default_factory=set)  # ids whose body may go, not yet back
     waiting: set[int] = field(default_factory=set)  # ids listed in `deferred` (also taken)
     held_until: datetime | None = None  # when that lease runs out (the earliest, after claims)
     dropped: int = 0  # claimed, then taken over by another worker (never sent by this one)
@@ -798,20 +798,25 @@ class DigestSender:
         message: bytes,
         saved: Callable[[], Awaitable[None]],
     ) -> None:
-        """`mailer.send`, the recipient listed in `run.started` while it runs: a send cancelled
-        meanwhile may have gone, and the cancelled run leaves it in doubt (`_let_go`)."""
+        """`mailer.send`, the recipient listed in `run.started` from `before_data` on (its
+        body may go): a send cancelled then may have gone, and the cancelled run leaves it
+        in doubt (`_let_go`); one cancelled before is given back with the unstarted rows."""
         subscriber_id = recipient.subscriber_id
-        run.started.add(subscriber_id)
+
+        async def body_next() -> None:
+            await saved()
+            run.started.add(subscriber_id)
+
         try:
             await self.mailer.send(
                 self._sender(run, recipient),
                 [recipient.email],
                 message,
                 still_ours=lambda: self._holds(run, subscriber_id),
-                before_data=saved,
+                before_data=body_next,
             )
         except asyncio.CancelledError:
-            raise  # still listed
+            raise  # still listed if its body may have gone
         except BaseException:
             run.started.discard(subscriber_id)
             raise
