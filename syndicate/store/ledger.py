@@ -595,12 +595,14 @@ _RELEASE = """
 """
 
 # In doubt: the body went and no reply came. The row stays `sending` and keeps its owner
-# with no expiry, so no worker of this run sends it again; the next run does.
+# with no expiry, so no worker of this run sends it again; the next run does. A row already
+# `sent` (by a worker whose lease had lapsed: `sent` is not fenced) stays sent.
 _MARK_IN_DOUBT = """
     UPDATE deliveries SET lease_until = NULL, attempts = attempts + 1, updated_at = :now,
         status = CASE WHEN attempts + 1 >= :max_attempts THEN 'failed' ELSE status END,
         reply = CASE WHEN attempts + 1 >= :max_attempts THEN :reply ELSE reply END
     WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
+      AND status = 'sending'
     RETURNING status
 """
 
