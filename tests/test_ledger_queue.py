@@ -93,6 +93,23 @@ def test_a_lapsed_lease_is_taken_over_and_the_old_owner_is_fenced_off(tmp_path: 
         assert ledger.renew(db, day=DAY, owner="run1/2", now=later, lease=LEASE) == {3}
 
 
+def test_a_message_left_in_doubt_never_unmarks_a_row_another_worker_sent(tmp_path: Path) -> None:
+    # run1/1 stalled past its lease with the body at the server; run2/1 took the row over
+    # and sent it too. run1/1's 250 came (`sent` is not fenced: the server took it), then
+    # run2/1's reply was garbled: in doubt, on its last attempt. The row stays `sent`.
+    with _store(tmp_path, 1) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        assert _claim(db, "run1/1", T0) == [1]
+        later = T0 + timedelta(seconds=LEASE + 1)
+        assert _claim(db, "run2/1", later) == [1]
+        ledger.mark_sent(db, day=DAY, subscriber_id=1, now=later)
+        gave_up = ledger.mark_in_doubt(
+            db, day=DAY, subscriber_id=1, owner="run2/1", now=later, max_attempts=2
+        )
+        assert gave_up is False
+        assert ledger.get_delivery(db, day=DAY, subscriber_id=1) == ("sent", 1, None)
+
+
 def test_rows_given_up_in_a_run_wait_for_the_next_run_and_released_rows_do_not(
     tmp_path: Path,
 ) -> None:

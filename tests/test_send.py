@@ -335,7 +335,7 @@ async def test_a_message_left_in_doubt_run_after_run_is_sent_at_most_max_attempt
             mailer = SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=1)
             summary = await _send(db, None, send_settings, now, mailer=mailer, connections=1)
             owed = run < MAX_ATTEMPTS
-            assert summary.in_flight == (1 if run <= MAX_ATTEMPTS else 0), run
+            assert summary.in_flight == (1 if run < MAX_ATTEMPTS else 0), run
             assert conversation.bodies == min(run, MAX_ATTEMPTS)
             status, attempts, reply = ledger.get_delivery(db, day=DAY, subscriber_id=2)
             assert (status, attempts) == ("sending" if owed else "failed", min(run, MAX_ATTEMPTS))
@@ -345,6 +345,24 @@ async def test_a_message_left_in_doubt_run_after_run_is_sent_at_most_max_attempt
     subscriber = get_by_id(db, 2)
     assert subscriber is not None
     assert (subscriber.status, subscriber.bounce_count) == (SubscriptionStatus.CONFIRMED, 0)
+
+
+async def test_the_run_that_uses_a_message_s_last_attempt_in_doubt_counts_it_failed(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # The run whose in-doubt message uses the recipient's last attempt makes the row failed:
+    # no later run sends it again. It counts as failed (so `send` exits 1 and prints its
+    # line on stderr, as for a temporary failure out of attempts), not as in flight, which
+    # says the next run sends it again.
+    emails = _subscribe(db, 2, now)
+    conversation = _NeverAnswersAfterTheBody(emails[1])
+    async with scripted(conversation) as port:
+        for run in range(1, MAX_ATTEMPTS + 1):
+            mailer = SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=1)
+            summary = await _send(db, None, send_settings, now, mailer=mailer, connections=1)
+            last = run == MAX_ATTEMPTS
+            assert (summary.failed, summary.in_flight) == (int(last), int(not last)), run
+    assert ledger.day_counts(db, day=DAY) == {"sent": 1, "failed": 1}
 
 
 class _AlwaysGarbled(Conversation):
@@ -1022,6 +1040,48 @@ async def test_a_cancelled_run_gives_back_its_unstarted_recipients_at_once(  # t
     assert again.sent == 20 - len(sent)
     assert ledger.day_counts(db, day=DAY) == {"sent": 20}
     assert set(handler.recipients()) == set(emails)
+
+
+class _SilentAtRcpt(Conversation):
+    """Never answers one recipient's RCPT: its message's body never goes."""
+
+    def __init__(self, recipient: str) -> None:
+        super().__init__()
+        self.recipient = recipient
+        self.held = 0
+
+    async def rcpt(self, recipient: str) -> bytes | None:
+        if recipient == self.recipient:
+            self.held += 1
+            return None
+        return await super().rcpt(recipient)
+
+
+async def test_a_run_cancelled_before_a_message_s_body_went_uses_none_of_its_attempts(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    """A caller's timeout cancels run after run while the message waits for its RCPT
+    reply: its body never went, so it is not in doubt. It uses none of the recipient's
+    attempts (five such runs made the row failed, the digest never sent) and is owed again
+    at once."""
+    emails = _subscribe(db, 1, now)
+    conversation = _SilentAtRcpt(emails[0])
+    async with scripted(conversation) as port:
+        for run in range(1, MAX_ATTEMPTS + 1):
+            mailer = SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=1)
+            sending = asyncio.create_task(
+                _send(db, None, send_settings, now, mailer=mailer, connections=1)
+            )
+            await asyncio.wait_for(_until(lambda: conversation.held >= run), 10)  # noqa: B023
+            sending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await sending
+            row = db.conn.execute(
+                "SELECT status, attempts, lease_owner, lease_until FROM deliveries"
+            ).fetchall()
+            assert [tuple(r) for r in row] == [("sending", 0, None, None)], run
+    assert conversation.accepted == []
+    assert ledger.count_owed(db, day=DAY, max_attempts=MAX_ATTEMPTS) == 1
 
 
 async def test_a_cancelled_run_whose_store_fails_to_give_back_still_raises_cancelled(  # type: ignore[no-untyped-def]

@@ -195,7 +195,7 @@ class _Run:
     pending: list[tuple[int, Action, str]] = field(default_factory=list)  # refusals to confirm
     held: set[int] = field(default_factory=set)  # ids this worker held at the last claim/renew
     taken: set[int] = field(default_factory=set)  # ids listed in `buffer`, sent or committed
-    started: set[int] = field(default_factory=set)  # ids handed to the mailer, not yet back
+    started: set[int] = field(default_factory=set)  # ids whose body may go, not yet back
     waiting: set[int] = field(default_factory=set)  # ids listed in `deferred` (also taken)
     held_until: datetime | None = None  # when that lease runs out (the earliest, after claims)
     dropped: int = 0  # claimed, then taken over by another worker (never sent by this one)
@@ -459,9 +459,10 @@ class DigestSender:
                 self.policy.lease,
             )
 
-    def _in_doubt(self, run: _Run, subscriber_id: int, reply: str = "") -> None:
-        """Leave a message that may have gone to the next run, as one of its attempts."""
-        ledger.mark_in_doubt(
+    def _in_doubt(self, run: _Run, subscriber_id: int, reply: str = "") -> bool:
+        """Leave a message that may have gone to the next run, as one of its attempts: True
+        when that was its last (the row is `failed`)."""
+        return ledger.mark_in_doubt(
             self.db,
             day=run.day,
             subscriber_id=subscriber_id,
@@ -776,9 +777,12 @@ class DigestSender:
             heapq.heappush(run.deferred, (due, next(run.order), item))
             run.waiting.add(subscriber_id)
         elif action is Action.IN_DOUBT:
-            log.warning("%s; the message may have been accepted: left for a later run", failure)
-            run.in_doubt += 1
-            self._in_doubt(run, subscriber_id, reply)
+            if self._in_doubt(run, subscriber_id, reply):  # its last attempt: failed
+                log.warning("%s; the message may have been accepted: out of attempts", failure)
+                run.failed += 1
+            else:
+                log.warning("%s; the message may have been accepted: left for a later run", failure)
+                run.in_doubt += 1
         elif action is Action.SETUP_STOP:
             self.stop.by_error(failure)
         else:
@@ -794,20 +798,25 @@ class DigestSender:
         message: bytes,
         saved: Callable[[], Awaitable[None]],
     ) -> None:
-        """`mailer.send`, the recipient listed in `run.started` while it runs: a send cancelled
-        meanwhile may have gone, and the cancelled run leaves it in doubt (`_let_go`)."""
+        """`mailer.send`, the recipient listed in `run.started` from `before_data` on (its
+        body may go): a send cancelled then may have gone, and the cancelled run leaves it
+        in doubt (`_let_go`); one cancelled before is given back with the unstarted rows."""
         subscriber_id = recipient.subscriber_id
-        run.started.add(subscriber_id)
+
+        async def body_next() -> None:
+            await saved()
+            run.started.add(subscriber_id)
+
         try:
             await self.mailer.send(
                 self._sender(run, recipient),
                 [recipient.email],
                 message,
                 still_ours=lambda: self._holds(run, subscriber_id),
-                before_data=saved,
+                before_data=body_next,
             )
         except asyncio.CancelledError:
-            raise  # still listed
+            raise  # still listed if its body may have gone
         except BaseException:
             run.started.discard(subscriber_id)
             raise

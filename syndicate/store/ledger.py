@@ -595,12 +595,15 @@ _RELEASE = """
 """
 
 # In doubt: the body went and no reply came. The row stays `sending` and keeps its owner
-# with no expiry, so no worker of this run sends it again; the next run does.
+# with no expiry, so no worker of this run sends it again; the next run does. A row already
+# `sent` (by a worker whose lease had lapsed: `sent` is not fenced) stays sent.
 _MARK_IN_DOUBT = """
     UPDATE deliveries SET lease_until = NULL, attempts = attempts + 1, updated_at = :now,
         status = CASE WHEN attempts + 1 >= :max_attempts THEN 'failed' ELSE status END,
         reply = CASE WHEN attempts + 1 >= :max_attempts THEN :reply ELSE reply END
     WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
+      AND status = 'sending'
+    RETURNING status
 """
 
 # The earliest expiry among the live leases other workers hold on rows still owed: a
@@ -768,13 +771,13 @@ def mark_in_doubt(
     now: datetime,
     max_attempts: int,
     reply: str = "",
-) -> None:
+) -> bool:
     """Leave a message whose reply never came to the next run (no worker of this one).
 
     It counts as one of the recipient's `max_attempts` runs: a server that takes the body
     and never answers (or garbles the answer) would otherwise be sent the digest again by
     every run until the catch-up window closed. The last one makes the row `failed` with
-    `reply`, as a temporary failure out of attempts.
+    `reply`, as a temporary failure out of attempts: then it returns True.
     """
     params = {
         "day": day.isoformat(),
@@ -785,9 +788,10 @@ def mark_in_doubt(
         "reply": reply or "no reply after the message body",
     }
     try:
-        _one_statement(db, _MARK_IN_DOUBT, params)
+        rows = _one_statement(db, _MARK_IN_DOUBT, params, fetch=True)
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
+    return bool(rows) and rows[0][0] == "failed"
 
 
 def _one_statement(
