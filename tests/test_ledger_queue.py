@@ -110,6 +110,33 @@ def test_a_message_left_in_doubt_never_unmarks_a_row_another_worker_sent(tmp_pat
         assert ledger.get_delivery(db, day=DAY, subscriber_id=1) == ("sent", 1, None)
 
 
+@pytest.mark.parametrize("refusal", ["temporary", "permanent"])
+def test_a_failure_never_unmarks_a_row_another_worker_sent(tmp_path: Path, refusal: str) -> None:
+    # As above, with the new holder's reply a refusal: the row stays `sent` (a later run
+    # would have sent it again).
+    with _store(tmp_path, 1) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        assert _claim(db, "run1/1", T0) == [1]
+        later = T0 + timedelta(seconds=LEASE + 1)
+        assert _claim(db, "run2/1", later) == [1]
+        ledger.mark_sent(db, day=DAY, subscriber_id=1, now=later)
+        if refusal == "temporary":
+            ledger.mark_failed(
+                db, day=DAY, subscriber_id=1, reply="451 later", now=later, owner="run2/1"
+            )
+        else:
+            ledger.mark_refused(
+                db,
+                day=DAY,
+                subscriber_id=1,
+                reply="550 5.1.1 no such user",
+                now=later,
+                max_attempts=5,
+                owner="run2/1",
+            )
+        assert ledger.get_delivery(db, day=DAY, subscriber_id=1) == ("sent", 1, None)
+
+
 def test_rows_given_up_in_a_run_wait_for_the_next_run_and_released_rows_do_not(
     tmp_path: Path,
 ) -> None:

@@ -124,8 +124,10 @@ _MARK_FAILED = """
     WHERE digest_day = :day AND subscriber_id = :id
 """
 # Fencing for the failure marks: a worker records a failure only on a row it still holds,
-# so a stalled worker never overwrites what the worker that took the row over recorded.
-_HELD = " AND lease_owner = :owner"
+# so a stalled worker never overwrites what the worker that took the row over recorded;
+# and never on a row already `sent` (a stalled worker's late 250 marks the row it lost
+# `sent`, unfenced: the new holder's failure must not undo that).
+_HELD = " AND lease_owner = :owner AND status <> 'sent'"
 # The server refused the recipient for good: failed, with no attempts left (never retried).
 _MARK_REFUSED = """
     UPDATE deliveries SET status = 'failed', reply = :reply, updated_at = :now,
