@@ -8,7 +8,7 @@ import gc
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -24,6 +24,7 @@ from syndicate.model import SubscriptionStatus
 from syndicate.send import (
     OutboxMailer,
     SendPolicy,
+    SendSummary,
     SmtpMailer,
     open_mailer,
     open_send_lock,
@@ -322,6 +323,17 @@ class _NeverAnswersAfterTheBody(Conversation):
         return await super().body(recipient)
 
 
+async def _runs(  # type: ignore[no-untyped-def]
+    db, settings, now, conversation: Conversation, count: int
+) -> AsyncIterator[tuple[int, SendSummary]]:
+    """`count` sends of one connection, one after the other, to `conversation`: each run's
+    number (from 1) and summary."""
+    async with scripted(conversation) as port:
+        for run in range(1, count + 1):
+            mailer = SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=1)
+            yield run, await _send(db, None, settings, now, mailer=mailer, connections=1)
+
+
 async def test_a_message_left_in_doubt_run_after_run_is_sent_at_most_max_attempts_times(  # type: ignore[no-untyped-def]
     db, send_settings, now
 ) -> None:
@@ -330,16 +342,13 @@ async def test_a_message_left_in_doubt_run_after_run_is_sent_at_most_max_attempt
     # run (every cron run of the catch-up window). After the last, the row is failed.
     emails = _subscribe(db, 3, now)
     conversation = _NeverAnswersAfterTheBody(emails[1])
-    async with scripted(conversation) as port:
-        for run in range(1, MAX_ATTEMPTS + 2):
-            mailer = SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=1)
-            summary = await _send(db, None, send_settings, now, mailer=mailer, connections=1)
-            owed = run < MAX_ATTEMPTS
-            assert summary.in_flight == (1 if run < MAX_ATTEMPTS else 0), run
-            assert conversation.bodies == min(run, MAX_ATTEMPTS)
-            status, attempts, reply = ledger.get_delivery(db, day=DAY, subscriber_id=2)
-            assert (status, attempts) == ("sending" if owed else "failed", min(run, MAX_ATTEMPTS))
-            assert (reply is not None and "not SMTP" in reply) == (not owed), reply
+    async for run, summary in _runs(db, send_settings, now, conversation, MAX_ATTEMPTS + 1):
+        owed = run < MAX_ATTEMPTS
+        assert summary.in_flight == (1 if run < MAX_ATTEMPTS else 0), run
+        assert conversation.bodies == min(run, MAX_ATTEMPTS)
+        status, attempts, reply = ledger.get_delivery(db, day=DAY, subscriber_id=2)
+        assert (status, attempts) == ("sending" if owed else "failed", min(run, MAX_ATTEMPTS))
+        assert (reply is not None and "not SMTP" in reply) == (not owed), reply
     assert sorted(conversation.accepted) == [emails[0], emails[2]]
     assert ledger.count_owed(db, day=DAY, max_attempts=MAX_ATTEMPTS) == 0
     subscriber = get_by_id(db, 2)
@@ -356,12 +365,9 @@ async def test_the_run_that_uses_a_message_s_last_attempt_in_doubt_counts_it_fai
     # says the next run sends it again.
     emails = _subscribe(db, 2, now)
     conversation = _NeverAnswersAfterTheBody(emails[1])
-    async with scripted(conversation) as port:
-        for run in range(1, MAX_ATTEMPTS + 1):
-            mailer = SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=1)
-            summary = await _send(db, None, send_settings, now, mailer=mailer, connections=1)
-            last = run == MAX_ATTEMPTS
-            assert (summary.failed, summary.in_flight) == (int(last), int(not last)), run
+    async for run, summary in _runs(db, send_settings, now, conversation, MAX_ATTEMPTS):
+        last = run == MAX_ATTEMPTS
+        assert (summary.failed, summary.in_flight) == (int(last), int(not last)), run
     assert ledger.day_counts(db, day=DAY) == {"sent": 1, "failed": 1}
 
 
