@@ -807,3 +807,65 @@ def _repair(store: Path) -> None:
     raw.execute("DELETE FROM deliveries WHERE subscriber_id = 999")
     raw.commit()
     raw.close()
+
+
+def _leftovers(folder: Path) -> list[str]:
+    """The temporary files of copies into `folder` (theirs and SQLite's beside them)."""
+    return sorted(p.name for p in folder.iterdir() if ".copy" in p.name)
+
+
+@pytest.mark.slow
+def test_the_next_copy_removes_what_a_killed_copy_left_and_never_a_live_copys_file(
+    project: Path,
+    full_store: Path,
+    silent_source: tuple[SilentRelay, str],
+    pg_source: str,
+    pg_cluster: Cluster,
+    tmp_path: Path,
+) -> None:
+    # SIGKILL gives the copy no chance to clean up: its temporary file (0600, every
+    # subscriber's address in it) stayed beside the target, and nothing ever removed it.
+    relay, url = silent_source
+    _configure(project, reply_timeout=0)
+    folder = _target_folder(tmp_path)
+    killed = _start_copy(project, url, "out/t.db")
+    try:
+        assert relay.silent.wait(60), "the copy never read the subscribers"
+        killed.kill()  # SIGKILL
+        killed.communicate(timeout=60)
+    finally:
+        killed.kill()
+        killed.wait()
+    left = _leftovers(folder)  # the file, and SQLite's -wal and -shm beside it
+    assert len(left) == 3, left
+    assert re.fullmatch(r"\.t\.db\.\w{8}\.copy", left[0]), left
+    assert (folder / left[0]).stat().st_mode & 0o777 == 0o600
+    # The next copy into the folder removes it first; its own source stalls, so it is
+    # under way, holding its own temporary file, while a third copy runs.
+    live_relay = SilentRelay(pg_cluster.port, b'"syndicate_copy_subscribers"')
+    live = _start_copy(project, live_relay.url(pg_source), "out/u.db")
+    try:
+        assert live_relay.silent.wait(60), "the live copy never read the subscribers"
+        live_files = _leftovers(folder)
+        assert [n[:6] for n in live_files] == [".u.db."] * 3, live_files
+        live_before = {n: _listing(folder)[n][:2] for n in live_files}
+        code, out, err = _run("store", "copy", "--from", str(full_store), "--to", "out/c.db")
+        assert (code, err) == (0, "")
+        assert out.startswith("copied: ")
+        # The live copy's files are untouched, and it finishes.
+        assert {n: _listing(folder)[n][:2] for n in _leftovers(folder)} == live_before
+        live_relay.speak()
+        out, err = live.communicate(timeout=60)
+    finally:
+        live_relay.close()
+        live.kill()
+        live.wait()
+    assert (live.returncode, err) == (
+        0,
+        f"warning: out/{left[0]}: removed the unfinished store a `store copy` that was "
+        "stopped left behind.\n",
+    )
+    assert _leftovers(folder) == []
+    for name in ("c.db", "u.db"):
+        with open_database(folder / name) as copied, open_database(full_store) as source:
+            assert _rows(copied) == _rows(source)
