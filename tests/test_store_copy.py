@@ -869,3 +869,71 @@ def test_the_next_copy_removes_what_a_killed_copy_left_and_never_a_live_copys_fi
     for name in ("c.db", "u.db"):
         with open_database(folder / name) as copied, open_database(full_store) as source:
             assert _rows(copied) == _rows(source)
+
+
+def _strace() -> str:
+    """strace, when it may trace a child here (ptrace allowed); else the test is skipped."""
+    found = shutil.which("strace")
+    if found is None:
+        pytest.skip("strace is not installed")
+    probe = subprocess.run(
+        [found, "-o", os.devnull, "true"], capture_output=True, timeout=30, check=False
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"strace cannot trace here: {probe.stderr.decode(errors='replace')}")
+    return found
+
+
+def _child(pid: int) -> int:
+    """The one child process of `pid`."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_as_the_new_file_is_linked_into_place_reports_the_copy_complete(
+    full_store: Path, tmp_path: Path, signum: signal.Signals
+) -> None:
+    # The signal, held back while the complete store was linked to its name, was delivered
+    # once it was there: "the target was left as it was" (exit 143), or "Interrupted."
+    # (130), with the complete copy in place. strace holds link(2)'s return for 15 s (the
+    # file has its name by then), so the signal comes in that window; the code runs as is.
+    strace = _strace()
+    folder = _target_folder(tmp_path)
+    target = folder / "t.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    delay = ["-e", "trace=link", "-e", "inject=link:delay_exit=15000000"]
+    copy_args = ["store", "copy", "--from", str(full_store), "--to", str(target)]
+    process = subprocess.Popen(
+        [strace, "-o", os.devnull, *delay, sys.executable, "-m", "syndicate", *copy_args],
+        cwd=full_store.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not target.exists():  # no event to wait on: the name appears in the folder
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the copy never linked its file"
+            time.sleep(0.01)
+        started = time.monotonic()
+        os.kill(_child(process.pid), signum)
+        out, err = process.communicate(timeout=90)
+    finally:
+        process.kill()
+        process.wait()
+    assert time.monotonic() - started > 3, "the signal came after link(2) returned"
+    name = signal.Signals(signum).name
+    assert (process.returncode, err) == (
+        0,
+        f"warning: {target}: {name} came as the new store was put in place; the copy is "
+        "complete.\n",
+    )
+    assert out.startswith("copied: ")
+    assert _leftovers(folder) == []
+    with open_database(target) as copied, open_database(full_store) as source:
+        assert _rows(copied) == _rows(source)

@@ -27,7 +27,7 @@ import re
 import signal
 import stat
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -385,7 +385,11 @@ def _sweep(folder: Path) -> None:
 
 
 def copy_to_new_file(
-    source: Database, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    source: Database,
+    path: Path,
+    *,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    on_complete: Callable[[], None] | None = None,
 ) -> dict[str, int]:
     """Copy every row of `source` into a new SQLite store at `path`; rows copied, per table.
 
@@ -396,6 +400,11 @@ def copy_to_new_file(
     file, its -wal and -shm, and any folder made for it are removed, and the folder is as
     it was. A file that appears at `path` meanwhile is never overwritten (link(2) refuses
     an existing name): StoreError, and nothing was copied. Raises as `copy_store` does.
+
+    `on_complete` is called once the store has its name, with SIGINT and SIGTERM still
+    held back: a signal that came while it was put in place is delivered after it returns,
+    to the handlers it set (the caller's say that the copy is complete, not that nothing
+    was copied).
 
     The temporary file is locked (flock) while the copy lives, so one that SIGKILL (or a
     crash) stopped leaves a file no process holds: the next copy into the folder removes
@@ -420,6 +429,8 @@ def copy_to_new_file(
         with _signals_held():
             _publish(temporary, path)
             temporary = None
+            if on_complete is not None:
+                on_complete()
     except BaseException:
         with _signals_held():
             if temporary is not None:
@@ -440,9 +451,11 @@ def copy_into(
     path: Path,
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT,
+    on_complete: Callable[[], None] | None = None,
 ) -> tuple[dict[str, int], str]:
     """Copy `source` into the store at `url` (PostgreSQL) or `path` (SQLite), opened with
-    these timeouts; rows copied per table, and the target's name.
+    these timeouts; rows copied per table, and the target's name. `on_complete` as
+    `copy_to_new_file` (a new SQLite file only).
 
     A new SQLite file goes through `copy_to_new_file`, a PostgreSQL database with no store
     yet through `copy_to_new_database`, any other store through `copy_store`: whichever
@@ -453,7 +466,8 @@ def copy_into(
         # (SQLite, following it, made the file with its own mode and filled it in place).
         path = Path(os.path.realpath(path))
     if not url and not os.path.lexists(path):
-        return copy_to_new_file(source, path, busy_timeout=busy_timeout), str(path)
+        counts = copy_to_new_file(source, path, busy_timeout=busy_timeout, on_complete=on_complete)
+        return counts, str(path)
     new = False
     if url:
         found = open_reader(path, url=url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)
