@@ -89,6 +89,13 @@ class StoreBusyError(StoreError):
         self.path = path
 
 
+class StoreUpgradeError(StoreError):
+    """A schema upgrade that did not finish in time (a lock another session held, a step
+    past store.reply_timeout); its step was rolled back: try again later."""
+
+    exit_code: ClassVar[int] = EXIT_TEMPFAIL
+
+
 class StoreFullError(StoreError):
     """The disk holding the database is full; try again once there is room."""
 

@@ -10,7 +10,8 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
-from syndicate.text import story_key
+from syndicate.i18n import LANGUAGES
+from syndicate.text import story_key, tell_article_language
 
 
 class Precision(StrEnum):
@@ -150,6 +151,12 @@ class Article:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Article:
         published = record["published"]
+        body = tuple([Block(_block_kind(kind), text) for kind, text in record["body"]])
+        language = record["language"]
+        if language not in LANGUAGES:
+            # Stored by another writer (another syndicate version sharing the store, a hand
+            # edit): told anew from the text as the parser tells it, never printed as it is.
+            language = tell_article_language(record["title"], "\n".join(b.text for b in body))
         return cls(
             id=record["id"],
             slug=record["slug"],
@@ -157,11 +164,11 @@ class Article:
             title_derived=bool(record["title_derived"]),
             published=datetime.fromisoformat(published) if published else None,
             precision=Precision(record["published_precision"]),
-            body=tuple([Block(_block_kind(kind), text) for kind, text in record["body"]]),
+            body=body,
             author=record["author"],
             teasers=tuple(Teaser(t["dateline"], t["text"]) for t in record["teasers"]),
             source=record["source"],
-            language=record["language"],
+            language=language,
             dateline=record.get("dateline"),
             head=record.get("head"),  # records stored before heads existed have none
         )

@@ -149,6 +149,16 @@ _EN_WORDS = frozenset(
 )
 
 
+# Characters of an article's body read to tell its language: about 120 words.
+ARTICLE_LANGUAGE_SAMPLE = 700
+
+
+def tell_article_language(title: str, content: str) -> str:
+    """Return the language of an article with this title and body text (lines joined by
+    "\n"): what the parser stores, and what a stored record not in LANGUAGES becomes."""
+    return detect_language(f"{title}\n{content[:ARTICLE_LANGUAGE_SAMPLE]}")
+
+
 def detect_language(text: str) -> str:
     """Return "vi" when `text` reads as Vietnamese, else "en".
 

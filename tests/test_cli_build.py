@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -188,3 +190,35 @@ def _untouched() -> bool:
         return conn.execute(
             "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
         ).fetchone() == (0,)
+
+
+def test_a_stored_record_with_a_language_syndicate_does_not_write_is_cleaned_on_reading(
+    project: Path,
+) -> None:
+    # A record another writer stored (an older or newer syndicate sharing the store, a hand
+    # edit, a store copied from one): its language went into every page and feed as stored,
+    # escaped but not one of LANGUAGES. It is told anew from the article's text, as the
+    # parser tells it.
+    assert _run("build")[0] == 0
+    with open_store(project / "syndicate.db") as db, db.transaction() as conn:
+        rows = conn.execute("SELECT id, record FROM articles ORDER BY id").fetchall()
+        assert len(rows) == 2
+        for article_id, record in rows:
+            data = json.loads(record)
+            assert data["language"] == "vi"
+            data["language"] = 'en" x="<b>'
+            conn.execute(
+                "UPDATE articles SET record = ? WHERE id = ?", (json.dumps(data), article_id)
+            )
+    shutil.rmtree(project / "feeds")
+    assert _run("build")[0] == 0
+    pages = sorted((project / "feeds" / "articles").glob("*.html"))
+    assert len(pages) == 2
+    for page in pages:
+        assert re.findall(r'<article lang="([^"]*)"', page.read_text(encoding="utf-8")) == ["vi"]
+    atom = (project / "feeds" / "atom.xml").read_text(encoding="utf-8")
+    assert re.findall(r'<entry xml:lang="([^"]*)"', atom) == ["vi", "vi"]
+    feed = json.loads((project / "feeds" / "feed.json").read_text(encoding="utf-8"))
+    assert [item["language"] for item in feed["items"]] == ["vi", "vi"]
+    rss = (project / "feeds" / "rss.xml").read_text(encoding="utf-8")
+    assert "x=" not in rss + atom

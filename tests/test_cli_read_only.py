@@ -12,9 +12,11 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -245,3 +247,86 @@ def test_a_read_only_command_brings_an_older_store_up_to_date_and_reads_it(
     done = syndicate(project, "subscribers", "list")
     assert (done.returncode, done.stdout, done.stderr) == (0, EMPTY_LIST + "\n", "")
     assert schema_version(project) == len(MIGRATIONS)
+
+
+def _pg_version(url: str) -> int:
+    """The schema version of the PostgreSQL store at `url`, read without migrating it."""
+    with psycopg.connect(url) as pg:
+        row = pg.execute("SELECT version FROM syndicate_schema").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def _pg_url() -> str:
+    url = os.environ.get(ENV_STORE_URL, "")
+    if not url:
+        pytest.skip("PostgreSQL's schema upgrade (SQLite's waits store.busy_timeout, as any write)")
+    return url
+
+
+def test_an_upgrade_waiting_on_a_lock_another_session_holds_ends_with_exit_75(
+    project: Path,
+) -> None:
+    # Another session (psql, a report, a backup) reads the ledger in an open transaction:
+    # the step that alters the table waits for it. It ends after store.busy_timeout with a
+    # line that says what waited on what (it said "another syndicate command is writing").
+    url = _pg_url()
+    older = make_older_store(project)
+    (project / "syndicate.toml").write_text("[store]\nbusy_timeout = 1\nreply_timeout = 3\n")
+    where = "PostgreSQL at " + url.split("@", 1)[1]
+    with psycopg.connect(url) as holder:
+        holder.execute("SELECT count(*) FROM deliveries").fetchone()  # ACCESS SHARE, held
+        started = time.monotonic()
+        done = syndicate(project, "subscribers", "list")
+        took = time.monotonic() - started
+        assert (done.returncode, done.stdout) == (75, "")
+        assert done.stderr == (
+            f"Error: {where}: the schema upgrade from version {older} to {len(MIGRATIONS)} "
+            "waited 1 s (store.busy_timeout) for a lock another session holds; the step it was "
+            "on was rolled back. Run the command again once that session is done "
+            "(pg_stat_activity shows it), or raise store.busy_timeout.\n"
+        )
+        assert took < 10, took
+    assert _pg_version(url) == older
+    done = syndicate(project, "subscribers", "list")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert schema_version(project) == len(MIGRATIONS)
+
+
+def test_an_upgrade_whose_server_falls_silent_ends_after_the_reply_timeout(
+    project: Path, pg_cluster: Any
+) -> None:
+    # The upgrade's statements waited with no bound: a server that stopped answering during
+    # a step hung the first command after an upgrade (here until the relay spoke again).
+    from tests.test_store_copy import SilentRelay
+
+    url = _pg_url()
+    older = make_older_store(project)
+    (project / "syndicate.toml").write_text("[store]\nbusy_timeout = 1\nreply_timeout = 2\n")
+    relay = SilentRelay(pg_cluster.port, b"ALTER TABLE deliveries", at_most=30)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    env[ENV_STORE_URL] = relay.url(url)
+    try:
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "syndicate", "subscribers", "list"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        took = time.monotonic() - started
+    finally:
+        relay.close()
+    assert relay.silent.is_set()
+    assert (done.returncode, done.stdout) == (75, ""), done.stderr
+    where = "PostgreSQL at " + relay.url(url).split("@", 1)[1]
+    assert done.stderr == (
+        f"Error: {where}: the schema upgrade from version {older} to {len(MIGRATIONS)} did not "
+        "finish within 2 s (store.reply_timeout); the step it was on was rolled back. Run the "
+        "command again, or raise store.reply_timeout (0: no bound) if a step needs longer.\n"
+    )
+    assert took < 15, took
+    assert _pg_version(url) == older

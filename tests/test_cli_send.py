@@ -711,3 +711,51 @@ def test_send_warns_in_one_line_when_complaints_pass_three_in_a_thousand(project
         "the 0.3% mailbox providers allow (keep it under 0.1%). Check who is on the list and "
         "how they signed up.\n"
     )
+
+
+def _set_ledger(project: Path, day: str, rows: dict[str, tuple[str, int]]) -> None:
+    """Rewrite ledger rows (email -> (status, attempts)) as a run with a higher limit left them."""
+    with open_store(project / "syndicate.db") as db, db.transaction() as conn:
+        for email, (status, attempts) in rows.items():
+            conn.execute(
+                "UPDATE deliveries SET status = ?, attempts = ?, lease_owner = NULL, "
+                "lease_until = NULL WHERE digest_day = ? AND subscriber_id = "
+                "(SELECT id FROM subscribers WHERE email = ?)",
+                (status, attempts, day, email),
+            )
+
+
+def test_a_row_at_or_past_the_attempt_limit_is_never_sent_again(
+    clock: Clock, workdir: Path, smtpd: SmtpServer
+) -> None:
+    # A store left by a run whose limit was higher than today's (an upgrade that lowered
+    # MAX_ATTEMPTS): messages left in doubt (`sending`) or failed with as many attempts as
+    # the limit, or more, are out of attempts. Only the row with one to spare goes again:
+    # on the same day, by --workers, and in the next day's catch-up.
+    _smtp_config(workdir, smtpd)
+    _subscribe("a@example.org", "b@example.org", "c@example.org", "d@example.org")
+    assert _summaries(_run("send")[1]) == [("2024-10-31", "4", "0", "0")]
+    at_limit = {
+        "a@example.org": ("sending", 5),
+        "b@example.org": ("sending", 7),
+        "c@example.org": ("failed", 6),
+        "d@example.org": ("sending", 4),
+    }
+    _set_ledger(workdir, "2024-10-31", at_limit)
+    smtpd.handler.messages.clear()
+    code, out, _ = _run("send", "--dry-run")
+    assert code == 0
+    assert "would go to 1 subscriber, 3 skipped;" in out, out
+    assert _summaries(_run("send", "--workers", "2")[1]) == [("2024-10-31", "1", "0", "3")]
+    assert smtpd.handler.recipients() == ["d@example.org"]
+    _set_ledger(workdir, "2024-10-31", at_limit)
+    smtpd.handler.messages.clear()
+    clock.next_day()
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out.splitlines(keepends=True)[0]) == [("2024-10-31", "1", "0", "3")]
+    assert smtpd.handler.recipients() == ["d@example.org"]
+    _set_ledger(workdir, "2024-10-31", {"d@example.org": ("sending", 5)})
+    clock.next_day()
+    assert _run("send") == (0, "Nothing new to send.\n", "")
+    assert smtpd.handler.recipients() == ["d@example.org"]

@@ -807,3 +807,133 @@ def _repair(store: Path) -> None:
     raw.execute("DELETE FROM deliveries WHERE subscriber_id = 999")
     raw.commit()
     raw.close()
+
+
+def _leftovers(folder: Path) -> list[str]:
+    """The temporary files of copies into `folder` (theirs and SQLite's beside them)."""
+    return sorted(p.name for p in folder.iterdir() if ".copy" in p.name)
+
+
+@pytest.mark.slow
+def test_the_next_copy_removes_what_a_killed_copy_left_and_never_a_live_copys_file(
+    project: Path,
+    full_store: Path,
+    silent_source: tuple[SilentRelay, str],
+    pg_source: str,
+    pg_cluster: Cluster,
+    tmp_path: Path,
+) -> None:
+    # SIGKILL gives the copy no chance to clean up: its temporary file (0600, every
+    # subscriber's address in it) stayed beside the target, and nothing ever removed it.
+    relay, url = silent_source
+    _configure(project, reply_timeout=0)
+    folder = _target_folder(tmp_path)
+    killed = _start_copy(project, url, "out/t.db")
+    try:
+        assert relay.silent.wait(60), "the copy never read the subscribers"
+        killed.kill()  # SIGKILL
+        killed.communicate(timeout=60)
+    finally:
+        killed.kill()
+        killed.wait()
+    left = _leftovers(folder)  # the file, and SQLite's -wal and -shm beside it
+    assert len(left) == 3, left
+    assert re.fullmatch(r"\.t\.db\.\w{8}\.copy", left[0]), left
+    assert (folder / left[0]).stat().st_mode & 0o777 == 0o600
+    # The next copy into the folder removes it first; its own source stalls, so it is
+    # under way, holding its own temporary file, while a third copy runs.
+    live_relay = SilentRelay(pg_cluster.port, b'"syndicate_copy_subscribers"')
+    live = _start_copy(project, live_relay.url(pg_source), "out/u.db")
+    try:
+        assert live_relay.silent.wait(60), "the live copy never read the subscribers"
+        live_files = _leftovers(folder)
+        assert [n[:6] for n in live_files] == [".u.db."] * 3, live_files
+        live_before = {n: _listing(folder)[n][:2] for n in live_files}
+        code, out, err = _run("store", "copy", "--from", str(full_store), "--to", "out/c.db")
+        assert (code, err) == (0, "")
+        assert out.startswith("copied: ")
+        # The live copy's files are untouched, and it finishes.
+        assert {n: _listing(folder)[n][:2] for n in _leftovers(folder)} == live_before
+        live_relay.speak()
+        out, err = live.communicate(timeout=60)
+    finally:
+        live_relay.close()
+        live.kill()
+        live.wait()
+    assert (live.returncode, err) == (
+        0,
+        f"warning: out/{left[0]}: removed the unfinished store a `store copy` that was "
+        "stopped left behind.\n",
+    )
+    assert _leftovers(folder) == []
+    for name in ("c.db", "u.db"):
+        with open_database(folder / name) as copied, open_database(full_store) as source:
+            assert _rows(copied) == _rows(source)
+
+
+def _strace() -> str:
+    """strace, when it may trace a child here (ptrace allowed); else the test is skipped."""
+    found = shutil.which("strace")
+    if found is None:
+        pytest.skip("strace is not installed")
+    probe = subprocess.run(
+        [found, "-o", os.devnull, "true"], capture_output=True, timeout=30, check=False
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"strace cannot trace here: {probe.stderr.decode(errors='replace')}")
+    return found
+
+
+def _child(pid: int) -> int:
+    """The one child process of `pid`."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_as_the_new_file_is_linked_into_place_reports_the_copy_complete(
+    full_store: Path, tmp_path: Path, signum: signal.Signals
+) -> None:
+    # The signal, held back while the complete store was linked to its name, was delivered
+    # once it was there: "the target was left as it was" (exit 143), or "Interrupted."
+    # (130), with the complete copy in place. strace holds link(2)'s return for 15 s (the
+    # file has its name by then), so the signal comes in that window; the code runs as is.
+    strace = _strace()
+    folder = _target_folder(tmp_path)
+    target = folder / "t.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    delay = ["-e", "trace=link", "-e", "inject=link:delay_exit=15000000"]
+    copy_args = ["store", "copy", "--from", str(full_store), "--to", str(target)]
+    process = subprocess.Popen(
+        [strace, "-o", os.devnull, *delay, sys.executable, "-m", "syndicate", *copy_args],
+        cwd=full_store.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not target.exists():  # no event to wait on: the name appears in the folder
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the copy never linked its file"
+            time.sleep(0.01)
+        started = time.monotonic()
+        os.kill(_child(process.pid), signum)
+        out, err = process.communicate(timeout=90)
+    finally:
+        process.kill()
+        process.wait()
+    assert time.monotonic() - started > 3, "the signal came after link(2) returned"
+    name = signal.Signals(signum).name
+    assert (process.returncode, err) == (
+        0,
+        f"warning: {target}: {name} came as the new store was put in place; the copy is "
+        "complete.\n",
+    )
+    assert out.startswith("copied: ")
+    assert _leftovers(folder) == []
+    with open_database(target) as copied, open_database(full_store) as source:
+        assert _rows(copied) == _rows(source)

@@ -701,6 +701,18 @@ def test_a_complained_address_comes_back_to_pending_through_the_form_but_within_
     assert sent_at == [*times[:3], server.clock()]
 
 
+def test_a_signup_in_a_language_syndicate_does_not_write_is_stored_in_the_pages_language(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    for address, language in (("an@example.org", 'en" x="<b>'), ("bo@example.org", "fr")):
+        english = {"accept-language": "en"}
+        answer = sign_up(client, address, language=language, server=server, **english)
+        assert answer.status_code == 200
+        stored = subscriber(server.settings, address)
+        assert stored is not None
+        assert stored.language == "en"
+
+
 def test_invalid_address_shows_the_form_again_with_the_input_escaped(
     server: LiveServer, client: httpx.Client
 ) -> None:

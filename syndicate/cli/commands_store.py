@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from syndicate.config import StoreSettings
 from syndicate.errors import StoreError, TerminatedError
 from syndicate.store import Database, open_reader
 from syndicate.store.copy import copy_into
+
+log = logging.getLogger(__name__)
 
 _PG_SCHEMES = ("postgresql://", "postgres://")
 _SQLITE_SCHEME = "sqlite://"
@@ -117,6 +120,16 @@ def copy_command(app: AppContext, source_url: str, target_url: str, as_json: boo
     # (Python lets only the main thread set a handler: elsewhere, the default stays.)
     main = threading.current_thread() is threading.main_thread()
     before = signal.signal(signal.SIGTERM, _terminated) if main else None
+    before_int = signal.getsignal(signal.SIGINT)
+    late: list[str] = []
+
+    def complete() -> None:
+        # Called with both signals held back, once a new file has its name: one that came
+        # meanwhile (or comes later) ends nothing more, the copy is complete.
+        if main and before_int is not None:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda n, _: late.append(signal.Signals(n).name))
+
     try:
         with _open_source(source_at, settings) as source:
             counts, target_name = copy_into(
@@ -125,11 +138,20 @@ def copy_command(app: AppContext, source_url: str, target_url: str, as_json: boo
                 path=target_at.path,
                 busy_timeout=settings.busy_timeout,
                 reply_timeout=settings.reply_timeout,
+                on_complete=complete,
             )
             names = (str(source.path), target_name)
     finally:
         if main:
             signal.signal(signal.SIGTERM, before)
+            if before_int is not None:  # None: not set from Python, so never swapped here
+                signal.signal(signal.SIGINT, before_int)
+    for name in dict.fromkeys(late):
+        log.warning(
+            "%s: %s came as the new store was put in place; the copy is complete.",
+            target_name,
+            name,
+        )
     if as_json:
         record = {"from": names[0], "to": names[1], "copied": counts}
         click.echo(json.dumps(record, ensure_ascii=False))

@@ -14,9 +14,9 @@ from syndicate.text import (
     TITLE_LIMIT,
     clean_text,
     derive_title,
-    detect_language,
     nfc,
     slugify,
+    tell_article_language,
 )
 
 # Bump whenever parse output can change for the same bytes: the build cache keys on it.
@@ -30,7 +30,6 @@ PARSER_VERSION = 5
 TEXT_LIMIT = 1_000_000  # characters, after decoding
 LINE_LIMIT = 10_000  # lines
 _LIMIT_HINT = "Split it into articles, or move it out of the dump folder."
-LANGUAGE_SAMPLE = 700  # characters of the body read to tell its language
 
 _SPACES = re.compile(" {2,}")
 _PLACEHOLDER = re.compile(r"^\{\s*[A-Za-z_]+\s*\}$")
@@ -253,8 +252,7 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
         author=author,
         teasers=tuple(teasers),
         source=source,
-        # The opening is enough to tell the language: about 120 words.
-        language=detect_language(f"{title}\n{content[:LANGUAGE_SAMPLE]}"),
+        language=tell_article_language(title, content),
         dateline=dateline,
         head=summary,
     )

@@ -29,6 +29,7 @@ from syndicate.errors import (
     StoreError,
     StoreFullError,
     StoreUnavailableError,
+    StoreUpgradeError,
 )
 from syndicate.store.pg_schema import PG_FIRST_VERSION, PG_MIGRATIONS
 from syndicate.store.pgerrors import PgError, PgIntegrityError, is_busy, is_full, is_gone
@@ -625,22 +626,46 @@ def _migrate_postgres(db: PgDatabase, current: int, latest: int) -> None:
     committed may still look its new tables up in a stale catalog cache, even after
     waiting for the lock, and try to make them again.
 
-    Its statements wait without `store.reply_timeout`: a step may rebuild a large table,
-    with nothing to say until it is done (a server that stops answering meanwhile hangs
-    the first command after an upgrade, as it would have before the bound).
+    Bounded as every statement is: a lock another session holds (a psql session, a
+    report, a backup reading a table a step alters) is waited for `store.busy_timeout`
+    (lock_timeout), a step's reply `store.reply_timeout`, and the server itself stops a
+    step at `store.reply_timeout` (statement_timeout): a step the client gave up on must
+    not go on holding its table's lock. Either ends the command with StoreUpgradeError
+    (exit 75), the step rolled back; a longer step wants a larger store.reply_timeout.
     """
     from syndicate.store import postgres
 
-    raw = db.conn.raw
-    bound, raw.reply_timeout = raw.reply_timeout, None
+    limit = db.conn.raw.reply_timeout
     try:
+        db.conn.execute_as_is(f"SET statement_timeout = {round(limit * 1000) if limit else 0}")
         db.conn.execute(postgres.LOCK_SESSION)
         try:
             _migrate_postgres_locked(db, db.schema_version, latest)
         finally:
             db.conn.execute(postgres.UNLOCK_SESSION)
-    finally:
-        raw.reply_timeout = bound
+        db.conn.execute_as_is("RESET statement_timeout")
+    except (PgError, StoreError) as exc:
+        # A transaction's statement fails as StoreBusyError (or StoreUnavailableError), the
+        # server's error its cause.
+        cause = exc if isinstance(exc, PgError) else exc.__cause__
+        if not isinstance(cause, PgError):
+            raise
+        upgrade = f"{db.path}: the schema upgrade from version {current} to {latest}"
+        if cause.sqlstate == "55P03":  # lock_not_available: lock_timeout
+            raise StoreUpgradeError(
+                f"{upgrade} waited {db._busy_timeout:g} s (store.busy_timeout) for a lock "
+                "another session holds; the step it was on was rolled back.",
+                hint="Run the command again once that session is done (pg_stat_activity "
+                "shows it), or raise store.busy_timeout.",
+            ) from exc
+        if limit and (cause.sqlstate == "57014" or str(cause) == str(postgres.no_reply(limit))):
+            raise StoreUpgradeError(  # statement_timeout, or no reply for reply_timeout
+                f"{upgrade} did not finish within {limit:g} s (store.reply_timeout); the "
+                "step it was on was rolled back.",
+                hint="Run the command again, or raise store.reply_timeout (0: no bound) if "
+                "a step needs longer.",
+            ) from exc
+        raise
 
 
 def _migrate_postgres_locked(db: PgDatabase, current: int, latest: int) -> None:

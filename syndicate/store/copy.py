@@ -11,19 +11,23 @@ of the target is set past the source's (PostgreSQL identity sequences; SQLite's
 
 `copy_to_new_file` makes a new SQLite store: it is built under a temporary name in the
 target's folder and appears at its path only once complete, so a copy that fails (or is
-stopped) leaves no file behind. `copy_to_new_database` drops again the tables a failed
-copy's migration made in a new PostgreSQL database. `copy_into` picks one for `store copy`.
+stopped) leaves no file behind; what a killed one left there, the next one removes.
+`copy_to_new_database` drops again the tables a failed copy's migration made in a new
+PostgreSQL database. `copy_into` picks one for `store copy`.
 """
 
 from __future__ import annotations
 
 import copy
 import errno
+import fcntl
 import logging
 import os
+import re
 import signal
+import stat
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -317,8 +321,75 @@ _FOLDER_MODE = 0o700
 _NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK})
 
 
+# The temporary name of a new SQLite store being built (mkstemp's: ".NAME.XXXXXXXX.copy").
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.copy")
+# How a SQLite database file starts; a temporary file SQLite has not written to yet is empty.
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _make_temporary(path: Path) -> tuple[int, Path]:
+    """Make the temporary file (0600) the store for `path` is built in, and lock it (flock)
+    for as long as the descriptor returned is open: the copy holds it for its whole life,
+    and `_sweep` removes only a file whose lock it can take (its copy is gone)."""
+    while True:
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".copy", dir=path.parent)
+        except OSError as exc:
+            raise StoreError(
+                f"{path}: cannot make the new store: {exc.strerror or exc}; nothing was copied.",
+                hint="Check the folder's permissions and free space.",
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A sweep may have taken the new, empty file before the lock did: make another.
+            if os.path.samestat(os.fstat(fd), os.lstat(name)):
+                return fd, Path(name)
+        except OSError:  # held by a sweep that removes it, or removed already
+            pass
+        os.close(fd)
+
+
+def _sweep(folder: Path) -> None:
+    """Remove the temporary files (and their -wal, -shm, -journal) that copies into `folder`
+    which were killed (SIGKILL, a crash, a power cut) left behind: 0600, but every row of
+    a store. Never one a live copy holds: only a file whose flock this process can take,
+    taken before the file goes. Only a regular file of ours, empty or a SQLite database."""
+    try:
+        names = sorted(e.name for e in os.scandir(folder) if _TEMPORARY.fullmatch(e.name))
+    except OSError:
+        return
+    for name in names:
+        found = folder / name
+        try:
+            fd = os.open(found, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not os.path.samestat(st, os.lstat(found)):
+                continue  # another sweep removed it meanwhile
+            if os.pread(fd, len(_SQLITE_HEADER), 0) not in (b"", _SQLITE_HEADER):
+                continue
+            _remove(found)
+            log.warning(
+                "%s: removed the unfinished store a `store copy` that was stopped left behind.",
+                found,
+            )
+        except OSError:  # locked: a live copy's; or gone
+            continue
+        finally:
+            os.close(fd)
+
+
 def copy_to_new_file(
-    source: Database, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    source: Database,
+    path: Path,
+    *,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    on_complete: Callable[[], None] | None = None,
 ) -> dict[str, int]:
     """Copy every row of `source` into a new SQLite store at `path`; rows copied, per table.
 
@@ -329,19 +400,24 @@ def copy_to_new_file(
     file, its -wal and -shm, and any folder made for it are removed, and the folder is as
     it was. A file that appears at `path` meanwhile is never overwritten (link(2) refuses
     an existing name): StoreError, and nothing was copied. Raises as `copy_store` does.
+
+    `on_complete` is called once the store has its name, with SIGINT and SIGTERM still
+    held back: a signal that came while it was put in place is delivered after it returns,
+    to the handlers it set (the caller's say that the copy is complete, not that nothing
+    was copied).
+
+    The temporary file is locked (flock) while the copy lives, so one that SIGKILL (or a
+    crash) stopped leaves a file no process holds: the next copy into the folder removes
+    it first (`_sweep`), and never the file of a copy still running.
     """
     made = _make_folders(path.parent)
+    _sweep(path.parent)
     temporary: Path | None = None
+    locked = -1
     try:
-        try:
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".copy", dir=path.parent)
-        except OSError as exc:
-            raise StoreError(
-                f"{path}: cannot make the new store: {exc.strerror or exc}; nothing was copied.",
-                hint="Check the folder's permissions and free space.",
-            ) from exc
-        os.close(fd)  # mkstemp makes it 0600, owner only
-        temporary = Path(name)
+        # mkstemp makes it 0600, owner only. Kept open (the lock) until the copy ends:
+        # closing it early would also drop SQLite's own (POSIX) locks on the file.
+        locked, temporary = _make_temporary(path)
         try:
             target = open_database(temporary, busy_timeout=busy_timeout)
         except StoreError as exc:
@@ -353,6 +429,8 @@ def copy_to_new_file(
         with _signals_held():
             _publish(temporary, path)
             temporary = None
+            if on_complete is not None:
+                on_complete()
     except BaseException:
         with _signals_held():
             if temporary is not None:
@@ -360,6 +438,9 @@ def copy_to_new_file(
             for folder in reversed(made):
                 _remove_folder(folder)
         raise
+    finally:
+        if locked >= 0:
+            os.close(locked)
     return counts
 
 
@@ -370,9 +451,11 @@ def copy_into(
     path: Path,
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT,
+    on_complete: Callable[[], None] | None = None,
 ) -> tuple[dict[str, int], str]:
     """Copy `source` into the store at `url` (PostgreSQL) or `path` (SQLite), opened with
-    these timeouts; rows copied per table, and the target's name.
+    these timeouts; rows copied per table, and the target's name. `on_complete` as
+    `copy_to_new_file` (a new SQLite file only).
 
     A new SQLite file goes through `copy_to_new_file`, a PostgreSQL database with no store
     yet through `copy_to_new_database`, any other store through `copy_store`: whichever
@@ -383,7 +466,8 @@ def copy_into(
         # (SQLite, following it, made the file with its own mode and filled it in place).
         path = Path(os.path.realpath(path))
     if not url and not os.path.lexists(path):
-        return copy_to_new_file(source, path, busy_timeout=busy_timeout), str(path)
+        counts = copy_to_new_file(source, path, busy_timeout=busy_timeout, on_complete=on_complete)
+        return counts, str(path)
     new = False
     if url:
         found = open_reader(path, url=url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)

@@ -51,16 +51,16 @@ class Recipient:
 
 
 # Which confirmed subscribers (confirmed by :confirmed_by, when given) are still owed the
-# digest of :day: no row, a row a crashed run left in 'sending', or a 'failed' row with
-# attempts to spare. Keyset-paged by id.
+# digest of :day: no row, or a row left 'sending' (a crash, a message in doubt) or 'failed'
+# with attempts to spare. A row at or past the limit is owed nothing whatever its status:
+# one a run with a higher limit left in doubt is not sent once more. Keyset-paged by id.
 _OWED_PAGE = """
     SELECT s.id, s.email, s.language, coalesce(d.attempts, 0), s.token_nonce
     FROM subscribers AS s
     LEFT JOIN deliveries AS d ON d.digest_day = :day AND d.subscriber_id = s.id
     WHERE s.status = 'confirmed' AND s.id > :after
       AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by)
-      AND (d.status IS NULL OR d.status = 'sending'
-           OR (d.status = 'failed' AND d.attempts < :max_attempts))
+      AND (d.status IS NULL OR (d.status <> 'sent' AND d.attempts < :max_attempts))
     ORDER BY s.id
     LIMIT :limit
 """
@@ -71,8 +71,7 @@ _OWED_COUNT = """
     LEFT JOIN deliveries AS d ON d.digest_day = :day AND d.subscriber_id = s.id
     WHERE s.status = 'confirmed'
       AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by)
-      AND (d.status IS NULL OR d.status = 'sending'
-           OR (d.status = 'failed' AND d.attempts < :max_attempts))
+      AND (d.status IS NULL OR (d.status <> 'sent' AND d.attempts < :max_attempts))
 """
 # Confirmed subscribers skipped this run: already sent, or out of attempts.
 _SKIPPED_COUNT = """
@@ -81,7 +80,7 @@ _SKIPPED_COUNT = """
     JOIN deliveries AS d ON d.digest_day = :day AND d.subscriber_id = s.id
     WHERE s.status = 'confirmed'
       AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by)
-      AND (d.status = 'sent' OR (d.status = 'failed' AND d.attempts >= :max_attempts))
+      AND (d.status = 'sent' OR d.attempts >= :max_attempts)
 """
 # Claim a recipient before its message goes (committed first: the crash-safety point).
 _MARK_SENDING = """
@@ -523,12 +522,13 @@ _TOP_SUBSCRIBER = "SELECT coalesce(max(id), 0) FROM subscribers"
 ENQUEUE_BATCH = 10_000
 
 # Claim: up to :limit owed rows of :day that no live lease holds get the lease
-# (:owner, :until), in one write transaction. Owed: `sending`, or `failed` with attempts
-# to spare, of a subscriber still confirmed (by :confirmed_by). Not claimed: a row with a
-# live lease (lease_until > :at), and a row this run is done with (its owner is a worker
-# of this run, :run_like = '<run>/%', and it has no expiry: failed or in doubt this run;
-# the next run takes it). The inner SELECT finds the rows through deliveries_queue; the
-# `status <> 'sent'` term is the partial index's own, so the planner may use it.
+# (:owner, :until), in one write transaction. Owed: `sending` or `failed`, with attempts
+# to spare (as _OWED_PAGE), of a subscriber still confirmed (by :confirmed_by). Not
+# claimed: a row with a live lease (lease_until > :at), and a row this run is done with (its
+# owner is a worker of this run, :run_like = '<run>/%', and it has no expiry: failed or in
+# doubt this run; the next run takes it). The inner SELECT finds the rows through
+# deliveries_queue; the `status <> 'sent'` term is the partial index's own, so the planner
+# may use it.
 # On SQLite, BEGIN IMMEDIATE serialises claimers; on PostgreSQL the same statement with
 # `FOR UPDATE OF d SKIP LOCKED` lets claimers pass each other's locked rows.
 # RETURNING may name only the updated table on SQLite, so the subscriber's fields come
@@ -552,7 +552,7 @@ _CLAIM_TEMPLATE = """
         WHERE d.digest_day = :day AND d.status <> 'sent'
           AND (d.lease_until IS NULL OR d.lease_until <= :at)
           AND NOT (d.lease_until IS NULL AND coalesce(d.lease_owner, '') LIKE :run_like)
-          AND (d.status = 'sending' OR d.attempts < :max_attempts)
+          AND d.attempts < :max_attempts
           AND (SELECT s.status = 'confirmed'
                       AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by)
                FROM subscribers AS s WHERE s.id = d.subscriber_id)
