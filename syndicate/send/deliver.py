@@ -198,7 +198,7 @@ class _Run:
     started: set[int] = field(default_factory=set)  # ids whose body may go, not yet back
     waiting: set[int] = field(default_factory=set)  # ids listed in `deferred` (also taken)
     held_until: datetime | None = None  # when that lease runs out (the earliest, after claims)
-    dropped: int = 0  # claimed, then taken over by another worker (never sent by this one)
+    dropped: int = 0  # claimed, then taken over by another worker or left (never sent by this)
     order: itertools.count[int] = field(default_factory=itertools.count)
     claiming: asyncio.Task[tuple[list[ledger.Recipient], datetime]] | None = None  # the next batch
 
@@ -417,7 +417,7 @@ class DigestSender:
         if run.dropped:
             log.info(
                 "%d recipients were taken over by another worker while this one (%s) had lost "
-                "its lease; it did not send them.",
+                "its lease, or left the list meanwhile; it did not send them.",
                 run.dropped,
                 self.worker,
             )
@@ -675,6 +675,9 @@ class DigestSender:
                     heapq.heappop(run.deferred)
                     run.waiting.discard(item.recipient.subscriber_id)
                     recipient, tries = item.recipient, item.tries
+                    # It waited seconds to minutes: ask the store again whether it is still
+                    # this worker's and still confirmed (one may unsubscribe meanwhile).
+                    self._renew(run, self.tick())
                 committing = None
                 try:
                     committing = await self._deliver(run, recipient, tries, build(recipient), saved)

@@ -580,11 +580,16 @@ def claim_statement(dialect: str) -> str:
 
 # Renew: extend the lease of every row :owner still holds for :day, and say which those
 # are. A row another worker claimed (its lease had run out) is no longer :owner's: it is
-# left out, and its sender drops it (fencing). Rows sent, failed or in doubt have no expiry.
+# left out, and its sender drops it (fencing). So is the row of a subscriber no longer
+# confirmed (unsubscribed, bounced, complained since the claim; an erased one has no row):
+# nobody who left is mailed by a run that claimed them before. Rows sent, failed or in
+# doubt have no expiry.
 _RENEW = """
     UPDATE deliveries SET lease_until = :until
     WHERE digest_day = :day AND status <> 'sent' AND lease_until IS NOT NULL
       AND lease_owner = :owner AND status = 'sending'
+      AND (SELECT s.status FROM subscribers AS s WHERE s.id = deliveries.subscriber_id)
+          = 'confirmed'
     RETURNING subscriber_id
 """
 
@@ -743,7 +748,8 @@ def _recipients(rows: Iterable[Any]) -> list[Recipient]:
 
 
 def renew(db: Database, *, day: date, owner: str, now: datetime, lease: float) -> set[int]:
-    """Extend `owner`'s lease on its rows of `day`; return the ids it still holds."""
+    """Extend `owner`'s lease on its rows of `day`; return the ids it still holds (of
+    subscribers still confirmed)."""
     params = {
         "day": day.isoformat(),
         "owner": owner,

@@ -1,0 +1,120 @@
+"""Send: what changes under a run's feet (a subscriber leaves while the run goes on)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syndicate.config import Settings
+from syndicate.digest import RenderedEmail
+from syndicate.mail import MailInfo, MessageTemplate, build_digest_template
+from syndicate.send import SendPolicy, SmtpMailer, send_digest
+from syndicate.store import Database, ledger
+from syndicate.store.subscribers import add_subscriber, get_by_email, unsubscribe
+from tests.plugins.postgres import open_store
+from tests.plugins.smtp import SmtpRecorder, run_smtp_server
+
+pytestmark = pytest.mark.usefixtures("store")
+
+DAY = date(2024, 11, 1)
+SECRET = b"t" * 32
+MARKER = "https://marker.syndicate.invalid/unsubscribe?token=MARKER-1"
+
+
+def _templates(settings: Settings, now: Any) -> dict[str, MessageTemplate]:
+    rendered = RenderedEmail(
+        lang="vi", subject="Bản tin", preheader="", html=f'<a href="{MARKER}">x</a>\n', text=MARKER
+    )
+    info = MailInfo.from_settings(settings)
+    return {
+        "vi": build_digest_template(rendered, info=info, digest_day=DAY, marker=MARKER, now=now)
+    }
+
+
+@pytest.fixture
+def db(tmp_path: Path):  # type: ignore[no-untyped-def]
+    database = open_store(tmp_path / "syndicate.db")
+    with database.transaction() as conn:
+        conn.execute(
+            "INSERT INTO digests (day, created_at, article_ids) VALUES (?, ?, '[]')",
+            (DAY.isoformat(), f"{DAY.isoformat()}T06:00:00+00:00"),
+        )
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def send_settings(settings: Settings) -> Settings:
+    return dataclasses.replace(
+        settings,
+        site=dataclasses.replace(settings.site, base_url="https://news.example.org/"),
+        mail=dataclasses.replace(settings.mail, from_="News <news@example.org>"),
+    )
+
+
+class _LeavesMidRun(SmtpRecorder):
+    """Accepts mail; once `trigger`'s message is in, `leave` unsubscribes (committed) through
+    a connection of its own, as `syndicate serve` would."""
+
+    def __init__(self, path: Path, trigger: str, leave: str) -> None:
+        super().__init__()
+        self.path, self.trigger, self.leave = path, trigger, leave
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        reply = await super().handle_DATA(server, session, envelope)
+        if self.trigger in envelope.rcpt_tos and reply.startswith("250"):
+            with open_store(self.path) as other:
+                found = get_by_email(other, self.leave)
+                assert found is not None
+                unsubscribe(other, found.id, now=found.created_at)
+        return reply
+
+
+async def _send(db: Database, port: int, settings: Settings, now: Any, **policy: Any) -> Any:
+    return await send_digest(
+        db=db,
+        mailer=SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=1),
+        templates=_templates(settings, now),
+        settings=settings,
+        secret=SECRET,
+        day=DAY,
+        now=now,
+        policy=SendPolicy(connections=1, retry_delay=0.01, **policy),
+    )
+
+
+async def test_a_deferred_recipient_who_unsubscribes_meanwhile_is_not_mailed(  # type: ignore[no-untyped-def]
+    db, tmp_path, send_settings, now
+) -> None:
+    # reader0 is deferred (451), then unsubscribes while reader1's message goes: the retry,
+    # seconds to minutes later (smtp.retry_window), must not mail them.
+    for i in range(3):
+        add_subscriber(db, f"reader{i}@example.org", now=now)
+    handler = _LeavesMidRun(tmp_path / "syndicate.db", "reader1@example.org", "reader0@example.org")
+    handler.refuse("reader0@example.org", "451 4.2.0 mailbox busy, try later", times=1)
+    with run_smtp_server(handler) as server:
+        summary = await _send(db, server.port, send_settings, now, retry_window=5.0)
+    assert sorted(handler.recipients()) == ["reader1@example.org", "reader2@example.org"]
+    assert (summary.sent, summary.failed) == (2, 0)
+    assert ledger.day_counts(db, day=DAY) == {"sent": 2, "sending": 1}
+    again = await _send(db, server.port, send_settings, now)  # the next run owes them nothing
+    assert (again.sent, again.failed) == (0, 0)
+
+
+async def test_a_claimed_recipient_who_unsubscribes_is_dropped_at_the_next_lease_renewal(  # type: ignore[no-untyped-def]
+    db, tmp_path, send_settings, now
+) -> None:
+    # All three are claimed at once; reader2 unsubscribes once reader0's message is in, and
+    # reader1's takes longer than a renewal (every third of the lease): reader2 is not mailed.
+    for i in range(3):
+        add_subscriber(db, f"reader{i}@example.org", now=now)
+    handler = _LeavesMidRun(tmp_path / "syndicate.db", "reader0@example.org", "reader2@example.org")
+    handler.delay = 0.4
+    with run_smtp_server(handler) as server:
+        summary = await _send(db, server.port, send_settings, now, lease=0.6)
+    assert sorted(handler.recipients()) == ["reader0@example.org", "reader1@example.org"]
+    assert (summary.sent, summary.failed) == (2, 0)
