@@ -11,8 +11,10 @@ import pytest
 
 from syndicate.config import Settings
 from syndicate.digest import RenderedEmail
+from syndicate.errors import TempFailError
 from syndicate.mail import MailInfo, MessageTemplate, build_digest_template
 from syndicate.send import SendPolicy, SmtpMailer, send_digest
+from syndicate.send.policy import MAX_ATTEMPTS
 from syndicate.store import Database, ledger
 from syndicate.store.subscribers import add_subscriber, get_by_email, unsubscribe
 from tests.plugins.postgres import open_store
@@ -118,3 +120,56 @@ async def test_a_claimed_recipient_who_unsubscribes_is_dropped_at_the_next_lease
         summary = await _send(db, server.port, send_settings, now, lease=0.6)
     assert sorted(handler.recipients()) == ["reader0@example.org", "reader1@example.org"]
     assert (summary.sent, summary.failed) == (2, 0)
+
+
+class _DefersEveryone(SmtpRecorder):
+    """A relay that answers every RCPT with `reply` (a 4xx: its own queue is full, say) while
+    `deferring` is set, whoever the recipient."""
+
+    deferring = True
+    reply = "452 4.3.1 insufficient system storage"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if self.deferring:
+            return self.reply
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+
+async def test_a_relay_deferring_everyone_uses_none_of_their_attempts(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # Cron runs `send` hourly; the relay defers every recipient for longer than five runs.
+    # That is the server's fault, not the recipients': once it accepts mail again, everyone
+    # still gets the day's digest (before, each run used one of everyone's 5 attempts, and
+    # the sixth run found nobody owed: the day was lost for the whole list).
+    emails = [f"reader{i}@example.org" for i in range(12)]
+    for email in emails:
+        add_subscriber(db, email, now=now)
+    handler = _DefersEveryone()
+    with run_smtp_server(handler) as server:
+        for _run in range(MAX_ATTEMPTS + 1):
+            with pytest.raises(
+                TempFailError, match="deferred 12 recipients on their first try"
+            ) as caught:
+                await _send(db, server.port, send_settings, now, retry_window=0.1)
+            assert caught.value.exit_code == 75
+        assert ledger.count_owed(db, day=DAY, max_attempts=MAX_ATTEMPTS) == 12
+        handler.deferring = False
+        summary = await _send(db, server.port, send_settings, now)
+    assert (summary.sent, summary.failed) == (12, 0)
+    assert sorted(handler.recipients()) == sorted(emails)
+
+
+async def test_a_few_recipients_deferred_while_none_is_accepted_still_use_their_attempts(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # Fewer than 10 owed, all deferred: nothing says it is the server (one full mailbox left
+    # for a rerun looks the same); each run uses one of their attempts, as before.
+    for i in range(3):
+        add_subscriber(db, f"reader{i}@example.org", now=now)
+    with run_smtp_server(_DefersEveryone()) as server:
+        summary = await _send(db, server.port, send_settings, now, retry_window=0.1)
+    assert (summary.sent, summary.failed) == (0, 3)
+    assert ledger.day_counts(db, day=DAY) == {"failed": 3}

@@ -192,6 +192,8 @@ class _Run:
     bounced: int = 0
     in_doubt: int = 0
     refused_unaccepted: int = 0  # permanent refusals (not address statuses) before any accept
+    deferred_unaccepted: int = 0  # recipients deferred (4xx) on their digest's first try
+    server_deferred: bool = False  # stopped: the server deferred everyone (no attempt used)
     pending: list[tuple[int, Action, str]] = field(default_factory=list)  # refusals to confirm
     held: set[int] = field(default_factory=set)  # ids this worker held at the last claim/renew
     taken: set[int] = field(default_factory=set)  # ids listed in `buffer`, sent or committed
@@ -406,6 +408,7 @@ class DigestSender:
             raise
         await self._wind_down(run, keeper)
         try:
+            self._server_deferred(run)
             self._give_up_deferred(run)
             if not self.stop.stopping:
                 self._confirm_refusals(run)  # no whole-server refusal: they were real bounces
@@ -774,6 +777,8 @@ class DigestSender:
         subscriber_id = recipient.subscriber_id
         if action is Action.DEFER:
             log.info("%s (deferred)", failure.message)
+            if not tries and not recipient.attempts:
+                run.deferred_unaccepted += 1
             loop = asyncio.get_running_loop()
             due = loop.time() + _jitter(self.policy.backoff(tries + 1))
             item = _Deferred(recipient, tries + 1, reply)
@@ -853,6 +858,32 @@ class DigestSender:
                     )
                 )
 
+    def _server_deferred(self, run: _Run) -> None:
+        """End of a run that accepted nothing and deferred many recipients on their first
+        try of the digest: the server is not taking mail.
+
+        A relay that defers everyone (its queue full, a block on the sender) used one of every
+        recipient's runs each run, and after five the day was lost for the whole list. Such a
+        run stops as the server being unavailable (exit 75) and gives those deferred back
+        with no attempt used (`_give_up_deferred`). A run that accepted anyone, or deferred
+        fewer than `refuse_all_after` on their first try (a rerun left only the full
+        mailboxes of an earlier run, say), uses their attempts as before.
+        """
+        if run.sent or run.deferred_unaccepted < self.policy.refuse_all_after:
+            return
+        if self.stop.stopping or not run.deferred:
+            return
+        run.server_deferred = True
+        reply = run.deferred[0][2].reply
+        self.stop.by_error(
+            TempFailError(
+                f"mail server deferred {run.deferred_unaccepted} recipients on their first try "
+                f"and accepted none (last reply: {reply}). The server is not taking mail now; "
+                "the run used none of their attempts",
+                hint="Try again later; the next run sends to everyone not yet sent.",
+            )
+        )
+
     def _settle(self, run: _Run, subscriber_id: int, action: Action, reply: str) -> None:
         now = self.tick()
         ledger.mark_refused(
@@ -881,8 +912,13 @@ class DigestSender:
         return committing
 
     def _give_up_deferred(self, run: _Run) -> None:
-        """Record the recipients still deferred as failed (temporarily): later runs retry them."""
+        """Record the recipients still deferred as failed (temporarily): later runs retry them.
+
+        When the server deferred everyone, they are left to the release that follows: owed
+        again, with no attempt used."""
         deferred, run.deferred = run.deferred, []
+        if run.server_deferred:
+            return
         for _due, _order, item in deferred:
             ledger.mark_failed(
                 self.db,
