@@ -421,8 +421,9 @@ async def test_a_server_refusing_everyone_stops_the_run_without_bounces(  # type
         await _send(db, smtpd, send_settings, now, connections=1)
     assert caught.value.exit_code == 2
     assert "bounced nobody" in str(caught.value)
-    counts = ledger.day_counts(db, day=DAY)
-    assert counts["failed"] == 15
+    # Nothing recorded against the refused ones: the run used none of their attempts.
+    assert ledger.day_counts(db, day=DAY) == {"sending": 30}
+    assert db.conn.execute("SELECT max(attempts) FROM deliveries").fetchone()[0] == 0
     assert db.conn.execute("SELECT max(bounce_count) FROM subscribers").fetchone()[0] == 0
     assert (
         db.conn.execute("SELECT count(*) FROM subscribers WHERE status = 'confirmed'").fetchone()[0]

@@ -11,7 +11,7 @@ import pytest
 
 from syndicate.config import Settings
 from syndicate.digest import RenderedEmail
-from syndicate.errors import TempFailError
+from syndicate.errors import DeliveryError, TempFailError
 from syndicate.mail import MailInfo, MessageTemplate, build_digest_template
 from syndicate.send import SendPolicy, SmtpMailer, send_digest
 from syndicate.send.policy import MAX_ATTEMPTS
@@ -173,3 +173,26 @@ async def test_a_few_recipients_deferred_while_none_is_accepted_still_use_their_
         summary = await _send(db, server.port, send_settings, now, retry_window=0.1)
     assert (summary.sent, summary.failed) == (0, 3)
     assert ledger.day_counts(db, day=DAY) == {"failed": 3}
+
+
+async def test_a_relay_refusing_everyone_for_hours_uses_none_of_their_attempts(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # The relay refuses every recipient (5.7.1 relaying denied: the sending machine's address
+    # changed) for more than five hourly runs, each stopped as a setup problem. Once it is
+    # fixed, every subscriber still gets the day's digest: the recipients those runs tried
+    # first must not have used their 5 runs up on the relay's setup.
+    emails = [f"reader{i}@example.org" for i in range(15)]
+    for email in emails:
+        add_subscriber(db, email, now=now)
+    handler = _DefersEveryone()
+    handler.reply = "554 5.7.1 Relaying denied"
+    with run_smtp_server(handler) as server:
+        for _run in range(MAX_ATTEMPTS + 1):
+            with pytest.raises(DeliveryError, match="refused the first 10 recipients"):
+                await _send(db, server.port, send_settings, now)
+        assert db.conn.execute("SELECT max(bounce_count) FROM subscribers").fetchone()[0] == 0
+        handler.deferring = False
+        summary = await _send(db, server.port, send_settings, now)
+    assert (summary.sent, summary.failed) == (15, 0)
+    assert sorted(handler.recipients()) == sorted(emails)

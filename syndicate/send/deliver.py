@@ -836,14 +836,9 @@ class DigestSender:
             self._settle(run, subscriber_id, action, reply)
             return
         # Until one message is accepted, every refusal may be the server's setup refusing all.
-        ledger.mark_failed(
-            self.db,
-            day=run.day,
-            subscriber_id=subscriber_id,
-            reply=reply,
-            now=self.tick(),
-            owner=self.worker,
-        )
+        # The row stays held, unrecorded: a run that stops (that setup, a signal) gives it
+        # back with no attempt used; marked failed, it used one of the recipient's runs, and
+        # five hourly runs against a relay refusing everyone cost the first ones the day.
         run.pending.append((subscriber_id, action, reply))
         if action is Action.COUNT_BOUNCE:
             run.refused_unaccepted += 1
