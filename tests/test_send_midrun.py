@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import date
 from pathlib import Path
@@ -14,6 +15,7 @@ from syndicate.digest import RenderedEmail
 from syndicate.errors import DeliveryError, TempFailError
 from syndicate.mail import MailInfo, MessageTemplate, build_digest_template
 from syndicate.send import SendPolicy, SmtpMailer, send_digest
+from syndicate.send.deliver import DigestSender, make_run_id, make_worker_id
 from syndicate.send.policy import MAX_ATTEMPTS
 from syndicate.store import Database, ledger
 from syndicate.store.subscribers import add_subscriber, get_by_email, unsubscribe
@@ -196,3 +198,44 @@ async def test_a_relay_refusing_everyone_for_hours_uses_none_of_their_attempts( 
         summary = await _send(db, server.port, send_settings, now)
     assert (summary.sent, summary.failed) == (15, 0)
     assert sorted(handler.recipients()) == sorted(emails)
+
+
+async def test_two_workers_refused_before_any_accept_both_finish(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # Two workers of one run (`--workers 2`), each holding a batch that the server refuses
+    # before it accepted anything: each must finish (a row waiting for its refusal to be
+    # confirmed must not look like another worker's live lease to the other, or each waits for
+    # the other for ever). The refusals are real here: every address bounces.
+    emails = [f"reader{i}@example.org" for i in range(24)]
+    for email in emails:
+        add_subscriber(db, email, now=now)
+    handler = _DefersEveryone()
+    handler.reply = "550 5.1.1 no such user"
+    run = make_run_id()
+    with run_smtp_server(handler) as server:
+
+        def worker(number: int) -> DigestSender:
+            mailer = SmtpMailer(
+                host="127.0.0.1", port=server.port, tls="none", timeout=5, connections=1
+            )
+            policy = SendPolicy(connections=1, retry_window=0.1, retry_delay=0.01)
+            return DigestSender(
+                db=db,
+                mailer=mailer,
+                settings=send_settings,
+                secret=SECRET,
+                policy=policy,
+                worker=make_worker_id(run, number),
+            )
+
+        templates = _templates(send_settings, now)
+        summaries = await asyncio.wait_for(
+            asyncio.gather(
+                *(worker(n).send(templates=templates, day=DAY, now=now) for n in (1, 2))
+            ),
+            timeout=20,
+        )
+    assert all(s.failed for s in summaries)  # each worker held some of them
+    assert sum(s.failed for s in summaries) == 24
+    assert ledger.day_counts(db, day=DAY) == {"failed": 24}

@@ -412,6 +412,8 @@ class DigestSender:
             self._give_up_deferred(run)
             if not self.stop.stopping:
                 self._confirm_refusals(run)  # no whole-server refusal: they were real bounces
+            else:
+                self._give_back_refusals(run)
             # Claimed and never started (a stop, a setup error): owed again, to anyone, now.
             ledger.release(self.db, day=day, owner=self.worker)
         finally:
@@ -836,9 +838,16 @@ class DigestSender:
             self._settle(run, subscriber_id, action, reply)
             return
         # Until one message is accepted, every refusal may be the server's setup refusing all.
-        # The row stays held, unrecorded: a run that stops (that setup, a signal) gives it
-        # back with no attempt used; marked failed, it used one of the recipient's runs, and
-        # five hourly runs against a relay refusing everyone cost the first ones the day.
+        # Failed for now (no worker of this run takes it again); a run that stops before any
+        # accept gives it back with no attempt used (`_give_back_refusals`).
+        ledger.mark_failed(
+            self.db,
+            day=run.day,
+            subscriber_id=subscriber_id,
+            reply=reply,
+            now=self.tick(),
+            owner=self.worker,
+        )
         run.pending.append((subscriber_id, action, reply))
         if action is Action.COUNT_BOUNCE:
             run.refused_unaccepted += 1
@@ -893,6 +902,20 @@ class DigestSender:
         limit = 1 if action is Action.BOUNCE_NOW else self.policy.bounce_limit
         if record_bounce(self.db, subscriber_id, limit=limit, now=now):
             run.bounced += 1
+
+    def _give_back_refusals(self, run: _Run) -> None:
+        """A run that stopped before any accept (the server refusing everyone, a signal): its
+        refusals prove nothing about the recipients. Owed again with no attempt used: marked
+        failed, five hourly runs against a relay refusing everyone cost the first recipients
+        the day's digest, and the next run took the others' refusals as real."""
+        pending, run.pending = run.pending, []
+        ledger.unmark_failed(
+            self.db,
+            day=run.day,
+            subscriber_ids=[p[0] for p in pending],
+            owner=self.worker,
+            now=self.tick(),
+        )
 
     def _confirm_refusals(self, run: _Run) -> None:
         pending, run.pending = run.pending, []

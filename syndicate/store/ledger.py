@@ -136,6 +136,14 @@ _MARK_REFUSED = """
         lease_until = NULL
     WHERE digest_day = :day AND subscriber_id = :id
 """
+# Undo a failure this run marked (`_MARK_FAILED` with :owner) before knowing whether the
+# server takes mail at all: the row is owed again, to any run, with the attempt given back.
+_UNMARK_FAILED = """
+    UPDATE deliveries SET status = 'sending', attempts = attempts - 1, reply = NULL,
+        updated_at = :now, lease_owner = NULL, lease_until = NULL
+    WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
+      AND lease_until IS NULL AND status = 'failed' AND attempts > 0
+"""
 # Counts per status for one day (stats, tests).
 _DAY_COUNTS = "SELECT status, count(*) FROM deliveries WHERE digest_day = ? GROUP BY status"
 # One row, for `inspect`-style checks and tests.
@@ -446,6 +454,24 @@ def mark_failed(
     try:
         with db.transaction(rows_only=True) as conn:
             conn.execute(_MARK_FAILED + (_HELD if owner is not None else ""), params)
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+
+
+def unmark_failed(
+    db: Database, *, day: date, subscriber_ids: Sequence[int], owner: str, now: datetime
+) -> None:
+    """Give back the attempts `owner` marked failed on `subscriber_ids` (its run stopped
+    before it could tell the recipients' fault from the server's): owed again at once."""
+    if not subscriber_ids:
+        return
+    stamp, key = _iso(now), day.isoformat()
+    try:
+        with db.transaction(rows_only=True) as conn:
+            conn.executemany(
+                _UNMARK_FAILED,
+                ({"day": key, "id": i, "owner": owner, "now": stamp} for i in subscriber_ids),
+            )
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
 
