@@ -379,14 +379,16 @@ class _AlwaysGarbled(Conversation):
 async def test_a_server_that_only_garbles_is_retried_like_one_that_drops_and_bounces_nobody(  # type: ignore[no-untyped-def]
     db, send_settings, now
 ) -> None:
-    # As a server that keeps dropping the connection: each recipient is deferred, then
-    # failed for now when the retry window ends; the next run tries them all again.
+    # As a server that keeps dropping the connection: each recipient is deferred; with none
+    # accepted, the run stops as the server not taking mail (exit 75), using none of their
+    # attempts; the next run tries them all again.
     _subscribe(db, 12, now)
     async with scripted(_AlwaysGarbled()) as port:
         mailer = SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=2)
-        summary = await _send(db, None, send_settings, now, mailer=mailer, retry_window=0.2)
-    assert (summary.sent, summary.failed, summary.bounced) == (0, 12, 0)
+        with pytest.raises(TempFailError, match="deferred 12 recipients on their first try"):
+            await _send(db, None, send_settings, now, mailer=mailer, retry_window=0.2)
     assert ledger.count_owed(db, day=DAY, max_attempts=5) == 12
+    assert db.conn.execute("SELECT max(attempts) FROM deliveries").fetchone()[0] == 0
     assert db.conn.execute("SELECT max(bounce_count) FROM subscribers").fetchone()[0] == 0
 
 
@@ -419,8 +421,9 @@ async def test_a_server_refusing_everyone_stops_the_run_without_bounces(  # type
         await _send(db, smtpd, send_settings, now, connections=1)
     assert caught.value.exit_code == 2
     assert "bounced nobody" in str(caught.value)
-    counts = ledger.day_counts(db, day=DAY)
-    assert counts["failed"] == 15
+    # Nothing recorded against the refused ones: the run used none of their attempts.
+    assert ledger.day_counts(db, day=DAY) == {"sending": 30}
+    assert db.conn.execute("SELECT max(attempts) FROM deliveries").fetchone()[0] == 0
     assert db.conn.execute("SELECT max(bounce_count) FROM subscribers").fetchone()[0] == 0
     assert (
         db.conn.execute("SELECT count(*) FROM subscribers WHERE status = 'confirmed'").fetchone()[0]

@@ -192,13 +192,15 @@ class _Run:
     bounced: int = 0
     in_doubt: int = 0
     refused_unaccepted: int = 0  # permanent refusals (not address statuses) before any accept
+    deferred_unaccepted: int = 0  # recipients deferred (4xx) on their digest's first try
+    server_deferred: bool = False  # stopped: the server deferred everyone (no attempt used)
     pending: list[tuple[int, Action, str]] = field(default_factory=list)  # refusals to confirm
     held: set[int] = field(default_factory=set)  # ids this worker held at the last claim/renew
     taken: set[int] = field(default_factory=set)  # ids listed in `buffer`, sent or committed
     started: set[int] = field(default_factory=set)  # ids whose body may go, not yet back
     waiting: set[int] = field(default_factory=set)  # ids listed in `deferred` (also taken)
     held_until: datetime | None = None  # when that lease runs out (the earliest, after claims)
-    dropped: int = 0  # claimed, then taken over by another worker (never sent by this one)
+    dropped: int = 0  # claimed, then taken over by another worker or left (never sent by this)
     order: itertools.count[int] = field(default_factory=itertools.count)
     claiming: asyncio.Task[tuple[list[ledger.Recipient], datetime]] | None = None  # the next batch
 
@@ -406,9 +408,12 @@ class DigestSender:
             raise
         await self._wind_down(run, keeper)
         try:
+            self._server_deferred(run)
             self._give_up_deferred(run)
             if not self.stop.stopping:
                 self._confirm_refusals(run)  # no whole-server refusal: they were real bounces
+            else:
+                self._give_back_refusals(run)
             # Claimed and never started (a stop, a setup error): owed again, to anyone, now.
             ledger.release(self.db, day=day, owner=self.worker)
         finally:
@@ -417,7 +422,7 @@ class DigestSender:
         if run.dropped:
             log.info(
                 "%d recipients were taken over by another worker while this one (%s) had lost "
-                "its lease; it did not send them.",
+                "its lease, or left the list meanwhile; it did not send them.",
                 run.dropped,
                 self.worker,
             )
@@ -675,6 +680,9 @@ class DigestSender:
                     heapq.heappop(run.deferred)
                     run.waiting.discard(item.recipient.subscriber_id)
                     recipient, tries = item.recipient, item.tries
+                    # It waited seconds to minutes: ask the store again whether it is still
+                    # this worker's and still confirmed (one may unsubscribe meanwhile).
+                    self._renew(run, self.tick())
                 committing = None
                 try:
                     committing = await self._deliver(run, recipient, tries, build(recipient), saved)
@@ -771,6 +779,8 @@ class DigestSender:
         subscriber_id = recipient.subscriber_id
         if action is Action.DEFER:
             log.info("%s (deferred)", failure.message)
+            if not tries and not recipient.attempts:
+                run.deferred_unaccepted += 1
             loop = asyncio.get_running_loop()
             due = loop.time() + _jitter(self.policy.backoff(tries + 1))
             item = _Deferred(recipient, tries + 1, reply)
@@ -828,6 +838,8 @@ class DigestSender:
             self._settle(run, subscriber_id, action, reply)
             return
         # Until one message is accepted, every refusal may be the server's setup refusing all.
+        # Failed for now (no worker of this run takes it again); a run that stops before any
+        # accept gives it back with no attempt used (`_give_back_refusals`).
         ledger.mark_failed(
             self.db,
             day=run.day,
@@ -850,6 +862,32 @@ class DigestSender:
                     )
                 )
 
+    def _server_deferred(self, run: _Run) -> None:
+        """End of a run that accepted nothing and deferred many recipients on their first
+        try of the digest: the server is not taking mail.
+
+        A relay that defers everyone (its queue full, a block on the sender) used one of every
+        recipient's runs each run, and after five the day was lost for the whole list. Such a
+        run stops as the server being unavailable (exit 75) and gives those deferred back
+        with no attempt used (`_give_up_deferred`). A run that accepted anyone, or deferred
+        fewer than `refuse_all_after` on their first try (a rerun left only the full
+        mailboxes of an earlier run, say), uses their attempts as before.
+        """
+        if run.sent or run.deferred_unaccepted < self.policy.refuse_all_after:
+            return
+        if self.stop.stopping or not run.deferred:
+            return
+        run.server_deferred = True
+        reply = run.deferred[0][2].reply
+        self.stop.by_error(
+            TempFailError(
+                f"mail server deferred {run.deferred_unaccepted} recipients on their first try "
+                f"and accepted none (last reply: {reply}). The server is not taking mail now; "
+                "the run used none of their attempts",
+                hint="Try again later; the next run sends to everyone not yet sent.",
+            )
+        )
+
     def _settle(self, run: _Run, subscriber_id: int, action: Action, reply: str) -> None:
         now = self.tick()
         ledger.mark_refused(
@@ -865,6 +903,20 @@ class DigestSender:
         if record_bounce(self.db, subscriber_id, limit=limit, now=now):
             run.bounced += 1
 
+    def _give_back_refusals(self, run: _Run) -> None:
+        """A run that stopped before any accept (the server refusing everyone, a signal): its
+        refusals prove nothing about the recipients. Owed again with no attempt used: marked
+        failed, five hourly runs against a relay refusing everyone cost the first recipients
+        the day's digest, and the next run took the others' refusals as real."""
+        pending, run.pending = run.pending, []
+        ledger.unmark_failed(
+            self.db,
+            day=run.day,
+            subscriber_ids=[p[0] for p in pending],
+            owner=self.worker,
+            now=self.tick(),
+        )
+
     def _confirm_refusals(self, run: _Run) -> None:
         pending, run.pending = run.pending, []
         for subscriber_id, action, reply in pending:
@@ -878,8 +930,13 @@ class DigestSender:
         return committing
 
     def _give_up_deferred(self, run: _Run) -> None:
-        """Record the recipients still deferred as failed (temporarily): later runs retry them."""
+        """Record the recipients still deferred as failed (temporarily): later runs retry them.
+
+        When the server deferred everyone, they are left to the release that follows: owed
+        again, with no attempt used."""
         deferred, run.deferred = run.deferred, []
+        if run.server_deferred:
+            return
         for _due, _order, item in deferred:
             ledger.mark_failed(
                 self.db,

@@ -135,6 +135,14 @@ _MARK_REFUSED = """
         lease_until = NULL
     WHERE digest_day = :day AND subscriber_id = :id
 """
+# Undo a failure this run marked (`_MARK_FAILED` with :owner) before knowing whether the
+# server takes mail at all: the row is owed again, to any run, with the attempt given back.
+_UNMARK_FAILED = """
+    UPDATE deliveries SET status = 'sending', attempts = attempts - 1, reply = NULL,
+        updated_at = :now, lease_owner = NULL, lease_until = NULL
+    WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
+      AND lease_until IS NULL AND status = 'failed' AND attempts > 0
+"""
 # Counts per status for one day (stats, tests).
 _DAY_COUNTS = "SELECT status, count(*) FROM deliveries WHERE digest_day = ? GROUP BY status"
 # One row, for `inspect`-style checks and tests.
@@ -449,6 +457,24 @@ def mark_failed(
         raise _fail(db, exc) from exc
 
 
+def unmark_failed(
+    db: Database, *, day: date, subscriber_ids: Sequence[int], owner: str, now: datetime
+) -> None:
+    """Give back the attempts `owner` marked failed on `subscriber_ids` (its run stopped
+    before it could tell the recipients' fault from the server's): owed again at once."""
+    if not subscriber_ids:
+        return
+    stamp, key = _iso(now), day.isoformat()
+    try:
+        with db.transaction(rows_only=True) as conn:
+            conn.executemany(
+                _UNMARK_FAILED,
+                ({"day": key, "id": i, "owner": owner, "now": stamp} for i in subscriber_ids),
+            )
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+
+
 def mark_refused(
     db: Database,
     *,
@@ -580,11 +606,16 @@ def claim_statement(dialect: str) -> str:
 
 # Renew: extend the lease of every row :owner still holds for :day, and say which those
 # are. A row another worker claimed (its lease had run out) is no longer :owner's: it is
-# left out, and its sender drops it (fencing). Rows sent, failed or in doubt have no expiry.
+# left out, and its sender drops it (fencing). So is the row of a subscriber no longer
+# confirmed (unsubscribed, bounced, complained since the claim; an erased one has no row):
+# nobody who left is mailed by a run that claimed them before. Rows sent, failed or in
+# doubt have no expiry.
 _RENEW = """
     UPDATE deliveries SET lease_until = :until
     WHERE digest_day = :day AND status <> 'sent' AND lease_until IS NOT NULL
       AND lease_owner = :owner AND status = 'sending'
+      AND (SELECT s.status FROM subscribers AS s WHERE s.id = deliveries.subscriber_id)
+          = 'confirmed'
     RETURNING subscriber_id
 """
 
@@ -743,7 +774,8 @@ def _recipients(rows: Iterable[Any]) -> list[Recipient]:
 
 
 def renew(db: Database, *, day: date, owner: str, now: datetime, lease: float) -> set[int]:
-    """Extend `owner`'s lease on its rows of `day`; return the ids it still holds."""
+    """Extend `owner`'s lease on its rows of `day`; return the ids it still holds (of
+    subscribers still confirmed)."""
     params = {
         "day": day.isoformat(),
         "owner": owner,

@@ -1,0 +1,241 @@
+"""Send: what changes under a run's feet (a subscriber leaves while the run goes on)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syndicate.config import Settings
+from syndicate.digest import RenderedEmail
+from syndicate.errors import DeliveryError, TempFailError
+from syndicate.mail import MailInfo, MessageTemplate, build_digest_template
+from syndicate.send import SendPolicy, SmtpMailer, send_digest
+from syndicate.send.deliver import DigestSender, make_run_id, make_worker_id
+from syndicate.send.policy import MAX_ATTEMPTS
+from syndicate.store import Database, ledger
+from syndicate.store.subscribers import add_subscriber, get_by_email, unsubscribe
+from tests.plugins.postgres import open_store
+from tests.plugins.smtp import SmtpRecorder, run_smtp_server
+
+pytestmark = pytest.mark.usefixtures("store")
+
+DAY = date(2024, 11, 1)
+SECRET = b"t" * 32
+MARKER = "https://marker.syndicate.invalid/unsubscribe?token=MARKER-1"
+
+
+def _templates(settings: Settings, now: Any) -> dict[str, MessageTemplate]:
+    rendered = RenderedEmail(
+        lang="vi", subject="Bản tin", preheader="", html=f'<a href="{MARKER}">x</a>\n', text=MARKER
+    )
+    info = MailInfo.from_settings(settings)
+    return {
+        "vi": build_digest_template(rendered, info=info, digest_day=DAY, marker=MARKER, now=now)
+    }
+
+
+@pytest.fixture
+def db(tmp_path: Path):  # type: ignore[no-untyped-def]
+    database = open_store(tmp_path / "syndicate.db")
+    with database.transaction() as conn:
+        conn.execute(
+            "INSERT INTO digests (day, created_at, article_ids) VALUES (?, ?, '[]')",
+            (DAY.isoformat(), f"{DAY.isoformat()}T06:00:00+00:00"),
+        )
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def send_settings(settings: Settings) -> Settings:
+    return dataclasses.replace(
+        settings,
+        site=dataclasses.replace(settings.site, base_url="https://news.example.org/"),
+        mail=dataclasses.replace(settings.mail, from_="News <news@example.org>"),
+    )
+
+
+class _LeavesMidRun(SmtpRecorder):
+    """Accepts mail; once `trigger`'s message is in, `leave` unsubscribes (committed) through
+    a connection of its own, as `syndicate serve` would."""
+
+    def __init__(self, path: Path, trigger: str, leave: str) -> None:
+        super().__init__()
+        self.path, self.trigger, self.leave = path, trigger, leave
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        reply = await super().handle_DATA(server, session, envelope)
+        if self.trigger in envelope.rcpt_tos and reply.startswith("250"):
+            with open_store(self.path) as other:
+                found = get_by_email(other, self.leave)
+                assert found is not None
+                unsubscribe(other, found.id, now=found.created_at)
+        return reply
+
+
+async def _send(db: Database, port: int, settings: Settings, now: Any, **policy: Any) -> Any:
+    return await send_digest(
+        db=db,
+        mailer=SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=1),
+        templates=_templates(settings, now),
+        settings=settings,
+        secret=SECRET,
+        day=DAY,
+        now=now,
+        policy=SendPolicy(connections=1, retry_delay=0.01, **policy),
+    )
+
+
+async def test_a_deferred_recipient_who_unsubscribes_meanwhile_is_not_mailed(  # type: ignore[no-untyped-def]
+    db, tmp_path, send_settings, now
+) -> None:
+    # reader0 is deferred (451), then unsubscribes while reader1's message goes: the retry,
+    # seconds to minutes later (smtp.retry_window), must not mail them.
+    for i in range(3):
+        add_subscriber(db, f"reader{i}@example.org", now=now)
+    handler = _LeavesMidRun(tmp_path / "syndicate.db", "reader1@example.org", "reader0@example.org")
+    handler.refuse("reader0@example.org", "451 4.2.0 mailbox busy, try later", times=1)
+    with run_smtp_server(handler) as server:
+        summary = await _send(db, server.port, send_settings, now, retry_window=5.0)
+    assert sorted(handler.recipients()) == ["reader1@example.org", "reader2@example.org"]
+    assert (summary.sent, summary.failed) == (2, 0)
+    assert ledger.day_counts(db, day=DAY) == {"sent": 2, "sending": 1}
+    again = await _send(db, server.port, send_settings, now)  # the next run owes them nothing
+    assert (again.sent, again.failed) == (0, 0)
+
+
+async def test_a_claimed_recipient_who_unsubscribes_is_dropped_at_the_next_lease_renewal(  # type: ignore[no-untyped-def]
+    db, tmp_path, send_settings, now
+) -> None:
+    # All three are claimed at once; reader2 unsubscribes once reader0's message is in, and
+    # reader1's takes longer than a renewal (every third of the lease): reader2 is not mailed.
+    for i in range(3):
+        add_subscriber(db, f"reader{i}@example.org", now=now)
+    handler = _LeavesMidRun(tmp_path / "syndicate.db", "reader0@example.org", "reader2@example.org")
+    handler.delay = 0.4
+    with run_smtp_server(handler) as server:
+        summary = await _send(db, server.port, send_settings, now, lease=0.6)
+    assert sorted(handler.recipients()) == ["reader0@example.org", "reader1@example.org"]
+    assert (summary.sent, summary.failed) == (2, 0)
+
+
+class _DefersEveryone(SmtpRecorder):
+    """A relay that answers every RCPT with `reply` (a 4xx: its own queue is full, say) while
+    `deferring` is set, whoever the recipient."""
+
+    deferring = True
+    reply = "452 4.3.1 insufficient system storage"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if self.deferring:
+            return self.reply
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+
+async def test_a_relay_deferring_everyone_uses_none_of_their_attempts(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # Cron runs `send` hourly; the relay defers every recipient for longer than five runs.
+    # That is the server's fault, not the recipients': once it accepts mail again, everyone
+    # still gets the day's digest (before, each run used one of everyone's 5 attempts, and
+    # the sixth run found nobody owed: the day was lost for the whole list).
+    emails = [f"reader{i}@example.org" for i in range(12)]
+    for email in emails:
+        add_subscriber(db, email, now=now)
+    handler = _DefersEveryone()
+    with run_smtp_server(handler) as server:
+        for _run in range(MAX_ATTEMPTS + 1):
+            with pytest.raises(
+                TempFailError, match="deferred 12 recipients on their first try"
+            ) as caught:
+                await _send(db, server.port, send_settings, now, retry_window=0.1)
+            assert caught.value.exit_code == 75
+        assert ledger.count_owed(db, day=DAY, max_attempts=MAX_ATTEMPTS) == 12
+        handler.deferring = False
+        summary = await _send(db, server.port, send_settings, now)
+    assert (summary.sent, summary.failed) == (12, 0)
+    assert sorted(handler.recipients()) == sorted(emails)
+
+
+async def test_a_few_recipients_deferred_while_none_is_accepted_still_use_their_attempts(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # Fewer than 10 owed, all deferred: nothing says it is the server (one full mailbox left
+    # for a rerun looks the same); each run uses one of their attempts, as before.
+    for i in range(3):
+        add_subscriber(db, f"reader{i}@example.org", now=now)
+    with run_smtp_server(_DefersEveryone()) as server:
+        summary = await _send(db, server.port, send_settings, now, retry_window=0.1)
+    assert (summary.sent, summary.failed) == (0, 3)
+    assert ledger.day_counts(db, day=DAY) == {"failed": 3}
+
+
+async def test_a_relay_refusing_everyone_for_hours_uses_none_of_their_attempts(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # The relay refuses every recipient (5.7.1 relaying denied: the sending machine's address
+    # changed) for more than five hourly runs, each stopped as a setup problem. Once it is
+    # fixed, every subscriber still gets the day's digest: the recipients those runs tried
+    # first must not have used their 5 runs up on the relay's setup.
+    emails = [f"reader{i}@example.org" for i in range(15)]
+    for email in emails:
+        add_subscriber(db, email, now=now)
+    handler = _DefersEveryone()
+    handler.reply = "554 5.7.1 Relaying denied"
+    with run_smtp_server(handler) as server:
+        for _run in range(MAX_ATTEMPTS + 1):
+            with pytest.raises(DeliveryError, match="refused the first 10 recipients"):
+                await _send(db, server.port, send_settings, now)
+        assert db.conn.execute("SELECT max(bounce_count) FROM subscribers").fetchone()[0] == 0
+        handler.deferring = False
+        summary = await _send(db, server.port, send_settings, now)
+    assert (summary.sent, summary.failed) == (15, 0)
+    assert sorted(handler.recipients()) == sorted(emails)
+
+
+async def test_two_workers_refused_before_any_accept_both_finish(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # Two workers of one run (`--workers 2`), each holding a batch that the server refuses
+    # before it accepted anything: each must finish (a row waiting for its refusal to be
+    # confirmed must not look like another worker's live lease to the other, or each waits for
+    # the other for ever). The refusals are real here: every address bounces.
+    emails = [f"reader{i}@example.org" for i in range(24)]
+    for email in emails:
+        add_subscriber(db, email, now=now)
+    handler = _DefersEveryone()
+    handler.reply = "550 5.1.1 no such user"
+    run = make_run_id()
+    with run_smtp_server(handler) as server:
+
+        def worker(number: int) -> DigestSender:
+            mailer = SmtpMailer(
+                host="127.0.0.1", port=server.port, tls="none", timeout=5, connections=1
+            )
+            policy = SendPolicy(connections=1, retry_window=0.1, retry_delay=0.01)
+            return DigestSender(
+                db=db,
+                mailer=mailer,
+                settings=send_settings,
+                secret=SECRET,
+                policy=policy,
+                worker=make_worker_id(run, number),
+            )
+
+        templates = _templates(send_settings, now)
+        summaries = await asyncio.wait_for(
+            asyncio.gather(
+                *(worker(n).send(templates=templates, day=DAY, now=now) for n in (1, 2))
+            ),
+            timeout=20,
+        )
+    assert all(s.failed for s in summaries)  # each worker held some of them
+    assert sum(s.failed for s in summaries) == 24
+    assert ledger.day_counts(db, day=DAY) == {"failed": 24}
