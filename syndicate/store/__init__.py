@@ -50,6 +50,7 @@ _FULL_CODES = frozenset({sqlite3.SQLITE_FULL})
 _FILE_MODE = 0o600
 _FOLDER_MODE = 0o700
 _SIDE_FILES = ("", "-wal", "-shm")
+_SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database
 
 log = logging.getLogger(__name__)
 
@@ -557,6 +558,8 @@ def _create_private_file(path: Path) -> None:
         return
     except FileExistsError:
         pass
+    if not _is_sqlite_file(path):
+        return  # a folder or some other file (a slip in paths.database): not ours to change
     for name in _SIDE_FILES:
         side = path.with_name(path.name + name)
         if name and side.is_symlink():
@@ -577,6 +580,18 @@ def _create_private_file(path: Path) -> None:
             continue
         except PermissionError as exc:  # not ours to change: say so, and go on
             log.warning("%s: open to all users, and cannot be tightened: %s.", side, exc)
+
+
+def _is_sqlite_file(path: Path) -> bool:
+    """Whether `path` is a regular file that is empty or starts as a SQLite database."""
+    if not path.is_file():  # a folder, a FIFO (opening it would block): not a database
+        return False
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(_SQLITE_HEADER))
+    except OSError:  # unreadable: SQLite's own error says what is wrong
+        return False
+    return head in (b"", _SQLITE_HEADER)
 
 
 def _migrate(db: Database) -> None:

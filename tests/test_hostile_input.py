@@ -1,0 +1,57 @@
+"""Hostile and careless input through the real CLI: one clear line, a true exit code.
+
+Each test runs `python -m syndicate` in a subprocess, as cron or an operator would, with
+input an attacker or a slip of the keyboard could give it, and checks what is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _syndicate(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would, with no SYNDICATE_* variable of the test's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "syndicate", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("kind", ["folder", "text file"])
+def test_a_database_path_naming_something_else_leaves_its_mode_alone(
+    tmp_path: Path, kind: str
+) -> None:
+    # paths.database = "/tmp" (a slip for "/tmp/syndicate.db") took "others" off /tmp
+    # itself, mode 1777 to 1770, breaking every other user's temporary files; pointed at
+    # a text file it made that file unreadable to others before finding it no database.
+    other = tmp_path / "shared"
+    if kind == "folder":
+        other.mkdir()
+        other.chmod(0o755)
+    else:
+        other.write_text("not a database\n", encoding="utf-8")
+        other.chmod(0o644)
+    (tmp_path / "seeds").mkdir()
+    (tmp_path / "syndicate.toml").write_text(f'[paths]\ndatabase = "{other}"\n', encoding="utf-8")
+    done = _syndicate(tmp_path, "build")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"Error: {other}: ")
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert _mode(other) in (0o755, 0o644)
+    assert _mode(other) == (0o755 if kind == "folder" else 0o644)
