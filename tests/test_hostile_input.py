@@ -55,3 +55,19 @@ def test_a_database_path_naming_something_else_leaves_its_mode_alone(
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert _mode(other) in (0o755, 0o644)
     assert _mode(other) == (0o755 if kind == "folder" else 0o644)
+
+
+def test_an_import_with_a_cell_too_big_for_csv_is_one_line_and_imports_nothing(
+    tmp_path: Path,
+) -> None:
+    # A 200 kB cell (a pasted blob, a broken export) is over the csv module's field limit:
+    # the import died with a traceback (exit 1) after storing the rows above it.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    rows = "email,name\nan@example.org,An\nbinh@example.org," + "x" * 200_000 + "\n"
+    (tmp_path / "list.csv").write_text(rows + "chi@example.org,Chi\n", encoding="utf-8")
+    done = _syndicate(tmp_path, "subscribers", "import", "list.csv")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith("Error: list.csv line 3: not readable as CSV: ")
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    listed = _syndicate(tmp_path, "subscribers", "list", "--json")
+    assert (listed.returncode, listed.stdout) == (0, "")
