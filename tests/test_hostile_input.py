@@ -15,13 +15,17 @@ from pathlib import Path
 import pytest
 
 
-def _syndicate(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _syndicate(
+    cwd: Path, *args: str, stdin_closed: bool = False
+) -> subprocess.CompletedProcess[str]:
     """Run the CLI as a user would, with no SYNDICATE_* variable of the test's own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
     return subprocess.run(
         [sys.executable, "-m", "syndicate", *args],
         cwd=cwd,
         env=env,
+        stdin=None if stdin_closed else subprocess.DEVNULL,
+        preexec_fn=(lambda: os.close(0)) if stdin_closed else None,
         capture_output=True,
         text=True,
         timeout=120,
@@ -71,3 +75,15 @@ def test_an_import_with_a_cell_too_big_for_csv_is_one_line_and_imports_nothing(
     assert len(done.stderr.splitlines()) == 1, done.stderr
     listed = _syndicate(tmp_path, "subscribers", "list", "--json")
     assert (listed.returncode, listed.stdout) == (0, "")
+
+
+def test_bounces_from_a_closed_standard_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    # `syndicate bounces -` from a pipe set up wrong (cron, an MTA with stdin closed): the
+    # command died with AttributeError and a traceback, exit 1.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    done = _syndicate(tmp_path, "bounces", "-", stdin_closed=True)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "Error: bounces: '-' reads standard input, but it is closed. "
+        "Pipe one message into it, or give a Maildir, mbox or .eml file.\n"
+    )
