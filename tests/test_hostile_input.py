@@ -87,3 +87,15 @@ def test_bounces_from_a_closed_standard_input_is_one_line_and_exit_2(tmp_path: P
         "Error: bounces: '-' reads standard input, but it is closed. "
         "Pipe one message into it, or give a Maildir, mbox or .eml file.\n"
     )
+
+
+def test_a_mail_with_no_from_header_prints_no_traceback(tmp_path: Path) -> None:
+    # Anyone can mail the bounce address. A mail with no From made one of flufl.bounce's
+    # detectors raise, and flufl logged it with a traceback, which reached stderr (and cron's
+    # mail to the operator) through logging's last-resort handler, on every run.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    mail = tmp_path / "odd.eml"
+    mail.write_bytes(b"To: news@example.org\r\nSubject: hello\r\n\r\nJust text.\r\n")
+    done = _syndicate(tmp_path, "bounces", str(mail))
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == "bounces: 0 hard, 0 soft, 0 complaints, 1 ignored, 0 unreadable\n"
