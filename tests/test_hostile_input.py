@@ -6,13 +6,18 @@ input an attacker or a slip of the keyboard could give it, and checks what is le
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+
+from syndicate.store import open_database
+from syndicate.store.subscribers import add_subscriber
 
 
 def _syndicate(
@@ -99,3 +104,24 @@ def test_a_mail_with_no_from_header_prints_no_traceback(tmp_path: Path) -> None:
     done = _syndicate(tmp_path, "bounces", str(mail))
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == "bounces: 0 hard, 0 soft, 0 complaints, 1 ignored, 0 unreadable\n"
+
+
+def test_a_second_connection_in_one_process_keeps_the_first_ones_locks(
+    tmp_path: Path, now: datetime
+) -> None:
+    # `serve` opens the store twice (a writer and a reader). Had opening it read the file
+    # through a descriptor of its own, closing that descriptor would drop every POSIX lock
+    # the process held on it: a CLI command that ended meanwhile then found itself the last
+    # user, checkpointed and deleted the -wal under the server, and the server's next
+    # writes (a confirmation answered "confirmed") went to a deleted file.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    with open_database(tmp_path / "s.db") as writer:
+        add_subscriber(writer, "an@example.org", now=now)
+        with open_database(tmp_path / "s.db", read_only=True):
+            assert _syndicate(tmp_path, "subscribers", "list").returncode == 0
+            add_subscriber(writer, "binh@example.org", now=now)
+            listed = _syndicate(tmp_path, "subscribers", "list", "--json")
+    assert [json.loads(line)["email"] for line in listed.stdout.splitlines()] == [
+        "an@example.org",
+        "binh@example.org",
+    ]

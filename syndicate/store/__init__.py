@@ -50,7 +50,6 @@ _FULL_CODES = frozenset({sqlite3.SQLITE_FULL})
 _FILE_MODE = 0o600
 _FOLDER_MODE = 0o700
 _SIDE_FILES = ("", "-wal", "-shm")
-_SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database
 
 log = logging.getLogger(__name__)
 
@@ -389,6 +388,7 @@ def open_database(
     try:
         _make_private_folder(path.parent)
         _create_private_file(path)
+        found = {name for name in _SIDE_FILES if path.with_name(path.name + name).exists()}
         # isolation_level=None: we issue BEGIN ourselves, so transactions are explicit.
         conn = sqlite3.connect(
             path,
@@ -413,6 +413,9 @@ def open_database(
         _migrate(db)
         if read_only:
             conn.execute("PRAGMA query_only = ON")
+        # Only now, when SQLite has read it as a syndicate store: a paths.database naming
+        # a folder ("/tmp") or some other file is refused above with its mode left alone.
+        _tighten_private_file(path, warn=found)
     except sqlite3.DatabaseError as exc:
         conn.close()
         _raise_if_try_later(path, exc)  # busy or full: the file itself is fine
@@ -544,22 +547,25 @@ def _make_private_folder(folder: Path) -> None:
 
 
 def _create_private_file(path: Path) -> None:
-    """Create the database file 0600 if it is missing; take "others" off an existing one.
-
-    An existing file keeps its group bits (a group shared with `syndicate serve` running
-    as another user is a choice); read or write access for everyone else never is, so it
-    is removed, with a warning, from the file and its -wal and -shm.
-    """
+    """Create the database file 0600 if it is missing."""
     # A link to no file yet (a data volume's place for it): the file is made where it leads,
     # as SQLite, following it, would make it with its own mode (0644).
     made = Path(os.path.realpath(path)) if path.is_symlink() and not path.exists() else path
     try:
         os.close(os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE))
-        return
     except FileExistsError:
         pass
-    if not _is_sqlite_file(path):
-        return  # a folder or some other file (a slip in paths.database): not ours to change
+
+
+def _tighten_private_file(path: Path, *, warn: set[str]) -> None:
+    """Take "others" off the database file and its -wal and -shm.
+
+    An existing file keeps its group bits (a group shared with `syndicate serve` running
+    as another user is a choice); read or write access for everyone else never is, so it
+    is removed, with a warning for each of `warn` (the names found before SQLite made the
+    others from the file's mode). Only stat and chmod: opening and closing the file here
+    would drop every POSIX lock this process's SQLite connections hold on it.
+    """
     for name in _SIDE_FILES:
         side = path.with_name(path.name + name)
         if name and side.is_symlink():
@@ -568,6 +574,8 @@ def _create_private_file(path: Path) -> None:
             mode = stat.S_IMODE(side.stat().st_mode)
             if mode & 0o007:
                 side.chmod(mode & ~0o007)
+                if name not in warn:
+                    continue
                 log.warning(
                     "%s: was open to all users (mode %04o); now %04o. Run chmod 600 %s "
                     "unless another user of its group needs it.",
@@ -578,20 +586,8 @@ def _create_private_file(path: Path) -> None:
                 )
         except FileNotFoundError:
             continue
-        except PermissionError as exc:  # not ours to change: say so, and go on
+        except OSError as exc:  # not ours to change (or read-only): say so, and go on
             log.warning("%s: open to all users, and cannot be tightened: %s.", side, exc)
-
-
-def _is_sqlite_file(path: Path) -> bool:
-    """Whether `path` is a regular file that is empty or starts as a SQLite database."""
-    if not path.is_file():  # a folder, a FIFO (opening it would block): not a database
-        return False
-    try:
-        with path.open("rb") as file:
-            head = file.read(len(_SQLITE_HEADER))
-    except OSError:  # unreadable: SQLite's own error says what is wrong
-        return False
-    return head in (b"", _SQLITE_HEADER)
 
 
 def _migrate(db: Database) -> None:
