@@ -575,19 +575,32 @@ def load_settings(
             built[name] = _build_section(name, cls, {}, base)
     smtp = dataclasses.replace(
         built["smtp"],  # type: ignore[type-var]
-        password=environ.get(ENV_SMTP_PASSWORD, ""),
+        password=_from_env(environ, ENV_SMTP_PASSWORD),
     )
     built["smtp"] = smtp
-    store_url = environ.get(ENV_STORE_URL, "")
+    store_url = _from_env(environ, ENV_STORE_URL)
     if store_url:
         built["store"] = dataclasses.replace(built["store"], url=store_url)  # type: ignore[type-var]
     settings = Settings(
         config_path=path.resolve() if path is not None else None,
-        env_secret=environ.get(ENV_SECRET, ""),
+        env_secret=_from_env(environ, ENV_SECRET),
         **built,  # type: ignore[arg-type]
     )
     _check(settings)
     return settings
+
+
+def _from_env(environ: Mapping[str, str], name: str) -> str:
+    """The value of the environment variable `name` ('' when unset); it must be UTF-8."""
+    value = environ.get(name, "")
+    try:
+        value.encode("utf-8")  # bytes that are not UTF-8 arrive as lone surrogates
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"environment variable {name} is not UTF-8 text (its value is not shown).",
+            hint="Set it again as UTF-8 text.",
+        ) from None
+    return value
 
 
 def _valid_host(host: str) -> bool:

@@ -21,10 +21,10 @@ from syndicate.store.subscribers import add_subscriber
 
 
 def _syndicate(
-    cwd: Path, *args: str, stdin_closed: bool = False
+    cwd: Path, *args: str, stdin_closed: bool = False, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the CLI as a user would, with no SYNDICATE_* variable of the test's own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    """Run the CLI as a user would, with no SYNDICATE_* variable but those of `env`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")} | (env or {})
     return subprocess.run(
         [sys.executable, "-m", "syndicate", *args],
         cwd=cwd,
@@ -125,3 +125,26 @@ def test_a_second_connection_in_one_process_keeps_the_first_ones_locks(
         "an@example.org",
         "binh@example.org",
     ]
+
+
+@pytest.mark.parametrize("variable", ["SYNDICATE_SECRET", "SYNDICATE_SMTP_PASSWORD"])
+def test_an_environment_variable_that_is_not_utf8_is_one_line_and_exit_2(
+    tmp_path: Path, variable: str
+) -> None:
+    # A secret set from raw bytes (a key file's contents, a Latin-1 shell): making a
+    # token died with UnicodeEncodeError and a traceback, exit 1.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    add = _syndicate(tmp_path, "subscribers", "add", "an@example.org")
+    assert add.returncode == 0, add.stderr
+    done = _syndicate(
+        tmp_path,
+        "unsubscribe-token",
+        "make",
+        "an@example.org",
+        env={variable: "s3cret-\udcff"},  # the byte 0xff, as os.environ holds it
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"Error: environment variable {variable} is not UTF-8 text (its value is not "
+        "shown). Set it again as UTF-8 text.\n"
+    )
