@@ -148,3 +148,24 @@ def test_an_environment_variable_that_is_not_utf8_is_one_line_and_exit_2(
         f"Error: environment variable {variable} is not UTF-8 text (its value is not "
         "shown). Set it again as UTF-8 text.\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("postgresql://news@127.0.0.1:99999/news", "invalid port number"),
+        ("postgresql://news@127.0.0.1:1/news?sslmode=bogus", "invalid sslmode value"),
+    ],
+)
+def test_a_store_url_with_a_value_libpq_refuses_is_exit_2_not_75(
+    tmp_path: Path, url: str, reason: str
+) -> None:
+    # libpq checks these values before it connects; the command said "cannot reach the
+    # database ... the next run tries again" with exit 75, so cron retried a typo forever.
+    done = _syndicate(tmp_path, "subscribers", "stats", env={"SYNDICATE_STORE_URL": url})
+    assert (done.returncode, done.stdout) == (2, "")
+    where = url.removeprefix("postgresql://news@").partition("?")[0]
+    assert done.stderr == (
+        f"Error: PostgreSQL at {where}: the URL has a value libpq refuses: {reason}. "
+        "Fix store.url or SYNDICATE_STORE_URL; trying again will not help until then.\n"
+    )

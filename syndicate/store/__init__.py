@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import stat
 from collections.abc import Iterator
@@ -94,12 +95,27 @@ def unreachable(where: str, exc: BaseException) -> StoreUnavailableError:
     )
 
 
+# libpq's words for a URL value it refuses before connecting (a port over 65535, an
+# unknown sslmode, a word for a number): no retry fixes these.
+_BAD_VALUE = re.compile(
+    r'invalid (?:port number|integer value(?: "[^"]*")? for connection option "\w+"|\w+ value)'
+)
+
+
 def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
     """The error for a connection to `url` that failed: StoreAccessError (exit 2) when the
     server refused the login (a wrong password, no such role or database, no right to
     connect: no retry fixes it), else the server is unreachable (exit 75)."""
     from syndicate.store import postgres  # loaded already: it raised `exc`
 
+    bad = _BAD_VALUE.search(str(exc))
+    if bad is not None:  # libpq refused a value of the URL before it tried to connect
+        # The values libpq quotes may be a password read as one; the option's name is not.
+        reason = re.sub(r'\s*"[^"]*"( for)', r"\1", bad.group(0)).replace('"', "")
+        return StoreError(
+            f"{where}: the URL has a value libpq refuses: {reason}.",
+            hint="Fix store.url or SYNDICATE_STORE_URL; trying again will not help until then.",
+        )
     refused = postgres.refused_login(exc)
     if refused is None:
         return unreachable(where, exc)
