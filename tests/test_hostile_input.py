@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import pytest
 
 from syndicate.store import open_database
 from syndicate.store.subscribers import add_subscriber
+
+SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 
 
 def _syndicate(
@@ -169,3 +172,24 @@ def test_a_store_url_with_a_value_libpq_refuses_is_exit_2_not_75(
         f"Error: PostgreSQL at {where}: the URL has a value libpq refuses: {reason}. "
         "Fix store.url or SYNDICATE_STORE_URL; trying again will not help until then.\n"
     )
+
+
+def test_erasing_an_international_address_deletes_its_outbox_mails(tmp_path: Path) -> None:
+    # The store keeps b@ví.vn as b@xn--v-jga.vn, and so do the mails' To headers; erase
+    # compared the outbox with the address as typed, so the erased person's digest (their
+    # address and personal unsubscribe link) stayed in the outbox, and nothing said so.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    (tmp_path / "syndicate.toml").write_text(
+        '[paths]\ndatabase = "s.db"\n[mail]\nfrom = "news@example.org"\n', encoding="utf-8"
+    )
+    for address in ("b@ví.vn", "an@example.org"):
+        assert _syndicate(tmp_path, "subscribers", "add", address).returncode == 0
+    sent = _syndicate(tmp_path, "send")
+    assert sent.returncode == 0, sent.stderr
+    assert len(list((tmp_path / "outbox").rglob("*.eml"))) == 2
+    done = _syndicate(tmp_path, "subscribers", "erase", "b@ví.vn")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "Deleted 1 outbox message to b@ví.vn."
+    left = [p.read_bytes() for p in (tmp_path / "outbox").rglob("*.eml")]
+    assert len(left) == 1
+    assert b"xn--v-jga" not in left[0]
