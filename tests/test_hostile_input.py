@@ -6,10 +6,12 @@ input an attacker or a slip of the keyboard could give it, and checks what is le
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 from datetime import datetime
@@ -193,3 +195,36 @@ def test_erasing_an_international_address_deletes_its_outbox_mails(tmp_path: Pat
     left = [p.read_bytes() for p in (tmp_path / "outbox").rglob("*.eml")]
     assert len(left) == 1
     assert b"xn--v-jga" not in left[0]
+
+
+def _forged_return_token(subscriber_id: int) -> str:
+    raw = struct.pack(">BQH", 1, subscriber_id, 9000) + bytes(10)  # version 1, no real tag
+    return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+
+
+def test_a_forged_bounce_naming_an_impossible_subscriber_is_ignored(tmp_path: Path) -> None:
+    # Anyone can mail the bounce address. A return-path token naming subscriber 2**64 - 1
+    # was looked up before its tag was checked: SQLite raised OverflowError, the run died
+    # with a traceback, and the mail stayed in new/, so every later run died on it too and
+    # no bounce was read again.
+    (tmp_path / "syndicate.toml").write_text(
+        '[paths]\ndatabase = "s.db"\n[mail]\nbounce_address = "bounces@example.org"\n',
+        encoding="utf-8",
+    )
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    token = _forged_return_token(2**64 - 1)
+    (maildir / "new" / "1.forged").write_bytes(
+        f"From: MAILER-DAEMON@mx.example.org\r\nTo: bounces+{token}@example.org\r\n"
+        "Subject: Undelivered Mail\r\nMessage-ID: <forged@mx.example.org>\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.example.org\r\n\r\n"
+        "Final-Recipient: rfc822; an@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+        "--B--\r\n".encode("ascii")
+    )
+    done = _syndicate(tmp_path, "bounces", str(maildir))
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == "bounces: 0 hard, 0 soft, 0 complaints, 1 ignored, 0 unreadable\n"
+    assert not list((maildir / "new").iterdir())  # filed: the next run does not read it again
