@@ -228,3 +228,26 @@ def test_a_forged_bounce_naming_an_impossible_subscriber_is_ignored(tmp_path: Pa
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == "bounces: 0 hard, 0 soft, 0 complaints, 1 ignored, 0 unreadable\n"
     assert not list((maildir / "new").iterdir())  # filed: the next run does not read it again
+
+
+def test_a_custom_template_that_fails_while_rendering_is_one_line_and_exit_2(
+    tmp_path: Path,
+) -> None:
+    # An operator's template with `{{ articles | length / 0 }}` or `{{ title + 1 }}`: the
+    # syntax and the names were checked, but any other failure while rendering was a
+    # traceback (exit 1) from `digest`, and from `send` before anything was sent.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    templates = tmp_path / "mine"
+    shutil.copytree(SEEDS.parent / "templates" / "email", templates)
+    (templates / "digest.txt.j2").write_text("{{ 1 / 0 }}\n", encoding="utf-8")
+    (tmp_path / "syndicate.toml").write_text(
+        '[paths]\ndatabase = "s.db"\n[digest]\ntemplates_dir = "mine"\n', encoding="utf-8"
+    )
+    done = _syndicate(tmp_path, "digest", "--out", "preview")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"Error: config key digest.templates_dir ({str(templates)!r}): digest.txt.j2: "
+        "rendering failed: ZeroDivisionError: division by zero. Fix the template; "
+        "templates/email/ holds the shipped ones.\n"
+    )
+    assert not (tmp_path / "preview").exists()
