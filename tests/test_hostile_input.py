@@ -273,3 +273,25 @@ def test_an_outbox_that_is_a_file_names_the_outbox_folder_not_paths_output(
         f"Check that {Path(mail).parent} is a folder (or can be made one) that this user "
         "can write to."
     )
+
+
+def test_a_listmonk_row_with_deeply_nested_attributes_is_one_rejected_row(
+    tmp_path: Path,
+) -> None:
+    # listmonk's attributes column is JSON; 100,000 nested brackets made json.loads raise
+    # RecursionError, not ValueError: a traceback, exit 1, and the rows after it not read.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    (tmp_path / "listmonk.csv").write_text(
+        "uuid,email,name,attributes,status\n"
+        "1,an@example.org,An,,enabled\n"
+        f"2,deep@example.org,Deep,{'[' * 100_000},enabled\n"
+        "3,chi@example.org,Chi,,enabled\n",
+        encoding="utf-8",
+    )
+    done = _syndicate(tmp_path, "subscribers", "import", "listmonk.csv")
+    assert done.returncode == 1
+    assert done.stderr == (
+        "listmonk.csv line 3, column attributes: attributes is not JSON. "
+        "Fix the row and import the file again; the other rows are kept.\n"
+    )
+    assert done.stdout == "Imported 2, unchanged 0, rejected 1 (listmonk list).\n"

@@ -115,7 +115,7 @@ def _listmonk_row(cells: Cells) -> ListRow:
     if raw:
         try:
             attributes = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth: not ours
             raise RowError("attributes is not JSON.", column="attributes") from None
         if isinstance(attributes, dict):
             found = attributes.get("language", attributes.get("lang", ""))
