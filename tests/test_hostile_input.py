@@ -26,7 +26,11 @@ SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 
 
 def _syndicate(
-    cwd: Path, *args: str, stdin_closed: bool = False, env: dict[str, str] | None = None
+    cwd: Path,
+    *args: str,
+    stdin_closed: bool = False,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """Run the CLI as a user would, with no SYNDICATE_* variable but those of `env`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")} | (env or {})
@@ -38,7 +42,7 @@ def _syndicate(
         preexec_fn=(lambda: os.close(0)) if stdin_closed else None,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
 
@@ -295,3 +299,18 @@ def test_a_listmonk_row_with_deeply_nested_attributes_is_one_rejected_row(
         "Fix the row and import the file again; the other rows are kept.\n"
     )
     assert done.stdout == "Imported 2, unchanged 0, rejected 1 (listmonk list).\n"
+
+
+def test_a_fifo_in_a_maildir_is_skipped_not_waited_on(tmp_path: Path) -> None:
+    # A named pipe in new/ (whoever can write the Maildir can make one): reading it waited
+    # for a writer that never came, so the cron run hung, and each later run hung behind it.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    os.mkfifo(maildir / "new" / "1.pipe")
+    (maildir / "new" / "2.mail").write_bytes(b"To: news@example.org\r\nSubject: hi\r\n\r\nHi.\r\n")
+    done = _syndicate(tmp_path, "bounces", str(maildir), timeout=30)
+    assert done.returncode == 1
+    assert done.stderr == f"warning: {maildir}/new/1.pipe: cannot read: not a regular file\n"
+    assert done.stdout == "bounces: 0 hard, 0 soft, 0 complaints, 1 ignored, 1 unreadable\n"
