@@ -314,3 +314,25 @@ def test_a_fifo_in_a_maildir_is_skipped_not_waited_on(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr == f"warning: {maildir}/new/1.pipe: cannot read: not a regular file\n"
     assert done.stdout == "bounces: 0 hard, 0 soft, 0 complaints, 1 ignored, 1 unreadable\n"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "most"),
+    [
+        ("digest", "max_age_hours", "1000000000", "1000000"),
+        ("smtp", "lease", "1e300", "1000000000"),
+    ],
+)
+def test_an_absurdly_large_number_in_the_config_is_one_line_and_exit_2(
+    tmp_path: Path, section: str, key: str, value: str, most: str
+) -> None:
+    # A slip of the keyboard (or a unit mix-up) made `send` die with OverflowError and a
+    # traceback, exit 1: a date a million centuries back, a lease SQLite cannot count.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    (tmp_path / "syndicate.toml").write_text(
+        f'[paths]\ndatabase = "s.db"\n[{section}]\n{key} = {value}\n', encoding="utf-8"
+    )
+    done = _syndicate(tmp_path, "send")
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr.startswith(f"Error: config key {section}.{key} has value ")
+    assert done.stderr.endswith(f"; expected at most {most}.\n")
