@@ -114,7 +114,8 @@ def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
         reason = re.sub(r'\s*"[^"]*"( for)', r"\1", bad.group(0)).replace('"', "")
         return StoreError(
             f"{where}: the URL has a value libpq refuses: {reason}.",
-            hint="Fix store.url or SYNDICATE_STORE_URL; trying again will not help until then.",
+            hint="Fix store.url or SYNDICATE_STORE_URL (or the URL given to `store copy`); "
+            "trying again will not help until then.",
         )
     refused = postgres.refused_login(exc)
     if refused is None:
