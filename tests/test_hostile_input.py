@@ -337,3 +337,25 @@ def test_an_absurdly_large_number_in_the_config_is_one_line_and_exit_2(
     assert (done.returncode, done.stdout) == (2, ""), done.stderr
     assert done.stderr.startswith(f"Error: config key {section}.{key} has value ")
     assert done.stderr.endswith(f"; expected at most {most}.\n")
+
+
+@pytest.mark.parametrize(
+    "sender",
+    ["news@example.org, editor@example.org", "News <news@example.org>\\nBcc: evil@example.net"],
+)
+def test_a_mail_from_with_two_addresses_is_refused_before_sending(
+    tmp_path: Path, sender: str
+) -> None:
+    # The envelope took the first address, but every digest's From header named them all
+    # ("From: News <news@example.org>, evil@example.net"): mail that DMARC and most
+    # receivers refuse, and a line break in the setting made a second address of its own.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    (tmp_path / "syndicate.toml").write_text(
+        f'[paths]\ndatabase = "s.db"\n[mail]\nfrom = "{sender}"\n', encoding="utf-8"
+    )
+    assert _syndicate(tmp_path, "subscribers", "add", "an@example.org").returncode == 0
+    done = _syndicate(tmp_path, "send")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines()[-1].startswith("Error: config key mail.from has value ")
+    assert done.stderr.endswith('; expected one address like "News <news@example.org>".\n')
+    assert not (tmp_path / "outbox").exists()
