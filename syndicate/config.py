@@ -400,6 +400,13 @@ _AT_LEAST_ONE = {
     ("subscribe", "confirm_hours"),
 }
 
+# The largest number any key takes: more is a slip (or a unit mix-up) that overflows the
+# clock, the database or a C int deep inside a run, not a setting.
+_MOST = 1_000_000_000
+# Hours back from now: a million (over a century) keeps dates within year 1.
+_MOST_HOURS = 1_000_000
+_HOURS = {("digest", "max_age_hours"), ("subscribe", "confirm_hours")}
+
 # Number keys that must be above 0 (a zero timeout would fail every command at once).
 _ABOVE_ZERO = {("smtp", "timeout"), ("smtp", "data_timeout"), ("smtp", "lease")}
 
@@ -411,6 +418,11 @@ _EXAMPLES: dict[type, str] = {
     str: 'a quoted string like "text"',
     Path: 'a path like "seeds"',
 }
+
+
+def _check_most(where: str, key: str, value: float, most: int) -> None:
+    if value > most:
+        raise ConfigError(f"{where} has value {value!r}; expected at most {most}.", key=key)
 
 
 def _toml_key(name: str) -> str:
@@ -451,6 +463,7 @@ def _convert(
         least = 1 if (section, key) in _AT_LEAST_ONE else 0
         if value < least:
             raise ConfigError(f"{where} has value {value!r}; expected {least} or more.", key=key)
+        _check_most(where, key, value, _MOST_HOURS if (section, key) in _HOURS else _MOST)
         return value
     if kind == "bool":
         if not isinstance(value, bool):
@@ -470,6 +483,7 @@ def _convert(
             )
         if value < 0:
             raise ConfigError(f"{where} has value {value!r}; expected 0 or more.", key=key)
+        _check_most(where, key, value, _MOST)
         return float(value)
     if not isinstance(value, str):
         raise ConfigError(f"{where} has value {value!r}; expected {_EXAMPLES[str]}.", key=key)
@@ -575,19 +589,32 @@ def load_settings(
             built[name] = _build_section(name, cls, {}, base)
     smtp = dataclasses.replace(
         built["smtp"],  # type: ignore[type-var]
-        password=environ.get(ENV_SMTP_PASSWORD, ""),
+        password=_from_env(environ, ENV_SMTP_PASSWORD),
     )
     built["smtp"] = smtp
-    store_url = environ.get(ENV_STORE_URL, "")
+    store_url = _from_env(environ, ENV_STORE_URL)
     if store_url:
         built["store"] = dataclasses.replace(built["store"], url=store_url)  # type: ignore[type-var]
     settings = Settings(
         config_path=path.resolve() if path is not None else None,
-        env_secret=environ.get(ENV_SECRET, ""),
+        env_secret=_from_env(environ, ENV_SECRET),
         **built,  # type: ignore[arg-type]
     )
     _check(settings)
     return settings
+
+
+def _from_env(environ: Mapping[str, str], name: str) -> str:
+    """The value of the environment variable `name` ('' when unset); it must be UTF-8."""
+    value = environ.get(name, "")
+    try:
+        value.encode("utf-8")  # bytes that are not UTF-8 arrive as lone surrogates
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"environment variable {name} is not UTF-8 text (its value is not shown).",
+            hint="Set it again as UTF-8 text.",
+        ) from None
+    return value
 
 
 def _valid_host(host: str) -> bool:

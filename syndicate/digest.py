@@ -25,7 +25,13 @@ import jinja2
 from babel.dates import format_date, format_time, get_datetime_format
 
 from syndicate import i18n
-from syndicate.config import Settings, base_url, email_templates_dir, make_environment
+from syndicate.config import (
+    Settings,
+    base_url,
+    email_templates_dir,
+    make_environment,
+    templates_root,
+)
 from syndicate.errors import ConfigError, InputError
 from syndicate.i18n import LANGUAGES
 from syndicate.model import (
@@ -450,6 +456,16 @@ def _render(env: jinja2.Environment, folder: Path, name: str, context: dict[str,
             f"{where}: {name}: {exc.message}.",
             key="digest.templates_dir",
             hint="Use only the variables the shipped templates use.",
+        ) from exc
+    except (jinja2.TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
+        # What an expression in an operator's template can raise ({{ n / 0 }}, {{ t + 1 }});
+        # in the shipped templates it is a bug, with its traceback.
+        if folder == templates_root() / "email":
+            raise
+        raise ConfigError(
+            f"{where}: {name}: rendering failed: {type(exc).__name__}: {exc}.",
+            key="digest.templates_dir",
+            hint="Fix the template; templates/email/ holds the shipped ones.",
         ) from exc
 
 

@@ -137,13 +137,20 @@ def message_domain(*, info: MailInfo) -> str:
 def envelope_sender(*, info: MailInfo) -> str:
     """Return the bare address of mail.from (the SMTP envelope sender).
 
-    Raises ConfigError when mail.from holds no usable address.
+    Raises ConfigError when mail.from holds no usable address, or more than one: the
+    From header would name them all, which DMARC and most receivers refuse.
     """
     _name, address = parseaddr(info.sender)
     if not _SAFE_ADDRESS.fullmatch(address) or not address.isascii():
         raise ConfigError(
             f"config key mail.from has value {info.sender!r}; "
             'expected an address like "News <news@example.org>".',
+            key="mail.from",
+        )
+    if len(getaddresses([header_safe(info.sender)])) != 1:
+        raise ConfigError(
+            f"config key mail.from has value {info.sender!r}; "
+            'expected one address like "News <news@example.org>".',
             key="mail.from",
         )
     return address

@@ -84,7 +84,8 @@ def _write_error(path: str | Path, exc: OSError) -> OutputError:
         )
     return OutputError(
         f"{path}: cannot write: {exc.strerror or exc}.",
-        hint="Check that the output folder exists and is writable (paths.output).",
+        hint=f"Check that {Path(path).parent} is a folder (or can be made one) that this "
+        "user can write to.",
     )
 
 

@@ -202,6 +202,7 @@ _RETURN_EPOCH = date(2000, 1, 1)
 _RETURN_BYTES = _RETURN_PAYLOAD.size + _RETURN_TAG_BYTES
 RETURN_TOKEN_LENGTH = -(-_RETURN_BYTES * 8 // 5)  # base32 characters, no padding: 34
 _BASE32 = frozenset("abcdefghijklmnopqrstuvwxyz234567")
+_MAX_ID = 2**63 - 1  # the largest id SQLite and PostgreSQL (bigint) can store
 
 
 def _return_tag(secret: bytes, payload: bytes, nonce: bytes) -> bytes:
@@ -255,6 +256,8 @@ def verify_return_token(
     version, subscriber_id, days = _RETURN_PAYLOAD.unpack(payload)
     if version != _RETURN_VERSION:
         raise TokenError("return-path token: the token has an unknown version.")
+    if subscriber_id > _MAX_ID:  # looked up before its tag is checked: no id is that big
+        raise TokenError("return-path token: the token is malformed.")
     found = find(int(subscriber_id))
     if found is None:
         raise StaleTokenError(

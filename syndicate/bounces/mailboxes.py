@@ -58,6 +58,9 @@ def _maildir(folder: Path) -> Iterator[Item]:
             if sub == "cur" and "S" in name.partition(":2,")[2]:
                 continue
             path = folder / sub / name
+            if not path.is_file():  # a FIFO would block the read, and the run, for good
+                yield Item(str(path), None, "not a regular file")
+                continue
             try:
                 raw = path.read_bytes()
             except OSError as exc:

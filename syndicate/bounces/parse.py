@@ -10,6 +10,7 @@ non-standard bounces of qmail, Exchange, Yahoo and others.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -154,6 +155,12 @@ def _is_auto_reply(msg: Message) -> bool:
     if precedence == "auto_reply":
         return True
     return bool(_AUTO_SUBJECT.match(str(msg.get("Subject", ""))))
+
+
+# flufl.bounce logs a detector that trips (a mail with no From is enough) with its
+# traceback before raising, and has no handler of its own: logging's last-resort handler
+# printed that traceback on stderr. What it raises is ignored below; so is its log.
+logging.getLogger("flufl.bounce").addHandler(logging.NullHandler())
 
 
 def _flufl(msg: Message) -> tuple[set[str], set[str]]:

@@ -36,6 +36,11 @@ def bounces_command(app: AppContext, paths: tuple[Path, ...], as_json: bool) -> 
     if Path("-") in paths:
         if len(paths) > 1:
             raise InputError("bounces: '-' (standard input) cannot be mixed with other paths.")
+        if sys.stdin is None:  # started with file descriptor 0 closed
+            raise InputError(
+                "bounces: '-' reads standard input, but it is closed. Pipe one message "
+                "into it, or give a Maildir, mbox or .eml file."
+            )
         items: Iterable[Item] = [Item("<stdin>", sys.stdin.buffer.read())]
     else:
         items = read_mail(list(paths))

@@ -31,6 +31,7 @@ from syndicate.store.subscribers import (
     erase,
     get_by_email,
     iter_subscribers,
+    normalize_email,
     stats,
     unsubscribe,
 )
@@ -257,7 +258,8 @@ def erase_command(app: AppContext, email: str) -> None:
         app.echo(f"Erased {address}; only a keyed hash remains, so it cannot be imported again.")
     else:
         app.echo(f"{address} was not stored; its hash is kept so it cannot be imported.")
-    removed = forget_recipient(app.settings.paths.outbox, address)
+    # The mails carry the address as stored (IDN domains as ASCII), not as typed.
+    removed = forget_recipient(app.settings.paths.outbox, normalize_email(address))
     if removed:
         app.echo(f"Deleted {removed} outbox message{'s' if removed != 1 else ''} to {address}.")
 

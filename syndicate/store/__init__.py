@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import stat
 from collections.abc import Iterator
@@ -95,12 +96,28 @@ def unreachable(where: str, exc: BaseException) -> StoreUnavailableError:
     )
 
 
+# libpq's words for a URL value it refuses before connecting (a port over 65535, an
+# unknown sslmode, a word for a number): no retry fixes these.
+_BAD_VALUE = re.compile(
+    r'invalid (?:port number|integer value(?: "[^"]*")? for connection option "\w+"|\w+ value)'
+)
+
+
 def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
     """The error for a connection to `url` that failed: StoreAccessError (exit 2) when the
     server refused the login (a wrong password, no such role or database, no right to
     connect: no retry fixes it), else the server is unreachable (exit 75)."""
     from syndicate.store import postgres  # loaded already: it raised `exc`
 
+    bad = _BAD_VALUE.search(str(exc))
+    if bad is not None:  # libpq refused a value of the URL before it tried to connect
+        # The values libpq quotes may be a password read as one; the option's name is not.
+        reason = re.sub(r'\s*"[^"]*"( for)', r"\1", bad.group(0)).replace('"', "")
+        return StoreError(
+            f"{where}: the URL has a value libpq refuses: {reason}.",
+            hint="Fix store.url or SYNDICATE_STORE_URL (or the URL given to `store copy`); "
+            "trying again will not help until then.",
+        )
     refused = postgres.refused_login(exc)
     if refused is None:
         return unreachable(where, exc)
@@ -389,6 +406,7 @@ def open_database(
     try:
         _make_private_folder(path.parent)
         _create_private_file(path)
+        found = {name for name in _SIDE_FILES if path.with_name(path.name + name).exists()}
         # isolation_level=None: we issue BEGIN ourselves, so transactions are explicit.
         conn = sqlite3.connect(
             path,
@@ -413,6 +431,9 @@ def open_database(
         _migrate(db)
         if read_only:
             conn.execute("PRAGMA query_only = ON")
+        # Only now, when SQLite has read it as a syndicate store: a paths.database naming
+        # a folder ("/tmp") or some other file is refused above with its mode left alone.
+        _tighten_private_file(path, warn=found)
     except sqlite3.DatabaseError as exc:
         conn.close()
         _raise_if_try_later(path, exc)  # busy or full: the file itself is fine
@@ -544,20 +565,25 @@ def _make_private_folder(folder: Path) -> None:
 
 
 def _create_private_file(path: Path) -> None:
-    """Create the database file 0600 if it is missing; take "others" off an existing one.
-
-    An existing file keeps its group bits (a group shared with `syndicate serve` running
-    as another user is a choice); read or write access for everyone else never is, so it
-    is removed, with a warning, from the file and its -wal and -shm.
-    """
+    """Create the database file 0600 if it is missing."""
     # A link to no file yet (a data volume's place for it): the file is made where it leads,
     # as SQLite, following it, would make it with its own mode (0644).
     made = Path(os.path.realpath(path)) if path.is_symlink() and not path.exists() else path
     try:
         os.close(os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE))
-        return
     except FileExistsError:
         pass
+
+
+def _tighten_private_file(path: Path, *, warn: set[str]) -> None:
+    """Take "others" off the database file and its -wal and -shm.
+
+    An existing file keeps its group bits (a group shared with `syndicate serve` running
+    as another user is a choice); read or write access for everyone else never is, so it
+    is removed, with a warning for each of `warn` (the names found before SQLite made the
+    others from the file's mode). Only stat and chmod: opening and closing the file here
+    would drop every POSIX lock this process's SQLite connections hold on it.
+    """
     for name in _SIDE_FILES:
         side = path.with_name(path.name + name)
         if name and side.is_symlink():
@@ -566,6 +592,8 @@ def _create_private_file(path: Path) -> None:
             mode = stat.S_IMODE(side.stat().st_mode)
             if mode & 0o007:
                 side.chmod(mode & ~0o007)
+                if name not in warn:
+                    continue
                 log.warning(
                     "%s: was open to all users (mode %04o); now %04o. Run chmod 600 %s "
                     "unless another user of its group needs it.",
@@ -576,7 +604,7 @@ def _create_private_file(path: Path) -> None:
                 )
         except FileNotFoundError:
             continue
-        except PermissionError as exc:  # not ours to change: say so, and go on
+        except OSError as exc:  # not ours to change (or read-only): say so, and go on
             log.warning("%s: open to all users, and cannot be tightened: %s.", side, exc)
 
 

@@ -115,7 +115,7 @@ def _listmonk_row(cells: Cells) -> ListRow:
     if raw:
         try:
             attributes = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth: not ours
             raise RowError("attributes is not JSON.", column="attributes") from None
         if isinstance(attributes, dict):
             found = attributes.get("language", attributes.get("lang", ""))
@@ -195,9 +195,21 @@ class ParsedRow:
 def read_list(text: str, *, source: str) -> tuple[ListShape, Iterator[ParsedRow]]:
     """Recognise the list in `text` by its header and return its shape and its rows.
 
-    Raises ListFileError (naming `source`) when the header matches no known shape.
+    Raises ListFileError (naming `source`) when the header matches no known shape, or
+    when the csv module cannot read some line (a cell over its size limit): that is found
+    before any row is returned, so an import stores nothing from such a file.
     Blank rows are skipped; a row with more cells than the header is an error.
     """
+    checker = csv.reader(io.StringIO(text, newline=""))
+    try:
+        for _ in checker:
+            pass
+    except csv.Error as exc:
+        raise ListFileError(
+            f"{source} line {checker.line_num}: not readable as CSV: {exc}.",
+            hint="Fix that line (a cell may be far too long, or a quote left open), "
+            "or export the list again from its tool.",
+        ) from exc
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None) or []
     columns = [c.strip().lower() for c in header]

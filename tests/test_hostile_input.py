@@ -1,0 +1,361 @@
+"""Hostile and careless input through the real CLI: one clear line, a true exit code.
+
+Each test runs `python -m syndicate` in a subprocess, as cron or an operator would, with
+input an attacker or a slip of the keyboard could give it, and checks what is left behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from syndicate.store import open_database
+from syndicate.store.subscribers import add_subscriber
+
+SEEDS = Path(__file__).resolve().parent.parent / "seeds"
+
+
+def _syndicate(
+    cwd: Path,
+    *args: str,
+    stdin_closed: bool = False,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would, with no SYNDICATE_* variable but those of `env`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")} | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "syndicate", *args],
+        cwd=cwd,
+        env=env,
+        stdin=None if stdin_closed else subprocess.DEVNULL,
+        preexec_fn=(lambda: os.close(0)) if stdin_closed else None,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("kind", ["folder", "text file"])
+def test_a_database_path_naming_something_else_leaves_its_mode_alone(
+    tmp_path: Path, kind: str
+) -> None:
+    # paths.database = "/tmp" (a slip for "/tmp/syndicate.db") took "others" off /tmp
+    # itself, mode 1777 to 1770, breaking every other user's temporary files; pointed at
+    # a text file it made that file unreadable to others before finding it no database.
+    other = tmp_path / "shared"
+    if kind == "folder":
+        other.mkdir()
+        other.chmod(0o755)
+    else:
+        other.write_text("not a database\n", encoding="utf-8")
+        other.chmod(0o644)
+    (tmp_path / "seeds").mkdir()
+    (tmp_path / "syndicate.toml").write_text(f'[paths]\ndatabase = "{other}"\n', encoding="utf-8")
+    done = _syndicate(tmp_path, "build")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"Error: {other}: ")
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert _mode(other) in (0o755, 0o644)
+    assert _mode(other) == (0o755 if kind == "folder" else 0o644)
+
+
+def test_an_import_with_a_cell_too_big_for_csv_is_one_line_and_imports_nothing(
+    tmp_path: Path,
+) -> None:
+    # A 200 kB cell (a pasted blob, a broken export) is over the csv module's field limit:
+    # the import died with a traceback (exit 1) after storing the rows above it.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    rows = "email,name\nan@example.org,An\nbinh@example.org," + "x" * 200_000 + "\n"
+    (tmp_path / "list.csv").write_text(rows + "chi@example.org,Chi\n", encoding="utf-8")
+    done = _syndicate(tmp_path, "subscribers", "import", "list.csv")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith("Error: list.csv line 3: not readable as CSV: ")
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    listed = _syndicate(tmp_path, "subscribers", "list", "--json")
+    assert (listed.returncode, listed.stdout) == (0, "")
+
+
+def test_bounces_from_a_closed_standard_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    # `syndicate bounces -` from a pipe set up wrong (cron, an MTA with stdin closed): the
+    # command died with AttributeError and a traceback, exit 1.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    done = _syndicate(tmp_path, "bounces", "-", stdin_closed=True)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "Error: bounces: '-' reads standard input, but it is closed. "
+        "Pipe one message into it, or give a Maildir, mbox or .eml file.\n"
+    )
+
+
+def test_a_mail_with_no_from_header_prints_no_traceback(tmp_path: Path) -> None:
+    # Anyone can mail the bounce address. A mail with no From made one of flufl.bounce's
+    # detectors raise, and flufl logged it with a traceback, which reached stderr (and cron's
+    # mail to the operator) through logging's last-resort handler, on every run.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    mail = tmp_path / "odd.eml"
+    mail.write_bytes(b"To: news@example.org\r\nSubject: hello\r\n\r\nJust text.\r\n")
+    done = _syndicate(tmp_path, "bounces", str(mail))
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == "bounces: 0 hard, 0 soft, 0 complaints, 1 ignored, 0 unreadable\n"
+
+
+def test_a_second_connection_in_one_process_keeps_the_first_ones_locks(
+    tmp_path: Path, now: datetime
+) -> None:
+    # `serve` opens the store twice (a writer and a reader). Had opening it read the file
+    # through a descriptor of its own, closing that descriptor would drop every POSIX lock
+    # the process held on it: a CLI command that ended meanwhile then found itself the last
+    # user, checkpointed and deleted the -wal under the server, and the server's next
+    # writes (a confirmation answered "confirmed") went to a deleted file.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    with open_database(tmp_path / "s.db") as writer:
+        add_subscriber(writer, "an@example.org", now=now)
+        with open_database(tmp_path / "s.db", read_only=True):
+            assert _syndicate(tmp_path, "subscribers", "list").returncode == 0
+            add_subscriber(writer, "binh@example.org", now=now)
+            listed = _syndicate(tmp_path, "subscribers", "list", "--json")
+    assert [json.loads(line)["email"] for line in listed.stdout.splitlines()] == [
+        "an@example.org",
+        "binh@example.org",
+    ]
+
+
+@pytest.mark.parametrize("variable", ["SYNDICATE_SECRET", "SYNDICATE_SMTP_PASSWORD"])
+def test_an_environment_variable_that_is_not_utf8_is_one_line_and_exit_2(
+    tmp_path: Path, variable: str
+) -> None:
+    # A secret set from raw bytes (a key file's contents, a Latin-1 shell): making a
+    # token died with UnicodeEncodeError and a traceback, exit 1.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    add = _syndicate(tmp_path, "subscribers", "add", "an@example.org")
+    assert add.returncode == 0, add.stderr
+    done = _syndicate(
+        tmp_path,
+        "unsubscribe-token",
+        "make",
+        "an@example.org",
+        env={variable: "s3cret-\udcff"},  # the byte 0xff, as os.environ holds it
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"Error: environment variable {variable} is not UTF-8 text (its value is not "
+        "shown). Set it again as UTF-8 text.\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("postgresql://news@127.0.0.1:99999/news", "invalid port number"),
+        ("postgresql://news@127.0.0.1:1/news?sslmode=bogus", "invalid sslmode value"),
+    ],
+)
+def test_a_store_url_with_a_value_libpq_refuses_is_exit_2_not_75(
+    tmp_path: Path, url: str, reason: str
+) -> None:
+    # libpq checks these values before it connects; the command said "cannot reach the
+    # database ... the next run tries again" with exit 75, so cron retried a typo forever.
+    done = _syndicate(tmp_path, "subscribers", "stats", env={"SYNDICATE_STORE_URL": url})
+    assert (done.returncode, done.stdout) == (2, "")
+    where = url.removeprefix("postgresql://news@").partition("?")[0]
+    assert done.stderr == (
+        f"Error: PostgreSQL at {where}: the URL has a value libpq refuses: {reason}. "
+        "Fix store.url or SYNDICATE_STORE_URL (or the URL given to `store copy`); trying "
+        "again will not help until then.\n"
+    )
+
+
+def test_erasing_an_international_address_deletes_its_outbox_mails(tmp_path: Path) -> None:
+    # The store keeps b@ví.vn as b@xn--v-jga.vn, and so do the mails' To headers; erase
+    # compared the outbox with the address as typed, so the erased person's digest (their
+    # address and personal unsubscribe link) stayed in the outbox, and nothing said so.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    (tmp_path / "syndicate.toml").write_text(
+        '[paths]\ndatabase = "s.db"\n[mail]\nfrom = "news@example.org"\n', encoding="utf-8"
+    )
+    for address in ("b@ví.vn", "an@example.org"):
+        assert _syndicate(tmp_path, "subscribers", "add", address).returncode == 0
+    sent = _syndicate(tmp_path, "send")
+    assert sent.returncode == 0, sent.stderr
+    assert len(list((tmp_path / "outbox").rglob("*.eml"))) == 2
+    done = _syndicate(tmp_path, "subscribers", "erase", "b@ví.vn")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "Deleted 1 outbox message to b@ví.vn."
+    left = [p.read_bytes() for p in (tmp_path / "outbox").rglob("*.eml")]
+    assert len(left) == 1
+    assert b"xn--v-jga" not in left[0]
+
+
+def _forged_return_token(subscriber_id: int) -> str:
+    raw = struct.pack(">BQH", 1, subscriber_id, 9000) + bytes(10)  # version 1, no real tag
+    return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+
+
+def test_a_forged_bounce_naming_an_impossible_subscriber_is_ignored(tmp_path: Path) -> None:
+    # Anyone can mail the bounce address. A return-path token naming subscriber 2**64 - 1
+    # was looked up before its tag was checked: SQLite raised OverflowError, the run died
+    # with a traceback, and the mail stayed in new/, so every later run died on it too and
+    # no bounce was read again.
+    (tmp_path / "syndicate.toml").write_text(
+        '[paths]\ndatabase = "s.db"\n[mail]\nbounce_address = "bounces@example.org"\n',
+        encoding="utf-8",
+    )
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    token = _forged_return_token(2**64 - 1)
+    (maildir / "new" / "1.forged").write_bytes(
+        f"From: MAILER-DAEMON@mx.example.org\r\nTo: bounces+{token}@example.org\r\n"
+        "Subject: Undelivered Mail\r\nMessage-ID: <forged@mx.example.org>\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.example.org\r\n\r\n"
+        "Final-Recipient: rfc822; an@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+        "--B--\r\n".encode("ascii")
+    )
+    done = _syndicate(tmp_path, "bounces", str(maildir))
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == "bounces: 0 hard, 0 soft, 0 complaints, 1 ignored, 0 unreadable\n"
+    assert not list((maildir / "new").iterdir())  # filed: the next run does not read it again
+
+
+def test_a_custom_template_that_fails_while_rendering_is_one_line_and_exit_2(
+    tmp_path: Path,
+) -> None:
+    # An operator's template with `{{ articles | length / 0 }}` or `{{ title + 1 }}`: the
+    # syntax and the names were checked, but any other failure while rendering was a
+    # traceback (exit 1) from `digest`, and from `send` before anything was sent.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    templates = tmp_path / "mine"
+    shutil.copytree(SEEDS.parent / "templates" / "email", templates)
+    (templates / "digest.txt.j2").write_text("{{ 1 / 0 }}\n", encoding="utf-8")
+    (tmp_path / "syndicate.toml").write_text(
+        '[paths]\ndatabase = "s.db"\n[digest]\ntemplates_dir = "mine"\n', encoding="utf-8"
+    )
+    done = _syndicate(tmp_path, "digest", "--out", "preview")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"Error: config key digest.templates_dir ({str(templates)!r}): digest.txt.j2: "
+        "rendering failed: ZeroDivisionError: division by zero. Fix the template; "
+        "templates/email/ holds the shipped ones.\n"
+    )
+    assert not (tmp_path / "preview").exists()
+
+
+def test_an_outbox_that_is_a_file_names_the_outbox_folder_not_paths_output(
+    tmp_path: Path,
+) -> None:
+    # paths.outbox set to a file: the error's advice was to check paths.output, a setting
+    # that had nothing to do with it.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    (tmp_path / "mail.txt").write_text("not a folder\n", encoding="utf-8")
+    (tmp_path / "syndicate.toml").write_text(
+        '[paths]\ndatabase = "s.db"\noutbox = "mail.txt"\n', encoding="utf-8"
+    )
+    assert _syndicate(tmp_path, "subscribers", "add", "an@example.org").returncode == 0
+    done = _syndicate(tmp_path, "send")
+    assert done.returncode == 2
+    error = done.stderr.splitlines()[-1]
+    mail, _, advice = error.removeprefix("Error: ").partition(": cannot write: Not a directory. ")
+    assert Path(mail).is_relative_to(tmp_path / "mail.txt")
+    assert advice == (
+        f"Check that {Path(mail).parent} is a folder (or can be made one) that this user "
+        "can write to."
+    )
+
+
+def test_a_listmonk_row_with_deeply_nested_attributes_is_one_rejected_row(
+    tmp_path: Path,
+) -> None:
+    # listmonk's attributes column is JSON; 100,000 nested brackets made json.loads raise
+    # RecursionError, not ValueError: a traceback, exit 1, and the rows after it not read.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    (tmp_path / "listmonk.csv").write_text(
+        "uuid,email,name,attributes,status\n"
+        "1,an@example.org,An,,enabled\n"
+        f"2,deep@example.org,Deep,{'[' * 100_000},enabled\n"
+        "3,chi@example.org,Chi,,enabled\n",
+        encoding="utf-8",
+    )
+    done = _syndicate(tmp_path, "subscribers", "import", "listmonk.csv")
+    assert done.returncode == 1
+    assert done.stderr == (
+        "listmonk.csv line 3, column attributes: attributes is not JSON. "
+        "Fix the row and import the file again; the other rows are kept.\n"
+    )
+    assert done.stdout == "Imported 2, unchanged 0, rejected 1 (listmonk list).\n"
+
+
+def test_a_fifo_in_a_maildir_is_skipped_not_waited_on(tmp_path: Path) -> None:
+    # A named pipe in new/ (whoever can write the Maildir can make one): reading it waited
+    # for a writer that never came, so the cron run hung, and each later run hung behind it.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    os.mkfifo(maildir / "new" / "1.pipe")
+    (maildir / "new" / "2.mail").write_bytes(b"To: news@example.org\r\nSubject: hi\r\n\r\nHi.\r\n")
+    done = _syndicate(tmp_path, "bounces", str(maildir), timeout=30)
+    assert done.returncode == 1
+    assert done.stderr == f"warning: {maildir}/new/1.pipe: cannot read: not a regular file\n"
+    assert done.stdout == "bounces: 0 hard, 0 soft, 0 complaints, 1 ignored, 1 unreadable\n"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "most"),
+    [
+        ("digest", "max_age_hours", "1000000000", "1000000"),
+        ("smtp", "lease", "1e300", "1000000000"),
+    ],
+)
+def test_an_absurdly_large_number_in_the_config_is_one_line_and_exit_2(
+    tmp_path: Path, section: str, key: str, value: str, most: str
+) -> None:
+    # A slip of the keyboard (or a unit mix-up) made `send` die with OverflowError and a
+    # traceback, exit 1: a date a million centuries back, a lease SQLite cannot count.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    (tmp_path / "syndicate.toml").write_text(
+        f'[paths]\ndatabase = "s.db"\n[{section}]\n{key} = {value}\n', encoding="utf-8"
+    )
+    done = _syndicate(tmp_path, "send")
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr.startswith(f"Error: config key {section}.{key} has value ")
+    assert done.stderr.endswith(f"; expected at most {most}.\n")
+
+
+@pytest.mark.parametrize(
+    "sender",
+    ["news@example.org, editor@example.org", "News <news@example.org>\\nBcc: evil@example.net"],
+)
+def test_a_mail_from_with_two_addresses_is_refused_before_sending(
+    tmp_path: Path, sender: str
+) -> None:
+    # The envelope took the first address, but every digest's From header named them all
+    # ("From: News <news@example.org>, evil@example.net"): mail that DMARC and most
+    # receivers refuse, and a line break in the setting made a second address of its own.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    (tmp_path / "syndicate.toml").write_text(
+        f'[paths]\ndatabase = "s.db"\n[mail]\nfrom = "{sender}"\n', encoding="utf-8"
+    )
+    assert _syndicate(tmp_path, "subscribers", "add", "an@example.org").returncode == 0
+    done = _syndicate(tmp_path, "send")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines()[-1].startswith("Error: config key mail.from has value ")
+    assert done.stderr.endswith('; expected one address like "News <news@example.org>".\n')
+    assert not (tmp_path / "outbox").exists()
