@@ -306,6 +306,11 @@ class PgQueue:
                 positional(_MARK_SENT_MANY_PG, ["day", "ids", "now"]),
                 ["text", "bigint[]", "text"],
                 failure,
+                # Planned once: PostgreSQL costs the generic plan of `= ANY($2)` (an array of
+                # unknown length) above its custom plans, and so planned the mark again at each
+                # run, a fifth of its server time (the plan is index lookups by key either way;
+                # tests/test_ledger_plan.py).
+                plan_once=True,
             )
         except BaseException as exc:
             for conn in opened:

@@ -657,11 +657,18 @@ class LoopStatement:
         sql: str,
         types: Sequence[str],
         failure: Callable[[Exception], Exception],
+        *,
+        plan_once: bool = False,
     ) -> LoopStatement:
         """`sql` with PostgreSQL's own parameters ($1...), of `types` ("text", "bigint[]").
 
-        Raises PgError when it cannot (the connection broke meanwhile, say)."""
+        `plan_once`: the statement's one generic plan serves every run (the connection's
+        `plan_cache_mode`, PostgreSQL 12 and later), for a statement whose best plan does
+        not depend on its values. Raises PgError when it cannot (the connection broke
+        meanwhile, say)."""
         try:
+            if plan_once and conn.info.server_version >= 120000:
+                await conn.execute("SET plan_cache_mode = force_generic_plan")
             await conn.execute(f"PREPARE {name} ({', '.join(types)}) AS {sql}")
             return cls(conn, name, failure)  # reads libpq's socket: a closed one raises
         except psycopg.Error as exc:
