@@ -177,6 +177,37 @@ def test_a_command_without_its_seeds_folder_fails_and_creates_nothing(
     assert _untouched()
 
 
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("command", [["build"], ["digest"], ["send"], ["send", "--dry-run"]])
+def test_an_empty_dump_folder_after_a_build_is_refused_and_the_site_stays(
+    project: Path, command: list[str]
+) -> None:
+    # An unmounted share or a wrong path: the build found no dump, removed every article
+    # page, emptied the feeds and exited 0. Refused now; `build --allow-empty` empties it.
+    assert _run("build")[0] == 0
+    site = _tree(project / "feeds")
+    assert any(name.startswith("articles/") for name in site)
+    for dump in (project / "seeds").iterdir():
+        dump.unlink()
+    code, out, err = _run(*command)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"Error: {project / 'seeds'}: no dumps (*.txt) found, while earlier builds read 4; "
+        "refusing to "
+        "empty the site. Check the folder (an unmounted share, a wrong path?). To empty the "
+        "site on purpose, run `syndicate build --allow-empty`.\n"
+    )
+    assert _tree(project / "feeds") == site
+    code, out, _err = _run("build", "--allow-empty")
+    assert code == 0
+    assert out.startswith("Built 0 articles (0 duplicates, 0 skipped) into feeds/:")
+    assert not any(n.startswith("articles/") for n in _tree(project / "feeds"))
+    assert _run(*command)[0] == 0  # the store now knows no dump: nothing to refuse
+
+
 def _untouched() -> bool:
     """Whether the test's PostgreSQL database (if any) is as the test got it: no tables.
 

@@ -74,8 +74,16 @@ def format_summary(summary: BuildSummary, output: Path) -> str:
 @cli.command("build")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--strict", is_flag=True, help="Exit with 1 when any dump was skipped.")
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Build even when the folders hold no dump while earlier builds read some "
+    "(this empties the site; without it the build refuses, exit 2).",
+)
 @pass_app
-def build_command(app: AppContext, paths: tuple[Path, ...], strict: bool) -> None:
+def build_command(
+    app: AppContext, paths: tuple[Path, ...], strict: bool, allow_empty: bool
+) -> None:
     """Build feeds and article pages from the dumps (default: paths.seeds).
 
     Example: syndicate build seeds/ --strict
@@ -91,6 +99,7 @@ def build_command(app: AppContext, paths: tuple[Path, ...], strict: bool) -> Non
             now=datetime.now(UTC),
             paths=list(paths) or None,
             progress=bar,
+            allow_empty=allow_empty,
         )
     finally:
         if bar is not None:

@@ -129,6 +129,7 @@ def run_build(
     paths: Sequence[Path] | None = None,
     progress: Progress | None = None,
     tuning: BuildTuning | None = None,
+    allow_empty: bool = False,
 ) -> BuildSummary:
     """Sync the store with the dumps, then write feeds and pages into paths.output.
 
@@ -138,6 +139,8 @@ def run_build(
     rewritten; pages and feeds whose inputs did not change are not even rendered.
     Pages an earlier build wrote that no longer belong to the site are deleted.
     `tuning` says when worker processes take part; the output is the same either way.
+    Dump folders with no dump at all, when earlier builds read some, are refused
+    (InputError) unless `allow_empty`: the site would be emptied.
     """
     tuning = tuning or BuildTuning()
     started = time.perf_counter()
@@ -150,7 +153,15 @@ def run_build(
     stager = Stager(renderer, staging, writer.old) if staging is not None else None
     try:
         with BuildPool(renderer, output, stager, tuning=tuning) as pool:
-            sync = sync_articles(settings, db, now=now, paths=paths, progress=progress, pool=pool)
+            sync = sync_articles(
+                settings,
+                db,
+                now=now,
+                paths=paths,
+                progress=progress,
+                pool=pool,
+                allow_empty=allow_empty,
+            )
             summaries = sorted(
                 (s for s in store.iter_summaries(db) if s.id in sync.article_ids),
                 key=_order_key,

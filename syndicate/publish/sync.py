@@ -19,7 +19,7 @@ from pathlib import Path
 
 from syndicate import load
 from syndicate.config import Settings
-from syndicate.errors import DumpError
+from syndicate.errors import DumpError, InputError
 from syndicate.publish.pool import BuildPool, BuildTuning
 from syndicate.publish.reading import Read, decode_error, parse_version, read_and_parse
 from syndicate.store import Database
@@ -381,6 +381,7 @@ def sync_articles(
     progress: Progress | None = None,
     pool: BuildPool | None = None,
     tuning: BuildTuning | None = None,
+    allow_empty: bool = False,
 ) -> SyncResult:
     """Bring the store up to date with the dumps under `paths` (default: paths.seeds).
 
@@ -389,9 +390,11 @@ def sync_articles(
     as one warning (`path: reason`) and counted; the run goes on. New articles
     get first_seen_at = `now`. A dump whose stat signature (else content hash)
     and parser version match the cache is not parsed again. Raises InputError
-    for a missing path. Many dumps to read are read and parsed by worker
-    processes (one per core: `pool`, else a pool of its own), the results still taken in
-    path order; `tuning` (else the pool's) says how many are many.
+    for a missing path, and for folders holding no dump at all while earlier runs
+    stored some (an unmounted share would empty the site), unless `allow_empty`. Many
+    dumps to read are read and parsed by worker processes (one per core: `pool`, else a
+    pool of its own), the results still taken in path order; `tuning` (else the pool's)
+    says how many are many.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -400,6 +403,14 @@ def sync_articles(
     total = len(found)
     store.backfill_teasers(db)  # once, for articles stored before teasers were linked
     sync = _Sync(settings, db, now=now, roots=roots)
+    if not found and sync.cache and not allow_empty:
+        shown = ", ".join(str(root) for root in roots)
+        raise InputError(
+            f"{shown}: no dumps (*.txt) found, while earlier builds read "
+            f"{len(sync.cache)}; refusing to empty the site.",
+            hint="Check the folder (an unmounted share, a wrong path?). To empty the site "
+            "on purpose, run `syndicate build --allow-empty`.",
+        )
     signer = _Signer(sync, found, os.getcwd())
     reads = own_pool = None
     # Signatures are taken as the dumps are needed, each before its dump is read (a write
