@@ -200,6 +200,28 @@ async def test_a_relay_refusing_everyone_for_hours_uses_none_of_their_attempts( 
     assert sorted(handler.recipients()) == sorted(emails)
 
 
+class _RefusesOnceBothConnected(_DefersEveryone):
+    """Refuses every RCPT with `reply`, but holds the first ones until two SMTP sessions
+    have asked: each of two workers has claimed its batch before either hears a refusal
+    (else the first could take and finish every row while the second is still starting)."""
+
+    reply = "550 5.1.1 no such user"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sessions: set[int] = set()
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        self.sessions.add(id(session))
+        for _ in range(1000):  # 10 s at most: the test's own timeout tells the rest
+            if len(self.sessions) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+
 async def test_two_workers_refused_before_any_accept_both_finish(  # type: ignore[no-untyped-def]
     db, send_settings, now
 ) -> None:
@@ -210,8 +232,7 @@ async def test_two_workers_refused_before_any_accept_both_finish(  # type: ignor
     emails = [f"reader{i}@example.org" for i in range(24)]
     for email in emails:
         add_subscriber(db, email, now=now)
-    handler = _DefersEveryone()
-    handler.reply = "550 5.1.1 no such user"
+    handler = _RefusesOnceBothConnected()
     run = make_run_id()
     with run_smtp_server(handler) as server:
 
