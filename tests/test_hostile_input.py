@@ -359,3 +359,18 @@ def test_a_mail_from_with_two_addresses_is_refused_before_sending(
     assert done.stderr.splitlines()[-1].startswith("Error: config key mail.from has value ")
     assert done.stderr.endswith('; expected one address like "News <news@example.org>".\n')
     assert not (tmp_path / "outbox").exists()
+
+
+@pytest.mark.parametrize("workers", ["65", "1000"])
+def test_send_with_too_many_workers_is_a_usage_error(tmp_path: Path, workers: str) -> None:
+    # `--workers 1000` (a slip for 10) started 1000 processes, each opening
+    # smtp.connections SMTP connections and its own store connections. `--dry-run` keeps
+    # this test cheap should the bound ever go: click checks options before the command.
+    (tmp_path / "seeds").mkdir()
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    done = _syndicate(tmp_path, "send", "--dry-run", "--workers", workers)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines()[-1] == (
+        f"Error: Invalid value for '--workers': {workers} is not in the range 1<=x<=64."
+    )
+    assert _syndicate(tmp_path, "send", "--dry-run", "--workers", "64").returncode == 0
