@@ -374,3 +374,22 @@ def test_send_with_too_many_workers_is_a_usage_error(tmp_path: Path, workers: st
         f"Error: Invalid value for '--workers': {workers} is not in the range 1<=x<=64."
     )
     assert _syndicate(tmp_path, "send", "--dry-run", "--workers", "64").returncode == 0
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf", "-1", "0", "1e300"])
+def test_preflight_with_a_timeout_that_never_ends_is_a_usage_error(
+    tmp_path: Path, seconds: str
+) -> None:
+    # click's FloatRange lets nan through (every comparison with it is false), and inf or
+    # 1e300 are above the least: each DNS look-up then waited for ever on a silent server.
+    (tmp_path / "syndicate.toml").write_text(
+        '[paths]\ndatabase = "s.db"\n[mail]\nfrom = "news@example.org"\n', encoding="utf-8"
+    )
+    done = _syndicate(
+        tmp_path, "preflight", "--nameserver", "127.0.0.1:9", "--timeout", seconds, timeout=30
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    wrong = "a number of seconds" if seconds == "nan" else "in the range 0.1<=x<=600"
+    assert done.stderr.splitlines()[-1] == (
+        f"Error: Invalid value for '--timeout': {float(seconds)} is not {wrong}."
+    )
