@@ -393,3 +393,45 @@ def test_preflight_with_a_timeout_that_never_ends_is_a_usage_error(
     assert done.stderr.splitlines()[-1] == (
         f"Error: Invalid value for '--timeout': {float(seconds)} is not {wrong}."
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "kind"),
+    [
+        ("--config", "named pipe"),
+        ("SYNDICATE_CONFIG", "named pipe"),
+        ("./syndicate.toml", "named pipe"),
+        ("a link given to --config", "named pipe"),
+        ("SYNDICATE_CONFIG", "folder"),
+        ("./syndicate.toml", "folder"),
+        ("SYNDICATE_CONFIG", "device"),
+    ],
+)
+def test_a_config_file_that_is_not_a_regular_file_is_one_line_and_exit_2(
+    tmp_path: Path, given: str, kind: str
+) -> None:
+    # A named pipe as the config file: reading it waited for a writer that never came, so
+    # every cron run hung. A device was read as it was (/dev/zero for ever, /dev/null as an
+    # empty file); a folder at ./syndicate.toml was passed over in silence, defaults used.
+    work = tmp_path / "work"
+    work.mkdir()
+    target = work / "syndicate.toml" if given == "./syndicate.toml" else tmp_path / "conf"
+    if kind == "named pipe":
+        os.mkfifo(target)
+    elif kind == "folder":
+        target.mkdir()
+    else:
+        target = Path(os.devnull)
+    named = target
+    if given.startswith("a link"):
+        named = tmp_path / "link.toml"
+        named.symlink_to(target)
+    args = ["--config", str(named)] if given.endswith("--config") else []
+    env = {"SYNDICATE_CONFIG": str(named)} if given == "SYNDICATE_CONFIG" else {}
+    done = _syndicate(work, *args, "subscribers", "list", env=env, timeout=30)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith(
+        f"Error: config file {str(named)!r} is a {kind}, not a regular file. "
+    )
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert list(work.iterdir()) == ([target] if target.parent == work else [])
