@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import resource
 import shutil
 import stat
 import struct
@@ -29,22 +30,36 @@ def _syndicate(
     cwd: Path,
     *args: str,
     stdin_closed: bool = False,
+    stdin_from: Path | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 120,
+    most_memory: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the CLI as a user would, with no SYNDICATE_* variable but those of `env`."""
+    """Run the CLI as a user would, with no SYNDICATE_* variable but those of `env`.
+
+    `most_memory` caps the process's data (heap and private mappings) at that many bytes,
+    so a test of a bound on reading fails at once, not by filling the machine's memory.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")} | (env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "syndicate", *args],
-        cwd=cwd,
-        env=env,
-        stdin=None if stdin_closed else subprocess.DEVNULL,
-        preexec_fn=(lambda: os.close(0)) if stdin_closed else None,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+
+    def limit() -> None:
+        if stdin_closed:
+            os.close(0)
+        if most_memory is not None:
+            resource.setrlimit(resource.RLIMIT_DATA, (most_memory, most_memory))
+
+    with open(stdin_from or os.devnull, "rb") as stdin:
+        return subprocess.run(
+            [sys.executable, "-m", "syndicate", *args],
+            cwd=cwd,
+            env=env,
+            stdin=None if stdin_closed else stdin,
+            preexec_fn=limit if stdin_closed or most_memory is not None else None,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
 
 def _mode(path: Path) -> int:
@@ -435,3 +450,68 @@ def test_a_config_file_that_is_not_a_regular_file_is_one_line_and_exit_2(
     )
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert list(work.iterdir()) == ([target] if target.parent == work else [])
+
+
+_OVER_THE_CAP = "cannot read: over 10 MiB, more than a bounce or complaint report holds"
+
+
+@pytest.mark.parametrize("source", [".eml file", "mbox", "Maildir", "standard input"])
+def test_a_mail_over_the_size_cap_is_one_warning_and_never_read_whole(
+    tmp_path: Path, source: str
+) -> None:
+    # A 1 GiB message (sparse: cheap to make) was read whole into memory, then parsed, and
+    # an mbox's lines were read whole to find where each message starts. Capped at 512 MiB
+    # of memory, the command now reads at most 10 MiB of it and says so on one line.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    small = b"To: news@example.org\nSubject: hi\n\nHi.\n"
+    big = tmp_path / "big.eml"
+    args = [str(big)]
+    label = str(big)
+    if source == "mbox":
+        big = tmp_path / "big.mbox"
+        big.write_bytes(b"From a@example.org Thu Jan  1 00:00:00 2026\n" + small)
+        with big.open("ab") as out:  # the second message: 1 GiB with no line break
+            out.write(b"\nFrom b@example.org Thu Jan  1 00:00:00 2026\nSubject: big\n\n")
+        args, label = [str(big)], f"{big} message 2"
+    elif source == "Maildir":
+        maildir = tmp_path / "Maildir"
+        for sub in ("cur", "new", "tmp"):
+            (maildir / sub).mkdir(parents=True)
+        big = maildir / "new" / "1.big"
+        (maildir / "new" / "2.small").write_bytes(small)
+        args, label = [str(maildir)], str(big)
+    elif source == "standard input":
+        args, label = ["-"], "<stdin>"
+    with big.open("ab") as out:
+        out.truncate(2**30)
+    done = _syndicate(
+        tmp_path,
+        "bounces",
+        *args,
+        stdin_from=big if source == "standard input" else None,
+        most_memory=512 * 2**20,
+        timeout=30,
+    )
+    assert (done.returncode, done.stderr) == (1, f"warning: {label}: {_OVER_THE_CAP}\n")
+    ignored = 0 if source in (".eml file", "standard input") else 1
+    assert done.stdout == (
+        f"bounces: 0 hard, 0 soft, 0 complaints, {ignored} ignored, 1 unreadable\n"
+    )
+    assert big.exists()  # left in place (a Maildir's in new/)
+
+
+@pytest.mark.parametrize("kind", ["named pipe", "device"])
+def test_bounces_given_a_named_pipe_or_a_device_is_one_line_and_exit_2(
+    tmp_path: Path, kind: str
+) -> None:
+    # `bounces /dev/zero` read for ever into memory; a named pipe waited for a writer.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    path = Path("/dev/zero")
+    if kind == "named pipe":
+        path = tmp_path / "pipe"
+        os.mkfifo(path)
+    done = _syndicate(tmp_path, "bounces", str(path), most_memory=512 * 2**20, timeout=30)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"Error: {path}: a {kind}, not a file or a Maildir. Give a Maildir, mbox or .eml file.\n"
+    )
