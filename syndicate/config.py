@@ -163,7 +163,8 @@ class MailSettings:
         default="",
         metadata={
             "doc": "signing secret when `SYNDICATE_SECRET` is not set; when both are empty "
-            "one is generated into the database on first use"
+            "one is generated into the database on first use; under 16 bytes, every "
+            "command warns"
         },
     )
     bounce_limit: int = field(
@@ -781,6 +782,29 @@ def _check(settings: Settings) -> None:
             key="dkim.selector",
             hint="Set all three to sign, or leave dkim.domain empty.",
         )
+
+
+# The shortest signing secret set by hand that is not warned about: 16 random bytes are
+# beyond guessing, a short word is not. Refusing shorter ones would break the links in mail
+# already sent, so they are warned about (the generated secret is 32 random bytes).
+MIN_SECRET_BYTES = 16
+
+
+def weak_secret_warning(settings: Settings) -> str | None:
+    """One warning line when the operator's signing secret is short enough to guess."""
+    length = len(settings.secret.encode("utf-8"))
+    if not settings.secret or length >= MIN_SECRET_BYTES:
+        return None
+    where = (
+        f"environment variable {ENV_SECRET}" if settings.env_secret else "config key mail.secret"
+    )
+    return (
+        f"{where} is {length} byte{'' if length == 1 else 's'} long: anyone who guesses it "
+        "can forge sign-up, confirm and unsubscribe tokens. Set it to "
+        f"{MIN_SECRET_BYTES} bytes or more (like the output of `openssl rand -base64 32`), "
+        "or unset it to use the one syndicate makes; either way, the links in mail already "
+        "sent stop working."
+    )
 
 
 def base_url(settings: Settings) -> str:

@@ -515,3 +515,49 @@ def test_bounces_given_a_named_pipe_or_a_device_is_one_line_and_exit_2(
     assert done.stderr == (
         f"Error: {path}: a {kind}, not a file or a Maildir. Give a Maildir, mbox or .eml file.\n"
     )
+
+
+def _weak_secret_warning(where: str) -> str:
+    return (
+        f"warning: {where} is 1 byte long: anyone who guesses it can forge sign-up, "
+        "confirm and unsubscribe tokens. Set it to 16 bytes or more (like the output of "
+        "`openssl rand -base64 32`), or unset it to use the one syndicate makes; either "
+        "way, the links in mail already sent stop working."
+    )
+
+
+@pytest.mark.parametrize("source", ["SYNDICATE_SECRET", "mail.secret"])
+def test_a_short_signing_secret_is_warned_about_once_per_command(
+    tmp_path: Path, source: str
+) -> None:
+    # mail.secret = "x" was taken in silence: the sign-up form's tokens, and every confirm
+    # and unsubscribe link, could be forged by guessing it. Refusing it would break the
+    # links in mail already sent, so it is one warning line, once however often it is used.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    config = '[paths]\ndatabase = "s.db"\n[mail]\nfrom = "news@example.org"\n'
+    env = {"SYNDICATE_SECRET": "x"} if source == "SYNDICATE_SECRET" else {}
+    if source == "mail.secret":
+        config += 'secret = "x"\n'
+    (tmp_path / "syndicate.toml").write_text(config, encoding="utf-8")
+    where = "environment variable SYNDICATE_SECRET" if env else "config key mail.secret"
+    warning = _weak_secret_warning(where)
+    for address in ("an@example.org", "binh@example.org"):
+        added = _syndicate(tmp_path, "subscribers", "add", address, env=env)
+        assert (added.returncode, added.stderr) == (0, warning + "\n")
+    sent = _syndicate(tmp_path, "send", env=env)  # the secret signs both digests' links
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stderr.splitlines().count(warning) == 1, sent.stderr
+    made = _syndicate(tmp_path, "unsubscribe-token", "make", "an@example.org", env=env)
+    assert (made.returncode, made.stderr) == (0, warning + "\n")
+
+
+@pytest.mark.parametrize("secret", ["", "0123456789abcdef"])
+def test_a_generated_or_long_enough_signing_secret_is_not_warned_about(
+    tmp_path: Path, secret: str
+) -> None:
+    (tmp_path / "syndicate.toml").write_text(
+        f'[paths]\ndatabase = "s.db"\n[mail]\nsecret = "{secret}"\n', encoding="utf-8"
+    )
+    assert _syndicate(tmp_path, "subscribers", "add", "an@example.org").stderr == ""
+    made = _syndicate(tmp_path, "unsubscribe-token", "make", "an@example.org")
+    assert (made.returncode, made.stderr) == (0, "")
