@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import os
 import re
+import stat
 import sys
 import tomllib
 import unicodedata
@@ -161,7 +163,8 @@ class MailSettings:
         default="",
         metadata={
             "doc": "signing secret when `SYNDICATE_SECRET` is not set; when both are empty "
-            "one is generated into the database on first use"
+            "one is generated into the database on first use; under 16 bytes, every "
+            "command warns"
         },
     )
     bounce_limit: int = field(
@@ -528,7 +531,36 @@ def find_config(explicit: Path | None, environ: Mapping[str, str], cwd: Path) ->
     if from_env:
         return Path(from_env)
     candidate = cwd / CONFIG_FILE_NAME
-    return candidate if candidate.is_file() else None
+    return candidate if candidate.exists() else None  # not a file: refused when read
+
+
+def _refuse_special_file(path: Path, mode: int) -> None:
+    """Raise ConfigError unless `mode` is a regular file's."""
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        kind = "folder"
+    elif stat.S_ISFIFO(mode):
+        kind = "named pipe"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = "device"
+    else:
+        kind = "socket" if stat.S_ISSOCK(mode) else "special file"
+    raise ConfigError(
+        f"config file {str(path)!r} is a {kind}, not a regular file.",
+        hint="Point --config or SYNDICATE_CONFIG at a TOML file like syndicate.example.toml, "
+        "or put one at ./syndicate.toml.",
+    )
+
+
+def _read_config_file(path: Path) -> str:
+    """The config file's text (links followed). A named pipe, device or folder is refused
+    before it is opened: reading a pipe waits for a writer, a device may never end."""
+    _refuse_special_file(path, os.stat(path).st_mode)
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with open(descriptor, encoding="utf-8") as handle:  # O_NONBLOCK: a pipe swapped in
+        _refuse_special_file(path, os.fstat(descriptor).st_mode)  # since is not waited on
+        return handle.read()
 
 
 def load_settings(
@@ -543,7 +575,7 @@ def load_settings(
     base = cwd
     if path is not None:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = _read_config_file(path)
         except FileNotFoundError:
             raise ConfigError(
                 f"config file {str(path)!r} does not exist.",
@@ -750,6 +782,29 @@ def _check(settings: Settings) -> None:
             key="dkim.selector",
             hint="Set all three to sign, or leave dkim.domain empty.",
         )
+
+
+# The shortest signing secret set by hand that is not warned about: 16 random bytes are
+# beyond guessing, a short word is not. Refusing shorter ones would break the links in mail
+# already sent, so they are warned about (the generated secret is 32 random bytes).
+MIN_SECRET_BYTES = 16
+
+
+def weak_secret_warning(settings: Settings) -> str | None:
+    """One warning line when the operator's signing secret is short enough to guess."""
+    length = len(settings.secret.encode("utf-8"))
+    if not settings.secret or length >= MIN_SECRET_BYTES:
+        return None
+    where = (
+        f"environment variable {ENV_SECRET}" if settings.env_secret else "config key mail.secret"
+    )
+    return (
+        f"{where} is {length} byte{'' if length == 1 else 's'} long: anyone who guesses it "
+        "can forge sign-up, confirm and unsubscribe tokens. Set it to "
+        f"{MIN_SECRET_BYTES} bytes or more (like the output of `openssl rand -base64 32`), "
+        "or unset it to use the one syndicate makes; either way, the links in mail already "
+        "sent stop working."
+    )
 
 
 def base_url(settings: Settings) -> str:

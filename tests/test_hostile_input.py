@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import resource
 import shutil
 import stat
 import struct
@@ -29,22 +30,36 @@ def _syndicate(
     cwd: Path,
     *args: str,
     stdin_closed: bool = False,
+    stdin_from: Path | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 120,
+    most_memory: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the CLI as a user would, with no SYNDICATE_* variable but those of `env`."""
+    """Run the CLI as a user would, with no SYNDICATE_* variable but those of `env`.
+
+    `most_memory` caps the process's data (heap and private mappings) at that many bytes,
+    so a test of a bound on reading fails at once, not by filling the machine's memory.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")} | (env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "syndicate", *args],
-        cwd=cwd,
-        env=env,
-        stdin=None if stdin_closed else subprocess.DEVNULL,
-        preexec_fn=(lambda: os.close(0)) if stdin_closed else None,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+
+    def limit() -> None:
+        if stdin_closed:
+            os.close(0)
+        if most_memory is not None:
+            resource.setrlimit(resource.RLIMIT_DATA, (most_memory, most_memory))
+
+    with open(stdin_from or os.devnull, "rb") as stdin:
+        return subprocess.run(
+            [sys.executable, "-m", "syndicate", *args],
+            cwd=cwd,
+            env=env,
+            stdin=None if stdin_closed else stdin,
+            preexec_fn=limit if stdin_closed or most_memory is not None else None,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
 
 def _mode(path: Path) -> int:
@@ -359,3 +374,190 @@ def test_a_mail_from_with_two_addresses_is_refused_before_sending(
     assert done.stderr.splitlines()[-1].startswith("Error: config key mail.from has value ")
     assert done.stderr.endswith('; expected one address like "News <news@example.org>".\n')
     assert not (tmp_path / "outbox").exists()
+
+
+@pytest.mark.parametrize("workers", ["65", "1000"])
+def test_send_with_too_many_workers_is_a_usage_error(tmp_path: Path, workers: str) -> None:
+    # `--workers 1000` (a slip for 10) started 1000 processes, each opening
+    # smtp.connections SMTP connections and its own store connections. `--dry-run` keeps
+    # this test cheap should the bound ever go: click checks options before the command.
+    (tmp_path / "seeds").mkdir()
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    done = _syndicate(tmp_path, "send", "--dry-run", "--workers", workers)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines()[-1] == (
+        f"Error: Invalid value for '--workers': {workers} is not in the range 1<=x<=64."
+    )
+    assert _syndicate(tmp_path, "send", "--dry-run", "--workers", "64").returncode == 0
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf", "-1", "0", "1e300"])
+def test_preflight_with_a_timeout_that_never_ends_is_a_usage_error(
+    tmp_path: Path, seconds: str
+) -> None:
+    # click's FloatRange lets nan through (every comparison with it is false), and inf or
+    # 1e300 are above the least: each DNS look-up then waited for ever on a silent server.
+    (tmp_path / "syndicate.toml").write_text(
+        '[paths]\ndatabase = "s.db"\n[mail]\nfrom = "news@example.org"\n', encoding="utf-8"
+    )
+    done = _syndicate(
+        tmp_path, "preflight", "--nameserver", "127.0.0.1:9", "--timeout", seconds, timeout=30
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    wrong = "a number of seconds" if seconds == "nan" else "in the range 0.1<=x<=600"
+    assert done.stderr.splitlines()[-1] == (
+        f"Error: Invalid value for '--timeout': {float(seconds)} is not {wrong}."
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "kind"),
+    [
+        ("--config", "named pipe"),
+        ("SYNDICATE_CONFIG", "named pipe"),
+        ("./syndicate.toml", "named pipe"),
+        ("a link given to --config", "named pipe"),
+        ("SYNDICATE_CONFIG", "folder"),
+        ("./syndicate.toml", "folder"),
+        ("SYNDICATE_CONFIG", "device"),
+    ],
+)
+def test_a_config_file_that_is_not_a_regular_file_is_one_line_and_exit_2(
+    tmp_path: Path, given: str, kind: str
+) -> None:
+    # A named pipe as the config file: reading it waited for a writer that never came, so
+    # every cron run hung. A device was read as it was (/dev/zero for ever, /dev/null as an
+    # empty file); a folder at ./syndicate.toml was passed over in silence, defaults used.
+    work = tmp_path / "work"
+    work.mkdir()
+    target = work / "syndicate.toml" if given == "./syndicate.toml" else tmp_path / "conf"
+    if kind == "named pipe":
+        os.mkfifo(target)
+    elif kind == "folder":
+        target.mkdir()
+    else:
+        target = Path(os.devnull)
+    named = target
+    if given.startswith("a link"):
+        named = tmp_path / "link.toml"
+        named.symlink_to(target)
+    args = ["--config", str(named)] if given.endswith("--config") else []
+    env = {"SYNDICATE_CONFIG": str(named)} if given == "SYNDICATE_CONFIG" else {}
+    done = _syndicate(work, *args, "subscribers", "list", env=env, timeout=30)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith(
+        f"Error: config file {str(named)!r} is a {kind}, not a regular file. "
+    )
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert list(work.iterdir()) == ([target] if target.parent == work else [])
+
+
+_OVER_THE_CAP = "cannot read: over 10 MiB, more than a bounce or complaint report holds"
+
+
+@pytest.mark.parametrize("source", [".eml file", "mbox", "Maildir", "standard input"])
+def test_a_mail_over_the_size_cap_is_one_warning_and_never_read_whole(
+    tmp_path: Path, source: str
+) -> None:
+    # A 1 GiB message (sparse: cheap to make) was read whole into memory, then parsed, and
+    # an mbox's lines were read whole to find where each message starts. Capped at 512 MiB
+    # of memory, the command now reads at most 10 MiB of it and says so on one line.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    small = b"To: news@example.org\nSubject: hi\n\nHi.\n"
+    big = tmp_path / "big.eml"
+    args = [str(big)]
+    label = str(big)
+    if source == "mbox":
+        big = tmp_path / "big.mbox"
+        big.write_bytes(b"From a@example.org Thu Jan  1 00:00:00 2026\n" + small)
+        with big.open("ab") as out:  # the second message: 1 GiB with no line break
+            out.write(b"\nFrom b@example.org Thu Jan  1 00:00:00 2026\nSubject: big\n\n")
+        args, label = [str(big)], f"{big} message 2"
+    elif source == "Maildir":
+        maildir = tmp_path / "Maildir"
+        for sub in ("cur", "new", "tmp"):
+            (maildir / sub).mkdir(parents=True)
+        big = maildir / "new" / "1.big"
+        (maildir / "new" / "2.small").write_bytes(small)
+        args, label = [str(maildir)], str(big)
+    elif source == "standard input":
+        args, label = ["-"], "<stdin>"
+    with big.open("ab") as out:
+        out.truncate(2**30)
+    done = _syndicate(
+        tmp_path,
+        "bounces",
+        *args,
+        stdin_from=big if source == "standard input" else None,
+        most_memory=512 * 2**20,
+        timeout=30,
+    )
+    assert (done.returncode, done.stderr) == (1, f"warning: {label}: {_OVER_THE_CAP}\n")
+    ignored = 0 if source in (".eml file", "standard input") else 1
+    assert done.stdout == (
+        f"bounces: 0 hard, 0 soft, 0 complaints, {ignored} ignored, 1 unreadable\n"
+    )
+    assert big.exists()  # left in place (a Maildir's in new/)
+
+
+@pytest.mark.parametrize("kind", ["named pipe", "device"])
+def test_bounces_given_a_named_pipe_or_a_device_is_one_line_and_exit_2(
+    tmp_path: Path, kind: str
+) -> None:
+    # `bounces /dev/zero` read for ever into memory; a named pipe waited for a writer.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    path = Path("/dev/zero")
+    if kind == "named pipe":
+        path = tmp_path / "pipe"
+        os.mkfifo(path)
+    done = _syndicate(tmp_path, "bounces", str(path), most_memory=512 * 2**20, timeout=30)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"Error: {path}: a {kind}, not a file or a Maildir. Give a Maildir, mbox or .eml file.\n"
+    )
+
+
+def _weak_secret_warning(where: str) -> str:
+    return (
+        f"warning: {where} is 1 byte long: anyone who guesses it can forge sign-up, "
+        "confirm and unsubscribe tokens. Set it to 16 bytes or more (like the output of "
+        "`openssl rand -base64 32`), or unset it to use the one syndicate makes; either "
+        "way, the links in mail already sent stop working."
+    )
+
+
+@pytest.mark.parametrize("source", ["SYNDICATE_SECRET", "mail.secret"])
+def test_a_short_signing_secret_is_warned_about_once_per_command(
+    tmp_path: Path, source: str
+) -> None:
+    # mail.secret = "x" was taken in silence: the sign-up form's tokens, and every confirm
+    # and unsubscribe link, could be forged by guessing it. Refusing it would break the
+    # links in mail already sent, so it is one warning line, once however often it is used.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    config = '[paths]\ndatabase = "s.db"\n[mail]\nfrom = "news@example.org"\n'
+    env = {"SYNDICATE_SECRET": "x"} if source == "SYNDICATE_SECRET" else {}
+    if source == "mail.secret":
+        config += 'secret = "x"\n'
+    (tmp_path / "syndicate.toml").write_text(config, encoding="utf-8")
+    where = "environment variable SYNDICATE_SECRET" if env else "config key mail.secret"
+    warning = _weak_secret_warning(where)
+    for address in ("an@example.org", "binh@example.org"):
+        added = _syndicate(tmp_path, "subscribers", "add", address, env=env)
+        assert (added.returncode, added.stderr) == (0, warning + "\n")
+    sent = _syndicate(tmp_path, "send", env=env)  # the secret signs both digests' links
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stderr.splitlines().count(warning) == 1, sent.stderr
+    made = _syndicate(tmp_path, "unsubscribe-token", "make", "an@example.org", env=env)
+    assert (made.returncode, made.stderr) == (0, warning + "\n")
+
+
+@pytest.mark.parametrize("secret", ["", "0123456789abcdef"])
+def test_a_generated_or_long_enough_signing_secret_is_not_warned_about(
+    tmp_path: Path, secret: str
+) -> None:
+    (tmp_path / "syndicate.toml").write_text(
+        f'[paths]\ndatabase = "s.db"\n[mail]\nsecret = "{secret}"\n', encoding="utf-8"
+    )
+    assert _syndicate(tmp_path, "subscribers", "add", "an@example.org").stderr == ""
+    made = _syndicate(tmp_path, "unsubscribe-token", "make", "an@example.org")
+    assert (made.returncode, made.stderr) == (0, "")

@@ -6,6 +6,6 @@ Modules: `parse` (one mail's bytes -> what it reports; pure), `mailboxes`
 """
 
 from syndicate.bounces.apply import BounceSummary, apply_mail
-from syndicate.bounces.mailboxes import Item, read_mail
+from syndicate.bounces.mailboxes import Item, read_mail, read_piped_mail
 
-__all__ = ["BounceSummary", "Item", "apply_mail", "read_mail"]
+__all__ = ["BounceSummary", "Item", "apply_mail", "read_mail", "read_piped_mail"]

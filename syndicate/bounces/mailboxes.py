@@ -4,20 +4,29 @@ A Maildir message is read from new/ (and from cur/ unless it has the S flag)
 and, once handled, moved to cur/ with the S (seen) flag, so the next run skips
 it. mbox and .eml files are only read: the ledger of applied reports
 (store.bounces) keeps a second reading from changing anything.
+
+No mail is read past MAX_MAIL_BYTES: one over it is unreadable, left in place.
 """
 
 from __future__ import annotations
 
 import logging
-import mailbox
 import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from syndicate.errors import InputError
 
 log = logging.getLogger(__name__)
+
+# The most of one mail that is read: a DSN or ARF report with the digest it returns is well
+# under 1 MiB, so more is not a report (or is an attack on memory), and is not read whole.
+MAX_MAIL_BYTES = 10 * 2**20
+TOO_BIG = "over 10 MiB, more than a bounce or complaint report holds"
+_PIECE = 2**20  # an mbox is scanned in lines of at most this many bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,26 +71,75 @@ def _maildir(folder: Path) -> Iterator[Item]:
                 yield Item(str(path), None, "not a regular file")
                 continue
             try:
-                raw = path.read_bytes()
+                with _open_file(path) as handle:
+                    raw = handle.read(MAX_MAIL_BYTES + 1)
             except OSError as exc:
                 yield Item(str(path), None, exc.strerror or str(exc))
+                continue
+            if len(raw) > MAX_MAIL_BYTES:
+                yield Item(str(path), None, TOO_BIG)
                 continue
             yield Item(str(path), raw, done=_mark_seen(path, folder))
 
 
-def _mbox(path: Path) -> Iterator[Item]:
-    box = mailbox.mbox(path, create=False)
-    try:
-        for index, key in enumerate(box.keys(), start=1):
-            label = f"{path} message {index}"
-            try:
-                raw = box.get_bytes(key)
-            except (OSError, KeyError) as exc:
-                yield Item(label, None, str(exc))
+def _open_file(path: Path) -> BinaryIO:
+    """Open a file to read it; a FIFO swapped in since it was checked is not waited on."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    handle = open(descriptor, "rb", buffering=_PIECE)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        handle.close()
+        raise OSError("not a regular file")
+    return handle
+
+
+def _mbox_spans(handle: BinaryIO) -> Iterator[tuple[int, int]]:
+    """Where each message of an mbox is, as (start, stop) offsets from its From_ line on.
+
+    As Python's mailbox.mbox finds them (a message starts at each line beginning "From ";
+    an empty line before the next one is not part of it), but reading lines in pieces of
+    at most _PIECE bytes, so a line with no end is never held in memory whole.
+    """
+    handle.seek(0)
+    start: int | None = None
+    offset = 0
+    line_start = True  # the next piece begins a line
+    empty_line = False  # the last line read was empty
+    while piece := handle.readline(_PIECE):
+        if line_start:
+            if piece.startswith(b"From "):
+                if start is not None:
+                    yield start, offset - 1 if empty_line else offset
+                start = offset
+            empty_line = piece == b"\n"
+        line_start = piece.endswith(b"\n")
+        offset += len(piece)
+    if start is not None:
+        yield start, offset - 1 if empty_line else offset
+
+
+def _mbox(path: Path, handle: BinaryIO) -> Iterator[Item]:
+    spans = list(_mbox_spans(handle))
+    for index, (start, stop) in enumerate(spans, start=1):
+        label = f"{path} message {index}"
+        try:
+            handle.seek(start)
+            while not handle.readline(_PIECE).endswith(b"\n") and handle.tell() < stop:
+                pass  # the From_ line, which is not part of the message
+            size = stop - handle.tell()
+            if size > MAX_MAIL_BYTES:
+                yield Item(label, None, TOO_BIG)
                 continue
-            yield Item(label, raw)
-    finally:
-        box.close()
+            raw = handle.read(max(size, 0))
+        except OSError as exc:
+            yield Item(label, None, exc.strerror or str(exc))
+            continue
+        yield Item(label, raw)
+
+
+def read_piped_mail(stream: BinaryIO) -> Item:
+    """The one mail on `stream` (an MTA's pipe), read up to MAX_MAIL_BYTES."""
+    raw = stream.read(MAX_MAIL_BYTES + 1)
+    return Item("<stdin>", None, TOO_BIG) if len(raw) > MAX_MAIL_BYTES else Item("<stdin>", raw)
 
 
 def read_mail(paths: Sequence[Path]) -> Iterator[Item]:
@@ -98,20 +156,26 @@ def read_mail(paths: Sequence[Path]) -> Iterator[Item]:
                 f"{path}: a folder but not a Maildir (no cur/ and new/). "
                 "Give a Maildir, an mbox file or an .eml file."
             )
+        if not path.is_dir() and not path.is_file():  # reading would wait, or never end
+            mode = path.stat().st_mode
+            kind = "device"
+            if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+                kind = "named pipe" if stat.S_ISFIFO(mode) else "socket"
+            raise InputError(
+                f"{path}: a {kind}, not a file or a Maildir. Give a Maildir, mbox or .eml file."
+            )
     for path in paths:
         if path.is_dir():
             yield from _maildir(path)
             continue
         try:
-            with open(path, "rb") as handle:
-                start = handle.read(5)
+            with _open_file(path) as handle:
+                if handle.read(5) == b"From ":
+                    yield from _mbox(path, handle)
+                    continue
+                handle.seek(0)
+                raw = handle.read(MAX_MAIL_BYTES + 1)
         except OSError as exc:
             yield Item(str(path), None, exc.strerror or str(exc))
             continue
-        if start == b"From ":
-            yield from _mbox(path)
-            continue
-        try:
-            yield Item(str(path), path.read_bytes())
-        except OSError as exc:
-            yield Item(str(path), None, exc.strerror or str(exc))
+        yield Item(str(path), None, TOO_BIG) if len(raw) > MAX_MAIL_BYTES else Item(str(path), raw)

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from syndicate import __version__
-from syndicate.config import Settings, find_config, load_settings
+from syndicate.config import Settings, find_config, load_settings, weak_secret_warning
 from syndicate.errors import SyndicateError
 from syndicate.store import Database, open_database, open_empty, open_reader
 
@@ -44,6 +44,8 @@ class AppContext:
         if self._settings is None:
             path = find_config(self.config_path, self.environ, Path.cwd())
             self._settings = load_settings(path, self.environ)
+            if (weak := weak_secret_warning(self._settings)) is not None:
+                log.warning("%s", weak)  # once: the settings are loaded once a command
         return self._settings
 
     @property

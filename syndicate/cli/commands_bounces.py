@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from syndicate.bounces import Item, apply_mail, read_mail
+from syndicate.bounces import Item, apply_mail, read_mail, read_piped_mail
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.errors import InputError
 from syndicate.mail import MailInfo
@@ -41,7 +41,7 @@ def bounces_command(app: AppContext, paths: tuple[Path, ...], as_json: bool) -> 
                 "bounces: '-' reads standard input, but it is closed. Pipe one message "
                 "into it, or give a Maildir, mbox or .eml file."
             )
-        items: Iterable[Item] = [Item("<stdin>", sys.stdin.buffer.read())]
+        items: Iterable[Item] = [read_piped_mail(sys.stdin.buffer)]
     else:
         items = read_mail(list(paths))
     settings = app.settings

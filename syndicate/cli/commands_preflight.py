@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.preflight import preflight_setup
+
+# The longest a check may take: RFC 5321's longest wait (10 minutes, for the reply after
+# DATA). More, like inf, would wait on a silent DNS or SMTP server as good as for ever.
+_MOST_SECONDS = 600
+
+
+class _Seconds(click.FloatRange):
+    """A FloatRange that refuses nan too: every comparison with nan is false, so it passed."""
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        number = float(super().convert(value, param, ctx))
+        if math.isnan(number):
+            self.fail(f"{number} is not a number of seconds.", param, ctx)
+        return number
 
 
 @cli.command("preflight")
@@ -20,7 +38,7 @@ from syndicate.preflight import preflight_setup
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.1),
+    type=_Seconds(min=0.1, max=_MOST_SECONDS),
     default=5.0,
     show_default=True,
     help="Seconds each DNS or SMTP check may take.",

@@ -21,6 +21,12 @@ from syndicate.tokens import make_token, verify_token
 
 NOTHING_NEW = "Nothing new to send."
 
+# The most `--workers`: each is a process with smtp.connections SMTP connections and three
+# store connections, so more is a slip (1000 for 10) that would swamp the relay and
+# PostgreSQL's max_connections, not a setting. A fixed number, not one from the core
+# count, so a cron line means the same on every machine sharing the queue.
+MOST_WORKERS = 64
+
 
 class _ProgressLine:
     """One self-rewriting stderr line: sent of total, rate, time left (terminals only)."""
@@ -89,7 +95,7 @@ def _print_summary(app: AppContext, summary: SendSummary, *, note: str = "") -> 
 )
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MOST_WORKERS),
     default=1,
     show_default=True,
     help="Send through N worker processes sharing the ledger (each with smtp.connections "
