@@ -239,3 +239,53 @@ async def test_two_workers_refused_before_any_accept_both_finish(  # type: ignor
     assert all(s.failed for s in summaries)  # each worker held some of them
     assert sum(s.failed for s in summaries) == 24
     assert ledger.day_counts(db, day=DAY) == {"failed": 24}
+
+
+async def test_two_workers_with_everyone_deferred_both_finish(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # Two workers of one run (`--workers 2`) against a relay deferring everyone: each ends up
+    # with deferred recipients past its retry window, leased while it waits. Neither may wait
+    # for the other's leases for ever (each took the other's deferred rows for live work).
+    emails = [f"reader{i}@example.org" for i in range(32)]
+    for email in emails:
+        add_subscriber(db, email, now=now)
+    handler = _DefersEveryone()
+    run = make_run_id()
+    with run_smtp_server(handler) as server:
+
+        def worker(number: int) -> DigestSender:
+            mailer = SmtpMailer(
+                host="127.0.0.1", port=server.port, tls="none", timeout=5, connections=1
+            )
+            # refuse_all_after=1: whichever worker defers anyone stops as the server
+            # deferring everyone, however the claims split the list between them.
+            policy = SendPolicy(
+                connections=1, retry_window=0.1, retry_delay=0.01, lease=3.0, refuse_all_after=1
+            )
+            return DigestSender(
+                db=db,
+                mailer=mailer,
+                settings=send_settings,
+                secret=SECRET,
+                policy=policy,
+                worker=make_worker_id(run, number),
+            )
+
+        templates = _templates(send_settings, now)
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(worker(n).send(templates=templates, day=DAY, now=now) for n in (1, 2)),
+                return_exceptions=True,
+            ),
+            timeout=20,
+        )
+    assert any(isinstance(r, TempFailError) for r in results)
+    assert [r for r in results if isinstance(r, BaseException)] == [
+        r for r in results if isinstance(r, TempFailError)
+    ]
+    # Nothing is left leased, and none of them used an attempt on the relay's fault.
+    assert ledger.day_counts(db, day=DAY) == {"sending": 32}
+    assert ledger.count_owed(db, day=DAY, max_attempts=MAX_ATTEMPTS) == 32
+    held = db.conn.execute("SELECT count(*) FROM deliveries WHERE lease_owner IS NOT NULL")
+    assert held.fetchone()[0] == 0

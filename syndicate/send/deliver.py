@@ -199,6 +199,7 @@ class _Run:
     taken: set[int] = field(default_factory=set)  # ids listed in `buffer`, sent or committed
     started: set[int] = field(default_factory=set)  # ids whose body may go, not yet back
     waiting: set[int] = field(default_factory=set)  # ids listed in `deferred` (also taken)
+    parked: set[int] = field(default_factory=set)  # deferred past the retry window, parked
     held_until: datetime | None = None  # when that lease runs out (the earliest, after claims)
     dropped: int = 0  # claimed, then taken over by another worker or left (never sent by this)
     order: itertools.count[int] = field(default_factory=itertools.count)
@@ -670,6 +671,7 @@ class DigestSender:
                         run.deadline = loop.time() + self.policy.retry_window
                     # Deferred ones past the window are left to the next run.
                     if not run.deferred or run.deferred[0][0] > run.deadline:
+                        self._park_deferred(run)
                         if await self._wait_for_others(run):
                             continue
                         break
@@ -929,13 +931,25 @@ class DigestSender:
             self._confirm_refusals(run)
         return committing
 
+    def _park_deferred(self, run: _Run) -> None:
+        """The deferred left are past the retry window: this worker will not retry them, and
+        another worker of the run must not wait for their leases (with `--workers N`, two
+        workers each left with some waited for each other for ever). Kept out of every claim
+        of this run until it ends (`_give_up_deferred`)."""
+        ids = [item.recipient.subscriber_id for _due, _order, item in run.deferred]
+        fresh = [i for i in ids if i not in run.parked]
+        ledger.park(self.db, day=run.day, owner=self.worker, subscriber_ids=fresh)
+        run.parked.update(fresh)
+
     def _give_up_deferred(self, run: _Run) -> None:
         """Record the recipients still deferred as failed (temporarily): later runs retry them.
 
-        When the server deferred everyone, they are left to the release that follows: owed
-        again, with no attempt used."""
+        When the server deferred everyone, they are given back (parked or not): owed again,
+        with no attempt used."""
         deferred, run.deferred = run.deferred, []
         if run.server_deferred:
+            ids = [item.recipient.subscriber_id for _due, _order, item in deferred]
+            ledger.unpark(self.db, day=run.day, owner=self.worker, subscriber_ids=ids)
             return
         for _due, _order, item in deferred:
             ledger.mark_failed(

@@ -632,6 +632,23 @@ _RELEASE = """
       AND lease_owner = :owner AND status = 'sending'
 """
 
+# Park: deferred rows :owner will not retry in this run (past its retry window) keep their
+# owner with no expiry, as a failed or in-doubt row does: no worker of this run claims them,
+# and none waits for their lease (each worker of a run left holding such rows took the
+# other's for live work and waited for it for ever). The run ends them (failed, or given
+# back); a worker killed meanwhile leaves them to the next run.
+_PARK = """
+    UPDATE deliveries SET lease_until = NULL
+    WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
+      AND status = 'sending' AND lease_until IS NOT NULL
+"""
+# Give back parked rows: owed again, to any run, with no attempt used.
+_UNPARK = """
+    UPDATE deliveries SET lease_owner = NULL, lease_until = NULL
+    WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
+      AND status = 'sending'
+"""
+
 # In doubt: the body went and no reply came. The row stays `sending` and keeps its owner
 # with no expiry, so no worker of this run sends it again; the next run does. A row already
 # `sent` (by a worker whose lease had lapsed: `sent` is not fenced) stays sent.
@@ -797,6 +814,28 @@ def release(db: Database, *, day: date, owner: str) -> None:
     """Give back the rows of `day` that `owner` claimed and never started."""
     try:
         _one_statement(db, _RELEASE, {"day": day.isoformat(), "owner": owner})
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+
+
+def park(db: Database, *, day: date, owner: str, subscriber_ids: Sequence[int]) -> None:
+    """Keep `owner`'s deferred rows it will not retry this run from every worker of it (no
+    lease, so none waits for them either)."""
+    _each(db, _PARK, day=day, owner=owner, subscriber_ids=subscriber_ids)
+
+
+def unpark(db: Database, *, day: date, owner: str, subscriber_ids: Sequence[int]) -> None:
+    """Give back `owner`'s deferred rows (parked or leased): owed again, no attempt used."""
+    _each(db, _UNPARK, day=day, owner=owner, subscriber_ids=subscriber_ids)
+
+
+def _each(db: Database, sql: str, *, day: date, owner: str, subscriber_ids: Sequence[int]) -> None:
+    if not subscriber_ids:
+        return
+    key = day.isoformat()
+    try:
+        with db.transaction(rows_only=True) as conn:
+            conn.executemany(sql, ({"day": key, "id": i, "owner": owner} for i in subscriber_ids))
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
 
