@@ -289,3 +289,29 @@ async def test_two_workers_with_everyone_deferred_both_finish(  # type: ignore[n
     assert ledger.count_owed(db, day=DAY, max_attempts=MAX_ATTEMPTS) == 32
     held = db.conn.execute("SELECT count(*) FROM deliveries WHERE lease_owner IS NOT NULL")
     assert held.fetchone()[0] == 0
+
+
+@pytest.mark.sqlite_only  # counts the statements through SQLite's trace callback
+async def test_a_retry_checks_its_own_recipient_not_every_row_the_worker_holds(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # Greylisting defers every recipient once. Each retry asks whether its recipient is still
+    # this worker's and still confirmed; renewing every row the worker holds for each retry
+    # made the retries cost N lease renewals of up to N rows each (100,000 deferred: hours).
+    emails = [f"reader{i}@example.org" for i in range(40)]
+    for email in emails:
+        add_subscriber(db, email, now=now)
+    handler = SmtpRecorder()
+    for email in emails:
+        handler.refuse(email, "451 4.7.1 greylisted, try again later", times=1)
+    renewals: list[str] = []
+    db.conn.set_trace_callback(
+        lambda sql: renewals.append(sql) if "SET lease_until = " in sql else None
+    )
+    try:
+        with run_smtp_server(handler) as server:
+            summary = await _send(db, server.port, send_settings, now, retry_window=5.0)
+    finally:
+        db.conn.set_trace_callback(None)
+    assert (summary.sent, summary.failed) == (40, 0)
+    assert len(renewals) < 5, len(renewals)

@@ -684,7 +684,13 @@ class DigestSender:
                     recipient, tries = item.recipient, item.tries
                     # It waited seconds to minutes: ask the store again whether it is still
                     # this worker's and still confirmed (one may unsubscribe meanwhile).
-                    self._renew(run, self.tick())
+                    if not ledger.still_held(
+                        self.db,
+                        day=run.day,
+                        owner=self.worker,
+                        subscriber_id=recipient.subscriber_id,
+                    ):
+                        run.held.discard(recipient.subscriber_id)
                 committing = None
                 try:
                     committing = await self._deliver(run, recipient, tries, build(recipient), saved)

@@ -624,6 +624,15 @@ _RENEW = """
     RETURNING subscriber_id
 """
 
+# Still held: whether :owner holds one row (as _RENEW would keep it), its subscriber still
+# confirmed. Asked before a deferred recipient's retry: one row, not a renewal of every row
+# the worker holds (with N deferred, N renewals of up to N rows each).
+_STILL_HELD = """
+    SELECT 1 FROM deliveries AS d JOIN subscribers AS s ON s.id = d.subscriber_id
+    WHERE d.digest_day = :day AND d.subscriber_id = :id AND d.lease_owner = :owner
+      AND d.status = 'sending' AND d.lease_until IS NOT NULL AND s.status = 'confirmed'
+"""
+
 # Release: rows :owner claimed but never started (a stop, a limit, a setup error) are
 # owed again, to any worker of any run, at once.
 _RELEASE = """
@@ -808,6 +817,15 @@ def renew(db: Database, *, day: date, owner: str, now: datetime, lease: float) -
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return {int(r[0]) for r in rows}
+
+
+def still_held(db: Database, *, day: date, owner: str, subscriber_id: int) -> bool:
+    """Whether `owner` still holds `subscriber_id`'s row of `day`, its subscriber confirmed."""
+    params = {"day": day.isoformat(), "owner": owner, "id": subscriber_id}
+    try:
+        return db.conn.execute(_STILL_HELD, params).fetchone() is not None
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
 
 
 def release(db: Database, *, day: date, owner: str) -> None:
