@@ -917,6 +917,7 @@ class DigestSender:
         failed, five hourly runs against a relay refusing everyone cost the first recipients
         the day's digest, and the next run took the others' refusals as real."""
         pending, run.pending = run.pending, []
+        run.failed -= len(pending)  # none of them failed: the summary says so
         ledger.unmark_failed(
             self.db,
             day=run.day,
