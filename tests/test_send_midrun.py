@@ -191,7 +191,12 @@ async def test_a_relay_refusing_everyone_for_hours_uses_none_of_their_attempts( 
     handler.reply = "554 5.7.1 Relaying denied"
     with run_smtp_server(handler) as server:
         for _run in range(MAX_ATTEMPTS + 1):
-            with pytest.raises(DeliveryError, match="refused the first 10 recipients") as caught:
+            # The first run stops at ten; each later one meets those again (given back, not
+            # counted: they may be refused for real) and then five new: all fifteen.
+            first = "10" if _run == 0 else "15"
+            with pytest.raises(
+                DeliveryError, match=f"refused the first {first} recipients"
+            ) as caught:
                 await _send(db, server.port, send_settings, now)
             # Given back, none of them failed: the line says so (not "10 failed").
             assert "so far: 0 sent, 0 failed." in caught.value.message
@@ -317,3 +322,29 @@ async def test_a_retry_checks_its_own_recipient_not_every_row_the_worker_holds( 
         db.conn.set_trace_callback(None)
     assert (summary.sent, summary.failed) == (40, 0)
     assert len(renewals) < 5, len(renewals)
+
+
+async def test_ten_real_refusals_first_in_the_list_do_not_stop_every_later_run(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # The first ten owed (subscribers of one company, imported together) are refused for
+    # real (554 5.7.1: that company's server blocks the sender); the rest of the list is
+    # fine. A run stops at those ten as the relay refusing everyone and gives them back; the
+    # next run, hourly, must not meet the same ten first and stop again, for ever, with
+    # nobody else ever mailed the day's digest.
+    emails = [f"reader{i}@example.org" for i in range(15)]
+    for email in emails:
+        add_subscriber(db, email, now=now)
+    handler = SmtpRecorder()
+    for email in emails[:10]:
+        handler.refuse(email, "554 5.7.1 rejected by recipient policy")
+    stops = 0
+    with run_smtp_server(handler) as server:
+        for _run in range(MAX_ATTEMPTS + 2):
+            try:
+                await _send(db, server.port, send_settings, now)
+            except DeliveryError:
+                stops += 1
+    assert sorted(handler.recipients()) == sorted(emails[10:]), stops
+    assert stops == 1  # the second run met them again, mailed the others, and so bounced them
+    assert ledger.day_counts(db, day=DAY) == {"sent": 5, "failed": 10}

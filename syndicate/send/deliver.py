@@ -410,6 +410,7 @@ class DigestSender:
         await self._wind_down(run, keeper)
         try:
             self._server_deferred(run)
+            self._refused_at_end(run)
             self._give_up_deferred(run)
             if not self.stop.stopping:
                 self._confirm_refusals(run)  # no whole-server refusal: they were real bounces
@@ -806,7 +807,7 @@ class DigestSender:
         else:
             log.warning("%s", failure.message)
             run.failed += 1
-            self._refused(run, subscriber_id, action, reply)
+            self._refused(run, recipient, action, reply)
         return None
 
     async def _send_one(
@@ -840,8 +841,9 @@ class DigestSender:
             raise
         run.started.discard(subscriber_id)
 
-    def _refused(self, run: _Run, subscriber_id: int, action: Action, reply: str) -> None:
+    def _refused(self, run: _Run, recipient: ledger.Recipient, action: Action, reply: str) -> None:
         """Record a permanent refusal; its bounce waits for proof the server takes mail at all."""
+        subscriber_id = recipient.subscriber_id
         if run.sent:
             self._settle(run, subscriber_id, action, reply)
             return
@@ -857,18 +859,24 @@ class DigestSender:
             owner=self.worker,
         )
         run.pending.append((subscriber_id, action, reply))
-        if action is Action.COUNT_BOUNCE:
+        # One refused by an earlier run stopped this way is no news: counted, the same ten
+        # first in the list, refused for real, stopped every later run with nobody mailed.
+        if action is Action.COUNT_BOUNCE and not recipient.refused_before:
             run.refused_unaccepted += 1
             if run.refused_unaccepted >= self.policy.refuse_all_after:
-                self.stop.by_error(
-                    DeliveryError(
-                        f"mail server refused the first {run.refused_unaccepted} recipients "
-                        f"(last reply: {reply}). This is a setup problem (sender, relay "
-                        "permission, authentication), not bad addresses; the run stopped "
-                        "and bounced nobody.",
-                        hint="Check smtp.* and mail.from, then run `syndicate send` again.",
-                    )
-                )
+                self._refused_all(run, reply)
+
+    def _refused_all(self, run: _Run, reply: str) -> None:
+        refused = sum(1 for p in run.pending if p[1] is Action.COUNT_BOUNCE)
+        self.stop.by_error(
+            DeliveryError(
+                f"mail server refused the first {refused} recipients "
+                f"(last reply: {reply}). This is a setup problem (sender, relay "
+                "permission, authentication), not bad addresses; the run stopped "
+                "and bounced nobody.",
+                hint="Check smtp.* and mail.from, then run `syndicate send` again.",
+            )
+        )
 
     def _server_deferred(self, run: _Run) -> None:
         """End of a run that accepted nothing and deferred many recipients on their first
@@ -895,6 +903,16 @@ class DigestSender:
                 hint="Try again later; the next run sends to everyone not yet sent.",
             )
         )
+
+    def _refused_at_end(self, run: _Run) -> None:
+        """A run that accepted nothing and ends with `refuse_all_after` refusals or more not
+        stopped for them (refused by an earlier run too, so not counted): the server refuses
+        everyone still, and they are given back, not bounced."""
+        if run.sent or self.stop.stopping:
+            return
+        refused = [p for p in run.pending if p[1] is Action.COUNT_BOUNCE]
+        if len(refused) >= self.policy.refuse_all_after:
+            self._refused_all(run, refused[-1][2])
 
     def _settle(self, run: _Run, subscriber_id: int, action: Action, reply: str) -> None:
         now = self.tick()

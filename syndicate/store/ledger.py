@@ -48,6 +48,9 @@ class Recipient:
     language: str
     attempts: int  # finished attempts in earlier runs
     token_nonce: bytes  # signed into the unsubscribe token (tokens.make_token)
+    # Refused (5xx) by a run that stopped before any accept and gave the attempt back
+    # (`unmark_failed` keeps the reply): a refusal again is no news of the server refusing all.
+    refused_before: bool = False
 
 
 # Which confirmed subscribers (confirmed by :confirmed_by, when given) are still owed the
@@ -137,8 +140,10 @@ _MARK_REFUSED = """
 """
 # Undo a failure this run marked (`_MARK_FAILED` with :owner) before knowing whether the
 # server takes mail at all: the row is owed again, to any run, with the attempt given back.
+# The refusal's reply is kept: the next run that meets it first does not take the same
+# refusal for the server refusing everyone again (`Recipient.refused_before`).
 _UNMARK_FAILED = """
-    UPDATE deliveries SET status = 'sending', attempts = attempts - 1, reply = NULL,
+    UPDATE deliveries SET status = 'sending', attempts = attempts - 1,
         updated_at = :now, lease_owner = NULL, lease_until = NULL
     WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
       AND lease_until IS NULL AND status = 'failed' AND attempts > 0
@@ -593,7 +598,7 @@ _CLAIM_TEMPLATE = """
     RETURNING subscriber_id, attempts,
         (SELECT email FROM subscribers WHERE id = deliveries.subscriber_id),
         (SELECT language FROM subscribers WHERE id = deliveries.subscriber_id),
-        (SELECT token_nonce FROM subscribers WHERE id = deliveries.subscriber_id)
+        (SELECT token_nonce FROM subscribers WHERE id = deliveries.subscriber_id), reply
 """
 _CLAIM = {
     "sqlite": _CLAIM_TEMPLATE.format(ids="IN ", lock="", close=""),
@@ -800,8 +805,17 @@ def _claim_params(
 
 def _recipients(rows: Iterable[Any]) -> list[Recipient]:
     """Claimed rows as recipients, in subscriber order."""
-    found = [Recipient(int(r[0]), str(r[2]), str(r[3]), int(r[1]), bytes(r[4])) for r in rows]
+    found = [
+        Recipient(int(r[0]), str(r[2]), str(r[3]), int(r[1]), bytes(r[4]), _refused(r[5]))
+        for r in rows
+    ]
     return sorted(found, key=lambda r: r.subscriber_id)
+
+
+def _refused(reply: str | None) -> bool:
+    """Whether an owed row's reply is a refusal given back (a 5xx: real ones are final, and
+    every other failure that leaves attempts to spare is a 4xx, or no reply at all)."""
+    return bool(reply) and str(reply).startswith("5")
 
 
 def renew(db: Database, *, day: date, owner: str, now: datetime, lease: float) -> set[int]:
