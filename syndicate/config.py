@@ -409,6 +409,10 @@ _MOST = 1_000_000_000
 # Hours back from now: a million (over a century) keeps dates within year 1.
 _MOST_HOURS = 1_000_000
 _HOURS = {("digest", "max_age_hours"), ("subscribe", "confirm_hours")}
+# Seconds handed on in milliseconds as a C int (SQLite's busy_timeout, which took a larger
+# one as 0, and PostgreSQL's lock_timeout and statement_timeout, which refuse it): 24.8 days.
+_MOST_MILLISECONDS = 2_147_483
+_MILLISECONDS = {("store", "busy_timeout"), ("store", "reply_timeout")}
 
 # Number keys that must be above 0 (a zero timeout would fail every command at once).
 _ABOVE_ZERO = {("smtp", "timeout"), ("smtp", "data_timeout"), ("smtp", "lease")}
@@ -486,7 +490,8 @@ def _convert(
             )
         if value < 0:
             raise ConfigError(f"{where} has value {value!r}; expected 0 or more.", key=key)
-        _check_most(where, key, value, _MOST)
+        most = _MOST_MILLISECONDS if (section, key) in _MILLISECONDS else _MOST
+        _check_most(where, key, value, most)
         return float(value)
     if not isinstance(value, str):
         raise ConfigError(f"{where} has value {value!r}; expected {_EXAMPLES[str]}.", key=key)

@@ -561,3 +561,23 @@ def test_a_generated_or_long_enough_signing_secret_is_not_warned_about(
     assert _syndicate(tmp_path, "subscribers", "add", "an@example.org").stderr == ""
     made = _syndicate(tmp_path, "unsubscribe-token", "make", "an@example.org")
     assert (made.returncode, made.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("key", ["busy_timeout", "reply_timeout"])
+def test_a_store_timeout_past_what_sqlite_and_postgresql_count_is_one_line_and_exit_2(
+    tmp_path: Path, key: str
+) -> None:
+    # Both are handed on in milliseconds as a C int (SQLite's busy_timeout, PostgreSQL's
+    # lock_timeout and statement_timeout): 3,000,000 s (35 days) passed the config, and
+    # SQLite took it as 0, so a command met by another's write lock failed at once instead
+    # of waiting; PostgreSQL refused the setting. At most 2,147,483 s (24.8 days).
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    other = "reply_timeout = 0" if key == "busy_timeout" else "busy_timeout = 5"
+    (tmp_path / "syndicate.toml").write_text(
+        f'[paths]\ndatabase = "s.db"\n[store]\n{key} = 3000000\n{other}\n', encoding="utf-8"
+    )
+    done = _syndicate(tmp_path, "send")
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr == (
+        f"Error: config key store.{key} has value 3000000; expected at most 2147483.\n"
+    )

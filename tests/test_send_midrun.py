@@ -191,8 +191,15 @@ async def test_a_relay_refusing_everyone_for_hours_uses_none_of_their_attempts( 
     handler.reply = "554 5.7.1 Relaying denied"
     with run_smtp_server(handler) as server:
         for _run in range(MAX_ATTEMPTS + 1):
-            with pytest.raises(DeliveryError, match="refused the first 10 recipients"):
+            # The first run stops at ten; each later one meets those again (given back, not
+            # counted: they may be refused for real) and then five new: all fifteen.
+            first = "10" if _run == 0 else "15"
+            with pytest.raises(
+                DeliveryError, match=f"refused the first {first} recipients"
+            ) as caught:
                 await _send(db, server.port, send_settings, now)
+            # Given back, none of them failed: the line says so (not "10 failed").
+            assert "so far: 0 sent, 0 failed." in caught.value.message
         assert db.conn.execute("SELECT max(bounce_count) FROM subscribers").fetchone()[0] == 0
         handler.deferring = False
         summary = await _send(db, server.port, send_settings, now)
@@ -260,3 +267,105 @@ async def test_two_workers_refused_before_any_accept_both_finish(  # type: ignor
     assert all(s.failed for s in summaries)  # each worker held some of them
     assert sum(s.failed for s in summaries) == 24
     assert ledger.day_counts(db, day=DAY) == {"failed": 24}
+
+
+async def test_two_workers_with_everyone_deferred_both_finish(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # Two workers of one run (`--workers 2`) against a relay deferring everyone: each ends up
+    # with deferred recipients past its retry window, leased while it waits. Neither may wait
+    # for the other's leases for ever (each took the other's deferred rows for live work).
+    emails = [f"reader{i}@example.org" for i in range(32)]
+    for email in emails:
+        add_subscriber(db, email, now=now)
+    handler = _DefersEveryone()
+    run = make_run_id()
+    with run_smtp_server(handler) as server:
+
+        def worker(number: int) -> DigestSender:
+            mailer = SmtpMailer(
+                host="127.0.0.1", port=server.port, tls="none", timeout=5, connections=1
+            )
+            # refuse_all_after=1: whichever worker defers anyone stops as the server
+            # deferring everyone, however the claims split the list between them.
+            policy = SendPolicy(
+                connections=1, retry_window=0.1, retry_delay=0.01, lease=3.0, refuse_all_after=1
+            )
+            return DigestSender(
+                db=db,
+                mailer=mailer,
+                settings=send_settings,
+                secret=SECRET,
+                policy=policy,
+                worker=make_worker_id(run, number),
+            )
+
+        templates = _templates(send_settings, now)
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(worker(n).send(templates=templates, day=DAY, now=now) for n in (1, 2)),
+                return_exceptions=True,
+            ),
+            timeout=20,
+        )
+    assert any(isinstance(r, TempFailError) for r in results)
+    assert [r for r in results if isinstance(r, BaseException)] == [
+        r for r in results if isinstance(r, TempFailError)
+    ]
+    # Nothing is left leased, and none of them used an attempt on the relay's fault.
+    assert ledger.day_counts(db, day=DAY) == {"sending": 32}
+    assert ledger.count_owed(db, day=DAY, max_attempts=MAX_ATTEMPTS) == 32
+    held = db.conn.execute("SELECT count(*) FROM deliveries WHERE lease_owner IS NOT NULL")
+    assert held.fetchone()[0] == 0
+
+
+@pytest.mark.sqlite_only  # counts the statements through SQLite's trace callback
+async def test_a_retry_checks_its_own_recipient_not_every_row_the_worker_holds(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # Greylisting defers every recipient once. Each retry asks whether its recipient is still
+    # this worker's and still confirmed; renewing every row the worker holds for each retry
+    # made the retries cost N lease renewals of up to N rows each (100,000 deferred: hours).
+    emails = [f"reader{i}@example.org" for i in range(40)]
+    for email in emails:
+        add_subscriber(db, email, now=now)
+    handler = SmtpRecorder()
+    for email in emails:
+        handler.refuse(email, "451 4.7.1 greylisted, try again later", times=1)
+    renewals: list[str] = []
+    db.conn.set_trace_callback(
+        lambda sql: renewals.append(sql) if "SET lease_until = " in sql else None
+    )
+    try:
+        with run_smtp_server(handler) as server:
+            summary = await _send(db, server.port, send_settings, now, retry_window=5.0)
+    finally:
+        db.conn.set_trace_callback(None)
+    assert (summary.sent, summary.failed) == (40, 0)
+    assert len(renewals) < 5, len(renewals)
+
+
+async def test_ten_real_refusals_first_in_the_list_do_not_stop_every_later_run(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # The first ten owed (subscribers of one company, imported together) are refused for
+    # real (554 5.7.1: that company's server blocks the sender); the rest of the list is
+    # fine. A run stops at those ten as the relay refusing everyone and gives them back; the
+    # next run, hourly, must not meet the same ten first and stop again, for ever, with
+    # nobody else ever mailed the day's digest.
+    emails = [f"reader{i}@example.org" for i in range(15)]
+    for email in emails:
+        add_subscriber(db, email, now=now)
+    handler = SmtpRecorder()
+    for email in emails[:10]:
+        handler.refuse(email, "554 5.7.1 rejected by recipient policy")
+    stops = 0
+    with run_smtp_server(handler) as server:
+        for _run in range(MAX_ATTEMPTS + 2):
+            try:
+                await _send(db, server.port, send_settings, now)
+            except DeliveryError:
+                stops += 1
+    assert sorted(handler.recipients()) == sorted(emails[10:]), stops
+    assert stops == 1  # the second run met them again, mailed the others, and so bounced them
+    assert ledger.day_counts(db, day=DAY) == {"sent": 5, "failed": 10}

@@ -937,3 +937,38 @@ def test_a_signal_as_the_new_file_is_linked_into_place_reports_the_copy_complete
     assert _leftovers(folder) == []
     with open_database(target) as copied, open_database(full_store) as source:
         assert _rows(copied) == _rows(source)
+
+
+def test_a_copy_onto_a_file_system_without_flock_still_copies(
+    full_store: Path, tmp_path: Path
+) -> None:
+    # flock(2) refused (ENOLCK: an NFS mount without its lock daemon; some FUSE file systems):
+    # the copy made a temporary file, failed to lock it, and made another, for ever: a hang
+    # that filled the folder with empty 0600 files. Without locks it copies as it did before
+    # them (nothing to sweep with either). strace makes every flock fail; the code runs as is.
+    strace = _strace()
+    folder = _target_folder(tmp_path)
+    target = folder / "t.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    refuse = ["-e", "trace=flock", "-e", "inject=flock:error=ENOLCK"]
+    copy_args = ["store", "copy", "--from", str(full_store), "--to", str(target)]
+    process = subprocess.Popen(
+        [strace, "-o", os.devnull, *refuse, sys.executable, "-m", "syndicate", *copy_args],
+        cwd=full_store.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        made = len(_leftovers(folder))
+        pytest.fail(f"the copy never ended; it left {made} temporary files")
+    assert (process.returncode, err) == (0, ""), out
+    assert out.startswith("copied: ")
+    assert _leftovers(folder) == []
+    with open_database(target) as copied, open_database(full_store) as source:
+        assert _rows(copied) == _rows(source)

@@ -199,6 +199,7 @@ class _Run:
     taken: set[int] = field(default_factory=set)  # ids listed in `buffer`, sent or committed
     started: set[int] = field(default_factory=set)  # ids whose body may go, not yet back
     waiting: set[int] = field(default_factory=set)  # ids listed in `deferred` (also taken)
+    parked: set[int] = field(default_factory=set)  # deferred past the retry window, parked
     held_until: datetime | None = None  # when that lease runs out (the earliest, after claims)
     dropped: int = 0  # claimed, then taken over by another worker or left (never sent by this)
     order: itertools.count[int] = field(default_factory=itertools.count)
@@ -409,6 +410,7 @@ class DigestSender:
         await self._wind_down(run, keeper)
         try:
             self._server_deferred(run)
+            self._refused_at_end(run)
             self._give_up_deferred(run)
             if not self.stop.stopping:
                 self._confirm_refusals(run)  # no whole-server refusal: they were real bounces
@@ -670,6 +672,7 @@ class DigestSender:
                         run.deadline = loop.time() + self.policy.retry_window
                     # Deferred ones past the window are left to the next run.
                     if not run.deferred or run.deferred[0][0] > run.deadline:
+                        self._park_deferred(run)
                         if await self._wait_for_others(run):
                             continue
                         break
@@ -682,7 +685,13 @@ class DigestSender:
                     recipient, tries = item.recipient, item.tries
                     # It waited seconds to minutes: ask the store again whether it is still
                     # this worker's and still confirmed (one may unsubscribe meanwhile).
-                    self._renew(run, self.tick())
+                    if not ledger.still_held(
+                        self.db,
+                        day=run.day,
+                        owner=self.worker,
+                        subscriber_id=recipient.subscriber_id,
+                    ):
+                        run.held.discard(recipient.subscriber_id)
                 committing = None
                 try:
                     committing = await self._deliver(run, recipient, tries, build(recipient), saved)
@@ -798,7 +807,7 @@ class DigestSender:
         else:
             log.warning("%s", failure.message)
             run.failed += 1
-            self._refused(run, subscriber_id, action, reply)
+            self._refused(run, recipient, action, reply)
         return None
 
     async def _send_one(
@@ -832,8 +841,9 @@ class DigestSender:
             raise
         run.started.discard(subscriber_id)
 
-    def _refused(self, run: _Run, subscriber_id: int, action: Action, reply: str) -> None:
+    def _refused(self, run: _Run, recipient: ledger.Recipient, action: Action, reply: str) -> None:
         """Record a permanent refusal; its bounce waits for proof the server takes mail at all."""
+        subscriber_id = recipient.subscriber_id
         if run.sent:
             self._settle(run, subscriber_id, action, reply)
             return
@@ -849,18 +859,24 @@ class DigestSender:
             owner=self.worker,
         )
         run.pending.append((subscriber_id, action, reply))
-        if action is Action.COUNT_BOUNCE:
+        # One refused by an earlier run stopped this way is no news: counted, the same ten
+        # first in the list, refused for real, stopped every later run with nobody mailed.
+        if action is Action.COUNT_BOUNCE and not recipient.refused_before:
             run.refused_unaccepted += 1
             if run.refused_unaccepted >= self.policy.refuse_all_after:
-                self.stop.by_error(
-                    DeliveryError(
-                        f"mail server refused the first {run.refused_unaccepted} recipients "
-                        f"(last reply: {reply}). This is a setup problem (sender, relay "
-                        "permission, authentication), not bad addresses; the run stopped "
-                        "and bounced nobody.",
-                        hint="Check smtp.* and mail.from, then run `syndicate send` again.",
-                    )
-                )
+                self._refused_all(run, reply)
+
+    def _refused_all(self, run: _Run, reply: str) -> None:
+        refused = sum(1 for p in run.pending if p[1] is Action.COUNT_BOUNCE)
+        self.stop.by_error(
+            DeliveryError(
+                f"mail server refused the first {refused} recipients "
+                f"(last reply: {reply}). This is a setup problem (sender, relay "
+                "permission, authentication), not bad addresses; the run stopped "
+                "and bounced nobody.",
+                hint="Check smtp.* and mail.from, then run `syndicate send` again.",
+            )
+        )
 
     def _server_deferred(self, run: _Run) -> None:
         """End of a run that accepted nothing and deferred many recipients on their first
@@ -888,6 +904,16 @@ class DigestSender:
             )
         )
 
+    def _refused_at_end(self, run: _Run) -> None:
+        """A run that accepted nothing and ends with `refuse_all_after` refusals or more not
+        stopped for them (refused by an earlier run too, so not counted): the server refuses
+        everyone still, and they are given back, not bounced."""
+        if run.sent or self.stop.stopping:
+            return
+        refused = [p for p in run.pending if p[1] is Action.COUNT_BOUNCE]
+        if len(refused) >= self.policy.refuse_all_after:
+            self._refused_all(run, refused[-1][2])
+
     def _settle(self, run: _Run, subscriber_id: int, action: Action, reply: str) -> None:
         now = self.tick()
         ledger.mark_refused(
@@ -909,6 +935,7 @@ class DigestSender:
         failed, five hourly runs against a relay refusing everyone cost the first recipients
         the day's digest, and the next run took the others' refusals as real."""
         pending, run.pending = run.pending, []
+        run.failed -= len(pending)  # none of them failed: the summary says so
         ledger.unmark_failed(
             self.db,
             day=run.day,
@@ -929,13 +956,25 @@ class DigestSender:
             self._confirm_refusals(run)
         return committing
 
+    def _park_deferred(self, run: _Run) -> None:
+        """The deferred left are past the retry window: this worker will not retry them, and
+        another worker of the run must not wait for their leases (with `--workers N`, two
+        workers each left with some waited for each other for ever). Kept out of every claim
+        of this run until it ends (`_give_up_deferred`)."""
+        ids = [item.recipient.subscriber_id for _due, _order, item in run.deferred]
+        fresh = [i for i in ids if i not in run.parked]
+        ledger.park(self.db, day=run.day, owner=self.worker, subscriber_ids=fresh)
+        run.parked.update(fresh)
+
     def _give_up_deferred(self, run: _Run) -> None:
         """Record the recipients still deferred as failed (temporarily): later runs retry them.
 
-        When the server deferred everyone, they are left to the release that follows: owed
-        again, with no attempt used."""
+        When the server deferred everyone, they are given back (parked or not): owed again,
+        with no attempt used."""
         deferred, run.deferred = run.deferred, []
         if run.server_deferred:
+            ids = [item.recipient.subscriber_id for _due, _order, item in deferred]
+            ledger.unpark(self.db, day=run.day, owner=self.worker, subscriber_ids=ids)
             return
         for _due, _order, item in deferred:
             ledger.mark_failed(

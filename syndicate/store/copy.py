@@ -341,10 +341,19 @@ def _make_temporary(path: Path) -> tuple[int, Path]:
             ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held by a sweep, which removes it: make another
+            os.close(fd)
+            continue
+        except OSError:
+            # No locks here (ENOLCK: NFS without its lock daemon): copy as before, unlocked.
+            # Every try would fail alike (a loop making files for ever), and a sweep here
+            # cannot lock, so removes, nothing either.
+            return fd, Path(name)
+        try:
             # A sweep may have taken the new, empty file before the lock did: make another.
             if os.path.samestat(os.fstat(fd), os.lstat(name)):
                 return fd, Path(name)
-        except OSError:  # held by a sweep that removes it, or removed already
+        except FileNotFoundError:  # removed already
             pass
         os.close(fd)
 

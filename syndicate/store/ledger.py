@@ -48,6 +48,9 @@ class Recipient:
     language: str
     attempts: int  # finished attempts in earlier runs
     token_nonce: bytes  # signed into the unsubscribe token (tokens.make_token)
+    # Refused (5xx) by a run that stopped before any accept and gave the attempt back
+    # (`unmark_failed` keeps the reply): a refusal again is no news of the server refusing all.
+    refused_before: bool = False
 
 
 # Which confirmed subscribers (confirmed by :confirmed_by, when given) are still owed the
@@ -137,8 +140,10 @@ _MARK_REFUSED = """
 """
 # Undo a failure this run marked (`_MARK_FAILED` with :owner) before knowing whether the
 # server takes mail at all: the row is owed again, to any run, with the attempt given back.
+# The refusal's reply is kept: the next run that meets it first does not take the same
+# refusal for the server refusing everyone again (`Recipient.refused_before`).
 _UNMARK_FAILED = """
-    UPDATE deliveries SET status = 'sending', attempts = attempts - 1, reply = NULL,
+    UPDATE deliveries SET status = 'sending', attempts = attempts - 1,
         updated_at = :now, lease_owner = NULL, lease_until = NULL
     WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
       AND lease_until IS NULL AND status = 'failed' AND attempts > 0
@@ -593,7 +598,7 @@ _CLAIM_TEMPLATE = """
     RETURNING subscriber_id, attempts,
         (SELECT email FROM subscribers WHERE id = deliveries.subscriber_id),
         (SELECT language FROM subscribers WHERE id = deliveries.subscriber_id),
-        (SELECT token_nonce FROM subscribers WHERE id = deliveries.subscriber_id)
+        (SELECT token_nonce FROM subscribers WHERE id = deliveries.subscriber_id), reply
 """
 _CLAIM = {
     "sqlite": _CLAIM_TEMPLATE.format(ids="IN ", lock="", close=""),
@@ -624,12 +629,38 @@ _RENEW = """
     RETURNING subscriber_id
 """
 
+# Still held: whether :owner holds one row (as _RENEW would keep it), its subscriber still
+# confirmed. Asked before a deferred recipient's retry: one row, not a renewal of every row
+# the worker holds (with N deferred, N renewals of up to N rows each).
+_STILL_HELD = """
+    SELECT 1 FROM deliveries AS d JOIN subscribers AS s ON s.id = d.subscriber_id
+    WHERE d.digest_day = :day AND d.subscriber_id = :id AND d.lease_owner = :owner
+      AND d.status = 'sending' AND d.lease_until IS NOT NULL AND s.status = 'confirmed'
+"""
+
 # Release: rows :owner claimed but never started (a stop, a limit, a setup error) are
 # owed again, to any worker of any run, at once.
 _RELEASE = """
     UPDATE deliveries SET lease_owner = NULL, lease_until = NULL
     WHERE digest_day = :day AND status <> 'sent' AND lease_until IS NOT NULL
       AND lease_owner = :owner AND status = 'sending'
+"""
+
+# Park: deferred rows :owner will not retry in this run (past its retry window) keep their
+# owner with no expiry, as a failed or in-doubt row does: no worker of this run claims them,
+# and none waits for their lease (each worker of a run left holding such rows took the
+# other's for live work and waited for it for ever). The run ends them (failed, or given
+# back); a worker killed meanwhile leaves them to the next run.
+_PARK = """
+    UPDATE deliveries SET lease_until = NULL
+    WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
+      AND status = 'sending' AND lease_until IS NOT NULL
+"""
+# Give back parked rows: owed again, to any run, with no attempt used.
+_UNPARK = """
+    UPDATE deliveries SET lease_owner = NULL, lease_until = NULL
+    WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
+      AND status = 'sending'
 """
 
 # In doubt: the body went and no reply came. The row stays `sending` and keeps its owner
@@ -774,8 +805,17 @@ def _claim_params(
 
 def _recipients(rows: Iterable[Any]) -> list[Recipient]:
     """Claimed rows as recipients, in subscriber order."""
-    found = [Recipient(int(r[0]), str(r[2]), str(r[3]), int(r[1]), bytes(r[4])) for r in rows]
+    found = [
+        Recipient(int(r[0]), str(r[2]), str(r[3]), int(r[1]), bytes(r[4]), _refused(r[5]))
+        for r in rows
+    ]
     return sorted(found, key=lambda r: r.subscriber_id)
+
+
+def _refused(reply: str | None) -> bool:
+    """Whether an owed row's reply is a refusal given back (a 5xx: real ones are final, and
+    every other failure that leaves attempts to spare is a 4xx, or no reply at all)."""
+    return bool(reply) and str(reply).startswith("5")
 
 
 def renew(db: Database, *, day: date, owner: str, now: datetime, lease: float) -> set[int]:
@@ -793,10 +833,41 @@ def renew(db: Database, *, day: date, owner: str, now: datetime, lease: float) -
     return {int(r[0]) for r in rows}
 
 
+def still_held(db: Database, *, day: date, owner: str, subscriber_id: int) -> bool:
+    """Whether `owner` still holds `subscriber_id`'s row of `day`, its subscriber confirmed."""
+    params = {"day": day.isoformat(), "owner": owner, "id": subscriber_id}
+    try:
+        return db.conn.execute(_STILL_HELD, params).fetchone() is not None
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+
+
 def release(db: Database, *, day: date, owner: str) -> None:
     """Give back the rows of `day` that `owner` claimed and never started."""
     try:
         _one_statement(db, _RELEASE, {"day": day.isoformat(), "owner": owner})
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+
+
+def park(db: Database, *, day: date, owner: str, subscriber_ids: Sequence[int]) -> None:
+    """Keep `owner`'s deferred rows it will not retry this run from every worker of it (no
+    lease, so none waits for them either)."""
+    _each(db, _PARK, day=day, owner=owner, subscriber_ids=subscriber_ids)
+
+
+def unpark(db: Database, *, day: date, owner: str, subscriber_ids: Sequence[int]) -> None:
+    """Give back `owner`'s deferred rows (parked or leased): owed again, no attempt used."""
+    _each(db, _UNPARK, day=day, owner=owner, subscriber_ids=subscriber_ids)
+
+
+def _each(db: Database, sql: str, *, day: date, owner: str, subscriber_ids: Sequence[int]) -> None:
+    if not subscriber_ids:
+        return
+    key = day.isoformat()
+    try:
+        with db.transaction(rows_only=True) as conn:
+            conn.executemany(sql, ({"day": key, "id": i, "owner": owner} for i in subscriber_ids))
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
 
