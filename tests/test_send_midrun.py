@@ -164,6 +164,74 @@ async def test_a_relay_deferring_everyone_uses_none_of_their_attempts(  # type: 
     assert sorted(handler.recipients()) == sorted(emails)
 
 
+class _Throttles(SmtpRecorder):
+    """A smarthost's hourly rate limit: accepts `budget` messages, then answers every RCPT
+    with 421 (as Gmail's and Yahoo's "try again later") until the test gives it more."""
+
+    budget = 0
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if self.budget <= 0:
+            return "421 4.7.0 Rate limit reached, try again later"
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        reply = await super().handle_DATA(server, session, envelope)
+        if reply.startswith("250"):
+            self.budget -= 1
+        return reply
+
+
+async def test_a_relay_that_takes_a_few_then_defers_the_rest_uses_none_of_their_attempts(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # Hourly cron against a smarthost that takes 5 messages an hour and defers the rest:
+    # each run used one of the rest's 5 attempts, so after five runs the 15 left were never
+    # owed the day's digest again. Recipients deferred once the server stopped taking mail
+    # are given back (exit 75): six such runs, then one with room for the last 10.
+    emails = [f"reader{i:02}@example.org" for i in range(40)]
+    for email in emails:
+        add_subscriber(db, email, now=now)
+    handler = _Throttles()
+    with run_smtp_server(handler) as server:
+        for run in range(1, MAX_ATTEMPTS + 2):
+            handler.budget = 5
+            with pytest.raises(
+                TempFailError, match="stopped taking mail after it accepted 5: it deferred"
+            ) as caught:
+                await _send(db, server.port, send_settings, now, retry_window=0.1)
+            assert caught.value.exit_code == 75
+            assert len(handler.recipients()) == 5 * run
+            assert db.conn.execute("SELECT max(attempts) FROM deliveries").fetchone()[0] == 1
+        handler.budget = 100
+        summary = await _send(db, server.port, send_settings, now, retry_window=0.1)
+    assert (summary.sent, summary.failed) == (10, 0)
+    assert sorted(handler.recipients()) == sorted(emails)  # each once
+    assert ledger.day_counts(db, day=DAY) == {"sent": 40}
+
+
+async def test_a_full_mailbox_deferred_while_others_are_accepted_still_uses_its_attempt(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # The server goes on accepting others after the deferral: it is that mailbox, not the
+    # server, and the run uses its attempt (a later run tries it again).
+    emails = [f"reader{i:02}@example.org" for i in range(12)]
+    for email in emails:
+        add_subscriber(db, email, now=now)
+    handler = SmtpRecorder()
+    handler.refuse("reader00@example.org", "452 4.2.2 mailbox full")
+    with run_smtp_server(handler) as server:
+        summary = await _send(db, server.port, send_settings, now, retry_window=0.1)
+    assert (summary.sent, summary.failed) == (11, 1)
+    full = get_by_email(db, emails[0])
+    assert full is not None
+    row = ledger.get_delivery(db, day=DAY, subscriber_id=full.id)
+    assert row is not None
+    assert row[:2] == ("failed", 1)
+
+
 async def test_a_few_recipients_deferred_while_none_is_accepted_still_use_their_attempts(  # type: ignore[no-untyped-def]
     db, send_settings, now
 ) -> None:

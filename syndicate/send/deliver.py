@@ -192,8 +192,10 @@ class _Run:
     bounced: int = 0
     in_doubt: int = 0
     refused_unaccepted: int = 0  # permanent refusals (not address statuses) before any accept
-    deferred_unaccepted: int = 0  # recipients deferred (4xx) on their digest's first try
-    server_deferred: bool = False  # stopped: the server deferred everyone (no attempt used)
+    # Recipient id -> how many messages the run had accepted when it was first deferred
+    # (4xx) in this run: one deferred since the run's last accept may be the server's doing.
+    first_deferred: dict[int, int] = field(default_factory=dict)
+    server_deferred: set[int] = field(default_factory=set)  # given back: no attempt used
     pending: list[tuple[int, Action, str]] = field(default_factory=list)  # refusals to confirm
     held: set[int] = field(default_factory=set)  # ids this worker held at the last claim/renew
     taken: set[int] = field(default_factory=set)  # ids listed in `buffer`, sent or committed
@@ -788,8 +790,7 @@ class DigestSender:
         subscriber_id = recipient.subscriber_id
         if action is Action.DEFER:
             log.info("%s (deferred)", failure.message)
-            if not tries and not recipient.attempts:
-                run.deferred_unaccepted += 1
+            run.first_deferred.setdefault(subscriber_id, run.sent)
             loop = asyncio.get_running_loop()
             due = loop.time() + _jitter(self.policy.backoff(tries + 1))
             item = _Deferred(recipient, tries + 1, reply)
@@ -879,27 +880,44 @@ class DigestSender:
         )
 
     def _server_deferred(self, run: _Run) -> None:
-        """End of a run that accepted nothing and deferred many recipients on their first
-        try of the digest: the server is not taking mail.
+        """End of a run whose server stopped taking mail: it deferred many recipients on
+        their first try of the digest, and accepted nothing since (or nothing at all).
 
-        A relay that defers everyone (its queue full, a block on the sender) used one of every
-        recipient's runs each run, and after five the day was lost for the whole list. Such a
-        run stops as the server being unavailable (exit 75) and gives those deferred back
-        with no attempt used (`_give_up_deferred`). A run that accepted anyone, or deferred
-        fewer than `refuse_all_after` on their first try (a rerun left only the full
-        mailboxes of an earlier run, say), uses their attempts as before.
+        A relay that defers everyone (its queue full, a block on the sender), or that takes
+        so many an hour and then defers the rest (a smarthost's rate limit), used one of the
+        rest's runs each run, and after five the day was lost for them. Such a run stops as
+        the server being unavailable (exit 75) and gives back, with no attempt used, each
+        recipient deferred since the run's last accept (`_give_up_deferred`). A recipient
+        deferred while the server went on accepting others (a full mailbox) uses its
+        attempt, as does any deferred one when fewer than `refuse_all_after` on their first
+        try were deferred since the last accept (a rerun left only the full mailboxes of an
+        earlier run, say).
         """
-        if run.sent or run.deferred_unaccepted < self.policy.refuse_all_after:
-            return
         if self.stop.stopping or not run.deferred:
             return
-        run.server_deferred = True
+        stalled = {
+            item.recipient.subscriber_id: item
+            for _due, _order, item in run.deferred
+            if run.first_deferred.get(item.recipient.subscriber_id) == run.sent
+        }
+        fresh = sum(1 for item in stalled.values() if not item.recipient.attempts)
+        if fresh < self.policy.refuse_all_after:
+            return
+        run.server_deferred = set(stalled)
         reply = run.deferred[0][2].reply
+        if run.sent:
+            what = (
+                f"mail server stopped taking mail after it accepted {run.sent}: it deferred "
+                f"{fresh} recipients on their first try since (last reply: {reply})"
+            )
+        else:
+            what = (
+                f"mail server deferred {fresh} recipients on their first try and accepted "
+                f"none (last reply: {reply})"
+            )
         self.stop.by_error(
             TempFailError(
-                f"mail server deferred {run.deferred_unaccepted} recipients on their first try "
-                f"and accepted none (last reply: {reply}). The server is not taking mail now; "
-                "the run used none of their attempts",
+                f"{what}. The server is not taking mail now; the run used none of their attempts",
                 hint="Try again later; the next run sends to everyone not yet sent.",
             )
         )
@@ -969,14 +987,15 @@ class DigestSender:
     def _give_up_deferred(self, run: _Run) -> None:
         """Record the recipients still deferred as failed (temporarily): later runs retry them.
 
-        When the server deferred everyone, they are given back (parked or not): owed again,
-        with no attempt used."""
+        Those deferred since the server stopped taking mail (`_server_deferred`) are given
+        back (parked or not): owed again, with no attempt used."""
         deferred, run.deferred = run.deferred, []
-        if run.server_deferred:
-            ids = [item.recipient.subscriber_id for _due, _order, item in deferred]
-            ledger.unpark(self.db, day=run.day, owner=self.worker, subscriber_ids=ids)
-            return
+        ledger.unpark(
+            self.db, day=run.day, owner=self.worker, subscriber_ids=sorted(run.server_deferred)
+        )
         for _due, _order, item in deferred:
+            if item.recipient.subscriber_id in run.server_deferred:
+                continue
             ledger.mark_failed(
                 self.db,
                 day=run.day,
