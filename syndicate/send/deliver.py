@@ -909,6 +909,7 @@ class DigestSender:
         failed, five hourly runs against a relay refusing everyone cost the first recipients
         the day's digest, and the next run took the others' refusals as real."""
         pending, run.pending = run.pending, []
+        run.failed -= len(pending)  # owed again: counted failed no more
         ledger.unmark_failed(
             self.db,
             day=run.day,
