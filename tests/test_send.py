@@ -421,6 +421,8 @@ async def test_a_server_refusing_everyone_stops_the_run_without_bounces(  # type
         await _send(db, smtpd, send_settings, now, connections=1)
     assert caught.value.exit_code == 2
     assert "bounced nobody" in str(caught.value)
+    # The refusals were given back, so the line counts none failed (it said "15 failed").
+    assert "so far: 0 sent, 0 failed." in str(caught.value)
     # Nothing recorded against the refused ones: the run used none of their attempts.
     assert ledger.day_counts(db, day=DAY) == {"sending": 30}
     assert db.conn.execute("SELECT max(attempts) FROM deliveries").fetchone()[0] == 0
