@@ -297,6 +297,28 @@ class _RefusesOnceBothConnected(_DefersEveryone):
         return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
 
 
+async def _two_workers(
+    db: Database, port: int, settings: Settings, now: Any, **policy: Any
+) -> list[Any]:
+    """Two workers of one run (`--workers 2`) sending the day's digest side by side, each
+    over one connection to `port`; their summaries, or what each raised. 20 s at most."""
+    run = make_run_id()
+    templates = _templates(settings, now)
+
+    def worker(number: int) -> DigestSender:
+        return DigestSender(
+            db=db,
+            mailer=SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=5, connections=1),
+            settings=settings,
+            secret=SECRET,
+            policy=SendPolicy(connections=1, retry_window=0.1, retry_delay=0.01, **policy),
+            worker=make_worker_id(run, number),
+        )
+
+    sends = (worker(n).send(templates=templates, day=DAY, now=now) for n in (1, 2))
+    return await asyncio.wait_for(asyncio.gather(*sends, return_exceptions=True), timeout=20)
+
+
 async def test_two_workers_refused_before_any_accept_both_finish(  # type: ignore[no-untyped-def]
     db, send_settings, now
 ) -> None:
@@ -307,31 +329,9 @@ async def test_two_workers_refused_before_any_accept_both_finish(  # type: ignor
     emails = [f"reader{i}@example.org" for i in range(24)]
     for email in emails:
         add_subscriber(db, email, now=now)
-    handler = _RefusesOnceBothConnected()
-    run = make_run_id()
-    with run_smtp_server(handler) as server:
-
-        def worker(number: int) -> DigestSender:
-            mailer = SmtpMailer(
-                host="127.0.0.1", port=server.port, tls="none", timeout=5, connections=1
-            )
-            policy = SendPolicy(connections=1, retry_window=0.1, retry_delay=0.01)
-            return DigestSender(
-                db=db,
-                mailer=mailer,
-                settings=send_settings,
-                secret=SECRET,
-                policy=policy,
-                worker=make_worker_id(run, number),
-            )
-
-        templates = _templates(send_settings, now)
-        summaries = await asyncio.wait_for(
-            asyncio.gather(
-                *(worker(n).send(templates=templates, day=DAY, now=now) for n in (1, 2))
-            ),
-            timeout=20,
-        )
+    with run_smtp_server(_RefusesOnceBothConnected()) as server:
+        summaries = await _two_workers(db, server.port, send_settings, now)
+    assert not [s for s in summaries if isinstance(s, BaseException)], summaries
     assert all(s.failed for s in summaries)  # each worker held some of them
     assert sum(s.failed for s in summaries) == 24
     assert ledger.day_counts(db, day=DAY) == {"failed": 24}
@@ -346,35 +346,11 @@ async def test_two_workers_with_everyone_deferred_both_finish(  # type: ignore[n
     emails = [f"reader{i}@example.org" for i in range(32)]
     for email in emails:
         add_subscriber(db, email, now=now)
-    handler = _DefersEveryone()
-    run = make_run_id()
-    with run_smtp_server(handler) as server:
-
-        def worker(number: int) -> DigestSender:
-            mailer = SmtpMailer(
-                host="127.0.0.1", port=server.port, tls="none", timeout=5, connections=1
-            )
-            # refuse_all_after=1: whichever worker defers anyone stops as the server
-            # deferring everyone, however the claims split the list between them.
-            policy = SendPolicy(
-                connections=1, retry_window=0.1, retry_delay=0.01, lease=3.0, refuse_all_after=1
-            )
-            return DigestSender(
-                db=db,
-                mailer=mailer,
-                settings=send_settings,
-                secret=SECRET,
-                policy=policy,
-                worker=make_worker_id(run, number),
-            )
-
-        templates = _templates(send_settings, now)
-        results = await asyncio.wait_for(
-            asyncio.gather(
-                *(worker(n).send(templates=templates, day=DAY, now=now) for n in (1, 2)),
-                return_exceptions=True,
-            ),
-            timeout=20,
+    with run_smtp_server(_DefersEveryone()) as server:
+        # refuse_all_after=1: whichever worker defers anyone stops as the server
+        # deferring everyone, however the claims split the list between them.
+        results = await _two_workers(
+            db, server.port, send_settings, now, lease=3.0, refuse_all_after=1
         )
     assert any(isinstance(r, TempFailError) for r in results)
     assert [r for r in results if isinstance(r, BaseException)] == [

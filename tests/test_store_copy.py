@@ -891,6 +891,21 @@ def _child(pid: int) -> int:
     return int(children[0])
 
 
+def _copy_under_strace(full_store: Path, target: Path, *inject: str) -> subprocess.Popen[str]:
+    """`syndicate store copy` from `full_store` to `target` under strace with `inject` (its
+    `-e` options): the code runs as is, one system call made slow or failing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    copy_args = ["store", "copy", "--from", str(full_store), "--to", str(target)]
+    return subprocess.Popen(
+        [_strace(), "-o", os.devnull, *inject, sys.executable, "-m", "syndicate", *copy_args],
+        cwd=full_store.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 @pytest.mark.slow(seconds=16)  # mostly idle: strace holds link(2) for 15 s
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_as_the_new_file_is_linked_into_place_reports_the_copy_complete(
@@ -900,20 +915,10 @@ def test_a_signal_as_the_new_file_is_linked_into_place_reports_the_copy_complete
     # once it was there: "the target was left as it was" (exit 143), or "Interrupted."
     # (130), with the complete copy in place. strace holds link(2)'s return for 15 s (the
     # file has its name by then), so the signal comes in that window; the code runs as is.
-    strace = _strace()
     folder = _target_folder(tmp_path)
     target = folder / "t.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
     delay = ["-e", "trace=link", "-e", "inject=link:delay_exit=15000000"]
-    copy_args = ["store", "copy", "--from", str(full_store), "--to", str(target)]
-    process = subprocess.Popen(
-        [strace, "-o", os.devnull, *delay, sys.executable, "-m", "syndicate", *copy_args],
-        cwd=full_store.parent,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _copy_under_strace(full_store, target, *delay)
     try:
         deadline = time.monotonic() + 60
         while not target.exists():  # no event to wait on: the name appears in the folder
@@ -946,20 +951,10 @@ def test_a_copy_onto_a_file_system_without_flock_still_copies(
     # the copy made a temporary file, failed to lock it, and made another, for ever: a hang
     # that filled the folder with empty 0600 files. Without locks it copies as it did before
     # them (nothing to sweep with either). strace makes every flock fail; the code runs as is.
-    strace = _strace()
     folder = _target_folder(tmp_path)
     target = folder / "t.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
     refuse = ["-e", "trace=flock", "-e", "inject=flock:error=ENOLCK"]
-    copy_args = ["store", "copy", "--from", str(full_store), "--to", str(target)]
-    process = subprocess.Popen(
-        [strace, "-o", os.devnull, *refuse, sys.executable, "-m", "syndicate", *copy_args],
-        cwd=full_store.parent,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _copy_under_strace(full_store, target, *refuse)
     try:
         out, err = process.communicate(timeout=30)
     except subprocess.TimeoutExpired:
