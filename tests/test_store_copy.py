@@ -906,18 +906,18 @@ def _copy_under_strace(full_store: Path, target: Path, *inject: str) -> subproce
     )
 
 
-@pytest.mark.slow(seconds=16)  # mostly idle: strace holds link(2) for 15 s
+@pytest.mark.slow(seconds=9)  # mostly idle: strace holds link(2) for 8 s
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_as_the_new_file_is_linked_into_place_reports_the_copy_complete(
     full_store: Path, tmp_path: Path, signum: signal.Signals
 ) -> None:
     # The signal, held back while the complete store was linked to its name, was delivered
     # once it was there: "the target was left as it was" (exit 143), or "Interrupted."
-    # (130), with the complete copy in place. strace holds link(2)'s return for 15 s (the
+    # (130), with the complete copy in place. strace holds link(2)'s return for 8 s (the
     # file has its name by then), so the signal comes in that window; the code runs as is.
     folder = _target_folder(tmp_path)
     target = folder / "t.db"
-    delay = ["-e", "trace=link", "-e", "inject=link:delay_exit=15000000"]
+    delay = ["-e", "trace=link", "-e", "inject=link:delay_exit=8000000"]
     process = _copy_under_strace(full_store, target, *delay)
     try:
         deadline = time.monotonic() + 60
