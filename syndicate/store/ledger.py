@@ -472,17 +472,7 @@ def unmark_failed(
 ) -> None:
     """Give back the attempts `owner` marked failed on `subscriber_ids` (its run stopped
     before it could tell the recipients' fault from the server's): owed again at once."""
-    if not subscriber_ids:
-        return
-    stamp, key = _iso(now), day.isoformat()
-    try:
-        with db.transaction(rows_only=True) as conn:
-            conn.executemany(
-                _UNMARK_FAILED,
-                ({"day": key, "id": i, "owner": owner, "now": stamp} for i in subscriber_ids),
-            )
-    except DB_ERRORS as exc:
-        raise _fail(db, exc) from exc
+    _each(db, _UNMARK_FAILED, day=day, owner=owner, subscriber_ids=subscriber_ids, now=now)
 
 
 def mark_refused(
@@ -861,13 +851,25 @@ def unpark(db: Database, *, day: date, owner: str, subscriber_ids: Sequence[int]
     _each(db, _UNPARK, day=day, owner=owner, subscriber_ids=subscriber_ids)
 
 
-def _each(db: Database, sql: str, *, day: date, owner: str, subscriber_ids: Sequence[int]) -> None:
+def _each(
+    db: Database,
+    sql: str,
+    *,
+    day: date,
+    owner: str,
+    subscriber_ids: Sequence[int],
+    now: datetime | None = None,
+) -> None:
+    """Run `sql` once per id of `subscriber_ids` (`:day`, `:id`, `:owner`, and `:now` when
+    given), all in one committed transaction."""
     if not subscriber_ids:
         return
-    key = day.isoformat()
+    common: dict[str, object] = {"day": day.isoformat(), "owner": owner}
+    if now is not None:
+        common["now"] = _iso(now)
     try:
         with db.transaction(rows_only=True) as conn:
-            conn.executemany(sql, ({"day": key, "id": i, "owner": owner} for i in subscriber_ids))
+            conn.executemany(sql, ({**common, "id": i} for i in subscriber_ids))
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
 

@@ -544,11 +544,17 @@ def connect(url: str, *, busy_timeout: float, reply_timeout: float | None) -> Pg
     conn.reply_timeout = reply_timeout
     pg = PgConnection(conn)
     try:
-        pg.execute_as_is(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
+        pg.execute_as_is(_lock_timeout(busy_timeout))
     except BaseException:
         conn.close()
         raise
     return pg
+
+
+def _lock_timeout(busy_timeout: float) -> str:
+    """The statement that makes a connection wait `busy_timeout` seconds for a lock (at
+    least 1 ms: 0 would mean for ever)."""
+    return f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}"
 
 
 async def connect_async(
@@ -570,7 +576,7 @@ async def connect_async(
         raise to_pg_error(exc) from exc
     conn.reply_timeout = reply_timeout
     try:
-        await conn.execute(f"SET lock_timeout = {max(1, round(busy_timeout * 1000))}")
+        await conn.execute(_lock_timeout(busy_timeout))
     except BaseException:
         await conn.close()
         raise
