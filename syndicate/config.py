@@ -18,13 +18,14 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import jinja2
-
 from syndicate.errors import ConfigError
+
+if TYPE_CHECKING:
+    import jinja2
 
 CONFIG_FILE_NAME = "syndicate.toml"
 ENV_CONFIG = "SYNDICATE_CONFIG"
@@ -847,8 +848,12 @@ def make_environment(folder: Path) -> jinja2.Environment:
 
     Article text is passed in as data and escaped; it is never template source. Every
     template (partials included) escapes its variables except text parts (`*.txt.j2`),
-    and an undefined name is an error.
+    and an undefined name is an error. Jinja2 is imported here, not with the settings:
+    commands that render nothing (`bounces -` as a mail pipe, `subscribers`) start
+    without it.
     """
+    import jinja2
+
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(folder)),
         autoescape=jinja2.select_autoescape(

@@ -44,7 +44,7 @@ from syndicate.model import (
     order_key,
     order_teasers,
 )
-from syndicate.text import header_safe, lead_excerpt, nfc, one_line, shorten
+from syndicate.text import MAX_LINE_BYTES, header_safe, lead_excerpt, nfc, one_line, shorten
 from syndicate.urls import feed_url
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,6 @@ MAX_TEASERS = 15  # "Other news" items: enough for a sidebar, small enough for G
 TITLE_CHARS = 300
 TEASER_CHARS = 300
 CHARS_PER_LEAD_WORD = 20
-# RFC 5322 caps a line at 998 bytes; wrap (and mail folds) well below it so a
-# substituted per-recipient URL still fits.
-MAX_LINE_BYTES = 900
-
 SUBJECT_CHARS = 78  # RFC 5322's recommended line length, before encoding
 STALE_DAYS = 7  # a digest whose newest article is older than this gets a warning
 

@@ -25,9 +25,8 @@ from urllib.parse import urlsplit
 
 from syndicate import urls
 from syndicate.config import Settings, base_url
-from syndicate.digest import MAX_LINE_BYTES
 from syndicate.errors import ConfigError
-from syndicate.text import header_safe
+from syndicate.text import MAX_LINE_BYTES, header_safe
 from syndicate.tokens import RETURN_TOKEN_LENGTH, make_return_token
 from syndicate.urls import ascii_host
 

@@ -38,6 +38,11 @@ _SPACES = re.compile(r" {2,}")
 _CONTROLS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+# RFC 5322 caps a line at 998 bytes; the digest wraps its text and mail folds its HTML
+# well below it, so a substituted per-recipient URL still fits.
+MAX_LINE_BYTES = 900
+
+
 def nfc(text: str) -> str:
     """Return `text` in Unicode NFC."""
     return unicodedata.normalize("NFC", text)

@@ -20,8 +20,6 @@ from email.message import Message
 from email.utils import getaddresses
 from enum import StrEnum
 
-from flufl.bounce import all_failures
-
 
 class Kind(StrEnum):
     HARD = "hard"
@@ -164,6 +162,10 @@ logging.getLogger("flufl.bounce").addHandler(logging.NullHandler())
 
 
 def _flufl(msg: Message) -> tuple[set[str], set[str]]:
+    # Imported when a mail gets this far (no token, no DSN): most of what a pipe
+    # transport hands over never needs its detectors.
+    from flufl.bounce import all_failures
+
     try:
         temporary, permanent = all_failures(msg)
     except Exception:  # heuristic detectors may trip on any odd mail

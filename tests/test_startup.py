@@ -1,0 +1,50 @@
+"""What the commands that render nothing load as they start.
+
+`bounces -` runs once for every bounce an MTA pipes to it, and the `subscribers`
+commands run from scripts: neither renders a template, a feed or a date, so neither
+loads Jinja2, Babel, the CSS inliner, feedgen (and lxml) or flufl.bounce's detectors
+at start. Measured in bench/startup.py; this keeps an import added in the wrong place
+from undoing it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+RENDERING = ("jinja2", "babel", "css_inline", "feedgen", "lxml", "flufl", "email_validator")
+
+
+@pytest.mark.parametrize("command", ["commands_bounces", "commands_subscribers"])
+def test_a_command_that_renders_nothing_starts_without_the_rendering_libraries(
+    command: str,
+) -> None:
+    code = (
+        "import json, sys\n"
+        f"import syndicate.cli.{command}\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    loaded = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert [name for name in RENDERING if name in loaded] == []
+
+
+def test_rendering_libraries_load_where_they_are_used() -> None:
+    """The check above can fail: the digest command does load them."""
+    code = (
+        "import json, sys\n"
+        "import syndicate.cli.commands_digest\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    loaded = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert {"jinja2", "babel", "css_inline"} <= set(loaded)
