@@ -155,3 +155,43 @@ def test_a_killed_writers_temp_file_without_a_staging_folder_goes_at_the_next_bu
     assert not digest_temp.exists()
     assert not page_temp.exists()
     assert {p: p.read_bytes() for p in output.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow(seconds=6)
+@pytest.mark.parametrize("command", ["build", "send"])
+def test_sigterm_mid_build_is_one_line_exit_143_and_leaves_nothing_half_written(
+    workdir: Path, settings: Settings, command: str
+) -> None:
+    """SIGTERM (systemd stopping the unit, `timeout`, an operator's kill) as the pages
+    are written, by `build` or by `send` building before it sends: the command cleans up
+    as Ctrl-C would and says so, where it used to vanish without a word."""
+    _write_dumps(settings.paths.seeds, DUMPS)
+    output = settings.paths.output
+    with subprocess.Popen(
+        [sys.executable, "-m", "syndicate", command],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as run:
+        deadline = time.monotonic() + 120
+        while run.poll() is None and time.monotonic() < deadline:
+            articles = output / "articles"
+            if articles.is_dir() and any(articles.iterdir()):
+                break
+            time.sleep(0.005)
+        assert run.poll() is None, "the command ended before it could be stopped"
+        run.send_signal(signal.SIGTERM)
+        _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"{command}: stopped by SIGTERM before it finished; nothing was half-written. "
+        "Run it again to finish."
+    )
+    assert _temp_files(output) == set()
+    assert not (output / ".staging").exists()
+
+    done = _build(workdir)
+    assert done.returncode == 0, done.stderr
+    assert len(list((output / "articles").glob("*.html"))) == DUMPS

@@ -9,10 +9,15 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -169,7 +174,8 @@ class SyndicateGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with _sigterm_raises():
+                return super().invoke(ctx)
         except SyndicateError as exc:
             app = ctx.obj if isinstance(ctx.obj, AppContext) else None
             if app is not None and app.debug:
@@ -179,6 +185,54 @@ class SyndicateGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
+        except _Terminated:
+            name = ctx.invoked_subcommand or "syndicate"
+            click.echo(
+                f"{name}: stopped by SIGTERM before it finished; nothing was half-written. "
+                "Run it again to finish.",
+                err=True,
+            )
+            ctx.exit(143)  # 128 + SIGTERM, as the shell reports a process the signal ended
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the command is, as Ctrl-C raises KeyboardInterrupt.
+
+    A BaseException for the same reason: a stage's `except Exception` (one odd dump, one
+    recipient) must not take it for a fault of its own. On the way out the `with` and
+    `finally` blocks do what they do for Ctrl-C: temp files and the staging folder go,
+    an open transaction rolls back.
+    """
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a command runs, SIGTERM raises _Terminated in this process's main thread.
+
+    Commands that stop gracefully on their own (`send` while it delivers, `serve`, `store
+    copy`) put their handlers in place of this one while they run. A process forked from
+    this one (the build's workers) that gets the signal ends by it, as before. Elsewhere
+    than the main thread (a test's server thread) Python sets no handler: nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pid = os.getpid()
+
+    def terminated(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != pid:  # a forked worker: ended by the signal, as before
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up runs to its end
+        raise _Terminated
+
+    before = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        # None: a handler not set from Python, which cannot be put back from it.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
 @click.group(cls=SyndicateGroup, context_settings={"help_option_names": ["-h", "--help"]})
