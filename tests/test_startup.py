@@ -18,33 +18,25 @@ import pytest
 RENDERING = ("jinja2", "babel", "css_inline", "feedgen", "lxml", "flufl", "email_validator")
 
 
+def _loaded(module: str) -> set[str]:
+    """The top-level packages loaded once `module` is imported, in a new interpreter."""
+    code = (
+        "import json, sys\n"
+        f"import {module}\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(json.loads(done.stdout))
+
+
 @pytest.mark.parametrize("command", ["commands_bounces", "commands_subscribers"])
 def test_a_command_that_renders_nothing_starts_without_the_rendering_libraries(
     command: str,
 ) -> None:
-    code = (
-        "import json, sys\n"
-        f"import syndicate.cli.{command}\n"
-        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
-    )
-    loaded = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        ).stdout
-    )
+    loaded = _loaded(f"syndicate.cli.{command}")
     assert [name for name in RENDERING if name in loaded] == []
 
 
 def test_rendering_libraries_load_where_they_are_used() -> None:
     """The check above can fail: the digest command does load them."""
-    code = (
-        "import json, sys\n"
-        "import syndicate.cli.commands_digest\n"
-        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
-    )
-    loaded = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        ).stdout
-    )
-    assert {"jinja2", "babel", "css_inline"} <= set(loaded)
+    assert {"jinja2", "babel", "css_inline"} <= _loaded("syndicate.cli.commands_digest")
