@@ -31,7 +31,7 @@ COMMANDS: dict[str, list[str]] = {
     "bounces - (one DSN)": ["-m", "syndicate", "bounces", "-"],
     "subscribers list": ["-m", "syndicate", "subscribers", "list"],
     "subscribers add": ["-m", "syndicate", "subscribers", "add"],
-    "digest (renders)": ["-m", "syndicate", "digest", "--out", "digest.html"],
+    "digest (renders)": ["-m", "syndicate", "digest", "--out", "preview"],
 }
 
 
