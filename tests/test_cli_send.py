@@ -472,6 +472,37 @@ def test_a_run_stopped_by_a_down_server_is_finished_the_next_day(
     ]
 
 
+def test_a_subscriber_a_run_of_the_day_set_out_to_mail_is_caught_up_the_next_day(
+    clock: Clock, workdir: Path, smtpd: SmtpServer
+) -> None:
+    # Cron runs `send` hourly (docs/operating.md). The 13:00 run makes the day's digest; b
+    # confirms at 14:00 and the 15:00 run sets out to mail b that digest, but the server is
+    # down for the rest of the day. The next day's catch-up dropped b in silence (b was
+    # confirmed after the digest was made) while it finished everyone else's.
+    _smtp_config(workdir, smtpd)
+    _subscribe("a@example.org")
+    assert _run("-q", "send") == (0, "", "")
+    clock.now += timedelta(hours=1)
+    _subscribe("b@example.org")
+    clock.now += timedelta(hours=1)
+    down = SmtpServer("127.0.0.1", free_port(), smtpd.handler)  # nothing listens there
+    _smtp_config(workdir, down, extra="retry_window = 0.1\n")
+    assert _run("-q", "send")[0] == 75
+    clock.next_day()
+    _smtp_config(workdir, smtpd)
+    (workdir / "seeds" / "day2.txt").write_text(DUMP_DAY2, encoding="utf-8")
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-10-31", "1", "0", "1"), ("2024-11-01", "2", "0", "0")]
+    ids = sorted(str(m.message["Message-ID"]) for m in smtpd.handler.messages)
+    assert ids == [
+        "<2024-10-31.1@news.example.org>",
+        "<2024-10-31.2@news.example.org>",
+        "<2024-11-01.1@news.example.org>",
+        "<2024-11-01.2@news.example.org>",
+    ]
+
+
 def test_failures_in_an_earlier_digest_exit_1_with_its_line_on_stderr(
     clock: Clock, workdir: Path, smtpd: SmtpServer
 ) -> None:
