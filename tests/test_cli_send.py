@@ -503,6 +503,41 @@ def test_a_subscriber_a_run_of_the_day_set_out_to_mail_is_caught_up_the_next_day
     ]
 
 
+DUMP_DAY0 = """Khai mạc hội chợ nông sản
+30/10/2024 16:00
+LGO - Chiều nay 30/10, hội chợ nông sản Lam Giang khai mạc tại TP. Bến Lam.
+Hội chợ có 120 gian hàng.
+"""
+
+
+def test_a_clock_set_back_before_the_last_digests_day_sends_nothing_until_it_is_right(
+    clock: Clock, workdir: Path
+) -> None:
+    # The clock ran a day ahead: the run on 30 October made and mailed the digest of the
+    # 31st. NTP set the clock right, and the next run, still on the 30th, made a digest of
+    # the 30th from the articles since and mailed it: readers got the 31st, then the 30th.
+    _subscribe("a@example.org")
+    assert _run("-q", "send") == (0, "", "")
+    clock.next_day(-1)
+    (workdir / "seeds" / "day0.txt").write_text(DUMP_DAY0, encoding="utf-8")
+    code, out, err = _run("-q", "send")
+    assert (code, out) == (75, "")
+    assert err == (
+        "Error: send: today is 2024-10-30 by this machine's clock (site.timezone "
+        "Asia/Ho_Chi_Minh), before the day of the last digest made, 2024-10-31: the clock "
+        "was set back, or site.timezone moved west. Check the clock (NTP); `send` goes on "
+        "once this machine's day is 2024-10-31 or later.\n"
+    )
+    assert _outbox_recipients(workdir, "2024-10-30") == []
+    with open_store(workdir / "syndicate.db") as db:
+        days = db.conn.execute("SELECT day FROM digests ORDER BY day").fetchall()
+    assert days == [("2024-10-31",)]
+    clock.next_day(2)  # the clock is right, and the next day has come
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-11-01", "1", "0", "0")]
+
+
 def test_failures_in_an_earlier_digest_exit_1_with_its_line_on_stderr(
     clock: Clock, workdir: Path, smtpd: SmtpServer
 ) -> None:

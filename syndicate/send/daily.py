@@ -44,6 +44,7 @@ from syndicate.send.deliver import (
 )
 from syndicate.send.digests import (
     build_send_templates,
+    check_day,
     digest_day,
     preview_digest,
     stored_digest,
@@ -128,6 +129,7 @@ def run_daily(
         # Reputation: one warning line when spam complaints pass the providers' limit.
         if (complaints := complaint_warning(recent_rates(db, now=now))) is not None:
             log.warning("%s", complaints)
+        check_day(settings, db, now=now)  # before the build: a clock set back stops here
         run_build(settings, db, now=now)
         plan = todays_digest(settings, db, now=now, create=True)
         if plan is not None and (stale := stale_warning(plan, tz=settings.site.tz)) is not None:

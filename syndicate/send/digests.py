@@ -14,6 +14,7 @@ from pathlib import Path
 from syndicate import urls
 from syndicate.config import Settings, base_url
 from syndicate.digest import DigestInfo, plan_digest, render_digest
+from syndicate.errors import ClockError
 from syndicate.i18n import LANGUAGES
 from syndicate.load import check_dump_paths
 from syndicate.mail import (
@@ -34,6 +35,7 @@ from syndicate.store.digests import (
     create_digest,
     get_digest,
     iter_candidates,
+    last_digest_day,
     live_article_ids,
     newest_published,
 )
@@ -43,6 +45,25 @@ from syndicate.store.teasers import article_links
 def digest_day(settings: Settings, now: datetime) -> date:
     """The digest's day: the date of `now` in the site's timezone."""
     return now.astimezone(settings.site.tz).date()
+
+
+def check_day(settings: Settings, db: Database, *, now: datetime) -> None:
+    """Refuse a day before the newest digest's: ClockError (exit 75).
+
+    Days only go forward: a clock set back past midnight (NTP correcting a clock that ran
+    ahead, a machine booted before its clock was set) or a site.timezone moved west would
+    make and mail a digest dated before one readers already have, or the old one again.
+    """
+    today = digest_day(settings, now)
+    last = last_digest_day(db)
+    if last is not None and today < last:
+        raise ClockError(
+            f"send: today is {today.isoformat()} by this machine's clock (site.timezone "
+            f"{settings.site.timezone}), before the day of the last digest made, "
+            f"{last.isoformat()}: the clock was set back, or site.timezone moved west. Check "
+            f"the clock (NTP); `send` goes on once this machine's day is {last.isoformat()} "
+            "or later."
+        )
 
 
 def todays_digest(
