@@ -1412,6 +1412,30 @@ def _add_in(
         return added, get_secret(settings, db)
 
 
+def test_one_click_unsubscribe_works_from_a_digest_sent_while_the_clock_ran_ahead(
+    server: LiveServer, client: httpx.Client, now: datetime
+) -> None:
+    # The send machine's clock ran an hour ahead (NTP set it right after the run): every
+    # link of that digest was dated an hour ahead of this server's clock, and for that hour
+    # each one-click unsubscribe got 400 and changed nothing.
+    added, secret = add_confirmed(server.settings, "khanh@example.org", now)
+    token = tokens.make_token(
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=added.id,
+        nonce=added.token_nonce,
+        issued_at=now + timedelta(hours=1),
+    )
+    answer = client.post(
+        f"unsubscribe?token={token}",
+        content=b"List-Unsubscribe=One-Click",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert answer.status_code == 200
+    stored = subscriber(server.settings, "khanh@example.org")
+    assert stored.status is SubscriptionStatus.UNSUBSCRIBED
+
+
 @pytest.mark.parametrize(
     ("language", "title"), [("en", "You have unsubscribed"), ("vi", "Bạn đã hủy đăng ký")]
 )
