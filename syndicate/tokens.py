@@ -198,10 +198,11 @@ def verify_token(
 
 
 _RETURN_VERSION = 1
-# version, subscriber id, digest day (days since _RETURN_EPOCH)
+# version, subscriber id, digest day (days since RETURN_EPOCH)
 _RETURN_PAYLOAD = struct.Struct(">BQH")
 _RETURN_TAG_BYTES = 10  # 80 bits: a forged bounce must guess it, and gets one try per mail
-_RETURN_EPOCH = date(2000, 1, 1)
+# The first day a return path can name; a digest's day is never before it (send.digests).
+RETURN_EPOCH = date(2000, 1, 1)
 _RETURN_BYTES = _RETURN_PAYLOAD.size + _RETURN_TAG_BYTES
 RETURN_TOKEN_LENGTH = -(-_RETURN_BYTES * 8 // 5)  # base32 characters, no padding: 34
 _BASE32 = frozenset("abcdefghijklmnopqrstuvwxyz234567")
@@ -224,7 +225,7 @@ def make_return_token(secret: bytes, *, subscriber_id: int, nonce: bytes, day: d
         raise ValueError("an empty secret cannot sign tokens")
     if len(nonce) != NONCE_BYTES:
         raise ValueError(f"a token nonce has {NONCE_BYTES} bytes, not {len(nonce)}")
-    payload = _RETURN_PAYLOAD.pack(_RETURN_VERSION, subscriber_id, (day - _RETURN_EPOCH).days)
+    payload = _RETURN_PAYLOAD.pack(_RETURN_VERSION, subscriber_id, (day - RETURN_EPOCH).days)
     return _b32(payload + _return_tag(secret, payload, nonce))
 
 
@@ -271,4 +272,4 @@ def verify_return_token(
             "return-path token: the signature does not match (forged, altered, or signed "
             "with another secret)."
         )
-    return ReturnClaim(found, _RETURN_EPOCH + timedelta(days=int(days)))
+    return ReturnClaim(found, RETURN_EPOCH + timedelta(days=int(days)))

@@ -538,6 +538,29 @@ def test_a_clock_set_back_before_the_last_digests_day_sends_nothing_until_it_is_
     assert _summaries(out) == [("2024-11-01", "1", "0", "0")]
 
 
+def test_a_clock_that_was_never_set_makes_no_digest(clock: Clock, workdir: Path) -> None:
+    # A machine without a battery-backed clock boots at 1970-01-01, and cron runs `send`
+    # before NTP sets the clock: with VERP on, the run made a digest of 1 January 1970 (its
+    # articles marked as sent), then stopped with a traceback; once the clock was right,
+    # that digest was given up, and its articles were never mailed.
+    config = workdir / "syndicate.toml"
+    config.write_text('[mail]\nbounce_address = "bounces@example.org"\n', encoding="utf-8")
+    _subscribe("a@example.org")
+    clock.now = datetime(1970, 1, 1, 0, 0, 42, tzinfo=UTC)
+    code, out, err = _run("-q", "send")
+    assert (code, out) == (75, "")
+    assert err == (
+        "Error: send: today is 1970-01-01 by this machine's clock, before 2000-01-01: the "
+        "clock is not set. Set it (NTP); `send` dates each digest by it.\n"
+    )
+    with open_store(workdir / "syndicate.db") as db:
+        assert db.conn.execute("SELECT count(*) FROM digests").fetchone()[0] == 0
+    clock.now = DAY1
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-10-31", "1", "0", "0")]
+
+
 def test_failures_in_an_earlier_digest_exit_1_with_its_line_on_stderr(
     clock: Clock, workdir: Path, smtpd: SmtpServer
 ) -> None:

@@ -40,6 +40,7 @@ from syndicate.store.digests import (
     newest_published,
 )
 from syndicate.store.teasers import article_links
+from syndicate.tokens import RETURN_EPOCH
 
 
 def digest_day(settings: Settings, now: datetime) -> date:
@@ -48,13 +49,19 @@ def digest_day(settings: Settings, now: datetime) -> date:
 
 
 def check_day(settings: Settings, db: Database, *, now: datetime) -> None:
-    """Refuse a day before the newest digest's: ClockError (exit 75).
+    """Refuse a day before the newest digest's, or before 2000: ClockError (exit 75).
 
     Days only go forward: a clock set back past midnight (NTP correcting a clock that ran
     ahead, a machine booted before its clock was set) or a site.timezone moved west would
     make and mail a digest dated before one readers already have, or the old one again.
     """
     today = digest_day(settings, now)
+    if today < RETURN_EPOCH:  # 1970-01-01: a machine without a battery-backed clock
+        raise ClockError(
+            f"send: today is {today.isoformat()} by this machine's clock, before "
+            f"{RETURN_EPOCH.isoformat()}: the clock is not set. Set it (NTP); `send` dates "
+            "each digest by it."
+        )
     last = last_digest_day(db)
     if last is not None and today < last:
         raise ClockError(
