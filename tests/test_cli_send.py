@@ -538,6 +538,19 @@ def test_a_clock_set_back_before_the_last_digests_day_sends_nothing_until_it_is_
     assert _summaries(out) == [("2024-11-01", "1", "0", "0")]
 
 
+def test_a_digest_made_while_the_clock_ran_weeks_ahead_does_not_stop_the_daily_job(
+    clock: Clock, workdir: Path
+) -> None:
+    clock.next_day(30)  # one run while the clock ran a month ahead
+    _subscribe("a@example.org")
+    assert _run("-q", "send")[0] == 0  # (with the freshness warning: news a month old)
+    clock.next_day(-29)  # the clock is right again: the next day's run goes on
+    (workdir / "seeds" / "day2.txt").write_text(DUMP_DAY2, encoding="utf-8")
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-11-01", "1", "0", "0")]
+
+
 def test_a_clock_that_was_never_set_makes_no_digest(clock: Clock, workdir: Path) -> None:
     # A machine without a battery-backed clock boots at 1970-01-01, and cron runs `send`
     # before NTP sets the clock: with VERP on, the run made a digest of 1 January 1970 (its

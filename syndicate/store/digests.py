@@ -38,8 +38,9 @@ INSERT_DIGEST = """
 """
 # Mark an article as carried by the digest of :day (never moves it to another day).
 MARK_ARTICLE = "UPDATE articles SET digest_day = :day WHERE id = :id AND digest_day IS NULL"
-# The day of the newest digest made (days are ISO text: text order is day order).
-SELECT_LAST_DAY = "SELECT max(day) FROM digests"
+# The day of the newest digest made before :before (days are ISO text: text order is day
+# order).
+SELECT_LAST_DAY = "SELECT max(day) FROM digests WHERE day < :before"
 # Digests of days before :before that `send` has not closed yet, oldest first.
 SELECT_OPEN_DIGESTS = """
     SELECT day, created_at FROM digests
@@ -177,10 +178,10 @@ def create_digest(db: Database, plan: DigestPlan, *, now: datetime) -> None:
             raise store_error(db.path, f"cannot store the digest of {day}", exc) from exc
 
 
-def last_digest_day(db: Database) -> date | None:
-    """The day of the newest digest made, or None when there is none yet."""
+def last_digest_day(db: Database, *, before: date) -> date | None:
+    """The day of the newest digest made of a day before `before`, or None when none is."""
     try:
-        row = db.conn.execute(SELECT_LAST_DAY).fetchone()
+        row = db.conn.execute(SELECT_LAST_DAY, {"before": before.isoformat()}).fetchone()
     except DB_ERRORS as exc:
         raise store_error(db.path, "cannot read the digests", exc) from exc
     if row is None or row[0] is None:
