@@ -145,10 +145,13 @@ def read_token(
     if version != expected or token_code != code:
         raise TokenError(f"{purpose} token: the token was made for another purpose.")
     issued_at = datetime.fromtimestamp(issued, tz=UTC)
-    # A future date matters where the time is checked: a token that expires (confirm), or a
-    # version 1 token (its owner is found by time). A version 2 unsubscribe link must work
-    # whatever the clock of the machine that mailed it said (one an hour ahead, say).
-    if issued_at > now + _CLOCK_SKEW and (max_age is not None or nonce is None):
+    # A future date (the clock that made the token ran ahead, or this one was set back since)
+    # is refused only where it matters: a version 1 token (its owner is found by time) past
+    # a drift, any token dated further ahead than it may live. A link mailed by a machine
+    # whose clock ran an hour ahead must work at once: its reader cannot wait for the clocks.
+    if (nonce is None and issued_at > now + _CLOCK_SKEW) or (
+        max_age is not None and issued_at - now > max_age
+    ):
         raise TokenError(f"{purpose} token: the token is dated in the future.")
     if max_age is not None and now - issued_at > max_age:
         raise TokenError(
