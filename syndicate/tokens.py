@@ -46,7 +46,7 @@ _TAG_BYTES = 16
 _TOKEN_BYTES = _PAYLOAD.size + _TAG_BYTES
 _LEGACY_TOKEN_BYTES = _LEGACY_PAYLOAD.size + _TAG_BYTES
 _MAX_TEXT = 64  # a version 2 token is 62 characters
-# A token issued this far in the future still passes: clocks of two hosts drift.
+# A version 1 token issued this far in the future still passes: clocks of two hosts drift.
 _CLOCK_SKEW = timedelta(minutes=5)
 
 
