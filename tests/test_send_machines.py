@@ -395,3 +395,32 @@ def test_a_machine_whose_clock_steps_back_mid_run_never_loses_its_leases(
     got = Counter(r for _at, r in handler.started)
     assert set(got) == set(emails)
     assert sum(got.values()) - count == 0, got.most_common(3)
+
+
+def test_two_machines_either_side_of_midnight_never_mail_the_days_out_of_order(
+    tmp_path: Path, store_url: str, smtpd: SmtpServer
+) -> None:
+    # The site's midnight (Asia/Ho_Chi_Minh) falls between two machines' clocks, 40 s apart.
+    # The one ahead made and mailed the digest of 1 November; a dump came in; the one behind,
+    # still on 31 October, made a digest of the 31st from it and mailed it after the 1st's.
+    if shutil.which("faketime") is None:
+        pytest.skip("libfaketime is not installed (Debian package faketime)")
+    one = _machine(tmp_path / "one", smtpd.port)
+    two = _machine(tmp_path / "two", smtpd.port)
+    emails = add_confirmed(one, store_url, 5)
+    ahead = _send(one, store_url, clock="@2024-10-31 17:00:30")  # 00:00:30 on 1 November
+    assert SUMMARY.findall(_finish(ahead))[0][:2] == ("2024-11-01", "5")
+    (two / "seeds" / "day2.txt").write_text(
+        "Hội chợ nông sản\n31/10/2024 23:50\nLGO - Tối 31/10, hội chợ nông sản bế mạc.\n"
+        "Hội chợ có 120 gian hàng.\n",
+        encoding="utf-8",
+    )
+    behind = _send(two, store_url, clock="@2024-10-31 16:59:50")  # 23:59:50 on 31 October
+    _out, err = behind.communicate(timeout=120)
+    assert behind.returncode == 75, err
+    assert "today is 2024-10-31 by this machine's clock" in err
+    got = Counter(smtpd.handler.recipients())
+    assert got == Counter(emails)  # each once, the digest of 1 November
+    with open_database(one / "syndicate.db", url=store_url) as db:
+        days = db.conn.execute("SELECT day FROM digests").fetchall()
+    assert [d for (d,) in days] == ["2024-11-01"]
