@@ -532,6 +532,8 @@ def test_a_clock_set_back_before_the_last_digests_day_sends_nothing_until_it_is_
     with open_store(workdir / "syndicate.db") as db:
         days = db.conn.execute("SELECT day FROM digests ORDER BY day").fetchall()
     assert days == [("2024-10-31",)]
+    # A dry run says what `send` would do: the same line, not a digest it would never send.
+    assert _run("-q", "send", "--dry-run") == (75, "", err)
     clock.next_day(2)  # the clock is right, and the next day has come
     code, out, err = _run("send")
     assert (code, err) == (0, "")
