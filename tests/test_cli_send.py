@@ -540,6 +540,30 @@ def test_a_clock_set_back_before_the_last_digests_day_sends_nothing_until_it_is_
     assert _summaries(out) == [("2024-11-01", "1", "0", "0")]
 
 
+def test_moving_the_site_timezone_west_mails_no_day_twice_or_out_of_order(
+    clock: Clock, workdir: Path
+) -> None:
+    _subscribe("a@example.org")
+    assert _run("-q", "send") == (0, "", "")  # 13:00 on 31 October in Asia/Ho_Chi_Minh
+    (workdir / "syndicate.toml").write_text(
+        '[site]\ntimezone = "America/Los_Angeles"\n', encoding="utf-8"
+    )
+    (workdir / "seeds" / "day0.txt").write_text(DUMP_DAY0, encoding="utf-8")
+    code, out, err = _run("-q", "send")  # 23:00 on 30 October there
+    assert (code, out) == (75, "")
+    assert "today is 2024-10-30 by this machine's clock (site.timezone America/Los_Angeles)" in err
+    clock.next_day()  # 23:00 on 31 October there: that day's digest went out already
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-10-31", "0", "0", "1")]
+    clock.next_day()
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-11-01", "1", "0", "0")]
+    assert _outbox_recipients(workdir, "2024-10-31") == ["a@example.org"]
+    assert _outbox_recipients(workdir, "2024-11-01") == ["a@example.org"]
+
+
 def test_a_digest_made_while_the_clock_ran_weeks_ahead_does_not_stop_the_daily_job(
     clock: Clock, workdir: Path
 ) -> None:
