@@ -128,6 +128,12 @@ class LockedError(SyndicateError):
     exit_code: ClassVar[int] = EXIT_TEMPFAIL
 
 
+class ClockError(SyndicateError):
+    """This machine's day is before a day the store has a digest of: its clock went back."""
+
+    exit_code: ClassVar[int] = EXIT_TEMPFAIL
+
+
 class SendError(SyndicateError):
     """Sending mail failed: the subclasses say whether for one recipient, for now, or for good."""
 

@@ -46,7 +46,7 @@ _TAG_BYTES = 16
 _TOKEN_BYTES = _PAYLOAD.size + _TAG_BYTES
 _LEGACY_TOKEN_BYTES = _LEGACY_PAYLOAD.size + _TAG_BYTES
 _MAX_TEXT = 64  # a version 2 token is 62 characters
-# A token issued this far in the future still passes: clocks of two hosts drift.
+# A version 1 token issued this far in the future still passes: clocks of two hosts drift.
 _CLOCK_SKEW = timedelta(minutes=5)
 
 
@@ -145,7 +145,13 @@ def read_token(
     if version != expected or token_code != code:
         raise TokenError(f"{purpose} token: the token was made for another purpose.")
     issued_at = datetime.fromtimestamp(issued, tz=UTC)
-    if issued_at > now + _CLOCK_SKEW:
+    # A future date (the clock that made the token ran ahead, or this one was set back since)
+    # is refused only where it matters: a version 1 token (its owner is found by time) past
+    # a drift, any token dated further ahead than it may live. A link mailed by a machine
+    # whose clock ran an hour ahead must work at once: its reader cannot wait for the clocks.
+    if (nonce is None and issued_at > now + _CLOCK_SKEW) or (
+        max_age is not None and issued_at - now > max_age
+    ):
         raise TokenError(f"{purpose} token: the token is dated in the future.")
     if max_age is not None and now - issued_at > max_age:
         raise TokenError(
@@ -195,10 +201,11 @@ def verify_token(
 
 
 _RETURN_VERSION = 1
-# version, subscriber id, digest day (days since _RETURN_EPOCH)
+# version, subscriber id, digest day (days since RETURN_EPOCH)
 _RETURN_PAYLOAD = struct.Struct(">BQH")
 _RETURN_TAG_BYTES = 10  # 80 bits: a forged bounce must guess it, and gets one try per mail
-_RETURN_EPOCH = date(2000, 1, 1)
+# The first day a return path can name; a digest's day is never before it (send.digests).
+RETURN_EPOCH = date(2000, 1, 1)
 _RETURN_BYTES = _RETURN_PAYLOAD.size + _RETURN_TAG_BYTES
 RETURN_TOKEN_LENGTH = -(-_RETURN_BYTES * 8 // 5)  # base32 characters, no padding: 34
 _BASE32 = frozenset("abcdefghijklmnopqrstuvwxyz234567")
@@ -221,7 +228,7 @@ def make_return_token(secret: bytes, *, subscriber_id: int, nonce: bytes, day: d
         raise ValueError("an empty secret cannot sign tokens")
     if len(nonce) != NONCE_BYTES:
         raise ValueError(f"a token nonce has {NONCE_BYTES} bytes, not {len(nonce)}")
-    payload = _RETURN_PAYLOAD.pack(_RETURN_VERSION, subscriber_id, (day - _RETURN_EPOCH).days)
+    payload = _RETURN_PAYLOAD.pack(_RETURN_VERSION, subscriber_id, (day - RETURN_EPOCH).days)
     return _b32(payload + _return_tag(secret, payload, nonce))
 
 
@@ -268,4 +275,4 @@ def verify_return_token(
             "return-path token: the signature does not match (forged, altered, or signed "
             "with another secret)."
         )
-    return ReturnClaim(found, _RETURN_EPOCH + timedelta(days=int(days)))
+    return ReturnClaim(found, RETURN_EPOCH + timedelta(days=int(days)))

@@ -472,6 +472,134 @@ def test_a_run_stopped_by_a_down_server_is_finished_the_next_day(
     ]
 
 
+def test_a_subscriber_a_run_of_the_day_set_out_to_mail_is_caught_up_the_next_day(
+    clock: Clock, workdir: Path, smtpd: SmtpServer
+) -> None:
+    # Cron runs `send` hourly (docs/operating.md). The 13:00 run makes the day's digest; b
+    # confirms at 14:00 and the 15:00 run sets out to mail b that digest, but the server is
+    # down for the rest of the day. The next day's catch-up dropped b in silence (b was
+    # confirmed after the digest was made) while it finished everyone else's.
+    _smtp_config(workdir, smtpd)
+    _subscribe("a@example.org")
+    assert _run("-q", "send") == (0, "", "")
+    clock.now += timedelta(hours=1)
+    _subscribe("b@example.org")
+    clock.now += timedelta(hours=1)
+    down = SmtpServer("127.0.0.1", free_port(), smtpd.handler)  # nothing listens there
+    _smtp_config(workdir, down, extra="retry_window = 0.1\n")
+    assert _run("-q", "send")[0] == 75
+    clock.next_day()
+    _smtp_config(workdir, smtpd)
+    (workdir / "seeds" / "day2.txt").write_text(DUMP_DAY2, encoding="utf-8")
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-10-31", "1", "0", "1"), ("2024-11-01", "2", "0", "0")]
+    ids = sorted(str(m.message["Message-ID"]) for m in smtpd.handler.messages)
+    assert ids == [
+        "<2024-10-31.1@news.example.org>",
+        "<2024-10-31.2@news.example.org>",
+        "<2024-11-01.1@news.example.org>",
+        "<2024-11-01.2@news.example.org>",
+    ]
+
+
+DUMP_DAY0 = """Khai mạc hội chợ nông sản
+30/10/2024 16:00
+LGO - Chiều nay 30/10, hội chợ nông sản Lam Giang khai mạc tại TP. Bến Lam.
+Hội chợ có 120 gian hàng.
+"""
+
+
+def test_a_clock_set_back_before_the_last_digests_day_sends_nothing_until_it_is_right(
+    clock: Clock, workdir: Path
+) -> None:
+    # The clock ran a day ahead: the run on 30 October made and mailed the digest of the
+    # 31st. NTP set the clock right, and the next run, still on the 30th, made a digest of
+    # the 30th from the articles since and mailed it: readers got the 31st, then the 30th.
+    _subscribe("a@example.org")
+    assert _run("-q", "send") == (0, "", "")
+    clock.next_day(-1)
+    (workdir / "seeds" / "day0.txt").write_text(DUMP_DAY0, encoding="utf-8")
+    code, out, err = _run("-q", "send")
+    assert (code, out) == (75, "")
+    assert err == (
+        "Error: send: today is 2024-10-30 by this machine's clock (site.timezone "
+        "Asia/Ho_Chi_Minh), before the day of the last digest made, 2024-10-31: the clock "
+        "was set back, or site.timezone moved west. Check the clock (NTP); `send` goes on "
+        "once this machine's day is 2024-10-31 or later.\n"
+    )
+    assert _outbox_recipients(workdir, "2024-10-30") == []
+    with open_store(workdir / "syndicate.db") as db:
+        days = db.conn.execute("SELECT day FROM digests ORDER BY day").fetchall()
+    assert days == [("2024-10-31",)]
+    # A dry run says what `send` would do: the same line, not a digest it would never send.
+    assert _run("-q", "send", "--dry-run") == (75, "", err)
+    clock.next_day(2)  # the clock is right, and the next day has come
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-11-01", "1", "0", "0")]
+
+
+def test_moving_the_site_timezone_west_mails_no_day_twice_or_out_of_order(
+    clock: Clock, workdir: Path
+) -> None:
+    _subscribe("a@example.org")
+    assert _run("-q", "send") == (0, "", "")  # 13:00 on 31 October in Asia/Ho_Chi_Minh
+    (workdir / "syndicate.toml").write_text(
+        '[site]\ntimezone = "America/Los_Angeles"\n', encoding="utf-8"
+    )
+    (workdir / "seeds" / "day0.txt").write_text(DUMP_DAY0, encoding="utf-8")
+    code, out, err = _run("-q", "send")  # 23:00 on 30 October there
+    assert (code, out) == (75, "")
+    assert "today is 2024-10-30 by this machine's clock (site.timezone America/Los_Angeles)" in err
+    clock.next_day()  # 23:00 on 31 October there: that day's digest went out already
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-10-31", "0", "0", "1")]
+    clock.next_day()
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-11-01", "1", "0", "0")]
+    assert _outbox_recipients(workdir, "2024-10-31") == ["a@example.org"]
+    assert _outbox_recipients(workdir, "2024-11-01") == ["a@example.org"]
+
+
+def test_a_digest_made_while_the_clock_ran_weeks_ahead_does_not_stop_the_daily_job(
+    clock: Clock, workdir: Path
+) -> None:
+    clock.next_day(30)  # one run while the clock ran a month ahead
+    _subscribe("a@example.org")
+    assert _run("-q", "send")[0] == 0  # (with the freshness warning: news a month old)
+    clock.next_day(-29)  # the clock is right again: the next day's run goes on
+    (workdir / "seeds" / "day2.txt").write_text(DUMP_DAY2, encoding="utf-8")
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-11-01", "1", "0", "0")]
+
+
+def test_a_clock_that_was_never_set_makes_no_digest(clock: Clock, workdir: Path) -> None:
+    # A machine without a battery-backed clock boots at 1970-01-01, and cron runs `send`
+    # before NTP sets the clock: with VERP on, the run made a digest of 1 January 1970 (its
+    # articles marked as sent), then stopped with a traceback; once the clock was right,
+    # that digest was given up, and its articles were never mailed.
+    config = workdir / "syndicate.toml"
+    config.write_text('[mail]\nbounce_address = "bounces@example.org"\n', encoding="utf-8")
+    _subscribe("a@example.org")
+    clock.now = datetime(1970, 1, 1, 0, 0, 42, tzinfo=UTC)
+    code, out, err = _run("-q", "send")
+    assert (code, out) == (75, "")
+    assert err == (
+        "Error: send: today is 1970-01-01 by this machine's clock, before 2000-01-01: the "
+        "clock is not set. Set it (NTP); `send` dates each digest by it.\n"
+    )
+    with open_store(workdir / "syndicate.db") as db:
+        assert db.conn.execute("SELECT count(*) FROM digests").fetchone()[0] == 0
+    clock.now = DAY1
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-10-31", "1", "0", "0")]
+
+
 def test_failures_in_an_earlier_digest_exit_1_with_its_line_on_stderr(
     clock: Clock, workdir: Path, smtpd: SmtpServer
 ) -> None:

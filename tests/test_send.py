@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -830,6 +831,20 @@ async def test_on_postgresql_the_bound_holds_with_the_marks_slowed_on_the_server
     assert 0 < max(unrecorded) < connections
 
 
+def _stalling_clocks(stalled: Callable[[], bool]) -> dict[str, Any]:
+    """A sender's clocks (wall and monotonic) jumping an hour on once `stalled()`: a stall.
+
+    On PostgreSQL leases follow the server's clock plus the monotonic time passed since."""
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + (timedelta(hours=1) if stalled() else timedelta(0))
+
+    def monotonic() -> float:
+        return time.monotonic() + (3600.0 if stalled() else 0.0)
+
+    return {"clock": clock, "monotonic": monotonic}
+
+
 async def test_a_deferred_recipient_claimed_again_after_a_stall_is_sent_once(  # type: ignore[no-untyped-def]
     db, smtpd, send_settings, now
 ) -> None:
@@ -840,14 +855,18 @@ async def test_a_deferred_recipient_claimed_again_after_a_stall_is_sent_once(  #
     [email] = _subscribe(db, 1, now)
     smtpd.handler.refuse(email, "451 4.7.1 greylisted, try again later", times=1)
 
-    def clock() -> datetime:
-        stalled = any(reply.startswith("451") for _address, reply in smtpd.handler.rcpt_log)
-        return datetime.now(UTC) + (timedelta(hours=1) if stalled else timedelta(0))
+    def stalled() -> bool:
+        return any(reply.startswith("451") for _address, reply in smtpd.handler.rcpt_log)
 
     mailer = SmtpMailer(host="127.0.0.1", port=smtpd.port, tls="none", timeout=5, connections=1)
     policy = SendPolicy(connections=1, retry_window=1.0, retry_delay=0.01, attempts=3)
     sender = DigestSender(
-        db=db, mailer=mailer, settings=send_settings, secret=SECRET, policy=policy, clock=clock
+        db=db,
+        mailer=mailer,
+        settings=send_settings,
+        secret=SECRET,
+        policy=policy,
+        **_stalling_clocks(stalled),
     )
     summary = await sender.send(templates=_templates(send_settings, now), day=DAY, now=now)
     assert smtpd.handler.recipients() == [email]
@@ -863,14 +882,15 @@ async def test_an_accepted_recipient_claimed_again_after_a_stall_is_sent_once(  
     # its lease run out. The message went: it must not go again.
     [email] = _subscribe(db, 1, now)
 
-    def clock() -> datetime:
-        stalled = bool(smtpd.handler.messages)
-        return datetime.now(UTC) + (timedelta(hours=1) if stalled else timedelta(0))
-
     mailer = SmtpMailer(host="127.0.0.1", port=smtpd.port, tls="none", timeout=5, connections=1)
     policy = SendPolicy(connections=1, retry_window=1.0, retry_delay=0.01, attempts=3)
     sender = DigestSender(
-        db=db, mailer=mailer, settings=send_settings, secret=SECRET, policy=policy, clock=clock
+        db=db,
+        mailer=mailer,
+        settings=send_settings,
+        secret=SECRET,
+        policy=policy,
+        **_stalling_clocks(lambda: bool(smtpd.handler.messages)),
     )
     summary = await sender.send(templates=_templates(send_settings, now), day=DAY, now=now)
     assert smtpd.handler.recipients() == [email]

@@ -40,6 +40,7 @@ CONNECTIONS = 2
 SECRET = "machines-share-this-secret-" + "x" * 16
 SUMMARY = re.compile(r"Digest (\S+): sent (\d+), failed (\d+), skipped (\d+) in ")
 SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 
 def _free_port() -> int:
@@ -53,16 +54,26 @@ def _machine(folder: Path, port: int, *, connections: int = CONNECTIONS) -> Path
     return write_send_project(folder, port=port, connections=connections, lease=1)
 
 
-def _send(folder: Path, url: str, *, clock: str = "") -> subprocess.Popen[str]:
+def _send(
+    folder: Path, url: str, *, clock: str = "", clock_file: Path | None = None
+) -> subprocess.Popen[str]:
     """One machine's `syndicate send`: its own folder and config, the shared store.
 
     `clock`: how far this machine's clock is off (libfaketime's `+30s`), else none.
+    `clock_file`: a file holding that offset, read again at each look at the clock: the
+    test steps this machine's clock while it runs by writing another one.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
     env |= {ENV_STORE_URL: url, "SYNDICATE_SECRET": SECRET}
     skewed = ["faketime", "-f", clock] if clock else []
-    if clock:
+    if clock or clock_file is not None:
         env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"  # the event loop's timers stay real
+    if clock_file is not None:
+        env |= {
+            "LD_PRELOAD": FAKETIME_LIB,
+            "FAKETIME_TIMESTAMP_FILE": str(clock_file),
+            "FAKETIME_NO_CACHE": "1",
+        }
     return subprocess.Popen(
         [*skewed, sys.executable, "-m", "syndicate", "send"],
         cwd=folder,
@@ -349,3 +360,67 @@ def test_a_machine_whose_clock_runs_ahead_never_takes_a_live_lease(
     assert len(_owners(store_url, one)) == 2, results  # both machines did send
     assert sum(got.values()) - count == 0, got.most_common(3)
     assert "this machine's clock is 30." in results[1][1]
+
+
+@pytest.mark.slow(seconds=6)
+def test_a_machine_whose_clock_steps_back_mid_run_never_loses_its_leases(
+    tmp_path: Path, store_url: str
+) -> None:
+    # NTP steps one machine's clock back an hour while both send. Its leases followed the
+    # server's clock from where its own clock said time had got to: each lease it took or
+    # renewed after the step had run out an hour before, the other machine claimed the rows
+    # it was sending, and both sent them.
+    if not Path(FAKETIME_LIB).exists():
+        pytest.skip("libfaketime is not installed (Debian package faketime)")
+    handler = TimedRecorder()
+    count = 300
+    offset = tmp_path / "faketime.rc"
+    offset.write_text("+0\n", encoding="ascii")
+    with run_smtp_server(handler) as server:
+        handler.delay = 0.02
+        one = _machine(tmp_path / "one", server.port)
+        two = _machine(tmp_path / "two", server.port)
+        emails = add_confirmed(one, store_url, count)
+        runs = [_send(one, store_url), _send(two, store_url, clock_file=offset)]
+        deadline = time.monotonic() + 60
+        while len(_owners(store_url, one)) < 2:  # each machine holds a batch now
+            assert time.monotonic() < deadline, "the two machines never both sent"
+            assert all(run.poll() is None for run in runs)
+            time.sleep(0.01)
+        offset.write_text("-1h\n", encoding="ascii")  # the step, on machine two only
+        results = [run.communicate(timeout=120) for run in runs]
+    for run, (_out, err) in zip(runs, results, strict=True):
+        assert run.returncode == 0, err
+        assert "Traceback" not in err, err
+    got = Counter(r for _at, r in handler.started)
+    assert set(got) == set(emails)
+    assert sum(got.values()) - count == 0, got.most_common(3)
+
+
+def test_two_machines_either_side_of_midnight_never_mail_the_days_out_of_order(
+    tmp_path: Path, store_url: str, smtpd: SmtpServer
+) -> None:
+    # The site's midnight (Asia/Ho_Chi_Minh) falls between two machines' clocks, 40 s apart.
+    # The one ahead made and mailed the digest of 1 November; a dump came in; the one behind,
+    # still on 31 October, made a digest of the 31st from it and mailed it after the 1st's.
+    if shutil.which("faketime") is None:
+        pytest.skip("libfaketime is not installed (Debian package faketime)")
+    one = _machine(tmp_path / "one", smtpd.port)
+    two = _machine(tmp_path / "two", smtpd.port)
+    emails = add_confirmed(one, store_url, 5)
+    ahead = _send(one, store_url, clock="@2024-10-31 17:00:30")  # 00:00:30 on 1 November
+    assert SUMMARY.findall(_finish(ahead))[0][:2] == ("2024-11-01", "5")
+    (two / "seeds" / "day2.txt").write_text(
+        "Hội chợ nông sản\n31/10/2024 23:50\nLGO - Tối 31/10, hội chợ nông sản bế mạc.\n"
+        "Hội chợ có 120 gian hàng.\n",
+        encoding="utf-8",
+    )
+    behind = _send(two, store_url, clock="@2024-10-31 16:59:50")  # 23:59:50 on 31 October
+    _out, err = behind.communicate(timeout=120)
+    assert behind.returncode == 75, err
+    assert "today is 2024-10-31 by this machine's clock" in err
+    got = Counter(smtpd.handler.recipients())
+    assert got == Counter(emails)  # each once, the digest of 1 November
+    with open_database(one / "syndicate.db", url=store_url) as db:
+        days = db.conn.execute("SELECT day FROM digests").fetchall()
+    assert [d for (d,) in days] == ["2024-11-01"]

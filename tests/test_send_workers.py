@@ -29,6 +29,7 @@ from tests.plugins.smtp import SmtpServer, TimedRecorder, run_smtp_server
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("store")]
 
 CONNECTIONS = 2
+FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 SUMMARY = re.compile(r"Digest \S+: sent (\d+), failed (\d+), skipped (\d+) in ")
 
 
@@ -45,10 +46,19 @@ def _subscribe(folder: Path, start: int, count: int) -> list[str]:
     return emails
 
 
-def _start(folder: Path, *args: str) -> subprocess.Popen[str]:
+def _start(folder: Path, *args: str, clock_file: Path | None = None) -> subprocess.Popen[str]:
+    """`send --workers 2` in `folder`; with `clock_file`, under libfaketime, whose offset the
+    test changes while it runs by writing the file (the monotonic clock stays real)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
     if os.environ.get(ENV_STORE_URL):  # the test's PostgreSQL store
         env[ENV_STORE_URL] = os.environ[ENV_STORE_URL]
+    if clock_file is not None:
+        env |= {
+            "LD_PRELOAD": FAKETIME_LIB,
+            "FAKETIME_TIMESTAMP_FILE": str(clock_file),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        }
     return subprocess.Popen(
         [sys.executable, "-m", "syndicate", "send", "--workers", "2", *args],
         cwd=folder,
@@ -118,6 +128,33 @@ def test_two_workers_deliver_exactly_once_to_every_subscriber(tmp_path: Path) ->
 
 
 @pytest.mark.slow(seconds=18)
+def test_a_clock_stepped_an_hour_ahead_mid_run_leaves_the_summarys_time_right(
+    tmp_path: Path,
+) -> None:
+    # NTP steps the clock an hour ahead while two workers send: the summary said
+    # "sent 300 ... in 3602.4 s (0.1 messages/s)" for a run of 3 s.
+    if not Path(FAKETIME_LIB).exists():
+        pytest.skip("libfaketime is not installed (Debian package faketime)")
+    handler = TimedRecorder()
+    count = 300
+    offset = tmp_path / "faketime.rc"
+    offset.write_text("+0\n", encoding="ascii")
+    with run_smtp_server(handler) as server:
+        handler.delay = 0.02
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, count)
+        process = _start(tmp_path, clock_file=offset)
+        _wait_until_both_send(tmp_path)
+        offset.write_text("+1h\n", encoding="ascii")
+        out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    got = Counter(r for _at, r in handler.started)
+    assert got == Counter(emails)  # each once
+    seconds = re.search(r" in (\d+\.\d) s ", out)
+    assert seconds is not None, out
+    assert float(seconds[1]) < 600, out
+
+
 def test_a_worker_killed_at_random_points_loses_nobody(tmp_path: Path) -> None:
     rng = random.Random(13)
     kills = 0

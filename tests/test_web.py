@@ -479,6 +479,20 @@ def test_confirm_link_confirms_once_and_then_says_so_again(
     assert subscriber(server.settings, "an@example.org").confirmed_at == stored.confirmed_at
 
 
+def test_a_confirm_link_works_after_the_servers_clock_was_set_back_an_hour(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    # The server's clock ran an hour ahead when it mailed the link; NTP set it back before
+    # the reader clicked. The link was refused (400) as dated in the future, and for that
+    # hour signing up again mailed nothing (the last mail still counted as minutes old).
+    sign_up(client, "an@example.org")
+    link = confirm_url(server, server.mail.wait_for(1)[0])
+    server.clock.advance(hours=-1)
+    answer = client.post(link)
+    assert answer.status_code == 200
+    assert subscriber(server.settings, "an@example.org").status is SubscriptionStatus.CONFIRMED
+
+
 def test_confirm_get_shows_one_button_and_confirms_nothing_until_it_is_pressed(
     server: LiveServer, client: httpx.Client
 ) -> None:
@@ -1410,6 +1424,30 @@ def _add_in(
     with open_settings_store(settings) as db:
         added = add_subscriber(db, address, language=language, now=now)
         return added, get_secret(settings, db)
+
+
+def test_one_click_unsubscribe_works_from_a_digest_sent_while_the_clock_ran_ahead(
+    server: LiveServer, client: httpx.Client, now: datetime
+) -> None:
+    # The send machine's clock ran an hour ahead (NTP set it right after the run): every
+    # link of that digest was dated an hour ahead of this server's clock, and for that hour
+    # each one-click unsubscribe got 400 and changed nothing.
+    added, secret = add_confirmed(server.settings, "khanh@example.org", now)
+    token = tokens.make_token(
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=added.id,
+        nonce=added.token_nonce,
+        issued_at=now + timedelta(hours=1),
+    )
+    answer = client.post(
+        f"unsubscribe?token={token}",
+        content=b"List-Unsubscribe=One-Click",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert answer.status_code == 200
+    stored = subscriber(server.settings, "khanh@example.org")
+    assert stored.status is SubscriptionStatus.UNSUBSCRIBED
 
 
 @pytest.mark.parametrize(

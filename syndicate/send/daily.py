@@ -44,6 +44,7 @@ from syndicate.send.deliver import (
 )
 from syndicate.send.digests import (
     build_send_templates,
+    check_day,
     digest_day,
     preview_digest,
     stored_digest,
@@ -128,6 +129,7 @@ def run_daily(
         # Reputation: one warning line when spam complaints pass the providers' limit.
         if (complaints := complaint_warning(recent_rates(db, now=now))) is not None:
             log.warning("%s", complaints)
+        check_day(settings, db, now=now)  # before the build: a clock set back stops here
         run_build(settings, db, now=now)
         plan = todays_digest(settings, db, now=now, create=True)
         if plan is not None and (stale := stale_warning(plan, tz=settings.site.tz)) is not None:
@@ -358,6 +360,7 @@ def preview(
     check_mail_settings(settings)
     check_dump_paths([settings.paths.seeds])  # before the database is made
     db = open_db()
+    check_day(settings, db, now=now)  # `send` would stop there: no digest of a day gone by
     address = normalize_email(to) if to is not None else None
     # Read the seeds as `send` would; no write lock is held while the digest is planned.
     plan = preview_digest(settings, db, now=now)

@@ -313,6 +313,7 @@ class DigestSender:
         policy: SendPolicy,
         stop: Stop | None = None,
         clock: Callable[[], datetime] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
         worker: str | None = None,
     ) -> None:
         self.db, self.mailer, self.settings, self.secret = db, mailer, settings, secret
@@ -323,6 +324,7 @@ class DigestSender:
         self.stop = stop or Stop()
         self.clock = clock or (lambda: datetime.now(UTC))
         self.tick = self.clock  # on PostgreSQL, set to follow the server's clock (send)
+        self.monotonic = monotonic  # on PostgreSQL, the time passed since the server's
         self.mail_info = MailInfo.from_settings(settings)  # once per run, not per message
         envelope_sender(info=self.mail_info)  # checks mail.from before the first message
         self.pacer = _Pacer(policy.rate)
@@ -498,11 +500,14 @@ class DigestSender:
         Workers on several machines compare each other's lease times: a machine whose
         clock ran ahead by more than two thirds of a lease saw live leases as run out, and
         sent what another worker was sending. This machine's clock is used for the time
-        that passes; the server's sets where it starts.
+        that passes, read off its monotonic clock; the server's sets where it starts.
+        Measured with the wall clock, a step of it (NTP setting it back an hour during
+        the run) moved every lease this worker took or renewed after: they had run out an
+        hour before, and another machine claimed the rows this one was sending.
         """
-        before = self.clock()
+        before, started = self.clock(), self.monotonic()
         server = ledger.server_time(self.db)
-        after = self.clock()
+        after, ended = self.clock(), self.monotonic()
         offset = server - (before + (after - before) / 2)
         if abs(offset) > _SKEW_WARNING:
             log.warning(
@@ -512,7 +517,8 @@ class DigestSender:
                 "behind" if offset > timedelta(0) else "ahead of",
                 self.db.path,
             )
-        self.tick = lambda: self.clock() + offset
+        middle = (started + ended) / 2
+        self.tick = lambda: server + timedelta(seconds=self.monotonic() - middle)
 
     async def _next(self, run: _Run) -> ledger.Recipient | None:
         """The next recipient this worker holds; None when none is left to claim now.

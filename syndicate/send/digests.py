@@ -8,12 +8,13 @@ import dataclasses
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from syndicate import urls
 from syndicate.config import Settings, base_url
 from syndicate.digest import DigestInfo, plan_digest, render_digest
+from syndicate.errors import ClockError
 from syndicate.i18n import LANGUAGES
 from syndicate.load import check_dump_paths
 from syndicate.mail import (
@@ -34,15 +35,48 @@ from syndicate.store.digests import (
     create_digest,
     get_digest,
     iter_candidates,
+    last_digest_day,
     live_article_ids,
     newest_published,
 )
 from syndicate.store.teasers import article_links
+from syndicate.tokens import RETURN_EPOCH
 
 
 def digest_day(settings: Settings, now: datetime) -> date:
     """The digest's day: the date of `now` in the site's timezone."""
     return now.astimezone(settings.site.tz).date()
+
+
+# How far back a clock set back is looked for. A digest dated further ahead than this was
+# made while the clock ran far ahead (a year, say): it must not stop every run until then.
+CLOCK_BACK_DAYS = 7
+
+
+def check_day(settings: Settings, db: Database, *, now: datetime) -> None:
+    """Refuse a day before the newest digest's, or before 2000: ClockError (exit 75).
+
+    Days only go forward: a clock set back past midnight (NTP correcting a clock that ran
+    ahead, a machine booted before its clock was set) or a site.timezone moved west would
+    make and mail a digest dated before one readers already have, or the old one again.
+    Digests dated more than CLOCK_BACK_DAYS after today are not looked at.
+    """
+    today = digest_day(settings, now)
+    if today < RETURN_EPOCH:  # 1970-01-01: a machine without a battery-backed clock
+        raise ClockError(
+            f"send: today is {today.isoformat()} by this machine's clock, before "
+            f"{RETURN_EPOCH.isoformat()}: the clock is not set. Set it (NTP); `send` dates "
+            "each digest by it."
+        )
+    last = last_digest_day(db, before=today + timedelta(days=CLOCK_BACK_DAYS + 1))
+    if last is not None and today < last:
+        raise ClockError(
+            f"send: today is {today.isoformat()} by this machine's clock (site.timezone "
+            f"{settings.site.timezone}), before the day of the last digest made, "
+            f"{last.isoformat()}: the clock was set back, or site.timezone moved west. Check "
+            f"the clock (NTP); `send` goes on once this machine's day is {last.isoformat()} "
+            "or later."
+        )
 
 
 def todays_digest(

@@ -78,7 +78,10 @@ class WorkerResult:
     """What one worker did, handed back on its stdout: a summary per digest it got to."""
 
     summaries: tuple[SendSummary, ...]
-    spans: tuple[tuple[float, float], ...] = ()  # each digest's send: wall-clock start, end
+    # Each digest's send: start, end on the monotonic clock (one for every process of the
+    # machine, and never stepped: the wall clock, stepped by NTP mid-run, made the summary's
+    # seconds an hour off).
+    spans: tuple[tuple[float, float], ...] = ()
     signal: int | None = None
     error: SyndicateError | None = None
 
@@ -360,7 +363,7 @@ async def _work(job: WorkerJob, pending: list[int]) -> WorkerResult:
                 stop=stop,
                 worker=job.worker,
             )
-            started = time.time()
+            started = time.monotonic()
             summary = await sender.send(
                 templates=day.templates,
                 day=day.day,
@@ -369,7 +372,7 @@ async def _work(job: WorkerJob, pending: list[int]) -> WorkerResult:
                 limit=budget,
             )
             summaries.append(summary)
-            spans.append((started, time.time()))
+            spans.append((started, time.monotonic()))
             if budget is not None:
                 budget -= summary.sent + summary.failed + summary.in_flight
     except SyndicateError as exc:

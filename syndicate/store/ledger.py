@@ -17,7 +17,9 @@ claims it again; a later run does.
 
 The queries that say who is owed a digest take `confirmed_by`: when set (a
 digest of an earlier day being caught up), only subscribers confirmed at or
-before that time count, so a new subscriber is not sent last week's digest.
+before that time count, so a new subscriber is not sent last week's digest;
+and so does one whose row a run made or touched since they confirmed (a run on
+the digest's own day set out to send it to them: `updated_at >= confirmed_at`).
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ _OWED_PAGE = """
     FROM subscribers AS s
     LEFT JOIN deliveries AS d ON d.digest_day = :day AND d.subscriber_id = s.id
     WHERE s.status = 'confirmed' AND s.id > :after
-      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by)
+      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by
+           OR d.updated_at >= s.confirmed_at)
       AND (d.status IS NULL OR (d.status <> 'sent' AND d.attempts < :max_attempts))
     ORDER BY s.id
     LIMIT :limit
@@ -73,7 +76,8 @@ _OWED_COUNT = """
     FROM subscribers AS s
     LEFT JOIN deliveries AS d ON d.digest_day = :day AND d.subscriber_id = s.id
     WHERE s.status = 'confirmed'
-      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by)
+      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by
+           OR d.updated_at >= s.confirmed_at)
       AND (d.status IS NULL OR (d.status <> 'sent' AND d.attempts < :max_attempts))
 """
 # Confirmed subscribers skipped this run: already sent, or out of attempts.
@@ -82,7 +86,8 @@ _SKIPPED_COUNT = """
     FROM subscribers AS s
     JOIN deliveries AS d ON d.digest_day = :day AND d.subscriber_id = s.id
     WHERE s.status = 'confirmed'
-      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by)
+      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by
+           OR d.updated_at >= s.confirmed_at)
       AND (d.status = 'sent' OR d.attempts >= :max_attempts)
 """
 # Claim a recipient before its message goes (committed first: the crash-safety point).
@@ -580,7 +585,8 @@ _CLAIM_TEMPLATE = """
           AND NOT (d.lease_until IS NULL AND coalesce(d.lease_owner, '') LIKE :run_like)
           AND d.attempts < :max_attempts
           AND (SELECT s.status = 'confirmed'
-                      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by)
+                      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by
+                           OR d.updated_at >= s.confirmed_at)
                FROM subscribers AS s WHERE s.id = d.subscriber_id)
         ORDER BY d.digest_day, d.lease_until
         LIMIT :limit{lock}
@@ -674,7 +680,8 @@ _NEXT_EXPIRY = """
     WHERE d.digest_day = :day AND d.status <> 'sent' AND d.lease_until > :at
       AND d.status = 'sending' AND d.lease_owner <> :owner
       AND s.status = 'confirmed'
-      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by)
+      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by
+           OR d.updated_at >= s.confirmed_at)
 """
 
 # Break every lease: only under the SQLite send lock, which proves that no worker of any
