@@ -22,8 +22,11 @@ from pathlib import Path
 
 import httpx
 
+from syndicate import tokens
 from syndicate.config import load_settings
 from syndicate.send.daily import preview
+from syndicate.store.meta import get_secret
+from syndicate.store.subscribers import get_by_email
 from tests.plugins.web import (
     CONFIRMATIONS,
     FIXED_NOW,
@@ -91,7 +94,11 @@ def _walk_the_web(server: LiveServer, lang: str, out: Path, found: Published) ->
         pages.append(("confirm", link.group(0), _fetch(client, "GET", link.group(0))))
         pages.append(("confirmed", "", _fetch(client, "POST", link.group(0))))
         pages.append(("confirm-bad-token", "", _fetch(client, "GET", "confirm?token=x")))
-        pages.append(("unsubscribe", "", _fetch(client, "GET", f"unsubscribe?lang={lang}")))
+        generic = f"unsubscribe?lang={lang}"
+        pages.append(("unsubscribe", generic, _fetch(client, "GET", generic)))
+        leave = f"unsubscribe?token={_unsubscribe_token(server, data['email'])}"
+        pages.append(("unsubscribe-button", leave, _fetch(client, "GET", leave)))
+        pages.append(("unsubscribed", "", _fetch(client, "POST", leave)))
         pages.append(("not-found", "", _fetch(client, "GET", "no-such-page.html")))
         pages.append(("forbidden", "", _fetch(client, "POST", "subscribe", data={"email": "x"})))
     for name, url, response in pages:
@@ -101,10 +108,27 @@ def _walk_the_web(server: LiveServer, lang: str, out: Path, found: Published) ->
         found.urls[path.name] = server.url + url
 
 
+def _unsubscribe_token(server: LiveServer, address: str) -> str:
+    """The token of the unsubscribe link a digest to `address` would carry."""
+    with open_settings_store(server.settings) as db:
+        secret = get_secret(server.settings, db)
+        found = get_by_email(db, address)
+    assert found is not None
+    return tokens.make_token(
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=found.id,
+        nonce=found.token_nonce,
+        issued_at=server.clock(),
+    )
+
+
 def _publish_one(stack: ExitStack, work: Path, lang: str, out: Path, found: Published) -> None:
     (work / "seeds").mkdir(parents=True)
     settings = load_settings(None, {}, cwd=work)
-    site = dataclasses.replace(settings.site, language=lang)
+    # English with small pages: the build writes archive pages too.
+    size = settings.site.page_size if lang == "vi" else 4
+    site = dataclasses.replace(settings.site, language=lang, page_size=size)
     unlimited = dataclasses.replace(settings.subscribe, rate_limit=1_000_000)
     server = start_live_server(stack, settings, FIXED_NOW, site=site, subscribe=unlimited)
     for folder in SHARED_SEEDS:
