@@ -94,7 +94,12 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 # Modules one process runs whole: their module fixtures cost more than spreading their
 # tests gains (Chromium's start, a cluster of their own, RSA keys and a CA).
-ONE_PROCESS = {"tests/test_browser.py", "tests/test_preflight.py", "tests/test_send_postgres.py"}
+ONE_PROCESS = {
+    "tests/test_browser.py",
+    "tests/test_preflight.py",
+    "tests/test_send_postgres.py",
+    "tests/test_validators.py",
+}
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
