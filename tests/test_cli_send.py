@@ -600,6 +600,41 @@ def test_a_clock_that_was_never_set_makes_no_digest(clock: Clock, workdir: Path)
     assert _summaries(out) == [("2024-10-31", "1", "0", "0")]
 
 
+@pytest.mark.parametrize("command", [["build"], ["digest"]])
+def test_a_build_on_a_clock_that_was_never_set_dates_nothing(
+    clock: Clock, workdir: Path, command: list[str]
+) -> None:
+    # The same machine, cron running `build` (or an editor `digest`) before NTP: an article
+    # with no publish time was stored as first seen on 1 January 1970, for good, and no
+    # digest ever took it (too old); the site listed it last.
+    (workdir / "seeds" / "undated.txt").write_text(
+        "Thư viện số cho học sinh vùng cao\n{publish}\n{head}\n"
+        "Thư viện tỉnh Lam Giang vừa đưa vào sử dụng hệ thống thư viện số.\n",
+        encoding="utf-8",
+    )
+    _subscribe("a@example.org")
+    clock.now = datetime(1970, 1, 1, 0, 0, 42, tzinfo=UTC)
+    code, out, err = _run("-q", *command)
+    assert (code, out) == (75, "")
+    assert err == (
+        "Error: this machine's clock reads 1970-01-01, before 2000-01-01: it is not set. Set "
+        "it (NTP) and run again; articles with no publish time are dated by it.\n"
+    )
+    with open_store(workdir / "syndicate.db") as db:
+        assert db.conn.execute("SELECT count(*) FROM articles").fetchone()[0] == 0
+    assert not (workdir / "feeds").exists()
+    clock.now = DAY1
+    assert _run("build")[0] == 0
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-10-31", "1", "0", "0")]
+    (mail,) = (workdir / "outbox" / "2024-10-31").glob("*.eml")
+    text = message_from_bytes(mail.read_bytes(), policy=policy.default)
+    body = text.get_body(preferencelist=("plain",))
+    assert body is not None
+    assert "Thư viện số cho học sinh vùng cao" in body.get_content()
+
+
 def test_failures_in_an_earlier_digest_exit_1_with_its_line_on_stderr(
     clock: Clock, workdir: Path, smtpd: SmtpServer
 ) -> None:

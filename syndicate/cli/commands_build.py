@@ -13,7 +13,7 @@ import click
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.errors import EXIT_FAILED
 from syndicate.load import check_dump_paths
-from syndicate.publish import BuildSummary, run_build
+from syndicate.publish import BuildSummary, check_clock, run_build
 
 
 class _ProgressBar:
@@ -91,12 +91,14 @@ def build_command(
     settings = app.settings
     # Before the database or the output folder is made: bad input leaves nothing behind.
     check_dump_paths(list(paths) or [settings.paths.seeds])
+    now = datetime.fromtimestamp(app.now(), UTC)
+    check_clock(now)
     bar = _ProgressBar() if sys.stderr.isatty() and not app.quiet else None
     try:
         summary = run_build(
             settings,
             app.database,
-            now=datetime.now(UTC),
+            now=now,
             paths=list(paths) or None,
             progress=bar,
             allow_empty=allow_empty,

@@ -21,7 +21,7 @@ take part).
 from syndicate.publish.pool import PARALLEL_MIN, BuildTuning
 from syndicate.publish.reading import parse_version
 from syndicate.publish.run import BuildSummary, run_build
-from syndicate.publish.sync import Progress, SyncResult, sync_articles
+from syndicate.publish.sync import Progress, SyncResult, check_clock, sync_articles
 
 __all__ = [
     "PARALLEL_MIN",
@@ -29,6 +29,7 @@ __all__ = [
     "BuildTuning",
     "Progress",
     "SyncResult",
+    "check_clock",
     "parse_version",
     "run_build",
     "sync_articles",

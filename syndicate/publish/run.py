@@ -29,7 +29,7 @@ from syndicate.publish.staging import (
     page_fingerprint,
     remove_dead_temp_files,
 )
-from syndicate.publish.sync import Progress, sync_articles
+from syndicate.publish.sync import Progress, check_clock, sync_articles
 from syndicate.publish.writer import PageWriter
 from syndicate.site import (
     IndexEntry,
@@ -142,6 +142,7 @@ def run_build(
     Dump folders with no dump at all, when earlier builds read some, are refused
     (InputError) unless `allow_empty`: the site would be emptied.
     """
+    check_clock(now)  # before the output folder is touched
     tuning = tuning or BuildTuning()
     started = time.perf_counter()
     output = settings.paths.output

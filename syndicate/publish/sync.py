@@ -14,12 +14,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from syndicate import load
 from syndicate.config import Settings
-from syndicate.errors import DumpError, InputError
+from syndicate.errors import ClockError, DumpError, InputError
 from syndicate.publish.pool import BuildPool, BuildTuning
 from syndicate.publish.reading import Read, decode_error, parse_version, read_and_parse
 from syndicate.store import Database
@@ -372,6 +372,22 @@ class _Signer:
         return [self._items.popleft() for _ in range(min(count, len(self._items)))]
 
 
+# A machine without a battery-backed clock boots at 1970-01-01; nothing is dated before this.
+CLOCK_SET_BY = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def check_clock(now: datetime) -> None:
+    """Refuse a clock that was never set (ClockError, exit 75): new articles with no publish
+    time are stored as first seen `now`, for good, and one first seen in 1970 would never
+    be new enough for a digest."""
+    if now < CLOCK_SET_BY:
+        raise ClockError(
+            f"this machine's clock reads {now.astimezone(UTC):%Y-%m-%d}, before "
+            f"{CLOCK_SET_BY:%Y-%m-%d}: it is not set. Set it (NTP) and run again; articles "
+            "with no publish time are dated by it."
+        )
+
+
 def sync_articles(
     settings: Settings,
     db: Database,
@@ -398,6 +414,7 @@ def sync_articles(
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
+    check_clock(now)
     roots = list(paths) if paths else [settings.paths.seeds]
     found = sorted(set(load.find_dump_paths(roots)))
     total = len(found)
