@@ -477,13 +477,13 @@ def test_piped_mail_a_setup_fault_is_exit_75_so_the_mta_keeps_it(project: Path) 
     raw = (BOUNCES / "gmail-hard.eml").read_bytes()
     code, out, err = _run("bounces", "-", stdin=raw)
     assert (code, out) == (75, "")
-    assert err.startswith("Error: ") and err.endswith(
-        " Exit 75: the mail server keeps the message and retries.\n"
-    ), err
+    assert err.startswith("Error: "), err
+    assert err.endswith(" Exit 75: the mail server keeps the message and retries.\n"), err
     assert len(err.splitlines()) == 1
     box = _maildir(project / "Maildir", ["gmail-hard.eml"])
     code, _, err = _run("bounces", str(box))
-    assert code == 2 and "Exit 75" not in err, err
+    assert code == 2
+    assert "Exit 75" not in err, err
     (project / "syndicate.toml").write_text("", encoding="utf-8")
     # A message that is no mail is not retried: exit 1, so the MTA returns it.
     assert _run("bounces", "-", stdin=b"\n") == (
