@@ -467,3 +467,27 @@ def test_bounces_take_the_send_policys_bounce_limit_not_the_settings() -> None:
     parameters = inspect.signature(apply_mail).parameters
     assert "settings" not in parameters
     assert "bounce_limit" in parameters
+
+
+def test_piped_mail_a_setup_fault_is_exit_75_so_the_mta_keeps_it(project: Path) -> None:
+    # Under an MTA's pipe exit 75 defers (Postfix keeps the message and tries again), any
+    # other code returns the message: a config or store fault the operator can fix must
+    # not lose the report. Reading a Maildir, the same fault stays exit 2.
+    (project / "syndicate.toml").write_text("[mail]\nbounce_limit = -1\n", encoding="utf-8")
+    raw = (BOUNCES / "gmail-hard.eml").read_bytes()
+    code, out, err = _run("bounces", "-", stdin=raw)
+    assert (code, out) == (75, "")
+    assert err.startswith("Error: "), err
+    assert err.endswith(" Exit 75: the mail server keeps the message and retries.\n"), err
+    assert len(err.splitlines()) == 1
+    box = _maildir(project / "Maildir", ["gmail-hard.eml"])
+    code, _, err = _run("bounces", str(box))
+    assert code == 2
+    assert "Exit 75" not in err, err
+    (project / "syndicate.toml").write_text("", encoding="utf-8")
+    # A message that is no mail is not retried: exit 1, so the MTA returns it.
+    assert _run("bounces", "-", stdin=b"\n") == (
+        1,
+        "bounces: 0 hard, 0 soft, 0 complaints, 0 ignored, 1 unreadable\n",
+        "warning: <stdin>: not a readable mail: the message is empty; left in place.\n",
+    )

@@ -12,7 +12,7 @@ import click
 
 from syndicate.bounces import Item, apply_mail, read_mail, read_piped_mail
 from syndicate.cli import AppContext, cli, pass_app
-from syndicate.errors import InputError
+from syndicate.errors import EXIT_TEMPFAIL, InputError, SyndicateError
 from syndicate.mail import MailInfo
 from syndicate.send import SendPolicy
 from syndicate.store.meta import get_secret
@@ -27,7 +27,8 @@ def bounces_command(app: AppContext, paths: tuple[Path, ...], as_json: bool) -> 
 
     `-` reads one message from standard input (an MTA pipe). Hard bounces and
     complaints stop mail to the subscriber; soft bounces count toward
-    mail.bounce_limit. Exit 1 when some message could not be read.
+    mail.bounce_limit. Exit 1 when some message could not be read. With `-`,
+    any other failure (config, store) is exit 75, so the MTA keeps the message.
 
     Example: syndicate bounces ~/Maildir
     """
@@ -41,9 +42,28 @@ def bounces_command(app: AppContext, paths: tuple[Path, ...], as_json: bool) -> 
                 "bounces: '-' reads standard input, but it is closed. Pipe one message "
                 "into it, or give a Maildir, mbox or .eml file."
             )
-        items: Iterable[Item] = [read_piped_mail(sys.stdin.buffer)]
+        try:
+            _apply(app, [read_piped_mail(sys.stdin.buffer)], as_json=as_json)
+        except SyndicateError as exc:
+            if exc.exit_code == EXIT_TEMPFAIL:
+                raise
+            raise _Deferred(str(exc)) from exc
     else:
-        items = read_mail(list(paths))
+        _apply(app, read_mail(list(paths)), as_json=as_json)
+
+
+class _Deferred(SyndicateError):
+    """`bounces -` could not handle the piped message for a reason of its own setup (the
+    config or the store cannot be read): EX_TEMPFAIL, so the MTA keeps the message and
+    tries again (Postfix: until maximal_queue_lifetime), where exit 2 would bounce it."""
+
+    exit_code = EXIT_TEMPFAIL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, hint="Exit 75: the mail server keeps the message and retries.")
+
+
+def _apply(app: AppContext, items: Iterable[Item], *, as_json: bool) -> None:
     settings = app.settings
     db = app.database
     summary = apply_mail(
