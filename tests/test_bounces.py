@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import platform
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -491,3 +496,43 @@ def test_piped_mail_a_setup_fault_is_exit_75_so_the_mta_keeps_it(project: Path) 
         "bounces: 0 hard, 0 soft, 0 complaints, 0 ignored, 1 unreadable\n",
         "warning: <stdin>: not a readable mail: the message is empty; left in place.\n",
     )
+
+
+def _reading_stdin(pid: int) -> bool:
+    """Whether process `pid` waits in read(2) on its standard input (x86-64 Linux)."""
+    return Path(f"/proc/{pid}/syscall").read_text(encoding="ascii").startswith("0 0x0 ")
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/syscall").exists() or platform.machine() != "x86_64",
+    reason="waits on /proc/PID/syscall, read(2) numbered as on x86-64 Linux",
+)
+def test_piped_mail_stopped_by_sigterm_is_exit_75_so_the_mta_keeps_it(project: Path) -> None:
+    # A shutdown (or the MTA's own stop) sends SIGTERM while `bounces -` reads its message:
+    # exit 143 is a failure to Postfix's pipe, which returns the report to the postmaster.
+    # As with a setup fault, the message is left to the MTA to deliver again (handling it
+    # twice changes nothing).
+    raw = (BOUNCES / "gmail-hard.eml").read_bytes()
+    with subprocess.Popen(
+        [sys.executable, "-m", "syndicate", "bounces", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as piped:
+        assert piped.stdin is not None
+        piped.stdin.write(raw[: len(raw) // 2])  # half the message; the rest never comes
+        piped.stdin.flush()
+        deadline = time.monotonic() + 60
+        while not _reading_stdin(piped.pid):  # the command runs, and waits for the rest
+            assert piped.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        piped.send_signal(signal.SIGTERM)
+        out, err = piped.communicate(timeout=60)
+    assert (piped.returncode, out) == (75, b""), err
+    assert err.decode() == (
+        "Error: bounces: stopped by SIGTERM before the message was handled. Exit 75: the mail "
+        "server keeps the message and retries.\n"
+    )
+    with open_store(project / "syndicate.db") as db:
+        assert db.conn.execute("SELECT count(*) FROM mail_reports").fetchone()[0] == 0

@@ -185,8 +185,14 @@ class SyndicateGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
-        except _Terminated:
-            name = ctx.invoked_subcommand or "syndicate"
+        except Terminated:
+            name = ctx.invoked_subcommand
+            if name is None:
+                # Stopped while starting, before any command ran: nothing to clean up or to
+                # say, so it ends by the signal, as it did before this handler (an MTA's
+                # pipe defers a command that dies by a signal, and returns one exiting 143).
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
             click.echo(
                 f"{name}: stopped by SIGTERM before it finished; nothing was half-written. "
                 "Run it again to finish.",
@@ -195,7 +201,7 @@ class SyndicateGroup(click.Group):
             ctx.exit(143)  # 128 + SIGTERM, as the shell reports a process the signal ended
 
 
-class _Terminated(BaseException):
+class Terminated(BaseException):
     """SIGTERM, raised where the command is, as Ctrl-C raises KeyboardInterrupt.
 
     A BaseException for the same reason: a stage's `except Exception` (one odd dump, one
@@ -207,7 +213,7 @@ class _Terminated(BaseException):
 
 @contextmanager
 def _sigterm_raises() -> Iterator[None]:
-    """While a command runs, SIGTERM raises _Terminated in this process's main thread.
+    """While a command runs, SIGTERM raises Terminated in this process's main thread.
 
     Commands that stop gracefully on their own (`send` while it delivers, `serve`, `store
     copy`) put their handlers in place of this one while they run. A process forked from
@@ -225,7 +231,7 @@ def _sigterm_raises() -> Iterator[None]:
             os.kill(os.getpid(), signal.SIGTERM)
             return
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up runs to its end
-        raise _Terminated
+        raise Terminated
 
     before = signal.signal(signal.SIGTERM, terminated)
     try:
@@ -267,4 +273,4 @@ def main() -> None:
     cli.main(prog_name="syndicate")
 
 
-__all__ = ["AppContext", "cli", "main", "pass_app"]
+__all__ = ["AppContext", "Terminated", "cli", "main", "pass_app"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from syndicate.bounces import Item, apply_mail, read_mail, read_piped_mail
-from syndicate.cli import AppContext, cli, pass_app
+from syndicate.cli import AppContext, Terminated, cli, pass_app
 from syndicate.errors import EXIT_TEMPFAIL, InputError, SyndicateError
 from syndicate.mail import MailInfo
 from syndicate.send import SendPolicy
@@ -48,6 +48,8 @@ def bounces_command(app: AppContext, paths: tuple[Path, ...], as_json: bool) -> 
             if exc.exit_code == EXIT_TEMPFAIL:
                 raise
             raise _Deferred(str(exc)) from exc
+        except Terminated:  # a shutdown: exit 143 would make the MTA return the message
+            raise _Deferred("bounces: stopped by SIGTERM before the message was handled.") from None
     else:
         _apply(app, read_mail(list(paths)), as_json=as_json)
 
