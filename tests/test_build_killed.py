@@ -160,11 +160,13 @@ def test_a_killed_writers_temp_file_without_a_staging_folder_goes_at_the_next_bu
 @pytest.mark.slow(seconds=6)
 @pytest.mark.parametrize("command", ["build", "send"])
 def test_sigterm_mid_build_is_one_line_exit_143_and_leaves_nothing_half_written(
-    workdir: Path, settings: Settings, command: str
+    workdir: Path, settings: Settings, store: str, command: str
 ) -> None:
     """SIGTERM (systemd stopping the unit, `timeout`, an operator's kill) as the pages
     are written, by `build` or by `send` building before it sends: the command cleans up
     as Ctrl-C would and says so, where it used to vanish without a word."""
+    if command == "send" and store == "postgresql":
+        pytest.skip("send's build phase is build's own run, on PostgreSQL in the build run")
     _write_dumps(settings.paths.seeds, DUMPS)
     output = settings.paths.output
     with subprocess.Popen(
