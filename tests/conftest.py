@@ -99,6 +99,7 @@ ONE_PROCESS = {
     "tests/test_preflight.py",
     "tests/test_send_postgres.py",
     "tests/test_validators.py",
+    "tests/test_bounces_pipe.py",  # one private Postfix, not one per process
 }
 
 
