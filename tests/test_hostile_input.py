@@ -547,6 +547,10 @@ def test_a_short_signing_secret_is_warned_about_once_per_command(
     sent = _syndicate(tmp_path, "send", env=env)  # the secret signs both digests' links
     assert sent.returncode == 0, sent.stderr
     assert sent.stderr.splitlines().count(warning) == 1, sent.stderr
+    # Under -q as cron runs it, too: its mail is where the operator would see it.
+    quiet = _syndicate(tmp_path, "-q", "send", env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr.splitlines().count(warning) == 1, quiet.stderr
     made = _syndicate(tmp_path, "unsubscribe-token", "make", "an@example.org", env=env)
     assert (made.returncode, made.stderr) == (0, warning + "\n")
 

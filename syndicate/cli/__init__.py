@@ -50,7 +50,9 @@ class AppContext:
             path = find_config(self.config_path, self.environ, Path.cwd())
             self._settings = load_settings(path, self.environ)
             if (weak := weak_secret_warning(self._settings)) is not None:
-                log.warning("%s", weak)  # once: the settings are loaded once a command
+                # Once (the settings load once a command), and under -q too: cron runs with
+                # -q, and its mail is where an operator sees that links can be forged.
+                click.echo(f"warning: {weak}", err=True)
         return self._settings
 
     @property
