@@ -55,41 +55,47 @@ class Recipient:
     refused_before: bool = False
 
 
+# Whether subscriber `s` is owed the digest of delivery row `d`'s day by when they
+# confirmed: always for today's (:confirmed_by NULL); for an earlier day's, when confirmed
+# by the time it was made, or when a run of that day made or touched their row since they
+# confirmed (it set out to send it to them). The one statement of it, for every query below.
+_CONFIRMED_IN_TIME = (
+    "(CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by"
+    " OR d.updated_at >= s.confirmed_at)"
+)
+
 # Which confirmed subscribers (confirmed by :confirmed_by, when given) are still owed the
 # digest of :day: no row, or a row left 'sending' (a crash, a message in doubt) or 'failed'
 # with attempts to spare. A row at or past the limit is owed nothing whatever its status:
 # one a run with a higher limit left in doubt is not sent once more. Keyset-paged by id.
-_OWED_PAGE = """
+_OWED_PAGE = f"""
     SELECT s.id, s.email, s.language, coalesce(d.attempts, 0), s.token_nonce
     FROM subscribers AS s
     LEFT JOIN deliveries AS d ON d.digest_day = :day AND d.subscriber_id = s.id
     WHERE s.status = 'confirmed' AND s.id > :after
-      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by
-           OR d.updated_at >= s.confirmed_at)
+      AND {_CONFIRMED_IN_TIME}
       AND (d.status IS NULL OR (d.status <> 'sent' AND d.attempts < :max_attempts))
     ORDER BY s.id
     LIMIT :limit
-"""
+"""  # noqa: S608 - one constant clause, no input
 # How many confirmed subscribers are owed the digest (the progress bar's total).
-_OWED_COUNT = """
+_OWED_COUNT = f"""
     SELECT count(*)
     FROM subscribers AS s
     LEFT JOIN deliveries AS d ON d.digest_day = :day AND d.subscriber_id = s.id
     WHERE s.status = 'confirmed'
-      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by
-           OR d.updated_at >= s.confirmed_at)
+      AND {_CONFIRMED_IN_TIME}
       AND (d.status IS NULL OR (d.status <> 'sent' AND d.attempts < :max_attempts))
-"""
+"""  # noqa: S608 - one constant clause, no input
 # Confirmed subscribers skipped this run: already sent, or out of attempts.
-_SKIPPED_COUNT = """
+_SKIPPED_COUNT = f"""
     SELECT count(*)
     FROM subscribers AS s
     JOIN deliveries AS d ON d.digest_day = :day AND d.subscriber_id = s.id
     WHERE s.status = 'confirmed'
-      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by
-           OR d.updated_at >= s.confirmed_at)
+      AND {_CONFIRMED_IN_TIME}
       AND (d.status = 'sent' OR d.attempts >= :max_attempts)
-"""
+"""  # noqa: S608 - one constant clause, no input
 # Claim a recipient before its message goes (committed first: the crash-safety point).
 _MARK_SENDING = """
     INSERT INTO deliveries (digest_day, subscriber_id, status, attempts, updated_at)
@@ -585,8 +591,7 @@ _CLAIM_TEMPLATE = """
           AND NOT (d.lease_until IS NULL AND coalesce(d.lease_owner, '') LIKE :run_like)
           AND d.attempts < :max_attempts
           AND (SELECT s.status = 'confirmed'
-                      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by
-                           OR d.updated_at >= s.confirmed_at)
+                      AND {in_time}
                FROM subscribers AS s WHERE s.id = d.subscriber_id)
         ORDER BY d.digest_day, d.lease_until
         LIMIT :limit{lock}
@@ -597,9 +602,12 @@ _CLAIM_TEMPLATE = """
         (SELECT token_nonce FROM subscribers WHERE id = deliveries.subscriber_id), reply
 """
 _CLAIM = {
-    "sqlite": _CLAIM_TEMPLATE.format(ids="IN ", lock="", close=""),
+    "sqlite": _CLAIM_TEMPLATE.format(in_time=_CONFIRMED_IN_TIME, ids="IN ", lock="", close=""),
     "postgresql": _CLAIM_TEMPLATE.format(
-        ids="= ANY(ARRAY", lock="\n        FOR UPDATE OF d SKIP LOCKED", close=")"
+        in_time=_CONFIRMED_IN_TIME,
+        ids="= ANY(ARRAY",
+        lock="\n        FOR UPDATE OF d SKIP LOCKED",
+        close=")",
     ),
 }
 
@@ -673,16 +681,15 @@ _MARK_IN_DOUBT = """
 
 # The earliest expiry among the live leases other workers hold on rows still owed: a
 # worker with nothing left to claim waits until then, in case that worker has died.
-_NEXT_EXPIRY = """
+_NEXT_EXPIRY = f"""
     SELECT min(d.lease_until)
     FROM deliveries AS d
     JOIN subscribers AS s ON s.id = d.subscriber_id
     WHERE d.digest_day = :day AND d.status <> 'sent' AND d.lease_until > :at
       AND d.status = 'sending' AND d.lease_owner <> :owner
       AND s.status = 'confirmed'
-      AND (CAST(:confirmed_by AS TEXT) IS NULL OR s.confirmed_at <= :confirmed_by
-           OR d.updated_at >= s.confirmed_at)
-"""
+      AND {_CONFIRMED_IN_TIME}
+"""  # noqa: S608 - one constant clause, no input
 
 # Break every lease: only under the SQLite send lock, which proves that no worker of any
 # other run is alive (the lock is held by a run's parent and by each of its workers).
