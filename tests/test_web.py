@@ -1707,6 +1707,35 @@ def test_serve_command_serves_until_interrupted(workdir: Path, store: str) -> No
     assert stderr.endswith("Interrupted.\n")
 
 
+@pytest.mark.slow
+def test_serve_command_stopped_by_sigterm_ends_by_the_signal(workdir: Path, store: str) -> None:
+    """A supervisor's stop (systemd: SIGTERM) shuts `serve` down gracefully, then it ends by
+    that signal, as documented: not exit 143 with the one-shot commands' "before it finished
+    ... Run it again" line (uvicorn re-raises the signal into the CLI's own handler)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syndicate", "serve", "--port", "0"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")},
+            **store_environ(),
+        },
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        found = re.search(r" at (http://127\.0\.0\.1:\d+/) ", line)
+        assert found, line
+        assert httpx.get(found.group(1) + "healthz", timeout=10).status_code == 503
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    assert process.returncode == -signal.SIGTERM, stderr
+    assert "Run it again" not in stderr
+
+
 def test_serve_command_on_a_busy_port_fails_with_one_line(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

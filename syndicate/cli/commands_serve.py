@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
+import threading
 from pathlib import Path
 
 import click
@@ -67,6 +69,12 @@ def serve_command(app: AppContext, host: str, port: int) -> None:
 
     Example: syndicate serve --host 127.0.0.1 --port 8000
     """
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM ends `serve` by the signal (a supervisor's stop), not with the one-shot
+        # commands' exit 143 and "Run it again" (syndicate.cli): uvicorn shuts down
+        # gracefully, puts back the handler it found and raises the signal again. The CLI
+        # puts its own handler back once the command returns.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     settings = app.settings
     # The app writes from a thread of its own (one call at a time), and reads from
     # another, through a second connection that never takes the write lock.
