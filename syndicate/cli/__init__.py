@@ -217,8 +217,10 @@ class Terminated(BaseException):
 def _sigterm_raises() -> Iterator[None]:
     """While a command runs, SIGTERM raises Terminated in this process's main thread.
 
-    Commands that stop gracefully on their own (`send` while it delivers, `serve`, `store
-    copy`) put their handlers in place of this one while they run. A process forked from
+    Commands that stop gracefully on their own (`send` while it delivers, `store copy`) put
+    their handlers in place of this one while they run; after `send`'s delivery asyncio
+    leaves SIGTERM at its default until the command returns, and `serve` sets the default
+    itself (a supervisor's stop ends it by the signal). A process forked from
     this one (the build's workers) that gets the signal ends by it, as before. Elsewhere
     than the main thread (a test's server thread) Python sets no handler: nothing changes.
     """
