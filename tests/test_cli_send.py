@@ -696,6 +696,31 @@ def test_smtp_without_a_postal_address_warns_once(project: Path, smtpd: SmtpServ
     assert smtpd.handler.recipients() == ["an@example.org"]
 
 
+@pytest.mark.parametrize(
+    "base_url", ["http://localhost:8000/", "http://127.0.0.1:8000/news/", "http://[::1]/"]
+)
+def test_smtp_with_a_loopback_base_url_warns_that_the_links_lead_nowhere(
+    project: Path, smtpd: SmtpServer, base_url: str
+) -> None:
+    # An operator who switched to SMTP but kept the embedded default base_url mailed every
+    # reader links (unsubscribe too) to their own machine, without a word.
+    _smtp_config(project, smtpd)
+    config = project / "syndicate.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("https://news.example.org/", base_url),
+        encoding="utf-8",
+    )
+    _subscribe("an@example.org")
+    code, _out, err = _run("send")
+    assert code == 0
+    assert err == (
+        f"warning: config key site.base_url is {base_url!r}, this machine's own address, so "
+        "the links in every digest (unsubscribe too) lead nowhere for its readers; set the "
+        "address the site is served under in syndicate.toml.\n"
+    )
+    assert smtpd.handler.recipients() == ["an@example.org"]
+
+
 def test_erase_deletes_the_outbox_messages_to_that_address(project: Path) -> None:
     _subscribe("an@example.org", "bob@example.org")
     assert _run("send")[0] == 0

@@ -414,3 +414,35 @@ def test_list_on_an_empty_list_says_so(project: Path) -> None:
     bounced = _run("subscribers", "list", "--status", "bounced")
     assert bounced == (0, "No bounced subscribers.\n", "")
     assert _run("subscribers", "list", "--json") == (0, "", "")
+
+
+def test_add_and_import_default_to_the_sites_language(project: Path) -> None:
+    # An English newsroom (site.language = "en") got Vietnamese digests for every address
+    # added or imported without a language: the default was "vi" whatever the site's.
+    (project / "syndicate.toml").write_text('[site]\nlanguage = "en"\n', encoding="utf-8")
+    assert _run("subscribers", "add", "an@example.org") == (
+        0,
+        "Added an@example.org (id 1, en).\n",
+        "",
+    )
+    assert _run("subscribers", "add", "bo@example.org", "--lang", "vi")[1] == (
+        "Added bo@example.org (id 2, vi).\n"
+    )
+    lists = {
+        "own.csv": "email,name,language\ncy@example.org,Cy,\ndi@example.org,Di,vi\n",
+        "substack.csv": "email,active_subscription,email_disabled\neve@example.org,false,false\n",
+        "listmonk.csv": "uuid,email,name,attributes,status\n1,fay@example.org,Fay,{},enabled\n",
+        "mailchimp.csv": '"Email Address","First Name","Last Name"\ngus@example.org,Gus,\n',
+    }
+    for name, text in lists.items():
+        (project / name).write_text(text, encoding="utf-8")
+        assert _run("subscribers", "import", name)[0] == 0
+    assert [line.split("\t")[1:3] for line in _run("subscribers", "list")[1].splitlines()] == [
+        ["an@example.org", "en"],
+        ["bo@example.org", "vi"],
+        ["cy@example.org", "en"],
+        ["di@example.org", "vi"],
+        ["eve@example.org", "en"],
+        ["fay@example.org", "en"],
+        ["gus@example.org", "en"],
+    ]

@@ -11,8 +11,11 @@ import asyncio
 import dataclasses
 import logging
 import os
+import pwd
 import shutil
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -114,6 +117,55 @@ def test_an_existing_database_open_to_everyone_is_tightened_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="syndicate.store"):
         open_database(path).close()
     assert caplog.messages == []
+
+
+def _as_another_user(tmp_path: Path) -> list[str]:
+    """A command prefix under which root is refused files it does not own, as any other user
+    is (setpriv drops CAP_DAC_OVERRIDE); skips where it cannot run."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv")
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    probe.chmod(0o600)
+    os.chown(probe, 65534, 65534)
+    done = subprocess.run([*prefix, "cat", str(probe)], capture_output=True, timeout=30)
+    if done.returncode == 0 or b"Permission denied" not in done.stderr:
+        pytest.skip(f"setpriv cannot drop CAP_DAC_OVERRIDE here: {done.stderr!r}")
+    return prefix
+
+
+def test_a_store_another_user_owns_is_one_line_naming_both_users(
+    tmp_path: Path, now: datetime
+) -> None:
+    # The setup commands run with sudo (as root), then cron and serve as the service's user:
+    # "unable to open database file. Check paths.database and the folder's permissions."
+    # named neither whose the file is nor who was asking.
+    prefix = _as_another_user(tmp_path)
+    folder = tmp_path / "project"
+    folder.mkdir()
+    with open_database(folder / "syndicate.db") as db:
+        add_subscriber(db, "an@example.org", now=now)
+    os.chown(folder / "syndicate.db", 65534, 65534)
+    owner, me = pwd.getpwuid(65534).pw_name, pwd.getpwuid(os.geteuid()).pw_name
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    done = subprocess.run(
+        [*prefix, sys.executable, "-m", "syndicate", "subscribers", "add", "bo@example.org"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    path = folder / "syndicate.db"
+    assert (done.returncode, done.stdout, done.stderr) == (
+        2,
+        "",
+        f"Error: {path}: cannot open the database: unable to open database file; it belongs "
+        f"to {owner} (mode 0600) and this command runs as {me}. Run every syndicate command "
+        "(the cron jobs, serve, your own) as one user, the store's owner, or chown the "
+        "store and its folder to that user.\n",
+    )
 
 
 def test_under_umask_077_nothing_is_widened(tmp_path: Path, now: datetime) -> None:

@@ -1752,6 +1752,33 @@ def test_serve_command_on_a_busy_port_fails_with_one_line(
     )
 
 
+def test_serve_refuses_an_smtp_login_without_its_password_as_send_does(workdir: Path) -> None:
+    # A service started without SYNDICATE_SMTP_PASSWORD (a systemd unit missing its
+    # EnvironmentFile) took every sign-up and mailed no confirmation, one warning each.
+    (workdir / "syndicate.toml").write_text(
+        '[mail]\ntransport = "smtp"\nfrom = "Tin <tin@example.org>"\n'
+        '[smtp]\nhost = "127.0.0.1"\nusername = "tin@example.org"\n',
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    # A subprocess with a time-out: a service that starts anyway must fail the test, not hang it.
+    result = subprocess.run(
+        [sys.executable, "-m", "syndicate", "serve", "--port", "0"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (
+        2,
+        "",
+        "Error: config key smtp.username is set, but SYNDICATE_SMTP_PASSWORD is empty. "
+        "Export the password in SYNDICATE_SMTP_PASSWORD, or leave smtp.username empty.\n",
+    )
+    assert not (workdir / "syndicate.db").exists()  # refused before it opened the store
+
+
 def test_the_form_partial_renders_for_static_pages_without_a_token() -> None:
     env = make_environment(site_templates_dir())
     page = env.from_string(

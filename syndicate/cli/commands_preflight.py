@@ -34,7 +34,8 @@ class _Seconds(click.FloatRange):
     "--nameserver",
     metavar="HOST[:PORT]",
     default=None,
-    help="Ask this DNS server (an IP address) instead of the system's resolver.",
+    help="Ask this DNS server (an IP address) instead of the system's resolver, for the "
+    "SPF, DKIM and DMARC checks (the SMTP check connects as send does).",
 )
 @click.option(
     "--timeout",

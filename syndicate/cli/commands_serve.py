@@ -15,6 +15,7 @@ from syndicate.cli import AppContext, cli, pass_app
 from syndicate.config import Settings
 from syndicate.errors import InputError
 from syndicate.send import SmtpServer, open_mailer
+from syndicate.send.transports import check_mail_settings
 from syndicate.store import Database, open_database
 from syndicate.web import DatabaseStore, create_app, make_http_protocol
 
@@ -76,6 +77,7 @@ def serve_command(app: AppContext, host: str, port: int) -> None:
         # puts its own handler back once the command returns.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     settings = app.settings
+    check_mail_settings(settings)  # as `send` does: a login without its password mails nothing
     # The app writes from a thread of its own (one call at a time), and reads from
     # another, through a second connection that never takes the write lock.
     timeout, url = settings.store.busy_timeout, settings.store.url

@@ -81,12 +81,11 @@ def subscribers_group() -> None:
     "--lang",
     "language",
     type=click.Choice(LANGUAGES),
-    default="vi",
-    show_default=True,
-    help="Language of the digest they get.",
+    default=None,
+    help="Language of the digest they get (default: site.language).",
 )
 @pass_app
-def add_command(app: AppContext, email: str, name: str | None, language: str) -> None:
+def add_command(app: AppContext, email: str, name: str | None, language: str | None) -> None:
     """Add a confirmed subscriber (you vouch for their consent).
 
     Example: syndicate subscribers add an@example.org --name "An" --lang vi
@@ -107,7 +106,7 @@ def add_command(app: AppContext, email: str, name: str | None, language: str) ->
         db,
         email,
         name=name,
-        language=language,
+        language=language or app.settings.site.language,
         status=SubscriptionStatus.CONFIRMED,
         now=_now(app),
     )
@@ -194,7 +193,7 @@ def import_command(app: AppContext, file: Path) -> None:
         try:
             if isinstance(parsed.row, RowError):
                 raise parsed.row
-            outcome = import_row(db, parsed.row, now=now)
+            outcome = import_row(db, parsed.row, now=now, language=app.settings.site.language)
         except SubscriberError as exc:
             bad += 1
             column = exc.column if isinstance(exc, RowError) else "email"

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import ipaddress
 import logging
 import secrets
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from urllib.parse import urlsplit
 
 from syndicate.config import Settings
 from syndicate.digest import stale_warning
@@ -66,6 +68,17 @@ from syndicate.tokens import NONCE_BYTES, make_token
 log = logging.getLogger("syndicate.send")
 
 Progress = Callable[[int, int], None]
+
+
+def _is_loopback(url: str) -> bool:
+    """Whether `url` names this machine (localhost, 127.0.0.0/8, ::1): no reader reaches it."""
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +154,14 @@ def run_daily(
             log.warning(
                 "config key mail.postal_address is empty, so the digest carries no postal "
                 "address; set the sender's address in syndicate.toml."
+            )
+        if languages and mail.transport == "smtp" and _is_loopback(settings.site.base_url):
+            # The embedded default (http://localhost:8000/) kept past the switch to SMTP.
+            log.warning(
+                "config key site.base_url is %r, this machine's own address, so the links in "
+                "every digest (unsubscribe too) lead nowhere for its readers; set the address "
+                "the site is served under in syndicate.toml.",
+                settings.site.base_url,
             )
 
         def prepare(plan: DigestPlan) -> Mapping[str, MessageTemplate]:

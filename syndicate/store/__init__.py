@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import re
 import sqlite3
 import stat
@@ -415,6 +416,12 @@ def open_database(
             check_same_thread=not any_thread,
         )
     except (sqlite3.Error, OSError) as exc:
+        if (whose := _owned_by_another(path)) is not None:
+            raise StoreError(
+                f"{path}: cannot open the database: {exc}; {whose}.",
+                hint="Run every syndicate command (the cron jobs, serve, your own) as one user, "
+                "the store's owner, or chown the store and its folder to that user.",
+            ) from exc
         raise StoreError(
             f"{path}: cannot open the database: {exc}.",
             hint="Check paths.database and the folder's permissions.",
@@ -549,6 +556,32 @@ def _open_postgres(
         conn.close()
         raise
     return db
+
+
+def _owned_by_another(path: Path) -> str | None:
+    """Say whose the store file (or its folder) is, when another user owns it and this one
+    may not use it: the setup run with sudo, the cron jobs as the service's user."""
+    me = os.geteuid()
+    for target, need in ((path, os.R_OK | os.W_OK), (path.parent, os.W_OK | os.X_OK)):
+        try:
+            found = target.stat()
+        except OSError:
+            continue
+        if found.st_uid != me and not os.access(target, need, effective_ids=True):
+            mode = stat.S_IMODE(found.st_mode)
+            kind = "it" if target == path else f"its folder {target}"
+            return (
+                f"{kind} belongs to {_user_name(found.st_uid)} (mode {mode:04o}) and this "
+                f"command runs as {_user_name(me)}"
+            )
+    return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"user {uid}"
 
 
 def _make_private_folder(folder: Path) -> None:

@@ -65,18 +65,18 @@ class ListRow:
 
     email: str
     name: str | None
-    language: str
+    language: str | None  # None: the list does not say (the import's default applies)
     status: SubscriptionStatus
 
 
 Cells = dict[str, str]
 
 
-def _language(value: str, column: str) -> str:
-    """'vi', 'en', or their regional forms ('en-US', 'vi_VN', 'EN'); empty is 'vi'."""
+def _language(value: str, column: str) -> str | None:
+    """'vi', 'en', or their regional forms ('en-US', 'vi_VN', 'EN'); empty is None."""
     text = value.strip()
     if not text:
-        return "vi"
+        return None
     base = text.replace("_", "-").split("-")[0].lower()
     if base in LANGUAGES:
         return base
@@ -151,7 +151,7 @@ def _substack_row(cells: Cells) -> ListRow:
     return ListRow(
         cells.get("email", ""),
         cells.get("name") or None,
-        "vi",
+        None,
         SubscriptionStatus.UNSUBSCRIBED if disabled else SubscriptionStatus.CONFIRMED,
     )
 
@@ -257,10 +257,11 @@ class ImportOutcome:
     stopped: bool = False  # a stored subscriber the file says left: unsubscribed or bounced
 
 
-def import_row(db: Database, row: ListRow, *, now: datetime) -> ImportOutcome:
+def import_row(db: Database, row: ListRow, *, now: datetime, language: str = "vi") -> ImportOutcome:
     """Store one list row.
 
-    A new address is added with the row's status (confirmed, pending, unsubscribed or
+    A new address is added with the row's status and language (`language` when the row
+    gives none: the site's) (confirmed, pending, unsubscribed or
     bounced; pending ones get no mail until they confirm through the sign-up form). A
     stored address is left as it is, except that a row saying it left moves a confirmed
     or pending subscriber to that status: an import never brings anyone back.
@@ -269,7 +270,12 @@ def import_row(db: Database, row: ListRow, *, now: datetime) -> ImportOutcome:
     found = get_by_email(db, row.email)
     if found is None:
         add_subscriber(
-            db, row.email, name=row.name, language=row.language, status=row.status, now=now
+            db,
+            row.email,
+            name=row.name,
+            language=row.language or language,
+            status=row.status,
+            now=now,
         )
         return ImportOutcome(added=True)
     if row.status in _LEFT and found.status not in _LEFT:
