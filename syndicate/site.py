@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo
 
 import babel
@@ -36,6 +36,9 @@ from syndicate.model import (
 )
 from syndicate.text import one_line, shorten, slugify
 from syndicate.urls import article_path, article_url
+
+if TYPE_CHECKING:
+    import jinja2
 
 # Bump when page rendering changes in code (not templates), so old pages get re-rendered.
 RENDER_VERSION = 2
@@ -318,6 +321,38 @@ def page_context(info: SiteInfo, *, root: str) -> dict[str, Any]:
     }
 
 
+def _template_sources(folder: Path) -> tuple[tuple[str, str], ...]:
+    """Each page template of `folder` (`*.j2`, partials included) and its source, by name."""
+    env = make_environment(folder)
+    loader = cast("jinja2.FileSystemLoader", env.loader)
+    return tuple(
+        (name, loader.get_source(env, name)[0])
+        for name in sorted(env.list_templates(extensions=["j2"]))
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _site_environment(folder: Path, sources: tuple[tuple[str, str], ...]) -> jinja2.Environment:
+    """The page templates compiled from exactly `sources` (what the fingerprint covers), once
+    per process for each set of sources: compiling takes longer than rendering a small site,
+    and a process that builds again (a test, `send` after `build`) reuses them. A template
+    edited between builds gives other sources, so a new environment. Nothing is read from the
+    folder again: a file changed mid-build cannot make pages that differ from the fingerprint.
+    """
+    import jinja2
+
+    env = make_environment(folder)
+    texts = dict(sources)
+
+    def load(name: str) -> tuple[str, str, Any] | None:
+        text = texts.get(name)
+        return None if text is None else (text, str(folder / name), lambda: True)
+
+    env.loader = jinja2.FunctionLoader(load)
+    env.auto_reload = False
+    return env
+
+
 class SiteRenderer:
     """Renders article and index pages for one site; `fingerprint` covers all its inputs.
 
@@ -327,12 +362,8 @@ class SiteRenderer:
     def __init__(self, info: SiteInfo, templates_dir: Path) -> None:
         self.info = info
         self.templates_dir = templates_dir
-        self.env = make_environment(templates_dir)
-        # The fingerprint below is made from the templates as read now: the pages must be
-        # rendered from the same sources, not reloaded when a file changes mid-build. Nor
-        # is each template's file looked at again per page (a stat of the page and base
-        # templates per page: 10-30 us).
-        self.env.auto_reload = False
+        sources = _template_sources(templates_dir)
+        self.env = _site_environment(templates_dir, sources)
         self.strings = _STRINGS.get(info.language, _STRINGS["vi"])
         self._tz = info.tz
         self._article = self.env.get_template(ARTICLE_TEMPLATE)
@@ -341,10 +372,7 @@ class SiteRenderer:
         self._index = self.env.get_template(INDEX_TEMPLATE)
         digest = hashlib.blake2b(digest_size=16)
         digest.update(repr((RENDER_VERSION, babel.__version__, info)).encode())
-        for name in sorted(self.env.list_templates(extensions=["j2"])):
-            source, _filename, _uptodate = self.env.loader.get_source(  # type: ignore[union-attr]
-                self.env, name
-            )
+        for name, source in sources:
             digest.update(name.encode() + b"\0" + source.encode() + b"\0")
         self.fingerprint = digest.hexdigest()
 

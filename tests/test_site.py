@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import re
+import shutil
 import unicodedata
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -307,6 +309,26 @@ def test_renderer_fingerprint_follows_settings() -> None:
         site_templates_dir(),
     )
     assert one.fingerprint == same.fingerprint != other.fingerprint
+
+
+def test_pages_come_from_the_templates_the_fingerprint_covers(
+    tmp_path: Path, hostile: Article
+) -> None:
+    # A template edited while a build runs does not reach that build's pages (their
+    # fingerprint says which sources made them); the next build reads the edit, even in a
+    # process that has rendered the folder before (a server, `send` after `build`).
+    folder = tmp_path / "site"
+    shutil.copytree(site_templates_dir(), folder)
+    base = folder / "_base.html.j2"
+    before = SiteRenderer(INFO, folder)
+    base.write_text(base.read_text(encoding="utf-8").replace("<body", "<body data-v=2"), "utf-8")
+    old_page = before.render_article(hostile, slug="x").decode()
+    after = SiteRenderer(INFO, folder)
+    new_page = after.render_article(hostile, slug="x").decode()
+    assert "data-v=2" not in old_page
+    assert "data-v=2" in new_page
+    assert before.fingerprint != after.fingerprint
+    assert SiteRenderer(INFO, folder).fingerprint == after.fingerprint
 
 
 def test_english_site_chrome(hostile: Article) -> None:
