@@ -44,7 +44,16 @@ from syndicate.model import (
     order_key,
     order_teasers,
 )
-from syndicate.text import MAX_LINE_BYTES, header_safe, lead_excerpt, nfc, one_line, shorten
+from syndicate.text import (
+    MAX_LINE_BYTES,
+    header_safe,
+    lead_excerpt,
+    nfc,
+    one_line,
+    shorten,
+    trailing_ellipsis,
+    typeset,
+)
 from syndicate.urls import feed_url
 
 log = logging.getLogger(__name__)
@@ -348,13 +357,15 @@ def render_digest(
             articles.append(
                 {
                     "number": len(articles) + 1,
-                    "title": header_safe(article.title, limit=TITLE_CHARS),
+                    "title": typeset(header_safe(article.title, limit=TITLE_CHARS)),
                     "url": root + page if page else None,  # no page: no link
                     "date": _published_text(article, lang=lang, tz=tz),
                     "author": one_line(article.author) if article.author else None,
-                    "lead": shorten(
-                        lead_excerpt(article.summary, words=words),
-                        limit=words * CHARS_PER_LEAD_WORD,
+                    "lead": typeset(
+                        shorten(
+                            lead_excerpt(article.summary, words=words),
+                            limit=words * CHARS_PER_LEAD_WORD,
+                        )
                     ),
                 }
             )
@@ -390,8 +401,10 @@ def render_digest(
         "other_news": [
             {
                 "dateline": one_line(n.teaser.dateline),
-                "text": shorten(one_line(n.teaser.text), limit=TEASER_CHARS),
-                "title": header_safe(n.link.title, limit=TITLE_CHARS) if n.link else None,
+                "text": typeset(
+                    trailing_ellipsis(shorten(one_line(n.teaser.text), limit=TEASER_CHARS))
+                ),
+                "title": typeset(header_safe(n.link.title, limit=TITLE_CHARS)) if n.link else None,
                 "url": root + n.link.path if n.link else None,
             }
             for n in plan_other_news(plan, limit=info.max_teasers, tz=tz)
@@ -521,7 +534,13 @@ def wrap_text(text: str, *, width: int = TEXT_WIDTH, keep: Iterable[str] = ()) -
         match = _MARKER.match(line)
         indent = match.group(1) if match else ""
         hang = indent + " " * len(match.group(2) or "") if match else ""
-        words = [piece for word in line.split() for piece in _split_word(word, width, protected)]
+        # Split on plain spaces only: a no-break space (typeset) holds its words together.
+        words = [
+            piece
+            for word in line.split(" ")
+            if word
+            for piece in _split_word(word, width, protected)
+        ]
         filled = textwrap.fill(
             " ".join(words),
             width=width,

@@ -34,11 +34,18 @@ from syndicate.model import (
     StoryLink,
     order_teasers,
 )
-from syndicate.text import one_line, shorten, slugify
+from syndicate.text import (
+    one_line,
+    shorten,
+    slugify,
+    trailing_ellipsis,
+    typeset,
+    typeset_utf8,
+)
 from syndicate.urls import article_path, article_url
 
 # Bump when page rendering changes in code (not templates), so old pages get re-rendered.
-RENDER_VERSION = 2
+RENDER_VERSION = 3
 
 ARTICLE_TEMPLATE = "article.html.j2"
 INDEX_TEMPLATE = "index.html.j2"
@@ -401,7 +408,9 @@ class SiteRenderer:
                 (_CAPTION_OPEN if block.kind is BlockKind.CAPTION else _PARAGRAPH_OPEN)
                 + text
                 + _CLOSE
-                for block, text in zip(blocks, _escape_utf8(body).split(b"\n"), strict=True)
+                for block, text in zip(
+                    blocks, _escape_utf8(typeset_utf8(body)).split(b"\n"), strict=True
+                )
             ]
             if blocks
             else []
@@ -411,7 +420,7 @@ class SiteRenderer:
             "article": SimpleNamespace(
                 title=one_line(article.title),
                 summary=shorten(one_line(article.summary), limit=160),
-                standfirst=one_line(standfirst) if standfirst else None,
+                standfirst=typeset(one_line(standfirst)) if standfirst else None,
                 language=article.language,
                 author=one_line(article.author) if article.author else None,
                 date=self._date(article.published, article.precision),
@@ -445,7 +454,7 @@ class SiteRenderer:
                     href=None if link is None else "../" + link.path,
                     title=None if link is None else one_line(link.title),
                     dateline=one_line(item.teaser.dateline),
-                    text=one_line(item.teaser.text),
+                    text=typeset(trailing_ellipsis(one_line(item.teaser.text))),
                 )
             )
         return items

@@ -746,7 +746,7 @@ def test_hostile_article_text_is_escaped_in_html(mail_settings: Settings, now: d
     assert "<script>alert('x')</script> {{ 7*7 }} {% raw %} Bcc: victim@example.org" in visible
     assert "Tin <b>đậm</b> & {{ config }} ]]> <img src=x onerror=alert(1)> kết thúc." in visible
     assert "<i>Tác giả</i>" in visible
-    assert "Tin <script>x</script> khác {{ 1+1 }}..." in visible
+    assert "Tin <script>x</script> khác {{ 1+1 }}…" in visible
     assert "49" not in visible
     assert "<b>Site</b> {{ 7*7 }}" in visible
     assert "&lt;script&gt;" in html
@@ -1049,3 +1049,48 @@ def test_digest_info_takes_the_digest_values_from_the_settings(settings: Setting
         settings.digest.max_teasers,
     )
     assert (info.templates_dir / "digest.html.j2").is_file()
+
+
+# --------------------------------------------------------------------------- typesetting
+
+# Each word is where a 72-column line (text part) or a phone's line (HTML) may end.
+# The text part's first line would end at "21" (71 columns), leaving "km" for the next.
+_UNITS_LEAD = (
+    "Giải chạy “Vì biển đảo Lam Giang” diễn ra sáng 3/11, cự ly dài nhất 21 km và 10 km; "
+    "các tổ chức chính trị - xã hội cùng tham gia dù lượng mưa đo được là 312 mm."
+)
+
+
+def test_a_number_keeps_its_unit_and_a_spaced_dash_its_word_on_one_line(
+    mail_settings: Settings, now: datetime
+) -> None:
+    """A phone broke "21 km" after the number and opened a line with "- xã hội", which
+    reads as a list bullet: the spaces there are no-break spaces, in both parts."""
+    article = make_article("u1", title="Hơn 3.000 vận động viên dự giải chạy", lead=_UNITS_LEAD)
+    rendered = render(digest_plan(day=DAY, articles=(article,)), mail_settings, now)
+    visible = "".join(parse_html(rendered.html).text)
+    for text in (visible, re.sub(r"\n *", " ", rendered.text)):
+        assert "21\u00a0km" in text
+        assert "10\u00a0km" in text
+        assert "312\u00a0mm" in text
+        assert "chính trị\u00a0- xã hội" in text
+        assert "3/11, cự ly" in text  # a number and a word that is no unit: a plain space
+    # The text part wraps at 72 columns: the line ends before "21", not between it and km.
+    lines = rendered.text.split("\n")
+    assert not any(line.startswith(("km", "mm", "- xã")) for line in lines)
+    assert any(line.endswith("cự ly dài nhất") for line in lines)
+    # The subject stays plain: a header has no business with no-break spaces.
+    assert "\u00a0" not in rendered.subject
+
+
+def test_an_unlinked_teaser_cut_with_three_dots_ends_in_an_ellipsis(
+    mail_settings: Settings, now: datetime
+) -> None:
+    """The sidebar's "..." reads as one character "…", as every other cut in the digest."""
+    teaser = Teaser("LGO", "Sáng nay 31/10, Sở Giáo dục tổ chức hội nghị cho cán bộ các trường...")
+    article = make_article("t1", teasers=(teaser,))
+    rendered = render(digest_plan(day=DAY, articles=(article,)), mail_settings, now)
+    visible = "".join(parse_html(rendered.html).text)
+    for text in (visible, re.sub(r"\n *", " ", rendered.text)):
+        assert "cán bộ các trường…" in text
+        assert "trường..." not in text
