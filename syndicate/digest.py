@@ -262,14 +262,18 @@ def stale_warning(plan: DigestPlan, *, tz: tzinfo) -> str | None:
 
 
 def _published_text(article: Article, *, lang: str, tz: tzinfo) -> str | None:
-    """The article's date for a reader of `lang`, as precise as it is known, or None."""
+    """The article's date for a reader of `lang`, as precise as it is known, or None.
+
+    Written as the article's page writes it (site.format_published): with the weekday,
+    which also keeps a time and the day's number apart ("09:15 Thứ Năm, 31 tháng 10").
+    """
     if article.published is None or article.precision is Precision.UNKNOWN:
         return None
     local = article.published.astimezone(tz)
-    day = format_date(local.date(), "long", locale=lang)
+    day = format_date(local.date(), "full", locale=lang)
     if article.precision is not Precision.DATETIME:
         return day
-    pattern = str(get_datetime_format("medium", locale=lang)).replace("'", "")
+    pattern = str(get_datetime_format("full", locale=lang)).replace("'", "")
     return pattern.replace("{0}", format_time(local, "short", locale=lang)).replace("{1}", day)
 
 

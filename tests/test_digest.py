@@ -673,8 +673,8 @@ def test_digest_has_every_required_part(
     assert "Báo Lam Giang, 12 Trần Hưng Đạo, TP. Bến Lam" in text
     assert "Bạn nhận được thư này vì đã đăng ký" in visible
     # Dates: time of day when known, date only for a date, nothing when unknown.
-    assert "09:15 1 tháng 11, 2024 · Hoài Nam" in text
-    assert "1 tháng 11, 2024 · NHÓM PV" in text
+    assert "09:15 Thứ Sáu, 1 tháng 11, 2024 · Hoài Nam" in text
+    assert "Thứ Sáu, 1 tháng 11, 2024 · NHÓM PV" in text
     assert "00:00" not in text
     # The preheader is the first lead, cut to about 100 characters, and hidden.
     assert rendered.preheader.startswith("Sáng nay 1/11, UBND tỉnh Lam Giang")
@@ -1094,3 +1094,47 @@ def test_an_unlinked_teaser_cut_with_three_dots_ends_in_an_ellipsis(
     for text in (visible, re.sub(r"\n *", " ", rendered.text)):
         assert "cán bộ các trường…" in text
         assert "trường..." not in text
+
+
+@pytest.mark.parametrize(
+    ("lang", "when", "precision", "shown"),
+    [
+        (
+            "vi",
+            datetime(2024, 10, 31, 2, 15, tzinfo=UTC),
+            Precision.DATETIME,
+            "09:15 Thứ Năm, 31 tháng 10, 2024",
+        ),
+        (
+            "vi",
+            datetime(2024, 10, 30, 17, 0, tzinfo=UTC),
+            Precision.DATE,
+            "Thứ Năm, 31 tháng 10, 2024",
+        ),
+        (
+            "en",
+            datetime(2024, 10, 31, 2, 15, tzinfo=UTC),
+            Precision.DATETIME,
+            "Thursday, October 31, 2024, 9:15\u202fAM",
+        ),
+    ],
+)
+def test_an_articles_date_reads_as_on_its_page(
+    mail_settings: Settings,
+    now: datetime,
+    lang: str,
+    when: datetime,
+    precision: Precision,
+    shown: str,
+) -> None:
+    """The digest said "09:15 31 tháng 10, 2024": a time and a day's number side by side
+    read as one figure. It now writes the date as the article's page does (with the
+    weekday), in both parts."""
+    from syndicate.site import format_published
+
+    article = make_article("d1", published=when, precision=precision, author="Hoài Nam")
+    rendered = render(digest_plan(day=DAY, articles=(article,)), mail_settings, now, lang=lang)
+    tz = ZoneInfo("Asia/Ho_Chi_Minh")
+    assert format_published(when, precision, locale=lang, tz=tz) == shown
+    assert f"{shown} · Hoài Nam" in "".join(parse_html(rendered.html).text)
+    assert f"\n{shown} · Hoài Nam\n" in rendered.text
