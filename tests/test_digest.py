@@ -1086,7 +1086,9 @@ def test_a_number_keeps_its_unit_and_a_spaced_dash_its_word_on_one_line(
 def test_an_unlinked_teaser_cut_with_three_dots_ends_in_an_ellipsis(
     mail_settings: Settings, now: datetime
 ) -> None:
-    """The sidebar's "..." reads as one character "…", as every other cut in the digest."""
+    """The sidebar's "..." reads as one character "…", as every other cut in the digest;
+    the dateline stands apart by the same dash in both parts (the text part wrote "LGO - "
+    after its own "- " bullet)."""
     teaser = Teaser("LGO", "Sáng nay 31/10, Sở Giáo dục tổ chức hội nghị cho cán bộ các trường...")
     article = make_article("t1", teasers=(teaser,))
     rendered = render(digest_plan(day=DAY, articles=(article,)), mail_settings, now)
@@ -1094,6 +1096,7 @@ def test_an_unlinked_teaser_cut_with_three_dots_ends_in_an_ellipsis(
     for text in (visible, re.sub(r"\n *", " ", rendered.text)):
         assert "cán bộ các trường…" in text
         assert "trường..." not in text
+        assert "LGO – Sáng nay 31/10" in text
 
 
 @pytest.mark.parametrize(
