@@ -46,6 +46,7 @@ from syndicate.model import (
 )
 from syndicate.text import (
     MAX_LINE_BYTES,
+    after_title,
     header_safe,
     lead_excerpt,
     nfc,
@@ -367,7 +368,7 @@ def render_digest(
                     "author": one_line(article.author) if article.author else None,
                     "lead": typeset(
                         shorten(
-                            lead_excerpt(article.summary, words=words),
+                            lead_excerpt(_summary(article), words=words),
                             limit=words * CHARS_PER_LEAD_WORD,
                         )
                     ),
@@ -424,6 +425,14 @@ def render_digest(
     }
     html, text = render_email(info.templates_dir, "digest", context, keep={unsubscribe_url})
     return RenderedEmail(lang=lang, subject=subject, preheader=preheader, html=html, text=text)
+
+
+def _summary(article: Article) -> str:
+    """The summary under the article's headline: a title made from it is not printed twice
+    (the words after it, as on the article's page)."""
+    if article.title_derived:
+        return after_title(article.title, article.summary)
+    return article.summary
 
 
 def _feed_links(root: str) -> list[dict[str, str]]:

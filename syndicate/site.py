@@ -35,6 +35,7 @@ from syndicate.model import (
     order_teasers,
 )
 from syndicate.text import (
+    after_title,
     one_line,
     shorten,
     slugify,
@@ -259,26 +260,6 @@ def _machine_date(published: datetime | None, precision: Precision, tz: ZoneInfo
     return local.date().isoformat()
 
 
-def _after_title(title: str, text: str) -> str:
-    """`text` without the words of a title derived from it, when it opens with them.
-
-    A title that is the whole first sentence takes that sentence away; a title cut short
-    ("…") leaves the rest of the text, which then opens with "…". Empty when nothing is
-    left; `text` itself when it does not open with the title.
-    """
-    cut = title.endswith("\u2026")
-    opening = title.removesuffix("\u2026")
-    if not opening or not text.startswith(opening):
-        return text
-    rest = text[len(opening) :]
-    if cut:
-        rest = rest.lstrip(" ,;:")
-        return "\u2026" + rest if rest else ""
-    if rest and not rest[0].isspace() and rest[0] not in ".!?\u2026":
-        return text  # the title ends inside a word of the text: not the same words
-    return rest.lstrip(".").strip()
-
-
 def _joined_texts(blocks: Sequence[Block], *, checked: bool) -> str:
     """The texts of `blocks` joined by line breaks, each a printable NFC line: unless
     `checked` (the loader's are), a block that is not is put on one line first."""
@@ -394,9 +375,9 @@ class SiteRenderer:
         if article.title_derived:
             # The headline was made from the text right below it: print those words once.
             if standfirst is not None:
-                standfirst = _after_title(article.title, standfirst) or None
+                standfirst = after_title(article.title, standfirst) or None
             elif blocks and blocks[0].kind is BlockKind.PARAGRAPH:
-                rest = _after_title(article.title, blocks[0].text)
+                rest = after_title(article.title, blocks[0].text)
                 if rest != blocks[0].text:
                     first = (Block(BlockKind.PARAGRAPH, rest),) if rest else ()
                     blocks = first + blocks[1:]

@@ -725,3 +725,23 @@ _TRAILING_DOTS = re.compile(r"\s*\.{3,}$")
 def trailing_ellipsis(text: str) -> str:
     """`text` with the dots that end it ("...", " ....") written as one "…"."""
     return _TRAILING_DOTS.sub("\u2026", text)
+
+
+def after_title(title: str, text: str) -> str:
+    """`text` without the words of a title derived from it, when it opens with them.
+
+    A title that is the whole first sentence takes that sentence away; a title cut short
+    ("…") leaves the rest of the text, which then opens with "…". Empty when nothing is
+    left; `text` itself when it does not open with the title.
+    """
+    cut = title.endswith("\u2026")
+    opening = title.removesuffix("\u2026")
+    if not opening or not text.startswith(opening):
+        return text
+    rest = text[len(opening) :]
+    if cut:
+        rest = rest.lstrip(" ,;:")
+        return "\u2026" + rest if rest else ""
+    if rest and not rest[0].isspace() and rest[0] not in ".!?\u2026":
+        return text  # the title ends inside a word of the text: not the same words
+    return rest.lstrip(".").strip()

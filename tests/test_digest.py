@@ -1096,7 +1096,7 @@ def test_an_unlinked_teaser_cut_with_three_dots_ends_in_an_ellipsis(
     for text in (visible, re.sub(r"\n *", " ", rendered.text)):
         assert "cán bộ các trường…" in text
         assert "trường..." not in text
-        assert "LGO – Sáng nay 31/10" in text
+        assert "LGO \u2013 Sáng nay 31/10" in text
 
 
 @pytest.mark.parametrize(
@@ -1141,3 +1141,44 @@ def test_an_articles_date_reads_as_on_its_page(
     assert format_published(when, precision, locale=lang, tz=tz) == shown
     assert f"{shown} · Hoài Nam" in "".join(parse_html(rendered.html).text)
     assert f"\n{shown} · Hoài Nam\n" in rendered.text
+
+
+def test_a_summary_does_not_repeat_a_title_made_from_it(
+    mail_settings: Settings, now: datetime
+) -> None:
+    """A dump without a title gets one from its head or lead; the digest then printed those
+    words twice, as the headline and again as the summary's first sentence. It goes on
+    after them, as the article's page does; a summary that opens otherwise is kept whole."""
+    from syndicate.load import parse_dump
+
+    tz = ZoneInfo("Asia/Ho_Chi_Minh")
+    dumps = {
+        "head": "{title}\n31/10/2024 09:15\nQTO - Tỉnh khen thưởng 20 tập thể xuất sắc. "
+        "Lễ diễn ra tại TP. Đông Hà.\nThân bài.\n",
+        "lead": "{title}\n30/10/2024\n{head}\nHội chợ nông sản mở cửa. Hơn 80 gian hàng "
+        "tham gia.\nThân bài.\n",
+        "adverbial": "{title}\n30/10/2024\n{head}\nSáng nay 30/10, tỉnh khai mạc hội chợ.\n"
+        "Thân bài.\n",
+    }
+    articles = tuple(
+        dataclasses.replace(parse_dump(text.encode(), source=f"{key}.txt", tz=tz), id=key)
+        for key, text in dumps.items()
+    )
+    assert [a.title for a in articles] == [
+        "Tỉnh khen thưởng 20 tập thể xuất sắc",
+        "Hội chợ nông sản mở cửa",
+        "Tỉnh khai mạc hội chợ",
+    ]
+    rendered = render(digest_plan(day=DAY, articles=articles), mail_settings, now)
+    text = re.sub(r"\n *", " ", rendered.text)
+    assert text.count("Tỉnh khen thưởng 20 tập thể xuất sắc") == 2  # contents, headline
+    assert text.count("Hội chợ nông sản mở cửa") == 2
+    leads = [
+        "".join(parse_html(p).text)
+        for p in re.findall(r"<p style=[^>]*>.*?</p>", rendered.html)
+        if "class=" not in p
+    ]
+    for part in (leads, text):
+        assert "Lễ diễn ra tại TP. Đông Hà." in part
+        assert "Hơn 80 gian hàng tham gia." in part
+        assert "Sáng nay 30/10, tỉnh khai mạc hội chợ." in part
