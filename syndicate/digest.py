@@ -364,6 +364,7 @@ def render_digest(
                     "number": len(articles) + 1,
                     "title": typeset(header_safe(article.title, limit=TITLE_CHARS)),
                     "url": root + page if page else None,  # no page: no link
+                    "language": article.language,
                     "date": _published_text(article, lang=lang, tz=tz),
                     "author": one_line(article.author) if article.author else None,
                     "lead": typeset(

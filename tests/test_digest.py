@@ -1182,3 +1182,30 @@ def test_a_summary_does_not_repeat_a_title_made_from_it(
         assert "Lễ diễn ra tại TP. Đông Hà." in part
         assert "Hơn 80 gian hàng tham gia." in part
         assert "Sáng nay 30/10, tỉnh khai mạc hội chợ." in part
+
+
+def test_an_article_in_the_other_language_is_marked_as_such(
+    mail_settings: Settings, now: datetime
+) -> None:
+    """An English article in the Vietnamese digest (and the reverse) carries its own `lang`,
+    in the contents and in its section, so a screen reader speaks it in its language."""
+    english = dataclasses.replace(
+        make_article(
+            "en1",
+            title="Lam Giang coffee growers bet on specialty beans",
+            lead="Coffee farmers in the highland districts are replacing ageing trees.",
+        ),
+        language="en",
+    )
+    vietnamese = make_article("vi1", title="Thông xe cầu Sông Lam")
+    plan_ = digest_plan(day=DAY, articles=(english, vietnamese))
+    html = render(plan_, mail_settings, now).html
+    doc = parse_html(html)
+    marked = [attrs for tag, attrs in doc.tags if attrs.get("lang") == "en"]
+    assert len(marked) == 2  # its line in the contents, its section
+    html_en = render(plan_, mail_settings, now, lang="en").html
+    assert [attrs.get("lang") for tag, attrs in parse_html(html_en).tags if "lang" in attrs] == [
+        "en",
+        "vi",
+        "vi",
+    ]
