@@ -399,7 +399,7 @@ class SiteRenderer:
         context = {
             **self._article_vars,
             "article": SimpleNamespace(
-                title=one_line(article.title),
+                title=typeset(one_line(article.title)),
                 summary=shorten(one_line(article.summary), limit=160),
                 standfirst=typeset(one_line(standfirst)) if standfirst else None,
                 language=article.language,
@@ -433,7 +433,7 @@ class SiteRenderer:
             items.append(
                 SimpleNamespace(
                     href=None if link is None else "../" + link.path,
-                    title=None if link is None else one_line(link.title),
+                    title=None if link is None else typeset(one_line(link.title)),
                     dateline=one_line(item.teaser.dateline),
                     text=typeset(trailing_ellipsis(one_line(item.teaser.text))),
                 )
@@ -454,7 +454,7 @@ class SiteRenderer:
         items = [
             SimpleNamespace(
                 href=root + article_path(e.slug),
-                title=one_line(e.title),
+                title=typeset(one_line(e.title)),
                 author=one_line(e.author) if e.author else None,
                 date=self._date(e.published, e.precision),
             )

@@ -471,7 +471,8 @@ def test_a_number_keeps_its_unit_and_a_spaced_dash_its_word_on_the_page(
     from syndicate.load import parse_dump_with_body
 
     dump = (
-        "Giải chạy ven biển\n31/10/2024 09:15\nQTO - Cự ly dài nhất 21 km, ngắn nhất 5 km.\n"
+        "Giải chạy ven biển dài 42 km\n31/10/2024 09:15\n"
+        "QTO - Cự ly dài nhất 21 km, ngắn nhất 5 km.\n"
         "Các tổ chức chính trị - xã hội cùng tham gia, lượng mưa 312 mm trong 3 ngày.\n"
         "Trúc Phương\n"
         "QTO - Sáng nay 30/10, tỉnh khánh thành 12 km đường ven biển nối hai huyện...\n"
@@ -486,3 +487,10 @@ def test_a_number_keeps_its_unit_and_a_spaced_dash_its_word_on_the_page(
         assert "chính trị\u00a0- xã hội" in text  # body
         assert "312\u00a0mm trong 3 ngày" in text  # "3 ngày": no unit, a plain space
         assert "12\u00a0km đường ven biển nối hai huyện…" in text  # sidebar, "…" for "..."
+        assert "<h1>Giải chạy ven biển dài 42\u00a0km</h1>" in page.decode()  # headline
+    index = renderer.render_index(
+        [IndexEntry("a" * 32, "x", article.title, article.published, article.precision, None)],
+        archive=None,
+        archives=0,
+    ).decode()
+    assert ">Giải chạy ven biển dài 42\u00a0km</a></h2>" in index
