@@ -40,11 +40,18 @@ class SiteSettings:
 
     title: str = field(
         default="Tin mới",
-        metadata={"doc": "feed and page title; one line, no control characters"},
+        metadata={
+            "doc": "feed and page title; one line, no control characters; when not set, "
+            "`News` on a site whose `language` is `en`"
+        },
     )
     description: str = field(
         default="Tin tức mới nhất, tổng hợp bởi syndicate.",
-        metadata={"doc": "feed description, index subtitle; one line, no control characters"},
+        metadata={
+            "doc": "feed description, index subtitle; one line, no control characters; "
+            "when not set, `The latest news, gathered by syndicate.` on a site whose "
+            "`language` is `en`"
+        },
     )
     base_url: str = field(
         default="http://localhost:8000/",
@@ -625,6 +632,7 @@ def load_settings(
     for name, cls in sections.items():
         if name not in built:
             built[name] = _build_section(name, cls, {}, base)
+    built["site"] = _site_in_its_language(built["site"], raw.get("site", {}))  # type: ignore[arg-type]
     smtp = dataclasses.replace(
         built["smtp"],  # type: ignore[type-var]
         password=_from_env(environ, ENV_SMTP_PASSWORD),
@@ -640,6 +648,20 @@ def load_settings(
     )
     _check(settings)
     return settings
+
+
+# The default title and description are Vietnamese, like the default language; an English
+# site that sets neither is not named in Vietnamese on every page, feed and mail.
+_ENGLISH_SITE = {"title": "News", "description": "The latest news, gathered by syndicate."}
+
+
+def _site_in_its_language(site: SiteSettings, raw: Mapping[str, object]) -> SiteSettings:
+    """`site` with the English title and description where the file sets none and the
+    site's language is English."""
+    if site.language != "en":
+        return site
+    english = {key: text for key, text in _ENGLISH_SITE.items() if key not in raw}
+    return dataclasses.replace(site, **english) if english else site  # type: ignore[arg-type]
 
 
 def _from_env(environ: Mapping[str, str], name: str) -> str:

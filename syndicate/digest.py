@@ -44,7 +44,17 @@ from syndicate.model import (
     order_key,
     order_teasers,
 )
-from syndicate.text import MAX_LINE_BYTES, header_safe, lead_excerpt, nfc, one_line, shorten
+from syndicate.text import (
+    MAX_LINE_BYTES,
+    after_title,
+    header_safe,
+    lead_excerpt,
+    nfc,
+    one_line,
+    shorten,
+    trailing_ellipsis,
+    typeset,
+)
 from syndicate.urls import feed_url
 
 log = logging.getLogger(__name__)
@@ -253,14 +263,18 @@ def stale_warning(plan: DigestPlan, *, tz: tzinfo) -> str | None:
 
 
 def _published_text(article: Article, *, lang: str, tz: tzinfo) -> str | None:
-    """The article's date for a reader of `lang`, as precise as it is known, or None."""
+    """The article's date for a reader of `lang`, as precise as it is known, or None.
+
+    Written as the article's page writes it (site.format_published): with the weekday,
+    which also keeps a time and the day's number apart ("09:15 Thứ Năm, 31 tháng 10").
+    """
     if article.published is None or article.precision is Precision.UNKNOWN:
         return None
     local = article.published.astimezone(tz)
-    day = format_date(local.date(), "long", locale=lang)
+    day = format_date(local.date(), "full", locale=lang)
     if article.precision is not Precision.DATETIME:
         return day
-    pattern = str(get_datetime_format("medium", locale=lang)).replace("'", "")
+    pattern = str(get_datetime_format("full", locale=lang)).replace("'", "")
     return pattern.replace("{0}", format_time(local, "short", locale=lang)).replace("{1}", day)
 
 
@@ -348,13 +362,16 @@ def render_digest(
             articles.append(
                 {
                     "number": len(articles) + 1,
-                    "title": header_safe(article.title, limit=TITLE_CHARS),
+                    "title": typeset(header_safe(article.title, limit=TITLE_CHARS)),
                     "url": root + page if page else None,  # no page: no link
+                    "language": article.language,
                     "date": _published_text(article, lang=lang, tz=tz),
                     "author": one_line(article.author) if article.author else None,
-                    "lead": shorten(
-                        lead_excerpt(article.summary, words=words),
-                        limit=words * CHARS_PER_LEAD_WORD,
+                    "lead": typeset(
+                        shorten(
+                            lead_excerpt(_summary(article), words=words),
+                            limit=words * CHARS_PER_LEAD_WORD,
+                        )
                     ),
                 }
             )
@@ -390,8 +407,10 @@ def render_digest(
         "other_news": [
             {
                 "dateline": one_line(n.teaser.dateline),
-                "text": shorten(one_line(n.teaser.text), limit=TEASER_CHARS),
-                "title": header_safe(n.link.title, limit=TITLE_CHARS) if n.link else None,
+                "text": typeset(
+                    trailing_ellipsis(shorten(one_line(n.teaser.text), limit=TEASER_CHARS))
+                ),
+                "title": typeset(header_safe(n.link.title, limit=TITLE_CHARS)) if n.link else None,
                 "url": root + n.link.path if n.link else None,
             }
             for n in plan_other_news(plan, limit=info.max_teasers, tz=tz)
@@ -407,6 +426,14 @@ def render_digest(
     }
     html, text = render_email(info.templates_dir, "digest", context, keep={unsubscribe_url})
     return RenderedEmail(lang=lang, subject=subject, preheader=preheader, html=html, text=text)
+
+
+def _summary(article: Article) -> str:
+    """The summary under the article's headline: a title made from it is not printed twice
+    (the words after it, as on the article's page)."""
+    if article.title_derived:
+        return after_title(article.title, article.summary)
+    return article.summary
 
 
 def _feed_links(root: str) -> list[dict[str, str]]:
@@ -521,7 +548,13 @@ def wrap_text(text: str, *, width: int = TEXT_WIDTH, keep: Iterable[str] = ()) -
         match = _MARKER.match(line)
         indent = match.group(1) if match else ""
         hang = indent + " " * len(match.group(2) or "") if match else ""
-        words = [piece for word in line.split() for piece in _split_word(word, width, protected)]
+        # Split on plain spaces only: a no-break space (typeset) holds its words together.
+        words = [
+            piece
+            for word in line.split(" ")
+            if word
+            for piece in _split_word(word, width, protected)
+        ]
         filled = textwrap.fill(
             " ".join(words),
             width=width,

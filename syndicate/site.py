@@ -34,14 +34,22 @@ from syndicate.model import (
     StoryLink,
     order_teasers,
 )
-from syndicate.text import one_line, shorten, slugify
+from syndicate.text import (
+    after_title,
+    one_line,
+    shorten,
+    slugify,
+    trailing_ellipsis,
+    typeset,
+    typeset_utf8,
+)
 from syndicate.urls import article_path, article_url
 
 if TYPE_CHECKING:
     import jinja2
 
 # Bump when page rendering changes in code (not templates), so old pages get re-rendered.
-RENDER_VERSION = 2
+RENDER_VERSION = 3
 
 ARTICLE_TEMPLATE = "article.html.j2"
 INDEX_TEMPLATE = "index.html.j2"
@@ -255,26 +263,6 @@ def _machine_date(published: datetime | None, precision: Precision, tz: ZoneInfo
     return local.date().isoformat()
 
 
-def _after_title(title: str, text: str) -> str:
-    """`text` without the words of a title derived from it, when it opens with them.
-
-    A title that is the whole first sentence takes that sentence away; a title cut short
-    ("…") leaves the rest of the text, which then opens with "…". Empty when nothing is
-    left; `text` itself when it does not open with the title.
-    """
-    cut = title.endswith("\u2026")
-    opening = title.removesuffix("\u2026")
-    if not opening or not text.startswith(opening):
-        return text
-    rest = text[len(opening) :]
-    if cut:
-        rest = rest.lstrip(" ,;:")
-        return "\u2026" + rest if rest else ""
-    if rest and not rest[0].isspace() and rest[0] not in ".!?\u2026":
-        return text  # the title ends inside a word of the text: not the same words
-    return rest.lstrip(".").strip()
-
-
 def _joined_texts(blocks: Sequence[Block], *, checked: bool) -> str:
     """The texts of `blocks` joined by line breaks, each a printable NFC line: unless
     `checked` (the loader's are), a block that is not is put on one line first."""
@@ -415,9 +403,9 @@ class SiteRenderer:
         if article.title_derived:
             # The headline was made from the text right below it: print those words once.
             if standfirst is not None:
-                standfirst = _after_title(article.title, standfirst) or None
+                standfirst = after_title(article.title, standfirst) or None
             elif blocks and blocks[0].kind is BlockKind.PARAGRAPH:
-                rest = _after_title(article.title, blocks[0].text)
+                rest = after_title(article.title, blocks[0].text)
                 if rest != blocks[0].text:
                     first = (Block(BlockKind.PARAGRAPH, rest),) if rest else ()
                     blocks = first + blocks[1:]
@@ -429,7 +417,9 @@ class SiteRenderer:
                 (_CAPTION_OPEN if block.kind is BlockKind.CAPTION else _PARAGRAPH_OPEN)
                 + text
                 + _CLOSE
-                for block, text in zip(blocks, _escape_utf8(body).split(b"\n"), strict=True)
+                for block, text in zip(
+                    blocks, _escape_utf8(typeset_utf8(body)).split(b"\n"), strict=True
+                )
             ]
             if blocks
             else []
@@ -437,9 +427,9 @@ class SiteRenderer:
         context = {
             **self._article_vars,
             "article": SimpleNamespace(
-                title=one_line(article.title),
+                title=typeset(one_line(article.title)),
                 summary=shorten(one_line(article.summary), limit=160),
-                standfirst=one_line(standfirst) if standfirst else None,
+                standfirst=typeset(one_line(standfirst)) if standfirst else None,
                 language=article.language,
                 author=one_line(article.author) if article.author else None,
                 date=self._date(article.published, article.precision),
@@ -471,9 +461,9 @@ class SiteRenderer:
             items.append(
                 SimpleNamespace(
                     href=None if link is None else "../" + link.path,
-                    title=None if link is None else one_line(link.title),
+                    title=None if link is None else typeset(one_line(link.title)),
                     dateline=one_line(item.teaser.dateline),
-                    text=one_line(item.teaser.text),
+                    text=typeset(trailing_ellipsis(one_line(item.teaser.text))),
                 )
             )
         return items
@@ -492,7 +482,7 @@ class SiteRenderer:
         items = [
             SimpleNamespace(
                 href=root + article_path(e.slug),
-                title=one_line(e.title),
+                title=typeset(one_line(e.title)),
                 author=one_line(e.author) if e.author else None,
                 date=self._date(e.published, e.precision),
             )

@@ -680,3 +680,68 @@ def derive_title(text: str, *, limit: int = TITLE_LIMIT) -> str:
         return sentence
     cut = _clause_cut(sentence, limit) or _word_cut(sentence, limit)
     return cut.rstrip(_CUT_STRIP) + "\u2026"
+
+
+# --------------------------------------------------------------------------- typesetting
+
+NBSP = "\u00a0"
+# Units, currencies and number words that belong to the number before them: a line
+# break between "21" and "km" leaves a bare number at a line's end and a unit opening
+# the next. Vietnamese and English, as the dumps write them.
+_UNITS = (
+    "mm|cm|dm|km|m|m2|m²|m3|m³|km2|km²|ha|kg|g|tấn|tạ|yến|lít|ml|l|°C|°|%|kW|kWh|MW|"
+    "MWh|GB|MB|km/h|USD|VND|đồng|đ|triệu|tỷ|tỉ|nghìn|ngàn|"
+    "hectares?|tonnes?|tons?|metres?|meters?|kilometres?|kilometers?|percent|"
+    "million|billion|thousand"
+)
+# A digit, one space, a unit that is not the start of a longer word ("3 mưa" stays).
+_NUMBER_UNIT = re.compile(rf"(?<=\d) (?=(?:{_UNITS})(?![^\W_]))")
+_NUMBER_UNIT_BYTES = re.compile(rf"(?<=[0-9]) (?=(?:{_UNITS})(?![A-Za-z0-9\x80-\xff]))".encode())
+# A spaced hyphen or dash between words ("chính trị - xã hội", "2020 \u2013 2025"): the space
+# before it does not break, so no line opens with a dash that reads as a list bullet.
+_SPACED_DASH = re.compile("(?<=\\S) (?=[-\u2013\u2014] )")
+_SPACED_DASH_BYTES = re.compile("(?<=\\S) (?=(?:-|\u2013|\u2014) )".encode())
+
+
+def typeset(text: str) -> str:
+    """`text` for display: a no-break space binds a number to its unit ("21 km") and a
+    spaced dash to the word before it. For reader-facing text in pages and the digest,
+    after any shortening and never in a mail header (one_line makes it a space again)."""
+    if " " not in text:
+        return text
+    return _SPACED_DASH.sub(NBSP, _NUMBER_UNIT.sub(NBSP, text))
+
+
+def typeset_utf8(text: bytes) -> bytes:
+    """`typeset` on UTF-8 text, without decoding it (the page writer's bodies)."""
+    nbsp = NBSP.encode()
+    return _SPACED_DASH_BYTES.sub(nbsp, _NUMBER_UNIT_BYTES.sub(nbsp, text))
+
+
+# A sidebar teaser cut off with three dots or more: shown with "…" like every other cut.
+_TRAILING_DOTS = re.compile(r"\s*\.{3,}$")
+
+
+def trailing_ellipsis(text: str) -> str:
+    """`text` with the dots that end it ("...", " ....") written as one "…"."""
+    return _TRAILING_DOTS.sub("\u2026", text)
+
+
+def after_title(title: str, text: str) -> str:
+    """`text` without the words of a title derived from it, when it opens with them.
+
+    A title that is the whole first sentence takes that sentence away; a title cut short
+    ("…") leaves the rest of the text, which then opens with "…". Empty when nothing is
+    left; `text` itself when it does not open with the title.
+    """
+    cut = title.endswith("\u2026")
+    opening = title.removesuffix("\u2026")
+    if not opening or not text.startswith(opening):
+        return text
+    rest = text[len(opening) :]
+    if cut:
+        rest = rest.lstrip(" ,;:")
+        return "\u2026" + rest if rest else ""
+    if rest and not rest[0].isspace() and rest[0] not in ".!?\u2026":
+        return text  # the title ends inside a word of the text: not the same words
+    return rest.lstrip(".").strip()

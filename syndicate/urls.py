@@ -103,9 +103,10 @@ def unsubscribe_url(base_url: str, token: str) -> str:
     return _token_url(ascii_base_url(base_url), "unsubscribe", token)
 
 
-def unsubscribe_page_url(base_url: str) -> str:
-    """The unsubscribe page that asks for the address, for pages that carry no personal token."""
-    return f"{base_url}unsubscribe"
+def unsubscribe_page_url(base_url: str, lang: str) -> str:
+    """The unsubscribe page that asks for the address, for pages that carry no personal token,
+    in `lang`, the language of the page that links to it (not the browser's)."""
+    return f"{base_url}unsubscribe?lang={lang}"
 
 
 def preview_unsubscribe_url(base_url: str) -> str:

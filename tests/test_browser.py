@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 
 from syndicate import tokens
+from syndicate.config import Settings
 from syndicate.model import SubscriptionStatus
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import get_by_email
+from syndicate.web.confirmation import ConfirmationInfo, render_confirmation
 from tests.plugins.web import LiveServer, build_site, open_settings_store
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -216,3 +218,28 @@ def test_sign_up_from_the_form_on_the_static_index(browser: Browser) -> None:
     assert page.get_by_role("heading", level=1).inner_text() == "Hãy kiểm tra hộp thư của bạn"
     server.mail.wait_for(1)
     assert _status(server, "uyen@example.org") is SubscriptionStatus.PENDING
+
+
+@pytest.mark.parametrize("lang", ["vi", "en"])
+def test_the_confirmation_mail_fits_a_phone(
+    chromium: Any, settings: Settings, now: datetime, lang: str
+) -> None:
+    """The mail's written-out link is one unbreakable word (a token of 60-odd characters):
+    it stretched the mail to about 560 px, so a phone scrolled it sideways. It wraps."""
+    token = "AgEAAAAAAAAAA2sV5YfR4w8SmVviWgHWtkJPV0v2vWGJCgsLyBv3Niq09zbNzw"
+    rendered = render_confirmation(
+        lang=lang,
+        info=ConfirmationInfo.from_settings(settings),
+        confirm_url=f"https://tin.example.org/confirm?token={token}",
+        now=now,
+    )
+    context = chromium.new_context(viewport={"width": 375, "height": 800})
+    try:
+        page = context.new_page()
+        page.set_content(rendered.html)
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+    finally:
+        context.close()
+    assert overflow <= 0, f"the confirmation mail scrolls sideways by {overflow} px at 375 px"

@@ -253,3 +253,35 @@ def test_a_stored_record_with_a_language_syndicate_does_not_write_is_cleaned_on_
     assert [item["language"] for item in feed["items"]] == ["vi", "vi"]
     rss = (project / "feeds" / "rss.xml").read_text(encoding="utf-8")
     assert "x=" not in rss + atom
+
+
+def test_an_english_site_without_a_title_is_not_named_in_vietnamese(project: Path) -> None:
+    """site.language = "en" and no title or description: the pages, the feeds (and the
+    mails, which take the same keys) read "News", not "Tin mới" and a Vietnamese line."""
+    import feedparser
+
+    (project / "syndicate.toml").write_text('[site]\nlanguage = "en"\n', encoding="utf-8")
+    assert _run("build")[0] == 0
+    index = (project / "feeds" / "index.html").read_text(encoding="utf-8")
+    assert "<title>News</title>" in index
+    assert "The latest news, gathered by syndicate." in index
+    for name in ("rss.xml", "atom.xml"):
+        feed = feedparser.parse((project / "feeds" / name).read_bytes()).feed
+        assert (feed.title, feed.subtitle) == ("News", "The latest news, gathered by syndicate.")
+    feed = json.loads((project / "feeds" / "feed.json").read_bytes())
+    assert (feed["title"], feed["description"]) == (
+        "News",
+        "The latest news, gathered by syndicate.",
+    )
+    for page in (project / "feeds").rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        assert "Tin mới" not in text, page
+        assert "Tin tức mới nhất" not in text, page
+    # A title or description set in the file is the operator's, whatever the language.
+    (project / "syndicate.toml").write_text(
+        '[site]\nlanguage = "en"\ntitle = "Tin mới"\n', encoding="utf-8"
+    )
+    assert _run("build")[0] == 0
+    index = (project / "feeds" / "index.html").read_text(encoding="utf-8")
+    assert "<title>Tin mới</title>" in index
+    assert "The latest news, gathered by syndicate." in index

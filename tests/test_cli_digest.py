@@ -167,7 +167,9 @@ def test_write_digest_page(settings: Settings, db: Database) -> None:
     assert path == settings.paths.output / "digests" / "2024-11-01.html"
     html = path.read_text(encoding="utf-8")
     assert 'lang="vi"' in html
-    assert 'href="http://localhost:8000/unsubscribe"' in html
+    # The page is Vietnamese: its unsubscribe link opens the Vietnamese page, whatever
+    # the browser's language (a phone set to English asked for an English one).
+    assert 'href="http://localhost:8000/unsubscribe?lang=vi"' in html
     assert "Đây là bản xem trên trình duyệt" in html
     assert "http://localhost:8000/articles/bai-a.html" in html
     assert digest_view_url(settings, DAY) == "http://localhost:8000/digests/2024-11-01.html"

@@ -673,8 +673,8 @@ def test_digest_has_every_required_part(
     assert "Báo Lam Giang, 12 Trần Hưng Đạo, TP. Bến Lam" in text
     assert "Bạn nhận được thư này vì đã đăng ký" in visible
     # Dates: time of day when known, date only for a date, nothing when unknown.
-    assert "09:15 1 tháng 11, 2024 · Hoài Nam" in text
-    assert "1 tháng 11, 2024 · NHÓM PV" in text
+    assert "09:15 Thứ Sáu, 1 tháng 11, 2024 · Hoài Nam" in text
+    assert "Thứ Sáu, 1 tháng 11, 2024 · NHÓM PV" in text
     assert "00:00" not in text
     # The preheader is the first lead, cut to about 100 characters, and hidden.
     assert rendered.preheader.startswith("Sáng nay 1/11, UBND tỉnh Lam Giang")
@@ -746,7 +746,7 @@ def test_hostile_article_text_is_escaped_in_html(mail_settings: Settings, now: d
     assert "<script>alert('x')</script> {{ 7*7 }} {% raw %} Bcc: victim@example.org" in visible
     assert "Tin <b>đậm</b> & {{ config }} ]]> <img src=x onerror=alert(1)> kết thúc." in visible
     assert "<i>Tác giả</i>" in visible
-    assert "Tin <script>x</script> khác {{ 1+1 }}..." in visible
+    assert "Tin <script>x</script> khác {{ 1+1 }}…" in visible
     assert "49" not in visible
     assert "<b>Site</b> {{ 7*7 }}" in visible
     assert "&lt;script&gt;" in html
@@ -1049,3 +1049,163 @@ def test_digest_info_takes_the_digest_values_from_the_settings(settings: Setting
         settings.digest.max_teasers,
     )
     assert (info.templates_dir / "digest.html.j2").is_file()
+
+
+# --------------------------------------------------------------------------- typesetting
+
+# Each word is where a 72-column line (text part) or a phone's line (HTML) may end.
+# The text part's first line would end at "21" (71 columns), leaving "km" for the next.
+_UNITS_LEAD = (
+    "Giải chạy “Vì biển đảo Lam Giang” diễn ra sáng 3/11, cự ly dài nhất 21 km và 10 km; "
+    "các tổ chức chính trị - xã hội cùng tham gia dù lượng mưa đo được là 312 mm."
+)
+
+
+def test_a_number_keeps_its_unit_and_a_spaced_dash_its_word_on_one_line(
+    mail_settings: Settings, now: datetime
+) -> None:
+    """A phone broke "21 km" after the number and opened a line with "- xã hội", which
+    reads as a list bullet: the spaces there are no-break spaces, in both parts."""
+    article = make_article("u1", title="Hơn 3.000 vận động viên dự giải chạy", lead=_UNITS_LEAD)
+    rendered = render(digest_plan(day=DAY, articles=(article,)), mail_settings, now)
+    visible = "".join(parse_html(rendered.html).text)
+    for text in (visible, re.sub(r"\n *", " ", rendered.text)):
+        assert "21\u00a0km" in text
+        assert "10\u00a0km" in text
+        assert "312\u00a0mm" in text
+        assert "chính trị\u00a0- xã hội" in text
+        assert "3/11, cự ly" in text  # a number and a word that is no unit: a plain space
+    # The text part wraps at 72 columns: the line ends before "21", not between it and km.
+    lines = rendered.text.split("\n")
+    assert not any(line.startswith(("km", "mm", "- xã")) for line in lines)
+    assert any(line.endswith("cự ly dài nhất") for line in lines)
+    # The subject stays plain: a header has no business with no-break spaces.
+    assert "\u00a0" not in rendered.subject
+
+
+def test_an_unlinked_teaser_cut_with_three_dots_ends_in_an_ellipsis(
+    mail_settings: Settings, now: datetime
+) -> None:
+    """The sidebar's "..." reads as one character "…", as every other cut in the digest;
+    the dateline stands apart by the same dash in both parts (the text part wrote "LGO - "
+    after its own "- " bullet)."""
+    teaser = Teaser("LGO", "Sáng nay 31/10, Sở Giáo dục tổ chức hội nghị cho cán bộ các trường...")
+    article = make_article("t1", teasers=(teaser,))
+    rendered = render(digest_plan(day=DAY, articles=(article,)), mail_settings, now)
+    visible = "".join(parse_html(rendered.html).text)
+    for text in (visible, re.sub(r"\n *", " ", rendered.text)):
+        assert "cán bộ các trường…" in text
+        assert "trường..." not in text
+        assert "LGO \u2013 Sáng nay 31/10" in text
+
+
+@pytest.mark.parametrize(
+    ("lang", "when", "precision", "shown"),
+    [
+        (
+            "vi",
+            datetime(2024, 10, 31, 2, 15, tzinfo=UTC),
+            Precision.DATETIME,
+            "09:15 Thứ Năm, 31 tháng 10, 2024",
+        ),
+        (
+            "vi",
+            datetime(2024, 10, 30, 17, 0, tzinfo=UTC),
+            Precision.DATE,
+            "Thứ Năm, 31 tháng 10, 2024",
+        ),
+        (
+            "en",
+            datetime(2024, 10, 31, 2, 15, tzinfo=UTC),
+            Precision.DATETIME,
+            "Thursday, October 31, 2024, 9:15\u202fAM",
+        ),
+    ],
+)
+def test_an_articles_date_reads_as_on_its_page(
+    mail_settings: Settings,
+    now: datetime,
+    lang: str,
+    when: datetime,
+    precision: Precision,
+    shown: str,
+) -> None:
+    """The digest said "09:15 31 tháng 10, 2024": a time and a day's number side by side
+    read as one figure. It now writes the date as the article's page does (with the
+    weekday), in both parts."""
+    from syndicate.site import format_published
+
+    article = make_article("d1", published=when, precision=precision, author="Hoài Nam")
+    rendered = render(digest_plan(day=DAY, articles=(article,)), mail_settings, now, lang=lang)
+    tz = ZoneInfo("Asia/Ho_Chi_Minh")
+    assert format_published(when, precision, locale=lang, tz=tz) == shown
+    assert f"{shown} · Hoài Nam" in "".join(parse_html(rendered.html).text)
+    assert f"\n{shown} · Hoài Nam\n" in rendered.text
+
+
+def test_a_summary_does_not_repeat_a_title_made_from_it(
+    mail_settings: Settings, now: datetime
+) -> None:
+    """A dump without a title gets one from its head or lead; the digest then printed those
+    words twice, as the headline and again as the summary's first sentence. It goes on
+    after them, as the article's page does; a summary that opens otherwise is kept whole."""
+    from syndicate.load import parse_dump
+
+    tz = ZoneInfo("Asia/Ho_Chi_Minh")
+    dumps = {
+        "head": "{title}\n31/10/2024 09:15\nQTO - Tỉnh khen thưởng 20 tập thể xuất sắc. "
+        "Lễ diễn ra tại TP. Đông Hà.\nThân bài.\n",
+        "lead": "{title}\n30/10/2024\n{head}\nHội chợ nông sản mở cửa. Hơn 80 gian hàng "
+        "tham gia.\nThân bài.\n",
+        "adverbial": "{title}\n30/10/2024\n{head}\nSáng nay 30/10, tỉnh khai mạc hội chợ.\n"
+        "Thân bài.\n",
+    }
+    articles = tuple(
+        dataclasses.replace(parse_dump(text.encode(), source=f"{key}.txt", tz=tz), id=key)
+        for key, text in dumps.items()
+    )
+    assert [a.title for a in articles] == [
+        "Tỉnh khen thưởng 20 tập thể xuất sắc",
+        "Hội chợ nông sản mở cửa",
+        "Tỉnh khai mạc hội chợ",
+    ]
+    rendered = render(digest_plan(day=DAY, articles=articles), mail_settings, now)
+    text = re.sub(r"\n *", " ", rendered.text)
+    assert text.count("Tỉnh khen thưởng 20 tập thể xuất sắc") == 2  # contents, headline
+    assert text.count("Hội chợ nông sản mở cửa") == 2
+    leads = [
+        "".join(parse_html(p).text)
+        for p in re.findall(r"<p style=[^>]*>.*?</p>", rendered.html)
+        if "class=" not in p
+    ]
+    for part in (leads, text):
+        assert "Lễ diễn ra tại TP. Đông Hà." in part
+        assert "Hơn 80 gian hàng tham gia." in part
+        assert "Sáng nay 30/10, tỉnh khai mạc hội chợ." in part
+
+
+def test_an_article_in_the_other_language_is_marked_as_such(
+    mail_settings: Settings, now: datetime
+) -> None:
+    """An English article in the Vietnamese digest (and the reverse) carries its own `lang`,
+    in the contents and in its section, so a screen reader speaks it in its language."""
+    english = dataclasses.replace(
+        make_article(
+            "en1",
+            title="Lam Giang coffee growers bet on specialty beans",
+            lead="Coffee farmers in the highland districts are replacing ageing trees.",
+        ),
+        language="en",
+    )
+    vietnamese = make_article("vi1", title="Thông xe cầu Sông Lam")
+    plan_ = digest_plan(day=DAY, articles=(english, vietnamese))
+    html = render(plan_, mail_settings, now).html
+    doc = parse_html(html)
+    marked = [attrs for tag, attrs in doc.tags if attrs.get("lang") == "en"]
+    assert len(marked) == 2  # its line in the contents, its section
+    html_en = render(plan_, mail_settings, now, lang="en").html
+    assert [attrs.get("lang") for tag, attrs in parse_html(html_en).tags if "lang" in attrs] == [
+        "en",
+        "vi",
+        "vi",
+    ]

@@ -467,6 +467,7 @@ def test_the_loaders_body_bytes_give_the_same_page(title: str) -> None:
     from markupsafe import escape
 
     from syndicate.load import parse_dump_with_body
+    from syndicate.text import typeset
 
     renderer = SiteRenderer(INFO, site_templates_dir())
     article, body = parse_dump_with_body(
@@ -477,7 +478,41 @@ def test_the_loaders_body_bytes_give_the_same_page(title: str) -> None:
     assert page == renderer.render_article(article, slug="x")
     text = page.decode("utf-8")
     caption = next(b.text for b in article.body if b.kind is BlockKind.CAPTION)
-    assert f'<p class="caption">{escape(caption)}</p>' in text
-    assert f"<p>{escape(article.body[-1].text)}</p>\n</article>" in text
+    assert f'<p class="caption">{escape(typeset(caption))}</p>' in text
+    assert f"<p>{escape(typeset(article.body[-1].text))}</p>\n</article>" in text
     assert "<script>" not in text
     assert "<i>" not in text
+
+
+def test_a_number_keeps_its_unit_and_a_spaced_dash_its_word_on_the_page(
+    renderer: SiteRenderer,
+) -> None:
+    """On a phone "21 km" broke after the number and a line opened with "- xã hội" (a
+    list bullet, to the eye): those spaces are no-break spaces in the body, the standfirst
+    and the sidebar, whether the page is made from the loader's bytes or not."""
+    from syndicate.load import parse_dump_with_body
+
+    dump = (
+        "Giải chạy ven biển dài 42 km\n31/10/2024 09:15\n"
+        "QTO - Cự ly dài nhất 21 km, ngắn nhất 5 km.\n"
+        "Các tổ chức chính trị - xã hội cùng tham gia, lượng mưa 312 mm trong 3 ngày.\n"
+        "Trúc Phương\n"
+        "QTO - Sáng nay 30/10, tỉnh khánh thành 12 km đường ven biển nối hai huyện...\n"
+    )
+    article, body = parse_dump_with_body(dump.encode(), source="x.txt", tz=TZ)
+    for page in (
+        renderer.render_article(article, slug="x", from_loader=True, body=body),
+        renderer.render_article(article, slug="x"),
+    ):
+        text = "".join(_parse(page).text)
+        assert "21\u00a0km, ngắn nhất 5\u00a0km." in text  # standfirst
+        assert "chính trị\u00a0- xã hội" in text  # body
+        assert "312\u00a0mm trong 3 ngày" in text  # "3 ngày": no unit, a plain space
+        assert "12\u00a0km đường ven biển nối hai huyện…" in text  # sidebar, "…" for "..."
+        assert "<h1>Giải chạy ven biển dài 42\u00a0km</h1>" in page.decode()  # headline
+    index = renderer.render_index(
+        [IndexEntry("a" * 32, "x", article.title, article.published, article.precision, None)],
+        archive=None,
+        archives=0,
+    ).decode()
+    assert ">Giải chạy ven biển dài 42\u00a0km</a></h2>" in index

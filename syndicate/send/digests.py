@@ -187,7 +187,7 @@ def digest_view_url(settings: Settings, day: date) -> str:
 
 def generic_unsubscribe_url(settings: Settings) -> str:
     """The unsubscribe page (asks for the address) for pages that carry no personal token."""
-    return urls.unsubscribe_page_url(base_url(settings))
+    return urls.unsubscribe_page_url(base_url(settings), settings.site.language)
 
 
 def write_digest_page(settings: Settings, plan: DigestPlan, *, now: datetime) -> Path:
