@@ -118,6 +118,14 @@ def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
             hint="Fix store.url or SYNDICATE_STORE_URL (or the URL given to `store copy`); "
             "trying again will not help until then.",
         )
+    limit = postgres.connection_limit(exc)
+    if limit is not None:
+        return StoreUnavailableError(
+            f"{where}: the server takes no more connections: {limit}.",
+            hint="Close some of the connections to it, or raise its max_connections (or the "
+            "role's CONNECTION LIMIT); `send --workers N` holds 3 per worker. The next run "
+            "tries again.",
+        )
     refused = postgres.refused_login(exc)
     if refused is None:
         return unreachable(where, exc)
