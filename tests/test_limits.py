@@ -1,25 +1,31 @@
-"""Where production machines run out of things: a PostgreSQL server's connection slots.
+"""Where production machines run out of things: a PostgreSQL server's connection slots,
+a process's open files.
 
 Real parts only: a PostgreSQL cluster of this module's own with a small max_connections
-(and connections of the test's holding most of them), `syndicate send` as a subprocess.
+(and connections of the test's holding most of them), a real aiosmtpd, `syndicate send`
+as a subprocess under a low RLIMIT_NOFILE.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from pathlib import Path
 
 import pytest
 
 from syndicate.errors import StoreUnavailableError
-from tests.plugins.postgres import ENV_STORE_URL, Cluster, start_cluster
-from tests.plugins.sendproject import DUMP
+from syndicate.store.subscribers import add_subscriber
+from tests.plugins.postgres import ENV_STORE_URL, Cluster, open_store, start_cluster
+from tests.plugins.sendproject import DUMP, write_send_project
+from tests.plugins.smtp import run_smtp_server
 
 MAX_CONNECTIONS = 8
 
@@ -121,3 +127,47 @@ def test_send_workers_beyond_max_connections_say_so_and_the_next_run_finishes(
     mails = sorted((tmp_path / "outbox").glob("*/*.eml"))
     to = Counter(str(message_from_bytes(path.read_bytes())["To"]) for path in mails)
     assert to == Counter(emails)
+
+
+@pytest.mark.slow(seconds=4)
+@pytest.mark.parametrize("hard_limit", ["same", "higher"])
+def test_send_fits_its_smtp_connections_to_the_open_files_it_may_have(
+    store: str, tmp_path: Path, hard_limit: str
+) -> None:
+    # 100 connections, 64 open files: before, each connection past the limit failed to
+    # open (EMFILE) and waited out its retries, a run ten times slower, said nowhere.
+    soft = 64
+    hard = soft if hard_limit == "same" else resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard_limit == "higher" and hard != resource.RLIM_INFINITY and hard < 200:
+        pytest.skip(f"the hard open-files limit here ({hard}) is too low to raise to")
+    with run_smtp_server() as server:
+        write_send_project(tmp_path, port=server.port, connections=100, lease=60)
+        emails = [f"reader{n}@example.org" for n in range(150)]
+        yesterday = datetime.now(UTC) - timedelta(days=1)
+        with open_store(tmp_path / "syndicate.db") as db:
+            for email in emails:
+                add_subscriber(db, email, now=yesterday)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+        if os.environ.get(ENV_STORE_URL):
+            env[ENV_STORE_URL] = os.environ[ENV_STORE_URL]
+        done = subprocess.run(
+            [sys.executable, "-m", "syndicate", "send"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+        )
+        assert done.returncode == 0, done.stderr
+        assert "sent 150, failed 0" in done.stdout
+        assert Counter(server.handler.recipients()) == Counter(emails)
+    if hard_limit == "same":
+        assert _errors(done.stderr) == [
+            "warning: smtp.connections = 100 needs about 132 open files, and this process may "
+            "open 64 (ulimit -n): sending on 32 connections. Raise the limit (ulimit -n, or "
+            "LimitNOFILE= in a systemd unit) or lower smtp.connections."
+        ]
+    else:  # raised to what the connections need: nothing to say
+        assert _errors(done.stderr) == []
