@@ -1,5 +1,5 @@
 """Where production machines run out of things: a PostgreSQL server's connection slots,
-a process's open files.
+a process's open files, the right to write a store another user owns.
 
 Real parts only: a PostgreSQL cluster of this module's own with a small max_connections
 (and connections of the test's holding most of them), a real aiosmtpd, `syndicate send`
@@ -9,12 +9,17 @@ as a subprocess under a low RLIMIT_NOFILE.
 from __future__ import annotations
 
 import os
+import pwd
 import resource
 import shutil
+import sqlite3
 import subprocess
 import sys
+import sysconfig
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from pathlib import Path
@@ -171,3 +176,119 @@ def test_send_fits_its_smtp_connections_to_the_open_files_it_may_have(
         ]
     else:  # raised to what the connections need: nothing to say
         assert _errors(done.stderr) == []
+
+
+# The user a misconfigured cron job runs as; root made the store.
+OTHER_USER = "nobody"
+
+
+def _python_for(user: str, folder: Path) -> str | None:
+    """A Python that `user` can run and that imports this checkout's syndicate: this one,
+    or a venv made in `folder` from the system's Python of the same version (this one may
+    live under /root) reading this venv's site-packages. None when there is none."""
+    probe = ["-c", "import syndicate"]
+    if _runs_as(user, [sys.executable, *probe]):
+        return sys.executable
+    base = shutil.which(f"python{sys.version_info.major}.{sys.version_info.minor}", path="/usr/bin")
+    if base is None:
+        return None
+    venv = folder / "venv"
+    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    site = sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)})
+    ours = sysconfig.get_path("purelib")
+    Path(site, "syndicate-tests.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
+    python = str(venv / "bin" / "python")
+    return python if _runs_as(user, [python, *probe]) else None
+
+
+def _runs_as(user: str, argv: list[str]) -> bool:
+    done = subprocess.run(
+        ["runuser", "-u", user, "--", *argv], capture_output=True, cwd="/", timeout=60
+    )
+    return done.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def as_other_user() -> Iterator[tuple[Path, str]]:
+    """A folder every user may enter, and a Python OTHER_USER can run syndicate with."""
+    if os.geteuid() != 0 or shutil.which("runuser") is None:
+        pytest.skip("running a command as another user needs root and runuser")
+    pwd.getpwnam(OTHER_USER)
+    folder = Path(tempfile.mkdtemp(prefix="syndicate-limits-"))
+    try:
+        folder.chmod(0o755)
+        python = _python_for(OTHER_USER, folder)
+        if python is None:
+            pytest.skip(f"no Python the user {OTHER_USER} can run")
+        yield folder, python
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow(seconds=3)
+@pytest.mark.parametrize(
+    ("case", "command", "said"),
+    [
+        # Readable by all, written by its owner only: before, "not a usable syndicate
+        # database ... restore this one from a backup", for a store with nothing wrong.
+        (
+            "read-only",
+            ("subscribers", "add", "b@example.org"),
+            "may not read and write it (owner root, mode 0644). Run syndicate as root, whose "
+            "store it is, or give nobody the store, its -wal and -shm files and its folder "
+            "(chown); nothing was changed.",
+        ),
+        # Private to its owner: before, "cannot open the database: unable to open database file".
+        (
+            "private",
+            ("subscribers", "list"),
+            "may not read and write it (owner root, mode 0600). Run syndicate as root, whose "
+            "store it is, or give nobody the store, its -wal and -shm files and its folder "
+            "(chown); nothing was changed.",
+        ),
+        # No store yet, in a folder this user may not write to.
+        (
+            "no-store",
+            ("subscribers", "add", "b@example.org"),
+            "may not make it in {project} (owner root, mode 0755). Run syndicate as root, or "
+            "point paths.database at a folder nobody may write to.",
+        ),
+    ],
+)
+def test_another_users_store_is_named_with_its_owner_and_left_as_it_was(
+    as_other_user: tuple[Path, str], case: str, command: tuple[str, ...], said: str
+) -> None:
+    folder, python = as_other_user
+    project = folder / case
+    project.mkdir(mode=0o755)
+    database = project / "syndicate.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    if case != "no-store":  # made by root, closed cleanly: no -wal or -shm beside it
+        made = subprocess.run(
+            [sys.executable, "-m", "syndicate", "subscribers", "add", "a@example.org"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            check=False,
+        )
+        assert made.returncode == 0, made.stderr
+        database.chmod(0o644 if case == "read-only" else 0o600)
+    before = database.read_bytes() if database.exists() else None
+    done = subprocess.run(
+        ["runuser", "-u", OTHER_USER, "--", python, "-m", "syndicate", *command],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        f"Error: {database}: this user (nobody) " + said.format(project=project)
+    )
+    assert "Traceback" not in done.stderr
+    assert (database.read_bytes() if database.exists() else None) == before
+    if before is not None:
+        with closing(sqlite3.connect(database)) as conn:
+            assert conn.execute("SELECT email FROM subscribers").fetchall() == [("a@example.org",)]
