@@ -1,5 +1,6 @@
-"""Where production machines run out of things: a PostgreSQL server's connection slots,
-a process's open files, the right to write a store another user owns.
+"""Where production machines run out of things: room on the outbox's disk, a PostgreSQL
+server's connection slots, a process's open files, the right to write a store another user
+owns.
 
 Real parts only: a PostgreSQL cluster of this module's own with a small max_connections
 (and connections of the test's holding most of them), a real aiosmtpd, `syndicate send`
@@ -8,6 +9,7 @@ as a subprocess under a low RLIMIT_NOFILE.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import resource
@@ -292,3 +294,105 @@ def test_another_users_store_is_named_with_its_owner_and_left_as_it_was(
     if before is not None:
         with closing(sqlite3.connect(database)) as conn:
             assert conn.execute("SELECT email FROM subscribers").fetchall() == [("a@example.org",)]
+
+
+# A snippet run between the two sends, inside their mount namespace: the ledger's counts
+# and the addresses marked sent, as JSON.
+_LEDGER = """
+import json, sys
+from pathlib import Path
+from syndicate.config import load_settings
+from syndicate.store import open_database
+import os
+settings = load_settings(None, dict(os.environ), cwd=Path.cwd())
+with open_database(settings.paths.database, url=settings.store.url) as db:
+    rows = db.conn.execute(
+        "SELECT s.email FROM deliveries AS d JOIN subscribers AS s ON s.id = d.subscriber_id"
+        " WHERE d.status = 'sent'"
+    ).fetchall()
+json.dump(sorted(r[0] for r in rows), sys.stdout)
+"""
+
+
+def _can_mount() -> bool:
+    return sys.platform == "linux" and os.geteuid() == 0 and shutil.which("unshare") is not None
+
+
+@pytest.mark.slow(seconds=5)
+@pytest.mark.skipif(not _can_mount(), reason="needs root and unshare to mount a small tmpfs")
+def test_an_outbox_disk_that_fills_mid_send_marks_only_whole_mails_sent(
+    store: str, tmp_path: Path
+) -> None:
+    (tmp_path / "seeds").mkdir()
+    (tmp_path / "seeds" / "day1.txt").write_text(DUMP, encoding="utf-8")
+    (tmp_path / "syndicate.toml").write_text('[paths]\noutbox = "disk/outbox"\n', encoding="utf-8")
+    emails = [f"reader{n}@example.org" for n in range(40)]
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    with open_store(tmp_path / "syndicate.db") as db:
+        for email in emails:
+            add_subscriber(db, email, now=yesterday)
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "ledger.py").write_text(_LEDGER, encoding="utf-8")
+    syndicate = f"{sys.executable} -m syndicate"
+    # The disk filled, then 64 KiB freed: room for a few mails, not for forty.
+    script = f"""
+    mount -t tmpfs -o size=1m tmpfs disk || exit 99
+    dd if=/dev/zero of=disk/filler bs=4k 2> /dev/null || true  # until the disk is full
+    truncate -s -64K disk/filler
+    {syndicate} send > out1 2> err1; echo $? > code1
+    cp -r disk/outbox after1
+    {sys.executable} ledger.py > sent1
+    rm disk/filler
+    {syndicate} send > out2 2> err2; echo $? > code2
+    cp -r disk/outbox after2 && test -s sent1
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    if os.environ.get(ENV_STORE_URL):
+        env[ENV_STORE_URL] = os.environ[ENV_STORE_URL]
+    done = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode == 99:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+
+    def read(name: str) -> str:
+        return (tmp_path / name).read_text(encoding="utf-8")
+
+    def mails(folder: str) -> dict[str, bytes]:
+        found = {}
+        for path in (tmp_path / folder).rglob("*"):
+            if path.is_file():
+                assert path.suffix == ".eml", f"left behind: {path}"  # no temp file
+                raw = path.read_bytes()
+                message = message_from_bytes(raw)
+                assert message.defects == [], path
+                # Whole: up to the closing boundary of its multipart body.
+                assert raw.rstrip().endswith(f"--{message.get_boundary()}--".encode()), path
+                found[str(message["To"])] = raw
+        return found
+
+    # The first run: one line, exit 75; every address marked sent has its whole mail.
+    assert read("code1").strip() == "75", read("err1")
+    [line] = _errors(read("err1"))
+    assert line.startswith(f"Error: {tmp_path.resolve()}/disk/outbox/"), line
+    assert line.endswith(
+        ": cannot write: No space left on device. Free some space on that disk, then run "
+        "again (nothing was half-written)."
+    )
+    sent = json.loads(read("sent1"))
+    written = mails("after1")
+    assert 0 < len(sent) < len(emails)
+    assert set(sent) <= set(written)
+    # Room again: the next run sends the rest, and each address has one mail, whole.
+    assert read("code2").strip() == "0", read("err2")
+    assert f"sent {len(emails) - len(sent)}, failed 0" in read("out2")
+    final = mails("after2")
+    assert sorted(final) == sorted(emails)
+    assert all(final[address] == written[address] for address in sent)  # not sent again
