@@ -129,8 +129,8 @@ def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
         return StoreUnavailableError(
             f"{where}: the server takes no more connections: {limit}.",
             hint="Close some of the connections to it, or raise its max_connections (or the "
-            "role's CONNECTION LIMIT); `send --workers N` holds 3 per worker. The next run "
-            "tries again.",
+            "role's CONNECTION LIMIT); `send --workers N` holds 3 per worker and 1 more. The "
+            "next run (or request, in `serve`) tries again.",
         )
     refused = postgres.refused_login(exc)
     if refused is None:
