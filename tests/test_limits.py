@@ -396,3 +396,38 @@ def test_an_outbox_disk_that_fills_mid_send_marks_only_whole_mails_sent(
     final = mails("after2")
     assert sorted(final) == sorted(emails)
     assert all(final[address] == written[address] for address in sent)  # not sent again
+
+
+@pytest.mark.slow(seconds=2)
+@pytest.mark.skipif(not _can_mount(), reason="needs root and unshare to mount read-only")
+def test_a_store_on_a_read_only_mount_is_named_so_not_its_owners(tmp_path: Path) -> None:
+    # Root may write any file, but not on a read-only mount: before, the line said the
+    # store was "not a usable syndicate database" and to restore it from a backup.
+    project = tmp_path / "project"
+    project.mkdir()
+    syndicate = f"{sys.executable} -m syndicate"
+    script = f"""
+    {syndicate} subscribers add an@example.org > /dev/null || exit 98
+    mount --bind {project} {project} && mount -o remount,bind,ro {project} || exit 99
+    {syndicate} subscribers add binh@example.org; echo "exit $?"
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    done = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode == 99:
+        pytest.skip(f"cannot mount read-only here: {done.stderr.strip()}")
+    assert (done.returncode, done.stdout) == (0, "exit 2\n"), done.stderr
+    assert done.stderr == (
+        f"Error: {project / 'syndicate.db'}: the file system holding it is mounted read-only. "
+        "Mount it read-write, or point paths.database at a disk this machine may write to; "
+        "nothing was changed.\n"
+    )
+    with closing(sqlite3.connect(project / "syndicate.db")) as conn:
+        assert conn.execute("SELECT email FROM subscribers").fetchall() == [("an@example.org",)]

@@ -589,12 +589,18 @@ def _make_private_folder(folder: Path) -> None:
 
 
 def _access_error(path: Path) -> StoreError | None:
-    """The error for a SQLite store this user may not use: the file (or its -wal or -shm)
-    not readable and writable by it, or a folder it may not make the missing ones in
-    (another user's store, say: a cron job run as the wrong user). None when it may, or
-    when the file cannot be looked at (the caller's own error says why)."""
+    """The error for a SQLite store this user may not use: on a read-only file system, the
+    file (or its -wal or -shm) not readable and writable by it, or a folder it may not make
+    the missing ones in (another user's store, say: a cron job run as the wrong user). None
+    when it may, or when the file cannot be looked at (the caller's own error says why)."""
     folder = path.parent
     try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return StoreError(
+                f"{path}: the file system holding it is mounted read-only.",
+                hint="Mount it read-write, or point paths.database at a disk this machine may "
+                "write to; nothing was changed.",
+            )
         names = [path.with_name(path.name + name) for name in _SIDE_FILES]
         denied = [n for n in names if n.exists() and not _may(n, os.R_OK | os.W_OK)]
         if denied:
