@@ -431,3 +431,76 @@ def test_a_store_on_a_read_only_mount_is_named_so_not_its_owners(tmp_path: Path)
     )
     with closing(sqlite3.connect(project / "syndicate.db")) as conn:
         assert conn.execute("SELECT email FROM subscribers").fetchall() == [("an@example.org",)]
+
+
+@pytest.mark.slow(seconds=5)
+def test_serve_under_a_low_open_files_limit_caps_its_connections_and_logs_no_traceback(
+    tmp_path: Path,
+) -> None:
+    # 128 open files for 800 connections: before, each accept past the limit logged
+    # asyncio's traceback, once a second, for as long as the connections stayed.
+    import re
+    import signal
+    import socket
+    import threading
+    import time
+
+    import httpx
+
+    (tmp_path / "feeds").mkdir()
+    (tmp_path / "feeds" / "index.html").write_text("<!doctype html><title>Tin</title>\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syndicate", "serve", "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128)),
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    held: list[socket.socket] = []
+    lines: list[str] = []
+    refused = threading.Event()
+
+    def read_log(stream: object) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            lines.append(line)
+            if "accept" in line:
+                refused.set()
+
+    reader = threading.Thread(target=read_log, args=(process.stderr,), daemon=True)
+    reader.start()
+    try:
+        found = re.search(r" at (http://127\.0\.0\.1:(\d+)/) ", process.stdout.readline())
+        assert found, "".join(lines)
+        port = int(found.group(2))
+        # More idle connections than files: those past the limit wait in the listen queue.
+        held.extend(socket.create_connection(("127.0.0.1", port)) for _ in range(150))
+        assert refused.wait(30), "".join(lines)
+        for conn in held:
+            conn.close()
+        held.clear()
+        # Files free again: served as before, once serve has seen the closed ones go (those
+        # still in the listen queue are taken, and found closed, first).
+        deadline = time.monotonic() + 20
+        while (answer := httpx.get(f"{found.group(1)}healthz", timeout=20)).status_code != 200:
+            assert answer.status_code == 503
+            assert time.monotonic() < deadline, "serve never took connections again"
+    finally:
+        for conn in held:
+            conn.close()
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=20)
+        reader.join(timeout=5)
+    log = "".join(lines)
+    assert "Traceback" not in log, log
+    assert (
+        "warning: serve: this process may open 128 files (ulimit -n), too few for 800 "
+        "connections at once: it takes 64, and answers more with 503. Raise the limit "
+        "(ulimit -n, or LimitNOFILE= in a systemd unit).\n"
+    ) in lines
+    [accept] = [line for line in lines if "accept" in line]
+    assert accept.startswith("serve: cannot accept connections now (Too many open files)")

@@ -769,6 +769,28 @@ def _abort(transport: asyncio.BaseTransport | None) -> None:
 OTHER_OPEN_FILES = 32
 
 
+def open_files_limit(need: int) -> int:
+    """This process's open-files limit (`ulimit -n`), first raised toward the hard limit
+    when it is below `need` (as far as the hard limit lets it). A number past any need
+    when there is no limit, or no telling (not a POSIX system)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 2**31
+    if soft == resource.RLIM_INFINITY:
+        return 2**31
+    if need > soft and (hard == resource.RLIM_INFINITY or hard > soft):
+        raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (OSError, ValueError):
+            pass
+    return soft
+
+
 def fit_open_files(settings: Settings, policy: SendPolicy, *, warn: bool = True) -> SendPolicy:
     """`policy` with no more SMTP connections than this process may keep open.
 
@@ -780,25 +802,11 @@ def fit_open_files(settings: Settings, policy: SendPolicy, *, warn: bool = True)
     """
     if settings.mail.transport != "smtp":
         return policy
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (ImportError, OSError, ValueError):  # not a POSIX system: nothing to fit
-        return policy
     need = policy.connections + OTHER_OPEN_FILES
-    if soft == resource.RLIM_INFINITY or need <= soft:
+    limit = open_files_limit(need)
+    if need <= limit:
         return policy
-    raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
-    if raised > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
-            soft = raised
-        except (OSError, ValueError):
-            pass
-    if need <= soft:
-        return policy
-    fit = max(1, soft - OTHER_OPEN_FILES)
+    fit = max(1, limit - OTHER_OPEN_FILES)
     if warn:
         log.warning(
             "smtp.connections = %d needs about %d open files, and this process may open "
@@ -806,7 +814,7 @@ def fit_open_files(settings: Settings, policy: SendPolicy, *, warn: bool = True)
             "LimitNOFILE= in a systemd unit) or lower smtp.connections.",
             policy.connections,
             need,
-            soft,
+            limit,
             fit,
         )
     return dataclasses.replace(policy, connections=fit)
