@@ -161,10 +161,9 @@ def test_a_store_another_user_owns_is_one_line_naming_both_users(
     assert (done.returncode, done.stdout, done.stderr) == (
         2,
         "",
-        f"Error: {path}: cannot open the database: unable to open database file; it belongs "
-        f"to {owner} (mode 0600) and this command runs as {me}. Run every syndicate command "
-        "(the cron jobs, serve, your own) as one user, the store's owner, or chown the "
-        "store and its folder to that user.\n",
+        f"Error: {path}: this user ({me}) may not read and write it (owner {owner}, mode "
+        f"0600). Run syndicate as {owner}, whose store it is, or give {me} the store, its -wal "
+        "and -shm files and its folder (chown); nothing was changed.\n",
     )
 
 

@@ -6,6 +6,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 
 import click
@@ -14,13 +15,79 @@ import uvicorn
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.config import Settings
 from syndicate.errors import InputError
-from syndicate.send import SmtpServer, open_mailer
+from syndicate.send import SmtpServer, open_files_limit, open_mailer
 from syndicate.send.transports import check_mail_settings
 from syndicate.store import Database, open_database
 from syndicate.web import DatabaseStore, create_app, make_http_protocol
+from syndicate.web.protocol import MAX_CONNECTIONS
+
+log = logging.getLogger("syndicate.serve")
 
 # Confirmation mails of the outbox transport go to outbox/<this>/.
 CONFIRMATIONS_FOLDER = "confirmations"
+# Open files serve needs besides the connections it takes: the store's, the listener, the
+# event loop's, static files being sent, and connections past the cap being answered 503.
+OTHER_OPEN_FILES = 64
+# An accept that failed for lack of open files is logged at most this often (seconds).
+_ACCEPT_LOG_EVERY = 60.0
+
+
+def most_connections() -> int:
+    """The connections serve takes at once: MAX_CONNECTIONS, after raising the open-files
+    limit (`ulimit -n`) toward the hard one if they need it; fewer, said once, when even
+    the hard limit is too low (past them a connection is answered 503, where each one past
+    the open-files limit would wait in the listen queue, a traceback logged each second)."""
+    need = MAX_CONNECTIONS + OTHER_OPEN_FILES
+    limit = open_files_limit(need)
+    if limit >= need:
+        return MAX_CONNECTIONS
+    most = max(1, limit - OTHER_OPEN_FILES) if limit > 2 * OTHER_OPEN_FILES else max(1, limit // 2)
+    log.warning(
+        "serve: this process may open %d files (ulimit -n), too few for %d connections at "
+        "once: it takes %d, and answers more with 503. Raise the limit (ulimit -n, or "
+        "LimitNOFILE= in a systemd unit).",
+        limit,
+        MAX_CONNECTIONS,
+        most,
+    )
+    return most
+
+
+class AcceptErrors(logging.Filter):
+    """asyncio's log of an accept that failed (no file descriptor left: EMFILE, ENFILE),
+    a traceback each time the listener tries again (each second), made one line at most
+    once a minute: the connection waits in the listen queue and is taken once files
+    are free again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged_at: float | None = None
+        self.since = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith("Exception in callback BaseSelectorEventLoop._start_serving"):
+            # The listener's accepts, paused a second after such a failure, resumed after
+            # serve closed it (a stop within that second): nothing left to accept.
+            error = record.exc_info[1] if record.exc_info else None
+            return not (isinstance(error, ValueError) and "file descriptor" in str(error))
+        if not message.startswith("socket.accept() out of system resource"):
+            return True
+        self.since += 1
+        now = time.monotonic()
+        if self.logged_at is not None and now - self.logged_at < _ACCEPT_LOG_EVERY:
+            return False
+        error = record.exc_info[1] if record.exc_info else None
+        reason = getattr(error, "strerror", None) or error or "no file descriptor left"
+        record.msg = (
+            "serve: cannot accept connections now (%s), %d time(s); they wait in the listen "
+            "queue. Raise the open-files limit (ulimit -n, or LimitNOFILE= in a systemd unit)."
+        )
+        record.args = (reason, self.since)
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        self.logged_at, self.since = now, 0
+        return True
 
 
 def confirmations_note(settings: Settings) -> str:
@@ -118,7 +185,8 @@ def _serve(app: AppContext, database: Database, reader: Database, host: str, por
         log_level=logging.INFO if verbose else logging.WARNING,
         access_log=verbose,
         lifespan="on",
-        http=make_http_protocol(),  # h11 with header and body deadlines (slow clients)
+        # h11 with header and body deadlines (slow clients), and a cap the open files allow
+        http=make_http_protocol(max_connections=most_connections()),
         server_header=False,
         proxy_headers=True,  # X-Forwarded-For from a proxy on 127.0.0.1 names the client
     )
@@ -129,7 +197,10 @@ def _serve(app: AppContext, database: Database, reader: Database, host: str, por
         f"(site {settings.site.base_url}); {confirmations_note(settings)}; "
         "press Ctrl-C to stop."
     )
+    accept_errors = AcceptErrors()
+    logging.getLogger("asyncio").addFilter(accept_errors)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
+        logging.getLogger("asyncio").removeFilter(accept_errors)
         sock.close()

@@ -37,6 +37,7 @@ from syndicate.send.transports import (
     SmtpMailer,
     SmtpServer,
     forget_recipient,
+    open_files_limit,
     open_mailer,
     read_dkim_key,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "Stop",
     "TransientSendError",
     "forget_recipient",
+    "open_files_limit",
     "open_mailer",
     "open_send_lock",
     "outcome_of",

@@ -55,7 +55,7 @@ from syndicate.send.digests import (
 )
 from syndicate.send.lock import hold_send_lock, shared_store_no_lock
 from syndicate.send.policy import MAX_ATTEMPTS, SendPolicy
-from syndicate.send.transports import Mailer, check_mail_settings, open_mailer
+from syndicate.send.transports import Mailer, check_mail_settings, fit_open_files, open_mailer
 from syndicate.send.workers import DayJob, run_workers
 from syndicate.store import Database, ledger
 from syndicate.store.bounces import complaint_warning, recent_rates
@@ -219,7 +219,7 @@ async def _daily(
     handle_signals: bool,
 ) -> DailyReport:
     stop = Stop()
-    policy = SendPolicy.from_settings(settings)
+    policy = fit_open_files(settings, SendPolicy.from_settings(settings))
     worker = make_worker_id(make_run_id(), 1)
     mailers: list[Mailer] = []
     if handle_signals:
@@ -301,6 +301,8 @@ def _daily_workers(
     subscribers: bool,
 ) -> DailyReport:
     """The daily job's sending over `workers` processes: every digest owed, made here once."""
+    # Raised here, the open-files limit is the workers' too; too low, it is said here once.
+    fit_open_files(settings, SendPolicy.from_settings(settings))
     days: list[DayJob] = []
     if today is not None:
         days.append(_day_job(db, today.day, None, prepare(today)))

@@ -8,6 +8,7 @@ aiosmtplib connections; `SmtpServer` (the smtp.* keys, read in this one place),
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.policy
 import logging
 import os
@@ -761,6 +762,62 @@ def _abort(transport: asyncio.BaseTransport | None) -> None:
     """
     if isinstance(transport, asyncio.Transport):
         transport.abort()
+
+
+# Open files a send process needs besides its SMTP connections: stdio, the store's files or
+# connections, the lock, the event loop's, a template or key read, a worker's pipes.
+OTHER_OPEN_FILES = 32
+
+
+def open_files_limit(need: int) -> int:
+    """This process's open-files limit (`ulimit -n`), first raised toward the hard limit
+    when it is below `need` (as far as the hard limit lets it). A number past any need
+    when there is no limit, or no telling (not a POSIX system)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 2**31
+    if soft == resource.RLIM_INFINITY:
+        return 2**31
+    if need > soft and (hard == resource.RLIM_INFINITY or hard > soft):
+        raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (OSError, ValueError):
+            pass
+    return soft
+
+
+def fit_open_files(settings: Settings, policy: SendPolicy, *, warn: bool = True) -> SendPolicy:
+    """`policy` with no more SMTP connections than this process may keep open.
+
+    Raises the soft open-files limit (`ulimit -n`) toward the hard one when
+    `smtp.connections` needs more; when even the hard one is too low, sends on fewer
+    connections, saying so once (`warn`), rather than have each one over the limit fail
+    with EMFILE and wait out its retries (and the store or a template find no file
+    left to open).
+    """
+    if settings.mail.transport != "smtp":
+        return policy
+    need = policy.connections + OTHER_OPEN_FILES
+    limit = open_files_limit(need)
+    if need <= limit:
+        return policy
+    fit = max(1, limit - OTHER_OPEN_FILES)
+    if warn:
+        log.warning(
+            "smtp.connections = %d needs about %d open files, and this process may open "
+            "%d (ulimit -n): sending on %d connections. Raise the limit (ulimit -n, or "
+            "LimitNOFILE= in a systemd unit) or lower smtp.connections.",
+            policy.connections,
+            need,
+            limit,
+            fit,
+        )
+    return dataclasses.replace(policy, connections=fit)
 
 
 def open_mailer(settings: Settings, *, folder: str, policy: SendPolicy | None = None) -> Mailer:

@@ -30,7 +30,7 @@ from syndicate.errors import InterruptError, SendError, SyndicateError, Terminat
 from syndicate.mail import MessageTemplate
 from syndicate.send.deliver import DigestSender, SendSummary, Stop, make_run_id, make_worker_id
 from syndicate.send.policy import SendPolicy
-from syndicate.send.transports import open_mailer
+from syndicate.send.transports import fit_open_files, open_mailer
 from syndicate.store import open_database
 
 log = logging.getLogger("syndicate.send")
@@ -336,7 +336,9 @@ async def _work(job: WorkerJob, pending: list[int]) -> WorkerResult:
     for early in list(pending):  # came while starting up
         on_signal(early)
     settings = job.settings
-    policy = SendPolicy.from_settings(settings).for_workers(job.workers)
+    # The parent raised the open-files limit, or said once that it is too low.
+    policy = fit_open_files(settings, SendPolicy.from_settings(settings), warn=False)
+    policy = policy.for_workers(job.workers)
     summaries: list[SendSummary] = []
     spans: list[tuple[float, float]] = []
     error: SyndicateError | None = None

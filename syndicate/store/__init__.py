@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pwd
 import re
 import sqlite3
 import stat
@@ -47,6 +46,8 @@ DEFAULT_REPLY_TIMEOUT = 120.0
 # Primary result codes (the low byte of an extended code) that mean "try again later".
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _FULL_CODES = frozenset({sqlite3.SQLITE_FULL})
+# A write to a file this user may only read, or a -wal or -shm it may not open.
+_DENIED_CODES = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM})
 
 # The database holds every address and the signing secret: owner only. SQLite gives its
 # -wal and -shm files the database file's mode, so creating the file first covers them.
@@ -85,6 +86,10 @@ def store_error(path: Path | str, what: str, exc: Exception) -> StoreError:
         return StoreBusyError(str(path))
     if primary in _FULL_CODES or (primary == sqlite3.SQLITE_IOERR and _no_room(Path(path))):
         return StoreFullError(str(path))
+    if primary in _DENIED_CODES:
+        denied = _access_error(Path(path))
+        if denied is not None:
+            return denied
     return StoreError(f"{path}: {what}: {exc}.")
 
 
@@ -119,6 +124,14 @@ def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
             hint="Fix store.url or SYNDICATE_STORE_URL (or the URL given to `store copy`); "
             "trying again will not help until then.",
         )
+    limit = postgres.connection_limit(exc)
+    if limit is not None:
+        return StoreUnavailableError(
+            f"{where}: the server takes no more connections: {limit}.",
+            hint="Close some of the connections to it, or raise its max_connections (or the "
+            "role's CONNECTION LIMIT); `send --workers N` holds 3 per worker and 1 more. The "
+            "next run (or request, in `serve`) tries again.",
+        )
     refused = postgres.refused_login(exc)
     if refused is None:
         return unreachable(where, exc)
@@ -148,12 +161,16 @@ def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
 
 
 def _system_user() -> str:
+    return _user_name(os.geteuid())
+
+
+def _user_name(uid: int) -> str:
     import pwd
 
     try:
-        return pwd.getpwuid(os.geteuid()).pw_name
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return str(os.geteuid())
+        return str(uid)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -416,12 +433,9 @@ def open_database(
             check_same_thread=not any_thread,
         )
     except (sqlite3.Error, OSError) as exc:
-        if (whose := _owned_by_another(path)) is not None:
-            raise StoreError(
-                f"{path}: cannot open the database: {exc}; {whose}.",
-                hint="Run every syndicate command (the cron jobs, serve, your own) as one user, "
-                "the store's owner, or chown the store and its folder to that user.",
-            ) from exc
+        denied = _access_error(path)
+        if denied is not None:
+            raise denied from exc
         raise StoreError(
             f"{path}: cannot open the database: {exc}.",
             hint="Check paths.database and the folder's permissions.",
@@ -444,6 +458,9 @@ def open_database(
     except sqlite3.DatabaseError as exc:
         conn.close()
         _raise_if_try_later(path, exc)  # busy or full: the file itself is fine
+        denied = _access_error(path)  # another user's: the file itself is fine too
+        if denied is not None:
+            raise denied from exc
         raise StoreError(
             f"{path}: not a usable syndicate database: {exc}.",
             hint="Point paths.database at a new file, or restore this one from a backup.",
@@ -558,32 +575,6 @@ def _open_postgres(
     return db
 
 
-def _owned_by_another(path: Path) -> str | None:
-    """Say whose the store file (or its folder) is, when another user owns it and this one
-    may not use it: the setup run with sudo, the cron jobs as the service's user."""
-    me = os.geteuid()
-    for target, need in ((path, os.R_OK | os.W_OK), (path.parent, os.W_OK | os.X_OK)):
-        try:
-            found = target.stat()
-        except OSError:
-            continue
-        if found.st_uid != me and not os.access(target, need, effective_ids=True):
-            mode = stat.S_IMODE(found.st_mode)
-            kind = "it" if target == path else f"its folder {target}"
-            return (
-                f"{kind} belongs to {_user_name(found.st_uid)} (mode {mode:04o}) and this "
-                f"command runs as {_user_name(me)}"
-            )
-    return None
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"user {uid}"
-
-
 def _make_private_folder(folder: Path) -> None:
     """Create `folder` and any missing parents, each 0700; existing folders are left alone."""
     missing: list[Path] = []
@@ -595,6 +586,50 @@ def _make_private_folder(folder: Path) -> None:
             made.mkdir(mode=_FOLDER_MODE)
         except FileExistsError:  # made by a concurrent process meanwhile
             continue
+
+
+def _access_error(path: Path) -> StoreError | None:
+    """The error for a SQLite store this user may not use: on a read-only file system, the
+    file (or its -wal or -shm) not readable and writable by it, or a folder it may not make
+    the missing ones in (another user's store, say: a cron job run as the wrong user). None
+    when it may, or when the file cannot be looked at (the caller's own error says why)."""
+    folder = path.parent
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return StoreError(
+                f"{path}: the file system holding it is mounted read-only.",
+                hint="Mount it read-write, or point paths.database at a disk this machine may "
+                "write to; nothing was changed.",
+            )
+        names = [path.with_name(path.name + name) for name in _SIDE_FILES]
+        denied = [n for n in names if n.exists() and not _may(n, os.R_OK | os.W_OK)]
+        if denied:
+            what = "read and write it" if denied[0] == path else f"read and write {denied[0]}"
+            info = denied[0].stat()
+        elif all(n.exists() for n in names) or _may(folder, os.W_OK | os.X_OK):
+            return None
+        else:
+            made = "its -wal and -shm files" if path.exists() else "it"
+            what, info = f"make {made} in {folder}", folder.stat()
+    except (OSError, NotImplementedError):
+        return None
+    me, owner = _user_name(os.geteuid()), _user_name(info.st_uid)
+    if path.exists():
+        hint = (
+            f"Run syndicate as {owner}, whose store it is, or give {me} the store, its -wal "
+            "and -shm files and its folder (chown); nothing was changed."
+        )
+    else:
+        hint = f"Run syndicate as {owner}, or point paths.database at a folder {me} may write to."
+    return StoreError(
+        f"{path}: this user ({me}) may not {what} "
+        f"(owner {owner}, mode {stat.S_IMODE(info.st_mode):04o}).",
+        hint=hint,
+    )
+
+
+def _may(path: Path, mode: int) -> bool:
+    return os.access(path, mode, effective_ids=True)
 
 
 def _create_private_file(path: Path) -> None:

@@ -616,6 +616,21 @@ def refused_login(exc: BaseException) -> tuple[str, str] | None:
     return None
 
 
+# A server (or role, or database) that takes no more connections, by the server's words
+# (53300, sent with no SQLSTATE at connect): busy, not broken; the hint names the limit.
+_NO_SLOT = re.compile(
+    r"sorry, too many clients already|too many connections for (?:role|database) \"[^\"]*\""
+    r"|remaining connection slots are reserved[^\n]*"
+)
+
+
+def connection_limit(exc: BaseException) -> str | None:
+    """For a connection refused because the server's max_connections (or a role's or
+    database's CONNECTION LIMIT) is reached: the server's words for it; else None."""
+    found = _NO_SLOT.search(str(exc))
+    return found.group(0).rstrip(".") if found is not None else None
+
+
 class LoopStatement:
     """One statement prepared on the server and run on an asyncio connection's libpq
     connection directly: `start` writes it to the server before it returns, and the future
