@@ -52,6 +52,7 @@ from syndicate.text import (
     nfc,
     one_line,
     shorten,
+    shorten_headline,
     trailing_ellipsis,
     typeset,
 )
@@ -322,7 +323,7 @@ def make_subject(
         return subject
     room = SUBJECT_CHARS - len(fill("")) - 1
     for limit in range(room, _MIN_HEADLINE - 1, -1):
-        subject = fill(shorten(headline, limit=limit))
+        subject = fill(shorten_headline(headline, limit=limit))
         if len(subject) <= SUBJECT_CHARS:
             return subject
     return subject

@@ -675,10 +675,20 @@ def derive_title(text: str, *, limit: int = TITLE_LIMIT) -> str:
     sentence = first_sentence(text)
     if sentence.endswith(".") and not sentence.endswith(".."):
         sentence = sentence[:-1]
-    sentence = drop_opening_adverbial(sentence)
-    if len(sentence) <= limit:
-        return sentence
-    cut = _clause_cut(sentence, limit) or _word_cut(sentence, limit)
+    return shorten_headline(drop_opening_adverbial(sentence), limit=limit)
+
+
+def shorten_headline(text: str, *, limit: int) -> str:
+    """`text`, a headline, cut to at most `limit` characters as derived titles are: at a
+    clause boundary past TITLE_CLAUSE_MIN, else at a word boundary that splits no compound
+    word or name and leaves no function word at the end; "…" ends it when something was
+    cut. For headlines shown short (the subject line); `shorten` cuts at any space, which
+    in Vietnamese falls between the syllables of a word as often as between words.
+    """
+    text = nfc(collapse_spaces(text))
+    if len(text) <= limit:
+        return text
+    cut = _clause_cut(text, limit) or _word_cut(text, limit)
     return cut.rstrip(_CUT_STRIP) + "\u2026"
 
 

@@ -532,6 +532,20 @@ def test_subject_shortens_a_long_headline_at_a_word_boundary_to_78_characters(
     )
 
 
+def test_subject_cuts_a_headline_between_words_not_inside_one(settings: Settings) -> None:
+    # A space in Vietnamese falls between syllables: cut at one, the subject read
+    # "… thư viện số cho học… và 6 tin khác" ("học sinh", pupils, split; "cho" left hanging).
+    subject = make_subject(
+        DigestInfo.from_settings(settings),
+        lang="vi",
+        day=DAY,
+        headline="Thư viện tỉnh Lam Giang ra mắt thư viện số cho học sinh vùng cao",
+        others=6,
+    )
+    assert subject == "Tin mới: Thư viện tỉnh Lam Giang ra mắt thư viện số… và 6 tin khác"
+    assert len(subject) <= 78
+
+
 def test_subject_template_takes_headline_and_more_or_is_used_as_written(
     settings: Settings,
 ) -> None:
