@@ -392,8 +392,11 @@ def render_digest(
         others=len(shown) - 1,
     )
     first = plan.articles[0] if plan.articles else None
+    # The inbox shows it after the subject, which names the first headline: a title made
+    # from the summary is not said twice there either.
     preheader = shorten(
-        (first.summary or first.title) if first else site_title, limit=PREHEADER_CHARS
+        (_summary(first) or first.summary or first.title) if first else site_title,
+        limit=PREHEADER_CHARS,
     )
     more_key = "more_one" if plan.more == 1 else "more_many"
     context = {

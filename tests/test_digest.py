@@ -1196,6 +1196,10 @@ def test_a_summary_does_not_repeat_a_title_made_from_it(
         assert "Lễ diễn ra tại TP. Đông Hà." in part
         assert "Hơn 80 gian hàng tham gia." in part
         assert "Sáng nay 30/10, tỉnh khai mạc hội chợ." in part
+    # The inbox preview, shown after the subject (which names the first headline), goes on
+    # after it too.
+    assert rendered.subject.startswith("Tin mới: Tỉnh khen thưởng 20 tập thể xuất sắc")
+    assert rendered.preheader == "Lễ diễn ra tại TP. Đông Hà."
 
 
 def test_an_article_in_the_other_language_is_marked_as_such(
