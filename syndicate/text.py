@@ -704,13 +704,22 @@ _UNITS = (
     "hectares?|tonnes?|tons?|metres?|meters?|kilometres?|kilometers?|percent|"
     "million|billion|thousand"
 )
-# A digit, one space, a unit that is not the start of a longer word ("3 mưa" stays).
-_NUMBER_UNIT = re.compile(rf"(?<=\d) (?=(?:{_UNITS})(?![^\W_]))")
-_NUMBER_UNIT_BYTES = re.compile(rf"(?<=[0-9]) (?=(?:{_UNITS})(?![A-Za-z0-9\x80-\xff]))".encode())
-# A spaced hyphen or dash between words ("chính trị - xã hội", "2020 \u2013 2025"): the space
-# before it does not break, so no line opens with a dash that reads as a list bullet.
-_SPACED_DASH = re.compile("(?<=\\S) (?=[-\u2013\u2014] )")
-_SPACED_DASH_BYTES = re.compile("(?<=\\S) (?=(?:-|\u2013|\u2014) )".encode())
+# The spaces that must not break, in one pass over the text (each rule a pass of its own
+# was 4x slower: a pattern that opens with a lookbehind is tried at every character, one
+# that opens with the space only at the spaces):
+# - a digit, the space, a unit that is not the start of a longer word ("3 mưa" stays; any
+#   letter past ASCII counts as one, so that the UTF-8 pattern, which sees bytes, agrees);
+# - the space before a spaced hyphen or dash between words ("chính trị - xã hội",
+#   "2020 \u2013 2025"), so no line opens with a dash that reads as a list bullet.
+_BINDING_SPACE = re.compile(
+    rf" (?:(?<=[0-9] )(?=(?:{_UNITS})(?![A-Za-z0-9\x80-\U0010ffff]))|(?=[-\u2013\u2014] )(?<=\S ))"
+)
+_BINDING_SPACE_BYTES = re.compile(
+    (
+        rf" (?:(?<=[0-9] )(?=(?:{_UNITS})(?![A-Za-z0-9\x80-\xff]))"
+        "|(?=(?:-|\u2013|\u2014) )(?<=\\S ))"
+    ).encode()
+)
 
 
 def typeset(text: str) -> str:
@@ -719,13 +728,13 @@ def typeset(text: str) -> str:
     after any shortening and never in a mail header (one_line makes it a space again)."""
     if " " not in text:
         return text
-    return _SPACED_DASH.sub(NBSP, _NUMBER_UNIT.sub(NBSP, text))
+    return _BINDING_SPACE.sub(NBSP, text)
 
 
 def typeset_utf8(text: bytes) -> bytes:
     """`typeset` on UTF-8 text, without decoding it (the page writer's bodies)."""
     nbsp = NBSP.encode()
-    return _SPACED_DASH_BYTES.sub(nbsp, _NUMBER_UNIT_BYTES.sub(nbsp, text))
+    return _BINDING_SPACE_BYTES.sub(nbsp, text)
 
 
 # A sidebar teaser cut off with three dots or more: shown with "…" like every other cut.

@@ -314,3 +314,24 @@ def test_compound_list_is_lower_case_nfc_pairs() -> None:
 )
 def test_story_key_drops_only_a_trailing_ellipsis(text: str, key: str) -> None:
     assert story_key(text) == key
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Cự ly 5 km, 10 km và 21 km - xã hội; 2020 – 2025 — hết",
+        "3 mưa, 3 mở, 20 triệu đồng, 5 m², 7 %, 30 °C, 4 kg/ngày, 2 km/h",
+        "5 km—5 km… “5 km” 5 km. 5 kmx 5 km_ 5 km1",
+        "x - - y;  - a; - b; a -- b; a - ; <b>5 km</b> & 5 km &amp; ]]> 5 km\x00",
+        "١٢ km, ５ km, 5\u00a0km, a\u00a0- b, 5 Km, 5 KM",
+        "Dòng một 5\nkm - dòng hai 5 km\n- dòng ba",
+    ],
+)
+def test_typesetting_text_and_utf8_agree(text: str) -> None:
+    # Digest leads are typeset as text, page bodies as UTF-8 bytes: one article, the same
+    # no-break spaces in both. Only spaces change, and nothing else about the text.
+    from syndicate.text import NBSP, typeset, typeset_utf8
+
+    typeset_text = typeset(text)
+    assert typeset_utf8(text.encode()) == typeset_text.encode()
+    assert typeset_text.replace(NBSP, " ") == text.replace(NBSP, " ")
