@@ -319,11 +319,11 @@ def test_story_key_drops_only_a_trailing_ellipsis(text: str, key: str) -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "Cự ly 5 km, 10 km và 21 km - xã hội; 2020 – 2025 — hết",
+        "Cự ly 5 km, 10 km và 21 km - xã hội; 2020 \u2013 2025 \u2014 hết",
         "3 mưa, 3 mở, 20 triệu đồng, 5 m², 7 %, 30 °C, 4 kg/ngày, 2 km/h",
         "5 km—5 km… “5 km” 5 km. 5 kmx 5 km_ 5 km1",
         "x - - y;  - a; - b; a -- b; a - ; <b>5 km</b> & 5 km &amp; ]]> 5 km\x00",
-        "١٢ km, ５ km, 5\u00a0km, a\u00a0- b, 5 Km, 5 KM",
+        "\u0661\u0662 km, \uff15 km, 5\u00a0km, a\u00a0- b, 5 Km, 5 KM",
         "Dòng một 5\nkm - dòng hai 5 km\n- dòng ba",
     ],
 )
