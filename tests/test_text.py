@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import unicodedata
 
 import pytest
@@ -23,6 +24,7 @@ from syndicate.text import (
     shorten,
     slugify,
     story_key,
+    trailing_ellipsis,
 )
 
 
@@ -314,3 +316,28 @@ def test_compound_list_is_lower_case_nfc_pairs() -> None:
 )
 def test_story_key_drops_only_a_trailing_ellipsis(text: str, key: str) -> None:
     assert story_key(text) == key
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("Tin tiếp...", "Tin tiếp\u2026"),
+        ("Tin tiếp ....", "Tin tiếp\u2026"),
+        ("...", "\u2026"),
+        ("Tin tiếp..", "Tin tiếp.."),
+        ("Tin... tiếp", "Tin... tiếp"),
+    ],
+)
+def test_trailing_ellipsis_writes_the_dots_that_end_a_text_as_one(text: str, shown: str) -> None:
+    assert trailing_ellipsis(text) == shown
+
+
+@pytest.mark.parametrize("filler", [".", " "])
+def test_trailing_ellipsis_is_linear_in_a_hostile_run_of_dots_or_spaces(filler: str) -> None:
+    # A sidebar teaser is one dump line, as long as load.max_bytes lets it be, and the page
+    # shows it whole: a regex that tries every dot (or space) of a long run as the start
+    # of the final dots took 14 s for a 60 KB teaser, and days for a 10 MiB one.
+    text = "Tin" + filler * 50_000 + "x"
+    started = time.perf_counter()
+    assert trailing_ellipsis(text) == text
+    assert time.perf_counter() - started < 1.0
