@@ -596,9 +596,9 @@ def _access_error(path: Path) -> StoreError | None:
 
     A link is judged where it leads: SQLite makes the -wal and -shm files beside the file
     the link leads to (a data volume's), not in the link's folder."""
-    real = Path(os.path.realpath(path))
-    folder = real.parent
     try:
+        real = Path(os.path.realpath(path))
+        folder = real.parent
         if os.statvfs(folder).f_flag & os.ST_RDONLY:
             return StoreError(
                 f"{path}: the file system holding it is mounted read-only.",
