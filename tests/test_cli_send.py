@@ -697,7 +697,15 @@ def test_smtp_without_a_postal_address_warns_once(project: Path, smtpd: SmtpServ
 
 
 @pytest.mark.parametrize(
-    "base_url", ["http://localhost:8000/", "http://127.0.0.1:8000/news/", "http://[::1]/"]
+    "base_url",
+    [
+        "http://localhost:8000/",
+        "http://127.0.0.1:8000/news/",
+        "http://[::1]/",
+        # The address `serve --host` was given, copied: readers' browsers reach their own.
+        "http://0.0.0.0:8000/",
+        "http://[::ffff:127.0.0.1]:8000/",
+    ],
 )
 def test_smtp_with_a_loopback_base_url_warns_that_the_links_lead_nowhere(
     project: Path, smtpd: SmtpServer, base_url: str

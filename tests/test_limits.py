@@ -296,6 +296,49 @@ def test_another_users_store_is_named_with_its_owner_and_left_as_it_was(
             assert conn.execute("SELECT email FROM subscribers").fetchall() == [("a@example.org",)]
 
 
+@pytest.mark.slow(seconds=3)
+def test_a_linked_store_is_judged_where_the_link_leads(as_other_user: tuple[Path, str]) -> None:
+    # paths.database a link into a data folder (a container's volume): SQLite makes the
+    # -wal and -shm files beside the file the link leads to, so that folder is the one to
+    # name. Before, the link's folder was looked at: the user may write there, so the line
+    # was "not a usable syndicate database ... restore this one from a backup".
+    folder, python = as_other_user
+    project, data = folder / "linked", folder / "linked-data"
+    project.mkdir(mode=0o755)
+    data.mkdir(mode=0o755)
+    uid = pwd.getpwnam(OTHER_USER).pw_uid
+    os.chown(project, uid, -1)  # the user's own project folder
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    made = subprocess.run(
+        [sys.executable, "-m", "syndicate", "subscribers", "add", "a@example.org"],
+        cwd=data,
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    stored = data / "syndicate.db"
+    os.chown(stored, uid, -1)  # the user's store, in root's folder: no -wal can be made
+    (project / "syndicate.db").symlink_to(stored)
+    before = stored.read_bytes()
+    done = subprocess.run(
+        ["runuser", "-u", OTHER_USER, "--", python, "-m", "syndicate", "subscribers", "list"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"Error: {project / 'syndicate.db'}: this user (nobody) may not make its -wal and -shm "
+        f"files in {data} (owner root, mode 0755). Run syndicate as root, whose folder it is, "
+        "or give nobody the store's folder (chown); nothing was changed."
+    )
+    assert stored.read_bytes() == before
+
+
 # A snippet run between the two sends, inside their mount namespace: the ledger's counts
 # and the addresses marked sent, as JSON.
 _LEDGER = """

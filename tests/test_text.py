@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import unicodedata
 
 import pytest
@@ -23,6 +24,9 @@ from syndicate.text import (
     shorten,
     slugify,
     story_key,
+    trailing_ellipsis,
+    typeset,
+    typeset_utf8,
 )
 
 
@@ -335,3 +339,54 @@ def test_typesetting_text_and_utf8_agree(text: str) -> None:
     typeset_text = typeset(text)
     assert typeset_utf8(text.encode()) == typeset_text.encode()
     assert typeset_text.replace(NBSP, " ") == text.replace(NBSP, " ")
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("Tin tiếp...", "Tin tiếp\u2026"),
+        ("Tin tiếp ....", "Tin tiếp\u2026"),
+        ("...", "\u2026"),
+        ("Tin tiếp..", "Tin tiếp.."),
+        ("Tin... tiếp", "Tin... tiếp"),
+    ],
+)
+def test_trailing_ellipsis_writes_the_dots_that_end_a_text_as_one(text: str, shown: str) -> None:
+    assert trailing_ellipsis(text) == shown
+
+
+@pytest.mark.parametrize("filler", [".", " "])
+def test_trailing_ellipsis_is_linear_in_a_hostile_run_of_dots_or_spaces(filler: str) -> None:
+    # A sidebar teaser is one dump line, as long as load.max_bytes lets it be, and the page
+    # shows it whole: a regex that tries every dot (or space) of a long run as the start
+    # of the final dots took 14 s for a 60 KB teaser, and days for a 10 MiB one.
+    text = "Tin" + filler * 50_000 + "x"
+    started = time.perf_counter()
+    assert trailing_ellipsis(text) == text
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Đường dài 21 km… rồi 3 mưa",
+        "“dài 21 km” và 10 %»",
+        "tăng 1 triệu—2 tỷ, 2020 — 2025, chính trị - xã hội",
+        "5 m² 5 m²x 5 kmé 5 km_ 7 hà",
+        "\u0663 km, \uff13 kg",
+    ],
+)
+def test_typeset_utf8_sets_a_body_as_typeset_sets_its_headline(text: str) -> None:
+    # A page's headline and standfirst are typeset as str, its body as UTF-8 bytes: the
+    # same words must come out the same (before, "21 km…" broke in the body only).
+    assert typeset_utf8(text.encode()) == typeset(text).encode()
+
+
+def test_typeset_utf8_binds_a_unit_before_non_ascii_punctuation() -> None:
+    assert (
+        typeset_utf8("dài 21 km… và “50 %”".encode()) == "dài 21\u00a0km… và “50\u00a0%”".encode()
+    )
+
+
+def test_typeset_utf8_leaves_bytes_that_are_not_utf8_as_they_are() -> None:
+    assert typeset_utf8(b"21 km \xff\xfe 3 - x") == b"21\xc2\xa0km \xff\xfe 3\xc2\xa0- x"

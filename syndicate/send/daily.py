@@ -71,14 +71,18 @@ Progress = Callable[[int, int], None]
 
 
 def _is_loopback(url: str) -> bool:
-    """Whether `url` names this machine (localhost, 127.0.0.0/8, ::1): no reader reaches it."""
+    """Whether `url` names this machine (localhost, 127.0.0.0/8, ::1, or 0.0.0.0 and ::,
+    copied from `serve --host`, also this machine in a browser): no reader reaches it."""
     host = (urlsplit(url).hostname or "").rstrip(".").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_unspecified
 
 
 @dataclass(frozen=True, slots=True)

@@ -592,29 +592,39 @@ def _access_error(path: Path) -> StoreError | None:
     """The error for a SQLite store this user may not use: on a read-only file system, the
     file (or its -wal or -shm) not readable and writable by it, or a folder it may not make
     the missing ones in (another user's store, say: a cron job run as the wrong user). None
-    when it may, or when the file cannot be looked at (the caller's own error says why)."""
-    folder = path.parent
+    when it may, or when the file cannot be looked at (the caller's own error says why).
+
+    A link is judged where it leads: SQLite makes the -wal and -shm files beside the file
+    the link leads to (a data volume's), not in the link's folder."""
     try:
+        real = Path(os.path.realpath(path))
+        folder = real.parent
         if os.statvfs(folder).f_flag & os.ST_RDONLY:
             return StoreError(
                 f"{path}: the file system holding it is mounted read-only.",
                 hint="Mount it read-write, or point paths.database at a disk this machine may "
                 "write to; nothing was changed.",
             )
-        names = [path.with_name(path.name + name) for name in _SIDE_FILES]
+        names = [real.with_name(real.name + name) for name in _SIDE_FILES]
         denied = [n for n in names if n.exists() and not _may(n, os.R_OK | os.W_OK)]
         if denied:
-            what = "read and write it" if denied[0] == path else f"read and write {denied[0]}"
+            what = "read and write it" if denied[0] == real else f"read and write {denied[0]}"
             info = denied[0].stat()
         elif all(n.exists() for n in names) or _may(folder, os.W_OK | os.X_OK):
             return None
         else:
-            made = "its -wal and -shm files" if path.exists() else "it"
+            made = "its -wal and -shm files" if real.exists() else "it"
             what, info = f"make {made} in {folder}", folder.stat()
     except (OSError, NotImplementedError):
         return None
     me, owner = _user_name(os.geteuid()), _user_name(info.st_uid)
-    if path.exists():
+    if real.exists() and not denied:
+        # The store may be this user's own: only the folder is not (its owner's name is).
+        hint = (
+            f"Run syndicate as {owner}, whose folder it is, or give {me} the store's folder "
+            "(chown); nothing was changed."
+        )
+    elif real.exists():
         hint = (
             f"Run syndicate as {owner}, whose store it is, or give {me} the store, its -wal "
             "and -shm files and its folder (chown); nothing was changed."
