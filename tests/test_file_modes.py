@@ -167,6 +167,42 @@ def test_a_store_another_user_owns_is_one_line_naming_both_users(
     )
 
 
+def test_a_send_lock_another_user_left_is_one_line_naming_both_users(
+    tmp_path: Path, now: datetime
+) -> None:
+    # `send` once run with sudo leaves its lock file root's; the store given to the
+    # service's user since, cron's `send` said only "Permission denied. Check that the
+    # database folder is writable", which it is.
+    prefix = _as_another_user(tmp_path)
+    folder = tmp_path / "project"
+    folder.mkdir()
+    shutil.copytree(Path(__file__).resolve().parent.parent / "seeds", folder / "seeds")
+    with open_database(folder / "syndicate.db") as db:
+        add_subscriber(db, "an@example.org", now=now)
+    lock = folder / "syndicate.db.lock"
+    lock.write_bytes(b"")
+    lock.chmod(0o600)
+    os.chown(lock, 65534, 65534)
+    owner, me = pwd.getpwuid(65534).pw_name, pwd.getpwuid(os.geteuid()).pw_name
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    done = subprocess.run(
+        [*prefix, sys.executable, "-m", "syndicate", "-q", "send"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"Error: {lock}: cannot open the send lock: Permission denied; it belongs to {owner} "
+        f"and this command runs as {me}. Run syndicate as one user; the lock holds no data, "
+        f"so when no `syndicate send` runs it may be removed, or given to {me} (chown)."
+    )
+    assert "Traceback" not in done.stderr
+    assert lock.stat().st_uid == 65534  # left as it was
+
+
 def test_under_umask_077_nothing_is_widened(tmp_path: Path, now: datetime) -> None:
     old = os.umask(0o077)
     try:

@@ -45,6 +45,15 @@ def hold_send_lock(database: Path) -> Iterator[SendLock]:
         make_private_folder(path.parent)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
+        owner = _other_owner(path) if isinstance(exc, PermissionError) else None
+        if owner is not None:
+            me = _user_name(os.geteuid())
+            raise OutputError(
+                f"{path}: cannot open the send lock: {exc.strerror or exc}; it belongs to "
+                f"{owner} and this command runs as {me}.",
+                hint=f"Run syndicate as one user; the lock holds no data, so when no `syndicate "
+                f"send` runs it may be removed, or given to {me} (chown).",
+            ) from exc
         raise OutputError(
             f"{path}: cannot open the send lock: {exc.strerror or exc}.",
             hint="Check that the database folder is writable (paths.database).",
@@ -70,3 +79,22 @@ def shared_store_no_lock(database: Path) -> Iterator[SendLock]:
     a file lock on one machine would only keep out a second run on that machine.
     """
     yield SendLock(database.with_name(database.name + ".lock"), -1)
+
+
+def _other_owner(path: Path) -> str | None:
+    """The name of the user who owns the lock file, when that is not this one (a run with
+    sudo left it); None when it is ours, or missing, or cannot be looked at."""
+    try:
+        uid = path.stat().st_uid
+    except OSError:
+        return None
+    return None if uid == os.geteuid() else _user_name(uid)
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"user {uid}"
