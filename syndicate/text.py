@@ -675,7 +675,7 @@ def derive_title(text: str, *, limit: int = TITLE_LIMIT) -> str:
     sentence = first_sentence(text)
     if sentence.endswith(".") and not sentence.endswith(".."):
         sentence = sentence[:-1]
-    return shorten_headline(drop_opening_adverbial(sentence), limit=limit)
+    return _cut_headline(drop_opening_adverbial(sentence), limit)
 
 
 def shorten_headline(text: str, *, limit: int) -> str:
@@ -685,7 +685,11 @@ def shorten_headline(text: str, *, limit: int) -> str:
     cut. For headlines shown short (the subject line); `shorten` cuts at any space, which
     in Vietnamese falls between the syllables of a word as often as between words.
     """
-    text = nfc(collapse_spaces(text))
+    return _cut_headline(nfc(collapse_spaces(text)), limit)
+
+
+def _cut_headline(text: str, limit: int) -> str:
+    """`shorten_headline` of single-spaced NFC text (the loader's: not normalized again)."""
     if len(text) <= limit:
         return text
     cut = _clause_cut(text, limit) or _word_cut(text, limit)

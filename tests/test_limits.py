@@ -60,7 +60,7 @@ def small_cluster() -> Iterator[Cluster]:
 
 
 def _syndicate(folder: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    env = _clean_env()
     env[ENV_STORE_URL] = url
     return subprocess.run(
         [sys.executable, "-m", "syndicate", *args],
@@ -154,7 +154,7 @@ def test_send_fits_its_smtp_connections_to_the_open_files_it_may_have(
         with open_store(tmp_path / "syndicate.db") as db:
             for email in emails:
                 add_subscriber(db, email, now=yesterday)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+        env = _clean_env()
         if os.environ.get(ENV_STORE_URL):
             env[ENV_STORE_URL] = os.environ[ENV_STORE_URL]
         done = subprocess.run(
@@ -264,7 +264,7 @@ def test_another_users_store_is_named_with_its_owner_and_left_as_it_was(
     project = folder / case
     project.mkdir(mode=0o755)
     database = project / "syndicate.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    env = _clean_env()
     if case != "no-store":  # made by root, closed cleanly: no -wal or -shm beside it
         made = subprocess.run(
             [sys.executable, "-m", "syndicate", "subscribers", "add", "a@example.org"],
@@ -308,7 +308,7 @@ def test_a_linked_store_is_judged_where_the_link_leads(as_other_user: tuple[Path
     data.mkdir(mode=0o755)
     uid = pwd.getpwnam(OTHER_USER).pw_uid
     os.chown(project, uid, -1)  # the user's own project folder
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    env = _clean_env()
     made = subprocess.run(
         [sys.executable, "-m", "syndicate", "subscribers", "add", "a@example.org"],
         cwd=data,
@@ -357,6 +357,30 @@ json.dump(sorted(r[0] for r in rows), sys.stdout)
 """
 
 
+def _clean_env() -> dict[str, str]:
+    """This process's environment without syndicate's own variables."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+
+
+def _in_own_mounts(
+    script: str, cwd: Path, env: dict[str, str], *, timeout: float, what: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the shell `script` in a mount namespace of its own; skip the test when it exits
+    99 (it could not `what`)."""
+    done = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode == 99:
+        pytest.skip(f"cannot {what} here: {done.stderr.strip()}")
+    return done
+
+
 def _can_mount() -> bool:
     return sys.platform == "linux" and os.geteuid() == 0 and shutil.which("unshare") is not None
 
@@ -389,20 +413,10 @@ def test_an_outbox_disk_that_fills_mid_send_marks_only_whole_mails_sent(
     {syndicate} send > out2 2> err2; echo $? > code2
     cp -r disk/outbox after2 && test -s sent1
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    env = _clean_env()
     if os.environ.get(ENV_STORE_URL):
         env[ENV_STORE_URL] = os.environ[ENV_STORE_URL]
-    done = subprocess.run(
-        ["unshare", "--mount", "sh", "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode == 99:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    done = _in_own_mounts(script, tmp_path, env, timeout=120, what="mount a tmpfs")
     assert done.returncode == 0, done.stderr
 
     def read(name: str) -> str:
@@ -454,18 +468,8 @@ def test_a_store_on_a_read_only_mount_is_named_so_not_its_owners(tmp_path: Path)
     mount --bind {project} {project} && mount -o remount,bind,ro {project} || exit 99
     {syndicate} subscribers add binh@example.org; echo "exit $?"
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
-    done = subprocess.run(
-        ["unshare", "--mount", "sh", "-c", script],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if done.returncode == 99:
-        pytest.skip(f"cannot mount read-only here: {done.stderr.strip()}")
+    env = _clean_env()
+    done = _in_own_mounts(script, project, env, timeout=60, what="mount read-only")
     assert (done.returncode, done.stdout) == (0, "exit 2\n"), done.stderr
     assert done.stderr == (
         f"Error: {project / 'syndicate.db'}: the file system holding it is mounted read-only. "
@@ -492,7 +496,7 @@ def test_serve_under_a_low_open_files_limit_caps_its_connections_and_logs_no_tra
 
     (tmp_path / "feeds").mkdir()
     (tmp_path / "feeds" / "index.html").write_text("<!doctype html><title>Tin</title>\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    env = _clean_env()
     process = subprocess.Popen(
         [sys.executable, "-m", "syndicate", "serve", "--port", "0"],
         cwd=tmp_path,

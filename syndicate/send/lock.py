@@ -11,6 +11,7 @@ from pathlib import Path
 
 from syndicate.errors import LockedError, OutputError
 from syndicate.output import make_private_folder
+from syndicate.store import user_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,7 @@ def hold_send_lock(database: Path) -> Iterator[SendLock]:
     except OSError as exc:
         owner = _other_owner(path) if isinstance(exc, PermissionError) else None
         if owner is not None:
-            me = _user_name(os.geteuid())
+            me = user_name(os.geteuid())
             raise OutputError(
                 f"{path}: cannot open the send lock: {exc.strerror or exc}; it belongs to "
                 f"{owner} and this command runs as {me}.",
@@ -88,13 +89,4 @@ def _other_owner(path: Path) -> str | None:
         uid = path.stat().st_uid
     except OSError:
         return None
-    return None if uid == os.geteuid() else _user_name(uid)
-
-
-def _user_name(uid: int) -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"user {uid}"
+    return None if uid == os.geteuid() else user_name(uid)

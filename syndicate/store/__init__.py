@@ -161,10 +161,11 @@ def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
 
 
 def _system_user() -> str:
-    return _user_name(os.geteuid())
+    return user_name(os.geteuid())
 
 
-def _user_name(uid: int) -> str:
+def user_name(uid: int) -> str:
+    """The login name of `uid`, else the number (a user the system does not list)."""
     import pwd
 
     try:
@@ -617,7 +618,7 @@ def _access_error(path: Path) -> StoreError | None:
             what, info = f"make {made} in {folder}", folder.stat()
     except (OSError, NotImplementedError):
         return None
-    me, owner = _user_name(os.geteuid()), _user_name(info.st_uid)
+    me, owner = user_name(os.geteuid()), user_name(info.st_uid)
     if real.exists() and not denied:
         # The store may be this user's own: only the folder is not (its owner's name is).
         hint = (
