@@ -27,7 +27,7 @@ from feedgen.feed import FeedGenerator
 from lxml import etree
 from markupsafe import Markup, escape
 
-from syndicate.model import Article, BlockKind
+from syndicate.model import Article, BlockKind, order_key
 from syndicate.text import one_line
 from syndicate.urls import FEED_TYPES, FeedKind, feed_url
 
@@ -112,13 +112,14 @@ def _author(article: Article) -> str | None:
     return one_line(article.author or "") or None
 
 
-def _order(articles: Sequence[Article]) -> list[Article]:
-    """Newest first, undated last, ties by id: the same order for any input order."""
-
-    def key(a: Article) -> tuple[bool, float, str]:
-        return (a.published is None, -a.published.timestamp() if a.published else 0.0, a.id)
-
-    return sorted(articles, key=key)
+def _order(articles: Sequence[Article], first_seen: Mapping[str, datetime]) -> list[Article]:
+    """The site's one order (model.order_key, as the index and the digest): newest first, an
+    undated article where it was first seen, ties by id. The same for any input order."""
+    return sorted(
+        articles,
+        key=lambda a: order_key(a.published, a.precision, first_seen[a.id], a.id),
+        reverse=True,
+    )
 
 
 def _feed_updated(articles: Sequence[Article], now: datetime) -> datetime:
@@ -134,17 +135,19 @@ def build_feed(
     info: FeedInfo,
     limit: int,
     page_urls: Mapping[str, str],
+    first_seen: Mapping[str, datetime],
 ) -> bytes:
-    """Render one feed of the newest `limit` articles (undated last).
+    """Render one feed of the newest `limit` articles, in the site's order (model.order_key).
 
     `page_urls` maps Article.id to the absolute URL of its page, where the build
     wrote it (the feed never works a page out from a slug); every chosen article
-    must have one. `now` is used only when no chosen article has a date. The
+    must have one. `first_seen` maps every Article.id to when syndicate first saw it
+    (stored by the build): it places an undated article. `now` is used only when no chosen article has a date. The
     bytes are the same for the same arguments.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    chosen = _order(articles)[:limit]
+    chosen = _order(articles, first_seen)[:limit]
     updated = _feed_updated(chosen, now).astimezone(info.tz).replace(microsecond=0)
     if kind == "json":
         return _build_json_feed(chosen, info=info, updated=updated, page_urls=page_urls)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import logging
 import multiprocessing
@@ -24,6 +25,7 @@ from syndicate import load, publish
 from syndicate.config import Settings, load_settings
 from syndicate.errors import InputError, WorkerError
 from syndicate.publish import BuildTuning, run_build, sync_articles
+from syndicate.send.digests import preview_digest
 from syndicate.store import Database
 from syndicate.store.articles import get_article, iter_articles_newest_first
 from tests.data.dumps.make_dumps import to_cp1258
@@ -182,8 +184,9 @@ def test_feeds_hold_every_article_newest_first_with_hostile_text_as_text(
     rss = feedparser.parse((output / "rss.xml").read_bytes())
     assert rss.bozo == 0
     titles = [e.title for e in rss.entries]
-    assert titles[:3] == ["Hội thảo khoa học tại Đông Hà", "Khánh thành cầu mới", HOSTILE_TITLE]
-    assert "published" not in rss.entries[-1]  # the undated one comes last
+    # The undated one stands where it was first seen (this build, after every date): first.
+    assert "published" not in rss.entries[0]
+    assert titles[1:4] == ["Hội thảo khoa học tại Đông Hà", "Khánh thành cầu mới", HOSTILE_TITLE]
     assert rss.feed.updated == "Thu, 31 Oct 2024 09:15:00 +0700"
     for name in ("rss.xml", "atom.xml", "feed.json", "index.html"):
         text = (output / name).read_text("utf-8")
@@ -954,3 +957,47 @@ def test_same_story_with_its_header_filled_is_one_article_merged_under_its_first
     third = run_build(settings, db, now=now + timedelta(hours=2))
     assert third.written == 0
     assert list(iter_articles_newest_first(db)) == [after]
+
+
+# Ties and undated articles (FORMAT.md: "when nothing is known, the date is unknown"): two
+# stories at the same minute, one dated by its day alone, two with no date at all.
+ORDER_DUMPS = {
+    "a.txt": "Tin alpha về cầu\n31/10/2024 09:15\nQTO - Sáng nay, tin alpha.\nĐoạn hai alpha.\n",
+    "b.txt": "Tin beta về đường\n31/10/2024 09:15\nQTO - Sáng nay, tin beta.\nĐoạn hai beta.\n",
+    "c.txt": "Tin gamma về chợ\n31/10/2024\nQTO - Tin gamma cả ngày.\nĐoạn hai gamma.\n",
+    "d.txt": "Tin delta về trường\n31/10/2024 06:00\nQTO - Tin delta sớm.\nĐoạn hai delta.\n",
+    "u.txt": "Tin không ngày một\n{publish}\n{head}\nBài một không ghi ngày.\nĐoạn hai.\n",
+    "v.txt": "Tin không ngày hai\n{publish}\n{head}\nBài hai không ghi ngày.\nĐoạn hai.\n",
+}
+
+
+def test_feeds_index_and_digest_order_ties_and_undated_articles_alike(
+    settings: Settings, db: Database
+) -> None:
+    """One order (model.order_key): newest first; an undated article where it was first
+    seen; on a tie a dated article first, then by id. The feeds used their own before."""
+    seeds = settings.paths.seeds
+    seeds.mkdir(parents=True, exist_ok=True)
+    for name, text in ORDER_DUMPS.items():
+        (seeds / name).write_text(text, encoding="utf-8")
+    # Seen at 09:15 in Vietnam: the undated ones tie with the two stories of 09:15.
+    now = datetime(2024, 10, 31, 2, 15, tzinfo=UTC)
+    run_build(settings, db, now=now)
+    output = settings.paths.output
+    page = (output / "index.html").read_text("utf-8")
+    index = [html.unescape(t) for t in re.findall(r'<h2><a href="[^"]*">([^<]*)</a>', page)]
+    assert sorted(index) == sorted(t.split("\n")[0] for t in ORDER_DUMPS.values())
+    rss = [e.title for e in feedparser.parse((output / "rss.xml").read_bytes()).entries]
+    atom = [e.title for e in feedparser.parse((output / "atom.xml").read_bytes()).entries]
+    items = json.loads((output / "feed.json").read_bytes())["items"]
+    plan = preview_digest(settings, db, now=now)
+    assert plan is not None
+    digest = [a.title for a in plan.articles]
+    assert rss == index
+    assert atom == index
+    assert [i["title"] for i in items] == index
+    assert digest == index
+    # Dated before undated at the same instant; the day-only story counts from its midnight.
+    assert index.index("Tin alpha về cầu") < index.index("Tin không ngày một")
+    assert index[-2:] == ["Tin delta về trường", "Tin gamma về chợ"]
+

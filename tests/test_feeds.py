@@ -27,6 +27,7 @@ INFO = FeedInfo(
 )
 HOSTILE_TITLE = "<script>alert('x')</script> ]]> {{ 7*7 }} & Đông Hà"
 HOSTILE_BODY = "Sáng nay <b>đậm</b> ]]> {{ 7*7 }} {% raw %} & &amp; tại TP. Đông Hà."
+SEEN = datetime(2024, 1, 1, tzinfo=UTC)
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)$")
 
 
@@ -91,6 +92,8 @@ def _build(articles: list[Article], kind: str, **kw: object) -> bytes:
         "limit": 50,
         # Where the build would write each page (it passes the paths it wrote).
         "page_urls": {a.id: f"{INFO.base_url}articles/{a.slug}.html" for a in articles},
+        # When the build first saw each (it places the undated): before any publish date.
+        "first_seen": dict.fromkeys((a.id for a in articles), SEEN),
     }
     options.update(kw)
     return build_feed(articles, kind=kind, **options)  # type: ignore[arg-type]
@@ -247,6 +250,24 @@ def test_items_are_newest_first_undated_last_and_limited(
         else feedparser.parse(everything).entries[-1].id
     )
     assert last == item_id(articles[3].id)  # the undated one
+
+
+@pytest.mark.parametrize("kind", ["rss", "atom", "json"])
+def test_items_are_in_the_index_order_for_ties_and_undated_articles(kind: str) -> None:
+    """model.order_key, as the index and the digest: on a tie the larger id first; an
+    undated article where it was first seen, below a dated one of that instant."""
+    at = datetime(2024, 10, 31, 9, 15, tzinfo=TZ)
+    tied = [_article(n, published=at) for n in (1, 2)]
+    undated = [_article(n, published=None) for n in (3, 4)]
+    older = _article(5, published=at - timedelta(hours=1))
+    articles = [*tied, *undated, older]
+    first_seen = {a.id: (at if a in undated else SEEN) for a in articles}
+    data = _build(articles, kind, first_seen=first_seen)
+    if kind == "json":
+        ids = [i["id"] for i in json.loads(data)["items"]]
+    else:
+        ids = [e.id for e in feedparser.parse(data).entries]
+    assert ids == [item_id(a.id) for a in (tied[1], tied[0], undated[1], undated[0], older)]
 
 
 @pytest.mark.parametrize("kind", ["rss", "atom", "json"])
