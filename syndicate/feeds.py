@@ -142,8 +142,8 @@ def build_feed(
     `page_urls` maps Article.id to the absolute URL of its page, where the build
     wrote it (the feed never works a page out from a slug); every chosen article
     must have one. `first_seen` maps every Article.id to when syndicate first saw it
-    (stored by the build): it places an undated article. `now` is used only when no chosen article has a date. The
-    bytes are the same for the same arguments.
+    (stored by the build): it places an undated article. `now` is used only when no
+    chosen article has a date. The bytes are the same for the same arguments.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")

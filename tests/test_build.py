@@ -1000,4 +1000,3 @@ def test_feeds_index_and_digest_order_ties_and_undated_articles_alike(
     # Dated before undated at the same instant; the day-only story counts from its midnight.
     assert index.index("Tin alpha về cầu") < index.index("Tin không ngày một")
     assert index[-2:] == ["Tin delta về trường", "Tin gamma về chợ"]
-
