@@ -105,6 +105,7 @@ class IndexEntry:
     published: datetime | None
     precision: Precision
     author: str | None
+    language: str | None = None  # the article's; None: the site's
 
 
 INDEX_PAGE = "index.html"
@@ -485,6 +486,8 @@ class SiteRenderer:
                 title=typeset(one_line(e.title)),
                 author=one_line(e.author) if e.author else None,
                 date=self._date(e.published, e.precision),
+                # The other language's entry says so: a screen reader picks its voice.
+                lang=e.language if e.language and e.language != self.info.language else None,
             )
             for e in entries
         ]

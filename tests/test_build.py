@@ -1000,3 +1000,29 @@ def test_feeds_index_and_digest_order_ties_and_undated_articles_alike(
     # Dated before undated at the same instant; the day-only story counts from its midnight.
     assert index.index("Tin alpha về cầu") < index.index("Tin không ngày một")
     assert index[-2:] == ["Tin delta về trường", "Tin gamma về chợ"]
+
+
+def test_index_entries_of_the_other_language_say_their_language(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """An English article on the Vietnamese site: its page says lang="en", and so must its
+    index entry, or a screen reader reads its title with the Vietnamese voice."""
+    seeds = settings.paths.seeds
+    seeds.mkdir(parents=True, exist_ok=True)
+    (seeds / "en.txt").write_text(
+        "Quang Tri opens a new bridge\n31/10/2024 10:15\n{head}\n"
+        "The province opened the bridge this morning, and the traffic is now flowing.\n"
+        "It is the longest bridge in the area and it was built in two years.\n",
+        encoding="utf-8",
+    )
+    (seeds / "vi.txt").write_text(DUMPS["001.txt"][0], encoding="utf-8")
+    run_build(settings, db, now=now)
+    output = settings.paths.output
+    page = (output / "articles" / "quang-tri-opens-a-new-bridge.html").read_text("utf-8")
+    assert '<article lang="en">' in page
+    index = (output / "index.html").read_text("utf-8")
+    entries = re.findall(r"<li([^>]*)>\s*<h2><a [^>]*>([^<]*)</a>", index)
+    assert entries == [
+        (' lang="en"', "Quang Tri opens a new bridge"),
+        ("", "Hội thảo khoa học tại Đông Hà"),
+    ]

@@ -330,7 +330,7 @@ def _write_pages(
         if writer.fresh(page.rel, fingerprint):
             continue
         entries = [
-            IndexEntry(s.id, slugs[s.id], s.title, s.published, s.precision, s.author)
+            IndexEntry(s.id, slugs[s.id], s.title, s.published, s.precision, s.author, s.language)
             for s in chunk
         ]
         index_jobs.append((page.rel, page.archive, page.archives, entries))
