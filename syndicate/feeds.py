@@ -27,7 +27,7 @@ from feedgen.feed import FeedGenerator
 from lxml import etree
 from markupsafe import Markup, escape
 
-from syndicate.model import Article, BlockKind, order_key
+from syndicate.model import Article, BlockKind, order_key, shown_blocks
 from syndicate.text import one_line
 from syndicate.urls import FEED_TYPES, FeedKind, feed_url
 
@@ -82,16 +82,17 @@ def item_id(article_id: str) -> str:
 
 
 def build_content_html(article: Article) -> str:
-    """The article body as HTML: each paragraph and caption escaped on its own.
+    """The article body as HTML: each paragraph and photo note escaped on its own.
 
-    Captions become `<p class="caption"><em>…</em></p>`, which reads well in
-    feed readers that drop class names.
+    The body is what the article page shows (model.shown_blocks): a caption is a note of
+    what the source's photo showed, `<p class="photo-note"><em>…</em></p>`, which reads
+    well in feed readers that drop class names; a credit alone is left out.
     """
     parts: list[str] = []
-    for block in article.body:
+    for block in shown_blocks(article.body, language=article.language):
         text = escape(one_line(block.text))
         if block.kind is BlockKind.CAPTION:
-            parts.append(Markup('<p class="caption"><em>{}</em></p>').format(text))
+            parts.append(Markup('<p class="photo-note"><em>{}</em></p>').format(text))
         else:
             parts.append(Markup("<p>{}</p>").format(text))
     return "\n".join(parts)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
-from syndicate.i18n import LANGUAGES
-from syndicate.text import story_key, tell_article_language
+from syndicate.i18n import LANGUAGES, STRINGS
+from syndicate.text import photo_description, story_key, tell_article_language
 
 
 class Precision(StrEnum):
@@ -230,6 +230,22 @@ class Subscriber:
     bounce_count: int = 0
     # Random, stored with the subscriber and signed into their tokens: a link dies with them.
     token_nonce: bytes = field(default=b"", repr=False)
+
+
+def shown_blocks(blocks: Sequence[Block], *, language: str) -> tuple[Block, ...]:
+    """The body as pages and feeds show it. The dumps carry captions, never photos: a
+    caption under no photo would read as a stray line, and its credit names a photo not
+    shown. A caption becomes a note of what the source's photo showed, marked as such in
+    the article's `language` ("Ảnh trong bài gốc: Quang cảnh hội thảo"); one that says
+    nothing of the story (a credit alone, an illustration) is left out. Paragraphs stay."""
+    label = STRINGS["pages"].get(language, STRINGS["pages"]["vi"])["photo_note"]
+    shown: list[Block] = []
+    for block in blocks:
+        if block.kind is not BlockKind.CAPTION:
+            shown.append(block)
+        elif (description := photo_description(block.text)) is not None:
+            shown.append(Block(BlockKind.CAPTION, f"{label}: {description}"))
+    return tuple(shown)
 
 
 # --- The one order of articles and teasers (index pages and the digest share it) -------

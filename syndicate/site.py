@@ -33,6 +33,7 @@ from syndicate.model import (
     Precision,
     StoryLink,
     order_teasers,
+    shown_blocks,
 )
 from syndicate.text import (
     after_title,
@@ -58,7 +59,7 @@ _STRINGS = i18n.STRINGS["pages"]
 
 # An article page's body is tagged as UTF-8 bytes, between these.
 _PARAGRAPH_OPEN = b"<p>"
-_CAPTION_OPEN = b'<p class="caption">'
+_CAPTION_OPEN = b'<p class="photo-note">'
 _CLOSE = b"</p>"
 # What the article template prints for `article.body`: the rendered page is split there and
 # the body's bytes put in between. A NUL never reaches a page (`one_line` and the loader
@@ -411,6 +412,9 @@ class SiteRenderer:
                     first = (Block(BlockKind.PARAGRAPH, rest),) if rest else ()
                     blocks = first + blocks[1:]
                     body = None
+        if any(block.kind is BlockKind.CAPTION for block in blocks):
+            blocks = shown_blocks(blocks, language=article.language)
+            body = None
         if body is None or not from_loader:
             body = _joined_texts(blocks, checked=from_loader).encode("utf-8")
         tagged = b"\n".join(

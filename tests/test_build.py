@@ -1026,3 +1026,41 @@ def test_index_entries_of_the_other_language_say_their_language(
         (' lang="en"', "Quang Tri opens a new bridge"),
         ("", "Hội thảo khoa học tại Đông Hà"),
     ]
+
+
+# FORMAT.md captions: the dumps carry them, never the photos.
+CAPTIONS_DUMP = (
+    "Hội thảo về chuyển đổi số\n31/10/2024 09:15\n{head}\n"
+    "QTO - Sáng nay, hội thảo về chuyển đổi số diễn ra tại TP. Đông Hà.\n"
+    "Quang cảnh hội thảo - Ảnh: T.P\n"
+    "Các đại biểu thảo luận giải pháp cho thời gian tới.\n"
+    "ẢNH: NGỌC VĂN\n"
+    "Gian hàng rau hữu cơ của Hợp tác xã Đồng Xanh luôn đông khách - Ảnh minh hoạ\n"
+    "Ông Trịnh Văn Hòa thông tin tại buổi họp báo (Ảnh: Phương Anh)\n"
+    "Đoạn cuối của bài viết.\n"
+)
+
+
+def test_a_caption_without_its_photo_is_a_note_of_what_the_photo_showed_or_nothing(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """A caption under no photo read as a floating line ("Quang cảnh hội thảo - Ảnh: T.P").
+    The page and the feeds say what the source's photo showed, marked as such, without
+    the credit of a photo not shown; a credit alone or a stock photo's caption goes."""
+    seeds = settings.paths.seeds
+    seeds.mkdir(parents=True, exist_ok=True)
+    (seeds / "c.txt").write_text(CAPTIONS_DUMP, encoding="utf-8")
+    run_build(settings, db, now=now)
+    output = settings.paths.output
+    page = (output / "articles" / "hoi-thao-ve-chuyen-doi-so.html").read_text("utf-8")
+    atom = feedparser.parse((output / "atom.xml").read_bytes()).entries[0].content[0].value
+    items = json.loads((output / "feed.json").read_bytes())["items"]
+    for text in (page, atom, items[0]["content_html"]):
+        notes = re.findall(r'<p class="photo-note">(?:<em>)?([^<]*)', text)
+        assert [html.unescape(n) for n in notes] == [
+            "Ảnh trong bài gốc: Quang cảnh hội thảo",
+            "Ảnh trong bài gốc: Ông Trịnh Văn Hòa thông tin tại buổi họp báo",
+        ]
+        for gone in ("T.P", "NGỌC VĂN", "Gian hàng rau", "Phương Anh", 'class="caption"'):
+            assert gone not in text
+        assert "Các đại biểu thảo luận giải pháp cho thời gian tới." in text

@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from syndicate.cli.commands_subscribers import EMPTY_LIST
 from syndicate.store.pg_schema import PG_FIRST_VERSION, PG_MIGRATIONS
@@ -281,7 +282,10 @@ def test_an_upgrade_waiting_on_a_lock_another_session_holds_ends_with_exit_75(
     (project / "syndicate.toml").write_text("[store]\nbusy_timeout = 1\nreply_timeout = 3\n")
     where = "PostgreSQL at " + url.split("@", 1)[1]
     with psycopg.connect(url) as holder:
-        holder.execute(f"SELECT count(*) FROM {LAST_ALTERED}").fetchone()  # ACCESS SHARE, held
+        # ACCESS SHARE, held on the table the step alters
+        holder.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(LAST_ALTERED))
+        ).fetchone()
         started = time.monotonic()
         done = syndicate(project, "subscribers", "list")
         took = time.monotonic() - started

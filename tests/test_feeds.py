@@ -14,7 +14,7 @@ import feedparser
 import pytest
 
 from syndicate.feeds import FeedInfo, build_content_html, build_feed, item_id
-from syndicate.model import Article, Block, BlockKind, Precision
+from syndicate.model import Article, Block, BlockKind, Precision, shown_blocks
 
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 BASE = "https://news.example.org/"
@@ -118,7 +118,7 @@ def test_xml_feed_reads_back_with_every_entry_intact(articles: list[Article], ki
         summary = html.unescape(entry.summary) if kind == "rss" else entry.summary
         assert _nfc(summary) == article.lead
         content = entry.content[0].value
-        for block in article.body:
+        for block in shown_blocks(article.body, language=article.language):
             assert html.escape(block.text, quote=False) in content
         if article.published is None:
             assert "published" not in entry
@@ -229,7 +229,8 @@ def test_content_html_escapes_each_paragraph_and_marks_captions() -> None:
         ),
     )
     assert build_content_html(article) == (
-        '<p>a &lt; b &amp; c</p>\n<p class="caption"><em>Ảnh &lt;x&gt; - Ảnh: T.P</em></p>'
+        "<p>a &lt; b &amp; c</p>\n"
+        '<p class="photo-note"><em>Ảnh trong bài gốc: Ảnh &lt;x&gt;</em></p>'
     )
 
 
