@@ -6,7 +6,7 @@ import hashlib
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -262,16 +262,45 @@ RENDER_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+# The hour of the day a date-only article is dated at where a time is needed (feeds: RFC 822
+# and RFC 3339 have no date without a time; the order): midday, neither "midnight" nor, for
+# readers west of the site, the day before.
+DATE_ONLY_HOUR = 12
+
+
+def dated_at(
+    published: datetime | None, precision: Precision, first_seen_at: datetime
+) -> datetime | None:
+    """The instant an article is dated at in the feeds and placed at in the one order.
+
+    Its publish time when the dump gave the time of day. A date alone (`published` is the
+    day's start in the site's timezone) stands for DATE_ONLY_HOUR of that day, or for when
+    syndicate first saw the article if that was earlier the same day (it was out by then).
+    None when the date is unknown.
+    """
+    if published is None or precision is Precision.UNKNOWN:
+        return None
+    if precision is Precision.DATETIME:
+        return published
+    midday = published + timedelta(hours=DATE_ONLY_HOUR)
+    if published <= first_seen_at < midday:
+        return first_seen_at.astimezone(published.tzinfo)
+    return midday
+
+
 def order_key(
     published: datetime | None, precision: Precision, first_seen_at: datetime, article_id: str
 ) -> tuple[datetime, bool, str]:
-    """Where an article stands in the index and the digest: sort by this key, reversed.
+    """Where an article stands in the index, the feeds and the digest: sort by this key,
+    reversed.
 
-    An article counts from its publish time, or from when syndicate first saw it when
-    its date is unknown; on a tie a dated article comes first, then the larger id.
+    An article counts from when it is dated (`dated_at`: its publish time, midday of its
+    day when the dump gave no time), or from when syndicate first saw it when its date is
+    unknown; on a tie a dated article comes first, then the larger id.
     """
-    if published is not None and precision is not Precision.UNKNOWN:
-        return published.astimezone(UTC), True, article_id
+    when = dated_at(published, precision, first_seen_at)
+    if when is not None:
+        return when.astimezone(UTC), True, article_id
     return first_seen_at.astimezone(UTC), False, article_id
 
 

@@ -14,7 +14,7 @@ import feedparser
 import pytest
 
 from syndicate.feeds import FeedInfo, build_content_html, build_feed, item_id
-from syndicate.model import Article, Block, BlockKind, Precision, shown_blocks
+from syndicate.model import Article, Block, BlockKind, Precision, dated_at, shown_blocks
 
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 BASE = "https://news.example.org/"
@@ -99,6 +99,13 @@ def _build(articles: list[Article], kind: str, **kw: object) -> bytes:
     return build_feed(articles, kind=kind, **options)  # type: ignore[arg-type]
 
 
+def _dated(article: Article) -> datetime:
+    """When a feed dates `article`, first seen at SEEN (a date alone: midday of the day)."""
+    when = dated_at(article.published, article.precision, SEEN)
+    assert when is not None
+    return when
+
+
 def _nfc(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
@@ -123,7 +130,7 @@ def test_xml_feed_reads_back_with_every_entry_intact(articles: list[Article], ki
         if article.published is None:
             assert "published" not in entry
         else:
-            assert entry.published_parsed[:6] == article.published.astimezone(UTC).timetuple()[:6]
+            assert entry.published_parsed[:6] == _dated(article).astimezone(UTC).timetuple()[:6]
 
 
 def test_rss_uses_rfc822_dates_self_link_and_the_site_as_channel_link(
@@ -374,3 +381,32 @@ def test_the_repo_seeds_read_back_intact(sample_articles: list[Article], kind: s
         assert _nfc(entry.title) == article.title
         assert entry.link == f"{BASE}articles/{article.slug}.html"
         assert ("published" in entry) == (article.published is not None)
+
+
+@pytest.mark.parametrize("precision", [Precision.DATE, Precision.INFERRED_YEAR])
+def test_a_date_only_article_is_dated_at_noon_or_when_first_seen_that_morning_never_midnight(
+    precision: Precision,
+) -> None:
+    """A dump with a date and no time was dated 00:00 +0700: feed readers showed "midnight",
+    and readers west of Vietnam the day before. Feeds need a time (RFC 822 / RFC 3339):
+    noon of that day in the site's timezone, or when syndicate first saw the article if that
+    was earlier the same day (it was out by then)."""
+    day = datetime(2024, 10, 29, tzinfo=TZ)
+    late = _article(1, published=day, precision=precision)
+    morning = _article(2, published=day, precision=precision)
+    first_seen = {late.id: day + timedelta(days=3), morning.id: day + timedelta(hours=8.5)}
+    for kind in ("rss", "atom", "json"):
+        data = _build([late, morning], kind, first_seen=first_seen)
+        if kind == "json":
+            dates = {i["id"]: i["date_published"] for i in json.loads(data)["items"]}
+        else:
+            dates = {e.id: e.published for e in feedparser.parse(data).entries}
+        expected = (
+            ("2024-10-29T12:00:00+07:00", "2024-10-29T08:30:00+07:00")
+            if kind != "rss"
+            else ("Tue, 29 Oct 2024 12:00:00 +0700", "Tue, 29 Oct 2024 08:30:00 +0700")
+        )
+        assert (dates[item_id(late.id)], dates[item_id(morning.id)]) == expected, kind
+        # The feed lists them in that order too: the one order places them at those times.
+        order = list(dates)
+        assert order == [item_id(late.id), item_id(morning.id)], kind
