@@ -330,3 +330,47 @@ def test_a_byline_name_stays_on_one_line_at_phone_width(
                 assert lines > 1  # it wraps rather than overflow
     finally:
         context.close()
+
+
+@pytest.mark.parametrize("precision", ["datetime", "date"])
+def test_a_byline_name_stays_on_one_line_in_the_digest_at_phone_width(
+    chromium: Any, settings: Settings, now: datetime, precision: str
+) -> None:
+    """The digest's date and byline line, as a phone's mail client lays it out (375 px)."""
+    from datetime import date
+
+    from syndicate.digest import DigestInfo, render_digest
+    from syndicate.model import Article, Block, BlockKind, DigestPlan, Precision
+
+    short = "Nguyễn Văn Quang Minh"  # broke after "Quang" under a date and time
+    long = "Nguyễn Thị Minh Khai, Trần Văn Thành và Lê Hoàng Phương Nam Ban Thời sự"
+    context = chromium.new_context(viewport={"width": 375, "height": 800})
+    try:
+        page = context.new_page()
+        for author, most in ((short, 1), (long, 3)):
+            article = Article(
+                id="1" * 32,
+                slug="hoi-thao",
+                title="Hội thảo chuyển đổi số tại Đông Hà",
+                title_derived=False,
+                published=now,
+                precision=Precision(precision),
+                body=(Block(BlockKind.PARAGRAPH, "Sáng nay, hội thảo diễn ra tại Đông Hà."),),
+                author=author,
+            )
+            rendered = render_digest(
+                DigestPlan(day=date(2024, 11, 1), articles=(article,)),
+                lang="vi",
+                info=DigestInfo.from_settings(settings),
+                unsubscribe_url="https://tin.example.org/unsubscribe",
+                now=now,
+            )
+            page.set_content(rendered.html)
+            lines = page.evaluate(_NAME_LINES, author)
+            overflow = page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert 1 <= lines <= most, f"{author!r} takes {lines} lines at 375 px"
+            assert overflow <= 0, f"{author!r} scrolls the mail sideways by {overflow} px"
+    finally:
+        context.close()
