@@ -27,7 +27,7 @@ from feedgen.feed import FeedGenerator
 from lxml import etree
 from markupsafe import Markup, escape
 
-from syndicate.model import Article, BlockKind
+from syndicate.model import Article, BlockKind, dated_at, order_key, shown_blocks
 from syndicate.text import one_line
 from syndicate.urls import FEED_TYPES, FeedKind, feed_url
 
@@ -82,16 +82,17 @@ def item_id(article_id: str) -> str:
 
 
 def build_content_html(article: Article) -> str:
-    """The article body as HTML: each paragraph and caption escaped on its own.
+    """The article body as HTML: each paragraph and photo note escaped on its own.
 
-    Captions become `<p class="caption"><em>…</em></p>`, which reads well in
-    feed readers that drop class names.
+    The body is what the article page shows (model.shown_blocks): a caption is a note of
+    what the source's photo showed, `<p class="photo-note"><em>…</em></p>`, which reads
+    well in feed readers that drop class names; a credit alone is left out.
     """
     parts: list[str] = []
-    for block in article.body:
+    for block in shown_blocks(article.body, language=article.language):
         text = escape(one_line(block.text))
         if block.kind is BlockKind.CAPTION:
-            parts.append(Markup('<p class="caption"><em>{}</em></p>').format(text))
+            parts.append(Markup('<p class="photo-note"><em>{}</em></p>').format(text))
         else:
             parts.append(Markup("<p>{}</p>").format(text))
     return "\n".join(parts)
@@ -112,17 +113,18 @@ def _author(article: Article) -> str | None:
     return one_line(article.author or "") or None
 
 
-def _order(articles: Sequence[Article]) -> list[Article]:
-    """Newest first, undated last, ties by id: the same order for any input order."""
+def _order(articles: Sequence[Article], first_seen: Mapping[str, datetime]) -> list[Article]:
+    """The site's one order (model.order_key, as the index and the digest): newest first, an
+    undated article where it was first seen, ties by id. The same for any input order."""
+    return sorted(
+        articles,
+        key=lambda a: order_key(a.published, a.precision, first_seen[a.id], a.id),
+        reverse=True,
+    )
 
-    def key(a: Article) -> tuple[bool, float, str]:
-        return (a.published is None, -a.published.timestamp() if a.published else 0.0, a.id)
 
-    return sorted(articles, key=key)
-
-
-def _feed_updated(articles: Sequence[Article], now: datetime) -> datetime:
-    dated = [a.published for a in articles if a.published is not None]
+def _feed_updated(dates: Mapping[str, datetime | None], now: datetime) -> datetime:
+    dated = [when for when in dates.values() if when is not None]
     return max(dated) if dated else now
 
 
@@ -134,21 +136,29 @@ def build_feed(
     info: FeedInfo,
     limit: int,
     page_urls: Mapping[str, str],
+    first_seen: Mapping[str, datetime],
 ) -> bytes:
-    """Render one feed of the newest `limit` articles (undated last).
+    """Render one feed of the newest `limit` articles, in the site's order (model.order_key).
 
     `page_urls` maps Article.id to the absolute URL of its page, where the build
     wrote it (the feed never works a page out from a slug); every chosen article
-    must have one. `now` is used only when no chosen article has a date. The
-    bytes are the same for the same arguments.
+    must have one. `first_seen` maps every Article.id to when syndicate first saw it
+    (stored by the build): it places an undated article, and dates one whose dump gave a
+    day and no time (model.dated_at). `now` is used only when no chosen article has a
+    date. The bytes are the same for the same arguments.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    chosen = _order(articles)[:limit]
-    updated = _feed_updated(chosen, now).astimezone(info.tz).replace(microsecond=0)
+    chosen = _order(articles, first_seen)[:limit]
+    dates = {a.id: dated_at(a.published, a.precision, first_seen[a.id]) for a in chosen}
+    updated = _local(_feed_updated(dates, now), info.tz)
     if kind == "json":
-        return _build_json_feed(chosen, info=info, updated=updated, page_urls=page_urls)
-    return _build_xml_feed(chosen, kind=kind, info=info, updated=updated, page_urls=page_urls)
+        return _build_json_feed(
+            chosen, info=info, updated=updated, page_urls=page_urls, dates=dates
+        )
+    return _build_xml_feed(
+        chosen, kind=kind, info=info, updated=updated, page_urls=page_urls, dates=dates
+    )
 
 
 def _local(value: datetime, tz: ZoneInfo) -> datetime:
@@ -162,6 +172,7 @@ def _build_xml_feed(
     info: FeedInfo,
     updated: datetime,
     page_urls: Mapping[str, str],
+    dates: Mapping[str, datetime | None],
 ) -> bytes:
     fg = FeedGenerator()
     # Dublin Core for RSS only (dc:creator, dc:language); Atom has author and xml:lang.
@@ -179,7 +190,14 @@ def _build_xml_feed(
     # The RSS channel <link> is the last link() call: the site must come last.
     fg.link(href=info.base_url, rel="alternate", type="text/html")
     for article in articles:
-        _add_entry(fg, article, info=info, updated=updated, page_url=page_urls[article.id])
+        _add_entry(
+            fg,
+            article,
+            info=info,
+            updated=updated,
+            page_url=page_urls[article.id],
+            dated=dates[article.id],
+        )
     if kind == "rss":
         data: bytes = fg.rss_str(pretty=True, encoding="UTF-8", xml_declaration=True)
         return data
@@ -202,7 +220,13 @@ def _fix_atom_entries(atom: bytes, languages: Sequence[str]) -> bytes:
 
 
 def _add_entry(
-    fg: FeedGenerator, article: Article, *, info: FeedInfo, updated: datetime, page_url: str
+    fg: FeedGenerator,
+    article: Article,
+    *,
+    info: FeedInfo,
+    updated: datetime,
+    page_url: str,
+    dated: datetime | None,
 ) -> None:
     fe = fg.add_entry(order="append")
     fe.id(item_id(article.id))
@@ -218,8 +242,8 @@ def _add_entry(
         fe.author({"name": author})
         fe.dc.dc_creator(author)
     fe.dc.dc_language(article.language)
-    if article.published is not None:
-        published = _local(article.published, info.tz)
+    if dated is not None:
+        published = _local(dated, info.tz)
         fe.published(published)
         fe.pubDate(published)
         fe.updated(published)
@@ -233,6 +257,7 @@ def _build_json_feed(
     info: FeedInfo,
     updated: datetime,
     page_urls: Mapping[str, str],
+    dates: Mapping[str, datetime | None],
 ) -> bytes:
     items: list[dict[str, Any]] = []
     for article in articles:
@@ -243,8 +268,9 @@ def _build_json_feed(
             "content_html": build_content_html(article),
             "summary": _summary(article),
         }
-        if article.published is not None:
-            stamp = _local(article.published, info.tz).isoformat()
+        dated = dates[article.id]
+        if dated is not None:
+            stamp = _local(dated, info.tz).isoformat()
             item["date_published"] = stamp
             item["date_modified"] = stamp
         else:

@@ -25,6 +25,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "latest": "Tin mới nhất",
             "archive": "Lưu trữ, trang {page}",
             "other_news": "Tin khác",
+            "photo_note": "Ảnh trong bài gốc",
         },
         "en": {
             "home": "Home",
@@ -39,6 +40,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "latest": "Latest news",
             "archive": "Archive, page {page}",
             "other_news": "Other news",
+            "photo_note": "Photo in the original",
         },
     },
     "digest": {

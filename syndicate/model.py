@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from syndicate.i18n import LANGUAGES
-from syndicate.text import story_key, tell_article_language
+from syndicate.i18n import LANGUAGES, STRINGS
+from syndicate.text import photo_description, story_key, tell_article_language
 
 
 class Precision(StrEnum):
@@ -232,6 +232,22 @@ class Subscriber:
     token_nonce: bytes = field(default=b"", repr=False)
 
 
+def shown_blocks(blocks: Sequence[Block], *, language: str) -> tuple[Block, ...]:
+    """The body as pages and feeds show it. The dumps carry captions, never photos: a
+    caption under no photo would read as a stray line, and its credit names a photo not
+    shown. A caption becomes a note of what the source's photo showed, marked as such in
+    the article's `language` ("Ảnh trong bài gốc: Quang cảnh hội thảo"); one that says
+    nothing of the story (a credit alone, an illustration) is left out. Paragraphs stay."""
+    label = STRINGS["pages"].get(language, STRINGS["pages"]["vi"])["photo_note"]
+    shown: list[Block] = []
+    for block in blocks:
+        if block.kind is not BlockKind.CAPTION:
+            shown.append(block)
+        elif (description := photo_description(block.text)) is not None:
+            shown.append(Block(BlockKind.CAPTION, f"{label}: {description}"))
+    return tuple(shown)
+
+
 # --- The one order of articles and teasers (index pages and the digest share it) -------
 
 # What rendering one article's page can raise because of that article (a value a library
@@ -246,16 +262,45 @@ RENDER_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+# The hour of the day a date-only article is dated at where a time is needed (feeds: RFC 822
+# and RFC 3339 have no date without a time; the order): midday, neither "midnight" nor, for
+# readers west of the site, the day before.
+DATE_ONLY_HOUR = 12
+
+
+def dated_at(
+    published: datetime | None, precision: Precision, first_seen_at: datetime
+) -> datetime | None:
+    """The instant an article is dated at in the feeds and placed at in the one order.
+
+    Its publish time when the dump gave the time of day. A date alone (`published` is the
+    day's start in the site's timezone) stands for DATE_ONLY_HOUR of that day, or for when
+    syndicate first saw the article if that was earlier the same day (it was out by then).
+    None when the date is unknown.
+    """
+    if published is None or precision is Precision.UNKNOWN:
+        return None
+    if precision is Precision.DATETIME:
+        return published
+    midday = published + timedelta(hours=DATE_ONLY_HOUR)
+    if published <= first_seen_at < midday:
+        return first_seen_at.astimezone(published.tzinfo)
+    return midday
+
+
 def order_key(
     published: datetime | None, precision: Precision, first_seen_at: datetime, article_id: str
 ) -> tuple[datetime, bool, str]:
-    """Where an article stands in the index and the digest: sort by this key, reversed.
+    """Where an article stands in the index, the feeds and the digest: sort by this key,
+    reversed.
 
-    An article counts from its publish time, or from when syndicate first saw it when
-    its date is unknown; on a tie a dated article comes first, then the larger id.
+    An article counts from when it is dated (`dated_at`: its publish time, midday of its
+    day when the dump gave no time), or from when syndicate first saw it when its date is
+    unknown; on a tie a dated article comes first, then the larger id.
     """
-    if published is not None and precision is not Precision.UNKNOWN:
-        return published.astimezone(UTC), True, article_id
+    when = dated_at(published, precision, first_seen_at)
+    if when is not None:
+        return when.astimezone(UTC), True, article_id
     return first_seen_at.astimezone(UTC), False, article_id
 
 

@@ -33,6 +33,7 @@ from syndicate.model import (
     Precision,
     StoryLink,
     order_teasers,
+    shown_blocks,
 )
 from syndicate.text import (
     after_title,
@@ -58,7 +59,7 @@ _STRINGS = i18n.STRINGS["pages"]
 
 # An article page's body is tagged as UTF-8 bytes, between these.
 _PARAGRAPH_OPEN = b"<p>"
-_CAPTION_OPEN = b'<p class="caption">'
+_CAPTION_OPEN = b'<p class="photo-note">'
 _CLOSE = b"</p>"
 # What the article template prints for `article.body`: the rendered page is split there and
 # the body's bytes put in between. A NUL never reaches a page (`one_line` and the loader
@@ -105,6 +106,7 @@ class IndexEntry:
     published: datetime | None
     precision: Precision
     author: str | None
+    language: str | None = None  # the article's; None: the site's
 
 
 INDEX_PAGE = "index.html"
@@ -410,6 +412,9 @@ class SiteRenderer:
                     first = (Block(BlockKind.PARAGRAPH, rest),) if rest else ()
                     blocks = first + blocks[1:]
                     body = None
+        if any(block.kind is BlockKind.CAPTION for block in blocks):
+            blocks = shown_blocks(blocks, language=article.language)
+            body = None
         if body is None or not from_loader:
             body = _joined_texts(blocks, checked=from_loader).encode("utf-8")
         tagged = b"\n".join(
@@ -485,6 +490,8 @@ class SiteRenderer:
                 title=typeset(one_line(e.title)),
                 author=one_line(e.author) if e.author else None,
                 date=self._date(e.published, e.precision),
+                # The other language's entry says so: a screen reader picks its voice.
+                lang=e.language if e.language and e.language != self.info.language else None,
             )
             for e in entries
         ]

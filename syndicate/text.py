@@ -158,6 +158,32 @@ _EN_WORDS = frozenset(
 ARTICLE_LANGUAGE_SAMPLE = 700
 
 
+# Photo credits make a line a caption when they end it, after " - " (or an en or em dash),
+# ". " or "(", or when they stand alone on the line (the loader's rule, FORMAT.md).
+_PHOTO_CREDIT = (
+    r"(?:ảnh|photo|photos)\s*:\s*[^\s:][^:]{0,48}"
+    r"|ảnh\s+minh\s+(?:họa|hoạ)(?:\s*[:(][^:]{0,48})?"
+    r"|(?:ảnh|photo)\s+(?:tư\s+liệu|internet|file)"
+)
+PHOTO_CAPTION = re.compile(
+    rf"(?:^|\s[-\u2013\u2014]\s+|\.\s+|\(\s*)(?P<credit>{_PHOTO_CREDIT})\)?\s*$", re.IGNORECASE
+)
+# A credit that says the photo is no news photo of the story: an illustration, a file photo.
+_STOCK_PHOTO = re.compile(r"ảnh\s+minh\s+(?:họa|hoạ)|(?:ảnh|photo)\s+(?:tư\s+liệu|file)", re.I)
+
+
+def photo_description(caption: str) -> str | None:
+    """What a caption says its photo shows, without the credit ("Quang cảnh hội thảo" of
+    "Quang cảnh hội thảo - Ảnh: T.P"); None when it says nothing of the story: a credit
+    alone, or the caption of an illustration or a file photo."""
+    match = PHOTO_CAPTION.search(caption)
+    if match is None:
+        return caption.strip() or None
+    if _STOCK_PHOTO.match(match.group("credit")):
+        return None
+    return caption[: match.start()].strip() or None
+
+
 def tell_article_language(title: str, content: str) -> str:
     """Return the language of an article with this title and body text (lines joined by
     "\n"): what the parser stores, and what a stored record not in LANGUAGES becomes."""

@@ -243,3 +243,134 @@ def test_the_confirmation_mail_fits_a_phone(
     finally:
         context.close()
     assert overflow <= 0, f"the confirmation mail scrolls sideways by {overflow} px at 375 px"
+
+
+# The name's lines at the page's width: the tops of the boxes the name's own text takes
+# (a Range over the text, wherever it sits in the page), one per line.
+_NAME_LINES = """
+(name) => {
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  const tops = new Set();
+  let found = false;
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const at = node.data.indexOf(name);
+    if (at < 0) continue;
+    found = true;
+    const range = document.createRange();
+    range.setStart(node, at);
+    range.setEnd(node, at + name.length);
+    for (const rect of range.getClientRects()) {
+      if (rect.width > 0) tops.add(Math.round(rect.top));
+    }
+  }
+  return found ? tops.size : -1;
+}
+"""
+
+
+def _byline_pages(author: str, precision: str = "datetime") -> dict[str, str]:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from syndicate.config import site_templates_dir
+    from syndicate.model import Article, Block, BlockKind, Precision
+    from syndicate.site import IndexEntry, SiteInfo, SiteRenderer
+
+    info = SiteInfo(
+        title="Tin mới Quảng Trị",
+        description="Tin tức mới nhất.",
+        base_url="https://tin.example.org/",
+        language="vi",
+        timezone="Asia/Ho_Chi_Minh",
+        page_size=20,
+    )
+    renderer = SiteRenderer(info, site_templates_dir())
+    published = datetime(2024, 10, 31, 9, 15, tzinfo=ZoneInfo("Asia/Ho_Chi_Minh")).astimezone(UTC)
+    article = Article(
+        id="0" * 32,
+        slug="hoi-thao",
+        title="Hội thảo chuyển đổi số tại Đông Hà",
+        title_derived=False,
+        published=published,
+        precision=Precision(precision),
+        body=(Block(BlockKind.PARAGRAPH, "Sáng nay, hội thảo diễn ra tại TP. Đông Hà."),),
+        author=author,
+    )
+    entry = IndexEntry(
+        article.id, article.slug, article.title, published, article.precision, author
+    )
+    return {
+        "article": renderer.render_article(article, slug=article.slug).decode("utf-8"),
+        "index": renderer.render_index([entry], archive=None, archives=0).decode("utf-8"),
+    }
+
+
+@pytest.mark.parametrize("precision", ["datetime", "date"])
+@pytest.mark.parametrize("page_name", ["article", "index"])
+def test_a_byline_name_stays_on_one_line_at_phone_width(
+    chromium: Any, page_name: str, precision: str
+) -> None:
+    """At 375 px the date and byline take two lines: the break fell inside the name
+    ("Nguyễn Thị / Minh Khai"). A name that fits a line is kept whole; one longer than
+    the line still wraps, and nothing scrolls sideways."""
+    short = "Nguyễn Thị Minh Khai"
+    long = "Nguyễn Thị Minh Khai, Trần Văn Thành và Lê Hoàng Phương Nam Ban Thời sự"
+    context = chromium.new_context(viewport={"width": 375, "height": 800})
+    try:
+        page = context.new_page()
+        for author, most in ((short, 1), (long, 3)):
+            page.set_content(_byline_pages(author, precision)[page_name])
+            lines = page.evaluate(_NAME_LINES, author)
+            overflow = page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert 1 <= lines <= most, f"{author!r} takes {lines} lines at 375 px"
+            assert overflow <= 0, f"{author!r} scrolls the page sideways by {overflow} px"
+            if author == long:
+                assert lines > 1  # it wraps rather than overflow
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("precision", ["datetime", "date"])
+def test_a_byline_name_stays_on_one_line_in_the_digest_at_phone_width(
+    chromium: Any, settings: Settings, now: datetime, precision: str
+) -> None:
+    """The digest's date and byline line, as a phone's mail client lays it out (375 px)."""
+    from datetime import date
+
+    from syndicate.digest import DigestInfo, render_digest
+    from syndicate.model import Article, Block, BlockKind, DigestPlan, Precision
+
+    short = "Nguyễn Văn Quang Minh"  # broke after "Quang" under a date and time
+    long = "Nguyễn Thị Minh Khai, Trần Văn Thành và Lê Hoàng Phương Nam Ban Thời sự"
+    context = chromium.new_context(viewport={"width": 375, "height": 800})
+    try:
+        page = context.new_page()
+        for author, most in ((short, 1), (long, 3)):
+            article = Article(
+                id="1" * 32,
+                slug="hoi-thao",
+                title="Hội thảo chuyển đổi số tại Đông Hà",
+                title_derived=False,
+                published=now,
+                precision=Precision(precision),
+                body=(Block(BlockKind.PARAGRAPH, "Sáng nay, hội thảo diễn ra tại Đông Hà."),),
+                author=author,
+            )
+            rendered = render_digest(
+                DigestPlan(day=date(2024, 11, 1), articles=(article,)),
+                lang="vi",
+                info=DigestInfo.from_settings(settings),
+                unsubscribe_url="https://tin.example.org/unsubscribe",
+                now=now,
+            )
+            page.set_content(rendered.html)
+            lines = page.evaluate(_NAME_LINES, author)
+            overflow = page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert 1 <= lines <= most, f"{author!r} takes {lines} lines at 375 px"
+            assert overflow <= 0, f"{author!r} scrolls the mail sideways by {overflow} px"
+    finally:
+        context.close()

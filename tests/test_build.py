@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import logging
 import multiprocessing
@@ -24,6 +25,7 @@ from syndicate import load, publish
 from syndicate.config import Settings, load_settings
 from syndicate.errors import InputError, WorkerError
 from syndicate.publish import BuildTuning, run_build, sync_articles
+from syndicate.send.digests import preview_digest
 from syndicate.store import Database
 from syndicate.store.articles import get_article, iter_articles_newest_first
 from tests.data.dumps.make_dumps import to_cp1258
@@ -182,8 +184,9 @@ def test_feeds_hold_every_article_newest_first_with_hostile_text_as_text(
     rss = feedparser.parse((output / "rss.xml").read_bytes())
     assert rss.bozo == 0
     titles = [e.title for e in rss.entries]
-    assert titles[:3] == ["Hội thảo khoa học tại Đông Hà", "Khánh thành cầu mới", HOSTILE_TITLE]
-    assert "published" not in rss.entries[-1]  # the undated one comes last
+    # The undated one stands where it was first seen (this build, after every date): first.
+    assert "published" not in rss.entries[0]
+    assert titles[1:4] == ["Hội thảo khoa học tại Đông Hà", "Khánh thành cầu mới", HOSTILE_TITLE]
     assert rss.feed.updated == "Thu, 31 Oct 2024 09:15:00 +0700"
     for name in ("rss.xml", "atom.xml", "feed.json", "index.html"):
         text = (output / name).read_text("utf-8")
@@ -954,3 +957,112 @@ def test_same_story_with_its_header_filled_is_one_article_merged_under_its_first
     third = run_build(settings, db, now=now + timedelta(hours=2))
     assert third.written == 0
     assert list(iter_articles_newest_first(db)) == [after]
+
+
+# Ties and undated articles (FORMAT.md: "when nothing is known, the date is unknown"): two
+# stories at the same minute, one dated by its day alone, two with no date at all.
+ORDER_DUMPS = {
+    "a.txt": "Tin alpha về cầu\n31/10/2024 09:15\nQTO - Sáng nay, tin alpha.\nĐoạn hai alpha.\n",
+    "b.txt": "Tin beta về đường\n31/10/2024 09:15\nQTO - Sáng nay, tin beta.\nĐoạn hai beta.\n",
+    "c.txt": "Tin gamma về chợ\n31/10/2024\nQTO - Tin gamma cả ngày.\nĐoạn hai gamma.\n",
+    "d.txt": "Tin delta về trường\n31/10/2024 06:00\nQTO - Tin delta sớm.\nĐoạn hai delta.\n",
+    "u.txt": "Tin không ngày một\n{publish}\n{head}\nBài một không ghi ngày.\nĐoạn hai.\n",
+    "v.txt": "Tin không ngày hai\n{publish}\n{head}\nBài hai không ghi ngày.\nĐoạn hai.\n",
+}
+
+
+def test_feeds_index_and_digest_order_ties_and_undated_articles_alike(
+    settings: Settings, db: Database
+) -> None:
+    """One order (model.order_key): newest first; an undated article where it was first
+    seen; on a tie a dated article first, then by id. The feeds used their own before."""
+    seeds = settings.paths.seeds
+    seeds.mkdir(parents=True, exist_ok=True)
+    for name, text in ORDER_DUMPS.items():
+        (seeds / name).write_text(text, encoding="utf-8")
+    # Seen at 09:15 in Vietnam: the undated ones tie with the two stories of 09:15.
+    now = datetime(2024, 10, 31, 2, 15, tzinfo=UTC)
+    run_build(settings, db, now=now)
+    output = settings.paths.output
+    page = (output / "index.html").read_text("utf-8")
+    index = [html.unescape(t) for t in re.findall(r'<h2><a href="[^"]*">([^<]*)</a>', page)]
+    assert sorted(index) == sorted(t.split("\n")[0] for t in ORDER_DUMPS.values())
+    rss = [e.title for e in feedparser.parse((output / "rss.xml").read_bytes()).entries]
+    atom = [e.title for e in feedparser.parse((output / "atom.xml").read_bytes()).entries]
+    items = json.loads((output / "feed.json").read_bytes())["items"]
+    plan = preview_digest(settings, db, now=now)
+    assert plan is not None
+    digest = [a.title for a in plan.articles]
+    assert rss == index
+    assert atom == index
+    assert [i["title"] for i in items] == index
+    assert digest == index
+    # Dated before undated at the same instant; the day-only story, first seen that morning,
+    # counts from then (model.dated_at): with the three of 09:15, not below the one of 06:00.
+    assert index.index("Tin alpha về cầu") < index.index("Tin không ngày một")
+    assert index.index("Tin gamma về chợ") < index.index("Tin không ngày một")
+    assert index[-1] == "Tin delta về trường"
+
+
+def test_index_entries_of_the_other_language_say_their_language(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """An English article on the Vietnamese site: its page says lang="en", and so must its
+    index entry, or a screen reader reads its title with the Vietnamese voice."""
+    seeds = settings.paths.seeds
+    seeds.mkdir(parents=True, exist_ok=True)
+    (seeds / "en.txt").write_text(
+        "Quang Tri opens a new bridge\n31/10/2024 10:15\n{head}\n"
+        "The province opened the bridge this morning, and the traffic is now flowing.\n"
+        "It is the longest bridge in the area and it was built in two years.\n",
+        encoding="utf-8",
+    )
+    (seeds / "vi.txt").write_text(DUMPS["001.txt"][0], encoding="utf-8")
+    run_build(settings, db, now=now)
+    output = settings.paths.output
+    page = (output / "articles" / "quang-tri-opens-a-new-bridge.html").read_text("utf-8")
+    assert '<article lang="en">' in page
+    index = (output / "index.html").read_text("utf-8")
+    entries = re.findall(r"<li([^>]*)>\s*<h2><a [^>]*>([^<]*)</a>", index)
+    assert entries == [
+        (' lang="en"', "Quang Tri opens a new bridge"),
+        ("", "Hội thảo khoa học tại Đông Hà"),
+    ]
+
+
+# FORMAT.md captions: the dumps carry them, never the photos.
+CAPTIONS_DUMP = (
+    "Hội thảo về chuyển đổi số\n31/10/2024 09:15\n{head}\n"
+    "QTO - Sáng nay, hội thảo về chuyển đổi số diễn ra tại TP. Đông Hà.\n"
+    "Quang cảnh hội thảo - Ảnh: T.P\n"
+    "Các đại biểu thảo luận giải pháp cho thời gian tới.\n"
+    "ẢNH: NGỌC VĂN\n"
+    "Gian hàng rau hữu cơ của Hợp tác xã Đồng Xanh luôn đông khách - Ảnh minh hoạ\n"
+    "Ông Trịnh Văn Hòa thông tin tại buổi họp báo (Ảnh: Phương Anh)\n"
+    "Đoạn cuối của bài viết.\n"
+)
+
+
+def test_a_caption_without_its_photo_is_a_note_of_what_the_photo_showed_or_nothing(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """A caption under no photo read as a floating line ("Quang cảnh hội thảo - Ảnh: T.P").
+    The page and the feeds say what the source's photo showed, marked as such, without
+    the credit of a photo not shown; a credit alone or a stock photo's caption goes."""
+    seeds = settings.paths.seeds
+    seeds.mkdir(parents=True, exist_ok=True)
+    (seeds / "c.txt").write_text(CAPTIONS_DUMP, encoding="utf-8")
+    run_build(settings, db, now=now)
+    output = settings.paths.output
+    page = (output / "articles" / "hoi-thao-ve-chuyen-doi-so.html").read_text("utf-8")
+    atom = feedparser.parse((output / "atom.xml").read_bytes()).entries[0].content[0].value
+    items = json.loads((output / "feed.json").read_bytes())["items"]
+    for text in (page, atom, items[0]["content_html"]):
+        notes = re.findall(r'<p class="photo-note">(?:<em>)?([^<]*)', text)
+        assert [html.unescape(n) for n in notes] == [
+            "Ảnh trong bài gốc: Quang cảnh hội thảo",
+            "Ảnh trong bài gốc: Ông Trịnh Văn Hòa thông tin tại buổi họp báo",
+        ]
+        for gone in ("T.P", "NGỌC VĂN", "Gian hàng rau", "Phương Anh", 'class="caption"'):
+            assert gone not in text
+        assert "Các đại biểu thảo luận giải pháp cho thời gian tới." in text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from syndicate.cli.commands_subscribers import EMPTY_LIST
 from syndicate.store.pg_schema import PG_FIRST_VERSION, PG_MIGRATIONS
@@ -234,6 +236,11 @@ def make_older_store(project: Path) -> int:
     return older
 
 
+# The table the newest schema step alters (its first statement): what the upgrade waits on.
+_ALTERED = re.search(r"ALTER TABLE (\w+)", PG_MIGRATIONS[len(MIGRATIONS)][0])
+LAST_ALTERED = _ALTERED.group(1) if _ALTERED else "deliveries"
+
+
 def schema_version(project: Path) -> int:
     with open_store(project / "syndicate.db") as db:
         return db.schema_version
@@ -275,7 +282,10 @@ def test_an_upgrade_waiting_on_a_lock_another_session_holds_ends_with_exit_75(
     (project / "syndicate.toml").write_text("[store]\nbusy_timeout = 1\nreply_timeout = 3\n")
     where = "PostgreSQL at " + url.split("@", 1)[1]
     with psycopg.connect(url) as holder:
-        holder.execute("SELECT count(*) FROM deliveries").fetchone()  # ACCESS SHARE, held
+        # ACCESS SHARE, held on the table the step alters
+        holder.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(LAST_ALTERED))
+        ).fetchone()
         started = time.monotonic()
         done = syndicate(project, "subscribers", "list")
         took = time.monotonic() - started
@@ -303,7 +313,7 @@ def test_an_upgrade_whose_server_falls_silent_ends_after_the_reply_timeout(
     url = _pg_url()
     older = make_older_store(project)
     (project / "syndicate.toml").write_text("[store]\nbusy_timeout = 1\nreply_timeout = 2\n")
-    relay = SilentRelay(pg_cluster.port, b"ALTER TABLE deliveries", at_most=30)
+    relay = SilentRelay(pg_cluster.port, f"ALTER TABLE {LAST_ALTERED}".encode(), at_most=30)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
     env[ENV_STORE_URL] = relay.url(url)
     try:

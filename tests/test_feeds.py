@@ -14,7 +14,7 @@ import feedparser
 import pytest
 
 from syndicate.feeds import FeedInfo, build_content_html, build_feed, item_id
-from syndicate.model import Article, Block, BlockKind, Precision
+from syndicate.model import Article, Block, BlockKind, Precision, dated_at, shown_blocks
 
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 BASE = "https://news.example.org/"
@@ -27,6 +27,7 @@ INFO = FeedInfo(
 )
 HOSTILE_TITLE = "<script>alert('x')</script> ]]> {{ 7*7 }} & Đông Hà"
 HOSTILE_BODY = "Sáng nay <b>đậm</b> ]]> {{ 7*7 }} {% raw %} & &amp; tại TP. Đông Hà."
+SEEN = datetime(2024, 1, 1, tzinfo=UTC)
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)$")
 
 
@@ -91,9 +92,18 @@ def _build(articles: list[Article], kind: str, **kw: object) -> bytes:
         "limit": 50,
         # Where the build would write each page (it passes the paths it wrote).
         "page_urls": {a.id: f"{INFO.base_url}articles/{a.slug}.html" for a in articles},
+        # When the build first saw each (it places the undated): before any publish date.
+        "first_seen": dict.fromkeys((a.id for a in articles), SEEN),
     }
     options.update(kw)
     return build_feed(articles, kind=kind, **options)  # type: ignore[arg-type]
+
+
+def _dated(article: Article) -> datetime:
+    """When a feed dates `article`, first seen at SEEN (a date alone: midday of the day)."""
+    when = dated_at(article.published, article.precision, SEEN)
+    assert when is not None
+    return when
 
 
 def _nfc(text: str) -> str:
@@ -115,12 +125,12 @@ def test_xml_feed_reads_back_with_every_entry_intact(articles: list[Article], ki
         summary = html.unescape(entry.summary) if kind == "rss" else entry.summary
         assert _nfc(summary) == article.lead
         content = entry.content[0].value
-        for block in article.body:
+        for block in shown_blocks(article.body, language=article.language):
             assert html.escape(block.text, quote=False) in content
         if article.published is None:
             assert "published" not in entry
         else:
-            assert entry.published_parsed[:6] == article.published.astimezone(UTC).timetuple()[:6]
+            assert entry.published_parsed[:6] == _dated(article).astimezone(UTC).timetuple()[:6]
 
 
 def test_rss_uses_rfc822_dates_self_link_and_the_site_as_channel_link(
@@ -226,7 +236,8 @@ def test_content_html_escapes_each_paragraph_and_marks_captions() -> None:
         ),
     )
     assert build_content_html(article) == (
-        '<p>a &lt; b &amp; c</p>\n<p class="caption"><em>Ảnh &lt;x&gt; - Ảnh: T.P</em></p>'
+        "<p>a &lt; b &amp; c</p>\n"
+        '<p class="photo-note"><em>Ảnh trong bài gốc: Ảnh &lt;x&gt;</em></p>'
     )
 
 
@@ -247,6 +258,24 @@ def test_items_are_newest_first_undated_last_and_limited(
         else feedparser.parse(everything).entries[-1].id
     )
     assert last == item_id(articles[3].id)  # the undated one
+
+
+@pytest.mark.parametrize("kind", ["rss", "atom", "json"])
+def test_items_are_in_the_index_order_for_ties_and_undated_articles(kind: str) -> None:
+    """model.order_key, as the index and the digest: on a tie the larger id first; an
+    undated article where it was first seen, below a dated one of that instant."""
+    at = datetime(2024, 10, 31, 9, 15, tzinfo=TZ)
+    tied = [_article(n, published=at) for n in (1, 2)]
+    undated = [_article(n, published=None) for n in (3, 4)]
+    older = _article(5, published=at - timedelta(hours=1))
+    articles = [*tied, *undated, older]
+    first_seen = {a.id: (at if a in undated else SEEN) for a in articles}
+    data = _build(articles, kind, first_seen=first_seen)
+    if kind == "json":
+        ids = [i["id"] for i in json.loads(data)["items"]]
+    else:
+        ids = [e.id for e in feedparser.parse(data).entries]
+    assert ids == [item_id(a.id) for a in (tied[1], tied[0], undated[1], undated[0], older)]
 
 
 @pytest.mark.parametrize("kind", ["rss", "atom", "json"])
@@ -352,3 +381,32 @@ def test_the_repo_seeds_read_back_intact(sample_articles: list[Article], kind: s
         assert _nfc(entry.title) == article.title
         assert entry.link == f"{BASE}articles/{article.slug}.html"
         assert ("published" in entry) == (article.published is not None)
+
+
+@pytest.mark.parametrize("precision", [Precision.DATE, Precision.INFERRED_YEAR])
+def test_a_date_only_article_is_dated_at_noon_or_when_first_seen_that_morning_never_midnight(
+    precision: Precision,
+) -> None:
+    """A dump with a date and no time was dated 00:00 +0700: feed readers showed "midnight",
+    and readers west of Vietnam the day before. Feeds need a time (RFC 822 / RFC 3339):
+    noon of that day in the site's timezone, or when syndicate first saw the article if that
+    was earlier the same day (it was out by then)."""
+    day = datetime(2024, 10, 29, tzinfo=TZ)
+    late = _article(1, published=day, precision=precision)
+    morning = _article(2, published=day, precision=precision)
+    first_seen = {late.id: day + timedelta(days=3), morning.id: day + timedelta(hours=8.5)}
+    for kind in ("rss", "atom", "json"):
+        data = _build([late, morning], kind, first_seen=first_seen)
+        if kind == "json":
+            dates = {i["id"]: i["date_published"] for i in json.loads(data)["items"]}
+        else:
+            dates = {e.id: e.published for e in feedparser.parse(data).entries}
+        expected = (
+            ("2024-10-29T12:00:00+07:00", "2024-10-29T08:30:00+07:00")
+            if kind != "rss"
+            else ("Tue, 29 Oct 2024 12:00:00 +0700", "Tue, 29 Oct 2024 08:30:00 +0700")
+        )
+        assert (dates[item_id(late.id)], dates[item_id(morning.id)]) == expected, kind
+        # The feed lists them in that order too: the one order places them at those times.
+        order = list(dates)
+        assert order == [item_id(late.id), item_id(morning.id)], kind

@@ -119,7 +119,7 @@ def test_article_page_is_self_contained_html5(renderer: SiteRenderer, hostile: A
     hrefs = {attrs.get("href") for tag, attrs in page.tags if tag == "a"}
     assert {"../index.html", "../rss.xml", "../atom.xml", "../feed.json"} <= hrefs
     assert ("article", {"lang": "vi"}) in page.tags
-    assert '<p class="caption">' in text
+    assert '<p class="photo-note">' in text
 
 
 def test_article_page_shows_the_date_for_vietnamese_readers(
@@ -467,7 +467,7 @@ def test_the_loaders_body_bytes_give_the_same_page(title: str) -> None:
     from markupsafe import escape
 
     from syndicate.load import parse_dump_with_body
-    from syndicate.text import typeset
+    from syndicate.text import photo_description, typeset
 
     renderer = SiteRenderer(INFO, site_templates_dir())
     article, body = parse_dump_with_body(
@@ -478,7 +478,8 @@ def test_the_loaders_body_bytes_give_the_same_page(title: str) -> None:
     assert page == renderer.render_article(article, slug="x")
     text = page.decode("utf-8")
     caption = next(b.text for b in article.body if b.kind is BlockKind.CAPTION)
-    assert f'<p class="caption">{escape(typeset(caption))}</p>' in text
+    note = f"Ảnh trong bài gốc: {photo_description(caption)}"
+    assert f'<p class="photo-note">{escape(typeset(note))}</p>' in text
     assert f"<p>{escape(typeset(article.body[-1].text))}</p>\n</article>" in text
     assert "<script>" not in text
     assert "<i>" not in text

@@ -22,11 +22,13 @@ from syndicate.store.articles import (
     encode_record,
     get_article,
     iter_articles_newest_first,
+    iter_summaries,
     read_page_paths,
     sync_cache,
     upsert_article,
     write_page_paths,
 )
+from syndicate.store.pg_schema import PG_MIGRATIONS
 from syndicate.store.schema import MIGRATIONS
 from tests.plugins.postgres import open_store
 
@@ -289,3 +291,35 @@ def test_the_sync_cache_is_larger_while_a_build_stores_and_restored_after(db: Da
             upsert_article(db, LOADER_LIKE, now=NOW)
     assert db.conn.execute("PRAGMA cache_size").fetchone()[0] == before
     assert get_article(db, LOADER_LIKE.id) == LOADER_LIKE
+
+
+def test_summaries_carry_the_language_the_record_holds_and_step_12_fills_it_in(
+    db: Database,
+) -> None:
+    """The index is built from summaries: each says its article's language. Records stored
+    before step 12 get theirs from the record; a damaged one gets none (the site's)."""
+    english = dataclasses.replace(
+        _article("en1", Block(BlockKind.PARAGRAPH, "The bridge opened this morning.")),
+        language="en",
+    )
+    with db.transaction():
+        upsert_article(db, LOADER_LIKE, now=NOW)
+        upsert_article(db, english, now=NOW)
+    assert {s.id: s.language for s in iter_summaries(db)} == {"a1": "vi", "en1": "en"}
+
+    # As step 12 found them: no language column filled; a record another writer damaged, and
+    # one in a language syndicate does not know.
+    with db.transaction():
+        db.conn.execute("UPDATE articles SET language = NULL")
+        for ident, record in (("bad", '{"title": "x", "language'), ("fr", '{"language": "fr"}')):
+            db.conn.execute(
+                "INSERT INTO articles (id, record, first_seen_at, record_hash)"
+                " VALUES (?, ?, ?, '')",
+                (ident, record, NOW.isoformat()),
+            )
+    step = PG_MIGRATIONS[12] if db.dialect == "postgresql" else MIGRATIONS[11]
+    with db.transaction():
+        for statement in step[1:]:  # the column exists: the backfill only
+            db.conn.execute(statement)
+    found = {s.id: s.language for s in iter_summaries(db)}
+    assert found == {"a1": "vi", "en1": "en", "bad": None, "fr": None}

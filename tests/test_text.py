@@ -21,6 +21,7 @@ from syndicate.text import (
     lead_excerpt,
     nfc,
     one_line,
+    photo_description,
     shorten,
     slugify,
     story_key,
@@ -390,3 +391,29 @@ def test_typeset_utf8_binds_a_unit_before_non_ascii_punctuation() -> None:
 
 def test_typeset_utf8_leaves_bytes_that_are_not_utf8_as_they_are() -> None:
     assert typeset_utf8(b"21 km \xff\xfe 3 - x") == b"21\xc2\xa0km \xff\xfe 3\xc2\xa0- x"
+
+
+@pytest.mark.parametrize(
+    ("caption", "description"),
+    [
+        ("Quang cảnh hội thảo - Ảnh: T.P", "Quang cảnh hội thảo"),
+        (
+            "Các đại biểu tham quan gian trưng bày \u2013 Ảnh: N.V.",  # en dash
+            "Các đại biểu tham quan gian trưng bày",
+        ),
+        (
+            "Người dân gặt lúa trước khi nước lên (Ảnh: Minh Đức)",
+            "Người dân gặt lúa trước khi nước lên",
+        ),
+        ("Cầu mới nối hai huyện. Ảnh: Hoài Nam", "Cầu mới nối hai huyện"),
+        ("The new bridge - Photo: Thu Ha", "The new bridge"),
+        ("ẢNH: NGỌC VĂN", None),
+        ("Gian hàng rau hữu cơ luôn đông khách - Ảnh minh hoạ", None),
+        ("Học sinh đọc sách trên máy tính bảng - Ảnh minh họa", None),
+        ("Trụ sở Ủy ban nhân dân tỉnh - Ảnh tư liệu", None),
+    ],
+)
+def test_photo_description_drops_the_credit_and_says_nothing_for_a_credit_alone(
+    caption: str, description: str | None
+) -> None:
+    assert photo_description(caption) == description

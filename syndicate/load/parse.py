@@ -11,6 +11,7 @@ from syndicate.load.dates import DATE_HINT, find_full_dates, find_lead_date, par
 from syndicate.load.decode import decode_dump
 from syndicate.model import Article, Block, BlockKind, Precision, Teaser, make_article_id
 from syndicate.text import (
+    PHOTO_CAPTION,
     TITLE_LIMIT,
     clean_text,
     derive_title,
@@ -38,16 +39,6 @@ _PLACEHOLDER = re.compile(r"^\{\s*[A-Za-z_]+\s*\}$")
 _DATELINE = re.compile(
     r"^(?P<tag>\([^()]{2,24}\)|[A-ZĐ]{2,}[A-Za-zĐ0-9]*(?:\.[A-Za-z]{2,4})?)"
     r" ?[-\u2013\u2014] +(?P<text>\S.*)$"
-)
-# Photo credits make a line a caption when they end it, after " - " (or an en or em dash),
-# ". " or "(", or when they stand alone on the line.
-_CREDIT = (
-    r"(?:ảnh|photo|photos)\s*:\s*[^\s:][^:]{0,48}"
-    r"|ảnh\s+minh\s+(?:họa|hoạ)(?:\s*[:(][^:]{0,48})?"
-    r"|(?:ảnh|photo)\s+(?:tư\s+liệu|internet|file)"
-)
-_CAPTION = re.compile(
-    rf"(?:^|\s[-\u2013\u2014]\s+|\.\s+|\(\s*)(?P<credit>{_CREDIT})\)?\s*$", re.IGNORECASE
 )
 
 
@@ -83,7 +74,7 @@ def _is_caption(text: str) -> bool:
     tail = text[-90:].lower()
     if "ảnh" not in tail and "photo" not in tail:
         return False
-    match = _CAPTION.search(text)
+    match = PHOTO_CAPTION.search(text)
     if not match:
         return False
     credit = match.group("credit")

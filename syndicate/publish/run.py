@@ -330,7 +330,7 @@ def _write_pages(
         if writer.fresh(page.rel, fingerprint):
             continue
         entries = [
-            IndexEntry(s.id, slugs[s.id], s.title, s.published, s.precision, s.author)
+            IndexEntry(s.id, slugs[s.id], s.title, s.published, s.precision, s.author, s.language)
             for s in chunk
         ]
         index_jobs.append((page.rel, page.archive, page.archives, entries))
@@ -499,7 +499,12 @@ def _write_feeds(
     seen = [s.first_seen_at for s in chosen if s.id in ids]
     fallback = max(seen) if seen else _EPOCH
     render = functools.partial(
-        build_feed, now=fallback.astimezone(UTC), info=info, limit=limit, page_urls=urls
+        build_feed,
+        now=fallback.astimezone(UTC),
+        info=info,
+        limit=limit,
+        page_urls=urls,
+        first_seen={s.id: s.first_seen_at for s in chosen if s.id in ids},
     )
     feeds = _render_feeds(render, top, list(stale), failed)
     if failed:  # not fresh next time: the articles left out are reported again

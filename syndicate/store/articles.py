@@ -48,14 +48,14 @@ DELETE_DUMP = "DELETE FROM dumps WHERE path = ?"
 UPSERT_ARTICLE = """
     INSERT INTO articles
         (id, record, body, published_at, first_seen_at, slug, title, precision, author, source,
-         record_hash)
+         record_hash, language)
     VALUES (:id, CAST(:record AS TEXT), CAST(:body AS TEXT), :published_at, :first_seen_at,
-            :slug, :title, :precision, :author, :source, :record_hash)
+            :slug, :title, :precision, :author, :source, :record_hash, :language)
     ON CONFLICT (id) DO UPDATE SET
         record = excluded.record, body = excluded.body, published_at = excluded.published_at,
         slug = excluded.slug, title = excluded.title, precision = excluded.precision,
         author = excluded.author, source = excluded.source,
-        record_hash = excluded.record_hash
+        record_hash = excluded.record_hash, language = excluded.language
     WHERE articles.record_hash != excluded.record_hash OR articles.source != excluded.source
 """
 # PostgreSQL's spelling: the record and body come as UTF-8 bytes (see `encode_record`).
@@ -73,7 +73,7 @@ SELECT_ARTICLE = "SELECT record, body FROM articles WHERE id = ?"
 # The light columns of every article, for index pages and feed selection.
 SELECT_SUMMARIES = """
     SELECT a.id, a.slug, a.title, a.published_at, a.precision, a.author, a.record_hash,
-        a.first_seen_at, p.path
+        a.first_seen_at, p.path, a.language
     FROM articles AS a LEFT JOIN article_pages AS p ON p.article_id = a.id
 """
 # The articles that have a page, and where (only the build writes article_pages).
@@ -144,6 +144,7 @@ class ArticleSummary:
     record_hash: str
     first_seen_at: datetime
     page_path: str | None = None  # where the last build wrote its page; None: it has none
+    language: str | None = None  # the record's (the parser's); None: not stored, the site's
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -277,6 +278,7 @@ class ArticleRow(NamedTuple):
     precision: str
     author: str | None
     source: str
+    language: str
     # text.story_key of its head and lead, and of each of its teasers (for store.teasers).
     story_keys: tuple[str, ...] = ()
     teaser_keys: tuple[str, ...] = ()
@@ -296,6 +298,7 @@ def article_row(article: Article, parsed_body: bytes | None = None) -> ArticleRo
         precision=str(article.precision),
         author=article.author,
         source=article.source,
+        language=article.language,
         story_keys=teasers.story_keys(article),
         teaser_keys=teasers.teaser_keys(article),
     )
@@ -347,6 +350,7 @@ def upsert_rows(db: Database, rows: Sequence[ArticleRow], *, now: datetime) -> N
                     "author": row.author,
                     "source": row.source,
                     "record_hash": row.record_hash,
+                    "language": row.language,
                 }
                 for row in rows
             ),
@@ -426,6 +430,7 @@ def iter_summaries(db: Database) -> Iterator[ArticleSummary]:
                     record_hash=row[6],
                     first_seen_at=seen,
                     page_path=row[8],
+                    language=row[9],
                 )
     except DB_ERRORS as exc:
         raise _wrap("read the articles", db, exc) from exc

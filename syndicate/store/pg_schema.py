@@ -189,8 +189,23 @@ _VERSION_11: list[str] = [
     """,
 ]
 
+# 12: an article's language beside its record (see schema.py). The record is our JSON (keys
+# sorted, ": " between key and value, quotes inside strings escaped), so the one unescaped
+# `"language": "` is its top-level key; a damaged record cannot stop the step.
+_VERSION_12: list[str] = [
+    f"ALTER TABLE articles ADD COLUMN language {T}",
+    """
+    UPDATE articles SET language = substring(record from '"language": "(vi|en)"')
+    """,
+]
+
 # Version -> statements. A version missing here has no PostgreSQL step (1 to 8).
-PG_MIGRATIONS: dict[int, list[str]] = {9: _VERSION_9, 10: _VERSION_10, 11: _VERSION_11}
+PG_MIGRATIONS: dict[int, list[str]] = {
+    9: _VERSION_9,
+    10: _VERSION_10,
+    11: _VERSION_11,
+    12: _VERSION_12,
+}
 
 # The first version a PostgreSQL store can be at: what step 9 creates.
 PG_FIRST_VERSION = 9

@@ -329,3 +329,17 @@ MIGRATIONS.append(
         """,
     ]
 )
+
+# 12: an article's language beside its record, where the index pages are built from: an
+# entry of the other language says so (lang=""). Written by the build from the record's
+# `language` (the parser's); records stored before get theirs from the record here. NULL
+# (a record another writer left without one): the site's language.
+MIGRATIONS.append(
+    [
+        "ALTER TABLE articles ADD COLUMN language TEXT",
+        """
+        UPDATE articles SET language = json_extract(record, '$.language')
+        WHERE json_valid(record) AND json_extract(record, '$.language') IN ('vi', 'en')
+        """,
+    ]
+)
