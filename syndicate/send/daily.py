@@ -56,7 +56,7 @@ from syndicate.send.digests import (
 from syndicate.send.lock import hold_send_lock, shared_store_no_lock
 from syndicate.send.policy import MAX_ATTEMPTS, SendPolicy
 from syndicate.send.transports import Mailer, check_mail_settings, fit_open_files, open_mailer
-from syndicate.send.workers import DayJob, run_workers
+from syndicate.send.workers import DayJob, WorkersOutcome, run_workers
 from syndicate.store import Database, ledger
 from syndicate.store.bounces import complaint_warning, recent_rates
 from syndicate.store.digests import close_digest
@@ -332,6 +332,8 @@ def _daily_workers(
         limit=limit,
         lock_fd=lock_fd,
     )
+    if outcome.stopped_by:
+        _stopped_workers(db, days=days, outcome=outcome, limit=limit)
     summaries = list(outcome.summaries)
     first = summaries.pop(0) if today is not None and summaries else None
     for summary in summaries:
@@ -342,6 +344,31 @@ def _daily_workers(
         subscribers=subscribers,
         lost_workers=outcome.lost,
     )
+
+
+def _stopped_workers(
+    db: Database, *, days: list[DayJob], outcome: WorkersOutcome, limit: int | None
+) -> None:
+    """Some workers stopped for the server (no connection, sessions refused): the run's exit
+    follows the ledger. Anyone still owed (within --limit): the first worker's error stops
+    the run (75, or 2 for a setup problem). No one: the other workers sent everyone, and each
+    stop is a warning (the server takes fewer connections than the workers asked for)."""
+    left = sum(
+        ledger.count_owed(db, day=job.day, max_attempts=MAX_ATTEMPTS, confirmed_by=job.confirmed_by)
+        for job in days
+    )
+    if limit is not None:
+        started = sum(s.sent + s.failed + s.in_flight for s in outcome.summaries)
+        left = min(left, max(0, limit - started))
+    if left:
+        raise outcome.stopped_by[0][1]
+    for number, error in outcome.stopped_by:
+        log.warning(
+            "send worker %d: %s; the other workers sent everyone owed. Lower --workers or "
+            "smtp.connections to what the server takes.",
+            number,
+            error.message.rstrip("."),
+        )
 
 
 def _day_job(

@@ -88,10 +88,13 @@ class WorkerResult:
 
 @dataclass(frozen=True, slots=True)
 class WorkersOutcome:
-    """The run's summaries, one per digest the workers got to (summed), and the dead workers."""
+    """The run's summaries, one per digest the workers got to (summed), the dead workers, and
+    the send errors that stopped a worker (by worker number): whether they stop the run is the
+    ledger's to say (`send.daily`), as the other workers may have sent everyone meanwhile."""
 
     summaries: tuple[SendSummary, ...]
     lost: int = 0
+    stopped_by: tuple[tuple[int, SendError], ...] = ()
 
 
 def run_workers(
@@ -107,10 +110,12 @@ def run_workers(
     """Send `days` through `workers` processes; return their summed summaries.
 
     Raises InterruptError (130) or TerminatedError (143) after SIGINT or
-    SIGTERM, once every worker has stopped; otherwise the first error a
-    worker reported (DeliveryError, TempFailError, a store error). A worker
-    that died (SIGKILL, a crash) is counted in `lost`: the others take over
-    its recipients once its lease runs out.
+    SIGTERM, once every worker has stopped; otherwise the first error other
+    than a send error a worker reported (a store error). The send errors
+    (DeliveryError, TempFailError: the server would not take this worker's
+    mail) are handed back in `stopped_by`. A worker that died (SIGKILL, a
+    crash) is counted in `lost`: the others take over its recipients once its
+    lease runs out.
     """
     return asyncio.run(
         _run(
@@ -197,6 +202,7 @@ async def _run(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
     results: list[WorkerResult] = []
+    numbers: list[int] = []
     lost = 0
     for number, (proc, (out, _err)) in enumerate(zip(procs, outputs, strict=True), start=1):
         result = _read_result(out)
@@ -214,6 +220,7 @@ async def _run(
             )
             continue
         results.append(result)
+        numbers.append(number)
     summaries = _merge(days, results)
     if stopped:
         sent = sum(s.sent for s in summaries)
@@ -223,10 +230,13 @@ async def _run(
             f"interrupted: {sent:,} sent, {in_flight:,} in flight; "
             "run `syndicate send` again to finish."
         )
-    for result in results:
-        if result.error is not None:
+    stopped_by: list[tuple[int, SendError]] = []
+    for number, result in zip(numbers, results, strict=True):
+        if isinstance(result.error, SendError):
+            stopped_by.append((number, result.error))
+        elif result.error is not None:
             raise result.error
-    return WorkersOutcome(summaries=tuple(summaries), lost=lost)
+    return WorkersOutcome(summaries=tuple(summaries), lost=lost, stopped_by=tuple(stopped_by))
 
 
 def _shares(limit: int | None, workers: int) -> list[int | None]:
