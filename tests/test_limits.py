@@ -551,3 +551,57 @@ def test_serve_under_a_low_open_files_limit_caps_its_connections_and_logs_no_tra
     ) in lines
     [accept] = [line for line in lines if "accept" in line]
     assert accept.startswith("serve: cannot accept connections now (Too many open files)")
+
+
+def _under_open_files(
+    folder: Path, soft: int, hard: int, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`syndicate ARGS` in `folder` under an open-files limit of `soft` (hard `hard`)."""
+    env = _clean_env()
+    if os.environ.get(ENV_STORE_URL):
+        env[ENV_STORE_URL] = os.environ[ENV_STORE_URL]
+    return subprocess.run(
+        [sys.executable, "-m", "syndicate", *args],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+    )
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("command", ["build", "send", "serve --port 0", "subscribers list"])
+def test_too_few_open_files_for_any_command_is_one_line_and_nothing_written(
+    store: str, tmp_path: Path, command: str
+) -> None:
+    # `ulimit -n 10`: before, each command failed where its next file was due, with a
+    # traceback (an import, Babel's data, asyncio's self-pipe), or `send` called the store
+    # "not a usable syndicate database" and had the operator restore a backup.
+    with run_smtp_server() as server:
+        write_send_project(tmp_path, port=server.port, connections=2, lease=60)
+        before = _tree(tmp_path)
+        done = _under_open_files(tmp_path, 10, 10, *command.split())
+        assert server.handler.recipients() == []
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "Error: syndicate: this process may open 10 files (ulimit -n), fewer than the 32 any "
+        "command needs; nothing was done. Raise the limit (ulimit -n 1024, or LimitNOFILE= in "
+        "a systemd unit).\n"
+    )
+    assert _tree(tmp_path) == before
+
+
+def test_a_low_soft_open_files_limit_is_raised_toward_the_hard_one(
+    store: str, tmp_path: Path
+) -> None:
+    with run_smtp_server() as server:
+        write_send_project(tmp_path, port=server.port, connections=2, lease=60)
+        done = _under_open_files(tmp_path, 10, 256, "build")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Built 1 article")

@@ -297,9 +297,13 @@ def main(pending: list[int] | None = None) -> None:
 
     `pending`: the signals that came before the send loop could handle them.
     """
-    job = pickle.load(sys.stdin.buffer)  # noqa: S301 - from our own parent, over a private pipe
+    try:
+        job = pickle.load(sys.stdin.buffer)  # noqa: S301 - from our own parent, over a private pipe
+    except (EOFError, pickle.UnpicklingError):  # the parent stopped before it handed one over
+        job = None
     if not isinstance(job, WorkerJob):
-        raise SystemExit("syndicate send worker: no job on stdin")
+        # The parent failed while starting the workers, and says why itself.
+        raise SystemExit(1)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LineFormatter())
     root = logging.getLogger("syndicate")
