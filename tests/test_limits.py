@@ -605,3 +605,31 @@ def test_a_low_soft_open_files_limit_is_raised_toward_the_hard_one(
         done = _under_open_files(tmp_path, 10, 256, "build")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("Built 1 article")
+
+
+@pytest.mark.slow(seconds=5)
+def test_send_workers_fit_the_open_files_each_process_may_have_and_say_whose(
+    store: str, tmp_path: Path
+) -> None:
+    # 40 open files for `--workers 4` with 20 connections each. Before, the warning said
+    # "this process" of a limit that binds each worker, and a parent with too few files for
+    # the workers' pipes failed with a traceback halfway through starting them.
+    with run_smtp_server() as server:
+        write_send_project(tmp_path, port=server.port, connections=20, lease=60)
+        emails = [f"reader{n}@example.org" for n in range(60)]
+        yesterday = datetime.now(UTC) - timedelta(days=1)
+        with open_store(tmp_path / "syndicate.db") as db:
+            for email in emails:
+                add_subscriber(db, email, now=yesterday)
+        done = _under_open_files(tmp_path, 40, 40, "send", "--workers", "4")
+        assert done.returncode == 0, done.stderr
+        assert "sent 60, failed 0" in done.stdout
+        assert Counter(server.handler.recipients()) == Counter(emails)
+    assert _errors(done.stderr) == [
+        "warning: send --workers 4 needs about 44 open files in this process (its pipes to "
+        "each worker), and it may open 40 (ulimit -n): sending with 2 workers. Raise the "
+        "limit (ulimit -n, or LimitNOFILE= in a systemd unit) or lower --workers.",
+        "warning: smtp.connections = 20 needs about 52 open files, and each of the 2 worker "
+        "processes may open 40 (ulimit -n): sending on 8 connections each. Raise the limit "
+        "(ulimit -n, or LimitNOFILE= in a systemd unit) or lower smtp.connections.",
+    ]

@@ -56,7 +56,7 @@ from syndicate.send.digests import (
 from syndicate.send.lock import hold_send_lock, shared_store_no_lock
 from syndicate.send.policy import MAX_ATTEMPTS, SendPolicy
 from syndicate.send.transports import Mailer, check_mail_settings, fit_open_files, open_mailer
-from syndicate.send.workers import DayJob, WorkersOutcome, run_workers
+from syndicate.send.workers import DayJob, WorkersOutcome, fit_workers, run_workers
 from syndicate.store import Database, ledger
 from syndicate.store.bounces import complaint_warning, recent_rates
 from syndicate.store.digests import close_digest
@@ -305,8 +305,10 @@ def _daily_workers(
     subscribers: bool,
 ) -> DailyReport:
     """The daily job's sending over `workers` processes: every digest owed, made here once."""
-    # Raised here, the open-files limit is the workers' too; too low, it is said here once.
-    fit_open_files(settings, SendPolicy.from_settings(settings))
+    # Raised here, the open-files limit is the workers' too; too low, it is said here once:
+    # for this process's pipes to the workers, then for each worker's connections.
+    workers = fit_workers(workers)
+    fit_open_files(settings, SendPolicy.from_settings(settings), workers=workers)
     days: list[DayJob] = []
     if today is not None:
         days.append(_day_job(db, today.day, None, prepare(today)))

@@ -30,10 +30,19 @@ from syndicate.errors import InterruptError, SendError, SyndicateError, Terminat
 from syndicate.mail import MessageTemplate
 from syndicate.send.deliver import DigestSender, SendSummary, Stop, make_run_id, make_worker_id
 from syndicate.send.policy import SendPolicy
-from syndicate.send.transports import fit_open_files, open_mailer
+from syndicate.send.transports import (
+    OTHER_OPEN_FILES,
+    fit_open_files,
+    open_files_limit,
+    open_mailer,
+)
 from syndicate.store import open_database
 
 log = logging.getLogger("syndicate.send")
+
+# Open files the parent keeps for each worker: its stdin and stdout pipes, and one while it
+# starts (the pipe that reports a failed exec).
+_PIPES_PER_WORKER = 3
 
 # What a worker process runs: `main` below, imported by its module name so that what it
 # pickles back names this module's classes. SIGINT and SIGTERM are caught from the first
@@ -237,6 +246,28 @@ async def _run(
         elif result.error is not None:
             raise result.error
     return WorkersOutcome(summaries=tuple(summaries), lost=lost, stopped_by=tuple(stopped_by))
+
+
+def fit_workers(workers: int) -> int:
+    """As many of `workers` as this process may keep the pipes of (`ulimit -n`, first raised
+    toward the hard limit if need be); fewer, said once, when even the hard limit is too low,
+    rather than fail with EMFILE halfway through starting them."""
+    need = OTHER_OPEN_FILES + _PIPES_PER_WORKER * workers
+    limit = open_files_limit(need)
+    if need <= limit:
+        return workers
+    fit = max(1, (limit - OTHER_OPEN_FILES) // _PIPES_PER_WORKER)
+    log.warning(
+        "send --workers %d needs about %d open files in this process (its pipes to each "
+        "worker), and it may open %d (ulimit -n): sending with %d %s. Raise the limit "
+        "(ulimit -n, or LimitNOFILE= in a systemd unit) or lower --workers.",
+        workers,
+        need,
+        limit,
+        fit,
+        "worker" if fit == 1 else "workers",
+    )
+    return fit
 
 
 def _shares(limit: int | None, workers: int) -> list[int | None]:
