@@ -633,3 +633,82 @@ def test_send_workers_fit_the_open_files_each_process_may_have_and_say_whose(
         "processes may open 40 (ulimit -n): sending on 8 connections each. Raise the limit "
         "(ulimit -n, or LimitNOFILE= in a systemd unit) or lower smtp.connections.",
     ]
+
+
+@pytest.mark.slow(seconds=6)
+def test_serve_under_a_low_open_files_limit_leaves_each_sign_up_its_confirmation_mail(
+    store: str, tmp_path: Path
+) -> None:
+    # 32 open files, smtp.connections = 8: before, serve took 16 connections as if the
+    # confirmation mails needed no files, and a burst of sign-ups on kept-alive connections
+    # left the mails none ("confirmation to subscriber 11 failed: ... Too many open files").
+    import re
+    import signal
+    import threading
+
+    import httpx
+
+    with run_smtp_server() as server:
+        server.handler.delay = 0.2  # the mails overlap the sign-ups' connections
+        write_send_project(tmp_path, port=server.port, connections=8, lease=60)
+        with (tmp_path / "syndicate.toml").open("a", encoding="utf-8") as config:
+            config.write("[subscribe]\nrate_limit = 100000\n")
+        (tmp_path / "feeds").mkdir()
+        (tmp_path / "feeds" / "index.html").write_text("<!doctype html><title>Tin</title>\n")
+        env = _clean_env()
+        if os.environ.get(ENV_STORE_URL):
+            env[ENV_STORE_URL] = os.environ[ENV_STORE_URL]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "syndicate", "serve", "--port", "0"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32)),
+        )
+        assert process.stdout is not None
+        try:
+            found = re.search(r" at (http://127\.0\.0\.1:\d+/) ", process.stdout.readline())
+            assert found, process.stderr.read() if process.stderr else ""
+            url = found.group(1)
+            # As many sign-ups at once as serve takes (its warning says 12), each client
+            # keeping its connection open while the mails go.
+            burst = 12
+            answers: list[int | str] = []
+            lined_up = threading.Barrier(burst + 1)
+            all_done = threading.Barrier(burst + 1)
+
+            def sign_up(number: int) -> None:
+                with httpx.Client(base_url=url, timeout=30, headers={"origin": url[:-1]}) as web:
+                    web.get("healthz")  # connected before the burst goes
+                    lined_up.wait(timeout=30)
+                    try:
+                        answer = web.post(
+                            "subscribe", data={"email": f"r{number}@example.org", "language": "vi"}
+                        )
+                        answers.append(answer.status_code)
+                    except httpx.HTTPError as exc:
+                        answers.append(repr(exc))
+                    all_done.wait(timeout=60)
+
+            threads = [threading.Thread(target=sign_up, args=(n,)) for n in range(burst)]
+            for thread in threads:
+                thread.start()
+            lined_up.wait(timeout=30)
+            assert server.handler.wait_for(burst, timeout=30), answers
+            all_done.wait(timeout=60)
+            for thread in threads:
+                thread.join(timeout=30)
+        finally:
+            process.send_signal(signal.SIGINT)
+            _out, err = process.communicate(timeout=30)
+    assert answers == [200] * burst
+    assert sorted(server.handler.recipients()) == sorted(f"r{n}@example.org" for n in range(burst))
+    assert "Traceback" not in err, err
+    assert "failed" not in err, err
+    assert (
+        "warning: serve: this process may open 32 files (ulimit -n), too few for 800 "
+        "connections at once and 8 for confirmation mails (it sends on 4): it takes 12, and "
+        "answers more with 503. Raise the limit (ulimit -n, or LimitNOFILE= in a systemd unit)."
+    ) in err.splitlines()
