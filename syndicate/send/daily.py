@@ -71,18 +71,69 @@ Progress = Callable[[int, int], None]
 
 
 def _is_loopback(url: str) -> bool:
-    """Whether `url` names this machine (localhost, 127.0.0.0/8, ::1, or 0.0.0.0 and ::,
-    copied from `serve --host`, also this machine in a browser): no reader reaches it."""
-    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    """Whether `url` names this machine in a reader's browser (localhost, 127.0.0.0/8, ::1,
+    or 0.0.0.0 and ::, copied from `serve --host`): no reader reaches it.
+
+    The host is read as a browser reads it (the WHATWG URL standard's host parser), not as
+    `ipaddress` does: an IPv4 address may be written in 1 to 4 parts, each decimal, octal
+    (a leading 0) or hex (0x), so `127.1`, `2130706433`, `0x7f.1` and `0177.0.0.1` are all
+    127.0.0.1; full-width digits and dots are mapped first (IDNA)."""
+    host = urlsplit(url).hostname or ""
+    if ":" in host:  # a bracketed IPv6 address
+        try:
+            address = ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        if (mapped := address.ipv4_mapped) is not None:
+            return mapped.is_loopback or mapped.is_unspecified
+        return address.is_loopback or address.is_unspecified
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    host = host.lower().removesuffix(".")
     if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
         return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    number = _whatwg_ipv4(host)
+    if number is None:
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback or address.is_unspecified
+    ipv4 = ipaddress.IPv4Address(number)
+    return ipv4.is_loopback or ipv4.is_unspecified
+
+
+def _whatwg_ipv4(host: str) -> int | None:
+    """The IPv4 address a browser reads in `host` (WHATWG URL, "IPv4 parser"), as a number;
+    None when its last label is not a number (a domain name) or the address is invalid."""
+    parts = host.split(".")
+    if _ipv4_number(parts[-1]) is None:
+        return None  # does not end in a number: a domain name
+    numbers = [_ipv4_number(part) for part in parts]
+    if len(parts) > 4 or any(n is None for n in numbers):
+        return None
+    values = [n for n in numbers if n is not None]
+    if any(n > 255 for n in values[:-1]) or values[-1] >= 256 ** (5 - len(values)):
+        return None
+    address = values[-1]
+    for index, value in enumerate(values[:-1]):
+        address += value * 256 ** (3 - index)
+    return address
+
+
+def _ipv4_number(part: str) -> int | None:
+    """One part of a browser's IPv4 address: decimal, octal after a leading 0, hex after 0x."""
+    if not part.isascii():
+        return None
+    radix, digits = 10, part
+    if part[:2] in ("0x", "0X"):
+        radix, digits = 16, part[2:]
+    elif len(part) > 1 and part.startswith("0"):
+        radix, digits = 8, part[1:]
+    if not digits:
+        return 0 if radix != 10 else None
+    try:
+        return int(digits, radix) if digits.isalnum() else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
