@@ -237,16 +237,16 @@ def as_other_user() -> Iterator[tuple[Path, str]]:
             "read-only",
             ("subscribers", "add", "b@example.org"),
             "may not read and write it (owner root, mode 0644). Run syndicate as root, whose "
-            "store it is, or give nobody the store, its -wal and -shm files and its folder "
-            "(chown); nothing was changed.",
+            "store it is, or give nobody what it needs: chown nobody {project}/syndicate.db "
+            "{project}; nothing was changed.",
         ),
         # Private to its owner: before, "cannot open the database: unable to open database file".
         (
             "private",
             ("subscribers", "list"),
             "may not read and write it (owner root, mode 0600). Run syndicate as root, whose "
-            "store it is, or give nobody the store, its -wal and -shm files and its folder "
-            "(chown); nothing was changed.",
+            "store it is, or give nobody what it needs: chown nobody {project}/syndicate.db "
+            "{project}; nothing was changed.",
         ),
         # No store yet, in a folder this user may not write to.
         (
@@ -297,6 +297,66 @@ def test_another_users_store_is_named_with_its_owner_and_left_as_it_was(
 
 
 @pytest.mark.slow(seconds=3)
+def test_a_store_in_the_project_folder_is_given_without_the_folder_and_the_advice_works(
+    as_other_user: tuple[Path, str],
+) -> None:
+    # Root ran the setup in the project folder (syndicate.toml, seeds/ beside the store);
+    # cron runs as nobody. Before, the advice was to give nobody "the store, its -wal and
+    # -shm files and its folder (chown)": the whole project folder, config and all. The
+    # narrowest change: the store's file, and its -wal and -shm made for nobody.
+    folder, python = as_other_user
+    project = folder / "in-project"
+    project.mkdir(mode=0o755)
+    (project / "syndicate.toml").write_text('[site]\ntitle = "Tin"\n', encoding="utf-8")
+    env = _clean_env()
+    made = subprocess.run(
+        [sys.executable, "-m", "syndicate", "subscribers", "add", "a@example.org"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    database = project / "syndicate.db"
+
+    def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["runuser", "-u", OTHER_USER, "--", python, "-m", "syndicate", *args],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    done = as_nobody("subscribers", "add", "b@example.org")
+    assert done.returncode == 2
+    command = (
+        f"touch {database}-wal {database}-shm && chmod 600 {database}-wal {database}-shm && "
+        f"chown nobody {database} {database}-wal {database}-shm"
+    )
+    assert done.stderr.splitlines()[-1] == (
+        f"Error: {database}: this user (nobody) may not read and write it (owner root, mode "
+        f"0600). Run syndicate as root, whose store it is, or give nobody what it needs: "
+        f"{command}; nothing was changed."
+    )
+    # The advice, taken as written, is enough: the folder and the config stay root's.
+    subprocess.run(["sh", "-c", command], check=True, timeout=30)
+    for email in ("b@example.org", "c@example.org"):  # the second finds the -wal left
+        done = as_nobody("subscribers", "add", email)
+        assert done.returncode == 0, done.stderr
+    listed = as_nobody("subscribers", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split("\t")[1] for line in listed.stdout.splitlines()] == [
+        "a@example.org",
+        "b@example.org",
+        "c@example.org",
+    ]
+    assert (project.stat().st_uid, (project / "syndicate.toml").stat().st_uid) == (0, 0)
+
+
+@pytest.mark.slow(seconds=3)
 def test_a_linked_store_is_judged_where_the_link_leads(as_other_user: tuple[Path, str]) -> None:
     # paths.database a link into a data folder (a container's volume): SQLite makes the
     # -wal and -shm files beside the file the link leads to, so that folder is the one to
@@ -334,7 +394,7 @@ def test_a_linked_store_is_judged_where_the_link_leads(as_other_user: tuple[Path
     assert done.stderr.splitlines()[-1] == (
         f"Error: {project / 'syndicate.db'}: this user (nobody) may not make its -wal and -shm "
         f"files in {data} (owner root, mode 0755). Run syndicate as root, whose folder it is, "
-        "or give nobody the store's folder (chown); nothing was changed."
+        f"or give nobody what it needs: chown nobody {data}; nothing was changed."
     )
     assert stored.read_bytes() == before
 

@@ -619,16 +619,11 @@ def _access_error(path: Path) -> StoreError | None:
     except (OSError, NotImplementedError):
         return None
     me, owner = user_name(os.geteuid()), user_name(info.st_uid)
-    if real.exists() and not denied:
-        # The store may be this user's own: only the folder is not (its owner's name is).
+    if real.exists():
+        whose = "folder" if not denied else "store"
         hint = (
-            f"Run syndicate as {owner}, whose folder it is, or give {me} the store's folder "
-            "(chown); nothing was changed."
-        )
-    elif real.exists():
-        hint = (
-            f"Run syndicate as {owner}, whose store it is, or give {me} the store, its -wal "
-            "and -shm files and its folder (chown); nothing was changed."
+            f"Run syndicate as {owner}, whose {whose} it is, or give {me} what it needs: "
+            f"{_narrowest_change(me, denied, names, folder)}; nothing was changed."
         )
     else:
         hint = f"Run syndicate as {owner}, or point paths.database at a folder {me} may write to."
@@ -637,6 +632,34 @@ def _access_error(path: Path) -> StoreError | None:
         f"(owner {owner}, mode {stat.S_IMODE(info.st_mode):04o}).",
         hint=hint,
     )
+
+
+def _narrowest_change(me: str, denied: list[Path], names: list[Path], folder: Path) -> str:
+    """The shell command that lets `me` use an existing SQLite store, and changes no more.
+
+    `denied`: its files `me` may not read and write; `names`: the file, -wal and -shm. The
+    folder is the problem only when a -wal or -shm is missing and `me` may not make it:
+    then a folder holding nothing but the store is given too; any other (the project's
+    folder, say, with the config beside the store) stays its owner's, and the missing files
+    are made for `me` instead (SQLite then uses them as they are).
+    """
+    import shlex
+
+    missing = [n for n in names if not n.exists()]
+    if not missing or _may(folder, os.W_OK | os.X_OK):
+        missing = []
+    give = list(denied)
+    made: list[Path] = []
+    if missing:
+        if set(os.listdir(folder)) <= {n.name for n in names}:
+            give.append(folder)
+        else:
+            made = missing
+            give += [n for n in made if n not in give]
+    made_args = " ".join(shlex.quote(str(n)) for n in made)
+    steps = [f"touch {made_args}", f"chmod 600 {made_args}"] if made else []
+    steps.append(f"chown {shlex.quote(me)} " + " ".join(shlex.quote(str(n)) for n in give))
+    return " && ".join(steps)
 
 
 def _may(path: Path, mode: int) -> bool:
