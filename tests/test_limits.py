@@ -772,3 +772,42 @@ def test_serve_under_a_low_open_files_limit_leaves_each_sign_up_its_confirmation
         "connections at once and 8 for confirmation mails (it sends on 4): it takes 12, and "
         "answers more with 503. Raise the limit (ulimit -n, or LimitNOFILE= in a systemd unit)."
     ) in err.splitlines()
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.slow(seconds=5)
+def test_a_build_left_few_open_files_by_its_parent_says_so_and_never_blames_the_store(
+    store: str, tmp_path: Path
+) -> None:
+    # A parent (a supervisor, a shell script) that leaks its open files into the cron job
+    # leaves it only a few of its 32. Before, SQLite's "unable to open database file" for a
+    # -wal it had no file left for became "not a usable syndicate database ... restore this
+    # one from a backup", for a store with nothing wrong; other runs ended in a traceback.
+    env = _clean_env()
+    codes: list[int] = []
+    for leaked in range(20, 28):  # from plenty left to the last Python can start with
+        project = write_send_project(tmp_path / str(leaked), port=25, connections=1, lease=60)
+        # Held open from descriptor 3 up (below the limit, where they count), as a leaking
+        # parent leaves them: bash opens them for the command it runs.
+        held = " ".join(f"{fd}</dev/null" for fd in range(3, 3 + leaked))
+        done = subprocess.run(
+            ["bash", "-c", f'ulimit -n 32 && exec "$0" -m syndicate build {held}', sys.executable],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        codes.append(done.returncode)
+        assert done.returncode in (0, 75), (leaked, done.stderr)
+        assert "Traceback" not in done.stderr, (leaked, done.stderr)
+        if done.returncode == 75:
+            assert done.stderr.startswith("Error: "), done.stderr
+            assert "(ulimit -n)" in done.stderr
+            assert done.stderr.count("\n") == 1, done.stderr
+    assert 0 in codes, "the test meant some builds to have files enough"
+    assert 75 in codes, "the test meant some builds to run out of files"
+    for made in tmp_path.glob("*/syndicate.db"):  # each store made is whole
+        with closing(sqlite3.connect(made)) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)

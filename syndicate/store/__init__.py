@@ -13,6 +13,7 @@ unreachable server is a "try again later" (exit 75, HTTP 503), never a usage err
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -25,6 +26,7 @@ from types import TracebackType
 from typing import Any, Literal, Self, overload
 
 from syndicate.errors import (
+    OutOfFilesError,
     StoreAccessError,
     StoreBusyError,
     StoreError,
@@ -434,7 +436,7 @@ def open_database(
             check_same_thread=not any_thread,
         )
     except (sqlite3.Error, OSError) as exc:
-        denied = _access_error(path)
+        denied = _access_error(path) or _out_of_files(path)
         if denied is not None:
             raise denied from exc
         raise StoreError(
@@ -459,7 +461,8 @@ def open_database(
     except sqlite3.DatabaseError as exc:
         conn.close()
         _raise_if_try_later(path, exc)  # busy or full: the file itself is fine
-        denied = _access_error(path)  # another user's: the file itself is fine too
+        # Another user's, or this process out of files: the file itself is fine too.
+        denied = _access_error(path) or _out_of_files(path)
         if denied is not None:
             raise denied from exc
         raise StoreError(
@@ -631,6 +634,34 @@ def _access_error(path: Path) -> StoreError | None:
         f"{path}: this user ({me}) may not {what} "
         f"(owner {owner}, mode {stat.S_IMODE(info.st_mode):04o}).",
         hint=hint,
+    )
+
+
+def _out_of_files(path: Path) -> OutOfFilesError | None:
+    """The error for SQLite's "unable to open database file" when this process has (nearly)
+    every file open that it may (`ulimit -n`): the -wal or -shm found no file left, and the
+    store is fine. None when files are left (the caller's own error says why)."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if limit == resource.RLIM_INFINITY:
+            return None
+        in_use = len(os.listdir("/proc/self/fd"))
+    except (ImportError, ValueError):
+        return None
+    except OSError as exc:  # no file left even to list them (EMFILE), or no /proc
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            return None
+        in_use = limit
+    # SQLite closed what it had opened of the store before it gave up: a few are free again.
+    if in_use + len(_SIDE_FILES) < limit:
+        return None
+    return OutOfFilesError(
+        f"{path}: cannot open the database: this process has {in_use} of the {limit} files "
+        "it may open (ulimit -n) in use; the store is fine.",
+        hint="Raise the limit (ulimit -n, or LimitNOFILE= in a systemd unit), then run the "
+        "command again.",
     )
 
 
