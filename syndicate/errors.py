@@ -66,6 +66,18 @@ class DiskFullError(OutputError):
     exit_code: ClassVar[int] = EXIT_TEMPFAIL
 
 
+class OpenFilesError(SyndicateError):
+    """The process may open too few files (`ulimit -n`) for any command: a setup problem of
+    the machine or the service unit that no retry fixes, exit 2 as for a bad config."""
+
+
+class OutOfFilesError(OpenFilesError):
+    """A command ran out of open files (`ulimit -n`, or the system's table) midway; what it
+    had written is whole, and a later run may have the files."""
+
+    exit_code: ClassVar[int] = EXIT_TEMPFAIL
+
+
 class WorkerError(SyndicateError):
     """A build worker process died (killed for lack of memory, say); the build stopped."""
 

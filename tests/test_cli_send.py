@@ -705,6 +705,16 @@ def test_smtp_without_a_postal_address_warns_once(project: Path, smtpd: SmtpServ
         # The address `serve --host` was given, copied: readers' browsers reach their own.
         "http://0.0.0.0:8000/",
         "http://[::ffff:127.0.0.1]:8000/",
+        # IPv4 as browsers read it (WHATWG URL): 1 to 4 parts, decimal, octal or hex.
+        "http://127.1/",
+        "http://2130706433:8000/",
+        "http://0x7f.1/",
+        "http://0177.0.0.1/",
+        "http://0x7F000001/",
+        "http://127.0.0.1./",
+        "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/",  # full-width digits
+        "http://[0:0:0:0:0:0:0:1]/",
+        "http://[::ffff:7f00:1]/",
     ],
 )
 def test_smtp_with_a_loopback_base_url_warns_that_the_links_lead_nowhere(
@@ -726,6 +736,27 @@ def test_smtp_with_a_loopback_base_url_warns_that_the_links_lead_nowhere(
         "the links in every digest (unsubscribe too) lead nowhere for its readers; set the "
         "address the site is served under in syndicate.toml.\n"
     )
+    assert smtpd.handler.recipients() == ["an@example.org"]
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://128.1/", "http://2147483649/", "http://0x80.1/", "http://10.0.0.127/"],
+)
+def test_smtp_with_a_base_url_of_another_machine_in_ipv4_shorthand_warns_nothing(
+    project: Path, smtpd: SmtpServer, base_url: str
+) -> None:
+    # The shorthand parser must still tell other machines (128.0.0.1 in three spellings)
+    # from this one.
+    _smtp_config(project, smtpd)
+    config = project / "syndicate.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("https://news.example.org/", base_url),
+        encoding="utf-8",
+    )
+    _subscribe("an@example.org")
+    code, _out, err = _run("send")
+    assert (code, err) == (0, "")
     assert smtpd.handler.recipients() == ["an@example.org"]
 
 

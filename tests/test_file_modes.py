@@ -162,8 +162,8 @@ def test_a_store_another_user_owns_is_one_line_naming_both_users(
         2,
         "",
         f"Error: {path}: this user ({me}) may not read and write it (owner {owner}, mode "
-        f"0600). Run syndicate as {owner}, whose store it is, or give {me} the store, its -wal "
-        "and -shm files and its folder (chown); nothing was changed.\n",
+        f"0600). Run syndicate as {owner}, whose store it is, or give {me} what it needs: "
+        f"chown {me} {path}; nothing was changed.\n",
     )
 
 

@@ -237,16 +237,16 @@ def as_other_user() -> Iterator[tuple[Path, str]]:
             "read-only",
             ("subscribers", "add", "b@example.org"),
             "may not read and write it (owner root, mode 0644). Run syndicate as root, whose "
-            "store it is, or give nobody the store, its -wal and -shm files and its folder "
-            "(chown); nothing was changed.",
+            "store it is, or give nobody what it needs: chown nobody {project}/syndicate.db "
+            "{project}; nothing was changed.",
         ),
         # Private to its owner: before, "cannot open the database: unable to open database file".
         (
             "private",
             ("subscribers", "list"),
             "may not read and write it (owner root, mode 0600). Run syndicate as root, whose "
-            "store it is, or give nobody the store, its -wal and -shm files and its folder "
-            "(chown); nothing was changed.",
+            "store it is, or give nobody what it needs: chown nobody {project}/syndicate.db "
+            "{project}; nothing was changed.",
         ),
         # No store yet, in a folder this user may not write to.
         (
@@ -297,6 +297,66 @@ def test_another_users_store_is_named_with_its_owner_and_left_as_it_was(
 
 
 @pytest.mark.slow(seconds=3)
+def test_a_store_in_the_project_folder_is_given_without_the_folder_and_the_advice_works(
+    as_other_user: tuple[Path, str],
+) -> None:
+    # Root ran the setup in the project folder (syndicate.toml, seeds/ beside the store);
+    # cron runs as nobody. Before, the advice was to give nobody "the store, its -wal and
+    # -shm files and its folder (chown)": the whole project folder, config and all. The
+    # narrowest change: the store's file, and its -wal and -shm made for nobody.
+    folder, python = as_other_user
+    project = folder / "in-project"
+    project.mkdir(mode=0o755)
+    (project / "syndicate.toml").write_text('[site]\ntitle = "Tin"\n', encoding="utf-8")
+    env = _clean_env()
+    made = subprocess.run(
+        [sys.executable, "-m", "syndicate", "subscribers", "add", "a@example.org"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    database = project / "syndicate.db"
+
+    def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["runuser", "-u", OTHER_USER, "--", python, "-m", "syndicate", *args],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    done = as_nobody("subscribers", "add", "b@example.org")
+    assert done.returncode == 2
+    command = (
+        f"touch {database}-wal {database}-shm && chmod 600 {database}-wal {database}-shm && "
+        f"chown nobody {database} {database}-wal {database}-shm"
+    )
+    assert done.stderr.splitlines()[-1] == (
+        f"Error: {database}: this user (nobody) may not read and write it (owner root, mode "
+        f"0600). Run syndicate as root, whose store it is, or give nobody what it needs: "
+        f"{command}; nothing was changed."
+    )
+    # The advice, taken as written, is enough: the folder and the config stay root's.
+    subprocess.run(["sh", "-c", command], check=True, timeout=30)
+    for email in ("b@example.org", "c@example.org"):  # the second finds the -wal left
+        done = as_nobody("subscribers", "add", email)
+        assert done.returncode == 0, done.stderr
+    listed = as_nobody("subscribers", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split("\t")[1] for line in listed.stdout.splitlines()] == [
+        "a@example.org",
+        "b@example.org",
+        "c@example.org",
+    ]
+    assert (project.stat().st_uid, (project / "syndicate.toml").stat().st_uid) == (0, 0)
+
+
+@pytest.mark.slow(seconds=3)
 def test_a_linked_store_is_judged_where_the_link_leads(as_other_user: tuple[Path, str]) -> None:
     # paths.database a link into a data folder (a container's volume): SQLite makes the
     # -wal and -shm files beside the file the link leads to, so that folder is the one to
@@ -334,7 +394,7 @@ def test_a_linked_store_is_judged_where_the_link_leads(as_other_user: tuple[Path
     assert done.stderr.splitlines()[-1] == (
         f"Error: {project / 'syndicate.db'}: this user (nobody) may not make its -wal and -shm "
         f"files in {data} (owner root, mode 0755). Run syndicate as root, whose folder it is, "
-        "or give nobody the store's folder (chown); nothing was changed."
+        f"or give nobody what it needs: chown nobody {data}; nothing was changed."
     )
     assert stored.read_bytes() == before
 
@@ -551,3 +611,203 @@ def test_serve_under_a_low_open_files_limit_caps_its_connections_and_logs_no_tra
     ) in lines
     [accept] = [line for line in lines if "accept" in line]
     assert accept.startswith("serve: cannot accept connections now (Too many open files)")
+
+
+def _under_open_files(
+    folder: Path, soft: int, hard: int, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`syndicate ARGS` in `folder` under an open-files limit of `soft` (hard `hard`)."""
+    env = _clean_env()
+    if os.environ.get(ENV_STORE_URL):
+        env[ENV_STORE_URL] = os.environ[ENV_STORE_URL]
+    return subprocess.run(
+        [sys.executable, "-m", "syndicate", *args],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+    )
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("command", ["build", "send", "serve --port 0", "subscribers list"])
+def test_too_few_open_files_for_any_command_is_one_line_and_nothing_written(
+    store: str, tmp_path: Path, command: str
+) -> None:
+    # `ulimit -n 10`: before, each command failed where its next file was due, with a
+    # traceback (an import, Babel's data, asyncio's self-pipe), or `send` called the store
+    # "not a usable syndicate database" and had the operator restore a backup.
+    with run_smtp_server() as server:
+        write_send_project(tmp_path, port=server.port, connections=2, lease=60)
+        before = _tree(tmp_path)
+        done = _under_open_files(tmp_path, 10, 10, *command.split())
+        assert server.handler.recipients() == []
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "Error: syndicate: this process may open 10 files (ulimit -n), fewer than the 32 any "
+        "command needs; nothing was done. Raise the limit (ulimit -n 1024, or LimitNOFILE= in "
+        "a systemd unit).\n"
+    )
+    assert _tree(tmp_path) == before
+
+
+def test_a_low_soft_open_files_limit_is_raised_toward_the_hard_one(
+    store: str, tmp_path: Path
+) -> None:
+    with run_smtp_server() as server:
+        write_send_project(tmp_path, port=server.port, connections=2, lease=60)
+        done = _under_open_files(tmp_path, 10, 256, "build")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Built 1 article")
+
+
+@pytest.mark.slow(seconds=5)
+def test_send_workers_fit_the_open_files_each_process_may_have_and_say_whose(
+    store: str, tmp_path: Path
+) -> None:
+    # 40 open files for `--workers 4` with 20 connections each. Before, the warning said
+    # "this process" of a limit that binds each worker, and a parent with too few files for
+    # the workers' pipes failed with a traceback halfway through starting them.
+    with run_smtp_server() as server:
+        write_send_project(tmp_path, port=server.port, connections=20, lease=60)
+        emails = [f"reader{n}@example.org" for n in range(60)]
+        yesterday = datetime.now(UTC) - timedelta(days=1)
+        with open_store(tmp_path / "syndicate.db") as db:
+            for email in emails:
+                add_subscriber(db, email, now=yesterday)
+        done = _under_open_files(tmp_path, 40, 40, "send", "--workers", "4")
+        assert done.returncode == 0, done.stderr
+        assert "sent 60, failed 0" in done.stdout
+        assert Counter(server.handler.recipients()) == Counter(emails)
+    assert _errors(done.stderr) == [
+        "warning: send --workers 4 needs about 44 open files in this process (its pipes to "
+        "each worker), and it may open 40 (ulimit -n): sending with 2 workers. Raise the "
+        "limit (ulimit -n, or LimitNOFILE= in a systemd unit) or lower --workers.",
+        "warning: smtp.connections = 20 needs about 52 open files, and each of the 2 worker "
+        "processes may open 40 (ulimit -n): sending on 8 connections each. Raise the limit "
+        "(ulimit -n, or LimitNOFILE= in a systemd unit) or lower smtp.connections.",
+    ]
+
+
+@pytest.mark.slow(seconds=6)
+def test_serve_under_a_low_open_files_limit_leaves_each_sign_up_its_confirmation_mail(
+    store: str, tmp_path: Path
+) -> None:
+    # 32 open files, smtp.connections = 8: before, serve took 16 connections as if the
+    # confirmation mails needed no files, and a burst of sign-ups on kept-alive connections
+    # left the mails none ("confirmation to subscriber 11 failed: ... Too many open files").
+    import re
+    import signal
+    import threading
+
+    import httpx
+
+    with run_smtp_server() as server:
+        server.handler.delay = 0.2  # the mails overlap the sign-ups' connections
+        write_send_project(tmp_path, port=server.port, connections=8, lease=60)
+        with (tmp_path / "syndicate.toml").open("a", encoding="utf-8") as config:
+            config.write("[subscribe]\nrate_limit = 100000\n")
+        (tmp_path / "feeds").mkdir()
+        (tmp_path / "feeds" / "index.html").write_text("<!doctype html><title>Tin</title>\n")
+        env = _clean_env()
+        if os.environ.get(ENV_STORE_URL):
+            env[ENV_STORE_URL] = os.environ[ENV_STORE_URL]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "syndicate", "serve", "--port", "0"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32)),
+        )
+        assert process.stdout is not None
+        try:
+            found = re.search(r" at (http://127\.0\.0\.1:\d+/) ", process.stdout.readline())
+            assert found, process.stderr.read() if process.stderr else ""
+            url = found.group(1)
+            # As many sign-ups at once as serve takes (its warning says 12), each client
+            # keeping its connection open while the mails go.
+            burst = 12
+            answers: list[int | str] = []
+            lined_up = threading.Barrier(burst + 1)
+            all_done = threading.Barrier(burst + 1)
+
+            def sign_up(number: int) -> None:
+                with httpx.Client(base_url=url, timeout=30, headers={"origin": url[:-1]}) as web:
+                    web.get("healthz")  # connected before the burst goes
+                    lined_up.wait(timeout=30)
+                    try:
+                        answer = web.post(
+                            "subscribe", data={"email": f"r{number}@example.org", "language": "vi"}
+                        )
+                        answers.append(answer.status_code)
+                    except httpx.HTTPError as exc:
+                        answers.append(repr(exc))
+                    all_done.wait(timeout=60)
+
+            threads = [threading.Thread(target=sign_up, args=(n,)) for n in range(burst)]
+            for thread in threads:
+                thread.start()
+            lined_up.wait(timeout=30)
+            assert server.handler.wait_for(burst, timeout=30), answers
+            all_done.wait(timeout=60)
+            for thread in threads:
+                thread.join(timeout=30)
+        finally:
+            process.send_signal(signal.SIGINT)
+            _out, err = process.communicate(timeout=30)
+    assert answers == [200] * burst
+    assert sorted(server.handler.recipients()) == sorted(f"r{n}@example.org" for n in range(burst))
+    assert "Traceback" not in err, err
+    assert "failed" not in err, err
+    assert (
+        "warning: serve: this process may open 32 files (ulimit -n), too few for 800 "
+        "connections at once and 8 for confirmation mails (it sends on 4): it takes 12, and "
+        "answers more with 503. Raise the limit (ulimit -n, or LimitNOFILE= in a systemd unit)."
+    ) in err.splitlines()
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.slow(seconds=5)
+def test_a_build_left_few_open_files_by_its_parent_says_so_and_never_blames_the_store(
+    store: str, tmp_path: Path
+) -> None:
+    # A parent (a supervisor, a shell script) that leaks its open files into the cron job
+    # leaves it only a few of its 32. Before, SQLite's "unable to open database file" for a
+    # -wal it had no file left for became "not a usable syndicate database ... restore this
+    # one from a backup", for a store with nothing wrong; other runs ended in a traceback.
+    env = _clean_env()
+    codes: list[int] = []
+    for leaked in range(20, 28):  # from plenty left to the last Python can start with
+        project = write_send_project(tmp_path / str(leaked), port=25, connections=1, lease=60)
+        # Held open from descriptor 3 up (below the limit, where they count), as a leaking
+        # parent leaves them: bash opens them for the command it runs.
+        held = " ".join(f"{fd}</dev/null" for fd in range(3, 3 + leaked))
+        done = subprocess.run(
+            ["bash", "-c", f'ulimit -n 32 && exec "$0" -m syndicate build {held}', sys.executable],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        codes.append(done.returncode)
+        assert done.returncode in (0, 75), (leaked, done.stderr)
+        assert "Traceback" not in done.stderr, (leaked, done.stderr)
+        if done.returncode == 75:
+            assert done.stderr.startswith("Error: "), done.stderr
+            assert "(ulimit -n)" in done.stderr
+            assert done.stderr.count("\n") == 1, done.stderr
+    assert 0 in codes, "the test meant some builds to have files enough"
+    assert 75 in codes, "the test meant some builds to run out of files"
+    for made in tmp_path.glob("*/syndicate.db"):  # each store made is whole
+        with closing(sqlite3.connect(made)) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)

@@ -264,3 +264,72 @@ def test_sigint_stops_every_worker_gracefully_and_a_second_send_exits_75(
     got = Counter(server.handler.recipients())
     assert set(got) == set(emails)
     assert max(got.values()) == 1
+
+
+def _send(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    if os.environ.get(ENV_STORE_URL):  # the test's PostgreSQL store
+        env[ENV_STORE_URL] = os.environ[ENV_STORE_URL]
+    return subprocess.run(
+        [sys.executable, "-m", "syndicate", "send", *args],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _gated_project(folder: Path, server: SmtpServer, *, connections: int) -> None:
+    """Short retries (a refused connection is tried 3 times within about 3 s)."""
+    write_send_project(folder, port=server.port, connections=connections, lease=1)
+    with (folder / "syndicate.toml").open("a", encoding="utf-8") as config:
+        config.write("retry_window = 8\n")
+
+
+@pytest.mark.slow(seconds=8)
+def test_workers_the_server_takes_fewer_connections_from_exit_0_when_everyone_got_it(
+    tmp_path: Path,
+) -> None:
+    # The server takes one session at a time: one worker sends, the other is refused (421)
+    # on every try and stops. The first sent everyone, the summary and ledger say so: the
+    # run exited 75 ("the server stayed unavailable") all the same.
+    with run_smtp_server(sessions=1) as server:
+        server.handler.delay = 0.02  # both workers claim a batch before the first is done
+        _gated_project(tmp_path, server, connections=1)
+        emails = _subscribe(tmp_path, 0, 60)
+        done = _send(tmp_path, "--workers", "2")
+        refused = server.refused
+    assert refused, "the test meant a worker to be refused"
+    assert done.returncode == 0, done.stderr
+    assert SUMMARY.findall(done.stdout) == [("60", "0", "0")]
+    assert Counter(server.handler.recipients()) == Counter(emails)
+    assert "send worker " in done.stderr
+    assert "Lower --workers or smtp.connections" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow(seconds=6)
+def test_workers_a_server_taking_no_connection_exits_75(tmp_path: Path) -> None:
+    with run_smtp_server(sessions=0) as server:
+        _gated_project(tmp_path, server, connections=1)
+        _subscribe(tmp_path, 0, 10)
+        done = _send(tmp_path, "--workers", "2")
+    assert done.returncode == 75, done.stderr
+    assert "The server stayed unavailable" in done.stderr
+    assert server.handler.recipients() == []
+
+
+@pytest.mark.slow(seconds=4)
+def test_one_process_the_server_takes_fewer_connections_from_exit_0(tmp_path: Path) -> None:
+    # The same outcome from one process with two connections, one of them always refused.
+    with run_smtp_server(sessions=1) as server:
+        server.handler.delay = 0.02
+        _gated_project(tmp_path, server, connections=2)
+        emails = _subscribe(tmp_path, 0, 40)
+        done = _send(tmp_path)
+        refused = server.refused
+    assert refused, "the test meant a connection to be refused"
+    assert done.returncode == 0, done.stderr
+    assert SUMMARY.findall(done.stdout) == [("40", "0", "0")]
+    assert Counter(server.handler.recipients()) == Counter(emails)

@@ -6,6 +6,7 @@ options, call the stage functions, and print. Only this package prints.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
@@ -24,7 +25,7 @@ import click
 
 from syndicate import __version__
 from syndicate.config import Settings, find_config, load_settings, weak_secret_warning
-from syndicate.errors import SyndicateError
+from syndicate.errors import OpenFilesError, OutOfFilesError, SyndicateError
 from syndicate.store import Database, open_database, open_empty, open_reader
 
 log = logging.getLogger("syndicate")
@@ -177,7 +178,13 @@ class SyndicateGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             with _sigterm_raises():
-                return super().invoke(ctx)
+                check_open_files()  # before the command's module is even imported
+                try:
+                    return super().invoke(ctx)
+                except OSError as exc:
+                    if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                        raise
+                    raise _out_of_files(exc) from exc
         except SyndicateError as exc:
             app = ctx.obj if isinstance(ctx.obj, AppContext) else None
             if app is not None and app.debug:
@@ -201,6 +208,60 @@ class SyndicateGroup(click.Group):
                 err=True,
             )
             ctx.exit(143)  # 128 + SIGTERM, as the shell reports a process the signal ended
+
+
+# Open files (`ulimit -n`) below which no command is started: stdio, the store's file, its
+# -wal and -shm (or its connection), a lock, the event loop's, a module or template being
+# read, a few pipes. Below it a command failed wherever the next file was due, often as a
+# traceback, or as a database "not usable" that was only not opened.
+MIN_OPEN_FILES = 32
+
+
+def check_open_files() -> None:
+    """Raise OpenFilesError (exit 2) when this process may open fewer than MIN_OPEN_FILES
+    files even after raising its soft limit toward the hard one (as `send` and `serve` raise
+    it for their connections)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # not a POSIX system: no telling
+        return
+    if soft == resource.RLIM_INFINITY or soft >= MIN_OPEN_FILES:
+        return
+    try:
+        from syndicate.send.transports import open_files_limit
+
+        soft = open_files_limit(MIN_OPEN_FILES)
+    except OSError:  # too few files left to import it: the limit stands
+        pass
+    if soft >= MIN_OPEN_FILES:
+        return
+    raise OpenFilesError(
+        f"syndicate: this process may open {soft} files (ulimit -n), fewer than the "
+        f"{MIN_OPEN_FILES} any command needs; nothing was done.",
+        hint="Raise the limit (ulimit -n 1024, or LimitNOFILE= in a systemd unit).",
+    )
+
+
+def _out_of_files(exc: OSError) -> OutOfFilesError:
+    try:
+        import resource
+
+        limit = f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]} (ulimit -n)"
+    except (ImportError, OSError, ValueError):
+        limit = "its limit"
+    what = (
+        "the system's open-files table is full"
+        if exc.errno == errno.ENFILE
+        else (f"this process reached its open-files limit, {limit}")
+    )
+    where = f" opening {exc.filename}" if exc.filename else ""
+    return OutOfFilesError(
+        f"syndicate: {what}{where}; what was written so far is whole.",
+        hint="Raise the limit (ulimit -n, or LimitNOFILE= in a systemd unit), "
+        "then run the command again.",
+    )
 
 
 class Terminated(BaseException):

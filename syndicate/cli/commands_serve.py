@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import socket
@@ -15,7 +16,7 @@ import uvicorn
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.config import Settings
 from syndicate.errors import InputError
-from syndicate.send import SmtpServer, open_files_limit, open_mailer
+from syndicate.send import SendPolicy, SmtpServer, open_files_limit, open_mailer
 from syndicate.send.transports import check_mail_settings
 from syndicate.store import Database, open_database
 from syndicate.web import DatabaseStore, create_app, make_http_protocol
@@ -32,25 +33,36 @@ OTHER_OPEN_FILES = 64
 _ACCEPT_LOG_EVERY = 60.0
 
 
-def most_connections() -> int:
-    """The connections serve takes at once: MAX_CONNECTIONS, after raising the open-files
-    limit (`ulimit -n`) toward the hard one if they need it; fewer, said once, when even
-    the hard limit is too low (past them a connection is answered 503, where each one past
-    the open-files limit would wait in the listen queue, a traceback logged each second)."""
-    need = MAX_CONNECTIONS + OTHER_OPEN_FILES
+def most_connections(mail: int = 0) -> tuple[int, int]:
+    """The connections serve takes at once, and the SMTP connections its confirmation mails
+    may hold open (of `mail`, `smtp.connections`; 0 for the outbox): MAX_CONNECTIONS and
+    `mail`, after raising the open-files limit (`ulimit -n`) toward the hard one if they
+    need it. When even the hard limit is too low, both share what is left after serve's
+    other files (the mail a quarter of it at most), said once: past them a connection is
+    answered 503, where each one past the open-files limit would wait in the listen queue, a
+    traceback logged each second, and a sign-up whose mail found no file left failed (500)."""
+    need = MAX_CONNECTIONS + mail + OTHER_OPEN_FILES
     limit = open_files_limit(need)
     if limit >= need:
-        return MAX_CONNECTIONS
-    most = max(1, limit - OTHER_OPEN_FILES) if limit > 2 * OTHER_OPEN_FILES else max(1, limit // 2)
+        return MAX_CONNECTIONS, mail
+    room = limit - OTHER_OPEN_FILES if limit > 2 * OTHER_OPEN_FILES else limit // 2
+    mail_fit = min(mail, max(1, room // 4))
+    most = max(1, room - mail_fit)
+    mailing = (
+        f" and {mail} for confirmation mails"
+        if mail_fit == mail
+        else f" and {mail} for confirmation mails (it sends on {mail_fit})"
+    )
     log.warning(
         "serve: this process may open %d files (ulimit -n), too few for %d connections at "
-        "once: it takes %d, and answers more with 503. Raise the limit (ulimit -n, or "
+        "once%s: it takes %d, and answers more with 503. Raise the limit (ulimit -n, or "
         "LimitNOFILE= in a systemd unit).",
         limit,
         MAX_CONNECTIONS,
+        mailing if mail else "",
         most,
     )
-    return most
+    return most, mail_fit
 
 
 class AcceptErrors(logging.Filter):
@@ -177,7 +189,15 @@ def _serve(app: AppContext, database: Database, reader: Database, host: str, por
     settings = app.settings
     store = DatabaseStore(settings, database, reader)
     store.read_secret()  # create the signing secret now, not on the first request
-    asgi = create_app(settings, store, open_mailer(settings, folder=CONFIRMATIONS_FOLDER))
+    # The confirmation mails' SMTP connections are open files too: counted with the
+    # connections serve takes, so a burst of sign-ups leaves each its mail.
+    policy = SendPolicy.from_settings(settings)
+    mail = policy.connections if settings.mail.transport == "smtp" else 0
+    most, mail = most_connections(mail)
+    policy = dataclasses.replace(policy, connections=max(1, mail))
+    asgi = create_app(
+        settings, store, open_mailer(settings, folder=CONFIRMATIONS_FOLDER, policy=policy)
+    )
     sock = open_listener(host, port)
     verbose = app.verbosity > 0
     config = uvicorn.Config(
@@ -186,7 +206,7 @@ def _serve(app: AppContext, database: Database, reader: Database, host: str, por
         access_log=verbose,
         lifespan="on",
         # h11 with header and body deadlines (slow clients), and a cap the open files allow
-        http=make_http_protocol(max_connections=most_connections()),
+        http=make_http_protocol(max_connections=most),
         server_header=False,
         proxy_headers=True,  # X-Forwarded-For from a proxy on 127.0.0.1 names the client
     )

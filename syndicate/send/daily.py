@@ -56,7 +56,7 @@ from syndicate.send.digests import (
 from syndicate.send.lock import hold_send_lock, shared_store_no_lock
 from syndicate.send.policy import MAX_ATTEMPTS, SendPolicy
 from syndicate.send.transports import Mailer, check_mail_settings, fit_open_files, open_mailer
-from syndicate.send.workers import DayJob, run_workers
+from syndicate.send.workers import DayJob, WorkersOutcome, fit_workers, run_workers
 from syndicate.store import Database, ledger
 from syndicate.store.bounces import complaint_warning, recent_rates
 from syndicate.store.digests import close_digest
@@ -71,18 +71,69 @@ Progress = Callable[[int, int], None]
 
 
 def _is_loopback(url: str) -> bool:
-    """Whether `url` names this machine (localhost, 127.0.0.0/8, ::1, or 0.0.0.0 and ::,
-    copied from `serve --host`, also this machine in a browser): no reader reaches it."""
-    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    """Whether `url` names this machine in a reader's browser (localhost, 127.0.0.0/8, ::1,
+    or 0.0.0.0 and ::, copied from `serve --host`): no reader reaches it.
+
+    The host is read as a browser reads it (the WHATWG URL standard's host parser), not as
+    `ipaddress` does: an IPv4 address may be written in 1 to 4 parts, each decimal, octal
+    (a leading 0) or hex (0x), so `127.1`, `2130706433`, `0x7f.1` and `0177.0.0.1` are all
+    127.0.0.1; full-width digits and dots are mapped first (IDNA)."""
+    host = urlsplit(url).hostname or ""
+    if ":" in host:  # a bracketed IPv6 address
+        try:
+            address = ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        if (mapped := address.ipv4_mapped) is not None:
+            return mapped.is_loopback or mapped.is_unspecified
+        return address.is_loopback or address.is_unspecified
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    host = host.lower().removesuffix(".")
     if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
         return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    number = _whatwg_ipv4(host)
+    if number is None:
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback or address.is_unspecified
+    ipv4 = ipaddress.IPv4Address(number)
+    return ipv4.is_loopback or ipv4.is_unspecified
+
+
+def _whatwg_ipv4(host: str) -> int | None:
+    """The IPv4 address a browser reads in `host` (WHATWG URL, "IPv4 parser"), as a number;
+    None when its last label is not a number (a domain name) or the address is invalid."""
+    parts = host.split(".")
+    if _ipv4_number(parts[-1]) is None:
+        return None  # does not end in a number: a domain name
+    numbers = [_ipv4_number(part) for part in parts]
+    if len(parts) > 4 or any(n is None for n in numbers):
+        return None
+    values = [n for n in numbers if n is not None]
+    if any(n > 255 for n in values[:-1]) or values[-1] >= 256 ** (5 - len(values)):
+        return None
+    address = values[-1]
+    for index, value in enumerate(values[:-1]):
+        address += value * 256 ** (3 - index)
+    return address
+
+
+def _ipv4_number(part: str) -> int | None:
+    """One part of a browser's IPv4 address: decimal, octal after a leading 0, hex after 0x."""
+    if not part.isascii():
+        return None
+    radix, digits = 10, part
+    if part[:2] in ("0x", "0X"):
+        radix, digits = 16, part[2:]
+    elif len(part) > 1 and part.startswith("0"):
+        radix, digits = 8, part[1:]
+    if not digits:
+        return 0 if radix != 10 else None
+    try:
+        return int(digits, radix) if digits.isalnum() else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,8 +356,10 @@ def _daily_workers(
     subscribers: bool,
 ) -> DailyReport:
     """The daily job's sending over `workers` processes: every digest owed, made here once."""
-    # Raised here, the open-files limit is the workers' too; too low, it is said here once.
-    fit_open_files(settings, SendPolicy.from_settings(settings))
+    # Raised here, the open-files limit is the workers' too; too low, it is said here once:
+    # for this process's pipes to the workers, then for each worker's connections.
+    workers = fit_workers(workers)
+    fit_open_files(settings, SendPolicy.from_settings(settings), workers=workers)
     days: list[DayJob] = []
     if today is not None:
         days.append(_day_job(db, today.day, None, prepare(today)))
@@ -332,6 +385,8 @@ def _daily_workers(
         limit=limit,
         lock_fd=lock_fd,
     )
+    if outcome.stopped_by:
+        _stopped_workers(db, days=days, outcome=outcome, limit=limit)
     summaries = list(outcome.summaries)
     first = summaries.pop(0) if today is not None and summaries else None
     for summary in summaries:
@@ -342,6 +397,31 @@ def _daily_workers(
         subscribers=subscribers,
         lost_workers=outcome.lost,
     )
+
+
+def _stopped_workers(
+    db: Database, *, days: list[DayJob], outcome: WorkersOutcome, limit: int | None
+) -> None:
+    """Some workers stopped for the server (no connection, sessions refused): the run's exit
+    follows the ledger. Anyone still owed (within --limit): the first worker's error stops
+    the run (75, or 2 for a setup problem). No one: the other workers sent everyone, and each
+    stop is a warning (the server takes fewer connections than the workers asked for)."""
+    left = sum(
+        ledger.count_owed(db, day=job.day, max_attempts=MAX_ATTEMPTS, confirmed_by=job.confirmed_by)
+        for job in days
+    )
+    if limit is not None:
+        started = sum(s.sent + s.failed + s.in_flight for s in outcome.summaries)
+        left = min(left, max(0, limit - started))
+    if left:
+        raise outcome.stopped_by[0][1]
+    for number, error in outcome.stopped_by:
+        log.warning(
+            "send worker %d: %s; the other workers sent everyone owed. Lower --workers or "
+            "smtp.connections to what the server takes.",
+            number,
+            error.message.rstrip("."),
+        )
 
 
 def _day_job(

@@ -791,14 +791,17 @@ def open_files_limit(need: int) -> int:
     return soft
 
 
-def fit_open_files(settings: Settings, policy: SendPolicy, *, warn: bool = True) -> SendPolicy:
-    """`policy` with no more SMTP connections than this process may keep open.
+def fit_open_files(
+    settings: Settings, policy: SendPolicy, *, warn: bool = True, workers: int = 0
+) -> SendPolicy:
+    """`policy` with no more SMTP connections than a sending process may keep open.
 
     Raises the soft open-files limit (`ulimit -n`) toward the hard one when
     `smtp.connections` needs more; when even the hard one is too low, sends on fewer
     connections, saying so once (`warn`), rather than have each one over the limit fail
     with EMFILE and wait out its retries (and the store or a template find no file
-    left to open).
+    left to open). The limit is per process: with `workers` (`send --workers`: worker
+    processes that inherit this one's limit) it is each worker's, and the warning says so.
     """
     if settings.mail.transport != "smtp":
         return policy
@@ -808,14 +811,20 @@ def fit_open_files(settings: Settings, policy: SendPolicy, *, warn: bool = True)
         return policy
     fit = max(1, limit - OTHER_OPEN_FILES)
     if warn:
+        who = {0: "this process", 1: "the worker process"}.get(
+            workers, f"each of the {workers} worker processes"
+        )
         log.warning(
-            "smtp.connections = %d needs about %d open files, and this process may open "
-            "%d (ulimit -n): sending on %d connections. Raise the limit (ulimit -n, or "
-            "LimitNOFILE= in a systemd unit) or lower smtp.connections.",
+            "smtp.connections = %d needs about %d open files, and %s may open %d "
+            "(ulimit -n): sending on %d %s%s. Raise the limit (ulimit -n, or LimitNOFILE= in "
+            "a systemd unit) or lower smtp.connections.",
             policy.connections,
             need,
+            who,
             limit,
             fit,
+            "connection" if fit == 1 else "connections",
+            " each" if workers > 1 else "",
         )
     return dataclasses.replace(policy, connections=fit)
 

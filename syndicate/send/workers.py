@@ -30,10 +30,19 @@ from syndicate.errors import InterruptError, SendError, SyndicateError, Terminat
 from syndicate.mail import MessageTemplate
 from syndicate.send.deliver import DigestSender, SendSummary, Stop, make_run_id, make_worker_id
 from syndicate.send.policy import SendPolicy
-from syndicate.send.transports import fit_open_files, open_mailer
+from syndicate.send.transports import (
+    OTHER_OPEN_FILES,
+    fit_open_files,
+    open_files_limit,
+    open_mailer,
+)
 from syndicate.store import open_database
 
 log = logging.getLogger("syndicate.send")
+
+# Open files the parent keeps for each worker: its stdin and stdout pipes, and one while it
+# starts (the pipe that reports a failed exec).
+_PIPES_PER_WORKER = 3
 
 # What a worker process runs: `main` below, imported by its module name so that what it
 # pickles back names this module's classes. SIGINT and SIGTERM are caught from the first
@@ -88,10 +97,13 @@ class WorkerResult:
 
 @dataclass(frozen=True, slots=True)
 class WorkersOutcome:
-    """The run's summaries, one per digest the workers got to (summed), and the dead workers."""
+    """The run's summaries, one per digest the workers got to (summed), the dead workers, and
+    the send errors that stopped a worker (by worker number): whether they stop the run is the
+    ledger's to say (`send.daily`), as the other workers may have sent everyone meanwhile."""
 
     summaries: tuple[SendSummary, ...]
     lost: int = 0
+    stopped_by: tuple[tuple[int, SendError], ...] = ()
 
 
 def run_workers(
@@ -107,10 +119,12 @@ def run_workers(
     """Send `days` through `workers` processes; return their summed summaries.
 
     Raises InterruptError (130) or TerminatedError (143) after SIGINT or
-    SIGTERM, once every worker has stopped; otherwise the first error a
-    worker reported (DeliveryError, TempFailError, a store error). A worker
-    that died (SIGKILL, a crash) is counted in `lost`: the others take over
-    its recipients once its lease runs out.
+    SIGTERM, once every worker has stopped; otherwise the first error other
+    than a send error a worker reported (a store error). The send errors
+    (DeliveryError, TempFailError: the server would not take this worker's
+    mail) are handed back in `stopped_by`. A worker that died (SIGKILL, a
+    crash) is counted in `lost`: the others take over its recipients once its
+    lease runs out.
     """
     return asyncio.run(
         _run(
@@ -197,6 +211,7 @@ async def _run(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
     results: list[WorkerResult] = []
+    numbers: list[int] = []
     lost = 0
     for number, (proc, (out, _err)) in enumerate(zip(procs, outputs, strict=True), start=1):
         result = _read_result(out)
@@ -214,6 +229,7 @@ async def _run(
             )
             continue
         results.append(result)
+        numbers.append(number)
     summaries = _merge(days, results)
     if stopped:
         sent = sum(s.sent for s in summaries)
@@ -223,10 +239,35 @@ async def _run(
             f"interrupted: {sent:,} sent, {in_flight:,} in flight; "
             "run `syndicate send` again to finish."
         )
-    for result in results:
-        if result.error is not None:
+    stopped_by: list[tuple[int, SendError]] = []
+    for number, result in zip(numbers, results, strict=True):
+        if isinstance(result.error, SendError):
+            stopped_by.append((number, result.error))
+        elif result.error is not None:
             raise result.error
-    return WorkersOutcome(summaries=tuple(summaries), lost=lost)
+    return WorkersOutcome(summaries=tuple(summaries), lost=lost, stopped_by=tuple(stopped_by))
+
+
+def fit_workers(workers: int) -> int:
+    """As many of `workers` as this process may keep the pipes of (`ulimit -n`, first raised
+    toward the hard limit if need be); fewer, said once, when even the hard limit is too low,
+    rather than fail with EMFILE halfway through starting them."""
+    need = OTHER_OPEN_FILES + _PIPES_PER_WORKER * workers
+    limit = open_files_limit(need)
+    if need <= limit:
+        return workers
+    fit = max(1, (limit - OTHER_OPEN_FILES) // _PIPES_PER_WORKER)
+    log.warning(
+        "send --workers %d needs about %d open files in this process (its pipes to each "
+        "worker), and it may open %d (ulimit -n): sending with %d %s. Raise the limit "
+        "(ulimit -n, or LimitNOFILE= in a systemd unit) or lower --workers.",
+        workers,
+        need,
+        limit,
+        fit,
+        "worker" if fit == 1 else "workers",
+    )
+    return fit
 
 
 def _shares(limit: int | None, workers: int) -> list[int | None]:
@@ -287,9 +328,13 @@ def main(pending: list[int] | None = None) -> None:
 
     `pending`: the signals that came before the send loop could handle them.
     """
-    job = pickle.load(sys.stdin.buffer)  # noqa: S301 - from our own parent, over a private pipe
+    try:
+        job = pickle.load(sys.stdin.buffer)  # noqa: S301 - from our own parent, over a private pipe
+    except (EOFError, pickle.UnpicklingError):  # the parent stopped before it handed one over
+        job = None
     if not isinstance(job, WorkerJob):
-        raise SystemExit("syndicate send worker: no job on stdin")
+        # The parent failed while starting the workers, and says why itself.
+        raise SystemExit(1)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LineFormatter())
     root = logging.getLogger("syndicate")

@@ -13,6 +13,7 @@ unreachable server is a "try again later" (exit 75, HTTP 503), never a usage err
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -25,6 +26,7 @@ from types import TracebackType
 from typing import Any, Literal, Self, overload
 
 from syndicate.errors import (
+    OutOfFilesError,
     StoreAccessError,
     StoreBusyError,
     StoreError,
@@ -434,7 +436,7 @@ def open_database(
             check_same_thread=not any_thread,
         )
     except (sqlite3.Error, OSError) as exc:
-        denied = _access_error(path)
+        denied = _access_error(path) or _out_of_files(path)
         if denied is not None:
             raise denied from exc
         raise StoreError(
@@ -459,7 +461,8 @@ def open_database(
     except sqlite3.DatabaseError as exc:
         conn.close()
         _raise_if_try_later(path, exc)  # busy or full: the file itself is fine
-        denied = _access_error(path)  # another user's: the file itself is fine too
+        # Another user's, or this process out of files: the file itself is fine too.
+        denied = _access_error(path) or _out_of_files(path)
         if denied is not None:
             raise denied from exc
         raise StoreError(
@@ -619,16 +622,11 @@ def _access_error(path: Path) -> StoreError | None:
     except (OSError, NotImplementedError):
         return None
     me, owner = user_name(os.geteuid()), user_name(info.st_uid)
-    if real.exists() and not denied:
-        # The store may be this user's own: only the folder is not (its owner's name is).
+    if real.exists():
+        whose = "folder" if not denied else "store"
         hint = (
-            f"Run syndicate as {owner}, whose folder it is, or give {me} the store's folder "
-            "(chown); nothing was changed."
-        )
-    elif real.exists():
-        hint = (
-            f"Run syndicate as {owner}, whose store it is, or give {me} the store, its -wal "
-            "and -shm files and its folder (chown); nothing was changed."
+            f"Run syndicate as {owner}, whose {whose} it is, or give {me} what it needs: "
+            f"{_narrowest_change(me, denied, names, folder)}; nothing was changed."
         )
     else:
         hint = f"Run syndicate as {owner}, or point paths.database at a folder {me} may write to."
@@ -637,6 +635,62 @@ def _access_error(path: Path) -> StoreError | None:
         f"(owner {owner}, mode {stat.S_IMODE(info.st_mode):04o}).",
         hint=hint,
     )
+
+
+def _out_of_files(path: Path) -> OutOfFilesError | None:
+    """The error for SQLite's "unable to open database file" when this process has (nearly)
+    every file open that it may (`ulimit -n`): the -wal or -shm found no file left, and the
+    store is fine. None when files are left (the caller's own error says why)."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if limit == resource.RLIM_INFINITY:
+            return None
+        in_use = len(os.listdir("/proc/self/fd"))
+    except (ImportError, ValueError):
+        return None
+    except OSError as exc:  # no file left even to list them (EMFILE), or no /proc
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            return None
+        in_use = limit
+    # SQLite closed what it had opened of the store before it gave up: a few are free again.
+    if in_use + len(_SIDE_FILES) < limit:
+        return None
+    return OutOfFilesError(
+        f"{path}: cannot open the database: this process has {in_use} of the {limit} files "
+        "it may open (ulimit -n) in use; the store is fine.",
+        hint="Raise the limit (ulimit -n, or LimitNOFILE= in a systemd unit), then run the "
+        "command again.",
+    )
+
+
+def _narrowest_change(me: str, denied: list[Path], names: list[Path], folder: Path) -> str:
+    """The shell command that lets `me` use an existing SQLite store, and changes no more.
+
+    `denied`: its files `me` may not read and write; `names`: the file, -wal and -shm. The
+    folder is the problem only when a -wal or -shm is missing and `me` may not make it:
+    then a folder holding nothing but the store is given too; any other (the project's
+    folder, say, with the config beside the store) stays its owner's, and the missing files
+    are made for `me` instead (SQLite then uses them as they are).
+    """
+    import shlex
+
+    missing = [n for n in names if not n.exists()]
+    if not missing or _may(folder, os.W_OK | os.X_OK):
+        missing = []
+    give = list(denied)
+    made: list[Path] = []
+    if missing:
+        if set(os.listdir(folder)) <= {n.name for n in names}:
+            give.append(folder)
+        else:
+            made = missing
+            give += [n for n in made if n not in give]
+    made_args = " ".join(shlex.quote(str(n)) for n in made)
+    steps = [f"touch {made_args}", f"chmod 600 {made_args}"] if made else []
+    steps.append(f"chown {shlex.quote(me)} " + " ".join(shlex.quote(str(n)) for n in give))
+    return " && ".join(steps)
 
 
 def _may(path: Path, mode: int) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 
 @dataclass
@@ -180,6 +181,12 @@ class SmtpServer:
     host: str
     port: int
     handler: SmtpRecorder
+    controller: Controller | None = None
+
+    @property
+    def refused(self) -> int:
+        """Sessions refused for `run_smtp_server(sessions=N)`'s limit."""
+        return self.controller.refused if isinstance(self.controller, _GatedController) else 0
 
 
 def free_port() -> int:
@@ -189,17 +196,57 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class _GatedController(Controller):
+    """aiosmtpd taking at most `most` sessions at once, as a server with a per-host connection
+    limit: each one over it is greeted with 421 and hung up on (`refused` counts them)."""
+
+    def __init__(self, handler: SmtpRecorder, most: int, **options: Any) -> None:
+        super().__init__(handler, **options)
+        self.most, self.active, self.refused = most, 0, 0
+
+    def factory(self) -> SMTP:
+        gate = self
+
+        class Gated(SMTP):
+            counted = False
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                if gate.active >= gate.most:
+                    gate.refused += 1
+                    assert isinstance(transport, asyncio.WriteTransport)
+                    transport.write(b"421 4.7.0 too many connections from your host\r\n")
+                    transport.close()
+                    return
+                gate.active += 1
+                self.counted = True
+                super().connection_made(transport)
+
+            def connection_lost(self, error: Exception | None) -> None:
+                if self.counted:
+                    self.counted = False
+                    gate.active -= 1
+                    super().connection_lost(error)
+
+        return Gated(self.handler, **self.SMTP_kwargs)
+
+
 @contextlib.contextmanager
-def run_smtp_server(handler: SmtpRecorder | None = None, **options: Any) -> Iterator[SmtpServer]:
-    """Run an aiosmtpd server in its thread for the block (`options`: more Controller
-    arguments, such as a TLS context)."""
+def run_smtp_server(
+    handler: SmtpRecorder | None = None, *, sessions: int | None = None, **options: Any
+) -> Iterator[SmtpServer]:
+    """Run an aiosmtpd server in its thread for the block (`sessions`: the most it takes at
+    once, refusing the others with 421; `options`: more Controller arguments, such as a TLS
+    context)."""
     handler = handler or SmtpRecorder()
-    controller = Controller(
-        handler, hostname="127.0.0.1", port=free_port(), ready_timeout=10, **options
+    where: dict[str, Any] = {"hostname": "127.0.0.1", "port": free_port(), "ready_timeout": 10}
+    controller = (
+        Controller(handler, **where, **options)
+        if sessions is None
+        else _GatedController(handler, sessions, **where, **options)
     )
     controller.start()
     try:
-        yield SmtpServer("127.0.0.1", controller.port, handler)
+        yield SmtpServer("127.0.0.1", controller.port, handler, controller)
     finally:
         controller.stop()
 
