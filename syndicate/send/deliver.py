@@ -742,6 +742,10 @@ class DigestSender:
                         subscriber_id=recipient.subscriber_id,
                     ):
                         run.held.discard(recipient.subscriber_id)
+                if not tries and recipient.taken_over and not self._charge(run, recipient):
+                    self._done_with(run, recipient.subscriber_id, None)
+                    report()
+                    continue
                 committing = None
                 try:
                     committing = await self._deliver(run, recipient, tries, build(recipient), saved)
@@ -757,6 +761,40 @@ class DigestSender:
         except BaseException as exc:
             self.stop.by_error(exc)
             raise
+
+    def _charge(self, run: _Run, recipient: ledger.Recipient) -> bool:
+        """A recipient taken over from a worker that was gone (killed, or stalled past its
+        lease): count that worker's attempt, which may have had the message in flight, before
+        this one starts it. Without it, a message its worker is killed by every time (a
+        recipient the process dies on) went again in every run, for good. False when it is
+        not to be sent: out of attempts (failed), or no longer this worker's."""
+        status = ledger.charge_taken_over(
+            self.db,
+            day=run.day,
+            subscriber_id=recipient.subscriber_id,
+            owner=self.worker,
+            now=self.tick(),
+            max_attempts=self.policy.max_attempts,
+        )
+        if status is None:
+            run.dropped += 1
+            return False
+        if status == "failed":
+            log.warning(
+                "%s: taken over again from a worker that was gone (killed, or stalled past its "
+                "lease) with its message: out of attempts (%d), not sent again.",
+                recipient.email,
+                self.policy.max_attempts,
+            )
+            run.failed += 1
+            return False
+        log.info(
+            "%s: taken over from a worker that was gone; its attempt counts (%d of %d).",
+            recipient.email,
+            recipient.attempts + 1,
+            self.policy.max_attempts,
+        )
+        return True
 
     @staticmethod
     def _done_with(run: _Run, subscriber_id: int, committing: asyncio.Future[None] | None) -> None:
