@@ -41,6 +41,7 @@ from syndicate.store.digests import (
     live_article_ids,
     newest_published,
 )
+from syndicate.store.ledger import server_time
 from syndicate.store.teasers import article_links
 from syndicate.tokens import RETURN_EPOCH
 
@@ -71,7 +72,9 @@ def check_day(settings: Settings, db: Database, *, now: datetime) -> None:
     again. Digests dated more than CLOCK_BACK_DAYS after today are not looked at. Nor, with
     a warning, are those made more than CLOCK_SKEW after now (by their created_at): a clock
     that ran ahead by days made them, and refusing every day until theirs came left the
-    subscribers with nothing for days. `syndicate digest --retire DAY` removes one.
+    subscribers with nothing for days. `syndicate digest --retire DAY` removes one. On
+    PostgreSQL, only when this machine's clock agrees with the database server's (within
+    CLOCK_SKEW): else this machine's clock may be the one behind, and it refuses.
     """
     today = digest_day(settings, now)
     if today < RETURN_EPOCH:  # 1970-01-01: a machine without a battery-backed clock
@@ -94,6 +97,18 @@ def check_day(settings: Settings, db: Database, *, now: datetime) -> None:
             "or later."
         )
     days = ", ".join(d.day.isoformat() for d in ahead)
+    if db.dialect == "postgresql":
+        # Several machines: the digest may be right and this machine's clock behind. The
+        # database server's clock says which.
+        off = (server_time(db) - now).total_seconds()
+        if abs(off) > CLOCK_SKEW.total_seconds():
+            raise ClockError(
+                f"send: the digest of {days} is dated after today ({today.isoformat()} by "
+                f"this machine's clock), and this machine's clock is {abs(off) / 3600:.1f} h "
+                f"{'behind' if off > 0 else 'ahead of'} the database server's: one of them "
+                "is wrong. Check the clocks (NTP); `syndicate digest --retire DAY` removes a "
+                "digest made by a clock that ran ahead."
+            )
     made = ahead[0].created_at.astimezone(settings.site.tz).isoformat(timespec="minutes")
     log.warning(
         "send: the digest of %s, after today (%s by this machine's clock), was made at %s by "
