@@ -339,7 +339,7 @@ class DigestSender:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.tick = self.clock  # on PostgreSQL, set to follow the server's clock (send)
         self.monotonic = monotonic  # on PostgreSQL, the time passed since the server's
-        self.looked = (self.clock(), self.monotonic())  # both clocks at the last look (_now)
+        self.looked = self._clocks()  # the wall clock against the lease clock, last looked at
         self.mail_info = MailInfo.from_settings(settings)  # once per run, not per message
         envelope_sender(info=self.mail_info)  # checks mail.from before the first message
         self.pacer = _Pacer(policy.rate)
@@ -534,7 +534,15 @@ class DigestSender:
             )
         middle = (started + ended) / 2
         self.tick = lambda: server + timedelta(seconds=self.monotonic() - middle)
-        self.looked = (after, ended)
+        self.looked = self._clocks()
+
+    def _clocks(self) -> tuple[float, float]:
+        """The wall clock less the lease clock (seconds), and how uncertain that is: the
+        wall clock is read between two reads of the lease clock."""
+        first = self.monotonic()
+        wall = self.clock().timestamp()
+        last = self.monotonic()
+        return wall - (first + last) / 2, (last - first) / 2
 
     def _now(self) -> tuple[datetime, bool]:
         """The lease time now, and whether the clocks jumped since the last look.
@@ -545,10 +553,12 @@ class DigestSender:
         set: on PostgreSQL the lease time is taken from the server's clock again, and
         either way the caller renews before it trusts the lease it remembers.
         """
-        wall, passed = self.clock(), self.monotonic()
-        jump = (wall - self.looked[0]).total_seconds() - (passed - self.looked[1])
-        self.looked = (wall, passed)
-        if abs(jump) < min(_JUMP, self.policy.lease / 4):
+        (offset, error), (before, erred) = self._clocks(), self.looked
+        self.looked = (offset, error)
+        jump = offset - before
+        # A look cut in two by the scheduler (the process preempted between its reads) is no
+        # jump: the reads' own uncertainty is allowed for.
+        if abs(jump) < min(_JUMP, self.policy.lease / 4) + error + erred:
             return self.tick(), False
         log.warning(
             "%s: this machine's clock jumped %.1f s %s its lease clock (a suspend, a paused "
