@@ -510,34 +510,91 @@ Hội chợ có 120 gian hàng.
 """
 
 
-def test_a_clock_set_back_before_the_last_digests_day_sends_nothing_until_it_is_right(
+DUMP_NOV = {
+    2: "Khai mạc hội sách\n02/11/2024 08:30\nLGO - Sáng 2/11, hội sách Lam Giang khai mạc.\n"
+    "Hội sách có 80 gian hàng của các nhà xuất bản.\n",
+    3: "Giải chạy ven sông\n03/11/2024 07:00\nLGO - Sáng 3/11, giải chạy ven sông Lam diễn ra.\n"
+    "Gần 3.000 vận động viên tham gia giải năm nay.\n",
+}
+
+
+# On PostgreSQL the server's clock (real) vouches for this machine's (the test's): see
+# tests/test_send_machines.py for the days-ahead digest there.
+@pytest.mark.sqlite_only
+def test_a_digest_a_clock_days_ahead_made_stops_no_later_days_digest(
     clock: Clock, workdir: Path
 ) -> None:
-    # The clock ran a day ahead: the run on 30 October made and mailed the digest of the
-    # 31st. NTP set the clock right, and the next run, still on the 30th, made a digest of
-    # the 30th from the articles since and mailed it: readers got the 31st, then the 30th.
+    # The clock ran three days ahead: the run of 31 October made and mailed the digest of
+    # 3 November. NTP set the clock right, and every run refused its day (exit 75) until 3
+    # November came: subscribers got nothing for three days.
     _subscribe("a@example.org")
+    clock.next_day(3)
     assert _run("-q", "send") == (0, "", "")
-    clock.next_day(-1)
+    clock.next_day(-3)  # the clock is right again: 31 October
+    (workdir / "seeds" / "day0.txt").write_text(DUMP_DAY0, encoding="utf-8")
+    code, out, err = _run("send")
+    assert (code, _summaries(out)) == (0, [("2024-10-31", "1", "0", "0")]), err
+    warning = (
+        "send: the digest of 2024-11-03, after today (2024-10-31 by this machine's clock), "
+        "was made at 2024-11-03T13:00+07:00 by a clock that ran ahead; today's digest goes "
+        "out all the same. `syndicate digest --retire DAY` removes it, so that day gets a "
+        "digest of its own when it comes."
+    )
+    assert warning in err
+    assert len(err.splitlines()) == 1, err
+    clock.next_day()
+    (workdir / "seeds" / "day2.txt").write_text(DUMP_DAY2, encoding="utf-8")
+    code, out, err = _run("send")
+    assert (code, _summaries(out)) == (0, [("2024-11-01", "1", "0", "0")]), err
+    assert "send: the digest of 2024-11-03, after today (2024-11-01 " in err
+    # Retiring: only a day after today, and only one stored.
+    code, _out, err = _run("digest", "--retire", "2024-11-01")
+    assert code == 2
+    assert "2024-11-01 is not after today (2024-11-01" in err
+    assert _run("digest", "--retire", "2024-11-02")[0] == 2
+    code, out, err = _run("digest", "--retire", "2024-11-03")
+    assert (code, err) == (0, ""), err
+    assert "Retired the digest of 2024-11-03 (1 ledger rows)" in out
+    for day, dump in DUMP_NOV.items():
+        clock.next_day()
+        (workdir / "seeds" / f"nov{day}.txt").write_text(dump, encoding="utf-8")
+        code, out, err = _run("send")
+        assert (code, err) == (0, "")
+        assert _summaries(out) == [(f"2024-11-0{day}", "1", "0", "0")]
+    with open_store(workdir / "syndicate.db") as db:
+        days = db.conn.execute("SELECT day FROM digests ORDER BY day").fetchall()
+    assert [d for (d,) in days] == [
+        "2024-10-31", "2024-11-01", "2024-11-02", "2024-11-03"
+    ]  # fmt: skip
+
+
+def test_a_clock_set_back_a_little_past_midnight_waits_for_the_day(
+    clock: Clock, workdir: Path
+) -> None:
+    # The clock ran 30 s ahead: the run at 00:00:20 by it made and mailed the digest of
+    # 1 November. NTP set it right, and the next run, at 23:59:55 on 31 October, must not
+    # make and mail a digest of the 31st after the 1st's: it waits (exit 75) for the day.
+    _subscribe("a@example.org")
+    clock.now = datetime(2024, 10, 31, 17, 0, 20, tzinfo=UTC)  # 00:00:20 on 1 November
+    assert _run("-q", "send") == (0, "", "")
+    clock.now = datetime(2024, 10, 31, 16, 59, 55, tzinfo=UTC)
     (workdir / "seeds" / "day0.txt").write_text(DUMP_DAY0, encoding="utf-8")
     code, out, err = _run("-q", "send")
     assert (code, out) == (75, "")
     assert err == (
-        "Error: send: today is 2024-10-30 by this machine's clock (site.timezone "
-        "Asia/Ho_Chi_Minh), before the day of the last digest made, 2024-10-31: the clock "
+        "Error: send: today is 2024-10-31 by this machine's clock (site.timezone "
+        "Asia/Ho_Chi_Minh), before the day of the last digest made, 2024-11-01: the clock "
         "was set back, or site.timezone moved west. Check the clock (NTP); `send` goes on "
-        "once this machine's day is 2024-10-31 or later.\n"
+        "once this machine's day is 2024-11-01 or later.\n"
     )
-    assert _outbox_recipients(workdir, "2024-10-30") == []
-    with open_store(workdir / "syndicate.db") as db:
-        days = db.conn.execute("SELECT day FROM digests ORDER BY day").fetchall()
-    assert days == [("2024-10-31",)]
+    assert _outbox_recipients(workdir, "2024-10-31") == []
     # A dry run says what `send` would do: the same line, not a digest it would never send.
     assert _run("-q", "send", "--dry-run") == (75, "", err)
-    clock.next_day(2)  # the clock is right, and the next day has come
+    clock.now = datetime(2024, 11, 1, 17, 0, tzinfo=UTC)  # the next day has come
+    (workdir / "seeds" / "day2.txt").write_text(DUMP_DAY2, encoding="utf-8")
     code, out, err = _run("send")
     assert (code, err) == (0, "")
-    assert _summaries(out) == [("2024-11-01", "1", "0", "0")]
+    assert _summaries(out) == [("2024-11-02", "1", "0", "0")]
 
 
 def test_moving_the_site_timezone_west_mails_no_day_twice_or_out_of_order(

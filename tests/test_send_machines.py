@@ -424,3 +424,38 @@ def test_two_machines_either_side_of_midnight_never_mail_the_days_out_of_order(
     with open_database(one / "syndicate.db", url=store_url) as db:
         days = db.conn.execute("SELECT day FROM digests").fetchall()
     assert [d for (d,) in days] == ["2024-11-01"]
+
+
+def test_a_digest_a_machine_days_ahead_made_stops_no_later_days_digest_elsewhere(
+    tmp_path: Path, store_url: str, smtpd: SmtpServer
+) -> None:
+    # One machine's clock ran three days ahead: it made and mailed the digest of that day.
+    # Every other machine, its clock right, refused each day before it (exit 75) until the
+    # day came: subscribers got nothing for three days. A machine whose own clock is the
+    # one behind (the database server's clock says so) still refuses.
+    if shutil.which("faketime") is None:
+        pytest.skip("libfaketime is not installed (Debian package faketime)")
+    ahead, right, behind = (
+        _machine(tmp_path / name, smtpd.port) for name in ("ahead", "right", "behind")
+    )
+    emails = add_confirmed(ahead, store_url, 5)
+    (day_ahead, sent, *_rest) = SUMMARY.findall(_finish(_send(ahead, store_url, clock="+3d")))[0]
+    assert sent == "5"
+    (right / "seeds" / "day2.txt").write_text(
+        "Hội chợ nông sản\n01/11/2024 09:00\nLGO - Sáng 1/11, hội chợ nông sản bế mạc.\n"
+        "Hội chợ có 120 gian hàng.\n",
+        encoding="utf-8",
+    )
+    on_time = _send(right, store_url)
+    out, err = on_time.communicate(timeout=120)
+    assert on_time.returncode == 0, err
+    (today, sent, *_rest) = SUMMARY.findall(out)[0]
+    assert sent == "5"
+    assert date.fromisoformat(today) < date.fromisoformat(day_ahead)
+    assert f"send: the digest of {day_ahead}, after today ({today} by this machine's" in err
+    assert "`syndicate digest --retire DAY` removes it" in err
+    late = _send(behind, store_url, clock="-3d")
+    _out, err = late.communicate(timeout=120)
+    assert late.returncode == 75, err
+    assert "behind the database server's: one of them is wrong" in err
+    assert Counter(smtpd.handler.recipients()) == Counter(emails * 2)  # two days, each once

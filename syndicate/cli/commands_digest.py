@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import click
@@ -12,7 +12,7 @@ from syndicate.config import Settings
 from syndicate.digest import stale_warning
 from syndicate.i18n import LANGUAGES
 from syndicate.model import DigestPlan
-from syndicate.send.digests import write_digest_preview
+from syndicate.send.digests import retire_digest, write_digest_preview
 
 DEFAULT_OUT = Path("digest-preview")
 NOTHING_NEW = "Nothing new for a digest."
@@ -40,8 +40,17 @@ def warn_if_stale(settings: Settings, plan: DigestPlan | None) -> None:
     show_default=True,
     help="Folder for digest.html and digest.txt.",
 )
+@click.option(
+    "--retire",
+    "retire",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    metavar="DAY",
+    help="Remove the stored digest of DAY, a day after today (made while a clock ran ahead), "
+    "and its ledger rows, so that day gets its own digest; previews nothing.",
+)
 @pass_app
-def digest_command(app: AppContext, lang: str | None, out: Path) -> None:
+def digest_command(app: AppContext, lang: str | None, out: Path, retire: datetime | None) -> None:
     """Preview the digest `send` would mail now, as HTML and text files.
 
     Reads the seeds as `send` would (keeping what it parsed, as `build` does), then
@@ -51,6 +60,14 @@ def digest_command(app: AppContext, lang: str | None, out: Path) -> None:
     """
     settings = app.settings
     now = datetime.fromtimestamp(app.now(), UTC)
+    if retire is not None:
+        day: date = retire.date()
+        rows = retire_digest(settings, app.database, day=day, now=now)
+        app.echo(
+            f"Retired the digest of {day.isoformat()} ({rows} ledger rows); that day gets "
+            "a digest of its own when it comes."
+        )
+        return
     written = write_digest_preview(
         settings, open_db=lambda: app.database, now=now, lang=lang, out=out
     )

@@ -66,6 +66,20 @@ CLAIM_PER_CONNECTION = 16
 _LOOK_AGAIN = 0.2  # seconds: how often a worker with nothing to claim looks at the others' leases
 # A machine's clock this far off the database server's is worth a warning (it is corrected).
 _SKEW_WARNING = timedelta(seconds=2)
+# The wall clock and the lease clock disagreeing by this much (seconds) on the time passed
+# since the last look is a jump (a suspend the lease clock did not count, a clock set):
+# the lease time is taken again and the lease renewed before the next message.
+_JUMP = 1.0
+_LEASE_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def lease_clock() -> float:
+    """Seconds on the clock that measures leases: CLOCK_BOOTTIME where there is one (Linux),
+    which counts the time the machine spent suspended. CLOCK_MONOTONIC stands still then:
+    a laptop that slept past its lease woke believing it still held rows another worker had
+    taken over, and sent them."""
+    return time.clock_gettime(_LEASE_CLOCK)
+
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -313,7 +327,7 @@ class DigestSender:
         policy: SendPolicy,
         stop: Stop | None = None,
         clock: Callable[[], datetime] | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = lease_clock,
         worker: str | None = None,
     ) -> None:
         self.db, self.mailer, self.settings, self.secret = db, mailer, settings, secret
@@ -325,6 +339,7 @@ class DigestSender:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.tick = self.clock  # on PostgreSQL, set to follow the server's clock (send)
         self.monotonic = monotonic  # on PostgreSQL, the time passed since the server's
+        self.looked = self._clocks()  # the wall clock against the lease clock, last looked at
         self.mail_info = MailInfo.from_settings(settings)  # once per run, not per message
         envelope_sender(info=self.mail_info)  # checks mail.from before the first message
         self.pacer = _Pacer(policy.rate)
@@ -373,7 +388,7 @@ class DigestSender:
             remaining=limit,
             total=total,
             queue=marks,
-            committer=MarkCommitter(marks, day, self.tick),
+            committer=MarkCommitter(marks, day, lambda: self.tick()),
         )
         fallback = templates.get(self.settings.site.language) or next(iter(templates.values()))
 
@@ -519,6 +534,43 @@ class DigestSender:
             )
         middle = (started + ended) / 2
         self.tick = lambda: server + timedelta(seconds=self.monotonic() - middle)
+        self.looked = self._clocks()
+
+    def _clocks(self) -> tuple[float, float]:
+        """The wall clock less the lease clock (seconds), and how uncertain that is: the
+        wall clock is read between two reads of the lease clock."""
+        first = self.monotonic()
+        wall = self.clock().timestamp()
+        last = self.monotonic()
+        return wall - (first + last) / 2, (last - first) / 2
+
+    def _now(self) -> tuple[datetime, bool]:
+        """The lease time now, and whether the clocks jumped since the last look.
+
+        The wall clock and the lease clock should agree on the time passed. When they do
+        not, this machine was suspended or paused (a lease clock that does not count it:
+        CLOCK_MONOTONIC, a VM's clocks once its wall clock is put right) or its clock was
+        set: on PostgreSQL the lease time is taken from the server's clock again, and
+        either way the caller renews before it trusts the lease it remembers.
+        """
+        (offset, error), (before, erred) = self._clocks(), self.looked
+        self.looked = (offset, error)
+        jump = offset - before
+        # A look cut in two by the scheduler (the process preempted between its reads) is no
+        # jump: the reads' own uncertainty is allowed for.
+        if abs(jump) < min(_JUMP, self.policy.lease / 4) + error + erred:
+            return self.tick(), False
+        log.warning(
+            "%s: this machine's clock jumped %.1f s %s its lease clock (a suspend, a paused "
+            "VM, or the clock set); the lease is checked with the store before the next "
+            "message.",
+            self.worker,
+            abs(jump),
+            "ahead of" if jump > 0 else "behind",
+        )
+        if isinstance(self.db, PgDatabase):
+            self._follow_server_clock()
+        return self.tick(), True
 
     async def _next(self, run: _Run) -> ledger.Recipient | None:
         """The next recipient this worker holds; None when none is left to claim now.
@@ -605,9 +657,9 @@ class DigestSender:
         (a stall: SIGSTOP, swap, a busy store) the lease is renewed first, which
         also says which rows are still ours: one another worker claimed is not.
         """
-        now = self.tick()
+        now, jumped = self._now()
         margin = timedelta(seconds=self.policy.lease / 4)
-        if run.held_until is None or now + margin >= run.held_until:
+        if jumped or run.held_until is None or now + margin >= run.held_until:
             self._renew(run, now)
         return subscriber_id in run.held
 
@@ -619,7 +671,7 @@ class DigestSender:
             if not run.held:
                 continue
             try:
-                self._renew(run, self.tick())
+                self._renew(run, self._now()[0])
             except SyndicateError as exc:  # the fence renews again before the next message
                 log.warning("%s: could not renew the lease: %s", self.worker, exc)
 
@@ -700,6 +752,10 @@ class DigestSender:
                         subscriber_id=recipient.subscriber_id,
                     ):
                         run.held.discard(recipient.subscriber_id)
+                if not tries and recipient.taken_over and not self._charge(run, recipient):
+                    self._done_with(run, recipient.subscriber_id, None)
+                    report()
+                    continue
                 committing = None
                 try:
                     committing = await self._deliver(run, recipient, tries, build(recipient), saved)
@@ -715,6 +771,40 @@ class DigestSender:
         except BaseException as exc:
             self.stop.by_error(exc)
             raise
+
+    def _charge(self, run: _Run, recipient: ledger.Recipient) -> bool:
+        """A recipient taken over from a worker that was gone (killed, or stalled past its
+        lease): count that worker's attempt, which may have had the message in flight, before
+        this one starts it. Without it, a message its worker is killed by every time (a
+        recipient the process dies on) went again in every run, for good. False when it is
+        not to be sent: out of attempts (failed), or no longer this worker's."""
+        status = ledger.charge_taken_over(
+            self.db,
+            day=run.day,
+            subscriber_id=recipient.subscriber_id,
+            owner=self.worker,
+            now=self.tick(),
+            max_attempts=self.policy.max_attempts,
+        )
+        if status is None:
+            run.dropped += 1
+            return False
+        if status == "failed":
+            log.warning(
+                "%s: taken over again from a worker that was gone (killed, or stalled past its "
+                "lease) with its message: out of attempts (%d), not sent again.",
+                recipient.email,
+                self.policy.max_attempts,
+            )
+            run.failed += 1
+            return False
+        log.info(
+            "%s: taken over from a worker that was gone; its attempt counts (%d of %d).",
+            recipient.email,
+            recipient.attempts + 1,
+            self.policy.max_attempts,
+        )
+        return True
 
     @staticmethod
     def _done_with(run: _Run, subscriber_id: int, committing: asyncio.Future[None] | None) -> None:

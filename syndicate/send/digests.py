@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 from syndicate import urls
 from syndicate.config import Settings, base_url
 from syndicate.digest import DigestInfo, plan_digest, render_digest
-from syndicate.errors import ClockError
+from syndicate.errors import ClockError, InputError
 from syndicate.i18n import LANGUAGES
 from syndicate.load import check_dump_paths
 from syndicate.mail import (
@@ -33,12 +34,14 @@ from syndicate.store import Database
 from syndicate.store.articles import iter_summaries
 from syndicate.store.digests import (
     create_digest,
+    delete_digest,
+    digests_between,
     get_digest,
     iter_candidates,
-    last_digest_day,
     live_article_ids,
     newest_published,
 )
+from syndicate.store.ledger import server_time
 from syndicate.store.teasers import article_links
 from syndicate.tokens import RETURN_EPOCH
 
@@ -51,15 +54,27 @@ def digest_day(settings: Settings, now: datetime) -> date:
 # How far back a clock set back is looked for. A digest dated further ahead than this was
 # made while the clock ran far ahead (a year, say): it must not stop every run until then.
 CLOCK_BACK_DAYS = 7
+# A digest dated after today made more than this after now (by its own created_at) was made
+# by a clock that ran ahead: it does not stop today's. Within it (two machines either side
+# of midnight, seconds apart; NTP setting a clock back a few minutes past midnight) `send`
+# waits for the day to come rather than mail the days out of order.
+CLOCK_SKEW = timedelta(minutes=10)
+
+log = logging.getLogger("syndicate.send")
 
 
 def check_day(settings: Settings, db: Database, *, now: datetime) -> None:
     """Refuse a day before the newest digest's, or before 2000: ClockError (exit 75).
 
     Days only go forward: a clock set back past midnight (NTP correcting a clock that ran
-    ahead, a machine booted before its clock was set) or a site.timezone moved west would
-    make and mail a digest dated before one readers already have, or the old one again.
-    Digests dated more than CLOCK_BACK_DAYS after today are not looked at.
+    ahead by a little, a machine booted before its clock was set) or a site.timezone moved
+    west would make and mail a digest dated before one readers already have, or the old one
+    again. Digests dated more than CLOCK_BACK_DAYS after today are not looked at. Nor, with
+    a warning, are those made more than CLOCK_SKEW after now (by their created_at): a clock
+    that ran ahead by days made them, and refusing every day until theirs came left the
+    subscribers with nothing for days. `syndicate digest --retire DAY` removes one. On
+    PostgreSQL, only when this machine's clock agrees with the database server's (within
+    CLOCK_SKEW): else this machine's clock may be the one behind, and it refuses.
     """
     today = digest_day(settings, now)
     if today < RETURN_EPOCH:  # 1970-01-01: a machine without a battery-backed clock
@@ -68,8 +83,12 @@ def check_day(settings: Settings, db: Database, *, now: datetime) -> None:
             f"{RETURN_EPOCH.isoformat()}: the clock is not set. Set it (NTP); `send` dates "
             "each digest by it."
         )
-    last = last_digest_day(db, before=today + timedelta(days=CLOCK_BACK_DAYS + 1))
-    if last is not None and today < last:
+    ahead = digests_between(db, after=today, before=today + timedelta(days=CLOCK_BACK_DAYS + 1))
+    if not ahead:
+        return
+    near = [d for d in ahead if d.created_at - now <= CLOCK_SKEW]
+    if near:
+        last = near[-1].day
         raise ClockError(
             f"send: today is {today.isoformat()} by this machine's clock (site.timezone "
             f"{settings.site.timezone}), before the day of the last digest made, "
@@ -77,6 +96,45 @@ def check_day(settings: Settings, db: Database, *, now: datetime) -> None:
             f"the clock (NTP); `send` goes on once this machine's day is {last.isoformat()} "
             "or later."
         )
+    days = ", ".join(d.day.isoformat() for d in ahead)
+    if db.dialect == "postgresql":
+        # Several machines: the digest may be right and this machine's clock behind. The
+        # database server's clock says which.
+        off = (server_time(db) - now).total_seconds()
+        if abs(off) > CLOCK_SKEW.total_seconds():
+            raise ClockError(
+                f"send: the digest of {days} is dated after today ({today.isoformat()} by "
+                f"this machine's clock), and this machine's clock is {abs(off) / 3600:.1f} h "
+                f"{'behind' if off > 0 else 'ahead of'} the database server's: one of them "
+                "is wrong. Check the clocks (NTP); `syndicate digest --retire DAY` removes a "
+                "digest made by a clock that ran ahead."
+            )
+    made = ahead[0].created_at.astimezone(settings.site.tz).isoformat(timespec="minutes")
+    log.warning(
+        "send: the digest of %s, after today (%s by this machine's clock), was made at %s by "
+        "a clock that ran ahead; today's digest goes out all the same. `syndicate digest "
+        "--retire DAY` removes it, so that day gets a digest of its own when it comes.",
+        days,
+        today.isoformat(),
+        made,
+    )
+
+
+def retire_digest(settings: Settings, db: Database, *, day: date, now: datetime) -> int:
+    """Remove the digest of `day`, dated after today (made while a clock ran ahead), with its
+    ledger rows, so that day gets its own digest when it comes. Returns how many ledger rows
+    went. Raises InputError for a day that is not after today, or has no digest."""
+    today = digest_day(settings, now)
+    if day <= today:
+        raise InputError(
+            f"digest --retire: {day.isoformat()} is not after today ({today.isoformat()} by "
+            "this machine's clock): only a digest dated ahead, made while a clock ran ahead, "
+            "can be retired."
+        )
+    rows = delete_digest(db, day)
+    if rows is None:
+        raise InputError(f"digest --retire: no digest of {day.isoformat()} is stored.")
+    return rows
 
 
 def todays_digest(

@@ -47,6 +47,16 @@ SELECT_OPEN_DIGESTS = """
     WHERE closed_at IS NULL AND day < :before
     ORDER BY day
 """
+# Digests of days after :after and before :before, oldest first (those dated after today).
+SELECT_DIGESTS_BETWEEN = """
+    SELECT day, created_at FROM digests
+    WHERE day > :after AND day < :before
+    ORDER BY day
+"""
+# Retire a digest: its ledger rows first (they refer to it), then the digest itself. Its
+# articles keep their mark: they went out in it.
+DELETE_DELIVERIES = "DELETE FROM deliveries WHERE digest_day = :day"
+DELETE_DIGEST = "DELETE FROM digests WHERE day = :day"
 # Close a digest: nobody is owed it any more, or it was given up.
 CLOSE_DIGEST = "UPDATE digests SET closed_at = :now WHERE day = :day AND closed_at IS NULL"
 
@@ -197,8 +207,34 @@ def open_digests(db: Database, *, before: date) -> list[StoredDigest]:
 
     Few: `send` closes each one a later day finds finished or too old.
     """
+    return _stored(db, SELECT_OPEN_DIGESTS, {"before": before.isoformat()})
+
+
+def digests_between(db: Database, *, after: date, before: date) -> list[StoredDigest]:
+    """The digests of days after `after` and before `before`, oldest first."""
+    return _stored(
+        db, SELECT_DIGESTS_BETWEEN, {"after": after.isoformat(), "before": before.isoformat()}
+    )
+
+
+def delete_digest(db: Database, day: date) -> int | None:
+    """Remove the digest of `day` and its ledger rows, in one transaction; its articles keep
+    their mark. Returns how many ledger rows went, or None when no digest of `day` is stored.
+    """
+    key = {"day": day.isoformat()}
     try:
-        rows = db.conn.execute(SELECT_OPEN_DIGESTS, {"before": before.isoformat()}).fetchall()
+        with db.transaction() as conn:
+            rows = max(int(conn.execute(DELETE_DELIVERIES, key).rowcount), 0)
+            if not conn.execute(DELETE_DIGEST, key).rowcount:
+                return None
+    except DB_ERRORS as exc:
+        raise store_error(db.path, f"cannot remove the digest of {day}", exc) from exc
+    return rows
+
+
+def _stored(db: Database, sql: str, params: dict[str, str]) -> list[StoredDigest]:
+    try:
+        rows = db.conn.execute(sql, params).fetchall()
     except DB_ERRORS as exc:
         raise store_error(db.path, "cannot read the digests", exc) from exc
     where = f"{db.path}: digests"

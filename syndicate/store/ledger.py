@@ -53,6 +53,10 @@ class Recipient:
     # Refused (5xx) by a run that stopped before any accept and gave the attempt back
     # (`unmark_failed` keeps the reply): a refusal again is no news of the server refusing all.
     refused_before: bool = False
+    # Taken over from a worker that held it and is gone (its lease ran out: killed, or
+    # stalled): its message may have been in flight then. `charge_taken_over` counts that
+    # attempt before this worker starts it.
+    taken_over: bool = False
 
 
 # Whether subscriber `s` is owed the digest of delivery row `d`'s day by when they
@@ -364,7 +368,7 @@ class PgQueue:
             rows = await cursor.fetchall()
         except DB_ERRORS as exc:
             raise store_error(self.where, "send ledger query failed", exc) from exc
-        return _recipients(rows)
+        return _recipients(rows, params["now"])
 
     async def close(self) -> None:
         self.marks.close()
@@ -568,6 +572,9 @@ ENQUEUE_BATCH = 10_000
 # may use it.
 # On SQLite, BEGIN IMMEDIATE serialises claimers; on PostgreSQL the same statement with
 # `FOR UPDATE OF d SKIP LOCKED` lets claimers pass each other's locked rows.
+# A row whose lease ran out while its owner still held it (a worker killed or stalled) is
+# taken over (`Recipient.taken_over`): RETURNING cannot show the old row, so its updated_at
+# is the claim's time with microseconds (:at, as lease times are), not :now's seconds.
 # RETURNING may name only the updated table on SQLite, so the subscriber's fields come
 # from scalar subqueries (primary-key lookups).
 # The shape keeps both planners on indexes (docs/performance.md, tests/test_ledger_plan.py):
@@ -582,7 +589,9 @@ ENQUEUE_BATCH = 10_000
 #   with `IN (..)` it hash-joined them against a sequential scan of the whole ledger.
 _CLAIM_TEMPLATE = """
     UPDATE deliveries
-    SET status = 'sending', lease_owner = :owner, lease_until = :until, updated_at = :now
+    SET status = 'sending', lease_owner = :owner, lease_until = :until,
+        updated_at = CASE WHEN lease_owner IS NOT NULL AND lease_until IS NOT NULL
+                          THEN :at ELSE :now END
     WHERE id {ids}(
         SELECT d.id
         FROM deliveries AS d
@@ -599,7 +608,8 @@ _CLAIM_TEMPLATE = """
     RETURNING subscriber_id, attempts,
         (SELECT email FROM subscribers WHERE id = deliveries.subscriber_id),
         (SELECT language FROM subscribers WHERE id = deliveries.subscriber_id),
-        (SELECT token_nonce FROM subscribers WHERE id = deliveries.subscriber_id), reply
+        (SELECT token_nonce FROM subscribers WHERE id = deliveries.subscriber_id), reply,
+        updated_at
 """
 _CLAIM = {
     "sqlite": _CLAIM_TEMPLATE.format(in_time=_CONFIRMED_IN_TIME, ids="IN ", lock="", close=""),
@@ -692,10 +702,28 @@ _NEXT_EXPIRY = f"""
 """  # noqa: S608 - one constant clause, no input
 
 # Break every lease: only under the SQLite send lock, which proves that no worker of any
-# other run is alive (the lock is held by a run's parent and by each of its workers).
+# other run is alive (the lock is held by a run's parent and by each of its workers). The
+# lease runs out (it is claimable at once) and the owner stays, so the claim knows the row
+# is taken over from a dead worker (`Recipient.taken_over`).
 _BREAK_LEASES = """
-    UPDATE deliveries SET lease_owner = NULL, lease_until = NULL
-    WHERE status <> 'sent' AND lease_until IS NOT NULL
+    UPDATE deliveries SET lease_until = :ended
+    WHERE status <> 'sent' AND lease_until IS NOT NULL AND lease_until > :ended
+"""
+_LEASE_ENDED = "1970-01-01T00:00:00.000000+00:00"
+
+# Taken over: count the attempt of the worker that held the row and is gone (its message
+# may have been in flight), before this worker starts it. One a worker is killed by every
+# time (a recipient its process dies on) so runs out of attempts, as one never answered
+# does (_MARK_IN_DOUBT); the last makes it `failed` with :reply. Fenced: only a row
+# :owner holds.
+_CHARGE_TAKEN_OVER = """
+    UPDATE deliveries SET attempts = attempts + 1, updated_at = :now,
+        status = CASE WHEN attempts + 1 >= :max_attempts THEN 'failed' ELSE status END,
+        reply = CASE WHEN attempts + 1 >= :max_attempts THEN :reply ELSE reply END,
+        lease_until = CASE WHEN attempts + 1 >= :max_attempts THEN NULL ELSE lease_until END
+    WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
+      AND status = 'sending' AND lease_until IS NOT NULL
+    RETURNING status
 """
 
 
@@ -782,7 +810,7 @@ def claim(
             rows = conn.execute(_CLAIM[db.dialect], params).fetchall()
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
-    return _recipients(rows)
+    return _recipients(rows, params["now"])
 
 
 def _claim_params(
@@ -807,10 +835,12 @@ def _claim_params(
     }
 
 
-def _recipients(rows: Iterable[Any]) -> list[Recipient]:
-    """Claimed rows as recipients, in subscriber order."""
+def _recipients(rows: Iterable[Any], now: str) -> list[Recipient]:
+    """Claimed rows as recipients, in subscriber order (claimed at `now`, as stored)."""
     found = [
-        Recipient(int(r[0]), str(r[2]), str(r[3]), int(r[1]), bytes(r[4]), _refused(r[5]))
+        Recipient(
+            int(r[0]), str(r[2]), str(r[3]), int(r[1]), bytes(r[4]), _refused(r[5]), r[6] != now
+        )
         for r in rows
     ]
     return sorted(found, key=lambda r: r.subscriber_id)
@@ -920,6 +950,29 @@ def mark_in_doubt(
     return bool(rows) and rows[0][0] == "failed"
 
 
+def charge_taken_over(
+    db: Database, *, day: date, subscriber_id: int, owner: str, now: datetime, max_attempts: int
+) -> str | None:
+    """Count the attempt of the gone worker a row was taken over from (see
+    `Recipient.taken_over`), before `owner` starts it. Returns the row's status after:
+    'sending' (go on), 'failed' (that was its last attempt), or None when `owner` no
+    longer holds it."""
+    params = {
+        "day": day.isoformat(),
+        "id": subscriber_id,
+        "owner": owner,
+        "now": _iso(now),
+        "max_attempts": max_attempts,
+        "reply": "no reply: the worker sending it was gone (killed, or stalled past its "
+        "lease) with it in flight, in each of its runs",
+    }
+    try:
+        rows = _one_statement(db, _CHARGE_TAKEN_OVER, params, fetch=True)
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+    return str(rows[0][0]) if rows else None
+
+
 def _one_statement(
     db: Database, sql: str, params: dict[str, Any], *, fetch: bool = False
 ) -> list[Any]:
@@ -964,6 +1017,6 @@ def break_leases(db: Database) -> int:
     """End every lease (SQLite, under the send lock only). Returns how many there were."""
     try:
         with db.transaction() as conn:
-            return max(int(conn.execute(_BREAK_LEASES).rowcount), 0)
+            return max(int(conn.execute(_BREAK_LEASES, {"ended": _LEASE_ENDED}).rowcount), 0)
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc

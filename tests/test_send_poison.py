@@ -1,0 +1,109 @@
+"""Send: a message whose worker is killed (SIGKILL) with it in flight, in every run.
+
+A real `syndicate send` process per run, a real SMTP server (aiosmtpd) that tells the test
+when the poisonous recipient's body has arrived, and never answers it; the test kills the
+process then, as a recipient that makes its sender die every time would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syndicate.send.policy import MAX_ATTEMPTS
+from syndicate.store.ledger import day_counts
+from tests.plugins.postgres import ENV_STORE_URL, open_store
+from tests.plugins.sendproject import write_send_project
+from tests.plugins.smtp import SmtpRecorder, run_smtp_server
+from tests.test_send_workers import _subscribe
+
+pytestmark = pytest.mark.usefixtures("store")
+
+POISON = "reader3@example.org"
+
+
+class _Poison(SmtpRecorder):
+    """Accepts mail, but never answers the body of a message to POISON: it tells the test,
+    which kills the sender."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reached = threading.Event()
+        self.bodies = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if POISON in envelope.rcpt_tos:
+            with self.lock:
+                self.bodies += 1
+            self.reached.set()
+            await asyncio.sleep(60)  # the sender is killed long before
+            return "451 4.3.0 too late"
+        return await super().handle_DATA(server, session, envelope)
+
+
+def _send(folder: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    if os.environ.get(ENV_STORE_URL):  # the test's PostgreSQL store
+        env[ENV_STORE_URL] = os.environ[ENV_STORE_URL]
+    return subprocess.Popen(
+        [sys.executable, "-m", "syndicate", "send"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow(seconds=12)
+def test_a_message_its_worker_is_killed_by_every_time_stops_after_the_attempt_limit(
+    tmp_path: Path,
+) -> None:
+    # Each run sent it again without counting an attempt: a recipient that kills its sender
+    # every time was sent the digest by every run, for good, and the run died each time.
+    handler = _Poison()
+    with run_smtp_server(handler) as server:
+        write_send_project(tmp_path, port=server.port, connections=1, lease=1)
+        emails = _subscribe(tmp_path, 0, 8)
+        kills, last = 0, None
+        for _run in range(MAX_ATTEMPTS + 3):
+            process = _send(tmp_path)
+            while process.poll() is None and not handler.reached.wait(0.05):
+                pass
+            if handler.reached.is_set():
+                process.kill()
+                process.communicate(timeout=30)
+                handler.reached.clear()
+                kills += 1
+                continue
+            last = process.communicate(timeout=60)
+            assert process.returncode == 1, last  # one recipient failed
+            break
+    assert last is not None, f"killed in each of {kills} runs"
+    # Killed in flight in MAX_ATTEMPTS runs (each counted as an attempt), then given up.
+    assert kills == MAX_ATTEMPTS
+    assert handler.bodies == MAX_ATTEMPTS
+    assert f"{POISON}: taken over again from a worker that was gone" in last[1]
+    # Everyone else had it once: the crashes lost nobody and used none of their attempts.
+    got = Counter(handler.recipients())
+    assert got == Counter(e for e in emails if e != POISON)
+    with open_store(tmp_path / "syndicate.db") as db:
+        (day,) = db.conn.execute("SELECT day FROM digests").fetchone()
+        assert day_counts(db, day=date.fromisoformat(day)) == {"sent": 7, "failed": 1}
+        attempts = db.conn.execute(
+            "SELECT s.email, d.attempts FROM deliveries AS d"
+            " JOIN subscribers AS s ON s.id = d.subscriber_id"
+        ).fetchall()
+    # Those a killed worker had claimed and never started count its attempt once each, when
+    # they go (nobody can tell whether a gone worker had begun them): still sent, and once.
+    assert dict(attempts)[POISON] == MAX_ATTEMPTS
+    assert all(1 <= n <= 2 for e, n in attempts if e != POISON), attempts
