@@ -40,7 +40,6 @@ INSERT_DIGEST = """
 MARK_ARTICLE = "UPDATE articles SET digest_day = :day WHERE id = :id AND digest_day IS NULL"
 # The day of the newest digest made before :before (days are ISO text: text order is day
 # order).
-SELECT_LAST_DAY = "SELECT max(day) FROM digests WHERE day < :before"
 # Digests of days before :before that `send` has not closed yet, oldest first.
 SELECT_OPEN_DIGESTS = """
     SELECT day, created_at FROM digests
@@ -186,20 +185,6 @@ def create_digest(db: Database, plan: DigestPlan, *, now: datetime) -> None:
                 conn.executemany(MARK_ARTICLE, [{"day": day, "id": a.id} for a in plan.articles])
         except DB_ERRORS as exc:
             raise store_error(db.path, f"cannot store the digest of {day}", exc) from exc
-
-
-def last_digest_day(db: Database, *, before: date) -> date | None:
-    """The day of the newest digest made of a day before `before`, or None when none is."""
-    try:
-        row = db.conn.execute(SELECT_LAST_DAY, {"before": before.isoformat()}).fetchone()
-    except DB_ERRORS as exc:
-        raise store_error(db.path, "cannot read the digests", exc) from exc
-    if row is None or row[0] is None:
-        return None
-    try:
-        return date.fromisoformat(row[0])
-    except ValueError as exc:
-        raise StoreError(f"{db.path}: digests: a stored day is damaged: {exc}.") from exc
 
 
 def open_digests(db: Database, *, before: date) -> list[StoredDigest]:
