@@ -597,6 +597,23 @@ def test_a_clock_set_back_a_little_past_midnight_waits_for_the_day(
     assert _summaries(out) == [("2024-11-02", "1", "0", "0")]
 
 
+def test_digest_retire_refuses_a_digest_no_clock_ahead_made(clock: Clock, workdir: Path) -> None:
+    # The digest of 1 November, made 20 s after midnight by a clock 30 s ahead, is the day's
+    # own, not a clock's mistake. `digest --retire 2024-11-01` at 23:59:55 on 31 October
+    # deleted it and the ledger rows of everyone it had gone to: the day's next run made a
+    # second digest of 1 November and mailed it to them with the same Message-IDs.
+    _subscribe("a@example.org")
+    clock.now = datetime(2024, 10, 31, 17, 0, 20, tzinfo=UTC)  # 00:00:20 on 1 November
+    assert _run("-q", "send") == (0, "", "")
+    clock.now = datetime(2024, 10, 31, 16, 59, 55, tzinfo=UTC)
+    code, out, err = _run("digest", "--retire", "2024-11-01")
+    assert (code, out) == (2, "")
+    assert "the digest of 2024-11-01 was made at 2024-11-01T00:00+07:00, within" in err
+    with open_store(workdir / "syndicate.db") as db:
+        assert db.conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 1
+        assert db.conn.execute("SELECT count(*) FROM digests").fetchone()[0] == 1
+
+
 def test_moving_the_site_timezone_west_mails_no_day_twice_or_out_of_order(
     clock: Clock, workdir: Path
 ) -> None:

@@ -459,3 +459,34 @@ def test_a_digest_a_machine_days_ahead_made_stops_no_later_days_digest_elsewhere
     assert late.returncode == 75, err
     assert "behind the database server's: one of them is wrong" in err
     assert Counter(smtpd.handler.recipients()) == Counter(emails * 2)  # two days, each once
+
+
+def test_a_machine_whose_clock_is_behind_cannot_retire_todays_digest(
+    tmp_path: Path, store_url: str, smtpd: SmtpServer
+) -> None:
+    # A machine whose clock is a day behind takes today's digest, made and mailed by a
+    # machine with the right clock, for one dated ahead. `digest --retire` from it deleted
+    # the digest and the ledger rows of everyone it went to: the day's next run mailed them
+    # all a second digest of the day, with the same Message-IDs.
+    if shutil.which("faketime") is None:
+        pytest.skip("libfaketime is not installed (Debian package faketime)")
+    right, behind = (_machine(tmp_path / name, smtpd.port) for name in ("right", "behind"))
+    add_confirmed(right, store_url, 3)
+    (today, sent, *_rest) = SUMMARY.findall(_finish(_send(right, store_url)))[0]
+    assert sent == "3"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    env |= {ENV_STORE_URL: store_url, "SYNDICATE_SECRET": SECRET}
+    env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
+    retire = subprocess.run(
+        ["faketime", "-f", "-1d", sys.executable, "-m", "syndicate", "digest", "--retire", today],
+        cwd=behind,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert retire.returncode == 75, retire.stderr
+    assert "behind the database server's" in retire.stderr
+    with open_database(right / "syndicate.db", url=store_url) as db:
+        assert day_counts(db, day=date.fromisoformat(today)) == {"sent": 3}

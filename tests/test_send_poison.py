@@ -107,3 +107,71 @@ def test_a_message_its_worker_is_killed_by_every_time_stops_after_the_attempt_li
     # they go (nobody can tell whether a gone worker had begun them): still sent, and once.
     assert dict(attempts)[POISON] == MAX_ATTEMPTS
     assert all(1 <= n <= 2 for e, n in attempts if e != POISON), attempts
+
+
+class _PoisonFirst(_Poison):
+    """As _Poison, with the poisonous recipient first, and while `stall` every other
+    recipient's RCPT slow (a tarpit, DNS checks) until the poisonous body has
+    arrived: the message on the sender's other connection is still at its envelope when
+    the sender is killed."""
+
+    stall = True
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if address != FIRST and self.stall:
+            for _ in range(2000):  # 20 s, within smtp.timeout (below)
+                if self.reached.is_set():
+                    break
+                await asyncio.sleep(0.01)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if FIRST in envelope.rcpt_tos:
+            self.reached.set()
+            await asyncio.sleep(60)  # the sender is killed long before
+            return "451 4.3.0 too late"
+        return await SmtpRecorder.handle_DATA(self, server, session, envelope)
+
+
+FIRST = "reader0@example.org"
+
+
+@pytest.mark.slow(seconds=12)
+def test_a_message_never_begun_beside_the_one_killing_its_worker_is_not_charged(
+    tmp_path: Path,
+) -> None:
+    # Each takeover charged the gone worker's attempt on every row it had held, begun or
+    # not: reader1, on the other connection and still at its envelope each time reader0's
+    # body killed the process, ran out of attempts with reader0 and was never mailed.
+    handler = _PoisonFirst()
+    with run_smtp_server(handler) as server:
+        config = write_send_project(tmp_path, port=server.port, connections=2, lease=1)
+        toml = config / "syndicate.toml"
+        toml.write_text(toml.read_text().replace("timeout = 5\n", "timeout = 30\n"))
+        emails = _subscribe(tmp_path, 0, 4)
+        kills, last = 0, None
+        for _run in range(MAX_ATTEMPTS + 3):
+            handler.stall = kills < MAX_ATTEMPTS  # the last run does not meet reader0's body
+            process = _send(tmp_path)
+            while process.poll() is None and not handler.reached.wait(0.05):
+                pass
+            if handler.reached.is_set():
+                process.kill()
+                process.communicate(timeout=30)
+                handler.reached.clear()
+                kills += 1
+                continue
+            last = process.communicate(timeout=60)
+            break
+    assert last is not None, f"killed in each of {kills} runs"
+    assert kills == MAX_ATTEMPTS, last
+    assert Counter(handler.recipients()) == Counter(e for e in emails if e != FIRST), last
+    with open_store(tmp_path / "syndicate.db") as db:
+        rows = db.conn.execute(
+            "SELECT s.email, d.status FROM deliveries AS d"
+            " JOIN subscribers AS s ON s.id = d.subscriber_id"
+        ).fetchall()
+    assert dict(rows) == {e: "failed" if e == FIRST else "sent" for e in emails}

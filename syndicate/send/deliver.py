@@ -73,6 +73,10 @@ _JUMP = 1.0
 _LEASE_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 
 
+class _NotSent(FencedOff):
+    """Before DATA: a row taken over from a gone worker is not to be sent (`_charge`)."""
+
+
 def lease_clock() -> float:
     """Seconds on the clock that measures leases: CLOCK_BOOTTIME where there is one (Linux),
     which counts the time the machine spent suspended. CLOCK_MONOTONIC stands still then:
@@ -214,6 +218,9 @@ class _Run:
     held: set[int] = field(default_factory=set)  # ids this worker held at the last claim/renew
     taken: set[int] = field(default_factory=set)  # ids listed in `buffer`, sent or committed
     started: set[int] = field(default_factory=set)  # ids whose body may go, not yet back
+    # Ids taken over from a gone worker whose attempt is counted at this one's DATA
+    # (`DigestSender._charge`), not yet counted.
+    uncharged: set[int] = field(default_factory=set)
     waiting: set[int] = field(default_factory=set)  # ids listed in `deferred` (also taken)
     parked: set[int] = field(default_factory=set)  # deferred past the retry window, parked
     held_until: datetime | None = None  # when that lease runs out (the earliest, after claims)
@@ -752,10 +759,8 @@ class DigestSender:
                         subscriber_id=recipient.subscriber_id,
                     ):
                         run.held.discard(recipient.subscriber_id)
-                if not tries and recipient.taken_over and not self._charge(run, recipient):
-                    self._done_with(run, recipient.subscriber_id, None)
-                    report()
-                    continue
+                if not tries and recipient.taken_over:
+                    run.uncharged.add(recipient.subscriber_id)
                 committing = None
                 try:
                     committing = await self._deliver(run, recipient, tries, build(recipient), saved)
@@ -777,7 +782,12 @@ class DigestSender:
         lease): count that worker's attempt, which may have had the message in flight, before
         this one starts it. Without it, a message its worker is killed by every time (a
         recipient the process dies on) went again in every run, for good. False when it is
-        not to be sent: out of attempts (failed), or no longer this worker's."""
+        not to be sent: out of attempts (failed), or no longer this worker's.
+
+        Counted when this worker is about to send the body (its DATA), not when it takes the
+        row: a worker killed with a batch claimed had only the rows on its connections in
+        flight, and a row charged on every takeover and never reached (its connection slow
+        while another recipient kills the process) ran out of attempts unsent."""
         status = ledger.charge_taken_over(
             self.db,
             day=run.day,
@@ -853,6 +863,8 @@ class DigestSender:
                 # Asked again once a connection is ready: the wait for one may have outlasted
                 # the lease (a stall), and the recipient may be another worker's by then.
                 await self._send_one(run, recipient, message, saved)
+            except _NotSent:  # counted by `_charge`
+                return None
             except FencedOff:
                 run.dropped += 1
                 return None
@@ -921,6 +933,10 @@ class DigestSender:
 
         async def body_next() -> None:
             await saved()
+            if subscriber_id in run.uncharged:
+                run.uncharged.discard(subscriber_id)
+                if not self._charge(run, recipient):
+                    raise _NotSent
             run.started.add(subscriber_id)
 
         try:

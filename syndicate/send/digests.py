@@ -131,6 +131,29 @@ def retire_digest(settings: Settings, db: Database, *, day: date, now: datetime)
             "this machine's clock): only a digest dated ahead, made while a clock ran ahead, "
             "can be retired."
         )
+    stored = digests_between(db, after=day - timedelta(days=1), before=day + timedelta(days=1))
+    if not stored:
+        raise InputError(f"digest --retire: no digest of {day.isoformat()} is stored.")
+    # As check_day tells one a clock ahead made: else it is the day's own (made a little
+    # early, or this machine's clock is the one behind), and the readers it went to would
+    # get a second digest of the day with the same Message-IDs.
+    made = stored[0].created_at
+    if made - now <= CLOCK_SKEW:
+        shown = made.astimezone(settings.site.tz).isoformat(timespec="minutes")
+        raise InputError(
+            f"digest --retire: the digest of {day.isoformat()} was made at {shown}, within "
+            f"{CLOCK_SKEW.total_seconds() / 60:.0f} minutes of this machine's clock: it is "
+            "that day's own, made a little early; nothing was removed."
+        )
+    if db.dialect == "postgresql":
+        off = (server_time(db) - now).total_seconds()
+        if abs(off) > CLOCK_SKEW.total_seconds():
+            raise ClockError(
+                f"digest --retire: this machine's clock is {abs(off) / 3600:.1f} h "
+                f"{'behind' if off > 0 else 'ahead of'} the database server's: the digest of "
+                f"{day.isoformat()} may be the right one. Set the clock (NTP), or retire it "
+                "from a machine whose clock is right; nothing was removed."
+            )
     rows = delete_digest(db, day)
     if rows is None:
         raise InputError(f"digest --retire: no digest of {day.isoformat()} is stored.")
