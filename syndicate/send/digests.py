@@ -97,18 +97,16 @@ def check_day(settings: Settings, db: Database, *, now: datetime) -> None:
             "or later."
         )
     days = ", ".join(d.day.isoformat() for d in ahead)
-    if db.dialect == "postgresql":
-        # Several machines: the digest may be right and this machine's clock behind. The
-        # database server's clock says which.
-        off = (server_time(db) - now).total_seconds()
-        if abs(off) > CLOCK_SKEW.total_seconds():
-            raise ClockError(
-                f"send: the digest of {days} is dated after today ({today.isoformat()} by "
-                f"this machine's clock), and this machine's clock is {abs(off) / 3600:.1f} h "
-                f"{'behind' if off > 0 else 'ahead of'} the database server's: one of them "
-                "is wrong. Check the clocks (NTP); `syndicate digest --retire DAY` removes a "
-                "digest made by a clock that ran ahead."
-            )
+    # Several machines: the digest may be right and this machine's clock behind. The
+    # database server's clock says which.
+    if (off := _off_server_clock(db, now)) is not None:
+        raise ClockError(
+            f"send: the digest of {days} is dated after today ({today.isoformat()} by "
+            f"this machine's clock), and this machine's clock is {abs(off) / 3600:.1f} h "
+            f"{'behind' if off > 0 else 'ahead of'} the database server's: one of them "
+            "is wrong. Check the clocks (NTP); `syndicate digest --retire DAY` removes a "
+            "digest made by a clock that ran ahead."
+        )
     made = ahead[0].created_at.astimezone(settings.site.tz).isoformat(timespec="minutes")
     log.warning(
         "send: the digest of %s, after today (%s by this machine's clock), was made at %s by "
@@ -118,6 +116,16 @@ def check_day(settings: Settings, db: Database, *, now: datetime) -> None:
         today.isoformat(),
         made,
     )
+
+
+def _off_server_clock(db: Database, now: datetime) -> float | None:
+    """On PostgreSQL, how many seconds the database server's clock is ahead of `now` (this
+    machine's), when that is more than CLOCK_SKEW either way; None within it, and on SQLite
+    (no other clock to ask)."""
+    if db.dialect != "postgresql":
+        return None
+    off = (server_time(db) - now).total_seconds()
+    return off if abs(off) > CLOCK_SKEW.total_seconds() else None
 
 
 def retire_digest(settings: Settings, db: Database, *, day: date, now: datetime) -> int:
@@ -145,15 +153,13 @@ def retire_digest(settings: Settings, db: Database, *, day: date, now: datetime)
             f"{CLOCK_SKEW.total_seconds() / 60:.0f} minutes of this machine's clock: it is "
             "that day's own, made a little early; nothing was removed."
         )
-    if db.dialect == "postgresql":
-        off = (server_time(db) - now).total_seconds()
-        if abs(off) > CLOCK_SKEW.total_seconds():
-            raise ClockError(
-                f"digest --retire: this machine's clock is {abs(off) / 3600:.1f} h "
-                f"{'behind' if off > 0 else 'ahead of'} the database server's: the digest of "
-                f"{day.isoformat()} may be the right one. Set the clock (NTP), or retire it "
-                "from a machine whose clock is right; nothing was removed."
-            )
+    if (off := _off_server_clock(db, now)) is not None:
+        raise ClockError(
+            f"digest --retire: this machine's clock is {abs(off) / 3600:.1f} h "
+            f"{'behind' if off > 0 else 'ahead of'} the database server's: the digest of "
+            f"{day.isoformat()} may be the right one. Set the clock (NTP), or retire it "
+            "from a machine whose clock is right; nothing was removed."
+        )
     rows = delete_digest(db, day)
     if rows is None:
         raise InputError(f"digest --retire: no digest of {day.isoformat()} is stored.")
