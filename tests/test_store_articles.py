@@ -311,7 +311,15 @@ def test_summaries_carry_the_language_the_record_holds_and_step_12_fills_it_in(
     # one in a language syndicate does not know.
     with db.transaction():
         db.conn.execute("UPDATE articles SET language = NULL")
-        for ident, record in (("bad", '{"title": "x", "language'), ("fr", '{"language": "fr"}')):
+        for ident, record in (
+            ("bad", '{"title": "x", "language'),
+            ("fr", '{"language": "fr"}'),
+            # Written by another writer with compact or loose separators; a title that
+            # holds the key's text (escaped) is no language.
+            ("compact", '{"language":"en","title":"x"}'),
+            ("loose", '{"title": "x", "language" :\t"en"}'),
+            ("quoted", '{"title": "\\"language\\": \\"en\\""}'),
+        ):
             db.conn.execute(
                 "INSERT INTO articles (id, record, first_seen_at, record_hash)"
                 " VALUES (?, ?, ?, '')",
@@ -322,4 +330,12 @@ def test_summaries_carry_the_language_the_record_holds_and_step_12_fills_it_in(
         for statement in step[1:]:  # the column exists: the backfill only
             db.conn.execute(statement)
     found = {s.id: s.language for s in iter_summaries(db)}
-    assert found == {"a1": "vi", "en1": "en", "bad": None, "fr": None}
+    assert found == {
+        "a1": "vi",
+        "en1": "en",
+        "bad": None,
+        "fr": None,
+        "compact": "en",
+        "loose": "en",
+        "quoted": None,
+    }

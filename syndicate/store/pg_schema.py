@@ -189,13 +189,15 @@ _VERSION_11: list[str] = [
     """,
 ]
 
-# 12: an article's language beside its record (see schema.py). The record is our JSON (keys
-# sorted, ": " between key and value, quotes inside strings escaped), so the one unescaped
-# `"language": "` is its top-level key; a damaged record cannot stop the step.
+# 12: an article's language beside its record (see schema.py). The record is JSON with
+# quotes inside strings escaped, so an unescaped `"language"` followed by a colon is the key
+# (a nested object holding one has never been written); whitespace around the colon as
+# any JSON writer may put it (SQLite's json_extract reads the same). A pattern, not a cast
+# to jsonb: a damaged record cannot stop the step.
 _VERSION_12: list[str] = [
     f"ALTER TABLE articles ADD COLUMN language {T}",
-    """
-    UPDATE articles SET language = substring(record from '"language": "(vi|en)"')
+    r"""
+    UPDATE articles SET language = substring(record from '"language"\s*:\s*"(vi|en)"')
     """,
 ]
 
