@@ -1155,3 +1155,84 @@ async def test_a_cancelled_run_whose_store_fails_to_give_back_still_raises_cance
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.001)
+
+
+class _LocksAtTheTakenOver(SmtpRecorder):
+    """Holds the store's write lock (SQLite) or the taken-over row's lock (PostgreSQL) from
+    the taken-over recipient's RCPT until another connection's body has arrived (or `hold`
+    seconds): the charge of that row waits for it. The other recipients' RCPT waits for the
+    lock, so their bodies can only go while it is held."""
+
+    def __init__(self, path: Path, taken_over: str, hold: float) -> None:
+        super().__init__()
+        self.path, self.taken_over, self.hold = path, taken_over, hold
+        self.locker: Any = None
+        self.during = 0  # other recipients' bodies that arrived while the lock was held
+
+    def _lock(self) -> None:
+        url = os.environ.get(ENV_STORE_URL)
+        if url:
+            self.locker = psycopg.connect(url)
+            self.locker.execute(
+                "SELECT 1 FROM deliveries AS d JOIN subscribers AS s ON s.id = d.subscriber_id"
+                " WHERE s.email = %s FOR UPDATE OF d",
+                (self.taken_over,),
+            )
+        else:
+            self.locker = sqlite3.connect(self.path, isolation_level=None)
+            self.locker.execute("BEGIN IMMEDIATE")
+
+    async def _unlock_later(self) -> None:
+        deadline = time.monotonic() + self.hold
+        while not self.during and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        self.locker.rollback()
+        self.locker.close()
+        self.locker = False
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        if address == self.taken_over:
+            self._lock()
+            self.unlocking = asyncio.ensure_future(self._unlock_later())
+        else:
+            for _ in range(2000):
+                if self.locker is not None:
+                    break
+                await asyncio.sleep(0.005)
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        reply = await super().handle_DATA(server, session, envelope)
+        if self.locker and self.taken_over not in envelope.rcpt_tos:
+            self.during += 1
+        return reply
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+async def test_charging_a_taken_over_row_never_holds_the_other_connections_up(  # type: ignore[no-untyped-def]
+    tmp_path, send_settings, now, pipelining
+) -> None:
+    # The charge of a row taken over from a gone worker was a store statement made on the
+    # event loop: with the lock busy it stopped every connection of the worker for as long
+    # as it waited (up to store.busy_timeout).
+    db = open_store(tmp_path / "syndicate.db", busy_timeout=10)
+    try:
+        _add_digest(db, DAY)
+        emails = _subscribe(db, 4, now)
+        ledger.enqueue_owed(db, day=DAY, now=now)
+        gone = datetime.now(UTC) - timedelta(hours=1)
+        claimed = ledger.claim(
+            db, day=DAY, owner="gone/1", now=gone, lease=30, limit=1, max_attempts=MAX_ATTEMPTS
+        )
+        assert [r.subscriber_id for r in claimed] == [1]
+        handler = _LocksAtTheTakenOver(tmp_path / "syndicate.db", emails[0], hold=3.0)
+        handler.pipelining = pipelining
+        with run_smtp_server(handler) as server:
+            summary = await _send(db, server, send_settings, now, connections=2)
+        assert handler.locker is False  # it was taken, and let go
+        assert handler.during >= 1  # before: 0, the loop stood still until the lock was free
+        assert sorted(handler.recipients()) == sorted(emails)
+        assert summary.sent == 4
+        assert ledger.get_delivery(db, day=DAY, subscriber_id=1) == ("sent", 2, None)
+    finally:
+        db.close()

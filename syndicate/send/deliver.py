@@ -777,7 +777,7 @@ class DigestSender:
             self.stop.by_error(exc)
             raise
 
-    def _charge(self, run: _Run, recipient: ledger.Recipient) -> bool:
+    async def _charge(self, run: _Run, recipient: ledger.Recipient) -> bool:
         """A recipient taken over from a worker that was gone (killed, or stalled past its
         lease): count that worker's attempt, which may have had the message in flight, before
         this one starts it. Without it, a message its worker is killed by every time (a
@@ -787,9 +787,12 @@ class DigestSender:
         Counted when this worker is about to send the body (its DATA), not when it takes the
         row: a worker killed with a batch claimed had only the rows on its connections in
         flight, and a row charged on every takeover and never reached (its connection slow
-        while another recipient kills the process) ran out of attempts unsent."""
-        status = ledger.charge_taken_over(
-            self.db,
+        while another recipient kills the process) ran out of attempts unsent.
+
+        Through the send queue, as the claims and the `sent` marks: made on the loop with the
+        store's lock busy (another process writing), the statement stopped every connection
+        of this worker for up to store.busy_timeout."""
+        status = await run.queue.charge(
             day=run.day,
             subscriber_id=recipient.subscriber_id,
             owner=self.worker,
@@ -935,7 +938,7 @@ class DigestSender:
             await saved()
             if subscriber_id in run.uncharged:
                 run.uncharged.discard(subscriber_id)
-                if not self._charge(run, recipient):
+                if not await self._charge(run, recipient):
                     raise _NotSent
             run.started.add(subscriber_id)
 

@@ -306,6 +306,7 @@ class PgQueue:
 
         self.where, self.conn, self.marks = db.path, conn, marks
         self.claim_sql = translate(_CLAIM["postgresql"])
+        self.charge_sql = translate(_CHARGE_TAKEN_OVER)
 
     @classmethod
     async def open(cls, db: PgDatabase) -> PgQueue:
@@ -370,6 +371,19 @@ class PgQueue:
             raise store_error(self.where, "send ledger query failed", exc) from exc
         return _recipients(rows, params["now"])
 
+    async def charge(
+        self, *, day: date, subscriber_id: int, owner: str, now: datetime, max_attempts: int
+    ) -> str | None:
+        """As `charge_taken_over`, on the claims' connection (psycopg runs one statement at a
+        time on it: a claim under way is waited for, with the loop free)."""
+        params = _charge_params(day, subscriber_id, owner, now, max_attempts)
+        try:
+            cursor = await self.conn.execute(self.charge_sql, params, prepare=True)
+            rows = await cursor.fetchall()
+        except DB_ERRORS as exc:
+            raise store_error(self.where, "send ledger query failed", exc) from exc
+        return str(rows[0][0]) if rows else None
+
     async def close(self) -> None:
         self.marks.close()
         for conn in (self.conn, self.marks.conn):
@@ -431,6 +445,21 @@ class SqliteQueue:
                 limit=limit,
                 max_attempts=max_attempts,
                 confirmed_by=confirmed_by,
+            )
+        )
+
+    async def charge(
+        self, *, day: date, subscriber_id: int, owner: str, now: datetime, max_attempts: int
+    ) -> str | None:
+        """As `charge_taken_over`."""
+        return await self._retrying(
+            lambda: charge_taken_over(
+                self.db,
+                day=day,
+                subscriber_id=subscriber_id,
+                owner=owner,
+                now=now,
+                max_attempts=max_attempts,
             )
         )
 
@@ -957,7 +986,18 @@ def charge_taken_over(
     `Recipient.taken_over`), before `owner` starts it. Returns the row's status after:
     'sending' (go on), 'failed' (that was its last attempt), or None when `owner` no
     longer holds it."""
-    params = {
+    params = _charge_params(day, subscriber_id, owner, now, max_attempts)
+    try:
+        rows = _one_statement(db, _CHARGE_TAKEN_OVER, params, fetch=True)
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+    return str(rows[0][0]) if rows else None
+
+
+def _charge_params(
+    day: date, subscriber_id: int, owner: str, now: datetime, max_attempts: int
+) -> dict[str, Any]:
+    return {
         "day": day.isoformat(),
         "id": subscriber_id,
         "owner": owner,
@@ -966,11 +1006,6 @@ def charge_taken_over(
         "reply": "no reply: the worker sending it was gone (killed, or stalled past its "
         "lease) with it in flight, in each of its runs",
     }
-    try:
-        rows = _one_statement(db, _CHARGE_TAKEN_OVER, params, fetch=True)
-    except DB_ERRORS as exc:
-        raise _fail(db, exc) from exc
-    return str(rows[0][0]) if rows else None
 
 
 def _one_statement(
