@@ -1236,3 +1236,56 @@ async def test_charging_a_taken_over_row_never_holds_the_other_connections_up(  
         assert ledger.get_delivery(db, day=DAY, subscriber_id=1) == ("sent", 2, None)
     finally:
         db.close()
+
+
+class _GreylistsAfterTheBody(SmtpRecorder):
+    """Defers every message to `address` after its body (a content check that greylists)."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__()
+        self.address = address
+        self.tries: list[int] = []  # the run of each deferred body
+
+    run = 0
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        if self.address in envelope.rcpt_tos:
+            with self.lock:
+                self.tries.append(self.run)
+            return "451 4.7.1 greylisted, try again later"
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_a_takeover_and_the_new_holder_s_deferral_count_one_attempt(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # Each run takes the row over from a gone worker (charged at DATA) and is deferred: the
+    # charge and the deferral counted one attempt each, and a recipient greylisted every
+    # time ran out of its MAX_ATTEMPTS in 3 runs.
+    emails = _subscribe(db, 2, now)
+    handler = _GreylistsAfterTheBody(emails[0])
+    attempts = []
+    with run_smtp_server(handler) as server:
+        for run in range(MAX_ATTEMPTS):
+            handler.run = run
+            ledger.enqueue_owed(db, day=DAY, now=now)
+            gone = datetime.now(UTC) - timedelta(hours=1)
+            claimed = ledger.claim(
+                db,
+                day=DAY,
+                owner=f"gone{run}/1",
+                now=gone,
+                lease=30,
+                limit=1,
+                max_attempts=MAX_ATTEMPTS,
+            )
+            if not claimed:  # out of attempts
+                break
+            assert [r.subscriber_id for r in claimed] == [1]
+            await _send(db, server, send_settings, now, connections=1, retry_window=0.1)
+            attempts.append(ledger.get_delivery(db, day=DAY, subscriber_id=1)[1])
+    assert attempts == [1, 2, 3, 4, 5]  # before: [2, 4, 5, 5, 5]
+    # Tried by each run but the last, whose takeover charge was the last attempt.
+    assert sorted(set(handler.tries)) == list(range(MAX_ATTEMPTS - 1))
+    assert ledger.get_delivery(db, day=DAY, subscriber_id=1)[0] == "failed"
+    assert handler.recipients() == [emails[1]]

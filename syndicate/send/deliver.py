@@ -221,6 +221,7 @@ class _Run:
     # Ids taken over from a gone worker whose attempt is counted at this one's DATA
     # (`DigestSender._charge`), not yet counted.
     uncharged: set[int] = field(default_factory=set)
+    charged: set[int] = field(default_factory=set)  # ids counted so: see `_give_up_deferred`
     waiting: set[int] = field(default_factory=set)  # ids listed in `deferred` (also taken)
     parked: set[int] = field(default_factory=set)  # deferred past the retry window, parked
     held_until: datetime | None = None  # when that lease runs out (the earliest, after claims)
@@ -811,6 +812,7 @@ class DigestSender:
             )
             run.failed += 1
             return False
+        run.charged.add(recipient.subscriber_id)
         log.info(
             "%s: taken over from a worker that was gone; its attempt counts (%d of %d).",
             recipient.email,
@@ -1103,7 +1105,17 @@ class DigestSender:
         """Record the recipients still deferred as failed (temporarily): later runs retry them.
 
         Those deferred since the server stopped taking mail (`_server_deferred`) are given
-        back (parked or not): owed again, with no attempt used."""
+        back (parked or not): owed again, with no attempt used.
+
+        A recipient taken over from a gone worker and charged for it at this worker's DATA
+        (`_charge`) uses no further attempt for this worker's deferral of the same message:
+        the takeover and this try count one attempt together. The store cannot tell whether
+        the gone worker had begun DATA for it (knowing would take a commit before each body),
+        so the charge is made in case it had; a deferral is a reply that this try delivered
+        nothing, and counted again, each run that took a row over and was deferred (a
+        greylisting recipient, runs that get killed) used two of its attempts, and the
+        recipient ran out in 3 runs instead of 5. A takeover whose new try is left in doubt
+        still counts two: both copies may have been delivered."""
         deferred, run.deferred = run.deferred, []
         ledger.unpark(
             self.db, day=run.day, owner=self.worker, subscriber_ids=sorted(run.server_deferred)
@@ -1118,6 +1130,7 @@ class DigestSender:
                 reply=item.reply,
                 now=self.tick(),
                 owner=self.worker,
+                counted=item.recipient.subscriber_id in run.charged,
             )
             run.failed += 1
 

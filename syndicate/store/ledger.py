@@ -134,9 +134,10 @@ _MARK_SENT_MANY_PG = """
     WHERE id = ANY(:ids) AND bounce_count > 0
 """
 # The attempt failed; keep the server's reply. The owner stays with no expiry: the same
-# run claims it no more (see _CLAIM).
+# run claims it no more (see _CLAIM). :counted is 1, or 0 for a try already counted (a
+# takeover's charge: see `mark_failed`).
 _MARK_FAILED = """
-    UPDATE deliveries SET status = 'failed', attempts = attempts + 1, reply = :reply,
+    UPDATE deliveries SET status = 'failed', attempts = attempts + :counted, reply = :reply,
         updated_at = :now, lease_until = NULL
     WHERE digest_day = :day AND subscriber_id = :id
 """
@@ -495,14 +496,19 @@ def mark_failed(
     reply: str,
     now: datetime,
     owner: str | None = None,
+    counted: bool = False,
 ) -> None:
-    """Record a failed attempt with the server's reply; with `owner`, only on a row it holds."""
+    """Record a failed attempt with the server's reply; with `owner`, only on a row it holds.
+
+    `counted`: the attempt was counted already (`charge_taken_over` for this same try), so
+    the row's attempts stay as they are."""
     params = {
         "day": day.isoformat(),
         "id": subscriber_id,
         "reply": reply[:1000],
         "now": _iso(now),
         "owner": owner,
+        "counted": 0 if counted else 1,
     }
     try:
         with db.transaction(rows_only=True) as conn:
