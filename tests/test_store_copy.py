@@ -116,6 +116,10 @@ def full_store(project: Path) -> Path:
                 now=FIXED_NOW,
             )
         add_subscriber(db, "gone@example.org", now=FIXED_NOW)  # the highest id, erased below
+        with db.transaction() as conn:  # a row taken over from a gone worker (migration 13)
+            conn.execute(
+                "UPDATE deliveries SET taken_over = 1 WHERE id = (SELECT min(id) FROM deliveries)"
+            )
     assert _run("subscribers", "erase", "gone@example.org")[0] == 0
     return project / "syndicate.db"
 
@@ -193,6 +197,8 @@ def test_a_full_store_goes_to_postgresql_and_back_with_every_row_unchanged(
         assert _rows(copied) == before
         assert copied.conn.execute("SELECT seq FROM sqlite_sequence").fetchall() == sequence
         assert copied.schema_version == len(MIGRATIONS)
+    taken_over = SCHEMA["deliveries"][0].index("taken_over")
+    assert sorted(row[taken_over] for row in before["deliveries"])[-1] == 1
     nonces = [row[SCHEMA["subscribers"][0].index("token_nonce")] for row in before["subscribers"]]
     assert all(type(n) is bytes and len(n) == 16 for n in nonces)
 

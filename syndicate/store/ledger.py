@@ -370,7 +370,7 @@ class PgQueue:
             rows = await cursor.fetchall()
         except DB_ERRORS as exc:
             raise store_error(self.where, "send ledger query failed", exc) from exc
-        return _recipients(rows, params["now"])
+        return _recipients(rows)
 
     async def charge(
         self, *, day: date, subscriber_id: int, owner: str, now: datetime, max_attempts: int
@@ -608,8 +608,8 @@ ENQUEUE_BATCH = 10_000
 # On SQLite, BEGIN IMMEDIATE serialises claimers; on PostgreSQL the same statement with
 # `FOR UPDATE OF d SKIP LOCKED` lets claimers pass each other's locked rows.
 # A row whose lease ran out while its owner still held it (a worker killed or stalled) is
-# taken over (`Recipient.taken_over`): RETURNING cannot show the old row, so its updated_at
-# is the claim's time with microseconds (:at, as lease times are), not :now's seconds.
+# taken over (`Recipient.taken_over`): the claim says so in `taken_over` (store step 13), as
+# RETURNING cannot show the old row.
 # RETURNING may name only the updated table on SQLite, so the subscriber's fields come
 # from scalar subqueries (primary-key lookups).
 # The shape keeps both planners on indexes (docs/performance.md, tests/test_ledger_plan.py):
@@ -624,9 +624,9 @@ ENQUEUE_BATCH = 10_000
 #   with `IN (..)` it hash-joined them against a sequential scan of the whole ledger.
 _CLAIM_TEMPLATE = """
     UPDATE deliveries
-    SET status = 'sending', lease_owner = :owner, lease_until = :until,
-        updated_at = CASE WHEN lease_owner IS NOT NULL AND lease_until IS NOT NULL
-                          THEN :at ELSE :now END
+    SET status = 'sending', lease_owner = :owner, lease_until = :until, updated_at = :now,
+        taken_over = CASE WHEN lease_owner IS NOT NULL AND lease_until IS NOT NULL
+                          THEN 1 ELSE 0 END
     WHERE id {ids}(
         SELECT d.id
         FROM deliveries AS d
@@ -644,7 +644,7 @@ _CLAIM_TEMPLATE = """
         (SELECT email FROM subscribers WHERE id = deliveries.subscriber_id),
         (SELECT language FROM subscribers WHERE id = deliveries.subscriber_id),
         (SELECT token_nonce FROM subscribers WHERE id = deliveries.subscriber_id), reply,
-        updated_at
+        taken_over
 """
 _CLAIM = {
     "sqlite": _CLAIM_TEMPLATE.format(in_time=_CONFIRMED_IN_TIME, ids="IN ", lock="", close=""),
@@ -845,7 +845,7 @@ def claim(
             rows = conn.execute(_CLAIM[db.dialect], params).fetchall()
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
-    return _recipients(rows, params["now"])
+    return _recipients(rows)
 
 
 def _claim_params(
@@ -870,11 +870,11 @@ def _claim_params(
     }
 
 
-def _recipients(rows: Iterable[Any], now: str) -> list[Recipient]:
-    """Claimed rows as recipients, in subscriber order (claimed at `now`, as stored)."""
+def _recipients(rows: Iterable[Any]) -> list[Recipient]:
+    """Claimed rows as recipients, in subscriber order."""
     found = [
         Recipient(
-            int(r[0]), str(r[2]), str(r[3]), int(r[1]), bytes(r[4]), _refused(r[5]), r[6] != now
+            int(r[0]), str(r[2]), str(r[3]), int(r[1]), bytes(r[4]), _refused(r[5]), bool(r[6])
         )
         for r in rows
     ]
