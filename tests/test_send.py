@@ -53,6 +53,7 @@ DAY = date(2024, 11, 1)
 DAY2 = date(2024, 11, 2)
 SECRET = b"t" * 32
 MARKER = "https://marker.syndicate.invalid/unsubscribe?token=MARKER-1"
+KEY = "5eed0f1c2a3b"  # the digest's part of its Message-IDs
 
 
 def _add_digest(database: Database, day: date) -> None:
@@ -91,7 +92,12 @@ def _templates(settings: Settings, now) -> dict[str, MessageTemplate]:  # type: 
             text=f"{word}: {MARKER}\n",
         )
         built[lang] = build_digest_template(
-            rendered, info=MailInfo.from_settings(settings), digest_day=DAY, marker=MARKER, now=now
+            rendered,
+            info=MailInfo.from_settings(settings),
+            digest_day=DAY,
+            marker=MARKER,
+            now=now,
+            message_key=KEY,
         )
     return built
 
@@ -151,7 +157,7 @@ async def test_send_delivers_one_message_per_confirmed_subscriber(  # type: igno
         found = verify_token(
             SECRET, token, purpose="unsubscribe", now=now, find=lambda i: get_by_id(db, i)
         )
-        assert msg["Message-ID"] == f"<2024-11-01.{found.id}@news.example.org>"
+        assert msg["Message-ID"] == f"<2024-11-01.{found.id}.{KEY}@news.example.org>"
         assert found.email == msg["To"]
         assert url in msg.get_body(("plain",)).get_content()
     assert ledger.day_counts(db, day=DAY) == {"sent": 12}
@@ -491,7 +497,7 @@ async def test_outbox_writes_one_file_per_recipient(db, tmp_path, send_settings,
     summary = await _send(db, None, send_settings, now, mailer=OutboxMailer(folder), connections=1)
     assert summary.sent == 3
     files = sorted(p.name for p in folder.iterdir())
-    assert files == [f"2024-11-01.{i}_news.example.org.eml" for i in (1, 2, 3)]
+    assert files == [f"2024-11-01.{i}.{KEY}_news.example.org.eml" for i in (1, 2, 3)]
     parsed = message_from_bytes((folder / files[0]).read_bytes(), policy=policy.default)
     assert parsed["To"] == "reader0@example.org"
 

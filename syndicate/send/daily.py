@@ -542,21 +542,24 @@ def _preview_plan(
 
 
 def _test_copy(template: MessageTemplate, *, to: str, day: date, url: str) -> bytes:
-    """One test copy, with a Message-ID of its own (`<day.test-RANDOM@domain>`).
+    """One test copy, with a Message-ID of its own (`<day.test-RANDOM.KEY@domain>`).
 
-    Subscribers' Message-IDs are deterministic (`<day.id@domain>`); test copies
+    Subscribers' Message-IDs are deterministic (`<day.id.KEY@domain>`); test copies
     are not recorded, so each gets a random one: two copies must not look like
     one message to a mail client or to the outbox folder.
     """
     message = fill_message(
         dataclasses.replace(template, dkim=None), to=to, subscriber_id=0, unsubscribe_url=url
     )
-    slot = f"\r\nMessage-ID: <{day.isoformat()}.0@".encode("ascii")
-    unique = f"\r\nMessage-ID: <{day.isoformat()}.test-{secrets.token_hex(8)}@".encode("ascii")
+    prefix = f"\r\nMessage-ID: <{day.isoformat()}.".encode("ascii")
+    unique = prefix + f"test-{secrets.token_hex(8)}".encode("ascii")
     head_end = message.index(b"\r\n\r\n")
-    if message.find(slot, 0, head_end) < 0:  # pragma: no cover - mail.py puts it after To
+    for slot in (prefix + b"0.", prefix + b"0@"):  # with the digest's key, or without
+        if message.find(slot, 0, head_end) >= 0:
+            message = message.replace(slot, unique + slot[-1:], 1)
+            break
+    else:  # pragma: no cover - mail.py puts it after To
         raise AssertionError("the digest template has no Message-ID after To")
-    message = message.replace(slot, unique, 1)
     if template.dkim is not None:  # sign what goes out, with its final Message-ID
         message = sign_message(message, template.dkim)
     return message

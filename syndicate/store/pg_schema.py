@@ -211,6 +211,9 @@ _VERSION_13: list[str] = [
     """,
 ]
 
+# 14: a digest's own part of its Message-IDs (see schema.py).
+_VERSION_14: list[str] = [f"ALTER TABLE digests ADD COLUMN message_key {T}"]
+
 # Version -> statements. A version missing here has no PostgreSQL step (1 to 8).
 PG_MIGRATIONS: dict[int, list[str]] = {
     9: _VERSION_9,
@@ -218,6 +221,7 @@ PG_MIGRATIONS: dict[int, list[str]] = {
     11: _VERSION_11,
     12: _VERSION_12,
     13: _VERSION_13,
+    14: _VERSION_14,
 }
 
 # The first version a PostgreSQL store can be at: what step 9 creates.

@@ -361,3 +361,9 @@ MIGRATIONS.append(
         """,
     ]
 )
+
+# 14: a digest's own part of its Message-IDs, made at random when it is stored: a digest of
+# the same day made again (`digest --retire`, then the day's own) gets new Message-IDs. NULL
+# for the digests made before: they keep the form they were sent with,
+# `<DAY.SUBSCRIBER-ID@domain>` (mail.build_digest_template).
+MIGRATIONS.append(["ALTER TABLE digests ADD COLUMN message_key TEXT"])
