@@ -461,6 +461,8 @@ class DigestSender:
         error = self.stop.error
         if isinstance(error, DeliveryError | TempFailError):
             # The run stops here: the one error line also says how far this digest got.
+            if error.cause is None:
+                error.cause = error.message.rstrip(".")
             error.message = f"{error.message.rstrip('.')}. {_so_far(run)}"
         if error is not None:
             raise error
@@ -886,13 +888,13 @@ class DigestSender:
                     reconnects, sent_before = 0, run.sent
                 reconnects += 1
                 if reconnects >= self.policy.attempts:
-                    self.stop.by_error(
-                        TempFailError(
-                            f"{failure.message} (after {reconnects} tries). "
-                            "The server stayed unavailable.",
-                            hint="Try again later; the next run sends to everyone not yet sent.",
-                        )
+                    gave_up = TempFailError(
+                        f"{failure.message} (after {reconnects} tries). "
+                        "The server stayed unavailable.",
+                        hint="Try again later; the next run sends to everyone not yet sent.",
                     )
+                    gave_up.cause = f"{failure.message} (after {reconnects} tries)"
+                    self.stop.by_error(gave_up)
                     return None
                 log.info("%s (try %d of %d)", failure.message, reconnects, self.policy.attempts)
                 await self.stop.sleep(_jitter(self.policy.backoff(reconnects)))
