@@ -147,7 +147,14 @@ class ClockError(SyndicateError):
 
 
 class SendError(SyndicateError):
-    """Sending mail failed: the subclasses say whether for one recipient, for now, or for good."""
+    """Sending mail failed: the subclasses say whether for one recipient, for now, or for good.
+
+    `cause`, on an error that stopped a run: what stopped it, without how far the run got
+    (which the message goes on to say): what `send --workers` reports of a worker stopped
+    while the others sent everyone.
+    """
+
+    cause: str | None = None
 
 
 class DeliveryError(SendError):

@@ -49,6 +49,7 @@ MARKER_PATTERN = re.compile(r"[A-Za-z0-9\-_:/.?=]+")
 # or in HTML ('&' and "'" would be escaped in the HTML part, so they are percent-encoded).
 _URL_SAFE = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$()*+,;=%]+")
 _SLOT_TO, _SLOT_ID, _SLOT_URL = 0, 1, 2
+_MESSAGE_KEY = re.compile(r"[0-9a-f]{1,32}")  # a digest's part of its Message-IDs
 _SAFE_ADDRESS = re.compile(r"[^\s<>\"\\,;]+@[^\s<>\"\\,;@]+")
 
 
@@ -371,12 +372,14 @@ def build_digest_template(
     digest_day: date,
     marker: str,
     now: datetime,
+    message_key: str | None,
     dkim: DkimKey | None = None,
 ) -> MessageTemplate:
     """Build the digest message of one language once, with per-recipient slots.
 
     `rendered` must have been rendered with `unsubscribe_url=marker`; each
-    occurrence of the marker becomes an unsubscribe-URL slot. Raises
+    occurrence of the marker becomes an unsubscribe-URL slot. `message_key` is the
+    digest's own part of its Message-IDs (below), None for one stored without. Raises
     ConfigError when mail.from is unusable or the rendered digest lost the
     unsubscribe link (custom templates must keep it).
     """
@@ -397,7 +400,17 @@ def build_digest_template(
         f"\r\nMessage-ID: <{digest_day.isoformat()}.".encode(),
         _SLOT_ID,
     ]
-    head += [f"@{domain}>\r\nList-Unsubscribe: <".encode(), _SLOT_URL, b">"]
+    # `<DAY.SUBSCRIBER-ID.KEY@domain>`: the same digest sent again (a message in doubt, a
+    # rerun) keeps its Message-IDs, so a mailbox or the outbox keeps one copy; another
+    # digest of the same day (one a clock ahead made, retired by `digest --retire`, then
+    # the day's own) gets new ones: under the same IDs the day's own was dropped as a
+    # duplicate of the copy readers already had, and its outbox files overwrote the
+    # retired one's. A digest stored before keys existed keeps `<DAY.SUBSCRIBER-ID@domain>`,
+    # as sent (bounces.parse.digest_hint reads both).
+    if message_key is not None and not _MESSAGE_KEY.fullmatch(message_key):
+        raise ValueError(f"message key {message_key!r} is not lowercase hex")
+    key = f".{message_key}" if message_key is not None else ""
+    head += [f"{key}@{domain}>\r\nList-Unsubscribe: <".encode(), _SLOT_URL, b">"]
     mailto = header_safe(info.mailto_unsubscribe)
     if mailto:
         address = mailto.removeprefix("mailto:")

@@ -198,6 +198,9 @@ class DigestPlan:
     # Each article's page as the build stored it (id -> path relative to the site root);
     # an article missing here has no page and is shown unlinked.
     pages: Mapping[str, str] = field(default_factory=dict)
+    # The digest's own part of its Message-IDs (digests.message_key), made when it is
+    # stored; None for a plan not stored, or a digest stored before there was one.
+    message_key: str | None = None
 
 
 class SubscriptionStatus(StrEnum):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from syndicate.bounces.parse import Kind, ReportFormatError, parse_report
+from syndicate.bounces.parse import Kind, ReportFormatError, digest_hint, parse_report
 from syndicate.cli import AppContext, cli
 from syndicate.config import load_settings
 from syndicate.model import SubscriptionStatus
@@ -70,6 +70,18 @@ def test_sample_reports_parse_to_their_kind_and_recipient(
     if recipient is not None:
         assert report.recipients[0] == recipient
         assert BOUNCE_ADDRESS in report.return_paths
+
+
+@pytest.mark.parametrize(
+    "original", ["<2024-11-01.3@news.example.org>", "<2024-11-01.3.5eed0f1c2a3b@news.example.org>"]
+)
+def test_the_digest_a_report_is_about_is_read_from_either_message_id_form(original: str) -> None:
+    # Digests now carry their key (<DAY.ID.KEY@HOST>); mail sent before bounces for days.
+    raw = (BOUNCES / "yahoo-soft.eml").read_bytes()
+    raw = raw.replace(b"<2024-11-01.3@news.example.org>", original.encode())
+    report = parse_report(raw)
+    assert report.original_id == original
+    assert digest_hint(report.original_id) == (date(2024, 11, 1), 3)
 
 
 def test_a_dsn_that_reports_delivery_is_not_a_bounce() -> None:

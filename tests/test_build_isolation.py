@@ -590,6 +590,7 @@ def test_random_dumps_never_stop_the_build_or_the_digest(dumps: list[bytes]) -> 
                 digest_day=now.date(),
                 marker=MARKER,
                 now=now,
+                message_key=None,
             )
             data = b"".join(message.chunks)
             assert max(len(line) for line in data.split(b"\r\n")) <= 998

@@ -856,6 +856,7 @@ def test_every_line_is_short_enough_for_smtp(mail_settings: Settings, now: datet
             digest_day=DAY,
             marker=MARKER,
             now=now,
+            message_key=None,
         )
         data = fill_message(
             template, to="a@example.org", subscriber_id=1, unsubscribe_url=MARKER + "-filled"

@@ -133,7 +133,10 @@ def _check_message(received: Received, lang: str) -> None:
     subscriber_id = read_token(
         SECRET.encode(), url.split("token=")[1], purpose="unsubscribe", now=datetime.now(UTC)
     ).subscriber_id
-    assert msg["Message-ID"].endswith(f".{subscriber_id}@news.example.org>")
+    assert re.fullmatch(
+        rf"<\d{{4}}-\d\d-\d\d\.{subscriber_id}\.[0-9a-f]{{12}}@news\.example\.org>",
+        msg["Message-ID"],
+    )
     html_text, plain = html.get_content(), text.get_content()
     assert url in html_text
     assert url in plain

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +22,8 @@ import pytest
 from syndicate.errors import StoreBusyError, StoreError, StoreUnavailableError
 from syndicate.send.deliver import MarkCommitter
 from syndicate.store import Database, PgDatabase, ledger, open_database
+from syndicate.store.pg_schema import PG_FIRST_VERSION, PG_MIGRATIONS
+from syndicate.store.schema import MIGRATIONS
 from syndicate.store.subscribers import add_subscriber, signup, unsubscribe
 from tests.plugins.postgres import ENV_STORE_URL, open_store, start_cluster
 
@@ -135,6 +138,94 @@ def test_a_failure_never_unmarks_a_row_another_worker_sent(tmp_path: Path, refus
                 owner="run2/1",
             )
         assert ledger.get_delivery(db, day=DAY, subscriber_id=1) == ("sent", 1, None)
+
+
+def test_a_takeover_is_recorded_in_its_own_column_and_the_row_keeps_the_claim_s_time(
+    tmp_path: Path,
+) -> None:
+    # The flag was smuggled through updated_at, written with microseconds on a takeover
+    # (RETURNING cannot show the old row): now `deliveries.taken_over`, set by each claim.
+    with _store(tmp_path, 3) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        first = ledger.claim(
+            db, day=DAY, owner="run1/1", now=T0, lease=LEASE, limit=5, max_attempts=5
+        )
+        assert [r.taken_over for r in first] == [False, False, False]
+        ledger.unpark(db, day=DAY, owner="run1/1", subscriber_ids=[2, 3])  # given back
+        later = T0 + timedelta(seconds=LEASE + 1)
+        taken = ledger.claim(
+            db, day=DAY, owner="run2/1", now=later, lease=LEASE, limit=5, max_attempts=5
+        )
+        assert [(r.subscriber_id, r.taken_over) for r in taken] == [
+            (1, True),  # its lease ran out while run1/1 held it
+            (2, False),  # given back: nobody held it
+            (3, False),
+        ]
+        rows = db.conn.execute(
+            "SELECT subscriber_id, taken_over, updated_at FROM deliveries ORDER BY subscriber_id"
+        ).fetchall()
+        stamp = later.isoformat(timespec="seconds")
+        assert [tuple(r) for r in rows] == [(1, 1, stamp), (2, 0, stamp), (3, 0, stamp)]
+
+
+def _store_at_step_12(path: Path) -> None:
+    """A store at schema step 12 (before `taken_over`), with a row a claim took over (its
+    updated_at with microseconds, as that step's claims wrote it) and one it did not."""
+    taken, plain = "2024-11-01T06:00:31.000000+00:00", "2024-11-01T06:00:31+00:00"
+    until = "2024-11-01T06:01:01.000000+00:00"
+    rows: list[tuple[str, tuple[object, ...]]] = [
+        (
+            "INSERT INTO digests (day, created_at, article_ids) VALUES (?, ?, '[]')",
+            ("2024-11-01", "2024-11-01T06:00:00+00:00"),
+        ),
+        *(
+            (
+                "INSERT INTO subscribers (email, email_key, language, status, created_at,"
+                " updated_at, confirmed_at, token_nonce) VALUES (?, ?, 'en', 'confirmed', ?, ?,"
+                " ?, ?)",
+                (f"u{i}@example.org", f"u{i}@example.org", plain, plain, plain, bytes(16)),
+            )
+            for i in (1, 2)
+        ),
+        *(
+            (
+                "INSERT INTO deliveries (digest_day, subscriber_id, status, attempts,"
+                " updated_at, lease_owner, lease_until) VALUES (?, ?, 'sending', 0, ?, ?, ?)",
+                ("2024-11-01", i, stamp, "run2/1", until),
+            )
+            for i, stamp in ((1, taken), (2, plain))
+        ),
+    ]
+    url = os.environ.get(ENV_STORE_URL)
+    if url:
+        with psycopg.connect(url, autocommit=True) as pg:
+            for version in range(PG_FIRST_VERSION, 13):
+                for statement in PG_MIGRATIONS[version]:
+                    pg.execute(statement)
+            pg.execute("UPDATE syndicate_schema SET version = 12")
+            for sql, params in rows:
+                pg.execute(sql.replace("?", "%s"), params)
+        return
+    with closing(sqlite3.connect(path, isolation_level=None)) as lite:
+        for step in MIGRATIONS[:12]:
+            for statement in step:
+                lite.execute(statement)
+        for sql, params in rows:
+            lite.execute(sql, params)
+        lite.execute("PRAGMA user_version = 12")
+    path.chmod(0o600)
+
+
+def test_the_step_adding_taken_over_marks_the_rows_a_claim_had_taken_over(
+    tmp_path: Path,
+) -> None:
+    _store_at_step_12(tmp_path / "old.db")
+    with open_store(tmp_path / "old.db") as db:
+        assert db.schema_version == len(MIGRATIONS)
+        rows = db.conn.execute(
+            "SELECT subscriber_id, taken_over FROM deliveries ORDER BY subscriber_id"
+        ).fetchall()
+        assert [tuple(r) for r in rows] == [(1, 1), (2, 0)]
 
 
 def test_rows_given_up_in_a_run_wait_for_the_next_run_and_released_rows_do_not(

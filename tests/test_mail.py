@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import typing
 import unicodedata
-from datetime import date
+from datetime import date, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from syndicate import mail
+from syndicate.bounces.parse import digest_hint
 from syndicate.config import Settings
 from syndicate.digest import DigestInfo, RenderedEmail, make_subject
 from syndicate.errors import ConfigError
@@ -33,6 +34,7 @@ from syndicate.mail import (
 
 MARKER = "https://marker.syndicate.invalid/unsubscribe?token=MARKER-abc123"
 DAY = date(2024, 11, 1)
+KEY = "5eed0f1c2a3b"  # the digest's part of its Message-IDs (digests.message_key)
 URL = "https://news.example.org/unsubscribe?token=AQIAAAAAAAAAKmckm3Dk_-x"
 
 
@@ -76,7 +78,12 @@ def _fill(template, to: str = "an@example.org", subscriber_id: int = 42) -> byte
 
 def test_digest_message_has_every_header(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
     template = build_digest_template(
-        rendered, info=MailInfo.from_settings(mail_settings), digest_day=DAY, marker=MARKER, now=now
+        rendered,
+        info=MailInfo.from_settings(mail_settings),
+        digest_day=DAY,
+        marker=MARKER,
+        now=now,
+        message_key=KEY,
     )
     msg = _parse(_fill(template))
     assert msg["To"] == "an@example.org"
@@ -84,7 +91,7 @@ def test_digest_message_has_every_header(mail_settings, rendered, now) -> None: 
     assert msg["Reply-To"] == "toa-soan@example.org"
     assert msg["Subject"] == "Tin mới: <b>bản tin</b> ngày 1/11 Bcc: x@y"
     assert msg["Date"] == "Fri, 01 Nov 2024 06:00:00 +0000"
-    assert msg["Message-ID"] == "<2024-11-01.42@news.example.org>"
+    assert msg["Message-ID"] == f"<2024-11-01.42.{KEY}@news.example.org>"
     assert msg["List-Id"] == "Tin mới <digest.news.example.org>"
     assert msg["List-Unsubscribe"] == f"<{URL}>"
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
@@ -96,7 +103,12 @@ def test_digest_message_has_every_header(mail_settings, rendered, now) -> None: 
 
 def test_subject_is_one_encoded_line_that_round_trips(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
     template = build_digest_template(
-        rendered, info=MailInfo.from_settings(mail_settings), digest_day=DAY, marker=MARKER, now=now
+        rendered,
+        info=MailInfo.from_settings(mail_settings),
+        digest_day=DAY,
+        marker=MARKER,
+        now=now,
+        message_key=KEY,
     )
     raw = _fill(template)
     head = raw.split(b"\r\n\r\n", 1)[0]
@@ -110,7 +122,12 @@ def test_subject_is_one_encoded_line_that_round_trips(mail_settings, rendered, n
 
 def test_parts_are_text_then_html_with_the_url_filled_in(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
     template = build_digest_template(
-        rendered, info=MailInfo.from_settings(mail_settings), digest_day=DAY, marker=MARKER, now=now
+        rendered,
+        info=MailInfo.from_settings(mail_settings),
+        digest_day=DAY,
+        marker=MARKER,
+        now=now,
+        message_key=KEY,
     )
     raw = _fill(template)
     assert b"MARKER" not in raw
@@ -124,14 +141,52 @@ def test_parts_are_text_then_html_with_the_url_filled_in(mail_settings, rendered
 
 def test_each_recipient_gets_their_own_fields(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
     template = build_digest_template(
-        rendered, info=MailInfo.from_settings(mail_settings), digest_day=DAY, marker=MARKER, now=now
+        rendered,
+        info=MailInfo.from_settings(mail_settings),
+        digest_day=DAY,
+        marker=MARKER,
+        now=now,
+        message_key=KEY,
     )
     one = _parse(fill_message(template, to="a@x.org", subscriber_id=1, unsubscribe_url=URL + "1"))
     two = _parse(fill_message(template, to="b@x.org", subscriber_id=2, unsubscribe_url=URL + "2"))
-    assert (one["To"], one["Message-ID"]) == ("a@x.org", "<2024-11-01.1@news.example.org>")
-    assert (two["To"], two["Message-ID"]) == ("b@x.org", "<2024-11-01.2@news.example.org>")
+    assert (one["To"], one["Message-ID"]) == (
+        "a@x.org",
+        f"<2024-11-01.1.{KEY}@news.example.org>",
+    )
+    assert (two["To"], two["Message-ID"]) == (
+        "b@x.org",
+        f"<2024-11-01.2.{KEY}@news.example.org>",
+    )
     assert URL + "2" in two.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert URL + "1" not in two.as_string()
+
+
+def test_the_message_id_holds_the_digest_s_key_so_a_digest_made_again_gets_new_ones(  # type: ignore[no-untyped-def]
+    mail_settings, rendered, now
+) -> None:
+    # <DAY.ID@domain> alone: the digest of a day made again (`digest --retire`, then the
+    # day's own) went out under the Message-IDs of the retired copy readers already had.
+    info = MailInfo.from_settings(mail_settings)
+
+    def message_id(key: str | None, sent_at: datetime) -> str:
+        template = build_digest_template(
+            rendered, info=info, digest_day=DAY, marker=MARKER, now=sent_at, message_key=key
+        )
+        return str(_parse(_fill(template))["Message-ID"])
+
+    first = message_id(KEY, now)
+    assert first == f"<2024-11-01.42.{KEY}@news.example.org>"
+    # The same digest sent again by a later run: the same Message-ID (duplicates dedupe).
+    assert message_id(KEY, now + timedelta(hours=3)) == first
+    # Another digest of the same day: another Message-ID.
+    assert message_id("0123456789ab", now) == "<2024-11-01.42.0123456789ab@news.example.org>"
+    # A digest stored before keys existed keeps the form it was sent with.
+    assert message_id(None, now) == "<2024-11-01.42@news.example.org>"
+    with pytest.raises(ValueError, match="not lowercase hex"):
+        message_id("x@y>", now)
+    assert digest_hint(first) == (DAY, 42)
+    assert digest_hint("<2024-11-01.42@news.example.org>") == (DAY, 42)  # mail sent before
 
 
 def test_mailto_unsubscribe_is_added_when_configured(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
@@ -142,7 +197,12 @@ def test_mailto_unsubscribe_is_added_when_configured(mail_settings, rendered, no
         ),
     )
     template = build_digest_template(
-        rendered, info=MailInfo.from_settings(configured), digest_day=DAY, marker=MARKER, now=now
+        rendered,
+        info=MailInfo.from_settings(configured),
+        digest_day=DAY,
+        marker=MARKER,
+        now=now,
+        message_key=KEY,
     )
     msg = _parse(_fill(template))
     assert msg["List-Unsubscribe"] == f"<{URL}>, <mailto:leave@example.org?subject=unsubscribe>"
@@ -151,7 +211,12 @@ def test_mailto_unsubscribe_is_added_when_configured(mail_settings, rendered, no
 
 def test_fill_message_refuses_header_breaking_values(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
     template = build_digest_template(
-        rendered, info=MailInfo.from_settings(mail_settings), digest_day=DAY, marker=MARKER, now=now
+        rendered,
+        info=MailInfo.from_settings(mail_settings),
+        digest_day=DAY,
+        marker=MARKER,
+        now=now,
+        message_key=KEY,
     )
     with pytest.raises(ValueError, match="not a checked ASCII address"):
         fill_message(template, to="a@x.org\r\nBcc: y@z", subscriber_id=1, unsubscribe_url=URL)
@@ -168,6 +233,7 @@ def test_a_digest_without_the_unsubscribe_link_is_refused(mail_settings, rendere
             digest_day=DAY,
             marker=MARKER,
             now=now,
+            message_key=KEY,
         )
     assert str(caught.value) == (
         "digest (vi): the HTML part has no unsubscribe link. Keep the unsubscribe link in "
@@ -181,13 +247,23 @@ def test_a_bad_from_address_names_the_key(mail_settings, rendered, now) -> None:
     )
     with pytest.raises(ConfigError, match=r"^config key mail.from has value 'News <news@>'"):
         build_digest_template(
-            rendered, info=MailInfo.from_settings(bad), digest_day=DAY, marker=MARKER, now=now
+            rendered,
+            info=MailInfo.from_settings(bad),
+            digest_day=DAY,
+            marker=MARKER,
+            now=now,
+            message_key=KEY,
         )
 
 
 def test_digest_message_matches_golden(mail_settings, rendered, now, check_golden) -> None:  # type: ignore[no-untyped-def]
     template = build_digest_template(
-        rendered, info=MailInfo.from_settings(mail_settings), digest_day=DAY, marker=MARKER, now=now
+        rendered,
+        info=MailInfo.from_settings(mail_settings),
+        digest_day=DAY,
+        marker=MARKER,
+        now=now,
+        message_key=KEY,
     )
     # The boundary is derived from the content, so the bytes are deterministic as they are.
     check_golden("digest-message.eml", _fill(template))
@@ -250,6 +326,7 @@ def test_dkim_signature_covers_the_unsubscribe_headers_and_verifies(  # type: ig
         digest_day=DAY,
         marker=MARKER,
         now=now,
+        message_key=KEY,
         dkim=key,
     )
     raw = _fill(template)
@@ -303,7 +380,12 @@ def test_unsubscribe_url_is_header_safe_for_any_base_url(  # type: ignore[no-unt
     url = unsubscribe_url("T0K", info=MailInfo.from_settings(settings))
     assert url == expected
     template = build_digest_template(
-        rendered, info=MailInfo.from_settings(settings), digest_day=DAY, marker=MARKER, now=now
+        rendered,
+        info=MailInfo.from_settings(settings),
+        digest_day=DAY,
+        marker=MARKER,
+        now=now,
+        message_key=KEY,
     )
     raw = fill_message(template, to="an@example.org", subscriber_id=7, unsubscribe_url=url)
     head = raw.split(b"\r\n\r\n", 1)[0]
@@ -319,7 +401,12 @@ def test_list_id_phrase_cannot_hide_the_id(mail_settings, rendered, now) -> None
         mail_settings, site=dataclasses.replace(mail_settings.site, title="Tin <b>mới</b>")
     )
     template = build_digest_template(
-        rendered, info=MailInfo.from_settings(settings), digest_day=DAY, marker=MARKER, now=now
+        rendered,
+        info=MailInfo.from_settings(settings),
+        digest_day=DAY,
+        marker=MARKER,
+        now=now,
+        message_key=KEY,
     )
     list_id = str(_parse(_fill(template))["List-Id"])
     assert list_id.endswith("<digest.news.example.org>")
@@ -332,7 +419,12 @@ def test_a_reply_to_that_is_not_an_address_names_the_key(mail_settings, rendered
     )
     with pytest.raises(ConfigError) as caught:
         build_digest_template(
-            rendered, info=MailInfo.from_settings(bad), digest_day=DAY, marker=MARKER, now=now
+            rendered,
+            info=MailInfo.from_settings(bad),
+            digest_day=DAY,
+            marker=MARKER,
+            now=now,
+            message_key=KEY,
         )
     assert str(caught.value) == (
         "config key mail.reply_to has value 'not an address'; "
@@ -356,7 +448,12 @@ def test_long_vietnamese_headers_round_trip_with_every_space(  # type: ignore[no
     )
     long_one = dataclasses.replace(rendered, subject=subject)
     template = build_digest_template(
-        long_one, info=MailInfo.from_settings(settings), digest_day=DAY, marker=MARKER, now=now
+        long_one,
+        info=MailInfo.from_settings(settings),
+        digest_day=DAY,
+        marker=MARKER,
+        now=now,
+        message_key=KEY,
     )
     raw = _fill(template)
     head = raw.split(b"\r\n\r\n", 1)[0]
@@ -381,7 +478,12 @@ def test_reply_to_keeps_every_address_and_encodes_names(mail_settings, rendered,
         ),
     )
     template = build_digest_template(
-        rendered, info=MailInfo.from_settings(two), digest_day=DAY, marker=MARKER, now=now
+        rendered,
+        info=MailInfo.from_settings(two),
+        digest_day=DAY,
+        marker=MARKER,
+        now=now,
+        message_key=KEY,
     )
     addresses = _parse(_fill(template))["Reply-To"].addresses
     assert [(a.display_name, a.addr_spec) for a in addresses] == [
@@ -406,6 +508,7 @@ def test_the_top_story_subject_is_byte_exact_vietnamese_after_encoding(  # type:
         digest_day=DAY,
         marker=MARKER,
         now=now,
+        message_key=KEY,
     )
     decoded = _parse(_fill(template))["Subject"]
     assert decoded.encode("utf-8") == expected.encode("utf-8")
@@ -416,7 +519,12 @@ def test_mail_folds_long_html_lines_of_the_rendered_digest(mail_settings, render
     long_html = "<p>" + "Thông xe cầu " * 300 + "</p>"
     rendered = dataclasses.replace(rendered, html=long_html + f'<a href="{MARKER}">x</a>\n')
     template = build_digest_template(
-        rendered, info=MailInfo.from_settings(mail_settings), digest_day=DAY, marker=MARKER, now=now
+        rendered,
+        info=MailInfo.from_settings(mail_settings),
+        digest_day=DAY,
+        marker=MARKER,
+        now=now,
+        message_key=KEY,
     )
     data = fill_message(template, to="an@example.org", subscriber_id=7, unsubscribe_url=URL)
     assert max(len(line) for line in data.split(b"\r\n")) <= 998

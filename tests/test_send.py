@@ -53,6 +53,7 @@ DAY = date(2024, 11, 1)
 DAY2 = date(2024, 11, 2)
 SECRET = b"t" * 32
 MARKER = "https://marker.syndicate.invalid/unsubscribe?token=MARKER-1"
+KEY = "5eed0f1c2a3b"  # the digest's part of its Message-IDs
 
 
 def _add_digest(database: Database, day: date) -> None:
@@ -91,7 +92,12 @@ def _templates(settings: Settings, now) -> dict[str, MessageTemplate]:  # type: 
             text=f"{word}: {MARKER}\n",
         )
         built[lang] = build_digest_template(
-            rendered, info=MailInfo.from_settings(settings), digest_day=DAY, marker=MARKER, now=now
+            rendered,
+            info=MailInfo.from_settings(settings),
+            digest_day=DAY,
+            marker=MARKER,
+            now=now,
+            message_key=KEY,
         )
     return built
 
@@ -151,7 +157,7 @@ async def test_send_delivers_one_message_per_confirmed_subscriber(  # type: igno
         found = verify_token(
             SECRET, token, purpose="unsubscribe", now=now, find=lambda i: get_by_id(db, i)
         )
-        assert msg["Message-ID"] == f"<2024-11-01.{found.id}@news.example.org>"
+        assert msg["Message-ID"] == f"<2024-11-01.{found.id}.{KEY}@news.example.org>"
         assert found.email == msg["To"]
         assert url in msg.get_body(("plain",)).get_content()
     assert ledger.day_counts(db, day=DAY) == {"sent": 12}
@@ -491,7 +497,7 @@ async def test_outbox_writes_one_file_per_recipient(db, tmp_path, send_settings,
     summary = await _send(db, None, send_settings, now, mailer=OutboxMailer(folder), connections=1)
     assert summary.sent == 3
     files = sorted(p.name for p in folder.iterdir())
-    assert files == [f"2024-11-01.{i}_news.example.org.eml" for i in (1, 2, 3)]
+    assert files == [f"2024-11-01.{i}.{KEY}_news.example.org.eml" for i in (1, 2, 3)]
     parsed = message_from_bytes((folder / files[0]).read_bytes(), policy=policy.default)
     assert parsed["To"] == "reader0@example.org"
 
@@ -1155,3 +1161,137 @@ async def test_a_cancelled_run_whose_store_fails_to_give_back_still_raises_cance
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.001)
+
+
+class _LocksAtTheTakenOver(SmtpRecorder):
+    """Holds the store's write lock (SQLite) or the taken-over row's lock (PostgreSQL) from
+    the taken-over recipient's RCPT until another connection's body has arrived (or `hold`
+    seconds): the charge of that row waits for it. The other recipients' RCPT waits for the
+    lock, so their bodies can only go while it is held."""
+
+    def __init__(self, path: Path, taken_over: str, hold: float) -> None:
+        super().__init__()
+        self.path, self.taken_over, self.hold = path, taken_over, hold
+        self.locker: Any = None
+        self.during = 0  # other recipients' bodies that arrived while the lock was held
+
+    def _lock(self) -> None:
+        url = os.environ.get(ENV_STORE_URL)
+        if url:
+            self.locker = psycopg.connect(url)
+            self.locker.execute(
+                "SELECT 1 FROM deliveries AS d JOIN subscribers AS s ON s.id = d.subscriber_id"
+                " WHERE s.email = %s FOR UPDATE OF d",
+                (self.taken_over,),
+            )
+        else:
+            self.locker = sqlite3.connect(self.path, isolation_level=None)
+            self.locker.execute("BEGIN IMMEDIATE")
+
+    async def _unlock_later(self) -> None:
+        deadline = time.monotonic() + self.hold
+        while not self.during and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        self.locker.rollback()
+        self.locker.close()
+        self.locker = False
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        if address == self.taken_over:
+            self._lock()
+            self.unlocking = asyncio.ensure_future(self._unlock_later())
+        else:
+            for _ in range(2000):
+                if self.locker is not None:
+                    break
+                await asyncio.sleep(0.005)
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        reply = await super().handle_DATA(server, session, envelope)
+        if self.locker and self.taken_over not in envelope.rcpt_tos:
+            self.during += 1
+        return reply
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+async def test_charging_a_taken_over_row_never_holds_the_other_connections_up(  # type: ignore[no-untyped-def]
+    tmp_path, send_settings, now, pipelining
+) -> None:
+    # The charge of a row taken over from a gone worker was a store statement made on the
+    # event loop: with the lock busy it stopped every connection of the worker for as long
+    # as it waited (up to store.busy_timeout).
+    db = open_store(tmp_path / "syndicate.db", busy_timeout=10)
+    try:
+        _add_digest(db, DAY)
+        emails = _subscribe(db, 4, now)
+        ledger.enqueue_owed(db, day=DAY, now=now)
+        gone = datetime.now(UTC) - timedelta(hours=1)
+        claimed = ledger.claim(
+            db, day=DAY, owner="gone/1", now=gone, lease=30, limit=1, max_attempts=MAX_ATTEMPTS
+        )
+        assert [r.subscriber_id for r in claimed] == [1]
+        handler = _LocksAtTheTakenOver(tmp_path / "syndicate.db", emails[0], hold=3.0)
+        handler.pipelining = pipelining
+        with run_smtp_server(handler) as server:
+            summary = await _send(db, server, send_settings, now, connections=2)
+        assert handler.locker is False  # it was taken, and let go
+        assert handler.during >= 1  # before: 0, the loop stood still until the lock was free
+        assert sorted(handler.recipients()) == sorted(emails)
+        assert summary.sent == 4
+        assert ledger.get_delivery(db, day=DAY, subscriber_id=1) == ("sent", 2, None)
+    finally:
+        db.close()
+
+
+class _GreylistsAfterTheBody(SmtpRecorder):
+    """Defers every message to `address` after its body (a content check that greylists)."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__()
+        self.address = address
+        self.tries: list[int] = []  # the run of each deferred body
+
+    run = 0
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        if self.address in envelope.rcpt_tos:
+            with self.lock:
+                self.tries.append(self.run)
+            return "451 4.7.1 greylisted, try again later"
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_a_takeover_and_the_new_holder_s_deferral_count_one_attempt(  # type: ignore[no-untyped-def]
+    db, send_settings, now
+) -> None:
+    # Each run takes the row over from a gone worker (charged at DATA) and is deferred: the
+    # charge and the deferral counted one attempt each, and a recipient greylisted every
+    # time ran out of its MAX_ATTEMPTS in 3 runs.
+    emails = _subscribe(db, 2, now)
+    handler = _GreylistsAfterTheBody(emails[0])
+    attempts = []
+    with run_smtp_server(handler) as server:
+        for run in range(MAX_ATTEMPTS):
+            handler.run = run
+            ledger.enqueue_owed(db, day=DAY, now=now)
+            gone = datetime.now(UTC) - timedelta(hours=1)
+            claimed = ledger.claim(
+                db,
+                day=DAY,
+                owner=f"gone{run}/1",
+                now=gone,
+                lease=30,
+                limit=1,
+                max_attempts=MAX_ATTEMPTS,
+            )
+            if not claimed:  # out of attempts
+                break
+            assert [r.subscriber_id for r in claimed] == [1]
+            await _send(db, server, send_settings, now, connections=1, retry_window=0.1)
+            attempts.append(ledger.get_delivery(db, day=DAY, subscriber_id=1)[1])
+    assert attempts == [1, 2, 3, 4, 5]  # before: [2, 4, 5, 5, 5]
+    # Tried by each run but the last, whose takeover charge was the last attempt.
+    assert sorted(set(handler.tries)) == list(range(MAX_ATTEMPTS - 1))
+    assert ledger.get_delivery(db, day=DAY, subscriber_id=1)[0] == "failed"
+    assert handler.recipients() == [emails[1]]

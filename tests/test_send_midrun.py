@@ -35,7 +35,9 @@ def _templates(settings: Settings, now: Any) -> dict[str, MessageTemplate]:
     )
     info = MailInfo.from_settings(settings)
     return {
-        "vi": build_digest_template(rendered, info=info, digest_day=DAY, marker=MARKER, now=now)
+        "vi": build_digest_template(
+            rendered, info=info, digest_day=DAY, marker=MARKER, now=now, message_key=None
+        )
     }
 
 

@@ -80,6 +80,7 @@ def test_a_built_digest_is_canonical() -> None:
         digest_day=date(2026, 12, 6),
         marker=MARKER,
         now=datetime(2026, 12, 6, 6, tzinfo=UTC),
+        message_key="5eed0f1c2a3b",
     )
     message = fill_message(
         template, to="an@example.org", subscriber_id=7, unsubscribe_url="https://x.org/u?t=1"

@@ -147,3 +147,16 @@ def test_a_damaged_record_is_left_out_of_the_digest_with_one_warning(
     plan = get_digest(db, DAY)
     assert plan is not None
     assert [found.id for found in plan.articles] == ["b"]
+
+
+def test_a_digest_keeps_its_message_key_and_one_stored_without_has_none(db: Database) -> None:
+    # Store step 14: the key its Message-IDs hold. A digest stored before (NULL) keeps the
+    # IDs it was sent with, <DAY.ID@domain>, when a later run sends it on.
+    later = DAY + timedelta(days=1)
+    store(db, article("a", T0), article("b", T0))
+    create_digest(db, DigestPlan(day=DAY, articles=(article("a", T0),)), now=T0)
+    create_digest(
+        db, DigestPlan(day=later, articles=(article("b", T0),)), now=T0, message_key="0a1b2c"
+    )
+    assert get_digest(db, DAY).message_key is None  # type: ignore[union-attr]
+    assert get_digest(db, later).message_key == "0a1b2c"  # type: ignore[union-attr]

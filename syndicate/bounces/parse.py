@@ -50,7 +50,9 @@ class Report:
 
 _STATUS = re.compile(r"([245])\.\d{1,3}\.\d{1,3}")
 _SMTP_CODE = re.compile(r"(?:^|;)\s*([245])\d\d\b")
-_DIGEST_ID = re.compile(r"<?(\d{4}-\d{2}-\d{2})\.(\d+)@[^>]*>?")
+# A digest's Message-ID: '<DAY.ID.KEY@domain>' (KEY: the digest's digests.message_key, hex),
+# or '<DAY.ID@domain>' as digests were sent before (their bounces come back for days).
+_DIGEST_ID = re.compile(r"<?(\d{4}-\d{2}-\d{2})\.(\d+)(?:\.[0-9a-f]{1,32})?@[^>]*>?")
 # Where the envelope recipient of the report (our return path) may be recorded.
 _ENVELOPE_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To")
 _AUTO_SUBJECT = re.compile(
@@ -275,7 +277,8 @@ def _merged(blocks: list[Message]) -> Message:
 
 
 def digest_hint(original_id: str) -> tuple[date, int] | None:
-    """Return (day, subscriber id) from a digest's Message-ID '<YYYY-MM-DD.ID@domain>'.
+    """Return (day, subscriber id) from a digest's Message-ID '<YYYY-MM-DD.ID.KEY@domain>'
+    or, as sent before, '<YYYY-MM-DD.ID@domain>'.
 
     Unsigned: only a hint for a subscriber already found some other way.
     """

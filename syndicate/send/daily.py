@@ -385,8 +385,12 @@ def _daily_workers(
         limit=limit,
         lock_fd=lock_fd,
     )
+    # Workers killed or stopped: the run's exit follows the ledger, as the others may have
+    # sent everyone meanwhile.
+    left = _left_owed(db, days=days, outcome=outcome, limit=limit)
+    _lost_workers(outcome, left=left)
     if outcome.stopped_by:
-        _stopped_workers(db, days=days, outcome=outcome, limit=limit)
+        _stopped_workers(outcome, left=left)
     summaries = list(outcome.summaries)
     first = summaries.pop(0) if today is not None and summaries else None
     for summary in summaries:
@@ -395,17 +399,17 @@ def _daily_workers(
         today=first,
         earlier=tuple(summaries),
         subscribers=subscribers,
-        lost_workers=outcome.lost,
+        lost_workers=len(outcome.lost) if left else 0,
     )
 
 
-def _stopped_workers(
+def _left_owed(
     db: Database, *, days: list[DayJob], outcome: WorkersOutcome, limit: int | None
-) -> None:
-    """Some workers stopped for the server (no connection, sessions refused): the run's exit
-    follows the ledger. Anyone still owed (within --limit): the first worker's error stops
-    the run (75, or 2 for a setup problem). No one: the other workers sent everyone, and each
-    stop is a warning (the server takes fewer connections than the workers asked for)."""
+) -> int:
+    """How many the ledger still owes one of `days` after the workers (within --limit);
+    0 without a lost or stopped worker (not asked)."""
+    if not outcome.lost and not outcome.stopped_by:
+        return 0
     left = sum(
         ledger.count_owed(db, day=job.day, max_attempts=MAX_ATTEMPTS, confirmed_by=job.confirmed_by)
         for job in days
@@ -413,14 +417,48 @@ def _stopped_workers(
     if limit is not None:
         started = sum(s.sent + s.failed + s.in_flight for s in outcome.summaries)
         left = min(left, max(0, limit - started))
+    return left
+
+
+def _lost_workers(outcome: WorkersOutcome, *, left: int) -> None:
+    """A line per worker that died. Anyone still owed: an error, and the run exits 1. No
+    one: the others took its recipients over and sent them; a warning, and the run's exit
+    is the others' (a killed worker's messages in flight may have gone twice)."""
+    for lost in outcome.lost:
+        if left:
+            log.error(
+                "send worker %d (pid %d) %s before it finished; the other workers take over "
+                "what it held once its lease runs out (its messages in flight may go twice). "
+                "Run `syndicate send` again to finish anything left.",
+                lost.number,
+                lost.pid,
+                lost.how,
+            )
+        else:
+            log.warning(
+                "send worker %d (pid %d) %s before it finished; the other workers sent everyone "
+                "owed (its messages in flight may have gone twice).",
+                lost.number,
+                lost.pid,
+                lost.how,
+            )
+
+
+def _stopped_workers(outcome: WorkersOutcome, *, left: int) -> None:
+    """Some workers stopped for the server (no connection, sessions refused): the run's exit
+    follows the ledger. Anyone still owed (within --limit): the first worker's error stops
+    the run (75, or 2 for a setup problem). No one: the other workers sent everyone, and each
+    stop is one warning line, with what stopped the worker and not its own count so far
+    (the others sent everyone: the server takes fewer connections than the workers asked
+    for)."""
     if left:
         raise outcome.stopped_by[0][1]
     for number, error in outcome.stopped_by:
         log.warning(
-            "send worker %d: %s; the other workers sent everyone owed. Lower --workers or "
-            "smtp.connections to what the server takes.",
+            "send worker %d stopped: %s; the other workers sent everyone owed. Lower --workers "
+            "or smtp.connections to what the server takes.",
             number,
-            error.message.rstrip("."),
+            (error.cause or error.message).rstrip("."),
         )
 
 
@@ -542,21 +580,24 @@ def _preview_plan(
 
 
 def _test_copy(template: MessageTemplate, *, to: str, day: date, url: str) -> bytes:
-    """One test copy, with a Message-ID of its own (`<day.test-RANDOM@domain>`).
+    """One test copy, with a Message-ID of its own (`<day.test-RANDOM.KEY@domain>`).
 
-    Subscribers' Message-IDs are deterministic (`<day.id@domain>`); test copies
+    Subscribers' Message-IDs are deterministic (`<day.id.KEY@domain>`); test copies
     are not recorded, so each gets a random one: two copies must not look like
     one message to a mail client or to the outbox folder.
     """
     message = fill_message(
         dataclasses.replace(template, dkim=None), to=to, subscriber_id=0, unsubscribe_url=url
     )
-    slot = f"\r\nMessage-ID: <{day.isoformat()}.0@".encode("ascii")
-    unique = f"\r\nMessage-ID: <{day.isoformat()}.test-{secrets.token_hex(8)}@".encode("ascii")
+    prefix = f"\r\nMessage-ID: <{day.isoformat()}.".encode("ascii")
+    unique = prefix + f"test-{secrets.token_hex(8)}".encode("ascii")
     head_end = message.index(b"\r\n\r\n")
-    if message.find(slot, 0, head_end) < 0:  # pragma: no cover - mail.py puts it after To
+    for slot in (prefix + b"0.", prefix + b"0@"):  # with the digest's key, or without
+        if message.find(slot, 0, head_end) >= 0:
+            message = message.replace(slot, unique + slot[-1:], 1)
+            break
+    else:  # pragma: no cover - mail.py puts it after To
         raise AssertionError("the digest template has no Message-ID after To")
-    message = message.replace(slot, unique, 1)
     if template.dkim is not None:  # sign what goes out, with its final Message-ID
         message = sign_message(message, template.dkim)
     return message

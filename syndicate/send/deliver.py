@@ -221,6 +221,7 @@ class _Run:
     # Ids taken over from a gone worker whose attempt is counted at this one's DATA
     # (`DigestSender._charge`), not yet counted.
     uncharged: set[int] = field(default_factory=set)
+    charged: set[int] = field(default_factory=set)  # ids counted so: see `_give_up_deferred`
     waiting: set[int] = field(default_factory=set)  # ids listed in `deferred` (also taken)
     parked: set[int] = field(default_factory=set)  # deferred past the retry window, parked
     held_until: datetime | None = None  # when that lease runs out (the earliest, after claims)
@@ -460,6 +461,8 @@ class DigestSender:
         error = self.stop.error
         if isinstance(error, DeliveryError | TempFailError):
             # The run stops here: the one error line also says how far this digest got.
+            if error.cause is None:
+                error.cause = error.message.rstrip(".")
             error.message = f"{error.message.rstrip('.')}. {_so_far(run)}"
         if error is not None:
             raise error
@@ -777,7 +780,7 @@ class DigestSender:
             self.stop.by_error(exc)
             raise
 
-    def _charge(self, run: _Run, recipient: ledger.Recipient) -> bool:
+    async def _charge(self, run: _Run, recipient: ledger.Recipient) -> bool:
         """A recipient taken over from a worker that was gone (killed, or stalled past its
         lease): count that worker's attempt, which may have had the message in flight, before
         this one starts it. Without it, a message its worker is killed by every time (a
@@ -787,9 +790,12 @@ class DigestSender:
         Counted when this worker is about to send the body (its DATA), not when it takes the
         row: a worker killed with a batch claimed had only the rows on its connections in
         flight, and a row charged on every takeover and never reached (its connection slow
-        while another recipient kills the process) ran out of attempts unsent."""
-        status = ledger.charge_taken_over(
-            self.db,
+        while another recipient kills the process) ran out of attempts unsent.
+
+        Through the send queue, as the claims and the `sent` marks: made on the loop with the
+        store's lock busy (another process writing), the statement stopped every connection
+        of this worker for up to store.busy_timeout."""
+        status = await run.queue.charge(
             day=run.day,
             subscriber_id=recipient.subscriber_id,
             owner=self.worker,
@@ -808,6 +814,7 @@ class DigestSender:
             )
             run.failed += 1
             return False
+        run.charged.add(recipient.subscriber_id)
         log.info(
             "%s: taken over from a worker that was gone; its attempt counts (%d of %d).",
             recipient.email,
@@ -881,13 +888,13 @@ class DigestSender:
                     reconnects, sent_before = 0, run.sent
                 reconnects += 1
                 if reconnects >= self.policy.attempts:
-                    self.stop.by_error(
-                        TempFailError(
-                            f"{failure.message} (after {reconnects} tries). "
-                            "The server stayed unavailable.",
-                            hint="Try again later; the next run sends to everyone not yet sent.",
-                        )
+                    gave_up = TempFailError(
+                        f"{failure.message} (after {reconnects} tries). "
+                        "The server stayed unavailable.",
+                        hint="Try again later; the next run sends to everyone not yet sent.",
                     )
+                    gave_up.cause = f"{failure.message} (after {reconnects} tries)"
+                    self.stop.by_error(gave_up)
                     return None
                 log.info("%s (try %d of %d)", failure.message, reconnects, self.policy.attempts)
                 await self.stop.sleep(_jitter(self.policy.backoff(reconnects)))
@@ -935,7 +942,7 @@ class DigestSender:
             await saved()
             if subscriber_id in run.uncharged:
                 run.uncharged.discard(subscriber_id)
-                if not self._charge(run, recipient):
+                if not await self._charge(run, recipient):
                     raise _NotSent
             run.started.add(subscriber_id)
 
@@ -1100,7 +1107,17 @@ class DigestSender:
         """Record the recipients still deferred as failed (temporarily): later runs retry them.
 
         Those deferred since the server stopped taking mail (`_server_deferred`) are given
-        back (parked or not): owed again, with no attempt used."""
+        back (parked or not): owed again, with no attempt used.
+
+        A recipient taken over from a gone worker and charged for it at this worker's DATA
+        (`_charge`) uses no further attempt for this worker's deferral of the same message:
+        the takeover and this try count one attempt together. The store cannot tell whether
+        the gone worker had begun DATA for it (knowing would take a commit before each body),
+        so the charge is made in case it had; a deferral is a reply that this try delivered
+        nothing, and counted again, each run that took a row over and was deferred (a
+        greylisting recipient, runs that get killed) used two of its attempts, and the
+        recipient ran out in 3 runs instead of 5. A takeover whose new try is left in doubt
+        still counts two: both copies may have been delivered."""
         deferred, run.deferred = run.deferred, []
         ledger.unpark(
             self.db, day=run.day, owner=self.worker, subscriber_ids=sorted(run.server_deferred)
@@ -1115,6 +1132,7 @@ class DigestSender:
                 reply=item.reply,
                 now=self.tick(),
                 owner=self.worker,
+                counted=item.recipient.subscriber_id in run.charged,
             )
             run.failed += 1
 

@@ -185,7 +185,8 @@ def todays_digest(
             if plan is None:
                 plan = _plan(settings, db, day, now=now)
                 if plan is not None:
-                    create_digest(db, plan, now=now)
+                    create_digest(db, plan, now=now, message_key=make_message_key())
+                    plan = get_digest(db, day)  # as stored, with its message_key
     if plan is None or not plan.articles:  # a stored digest whose articles are gone
         return None
     return _with_pages(db, plan)
@@ -303,6 +304,11 @@ _SAMPLE_TOKEN = "PREFLIGHT-SAMPLE-TOKEN"  # noqa: S105
 _SAMPLE_MARKER = "https://marker.syndicate.invalid/unsubscribe?token=PREFLIGHT-MARKER"
 
 
+def make_message_key() -> str:
+    """A new digest's own part of its Message-IDs (`mail.build_digest_template`)."""
+    return secrets.token_hex(6)
+
+
 def make_marker() -> str:
     """A fresh unsubscribe-URL marker for one digest's templates."""
     return MARKER_BASE + secrets.token_hex(8)
@@ -327,7 +333,13 @@ def build_templates(
             plan, lang=lang, info=info, unsubscribe_url=marker, now=now, view_url=view_url
         )
         built[lang] = build_digest_template(
-            rendered, info=mail_info, digest_day=plan.day, marker=marker, now=now, dkim=dkim
+            rendered,
+            info=mail_info,
+            digest_day=plan.day,
+            marker=marker,
+            now=now,
+            message_key=plan.message_key,
+            dkim=dkim,
         )
     return built
 

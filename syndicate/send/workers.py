@@ -102,8 +102,19 @@ class WorkersOutcome:
     ledger's to say (`send.daily`), as the other workers may have sent everyone meanwhile."""
 
     summaries: tuple[SendSummary, ...]
-    lost: int = 0
+    lost: tuple[LostWorker, ...] = ()
     stopped_by: tuple[tuple[int, SendError], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LostWorker:
+    """A worker that died before it reported (SIGKILL, a crash): its number, pid, and how it
+    ended ('was killed by SIGKILL', 'exited 1'). What that means for the run is the ledger's
+    to say (`send.daily`): the others may have taken over its recipients and sent them."""
+
+    number: int
+    pid: int
+    how: str
 
 
 def run_workers(
@@ -123,7 +134,7 @@ def run_workers(
     than a send error a worker reported (a store error). The send errors
     (DeliveryError, TempFailError: the server would not take this worker's
     mail) are handed back in `stopped_by`. A worker that died (SIGKILL, a
-    crash) is counted in `lost`: the others take over its recipients once its
+    crash) is listed in `lost`: the others take over its recipients once its
     lease runs out.
     """
     return asyncio.run(
@@ -212,21 +223,13 @@ async def _run(
             loop.remove_signal_handler(signum)
     results: list[WorkerResult] = []
     numbers: list[int] = []
-    lost = 0
+    lost: list[LostWorker] = []
     for number, (proc, (out, _err)) in enumerate(zip(procs, outputs, strict=True), start=1):
         result = _read_result(out)
         if result is None:
-            lost += 1
             code = proc.returncode or 0
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited {code}"
-            log.error(
-                "send worker %d (pid %d) %s before it finished; the other workers take over "
-                "what it held once its lease runs out (its messages in flight may go twice). "
-                "Run `syndicate send` again to finish anything left.",
-                number,
-                proc.pid,
-                how,
-            )
+            lost.append(LostWorker(number, proc.pid, how))
             continue
         results.append(result)
         numbers.append(number)
@@ -245,7 +248,9 @@ async def _run(
             stopped_by.append((number, result.error))
         elif result.error is not None:
             raise result.error
-    return WorkersOutcome(summaries=tuple(summaries), lost=lost, stopped_by=tuple(stopped_by))
+    return WorkersOutcome(
+        summaries=tuple(summaries), lost=tuple(lost), stopped_by=tuple(stopped_by)
+    )
 
 
 def fit_workers(workers: int) -> int:

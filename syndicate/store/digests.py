@@ -24,7 +24,7 @@ SELECT_CANDIDATES = """
 # The newest known publish time in the whole store (published_at is UTC ISO text).
 SELECT_NEWEST_PUBLISHED = "SELECT max(published_at) FROM articles WHERE published_at IS NOT NULL"
 # One day's digest row.
-SELECT_DIGEST = "SELECT article_ids, more FROM digests WHERE day = :day"
+SELECT_DIGEST = "SELECT article_ids, more, message_key FROM digests WHERE day = :day"
 # The stored record of one article.
 SELECT_ARTICLE = "SELECT record, body FROM articles WHERE id = :id"
 # Articles that a dump on disk still gives (build keeps `dumps` in step with the files):
@@ -32,8 +32,8 @@ SELECT_ARTICLE = "SELECT record, body FROM articles WHERE id = :id"
 SELECT_LIVE_ARTICLE_IDS = "SELECT DISTINCT article_id FROM dumps WHERE article_id IS NOT NULL"
 # Record a day's digest; the day is the primary key, so a second one is refused.
 INSERT_DIGEST = """
-    INSERT INTO digests (day, created_at, article_ids, more)
-    VALUES (:day, :created_at, :article_ids, :more)
+    INSERT INTO digests (day, created_at, article_ids, more, message_key)
+    VALUES (:day, :created_at, :article_ids, :more, :message_key)
     ON CONFLICT (day) DO NOTHING
 """
 # Mark an article as carried by the digest of :day (never moves it to another day).
@@ -161,13 +161,17 @@ def get_digest(db: Database, day: date) -> DigestPlan | None:
         raise store_error(db.path, f"cannot read the digest of {day}", exc) from exc
     except ValueError as exc:
         raise StoreError(f"{db.path}: the digest of {day} is damaged: {exc}.") from exc
-    return DigestPlan(day=day, articles=tuple(articles), more=int(row[1]))
+    key = str(row[2]) if row[2] is not None else None
+    return DigestPlan(day=day, articles=tuple(articles), more=int(row[1]), message_key=key)
 
 
-def create_digest(db: Database, plan: DigestPlan, *, now: datetime) -> None:
+def create_digest(
+    db: Database, plan: DigestPlan, *, now: datetime, message_key: str | None = None
+) -> None:
     """Store `plan` as its day's digest and mark its articles, in one transaction.
 
-    A day has one digest: when one is already stored, this changes nothing.
+    A day has one digest: when one is already stored, this changes nothing. `message_key`
+    is the digest's own part of its Message-IDs (`DigestPlan.message_key`).
     """
     day = plan.day.isoformat()
     with db.transaction() as conn:
@@ -179,6 +183,7 @@ def create_digest(db: Database, plan: DigestPlan, *, now: datetime) -> None:
                     "created_at": _utc_text(now),
                     "article_ids": json.dumps([a.id for a in plan.articles]),
                     "more": plan.more,
+                    "message_key": message_key,
                 },
             ).rowcount
             if inserted:

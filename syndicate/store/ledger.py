@@ -134,9 +134,10 @@ _MARK_SENT_MANY_PG = """
     WHERE id = ANY(:ids) AND bounce_count > 0
 """
 # The attempt failed; keep the server's reply. The owner stays with no expiry: the same
-# run claims it no more (see _CLAIM).
+# run claims it no more (see _CLAIM). :counted is 1, or 0 for a try already counted (a
+# takeover's charge: see `mark_failed`).
 _MARK_FAILED = """
-    UPDATE deliveries SET status = 'failed', attempts = attempts + 1, reply = :reply,
+    UPDATE deliveries SET status = 'failed', attempts = attempts + :counted, reply = :reply,
         updated_at = :now, lease_until = NULL
     WHERE digest_day = :day AND subscriber_id = :id
 """
@@ -306,6 +307,7 @@ class PgQueue:
 
         self.where, self.conn, self.marks = db.path, conn, marks
         self.claim_sql = translate(_CLAIM["postgresql"])
+        self.charge_sql = translate(_CHARGE_TAKEN_OVER)
 
     @classmethod
     async def open(cls, db: PgDatabase) -> PgQueue:
@@ -368,7 +370,20 @@ class PgQueue:
             rows = await cursor.fetchall()
         except DB_ERRORS as exc:
             raise store_error(self.where, "send ledger query failed", exc) from exc
-        return _recipients(rows, params["now"])
+        return _recipients(rows)
+
+    async def charge(
+        self, *, day: date, subscriber_id: int, owner: str, now: datetime, max_attempts: int
+    ) -> str | None:
+        """As `charge_taken_over`, on the claims' connection (psycopg runs one statement at a
+        time on it: a claim under way is waited for, with the loop free)."""
+        params = _charge_params(day, subscriber_id, owner, now, max_attempts)
+        try:
+            cursor = await self.conn.execute(self.charge_sql, params, prepare=True)
+            rows = await cursor.fetchall()
+        except DB_ERRORS as exc:
+            raise store_error(self.where, "send ledger query failed", exc) from exc
+        return str(rows[0][0]) if rows else None
 
     async def close(self) -> None:
         self.marks.close()
@@ -434,6 +449,21 @@ class SqliteQueue:
             )
         )
 
+    async def charge(
+        self, *, day: date, subscriber_id: int, owner: str, now: datetime, max_attempts: int
+    ) -> str | None:
+        """As `charge_taken_over`."""
+        return await self._retrying(
+            lambda: charge_taken_over(
+                self.db,
+                day=day,
+                subscriber_id=subscriber_id,
+                owner=owner,
+                now=now,
+                max_attempts=max_attempts,
+            )
+        )
+
     async def _retrying(self, write: Callable[[], _T]) -> _T:
         conn = self.db.conn
         deadline = time.monotonic() + self.busy_ms / 1000
@@ -466,14 +496,19 @@ def mark_failed(
     reply: str,
     now: datetime,
     owner: str | None = None,
+    counted: bool = False,
 ) -> None:
-    """Record a failed attempt with the server's reply; with `owner`, only on a row it holds."""
+    """Record a failed attempt with the server's reply; with `owner`, only on a row it holds.
+
+    `counted`: the attempt was counted already (`charge_taken_over` for this same try), so
+    the row's attempts stay as they are."""
     params = {
         "day": day.isoformat(),
         "id": subscriber_id,
         "reply": reply[:1000],
         "now": _iso(now),
         "owner": owner,
+        "counted": 0 if counted else 1,
     }
     try:
         with db.transaction(rows_only=True) as conn:
@@ -573,8 +608,8 @@ ENQUEUE_BATCH = 10_000
 # On SQLite, BEGIN IMMEDIATE serialises claimers; on PostgreSQL the same statement with
 # `FOR UPDATE OF d SKIP LOCKED` lets claimers pass each other's locked rows.
 # A row whose lease ran out while its owner still held it (a worker killed or stalled) is
-# taken over (`Recipient.taken_over`): RETURNING cannot show the old row, so its updated_at
-# is the claim's time with microseconds (:at, as lease times are), not :now's seconds.
+# taken over (`Recipient.taken_over`): the claim says so in `taken_over` (store step 13), as
+# RETURNING cannot show the old row.
 # RETURNING may name only the updated table on SQLite, so the subscriber's fields come
 # from scalar subqueries (primary-key lookups).
 # The shape keeps both planners on indexes (docs/performance.md, tests/test_ledger_plan.py):
@@ -589,9 +624,9 @@ ENQUEUE_BATCH = 10_000
 #   with `IN (..)` it hash-joined them against a sequential scan of the whole ledger.
 _CLAIM_TEMPLATE = """
     UPDATE deliveries
-    SET status = 'sending', lease_owner = :owner, lease_until = :until,
-        updated_at = CASE WHEN lease_owner IS NOT NULL AND lease_until IS NOT NULL
-                          THEN :at ELSE :now END
+    SET status = 'sending', lease_owner = :owner, lease_until = :until, updated_at = :now,
+        taken_over = CASE WHEN lease_owner IS NOT NULL AND lease_until IS NOT NULL
+                          THEN 1 ELSE 0 END
     WHERE id {ids}(
         SELECT d.id
         FROM deliveries AS d
@@ -609,7 +644,7 @@ _CLAIM_TEMPLATE = """
         (SELECT email FROM subscribers WHERE id = deliveries.subscriber_id),
         (SELECT language FROM subscribers WHERE id = deliveries.subscriber_id),
         (SELECT token_nonce FROM subscribers WHERE id = deliveries.subscriber_id), reply,
-        updated_at
+        taken_over
 """
 _CLAIM = {
     "sqlite": _CLAIM_TEMPLATE.format(in_time=_CONFIRMED_IN_TIME, ids="IN ", lock="", close=""),
@@ -810,7 +845,7 @@ def claim(
             rows = conn.execute(_CLAIM[db.dialect], params).fetchall()
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
-    return _recipients(rows, params["now"])
+    return _recipients(rows)
 
 
 def _claim_params(
@@ -835,11 +870,11 @@ def _claim_params(
     }
 
 
-def _recipients(rows: Iterable[Any], now: str) -> list[Recipient]:
-    """Claimed rows as recipients, in subscriber order (claimed at `now`, as stored)."""
+def _recipients(rows: Iterable[Any]) -> list[Recipient]:
+    """Claimed rows as recipients, in subscriber order."""
     found = [
         Recipient(
-            int(r[0]), str(r[2]), str(r[3]), int(r[1]), bytes(r[4]), _refused(r[5]), r[6] != now
+            int(r[0]), str(r[2]), str(r[3]), int(r[1]), bytes(r[4]), _refused(r[5]), bool(r[6])
         )
         for r in rows
     ]
@@ -957,7 +992,18 @@ def charge_taken_over(
     `Recipient.taken_over`), before `owner` starts it. Returns the row's status after:
     'sending' (go on), 'failed' (that was its last attempt), or None when `owner` no
     longer holds it."""
-    params = {
+    params = _charge_params(day, subscriber_id, owner, now, max_attempts)
+    try:
+        rows = _one_statement(db, _CHARGE_TAKEN_OVER, params, fetch=True)
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+    return str(rows[0][0]) if rows else None
+
+
+def _charge_params(
+    day: date, subscriber_id: int, owner: str, now: datetime, max_attempts: int
+) -> dict[str, Any]:
+    return {
         "day": day.isoformat(),
         "id": subscriber_id,
         "owner": owner,
@@ -966,11 +1012,6 @@ def charge_taken_over(
         "reply": "no reply: the worker sending it was gone (killed, or stalled past its "
         "lease) with it in flight, in each of its runs",
     }
-    try:
-        rows = _one_statement(db, _CHARGE_TAKEN_OVER, params, fetch=True)
-    except DB_ERRORS as exc:
-        raise _fail(db, exc) from exc
-    return str(rows[0][0]) if rows else None
 
 
 def _one_statement(

@@ -201,12 +201,29 @@ _VERSION_12: list[str] = [
     """,
 ]
 
+# 13: a row's lease taken over from a gone worker, in a column of its own (see schema.py).
+_VERSION_13: list[str] = [
+    """
+    ALTER TABLE deliveries ADD COLUMN taken_over BIGINT NOT NULL DEFAULT 0
+        CHECK (taken_over IN (0, 1))
+    """,
+    """
+    UPDATE deliveries SET taken_over = 1
+    WHERE status = 'sending' AND lease_until IS NOT NULL AND length(updated_at) = 32
+    """,
+]
+
+# 14: a digest's own part of its Message-IDs (see schema.py).
+_VERSION_14: list[str] = [f"ALTER TABLE digests ADD COLUMN message_key {T}"]
+
 # Version -> statements. A version missing here has no PostgreSQL step (1 to 8).
 PG_MIGRATIONS: dict[int, list[str]] = {
     9: _VERSION_9,
     10: _VERSION_10,
     11: _VERSION_11,
     12: _VERSION_12,
+    13: _VERSION_13,
+    14: _VERSION_14,
 }
 
 # The first version a PostgreSQL store can be at: what step 9 creates.

@@ -343,3 +343,27 @@ MIGRATIONS.append(
         """,
     ]
 )
+
+# 13: whether a row's lease was taken over from a worker that held it and is gone (its lease
+# ran out: killed, or stalled), set by each claim; the new holder charges that worker's
+# attempt (ledger.charge_taken_over). Step 11's claims said so through updated_at, written
+# with microseconds on a takeover (RETURNING cannot show the old row): a row claimed so and
+# still leased is marked here.
+MIGRATIONS.append(
+    [
+        """
+        ALTER TABLE deliveries ADD COLUMN taken_over INTEGER NOT NULL DEFAULT 0
+            CHECK (taken_over IN (0, 1))
+        """,
+        """
+        UPDATE deliveries SET taken_over = 1
+        WHERE status = 'sending' AND lease_until IS NOT NULL AND length(updated_at) = 32
+        """,
+    ]
+)
+
+# 14: a digest's own part of its Message-IDs, made at random when it is stored: a digest of
+# the same day made again (`digest --retire`, then the day's own) gets new Message-IDs. NULL
+# for the digests made before: they keep the form they were sent with,
+# `<DAY.SUBSCRIBER-ID@domain>` (mail.build_digest_template).
+MIGRATIONS.append(["ALTER TABLE digests ADD COLUMN message_key TEXT"])

@@ -206,7 +206,12 @@ def templates(settings: Settings, day: date) -> dict[str, MessageTemplate]:
         text=f"Hủy đăng ký: {MARKER}\n",
     )
     template = build_digest_template(
-        rendered, info=MailInfo.from_settings(settings), digest_day=day, marker=MARKER, now=NOW
+        rendered,
+        info=MailInfo.from_settings(settings),
+        digest_day=day,
+        marker=MARKER,
+        now=NOW,
+        message_key=None,
     )
     return {"vi": template}
 
