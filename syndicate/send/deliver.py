@@ -225,6 +225,10 @@ class _Run:
     waiting: set[int] = field(default_factory=set)  # ids listed in `deferred` (also taken)
     parked: set[int] = field(default_factory=set)  # deferred past the retry window, parked
     held_until: datetime | None = None  # when that lease runs out (the earliest, after claims)
+    # The lease clock's reading (`lease_clock`) at which the fence renews first: a quarter
+    # of the lease before held_until. Floats, so the check before each message reads two
+    # clocks and makes no datetime (three such checks a message).
+    renew_at: float | None = None
     dropped: int = 0  # claimed, then taken over by another worker or left (never sent by this)
     order: itertools.count[int] = field(default_factory=itertools.count)
     claiming: asyncio.Task[tuple[list[ledger.Recipient], datetime]] | None = None  # the next batch
@@ -345,6 +349,10 @@ class DigestSender:
         self.claim_size = min(PAGE_SIZE, CLAIM_PER_CONNECTION * max(1, policy.connections))
         self.stop = stop or Stop()
         self.clock = clock or (lambda: datetime.now(UTC))
+        # The wall clock in seconds: the injected clock's when there is one.
+        self.wall: Callable[[], float] = (
+            time.time if clock is None else (lambda: self.clock().timestamp())
+        )
         self.tick = self.clock  # on PostgreSQL, set to follow the server's clock (send)
         self.monotonic = monotonic  # on PostgreSQL, the time passed since the server's
         self.looked = self._clocks()  # the wall clock against the lease clock, last looked at
@@ -550,12 +558,17 @@ class DigestSender:
         """The wall clock less the lease clock (seconds), and how uncertain that is: the
         wall clock is read between two reads of the lease clock."""
         first = self.monotonic()
-        wall = self.clock().timestamp()
+        wall = self.wall()
         last = self.monotonic()
         return wall - (first + last) / 2, (last - first) / 2
 
     def _now(self) -> tuple[datetime, bool]:
-        """The lease time now, and whether the clocks jumped since the last look.
+        """The lease time now, and whether the clocks jumped since the last look (`_look`)."""
+        jumped, _ = self._look()
+        return self.tick(), jumped
+
+    def _look(self) -> tuple[bool, float]:
+        """Whether the clocks jumped since the last look, and the lease clock now.
 
         The wall clock and the lease clock should agree on the time passed. When they do
         not, this machine was suspended or paused (a lease clock that does not count it:
@@ -563,13 +576,17 @@ class DigestSender:
         set: on PostgreSQL the lease time is taken from the server's clock again, and
         either way the caller renews before it trusts the lease it remembers.
         """
-        (offset, error), (before, erred) = self._clocks(), self.looked
+        first = self.monotonic()
+        wall = self.wall()
+        last = self.monotonic()
+        offset, error = wall - (first + last) / 2, (last - first) / 2
+        before, erred = self.looked
         self.looked = (offset, error)
         jump = offset - before
         # A look cut in two by the scheduler (the process preempted between its reads) is no
         # jump: the reads' own uncertainty is allowed for.
         if abs(jump) < min(_JUMP, self.policy.lease / 4) + error + erred:
-            return self.tick(), False
+            return False, last
         log.warning(
             "%s: this machine's clock jumped %.1f s %s its lease clock (a suspend, a paused "
             "VM, or the clock set); the lease is checked with the store before the next "
@@ -580,7 +597,7 @@ class DigestSender:
         )
         if isinstance(self.db, PgDatabase):
             self._follow_server_clock()
-        return self.tick(), True
+        return True, self.monotonic()
 
     async def _next(self, run: _Run) -> ledger.Recipient | None:
         """The next recipient this worker holds; None when none is left to claim now.
@@ -650,7 +667,7 @@ class DigestSender:
         until = now + timedelta(seconds=self.policy.lease)
         run.held.update(r.subscriber_id for r in page)
         if run.held_until is None or until < run.held_until:
-            run.held_until = until
+            self._held_until(run, until)
         run.buffer[:0] = page[::-1]  # after the ones still held: the list pops from its end
 
     def _renew(self, run: _Run, now: datetime) -> None:
@@ -658,7 +675,14 @@ class DigestSender:
         run.held = ledger.renew(
             self.db, day=run.day, owner=self.worker, now=now, lease=self.policy.lease
         )
-        run.held_until = now + timedelta(seconds=self.policy.lease)
+        self._held_until(run, now + timedelta(seconds=self.policy.lease))
+
+    def _held_until(self, run: _Run, until: datetime) -> None:
+        """Remember when the lease in memory runs out, and when the fence renews it: a
+        quarter of the lease before, on the lease clock."""
+        run.held_until = until
+        left = (until - self.tick()).total_seconds() - self.policy.lease / 4
+        run.renew_at = self.monotonic() + left
 
     def _holds(self, run: _Run, subscriber_id: int) -> bool:
         """Fencing, before each message: whether this worker still holds the recipient.
@@ -667,10 +691,9 @@ class DigestSender:
         (a stall: SIGSTOP, swap, a busy store) the lease is renewed first, which
         also says which rows are still ours: one another worker claimed is not.
         """
-        now, jumped = self._now()
-        margin = timedelta(seconds=self.policy.lease / 4)
-        if jumped or run.held_until is None or now + margin >= run.held_until:
-            self._renew(run, now)
+        jumped, now = self._look()
+        if jumped or run.renew_at is None or now >= run.renew_at:
+            self._renew(run, self.tick())
         return subscriber_id in run.held
 
     async def _keep_leases(self, run: _Run) -> None:
