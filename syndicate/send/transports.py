@@ -333,6 +333,12 @@ class SmtpMailer:
                 f"{self.where}: cannot start the session: {exc}.",
                 hint="Check smtp.tls (starttls, tls or none) against what the server offers.",
             ) from exc
+        except BaseException:
+            # Cancelled while EHLO waits (a caller's timeout, a stop): aiosmtplib closes a
+            # connect it cancels, not a session it had greeted. Left open, the socket was
+            # closed by the garbage collector later, with a ResourceWarning.
+            _close_quietly(client)
+            raise
         transport = client.transport
         if transport is None:  # the server hung up right after the greeting
             _close_quietly(client)
