@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import re
 import secrets
 import unicodedata
@@ -312,13 +313,31 @@ def page_context(info: SiteInfo, *, root: str) -> dict[str, Any]:
 
 
 def _template_sources(folder: Path) -> tuple[tuple[str, str], ...]:
-    """Each page template of `folder` (`*.j2`, partials included) and its source, by name."""
+    """Each page template of `folder` (`*.j2`, partials included) and its source, by name.
+
+    Raises OSError when a folder of them cannot be listed. Jinja's `list_templates` walks
+    with `os.walk`, which skips such a folder without a word: a process out of open files
+    (EMFILE) found no template at all, and the build failed on a "missing"
+    article.html.j2 with a traceback, not the CLI's one line for EMFILE.
+    """
     env = make_environment(folder)
     loader = cast("jinja2.FileSystemLoader", env.loader)
-    return tuple(
-        (name, loader.get_source(env, name)[0])
-        for name in sorted(env.list_templates(extensions=["j2"]))
-    )
+    return tuple((name, loader.get_source(env, name)[0]) for name in _template_names(folder))
+
+
+def _template_names(folder: Path) -> list[str]:
+    """The names (`/`-separated, from `folder`) of the `*.j2` files below `folder`, sorted."""
+
+    def fail(exc: OSError) -> None:
+        raise exc
+
+    names = []
+    for parent, _folders, files in os.walk(folder, onerror=fail):
+        prefix = Path(parent).relative_to(folder).as_posix()
+        for file in files:
+            if file.endswith(".j2"):
+                names.append(file if prefix == "." else f"{prefix}/{file}")
+    return sorted(names)
 
 
 @functools.lru_cache(maxsize=4)

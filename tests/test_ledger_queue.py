@@ -71,7 +71,7 @@ def test_claims_split_the_queue_and_a_live_lease_is_never_claimed_twice(tmp_path
         # Worker 1 still holds its rows, and says so when it renews.
         assert ledger.renew(db, day=DAY, owner="run1/1", now=T0, lease=LEASE) == {1, 2, 3, 4}
         # The others wait for the first live lease held by someone else to run out.
-        expiry = ledger.next_expiry(db, day=DAY, owner="run1/2", now=T0)
+        expiry = ledger.next_expiry(db, day=DAY, owner="run1/2", now=T0, max_attempts=5)
         assert expiry == T0 + timedelta(seconds=LEASE)
 
 
@@ -239,7 +239,7 @@ def test_rows_given_up_in_a_run_wait_for_the_next_run_and_released_rows_do_not(
         ledger.release(db, day=DAY, owner="run1/1")  # 3 and 4 were never started
         # Another worker of the same run takes only the released rows, at once ...
         assert _claim(db, "run1/2", T0) == [3, 4]
-        assert ledger.next_expiry(db, day=DAY, owner="run1/1", now=T0) is not None
+        assert ledger.next_expiry(db, day=DAY, owner="run1/1", now=T0, max_attempts=5) is not None
         # ... and a worker of the next run takes the failed and in-doubt ones.
         later = T0 + timedelta(seconds=LEASE + 1)
         assert _claim(db, "run2/1", later) == [1, 2, 3, 4]
@@ -253,6 +253,33 @@ def test_breaking_leases_frees_a_killed_runs_rows(tmp_path: Path) -> None:
         assert _claim(db, "run2/1", T0) == []
         assert ledger.break_leases(db) == 2
         assert _claim(db, "run2/1", T0) == [1, 2]
+
+
+def test_rows_a_claim_passed_by_locked_keep_a_worker_with_nothing_claimed_waiting(
+    tmp_path: Path,
+) -> None:
+    # On PostgreSQL a claim skips the rows another worker has locked (its claim or renewal
+    # under way: SKIP LOCKED). Those rows held no live lease yet, so `next_expiry` said
+    # there was nothing to wait for, and the worker that claimed nothing ended: when the
+    # other one then stopped (a server refusing its session), the rows were left unsent
+    # and the run exited 75 with everyone else sent.
+    url = os.environ.get(ENV_STORE_URL)
+    if not url:
+        pytest.skip("on SQLite claims take turns on the one write lock: none is passed by")
+    with _store(tmp_path, 3) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        with psycopg.connect(url) as other:  # another worker's claim, mid-transaction
+            other.execute(
+                "SELECT id FROM deliveries WHERE subscriber_id IN (2, 3) FOR UPDATE"
+            ).fetchall()
+            assert _claim(db, "run1/1", T0) == [1]
+            ledger.mark_sent(db, day=DAY, subscriber_id=1, now=T0)
+            assert _claim(db, "run1/1", T0) == []
+            assert ledger.next_expiry(db, day=DAY, owner="run1/1", now=T0, max_attempts=5) == T0
+            other.rollback()
+        assert _claim(db, "run1/1", T0) == [2, 3]
+        # Now that this worker holds them, there is nothing left to wait for.
+        assert ledger.next_expiry(db, day=DAY, owner="run1/1", now=T0, max_attempts=5) is None
 
 
 def test_enqueueing_a_long_list_holds_no_sign_up_up(tmp_path: Path) -> None:

@@ -961,6 +961,38 @@ async def test_a_message_that_waited_past_its_lease_for_the_last_commit_is_fence
     assert ledger.get_delivery(db, day=DAY, subscriber_id=2)[0] == "sent"
 
 
+async def test_a_send_cancelled_before_the_server_answers_ehlo_hangs_up() -> None:
+    """A send cancelled while its new connection waits for EHLO's reply (a caller's
+    timeout, a stop) closes that connection. Left open, it was closed by the garbage
+    collector with a ResourceWarning (unclosed transport), in whichever test ran then."""
+    asked, hung_up = asyncio.Event(), asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 slow ESMTP\r\n")
+        await reader.readuntil(b"\r\n")  # EHLO, never answered
+        asked.set()
+        await reader.read()  # until the client hangs up
+        hung_up.set()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        mailer = SmtpMailer(host="127.0.0.1", port=port, tls="none", timeout=30, connections=1)
+        message = b"Subject: x\r\n\r\nx\r\n"
+        sending = asyncio.create_task(mailer.send("news@example.org", ["a@example.org"], message))
+        await asyncio.wait_for(asked.wait(), 30)
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        # The client's close reaches the server at once; 30 s only bounds a failure.
+        await asyncio.wait_for(hung_up.wait(), 30)
+        await mailer.aclose()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_run_cancelled_while_marks_are_under_way_closes_everything_and_loses_nobody(  # type: ignore[no-untyped-def]
     db, smtpd, send_settings, now
 ) -> None:

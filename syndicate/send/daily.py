@@ -8,7 +8,6 @@ a second SIGINT quits at once.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import gc
 import ipaddress
@@ -55,7 +54,13 @@ from syndicate.send.digests import (
 )
 from syndicate.send.lock import hold_send_lock, shared_store_no_lock
 from syndicate.send.policy import MAX_ATTEMPTS, SendPolicy
-from syndicate.send.transports import Mailer, check_mail_settings, fit_open_files, open_mailer
+from syndicate.send.transports import (
+    Mailer,
+    check_mail_settings,
+    fit_open_files,
+    open_mailer,
+    run_event_loop,
+)
 from syndicate.send.workers import DayJob, WorkersOutcome, fit_workers, run_workers
 from syndicate.store import Database, ledger
 from syndicate.store.bounces import complaint_warning, recent_rates
@@ -241,8 +246,8 @@ def run_daily(
                 on_earlier=on_earlier,
                 subscribers=bool(languages),
             )
-        report = asyncio.run(
-            _daily(
+        report = run_event_loop(
+            lambda: _daily(
                 db=db,
                 settings=settings,
                 secret=get_secret(settings, db),
@@ -567,7 +572,7 @@ def _preview_plan(
             finally:
                 await mailer.aclose()
 
-        asyncio.run(deliver())
+        run_event_loop(deliver)
         return Preview(digest=day, articles=len(plan.articles), test_copy=test_copy_to)
     owed = ledger.count_owed(db, day=plan.day, max_attempts=MAX_ATTEMPTS)
     return Preview(

@@ -726,6 +726,7 @@ class DigestSender:
             day=run.day,
             owner=self.worker,
             now=run.looked_at or self.tick(),
+            max_attempts=self.policy.max_attempts,
             confirmed_by=run.confirmed_by,
         )
         if expiry is None:

@@ -16,12 +16,12 @@ import re
 import shlex
 import ssl
 import stat
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
@@ -333,6 +333,12 @@ class SmtpMailer:
                 f"{self.where}: cannot start the session: {exc}.",
                 hint="Check smtp.tls (starttls, tls or none) against what the server offers.",
             ) from exc
+        except BaseException:
+            # Cancelled while EHLO waits (a caller's timeout, a stop): aiosmtplib closes a
+            # connect it cancels, not a session it had greeted. Left open, the socket was
+            # closed by the garbage collector later, with a ResourceWarning.
+            _close_quietly(client)
+            raise
         transport = client.transport
         if transport is None:  # the server hung up right after the greeting
             _close_quietly(client)
@@ -762,6 +768,33 @@ def _abort(transport: asyncio.BaseTransport | None) -> None:
     """
     if isinstance(transport, asyncio.Transport):
         transport.abort()
+
+
+# Files an asyncio event loop opens as it is made: its epoll and its self-pipe's two ends.
+_LOOP_FILES = 3
+_T = TypeVar("_T")
+
+
+def run_event_loop(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """`asyncio.run(make())`, with the loop made before the coroutine.
+
+    Out of open files (EMFILE) as the loop was made, Python 3.11 left a half-made loop that
+    printed a traceback as it was collected ("no attribute '_ssock'"), and the coroutine
+    made for it a "never awaited" warning, after the CLI's one line for EMFILE. The loop's
+    files are opened (and closed) here first: no file left raises its OSError before
+    either exists. Nothing else opens files in between (one thread).
+    """
+    held: list[int] = []
+    try:
+        for _ in range(_LOOP_FILES):
+            held.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:  # the loop's files, not /dev/null, are what is missing
+        raise OSError(exc.errno, exc.strerror) from None
+    finally:
+        for fd in held:
+            os.close(fd)
+    with asyncio.Runner() as runner:
+        return runner.run(make())
 
 
 # Open files a send process needs besides its SMTP connections: stdio, the store's files or

@@ -35,6 +35,7 @@ from syndicate.send.transports import (
     fit_open_files,
     open_files_limit,
     open_mailer,
+    run_event_loop,
 )
 from syndicate.store import open_database
 
@@ -137,8 +138,8 @@ def run_workers(
     crash) is listed in `lost`: the others take over its recipients once its
     lease runs out.
     """
-    return asyncio.run(
-        _run(
+    return run_event_loop(
+        lambda: _run(
             settings,
             days=days,
             secret=secret,
@@ -350,7 +351,7 @@ def main(pending: list[int] | None = None) -> None:
     # full passes during the send loop.
     gc.collect()
     gc.freeze()
-    result = asyncio.run(_work(job, pending if pending is not None else []))
+    result = run_event_loop(lambda: _work(job, pending if pending is not None else []))
     try:
         sys.stdout.buffer.write(pickle.dumps(result))
         sys.stdout.buffer.flush()

@@ -725,15 +725,23 @@ _MARK_IN_DOUBT = """
 """
 
 # The earliest expiry among the live leases other workers hold on rows still owed: a
-# worker with nothing left to claim waits until then, in case that worker has died.
+# worker with nothing left to claim waits until then, in case that worker has died. A row
+# the claim would have taken at :at (as _CLAIM sees it) counts as expiring at :at: the
+# claim did not get it because another worker had it locked (PostgreSQL's SKIP LOCKED: a
+# claim or a renewal under way), so it is not done with, and is claimed again at once.
 _NEXT_EXPIRY = f"""
-    SELECT min(d.lease_until)
+    SELECT min(CASE WHEN d.lease_until > :at THEN d.lease_until ELSE :at END)
     FROM deliveries AS d
     JOIN subscribers AS s ON s.id = d.subscriber_id
-    WHERE d.digest_day = :day AND d.status <> 'sent' AND d.lease_until > :at
-      AND d.status = 'sending' AND d.lease_owner <> :owner
+    WHERE d.digest_day = :day AND d.status <> 'sent'
       AND s.status = 'confirmed'
       AND {_CONFIRMED_IN_TIME}
+      AND (
+        (d.lease_until > :at AND d.status = 'sending' AND d.lease_owner <> :owner)
+        OR ((d.lease_until IS NULL OR d.lease_until <= :at)
+            AND NOT (d.lease_until IS NULL AND coalesce(d.lease_owner, '') LIKE :run_like)
+            AND d.attempts < :max_attempts)
+      )
 """  # noqa: S608 - one constant clause, no input
 
 # Break every lease: only under the SQLite send lock, which proves that no worker of any
@@ -1038,13 +1046,18 @@ def next_expiry(
     day: date,
     owner: str,
     now: datetime,
+    max_attempts: int,
     confirmed_by: datetime | None = None,
 ) -> datetime | None:
-    """When the first live lease that another worker holds on an owed row of `day` runs out."""
+    """When the first live lease that another worker holds on an owed row of `day` runs out;
+    `now` when a row was claimable then (a claim at `now` passed it by: locked by another
+    worker's claim or renewal); None when neither: nothing left for `owner` to wait for."""
     params = {
         "day": day.isoformat(),
         "owner": owner,
         "at": lease_stamp(now),
+        "run_like": run_of(owner) + "/%",
+        "max_attempts": max_attempts,
         "confirmed_by": _cutoff(confirmed_by),
     }
     try:
