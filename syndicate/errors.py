@@ -66,6 +66,13 @@ class DiskFullError(OutputError):
     exit_code: ClassVar[int] = EXIT_TEMPFAIL
 
 
+class OutboxUnreadableError(SyndicateError):
+    """`subscribers erase` could not read part of the outbox folder: mails to the erased
+    address may remain there. The store's part is done; running erase again finishes."""
+
+    exit_code: ClassVar[int] = EXIT_FAILED
+
+
 class OpenFilesError(SyndicateError):
     """The process may open too few files (`ulimit -n`) for any command: a setup problem of
     the machine or the service unit that no retry fixes, exit 2 as for a bad config."""

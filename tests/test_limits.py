@@ -827,3 +827,54 @@ def test_a_command_left_few_open_files_by_its_parent_says_so_and_never_blames_th
     for made in tmp_path.glob("*/syndicate.db"):  # each store made is whole
         with closing(sqlite3.connect(made)) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+@pytest.mark.slow(seconds=3)
+def test_erase_says_which_outbox_folder_it_could_not_read_and_exits_1(
+    as_other_user: tuple[Path, str],
+) -> None:
+    # `subscribers erase` walked the outbox with os.walk, which skips a folder it cannot
+    # list without a word: the erased address's mails in it stayed, and the command said
+    # the address was erased and exited 0.
+    folder, python = as_other_user
+    project = folder / "erase"
+    project.mkdir(mode=0o755)
+    env = _clean_env()
+    made = subprocess.run(
+        [sys.executable, "-m", "syndicate", "subscribers", "add", "an@example.org"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    mail = b"To: an@example.org\r\nSubject: x\r\n\r\nbody\r\n"
+    readable = project / "outbox" / "2024-11-01"
+    hidden = project / "outbox" / "2024-11-02"  # root's, closed to others
+    for day in (readable, hidden):
+        day.mkdir(parents=True)
+        (day / f"{day.name}.1_news.example.org.eml").write_bytes(mail)
+    owner = pwd.getpwnam(OTHER_USER)
+    for path in [project, *project.rglob("*")]:
+        if hidden not in (path, path.parent):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+    hidden.chmod(0o700)
+    erase = ["subscribers", "erase", "an@example.org"]
+    done = subprocess.run(
+        ["runuser", "-u", OTHER_USER, "--", python, "-m", "syndicate", *erase],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 1, done
+    assert not (readable / "2024-11-01.1_news.example.org.eml").exists()
+    assert done.stderr.splitlines()[-1] == (
+        f"Error: {hidden}: cannot read this outbox folder (Permission denied), so mails to "
+        "an@example.org in it may remain; give this user access to it and run "
+        "`syndicate subscribers erase an@example.org` again."
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email.policy
+import errno
 import logging
 import os
 import re
@@ -32,6 +33,7 @@ from syndicate.config import Settings
 from syndicate.errors import (
     ConfigError,
     DeliveryError,
+    OutboxUnreadableError,
     RecipientRefusedError,
     SendError,
     TransientSendError,
@@ -169,11 +171,23 @@ def forget_recipient(outbox: Path, address: str) -> int:
     """Delete every message under the outbox folder addressed (To or Cc) to `address`.
 
     For `subscribers erase`: the outbox must not keep an erased address. Reads only each
-    file's header block, one file at a time. Returns the number of files deleted.
+    file's header block, one file at a time. Returns the number of files deleted. A folder
+    or file it cannot read raises OutboxUnreadableError once the rest is done (os.walk
+    alone skips a folder it cannot list, silently: the address's mails in it stayed);
+    running out of open files raises at once.
     """
     wanted = address.strip().lower()
     removed = 0
-    for folder, _dirs, names in os.walk(outbox):
+    unread: list[tuple[str, OSError]] = []
+
+    def not_listed(exc: OSError) -> None:
+        if isinstance(exc, FileNotFoundError):
+            return  # no outbox (nothing was ever written), or a folder gone meanwhile
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise exc
+        unread.append((exc.filename or str(outbox), exc))
+
+    for folder, _dirs, names in os.walk(outbox, onerror=not_listed):
         for name in names:
             if not name.endswith(".eml"):
                 continue
@@ -186,8 +200,22 @@ def forget_recipient(outbox: Path, address: str) -> int:
                 if any(found.lower() == wanted for _n, found in getaddresses(fields)):
                     os.unlink(path)
                     removed += 1
+            except FileNotFoundError:
+                continue  # gone meanwhile
             except OSError as exc:
-                log.warning("%s: cannot check or remove: %s", path, exc.strerror or exc)
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    raise
+                unread.append((path, exc))
+    if unread:
+        (path, first), more = unread[0], len(unread) - 1
+        what = "outbox folder" if os.path.isdir(path) else "outbox file"
+        others = f" (and {more} more)" if more else ""
+        raise OutboxUnreadableError(
+            f"{path}: cannot read this {what}{others} ({first.strerror or first}), so mails to "
+            f"{address} in it may remain;",
+            hint=f"give this user access to it and run "
+            f"`syndicate subscribers erase {address}` again.",
+        )
     return removed
 
 
