@@ -241,14 +241,20 @@ def shown_blocks(blocks: Sequence[Block], *, language: str) -> tuple[Block, ...]
     shown. A caption becomes a note of what the source's photo showed, marked as such in
     the article's `language` ("Ảnh trong bài gốc: Quang cảnh hội thảo"); one that says
     nothing of the story (a credit alone, an illustration) is left out. Paragraphs stay."""
+    shown = [shown_block(block, language=language) for block in blocks]
+    return tuple(block for block in shown if block is not None)
+
+
+def shown_block(block: Block, *, language: str) -> Block | None:
+    """One block as `shown_blocks` shows it: a paragraph as it is, a caption as its note,
+    None when it is left out."""
+    if block.kind is not BlockKind.CAPTION:
+        return block
+    description = photo_description(block.text)
+    if description is None:
+        return None
     label = STRINGS["pages"].get(language, STRINGS["pages"]["vi"])["photo_note"]
-    shown: list[Block] = []
-    for block in blocks:
-        if block.kind is not BlockKind.CAPTION:
-            shown.append(block)
-        elif (description := photo_description(block.text)) is not None:
-            shown.append(Block(BlockKind.CAPTION, f"{label}: {description}"))
-    return tuple(shown)
+    return Block(BlockKind.CAPTION, f"{label}: {description}")
 
 
 # --- The one order of articles and teasers (index pages and the digest share it) -------

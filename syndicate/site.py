@@ -34,6 +34,7 @@ from syndicate.model import (
     Precision,
     StoryLink,
     order_teasers,
+    shown_block,
     shown_blocks,
 )
 from syndicate.text import (
@@ -301,6 +302,24 @@ def _escape_utf8(text: bytes) -> bytes:
     )
 
 
+def _shown_body(
+    blocks: Sequence[Block], body: bytes, *, language: str
+) -> tuple[tuple[Block, ...], bytes]:
+    """`shown_blocks` of the loader's `blocks`, and their texts joined by line breaks as
+    UTF-8, from the loader's `body` (one line a block): only the captions' notes are
+    encoded, not the whole body again."""
+    shown: list[Block] = []
+    lines: list[bytes] = []
+    for block, line in zip(blocks, body.split(b"\n"), strict=True):
+        if block.kind is not BlockKind.CAPTION:
+            shown.append(block)
+            lines.append(line)
+        elif (note := shown_block(block, language=language)) is not None:
+            shown.append(note)
+            lines.append(note.text.encode("utf-8"))
+    return tuple(shown), b"\n".join(lines)
+
+
 def page_context(info: SiteInfo, *, root: str) -> dict[str, Any]:
     """What `_base.html.j2` needs: lang, site, root (the way to the site root from the
     page: "", "../" or an absolute URL) and t (the chrome strings)."""
@@ -432,8 +451,11 @@ class SiteRenderer:
                     blocks = first + blocks[1:]
                     body = None
         if any(block.kind is BlockKind.CAPTION for block in blocks):
-            blocks = shown_blocks(blocks, language=article.language)
-            body = None
+            if body is not None and from_loader:
+                blocks, body = _shown_body(blocks, body, language=article.language)
+            else:
+                blocks = shown_blocks(blocks, language=article.language)
+                body = None
         if body is None or not from_loader:
             body = _joined_texts(blocks, checked=from_loader).encode("utf-8")
         tagged = b"\n".join(

@@ -754,12 +754,60 @@ def typeset(text: str) -> str:
     return _BINDING_SPACE.sub(NBSP, text)
 
 
+# What `typeset_utf8` looks for, without decoding: the spaces `_BINDING_SPACE` may bind
+# follow a digit, or come before a spaced dash (whose last byte is followed by a space
+# too). Marked as b"0 ": an ASCII digit, "-" and the last byte of "\u2013" and "\u2014"
+# followed by a space; and \xe1 followed by a byte in 0x80-0xB7 but 0x93-0x94: a character
+# of U+1000-U+1DFF, where scripts have digits of their own (as U+14C0-U+153F has not).
+# Every other byte that may start a non-ASCII decimal digit (they all match "\d") is
+# marked \xff. Vietnamese letters (U+00C0-U+01B0, U+1EA0-U+1EF9) and the punctuation of
+# U+2000-U+2FFF are neither. A rule added to `_BINDING_SPACE` must be found here too
+# (tests/test_text.py tries every digit).
+_UTF8_MARKS = bytes(
+    0x30
+    if byte in b"0123456789-\x93\x94\xe1"
+    else 0x20
+    if 0x80 <= byte <= 0xB7
+    else 0xFF
+    if 0xD8 <= byte <= 0xE0 or byte >= 0xE3
+    else byte
+    for byte in range(256)
+)
+
+
 def typeset_utf8(text: bytes) -> bytes:
     """`typeset` on UTF-8 text (the page writer's bodies), byte for byte as on the str.
 
-    Decoded, not matched as bytes: a bytes pattern cannot tell a letter after a unit from
-    "…", "”" or "—" (all non-ASCII), nor know other digits, so a body set "21 km…" apart
-    where its headline held it together; decoding costs no more than the matching."""
+    Only the lines that may hold a binding space (`_UTF8_MARKS`) are decoded and typeset,
+    each as the whole text would set it: no rule looks past a line break, which is neither
+    a digit, nor a word character, nor a space's neighbour that binds. A text that may hold
+    a non-ASCII digit is typeset whole. Decoding a whole body cost more than the matching,
+    and the matching runs over the few lines that need it."""
+    marked = text.translate(_UTF8_MARKS)
+    if b"\xff" in marked:
+        return _typeset_decoded(text)
+    starts: list[int] = []  # the lines to typeset, by where they start
+    at = marked.find(b"0 ")
+    while at >= 0:
+        if text[at] == 0xE1:  # a character of U+1000-U+1DFF
+            return _typeset_decoded(text)
+        starts.append(text.rfind(b"\n", 0, at) + 1)
+        end = text.find(b"\n", at)
+        at = -1 if end < 0 else marked.find(b"0 ", end)
+    if not starts:
+        return text
+    parts: list[bytes] = []
+    done = 0
+    for start in starts:
+        end = text.find(b"\n", start)
+        end = len(text) if end < 0 else end
+        parts += [text[done:start], _typeset_decoded(text[start:end])]
+        done = end
+    parts.append(text[done:])
+    return b"".join(parts)
+
+
+def _typeset_decoded(text: bytes) -> bytes:
     return typeset(text.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
 
 

@@ -455,7 +455,9 @@ _MARKUP_DUMP = """{title}
 QTO - Tóm tắt: "giá" <b>lúa</b> & 'gạo' tăng.
 Mở đầu bài với "ngoặc kép", 'nháy đơn', <i>thẻ</i> & dấu và.
 Quang cảnh buổi lễ <script>alert(1)</script> - Ảnh: T.P & "Nam"
-Đoạn hai: a < b > c && d "" ''.
+Đoạn hai: a < b > c && d "" '' dài 21 km - xa.
+Ảnh: Trúc Phương
+Đoạn ba sau một chú thích chỉ có tên tác giả ảnh.
 Trúc Phương
 """
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import re
 import time
 import unicodedata
 
@@ -381,6 +383,51 @@ def test_typeset_utf8_sets_a_body_as_typeset_sets_its_headline(text: str) -> Non
     # A page's headline and standfirst are typeset as str, its body as UTF-8 bytes: the
     # same words must come out the same (before, "21 km…" broke in the body only).
     assert typeset_utf8(text.encode()) == typeset(text).encode()
+
+
+def test_typeset_utf8_finds_a_space_after_every_digit_the_rule_knows() -> None:
+    # typeset_utf8 decodes only the lines where its byte marks see a digit or a dash before
+    # a space: a digit it did not mark would leave "<digit> km" breakable in a body only.
+    everything = "".join(map(chr, [*range(0xD800), *range(0xE000, 0x110000)]))
+    digits = re.findall(r"\d", everything)
+    assert len(digits) > 600  # "\d" is every Unicode decimal digit
+    for digit in digits:
+        text = f"Dòng một - hai\ndài {digit} km\nDòng ba"
+        assert typeset_utf8(text.encode()) == typeset(text).encode(), ascii(digit)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Dòng một không số\nDòng hai 5 km\nDòng ba - không\ncuối 2020 \u2013 2025",
+        "5 km\n5 km\n\n - a\nb -\n- c\n5\n km 5 \u2014 x",
+        "hồ Gươm\nỔ khóa\nsố 7 lít\n\u1040 km \u1000 km \u1e00 km\n\u14c5 - x",
+        "chính trị - xã hội\r\n21 km\rx 3 mưa\n\u0661 km",
+        "Quảng Trị 2 tỷ đồng\n\u00a0- a 5\u00a0km\n\u4e2d 5 km",
+    ],
+)
+def test_typeset_utf8_sets_only_the_lines_that_bind_as_the_whole_text(text: str) -> None:
+    assert typeset_utf8(text.encode()) == typeset(text).encode()
+
+
+def test_typeset_utf8_agrees_with_typeset_on_random_texts() -> None:
+    # Seeded: the digits, dashes, units and letters whose bytes typeset_utf8 marks, mixed
+    # with those it must not take for them (Vietnamese letters ending in 0x93/0x94 bytes,
+    # U+1000-U+1DFF letters), line breaks and the odd byte that is not UTF-8.
+    pieces = [
+        *"ab mđ2²50_.,\t\n\xa0…\u3000\x1c",
+        *[" ", " ", " ", " - ", " \u2013 ", " \u2014 ", "\u2013", "-"],
+        *["ạ", "ồ", "Ổ ", "é", "\u0663", "\uff15", "\u1040", "\u1000", "\u14c5", "\u4e2d"],
+        *["\U0001f600", "km", "m²", "°C", "%", "tấn", "đồng", "triệu", "tỷ", "kmx", "USD"],
+    ]
+    rng = random.Random(20261207)
+    for _ in range(20_000):
+        data = "".join(rng.choices(pieces, k=rng.randint(1, 14))).encode()
+        if rng.random() < 0.05:
+            at = rng.randrange(len(data) + 1)
+            data = data[:at] + bytes([rng.randrange(256)]) + data[at:]
+        expected = typeset(data.decode("utf-8", "surrogateescape"))
+        assert typeset_utf8(data) == expected.encode("utf-8", "surrogateescape"), data
 
 
 def test_typeset_utf8_binds_a_unit_before_non_ascii_punctuation() -> None:
