@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from syndicate import urls
 from syndicate.config import Settings, base_url
 from syndicate.errors import ConfigError
+from syndicate.model import MESSAGE_KEY
 from syndicate.text import MAX_LINE_BYTES, header_safe
 from syndicate.tokens import RETURN_TOKEN_LENGTH, make_return_token
 from syndicate.urls import ascii_host
@@ -49,7 +50,6 @@ MARKER_PATTERN = re.compile(r"[A-Za-z0-9\-_:/.?=]+")
 # or in HTML ('&' and "'" would be escaped in the HTML part, so they are percent-encoded).
 _URL_SAFE = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$()*+,;=%]+")
 _SLOT_TO, _SLOT_ID, _SLOT_URL = 0, 1, 2
-_MESSAGE_KEY = re.compile(r"[0-9a-f]{1,32}")  # a digest's part of its Message-IDs
 _SAFE_ADDRESS = re.compile(r"[^\s<>\"\\,;]+@[^\s<>\"\\,;@]+")
 
 
@@ -407,7 +407,7 @@ def build_digest_template(
     # duplicate of the copy readers already had, and its outbox files overwrote the
     # retired one's. A digest stored before keys existed keeps `<DAY.SUBSCRIBER-ID@domain>`,
     # as sent (bounces.parse.digest_hint reads both).
-    if message_key is not None and not _MESSAGE_KEY.fullmatch(message_key):
+    if message_key is not None and not MESSAGE_KEY.fullmatch(message_key):
         raise ValueError(f"message key {message_key!r} is not lowercase hex")
     key = f".{message_key}" if message_key is not None else ""
     head += [f"{key}@{domain}>\r\nList-Unsubscribe: <".encode(), _SLOT_URL, b">"]

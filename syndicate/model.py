@@ -186,6 +186,12 @@ class StoryLink:
     first_seen_at: datetime  # places it when undated
 
 
+# A digest's own part of its Message-IDs (`DigestPlan.message_key`, digests.message_key):
+# lowercase hex, as `send.digests.make_message_key` makes it. It goes into a mail header as
+# it is, so the store's reader refuses anything else as damage.
+MESSAGE_KEY = re.compile(r"[0-9a-f]{1,32}")
+
+
 @dataclass(frozen=True, slots=True)
 class DigestPlan:
     """The articles of one day's digest, in digest order (newest first)."""

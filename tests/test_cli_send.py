@@ -1074,3 +1074,18 @@ def test_a_row_at_or_past_the_attempt_limit_is_never_sent_again(
     clock.next_day()
     assert _run("send") == (0, "Nothing new to send.\n", "")
     assert smtpd.handler.recipients() == ["d@example.org"]
+
+
+def test_a_damaged_message_key_stops_the_send_with_one_line(project: Path) -> None:
+    # digests.message_key goes into every Message-ID header: a store (or a copied one) that
+    # holds anything but the hex key made for it is damaged, not a header to write.
+    _subscribe("an@example.org")
+    assert _run("send")[0] == 0
+    with open_store(project / "syndicate.db") as db, db.transaction() as conn:
+        conn.execute("UPDATE digests SET message_key = 'ab>\r\nBcc: evil@example.net'")
+    _subscribe("bob@example.org")
+    code, out, err = _run("send")
+    assert code == 2, (out, err)
+    assert err.startswith("Error: "), err
+    assert err.count("\n") == 1, err  # one line, the key's repr escapes its CR LF
+    assert "is damaged: its message key 'ab>\\r\\nBcc: evil@example.net' is not" in err

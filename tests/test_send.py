@@ -32,7 +32,7 @@ from syndicate.send import (
     read_earlier_digests,
     send_digest,
 )
-from syndicate.send.deliver import DigestSender
+from syndicate.send.deliver import DigestSender, Stop
 from syndicate.send.policy import MAX_ATTEMPTS
 from syndicate.store import Database, PgDatabase, ledger
 from syndicate.store.subscribers import add_subscriber, get_by_id
@@ -1327,3 +1327,35 @@ async def test_a_takeover_and_the_new_holder_s_deferral_count_one_attempt(  # ty
     assert sorted(set(handler.tries)) == list(range(MAX_ATTEMPTS - 1))
     assert ledger.get_delivery(db, day=DAY, subscriber_id=1)[0] == "failed"
     assert handler.recipients() == [emails[1]]
+
+
+async def test_a_row_locked_for_long_is_looked_at_less_and_less_often(  # type: ignore[no-untyped-def]
+    db, smtpd, send_settings, now
+) -> None:
+    """A row the claim passes by (PostgreSQL: SKIP LOCKED) keeps a worker with nothing
+    claimed waiting, and it claims again soon, as another worker's claim or renewal holds a
+    row for a moment. A lock held for long (a worker stopped mid-transaction, a session left
+    open in psql) was looked at every 0.01 s, a claim and a query each time, for as long as
+    it was held; now the looks back off to the usual 0.2 s."""
+    url = os.environ.get(ENV_STORE_URL)
+    if not url:
+        pytest.skip("on SQLite claims take turns on the one write lock: none is passed by")
+    emails = _subscribe(db, 2, now)
+    ledger.enqueue_owed(db, day=DAY, now=now)
+    waits: list[float] = []
+    with psycopg.connect(url) as other:  # holds subscriber 2's row, as a stalled worker would
+        other.execute("SELECT id FROM deliveries WHERE subscriber_id = 2 FOR UPDATE").fetchall()
+
+        class Looking(Stop):
+            async def sleep(self, seconds: float) -> None:
+                waits.append(seconds)
+                if len(waits) == 10:
+                    other.rollback()
+                await super().sleep(seconds)
+
+        summary = await _send(db, smtpd, send_settings, now, stop=Looking())
+    assert summary.sent == 2
+    assert sorted(smtpd.handler.recipients()) == sorted(emails)
+    assert len(waits) >= 10
+    assert waits[0] < 0.05  # a claim's lock is gone in a moment
+    assert waits[9] == pytest.approx(0.2), waits

@@ -148,7 +148,9 @@ class DailyReport:
     today: SendSummary | None
     earlier: tuple[SendSummary, ...]
     subscribers: bool = True  # some subscriber is confirmed
-    lost_workers: int = 0  # `--workers`: worker processes that died (the others took over)
+    # `--workers`: worker processes that died while someone is still owed (the run exits 1);
+    # 0 when the others sent everyone owed (each dead one is then a warning line).
+    lost_workers: int = 0
 
     @property
     def failed(self) -> bool:

@@ -64,6 +64,7 @@ PAGE_SIZE = 500  # the most recipients claimed per ledger transaction
 # several workers share a short list, and large enough that claims cost little.
 CLAIM_PER_CONNECTION = 16
 _LOOK_AGAIN = 0.2  # seconds: how often a worker with nothing to claim looks at the others' leases
+_PASSED_BY_FIRST = 0.01  # seconds: the first look again at rows a claim passed by, locked
 # A machine's clock this far off the database server's is worth a warning (it is corrected).
 _SKEW_WARNING = timedelta(seconds=2)
 # The wall clock and the lease clock disagreeing by this much (seconds) on the time passed
@@ -201,6 +202,8 @@ class _Run:
     committer: MarkCommitter  # commits the `sent` marks beside the sending
     exhausted: bool = False  # a claim made with the list empty found nothing
     looked_at: datetime | None = None  # when that claim was made
+    # Looks in a row that found only rows the claim had passed by, locked (`_wait_for_others`).
+    passed_by: int = 0
     dry: bool = False  # the last claim found nothing: claim no more ahead for now
     buffer: list[ledger.Recipient] = field(default_factory=list)
     deferred: list[tuple[float, int, _Deferred]] = field(default_factory=list)  # a heap
@@ -616,6 +619,8 @@ class DigestSender:
             page, now = await self._claim(run)
             run.dry = run.exhausted = not page
             run.looked_at = now
+            if page:
+                run.passed_by = 0
             self._took(run, page, now)
         if (
             run.claiming is None
@@ -731,13 +736,23 @@ class DigestSender:
         )
         if expiry is None:
             return False
-        # Look again soon: the other worker may finish (or give rows back) long before its
-        # lease would run out, and this one must not hold up the end of the run by a lease.
-        wait = min(
-            max(0.0, (expiry - self.tick()).total_seconds()) + 0.01,
-            _LOOK_AGAIN,
-            self.policy.lease / 4,
-        )
+        if run.looked_at is not None and expiry <= run.looked_at:
+            # Rows the claim passed by, locked by another worker (PostgreSQL): its claim or
+            # renewal, done in a moment, so look again at once; then less and less often, up
+            # to _LOOK_AGAIN: a lock held long (a worker stopped mid-transaction, a session
+            # left open) was looked at every 0.01 s, a claim and a query each, as long as held.
+            wait = min(_PASSED_BY_FIRST * 2**run.passed_by, _LOOK_AGAIN)
+            run.passed_by += 1
+        else:
+            # Look again soon: the other worker may finish (or give rows back) long before
+            # its lease would run out, and this one must not hold up the end of the run by a
+            # lease.
+            run.passed_by = 0
+            wait = min(
+                max(0.0, (expiry - self.tick()).total_seconds()) + 0.01,
+                _LOOK_AGAIN,
+                self.policy.lease / 4,
+            )
         await self.stop.sleep(wait)
         run.exhausted = False
         return True

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from syndicate.errors import StoreError
-from syndicate.model import Article, DigestPlan
+from syndicate.model import MESSAGE_KEY, Article, DigestPlan
 from syndicate.store import DB_ERRORS, Database, store_error
 from syndicate.store.articles import decode_article
 
@@ -157,11 +157,13 @@ def get_digest(db: Database, day: date) -> DigestPlan | None:
                 article = _article_or_none(found[0], found[1], where=where)
                 if article is not None:
                     articles.append(article)
+        key = None if row[2] is None else str(row[2])
+        if key is not None and not MESSAGE_KEY.fullmatch(key):
+            raise ValueError(f"its message key {key!r} is not lowercase hex")
     except DB_ERRORS as exc:
         raise store_error(db.path, f"cannot read the digest of {day}", exc) from exc
     except ValueError as exc:
         raise StoreError(f"{db.path}: the digest of {day} is damaged: {exc}.") from exc
-    key = str(row[2]) if row[2] is not None else None
     return DigestPlan(day=day, articles=tuple(articles), more=int(row[1]), message_key=key)
 
 
