@@ -14,7 +14,7 @@ from syndicate.bounces import Item, apply_mail, read_mail, read_piped_mail
 from syndicate.cli import AppContext, Terminated, cli, pass_app
 from syndicate.errors import EXIT_TEMPFAIL, InputError, SyndicateError
 from syndicate.mail import MailInfo
-from syndicate.send import SendPolicy
+from syndicate.send.policy import SendPolicy
 from syndicate.store.meta import get_secret
 
 

@@ -15,7 +15,6 @@ from syndicate.errors import InputError, SubscriberError
 from syndicate.i18n import LANGUAGES
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.output import write_atomic
-from syndicate.send import forget_recipient
 from syndicate.store.bounces import (
     BOUNCE_LIMIT,
     COMPLAINT_LIMIT,
@@ -257,6 +256,10 @@ def erase_command(app: AppContext, email: str) -> None:
         app.echo(f"Erased {address}; only a keyed hash remains, so it cannot be imported again.")
     else:
         app.echo(f"{address} was not stored; its hash is kept so it cannot be imported.")
+    # Here, not at the top: the send stage (the SMTP stack among it) is loaded only by the
+    # one subscribers command that needs it, not by list, add and the rest.
+    from syndicate.send import forget_recipient
+
     # The mails carry the address as stored (IDN domains as ASCII), not as typed.
     removed = forget_recipient(app.settings.paths.outbox, normalize_email(address))
     if removed:

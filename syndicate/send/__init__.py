@@ -17,30 +17,79 @@ digests still owed), `digests` (which digest goes out, its page and messages),
 (`send --workers N`: the worker processes sharing the queue).
 """
 
-from syndicate.errors import RecipientRefusedError, TransientSendError
-from syndicate.send.catchup import CATCH_UP_DAYS, OwedDigest, read_earlier_digests
-from syndicate.send.deliver import PAGE_SIZE, DigestSender, SendSummary, Stop, send_digest
-from syndicate.send.lock import open_send_lock
-from syndicate.send.policy import (
-    MAX_ATTEMPTS,
-    REFUSE_ALL_AFTER,
-    Action,
-    Outcome,
-    SendPolicy,
-    Stage,
-    outcome_of,
-    to_action,
-)
-from syndicate.send.transports import (
-    Mailer,
-    OutboxMailer,
-    SmtpMailer,
-    SmtpServer,
-    forget_recipient,
-    open_files_limit,
-    open_mailer,
-    read_dkim_key,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from syndicate.errors import RecipientRefusedError, TransientSendError
+    from syndicate.send.catchup import CATCH_UP_DAYS, OwedDigest, read_earlier_digests
+    from syndicate.send.deliver import PAGE_SIZE, DigestSender, SendSummary, Stop, send_digest
+    from syndicate.send.lock import open_send_lock
+    from syndicate.send.policy import (
+        MAX_ATTEMPTS,
+        REFUSE_ALL_AFTER,
+        Action,
+        Outcome,
+        SendPolicy,
+        Stage,
+        outcome_of,
+        to_action,
+    )
+    from syndicate.send.transports import (
+        Mailer,
+        OutboxMailer,
+        SmtpMailer,
+        SmtpServer,
+        forget_recipient,
+        open_files_limit,
+        open_mailer,
+        read_dkim_key,
+    )
+
+# Each name, and the module that defines it, loaded when first used: a command that needs
+# one part (`bounces` the policy, `subscribers erase` the outbox) loads that module only,
+# not the send loop, the store's queue and the SMTP stack.
+_HOME = {
+    "RecipientRefusedError": "syndicate.errors",
+    "TransientSendError": "syndicate.errors",
+    "CATCH_UP_DAYS": "syndicate.send.catchup",
+    "OwedDigest": "syndicate.send.catchup",
+    "read_earlier_digests": "syndicate.send.catchup",
+    "PAGE_SIZE": "syndicate.send.deliver",
+    "DigestSender": "syndicate.send.deliver",
+    "SendSummary": "syndicate.send.deliver",
+    "Stop": "syndicate.send.deliver",
+    "send_digest": "syndicate.send.deliver",
+    "open_send_lock": "syndicate.send.lock",
+    "MAX_ATTEMPTS": "syndicate.send.policy",
+    "REFUSE_ALL_AFTER": "syndicate.send.policy",
+    "Action": "syndicate.send.policy",
+    "Outcome": "syndicate.send.policy",
+    "SendPolicy": "syndicate.send.policy",
+    "Stage": "syndicate.send.policy",
+    "outcome_of": "syndicate.send.policy",
+    "to_action": "syndicate.send.policy",
+    "Mailer": "syndicate.send.transports",
+    "OutboxMailer": "syndicate.send.transports",
+    "SmtpMailer": "syndicate.send.transports",
+    "SmtpServer": "syndicate.send.transports",
+    "forget_recipient": "syndicate.send.transports",
+    "open_files_limit": "syndicate.send.transports",
+    "open_mailer": "syndicate.send.transports",
+    "read_dkim_key": "syndicate.send.transports",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # the next lookup finds it here
+    return value
+
 
 __all__ = [
     "CATCH_UP_DAYS",
