@@ -76,15 +76,21 @@ def _fill(template, to: str = "an@example.org", subscriber_id: int = 42) -> byte
     return fill_message(template, to=to, subscriber_id=subscriber_id, unsubscribe_url=URL)
 
 
-def test_digest_message_has_every_header(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
-    template = build_digest_template(
+def _template(rendered, settings, now, **extra):  # type: ignore[no-untyped-def]
+    """The digest's message template as `send` builds it for DAY, from `settings`."""
+    return build_digest_template(
         rendered,
-        info=MailInfo.from_settings(mail_settings),
+        info=MailInfo.from_settings(settings),
         digest_day=DAY,
         marker=MARKER,
         now=now,
         message_key=KEY,
+        **extra,
     )
+
+
+def test_digest_message_has_every_header(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
+    template = _template(rendered, mail_settings, now)
     msg = _parse(_fill(template))
     assert msg["To"] == "an@example.org"
     assert msg["From"] == "Tin mới Lam Giang <news@example.org>"
@@ -102,14 +108,7 @@ def test_digest_message_has_every_header(mail_settings, rendered, now) -> None: 
 
 
 def test_subject_is_one_encoded_line_that_round_trips(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
-    template = build_digest_template(
-        rendered,
-        info=MailInfo.from_settings(mail_settings),
-        digest_day=DAY,
-        marker=MARKER,
-        now=now,
-        message_key=KEY,
-    )
+    template = _template(rendered, mail_settings, now)
     raw = _fill(template)
     head = raw.split(b"\r\n\r\n", 1)[0]
     assert head.isascii()
@@ -121,14 +120,7 @@ def test_subject_is_one_encoded_line_that_round_trips(mail_settings, rendered, n
 
 
 def test_parts_are_text_then_html_with_the_url_filled_in(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
-    template = build_digest_template(
-        rendered,
-        info=MailInfo.from_settings(mail_settings),
-        digest_day=DAY,
-        marker=MARKER,
-        now=now,
-        message_key=KEY,
-    )
+    template = _template(rendered, mail_settings, now)
     raw = _fill(template)
     assert b"MARKER" not in raw
     text, html = _parse(raw).iter_parts()
@@ -140,14 +132,7 @@ def test_parts_are_text_then_html_with_the_url_filled_in(mail_settings, rendered
 
 
 def test_each_recipient_gets_their_own_fields(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
-    template = build_digest_template(
-        rendered,
-        info=MailInfo.from_settings(mail_settings),
-        digest_day=DAY,
-        marker=MARKER,
-        now=now,
-        message_key=KEY,
-    )
+    template = _template(rendered, mail_settings, now)
     one = _parse(fill_message(template, to="a@x.org", subscriber_id=1, unsubscribe_url=URL + "1"))
     two = _parse(fill_message(template, to="b@x.org", subscriber_id=2, unsubscribe_url=URL + "2"))
     assert (one["To"], one["Message-ID"]) == (
@@ -196,28 +181,14 @@ def test_mailto_unsubscribe_is_added_when_configured(mail_settings, rendered, no
             mail_settings.mail, mailto_unsubscribe="leave@example.org", list_id="tin.example.org"
         ),
     )
-    template = build_digest_template(
-        rendered,
-        info=MailInfo.from_settings(configured),
-        digest_day=DAY,
-        marker=MARKER,
-        now=now,
-        message_key=KEY,
-    )
+    template = _template(rendered, configured, now)
     msg = _parse(_fill(template))
     assert msg["List-Unsubscribe"] == f"<{URL}>, <mailto:leave@example.org?subject=unsubscribe>"
     assert msg["List-Id"] == "<tin.example.org>"
 
 
 def test_fill_message_refuses_header_breaking_values(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
-    template = build_digest_template(
-        rendered,
-        info=MailInfo.from_settings(mail_settings),
-        digest_day=DAY,
-        marker=MARKER,
-        now=now,
-        message_key=KEY,
-    )
+    template = _template(rendered, mail_settings, now)
     with pytest.raises(ValueError, match="not a checked ASCII address"):
         fill_message(template, to="a@x.org\r\nBcc: y@z", subscriber_id=1, unsubscribe_url=URL)
     with pytest.raises(ValueError, match="unsafe characters"):
@@ -227,14 +198,7 @@ def test_fill_message_refuses_header_breaking_values(mail_settings, rendered, no
 def test_a_digest_without_the_unsubscribe_link_is_refused(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
     broken = dataclasses.replace(rendered, html="<p>no link</p>")
     with pytest.raises(ConfigError) as caught:
-        build_digest_template(
-            broken,
-            info=MailInfo.from_settings(mail_settings),
-            digest_day=DAY,
-            marker=MARKER,
-            now=now,
-            message_key=KEY,
-        )
+        _template(broken, mail_settings, now)
     assert str(caught.value) == (
         "digest (vi): the HTML part has no unsubscribe link. Keep the unsubscribe link in "
         "custom templates (digest.templates_dir)."
@@ -246,25 +210,11 @@ def test_a_bad_from_address_names_the_key(mail_settings, rendered, now) -> None:
         mail_settings, mail=dataclasses.replace(mail_settings.mail, from_="News <news@>")
     )
     with pytest.raises(ConfigError, match=r"^config key mail.from has value 'News <news@>'"):
-        build_digest_template(
-            rendered,
-            info=MailInfo.from_settings(bad),
-            digest_day=DAY,
-            marker=MARKER,
-            now=now,
-            message_key=KEY,
-        )
+        _template(rendered, bad, now)
 
 
 def test_digest_message_matches_golden(mail_settings, rendered, now, check_golden) -> None:  # type: ignore[no-untyped-def]
-    template = build_digest_template(
-        rendered,
-        info=MailInfo.from_settings(mail_settings),
-        digest_day=DAY,
-        marker=MARKER,
-        now=now,
-        message_key=KEY,
-    )
+    template = _template(rendered, mail_settings, now)
     # The boundary is derived from the content, so the bytes are deterministic as they are.
     check_golden("digest-message.eml", _fill(template))
 
@@ -320,15 +270,7 @@ def test_dkim_signature_covers_the_unsubscribe_headers_and_verifies(  # type: ig
 
     private, public = dkim_key
     key = DkimKey(domain="example.org", selector="news", private_key=private)
-    template = build_digest_template(
-        rendered,
-        info=MailInfo.from_settings(mail_settings),
-        digest_day=DAY,
-        marker=MARKER,
-        now=now,
-        message_key=KEY,
-        dkim=key,
-    )
+    template = _template(rendered, mail_settings, now, dkim=key)
     raw = _fill(template)
     assert raw.startswith(b"DKIM-Signature: ")
     signed = re.search(rb"h=([^;]+);", raw.split(b"\r\n\r\n", 1)[0].replace(b"\r\n ", b""))
@@ -379,14 +321,7 @@ def test_unsubscribe_url_is_header_safe_for_any_base_url(  # type: ignore[no-unt
     )
     url = unsubscribe_url("T0K", info=MailInfo.from_settings(settings))
     assert url == expected
-    template = build_digest_template(
-        rendered,
-        info=MailInfo.from_settings(settings),
-        digest_day=DAY,
-        marker=MARKER,
-        now=now,
-        message_key=KEY,
-    )
+    template = _template(rendered, settings, now)
     raw = fill_message(template, to="an@example.org", subscriber_id=7, unsubscribe_url=url)
     head = raw.split(b"\r\n\r\n", 1)[0]
     assert head.isascii()
@@ -400,14 +335,7 @@ def test_list_id_phrase_cannot_hide_the_id(mail_settings, rendered, now) -> None
     settings = dataclasses.replace(
         mail_settings, site=dataclasses.replace(mail_settings.site, title="Tin <b>mới</b>")
     )
-    template = build_digest_template(
-        rendered,
-        info=MailInfo.from_settings(settings),
-        digest_day=DAY,
-        marker=MARKER,
-        now=now,
-        message_key=KEY,
-    )
+    template = _template(rendered, settings, now)
     list_id = str(_parse(_fill(template))["List-Id"])
     assert list_id.endswith("<digest.news.example.org>")
     assert list_id.count("<") == 1
@@ -418,14 +346,7 @@ def test_a_reply_to_that_is_not_an_address_names_the_key(mail_settings, rendered
         mail_settings, mail=dataclasses.replace(mail_settings.mail, reply_to="not an address")
     )
     with pytest.raises(ConfigError) as caught:
-        build_digest_template(
-            rendered,
-            info=MailInfo.from_settings(bad),
-            digest_day=DAY,
-            marker=MARKER,
-            now=now,
-            message_key=KEY,
-        )
+        _template(rendered, bad, now)
     assert str(caught.value) == (
         "config key mail.reply_to has value 'not an address'; "
         "expected an address like 'editor@example.org'."
@@ -447,14 +368,7 @@ def test_long_vietnamese_headers_round_trip_with_every_space(  # type: ignore[no
         mail=dataclasses.replace(mail_settings.mail, from_=f'"{sender}" <news@example.org>'),
     )
     long_one = dataclasses.replace(rendered, subject=subject)
-    template = build_digest_template(
-        long_one,
-        info=MailInfo.from_settings(settings),
-        digest_day=DAY,
-        marker=MARKER,
-        now=now,
-        message_key=KEY,
-    )
+    template = _template(long_one, settings, now)
     raw = _fill(template)
     head = raw.split(b"\r\n\r\n", 1)[0]
     assert head.isascii()
@@ -477,14 +391,7 @@ def test_reply_to_keeps_every_address_and_encodes_names(mail_settings, rendered,
             mail_settings.mail, reply_to="Tòa soạn <toa-soan@example.org>, ban-doc@example.org"
         ),
     )
-    template = build_digest_template(
-        rendered,
-        info=MailInfo.from_settings(two),
-        digest_day=DAY,
-        marker=MARKER,
-        now=now,
-        message_key=KEY,
-    )
+    template = _template(rendered, two, now)
     addresses = _parse(_fill(template))["Reply-To"].addresses
     assert [(a.display_name, a.addr_spec) for a in addresses] == [
         ("Tòa soạn", "toa-soan@example.org"),
@@ -502,14 +409,7 @@ def test_the_top_story_subject_is_byte_exact_vietnamese_after_encoding(  # type:
     )
     expected = "Tin mới: Quảng Trị: thông xe cầu Sông Thạch Hãn mùa lũ và 6 tin khác"
     assert subject == expected
-    template = build_digest_template(
-        dataclasses.replace(rendered, subject=subject),
-        info=MailInfo.from_settings(mail_settings),
-        digest_day=DAY,
-        marker=MARKER,
-        now=now,
-        message_key=KEY,
-    )
+    template = _template(dataclasses.replace(rendered, subject=subject), mail_settings, now)
     decoded = _parse(_fill(template))["Subject"]
     assert decoded.encode("utf-8") == expected.encode("utf-8")
 
@@ -518,14 +418,7 @@ def test_mail_folds_long_html_lines_of_the_rendered_digest(mail_settings, render
     # The digest renders; folding for SMTP's 998-byte lines is the mail stage's job.
     long_html = "<p>" + "Thông xe cầu " * 300 + "</p>"
     rendered = dataclasses.replace(rendered, html=long_html + f'<a href="{MARKER}">x</a>\n')
-    template = build_digest_template(
-        rendered,
-        info=MailInfo.from_settings(mail_settings),
-        digest_day=DAY,
-        marker=MARKER,
-        now=now,
-        message_key=KEY,
-    )
+    template = _template(rendered, mail_settings, now)
     data = fill_message(template, to="an@example.org", subscriber_id=7, unsubscribe_url=URL)
     assert max(len(line) for line in data.split(b"\r\n")) <= 998
     html = _parse(data).get_body(preferencelist=("html",)).get_content()
