@@ -210,6 +210,21 @@ def _runs_as(user: str, argv: list[str]) -> bool:
     return done.returncode == 0
 
 
+def _syndicate_as_other_user(
+    python: str, project: Path, env: dict[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m syndicate ARGS` in `project`, run as OTHER_USER."""
+    return subprocess.run(
+        ["runuser", "-u", OTHER_USER, "--", python, "-m", "syndicate", *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.fixture(scope="module")
 def as_other_user() -> Iterator[tuple[Path, str]]:
     """A folder every user may enter, and a Python OTHER_USER can run syndicate with."""
@@ -276,15 +291,7 @@ def test_another_users_store_is_named_with_its_owner_and_left_as_it_was(
         assert made.returncode == 0, made.stderr
         database.chmod(0o644 if case == "read-only" else 0o600)
     before = database.read_bytes() if database.exists() else None
-    done = subprocess.run(
-        ["runuser", "-u", OTHER_USER, "--", python, "-m", "syndicate", *command],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _syndicate_as_other_user(python, project, env, *command)
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1] == (
         f"Error: {database}: this user (nobody) " + said.format(project=project)
@@ -320,15 +327,7 @@ def test_a_store_in_the_project_folder_is_given_without_the_folder_and_the_advic
     database = project / "syndicate.db"
 
     def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["runuser", "-u", OTHER_USER, "--", python, "-m", "syndicate", *args],
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return _syndicate_as_other_user(python, project, env, *args)
 
     done = as_nobody("subscribers", "add", "b@example.org")
     assert done.returncode == 2
@@ -381,15 +380,7 @@ def test_a_linked_store_is_judged_where_the_link_leads(as_other_user: tuple[Path
     os.chown(stored, uid, -1)  # the user's store, in root's folder: no -wal can be made
     (project / "syndicate.db").symlink_to(stored)
     before = stored.read_bytes()
-    done = subprocess.run(
-        ["runuser", "-u", OTHER_USER, "--", python, "-m", "syndicate", "subscribers", "list"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _syndicate_as_other_user(python, project, env, "subscribers", "list")
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines()[-1] == (
         f"Error: {project / 'syndicate.db'}: this user (nobody) may not make its -wal and -shm "
@@ -860,16 +851,7 @@ def test_erase_says_which_outbox_folder_it_could_not_read_and_exits_1(
         if hidden not in (path, path.parent):
             os.chown(path, owner.pw_uid, owner.pw_gid)
     hidden.chmod(0o700)
-    erase = ["subscribers", "erase", "an@example.org"]
-    done = subprocess.run(
-        ["runuser", "-u", OTHER_USER, "--", python, "-m", "syndicate", *erase],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _syndicate_as_other_user(python, project, env, "subscribers", "erase", "an@example.org")
     assert "Traceback" not in done.stderr
     assert done.returncode == 1, done
     assert not (readable / "2024-11-01.1_news.example.org.eml").exists()
