@@ -263,20 +263,28 @@ def test_sign_ups_are_answered_at_once_while_a_big_preview_runs(
         stderr=subprocess.PIPE,
     )
     answers: list[tuple[int, float]] = []
-    with httpx.Client(base_url=server.url, timeout=30, headers={"origin": server.url[:-1]}) as web:
-        while True:
-            try:
-                preview.wait(timeout=0.05)  # paces the sign-ups; ends with the preview
-                break
-            except subprocess.TimeoutExpired:
-                started = time.monotonic()
-                answer = web.post(
-                    "subscribe", data={"email": f"r{len(answers)}@example.org", "language": "vi"}
-                )
-                # Stored, then answered, at once: the preview holds no write lock.
-                server.signups.wait_for(len(answers) + 1, timeout=30)
-                answers.append((answer.status_code, time.monotonic() - started))
-    _, err = preview.communicate(timeout=30)
+    try:
+        with httpx.Client(
+            base_url=server.url, timeout=30, headers={"origin": server.url[:-1]}
+        ) as web:
+            while True:
+                try:
+                    preview.wait(timeout=0.05)  # paces the sign-ups; ends with the preview
+                    break
+                except subprocess.TimeoutExpired:
+                    started = time.monotonic()
+                    answer = web.post(
+                        "subscribe",
+                        data={"email": f"r{len(answers)}@example.org", "language": "vi"},
+                    )
+                    # Stored, then answered, at once: the preview holds no write lock.
+                    server.signups.wait_for(len(answers) + 1, timeout=30)
+                    answers.append((answer.status_code, time.monotonic() - started))
+        _, err = preview.communicate(timeout=30)
+    finally:  # a failure above must not leave the preview running past the test
+        if preview.poll() is None:
+            preview.kill()
+            preview.communicate()
     # The generated dumps are dated in the past: the freshness warning is expected, nothing else.
     errors = [line for line in err.decode().splitlines() if not line.startswith("Warning: digest")]
     assert (preview.returncode, errors) == (0, []), err.decode()

@@ -5,7 +5,7 @@ message goes and `sent` only after the server accepted it, so a crash leaves
 at most the in-flight messages in doubt; a rerun sends every row that is not
 `sent` again (at-least-once).
 
-The ledger is also the work queue that the send workers share (migration 10).
+The ledger is also the work queue that the send workers share (schema step 11).
 A run enqueues a `sending` row, with no lease, for each owed recipient
 (`enqueue_owed`); each worker then claims batches (`claim`): owed rows that no
 live lease holds get its lease, `(lease_owner, lease_until)`. A worker keeps
@@ -574,7 +574,7 @@ def get_delivery(
     return (str(row[0]), int(row[1]), row[2]) if row else None
 
 
-# -- The work queue (migration 10) ------------------------------------------------------
+# -- The work queue (schema step 11) -----------------------------------------------------
 
 # Enqueue: a `sending` row with no lease for every confirmed subscriber (confirmed by
 # :confirmed_by, when given) who has no row for :day yet. Idempotent: every worker of every
