@@ -51,8 +51,12 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
     return templates, tmpdir
 
 
+def _cache(tmpdir: Path) -> Path:
+    return tmpdir / f"syndicate-templates-{os.getuid()}"
+
+
 def _entries(tmpdir: Path) -> list[Path]:
-    return sorted((tmpdir / f"_jinja2-cache-{os.getuid()}").glob("*.cache"))
+    return sorted(_cache(tmpdir).glob("*.cache"))
 
 
 def test_a_second_process_renders_what_the_first_compiled_without_compiling(
@@ -93,18 +97,35 @@ def test_a_damaged_cache_entry_is_compiled_again(
 def test_a_cache_folder_others_may_write_to_is_not_used(folders: tuple[Path, Path]) -> None:
     templates, tmpdir = folders
     assert _render(templates, tmpdir).returncode == 0
-    shared = tmpdir / f"_jinja2-cache-{os.getuid()}"
-    shared.chmod(0o777)
-    # Jinja2 puts the mode back to 0700 and uses the folder only if it then is this user's.
-    assert _render(templates, tmpdir).returncode == 0
-    assert (shared.stat().st_mode & 0o777) == 0o700
+    _cache(tmpdir).chmod(0o777)
+    result = _render(templates, tmpdir, "no-compile")
+    assert result.returncode != 0  # compiled again: its entry was not read ...
+    assert (_cache(tmpdir).stat().st_mode & 0o777) == 0o777  # ... and its mode left alone
+    assert _render(templates, tmpdir).stdout == "<p>Hà Nội &amp; co</p>\n"
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o700])
+def test_a_link_planted_as_the_cache_folder_is_not_followed(
+    folders: tuple[Path, Path], mode: int
+) -> None:
+    # In a shared /tmp another user may make the path a link to a folder of someone else's:
+    # it must be neither written into nor have its mode changed (Jinja2's own cache folder
+    # is put back to 0700 with a chmod that follows the link).
+    templates, tmpdir = folders
+    victim = tmpdir / "victim"
+    victim.mkdir()
+    victim.chmod(mode)
+    _cache(tmpdir).symlink_to(victim)
+    result = _render(templates, tmpdir)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "<p>Hà Nội &amp; co</p>\n", "")
+    assert (victim.stat().st_mode & 0o777, list(victim.iterdir())) == (mode, [])
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving the folder to another user takes root")
 def test_a_cache_folder_of_another_user_is_not_used(folders: tuple[Path, Path]) -> None:
     templates, tmpdir = folders
     assert _render(templates, tmpdir).returncode == 0
-    os.chown(tmpdir / f"_jinja2-cache-{os.getuid()}", 65534, 65534)  # nobody's now
+    os.chown(_cache(tmpdir), 65534, 65534)  # nobody's now
     result = _render(templates, tmpdir)
     assert (result.returncode, result.stdout, result.stderr) == (0, "<p>Hà Nội &amp; co</p>\n", "")
     assert _render(templates, tmpdir, "no-compile").returncode != 0  # its entry was not read
@@ -112,7 +133,7 @@ def test_a_cache_folder_of_another_user_is_not_used(folders: tuple[Path, Path]) 
 
 def test_a_cache_folder_taken_by_a_file_still_renders(folders: tuple[Path, Path]) -> None:
     templates, tmpdir = folders
-    (tmpdir / f"_jinja2-cache-{os.getuid()}").write_text("not a folder")
+    _cache(tmpdir).write_text("not a folder")
     result = _render(templates, tmpdir)
     assert (result.returncode, result.stdout, result.stderr) == (0, "<p>Hà Nội &amp; co</p>\n", "")
     assert _render(templates, tmpdir, "no-compile").returncode != 0  # nothing was cached
