@@ -189,7 +189,7 @@ def test_a_worker_killed_at_random_points_loses_nobody(tmp_path: Path) -> None:
         out, err = final.communicate(timeout=60)
         assert final.returncode == 0, err
     assert kills >= 2
-    # The last run's summary adds its workers' counts up; who was sent before counts once.
+    # The last run's summary counts its workers' ledger rows; who was sent before is skipped.
     sent, failed, skipped = (int(n) for n in SUMMARY.findall(out)[0])
     assert (failed, sent + skipped) == (0, len(emails))
     got = Counter(server.handler.recipients())
