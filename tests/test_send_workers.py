@@ -417,58 +417,74 @@ def test_the_summary_counts_what_a_killed_worker_sent(tmp_path: Path, as_json: b
 
 
 # Test only, on PYTHONPATH as sitecustomize: a bug in a send worker. The first worker
-# process (`python -c ENTRY`; the parent is `python -m syndicate`) to build its 10th message
-# fails there (FAULT: raises, or reads address 0); the others, and its own other messages,
-# are unharmed.
+# process (`python -c ENTRY`; the parent is `python -m syndicate`) to make its Nth call of
+# a function of syndicate fails there (raises, or reads address 0); the others, and its
+# own other calls, are unharmed.
 _CRASHING_WORKER = """
 import os
 import sys
 
 if sys.argv[:1] == ["-c"]:
-    import syndicate.send.deliver as deliver
+    import {module} as module
 
-    real = deliver.fill_message
-    built = []
+    real = module.{name}
+    calls = []
 
-    def fill_message(*args, **kwargs):
-        built.append(1)
-        if len(built) == 10:
+    def broken(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == {call}:
             try:  # one worker of the run only: the first here (the project folder)
                 os.close(os.open("crashed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
                 pass
             else:
-                FAULT
+                {fault}
         return real(*args, **kwargs)
 
-    deliver.fill_message = fill_message
+    module.{name} = broken
 """
 _SEGFAULT = (
     "import ctypes, resource; resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); ctypes.string_at(0)"
 )
+_ITS_TRACEBACK = r"send worker [12] \(pid \d+\) crashed; its traceback:\nTraceback \(most recent"
 
 
 @pytest.mark.slow(seconds=8)
 @pytest.mark.parametrize(
-    ("fault", "how", "traceback"),
+    ("where", "fault", "how", "traceback"),
     [
+        # Building its 10th message: the sender winds down and reports the exception.
         (
+            "syndicate.send.deliver:fill_message:10",
             "1 / 0",
             r"crashed \(ZeroDivisionError: division by zero\)",
-            r"send worker [12] \(pid \d+\) crashed; its traceback:\nTraceback \(most recent",
+            _ITS_TRACEBACK,
         ),
-        (_SEGFAULT, r"crashed \(killed by SIGSEGV\)", r"Fatal Python error: Segmentation fault"),
+        (
+            "syndicate.send.deliver:fill_message:10",
+            _SEGFAULT,
+            r"crashed \(killed by SIGSEGV\)",
+            r"Fatal Python error: Segmentation fault",
+        ),
+        # Opening its store, outside the send loop: no report, Python's own traceback, exit 1.
+        (
+            "syndicate.send.workers:open_database:1",
+            "raise RuntimeError('no store')",
+            r"crashed \(exited 1\)",
+            r"Traceback \(most recent call last\):(.|\n)*RuntimeError: no store",
+        ),
     ],
-    ids=["exception", "segfault"],
+    ids=["exception", "segfault", "unreported"],
 )
 def test_a_worker_that_crashes_loses_nobody_and_the_run_exits_1_naming_the_crash(
-    tmp_path: Path, fault: str, how: str, traceback: str
+    tmp_path: Path, where: str, fault: str, how: str, traceback: str
 ) -> None:
     # A worker that raised (a bug in syndicate) was taken for one killed: one warning line,
     # "exited 1", and exit 0 once the other had sent everyone.
     broken = tmp_path / "broken"
     broken.mkdir()
-    code = _CRASHING_WORKER.replace("FAULT", fault)
+    module, name, call = where.split(":")
+    code = _CRASHING_WORKER.format(module=module, name=name, call=call, fault=fault)
     (broken / "sitecustomize.py").write_text(code, encoding="utf-8")
     with run_smtp_server() as server:
         server.handler.delay = 0.02
@@ -492,3 +508,39 @@ def test_a_worker_that_crashes_loses_nobody_and_the_run_exits_1_naming_the_crash
     assert set(got) == set(emails)  # nobody lost
     assert _day_sent(tmp_path) == len(emails)
     assert SUMMARY.findall(out) == [(str(len(emails)), "0", "0")]
+
+
+@pytest.mark.slow(seconds=6)
+def test_workers_that_all_crash_leave_everyone_owed_and_the_next_run_sends_them(
+    tmp_path: Path,
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "sitecustomize.py").write_text(
+        'import sys\nif sys.argv[:1] == ["-c"]:\n'
+        "    import syndicate.send.workers as workers\n\n"
+        "    def broken(*args, **kwargs):\n"
+        "        raise RuntimeError('no store')\n\n"
+        "    workers.open_database = broken\n",
+        encoding="utf-8",
+    )
+    with run_smtp_server() as server:
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 20)
+        process = _start(tmp_path, pythonpath=broken)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 1, err
+        lines = [x for x in err.splitlines() if re.match(r"(error|warning): send worker", x)]
+        assert sorted(re.sub(r"pid \d+", "pid P", x) for x in lines) == [
+            f"error: send worker {n} (pid P) crashed (exited 1), a bug in syndicate: its "
+            "traceback is above, on stderr. Some recipients are still owed: run `syndicate "
+            "send` again to finish. Please report the bug with that traceback."
+            for n in (1, 2)
+        ], err
+        assert SUMMARY.findall(out) == [("0", "0", "0")], out  # today's digest, said
+        assert server.handler.recipients() == []
+        final = _start(tmp_path)
+        out, err = final.communicate(timeout=60)
+        assert final.returncode == 0, err
+    assert SUMMARY.findall(out) == [(str(len(emails)), "0", "0")], out
+    assert Counter(server.handler.recipients()) == Counter(emails)  # each once

@@ -434,8 +434,8 @@ def _counted(db: Database, *, days: list[DayJob], outcome: WorkersOutcome) -> li
     for index, job in enumerate(days):
         counts = ledger.run_counts(db, day=job.day, run=outcome.run)
         reported = outcome.summaries[index] if index < len(outcome.summaries) else None
-        if reported is None and not counts.sent and not counts.failed:
-            break  # no worker got to it (--limit, a stop)
+        if index and reported is None and not counts.sent and not counts.failed:
+            break  # no worker got to it (--limit, a stop); the first is said even so
         summaries.append(
             SendSummary(
                 digest=job.day.isoformat(),
@@ -480,8 +480,7 @@ def _lost_workers(outcome: WorkersOutcome, *, left: int) -> None:
     for lost in outcome.lost:
         if lost.crash:
             what = (
-                "The other workers take over what it held; run `syndicate send` again to "
-                "finish anything left."
+                "Some recipients are still owed: run `syndicate send` again to finish."
                 if left
                 else "The other workers sent everyone owed."
             )
