@@ -544,3 +544,21 @@ def test_workers_that_all_crash_leave_everyone_owed_and_the_next_run_sends_them(
         assert final.returncode == 0, err
     assert SUMMARY.findall(out) == [(str(len(emails)), "0", "0")], out
     assert Counter(server.handler.recipients()) == Counter(emails)  # each once
+
+
+@pytest.mark.slow(seconds=5)
+def test_workers_summary_of_refusals_is_the_ledgers(tmp_path: Path) -> None:
+    # The counts are the ledger's rows of the run: failed, and of those the refusals that
+    # made their subscriber bounced, as the workers themselves counted them.
+    with run_smtp_server() as server:
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 40)
+        refused = emails[5::10]
+        for email in refused:
+            server.handler.refuse(email, "550 5.1.1 no such user")
+        process = _start(tmp_path, "--json")
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err  # some failed
+    summary = json.loads(out)
+    assert (summary["sent"], summary["failed"], summary["bounced"]) == (36, 4, 4), out
+    assert set(server.handler.recipients()) == set(emails) - set(refused)
