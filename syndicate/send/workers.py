@@ -3,10 +3,12 @@
 The parent (holding the send lock) has made every digest's messages once; it
 starts N worker processes, hands each its job (pickled, on stdin) and the
 lock's descriptor, forwards SIGINT and SIGTERM to them, and gathers what they
-report (pickled, on stdout): the run's counts are the ledger's (`send.daily`), what
-a worker killed before it reported sent included. Each worker is a `DigestSender` with a lease
-owner of its own, its own SMTP connections (`smtp.connections` each) and its
-share of `smtp.rate`; they divide the recipients through the ledger's claims.
+report (pickled, on stdout); the run's counts are the ledger's (`send.daily`), so
+what a worker killed before it reported had sent is counted too. Each worker is a
+`DigestSender` with a lease owner of its own, its own SMTP connections
+(`smtp.connections` each) and its share of `smtp.rate`; they divide the
+recipients through the ledger's claims. A worker that crashes (a bug) writes its
+traceback to stderr and says so in its report.
 The workers run in a process group of their own: a terminal's Ctrl-C reaches
 the parent only, which passes it on once.
 """
