@@ -7,6 +7,7 @@ counts, never fixed sleeps.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -46,10 +47,15 @@ def _subscribe(folder: Path, start: int, count: int) -> list[str]:
     return emails
 
 
-def _start(folder: Path, *args: str, clock_file: Path | None = None) -> subprocess.Popen[str]:
+def _start(
+    folder: Path, *args: str, clock_file: Path | None = None, pythonpath: Path | None = None
+) -> subprocess.Popen[str]:
     """`send --workers 2` in `folder`; with `clock_file`, under libfaketime, whose offset the
-    test changes while it runs by writing the file (the monotonic clock stays real)."""
+    test changes while it runs by writing the file (the monotonic clock stays real); with
+    `pythonpath`, that folder's modules first on every process's path (a sitecustomize)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
     if os.environ.get(ENV_STORE_URL):  # the test's PostgreSQL store
         env[ENV_STORE_URL] = os.environ[ENV_STORE_URL]
     if clock_file is not None:
@@ -183,7 +189,7 @@ def test_a_worker_killed_at_random_points_loses_nobody(tmp_path: Path) -> None:
         out, err = final.communicate(timeout=60)
         assert final.returncode == 0, err
     assert kills >= 2
-    # The last run's summary adds its workers' counts up; who was sent before counts once.
+    # The last run's summary counts its workers' ledger rows; who was sent before is skipped.
     sent, failed, skipped = (int(n) for n in SUMMARY.findall(out)[0])
     assert (failed, sent + skipped) == (0, len(emails))
     got = Counter(server.handler.recipients())
@@ -369,3 +375,190 @@ def test_one_process_the_server_takes_fewer_connections_from_exit_0(tmp_path: Pa
     assert done.returncode == 0, done.stderr
     assert SUMMARY.findall(done.stdout) == [("40", "0", "0")]
     assert Counter(server.handler.recipients()) == Counter(emails)
+
+
+def _day_sent(folder: Path) -> int:
+    """The ledger's `sent` rows (one digest in these tests: today's)."""
+    with open_store(folder / "syndicate.db") as db:
+        return int(
+            db.conn.execute("SELECT count(*) FROM deliveries WHERE status = 'sent'").fetchone()[0]
+        )
+
+
+@pytest.mark.slow(seconds=8)
+@pytest.mark.parametrize("as_json", [False, True], ids=["line", "json"])
+def test_the_summary_counts_what_a_killed_worker_sent(tmp_path: Path, as_json: bool) -> None:
+    # A worker killed after it sent some: the run exited 0 and its summary (line and
+    # --json) said only what the surviving worker had sent, fewer than the ledger holds.
+    with run_smtp_server() as server:
+        server.handler.delay = 0.05  # over a second of sending: the kill comes mid-run
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path, *(["--json"] if as_json else []))
+        workers = _wait_for_workers(process)
+        _wait_until_both_send(tmp_path)  # the one killed has sent some
+        os.kill(workers[0], signal.SIGKILL)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "was killed by SIGKILL before it finished" in err, err
+    got = Counter(server.handler.recipients())
+    assert set(got) == set(emails)  # nobody lost
+    assert _day_sent(tmp_path) == len(emails)
+    if as_json:
+        summary = json.loads(out)
+        sent, failed, skipped = summary["sent"], summary["failed"], summary["skipped"]
+        assert summary["rate"] == pytest.approx(sent / summary["seconds"], abs=0.1)
+    else:
+        sent, failed, skipped = (int(n) for n in SUMMARY.findall(out)[0])
+        rate = re.search(r" in (\d+\.\d) s \((\d+\.\d) messages/s\)", out)
+        assert rate is not None, out
+        assert float(rate[2]) == pytest.approx(sent / float(rate[1]), rel=0.1, abs=0.1)
+    assert (sent, failed, skipped) == (len(emails), 0, 0), out
+
+
+# Test only, on PYTHONPATH as sitecustomize: a bug in a send worker. The first worker
+# process (`python -c ENTRY`; the parent is `python -m syndicate`) to make its Nth call of
+# a function of syndicate fails there (raises, or reads address 0); the others, and its
+# own other calls, are unharmed.
+_CRASHING_WORKER = """
+import os
+import sys
+
+if sys.argv[:1] == ["-c"]:
+    import {module} as module
+
+    real = module.{name}
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == {call}:
+            try:  # one worker of the run only: the first here (the project folder)
+                os.close(os.open("crashed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                pass
+            else:
+                {fault}
+        return real(*args, **kwargs)
+
+    module.{name} = broken
+"""
+_SEGFAULT = (
+    "import ctypes, resource; resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); ctypes.string_at(0)"
+)
+_ITS_TRACEBACK = r"send worker [12] \(pid \d+\) crashed; its traceback:\nTraceback \(most recent"
+
+
+@pytest.mark.slow(seconds=8)
+@pytest.mark.parametrize(
+    ("where", "fault", "how", "traceback"),
+    [
+        # Building its 10th message: the sender winds down and reports the exception.
+        (
+            "syndicate.send.deliver:fill_message:10",
+            "1 / 0",
+            r"crashed \(ZeroDivisionError: division by zero\)",
+            _ITS_TRACEBACK,
+        ),
+        (
+            "syndicate.send.deliver:fill_message:10",
+            _SEGFAULT,
+            r"crashed \(killed by SIGSEGV\)",
+            r"Fatal Python error: Segmentation fault",
+        ),
+        # Opening its store, outside the send loop: no report, Python's own traceback, exit 1.
+        (
+            "syndicate.send.workers:open_database:1",
+            "raise RuntimeError('no store')",
+            r"crashed \(exited 1\)",
+            r"Traceback \(most recent call last\):(.|\n)*RuntimeError: no store",
+        ),
+    ],
+    ids=["exception", "segfault", "unreported"],
+)
+def test_a_worker_that_crashes_loses_nobody_and_the_run_exits_1_naming_the_crash(
+    tmp_path: Path, where: str, fault: str, how: str, traceback: str
+) -> None:
+    # A worker that raised (a bug in syndicate) was taken for one killed: one warning line,
+    # "exited 1", and exit 0 once the other had sent everyone.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    module, name, call = where.split(":")
+    code = _CRASHING_WORKER.format(module=module, name=name, call=call, fault=fault)
+    (broken / "sitecustomize.py").write_text(code, encoding="utf-8")
+    with run_smtp_server() as server:
+        server.handler.delay = 0.02
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path, pythonpath=broken)
+        out, err = process.communicate(timeout=60)
+    assert (tmp_path / "crashed").exists(), err  # a worker did crash
+    assert process.returncode == 1, err
+    (line,) = [x for x in err.splitlines() if re.match(r"(error|warning): send worker", x)]
+    assert re.fullmatch(
+        rf"error: send worker [12] \(pid \d+\) {how}, a bug in syndicate: its traceback is "
+        r"above, on stderr\. The other workers sent everyone owed\. Please report the bug "
+        r"with that traceback\.",
+        line,
+    ), err
+    found = re.search(traceback, err)  # its traceback, before that line
+    assert found is not None, err
+    assert found.start() < err.index(line)
+    got = Counter(server.handler.recipients())
+    assert set(got) == set(emails)  # nobody lost
+    assert _day_sent(tmp_path) == len(emails)
+    assert SUMMARY.findall(out) == [(str(len(emails)), "0", "0")]
+
+
+@pytest.mark.slow(seconds=6)
+def test_workers_that_all_crash_leave_everyone_owed_and_the_next_run_sends_them(
+    tmp_path: Path,
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "sitecustomize.py").write_text(
+        'import sys\nif sys.argv[:1] == ["-c"]:\n'
+        "    import syndicate.send.workers as workers\n\n"
+        "    def broken(*args, **kwargs):\n"
+        "        raise RuntimeError('no store')\n\n"
+        "    workers.open_database = broken\n",
+        encoding="utf-8",
+    )
+    with run_smtp_server() as server:
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 20)
+        process = _start(tmp_path, pythonpath=broken)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 1, err
+        lines = [x for x in err.splitlines() if re.match(r"(error|warning): send worker", x)]
+        assert sorted(re.sub(r"pid \d+", "pid P", x) for x in lines) == [
+            f"error: send worker {n} (pid P) crashed (exited 1), a bug in syndicate: its "
+            "traceback is above, on stderr. Some recipients are still owed: run `syndicate "
+            "send` again to finish. Please report the bug with that traceback."
+            for n in (1, 2)
+        ], err
+        assert SUMMARY.findall(out) == [("0", "0", "0")], out  # today's digest, said
+        assert server.handler.recipients() == []
+        final = _start(tmp_path)
+        out, err = final.communicate(timeout=60)
+        assert final.returncode == 0, err
+    assert SUMMARY.findall(out) == [(str(len(emails)), "0", "0")], out
+    assert Counter(server.handler.recipients()) == Counter(emails)  # each once
+
+
+@pytest.mark.slow(seconds=5)
+def test_workers_summary_of_refusals_is_the_ledgers(tmp_path: Path) -> None:
+    # The counts are the ledger's rows of the run: failed, and of those the refusals that
+    # made their subscriber bounced, as the workers themselves counted them.
+    with run_smtp_server() as server:
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 40)
+        refused = emails[5::10]
+        for email in refused:
+            server.handler.refuse(email, "550 5.1.1 no such user")
+        process = _start(tmp_path, "--json")
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err  # some failed
+    summary = json.loads(out)
+    assert (summary["sent"], summary["failed"], summary["bounced"]) == (36, 4, 4), out
+    assert set(server.handler.recipients()) == set(emails) - set(refused)

@@ -151,6 +151,9 @@ class DailyReport:
     # `--workers`: worker processes that died while someone is still owed (the run exits 1);
     # 0 when the others sent everyone owed (each dead one is then a warning line).
     lost_workers: int = 0
+    # `--workers`: worker processes that crashed (a bug in syndicate): the run exits 1
+    # whoever is owed, each one an error line.
+    crashed_workers: int = 0
 
     @property
     def failed(self) -> bool:
@@ -158,6 +161,7 @@ class DailyReport:
             any(s.failed for s in self.earlier)
             or bool(self.today and self.today.failed)
             or bool(self.lost_workers)
+            or bool(self.crashed_workers)
         )
 
 
@@ -392,13 +396,23 @@ def _daily_workers(
         limit=limit,
         lock_fd=lock_fd,
     )
-    # Workers killed or stopped: the run's exit follows the ledger, as the others may have
-    # sent everyone meanwhile.
-    left = _left_owed(db, days=days, outcome=outcome, limit=limit)
+    summaries = _counted(db, days=days, outcome=outcome)
+    # Workers killed, crashed or stopped: the run's exit follows the ledger, as the others
+    # may have sent everyone meanwhile.
+    left = _left_owed(db, days=days, outcome=outcome, summaries=summaries, limit=limit)
     _lost_workers(outcome, left=left)
+    if outcome.signal is not None:
+        sent = sum(s.sent for s in summaries)
+        in_flight = sum(s.in_flight for s in summaries)
+        error = TerminatedError if outcome.signal == signal.SIGTERM else InterruptError
+        raise error(
+            f"interrupted: {sent:,} sent, {in_flight:,} in flight; "
+            "run `syndicate send` again to finish."
+        )
+    if outcome.error is not None:
+        raise outcome.error
     if outcome.stopped_by:
         _stopped_workers(outcome, left=left)
-    summaries = list(outcome.summaries)
     first = summaries.pop(0) if today is not None and summaries else None
     for summary in summaries:
         on_earlier(summary)
@@ -406,12 +420,43 @@ def _daily_workers(
         today=first,
         earlier=tuple(summaries),
         subscribers=subscribers,
-        lost_workers=len(outcome.lost) if left else 0,
+        lost_workers=sum(1 for lost in outcome.lost if not lost.crash) if left else 0,
+        crashed_workers=sum(1 for lost in outcome.lost if lost.crash),
     )
 
 
+def _counted(db: Database, *, days: list[DayJob], outcome: WorkersOutcome) -> list[SendSummary]:
+    """The run's summary of each digest the workers got to, its counts the ledger's: what
+    every worker of the run sent, failed and bounced, a killed one's too (the workers'
+    reports leave out those of a worker killed before it reported). The time is the
+    reports' (the whole run's for a digest no worker reported), messages in flight theirs."""
+    summaries: list[SendSummary] = []
+    for index, job in enumerate(days):
+        counts = ledger.run_counts(db, day=job.day, run=outcome.run)
+        reported = outcome.summaries[index] if index < len(outcome.summaries) else None
+        if index and reported is None and not counts.sent and not counts.failed:
+            break  # no worker got to it (--limit, a stop); the first is said even so
+        summaries.append(
+            SendSummary(
+                digest=job.day.isoformat(),
+                sent=counts.sent,
+                failed=counts.failed,
+                skipped=job.skipped,
+                seconds=reported.seconds if reported is not None else outcome.seconds,
+                bounced=counts.bounced,
+                in_flight=reported.in_flight if reported is not None else 0,
+            )
+        )
+    return summaries
+
+
 def _left_owed(
-    db: Database, *, days: list[DayJob], outcome: WorkersOutcome, limit: int | None
+    db: Database,
+    *,
+    days: list[DayJob],
+    outcome: WorkersOutcome,
+    summaries: list[SendSummary],
+    limit: int | None,
 ) -> int:
     """How many the ledger still owes one of `days` after the workers (within --limit);
     0 without a lost or stopped worker (not asked)."""
@@ -422,17 +467,32 @@ def _left_owed(
         for job in days
     )
     if limit is not None:
-        started = sum(s.sent + s.failed + s.in_flight for s in outcome.summaries)
+        started = sum(s.sent + s.failed + s.in_flight for s in summaries)
         left = min(left, max(0, limit - started))
     return left
 
 
 def _lost_workers(outcome: WorkersOutcome, *, left: int) -> None:
-    """A line per worker that died. Anyone still owed: an error, and the run exits 1. No
-    one: the others took its recipients over and sent them; a warning, and the run's exit
+    """A line per worker that died. A crash (a bug in syndicate): an error whoever is owed,
+    and the run exits 1. A kill, with anyone still owed: an error, and the run exits 1. With
+    no one: the others took its recipients over and sent them; a warning, and the run's exit
     is the others' (a killed worker's messages in flight may have gone twice)."""
     for lost in outcome.lost:
-        if left:
+        if lost.crash:
+            what = (
+                "Some recipients are still owed: run `syndicate send` again to finish."
+                if left
+                else "The other workers sent everyone owed."
+            )
+            log.error(
+                "send worker %d (pid %d) %s, a bug in syndicate: its traceback is above, on "
+                "stderr. %s Please report the bug with that traceback.",
+                lost.number,
+                lost.pid,
+                lost.how,
+                what,
+            )
+        elif left:
             log.error(
                 "send worker %d (pid %d) %s before it finished; the other workers take over "
                 "what it held once its lease runs out (its messages in flight may go twice). "

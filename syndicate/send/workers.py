@@ -2,10 +2,13 @@
 
 The parent (holding the send lock) has made every digest's messages once; it
 starts N worker processes, hands each its job (pickled, on stdin) and the
-lock's descriptor, forwards SIGINT and SIGTERM to them, and sums up what they
-report (pickled, on stdout). Each worker is a `DigestSender` with a lease
-owner of its own, its own SMTP connections (`smtp.connections` each) and its
-share of `smtp.rate`; they divide the recipients through the ledger's claims.
+lock's descriptor, forwards SIGINT and SIGTERM to them, and gathers what they
+report (pickled, on stdout); the run's counts are the ledger's (`send.daily`), so
+what a worker killed before it reported had sent is counted too. Each worker is a
+`DigestSender` with a lease owner of its own, its own SMTP connections
+(`smtp.connections` each) and its share of `smtp.rate`; they divide the
+recipients through the ledger's claims. A worker that crashes (a bug) writes its
+traceback to stderr and says so in its report.
 The workers run in a process group of their own: a terminal's Ctrl-C reaches
 the parent only, which passes it on once.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import gc
 import logging
 import os
@@ -21,12 +25,13 @@ import pickle
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 
 from syndicate.config import Settings
-from syndicate.errors import InterruptError, SendError, SyndicateError, TerminatedError
+from syndicate.errors import SendError, SyndicateError
 from syndicate.mail import MessageTemplate
 from syndicate.send.deliver import DigestSender, SendSummary, Stop, make_run_id, make_worker_id
 from syndicate.send.policy import SendPolicy
@@ -94,28 +99,48 @@ class WorkerResult:
     spans: tuple[tuple[float, float], ...] = ()
     signal: int | None = None
     error: SyndicateError | None = None
+    # A bug: the exception that ended the worker, in one line ('ZeroDivisionError: division
+    # by zero'); its traceback went to stderr.
+    crash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class WorkersOutcome:
-    """The run's summaries, one per digest the workers got to (summed), the dead workers, and
-    the send errors that stopped a worker (by worker number): whether they stop the run is the
-    ledger's to say (`send.daily`), as the other workers may have sent everyone meanwhile."""
+    """What the workers of run `run` (lease owners '<run>/<n>') reported: a summary per digest
+    they got to (summed: the ledger has the run's counts, `send.daily`), the dead and
+    crashed workers, the send errors that stopped a worker (by worker number), and the
+    signal that stopped the run or the first other error a worker reported (a store error).
+    Whether a lost or stopped worker stops the run is the ledger's to say (`send.daily`), as
+    the other workers may have sent everyone meanwhile. `seconds`: from the first worker's
+    start to the last one's end."""
 
+    run: str
     summaries: tuple[SendSummary, ...]
     lost: tuple[LostWorker, ...] = ()
     stopped_by: tuple[tuple[int, SendError], ...] = ()
+    signal: int | None = None
+    error: SyndicateError | None = None
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class LostWorker:
-    """A worker that died before it reported (SIGKILL, a crash): its number, pid, and how it
-    ended ('was killed by SIGKILL', 'exited 1'). What that means for the run is the ledger's
-    to say (`send.daily`): the others may have taken over its recipients and sent them."""
+    """A worker that died before it finished: its number, pid, and how it ended ('was killed
+    by SIGKILL', 'crashed (ZeroDivisionError: division by zero)'). `crash`: a bug in
+    syndicate (a Python exception, or a fault such as SIGSEGV), not a kill; its traceback
+    went to stderr. What that means for the run is the ledger's to say (`send.daily`): the
+    others may have taken over its recipients and sent them."""
 
     number: int
     pid: int
     how: str
+    crash: bool = False
+
+
+# The signals a process gets from its own fault (a bug in syndicate or in a library it
+# loads), not from someone stopping it: a worker they end crashed. faulthandler writes its
+# Python traceback to stderr.
+_FAULTS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT})
 
 
 def run_workers(
@@ -128,15 +153,15 @@ def run_workers(
     limit: int | None,
     lock_fd: int,
 ) -> WorkersOutcome:
-    """Send `days` through `workers` processes; return their summed summaries.
+    """Send `days` through `workers` processes; return what they reported.
 
-    Raises InterruptError (130) or TerminatedError (143) after SIGINT or
-    SIGTERM, once every worker has stopped; otherwise the first error other
-    than a send error a worker reported (a store error). The send errors
-    (DeliveryError, TempFailError: the server would not take this worker's
-    mail) are handed back in `stopped_by`. A worker that died (SIGKILL, a
-    crash) is listed in `lost`: the others take over its recipients once its
-    lease runs out.
+    Returns once every worker has ended. The signal that stopped the run (SIGINT,
+    SIGTERM) is in `signal`; the first error other than a send error a worker
+    reported (a store error) in `error`; the send errors (DeliveryError,
+    TempFailError: the server would not take this worker's mail) in
+    `stopped_by`. A worker that died (SIGKILL, a crash) is listed in `lost`:
+    the others take over what it held (at once what a crashed worker gave back,
+    else once its lease runs out). `send.daily` says what all that means.
     """
     return run_event_loop(
         lambda: _run(
@@ -190,6 +215,7 @@ async def _run(
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    started = time.monotonic()
     try:
         for number in range(1, workers + 1):
             job = WorkerJob(
@@ -222,36 +248,49 @@ async def _run(
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+    seconds = time.monotonic() - started
     results: list[WorkerResult] = []
     numbers: list[int] = []
     lost: list[LostWorker] = []
     for number, (proc, (out, _err)) in enumerate(zip(procs, outputs, strict=True), start=1):
         result = _read_result(out)
         if result is None:
-            code = proc.returncode or 0
-            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited {code}"
-            lost.append(LostWorker(number, proc.pid, how))
+            lost.append(_lost(number, proc.pid, proc.returncode or 0))
             continue
+        if result.crash is not None:  # what it did before is in its summaries
+            lost.append(LostWorker(number, proc.pid, f"crashed ({result.crash})", crash=True))
         results.append(result)
         numbers.append(number)
-    summaries = _merge(days, results)
-    if stopped:
-        sent = sum(s.sent for s in summaries)
-        in_flight = sum(s.in_flight for s in summaries)
-        error = TerminatedError if stopped[0] == signal.SIGTERM else InterruptError
-        raise error(
-            f"interrupted: {sent:,} sent, {in_flight:,} in flight; "
-            "run `syndicate send` again to finish."
-        )
     stopped_by: list[tuple[int, SendError]] = []
+    error: SyndicateError | None = None
     for number, result in zip(numbers, results, strict=True):
         if isinstance(result.error, SendError):
             stopped_by.append((number, result.error))
-        elif result.error is not None:
-            raise result.error
+        elif result.error is not None and error is None:
+            error = result.error
     return WorkersOutcome(
-        summaries=tuple(summaries), lost=tuple(lost), stopped_by=tuple(stopped_by)
+        run=run,
+        summaries=tuple(_merge(days, results)),
+        lost=tuple(lost),
+        stopped_by=tuple(stopped_by),
+        signal=stopped[0] if stopped else None,
+        error=error,
+        seconds=seconds,
     )
+
+
+def _lost(number: int, pid: int, code: int) -> LostWorker:
+    """A worker that ended with no report, by its exit status: killed by a signal, or
+    crashed (exit 1: Python's for an uncaught exception, its traceback on stderr; or a fault
+    signal)."""
+    if code < 0:
+        name = signal.Signals(-code).name
+        if -code in _FAULTS:
+            return LostWorker(number, pid, f"crashed (killed by {name})", crash=True)
+        return LostWorker(number, pid, f"was killed by {name}")
+    if code == 1:
+        return LostWorker(number, pid, "crashed (exited 1)", crash=True)
+    return LostWorker(number, pid, f"exited {code}")
 
 
 def fit_workers(workers: int) -> int:
@@ -341,6 +380,7 @@ def main(pending: list[int] | None = None) -> None:
     if not isinstance(job, WorkerJob):
         # The parent failed while starting the workers, and says why itself.
         raise SystemExit(1)
+    faulthandler.enable()  # a fault (SIGSEGV, ...) writes its Python traceback to stderr
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LineFormatter())
     root = logging.getLogger("syndicate")
@@ -357,6 +397,8 @@ def main(pending: list[int] | None = None) -> None:
         sys.stdout.buffer.flush()
     except BrokenPipeError:  # the parent was killed; the ledger holds what this worker did
         os._exit(1)
+    if result.crash is not None:
+        raise SystemExit(1)  # as an uncaught exception ends a Python process
 
 
 class _LineFormatter(logging.Formatter):
@@ -393,6 +435,7 @@ async def _work(job: WorkerJob, pending: list[int]) -> WorkerResult:
     summaries: list[SendSummary] = []
     spans: list[tuple[float, float]] = []
     error: SyndicateError | None = None
+    crash: str | None = None
     budget = job.limit
     try:
         db = open_database(
@@ -430,9 +473,25 @@ async def _work(job: WorkerJob, pending: list[int]) -> WorkerResult:
                 budget -= summary.sent + summary.failed + summary.in_flight
     except SyndicateError as exc:
         error = _portable(exc)
+    except Exception as exc:  # a bug: the sender wound down (what it held given back) first
+        crash = _crashed(job.worker, exc)
     finally:
         db.close()
-    return WorkerResult(tuple(summaries), tuple(spans), signal=stop.signal, error=error)
+    return WorkerResult(
+        tuple(summaries), tuple(spans), signal=stop.signal, error=error, crash=crash
+    )
+
+
+def _crashed(worker: str, exc: Exception) -> str:
+    """Write the traceback of the bug that ended this worker to stderr, under a line naming
+    it as the parent does; return the exception in one line for the parent's report."""
+    number = worker.rsplit("/", 1)[-1]
+    lines = traceback.format_exception(exc)
+    sys.stderr.write(f"send worker {number} (pid {os.getpid()}) crashed; its traceback:\n")
+    sys.stderr.write("".join(lines))
+    sys.stderr.flush()
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _portable(error: SyndicateError) -> SyndicateError:

@@ -164,6 +164,21 @@ _UNMARK_FAILED = """
     WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
       AND lease_until IS NULL AND status = 'failed' AND attempts > 0
 """
+# What the workers of one run (lease owners '<run>/<n>', :run_like = '<run>/%') did to the
+# digest of :day, killed ones included: a row keeps its owner once sent (claimed by no one
+# again) or failed (claimed by no worker of the same run again), so the rows a run sent or
+# failed are still its own afterwards. A refusal that bounced its subscriber wrote one time
+# to both (`DigestSender._settle`: mark_refused, then record_bounce): the row's updated_at
+# is the subscriber's bounced_at.
+_RUN_COUNTS = """
+    SELECT coalesce(sum(CASE WHEN d.status = 'sent' THEN 1 ELSE 0 END), 0),
+           coalesce(sum(CASE WHEN d.status = 'failed' THEN 1 ELSE 0 END), 0),
+           coalesce(sum(CASE WHEN d.status = 'failed' AND s.status = 'bounced'
+                                  AND s.bounced_at = d.updated_at THEN 1 ELSE 0 END), 0)
+    FROM deliveries AS d
+    LEFT JOIN subscribers AS s ON s.id = d.subscriber_id
+    WHERE d.digest_day = :day AND d.lease_owner LIKE :run_like
+"""
 # Counts per status for one day (stats, tests).
 _DAY_COUNTS = "SELECT status, count(*) FROM deliveries WHERE digest_day = ? GROUP BY status"
 # One row, for `inspect`-style checks and tests.
@@ -561,6 +576,26 @@ def day_counts(db: Database, *, day: date) -> dict[str, int]:
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return {str(status): int(n) for status, n in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class RunCounts:
+    """What one run's workers did to one digest, as the ledger has it."""
+
+    sent: int
+    failed: int
+    bounced: int  # of `failed`: refusals that made their subscriber bounced
+
+
+def run_counts(db: Database, *, day: date, run: str) -> RunCounts:
+    """Return what the workers of `run` (lease owners '<run>/<n>') sent and failed of the
+    digest of `day`, each worker's rows counted, a killed one's too."""
+    params = {"day": day.isoformat(), "run_like": run + "/%"}
+    try:
+        row = db.conn.execute(_RUN_COUNTS, params).fetchone()
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+    return RunCounts(sent=int(row[0]), failed=int(row[1]), bounced=int(row[2]))
 
 
 def get_delivery(
