@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import ClassVar
 
 EXIT_OK = 0
@@ -83,6 +84,27 @@ class OutOfFilesError(OpenFilesError):
     had written is whole, and a later run may have the files."""
 
     exit_code: ClassVar[int] = EXIT_TEMPFAIL
+
+    @classmethod
+    def from_os_error(cls, exc: OSError) -> OutOfFilesError:
+        """The error for an EMFILE or ENFILE raised wherever a command was."""
+        try:
+            import resource
+
+            limit = f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]} (ulimit -n)"
+        except (ImportError, OSError, ValueError):
+            limit = "its limit"
+        what = (
+            "the system's open-files table is full"
+            if exc.errno == errno.ENFILE
+            else (f"this process reached its open-files limit, {limit}")
+        )
+        where = f" opening {exc.filename}" if exc.filename else ""
+        return cls(
+            f"syndicate: {what}{where}; what was written so far is whole.",
+            hint="Raise the limit (ulimit -n, or LimitNOFILE= in a systemd unit), "
+            "then run the command again.",
+        )
 
 
 class WorkerError(SyndicateError):

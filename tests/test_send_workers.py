@@ -510,6 +510,49 @@ def test_a_worker_that_crashes_loses_nobody_and_the_run_exits_1_naming_the_crash
     assert SUMMARY.findall(out) == [(str(len(emails)), "0", "0")]
 
 
+# Test only: at its 10th message the worker may open no more files, for real (its limit
+# put at what it holds, one file opened: the kernel's EMFILE), then has its limit back.
+_OUT_OF_FILES = (
+    "import resource; soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir('/proc/self/fd')) - 1, hard))\n"
+    "                try:\n"
+    "                    open(os.devnull)\n"
+    "                finally:\n"
+    "                    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))"
+)
+
+
+@pytest.mark.slow(seconds=6)
+def test_a_worker_out_of_open_files_is_the_machines_limit_not_a_crash(tmp_path: Path) -> None:
+    # Any exception in a worker was called a bug in syndicate (exit 1, 'Please report the
+    # bug'); running out of open files is the limit of the machine, as for one process:
+    # one line saying so, exit 75, and the next run (here: the other worker) finishes.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    code = _CRASHING_WORKER.format(
+        module="syndicate.send.deliver", name="fill_message", call=10, fault=_OUT_OF_FILES
+    )
+    (broken / "sitecustomize.py").write_text(code, encoding="utf-8")
+    with run_smtp_server() as server:
+        server.handler.delay = 0.02
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path, pythonpath=broken)
+        _out, err = process.communicate(timeout=60)
+    assert (tmp_path / "crashed").exists(), err  # a worker did run out
+    assert process.returncode == 75, err
+    assert "crashed" not in err, err
+    assert "Traceback" not in err, err
+    assert re.search(
+        r"^Error: syndicate: this process reached its open-files limit, \d+ \(ulimit -n\) "
+        r"opening /dev/null; what was written so far is whole\. Raise the limit",
+        err,
+        re.MULTILINE,
+    ), err
+    assert set(server.handler.recipients()) == set(emails)  # nobody lost
+    assert _day_sent(tmp_path) == len(emails)
+
+
 @pytest.mark.slow(seconds=6)
 def test_workers_that_all_crash_leave_everyone_owed_and_the_next_run_sends_them(
     tmp_path: Path,

@@ -184,7 +184,7 @@ class SyndicateGroup(click.Group):
                 except OSError as exc:
                     if exc.errno not in (errno.EMFILE, errno.ENFILE):
                         raise
-                    raise _out_of_files(exc) from exc
+                    raise OutOfFilesError.from_os_error(exc) from exc
         except SyndicateError as exc:
             app = ctx.obj if isinstance(ctx.obj, AppContext) else None
             if app is not None and app.debug:
@@ -241,26 +241,6 @@ def check_open_files() -> None:
         f"syndicate: this process may open {soft} files (ulimit -n), fewer than the "
         f"{MIN_OPEN_FILES} any command needs; nothing was done.",
         hint="Raise the limit (ulimit -n 1024, or LimitNOFILE= in a systemd unit).",
-    )
-
-
-def _out_of_files(exc: OSError) -> OutOfFilesError:
-    try:
-        import resource
-
-        limit = f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]} (ulimit -n)"
-    except (ImportError, OSError, ValueError):
-        limit = "its limit"
-    what = (
-        "the system's open-files table is full"
-        if exc.errno == errno.ENFILE
-        else (f"this process reached its open-files limit, {limit}")
-    )
-    where = f" opening {exc.filename}" if exc.filename else ""
-    return OutOfFilesError(
-        f"syndicate: {what}{where}; what was written so far is whole.",
-        hint="Raise the limit (ulimit -n, or LimitNOFILE= in a systemd unit), "
-        "then run the command again.",
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import faulthandler
 import gc
 import logging
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from syndicate.config import Settings
-from syndicate.errors import SendError, SyndicateError
+from syndicate.errors import OutOfFilesError, SendError, SyndicateError
 from syndicate.mail import MessageTemplate
 from syndicate.send.deliver import DigestSender, SendSummary, Stop, make_run_id, make_worker_id
 from syndicate.send.policy import SendPolicy
@@ -473,6 +474,11 @@ async def _work(job: WorkerJob, pending: list[int]) -> WorkerResult:
                 budget -= summary.sent + summary.failed + summary.in_flight
     except SyndicateError as exc:
         error = _portable(exc)
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            crash = _crashed(job.worker, exc)
+        else:  # out of open files: the machine's limit, not a bug (as for one process)
+            error = OutOfFilesError.from_os_error(exc)
     except Exception as exc:  # a bug: the sender wound down (what it held given back) first
         crash = _crashed(job.worker, exc)
     finally:
