@@ -382,20 +382,26 @@ async def test_sent_marks_wait_for_the_write_lock_without_stopping_the_event_loo
                 await asyncio.sleep(0.001)
                 ticks += 1
 
+        released = False
+
         async def release_later() -> None:
-            await asyncio.sleep(0.2)
+            # Freed only once the loop has run on 20 times while the mark waits: SQLite's own
+            # busy wait would stop the loop (no tick), so the lock would stay held and the
+            # mark end in StoreBusyError after the busy timeout. Counted, not timed, so a
+            # loaded machine cannot fail it.
+            nonlocal released
+            while ticks < 20:
+                await asyncio.sleep(0.001)
+            released = True
             other.rollback()
 
         ticker = asyncio.create_task(tick())
         releaser = asyncio.create_task(release_later())
-        started = time.monotonic()
         await marks.mark(day=DAY, subscriber_ids=[1, 2], now=T0)
-        waited = time.monotonic() - started
+        assert released  # the mark waited for the lock, and the loop ran meanwhile
         ticker.cancel()
         await releaser
         other.close()
-        assert waited >= 0.19
-        assert ticks >= 20  # SQLite's own busy wait would have stopped the loop: 0 ticks
         assert ledger.day_counts(db, day=DAY) == {"sent": 2, "sending": 1}
         assert db.conn.execute("PRAGMA busy_timeout").fetchone()[0] == busy_ms
 
