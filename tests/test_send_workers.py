@@ -443,6 +443,27 @@ if sys.argv[:1] == ["-c"]:
 
     module.{name} = broken
 """
+
+
+def _send_with_a_broken_worker(
+    folder: Path, where: str, fault: str
+) -> tuple[list[str], SmtpServer, subprocess.Popen[str], str, str]:
+    """`send --workers 2` to 100 subscribers with `fault` in the first worker to make the
+    Nth call of module:function:N (`_CRASHING_WORKER`); what it sent, printed and exited."""
+    broken = folder / "broken"
+    broken.mkdir()
+    module, name, call = where.split(":")
+    code = _CRASHING_WORKER.format(module=module, name=name, call=call, fault=fault)
+    (broken / "sitecustomize.py").write_text(code, encoding="utf-8")
+    with run_smtp_server() as server:
+        server.handler.delay = 0.02
+        _project(folder, server)
+        emails = _subscribe(folder, 0, 100)
+        process = _start(folder, pythonpath=broken)
+        out, err = process.communicate(timeout=60)
+    return emails, server, process, out, err
+
+
 _SEGFAULT = (
     "import ctypes, resource; resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); ctypes.string_at(0)"
 )
@@ -481,17 +502,7 @@ def test_a_worker_that_crashes_loses_nobody_and_the_run_exits_1_naming_the_crash
 ) -> None:
     # A worker that raised (a bug in syndicate) was taken for one killed: one warning line,
     # "exited 1", and exit 0 once the other had sent everyone.
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    module, name, call = where.split(":")
-    code = _CRASHING_WORKER.format(module=module, name=name, call=call, fault=fault)
-    (broken / "sitecustomize.py").write_text(code, encoding="utf-8")
-    with run_smtp_server() as server:
-        server.handler.delay = 0.02
-        _project(tmp_path, server)
-        emails = _subscribe(tmp_path, 0, 100)
-        process = _start(tmp_path, pythonpath=broken)
-        out, err = process.communicate(timeout=60)
+    emails, server, process, out, err = _send_with_a_broken_worker(tmp_path, where, fault)
     assert (tmp_path / "crashed").exists(), err  # a worker did crash
     assert process.returncode == 1, err
     (line,) = [x for x in err.splitlines() if re.match(r"(error|warning): send worker", x)]
@@ -527,18 +538,9 @@ def test_a_worker_out_of_open_files_is_the_machines_limit_not_a_crash(tmp_path: 
     # Any exception in a worker was called a bug in syndicate (exit 1, 'Please report the
     # bug'); running out of open files is the limit of the machine, as for one process:
     # one line saying so, exit 75, and the next run (here: the other worker) finishes.
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    code = _CRASHING_WORKER.format(
-        module="syndicate.send.deliver", name="fill_message", call=10, fault=_OUT_OF_FILES
+    emails, server, process, _out, err = _send_with_a_broken_worker(
+        tmp_path, "syndicate.send.deliver:fill_message:10", _OUT_OF_FILES
     )
-    (broken / "sitecustomize.py").write_text(code, encoding="utf-8")
-    with run_smtp_server() as server:
-        server.handler.delay = 0.02
-        _project(tmp_path, server)
-        emails = _subscribe(tmp_path, 0, 100)
-        process = _start(tmp_path, pythonpath=broken)
-        _out, err = process.communicate(timeout=60)
     assert (tmp_path / "crashed").exists(), err  # a worker did run out
     assert process.returncode == 75, err
     assert "crashed" not in err, err
