@@ -7,7 +7,6 @@ environment; everything else receives a `Settings` object.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import ipaddress
 import math
 import os
@@ -866,57 +865,6 @@ def site_templates_dir() -> Path:
     return templates_root() / "site"
 
 
-@functools.cache
-def _bytecode_cache() -> jinja2.BytecodeCache | None:
-    """Compiled templates kept between processes, in a folder of this user's own
-    (`$TMPDIR/syndicate-templates-<uid>`, mode 0700), or None.
-
-    Compiling the digest's and the site's templates took about 30 ms of every `send`, `build`
-    and `serve` start. An entry is found by template name and file and used only while its
-    source is byte for byte the same and was compiled by the same Jinja2 and Python. The
-    folder is made here, not by Jinja2, whose own one is put back to mode 0700 with a chmod
-    that follows a symbolic link another user may have planted in a shared /tmp. A path
-    that is not a folder of this user's that only they can open is not used. The cache is
-    an optimisation only: a folder that cannot be made or is not safe, or an entry that
-    cannot be read or written (a full disk, no file descriptor left, a damaged file), means
-    compiling as before, never an error.
-    """
-    import pickle
-    import tempfile
-
-    import jinja2
-
-    class QuietCache(jinja2.FileSystemBytecodeCache):
-        def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-            try:
-                super().load_bytecode(bucket)
-            except (OSError, EOFError, ValueError, TypeError, pickle.UnpicklingError):
-                bucket.reset()
-
-        def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-            try:
-                super().dump_bytecode(bucket)
-            except (OSError, ValueError):
-                pass
-
-    try:
-        folder = os.path.join(tempfile.gettempdir(), f"syndicate-templates-{os.getuid()}")
-        try:
-            os.mkdir(folder, 0o700)
-        except FileExistsError:
-            pass
-        found = os.lstat(folder)  # the path itself: a link is not followed
-    except OSError:
-        return None
-    if (
-        not stat.S_ISDIR(found.st_mode)
-        or found.st_uid != os.getuid()
-        or stat.S_IMODE(found.st_mode) & 0o077
-    ):
-        return None
-    return QuietCache(folder)
-
-
 def make_environment(folder: Path) -> jinja2.Environment:
     """The one Jinja2 environment for a template folder: site pages, web pages and email.
 
@@ -930,7 +878,6 @@ def make_environment(folder: Path) -> jinja2.Environment:
 
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(folder)),
-        bytecode_cache=_bytecode_cache(),
         autoescape=jinja2.select_autoescape(
             enabled_extensions=(), disabled_extensions=("txt.j2",), default=True
         ),
