@@ -1044,6 +1044,16 @@ def _check_cp1258_verdicts(data: bytes) -> None:
         assert decode_module._legacy_encoding(data, continuation) == _reference_legacy(data)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=200) | st.lists(st.sampled_from(_MIXED_PIECES), max_size=10).map(b"".join),
+    st.sampled_from(["_CONTROL_SET", "_NEVER_UTF8", "_TCVN3_RANGE", "_VNI_BYTES", "_HIGH"]),
+)
+def test_counting_bytes_gives_the_plain_count(data: bytes, name: str) -> None:
+    byte_set = getattr(decode_module, name)
+    assert decode_module._count(data, byte_set) == sum(byte in byte_set for byte in data)
+
+
 def test_the_plain_screen_sees_every_character_clean_text_changes() -> None:
     # "\r" aside: the parser makes every line break "\n" before it cleans the text.
     every = "".join(map(chr, range(sys.maxunicode + 1))).replace("\r", "")

@@ -132,7 +132,13 @@ def _none_of(data: bytes, byte_set: bytes) -> bool:
 
 
 def _count(data: bytes, byte_set: bytes) -> int:
-    """How many bytes of `data` are in `byte_set`."""
+    """How many bytes of `data` are in `byte_set`.
+
+    A set of a few dozen bytes is looked for first, one memchr a byte: text seldom holds any
+    of the bytes counted here, and those searches cost a third of the copy that counts them.
+    """
+    if len(byte_set) <= 32 and _none_of(data, byte_set):
+        return 0
     return len(data) - len(data.translate(None, byte_set))
 
 
