@@ -152,6 +152,8 @@ _EN_WORDS = frozenset(
     "the and of to in is are was were a an for on with that this by from at as it its be has "
     "have had said says will not".split()
 )
+# What a word adds to the Vietnamese count less the English one, in one lookup a word.
+_WORD_LEAN = {w: (w in _VI_WORDS) - (w in _EN_WORDS) for w in sorted(_VI_WORDS | _EN_WORDS)}
 
 
 # Characters of an article's body read to tell its language: about 120 words.
@@ -200,10 +202,9 @@ def detect_language(text: str) -> str:
     words = [w for w in map(str.strip, raw, itertools.repeat(_WORD_PUNCTUATION)) if w]
     if not words:
         return "vi"
-    vi = sum(map(_VI_WORDS.__contains__, words))
-    en = sum(map(_EN_WORDS.__contains__, words))
-    if vi != en:
-        return "vi" if vi > en else "en"
+    lean = sum(map(_WORD_LEAN.get, words, itertools.repeat(0)))  # Vietnamese less English
+    if lean:
+        return "vi" if lean > 0 else "en"
     marked = sum(1 for w in words if not VIETNAMESE_LETTERS.isdisjoint(w))
     return "vi" if marked * 3 >= len(words) else "en"
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
 import unicodedata
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from syndicate import text as text_module
 from syndicate.config import load_settings
 from syndicate.errors import DumpError, InputError
 from syndicate.load import (
@@ -25,9 +28,11 @@ from syndicate.load import (
     read_dumps,
 )
 from syndicate.load import decode as decode_module
+from syndicate.load import parse as parse_module
 from syndicate.model import Article, BlockKind, Precision, Teaser
 from syndicate.publish.sync import sync_articles  # the build's reading path
 from syndicate.store import open_database
+from syndicate.text import PHOTO_CAPTION, clean_text, nfc
 from tests.conftest import DATA, ROOT, SHARED_SEEDS
 from tests.data.dumps import make_dumps
 
@@ -290,6 +295,113 @@ def test_anh_mid_sentence_is_not_a_caption() -> None:
     assert article.lead == (
         "Ông cho biết bức ảnh: đây là kỷ niệm đẹp nhất của gia đình, được chụp năm 1975."
     )
+
+
+def _reference_is_caption(text: str) -> bool:
+    """The caption test as it was before `_may_be_caption` screened lines for it."""
+    tail = text[-90:].lower()
+    if "ảnh" not in tail and "photo" not in tail:
+        return False
+    match = PHOTO_CAPTION.search(text)
+    if not match:
+        return False
+    credit = match.group("credit")
+    words = credit.split(":", 1)[-1].split()
+    if len(words) > 8 or credit.rstrip(")").endswith(("!", "?", "…", "...")):
+        return False
+    return not (match.start() == 0 and len(text) > 60)
+
+
+# Pieces of lines near the edges of the caption screen: credits with and without a colon or
+# a bracket, in any case, other spaces, long and short tails after the colon.
+_CAPTION_PIECES = [
+    "Ảnh",
+    "ảnh",
+    "ẢNH",
+    "aNh",
+    "photo",
+    "Photos",
+    "PHOTO",
+    ":",
+    " : ",
+    "(",
+    ")",
+    " ",
+    "  ",
+    " - ",
+    " \u2013 ",
+    "\u2014",
+    ". ",
+    "\u1680",
+    "\u2003",
+    "\n",
+    "\t",
+    "minh",
+    "MINH",
+    "họa",
+    "hoạ",
+    "HỌA",
+    "HOẠ",
+    "tư liệu",
+    "TƯ LIỆU",
+    "internet",
+    "FILE",
+    "T.P",
+    "Ngọc Văn",
+    "Quang cảnh buổi lễ",
+    "x" * 20,
+    "y" * 48,
+    "!",
+    "?",
+    "…",
+    "...",
+    "a",
+    "E",
+    "u",
+    "T",
+    "ạ",
+    ".",
+]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Quang cảnh buổi lễ - Ảnh: T.P",
+        "Ảnh minh họa",
+        "Ảnh minh hoạ (TTXVN)",
+        "Ảnh minh họa: " + "x" * 48,
+        "Ảnh minh họa: " + "x" * 49,
+        "Lễ khánh thành. Ảnh tư liệu",
+        "Lễ khánh thành (Ảnh: Internet)",
+        "Đoàn công tác - PHOTO FILE)",
+        "Ảnh:" + "\u1680" * 60 + "T.P",
+        "Ảnh: " + "y" * 49 + ")",
+        "Ảnh: " + "y" * 49 + "))",
+        "Ông cho biết bức ảnh: đây là kỷ niệm đẹp nhất của gia đình, được chụp năm 1975.",
+        "Mã tin 12-3.",
+        "",
+        " ",
+        ")",
+    ],
+)
+def test_the_caption_screen_keeps_every_caption(text: str) -> None:
+    assert parse_module._is_caption(text) is _reference_is_caption(text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_CAPTION_PIECES), max_size=12) | st.text(max_size=80))
+def test_the_caption_screen_gives_the_same_verdicts(pieces: list[str] | str) -> None:
+    text = "".join(pieces)
+    assert parse_module._is_caption(text) is _reference_is_caption(text)
+
+
+def test_the_caption_screen_knows_every_last_letter_of_a_credit() -> None:
+    # A credit without a colon or a bracket ends in "họa", "hoạ", "liệu", "internet" or
+    # "file": every character PHOTO_CAPTION (re.IGNORECASE) takes for their last letter.
+    every = "".join(map(chr, range(sys.maxunicode + 1)))
+    found = set(re.findall("[aạute]", every, re.IGNORECASE))
+    assert found == parse_module._CREDIT_LAST_LETTERS
 
 
 def test_caption_before_the_lead() -> None:
@@ -930,6 +1042,99 @@ def _check_cp1258_verdicts(data: bytes) -> None:
         else:
             decode_module._check_broken_utf8(data, exc, "x.txt", continuation)
         assert decode_module._legacy_encoding(data, continuation) == _reference_legacy(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=200) | st.lists(st.sampled_from(_MIXED_PIECES), max_size=10).map(b"".join),
+    st.sampled_from(["_CONTROL_SET", "_NEVER_UTF8", "_TCVN3_RANGE", "_VNI_BYTES", "_HIGH"]),
+)
+def test_counting_bytes_gives_the_plain_count(data: bytes, name: str) -> None:
+    byte_set = getattr(decode_module, name)
+    assert decode_module._count(data, byte_set) == sum(byte in byte_set for byte in data)
+
+
+def test_the_plain_screen_sees_every_character_clean_text_changes() -> None:
+    # "\r" aside: the parser makes every line break "\n" before it cleans the text.
+    every = "".join(map(chr, range(sys.maxunicode + 1))).replace("\r", "")
+    changed = text_module._SPECIAL_RE.findall(every)
+    assert len(changed) > 2048  # the surrogates and more
+    controls = set(decode_module._CONTROL_SET)
+    for char in changed:
+        encoded = char.encode("utf-8", "surrogatepass")
+        assert set(encoded) & (controls | set(decode_module._SCREEN_UTF8)), hex(ord(char))
+    for byte in range(256):
+        try:
+            char = bytes([byte]).decode("cp1258")
+        except UnicodeDecodeError:
+            continue
+        if text_module._SPECIAL_RE.search(char) and char != "\r":
+            assert byte in controls or byte in decode_module._SCREEN_CP1258, hex(byte)
+
+
+# Text a dump may hold, the characters clean_text changes among it.
+_SCREEN_PIECES = [
+    "Quảng Trị ",
+    "Đông Hà\n",
+    "\r\n",
+    "\u201ctrích dẫn\u201d \u2013 \u2026 ",
+    "\u00a0",
+    "\u00ad",
+    "\u200b",
+    "\u200d",
+    "\u2028",
+    "\u202e",
+    "\u3000",
+    "\ufeff",
+    "\t",
+    "\x0b",
+    "\x0c",
+    "\x85",
+    "\x01",
+    "\u1680",
+    "e\u0301",
+    "\U0001d400\U0001f3f3\ufe0f\u200d\U0001f308",
+    "plain ascii ",
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.sampled_from(_SCREEN_PIECES), min_size=1, max_size=20) | st.text(max_size=60),
+    st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-32", "cp1258"]),
+)
+def test_a_plain_dump_needs_only_nfc(pieces: list[str] | str, encoding: str) -> None:
+    text = "".join(pieces)
+    try:
+        data = text.encode(encoding)
+        decoded = decode_module.decode_dump_screened(data, source="p.txt")
+    except (UnicodeEncodeError, DumpError):
+        return
+    assert decoded.text == decode_dump(data, source="p.txt")
+    if decoded.plain:
+        lines = decoded.text.replace("\r\n", "\n").replace("\r", "\n")
+        assert clean_text(lines) == nfc(lines)
+    assert parse_module._split_lines(decoded.text, plain=decoded.plain) == (
+        parse_module._split_lines(decoded.text)
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "plain"),
+    [
+        ("Quảng Trị\r\nĐông Hà\n".encode(), True),
+        ("Quảng Trị\u00a0Đông Hà".encode(), False),
+        ("“Quảng Trị”".encode(), False),  # U+201C: E2 80 9C, screened out with U+2000-U+2FFF
+        ("Quảng\tTrị".encode(), False),
+        ("Quảng Trị".encode("utf-16"), True),
+        ("Quảng\u200bTrị".encode("utf-16"), False),
+        ("Đông Hà".encode("cp1258"), True),
+        ("Đông\u00a0Hà".encode("cp1258"), False),
+        (b"\xef\xbb\xbfQu\xe1\xba\xa3ng Tr\xe1\xbb\x8b\x0c", False),
+    ],
+)
+def test_the_plain_screen_on_known_cases(data: bytes, plain: bool) -> None:
+    assert decode_module.decode_dump_screened(data, source="p.txt").plain is plain
 
 
 # ---------------------------------------------------------------- any bytes

@@ -8,7 +8,10 @@ import time
 import unicodedata
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from syndicate import text as text_module
 from syndicate.text import (
     COMPOUND_WORDS,
     FUNCTION_WORDS,
@@ -189,6 +192,47 @@ def test_shorten_cuts_at_a_word_boundary() -> None:
 )
 def test_detect_language(text: str, language: str) -> None:
     assert detect_language(text) == language
+
+
+def _reference_detect_language(text: str) -> str:
+    """detect_language as it counted before: each language's words in a pass of its own."""
+    raw = text.lower().split()[:600]
+    words = [w.strip(".,;:!?()\"'\u201c\u201d\u2018\u2019") for w in raw]
+    words = [w for w in words if w]
+    if not words:
+        return "vi"
+    vi = sum(w in text_module._VI_WORDS for w in words)
+    en = sum(w in text_module._EN_WORDS for w in words)
+    if vi != en:
+        return "vi" if vi > en else "en"
+    marked = sum(1 for w in words if not text_module.VIETNAMESE_LETTERS.isdisjoint(w))
+    return "vi" if marked * 3 >= len(words) else "en"
+
+
+_LANGUAGE_WORDS = [
+    *sorted(text_module._VI_WORDS),
+    *sorted(text_module._EN_WORDS),
+    "Và",
+    "THE",
+    "(và",
+    "the,",
+    "“của”",
+    "it's",
+    "u.s.",
+    "...",
+    "Quảng",
+    "Trị",
+    "coffee",
+    "growers",
+    "",
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_LANGUAGE_WORDS), max_size=40), st.sampled_from([" ", "\n", "  "]))
+def test_detect_language_counts_as_it_did(words: list[str], space: str) -> None:
+    text = space.join(words)
+    assert detect_language(text) == _reference_detect_language(text)
 
 
 # ---------------------------------------------------------------- derived titles

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from typing import NamedTuple
 
 from syndicate.errors import DumpError
 
@@ -31,6 +32,23 @@ _TCVN3_LETTERS = re.compile(rb"[A-Za-z][\xa1-\xbf]|[\xa1-\xbf][A-Za-z]")
 # VNI writes tones as bytes that cp1258 reads as letters Vietnamese never uses: ø ù û ï ä å
 # ö ü and Ñ/ñ (VNI's Đ/đ): "Haø", "Quaûng", "Vieät", "Ñoâng".
 _VNI_BYTES = "øùûïäåöüÑñÄÅÖÜØÙÛÏ".encode("cp1258")
+# What text.clean_text deletes or replaces (text._SPECIAL_RE), line breaks aside, is either a
+# control counted in _CONTROL_SET, or "\t", "\v", "\f", or a character whose encoding holds
+# one of these bytes: in UTF-8 the lead byte of U+0080-U+00BF, U+2000-U+2FFF, U+3000-U+3FFF,
+# a surrogate (UTF-16 text encoded with "surrogatepass") and U+F000-U+FFFF; in Windows-1258
+# the no-break space and the soft hyphen. tests/test_load.py checks every code point.
+_SCREEN_UTF8 = b"\t\v\f\xc2\xe2\xe3\xed\xef"
+_SCREEN_CP1258 = b"\t\v\f\xa0\xad"
+
+
+class DecodedDump(NamedTuple):
+    """A dump's text, and whether it is plain: none of its characters is one text.clean_text
+    deletes or replaces, line breaks ("\r", "\n") aside. Most are; NFC is then all the text
+    needs, and its bytes tell it with a few byte searches, where a scan of the text (even
+    str.isprintable) costs twenty times as much."""
+
+    text: str
+    plain: bool
 
 
 def decode_dump(data: bytes, *, source: str) -> str:
@@ -39,6 +57,11 @@ def decode_dump(data: bytes, *, source: str) -> str:
     DumpError for empty, binary and undecodable input, and for the legacy VNI and TCVN3
     encodings (reported as unsupported rather than read as garbage).
     """
+    return decode_dump_screened(data, source=source).text
+
+
+def decode_dump_screened(data: bytes, *, source: str) -> DecodedDump:
+    """`decode_dump`, and whether the text is plain (see DecodedDump)."""
     if not data.strip():
         raise DumpError(
             source,
@@ -56,8 +79,8 @@ def decode_dump(data: bytes, *, source: str) -> str:
                     f"{exc.start + len(bom)} is not valid {encoding.upper()}.",
                     hint="Save it again as UTF-8.",
                 ) from exc
-            _check_text(text, source, data[len(bom) :] if encoding == "utf-8" else None)
-            return text
+            plain = _check_text(text, source, data[len(bom) :] if encoding == "utf-8" else None)
+            return DecodedDump(text, plain)
     if b"\x00" in data:
         raise DumpError(
             source,
@@ -70,15 +93,14 @@ def decode_dump(data: bytes, *, source: str) -> str:
         if exc.end == len(data) and exc.reason == "unexpected end of data":
             # A scrape cut off inside the last character: keep what is whole.
             text = data[: exc.start].decode("utf-8")
-            _check_text(text, source, data[: exc.start])
-            return text
+            return DecodedDump(text, _check_text(text, source, data[: exc.start]))
         continuation = _count(data, _CONTINUATION)
         _check_broken_utf8(data, exc, source, continuation)
     else:
-        _check_text(text, source, data)
-        return text
+        return DecodedDump(text, _check_text(text, source, data))
     # (cp1258 maps these controls to themselves: this is _check_text for its text.)
-    if _count(data, _CONTROL_SET) > max(2, len(data) // 100):
+    controls = _count(data, _CONTROL_SET)
+    if controls > max(2, len(data) // 100):
         raise DumpError(
             source,
             "looks like a binary file (many control bytes), not a text dump.",
@@ -101,11 +123,22 @@ def decode_dump(data: bytes, *, source: str) -> str:
             "which syndicate does not read.",
             hint="Convert it to UTF-8 (for example with UniKey's converter) and try again.",
         )
-    return text
+    return DecodedDump(text, not controls and _none_of(data, _SCREEN_CP1258))
+
+
+def _none_of(data: bytes, byte_set: bytes) -> bool:
+    """Whether `data` holds none of the bytes in `byte_set` (a few: one memchr each)."""
+    return not any(map(data.__contains__, byte_set))
 
 
 def _count(data: bytes, byte_set: bytes) -> int:
-    """How many bytes of `data` are in `byte_set`."""
+    """How many bytes of `data` are in `byte_set`.
+
+    A set of a few dozen bytes is looked for first, one memchr a byte: text seldom holds any
+    of the bytes counted here, and those searches cost a third of the copy that counts them.
+    """
+    if len(byte_set) <= 32 and _none_of(data, byte_set):
+        return 0
     return len(data) - len(data.translate(None, byte_set))
 
 
@@ -133,19 +166,22 @@ def _check_broken_utf8(
         ) from exc
 
 
-def _check_text(text: str, source: str, encoded: bytes | None = None) -> None:
-    """Reject text with many control characters. `encoded` is `text` as UTF-8 or cp1258
-    bytes when the caller has them: both keep these controls as the same single bytes,
-    and counting bytes is several times faster than a regex over the text."""
+def _check_text(text: str, source: str, encoded: bytes | None = None) -> bool:
+    """Reject text with many control characters; return whether it is plain (DecodedDump).
+
+    `encoded` is `text` as UTF-8 when the caller has it: it keeps these controls as the
+    same single bytes, and counting bytes is several times faster than a regex over the text.
+    """
     if encoded is None:
         encoded = text.encode("utf-8", "surrogatepass")
-    controls = len(encoded) - len(encoded.translate(None, _CONTROL_SET))
+    controls = _count(encoded, _CONTROL_SET)
     if controls > max(2, len(text) // 100):
         raise DumpError(
             source,
             "looks like a binary file (many control characters), not a text dump.",
             hint="Remove it from the dump folder.",
         )
+    return not controls and _none_of(encoded, _SCREEN_UTF8)
 
 
 def _legacy_encoding(data: bytes, continuation: int) -> str | None:

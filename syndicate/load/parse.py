@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from syndicate.errors import DumpError
 from syndicate.load.dates import DATE_HINT, find_full_dates, find_lead_date, parse_publish
-from syndicate.load.decode import decode_dump
+from syndicate.load.decode import decode_dump_screened
 from syndicate.model import Article, Block, BlockKind, Precision, Teaser, make_article_id
 from syndicate.text import (
     PHOTO_CAPTION,
@@ -42,17 +42,18 @@ _DATELINE = re.compile(
 )
 
 
-def _split_lines(text: str) -> list[str]:
-    """NFC, cleaned, whitespace-collapsed physical lines.
+def _split_lines(text: str, *, plain: bool = False) -> list[str]:
+    """NFC, cleaned, whitespace-collapsed physical lines. `plain`: the decoder found none of
+    the characters clean_text changes (line breaks aside) in the text's bytes.
 
     Only "\\n" splits (after "\\r\\n" and "\\r" become "\\n"): str.splitlines() would also
     split on form feeds, U+0085 and U+2028, which are spaces inside a line here.
     """
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    # Every character clean_text removes or replaces is unprintable: a text that is
-    # printable (line breaks aside) only needs NFC.
-    text = nfc(text) if text.replace("\n", " ").isprintable() else clean_text(text)
+    # Every character clean_text removes or replaces is unprintable: a text that is plain,
+    # or printable (line breaks aside), only needs NFC.
+    text = nfc(text) if plain or text.replace("\n", " ").isprintable() else clean_text(text)
     return [
         _SPACES.sub(" ", line).strip() if "  " in line else line.strip()
         for line in text.split("\n")
@@ -70,7 +71,37 @@ def _split_dateline(text: str) -> tuple[str | None, str]:
     return match.group("tag"), match.group("text")
 
 
+# The last letters a photo credit without a colon or a bracket can end with ("... minh họa",
+# "... minh hoạ", "... tư liệu", "... internet", "... file"), in every case PHOTO_CAPTION
+# (re.IGNORECASE) matches them in: tests/test_load.py checks this against every code point.
+_CREDIT_LAST_LETTERS = frozenset("aAạẠuUtTeE")
+# The most a credit after its colon can hold, stripped: one character, 48 more, a ")".
+_CREDIT_AFTER_COLON = 50
+
+
+def _may_be_caption(text: str) -> bool:
+    """False when PHOTO_CAPTION cannot match `text`: a few scans in C where lowering and
+    searching the line's end takes ten times as long (most lines are paragraphs).
+
+    A credit ends the line, its end "\\)?\\s*$". It holds a colon with at most
+    _CREDIT_AFTER_COLON characters after it (the text's last colon: no credit holds
+    another), or a "(" ("Ảnh minh họa (TTXVN)", or the "(" before the credit), or it ends
+    in one of _CREDIT_LAST_LETTERS.
+    """
+    colon = text.rfind(":")
+    if colon >= 0 and len(text[colon + 1 :].strip()) <= _CREDIT_AFTER_COLON:
+        return True
+    if "(" in text:
+        return True
+    end = text.rstrip()
+    if end.endswith(")"):
+        end = end[:-1]
+    return end[-1:] in _CREDIT_LAST_LETTERS
+
+
 def _is_caption(text: str) -> bool:
+    if not _may_be_caption(text):
+        return False
     tail = text[-90:].lower()
     if "ảnh" not in tail and "photo" not in tail:
         return False
@@ -128,14 +159,14 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
     without its header, or with another sidebar, has one id. A caller that stores the
     bytes need neither encode nor hash them again.
     """
-    text = decode_dump(data, source=source)
+    text, plain = decode_dump_screened(data, source=source)
     if len(text) > TEXT_LIMIT:
         raise DumpError(
             source,
             f"holds {len(text):,} characters of text, more than an article's {TEXT_LIMIT:,}.",
             hint=_LIMIT_HINT,
         )
-    raw = _split_lines(text)
+    raw = _split_lines(text, plain=plain)
     if len(raw) > LINE_LIMIT:
         raise DumpError(
             source,
