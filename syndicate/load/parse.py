@@ -100,8 +100,12 @@ def _may_be_caption(text: str) -> bool:
 
 
 def _is_caption(text: str) -> bool:
-    if not _may_be_caption(text):
-        return False
+    return _may_be_caption(text) and _credit_ends(text)
+
+
+def _credit_ends(text: str) -> bool:
+    """Whether a photo credit ends `text` (PHOTO_CAPTION, and not prose): the full test,
+    which `_may_be_caption` screens lines for."""
     tail = text[-90:].lower()
     if "ảnh" not in tail and "photo" not in tail:
         return False
