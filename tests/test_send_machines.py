@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from syndicate.store import open_database
+from syndicate.store import Database, open_database
 from syndicate.store.ledger import day_counts
 from tests.plugins.postgres import ENV_STORE_URL
 from tests.plugins.sendproject import add_confirmed, write_send_project
@@ -280,10 +280,28 @@ def test_two_machines_one_killed_ten_times_lose_nobody(
 
 def _owners(url: str, folder: Path) -> Counter[str]:
     with open_database(folder / "syndicate.db", url=url) as db:
-        rows = db.conn.execute(
-            "SELECT lease_owner, count(*) FROM deliveries WHERE status = 'sent' GROUP BY 1"
-        ).fetchall()
+        return _owners_in(db)
+
+
+def _owners_in(db: Database) -> Counter[str]:
+    rows = db.conn.execute(
+        "SELECT lease_owner, count(*) FROM deliveries WHERE status = 'sent' GROUP BY 1"
+    ).fetchall()
     return Counter({str(owner).rsplit("/", 1)[0]: int(n) for owner, n in rows})
+
+
+def _wait_until_both_send(url: str, folder: Path, runs: list[subprocess.Popen[str]]) -> None:
+    """Wait until each machine holds a batch and has sent from it.
+
+    One store for the whole wait: opening one every 10 ms (a new PostgreSQL backend each
+    time) cost more CPU than the machines it waits for.
+    """
+    deadline = time.monotonic() + 60
+    with open_database(folder / "syndicate.db", url=url) as db:
+        while len(_owners_in(db)) < 2:
+            assert time.monotonic() < deadline, "the two machines never both sent"
+            assert all(run.poll() is None for run in runs)
+            time.sleep(0.01)
 
 
 @pytest.mark.slow(seconds=7)
@@ -298,12 +316,7 @@ def test_a_machine_stopped_past_its_lease_sends_nothing_the_other_took_over(
         two = _machine(tmp_path / "two", server.port)
         emails = add_confirmed(one, store_url, count)
         stalled, other = _send(one, store_url), _send(two, store_url)
-        deadline = time.monotonic() + 60
-        while len(_owners(store_url, one)) < 2:  # each machine holds a batch now
-            assert time.monotonic() < deadline, "the two machines never both sent"
-            assert stalled.poll() is None
-            assert other.poll() is None
-            time.sleep(0.01)
+        _wait_until_both_send(store_url, one, [stalled, other])  # each holds a batch now
         stalled.send_signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
         try:
@@ -408,11 +421,7 @@ def test_a_machine_whose_clock_steps_back_mid_run_never_loses_its_leases(
         two = _machine(tmp_path / "two", server.port)
         emails = add_confirmed(one, store_url, count)
         runs = [_send(one, store_url), _send(two, store_url, clock_file=offset)]
-        deadline = time.monotonic() + 60
-        while len(_owners(store_url, one)) < 2:  # each machine holds a batch now
-            assert time.monotonic() < deadline, "the two machines never both sent"
-            assert all(run.poll() is None for run in runs)
-            time.sleep(0.01)
+        _wait_until_both_send(store_url, one, runs)  # each machine holds a batch now
         offset.write_text("-1h\n", encoding="ascii")  # the step, on machine two only
         results = [run.communicate(timeout=120) for run in runs]
     for run, (_out, err) in zip(runs, results, strict=True):
