@@ -255,6 +255,7 @@ def test_sign_ups_are_answered_at_once_while_a_big_preview_runs(
         store=replace(settings.store, busy_timeout=1.0),
         subscribe=SubscribeSettings(rate_limit=100_000),
     )
+    began = time.monotonic()
     preview = subprocess.Popen(  # the same folder, so the same seeds and database
         [sys.executable, "-m", "syndicate", "-q", "digest", "--out", "preview"],
         cwd=workdir,
@@ -270,6 +271,7 @@ def test_sign_ups_are_answered_at_once_while_a_big_preview_runs(
             while True:
                 try:
                     preview.wait(timeout=0.05)  # paces the sign-ups; ends with the preview
+                    took = time.monotonic() - began
                     break
                 except subprocess.TimeoutExpired:
                     started = time.monotonic()
@@ -290,8 +292,11 @@ def test_sign_ups_are_answered_at_once_while_a_big_preview_runs(
     assert (preview.returncode, errors) == (0, []), err.decode()
     assert len(answers) >= 5, "the preview ended before the sign-ups could overlap it"
     assert {code for code, _ in answers} == {200}
+    # A sign-up waiting on the store for 1 s would have been answered 503 (busy_timeout)
+    # above. Beyond that, none waits a noticeable part of the preview: measured against the
+    # preview's own time, not a fixed second, so a loaded machine slows both alike.
     slowest = max(seconds for _, seconds in answers)
-    assert slowest < 1.0, f"a sign-up waited {slowest:.1f} s for the preview"
+    assert slowest < took / 4, f"a sign-up waited {slowest:.1f} s of the preview's {took:.1f} s"
     with open_store(settings.paths.database) as db:  # each one stored at its first try
         assert sum(1 for _ in iter_subscribers(db)) == len(answers)
 
