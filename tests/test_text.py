@@ -407,10 +407,17 @@ def test_trailing_ellipsis_is_linear_in_a_hostile_run_of_dots_or_spaces(filler: 
     # A sidebar teaser is one dump line, as long as load.max_bytes lets it be, and the page
     # shows it whole: a regex that tries every dot (or space) of a long run as the start
     # of the final dots took 14 s for a 60 KB teaser, and days for a 10 MiB one.
+    # Linear, it takes about a millisecond: the best of three tries under 1 s, so a loaded
+    # machine that stops the test once does not fail it.
     text = "Tin" + filler * 50_000 + "x"
-    started = time.perf_counter()
-    assert trailing_ellipsis(text) == text
-    assert time.perf_counter() - started < 1.0
+    tries = []
+    for _ in range(3):
+        started = time.perf_counter()
+        assert trailing_ellipsis(text) == text
+        tries.append(time.perf_counter() - started)
+        if tries[-1] < 1.0:
+            break
+    assert min(tries) < 1.0, tries
 
 
 @pytest.mark.parametrize(
