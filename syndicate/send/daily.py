@@ -404,12 +404,8 @@ def _daily_workers(
     _lost_workers(outcome, left=left)
     if outcome.signal is not None:
         sent = sum(s.sent for s in summaries)
-        in_flight = sum(s.in_flight for s in summaries)
         error = TerminatedError if outcome.signal == signal.SIGTERM else InterruptError
-        raise error(
-            f"interrupted: {sent:,} sent, {in_flight:,} in flight; "
-            "run `syndicate send` again to finish."
-        )
+        raise error(f"interrupted: {sent:,} sent, {_in_flight(counts, outcome)}; {_AGAIN}")
     if outcome.error is not None:
         raise outcome.error
     if outcome.stopped_by:
@@ -424,6 +420,22 @@ def _daily_workers(
         lost_workers=sum(1 for lost in outcome.lost if not lost.crash) if left else 0,
         crashed_workers=sum(1 for lost in outcome.lost if lost.crash),
     )
+
+
+_AGAIN = "run `syndicate send` again to finish."
+
+
+def _in_flight(counts: list[ledger.RunCounts], outcome: WorkersOutcome) -> str:
+    """The interrupt line's messages in flight, the ledger's as the other counts: left in
+    doubt, as one process counts them; then the rows a worker that died still held (the
+    workers' reports leave them out), which the ledger cannot tell its messages in flight
+    from (at most `smtp.connections` each), said apart."""
+    in_flight = f"{sum(c.in_doubt for c in counts):,} in flight"
+    held = sum(c.held for c in counts)
+    if not held:
+        return in_flight
+    dead = "a dead worker, its" if len(outcome.lost) == 1 else "dead workers, their"
+    return f"{in_flight}, {held:,} held by {dead} messages in flight among them"
 
 
 def _counted(

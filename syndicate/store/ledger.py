@@ -168,14 +168,18 @@ _UNMARK_FAILED = """
 # What the workers of one run (lease owners '<run>/<n>', :run_like = '<run>/%') did to the
 # digest of :day, killed ones included: a row keeps its owner once sent (claimed by no one
 # again) or failed (claimed by no worker of the same run again), so the rows a run sent or
-# failed are still its own afterwards. A row still `sending` under one of them is in doubt:
-# a message left with no reply (`_MARK_IN_DOUBT`), or a row a worker killed meanwhile still
-# held (whether it had begun that message nobody knows: the next run counts a try for it,
-# `_CHARGE_TAKEN_OVER`); the rows a worker gave back have no owner (`_RELEASE`).
+# failed are still its own afterwards. A row still `sending` under one of them once they
+# have all ended is left in doubt, with no expiry (`_MARK_IN_DOUBT`: its body went and no
+# reply came), or held under a lease by a worker that died (killed: whether it had begun
+# that message nobody knows, and the next run counts a try for it, `_CHARGE_TAKEN_OVER`).
+# The rows a worker gave back have no owner (`_RELEASE`).
 _RUN_COUNTS = """
     SELECT coalesce(sum(CASE WHEN status = 'sent' THEN 1 ELSE 0 END), 0),
            coalesce(sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0),
-           coalesce(sum(CASE WHEN status = 'sending' THEN 1 ELSE 0 END), 0)
+           coalesce(sum(CASE WHEN status = 'sending' AND lease_until IS NULL
+                             THEN 1 ELSE 0 END), 0),
+           coalesce(sum(CASE WHEN status = 'sending' AND lease_until IS NOT NULL
+                             THEN 1 ELSE 0 END), 0)
     FROM deliveries
     WHERE digest_day = :day AND lease_owner LIKE :run_like
 """
@@ -597,7 +601,11 @@ class RunCounts:
     sent: int
     failed: int
     bounced: int  # of `failed`: refusals that made their subscriber bounced, each one once
-    in_doubt: int  # `sending` still: left with no reply, or held by a worker killed since
+    # Once the run's workers have ended: `sending` with no expiry, its body sent and no reply
+    # (as one process counts it in flight); and `sending` under the lease of a worker that
+    # died (killed), its messages in flight among them.
+    in_doubt: int
+    held: int
 
 
 def run_counts(db: Database, *, days: Sequence[date], run: str) -> list[RunCounts]:
@@ -608,21 +616,21 @@ def run_counts(db: Database, *, days: Sequence[date], run: str) -> list[RunCount
     A subscriber the run bounced counts once, in the last of `days` whose refusal matches
     their bounce: the refusal that bounced them, as one process counts it (two refusals in
     one second both match, and the last one sent is the one that did)."""
-    counts: list[tuple[int, int, int]] = []
+    counts: list[tuple[int, ...]] = []
     bounced_in: dict[int, int] = {}  # subscriber -> index of the digest that bounced them
     try:
         for index, day in enumerate(days):
             params = {"day": day.isoformat(), "run_like": run + "/%"}
             row = db.conn.execute(_RUN_COUNTS, params).fetchone()
-            counts.append((int(row[0]), int(row[1]), int(row[2])))
+            counts.append(tuple(int(n) for n in row))
             for (subscriber_id,) in db.conn.execute(_RUN_BOUNCED, params).fetchall():
                 bounced_in[int(subscriber_id)] = index
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     bounced = Counter(bounced_in.values())
     return [
-        RunCounts(sent=sent, failed=failed, bounced=bounced[index], in_doubt=in_doubt)
-        for index, (sent, failed, in_doubt) in enumerate(counts)
+        RunCounts(sent=sent, failed=failed, bounced=bounced[index], in_doubt=doubt, held=held)
+        for index, (sent, failed, doubt, held) in enumerate(counts)
     ]
 
 
