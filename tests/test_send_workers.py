@@ -684,3 +684,54 @@ def test_the_interrupt_line_counts_in_flight_what_a_killed_worker_left_in_doubt(
     got = Counter(handler.recipients())
     assert set(got) == set(emails)  # nobody lost
     assert sum(n - 1 for n in got.values()) <= CONNECTIONS  # the killed worker's, at most
+
+
+def _held(folder: Path) -> int:
+    """Rows still `sending` under an owner: held, or left in doubt."""
+    with open_store(folder / "syndicate.db") as db:
+        (n,) = db.conn.execute(
+            "SELECT count(*) FROM deliveries WHERE status = 'sending' AND lease_owner IS NOT NULL"
+        ).fetchone()
+    return int(n)
+
+
+@pytest.mark.slow(seconds=8)
+@pytest.mark.parametrize("who", ["one-worker", "parent-and-workers"])
+def test_sigterm_to_a_worker_stops_the_whole_run_gracefully_with_exit_143(
+    tmp_path: Path, who: str
+) -> None:
+    # SIGTERM to one worker's pid (an operator's `kill`), or to every process of the run at
+    # once (systemd's KillMode=control-group). The worker stopped gracefully and said so in
+    # its report, which the parent ignored: the others went on and the run exited 0.
+    with run_smtp_server() as server:
+        server.handler.delay = 0.05
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path)
+        workers = _wait_for_workers(process)
+        _wait_until_both_send(tmp_path)
+        for pid in workers[:1] if who == "one-worker" else [process.pid, *workers]:
+            os.kill(pid, signal.SIGTERM)
+        _out, err = process.communicate(timeout=60)
+        assert process.returncode == 143, err
+        if who == "one-worker":
+            assert re.search(
+                rf"^warning: send worker [12] \(pid {workers[0]}\) was stopped by SIGTERM: "
+                r"stopping the run: no new messages; waiting for the other workers' messages "
+                r"in flight\.$",
+                err,
+                re.MULTILINE,
+            ), err
+        sent = _day_sent(tmp_path)
+        assert err.splitlines()[-1] == (
+            f"interrupted: {sent:,} sent, 0 in flight; run `syndicate send` again to finish."
+        ), err
+        assert _held(tmp_path) == 0  # every worker gave back what it held
+        got = Counter(server.handler.recipients())
+        assert (len(got), max(got.values())) == (sent, 1)
+        assert _lock_is_free(tmp_path)
+        final = _start(tmp_path)
+        out, err = final.communicate(timeout=60)
+        assert final.returncode == 0, err
+    assert SUMMARY.findall(out) == [(str(len(emails) - sent), "0", str(sent))]
+    assert Counter(server.handler.recipients()) == Counter(emails)  # each exactly once
