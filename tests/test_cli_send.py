@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import re
 import shutil
 import ssl
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -21,7 +25,7 @@ from syndicate.send import open_send_lock
 from syndicate.store.subscribers import add_subscriber
 from tests.conftest import FIXED_NOW
 from tests.plugins.postgres import open_store
-from tests.plugins.smtp import SmtpServer, free_port, run_smtp_server
+from tests.plugins.smtp import SmtpRecorder, SmtpServer, free_port, run_smtp_server
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 SUMMARY = re.compile(
@@ -1089,3 +1093,82 @@ def test_a_damaged_message_key_stops_the_send_with_one_line(project: Path) -> No
     assert err.startswith("Error: "), err
     assert err.count("\n") == 1, err  # one line, the key's repr escapes its CR LF
     assert "is damaged: its message key 'ab>\\r\\nBcc: evil@example.net' is not" in err
+
+
+class _FullOnTheSecond(SmtpRecorder):
+    """Refuses FULL for good with a counted bounce (552 5.2.2), its first refusal given just
+    after the wall clock's second turns: the run's next refusal of it (the catch-up's) falls
+    in the same second of the ledger's times, as on a quick machine."""
+
+    FULL = "full@example.org"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refuse(self.FULL, "552 5.2.2 Mailbox full")
+        self.aligned = False
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address.lower() == self.FULL and not self.aligned:
+            self.aligned = True
+            now = time.time()
+            await asyncio.sleep(math.ceil(now) - now + 0.005)
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+
+def _bounce_rows(project: Path, email: str) -> tuple[list[tuple[str, str, str]], str | None]:
+    """The subscriber's ledger rows (day, status, updated_at) and when they bounced."""
+    with open_store(project / "syndicate.db") as db:
+        rows = db.conn.execute(
+            "SELECT d.digest_day, d.status, d.updated_at FROM deliveries AS d"
+            " JOIN subscribers AS s ON s.id = d.subscriber_id WHERE s.email = ?"
+            " ORDER BY d.digest_day",
+            (email,),
+        ).fetchall()
+        (bounced_at,) = db.conn.execute(
+            "SELECT bounced_at FROM subscribers WHERE email = ?", (email,)
+        ).fetchone()
+    return [(str(d), str(s), str(u)) for d, s, u in rows], bounced_at
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "workers"])
+def test_a_subscriber_bounced_by_two_digests_in_one_second_counts_once(
+    clock: Clock, workdir: Path, workers: int
+) -> None:
+    # Refused for good by today's digest and by the catch-up's, bounced by the second (its
+    # bounce_limit 2), both refusals in the same second: `send --workers` counted the
+    # bounce in both digests' summaries (the ledger's row time matched the bounce's twice).
+    handler = _FullOnTheSecond()
+    with run_smtp_server(handler) as server:
+        (workdir / "syndicate.toml").write_text(
+            '[site]\nbase_url = "https://news.example.org/"\n'
+            '[mail]\ntransport = "smtp"\nfrom = "Tin mới <news@example.org>"\n'
+            'postal_address = "12 Trần Hưng Đạo, TP. Bến Lam"\nbounce_limit = 2\n'
+            f'[smtp]\nhost = "127.0.0.1"\nport = {server.port}\ntls = "none"\n',
+            encoding="utf-8",
+        )
+        _subscribe("a@example.org", handler.FULL)
+        assert _run("send", "--limit", "1")[0] == 0  # the day-1 digest is owed to FULL
+        assert handler.recipients() == ["a@example.org"]
+        clock.next_day()
+        (workdir / "seeds" / "day2.txt").write_text(DUMP_DAY2, encoding="utf-8")
+        code, out, err = _run("send", "--json", "--workers", str(workers))
+    assert code == 1, err  # FULL failed
+    rows, bounced_at = _bounce_rows(workdir, handler.FULL)
+    assert [(day, status) for day, status, _at in rows] == [
+        ("2024-10-31", "failed"),
+        ("2024-11-01", "failed"),
+    ]
+    assert [at for _day, _status, at in rows] == [bounced_at] * 2, "not in one second"
+    summary = json.loads(out)
+    counts = ("digest", "sent", "failed", "bounced")
+    assert {k: summary[k] for k in counts} == {
+        "digest": "2024-11-01",
+        "sent": 1,
+        "failed": 1,
+        "bounced": 0,
+    }
+    assert [{k: e[k] for k in counts} for e in summary["earlier"]] == [
+        {"digest": "2024-10-31", "sent": 0, "failed": 1, "bounced": 1}
+    ]

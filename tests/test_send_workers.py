@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ from syndicate.send import open_send_lock
 from syndicate.store.subscribers import add_subscriber
 from tests.plugins.postgres import ENV_STORE_URL, open_store
 from tests.plugins.sendproject import write_send_project
-from tests.plugins.smtp import SmtpServer, TimedRecorder, run_smtp_server
+from tests.plugins.smtp import SmtpRecorder, SmtpServer, TimedRecorder, run_smtp_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("store")]
 
@@ -611,3 +612,130 @@ def test_workers_summary_of_refusals_is_the_ledgers(tmp_path: Path) -> None:
     summary = json.loads(out)
     assert (summary["sent"], summary["failed"], summary["bounced"]) == (36, 4, 4), out
     assert set(server.handler.recipients()) == set(emails) - set(refused)
+
+
+def _rows_by_status(folder: Path) -> tuple[set[str], set[str]]:
+    """The addresses whose row is `sent`, and those whose row is still `sending` under an
+    owner (left in doubt, or held by a worker killed since)."""
+    with open_store(folder / "syndicate.db") as db:
+        rows = db.conn.execute(
+            "SELECT s.email, d.status FROM deliveries AS d"
+            " JOIN subscribers AS s ON s.id = d.subscriber_id"
+            " WHERE d.status = 'sent' OR (d.status = 'sending' AND d.lease_owner IS NOT NULL)"
+        ).fetchall()
+    sent = {str(email) for email, status in rows if status == "sent"}
+    return sent, {str(email) for email, status in rows if status == "sending"}
+
+
+class _BodyLog(SmtpRecorder):
+    """Also lists the recipients of every message body that arrived, answered or not (a
+    body whose sender is killed before the reply may have been delivered: a real server
+    queues it at the final dot)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[str] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.bodies.extend(envelope.rcpt_tos)
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.mark.slow(seconds=10)
+def test_the_interrupt_line_counts_in_flight_what_a_killed_worker_left_in_doubt(
+    tmp_path: Path,
+) -> None:
+    # A worker killed with bodies at the server and no reply yet, then the run stopped by
+    # SIGTERM: the line said "0 in flight" (the workers' reports: the killed one never
+    # reported), while the ledger holds its rows in doubt and the next run sends them again.
+    handler = _BodyLog()
+    with run_smtp_server(handler) as server:
+        handler.delay = 0.02
+        # A lease that outlives the test's steps: no takeover meanwhile.
+        write_send_project(tmp_path, port=server.port, connections=CONNECTIONS, lease=5)
+        emails = _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path)
+        workers = _wait_for_workers(process)
+        _wait_until_both_send(tmp_path)
+        with handler.lock:  # from now on no DATA is answered: every connection holds a body
+            handler.hold_after = len(handler.messages)
+            held = handler.lock.wait_for(
+                lambda: handler.data_attempts - len(handler.messages) >= 2 * CONNECTIONS, 30
+            )
+        assert held
+        os.kill(workers[0], signal.SIGKILL)
+        process.send_signal(signal.SIGTERM)
+        handler.release.set()  # the other worker's messages in flight finish, and are recorded
+        _out, err = process.communicate(timeout=60)
+        assert process.returncode == 143, err
+        sent, held = _rows_by_status(tmp_path)
+        # The killed worker's bodies: at the server, not recorded as sent; each a row it
+        # still holds (with the rest of what it held: the ledger cannot tell them apart).
+        unrecorded = set(handler.bodies) - sent
+        assert len(unrecorded) >= 1, err
+        assert unrecorded <= held
+        assert err.splitlines()[-1] == (
+            f"interrupted: {len(sent):,} sent, 0 in flight, {len(held)} held by a dead "
+            "worker, its messages in flight among them; run `syndicate send` again to finish."
+        ), err
+        assert _lock_is_free(tmp_path)
+        final = _start(tmp_path)
+        out, err = final.communicate(timeout=60)
+        assert final.returncode == 0, err
+    sent_now, failed, skipped = (int(n) for n in SUMMARY.findall(out)[0])
+    assert (failed, sent_now + skipped) == (0, len(emails))
+    got = Counter(handler.recipients())
+    assert set(got) == set(emails)  # nobody lost
+    assert sum(n - 1 for n in got.values()) <= CONNECTIONS  # the killed worker's, at most
+
+
+def _held(folder: Path) -> int:
+    """Rows still `sending` under an owner: held, or left in doubt."""
+    with open_store(folder / "syndicate.db") as db:
+        (n,) = db.conn.execute(
+            "SELECT count(*) FROM deliveries WHERE status = 'sending' AND lease_owner IS NOT NULL"
+        ).fetchone()
+    return int(n)
+
+
+@pytest.mark.slow(seconds=8)
+@pytest.mark.parametrize("who", ["one-worker", "parent-and-workers"])
+def test_sigterm_to_a_worker_stops_the_whole_run_gracefully_with_exit_143(
+    tmp_path: Path, who: str
+) -> None:
+    # SIGTERM to one worker's pid (an operator's `kill`), or to every process of the run at
+    # once (systemd's KillMode=control-group). The worker stopped gracefully and said so in
+    # its report, which the parent ignored: the others went on and the run exited 0.
+    with run_smtp_server() as server:
+        server.handler.delay = 0.05
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path)
+        workers = _wait_for_workers(process)
+        _wait_until_both_send(tmp_path)
+        for pid in workers[:1] if who == "one-worker" else [process.pid, *workers]:
+            os.kill(pid, signal.SIGTERM)
+        _out, err = process.communicate(timeout=60)
+        assert process.returncode == 143, err
+        if who == "one-worker":
+            assert re.search(
+                rf"^warning: send worker [12] \(pid {workers[0]}\) was stopped by SIGTERM: "
+                r"stopping the run: no new messages; waiting for the other workers' messages "
+                r"in flight\.$",
+                err,
+                re.MULTILINE,
+            ), err
+        sent = _day_sent(tmp_path)
+        assert err.splitlines()[-1] == (
+            f"interrupted: {sent:,} sent, 0 in flight; run `syndicate send` again to finish."
+        ), err
+        assert _held(tmp_path) == 0  # every worker gave back what it held
+        got = Counter(server.handler.recipients())
+        assert (len(got), max(got.values())) == (sent, 1)
+        assert _lock_is_free(tmp_path)
+        final = _start(tmp_path)
+        out, err = final.communicate(timeout=60)
+        assert final.returncode == 0, err
+    assert SUMMARY.findall(out) == [(str(len(emails) - sent), "0", str(sent))]
+    assert Counter(server.handler.recipients()) == Counter(emails)  # each exactly once

@@ -396,19 +396,16 @@ def _daily_workers(
         limit=limit,
         lock_fd=lock_fd,
     )
-    summaries = _counted(db, days=days, outcome=outcome)
+    counts = ledger.run_counts(db, days=[job.day for job in days], run=outcome.run)
+    summaries = _counted(days=days, counts=counts, outcome=outcome)
     # Workers killed, crashed or stopped: the run's exit follows the ledger, as the others
     # may have sent everyone meanwhile.
     left = _left_owed(db, days=days, outcome=outcome, summaries=summaries, limit=limit)
     _lost_workers(outcome, left=left)
     if outcome.signal is not None:
         sent = sum(s.sent for s in summaries)
-        in_flight = sum(s.in_flight for s in summaries)
         error = TerminatedError if outcome.signal == signal.SIGTERM else InterruptError
-        raise error(
-            f"interrupted: {sent:,} sent, {in_flight:,} in flight; "
-            "run `syndicate send` again to finish."
-        )
+        raise error(f"interrupted: {sent:,} sent, {_in_flight(counts, outcome)}; {_AGAIN}")
     if outcome.error is not None:
         raise outcome.error
     if outcome.stopped_by:
@@ -425,25 +422,43 @@ def _daily_workers(
     )
 
 
-def _counted(db: Database, *, days: list[DayJob], outcome: WorkersOutcome) -> list[SendSummary]:
-    """The run's summary of each digest the workers got to, its counts the ledger's: what
-    every worker of the run sent, failed and bounced, a killed one's too (the workers'
-    reports leave out those of a worker killed before it reported). The time is the
-    reports' (the whole run's for a digest no worker reported), messages in flight theirs."""
+_AGAIN = "run `syndicate send` again to finish."
+
+
+def _in_flight(counts: list[ledger.RunCounts], outcome: WorkersOutcome) -> str:
+    """The interrupt line's messages in flight, the ledger's as the other counts: left in
+    doubt, as one process counts them; then the rows a worker that died still held (the
+    workers' reports leave them out), which the ledger cannot tell its messages in flight
+    from (at most `smtp.connections` each), said apart."""
+    in_flight = f"{sum(c.in_doubt for c in counts):,} in flight"
+    held = sum(c.held for c in counts)
+    if not held:
+        return in_flight
+    dead = "a dead worker, its" if len(outcome.lost) == 1 else "dead workers, their"
+    return f"{in_flight}, {held:,} held by {dead} messages in flight among them"
+
+
+def _counted(
+    *, days: list[DayJob], counts: list[ledger.RunCounts], outcome: WorkersOutcome
+) -> list[SendSummary]:
+    """The run's summary of each digest the workers got to, its counts the ledger's
+    (`counts`, one a digest of `days`): what every worker of the run sent, failed and
+    bounced, a killed one's too (the workers' reports leave out those of a worker killed
+    before it reported). The time is the reports' (the whole run's for a digest no worker
+    reported), messages in flight theirs (what --limit's share counts as used)."""
     summaries: list[SendSummary] = []
-    for index, job in enumerate(days):
-        counts = ledger.run_counts(db, day=job.day, run=outcome.run)
+    for index, (job, count) in enumerate(zip(days, counts, strict=True)):
         reported = outcome.summaries[index] if index < len(outcome.summaries) else None
-        if index and reported is None and not counts.sent and not counts.failed:
+        if index and reported is None and not count.sent and not count.failed:
             break  # no worker got to it (--limit, a stop); the first is said even so
         summaries.append(
             SendSummary(
                 digest=job.day.isoformat(),
-                sent=counts.sent,
-                failed=counts.failed,
+                sent=count.sent,
+                failed=count.failed,
                 skipped=job.skipped,
                 seconds=reported.seconds if reported is not None else outcome.seconds,
-                bounced=counts.bounced,
+                bounced=count.bounced,
                 in_flight=reported.in_flight if reported is not None else 0,
             )
         )

@@ -2,7 +2,8 @@
 
 The parent (holding the send lock) has made every digest's messages once; it
 starts N worker processes, hands each its job (pickled, on stdin) and the
-lock's descriptor, forwards SIGINT and SIGTERM to them, and gathers what they
+lock's descriptor, forwards SIGINT and SIGTERM to them (and stops them all
+when one was stopped by a signal sent to it alone), and gathers what they
 report (pickled, on stdout); the run's counts are the ledger's (`send.daily`), so
 what a worker killed before it reported had sent is counted too. Each worker is a
 `DigestSender` with a lease owner of its own, its own SMTP connections
@@ -157,12 +158,13 @@ def run_workers(
     """Send `days` through `workers` processes; return what they reported.
 
     Returns once every worker has ended. The signal that stopped the run (SIGINT,
-    SIGTERM) is in `signal`; the first error other than a send error a worker
-    reported (a store error) in `error`; the send errors (DeliveryError,
-    TempFailError: the server would not take this worker's mail) in
-    `stopped_by`. A worker that died (SIGKILL, a crash) is listed in `lost`:
-    the others take over what it held (at once what a crashed worker gave back,
-    else once its lease runs out). `send.daily` says what all that means.
+    SIGTERM: this process's, or one a worker alone got) is in `signal`; the
+    first error other than a send error a worker reported (a store error) in
+    `error`; the send errors (DeliveryError, TempFailError: the server would
+    not take this worker's mail) in `stopped_by`. A worker that died (SIGKILL,
+    a crash) is listed in `lost`: the others take over what it held (at once
+    what a crashed worker gave back, else once its lease runs out).
+    `send.daily` says what all that means.
     """
     return run_event_loop(
         lambda: _run(
@@ -192,11 +194,12 @@ async def _run(
     shares = _shares(limit, workers)
     procs: list[asyncio.subprocess.Process] = []
     jobs: list[bytes] = []
-    stopped: list[int] = []
+    stopped: list[int] = []  # the signal that stops the run: this process's, or a worker's
+    received: list[int] = []  # the signals this process got
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
-        if stopped and stopped[0] == signal.SIGINT and signum == signal.SIGINT:
+        if received and received[0] == signal.SIGINT and signum == signal.SIGINT:
             log.error(
                 "interrupted again: quitting at once; messages in flight are not recorded "
                 "(the next run sends them again)."
@@ -210,9 +213,33 @@ async def _run(
             len(procs),
             " (Ctrl-C again to quit at once)" if signum == signal.SIGINT else "",
         )
+        received.append(signum)
         if not stopped:
             stopped.append(signum)
         _signal_all(procs, signum)
+
+    def on_worker_signal(number: int, pid: int, signum: int) -> None:
+        # A worker stopped by a signal sent to it alone (`kill PID`): the run stops as if this
+        # process had got it. A signal sent to every process of the run at once (systemd's
+        # KillMode=control-group) reached this one too, and stopped the run already.
+        if stopped:
+            return
+        log.warning(
+            "send worker %d (pid %d) was stopped by %s: stopping the run: no new messages; "
+            "waiting for the other workers' messages in flight.",
+            number,
+            pid,
+            signal.Signals(signum).name,
+        )
+        stopped.append(signum)
+        _signal_all(procs, signum)
+
+    async def talk(number: int, proc: asyncio.subprocess.Process, job: bytes) -> bytes:
+        out, _err = await proc.communicate(job)
+        result = _read_result(out)
+        if result is not None and result.signal is not None:
+            on_worker_signal(number, proc.pid, result.signal)
+        return out
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
@@ -244,7 +271,10 @@ async def _run(
             jobs.append(pickle.dumps(job))
             if stopped:  # a signal came while the workers were starting
                 _signal_all(procs, stopped[0])
-        talks = [proc.communicate(job) for proc, job in zip(procs, jobs, strict=True)]
+        talks = [
+            talk(number, proc, job)
+            for number, (proc, job) in enumerate(zip(procs, jobs, strict=True), start=1)
+        ]
         outputs = await asyncio.gather(*talks)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -253,7 +283,7 @@ async def _run(
     results: list[WorkerResult] = []
     numbers: list[int] = []
     lost: list[LostWorker] = []
-    for number, (proc, (out, _err)) in enumerate(zip(procs, outputs, strict=True), start=1):
+    for number, (proc, out) in enumerate(zip(procs, outputs, strict=True), start=1):
         result = _read_result(out)
         if result is None:
             lost.append(_lost(number, proc.pid, proc.returncode or 0))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -167,17 +168,32 @@ _UNMARK_FAILED = """
 # What the workers of one run (lease owners '<run>/<n>', :run_like = '<run>/%') did to the
 # digest of :day, killed ones included: a row keeps its owner once sent (claimed by no one
 # again) or failed (claimed by no worker of the same run again), so the rows a run sent or
-# failed are still its own afterwards. A refusal that bounced its subscriber wrote one time
-# to both (`DigestSender._settle`: mark_refused, then record_bounce): the row's updated_at
-# is the subscriber's bounced_at.
+# failed are still its own afterwards. A row still `sending` under one of them once they
+# have all ended is left in doubt, with no expiry (`_MARK_IN_DOUBT`: its body went and no
+# reply came), or held under a lease by a worker that died (killed: whether it had begun
+# that message nobody knows, and the next run counts a try for it, `_CHARGE_TAKEN_OVER`).
+# The rows a worker gave back have no owner (`_RELEASE`).
 _RUN_COUNTS = """
-    SELECT coalesce(sum(CASE WHEN d.status = 'sent' THEN 1 ELSE 0 END), 0),
-           coalesce(sum(CASE WHEN d.status = 'failed' THEN 1 ELSE 0 END), 0),
-           coalesce(sum(CASE WHEN d.status = 'failed' AND s.status = 'bounced'
-                                  AND s.bounced_at = d.updated_at THEN 1 ELSE 0 END), 0)
+    SELECT coalesce(sum(CASE WHEN status = 'sent' THEN 1 ELSE 0 END), 0),
+           coalesce(sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0),
+           coalesce(sum(CASE WHEN status = 'sending' AND lease_until IS NULL
+                             THEN 1 ELSE 0 END), 0),
+           coalesce(sum(CASE WHEN status = 'sending' AND lease_until IS NOT NULL
+                             THEN 1 ELSE 0 END), 0)
+    FROM deliveries
+    WHERE digest_day = :day AND lease_owner LIKE :run_like
+"""
+# The subscribers the run's refusals of the digest of :day made bounced: a refusal that
+# bounced its subscriber wrote one time to both (`DigestSender._settle`: mark_refused, then
+# record_bounce), so the row's updated_at is the subscriber's bounced_at. Times are to the
+# second: two refusals of one subscriber in one second (two digests of a catch-up) both
+# match, and `run_counts` keeps the last.
+_RUN_BOUNCED = """
+    SELECT d.subscriber_id
     FROM deliveries AS d
-    LEFT JOIN subscribers AS s ON s.id = d.subscriber_id
-    WHERE d.digest_day = :day AND d.lease_owner LIKE :run_like
+    JOIN subscribers AS s ON s.id = d.subscriber_id
+    WHERE d.digest_day = :day AND d.lease_owner LIKE :run_like AND d.status = 'failed'
+      AND s.status = 'bounced' AND s.bounced_at = d.updated_at
 """
 # Counts per status for one day (stats, tests).
 _DAY_COUNTS = "SELECT status, count(*) FROM deliveries WHERE digest_day = ? GROUP BY status"
@@ -584,18 +600,38 @@ class RunCounts:
 
     sent: int
     failed: int
-    bounced: int  # of `failed`: refusals that made their subscriber bounced
+    bounced: int  # of `failed`: refusals that made their subscriber bounced, each one once
+    # Once the run's workers have ended: `sending` with no expiry, its body sent and no reply
+    # (as one process counts it in flight); and `sending` under the lease of a worker that
+    # died (killed), its messages in flight among them.
+    in_doubt: int
+    held: int
 
 
-def run_counts(db: Database, *, day: date, run: str) -> RunCounts:
-    """Return what the workers of `run` (lease owners '<run>/<n>') sent and failed of the
-    digest of `day`, each worker's rows counted, a killed one's too."""
-    params = {"day": day.isoformat(), "run_like": run + "/%"}
+def run_counts(db: Database, *, days: Sequence[date], run: str) -> list[RunCounts]:
+    """Return what the workers of `run` (lease owners '<run>/<n>') did to the digest of each
+    of `days` (in the order the run sends them), each worker's rows counted, a killed one's
+    too.
+
+    A subscriber the run bounced counts once, in the last of `days` whose refusal matches
+    their bounce: the refusal that bounced them, as one process counts it (two refusals in
+    one second both match, and the last one sent is the one that did)."""
+    counts: list[tuple[int, ...]] = []
+    bounced_in: dict[int, int] = {}  # subscriber -> index of the digest that bounced them
     try:
-        row = db.conn.execute(_RUN_COUNTS, params).fetchone()
+        for index, day in enumerate(days):
+            params = {"day": day.isoformat(), "run_like": run + "/%"}
+            row = db.conn.execute(_RUN_COUNTS, params).fetchone()
+            counts.append(tuple(int(n) for n in row))
+            for (subscriber_id,) in db.conn.execute(_RUN_BOUNCED, params).fetchall():
+                bounced_in[int(subscriber_id)] = index
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
-    return RunCounts(sent=int(row[0]), failed=int(row[1]), bounced=int(row[2]))
+    bounced = Counter(bounced_in.values())
+    return [
+        RunCounts(sent=sent, failed=failed, bounced=bounced[index], in_doubt=doubt, held=held)
+        for index, (sent, failed, doubt, held) in enumerate(counts)
+    ]
 
 
 def get_delivery(
