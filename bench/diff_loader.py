@@ -575,10 +575,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         comparer = Comparer(old, new)
         try:
-            for name, data, difference in comparer.compare(corpus(ROOT)):
+            files = corpus(ROOT)
+            for name, data, _ in comparer.compare(files):
                 differences += 1
-                _report(name, data, difference)
-            print(f"corpus: {comparer.compared} dumps compared, {differences} differences")
+                _report(f"{name} (reduced)", *comparer.reduce(name, data))
+            print(f"corpus: {len(files)} dumps compared, {differences} differences", flush=True)
             for name, data, _ in _generated_runs(
                 comparer, examples=args.examples, seed=args.seed, per_run=args.per_run
             ):
