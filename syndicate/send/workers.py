@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import faulthandler
 import gc
@@ -56,14 +57,19 @@ _PIPES_PER_WORKER = 3
 # pickles back names this module's classes. SIGINT and SIGTERM are caught from the first
 # line, so a signal the parent forwards while the worker is still starting up is kept (and
 # acted on once the send loop's handlers are in place), not a KeyboardInterrupt mid-import.
+# Before that line they are blocked (the parent starts the worker with them blocked), and
+# one that came meanwhile is kept too: Python's start-up before it, tens of milliseconds,
+# was killed by either (a Ctrl-C as the workers started, a `kill PID`), with no report.
 _ENTRY = (
     "import signal\n"
     "pending = []\n"
     "for signum in (signal.SIGINT, signal.SIGTERM):\n"
     "    signal.signal(signum, lambda number, frame: pending.append(number))\n"
+    "signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))\n"
     "from syndicate.send.workers import main\n"
     "main(pending)\n"
 )
+_STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +222,9 @@ async def _run(
         received.append(signum)
         if not stopped:
             stopped.append(signum)
-        _signal_all(procs, signum)
+            _signal_all(procs, signum)
+        # Else the workers were told to stop already (a signal to one of them alone): once
+        # more, a SIGINT would make each quit at once, not this process's second Ctrl-C.
 
     def on_worker_signal(number: int, pid: int, signum: int) -> None:
         # A worker stopped by a signal sent to it alone (`kill PID`): the run stops as if this
@@ -256,8 +264,11 @@ async def _run(
                 limit=shares[number - 1],
                 log_level=level,
             )
-            procs.append(
-                await asyncio.create_subprocess_exec(
+            # The worker starts with SIGINT and SIGTERM blocked, until it catches them (_ENTRY);
+            # one that comes here meanwhile is acted on once it is in `procs`.
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+            try:
+                proc = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-c",
                     _ENTRY,
@@ -267,10 +278,12 @@ async def _run(
                     pass_fds=(lock_fd,) if lock_fd >= 0 else (),
                     process_group=0,  # the terminal's Ctrl-C goes to the parent only
                 )
-            )
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+            procs.append(proc)
             jobs.append(pickle.dumps(job))
-            if stopped:  # a signal came while the workers were starting
-                _signal_all(procs, stopped[0])
+            if stopped:  # a signal came while it was starting: the others have it already
+                _signal_all([proc], stopped[0])
         talks = [
             talk(number, proc, job)
             for number, (proc, job) in enumerate(zip(procs, jobs, strict=True), start=1)
@@ -423,6 +436,13 @@ def main(pending: list[int] | None = None) -> None:
     gc.collect()
     gc.freeze()
     result = run_event_loop(lambda: _work(job, pending if pending is not None else []))
+    # A stop that came as the loop closed (blocked since `_work` ended): kept, and reported.
+    late: list[int] = []
+    for signum in _STOPS:
+        signal.signal(signum, lambda number, _frame: late.append(number))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+    if late and result.signal is None:
+        result = dataclasses.replace(result, signal=late[0])
     try:
         sys.stdout.buffer.write(pickle.dumps(result))
         sys.stdout.buffer.flush()
@@ -476,6 +496,7 @@ async def _work(job: WorkerJob, pending: list[int]) -> WorkerResult:
             reply_timeout=settings.store.reply_timeout,
         )
     except SyndicateError as exc:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)  # as below
         return WorkerResult((), error=_portable(exc))
     try:
         for day in job.days:
@@ -513,6 +534,9 @@ async def _work(job: WorkerJob, pending: list[int]) -> WorkerResult:
         crash = _crashed(job.worker, exc)
     finally:
         db.close()
+        # Past here the loop's handlers go (the default ones back: a signal would kill this
+        # process before it reports); `main` catches what comes meanwhile.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
     return WorkerResult(
         tuple(summaries), tuple(spans), signal=stop.signal, error=error, crash=crash
     )
