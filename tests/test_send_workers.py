@@ -953,3 +953,73 @@ def test_a_ctrl_c_after_a_worker_alone_got_a_sigint_does_not_quit_the_others_at_
         _out, err = final.communicate(timeout=60)
         assert final.returncode == 0, err
     assert Counter(gate.recipients()) == Counter(emails)  # each exactly once
+
+
+@pytest.mark.slow(seconds=6)
+def test_a_sigint_to_the_parent_and_every_worker_at_once_stops_them_gracefully(
+    tmp_path: Path,
+) -> None:
+    # systemd with KillSignal=SIGINT (KillMode=control-group), or `pkill -INT`: each worker
+    # got the SIGINT itself and again from the parent, took that for a second Ctrl-C and quit
+    # at once, its messages in flight unrecorded ('exited 130 before it finished', '60 held
+    # by dead workers'), to be sent again by the next run.
+    with run_smtp_server() as server:
+        server.handler.delay = 0.05
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path)
+        workers = _wait_for_workers(process)
+        _wait_until_both_send(tmp_path)
+        for pid in [process.pid, *workers]:
+            os.kill(pid, signal.SIGINT)
+        _out, err = process.communicate(timeout=60)
+        assert process.returncode == 130, err
+        assert "before it finished" not in err, err
+        sent = _day_sent(tmp_path)
+        assert err.splitlines()[-1] == (
+            f"interrupted: {sent:,} sent, 0 in flight; run `syndicate send` again to finish."
+        ), err
+        assert _held(tmp_path) == 0
+        final = _start(tmp_path)
+        _out, err = final.communicate(timeout=60)
+        assert final.returncode == 0, err
+    assert Counter(server.handler.recipients()) == Counter(emails)  # each exactly once
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (not ended, nor a zombie waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow(seconds=6)
+def test_a_second_ctrl_c_to_the_parent_quits_the_workers_at_once(tmp_path: Path) -> None:
+    # The workers' messages in flight get no reply: the first Ctrl-C waits for them, the
+    # second quits at once, the workers too (the send lock free), leaving them to the next run.
+    with run_smtp_server() as server:
+        server.handler.delay = 0.02
+        _project(tmp_path, server)
+        _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path)
+        workers = _wait_for_workers(process)
+        _wait_until_both_send(tmp_path)
+        server.handler.hold_after = 0
+        assert server.handler.wait_for_data(len(server.handler.messages) + 2 * CONNECTIONS)
+        assert process.stderr is not None
+        process.send_signal(signal.SIGINT)
+        for line in process.stderr:  # the first Ctrl-C is taken
+            if line.startswith("warning: stopping (SIGINT)"):
+                break
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=30)
+        assert process.returncode == 130, err
+        assert "interrupted again: quitting at once" in err, err
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, "the workers go on"
+            time.sleep(0.01)
+        assert _lock_is_free(tmp_path)
+        server.handler.release.set()

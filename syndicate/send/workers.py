@@ -210,7 +210,7 @@ async def _run(
                 "interrupted again: quitting at once; messages in flight are not recorded "
                 "(the next run sends them again)."
             )
-            _signal_all(procs, signum)  # each worker quits at once too
+            _signal_all(procs, signal.SIGKILL)  # each worker quits at once too
             logging.shutdown()
             os._exit(128 + signum)
         log.warning(
@@ -469,10 +469,10 @@ async def _work(job: WorkerJob, pending: list[int]) -> WorkerResult:
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
-        # The parent forwards each signal once and says what happens; a second SIGINT quits.
-        if stop.signal == signal.SIGINT and signum == signal.SIGINT:
-            logging.shutdown()
-            os._exit(128 + signum)
+        # The parent forwards the signal that stops the run and says what happens; a second
+        # Ctrl-C to it kills the workers. One SIGINT more here is no second Ctrl-C: the same
+        # stop sent to every process at once (systemd's KillSignal=SIGINT, `pkill -INT`) came
+        # from the parent too, and quit every worker with its messages in flight unrecorded.
         stop.by_signal(signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
