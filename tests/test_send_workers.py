@@ -1023,3 +1023,37 @@ def test_a_second_ctrl_c_to_the_parent_quits_the_workers_at_once(tmp_path: Path)
             time.sleep(0.01)
         assert _lock_is_free(tmp_path)
         server.handler.release.set()
+
+
+@pytest.mark.slow(seconds=8)
+def test_a_stop_on_a_store_the_workers_cannot_write_says_the_stores_error(
+    tmp_path: Path,
+) -> None:
+    # The store locked by another writer past store.busy_timeout as the run was stopped: no
+    # worker could record its last messages or give back what it held. The line said
+    # 'interrupted: 4 sent, 0 in flight, 60 held by dead workers, ...' though none had died,
+    # and not a word of the busy store; one process says the store's error (exit 75).
+    with run_smtp_server() as server:
+        server.handler.delay = 0.05
+        _project(tmp_path, server)
+        with (tmp_path / "syndicate.toml").open("a", encoding="utf-8") as config:
+            config.write("[store]\nbusy_timeout = 1\n")
+        _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path)
+        _wait_for_workers(process)
+        _wait_until_both_send(tmp_path)
+        with open_store(tmp_path / "syndicate.db") as db:  # another writer, holding the lock
+            if db.dialect == "sqlite":
+                db.conn.execute("BEGIN IMMEDIATE")
+            else:
+                db.conn.execute("BEGIN")
+                db.conn.execute("LOCK TABLE deliveries IN EXCLUSIVE MODE")
+            try:
+                process.send_signal(signal.SIGTERM)
+                _out, err = process.communicate(timeout=60)
+            finally:
+                db.conn.execute("ROLLBACK")
+        assert process.returncode == 75, err
+        assert "dead worker" not in err, err
+        assert "busy" in err.splitlines()[-1], err
+        assert _lock_is_free(tmp_path)
