@@ -266,7 +266,7 @@ async def _run(
             )
             # The worker starts with SIGINT and SIGTERM blocked, until it catches them (_ENTRY);
             # one that comes here meanwhile is acted on once it is in `procs`.
-            signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
             try:
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable,
@@ -279,7 +279,7 @@ async def _run(
                     process_group=0,  # the terminal's Ctrl-C goes to the parent only
                 )
             finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             procs.append(proc)
             jobs.append(pickle.dumps(job))
             if stopped:  # a signal came while it was starting: the others have it already
