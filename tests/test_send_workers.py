@@ -1057,3 +1057,51 @@ def test_a_stop_on_a_store_the_workers_cannot_write_says_the_stores_error(
         assert "dead worker" not in err, err
         assert "busy" in err.splitlines()[-1], err
         assert _lock_is_free(tmp_path)
+
+
+# Test only, on PYTHONPATH as sitecustomize: the first worker process to end its send loop
+# gets a SIGTERM as soon as the loop has closed (its handlers gone), before it reports.
+_SIGTERM_AS_IT_ENDS = """
+import os
+import signal
+import sys
+
+if sys.argv[:1] == ["-c"]:
+    import syndicate.send.workers as workers
+
+    real = workers.run_event_loop
+
+    def then_sigterm(make):
+        result = real(make)
+        try:  # one worker of the run only: the first here (the project folder)
+            os.close(os.open("killed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            pass
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    workers.run_event_loop = then_sigterm
+"""
+
+
+@pytest.mark.slow(seconds=5)
+def test_a_sigterm_to_a_worker_as_its_loop_closes_is_reported_not_fatal(tmp_path: Path) -> None:
+    # Between its loop's end (the default handlers back) and its report, a SIGTERM killed the
+    # worker: no report, 'was killed by SIGTERM before it finished', and the stop was lost.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_SIGTERM_AS_IT_ENDS, encoding="utf-8")
+    with run_smtp_server() as server:
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 20)
+        process = _start(tmp_path, pythonpath=hook)
+        _out, err = process.communicate(timeout=60)
+    assert (tmp_path / "killed").exists(), err
+    assert process.returncode == 143, err
+    assert "before it finished" not in err, err
+    assert re.search(r"^warning: send worker [12] \(pid \d+\) was stopped by SIGTERM", err, re.M)
+    assert err.splitlines()[-1] == (
+        f"interrupted: {len(emails)} sent, 0 in flight; run `syndicate send` again to finish."
+    ), err
+    assert Counter(server.handler.recipients()) == Counter(emails)  # each exactly once

@@ -244,9 +244,9 @@ async def _run(
 
     async def talk(number: int, proc: asyncio.subprocess.Process, job: bytes) -> bytes:
         out, _err = await proc.communicate(job)
-        result = _read_result(out)
-        if result is not None and result.signal is not None:
-            on_worker_signal(number, proc.pid, result.signal)
+        signum = _stop_signal(_read_result(out), proc.returncode)
+        if signum is not None:
+            on_worker_signal(number, proc.pid, signum)
         return out
 
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -299,7 +299,8 @@ async def _run(
     for number, (proc, out) in enumerate(zip(procs, outputs, strict=True), start=1):
         result = _read_result(out)
         if result is None:
-            lost.append(_lost(number, proc.pid, proc.returncode or 0))
+            if _stop_signal(None, proc.returncode) is None:  # else stopped, holding nothing
+                lost.append(_lost(number, proc.pid, proc.returncode or 0))
             continue
         if result.crash is not None:  # what it did before is in its summaries
             lost.append(LostWorker(number, proc.pid, f"crashed ({result.crash})", crash=True))
@@ -321,6 +322,17 @@ async def _run(
         error=error,
         seconds=seconds,
     )
+
+
+def _stop_signal(result: WorkerResult | None, code: int | None) -> int | None:
+    """The signal (SIGINT, SIGTERM) that stopped a worker: in its report; else in its exit
+    status, killed by it outside its send loop (a thread of its ending took it as the loop's
+    handlers went), where it holds no recipient."""
+    if result is not None and result.signal is not None:
+        return result.signal
+    if code is not None and -code in _STOPS:
+        return -code
+    return None
 
 
 def _lost(number: int, pid: int, code: int) -> LostWorker:
