@@ -7,6 +7,7 @@ counts, never fixed sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -738,4 +740,368 @@ def test_sigterm_to_a_worker_stops_the_whole_run_gracefully_with_exit_143(
         out, err = final.communicate(timeout=60)
         assert final.returncode == 0, err
     assert SUMMARY.findall(out) == [(str(len(emails) - sent), "0", str(sent))]
+    assert Counter(server.handler.recipients()) == Counter(emails)  # each exactly once
+
+
+# Test only, on PYTHONPATH as sitecustomize: the parent (`python -m syndicate`) sends itself
+# a SIGINT (a Ctrl-C) while it starts its second worker, once the first one catches SIGINT
+# (its handlers in place: /proc's SigCgt).
+_CTRL_C_WHILE_STARTING = """
+import sys
+
+if sys.argv[:1] == ["-m"]:
+    import asyncio
+    import os
+    import signal
+
+    real = asyncio.create_subprocess_exec
+    started = []
+
+    def catches_sigint(pid):
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    return int(line.split()[1], 16) & (1 << (signal.SIGINT - 1))
+        return 0
+
+    async def ctrl_c_at_the_second(*args, **kwargs):
+        if len(started) == 1:
+            while not catches_sigint(started[0].pid):
+                await asyncio.sleep(0.001)
+            os.kill(os.getpid(), signal.SIGINT)
+        started.append(await real(*args, **kwargs))
+        return started[-1]
+
+    asyncio.create_subprocess_exec = ctrl_c_at_the_second
+"""
+
+
+@pytest.mark.slow(seconds=5)
+def test_a_ctrl_c_while_the_workers_start_stops_each_once_gracefully(tmp_path: Path) -> None:
+    # The parent passed the signal on to every worker started so far, then again to all of
+    # them after starting each next one: the first worker got two SIGINTs, a second Ctrl-C
+    # to it, and quit at once ('exited 130 before it finished', an error line).
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_CTRL_C_WHILE_STARTING, encoding="utf-8")
+    with run_smtp_server() as server:
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 20)
+        process = _start(tmp_path, pythonpath=hook)
+        _out, err = process.communicate(timeout=60)
+        assert process.returncode == 130, err
+        assert "send worker" not in err, err
+        sent = _day_sent(tmp_path)
+        assert err.splitlines()[-1] == (
+            f"interrupted: {sent:,} sent, 0 in flight; run `syndicate send` again to finish."
+        ), err
+        assert _held(tmp_path) == 0
+        assert _lock_is_free(tmp_path)
+        final = _start(tmp_path)
+        _out, err = final.communicate(timeout=60)
+        assert final.returncode == 0, err
+    assert Counter(server.handler.recipients()) == Counter(emails)  # each exactly once
+
+
+# Test only, on PYTHONPATH as sitecustomize: the first worker process to start (`python -c
+# ENTRY`) gets a SIGTERM before its first line runs (an operator's `kill PID` as it starts).
+_SIGTERM_AS_IT_STARTS = """
+import os
+import signal
+import sys
+
+if sys.argv[:1] == ["-c"]:
+    try:  # one worker of the run only: the first here (the project folder)
+        os.close(os.open("killed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        pass
+    else:
+        os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+@pytest.mark.slow(seconds=5)
+def test_a_sigterm_to_a_worker_before_its_handlers_stops_the_run_with_exit_143(
+    tmp_path: Path,
+) -> None:
+    # A worker killed by a SIGTERM before it could catch it (starting up; or ending, its
+    # loop closed) sent no report: it was taken for a worker killed mid-run, the other one
+    # went on, and the run exited 0 as if no one had asked it to stop.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_SIGTERM_AS_IT_STARTS, encoding="utf-8")
+    with run_smtp_server() as server:
+        server.handler.delay = 0.02
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path, pythonpath=hook)
+        _out, err = process.communicate(timeout=60)
+        assert (tmp_path / "killed").exists(), err
+        assert process.returncode == 143, err
+        assert re.search(
+            r"^warning: send worker [12] \(pid \d+\) was stopped by SIGTERM: stopping the run",
+            err,
+            re.MULTILINE,
+        ), err
+        assert "before it finished" not in err, err  # it held nothing
+        sent = _day_sent(tmp_path)
+        assert err.splitlines()[-1] == (
+            f"interrupted: {sent:,} sent, 0 in flight; run `syndicate send` again to finish."
+        ), err
+        assert _held(tmp_path) == 0
+        final = _start(tmp_path)
+        out, err = final.communicate(timeout=60)
+        assert final.returncode == 0, err
+    assert SUMMARY.findall(out) == [(str(len(emails) - sent), "0", str(sent))]
+    assert Counter(server.handler.recipients()) == Counter(emails)  # each exactly once
+
+
+class _Gate(SmtpRecorder):
+    """Once `closed`, holds every message body at DATA unanswered but those to `opened`
+    recipients; lists the recipients of the bodies it holds (`held`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+        self.opened: set[str] = set()
+        self.held: list[str] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        to = set(envelope.rcpt_tos)
+        with self.lock:
+            if self.closed:
+                self.held.extend(to)
+                self.lock.notify_all()
+        while True:
+            with self.lock:
+                if not self.closed or to <= self.opened:
+                    break
+            await asyncio.sleep(0.01)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def _owned_by(folder: Path, emails: list[str], number: int) -> set[str]:
+    """Which of `emails` have their row held by worker `number` of the run."""
+    with open_store(folder / "syndicate.db") as db:
+        rows = db.conn.execute(
+            "SELECT s.email, d.lease_owner FROM deliveries AS d"
+            " JOIN subscribers AS s ON s.id = d.subscriber_id WHERE d.status = 'sending'"
+        ).fetchall()
+    mine = {str(e) for e, owner in rows if owner and str(owner).endswith(f"/{number}")}
+    return mine & set(emails)
+
+
+@pytest.mark.slow(seconds=8)
+def test_a_ctrl_c_after_a_worker_alone_got_a_sigint_does_not_quit_the_others_at_once(
+    tmp_path: Path,
+) -> None:
+    # `kill -INT` to one worker stopped the run: the parent passed the SIGINT on to the
+    # others. Then the operator's first Ctrl-C to the parent ('Ctrl-C again to quit at
+    # once') was passed on too: a second SIGINT for each other worker, which quit at once
+    # with its messages in flight unrecorded.
+    gate = _Gate()
+    with run_smtp_server(gate) as server:
+        gate.delay = 0.02
+        # A lease that outlives the test's steps: no takeover meanwhile.
+        write_send_project(tmp_path, port=server.port, connections=CONNECTIONS, lease=5)
+        emails = _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path)
+        workers = _wait_for_workers(process)
+        _wait_until_both_send(tmp_path)
+        with gate.lock:  # every connection of both workers comes to hold a body
+            gate.closed = True
+            assert gate.lock.wait_for(lambda: len(gate.held) >= 2 * CONNECTIONS, 30)
+            held = list(gate.held)
+        first = _owned_by(tmp_path, held, 1)
+        assert len(first) == CONNECTIONS, (held, first)
+        lines: list[str] = []
+        stopped = threading.Event()
+
+        def read_stderr() -> None:
+            assert process.stderr is not None
+            for line in process.stderr:
+                lines.append(line)
+                if "was stopped by SIGINT" in line:
+                    stopped.set()
+
+        reader = threading.Thread(target=read_stderr)
+        reader.start()
+        os.kill(workers[0], signal.SIGINT)  # worker 1: the first started
+        with gate.lock:
+            gate.opened |= first  # its messages in flight are answered; it ends
+        assert stopped.wait(30), "".join(lines)  # the parent stopped the run
+        process.send_signal(signal.SIGINT)  # the operator's first Ctrl-C
+        with gate.lock:
+            gate.closed = False  # the other worker's messages in flight are answered
+        process.wait(timeout=60)
+        reader.join(timeout=30)
+        assert process.stdout is not None
+        assert process.stderr is not None
+        process.stdout.close()
+        process.stderr.close()
+        err = "".join(lines)
+        assert process.returncode == 130, err
+        assert re.search(rf"^warning: send worker 1 \(pid {workers[0]}\) was stopped", err, re.M)
+        assert "before it finished" not in err, err
+        sent = _day_sent(tmp_path)
+        assert err.splitlines()[-1] == (
+            f"interrupted: {sent:,} sent, 0 in flight; run `syndicate send` again to finish."
+        ), err
+        assert set(held) <= set(gate.recipients())  # all answered, none left in doubt
+        assert _held(tmp_path) == 0
+        final = _start(tmp_path)
+        _out, err = final.communicate(timeout=60)
+        assert final.returncode == 0, err
+    assert Counter(gate.recipients()) == Counter(emails)  # each exactly once
+
+
+@pytest.mark.slow(seconds=6)
+def test_a_sigint_to_the_parent_and_every_worker_at_once_stops_them_gracefully(
+    tmp_path: Path,
+) -> None:
+    # systemd with KillSignal=SIGINT (KillMode=control-group), or `pkill -INT`: each worker
+    # got the SIGINT itself and again from the parent, took that for a second Ctrl-C and quit
+    # at once, its messages in flight unrecorded ('exited 130 before it finished', '60 held
+    # by dead workers'), to be sent again by the next run.
+    with run_smtp_server() as server:
+        server.handler.delay = 0.05
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path)
+        workers = _wait_for_workers(process)
+        _wait_until_both_send(tmp_path)
+        for pid in [process.pid, *workers]:
+            os.kill(pid, signal.SIGINT)
+        _out, err = process.communicate(timeout=60)
+        assert process.returncode == 130, err
+        assert "before it finished" not in err, err
+        sent = _day_sent(tmp_path)
+        assert err.splitlines()[-1] == (
+            f"interrupted: {sent:,} sent, 0 in flight; run `syndicate send` again to finish."
+        ), err
+        assert _held(tmp_path) == 0
+        final = _start(tmp_path)
+        _out, err = final.communicate(timeout=60)
+        assert final.returncode == 0, err
+    assert Counter(server.handler.recipients()) == Counter(emails)  # each exactly once
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (not ended, nor a zombie waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow(seconds=6)
+def test_a_second_ctrl_c_to_the_parent_quits_the_workers_at_once(tmp_path: Path) -> None:
+    # The workers' messages in flight get no reply: the first Ctrl-C waits for them, the
+    # second quits at once, the workers too (the send lock free), leaving them to the next run.
+    with run_smtp_server() as server:
+        server.handler.delay = 0.02
+        _project(tmp_path, server)
+        _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path)
+        workers = _wait_for_workers(process)
+        _wait_until_both_send(tmp_path)
+        server.handler.hold_after = 0
+        assert server.handler.wait_for_data(len(server.handler.messages) + 2 * CONNECTIONS)
+        assert process.stderr is not None
+        process.send_signal(signal.SIGINT)
+        for line in process.stderr:  # the first Ctrl-C is taken
+            if line.startswith("warning: stopping (SIGINT)"):
+                break
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=30)
+        assert process.returncode == 130, err
+        assert "interrupted again: quitting at once" in err, err
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, "the workers go on"
+            time.sleep(0.01)
+        assert _lock_is_free(tmp_path)
+        server.handler.release.set()
+
+
+@pytest.mark.slow(seconds=8)
+def test_a_stop_on_a_store_the_workers_cannot_write_says_the_stores_error(
+    tmp_path: Path,
+) -> None:
+    # The store locked by another writer past store.busy_timeout as the run was stopped: no
+    # worker could record its last messages or give back what it held. The line said
+    # 'interrupted: 4 sent, 0 in flight, 60 held by dead workers, ...' though none had died,
+    # and not a word of the busy store; one process says the store's error (exit 75).
+    with run_smtp_server() as server:
+        server.handler.delay = 0.05
+        _project(tmp_path, server)
+        with (tmp_path / "syndicate.toml").open("a", encoding="utf-8") as config:
+            config.write("[store]\nbusy_timeout = 1\n")
+        _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path)
+        _wait_for_workers(process)
+        _wait_until_both_send(tmp_path)
+        with open_store(tmp_path / "syndicate.db") as db:  # another writer, holding the lock
+            if db.dialect == "sqlite":
+                db.conn.execute("BEGIN IMMEDIATE")
+            else:
+                db.conn.execute("BEGIN")
+                db.conn.execute("LOCK TABLE deliveries IN EXCLUSIVE MODE")
+            try:
+                process.send_signal(signal.SIGTERM)
+                _out, err = process.communicate(timeout=60)
+            finally:
+                db.conn.execute("ROLLBACK")
+        assert process.returncode == 75, err
+        assert "dead worker" not in err, err
+        assert "busy" in err.splitlines()[-1], err
+        assert _lock_is_free(tmp_path)
+
+
+# Test only, on PYTHONPATH as sitecustomize: the first worker process to end its send loop
+# gets a SIGTERM as soon as the loop has closed (its handlers gone), before it reports.
+_SIGTERM_AS_IT_ENDS = """
+import os
+import signal
+import sys
+
+if sys.argv[:1] == ["-c"]:
+    import syndicate.send.workers as workers
+
+    real = workers.run_event_loop
+
+    def then_sigterm(make):
+        result = real(make)
+        try:  # one worker of the run only: the first here (the project folder)
+            os.close(os.open("killed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            pass
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    workers.run_event_loop = then_sigterm
+"""
+
+
+@pytest.mark.slow(seconds=5)
+def test_a_sigterm_to_a_worker_as_its_loop_closes_is_reported_not_fatal(tmp_path: Path) -> None:
+    # Between its loop's end (the default handlers back) and its report, a SIGTERM killed the
+    # worker: no report, 'was killed by SIGTERM before it finished', and the stop was lost.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_SIGTERM_AS_IT_ENDS, encoding="utf-8")
+    with run_smtp_server() as server:
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 20)
+        process = _start(tmp_path, pythonpath=hook)
+        _out, err = process.communicate(timeout=60)
+    assert (tmp_path / "killed").exists(), err
+    assert process.returncode == 143, err
+    assert "before it finished" not in err, err
+    assert re.search(r"^warning: send worker [12] \(pid \d+\) was stopped by SIGTERM", err, re.M)
+    assert err.splitlines()[-1] == (
+        f"interrupted: {len(emails)} sent, 0 in flight; run `syndicate send` again to finish."
+    ), err
     assert Counter(server.handler.recipients()) == Counter(emails)  # each exactly once

@@ -402,12 +402,14 @@ def _daily_workers(
     # may have sent everyone meanwhile.
     left = _left_owed(db, days=days, outcome=outcome, summaries=summaries, limit=limit)
     _lost_workers(outcome, left=left)
+    # A worker's store error first, as one process says it over a stop: the rows its worker
+    # could not record or give back are no dead worker's, as the interrupt line would say.
+    if outcome.error is not None:
+        raise outcome.error
     if outcome.signal is not None:
         sent = sum(s.sent for s in summaries)
         error = TerminatedError if outcome.signal == signal.SIGTERM else InterruptError
         raise error(f"interrupted: {sent:,} sent, {_in_flight(counts, outcome)}; {_AGAIN}")
-    if outcome.error is not None:
-        raise outcome.error
     if outcome.stopped_by:
         _stopped_workers(outcome, left=left)
     first = summaries.pop(0) if today is not None and summaries else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import faulthandler
 import gc
@@ -56,14 +57,19 @@ _PIPES_PER_WORKER = 3
 # pickles back names this module's classes. SIGINT and SIGTERM are caught from the first
 # line, so a signal the parent forwards while the worker is still starting up is kept (and
 # acted on once the send loop's handlers are in place), not a KeyboardInterrupt mid-import.
+# Before that line they are blocked (the parent starts the worker with them blocked), and
+# one that came meanwhile is kept too: Python's start-up before it, tens of milliseconds,
+# was killed by either (a Ctrl-C as the workers started, a `kill PID`), with no report.
 _ENTRY = (
     "import signal\n"
     "pending = []\n"
     "for signum in (signal.SIGINT, signal.SIGTERM):\n"
     "    signal.signal(signum, lambda number, frame: pending.append(number))\n"
+    "signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))\n"
     "from syndicate.send.workers import main\n"
     "main(pending)\n"
 )
+_STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +210,7 @@ async def _run(
                 "interrupted again: quitting at once; messages in flight are not recorded "
                 "(the next run sends them again)."
             )
-            _signal_all(procs, signum)  # each worker quits at once too
+            _signal_all(procs, signal.SIGKILL)  # each worker quits at once too
             logging.shutdown()
             os._exit(128 + signum)
         log.warning(
@@ -216,7 +222,9 @@ async def _run(
         received.append(signum)
         if not stopped:
             stopped.append(signum)
-        _signal_all(procs, signum)
+            _signal_all(procs, signum)
+        # Else the workers were told to stop already (a signal to one of them alone): once
+        # more, a SIGINT would make each quit at once, not this process's second Ctrl-C.
 
     def on_worker_signal(number: int, pid: int, signum: int) -> None:
         # A worker stopped by a signal sent to it alone (`kill PID`): the run stops as if this
@@ -236,9 +244,9 @@ async def _run(
 
     async def talk(number: int, proc: asyncio.subprocess.Process, job: bytes) -> bytes:
         out, _err = await proc.communicate(job)
-        result = _read_result(out)
-        if result is not None and result.signal is not None:
-            on_worker_signal(number, proc.pid, result.signal)
+        signum = _stop_signal(_read_result(out), proc.returncode)
+        if signum is not None:
+            on_worker_signal(number, proc.pid, signum)
         return out
 
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -256,8 +264,11 @@ async def _run(
                 limit=shares[number - 1],
                 log_level=level,
             )
-            procs.append(
-                await asyncio.create_subprocess_exec(
+            # The worker starts with SIGINT and SIGTERM blocked, until it catches them (_ENTRY);
+            # one that comes here meanwhile is acted on once it is in `procs`.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+            try:
+                proc = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-c",
                     _ENTRY,
@@ -267,10 +278,12 @@ async def _run(
                     pass_fds=(lock_fd,) if lock_fd >= 0 else (),
                     process_group=0,  # the terminal's Ctrl-C goes to the parent only
                 )
-            )
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            procs.append(proc)
             jobs.append(pickle.dumps(job))
-            if stopped:  # a signal came while the workers were starting
-                _signal_all(procs, stopped[0])
+            if stopped:  # a signal came while it was starting: the others have it already
+                _signal_all([proc], stopped[0])
         talks = [
             talk(number, proc, job)
             for number, (proc, job) in enumerate(zip(procs, jobs, strict=True), start=1)
@@ -286,7 +299,8 @@ async def _run(
     for number, (proc, out) in enumerate(zip(procs, outputs, strict=True), start=1):
         result = _read_result(out)
         if result is None:
-            lost.append(_lost(number, proc.pid, proc.returncode or 0))
+            if _stop_signal(None, proc.returncode) is None:  # else stopped, holding nothing
+                lost.append(_lost(number, proc.pid, proc.returncode or 0))
             continue
         if result.crash is not None:  # what it did before is in its summaries
             lost.append(LostWorker(number, proc.pid, f"crashed ({result.crash})", crash=True))
@@ -308,6 +322,17 @@ async def _run(
         error=error,
         seconds=seconds,
     )
+
+
+def _stop_signal(result: WorkerResult | None, code: int | None) -> int | None:
+    """The signal (SIGINT, SIGTERM) that stopped a worker: in its report; else in its exit
+    status, killed by it outside its send loop (a thread of its ending took it as the loop's
+    handlers went), where it holds no recipient."""
+    if result is not None and result.signal is not None:
+        return result.signal
+    if code is not None and -code in _STOPS:
+        return -code
+    return None
 
 
 def _lost(number: int, pid: int, code: int) -> LostWorker:
@@ -423,6 +448,13 @@ def main(pending: list[int] | None = None) -> None:
     gc.collect()
     gc.freeze()
     result = run_event_loop(lambda: _work(job, pending if pending is not None else []))
+    # A stop that came as the loop closed (blocked since `_work` ended): kept, and reported.
+    late: list[int] = []
+    for signum in _STOPS:
+        signal.signal(signum, lambda number, _frame: late.append(number))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+    if late and result.signal is None:
+        result = dataclasses.replace(result, signal=late[0])
     try:
         sys.stdout.buffer.write(pickle.dumps(result))
         sys.stdout.buffer.flush()
@@ -449,10 +481,10 @@ async def _work(job: WorkerJob, pending: list[int]) -> WorkerResult:
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
-        # The parent forwards each signal once and says what happens; a second SIGINT quits.
-        if stop.signal == signal.SIGINT and signum == signal.SIGINT:
-            logging.shutdown()
-            os._exit(128 + signum)
+        # The parent forwards the signal that stops the run and says what happens; a second
+        # Ctrl-C to it kills the workers. One SIGINT more here is no second Ctrl-C: the same
+        # stop sent to every process at once (systemd's KillSignal=SIGINT, `pkill -INT`) came
+        # from the parent too, and quit every worker with its messages in flight unrecorded.
         stop.by_signal(signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -476,6 +508,7 @@ async def _work(job: WorkerJob, pending: list[int]) -> WorkerResult:
             reply_timeout=settings.store.reply_timeout,
         )
     except SyndicateError as exc:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)  # as below
         return WorkerResult((), error=_portable(exc))
     try:
         for day in job.days:
@@ -513,6 +546,9 @@ async def _work(job: WorkerJob, pending: list[int]) -> WorkerResult:
         crash = _crashed(job.worker, exc)
     finally:
         db.close()
+        # Past here the loop's handlers go (the default ones back: a signal would kill this
+        # process before it reports); `main` catches what comes meanwhile.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
     return WorkerResult(
         tuple(summaries), tuple(spans), signal=stop.signal, error=error, crash=crash
     )
