@@ -9,6 +9,7 @@ import re
 import shutil
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -1132,16 +1133,15 @@ def _bounce_rows(project: Path, email: str) -> tuple[list[tuple[str, str, str]],
     return [(str(d), str(s), str(u)) for d, s, u in rows], bounced_at
 
 
-@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "workers"])
-def test_a_subscriber_bounced_by_two_digests_in_one_second_counts_once(
-    clock: Clock, workdir: Path, workers: int
-) -> None:
-    # Refused for good by today's digest and by the catch-up's, bounced by the second (its
-    # bounce_limit 2), both refusals in the same second: `send --workers` counted the
-    # bounce in both digests' summaries (the ledger's row time matched the bounce's twice).
+def _bounced_twice_in_one_second(
+    clock: Clock, project: Path, workers: int
+) -> tuple[int, str, str, bool]:
+    """Day 1's digest owed to FULL, then a run sending day 2's and catching up day 1's, FULL
+    refused by both; return that run's exit, output and errors, and whether both refusals
+    fell in one second of the ledger's times (the case; a loaded machine can miss it)."""
     handler = _FullOnTheSecond()
     with run_smtp_server(handler) as server:
-        (workdir / "syndicate.toml").write_text(
+        (project / "syndicate.toml").write_text(
             '[site]\nbase_url = "https://news.example.org/"\n'
             '[mail]\ntransport = "smtp"\nfrom = "Tin mới <news@example.org>"\n'
             'postal_address = "12 Trần Hưng Đạo, TP. Bến Lam"\nbounce_limit = 2\n'
@@ -1152,15 +1152,43 @@ def test_a_subscriber_bounced_by_two_digests_in_one_second_counts_once(
         assert _run("send", "--limit", "1")[0] == 0  # the day-1 digest is owed to FULL
         assert handler.recipients() == ["a@example.org"]
         clock.next_day()
-        (workdir / "seeds" / "day2.txt").write_text(DUMP_DAY2, encoding="utf-8")
+        (project / "seeds" / "day2.txt").write_text(DUMP_DAY2, encoding="utf-8")
         code, out, err = _run("send", "--json", "--workers", str(workers))
-    assert code == 1, err  # FULL failed
-    rows, bounced_at = _bounce_rows(workdir, handler.FULL)
+    rows, bounced_at = _bounce_rows(project, handler.FULL)
     assert [(day, status) for day, status, _at in rows] == [
         ("2024-10-31", "failed"),
         ("2024-11-01", "failed"),
     ]
-    assert [at for _day, _status, at in rows] == [bounced_at] * 2, "not in one second"
+    return code, out, err, [at for _day, _status, at in rows] == [bounced_at] * 2
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "workers"])
+def test_a_subscriber_bounced_by_two_digests_in_one_second_counts_once(
+    clock: Clock,
+    workdir: Path,
+    workers: int,
+    new_store: Callable[[], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Refused for good by today's digest and by the catch-up's, bounced by the second (its
+    # bounce_limit 2), both refusals in the same second: `send --workers` counted the
+    # bounce in both digests' summaries (the ledger's row time matched the bounce's twice).
+    # The second refusal comes tens of milliseconds after the first; when a loaded machine
+    # pushes it into the next second, the case is made again in a new folder and store.
+    project = workdir
+    for attempt in range(3):
+        if attempt:
+            project = workdir / f"again{attempt}"
+            (project / "seeds").mkdir(parents=True)
+            (project / "seeds" / "day1.txt").write_text(DUMP_DAY1, encoding="utf-8")
+            monkeypatch.chdir(project)
+            new_store()
+            clock.now = DAY1
+        code, out, err, one_second = _bounced_twice_in_one_second(clock, project, workers)
+        if one_second:
+            break
+    assert one_second, "the two refusals never fell in one second"
+    assert code == 1, err  # FULL failed
     summary = json.loads(out)
     counts = ("digest", "sent", "failed", "bounced")
     assert {k: summary[k] for k in counts} == {
