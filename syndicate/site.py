@@ -302,22 +302,28 @@ def _escape_utf8(text: bytes) -> bytes:
     )
 
 
-def _shown_body(
-    blocks: Sequence[Block], body: bytes, *, language: str
-) -> tuple[tuple[Block, ...], bytes]:
-    """`shown_blocks` of the loader's `blocks`, and their texts joined by line breaks as
-    UTF-8, from the loader's `body` (one line a block): only the captions' notes are
-    encoded, not the whole body again."""
-    shown: list[Block] = []
-    lines: list[bytes] = []
-    for block, line in zip(blocks, body.split(b"\n"), strict=True):
+def _tagged_body(blocks: Sequence[Block], body: bytes, *, language: str | None) -> bytes:
+    """The body as the page shows it: each block between fixed tags, its text the line of
+    `body` (the blocks' texts joined by line breaks, as UTF-8) typeset and escaped, all
+    lines in one pass (a line is typeset as the whole text would set it). The body is split
+    into lines once, here.
+
+    With a `language`, `blocks` are the loader's: a caption is shown as its note in that
+    language, or left out (`shown_block`), and its line is not used. Without one, `blocks`
+    are shown already (`shown_blocks`).
+    """
+    if not blocks:
+        return b""
+    tagged: list[bytes] = []
+    for block, line in zip(blocks, _escape_utf8(typeset_utf8(body)).split(b"\n"), strict=True):
         if block.kind is not BlockKind.CAPTION:
-            shown.append(block)
-            lines.append(line)
+            tagged.append(_PARAGRAPH_OPEN + line + _CLOSE)
+        elif language is None:
+            tagged.append(_CAPTION_OPEN + line + _CLOSE)
         elif (note := shown_block(block, language=language)) is not None:
-            shown.append(note)
-            lines.append(note.text.encode("utf-8"))
-    return tuple(shown), b"\n".join(lines)
+            text = _escape_utf8(typeset(note.text).encode("utf-8"))
+            tagged.append(_CAPTION_OPEN + text + _CLOSE)
+    return b"\n".join(tagged)
 
 
 def page_context(info: SiteInfo, *, root: str) -> dict[str, Any]:
@@ -450,26 +456,13 @@ class SiteRenderer:
                     first = (Block(BlockKind.PARAGRAPH, rest),) if rest else ()
                     blocks = first + blocks[1:]
                     body = None
-        if any(block.kind is BlockKind.CAPTION for block in blocks):
-            if body is not None and from_loader:
-                blocks, body = _shown_body(blocks, body, language=article.language)
-            else:
+        if body is not None and from_loader:
+            tagged = _tagged_body(blocks, body, language=article.language)
+        else:
+            if any(block.kind is BlockKind.CAPTION for block in blocks):
                 blocks = shown_blocks(blocks, language=article.language)
-                body = None
-        if body is None or not from_loader:
             body = _joined_texts(blocks, checked=from_loader).encode("utf-8")
-        tagged = b"\n".join(
-            [
-                (_CAPTION_OPEN if block.kind is BlockKind.CAPTION else _PARAGRAPH_OPEN)
-                + text
-                + _CLOSE
-                for block, text in zip(
-                    blocks, _escape_utf8(typeset_utf8(body)).split(b"\n"), strict=True
-                )
-            ]
-            if blocks
-            else []
-        )
+            tagged = _tagged_body(blocks, body, language=None)
         context = {
             **self._article_vars,
             "article": SimpleNamespace(
