@@ -14,7 +14,7 @@ import os
 import re
 import secrets
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
@@ -66,7 +66,8 @@ _CLOSE = b"</p>"
 # What the article template prints for `article.body`: the rendered page is split there and
 # the body's bytes put in between. A NUL never reaches a page (`one_line` and the loader
 # turn controls into spaces) and the token is new in each process.
-_BODY_MARK = f"\0{secrets.token_hex(16)}\0"
+_MARK_TOKEN = secrets.token_hex(16)
+_BODY_MARK = f"\0{_MARK_TOKEN}\0"
 
 
 class _BodyHole:
@@ -387,6 +388,67 @@ def _site_environment(folder: Path, sources: tuple[tuple[str, str], ...]) -> jin
     return env
 
 
+@dataclass(frozen=True, slots=True)
+class _PageFrame:
+    """An article page's text outside the article template's own blocks, rendered and
+    encoded once per renderer: what `_base.html.j2` prints around those blocks (the head's
+    links, the style sheet, the header and footer) depends on the site alone, so a page
+    renders only the blocks and puts them in between.
+
+    The page is `fixed[0]`, block `names[0]`, `fixed[1]`, ... `fixed[-1]`. `blocks` holds
+    each block's functions as Jinja's inheritance chains them (the article template's
+    first, then the base's: what `super()` climbs).
+    """
+
+    fixed: tuple[bytes, ...]
+    names: tuple[str, ...]
+    blocks: dict[str, list[Callable[[jinja2.runtime.Context], Iterator[str]]]]
+
+    @classmethod
+    def make(cls, template: jinja2.Template, site: dict[str, Any]) -> _PageFrame | None:
+        """The frame of `template` for the site-wide values `site`, or None when its text
+        outside the blocks is not the same for every page: it uses a page's value (an
+        undefined name here), or a block's text is not printed as it is."""
+        context = template.new_context(dict(site), shared=True)
+        for name in template.blocks:
+            context.blocks[name] = [functools.partial(_block_mark, name)]
+        try:
+            text = "".join(template.root_render_func(context))
+        except Exception:  # then rendered with every page, as before
+            return None
+        parts = _BLOCK_MARK.split(text)
+        fixed, names = parts[0::2], parts[1::2]
+        if any("\0" in part for part in fixed) or not set(names) <= set(template.blocks):
+            return None
+        chains = {
+            name: [template.blocks[name], *found[1:]] if name in template.blocks else found
+            for name, found in context.blocks.items()
+        }
+        return cls(tuple(part.encode("utf-8") for part in fixed), tuple(names), chains)
+
+    def render(self, context: jinja2.runtime.Context, body: bytes) -> bytes:
+        """The page of `context` (the template's, with a page's values), `body` put in
+        where the template prints `_BODY_MARK`."""
+        context.blocks = dict(self.blocks)
+        out = [self.fixed[0]]
+        for name, after in zip(self.names, self.fixed[1:], strict=True):
+            text = "".join(self.blocks[name][0](context))
+            if _BODY_MARK in text:
+                out.append(body.join([piece.encode("utf-8") for piece in text.split(_BODY_MARK)]))
+            else:
+                out.append(text.encode("utf-8"))
+            out.append(after)
+        return b"".join(out)
+
+
+def _block_mark(name: str, context: jinja2.runtime.Context) -> Iterator[str]:
+    """What block `name` prints in a page's frame."""
+    yield f"\0{_MARK_TOKEN}{name}\0"
+
+
+_BLOCK_MARK = re.compile(f"\0{_MARK_TOKEN}([^\0]*)\0")
+
+
 class SiteRenderer:
     """Renders article and index pages for one site; `fingerprint` covers all its inputs.
 
@@ -403,6 +465,7 @@ class SiteRenderer:
         self._article = self.env.get_template(ARTICLE_TEMPLATE)
         # The article page's template globals and site-wide values, merged once.
         self._article_vars = {**self._article.globals, **self._context("../")}
+        self._frame = _PageFrame.make(self._article, self._article_vars)
         self._index = self.env.get_template(INDEX_TEMPLATE)
         digest = hashlib.blake2b(digest_size=16)
         digest.update(repr((RENDER_VERSION, babel.__version__, info)).encode())
@@ -478,11 +541,13 @@ class SiteRenderer:
             "canonical": article_url(self.info.base_url, slug),
         }
         # What Template.render does, with the globals merged once per renderer rather than
-        # per page; the page's text around the body is encoded, the body put in as bytes.
+        # per page, and the text around the template's blocks rendered once per renderer;
+        # the page's own text is encoded, the body put in as bytes.
         try:
-            html = "".join(
-                self._article.root_render_func(self._article.new_context(context, shared=True))
-            )
+            page = self._article.new_context(context, shared=True)
+            if self._frame is not None:
+                return self._frame.render(page, tagged)
+            html = "".join(self._article.root_render_func(page))
         except Exception:
             self.env.handle_exception()
         return tagged.join([part.encode("utf-8") for part in html.split(_BODY_MARK)])
