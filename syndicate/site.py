@@ -407,14 +407,17 @@ class _PageFrame:
     @classmethod
     def make(cls, template: jinja2.Template, site: dict[str, Any]) -> _PageFrame | None:
         """The frame of `template` for the site-wide values `site`, or None when its text
-        outside the blocks is not the same for every page: it uses a page's value (an
-        undefined name here), or a block's text is not printed as it is."""
+        outside the blocks is not the same for every page (it uses a page's value: an
+        undefined name here), a block's text is not printed as it is, or the template's
+        own code outside its blocks sets names (`set`, `import`) its blocks may read."""
         context = template.new_context(dict(site), shared=True)
         for name in template.blocks:
             context.blocks[name] = [functools.partial(_block_mark, name)]
         try:
             text = "".join(template.root_render_func(context))
         except Exception:  # then rendered with every page, as before
+            return None
+        if context.vars:
             return None
         parts = _BLOCK_MARK.split(text)
         fixed, names = parts[0::2], parts[1::2]
