@@ -468,13 +468,18 @@ class SiteRenderer:
         self._article = self.env.get_template(ARTICLE_TEMPLATE)
         # The article page's template globals and site-wide values, merged once.
         self._article_vars = {**self._article.globals, **self._context("../")}
-        self._frame = _PageFrame.make(self._article, self._article_vars)
         self._index = self.env.get_template(INDEX_TEMPLATE)
         digest = hashlib.blake2b(digest_size=16)
         digest.update(repr((RENDER_VERSION, babel.__version__, info)).encode())
         for name, source in sources:
             digest.update(name.encode() + b"\0" + source.encode() + b"\0")
         self.fingerprint = digest.hexdigest()
+
+    @functools.cached_property
+    def _frame(self) -> _PageFrame | None:
+        """The article page's frame, made for the first page: a build with no article page
+        to render does not compile the base template."""
+        return _PageFrame.make(self._article, self._article_vars)
 
     # Template values are objects with attributes, not dicts: Jinja tries an attribute
     # first, and a dict key only after that lookup has failed (an exception each time).
