@@ -14,7 +14,7 @@ import os
 import re
 import secrets
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
@@ -66,7 +66,8 @@ _CLOSE = b"</p>"
 # What the article template prints for `article.body`: the rendered page is split there and
 # the body's bytes put in between. A NUL never reaches a page (`one_line` and the loader
 # turn controls into spaces) and the token is new in each process.
-_BODY_MARK = f"\0{secrets.token_hex(16)}\0"
+_MARK_TOKEN = secrets.token_hex(16)
+_BODY_MARK = f"\0{_MARK_TOKEN}\0"
 
 
 class _BodyHole:
@@ -302,22 +303,28 @@ def _escape_utf8(text: bytes) -> bytes:
     )
 
 
-def _shown_body(
-    blocks: Sequence[Block], body: bytes, *, language: str
-) -> tuple[tuple[Block, ...], bytes]:
-    """`shown_blocks` of the loader's `blocks`, and their texts joined by line breaks as
-    UTF-8, from the loader's `body` (one line a block): only the captions' notes are
-    encoded, not the whole body again."""
-    shown: list[Block] = []
-    lines: list[bytes] = []
-    for block, line in zip(blocks, body.split(b"\n"), strict=True):
+def _tagged_body(blocks: Sequence[Block], body: bytes, *, language: str | None) -> bytes:
+    """The body as the page shows it: each block between fixed tags, its text the line of
+    `body` (the blocks' texts joined by line breaks, as UTF-8) typeset and escaped, all
+    lines in one pass (a line is typeset as the whole text would set it). The body is split
+    into lines once, here.
+
+    With a `language`, `blocks` are the loader's: a caption is shown as its note in that
+    language, or left out (`shown_block`), and its line is not used. Without one, `blocks`
+    are shown already (`shown_blocks`).
+    """
+    if not blocks:
+        return b""
+    tagged: list[bytes] = []
+    for block, line in zip(blocks, _escape_utf8(typeset_utf8(body)).split(b"\n"), strict=True):
         if block.kind is not BlockKind.CAPTION:
-            shown.append(block)
-            lines.append(line)
+            tagged.append(_PARAGRAPH_OPEN + line + _CLOSE)
+        elif language is None:
+            tagged.append(_CAPTION_OPEN + line + _CLOSE)
         elif (note := shown_block(block, language=language)) is not None:
-            shown.append(note)
-            lines.append(note.text.encode("utf-8"))
-    return tuple(shown), b"\n".join(lines)
+            text = _escape_utf8(typeset(note.text).encode("utf-8"))
+            tagged.append(_CAPTION_OPEN + text + _CLOSE)
+    return b"\n".join(tagged)
 
 
 def page_context(info: SiteInfo, *, root: str) -> dict[str, Any]:
@@ -381,6 +388,70 @@ def _site_environment(folder: Path, sources: tuple[tuple[str, str], ...]) -> jin
     return env
 
 
+@dataclass(frozen=True, slots=True)
+class _PageFrame:
+    """An article page's text outside the article template's own blocks, rendered and
+    encoded once per renderer: what `_base.html.j2` prints around those blocks (the head's
+    links, the style sheet, the header and footer) depends on the site alone, so a page
+    renders only the blocks and puts them in between.
+
+    The page is `fixed[0]`, block `names[0]`, `fixed[1]`, ... `fixed[-1]`. `blocks` holds
+    each block's functions as Jinja's inheritance chains them (the article template's
+    first, then the base's: what `super()` climbs).
+    """
+
+    fixed: tuple[bytes, ...]
+    names: tuple[str, ...]
+    blocks: dict[str, list[Callable[[jinja2.runtime.Context], Iterator[str]]]]
+
+    @classmethod
+    def make(cls, template: jinja2.Template, site: dict[str, Any]) -> _PageFrame | None:
+        """The frame of `template` for the site-wide values `site`, or None when its text
+        outside the blocks is not the same for every page (it uses a page's value: an
+        undefined name here), a block's text is not printed as it is, or the template's
+        own code outside its blocks sets names (`set`, `import`) its blocks may read."""
+        context = template.new_context(dict(site), shared=True)
+        for name in template.blocks:
+            context.blocks[name] = [functools.partial(_block_mark, name)]
+        try:
+            text = "".join(template.root_render_func(context))
+        except Exception:  # then rendered with every page, as before
+            return None
+        if context.vars:
+            return None
+        parts = _BLOCK_MARK.split(text)
+        fixed, names = parts[0::2], parts[1::2]
+        if any("\0" in part for part in fixed) or not set(names) <= set(template.blocks):
+            return None
+        chains = {
+            name: [template.blocks[name], *found[1:]] if name in template.blocks else found
+            for name, found in context.blocks.items()
+        }
+        return cls(tuple(part.encode("utf-8") for part in fixed), tuple(names), chains)
+
+    def render(self, context: jinja2.runtime.Context, body: bytes) -> bytes:
+        """The page of `context` (the template's, with a page's values), `body` put in
+        where the template prints `_BODY_MARK`."""
+        context.blocks = dict(self.blocks)
+        out = [self.fixed[0]]
+        for name, after in zip(self.names, self.fixed[1:], strict=True):
+            text = "".join(self.blocks[name][0](context))
+            if _BODY_MARK in text:
+                out.append(body.join([piece.encode("utf-8") for piece in text.split(_BODY_MARK)]))
+            else:
+                out.append(text.encode("utf-8"))
+            out.append(after)
+        return b"".join(out)
+
+
+def _block_mark(name: str, context: jinja2.runtime.Context) -> Iterator[str]:
+    """What block `name` prints in a page's frame."""
+    yield f"\0{_MARK_TOKEN}{name}\0"
+
+
+_BLOCK_MARK = re.compile(f"\0{_MARK_TOKEN}([^\0]*)\0")
+
+
 class SiteRenderer:
     """Renders article and index pages for one site; `fingerprint` covers all its inputs.
 
@@ -403,6 +474,12 @@ class SiteRenderer:
         for name, source in sources:
             digest.update(name.encode() + b"\0" + source.encode() + b"\0")
         self.fingerprint = digest.hexdigest()
+
+    @functools.cached_property
+    def _frame(self) -> _PageFrame | None:
+        """The article page's frame, made for the first page: a build with no article page
+        to render does not compile the base template."""
+        return _PageFrame.make(self._article, self._article_vars)
 
     # Template values are objects with attributes, not dicts: Jinja tries an attribute
     # first, and a dict key only after that lookup has failed (an exception each time).
@@ -450,26 +527,13 @@ class SiteRenderer:
                     first = (Block(BlockKind.PARAGRAPH, rest),) if rest else ()
                     blocks = first + blocks[1:]
                     body = None
-        if any(block.kind is BlockKind.CAPTION for block in blocks):
-            if body is not None and from_loader:
-                blocks, body = _shown_body(blocks, body, language=article.language)
-            else:
+        if body is not None and from_loader:
+            tagged = _tagged_body(blocks, body, language=article.language)
+        else:
+            if any(block.kind is BlockKind.CAPTION for block in blocks):
                 blocks = shown_blocks(blocks, language=article.language)
-                body = None
-        if body is None or not from_loader:
             body = _joined_texts(blocks, checked=from_loader).encode("utf-8")
-        tagged = b"\n".join(
-            [
-                (_CAPTION_OPEN if block.kind is BlockKind.CAPTION else _PARAGRAPH_OPEN)
-                + text
-                + _CLOSE
-                for block, text in zip(
-                    blocks, _escape_utf8(typeset_utf8(body)).split(b"\n"), strict=True
-                )
-            ]
-            if blocks
-            else []
-        )
+            tagged = _tagged_body(blocks, body, language=None)
         context = {
             **self._article_vars,
             "article": SimpleNamespace(
@@ -485,11 +549,13 @@ class SiteRenderer:
             "canonical": article_url(self.info.base_url, slug),
         }
         # What Template.render does, with the globals merged once per renderer rather than
-        # per page; the page's text around the body is encoded, the body put in as bytes.
+        # per page, and the text around the template's blocks rendered once per renderer;
+        # the page's own text is encoded, the body put in as bytes.
         try:
-            html = "".join(
-                self._article.root_render_func(self._article.new_context(context, shared=True))
-            )
+            page = self._article.new_context(context, shared=True)
+            if self._frame is not None:
+                return self._frame.render(page, tagged)
+            html = "".join(self._article.root_render_func(page))
         except Exception:
             self.env.handle_exception()
         return tagged.join([part.encode("utf-8") for part in html.split(_BODY_MARK)])

@@ -519,3 +519,74 @@ def test_a_number_keeps_its_unit_and_a_spaced_dash_its_word_on_the_page(
         archives=0,
     ).decode()
     assert ">Giải chạy ven biển dài 42\u00a0km</a></h2>" in index
+
+
+def _edited_templates(tmp_path: Path, name: str, edits: list[tuple[str, str, str]]) -> Path:
+    """A copy of the page templates with `edits` (file, old, new: each old found once)."""
+    folder = tmp_path / name
+    shutil.copytree(site_templates_dir(), folder)
+    for file, old, new in edits:
+        source = (folder / file).read_text(encoding="utf-8")
+        assert source.count(old) == 1, (file, old)
+        (folder / file).write_text(source.replace(old, new), encoding="utf-8")
+    return folder
+
+
+# A base template that prints a page's value (here nothing of it) outside its blocks: its
+# text around the blocks is then not the same for every page and is rendered with each.
+_PAGE_VALUE_IN_BASE = [("_base.html.j2", "<main>", "{{ canonical[:0] }}<main>")]
+# An article template whose block prints the base's block too (super() climbs the chain).
+_SUPER_IN_ARTICLE = [
+    (
+        "article.html.j2",
+        "{% block title %}{{ article.title }}",
+        "{% block title %}{{ super() }} | {{ article.title }}",
+    )
+]
+# An article template that sets a name outside its blocks, which a block reads.
+_SET_IN_ARTICLE = [
+    ("article.html.j2", "{% extends", '{% set by = "·" %}\n{% extends'),
+    ("article.html.j2", "{{ article.title }} · {{ site.title }}", "{{ article.title }} {{ by }}"),
+]
+
+
+@pytest.mark.parametrize("language", ["vi", "en"])
+@pytest.mark.parametrize(
+    "edits", [[], _SUPER_IN_ARTICLE, _SET_IN_ARTICLE], ids=["shipped", "super", "set"]
+)
+def test_the_text_around_the_blocks_rendered_once_gives_the_same_pages(
+    tmp_path: Path,
+    language: str,
+    edits: list[tuple[str, str, str]],
+    sample_articles: list[Article],
+    hostile_articles: list[Article],
+) -> None:
+    """A renderer renders the text of the article template outside its own blocks (what
+    the base prints around them: site-wide) once, and each page's blocks alone: the pages
+    are those of a base template rendered whole with each page."""
+    from syndicate.load import parse_dump_with_body
+    from syndicate.model import StoryLink
+    from syndicate.text import story_key
+
+    info = SiteInfo('Tin <mới> & "Trị"', "Mô tả <b>&</b>", BASE, language, INFO.timezone, 30)
+    once = SiteRenderer(info, _edited_templates(tmp_path, "once", edits))
+    whole = SiteRenderer(info, _edited_templates(tmp_path, "whole", edits + _PAGE_VALUE_IN_BASE))
+    assert once.fingerprint != whole.fingerprint
+    article, body = parse_dump_with_body(
+        _MARKUP_DUMP.format(title="Tiêu đề <có> & 21 km").encode(), source="x.txt", tz=TZ
+    )
+    teased = next(a for a in sample_articles if a.teasers)
+    when = datetime(2024, 10, 30, 8, 0, tzinfo=TZ)
+    target = StoryLink("a" * 32, "articles/a.html", "Bài <kia> & 5 km", when, Precision.DATE, when)
+    links = {story_key(teased.teasers[0].text): target}
+    pages = [
+        lambda r: r.render_article(article, slug="x", from_loader=True, body=body),
+        lambda r: r.render_article(teased, slug="x", links=links),
+        *(
+            (lambda r, a=a: r.render_article(a, slug=a.slug))
+            for a in [*sample_articles, *hostile_articles]
+        ),
+    ]
+    assert "other-news" in pages[1](once).decode()
+    for page in pages:
+        assert page(once) == page(whole)
