@@ -102,6 +102,22 @@ def _lock_is_free(folder: Path) -> bool:
         return True
 
 
+def _finish(folder: Path) -> str:
+    """Run `send` again in `folder` to its end, as the next cron run would; its output."""
+    final = _start(folder)
+    out, err = final.communicate(timeout=60)
+    assert final.returncode == 0, err
+    return out
+
+
+def _sitecustomize(folder: Path, source: str) -> Path:
+    """A folder to put on a send's PYTHONPATH holding `source` as its sitecustomize (a
+    test-only hook its Python processes run as they start)."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(source, encoding="utf-8")
+    return folder
+
+
 _SENT_BY_OWNER = "SELECT lease_owner, count(*) FROM deliveries WHERE status = 'sent' GROUP BY 1"
 
 
@@ -192,9 +208,7 @@ def test_a_worker_killed_at_random_points_loses_nobody(tmp_path: Path) -> None:
             if process.returncode == 1:
                 assert "was killed by SIGKILL before it finished" in err, err
             assert _lock_is_free(tmp_path), round_
-        final = _start(tmp_path)
-        out, err = final.communicate(timeout=60)
-        assert final.returncode == 0, err
+        out = _finish(tmp_path)
     assert kills >= 2
     # The last run's summary counts its workers' ledger rows; who was sent before is skipped.
     sent, failed, skipped = (int(n) for n in SUMMARY.findall(out)[0])
@@ -271,9 +285,7 @@ def test_sigint_stops_every_worker_gracefully_and_a_second_send_exits_75(
             f"interrupted: {sent:,} sent, 0 in flight; run `syndicate send` again to finish."
         )
         assert _lock_is_free(tmp_path)
-        final = _start(tmp_path)
-        _out, err = final.communicate(timeout=60)
-        assert final.returncode == 0, err
+        _finish(tmp_path)
     got = Counter(server.handler.recipients())
     assert set(got) == set(emails)
     assert max(got.values()) == 1
@@ -457,11 +469,9 @@ def _send_with_a_broken_worker(
 ) -> tuple[list[str], SmtpServer, subprocess.Popen[str], str, str]:
     """`send --workers 2` to 100 subscribers with `fault` in the first worker to make the
     Nth call of module:function:N (`_CRASHING_WORKER`); what it sent, printed and exited."""
-    broken = folder / "broken"
-    broken.mkdir()
     module, name, call = where.split(":")
     code = _CRASHING_WORKER.format(module=module, name=name, call=call, fault=fault)
-    (broken / "sitecustomize.py").write_text(code, encoding="utf-8")
+    broken = _sitecustomize(folder / "broken", code)
     with run_smtp_server() as server:
         server.handler.delay = 0.02
         _project(folder, server)
@@ -591,9 +601,7 @@ def test_workers_that_all_crash_leave_everyone_owed_and_the_next_run_sends_them(
         ], err
         assert SUMMARY.findall(out) == [("0", "0", "0")], out  # today's digest, said
         assert server.handler.recipients() == []
-        final = _start(tmp_path)
-        out, err = final.communicate(timeout=60)
-        assert final.returncode == 0, err
+        out = _finish(tmp_path)
     assert SUMMARY.findall(out) == [(str(len(emails)), "0", "0")], out
     assert Counter(server.handler.recipients()) == Counter(emails)  # each once
 
@@ -662,10 +670,10 @@ def test_the_interrupt_line_counts_in_flight_what_a_killed_worker_left_in_doubt(
         _wait_until_both_send(tmp_path)
         with handler.lock:  # from now on no DATA is answered: every connection holds a body
             handler.hold_after = len(handler.messages)
-            held = handler.lock.wait_for(
+            holding = handler.lock.wait_for(
                 lambda: handler.data_attempts - len(handler.messages) >= 2 * CONNECTIONS, 30
             )
-        assert held
+        assert holding
         os.kill(workers[0], signal.SIGKILL)
         process.send_signal(signal.SIGTERM)
         handler.release.set()  # the other worker's messages in flight finish, and are recorded
@@ -682,9 +690,7 @@ def test_the_interrupt_line_counts_in_flight_what_a_killed_worker_left_in_doubt(
             "worker, its messages in flight among them; run `syndicate send` again to finish."
         ), err
         assert _lock_is_free(tmp_path)
-        final = _start(tmp_path)
-        out, err = final.communicate(timeout=60)
-        assert final.returncode == 0, err
+        out = _finish(tmp_path)
     sent_now, failed, skipped = (int(n) for n in SUMMARY.findall(out)[0])
     assert (failed, sent_now + skipped) == (0, len(emails))
     got = Counter(handler.recipients())
@@ -736,9 +742,7 @@ def test_sigterm_to_a_worker_stops_the_whole_run_gracefully_with_exit_143(
         got = Counter(server.handler.recipients())
         assert (len(got), max(got.values())) == (sent, 1)
         assert _lock_is_free(tmp_path)
-        final = _start(tmp_path)
-        out, err = final.communicate(timeout=60)
-        assert final.returncode == 0, err
+        out = _finish(tmp_path)
     assert SUMMARY.findall(out) == [(str(len(emails) - sent), "0", str(sent))]
     assert Counter(server.handler.recipients()) == Counter(emails)  # each exactly once
 
@@ -781,9 +785,7 @@ def test_a_ctrl_c_while_the_workers_start_stops_each_once_gracefully(tmp_path: P
     # The parent passed the signal on to every worker started so far, then again to all of
     # them after starting each next one: the first worker got two SIGINTs, a second Ctrl-C
     # to it, and quit at once ('exited 130 before it finished', an error line).
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_CTRL_C_WHILE_STARTING, encoding="utf-8")
+    hook = _sitecustomize(tmp_path / "hook", _CTRL_C_WHILE_STARTING)
     with run_smtp_server() as server:
         _project(tmp_path, server)
         emails = _subscribe(tmp_path, 0, 20)
@@ -797,9 +799,7 @@ def test_a_ctrl_c_while_the_workers_start_stops_each_once_gracefully(tmp_path: P
         ), err
         assert _held(tmp_path) == 0
         assert _lock_is_free(tmp_path)
-        final = _start(tmp_path)
-        _out, err = final.communicate(timeout=60)
-        assert final.returncode == 0, err
+        _finish(tmp_path)
     assert Counter(server.handler.recipients()) == Counter(emails)  # each exactly once
 
 
@@ -827,9 +827,7 @@ def test_a_sigterm_to_a_worker_before_its_handlers_stops_the_run_with_exit_143(
     # A worker killed by a SIGTERM before it could catch it (starting up; or ending, its
     # loop closed) sent no report: it was taken for a worker killed mid-run, the other one
     # went on, and the run exited 0 as if no one had asked it to stop.
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_SIGTERM_AS_IT_STARTS, encoding="utf-8")
+    hook = _sitecustomize(tmp_path / "hook", _SIGTERM_AS_IT_STARTS)
     with run_smtp_server() as server:
         server.handler.delay = 0.02
         _project(tmp_path, server)
@@ -849,9 +847,7 @@ def test_a_sigterm_to_a_worker_before_its_handlers_stops_the_run_with_exit_143(
             f"interrupted: {sent:,} sent, 0 in flight; run `syndicate send` again to finish."
         ), err
         assert _held(tmp_path) == 0
-        final = _start(tmp_path)
-        out, err = final.communicate(timeout=60)
-        assert final.returncode == 0, err
+        out = _finish(tmp_path)
     assert SUMMARY.findall(out) == [(str(len(emails) - sent), "0", str(sent))]
     assert Counter(server.handler.recipients()) == Counter(emails)  # each exactly once
 
@@ -949,9 +945,7 @@ def test_a_ctrl_c_after_a_worker_alone_got_a_sigint_does_not_quit_the_others_at_
         ), err
         assert set(held) <= set(gate.recipients())  # all answered, none left in doubt
         assert _held(tmp_path) == 0
-        final = _start(tmp_path)
-        _out, err = final.communicate(timeout=60)
-        assert final.returncode == 0, err
+        _finish(tmp_path)
     assert Counter(gate.recipients()) == Counter(emails)  # each exactly once
 
 
@@ -980,9 +974,7 @@ def test_a_sigint_to_the_parent_and_every_worker_at_once_stops_them_gracefully(
             f"interrupted: {sent:,} sent, 0 in flight; run `syndicate send` again to finish."
         ), err
         assert _held(tmp_path) == 0
-        final = _start(tmp_path)
-        _out, err = final.communicate(timeout=60)
-        assert final.returncode == 0, err
+        _finish(tmp_path)
     assert Counter(server.handler.recipients()) == Counter(emails)  # each exactly once
 
 
@@ -1089,9 +1081,7 @@ if sys.argv[:1] == ["-c"]:
 def test_a_sigterm_to_a_worker_as_its_loop_closes_is_reported_not_fatal(tmp_path: Path) -> None:
     # Between its loop's end (the default handlers back) and its report, a SIGTERM killed the
     # worker: no report, 'was killed by SIGTERM before it finished', and the stop was lost.
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_SIGTERM_AS_IT_ENDS, encoding="utf-8")
+    hook = _sitecustomize(tmp_path / "hook", _SIGTERM_AS_IT_ENDS)
     with run_smtp_server() as server:
         _project(tmp_path, server)
         emails = _subscribe(tmp_path, 0, 20)
