@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 from zoneinfo import ZoneInfo
 
 import babel
@@ -408,24 +408,42 @@ class _PageFrame:
     def make(cls, template: jinja2.Template, site: dict[str, Any]) -> _PageFrame | None:
         """The frame of `template` for the site-wide values `site`, or None when its text
         outside the blocks is not the same for every page (it uses a page's value: an
-        undefined name here), a block's text is not printed as it is, or the template's
-        own code outside its blocks sets names (`set`, `import`) its blocks may read."""
-        context = template.new_context(dict(site), shared=True)
-        for name in template.blocks:
-            context.blocks[name] = [functools.partial(_block_mark, name)]
-        try:
-            text = "".join(template.root_render_func(context))
-        except Exception:  # then rendered with every page, as before
-            return None
-        if context.vars:
-            return None
-        parts = _BLOCK_MARK.split(text)
-        fixed, names = parts[0::2], parts[1::2]
-        if any("\0" in part for part in fixed) or not set(names) <= set(template.blocks):
+        undefined name here, or one of `_PAGE_NAMES`, which fails when used), a block's
+        text is not printed once as it is (its text changed, measured or printed again:
+        the text around two marks of different lengths differs, or a mark is changed), a
+        block is scoped (it reads the names of the code around it), or the template's own
+        code outside its blocks sets names (`set`, `import`) its blocks may read."""
+        found: dict[str, list[Callable[[jinja2.runtime.Context], Iterator[str]]]] = {}
+        frames = []
+        for filler in _MARK_FILLERS:
+            context = template.new_context(
+                {**site, **dict.fromkeys(_PAGE_NAMES, _PAGE_VALUE)}, shared=True
+            )
+            calls: list[str] = []
+            for name in template.blocks:
+                mark = functools.partial(_block_mark, name, filler, calls, context)
+                context.blocks[name] = [mark]
+            try:
+                text = "".join(template.root_render_func(context))
+            except Exception:  # then rendered with every page, as before
+                return None
+            if context.vars:
+                return None
+            parts = re.split(f"\0{_MARK_TOKEN}(\\w+){re.escape(filler)}\0", text)
+            fixed, names = parts[0::2], parts[1::2]
+            if (
+                any("\0" in part for part in fixed)
+                or len(set(names)) < len(names)
+                or sorted(calls) != sorted(names)
+            ):
+                return None
+            frames.append((fixed, names))
+            found = context.blocks
+        if frames[0] != frames[1] or not set(names) <= set(template.blocks):
             return None
         chains = {
-            name: [template.blocks[name], *found[1:]] if name in template.blocks else found
-            for name, found in context.blocks.items()
+            name: [template.blocks[name], *blocks[1:]] if name in template.blocks else blocks
+            for name, blocks in found.items()
         }
         return cls(tuple(part.encode("utf-8") for part in fixed), tuple(names), chains)
 
@@ -444,12 +462,46 @@ class _PageFrame:
         return b"".join(out)
 
 
-def _block_mark(name: str, context: jinja2.runtime.Context) -> Iterator[str]:
-    """What block `name` prints in a page's frame."""
-    yield f"\0{_MARK_TOKEN}{name}\0"
+def _block_mark(
+    name: str,
+    filler: str,
+    calls: list[str],
+    frame: jinja2.runtime.Context,
+    context: jinja2.runtime.Context,
+) -> Iterator[str]:
+    """What block `name` prints in a page's frame; the call is noted in `calls` (its name,
+    or "" when the block is given another context than the frame's: a scoped block)."""
+    calls.append(name if context is frame else "")
+    yield f"\0{_MARK_TOKEN}{name}{filler}\0"
 
 
-_BLOCK_MARK = re.compile(f"\0{_MARK_TOKEN}([^\0]*)\0")
+# What follows a block's name in its mark, in each of the frame's two renders: text that
+# escaping, tags stripped, spaces collapsed or trimmed, a changed case or indent would
+# change, and of two lengths (a text measured or cut gives another frame).
+_MARK_FILLERS = (" <b>Aa</b> &amp;\u00a0 \n ", " <b>Aa</b> &amp;\u00a0 \n " * 40)
+
+
+class _PageValueUsed(Exception):
+    """A frame's text used a page's value."""
+
+
+class _PageValue:
+    """A page's value (`_PAGE_NAMES`) where a frame is made: defined, as on every page,
+    but any use of it fails, so that a frame that depends on a page is not made."""
+
+    __slots__ = ()
+
+    def _fail(self, *args: object, **kwargs: object) -> NoReturn:
+        raise _PageValueUsed
+
+    __getattr__ = __getitem__ = __call__ = __str__ = __html__ = __bool__ = _fail
+    __iter__ = __len__ = __contains__ = __eq__ = __ne__ = __lt__ = __gt__ = _fail
+    __hash__ = None  # type: ignore[assignment]
+
+
+_PAGE_VALUE = _PageValue()
+# The names `render_article` gives a page beyond the site-wide values.
+_PAGE_NAMES = ("article", "other_news", "canonical")
 
 
 class SiteRenderer:

@@ -549,10 +549,77 @@ _SET_IN_ARTICLE = [
     ("article.html.j2", "{{ article.title }} · {{ site.title }}", "{{ article.title }} {{ by }}"),
 ]
 
+# A base template that asks whether a page's value is there (a base shared with the index
+# pages): the test raises nothing where the page's value is missing.
+_DEFINED_IN_BASE = [
+    (
+        "_base.html.j2",
+        '<html lang="{{ lang }}">',
+        '<html lang="{{ article.language if article is defined else lang }}">',
+    )
+]
+_DEFAULT_IN_BASE = [("_base.html.j2", "<main>", '{{ canonical|default("") }}<main>')]
+# A base template that prints a block's text again, changed, outside the blocks.
+_SELF_TRUNCATED_IN_BASE = [
+    ("_base.html.j2", "<main>", '<meta content="{{ self.title()|truncate(20) }}"><main>')
+]
+_SELF_STRIPPED_IN_BASE = [
+    ("_base.html.j2", "<main>", '<meta content="{{ self.title()|striptags }}"><main>')
+]
+_SELF_LENGTH_IN_BASE = [("_base.html.j2", "<main>", "{{ self.title()|length }}<main>")]
+# A base template whose block's text goes through a filter (spaces collapsed).
+_FILTERED_IN_BASE = [
+    (
+        "_base.html.j2",
+        "<title>{% block title %}{{ site.title }}{% endblock %}</title>",
+        "<title>{% filter striptags %}{% block title %}{{ site.title }}{% endblock %}"
+        "{% endfilter %}</title>",
+    )
+]
+# A scoped block inside a loop of the base, which the article template fills in.
+_SCOPED_IN_LOOP = [
+    (
+        "_base.html.j2",
+        "{% block head %}{% endblock %}",
+        "{% block head %}{% endblock %}\n"
+        "{% for feed in ['rss', 'atom'] %}{% block feed scoped %}{% endblock %}{% endfor %}",
+    ),
+    (
+        "article.html.j2",
+        "{% block content %}",
+        '{% block feed %}<link href="{{ feed }}" title="{{ article.title }}">\n'
+        "{% endblock %}\n{% block content %}",
+    ),
+]
+
 
 @pytest.mark.parametrize("language", ["vi", "en"])
 @pytest.mark.parametrize(
-    "edits", [[], _SUPER_IN_ARTICLE, _SET_IN_ARTICLE], ids=["shipped", "super", "set"]
+    "edits",
+    [
+        [],
+        _SUPER_IN_ARTICLE,
+        _SET_IN_ARTICLE,
+        _DEFINED_IN_BASE,
+        _DEFAULT_IN_BASE,
+        _SELF_TRUNCATED_IN_BASE,
+        _SELF_STRIPPED_IN_BASE,
+        _SELF_LENGTH_IN_BASE,
+        _FILTERED_IN_BASE,
+        _SCOPED_IN_LOOP,
+    ],
+    ids=[
+        "shipped",
+        "super",
+        "set",
+        "defined",
+        "default",
+        "self-truncated",
+        "self-stripped",
+        "self-length",
+        "filtered",
+        "scoped-in-loop",
+    ],
 )
 def test_the_text_around_the_blocks_rendered_once_gives_the_same_pages(
     tmp_path: Path,
@@ -588,5 +655,7 @@ def test_the_text_around_the_blocks_rendered_once_gives_the_same_pages(
         ),
     ]
     assert "other-news" in pages[1](once).decode()
+    # The shipped templates and a block's super() are rendered in a frame, the others whole.
+    assert (once._frame is not None) is (edits in ([], _SUPER_IN_ARTICLE))
     for page in pages:
         assert page(once) == page(whole)
