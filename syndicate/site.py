@@ -586,7 +586,7 @@ class SiteRenderer:
                 blocks = shown_blocks(blocks, language=article.language)
             body = _joined_texts(blocks, checked=from_loader).encode("utf-8")
             tagged = _tagged_body(blocks, body, language=None)
-        context = {
+        context = {  # the names beyond the site-wide values are `_PAGE_NAMES`
             **self._article_vars,
             "article": SimpleNamespace(
                 title=typeset(one_line(article.title)),
