@@ -527,6 +527,8 @@ class SiteRenderer:
             digest.update(name.encode() + b"\0" + source.encode() + b"\0")
         self.fingerprint = digest.hexdigest()
 
+    _frame_checked = False  # whether a page has been rendered both ways (render_article)
+
     @functools.cached_property
     def _frame(self) -> _PageFrame | None:
         """The article page's frame, made for the first page: a build with no article page
@@ -603,14 +605,26 @@ class SiteRenderer:
         # What Template.render does, with the globals merged once per renderer rather than
         # per page, and the text around the template's blocks rendered once per renderer;
         # the page's own text is encoded, the body put in as bytes.
+        framed: bytes | None = None
         try:
             page = self._article.new_context(context, shared=True)
             if self._frame is not None:
-                return self._frame.render(page, tagged)
+                framed = self._frame.render(page, tagged)
+                if self._frame_checked:
+                    return framed
+                page = self._article.new_context(context, shared=True)
             html = "".join(self._article.root_render_func(page))
         except Exception:
             self.env.handle_exception()
-        return tagged.join([part.encode("utf-8") for part in html.split(_BODY_MARK)])
+        whole = tagged.join([part.encode("utf-8") for part in html.split(_BODY_MARK)])
+        if framed is not None:
+            # The first page with a frame is rendered whole too, and the frame kept only if
+            # both agree: a template feature or a Jinja2 release `_PageFrame.make` does not
+            # foresee costs one page rendered twice, never a wrong page.
+            self._frame_checked = True
+            if framed != whole:
+                self.__dict__["_frame"] = None  # every later page rendered whole
+        return whole
 
     def _other_news(
         self, article: Article, links: Mapping[str, StoryLink]

@@ -659,3 +659,26 @@ def test_the_text_around_the_blocks_rendered_once_gives_the_same_pages(
     assert (once._frame is not None) is (edits in ([], _SUPER_IN_ARTICLE))
     for page in pages:
         assert page(once) == page(whole)
+
+
+def test_a_frame_that_gives_another_page_than_the_whole_template_is_dropped_at_the_first_page(
+    tmp_path: Path, sample_articles: list[Article], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first page with a frame is rendered whole too: a frame that would give another
+    page (a template or a Jinja2 release `_PageFrame.make` does not foresee; here one that
+    drops the footer) gives that page and every later one rendered whole."""
+    from syndicate import site
+
+    whole = SiteRenderer(INFO, _edited_templates(tmp_path, "whole", _PAGE_VALUE_IN_BASE))
+    expected = [whole.render_article(a, slug=a.slug) for a in sample_articles]
+    rendered = site._PageFrame.render
+    monkeypatch.setattr(
+        site._PageFrame, "render", lambda self, *a: rendered(self, *a).replace(b"<footer", b"<x")
+    )
+    once = SiteRenderer(INFO, _edited_templates(tmp_path, "once", []))
+    assert [once.render_article(a, slug=a.slug) for a in sample_articles] == expected
+    assert once._frame is None
+    monkeypatch.undo()
+    kept = SiteRenderer(INFO, _edited_templates(tmp_path, "kept", []))
+    assert [kept.render_article(a, slug=a.slug) for a in sample_articles] == expected
+    assert kept._frame is not None
