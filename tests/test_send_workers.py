@@ -280,6 +280,10 @@ def test_sigint_stops_every_worker_gracefully_and_a_second_send_exits_75(
         server.handler.release.set()  # the rest would take a second: the signal comes first
         _out, err = process.communicate(timeout=30)
         assert process.returncode == 130, err
+        assert (
+            "warning: stopping (SIGINT): no new messages; waiting for the 2 workers' messages "
+            "in flight (Ctrl-C again to quit at once).\n"
+        ) in err
         sent = len(server.handler.messages)
         assert err.splitlines()[-1] == (
             f"interrupted: {sent:,} sent, 0 in flight; run `syndicate send` again to finish."

@@ -213,10 +213,11 @@ async def _run(
             _signal_all(procs, signal.SIGKILL)  # each worker quits at once too
             logging.shutdown()
             os._exit(128 + signum)
+        running = sum(1 for proc in procs if proc.returncode is None)
         log.warning(
-            "stopping (%s): no new messages; waiting for the %d workers' messages in flight%s.",
+            "stopping (%s): no new messages; waiting for %s messages in flight%s.",
             signal.Signals(signum).name,
-            len(procs),
+            "the worker's" if running == 1 else f"the {running} workers'",
             " (Ctrl-C again to quit at once)" if signum == signal.SIGINT else "",
         )
         received.append(signum)
