@@ -345,12 +345,15 @@ async def _daily(
         if handle_signals:
             unwatch_signals()
     if stop.signal is not None:
-        error = TerminatedError if stop.signal == signal.SIGTERM else InterruptError
-        raise error(
-            f"interrupted: {sent:,} sent, {in_flight:,} in flight; "
-            "run `syndicate send` again to finish."
-        )
+        raise _interrupted(stop.signal, sent=sent, in_flight=f"{in_flight:,} in flight")
     return DailyReport(today=first, earlier=tuple(earlier))
+
+
+def _interrupted(signum: int, *, sent: int, in_flight: str) -> InterruptError:
+    """What ends a run a signal stopped (exit 130 after SIGINT, 143 after SIGTERM): its one
+    line, with what was sent and what is in flight (`in_flight`, worded)."""
+    error = TerminatedError if signum == signal.SIGTERM else InterruptError
+    return error(f"interrupted: {sent:,} sent, {in_flight}; run `syndicate send` again to finish.")
 
 
 def _daily_workers(
@@ -408,8 +411,7 @@ def _daily_workers(
         raise outcome.error
     if outcome.signal is not None:
         sent = sum(s.sent for s in summaries)
-        error = TerminatedError if outcome.signal == signal.SIGTERM else InterruptError
-        raise error(f"interrupted: {sent:,} sent, {_in_flight(counts, outcome)}; {_AGAIN}")
+        raise _interrupted(outcome.signal, sent=sent, in_flight=_in_flight(counts, outcome))
     if outcome.stopped_by:
         _stopped_workers(outcome, left=left)
     first = summaries.pop(0) if today is not None and summaries else None
@@ -422,9 +424,6 @@ def _daily_workers(
         lost_workers=sum(1 for lost in outcome.lost if not lost.crash) if left else 0,
         crashed_workers=sum(1 for lost in outcome.lost if lost.crash),
     )
-
-
-_AGAIN = "run `syndicate send` again to finish."
 
 
 def _in_flight(counts: list[ledger.RunCounts], outcome: WorkersOutcome) -> str:
