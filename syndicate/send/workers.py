@@ -250,7 +250,7 @@ async def _run(
             on_worker_signal(number, proc.pid, signum)
         return out
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in _STOPS:
         loop.add_signal_handler(signum, on_signal, signum)
     started = time.monotonic()
     try:
@@ -291,7 +291,7 @@ async def _run(
         ]
         outputs = await asyncio.gather(*talks)
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in _STOPS:
             loop.remove_signal_handler(signum)
     seconds = time.monotonic() - started
     results: list[WorkerResult] = []
@@ -488,7 +488,7 @@ async def _work(job: WorkerJob, pending: list[int]) -> WorkerResult:
         # from the parent too, and quit every worker with its messages in flight unrecorded.
         stop.by_signal(signum)
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in _STOPS:
         loop.add_signal_handler(signum, on_signal, signum)
     for early in list(pending):  # came while starting up
         on_signal(early)
