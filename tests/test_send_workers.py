@@ -110,6 +110,18 @@ def _finish(folder: Path) -> str:
     return out
 
 
+def _both_sending(folder: Path, port: int) -> tuple[list[str], subprocess.Popen[str], list[int]]:
+    """`send --workers 2` to 100 subscribers, once both workers have sent some: the
+    subscribers, the run and its workers' pids. The lease outlives a test's steps: no
+    takeover meanwhile."""
+    write_send_project(folder, port=port, connections=CONNECTIONS, lease=5)
+    emails = _subscribe(folder, 0, 100)
+    process = _start(folder)
+    workers = _wait_for_workers(process)
+    _wait_until_both_send(folder)
+    return emails, process, workers
+
+
 def _sitecustomize(folder: Path, source: str) -> Path:
     """A folder to put on a send's PYTHONPATH holding `source` as its sitecustomize (a
     test-only hook its Python processes run as they start)."""
@@ -666,12 +678,7 @@ def test_the_interrupt_line_counts_in_flight_what_a_killed_worker_left_in_doubt(
     handler = _BodyLog()
     with run_smtp_server(handler) as server:
         handler.delay = 0.02
-        # A lease that outlives the test's steps: no takeover meanwhile.
-        write_send_project(tmp_path, port=server.port, connections=CONNECTIONS, lease=5)
-        emails = _subscribe(tmp_path, 0, 100)
-        process = _start(tmp_path)
-        workers = _wait_for_workers(process)
-        _wait_until_both_send(tmp_path)
+        emails, process, workers = _both_sending(tmp_path, server.port)
         with handler.lock:  # from now on no DATA is answered: every connection holds a body
             handler.hold_after = len(handler.messages)
             holding = handler.lock.wait_for(
@@ -902,12 +909,7 @@ def test_a_ctrl_c_after_a_worker_alone_got_a_sigint_does_not_quit_the_others_at_
     gate = _Gate()
     with run_smtp_server(gate) as server:
         gate.delay = 0.02
-        # A lease that outlives the test's steps: no takeover meanwhile.
-        write_send_project(tmp_path, port=server.port, connections=CONNECTIONS, lease=5)
-        emails = _subscribe(tmp_path, 0, 100)
-        process = _start(tmp_path)
-        workers = _wait_for_workers(process)
-        _wait_until_both_send(tmp_path)
+        emails, process, workers = _both_sending(tmp_path, server.port)
         with gate.lock:  # every connection of both workers comes to hold a body
             gate.closed = True
             assert gate.lock.wait_for(lambda: len(gate.held) >= 2 * CONNECTIONS, 30)
