@@ -210,7 +210,7 @@ async def _run(
                 "interrupted again: quitting at once; messages in flight are not recorded "
                 "(the next run sends them again)."
             )
-            _signal_all(procs, signal.SIGKILL)  # each worker quits at once too
+            signal_workers(procs, signal.SIGKILL)  # each worker quits at once too
             logging.shutdown()
             os._exit(128 + signum)
         running = sum(1 for proc in procs if proc.returncode is None)
@@ -223,7 +223,7 @@ async def _run(
         received.append(signum)
         if not stopped:
             stopped.append(signum)
-            _signal_all(procs, signum)
+            signal_workers(procs, signum)
         # Else the workers were told to stop already (a signal to one of them alone): once
         # more, a SIGINT would make each quit at once, not this process's second Ctrl-C.
 
@@ -241,7 +241,7 @@ async def _run(
             signal.Signals(signum).name,
         )
         stopped.append(signum)
-        _signal_all(procs, signum)
+        signal_workers(procs, signum)
 
     async def talk(number: int, proc: asyncio.subprocess.Process, job: bytes) -> bytes:
         out, _err = await proc.communicate(job)
@@ -284,7 +284,7 @@ async def _run(
             procs.append(proc)
             jobs.append(pickle.dumps(job))
             if stopped:  # a signal came while it was starting: the others have it already
-                _signal_all([proc], stopped[0])
+                signal_workers([proc], stopped[0])
         talks = [
             talk(number, proc, job)
             for number, (proc, job) in enumerate(zip(procs, jobs, strict=True), start=1)
@@ -379,11 +379,20 @@ def _shares(limit: int | None, workers: int) -> list[int | None]:
     return [limit // workers + (1 if n < limit % workers else 0) for n in range(workers)]
 
 
-def _signal_all(procs: list[asyncio.subprocess.Process], signum: int) -> None:
+def signal_workers(procs: list[asyncio.subprocess.Process], signum: int) -> None:
+    """Send `signum` to each worker still running, leaving its exit status to asyncio.
+
+    With `os.kill`, not `proc.send_signal`: Python 3.11's `Popen.send_signal` polls the
+    child first, and so reaps one that has just died before asyncio's child watcher does;
+    the watcher then reports it as 255, and the run named a killed worker "exited 255".
+    Between the watcher reaping a worker and `returncode` being set (its callback, next on
+    this loop) the pid is free again, but the kernel hands a freed pid out again only after
+    cycling through all the others (pid_max), so it is not another process's meanwhile.
+    """
     for proc in procs:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signum)
+                os.kill(proc.pid, signum)
 
 
 def _read_result(out: bytes) -> WorkerResult | None:
