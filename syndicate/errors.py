@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import logging
+import sys
 from typing import ClassVar
 
 EXIT_OK = 0
@@ -259,3 +261,29 @@ class TerminatedError(InterruptError):
     """A run stopped by SIGTERM: started messages finished and were recorded."""
 
     exit_code: ClassVar[int] = 143  # 128 + SIGTERM
+
+
+class _LineFormatter(logging.Formatter):
+    """One line a record: "error: ...", "warning: ...", or the message alone."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            return f"error: {message}"
+        if record.levelno >= logging.WARNING:
+            return f"warning: {message}"
+        return message
+
+
+def log_lines_to_stderr(level: int) -> None:
+    """Send the `syndicate` logger's records of `level` and above to stderr, one line each.
+
+    The CLI's shape, set by the CLI and by each `send --workers` worker, so that a worker's
+    warnings read like its parent's.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LineFormatter())
+    root = logging.getLogger("syndicate")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(level)

@@ -11,7 +11,6 @@ import importlib
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +24,12 @@ import click
 
 from syndicate import __version__
 from syndicate.config import Settings, find_config, load_settings, weak_secret_warning
-from syndicate.errors import OpenFilesError, OutOfFilesError, SyndicateError
+from syndicate.errors import (
+    OpenFilesError,
+    OutOfFilesError,
+    SyndicateError,
+    log_lines_to_stderr,
+)
 from syndicate.store import Database, open_database, open_empty, open_reader
 
 log = logging.getLogger("syndicate")
@@ -119,30 +123,10 @@ class AppContext:
 pass_app = click.make_pass_decorator(AppContext)
 
 
-class _LineFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if record.levelno >= logging.ERROR:
-            return f"error: {message}"
-        if record.levelno >= logging.WARNING:
-            return f"warning: {message}"
-        return message
-
-
 def _setup_logging(verbosity: int) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LineFormatter())
-    root = logging.getLogger("syndicate")
-    root.handlers[:] = [handler]
-    root.propagate = False
-    if verbosity < 0:
-        root.setLevel(logging.ERROR)
-    elif verbosity == 0:
-        root.setLevel(logging.WARNING)
-    elif verbosity == 1:
-        root.setLevel(logging.INFO)
-    else:
-        root.setLevel(logging.DEBUG)
+    """-q: errors only; by default warnings too; -v: progress; -vv: debug."""
+    levels = (logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG)
+    log_lines_to_stderr(levels[max(-1, min(verbosity, 2)) + 1])
 
 
 # Each command's module, imported when the command is first looked up: `syndicate build`

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from syndicate.config import Settings
-from syndicate.errors import OutOfFilesError, SendError, SyndicateError
+from syndicate.errors import OutOfFilesError, SendError, SyndicateError, log_lines_to_stderr
 from syndicate.mail import MessageTemplate
 from syndicate.send.deliver import DigestSender, SendSummary, Stop, make_run_id, make_worker_id
 from syndicate.send.policy import SendPolicy
@@ -447,12 +447,7 @@ def main(pending: list[int] | None = None) -> None:
         # The parent failed while starting the workers, and says why itself.
         raise SystemExit(1)
     faulthandler.enable()  # a fault (SIGSEGV, ...) writes its Python traceback to stderr
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LineFormatter())
-    root = logging.getLogger("syndicate")
-    root.handlers[:] = [handler]
-    root.propagate = False
-    root.setLevel(job.log_level)
+    log_lines_to_stderr(job.log_level)
     # As in the parent: what is loaded now lives until exit; keep it out of the collector's
     # full passes during the send loop.
     gc.collect()
@@ -472,18 +467,6 @@ def main(pending: list[int] | None = None) -> None:
         os._exit(1)
     if result.crash is not None:
         raise SystemExit(1)  # as an uncaught exception ends a Python process
-
-
-class _LineFormatter(logging.Formatter):
-    """The CLI's one-line shape, so a worker's warnings read like the parent's."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if record.levelno >= logging.ERROR:
-            return f"error: {message}"
-        if record.levelno >= logging.WARNING:
-            return f"warning: {message}"
-        return message
 
 
 async def _work(job: WorkerJob, pending: list[int]) -> WorkerResult:
