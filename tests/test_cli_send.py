@@ -444,6 +444,27 @@ def test_an_earlier_digest_is_caught_up_on_a_day_with_nothing_new(
     assert json.loads(out) == {"digest": None, **NOTHING_COUNTS, "earlier": []}
 
 
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one-process", "workers"])
+def test_an_owed_digest_whose_articles_are_unreadable_is_closed_with_one_warning(
+    clock: Clock, workdir: Path, workers: list[str]
+) -> None:
+    _subscribe("a@example.org", "b@example.org")
+    assert _run("send", "--limit", "1")[0] == 0
+    with open_store(workdir / "syndicate.db") as db, db.transaction() as conn:
+        (ids,) = conn.execute("SELECT article_ids FROM digests").fetchone()
+        for article_id in json.loads(ids):
+            conn.execute("UPDATE articles SET record = '{' WHERE id = ?", (article_id,))
+    clock.next_day()
+    code, out, err = _run("send", *workers)
+    assert (code, out) == (0, "Nothing new to send.\n")
+    assert err.endswith(
+        "warning: digest 2024-10-31: its articles are no longer stored, so it cannot be sent "
+        "to the 1 subscriber still owed it.\n"
+    ), err
+    assert _outbox_recipients(workdir, "2024-10-31") == ["a@example.org"]
+    assert _run("send", *workers) == (0, "Nothing new to send.\n", "")  # said once: closed
+
+
 def test_a_digest_older_than_the_window_is_given_up_with_one_warning(
     clock: Clock, workdir: Path
 ) -> None:

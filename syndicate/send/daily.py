@@ -33,7 +33,7 @@ from syndicate.mail import (
 )
 from syndicate.model import DigestPlan
 from syndicate.publish import run_build
-from syndicate.send.catchup import read_earlier_digests
+from syndicate.send.catchup import OwedDigest, read_earlier_digests
 from syndicate.send.deliver import (
     DigestSender,
     SendSummary,
@@ -330,14 +330,7 @@ async def _daily(
                 break
             plan = load_stored(owed.day)
             if plan is None:
-                log.warning(
-                    "digest %s: its articles are no longer stored, so it cannot be sent to "
-                    "the %d %s still owed it.",
-                    owed.day.isoformat(),
-                    owed.owed,
-                    "subscriber" if owed.owed == 1 else "subscribers",
-                )
-                close_digest(db, owed.day, now=now)
+                _close_unsendable(db, owed, now=now)
                 continue
             earlier.append(await deliver(plan, owed.created_at))
             on_earlier(earlier[-1])
@@ -347,6 +340,19 @@ async def _daily(
     if stop.signal is not None:
         raise _interrupted(stop.signal, sent=sent, in_flight=f"{in_flight:,} in flight")
     return DailyReport(today=first, earlier=tuple(earlier))
+
+
+def _close_unsendable(db: Database, owed: OwedDigest, *, now: datetime) -> None:
+    """An earlier digest whose articles are no longer stored: said once, and closed, so no
+    later run tries it again."""
+    log.warning(
+        "digest %s: its articles are no longer stored, so it cannot be sent to the %d %s "
+        "still owed it.",
+        owed.day.isoformat(),
+        owed.owed,
+        "subscriber" if owed.owed == 1 else "subscribers",
+    )
+    close_digest(db, owed.day, now=now)
 
 
 def _interrupted(signum: int, *, sent: int, in_flight: str) -> InterruptError:
@@ -380,14 +386,7 @@ def _daily_workers(
     for owed in read_earlier_digests(db, today=digest_day(settings, now), now=now):
         stored = stored_digest(db, owed.day)
         if stored is None:
-            log.warning(
-                "digest %s: its articles are no longer stored, so it cannot be sent to "
-                "the %d %s still owed it.",
-                owed.day.isoformat(),
-                owed.owed,
-                "subscriber" if owed.owed == 1 else "subscribers",
-            )
-            close_digest(db, owed.day, now=now)
+            _close_unsendable(db, owed, now=now)
             continue
         days.append(_day_job(db, owed.day, owed.created_at, prepare(stored)))
     outcome = run_workers(
