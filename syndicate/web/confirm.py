@@ -12,7 +12,7 @@ from starlette.responses import Response
 from syndicate import i18n, tokens
 from syndicate.errors import TokenError
 from syndicate.model import Subscriber, SubscriptionStatus
-from syndicate.web.guard import MAX_BODY_BYTES
+from syndicate.web.guard import link_token
 
 if TYPE_CHECKING:
     from syndicate.web.pages import Service
@@ -29,13 +29,7 @@ async def confirm(service: Service, request: Request) -> Response:
     a GET that confirmed would confirm addresses their owners never saw. The GET only
     checks the link and shows one button, which POSTs back the same token.
     """
-    token = request.query_params.get("token", "")
-    if request.method == "POST":
-        # Read the body even when the token is in the URL, so the body limit (413) holds.
-        await request.body()
-        if not token:
-            form = await request.form(max_files=0, max_fields=10, max_part_size=MAX_BODY_BYTES)
-            token = str(form.get("token") or "")
+    token = await link_token(request)
     max_age = timedelta(hours=service.settings.subscribe.confirm_hours)
     now = service.clock()
     subscriber: Subscriber | None

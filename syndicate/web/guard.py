@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Request bodies larger than this get 413: a sign-up form is well under 1 KiB.
@@ -32,6 +34,25 @@ _SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
+
+
+async def read_form(request: Request) -> FormData:
+    """The request's form: no files, a few fields, no part over the body limit."""
+    return await request.form(max_files=0, max_fields=10, max_part_size=MAX_BODY_BYTES)
+
+
+async def link_token(request: Request) -> str:
+    """The token of a confirm or unsubscribe link: in the URL, else (on POST) in the form.
+
+    A POST's body is read even when the token is in the URL, so that the body limit (413)
+    holds here as everywhere; a one-click unsubscribe's body is a few bytes.
+    """
+    token = request.query_params.get("token", "")
+    if request.method == "POST":
+        await request.body()
+        if not token:
+            token = str((await read_form(request)).get("token") or "")
+    return token
 
 
 # The sign-up rate limit's window: `subscribe.rate_limit` requests per minute.

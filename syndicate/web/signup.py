@@ -18,12 +18,12 @@ from syndicate.send import TransientSendError
 from syndicate.store import subscribers as store_subscribers
 from syndicate.web.confirmation import build_confirmation
 from syndicate.web.guard import (
-    MAX_BODY_BYTES,
     RateWindow,
     check_form_token,
     origin_of,
     rate_decision,
     rate_limit_key,
+    read_form,
 )
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ async def subscribe(service: Service, request: Request) -> Response:
         )
         if not allowed:
             return service.error_page(request, 429, headers={"retry-after": str(wait)})
-    form = await request.form(max_files=0, max_fields=10, max_part_size=MAX_BODY_BYTES)
+    form = await read_form(request)
     email = str(form.get("email") or "").strip()
     language = str(form.get("language") or "")
     language = language if language in LANGUAGES else lang

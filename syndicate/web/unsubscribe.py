@@ -11,7 +11,7 @@ from starlette.responses import Response
 from syndicate import i18n, tokens
 from syndicate.errors import SubscriberError, TokenError
 from syndicate.model import Subscriber
-from syndicate.web.guard import MAX_BODY_BYTES
+from syndicate.web.guard import link_token
 
 if TYPE_CHECKING:
     from syndicate.web.pages import Service
@@ -25,14 +25,7 @@ async def unsubscribe(service: Service, request: Request) -> Response:
     """Ask on GET (link scanners follow GETs); unsubscribe on POST, one-click or the form."""
     lang = service.language(request)
     strings = _STRINGS[lang]
-    token = request.query_params.get("token", "")
-    if request.method == "POST":
-        # Read the body even when the token is in the URL, so that the body limit
-        # (413) holds here as everywhere; a one-click body is a few bytes.
-        await request.body()
-        if not token:
-            form = await request.form(max_files=0, max_fields=10, max_part_size=MAX_BODY_BYTES)
-            token = str(form.get("token") or "")
+    token = await link_token(request)
     if not token and request.method != "POST":
         # The generic link of the "view in browser" page: explain, change nothing.
         return service.page(
