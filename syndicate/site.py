@@ -14,16 +14,17 @@ import os
 import re
 import secrets
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo
 
 import babel
 from babel.dates import format_date, format_time, get_datetime_format
+from markupsafe import Markup
 
 from syndicate import i18n
 from syndicate.config import make_environment
@@ -56,6 +57,7 @@ RENDER_VERSION = 3
 
 ARTICLE_TEMPLATE = "article.html.j2"
 INDEX_TEMPLATE = "index.html.j2"
+CHROME_TEMPLATE = "_chrome.html.j2"
 
 _STRINGS = i18n.STRINGS["pages"]
 
@@ -66,8 +68,7 @@ _CLOSE = b"</p>"
 # What the article template prints for `article.body`: the rendered page is split there and
 # the body's bytes put in between. A NUL never reaches a page (`one_line` and the loader
 # turn controls into spaces) and the token is new in each process.
-_MARK_TOKEN = secrets.token_hex(16)
-_BODY_MARK = f"\0{_MARK_TOKEN}\0"
+_BODY_MARK = f"\0{secrets.token_hex(16)}\0"
 
 
 class _BodyHole:
@@ -328,14 +329,35 @@ def _tagged_body(blocks: Sequence[Block], body: bytes, *, language: str | None) 
 
 
 def page_context(info: SiteInfo, *, root: str) -> dict[str, Any]:
-    """What `_base.html.j2` needs: lang, site, root (the way to the site root from the
-    page: "", "../" or an absolute URL) and t (the chrome strings)."""
+    """What `_base.html.j2` needs besides `chrome` (`render_chrome` of these): lang, site,
+    root (the way to the site root from the page: "", "../" or an absolute URL) and t
+    (the chrome strings)."""
     return {
         "site": info,
         "lang": info.language,
         "root": root,
         "t": _STRINGS.get(info.language, _STRINGS["vi"]),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class PageChrome:
+    """The site-wide parts `_base.html.j2` prints around a page's own, ready to print."""
+
+    feeds: Markup  # the feed links in <head>
+    header: Markup
+    footer: Markup
+
+
+def render_chrome(env: jinja2.Environment, context: Mapping[str, Any]) -> PageChrome:
+    """The macros of `_chrome.html.j2` rendered with `context` (lang, site, root, t): what
+    `_base.html.j2` takes as `chrome`. They use those site-wide values only, so a caller
+    renders them once for all the pages that share them, not with each page."""
+    try:
+        chrome: Any = env.get_template(CHROME_TEMPLATE).make_module(dict(context))
+        return PageChrome(feeds=chrome.feeds(), header=chrome.header(), footer=chrome.footer())
+    except Exception:
+        env.handle_exception()  # raises it, with the template's lines in its traceback
 
 
 def _template_sources(folder: Path) -> tuple[tuple[str, str], ...]:
@@ -388,122 +410,6 @@ def _site_environment(folder: Path, sources: tuple[tuple[str, str], ...]) -> jin
     return env
 
 
-@dataclass(frozen=True, slots=True)
-class _PageFrame:
-    """An article page's text outside the article template's own blocks, rendered and
-    encoded once per renderer: what `_base.html.j2` prints around those blocks (the head's
-    links, the style sheet, the header and footer) depends on the site alone, so a page
-    renders only the blocks and puts them in between.
-
-    The page is `fixed[0]`, block `names[0]`, `fixed[1]`, ... `fixed[-1]`. `blocks` holds
-    each block's functions as Jinja's inheritance chains them (the article template's
-    first, then the base's: what `super()` climbs).
-    """
-
-    fixed: tuple[bytes, ...]
-    names: tuple[str, ...]
-    blocks: dict[str, list[Callable[[jinja2.runtime.Context], Iterator[str]]]]
-
-    @classmethod
-    def make(cls, template: jinja2.Template, site: dict[str, Any]) -> _PageFrame | None:
-        """The frame of `template` for the site-wide values `site`, or None when its text
-        outside the blocks is not the same for every page (it uses a page's value: an
-        undefined name here, or one of `_PAGE_NAMES`, which fails when used), a block's
-        text is not printed once as it is (its text changed, measured or printed again:
-        the text around two marks of different lengths differs, or a mark is changed), a
-        block is scoped (it reads the names of the code around it), or the template's own
-        code outside its blocks sets names (`set`, `import`) its blocks may read."""
-        found: dict[str, list[Callable[[jinja2.runtime.Context], Iterator[str]]]] = {}
-        frames = []
-        for filler in _MARK_FILLERS:
-            context = template.new_context(
-                {**site, **dict.fromkeys(_PAGE_NAMES, _PAGE_VALUE)}, shared=True
-            )
-            calls: list[str] = []
-            for name in template.blocks:
-                mark = functools.partial(_block_mark, name, filler, calls, context)
-                context.blocks[name] = [mark]
-            try:
-                text = "".join(template.root_render_func(context))
-            except Exception:  # then rendered with every page, as before
-                return None
-            if context.vars:
-                return None
-            parts = re.split(f"\0{_MARK_TOKEN}(\\w+){re.escape(filler)}\0", text)
-            fixed, names = parts[0::2], parts[1::2]
-            if (
-                any("\0" in part for part in fixed)
-                or len(set(names)) < len(names)
-                or sorted(calls) != sorted(names)
-            ):
-                return None
-            frames.append((fixed, names))
-            found = context.blocks
-        if frames[0] != frames[1] or not set(names) <= set(template.blocks):
-            return None
-        chains = {
-            name: [template.blocks[name], *blocks[1:]] if name in template.blocks else blocks
-            for name, blocks in found.items()
-        }
-        return cls(tuple(part.encode("utf-8") for part in fixed), tuple(names), chains)
-
-    def render(self, context: jinja2.runtime.Context, body: bytes) -> bytes:
-        """The page of `context` (the template's, with a page's values), `body` put in
-        where the template prints `_BODY_MARK`."""
-        context.blocks = dict(self.blocks)
-        out = [self.fixed[0]]
-        for name, after in zip(self.names, self.fixed[1:], strict=True):
-            text = "".join(self.blocks[name][0](context))
-            if _BODY_MARK in text:
-                out.append(body.join([piece.encode("utf-8") for piece in text.split(_BODY_MARK)]))
-            else:
-                out.append(text.encode("utf-8"))
-            out.append(after)
-        return b"".join(out)
-
-
-def _block_mark(
-    name: str,
-    filler: str,
-    calls: list[str],
-    frame: jinja2.runtime.Context,
-    context: jinja2.runtime.Context,
-) -> Iterator[str]:
-    """What block `name` prints in a page's frame; the call is noted in `calls` (its name,
-    or "" when the block is given another context than the frame's: a scoped block)."""
-    calls.append(name if context is frame else "")
-    yield f"\0{_MARK_TOKEN}{name}{filler}\0"
-
-
-# What follows a block's name in its mark, in each of the frame's two renders: text that
-# escaping, tags stripped, spaces collapsed or trimmed, a changed case or indent would
-# change, and of two lengths (a text measured or cut gives another frame).
-_MARK_FILLERS = (" <b>Aa</b> &amp;\u00a0 \n ", " <b>Aa</b> &amp;\u00a0 \n " * 40)
-
-
-class _PageValueUsed(Exception):
-    """A frame's text used a page's value."""
-
-
-class _PageValue:
-    """A page's value (`_PAGE_NAMES`) where a frame is made: defined, as on every page,
-    but any use of it fails, so that a frame that depends on a page is not made."""
-
-    __slots__ = ()
-
-    def _fail(self, *args: object, **kwargs: object) -> NoReturn:
-        raise _PageValueUsed
-
-    __getattr__ = __getitem__ = __call__ = __str__ = __html__ = __bool__ = _fail
-    __iter__ = __len__ = __contains__ = __eq__ = __ne__ = __lt__ = __gt__ = _fail
-    __hash__ = None  # type: ignore[assignment]
-
-
-_PAGE_VALUE = _PageValue()
-# The names `render_article` gives a page beyond the site-wide values.
-_PAGE_NAMES = ("article", "other_news", "canonical")
-
-
 class SiteRenderer:
     """Renders article and index pages for one site; `fingerprint` covers all its inputs.
 
@@ -518,22 +424,20 @@ class SiteRenderer:
         self.strings = _STRINGS.get(info.language, _STRINGS["vi"])
         self._tz = info.tz
         self._article = self.env.get_template(ARTICLE_TEMPLATE)
-        # The article page's template globals and site-wide values, merged once.
-        self._article_vars = {**self._article.globals, **self._context("../")}
         self._index = self.env.get_template(INDEX_TEMPLATE)
+        self._chromes: dict[str, PageChrome] = {}  # by root
         digest = hashlib.blake2b(digest_size=16)
         digest.update(repr((RENDER_VERSION, babel.__version__, info)).encode())
         for name, source in sources:
             digest.update(name.encode() + b"\0" + source.encode() + b"\0")
         self.fingerprint = digest.hexdigest()
 
-    _frame_checked = False  # whether a page has been rendered both ways (render_article)
-
     @functools.cached_property
-    def _frame(self) -> _PageFrame | None:
-        """The article page's frame, made for the first page: a build with no article page
-        to render does not compile the base template."""
-        return _PageFrame.make(self._article, self._article_vars)
+    def _article_vars(self) -> dict[str, Any]:
+        """The article page's template globals and site-wide values, its chrome rendered,
+        merged once, for the first page: a build with no article page to render compiles
+        no chrome."""
+        return {**self._article.globals, **self._context("../")}
 
     # Template values are objects with attributes, not dicts: Jinja tries an attribute
     # first, and a dict key only after that lookup has failed (an exception each time).
@@ -544,8 +448,13 @@ class SiteRenderer:
         )
 
     def _context(self, root: str) -> dict[str, Any]:
+        """The site-wide values of a page at `root`, its chrome rendered once per root."""
         context = page_context(self.info, root=root)
         context["t"] = SimpleNamespace(**context["t"])
+        chrome = self._chromes.get(root)
+        if chrome is None:
+            chrome = self._chromes[root] = render_chrome(self.env, context)
+        context["chrome"] = chrome
         return context
 
     def render_article(
@@ -588,7 +497,7 @@ class SiteRenderer:
                 blocks = shown_blocks(blocks, language=article.language)
             body = _joined_texts(blocks, checked=from_loader).encode("utf-8")
             tagged = _tagged_body(blocks, body, language=None)
-        context = {  # the names beyond the site-wide values are `_PAGE_NAMES`
+        context = {
             **self._article_vars,
             "article": SimpleNamespace(
                 title=typeset(one_line(article.title)),
@@ -603,28 +512,14 @@ class SiteRenderer:
             "canonical": article_url(self.info.base_url, slug),
         }
         # What Template.render does, with the globals merged once per renderer rather than
-        # per page, and the text around the template's blocks rendered once per renderer;
-        # the page's own text is encoded, the body put in as bytes.
-        framed: bytes | None = None
+        # per page; the template's text is encoded, the body put in as bytes.
         try:
-            page = self._article.new_context(context, shared=True)
-            if self._frame is not None:
-                framed = self._frame.render(page, tagged)
-                if self._frame_checked:
-                    return framed
-                page = self._article.new_context(context, shared=True)
-            html = "".join(self._article.root_render_func(page))
+            html = "".join(
+                self._article.root_render_func(self._article.new_context(context, shared=True))
+            )
         except Exception:
             self.env.handle_exception()
-        whole = tagged.join([part.encode("utf-8") for part in html.split(_BODY_MARK)])
-        if framed is not None:
-            # The first page with a frame is rendered whole too, and the frame kept only if
-            # both agree: a template feature or a Jinja2 release `_PageFrame.make` does not
-            # foresee costs one page rendered twice, never a wrong page.
-            self._frame_checked = True
-            if framed != whole:
-                self.__dict__["_frame"] = None  # every later page rendered whole
-        return whole
+        return tagged.join([part.encode("utf-8") for part in html.split(_BODY_MARK)])
 
     def _other_news(
         self, article: Article, links: Mapping[str, StoryLink]

@@ -532,9 +532,18 @@ def _edited_templates(tmp_path: Path, name: str, edits: list[tuple[str, str, str
     return folder
 
 
-# A base template that prints a page's value (here nothing of it) outside its blocks: its
-# text around the blocks is then not the same for every page and is rendered with each.
-_PAGE_VALUE_IN_BASE = [("_base.html.j2", "<main>", "{{ canonical[:0] }}<main>")]
+# The base template with the site-wide parts of `_chrome.html.j2` rendered inline, with
+# each page, rather than given to it rendered once.
+_CHROME_INLINE = [
+    (
+        "_base.html.j2",
+        "<!DOCTYPE html>",
+        '{% import "_chrome.html.j2" as inline with context %}<!DOCTYPE html>',
+    ),
+    ("_base.html.j2", "{{ chrome.feeds }}", "{{ inline.feeds() }}"),
+    ("_base.html.j2", "{{ chrome.header }}", "{{ inline.header() }}"),
+    ("_base.html.j2", "{{ chrome.footer }}", "{{ inline.footer() }}"),
+]
 # An article template whose block prints the base's block too (super() climbs the chain).
 _SUPER_IN_ARTICLE = [
     (
@@ -543,101 +552,27 @@ _SUPER_IN_ARTICLE = [
         "{% block title %}{{ super() }} | {{ article.title }}",
     )
 ]
-# An article template that sets a name outside its blocks, which a block reads.
-_SET_IN_ARTICLE = [
-    ("article.html.j2", "{% extends", '{% set by = "·" %}\n{% extends'),
-    ("article.html.j2", "{{ article.title }} · {{ site.title }}", "{{ article.title }} {{ by }}"),
-]
-
-# A base template that asks whether a page's value is there (a base shared with the index
-# pages): the test raises nothing where the page's value is missing.
-_DEFINED_IN_BASE = [
-    (
-        "_base.html.j2",
-        '<html lang="{{ lang }}">',
-        '<html lang="{{ article.language if article is defined else lang }}">',
-    )
-]
-_DEFAULT_IN_BASE = [("_base.html.j2", "<main>", '{{ canonical|default("") }}<main>')]
-# A base template that prints a block's text again, changed, outside the blocks.
-_SELF_TRUNCATED_IN_BASE = [
-    ("_base.html.j2", "<main>", '<meta content="{{ self.title()|truncate(20) }}"><main>')
-]
-_SELF_STRIPPED_IN_BASE = [
-    ("_base.html.j2", "<main>", '<meta content="{{ self.title()|striptags }}"><main>')
-]
-_SELF_LENGTH_IN_BASE = [("_base.html.j2", "<main>", "{{ self.title()|length }}<main>")]
-# A base template whose block's text goes through a filter (spaces collapsed).
-_FILTERED_IN_BASE = [
-    (
-        "_base.html.j2",
-        "<title>{% block title %}{{ site.title }}{% endblock %}</title>",
-        "<title>{% filter striptags %}{% block title %}{{ site.title }}{% endblock %}"
-        "{% endfilter %}</title>",
-    )
-]
-# A scoped block inside a loop of the base, which the article template fills in.
-_SCOPED_IN_LOOP = [
-    (
-        "_base.html.j2",
-        "{% block head %}{% endblock %}",
-        "{% block head %}{% endblock %}\n"
-        "{% for feed in ['rss', 'atom'] %}{% block feed scoped %}{% endblock %}{% endfor %}",
-    ),
-    (
-        "article.html.j2",
-        "{% block content %}",
-        '{% block feed %}<link href="{{ feed }}" title="{{ article.title }}">\n'
-        "{% endblock %}\n{% block content %}",
-    ),
-]
 
 
 @pytest.mark.parametrize("language", ["vi", "en"])
-@pytest.mark.parametrize(
-    "edits",
-    [
-        [],
-        _SUPER_IN_ARTICLE,
-        _SET_IN_ARTICLE,
-        _DEFINED_IN_BASE,
-        _DEFAULT_IN_BASE,
-        _SELF_TRUNCATED_IN_BASE,
-        _SELF_STRIPPED_IN_BASE,
-        _SELF_LENGTH_IN_BASE,
-        _FILTERED_IN_BASE,
-        _SCOPED_IN_LOOP,
-    ],
-    ids=[
-        "shipped",
-        "super",
-        "set",
-        "defined",
-        "default",
-        "self-truncated",
-        "self-stripped",
-        "self-length",
-        "filtered",
-        "scoped-in-loop",
-    ],
-)
-def test_the_text_around_the_blocks_rendered_once_gives_the_same_pages(
+@pytest.mark.parametrize("edits", [[], _SUPER_IN_ARTICLE], ids=["shipped", "super"])
+def test_the_chrome_rendered_once_gives_the_pages_of_a_base_that_renders_it_with_each(
     tmp_path: Path,
     language: str,
     edits: list[tuple[str, str, str]],
     sample_articles: list[Article],
     hostile_articles: list[Article],
 ) -> None:
-    """A renderer renders the text of the article template outside its own blocks (what
-    the base prints around them: site-wide) once, and each page's blocks alone: the pages
-    are those of a base template rendered whole with each page."""
+    """A renderer renders the base's site-wide parts (feed links, header, footer) once for
+    each way to the site root and gives them to its pages: the article, index and archive
+    pages, in any order, are those of a base that renders those parts itself with each."""
     from syndicate.load import parse_dump_with_body
     from syndicate.model import StoryLink
     from syndicate.text import story_key
 
     info = SiteInfo('Tin <mới> & "Trị"', "Mô tả <b>&</b>", BASE, language, INFO.timezone, 30)
     once = SiteRenderer(info, _edited_templates(tmp_path, "once", edits))
-    whole = SiteRenderer(info, _edited_templates(tmp_path, "whole", edits + _PAGE_VALUE_IN_BASE))
+    whole = SiteRenderer(info, _edited_templates(tmp_path, "whole", edits + _CHROME_INLINE))
     assert once.fingerprint != whole.fingerprint
     article, body = parse_dump_with_body(
         _MARKUP_DUMP.format(title="Tiêu đề <có> & 21 km").encode(), source="x.txt", tz=TZ
@@ -646,39 +581,67 @@ def test_the_text_around_the_blocks_rendered_once_gives_the_same_pages(
     when = datetime(2024, 10, 30, 8, 0, tzinfo=TZ)
     target = StoryLink("a" * 32, "articles/a.html", "Bài <kia> & 5 km", when, Precision.DATE, when)
     links = {story_key(teased.teasers[0].text): target}
+    entries = _entries(4)
     pages = [
         lambda r: r.render_article(article, slug="x", from_loader=True, body=body),
+        lambda r: r.render_index(entries, archive=None, archives=2),
         lambda r: r.render_article(teased, slug="x", links=links),
+        lambda r: r.render_index(entries, archive=1, archives=2),
         *(
             (lambda r, a=a: r.render_article(a, slug=a.slug))
             for a in [*sample_articles, *hostile_articles]
         ),
+        lambda r: r.render_index(entries, archive=None, archives=2),
     ]
-    assert "other-news" in pages[1](once).decode()
-    # The shipped templates and a block's super() are rendered in a frame, the others whole.
-    assert (once._frame is not None) is (edits in ([], _SUPER_IN_ARTICLE))
+    brand = '<a class="brand" href="{}index.html">Tin &lt;mới&gt; &amp; &#34;Trị&#34;</a>'
+    assert brand.format("../") in pages[0](once).decode()
+    assert brand.format("") in pages[1](once).decode()
+    assert "other-news" in pages[2](once).decode()
     for page in pages:
         assert page(once) == page(whole)
 
 
-def test_a_frame_that_gives_another_page_than_the_whole_template_is_dropped_at_the_first_page(
-    tmp_path: Path, sample_articles: list[Article], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The first page with a frame is rendered whole too: a frame that would give another
-    page (a template or a Jinja2 release `_PageFrame.make` does not foresee; here one that
-    drops the footer) gives that page and every later one rendered whole."""
-    from syndicate import site
+# A base template shared with the index pages, which have no article, may ask what a page's
+# value is (`is sequence`, `is string`: no error where it is missing) before printing from it.
+_TESTED_IN_BASE = {
+    "sequence": (
+        "{% if other_news is sequence %}{% for n in other_news if n.href %}"
+        '<link rel="related" href="{{ n.href }}">\n{% endfor %}{% endif %}',
+        '<link rel="related" href="../articles/a.html">\n',
+    ),
+    "string": (
+        "{% if canonical is string and article is defined and article.author %}"
+        '<meta name="author" content="{{ article.author }}">\n{% endif %}',
+        '<meta name="author" content="Trúc Phương">\n',
+    ),
+}
 
-    whole = SiteRenderer(INFO, _edited_templates(tmp_path, "whole", _PAGE_VALUE_IN_BASE))
-    expected = [whole.render_article(a, slug=a.slug) for a in sample_articles]
-    rendered = site._PageFrame.render
-    monkeypatch.setattr(
-        site._PageFrame, "render", lambda self, *a: rendered(self, *a).replace(b"<footer", b"<x")
+
+@pytest.mark.parametrize("test", sorted(_TESTED_IN_BASE))
+def test_a_base_that_tests_a_page_value_prints_what_each_page_gives(
+    tmp_path: Path, test: str, sample_articles: list[Article]
+) -> None:
+    """What the base prints from a page's value follows each page, also after a first page
+    that gave none of it (the first-page check of the frame that rendered the base's text
+    once per renderer compared that page alone, and later pages lost the text)."""
+    from dataclasses import replace
+
+    from syndicate.model import StoryLink
+    from syndicate.text import story_key
+
+    edit, shown = _TESTED_IN_BASE[test]
+    folder = _edited_templates(
+        tmp_path, "site", [("_base.html.j2", "{% block head %}", edit + "{% block head %}")]
     )
-    once = SiteRenderer(INFO, _edited_templates(tmp_path, "once", []))
-    assert [once.render_article(a, slug=a.slug) for a in sample_articles] == expected
-    assert once._frame is None
-    monkeypatch.undo()
-    kept = SiteRenderer(INFO, _edited_templates(tmp_path, "kept", []))
-    assert [kept.render_article(a, slug=a.slug) for a in sample_articles] == expected
-    assert kept._frame is not None
+    renderer = SiteRenderer(INFO, folder)
+    teased = replace(next(a for a in sample_articles if a.teasers), author="Trúc Phương")
+    when = datetime(2024, 10, 30, 8, 0, tzinfo=TZ)
+    target = StoryLink("a" * 32, "articles/a.html", "Bài kia", when, Precision.DATE, when)
+    links = {story_key(teased.teasers[0].text): target}
+    plain = renderer.render_article(replace(teased, teasers=(), author=None), slug="x")
+    page = renderer.render_article(teased, slug="x", links=links).decode()
+    assert shown.encode() not in plain
+    assert shown in page
+    index = renderer.render_index(_entries(2), archive=None, archives=0).decode()
+    assert "related" not in index
+    assert '<meta name="author"' not in index

@@ -25,6 +25,7 @@ from syndicate.i18n import LANGUAGES
 from syndicate.mail import MailInfo
 from syndicate.model import Subscriber
 from syndicate.send import Mailer, read_dkim_key
+from syndicate.site import render_chrome
 from syndicate.web.confirm import confirm
 from syndicate.web.guard import make_form_token
 from syndicate.web.seams import Clock, SubscriptionStore
@@ -174,11 +175,15 @@ class Service:
         background: BackgroundTask | None = None,
         **context: object,
     ) -> Response:
+        shared = {
+            "lang": lang,
+            "t": self.strings[lang],
+            "site": self.settings.site,
+            "root": self.base_path,
+        }
         html = self.templates.get_template(template).render(
-            lang=lang,
-            t=self.strings[lang],
-            site=self.settings.site,
-            root=self.base_path,
+            **shared,
+            chrome=render_chrome(self.templates, shared),
             page_title=title,
             **context,
         )
