@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 from feedgen import version as feedgen_version
 from feedgen.feed import FeedGenerator
 from lxml import etree
-from markupsafe import Markup, escape
+from markupsafe import escape
 
 from syndicate.model import Article, BlockKind, dated_at, order_key, shown_blocks
 from syndicate.text import one_line
@@ -90,11 +90,11 @@ def build_content_html(article: Article) -> str:
     """
     parts: list[str] = []
     for block in shown_blocks(article.body, language=article.language):
-        text = escape(one_line(block.text))
+        text = str(escape(one_line(block.text)))  # escaped here; the tags are ours
         if block.kind is BlockKind.CAPTION:
-            parts.append(Markup('<p class="photo-note"><em>{}</em></p>').format(text))
+            parts.append(f'<p class="photo-note"><em>{text}</em></p>')
         else:
-            parts.append(Markup("<p>{}</p>").format(text))
+            parts.append(f"<p>{text}</p>")
     return "\n".join(parts)
 
 
