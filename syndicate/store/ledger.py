@@ -145,7 +145,8 @@ _MARK_FAILED = """
 # Fencing for the failure marks: a worker records a failure only on a row it still holds,
 # so a stalled worker never overwrites what the worker that took the row over recorded;
 # and never on a row already `sent` (a stalled worker's late 250 marks the row it lost
-# `sent`, unfenced: the new holder's failure must not undo that).
+# `sent`, unfenced: the new holder's failure must not undo that). A refusal fenced off so
+# bounces nobody either: the holder records its own reply (`DigestSender._settle`).
 _HELD = " AND lease_owner = :owner AND status <> 'sent'"
 # The server refused the recipient for good: failed, with no attempts left (never retried).
 _MARK_REFUSED = """
@@ -528,8 +529,9 @@ def mark_failed(
     now: datetime,
     owner: str | None = None,
     counted: bool = False,
-) -> None:
+) -> bool:
     """Record a failed attempt with the server's reply; with `owner`, only on a row it holds.
+    Returns whether the row was written (False: `owner` no longer holds it).
 
     `counted`: the attempt was counted already (`charge_taken_over` for this same try), so
     the row's attempts stay as they are."""
@@ -543,7 +545,8 @@ def mark_failed(
     }
     try:
         with db.transaction(rows_only=True) as conn:
-            conn.execute(_MARK_FAILED + (_HELD if owner is not None else ""), params)
+            cursor = conn.execute(_MARK_FAILED + (_HELD if owner is not None else ""), params)
+            return int(cursor.rowcount) > 0
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
 
@@ -565,10 +568,12 @@ def mark_refused(
     max_attempts: int,
     now: datetime,
     owner: str | None = None,
-) -> None:
+) -> bool:
     """Record a permanent refusal: `failed` with its attempts used up, so no run retries it.
 
-    With `owner`, only on a row that worker still holds.
+    With `owner`, only on a row that worker still holds. Returns whether the row was
+    written: False when another worker took it over meanwhile (or it is `sent`), whose own
+    reply for it is the one that counts (`DigestSender._settle`).
     """
     params = {
         "day": day.isoformat(),
@@ -580,7 +585,8 @@ def mark_refused(
     }
     try:
         with db.transaction(rows_only=True) as conn:
-            conn.execute(_MARK_REFUSED + (_HELD if owner is not None else ""), params)
+            cursor = conn.execute(_MARK_REFUSED + (_HELD if owner is not None else ""), params)
+            return int(cursor.rowcount) > 0
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
 
