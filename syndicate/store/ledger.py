@@ -686,7 +686,11 @@ ENQUEUE_BATCH = 10_000
 # `FOR UPDATE OF d SKIP LOCKED` lets claimers pass each other's locked rows.
 # A row whose lease ran out while its owner still held it (a worker killed or stalled) is
 # taken over (`Recipient.taken_over`): the claim says so in `taken_over` (store step 13), as
-# RETURNING cannot show the old row.
+# RETURNING cannot show the old row. A row given back (no owner: released, unparked, a
+# refusal unmarked) keeps the mark it had until its attempt is charged
+# (`_CHARGE_TAKEN_OVER`): a takeover given back before its body went is still one, and the
+# next claim, of any run, charges it. A row done with under an owner (failed or in doubt,
+# its try counted) is no takeover.
 # RETURNING may name only the updated table on SQLite, so the subscriber's fields come
 # from scalar subqueries (primary-key lookups).
 # The shape keeps both planners on indexes (docs/performance.md, tests/test_ledger_plan.py):
@@ -702,8 +706,8 @@ ENQUEUE_BATCH = 10_000
 _CLAIM_TEMPLATE = """
     UPDATE deliveries
     SET status = 'sending', lease_owner = :owner, lease_until = :until, updated_at = :now,
-        taken_over = CASE WHEN lease_owner IS NOT NULL AND lease_until IS NOT NULL
-                          THEN 1 ELSE 0 END
+        taken_over = CASE WHEN lease_owner IS NOT NULL AND lease_until IS NOT NULL THEN 1
+                          WHEN lease_owner IS NULL THEN taken_over ELSE 0 END
     WHERE id {ids}(
         SELECT d.id
         FROM deliveries AS d
@@ -835,9 +839,9 @@ _LEASE_ENDED = "1970-01-01T00:00:00.000000+00:00"
 # may have been in flight), before this worker starts it. One a worker is killed by every
 # time (a recipient its process dies on) so runs out of attempts, as one never answered
 # does (_MARK_IN_DOUBT); the last makes it `failed` with :reply. Fenced: only a row
-# :owner holds.
+# :owner holds. The mark goes with the charge: given back after it, the row is charged once.
 _CHARGE_TAKEN_OVER = """
-    UPDATE deliveries SET attempts = attempts + 1, updated_at = :now,
+    UPDATE deliveries SET attempts = attempts + 1, updated_at = :now, taken_over = 0,
         status = CASE WHEN attempts + 1 >= :max_attempts THEN 'failed' ELSE status END,
         reply = CASE WHEN attempts + 1 >= :max_attempts THEN :reply ELSE reply END,
         lease_until = CASE WHEN attempts + 1 >= :max_attempts THEN NULL ELSE lease_until END
