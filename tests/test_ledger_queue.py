@@ -214,6 +214,41 @@ def test_a_takeover_given_back_before_its_body_keeps_its_mark_for_the_next_run(
         ]
 
 
+def test_rows_a_dead_worker_parked_are_not_counted_in_flight(tmp_path: Path) -> None:
+    # run1/1 left one message in doubt and parked two deferred rows past the retry window,
+    # then was killed before it ended them. The run's counts took the parked rows (`sending`
+    # with no expiry, as a message in doubt) for messages in flight: "3 in flight".
+    with _store(tmp_path, 4) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        assert _claim(db, "run1/1", T0) == [1, 2, 3, 4]
+        ledger.mark_in_doubt(db, day=DAY, subscriber_id=1, owner="run1/1", now=T0, max_attempts=5)
+        ledger.park(db, day=DAY, owner="run1/1", subscriber_ids=[2, 3])
+        assert ledger.run_counts(db, days=[DAY], run="run1") == [
+            ledger.RunCounts(sent=0, failed=0, bounced=0, in_doubt=1, held=1)
+        ]
+        # Parked rows are still kept from the run's other workers, and owed to the next run,
+        # which takes them as it did (no takeover: their worker had them deferred).
+        assert _claim(db, "run1/2", T0) == []
+        later = T0 + timedelta(seconds=LEASE + 1)
+        taken = ledger.claim(
+            db, day=DAY, owner="run2/1", now=later, lease=LEASE, limit=5, max_attempts=5
+        )
+        assert [(r.subscriber_id, r.taken_over) for r in taken] == [
+            (1, False),
+            (2, False),
+            (3, False),
+            (4, True),
+        ]
+        # Claimed again, a row is no longer parked: left in doubt now, it counts in flight.
+        ledger.mark_in_doubt(
+            db, day=DAY, subscriber_id=2, owner="run2/1", now=later, max_attempts=5
+        )
+        ledger.release(db, day=DAY, owner="run2/1")
+        assert ledger.run_counts(db, days=[DAY], run="run2") == [
+            ledger.RunCounts(sent=0, failed=0, bounced=0, in_doubt=1, held=0)
+        ]
+
+
 def _store_at_step_12(path: Path) -> None:
     """A store at schema step 12 (before `taken_over`), with a row a claim took over (its
     updated_at with microseconds, as that step's claims wrote it) and one it did not."""

@@ -173,11 +173,12 @@ _UNMARK_FAILED = """
 # have all ended is left in doubt, with no expiry (`_MARK_IN_DOUBT`: its body went and no
 # reply came), or held under a lease by a worker that died (killed: whether it had begun
 # that message nobody knows, and the next run counts a try for it, `_CHARGE_TAKEN_OVER`).
+# A row a worker that died had parked (`_PARK`: deferred, never in flight) is neither.
 # The rows a worker gave back have no owner (`_RELEASE`).
 _RUN_COUNTS = """
     SELECT coalesce(sum(CASE WHEN status = 'sent' THEN 1 ELSE 0 END), 0),
            coalesce(sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0),
-           coalesce(sum(CASE WHEN status = 'sending' AND lease_until IS NULL
+           coalesce(sum(CASE WHEN status = 'sending' AND lease_until IS NULL AND parked = 0
                              THEN 1 ELSE 0 END), 0),
            coalesce(sum(CASE WHEN status = 'sending' AND lease_until IS NOT NULL
                              THEN 1 ELSE 0 END), 0)
@@ -608,8 +609,9 @@ class RunCounts:
     failed: int
     bounced: int  # of `failed`: refusals that made their subscriber bounced, each one once
     # Once the run's workers have ended: `sending` with no expiry, its body sent and no reply
-    # (as one process counts it in flight); and `sending` under the lease of a worker that
-    # died (killed), its messages in flight among them.
+    # (as one process counts it in flight; not a row parked by a worker that died, deferred
+    # and never in flight); and `sending` under the lease of a worker that died (killed), its
+    # messages in flight among them.
     in_doubt: int
     held: int
 
@@ -706,6 +708,7 @@ ENQUEUE_BATCH = 10_000
 _CLAIM_TEMPLATE = """
     UPDATE deliveries
     SET status = 'sending', lease_owner = :owner, lease_until = :until, updated_at = :now,
+        parked = 0,
         taken_over = CASE WHEN lease_owner IS NOT NULL AND lease_until IS NOT NULL THEN 1
                           WHEN lease_owner IS NULL THEN taken_over ELSE 0 END
     WHERE id {ids}(
@@ -780,15 +783,17 @@ _RELEASE = """
 # owner with no expiry, as a failed or in-doubt row does: no worker of this run claims them,
 # and none waits for their lease (each worker of a run left holding such rows took the
 # other's for live work and waited for it for ever). The run ends them (failed, or given
-# back); a worker killed meanwhile leaves them to the next run.
+# back); a worker killed meanwhile leaves them to the next run. Marked `parked`: a row
+# left in doubt looks the same otherwise, and only that one may have been in flight
+# (`_RUN_COUNTS`).
 _PARK = """
-    UPDATE deliveries SET lease_until = NULL
+    UPDATE deliveries SET lease_until = NULL, parked = 1
     WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
       AND status = 'sending' AND lease_until IS NOT NULL
 """
 # Give back parked rows: owed again, to any run, with no attempt used.
 _UNPARK = """
-    UPDATE deliveries SET lease_owner = NULL, lease_until = NULL
+    UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, parked = 0
     WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
       AND status = 'sending'
 """
