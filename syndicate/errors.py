@@ -259,3 +259,11 @@ class TerminatedError(InterruptError):
     """A run stopped by SIGTERM: started messages finished and were recorded."""
 
     exit_code: ClassVar[int] = 143  # 128 + SIGTERM
+
+
+class CrashedStopError(InterruptError):
+    """A `send --workers` run stopped by SIGINT or SIGTERM in which a worker also crashed (a
+    bug in syndicate): exit 1, what any crash exits with, so that a cron wrapper or a
+    systemd unit tells it from a clean stop (130, 143). Its line is the interrupt line."""
+
+    exit_code: ClassVar[int] = EXIT_FAILED

@@ -554,6 +554,36 @@ def test_a_worker_that_crashes_loses_nobody_and_the_run_exits_1_naming_the_crash
     assert SUMMARY.findall(out) == [(str(len(emails)), "0", "0")]
 
 
+@pytest.mark.slow(seconds=6)
+def test_a_run_stopped_while_a_worker_crashed_exits_1_after_the_interrupt_line(
+    tmp_path: Path,
+) -> None:
+    # A worker crashed (a bug) just as the run was stopped (SIGTERM): the crash's error line
+    # was printed, but the run exited 143, as a clean stop, and a cron wrapper or systemd
+    # unit could not tell a run with a bug in it. A crash makes it 1, as any crash.
+    emails, server, process, _out, err = _send_with_a_broken_worker(
+        tmp_path,
+        "syndicate.send.deliver:fill_message:10",
+        "import signal; os.kill(os.getppid(), signal.SIGTERM); 1 / 0",
+    )
+    assert (tmp_path / "crashed").exists(), err  # a worker did crash
+    assert process.returncode == 1, err
+    assert re.search(
+        r"^error: send worker [12] \(pid \d+\) crashed \(ZeroDivisionError: division by "
+        r"zero\), a bug in syndicate: its traceback is above, on stderr\.",
+        err,
+        re.MULTILINE,
+    ), err
+    sent = _day_sent(tmp_path)
+    assert err.splitlines()[-1] == (
+        f"interrupted: {sent:,} sent, 0 in flight; run `syndicate send` again to finish."
+    ), err
+    assert _held(tmp_path) == 0  # the crashed worker gave back what it held, as the other
+    got = Counter(server.handler.recipients())
+    assert (len(got), max(got.values())) == (sent, 1)
+    assert set(got) < set(emails)  # stopped: some are left for the next run
+
+
 # Test only: at its 10th message the worker may open no more files, for real (its limit
 # put at what it holds, one file opened: the kernel's EMFILE), then has its limit back.
 _OUT_OF_FILES = (

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from syndicate.config import Settings
 from syndicate.digest import stale_warning
-from syndicate.errors import InterruptError, TerminatedError
+from syndicate.errors import CrashedStopError, InterruptError, TerminatedError
 from syndicate.load import check_dump_paths
 from syndicate.mail import (
     MailInfo,
@@ -188,7 +188,7 @@ def run_daily(
     first. Raises DeliveryError (exit 2) or TempFailError (exit 75) when the
     server stops the job, and InterruptError (130) or TerminatedError (143)
     after a signal, each once every started message has finished and been
-    recorded.
+    recorded (CrashedStopError, exit 1, when a `--workers` worker crashed too).
 
     `workers` above 1 sends through that many worker processes sharing the
     ledger (`send.workers.run_workers`); this process makes the digest and
@@ -349,10 +349,15 @@ async def _daily(
     return DailyReport(today=first, earlier=tuple(earlier))
 
 
-def _interrupted(signum: int, *, sent: int, in_flight: str) -> InterruptError:
+def _interrupted(
+    signum: int, *, sent: int, in_flight: str, crashed: bool = False
+) -> InterruptError:
     """What ends a run a signal stopped (exit 130 after SIGINT, 143 after SIGTERM): its one
-    line, with what was sent and what is in flight (`in_flight`, worded)."""
+    line, with what was sent and what is in flight (`in_flight`, worded). `crashed`: a
+    worker of the run crashed too (a bug): exit 1, as any crash, not a clean stop's code."""
     error = TerminatedError if signum == signal.SIGTERM else InterruptError
+    if crashed:
+        error = CrashedStopError
     return error(f"interrupted: {sent:,} sent, {in_flight}; run `syndicate send` again to finish.")
 
 
@@ -411,7 +416,12 @@ def _daily_workers(
         raise outcome.error
     if outcome.signal is not None:
         sent = sum(s.sent for s in summaries)
-        raise _interrupted(outcome.signal, sent=sent, in_flight=_in_flight(counts, outcome))
+        raise _interrupted(
+            outcome.signal,
+            sent=sent,
+            in_flight=_in_flight(counts, outcome),
+            crashed=any(lost.crash for lost in outcome.lost),
+        )
     if outcome.stopped_by:
         _stopped_workers(outcome, left=left)
     first = summaries.pop(0) if today is not None and summaries else None
