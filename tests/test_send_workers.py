@@ -421,6 +421,35 @@ def _day_sent(folder: Path) -> int:
 
 
 @pytest.mark.slow(seconds=8)
+def test_a_killed_workers_unused_share_of_the_limit_goes_to_the_others(tmp_path: Path) -> None:
+    # --limit 60 over two workers is 30 each. One killed after a few messages left the rest
+    # of its 30 unused: the other stopped at its own 30, and the run sent fewer than 60 (and
+    # exited 1, someone owed within the limit).
+    with run_smtp_server() as server:
+        server.handler.delay = 0.05
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path, "--limit", "60")
+        workers = _wait_for_workers(process)
+        _wait_until_both_send(tmp_path)
+        os.kill(workers[0], signal.SIGKILL)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert re.search(
+        rf"^warning: send worker [12] \(pid {workers[0]}\) was killed by SIGKILL before it "
+        r"finished; the other workers sent everyone owed",
+        err,
+        re.MULTILINE,
+    ), err
+    assert _day_sent(tmp_path) == 60
+    assert SUMMARY.findall(out) == [("60", "0", "0")], out
+    got = Counter(server.handler.recipients())
+    assert len(got) == 60
+    assert set(got) <= set(emails)
+    assert sum(n - 1 for n in got.values()) <= CONNECTIONS  # the killed worker's, at most
+
+
+@pytest.mark.slow(seconds=8)
 @pytest.mark.parametrize("as_json", [False, True], ids=["line", "json"])
 def test_the_summary_counts_what_a_killed_worker_sent(tmp_path: Path, as_json: bool) -> None:
     # A worker killed after it sent some: the run exited 0 and its summary (line and
