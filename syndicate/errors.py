@@ -263,6 +263,14 @@ class TerminatedError(InterruptError):
     exit_code: ClassVar[int] = 143  # 128 + SIGTERM
 
 
+class CrashedStopError(InterruptError):
+    """A `send --workers` run stopped by SIGINT or SIGTERM in which a worker also crashed (a
+    bug in syndicate): exit 1, what any crash exits with, so that a cron wrapper or a
+    systemd unit tells it from a clean stop (130, 143). Its line is the interrupt line."""
+
+    exit_code: ClassVar[int] = EXIT_FAILED
+
+
 class _LineFormatter(logging.Formatter):
     """One line a record: "error: ...", "warning: ...", or the message alone."""
 

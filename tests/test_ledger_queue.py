@@ -168,6 +168,87 @@ def test_a_takeover_is_recorded_in_its_own_column_and_the_row_keeps_the_claim_s_
         assert [tuple(r) for r in rows] == [(1, 1, stamp), (2, 0, stamp), (3, 0, stamp)]
 
 
+@pytest.mark.parametrize("give_back", ["release", "unpark", "unmark_failed"])
+def test_a_takeover_given_back_before_its_body_keeps_its_mark_for_the_next_run(
+    tmp_path: Path, give_back: str
+) -> None:
+    # run1/1 was killed holding both rows; run1/2 took them over, then gave them back before
+    # their body went (a stop: released; a server not taking mail: unparked; a refusal
+    # before any accept: unmarked). The give-back cleared the owner, and with it the mark:
+    # the next run charged no attempt for run1/1's message that may have been in flight.
+    with _store(tmp_path, 2) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        assert _claim(db, "run1/1", T0) == [1, 2]
+        later = T0 + timedelta(seconds=LEASE + 1)
+        taken = ledger.claim(
+            db, day=DAY, owner="run1/2", now=later, lease=LEASE, limit=5, max_attempts=5
+        )
+        assert [r.taken_over for r in taken] == [True, True]
+        if give_back == "release":
+            ledger.release(db, day=DAY, owner="run1/2")
+        elif give_back == "unpark":
+            ledger.park(db, day=DAY, owner="run1/2", subscriber_ids=[1, 2])
+            ledger.unpark(db, day=DAY, owner="run1/2", subscriber_ids=[1, 2])
+        else:
+            for i in (1, 2):
+                ledger.mark_failed(
+                    db, day=DAY, subscriber_id=i, reply="550 5.7.1 no", now=later, owner="run1/2"
+                )
+            ledger.unmark_failed(db, day=DAY, subscriber_ids=[1, 2], owner="run1/2", now=later)
+        again = ledger.claim(
+            db, day=DAY, owner="run2/1", now=later, lease=LEASE, limit=5, max_attempts=5
+        )
+        assert [(r.subscriber_id, r.taken_over) for r in again] == [(1, True), (2, True)]
+        # Charged once: the mark goes with the charge, so no later give-back charges again.
+        status = ledger.charge_taken_over(
+            db, day=DAY, subscriber_id=1, owner="run2/1", now=later, max_attempts=5
+        )
+        assert status == "sending"
+        ledger.release(db, day=DAY, owner="run2/1")
+        last = ledger.claim(
+            db, day=DAY, owner="run3/1", now=later, lease=LEASE, limit=5, max_attempts=5
+        )
+        assert [(r.subscriber_id, r.attempts, r.taken_over) for r in last] == [
+            (1, 1, False),
+            (2, 0, True),
+        ]
+
+
+def test_rows_a_dead_worker_parked_are_not_counted_in_flight(tmp_path: Path) -> None:
+    # run1/1 left one message in doubt and parked two deferred rows past the retry window,
+    # then was killed before it ended them. The run's counts took the parked rows (`sending`
+    # with no expiry, as a message in doubt) for messages in flight: "3 in flight".
+    with _store(tmp_path, 4) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        assert _claim(db, "run1/1", T0) == [1, 2, 3, 4]
+        ledger.mark_in_doubt(db, day=DAY, subscriber_id=1, owner="run1/1", now=T0, max_attempts=5)
+        ledger.park(db, day=DAY, owner="run1/1", subscriber_ids=[2, 3])
+        assert ledger.run_counts(db, days=[DAY], run="run1") == [
+            ledger.RunCounts(sent=0, failed=0, bounced=0, in_doubt=1, held=1)
+        ]
+        # Parked rows are still kept from the run's other workers, and owed to the next run,
+        # which takes them as it did (no takeover: their worker had them deferred).
+        assert _claim(db, "run1/2", T0) == []
+        later = T0 + timedelta(seconds=LEASE + 1)
+        taken = ledger.claim(
+            db, day=DAY, owner="run2/1", now=later, lease=LEASE, limit=5, max_attempts=5
+        )
+        assert [(r.subscriber_id, r.taken_over) for r in taken] == [
+            (1, False),
+            (2, False),
+            (3, False),
+            (4, True),
+        ]
+        # Claimed again, a row is no longer parked: left in doubt now, it counts in flight.
+        ledger.mark_in_doubt(
+            db, day=DAY, subscriber_id=2, owner="run2/1", now=later, max_attempts=5
+        )
+        ledger.release(db, day=DAY, owner="run2/1")
+        assert ledger.run_counts(db, days=[DAY], run="run2") == [
+            ledger.RunCounts(sent=0, failed=0, bounced=0, in_doubt=1, held=0)
+        ]
+
+
 def _store_at_step_12(path: Path) -> None:
     """A store at schema step 12 (before `taken_over`), with a row a claim took over (its
     updated_at with microseconds, as that step's claims wrote it) and one it did not."""

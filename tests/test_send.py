@@ -974,6 +974,62 @@ async def test_a_message_that_waited_past_its_lease_for_the_last_commit_is_fence
     assert ledger.get_delivery(db, day=DAY, subscriber_id=2)[0] == "sent"
 
 
+class _TakenOverAtRcpt(SmtpRecorder):
+    """Refuses `address` for good at RCPT (a 5.7.1: it counts toward mail.bounce_limit), and
+    the first time, meanwhile, has another worker take its row over: the sender stalled
+    past its lease between its fence (before MAIL FROM) and the reply. That worker is gone
+    in turn (its lease run out), so the sender takes the row back and sends it again."""
+
+    def __init__(self, path: Path, address: str) -> None:
+        super().__init__()
+        self.path, self.address, self.taken = path, address, False
+        self.refuse(address, "550 5.7.1 refused by policy")
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        if address == self.address and not self.taken:
+            self.taken = True
+            with open_store(self.path) as other, other.transaction() as conn:
+                conn.execute(
+                    "UPDATE deliveries SET lease_owner = 'other/1',"
+                    " lease_until = '1970-01-01T00:00:00.000000+00:00' WHERE subscriber_id ="
+                    " (SELECT id FROM subscribers WHERE email = ?)",
+                    (address,),
+                )
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+
+@pytest.mark.parametrize("refused", ["after-an-accept", "before-any-accept"])
+async def test_a_refusal_for_a_row_another_worker_took_over_changes_nothing(  # type: ignore[no-untyped-def]
+    db, send_settings, now, tmp_path, refused
+) -> None:
+    # The refused row's mark was fenced off (another worker held it), but record_bounce
+    # still counted the refusal against its subscriber: missing from the ledger (and so
+    # from a `--workers` run's summary), and counted again when the row's holder got its
+    # own refusal of the same message: with mail.bounce_limit 2, one digest bounced them.
+    # The holder's reply is the one that counts, once.
+    first, second = _subscribe(db, 2, now)
+    address = second if refused == "after-an-accept" else first
+    subscriber_id = 2 if address == second else 1
+    handler = _TakenOverAtRcpt(tmp_path / "syndicate.db", address)
+    with run_smtp_server(handler) as server:
+        summary = await _send(db, server, send_settings, now, connections=1, worker="run1/1")
+    assert [a for a, reply in handler.rcpt_log if reply.startswith("550")] == [address] * 2
+    assert handler.recipients() == [first if address == second else second]
+    assert (summary.sent, summary.failed, summary.bounced) == (1, 1, 0)
+    # What `send --workers` counts (the ledger's rows of the run) says the same.
+    assert ledger.run_counts(db, days=[DAY], run="run1") == [
+        ledger.RunCounts(sent=1, failed=1, bounced=0, in_doubt=0, held=0)
+    ]
+    taken = get_by_id(db, subscriber_id)
+    assert taken is not None
+    assert (taken.status, taken.bounce_count) == (SubscriptionStatus.CONFIRMED, 1)
+    assert ledger.get_delivery(db, day=DAY, subscriber_id=subscriber_id) == (
+        "failed",
+        MAX_ATTEMPTS,
+        "550 5.7.1 refused by policy",
+    )
+
+
 async def test_a_send_cancelled_before_the_server_answers_ehlo_hangs_up() -> None:
     """A send cancelled while its new connection waits for EHLO's reply (a caller's
     timeout, a stop) closes that connection. Left open, it was closed by the garbage

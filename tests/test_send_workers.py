@@ -421,6 +421,35 @@ def _day_sent(folder: Path) -> int:
 
 
 @pytest.mark.slow(seconds=8)
+def test_a_killed_workers_unused_share_of_the_limit_goes_to_the_others(tmp_path: Path) -> None:
+    # --limit 60 over two workers is 30 each. One killed after a few messages left the rest
+    # of its 30 unused: the other stopped at its own 30, and the run sent fewer than 60 (and
+    # exited 1, someone owed within the limit).
+    with run_smtp_server() as server:
+        server.handler.delay = 0.05
+        _project(tmp_path, server)
+        emails = _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path, "--limit", "60")
+        workers = _wait_for_workers(process)
+        _wait_until_both_send(tmp_path)
+        os.kill(workers[0], signal.SIGKILL)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert re.search(
+        rf"^warning: send worker [12] \(pid {workers[0]}\) was killed by SIGKILL before it "
+        r"finished; the other workers sent everyone owed",
+        err,
+        re.MULTILINE,
+    ), err
+    assert _day_sent(tmp_path) == 60
+    assert SUMMARY.findall(out) == [("60", "0", "0")], out
+    got = Counter(server.handler.recipients())
+    assert len(got) == 60
+    assert set(got) <= set(emails)
+    assert sum(n - 1 for n in got.values()) <= CONNECTIONS  # the killed worker's, at most
+
+
+@pytest.mark.slow(seconds=8)
 @pytest.mark.parametrize("as_json", [False, True], ids=["line", "json"])
 def test_the_summary_counts_what_a_killed_worker_sent(tmp_path: Path, as_json: bool) -> None:
     # A worker killed after it sent some: the run exited 0 and its summary (line and
@@ -552,6 +581,36 @@ def test_a_worker_that_crashes_loses_nobody_and_the_run_exits_1_naming_the_crash
     assert set(got) == set(emails)  # nobody lost
     assert _day_sent(tmp_path) == len(emails)
     assert SUMMARY.findall(out) == [(str(len(emails)), "0", "0")]
+
+
+@pytest.mark.slow(seconds=6)
+def test_a_run_stopped_while_a_worker_crashed_exits_1_after_the_interrupt_line(
+    tmp_path: Path,
+) -> None:
+    # A worker crashed (a bug) just as the run was stopped (SIGTERM): the crash's error line
+    # was printed, but the run exited 143, as a clean stop, and a cron wrapper or systemd
+    # unit could not tell a run with a bug in it. A crash makes it 1, as any crash.
+    emails, server, process, _out, err = _send_with_a_broken_worker(
+        tmp_path,
+        "syndicate.send.deliver:fill_message:10",
+        "import signal; os.kill(os.getppid(), signal.SIGTERM); 1 / 0",
+    )
+    assert (tmp_path / "crashed").exists(), err  # a worker did crash
+    assert process.returncode == 1, err
+    assert re.search(
+        r"^error: send worker [12] \(pid \d+\) crashed \(ZeroDivisionError: division by "
+        r"zero\), a bug in syndicate: its traceback is above, on stderr\.",
+        err,
+        re.MULTILINE,
+    ), err
+    sent = _day_sent(tmp_path)
+    assert err.splitlines()[-1] == (
+        f"interrupted: {sent:,} sent, 0 in flight; run `syndicate send` again to finish."
+    ), err
+    assert _held(tmp_path) == 0  # the crashed worker gave back what it held, as the other
+    got = Counter(server.handler.recipients())
+    assert (len(got), max(got.values())) == (sent, 1)
+    assert set(got) < set(emails)  # stopped: some are left for the next run
 
 
 # Test only: at its 10th message the worker may open no more files, for real (its limit

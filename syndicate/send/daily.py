@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from syndicate.config import Settings
 from syndicate.digest import stale_warning
-from syndicate.errors import InterruptError, TerminatedError
+from syndicate.errors import CrashedStopError, InterruptError, TerminatedError
 from syndicate.load import check_dump_paths
 from syndicate.mail import (
     MailInfo,
@@ -188,7 +188,7 @@ def run_daily(
     first. Raises DeliveryError (exit 2) or TempFailError (exit 75) when the
     server stops the job, and InterruptError (130) or TerminatedError (143)
     after a signal, each once every started message has finished and been
-    recorded.
+    recorded (CrashedStopError, exit 1, when a `--workers` worker crashed too).
 
     `workers` above 1 sends through that many worker processes sharing the
     ledger (`send.workers.run_workers`); this process makes the digest and
@@ -355,10 +355,15 @@ def _close_unsendable(db: Database, owed: OwedDigest, *, now: datetime) -> None:
     close_digest(db, owed.day, now=now)
 
 
-def _interrupted(signum: int, *, sent: int, in_flight: str) -> InterruptError:
+def _interrupted(
+    signum: int, *, sent: int, in_flight: str, crashed: bool = False
+) -> InterruptError:
     """What ends a run a signal stopped (exit 130 after SIGINT, 143 after SIGTERM): its one
-    line, with what was sent and what is in flight (`in_flight`, worded)."""
+    line, with what was sent and what is in flight (`in_flight`, worded). `crashed`: a
+    worker of the run crashed too (a bug): exit 1, as any crash, not a clean stop's code."""
     error = TerminatedError if signum == signal.SIGTERM else InterruptError
+    if crashed:
+        error = CrashedStopError
     return error(f"interrupted: {sent:,} sent, {in_flight}; run `syndicate send` again to finish.")
 
 
@@ -389,15 +394,36 @@ def _daily_workers(
             _close_unsendable(db, owed, now=now)
             continue
         days.append(_day_job(db, owed.day, owed.created_at, prepare(stored)))
+    secret = get_secret(settings, db)
     outcome = run_workers(
         settings,
         days=days,
-        secret=get_secret(settings, db),
+        secret=secret,
         now=now,
         workers=workers,
         limit=limit,
         lock_fd=lock_fd,
     )
+    if limit is not None:
+        run = outcome.run
+        outcome = _spend_lost_shares(
+            db,
+            days=days,
+            outcome=outcome,
+            limit=limit,
+            again=lambda budget, first: run_workers(
+                settings,
+                days=days,
+                secret=secret,
+                now=now,
+                workers=workers,
+                limit=budget,
+                lock_fd=lock_fd,
+                run=run,
+                first=first,
+            ),
+            workers=workers,
+        )
     counts = ledger.run_counts(db, days=[job.day for job in days], run=outcome.run)
     summaries = _counted(days=days, counts=counts, outcome=outcome)
     # Workers killed, crashed or stopped: the run's exit follows the ledger, as the others
@@ -410,7 +436,12 @@ def _daily_workers(
         raise outcome.error
     if outcome.signal is not None:
         sent = sum(s.sent for s in summaries)
-        raise _interrupted(outcome.signal, sent=sent, in_flight=_in_flight(counts, outcome))
+        raise _interrupted(
+            outcome.signal,
+            sent=sent,
+            in_flight=_in_flight(counts, outcome),
+            crashed=any(lost.crash for lost in outcome.lost),
+        )
     if outcome.stopped_by:
         _stopped_workers(outcome, left=left)
     first = summaries.pop(0) if today is not None and summaries else None
@@ -422,6 +453,93 @@ def _daily_workers(
         subscribers=subscribers,
         lost_workers=sum(1 for lost in outcome.lost if not lost.crash) if left else 0,
         crashed_workers=sum(1 for lost in outcome.lost if lost.crash),
+    )
+
+
+def _spend_lost_shares(
+    db: Database,
+    *,
+    days: list[DayJob],
+    outcome: WorkersOutcome,
+    limit: int,
+    again: Callable[[int, int], WorkersOutcome],
+    workers: int,
+) -> WorkersOutcome:
+    """`--limit` with a worker killed: what it left of its share goes to the run's next round.
+
+    Each worker gets its share of the limit; one killed before it used its share left the
+    rest unused (the others stop at their own), and the run sent fewer than the limit. Once
+    all have ended, a new round of workers of the same run (`again(budget, first number)`:
+    numbered on, so no row the run gave up on is taken again) shares what the ledger says
+    is left of the limit: the rows the run sent, failed or left in doubt count; those a
+    killed worker still held do not (the new round takes them over, and counts them as it
+    sends them). Rounds go on while a worker was killed (none crashed: a bug ends the run as
+    it is), someone is owed within the limit, and the last round got somewhere; a stop, a
+    store error or a server that turned a worker away ends them."""
+    run, run_days = outcome.run, [job.day for job in days]
+    rounds, last = 1, outcome
+
+    def used() -> int:
+        counts = ledger.run_counts(db, days=run_days, run=run)
+        return sum(c.sent + c.failed + c.in_doubt for c in counts)
+
+    done = used()
+    while (
+        last.lost
+        and not any(lost.crash for lost in last.lost)
+        and last.signal is None
+        and last.error is None
+        and not last.stopped_by
+        and done < limit
+        and any(
+            ledger.count_owed(
+                db, day=job.day, max_attempts=MAX_ATTEMPTS, confirmed_by=job.confirmed_by
+            )
+            for job in days
+        )
+    ):
+        log.info(
+            "send: a worker was killed with %d of --limit %d unused by the run; %d more "
+            "workers share it.",
+            limit - done,
+            limit,
+            workers,
+        )
+        last = again(limit - done, 1 + rounds * workers)
+        outcome = _joined(outcome, last)
+        rounds += 1
+        now_done = used()
+        if now_done == done:  # nothing more sent, failed or left in doubt: no use going on
+            break
+        done = now_done
+    return outcome
+
+
+def _joined(first: WorkersOutcome, then: WorkersOutcome) -> WorkersOutcome:
+    """Two rounds of workers of one run as one outcome: their reports per digest summed (the
+    counts are the ledger's anyway), the later round's signal, the first error."""
+    summaries: list[SendSummary] = []
+    for index in range(max(len(first.summaries), len(then.summaries))):
+        parts = [o.summaries[index] for o in (first, then) if index < len(o.summaries)]
+        summaries.append(
+            SendSummary(
+                digest=parts[0].digest,
+                sent=sum(p.sent for p in parts),
+                failed=sum(p.failed for p in parts),
+                skipped=parts[0].skipped,
+                seconds=sum(p.seconds for p in parts),
+                bounced=sum(p.bounced for p in parts),
+                in_flight=sum(p.in_flight for p in parts),
+            )
+        )
+    return WorkersOutcome(
+        run=first.run,
+        summaries=tuple(summaries),
+        lost=first.lost + then.lost,
+        stopped_by=first.stopped_by + then.stopped_by,
+        signal=then.signal,
+        error=first.error or then.error,
+        seconds=first.seconds + then.seconds,
     )
 
 

@@ -961,7 +961,6 @@ class DigestSender:
             self.stop.by_error(failure)
         else:
             log.warning("%s", failure.message)
-            run.failed += 1
             self._refused(run, recipient, action, reply)
         return None
 
@@ -1003,20 +1002,23 @@ class DigestSender:
     def _refused(self, run: _Run, recipient: ledger.Recipient, action: Action, reply: str) -> None:
         """Record a permanent refusal; its bounce waits for proof the server takes mail at all."""
         subscriber_id = recipient.subscriber_id
+        run.failed += 1
         if run.sent:
             self._settle(run, subscriber_id, action, reply)
             return
         # Until one message is accepted, every refusal may be the server's setup refusing all.
         # Failed for now (no worker of this run takes it again); a run that stops before any
         # accept gives it back with no attempt used (`_give_back_refusals`).
-        ledger.mark_failed(
+        if not ledger.mark_failed(
             self.db,
             day=run.day,
             subscriber_id=subscriber_id,
             reply=reply,
             now=self.tick(),
             owner=self.worker,
-        )
+        ):
+            self._fenced_refusal(run)
+            return
         run.pending.append((subscriber_id, action, reply))
         # One refused by an earlier run stopped this way is no news: counted, the same ten
         # first in the list, refused for real, stopped every later run with nobody mailed.
@@ -1091,8 +1093,18 @@ class DigestSender:
             self._refused_all(run, refused[-1][2])
 
     def _settle(self, run: _Run, subscriber_id: int, action: Action, reply: str) -> None:
+        """Record a permanent refusal (counted failed already) and what it means for its
+        subscriber: one fact of one row, written by the worker that holds the row.
+
+        A refusal for a row this worker no longer holds (it stalled past its lease between
+        its fence and the reply, and another worker took the row over; or the row is `sent`)
+        changes nothing: not the row, not the subscriber. The holder sends that message
+        itself and records its own reply, a refusal too when the address is gone, so the
+        bounce is neither lost nor counted twice (bounced here, it was missing from the
+        run's ledger counts, and a second refusal of the same digest counted toward
+        `mail.bounce_limit` again)."""
         now = self.tick()
-        ledger.mark_refused(
+        if not ledger.mark_refused(
             self.db,
             day=run.day,
             subscriber_id=subscriber_id,
@@ -1100,10 +1112,18 @@ class DigestSender:
             max_attempts=self.policy.max_attempts,
             now=now,
             owner=self.worker,
-        )
+        ):
+            self._fenced_refusal(run)
+            return
         limit = 1 if action is Action.BOUNCE_NOW else self.policy.bounce_limit
         if record_bounce(self.db, subscriber_id, limit=limit, now=now):
             run.bounced += 1
+
+    @staticmethod
+    def _fenced_refusal(run: _Run) -> None:
+        """A refusal of a row another worker took over: not this worker's failure (`_settle`)."""
+        run.failed -= 1
+        run.dropped += 1
 
     def _give_back_refusals(self, run: _Run) -> None:
         """A run that stopped before any accept (the server refusing everyone, a signal): its

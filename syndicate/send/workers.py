@@ -160,8 +160,13 @@ def run_workers(
     workers: int,
     limit: int | None,
     lock_fd: int,
+    run: str | None = None,
+    first: int = 1,
 ) -> WorkersOutcome:
     """Send `days` through `workers` processes; return what they reported.
+
+    `run`: the run these workers belong to (a new one when None), numbered from `first`: a
+    later round of the same run (`send.daily`) takes no row the run gave up on.
 
     Returns once every worker has ended. The signal that stopped the run (SIGINT,
     SIGTERM: this process's, or one a worker alone got) is in `signal`; the
@@ -181,6 +186,8 @@ def run_workers(
             workers=workers,
             limit=limit,
             lock_fd=lock_fd,
+            run=run or make_run_id(),
+            first=first,
         )
     )
 
@@ -194,8 +201,9 @@ async def _run(
     workers: int,
     limit: int | None,
     lock_fd: int,
+    run: str,
+    first: int,
 ) -> WorkersOutcome:
-    run = make_run_id()
     level = logging.getLogger("syndicate").getEffectiveLevel()
     shares = _shares(limit, workers)
     procs: list[asyncio.subprocess.Process] = []
@@ -254,7 +262,7 @@ async def _run(
         loop.add_signal_handler(signum, on_signal, signum)
     started = time.monotonic()
     try:
-        for number in range(1, workers + 1):
+        for number in range(first, first + workers):
             job = WorkerJob(
                 settings=settings,
                 secret=secret,
@@ -262,7 +270,7 @@ async def _run(
                 worker=make_worker_id(run, number),
                 workers=workers,
                 days=tuple(days),
-                limit=shares[number - 1],
+                limit=shares[number - first],
                 log_level=level,
             )
             # The worker starts with SIGINT and SIGTERM blocked, until it catches them (_ENTRY);
@@ -287,7 +295,7 @@ async def _run(
                 signal_workers([proc], stopped[0])
         talks = [
             talk(number, proc, job)
-            for number, (proc, job) in enumerate(zip(procs, jobs, strict=True), start=1)
+            for number, (proc, job) in enumerate(zip(procs, jobs, strict=True), start=first)
         ]
         outputs = await asyncio.gather(*talks)
     finally:
@@ -297,7 +305,7 @@ async def _run(
     results: list[WorkerResult] = []
     numbers: list[int] = []
     lost: list[LostWorker] = []
-    for number, (proc, out) in enumerate(zip(procs, outputs, strict=True), start=1):
+    for number, (proc, out) in enumerate(zip(procs, outputs, strict=True), start=first):
         result = _read_result(out)
         if result is None:
             if _stop_signal(None, proc.returncode) is None:  # else stopped, holding nothing

@@ -145,7 +145,8 @@ _MARK_FAILED = """
 # Fencing for the failure marks: a worker records a failure only on a row it still holds,
 # so a stalled worker never overwrites what the worker that took the row over recorded;
 # and never on a row already `sent` (a stalled worker's late 250 marks the row it lost
-# `sent`, unfenced: the new holder's failure must not undo that).
+# `sent`, unfenced: the new holder's failure must not undo that). A refusal fenced off so
+# bounces nobody either: the holder records its own reply (`DigestSender._settle`).
 _HELD = " AND lease_owner = :owner AND status <> 'sent'"
 # The server refused the recipient for good: failed, with no attempts left (never retried).
 _MARK_REFUSED = """
@@ -172,11 +173,12 @@ _UNMARK_FAILED = """
 # have all ended is left in doubt, with no expiry (`_MARK_IN_DOUBT`: its body went and no
 # reply came), or held under a lease by a worker that died (killed: whether it had begun
 # that message nobody knows, and the next run counts a try for it, `_CHARGE_TAKEN_OVER`).
+# A row a worker that died had parked (`_PARK`: deferred, never in flight) is neither.
 # The rows a worker gave back have no owner (`_RELEASE`).
 _RUN_COUNTS = """
     SELECT coalesce(sum(CASE WHEN status = 'sent' THEN 1 ELSE 0 END), 0),
            coalesce(sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0),
-           coalesce(sum(CASE WHEN status = 'sending' AND lease_until IS NULL
+           coalesce(sum(CASE WHEN status = 'sending' AND lease_until IS NULL AND parked = 0
                              THEN 1 ELSE 0 END), 0),
            coalesce(sum(CASE WHEN status = 'sending' AND lease_until IS NOT NULL
                              THEN 1 ELSE 0 END), 0)
@@ -528,8 +530,9 @@ def mark_failed(
     now: datetime,
     owner: str | None = None,
     counted: bool = False,
-) -> None:
+) -> bool:
     """Record a failed attempt with the server's reply; with `owner`, only on a row it holds.
+    Returns whether the row was written (False: `owner` no longer holds it).
 
     `counted`: the attempt was counted already (`charge_taken_over` for this same try), so
     the row's attempts stay as they are."""
@@ -543,7 +546,8 @@ def mark_failed(
     }
     try:
         with db.transaction(rows_only=True) as conn:
-            conn.execute(_MARK_FAILED + (_HELD if owner is not None else ""), params)
+            cursor = conn.execute(_MARK_FAILED + (_HELD if owner is not None else ""), params)
+            return int(cursor.rowcount) > 0
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
 
@@ -565,10 +569,12 @@ def mark_refused(
     max_attempts: int,
     now: datetime,
     owner: str | None = None,
-) -> None:
+) -> bool:
     """Record a permanent refusal: `failed` with its attempts used up, so no run retries it.
 
-    With `owner`, only on a row that worker still holds.
+    With `owner`, only on a row that worker still holds. Returns whether the row was
+    written: False when another worker took it over meanwhile (or it is `sent`), whose own
+    reply for it is the one that counts (`DigestSender._settle`).
     """
     params = {
         "day": day.isoformat(),
@@ -580,7 +586,8 @@ def mark_refused(
     }
     try:
         with db.transaction(rows_only=True) as conn:
-            conn.execute(_MARK_REFUSED + (_HELD if owner is not None else ""), params)
+            cursor = conn.execute(_MARK_REFUSED + (_HELD if owner is not None else ""), params)
+            return int(cursor.rowcount) > 0
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
 
@@ -602,8 +609,9 @@ class RunCounts:
     failed: int
     bounced: int  # of `failed`: refusals that made their subscriber bounced, each one once
     # Once the run's workers have ended: `sending` with no expiry, its body sent and no reply
-    # (as one process counts it in flight); and `sending` under the lease of a worker that
-    # died (killed), its messages in flight among them.
+    # (as one process counts it in flight; not a row parked by a worker that died, deferred
+    # and never in flight); and `sending` under the lease of a worker that died (killed), its
+    # messages in flight among them.
     in_doubt: int
     held: int
 
@@ -680,7 +688,11 @@ ENQUEUE_BATCH = 10_000
 # `FOR UPDATE OF d SKIP LOCKED` lets claimers pass each other's locked rows.
 # A row whose lease ran out while its owner still held it (a worker killed or stalled) is
 # taken over (`Recipient.taken_over`): the claim says so in `taken_over` (store step 13), as
-# RETURNING cannot show the old row.
+# RETURNING cannot show the old row. A row given back (no owner: released, unparked, a
+# refusal unmarked) keeps the mark it had until its attempt is charged
+# (`_CHARGE_TAKEN_OVER`): a takeover given back before its body went is still one, and the
+# next claim, of any run, charges it. A row done with under an owner (failed or in doubt,
+# its try counted) is no takeover.
 # RETURNING may name only the updated table on SQLite, so the subscriber's fields come
 # from scalar subqueries (primary-key lookups).
 # The shape keeps both planners on indexes (docs/performance.md, tests/test_ledger_plan.py):
@@ -696,8 +708,9 @@ ENQUEUE_BATCH = 10_000
 _CLAIM_TEMPLATE = """
     UPDATE deliveries
     SET status = 'sending', lease_owner = :owner, lease_until = :until, updated_at = :now,
-        taken_over = CASE WHEN lease_owner IS NOT NULL AND lease_until IS NOT NULL
-                          THEN 1 ELSE 0 END
+        parked = 0,
+        taken_over = CASE WHEN lease_owner IS NOT NULL AND lease_until IS NOT NULL THEN 1
+                          WHEN lease_owner IS NULL THEN taken_over ELSE 0 END
     WHERE id {ids}(
         SELECT d.id
         FROM deliveries AS d
@@ -770,15 +783,17 @@ _RELEASE = """
 # owner with no expiry, as a failed or in-doubt row does: no worker of this run claims them,
 # and none waits for their lease (each worker of a run left holding such rows took the
 # other's for live work and waited for it for ever). The run ends them (failed, or given
-# back); a worker killed meanwhile leaves them to the next run.
+# back); a worker killed meanwhile leaves them to the next run. Marked `parked`: a row
+# left in doubt looks the same otherwise, and only that one may have been in flight
+# (`_RUN_COUNTS`).
 _PARK = """
-    UPDATE deliveries SET lease_until = NULL
+    UPDATE deliveries SET lease_until = NULL, parked = 1
     WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
       AND status = 'sending' AND lease_until IS NOT NULL
 """
 # Give back parked rows: owed again, to any run, with no attempt used.
 _UNPARK = """
-    UPDATE deliveries SET lease_owner = NULL, lease_until = NULL
+    UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, parked = 0
     WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
       AND status = 'sending'
 """
@@ -829,9 +844,9 @@ _LEASE_ENDED = "1970-01-01T00:00:00.000000+00:00"
 # may have been in flight), before this worker starts it. One a worker is killed by every
 # time (a recipient its process dies on) so runs out of attempts, as one never answered
 # does (_MARK_IN_DOUBT); the last makes it `failed` with :reply. Fenced: only a row
-# :owner holds.
+# :owner holds. The mark goes with the charge: given back after it, the row is charged once.
 _CHARGE_TAKEN_OVER = """
-    UPDATE deliveries SET attempts = attempts + 1, updated_at = :now,
+    UPDATE deliveries SET attempts = attempts + 1, updated_at = :now, taken_over = 0,
         status = CASE WHEN attempts + 1 >= :max_attempts THEN 'failed' ELSE status END,
         reply = CASE WHEN attempts + 1 >= :max_attempts THEN :reply ELSE reply END,
         lease_until = CASE WHEN attempts + 1 >= :max_attempts THEN NULL ELSE lease_until END

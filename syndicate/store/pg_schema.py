@@ -216,6 +216,14 @@ _VERSION_13: list[str] = [
 # 14: a digest's own part of its Message-IDs (see schema.py).
 _VERSION_14: list[str] = [f"ALTER TABLE digests ADD COLUMN message_key {T}"]
 
+# 15: a `sending` row parked, not in doubt (see schema.py).
+_VERSION_15: list[str] = [
+    """
+    ALTER TABLE deliveries ADD COLUMN parked BIGINT NOT NULL DEFAULT 0
+        CHECK (parked IN (0, 1))
+    """
+]
+
 # Version -> statements. A version missing here has no PostgreSQL step (1 to 8).
 PG_MIGRATIONS: dict[int, list[str]] = {
     9: _VERSION_9,
@@ -224,6 +232,7 @@ PG_MIGRATIONS: dict[int, list[str]] = {
     12: _VERSION_12,
     13: _VERSION_13,
     14: _VERSION_14,
+    15: _VERSION_15,
 }
 
 # The first version a PostgreSQL store can be at: what step 9 creates.

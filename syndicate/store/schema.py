@@ -367,3 +367,17 @@ MIGRATIONS.append(
 # for the digests made before: they keep the form they were sent with,
 # `<DAY.SUBSCRIBER-ID@domain>` (mail.build_digest_template).
 MIGRATIONS.append(["ALTER TABLE digests ADD COLUMN message_key TEXT"])
+
+# 15: whether a `sending` row with no expiry was parked (deferred past the retry window, kept
+# from the other workers of its run: ledger._PARK), not left in doubt (its body sent, no
+# reply: ledger._MARK_IN_DOUBT). Both wait for the next run; only the second may have been
+# delivered, and only it counts as in flight (ledger.run_counts). Set by the park, cleared by
+# the next claim. Rows parked before this step cannot be told apart: 0.
+MIGRATIONS.append(
+    [
+        """
+        ALTER TABLE deliveries ADD COLUMN parked INTEGER NOT NULL DEFAULT 0
+            CHECK (parked IN (0, 1))
+        """
+    ]
+)
