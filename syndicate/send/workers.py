@@ -393,14 +393,27 @@ def signal_workers(procs: list[asyncio.subprocess.Process], signum: int) -> None
     With `os.kill`, not `proc.send_signal`: Python 3.11's `Popen.send_signal` polls the
     child first, and so reaps one that has just died before asyncio's child watcher does;
     the watcher then reports it as 255, and the run named a killed worker "exited 255".
-    Between the watcher reaping a worker and `returncode` being set (its callback, next on
-    this loop) the pid is free again, but the kernel hands a freed pid out again only after
-    cycling through all the others (pid_max), so it is not another process's meanwhile.
     """
     for proc in procs:
-        if proc.returncode is None:
+        if proc.returncode is None and _running(proc.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signum)
+
+
+def _running(pid: int) -> bool:
+    """Whether our child `pid` has not ended, asked without reaping it (WNOWAIT).
+
+    False too once asyncio's child watcher has reaped it, though its `returncode` is set
+    only later, by a callback on the loop (a signal handler may run first): its pid is
+    then free, and the next process started anywhere on the machine may be given it, since
+    the kernel's pid counter has been moving on since the worker started.
+    """
+    if not hasattr(os, "waitid"):  # macOS before Python 3.13: no asking without reaping
+        return True
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:  # reaped: no longer our child
+        return False
 
 
 def _read_result(out: bytes) -> WorkerResult | None:
