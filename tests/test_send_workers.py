@@ -444,9 +444,11 @@ def test_a_killed_workers_unused_share_of_the_limit_goes_to_the_others(tmp_path:
     assert _day_sent(tmp_path) == 60
     assert SUMMARY.findall(out) == [("60", "0", "0")], out
     got = Counter(server.handler.recipients())
-    assert len(got) == 60
+    # The killed worker's messages in flight (at most its connections) may have reached the
+    # server unrecorded: beside the 60 recorded, or sent again to the same recipients.
+    assert 60 <= len(got) <= 60 + CONNECTIONS, got
     assert set(got) <= set(emails)
-    assert sum(n - 1 for n in got.values()) <= CONNECTIONS  # the killed worker's, at most
+    assert sum(got.values()) - 60 <= CONNECTIONS, got
 
 
 @pytest.mark.slow(seconds=8)
