@@ -1057,6 +1057,10 @@ def test_oversized_request_bodies_get_413(client: httpx.Client) -> None:
     assert in_url.status_code == 413
     unknown_type = client.post("unsubscribe", params={"token": "AQIA"}, content=big)
     assert unknown_type.status_code == 413
+    # The confirm button's POST reads its token the same way (web.guard.link_token).
+    for params in ({}, {"token": "AQIA"}):
+        confirm = client.post("confirm", params=params, content=big, headers=form)
+        assert confirm.status_code == 413, params
 
 
 # --- slow and vanishing clients -------------------------------------------------------------
