@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -128,6 +130,23 @@ def _sitecustomize(folder: Path, source: str) -> Path:
     folder.mkdir()
     (folder / "sitecustomize.py").write_text(source, encoding="utf-8")
     return folder
+
+
+@contextmanager
+def _hooked_send(
+    folder: Path, hook: str, *, subscribers: int, delay: float = 0.0
+) -> Iterator[tuple[subprocess.Popen[str], str, list[str], SmtpServer]]:
+    """`send --workers 2` in `folder` to `subscribers` confirmed ones, every process of it
+    running `hook` as its sitecustomize, to its end: the run, its stderr, the subscribers
+    and the server, which stays up inside the block (for `_finish`)."""
+    path = _sitecustomize(folder / "hook", hook)
+    with run_smtp_server() as server:
+        server.handler.delay = delay
+        _project(folder, server)
+        emails = _subscribe(folder, 0, subscribers)
+        process = _start(folder, pythonpath=path)
+        _out, err = process.communicate(timeout=60)
+        yield process, err, emails, server
 
 
 _SENT_BY_OWNER = "SELECT lease_owner, count(*) FROM deliveries WHERE status = 'sent' GROUP BY 1"
@@ -857,12 +876,8 @@ def test_a_ctrl_c_while_the_workers_start_stops_each_once_gracefully(tmp_path: P
     # The parent passed the signal on to every worker started so far, then again to all of
     # them after starting each next one: the first worker got two SIGINTs, a second Ctrl-C
     # to it, and quit at once ('exited 130 before it finished', an error line).
-    hook = _sitecustomize(tmp_path / "hook", _CTRL_C_WHILE_STARTING)
-    with run_smtp_server() as server:
-        _project(tmp_path, server)
-        emails = _subscribe(tmp_path, 0, 20)
-        process = _start(tmp_path, pythonpath=hook)
-        _out, err = process.communicate(timeout=60)
+    with _hooked_send(tmp_path, _CTRL_C_WHILE_STARTING, subscribers=20) as run:
+        process, err, emails, server = run
         assert process.returncode == 130, err
         assert "send worker" not in err, err
         sent = _day_sent(tmp_path)
@@ -899,13 +914,8 @@ def test_a_sigterm_to_a_worker_before_its_handlers_stops_the_run_with_exit_143(
     # A worker killed by a SIGTERM before it could catch it (starting up; or ending, its
     # loop closed) sent no report: it was taken for a worker killed mid-run, the other one
     # went on, and the run exited 0 as if no one had asked it to stop.
-    hook = _sitecustomize(tmp_path / "hook", _SIGTERM_AS_IT_STARTS)
-    with run_smtp_server() as server:
-        server.handler.delay = 0.02
-        _project(tmp_path, server)
-        emails = _subscribe(tmp_path, 0, 100)
-        process = _start(tmp_path, pythonpath=hook)
-        _out, err = process.communicate(timeout=60)
+    with _hooked_send(tmp_path, _SIGTERM_AS_IT_STARTS, subscribers=100, delay=0.02) as run:
+        process, err, emails, server = run
         assert (tmp_path / "killed").exists(), err
         assert process.returncode == 143, err
         assert re.search(
@@ -1148,12 +1158,8 @@ if sys.argv[:1] == ["-c"]:
 def test_a_sigterm_to_a_worker_as_its_loop_closes_is_reported_not_fatal(tmp_path: Path) -> None:
     # Between its loop's end (the default handlers back) and its report, a SIGTERM killed the
     # worker: no report, 'was killed by SIGTERM before it finished', and the stop was lost.
-    hook = _sitecustomize(tmp_path / "hook", _SIGTERM_AS_IT_ENDS)
-    with run_smtp_server() as server:
-        _project(tmp_path, server)
-        emails = _subscribe(tmp_path, 0, 20)
-        process = _start(tmp_path, pythonpath=hook)
-        _out, err = process.communicate(timeout=60)
+    with _hooked_send(tmp_path, _SIGTERM_AS_IT_ENDS, subscribers=20) as run:
+        process, err, emails, server = run
     assert (tmp_path / "killed").exists(), err
     assert process.returncode == 143, err
     assert "before it finished" not in err, err
