@@ -512,7 +512,9 @@ class SiteRenderer:
             "canonical": article_url(self.info.base_url, slug),
         }
         # What Template.render does, with the globals merged once per renderer rather than
-        # per page; the template's text is encoded, the body put in as bytes.
+        # per page (new_context and root_render_func are Jinja's documented "low level
+        # API"; Template.render itself costs 0.6% more instructions over a full build);
+        # the template's text is encoded, the body put in as bytes.
         try:
             html = "".join(
                 self._article.root_render_func(self._article.new_context(context, shared=True))
