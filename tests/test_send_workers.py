@@ -634,6 +634,108 @@ def test_a_run_stopped_while_a_worker_crashed_exits_1_after_the_interrupt_line(
     assert set(got) < set(emails)  # stopped: some are left for the next run
 
 
+class _SenderRefused(SmtpRecorder):
+    """Refuses every MAIL FROM (a setup problem: the run stops with exit 2)."""
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
+        return "553 5.7.1 sender address rejected: not owned by user"
+
+
+def _crash_at_start(folder: Path, fault: str = "1 / 0") -> Path:
+    """A sitecustomize crashing the first worker as it opens its first mailer, before it
+    claims anyone (its `fault`, then a division by zero)."""
+    code = _CRASHING_WORKER.format(
+        module="syndicate.send.workers", name="open_mailer", call=1, fault=fault
+    )
+    return _sitecustomize(folder / "broken", code)
+
+
+_CRASH_LINE = (
+    r"error: send worker [12] \(pid \d+\) crashed \(ZeroDivisionError: division by zero\), a "
+    r"bug in syndicate: its traceback is above, on stderr\. Some recipients are still owed: "
+    r"run `syndicate send` again to finish\. Please report the bug with that traceback\."
+)
+
+
+@pytest.mark.slow(seconds=8)
+@pytest.mark.parametrize(
+    ("server_kind", "last_line"),
+    [
+        ("unavailable", r"Error: smtp 127\.0\.0\.1:\d+: .* The server stayed unavailable\. .*"),
+        ("setup", r"Error: .*553 5\.7\.1 sender address rejected.*"),
+    ],
+    ids=["unavailable", "setup"],
+)
+def test_a_worker_crash_wins_over_the_mail_server_stopping_the_run(
+    tmp_path: Path, server_kind: str, last_line: str
+) -> None:
+    # One worker crashed (a bug) while the server turned the other away (no connection: 75;
+    # the sender refused: 2) with everyone still owed: the crash's line was printed, but the
+    # run exited 75 or 2, and a cron wrapper retrying on 75 retried a bug. A crash wins.
+    broken = _crash_at_start(tmp_path)
+    handler = _SenderRefused() if server_kind == "setup" else None
+    sessions = 0 if server_kind == "unavailable" else None
+    with run_smtp_server(handler, sessions=sessions) as server:
+        _gated_project(tmp_path, server, connections=1)
+        _subscribe(tmp_path, 0, 10)
+        process = _start(tmp_path, pythonpath=broken)
+        _out, err = process.communicate(timeout=60)
+    assert (tmp_path / "crashed").exists(), err  # a worker did crash
+    assert process.returncode == 1, err
+    (line,) = [x for x in err.splitlines() if re.match(r"(error|warning): send worker", x)]
+    assert re.fullmatch(_CRASH_LINE, line), err
+    # The line of what stopped the other worker is still the run's last, as before.
+    assert re.fullmatch(last_line, err.splitlines()[-1]), err
+    assert server.handler.recipients() == []
+
+
+# Test only: the crashing worker waits for the test to lock the store (file `locked`).
+_AFTER_THE_LOCK = (
+    "import time\n"
+    "                while not os.path.exists('locked'):\n"
+    "                    time.sleep(0.01)\n"
+    "                1 / 0"
+)
+
+
+@pytest.mark.slow(seconds=8)
+def test_a_worker_crash_wins_over_a_store_error(tmp_path: Path) -> None:
+    # One worker crashed (a bug) while the other could not write the store (locked by
+    # another writer past store.busy_timeout): the run exited 75 on the store's error, and
+    # a cron wrapper retrying on 75 retried a bug. A crash wins: exit 1, the store's line
+    # last as before.
+    broken = _crash_at_start(tmp_path, _AFTER_THE_LOCK)
+    with run_smtp_server() as server:
+        server.handler.delay = 0.05
+        _project(tmp_path, server)
+        with (tmp_path / "syndicate.toml").open("a", encoding="utf-8") as config:
+            config.write("[store]\nbusy_timeout = 1\n")
+        _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path, pythonpath=broken)
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "crashed").exists():  # the crashing worker waits for the lock
+            assert process.poll() is None, "the run ended and no worker crashed"
+            assert time.monotonic() < deadline, "no worker crashed"
+            time.sleep(0.01)
+        with open_store(tmp_path / "syndicate.db") as db:  # another writer, holding the lock
+            if db.dialect == "sqlite":
+                db.conn.execute("BEGIN IMMEDIATE")
+            else:
+                db.conn.execute("BEGIN")
+                db.conn.execute("LOCK TABLE deliveries IN EXCLUSIVE MODE")
+            try:
+                (tmp_path / "locked").touch()
+                _out, err = process.communicate(timeout=60)
+            finally:
+                db.conn.execute("ROLLBACK")
+    assert process.returncode == 1, err
+    (line,) = [x for x in err.splitlines() if re.match(r"(error|warning): send worker", x)]
+    assert re.fullmatch(_CRASH_LINE, line), err
+    assert err.splitlines()[-1].startswith("Error: "), err
+    assert "busy" in err.splitlines()[-1], err
+    assert _lock_is_free(tmp_path)
+
+
 # Test only: at its 10th message the worker may open no more files, for real (its limit
 # put at what it holds, one file opened: the kernel's EMFILE), then has its limit back.
 _OUT_OF_FILES = (
