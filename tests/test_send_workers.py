@@ -470,6 +470,83 @@ def test_a_killed_workers_unused_share_of_the_limit_goes_to_the_others(tmp_path:
     assert sum(got.values()) - 60 <= CONNECTIONS, got
 
 
+# Test only, on PYTHONPATH as sitecustomize: a worker that parks deferred rows (past the
+# retry window) is killed (SIGKILL) as soon as they are parked, and says so (file `parked`).
+_KILLED_ONCE_PARKED = """
+import os
+import signal
+import sys
+
+if sys.argv[:1] == ["-c"]:
+    import syndicate.store.ledger as ledger
+
+    real = ledger.park
+
+    def park_then_die(db, *, day, owner, subscriber_ids):
+        real(db, day=day, owner=owner, subscriber_ids=subscriber_ids)
+        if subscriber_ids:
+            open("parked", "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    ledger.park = park_then_die
+"""
+
+
+class _DeferredUntilParked(SmtpRecorder):
+    """Defers `address` at RCPT (a 450) until the file `flag` exists."""
+
+    def __init__(self, address: str, flag: Path) -> None:
+        super().__init__()
+        self.address, self.flag = address, flag
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        if address == self.address and not self.flag.exists():
+            with self.lock:
+                self.rcpt_log.append((address, "450"))
+            return "450 4.2.0 mailbox busy, try later"
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+
+@pytest.mark.slow(seconds=8)
+def test_a_later_round_of_the_limit_sends_what_a_killed_worker_had_parked(
+    tmp_path: Path,
+) -> None:
+    # --limit 40 to 40 subscribers: the worker holding the one deferred recipient parks it
+    # (past the retry window) and is killed. The run's next round, sharing what is left of
+    # the limit, could not claim the parked row (kept from every worker of the run): it sent
+    # nothing, and the run exited 1 with the recipient owed within the limit.
+    hook = _sitecustomize(tmp_path / "hook", _KILLED_ONCE_PARKED)
+    emails = [f"reader{i}@example.org" for i in range(40)]
+    deferred = emails[7]
+    handler = _DeferredUntilParked(deferred, tmp_path / "parked")
+    with run_smtp_server(handler) as server:
+        _project(tmp_path, server)
+        with (tmp_path / "syndicate.toml").open("a", encoding="utf-8") as config:
+            config.write("retry_window = 1\n")
+        assert _subscribe(tmp_path, 0, 40) == emails
+        process = _start(tmp_path, "--limit", "40", pythonpath=hook)
+        out, err = process.communicate(timeout=60)
+    assert (tmp_path / "parked").exists(), err  # a worker did park the row, and was killed
+    assert process.returncode == 0, err
+    (line,) = [x for x in err.splitlines() if "send worker" in x]
+    assert re.fullmatch(
+        r"warning: send worker [12] \(pid \d+\) was killed by SIGKILL before it finished; the "
+        r"other workers sent everyone owed \(its messages in flight may have gone twice\)\.",
+        line,
+    ), err
+    assert SUMMARY.findall(out) == [("40", "0", "0")], out
+    assert "in flight" not in out + err.replace("messages in flight may have gone", ""), err
+    assert Counter(server.handler.recipients()) == Counter(emails)  # each exactly once
+    assert (deferred, "450") in server.handler.rcpt_log
+    with open_store(tmp_path / "syndicate.db") as db:
+        row = db.conn.execute(
+            "SELECT d.status, d.attempts, d.parked FROM deliveries AS d"
+            " JOIN subscribers AS s ON s.id = d.subscriber_id WHERE s.email = ?",
+            (deferred,),
+        ).fetchone()
+    assert tuple(row) == ("sent", 1, 0)  # the park used none of its attempts
+
+
 @pytest.mark.slow(seconds=8)
 @pytest.mark.parametrize("as_json", [False, True], ids=["line", "json"])
 def test_the_summary_counts_what_a_killed_worker_sent(tmp_path: Path, as_json: bool) -> None:

@@ -480,9 +480,10 @@ def _spend_lost_shares(
     numbered on, so no row the run gave up on is taken again) shares what the ledger says
     is left of the limit: the rows the run sent, failed or left in doubt count; those a
     killed worker still held do not (the new round takes them over, and counts them as it
-    sends them). Rounds go on while a worker was killed (none crashed: a bug ends the run as
-    it is), someone is owed within the limit, and the last round got somewhere; a stop, a
-    store error or a server that turned a worker away ends them."""
+    sends them), nor those it had parked (given back to the new round, with no attempt
+    used: `ledger.unpark_run`). Rounds go on while a worker was killed (none crashed: a bug
+    ends the run as it is), someone is owed within the limit, and the last round got
+    somewhere; a stop, a store error or a server that turned a worker away ends them."""
     run, run_days = outcome.run, [job.day for job in days]
     rounds, last = 1, outcome
 
@@ -512,6 +513,10 @@ def _spend_lost_shares(
             limit,
             workers,
         )
+        # What a killed worker parked (deferred past the retry window: never in flight) is
+        # kept from every worker of the run, this round's too: given back, it is the round's
+        # to send within the limit, as the rows it held under its lease are.
+        ledger.unpark_run(db, days=run_days, run=run)
         last = again(limit - done, 1 + rounds * workers)
         outcome = _joined(outcome, last)
         rounds += 1
