@@ -295,3 +295,12 @@ def log_lines_to_stderr(level: int) -> None:
     root.handlers[:] = [handler]
     root.propagate = False
     root.setLevel(level)
+
+
+class CrashedRunError(SyndicateError):
+    """A `send --workers` run that ended on another error (a store error, exit 75; the mail
+    server unavailable, 75, or refusing the setup, 2) in which a worker also crashed (a bug
+    in syndicate): exit 1, what any crash exits with, so that a cron wrapper retrying on 75
+    does not retry a bug. Its line is that error's."""
+
+    exit_code: ClassVar[int] = EXIT_FAILED

@@ -249,6 +249,54 @@ def test_rows_a_dead_worker_parked_are_not_counted_in_flight(tmp_path: Path) -> 
         ]
 
 
+_ROWS = (
+    "SELECT subscriber_id, status, attempts, lease_owner, parked FROM deliveries"
+    " WHERE digest_day = ? ORDER BY subscriber_id"
+)
+
+
+def test_a_runs_parked_rows_go_back_to_its_next_round_and_nothing_else(tmp_path: Path) -> None:
+    # `send --workers N --limit M`: a worker killed with rows parked (deferred past the retry
+    # window) left them kept from every worker of its run, so the run's next round, sharing
+    # what was left of the limit, could not send them. Once the run's workers have all
+    # ended they are given back, with no attempt used; nothing else the run did is.
+    with _store(tmp_path, 6) as db:
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        assert _claim(db, "run1/1", T0, limit=5) == [1, 2, 3, 4, 5]
+        assert _claim(db, "run9/1", T0) == [6]  # another run, still going
+        ledger.mark_in_doubt(db, day=DAY, subscriber_id=1, owner="run1/1", now=T0, max_attempts=5)
+        ledger.mark_failed(
+            db, day=DAY, subscriber_id=2, reply="451 4.3.0 later", now=T0, owner="run1/1"
+        )
+        ledger.mark_sent(db, day=DAY, subscriber_id=3, now=T0)
+        ledger.park(db, day=DAY, owner="run1/1", subscriber_ids=[4])
+        ledger.park(db, day=DAY, owner="run9/1", subscriber_ids=[6])
+        # 5 is still held under the killed worker's lease: taken over once that runs out.
+        assert ledger.unpark_run(db, days=[DAY], run="run1") == 1
+        assert [tuple(r) for r in db.conn.execute(_ROWS, (DAY.isoformat(),))] == [
+            (1, "sending", 1, "run1/1", 0),  # in doubt: its body may have gone
+            (2, "failed", 1, "run1/1", 0),
+            (3, "sent", 1, "run1/1", 0),
+            (4, "sending", 0, None, 0),  # given back, its attempt unused
+            (5, "sending", 0, "run1/1", 0),
+            (6, "sending", 0, "run9/1", 1),  # another run's own to end
+        ]
+        # The given-back row is nobody's in the run's counts, in flight least of all.
+        assert ledger.run_counts(db, days=[DAY], run="run1") == [
+            ledger.RunCounts(sent=1, failed=1, bounced=0, in_doubt=1, held=1)
+        ]
+        # The run's next round claims it, not as a takeover (it was never in flight); and 6
+        # as before: a row another run parked is kept from that run's workers only.
+        taken = ledger.claim(
+            db, day=DAY, owner="run1/3", now=T0, lease=LEASE, limit=5, max_attempts=5
+        )
+        assert [(r.subscriber_id, r.attempts, r.taken_over) for r in taken] == [
+            (4, 0, False),
+            (6, 0, False),
+        ]
+        assert ledger.unpark_run(db, days=[DAY], run="run1") == 0
+
+
 def _store_at_step_12(path: Path) -> None:
     """A store at schema step 12 (before `taken_over`), with a row a claim took over (its
     updated_at with microseconds, as that step's claims wrote it) and one it did not."""

@@ -124,7 +124,7 @@ async def _send(db, server: SmtpServer | None, settings, now, **options):  # typ
         connections=connections,
         rate=options.pop("rate", 0.0),
         retry_window=options.pop("retry_window", 1.0),
-        retry_delay=0.01,
+        retry_delay=options.pop("retry_delay", 0.01),
         attempts=options.pop("retries", 2) + 1,
         bounce_limit=settings.mail.bounce_limit,
     )
@@ -1028,6 +1028,54 @@ async def test_a_refusal_for_a_row_another_worker_took_over_changes_nothing(  # 
         MAX_ATTEMPTS,
         "550 5.7.1 refused by policy",
     )
+
+
+class _SentByAnotherWhileDeferred(SmtpRecorder):
+    """Defers `address` at RCPT (a 450) once, and meanwhile has another worker take its row
+    over and send it: the sender stalled past its lease between its fence and the reply."""
+
+    def __init__(self, path: Path, address: str) -> None:
+        super().__init__()
+        self.path, self.address = path, address
+        self.refuse(address, "450 4.2.0 mailbox busy, try later", times=1)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        if address == self.address:
+            with open_store(self.path) as other, other.transaction() as conn:
+                conn.execute(
+                    "UPDATE deliveries SET status = 'sent', attempts = attempts + 1,"
+                    " lease_owner = 'other/1', lease_until = NULL WHERE subscriber_id ="
+                    " (SELECT id FROM subscribers WHERE email = ?)",
+                    (address,),
+                )
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+
+async def test_a_deferral_given_up_on_a_row_another_worker_took_over_is_no_failure(  # type: ignore[no-untyped-def]
+    db, send_settings, now, tmp_path
+) -> None:
+    # The deferred row, left past the retry window, was given up (`mark_failed`, fenced off:
+    # another worker had taken it over and sent it), and counted failed all the same: the
+    # summary said one failure more than the ledger holds for the run.
+    first, second = _subscribe(db, 2, now)
+    handler = _SentByAnotherWhileDeferred(tmp_path / "syndicate.db", second)
+    with run_smtp_server(handler) as server:
+        summary = await _send(
+            db,
+            server,
+            send_settings,
+            now,
+            connections=1,
+            worker="run1/1",
+            retry_window=0.0,
+            retry_delay=60.0,  # never retried: given up at the end of the first pass
+        )
+    assert handler.rcpt_log == [(first, "250 OK"), (second, "450 4.2.0 mailbox busy, try later")]
+    assert (summary.sent, summary.failed, summary.in_flight) == (1, 0, 0)
+    assert ledger.run_counts(db, days=[DAY], run="run1") == [
+        ledger.RunCounts(sent=1, failed=0, bounced=0, in_doubt=0, held=0)
+    ]
+    assert ledger.get_delivery(db, day=DAY, subscriber_id=2) == ("sent", 1, None)
 
 
 async def test_a_send_cancelled_before_the_server_answers_ehlo_hangs_up() -> None:

@@ -470,6 +470,83 @@ def test_a_killed_workers_unused_share_of_the_limit_goes_to_the_others(tmp_path:
     assert sum(got.values()) - 60 <= CONNECTIONS, got
 
 
+# Test only, on PYTHONPATH as sitecustomize: a worker that parks deferred rows (past the
+# retry window) is killed (SIGKILL) as soon as they are parked, and says so (file `parked`).
+_KILLED_ONCE_PARKED = """
+import os
+import signal
+import sys
+
+if sys.argv[:1] == ["-c"]:
+    import syndicate.store.ledger as ledger
+
+    real = ledger.park
+
+    def park_then_die(db, *, day, owner, subscriber_ids):
+        real(db, day=day, owner=owner, subscriber_ids=subscriber_ids)
+        if subscriber_ids:
+            open("parked", "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    ledger.park = park_then_die
+"""
+
+
+class _DeferredUntilParked(SmtpRecorder):
+    """Defers `address` at RCPT (a 450) until the file `flag` exists."""
+
+    def __init__(self, address: str, flag: Path) -> None:
+        super().__init__()
+        self.address, self.flag = address, flag
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        if address == self.address and not self.flag.exists():
+            with self.lock:
+                self.rcpt_log.append((address, "450"))
+            return "450 4.2.0 mailbox busy, try later"
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+
+@pytest.mark.slow(seconds=8)
+def test_a_later_round_of_the_limit_sends_what_a_killed_worker_had_parked(
+    tmp_path: Path,
+) -> None:
+    # --limit 40 to 40 subscribers: the worker holding the one deferred recipient parks it
+    # (past the retry window) and is killed. The run's next round, sharing what is left of
+    # the limit, could not claim the parked row (kept from every worker of the run): it sent
+    # nothing, and the run exited 1 with the recipient owed within the limit.
+    hook = _sitecustomize(tmp_path / "hook", _KILLED_ONCE_PARKED)
+    emails = [f"reader{i}@example.org" for i in range(40)]
+    deferred = emails[7]
+    handler = _DeferredUntilParked(deferred, tmp_path / "parked")
+    with run_smtp_server(handler) as server:
+        _project(tmp_path, server)
+        with (tmp_path / "syndicate.toml").open("a", encoding="utf-8") as config:
+            config.write("retry_window = 1\n")
+        assert _subscribe(tmp_path, 0, 40) == emails
+        process = _start(tmp_path, "--limit", "40", pythonpath=hook)
+        out, err = process.communicate(timeout=60)
+    assert (tmp_path / "parked").exists(), err  # a worker did park the row, and was killed
+    assert process.returncode == 0, err
+    (line,) = [x for x in err.splitlines() if "send worker" in x]
+    assert re.fullmatch(
+        r"warning: send worker [12] \(pid \d+\) was killed by SIGKILL before it finished; the "
+        r"other workers sent everyone owed \(its messages in flight may have gone twice\)\.",
+        line,
+    ), err
+    assert SUMMARY.findall(out) == [("40", "0", "0")], out
+    assert "in flight" not in out + err.replace("messages in flight may have gone", ""), err
+    assert Counter(server.handler.recipients()) == Counter(emails)  # each exactly once
+    assert (deferred, "450") in server.handler.rcpt_log
+    with open_store(tmp_path / "syndicate.db") as db:
+        row = db.conn.execute(
+            "SELECT d.status, d.attempts, d.parked FROM deliveries AS d"
+            " JOIN subscribers AS s ON s.id = d.subscriber_id WHERE s.email = ?",
+            (deferred,),
+        ).fetchone()
+    assert tuple(row) == ("sent", 1, 0)  # the park used none of its attempts
+
+
 @pytest.mark.slow(seconds=8)
 @pytest.mark.parametrize("as_json", [False, True], ids=["line", "json"])
 def test_the_summary_counts_what_a_killed_worker_sent(tmp_path: Path, as_json: bool) -> None:
@@ -632,6 +709,108 @@ def test_a_run_stopped_while_a_worker_crashed_exits_1_after_the_interrupt_line(
     got = Counter(server.handler.recipients())
     assert (len(got), max(got.values())) == (sent, 1)
     assert set(got) < set(emails)  # stopped: some are left for the next run
+
+
+class _SenderRefused(SmtpRecorder):
+    """Refuses every MAIL FROM (a setup problem: the run stops with exit 2)."""
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
+        return "553 5.7.1 sender address rejected: not owned by user"
+
+
+def _crash_at_start(folder: Path, fault: str = "1 / 0") -> Path:
+    """A sitecustomize crashing the first worker as it opens its first mailer, before it
+    claims anyone (its `fault`, then a division by zero)."""
+    code = _CRASHING_WORKER.format(
+        module="syndicate.send.workers", name="open_mailer", call=1, fault=fault
+    )
+    return _sitecustomize(folder / "broken", code)
+
+
+_CRASH_LINE = (
+    r"error: send worker [12] \(pid \d+\) crashed \(ZeroDivisionError: division by zero\), a "
+    r"bug in syndicate: its traceback is above, on stderr\. Some recipients are still owed: "
+    r"run `syndicate send` again to finish\. Please report the bug with that traceback\."
+)
+
+
+@pytest.mark.slow(seconds=8)
+@pytest.mark.parametrize(
+    ("server_kind", "last_line"),
+    [
+        ("unavailable", r"Error: smtp 127\.0\.0\.1:\d+: .* The server stayed unavailable\. .*"),
+        ("setup", r"Error: .*553 5\.7\.1 sender address rejected.*"),
+    ],
+    ids=["unavailable", "setup"],
+)
+def test_a_worker_crash_wins_over_the_mail_server_stopping_the_run(
+    tmp_path: Path, server_kind: str, last_line: str
+) -> None:
+    # One worker crashed (a bug) while the server turned the other away (no connection: 75;
+    # the sender refused: 2) with everyone still owed: the crash's line was printed, but the
+    # run exited 75 or 2, and a cron wrapper retrying on 75 retried a bug. A crash wins.
+    broken = _crash_at_start(tmp_path)
+    handler = _SenderRefused() if server_kind == "setup" else None
+    sessions = 0 if server_kind == "unavailable" else None
+    with run_smtp_server(handler, sessions=sessions) as server:
+        _gated_project(tmp_path, server, connections=1)
+        _subscribe(tmp_path, 0, 10)
+        process = _start(tmp_path, pythonpath=broken)
+        _out, err = process.communicate(timeout=60)
+    assert (tmp_path / "crashed").exists(), err  # a worker did crash
+    assert process.returncode == 1, err
+    (line,) = [x for x in err.splitlines() if re.match(r"(error|warning): send worker", x)]
+    assert re.fullmatch(_CRASH_LINE, line), err
+    # The line of what stopped the other worker is still the run's last, as before.
+    assert re.fullmatch(last_line, err.splitlines()[-1]), err
+    assert server.handler.recipients() == []
+
+
+# Test only: the crashing worker waits for the test to lock the store (file `locked`).
+_AFTER_THE_LOCK = (
+    "import time\n"
+    "                while not os.path.exists('locked'):\n"
+    "                    time.sleep(0.01)\n"
+    "                1 / 0"
+)
+
+
+@pytest.mark.slow(seconds=8)
+def test_a_worker_crash_wins_over_a_store_error(tmp_path: Path) -> None:
+    # One worker crashed (a bug) while the other could not write the store (locked by
+    # another writer past store.busy_timeout): the run exited 75 on the store's error, and
+    # a cron wrapper retrying on 75 retried a bug. A crash wins: exit 1, the store's line
+    # last as before.
+    broken = _crash_at_start(tmp_path, _AFTER_THE_LOCK)
+    with run_smtp_server() as server:
+        server.handler.delay = 0.05
+        _project(tmp_path, server)
+        with (tmp_path / "syndicate.toml").open("a", encoding="utf-8") as config:
+            config.write("[store]\nbusy_timeout = 1\n")
+        _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path, pythonpath=broken)
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "crashed").exists():  # the crashing worker waits for the lock
+            assert process.poll() is None, "the run ended and no worker crashed"
+            assert time.monotonic() < deadline, "no worker crashed"
+            time.sleep(0.01)
+        with open_store(tmp_path / "syndicate.db") as db:  # another writer, holding the lock
+            if db.dialect == "sqlite":
+                db.conn.execute("BEGIN IMMEDIATE")
+            else:
+                db.conn.execute("BEGIN")
+                db.conn.execute("LOCK TABLE deliveries IN EXCLUSIVE MODE")
+            try:
+                (tmp_path / "locked").touch()
+                _out, err = process.communicate(timeout=60)
+            finally:
+                db.conn.execute("ROLLBACK")
+    assert process.returncode == 1, err
+    (line,) = [x for x in err.splitlines() if re.match(r"(error|warning): send worker", x)]
+    assert re.fullmatch(_CRASH_LINE, line), err
+    assert err.splitlines()[-1].startswith("Error: "), err
+    assert "busy" in err.splitlines()[-1], err
+    assert _lock_is_free(tmp_path)
 
 
 # Test only: at its 10th message the worker may open no more files, for real (its limit

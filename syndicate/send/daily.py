@@ -21,7 +21,13 @@ from urllib.parse import urlsplit
 
 from syndicate.config import Settings
 from syndicate.digest import stale_warning
-from syndicate.errors import CrashedStopError, InterruptError, TerminatedError
+from syndicate.errors import (
+    CrashedRunError,
+    CrashedStopError,
+    InterruptError,
+    SyndicateError,
+    TerminatedError,
+)
 from syndicate.load import check_dump_paths
 from syndicate.mail import (
     MailInfo,
@@ -188,7 +194,8 @@ def run_daily(
     first. Raises DeliveryError (exit 2) or TempFailError (exit 75) when the
     server stops the job, and InterruptError (130) or TerminatedError (143)
     after a signal, each once every started message has finished and been
-    recorded (CrashedStopError, exit 1, when a `--workers` worker crashed too).
+    recorded. When a `--workers` worker crashed too, the crash wins: exit 1, with
+    CrashedStopError after a signal and CrashedRunError in place of any other error.
 
     `workers` above 1 sends through that many worker processes sharing the
     ledger (`send.workers.run_workers`); this process makes the digest and
@@ -433,7 +440,7 @@ def _daily_workers(
     # A worker's store error first, as one process says it over a stop: the rows its worker
     # could not record or give back are no dead worker's, as the interrupt line would say.
     if outcome.error is not None:
-        raise outcome.error
+        raise _crash_wins(outcome.error, outcome)
     if outcome.signal is not None:
         sent = sum(s.sent for s in summaries)
         raise _interrupted(
@@ -473,9 +480,10 @@ def _spend_lost_shares(
     numbered on, so no row the run gave up on is taken again) shares what the ledger says
     is left of the limit: the rows the run sent, failed or left in doubt count; those a
     killed worker still held do not (the new round takes them over, and counts them as it
-    sends them). Rounds go on while a worker was killed (none crashed: a bug ends the run as
-    it is), someone is owed within the limit, and the last round got somewhere; a stop, a
-    store error or a server that turned a worker away ends them."""
+    sends them), nor those it had parked (given back to the new round, with no attempt
+    used: `ledger.unpark_run`). Rounds go on while a worker was killed (none crashed: a bug
+    ends the run as it is), someone is owed within the limit, and the last round got
+    somewhere; a stop, a store error or a server that turned a worker away ends them."""
     run, run_days = outcome.run, [job.day for job in days]
     rounds, last = 1, outcome
 
@@ -505,6 +513,10 @@ def _spend_lost_shares(
             limit,
             workers,
         )
+        # What a killed worker parked (deferred past the retry window: never in flight) is
+        # kept from every worker of the run, this round's too: given back, it is the round's
+        # to send within the limit, as the rows it held under its lease are.
+        ledger.unpark_run(db, days=run_days, run=run)
         last = again(limit - done, 1 + rounds * workers)
         outcome = _joined(outcome, last)
         rounds += 1
@@ -644,15 +656,28 @@ def _lost_workers(outcome: WorkersOutcome, *, left: int) -> None:
             )
 
 
+def _crash_wins(error: SyndicateError, outcome: WorkersOutcome) -> SyndicateError:
+    """The error that ends the run (a store error, the mail server stopping it: 75 or 2); exit
+    1 with its line (`CrashedRunError`) when a worker crashed too. A crash wins over every
+    other ending (a stop too: `_interrupted`), as in one process, where the bug is raised
+    before the run's error: exit 1 says a bug, which a cron wrapper retrying on 75 must not
+    retry, and the crash's own `error:` line is printed above."""
+    if not any(lost.crash for lost in outcome.lost):
+        return error
+    crashed = CrashedRunError(error.message, hint=error.hint)
+    crashed.__cause__ = error
+    return crashed
+
+
 def _stopped_workers(outcome: WorkersOutcome, *, left: int) -> None:
     """Some workers stopped for the server (no connection, sessions refused): the run's exit
     follows the ledger. Anyone still owed (within --limit): the first worker's error stops
-    the run (75, or 2 for a setup problem). No one: the other workers sent everyone, and each
-    stop is one warning line, with what stopped the worker and not its own count so far
-    (the others sent everyone: the server takes fewer connections than the workers asked
-    for)."""
+    the run (75, or 2 for a setup problem; 1 when a worker crashed too). No one: the other
+    workers sent everyone, and each stop is one warning line, with what stopped the worker
+    and not its own count so far (the others sent everyone: the server takes fewer
+    connections than the workers asked for)."""
     if left:
-        raise outcome.stopped_by[0][1]
+        raise _crash_wins(outcome.stopped_by[0][1], outcome)
     for number, error in outcome.stopped_by:
         log.warning(
             "send worker %d stopped: %s; the other workers sent everyone owed. Lower --workers "

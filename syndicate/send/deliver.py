@@ -1176,7 +1176,11 @@ class DigestSender:
         nothing, and counted again, each run that took a row over and was deferred (a
         greylisting recipient, runs that get killed) used two of its attempts, and the
         recipient ran out in 3 runs instead of 5. A takeover whose new try is left in doubt
-        still counts two: both copies may have been delivered."""
+        still counts two: both copies may have been delivered.
+
+        A row this worker no longer holds (it stalled past its lease and another worker took
+        the row over, which records its own outcome) is not written and not counted failed,
+        as a refusal fenced off so (`_settle`): the summary says what the ledger holds."""
         deferred, run.deferred = run.deferred, []
         ledger.unpark(
             self.db, day=run.day, owner=self.worker, subscriber_ids=sorted(run.server_deferred)
@@ -1184,7 +1188,7 @@ class DigestSender:
         for _due, _order, item in deferred:
             if item.recipient.subscriber_id in run.server_deferred:
                 continue
-            ledger.mark_failed(
+            if ledger.mark_failed(
                 self.db,
                 day=run.day,
                 subscriber_id=item.recipient.subscriber_id,
@@ -1192,8 +1196,10 @@ class DigestSender:
                 now=self.tick(),
                 owner=self.worker,
                 counted=item.recipient.subscriber_id in run.charged,
-            )
-            run.failed += 1
+            ):
+                run.failed += 1
+            else:  # another worker took it over meanwhile: its reply counts, not this one's
+                run.dropped += 1
 
 
 def make_run_id() -> str:

@@ -797,6 +797,14 @@ _UNPARK = """
     WHERE digest_day = :day AND subscriber_id = :id AND lease_owner = :owner
       AND status = 'sending'
 """
+# Give back every row a worker of one run (:run_like = '<run>/%') parked and never ended, as
+# _UNPARK does: once all of the run's workers have ended, those are a killed worker's (a
+# live one fails them or gives them back itself). Owed again, to any worker of the run too.
+_UNPARK_RUN = """
+    UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, parked = 0
+    WHERE digest_day = :day AND lease_owner LIKE :run_like AND parked = 1
+      AND status = 'sending' AND lease_until IS NULL
+"""
 
 # In doubt: the body went and no reply came. The row stays `sending` and keeps its owner
 # with no expiry, so no worker of this run sends it again; the next run does. A row already
@@ -1022,6 +1030,21 @@ def park(db: Database, *, day: date, owner: str, subscriber_ids: Sequence[int]) 
 def unpark(db: Database, *, day: date, owner: str, subscriber_ids: Sequence[int]) -> None:
     """Give back `owner`'s deferred rows (parked or leased): owed again, no attempt used."""
     _each(db, _UNPARK, day=day, owner=owner, subscriber_ids=subscriber_ids)
+
+
+def unpark_run(db: Database, *, days: Sequence[date], run: str) -> int:
+    """Give back the rows of `days` that the workers of `run` parked and never ended: owed
+    again, to any worker (of `run` too), with no attempt used. Only once every worker of
+    `run` has ended (a live one's parked rows are its own to end). Returns how many."""
+    given = 0
+    try:
+        with db.transaction(rows_only=True) as conn:
+            for day in days:
+                params = {"day": day.isoformat(), "run_like": run + "/%"}
+                given += max(int(conn.execute(_UNPARK_RUN, params).rowcount), 0)
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+    return given
 
 
 def _each(
