@@ -813,6 +813,46 @@ def test_a_worker_crash_wins_over_a_store_error(tmp_path: Path) -> None:
     assert _lock_is_free(tmp_path)
 
 
+@pytest.mark.slow(seconds=8)
+def test_a_crash_stays_a_crash_when_its_worker_cannot_write_the_store_as_it_ends(
+    tmp_path: Path,
+) -> None:
+    # A worker's connection crashed (a bug) mid-send while another writer held the store
+    # past store.busy_timeout: the worker's wind-down (giving back what it had claimed)
+    # failed on the store, and that error replaced the bug. The run said "busy" and exited
+    # 75 (cron retries), with no crash line at all. The crash must stay the worker's outcome.
+    code = _CRASHING_WORKER.format(
+        module="syndicate.send.deliver", name="fill_message", call=10, fault=_AFTER_THE_LOCK
+    )
+    broken = _sitecustomize(tmp_path / "broken", code)
+    with run_smtp_server() as server:
+        server.handler.delay = 0.05
+        _project(tmp_path, server)
+        with (tmp_path / "syndicate.toml").open("a", encoding="utf-8") as config:
+            config.write("[store]\nbusy_timeout = 1\n")
+        _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path, pythonpath=broken)
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "crashed").exists():
+            assert process.poll() is None, "the run ended and no worker crashed"
+            assert time.monotonic() < deadline, "no worker crashed"
+            time.sleep(0.01)
+        with open_store(tmp_path / "syndicate.db") as db:  # another writer, holding the lock
+            if db.dialect == "sqlite":
+                db.conn.execute("BEGIN IMMEDIATE")
+            else:
+                db.conn.execute("BEGIN")
+                db.conn.execute("LOCK TABLE deliveries IN EXCLUSIVE MODE")
+            try:
+                (tmp_path / "locked").touch()
+                _out, err = process.communicate(timeout=60)
+            finally:
+                db.conn.execute("ROLLBACK")
+    assert process.returncode == 1, err
+    assert re.search(_CRASH_LINE, err), err
+    assert _lock_is_free(tmp_path)
+
+
 # Test only: at its 10th message the worker may open no more files, for real (its limit
 # put at what it holds, one file opened: the kernel's EMFILE), then has its limit back.
 _OUT_OF_FILES = (

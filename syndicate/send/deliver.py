@@ -446,6 +446,7 @@ class DigestSender:
                     await marks.close()
             raise
         await self._wind_down(run, keeper)
+        bug = next((r for r in results if _is_bug(r)), None)
         try:
             self._server_deferred(run)
             self._refused_at_end(run)
@@ -456,6 +457,13 @@ class DigestSender:
                 self._give_back_refusals(run)
             # Claimed and never started (a stop, a setup error): owed again, to anyone, now.
             ledger.release(self.db, day=day, owner=self.worker)
+        except SyndicateError:
+            if bug is None:
+                raise
+            # A bug ended a connection, and the store failed as the run wound down: the bug
+            # is what ends the run (exit 1, to be reported), not the store's error (75, which
+            # cron retries), and it must not be lost; the store's error is its context.
+            raise bug  # noqa: B904
         finally:
             await self.mailer.aclose()
             await marks.close()
@@ -466,9 +474,8 @@ class DigestSender:
                 run.dropped,
                 self.worker,
             )
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, SyndicateError):
-                raise result
+        if bug is not None:
+            raise bug
         error = self.stop.error
         if isinstance(error, DeliveryError | TempFailError):
             # The run stops here: the one error line also says how far this digest got.
@@ -1200,6 +1207,11 @@ class DigestSender:
                 run.failed += 1
             else:  # another worker took it over meanwhile: its reply counts, not this one's
                 run.dropped += 1
+
+
+def _is_bug(result: object) -> bool:
+    """Whether a connection's result is an exception that is no SyndicateError: a bug."""
+    return isinstance(result, BaseException) and not isinstance(result, SyndicateError)
 
 
 def make_run_id() -> str:
