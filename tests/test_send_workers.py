@@ -376,6 +376,13 @@ def test_workers_the_server_takes_fewer_connections_from_exit_0_when_everyone_go
     assert "Traceback" not in done.stderr
 
 
+# The one line of a run whose killed worker's recipients the other workers sent.
+_KILLED_THE_OTHERS_SENT_EVERYONE = (
+    r"warning: send worker [12] \(pid \d+\) was killed by SIGKILL before it finished; the "
+    r"other workers sent everyone owed \(its messages in flight may have gone twice\)\."
+)
+
+
 @pytest.mark.slow(seconds=10)
 def test_a_killed_worker_whose_recipients_the_others_sent_exits_0_with_one_warning(
     tmp_path: Path,
@@ -395,11 +402,7 @@ def test_a_killed_worker_whose_recipients_the_others_sent_exits_0_with_one_warni
         out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     (line,) = [x for x in err.splitlines() if "send worker" in x]
-    assert re.fullmatch(
-        r"warning: send worker [12] \(pid \d+\) was killed by SIGKILL before it finished; the "
-        r"other workers sent everyone owed \(its messages in flight may have gone twice\)\.",
-        line,
-    ), err
+    assert re.fullmatch(_KILLED_THE_OTHERS_SENT_EVERYONE, line), err
     assert "rror" not in err, err
     assert set(server.handler.recipients()) == set(emails)
     assert SUMMARY.findall(out)[0][1] == "0"  # none failed
@@ -529,11 +532,7 @@ def test_a_later_round_of_the_limit_sends_what_a_killed_worker_had_parked(
     assert (tmp_path / "parked").exists(), err  # a worker did park the row, and was killed
     assert process.returncode == 0, err
     (line,) = [x for x in err.splitlines() if "send worker" in x]
-    assert re.fullmatch(
-        r"warning: send worker [12] \(pid \d+\) was killed by SIGKILL before it finished; the "
-        r"other workers sent everyone owed \(its messages in flight may have gone twice\)\.",
-        line,
-    ), err
+    assert re.fullmatch(_KILLED_THE_OTHERS_SENT_EVERYONE, line), err
     assert SUMMARY.findall(out) == [("40", "0", "0")], out
     assert "in flight" not in out + err.replace("messages in flight may have gone", ""), err
     assert Counter(server.handler.recipients()) == Counter(emails)  # each exactly once
@@ -775,37 +774,53 @@ _AFTER_THE_LOCK = (
 )
 
 
+@contextmanager
+def _store_write_locked(folder: Path) -> Iterator[None]:
+    """Another writer holding the write lock of `folder`'s store (the deliveries table on
+    PostgreSQL) inside the block; nothing it did stays."""
+    with open_store(folder / "syndicate.db") as db:
+        if db.dialect == "sqlite":
+            db.conn.execute("BEGIN IMMEDIATE")
+        else:
+            db.conn.execute("BEGIN")
+            db.conn.execute("LOCK TABLE deliveries IN EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            db.conn.execute("ROLLBACK")
+
+
+def _crash_with_the_store_locked(folder: Path, broken: Path) -> tuple[int, str]:
+    """`send --workers 2` to 100 subscribers with `broken` (a `_CRASHING_WORKER` hook whose
+    fault is `_AFTER_THE_LOCK`) on its path and store.busy_timeout at 1 s: once a worker is
+    about to crash, another writer holds the store's write lock until the run ends. The
+    run's exit status and stderr."""
+    with run_smtp_server() as server:
+        server.handler.delay = 0.05
+        _project(folder, server)
+        with (folder / "syndicate.toml").open("a", encoding="utf-8") as config:
+            config.write("[store]\nbusy_timeout = 1\n")
+        _subscribe(folder, 0, 100)
+        process = _start(folder, pythonpath=broken)
+        deadline = time.monotonic() + 30
+        while not (folder / "crashed").exists():  # the crashing worker waits for the lock
+            assert process.poll() is None, "the run ended and no worker crashed"
+            assert time.monotonic() < deadline, "no worker crashed"
+            time.sleep(0.01)
+        with _store_write_locked(folder):
+            (folder / "locked").touch()
+            _out, err = process.communicate(timeout=60)
+    return process.returncode, err
+
+
 @pytest.mark.slow(seconds=8)
 def test_a_worker_crash_wins_over_a_store_error(tmp_path: Path) -> None:
     # One worker crashed (a bug) while the other could not write the store (locked by
     # another writer past store.busy_timeout): the run exited 75 on the store's error, and
     # a cron wrapper retrying on 75 retried a bug. A crash wins: exit 1, the store's line
     # last as before.
-    broken = _crash_at_start(tmp_path, _AFTER_THE_LOCK)
-    with run_smtp_server() as server:
-        server.handler.delay = 0.05
-        _project(tmp_path, server)
-        with (tmp_path / "syndicate.toml").open("a", encoding="utf-8") as config:
-            config.write("[store]\nbusy_timeout = 1\n")
-        _subscribe(tmp_path, 0, 100)
-        process = _start(tmp_path, pythonpath=broken)
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "crashed").exists():  # the crashing worker waits for the lock
-            assert process.poll() is None, "the run ended and no worker crashed"
-            assert time.monotonic() < deadline, "no worker crashed"
-            time.sleep(0.01)
-        with open_store(tmp_path / "syndicate.db") as db:  # another writer, holding the lock
-            if db.dialect == "sqlite":
-                db.conn.execute("BEGIN IMMEDIATE")
-            else:
-                db.conn.execute("BEGIN")
-                db.conn.execute("LOCK TABLE deliveries IN EXCLUSIVE MODE")
-            try:
-                (tmp_path / "locked").touch()
-                _out, err = process.communicate(timeout=60)
-            finally:
-                db.conn.execute("ROLLBACK")
-    assert process.returncode == 1, err
+    status, err = _crash_with_the_store_locked(tmp_path, _crash_at_start(tmp_path, _AFTER_THE_LOCK))
+    assert status == 1, err
     (line,) = [x for x in err.splitlines() if re.match(r"(error|warning): send worker", x)]
     assert re.fullmatch(_CRASH_LINE, line), err
     assert err.splitlines()[-1].startswith("Error: "), err
@@ -824,31 +839,8 @@ def test_a_crash_stays_a_crash_when_its_worker_cannot_write_the_store_as_it_ends
     code = _CRASHING_WORKER.format(
         module="syndicate.send.deliver", name="fill_message", call=10, fault=_AFTER_THE_LOCK
     )
-    broken = _sitecustomize(tmp_path / "broken", code)
-    with run_smtp_server() as server:
-        server.handler.delay = 0.05
-        _project(tmp_path, server)
-        with (tmp_path / "syndicate.toml").open("a", encoding="utf-8") as config:
-            config.write("[store]\nbusy_timeout = 1\n")
-        _subscribe(tmp_path, 0, 100)
-        process = _start(tmp_path, pythonpath=broken)
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "crashed").exists():
-            assert process.poll() is None, "the run ended and no worker crashed"
-            assert time.monotonic() < deadline, "no worker crashed"
-            time.sleep(0.01)
-        with open_store(tmp_path / "syndicate.db") as db:  # another writer, holding the lock
-            if db.dialect == "sqlite":
-                db.conn.execute("BEGIN IMMEDIATE")
-            else:
-                db.conn.execute("BEGIN")
-                db.conn.execute("LOCK TABLE deliveries IN EXCLUSIVE MODE")
-            try:
-                (tmp_path / "locked").touch()
-                _out, err = process.communicate(timeout=60)
-            finally:
-                db.conn.execute("ROLLBACK")
-    assert process.returncode == 1, err
+    status, err = _crash_with_the_store_locked(tmp_path, _sitecustomize(tmp_path / "broken", code))
+    assert status == 1, err
     assert re.search(_CRASH_LINE, err), err
     assert _lock_is_free(tmp_path)
 
@@ -1330,17 +1322,9 @@ def test_a_stop_on_a_store_the_workers_cannot_write_says_the_stores_error(
         process = _start(tmp_path)
         _wait_for_workers(process)
         _wait_until_both_send(tmp_path)
-        with open_store(tmp_path / "syndicate.db") as db:  # another writer, holding the lock
-            if db.dialect == "sqlite":
-                db.conn.execute("BEGIN IMMEDIATE")
-            else:
-                db.conn.execute("BEGIN")
-                db.conn.execute("LOCK TABLE deliveries IN EXCLUSIVE MODE")
-            try:
-                process.send_signal(signal.SIGTERM)
-                _out, err = process.communicate(timeout=60)
-            finally:
-                db.conn.execute("ROLLBACK")
+        with _store_write_locked(tmp_path):
+            process.send_signal(signal.SIGTERM)
+            _out, err = process.communicate(timeout=60)
         assert process.returncode == 75, err
         assert "dead worker" not in err, err
         assert "busy" in err.splitlines()[-1], err
