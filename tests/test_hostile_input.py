@@ -376,6 +376,41 @@ def test_a_mail_from_with_two_addresses_is_refused_before_sending(
     assert not (tmp_path / "outbox").exists()
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "wrong"),
+    [
+        ("from", "not an address", '; expected an address like "News <news@example.org>".'),
+        ("reply_to", "not an address", "; expected an address like 'editor@example.org'."),
+        (
+            "bounce_address",
+            "bounces+x@example.org",
+            "; its local part may not hold '+' (the VERP delimiter). "
+            "Use an address like 'bounces@news.example.org'.",
+        ),
+        (
+            "mailto_unsubscribe",
+            "unsubscribe",
+            "; expected a plain ASCII address like 'unsubscribe@example.org'.",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", [("send",), ("send", "--dry-run"), ("serve", "--port", "0")])
+def test_a_bad_mail_address_key_is_refused_before_anything_is_made(
+    tmp_path: Path, key: str, value: str, wrong: str, command: tuple[str, ...]
+) -> None:
+    # With the outbox transport (the default) `send` built the site, stored the day's digest
+    # and wrote its page, then stopped at the first message with exit 2: a failed run that
+    # left a store, feeds/ and a digest behind; `serve` took sign-ups it could not mail.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    (tmp_path / "syndicate.toml").write_text(
+        f'[paths]\ndatabase = "s.db"\n[mail]\n{key} = "{value}"\n', encoding="utf-8"
+    )
+    done = _syndicate(tmp_path, *command, timeout=30)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"Error: config key mail.{key} has value {value!r}{wrong}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seeds", "syndicate.toml"]
+
+
 @pytest.mark.parametrize("workers", ["65", "1000"])
 def test_send_with_too_many_workers_is_a_usage_error(tmp_path: Path, workers: str) -> None:
     # `--workers 1000` (a slip for 10) started 1000 processes, each opening

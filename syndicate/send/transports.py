@@ -38,7 +38,7 @@ from syndicate.errors import (
     SendError,
     TransientSendError,
 )
-from syndicate.mail import Canonical, DkimKey, MailInfo, envelope_sender
+from syndicate.mail import Canonical, DkimKey, MailInfo, check_addresses
 from syndicate.output import write_atomic
 from syndicate.send.policy import Action, Outcome, SendPolicy, Stage, to_action
 
@@ -81,10 +81,14 @@ class SmtpServer:
 
 
 def check_mail_settings(settings: Settings) -> None:
-    """Raise ConfigError when the SMTP transport's settings cannot work (before any lock)."""
+    """Raise ConfigError when the mail settings cannot work (before any lock or store).
+
+    The mail.* address keys on every transport (the outbox writes the same headers),
+    then the SMTP login.
+    """
+    check_addresses(info=MailInfo.from_settings(settings))
     if settings.mail.transport != "smtp":
         return
-    envelope_sender(info=MailInfo.from_settings(settings))
     server = SmtpServer.from_settings(settings)
     if server.username and not server.password:
         raise ConfigError(
