@@ -446,6 +446,35 @@ def test_preflight_with_a_timeout_that_never_ends_is_a_usage_error(
 
 
 @pytest.mark.parametrize(
+    ("config", "args", "line"),
+    [
+        (
+            "",
+            (),
+            "Error: config key mail.from has value ''; preflight checks the sender's domain. "
+            'Set it, like from = "News <news@example.org>".',
+        ),
+        (
+            '[mail]\nfrom = "news@example.org"\n',
+            ("--nameserver", "dns.example.org"),
+            "Error: --nameserver 'dns.example.org': 'dns.example.org' is not an IP address. "
+            "Give an IP address and an optional port, like 127.0.0.1:5353.",
+        ),
+    ],
+)
+def test_preflight_refused_at_once_makes_no_store(
+    tmp_path: Path, config: str, args: tuple[str, ...], line: str
+) -> None:
+    # Both were found only after the dumps had been read into a new store: the embedded
+    # defaults (no mail.from) or a host name given for --nameserver left syndicate.db behind.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    (tmp_path / "syndicate.toml").write_text(config, encoding="utf-8")
+    done = _syndicate(tmp_path, "preflight", *args, timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", line + "\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seeds", "syndicate.toml"]
+
+
+@pytest.mark.parametrize(
     ("given", "kind"),
     [
         ("--config", "named pipe"),
