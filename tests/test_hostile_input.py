@@ -474,6 +474,19 @@ def test_preflight_refused_at_once_makes_no_store(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seeds", "syndicate.toml"]
 
 
+@pytest.mark.parametrize("option", ["--to", "--dry-run --to"])
+def test_send_to_a_bad_address_makes_no_store(tmp_path: Path, option: str) -> None:
+    # The address was checked once the store was open: a typo left syndicate.db behind.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    done = _syndicate(tmp_path, "send", *option.split(), "an@@example.org")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "Error: email address 'an@@example.org' is not valid: The part after the @-sign "
+        "contains invalid characters: '@'. Check it for typos.\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seeds"]
+
+
 @pytest.mark.parametrize(
     ("given", "kind"),
     [

@@ -704,9 +704,9 @@ def preview(
     """
     check_mail_settings(settings)
     check_dump_paths([settings.paths.seeds])  # before the database is made
+    address = normalize_email(to) if to is not None else None  # and a typo in --to
     db = open_db()
     check_day(settings, db, now=now)  # `send` would stop there: no digest of a day gone by
-    address = normalize_email(to) if to is not None else None
     # Read the seeds as `send` would; no write lock is held while the digest is planned.
     plan = preview_digest(settings, db, now=now)
     if plan is None:
