@@ -488,6 +488,26 @@ def test_send_to_a_bad_address_makes_no_store(tmp_path: Path, option: str) -> No
 
 
 @pytest.mark.parametrize(
+    ("path", "line"),
+    [
+        ("missing.eml", "missing.eml: no such file or folder. Give a Maildir, mbox or .eml file."),
+        (
+            "seeds",
+            "seeds: a folder but not a Maildir (no cur/ and new/). "
+            "Give a Maildir, an mbox file or an .eml file.",
+        ),
+    ],
+)
+def test_bounces_refusing_its_path_makes_no_store(tmp_path: Path, path: str, line: str) -> None:
+    # The paths were checked on the first read, after the store had been opened: a typo in
+    # a cron line left a new, empty syndicate.db behind on each run.
+    (tmp_path / "seeds").mkdir()
+    done = _syndicate(tmp_path, "bounces", path)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"Error: {line}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seeds"]
+
+
+@pytest.mark.parametrize(
     ("given", "kind"),
     [
         ("--config", "named pipe"),
