@@ -411,6 +411,46 @@ def test_a_bad_mail_address_key_is_refused_before_anything_is_made(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seeds", "syndicate.toml"]
 
 
+@pytest.mark.parametrize(
+    ("key", "line"),
+    [
+        (
+            "missing",
+            "Error: config key dkim.key_file: '{path}' cannot be read: No such file or "
+            "directory. Point it at the PEM private key of the selector.",
+        ),
+        (
+            "readable",
+            "Error: dkim.key_file {path}: readable by others (mode 0644); run chmod 600 {path}.",
+        ),
+        ("not pem", "Error: config key dkim.key_file: '{path}' is not a PEM private key."),
+    ],
+)
+@pytest.mark.parametrize("command", [("send",), ("send", "--dry-run"), ("serve", "--port", "0")])
+def test_an_unusable_dkim_key_is_refused_before_anything_is_made(
+    tmp_path: Path, key: str, line: str, command: tuple[str, ...]
+) -> None:
+    # The key was read at the first message: `send` had built the site and stored the day's
+    # digest, then exited 2; `serve` made the store, then stopped.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    pem = tmp_path / "dkim.pem"
+    if key != "missing":
+        pem.write_text(
+            "-----BEGIN PRIVATE KEY-----\n" if key == "readable" else "hello\n", encoding="ascii"
+        )
+        pem.chmod(0o644 if key == "readable" else 0o600)
+    (tmp_path / "syndicate.toml").write_text(
+        '[paths]\ndatabase = "s.db"\n'
+        '[dkim]\ndomain = "example.org"\nselector = "s1"\nkey_file = "dkim.pem"\n',
+        encoding="utf-8",
+    )
+    before = sorted(p.name for p in tmp_path.iterdir())
+    done = _syndicate(tmp_path, *command, timeout=30)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == line.format(path=pem) + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 @pytest.mark.parametrize("workers", ["65", "1000"])
 def test_send_with_too_many_workers_is_a_usage_error(tmp_path: Path, workers: str) -> None:
     # `--workers 1000` (a slip for 10) started 1000 processes, each opening

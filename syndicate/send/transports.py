@@ -83,10 +83,11 @@ class SmtpServer:
 def check_mail_settings(settings: Settings) -> None:
     """Raise ConfigError when the mail settings cannot work (before any lock or store).
 
-    The mail.* address keys on every transport (the outbox writes the same headers),
-    then the SMTP login.
+    The mail.* address keys and the DKIM key on every transport (the outbox writes the
+    same messages), then the SMTP login.
     """
     check_addresses(info=MailInfo.from_settings(settings))
+    read_dkim_key(settings)
     if settings.mail.transport != "smtp":
         return
     server = SmtpServer.from_settings(settings)
