@@ -451,6 +451,40 @@ def test_an_unusable_dkim_key_is_refused_before_anything_is_made(
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+@pytest.mark.parametrize(
+    ("broken", "line"),
+    [
+        (
+            "missing",
+            "template 'digest.html.j2' is missing. Copy templates/email/ from "
+            "syndicate, or leave digest.templates_dir empty.",
+        ),
+        ("syntax", "confirm.txt.j2 line 1: unexpected 'end of template'. Fix the template syntax."),
+    ],
+)
+@pytest.mark.parametrize("command", [("send",), ("send", "--dry-run"), ("serve", "--port", "0")])
+def test_broken_email_templates_are_refused_before_anything_is_made(
+    tmp_path: Path, broken: str, line: str, command: tuple[str, ...]
+) -> None:
+    # A digest.templates_dir without the templates (a typo in the path), or one of them not
+    # valid Jinja, was found when the first message was rendered: `send` had built the site
+    # and stored the day's digest; `serve` took sign-ups and failed to mail each.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    folder = tmp_path / "tpl"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "templates" / "email", folder)
+    if broken == "missing":
+        (folder / "digest.html.j2").unlink()
+    else:
+        (folder / "confirm.txt.j2").write_text("{{ nope(\n", encoding="utf-8")
+    (tmp_path / "syndicate.toml").write_text(
+        '[paths]\ndatabase = "s.db"\n[digest]\ntemplates_dir = "tpl"\n', encoding="utf-8"
+    )
+    done = _syndicate(tmp_path, *command, timeout=30)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"Error: config key digest.templates_dir ({str(folder)!r}): {line}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seeds", "syndicate.toml", "tpl"]
+
+
 @pytest.mark.parametrize("workers", ["65", "1000"])
 def test_send_with_too_many_workers_is_a_usage_error(tmp_path: Path, workers: str) -> None:
     # `--workers 1000` (a slip for 10) started 1000 processes, each opening

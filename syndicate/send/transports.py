@@ -29,7 +29,8 @@ from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import MAX_LINE_LENGTH, normalize_message_line_endings
 from aiosmtplib.response import SMTPResponse
 
-from syndicate.config import Settings
+from syndicate.config import Settings, email_templates_dir
+from syndicate.digest import check_email_templates
 from syndicate.errors import (
     ConfigError,
     DeliveryError,
@@ -83,10 +84,11 @@ class SmtpServer:
 def check_mail_settings(settings: Settings) -> None:
     """Raise ConfigError when the mail settings cannot work (before any lock or store).
 
-    The mail.* address keys and the DKIM key on every transport (the outbox writes the
-    same messages), then the SMTP login.
+    The mail.* address keys, the email templates and the DKIM key on every transport
+    (the outbox writes the same messages), then the SMTP login.
     """
     check_addresses(info=MailInfo.from_settings(settings))
+    check_email_templates(email_templates_dir(settings))
     read_dkim_key(settings)
     if settings.mail.transport != "smtp":
         return
