@@ -168,11 +168,16 @@ def test_a_command_without_its_seeds_folder_fails_and_creates_nothing(
     monkeypatch.delenv("SYNDICATE_CONFIG", raising=False)
     code, out, err = _run(*command)
     assert (code, out) == (2, "")
-    shown = "seeds" if command == ["build", "seeds/"] else str(empty / "seeds")
-    assert err == (
-        f"Error: {shown}: no such file or folder. "
-        "Give existing dump files or folders (the default is paths.seeds).\n"
-    )
+    if command == ["build", "seeds/"]:
+        assert err == (
+            "Error: seeds: no such file or folder. "
+            "Give existing dump files or folders (the default is paths.seeds).\n"
+        )
+    else:  # no folder given: the command takes none (send, digest), or its default
+        assert err == (
+            f"Error: {empty / 'seeds'}: no such file or folder. "
+            "Make that folder, or set paths.seeds to the folder the dumps are in.\n"
+        )
     assert sorted(p.name for p in empty.iterdir()) == []
     assert _untouched()
 

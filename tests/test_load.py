@@ -876,8 +876,7 @@ def test_find_dumps_names_a_missing_path_before_yielding_anything(tmp_path: Path
     with pytest.raises(InputError) as info:
         next(found)
     assert str(info.value) == (
-        f"{tmp_path / 'nope'}: no such file or folder. "
-        "Give existing dump files or folders (the default is paths.seeds)."
+        f"{tmp_path / 'nope'}: no such file or folder. Give existing dump files or folders."
     )
 
 

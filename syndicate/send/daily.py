@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from syndicate.config import Settings
 from syndicate.digest import stale_warning
 from syndicate.errors import CrashedStopError, InterruptError, TerminatedError
-from syndicate.load import check_dump_paths
+from syndicate.load import SEEDS_HINT, check_dump_paths
 from syndicate.mail import (
     MailInfo,
     MessageTemplate,
@@ -195,7 +195,8 @@ def run_daily(
     the messages once, holds the lock, and sums up what they did.
     """
     check_mail_settings(settings)
-    check_dump_paths([settings.paths.seeds])  # before the lock and database are made
+    # before the lock and database are made
+    check_dump_paths([settings.paths.seeds], hint=SEEDS_HINT)
     # On SQLite one run at a time (the send lock); on PostgreSQL, runs on many machines share
     # the ledger's queue, and only its leases keep them apart.
     locking = shared_store_no_lock if settings.store.url else hold_send_lock
@@ -703,7 +704,8 @@ def preview(
     no digest to send.
     """
     check_mail_settings(settings)
-    check_dump_paths([settings.paths.seeds])  # before the database is made
+    # before the database is made
+    check_dump_paths([settings.paths.seeds], hint=SEEDS_HINT)
     address = normalize_email(to) if to is not None else None  # and a typo in --to
     db = open_db()
     check_day(settings, db, now=now)  # `send` would stop there: no digest of a day gone by
