@@ -113,6 +113,19 @@ def test_paths_given_replace_the_seeds(project: Path) -> None:
     assert out.startswith("Built 1 article (0 duplicates, 0 skipped) into feeds/:")
 
 
+def test_verbose_counts_a_dump_refused_unread_apart_from_the_cache(
+    project: Path, store: str
+) -> None:
+    # On a first build, a link leading outside the dump folder (never read) was counted as
+    # "taken from the cache": "5 dumps: 4 parsed, 1 taken from the cache", with no cache.
+    (project / "seeds" / "e.txt").symlink_to("/etc/hostname")
+    code, _out, err = _run("-v", "build")
+    assert code == 0
+    assert "\n5 dumps: 4 parsed, 0 taken from the cache, 1 refused unread; " in f"\n{err}"
+    code, _out, err = _run("-v", "build")
+    assert "\n5 dumps: 0 parsed, 4 taken from the cache, 1 refused unread; " in f"\n{err}"
+
+
 def test_missing_path_is_a_usage_error(project: Path) -> None:
     code, out, err = _run("build", "nope")
     assert code == 2
