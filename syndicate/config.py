@@ -440,6 +440,22 @@ def _check_most(where: str, key: str, value: float, most: int) -> None:
         raise ConfigError(f"{where} has value {value!r}; expected at most {most}.", key=key)
 
 
+# Keys whose text readers see beside article text, which is NFC: an editor that saves
+# decomposed Vietnamese (macOS) must not give pages and feeds other bytes than the digest.
+# Never a secret, URL or path (their bytes are what they are).
+_READER_TEXT = frozenset(
+    {
+        ("site", "title"),
+        ("site", "description"),
+        ("mail", "from"),
+        ("mail", "reply_to"),
+        ("mail", "subject"),
+        ("mail", "list_id"),
+        ("mail", "postal_address"),
+    }
+)
+
+
 def _toml_key(name: str) -> str:
     return name.rstrip("_")
 
@@ -507,6 +523,8 @@ def _convert(
     if choices and value not in choices:
         listed = ", ".join(repr(c) for c in choices)
         raise ConfigError(f"{where} has value {value!r}; expected one of {listed}.", key=key)
+    if (section, key) in _READER_TEXT:
+        return unicodedata.normalize("NFC", value)
     return value
 
 

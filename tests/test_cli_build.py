@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import psycopg
@@ -124,6 +125,25 @@ def test_verbose_counts_a_dump_refused_unread_apart_from_the_cache(
     assert "\n5 dumps: 4 parsed, 0 taken from the cache, 1 refused unread; " in f"\n{err}"
     code, _out, err = _run("-v", "build")
     assert "\n5 dumps: 0 parsed, 4 taken from the cache, 1 refused unread; " in f"\n{err}"
+
+
+def test_decomposed_vietnamese_in_the_config_is_published_as_nfc(project: Path) -> None:
+    # An editor that saves decomposed text (macOS, some IMEs) gave site.title as
+    # "Tie\u0302u": pages and feeds carried those bytes while the digest, and every article
+    # text, are NFC: the same title in two byte forms, which search and matching treat as
+    # different words.
+    title, description = "Tin mới Đông Hà", "Tin tức tỉnh Quảng Trị"
+    (project / "syndicate.toml").write_text(
+        f'[site]\ntitle = "{unicodedata.normalize("NFD", title)}"\n'
+        f'description = "{unicodedata.normalize("NFD", description)}"\n',
+        encoding="utf-8",
+    )
+    assert _run("build")[0] == 0
+    for name in ("index.html", "rss.xml", "atom.xml", "feed.json"):
+        text = (project / "feeds" / name).read_text(encoding="utf-8")
+        assert unicodedata.is_normalized("NFC", text), name
+        assert title in text, name
+    assert description in (project / "feeds" / "index.html").read_text(encoding="utf-8")
 
 
 def test_missing_path_is_a_usage_error(project: Path) -> None:
