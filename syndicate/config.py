@@ -623,6 +623,12 @@ def load_settings(
                 f"config file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}).",
                 hint="Save it as UTF-8.",
             ) from exc
+        if text.startswith("\ufeff"):
+            raise ConfigError(
+                f"config file {str(path)!r} starts with a byte-order mark (U+FEFF), which TOML "
+                "does not allow.",
+                hint="Save it as UTF-8 without BOM (in Notepad: 'UTF-8', not 'UTF-8 with BOM').",
+            )
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
