@@ -530,7 +530,12 @@ def _convert(
 
 def _build_section(section: str, cls: type[Any], raw: object, base: Path) -> object:
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"config section [{section}] must be a table, not {raw!r}.", key=section)
+        raise ConfigError(
+            f"config section [{section}] must be a table, not {raw!r}.",
+            key=section,
+            hint=f"Write it as a [{section}] line with its keys below it, like "
+            "syndicate.example.toml.",
+        )
     fields_by_key = {
         _toml_key(f.name): f for f in dataclasses.fields(cls) if (section, f.name) not in _ENV_ONLY
     }

@@ -181,7 +181,8 @@ NO_STORE_TOKENS = {
     "make": (
         ["make", "An@Example.org"],
         "",
-        "Error: email address 'An@example.org' is not a subscriber.\n",
+        "Error: email address 'An@example.org' is not a subscriber. "
+        "Check it against `syndicate subscribers list`.\n",
     ),
 }
 
@@ -207,7 +208,8 @@ NO_STORE_REFUSED = {
     "remove-bad-address": (["remove", "an@@example.org"], BAD_ADDRESS),
     "remove-nobody": (
         ["remove", "An@Example.org"],
-        "Error: email address 'An@Example.org' is not a subscriber.\n",
+        "Error: email address 'An@Example.org' is not a subscriber. "
+        "Check it against `syndicate subscribers list`.\n",
     ),
 }
 

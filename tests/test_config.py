@@ -297,6 +297,16 @@ def test_a_config_saved_with_a_byte_order_mark_says_so(tmp_path: Path) -> None:
     )
 
 
+def test_a_section_that_is_not_a_table_says_how_to_write_it(tmp_path: Path) -> None:
+    path = _write(tmp_path, "site = 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {}, cwd=tmp_path)
+    assert str(info.value) == (
+        "config section [site] must be a table, not 3. Write it as a [site] line with its "
+        "keys below it, like syndicate.example.toml."
+    )
+
+
 def test_invalid_toml_is_one_clear_error(tmp_path: Path) -> None:
     path = _write(tmp_path, "[site\n")
     with pytest.raises(ConfigError, match=r"is not valid TOML"):

@@ -35,6 +35,7 @@ from syndicate.store.subscribers import (
     unsubscribe,
 )
 
+NOT_LISTED_HINT = "Check it against `syndicate subscribers list`."
 EMPTY_LIST = "No subscribers yet. Add one with `syndicate subscribers add EMAIL`."
 # What a rejected row's line ends with.
 _ROW_FIX = "Fix the row and import the file again; the other rows are kept."
@@ -125,7 +126,9 @@ def remove_command(app: AppContext, email: str) -> None:
     # Where there is no store yet nobody is on the list: say so and make none.
     found = get_by_email(app.database, email) if app.read_store() is not None else None
     if found is None:
-        raise SubscriberError(f"email address {email.strip()!r} is not a subscriber.")
+        raise SubscriberError(
+            f"email address {email.strip()!r} is not a subscriber.", hint=NOT_LISTED_HINT
+        )
     db = app.database
     was = found.status
     unsubscribe(db, found.id, now=_now(app))
