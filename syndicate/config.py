@@ -440,6 +440,22 @@ def _check_most(where: str, key: str, value: float, most: int) -> None:
         raise ConfigError(f"{where} has value {value!r}; expected at most {most}.", key=key)
 
 
+# Keys whose text readers see beside article text, which is NFC: an editor that saves
+# decomposed Vietnamese (macOS) must not give pages and feeds other bytes than the digest.
+# Never a secret, URL or path (their bytes are what they are).
+_READER_TEXT = frozenset(
+    {
+        ("site", "title"),
+        ("site", "description"),
+        ("mail", "from"),
+        ("mail", "reply_to"),
+        ("mail", "subject"),
+        ("mail", "list_id"),
+        ("mail", "postal_address"),
+    }
+)
+
+
 def _toml_key(name: str) -> str:
     return name.rstrip("_")
 
@@ -507,12 +523,19 @@ def _convert(
     if choices and value not in choices:
         listed = ", ".join(repr(c) for c in choices)
         raise ConfigError(f"{where} has value {value!r}; expected one of {listed}.", key=key)
+    if (section, key) in _READER_TEXT:
+        return unicodedata.normalize("NFC", value)
     return value
 
 
 def _build_section(section: str, cls: type[Any], raw: object, base: Path) -> object:
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"config section [{section}] must be a table, not {raw!r}.", key=section)
+        raise ConfigError(
+            f"config section [{section}] must be a table, not {raw!r}.",
+            key=section,
+            hint=f"Write it as a [{section}] line with its keys below it, like "
+            "syndicate.example.toml.",
+        )
     fields_by_key = {
         _toml_key(f.name): f for f in dataclasses.fields(cls) if (section, f.name) not in _ENV_ONLY
     }
@@ -605,6 +628,12 @@ def load_settings(
                 f"config file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}).",
                 hint="Save it as UTF-8.",
             ) from exc
+        if text.startswith("\ufeff"):
+            raise ConfigError(
+                f"config file {str(path)!r} starts with a byte-order mark (U+FEFF), which TOML "
+                "does not allow.",
+                hint="Save it as UTF-8 without BOM (in Notepad: 'UTF-8', not 'UTF-8 with BOM').",
+            )
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

@@ -462,11 +462,43 @@ def render_email(
     return nfc(_inline_css(html)), nfc(wrap_text(text, keep=keep))
 
 
-def _render(env: jinja2.Environment, folder: Path, name: str, context: dict[str, Any]) -> str:
+# The templates a digest and a confirmation mail are rendered from (with what they include).
+EMAIL_TEMPLATES = ("digest.html.j2", "digest.txt.j2", "confirm.html.j2", "confirm.txt.j2")
+
+
+def check_email_templates(folder: Path) -> None:
+    """Load every email template from `folder`: a `ConfigError` naming
+    digest.templates_dir for one that is missing or not valid Jinja, as rendering
+    would raise it, so a command that mails can refuse before it makes anything."""
+    env = _environment(folder)
+    for name in EMAIL_TEMPLATES:
+        _load(env, folder, name)
+
+
+def _load(env: jinja2.Environment, folder: Path, name: str) -> jinja2.Template:
     where = f"config key digest.templates_dir ({str(folder)!r})"
     try:
-        return env.get_template(name).render(context)
+        return env.get_template(name)
     except jinja2.TemplateNotFound as exc:
+        raise ConfigError(
+            f"{where}: template {exc.name!r} is missing.",
+            key="digest.templates_dir",
+            hint="Copy templates/email/ from syndicate, or leave digest.templates_dir empty.",
+        ) from exc
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(
+            f"{where}: {exc.name or name} line {exc.lineno}: {exc.message}.",
+            key="digest.templates_dir",
+            hint="Fix the template syntax.",
+        ) from exc
+
+
+def _render(env: jinja2.Environment, folder: Path, name: str, context: dict[str, Any]) -> str:
+    where = f"config key digest.templates_dir ({str(folder)!r})"
+    template = _load(env, folder, name)
+    try:
+        return template.render(context)
+    except jinja2.TemplateNotFound as exc:  # one it includes
         raise ConfigError(
             f"{where}: template {exc.name!r} is missing.",
             key="digest.templates_dir",

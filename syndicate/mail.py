@@ -238,6 +238,37 @@ def reply_to(*, info: MailInfo) -> str:
     return value
 
 
+def mailto_unsubscribe(*, info: MailInfo) -> str:
+    """Return mail.mailto_unsubscribe's bare address (empty when not set).
+
+    Raises ConfigError when it is no plain ASCII address.
+    """
+    mailto = header_safe(info.mailto_unsubscribe)
+    if not mailto:
+        return ""
+    address = mailto.removeprefix("mailto:")
+    if not _SAFE_ADDRESS.fullmatch(address) or not address.isascii():
+        raise ConfigError(
+            f"config key mail.mailto_unsubscribe has value {mailto!r}; "
+            "expected a plain ASCII address like 'unsubscribe@example.org'.",
+            key="mail.mailto_unsubscribe",
+        )
+    return address
+
+
+def check_addresses(*, info: MailInfo) -> None:
+    """Raise ConfigError naming the first mail.* address key that holds no usable address.
+
+    mail.from, mail.reply_to, mail.bounce_address and mail.mailto_unsubscribe, as
+    every digest and confirmation mail would use them: a command that mails checks
+    them before it makes or stores anything.
+    """
+    envelope_sender(info=info)
+    reply_to(info=info)
+    bounce_address(info=info)
+    mailto_unsubscribe(info=info)
+
+
 def unsubscribe_url(token: str, *, info: MailInfo) -> str:
     """Return the one-click unsubscribe URL (urls.unsubscribe_url under the site's base_url)."""
     return urls.unsubscribe_url(info.base_url, token)
@@ -411,16 +442,9 @@ def build_digest_template(
         raise ValueError(f"message key {message_key!r} is not lowercase hex")
     key = f".{message_key}" if message_key is not None else ""
     head += [f"{key}@{domain}>\r\nList-Unsubscribe: <".encode(), _SLOT_URL, b">"]
-    mailto = header_safe(info.mailto_unsubscribe)
+    mailto = mailto_unsubscribe(info=info)
     if mailto:
-        address = mailto.removeprefix("mailto:")
-        if not _SAFE_ADDRESS.fullmatch(address) or not address.isascii():
-            raise ConfigError(
-                f"config key mail.mailto_unsubscribe has value {mailto!r}; "
-                "expected a plain ASCII address like 'unsubscribe@example.org'.",
-                key="mail.mailto_unsubscribe",
-            )
-        head.append(f", <mailto:{address}?subject=unsubscribe>".encode("ascii"))
+        head.append(f", <mailto:{mailto}?subject=unsubscribe>".encode("ascii"))
     head.append(b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
     head.append(_text_headers(rendered, info))
     pieces: list[bytes | int] = [*head]

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import psycopg
@@ -113,6 +114,38 @@ def test_paths_given_replace_the_seeds(project: Path) -> None:
     assert out.startswith("Built 1 article (0 duplicates, 0 skipped) into feeds/:")
 
 
+def test_verbose_counts_a_dump_refused_unread_apart_from_the_cache(
+    project: Path, store: str
+) -> None:
+    # On a first build, a link leading outside the dump folder (never read) was counted as
+    # "taken from the cache": "5 dumps: 4 parsed, 1 taken from the cache", with no cache.
+    (project / "seeds" / "e.txt").symlink_to("/etc/hostname")
+    code, _out, err = _run("-v", "build")
+    assert code == 0
+    assert "\n5 dumps: 4 parsed, 0 taken from the cache, 1 refused unread; " in f"\n{err}"
+    code, _out, err = _run("-v", "build")
+    assert "\n5 dumps: 0 parsed, 4 taken from the cache, 1 refused unread; " in f"\n{err}"
+
+
+def test_decomposed_vietnamese_in_the_config_is_published_as_nfc(project: Path) -> None:
+    # An editor that saves decomposed text (macOS, some IMEs) gave site.title as
+    # "Tie\u0302u": pages and feeds carried those bytes while the digest, and every article
+    # text, are NFC: the same title in two byte forms, which search and matching treat as
+    # different words.
+    title, description = "Tin mới Đông Hà", "Tin tức tỉnh Quảng Trị"
+    (project / "syndicate.toml").write_text(
+        f'[site]\ntitle = "{unicodedata.normalize("NFD", title)}"\n'
+        f'description = "{unicodedata.normalize("NFD", description)}"\n',
+        encoding="utf-8",
+    )
+    assert _run("build")[0] == 0
+    for name in ("index.html", "rss.xml", "atom.xml", "feed.json"):
+        text = (project / "feeds" / name).read_text(encoding="utf-8")
+        assert unicodedata.is_normalized("NFC", text), name
+        assert title in text, name
+    assert description in (project / "feeds" / "index.html").read_text(encoding="utf-8")
+
+
 def test_missing_path_is_a_usage_error(project: Path) -> None:
     code, out, err = _run("build", "nope")
     assert code == 2
@@ -168,11 +201,16 @@ def test_a_command_without_its_seeds_folder_fails_and_creates_nothing(
     monkeypatch.delenv("SYNDICATE_CONFIG", raising=False)
     code, out, err = _run(*command)
     assert (code, out) == (2, "")
-    shown = "seeds" if command == ["build", "seeds/"] else str(empty / "seeds")
-    assert err == (
-        f"Error: {shown}: no such file or folder. "
-        "Give existing dump files or folders (the default is paths.seeds).\n"
-    )
+    if command == ["build", "seeds/"]:
+        assert err == (
+            "Error: seeds: no such file or folder. "
+            "Give existing dump files or folders (the default is paths.seeds).\n"
+        )
+    else:  # no folder given: the command takes none (send, digest), or its default
+        assert err == (
+            f"Error: {empty / 'seeds'}: no such file or folder. "
+            "Make that folder, or set paths.seeds to the folder the dumps are in.\n"
+        )
     assert sorted(p.name for p in empty.iterdir()) == []
     assert _untouched()
 

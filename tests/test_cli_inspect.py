@@ -141,7 +141,7 @@ def test_rejected_file_prints_its_error_and_exits_1_at_the_end(folder: Path) -> 
     assert records[3] == {
         "source": "seeds/c.txt",
         "error": "line 2: publish time '31/02/2025 08:00' is not a real date. "
-        "Fix the dump or move it out of seeds/.",
+        "Fix the dump or move it out of the dump folder.",
     }
     assert list(records[1]) == KEYS
 
@@ -151,7 +151,7 @@ def test_rejected_file_prints_its_error_and_exits_1_at_the_end(folder: Path) -> 
     assert err == (
         "error: seeds/0_empty.txt: is empty. Remove it, or fill it with an article.\n"
         "error: seeds/c.txt line 2: publish time '31/02/2025 08:00' is not a real date. "
-        "Fix the dump or move it out of seeds/.\n"
+        "Fix the dump or move it out of the dump folder.\n"
     )
 
 
@@ -170,10 +170,7 @@ def test_missing_path_is_an_input_error_exit_2(folder: Path) -> None:
     code, out, err = run("seeds/a.txt", "nope.txt")
     assert code == 2
     assert out == ""
-    assert err == (
-        "Error: nope.txt: no such file or folder. "
-        "Give existing dump files or folders (the default is paths.seeds).\n"
-    )
+    assert err == "Error: nope.txt: no such file or folder. Give existing dump files or folders.\n"
 
 
 def test_inspect_needs_a_path(folder: Path) -> None:

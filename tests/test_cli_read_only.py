@@ -181,7 +181,8 @@ NO_STORE_TOKENS = {
     "make": (
         ["make", "An@Example.org"],
         "",
-        "Error: email address 'An@example.org' is not a subscriber.\n",
+        "Error: email address 'An@example.org' is not a subscriber. "
+        "Check it against `syndicate subscribers list`.\n",
     ),
 }
 
@@ -192,6 +193,33 @@ def test_unsubscribe_token_commands_make_no_store_and_say_the_same_on_both_engin
 ) -> None:
     args, secret, error = NO_STORE_TOKENS[name]
     done = syndicate(project, "unsubscribe-token", *args, secret=secret)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", error)
+    assert store_tables(project) == (0 if store == "postgresql" else None)
+
+
+BAD_ADDRESS = (
+    "Error: email address 'an@@example.org' is not valid: The part after the @-sign contains "
+    "invalid characters: '@'. Check it for typos.\n"
+)
+# Commands that change the list, refused before they make a store: exit 2, one line.
+NO_STORE_REFUSED = {
+    "add-bad-address": (["add", "an@@example.org"], BAD_ADDRESS),
+    "erase-bad-address": (["erase", "an@@example.org"], BAD_ADDRESS),
+    "remove-bad-address": (["remove", "an@@example.org"], BAD_ADDRESS),
+    "remove-nobody": (
+        ["remove", "An@Example.org"],
+        "Error: email address 'An@Example.org' is not a subscriber. "
+        "Check it against `syndicate subscribers list`.\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(NO_STORE_REFUSED))
+def test_a_refused_change_to_the_list_makes_no_store(project: Path, store: str, name: str) -> None:
+    # A typo in an address, or removing someone from a list that does not exist yet, made
+    # an empty store (a syndicate.db, or every table on PostgreSQL) before saying so.
+    args, error = NO_STORE_REFUSED[name]
+    done = syndicate(project, "subscribers", *args)
     assert (done.returncode, done.stdout, done.stderr) == (2, "", error)
     assert store_tables(project) == (0 if store == "postgresql" else None)
 

@@ -109,7 +109,8 @@ def test_remove_unsubscribes_and_keeps_the_address_out(project: Path) -> None:
     assert _run("subscribers", "remove", "nobody@example.org") == (
         2,
         "",
-        "Error: email address 'nobody@example.org' is not a subscriber.\n",
+        "Error: email address 'nobody@example.org' is not a subscriber. "
+        "Check it against `syndicate subscribers list`.\n",
     )
 
 

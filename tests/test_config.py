@@ -284,6 +284,29 @@ def test_config_that_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
     )
 
 
+def test_a_config_saved_with_a_byte_order_mark_says_so(tmp_path: Path) -> None:
+    # Windows Notepad saves "UTF-8 with BOM"; tomllib then refused the first line as "Invalid
+    # statement (at line 1, column 1)", and the hint said to fix a syntax that was fine.
+    path = tmp_path / "syndicate.toml"
+    path.write_bytes(b"\xef\xbb\xbf[site]\ntitle = 'Tin m\xe1\xbb\x9bi'\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {}, cwd=tmp_path)
+    assert str(info.value) == (
+        f"config file {str(path)!r} starts with a byte-order mark (U+FEFF), which TOML does "
+        "not allow. Save it as UTF-8 without BOM (in Notepad: 'UTF-8', not 'UTF-8 with BOM')."
+    )
+
+
+def test_a_section_that_is_not_a_table_says_how_to_write_it(tmp_path: Path) -> None:
+    path = _write(tmp_path, "site = 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {}, cwd=tmp_path)
+    assert str(info.value) == (
+        "config section [site] must be a table, not 3. Write it as a [site] line with its "
+        "keys below it, like syndicate.example.toml."
+    )
+
+
 def test_invalid_toml_is_one_clear_error(tmp_path: Path) -> None:
     path = _write(tmp_path, "[site\n")
     with pytest.raises(ConfigError, match=r"is not valid TOML"):

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 
-from syndicate.cli import cli
+from syndicate.cli import AppContext, cli
 from syndicate.config import Settings
 from syndicate.errors import EXIT_FAILED, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
+from tests.conftest import FIXED_NOW
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -234,3 +236,26 @@ def test_manual_points_at_nothing_outside_the_repository() -> None:
 
 def test_readme_stays_short() -> None:
     assert len((ROOT / "README.md").read_bytes()) <= 12 * 1024
+
+
+def test_the_digest_preview_example_prints_what_the_manual_shows(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`syndicate digest --lang en --out /tmp/preview` on the shipped seeds, the day they
+    were news, prints the lines docs/commands.md shows (the folder aside)."""
+    block = re.search(
+        r"```console\n\$ (syndicate digest --lang en --out /tmp/preview)\n(.*?)```",
+        _read(DOCS / "commands.md"),
+        re.DOTALL,
+    )
+    assert block is not None
+    for seed in (ROOT / "seeds").glob("*.txt"):
+        (workdir / "seeds" / seed.name).write_bytes(seed.read_bytes())
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv("SYNDICATE_CONFIG", raising=False)
+    monkeypatch.setattr(AppContext, "now", lambda self: FIXED_NOW.timestamp())
+    preview = workdir / "preview"
+    args = [*block.group(1).split()[1:-1], str(preview)]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout.replace(str(preview), "/tmp/preview") == block.group(2)

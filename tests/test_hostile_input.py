@@ -376,6 +376,115 @@ def test_a_mail_from_with_two_addresses_is_refused_before_sending(
     assert not (tmp_path / "outbox").exists()
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "wrong"),
+    [
+        ("from", "not an address", '; expected an address like "News <news@example.org>".'),
+        ("reply_to", "not an address", "; expected an address like 'editor@example.org'."),
+        (
+            "bounce_address",
+            "bounces+x@example.org",
+            "; its local part may not hold '+' (the VERP delimiter). "
+            "Use an address like 'bounces@news.example.org'.",
+        ),
+        (
+            "mailto_unsubscribe",
+            "unsubscribe",
+            "; expected a plain ASCII address like 'unsubscribe@example.org'.",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", [("send",), ("send", "--dry-run"), ("serve", "--port", "0")])
+def test_a_bad_mail_address_key_is_refused_before_anything_is_made(
+    tmp_path: Path, key: str, value: str, wrong: str, command: tuple[str, ...]
+) -> None:
+    # With the outbox transport (the default) `send` built the site, stored the day's digest
+    # and wrote its page, then stopped at the first message with exit 2: a failed run that
+    # left a store, feeds/ and a digest behind; `serve` took sign-ups it could not mail.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    (tmp_path / "syndicate.toml").write_text(
+        f'[paths]\ndatabase = "s.db"\n[mail]\n{key} = "{value}"\n', encoding="utf-8"
+    )
+    done = _syndicate(tmp_path, *command, timeout=30)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"Error: config key mail.{key} has value {value!r}{wrong}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seeds", "syndicate.toml"]
+
+
+@pytest.mark.parametrize(
+    ("key", "line"),
+    [
+        (
+            "missing",
+            "Error: config key dkim.key_file: '{path}' cannot be read: No such file or "
+            "directory. Point it at the PEM private key of the selector.",
+        ),
+        (
+            "readable",
+            "Error: dkim.key_file {path}: readable by others (mode 0644); run chmod 600 {path}.",
+        ),
+        ("not pem", "Error: config key dkim.key_file: '{path}' is not a PEM private key."),
+    ],
+)
+@pytest.mark.parametrize("command", [("send",), ("send", "--dry-run"), ("serve", "--port", "0")])
+def test_an_unusable_dkim_key_is_refused_before_anything_is_made(
+    tmp_path: Path, key: str, line: str, command: tuple[str, ...]
+) -> None:
+    # The key was read at the first message: `send` had built the site and stored the day's
+    # digest, then exited 2; `serve` made the store, then stopped.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    pem = tmp_path / "dkim.pem"
+    if key != "missing":
+        pem.write_text(
+            "-----BEGIN PRIVATE KEY-----\n" if key == "readable" else "hello\n", encoding="ascii"
+        )
+        pem.chmod(0o644 if key == "readable" else 0o600)
+    (tmp_path / "syndicate.toml").write_text(
+        '[paths]\ndatabase = "s.db"\n'
+        '[dkim]\ndomain = "example.org"\nselector = "s1"\nkey_file = "dkim.pem"\n',
+        encoding="utf-8",
+    )
+    before = sorted(p.name for p in tmp_path.iterdir())
+    done = _syndicate(tmp_path, *command, timeout=30)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == line.format(path=pem) + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("broken", "line"),
+    [
+        (
+            "missing",
+            "template 'digest.html.j2' is missing. Copy templates/email/ from "
+            "syndicate, or leave digest.templates_dir empty.",
+        ),
+        ("syntax", "confirm.txt.j2 line 1: unexpected 'end of template'. Fix the template syntax."),
+    ],
+)
+@pytest.mark.parametrize("command", [("send",), ("send", "--dry-run"), ("serve", "--port", "0")])
+def test_broken_email_templates_are_refused_before_anything_is_made(
+    tmp_path: Path, broken: str, line: str, command: tuple[str, ...]
+) -> None:
+    # A digest.templates_dir without the templates (a typo in the path), or one of them not
+    # valid Jinja, was found when the first message was rendered: `send` had built the site
+    # and stored the day's digest; `serve` took sign-ups and failed to mail each.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    folder = tmp_path / "tpl"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "templates" / "email", folder)
+    if broken == "missing":
+        (folder / "digest.html.j2").unlink()
+    else:
+        (folder / "confirm.txt.j2").write_text("{{ nope(\n", encoding="utf-8")
+    (tmp_path / "syndicate.toml").write_text(
+        '[paths]\ndatabase = "s.db"\n[digest]\ntemplates_dir = "tpl"\n', encoding="utf-8"
+    )
+    done = _syndicate(tmp_path, *command, timeout=30)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"Error: config key digest.templates_dir ({str(folder)!r}): {line}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seeds", "syndicate.toml", "tpl"]
+
+
 @pytest.mark.parametrize("workers", ["65", "1000"])
 def test_send_with_too_many_workers_is_a_usage_error(tmp_path: Path, workers: str) -> None:
     # `--workers 1000` (a slip for 10) started 1000 processes, each opening
@@ -408,6 +517,68 @@ def test_preflight_with_a_timeout_that_never_ends_is_a_usage_error(
     assert done.stderr.splitlines()[-1] == (
         f"Error: Invalid value for '--timeout': {float(seconds)} is not {wrong}."
     )
+
+
+@pytest.mark.parametrize(
+    ("config", "args", "line"),
+    [
+        (
+            "",
+            (),
+            "Error: config key mail.from has value ''; preflight checks the sender's domain. "
+            'Set it, like from = "News <news@example.org>".',
+        ),
+        (
+            '[mail]\nfrom = "news@example.org"\n',
+            ("--nameserver", "dns.example.org"),
+            "Error: --nameserver 'dns.example.org': 'dns.example.org' is not an IP address. "
+            "Give an IP address and an optional port, like 127.0.0.1:5353.",
+        ),
+    ],
+)
+def test_preflight_refused_at_once_makes_no_store(
+    tmp_path: Path, config: str, args: tuple[str, ...], line: str
+) -> None:
+    # Both were found only after the dumps had been read into a new store: the embedded
+    # defaults (no mail.from) or a host name given for --nameserver left syndicate.db behind.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    (tmp_path / "syndicate.toml").write_text(config, encoding="utf-8")
+    done = _syndicate(tmp_path, "preflight", *args, timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", line + "\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seeds", "syndicate.toml"]
+
+
+@pytest.mark.parametrize("option", ["--to", "--dry-run --to"])
+def test_send_to_a_bad_address_makes_no_store(tmp_path: Path, option: str) -> None:
+    # The address was checked once the store was open: a typo left syndicate.db behind.
+    shutil.copytree(SEEDS, tmp_path / "seeds")
+    done = _syndicate(tmp_path, "send", *option.split(), "an@@example.org")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "Error: email address 'an@@example.org' is not valid: The part after the @-sign "
+        "contains invalid characters: '@'. Check it for typos.\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seeds"]
+
+
+@pytest.mark.parametrize(
+    ("path", "line"),
+    [
+        ("missing.eml", "missing.eml: no such file or folder. Give a Maildir, mbox or .eml file."),
+        (
+            "seeds",
+            "seeds: a folder but not a Maildir (no cur/ and new/). "
+            "Give a Maildir, an mbox file or an .eml file.",
+        ),
+    ],
+)
+def test_bounces_refusing_its_path_makes_no_store(tmp_path: Path, path: str, line: str) -> None:
+    # The paths were checked on the first read, after the store had been opened: a typo in
+    # a cron line left a new, empty syndicate.db behind on each run.
+    (tmp_path / "seeds").mkdir()
+    done = _syndicate(tmp_path, "bounces", path)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"Error: {line}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seeds"]
 
 
 @pytest.mark.parametrize(

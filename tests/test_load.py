@@ -556,7 +556,7 @@ def test_more_publish_layouts(line: str, expected: datetime, precision: str) -> 
 def test_impossible_publish_date_is_an_error_with_the_line_number() -> None:
     assert rejected("bad_date_31_02.txt") == (
         "dumps/bad_date_31_02.txt line 2: publish time '31/02/2025 08:00' is not a real date. "
-        "Fix the dump or move it out of seeds/."
+        "Fix the dump or move it out of the dump folder."
     )
 
 
@@ -574,7 +574,7 @@ def test_bad_publish_lines(line: str, what: str) -> None:
         parse_text(f"T\n{line}\n{{head}}\nMở đầu.\n", "seeds/017.txt")
     assert str(info.value) == (
         f"seeds/017.txt line 2: publish time {line!r} {what}. "
-        "Fix the dump or move it out of seeds/."
+        "Fix the dump or move it out of the dump folder."
     )
     assert info.value.line == 2
 
@@ -724,7 +724,8 @@ def test_english_dump() -> None:
         (
             "placeholders_only.txt",
             "dumps/placeholders_only.txt: has only the three placeholder lines ({title}, "
-            "{publish}, {head}) and no article text. Fix the dump or move it out of seeds/.",
+            "{publish}, {head}) and no article text. "
+            "Fix the dump or move it out of the dump folder.",
         ),
         (
             "vni.txt",
@@ -876,8 +877,7 @@ def test_find_dumps_names_a_missing_path_before_yielding_anything(tmp_path: Path
     with pytest.raises(InputError) as info:
         next(found)
     assert str(info.value) == (
-        f"{tmp_path / 'nope'}: no such file or folder. "
-        "Give existing dump files or folders (the default is paths.seeds)."
+        f"{tmp_path / 'nope'}: no such file or folder. Give existing dump files or folders."
     )
 
 

@@ -407,6 +407,35 @@ def test_bad_locations_are_usage_errors_and_create_nothing(project: Path) -> Non
     assert not Path("new.db").exists()
 
 
+def test_a_file_that_is_no_store_or_a_folder_is_named_by_its_option(
+    project: Path, full_store: Path
+) -> None:
+    # The hints were the store's own, "Check paths.database ..." and "Point paths.database at
+    # a new file ...": paths.database has nothing to do with a copy's --from and --to.
+    (project / "notes.txt").write_text("not a database\n" * 100, encoding="utf-8")
+    (project / "copies").mkdir()
+    code, out, err = _run("store", "copy", "--from", "notes.txt", "--to", "new.db")
+    assert (code, out) == (2, "")
+    assert err == (
+        "Error: notes.txt: not a usable syndicate database: file is not a database. "
+        "Check the path given to --from: it must be a syndicate store, such as the file "
+        "paths.database names.\n"
+    )
+    for target, wrong in (
+        ("notes.txt", "not a usable syndicate database: file is not a database"),
+        ("copies", "cannot open the database: unable to open database file"),
+    ):
+        code, out, err = _run("store", "copy", "--from", str(full_store), "--to", target)
+        assert (code, out) == (2, "")
+        assert err == (
+            f"Error: {target}: {wrong}. Give --to a new file in a folder this user may "
+            "write to, or an empty syndicate store.\n"
+        )
+    assert (project / "notes.txt").read_text(encoding="utf-8") == "not a database\n" * 100
+    assert not (project / "new.db").exists()
+    assert not any((project / "copies").iterdir())
+
+
 def test_a_postgresql_database_syndicate_never_wrote_is_no_store_to_copy_from(
     project: Path, new_pg: Callable[[], str]
 ) -> None:

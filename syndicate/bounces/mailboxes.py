@@ -143,10 +143,12 @@ def read_piped_mail(stream: BinaryIO) -> Item:
 
 
 def read_mail(paths: Sequence[Path]) -> Iterator[Item]:
-    """Yield every mail under `paths` (Maildir folders, mbox files, single messages).
+    """Return an iterator over every mail under `paths` (Maildir folders, mbox files,
+    single messages).
 
-    Raises InputError, before anything is read, for a path that does not
-    exist or a folder that is not a Maildir (no cur/ and new/).
+    Raises InputError at the call, before anything is read (and before the caller
+    opens its store), for a path that does not exist or a folder that is not a
+    Maildir (no cur/ and new/).
     """
     for path in paths:
         if not path.exists():
@@ -164,6 +166,10 @@ def read_mail(paths: Sequence[Path]) -> Iterator[Item]:
             raise InputError(
                 f"{path}: a {kind}, not a file or a Maildir. Give a Maildir, mbox or .eml file."
             )
+    return _read_paths(paths)
+
+
+def _read_paths(paths: Sequence[Path]) -> Iterator[Item]:
     for path in paths:
         if path.is_dir():
             yield from _maildir(path)

@@ -12,7 +12,7 @@ import click
 
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.errors import EXIT_FAILED
-from syndicate.load import check_dump_paths
+from syndicate.load import SEEDS_HINT, check_dump_paths
 from syndicate.publish import BuildSummary, check_clock, run_build
 
 
@@ -90,7 +90,12 @@ def build_command(
     """
     settings = app.settings
     # Before the database or the output folder is made: bad input leaves nothing behind.
-    check_dump_paths(list(paths) or [settings.paths.seeds])
+    if paths:
+        check_dump_paths(
+            list(paths), hint="Give existing dump files or folders (the default is paths.seeds)."
+        )
+    else:
+        check_dump_paths([settings.paths.seeds], hint=SEEDS_HINT)
     now = datetime.fromtimestamp(app.now(), UTC)
     check_clock(now)
     bar = _ProgressBar() if sys.stderr.isatty() and not app.quiet else None

@@ -58,7 +58,7 @@ def preflight_command(
     settings = app.settings
     now = datetime.fromtimestamp(app.now(), UTC)
     checks = preflight_setup(
-        settings, app.database, now=now, nameserver=nameserver, timeout=timeout
+        settings, open_db=lambda: app.database, now=now, nameserver=nameserver, timeout=timeout
     )
     if as_json:
         click.echo(json.dumps([c.to_dict() for c in checks], ensure_ascii=False))

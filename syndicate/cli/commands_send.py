@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import click
 
 from syndicate.cli import AppContext, cli, pass_app
+from syndicate.cli.commands_subscribers import NOT_LISTED_HINT
 from syndicate.errors import InterruptError, SubscriberError, TokenError
 from syndicate.mail import MailInfo, unsubscribe_url
 from syndicate.send import SendSummary
@@ -276,7 +277,10 @@ def make_command(app: AppContext, email: str) -> None:
     db = app.database if app.read_store() is not None else None
     found = get_by_email(db, email) if db is not None else None
     if db is None or found is None:
-        raise SubscriberError(f"email address {normalize_email(email)!r} is not a subscriber.")
+        raise SubscriberError(
+            f"email address {normalize_email(email)!r} is not a subscriber.",
+            hint=NOT_LISTED_HINT,
+        )
     now = datetime.fromtimestamp(app.now(), UTC)
     token = make_token(
         get_secret(settings, db),

@@ -6,6 +6,8 @@ import json
 import logging
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -15,7 +17,7 @@ import click
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.config import StoreSettings
 from syndicate.errors import StoreError, TerminatedError
-from syndicate.store import Database, open_reader
+from syndicate.store import NOT_A_STORE_HINT, OPEN_HINT, Database, open_reader
 from syndicate.store.copy import copy_into
 
 log = logging.getLogger(__name__)
@@ -57,18 +59,40 @@ def _parse(location: str, *, option: str) -> _Location:
     return _Location("", Path(text), "path")
 
 
+# What to do, said of the option that named the file, where the store's own hints name
+# paths.database (which a copy does not use).
+_OPTION_HINTS = {
+    "--from": "Check the path given to --from: it must be a syndicate store, such as the file "
+    "paths.database names.",
+    "--to": "Give --to a new file in a folder this user may write to, or an empty syndicate store.",
+}
+
+
+@contextmanager
+def _named_by(option: str) -> Iterator[None]:
+    """Give a StoreError raised in the block, about a file that cannot be opened or is no
+    store, the hint of `option` instead of paths.database's."""
+    try:
+        yield
+    except StoreError as exc:
+        if exc.hint in (OPEN_HINT, NOT_A_STORE_HINT):
+            exc.hint = _OPTION_HINTS[option]
+        raise
+
+
 def _open_source(found: _Location, settings: StoreSettings) -> Database:
     """Open the store to copy from, to read only. A missing file or a PostgreSQL database
     syndicate never wrote is refused, left as it is."""
     path, url = found.path, found.url
     db = None
     if url or path.is_file():
-        db = open_reader(
-            path,
-            url=url,
-            busy_timeout=settings.busy_timeout,
-            reply_timeout=settings.reply_timeout,
-        )
+        with _named_by("--from"):
+            db = open_reader(
+                path,
+                url=url,
+                busy_timeout=settings.busy_timeout,
+                reply_timeout=settings.reply_timeout,
+            )
     if db is None:
         from syndicate.store import postgres  # psycopg: loaded only for a PostgreSQL store
 
@@ -131,7 +155,7 @@ def copy_command(app: AppContext, source_url: str, target_url: str, as_json: boo
                 signal.signal(signum, lambda n, _: late.append(signal.Signals(n).name))
 
     try:
-        with _open_source(source_at, settings) as source:
+        with _open_source(source_at, settings) as source, _named_by("--to"):
             counts, target_name = copy_into(
                 source,
                 url=target_at.url,

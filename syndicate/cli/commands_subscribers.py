@@ -35,6 +35,7 @@ from syndicate.store.subscribers import (
     unsubscribe,
 )
 
+NOT_LISTED_HINT = "Check it against `syndicate subscribers list`."
 EMPTY_LIST = "No subscribers yet. Add one with `syndicate subscribers add EMAIL`."
 # What a rejected row's line ends with.
 _ROW_FIX = "Fix the row and import the file again; the other rows are kept."
@@ -89,6 +90,7 @@ def add_command(app: AppContext, email: str, name: str | None, language: str | N
 
     Example: syndicate subscribers add an@example.org --name "An" --lang vi
     """
+    normalize_email(email)  # a typo is refused before the store is made
     db = app.database
     existing = get_by_email(db, email)
     if existing is not None and existing.status is SubscriptionStatus.CONFIRMED:
@@ -120,10 +122,14 @@ def remove_command(app: AppContext, email: str) -> None:
 
     Example: syndicate subscribers remove an@example.org
     """
-    db = app.database
-    found = get_by_email(db, email)
+    normalize_email(email)
+    # Where there is no store yet nobody is on the list: say so and make none.
+    found = get_by_email(app.database, email) if app.read_store() is not None else None
     if found is None:
-        raise SubscriberError(f"email address {email.strip()!r} is not a subscriber.")
+        raise SubscriberError(
+            f"email address {email.strip()!r} is not a subscriber.", hint=NOT_LISTED_HINT
+        )
+    db = app.database
     was = found.status
     unsubscribe(db, found.id, now=_now(app))
     if was is SubscriptionStatus.UNSUBSCRIBED:
@@ -249,6 +255,7 @@ def erase_command(app: AppContext, email: str) -> None:
 
     Example: syndicate subscribers erase an@example.org
     """
+    normalize_email(email)  # a typo is refused before the store is made
     db = app.database
     address = email.strip()
     deleted = erase(db, address, now=_now(app))

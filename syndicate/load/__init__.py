@@ -10,6 +10,7 @@ Modules: `files` (finding and reading dump files), `decode` (bytes -> text),
 from syndicate.load.dates import LEAD_DATE_WITHIN
 from syndicate.load.decode import decode_dump
 from syndicate.load.files import (
+    SEEDS_HINT,
     DumpPin,
     LinkCheck,
     check_dump_paths,
@@ -36,6 +37,7 @@ __all__ = [
     "LEAD_DATE_WITHIN",
     "LINE_LIMIT",
     "PARSER_VERSION",
+    "SEEDS_HINT",
     "TEXT_LIMIT",
     "TITLE_LIMIT",
     "DumpPin",

@@ -18,7 +18,7 @@ from syndicate.text import first_sentence
 
 LEAD_DATE_WITHIN = 60  # a lead's "Sáng nay 31/10" must start within this many characters
 # The hint of every rejection for what a dump holds (dates here, the rest in `parse`).
-DATE_HINT = "Fix the dump or move it out of seeds/."
+DATE_HINT = "Fix the dump or move it out of the dump folder."
 _MIN_YEAR, _MAX_YEAR = 1900, 2200
 
 _OFFSET = re.compile(

@@ -30,18 +30,22 @@ def find_dumps(paths: Sequence[Path]) -> Iterator[Path]:
         yield Path(path)
 
 
-def check_dump_paths(paths: Sequence[Path]) -> None:
-    """Raise InputError naming the first of `paths` that does not exist.
+# What to do when the folder paths.seeds names is missing (the command was given none).
+SEEDS_HINT = "Make that folder, or set paths.seeds to the folder the dumps are in."
+
+
+def check_dump_paths(
+    paths: Sequence[Path], *, hint: str = "Give existing dump files or folders."
+) -> None:
+    """Raise InputError naming the first of `paths` that does not exist, with `hint`
+    (SEEDS_HINT when the path is paths.seeds, not one the user gave).
 
     Commands call it before they open the database or make any folder: a run that
     fails on its input leaves nothing behind.
     """
     for path in paths:
         if not path.exists():
-            raise InputError(
-                f"{path}: no such file or folder.",
-                hint="Give existing dump files or folders (the default is paths.seeds).",
-            )
+            raise InputError(f"{path}: no such file or folder.", hint=hint)
 
 
 def find_dump_paths(paths: Sequence[Path]) -> Iterator[str]:

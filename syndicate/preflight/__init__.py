@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import html
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email import message_from_bytes, policy
@@ -305,6 +305,30 @@ def check_volume(confirmed: int) -> Check:
     )
 
 
+def check_preflight_setup(settings: Settings, nameserver: str | None) -> tuple[str, int] | None:
+    """Return the DNS server to ask (None: the system's resolver).
+
+    Raises ConfigError when mail.from holds no address or `nameserver` is not
+    HOST[:PORT]: what makes every check moot, found before anything is read or stored.
+    """
+    if "@" not in parseaddr(settings.mail.from_)[1]:
+        raise ConfigError(
+            f"config key mail.from has value {settings.mail.from_!r}; preflight checks the "
+            "sender's domain.",
+            key="mail.from",
+            hint='Set it, like from = "News <news@example.org>".',
+        )
+    if nameserver is None:
+        return None
+    try:
+        return parse_nameserver(nameserver)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--nameserver {nameserver!r}: {exc}.",
+            hint="Give an IP address and an optional port, like 127.0.0.1:5353.",
+        ) from None
+
+
 def run_preflight(
     settings: Settings,
     *,
@@ -319,23 +343,7 @@ def run_preflight(
     Raises ConfigError (before any check) when mail.from holds no address or
     `nameserver` is not HOST[:PORT].
     """
-    if "@" not in parseaddr(settings.mail.from_)[1]:
-        raise ConfigError(
-            f"config key mail.from has value {settings.mail.from_!r}; preflight checks the "
-            "sender's domain.",
-            key="mail.from",
-            hint='Set it, like from = "News <news@example.org>".',
-        )
-    server: tuple[str, int] | None = None
-    if nameserver is not None:
-        try:
-            server = parse_nameserver(nameserver)
-        except ValueError as exc:
-            raise ConfigError(
-                f"--nameserver {nameserver!r}: {exc}.",
-                hint="Give an IP address and an optional port, like 127.0.0.1:5353.",
-            ) from None
-    client = DnsClient(nameserver=server, timeout=timeout)
+    client = DnsClient(nameserver=check_preflight_setup(settings, nameserver), timeout=timeout)
     results: list[Check] = []
     for name, run in (("spf", check_spf), ("dkim", check_dkim), ("dmarc", check_dmarc)):
         client.start()
@@ -351,8 +359,8 @@ def run_preflight(
 
 def preflight_setup(
     settings: Settings,
-    db: Database,
     *,
+    open_db: Callable[[], Database],
     now: datetime,
     nameserver: str | None,
     timeout: float,
@@ -360,8 +368,12 @@ def preflight_setup(
     """Run every check on this setup and today's digest, built as `send` would build it.
 
     The digest is read without the write lock (no digest is stored); a digest that
-    cannot be built fails the message check rather than the command.
+    cannot be built fails the message check rather than the command. `open_db` is
+    called once mail.from and `nameserver` are known to be usable (ConfigError
+    otherwise), so a refused run makes no store.
     """
+    check_preflight_setup(settings, nameserver)
+    db = open_db()
     message_error = ""
     try:
         messages = build_sample_messages(settings, db, now=now)

@@ -112,6 +112,7 @@ class _Sync:
         self.new = 0
         self.read_count = 0
         self.parsed = 0
+        self.refused = 0  # dumps refused unread (a link outside, too large...): not cached
         # Rows waiting for `flush` (one executemany each per batch).
         self.dump_rows: list[tuple[str, store.CachedDump]] = []
         self.article_rows: list[store.ArticleRow] = []
@@ -169,6 +170,7 @@ class _Sync:
         done already (by a worker), else it is read here when the cache cannot vouch.
         """
         if isinstance(st, DumpError):  # unreadable: not cached, retried next run
+            self.refused += 1
             self._skip(st)
             return
         entry = self.vouched(key, st)
@@ -180,6 +182,7 @@ class _Sync:
             except DumpError as exc:
                 got = exc
             if isinstance(got, DumpError):  # unreadable or too large: not cached
+                self.refused += 1
                 self._skip(got)
                 return
             entry, row = self._record(key, st, got), got.row
@@ -471,10 +474,11 @@ def sync_articles(
         progress(0, 0)
     result = sync.result()
     log.info(
-        "%d dumps: %d parsed, %d taken from the cache; %d articles, %d new",
+        "%d dumps: %d parsed, %d taken from the cache, %d refused unread; %d articles, %d new",
         total,
         sync.parsed,
-        total - sync.parsed,
+        total - sync.parsed - sync.refused,
+        sync.refused,
         result.articles,
         result.new,
     )

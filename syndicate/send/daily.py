@@ -28,7 +28,7 @@ from syndicate.errors import (
     SyndicateError,
     TerminatedError,
 )
-from syndicate.load import check_dump_paths
+from syndicate.load import SEEDS_HINT, check_dump_paths
 from syndicate.mail import (
     MailInfo,
     MessageTemplate,
@@ -202,7 +202,8 @@ def run_daily(
     the messages once, holds the lock, and sums up what they did.
     """
     check_mail_settings(settings)
-    check_dump_paths([settings.paths.seeds])  # before the lock and database are made
+    # before the lock and database are made
+    check_dump_paths([settings.paths.seeds], hint=SEEDS_HINT)
     # On SQLite one run at a time (the send lock); on PostgreSQL, runs on many machines share
     # the ledger's queue, and only its leases keep them apart.
     locking = shared_store_no_lock if settings.store.url else hold_send_lock
@@ -728,10 +729,11 @@ def preview(
     no digest to send.
     """
     check_mail_settings(settings)
-    check_dump_paths([settings.paths.seeds])  # before the database is made
+    # before the database is made
+    check_dump_paths([settings.paths.seeds], hint=SEEDS_HINT)
+    address = normalize_email(to) if to is not None else None  # and a typo in --to
     db = open_db()
     check_day(settings, db, now=now)  # `send` would stop there: no digest of a day gone by
-    address = normalize_email(to) if to is not None else None
     # Read the seeds as `send` would; no write lock is held while the digest is planned.
     plan = preview_digest(settings, db, now=now)
     if plan is None:

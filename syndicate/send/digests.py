@@ -17,7 +17,7 @@ from syndicate.config import Settings, base_url
 from syndicate.digest import DigestInfo, plan_digest, render_digest
 from syndicate.errors import ClockError, InputError
 from syndicate.i18n import LANGUAGES
-from syndicate.load import check_dump_paths
+from syndicate.load import SEEDS_HINT, check_dump_paths
 from syndicate.mail import (
     DkimKey,
     MailInfo,
@@ -402,7 +402,8 @@ def write_digest_preview(
     Reads the seeds as `send` would (see `preview_digest`); stores no digest and sends
     nothing. Returns None, writing nothing, when there is no digest to send.
     """
-    check_dump_paths([settings.paths.seeds])  # no database is made for a missing seeds folder
+    # no database is made for a missing seeds folder
+    check_dump_paths([settings.paths.seeds], hint=SEEDS_HINT)
     plan = preview_digest(settings, open_db(), now=now)
     if plan is None:
         return None

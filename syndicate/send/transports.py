@@ -29,7 +29,8 @@ from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import MAX_LINE_LENGTH, normalize_message_line_endings
 from aiosmtplib.response import SMTPResponse
 
-from syndicate.config import Settings
+from syndicate.config import Settings, email_templates_dir
+from syndicate.digest import check_email_templates
 from syndicate.errors import (
     ConfigError,
     DeliveryError,
@@ -38,7 +39,7 @@ from syndicate.errors import (
     SendError,
     TransientSendError,
 )
-from syndicate.mail import Canonical, DkimKey, MailInfo, envelope_sender
+from syndicate.mail import Canonical, DkimKey, MailInfo, check_addresses
 from syndicate.output import write_atomic
 from syndicate.send.policy import Action, Outcome, SendPolicy, Stage, to_action
 
@@ -81,10 +82,16 @@ class SmtpServer:
 
 
 def check_mail_settings(settings: Settings) -> None:
-    """Raise ConfigError when the SMTP transport's settings cannot work (before any lock)."""
+    """Raise ConfigError when the mail settings cannot work (before any lock or store).
+
+    The mail.* address keys, the email templates and the DKIM key on every transport
+    (the outbox writes the same messages), then the SMTP login.
+    """
+    check_addresses(info=MailInfo.from_settings(settings))
+    check_email_templates(email_templates_dir(settings))
+    read_dkim_key(settings)
     if settings.mail.transport != "smtp":
         return
-    envelope_sender(info=MailInfo.from_settings(settings))
     server = SmtpServer.from_settings(settings)
     if server.username and not server.password:
         raise ConfigError(

@@ -57,6 +57,11 @@ _FILE_MODE = 0o600
 _FOLDER_MODE = 0o700
 _SIDE_FILES = ("", "-wal", "-shm")
 
+# What to do when the SQLite file cannot be opened, or is no store; a command whose file
+# comes from an option, not paths.database (`store copy`), says its own.
+OPEN_HINT = "Check paths.database and the folder's permissions."
+NOT_A_STORE_HINT = "Point paths.database at a new file, or restore this one from a backup."
+
 log = logging.getLogger(__name__)
 
 # The errors a statement can raise, whichever engine runs it: area modules catch these
@@ -441,7 +446,7 @@ def open_database(
             raise denied from exc
         raise StoreError(
             f"{path}: cannot open the database: {exc}.",
-            hint="Check paths.database and the folder's permissions.",
+            hint=OPEN_HINT,
         ) from exc
     db = Database(conn, path)
     try:
@@ -467,7 +472,7 @@ def open_database(
             raise denied from exc
         raise StoreError(
             f"{path}: not a usable syndicate database: {exc}.",
-            hint="Point paths.database at a new file, or restore this one from a backup.",
+            hint=NOT_A_STORE_HINT,
         ) from exc
     except BaseException:
         conn.close()
