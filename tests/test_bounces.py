@@ -506,7 +506,8 @@ def test_piped_mail_a_setup_fault_is_exit_75_so_the_mta_keeps_it(project: Path) 
     assert _run("bounces", "-", stdin=b"\n") == (
         1,
         "bounces: 0 hard, 0 soft, 0 complaints, 0 ignored, 1 unreadable\n",
-        "warning: <stdin>: not a readable mail: the message is empty; left in place.\n",
+        "warning: <stdin>: not a readable mail: the message is empty; exit 1: the mail server "
+        "returns it.\n",
     )
 
 

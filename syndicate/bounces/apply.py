@@ -191,13 +191,13 @@ def apply_mail(
     summary = BounceSummary()
     for item in items:
         if item.raw is None:
-            log.warning("%s: cannot read: %s", item.label, item.error)
+            log.warning("%s: cannot read: %s; %s.", item.label, item.error, item.kept)
             summary.unreadable += 1
             continue
         try:
             report = parse_report(item.raw)
         except ReportFormatError as exc:
-            log.warning("%s: not a readable mail: %s; left in place.", item.label, exc)
+            log.warning("%s: not a readable mail: %s; %s.", item.label, exc, item.kept)
             summary.unreadable += 1
             continue
         _apply_one(

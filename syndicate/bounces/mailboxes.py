@@ -37,6 +37,8 @@ class Item:
     raw: bytes | None
     error: str = ""
     done: Callable[[], None] | None = None  # called once the mail was handled
+    # What becomes of it when it cannot be handled, as the warning line says it.
+    kept: str = "left in place"
 
 
 def _is_maildir(path: Path) -> bool:
@@ -139,7 +141,10 @@ def _mbox(path: Path, handle: BinaryIO) -> Iterator[Item]:
 def read_piped_mail(stream: BinaryIO) -> Item:
     """The one mail on `stream` (an MTA's pipe), read up to MAX_MAIL_BYTES."""
     raw = stream.read(MAX_MAIL_BYTES + 1)
-    return Item("<stdin>", None, TOO_BIG) if len(raw) > MAX_MAIL_BYTES else Item("<stdin>", raw)
+    kept = "exit 1: the mail server returns it"  # nothing stays behind to be left in place
+    if len(raw) > MAX_MAIL_BYTES:
+        return Item("<stdin>", None, TOO_BIG, kept=kept)
+    return Item("<stdin>", raw, kept=kept)
 
 
 def read_mail(paths: Sequence[Path]) -> Iterator[Item]:
