@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shlex
+import socket
 import ssl
 import stat
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -226,16 +227,25 @@ def forget_recipient(outbox: Path, address: str) -> int:
     return removed
 
 
-def certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure behind `exc` (aiosmtplib may wrap it), if any."""
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _behind(exc: BaseException, kind: type[_E], test: Callable[[_E], bool]) -> _E | None:
+    """The first exception of `kind` passing `test` in `exc`'s chain (aiosmtplib wraps the
+    socket's and the TLS layer's errors in its own), if any."""
     seen: BaseException | None = exc
     for _ in range(5):
         if seen is None:
             return None
-        if isinstance(seen, ssl.SSLCertVerificationError):
+        if isinstance(seen, kind) and test(seen):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind `exc` (aiosmtplib may wrap it), if any."""
+    return _behind(exc, ssl.SSLCertVerificationError, lambda _: True)
 
 
 # TLS failures that say nothing about the server's setup: the connection dropped.
@@ -244,14 +254,19 @@ _TLS_DROPPED = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 
 def _handshake_error(exc: BaseException) -> ssl.SSLError | None:
     """The failed TLS handshake behind `exc`, unless the connection merely dropped."""
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return None
-        if isinstance(seen, ssl.SSLError) and not isinstance(seen, _TLS_DROPPED):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    return _behind(exc, ssl.SSLError, lambda e: not isinstance(e, _TLS_DROPPED))
+
+
+# The resolver's definite answers that a name has no address: it does not exist (NXDOMAIN)
+# or has no A/AAAA record. Not EAI_AGAIN (no answer: a DNS server down), which may pass.
+_NO_SUCH_HOST = frozenset(
+    code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None
+)
+
+
+def _unknown_host(exc: BaseException) -> socket.gaierror | None:
+    """The look-up behind `exc` that found smtp.host to have no address, if any."""
+    return _behind(exc, socket.gaierror, lambda e: e.errno in _NO_SUCH_HOST)
 
 
 @dataclass
@@ -346,6 +361,12 @@ class SmtpMailer:
                     f"{untrusted.verify_message or untrusted.reason}.",
                     hint="Check smtp.host (the certificate must name it) and the CA "
                     "certificates this machine trusts (SSL_CERT_FILE).",
+                ) from exc
+            unknown = _unknown_host(exc)
+            if unknown is not None:  # a typo, or a record gone: waiting will not fix it
+                raise DeliveryError(
+                    f"{self.where}: the host name has no address: {unknown.strerror}.",
+                    hint="Check smtp.host, or the DNS records of that name.",
                 ) from exc
             handshake = _handshake_error(exc) if self.tls == "tls" else None
             if handshake is not None:  # a plain SMTP port answers TLS with a plain greeting
