@@ -37,7 +37,9 @@ class ReportFormatError(ValueError):
 class Report:
     """What one mail reports: its kind, who it may be about, and the key it is stored under."""
 
-    key: str  # "mid:<Message-ID>", else "sha256:<hex of the bytes>"
+    # "mid:<Message-ID>" ("mid-sha256:<hex>" for one over _KEY_ID_CHARS), else
+    # "sha256:<hex of the bytes>"
+    key: str
     kind: Kind
     detail: str  # DSN status, feedback type, or why it was ignored
     # Addresses that may be our VERP return path (envelope To, the original's Return-Path).
@@ -61,6 +63,9 @@ HEURISTIC_BYTES = 64 * 1024
 HEURISTIC_LINES = 2000
 _LINE_BYTES = 998
 TOO_MANY_PARTS = f"it has over {MAX_PARTS} MIME parts, more than a bounce or complaint report holds"
+# A Message-ID longer than this is keyed by its hash: anyone can mail the bounce address,
+# and PostgreSQL's index holds no key over 2704 bytes (a real Message-ID is under 250).
+_KEY_ID_CHARS = 500
 _STATUS = re.compile(r"([245])\.\d{1,3}\.\d{1,3}")
 _SMTP_CODE = re.compile(r"(?:^|;)\s*([245])\d\d\b")
 # A digest's Message-ID: '<DAY.ID.KEY@domain>' (KEY: the digest's digests.message_key, hex),
@@ -77,6 +82,8 @@ _AUTO_SUBJECT = re.compile(
 
 def _key(msg: Message, raw: bytes) -> str:
     message_id = " ".join(str(msg.get("Message-ID", "")).split())
+    if len(message_id) > _KEY_ID_CHARS:
+        return "mid-sha256:" + hashlib.sha256(message_id.encode("utf-8", "replace")).hexdigest()
     if message_id:
         return f"mid:{message_id}"
     return "sha256:" + hashlib.sha256(raw).hexdigest()
