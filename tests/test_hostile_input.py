@@ -742,6 +742,32 @@ def test_a_stranger_s_mail_of_two_million_mime_parts_is_one_warning_and_little_m
     )
 
 
+def test_a_stranger_s_mail_puts_no_escape_sequence_or_line_of_its_own_on_the_terminal(
+    tmp_path: Path,
+) -> None:
+    # `bounces -v` logs why it ignored a mail, with text from the mail: a Feedback-Type
+    # holding an escape sequence (here OSC 0, which retitles the terminal, and ED 2) went to
+    # the terminal raw, and a folded one printed a second line that looked like syndicate's.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    mail = tmp_path / "odd.eml"
+    mail.write_bytes(
+        b"From: fbl@mx.example.org\nTo: bounces@example.org\nSubject: report\n"
+        b'Content-Type: multipart/report; report-type=feedback-report; boundary="B"\n\n'
+        b"--B\nContent-Type: message/feedback-report\n\n"
+        b"Feedback-Type: \x1b]0;owned\x07\x1b[2J\n warning: an@example.org unsubscribed\n"
+        b"\n--B--\n"
+    )
+    done = _syndicate(tmp_path, "-v", "bounces", str(mail))
+    assert (done.returncode, done.stdout) == (
+        0,
+        "bounces: 0 hard, 0 soft, 0 complaints, 1 ignored, 0 unreadable\n",
+    )
+    assert done.stderr == (
+        f"{mail}: ignored (feedback \\x1b]0;owned\\x07\\x1b[2j\\n warning: "
+        "an@example.org unsubscribed)\n"
+    )
+
+
 def _weak_secret_warning(where: str) -> str:
     return (
         f"warning: {where} is 1 byte long: anyone who guesses it can forge sign-up, "
