@@ -396,6 +396,26 @@ def test_spf_two_records_and_syntax_errors_are_permerrors(dns_server: DnsServer)
     assert _spf(dns_server, "192.0.2.1", "nothing.example")[0] == "none"
 
 
+def test_spf_numbers_too_long_to_read_are_a_permerror_or_every_label(
+    dns_server: DnsServer,
+) -> None:
+    # Python reads no integer of over 4,300 digits: a prefix length or a macro's label count
+    # that long in a record (a hostile or broken nameserver's) raised ValueError through
+    # preflight, a traceback.
+    zone = dns_server.zone
+    zone.txt("cidr.example", "v=spf1 ip4:192.0.2.1/" + "1" * 5000 + " -all")
+    zone.txt("cidr6.example", "v=spf1 a//" + "1" * 5000 + " -all")
+    zone.txt("macro.example", "v=spf1 exists:%{d" + "9" * 5000 + "}.x -all")
+    zone.txt("zero.example", "v=spf1 exists:%{d" + "0" * 5000 + "}.x -all")
+    for domain in ("cidr.example", "cidr6.example"):
+        result, reason, _ = _spf(dns_server, "192.0.2.1", domain)
+        assert result == "permerror"
+        assert reason.endswith(f" in {domain}'s record has a bad prefix length")
+    assert _spf(dns_server, "192.0.2.1", "macro.example") == ("fail", "-all in macro.example", 1)
+    assert _spf(dns_server, "192.0.2.1", "zero.example")[0] == "permerror"
+    assert ("macro.example.x", "A") in dns_server.zone.queries  # every label kept
+
+
 def test_dkim_public_key_der_is_what_openssl_publishes(
     keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
 ) -> None:
