@@ -273,6 +273,20 @@ def test_failing_lines_say_what_to_fix(
     )
 
 
+def test_a_nameserver_s_escape_sequences_are_printed_as_text(setup: Setup) -> None:
+    # What a record holds is the nameserver's to say: an escape sequence in an include's
+    # target (OSC 0 retitles the terminal) reached the terminal raw in the spf line.
+    setup.zone.remove("example.org")
+    setup.zone.txt("example.org", "v=spf1 include:\x1b]0;owned\x07.example.org -all")
+    code, out, err = setup.run()
+    assert (code, err) == (1, "")
+    assert out.splitlines()[0] == (
+        "✗ spf: the SPF record of example.org is broken: \\x1b]0;owned\\x07.example.org has "
+        "no SPF record; 1 of 10 DNS look-ups. Fix the record (flatten includes to stay within "
+        "10 look-ups)."
+    )
+
+
 def test_the_envelope_domain_is_the_bounce_address_when_set(setup: Setup) -> None:
     setup.config("[smtp]", '\nbounce_address = "bounces@bounce.example.net"\n[smtp]')
     setup.zone.txt("bounce.example.net", "v=spf1 ip4:127.0.0.0/8 -all")
