@@ -287,6 +287,50 @@ def test_a_nameserver_s_escape_sequences_are_printed_as_text(setup: Setup) -> No
     )
 
 
+def _garbled(p: str) -> str:
+    """The key `p` with the NULL after its algorithm's OID 31 bytes long: DER dkimpy's
+    parser asserts on (AssertionError, not the ValueError it raises for other garbage)."""
+    import base64
+
+    der = bytearray(base64.b64decode(p))
+    der[der.index(b"\x05\x00\x03") + 1] = 0x1F
+    return base64.b64encode(bytes(der)).decode("ascii")
+
+
+_PCT = "is not valid: pct={} is not a number from 0 to 100."
+
+
+@pytest.mark.parametrize(
+    ("name", "record", "line"),
+    [
+        ("s2024._domainkey", "garbled", "is not usable: its p= is not a base64 RSA public key"),
+        ("_dmarc", "v=DMARC1; p=none; pct=" + "1" * 5000, _PCT.format("1" * 5000)),
+        ("_dmarc", "v=DMARC1; p=none; pct=\u00b2", _PCT.format("\u00b2")),
+    ],
+    ids=["DKIM key DER dkimpy asserts on", "pct of 5000 digits", "pct of a superscript two"],
+)
+def test_a_garbage_key_or_dmarc_record_fails_its_check_in_one_line(
+    setup: Setup,
+    keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
+    name: str,
+    record: str,
+    line: str,
+) -> None:
+    # A record is whatever the nameserver answers: these raised AssertionError (dkimpy) or
+    # ValueError (int) through the command, a traceback in place of every check's line.
+    check = "dkim" if record == "garbled" else "dmarc"
+    if record == "garbled":
+        record = f"v=DKIM1; k=rsa; p={_garbled(_p(keys[0]))}"
+        line += f' (bad DER). Publish TXT "v=DKIM1; k=rsa; p={_p(keys[0])}" at {name}.example.org.'
+    setup.zone.remove(f"{name}.example.org")
+    setup.zone.txt(f"{name}.example.org", record)
+    assert setup.failing() == [check]
+    code, out, err = setup.run()
+    assert (code, err) == (1, "")
+    [failed] = [row for row in out.splitlines() if row.startswith("✗")]
+    assert failed == f"✗ {check}: the record at {name}.example.org {line}"
+
+
 def test_the_envelope_domain_is_the_bounce_address_when_set(setup: Setup) -> None:
     setup.config("[smtp]", '\nbounce_address = "bounces@bounce.example.net"\n[smtp]')
     setup.zone.txt("bounce.example.net", "v=spf1 ip4:127.0.0.0/8 -all")
