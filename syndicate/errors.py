@@ -271,11 +271,27 @@ class CrashedStopError(InterruptError):
     exit_code: ClassVar[int] = EXIT_FAILED
 
 
+# Control characters (C0 but the tab, DEL, C1) and Unicode's line separators, as escapes:
+# a record may carry text from a stranger (a bounce's header, a file name in a Maildir),
+# which raw would drive the terminal (an escape sequence) or print a line of its own.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c != 0x09}
+_ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def printable(text: str) -> str:
+    """Return `text` with its control characters and line separators as escapes (`\\x1b`,
+    `\\n`): one line that cannot drive a terminal.
+
+    Here, not in text.py: every command loads this module first, and text.py costs ~10 ms.
+    """
+    return text.translate(_ESCAPES)
+
+
 class _LineFormatter(logging.Formatter):
-    """One line a record: "error: ...", "warning: ...", or the message alone."""
+    """One line a record: "error: ...", "warning: ...", or the message alone (printable)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        message = printable(record.getMessage())
         if record.levelno >= logging.ERROR:
             return f"error: {message}"
         if record.levelno >= logging.WARNING:

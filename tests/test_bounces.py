@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import signal
@@ -226,6 +227,29 @@ def test_a_nul_in_a_stranger_s_report_does_not_stop_the_others(plain_project: Pa
     assert _run("bounces", str(box))[1] == (  # each filed as read, as any other
         "bounces: 0 hard, 0 soft, 0 complaints, 0 ignored, 0 unreadable\n"
     )
+
+
+def test_a_stranger_s_report_with_a_huge_message_id_does_not_stop_the_others(
+    plain_project: Path,
+) -> None:
+    # The report's key was its whole Message-ID: PostgreSQL's index takes no row over 2704
+    # bytes, so a 16,000-character one failed every run at that mail (exit 2), and no
+    # report after it was read. Read twice, it still changes nothing.
+    noise = "".join(hashlib.sha256(bytes([n])).hexdigest() for n in range(250))  # no TOAST
+    huge = {b"<6724d0a4.170a0220": f"<6724d0a4.{noise}.170a0220".encode()}
+    box = _maildir(plain_project / "Maildir", ["gmail-hard.eml"], replace=huge)
+    (box / "new" / "1730440001.host").write_bytes((BOUNCES / "qmail-hard.eml").read_bytes())
+    (plain_project / "again.eml").write_bytes((box / "new" / "1730440000.0.host").read_bytes())
+    code, out, err = _run("bounces", str(box))
+    assert (code, err) == (0, "")
+    assert out == "bounces: 2 hard, 0 soft, 0 complaints, 0 ignored, 0 unreadable\n"
+    assert _statuses(plain_project)["gone@gmail.example"] == "bounced"
+    assert _run("bounces", str(plain_project / "again.eml"))[1] == (
+        "bounces: 0 hard, 0 soft, 0 complaints, 1 ignored, 0 unreadable\n"
+    )
+    with open_store(plain_project / "syndicate.db") as db:
+        keys = [row[0] for row in db.conn.execute("SELECT key FROM mail_reports")]
+    assert max(len(key) for key in keys) < 600
 
 
 def test_the_same_report_read_twice_changes_nothing(plain_project: Path) -> None:

@@ -691,6 +691,83 @@ def test_bounces_given_a_named_pipe_or_a_device_is_one_line_and_exit_2(
     )
 
 
+_STRANGER = b"From: postmaster@mx.example.org\nTo: bounces@example.org\nSubject: x\n\n"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # flufl.bounce's heuristic detectors: once a notice line matched, some search every
+        # later line for "(?P<addr>[^\s@]+@[^\s@]+)", in time quadratic in the line's
+        # length (40 kB: 5 s; 9 MiB: days).
+        b"Your message could not be delivered to\n" + b"a" * 2**20 + b"\n",
+        # Each of their ~50 pattern sets goes over every body line once: 10 million empty
+        # lines were minutes of CPU.
+        b"\n" * (10 * 2**20 - 200),
+    ],
+    ids=["one long line", "ten million lines"],
+)
+def test_a_stranger_s_mail_built_to_slow_the_bounce_heuristics_does_not_hang_the_run(
+    tmp_path: Path, body: bytes
+) -> None:
+    # Anyone can mail the bounce address: one such mail in new/ hung every cron run.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    mail = tmp_path / "slow.eml"
+    mail.write_bytes(_STRANGER + body)
+    done = _syndicate(tmp_path, "bounces", str(mail), timeout=60)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == "bounces: 0 hard, 0 soft, 0 complaints, 1 ignored, 0 unreadable\n"
+
+
+def test_a_stranger_s_mail_of_two_million_mime_parts_is_one_warning_and_little_memory(
+    tmp_path: Path,
+) -> None:
+    # 10 MiB of empty MIME parts ("--B\n\n" each) took 130 s of CPU and 680 MB of memory
+    # to parse and walk. A report has a dozen parts: past 1000 the mail is not read on.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    mail = tmp_path / "parts.eml"
+    mail.write_bytes(
+        _STRANGER.replace(b"\n\n", b'\nContent-Type: multipart/mixed; boundary="B"\n\n')
+        + b"--B\n\n" * 2_000_000
+        + b"--B--\n"
+    )
+    done = _syndicate(tmp_path, "bounces", str(mail), most_memory=256 * 2**20, timeout=60)
+    assert (done.returncode, done.stdout) == (
+        1,
+        "bounces: 0 hard, 0 soft, 0 complaints, 0 ignored, 1 unreadable\n",
+    )
+    assert done.stderr == (
+        f"warning: {mail}: not a readable mail: it has over 1000 MIME parts, more than a "
+        "bounce or complaint report holds; left in place.\n"
+    )
+
+
+def test_a_stranger_s_mail_puts_no_escape_sequence_or_line_of_its_own_on_the_terminal(
+    tmp_path: Path,
+) -> None:
+    # `bounces -v` logs why it ignored a mail, with text from the mail: a Feedback-Type
+    # holding an escape sequence (here OSC 0, which retitles the terminal, and ED 2) went to
+    # the terminal raw, and a folded one printed a second line that looked like syndicate's.
+    (tmp_path / "syndicate.toml").write_text('[paths]\ndatabase = "s.db"\n', encoding="utf-8")
+    mail = tmp_path / "odd.eml"
+    mail.write_bytes(
+        b"From: fbl@mx.example.org\nTo: bounces@example.org\nSubject: report\n"
+        b'Content-Type: multipart/report; report-type=feedback-report; boundary="B"\n\n'
+        b"--B\nContent-Type: message/feedback-report\n\n"
+        b"Feedback-Type: \x1b]0;owned\x07\x1b[2J\n warning: an@example.org unsubscribed\n"
+        b"\n--B--\n"
+    )
+    done = _syndicate(tmp_path, "-v", "bounces", str(mail))
+    assert (done.returncode, done.stdout) == (
+        0,
+        "bounces: 0 hard, 0 soft, 0 complaints, 1 ignored, 0 unreadable\n",
+    )
+    assert done.stderr == (
+        f"{mail}: ignored (feedback \\x1b]0;owned\\x07\\x1b[2j\\n warning: "
+        "an@example.org unsubscribed)\n"
+    )
+
+
 def _weak_secret_warning(where: str) -> str:
     return (
         f"warning: {where} is 1 byte long: anyone who guesses it can forge sign-up, "

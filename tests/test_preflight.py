@@ -273,6 +273,64 @@ def test_failing_lines_say_what_to_fix(
     )
 
 
+def test_a_nameserver_s_escape_sequences_are_printed_as_text(setup: Setup) -> None:
+    # What a record holds is the nameserver's to say: an escape sequence in an include's
+    # target (OSC 0 retitles the terminal) reached the terminal raw in the spf line.
+    setup.zone.remove("example.org")
+    setup.zone.txt("example.org", "v=spf1 include:\x1b]0;owned\x07.example.org -all")
+    code, out, err = setup.run()
+    assert (code, err) == (1, "")
+    assert out.splitlines()[0] == (
+        "✗ spf: the SPF record of example.org is broken: \\x1b]0;owned\\x07.example.org has "
+        "no SPF record; 1 of 10 DNS look-ups. Fix the record (flatten includes to stay within "
+        "10 look-ups)."
+    )
+
+
+def _garbled(p: str) -> str:
+    """The key `p` with the NULL after its algorithm's OID 31 bytes long: DER dkimpy's
+    parser asserts on (AssertionError, not the ValueError it raises for other garbage)."""
+    import base64
+
+    der = bytearray(base64.b64decode(p))
+    der[der.index(b"\x05\x00\x03") + 1] = 0x1F
+    return base64.b64encode(bytes(der)).decode("ascii")
+
+
+_PCT = "is not valid: pct={} is not a number from 0 to 100."
+
+
+@pytest.mark.parametrize(
+    ("name", "record", "line"),
+    [
+        ("s2024._domainkey", "garbled", "is not usable: its p= is not a base64 RSA public key"),
+        ("_dmarc", "v=DMARC1; p=none; pct=" + "1" * 5000, _PCT.format("1" * 5000)),
+        ("_dmarc", "v=DMARC1; p=none; pct=\u00b2", _PCT.format("\u00b2")),
+    ],
+    ids=["DKIM key DER dkimpy asserts on", "pct of 5000 digits", "pct of a superscript two"],
+)
+def test_a_garbage_key_or_dmarc_record_fails_its_check_in_one_line(
+    setup: Setup,
+    keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
+    name: str,
+    record: str,
+    line: str,
+) -> None:
+    # A record is whatever the nameserver answers: these raised AssertionError (dkimpy) or
+    # ValueError (int) through the command, a traceback in place of every check's line.
+    check = "dkim" if record == "garbled" else "dmarc"
+    if record == "garbled":
+        record = f"v=DKIM1; k=rsa; p={_garbled(_p(keys[0]))}"
+        line += f' (bad DER). Publish TXT "v=DKIM1; k=rsa; p={_p(keys[0])}" at {name}.example.org.'
+    setup.zone.remove(f"{name}.example.org")
+    setup.zone.txt(f"{name}.example.org", record)
+    assert setup.failing() == [check]
+    code, out, err = setup.run()
+    assert (code, err) == (1, "")
+    [failed] = [row for row in out.splitlines() if row.startswith("✗")]
+    assert failed == f"✗ {check}: the record at {name}.example.org {line}"
+
+
 def test_the_envelope_domain_is_the_bounce_address_when_set(setup: Setup) -> None:
     setup.config("[smtp]", '\nbounce_address = "bounces@bounce.example.net"\n[smtp]')
     setup.zone.txt("bounce.example.net", "v=spf1 ip4:127.0.0.0/8 -all")
@@ -394,6 +452,26 @@ def test_spf_two_records_and_syntax_errors_are_permerrors(dns_server: DnsServer)
     )
     assert _spf(dns_server, "192.0.2.1", "bad.example")[0] == "permerror"
     assert _spf(dns_server, "192.0.2.1", "nothing.example")[0] == "none"
+
+
+def test_spf_numbers_too_long_to_read_are_a_permerror_or_every_label(
+    dns_server: DnsServer,
+) -> None:
+    # Python reads no integer of over 4,300 digits: a prefix length or a macro's label count
+    # that long in a record (a hostile or broken nameserver's) raised ValueError through
+    # preflight, a traceback.
+    zone = dns_server.zone
+    zone.txt("cidr.example", "v=spf1 ip4:192.0.2.1/" + "1" * 5000 + " -all")
+    zone.txt("cidr6.example", "v=spf1 a//" + "1" * 5000 + " -all")
+    zone.txt("macro.example", "v=spf1 exists:%{d" + "9" * 5000 + "}.x -all")
+    zone.txt("zero.example", "v=spf1 exists:%{d" + "0" * 5000 + "}.x -all")
+    for domain in ("cidr.example", "cidr6.example"):
+        result, reason, _ = _spf(dns_server, "192.0.2.1", domain)
+        assert result == "permerror"
+        assert reason.endswith(f" in {domain}'s record has a bad prefix length")
+    assert _spf(dns_server, "192.0.2.1", "macro.example") == ("fail", "-all in macro.example", 1)
+    assert _spf(dns_server, "192.0.2.1", "zero.example")[0] == "permerror"
+    assert ("macro.example.x", "A") in dns_server.zone.queries  # every label kept
 
 
 def test_dkim_public_key_der_is_what_openssl_publishes(

@@ -767,6 +767,19 @@ def test_signup_from_another_site_or_without_a_token_is_refused(
     assert subscriber(server.settings, "dung@example.org") is not None
 
 
+@pytest.mark.parametrize("stamp", ["999999999999", "\u00b2"], ids=["year 33658", "superscript two"])
+def test_a_form_token_with_an_impossible_time_is_refused_like_a_forged_one(
+    server: LiveServer, client: httpx.Client, stamp: str
+) -> None:
+    # The token's time is the form's to say: one past year 9999, or a digit to str.isdigit
+    # that int() does not read, raised ValueError in the sign-up handler (500, a traceback).
+    data = {"email": "dung@example.org", "language": "vi", "form_token": f"{stamp}.{'0' * 32}"}
+    answer = client.post("subscribe", data=data)
+    assert answer.status_code == 403
+    assert "Biểu mẫu đã hết hạn" in answer.text
+    assert subscriber(server.settings, "dung@example.org") is None
+
+
 def test_form_tokens_are_signed_and_expire(now: datetime) -> None:
     token = make_form_token(b"k" * 32, now=now)
     assert check_form_token(b"k" * 32, token, now=now + timedelta(hours=11))

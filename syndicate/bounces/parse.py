@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import date
 from email import message_from_bytes, policy
 from email.message import Message
+from email.policy import Policy
 from email.utils import getaddresses
 from enum import StrEnum
 
@@ -36,7 +37,9 @@ class ReportFormatError(ValueError):
 class Report:
     """What one mail reports: its kind, who it may be about, and the key it is stored under."""
 
-    key: str  # "mid:<Message-ID>", else "sha256:<hex of the bytes>"
+    # "mid:<Message-ID>" ("mid-sha256:<hex>" for one over _KEY_ID_CHARS), else
+    # "sha256:<hex of the bytes>"
+    key: str
     kind: Kind
     detail: str  # DSN status, feedback type, or why it was ignored
     # Addresses that may be our VERP return path (envelope To, the original's Return-Path).
@@ -48,6 +51,21 @@ class Report:
     standard: bool = True  # a DSN or ARF report, not a heuristic match
 
 
+# A report has a dozen MIME parts (the notice, the status fields, the returned message and
+# its own few); each part costs a Message object and a visit in every walk below, so a mail
+# of 10 MiB of empty parts took minutes and 680 MB. Past this many it is not read on.
+MAX_PARTS = 1000
+# flufl.bounce's detectors go over every body line once per pattern set (about 50), and some
+# of their patterns take time quadratic in a line's length once a notice line matched. Every
+# bounce puts its notice at the top, so they are shown only the mail's first lines, each cut
+# to SMTP's 998 bytes.
+HEURISTIC_BYTES = 64 * 1024
+HEURISTIC_LINES = 2000
+_LINE_BYTES = 998
+TOO_MANY_PARTS = f"it has over {MAX_PARTS} MIME parts, more than a bounce or complaint report holds"
+# A Message-ID longer than this is keyed by its hash: anyone can mail the bounce address,
+# and PostgreSQL's index holds no key over 2704 bytes (a real Message-ID is under 250).
+_KEY_ID_CHARS = 500
 _STATUS = re.compile(r"([245])\.\d{1,3}\.\d{1,3}")
 _SMTP_CODE = re.compile(r"(?:^|;)\s*([245])\d\d\b")
 # A digest's Message-ID: '<DAY.ID.KEY@domain>' (KEY: the digest's digests.message_key, hex),
@@ -64,6 +82,8 @@ _AUTO_SUBJECT = re.compile(
 
 def _key(msg: Message, raw: bytes) -> str:
     message_id = " ".join(str(msg.get("Message-ID", "")).split())
+    if len(message_id) > _KEY_ID_CHARS:
+        return "mid-sha256:" + hashlib.sha256(message_id.encode("utf-8", "replace")).hexdigest()
     if message_id:
         return f"mid:{message_id}"
     return "sha256:" + hashlib.sha256(raw).hexdigest()
@@ -163,13 +183,39 @@ def _is_auto_reply(msg: Message) -> bool:
 logging.getLogger("flufl.bounce").addHandler(logging.NullHandler())
 
 
-def _flufl(msg: Message) -> tuple[set[str], set[str]]:
+class _TooManyPartsError(Exception):
+    pass
+
+
+def _parse(raw: bytes) -> Message:
+    """The mail's Message (compat32); raises _TooManyPartsError past MAX_PARTS parts."""
+    made = 0
+
+    def factory(policy: Policy = policy.compat32) -> Message:
+        nonlocal made
+        made += 1
+        if made > MAX_PARTS + 1:  # the parser makes one more, to see what it accepts
+            raise _TooManyPartsError
+        return Message(policy)
+
+    return message_from_bytes(raw, factory, policy=policy.compat32)
+
+
+def _head(raw: bytes) -> bytes:
+    """The first HEURISTIC_LINES lines of at most HEURISTIC_BYTES, each cut to _LINE_BYTES."""
+    lines = raw[:HEURISTIC_BYTES].splitlines(keepends=True)[:HEURISTIC_LINES]
+    return b"".join(
+        line if len(line) <= _LINE_BYTES else line[:_LINE_BYTES] + b"\n" for line in lines
+    )
+
+
+def _flufl(raw: bytes) -> tuple[set[str], set[str]]:
     # Imported when a mail gets this far (no token, no DSN): most of what a pipe
     # transport hands over never needs its detectors.
     from flufl.bounce import all_failures
 
     try:
-        temporary, permanent = all_failures(msg)
+        temporary, permanent = all_failures(_parse(_head(raw)))
     except Exception:  # heuristic detectors may trip on any odd mail
         return set(), set()
 
@@ -184,7 +230,9 @@ def parse_report(raw: bytes) -> Report:
     if not raw.strip():
         raise ReportFormatError("the message is empty")
     try:
-        msg = message_from_bytes(raw, policy=policy.compat32)
+        msg = _parse(raw)
+    except _TooManyPartsError:
+        raise ReportFormatError(TOO_MANY_PARTS) from None
     except Exception as exc:  # the parser is lenient: anything raised means broken bytes
         raise ReportFormatError(f"the message cannot be parsed: {exc}") from exc
     if not msg.keys() or not any(
@@ -252,7 +300,7 @@ def parse_report(raw: bytes) -> Report:
 
     if _is_auto_reply(msg):
         return Report(key, Kind.IGNORED, "auto-reply")
-    temporary, permanent = _flufl(msg)
+    temporary, permanent = _flufl(raw)
     if permanent or temporary:
         kind = Kind.HARD if permanent else Kind.SOFT
         return Report(

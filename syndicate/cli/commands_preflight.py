@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from syndicate.cli import AppContext, cli, pass_app
+from syndicate.errors import printable
 from syndicate.preflight import preflight_setup
 
 # The longest a check may take: RFC 5321's longest wait (10 minutes, for the reply after
@@ -64,6 +65,7 @@ def preflight_command(
         click.echo(json.dumps([c.to_dict() for c in checks], ensure_ascii=False))
     else:
         for check in checks:
-            click.echo(f"{'✓' if check.ok else '✗'} {check.check}: {check.detail}")
+            # A detail may quote what a record holds: the nameserver's to say.
+            click.echo(f"{'✓' if check.ok else '✗'} {check.check}: {printable(check.detail)}")
     if not all(c.ok for c in checks):
         click.get_current_context().exit(1)

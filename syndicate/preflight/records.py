@@ -96,8 +96,17 @@ def dkim_record_key(record: str) -> RsaKey:
     try:
         der = base64.b64decode(data, validate=True)
         key = dkim.crypto.parse_public_key(der)
-    except (binascii.Error, ValueError, dkim.crypto.UnparsableKeyError, IndexError) as exc:
-        raise RecordError(f"its p= is not a base64 RSA public key ({exc})") from exc
+    # dkimpy's DER parser asserts on some garbage (a NULL with a length): a record is
+    # whatever the nameserver answers.
+    except (
+        binascii.Error,
+        ValueError,
+        dkim.crypto.UnparsableKeyError,
+        IndexError,
+        AssertionError,
+    ) as exc:
+        reason = str(exc) or "bad DER"
+        raise RecordError(f"its p= is not a base64 RSA public key ({reason})") from exc
     return RsaKey(int(key["modulus"]), int(key["publicExponent"]))
 
 
@@ -124,6 +133,8 @@ def parse_dmarc(record: str) -> DmarcPolicy:
     if subdomain not in _DMARC_POLICIES:
         raise RecordError(f"sp={tags['sp']} is not none, quarantine or reject")
     percent_text = tags.get("pct", "100")
-    if not percent_text.isdigit() or int(percent_text) > 100:
+    # ASCII digits only ("²" is a digit to str.isdigit, not to int), and at most 3 of them
+    # past leading zeros (int reads no more than 4,300).
+    if not re.fullmatch(r"0*[0-9]{1,3}", percent_text) or int(percent_text) > 100:
         raise RecordError(f"pct={percent_text} is not a number from 0 to 100")
     return DmarcPolicy(policy, subdomain, int(percent_text), tags.get("rua", ""))

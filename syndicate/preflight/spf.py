@@ -261,7 +261,7 @@ class _Evaluation:
                 if macro.group("r"):
                     parts.reverse()
                 if macro.group("digits"):
-                    keep = int(macro.group("digits"))
+                    keep = _number(macro.group("digits"))
                     if keep == 0:
                         raise _PermError(f"{spec!r} keeps 0 labels")
                     parts = parts[-keep:]
@@ -276,6 +276,13 @@ def _dotted(ip: IpAddress) -> str:
     return ".".join(ip.exploded.replace(":", ""))
 
 
+def _number(digits: str) -> int:
+    """The number `digits` write, 10,000 for any larger one: Python reads no integer of over
+    4,300 digits, and a record is whatever the nameserver answers."""
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= 4 else 10_000
+
+
 def _cidrs(text: str) -> tuple[int | None, int | None]:
     cidr4: int | None = None
     cidr6: int | None = None
@@ -283,7 +290,7 @@ def _cidrs(text: str) -> tuple[int | None, int | None]:
         return None, None
     four, _, six = text.partition("//")
     if four:
-        cidr4 = int(four[1:])
+        cidr4 = _number(four[1:])
     if six:
-        cidr6 = int(six)
+        cidr6 = _number(six)
     return cidr4, cidr6

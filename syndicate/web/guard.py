@@ -118,20 +118,24 @@ def rate_limit_key(client: str) -> str:
     return str(address)
 
 
+def _form_mac(secret: bytes, stamp: str) -> str:
+    return hmac.new(secret, b"syndicate-form:" + stamp.encode(), hashlib.sha256).hexdigest()[:32]
+
+
 def make_form_token(secret: bytes, *, now: datetime) -> str:
     """Sign a form token: the issue time and an HMAC of it (anti-forgery, no cookie)."""
     stamp = str(int(now.timestamp()))
-    mac = hmac.new(secret, b"syndicate-form:" + stamp.encode(), hashlib.sha256).hexdigest()
-    return f"{stamp}.{mac[:32]}"
+    return f"{stamp}.{_form_mac(secret, stamp)}"
 
 
 def check_form_token(secret: bytes, token: str, *, now: datetime) -> bool:
     """True when `token` was made by make_form_token with `secret` and is still fresh."""
     stamp, _, mac = token.partition(".")
-    if not stamp.isdigit() or len(stamp) > 12 or len(mac) != 32:
+    # ASCII digits: "²" is a digit to str.isdigit, not to int. The stamp is signed as it
+    # stands, never made a datetime first (one past year 9999 raised ValueError).
+    if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12 or len(mac) != 32:
         return False
-    expected = make_form_token(secret, now=datetime.fromtimestamp(int(stamp), UTC))
-    if not hmac.compare_digest(expected.encode(), token.encode()):
+    if not hmac.compare_digest(_form_mac(secret, stamp).encode(), mac.encode()):
         return False
     age = now.timestamp() - int(stamp)
     return -_FORM_TOKEN_SKEW <= age <= FORM_TOKEN_HOURS * 3600
