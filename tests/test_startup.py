@@ -1,10 +1,10 @@
 """What the commands that render nothing load as they start.
 
-`bounces -` runs once for every bounce an MTA pipes to it, and the `subscribers`
-commands run from scripts: neither renders a template, a feed or a date, so neither
-loads Jinja2, Babel, the CSS inliner, feedgen (and lxml) or flufl.bounce's detectors
-at start. Measured in bench/startup.py; this keeps an import added in the wrong place
-from undoing it.
+`bounces -` runs once for every bounce an MTA pipes to it, the `subscribers`
+commands run from scripts, and `send --workers N` starts N worker processes: none
+renders a template, a feed or a date, so none loads Jinja2, Babel, the CSS inliner,
+feedgen (and lxml) or flufl.bounce's detectors at start. Measured in bench/startup.py;
+this keeps an import added in the wrong place from undoing it.
 """
 
 from __future__ import annotations
@@ -29,11 +29,19 @@ def _loaded(module: str) -> set[str]:
     return set(json.loads(done.stdout))
 
 
-@pytest.mark.parametrize("command", ["commands_bounces", "commands_subscribers"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "syndicate.cli.commands_bounces",
+        "syndicate.cli.commands_subscribers",
+        # `send --workers N` starts N of these: each sends messages its parent rendered.
+        "syndicate.send.workers",
+    ],
+)
 def test_a_command_that_renders_nothing_starts_without_the_rendering_libraries(
-    command: str,
+    module: str,
 ) -> None:
-    loaded = _loaded(f"syndicate.cli.{command}")
+    loaded = _loaded(module)
     assert [name for name in RENDERING if name in loaded] == []
 
 
