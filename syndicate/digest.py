@@ -475,22 +475,29 @@ def check_email_templates(folder: Path) -> None:
         _load(env, folder, name)
 
 
-def _load(env: jinja2.Environment, folder: Path, name: str) -> jinja2.Template:
-    where = f"config key digest.templates_dir ({str(folder)!r})"
-    try:
-        return env.get_template(name)
-    except jinja2.TemplateNotFound as exc:
-        raise ConfigError(
+def _unloadable(
+    where: str, name: str, exc: jinja2.TemplateNotFound | jinja2.TemplateSyntaxError
+) -> ConfigError:
+    """The one line for a template (or one it includes) missing or not valid Jinja."""
+    if isinstance(exc, jinja2.TemplateNotFound):
+        return ConfigError(
             f"{where}: template {exc.name!r} is missing.",
             key="digest.templates_dir",
             hint="Copy templates/email/ from syndicate, or leave digest.templates_dir empty.",
-        ) from exc
-    except jinja2.TemplateSyntaxError as exc:
-        raise ConfigError(
-            f"{where}: {exc.name or name} line {exc.lineno}: {exc.message}.",
-            key="digest.templates_dir",
-            hint="Fix the template syntax.",
-        ) from exc
+        )
+    return ConfigError(
+        f"{where}: {exc.name or name} line {exc.lineno}: {exc.message}.",
+        key="digest.templates_dir",
+        hint="Fix the template syntax.",
+    )
+
+
+def _load(env: jinja2.Environment, folder: Path, name: str) -> jinja2.Template:
+    try:
+        return env.get_template(name)
+    except (jinja2.TemplateNotFound, jinja2.TemplateSyntaxError) as exc:
+        where = f"config key digest.templates_dir ({str(folder)!r})"
+        raise _unloadable(where, name, exc) from exc
 
 
 def _render(env: jinja2.Environment, folder: Path, name: str, context: dict[str, Any]) -> str:
@@ -498,18 +505,8 @@ def _render(env: jinja2.Environment, folder: Path, name: str, context: dict[str,
     template = _load(env, folder, name)
     try:
         return template.render(context)
-    except jinja2.TemplateNotFound as exc:  # one it includes
-        raise ConfigError(
-            f"{where}: template {exc.name!r} is missing.",
-            key="digest.templates_dir",
-            hint="Copy templates/email/ from syndicate, or leave digest.templates_dir empty.",
-        ) from exc
-    except jinja2.TemplateSyntaxError as exc:
-        raise ConfigError(
-            f"{where}: {exc.name or name} line {exc.lineno}: {exc.message}.",
-            key="digest.templates_dir",
-            hint="Fix the template syntax.",
-        ) from exc
+    except (jinja2.TemplateNotFound, jinja2.TemplateSyntaxError) as exc:  # one it includes
+        raise _unloadable(where, name, exc) from exc
     except jinja2.UndefinedError as exc:
         raise ConfigError(
             f"{where}: {name}: {exc.message}.",
