@@ -235,6 +235,24 @@ def test_a_setup_problem_stops_the_run_with_exit_2(project: Path, smtpd: SmtpSer
     assert re.search(r"\. Digest \d{4}-\d\d-\d\d so far: 0 sent, 0 failed\. ", err), err
 
 
+def test_an_error_line_shows_the_servers_control_characters_as_escapes(
+    project: Path, smtpd: SmtpServer
+) -> None:
+    # The error line quotes the server's reply: its escape sequence (OSC 0, which retitles
+    # the terminal; any other could clear or recolour it) reached the terminal as it came.
+    _smtp_config(project, smtpd)
+    _subscribe("an@example.org")
+    smtpd.handler.refuse("an@example.org", "535 5.7.8 \x1b]0;owned\x07 credentials invalid")
+    code, _, err = _run("send")
+    assert code == 2
+    assert "\x1b" not in err, repr(err)
+    assert "\x07" not in err, repr(err)
+    assert err.startswith(
+        f"Error: smtp 127.0.0.1:{smtpd.port}: the server asks for authentication: "
+        "535 5.7.8 \\x1b]0;owned\\x07 credentials invalid. "
+    ), repr(err)
+
+
 def test_smtp_login_needs_the_password_variable(folder: Path, smtpd: SmtpServer) -> None:
     _smtp_config(folder, smtpd)
     config = folder / "syndicate.toml"

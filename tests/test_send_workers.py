@@ -845,6 +845,54 @@ def test_a_crash_stays_a_crash_when_its_worker_cannot_write_the_store_as_it_ends
     assert _lock_is_free(tmp_path)
 
 
+# As _AFTER_THE_LOCK, the bug raised while its connection handled another error (its context).
+_IN_A_HANDLER_AFTER_THE_LOCK = (
+    "import time\n"
+    "                while not os.path.exists('locked'):\n"
+    "                    time.sleep(0.01)\n"
+    "                try:\n"
+    "                    raise LookupError('what the connection was handling')\n"
+    "                except LookupError:\n"
+    "                    1 / 0"
+)
+
+
+@pytest.mark.slow(seconds=8)
+def test_a_crash_kept_over_a_store_error_keeps_its_own_context(tmp_path: Path) -> None:
+    # The crash stays the outcome when the wind-down fails on the store (above), but it was
+    # raised again inside the store error's handler: Python made that error the crash's
+    # context, and what the bug had happened while handling (often the clue to it) was gone
+    # from its traceback, which read as a bug met while handling the store's busy error.
+    code = _CRASHING_WORKER.format(
+        module="syndicate.send.deliver",
+        name="fill_message",
+        call=10,
+        fault=_IN_A_HANDLER_AFTER_THE_LOCK,
+    )
+    broken = _sitecustomize(tmp_path / "broken", code)
+    with run_smtp_server() as server:
+        server.handler.delay = 0.05
+        _project(tmp_path, server)
+        with (tmp_path / "syndicate.toml").open("a", encoding="utf-8") as config:
+            config.write("[store]\nbusy_timeout = 1\n")
+        _subscribe(tmp_path, 0, 100)
+        process = _start(tmp_path, pythonpath=broken)
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "crashed").exists():
+            assert process.poll() is None, "the run ended and no worker crashed"
+            assert time.monotonic() < deadline, "no worker crashed"
+            time.sleep(0.01)
+        with _store_write_locked(tmp_path):
+            (tmp_path / "locked").touch()
+            _out, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err
+    assert re.search(_CRASH_LINE, err), err
+    assert "LookupError: what the connection was handling" in err, err
+    # The store's error is told, as a note of the crash, not as what the bug met.
+    assert "The store failed too as the run wound down: " in err, err
+    assert _lock_is_free(tmp_path)
+
+
 # Test only: at its 10th message the worker may open no more files, for real (its limit
 # put at what it holds, one file opened: the kernel's EMFILE), then has its limit back.
 _OUT_OF_FILES = (

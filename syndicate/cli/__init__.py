@@ -29,6 +29,7 @@ from syndicate.errors import (
     OutOfFilesError,
     SyndicateError,
     log_lines_to_stderr,
+    printable,
 )
 from syndicate.store import Database, open_database, open_empty, open_reader
 
@@ -173,7 +174,8 @@ class SyndicateGroup(click.Group):
             app = ctx.obj if isinstance(ctx.obj, AppContext) else None
             if app is not None and app.debug:
                 raise
-            click.echo(f"Error: {exc}", err=True)
+            # One line, as the log's: it may quote a stranger (a mail server's reply).
+            click.echo(f"Error: {printable(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)

@@ -457,13 +457,15 @@ class DigestSender:
                 self._give_back_refusals(run)
             # Claimed and never started (a stop, a setup error): owed again, to anyone, now.
             ledger.release(self.db, day=day, owner=self.worker)
-        except SyndicateError:
+        except SyndicateError as exc:
             if bug is None:
                 raise
             # A bug ended a connection, and the store failed as the run wound down: the bug
             # is what ends the run (exit 1, to be reported), not the store's error (75, which
-            # cron retries), and it must not be lost; the store's error is its context.
-            raise bug  # noqa: B904
+            # cron retries), and it must not be lost. Raised below, not in this handler: here
+            # Python made the store's error its context, in place of the bug's own (what its
+            # connection was handling, often the clue), so the store's error is a note.
+            bug.add_note(f"The store failed too as the run wound down: {exc}")
         finally:
             await self.mailer.aclose()
             await marks.close()
