@@ -53,6 +53,11 @@ _SLOT_TO, _SLOT_ID, _SLOT_URL = 0, 1, 2
 _SAFE_ADDRESS = re.compile(r"[^\s<>\"\\,;]+@[^\s<>\"\\,;@]+")
 
 
+def _plain_address(address: str) -> bool:
+    """Whether `address` is one bare ASCII address (_SAFE_ADDRESS), fit for a header."""
+    return _SAFE_ADDRESS.fullmatch(address) is not None and address.isascii()
+
+
 class Rendered(Protocol):
     """What mail needs from a rendered email (digest.RenderedEmail)."""
 
@@ -141,7 +146,7 @@ def envelope_sender(*, info: MailInfo) -> str:
     From header would name them all, which DMARC and most receivers refuse.
     """
     _name, address = parseaddr(info.sender)
-    if not _SAFE_ADDRESS.fullmatch(address) or not address.isascii():
+    if not _plain_address(address):
         raise ConfigError(
             f"config key mail.from has value {info.sender!r}; "
             'expected an address like "News <news@example.org>".',
@@ -168,7 +173,7 @@ def bounce_address(*, info: MailInfo) -> tuple[str, str] | None:
         return None
     local, _at, domain = value.rpartition("@")
     where = f"config key mail.bounce_address has value {info.bounce_address!r}"
-    if not _SAFE_ADDRESS.fullmatch(value) or not value.isascii() or '"' in local:
+    if not _plain_address(value) or '"' in local:
         raise ConfigError(
             f"{where}; expected a plain address like 'bounces@news.example.org'.",
             key="mail.bounce_address",
@@ -227,9 +232,7 @@ def reply_to(*, info: MailInfo) -> str:
     if not value:
         return ""
     addresses = [address for _name, address in getaddresses([value])]
-    if not addresses or not all(
-        _SAFE_ADDRESS.fullmatch(address) and address.isascii() for address in addresses
-    ):
+    if not addresses or not all(_plain_address(address) for address in addresses):
         raise ConfigError(
             f"config key mail.reply_to has value {info.reply_to!r}; "
             "expected an address like 'editor@example.org'.",
@@ -247,7 +250,7 @@ def mailto_unsubscribe(*, info: MailInfo) -> str:
     if not mailto:
         return ""
     address = mailto.removeprefix("mailto:")
-    if not _SAFE_ADDRESS.fullmatch(address) or not address.isascii():
+    if not _plain_address(address):
         raise ConfigError(
             f"config key mail.mailto_unsubscribe has value {mailto!r}; "
             "expected a plain ASCII address like 'unsubscribe@example.org'.",

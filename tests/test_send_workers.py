@@ -846,11 +846,8 @@ def test_a_crash_stays_a_crash_when_its_worker_cannot_write_the_store_as_it_ends
 
 
 # As _AFTER_THE_LOCK, the bug raised while its connection handled another error (its context).
-_IN_A_HANDLER_AFTER_THE_LOCK = (
-    "import time\n"
-    "                while not os.path.exists('locked'):\n"
-    "                    time.sleep(0.01)\n"
-    "                try:\n"
+_IN_A_HANDLER_AFTER_THE_LOCK = _AFTER_THE_LOCK.removesuffix("1 / 0") + (
+    "try:\n"
     "                    raise LookupError('what the connection was handling')\n"
     "                except LookupError:\n"
     "                    1 / 0"
@@ -869,23 +866,8 @@ def test_a_crash_kept_over_a_store_error_keeps_its_own_context(tmp_path: Path) -
         call=10,
         fault=_IN_A_HANDLER_AFTER_THE_LOCK,
     )
-    broken = _sitecustomize(tmp_path / "broken", code)
-    with run_smtp_server() as server:
-        server.handler.delay = 0.05
-        _project(tmp_path, server)
-        with (tmp_path / "syndicate.toml").open("a", encoding="utf-8") as config:
-            config.write("[store]\nbusy_timeout = 1\n")
-        _subscribe(tmp_path, 0, 100)
-        process = _start(tmp_path, pythonpath=broken)
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "crashed").exists():
-            assert process.poll() is None, "the run ended and no worker crashed"
-            assert time.monotonic() < deadline, "no worker crashed"
-            time.sleep(0.01)
-        with _store_write_locked(tmp_path):
-            (tmp_path / "locked").touch()
-            _out, err = process.communicate(timeout=60)
-    assert process.returncode == 1, err
+    status, err = _crash_with_the_store_locked(tmp_path, _sitecustomize(tmp_path / "broken", code))
+    assert status == 1, err
     assert re.search(_CRASH_LINE, err), err
     assert "LookupError: what the connection was handling" in err, err
     # The store's error is told, as a note of the crash, not as what the bug met.
