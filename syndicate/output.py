@@ -104,8 +104,9 @@ def check_writable_folder(folder: Path, *, name: str) -> None:
         try:
             if not probe.is_dir():
                 if probe.exists() or probe.is_symlink():
+                    where = folder if probe == folder else f"{folder}: {probe}"
                     raise OutputError(
-                        f"{name}: {folder}: {probe} is not a folder.",
+                        f"{name}: {where} is not a folder.",
                         hint="Give a folder this user can write to (or one it can make).",
                     )
                 if probe.parent != probe:

@@ -222,7 +222,7 @@ def test_a_command_without_its_seeds_folder_fails_and_creates_nothing(
         ("output = 'site.txt/out'", ["send"], "paths.output: {d}/site.txt/out: {d}/site.txt"),
         ("output = '/proc/nope/out'", ["build"], "paths.output: cannot make /proc/nope/out in"),
         ("outbox = '/proc/nope/outbox'", ["send"], "paths.outbox: cannot make /proc/nope/outbox"),
-        ("outbox = 'site.txt'", ["send", "--dry-run"], "paths.outbox: {d}/site.txt: {d}/site.txt"),
+        ("outbox = 'site.txt'", ["send", "--dry-run"], "paths.outbox: {d}/site.txt is not a"),
         ("", ["digest", "--out", "/proc/nope/preview"], "--out: cannot make /proc/nope/preview"),
     ],
     ids=[
