@@ -690,6 +690,46 @@ def test_repeated_sign_ups_of_one_address_mail_it_at_most_three_times_a_day(
     ]
 
 
+def test_sign_ups_of_one_mailbox_under_many_spellings_mail_it_at_most_three_times_a_day(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    """Mail bombing through the form with a new address each time, all reaching one inbox:
+    a +tag (RFC 5233 subaddress, taken by Gmail, Outlook.com, Fastmail, Postfix's usual
+    recipient_delimiter) or Gmail's dots. The cap was per address, so each spelling got its
+    own three mails: the rate limit's 10 a minute from each network, all day long."""
+    start = server.clock()
+    spellings = [
+        "dao@gmail.com",
+        "dao+1@gmail.com",
+        "d.ao@gmail.com",
+        "Dao+news@googlemail.com",
+        "d.a.o+2@gmail.com",
+        "dao+3@gmail.com",
+        "da.o@googlemail.com",
+        "dao+@gmail.com",
+    ]
+    answers = []
+    for address in spellings:
+        answers.append(sign_up(client, address, server=server))
+        server.clock.advance(minutes=1)
+    # The answer tells nothing of the cap: the same page, mailed or not (but the address).
+    assert {a.status_code for a in answers} == {200}
+    # Another mailbox of the same domain keeps its own allowance.
+    sign_up(client, "dao2@gmail.com", server=server)
+    # A day after the first mail, one more may go (the window rolls).
+    server.clock.now = start + timedelta(hours=24)
+    sign_up(client, "dao+4@gmail.com", server=server)
+    messages = server.mail.wait_for(5)
+    sent = sorted((email.utils.parsedate_to_datetime(m["Date"]), m["To"]) for m in messages)
+    assert sent == [
+        (start, "dao@gmail.com"),
+        (start + timedelta(minutes=1), "dao+1@gmail.com"),
+        (start + timedelta(minutes=2), "d.ao@gmail.com"),
+        (start + timedelta(minutes=8), "dao2@gmail.com"),
+        (start + timedelta(hours=24), "dao+4@gmail.com"),
+    ]
+
+
 def test_a_complained_address_comes_back_to_pending_through_the_form_but_within_the_cap(
     server: LiveServer, client: httpx.Client
 ) -> None:

@@ -75,7 +75,7 @@ async def subscribe(service: Service, request: Request) -> Response:
         )
     # Stored before the answer, so a sign-up is never lost after a 200: a database
     # busy past its timeout raises StoreBusyError, answered 503 with Retry-After. The
-    # store does the same one read and one write for every state, so the wait tells
+    # store does the same two reads and one write for every state, so the wait tells
     # none; only the confirmation mail depends on it, and it goes after the response,
     # off this loop (the sign-ups' thread owns the mailer).
     now = service.clock()
