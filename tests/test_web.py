@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
@@ -29,7 +29,13 @@ from click.testing import CliRunner
 
 from syndicate import tokens
 from syndicate.cli import AppContext, cli
-from syndicate.config import Settings, SubscribeSettings, make_environment, site_templates_dir
+from syndicate.config import (
+    Settings,
+    SubscribeSettings,
+    load_settings,
+    make_environment,
+    site_templates_dir,
+)
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.send import Mailer, open_mailer
 from syndicate.store import open_database
@@ -1803,6 +1809,49 @@ def test_serve_command_serves_until_interrupted(workdir: Path, store: str) -> No
     # uvicorn shuts down gracefully, then re-raises the signal: Ctrl-C ends like any command.
     assert process.returncode == 130, stderr
     assert stderr.endswith("Interrupted.\n")
+
+
+def test_serve_v_logs_requests_without_their_tokens(workdir: Path, store: str) -> None:
+    """`serve -v` logs each request; a confirm or unsubscribe link's token in that log
+    (never expiring, for unsubscribe) let whoever reads the log (a journal shared with a
+    group, a log shipper) unsubscribe or confirm the subscriber."""
+    with open_database(workdir / "syndicate.db", url=store_environ().get(ENV_STORE_URL)) as db:
+        added = add_subscriber(db, "an@example.org", language="vi", now=datetime.now(UTC))
+        secret = get_secret(load_settings(None, store_environ(), cwd=workdir), db)
+    token = tokens.make_token(
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=added.id,
+        nonce=added.token_nonce,
+        issued_at=datetime.now(UTC),
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syndicate", "-v", "serve", "--port", "0"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")},
+            **store_environ(),
+        },
+    )
+    try:
+        assert process.stdout is not None
+        found = re.search(r" at (http://127\.0\.0\.1:\d+/) ", process.stdout.readline())
+        assert found
+        base = found.group(1)
+        assert httpx.get(f"{base}unsubscribe?lang=en&token={token}", timeout=10).status_code == 200
+        assert httpx.get(f"{base}confirm?token={token}&lang=vi", timeout=10).status_code == 400
+        assert httpx.get(f"{base}unsubscribe?token=", timeout=10).status_code == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=20)
+    # uvicorn's access log goes to stdout, the rest to stderr.
+    assert token not in stdout + stderr
+    assert '"GET /unsubscribe?lang=en&token=… HTTP/1.1" 200' in stdout, stdout
+    assert '"GET /confirm?token=…&lang=vi HTTP/1.1" 400' in stdout, stdout
+    assert '"GET /unsubscribe?token= HTTP/1.1" 200' in stdout, stdout
 
 
 @pytest.mark.slow
