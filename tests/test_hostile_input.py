@@ -791,6 +791,7 @@ def test_a_short_signing_secret_is_warned_about_once_per_command(
     if source == "mail.secret":
         config += 'secret = "x"\n'
     (tmp_path / "syndicate.toml").write_text(config, encoding="utf-8")
+    (tmp_path / "syndicate.toml").chmod(0o600)  # else also warned about: others may read it
     where = "environment variable SYNDICATE_SECRET" if env else "config key mail.secret"
     warning = _weak_secret_warning(where)
     for address in ("an@example.org", "binh@example.org"):
@@ -814,6 +815,7 @@ def test_a_generated_or_long_enough_signing_secret_is_not_warned_about(
     (tmp_path / "syndicate.toml").write_text(
         f'[paths]\ndatabase = "s.db"\n[mail]\nsecret = "{secret}"\n', encoding="utf-8"
     )
+    (tmp_path / "syndicate.toml").chmod(0o600)  # else warned about: others may read it
     assert _syndicate(tmp_path, "subscribers", "add", "an@example.org").stderr == ""
     made = _syndicate(tmp_path, "unsubscribe-token", "make", "an@example.org")
     assert (made.returncode, made.stderr) == (0, "")
