@@ -10,6 +10,7 @@ its own only (a password asked of one, every connection of another rejected).
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -223,3 +224,89 @@ def test_which_failed_connections_no_retry_fixes(message: str, kind: str | None)
 
     found = refused_login(Exception(message))
     assert (found[0] if found else None) == kind
+
+
+def _service_file(workdir: Path, monkeypatch: pytest.MonkeyPatch, **values: object) -> None:
+    """A libpq connection service file holding one service, `news`, made of `values`."""
+    lines = "".join(f"{key}={value}\n" for key, value in values.items())
+    (workdir / "pg_service.conf").write_text(f"[news]\n{lines}", encoding="utf-8")
+    monkeypatch.setenv("PGSERVICEFILE", str(workdir / "pg_service.conf"))
+
+
+def test_a_login_refused_through_a_service_file_names_what_libpq_used(
+    roles: Cluster, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The docs steer passwords out of the URL; a service file (or PGHOST and the like) holds
+    # the rest. The line named "localhost", and user and database 'root' (this machine's
+    # user), with ALTER ROLE root as the fix: none of them what libpq had tried.
+    url = roles.new_database()
+    dbname = url.rsplit("/", 1)[1]
+    hint = (
+        "Check the password (in store.url or SYNDICATE_STORE_URL, or in PGPASSWORD or "
+        f"~/.pgpass) against the role's on the server (ALTER ROLE {ASKED} PASSWORD ...)."
+    )
+    reason = f'password authentication failed for user "{ASKED}"'
+    try:
+        _service_file(
+            workdir,
+            monkeypatch,
+            host="127.0.0.1",
+            port=roles.port,
+            dbname=dbname,
+            user=ASKED,
+            password=WRONG,
+        )
+        code, out, err = _list("postgresql://?service=news", workdir, monkeypatch)
+        assert (code, out) == (2, "")
+        assert err == _refused(roles, ASKED, dbname, reason, hint)
+        assert WRONG not in err
+        # The same from libpq's environment variables, with a URL that names none of it.
+        monkeypatch.delenv("PGSERVICEFILE")
+        for name, value in [
+            ("PGHOST", "127.0.0.1"),
+            ("PGPORT", str(roles.port)),
+            ("PGDATABASE", dbname),
+            ("PGUSER", ASKED),
+        ]:
+            monkeypatch.setenv(name, value)
+        code, out, err = _list("postgresql://", workdir, monkeypatch)
+        assert (code, out) == (2, "")
+        assert err == _refused(roles, ASKED, dbname, "fe_sendauth: no password supplied", hint)
+    finally:
+        roles.drop_database(url)
+
+
+def test_a_store_reached_through_a_service_file_is_named_by_its_host_in_later_lines(
+    roles: Cluster, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = roles.new_database()
+    dbname = url.rsplit("/", 1)[1]
+    try:
+        _service_file(workdir, monkeypatch, host="127.0.0.1", port=roles.port, dbname=dbname)
+        monkeypatch.setenv("PGUSER", "postgres")
+        monkeypatch.setenv(ENV_STORE_URL, "postgresql://?service=news")
+        monkeypatch.chdir(workdir)
+        done = CliRunner().invoke(cli, ["subscribers", "add", "an@example.org"])
+        assert done.exit_code == 0, done.output
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("UPDATE syndicate_schema SET version = version + 1")
+        done = CliRunner().invoke(cli, ["subscribers", "list"], catch_exceptions=False)
+        assert done.exit_code == 2
+        assert done.stderr.startswith(
+            f"Error: PostgreSQL at 127.0.0.1:{roles.port}/{dbname}: schema version "
+        ), done.stderr
+    finally:
+        roles.drop_database(url)
+
+
+def test_a_server_libpq_environment_names_that_cannot_be_reached_is_named_by_it(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("PGHOST", "127.0.0.1")
+    monkeypatch.setenv("PGPORT", str(port))
+    code, out, err = _list("postgresql:///news", workdir, monkeypatch)
+    assert (code, out) == (75, "")
+    assert err.startswith(f"Error: PostgreSQL at 127.0.0.1:{port}/news: cannot reach "), err

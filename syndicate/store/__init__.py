@@ -147,7 +147,10 @@ def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
         params = postgres.parse_url(url)
     except ValueError:
         params = {}
-    # libpq's defaults when the URL names none: PGUSER, else the system user; the user's name.
+    # What libpq tried, from the URL, a service file, PGUSER and the like, or its defaults.
+    tried = postgres.tried(exc)
+    params.update(postgres.used_parameters(tried) if tried is not None else {})
+    # libpq's defaults when nothing names them: PGUSER, else the system user; the user's name.
     user = params.get("user") or os.environ.get("PGUSER") or _system_user()
     dbname = params.get("dbname") or os.environ.get("PGDATABASE") or user
     hints = {
@@ -556,12 +559,13 @@ def _open_postgres(
             hint="Check store.url or SYNDICATE_STORE_URL (or the URL given to `store copy`); "
             "in the password write '%' as %25, '/' as %2F, '@' as %40.",
         ) from None
-    where = postgres.where(url)
     reply_timeout = reply_timeout or None  # 0: no bound
     try:
         conn = postgres.connect(url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)
     except PgError as exc:
-        raise not_connected(where, url, exc) from exc
+        raise not_connected(postgres.where(url, postgres.tried(exc)), url, exc) from exc
+    # Named as libpq connected: a service file or PGHOST may say what the URL does not.
+    where = postgres.where(url, conn.raw.pgconn)
     db = PgDatabase(conn, where, url=url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)
     try:
         if must_exist and db.schema_version == 0:  # never used: no store yet, left alone

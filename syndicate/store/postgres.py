@@ -504,16 +504,24 @@ def parse_url(url: str) -> dict[str, str]:
     return {key: str(value) for key, value in params.items()}
 
 
-def where(url: str) -> str:
+def where(url: str, used: Any = None) -> str:
     """How messages name a PostgreSQL store: `PostgreSQL at host:port/dbname`.
 
     Built from what libpq reads (a `host=` parameter, several hosts), never the password.
+    `used`: the libpq connection (`PgConnection.raw.pgconn`, or `tried(error)` of one that
+    failed), whose host, port and database fill in what the URL leaves to libpq (a service
+    file, PGHOST and the like); a URL naming several hosts keeps its own list.
     """
     try:
         params = parse_url(url)
     except ValueError:
         return "PostgreSQL"
-    hosts = params.get("host", "") or "localhost"
+    if used is not None and "," not in params.get("host", ""):
+        params.update(used_parameters(used))
+    hosts = params.get("host", "")
+    if not hosts and params.get("service"):
+        return f"PostgreSQL service {params['service']!r}"
+    hosts = hosts or "localhost"
     ports = params.get("port", "")
     if ports and hosts.count(",") == ports.count(","):
         pairs = zip(hosts.split(","), ports.split(","), strict=True)
@@ -522,6 +530,31 @@ def where(url: str) -> str:
         hosts = f"{hosts}:{ports}"
     dbname = params.get("dbname", "")
     return f"PostgreSQL at {hosts}{'/' + dbname if dbname else ''}"
+
+
+def tried(exc: BaseException) -> Any:
+    """The libpq connection of a connection attempt that failed with `exc` (a PgError, or
+    psycopg's own), holding the parameters libpq used; None when there is none."""
+    for error in (exc, exc.__cause__):
+        found = getattr(error, "pgconn", None)
+        if found is not None:
+            return found
+    return None
+
+
+def used_parameters(pgconn: Any) -> dict[str, str]:
+    """The host, port, dbname and user a libpq connection used (or tried), as libpq took
+    them from the URL, a service file, its environment variables and its defaults; the
+    ones it does not know are left out."""
+    found: dict[str, str] = {}
+    for key, attribute in (("host", "host"), ("port", "port"), ("dbname", "db"), ("user", "user")):
+        try:
+            value = getattr(pgconn, attribute)
+        except psycopg.Error:  # a connection closed meanwhile: nothing to read
+            continue
+        if value:
+            found[key] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return found
 
 
 def connect(url: str, *, busy_timeout: float, reply_timeout: float | None) -> PgConnection:
