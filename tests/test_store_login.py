@@ -310,3 +310,36 @@ def test_a_server_libpq_environment_names_that_cannot_be_reached_is_named_by_it(
     code, out, err = _list("postgresql:///news", workdir, monkeypatch)
     assert (code, out) == (75, "")
     assert err.startswith(f"Error: PostgreSQL at 127.0.0.1:{port}/news: cannot reach "), err
+
+
+@pytest.mark.parametrize(
+    ("service_file", "reason"),
+    [
+        (None, 'definition of service "elsewhere" not found'),
+        ("missing.conf", 'service file "{workdir}/missing.conf" not found'),
+        (
+            "[elsewhere]\nno equals sign\n",
+            'syntax error in service file "{workdir}/bad.conf", line 2',
+        ),
+    ],
+)
+def test_a_connection_service_libpq_cannot_find_is_exit_2_not_75(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, service_file: str | None, reason: str
+) -> None:
+    # A service name or service file with a typo said "cannot reach the database ... the next
+    # run tries again" with exit 75: cron retried it for ever in silence.
+    if service_file is None:
+        _service_file(workdir, monkeypatch, host="127.0.0.1")
+    elif service_file.endswith(".conf"):
+        monkeypatch.setenv("PGSERVICEFILE", str(workdir / service_file))
+    else:
+        (workdir / "bad.conf").write_text(service_file, encoding="utf-8")
+        monkeypatch.setenv("PGSERVICEFILE", str(workdir / "bad.conf"))
+    code, out, err = _list("postgresql://?service=elsewhere", workdir, monkeypatch)
+    assert (code, out) == (2, "")
+    assert err == (
+        "Error: PostgreSQL service 'elsewhere': libpq cannot use the connection service: "
+        f"{reason.format(workdir=workdir)}. Check the service's name (service= in store.url "
+        "or SYNDICATE_STORE_URL, or PGSERVICE) and its file (PGSERVICEFILE, else "
+        "~/.pg_service.conf); trying again will not help until then.\n"
+    )

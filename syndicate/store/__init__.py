@@ -116,12 +116,32 @@ _BAD_VALUE = re.compile(
 )
 
 
+# libpq's words for a connection service it cannot use (PGSERVICE, service= in the URL): a
+# name no service file defines, a file that is missing or that it cannot read. No retry fixes
+# these; none quotes a line of the file (which may hold a password).
+_BAD_SERVICE = re.compile(
+    r'definition of service "[^"\n]*" not found'
+    r'|service file "[^"\n]*" not found'
+    r'|syntax error in service file "[^"\n]*", line \d+'
+    r'|line \d+ too long in service file "[^"\n]*"'
+    r'|nested "service" specifications not supported in service file "[^"\n]*", line \d+'
+)
+
+
 def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
     """The error for a connection to `url` that failed: StoreAccessError (exit 2) when the
     server refused the login (a wrong password, no such role or database, no right to
     connect: no retry fixes it), else the server is unreachable (exit 75)."""
     from syndicate.store import postgres  # loaded already: it raised `exc`
 
+    service = _BAD_SERVICE.search(str(exc))
+    if service is not None:  # libpq read no service file or definition: before connecting
+        return StoreError(
+            f"{where}: libpq cannot use the connection service: {service.group(0)}.",
+            hint="Check the service's name (service= in store.url or SYNDICATE_STORE_URL, or "
+            "PGSERVICE) and its file (PGSERVICEFILE, else ~/.pg_service.conf); trying again "
+            "will not help until then.",
+        )
     bad = _BAD_VALUE.search(str(exc))
     if bad is not None:  # libpq refused a value of the URL before it tried to connect
         # The values libpq quotes may be a password read as one; the option's name is not.
