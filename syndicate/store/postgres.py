@@ -482,7 +482,8 @@ def parse_url(url: str) -> dict[str, str]:
     Raises ValueError whose text never quotes `url` (it may hold a password): libpq's own
     messages quote the part they could not read. A password with an unencoded `/` would
     end the URL's host part early, and then be read as a port or dbname and quoted as
-    one; an `@` in the path says so, and is refused too.
+    one; an `@` in the path says so, and is refused too. So is a second `@` before the
+    host: libpq would read what follows the first as the host.
     """
     try:
         params = conninfo_to_dict(url)
@@ -496,6 +497,13 @@ def parse_url(url: str) -> dict[str, str]:
     if "@" in rest[len(authority) :].partition("?")[0]:
         raise ValueError(
             "an '@' comes after its host part: a '/' in the password must be percent-encoded (%2F)"
+        )
+    if authority.count("@") > 1:
+        # libpq ends the user and password at the first '@': the rest of the password would
+        # be read as the host, looked up, and named in every message.
+        raise ValueError(
+            "its host part holds an '@': an '@' in the user or password must be "
+            "percent-encoded (%40)"
         )
     ports = str(params.get("port") or "")
     if ports and not all(port.strip().isdigit() for port in ports.split(",")):
