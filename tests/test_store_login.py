@@ -343,3 +343,21 @@ def test_a_connection_service_libpq_cannot_find_is_exit_2_not_75(
         "or SYNDICATE_STORE_URL, or PGSERVICE) and its file (PGSERVICEFILE, else "
         "~/.pg_service.conf); trying again will not help until then.\n"
     )
+
+
+def test_a_server_without_ssl_when_the_url_requires_it_says_to_change_one_of_them(
+    pg_cluster: Cluster, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fix offered was a pg_hba.conf line and GRANT CONNECT, neither of which helps.
+    url = pg_cluster.url("postgres") + "?sslmode=require"
+    code, out, err = _list(url, workdir, monkeypatch)
+    assert (code, out) == (2, "")
+    assert err == _refused(
+        pg_cluster,
+        "postgres",
+        "postgres",
+        "server does not support SSL, but SSL was required",
+        "The URL asks for SSL (sslmode require, verify-ca or verify-full) and the server "
+        "offers none: turn ssl on in the server's postgresql.conf, or give store.url (or "
+        "SYNDICATE_STORE_URL) a lower sslmode.",
+    )

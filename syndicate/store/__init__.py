@@ -181,6 +181,9 @@ def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
         f"the server (CREATE ROLE {user} LOGIN PASSWORD ...).",
         "access": "Let this user in from this machine: a line for it in the server's "
         f"pg_hba.conf, and GRANT CONNECT ON DATABASE {dbname} TO {user}.",
+        "ssl": "The URL asks for SSL (sslmode require, verify-ca or verify-full) and the "
+        "server offers none: turn ssl on in the server's postgresql.conf, or give store.url "
+        "(or SYNDICATE_STORE_URL) a lower sslmode.",
         "database": "Check the database name in store.url (or SYNDICATE_STORE_URL), or "
         f"create it (createdb -O {user} {dbname}).",
     }

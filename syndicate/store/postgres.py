@@ -638,14 +638,14 @@ _REFUSED = (
     ("role", re.compile(r'role "[^"]*" (?:does not exist|is not permitted to log in)')),
     ("access", re.compile(r"no pg_hba\.conf entry for|pg_hba\.conf rejects connection")),
     ("access", re.compile(r"permission denied for database")),  # 42501 at connect
-    ("access", re.compile(r"server does not support SSL, but SSL was required")),
+    ("ssl", re.compile(r"server does not support SSL, but SSL was required")),
     ("database", re.compile(r'database "[^"]*" does not exist')),  # 3D000
 )
 
 
 def refused_login(exc: BaseException) -> tuple[str, str] | None:
     """For a failed connection the server refused to log in (no retry fixes it): its kind
-    ("password", "role", "access" or "database") and the reason, as the server worded it.
+    ("password", "role", "access", "ssl" or "database") and the reason, as the server worded it.
     None for a server down, starting, busy or unreachable."""
     for line in str(exc).splitlines():
         for kind, pattern in _REFUSED:
