@@ -130,7 +130,13 @@ def test_a_wrong_or_missing_password_is_exit_2_and_the_right_one_logs_in(
         assert WRONG not in err
         code, out, err = _list(_url(roles, ASKED, "", dbname), workdir, monkeypatch)
         assert (code, out) == (2, "")
-        assert err == _refused(roles, ASKED, dbname, "fe_sendauth: no password supplied", hint)
+        none_given = (
+            "No password was given: put it in ~/.pgpass (or the file PGPASSFILE names) as "
+            "host:port:database:user:password, mode 0600, or in PGPASSWORD."
+        )
+        assert err == _refused(
+            roles, ASKED, dbname, "fe_sendauth: no password supplied", none_given
+        )
         # With its password it gets in (a store not made yet: nothing to list).
         code, out, err = _list(_url(roles, ASKED, PASSWORD, dbname), workdir, monkeypatch)
         assert (code, err) == (0, ""), err
@@ -271,7 +277,13 @@ def test_a_login_refused_through_a_service_file_names_what_libpq_used(
             monkeypatch.setenv(name, value)
         code, out, err = _list("postgresql://", workdir, monkeypatch)
         assert (code, out) == (2, "")
-        assert err == _refused(roles, ASKED, dbname, "fe_sendauth: no password supplied", hint)
+        none_given = (
+            "No password was given: put it in ~/.pgpass (or the file PGPASSFILE names) as "
+            "host:port:database:user:password, mode 0600, or in PGPASSWORD."
+        )
+        assert err == _refused(
+            roles, ASKED, dbname, "fe_sendauth: no password supplied", none_given
+        )
     finally:
         roles.drop_database(url)
 
@@ -361,3 +373,32 @@ def test_a_server_without_ssl_when_the_url_requires_it_says_to_change_one_of_the
         "offers none: turn ssl on in the server's postgresql.conf, or give store.url (or "
         "SYNDICATE_STORE_URL) a lower sslmode.",
     )
+
+
+def test_a_password_file_others_may_read_is_named_as_why_no_password_was_given(
+    roles: Cluster, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # libpq skips it (a warning of its own on stderr): the line said to check the password
+    # against the role's, which is right, and to ALTER ROLE, which changes nothing.
+    url = roles.new_database()
+    dbname = url.rsplit("/", 1)[1]
+    try:
+        passfile = workdir / "no-pgpass"  # where _list points PGPASSFILE
+        passfile.write_text(f"127.0.0.1:{roles.port}:*:{ASKED}:{PASSWORD}\n", encoding="utf-8")
+        passfile.chmod(0o644)
+        code, out, err = _list(_url(roles, ASKED, "", dbname), workdir, monkeypatch)
+        assert (code, out) == (2, "")
+        assert err == _refused(
+            roles,
+            ASKED,
+            dbname,
+            "fe_sendauth: no password supplied",
+            f"libpq skipped the password file {passfile}: others may read it (mode 0644). "
+            f"Run chmod 600 {passfile}.",
+        )
+        assert PASSWORD not in err
+        passfile.chmod(0o600)
+        code, out, err = _list(_url(roles, ASKED, "", dbname), workdir, monkeypatch)
+        assert (code, err) == (0, ""), err
+    finally:
+        roles.drop_database(url)

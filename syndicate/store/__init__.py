@@ -187,9 +187,31 @@ def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
         "database": "Check the database name in store.url (or SYNDICATE_STORE_URL), or "
         f"create it (createdb -O {user} {dbname}).",
     }
+    hint = hints[kind]
+    if reason.endswith("no password supplied"):  # libpq had none to give: nothing to check
+        hint = _no_password_hint(params.get("passfile") or os.environ.get("PGPASSFILE"))
     return StoreAccessError(
         f"{where}: cannot log in as user {user!r} to database {dbname!r}: {reason}.",
-        hint=f"{hints[kind]} Trying again will not help until this is fixed.",
+        hint=f"{hint} Trying again will not help until this is fixed.",
+    )
+
+
+def _no_password_hint(passfile: str | None) -> str:
+    """What to do when libpq found no password to give: name the password file when libpq
+    skipped it for its mode (it reads none that its group or others may use)."""
+    path = Path(passfile) if passfile else Path.home() / ".pgpass"
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except (OSError, RuntimeError):  # none there, or no home to look in
+        mode = 0
+    if mode & 0o077:
+        return (
+            f"libpq skipped the password file {path}: others may read it (mode {mode:04o}). "
+            f"Run chmod 600 {path}."
+        )
+    return (
+        "No password was given: put it in ~/.pgpass (or the file PGPASSFILE names) as "
+        "host:port:database:user:password, mode 0600, or in PGPASSWORD."
     )
 
 
