@@ -347,14 +347,18 @@ def test_a_connection_service_libpq_cannot_find_is_exit_2_not_75(
     else:
         (workdir / "bad.conf").write_text(service_file, encoding="utf-8")
         monkeypatch.setenv("PGSERVICEFILE", str(workdir / "bad.conf"))
-    code, out, err = _list("postgresql://?service=elsewhere", workdir, monkeypatch)
-    assert (code, out) == (2, "")
-    assert err == (
+    expected = (
         "Error: PostgreSQL service 'elsewhere': libpq cannot use the connection service: "
         f"{reason.format(workdir=workdir)}. Check the service's name (service= in store.url "
         "or SYNDICATE_STORE_URL, or PGSERVICE) and its file (PGSERVICEFILE, else "
         "~/.pg_service.conf); trying again will not help until then.\n"
     )
+    code, out, err = _list("postgresql://?service=elsewhere", workdir, monkeypatch)
+    assert (code, out, err) == (2, "", expected)
+    # Named by PGSERVICE, with a URL that names nothing ("PostgreSQL at localhost:5432").
+    monkeypatch.setenv("PGSERVICE", "elsewhere")
+    code, out, err = _list("postgresql://", workdir, monkeypatch)
+    assert (code, out, err) == (2, "", expected)
 
 
 def test_a_server_without_ssl_when_the_url_requires_it_says_to_change_one_of_them(

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import re
 import select
 import time
@@ -527,8 +528,9 @@ def where(url: str, used: Any = None) -> str:
     if used is not None and "," not in params.get("host", ""):
         params.update(used_parameters(used))
     hosts = params.get("host", "")
-    if not hosts and params.get("service"):
-        return f"PostgreSQL service {params['service']!r}"
+    service = params.get("service") or os.environ.get("PGSERVICE")  # as libpq reads it
+    if not hosts and service:
+        return f"PostgreSQL service {service!r}"
     hosts = hosts or "localhost"
     ports = params.get("port", "")
     if ports and hosts.count(",") == ports.count(","):
@@ -555,6 +557,11 @@ def used_parameters(pgconn: Any) -> dict[str, str]:
     them from the URL, a service file, its environment variables and its defaults; the
     ones it does not know are left out."""
     found: dict[str, str] = {}
+    try:
+        if not pgconn.host:  # libpq stopped before it chose a server: it used nothing yet
+            return found
+    except psycopg.Error:
+        return found
     for key, attribute in (("host", "host"), ("port", "port"), ("dbname", "db"), ("user", "user")):
         try:
             value = getattr(pgconn, attribute)
