@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import socket
 import time
+from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -404,5 +406,86 @@ def test_a_password_file_others_may_read_is_named_as_why_no_password_was_given(
         passfile.chmod(0o600)
         code, out, err = _list(_url(roles, ASKED, "", dbname), workdir, monkeypatch)
         assert (code, err) == (0, ""), err
+    finally:
+        roles.drop_database(url)
+
+
+_DENIED_HINT = (
+    "The role in store.url (or SYNDICATE_STORE_URL) may not do this: run syndicate as the "
+    "role that made the tables (their owner), or have that role GRANT SELECT, INSERT, "
+    "UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO it. Trying again will not help until "
+    "this is fixed."
+)
+
+
+def _store_made_by_another_role(cluster: Cluster, workdir: Path) -> tuple[str, str]:
+    """A store the superuser made (a `store copy` run as postgres, say), which the role
+    ASKED may log in to and read but not write; its admin URL and the role's URL."""
+    from syndicate.store.subscribers import add_subscriber
+
+    url = cluster.new_database()
+    dbname = url.rsplit("/", 1)[1]
+    with open_database(workdir / "unused.db", url=url) as db:
+        add_subscriber(db, "an@example.org", now=datetime.now(UTC))
+    with psycopg.connect(url, autocommit=True) as admin:
+        # USAGE as a new database's public schema gives it to all (one the suite emptied
+        # for reuse was made again without it).
+        admin.execute(f"GRANT USAGE ON SCHEMA public TO {ASKED}")
+        admin.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ASKED}")
+    return url, _url(cluster, ASKED, PASSWORD, dbname)
+
+
+def test_a_role_lacking_a_right_on_the_tables_is_one_line_saying_what_to_grant(
+    roles: Cluster, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The line was 'subscriber query failed: permission denied for table subscribers.' with
+    # nothing to do about it.
+    monkeypatch.chdir(workdir)
+    url, restricted = _store_made_by_another_role(roles, workdir)
+    dbname = url.rsplit("/", 1)[1]
+    try:
+        code, out, err = _list(restricted, workdir, monkeypatch)
+        assert (code, err) == (0, ""), err  # reading is granted
+        assert out.startswith("1\tan@example.org")
+        done = CliRunner().invoke(
+            cli, ["subscribers", "add", "lan@example.org"], catch_exceptions=False
+        )
+        assert (done.exit_code, done.stdout) == (2, "")
+        assert done.stderr.startswith(f"Error: PostgreSQL at 127.0.0.1:{roles.port}/{dbname}: ")
+        assert done.stderr.endswith(
+            f": permission denied for table subscribers. {_DENIED_HINT}\n"
+        ), done.stderr
+        assert len(done.stderr.splitlines()) == 1
+        assert PASSWORD not in done.stderr
+    finally:
+        roles.drop_database(url)
+
+
+def test_serve_answers_503_not_500_when_the_role_lacks_a_right(
+    roles: Cluster, workdir: Path, now: datetime, caplog: pytest.LogCaptureFixture
+) -> None:
+    import httpx
+
+    from syndicate.config import load_settings
+    from tests.plugins.web import start_live_server
+
+    url, restricted = _store_made_by_another_role(roles, workdir)
+    try:
+        # Its own secret: the role may not store the generated one (that fails at start).
+        environ = {ENV_STORE_URL: restricted, "SYNDICATE_SECRET": "s" * 32}
+        settings = load_settings(None, environ, cwd=workdir)
+        with ExitStack() as stack:
+            server = start_live_server(stack, settings, now)
+            origin = server.url.rstrip("/")
+            answer = httpx.post(
+                server.url + "subscribe",
+                data={"email": "lan@example.org", "language": "vi"},
+                headers={"Origin": origin},
+            )
+        assert answer.status_code == 503
+        assert "retry-after" in answer.headers
+        [record] = [r for r in caplog.records if "permission denied" in r.getMessage()]
+        assert record.exc_info is None  # one line, no traceback
+        assert record.getMessage().endswith(_DENIED_HINT)
     finally:
         roles.drop_database(url)

@@ -86,6 +86,8 @@ def store_error(path: Path | str, what: str, exc: Exception) -> StoreError:
             return unreachable(str(path), exc)
         if is_busy(exc):
             return StoreBusyError(str(path))
+        if exc.sqlstate == INSUFFICIENT_PRIVILEGE:
+            return not_permitted(f"{path}: {what}: {_first_line(exc)}.")
         return StoreError(f"{path}: {what}: {_first_line(exc)}.")
     code = getattr(exc, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
@@ -98,6 +100,23 @@ def store_error(path: Path | str, what: str, exc: Exception) -> StoreError:
         if denied is not None:
             return denied
     return StoreError(f"{path}: {what}: {exc}.")
+
+
+# SQLSTATE 42501: the role lacks a right on a table (the store made by another role, a
+# `store copy` run as a superuser, say). A setup problem no retry fixes: exit 2, and in
+# `serve` a 503 with one log line, as for a login the server refuses.
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def not_permitted(message: str) -> StoreAccessError:
+    """The error for a statement the server refused for the role's rights (42501)."""
+    return StoreAccessError(
+        message,
+        hint="The role in store.url (or SYNDICATE_STORE_URL) may not do this: run syndicate "
+        "as the role that made the tables (their owner), or have that role GRANT SELECT, "
+        "INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO it. Trying again will not "
+        "help until this is fixed.",
+    )
 
 
 def unreachable(where: str, exc: BaseException) -> StoreUnavailableError:
@@ -622,6 +641,10 @@ def _open_postgres(
     except PgError as exc:
         conn.close()
         _raise_if_try_later(where, exc)
+        if exc.sqlstate == INSUFFICIENT_PRIVILEGE:
+            raise not_permitted(
+                f"{where}: not a usable syndicate database: {_first_line(exc)}."
+            ) from exc
         raise StoreError(
             f"{where}: not a usable syndicate database: {_first_line(exc)}.",
             hint="Point store.url at a new database, or check the role's privileges "
