@@ -836,3 +836,40 @@ def test_a_store_timeout_past_what_sqlite_and_postgresql_count_is_one_line_and_e
     assert done.stderr == (
         f"Error: config key store.{key} has value 3000000; expected at most 2147483.\n"
     )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://news:s3cr3t-pw@127.0.0.1:1/news",
+        "postgresql://news@127.0.0.1:1/news?password=s3cr3t-pw",
+    ],
+)
+def test_a_config_file_others_may_read_with_a_password_in_store_url_is_warned_about(
+    tmp_path: Path, url: str
+) -> None:
+    # The docs steer the password to ~/.pgpass or SYNDICATE_STORE_URL, but one put in
+    # store.url of a syndicate.toml made under the usual umask (0644) was read in silence:
+    # every user of the machine could read it. One line, under -q too (cron mails it),
+    # never the password; the command goes on (here: the server is not there, exit 75).
+    config = tmp_path / "syndicate.toml"
+    config.write_text(f'[store]\nurl = "{url}"\n', encoding="utf-8")
+    config.chmod(0o644)
+    done = _syndicate(tmp_path, "-q", "subscribers", "list")
+    assert done.returncode == 75
+    warning, error = done.stderr.splitlines()
+    assert warning == (
+        f"warning: config file {str(config)!r} holds a password in store.url, and every user "
+        f"of this machine may read it (mode 0644). Run chmod 600 {config}, or move the "
+        "password to ~/.pgpass (or SYNDICATE_STORE_URL in the environment)."
+    )
+    assert error.startswith("Error: PostgreSQL at 127.0.0.1:1/news: cannot reach")
+    assert "s3cr3t" not in done.stderr
+    config.chmod(0o600)
+    done = _syndicate(tmp_path, "-q", "subscribers", "list")
+    assert (done.returncode, len(done.stderr.splitlines())) == (75, 1), done.stderr
+    # A URL with no password in a file others may read: nothing to say.
+    config.write_text('[store]\nurl = "postgresql://news@127.0.0.1:1/news"\n', encoding="utf-8")
+    config.chmod(0o644)
+    done = _syndicate(tmp_path, "-q", "subscribers", "list")
+    assert (done.returncode, len(done.stderr.splitlines())) == (75, 1), done.stderr
