@@ -108,13 +108,24 @@ def store_error(path: Path | str, what: str, exc: Exception) -> StoreError:
 INSUFFICIENT_PRIVILEGE = "42501"
 
 
-def not_permitted(message: str) -> StoreAccessError:
-    """The error for a statement the server refused for the role's rights (42501)."""
+def not_permitted(message: str, *, making: bool = False) -> StoreAccessError:
+    """The error for a statement the server refused for the role's rights (42501); `making`:
+    while making the tables, in a schema the role may not create in (or not even use)."""
+    if making:
+        fix = (
+            "may not make tables in schema public: have the database's owner GRANT USAGE, "
+            "CREATE ON SCHEMA public TO it, or make the role the database's owner "
+            "(docs/operating.md, Moving to PostgreSQL)."
+        )
+    else:
+        fix = (
+            "may not do this: run syndicate as the role that made the tables (their owner), "
+            "or have that role GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "
+            "public TO it."
+        )
     return StoreAccessError(
         message,
-        hint="The role in store.url (or SYNDICATE_STORE_URL) may not do this: run syndicate "
-        "as the role that made the tables (their owner), or have that role GRANT SELECT, "
-        "INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO it. Trying again will not "
+        hint=f"The role in store.url (or SYNDICATE_STORE_URL) {fix} Trying again will not "
         "help until this is fixed.",
     )
 
@@ -268,7 +279,7 @@ def _no_room(path: Path) -> bool:
 def _raise_if_try_later(path: Path | str, exc: Exception) -> None:
     """Raise StoreBusyError or StoreFullError for a busy database or a full disk."""
     error = store_error(path, "", exc)
-    if type(error) is not StoreError:
+    if isinstance(error, (StoreBusyError, StoreFullError, StoreUnavailableError)):
         raise error from exc
 
 
@@ -641,9 +652,11 @@ def _open_postgres(
     except PgError as exc:
         conn.close()
         _raise_if_try_later(where, exc)
-        if exc.sqlstate == INSUFFICIENT_PRIVILEGE:
+        # 3F000: no schema on the search path the role may use (no USAGE on public).
+        if exc.sqlstate in (INSUFFICIENT_PRIVILEGE, "3F000"):
             raise not_permitted(
-                f"{where}: not a usable syndicate database: {_first_line(exc)}."
+                f"{where}: not a usable syndicate database: {_first_line(exc)}.",
+                making=exc.sqlstate == "3F000" or "for schema" in str(exc),
             ) from exc
         raise StoreError(
             f"{where}: not a usable syndicate database: {_first_line(exc)}.",
