@@ -411,10 +411,10 @@ def test_a_password_file_others_may_read_is_named_as_why_no_password_was_given(
 
 
 _DENIED_HINT = (
-    "The role in store.url (or SYNDICATE_STORE_URL) may not do this: run syndicate as the "
-    "role that made the tables (their owner), or have that role GRANT SELECT, INSERT, "
-    "UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO it. Trying again will not help until "
-    "this is fixed."
+    "The role in store.url or SYNDICATE_STORE_URL (or the URL given to `store copy`) may not "
+    "do this: run syndicate as the role that made the tables (their owner), or have that "
+    "role GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO it. Trying "
+    "again will not help until this is fixed."
 )
 
 
@@ -498,10 +498,10 @@ def test_a_role_that_may_not_make_the_tables_is_told_the_documented_grant(
     url = roles.new_database()
     dbname = url.rsplit("/", 1)[1]
     hint = (
-        "The role in store.url (or SYNDICATE_STORE_URL) may not make tables in schema "
-        "public: have the database's owner GRANT USAGE, CREATE ON SCHEMA public TO it, or "
-        "make the role the database's owner (docs/operating.md, Moving to PostgreSQL). "
-        "Trying again will not help until this is fixed."
+        "The role in store.url or SYNDICATE_STORE_URL (or the URL given to `store copy`) may "
+        "not make tables in schema public: have the database's owner GRANT USAGE, CREATE ON "
+        "SCHEMA public TO it, or make the role the database's owner (docs/operating.md, "
+        "Moving to PostgreSQL). Trying again will not help until this is fixed."
     )
     where = f"PostgreSQL at 127.0.0.1:{roles.port}/{dbname}"
     monkeypatch.chdir(workdir)

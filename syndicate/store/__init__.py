@@ -117,6 +117,11 @@ def not_permitted(message: str, *, making: bool = False) -> StoreAccessError:
             "CREATE ON SCHEMA public TO it, or make the role the database's owner "
             "(docs/operating.md, Moving to PostgreSQL)."
         )
+    elif "for sequence" in message:  # reading an id counter: a copy from a read-only role
+        fix = (
+            "may not read the tables' id counters: have the role that made the tables GRANT "
+            "SELECT ON ALL SEQUENCES IN SCHEMA public TO it, or run as that role."
+        )
     else:
         fix = (
             "may not do this: run syndicate as the role that made the tables (their owner), "
@@ -125,8 +130,8 @@ def not_permitted(message: str, *, making: bool = False) -> StoreAccessError:
         )
     return StoreAccessError(
         message,
-        hint=f"The role in store.url (or SYNDICATE_STORE_URL) {fix} Trying again will not "
-        "help until this is fixed.",
+        hint="The role in store.url or SYNDICATE_STORE_URL (or the URL given to `store copy`) "
+        f"{fix} Trying again will not help until this is fixed.",
     )
 
 
