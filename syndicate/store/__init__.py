@@ -460,8 +460,8 @@ class PgDatabase(Database):
         from syndicate.store import postgres  # loaded already: `conn` is its PgConnection
 
         super().__init__(conn, path)
-        self._begin_write = postgres.BEGIN_WRITE
-        self._begin_rows = postgres.BEGIN_ROWS
+        self._begin_write = postgres.begin_write(reply_timeout)
+        self._begin_rows = postgres.begin_write(reply_timeout, rows_only=True)
         self._begin_read = postgres.BEGIN_READ
         # For connect_async.
         self._url, self._busy_timeout, self._reply_timeout = url, busy_timeout, reply_timeout

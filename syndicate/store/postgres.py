@@ -53,6 +53,29 @@ WRITE_LOCK_KEY = 0x73796E6469636174 - (1 << 63)
 # One round trip: every write transaction pays it, and each one costs a context switch.
 BEGIN_WRITE = (f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})",)
 BEGIN_ROWS = ("BEGIN",)  # a transaction that writes only rows it locks itself
+
+
+def begin_write(reply_timeout: float | None, *, rows_only: bool = False) -> tuple[str, ...]:
+    """The statements that begin a write transaction (`rows_only`: one that takes no write
+    lock), which the server ends when its client sends nothing for `reply_timeout` seconds
+    (None: never).
+
+    A client that stops inside one (a machine hung, or gone behind a firewall that drops
+    its packets: the server's TCP keeps the session for some two hours) would otherwise
+    hold the store's write lock, or its claimed rows, that long, and every other machine's
+    writes be busy. Write transactions are short, and read none from the client between
+    their statements, so only a stopped client is silent that long; the session is ended
+    (`25P03`), its transaction rolled back. Read snapshots (`subscribers list | less`)
+    are not bounded.
+    """
+    begin = BEGIN_ROWS[0] if rows_only else BEGIN_WRITE[0]
+    if not reply_timeout:
+        return (begin,)
+    bound = f"SET LOCAL idle_in_transaction_session_timeout = {max(1, round(reply_timeout * 1000))}"
+    first, _, rest = begin.partition("; ")
+    return ("; ".join(part for part in (first, bound, rest) if part),)
+
+
 BEGIN_READ = ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",)
 # The same lock held by a session across several transactions (the migrations).
 LOCK_SESSION = f"SELECT pg_advisory_lock({WRITE_LOCK_KEY})"
