@@ -384,8 +384,6 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     config_path: Path | None = None
     env_secret: str = field(default="", repr=False)  # SYNDICATE_SECRET
-    # Lines about the config file itself for every command to print (`exposed_password`).
-    warnings: tuple[str, ...] = ()
 
     @property
     def secret(self) -> str:
@@ -674,47 +672,13 @@ def load_settings(
     store_url = _from_env(environ, ENV_STORE_URL)
     if store_url:
         built["store"] = dataclasses.replace(built["store"], url=store_url)  # type: ignore[type-var]
-    exposed = exposed_password(path, raw) if path is not None else None
     settings = Settings(
         config_path=path.resolve() if path is not None else None,
         env_secret=_from_env(environ, ENV_SECRET),
-        warnings=(exposed,) if exposed else (),
         **built,  # type: ignore[arg-type]
     )
     _check(settings)
     return settings
-
-
-def exposed_password(path: Path, raw: Mapping[str, Any]) -> str | None:
-    """One warning line when the config file at `path` holds a password in store.url and
-    every user of the machine may read it; None otherwise. It never quotes the password.
-
-    Only a warning: refusing the file would stop the cron jobs of a working install.
-    """
-    store = raw.get("store")
-    url = store.get("url") if isinstance(store, Mapping) else None
-    if not isinstance(url, str) or not _has_password(url):
-        return None
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        return None
-    if not mode & stat.S_IROTH:
-        return None
-    return (
-        f"config file {str(path)!r} holds a password in store.url, and every user of this "
-        f"machine may read it (mode {mode:04o}). Run chmod 600 {path}, or move the password "
-        "to ~/.pgpass (or SYNDICATE_STORE_URL in the environment)."
-    )
-
-
-def _has_password(url: str) -> bool:
-    """Whether a libpq URL carries a password: `user:password@` or `password=`."""
-    rest = url.partition("://")[2]
-    authority = re.split(r"[/?]", rest, maxsplit=1)[0]
-    userinfo = authority.rpartition("@")[0]
-    query = rest.partition("?")[2]
-    return ":" in userinfo or any(part.startswith("password=") for part in query.split("&"))
 
 
 # The default title and description are Vietnamese, like the default language; an English

@@ -59,8 +59,6 @@ class AppContext:
                 # Once (the settings load once a command), and under -q too: cron runs with
                 # -q, and its mail is where an operator sees that links can be forged.
                 click.echo(f"warning: {weak}", err=True)
-            for line in self._settings.warnings:  # as that one: under -q too
-                click.echo(f"warning: {line}", err=True)
         return self._settings
 
     @property
