@@ -363,8 +363,10 @@ class StoreSettings:
         default=120.0,
         metadata={
             "doc": "PostgreSQL only: seconds the server may send nothing while a statement "
-            "waits for its reply; then it is taken as gone (exit 75, HTTP 503). More than "
-            "`store.busy_timeout` and than the slowest statement; `0` waits for ever"
+            "waits for its reply; then it is taken as gone (exit 75, HTTP 503). The server "
+            "ends a write transaction whose client sends nothing that long, so a stalled "
+            "machine does not hold the write lock. More than `store.busy_timeout` and than "
+            "the slowest statement; `0` waits for ever"
         },
     )
 

@@ -282,3 +282,87 @@ def test_a_send_whose_server_stops_answering_exits_75_and_the_next_run_finishes(
     assert set(received) == set(emails), "somebody was never sent the digest"
     duplicates = sum(n - 1 for n in received.values())
     assert duplicates <= CONNECTIONS * workers, received.most_common(5)
+
+
+def _stalled_in_a_write(url: str, process: subprocess.Popen[str], at_most: float = 30.0) -> None:
+    """Stop `process` (SIGSTOP) at a moment its session holds the store's write lock, idle
+    in its transaction: a machine that stalls (or dies behind a firewall that drops its
+    packets) in the middle of a write. Tries again (continue, stop) until it is so."""
+    import psycopg
+
+    check = (
+        "SELECT count(*) FROM pg_stat_activity AS a JOIN pg_locks AS l ON l.pid = a.pid"
+        " WHERE a.datname = current_database() AND a.state = 'idle in transaction'"
+        " AND l.locktype = 'advisory' AND l.granted"
+    )
+    deadline = time.monotonic() + at_most
+    with psycopg.connect(url, autocommit=True) as admin:
+        while time.monotonic() < deadline:
+            assert process.poll() is None, "it finished before it could be stopped in a write"
+            os.kill(process.pid, signal.SIGSTOP)
+            if admin.execute(check).fetchone()[0]:
+                return
+            os.kill(process.pid, signal.SIGCONT)
+            time.sleep(0.005)  # let it run on to another statement
+    raise AssertionError("never found it in a write transaction")
+
+
+def test_a_machine_stalled_inside_a_write_frees_the_store_after_the_reply_timeout(
+    pg_cluster: Cluster, tmp_path: Path
+) -> None:
+    # Every write takes the store's one advisory lock. A machine that stopped inside a write
+    # transaction (hung, swapped out, or gone behind a firewall that drops its packets, so
+    # the server's TCP keeps the session for about two hours) held it: every other
+    # machine's writes (sign-ups, `send`, `subscribers add`) were busy, exit 75 or 503, until
+    # then. The server now ends a write transaction whose client has sent nothing for
+    # store.reply_timeout, as the client ends a wait for a server that sends nothing.
+    url = pg_cluster.new_database()
+    config = "[store]\nbusy_timeout = 0.5\nreply_timeout = 2\n"
+    machines = [tmp_path / "a", tmp_path / "b"]
+    for folder in machines:
+        (folder / "seeds").mkdir(parents=True)
+        (folder / "syndicate.toml").write_text(config, encoding="utf-8")
+    rows = "".join(f"reader{n}@example.org\n" for n in range(20000))
+    (machines[0] / "list.csv").write_text("email\n" + rows, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    env[ENV_STORE_URL] = url
+    with open_database(tmp_path / "unused.db", url=url):
+        pass  # made and migrated: the import's writes are its rows'
+    stalled = subprocess.Popen(
+        [sys.executable, "-m", "syndicate", "subscribers", "import", "list.csv"],
+        cwd=machines[0],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _stalled_in_a_write(url, stalled)
+        started = time.monotonic()
+        while True:  # the other machine's write: busy until the stalled one's lock is gone
+            done = subprocess.run(
+                [sys.executable, "-m", "syndicate", "subscribers", "add", "lan@example.org"],
+                cwd=machines[1],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if done.returncode != 75 or time.monotonic() - started > 12:
+                break
+        assert done.returncode == 0, done.stderr
+        assert time.monotonic() - started < 2 + 10  # the bound, the busy waits, a start
+        # The stalled machine, going on, finds its session ended: one line, exit 75, and
+        # what it had not committed is not there (the next run imports the rest).
+        os.kill(stalled.pid, signal.SIGCONT)
+        _out, err = stalled.communicate(timeout=60)
+        assert stalled.returncode == 75, err
+        [line] = err.splitlines()
+        assert line.startswith("Error: PostgreSQL at 127.0.0.1:"), line
+        assert "Traceback" not in err
+    finally:
+        with suppress(ProcessLookupError):
+            os.kill(stalled.pid, signal.SIGCONT)
+            stalled.kill()
+        stalled.wait()
+        pg_cluster.drop_database(url)

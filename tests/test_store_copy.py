@@ -499,6 +499,41 @@ def test_a_role_with_only_the_documented_privileges_takes_the_copy(
             admin.execute(f'DROP ROLE "{role}"')
 
 
+def test_a_read_only_role_copying_out_is_told_about_the_source_it_may_not_read(
+    full_store: Path, pg_cluster: Cluster, tmp_path: Path
+) -> None:
+    # A backup role with SELECT on the tables (the usual read-only grant) but not on their
+    # id sequences: the copy blamed the new file ('back.db: cannot copy the store:
+    # permission denied for sequence ...'), with nothing to do. It names the source and the
+    # grant; the new file is not made.
+    role = f"syndicate_ro_{os.getpid()}"
+    url = pg_cluster.new_database()
+    assert _run("store", "copy", "--from", str(full_store), "--to", url)[0] == 0
+    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f'GRANT USAGE ON SCHEMA public TO "{role}"')
+            admin.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
+        as_role = url.replace("postgres@", f"{role}@")
+        back = tmp_path / "back.db"
+        code, out, err = _run("store", "copy", "--from", as_role, "--to", str(back))
+        assert (code, out) == (2, "")
+        where = "PostgreSQL at " + url.split("@", 1)[1]
+        assert err.startswith(f"Error: {where}: "), err
+        assert "permission denied for sequence" in err
+        assert "GRANT SELECT ON ALL SEQUENCES IN SCHEMA public" in err
+        assert len(err.splitlines()) == 1
+        assert not back.exists()
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f'GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
+        assert _run("store", "copy", "--from", as_role, "--to", str(back))[0] == 0
+    finally:
+        pg_cluster.drop_database(url)
+        with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
+            admin.execute(f'DROP ROLE "{role}"')
+
+
 def test_a_store_from_a_newer_syndicate_is_one_line_and_nothing_is_made(project: Path) -> None:
     open_database(project / "new.db").close()
     raw = sqlite3.connect(project / "new.db")

@@ -201,6 +201,8 @@ def test_store_url_must_be_a_postgresql_url_and_is_not_echoed(
         "postgresql://news:s3cr3t%00pw@127.0.0.1:1/db",
         "postgresql://news:s3cr3t-pw@[::1/db",  # libpq quoted the whole URL
         "postgresql://news:s3cr3t/pw@127.0.0.1:1/db",  # read as host news, port s3cr3t
+        # libpq ends the password at the first '@': the rest was the host, shown and looked up
+        "postgresql://news:p@s3cr3t@127.0.0.1:1/db",
         "postgresql://news:s3cr3t-pw@127.0.0.1:port/db",  # urlsplit raised: a traceback
         "postgresql://news:s3cr3t-pw@127.0.0.1/db?bogus=1",
     ],

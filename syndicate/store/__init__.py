@@ -86,6 +86,8 @@ def store_error(path: Path | str, what: str, exc: Exception) -> StoreError:
             return unreachable(str(path), exc)
         if is_busy(exc):
             return StoreBusyError(str(path))
+        if exc.sqlstate == INSUFFICIENT_PRIVILEGE:
+            return not_permitted(f"{path}: {what}: {_first_line(exc)}.")
         return StoreError(f"{path}: {what}: {_first_line(exc)}.")
     code = getattr(exc, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
@@ -98,6 +100,39 @@ def store_error(path: Path | str, what: str, exc: Exception) -> StoreError:
         if denied is not None:
             return denied
     return StoreError(f"{path}: {what}: {exc}.")
+
+
+# SQLSTATE 42501: the role lacks a right on a table (the store made by another role, a
+# `store copy` run as a superuser, say). A setup problem no retry fixes: exit 2, and in
+# `serve` a 503 with one log line, as for a login the server refuses.
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def not_permitted(message: str, *, making: bool = False) -> StoreAccessError:
+    """The error for a statement the server refused for the role's rights (42501); `making`:
+    while making the tables, in a schema the role may not create in (or not even use)."""
+    if making:
+        fix = (
+            "may not make tables in schema public: have the database's owner GRANT USAGE, "
+            "CREATE ON SCHEMA public TO it, or make the role the database's owner "
+            "(docs/operating.md, Moving to PostgreSQL)."
+        )
+    elif "for sequence" in message:  # reading an id counter: a copy from a read-only role
+        fix = (
+            "may not read the tables' id counters: have the role that made the tables GRANT "
+            "SELECT ON ALL SEQUENCES IN SCHEMA public TO it, or run as that role."
+        )
+    else:
+        fix = (
+            "may not do this: run syndicate as the role that made the tables (their owner), "
+            "or have that role GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "
+            "public TO it."
+        )
+    return StoreAccessError(
+        message,
+        hint="The role in store.url or SYNDICATE_STORE_URL (or the URL given to `store copy`) "
+        f"{fix} Trying again will not help until this is fixed.",
+    )
 
 
 def unreachable(where: str, exc: BaseException) -> StoreUnavailableError:
@@ -116,12 +151,32 @@ _BAD_VALUE = re.compile(
 )
 
 
+# libpq's words for a connection service it cannot use (PGSERVICE, service= in the URL): a
+# name no service file defines, a file that is missing or that it cannot read. No retry fixes
+# these; none quotes a line of the file (which may hold a password).
+_BAD_SERVICE = re.compile(
+    r'definition of service "[^"\n]*" not found'
+    r'|service file "[^"\n]*" not found'
+    r'|syntax error in service file "[^"\n]*", line \d+'
+    r'|line \d+ too long in service file "[^"\n]*"'
+    r'|nested "service" specifications not supported in service file "[^"\n]*", line \d+'
+)
+
+
 def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
     """The error for a connection to `url` that failed: StoreAccessError (exit 2) when the
     server refused the login (a wrong password, no such role or database, no right to
     connect: no retry fixes it), else the server is unreachable (exit 75)."""
     from syndicate.store import postgres  # loaded already: it raised `exc`
 
+    service = _BAD_SERVICE.search(str(exc))
+    if service is not None:  # libpq read no service file or definition: before connecting
+        return StoreError(
+            f"{where}: libpq cannot use the connection service: {service.group(0)}.",
+            hint="Check the service's name (service= in store.url or SYNDICATE_STORE_URL, or "
+            "PGSERVICE) and its file (PGSERVICEFILE, else ~/.pg_service.conf); trying again "
+            "will not help until then.",
+        )
     bad = _BAD_VALUE.search(str(exc))
     if bad is not None:  # libpq refused a value of the URL before it tried to connect
         # The values libpq quotes may be a password read as one; the option's name is not.
@@ -147,7 +202,10 @@ def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
         params = postgres.parse_url(url)
     except ValueError:
         params = {}
-    # libpq's defaults when the URL names none: PGUSER, else the system user; the user's name.
+    # What libpq tried, from the URL, a service file, PGUSER and the like, or its defaults.
+    tried = postgres.tried(exc)
+    params.update(postgres.used_parameters(tried) if tried is not None else {})
+    # libpq's defaults when nothing names them: PGUSER, else the system user; the user's name.
     user = params.get("user") or os.environ.get("PGUSER") or _system_user()
     dbname = params.get("dbname") or os.environ.get("PGDATABASE") or user
     hints = {
@@ -158,12 +216,37 @@ def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
         f"the server (CREATE ROLE {user} LOGIN PASSWORD ...).",
         "access": "Let this user in from this machine: a line for it in the server's "
         f"pg_hba.conf, and GRANT CONNECT ON DATABASE {dbname} TO {user}.",
+        "ssl": "The URL asks for SSL (sslmode require, verify-ca or verify-full) and the "
+        "server offers none: turn ssl on in the server's postgresql.conf, or give store.url "
+        "(or SYNDICATE_STORE_URL) a lower sslmode.",
         "database": "Check the database name in store.url (or SYNDICATE_STORE_URL), or "
         f"create it (createdb -O {user} {dbname}).",
     }
+    hint = hints[kind]
+    if reason.endswith("no password supplied"):  # libpq had none to give: nothing to check
+        hint = _no_password_hint(params.get("passfile") or os.environ.get("PGPASSFILE"))
     return StoreAccessError(
         f"{where}: cannot log in as user {user!r} to database {dbname!r}: {reason}.",
-        hint=f"{hints[kind]} Trying again will not help until this is fixed.",
+        hint=f"{hint} Trying again will not help until this is fixed.",
+    )
+
+
+def _no_password_hint(passfile: str | None) -> str:
+    """What to do when libpq found no password to give: name the password file when libpq
+    skipped it for its mode (it reads none that its group or others may use)."""
+    path = Path(passfile) if passfile else Path.home() / ".pgpass"
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except (OSError, RuntimeError):  # none there, or no home to look in
+        mode = 0
+    if mode & 0o077:
+        return (
+            f"libpq skipped the password file {path}: others may read it (mode {mode:04o}). "
+            f"Run chmod 600 {path}."
+        )
+    return (
+        "No password was given: put it in ~/.pgpass (or the file PGPASSFILE names) as "
+        "host:port:database:user:password, mode 0600, or in PGPASSWORD."
     )
 
 
@@ -201,7 +284,7 @@ def _no_room(path: Path) -> bool:
 def _raise_if_try_later(path: Path | str, exc: Exception) -> None:
     """Raise StoreBusyError or StoreFullError for a busy database or a full disk."""
     error = store_error(path, "", exc)
-    if type(error) is not StoreError:
+    if isinstance(error, (StoreBusyError, StoreFullError, StoreUnavailableError)):
         raise error from exc
 
 
@@ -377,8 +460,8 @@ class PgDatabase(Database):
         from syndicate.store import postgres  # loaded already: `conn` is its PgConnection
 
         super().__init__(conn, path)
-        self._begin_write = postgres.BEGIN_WRITE
-        self._begin_rows = postgres.BEGIN_ROWS
+        self._begin_write = postgres.begin_write(reply_timeout)
+        self._begin_rows = postgres.begin_write(reply_timeout, rows_only=True)
         self._begin_read = postgres.BEGIN_READ
         # For connect_async.
         self._url, self._busy_timeout, self._reply_timeout = url, busy_timeout, reply_timeout
@@ -556,12 +639,13 @@ def _open_postgres(
             hint="Check store.url or SYNDICATE_STORE_URL (or the URL given to `store copy`); "
             "in the password write '%' as %25, '/' as %2F, '@' as %40.",
         ) from None
-    where = postgres.where(url)
     reply_timeout = reply_timeout or None  # 0: no bound
     try:
         conn = postgres.connect(url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)
     except PgError as exc:
-        raise not_connected(where, url, exc) from exc
+        raise not_connected(postgres.where(url, postgres.tried(exc)), url, exc) from exc
+    # Named as libpq connected: a service file or PGHOST may say what the URL does not.
+    where = postgres.where(url, conn.raw.pgconn)
     db = PgDatabase(conn, where, url=url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)
     try:
         if must_exist and db.schema_version == 0:  # never used: no store yet, left alone
@@ -573,6 +657,12 @@ def _open_postgres(
     except PgError as exc:
         conn.close()
         _raise_if_try_later(where, exc)
+        # 3F000: no schema on the search path the role may use (no USAGE on public).
+        if exc.sqlstate in (INSUFFICIENT_PRIVILEGE, "3F000"):
+            raise not_permitted(
+                f"{where}: not a usable syndicate database: {_first_line(exc)}.",
+                making=exc.sqlstate == "3F000" or "for schema" in str(exc),
+            ) from exc
         raise StoreError(
             f"{where}: not a usable syndicate database: {_first_line(exc)}.",
             hint="Point store.url at a new database, or check the role's privileges "

@@ -195,6 +195,15 @@ def _refuse_rows(target: Database, tables: Sequence[_Table]) -> None:
             )
 
 
+@contextmanager
+def _reading(source: Database, what: str) -> Iterator[None]:
+    """Word a failed read of the source as the source's (StoreError), not the target's."""
+    try:
+        yield
+    except DB_ERRORS as exc:
+        raise store_error(source.path, what, exc) from exc
+
+
 def _read_rows(db: Database, table: _Table) -> Iterator[Sequence[Sequence[Any]]]:
     """The table's rows in batches, in primary key order, never all at once.
 
@@ -291,7 +300,8 @@ def copy_store(source: Database, target: Database) -> dict[str, int]:
     copied: dict[str, int] = {}
     try:
         with source.snapshot(), target.transaction():
-            src = _read_tables(source)
+            with _reading(source, "cannot read the store to copy"):
+                src = _read_tables(source)
             dst = _read_tables(target)
             _check_same_schema(source, target, src, dst)
             tables = _in_key_order(dst)
@@ -304,7 +314,8 @@ def copy_store(source: Database, target: Database) -> dict[str, int]:
                 copied[table.name] = _write_rows(target, table.name, columns, rows)
             for table in tables:
                 if table.counter is not None:
-                    high = _high_water(source, src[table.name], table.counter)
+                    with _reading(source, f"cannot read the id counter of {table.name}"):
+                        high = _high_water(source, src[table.name], table.counter)
                     _carry_sequence(target, table, high)
     except DB_ERRORS as exc:
         raise store_error(target.path, "cannot copy the store", exc) from exc

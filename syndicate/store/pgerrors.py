@@ -12,8 +12,10 @@ from __future__ import annotations
 # SQLSTATEs that mean "try again later": lock or statement timeout, deadlock,
 # serialization failure, too many connections.
 _BUSY_STATES = frozenset({"55P03", "57014", "40P01", "40001", "53300"})
-# The server went away: shut down or restarting (57P0x), or the connection broke (08xxx).
-_GONE_STATES = frozenset({"57P01", "57P02", "57P03"})
+# The server went away: shut down or restarting (57P0x), or the connection broke (08xxx);
+# or it ended a write transaction whose client had sent nothing for store.reply_timeout
+# (25P03: this client was the one stopped).
+_GONE_STATES = frozenset({"57P01", "57P02", "57P03", "25P03"})
 # Disk full, out of memory, too many files.
 _FULL_STATES = frozenset({"53100", "53200", "53000"})
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import re
 import select
 import time
@@ -52,6 +53,29 @@ WRITE_LOCK_KEY = 0x73796E6469636174 - (1 << 63)
 # One round trip: every write transaction pays it, and each one costs a context switch.
 BEGIN_WRITE = (f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})",)
 BEGIN_ROWS = ("BEGIN",)  # a transaction that writes only rows it locks itself
+
+
+def begin_write(reply_timeout: float | None, *, rows_only: bool = False) -> tuple[str, ...]:
+    """The statements that begin a write transaction (`rows_only`: one that takes no write
+    lock), which the server ends when its client sends nothing for `reply_timeout` seconds
+    (None: never).
+
+    A client that stops inside one (a machine hung, or gone behind a firewall that drops
+    its packets: the server's TCP keeps the session for some two hours) would otherwise
+    hold the store's write lock, or its claimed rows, that long, and every other machine's
+    writes be busy. Write transactions are short, and read none from the client between
+    their statements, so only a stopped client is silent that long; the session is ended
+    (`25P03`), its transaction rolled back. Read snapshots (`subscribers list | less`)
+    are not bounded.
+    """
+    begin = BEGIN_ROWS[0] if rows_only else BEGIN_WRITE[0]
+    if not reply_timeout:
+        return (begin,)
+    bound = f"SET LOCAL idle_in_transaction_session_timeout = {max(1, round(reply_timeout * 1000))}"
+    first, _, rest = begin.partition("; ")
+    return ("; ".join(part for part in (first, bound, rest) if part),)
+
+
 BEGIN_READ = ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",)
 # The same lock held by a session across several transactions (the migrations).
 LOCK_SESSION = f"SELECT pg_advisory_lock({WRITE_LOCK_KEY})"
@@ -482,7 +506,8 @@ def parse_url(url: str) -> dict[str, str]:
     Raises ValueError whose text never quotes `url` (it may hold a password): libpq's own
     messages quote the part they could not read. A password with an unencoded `/` would
     end the URL's host part early, and then be read as a port or dbname and quoted as
-    one; an `@` in the path says so, and is refused too.
+    one; an `@` in the path says so, and is refused too. So is a second `@` before the
+    host: libpq would read what follows the first as the host.
     """
     try:
         params = conninfo_to_dict(url)
@@ -497,6 +522,13 @@ def parse_url(url: str) -> dict[str, str]:
         raise ValueError(
             "an '@' comes after its host part: a '/' in the password must be percent-encoded (%2F)"
         )
+    if authority.count("@") > 1:
+        # libpq ends the user and password at the first '@': the rest of the password would
+        # be read as the host, looked up, and named in every message.
+        raise ValueError(
+            "its host part holds an '@': an '@' in the user or password must be "
+            "percent-encoded (%40)"
+        )
     ports = str(params.get("port") or "")
     if ports and not all(port.strip().isdigit() for port in ports.split(",")):
         # libpq would quote it when connecting: a password, when the host was left out.
@@ -504,16 +536,25 @@ def parse_url(url: str) -> dict[str, str]:
     return {key: str(value) for key, value in params.items()}
 
 
-def where(url: str) -> str:
+def where(url: str, used: Any = None) -> str:
     """How messages name a PostgreSQL store: `PostgreSQL at host:port/dbname`.
 
     Built from what libpq reads (a `host=` parameter, several hosts), never the password.
+    `used`: the libpq connection (`PgConnection.raw.pgconn`, or `tried(error)` of one that
+    failed), whose host, port and database fill in what the URL leaves to libpq (a service
+    file, PGHOST and the like); a URL naming several hosts keeps its own list.
     """
     try:
         params = parse_url(url)
     except ValueError:
         return "PostgreSQL"
-    hosts = params.get("host", "") or "localhost"
+    if used is not None and "," not in params.get("host", ""):
+        params.update(used_parameters(used))
+    hosts = params.get("host", "")
+    service = params.get("service") or os.environ.get("PGSERVICE")  # as libpq reads it
+    if not hosts and service:
+        return f"PostgreSQL service {service!r}"
+    hosts = hosts or "localhost"
     ports = params.get("port", "")
     if ports and hosts.count(",") == ports.count(","):
         pairs = zip(hosts.split(","), ports.split(","), strict=True)
@@ -522,6 +563,36 @@ def where(url: str) -> str:
         hosts = f"{hosts}:{ports}"
     dbname = params.get("dbname", "")
     return f"PostgreSQL at {hosts}{'/' + dbname if dbname else ''}"
+
+
+def tried(exc: BaseException) -> Any:
+    """The libpq connection of a connection attempt that failed with `exc` (a PgError, or
+    psycopg's own), holding the parameters libpq used; None when there is none."""
+    for error in (exc, exc.__cause__):
+        found = getattr(error, "pgconn", None)
+        if found is not None:
+            return found
+    return None
+
+
+def used_parameters(pgconn: Any) -> dict[str, str]:
+    """The host, port, dbname and user a libpq connection used (or tried), as libpq took
+    them from the URL, a service file, its environment variables and its defaults; the
+    ones it does not know are left out."""
+    found: dict[str, str] = {}
+    try:
+        if not pgconn.host:  # libpq stopped before it chose a server: it used nothing yet
+            return found
+    except psycopg.Error:
+        return found
+    for key, attribute in (("host", "host"), ("port", "port"), ("dbname", "db"), ("user", "user")):
+        try:
+            value = getattr(pgconn, attribute)
+        except psycopg.Error:  # a connection closed meanwhile: nothing to read
+            continue
+        if value:
+            found[key] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return found
 
 
 def connect(url: str, *, busy_timeout: float, reply_timeout: float | None) -> PgConnection:
@@ -597,14 +668,14 @@ _REFUSED = (
     ("role", re.compile(r'role "[^"]*" (?:does not exist|is not permitted to log in)')),
     ("access", re.compile(r"no pg_hba\.conf entry for|pg_hba\.conf rejects connection")),
     ("access", re.compile(r"permission denied for database")),  # 42501 at connect
-    ("access", re.compile(r"server does not support SSL, but SSL was required")),
+    ("ssl", re.compile(r"server does not support SSL, but SSL was required")),
     ("database", re.compile(r'database "[^"]*" does not exist')),  # 3D000
 )
 
 
 def refused_login(exc: BaseException) -> tuple[str, str] | None:
     """For a failed connection the server refused to log in (no retry fixes it): its kind
-    ("password", "role", "access" or "database") and the reason, as the server worded it.
+    ("password", "role", "access", "ssl" or "database") and the reason, as the server worded it.
     None for a server down, starting, busy or unreachable."""
     for line in str(exc).splitlines():
         for kind, pattern in _REFUSED:
