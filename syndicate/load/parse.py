@@ -23,7 +23,8 @@ from syndicate.text import (
 # Bump whenever parse output can change for the same bytes: the build cache keys on it.
 # 4: the head (line 3) is a summary, not a paragraph; ids cover the byline; new titles.
 # 5: size limits on a dump (TEXT_LIMIT, LINE_LIMIT); bidi controls removed.
-PARSER_VERSION = 5
+# 6: a byline below the teasers, above closing captions or opening the body.
+PARSER_VERSION = 6
 
 # The most a dump may hold to be taken as one article: ten times the longest real article
 # (about 100,000 characters in 200 lines). Past them a dump is a scrape gone wrong, and its
@@ -202,19 +203,36 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
     # header, so the body (and the id) is the same whether the header was filled or not.
     captions = [_is_caption(line) for line in lines]
     floor = next((i for i, caption in enumerate(captions) if not caption), 0) + 1
-    start = len(lines)
+    # Some scrapes put the byline below the sidebar: a byline-shaped last line with teasers
+    # right above it is taken first, or the teasers would be read as the story's own text.
+    end = len(lines)
+    author: str | None = None
+    if (
+        end - 1 > floor
+        and not captions[-1]
+        and _DATELINE.match(lines[-2])
+        and _is_byline(lines[-1])
+    ):
+        end -= 1
+        author = _author(lines[-1])
+    start = end
     while start > floor and _DATELINE.match(lines[start - 1]):
         start -= 1
     teasers = []
-    for line in lines[start:]:
+    for line in lines[start:end]:
         tag, rest = _split_dateline(line)
         teasers.append(Teaser(dateline=tag or "", text=rest))
     lines, captions = lines[:start], captions[:start]
 
     # 2. Byline: the last remaining line, if it is byline-shaped and not the only text.
-    author: str | None = None
     paragraphs_left = captions.count(False)
-    if lines and paragraphs_left > 1 and not captions[-1] and _is_byline(lines[-1]):
+    if (
+        author is None
+        and lines
+        and paragraphs_left > 1
+        and not captions[-1]
+        and _is_byline(lines[-1])
+    ):
         author = _author(lines.pop())
         captions.pop()
 

@@ -1,0 +1,101 @@
+"""What readers get, read as an editor reads it before it goes out: dumps in the shapes
+real scrapes take, built into pages and feeds (and digests), checked in the built files."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import feedparser
+import pytest
+
+from syndicate.config import Settings
+from syndicate.publish import run_build
+from syndicate.store import Database
+from tests.plugins.postgres import open_store
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    database = open_store(settings.paths.database)
+    yield database
+    database.close()
+
+
+def _build(settings: Settings, db: Database, now: datetime, dumps: dict[str, str]) -> Path:
+    seeds = settings.paths.seeds
+    seeds.mkdir(parents=True, exist_ok=True)
+    for name, text in dumps.items():
+        (seeds / name).write_text(text, encoding="utf-8")
+    run_build(settings, db, now=now)
+    return settings.paths.output
+
+
+def _text(fragment: str) -> str:
+    """A fragment of HTML as a reader sees it: tags gone, entities decoded, spaces collapsed."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", fragment)).split())
+
+
+def _article(output: Path, slug: str) -> tuple[str, str, list[str]]:
+    """An article page's meta line, its body's paragraphs and its "Other news" items."""
+    page = (output / "articles" / f"{slug}.html").read_text("utf-8")
+    article = re.search(r"<article[^>]*>(.*?)</article>", page, re.S)
+    assert article is not None
+    meta = re.search(r'<p class="meta">(.*?)</p>', article.group(1), re.S)
+    assert meta is not None
+    paragraphs = [_text(p) for p in re.findall(r"<p(?: [^>]*)?>(.*?)</p>", article.group(1))]
+    other = re.search(r'<section class="other-news">(.*?)</section>', page, re.S)
+    items = [_text(i) for i in re.findall(r"<li>(.*?)</li>", other.group(1))] if other else []
+    return _text(meta.group(1)), paragraphs[1:], items
+
+
+def _feed_entry(output: Path, title: str) -> tuple[dict[str, object], str]:
+    """The Atom entry (as feedparser reads it) and the JSON Feed item's content of `title`."""
+    parsed = feedparser.parse((output / "atom.xml").read_bytes())
+    assert not parsed.bozo, parsed.get("bozo_exception")
+    entry = next(e for e in parsed.entries if e.title == title)
+    items = json.loads((output / "feed.json").read_bytes())["items"]
+    item = next(i for i in items if i["title"] == title)
+    return entry, item["content_html"]
+
+
+TEASERS = (
+    "LGO - Sáng nay 1/11, Sở Giáo dục và Đào tạo tỉnh Lam Giang tổ chức hội nghị triển khai "
+    "nhiệm vụ năm học mới...\n"
+    "LGO - Chiều nay 31/10, Ban Chỉ huy Phòng chống thiên tai tỉnh họp bàn phương án ứng phó "
+    "với đợt mưa lớn...\n"
+)
+CAMERAS = (
+    "Bến Lam lắp thêm 200 camera giám sát giao thông\n01/11/2024 16:00\n{head}\n"
+    "LGO - Chiều nay 1/11, Công an TP. Bến Lam đưa vào vận hành thêm 200 camera giám sát "
+    "giao thông tại các nút giao trọng điểm.\n"
+    "Hệ thống được kết nối với trung tâm chỉ huy, giúp phát hiện và xử lý vi phạm nhanh hơn.\n"
+)
+
+
+def test_a_byline_after_the_teasers_keeps_them_out_of_the_article(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """Some scrapes put the author's name below the sidebar. The teasers were printed as the
+    article's last paragraphs (other stories, as if this one's text) and the name was lost."""
+    output = _build(settings, db, now, {"cam.txt": CAMERAS + TEASERS + "Đức Anh\n"})
+    meta, paragraphs, other = _article(output, "ben-lam-lap-them-200-camera-giam-sat-giao-thong")
+    assert meta.endswith("Tác giả: Đức Anh")
+    assert paragraphs == [
+        "Chiều nay 1/11, Công an TP. Bến Lam đưa vào vận hành thêm 200 camera giám sát giao "
+        "thông tại các nút giao trọng điểm.",
+        "Hệ thống được kết nối với trung tâm chỉ huy, giúp phát hiện và xử lý vi phạm nhanh hơn.",
+    ]
+    assert [item[:30] for item in other] == [
+        "LGO \u2013 Sáng nay 1/11, Sở Giáo d",
+        "LGO \u2013 Chiều nay 31/10, Ban Chỉ",
+    ]
+    entry, content = _feed_entry(output, "Bến Lam lắp thêm 200 camera giám sát giao thông")
+    assert entry["author"] == "Đức Anh"
+    for text in (entry["content"][0]["value"], content):  # type: ignore[index]
+        assert "Sở Giáo dục" not in text
+        assert "Ban Chỉ huy" not in text
