@@ -99,3 +99,33 @@ def test_a_byline_after_the_teasers_keeps_them_out_of_the_article(
     for text in (entry["content"][0]["value"], content):  # type: ignore[index]
         assert "Sở Giáo dục" not in text
         assert "Ban Chỉ huy" not in text
+
+
+SCHOOLS = (
+    "Trường học vùng lũ sẵn sàng đón học sinh trở lại\n01/11/2024 17:00\n{head}\n"
+    "LGO - Chiều nay 1/11, các trường học ở huyện Đồng Lũy đã dọn dẹp xong bùn đất sau lũ.\n"
+    "Giáo viên và phụ huynh cùng lau bàn ghế, phơi sách vở cho học sinh.\n"
+)
+
+
+def test_a_byline_above_the_closing_caption_is_the_author_not_a_paragraph(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """The photo the story ends on comes after the author's name: the name was printed as
+    the last paragraph and no author shown."""
+    output = _build(
+        settings,
+        db,
+        now,
+        {"s.txt": SCHOOLS + "Mai Lan\nGiáo viên lau dọn lớp học sau lũ - Ảnh: Mai Lan\n"},
+    )
+    meta, paragraphs, _other = _article(output, "truong-hoc-vung-lu-san-sang-don-hoc-sinh-tro-lai")
+    assert meta.endswith("Tác giả: Mai Lan")
+    assert paragraphs == [
+        "Chiều nay 1/11, các trường học ở huyện Đồng Lũy đã dọn dẹp xong bùn đất sau lũ.",
+        "Giáo viên và phụ huynh cùng lau bàn ghế, phơi sách vở cho học sinh.",
+        "Ảnh trong bài gốc: Giáo viên lau dọn lớp học sau lũ",
+    ]
+    entry, content = _feed_entry(output, "Trường học vùng lũ sẵn sàng đón học sinh trở lại")
+    assert entry["author"] == "Mai Lan"
+    assert "<p>Mai Lan</p>" not in content

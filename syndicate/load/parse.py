@@ -224,17 +224,15 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
         teasers.append(Teaser(dateline=tag or "", text=rest))
     lines, captions = lines[:start], captions[:start]
 
-    # 2. Byline: the last remaining line, if it is byline-shaped and not the only text.
+    # 2. Byline: the last remaining line that is not a caption (the story may end on a
+    # photo), if it is byline-shaped and not the only text.
     paragraphs_left = captions.count(False)
-    if (
-        author is None
-        and lines
-        and paragraphs_left > 1
-        and not captions[-1]
-        and _is_byline(lines[-1])
-    ):
-        author = _author(lines.pop())
-        captions.pop()
+    last = len(lines) - 1
+    while last >= 0 and captions[last]:
+        last -= 1
+    if author is None and paragraphs_left > 1 and _is_byline(lines[last]):
+        author = _author(lines.pop(last))
+        captions.pop(last)
 
     # 3. Captions and paragraphs; the lead is the first paragraph, its dateline removed. The
     # head (line 3) is the summary, never a paragraph; its dateline is removed too.
