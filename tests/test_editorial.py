@@ -129,3 +129,27 @@ def test_a_byline_above_the_closing_caption_is_the_author_not_a_paragraph(
     entry, content = _feed_entry(output, "Trường học vùng lũ sẵn sàng đón học sinh trở lại")
     assert entry["author"] == "Mai Lan"
     assert "<p>Mai Lan</p>" not in content
+
+
+FISHERS = (
+    "Ngư dân Phước Hải trúng đậm mùa cá cơm\n31/10/2024 06:30\n{head}\n"
+    "Hoàng Yến\n"
+    "Những ngày cuối tháng 10, ngư dân xã Phước Hải phấn khởi vì trúng đậm mùa cá cơm, mỗi "
+    "chuyến biển thu về từ 30 đến 50 triệu đồng.\n"
+    "Giá cá cơm tươi tại cảng dao động 12.000-15.000 đồng/kg.\n"
+)
+
+
+def test_a_byline_opening_the_body_is_the_author_not_the_lead(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """Sites that print the author above the story: the name was the lead, so the feeds'
+    summary (and the digest's blurb) said only "Hoàng Yến", and no author was shown."""
+    output = _build(settings, db, now, {"f.txt": FISHERS})
+    meta, paragraphs, _other = _article(output, "ngu-dan-phuoc-hai-trung-dam-mua-ca-com")
+    assert meta.endswith("Tác giả: Hoàng Yến")
+    assert paragraphs[0].startswith("Những ngày cuối tháng 10, ngư dân xã Phước Hải")
+    assert "Hoàng Yến" not in paragraphs
+    entry, _content = _feed_entry(output, "Ngư dân Phước Hải trúng đậm mùa cá cơm")
+    assert entry["author"] == "Hoàng Yến"
+    assert str(entry["summary"]).startswith("Những ngày cuối tháng 10")

@@ -233,6 +233,13 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
     if author is None and paragraphs_left > 1 and _is_byline(lines[last]):
         author = _author(lines.pop(last))
         captions.pop(last)
+    elif author is None and paragraphs_left > 1:
+        # Else the first line that is not a caption, where some sites print the author
+        # above the story: a name is never the lead (the feeds' summary, the digest blurb).
+        first = captions.index(False)
+        if _is_byline(lines[first]):
+            author = _author(lines.pop(first))
+            captions.pop(first)
 
     # 3. Captions and paragraphs; the lead is the first paragraph, its dateline removed. The
     # head (line 3) is the summary, never a paragraph; its dateline is removed too.
