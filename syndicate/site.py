@@ -39,10 +39,12 @@ from syndicate.model import (
     shown_blocks,
 )
 from syndicate.text import (
+    STORY_PROBE_CHARS,
     after_title,
     one_line,
     shorten,
     slugify,
+    story_key,
     trailing_ellipsis,
     typeset,
     typeset_utf8,
@@ -53,7 +55,8 @@ if TYPE_CHECKING:
     import jinja2
 
 # Bump when page rendering changes in code (not templates), so old pages get re-rendered.
-RENDER_VERSION = 3
+# 4: a teaser advertising the page's own article is not listed under "Other news".
+RENDER_VERSION = 4
 
 ARTICLE_TEMPLATE = "article.html.j2"
 INDEX_TEMPLATE = "index.html.j2"
@@ -258,6 +261,12 @@ def _format_clock(clock: time, locale: str) -> str:
 def _datetime_pattern(locale: str) -> str:
     # Babel's own way of joining date and time (format_datetime does the same).
     return str(get_datetime_format("full", locale=locale)).replace("'", "")
+
+
+def _advertises(key: str, own: Sequence[str]) -> bool:
+    """Whether a teaser's story key advertises the article with keys `own` (as the store
+    ties teasers: the key, of at least STORY_PROBE_CHARS, a prefix of one of them)."""
+    return len(key) >= STORY_PROBE_CHARS and any(o.startswith(key) for o in own)
 
 
 def _machine_date(published: datetime | None, precision: Precision, tz: ZoneInfo) -> str:
@@ -530,8 +539,15 @@ class SiteRenderer:
             return []
         dated = article.published is not None and article.precision is not Precision.UNKNOWN
         newest = article.published.astimezone(self._tz).date() if dated else None  # type: ignore[union-attr]
+        # The sidebar scraped with a story often lists that story: the store never ties a
+        # teaser to its own article, so it is left out here by the same rule (its key a
+        # prefix of the article's head or lead key).
+        own = [story_key(text) for text in (article.head, article.lead) if text]
+        teasers = [
+            teaser for teaser in article.teasers if not _advertises(story_key(teaser.text), own)
+        ]
         items = []
-        for item in order_teasers(article.teasers, links, newest=newest, exclude={article.id}):
+        for item in order_teasers(teasers, links, newest=newest, exclude={article.id}):
             link = item.link
             items.append(
                 SimpleNamespace(

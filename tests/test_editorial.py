@@ -153,3 +153,27 @@ def test_a_byline_opening_the_body_is_the_author_not_the_lead(
     entry, _content = _feed_entry(output, "Ngư dân Phước Hải trúng đậm mùa cá cơm")
     assert entry["author"] == "Hoàng Yến"
     assert str(entry["summary"]).startswith("Những ngày cuối tháng 10")
+
+
+TOURISM = (
+    "Lam Giang đón 2,1 triệu lượt khách du lịch\n01/11/2024 07:00\n"
+    "LGO - Năm 2024, tỉnh Lam Giang đón khoảng 2,1 triệu lượt khách du lịch, tăng 18% so với "
+    "năm trước.\n"
+    "Doanh thu từ du lịch ước đạt 3.200 tỷ đồng.\n"
+    "Khách quốc tế chủ yếu đến từ Hàn Quốc, Thái Lan và Lào.\n"
+    "Minh Châu\n"
+    "LGO - Năm 2024, tỉnh Lam Giang đón khoảng 2,1 triệu lượt khách du lịch, tăng 18% so...\n"
+    "LGO - Sáng nay 1/11, Sở Giáo dục và Đào tạo tỉnh Lam Giang tổ chức hội nghị...\n"
+)
+
+
+def test_a_teaser_advertising_the_article_itself_is_not_other_news_on_its_page(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """The sidebar scraped with a story often lists that story: its page offered itself
+    under "Tin khác" (the digest already leaves such a teaser out)."""
+    output = _build(settings, db, now, {"t.txt": TOURISM})
+    _meta, _paragraphs, other = _article(output, "lam-giang-don-2-1-trieu-luot-khach-du-lich")
+    assert other == [
+        "LGO \u2013 Sáng nay 1/11, Sở Giáo dục và Đào tạo tỉnh Lam Giang tổ chức hội nghị…"
+    ]
