@@ -3,16 +3,21 @@ real scrapes take, built into pages and feeds (and digests), checked in the buil
 
 from __future__ import annotations
 
+import email
+import email.policy
 import html
 import json
 import re
 from collections.abc import Iterator
 from datetime import datetime
+from html.parser import HTMLParser
 from pathlib import Path
 
 import feedparser
 import pytest
+from click.testing import CliRunner
 
+from syndicate.cli import AppContext, cli
 from syndicate.config import Settings
 from syndicate.publish import run_build
 from syndicate.store import Database
@@ -177,3 +182,94 @@ def test_a_teaser_advertising_the_article_itself_is_not_other_news_on_its_page(
     assert other == [
         "LGO \u2013 Sáng nay 1/11, Sở Giáo dục và Đào tạo tỉnh Lam Giang tổ chức hội nghị…"
     ]
+
+
+class _Voices(HTMLParser):
+    """Each piece of text with the language its element says it is in (`lang`, inherited)."""
+
+    VOID = frozenset({"meta", "link", "br", "img", "input", "hr", "col", "source", "wbr"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[tuple[str, str]] = []
+        self.texts: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.VOID:
+            return
+        lang = dict(attrs).get("lang") or (self.stack[-1][1] if self.stack else "")
+        self.stack.append((tag, lang))
+
+    def handle_endtag(self, tag: str) -> None:
+        while self.stack and self.stack.pop()[0] != tag:
+            pass
+
+    def handle_data(self, data: str) -> None:
+        if data.strip() and self.stack and self.stack[-1][0] not in ("style", "title"):
+            self.texts.append((self.stack[-1][1], " ".join(data.split())))
+
+
+def _voice(page: str, text: str) -> str:
+    """The language a screen reader is told `text` (a whole text node) is in."""
+    parser = _Voices()
+    parser.feed(page)
+    found = {lang for lang, data in parser.texts if data == text}
+    assert len(found) == 1, (text, found)
+    return found.pop()
+
+
+MARKET = (
+    "Ben Lam opens its first night market for tourists\n2024-11-01T12:00:00+07:00\n{head}\n"
+    "Ben Lam city opened its first night market on Friday, with 120 stalls selling seafood, "
+    "handicrafts and local coffee along the riverside.\n"
+    "Stallholders pay a monthly fee, and the market runs from 6 pm to 11 pm every day.\n"
+    "By Thu Ha\n"
+)
+
+
+@pytest.fixture
+def runner(workdir: Path, now: datetime, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv("SYNDICATE_CONFIG", raising=False)
+    monkeypatch.setenv("SYNDICATE_SECRET", "a signing secret of the editorial tests")
+    monkeypatch.setattr(AppContext, "now", lambda self: now.timestamp())
+    return CliRunner()
+
+
+def test_the_date_and_words_around_an_other_language_article_keep_the_readers_language(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """An English story on the Vietnamese site is marked lang="en", and so was all around
+    it: its date ("12:00 Thứ Sáu, 1 tháng 11, 2024"), "Tác giả" and "Đọc tiếp" were read
+    out by an English voice, on its page, in the index and in the digest."""
+    (workdir / "seeds" / "m.txt").write_text(MARKET, encoding="utf-8")
+    (workdir / "seeds" / "c.txt").write_text(CAMERAS, encoding="utf-8")
+    for args in (["build"], ["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    output = workdir / "feeds"
+    title = "Ben Lam opens its first night market for tourists"
+    date = "12:00 Thứ Sáu, 1 tháng 11, 2024"
+    page = output / "articles" / "ben-lam-opens-its-first-night-market-for-tourists.html"
+    page_html = page.read_text("utf-8")
+    assert _voice(page_html, title) == "en"
+    assert _voice(page_html, date) == "vi"
+    assert _voice(page_html, "Tác giả: Thu Ha") == "vi"
+    index = (output / "index.html").read_text("utf-8")
+    assert _voice(index, title) == "en"
+    assert _voice(index, date) == "vi"
+    (mail,) = (workdir / "outbox").rglob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    digest = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert _voice(digest, title) == "en"
+    assert (
+        _voice(
+            digest,
+            "Ben Lam city opened its first night market on Friday, with 120 "
+            "stalls selling seafood, handicrafts and local coffee along the "
+            "riverside.",
+        )
+        == "en"
+    )
+    assert _voice(digest, date + " ·") == "vi"
+    assert _voice(digest, "Đọc tiếp") == "vi"
