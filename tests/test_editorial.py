@@ -273,3 +273,27 @@ def test_the_date_and_words_around_an_other_language_article_keep_the_readers_la
     )
     assert _voice(digest, date + " ·") == "vi"
     assert _voice(digest, "Đọc tiếp") == "vi"
+
+
+ROAD = (
+    "Đồng Lũy khởi công đường cứu hộ cứu nạn\n01/11/2024 08:30\n"
+    "LGO - Đồng Lũy khởi công đường cứu hộ cứu nạn.\n"
+    "Tuyến đường dài 12 km, tổng vốn đầu tư 150 tỷ đồng, dự kiến hoàn thành năm 2026.\n"
+    "Đường sẽ giúp người dân các xã vùng trũng di dời nhanh khi có lũ.\n"
+)
+
+
+def test_a_head_that_only_says_the_title_again_is_not_its_summary(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """Line 3 filled with the headline again: the page printed it twice (headline, then the
+    same words as standfirst), and the feeds' summary and the digest's blurb repeated the
+    title instead of saying what happened."""
+    output = _build(settings, db, now, {"r.txt": ROAD})
+    page = (output / "articles" / "dong-luy-khoi-cong-duong-cuu-ho-cuu-nan.html").read_text()
+    assert 'class="standfirst"' not in page
+    _meta, paragraphs, _other = _article(output, "dong-luy-khoi-cong-duong-cuu-ho-cuu-nan")
+    assert paragraphs[0].startswith("Tuyến đường dài 12")
+    entry, _content = _feed_entry(output, "Đồng Lũy khởi công đường cứu hộ cứu nạn")
+    assert str(entry["summary"]).startswith("Tuyến đường dài 12")
+    assert re.search(r'<meta name="description" content="Tuyến đường dài 12', page)

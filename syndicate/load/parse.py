@@ -23,7 +23,8 @@ from syndicate.text import (
 # Bump whenever parse output can change for the same bytes: the build cache keys on it.
 # 4: the head (line 3) is a summary, not a paragraph; ids cover the byline; new titles.
 # 5: size limits on a dump (TEXT_LIMIT, LINE_LIMIT); bidi controls removed.
-# 6: a byline below the teasers, above closing captions or opening the body.
+# 6: a byline below the teasers, above closing captions or opening the body; a head that
+#    repeats the title is no summary.
 PARSER_VERSION = 6
 
 # The most a dump may hold to be taken as one article: ten times the longest real article
@@ -34,6 +35,7 @@ LINE_LIMIT = 10_000  # lines
 _LIMIT_HINT = "Split it into articles, or move it out of the dump folder."
 
 _SPACES = re.compile(" {2,}")
+_NON_WORD = re.compile(r"[\W_]+")
 _PLACEHOLDER = re.compile(r"^\{\s*[A-Za-z_]+\s*\}$")
 # A dateline: a short agency tag ("QTO", "VOV.VN", "VTV.vn", "(Dân trí)", "(PLO)"), then a
 # hyphen, en dash or em dash, then the text. Spaces are already normalised (NBSP -> " ").
@@ -139,6 +141,11 @@ def _is_byline(text: str) -> bool:
     return all(w[0].isupper() or w.lower() in joiners for w in words) and any(
         w[0].isupper() for w in words
     )
+
+
+def _words(text: str) -> list[str]:
+    """The words of `text`, case and punctuation aside."""
+    return _NON_WORD.sub(" ", text.casefold()).split()
 
 
 def _author(text: str) -> str:
@@ -286,6 +293,9 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
         title, derived = derive_title(summary or lead, limit=TITLE_LIMIT), True
     else:
         title, derived = title_line, False
+        if summary is not None and _words(summary) == _words(title):
+            # A head that only says the headline again summarises nothing: the lead does.
+            summary = None
 
     content = "\n".join([b.text for b in blocks])
     body = content.encode("utf-8")
