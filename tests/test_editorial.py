@@ -297,3 +297,32 @@ def test_a_head_that_only_says_the_title_again_is_not_its_summary(
     entry, _content = _feed_entry(output, "Đồng Lũy khởi công đường cứu hộ cứu nạn")
     assert str(entry["summary"]).startswith("Tuyến đường dài 12")
     assert re.search(r'<meta name="description" content="Tuyến đường dài 12', page)
+
+
+COURSES = (
+    "Sơn Khê mở lớp dạy nghề cho lao động nông thôn\n01/11/2024 08:45\n{head}\n"
+    "Sơn Khê mở lớp dạy nghề cho lao động nông thôn\n"
+    "LGO - Sáng nay 1/11, huyện Sơn Khê khai giảng 5 lớp dạy nghề cho 150 lao động nông thôn.\n"
+    "Các lớp học gồm may công nghiệp, sửa chữa máy nông nghiệp và chăn nuôi thú y.\n"
+    "Văn Sơn\n"
+)
+
+
+@pytest.mark.parametrize("title", ["Sơn Khê mở lớp dạy nghề cho lao động nông thôn", "{title}"])
+def test_the_headline_scraped_above_the_dateline_is_not_the_lead(
+    settings: Settings, db: Database, now: datetime, title: str
+) -> None:
+    """Scrapes that keep the page's headline as the body's first line, above the lead that
+    opens with its dateline: the page printed the headline twice and the lead with its
+    "LGO - " tag, and the feeds' summary was the headline again. Filled or not, the title
+    line does not change what the body is (nor the article's id)."""
+    text = COURSES.replace("Sơn Khê mở lớp dạy nghề cho lao động nông thôn\n01", title + "\n01")
+    output = _build(settings, db, now, {"k.txt": text})
+    (page,) = (output / "articles").glob("*.html")
+    _meta, paragraphs, _other = _article(output, page.stem)
+    assert paragraphs == [
+        "Sáng nay 1/11, huyện Sơn Khê khai giảng 5 lớp dạy nghề cho 150 lao động nông thôn.",
+        "Các lớp học gồm may công nghiệp, sửa chữa máy nông nghiệp và chăn nuôi thú y.",
+    ]
+    items = json.loads((output / "feed.json").read_bytes())["items"]
+    assert items[0]["summary"].startswith("Sáng nay 1/11, huyện Sơn Khê khai giảng")

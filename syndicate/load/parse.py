@@ -24,7 +24,7 @@ from syndicate.text import (
 # 4: the head (line 3) is a summary, not a paragraph; ids cover the byline; new titles.
 # 5: size limits on a dump (TEXT_LIMIT, LINE_LIMIT); bidi controls removed.
 # 6: a byline below the teasers, above closing captions or opening the body; a head that
-#    repeats the title is no summary.
+#    repeats the title is no summary; the headline scraped above the dateline's lead.
 PARSER_VERSION = 6
 
 # The most a dump may hold to be taken as one article: ten times the longest real article
@@ -143,6 +143,23 @@ def _is_byline(text: str) -> bool:
     )
 
 
+# The longest headline a scrape repeats above the lead (the longest real ones: about 280).
+_HEADLINE_CHARS = 300
+
+
+def _is_scraped_headline(lines: list[str], captions: list[bool], first: int) -> bool:
+    """Whether `lines[first]`, the body's first line that is not a caption, is the page's
+    headline scraped along: headline-shaped (no dateline, no final full stop, not too long)
+    and right above (captions aside) a paragraph that opens with a dateline."""
+    line = lines[first]
+    if captions[first] or len(line) > _HEADLINE_CHARS or line.endswith("."):
+        return False
+    if _DATELINE.match(line):
+        return False
+    after = next((i for i in range(first + 1, len(lines)) if not captions[i]), None)
+    return after is not None and bool(_DATELINE.match(lines[after]))
+
+
 def _words(text: str) -> list[str]:
     """The words of `text`, case and punctuation aside."""
     return _NON_WORD.sub(" ", text.casefold()).split()
@@ -210,6 +227,12 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
     # header, so the body (and the id) is the same whether the header was filled or not.
     captions = [_is_caption(line) for line in lines]
     floor = next((i for i, caption in enumerate(captions) if not caption), 0) + 1
+    # The page's headline, kept by some scrapes as the body's first line: a line above the
+    # paragraph that opens with the dateline is not the story's text (that paragraph is its
+    # lead), and the teasers' run stops above the lead.
+    headline = floor - 1 if _is_scraped_headline(lines, captions, floor - 1) else None
+    if headline is not None:
+        floor = captions.index(False, floor) + 1
     # Some scrapes put the byline below the sidebar: a byline-shaped last line with teasers
     # right above it is taken first, or the teasers would be read as the story's own text.
     end = len(lines)
@@ -230,6 +253,9 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
         tag, rest = _split_dateline(line)
         teasers.append(Teaser(dateline=tag or "", text=rest))
     lines, captions = lines[:start], captions[:start]
+
+    if headline is not None and not _is_byline(lines[headline]):
+        del lines[headline], captions[headline]
 
     # 2. Byline: the last remaining line that is not a caption (the story may end on a
     # photo), if it is byline-shaped and not the only text.
