@@ -326,3 +326,28 @@ def test_the_headline_scraped_above_the_dateline_is_not_the_lead(
     ]
     items = json.loads((output / "feed.json").read_bytes())["items"]
     assert items[0]["summary"].startswith("Sáng nay 1/11, huyện Sơn Khê khai giảng")
+
+
+def test_view_in_browser_opens_the_digest_in_the_readers_language(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """An English subscriber's "View in browser" link opened the Vietnamese page."""
+    (workdir / "seeds" / "c.txt").write_text(CAMERAS, encoding="utf-8")
+    for args in (
+        ["subscribers", "add", "an@example.org", "--lang", "vi"],
+        ["subscribers", "add", "bo@example.org", "--lang", "en"],
+        ["send"],
+    ):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    base = "http://localhost:8000/"
+    headings = {"vi": "Bản tin ngày 1 tháng 11, 2024", "en": "News for November 1, 2024"}
+    for mail in sorted((workdir / "outbox").rglob("*.eml")):
+        message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+        lang = str(message["Content-Language"])
+        text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        (view,) = set(re.findall(rf"{base}digests/\S+", text))
+        page = (workdir / "feeds" / view.removeprefix(base)).read_text("utf-8")
+        assert f'<html lang="{lang}"' in page
+        assert headings[lang] in page
+        assert f'href="{base}unsubscribe?lang={lang}"' in page
