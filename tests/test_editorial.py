@@ -351,3 +351,34 @@ def test_view_in_browser_opens_the_digest_in_the_readers_language(
         assert f'<html lang="{lang}"' in page
         assert headings[lang] in page
         assert f'href="{base}unsubscribe?lang={lang}"' in page
+
+
+SHOP = (
+    "Công ty A&amp;B khai trương siêu thị điện máy\n01/11/2024 08:50\n{head}\n"
+    "LGO - Sáng nay 1/11, Công ty TNHH A&amp;B khai trương siêu thị điện máy thứ 3 tại TP. "
+    "Bến Lam.\n"
+    "Giám đốc công ty cho biết: &quot;Chúng tôi giảm giá 20% trong tuần đầu&quot;&#46;\n"
+    "Khách&nbsp;hàng mua hóa đơn trên 5 triệu đồng được tặng quà &lt;3&gt; món.\n"
+)
+
+
+def test_character_references_left_in_a_dump_read_as_the_characters(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """A scraper that kept the HTML's entities: readers saw "A&amp;B" and "&quot;" as text
+    in the title, the page, the feeds and the slug ("a-amp-b")."""
+    output = _build(settings, db, now, {"a.txt": SHOP})
+    (page,) = (output / "articles").glob("*.html")
+    assert page.name == "cong-ty-a-b-khai-truong-sieu-thi-dien-may.html"
+    _meta, paragraphs, _other = _article(output, page.stem)
+    assert paragraphs == [
+        "Sáng nay 1/11, Công ty TNHH A&B khai trương siêu thị điện máy thứ 3 tại TP. Bến Lam.",
+        'Giám đốc công ty cho biết: "Chúng tôi giảm giá 20% trong tuần đầu".',
+        "Khách hàng mua hóa đơn trên 5 triệu đồng được tặng quà <3> món.",
+    ]
+    html_text = page.read_text("utf-8")
+    assert "&amp;amp;" not in html_text
+    assert "&amp;quot;" not in html_text
+    items = json.loads((output / "feed.json").read_bytes())["items"]
+    assert items[0]["title"] == "Công ty A&B khai trương siêu thị điện máy"
+    assert "&amp;amp;" not in items[0]["content_html"]

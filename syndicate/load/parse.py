@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from dataclasses import replace
 from zoneinfo import ZoneInfo
@@ -24,7 +25,8 @@ from syndicate.text import (
 # 4: the head (line 3) is a summary, not a paragraph; ids cover the byline; new titles.
 # 5: size limits on a dump (TEXT_LIMIT, LINE_LIMIT); bidi controls removed.
 # 6: a byline below the teasers, above closing captions or opening the body; a head that
-#    repeats the title is no summary; the headline scraped above the dateline's lead.
+#    repeats the title is no summary; the headline scraped above the dateline's lead;
+#    HTML character references read as their characters.
 PARSER_VERSION = 6
 
 # The most a dump may hold to be taken as one article: ten times the longest real article
@@ -35,6 +37,10 @@ LINE_LIMIT = 10_000  # lines
 _LIMIT_HINT = "Split it into articles, or move it out of the dump folder."
 
 _SPACES = re.compile(" {2,}")
+# An HTML character reference a scraper left in the text ("A&amp;B", "&quot;", "&#8220;"):
+# the dump is plain text, so the reader is owed the character. The ";" is required: without
+# it ("R&D", "AT&T", "&copy2024") HTML's legacy rules would eat letters of real text.
+_CHAR_REF = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
 _NON_WORD = re.compile(r"[\W_]+")
 _PLACEHOLDER = re.compile(r"^\{\s*[A-Za-z_]+\s*\}$")
 # A dateline: a short agency tag ("QTO", "VOV.VN", "VTV.vn", "(Dân trí)", "(PLO)"), then a
@@ -52,6 +58,8 @@ def _split_lines(text: str, *, plain: bool = False) -> list[str]:
     Only "\\n" splits (after "\\r\\n" and "\\r" become "\\n"): str.splitlines() would also
     split on form feeds, U+0085 and U+2028, which are spaces inside a line here.
     """
+    if "&" in text and _CHAR_REF.search(text):
+        text, plain = _CHAR_REF.sub(_char_ref, text), False
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     # Every character clean_text removes or replaces is unprintable: a text that is plain,
@@ -61,6 +69,12 @@ def _split_lines(text: str, *, plain: bool = False) -> list[str]:
         _SPACES.sub(" ", line).strip() if "  " in line else line.strip()
         for line in text.split("\n")
     ]
+
+
+def _char_ref(match: re.Match[str]) -> str:
+    # A reference to a line break is a space: it may not move the header's lines.
+    char = html.unescape(match.group(0))
+    return " " if char in ("\n", "\r") else char
 
 
 def _is_unfilled(value: str) -> bool:
