@@ -339,13 +339,16 @@ def _tagged_body(blocks: Sequence[Block], body: bytes, *, language: str | None) 
 
 def page_context(info: SiteInfo, *, root: str) -> dict[str, Any]:
     """What `_base.html.j2` needs besides `chrome` (`render_chrome` of these): lang, site,
-    root (the way to the site root from the page: "", "../" or an absolute URL) and t
-    (the chrome strings)."""
+    root (the way to the site root from the page: "", "../" or an absolute URL), t
+    (the chrome strings), and the site's description and its language (the page's: the
+    static pages are all in the site's language)."""
     return {
         "site": info,
         "lang": info.language,
         "root": root,
         "t": _STRINGS.get(info.language, _STRINGS["vi"]),
+        "description": info.description,
+        "description_lang": info.language,
     }
 
 

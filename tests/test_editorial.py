@@ -3,25 +3,28 @@ real scrapes take, built into pages and feeds (and digests), checked in the buil
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import html
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
 import feedparser
+import httpx
 import pytest
 from click.testing import CliRunner
 
 from syndicate.cli import AppContext, cli
-from syndicate.config import Settings
+from syndicate.config import Settings, SiteSettings
 from syndicate.publish import run_build
 from syndicate.store import Database
 from tests.plugins.postgres import open_store
+from tests.plugins.web import LiveServer
 
 
 @pytest.fixture
@@ -382,3 +385,38 @@ def test_character_references_left_in_a_dump_read_as_the_characters(
     items = json.loads((output / "feed.json").read_bytes())["items"]
     assert items[0]["title"] == "Công ty A&B khai trương siêu thị điện máy"
     assert "&amp;amp;" not in items[0]["content_html"]
+
+
+def _footer(page: str) -> tuple[str, str]:
+    """The description line of a page's footer, and the language its element is in."""
+    footer = re.search(r'<footer class="site"><div class="wrap">\s*(<p[^>]*>.*?</p>)', page, re.S)
+    assert footer is not None
+    text = _text(footer.group(1))
+    return text, _voice(page, text)
+
+
+@pytest.mark.parametrize("description", [None, "Báo điện tử của tỉnh Lam Giang."])
+def test_the_english_service_pages_say_the_sites_description_in_english_or_mark_it(
+    live_server: Callable[..., LiveServer], description: str | None
+) -> None:
+    """The sign-up, confirm and unsubscribe pages in English ended every page with the
+    Vietnamese default tagline, marked as English, also as their meta description. The
+    default (syndicate's own words) is said in the page's language; an operator's own
+    description, which has one language, is marked as the site's."""
+    if description is None:
+        server = live_server()
+    else:
+        site = dataclasses.replace(SiteSettings(), description=description)
+        server = live_server(site=site)
+    english = {None: "The latest news, gathered by syndicate."}.get(description, description)
+    vietnamese = description or "Tin tức mới nhất, tổng hợp bởi syndicate."
+    with httpx.Client(base_url=server.url) as client:
+        for path, text, lang in (
+            ("subscribe?lang=en", english, "en" if description is None else "vi"),
+            ("subscribe?lang=vi", vietnamese, "vi"),
+            ("unsubscribe?token=broken&lang=en", english, "en" if description is None else "vi"),
+        ):
+            page = client.get(path).text
+            assert _footer(page) == (text, lang), path
+            if description is None:
+                assert f'<meta name="description" content="{text}">' in page
