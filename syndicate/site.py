@@ -41,6 +41,7 @@ from syndicate.model import (
 from syndicate.text import (
     STORY_PROBE_CHARS,
     after_title,
+    detect_language,
     one_line,
     shorten,
     slugify,
@@ -55,7 +56,8 @@ if TYPE_CHECKING:
     import jinja2
 
 # Bump when page rendering changes in code (not templates), so old pages get re-rendered.
-# 4: a teaser advertising the page's own article is not listed under "Other news".
+# 4: a teaser advertising the page's own article is not listed under "Other news"; each
+#    item says its language.
 RENDER_VERSION = 4
 
 ARTICLE_TEMPLATE = "article.html.j2"
@@ -558,6 +560,9 @@ class SiteRenderer:
                     title=None if link is None else typeset(one_line(link.title)),
                     dateline=one_line(item.teaser.dateline),
                     text=typeset(trailing_ellipsis(one_line(item.teaser.text))),
+                    # What the item shows (the linked title, else the teaser) says its
+                    # language: a page's reader may not share it.
+                    language=detect_language(link.title if link else item.teaser.text),
                 )
             )
         return items

@@ -420,3 +420,29 @@ def test_the_english_service_pages_say_the_sites_description_in_english_or_mark_
             assert _footer(page) == (text, lang), path
             if description is None:
                 assert f'<meta name="description" content="{text}">' in page
+
+
+def test_other_news_in_another_language_than_the_readers_says_its_own(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """The teasers under "Other news" are Vietnamese: in an English digest, and on the
+    pages of an English site, they were read out by the English voice."""
+    (workdir / "syndicate.toml").write_text('[site]\nlanguage = "en"\n', encoding="utf-8")
+    (workdir / "seeds" / "c.txt").write_text(CAMERAS + TEASERS, encoding="utf-8")
+    for args in (["build"], ["subscribers", "add", "bo@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    teaser = (
+        "Sáng nay 1/11, Sở Giáo dục và Đào tạo tỉnh Lam Giang tổ chức hội nghị triển khai "
+        "nhiệm vụ năm học mới…"
+    )
+    (mail,) = (workdir / "outbox").rglob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    digest = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert '<html lang="en"' in digest
+    assert _voice(digest, "Other news") == "en"
+    assert _voice(digest, "\u2013 " + teaser) == "vi"
+    (page,) = (workdir / "feeds" / "articles").glob("*.html")
+    page_html = page.read_text("utf-8")
+    assert _voice(page_html, "Other news") == "en"
+    assert _voice(page_html, "LGO \u2013 " + teaser) == "vi"
