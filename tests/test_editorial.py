@@ -446,3 +446,51 @@ def test_other_news_in_another_language_than_the_readers_says_its_own(
     page_html = page.read_text("utf-8")
     assert _voice(page_html, "Other news") == "en"
     assert _voice(page_html, "LGO \u2013 " + teaser) == "vi"
+
+
+HARVEST = (
+    "Nông dân Tân Mỹ thu hoạch lúa hữu cơ đạt năng suất cao\n01/11/2024 15:45\n{head}\n"
+    "LGO - Chiều nay 1/11, hợp tác xã nông nghiệp Tân Mỹ, huyện Đồng Lũy thu hoạch 45 ha lúa "
+    "hữu cơ, năng suất bình quân đạt 5,8 tấn/ha, giá bán 12.500 đồng/kg, cao gấp rưỡi lúa "
+    "thường; đây là vụ thứ ba liên tiếp hợp tác xã sản xuất theo quy trình hữu cơ được chứng "
+    "nhận, với sự tham gia của 120 hộ xã viên và sự hỗ trợ kỹ thuật của Trung tâm Khuyến nông "
+    "tỉnh.\n"
+    "Ông Trương Văn Hữu, Giám đốc hợp tác xã, cho biết toàn bộ sản lượng đã được bao tiêu.\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("words", "blurb"),
+    [
+        # The 30th word is "12.500": "giá bán 12.500…" sold rice at a price with no unit.
+        (
+            30,
+            "Chiều nay 1/11, hợp tác xã nông nghiệp Tân Mỹ, huyện Đồng Lũy thu hoạch 45 ha "
+            "lúa hữu cơ, năng suất bình quân đạt 5,8 tấn/ha…",
+        ),
+        # The 45th is "tác", of "hợp tác xã": a cut between the syllables of one word.
+        (
+            45,
+            "Chiều nay 1/11, hợp tác xã nông nghiệp Tân Mỹ, huyện Đồng Lũy thu hoạch 45 ha "
+            "lúa hữu cơ, năng suất bình quân đạt 5,8 tấn/ha, giá bán 12.500 đồng/kg, cao gấp "
+            "rưỡi lúa thường…",
+        ),
+    ],
+)
+def test_a_long_lead_is_cut_in_the_digest_where_an_editor_would_cut_it(
+    runner: CliRunner, workdir: Path, words: int, blurb: str
+) -> None:
+    """A lead of one long sentence is cut to `digest.lead_words` words: it was cut after
+    the last word that fit, between a price and its unit or inside a word ("hợp tác…"). It
+    is cut at the last clause boundary, else where no word or number is split."""
+    (workdir / "syndicate.toml").write_text(f"[digest]\nlead_words = {words}\n", "utf-8")
+    (workdir / "seeds" / "h.txt").write_text(HARVEST, encoding="utf-8")
+    for args in (["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    (mail,) = (workdir / "outbox").rglob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert blurb in " ".join(text.split())
+    page = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert blurb in _text(page)
