@@ -494,3 +494,32 @@ def test_a_long_lead_is_cut_in_the_digest_where_an_editor_would_cut_it(
     assert blurb in " ".join(text.split())
     page = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
     assert blurb in _text(page)
+
+
+BUSES = (
+    "Bến Lam mở tuyến xe buýt nhanh\n01/11/2024 10:00\n{line3}\n"
+    "LGO - Sáng nay 1/11, TP. Bến Lam khai trương tuyến xe buýt nhanh đầu tiên dài 14 km.\n"
+    "Tuyến có 12 trạm dừng, giá vé 7.000 đồng/lượt.\n"
+)
+
+
+def test_a_name_on_line_3_is_the_byline_not_the_summary(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """A site whose template puts the author where the sapo goes: "Quang Huy" was the
+    page's standfirst, the feeds' summary and the digest's blurb, and no author shown.
+    The same story without it keeps its id (the header never changes it)."""
+    output = _build(settings, db, now, {"b.txt": BUSES.format(line3="Quang Huy")})
+    page = (output / "articles" / "ben-lam-mo-tuyen-xe-buyt-nhanh.html").read_text("utf-8")
+    assert 'class="standfirst"' not in page
+    meta, paragraphs, _other = _article(output, "ben-lam-mo-tuyen-xe-buyt-nhanh")
+    assert meta.endswith("Tác giả: Quang Huy")
+    assert paragraphs[0].startswith("Sáng nay 1/11, TP. Bến Lam khai trương")
+    entry, _content = _feed_entry(output, "Bến Lam mở tuyến xe buýt nhanh")
+    assert entry["author"] == "Quang Huy"
+    assert str(entry["summary"]).startswith("Sáng nay 1/11")
+    ids = {entry["id"]}
+    (settings.paths.seeds / "b.txt").write_text(BUSES.format(line3="{head}"), "utf-8")
+    run_build(settings, db, now=now)
+    entry, _content = _feed_entry(output, "Bến Lam mở tuyến xe buýt nhanh")
+    assert {entry["id"]} == ids

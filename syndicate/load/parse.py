@@ -26,7 +26,7 @@ from syndicate.text import (
 # 5: size limits on a dump (TEXT_LIMIT, LINE_LIMIT); bidi controls removed.
 # 6: a byline below the teasers, above closing captions or opening the body; a head that
 #    repeats the title is no summary; the headline scraped above the dateline's lead;
-#    HTML character references read as their characters.
+#    HTML character references read as their characters; a name on line 3 is the byline.
 PARSER_VERSION = 6
 
 # The most a dump may hold to be taken as one article: ten times the longest real article
@@ -294,7 +294,14 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
     dateline: str | None = None
     summary: str | None = None
     has_paragraph = False
-    if head:
+    # The id covers the body's own byline only: one from the header would make a copy of
+    # the story with its header unfilled another article.
+    body_author = author
+    if head and _is_byline(head):
+        # A name where the sapo goes (some templates put the author there) summarises
+        # nothing: it is the byline when the body has none.
+        author = author or _author(head)
+    elif head:
         dateline, summary = _split_dateline(head)
     for line, caption in zip(lines, captions, strict=True):
         if caption:
@@ -339,7 +346,7 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
 
     content = "\n".join([b.text for b in blocks])
     body = content.encode("utf-8")
-    article_id = make_article_id(body, author)
+    article_id = make_article_id(body, body_author)
     article = Article(
         id=article_id,
         slug=slugify(title) or f"bai-{article_id[:12]}",
