@@ -53,7 +53,7 @@ def _article(output: Path, slug: str) -> tuple[str, str, list[str]]:
     page = (output / "articles" / f"{slug}.html").read_text("utf-8")
     article = re.search(r"<article[^>]*>(.*?)</article>", page, re.S)
     assert article is not None
-    meta = re.search(r'<p class="meta">(.*?)</p>', article.group(1), re.S)
+    meta = re.search(r'<p class="meta"[^>]*>(.*?)</p>', article.group(1), re.S)
     assert meta is not None
     paragraphs = [_text(p) for p in re.findall(r"<p(?: [^>]*)?>(.*?)</p>", article.group(1))]
     other = re.search(r'<section class="other-news">(.*?)</section>', page, re.S)
@@ -523,3 +523,20 @@ def test_a_name_on_line_3_is_the_byline_not_the_summary(
     run_build(settings, db, now=now)
     entry, _content = _feed_entry(output, "Bến Lam mở tuyến xe buýt nhanh")
     assert {entry["id"]} == ids
+
+
+def test_the_byline_reads_as_english_on_an_english_site(runner: CliRunner, workdir: Path) -> None:
+    """An English site's article page said "By: Thu Ha"; English says "By Thu Ha"."""
+    (workdir / "syndicate.toml").write_text('[site]\nlanguage = "en"\n', encoding="utf-8")
+    (workdir / "seeds" / "m.txt").write_text(MARKET, encoding="utf-8")
+    (workdir / "seeds" / "c.txt").write_text(CAMERAS + "Đức Anh\n", encoding="utf-8")
+    result = runner.invoke(cli, ["build"])
+    assert result.exit_code == 0, result.output
+    meta, _paragraphs, _other = _article(
+        workdir / "feeds", "ben-lam-opens-its-first-night-market-for-tourists"
+    )
+    assert meta == "Friday, November 1, 2024, 12:00 PM · By Thu Ha"
+    meta, _paragraphs, _other = _article(
+        workdir / "feeds", "ben-lam-lap-them-200-camera-giam-sat-giao-thong"
+    )
+    assert meta.endswith(" · By Đức Anh")
