@@ -37,6 +37,7 @@ from syndicate.model import (
     order_teasers,
     shown_block,
     shown_blocks,
+    shown_standfirst,
 )
 from syndicate.text import (
     STORY_PROBE_CHARS,
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
 
 # Bump when page rendering changes in code (not templates), so old pages get re-rendered.
 # 4: a teaser advertising the page's own article is not listed under "Other news"; each
-#    item says its language.
+#    item says its language. (The standfirst is model.shown_standfirst: same bytes.)
 RENDER_VERSION = 4
 
 ARTICLE_TEMPLATE = "article.html.j2"
@@ -493,12 +494,11 @@ class SiteRenderer:
         # between fixed tags. A block that is not printable NFC text (not the loader's) is
         # first put on one line.
         blocks = article.body
-        standfirst = article.head if article.head and article.head != article.lead else None
-        if article.title_derived:
+        standfirst = shown_standfirst(article)
+        has_head = bool(article.head) and article.head != article.lead
+        if article.title_derived and not has_head:
             # The headline was made from the text right below it: print those words once.
-            if standfirst is not None:
-                standfirst = after_title(article.title, standfirst) or None
-            elif blocks and blocks[0].kind is BlockKind.PARAGRAPH:
+            if blocks and blocks[0].kind is BlockKind.PARAGRAPH:
                 rest = after_title(article.title, blocks[0].text)
                 if rest != blocks[0].text:
                     first = (Block(BlockKind.PARAGRAPH, rest),) if rest else ()

@@ -540,3 +540,35 @@ def test_the_byline_reads_as_english_on_an_english_site(runner: CliRunner, workd
         workdir / "feeds", "ben-lam-lap-them-200-camera-giam-sat-giao-thong"
     )
     assert meta.endswith(" · By Đức Anh")
+
+
+FLOODS = (
+    "Tỉnh yêu cầu khắc phục hậu quả mưa lũ\n01/11/2024 14:20\n"
+    "LGO - Chiều nay 1/11, Chủ tịch UBND tỉnh Lam Giang ký công điện yêu cầu các sở, ngành, "
+    "địa phương khẩn trương khắc phục hậu quả mưa lũ.\n"
+    "Theo công điện, các địa phương phải hoàn thành thống kê thiệt hại trước ngày 5/11.\n"
+    "Sở Tài chính được giao bố trí 15,5 tỷ đồng để hỗ trợ khẩn cấp.\n"
+)
+
+
+def test_the_feeds_full_text_opens_with_the_standfirst_the_page_prints(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """Feed readers show the full text (content:encoded, Atom content, content_html): it
+    began at the second paragraph, without the sapo the page prints under the headline,
+    so the story read from the middle."""
+    output = _build(settings, db, now, {"f.txt": FLOODS})
+    sapo = (
+        "Chiều nay 1/11, Chủ tịch UBND tỉnh Lam Giang ký công điện yêu cầu các sở, ngành, "
+        "địa phương khẩn trương khắc phục hậu quả mưa lũ."
+    )
+    page = (output / "articles" / "tinh-yeu-cau-khac-phuc-hau-qua-mua-lu.html").read_text()
+    assert f'<p class="standfirst">{sapo}</p>' in page
+    entry, content = _feed_entry(output, "Tỉnh yêu cầu khắc phục hậu quả mưa lũ")
+    rss = feedparser.parse((output / "rss.xml").read_bytes()).entries[0]
+    for text in (entry["content"][0]["value"], content, rss.content[0].value):  # type: ignore[index]
+        assert [_text(p) for p in re.findall(r"<p>(.*?)</p>", text)] == [
+            sapo,
+            "Theo công điện, các địa phương phải hoàn thành thống kê thiệt hại trước ngày 5/11.",
+            "Sở Tài chính được giao bố trí 15,5 tỷ đồng để hỗ trợ khẩn cấp.",
+        ]
