@@ -572,3 +572,23 @@ def test_the_feeds_full_text_opens_with_the_standfirst_the_page_prints(
             "Theo công điện, các địa phương phải hoàn thành thống kê thiệt hại trước ngày 5/11.",
             "Sở Tài chính được giao bố trí 15,5 tỷ đồng để hỗ trợ khẩn cấp.",
         ]
+
+
+def test_a_digest_of_one_story_prints_no_contents_of_one_line(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """A digest of a single story listed it "In this issue", then printed the same headline
+    again right under that list: the headline twice, back to back, for nothing."""
+    (workdir / "seeds" / "c.txt").write_text(CAMERAS, encoding="utf-8")
+    for args in (["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    (mail,) = (workdir / "outbox").rglob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    page = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "TRONG SỐ NÀY" not in text
+    assert "Trong số này" not in page
+    title = "Bến Lam lắp thêm 200 camera giám sát giao thông"
+    assert text.count(title) == 1
+    assert _text(page.split("</title>", 1)[1]).count(title) == 1
