@@ -179,6 +179,15 @@ def _words(text: str) -> list[str]:
     return _NON_WORD.sub(" ", text.casefold()).split()
 
 
+def _is_name_sized(text: str) -> bool:
+    """At most four words besides joiners, or a "Theo "/"By " credit: a byline above the
+    story, where a headline in title case ("Ben Lam Opens Night Market") may also sit."""
+    if re.match(r"^(?:Theo|By)\s", text):
+        return True
+    words = [w for w in re.split(r"[\s,&/]+", text) if w not in {"và", "and", "-", "\u2013"}]
+    return len(words) <= 4
+
+
 def _author(text: str) -> str:
     match = re.match(r"^(?:Theo|By)\s+(?P<rest>.+)$", text)
     return match.group("rest") if match else text
@@ -284,7 +293,7 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
         # Else the first line that is not a caption, where some sites print the author
         # above the story: a name is never the lead (the feeds' summary, the digest blurb).
         first = captions.index(False)
-        if _is_byline(lines[first]):
+        if _is_byline(lines[first]) and _is_name_sized(lines[first]):
             author = _author(lines.pop(first))
             captions.pop(first)
 
