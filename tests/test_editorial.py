@@ -293,7 +293,7 @@ def test_a_head_that_only_says_the_title_again_is_not_its_summary(
     same words as standfirst), and the feeds' summary and the digest's blurb repeated the
     title instead of saying what happened."""
     output = _build(settings, db, now, {"r.txt": ROAD})
-    page = (output / "articles" / "dong-luy-khoi-cong-duong-cuu-ho-cuu-nan.html").read_text()
+    page = (output / "articles" / "dong-luy-khoi-cong-duong-cuu-ho-cuu-nan.html").read_text("utf-8")
     assert 'class="standfirst"' not in page
     _meta, paragraphs, _other = _article(output, "dong-luy-khoi-cong-duong-cuu-ho-cuu-nan")
     assert paragraphs[0].startswith("Tuyến đường dài 12")
@@ -562,7 +562,7 @@ def test_the_feeds_full_text_opens_with_the_standfirst_the_page_prints(
         "Chiều nay 1/11, Chủ tịch UBND tỉnh Lam Giang ký công điện yêu cầu các sở, ngành, "
         "địa phương khẩn trương khắc phục hậu quả mưa lũ."
     )
-    page = (output / "articles" / "tinh-yeu-cau-khac-phuc-hau-qua-mua-lu.html").read_text()
+    page = (output / "articles" / "tinh-yeu-cau-khac-phuc-hau-qua-mua-lu.html").read_text("utf-8")
     assert f'<p class="standfirst">{sapo}</p>' in page
     entry, content = _feed_entry(output, "Tỉnh yêu cầu khắc phục hậu quả mưa lũ")
     rss = feedparser.parse((output / "rss.xml").read_bytes()).entries[0]
