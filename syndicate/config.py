@@ -11,6 +11,7 @@ import ipaddress
 import math
 import os
 import re
+import shlex
 import stat
 import sys
 import tomllib
@@ -874,6 +875,55 @@ def weak_secret_warning(settings: Settings) -> str | None:
         f"{MIN_SECRET_BYTES} bytes or more (like the output of `openssl rand -base64 32`), "
         "or unset it to use the one syndicate makes; either way, the links in mail already "
         "sent stop working."
+    )
+
+
+def exposed_secret_warning(
+    path: Path | None, settings: Settings, environ: Mapping[str, str]
+) -> str | None:
+    """One warning line when the config file holds a secret and every user may read it.
+
+    The signing secret (mail.secret) signs every unsubscribe and confirm link: another
+    user of the machine who reads it forges them, for any subscriber (a version 1 link
+    names no nonce). A password in store.url opens the store itself. Only the others'
+    read bit counts: a group shared with `serve` running as another user is deliberate.
+    """
+    if path is None:
+        return None
+    held: list[tuple[str, str, str]] = []
+    if settings.mail.secret:
+        held.append(
+            (
+                "the signing secret (mail.secret)",
+                "whoever reads the signing secret can forge unsubscribe and confirm links "
+                "for every subscriber",
+                ENV_SECRET,
+            )
+        )
+    if not environ.get(ENV_STORE_URL) and urlsplit(settings.store.url).password:
+        held.append(
+            (
+                "the store's password (store.url)",
+                "whoever reads the password can read and change every subscriber's data",
+                ENV_STORE_URL,
+            )
+        )
+    if not held:
+        return None
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None
+    if not mode & stat.S_IROTH:
+        return None
+    names = " and ".join(name for name, _, _ in held)
+    harm = "; ".join(what for _, what, _ in held)
+    variables = " and ".join(variable for _, _, variable in held)
+    quoted = shlex.quote(str(path))
+    return (
+        f"config file {path} holds {names} and every user of this machine may read it "
+        f"(mode {mode:04o}): {harm}. Run chmod 600 {quoted} (640 to share it with a group), "
+        f"or set {variables} in the environment instead."
     )
 
 

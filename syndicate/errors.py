@@ -276,11 +276,16 @@ class CrashedStopError(InterruptError):
 # which raw would drive the terminal (an escape sequence) or print a line of its own.
 _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c != 0x09}
 _ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+# Unicode's bidirectional controls are not control characters, but drive the terminal all
+# the same: RLO (U+202E) shows the rest of the line reversed, an isolate reorders what
+# follows it ("Trojan Source", CVE-2021-42574).
+_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_ESCAPES.update({c: f"\\u{c:04x}" for c in _BIDI})
 
 
 def printable(text: str) -> str:
-    """Return `text` with its control characters and line separators as escapes (`\\x1b`,
-    `\\n`): one line that cannot drive a terminal.
+    """Return `text` with its control characters, line separators and bidirectional controls
+    as escapes (`\\x1b`, `\\n`, `\\u202e`): one line that cannot drive a terminal.
 
     Here, not in text.py: every command loads this module first, and text.py costs ~10 ms.
     """
@@ -292,6 +297,9 @@ class _LineFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         message = printable(record.getMessage())
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None:  # `log.exception`: what was raised, on the same line
+            message += f" ({printable(f'{type(error).__name__}: {error}')})"
         if record.levelno >= logging.ERROR:
             return f"error: {message}"
         if record.levelno >= logging.WARNING:

@@ -89,6 +89,43 @@ def _write_error(path: str | Path, exc: OSError) -> OutputError:
     )
 
 
+def check_writable_folder(folder: Path, *, name: str) -> None:
+    """Raise OutputError (exit 2) unless `folder` is, or can be made, a folder this process
+    can write files in: called before a command makes anything else (its store, its lock),
+    so that a bad path leaves nothing behind. `name` says where the path came from
+    (`config key paths.output`, `--out`).
+
+    Tried, not guessed from the mode bits (root may write where they say no, and nobody in
+    a read-only mount or in /proc): an empty temp file is made and removed in `folder`, or
+    in its nearest existing parent when it is still to be made.
+    """
+    probe = folder
+    while True:
+        try:
+            if not probe.is_dir():
+                if probe.exists() or probe.is_symlink():
+                    where = folder if probe == folder else f"{folder}: {probe}"
+                    raise OutputError(
+                        f"{name}: {where} is not a folder.",
+                        hint="Give a folder this user can write to (or one it can make).",
+                    )
+                if probe.parent != probe:
+                    probe = probe.parent
+                    continue
+            fd, tmp = _create_temp(probe / "probe")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            if isinstance(exc, OutputError):
+                raise
+            what = f"write in {folder}" if probe == folder else f"make {folder} in {probe}"
+            raise OutputError(
+                f"{name}: cannot {what}: {exc.strerror or exc}.",
+                hint="Give a folder this user can write to (or one it can make).",
+            ) from exc
+        return
+
+
 def _create_temp(path: Path, *, private: bool = False) -> tuple[int, str]:
     """Create a new, empty temp file beside `path` (making its folder, 0700 if `private`)."""
     folder = os.fspath(path.parent)

@@ -573,3 +573,33 @@ def test_piped_mail_stopped_by_sigterm_is_exit_75_so_the_mta_keeps_it(project: P
     )
     with open_store(project / "syndicate.db") as db:
         assert db.conn.execute("SELECT count(*) FROM mail_reports").fetchone()[0] == 0
+
+
+def test_two_runs_on_one_maildir_at_once_report_nothing_unreadable(plain_project: Path) -> None:
+    # cron starts the next `bounces ~/Maildir` while a slow one still runs (or the MTA's
+    # pipe and cron overlap): a message the other run filed into cur/ between this run's
+    # listing of new/ and its read was "not a regular file", counted unreadable, exit 1.
+    raw = (BOUNCES / "gmail-hard.eml").read_bytes()
+    box = _maildir(plain_project / "Maildir", [])
+    for index in range(1000):  # distinct Message-IDs: each is read, not known already
+        (box / "new" / f"1730440000.{index:04d}.host").write_bytes(
+            raw.replace(b"Message-ID: <", b"Message-ID: <%d." % index, 1)
+        )
+    command = [sys.executable, "-m", "syndicate", "bounces", str(box)]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as first:
+        deadline = time.monotonic() + 60
+        while not any((box / "cur").iterdir()):  # the first run is under way
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        second = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        out, err = first.communicate(timeout=120)
+    runs = [(first.returncode, out, err), (second.returncode, second.stdout, second.stderr)]
+    for code, printed, warned in runs:
+        assert (code, warned) == (0, ""), (printed, warned)
+        assert printed.endswith(" ignored, 0 unreadable\n"), printed
+    assert list((box / "new").iterdir()) == []
+    assert len(list((box / "cur").glob("*:2,S"))) == 1000
+    assert _statuses(plain_project)["gone@gmail.example"] == "bounced"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 
 from syndicate import __version__
 from syndicate.cli import COMMAND_MODULES, cli
+from syndicate.errors import log_lines_to_stderr
 
 
 def test_version() -> None:
@@ -84,3 +86,26 @@ def test_real_subprocess_reports_a_bad_config_without_traceback(tmp_path: Path) 
     assert proc.returncode == 2
     assert proc.stderr.startswith("Error: config section [nope] is not known;")
     assert "Traceback" not in proc.stderr
+
+
+def test_a_logged_exception_says_what_it_was_on_its_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # serve logs a confirmation mail that failed unexpectedly with `log.exception`; the line
+    # formatter printed the message alone ("error: subscribe: a confirmation mail failed"),
+    # leaving the operator no clue of what went wrong.
+    root = logging.getLogger("syndicate")
+    handlers, level = root.handlers[:], root.level
+    try:
+        log_lines_to_stderr(logging.WARNING)
+        try:
+            raise KeyError("b\x1b[2Jc")
+        except KeyError:
+            logging.getLogger("syndicate.web.signups").exception(
+                "subscribe: a confirmation mail failed"
+            )
+    finally:
+        root.handlers[:], root.level = handlers, level
+    assert capsys.readouterr().err == (
+        "error: subscribe: a confirmation mail failed (KeyError: 'b\\x1b[2Jc')\n"
+    )

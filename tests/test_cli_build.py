@@ -215,6 +215,44 @@ def test_a_command_without_its_seeds_folder_fails_and_creates_nothing(
     assert _untouched()
 
 
+@pytest.mark.parametrize(
+    ("config", "command", "line"),
+    [
+        ("output = 'site.txt/out'", ["build"], "paths.output: {d}/site.txt/out: {d}/site.txt"),
+        ("output = 'site.txt/out'", ["send"], "paths.output: {d}/site.txt/out: {d}/site.txt"),
+        ("output = '/proc/nope/out'", ["build"], "paths.output: cannot make /proc/nope/out in"),
+        ("outbox = '/proc/nope/outbox'", ["send"], "paths.outbox: cannot make /proc/nope/outbox"),
+        ("outbox = 'site.txt'", ["send", "--dry-run"], "paths.outbox: {d}/site.txt is not a"),
+        ("", ["digest", "--out", "/proc/nope/preview"], "--out: cannot make /proc/nope/preview"),
+    ],
+    ids=[
+        "build, output under a file",
+        "send, output under a file",
+        "build, output in /proc",
+        "send, outbox in /proc",
+        "send --dry-run, outbox a file",
+        "digest, --out in /proc",
+    ],
+)
+def test_a_command_whose_output_folder_cannot_be_written_fails_and_creates_nothing(
+    project: Path, config: str, command: list[str], line: str
+) -> None:
+    # The store (with every dump parsed into it) and the send lock were made, the feeds
+    # built and the day's digest stored, before the first write into a folder that could
+    # not be made: exit 2 all the same, with all of that left behind, and a line naming an
+    # article's page or the digest's mail file instead of the setting.
+    (project / "syndicate.toml").write_text(f"[paths]\n{config}\n", encoding="utf-8")
+    (project / "site.txt").write_text("not a folder\n", encoding="utf-8")
+    before = sorted(p.name for p in project.iterdir())
+    code, out, err = _run(*command)
+    assert (code, out) == (2, "")
+    assert err.startswith("Error: --out: " if "--out" in command else "Error: config key "), err
+    assert line.format(d=project) in err, err
+    assert err.endswith(" Give a folder this user can write to (or one it can make).\n"), err
+    assert sorted(p.name for p in project.iterdir()) == before
+    assert _untouched()
+
+
 def _tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 

@@ -235,21 +235,30 @@ def test_a_setup_problem_stops_the_run_with_exit_2(project: Path, smtpd: SmtpSer
     assert re.search(r"\. Digest \d{4}-\d\d-\d\d so far: 0 sent, 0 failed\. ", err), err
 
 
+@pytest.mark.parametrize(
+    ("said", "shown"),
+    [
+        ("\x1b]0;owned\x07", "\\x1b]0;owned\\x07"),
+        # Bidirectional controls are not control characters: RLO (U+202E) showed the rest
+        # of the line reversed, and an isolate (U+2066-2069) reorders what follows it.
+        ("\u202eowned\u2066x\u2069\u200f", "\\u202eowned\\u2066x\\u2069\\u200f"),
+    ],
+    ids=["escape sequence", "bidi controls"],
+)
 def test_an_error_line_shows_the_servers_control_characters_as_escapes(
-    project: Path, smtpd: SmtpServer
+    project: Path, smtpd: SmtpServer, said: str, shown: str
 ) -> None:
     # The error line quotes the server's reply: its escape sequence (OSC 0, which retitles
     # the terminal; any other could clear or recolour it) reached the terminal as it came.
     _smtp_config(project, smtpd)
     _subscribe("an@example.org")
-    smtpd.handler.refuse("an@example.org", "535 5.7.8 \x1b]0;owned\x07 credentials invalid")
+    smtpd.handler.refuse("an@example.org", f"535 5.7.8 {said} credentials invalid")
     code, _, err = _run("send")
     assert code == 2
-    assert "\x1b" not in err, repr(err)
-    assert "\x07" not in err, repr(err)
+    assert not {c for c in said if not c.isprintable()} & set(err), repr(err)
     assert err.startswith(
         f"Error: smtp 127.0.0.1:{smtpd.port}: the server asks for authentication: "
-        "535 5.7.8 \\x1b]0;owned\\x07 credentials invalid. "
+        f"535 5.7.8 {shown} credentials invalid. "
     ), repr(err)
 
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import stat
 from datetime import datetime
 from pathlib import Path
 
@@ -189,6 +190,42 @@ def test_export_writes_every_subscriber(project: Path) -> None:
         'an@example.org,"Nguyễn, Ân",vi,confirmed\n'
         "bob@example.org,,en,unsubscribed\n"
     )
+
+
+def test_export_to_a_dash_writes_the_csv_to_standard_output(project: Path) -> None:
+    # `export -` wrote a file named "-" in the current folder.
+    _run("subscribers", "add", "an@example.org", "--name", "Nguyễn Ân")
+    assert _run("subscribers", "export", "-") == (
+        0,
+        "email,name,language,status\nan@example.org,Nguyễn Ân,vi,confirmed\n",
+        "Exported 1 subscribers to standard output.\n",
+    )
+    assert not (project / "-").exists()
+
+
+@pytest.mark.parametrize("target", ["fifo", "link to /dev/null", "link to a fifo"])
+def test_export_refuses_a_path_that_is_no_file_and_leaves_it_as_it_was(
+    project: Path, target: str
+) -> None:
+    # The export renames a new file into place: run as root, `export /dev/stdout` made
+    # /dev/stdout (a link to /proc/self/fd/1) a file for every later process on the machine.
+    # Here a link of the test's own to /dev/null stands for it, and a pipe for a device.
+    _run("subscribers", "add", "an@example.org")
+    fifo = project / "pipe"
+    os.mkfifo(fifo)
+    path = fifo
+    if target.startswith("link"):
+        path = project / "out.csv"
+        path.symlink_to("/dev/null" if target == "link to /dev/null" else fifo)
+    code, out, err = _run("subscribers", "export", str(path))
+    assert (code, out) == (2, "")
+    assert err == (
+        f"Error: {path} is not a regular file: the export writes a new file in its place. "
+        "Give a file path, or - to write the CSV to standard output.\n"
+    )
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    if target.startswith("link"):
+        assert path.is_symlink()
 
 
 def test_erase_forgets_the_address_and_blocks_reimport(project: Path) -> None:

@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from syndicate.cli import AppContext, cli
-from syndicate.config import DkimSettings, Settings
+from syndicate.config import DkimSettings, Settings, exposed_secret_warning, load_settings
 from syndicate.errors import ConfigError
 from syndicate.send import open_send_lock, read_dkim_key
 from syndicate.send.transports import OutboxMailer
@@ -250,6 +250,52 @@ def test_outbox_mails_and_exports_are_private_under_umask_022(project: Path) -> 
     export.chmod(0o644)  # a file left by an older syndicate is replaced by a private one
     assert _run("subscribers", "export", str(export))[0] == 0
     assert _mode(export) == 0o600
+
+
+# --- the config file ----------------------------------------------------------------------
+
+
+def _exposed(path: Path, held: str, mode: str) -> str:
+    return (
+        f"warning: config file {path} holds {held} and every user of this machine may read "
+        f"it (mode {mode}): whoever reads the signing secret can forge unsubscribe and "
+        f"confirm links for every subscriber. Run chmod 600 {path} (640 to share it with a "
+        "group), or set SYNDICATE_SECRET in the environment instead."
+    )
+
+
+def test_a_config_file_every_user_may_read_holding_the_signing_secret_is_warned_about(
+    project: Path,
+) -> None:
+    # A syndicate.toml written under umask 022 is 0644: another local user read mail.secret
+    # from it and forged an unsubscribe link for any subscriber (reproduced against serve).
+    config = project / "syndicate.toml"
+    config.write_text('[mail]\nsecret = "0123456789abcdef0123"\n', encoding="utf-8")
+    assert _mode(config) == 0o644
+    code, _, err = _run("subscribers", "add", "an@example.org")
+    assert (code, err) == (0, _exposed(config, "the signing secret (mail.secret)", "0644") + "\n")
+    config.chmod(0o640)  # shared with a group (serve as another user): a deliberate setup
+    code, _, err = _run("subscribers", "add", "binh@example.org")
+    assert (code, err) == (0, "")
+
+
+def test_a_password_in_a_store_url_every_user_may_read_is_warned_about(
+    tmp_path: Path, umask: None
+) -> None:
+    config = tmp_path / "syndicate.toml"
+    config.write_text('[store]\nurl = "postgresql://news:pw@db.example.org/news"\n')
+    settings = load_settings(config, {}, cwd=tmp_path)
+    assert exposed_secret_warning(config, settings, {}) == (
+        f"config file {config} holds the store's password (store.url) and every user of "
+        "this machine may read it (mode 0644): whoever reads the password can read and "
+        f"change every subscriber's data. Run chmod 600 {config} (640 to share it with a "
+        "group), or set SYNDICATE_STORE_URL in the environment instead."
+    )
+    # The environment's URL is the one used; a file without a password holds none.
+    environ = {"SYNDICATE_STORE_URL": "postgresql://news@db.example.org/news"}
+    assert exposed_secret_warning(config, load_settings(config, environ), environ) is None
+    config.write_text('[store]\nurl = "postgresql://news@db.example.org/news"\n')
+    assert exposed_secret_warning(config, load_settings(config, {}), {}) is None
 
 
 # --- the DKIM key -------------------------------------------------------------------------

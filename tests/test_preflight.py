@@ -542,3 +542,27 @@ def test_preflight_probes_the_server_send_opens(workdir: Path) -> None:
     )
     assert (mailer.timeout, mailer.messages_per_connection) == (12.0, 7)
     assert inspect.signature(probe_smtp).parameters["smtp"].annotation == "SmtpServer"
+
+
+def test_records_behind_cnames_are_followed(
+    setup: Setup, keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]
+) -> None:
+    # A mail provider has the operator publish CNAMEs to records it keeps (a DKIM selector
+    # at the provider, rotating keys; an SPF include; the SMTP host's name): each check
+    # reads through them as a receiving mail server does.
+    setup.zone.remove("s2024._domainkey.example.org")
+    setup.zone.cname("s2024._domainkey.example.org", "s2024.dkim.provider.example.net")
+    setup.zone.cname("s2024.dkim.provider.example.net", "k1.dkim.provider.example.net")
+    setup.zone.txt("k1.dkim.provider.example.net", f"v=DKIM1; k=rsa; p={_p(keys[0])}")
+    setup.zone.remove("_spf.example.org")
+    setup.zone.cname("_spf.example.org", "spf.provider.example.net")
+    setup.zone.txt("spf.provider.example.net", "v=spf1 a:relay.example.org -all")
+    setup.zone.cname("relay.example.org", "mail.example.org")
+    setup.zone.remove("_dmarc.example.org")
+    setup.zone.cname("_dmarc.example.org", "dmarc.provider.example.net")
+    setup.zone.txt("dmarc.provider.example.net", "v=DMARC1; p=reject")
+    assert setup.failing() == []
+    # and a CNAME to the wrong key is the wrong key
+    setup.zone.remove("k1.dkim.provider.example.net")
+    setup.zone.txt("k1.dkim.provider.example.net", f"v=DKIM1; k=rsa; p={_p(keys[1])}")
+    assert setup.failing() == ["dkim"]

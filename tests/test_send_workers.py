@@ -187,6 +187,50 @@ def test_two_workers_deliver_exactly_once_to_every_subscriber(tmp_path: Path) ->
         assert all(owner.endswith(("/1", "/2")) for owner in owners)
 
 
+# A module named as one the worker imports first (`signal`), left in the folder `send` is
+# started from: it notes that it ran, then hands over the standard library's own.
+_PLANTED = """
+import importlib.util, pathlib, sys, sysconfig
+pathlib.Path(__file__).with_name("it-ran").touch()
+spec = importlib.util.spec_from_file_location(
+    "signal", pathlib.Path(sysconfig.get_path("stdlib"), "signal.py")
+)
+real = importlib.util.module_from_spec(spec)
+sys.modules["signal"] = real
+spec.loader.exec_module(real)
+"""
+
+
+def test_workers_run_no_module_from_the_folder_send_was_started_in(tmp_path: Path) -> None:
+    """Another user who may write in the folder `send` is started from (a shared one, /tmp)
+    must not get code run in the workers, which are handed the signing secret: a worker's
+    Python put that folder first on its path (`python -c`), so a `signal.py` there ran."""
+    project, shared = tmp_path / "project", tmp_path / "shared"
+    shared.mkdir()
+    (shared / "signal.py").write_text(_PLANTED, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    if os.environ.get(ENV_STORE_URL):  # the test's PostgreSQL store
+        env[ENV_STORE_URL] = os.environ[ENV_STORE_URL]
+    with run_smtp_server() as server:
+        _project(project, server)
+        emails = _subscribe(project, 0, 4)
+        config = str(project / "syndicate.toml")
+        # -P: the parent (the `syndicate` script's part) keeps its own path clean, as the
+        # installed script does; only what it starts is on trial.
+        done = subprocess.run(
+            [sys.executable, "-P", "-m", "syndicate", "--config", config, "send", "--workers", "2"],
+            cwd=shared,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sorted(server.handler.recipients()) == sorted(emails)
+    assert sorted(path.name for path in shared.iterdir()) == ["signal.py"]
+    assert done.returncode == 0, done.stderr
+    assert SUMMARY.findall(done.stdout) == [("4", "0", "0")]
+
+
 @pytest.mark.slow(seconds=18)
 def test_a_clock_stepped_an_hour_ahead_mid_run_leaves_the_summarys_time_right(
     tmp_path: Path,

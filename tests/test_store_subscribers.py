@@ -239,6 +239,7 @@ def test_signup_after_unsubscribing_starts_over_as_pending(db: Database, now) ->
         "pending-recent",
         "pending-due",
         "pending-capped",
+        "new-mailbox-capped",
         "confirmed",
         "unsubscribed",
         "bounced",
@@ -255,6 +256,10 @@ def test_every_sign_up_writes_exactly_one_row_whatever_the_address_state(
     if state == "pending-capped":  # three mails today already: this one mails nothing
         for minutes in (60, 40, 20):
             assert signup(db, address, language="vi", now=now - timedelta(minutes=minutes))[1]
+    elif state == "new-mailbox-capped":  # three mails today to its mailbox's other spellings
+        for minutes in (60, 40, 20):
+            other = f"an+{minutes}@example.org"
+            assert signup(db, other, language="vi", now=now - timedelta(minutes=minutes))[1]
     elif state.startswith("pending"):
         minutes = 1 if state == "pending-recent" else 11
         signup(db, address, language="vi", now=now - timedelta(minutes=minutes))
@@ -265,8 +270,45 @@ def test_every_sign_up_writes_exactly_one_row_whatever_the_address_state(
     before = db.conn.total_changes
     signup(db, address, language="en", now=now)
     assert db.conn.total_changes - before == 1
-    stamped = db.conn.execute("SELECT signed_up_at FROM subscribers").fetchone()[0]
+    stamped = db.conn.execute(
+        "SELECT signed_up_at FROM subscribers WHERE email = ?", (address,)
+    ).fetchone()[0]
     assert stamped == now.isoformat(timespec="seconds")
+
+
+@pytest.mark.parametrize(
+    ("other", "same_mailbox"),
+    [
+        ("An@Example.org", True),
+        ("an+news@example.org", True),
+        ("an+@example.org", True),
+        ("a.n@example.org", False),  # dots matter but at Gmail
+        ("an-news@example.org", False),  # '-' is a delimiter only on some servers
+        ("an@example.net", False),
+        ("anh@example.org", False),
+    ],
+)
+def test_the_confirmation_cap_counts_the_spellings_of_one_mailbox_together(
+    db: Database,
+    now,  # type: ignore[no-untyped-def]
+    other: str,
+    same_mailbox: bool,
+) -> None:
+    for minutes in (60, 40, 20):
+        assert signup(db, "an@example.org", language="vi", now=now - timedelta(minutes=minutes))[1]
+    assert signup(db, other, language="vi", now=now)[1] is not same_mailbox
+
+
+def test_at_gmail_the_cap_ignores_dots_and_googlemail_is_gmail(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    for minutes, address in (
+        (60, "an.le@gmail.com"),
+        (40, "anle+x@gmail.com"),
+        (20, "a.nle@gmail.com"),
+    ):
+        assert signup(db, address, language="vi", now=now - timedelta(minutes=minutes))[1]
+    assert signup(db, "A.n.L.e@googlemail.com", language="vi", now=now)[1] is False
+    # A day after the first mail, the window has moved past it.
+    assert signup(db, "anle@gmail.com", language="vi", now=now + timedelta(hours=23))[1] is True
 
 
 def test_stale_confirm_link_does_not_resubscribe(db: Database, now) -> None:  # type: ignore[no-untyped-def]

@@ -51,6 +51,8 @@ def _mark_seen(path: Path, folder: Path) -> Callable[[], None]:
         flags = "".join(sorted(set(info) | {"S"}))
         try:
             os.replace(path, folder / "cur" / f"{base}:2,{flags}")
+        except FileNotFoundError:
+            pass  # moved meanwhile by another run, which read it too (reading twice is a no-op)
         except OSError as exc:
             log.warning("%s: cannot move to cur/: %s", path, exc.strerror or exc)
 
@@ -69,12 +71,15 @@ def _maildir(folder: Path) -> Iterator[Item]:
             if sub == "cur" and "S" in name.partition(":2,")[2]:
                 continue
             path = folder / sub / name
-            if not path.is_file():  # a FIFO would block the read, and the run, for good
-                yield Item(str(path), None, "not a regular file")
-                continue
             try:
                 with _open_file(path) as handle:
                     raw = handle.read(MAX_MAIL_BYTES + 1)
+            except FileNotFoundError:
+                if os.path.lexists(path):  # a link to nothing
+                    yield Item(str(path), None, "not a regular file")
+                # Else gone since the listing: another run (cron's next, or the MTA's pipe)
+                # or the mail client took it. Nothing of this run's to read or to report.
+                continue
             except OSError as exc:
                 yield Item(str(path), None, exc.strerror or str(exc))
                 continue

@@ -23,7 +23,13 @@ from typing import Any
 import click
 
 from syndicate import __version__
-from syndicate.config import Settings, find_config, load_settings, weak_secret_warning
+from syndicate.config import (
+    Settings,
+    exposed_secret_warning,
+    find_config,
+    load_settings,
+    weak_secret_warning,
+)
 from syndicate.errors import (
     OpenFilesError,
     OutOfFilesError,
@@ -55,10 +61,15 @@ class AppContext:
         if self._settings is None:
             path = find_config(self.config_path, self.environ, Path.cwd())
             self._settings = load_settings(path, self.environ)
-            if (weak := weak_secret_warning(self._settings)) is not None:
-                # Once (the settings load once a command), and under -q too: cron runs with
-                # -q, and its mail is where an operator sees that links can be forged.
-                click.echo(f"warning: {weak}", err=True)
+            warnings = (
+                weak_secret_warning(self._settings),
+                exposed_secret_warning(path, self._settings, self.environ),
+            )
+            for warning in warnings:
+                if warning is not None:
+                    # Once (the settings load once a command), and under -q too: cron runs
+                    # with -q, and its mail is where an operator sees that links can be forged.
+                    click.echo(f"warning: {warning}", err=True)
         return self._settings
 
     @property

@@ -13,6 +13,7 @@ import click
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.errors import EXIT_FAILED
 from syndicate.load import SEEDS_HINT, check_dump_paths
+from syndicate.output import check_writable_folder
 from syndicate.publish import BuildSummary, check_clock, run_build
 
 
@@ -96,6 +97,7 @@ def build_command(
         )
     else:
         check_dump_paths([settings.paths.seeds], hint=SEEDS_HINT)
+    check_writable_folder(settings.paths.output, name="config key paths.output")
     now = datetime.fromtimestamp(app.now(), UTC)
     check_clock(now)
     bar = _ProgressBar() if sys.stderr.isatty() and not app.quiet else None

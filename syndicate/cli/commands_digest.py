@@ -12,6 +12,7 @@ from syndicate.config import Settings
 from syndicate.digest import stale_warning
 from syndicate.i18n import LANGUAGES
 from syndicate.model import DigestPlan
+from syndicate.output import check_writable_folder
 from syndicate.send.digests import retire_digest, write_digest_preview
 
 DEFAULT_OUT = Path("digest-preview")
@@ -68,6 +69,7 @@ def digest_command(app: AppContext, lang: str | None, out: Path, retire: datetim
             "a digest of its own when it comes."
         )
         return
+    check_writable_folder(out, name="--out")  # before the store is made
     written = write_digest_preview(
         settings, open_db=lambda: app.database, now=now, lang=lang, out=out
     )

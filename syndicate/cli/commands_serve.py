@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import signal
 import socket
 import threading
@@ -99,6 +100,24 @@ class AcceptErrors(logging.Filter):
         record.exc_info = record.exc_text = None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         self.logged_at, self.since = now, 0
+        return True
+
+
+# A confirm or unsubscribe link's token in a request's query string.
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s]+")
+
+
+class HideTokens(logging.Filter):
+    """uvicorn's access log (`serve -v`) with the token of each confirm or unsubscribe link
+    replaced by '…': an unsubscribe token never expires, so whoever read the log (a journal
+    shared with a group, a log shipper) could unsubscribe or confirm the subscriber."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _TOKEN_IN_QUERY.sub(r"\1…", arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
         return True
 
 
@@ -217,10 +236,12 @@ def _serve(app: AppContext, database: Database, reader: Database, host: str, por
         f"(site {settings.site.base_url}); {confirmations_note(settings)}; "
         "press Ctrl-C to stop."
     )
-    accept_errors = AcceptErrors()
+    accept_errors, hide_tokens = AcceptErrors(), HideTokens()
     logging.getLogger("asyncio").addFilter(accept_errors)
+    logging.getLogger("uvicorn.access").addFilter(hide_tokens)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
+        logging.getLogger("uvicorn.access").removeFilter(hide_tokens)
         logging.getLogger("asyncio").removeFilter(accept_errors)
         sock.close()

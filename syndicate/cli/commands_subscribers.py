@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import stat
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -215,16 +218,20 @@ def import_command(app: AppContext, file: Path) -> None:
 
 
 @subscribers_group.command("export")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True))
 @pass_app
 def export_command(app: AppContext, file: Path) -> None:
-    """Write every subscriber to a CSV file (email,name,language,status), atomically, 0600.
+    """Write every subscriber to a CSV file (email,name,language,status), atomically, 0600;
+    `-` writes it to standard output.
 
     A cell that starts like a spreadsheet formula (= + - @) gets a leading apostrophe,
     which `import` removes.
 
     Example: syndicate subscribers export backup.csv
     """
+    to_stdout = str(file) == "-"
+    if not to_stdout:
+        _check_export_target(file)
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(OWN_COLUMNS)
@@ -241,8 +248,30 @@ def export_command(app: AppContext, file: Path) -> None:
                 ]
             )
             count += 1
+    if to_stdout:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(buffer.getvalue().encode("utf-8"))
+        sys.stdout.buffer.flush()
+        if not app.quiet:  # stdout holds the CSV alone
+            click.echo(f"Exported {count} subscribers to standard output.", err=True)
+        return
     write_atomic(file, buffer.getvalue().encode("utf-8"), skip_unchanged=False, private=True)
     app.echo(f"Exported {count} subscribers to {file}.")
+
+
+def _check_export_target(file: Path) -> None:
+    """Refuse a path that holds something other than a file (a device, a pipe, through a
+    link or not): the export replaces what is there (a new file, renamed into place), and
+    `/dev/stdout` so replaced, as root, was a file for every later process."""
+    try:
+        mode = os.stat(file).st_mode
+    except OSError:
+        return  # nothing there (or a link to nothing): the export makes the file
+    if not stat.S_ISREG(mode):
+        raise InputError(
+            f"{file} is not a regular file: the export writes a new file in its place.",
+            hint="Give a file path, or - to write the CSV to standard output.",
+        )
 
 
 @subscribers_group.command("erase")

@@ -38,6 +38,7 @@ from syndicate.mail import (
     unsubscribe_url,
 )
 from syndicate.model import DigestPlan
+from syndicate.output import check_writable_folder
 from syndicate.publish import run_build
 from syndicate.send.catchup import OwedDigest, read_earlier_digests
 from syndicate.send.deliver import (
@@ -204,6 +205,7 @@ def run_daily(
     check_mail_settings(settings)
     # before the lock and database are made
     check_dump_paths([settings.paths.seeds], hint=SEEDS_HINT)
+    check_writable_folder(settings.paths.output, name="config key paths.output")  # its pages
     # On SQLite one run at a time (the send lock); on PostgreSQL, runs on many machines share
     # the ledger's queue, and only its leases keep them apart.
     locking = shared_store_no_lock if settings.store.url else hold_send_lock

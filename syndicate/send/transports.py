@@ -40,7 +40,7 @@ from syndicate.errors import (
     TransientSendError,
 )
 from syndicate.mail import Canonical, DkimKey, MailInfo, check_addresses
-from syndicate.output import write_atomic
+from syndicate.output import check_writable_folder, write_atomic
 from syndicate.send.policy import Action, Outcome, SendPolicy, Stage, to_action
 
 # The stage's logger: records keep the name they had before send became a package.
@@ -97,6 +97,7 @@ def check_mail_settings(settings: Settings) -> None:
         check_email_templates(settings.digest.templates_dir)
     read_dkim_key(settings)
     if settings.mail.transport != "smtp":
+        check_writable_folder(settings.paths.outbox, name="config key paths.outbox")
         return
     server = SmtpServer.from_settings(settings)
     if server.username and not server.password:

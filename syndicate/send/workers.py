@@ -60,15 +60,21 @@ _PIPES_PER_WORKER = 3
 # Before that line they are blocked (the parent starts the worker with them blocked), and
 # one that came meanwhile is kept too: Python's start-up before it, tens of milliseconds,
 # was killed by either (a Ctrl-C as the workers started, a `kill PID`), with no report.
+# It runs under `python -P` (see _run) and is given, as its argument, the folder the parent
+# found syndicate in, looked in last: a checkout run without being installed works too.
 _ENTRY = (
     "import signal\n"
     "pending = []\n"
     "for signum in (signal.SIGINT, signal.SIGTERM):\n"
     "    signal.signal(signum, lambda number, frame: pending.append(number))\n"
     "signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))\n"
+    "import sys\n"
+    "sys.path.append(sys.argv[1])\n"
     "from syndicate.send.workers import main\n"
     "main(pending)\n"
 )
+# The folder holding the `syndicate` package this process runs.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -279,8 +285,13 @@ async def _run(
             try:
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable,
+                    # -P: `python -c` puts the current folder first on the module path, so a
+                    # `signal.py` left there by another user who may write in it (a shared
+                    # folder, /tmp) ran in the worker, which is handed the signing secret.
+                    "-P",
                     "-c",
                     _ENTRY,
+                    _PACKAGE_ROOT,
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     # The send lock stays held while any worker lives (none on PostgreSQL).

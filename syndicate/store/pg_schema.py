@@ -224,6 +224,12 @@ _VERSION_15: list[str] = [
     """
 ]
 
+# 16: the confirmation-mail cap per mailbox (see schema.py).
+_VERSION_16: list[str] = [
+    f"ALTER TABLE subscribers ADD COLUMN mailbox_key {T}",
+    "CREATE INDEX subscribers_mailbox ON subscribers (mailbox_key, confirm_sent_at)",
+]
+
 # Version -> statements. A version missing here has no PostgreSQL step (1 to 8).
 PG_MIGRATIONS: dict[int, list[str]] = {
     9: _VERSION_9,
@@ -233,6 +239,7 @@ PG_MIGRATIONS: dict[int, list[str]] = {
     13: _VERSION_13,
     14: _VERSION_14,
     15: _VERSION_15,
+    16: _VERSION_16,
 }
 
 # The first version a PostgreSQL store can be at: what step 9 creates.

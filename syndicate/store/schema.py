@@ -381,3 +381,15 @@ MIGRATIONS.append(
         """
     ]
 )
+
+# 16: the confirmation-mail cap counts per mailbox, not per address: `mailbox_key` is
+# subscribers.mailbox_key of the address (no +tag; Gmail's dots dropped), so sign-ups of
+# `an+1@`, `an+2@`, `a.n@`... share one allowance. Set by each sign-up and insert; NULL
+# for rows stored before (each counts alone until its next sign-up). The index finds the
+# mailbox's rows that were mailed within the window.
+MIGRATIONS.append(
+    [
+        "ALTER TABLE subscribers ADD COLUMN mailbox_key TEXT",
+        "CREATE INDEX subscribers_mailbox ON subscribers (mailbox_key, confirm_sent_at)",
+    ]
+)

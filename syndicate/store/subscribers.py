@@ -30,11 +30,14 @@ _COLUMNS = (
 )
 # Bytes of a subscriber's token nonce (tokens.NONCE_BYTES; the schema checks the length).
 _NONCE_BYTES = 16
-# Confirmation mails one address gets at most in any CONFIRM_MAILS_WINDOW, whoever signs
-# it up and however often: repeated sign-ups of someone else's address must not mail them
-# without end (bounced and complained addresses brought back by the form included).
+# Confirmation mails one mailbox gets at most in any CONFIRM_MAILS_WINDOW, whoever signs
+# it up, however often and under however many spellings (mailbox_key): repeated sign-ups
+# of someone else's address must not mail them without end (bounced and complained
+# addresses brought back by the form included).
 CONFIRM_MAILS_PER_DAY = 3
 CONFIRM_MAILS_WINDOW = timedelta(hours=24)
+# Domains whose mailboxes ignore dots in the local part, and the domain each is one with.
+_DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
 
 # One subscriber by its case-folded address.
 _SELECT_BY_KEY = f"SELECT {_COLUMNS} FROM subscribers WHERE email_key = ?"  # noqa: S608
@@ -44,12 +47,12 @@ _SELECT_BY_ID = f"SELECT {_COLUMNS} FROM subscribers WHERE id = ?"  # noqa: S608
 _INSERT = """
     INSERT INTO subscribers (email, email_key, name, language, status, created_at, updated_at,
                              confirmed_at, unsubscribed_at, bounced_at, confirm_sent_at,
-                             token_nonce, signed_up_at, confirm_mails)
+                             token_nonce, signed_up_at, confirm_mails, mailbox_key)
     VALUES (:email, :key, :name, :language, :status, :now, :now,
             CASE WHEN :status = 'confirmed' THEN :now END,
             CASE WHEN :status = 'unsubscribed' THEN :now END,
             CASE WHEN :status = 'bounced' THEN :now END,
-            :confirm_sent_at, :nonce, :signed_up_at, :confirm_sent_at)
+            :confirm_sent_at, :nonce, :signed_up_at, :confirm_sent_at, :mailbox)
     RETURNING id
 """
 # Move to a status, stamping the matching *_at column.
@@ -62,10 +65,11 @@ _SET_STATUS = """
     WHERE id = :id
 """
 # A repeat sign-up, the one write for every state (so its cost tells no state): stamp
-# signed_up_at; one who left is pending again in the chosen language; when a confirmation
-# goes out now (:send), confirm_sent_at = now and :mails (the day's mails, this one too).
+# signed_up_at (and the mailbox key, for a row stored before it was kept); one who left is
+# pending again in the chosen language; when a confirmation goes out now (:send),
+# confirm_sent_at = now and :mails (the day's mails, this one too).
 _SIGN_UP_AGAIN = """
-    UPDATE subscribers SET signed_up_at = :now,
+    UPDATE subscribers SET signed_up_at = :now, mailbox_key = :mailbox,
         status = CASE WHEN :rejoin THEN 'pending' ELSE status END,
         language = CASE WHEN :rejoin THEN :language ELSE language END,
         updated_at = CASE WHEN :rejoin THEN :now ELSE updated_at END,
@@ -78,6 +82,12 @@ _SELECT_FOR_SIGN_UP = (
     f"SELECT {_COLUMNS}, confirm_sent_at, confirm_mails FROM subscribers "  # noqa: S608
     "WHERE email_key = ?"
 )
+# When the mailbox's other addresses were mailed their confirmations, for those mailed since
+# :since (the cap's window): with the cap, a few rows, found through subscribers_mailbox.
+_SELECT_MAILBOX_MAILS = """
+    SELECT confirm_sent_at, confirm_mails FROM subscribers
+    WHERE mailbox_key = :mailbox AND confirm_sent_at >= :since AND email_key <> :key
+"""
 # A permanent refusal: count it, and bounce the subscriber at the limit.
 _RECORD_BOUNCE = """
     UPDATE subscribers SET bounce_count = bounce_count + 1, updated_at = :now,
@@ -135,6 +145,20 @@ def normalize_email(email: str) -> str:
 def email_key(email: str) -> str:
     """Return the uniqueness key of a normalised address (case-folded)."""
     return email.casefold()
+
+
+def mailbox_key(email: str) -> str:
+    """Return the key of the mailbox a normalised address reaches, for the confirmation cap.
+
+    Case-folded, without a subaddress (RFC 5233: the `+tag` Gmail, Outlook.com, Fastmail
+    and Postfix's usual recipient_delimiter deliver to the mailbox without it), and at
+    Gmail without dots (which it ignores): `A.n+news@googlemail.com` is `an@gmail.com`.
+    """
+    local, _, domain = email_key(email).rpartition("@")
+    local = local.split("+", 1)[0]
+    if domain in _DOTLESS_DOMAINS:
+        local, domain = local.replace(".", ""), _DOTLESS_DOMAINS[domain]
+    return f"{local}@{domain}"
 
 
 def email_hash(key: bytes, email: str) -> str:
@@ -261,6 +285,7 @@ def add_subscriber(
         "confirm_sent_at": None,
         "nonce": secrets.token_bytes(_NONCE_BYTES),
         "signed_up_at": None,
+        "mailbox": mailbox_key(address),
     }
     try:
         with db.transaction() as conn:
@@ -317,23 +342,35 @@ def signup(
     at most once per `resend_after`. A confirmed one is left alone (no mail:
     the caller answers the same either way, so nobody learns who is
     subscribed). An unsubscribed, bounced or complained one becomes pending
-    again and is sent a confirmation. Whatever the state, an address gets at
-    most `max_mails` confirmations in any `mails_window` (a rolling window);
-    past that a sign-up is stored but mails nothing. Every state costs one
-    read and one write (an insert, or one update stamping `signed_up_at`), so
-    the web app can store a sign-up before it answers without its timing
-    telling the state. Raises
+    again and is sent a confirmation. Whatever the state, a mailbox (all the
+    addresses with its `mailbox_key`) gets at most `max_mails` confirmations
+    in any `mails_window` (a rolling window); past that a sign-up is stored but
+    mails nothing. Every state costs two reads (the address, the mailbox's
+    recent mails) and one write (an insert, or one update stamping
+    `signed_up_at`), so the web app can store a sign-up before it answers
+    without its timing telling the state. Raises
     SubscriberError for a bad address or language, StoreBusyError when the
     database stayed locked past the busy timeout.
     """
     address = normalize_email(email)
     check_language(language)
     key = email_key(address)
+    mailbox = mailbox_key(address)
     stamp = _iso(now)
     try:
         with db.transaction() as conn:
             row = conn.execute(_SELECT_FOR_SIGN_UP, (key,)).fetchone()
+            others = conn.execute(
+                _SELECT_MAILBOX_MAILS,
+                {"mailbox": mailbox, "since": _iso(now - mails_window), "key": key},
+            ).fetchall()
+            # The mails the mailbox got under its other spellings within the window.
+            elsewhere = sum(
+                len(_recent_mails(sent, mails, now=now, window=mails_window))
+                for sent, mails in others
+            )
             if row is None:
+                send = elsewhere < max_mails
                 inserted = conn.execute(
                     _INSERT,
                     {
@@ -343,12 +380,14 @@ def signup(
                         "language": language,
                         "status": str(SubscriptionStatus.PENDING),
                         "now": stamp,
-                        "confirm_sent_at": stamp,
+                        # No mail, no stamp: it would hold the mailbox's cap past its day.
+                        "confirm_sent_at": stamp if send else None,
                         "nonce": secrets.token_bytes(_NONCE_BYTES),
                         "signed_up_at": stamp,
+                        "mailbox": mailbox,
                     },
                 )
-                subscriber_id, send = int(inserted.fetchone()[0]), True
+                subscriber_id = int(inserted.fetchone()[0])
             else:
                 subscriber_id = int(row[0])
                 status = SubscriptionStatus(row[4])
@@ -359,7 +398,7 @@ def signup(
                     status is SubscriptionStatus.PENDING
                     and (sent_at is None or now - sent_at >= resend_after)
                 )
-                send = due and len(recent) < max_mails
+                send = due and len(recent) + elsewhere < max_mails
                 conn.execute(
                     _SIGN_UP_AGAIN,
                     {
@@ -368,6 +407,7 @@ def signup(
                         "mails": " ".join([*recent, stamp]),
                         "language": language,
                         "now": stamp,
+                        "mailbox": mailbox,
                         "id": subscriber_id,
                     },
                 )

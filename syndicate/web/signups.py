@@ -2,11 +2,13 @@
 
 A sign-up is stored before the page answers (the store does the same one write for
 every address state), so nothing is lost after a 200. Whether a confirmation mail is
-rendered, signed and sent depends on the state (new, pending, confirmed, left): if that
-ran before the response, or on the event loop serving the other requests, the time a
-response (or the next request) takes would tell whether an address is on the list. So
-the mail goes to a worker thread running an event loop of its own: the mailer lives
-there (SMTP or outbox).
+sent depends on the state (new, pending, confirmed, left): if that ran before the
+response, or on the event loop serving the other requests, the time a response (or the
+next request) takes would tell whether an address is on the list. So the mail goes to a
+worker thread running an event loop of its own: the mailer lives there (SMTP or outbox).
+Every sign-up's mail is rendered and signed there, sent or not (web.signup): the thread
+shares the interpreter lock with the loop, so work done for some states only slowed the
+next requests for those.
 """
 
 from __future__ import annotations

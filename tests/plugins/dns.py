@@ -1,8 +1,10 @@
 """A real DNS server for tests: dnslib on 127.0.0.1 at a free UDP port, serving a zone dict.
 
 Each test fills `zone` with records: `zone.txt("example.org", "v=spf1 -all")`,
-`zone.a("mail.example.org", "127.0.0.1")`, `zone.mx(...)`. A name with no
-record at all answers NXDOMAIN; a name with other types answers NOERROR, empty.
+`zone.a("mail.example.org", "127.0.0.1")`, `zone.mx(...)`, `zone.cname(name, target)`.
+A name with no record at all answers NXDOMAIN; a name with other types answers NOERROR,
+empty. A CNAME is answered as a recursive resolver does: the CNAME, then the target's
+records of the type asked (and its own CNAME, and so on), in one answer.
 `zone.fail(name)` makes look-ups of that name answer SERVFAIL.
 """
 
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A
+from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, TXT, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 
@@ -44,6 +46,9 @@ class Zone(BaseResolver):  # type: ignore[misc]
     def mx(self, name: str, exchange: str, preference: int = 10) -> None:
         self._add(name, "MX", MX(exchange, preference))
 
+    def cname(self, name: str, target: str) -> None:
+        self._add(name, "CNAME", CNAME(target))
+
     def remove(self, name: str) -> None:
         """Remove every record of `name` (it then answers NXDOMAIN)."""
         with self.lock:
@@ -61,15 +66,22 @@ class Zone(BaseResolver):  # type: ignore[misc]
             if qname in self.failing:
                 reply.header.rcode = RCODE.SERVFAIL
                 return reply
-            found = self.records.get(qname)
-            if found is None:
-                reply.header.rcode = RCODE.NXDOMAIN
-                return reply
-            for rtype, rdata in found:
-                if rtype == qtype:
-                    reply.add_answer(
-                        RR(request.q.qname, getattr(QTYPE, rtype), rdata=rdata, ttl=60)
-                    )
+            name = qname
+            for _ in range(8):  # a chain of CNAMEs, as far as a resolver follows one
+                found = self.records.get(name)
+                if found is None:
+                    if name == qname:
+                        reply.header.rcode = RCODE.NXDOMAIN
+                    return reply
+                alias = next((r for t, r in found if t == "CNAME"), None)
+                if alias is not None and qtype != "CNAME":
+                    reply.add_answer(RR(name, QTYPE.CNAME, rdata=alias, ttl=60))
+                    name = str(alias.label).rstrip(".").lower()
+                    continue
+                for rtype, rdata in found:
+                    if rtype == qtype:
+                        reply.add_answer(RR(name, getattr(QTYPE, rtype), rdata=rdata, ttl=60))
+                break
         return reply
 
 
