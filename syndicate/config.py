@@ -51,7 +51,7 @@ class SiteSettings:
         metadata={
             "doc": "feed description, index subtitle; one line, no control characters; "
             "when not set, `The latest news, gathered by syndicate.` on a site whose "
-            "`language` is `en`"
+            "`language` is `en` (and on the English pages of `serve`)"
         },
     )
     base_url: str = field(
@@ -685,6 +685,19 @@ def load_settings(
 # The default title and description are Vietnamese, like the default language; an English
 # site that sets neither is not named in Vietnamese on every page, feed and mail.
 _ENGLISH_SITE = {"title": "News", "description": "The latest news, gathered by syndicate."}
+# syndicate's own descriptions of a site, in each language (describe_site).
+_DESCRIPTIONS = {"vi": SiteSettings().description, "en": _ENGLISH_SITE["description"]}
+
+
+def describe_site(site: SiteSettings, lang: str) -> tuple[str, str]:
+    """The site's description for a page in `lang`, and the language it is in.
+
+    syndicate's own default (the file set none) is said in `lang`; a description the
+    operator wrote is theirs, in the site's language, on every page.
+    """
+    if site.description in _DESCRIPTIONS.values() and lang in _DESCRIPTIONS:
+        return _DESCRIPTIONS[lang], lang
+    return site.description, site.language
 
 
 def _site_in_its_language(site: SiteSettings, raw: Mapping[str, object]) -> SiteSettings:

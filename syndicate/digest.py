@@ -47,6 +47,7 @@ from syndicate.model import (
 from syndicate.text import (
     MAX_LINE_BYTES,
     after_title,
+    detect_language,
     header_safe,
     lead_excerpt,
     nfc,
@@ -416,6 +417,8 @@ def render_digest(
                 ),
                 "title": typeset(header_safe(n.link.title, limit=TITLE_CHARS)) if n.link else None,
                 "url": root + n.link.path if n.link else None,
+                # What the item shows (the linked title, else the teaser) says its language.
+                "language": detect_language(n.link.title if n.link else n.teaser.text),
             }
             for n in plan_other_news(plan, limit=info.max_teasers, tz=tz)
         ],

@@ -27,7 +27,14 @@ from feedgen.feed import FeedGenerator
 from lxml import etree
 from markupsafe import escape
 
-from syndicate.model import Article, BlockKind, dated_at, order_key, shown_blocks
+from syndicate.model import (
+    Article,
+    BlockKind,
+    dated_at,
+    order_key,
+    shown_blocks,
+    shown_standfirst,
+)
 from syndicate.text import one_line
 from syndicate.urls import FEED_TYPES, FeedKind, feed_url
 
@@ -82,13 +89,19 @@ def item_id(article_id: str) -> str:
 
 
 def build_content_html(article: Article) -> str:
-    """The article body as HTML: each paragraph and photo note escaped on its own.
+    """The article as HTML: its standfirst, then each paragraph and photo note, each
+    escaped on its own.
 
-    The body is what the article page shows (model.shown_blocks): a caption is a note of
-    what the source's photo showed, `<p class="photo-note"><em>…</em></p>`, which reads
-    well in feed readers that drop class names; a credit alone is left out.
+    It is the text the article page shows under its headline: the standfirst
+    (model.shown_standfirst: the head, which feed readers showing the full text would
+    otherwise never show) and the body (model.shown_blocks): a caption is a note of what
+    the source's photo showed, `<p class="photo-note"><em>…</em></p>`, which reads well
+    in feed readers that drop class names; a credit alone is left out.
     """
     parts: list[str] = []
+    standfirst = shown_standfirst(article)
+    if standfirst:
+        parts.append(f"<p>{escape(one_line(standfirst))}</p>")
     for block in shown_blocks(article.body, language=article.language):
         text = str(escape(one_line(block.text)))  # escaped here; the tags are ours
         if block.kind is BlockKind.CAPTION:

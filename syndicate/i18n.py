@@ -16,7 +16,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "home": "Trang chủ",
             "feeds": "Theo dõi",
             "unknown_date": "Chưa rõ ngày",
-            "by": "Tác giả",
+            "by": "Tác giả:",
             "newer": "← Tin mới hơn",
             "older": "Tin cũ hơn →",
             "pages": "Các trang tin",

@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from syndicate.i18n import LANGUAGES, STRINGS
-from syndicate.text import photo_description, story_key, tell_article_language
+from syndicate.text import after_title, photo_description, story_key, tell_article_language
 
 
 class Precision(StrEnum):
@@ -239,6 +239,17 @@ class Subscriber:
     bounce_count: int = 0
     # Random, stored with the subscriber and signed into their tokens: a link dies with them.
     token_nonce: bytes = field(default=b"", repr=False)
+
+
+def shown_standfirst(article: Article) -> str | None:
+    """The head as the article's page prints it under the headline (its standfirst), and
+    as the feeds' full text opens: None when there is no head or it is the lead; of a
+    head a title was derived from, the words after the title (None when none are left)."""
+    if not article.head or article.head == article.lead:
+        return None
+    if article.title_derived:
+        return after_title(article.title, article.head) or None
+    return article.head
 
 
 def shown_blocks(blocks: Sequence[Block], *, language: str) -> tuple[Block, ...]:

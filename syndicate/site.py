@@ -37,12 +37,16 @@ from syndicate.model import (
     order_teasers,
     shown_block,
     shown_blocks,
+    shown_standfirst,
 )
 from syndicate.text import (
+    STORY_PROBE_CHARS,
     after_title,
+    detect_language,
     one_line,
     shorten,
     slugify,
+    story_key,
     trailing_ellipsis,
     typeset,
     typeset_utf8,
@@ -53,7 +57,9 @@ if TYPE_CHECKING:
     import jinja2
 
 # Bump when page rendering changes in code (not templates), so old pages get re-rendered.
-RENDER_VERSION = 3
+# 4: a teaser advertising the page's own article is not listed under "Other news"; each
+#    item says its language. (The standfirst is model.shown_standfirst: same bytes.)
+RENDER_VERSION = 4
 
 ARTICLE_TEMPLATE = "article.html.j2"
 INDEX_TEMPLATE = "index.html.j2"
@@ -260,6 +266,12 @@ def _datetime_pattern(locale: str) -> str:
     return str(get_datetime_format("full", locale=locale)).replace("'", "")
 
 
+def _advertises(key: str, own: Sequence[str]) -> bool:
+    """Whether a teaser's story key advertises the article with keys `own` (as the store
+    ties teasers: the key, of at least STORY_PROBE_CHARS, a prefix of one of them)."""
+    return len(key) >= STORY_PROBE_CHARS and any(o.startswith(key) for o in own)
+
+
 def _machine_date(published: datetime | None, precision: Precision, tz: ZoneInfo) -> str:
     if published is None or precision is Precision.UNKNOWN:
         return ""
@@ -330,13 +342,16 @@ def _tagged_body(blocks: Sequence[Block], body: bytes, *, language: str | None) 
 
 def page_context(info: SiteInfo, *, root: str) -> dict[str, Any]:
     """What `_base.html.j2` needs besides `chrome` (`render_chrome` of these): lang, site,
-    root (the way to the site root from the page: "", "../" or an absolute URL) and t
-    (the chrome strings)."""
+    root (the way to the site root from the page: "", "../" or an absolute URL), t
+    (the chrome strings), and the site's description and its language (the page's: the
+    static pages are all in the site's language)."""
     return {
         "site": info,
         "lang": info.language,
         "root": root,
         "t": _STRINGS.get(info.language, _STRINGS["vi"]),
+        "description": info.description,
+        "description_lang": info.language,
     }
 
 
@@ -479,12 +494,11 @@ class SiteRenderer:
         # between fixed tags. A block that is not printable NFC text (not the loader's) is
         # first put on one line.
         blocks = article.body
-        standfirst = article.head if article.head and article.head != article.lead else None
-        if article.title_derived:
+        standfirst = shown_standfirst(article)
+        has_head = bool(article.head) and article.head != article.lead
+        if article.title_derived and not has_head:
             # The headline was made from the text right below it: print those words once.
-            if standfirst is not None:
-                standfirst = after_title(article.title, standfirst) or None
-            elif blocks and blocks[0].kind is BlockKind.PARAGRAPH:
+            if blocks and blocks[0].kind is BlockKind.PARAGRAPH:
                 rest = after_title(article.title, blocks[0].text)
                 if rest != blocks[0].text:
                     first = (Block(BlockKind.PARAGRAPH, rest),) if rest else ()
@@ -530,8 +544,15 @@ class SiteRenderer:
             return []
         dated = article.published is not None and article.precision is not Precision.UNKNOWN
         newest = article.published.astimezone(self._tz).date() if dated else None  # type: ignore[union-attr]
+        # The sidebar scraped with a story often lists that story: the store never ties a
+        # teaser to its own article, so it is left out here by the same rule (its key a
+        # prefix of the article's head or lead key).
+        own = [story_key(text) for text in (article.head, article.lead) if text]
+        teasers = [
+            teaser for teaser in article.teasers if not _advertises(story_key(teaser.text), own)
+        ]
         items = []
-        for item in order_teasers(article.teasers, links, newest=newest, exclude={article.id}):
+        for item in order_teasers(teasers, links, newest=newest, exclude={article.id}):
             link = item.link
             items.append(
                 SimpleNamespace(
@@ -539,6 +560,9 @@ class SiteRenderer:
                     title=None if link is None else typeset(one_line(link.title)),
                     dateline=one_line(item.teaser.dateline),
                     text=typeset(trailing_ellipsis(one_line(item.teaser.text))),
+                    # What the item shows (the linked title, else the teaser) says its
+                    # language: a page's reader may not share it.
+                    language=detect_language(link.title if link else item.teaser.text),
                 )
             )
         return items

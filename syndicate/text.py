@@ -269,8 +269,12 @@ def first_sentence(text: str) -> str:
 def lead_excerpt(text: str, *, words: int) -> str:
     """Cut `text` at a sentence boundary (sentence_ends) to at most `words` words.
 
-    When even the first sentence is longer, cut at a word boundary and end with "…".
-    Works on whole words of NFC text, so no character is ever split.
+    When even the first sentence is longer, cut it as an editor would, and end with "…":
+    at its last clause boundary (comma, semicolon, colon, closing quotation mark) within
+    the words when that keeps at least half of them, else at a word boundary that splits
+    no word (a compound, a name, a number from its unit) and leaves no function word at
+    the end (as headlines are cut). Works on whole words of NFC text, so no character is
+    ever split.
     """
     tokens = nfc(text).split()
     if len(tokens) <= words:
@@ -284,8 +288,11 @@ def lead_excerpt(text: str, *, words: int) -> str:
         best = piece
     if best:
         return best
-    cut = " ".join(tokens[:words]).rstrip(_SHORTEN_STRIP)
-    return cut.rstrip(".…") + "…"
+    limit = len(" ".join(tokens[:words])) + 1
+    cut = _clause_cut(flat, limit)
+    if cut is None or len(cut) < limit // 2:
+        cut = _word_cut(flat, limit)
+    return cut.rstrip(_SHORTEN_STRIP).rstrip(".…") + "…"
 
 
 # Punctuation that must not dangle before an added ellipsis.
@@ -654,6 +661,8 @@ def _splits_a_word(left: str, right: str) -> bool:
         return False
     if f"{left} {right}".lower() in COMPOUND_WORDS:
         return True
+    if left[-1].isdigit() and _UNIT.match(right):
+        return True  # "12.500 đồng/kg", "21 km": a number without its unit says nothing
     # Names: a run of capitalised syllables (Đông Hà, Nguyễn Đăng Quang, MTTQ Việt Nam).
     return left[0].isupper() and right[0].isupper()
 
@@ -741,6 +750,8 @@ _UNITS = (
 # - a digit, the space, a unit that is not the start of a longer word ("3 mưa" stays);
 # - the space before a spaced hyphen or dash between words ("chính trị - xã hội",
 #   "2020 \u2013 2025"), so no line opens with a dash that reads as a list bullet.
+# A unit (or number word) opening a word: what may not be cut off the number before it.
+_UNIT = re.compile(rf"(?:{_UNITS})(?![^\W_])")
 _BINDING_SPACE = re.compile(
     rf" (?:(?<=\d )(?=(?:{_UNITS})(?![^\W_]))|(?=[-\u2013\u2014] )(?<=\S ))"
 )

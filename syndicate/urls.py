@@ -47,14 +47,16 @@ def article_url(base_url: str, slug: str) -> str:
     return base_url + article_path(slug)
 
 
-def digest_page_path(day: date) -> str:
-    """The output path of a day's "view in browser" digest page, relative to the output folder."""
-    return f"{DIGESTS_FOLDER}/{day.isoformat()}.html"
+def digest_page_path(day: date, lang: str | None = None) -> str:
+    """The output path of a day's "view in browser" digest page, relative to the output folder:
+    `digests/<day>.html` in the site's language, `digests/<day>.<lang>.html` in another."""
+    suffix = f".{lang}" if lang else ""
+    return f"{DIGESTS_FOLDER}/{day.isoformat()}{suffix}.html"
 
 
-def digest_view_url(base_url: str, day: date) -> str:
-    """The public URL of a day's "view in browser" digest page."""
-    return base_url + digest_page_path(day)
+def digest_view_url(base_url: str, day: date, lang: str | None = None) -> str:
+    """The public URL of a day's "view in browser" digest page (see `digest_page_path`)."""
+    return base_url + digest_page_path(day, lang)
 
 
 def feed_url(base_url: str, kind: FeedKind) -> str:

@@ -1223,8 +1223,12 @@ def test_an_article_in_the_other_language_is_marked_as_such(
     marked = [attrs for tag, attrs in doc.tags if attrs.get("lang") == "en"]
     assert len(marked) == 2  # its line in the contents, its section
     html_en = render(plan_, mail_settings, now, lang="en").html
+    # The page, its line in the contents, its section, and inside that its date line and
+    # "Read more", which are in the reader's language.
     assert [attrs.get("lang") for tag, attrs in parse_html(html_en).tags if "lang" in attrs] == [
         "en",
         "vi",
         "vi",
+        "en",
+        "en",
     ]

@@ -1340,3 +1340,16 @@ def test_read_dumps_refuses_what_the_build_refuses_with_the_same_line(tmp_path: 
     refused = [str(e) for e in result.errors]
     assert len(refused) == 2
     assert [line for line in read if line in refused] == refused
+
+
+def test_a_title_case_headline_opening_the_body_is_not_taken_for_a_byline() -> None:
+    """A name above the story is its byline; an English headline in title case repeated
+    there (five words or more, no "By") is not a name."""
+    article = parse_text(
+        "T\n{publish}\n{head}\nBen Lam Opens Night Market\n"
+        "The city opened its first night market on Friday.\nIt has 120 stalls.\n"
+    )
+    assert article.author is None
+    assert article.lead == "Ben Lam Opens Night Market"
+    article = parse_text("T\n{publish}\n{head}\nHoài Nam - Minh Đức\nMở đầu.\nThân bài.\n")
+    assert article.author == "Hoài Nam - Minh Đức"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from dataclasses import replace
 from zoneinfo import ZoneInfo
@@ -23,7 +24,10 @@ from syndicate.text import (
 # Bump whenever parse output can change for the same bytes: the build cache keys on it.
 # 4: the head (line 3) is a summary, not a paragraph; ids cover the byline; new titles.
 # 5: size limits on a dump (TEXT_LIMIT, LINE_LIMIT); bidi controls removed.
-PARSER_VERSION = 5
+# 6: a byline below the teasers, above closing captions or opening the body; a head that
+#    repeats the title is no summary; the headline scraped above the dateline's lead;
+#    HTML character references read as their characters; a name on line 3 is the byline.
+PARSER_VERSION = 6
 
 # The most a dump may hold to be taken as one article: ten times the longest real article
 # (about 100,000 characters in 200 lines). Past them a dump is a scrape gone wrong, and its
@@ -33,6 +37,11 @@ LINE_LIMIT = 10_000  # lines
 _LIMIT_HINT = "Split it into articles, or move it out of the dump folder."
 
 _SPACES = re.compile(" {2,}")
+# An HTML character reference a scraper left in the text ("A&amp;B", "&quot;", "&#8220;"):
+# the dump is plain text, so the reader is owed the character. The ";" is required: without
+# it ("R&D", "AT&T", "&copy2024") HTML's legacy rules would eat letters of real text.
+_CHAR_REF = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+_NON_WORD = re.compile(r"[\W_]+")
 _PLACEHOLDER = re.compile(r"^\{\s*[A-Za-z_]+\s*\}$")
 # A dateline: a short agency tag ("QTO", "VOV.VN", "VTV.vn", "(Dân trí)", "(PLO)"), then a
 # hyphen, en dash or em dash, then the text. Spaces are already normalised (NBSP -> " ").
@@ -49,6 +58,8 @@ def _split_lines(text: str, *, plain: bool = False) -> list[str]:
     Only "\\n" splits (after "\\r\\n" and "\\r" become "\\n"): str.splitlines() would also
     split on form feeds, U+0085 and U+2028, which are spaces inside a line here.
     """
+    if "&" in text and _CHAR_REF.search(text):
+        text, plain = _CHAR_REF.sub(_char_ref, text), False
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     # Every character clean_text removes or replaces is unprintable: a text that is plain,
@@ -58,6 +69,12 @@ def _split_lines(text: str, *, plain: bool = False) -> list[str]:
         _SPACES.sub(" ", line).strip() if "  " in line else line.strip()
         for line in text.split("\n")
     ]
+
+
+def _char_ref(match: re.Match[str]) -> str:
+    # A reference to a line break is a space: it may not move the header's lines.
+    char = html.unescape(match.group(0))
+    return " " if char in ("\n", "\r") else char
 
 
 def _is_unfilled(value: str) -> bool:
@@ -140,6 +157,37 @@ def _is_byline(text: str) -> bool:
     )
 
 
+# The longest headline a scrape repeats above the lead (the longest real ones: about 280).
+_HEADLINE_CHARS = 300
+
+
+def _is_scraped_headline(lines: list[str], captions: list[bool], first: int) -> bool:
+    """Whether `lines[first]`, the body's first line that is not a caption, is the page's
+    headline scraped along: headline-shaped (no dateline, no final full stop, not too long)
+    and right above (captions aside) a paragraph that opens with a dateline."""
+    line = lines[first]
+    if captions[first] or len(line) > _HEADLINE_CHARS or line.endswith("."):
+        return False
+    if _DATELINE.match(line):
+        return False
+    after = next((i for i in range(first + 1, len(lines)) if not captions[i]), None)
+    return after is not None and bool(_DATELINE.match(lines[after]))
+
+
+def _words(text: str) -> list[str]:
+    """The words of `text`, case and punctuation aside."""
+    return _NON_WORD.sub(" ", text.casefold()).split()
+
+
+def _is_name_sized(text: str) -> bool:
+    """At most four words besides joiners, or a "Theo "/"By " credit: a byline above the
+    story, where a headline in title case ("Ben Lam Opens Night Market") may also sit."""
+    if re.match(r"^(?:Theo|By)\s", text):
+        return True
+    words = [w for w in re.split(r"[\s,&/]+", text) if w not in {"và", "and", "-", "\u2013"}]
+    return len(words) <= 4
+
+
 def _author(text: str) -> str:
     match = re.match(r"^(?:Theo|By)\s+(?P<rest>.+)$", text)
     return match.group("rest") if match else text
@@ -202,21 +250,52 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
     # header, so the body (and the id) is the same whether the header was filled or not.
     captions = [_is_caption(line) for line in lines]
     floor = next((i for i, caption in enumerate(captions) if not caption), 0) + 1
-    start = len(lines)
+    # The page's headline, kept by some scrapes as the body's first line: a line above the
+    # paragraph that opens with the dateline is not the story's text (that paragraph is its
+    # lead), and the teasers' run stops above the lead.
+    headline = floor - 1 if _is_scraped_headline(lines, captions, floor - 1) else None
+    if headline is not None:
+        floor = captions.index(False, floor) + 1
+    # Some scrapes put the byline below the sidebar: a byline-shaped last line with teasers
+    # right above it is taken first, or the teasers would be read as the story's own text.
+    end = len(lines)
+    author: str | None = None
+    if (
+        end - 1 > floor
+        and not captions[-1]
+        and _DATELINE.match(lines[-2])
+        and _is_byline(lines[-1])
+    ):
+        end -= 1
+        author = _author(lines[-1])
+    start = end
     while start > floor and _DATELINE.match(lines[start - 1]):
         start -= 1
     teasers = []
-    for line in lines[start:]:
+    for line in lines[start:end]:
         tag, rest = _split_dateline(line)
         teasers.append(Teaser(dateline=tag or "", text=rest))
     lines, captions = lines[:start], captions[:start]
 
-    # 2. Byline: the last remaining line, if it is byline-shaped and not the only text.
-    author: str | None = None
+    if headline is not None and not _is_byline(lines[headline]):
+        del lines[headline], captions[headline]
+
+    # 2. Byline: the last remaining line that is not a caption (the story may end on a
+    # photo), if it is byline-shaped and not the only text.
     paragraphs_left = captions.count(False)
-    if lines and paragraphs_left > 1 and not captions[-1] and _is_byline(lines[-1]):
-        author = _author(lines.pop())
-        captions.pop()
+    last = len(lines) - 1
+    while last >= 0 and captions[last]:
+        last -= 1
+    if author is None and paragraphs_left > 1 and _is_byline(lines[last]):
+        author = _author(lines.pop(last))
+        captions.pop(last)
+    elif author is None and paragraphs_left > 1:
+        # Else the first line that is not a caption, where some sites print the author
+        # above the story: a name is never the lead (the feeds' summary, the digest blurb).
+        first = captions.index(False)
+        if _is_byline(lines[first]) and _is_name_sized(lines[first]):
+            author = _author(lines.pop(first))
+            captions.pop(first)
 
     # 3. Captions and paragraphs; the lead is the first paragraph, its dateline removed. The
     # head (line 3) is the summary, never a paragraph; its dateline is removed too.
@@ -224,7 +303,14 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
     dateline: str | None = None
     summary: str | None = None
     has_paragraph = False
-    if head:
+    # The id covers the body's own byline only: one from the header would make a copy of
+    # the story with its header unfilled another article.
+    body_author = author
+    if head and _is_byline(head):
+        # A name where the sapo goes (some templates put the author there) summarises
+        # nothing: it is the byline when the body has none.
+        author = author or _author(head)
+    elif head:
         dateline, summary = _split_dateline(head)
     for line, caption in zip(lines, captions, strict=True):
         if caption:
@@ -263,10 +349,13 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
         title, derived = derive_title(summary or lead, limit=TITLE_LIMIT), True
     else:
         title, derived = title_line, False
+        if summary is not None and _words(summary) == _words(title):
+            # A head that only says the headline again summarises nothing: the lead does.
+            summary = None
 
     content = "\n".join([b.text for b in blocks])
     body = content.encode("utf-8")
-    article_id = make_article_id(body, author)
+    article_id = make_article_id(body, body_author)
     article = Article(
         id=article_id,
         slug=slugify(title) or f"bai-{article_id[:12]}",

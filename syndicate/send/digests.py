@@ -268,33 +268,44 @@ def _plan(settings: Settings, db: Database, day: date, *, now: datetime) -> Dige
     )
 
 
-def digest_view_url(settings: Settings, day: date) -> str:
-    """The public URL of a day's "view in browser" page."""
-    return urls.digest_view_url(base_url(settings), day)
+def _page_lang(settings: Settings, lang: str | None) -> str | None:
+    """The language part of a digest page's name: none for the site's own language."""
+    return None if lang is None or lang == settings.site.language else lang
 
 
-def generic_unsubscribe_url(settings: Settings) -> str:
+def digest_view_url(settings: Settings, day: date, lang: str | None = None) -> str:
+    """The public URL of a day's "view in browser" page in `lang` (default: the site's)."""
+    return urls.digest_view_url(base_url(settings), day, _page_lang(settings, lang))
+
+
+def generic_unsubscribe_url(settings: Settings, lang: str | None = None) -> str:
     """The unsubscribe page (asks for the address) for pages that carry no personal token."""
-    return urls.unsubscribe_page_url(base_url(settings), settings.site.language)
+    return urls.unsubscribe_page_url(base_url(settings), lang or settings.site.language)
 
 
 def write_digest_page(settings: Settings, plan: DigestPlan, *, now: datetime) -> Path:
-    """Write the digest's "view in browser" page, feeds/digests/<day>.html, atomically.
+    """Write the digest's "view in browser" pages atomically: feeds/digests/<day>.html in the
+    site's language, and feeds/digests/<day>.<lang>.html in each other language, the one
+    each reader's message links to.
 
-    The page is the HTML part in the site's language, with a link to the
-    generic unsubscribe page instead of a personal one. Returns its path.
+    Each is the HTML part in its language, with a link to the generic unsubscribe page
+    (in that language) instead of a personal one. Returns the site-language page's path.
     """
-    rendered = render_digest(
-        plan,
-        lang=settings.site.language,
-        info=DigestInfo.from_settings(settings),
-        unsubscribe_url=generic_unsubscribe_url(settings),
-        now=now,
-        web=True,
-    )
-    path = settings.paths.output / urls.digest_page_path(plan.day)
-    write_atomic(path, rendered.html.encode("utf-8"))
-    return path
+    info = DigestInfo.from_settings(settings)
+    paths = []
+    for lang in dict.fromkeys([settings.site.language, *LANGUAGES]):
+        rendered = render_digest(
+            plan,
+            lang=lang,
+            info=info,
+            unsubscribe_url=generic_unsubscribe_url(settings, lang),
+            now=now,
+            web=True,
+        )
+        path = settings.paths.output / urls.digest_page_path(plan.day, _page_lang(settings, lang))
+        write_atomic(path, rendered.html.encode("utf-8"))
+        paths.append(path)
+    return paths[0]
 
 
 # Substituted by each recipient's URL in the built message; never leaves this process.
@@ -324,11 +335,11 @@ def build_templates(
     dkim: DkimKey | None,
 ) -> dict[str, MessageTemplate]:
     """Build the digest's message template in each language (and the site's), once each."""
-    view_url = digest_view_url(settings, plan.day)
     info = DigestInfo.from_settings(settings)
     mail_info = MailInfo.from_settings(settings)
     built: dict[str, MessageTemplate] = {}
     for lang in dict.fromkeys([*languages, settings.site.language]):
+        view_url = digest_view_url(settings, plan.day, lang)
         rendered = render_digest(
             plan, lang=lang, info=info, unsubscribe_url=marker, now=now, view_url=view_url
         )
@@ -413,7 +424,7 @@ def write_digest_preview(
         info=DigestInfo.from_settings(settings),
         unsubscribe_url=preview_unsubscribe_url(base_url(settings)),
         now=now,
-        view_url=digest_view_url(settings, plan.day),
+        view_url=digest_view_url(settings, plan.day, lang),
     )
     html_path = out / "digest.html"
     text_path = out / "digest.txt"

@@ -19,7 +19,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from syndicate import i18n
-from syndicate.config import Settings, base_url, make_environment, site_templates_dir
+from syndicate.config import (
+    Settings,
+    base_url,
+    describe_site,
+    make_environment,
+    site_templates_dir,
+)
 from syndicate.errors import StoreError
 from syndicate.i18n import LANGUAGES
 from syndicate.mail import MailInfo
@@ -175,11 +181,14 @@ class Service:
         background: BackgroundTask | None = None,
         **context: object,
     ) -> Response:
+        description, description_lang = describe_site(self.settings.site, lang)
         shared = {
             "lang": lang,
             "t": self.strings[lang],
             "site": self.settings.site,
             "root": self.base_path,
+            "description": description,
+            "description_lang": description_lang,
         }
         html = self.templates.get_template(template).render(
             **shared,

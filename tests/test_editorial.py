@@ -1,0 +1,594 @@
+"""What readers get, read as an editor reads it before it goes out: dumps in the shapes
+real scrapes take, built into pages and feeds (and digests), checked in the built files."""
+
+from __future__ import annotations
+
+import dataclasses
+import email
+import email.policy
+import html
+import json
+import re
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from html.parser import HTMLParser
+from pathlib import Path
+
+import feedparser
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from syndicate.cli import AppContext, cli
+from syndicate.config import Settings, SiteSettings
+from syndicate.publish import run_build
+from syndicate.store import Database
+from tests.plugins.postgres import open_store
+from tests.plugins.web import LiveServer
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    database = open_store(settings.paths.database)
+    yield database
+    database.close()
+
+
+def _build(settings: Settings, db: Database, now: datetime, dumps: dict[str, str]) -> Path:
+    seeds = settings.paths.seeds
+    seeds.mkdir(parents=True, exist_ok=True)
+    for name, text in dumps.items():
+        (seeds / name).write_text(text, encoding="utf-8")
+    run_build(settings, db, now=now)
+    return settings.paths.output
+
+
+def _text(fragment: str) -> str:
+    """A fragment of HTML as a reader sees it: tags gone, entities decoded, spaces collapsed."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", fragment)).split())
+
+
+def _article(output: Path, slug: str) -> tuple[str, str, list[str]]:
+    """An article page's meta line, its body's paragraphs and its "Other news" items."""
+    page = (output / "articles" / f"{slug}.html").read_text("utf-8")
+    article = re.search(r"<article[^>]*>(.*?)</article>", page, re.S)
+    assert article is not None
+    meta = re.search(r'<p class="meta"[^>]*>(.*?)</p>', article.group(1), re.S)
+    assert meta is not None
+    paragraphs = [_text(p) for p in re.findall(r"<p(?: [^>]*)?>(.*?)</p>", article.group(1))]
+    other = re.search(r'<section class="other-news">(.*?)</section>', page, re.S)
+    items = [_text(i) for i in re.findall(r"<li>(.*?)</li>", other.group(1))] if other else []
+    return _text(meta.group(1)), paragraphs[1:], items
+
+
+def _feed_entry(output: Path, title: str) -> tuple[dict[str, object], str]:
+    """The Atom entry (as feedparser reads it) and the JSON Feed item's content of `title`."""
+    parsed = feedparser.parse((output / "atom.xml").read_bytes())
+    assert not parsed.bozo, parsed.get("bozo_exception")
+    entry = next(e for e in parsed.entries if e.title == title)
+    items = json.loads((output / "feed.json").read_bytes())["items"]
+    item = next(i for i in items if i["title"] == title)
+    return entry, item["content_html"]
+
+
+TEASERS = (
+    "LGO - Sáng nay 1/11, Sở Giáo dục và Đào tạo tỉnh Lam Giang tổ chức hội nghị triển khai "
+    "nhiệm vụ năm học mới...\n"
+    "LGO - Chiều nay 31/10, Ban Chỉ huy Phòng chống thiên tai tỉnh họp bàn phương án ứng phó "
+    "với đợt mưa lớn...\n"
+)
+CAMERAS = (
+    "Bến Lam lắp thêm 200 camera giám sát giao thông\n01/11/2024 16:00\n{head}\n"
+    "LGO - Chiều nay 1/11, Công an TP. Bến Lam đưa vào vận hành thêm 200 camera giám sát "
+    "giao thông tại các nút giao trọng điểm.\n"
+    "Hệ thống được kết nối với trung tâm chỉ huy, giúp phát hiện và xử lý vi phạm nhanh hơn.\n"
+)
+
+
+def test_a_byline_after_the_teasers_keeps_them_out_of_the_article(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """Some scrapes put the author's name below the sidebar. The teasers were printed as the
+    article's last paragraphs (other stories, as if this one's text) and the name was lost."""
+    output = _build(settings, db, now, {"cam.txt": CAMERAS + TEASERS + "Đức Anh\n"})
+    meta, paragraphs, other = _article(output, "ben-lam-lap-them-200-camera-giam-sat-giao-thong")
+    assert meta.endswith("Tác giả: Đức Anh")
+    assert paragraphs == [
+        "Chiều nay 1/11, Công an TP. Bến Lam đưa vào vận hành thêm 200 camera giám sát giao "
+        "thông tại các nút giao trọng điểm.",
+        "Hệ thống được kết nối với trung tâm chỉ huy, giúp phát hiện và xử lý vi phạm nhanh hơn.",
+    ]
+    assert [item[:30] for item in other] == [
+        "LGO \u2013 Sáng nay 1/11, Sở Giáo d",
+        "LGO \u2013 Chiều nay 31/10, Ban Chỉ",
+    ]
+    entry, content = _feed_entry(output, "Bến Lam lắp thêm 200 camera giám sát giao thông")
+    assert entry["author"] == "Đức Anh"
+    for text in (entry["content"][0]["value"], content):  # type: ignore[index]
+        assert "Sở Giáo dục" not in text
+        assert "Ban Chỉ huy" not in text
+
+
+SCHOOLS = (
+    "Trường học vùng lũ sẵn sàng đón học sinh trở lại\n01/11/2024 17:00\n{head}\n"
+    "LGO - Chiều nay 1/11, các trường học ở huyện Đồng Lũy đã dọn dẹp xong bùn đất sau lũ.\n"
+    "Giáo viên và phụ huynh cùng lau bàn ghế, phơi sách vở cho học sinh.\n"
+)
+
+
+def test_a_byline_above_the_closing_caption_is_the_author_not_a_paragraph(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """The photo the story ends on comes after the author's name: the name was printed as
+    the last paragraph and no author shown."""
+    output = _build(
+        settings,
+        db,
+        now,
+        {"s.txt": SCHOOLS + "Mai Lan\nGiáo viên lau dọn lớp học sau lũ - Ảnh: Mai Lan\n"},
+    )
+    meta, paragraphs, _other = _article(output, "truong-hoc-vung-lu-san-sang-don-hoc-sinh-tro-lai")
+    assert meta.endswith("Tác giả: Mai Lan")
+    assert paragraphs == [
+        "Chiều nay 1/11, các trường học ở huyện Đồng Lũy đã dọn dẹp xong bùn đất sau lũ.",
+        "Giáo viên và phụ huynh cùng lau bàn ghế, phơi sách vở cho học sinh.",
+        "Ảnh trong bài gốc: Giáo viên lau dọn lớp học sau lũ",
+    ]
+    entry, content = _feed_entry(output, "Trường học vùng lũ sẵn sàng đón học sinh trở lại")
+    assert entry["author"] == "Mai Lan"
+    assert "<p>Mai Lan</p>" not in content
+
+
+FISHERS = (
+    "Ngư dân Phước Hải trúng đậm mùa cá cơm\n31/10/2024 06:30\n{head}\n"
+    "Hoàng Yến\n"
+    "Những ngày cuối tháng 10, ngư dân xã Phước Hải phấn khởi vì trúng đậm mùa cá cơm, mỗi "
+    "chuyến biển thu về từ 30 đến 50 triệu đồng.\n"
+    "Giá cá cơm tươi tại cảng dao động 12.000-15.000 đồng/kg.\n"
+)
+
+
+def test_a_byline_opening_the_body_is_the_author_not_the_lead(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """Sites that print the author above the story: the name was the lead, so the feeds'
+    summary (and the digest's blurb) said only "Hoàng Yến", and no author was shown."""
+    output = _build(settings, db, now, {"f.txt": FISHERS})
+    meta, paragraphs, _other = _article(output, "ngu-dan-phuoc-hai-trung-dam-mua-ca-com")
+    assert meta.endswith("Tác giả: Hoàng Yến")
+    assert paragraphs[0].startswith("Những ngày cuối tháng 10, ngư dân xã Phước Hải")
+    assert "Hoàng Yến" not in paragraphs
+    entry, _content = _feed_entry(output, "Ngư dân Phước Hải trúng đậm mùa cá cơm")
+    assert entry["author"] == "Hoàng Yến"
+    assert str(entry["summary"]).startswith("Những ngày cuối tháng 10")
+
+
+TOURISM = (
+    "Lam Giang đón 2,1 triệu lượt khách du lịch\n01/11/2024 07:00\n"
+    "LGO - Năm 2024, tỉnh Lam Giang đón khoảng 2,1 triệu lượt khách du lịch, tăng 18% so với "
+    "năm trước.\n"
+    "Doanh thu từ du lịch ước đạt 3.200 tỷ đồng.\n"
+    "Khách quốc tế chủ yếu đến từ Hàn Quốc, Thái Lan và Lào.\n"
+    "Minh Châu\n"
+    "LGO - Năm 2024, tỉnh Lam Giang đón khoảng 2,1 triệu lượt khách du lịch, tăng 18% so...\n"
+    "LGO - Sáng nay 1/11, Sở Giáo dục và Đào tạo tỉnh Lam Giang tổ chức hội nghị...\n"
+)
+
+
+def test_a_teaser_advertising_the_article_itself_is_not_other_news_on_its_page(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """The sidebar scraped with a story often lists that story: its page offered itself
+    under "Tin khác" (the digest already leaves such a teaser out)."""
+    output = _build(settings, db, now, {"t.txt": TOURISM})
+    _meta, _paragraphs, other = _article(output, "lam-giang-don-2-1-trieu-luot-khach-du-lich")
+    assert other == [
+        "LGO \u2013 Sáng nay 1/11, Sở Giáo dục và Đào tạo tỉnh Lam Giang tổ chức hội nghị…"
+    ]
+
+
+class _Voices(HTMLParser):
+    """Each piece of text with the language its element says it is in (`lang`, inherited)."""
+
+    VOID = frozenset({"meta", "link", "br", "img", "input", "hr", "col", "source", "wbr"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[tuple[str, str]] = []
+        self.texts: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.VOID:
+            return
+        lang = dict(attrs).get("lang") or (self.stack[-1][1] if self.stack else "")
+        self.stack.append((tag, lang))
+
+    def handle_endtag(self, tag: str) -> None:
+        while self.stack and self.stack.pop()[0] != tag:
+            pass
+
+    def handle_data(self, data: str) -> None:
+        if data.strip() and self.stack and self.stack[-1][0] not in ("style", "title"):
+            self.texts.append((self.stack[-1][1], " ".join(data.split())))
+
+
+def _voice(page: str, text: str) -> str:
+    """The language a screen reader is told `text` (a whole text node) is in."""
+    parser = _Voices()
+    parser.feed(page)
+    found = {lang for lang, data in parser.texts if data == text}
+    assert len(found) == 1, (text, found)
+    return found.pop()
+
+
+MARKET = (
+    "Ben Lam opens its first night market for tourists\n2024-11-01T12:00:00+07:00\n{head}\n"
+    "Ben Lam city opened its first night market on Friday, with 120 stalls selling seafood, "
+    "handicrafts and local coffee along the riverside.\n"
+    "Stallholders pay a monthly fee, and the market runs from 6 pm to 11 pm every day.\n"
+    "By Thu Ha\n"
+)
+
+
+@pytest.fixture
+def runner(workdir: Path, now: datetime, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv("SYNDICATE_CONFIG", raising=False)
+    monkeypatch.setenv("SYNDICATE_SECRET", "a signing secret of the editorial tests")
+    monkeypatch.setattr(AppContext, "now", lambda self: now.timestamp())
+    return CliRunner()
+
+
+def test_the_date_and_words_around_an_other_language_article_keep_the_readers_language(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """An English story on the Vietnamese site is marked lang="en", and so was all around
+    it: its date ("12:00 Thứ Sáu, 1 tháng 11, 2024"), "Tác giả" and "Đọc tiếp" were read
+    out by an English voice, on its page, in the index and in the digest."""
+    (workdir / "seeds" / "m.txt").write_text(MARKET, encoding="utf-8")
+    (workdir / "seeds" / "c.txt").write_text(CAMERAS, encoding="utf-8")
+    for args in (["build"], ["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    output = workdir / "feeds"
+    title = "Ben Lam opens its first night market for tourists"
+    date = "12:00 Thứ Sáu, 1 tháng 11, 2024"
+    page = output / "articles" / "ben-lam-opens-its-first-night-market-for-tourists.html"
+    page_html = page.read_text("utf-8")
+    assert _voice(page_html, title) == "en"
+    assert _voice(page_html, date) == "vi"
+    assert _voice(page_html, "Tác giả: Thu Ha") == "vi"
+    index = (output / "index.html").read_text("utf-8")
+    assert _voice(index, title) == "en"
+    assert _voice(index, date) == "vi"
+    (mail,) = (workdir / "outbox").rglob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    digest = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert _voice(digest, title) == "en"
+    assert (
+        _voice(
+            digest,
+            "Ben Lam city opened its first night market on Friday, with 120 "
+            "stalls selling seafood, handicrafts and local coffee along the "
+            "riverside.",
+        )
+        == "en"
+    )
+    assert _voice(digest, date + " ·") == "vi"
+    assert _voice(digest, "Đọc tiếp") == "vi"
+
+
+ROAD = (
+    "Đồng Lũy khởi công đường cứu hộ cứu nạn\n01/11/2024 08:30\n"
+    "LGO - Đồng Lũy khởi công đường cứu hộ cứu nạn.\n"
+    "Tuyến đường dài 12 km, tổng vốn đầu tư 150 tỷ đồng, dự kiến hoàn thành năm 2026.\n"
+    "Đường sẽ giúp người dân các xã vùng trũng di dời nhanh khi có lũ.\n"
+)
+
+
+def test_a_head_that_only_says_the_title_again_is_not_its_summary(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """Line 3 filled with the headline again: the page printed it twice (headline, then the
+    same words as standfirst), and the feeds' summary and the digest's blurb repeated the
+    title instead of saying what happened."""
+    output = _build(settings, db, now, {"r.txt": ROAD})
+    page = (output / "articles" / "dong-luy-khoi-cong-duong-cuu-ho-cuu-nan.html").read_text("utf-8")
+    assert 'class="standfirst"' not in page
+    _meta, paragraphs, _other = _article(output, "dong-luy-khoi-cong-duong-cuu-ho-cuu-nan")
+    assert paragraphs[0].startswith("Tuyến đường dài 12")
+    entry, _content = _feed_entry(output, "Đồng Lũy khởi công đường cứu hộ cứu nạn")
+    assert str(entry["summary"]).startswith("Tuyến đường dài 12")
+    assert re.search(r'<meta name="description" content="Tuyến đường dài 12', page)
+
+
+COURSES = (
+    "Sơn Khê mở lớp dạy nghề cho lao động nông thôn\n01/11/2024 08:45\n{head}\n"
+    "Sơn Khê mở lớp dạy nghề cho lao động nông thôn\n"
+    "LGO - Sáng nay 1/11, huyện Sơn Khê khai giảng 5 lớp dạy nghề cho 150 lao động nông thôn.\n"
+    "Các lớp học gồm may công nghiệp, sửa chữa máy nông nghiệp và chăn nuôi thú y.\n"
+    "Văn Sơn\n"
+)
+
+
+@pytest.mark.parametrize("title", ["Sơn Khê mở lớp dạy nghề cho lao động nông thôn", "{title}"])
+def test_the_headline_scraped_above_the_dateline_is_not_the_lead(
+    settings: Settings, db: Database, now: datetime, title: str
+) -> None:
+    """Scrapes that keep the page's headline as the body's first line, above the lead that
+    opens with its dateline: the page printed the headline twice and the lead with its
+    "LGO - " tag, and the feeds' summary was the headline again. Filled or not, the title
+    line does not change what the body is (nor the article's id)."""
+    text = COURSES.replace("Sơn Khê mở lớp dạy nghề cho lao động nông thôn\n01", title + "\n01")
+    output = _build(settings, db, now, {"k.txt": text})
+    (page,) = (output / "articles").glob("*.html")
+    _meta, paragraphs, _other = _article(output, page.stem)
+    assert paragraphs == [
+        "Sáng nay 1/11, huyện Sơn Khê khai giảng 5 lớp dạy nghề cho 150 lao động nông thôn.",
+        "Các lớp học gồm may công nghiệp, sửa chữa máy nông nghiệp và chăn nuôi thú y.",
+    ]
+    items = json.loads((output / "feed.json").read_bytes())["items"]
+    assert items[0]["summary"].startswith("Sáng nay 1/11, huyện Sơn Khê khai giảng")
+
+
+def test_view_in_browser_opens_the_digest_in_the_readers_language(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """An English subscriber's "View in browser" link opened the Vietnamese page."""
+    (workdir / "seeds" / "c.txt").write_text(CAMERAS, encoding="utf-8")
+    for args in (
+        ["subscribers", "add", "an@example.org", "--lang", "vi"],
+        ["subscribers", "add", "bo@example.org", "--lang", "en"],
+        ["send"],
+    ):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    base = "http://localhost:8000/"
+    headings = {"vi": "Bản tin ngày 1 tháng 11, 2024", "en": "News for November 1, 2024"}
+    for mail in sorted((workdir / "outbox").rglob("*.eml")):
+        message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+        lang = str(message["Content-Language"])
+        text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        (view,) = set(re.findall(rf"{base}digests/\S+", text))
+        page = (workdir / "feeds" / view.removeprefix(base)).read_text("utf-8")
+        assert f'<html lang="{lang}"' in page
+        assert headings[lang] in page
+        assert f'href="{base}unsubscribe?lang={lang}"' in page
+
+
+SHOP = (
+    "Công ty A&amp;B khai trương siêu thị điện máy\n01/11/2024 08:50\n{head}\n"
+    "LGO - Sáng nay 1/11, Công ty TNHH A&amp;B khai trương siêu thị điện máy thứ 3 tại TP. "
+    "Bến Lam.\n"
+    "Giám đốc công ty cho biết: &quot;Chúng tôi giảm giá 20% trong tuần đầu&quot;&#46;\n"
+    "Khách&nbsp;hàng mua hóa đơn trên 5 triệu đồng được tặng quà &lt;3&gt; món.\n"
+)
+
+
+def test_character_references_left_in_a_dump_read_as_the_characters(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """A scraper that kept the HTML's entities: readers saw "A&amp;B" and "&quot;" as text
+    in the title, the page, the feeds and the slug ("a-amp-b")."""
+    output = _build(settings, db, now, {"a.txt": SHOP})
+    (page,) = (output / "articles").glob("*.html")
+    assert page.name == "cong-ty-a-b-khai-truong-sieu-thi-dien-may.html"
+    _meta, paragraphs, _other = _article(output, page.stem)
+    assert paragraphs == [
+        "Sáng nay 1/11, Công ty TNHH A&B khai trương siêu thị điện máy thứ 3 tại TP. Bến Lam.",
+        'Giám đốc công ty cho biết: "Chúng tôi giảm giá 20% trong tuần đầu".',
+        "Khách hàng mua hóa đơn trên 5 triệu đồng được tặng quà <3> món.",
+    ]
+    html_text = page.read_text("utf-8")
+    assert "&amp;amp;" not in html_text
+    assert "&amp;quot;" not in html_text
+    items = json.loads((output / "feed.json").read_bytes())["items"]
+    assert items[0]["title"] == "Công ty A&B khai trương siêu thị điện máy"
+    assert "&amp;amp;" not in items[0]["content_html"]
+
+
+def _footer(page: str) -> tuple[str, str]:
+    """The description line of a page's footer, and the language its element is in."""
+    footer = re.search(r'<footer class="site"><div class="wrap">\s*(<p[^>]*>.*?</p>)', page, re.S)
+    assert footer is not None
+    text = _text(footer.group(1))
+    return text, _voice(page, text)
+
+
+@pytest.mark.parametrize("description", [None, "Báo điện tử của tỉnh Lam Giang."])
+def test_the_english_service_pages_say_the_sites_description_in_english_or_mark_it(
+    live_server: Callable[..., LiveServer], description: str | None
+) -> None:
+    """The sign-up, confirm and unsubscribe pages in English ended every page with the
+    Vietnamese default tagline, marked as English, also as their meta description. The
+    default (syndicate's own words) is said in the page's language; an operator's own
+    description, which has one language, is marked as the site's."""
+    if description is None:
+        server = live_server()
+    else:
+        site = dataclasses.replace(SiteSettings(), description=description)
+        server = live_server(site=site)
+    english = {None: "The latest news, gathered by syndicate."}.get(description, description)
+    vietnamese = description or "Tin tức mới nhất, tổng hợp bởi syndicate."
+    with httpx.Client(base_url=server.url) as client:
+        for path, text, lang in (
+            ("subscribe?lang=en", english, "en" if description is None else "vi"),
+            ("subscribe?lang=vi", vietnamese, "vi"),
+            ("unsubscribe?token=broken&lang=en", english, "en" if description is None else "vi"),
+        ):
+            page = client.get(path).text
+            assert _footer(page) == (text, lang), path
+            if description is None:
+                assert f'<meta name="description" content="{text}">' in page
+
+
+def test_other_news_in_another_language_than_the_readers_says_its_own(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """The teasers under "Other news" are Vietnamese: in an English digest, and on the
+    pages of an English site, they were read out by the English voice."""
+    (workdir / "syndicate.toml").write_text('[site]\nlanguage = "en"\n', encoding="utf-8")
+    (workdir / "seeds" / "c.txt").write_text(CAMERAS + TEASERS, encoding="utf-8")
+    for args in (["build"], ["subscribers", "add", "bo@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    teaser = (
+        "Sáng nay 1/11, Sở Giáo dục và Đào tạo tỉnh Lam Giang tổ chức hội nghị triển khai "
+        "nhiệm vụ năm học mới…"
+    )
+    (mail,) = (workdir / "outbox").rglob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    digest = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert '<html lang="en"' in digest
+    assert _voice(digest, "Other news") == "en"
+    assert _voice(digest, "\u2013 " + teaser) == "vi"
+    (page,) = (workdir / "feeds" / "articles").glob("*.html")
+    page_html = page.read_text("utf-8")
+    assert _voice(page_html, "Other news") == "en"
+    assert _voice(page_html, "LGO \u2013 " + teaser) == "vi"
+
+
+HARVEST = (
+    "Nông dân Tân Mỹ thu hoạch lúa hữu cơ đạt năng suất cao\n01/11/2024 15:45\n{head}\n"
+    "LGO - Chiều nay 1/11, hợp tác xã nông nghiệp Tân Mỹ, huyện Đồng Lũy thu hoạch 45 ha lúa "
+    "hữu cơ, năng suất bình quân đạt 5,8 tấn/ha, giá bán 12.500 đồng/kg, cao gấp rưỡi lúa "
+    "thường; đây là vụ thứ ba liên tiếp hợp tác xã sản xuất theo quy trình hữu cơ được chứng "
+    "nhận, với sự tham gia của 120 hộ xã viên và sự hỗ trợ kỹ thuật của Trung tâm Khuyến nông "
+    "tỉnh.\n"
+    "Ông Trương Văn Hữu, Giám đốc hợp tác xã, cho biết toàn bộ sản lượng đã được bao tiêu.\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("words", "blurb"),
+    [
+        # The 30th word is "12.500": "giá bán 12.500…" sold rice at a price with no unit.
+        (
+            30,
+            "Chiều nay 1/11, hợp tác xã nông nghiệp Tân Mỹ, huyện Đồng Lũy thu hoạch 45 ha "
+            "lúa hữu cơ, năng suất bình quân đạt 5,8 tấn/ha…",
+        ),
+        # The 45th is "tác", of "hợp tác xã": a cut between the syllables of one word.
+        (
+            45,
+            "Chiều nay 1/11, hợp tác xã nông nghiệp Tân Mỹ, huyện Đồng Lũy thu hoạch 45 ha "
+            "lúa hữu cơ, năng suất bình quân đạt 5,8 tấn/ha, giá bán 12.500 đồng/kg, cao gấp "
+            "rưỡi lúa thường…",
+        ),
+    ],
+)
+def test_a_long_lead_is_cut_in_the_digest_where_an_editor_would_cut_it(
+    runner: CliRunner, workdir: Path, words: int, blurb: str
+) -> None:
+    """A lead of one long sentence is cut to `digest.lead_words` words: it was cut after
+    the last word that fit, between a price and its unit or inside a word ("hợp tác…"). It
+    is cut at the last clause boundary, else where no word or number is split."""
+    (workdir / "syndicate.toml").write_text(f"[digest]\nlead_words = {words}\n", "utf-8")
+    (workdir / "seeds" / "h.txt").write_text(HARVEST, encoding="utf-8")
+    for args in (["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    (mail,) = (workdir / "outbox").rglob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert blurb in " ".join(text.split())
+    page = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert blurb in _text(page)
+
+
+BUSES = (
+    "Bến Lam mở tuyến xe buýt nhanh\n01/11/2024 10:00\n{line3}\n"
+    "LGO - Sáng nay 1/11, TP. Bến Lam khai trương tuyến xe buýt nhanh đầu tiên dài 14 km.\n"
+    "Tuyến có 12 trạm dừng, giá vé 7.000 đồng/lượt.\n"
+)
+
+
+def test_a_name_on_line_3_is_the_byline_not_the_summary(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """A site whose template puts the author where the sapo goes: "Quang Huy" was the
+    page's standfirst, the feeds' summary and the digest's blurb, and no author shown.
+    The same story without it keeps its id (the header never changes it)."""
+    output = _build(settings, db, now, {"b.txt": BUSES.format(line3="Quang Huy")})
+    page = (output / "articles" / "ben-lam-mo-tuyen-xe-buyt-nhanh.html").read_text("utf-8")
+    assert 'class="standfirst"' not in page
+    meta, paragraphs, _other = _article(output, "ben-lam-mo-tuyen-xe-buyt-nhanh")
+    assert meta.endswith("Tác giả: Quang Huy")
+    assert paragraphs[0].startswith("Sáng nay 1/11, TP. Bến Lam khai trương")
+    entry, _content = _feed_entry(output, "Bến Lam mở tuyến xe buýt nhanh")
+    assert entry["author"] == "Quang Huy"
+    assert str(entry["summary"]).startswith("Sáng nay 1/11")
+    ids = {entry["id"]}
+    (settings.paths.seeds / "b.txt").write_text(BUSES.format(line3="{head}"), "utf-8")
+    run_build(settings, db, now=now)
+    entry, _content = _feed_entry(output, "Bến Lam mở tuyến xe buýt nhanh")
+    assert {entry["id"]} == ids
+
+
+def test_the_byline_reads_as_english_on_an_english_site(runner: CliRunner, workdir: Path) -> None:
+    """An English site's article page said "By: Thu Ha"; English says "By Thu Ha"."""
+    (workdir / "syndicate.toml").write_text('[site]\nlanguage = "en"\n', encoding="utf-8")
+    (workdir / "seeds" / "m.txt").write_text(MARKET, encoding="utf-8")
+    (workdir / "seeds" / "c.txt").write_text(CAMERAS + "Đức Anh\n", encoding="utf-8")
+    result = runner.invoke(cli, ["build"])
+    assert result.exit_code == 0, result.output
+    meta, _paragraphs, _other = _article(
+        workdir / "feeds", "ben-lam-opens-its-first-night-market-for-tourists"
+    )
+    assert meta == "Friday, November 1, 2024, 12:00 PM · By Thu Ha"
+    meta, _paragraphs, _other = _article(
+        workdir / "feeds", "ben-lam-lap-them-200-camera-giam-sat-giao-thong"
+    )
+    assert meta.endswith(" · By Đức Anh")
+
+
+FLOODS = (
+    "Tỉnh yêu cầu khắc phục hậu quả mưa lũ\n01/11/2024 14:20\n"
+    "LGO - Chiều nay 1/11, Chủ tịch UBND tỉnh Lam Giang ký công điện yêu cầu các sở, ngành, "
+    "địa phương khẩn trương khắc phục hậu quả mưa lũ.\n"
+    "Theo công điện, các địa phương phải hoàn thành thống kê thiệt hại trước ngày 5/11.\n"
+    "Sở Tài chính được giao bố trí 15,5 tỷ đồng để hỗ trợ khẩn cấp.\n"
+)
+
+
+def test_the_feeds_full_text_opens_with_the_standfirst_the_page_prints(
+    settings: Settings, db: Database, now: datetime
+) -> None:
+    """Feed readers show the full text (content:encoded, Atom content, content_html): it
+    began at the second paragraph, without the sapo the page prints under the headline,
+    so the story read from the middle."""
+    output = _build(settings, db, now, {"f.txt": FLOODS})
+    sapo = (
+        "Chiều nay 1/11, Chủ tịch UBND tỉnh Lam Giang ký công điện yêu cầu các sở, ngành, "
+        "địa phương khẩn trương khắc phục hậu quả mưa lũ."
+    )
+    page = (output / "articles" / "tinh-yeu-cau-khac-phuc-hau-qua-mua-lu.html").read_text("utf-8")
+    assert f'<p class="standfirst">{sapo}</p>' in page
+    entry, content = _feed_entry(output, "Tỉnh yêu cầu khắc phục hậu quả mưa lũ")
+    rss = feedparser.parse((output / "rss.xml").read_bytes()).entries[0]
+    for text in (entry["content"][0]["value"], content, rss.content[0].value):  # type: ignore[index]
+        assert [_text(p) for p in re.findall(r"<p>(.*?)</p>", text)] == [
+            sapo,
+            "Theo công điện, các địa phương phải hoàn thành thống kê thiệt hại trước ngày 5/11.",
+            "Sở Tài chính được giao bố trí 15,5 tỷ đồng để hỗ trợ khẩn cấp.",
+        ]
+
+
+def test_a_digest_of_one_story_prints_no_contents_of_one_line(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """A digest of a single story listed it "In this issue", then printed the same headline
+    again right under that list: the headline twice, back to back, for nothing."""
+    (workdir / "seeds" / "c.txt").write_text(CAMERAS, encoding="utf-8")
+    for args in (["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    (mail,) = (workdir / "outbox").rglob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    page = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "TRONG SỐ NÀY" not in text
+    assert "Trong số này" not in page
+    title = "Bến Lam lắp thêm 200 camera giám sát giao thông"
+    assert text.count(title) == 1
+    assert _text(page.split("</title>", 1)[1]).count(title) == 1
