@@ -1353,3 +1353,27 @@ def test_a_title_case_headline_opening_the_body_is_not_taken_for_a_byline() -> N
     assert article.lead == "Ben Lam Opens Night Market"
     article = parse_text("T\n{publish}\n{head}\nHoài Nam - Minh Đức\nMở đầu.\nThân bài.\n")
     assert article.author == "Hoài Nam - Minh Đức"
+
+
+@pytest.mark.parametrize(
+    "lead",
+    [
+        "Ông Nam nói: “Chúng tôi sẽ hoàn thành cây cầu trong tháng tới.”",
+        "Trận đấu kết thúc với tỉ số 3-0 cho đội chủ nhà!",
+    ],
+)
+def test_a_one_paragraph_story_above_its_teasers_keeps_its_lead(lead: str) -> None:
+    """A brief whose only paragraph does not end in a full stop, with the sidebar's teasers
+    below it, is not a headline scraped above a dateline's lead: the story was dropped, the
+    first teaser made its lead, and every such brief over the same sidebar had one id."""
+    teasers = "VOV.VN - Bến Lam mở tuyến xe buýt nhanh.\nVOV.VN - Sơn Khê mở lớp dạy nghề.\n"
+    article = parse_text(f"T\n{{publish}}\n{{head}}\n{lead}\n{teasers}")
+    assert article.paragraphs == (lead,)
+    assert article.dateline is None
+    assert [t.text for t in article.teasers] == [
+        "Bến Lam mở tuyến xe buýt nhanh.",
+        "Sơn Khê mở lớp dạy nghề.",
+    ]
+    # A byline below the teasers changes nothing of it.
+    article = parse_text(f"T\n{{publish}}\n{{head}}\n{lead}\n{teasers}Văn Sơn\n")
+    assert (article.paragraphs, article.author, len(article.teasers)) == ((lead,), "Văn Sơn", 2)

@@ -164,14 +164,21 @@ _HEADLINE_CHARS = 300
 def _is_scraped_headline(lines: list[str], captions: list[bool], first: int) -> bool:
     """Whether `lines[first]`, the body's first line that is not a caption, is the page's
     headline scraped along: headline-shaped (no dateline, no final full stop, not too long)
-    and right above (captions aside) a paragraph that opens with a dateline."""
+    and right above (captions aside) a paragraph that opens with a dateline, which the
+    story's text goes on after. A dateline line with only datelines (and a byline) below it
+    opens the teasers: the line above is then a brief's only paragraph ("... tới.”", "!")."""
     line = lines[first]
     if captions[first] or len(line) > _HEADLINE_CHARS or line.endswith("."):
         return False
     if _DATELINE.match(line):
         return False
     after = next((i for i in range(first + 1, len(lines)) if not captions[i]), None)
-    return after is not None and bool(_DATELINE.match(lines[after]))
+    if after is None or not _DATELINE.match(lines[after]):
+        return False
+    return any(
+        not (captions[i] or _DATELINE.match(lines[i]) or _is_byline(lines[i]))
+        for i in range(after + 1, len(lines))
+    )
 
 
 def _words(text: str) -> list[str]:
