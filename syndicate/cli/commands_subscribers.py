@@ -272,6 +272,29 @@ def _check_export_target(file: Path) -> None:
             f"{file} is not a regular file: the export writes a new file in its place.",
             hint="Give a file path, or - to write the CSV to standard output.",
         )
+    if _links_into_proc(file):
+        # /dev/stdout with stdout sent to a file: a regular file, but behind a link that
+        # the export would replace (in /dev, as root) with a file of its own.
+        raise InputError(
+            f"{file} is a link to a file this process has open: the export writes a new "
+            "file in its place.",
+            hint="Give a file path, or - to write the CSV to standard output.",
+        )
+
+
+def _links_into_proc(file: Path) -> bool:
+    """Whether `file`, or a link on the way to what it names, is in /proc (/dev/stdout,
+    /dev/fd/N and /proc/self/fd/N name an open file of the process through /proc)."""
+    path = os.path.abspath(file)
+    for _ in range(40):  # the kernel's own limit on links followed
+        folder = os.path.realpath(os.path.dirname(path))
+        if folder == "/proc" or folder.startswith("/proc/"):
+            return True
+        path = os.path.join(folder, os.path.basename(path))
+        if not os.path.islink(path):
+            return False
+        path = os.path.normpath(os.path.join(folder, os.readlink(path)))
+    return False
 
 
 @subscribers_group.command("erase")
