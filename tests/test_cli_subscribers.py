@@ -7,6 +7,8 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -245,6 +247,23 @@ def test_export_refuses_a_link_to_an_open_file_of_this_process(project: Path) ->
     )
     assert path.is_symlink()
     assert (project / "backup.csv").read_bytes() == b""
+
+
+def test_export_to_a_dash_on_a_full_disk_is_one_line(project: Path) -> None:
+    # Standard output that cannot take the CSV (a full disk): a traceback, exit 1.
+    _run("subscribers", "add", "an@example.org")
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "syndicate", "subscribers", "export", "-"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+    assert (done.returncode, done.stderr.decode()) == (
+        75,
+        "Error: standard output: cannot write the CSV: No space left on device. "
+        "Send it to a disk with room, or give a file path instead of -.\n",
+    )
 
 
 def test_erase_forgets_the_address_and_blocks_reimport(project: Path) -> None:
