@@ -1374,6 +1374,21 @@ def test_a_one_paragraph_story_above_its_teasers_keeps_its_lead(lead: str) -> No
         "Bến Lam mở tuyến xe buýt nhanh.",
         "Sơn Khê mở lớp dạy nghề.",
     ]
-    # A byline below the teasers changes nothing of it.
+    # A byline below the teasers changes nothing of it, nor does one teaser alone.
     article = parse_text(f"T\n{{publish}}\n{{head}}\n{lead}\n{teasers}Văn Sơn\n")
     assert (article.paragraphs, article.author, len(article.teasers)) == ((lead,), "Văn Sơn", 2)
+    article = parse_text(f"T\n{{publish}}\n{{head}}\n{lead}\n{teasers.splitlines()[0]}\nVăn Sơn\n")
+    assert (article.paragraphs, article.author, len(article.teasers)) == ((lead,), "Văn Sơn", 1)
+
+
+def test_the_headline_above_a_one_paragraph_dateline_story_is_dropped() -> None:
+    """A headline (no sentence's punctuation at its end) above a story of one paragraph
+    opening with its dateline, then the byline: that paragraph is the lead."""
+    text = "LGO - Sáng nay huyện Sơn Khê khai giảng 5 lớp dạy nghề."
+    article = parse_text(f"T\n{{publish}}\n{{head}}\nSơn Khê mở lớp dạy nghề\n{text}\nVăn Sơn\n")
+    assert (article.paragraphs, article.dateline, article.author, article.teasers) == (
+        ("Sáng nay huyện Sơn Khê khai giảng 5 lớp dạy nghề.",),
+        "LGO",
+        "Văn Sơn",
+        (),
+    )

@@ -159,14 +159,14 @@ def _is_byline(text: str) -> bool:
 
 # The longest headline a scrape repeats above the lead (the longest real ones: about 280).
 _HEADLINE_CHARS = 300
+# What a sentence (a story's paragraph), not a headline, ends with.
+_SENTENCE_ENDS = (".", "!", "?", "…", "\u201d", '"', "\u00bb", ")", ":", ";")
 
 
 def _is_scraped_headline(lines: list[str], captions: list[bool], first: int) -> bool:
     """Whether `lines[first]`, the body's first line that is not a caption, is the page's
     headline scraped along: headline-shaped (no dateline, no final full stop, not too long)
-    and right above (captions aside) a paragraph that opens with a dateline, which the
-    story's text goes on after. A dateline line with only datelines (and a byline) below it
-    opens the teasers: the line above is then a brief's only paragraph ("... tới.”", "!")."""
+    and right above (captions aside) a paragraph that opens with a dateline."""
     line = lines[first]
     if captions[first] or len(line) > _HEADLINE_CHARS or line.endswith("."):
         return False
@@ -175,10 +175,13 @@ def _is_scraped_headline(lines: list[str], captions: list[bool], first: int) -> 
     after = next((i for i in range(first + 1, len(lines)) if not captions[i]), None)
     if after is None or not _DATELINE.match(lines[after]):
         return False
-    return any(
-        not (captions[i] or _DATELINE.match(lines[i]) or _is_byline(lines[i]))
-        for i in range(after + 1, len(lines))
-    )
+    rest = [lines[i] for i in range(after + 1, len(lines)) if not captions[i]]
+    if any(not (_DATELINE.match(text) or _is_byline(text)) for text in rest):
+        return True  # the story goes on below its lead
+    # Else a one-paragraph story under its headline, or a brief whose only paragraph is
+    # `line`, the teasers below it: a headline ends on no sentence's punctuation, and its
+    # story's one paragraph has no other dateline line (a teaser) after it.
+    return not line.endswith(_SENTENCE_ENDS) and not any(_DATELINE.match(t) for t in rest)
 
 
 def _words(text: str) -> list[str]:
