@@ -1392,3 +1392,15 @@ def test_the_headline_above_a_one_paragraph_dateline_story_is_dropped() -> None:
         "Văn Sơn",
         (),
     )
+
+
+@pytest.mark.parametrize("label", ["Video", "VIDEO", "Infographic", "TP.HCM"])
+def test_a_one_word_label_opening_the_body_is_not_its_author(label: str) -> None:
+    """A label or a place above the story ("Video", "TP.HCM") is one word; the names of the
+    people who write stories are two or more ("Hoàng Yến"). It was credited as the author
+    ("Tác giả: Video") once the top line could be the byline."""
+    article = parse_text(f"T\n{{publish}}\n{{head}}\n{label}\nMở đầu câu chuyện.\nThân bài.\n")
+    assert article.author is None
+    assert article.paragraphs == (label, "Mở đầu câu chuyện.", "Thân bài.")
+    article = parse_text("T\n{publish}\n{head}\nTheo Vnexpress\nMở đầu câu chuyện.\nThân bài.\n")
+    assert article.author == "Vnexpress"

@@ -190,12 +190,14 @@ def _words(text: str) -> list[str]:
 
 
 def _is_name_sized(text: str) -> bool:
-    """At most four words besides joiners, or a "Theo "/"By " credit: a byline above the
-    story, where a headline in title case ("Ben Lam Opens Night Market") may also sit."""
+    """Two to four words besides joiners, or a "Theo "/"By " credit: a byline above the
+    story, where a headline in title case ("Ben Lam Opens Night Market") may also sit, or
+    a one-word label or place ("Video", "Infographic", "TP.HCM"): writers' names are two
+    words or more ("Hoàng Yến")."""
     if re.match(r"^(?:Theo|By)\s", text):
         return True
     words = [w for w in re.split(r"[\s,&/]+", text) if w not in {"và", "and", "-", "\u2013"}]
-    return len(words) <= 4
+    return 2 <= len(words) <= 4
 
 
 def _author(text: str) -> str:
