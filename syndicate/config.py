@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from syndicate.errors import ConfigError
@@ -902,7 +902,7 @@ def exposed_secret_warning(
                 ENV_SECRET,
             )
         )
-    if not environ.get(ENV_STORE_URL) and urlsplit(settings.store.url).password:
+    if not environ.get(ENV_STORE_URL) and _url_password(settings.store.url):
         held.append(
             (
                 "the store's password (store.url)",
@@ -926,6 +926,15 @@ def exposed_secret_warning(
         f"config file {path} holds {names} and every user of this machine may read it "
         f"(mode {mode:04o}): {harm}. Run chmod 600 {quoted} (640 to share it with a group), "
         f"or set {variables} in the environment instead."
+    )
+
+
+def _url_password(url: str) -> bool:
+    """Whether a store URL holds a password: after the user (`user:pw@`), or in the query
+    (`?password=pw`), where libpq takes it from as well."""
+    parts = urlsplit(url)
+    return bool(parts.password) or any(
+        key == "password" and value for key, value in parse_qsl(parts.query)
     )
 
 

@@ -7,6 +7,8 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -226,6 +228,42 @@ def test_export_refuses_a_path_that_is_no_file_and_leaves_it_as_it_was(
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
     if target.startswith("link"):
         assert path.is_symlink()
+
+
+def test_export_refuses_a_link_to_an_open_file_of_this_process(project: Path) -> None:
+    # /dev/stdout is such a link (to /proc/self/fd/1): with stdout sent to a file
+    # (`export /dev/stdout > backup.csv`, as cron runs it), it passed the check for a
+    # regular file, and the export, run as root, made /dev/stdout a file of its own (the
+    # list in it, for every later process). Here a link of the test's own stands for it.
+    _run("subscribers", "add", "an@example.org")
+    with (project / "backup.csv").open("wb") as redirected:
+        path = project / "stdout"
+        path.symlink_to(f"/proc/self/fd/{redirected.fileno()}")
+        code, out, err = _run("subscribers", "export", str(path))
+    assert (code, out) == (2, "")
+    assert err == (
+        f"Error: {path} is a link to a file this process has open: the export writes a new "
+        "file in its place. Give a file path, or - to write the CSV to standard output.\n"
+    )
+    assert path.is_symlink()
+    assert (project / "backup.csv").read_bytes() == b""
+
+
+def test_export_to_a_dash_on_a_full_disk_is_one_line(project: Path) -> None:
+    # Standard output that cannot take the CSV (a full disk): a traceback, exit 1.
+    _run("subscribers", "add", "an@example.org")
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "syndicate", "subscribers", "export", "-"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+    assert (done.returncode, done.stderr.decode()) == (
+        75,
+        "Error: standard output: cannot write the CSV: No space left on device. "
+        "Send it to a disk with room, or give a file path instead of -.\n",
+    )
 
 
 def test_erase_forgets_the_address_and_blocks_reimport(project: Path) -> None:

@@ -298,6 +298,23 @@ def test_a_password_in_a_store_url_every_user_may_read_is_warned_about(
     assert exposed_secret_warning(config, load_settings(config, {}), {}) is None
 
 
+def test_a_password_in_a_store_urls_query_every_user_may_read_is_warned_about(
+    tmp_path: Path, umask: None
+) -> None:
+    # libpq takes the password from the URL's query as well ("?password=..."): no warning.
+    config = tmp_path / "syndicate.toml"
+    for url in (
+        "postgresql://news@db.example.org/news?password=pw",
+        "postgresql://news@db.example.org/news?sslmode=require&password=pw",
+    ):
+        config.write_text(f'[store]\nurl = "{url}"\n')
+        warning = exposed_secret_warning(config, load_settings(config, {}), {})
+        assert warning is not None
+        assert warning.startswith(f"config file {config} holds the store's password")
+    config.write_text('[store]\nurl = "postgresql://news@db.example.org/news?sslmode=require"\n')
+    assert exposed_secret_warning(config, load_settings(config, {}), {}) is None
+
+
 # --- the DKIM key -------------------------------------------------------------------------
 
 

@@ -1353,3 +1353,54 @@ def test_a_title_case_headline_opening_the_body_is_not_taken_for_a_byline() -> N
     assert article.lead == "Ben Lam Opens Night Market"
     article = parse_text("T\n{publish}\n{head}\nHoài Nam - Minh Đức\nMở đầu.\nThân bài.\n")
     assert article.author == "Hoài Nam - Minh Đức"
+
+
+@pytest.mark.parametrize(
+    "lead",
+    [
+        "Ông Nam nói: “Chúng tôi sẽ hoàn thành cây cầu trong tháng tới.”",
+        "Trận đấu kết thúc với tỉ số 3-0 cho đội chủ nhà!",
+    ],
+)
+def test_a_one_paragraph_story_above_its_teasers_keeps_its_lead(lead: str) -> None:
+    """A brief whose only paragraph does not end in a full stop, with the sidebar's teasers
+    below it, is not a headline scraped above a dateline's lead: the story was dropped, the
+    first teaser made its lead, and every such brief over the same sidebar had one id."""
+    teasers = "VOV.VN - Bến Lam mở tuyến xe buýt nhanh.\nVOV.VN - Sơn Khê mở lớp dạy nghề.\n"
+    article = parse_text(f"T\n{{publish}}\n{{head}}\n{lead}\n{teasers}")
+    assert article.paragraphs == (lead,)
+    assert article.dateline is None
+    assert [t.text for t in article.teasers] == [
+        "Bến Lam mở tuyến xe buýt nhanh.",
+        "Sơn Khê mở lớp dạy nghề.",
+    ]
+    # A byline below the teasers changes nothing of it, nor does one teaser alone.
+    article = parse_text(f"T\n{{publish}}\n{{head}}\n{lead}\n{teasers}Văn Sơn\n")
+    assert (article.paragraphs, article.author, len(article.teasers)) == ((lead,), "Văn Sơn", 2)
+    article = parse_text(f"T\n{{publish}}\n{{head}}\n{lead}\n{teasers.splitlines()[0]}\nVăn Sơn\n")
+    assert (article.paragraphs, article.author, len(article.teasers)) == ((lead,), "Văn Sơn", 1)
+
+
+def test_the_headline_above_a_one_paragraph_dateline_story_is_dropped() -> None:
+    """A headline (no sentence's punctuation at its end) above a story of one paragraph
+    opening with its dateline, then the byline: that paragraph is the lead."""
+    text = "LGO - Sáng nay huyện Sơn Khê khai giảng 5 lớp dạy nghề."
+    article = parse_text(f"T\n{{publish}}\n{{head}}\nSơn Khê mở lớp dạy nghề\n{text}\nVăn Sơn\n")
+    assert (article.paragraphs, article.dateline, article.author, article.teasers) == (
+        ("Sáng nay huyện Sơn Khê khai giảng 5 lớp dạy nghề.",),
+        "LGO",
+        "Văn Sơn",
+        (),
+    )
+
+
+@pytest.mark.parametrize("label", ["Video", "VIDEO", "Infographic", "TP.HCM"])
+def test_a_one_word_label_opening_the_body_is_not_its_author(label: str) -> None:
+    """A label or a place above the story ("Video", "TP.HCM") is one word; the names of the
+    people who write stories are two or more ("Hoàng Yến"). It was credited as the author
+    ("Tác giả: Video") once the top line could be the byline."""
+    article = parse_text(f"T\n{{publish}}\n{{head}}\n{label}\nMở đầu câu chuyện.\nThân bài.\n")
+    assert article.author is None
+    assert article.paragraphs == (label, "Mở đầu câu chuyện.", "Thân bài.")
+    article = parse_text("T\n{publish}\n{head}\nTheo Vnexpress\nMở đầu câu chuyện.\nThân bài.\n")
+    assert article.author == "Vnexpress"

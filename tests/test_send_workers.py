@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -227,6 +228,43 @@ def test_workers_run_no_module_from_the_folder_send_was_started_in(tmp_path: Pat
         )
         assert sorted(server.handler.recipients()) == sorted(emails)
     assert sorted(path.name for path in shared.iterdir()) == ["signal.py"]
+    assert done.returncode == 0, done.stderr
+    assert SUMMARY.findall(done.stdout) == [("4", "0", "0")]
+
+
+def test_workers_run_the_syndicate_the_parent_runs(tmp_path: Path) -> None:
+    """`python -m syndicate` run from a checkout, with another syndicate installed: the
+    workers looked for the package last (-P, the checkout appended to their path), so
+    they ran the installed one, another version than their parent's. The installed one
+    is stood for by a package earlier on the path (PYTHONPATH) that notes it ran."""
+    root = Path(__file__).resolve().parent.parent
+    checkout, other, project = tmp_path / "checkout", tmp_path / "other", tmp_path / "project"
+    for name in ("syndicate", "templates"):
+        shutil.copytree(root / name, checkout / name)
+    (other / "syndicate").mkdir(parents=True)
+    (other / "syndicate" / "__init__.py").write_text(
+        f"open({str(tmp_path / 'other-ran')!r}, 'w').close()\n"
+        "raise ImportError('the installed syndicate, not the parent's')\n",
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+    if os.environ.get(ENV_STORE_URL):  # the test's PostgreSQL store
+        env[ENV_STORE_URL] = os.environ[ENV_STORE_URL]
+    env["PYTHONPATH"] = str(other)
+    with run_smtp_server() as server:
+        _project(project, server)
+        emails = _subscribe(project, 0, 4)
+        config = str(project / "syndicate.toml")
+        done = subprocess.run(
+            [sys.executable, "-m", "syndicate", "--config", config, "send", "--workers", "2"],
+            cwd=checkout,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sorted(server.handler.recipients()) == sorted(emails)
+    assert not (tmp_path / "other-ran").exists()
     assert done.returncode == 0, done.stderr
     assert SUMMARY.findall(done.stdout) == [("4", "0", "0")]
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -14,7 +16,7 @@ from pathlib import Path
 import click
 
 from syndicate.cli import AppContext, cli, pass_app
-from syndicate.errors import InputError, SubscriberError
+from syndicate.errors import DiskFullError, InputError, OutputError, SubscriberError
 from syndicate.i18n import LANGUAGES
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.output import write_atomic
@@ -249,14 +251,33 @@ def export_command(app: AppContext, file: Path) -> None:
             )
             count += 1
     if to_stdout:
-        sys.stdout.flush()
-        sys.stdout.buffer.write(buffer.getvalue().encode("utf-8"))
-        sys.stdout.buffer.flush()
+        _write_stdout(buffer.getvalue().encode("utf-8"))
         if not app.quiet:  # stdout holds the CSV alone
             click.echo(f"Exported {count} subscribers to standard output.", err=True)
         return
     write_atomic(file, buffer.getvalue().encode("utf-8"), skip_unchanged=False, private=True)
     app.echo(f"Exported {count} subscribers to {file}.")
+
+
+def _write_stdout(data: bytes) -> None:
+    """Write `data` to standard output; OutputError (DiskFullError, exit 75, when the disk
+    is full) when it cannot take it: a full disk, a reader gone (a closed pipe)."""
+    try:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except OSError as exc:
+        # What stayed in the buffer would fail again, and be reported, at exit.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise (DiskFullError if full else OutputError)(
+            f"standard output: cannot write the CSV: {exc.strerror or exc}.",
+            hint=("Send it to a disk with room, or give" if full else "Give")
+            + " a file path instead of -.",
+        ) from None
 
 
 def _check_export_target(file: Path) -> None:
@@ -272,6 +293,29 @@ def _check_export_target(file: Path) -> None:
             f"{file} is not a regular file: the export writes a new file in its place.",
             hint="Give a file path, or - to write the CSV to standard output.",
         )
+    if _links_into_proc(file):
+        # /dev/stdout with stdout sent to a file: a regular file, but behind a link that
+        # the export would replace (in /dev, as root) with a file of its own.
+        raise InputError(
+            f"{file} is a link to a file this process has open: the export writes a new "
+            "file in its place.",
+            hint="Give a file path, or - to write the CSV to standard output.",
+        )
+
+
+def _links_into_proc(file: Path) -> bool:
+    """Whether `file`, or a link on the way to what it names, is in /proc (/dev/stdout,
+    /dev/fd/N and /proc/self/fd/N name an open file of the process through /proc)."""
+    path = os.path.abspath(file)
+    for _ in range(40):  # the kernel's own limit on links followed
+        folder = os.path.realpath(os.path.dirname(path))
+        if folder == "/proc" or folder.startswith("/proc/"):
+            return True
+        path = os.path.join(folder, os.path.basename(path))
+        if not os.path.islink(path):
+            return False
+        path = os.path.normpath(os.path.join(folder, os.readlink(path)))
+    return False
 
 
 @subscribers_group.command("erase")

@@ -159,6 +159,8 @@ def _is_byline(text: str) -> bool:
 
 # The longest headline a scrape repeats above the lead (the longest real ones: about 280).
 _HEADLINE_CHARS = 300
+# What a sentence (a story's paragraph), not a headline, ends with.
+_SENTENCE_ENDS = (".", "!", "?", "…", "\u201d", '"', "\u00bb", ")", ":", ";")
 
 
 def _is_scraped_headline(lines: list[str], captions: list[bool], first: int) -> bool:
@@ -171,7 +173,15 @@ def _is_scraped_headline(lines: list[str], captions: list[bool], first: int) -> 
     if _DATELINE.match(line):
         return False
     after = next((i for i in range(first + 1, len(lines)) if not captions[i]), None)
-    return after is not None and bool(_DATELINE.match(lines[after]))
+    if after is None or not _DATELINE.match(lines[after]):
+        return False
+    rest = [lines[i] for i in range(after + 1, len(lines)) if not captions[i]]
+    if any(not (_DATELINE.match(text) or _is_byline(text)) for text in rest):
+        return True  # the story goes on below its lead
+    # Else a one-paragraph story under its headline, or a brief whose only paragraph is
+    # `line`, the teasers below it: a headline ends on no sentence's punctuation, and its
+    # story's one paragraph has no other dateline line (a teaser) after it.
+    return not line.endswith(_SENTENCE_ENDS) and not any(_DATELINE.match(t) for t in rest)
 
 
 def _words(text: str) -> list[str]:
@@ -180,12 +190,14 @@ def _words(text: str) -> list[str]:
 
 
 def _is_name_sized(text: str) -> bool:
-    """At most four words besides joiners, or a "Theo "/"By " credit: a byline above the
-    story, where a headline in title case ("Ben Lam Opens Night Market") may also sit."""
+    """Two to four words besides joiners, or a "Theo "/"By " credit: a byline above the
+    story, where a headline in title case ("Ben Lam Opens Night Market") may also sit, or
+    a one-word label or place ("Video", "Infographic", "TP.HCM"): writers' names are two
+    words or more ("Hoàng Yến")."""
     if re.match(r"^(?:Theo|By)\s", text):
         return True
     words = [w for w in re.split(r"[\s,&/]+", text) if w not in {"và", "and", "-", "\u2013"}]
-    return len(words) <= 4
+    return 2 <= len(words) <= 4
 
 
 def _author(text: str) -> str:

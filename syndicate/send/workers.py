@@ -61,7 +61,9 @@ _PIPES_PER_WORKER = 3
 # one that came meanwhile is kept too: Python's start-up before it, tens of milliseconds,
 # was killed by either (a Ctrl-C as the workers started, a `kill PID`), with no report.
 # It runs under `python -P` (see _run) and is given, as its argument, the folder the parent
-# found syndicate in, looked in last: a checkout run without being installed works too.
+# found syndicate in: the package is loaded from there, and from nowhere else (another
+# version installed, or a checkout run without being installed), while the module path
+# stays as it was (that folder first could shadow the standard library: site-packages).
 _ENTRY = (
     "import signal\n"
     "pending = []\n"
@@ -69,7 +71,12 @@ _ENTRY = (
     "    signal.signal(signum, lambda number, frame: pending.append(number))\n"
     "signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))\n"
     "import sys\n"
-    "sys.path.append(sys.argv[1])\n"
+    "from importlib.machinery import PathFinder\n"
+    "from importlib.util import module_from_spec\n"
+    "spec = PathFinder.find_spec('syndicate', [sys.argv[1]])\n"
+    "if spec is not None and spec.loader is not None:\n"
+    "    sys.modules['syndicate'] = package = module_from_spec(spec)\n"
+    "    spec.loader.exec_module(package)\n"
     "from syndicate.send.workers import main\n"
     "main(pending)\n"
 )
