@@ -455,6 +455,33 @@ def test_a_limit_used_up_by_todays_digest_leaves_the_catch_up_for_the_next_run(
     assert _summaries(out) == [("2024-10-31", "2", "0", "1"), ("2024-11-01", "1", "0", "2")]
 
 
+def test_a_story_corrected_after_its_digest_went_out_is_not_mailed_again(
+    clock: Clock, workdir: Path
+) -> None:
+    # An article's id is a hash of its text: a dump corrected after its digest went out (or
+    # read again by a new parser version, which changes some ids) gave a new article, which
+    # the next day's digest mailed to everyone again as news.
+    _subscribe("a@example.org")
+    assert _run("send")[0] == 0
+    assert _outbox_recipients(workdir, "2024-10-31") == ["a@example.org"]
+    dump = workdir / "seeds" / "day1.txt"
+    dump.write_text(DUMP_DAY1.replace("680 m", "690 m"), encoding="utf-8")
+    clock.next_day()
+    assert _run("send") == (0, "Nothing new to send.\n", "")
+    assert _outbox_recipients(workdir, "2024-11-01") == []
+    # The correction is published all the same: the page says 690 m.
+    (page,) = (workdir / "feeds" / "articles").glob("*.html")
+    text = page.read_text(encoding="utf-8")
+    assert "690" in text
+    assert "680" not in text
+    # It keeps its digest day, and when it was first seen (its place among undated ones).
+    with open_store(workdir / "syndicate.db") as db:
+        rows = db.conn.execute("SELECT first_seen_at, digest_day FROM articles").fetchall()
+    assert len(rows) == 2  # the first text's article stays stored, without a page
+    assert rows[0][0] == rows[1][0]
+    assert str(rows[0][1]) == str(rows[1][1]) == "2024-10-31"
+
+
 def test_an_earlier_digest_is_caught_up_on_a_day_with_nothing_new(
     clock: Clock, workdir: Path
 ) -> None:

@@ -116,6 +116,9 @@ class _Sync:
         # Rows waiting for `flush` (one executemany each per batch).
         self.dump_rows: list[tuple[str, store.CachedDump]] = []
         self.article_rows: list[store.ArticleRow] = []
+        # (old id, new id): a dump read again that now gives another article (a new parser
+        # version, an edit), whose story keeps what the old one had (see `flush`).
+        self.renamed: list[tuple[str, str]] = []
 
     def signature(self, path: str, shown: str) -> _Signature | DumpError:
         """The stat signature of a dump (taken before it is read), or why it cannot be read."""
@@ -185,7 +188,15 @@ class _Sync:
                 self.refused += 1
                 self._skip(got)
                 return
+            old = self.cache.get(key)
             entry, row = self._record(key, st, got), got.row
+            if (
+                old is not None
+                and old.article_id is not None
+                and entry.article_id is not None
+                and old.article_id != entry.article_id
+            ):
+                self.renamed.append((old.article_id, entry.article_id))
         if entry.article_id is None:
             self._skip(decode_error(shown, entry.error or "rejected"))
             return
@@ -271,6 +282,11 @@ class _Sync:
         """Write the rows `add` gathered (inside the caller's transaction)."""
         store.write_dumps(self.db, self.dump_rows)
         store.upsert_rows(self.db, self.article_rows, now=self.now)
+        if self.renamed:
+            # The same dump is the same story: the digest it went out in (not mailed again)
+            # and when it was first seen (its place among undated articles) stay with it.
+            store.carry_over(self.db, self.renamed)
+            self.renamed.clear()
         self.dump_rows.clear()
         self.article_rows.clear()
         self.pending.clear()

@@ -360,6 +360,29 @@ def upsert_rows(db: Database, rows: Sequence[ArticleRow], *, now: datetime) -> N
     teasers.index_keys(db, [(row.id, row.story_keys, row.teaser_keys) for row in rows])
 
 
+# A dump's new article takes its old article's digest day (when it has none) and the earlier
+# of the two first-seen times. ISO UTC text of one width: text order is time order.
+_CARRY_OVER = """
+    UPDATE articles SET
+        digest_day = coalesce(digest_day,
+            (SELECT o.digest_day FROM articles AS o WHERE o.id = :old)),
+        first_seen_at = coalesce(
+            (SELECT o.first_seen_at FROM articles AS o
+             WHERE o.id = :old AND o.first_seen_at < articles.first_seen_at),
+            first_seen_at)
+    WHERE id = :new
+"""
+
+
+def carry_over(db: Database, pairs: Sequence[tuple[str, str]]) -> None:
+    """For each (old id, new id) of a dump read again: the new article keeps the old one's
+    digest day and first-seen time (inside the caller's transaction)."""
+    try:
+        db.conn.executemany(_CARRY_OVER, ({"old": old, "new": new} for old, new in pairs))
+    except DB_ERRORS as exc:
+        raise _wrap("store the articles", db, exc) from exc
+
+
 def read_article_sources(db: Database) -> dict[str, str]:
     """Map every stored article id to the dump path its record was parsed from."""
     try:
