@@ -311,6 +311,24 @@ def test_at_gmail_the_cap_ignores_dots_and_googlemail_is_gmail(db: Database, now
     assert signup(db, "anle@gmail.com", language="vi", now=now + timedelta(hours=23))[1] is True
 
 
+def test_addresses_whose_local_part_starts_with_a_plus_are_mailboxes_of_their_own(
+    db: Database,
+    now,  # type: ignore[no-untyped-def]
+) -> None:
+    # "+1@example.org" and "+2@example.org" are two mailboxes (a '+' at the start delimits
+    # no tag): their key was "@example.org", one allowance for every such address there.
+    for minutes, address in (
+        (60, "+1@example.org"),
+        (40, "+2@example.org"),
+        (20, "+3@example.org"),
+    ):
+        assert signup(db, address, language="vi", now=now - timedelta(minutes=minutes))[1]
+    assert signup(db, "+4@example.org", language="vi", now=now)[1] is True
+    for minutes in (1, 2):  # a tag after such a local part is a tag of that mailbox
+        assert signup(db, f"+4+{minutes}@example.org", language="vi", now=now)[1] is True
+    assert signup(db, "+4+3@example.org", language="vi", now=now)[1] is False
+
+
 def test_stale_confirm_link_does_not_resubscribe(db: Database, now) -> None:  # type: ignore[no-untyped-def]
     sub, _ = signup(db, "an@example.org", language="vi", now=now)
     unsubscribe(db, sub.id, now=now)

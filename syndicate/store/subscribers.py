@@ -155,7 +155,9 @@ def mailbox_key(email: str) -> str:
     Gmail without dots (which it ignores): `A.n+news@googlemail.com` is `an@gmail.com`.
     """
     local, _, domain = email_key(email).rpartition("@")
-    local = local.split("+", 1)[0]
+    tag = local.find("+", 1)  # a '+' opening the local part starts no tag: "+1@" is a mailbox
+    if tag > 0:
+        local = local[:tag]
     if domain in _DOTLESS_DOMAINS:
         local, domain = local.replace(".", ""), _DOTLESS_DOMAINS[domain]
     return f"{local}@{domain}"
