@@ -6,6 +6,7 @@ import hashlib
 import json
 import platform
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from syndicate.store.subscribers import (
 )
 from syndicate.tokens import make_return_token
 from tests.conftest import DATA
-from tests.plugins.postgres import open_store
+from tests.plugins.postgres import ENV_STORE_URL, open_store
 
 BOUNCES = DATA / "bounces"
 BOUNCE_ADDRESS = "bounces@news.example.org"
@@ -533,6 +534,23 @@ def test_piped_mail_a_setup_fault_is_exit_75_so_the_mta_keeps_it(project: Path) 
         "warning: <stdin>: not a readable mail: the message is empty; exit 1: the mail server "
         "returns it.\n",
     )
+
+
+def test_piped_mail_with_the_store_out_of_reach_says_the_mta_keeps_it(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A store that cannot be reached is exit 75 already; its line said "the next run tries
+    # again", the hint for cron, where the MTA's postmaster needs to know the report is kept.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the test starts the command: refused
+    monkeypatch.setenv(ENV_STORE_URL, f"postgresql://news@127.0.0.1:{port}/news")
+    raw = (BOUNCES / "gmail-hard.eml").read_bytes()
+    code, out, err = _run("bounces", "-", stdin=raw)
+    assert (code, out) == (75, "")
+    assert err.startswith(f"Error: PostgreSQL at 127.0.0.1:{port}/news: "), err
+    assert err.endswith(" Exit 75: the mail server keeps the message and retries.\n"), err
+    assert len(err.splitlines()) == 1
 
 
 def _reading_stdin(pid: int) -> bool:

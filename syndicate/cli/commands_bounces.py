@@ -44,9 +44,7 @@ def bounces_command(app: AppContext, paths: tuple[Path, ...], as_json: bool) -> 
             )
         try:
             _apply(app, [read_piped_mail(sys.stdin.buffer)], as_json=as_json)
-        except SyndicateError as exc:
-            if exc.exit_code == EXIT_TEMPFAIL:
-                raise
+        except SyndicateError as exc:  # exit 75 too: the line says the MTA keeps it
             raise _Deferred(str(exc)) from exc
         except Terminated:  # a shutdown: exit 143 would make the MTA return the message
             raise _Deferred("bounces: stopped by SIGTERM before the message was handled.") from None
