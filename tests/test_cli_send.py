@@ -482,6 +482,30 @@ def test_a_story_corrected_after_its_digest_went_out_is_not_mailed_again(
     assert str(rows[0][1]) == str(rows[1][1]) == "2024-10-31"
 
 
+def test_another_story_in_a_dump_path_read_before_is_mailed(clock: Clock, workdir: Path) -> None:
+    # A scraper that reuses its file names (or a folder link moved to another day's dumps):
+    # the dump's new article is another story, not a correction (another title, another
+    # publish time). It took the old story's digest day and was never mailed.
+    _subscribe("a@example.org")
+    assert _run("send")[0] == 0
+    assert _outbox_recipients(workdir, "2024-10-31") == ["a@example.org"]
+    (workdir / "seeds" / "day1.txt").write_text(DUMP_DAY2, encoding="utf-8")
+    clock.next_day()
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-11-01", "1", "0", "0")]
+    assert _outbox_recipients(workdir, "2024-11-01") == ["a@example.org"]
+    with open_store(workdir / "syndicate.db") as db:
+        rows = db.conn.execute(
+            "SELECT title, first_seen_at, digest_day FROM articles ORDER BY first_seen_at"
+        ).fetchall()
+    assert [(title, str(day)) for title, _, day in rows] == [
+        ("Thông xe cầu Sông Lam", "2024-10-31"),
+        ("Hội thảo chuyển đổi số", "2024-11-01"),
+    ]
+    assert rows[0][1] < rows[1][1]
+
+
 def test_an_earlier_digest_is_caught_up_on_a_day_with_nothing_new(
     clock: Clock, workdir: Path
 ) -> None:

@@ -361,7 +361,10 @@ def upsert_rows(db: Database, rows: Sequence[ArticleRow], *, now: datetime) -> N
 
 
 # A dump's new article takes its old article's digest day (when it has none) and the earlier
-# of the two first-seen times. ISO UTC text of one width: text order is time order.
+# of the two first-seen times, when it is the same story: the same title or the same publish
+# time (a correction keeps one of them). A path that now holds another story (a scraper that
+# reuses its file names, a folder link moved to another day's dumps) carries nothing over:
+# that story would never be mailed. ISO UTC text of one width: text order is time order.
 _CARRY_OVER = """
     UPDATE articles SET
         digest_day = coalesce(digest_day,
@@ -370,13 +373,18 @@ _CARRY_OVER = """
             (SELECT o.first_seen_at FROM articles AS o
              WHERE o.id = :old AND o.first_seen_at < articles.first_seen_at),
             first_seen_at)
-    WHERE id = :new
+    WHERE id = :new AND EXISTS (
+        SELECT 1 FROM articles AS o
+        WHERE o.id = :old
+          AND (o.title = articles.title OR o.published_at = articles.published_at)
+    )
 """
 
 
 def carry_over(db: Database, pairs: Sequence[tuple[str, str]]) -> None:
     """For each (old id, new id) of a dump read again: the new article keeps the old one's
-    digest day and first-seen time (inside the caller's transaction)."""
+    digest day and first-seen time when it is the same story, by title or publish time
+    (inside the caller's transaction)."""
     try:
         db.conn.executemany(_CARRY_OVER, ({"old": old, "new": new} for old, new in pairs))
     except DB_ERRORS as exc:
