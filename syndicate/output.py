@@ -99,31 +99,22 @@ def check_writable_folder(folder: Path, *, name: str) -> None:
     a read-only mount or in /proc): an empty temp file is made and removed in `folder`, or
     in its nearest existing parent when it is still to be made.
     """
+    hint = "Give a folder this user can write to (or one it can make)."
     probe = folder
-    while True:
-        try:
-            if not probe.is_dir():
-                if probe.exists() or probe.is_symlink():
-                    where = folder if probe == folder else f"{folder}: {probe}"
-                    raise OutputError(
-                        f"{name}: {where} is not a folder.",
-                        hint="Give a folder this user can write to (or one it can make).",
-                    )
-                if probe.parent != probe:
-                    probe = probe.parent
-                    continue
-            fd, tmp = _create_temp(probe / "probe")
-            os.close(fd)
-            os.unlink(tmp)
-        except OSError as exc:
-            if isinstance(exc, OutputError):
-                raise
-            what = f"write in {folder}" if probe == folder else f"make {folder} in {probe}"
-            raise OutputError(
-                f"{name}: cannot {what}: {exc.strerror or exc}.",
-                hint="Give a folder this user can write to (or one it can make).",
-            ) from exc
-        return
+    try:
+        while not probe.is_dir() and probe.parent != probe:
+            if probe.exists() or probe.is_symlink():
+                where = folder if probe == folder else f"{folder}: {probe}"
+                raise OutputError(f"{name}: {where} is not a folder.", hint=hint)
+            probe = probe.parent
+        fd, tmp = _create_temp(probe / "probe")
+        os.close(fd)
+        os.unlink(tmp)
+    except OutputError:
+        raise
+    except OSError as exc:
+        what = f"write in {folder}" if probe == folder else f"make {folder} in {probe}"
+        raise OutputError(f"{name}: cannot {what}: {exc.strerror or exc}.", hint=hint) from exc
 
 
 def _create_temp(path: Path, *, private: bool = False) -> tuple[int, str]:

@@ -751,10 +751,9 @@ _UNITS = (
 # - the space before a spaced hyphen or dash between words ("chính trị - xã hội",
 #   "2020 \u2013 2025"), so no line opens with a dash that reads as a list bullet.
 # A unit (or number word) opening a word: what may not be cut off the number before it.
-_UNIT = re.compile(rf"(?:{_UNITS})(?![^\W_])")
-_BINDING_SPACE = re.compile(
-    rf" (?:(?<=\d )(?=(?:{_UNITS})(?![^\W_]))|(?=[-\u2013\u2014] )(?<=\S ))"
-)
+_UNIT_WORD = rf"(?:{_UNITS})(?![^\W_])"
+_UNIT = re.compile(_UNIT_WORD)
+_BINDING_SPACE = re.compile(rf" (?:(?<=\d )(?={_UNIT_WORD})|(?=[-\u2013\u2014] )(?<=\S ))")
 
 
 def typeset(text: str) -> str:

@@ -115,15 +115,23 @@ def test_a_role_that_does_not_exist_is_exit_2_never_showing_the_password(
     assert PASSWORD not in err
 
 
+# What a refused login says to do, with a wrong password and with none.
+WRONG_PASSWORD_HINT = (
+    "Check the password (in store.url or SYNDICATE_STORE_URL, or in PGPASSWORD or "
+    f"~/.pgpass) against the role's on the server (ALTER ROLE {ASKED} PASSWORD ...)."
+)
+NO_PASSWORD_HINT = (
+    "No password was given: put it in ~/.pgpass (or the file PGPASSFILE names) as "
+    "host:port:database:user:password, mode 0600, or in PGPASSWORD."
+)
+
+
 def test_a_wrong_or_missing_password_is_exit_2_and_the_right_one_logs_in(
     roles: Cluster, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = roles.new_database()
     dbname = url.rsplit("/", 1)[1]
-    hint = (
-        "Check the password (in store.url or SYNDICATE_STORE_URL, or in PGPASSWORD or "
-        f"~/.pgpass) against the role's on the server (ALTER ROLE {ASKED} PASSWORD ...)."
-    )
+    hint = WRONG_PASSWORD_HINT
     try:
         code, out, err = _list(_url(roles, ASKED, WRONG, dbname), workdir, monkeypatch)
         assert (code, out) == (2, "")
@@ -132,10 +140,7 @@ def test_a_wrong_or_missing_password_is_exit_2_and_the_right_one_logs_in(
         assert WRONG not in err
         code, out, err = _list(_url(roles, ASKED, "", dbname), workdir, monkeypatch)
         assert (code, out) == (2, "")
-        none_given = (
-            "No password was given: put it in ~/.pgpass (or the file PGPASSFILE names) as "
-            "host:port:database:user:password, mode 0600, or in PGPASSWORD."
-        )
+        none_given = NO_PASSWORD_HINT
         assert err == _refused(
             roles, ASKED, dbname, "fe_sendauth: no password supplied", none_given
         )
@@ -249,10 +254,7 @@ def test_a_login_refused_through_a_service_file_names_what_libpq_used(
     # user), with ALTER ROLE root as the fix: none of them what libpq had tried.
     url = roles.new_database()
     dbname = url.rsplit("/", 1)[1]
-    hint = (
-        "Check the password (in store.url or SYNDICATE_STORE_URL, or in PGPASSWORD or "
-        f"~/.pgpass) against the role's on the server (ALTER ROLE {ASKED} PASSWORD ...)."
-    )
+    hint = WRONG_PASSWORD_HINT
     reason = f'password authentication failed for user "{ASKED}"'
     try:
         _service_file(
@@ -279,10 +281,7 @@ def test_a_login_refused_through_a_service_file_names_what_libpq_used(
             monkeypatch.setenv(name, value)
         code, out, err = _list("postgresql://", workdir, monkeypatch)
         assert (code, out) == (2, "")
-        none_given = (
-            "No password was given: put it in ~/.pgpass (or the file PGPASSFILE names) as "
-            "host:port:database:user:password, mode 0600, or in PGPASSWORD."
-        )
+        none_given = NO_PASSWORD_HINT
         assert err == _refused(
             roles, ASKED, dbname, "fe_sendauth: no password supplied", none_given
         )
