@@ -167,6 +167,38 @@ def test_a_store_another_user_owns_is_one_line_naming_both_users(
     )
 
 
+def test_a_database_path_under_a_file_says_that_file_is_no_folder(project: Path) -> None:
+    # paths.database = "notes/syndicate.db" where notes is a file: the store named root as
+    # the user who "may not make it in" the file and told root to run syndicate as root.
+    (project / "notes").write_text("not a folder\n", encoding="utf-8")
+    for database in ("notes/syndicate.db", "notes/sub/syndicate.db"):
+        (project / "syndicate.toml").write_text(
+            f'[paths]\ndatabase = "{database}"\n', encoding="utf-8"
+        )
+        assert _run("subscribers", "add", "an@example.org") == (
+            2,
+            "",
+            f"Error: {project / database}: {project / 'notes'} is not a folder. Point "
+            "paths.database at a file in a folder (or where one can be made); nothing was "
+            "changed.\n",
+        )
+    assert sorted(p.name for p in project.iterdir()) == ["notes", "seeds", "syndicate.toml"]
+
+
+def test_a_database_path_naming_a_folder_says_it_is_a_folder(project: Path) -> None:
+    # It said "unable to open database file. Check paths.database and the folder's
+    # permissions.", as if the folder's mode were the trouble.
+    (project / "data").mkdir()
+    (project / "syndicate.toml").write_text('[paths]\ndatabase = "data"\n', encoding="utf-8")
+    assert _run("subscribers", "add", "an@example.org") == (
+        2,
+        "",
+        f"Error: {project / 'data'}: a folder, not a file. Point paths.database at a file "
+        f"(such as {project / 'data' / 'syndicate.db'}); nothing was changed.\n",
+    )
+    assert list((project / "data").iterdir()) == []
+
+
 def test_a_send_lock_another_user_left_is_one_line_naming_both_users(
     tmp_path: Path, now: datetime
 ) -> None:

@@ -524,7 +524,7 @@ def open_database(
             check_same_thread=not any_thread,
         )
     except (sqlite3.Error, OSError) as exc:
-        denied = _access_error(path) or _out_of_files(path)
+        denied = _not_a_file_error(path) or _access_error(path) or _out_of_files(path)
         if denied is not None:
             raise denied from exc
         raise StoreError(
@@ -685,6 +685,31 @@ def _make_private_folder(folder: Path) -> None:
             made.mkdir(mode=_FOLDER_MODE)
         except FileExistsError:  # made by a concurrent process meanwhile
             continue
+
+
+def _not_a_file_error(path: Path) -> StoreError | None:
+    """The error for a SQLite store path that names a folder, or lies under a file (a
+    `paths.database` of "notes/syndicate.db" where notes is a file): no user may make the
+    store there, so it is not a matter of who runs the command. None otherwise."""
+    try:
+        if path.is_dir():
+            return StoreError(
+                f"{path}: a folder, not a file.",
+                hint=f"Point paths.database at a file (such as {path / 'syndicate.db'}); "
+                "nothing was changed.",
+            )
+        parent = path.parent
+        while not parent.exists() and parent.parent != parent:
+            parent = parent.parent
+        if parent.is_dir():
+            return None
+    except OSError:  # cannot be looked at: the caller's own error says why
+        return None
+    return StoreError(
+        f"{path}: {parent} is not a folder.",
+        hint="Point paths.database at a file in a folder (or where one can be made); "
+        "nothing was changed.",
+    )
 
 
 def _access_error(path: Path) -> StoreError | None:
