@@ -193,8 +193,8 @@ def test_a_database_path_naming_a_folder_says_it_is_a_folder(project: Path) -> N
     assert _run("subscribers", "add", "an@example.org") == (
         2,
         "",
-        f"Error: {project / 'data'}: a folder, not a file. Point paths.database at a file "
-        f"(such as {project / 'data' / 'syndicate.db'}); nothing was changed.\n",
+        f"Error: {project / 'data'}: a folder, not a file. Point paths.database at a file, "
+        "such as syndicate.db in that folder; nothing was changed.\n",
     )
     assert list((project / "data").iterdir()) == []
 

@@ -423,7 +423,7 @@ def test_a_file_that_is_no_store_or_a_folder_is_named_by_its_option(
     )
     for target, wrong in (
         ("notes.txt", "not a usable syndicate database: file is not a database"),
-        ("copies", "cannot open the database: unable to open database file"),
+        ("copies", "a folder, not a file"),
     ):
         code, out, err = _run("store", "copy", "--from", str(full_store), "--to", target)
         assert (code, out) == (2, "")

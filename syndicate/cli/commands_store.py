@@ -17,7 +17,14 @@ import click
 from syndicate.cli import AppContext, cli, pass_app
 from syndicate.config import StoreSettings
 from syndicate.errors import StoreError, TerminatedError
-from syndicate.store import NOT_A_STORE_HINT, OPEN_HINT, Database, open_reader
+from syndicate.store import (
+    FOLDER_HINT,
+    NO_FOLDER_HINT,
+    NOT_A_STORE_HINT,
+    OPEN_HINT,
+    Database,
+    open_reader,
+)
 from syndicate.store.copy import copy_into
 
 log = logging.getLogger(__name__)
@@ -75,7 +82,7 @@ def _named_by(option: str) -> Iterator[None]:
     try:
         yield
     except StoreError as exc:
-        if exc.hint in (OPEN_HINT, NOT_A_STORE_HINT):
+        if exc.hint in (OPEN_HINT, NOT_A_STORE_HINT, FOLDER_HINT, NO_FOLDER_HINT):
             exc.hint = _OPTION_HINTS[option]
         raise
 

@@ -60,6 +60,13 @@ _SIDE_FILES = ("", "-wal", "-shm")
 # What to do when the SQLite file cannot be opened, or is no store; a command whose file
 # comes from an option, not paths.database (`store copy`), says its own.
 OPEN_HINT = "Check paths.database and the folder's permissions."
+# A paths.database naming a folder, or a path under a file (not a folder).
+FOLDER_HINT = (
+    "Point paths.database at a file, such as syndicate.db in that folder; nothing was changed."
+)
+NO_FOLDER_HINT = (
+    "Point paths.database at a file in a folder (or where one can be made); nothing was changed."
+)
 NOT_A_STORE_HINT = "Point paths.database at a new file, or restore this one from a backup."
 
 log = logging.getLogger(__name__)
@@ -693,11 +700,7 @@ def _not_a_file_error(path: Path) -> StoreError | None:
     store there, so it is not a matter of who runs the command. None otherwise."""
     try:
         if path.is_dir():
-            return StoreError(
-                f"{path}: a folder, not a file.",
-                hint=f"Point paths.database at a file (such as {path / 'syndicate.db'}); "
-                "nothing was changed.",
-            )
+            return StoreError(f"{path}: a folder, not a file.", hint=FOLDER_HINT)
         parent = path.parent
         while not parent.exists() and parent.parent != parent:
             parent = parent.parent
@@ -705,11 +708,7 @@ def _not_a_file_error(path: Path) -> StoreError | None:
             return None
     except OSError:  # cannot be looked at: the caller's own error says why
         return None
-    return StoreError(
-        f"{path}: {parent} is not a folder.",
-        hint="Point paths.database at a file in a folder (or where one can be made); "
-        "nothing was changed.",
-    )
+    return StoreError(f"{path}: {parent} is not a folder.", hint=NO_FOLDER_HINT)
 
 
 def _access_error(path: Path) -> StoreError | None:
