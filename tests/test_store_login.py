@@ -115,10 +115,55 @@ def test_a_role_that_does_not_exist_is_exit_2_never_showing_the_password(
     assert PASSWORD not in err
 
 
+def _copy(
+    source: str, target: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str, str]:
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv(ENV_STORE_URL, raising=False)
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(workdir / "no-pgpass"))
+    args = ["store", "copy", "--from", source, "--to", target]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_a_login_store_copy_is_refused_names_the_option_its_url_came_from(
+    roles: Cluster, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `store copy` reads no store.url: its refused logins said to check store.url (or
+    # SYNDICATE_STORE_URL), which the operator had not set, for a URL they gave --to.
+    open_database(workdir / "old.db").close()
+    url = _url(roles, "postgres", "", "no_such_db")
+    code, out, err = _copy("old.db", url, workdir, monkeypatch)
+    assert (code, out) == (2, "")
+    assert err == _refused(
+        roles,
+        "postgres",
+        "no_such_db",
+        'database "no_such_db" does not exist',
+        "Check the database name in the URL given to --to, or create it "
+        "(createdb -O postgres no_such_db).",
+    )
+    wrong = _url(roles, ASKED, WRONG, "postgres")
+    code, out, err = _copy(wrong, "new.db", workdir, monkeypatch)
+    assert (code, out) == (2, "")
+    reason = f'password authentication failed for user "{ASKED}"'
+    assert err == _refused(
+        roles,
+        ASKED,
+        "postgres",
+        reason,
+        "Check the password in the URL given to --from, in PGPASSWORD or in ~/.pgpass "
+        f"against the role's on the server (ALTER ROLE {ASKED} PASSWORD ...).",
+    )
+    assert WRONG not in err
+    assert not (workdir / "new.db").exists()
+
+
 # What a refused login says to do, with a wrong password and with none.
 WRONG_PASSWORD_HINT = (
-    "Check the password (in store.url or SYNDICATE_STORE_URL, or in PGPASSWORD or "
-    f"~/.pgpass) against the role's on the server (ALTER ROLE {ASKED} PASSWORD ...)."
+    "Check the password in store.url (or SYNDICATE_STORE_URL), in PGPASSWORD or in "
+    f"~/.pgpass against the role's on the server (ALTER ROLE {ASKED} PASSWORD ...)."
 )
 NO_PASSWORD_HINT = (
     "No password was given: put it in ~/.pgpass (or the file PGPASSFILE names) as "

@@ -23,6 +23,7 @@ from syndicate.store import (
     NOT_A_STORE_HINT,
     OPEN_HINT,
     Database,
+    name_url_given,
     open_reader,
 )
 from syndicate.store.copy import copy_into
@@ -78,12 +79,14 @@ _OPTION_HINTS = {
 @contextmanager
 def _named_by(option: str) -> Iterator[None]:
     """Give a StoreError raised in the block, about a file that cannot be opened or is no
-    store, the hint of `option` instead of paths.database's."""
+    store, the hint of `option` instead of paths.database's; a login refused names the URL
+    given to `option` instead of store.url."""
     try:
         yield
     except StoreError as exc:
         if exc.hint in (OPEN_HINT, NOT_A_STORE_HINT, FOLDER_HINT, NO_FOLDER_HINT):
             exc.hint = _OPTION_HINTS[option]
+        name_url_given(exc, option)
         raise
 
 

@@ -170,6 +170,18 @@ _BAD_SERVICE = re.compile(
 )
 
 
+# Where a refused login's hint says the URL is. `store copy`, which reads neither, puts the
+# option its URL came from in its place (`name_url_given`).
+URL_PLACE = "store.url (or SYNDICATE_STORE_URL)"
+
+
+def name_url_given(exc: StoreError, option: str) -> None:
+    """Make the hint of a login refused for the URL given to `option` (of `store copy`)
+    name that option, not store.url."""
+    if isinstance(exc, StoreAccessError) and exc.hint:
+        exc.hint = exc.hint.replace(URL_PLACE, f"the URL given to {option}")
+
+
 def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
     """The error for a connection to `url` that failed: StoreAccessError (exit 2) when the
     server refused the login (a wrong password, no such role or database, no right to
@@ -216,18 +228,17 @@ def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
     user = params.get("user") or os.environ.get("PGUSER") or _system_user()
     dbname = params.get("dbname") or os.environ.get("PGDATABASE") or user
     hints = {
-        "password": "Check the password (in store.url or SYNDICATE_STORE_URL, or in "
-        f"PGPASSWORD or ~/.pgpass) against the role's on the server (ALTER ROLE {user} "
-        "PASSWORD ...).",
-        "role": "Check the user in store.url (or SYNDICATE_STORE_URL), or create the role on "
-        f"the server (CREATE ROLE {user} LOGIN PASSWORD ...).",
+        "password": f"Check the password in {URL_PLACE}, in PGPASSWORD or in ~/.pgpass "
+        f"against the role's on the server (ALTER ROLE {user} PASSWORD ...).",
+        "role": f"Check the user in {URL_PLACE}, or create the role on the server (CREATE "
+        f"ROLE {user} LOGIN PASSWORD ...).",
         "access": "Let this user in from this machine: a line for it in the server's "
         f"pg_hba.conf, and GRANT CONNECT ON DATABASE {dbname} TO {user}.",
         "ssl": "The URL asks for SSL (sslmode require, verify-ca or verify-full) and the "
-        "server offers none: turn ssl on in the server's postgresql.conf, or give store.url "
-        "(or SYNDICATE_STORE_URL) a lower sslmode.",
-        "database": "Check the database name in store.url (or SYNDICATE_STORE_URL), or "
-        f"create it (createdb -O {user} {dbname}).",
+        f"server offers none: turn ssl on in the server's postgresql.conf, or give {URL_PLACE} "
+        "a lower sslmode.",
+        "database": f"Check the database name in {URL_PLACE}, or create it (createdb -O "
+        f"{user} {dbname}).",
     }
     hint = hints[kind]
     if reason.endswith("no password supplied"):  # libpq had none to give: nothing to check
