@@ -259,3 +259,25 @@ def test_the_digest_preview_example_prints_what_the_manual_shows(
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert (result.exit_code, result.stderr) == (0, "")
     assert result.stdout.replace(str(preview), "/tmp/preview") == block.group(2)
+
+
+def _requirement_names(requirements: list[str]) -> list[str]:
+    return [re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0] for r in requirements]
+
+
+def test_every_dependency_is_explained_in_the_architecture() -> None:
+    """docs/architecture.md says why each dependency is there: every runtime one has a row
+    of its Dependencies table, and every test one is named after it."""
+    import tomllib
+
+    project = tomllib.loads(_read(ROOT / "pyproject.toml"))["project"]
+    table, test_only = _sections(_read(DOCS / "architecture.md"))["Dependencies"].split(
+        "Test-only:", 1
+    )
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    in_table = set(re.findall(r"`([\w.-]+)`", " ".join(rows)))
+    runtime = _requirement_names(project["dependencies"])
+    assert [name for name in runtime if name not in in_table] == []
+    named = set(re.findall(r"`([\w.-]+)`", test_only))
+    tests = _requirement_names(project["optional-dependencies"]["test"])
+    assert [name for name in tests if name not in named] == []
