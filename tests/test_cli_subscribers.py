@@ -266,6 +266,22 @@ def test_export_to_a_dash_on_a_full_disk_is_one_line(project: Path) -> None:
     )
 
 
+def test_export_to_a_dash_with_standard_output_closed_is_one_line(project: Path) -> None:
+    # `export - >&-` (a job started with its standard output closed): Python has no
+    # sys.stdout then, and the export ended in a traceback (AttributeError), exit 1.
+    _run("subscribers", "add", "an@example.org")
+    done = subprocess.run(
+        ["sh", "-c", 'exec "$0" -m syndicate subscribers export - >&-', sys.executable],
+        stderr=subprocess.PIPE,
+        check=False,
+    )
+    assert (done.returncode, done.stderr.decode()) == (
+        2,
+        "Error: standard output: cannot write the CSV: it is closed. Give a file path "
+        "instead of -.\n",
+    )
+
+
 def test_erase_forgets_the_address_and_blocks_reimport(project: Path) -> None:
     _run("subscribers", "add", "an@example.org", "--name", "Ân")
     assert _run("subscribers", "erase", "an@example.org")[1] == (

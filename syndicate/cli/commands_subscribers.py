@@ -261,7 +261,13 @@ def export_command(app: AppContext, file: Path) -> None:
 
 def _write_stdout(data: bytes) -> None:
     """Write `data` to standard output; OutputError (DiskFullError, exit 75, when the disk
-    is full) when it cannot take it: a full disk, a reader gone (a closed pipe)."""
+    is full) when it cannot take it: a full disk, a reader gone (a closed pipe), none at
+    all (the command started with it closed: Python then has no sys.stdout)."""
+    if sys.stdout is None:
+        raise OutputError(
+            "standard output: cannot write the CSV: it is closed.",
+            hint="Give a file path instead of -.",
+        )
     try:
         sys.stdout.flush()
         sys.stdout.buffer.write(data)
