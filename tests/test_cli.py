@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,36 @@ def test_real_subprocess_reports_a_bad_config_without_traceback(tmp_path: Path) 
     assert proc.returncode == 2
     assert proc.stderr.startswith("Error: config section [nope] is not known;")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.usefixtures("store")  # the subprocess inherits the test's store
+def test_build_and_send_run_with_standard_output_and_error_closed(tmp_path: Path) -> None:
+    # A job started with its standard error closed (`2>&-`, a wrapper that closes what it
+    # does not read) stopped on the first look at it (`sys.stderr.isatty()` on None): exit
+    # 1, nothing built or sent, and no line to say why.
+    seeds = Path(__file__).resolve().parent.parent / "seeds"
+    (tmp_path / "seeds").mkdir()
+    for seed in seeds.glob("*.txt"):
+        (tmp_path / "seeds" / seed.name).write_bytes(seed.read_bytes())
+    env = {k: v for k, v in os.environ.items() if k != "SYNDICATE_CONFIG"}
+
+    def run(*args: str) -> int:
+        command = 'exec "$0" -m syndicate "$@" >&- 2>&-'
+        done = subprocess.run(
+            ["sh", "-c", command, sys.executable, *args],
+            cwd=tmp_path,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+        return done.returncode
+
+    assert run("build") == 0
+    assert (tmp_path / "feeds" / "index.html").is_file()
+    assert run("subscribers", "add", "an@example.org") == 0
+    assert run("send") == 0
+    assert len(list((tmp_path / "outbox").glob("*/*.eml"))) == 1
+    assert run("build", "nope") == 2  # an error still has its exit code
 
 
 def test_a_logged_exception_says_what_it_was_on_its_one_line(

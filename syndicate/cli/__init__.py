@@ -11,6 +11,7 @@ import importlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -310,8 +311,30 @@ def cli(
     ctx.call_on_close(app.close)
 
 
+def _fill_closed_output() -> None:
+    """Put /dev/null on standard output or error when the command started with it closed
+    (`2>&-`, a wrapper that closes what it does not read).
+
+    Python then has no sys.stderr, and the first look at it (a progress bar's isatty) ended
+    the command; and the descriptor would go to the next file opened, into which anything
+    written to fd 2 (a C library's warning) would then go. sys.stdout stays None, so
+    `subscribers export -` still says it has nowhere to write.
+    """
+    for fd in (1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != fd:  # fd 0 was closed too, and is left so (`bounces -` says so)
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+
+
 def main() -> None:
     """Console-script entry point."""
+    _fill_closed_output()
     cli.main(prog_name="syndicate")
 
 
