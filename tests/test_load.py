@@ -791,6 +791,19 @@ def test_bytes_undefined_in_cp1258_are_reported() -> None:
     )
 
 
+def test_bytes_neither_encoding_reads_name_where_each_fails_when_they_differ() -> None:
+    # A few Vietnamese letters and two bad bytes: the line named only where cp1258 failed,
+    # byte 0x81 at offset 10, inside a whole UTF-8 "ề" (the bytes wrong for UTF-8 come
+    # later), so whoever opened the file at that offset found nothing wrong there.
+    data = "Tiêu đề\n31/10/2024\nhead\nabc ".encode() + b"\xff\xfe def\n"
+    with pytest.raises(DumpError) as info:
+        decode_dump(data, source="e.txt")
+    assert str(info.value) == (
+        "e.txt: is neither UTF-8 (byte 0xFF at offset 32) nor Windows-1258 text (byte 0x81 "
+        "at offset 10). Save it again as UTF-8."
+    )
+
+
 def test_utf16_bom_with_broken_bytes() -> None:
     with pytest.raises(DumpError) as info:
         decode_dump(b"\xff\xfeA\x00\x00\xd8", source="u.txt")

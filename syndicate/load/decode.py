@@ -96,6 +96,7 @@ def decode_dump_screened(data: bytes, *, source: str) -> DecodedDump:
             return DecodedDump(text, _check_text(text, source, data[: exc.start]))
         continuation = _count(data, _CONTINUATION)
         _check_broken_utf8(data, exc, source, continuation)
+        not_utf8 = exc.start
     else:
         return DecodedDump(text, _check_text(text, source, data))
     # (cp1258 maps these controls to themselves: this is _check_text for its text.)
@@ -109,9 +110,14 @@ def decode_dump_screened(data: bytes, *, source: str) -> DecodedDump:
     try:
         text = data.decode("cp1258")
     except UnicodeDecodeError as exc:
+        # Where UTF-8 failed too, when elsewhere: cp1258's byte may sit in a whole UTF-8
+        # character, and the bytes to fix are UTF-8's.
+        utf8 = (
+            "" if not_utf8 == exc.start else f" (byte 0x{data[not_utf8]:02X} at offset {not_utf8})"
+        )
         raise DumpError(
             source,
-            f"is neither UTF-8 nor Windows-1258 text (byte 0x{data[exc.start]:02X} "
+            f"is neither UTF-8{utf8} nor Windows-1258 text (byte 0x{data[exc.start]:02X} "
             f"at offset {exc.start}).",
             hint="Save it again as UTF-8.",
         ) from exc
