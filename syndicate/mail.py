@@ -50,7 +50,7 @@ MARKER_PATTERN = re.compile(r"[A-Za-z0-9\-_:/.?=]+")
 # or in HTML ('&' and "'" would be escaped in the HTML part, so they are percent-encoded).
 _URL_SAFE = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$()*+,;=%]+")
 _SLOT_TO, _SLOT_ID, _SLOT_URL = 0, 1, 2
-_SAFE_ADDRESS = re.compile(r"[^\s<>\"\\,;]+@[^\s<>\"\\,;@]+")
+_SAFE_ADDRESS = re.compile(r"[^\s<>\"\\,;@]+@[^\s<>\"\\,;@]+")
 
 
 def _plain_address(address: str) -> bool:

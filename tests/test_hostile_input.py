@@ -393,6 +393,18 @@ def test_a_mail_from_with_two_addresses_is_refused_before_sending(
             "unsubscribe",
             "; expected a plain ASCII address like 'unsubscribe@example.org'.",
         ),
+        # A doubled '@' passed: every digest went out from 'b@+TOKEN@example.org' (no
+        # bounce could come back), or with <mailto:u@@example.org?subject=unsubscribe>.
+        (
+            "bounce_address",
+            "b@@example.org",
+            "; expected a plain address like 'bounces@news.example.org'.",
+        ),
+        (
+            "mailto_unsubscribe",
+            "u@@example.org",
+            "; expected a plain ASCII address like 'unsubscribe@example.org'.",
+        ),
     ],
 )
 @pytest.mark.parametrize("command", [("send",), ("send", "--dry-run"), ("serve", "--port", "0")])
