@@ -58,6 +58,26 @@ def _plain_address(address: str) -> bool:
     return _SAFE_ADDRESS.fullmatch(address) is not None and address.isascii()
 
 
+def _not_ascii(address: str) -> str | None:
+    """What to say of an address refused only for its letters (an internationalised domain,
+    a local part in Vietnamese), or None when it is refused for something else."""
+    local, _at, domain = address.rpartition("@")
+    if not local or not domain or address.isascii():
+        return None
+    if not local.isascii():
+        return (
+            "its local part is not ASCII, which mail to it needs SMTPUTF8 for (syndicate does "
+            "not send it): give an ASCII address."
+        )
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    if not _plain_address(f"{local}@{ascii_domain}"):
+        return None
+    return f"its domain is not ASCII: write it in its xn-- form, {local}@{ascii_domain}."
+
+
 class Rendered(Protocol):
     """What mail needs from a rendered email (digest.RenderedEmail)."""
 
@@ -149,7 +169,7 @@ def envelope_sender(*, info: MailInfo) -> str:
     if not _plain_address(address):
         raise ConfigError(
             f"config key mail.from has value {info.sender!r}; "
-            'expected an address like "News <news@example.org>".',
+            + (_not_ascii(address) or 'expected an address like "News <news@example.org>".'),
             key="mail.from",
         )
     if len(getaddresses([header_safe(info.sender)])) != 1:
@@ -175,7 +195,8 @@ def bounce_address(*, info: MailInfo) -> tuple[str, str] | None:
     where = f"config key mail.bounce_address has value {info.bounce_address!r}"
     if not _plain_address(value) or '"' in local:
         raise ConfigError(
-            f"{where}; expected a plain address like 'bounces@news.example.org'.",
+            f"{where}; "
+            + (_not_ascii(value) or "expected a plain address like 'bounces@news.example.org'."),
             key="mail.bounce_address",
         )
     if "+" in local:
@@ -232,10 +253,13 @@ def reply_to(*, info: MailInfo) -> str:
     if not value:
         return ""
     addresses = [address for _name, address in getaddresses([value])]
-    if not addresses or not all(_plain_address(address) for address in addresses):
+    wrong = [address for address in addresses if not _plain_address(address)]
+    if not addresses or wrong:
         raise ConfigError(
             f"config key mail.reply_to has value {info.reply_to!r}; "
-            "expected an address like 'editor@example.org'.",
+            + (
+                (wrong and _not_ascii(wrong[0])) or "expected an address like 'editor@example.org'."
+            ),
             key="mail.reply_to",
         )
     return value

@@ -382,6 +382,19 @@ def test_a_mail_from_with_two_addresses_is_refused_before_sending(
     [
         ("from", "not an address", '; expected an address like "News <news@example.org>".'),
         ("reply_to", "not an address", "; expected an address like 'editor@example.org'."),
+        # An internationalised domain or local part: the line said only "expected an address
+        # like ...", when the address was one, in letters a header cannot carry as such.
+        (
+            "from",
+            "Tin Mới <tin@ví-dụ.vn>",
+            "; its domain is not ASCII: write it in its xn-- form, tin@xn--v-d-rma6749a.vn.",
+        ),
+        (
+            "reply_to",
+            "biên-tập@example.org",
+            "; its local part is not ASCII, which mail to it needs SMTPUTF8 for (syndicate does "
+            "not send it): give an ASCII address.",
+        ),
         (
             "bounce_address",
             "bounces+x@example.org",

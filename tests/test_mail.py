@@ -353,6 +353,27 @@ def test_a_reply_to_that_is_not_an_address_names_the_key(mail_settings, rendered
     )
 
 
+def test_an_internationalised_bounce_address_is_told_its_xn_form(mail_settings) -> None:  # type: ignore[no-untyped-def]
+    # "expected a plain address like ..." for an address that is one, in letters an
+    # envelope cannot carry as such.
+    for value, why in (
+        ("bounces@tin-tức.vn", "its domain is not ASCII: write it in its xn-- form, "),
+        ("trả-về@example.org", "its local part is not ASCII, "),
+        ("bounces@@tin-tức.vn", "expected a plain address like "),
+    ):
+        info = mail.MailInfo.from_settings(
+            dataclasses.replace(
+                mail_settings, mail=dataclasses.replace(mail_settings.mail, bounce_address=value)
+            )
+        )
+        with pytest.raises(ConfigError) as caught:
+            mail.bounce_address(info=info)
+        assert str(caught.value).startswith(
+            f"config key mail.bounce_address has value {value!r}; {why}"
+        )
+    assert str(caught.value).endswith("'bounces@news.example.org'.")
+
+
 def test_long_vietnamese_headers_round_trip_with_every_space(  # type: ignore[no-untyped-def]
     mail_settings, rendered, now
 ) -> None:
