@@ -424,6 +424,47 @@ def test_own_list_file_with_statuses_and_a_defused_formula(project: Path) -> Non
     assert stored["confirmed_at"] is None
 
 
+def test_a_list_a_spreadsheet_saved_with_semicolons_imports(project: Path) -> None:
+    # Excel under Vietnamese regional settings (list separator ';') saves "CSV UTF-8" with
+    # semicolons: the whole header was one cell, and the import stopped on it, telling the
+    # operator to fix a header that was right.
+    (project / "excel.csv").write_bytes(
+        "\ufeffemail;name;language;status\r\n"
+        'an@example.org;"Nguyễn Ân; biên tập";vi;confirmed\r\n'
+        "bob@example.org;Bob;en;unsubscribed\r\n".encode()
+    )
+    assert _run("subscribers", "import", "excel.csv") == (
+        0,
+        "Imported 2, unchanged 0, rejected 0 (syndicate list).\n",
+        "",
+    )
+    assert _run("subscribers", "list")[1] == (
+        "1\tan@example.org\tvi\tconfirmed  Nguyễn Ân; biên tập\n"
+        "2\tbob@example.org\ten\tunsubscribed  Bob\n"
+    )
+    (project / "tabs.csv").write_text("email\tname\ncy@example.org\tCy\n", encoding="utf-8")
+    assert _run("subscribers", "import", "tabs.csv")[:2] == (
+        0,
+        "Imported 1, unchanged 0, rejected 0 (syndicate list).\n",
+    )
+    # A header the csv module cannot read is still one line (it is no list of either kind).
+    (project / "huge.csv").write_text("email;" + "x" * 200_000 + "\n", encoding="utf-8")
+    assert _run("subscribers", "import", "huge.csv") == (
+        2,
+        "",
+        "Error: huge.csv line 1: not readable as CSV: field larger than field limit "
+        "(131072). Fix that line (a cell may be far too long, or a quote left open), or "
+        "export the list again from its tool.\n",
+    )
+    # LibreOffice's "quote all text cells": the header quoted too.
+    quoted = '"email";"name"\n"di@example.org";"Dì"\n'
+    (project / "quoted.csv").write_text(quoted, encoding="utf-8")
+    assert _run("subscribers", "import", "quoted.csv")[:2] == (
+        0,
+        "Imported 1, unchanged 0, rejected 0 (syndicate list).\n",
+    )
+
+
 def test_listmonk_export_imports_with_blocklisted_ones_unsubscribed(project: Path) -> None:
     assert _run("subscribers", "import", str(LISTS / "listmonk.csv")) == (
         0,

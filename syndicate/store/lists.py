@@ -192,15 +192,39 @@ class ParsedRow:
     row: ListRow | RowError
 
 
+# What a spreadsheet may separate the cells of a "CSV" file with instead of commas: Excel
+# uses the system's list separator, ';' under Vietnamese (and most European) settings.
+_OTHER_DELIMITERS = (";", "\t")
+
+
+def _delimiter(text: str) -> str:
+    """The cell separator of a list file: a comma, unless its header is one cell that
+    another separator cuts into the header of a known list."""
+    first = text[: text.find("\n") + 1 or None]
+    try:
+        if len(next(csv.reader(io.StringIO(first, newline="")), [])) == 1:
+            for other in _OTHER_DELIMITERS:
+                columns = next(csv.reader(io.StringIO(first, newline=""), delimiter=other), [])
+                if len(columns) > 1 and find_shape([c.strip().lower() for c in columns]):
+                    return other
+    except csv.Error:  # a header the csv module cannot read: read_list says so
+        pass
+    return ","
+
+
 def read_list(text: str, *, source: str) -> tuple[ListShape, Iterator[ParsedRow]]:
     """Recognise the list in `text` by its header and return its shape and its rows.
+
+    Cells are separated by commas, or by the ';' or tab a spreadsheet put between all of
+    them (`_delimiter`).
 
     Raises ListFileError (naming `source`) when the header matches no known shape, or
     when the csv module cannot read some line (a cell over its size limit): that is found
     before any row is returned, so an import stores nothing from such a file.
     Blank rows are skipped; a row with more cells than the header is an error.
     """
-    checker = csv.reader(io.StringIO(text, newline=""))
+    delimiter = _delimiter(text)
+    checker = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         for _ in checker:
             pass
@@ -210,7 +234,7 @@ def read_list(text: str, *, source: str) -> tuple[ListShape, Iterator[ParsedRow]
             hint="Fix that line (a cell may be far too long, or a quote left open), "
             "or export the list again from its tool.",
         ) from exc
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = next(reader, None) or []
     columns = [c.strip().lower() for c in header]
     shape = find_shape(columns)
