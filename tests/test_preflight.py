@@ -474,6 +474,33 @@ def test_spf_numbers_too_long_to_read_are_a_permerror_or_every_label(
     assert ("macro.example.x", "A") in dns_server.zone.queries  # every label kept
 
 
+def test_spf_a_target_that_is_no_domain_name_is_a_permerror_and_a_long_one_is_cut(
+    dns_server: DnsServer,
+) -> None:
+    # RFC 7208 4.6 and 7.3: a domain-spec with an empty or over-long label is a syntax error
+    # of the record (permerror, which the publisher must fix); an expansion over 253
+    # characters loses labels on its left. Both were a failed look-up (temperror: "try
+    # again later"), and the long one was never asked.
+    zone = dns_server.zone
+    zone.txt("empty.example", "v=spf1 a:mail..empty.example -all")
+    zone.txt("label.example", "v=spf1 include:" + "x" * 64 + ".label.example -all")
+    zone.txt("digits.example", "v=spf1 a:192.0.2.1 -all")  # an address where a name goes
+    zone.txt("macro.example", "v=spf1 exists:%{l}.macro.example -all")
+    for domain in ("empty.example", "label.example", "digits.example"):
+        result, reason, _ = _spf(dns_server, "192.0.2.1", domain)
+        assert result == "permerror", reason
+        assert reason.endswith(f" in {domain}'s record is not a domain name"), reason
+    client = DnsClient(nameserver=(dns_server.host, dns_server.port), timeout=5)
+    sender = ".".join(["abcdefghij"] * 30) + "@macro.example"  # a local part of 329 characters
+    kept = ".".join(["abcdefghij"] * 21) + ".macro.example"  # 244 characters: 9 labels cut
+    zone.a(kept, "127.0.0.2")
+    result = evaluate_spf(
+        client, ip=ipaddress.ip_address("192.0.2.1"), domain="macro.example", sender=sender
+    )
+    assert result.result == "pass", result.reason
+    assert zone.queries[-1] == (kept, "A")
+
+
 def test_dkim_public_key_der_is_what_openssl_publishes(
     keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
 ) -> None:

@@ -1394,7 +1394,7 @@ def test_a_second_ctrl_c_to_the_parent_quits_the_workers_at_once(tmp_path: Path)
     with run_smtp_server() as server:
         server.handler.delay = 0.02
         _project(tmp_path, server)
-        _subscribe(tmp_path, 0, 100)
+        _subscribe(tmp_path, 0, 400)  # work left for a worker that starts late
         process = _start(tmp_path)
         workers = _wait_for_workers(process)
         _wait_until_both_send(tmp_path)
@@ -1430,7 +1430,7 @@ def test_a_stop_on_a_store_the_workers_cannot_write_says_the_stores_error(
         _project(tmp_path, server)
         with (tmp_path / "syndicate.toml").open("a", encoding="utf-8") as config:
             config.write("[store]\nbusy_timeout = 1\n")
-        _subscribe(tmp_path, 0, 100)
+        _subscribe(tmp_path, 0, 400)  # work left for a worker that starts late
         process = _start(tmp_path)
         _wait_for_workers(process)
         _wait_until_both_send(tmp_path)

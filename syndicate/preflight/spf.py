@@ -17,6 +17,8 @@ from syndicate.preflight.lookup import DnsClient, DnsLookupError, IpAddress
 MAX_LOOKUPS = 10  # RFC 7208 4.6.4: DNS-querying terms per evaluation
 MAX_VOID_LOOKUPS = 2  # RFC 7208 4.6.4: look-ups answering no records
 MAX_MX = 10  # RFC 7208 4.6.4: MX names looked up per `mx` term
+MAX_NAME = 253  # RFC 7208 7.3: characters of an expanded name; more are cut on its left
+MAX_LABEL = 63  # RFC 1035 2.3.4: characters of one label
 
 _QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
 _MECHANISM = re.compile(
@@ -267,7 +269,25 @@ class _Evaluation:
                     parts = parts[-keep:]
                 out.append(".".join(parts))
                 index = macro.end()
-        return "".join(out).rstrip(".")
+        return _domain_name("".join(out).rstrip("."), spec, domain)
+
+
+def _domain_name(name: str, spec: str, domain: str) -> str:
+    """`name`, the expansion of `spec` in `domain`'s record, as a name to look up.
+
+    Over 253 characters, labels are cut on its left (RFC 7208 7.3); an empty label, one of
+    over 63 characters or a last label of digits only (an address written where a name
+    goes) is not a domain name: a syntax error of the record (4.6), a permerror.
+    """
+    labels = name.split(".")
+    length, cut = len(name), 0
+    while cut < len(labels) - 1 and length > MAX_NAME:
+        length -= len(labels[cut]) + 1
+        cut += 1
+    labels = labels[cut:]
+    if any(not 0 < len(label) <= MAX_LABEL for label in labels) or labels[-1].isdigit():
+        raise _PermError(f"{spec!r} in {domain}'s record is not a domain name")
+    return ".".join(labels)
 
 
 def _dotted(ip: IpAddress) -> str:
