@@ -21,6 +21,7 @@ from syndicate.store.subscribers import (
     confirmed_languages,
     email_hash,
     erase,
+    expire_sign_ups,
     get_by_email,
     get_by_id,
     is_suppressed,
@@ -327,6 +328,26 @@ def test_addresses_whose_local_part_starts_with_a_plus_are_mailboxes_of_their_ow
     for minutes in (1, 2):  # a tag after such a local part is a tag of that mailbox
         assert signup(db, f"+4+{minutes}@example.org", language="vi", now=now)[1] is True
     assert signup(db, "+4+3@example.org", language="vi", now=now)[1] is False
+
+
+def test_lapsed_sign_ups_go_in_batches_of_short_transactions(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    for n in range(7):
+        signup(db, f"a{n}@example.org", language="vi", now=now - timedelta(hours=49))
+    kept = signup(db, "b@example.org", language="vi", now=now - timedelta(hours=47))[0]
+    signup(db, "a9@example.org", language="vi", now=now - timedelta(hours=49))
+    commits = []
+    transaction = db.transaction
+
+    def counted(**options):  # type: ignore[no-untyped-def]
+        commits.append(options)
+        return transaction(**options)
+
+    db.transaction = counted  # type: ignore[method-assign]
+    assert expire_sign_ups(db, now=now, link_hours=48, batch=3) == 8
+    del db.transaction
+    assert len(commits) == 3  # 3 + 3 + 2: the last batch short, so no fourth
+    assert [s.id for s in iter_subscribers(db)] == [kept.id]
+    assert expire_sign_ups(db, now=now, link_hours=48, batch=3) == 0
 
 
 def test_stale_confirm_link_does_not_resubscribe(db: Database, now) -> None:  # type: ignore[no-untyped-def]

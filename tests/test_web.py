@@ -1445,6 +1445,30 @@ def test_expired_altered_unknown_and_misused_confirm_tokens_get_400(
     assert subscriber(server.settings, "em@example.org").status is SubscriptionStatus.CONFIRMED
 
 
+def test_an_expired_confirm_link_says_it_has_expired_in_the_readers_language(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    # It said only "cannot be used" (expired, altered or no longer valid): a reader whose
+    # sign-up lapsed did not learn that signing up again is all it takes.
+    sign_up(client, "hoa@example.org", server=server)
+    link = confirm_url(server, server.mail.wait_for(1)[0])
+    server.clock.advance(hours=48, seconds=1)
+    for answer in (client.get(link), client.post(link)):
+        assert answer.status_code == 400
+        assert "<title>Liên kết xác nhận đã hết hạn" in answer.text
+        assert "Liên kết xác nhận chỉ có hiệu lực trong 48 giờ." in answer.text
+        assert 'href="/subscribe?lang=vi"' in answer.text
+        assert "<button" not in answer.text
+    english = client.get(link, headers={"accept-language": "en"})
+    assert english.status_code == 400
+    assert "<title>This confirmation link has expired" in english.text
+    assert "A confirmation link is valid for 48 hours." in english.text
+    assert subscriber(server.settings, "hoa@example.org").status is SubscriptionStatus.PENDING
+    # An altered link still says only that it cannot be used.
+    altered = link[:-2] + ("AA" if link[-2:] != "AA" else "BB")
+    assert "Liên kết xác nhận không dùng được" in client.get(altered).text
+
+
 def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
     server: LiveServer, client: httpx.Client
 ) -> None:
