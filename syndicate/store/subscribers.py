@@ -36,6 +36,8 @@ _NONCE_BYTES = 16
 # addresses brought back by the form included).
 CONFIRM_MAILS_PER_DAY = 3
 CONFIRM_MAILS_WINDOW = timedelta(hours=24)
+# Rows keyed at a time by `fill_mailbox_keys` (schema step 17).
+MAILBOX_KEY_BATCH = 1000
 # Sign-ups deleted at a time by `expire_sign_ups`, each batch one short transaction.
 EXPIRE_BATCH = 500
 # Past the link's hours, a little longer: a token may be dated up to 15 s after its sign-up
@@ -93,6 +95,11 @@ _SELECT_MAILBOX_MAILS = """
     SELECT confirm_sent_at, confirm_mails FROM subscribers
     WHERE mailbox_key = :mailbox AND confirm_sent_at >= :since AND email_key <> :key
 """
+# A batch of rows stored before mailbox_key was kept (schema 16), in id order from ?.
+_SELECT_UNKEYED = (
+    "SELECT id, email FROM subscribers WHERE mailbox_key IS NULL AND id > ? ORDER BY id LIMIT ?"
+)
+_SET_MAILBOX_KEY = "UPDATE subscribers SET mailbox_key = ? WHERE id = ?"
 # Delete a batch of lapsed sign-ups, in id order from :last: rows signed up through the form
 # (signed_up_at) that are pending and were never anything else (no status stamp, never
 # updated since stored: a complained or unsubscribed address back through the form keeps
@@ -438,6 +445,20 @@ def signup(
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return _to_subscriber(found), send
+
+
+def fill_mailbox_keys(conn: Any, *, batch: int = MAILBOX_KEY_BATCH) -> int:
+    """Give every row without a mailbox key its key; return how many (schema step 17).
+
+    Runs on the migration's connection, inside its transaction, `batch` rows at a time in
+    id order (memory stays flat, and on PostgreSQL each statement is short).
+    """
+    last, keyed = 0, 0
+    while rows := conn.execute(_SELECT_UNKEYED, (last, batch)).fetchall():
+        conn.executemany(_SET_MAILBOX_KEY, [(mailbox_key(str(r[1])), int(r[0])) for r in rows])
+        keyed += len(rows)
+        last = int(rows[-1][0])
+    return keyed
 
 
 def expire_sign_ups(
