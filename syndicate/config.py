@@ -318,7 +318,11 @@ class SubscribeSettings:
     """Sign-up through `syndicate serve`."""
 
     confirm_hours: int = field(
-        default=48, metadata={"doc": "how long a confirmation link stays valid"}
+        default=48,
+        metadata={
+            "doc": "how long a confirmation link stays valid; `send` deletes a sign-up left "
+            "unconfirmed past it (and at least 24 hours)"
+        },
     )
     rate_limit: int = field(
         default=10,  # sign-up POSTs per client address per minute

@@ -247,6 +247,10 @@ class StaleTokenError(TokenError):
     """A well-signed token whose subscriber is gone (erased): it may act on nobody."""
 
 
+class ExpiredTokenError(TokenError):
+    """A well-signed token older than it may be (a confirm link past its hours)."""
+
+
 class SubscriberError(SyndicateError, ValueError):
     """A subscriber operation got a bad address or an unknown subscriber."""
 

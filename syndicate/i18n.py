@@ -138,6 +138,11 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
                 "Liên kết này đã hết hạn, bị thay đổi hoặc không còn hiệu lực. "
                 "Hãy đăng ký lại để nhận một liên kết mới."
             ),
+            "expired_confirm_title": "Liên kết xác nhận đã hết hạn",
+            "expired_confirm_body": (
+                "Liên kết xác nhận chỉ có hiệu lực trong {hours} giờ. Đăng ký chưa được xác nhận "
+                "nên đã bị hủy; hãy đăng ký lại để nhận một liên kết mới."
+            ),
             "unsubscribe_title": "Hủy đăng ký",
             "unsubscribe_body": "Bấm nút dưới đây để ngừng nhận bản tin qua email.",
             "unsubscribe_button": "Hủy đăng ký",
@@ -201,6 +206,11 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "bad_confirm_body": (
                 "The link has expired, was altered, or is no longer valid. "
                 "Please sign up again to get a new link."
+            ),
+            "expired_confirm_title": "This confirmation link has expired",
+            "expired_confirm_body": (
+                "A confirmation link is valid for {hours} hours. The sign-up was not confirmed "
+                "in time, so it has lapsed; please sign up again to get a new link."
             ),
             "unsubscribe_title": "Unsubscribe",
             "unsubscribe_body": "Press the button below to stop receiving the newsletter by email.",

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from syndicate.errors import StaleTokenError, TokenError
+from syndicate.errors import ExpiredTokenError, StaleTokenError, TokenError
 from syndicate.model import Subscriber
 
 PURPOSES = ("confirm", "unsubscribe")
@@ -126,8 +126,9 @@ def read_token(
 ) -> TokenClaim:
     """Return what a token with a good signature claims, without asking who owns it.
 
-    Raises TokenError when the token is malformed, altered, made for another
-    purpose, or older than `max_age` (None: never expires). The tag is
+    Raises TokenError when the token is malformed, altered or made for another
+    purpose, and ExpiredTokenError (a TokenError) when it is older than `max_age`
+    (None: never expires). The tag is
     compared in constant time. Only `verify_token` says whether the
     subscriber it names is still the one it was made for.
     """
@@ -170,7 +171,7 @@ def read_token(
     ):
         raise TokenError(f"{purpose} token: the token is dated in the future.")
     if max_age is not None and now - issued_at > max_age:
-        raise TokenError(
+        raise ExpiredTokenError(
             f"{purpose} token: the token has expired (issued {issued_at:%Y-%m-%d %H:%M} UTC).",
             hint="Ask for a new one.",
         )

@@ -9,11 +9,13 @@ the test.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from syndicate import tokens
@@ -187,7 +189,9 @@ def test_sign_up_confirm_and_unsubscribe_in_a_real_browser(browser: Browser) -> 
     page.wait_for_load_state()
     assert page.get_by_role("heading", level=1).inner_text() == "You have unsubscribed"
     assert _status(server, "trang@example.org") is SubscriptionStatus.UNSUBSCRIBED
-    assert page.context.cookies() == []
+    # The one cookie is the sign-up form's, for the form alone: nothing else sets any.
+    cookies = [(c["name"], c["path"]) for c in page.context.cookies()]
+    assert cookies == [("syndicate_form", "/subscribe")]
 
 
 def test_pages_at_phone_and_desktop_widths(browser: Browser, tmp_path: Path) -> None:
@@ -218,6 +222,65 @@ def test_sign_up_from_the_form_on_the_static_index(browser: Browser) -> None:
     assert page.get_by_role("heading", level=1).inner_text() == "Hãy kiểm tra hộp thư của bạn"
     server.mail.wait_for(1)
     assert _status(server, "uyen@example.org") is SubscriptionStatus.PENDING
+
+
+def test_the_form_cookie_is_kept_http_only_and_strict_by_the_browser(browser: Browser) -> None:
+    server, page = browser.server, browser.page
+    browser.open("subscribe")
+    [cookie] = page.context.cookies()
+    assert (cookie["name"], cookie["path"], cookie["httpOnly"], cookie["sameSite"]) == (
+        "syndicate_form",
+        "/subscribe",
+        True,
+        "Strict",
+    )
+    assert page.evaluate("document.cookie") == ""  # out of reach of scripts
+    page.get_by_label("Địa chỉ email").fill("vy@example.org")
+    with page.expect_request(lambda request: request.method == "POST") as posted:
+        page.get_by_role("button", name="Đăng ký").click()
+    page.wait_for_load_state()
+    assert f"syndicate_form={cookie['value']}" in posted.value.all_headers().get("cookie", "")
+    assert page.get_by_role("heading", level=1).inner_text() == "Hãy kiểm tra hộp thư của bạn"
+    server.mail.wait_for(1)
+    assert _status(server, "vy@example.org") is SubscriptionStatus.PENDING
+
+
+def test_a_page_elsewhere_cannot_sign_up_its_visitor_with_a_token_its_author_fetched(
+    browser: Browser,
+) -> None:
+    # A data: URL page (its requests say `Origin: null`, as a sandboxed frame's do) posts a
+    # form token its author fetched: the visitor's browser, on the visitor's network,
+    # signed someone up, past the author's own rate limit. The visitor has been to our
+    # form too: its SameSite=Strict cookie stays home all the same.
+    server, page = browser.server, browser.page
+    with httpx.Client(base_url=server.url, timeout=10) as author:
+        found = re.search(r'name="form_token" value="([^"]+)"', author.get("subscribe").text)
+    assert found
+    browser.open("subscribe")
+    elsewhere = "data:text/html," + urllib.parse.quote(
+        f'<form method="post" action="{server.url}subscribe">'
+        '<input name="email" value="victim@example.org"><input name="language" value="vi">'
+        f'<input name="form_token" value="{found.group(1)}"></form>'
+        "<script>document.forms[0].submit()</script>"
+    )
+    with page.expect_response(lambda response: response.request.method == "POST") as posted:
+        page.goto(elsewhere)
+    request = posted.value.request
+    assert request.all_headers().get("origin") == "null"
+    assert "syndicate_form" not in request.all_headers().get("cookie", "")
+    assert posted.value.status == 403
+    assert server.signups.count == 0
+    with open_settings_store(server.settings) as db:
+        assert get_by_email(db, "victim@example.org") is None
+    # What this test provoked on purpose: the page elsewhere and the refusal (once shown).
+    assert page.get_by_role("heading", level=1).inner_text() == "Biểu mẫu đã hết hạn"
+    expected = (
+        f"request outside the site: {elsewhere}",
+        f"HTTP 403: {server.url}subscribe",
+        "console error: Failed to load resource: the server responded with a status of 403 "
+        "(Forbidden)",
+    )
+    browser.problems = [problem for problem in browser.problems if problem not in expected]
 
 
 @pytest.mark.parametrize("lang", ["vi", "en"])

@@ -244,29 +244,43 @@ def test_a_store_made_since_is_read_by_the_same_commands(project: Path) -> None:
     )
 
 
-def make_older_store(project: Path) -> int:
-    """An empty store one schema step behind this syndicate; its version."""
-    older = len(MIGRATIONS) - 1
+def make_older_store(project: Path, older: int = len(MIGRATIONS) - 1) -> int:
+    """An empty store at schema version `older` (one step behind this syndicate); `older`.
+
+    A Python step (schema.Statement) changes only rows, and an empty store has none.
+    """
     url = os.environ.get(ENV_STORE_URL)
     if url:
         with psycopg.connect(url, autocommit=True) as pg:
             for version in range(PG_FIRST_VERSION, older + 1):
                 for statement in PG_MIGRATIONS[version]:
-                    pg.execute(statement)
+                    if isinstance(statement, str):
+                        pg.execute(statement)
             pg.execute("UPDATE syndicate_schema SET version = %s", (older,))
     else:
         with closing(sqlite3.connect(project / "syndicate.db", isolation_level=None)) as lite:
             for steps in MIGRATIONS[:older]:
                 for statement in steps:
-                    lite.execute(statement)
+                    if isinstance(statement, str):
+                        lite.execute(statement)
             lite.execute(f"PRAGMA user_version = {older}")
         (project / "syndicate.db").chmod(0o600)
     return older
 
 
-# The table the newest schema step alters (its first statement): what the upgrade waits on.
-_ALTERED = re.search(r"ALTER TABLE (\w+)", PG_MIGRATIONS[len(MIGRATIONS)][0])
-LAST_ALTERED = _ALTERED.group(1) if _ALTERED else "deliveries"
+def _newest_altering() -> tuple[int, str]:
+    """The newest schema step that alters a table (its first statement), and that table:
+    what an upgrade from the version before it waits on (a Python step, which changes only
+    rows, takes no lock a reader's conflicts with)."""
+    for version in sorted(PG_MIGRATIONS, reverse=True):
+        first = PG_MIGRATIONS[version][0]
+        found = re.search(r"ALTER TABLE (\w+)", first) if isinstance(first, str) else None
+        if found:
+            return version, found.group(1)
+    raise AssertionError("no schema step alters a table")
+
+
+ALTERING, LAST_ALTERED = _newest_altering()
 
 
 def schema_version(project: Path) -> int:
@@ -306,7 +320,7 @@ def test_an_upgrade_waiting_on_a_lock_another_session_holds_ends_with_exit_75(
     # the step that alters the table waits for it. It ends after store.busy_timeout with a
     # line that says what waited on what (it said "another syndicate command is writing").
     url = _pg_url()
-    older = make_older_store(project)
+    older = make_older_store(project, ALTERING - 1)
     (project / "syndicate.toml").write_text("[store]\nbusy_timeout = 1\nreply_timeout = 3\n")
     where = "PostgreSQL at " + url.split("@", 1)[1]
     with psycopg.connect(url) as holder:
@@ -343,7 +357,7 @@ def test_an_upgrade_whose_server_falls_silent_ends_after_the_reply_timeout(
     from tests.test_store_copy import SilentRelay
 
     url = _pg_url()
-    older = make_older_store(project)
+    older = make_older_store(project, ALTERING - 1)
     (project / "syndicate.toml").write_text("[store]\nbusy_timeout = 1\nreply_timeout = 2\n")
     relay = SilentRelay(pg_cluster.port, f"ALTER TABLE {LAST_ALTERED}".encode(), at_most=30)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}

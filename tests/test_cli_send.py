@@ -22,8 +22,16 @@ import trustme
 from click.testing import CliRunner
 
 from syndicate.cli import AppContext, cli
+from syndicate.model import SubscriptionStatus
 from syndicate.send import open_send_lock
-from syndicate.store.subscribers import add_subscriber
+from syndicate.store.subscribers import (
+    add_subscriber,
+    confirm,
+    erase,
+    is_suppressed,
+    signup,
+    unsubscribe,
+)
 from tests.conftest import FIXED_NOW
 from tests.plugins.postgres import open_store
 from tests.plugins.smtp import SmtpRecorder, SmtpServer, free_port, run_smtp_server
@@ -103,6 +111,89 @@ def test_send_to_the_outbox_then_rerun_sends_nothing(project: Path) -> None:
     assert code == 0
     assert match
     assert match.group("sent", "failed", "skipped") == ("0", "0", "2")
+
+
+def _listed() -> dict[str, str]:
+    code, out, err = _run("subscribers", "list")
+    assert (code, err) == (0, "")
+    return {line.split("\t")[1]: line.split("\t")[3] for line in out.splitlines()}
+
+
+def test_send_deletes_sign_ups_left_unconfirmed_past_their_link_and_keeps_the_rest(
+    project: Path,
+) -> None:
+    """Pending sign-ups never expired: a bot within the rate limit added rows for ever."""
+
+    def hours(ago: float) -> datetime:
+        return FIXED_NOW - timedelta(hours=ago)
+
+    with open_store(project / "syndicate.db") as db:
+        signup(db, "lapsed@example.org", language="vi", now=hours(48) - timedelta(minutes=2))
+        signup(db, "fresh@example.org", language="vi", now=hours(47))  # its link still works
+        signup(db, "again@example.org", language="en", now=hours(60))
+        signup(db, "again@example.org", language="en", now=hours(1))  # signed up again since
+        confirmed = signup(db, "yes@example.org", language="vi", now=hours(100))[0]
+        confirm(db, confirmed.id, now=hours(99))
+        # Back through the form after leaving: the row keeps what it was (not deleted).
+        left = add_subscriber(db, "left@example.org", now=hours(200))
+        unsubscribe(db, left.id, now=hours(150))
+        signup(db, "left@example.org", language="vi", now=hours(100))
+        add_subscriber(db, "spam@example.org", status=SubscriptionStatus.COMPLAINED, now=hours(200))
+        signup(db, "spam@example.org", language="vi", now=hours(100))
+        # Imported as pending (no sign-up through the form): it waits for its own.
+        add_subscriber(
+            db, "imported@example.org", status=SubscriptionStatus.PENDING, now=hours(200)
+        )
+        # Erased, then signed up again through the form: the sign-up goes, the hash stays.
+        erase(db, "gone@example.org", now=hours(200))
+        signup(db, "gone@example.org", language="vi", now=hours(100))
+    assert len(_listed()) == 8
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _listed() == {
+        "fresh@example.org": "pending",
+        "again@example.org": "pending",
+        "yes@example.org": "confirmed",
+        "left@example.org": "pending",
+        "spam@example.org": "pending",
+        "imported@example.org": "pending",
+    }
+    code, out, _ = _run("subscribers", "stats")
+    assert out.splitlines()[:7] == [
+        "pending: 5",
+        "confirmed: 1",
+        "unsubscribed: 0",
+        "bounced: 0",
+        "complained: 0",
+        "total: 6",
+        "erased: 1",
+    ]
+    with open_store(project / "syndicate.db") as db:
+        assert is_suppressed(db, "gone@example.org")
+        # A new sign-up of a deleted address starts afresh and is mailed.
+        assert signup(db, "lapsed@example.org", language="vi", now=FIXED_NOW)[1] is True
+
+
+def test_a_sign_up_is_kept_while_the_confirmation_cap_still_counts_its_mail(
+    project: Path,
+) -> None:
+    # With confirm links valid for an hour, deleting a sign-up after that hour would let the
+    # same mailbox be mailed again and again: it stays the cap's day (24 hours).
+    (project / "syndicate.toml").write_text("[subscribe]\nconfirm_hours = 1\n")
+    with open_store(project / "syndicate.db") as db:
+        signup(db, "an+0@example.org", language="vi", now=FIXED_NOW - timedelta(hours=50))
+        for minutes, address in ((180, "an+1@"), (170, "an+2@"), (160, "an+3@")):
+            mailed = signup(
+                db,
+                address + "example.org",
+                language="vi",
+                now=FIXED_NOW - timedelta(minutes=minutes),
+            )
+            assert mailed[1]
+    assert _run("send")[0] == 0
+    assert sorted(_listed()) == ["an+1@example.org", "an+2@example.org", "an+3@example.org"]
+    with open_store(project / "syndicate.db") as db:
+        assert signup(db, "an@example.org", language="vi", now=FIXED_NOW)[1] is False
 
 
 def test_send_on_a_fresh_checkout_builds_and_says_who_to_add(project: Path) -> None:

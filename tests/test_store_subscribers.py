@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sqlite3
-from datetime import date, timedelta
+from contextlib import closing
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from syndicate.config import Settings
@@ -14,6 +17,7 @@ from syndicate.errors import SubscriberError
 from syndicate.model import SubscriptionStatus
 from syndicate.store import Database, ledger
 from syndicate.store.meta import get_erasure_key, get_secret
+from syndicate.store.pg_schema import PG_FIRST_VERSION, PG_MIGRATIONS
 from syndicate.store.schema import MIGRATIONS
 from syndicate.store.subscribers import (
     add_subscriber,
@@ -21,6 +25,7 @@ from syndicate.store.subscribers import (
     confirmed_languages,
     email_hash,
     erase,
+    expire_sign_ups,
     get_by_email,
     get_by_id,
     is_suppressed,
@@ -32,7 +37,7 @@ from syndicate.store.subscribers import (
     stats,
     unsubscribe,
 )
-from tests.plugins.postgres import open_store
+from tests.plugins.postgres import ENV_STORE_URL, open_store
 
 pytestmark = pytest.mark.usefixtures("store")
 
@@ -185,6 +190,79 @@ def test_a_version_3_database_keeps_its_subscribers_and_deliveries_through_migra
         assert add_subscriber(migrated, "giang@example.org", now=now).id == 6
 
 
+def _store_from_before_every_row_was_keyed(path: Path, version: int, now: datetime) -> None:
+    """A store at schema `version` (15: before mailbox_key; 16: the column, but set only by
+    sign-ups since), its rows as that version's code stored them: no mailbox key. Three
+    spellings of one mailbox were mailed today, two of a Gmail one, and many other
+    subscribers fill it past one batch of the backfill."""
+    insert = (
+        "INSERT INTO subscribers (email, email_key, language, status, created_at, updated_at,"
+        " confirm_sent_at, token_nonce, signed_up_at, confirm_mails)"
+        " VALUES (?, ?, 'vi', 'pending', ?, ?, ?, ?, ?, ?)"
+    )
+    rows = []
+    for minutes, address in (
+        (180, "An@example.org"),
+        (120, "an+1@example.org"),
+        (60, "AN+news@example.org"),
+        (50, "A.N+x@gmail.com"),
+    ):
+        stamp = (now - timedelta(minutes=minutes)).isoformat(timespec="seconds")
+        key = address.casefold()
+        rows.append((address, key, stamp, stamp, stamp, os.urandom(16), stamp, stamp))
+    # Mailed before schema 10 kept the day's mails: only its last one's time.
+    stamp = (now - timedelta(minutes=40)).isoformat(timespec="seconds")
+    rows.append(("an@gmail.com", "an@gmail.com", stamp, stamp, stamp, os.urandom(16), None, None))
+    stamp = (now - timedelta(days=30)).isoformat(timespec="seconds")
+    for n in range(2500):
+        address = f"u{n}+tag@example.org"
+        rows.append((address, address, stamp, stamp, None, os.urandom(16), None, None))
+    url = os.environ.get(ENV_STORE_URL)
+    if url:
+        with psycopg.connect(url, autocommit=True) as pg:
+            for step in range(PG_FIRST_VERSION, version + 1):
+                for statement in PG_MIGRATIONS[step]:
+                    pg.execute(statement)
+            pg.execute("UPDATE syndicate_schema SET version = %s", (version,))
+            with pg.cursor() as cursor:
+                cursor.executemany(insert.replace("?", "%s"), rows)
+        return
+    with closing(sqlite3.connect(path, isolation_level=None)) as lite:
+        for step in MIGRATIONS[:version]:
+            for statement in step:
+                lite.execute(statement)
+        lite.executemany(insert, rows)
+        lite.execute(f"PRAGMA user_version = {version}")
+    path.chmod(0o600)
+
+
+@pytest.mark.parametrize("version", [15, 16])
+def test_an_older_store_upgrades_with_every_row_keyed_so_the_cap_counts_its_mails(
+    tmp_path: Path,
+    now,  # type: ignore[no-untyped-def]
+    version: int,
+) -> None:
+    # Rows stored before schema 16 had no mailbox key until their next sign-up, and the cap
+    # counted none of their mails: for up to a day after the upgrade, a mailbox mailed three
+    # times already could be mailed three times more under other spellings.
+    path = tmp_path / "old.db"
+    _store_from_before_every_row_was_keyed(path, version, now)
+    with open_store(path) as db:
+        assert db.schema_version == len(MIGRATIONS)
+        # Three mails today to the mailbox of an@example.org: another spelling gets none.
+        assert signup(db, "an+2@example.org", language="vi", now=now)[1] is False
+        # Two at Gmail's an@gmail.com: a third spelling is mailed, a fourth is not.
+        assert signup(db, "a.n@googlemail.com", language="vi", now=now)[1] is True
+        assert signup(db, "an+y@gmail.com", language="vi", now=now)[1] is False
+        unkeyed = "SELECT count(*) FROM subscribers WHERE mailbox_key IS NULL"
+        assert db.conn.execute(unkeyed).fetchone()[0] == 0
+        keys = dict(db.conn.execute("SELECT email, mailbox_key FROM subscribers").fetchall())
+        assert keys["An@example.org"] == keys["an+1@example.org"] == "an@example.org"
+        assert keys["AN+news@example.org"] == "an@example.org"
+        assert keys["A.N+x@gmail.com"] == keys["an@gmail.com"] == "an@gmail.com"
+        assert keys["u2499+tag@example.org"] == "u2499@example.org"
+
+
 def test_erasures_do_not_depend_on_the_signing_secret(
     tmp_path: Path, settings: Settings, now
 ) -> None:  # type: ignore[no-untyped-def]
@@ -327,6 +405,26 @@ def test_addresses_whose_local_part_starts_with_a_plus_are_mailboxes_of_their_ow
     for minutes in (1, 2):  # a tag after such a local part is a tag of that mailbox
         assert signup(db, f"+4+{minutes}@example.org", language="vi", now=now)[1] is True
     assert signup(db, "+4+3@example.org", language="vi", now=now)[1] is False
+
+
+def test_lapsed_sign_ups_go_in_batches_of_short_transactions(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    for n in range(7):
+        signup(db, f"a{n}@example.org", language="vi", now=now - timedelta(hours=49))
+    kept = signup(db, "b@example.org", language="vi", now=now - timedelta(hours=47))[0]
+    signup(db, "a9@example.org", language="vi", now=now - timedelta(hours=49))
+    commits = []
+    transaction = db.transaction
+
+    def counted(**options):  # type: ignore[no-untyped-def]
+        commits.append(options)
+        return transaction(**options)
+
+    db.transaction = counted  # type: ignore[method-assign]
+    assert expire_sign_ups(db, now=now, link_hours=48, batch=3) == 8
+    del db.transaction
+    assert len(commits) == 3  # 3 + 3 + 2: the last batch short, so no fourth
+    assert [s.id for s in iter_subscribers(db)] == [kept.id]
+    assert expire_sign_ups(db, now=now, link_hours=48, batch=3) == 0
 
 
 def test_stale_confirm_link_does_not_resubscribe(db: Database, now) -> None:  # type: ignore[no-untyped-def]

@@ -428,7 +428,8 @@ def test_signup_page_has_an_accessible_form_in_both_languages(client: httpx.Clie
     assert page.status_code == 200
     assert page.headers["content-type"] == "text/html; charset=utf-8"
     assert page.headers["cache-control"] == "no-store"
-    assert "set-cookie" not in page.headers
+    # The one cookie: what the form token is bound to (see the form cookie's own tests).
+    assert page.headers["set-cookie"].startswith("syndicate_form=")
     assert_security_headers(page)
     assert '<html lang="vi">' in page.text
     assert '<label for="signup-email">Địa chỉ email</label>' in page.text
@@ -854,6 +855,74 @@ def test_signup_from_another_site_or_without_a_token_is_refused(
     assert subscriber(server.settings, "dung@example.org") is not None
 
 
+def test_a_form_token_is_good_only_with_the_cookie_of_the_client_that_fetched_it(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    # A form token was good in anyone's hands: a page elsewhere (a sandboxed iframe, a data:
+    # URL, both `Origin: null`) could post sign-ups with a token its author fetched, from
+    # its visitors' browsers, spread over their networks past the per-network rate limit.
+    token = form_token(client)
+    refused = {"email": "dung@example.org", "language": "vi", "form_token": token}
+    with httpx.Client(base_url=server.url, timeout=10) as other:
+        for headers in ({"origin": "null"}, {}):
+            answer = other.post("subscribe", data=refused, headers=headers)  # no cookie
+            assert answer.status_code == 403
+            assert "Biểu mẫu đã hết hạn" in answer.text
+        form_token(other)  # a cookie of its own, which the token was not made for
+        assert other.cookies.get("syndicate_form") != client.cookies.get("syndicate_form")
+        for headers in ({"origin": "null"}, {}):
+            assert other.post("subscribe", data=refused, headers=headers).status_code == 403
+    assert subscriber(server.settings, "dung@example.org") is None
+    # The client that fetched the form posts it, with or without `Origin: null`.
+    for n, headers in enumerate(({"origin": "null"}, {})):
+        data = {**refused, "email": f"dung{n}@example.org"}
+        assert client.post("subscribe", data=data, headers=headers).status_code == 200
+        server.signups.wait_for(n + 1)
+        assert subscriber(server.settings, f"dung{n}@example.org") is not None
+
+
+def _cookie_attributes(answer: httpx.Response) -> tuple[str, set[str]]:
+    name_value, *attributes = (part.strip() for part in answer.headers["set-cookie"].split(";"))
+    return name_value, {attribute.lower() for attribute in attributes}
+
+
+def test_the_form_cookie_is_http_only_strict_and_scoped_to_the_form(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    page = client.get("subscribe")
+    name_value, attributes = _cookie_attributes(page)
+    name, _, value = name_value.partition("=")
+    assert (name, len(value)) == ("syndicate_form", 22)
+    assert attributes == {"httponly", "samesite=strict", "path=/subscribe", "max-age=43200"}
+    # The same browser keeps its value (a second tab's form stays good), refreshed.
+    assert _cookie_attributes(client.get("subscribe", params={"lang": "en"}))[0] == name_value
+    # A refused address shows the form again, with a token for the same cookie.
+    again = client.post(
+        "subscribe",
+        data={"email": "not an address", "language": "vi", "form_token": form_token(client)},
+    )
+    assert again.status_code == 400
+    assert _cookie_attributes(again)[0] == name_value
+    # Nothing else sets a cookie: not the pages, not one-click unsubscribe (RFC 8058).
+    for path in ("healthz", "confirm", "unsubscribe", "index.html"):
+        assert "set-cookie" not in client.get(path).headers
+
+
+def test_the_form_cookie_is_secure_under_an_https_public_url(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    server = live_server(public_url="https://tin.example.org/ban-tin/")
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        _, attributes = _cookie_attributes(client.get("subscribe"))
+    assert attributes == {
+        "httponly",
+        "samesite=strict",
+        "secure",
+        "path=/ban-tin/subscribe",
+        "max-age=43200",
+    }
+
+
 @pytest.mark.parametrize("stamp", ["999999999999", "\u00b2"], ids=["year 33658", "superscript two"])
 def test_a_form_token_with_an_impossible_time_is_refused_like_a_forged_one(
     server: LiveServer, client: httpx.Client, stamp: str
@@ -867,14 +936,17 @@ def test_a_form_token_with_an_impossible_time_is_refused_like_a_forged_one(
     assert subscriber(server.settings, "dung@example.org") is None
 
 
-def test_form_tokens_are_signed_and_expire(now: datetime) -> None:
-    token = make_form_token(b"k" * 32, now=now)
-    assert check_form_token(b"k" * 32, token, now=now + timedelta(hours=11))
-    assert not check_form_token(b"k" * 32, token, now=now + timedelta(hours=13))
-    assert not check_form_token(b"x" * 32, token, now=now)
-    assert not check_form_token(b"k" * 32, token, now=now - timedelta(hours=1))
-    assert not check_form_token(b"k" * 32, "", now=now)
-    assert not check_form_token(b"k" * 32, "123.abc", now=now)
+def test_form_tokens_are_signed_bound_to_a_cookie_and_expire(now: datetime) -> None:
+    key, cookie = b"k" * 32, "A" * 22
+    token = make_form_token(key, binding=cookie, now=now)
+    assert check_form_token(key, token, binding=cookie, now=now + timedelta(hours=11))
+    assert not check_form_token(key, token, binding="B" * 22, now=now)
+    assert not check_form_token(key, token, binding="", now=now)
+    assert not check_form_token(key, token, binding=cookie, now=now + timedelta(hours=13))
+    assert not check_form_token(b"x" * 32, token, binding=cookie, now=now)
+    assert not check_form_token(key, token, binding=cookie, now=now - timedelta(hours=1))
+    assert not check_form_token(key, "", binding=cookie, now=now)
+    assert not check_form_token(key, "123.abc", binding=cookie, now=now)
 
 
 def test_signups_are_rate_limited_per_client_address(
@@ -1443,6 +1515,30 @@ def test_expired_altered_unknown_and_misused_confirm_tokens_get_400(
     assert subscriber(server.settings, "em@example.org").status is SubscriptionStatus.PENDING
     assert client.post(link).status_code == 200
     assert subscriber(server.settings, "em@example.org").status is SubscriptionStatus.CONFIRMED
+
+
+def test_an_expired_confirm_link_says_it_has_expired_in_the_readers_language(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    # It said only "cannot be used" (expired, altered or no longer valid): a reader whose
+    # sign-up lapsed did not learn that signing up again is all it takes.
+    sign_up(client, "hoa@example.org", server=server)
+    link = confirm_url(server, server.mail.wait_for(1)[0])
+    server.clock.advance(hours=48, seconds=1)
+    for answer in (client.get(link), client.post(link)):
+        assert answer.status_code == 400
+        assert "<title>Liên kết xác nhận đã hết hạn" in answer.text
+        assert "Liên kết xác nhận chỉ có hiệu lực trong 48 giờ." in answer.text
+        assert 'href="/subscribe?lang=vi"' in answer.text
+        assert "<button" not in answer.text
+    english = client.get(link, headers={"accept-language": "en"})
+    assert english.status_code == 400
+    assert "<title>This confirmation link has expired" in english.text
+    assert "A confirmation link is valid for 48 hours." in english.text
+    assert subscriber(server.settings, "hoa@example.org").status is SubscriptionStatus.PENDING
+    # An altered link still says only that it cannot be used.
+    altered = link[:-2] + ("AA" if link[-2:] != "AA" else "BB")
+    assert "Liên kết xác nhận không dùng được" in client.get(altered).text
 
 
 def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(

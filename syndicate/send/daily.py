@@ -73,7 +73,7 @@ from syndicate.store import Database, ledger
 from syndicate.store.bounces import complaint_warning, recent_rates
 from syndicate.store.digests import close_digest
 from syndicate.store.meta import get_secret
-from syndicate.store.subscribers import confirmed_languages, normalize_email
+from syndicate.store.subscribers import confirmed_languages, expire_sign_ups, normalize_email
 from syndicate.tokens import NONCE_BYTES, make_token
 
 # The stage's logger: records keep the name they had before send became a package.
@@ -219,6 +219,11 @@ def run_daily(
         if (complaints := complaint_warning(recent_rates(db, now=now))) is not None:
             log.warning("%s", complaints)
         check_day(settings, db, now=now)  # before the build: a clock set back stops here
+        # Sign-ups left unconfirmed past their link go, or a bot within the rate limit
+        # keeps adding rows for ever.
+        expired = expire_sign_ups(db, now=now, link_hours=settings.subscribe.confirm_hours)
+        if expired:
+            log.info("send: deleted %s sign-ups left unconfirmed past their link", expired)
         run_build(settings, db, now=now)
         plan = todays_digest(settings, db, now=now, create=True)
         if plan is not None and (stale := stale_warning(plan, tz=settings.site.tz)) is not None:

@@ -896,7 +896,10 @@ def _migrate(db: Database) -> None:
                 if db.schema_version >= version:
                     continue
                 for statement in MIGRATIONS[version - 1]:
-                    conn.execute(statement)
+                    if callable(statement):
+                        statement(conn)
+                    else:
+                        conn.execute(statement)
                 broken = conn.execute("PRAGMA foreign_key_check").fetchone()
                 if broken is not None:
                     raise StoreError(
@@ -970,5 +973,8 @@ def _migrate_postgres_locked(db: PgDatabase, current: int, latest: int) -> None:
             if db.schema_version >= version:  # another process ran it while we waited
                 continue
             for statement in PG_MIGRATIONS[version]:
-                conn.execute_as_is(statement)
+                if callable(statement):
+                    statement(conn)
+                else:
+                    conn.execute_as_is(statement)
             db._set_schema_version(version)

@@ -17,6 +17,10 @@ Ids that SQLite assigns (INTEGER PRIMARY KEY) are identity columns.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from syndicate.store.schema import MAILBOX_KEYS_MIGRATION, Statement
+
 # A text column that orders as SQLite's does.
 T = 'TEXT COLLATE "C"'
 
@@ -230,8 +234,11 @@ _VERSION_16: list[str] = [
     "CREATE INDEX subscribers_mailbox ON subscribers (mailbox_key, confirm_sent_at)",
 ]
 
+# 17: every row gets its mailbox key: the same Python step as SQLite's (see schema.py).
+_VERSION_17: list[Statement] = MAILBOX_KEYS_MIGRATION
+
 # Version -> statements. A version missing here has no PostgreSQL step (1 to 8).
-PG_MIGRATIONS: dict[int, list[str]] = {
+PG_MIGRATIONS: dict[int, Sequence[Statement]] = {
     9: _VERSION_9,
     10: _VERSION_10,
     11: _VERSION_11,
@@ -240,6 +247,7 @@ PG_MIGRATIONS: dict[int, list[str]] = {
     14: _VERSION_14,
     15: _VERSION_15,
     16: _VERSION_16,
+    17: _VERSION_17,
 }
 
 # The first version a PostgreSQL store can be at: what step 9 creates.

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# A step's statement: SQL, or a function of the connection, for values only Python computes
+# (it runs in the step's transaction, on either engine, and must work in batches).
+Statement = str | Callable[[Any], None]
+
 # Each step is a list of statements run in one transaction; PRAGMA user_version
 # records how many steps a database has had. Times are UTC ISO-8601 text.
-MIGRATIONS: list[list[str]] = [
+MIGRATIONS: list[Sequence[Statement]] = [
     # 1: the first schema.
     [
         # Small key/value facts: the generated signing secret, the erasure key.
@@ -393,3 +400,20 @@ MIGRATIONS.append(
         "CREATE INDEX subscribers_mailbox ON subscribers (mailbox_key, confirm_sent_at)",
     ]
 )
+
+
+def key_mailboxes(conn: Any) -> None:
+    """17: give every row without one its mailbox key (see MAILBOX_KEYS_MIGRATION)."""
+    # Imported here: store.subscribers imports the store package, which imports this module.
+    from syndicate.store.subscribers import fill_mailbox_keys
+
+    fill_mailbox_keys(conn)
+
+
+# 17: every row gets its `mailbox_key`. Step 16 left it NULL on the rows stored before it,
+# each keyed only at its next sign-up, so for up to a day the confirmation cap counted none of
+# their mails: a mailbox mailed three times could be mailed three times more under other
+# spellings. The key is store.subscribers.mailbox_key's (Python, the one writer), set in
+# batches of rows in id order. The same function is PostgreSQL's step 17 (pg_schema.py).
+MAILBOX_KEYS_MIGRATION: list[Statement] = [key_mailboxes]
+MIGRATIONS.append(MAILBOX_KEYS_MIGRATION)

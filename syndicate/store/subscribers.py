@@ -36,6 +36,13 @@ _NONCE_BYTES = 16
 # addresses brought back by the form included).
 CONFIRM_MAILS_PER_DAY = 3
 CONFIRM_MAILS_WINDOW = timedelta(hours=24)
+# Rows keyed at a time by `fill_mailbox_keys` (schema step 17).
+MAILBOX_KEY_BATCH = 1000
+# Sign-ups deleted at a time by `expire_sign_ups`, each batch one short transaction.
+EXPIRE_BATCH = 500
+# Past the link's hours, a little longer: a token may be dated up to 15 s after its sign-up
+# (tokens.make_token), and its page must say "expired", not "cannot be used".
+_EXPIRY_MARGIN = timedelta(minutes=1)
 # Domains whose mailboxes ignore dots in the local part, and the domain each is one with.
 _DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
 
@@ -87,6 +94,27 @@ _SELECT_FOR_SIGN_UP = (
 _SELECT_MAILBOX_MAILS = """
     SELECT confirm_sent_at, confirm_mails FROM subscribers
     WHERE mailbox_key = :mailbox AND confirm_sent_at >= :since AND email_key <> :key
+"""
+# A batch of rows stored before mailbox_key was kept (schema 16), in id order from ?.
+_SELECT_UNKEYED = (
+    "SELECT id, email FROM subscribers WHERE mailbox_key IS NULL AND id > ? ORDER BY id LIMIT ?"
+)
+_SET_MAILBOX_KEY = "UPDATE subscribers SET mailbox_key = ? WHERE id = ?"
+# Delete a batch of lapsed sign-ups, in id order from :last: rows signed up through the form
+# (signed_up_at) that are pending and were never anything else (no status stamp, never
+# updated since stored: a complained or unsubscribed address back through the form keeps
+# its row, so its record holds), whose last sign-up and mail are older than :before.
+_EXPIRE_SIGN_UPS = """
+    DELETE FROM subscribers WHERE id IN (
+        SELECT id FROM subscribers
+        WHERE status = 'pending' AND id > :last
+          AND signed_up_at < :before
+          AND (confirm_sent_at IS NULL OR confirm_sent_at < :before)
+          AND confirmed_at IS NULL AND unsubscribed_at IS NULL AND bounced_at IS NULL
+          AND complained_at IS NULL AND updated_at = created_at
+        ORDER BY id LIMIT :batch
+    )
+    RETURNING id
 """
 # A permanent refusal: count it, and bounce the subscriber at the limit.
 _RECORD_BOUNCE = """
@@ -417,6 +445,50 @@ def signup(
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return _to_subscriber(found), send
+
+
+def fill_mailbox_keys(conn: Any, *, batch: int = MAILBOX_KEY_BATCH) -> int:
+    """Give every row without a mailbox key its key; return how many (schema step 17).
+
+    Runs on the migration's connection, inside its transaction, `batch` rows at a time in
+    id order (memory stays flat, and on PostgreSQL each statement is short).
+    """
+    last, keyed = 0, 0
+    while rows := conn.execute(_SELECT_UNKEYED, (last, batch)).fetchall():
+        conn.executemany(_SET_MAILBOX_KEY, [(mailbox_key(str(r[1])), int(r[0])) for r in rows])
+        keyed += len(rows)
+        last = int(rows[-1][0])
+    return keyed
+
+
+def expire_sign_ups(
+    db: Database, *, now: datetime, link_hours: int, batch: int = EXPIRE_BATCH
+) -> int:
+    """Delete the sign-ups left unconfirmed past their confirm link; return how many.
+
+    A sign-up lapses once its last sign-up and confirmation mail are older than the
+    link's `link_hours` (subscribe.confirm_hours) and the confirmation cap's window
+    (CONFIRM_MAILS_WINDOW: a row the cap still counts must stay, or the mailbox could be
+    mailed again at once). Only rows the form made that were never anything but pending
+    go: an address back through the form after it unsubscribed, bounced or complained
+    keeps its row (pending; its link expires all the same), and one imported as pending
+    waits for its own sign-up. Suppressions (erased addresses) are never touched. Works
+    in batches of `batch` rows, each its own transaction, so the write lock is held
+    briefly whatever the count.
+    """
+    before = now - max(timedelta(hours=link_hours), CONFIRM_MAILS_WINDOW) - _EXPIRY_MARGIN
+    params = {"before": _iso(before), "last": 0, "batch": batch}
+    deleted = 0
+    while True:
+        try:
+            with db.transaction() as conn:
+                ids = [int(row[0]) for row in conn.execute(_EXPIRE_SIGN_UPS, params).fetchall()]
+        except DB_ERRORS as exc:
+            raise _fail(db, exc) from exc
+        deleted += len(ids)
+        if len(ids) < batch:
+            return deleted
+        params["last"] = max(ids)
 
 
 def confirm(db: Database, subscriber_id: int, *, now: datetime) -> Subscriber:

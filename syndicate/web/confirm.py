@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from syndicate import i18n, tokens
-from syndicate.errors import TokenError
+from syndicate.errors import ExpiredTokenError, TokenError
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.web.guard import link_token
 
@@ -33,6 +33,7 @@ async def confirm(service: Service, request: Request) -> Response:
     max_age = timedelta(hours=service.settings.subscribe.confirm_hours)
     now = service.clock()
     subscriber: Subscriber | None
+    expired = False
     try:
         # The lookup runs on the reading thread (it only reads, so it never waits
         # behind a sign-up that waits for the write lock): the token must name the
@@ -46,12 +47,27 @@ async def confirm(service: Service, request: Request) -> Response:
             max_age=max_age,
             find=service.store.find,
         )
+    except ExpiredTokenError:
+        # Past its hours the sign-up has lapsed (`send` deletes it): say so, so the reader
+        # knows that signing up again is all it takes.
+        subscriber, expired = None, True
     except TokenError:
         subscriber = None
     # The page speaks the language of the subscriber the link was made for, not the
     # browser's (`?lang=` still wins).
     lang = service.language(request, subscriber)
     strings = _STRINGS[lang]
+    if expired:
+        return service.page(
+            "confirm.html.j2",
+            lang,
+            title=strings["expired_confirm_title"],
+            status_code=400,
+            state="expired",
+            expired_body=strings["expired_confirm_body"].format(
+                hours=service.settings.subscribe.confirm_hours
+            ),
+        )
     # An old link must not bring back someone who left or bounced since.
     if subscriber is None or subscriber.status not in (
         SubscriptionStatus.PENDING,

@@ -6,6 +6,8 @@ import hashlib
 import hmac
 import ipaddress
 import math
+import re
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
@@ -20,6 +22,12 @@ MAX_BODY_BYTES = 16 * 1024
 # How long a sign-up form's anti-forgery token stays valid, and the clock skew allowed.
 FORM_TOKEN_HOURS = 12
 _FORM_TOKEN_SKEW = 300
+# The cookie a form token is bound to (a double submit): a random value the token signs, so
+# a token is good only from the browser (or client) that fetched the form. HttpOnly,
+# SameSite=Strict (never sent with a request another site, a sandboxed frame or a data:
+# URL makes), Secure under an https site.base_url, Path the form's own.
+FORM_COOKIE = "syndicate_form"
+_FORM_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{22}")
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
@@ -118,24 +126,39 @@ def rate_limit_key(client: str) -> str:
     return str(address)
 
 
-def _form_mac(secret: bytes, stamp: str) -> str:
-    return hmac.new(secret, b"syndicate-form:" + stamp.encode(), hashlib.sha256).hexdigest()[:32]
+def form_binding(request: Request) -> str:
+    """The value of the request's form cookie, or "" when it has none (or a malformed one)."""
+    value = request.cookies.get(FORM_COOKIE, "")
+    return value if _FORM_COOKIE_VALUE.fullmatch(value) else ""
 
 
-def make_form_token(secret: bytes, *, now: datetime) -> str:
-    """Sign a form token: the issue time and an HMAC of it (anti-forgery, no cookie)."""
+def new_form_binding() -> str:
+    """A new random value for the form cookie (128 bits)."""
+    return secrets.token_urlsafe(16)
+
+
+def _form_mac(secret: bytes, stamp: str, binding: str) -> str:
+    message = b"syndicate-form:" + stamp.encode() + b":" + binding.encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
+
+
+def make_form_token(secret: bytes, *, binding: str, now: datetime) -> str:
+    """Sign a form token: the issue time and an HMAC of it and the form cookie's value."""
     stamp = str(int(now.timestamp()))
-    return f"{stamp}.{_form_mac(secret, stamp)}"
+    return f"{stamp}.{_form_mac(secret, stamp, binding)}"
 
 
-def check_form_token(secret: bytes, token: str, *, now: datetime) -> bool:
-    """True when `token` was made by make_form_token with `secret` and is still fresh."""
+def check_form_token(secret: bytes, token: str, *, binding: str, now: datetime) -> bool:
+    """True when `token` was made by make_form_token with `secret` for the cookie value
+    `binding` (the request's own, form_binding) and is still fresh."""
+    if not _FORM_COOKIE_VALUE.fullmatch(binding):
+        return False
     stamp, _, mac = token.partition(".")
     # ASCII digits: "²" is a digit to str.isdigit, not to int. The stamp is signed as it
     # stands, never made a datetime first (one past year 9999 raised ValueError).
     if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12 or len(mac) != 32:
         return False
-    if not hmac.compare_digest(_form_mac(secret, stamp).encode(), mac.encode()):
+    if not hmac.compare_digest(_form_mac(secret, stamp, binding).encode(), mac.encode()):
         return False
     age = now.timestamp() - int(stamp)
     return -_FORM_TOKEN_SKEW <= age <= FORM_TOKEN_HOURS * 3600

@@ -33,7 +33,13 @@ from syndicate.model import Subscriber
 from syndicate.send import Mailer, read_dkim_key
 from syndicate.site import render_chrome
 from syndicate.web.confirm import confirm
-from syndicate.web.guard import make_form_token
+from syndicate.web.guard import (
+    FORM_COOKIE,
+    FORM_TOKEN_HOURS,
+    form_binding,
+    make_form_token,
+    new_form_binding,
+)
 from syndicate.web.seams import Clock, SubscriptionStore
 from syndicate.web.signup import subscribe
 from syndicate.web.signups import SignupWorker
@@ -239,6 +245,7 @@ class Service:
 
     def form_page(
         self,
+        request: Request,
         lang: str,
         *,
         email: str = "",
@@ -246,18 +253,34 @@ class Service:
         error: str = "",
         status_code: int = 200,
     ) -> Response:
+        """The sign-up form, its token bound to the browser's form cookie (set or kept).
+
+        A browser that has a cookie keeps its value (the form in another tab stays good);
+        each answer renews it for FORM_TOKEN_HOURS, as long as a token lives.
+        """
         strings = _STRINGS[lang]
-        return self.page(
+        binding = form_binding(request) or new_form_binding()
+        response = self.page(
             "subscribe.html.j2",
             lang,
             title=strings["subscribe_title"],
             status_code=status_code,
             state="form",
-            form_token=make_form_token(self.secret, now=self.clock()),
+            form_token=make_form_token(self.secret, binding=binding, now=self.clock()),
             form_email=email,
             form_language=language or lang,
             form_error=error,
         )
+        response.set_cookie(
+            FORM_COOKIE,
+            binding,
+            max_age=FORM_TOKEN_HOURS * 3600,
+            path=f"{self.base_path}subscribe",
+            secure=self.base_url.lower().startswith("https:"),
+            httponly=True,
+            samesite="strict",
+        )
+        return response
 
     # Endpoints ---------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from syndicate.web.confirmation import build_confirmation
 from syndicate.web.guard import (
     RateWindow,
     check_form_token,
+    form_binding,
     origin_of,
     rate_decision,
     rate_limit_key,
@@ -42,7 +43,7 @@ async def subscribe(service: Service, request: Request) -> Response:
     """
     lang = service.language(request)
     if request.method != "POST":
-        return service.form_page(lang)
+        return service.form_page(request, lang)
     per_minute = service.settings.subscribe.rate_limit
     if per_minute > 0:
         client = request.client.host if request.client else "unknown"
@@ -67,6 +68,7 @@ async def subscribe(service: Service, request: Request) -> Response:
         address = store_subscribers.normalize_email(email)
     except SubscriberError:
         return service.form_page(
+            request,
             lang,
             email=email,
             language=language,
@@ -104,13 +106,17 @@ async def subscribe(service: Service, request: Request) -> Response:
 
 
 def _trusted_post(service: Service, request: Request, form_token: str) -> bool:
-    """Anti-forgery: a same-site Origin, or (no Origin) a valid signed form token."""
+    """Anti-forgery: a same-site Origin, or (no Origin, or `null`) a valid signed form token
+    made for this request's form cookie: a token fetched elsewhere (a page on another site,
+    a sandboxed frame, a data: URL) comes without it, as SameSite=Strict keeps it home."""
     origin = request.headers.get("origin")
     if origin and origin != "null":
         host = request.headers.get("host", "")
         trusted = {origin_of(service.base_url), f"{request.url.scheme}://{host}".lower()}
         return origin.lower() in trusted
-    return bool(form_token) and check_form_token(service.secret, form_token, now=service.clock())
+    return bool(form_token) and check_form_token(
+        service.secret, form_token, binding=form_binding(request), now=service.clock()
+    )
 
 
 async def _queue_confirmation(

@@ -320,13 +320,15 @@ def start_live_server(
     timeouts: tuple[float, float] | None = None,
     write_timeout: float | None = None,
     max_connections: int | None = None,
+    public_url: str | None = None,
     **sections: Any,
 ) -> LiveServer:
     """Start the app on 127.0.0.1:<free port> until `stack` closes (see `live_server`)."""
     sock = bind_loopback()
     port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/"
-    site = dataclasses.replace(sections.pop("site", settings.site), base_url=url)
+    # `public_url`: the site.base_url of a server behind a proxy (links lead there, not here).
+    site = dataclasses.replace(sections.pop("site", settings.site), base_url=public_url or url)
     configured = dataclasses.replace(settings, site=site, **sections)
     configured.paths.output.mkdir(parents=True, exist_ok=True)
     clock = MutableClock(now)
@@ -365,7 +367,8 @@ def live_server(
     `mailer` is a factory `settings -> Mailer` (default: the configured transport,
     the outbox), wrapped in a RecordingMailer; `wrap_store` wraps the app's store;
     `timeouts` = (header, body) seconds for slow clients, `write_timeout` for clients that
-    do not read, `max_connections` the cap. The clock starts at the fixed `now`.
+    do not read, `max_connections` the cap; `public_url` the site.base_url of a server
+    behind a proxy (default: its own address). The clock starts at the fixed `now`.
     For a server with the default settings, `shared_server` is started once per module.
     """
     with ExitStack() as stack:
