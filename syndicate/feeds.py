@@ -6,10 +6,12 @@ from the articles (it defaults to the wall clock), the RSS channel link is set b
 the last link() call, content:encoded needs a description beside it, and only
 tz-aware datetimes are passed. JSON Feed is built as JSON (feedgen has none).
 
-Item ids are `urn:uuid:` names derived from Article.id (a content hash), so they
-never change across runs, machines or a move of the site to another base_url.
-An undated article gets no published date; its updated time (required by
-Atom) is the feed's updated time, so the output depends on the input alone.
+Item ids are `urn:uuid:` names derived from the id the article's story was first
+stored under (the store's `first_id`, else Article.id, a content hash), so they never
+change across runs, machines, a move of the site to another base_url, or a correction
+of the story's text. An undated article gets no published date; its updated time
+(required by Atom) is when its text was last revised, else the feed's updated time, so
+the output depends on the input alone.
 """
 
 from __future__ import annotations
@@ -136,8 +138,8 @@ def _order(articles: Sequence[Article], first_seen: Mapping[str, datetime]) -> l
     )
 
 
-def _feed_updated(dates: Mapping[str, datetime | None], now: datetime) -> datetime:
-    dated = [when for when in dates.values() if when is not None]
+def _feed_updated(dates: Sequence[datetime | None], now: datetime) -> datetime:
+    dated = [when for when in dates if when is not None]
     return max(dated) if dated else now
 
 
@@ -150,6 +152,8 @@ def build_feed(
     limit: int,
     page_urls: Mapping[str, str],
     first_seen: Mapping[str, datetime],
+    story_ids: Mapping[str, str] | None = None,
+    revised: Mapping[str, datetime] | None = None,
 ) -> bytes:
     """Render one feed of the newest `limit` articles, in the site's order (model.order_key).
 
@@ -157,21 +161,54 @@ def build_feed(
     wrote it (the feed never works a page out from a slug); every chosen article
     must have one. `first_seen` maps every Article.id to when syndicate first saw it
     (stored by the build): it places an undated article, and dates one whose dump gave a
-    day and no time (model.dated_at). `now` is used only when no chosen article has a
-    date. The bytes are the same for the same arguments.
+    day and no time (model.dated_at). `story_ids` maps an Article.id to the id its story
+    was first stored under, whose `item_id` its item keeps (missing: its own); `revised`
+    to when its text replaced an earlier one of the story (its updated time). `now` is
+    used only when no chosen article has a date. The bytes are the same for the same
+    arguments.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     chosen = _order(articles, first_seen)[:limit]
     dates = {a.id: dated_at(a.published, a.precision, first_seen[a.id]) for a in chosen}
-    updated = _local(_feed_updated(dates, now), info.tz)
-    if kind == "json":
-        return _build_json_feed(
-            chosen, info=info, updated=updated, page_urls=page_urls, dates=dates
+    revised = revised or {}
+    story_ids = story_ids or {}
+    # When a story's text was revised after the time it is dated at: its updated time, and
+    # the feed's when that is the newest.
+    changes = {
+        a.id: when
+        for a in chosen
+        if a.id in revised and (when := _changed(dates[a.id], revised[a.id])) is not None
+    }
+    updated = _local(_feed_updated([*dates.values(), *changes.values()], now), info.tz)
+    entries = [
+        _Entry(
+            article,
+            item_id(story_ids.get(article.id, article.id)),
+            page_urls[article.id],
+            dates[article.id],
+            changes.get(article.id),
         )
-    return _build_xml_feed(
-        chosen, kind=kind, info=info, updated=updated, page_urls=page_urls, dates=dates
-    )
+        for article in chosen
+    ]
+    if kind == "json":
+        return _build_json_feed(entries, info=info, updated=updated)
+    return _build_xml_feed(entries, kind=kind, info=info, updated=updated)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One article as its feed item shows it."""
+
+    article: Article
+    id: str  # feeds.item_id of its story
+    url: str  # its page
+    dated: datetime | None  # model.dated_at
+    changed: datetime | None  # when its text was revised, if later than it is dated
+
+
+def _changed(dated: datetime | None, revised: datetime) -> datetime | None:
+    return None if dated is not None and revised <= dated else revised
 
 
 def _local(value: datetime, tz: ZoneInfo) -> datetime:
@@ -179,13 +216,11 @@ def _local(value: datetime, tz: ZoneInfo) -> datetime:
 
 
 def _build_xml_feed(
-    articles: Sequence[Article],
+    entries: Sequence[_Entry],
     *,
     kind: Literal["rss", "atom"],
     info: FeedInfo,
     updated: datetime,
-    page_urls: Mapping[str, str],
-    dates: Mapping[str, datetime | None],
 ) -> bytes:
     fg = FeedGenerator()
     # Dublin Core for RSS only (dc:creator, dc:language); Atom has author and xml:lang.
@@ -202,20 +237,13 @@ def _build_xml_feed(
     fg.link(href=feed_url(info.base_url, kind), rel="self", type=self_type)
     # The RSS channel <link> is the last link() call: the site must come last.
     fg.link(href=info.base_url, rel="alternate", type="text/html")
-    for article in articles:
-        _add_entry(
-            fg,
-            article,
-            info=info,
-            updated=updated,
-            page_url=page_urls[article.id],
-            dated=dates[article.id],
-        )
+    for entry in entries:
+        _add_entry(fg, entry, info=info, updated=updated)
     if kind == "rss":
         data: bytes = fg.rss_str(pretty=True, encoding="UTF-8", xml_declaration=True)
         return data
     data = fg.atom_str(pretty=True, encoding="UTF-8", xml_declaration=True)
-    return _fix_atom_entries(data, [a.language for a in articles])
+    return _fix_atom_entries(data, [e.article.language for e in entries])
 
 
 def _fix_atom_entries(atom: bytes, languages: Sequence[str]) -> bytes:
@@ -232,20 +260,13 @@ def _fix_atom_entries(atom: bytes, languages: Sequence[str]) -> bytes:
     return result
 
 
-def _add_entry(
-    fg: FeedGenerator,
-    article: Article,
-    *,
-    info: FeedInfo,
-    updated: datetime,
-    page_url: str,
-    dated: datetime | None,
-) -> None:
+def _add_entry(fg: FeedGenerator, entry: _Entry, *, info: FeedInfo, updated: datetime) -> None:
+    article, dated = entry.article, entry.dated
     fe = fg.add_entry(order="append")
-    fe.id(item_id(article.id))
-    fe.guid(item_id(article.id), permalink=False)
+    fe.id(entry.id)
+    fe.guid(entry.id, permalink=False)
     fe.title(_title(article))
-    fe.link(href=page_url, rel="alternate", type="text/html")
+    fe.link(href=entry.url, rel="alternate", type="text/html")
     # RSS <description> is entity-encoded HTML, so the plain lead is escaped once more.
     fe.description(str(escape(_summary(article))))
     fe.summary(_summary(article))
@@ -262,32 +283,29 @@ def _add_entry(
         fe.updated(published)
     else:
         fe.updated(updated)
+    if entry.changed is not None:  # Atom: when the text last changed (RSS has no such date)
+        fe.updated(_local(entry.changed, info.tz))
 
 
-def _build_json_feed(
-    articles: Sequence[Article],
-    *,
-    info: FeedInfo,
-    updated: datetime,
-    page_urls: Mapping[str, str],
-    dates: Mapping[str, datetime | None],
-) -> bytes:
+def _build_json_feed(entries: Sequence[_Entry], *, info: FeedInfo, updated: datetime) -> bytes:
     items: list[dict[str, Any]] = []
-    for article in articles:
+    for entry in entries:
+        article = entry.article
         item: dict[str, Any] = {
-            "id": item_id(article.id),
-            "url": page_urls[article.id],
+            "id": entry.id,
+            "url": entry.url,
             "title": _title(article),
             "content_html": build_content_html(article),
             "summary": _summary(article),
         }
-        dated = dates[article.id]
-        if dated is not None:
-            stamp = _local(dated, info.tz).isoformat()
+        if entry.dated is not None:
+            stamp = _local(entry.dated, info.tz).isoformat()
             item["date_published"] = stamp
             item["date_modified"] = stamp
         else:
             item["date_modified"] = updated.isoformat()
+        if entry.changed is not None:
+            item["date_modified"] = _local(entry.changed, info.tz).isoformat()
         author = _author(article)
         if author is not None:
             item["authors"] = [{"name": author}]

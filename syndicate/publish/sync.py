@@ -283,9 +283,10 @@ class _Sync:
         store.write_dumps(self.db, self.dump_rows)
         store.upsert_rows(self.db, self.article_rows, now=self.now)
         if self.renamed:
-            # The same dump is the same story: the digest it went out in (not mailed again)
-            # and when it was first seen (its place among undated articles) stay with it.
-            store.carry_over(self.db, self.renamed)
+            # The same dump is the same story: the digest it went out in (not mailed again),
+            # when it was first seen (its place among undated articles), its feed id (one
+            # item in readers) and its page (its URL) stay with it.
+            store.carry_over(self.db, self.renamed, now=self.now)
             self.renamed.clear()
         self.dump_rows.clear()
         self.article_rows.clear()

@@ -230,6 +230,13 @@ _VERSION_16: list[str] = [
     "CREATE INDEX subscribers_mailbox ON subscribers (mailbox_key, confirm_sent_at)",
 ]
 
+# 17: a story's first id and revision time, for feed ids that survive a correction (see
+# schema.py).
+_VERSION_17: list[str] = [
+    f"ALTER TABLE articles ADD COLUMN first_id {T}",
+    f"ALTER TABLE articles ADD COLUMN revised_at {T}",
+]
+
 # Version -> statements. A version missing here has no PostgreSQL step (1 to 8).
 PG_MIGRATIONS: dict[int, list[str]] = {
     9: _VERSION_9,
@@ -240,6 +247,7 @@ PG_MIGRATIONS: dict[int, list[str]] = {
     14: _VERSION_14,
     15: _VERSION_15,
     16: _VERSION_16,
+    17: _VERSION_17,
 }
 
 # The first version a PostgreSQL store can be at: what step 9 creates.

@@ -393,3 +393,17 @@ MIGRATIONS.append(
         "CREATE INDEX subscribers_mailbox ON subscribers (mailbox_key, confirm_sent_at)",
     ]
 )
+
+# 17: a story's feed id stays put when its text changes. An article's id is a hash of its
+# text, so a dump corrected at the same path, or read differently by a new parser version,
+# is another article; when it is the same story (store.articles.carry_over), `first_id` is
+# the id the story was first stored under, whose feeds.item_id every feed item of the story
+# keeps, and `revised_at` when this text replaced the earlier one (the feeds' updated time).
+# NULL `first_id`: the article is its story's first text (every article stored before this
+# step: their feed ids stay what they were); NULL `revised_at`: never revised.
+MIGRATIONS.append(
+    [
+        "ALTER TABLE articles ADD COLUMN first_id TEXT",
+        "ALTER TABLE articles ADD COLUMN revised_at TEXT",
+    ]
+)
