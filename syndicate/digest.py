@@ -41,6 +41,7 @@ from syndicate.model import (
     OtherNews,
     Precision,
     Teaser,
+    credit_line,
     order_key,
     order_teasers,
 )
@@ -369,6 +370,12 @@ def render_digest(
                     "language": article.language,
                     "date": _published_text(article, lang=lang, tz=tz),
                     "author": one_line(article.author) if article.author else None,
+                    # The source it is credited to, in the reader's words ("Theo TTXVN").
+                    "credit": (
+                        credit_line(one_line(article.credit), language=lang)
+                        if article.credit
+                        else None
+                    ),
                     "lead": typeset(
                         shorten(
                             lead_excerpt(_summary(article), words=words),

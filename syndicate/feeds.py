@@ -32,6 +32,7 @@ from markupsafe import escape
 from syndicate.model import (
     Article,
     BlockKind,
+    credit_line,
     dated_at,
     order_key,
     shown_blocks,
@@ -98,7 +99,9 @@ def build_content_html(article: Article) -> str:
     (model.shown_standfirst: the head, which feed readers showing the full text would
     otherwise never show) and the body (model.shown_blocks): a caption is a note of what
     the source's photo showed, `<p class="photo-note"><em>…</em></p>`, which reads well
-    in feed readers that drop class names; a credit alone is left out.
+    in feed readers that drop class names; a credit alone is left out. A story credited to
+    its source ends on the credit, as the paper prints it: `<p class="credit">Theo
+    TTXVN</p>`, in the article's language (readers show no other field for it).
     """
     parts: list[str] = []
     standfirst = shown_standfirst(article)
@@ -110,6 +113,9 @@ def build_content_html(article: Article) -> str:
             parts.append(f'<p class="photo-note"><em>{text}</em></p>')
         else:
             parts.append(f"<p>{text}</p>")
+    if article.credit:
+        credit = credit_line(one_line(article.credit), language=article.language)
+        parts.append(f'<p class="credit">{escape(credit)}</p>')
     return "\n".join(parts)
 
 
@@ -126,6 +132,11 @@ def _author(article: Article) -> str | None:
     """The byline on one line, or None: an article without one names no author (the site
     is not one; readers such as rss2email would show "Site: Site" as the sender)."""
     return one_line(article.author or "") or None
+
+
+def _credit(article: Article) -> str | None:
+    """The source a story is credited to, on one line, or None."""
+    return one_line(article.credit or "") or None
 
 
 def _order(articles: Sequence[Article], first_seen: Mapping[str, datetime]) -> list[Article]:
@@ -243,19 +254,25 @@ def _build_xml_feed(
         data: bytes = fg.rss_str(pretty=True, encoding="UTF-8", xml_declaration=True)
         return data
     data = fg.atom_str(pretty=True, encoding="UTF-8", xml_declaration=True)
-    return _fix_atom_entries(data, [e.article.language for e in entries])
+    return _fix_atom_entries(data, [e.article for e in entries])
 
 
-def _fix_atom_entries(atom: bytes, languages: Sequence[str]) -> bytes:
-    """Give every Atom entry its own xml:lang (feedgen cannot), in entry order, and put
-    back the rel and type feedgen drops from entry links."""
+def _fix_atom_entries(atom: bytes, articles: Sequence[Article]) -> bytes:
+    """Give every Atom entry its own xml:lang (feedgen cannot), in entry order, put back
+    the rel and type feedgen drops from entry links, and name the source a story is
+    credited to (feedgen's source needs a feed URL we do not have)."""
     root = etree.fromstring(atom, _SAFE_PARSER)
     entries = root.findall(f"{{{_ATOM_NS}}}entry")
-    for entry, language in zip(entries, languages, strict=True):
-        entry.set(_XML_LANG, language)
+    for entry, article in zip(entries, articles, strict=True):
+        entry.set(_XML_LANG, article.language)
         for link in entry.findall(f"{{{_ATOM_NS}}}link"):
             link.set("rel", "alternate")
             link.set("type", "text/html")
+        credit = _credit(article)
+        if credit is not None:
+            # RFC 4287 4.2.11: the entry came from another publisher; its title names it.
+            source = etree.SubElement(entry, f"{{{_ATOM_NS}}}source")
+            etree.SubElement(source, f"{{{_ATOM_NS}}}title").text = credit
     result: bytes = etree.tostring(root, encoding="UTF-8", xml_declaration=True)
     return result
 
@@ -275,6 +292,10 @@ def _add_entry(fg: FeedGenerator, entry: _Entry, *, info: FeedInfo, updated: dat
     if author is not None:
         fe.author({"name": author})
         fe.dc.dc_creator(author)
+    credit = _credit(article)
+    if credit is not None:
+        # RSS's <source> names an RSS channel by its URL: a news agency has none here.
+        fe.dc.dc_source(credit)
     fe.dc.dc_language(article.language)
     if dated is not None:
         published = _local(dated, info.tz)

@@ -592,3 +592,103 @@ def test_a_digest_of_one_story_prints_no_contents_of_one_line(
     title = "Bến Lam lắp thêm 200 camera giám sát giao thông"
     assert text.count(title) == 1
     assert _text(page.split("</title>", 1)[1]).count(title) == 1
+
+
+FUEL = (
+    "Giá xăng giảm lần thứ ba liên tiếp\n01/11/2024 15:00\n{head}\n"
+    "Chiều nay 1/11, liên Bộ Công Thương - Tài chính điều chỉnh giá bán lẻ xăng dầu.\n"
+    "Giá xăng RON95 giảm 320 đồng/lít, còn 20.450 đồng/lít.\n"
+    "{credit}\n"
+)
+
+
+def _mail_parts(workdir: Path) -> tuple[str, str]:
+    """The one digest in the outbox, as the email package reads it: its text and its HTML."""
+    (mail,) = (workdir / "outbox").rglob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    page = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    return text, page
+
+
+@pytest.mark.parametrize(
+    ("credit", "source", "shown"),
+    [
+        ("Theo TTXVN", "TTXVN", "Theo TTXVN"),
+        ("Nguồn: VnExpress", "VnExpress", "Theo VnExpress"),
+        ("(Theo Báo Lam Giang)", "Báo Lam Giang", "Theo Báo Lam Giang"),
+    ],
+)
+def test_a_source_credit_is_shown_as_the_source_not_the_author(
+    runner: CliRunner, workdir: Path, credit: str, source: str, shown: str
+) -> None:
+    """ "Theo TTXVN" at the end of a story credits the agency it came from: it was shown as
+    its author ("Tác giả: TTXVN", RSS dc:creator, Atom and JSON Feed author), and "Nguồn:
+    VnExpress" as an author named "Nguồn: VnExpress"."""
+    (workdir / "seeds" / "x.txt").write_text(FUEL.replace("{credit}", credit), encoding="utf-8")
+    for args in (["build"], ["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    output = workdir / "feeds"
+    meta, paragraphs, _other = _article(output, "gia-xang-giam-lan-thu-ba-lien-tiep")
+    assert meta == f"15:00 Thứ Sáu, 1 tháng 11, 2024 · {shown}"
+    assert paragraphs[-1] == "Giá xăng RON95 giảm 320 đồng/lít, còn 20.450 đồng/lít."
+    index = _text((output / "index.html").read_text("utf-8"))
+    assert f"15:00 Thứ Sáu, 1 tháng 11, 2024 · {shown}" in index
+    entry, content = _feed_entry(output, "Giá xăng giảm lần thứ ba liên tiếp")
+    assert "author" not in entry
+    assert entry["source"]["title"] == source  # type: ignore[index]
+    rss = feedparser.parse((output / "rss.xml").read_bytes())
+    assert rss.bozo == 0
+    assert "author" not in rss.entries[0]
+    assert rss.entries[0]["dc_source"] == source
+    item = json.loads((output / "feed.json").read_bytes())["items"][0]
+    assert "authors" not in item
+    for text in (entry["content"][0]["value"], content, rss.entries[0].content[0].value):  # type: ignore[index]
+        assert text.endswith(f'<p class="credit">{shown}</p>')
+    text, page = _mail_parts(workdir)
+    assert f"15:00 Thứ Sáu, 1 tháng 11, 2024 · {shown}" in text
+    assert f"15:00 Thứ Sáu, 1 tháng 11, 2024 · {shown}" in _text(page)
+    for where in (text, _text(page), index, meta):
+        assert "Tác giả" not in where
+        assert "Nguồn:" not in where
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Hà Nội",
+        "HÀ NỘI",
+        "Hà Nội -",
+        "TP Hồ Chí Minh",
+        "TP. Hồ Chí Minh",
+        "Sài Gòn",
+        "Khánh Hoà",
+        "Khánh Hòa",
+        "Thừa Thiên Huế",
+        "Bà Rịa - Vũng Tàu",
+        "Tin Nóng",
+        "THỜI SỰ",
+        "Kinh Tế",
+    ],
+)
+def test_a_place_or_a_section_label_above_the_story_is_not_its_author(
+    settings: Settings, db: Database, now: datetime, line: str
+) -> None:
+    """A place the story was filed from ("Hà Nội", "TP Hồ Chí Minh") or the site's section
+    ("Tin Nóng") printed above it is two words or more, like a writer's name: it was
+    shown as the story's author ("Tác giả: Hà Nội")."""
+    output = _build(settings, db, now, {"f.txt": FISHERS.replace("Hoàng Yến", line)})
+    meta, _paragraphs, _other = _article(output, "ngu-dan-phuoc-hai-trung-dam-mua-ca-com")
+    assert meta == "06:30 Thứ Năm, 31 tháng 10, 2024"
+    entry, _content = _feed_entry(output, "Ngư dân Phước Hải trúng đậm mùa cá cơm")
+    assert "author" not in entry
+
+
+@pytest.mark.parametrize("name", ["Hoàng Yến", "Nguyễn Văn A", "Lê Hà", "NHÓM PV"])
+def test_a_writers_name_above_the_story_is_still_its_author(
+    settings: Settings, db: Database, now: datetime, name: str
+) -> None:
+    output = _build(settings, db, now, {"f.txt": FISHERS.replace("Hoàng Yến", name)})
+    meta, _paragraphs, _other = _article(output, "ngu-dan-phuoc-hai-trung-dam-mua-ca-com")
+    assert meta == f"06:30 Thứ Năm, 31 tháng 10, 2024 · Tác giả: {name}"

@@ -330,7 +330,16 @@ def _write_pages(
         if writer.fresh(page.rel, fingerprint):
             continue
         entries = [
-            IndexEntry(s.id, slugs[s.id], s.title, s.published, s.precision, s.author, s.language)
+            IndexEntry(
+                s.id,
+                slugs[s.id],
+                s.title,
+                s.published,
+                s.precision,
+                s.author,
+                s.language,
+                s.credit,
+            )
             for s in chunk
         ]
         index_jobs.append((page.rel, page.archive, page.archives, entries))

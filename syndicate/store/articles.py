@@ -48,14 +48,15 @@ DELETE_DUMP = "DELETE FROM dumps WHERE path = ?"
 UPSERT_ARTICLE = """
     INSERT INTO articles
         (id, record, body, published_at, first_seen_at, slug, title, precision, author, source,
-         record_hash, language)
+         record_hash, language, credit)
     VALUES (:id, CAST(:record AS TEXT), CAST(:body AS TEXT), :published_at, :first_seen_at,
-            :slug, :title, :precision, :author, :source, :record_hash, :language)
+            :slug, :title, :precision, :author, :source, :record_hash, :language, :credit)
     ON CONFLICT (id) DO UPDATE SET
         record = excluded.record, body = excluded.body, published_at = excluded.published_at,
         slug = excluded.slug, title = excluded.title, precision = excluded.precision,
         author = excluded.author, source = excluded.source,
-        record_hash = excluded.record_hash, language = excluded.language
+        record_hash = excluded.record_hash, language = excluded.language,
+        credit = excluded.credit
     WHERE articles.record_hash != excluded.record_hash OR articles.source != excluded.source
 """
 # PostgreSQL's spelling: the record and body come as UTF-8 bytes (see `encode_record`).
@@ -73,7 +74,7 @@ SELECT_ARTICLE = "SELECT record, body FROM articles WHERE id = ?"
 # The light columns of every article, for index pages and feed selection.
 SELECT_SUMMARIES = """
     SELECT a.id, a.slug, a.title, a.published_at, a.precision, a.author, a.record_hash,
-        a.first_seen_at, p.path, a.language, a.first_id, a.revised_at
+        a.first_seen_at, p.path, a.language, a.first_id, a.revised_at, a.credit
     FROM articles AS a LEFT JOIN article_pages AS p ON p.article_id = a.id
 """
 # The articles that have a page, and where (only the build writes article_pages).
@@ -149,6 +150,7 @@ class ArticleSummary:
     # when this text replaced an earlier one of the story (None: never): carry_over.
     first_id: str | None = None
     revised_at: datetime | None = None
+    credit: str | None = None  # the source it is credited to (Article.credit)
 
     @property
     def story_id(self) -> str:
@@ -288,6 +290,7 @@ class ArticleRow(NamedTuple):
     author: str | None
     source: str
     language: str
+    credit: str | None = None
     # text.story_key of its head and lead, and of each of its teasers (for store.teasers).
     story_keys: tuple[str, ...] = ()
     teaser_keys: tuple[str, ...] = ()
@@ -308,6 +311,7 @@ def article_row(article: Article, parsed_body: bytes | None = None) -> ArticleRo
         author=article.author,
         source=article.source,
         language=article.language,
+        credit=article.credit,
         story_keys=teasers.story_keys(article),
         teaser_keys=teasers.teaser_keys(article),
     )
@@ -360,6 +364,7 @@ def upsert_rows(db: Database, rows: Sequence[ArticleRow], *, now: datetime) -> N
                     "source": row.source,
                     "record_hash": row.record_hash,
                     "language": row.language,
+                    "credit": row.credit,
                 }
                 for row in rows
             ),
@@ -492,6 +497,7 @@ def iter_summaries(db: Database) -> Iterator[ArticleSummary]:
                     language=row[9],
                     first_id=row[10],
                     revised_at=datetime.fromisoformat(row[11]) if row[11] else None,
+                    credit=row[12],
                 )
     except DB_ERRORS as exc:
         raise _wrap("read the articles", db, exc) from exc

@@ -230,11 +230,12 @@ _VERSION_16: list[str] = [
     "CREATE INDEX subscribers_mailbox ON subscribers (mailbox_key, confirm_sent_at)",
 ]
 
-# 17: a story's first id and revision time, for feed ids that survive a correction (see
-# schema.py).
+# 17: a story's first id and revision time, for feed ids that survive a correction, and its
+# source credit (see schema.py).
 _VERSION_17: list[str] = [
     f"ALTER TABLE articles ADD COLUMN first_id {T}",
     f"ALTER TABLE articles ADD COLUMN revised_at {T}",
+    f"ALTER TABLE articles ADD COLUMN credit {T}",
 ]
 
 # Version -> statements. A version missing here has no PostgreSQL step (1 to 8).

@@ -400,10 +400,14 @@ MIGRATIONS.append(
 # the id the story was first stored under, whose feeds.item_id every feed item of the story
 # keeps, and `revised_at` when this text replaced the earlier one (the feeds' updated time).
 # NULL `first_id`: the article is its story's first text (every article stored before this
-# step: their feed ids stay what they were); NULL `revised_at`: never revised.
+# step: their feed ids stay what they were); NULL `revised_at`: never revised. `credit` is the
+# source a story is credited to ("Theo TTXVN"), beside its author, where the index pages are
+# built from (from the record's `credit`, the parser's: written by the build, which reads
+# every dump again for the parser version that tells credits from authors).
 MIGRATIONS.append(
     [
         "ALTER TABLE articles ADD COLUMN first_id TEXT",
         "ALTER TABLE articles ADD COLUMN revised_at TEXT",
+        "ALTER TABLE articles ADD COLUMN credit TEXT",
     ]
 )
