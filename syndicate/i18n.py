@@ -48,7 +48,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
     },
     "digest": {
         "vi": {
-            "heading": "Bản tin ngày {date}",
+            "heading": "Bản tin {date}",
             "in_this_issue": "Trong số này",
             "read_more": "Đọc tiếp",
             "other_news": "Tin khác",

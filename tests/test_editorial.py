@@ -344,7 +344,7 @@ def test_view_in_browser_opens_the_digest_in_the_readers_language(
         result = runner.invoke(cli, args)
         assert result.exit_code == 0, result.output
     base = "http://localhost:8000/"
-    headings = {"vi": "Bản tin ngày 1 tháng 11, 2024", "en": "News for November 1, 2024"}
+    headings = {"vi": "Bản tin Thứ Sáu, 1/11/2024", "en": "News for November 1, 2024"}
     for mail in sorted((workdir / "outbox").rglob("*.eml")):
         message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
         lang = str(message["Content-Language"])
@@ -692,3 +692,52 @@ def test_a_writers_name_above_the_story_is_still_its_author(
     output = _build(settings, db, now, {"f.txt": FISHERS.replace("Hoàng Yến", name)})
     meta, _paragraphs, _other = _article(output, "ngu-dan-phuoc-hai-trung-dam-mua-ca-com")
     assert meta == f"06:30 Thứ Năm, 31 tháng 10, 2024 · Tác giả: {name}"
+
+
+QUOTE = (
+    "Chủ tịch UBND tỉnh Lam Giang: “Không để người dân nào thiếu đói, thiếu nhà ở sau mùa "
+    "mưa lũ”\n01/11/2024 16:30\n{head}\n"
+    "LGO - Chiều nay 1/11, Chủ tịch UBND tỉnh Lam Giang làm việc với huyện Đồng Lũy về khắc "
+    "phục hậu quả mưa lũ.\n"
+    "Huyện đã hỗ trợ gạo cho 1.200 hộ dân bị ảnh hưởng.\n"
+)
+
+
+def test_the_subject_closes_a_quotation_it_cuts(runner: CliRunner, workdir: Path) -> None:
+    """A headline cut for the subject line in the middle of a quotation left it open ("…
+    “Không để người dân nào…")."""
+    (workdir / "seeds" / "q.txt").write_text(QUOTE, encoding="utf-8")
+    (workdir / "seeds" / "c.txt").write_text(CAMERAS, encoding="utf-8")
+    for args in (["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    (mail,) = (workdir / "outbox").rglob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    subject = str(message["Subject"])
+    assert subject == (
+        "Tin mới: Chủ tịch UBND tỉnh Lam Giang: “Không để người dân nào…” và 1 tin khác"
+    )
+    assert len(subject) <= 78
+
+
+def test_the_digests_day_reads_as_vietnamese_papers_write_it(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """The Vietnamese digest was dated as Babel writes it ("Bản tin ngày 1 tháng 11,
+    2024", and so the subject's {date}), where papers write "Thứ Sáu, 1/11/2024"."""
+    (workdir / "seeds" / "c.txt").write_text(CAMERAS, encoding="utf-8")
+    (workdir / "syndicate.toml").write_text(
+        '[mail]\nsubject = "{site} {date}: {headline}"\n', encoding="utf-8"
+    )
+    for args in (["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    (mail,) = (workdir / "outbox").rglob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    assert str(message["Subject"]) == (
+        "Tin mới Thứ Sáu, 1/11/2024: Bến Lam lắp thêm 200 camera giám sát giao thông"
+    )
+    text, page = _mail_parts(workdir)
+    assert text.splitlines()[:2] == ["Tin mới", "Bản tin Thứ Sáu, 1/11/2024"]
+    heading = page.split("<h1", 1)[1].split("</h1>", 1)[0].split(">", 1)[1]
+    assert _text(heading) == "Bản tin Thứ Sáu, 1/11/2024"
