@@ -741,3 +741,40 @@ def test_the_digests_day_reads_as_vietnamese_papers_write_it(
     assert text.splitlines()[:2] == ["Tin mới", "Bản tin Thứ Sáu, 1/11/2024"]
     heading = page.split("<h1", 1)[1].split("</h1>", 1)[0].split(">", 1)[1]
     assert _text(heading) == "Bản tin Thứ Sáu, 1/11/2024"
+
+
+def test_a_hostile_credit_is_escaped_text_and_nfc_everywhere(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """A credit is article text: escaped in pages, feeds and mail, never a template, NFC
+    whatever the dump's form."""
+    import unicodedata
+
+    credit = "Theo Báo <i>Đông Hà</i> & {{ 7*7 }}"
+    dump = FUEL.replace("{credit}", unicodedata.normalize("NFD", credit))
+    (workdir / "seeds" / "x.txt").write_text(dump, encoding="utf-8")
+    for args in (["build"], ["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    output = workdir / "feeds"
+    escaped = "Theo Báo &lt;i&gt;Đông Hà&lt;/i&gt; &amp; {{ 7*7 }}"
+    page = (output / "articles" / "gia-xang-giam-lan-thu-ba-lien-tiep.html").read_text("utf-8")
+    index = (output / "index.html").read_text("utf-8")
+    text, html_part = _mail_parts(workdir)
+    for where in (page, index):
+        assert f'<span class="byline">{escaped}</span>' in where
+    for where in (page, index, html_part):
+        assert f">{escaped}</span>" in where
+        assert "<i>" not in where
+    assert f"· {credit}" in text
+    entry, content = _feed_entry(output, "Giá xăng giảm lần thứ ba liên tiếp")
+    assert entry["source"]["title"] == "Báo <i>Đông Hà</i> & {{ 7*7 }}"  # type: ignore[index]
+    assert content.endswith(f'<p class="credit">{escaped}</p>')
+    for name in ("rss.xml", "atom.xml", "feed.json"):
+        data = (output / name).read_text("utf-8")
+        assert "<i>" not in data
+        assert "49" not in data
+        assert data == unicodedata.normalize("NFC", data)
+    for where in (page, index, text, html_part):
+        assert "49" not in where
+        assert where == unicodedata.normalize("NFC", where)
