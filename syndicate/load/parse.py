@@ -166,8 +166,6 @@ def _is_byline(text: str) -> bool:
         return True
     if text[-1] in ".!?:;,…" and not re.search(r"\b[A-ZĐ]\.$", text):
         return False
-    if is_place_or_label(text):
-        return False  # "Hà Nội", "TP Hồ Chí Minh", "Tin Nóng": no writer's name
     body = re.sub(r"\s*\([^()]{1,30}\)$", "", text)  # "Thu Hà (tổng hợp)"
     prefixed = re.match(r"^(?:Theo|By)\s+(?P<rest>.+)$", body)
     if prefixed:
@@ -178,8 +176,11 @@ def _is_byline(text: str) -> bool:
     if prefixed:
         return words[0][0].isupper() or words[0][0].isdigit()
     joiners = {"và", "and", "-"}
-    return all(w[0].isupper() or w.lower() in joiners for w in words) and any(
-        w[0].isupper() for w in words
+    return (
+        all(w[0].isupper() or w.lower() in joiners for w in words)
+        and any(w[0].isupper() for w in words)
+        # Shaped as a name, and yet none: "Hà Nội", "TP Hồ Chí Minh", "Tin Nóng".
+        and not is_place_or_label(text)
     )
 
 

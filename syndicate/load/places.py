@@ -4,6 +4,7 @@ a story. Pure data and one test."""
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -180,6 +181,8 @@ _PLACES = frozenset(_key(" ".join(name.casefold().split())) for name in PROVINCE
 _LABELS = frozenset(_key(" ".join(label.casefold().split())) for label in SECTION_LABELS)
 
 
+# Bylines repeat from dump to dump (a paper's writers, its sections): each is looked up once.
+@functools.lru_cache(maxsize=4096)
 def is_place_or_label(line: str) -> bool:
     """Whether `line` is a province or city ("Hà Nội", "TP.HCM", "TP Hồ Chí Minh", "Sài
     Gòn", "Hà Nội -"), or a section label ("Tin Nóng", "THỜI SỰ"): what stands above a
