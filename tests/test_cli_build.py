@@ -429,3 +429,43 @@ def test_a_corrected_story_stays_one_item_in_every_feed_reader(project: Path) ->
         assert {item[0] for item in after[name]} - ids == {
             next(item[0] for item in after[name] if "320 mét" in item[3])
         }, name
+
+
+def test_a_story_read_again_by_a_new_parser_keeps_its_item_and_is_not_marked_updated(
+    project: Path,
+) -> None:
+    """A new parser version that reads a dump into another article id, the dump itself
+    unchanged: the same story, under its item id, and no correction to announce (readers
+    that show updated items as new would show every story again after an upgrade)."""
+    import feedparser
+
+    from syndicate.feeds import item_id
+
+    assert _run("build")[0] == 0
+    # As an older parser left it: another id for c.txt's article, and an older version.
+    with open_store(project / "syndicate.db") as db, db.transaction() as conn:
+        (old,) = conn.execute(
+            "SELECT article_id FROM dumps WHERE path LIKE ?", ("%c.txt",)
+        ).fetchone()
+        conn.execute("UPDATE articles SET id = 'older-parser' WHERE id = ?", (old,))
+        conn.execute(
+            "UPDATE article_pages SET article_id = 'older-parser' WHERE article_id = ?", (old,)
+        )
+        conn.execute(
+            "UPDATE dumps SET article_id = 'older-parser', parser_version = 0 WHERE article_id = ?",
+            (old,),
+        )
+    assert _run("build")[0] == 0
+    (entry,) = [
+        e
+        for e in feedparser.parse((project / "feeds" / "atom.xml").read_bytes()).entries
+        if e.title == "Khánh thành cầu mới"
+    ]
+    assert entry.id == item_id("older-parser")
+    assert entry.updated_parsed == entry.published_parsed
+    item = next(
+        i
+        for i in json.loads((project / "feeds" / "feed.json").read_bytes())["items"]
+        if i["title"] == "Khánh thành cầu mới"
+    )
+    assert item["date_modified"] == item["date_published"]

@@ -364,11 +364,11 @@ def test_a_story_keeps_its_first_id_through_every_correction_and_another_story_d
         write_page_paths(db, {"a1": "articles/bai-a1.html"})
     with db.transaction():
         upsert_article(db, fixed, now=later)
-        carry_over(db, [("a1", "a2")], now=later)
+        carry_over(db, [("a1", "a2", True)], now=later)
     with db.transaction():
         upsert_article(db, again, now=later)  # another title, the same publish time
         upsert_article(db, other, now=later)
-        carry_over(db, [("a2", "a3"), ("a1", "b1")], now=later)
+        carry_over(db, [("a2", "a3", True), ("a1", "b1", True)], now=later)
     assert _summaries(db) == {
         "a1": ("a1", None),
         "a2": ("a1", later),
@@ -383,8 +383,15 @@ def test_a_story_keeps_its_first_id_through_every_correction_and_another_story_d
     }
     # A dump back at its first text: that article is the story's first again.
     with db.transaction():
-        carry_over(db, [("a3", "a1")], now=later)
+        carry_over(db, [("a3", "a1", True)], now=later)
     assert _summaries(db)["a1"] == ("a1", later)
+    # The same bytes read by a new parser: no revision, the story's last one kept.
+    with db.transaction():
+        upsert_article(db, dataclasses.replace(first, id="a4", body=()), now=NOW)
+        upsert_article(db, dataclasses.replace(other, id="b2", body=()), now=NOW)
+        carry_over(db, [("a1", "a4", False), ("b1", "b2", False)], now=NOW)
+    assert _summaries(db)["a4"] == ("a1", later)
+    assert _summaries(db)["b2"] == ("b1", None)
 
 
 @pytest.mark.sqlite_only

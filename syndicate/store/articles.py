@@ -386,8 +386,10 @@ _SAME_STORY = """
     )
 """
 # The same story's new article takes its old one's digest day (when it has none), the earlier
-# of the two first-seen times, and the id the story was first stored under (its feed id),
-# and says when it replaced the old text. ISO UTC text of one width: text order is time order.
+# of the two first-seen times, and the id the story was first stored under (its feed id);
+# when the dump's bytes changed (an edit, not a new parser reading the same bytes), it was
+# revised now, else it keeps the old one's revision time. ISO UTC text of one width: text
+# order is time order.
 _CARRY_OVER = f"""
     UPDATE articles SET
         digest_day = coalesce(digest_day,
@@ -398,7 +400,8 @@ _CARRY_OVER = f"""
             first_seen_at),
         first_id = nullif(
             (SELECT coalesce(o.first_id, o.id) FROM articles AS o WHERE o.id = :old), id),
-        revised_at = :now
+        revised_at = CASE WHEN :edited = 1 THEN :now
+            ELSE (SELECT o.revised_at FROM articles AS o WHERE o.id = :old) END
     WHERE id = :new AND {_SAME_STORY}
 """  # noqa: S608 - constant text, no value
 # ... and its page: a published URL stays with the story (the build keeps an article's page
@@ -411,12 +414,17 @@ _CARRY_OVER_PAGE = f"""
 """  # noqa: S608 - constant text, no value
 
 
-def carry_over(db: Database, pairs: Sequence[tuple[str, str]], *, now: datetime) -> None:
-    """For each (old id, new id) of a dump read again: when the new article is the same
-    story, by title or publish time, it keeps the old one's digest day, first-seen time,
-    first id (the story's feed id) and page, and is revised at `now` (inside the caller's
-    transaction)."""
-    params = [{"old": old, "new": new, "now": _utc_text(now)} for old, new in pairs if old != new]
+def carry_over(db: Database, pairs: Sequence[tuple[str, str, bool]], *, now: datetime) -> None:
+    """For each (old id, new id, edited) of a dump read again: when the new article is the
+    same story, by title or publish time, it keeps the old one's digest day, first-seen
+    time, first id (the story's feed id) and page, and is revised at `now` when the dump
+    was `edited` (its bytes changed), else keeps the old one's revision time (inside the
+    caller's transaction)."""
+    params = [
+        {"old": old, "new": new, "now": _utc_text(now), "edited": int(edited)}
+        for old, new, edited in pairs
+        if old != new
+    ]
     try:
         db.conn.executemany(_CARRY_OVER_PAGE, [{"old": p["old"], "new": p["new"]} for p in params])
         db.conn.executemany(_CARRY_OVER, params)
