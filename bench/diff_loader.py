@@ -160,6 +160,7 @@ def _make_outputs() -> Callable[[str, bytes], Outputs]:
                     article.precision,
                     article.author,
                     article.language,
+                    article.credit,
                 )
                 caught(
                     out,

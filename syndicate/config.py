@@ -152,9 +152,11 @@ class MailSettings:
         default="{site}: {headline} {more}",
         metadata={
             "doc": "subject template; `{site}` is `site.title`, `{date}` the digest day in "
-            "the reader's language, `{headline}` the top story (shortened to keep the "
-            'subject within 78 characters), `{more}` "và N tin khác" / "and N more" '
-            "(empty for one article)"
+            "the reader's language, as papers write it"
+            ' ("Thứ Hai, 7/12/2026", "December 7, '
+            '2026"), `{headline}` the top story (shortened to keep the subject within 78 '
+            "characters, a quotation it cuts closed after the …), `{more}` "
+            '"và N tin khác" / "and N more" (empty for one article)'
         },
     )
     list_id: str = field(

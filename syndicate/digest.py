@@ -41,6 +41,7 @@ from syndicate.model import (
     OtherNews,
     Precision,
     Teaser,
+    credit_line,
     order_key,
     order_teasers,
 )
@@ -280,8 +281,13 @@ def _published_text(article: Article, *, lang: str, tz: tzinfo) -> str | None:
     return pattern.replace("{0}", format_time(local, "short", locale=lang)).replace("{1}", day)
 
 
+# The digest's day as papers write it: Vietnamese ones "Thứ Hai, 7/12/2026" (Babel's
+# "7 tháng 12, 2026" is no paper's), English ones CLDR's long form ("December 7, 2026").
+_DAY_PATTERNS = {"vi": "EEEE, d/M/y"}
+
+
 def _long_day(day: date, lang: str) -> str:
-    return format_date(day, "long", locale=lang)
+    return format_date(day, _DAY_PATTERNS.get(lang, "long"), locale=lang)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -369,6 +375,12 @@ def render_digest(
                     "language": article.language,
                     "date": _published_text(article, lang=lang, tz=tz),
                     "author": one_line(article.author) if article.author else None,
+                    # The source it is credited to, in the reader's words ("Theo TTXVN").
+                    "credit": (
+                        credit_line(one_line(article.credit), language=lang)
+                        if article.credit
+                        else None
+                    ),
                     "lead": typeset(
                         shorten(
                             lead_excerpt(_summary(article), words=words),

@@ -6,10 +6,12 @@ from the articles (it defaults to the wall clock), the RSS channel link is set b
 the last link() call, content:encoded needs a description beside it, and only
 tz-aware datetimes are passed. JSON Feed is built as JSON (feedgen has none).
 
-Item ids are `urn:uuid:` names derived from Article.id (a content hash), so they
-never change across runs, machines or a move of the site to another base_url.
-An undated article gets no published date; its updated time (required by
-Atom) is the feed's updated time, so the output depends on the input alone.
+Item ids are `urn:uuid:` names derived from the id the article's story was first
+stored under (the store's `first_id`, else Article.id, a content hash), so they never
+change across runs, machines, a move of the site to another base_url, or a correction
+of the story's text. An undated article gets no published date; its updated time
+(required by Atom) is when its text was last revised, else the feed's updated time, so
+the output depends on the input alone.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from markupsafe import escape
 from syndicate.model import (
     Article,
     BlockKind,
+    credit_line,
     dated_at,
     order_key,
     shown_blocks,
@@ -96,7 +99,9 @@ def build_content_html(article: Article) -> str:
     (model.shown_standfirst: the head, which feed readers showing the full text would
     otherwise never show) and the body (model.shown_blocks): a caption is a note of what
     the source's photo showed, `<p class="photo-note"><em>…</em></p>`, which reads well
-    in feed readers that drop class names; a credit alone is left out.
+    in feed readers that drop class names; a credit alone is left out. A story credited to
+    its source ends on the credit, as the paper prints it: `<p class="credit">Theo
+    TTXVN</p>`, in the article's language (readers show no other field for it).
     """
     parts: list[str] = []
     standfirst = shown_standfirst(article)
@@ -108,6 +113,9 @@ def build_content_html(article: Article) -> str:
             parts.append(f'<p class="photo-note"><em>{text}</em></p>')
         else:
             parts.append(f"<p>{text}</p>")
+    if article.credit:
+        credit = credit_line(one_line(article.credit), language=article.language)
+        parts.append(f'<p class="credit">{escape(credit)}</p>')
     return "\n".join(parts)
 
 
@@ -126,6 +134,11 @@ def _author(article: Article) -> str | None:
     return one_line(article.author or "") or None
 
 
+def _credit(article: Article) -> str | None:
+    """The source a story is credited to, on one line, or None."""
+    return one_line(article.credit or "") or None
+
+
 def _order(articles: Sequence[Article], first_seen: Mapping[str, datetime]) -> list[Article]:
     """The site's one order (model.order_key, as the index and the digest): newest first, an
     undated article where it was first seen, ties by id. The same for any input order."""
@@ -136,8 +149,8 @@ def _order(articles: Sequence[Article], first_seen: Mapping[str, datetime]) -> l
     )
 
 
-def _feed_updated(dates: Mapping[str, datetime | None], now: datetime) -> datetime:
-    dated = [when for when in dates.values() if when is not None]
+def _feed_updated(dates: Sequence[datetime | None], now: datetime) -> datetime:
+    dated = [when for when in dates if when is not None]
     return max(dated) if dated else now
 
 
@@ -150,6 +163,8 @@ def build_feed(
     limit: int,
     page_urls: Mapping[str, str],
     first_seen: Mapping[str, datetime],
+    story_ids: Mapping[str, str] | None = None,
+    revised: Mapping[str, datetime] | None = None,
 ) -> bytes:
     """Render one feed of the newest `limit` articles, in the site's order (model.order_key).
 
@@ -157,21 +172,54 @@ def build_feed(
     wrote it (the feed never works a page out from a slug); every chosen article
     must have one. `first_seen` maps every Article.id to when syndicate first saw it
     (stored by the build): it places an undated article, and dates one whose dump gave a
-    day and no time (model.dated_at). `now` is used only when no chosen article has a
-    date. The bytes are the same for the same arguments.
+    day and no time (model.dated_at). `story_ids` maps an Article.id to the id its story
+    was first stored under, whose `item_id` its item keeps (missing: its own); `revised`
+    to when its text replaced an earlier one of the story (its updated time). `now` is
+    used only when no chosen article has a date. The bytes are the same for the same
+    arguments.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     chosen = _order(articles, first_seen)[:limit]
     dates = {a.id: dated_at(a.published, a.precision, first_seen[a.id]) for a in chosen}
-    updated = _local(_feed_updated(dates, now), info.tz)
-    if kind == "json":
-        return _build_json_feed(
-            chosen, info=info, updated=updated, page_urls=page_urls, dates=dates
+    revised = revised or {}
+    story_ids = story_ids or {}
+    # When a story's text was revised after the time it is dated at: its updated time, and
+    # the feed's when that is the newest.
+    changes = {
+        a.id: when
+        for a in chosen
+        if a.id in revised and (when := _changed(dates[a.id], revised[a.id])) is not None
+    }
+    updated = _local(_feed_updated([*dates.values(), *changes.values()], now), info.tz)
+    entries = [
+        _Entry(
+            article,
+            item_id(story_ids.get(article.id, article.id)),
+            page_urls[article.id],
+            dates[article.id],
+            changes.get(article.id),
         )
-    return _build_xml_feed(
-        chosen, kind=kind, info=info, updated=updated, page_urls=page_urls, dates=dates
-    )
+        for article in chosen
+    ]
+    if kind == "json":
+        return _build_json_feed(entries, info=info, updated=updated)
+    return _build_xml_feed(entries, kind=kind, info=info, updated=updated)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One article as its feed item shows it."""
+
+    article: Article
+    id: str  # feeds.item_id of its story
+    url: str  # its page
+    dated: datetime | None  # model.dated_at
+    changed: datetime | None  # when its text was revised, if later than it is dated
+
+
+def _changed(dated: datetime | None, revised: datetime) -> datetime | None:
+    return None if dated is not None and revised <= dated else revised
 
 
 def _local(value: datetime, tz: ZoneInfo) -> datetime:
@@ -179,13 +227,11 @@ def _local(value: datetime, tz: ZoneInfo) -> datetime:
 
 
 def _build_xml_feed(
-    articles: Sequence[Article],
+    entries: Sequence[_Entry],
     *,
     kind: Literal["rss", "atom"],
     info: FeedInfo,
     updated: datetime,
-    page_urls: Mapping[str, str],
-    dates: Mapping[str, datetime | None],
 ) -> bytes:
     fg = FeedGenerator()
     # Dublin Core for RSS only (dc:creator, dc:language); Atom has author and xml:lang.
@@ -202,50 +248,42 @@ def _build_xml_feed(
     fg.link(href=feed_url(info.base_url, kind), rel="self", type=self_type)
     # The RSS channel <link> is the last link() call: the site must come last.
     fg.link(href=info.base_url, rel="alternate", type="text/html")
-    for article in articles:
-        _add_entry(
-            fg,
-            article,
-            info=info,
-            updated=updated,
-            page_url=page_urls[article.id],
-            dated=dates[article.id],
-        )
+    for entry in entries:
+        _add_entry(fg, entry, info=info, updated=updated)
     if kind == "rss":
         data: bytes = fg.rss_str(pretty=True, encoding="UTF-8", xml_declaration=True)
         return data
     data = fg.atom_str(pretty=True, encoding="UTF-8", xml_declaration=True)
-    return _fix_atom_entries(data, [a.language for a in articles])
+    return _fix_atom_entries(data, [e.article for e in entries])
 
 
-def _fix_atom_entries(atom: bytes, languages: Sequence[str]) -> bytes:
-    """Give every Atom entry its own xml:lang (feedgen cannot), in entry order, and put
-    back the rel and type feedgen drops from entry links."""
+def _fix_atom_entries(atom: bytes, articles: Sequence[Article]) -> bytes:
+    """Give every Atom entry its own xml:lang (feedgen cannot), in entry order, put back
+    the rel and type feedgen drops from entry links, and name the source a story is
+    credited to (feedgen's source needs a feed URL we do not have)."""
     root = etree.fromstring(atom, _SAFE_PARSER)
     entries = root.findall(f"{{{_ATOM_NS}}}entry")
-    for entry, language in zip(entries, languages, strict=True):
-        entry.set(_XML_LANG, language)
+    for entry, article in zip(entries, articles, strict=True):
+        entry.set(_XML_LANG, article.language)
         for link in entry.findall(f"{{{_ATOM_NS}}}link"):
             link.set("rel", "alternate")
             link.set("type", "text/html")
+        credit = _credit(article)
+        if credit is not None:
+            # RFC 4287 4.2.11: the entry came from another publisher; its title names it.
+            source = etree.SubElement(entry, f"{{{_ATOM_NS}}}source")
+            etree.SubElement(source, f"{{{_ATOM_NS}}}title").text = credit
     result: bytes = etree.tostring(root, encoding="UTF-8", xml_declaration=True)
     return result
 
 
-def _add_entry(
-    fg: FeedGenerator,
-    article: Article,
-    *,
-    info: FeedInfo,
-    updated: datetime,
-    page_url: str,
-    dated: datetime | None,
-) -> None:
+def _add_entry(fg: FeedGenerator, entry: _Entry, *, info: FeedInfo, updated: datetime) -> None:
+    article, dated = entry.article, entry.dated
     fe = fg.add_entry(order="append")
-    fe.id(item_id(article.id))
-    fe.guid(item_id(article.id), permalink=False)
+    fe.id(entry.id)
+    fe.guid(entry.id, permalink=False)
     fe.title(_title(article))
-    fe.link(href=page_url, rel="alternate", type="text/html")
+    fe.link(href=entry.url, rel="alternate", type="text/html")
     # RSS <description> is entity-encoded HTML, so the plain lead is escaped once more.
     fe.description(str(escape(_summary(article))))
     fe.summary(_summary(article))
@@ -254,6 +292,10 @@ def _add_entry(
     if author is not None:
         fe.author({"name": author})
         fe.dc.dc_creator(author)
+    credit = _credit(article)
+    if credit is not None:
+        # RSS's <source> names an RSS channel by its URL: a news agency has none here.
+        fe.dc.dc_source(credit)
     fe.dc.dc_language(article.language)
     if dated is not None:
         published = _local(dated, info.tz)
@@ -262,32 +304,29 @@ def _add_entry(
         fe.updated(published)
     else:
         fe.updated(updated)
+    if entry.changed is not None:  # Atom: when the text last changed (RSS has no such date)
+        fe.updated(_local(entry.changed, info.tz))
 
 
-def _build_json_feed(
-    articles: Sequence[Article],
-    *,
-    info: FeedInfo,
-    updated: datetime,
-    page_urls: Mapping[str, str],
-    dates: Mapping[str, datetime | None],
-) -> bytes:
+def _build_json_feed(entries: Sequence[_Entry], *, info: FeedInfo, updated: datetime) -> bytes:
     items: list[dict[str, Any]] = []
-    for article in articles:
+    for entry in entries:
+        article = entry.article
         item: dict[str, Any] = {
-            "id": item_id(article.id),
-            "url": page_urls[article.id],
+            "id": entry.id,
+            "url": entry.url,
             "title": _title(article),
             "content_html": build_content_html(article),
             "summary": _summary(article),
         }
-        dated = dates[article.id]
-        if dated is not None:
-            stamp = _local(dated, info.tz).isoformat()
+        if entry.dated is not None:
+            stamp = _local(entry.dated, info.tz).isoformat()
             item["date_published"] = stamp
             item["date_modified"] = stamp
         else:
             item["date_modified"] = updated.isoformat()
+        if entry.changed is not None:
+            item["date_modified"] = _local(entry.changed, info.tz).isoformat()
         author = _author(article)
         if author is not None:
             item["authors"] = [{"name": author}]

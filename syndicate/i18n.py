@@ -17,6 +17,8 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "feeds": "Theo dõi",
             "unknown_date": "Chưa rõ ngày",
             "by": "Tác giả:",
+            # A story credited to its source (an agency, a paper): not its author.
+            "credit": "Theo {source}",
             "newer": "← Tin mới hơn",
             "older": "Tin cũ hơn →",
             "pages": "Các trang tin",
@@ -32,6 +34,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "feeds": "Follow",
             "unknown_date": "Date unknown",
             "by": "By",
+            "credit": "Source: {source}",
             "newer": "← Newer",
             "older": "Older →",
             "pages": "Pages of news",
@@ -45,7 +48,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
     },
     "digest": {
         "vi": {
-            "heading": "Bản tin ngày {date}",
+            "heading": "Bản tin {date}",
             "in_this_issue": "Trong số này",
             "read_more": "Đọc tiếp",
             "other_news": "Tin khác",

@@ -89,6 +89,9 @@ class Article:
     language: str = "vi"
     dateline: str | None = None  # the agency tag the lead opened with, if any
     head: str | None = field(default=None)  # the header's sapo, when the dump had one
+    # The agency or paper the story is credited to ("Theo TTXVN", "Nguồn: VnExpress" give
+    # "TTXVN", "VnExpress"): its source, not its author (then None).
+    credit: str | None = None
 
     @property
     def paragraphs(self) -> tuple[str, ...]:
@@ -124,6 +127,7 @@ class Article:
             "paragraphs": list(self.paragraphs),
             "captions": list(self.captions),
             "author": self.author,
+            "credit": self.credit,
             "teasers": [{"dateline": t.dateline, "text": t.text} for t in self.teasers],
             "source": self.source,
         }
@@ -132,7 +136,7 @@ class Article:
         """A lossless JSON-able dict, read back by `from_record`. `body`, when given, takes
         the place of the blocks (the store's kind letters, their texts stored apart)."""
         # Built directly (not from to_dict): it runs once per parsed dump.
-        return {
+        record = {
             "id": self.id,
             "slug": self.slug,
             "title": self.title,
@@ -147,6 +151,10 @@ class Article:
             "dateline": self.dateline,
             "head": self.head,
         }
+        if self.credit is not None:
+            # Only then: the records (and page fingerprints) of the others stay as they were.
+            record["credit"] = self.credit
+        return record
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Article:
@@ -171,6 +179,7 @@ class Article:
             language=language,
             dateline=record.get("dateline"),
             head=record.get("head"),  # records stored before heads existed have none
+            credit=record.get("credit"),  # nor before credits did
         )
 
 
@@ -250,6 +259,13 @@ def shown_standfirst(article: Article) -> str | None:
     if article.title_derived:
         return after_title(article.title, article.head) or None
     return article.head
+
+
+def credit_line(credit: str, *, language: str) -> str:
+    """A story's source credit as a reader of `language` reads it: "Theo TTXVN", "Source:
+    Reuters" (pages, feeds and the digest: one wording)."""
+    label = STRINGS["pages"].get(language, STRINGS["pages"]["vi"])["credit"]
+    return label.replace("{source}", credit)
 
 
 def shown_blocks(blocks: Sequence[Block], *, language: str) -> tuple[Block, ...]:

@@ -34,6 +34,7 @@ from syndicate.model import (
     BlockKind,
     Precision,
     StoryLink,
+    credit_line,
     order_teasers,
     shown_block,
     shown_blocks,
@@ -117,6 +118,7 @@ class IndexEntry:
     precision: Precision
     author: str | None
     language: str | None = None  # the article's; None: the site's
+    credit: str | None = None  # the source it is credited to, when it has no author
 
 
 INDEX_PAGE = "index.html"
@@ -462,6 +464,12 @@ class SiteRenderer:
             machine=_machine_date(published, precision, self._tz),
         )
 
+    def _credit(self, credit: str | None) -> str | None:
+        """A source credit in the site's words ("Theo TTXVN"), or None."""
+        if not credit:
+            return None
+        return credit_line(one_line(credit), language=self.info.language)
+
     def _context(self, root: str) -> dict[str, Any]:
         """The site-wide values of a page at `root`, its chrome rendered once per root."""
         context = page_context(self.info, root=root)
@@ -519,6 +527,7 @@ class SiteRenderer:
                 standfirst=typeset(one_line(standfirst)) if standfirst else None,
                 language=article.language,
                 author=one_line(article.author) if article.author else None,
+                credit=self._credit(article.credit),
                 date=self._date(article.published, article.precision),
                 body=_BODY_HOLE,
             ),
@@ -583,6 +592,7 @@ class SiteRenderer:
                 href=root + article_path(e.slug),
                 title=typeset(one_line(e.title)),
                 author=one_line(e.author) if e.author else None,
+                credit=self._credit(e.credit),
                 date=self._date(e.published, e.precision),
                 # The other language's entry says so: a screen reader picks its voice.
                 lang=e.language if e.language and e.language != self.info.language else None,

@@ -718,10 +718,37 @@ def shorten_headline(text: str, *, limit: int) -> str:
     """`text`, a headline, cut to at most `limit` characters as derived titles are: at a
     clause boundary past TITLE_CLAUSE_MIN, else at a word boundary that splits no compound
     word or name and leaves no function word at the end; "…" ends it when something was
-    cut. For headlines shown short (the subject line); `shorten` cuts at any space, which
-    in Vietnamese falls between the syllables of a word as often as between words.
+    cut, and a quotation the cut leaves open is closed after it (`“Không để người dân
+    nào…”`). For headlines shown short (the subject line); `shorten` cuts at any space,
+    which in Vietnamese falls between the syllables of a word as often as between words.
     """
-    return _cut_headline(nfc(collapse_spaces(text)), limit)
+    text = nfc(collapse_spaces(text))
+    cut = _cut_headline(text, limit)
+    if len(text) <= limit:
+        return cut
+    closers = _open_quotes(cut)
+    if closers:  # cut again, leaving room for them (the cut may now fall before the quote)
+        cut = _cut_headline(text, limit - len(closers))
+        cut += _open_quotes(cut)
+    return cut
+
+
+# Quotation marks, each opener with its closer; a straight double quote closes itself.
+_QUOTE_PAIRS = {"\u201c": "\u201d", "\u00ab": "\u00bb", '"': '"'}
+_QUOTE_CLOSERS = frozenset(_QUOTE_PAIRS.values())
+
+
+def _open_quotes(text: str) -> str:
+    """The closing marks of the quotations `text` leaves open, innermost first."""
+    expected: list[str] = []
+    for char in text:
+        if expected and char == expected[-1]:
+            expected.pop()
+        elif char in _QUOTE_PAIRS:
+            expected.append(_QUOTE_PAIRS[char])
+        elif char in _QUOTE_CLOSERS and char in expected:
+            del expected[len(expected) - 1 - expected[::-1].index(char) :]
+    return "".join(reversed(expected))
 
 
 def _cut_headline(text: str, limit: int) -> str:

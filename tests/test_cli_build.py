@@ -361,3 +361,111 @@ def test_an_english_site_without_a_title_is_not_named_in_vietnamese(project: Pat
     index = (project / "feeds" / "index.html").read_text(encoding="utf-8")
     assert "<title>Tin mới</title>" in index
     assert "The latest news, gathered by syndicate." in index
+
+
+def _feed_items(project: Path) -> dict[str, list[tuple[str, str, str, str]]]:
+    """Each feed as a reader sees it: (id, link, title, content) of every item."""
+    import feedparser
+
+    found: dict[str, list[tuple[str, str, str, str]]] = {}
+    for name in ("rss.xml", "atom.xml"):
+        parsed = feedparser.parse((project / "feeds" / name).read_bytes())
+        assert parsed.bozo == 0
+        found[name] = [(e.id, e.link, e.title, e.content[0].value) for e in parsed.entries]
+    feed = json.loads((project / "feeds" / "feed.json").read_bytes())
+    found["feed.json"] = [(i["id"], i["url"], i["title"], i["content_html"]) for i in feed["items"]]
+    return found
+
+
+def test_a_corrected_story_stays_one_item_in_every_feed_reader(project: Path) -> None:
+    """A feed item's id was its article's id, a hash of its text: a dump corrected at the
+    same path (a fixed typo, in the title too), or read differently by a new parser
+    version, came out as a second item in every reader, under a new page URL when its title
+    changed. The story keeps its id and page; its content and updated time are the new."""
+    import feedparser
+
+    assert _run("build")[0] == 0
+    before = _feed_items(project)
+    (project / "seeds" / "c.txt").write_text(
+        OTHER.replace("cầu mới", "cầu mới Sông Lam").replace("300 mét", "320 mét"),
+        encoding="utf-8",
+    )
+    assert _run("build")[0] == 0
+    after = _feed_items(project)
+    for name, items in after.items():
+        assert len(items) == 2, name
+        (old,) = [item for item in before[name] if "300 mét" in item[3]]
+        (new,) = [item for item in items if "320 mét" in item[3]]
+        assert (new[0], new[1]) == (old[0], old[1]), name
+        assert new[2] == "Khánh thành cầu mới Sông Lam"
+    assert sorted((project / "feeds" / "articles").glob("*.html")) == [
+        project / "feeds" / "articles" / "hoi-thao-khoa-hoc-tai-dong-ha.html",
+        project / "feeds" / "articles" / "khanh-thanh-cau-moi.html",
+    ]
+    # Atom says when it changed; the other item is as it was.
+    entries = feedparser.parse((project / "feeds" / "atom.xml").read_bytes()).entries
+    changed = {e.title: (e.published_parsed, e.updated_parsed) for e in entries}
+    published, updated = changed["Khánh thành cầu mới Sông Lam"]
+    assert updated > published
+    published, updated = changed["Hội thảo khoa học tại Đông Hà"]
+    assert updated == published
+    feed = json.loads((project / "feeds" / "feed.json").read_bytes())
+    modified = {i["title"]: i["date_modified"] > i["date_published"] for i in feed["items"]}
+    assert modified == {
+        "Khánh thành cầu mới Sông Lam": True,
+        "Hội thảo khoa học tại Đông Hà": False,
+    }
+
+    # Another story at the same path is a new item.
+    (project / "seeds" / "c.txt").write_text(
+        "Mở tuyến xe buýt mới\n01/11/2024 08:00\n{head}\nTuyến xe buýt số 9 chạy từ hôm nay.\n"
+        "Giá vé 7.000 đồng.\n",
+        encoding="utf-8",
+    )
+    assert _run("build")[0] == 0
+    for name, items in _feed_items(project).items():
+        ids = {item[0] for item in items}
+        assert len(ids) == 2
+        assert {item[0] for item in after[name]} - ids == {
+            next(item[0] for item in after[name] if "320 mét" in item[3])
+        }, name
+
+
+def test_a_story_read_again_by_a_new_parser_keeps_its_item_and_is_not_marked_updated(
+    project: Path,
+) -> None:
+    """A new parser version that reads a dump into another article id, the dump itself
+    unchanged: the same story, under its item id, and no correction to announce (readers
+    that show updated items as new would show every story again after an upgrade)."""
+    import feedparser
+
+    from syndicate.feeds import item_id
+
+    assert _run("build")[0] == 0
+    # As an older parser left it: another id for c.txt's article, and an older version.
+    with open_store(project / "syndicate.db") as db, db.transaction() as conn:
+        (old,) = conn.execute(
+            "SELECT article_id FROM dumps WHERE path LIKE ?", ("%c.txt",)
+        ).fetchone()
+        conn.execute("UPDATE articles SET id = 'older-parser' WHERE id = ?", (old,))
+        conn.execute(
+            "UPDATE article_pages SET article_id = 'older-parser' WHERE article_id = ?", (old,)
+        )
+        conn.execute(
+            "UPDATE dumps SET article_id = 'older-parser', parser_version = 0 WHERE article_id = ?",
+            (old,),
+        )
+    assert _run("build")[0] == 0
+    (entry,) = [
+        e
+        for e in feedparser.parse((project / "feeds" / "atom.xml").read_bytes()).entries
+        if e.title == "Khánh thành cầu mới"
+    ]
+    assert entry.id == item_id("older-parser")
+    assert entry.updated_parsed == entry.published_parsed
+    item = next(
+        i
+        for i in json.loads((project / "feeds" / "feed.json").read_bytes())["items"]
+        if i["title"] == "Khánh thành cầu mới"
+    )
+    assert item["date_modified"] == item["date_published"]

@@ -30,6 +30,7 @@ KEYS = [
     "paragraphs",
     "captions",
     "author",
+    "credit",
     "teasers",
     "source",
 ]

@@ -572,6 +572,56 @@ def test_subject_template_takes_headline_and_more_or_is_used_as_written(
     )
 
 
+@pytest.mark.parametrize(
+    ("headline", "expected"),
+    [
+        # Cut inside a quotation: it is closed after the "…".
+        (
+            "Chủ tịch UBND tỉnh Lam Giang: “Không để người dân nào thiếu đói, thiếu nhà ở "
+            "sau mùa mưa lũ”",
+            "Tin mới: Chủ tịch UBND tỉnh Lam Giang: “Không để người dân nào…” và 6 tin khác",
+        ),
+        (
+            'Ngư dân Phước Hải nói "mùa cá cơm năm nay là mùa bội thu nhất trong mười năm '
+            'qua" và vui mừng',
+            'Tin mới: Ngư dân Phước Hải nói "mùa cá cơm năm nay là mùa bội…" và 6 tin khác',
+        ),
+        # A quotation the cut leaves whole, or never opens, needs nothing.
+        (
+            "Giải chạy “Vì biển đảo Lam Giang” thu hút hơn 3.000 vận động viên trong và ngoài "
+            "tỉnh đăng ký",
+            "Tin mới: Giải chạy “Vì biển đảo Lam Giang” thu hút hơn 3.000… và 6 tin khác",
+        ),
+    ],
+)
+def test_subject_closes_a_quotation_its_cut_leaves_open(
+    settings: Settings, headline: str, expected: str
+) -> None:
+    subject = make_subject(
+        DigestInfo.from_settings(settings), lang="vi", day=DAY, headline=headline, others=6
+    )
+    assert subject == expected
+    assert len(subject) <= 78
+
+
+@pytest.mark.parametrize(
+    ("lang", "expected"),
+    [("vi", "Bản tin Thứ Sáu, 1/11/2024"), ("en", "News for November 1, 2024")],
+)
+def test_the_digests_day_reads_as_papers_write_it(
+    settings: Settings, lang: str, expected: str
+) -> None:
+    """Vietnamese papers date an issue "Thứ Sáu, 1/11/2024"; Babel's long form, "1 tháng
+    11, 2024", is no paper's. English keeps CLDR's."""
+    custom = _subject_settings(settings, "Bản tin {date}" if lang == "vi" else "News for {date}")
+    subject = make_subject(DigestInfo.from_settings(custom), lang=lang, day=DAY, headline="x")
+    assert subject == expected
+    plan = DigestPlan(day=DAY, articles=(make_article("a"),))
+    rendered = render(plan, custom, datetime(2024, 11, 1, tzinfo=UTC), lang=lang)
+    assert expected in rendered.text.splitlines()
+    assert f">{expected}</h1>" in rendered.html
+
+
 def test_stale_warning_when_the_newest_article_is_over_a_week_older_than_the_day() -> None:
     article = make_article("a", published=datetime(2024, 10, 24, 23, 0, tzinfo=UTC))
     undated = make_article("u", published=None)
@@ -787,7 +837,7 @@ def test_subject_is_one_line_and_takes_braces_literally(settings: Settings, now:
     odd = dataclasses.replace(settings, site=site, mail=mail)
     rendered = render(hostile_plan(), odd, now)
     assert (
-        rendered.subject == "[Tin {{ 7*7 }} {date} Bcc: x@example.org] 1 tháng 11, 2024 {unknown}"
+        rendered.subject == "[Tin {{ 7*7 }} {date} Bcc: x@example.org] Thứ Sáu, 1/11/2024 {unknown}"
     )
     assert "{{ 7*7 }}" in rendered.html
 

@@ -344,7 +344,7 @@ def test_view_in_browser_opens_the_digest_in_the_readers_language(
         result = runner.invoke(cli, args)
         assert result.exit_code == 0, result.output
     base = "http://localhost:8000/"
-    headings = {"vi": "Bản tin ngày 1 tháng 11, 2024", "en": "News for November 1, 2024"}
+    headings = {"vi": "Bản tin Thứ Sáu, 1/11/2024", "en": "News for November 1, 2024"}
     for mail in sorted((workdir / "outbox").rglob("*.eml")):
         message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
         lang = str(message["Content-Language"])
@@ -592,3 +592,189 @@ def test_a_digest_of_one_story_prints_no_contents_of_one_line(
     title = "Bến Lam lắp thêm 200 camera giám sát giao thông"
     assert text.count(title) == 1
     assert _text(page.split("</title>", 1)[1]).count(title) == 1
+
+
+FUEL = (
+    "Giá xăng giảm lần thứ ba liên tiếp\n01/11/2024 15:00\n{head}\n"
+    "Chiều nay 1/11, liên Bộ Công Thương - Tài chính điều chỉnh giá bán lẻ xăng dầu.\n"
+    "Giá xăng RON95 giảm 320 đồng/lít, còn 20.450 đồng/lít.\n"
+    "{credit}\n"
+)
+
+
+def _mail_parts(workdir: Path) -> tuple[str, str]:
+    """The one digest in the outbox, as the email package reads it: its text and its HTML."""
+    (mail,) = (workdir / "outbox").rglob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    page = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    return text, page
+
+
+@pytest.mark.parametrize(
+    ("credit", "source", "shown"),
+    [
+        ("Theo TTXVN", "TTXVN", "Theo TTXVN"),
+        ("Nguồn: VnExpress", "VnExpress", "Theo VnExpress"),
+        ("(Theo Báo Lam Giang)", "Báo Lam Giang", "Theo Báo Lam Giang"),
+    ],
+)
+def test_a_source_credit_is_shown_as_the_source_not_the_author(
+    runner: CliRunner, workdir: Path, credit: str, source: str, shown: str
+) -> None:
+    """ "Theo TTXVN" at the end of a story credits the agency it came from: it was shown as
+    its author ("Tác giả: TTXVN", RSS dc:creator, Atom and JSON Feed author), and "Nguồn:
+    VnExpress" as an author named "Nguồn: VnExpress"."""
+    (workdir / "seeds" / "x.txt").write_text(FUEL.replace("{credit}", credit), encoding="utf-8")
+    for args in (["build"], ["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    output = workdir / "feeds"
+    meta, paragraphs, _other = _article(output, "gia-xang-giam-lan-thu-ba-lien-tiep")
+    assert meta == f"15:00 Thứ Sáu, 1 tháng 11, 2024 · {shown}"
+    assert paragraphs[-1] == "Giá xăng RON95 giảm 320 đồng/lít, còn 20.450 đồng/lít."
+    index = _text((output / "index.html").read_text("utf-8"))
+    assert f"15:00 Thứ Sáu, 1 tháng 11, 2024 · {shown}" in index
+    entry, content = _feed_entry(output, "Giá xăng giảm lần thứ ba liên tiếp")
+    assert "author" not in entry
+    assert entry["source"]["title"] == source  # type: ignore[index]
+    rss = feedparser.parse((output / "rss.xml").read_bytes())
+    assert rss.bozo == 0
+    assert "author" not in rss.entries[0]
+    assert rss.entries[0]["dc_source"] == source
+    item = json.loads((output / "feed.json").read_bytes())["items"][0]
+    assert "authors" not in item
+    for text in (entry["content"][0]["value"], content, rss.entries[0].content[0].value):  # type: ignore[index]
+        assert text.endswith(f'<p class="credit">{shown}</p>')
+    text, page = _mail_parts(workdir)
+    assert f"15:00 Thứ Sáu, 1 tháng 11, 2024 · {shown}" in text
+    assert f"15:00 Thứ Sáu, 1 tháng 11, 2024 · {shown}" in _text(page)
+    for where in (text, _text(page), index, meta):
+        assert "Tác giả" not in where
+        assert "Nguồn:" not in where
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Hà Nội",
+        "HÀ NỘI",
+        "Hà Nội -",
+        "TP Hồ Chí Minh",
+        "TP. Hồ Chí Minh",
+        "Sài Gòn",
+        "Khánh Hoà",
+        "Khánh Hòa",
+        "Thừa Thiên Huế",
+        "Bà Rịa - Vũng Tàu",
+        "Tin Nóng",
+        "THỜI SỰ",
+        "Kinh Tế",
+    ],
+)
+def test_a_place_or_a_section_label_above_the_story_is_not_its_author(
+    settings: Settings, db: Database, now: datetime, line: str
+) -> None:
+    """A place the story was filed from ("Hà Nội", "TP Hồ Chí Minh") or the site's section
+    ("Tin Nóng") printed above it is two words or more, like a writer's name: it was
+    shown as the story's author ("Tác giả: Hà Nội")."""
+    output = _build(settings, db, now, {"f.txt": FISHERS.replace("Hoàng Yến", line)})
+    meta, _paragraphs, _other = _article(output, "ngu-dan-phuoc-hai-trung-dam-mua-ca-com")
+    assert meta == "06:30 Thứ Năm, 31 tháng 10, 2024"
+    entry, _content = _feed_entry(output, "Ngư dân Phước Hải trúng đậm mùa cá cơm")
+    assert "author" not in entry
+
+
+@pytest.mark.parametrize("name", ["Hoàng Yến", "Nguyễn Văn A", "Lê Hà", "NHÓM PV"])
+def test_a_writers_name_above_the_story_is_still_its_author(
+    settings: Settings, db: Database, now: datetime, name: str
+) -> None:
+    output = _build(settings, db, now, {"f.txt": FISHERS.replace("Hoàng Yến", name)})
+    meta, _paragraphs, _other = _article(output, "ngu-dan-phuoc-hai-trung-dam-mua-ca-com")
+    assert meta == f"06:30 Thứ Năm, 31 tháng 10, 2024 · Tác giả: {name}"
+
+
+QUOTE = (
+    "Chủ tịch UBND tỉnh Lam Giang: “Không để người dân nào thiếu đói, thiếu nhà ở sau mùa "
+    "mưa lũ”\n01/11/2024 16:30\n{head}\n"
+    "LGO - Chiều nay 1/11, Chủ tịch UBND tỉnh Lam Giang làm việc với huyện Đồng Lũy về khắc "
+    "phục hậu quả mưa lũ.\n"
+    "Huyện đã hỗ trợ gạo cho 1.200 hộ dân bị ảnh hưởng.\n"
+)
+
+
+def test_the_subject_closes_a_quotation_it_cuts(runner: CliRunner, workdir: Path) -> None:
+    """A headline cut for the subject line in the middle of a quotation left it open ("…
+    “Không để người dân nào…")."""
+    (workdir / "seeds" / "q.txt").write_text(QUOTE, encoding="utf-8")
+    (workdir / "seeds" / "c.txt").write_text(CAMERAS, encoding="utf-8")
+    for args in (["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    (mail,) = (workdir / "outbox").rglob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    subject = str(message["Subject"])
+    assert subject == (
+        "Tin mới: Chủ tịch UBND tỉnh Lam Giang: “Không để người dân nào…” và 1 tin khác"
+    )
+    assert len(subject) <= 78
+
+
+def test_the_digests_day_reads_as_vietnamese_papers_write_it(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """The Vietnamese digest was dated as Babel writes it ("Bản tin ngày 1 tháng 11,
+    2024", and so the subject's {date}), where papers write "Thứ Sáu, 1/11/2024"."""
+    (workdir / "seeds" / "c.txt").write_text(CAMERAS, encoding="utf-8")
+    (workdir / "syndicate.toml").write_text(
+        '[mail]\nsubject = "{site} {date}: {headline}"\n', encoding="utf-8"
+    )
+    for args in (["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    (mail,) = (workdir / "outbox").rglob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    assert str(message["Subject"]) == (
+        "Tin mới Thứ Sáu, 1/11/2024: Bến Lam lắp thêm 200 camera giám sát giao thông"
+    )
+    text, page = _mail_parts(workdir)
+    assert text.splitlines()[:2] == ["Tin mới", "Bản tin Thứ Sáu, 1/11/2024"]
+    heading = page.split("<h1", 1)[1].split("</h1>", 1)[0].split(">", 1)[1]
+    assert _text(heading) == "Bản tin Thứ Sáu, 1/11/2024"
+
+
+def test_a_hostile_credit_is_escaped_text_and_nfc_everywhere(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """A credit is article text: escaped in pages, feeds and mail, never a template, NFC
+    whatever the dump's form."""
+    import unicodedata
+
+    credit = "Theo Báo <i>Đông Hà</i> & {{ 7*7 }}"
+    dump = FUEL.replace("{credit}", unicodedata.normalize("NFD", credit))
+    (workdir / "seeds" / "x.txt").write_text(dump, encoding="utf-8")
+    for args in (["build"], ["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    output = workdir / "feeds"
+    escaped = "Theo Báo &lt;i&gt;Đông Hà&lt;/i&gt; &amp; {{ 7*7 }}"
+    page = (output / "articles" / "gia-xang-giam-lan-thu-ba-lien-tiep.html").read_text("utf-8")
+    index = (output / "index.html").read_text("utf-8")
+    text, html_part = _mail_parts(workdir)
+    for where in (page, index):
+        assert f'<span class="byline">{escaped}</span>' in where
+    for where in (page, index, html_part):
+        assert f">{escaped}</span>" in where
+        assert "<i>" not in where
+    assert f"· {credit}" in text
+    entry, content = _feed_entry(output, "Giá xăng giảm lần thứ ba liên tiếp")
+    assert entry["source"]["title"] == "Báo <i>Đông Hà</i> & {{ 7*7 }}"  # type: ignore[index]
+    assert content.endswith(f'<p class="credit">{escaped}</p>')
+    for name in ("rss.xml", "atom.xml", "feed.json"):
+        data = (output / name).read_text("utf-8")
+        assert "<i>" not in data
+        assert "49" not in data
+        assert data == unicodedata.normalize("NFC", data)
+    for where in (page, index, text, html_part):
+        assert "49" not in where
+        assert where == unicodedata.normalize("NFC", where)

@@ -29,7 +29,8 @@ from syndicate.load import (
 )
 from syndicate.load import decode as decode_module
 from syndicate.load import parse as parse_module
-from syndicate.model import Article, BlockKind, Precision, Teaser
+from syndicate.load.places import PROVINCES, is_place_or_label
+from syndicate.model import Article, BlockKind, Precision, Teaser, make_article_id
 from syndicate.publish.sync import sync_articles  # the build's reading path
 from syndicate.store import open_database
 from syndicate.text import clean_text, nfc
@@ -134,6 +135,7 @@ def test_to_dict_has_exactly_the_inspect_keys() -> None:
         "paragraphs",
         "captions",
         "author",
+        "credit",
         "teasers",
         "source",
     ]
@@ -154,7 +156,7 @@ def test_filled_header_gives_title_date_and_head_and_the_lead_is_the_first_body_
     assert article.lead == "Đoạn thân bài thứ nhất."
     assert article.dateline == "QTO"
     assert list(article.paragraphs) == ["Đoạn thân bài thứ nhất.", "Đoạn thân bài thứ hai."]
-    assert article.author == "TTXVN"
+    assert (article.author, article.credit) == (None, "TTXVN")  # "Theo TTXVN": a source
     assert article.to_dict()["head"] == "Sapo của bài: tỉnh tổ chức hội nghị tổng kết."
 
 
@@ -233,20 +235,25 @@ def test_no_break_spaces_inside_datelines() -> None:
 
 
 @pytest.mark.parametrize(
-    ("line", "author"),
+    ("line", "author", "credit"),
     [
-        ("Trúc Phương", "Trúc Phương"),
-        ("NHÓM PV", "NHÓM PV"),
-        ("Theo TTXVN", "TTXVN"),
-        ("Theo Báo Lam Giang", "Báo Lam Giang"),
-        ("By Thu Ha", "Thu Ha"),
-        ("Thu Hà (tổng hợp)", "Thu Hà (tổng hợp)"),
-        ("Hoài Nam - Minh Đức", "Hoài Nam - Minh Đức"),
+        ("Trúc Phương", "Trúc Phương", None),
+        ("NHÓM PV", "NHÓM PV", None),
+        ("Theo TTXVN", None, "TTXVN"),
+        ("Theo Báo Lam Giang", None, "Báo Lam Giang"),
+        ("Nguồn: VnExpress", None, "VnExpress"),
+        ("Nguồn : Dân trí", None, "Dân trí"),
+        ("(Theo Dân trí)", None, "Dân trí"),
+        ("Source: Reuters", None, "Reuters"),
+        ("By Thu Ha", "Thu Ha", None),
+        ("Thu Hà (tổng hợp)", "Thu Hà (tổng hợp)", None),
+        ("Hoài Nam - Minh Đức", "Hoài Nam - Minh Đức", None),
     ],
 )
-def test_byline_shapes(line: str, author: str) -> None:
+def test_byline_shapes(line: str, author: str | None, credit: str | None) -> None:
+    """A writer is the author; "Theo TTXVN" and "Nguồn: ..." credit the story's source."""
     article = parse_text(f"T\n{{publish}}\n{{head}}\nMở đầu.\nThân bài.\n{line}\nQTO - Tin...\n")
-    assert article.author == author
+    assert (article.author, article.credit) == (author, credit)
     assert list(article.paragraphs) == ["Mở đầu.", "Thân bài."]
 
 
@@ -1416,4 +1423,57 @@ def test_a_one_word_label_opening_the_body_is_not_its_author(label: str) -> None
     assert article.author is None
     assert article.paragraphs == (label, "Mở đầu câu chuyện.", "Thân bài.")
     article = parse_text("T\n{publish}\n{head}\nTheo Vnexpress\nMở đầu câu chuyện.\nThân bài.\n")
-    assert article.author == "Vnexpress"
+    assert (article.author, article.credit) == (None, "Vnexpress")
+
+
+def test_a_credit_keeps_the_id_the_byline_gave() -> None:
+    """Telling a credit from an author changes no id: readers would see the story twice."""
+    body = "T\n{publish}\n{head}\nMở đầu.\nThân bài.\n"
+    credited = parse_text(body + "Theo TTXVN\n")
+    assert credited.id == make_article_id("Mở đầu.\nThân bài.".encode(), "TTXVN")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Hà Nội",
+        "HÀ NỘI",
+        "Hà Nội -",
+        "Hà Nội \u2013",
+        "TP Hồ Chí Minh",
+        "TP. Hồ Chí Minh",
+        "Tp.HCM",
+        "Sài Gòn",
+        "Thành phố Huế",
+        "Tỉnh Quảng Trị",
+        "Khánh Hoà",
+        "Bà Rịa-Vũng Tàu",
+        "Đắk Lắk",
+        "Tin Nóng",
+        "TIN NÓNG",
+        "Sức Khoẻ",
+    ],
+)
+def test_a_place_or_a_section_label_is_no_byline_above_the_story_or_below_it(line: str) -> None:
+    above = parse_text(f"T\n{{publish}}\n{{head}}\n{line}\nMở đầu câu chuyện.\nThân bài.\n")
+    assert (above.author, above.credit) == (None, None)
+    assert above.paragraphs == (line, "Mở đầu câu chuyện.", "Thân bài.")
+    below = parse_text(f"T\n{{publish}}\n{{head}}\nMở đầu câu chuyện.\nThân bài.\n{line}\n")
+    assert (below.author, below.credit) == (None, None)
+
+
+@pytest.mark.parametrize("name", ["Hoàng Yến", "Nguyễn Văn A", "Lê Hà", "Hà Nam Anh", "Minh Hòa"])
+def test_a_writers_name_that_shares_words_with_a_place_is_still_the_author(name: str) -> None:
+    above = parse_text(f"T\n{{publish}}\n{{head}}\n{name}\nMở đầu câu chuyện.\nThân bài.\n")
+    assert above.author == name
+    below = parse_text(f"T\n{{publish}}\n{{head}}\nMở đầu câu chuyện.\nThân bài.\n{name}\n")
+    assert below.author == name
+
+
+def test_every_province_is_a_place() -> None:
+    assert len(PROVINCES) == 63
+    assert len(set(PROVINCES)) == 63
+    for name in PROVINCES:
+        assert is_place_or_label(name), name
+        assert is_place_or_label(name.upper()), name
+        assert is_place_or_label(f"Tỉnh {name}") or is_place_or_label(f"TP {name}"), name

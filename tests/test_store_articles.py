@@ -18,6 +18,7 @@ from syndicate.store import Database
 from syndicate.store.articles import (
     SYNC_CACHE_KIB,
     backfill_teasers,
+    carry_over,
     decode_article,
     encode_record,
     get_article,
@@ -339,3 +340,76 @@ def test_summaries_carry_the_language_the_record_holds_and_step_12_fills_it_in(
         "loose": "en",
         "quoted": None,
     }
+
+
+def _summaries(db: Database) -> dict[str, tuple[str, datetime | None]]:
+    return {s.id: (s.story_id, s.revised_at) for s in iter_summaries(db)}
+
+
+def test_a_story_keeps_its_first_id_through_every_correction_and_another_story_does_not(
+    db: Database,
+) -> None:
+    """carry_over: each new text of a story goes by the id the story was first stored under
+    (its feed id), and says when it replaced the old; another story at the same dump path
+    (another title and publish time) is its own."""
+    later = datetime(2024, 11, 2, 6, 0, tzinfo=UTC)
+    first = LOADER_LIKE
+    fixed = dataclasses.replace(first, id="a2", body=first.body[:1])
+    again = dataclasses.replace(first, id="a3", title="Bài a1 đã sửa", body=first.body[:2])
+    other = dataclasses.replace(
+        first, id="b1", title="Tin khác", published=datetime(2024, 11, 2, tzinfo=UTC)
+    )
+    with db.transaction():
+        upsert_article(db, first, now=NOW)
+        write_page_paths(db, {"a1": "articles/bai-a1.html"})
+    with db.transaction():
+        upsert_article(db, fixed, now=later)
+        carry_over(db, [("a1", "a2", True)], now=later)
+    with db.transaction():
+        upsert_article(db, again, now=later)  # another title, the same publish time
+        upsert_article(db, other, now=later)
+        carry_over(db, [("a2", "a3", True), ("a1", "b1", True)], now=later)
+    assert _summaries(db) == {
+        "a1": ("a1", None),
+        "a2": ("a1", later),
+        "a3": ("a1", later),
+        "b1": ("b1", None),
+    }
+    # The page goes with the story: its URL stays.
+    assert read_page_paths(db) == {
+        "a1": "articles/bai-a1.html",
+        "a2": "articles/bai-a1.html",
+        "a3": "articles/bai-a1.html",
+    }
+    # A dump back at its first text: that article is the story's first again.
+    with db.transaction():
+        carry_over(db, [("a3", "a1", True)], now=later)
+    assert _summaries(db)["a1"] == ("a1", later)
+    # The same bytes read by a new parser: no revision, the story's last one kept.
+    with db.transaction():
+        upsert_article(db, dataclasses.replace(first, id="a4", body=()), now=NOW)
+        upsert_article(db, dataclasses.replace(other, id="b2", body=()), now=NOW)
+        carry_over(db, [("a1", "a4", False), ("b1", "b2", False)], now=NOW)
+    assert _summaries(db)["a4"] == ("a1", later)
+    assert _summaries(db)["b2"] == ("b1", None)
+
+
+@pytest.mark.sqlite_only
+def test_articles_stored_before_step_18_keep_their_own_ids_as_feed_ids(tmp_path: Path) -> None:
+    # No reader may see an item twice after the upgrade: an article stored before is its
+    # story's first text, its feed id the one it had.
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for step in MIGRATIONS[:16]:
+        for statement in step:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 16")
+    conn.execute(
+        "INSERT INTO articles (id, record, first_seen_at) VALUES ('a', '{}', ?)",
+        (NOW.isoformat(),),
+    )
+    conn.commit()
+    conn.close()
+    with open_store(path) as database:
+        assert database.schema_version == len(MIGRATIONS)
+        assert _summaries(database) == {"a": ("a", None)}

@@ -36,6 +36,7 @@ def _render(article: Article, pages: dict[str, str] | None) -> list[str]:
         f"  title:       {title}",
         f"  published:   {published} ({article.precision})",
         f"  author:      {article.author or '-'}",
+        *([f"  credit:      {article.credit}"] if article.credit else []),
         f"  language:    {article.language}",
         f"  dateline:    {article.dateline or '-'}",
         f"  head:        {article.head or '-'}",

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 from syndicate.errors import DumpError
 from syndicate.load.dates import DATE_HINT, find_full_dates, find_lead_date, parse_publish
 from syndicate.load.decode import decode_dump_screened
+from syndicate.load.places import is_place_or_label
 from syndicate.model import Article, Block, BlockKind, Precision, Teaser, make_article_id
 from syndicate.text import (
     PHOTO_CAPTION,
@@ -27,7 +28,9 @@ from syndicate.text import (
 # 6: a byline below the teasers, above closing captions or opening the body; a head that
 #    repeats the title is no summary; the headline scraped above the dateline's lead;
 #    HTML character references read as their characters; a name on line 3 is the byline.
-PARSER_VERSION = 6
+# 7: a source credit ("Theo TTXVN", "Nguồn: VnExpress", "(Theo Dân trí)") is the story's
+#    credit, not its author; a place or a section label ("Hà Nội", "Tin Nóng") no byline.
+PARSER_VERSION = 7
 
 # The most a dump may hold to be taken as one article: ten times the longest real article
 # (about 100,000 characters in 200 lines). Past them a dump is a scrape gone wrong, and its
@@ -137,9 +140,30 @@ def _credit_ends(text: str) -> bool:
     return not (match.start() == 0 and len(text) > 60)
 
 
+# A source credit: the agency or paper a story came from, not a writer ("Theo TTXVN",
+# "Nguồn: VnExpress", "(Theo Dân trí)", "Source: Reuters"), brackets around it or none.
+_CREDIT = re.compile(
+    r"^(?P<open>\()?(?:Theo\s+|(?:Nguồn|Source)\s*:\s*)(?P<name>[^()]+?)\s*(?(open)\))$"
+)
+
+
+def _credit(text: str) -> str | None:
+    """The source a credit line names ("Theo TTXVN" -> "TTXVN"), or None."""
+    match = _CREDIT.match(text)
+    if match is None:
+        return None
+    name = match.group("name")
+    if not (name[0].isupper() or name[0].isdigit()) or name[-1] in ".!?:;,…":
+        return None
+    words = [w for w in re.split(r"[\s,&/]+", name) if any(c.isalpha() for c in w)]
+    return name if 1 <= len(words) <= 6 else None
+
+
 def _is_byline(text: str) -> bool:
     if len(text) > 50 or _is_caption(text) or _DATELINE.match(text):
         return False
+    if _credit(text) is not None:
+        return True
     if text[-1] in ".!?:;,…" and not re.search(r"\b[A-ZĐ]\.$", text):
         return False
     body = re.sub(r"\s*\([^()]{1,30}\)$", "", text)  # "Thu Hà (tổng hợp)"
@@ -152,8 +176,11 @@ def _is_byline(text: str) -> bool:
     if prefixed:
         return words[0][0].isupper() or words[0][0].isdigit()
     joiners = {"và", "and", "-"}
-    return all(w[0].isupper() or w.lower() in joiners for w in words) and any(
-        w[0].isupper() for w in words
+    return (
+        all(w[0].isupper() or w.lower() in joiners for w in words)
+        and any(w[0].isupper() for w in words)
+        # Shaped as a name, and yet none: "Hà Nội", "TP Hồ Chí Minh", "Tin Nóng".
+        and not is_place_or_label(text)
     )
 
 
@@ -194,15 +221,27 @@ def _is_name_sized(text: str) -> bool:
     story, where a headline in title case ("Ben Lam Opens Night Market") may also sit, or
     a one-word label or place ("Video", "Infographic", "TP.HCM"): writers' names are two
     words or more ("Hoàng Yến")."""
-    if re.match(r"^(?:Theo|By)\s", text):
+    if re.match(r"^(?:Theo|By)\s", text) or _credit(text) is not None:
         return True
     words = [w for w in re.split(r"[\s,&/]+", text) if w not in {"và", "and", "-", "\u2013"}]
     return 2 <= len(words) <= 4
 
 
-def _author(text: str) -> str:
+def _byline_key(text: str) -> str:
+    """What the article's id covers of its byline line: the line without "Theo " or "By "
+    (as before credits were told from authors, so that ids stay)."""
     match = re.match(r"^(?:Theo|By)\s+(?P<rest>.+)$", text)
     return match.group("rest") if match else text
+
+
+def _author_and_credit(text: str | None) -> tuple[str | None, str | None]:
+    """The author a byline line names ("By Thu Ha" -> "Thu Ha"), or the source it credits."""
+    if text is None:
+        return None, None
+    credit = _credit(text)
+    if credit is not None:
+        return None, credit
+    return _byline_key(text), None
 
 
 def parse_dump(data: bytes, *, source: str, tz: ZoneInfo) -> Article:
@@ -271,7 +310,7 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
     # Some scrapes put the byline below the sidebar: a byline-shaped last line with teasers
     # right above it is taken first, or the teasers would be read as the story's own text.
     end = len(lines)
-    author: str | None = None
+    byline: str | None = None  # the byline's line, as the dump has it
     if (
         end - 1 > floor
         and not captions[-1]
@@ -279,7 +318,7 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
         and _is_byline(lines[-1])
     ):
         end -= 1
-        author = _author(lines[-1])
+        byline = lines[-1]
     start = end
     while start > floor and _DATELINE.match(lines[start - 1]):
         start -= 1
@@ -298,15 +337,15 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
     last = len(lines) - 1
     while last >= 0 and captions[last]:
         last -= 1
-    if author is None and paragraphs_left > 1 and _is_byline(lines[last]):
-        author = _author(lines.pop(last))
+    if byline is None and paragraphs_left > 1 and _is_byline(lines[last]):
+        byline = lines.pop(last)
         captions.pop(last)
-    elif author is None and paragraphs_left > 1:
+    elif byline is None and paragraphs_left > 1:
         # Else the first line that is not a caption, where some sites print the author
         # above the story: a name is never the lead (the feeds' summary, the digest blurb).
         first = captions.index(False)
         if _is_byline(lines[first]) and _is_name_sized(lines[first]):
-            author = _author(lines.pop(first))
+            byline = lines.pop(first)
             captions.pop(first)
 
     # 3. Captions and paragraphs; the lead is the first paragraph, its dateline removed. The
@@ -317,11 +356,11 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
     has_paragraph = False
     # The id covers the body's own byline only: one from the header would make a copy of
     # the story with its header unfilled another article.
-    body_author = author
+    body_author = None if byline is None else _byline_key(byline)
     if head and _is_byline(head):
         # A name where the sapo goes (some templates put the author there) summarises
         # nothing: it is the byline when the body has none.
-        author = author or _author(head)
+        byline = byline or head
     elif head:
         dateline, summary = _split_dateline(head)
     for line, caption in zip(lines, captions, strict=True):
@@ -368,6 +407,7 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
     content = "\n".join([b.text for b in blocks])
     body = content.encode("utf-8")
     article_id = make_article_id(body, body_author)
+    author, credit = _author_and_credit(byline)
     article = Article(
         id=article_id,
         slug=slugify(title) or f"bai-{article_id[:12]}",
@@ -377,6 +417,7 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
         precision=when.precision,
         body=tuple(blocks),
         author=author,
+        credit=credit,
         teasers=tuple(teasers),
         source=source,
         language=tell_article_language(title, content),

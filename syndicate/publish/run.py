@@ -330,7 +330,16 @@ def _write_pages(
         if writer.fresh(page.rel, fingerprint):
             continue
         entries = [
-            IndexEntry(s.id, slugs[s.id], s.title, s.published, s.precision, s.author, s.language)
+            IndexEntry(
+                s.id,
+                slugs[s.id],
+                s.title,
+                s.published,
+                s.precision,
+                s.author,
+                s.language,
+                s.credit,
+            )
             for s in chunk
         ]
         index_jobs.append((page.rel, page.archive, page.archives, entries))
@@ -478,12 +487,17 @@ def _write_feeds(
     limit = settings.feeds.limit
     info = _feed_info(settings)
     chosen = summaries[:limit]
-    # The feeds show the chosen articles' records at their page URLs, dated by them or, when
-    # none has a date, by when the newest was first seen: with the same settings and code,
+    # The feeds show the chosen articles' records at their page URLs, under their stories'
+    # ids, dated by them (and by when their text was revised) or, when none has a date, by
+    # when the newest was first seen: with the same settings and code,
     # the same inputs give the same bytes, and the feeds are not rendered again.
     key = "\0".join(
         [_feeds_code(), repr(info), str(limit)]
-        + [f"{slugs[s.id]}:{s.record_hash}:{s.first_seen_at.isoformat()}" for s in chosen]
+        + [
+            f"{slugs[s.id]}:{s.record_hash}:{s.first_seen_at.isoformat()}:{s.story_id}:"
+            f"{s.revised_at.isoformat() if s.revised_at else ''}"
+            for s in chosen
+        ]
     )
     fingerprint = _hash(key.encode())
     stale = {kind: name for kind, name in FEED_FILES.items() if not writer.fresh(name, fingerprint)}
@@ -505,6 +519,8 @@ def _write_feeds(
         limit=limit,
         page_urls=urls,
         first_seen={s.id: s.first_seen_at for s in chosen if s.id in ids},
+        story_ids={s.id: s.first_id for s in chosen if s.id in ids and s.first_id},
+        revised={s.id: s.revised_at for s in chosen if s.id in ids and s.revised_at},
     )
     feeds = _render_feeds(render, top, list(stale), failed)
     if failed:  # not fresh next time: the articles left out are reported again

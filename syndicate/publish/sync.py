@@ -116,9 +116,10 @@ class _Sync:
         # Rows waiting for `flush` (one executemany each per batch).
         self.dump_rows: list[tuple[str, store.CachedDump]] = []
         self.article_rows: list[store.ArticleRow] = []
-        # (old id, new id): a dump read again that now gives another article (a new parser
-        # version, an edit), whose story keeps what the old one had (see `flush`).
-        self.renamed: list[tuple[str, str]] = []
+        # (old id, new id, edited): a dump read again that now gives another article (an
+        # edit: its bytes changed; or a new parser version), whose story keeps what the old
+        # one had (see `flush`).
+        self.renamed: list[tuple[str, str, bool]] = []
 
     def signature(self, path: str, shown: str) -> _Signature | DumpError:
         """The stat signature of a dump (taken before it is read), or why it cannot be read."""
@@ -196,7 +197,8 @@ class _Sync:
                 and entry.article_id is not None
                 and old.article_id != entry.article_id
             ):
-                self.renamed.append((old.article_id, entry.article_id))
+                edited = old.content_hash != entry.content_hash
+                self.renamed.append((old.article_id, entry.article_id, edited))
         if entry.article_id is None:
             self._skip(decode_error(shown, entry.error or "rejected"))
             return
@@ -283,9 +285,10 @@ class _Sync:
         store.write_dumps(self.db, self.dump_rows)
         store.upsert_rows(self.db, self.article_rows, now=self.now)
         if self.renamed:
-            # The same dump is the same story: the digest it went out in (not mailed again)
-            # and when it was first seen (its place among undated articles) stay with it.
-            store.carry_over(self.db, self.renamed)
+            # The same dump is the same story: the digest it went out in (not mailed again),
+            # when it was first seen (its place among undated articles), its feed id (one
+            # item in readers) and its page (its URL) stay with it.
+            store.carry_over(self.db, self.renamed, now=self.now)
             self.renamed.clear()
         self.dump_rows.clear()
         self.article_rows.clear()

@@ -48,14 +48,15 @@ DELETE_DUMP = "DELETE FROM dumps WHERE path = ?"
 UPSERT_ARTICLE = """
     INSERT INTO articles
         (id, record, body, published_at, first_seen_at, slug, title, precision, author, source,
-         record_hash, language)
+         record_hash, language, credit)
     VALUES (:id, CAST(:record AS TEXT), CAST(:body AS TEXT), :published_at, :first_seen_at,
-            :slug, :title, :precision, :author, :source, :record_hash, :language)
+            :slug, :title, :precision, :author, :source, :record_hash, :language, :credit)
     ON CONFLICT (id) DO UPDATE SET
         record = excluded.record, body = excluded.body, published_at = excluded.published_at,
         slug = excluded.slug, title = excluded.title, precision = excluded.precision,
         author = excluded.author, source = excluded.source,
-        record_hash = excluded.record_hash, language = excluded.language
+        record_hash = excluded.record_hash, language = excluded.language,
+        credit = excluded.credit
     WHERE articles.record_hash != excluded.record_hash OR articles.source != excluded.source
 """
 # PostgreSQL's spelling: the record and body come as UTF-8 bytes (see `encode_record`).
@@ -73,7 +74,7 @@ SELECT_ARTICLE = "SELECT record, body FROM articles WHERE id = ?"
 # The light columns of every article, for index pages and feed selection.
 SELECT_SUMMARIES = """
     SELECT a.id, a.slug, a.title, a.published_at, a.precision, a.author, a.record_hash,
-        a.first_seen_at, p.path, a.language
+        a.first_seen_at, p.path, a.language, a.first_id, a.revised_at, a.credit
     FROM articles AS a LEFT JOIN article_pages AS p ON p.article_id = a.id
 """
 # The articles that have a page, and where (only the build writes article_pages).
@@ -145,6 +146,16 @@ class ArticleSummary:
     first_seen_at: datetime
     page_path: str | None = None  # where the last build wrote its page; None: it has none
     language: str | None = None  # the record's (the parser's); None: not stored, the site's
+    # The id its story was first stored under (None: this one), whose feed id it keeps, and
+    # when this text replaced an earlier one of the story (None: never): carry_over.
+    first_id: str | None = None
+    revised_at: datetime | None = None
+    credit: str | None = None  # the source it is credited to (Article.credit)
+
+    @property
+    def story_id(self) -> str:
+        """The id the article's story goes by in the feeds (feeds.item_id): its first."""
+        return self.first_id or self.id
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -279,6 +290,7 @@ class ArticleRow(NamedTuple):
     author: str | None
     source: str
     language: str
+    credit: str | None = None
     # text.story_key of its head and lead, and of each of its teasers (for store.teasers).
     story_keys: tuple[str, ...] = ()
     teaser_keys: tuple[str, ...] = ()
@@ -299,6 +311,7 @@ def article_row(article: Article, parsed_body: bytes | None = None) -> ArticleRo
         author=article.author,
         source=article.source,
         language=article.language,
+        credit=article.credit,
         story_keys=teasers.story_keys(article),
         teaser_keys=teasers.teaser_keys(article),
     )
@@ -351,6 +364,7 @@ def upsert_rows(db: Database, rows: Sequence[ArticleRow], *, now: datetime) -> N
                     "source": row.source,
                     "record_hash": row.record_hash,
                     "language": row.language,
+                    "credit": row.credit,
                 }
                 for row in rows
             ),
@@ -360,33 +374,60 @@ def upsert_rows(db: Database, rows: Sequence[ArticleRow], *, now: datetime) -> N
     teasers.index_keys(db, [(row.id, row.story_keys, row.teaser_keys) for row in rows])
 
 
-# A dump's new article takes its old article's digest day (when it has none) and the earlier
-# of the two first-seen times, when it is the same story: the same title or the same publish
-# time (a correction keeps one of them). A path that now holds another story (a scraper that
-# reuses its file names, a folder link moved to another day's dumps) carries nothing over:
-# that story would never be mailed. ISO UTC text of one width: text order is time order.
-_CARRY_OVER = """
+# A dump's new article is the same story as its old one when it keeps the old one's title or
+# publish time (a correction keeps one of them). A path that now holds another story (a
+# scraper that reuses its file names, a folder link moved to another day's dumps) carries
+# nothing over: that story would never be mailed, and readers would take it for the old.
+_SAME_STORY = """
+    EXISTS (
+        SELECT 1 FROM articles AS o, articles AS n
+        WHERE o.id = :old AND n.id = :new
+          AND (o.title = n.title OR o.published_at = n.published_at)
+    )
+"""
+# The same story's new article takes its old one's digest day (when it has none), the earlier
+# of the two first-seen times, and the id the story was first stored under (its feed id);
+# when the dump's bytes changed (an edit, not a new parser reading the same bytes), it was
+# revised now, else it keeps the old one's revision time. ISO UTC text of one width: text
+# order is time order.
+_CARRY_OVER = f"""
     UPDATE articles SET
         digest_day = coalesce(digest_day,
             (SELECT o.digest_day FROM articles AS o WHERE o.id = :old)),
         first_seen_at = coalesce(
             (SELECT o.first_seen_at FROM articles AS o
              WHERE o.id = :old AND o.first_seen_at < articles.first_seen_at),
-            first_seen_at)
-    WHERE id = :new AND EXISTS (
-        SELECT 1 FROM articles AS o
-        WHERE o.id = :old
-          AND (o.title = articles.title OR o.published_at = articles.published_at)
-    )
-"""
+            first_seen_at),
+        first_id = nullif(
+            (SELECT coalesce(o.first_id, o.id) FROM articles AS o WHERE o.id = :old), id),
+        revised_at = CASE WHEN :edited = 1 THEN :now
+            ELSE (SELECT o.revised_at FROM articles AS o WHERE o.id = :old) END
+    WHERE id = :new AND {_SAME_STORY}
+"""  # noqa: S608 - constant text, no value
+# ... and its page: a published URL stays with the story (the build keeps an article's page
+# path), even when the correction is in the title its slug came from.
+_CARRY_OVER_PAGE = f"""
+    INSERT INTO article_pages (article_id, path)
+    SELECT :new, p.path FROM article_pages AS p
+    WHERE p.article_id = :old AND {_SAME_STORY}
+    ON CONFLICT (article_id) DO NOTHING
+"""  # noqa: S608 - constant text, no value
 
 
-def carry_over(db: Database, pairs: Sequence[tuple[str, str]]) -> None:
-    """For each (old id, new id) of a dump read again: the new article keeps the old one's
-    digest day and first-seen time when it is the same story, by title or publish time
-    (inside the caller's transaction)."""
+def carry_over(db: Database, pairs: Sequence[tuple[str, str, bool]], *, now: datetime) -> None:
+    """For each (old id, new id, edited) of a dump read again: when the new article is the
+    same story, by title or publish time, it keeps the old one's digest day, first-seen
+    time, first id (the story's feed id) and page, and is revised at `now` when the dump
+    was `edited` (its bytes changed), else keeps the old one's revision time (inside the
+    caller's transaction)."""
+    params = [
+        {"old": old, "new": new, "now": _utc_text(now), "edited": int(edited)}
+        for old, new, edited in pairs
+        if old != new
+    ]
     try:
-        db.conn.executemany(_CARRY_OVER, ({"old": old, "new": new} for old, new in pairs))
+        db.conn.executemany(_CARRY_OVER_PAGE, [{"old": p["old"], "new": p["new"]} for p in params])
+        db.conn.executemany(_CARRY_OVER, params)
     except DB_ERRORS as exc:
         raise _wrap("store the articles", db, exc) from exc
 
@@ -462,6 +503,9 @@ def iter_summaries(db: Database) -> Iterator[ArticleSummary]:
                     first_seen_at=seen,
                     page_path=row[8],
                     language=row[9],
+                    first_id=row[10],
+                    revised_at=datetime.fromisoformat(row[11]) if row[11] else None,
+                    credit=row[12],
                 )
     except DB_ERRORS as exc:
         raise _wrap("read the articles", db, exc) from exc

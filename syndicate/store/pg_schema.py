@@ -237,6 +237,14 @@ _VERSION_16: list[str] = [
 # 17: every row gets its mailbox key: the same Python step as SQLite's (see schema.py).
 _VERSION_17: list[Statement] = MAILBOX_KEYS_MIGRATION
 
+# 18: a story's first id and revision time, for feed ids that survive a correction, and its
+# source credit (see schema.py).
+_VERSION_18: list[str] = [
+    f"ALTER TABLE articles ADD COLUMN first_id {T}",
+    f"ALTER TABLE articles ADD COLUMN revised_at {T}",
+    f"ALTER TABLE articles ADD COLUMN credit {T}",
+]
+
 # Version -> statements. A version missing here has no PostgreSQL step (1 to 8).
 PG_MIGRATIONS: dict[int, Sequence[Statement]] = {
     9: _VERSION_9,
@@ -248,6 +256,7 @@ PG_MIGRATIONS: dict[int, Sequence[Statement]] = {
     15: _VERSION_15,
     16: _VERSION_16,
     17: _VERSION_17,
+    18: _VERSION_18,
 }
 
 # The first version a PostgreSQL store can be at: what step 9 creates.

@@ -417,3 +417,21 @@ def key_mailboxes(conn: Any) -> None:
 # batches of rows in id order. The same function is PostgreSQL's step 17 (pg_schema.py).
 MAILBOX_KEYS_MIGRATION: list[Statement] = [key_mailboxes]
 MIGRATIONS.append(MAILBOX_KEYS_MIGRATION)
+
+# 18: a story's feed id stays put when its text changes. An article's id is a hash of its
+# text, so a dump corrected at the same path, or read differently by a new parser version,
+# is another article; when it is the same story (store.articles.carry_over), `first_id` is
+# the id the story was first stored under, whose feeds.item_id every feed item of the story
+# keeps, and `revised_at` when this text replaced the earlier one (the feeds' updated time).
+# NULL `first_id`: the article is its story's first text (every article stored before this
+# step: their feed ids stay what they were); NULL `revised_at`: never revised. `credit` is the
+# source a story is credited to ("Theo TTXVN"), beside its author, where the index pages are
+# built from (from the record's `credit`, the parser's: written by the build, which reads
+# every dump again for the parser version that tells credits from authors).
+MIGRATIONS.append(
+    [
+        "ALTER TABLE articles ADD COLUMN first_id TEXT",
+        "ALTER TABLE articles ADD COLUMN revised_at TEXT",
+        "ALTER TABLE articles ADD COLUMN credit TEXT",
+    ]
+)
