@@ -1,0 +1,107 @@
+"""Dumps written by an attacker (a contributor, a compromised wire feed), through the real CLI.
+
+Each test puts crafted dumps in the dump folder, runs `python -m syndicate` in a
+subprocess as cron would, and reads what it published with the parsers readers use
+(the email package, an HTML parser): the dump's text must stay text, and its size must
+cost time in proportion.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+_CONFIG = """\
+[site]
+title = "{title}"
+language = "{lang}"
+base_url = "https://news.example.org/"
+[paths]
+seeds = "seeds"
+output = "out"
+database = "s.db"
+outbox = "outbox"
+[mail]
+from = "news@example.org"
+"""
+
+# A story's lead and a second paragraph, below a filled header ({place}: one story each).
+_STORY = (
+    "LGO - Sáng nay, Ủy ban nhân dân huyện {place} họp bàn kế hoạch "
+    "sửa chữa đường sau mùa mưa lũ.\n"
+    "Các đại biểu thống nhất ưu tiên những tuyến đường liên xã bị sạt lở nặng.\n"
+)
+
+
+def _today() -> str:
+    """Today's date as a dump's publish line gives it: a digest of older news says so."""
+    return datetime.now(ZoneInfo("Asia/Ho_Chi_Minh")).strftime("%d/%m/%Y")
+
+
+def _project(root: Path, *, title: str = "Tin Lam Giang", lang: str = "vi") -> Path:
+    (root / "seeds").mkdir()
+    (root / "syndicate.toml").write_text(_CONFIG.format(title=title, lang=lang), encoding="utf-8")
+    return root / "seeds"
+
+
+def _syndicate(
+    cwd: Path, *args: str, cpu_seconds: int | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as cron would, with no SYNDICATE_* variable.
+
+    `cpu_seconds` caps the process's CPU time (the kernel ends it past that): a test of
+    a bound on work fails there on a busy machine as on an idle one.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
+
+    def limit() -> None:
+        if cpu_seconds is not None:
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
+
+    return subprocess.run(
+        [sys.executable, "-m", "syndicate", *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_sidebars_of_ten_thousand_teasers_cost_linear_time_on_pages_and_in_the_digest(
+    tmp_path: Path,
+) -> None:
+    # A dump may hold 10,000 lines: all but a story's few can be teasers. Each teaser was
+    # compared with every one kept before it (a prefix of it, or it of one), on the page
+    # and in the digest's "Other news", whose teasers are those of all its articles: these
+    # two dumps of 700 KB cost 20 s of CPU to build, and one alone 90 s to render the
+    # digest (four times that for two). Now about 1 s each.
+    seeds = _project(tmp_path)
+    for name, place in (("a", "Đông Lũy"), ("b", "Phước Hải")):
+        teasers = "".join(
+            f"LGO - Tin {name} số {n}: xã {n} khánh thành nhà văn hóa mới...\n"
+            for n in range(9_990)
+        )
+        (seeds / f"{name}.txt").write_text(
+            f"Lam Giang sửa đường ({name})\n{_today()} 09:00\n{{head}}\n"
+            + _STORY.format(place=place)
+            + teasers,
+            encoding="utf-8",
+        )
+    built = _syndicate(tmp_path, "build", cpu_seconds=15)
+    assert (built.returncode, built.stderr) == (0, "")
+    done = _syndicate(tmp_path, "digest", "--out", "preview", cpu_seconds=15)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines()[0].endswith(": 2 articles.")
+    page = (tmp_path / "out" / "articles" / "lam-giang-sua-duong-a.html").read_text("utf-8")
+    assert page.count("khánh thành nhà văn hóa mới") == 9_990
+    digest = (tmp_path / "preview" / "digest.txt").read_text("utf-8")
+    assert digest.count("khánh thành nhà văn hóa mới") == 5  # digest.max_teasers
