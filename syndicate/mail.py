@@ -282,8 +282,11 @@ def _encode_text(name: str, text: str) -> str:
 
     Spaces go inside the encoded words, so a reader decodes the text exactly; the
     email package's own folder drops a space that falls between two encoded words.
+    ASCII text holding "=?" is encoded too (RFC 2047, section 5): written as it is, a word
+    shaped like an encoded word ("=?utf-8?b?...?=", in an article's title) would be
+    decoded by the reader into other text, a line break and a header of its own included.
     """
-    charset = "us-ascii" if text.isascii() else "utf-8"
+    charset = "us-ascii" if text.isascii() and "=?" not in text else "utf-8"
     return Header(text, charset, header_name=name).encode(linesep="\r\n")
 
 

@@ -8,11 +8,14 @@ cost time in proportion.
 
 from __future__ import annotations
 
+import base64
 import os
 import resource
 import subprocess
 import sys
 from datetime import datetime
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -105,3 +108,29 @@ def test_sidebars_of_ten_thousand_teasers_cost_linear_time_on_pages_and_in_the_d
     assert page.count("khánh thành nhà văn hóa mới") == 9_990
     digest = (tmp_path / "preview" / "digest.txt").read_text("utf-8")
     assert digest.count("khánh thành nhà văn hóa mới") == 5  # digest.max_teasers
+
+
+def _sent(root: Path) -> list[EmailMessage]:
+    """The mails `send` left in the outbox, parsed as a mail reader parses them."""
+    return [
+        message_from_bytes(path.read_bytes(), policy=policy.default)  # type: ignore[misc]
+        for path in sorted((root / "outbox").rglob("*.eml"))
+    ]
+
+
+def test_a_title_written_as_an_encoded_word_is_the_subject_readers_see(tmp_path: Path) -> None:
+    # An ASCII subject went out as it was: a title spelled as an RFC 2047 encoded word was
+    # decoded by every mail reader into other text, here a line break and a forged header.
+    # Such text must be encoded itself, so that the reader decodes it back to the title.
+    title = "=?utf-8?b?" + base64.b64encode(b"Bcc: all@example.org\r\nX: y").decode() + "?="
+    seeds = _project(tmp_path, title="News", lang="en")
+    (seeds / "a.txt").write_text(
+        f"{title} today\n{_today()} 09:00\n{{head}}\n" + _STORY.format(place="Dong Luy"),
+        encoding="utf-8",
+    )
+    added = _syndicate(tmp_path, "subscribers", "add", "an@example.org", "--lang", "en")
+    assert added.returncode == 0, added.stderr
+    done = _syndicate(tmp_path, "send")
+    assert (done.returncode, done.stderr) == (0, "")
+    (mail,) = _sent(tmp_path)
+    assert mail["Subject"] == f"News: {title} today"
