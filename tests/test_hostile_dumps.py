@@ -54,13 +54,25 @@ def _project(root: Path, *, title: str = "Tin Lam Giang", lang: str = "vi") -> P
 
 
 def _syndicate(
-    cwd: Path, *args: str, cpu_seconds: int | None = None, timeout: float = 120
+    cwd: Path,
+    *args: str,
+    cpu_seconds: int | None = None,
+    recursion_limit: int | None = None,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """Run the CLI as cron would, with no SYNDICATE_* variable.
 
     `cpu_seconds` caps the process's CPU time (the kernel ends it past that): a test of
-    a bound on work fails there on a busy machine as on an idle one.
+    a bound on work fails there on a busy machine as on an idle one. `recursion_limit`
+    sets Python's (default 1,000) before syndicate starts.
     """
+    command = ["-m", "syndicate"]
+    if recursion_limit is not None:
+        command = [
+            "-c",
+            f"import runpy, sys; sys.setrecursionlimit({recursion_limit}); "
+            "runpy.run_module('syndicate', run_name='__main__', alter_sys=True)",
+        ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_")}
 
     def limit() -> None:
@@ -68,7 +80,7 @@ def _syndicate(
             resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
 
     return subprocess.run(
-        [sys.executable, "-m", "syndicate", *args],
+        [sys.executable, *command, *args],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -179,3 +191,28 @@ def test_a_title_of_ampersands_keeps_its_references_whole_in_the_mail(tmp_path: 
     headings.feed(html.get_content())
     # Split between two references (a line break, shown as a space): never inside one.
     assert [text.replace("\r\n", "") for text in headings.texts] == ["&" * 300]
+
+
+def test_a_dump_folders_deep_is_read_with_the_others(tmp_path: Path) -> None:
+    # The dump folder was walked by recursion, a call per level: a dump 1,000 folders deep
+    # (`mkdir -p` makes one in a blink) went past Python's recursion limit, and the build
+    # (and inspect) ended in a RecursionError traceback, the other dumps unbuilt. Here the
+    # limit is lowered to 300 and the dump 400 deep: pytest's clean-up of tmp_path recurses
+    # too, and would fail on a folder past the usual limit.
+    seeds = _project(tmp_path)
+    (seeds / "a.txt").write_text(
+        f"Lam Giang sửa đường\n{_today()} 09:00\n{{head}}\n" + _STORY.format(place="Đông Lũy"),
+        encoding="utf-8",
+    )
+    deep = seeds.joinpath(*["d"] * 400)
+    deep.mkdir(parents=True)
+    (deep / "b.txt").write_text(
+        f"Phước Hải sửa đường\n{_today()} 10:00\n{{head}}\n" + _STORY.format(place="Phước Hải"),
+        encoding="utf-8",
+    )
+    done = _syndicate(tmp_path, "build", recursion_limit=300)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith("Built 2 articles (0 duplicates, 0 skipped)")
+    shown = _syndicate(tmp_path, "inspect", "seeds", recursion_limit=300)
+    assert (shown.returncode, shown.stderr) == (0, "")
+    assert "Phước Hải sửa đường" in shown.stdout
