@@ -7,6 +7,7 @@ from the settings) and the URLs are passed in. Templates are read from
 
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
 import logging
@@ -44,6 +45,7 @@ from syndicate.model import (
     credit_line,
     order_key,
     order_teasers,
+    prefix_related,
 )
 from syndicate.text import (
     MAX_LINE_BYTES,
@@ -178,13 +180,10 @@ def _teaser_words(text: str) -> list[str]:
     return found
 
 
-def _is_prefix(short: list[str], long: list[str]) -> bool:
-    return len(short) <= len(long) and long[: len(short)] == short
-
-
-def _advertises(teaser: list[str], own: list[str]) -> bool:
-    # A teaser of one or two words says too little to tie it to an article.
-    return _is_prefix(teaser, own) and (len(teaser) >= _MIN_MATCH_WORDS or teaser == own)
+def _joined(words: list[str]) -> str:
+    """Words as one text in which a prefix is a prefix of whole words: each word followed
+    by a NUL, which no word holds (`_words` splits on everything but letters and digits)."""
+    return "".join(word + "\0" for word in words)
 
 
 def select_other_news(articles: Iterable[Article], *, limit: int = MAX_TEASERS) -> list[Teaser]:
@@ -196,26 +195,42 @@ def select_other_news(articles: Iterable[Article], *, limit: int = MAX_TEASERS) 
     lead, title or summary. Keeps the first `limit`, in digest order.
     """
     articles = list(articles)
-    own: list[list[str]] = []
+    # The articles' own texts, as word texts (`_joined`): all of them, and sorted.
+    whole: set[str] = set()
     for article in articles:
         for field in (article.lead, article.title, article.head or ""):
             found = _words(field)
             if found:
-                own.append(found)
-    kept: list[tuple[list[str], Teaser]] = []
+                whole.add(_joined(found))
+    own = sorted(whole)
+    # Word texts of the teasers kept, sorted: none is a prefix of another, so each new
+    # teaser is checked by two binary searches (model.prefix_related), not against each.
+    seen: list[str] = []
+    kept: list[Teaser] = []
     for article in articles:
         for teaser in article.teasers:
-            key = _teaser_words(teaser.text)
-            if not key:
+            words = _teaser_words(teaser.text)
+            if not words:
                 continue
-            if any(_is_prefix(key, seen) or _is_prefix(seen, key) for seen, _ in kept):
+            key = _joined(words)
+            if prefix_related(seen, key) or _advertises(key, len(words), own, whole):
                 continue
-            if any(_advertises(key, words) for words in own):
-                continue
-            kept.append((key, teaser))
+            bisect.insort(seen, key)
+            kept.append(teaser)
             if len(kept) >= limit:
-                return [t for _, t in kept]
-    return [t for _, t in kept]
+                return kept
+    return kept
+
+
+def _advertises(key: str, count: int, own: list[str], whole: set[str]) -> bool:
+    """Whether the teaser of `count` words (word text `key`) advertises one of the articles
+    (`own`, their word texts sorted; `whole`, the same as a set): it opens one of them. A
+    teaser of one or two words says too little to tie it to an article: it must be all
+    of one."""
+    if count < _MIN_MATCH_WORDS:
+        return key in whole
+    at = bisect.bisect_left(own, key)
+    return at < len(own) and own[at].startswith(key)
 
 
 def plan_other_news(plan: DigestPlan, *, limit: int, tz: tzinfo) -> list[OtherNews]:

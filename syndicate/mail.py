@@ -306,8 +306,11 @@ def _encode_text(name: str, text: str) -> str:
 
     Spaces go inside the encoded words, so a reader decodes the text exactly; the
     email package's own folder drops a space that falls between two encoded words.
+    ASCII text holding "=?" is encoded too (RFC 2047, section 5): written as it is, a word
+    shaped like an encoded word ("=?utf-8?b?...?=", in an article's title) would be
+    decoded by the reader into other text, a line break and a header of its own included.
     """
-    charset = "us-ascii" if text.isascii() else "utf-8"
+    charset = "us-ascii" if text.isascii() and "=?" not in text else "utf-8"
     return Header(text, charset, header_name=name).encode(linesep="\r\n")
 
 
@@ -349,7 +352,8 @@ def fold_html_lines(html: str, *, limit: int = MAX_LINE_BYTES) -> str:
 
     Breaks replace a space in text or a space between attributes of a tag,
     never one inside a quoted attribute value. A run with no such space (only
-    hostile input makes one) is split between characters.
+    hostile input makes one) is split between characters, never inside a character
+    reference ("&amp;" split was shown as "&am p;").
     """
     if all(len(line.encode()) <= limit for line in html.split("\n")):
         return html
@@ -365,6 +369,8 @@ def _fold_html_line(line: str, limit: int) -> str:
     size = 0
     last_space = -1  # index in `out` of the last breakable space on this line
     size_after_space = 0
+    reference = -1  # index in `out` of the "&" of a character reference not yet closed
+    size_before_reference = 0
     for char in line:
         width = len(char.encode())
         if size + width > limit:
@@ -372,9 +378,15 @@ def _fold_html_line(line: str, limit: int) -> str:
                 out[last_space] = "\n"
                 size -= size_after_space
                 last_space = -1
+            elif reference >= 0:  # break before the reference, not inside it
+                out.insert(reference, "\n")
+                size -= size_before_reference
+                reference = -1
             elif not in_tag and not unicodedata.combining(char):
                 out.append("\n")
                 size = 0
+        if reference >= 0 and not (char.isascii() and (char.isalnum() or char == "#")):
+            reference = -1  # ";" (or anything else) ends it
         if quote:
             if char == quote:
                 quote = ""
@@ -384,6 +396,9 @@ def _fold_html_line(line: str, limit: int) -> str:
             in_tag = True
         elif char == ">":
             in_tag = False
+        elif char == "&" and not in_tag:
+            reference = len(out)
+            size_before_reference = size
         elif char == " ":
             out.append(char)
             size += width

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -370,6 +371,21 @@ def teaser_day(text: str, *, near: date) -> date | None:
     return min(found, key=lambda d: abs((d - near).days)) if found else None
 
 
+def prefix_related(keys: Sequence[str], key: str) -> bool:
+    """Whether `key` is a prefix of one of `keys`, or one of them a prefix of `key`.
+
+    `keys` must be sorted, none a prefix of another. Two binary searches, not a look at
+    every key: a sidebar of 10,000 teasers compared each with those before it (50 million
+    comparisons a page). A key that `key` begins sorts at or right after it; and a prefix
+    of `key` is the greatest key below it, since any key between the two would begin with
+    the prefix too.
+    """
+    at = bisect.bisect_left(keys, key)
+    if at < len(keys) and keys[at].startswith(key):
+        return True
+    return at > 0 and key.startswith(keys[at - 1])
+
+
 @dataclass(frozen=True, slots=True)
 class OtherNews:
     """One "Other news" item: a teaser, and the page of the article it advertises if known."""
@@ -395,13 +411,13 @@ def order_teasers(
     """
     linked: list[OtherNews] = []
     unlinked: list[OtherNews] = []
-    keys: list[str] = []
+    keys: list[str] = []  # sorted, none a prefix of another (see prefix_related)
     targets: set[str] = set()
     for teaser in teasers:
         key = story_key(teaser.text)
-        if not key or any(k.startswith(key) or key.startswith(k) for k in keys):
+        if not key or prefix_related(keys, key):
             continue
-        keys.append(key)
+        bisect.insort(keys, key)
         link = links.get(key)
         if link is not None:
             if link.id in exclude or link.id in targets:

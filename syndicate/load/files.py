@@ -68,30 +68,36 @@ def find_dump_paths(paths: Sequence[Path]) -> Iterator[str]:
             yield root
 
 
-def _dump_names(root: str, parts: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+def _dump_names(root: str) -> Iterator[tuple[str, ...]]:
     """The `*.txt` files below `root` as path parts, as `Path(root).rglob("*.txt")` finds them
-    (dot files too; into real subfolders, not linked ones; an unreadable subfolder is passed
-    over), keeping regular files and links (a broken link too, so that it is reported).
+    (dot files too; into real subfolders, not linked ones; an unreadable subfolder, or one
+    too deep for the system to name, is passed over), keeping regular files and links (a
+    broken link too, so that it is reported).
 
-    One `scandir` per folder, and the file types it reports: no `stat` per file.
+    One `scandir` per folder, and the file types it reports: no `stat` per file. Folders
+    wait on a list, not in a call each: a folder a thousand levels deep (`mkdir -p`) went
+    past Python's recursion limit.
     """
-    try:
-        with os.scandir(os.path.join(root, *parts)) as entries:
-            listed = list(entries)
-    except OSError:
-        if not parts:
-            raise
-        return
-    for entry in listed:
-        name = entry.name
-        if name.endswith(".txt") and _is_dump(entry):
-            yield (*parts, name)
+    folders: list[tuple[str, ...]] = [()]
+    while folders:
+        parts = folders.pop()
         try:
-            is_folder = entry.is_dir() and not entry.is_symlink()
+            with os.scandir(os.path.join(root, *parts)) as entries:
+                listed = list(entries)
         except OSError:
+            if not parts:
+                raise
             continue
-        if is_folder:
-            yield from _dump_names(root, (*parts, name))
+        for entry in listed:
+            name = entry.name
+            if name.endswith(".txt") and _is_dump(entry):
+                yield (*parts, name)
+            try:
+                is_folder = entry.is_dir() and not entry.is_symlink()
+            except OSError:
+                continue
+            if is_folder:
+                folders.append((*parts, name))
 
 
 def _is_dump(entry: os.DirEntry[str]) -> bool:
