@@ -6,11 +6,13 @@ options, call the stage functions, and print. Only this package prints.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,8 +33,11 @@ from syndicate.config import (
     weak_secret_warning,
 )
 from syndicate.errors import (
+    DiskFullError,
     OpenFilesError,
     OutOfFilesError,
+    OutputError,
+    ReaderGoneError,
     SyndicateError,
     log_lines_to_stderr,
     printable,
@@ -40,6 +45,41 @@ from syndicate.errors import (
 from syndicate.store import Database, open_database, open_empty, open_reader
 
 log = logging.getLogger("syndicate")
+
+
+def echo(message: str | bytes = "", *, err: bool = False, nl: bool = True) -> None:
+    """Print `message` (and a newline) on standard output, or with `err` on standard error:
+    every line a command prints goes through here.
+
+    Standard output that cannot take it raises, so the command stops where it is (a
+    transaction still open rolls back; what was committed stays, whole): ReaderGoneError
+    (exit 141, said nowhere) for a pipe whose reader has gone, DiskFullError (75) for a full
+    disk or quota, OutputError (2) for anything else.
+    """
+    if err:
+        click.echo(message, err=True, nl=nl)
+        return
+    try:
+        click.echo(message, nl=nl)  # writes, then flushes
+    except OSError as exc:
+        raise stdout_error(exc) from None
+
+
+def stdout_error(exc: OSError) -> OutputError:
+    """The error for `exc`, raised by a write to standard output. Standard output then goes
+    to /dev/null: what stayed in its buffer would fail again at exit, with a traceback."""
+    with contextlib.suppress(OSError):  # (CliRunner's stdout has no file descriptor)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    if exc.errno == errno.EPIPE:
+        return ReaderGoneError("standard output: its reader has gone.")
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return (DiskFullError if full else OutputError)(
+        f"standard output: cannot write: {exc.strerror or exc}.",
+        hint=("Free some space or send" if full else "Send")
+        + " the output elsewhere; nothing was half-written.",
+    )
 
 
 @dataclass
@@ -69,7 +109,7 @@ class AppContext:
                 if warning is not None:
                     # Once (the settings load once a command), and under -q too: cron runs
                     # with -q, and its mail is where an operator sees that links can be forged.
-                    click.echo(f"warning: {warning}", err=True)
+                    echo(f"warning: {warning}", err=True)
         return self._settings
 
     @property
@@ -126,7 +166,7 @@ class AppContext:
     def echo(self, message: str) -> None:
         """Print a normal result line (suppressed by -q)."""
         if not self.quiet:
-            click.echo(message)
+            echo(message)
 
     def now(self) -> float:
         return time.time()
@@ -185,11 +225,13 @@ class SyndicateGroup(click.Group):
             app = ctx.obj if isinstance(ctx.obj, AppContext) else None
             if app is not None and app.debug:
                 raise
+            if isinstance(exc, ReaderGoneError):  # as Unix tools end: quietly
+                ctx.exit(exc.exit_code)
             # One line, as the log's: it may quote a stranger (a mail server's reply).
-            click.echo(f"Error: {printable(str(exc))}", err=True)
+            echo(f"Error: {printable(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
+            echo("Interrupted.", err=True)
             ctx.exit(130)
         except Terminated:
             name = ctx.invoked_subcommand
@@ -199,7 +241,7 @@ class SyndicateGroup(click.Group):
                 # pipe defers a command that dies by a signal, and returns one exiting 143).
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 os.kill(os.getpid(), signal.SIGTERM)
-            click.echo(
+            echo(
                 f"{name}: stopped by SIGTERM before it finished; nothing was half-written. "
                 "Run it again to finish.",
                 err=True,
@@ -315,4 +357,4 @@ def main() -> None:
     cli.main(prog_name="syndicate")
 
 
-__all__ = ["AppContext", "Terminated", "cli", "main", "pass_app"]
+__all__ = ["AppContext", "Terminated", "cli", "echo", "main", "pass_app"]

@@ -231,15 +231,15 @@ def _serve(app: AppContext, database: Database, reader: Database, host: str, por
     )
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    app.echo(
-        f"Serving {settings.paths.output} at http://{shown}:{bound_port}/ "
-        f"(site {settings.site.base_url}); {confirmations_note(settings)}; "
-        "press Ctrl-C to stop."
-    )
     accept_errors, hide_tokens = AcceptErrors(), HideTokens()
     logging.getLogger("asyncio").addFilter(accept_errors)
     logging.getLogger("uvicorn.access").addFilter(hide_tokens)
     try:
+        app.echo(
+            f"Serving {settings.paths.output} at http://{shown}:{bound_port}/ "
+            f"(site {settings.site.base_url}); {confirmations_note(settings)}; "
+            "press Ctrl-C to stop."
+        )
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         logging.getLogger("uvicorn.access").removeFilter(hide_tokens)

@@ -14,7 +14,7 @@ from types import FrameType
 
 import click
 
-from syndicate.cli import AppContext, cli, pass_app
+from syndicate.cli import AppContext, cli, echo, pass_app
 from syndicate.config import StoreSettings
 from syndicate.errors import StoreError, TerminatedError
 from syndicate.store import NOT_A_STORE_HINT, OPEN_HINT, Database, open_reader
@@ -178,6 +178,6 @@ def copy_command(app: AppContext, source_url: str, target_url: str, as_json: boo
         )
     if as_json:
         record = {"from": names[0], "to": names[1], "copied": counts}
-        click.echo(json.dumps(record, ensure_ascii=False))
+        echo(json.dumps(record, ensure_ascii=False))
         return
     app.echo("copied: " + ", ".join(f"{n} {table}" for table, n in counts.items()))

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import errno
 import io
 import json
 import os
 import stat
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
-from syndicate.cli import AppContext, cli, pass_app
-from syndicate.errors import DiskFullError, InputError, OutputError, SubscriberError
+from syndicate.cli import AppContext, cli, echo, pass_app
+from syndicate.errors import (
+    DiskFullError,
+    InputError,
+    OutputError,
+    ReaderGoneError,
+    SubscriberError,
+)
 from syndicate.i18n import LANGUAGES
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.output import write_atomic
@@ -160,10 +163,10 @@ def list_command(app: AppContext, status: str | None, as_json: bool) -> None:
         for subscriber in iter_subscribers(db, status=wanted):
             listed += 1
             if as_json:
-                click.echo(json.dumps(_record(subscriber), ensure_ascii=False))
+                echo(json.dumps(_record(subscriber), ensure_ascii=False))
             else:
                 name = f"  {subscriber.name}" if subscriber.name else ""
-                click.echo(
+                echo(
                     f"{subscriber.id}\t{subscriber.email}\t{subscriber.language}\t"
                     f"{subscriber.status}{name}"
                 )
@@ -208,7 +211,7 @@ def import_command(app: AppContext, file: Path) -> None:
             bad += 1
             column = exc.column if isinstance(exc, RowError) else "email"
             where = f"{file} line {parsed.line}" + (f", column {column}" if column else "")
-            click.echo(f"{where}: {exc}" + ("" if exc.hint else f" {_ROW_FIX}"), err=True)
+            echo(f"{where}: {exc}" + ("" if exc.hint else f" {_ROW_FIX}"), err=True)
             continue
         added += outcome.added
         stopped += outcome.stopped
@@ -253,28 +256,23 @@ def export_command(app: AppContext, file: Path) -> None:
     if to_stdout:
         _write_stdout(buffer.getvalue().encode("utf-8"))
         if not app.quiet:  # stdout holds the CSV alone
-            click.echo(f"Exported {count} subscribers to standard output.", err=True)
+            echo(f"Exported {count} subscribers to standard output.", err=True)
         return
     write_atomic(file, buffer.getvalue().encode("utf-8"), skip_unchanged=False, private=True)
     app.echo(f"Exported {count} subscribers to {file}.")
 
 
 def _write_stdout(data: bytes) -> None:
-    """Write `data` to standard output; OutputError (DiskFullError, exit 75, when the disk
-    is full) when it cannot take it: a full disk, a reader gone (a closed pipe)."""
+    """Write `data` to standard output; DiskFullError (exit 75) or OutputError when it
+    cannot take it, saying so of the CSV (a pipe whose reader has gone ends quietly)."""
     try:
-        sys.stdout.flush()
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-    except OSError as exc:
-        # What stayed in the buffer would fail again, and be reported, at exit.
-        with contextlib.suppress(OSError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        raise (DiskFullError if full else OutputError)(
-            f"standard output: cannot write the CSV: {exc.strerror or exc}.",
+        echo(data, nl=False)
+    except ReaderGoneError:
+        raise
+    except OutputError as exc:
+        full = isinstance(exc, DiskFullError)
+        raise type(exc)(
+            exc.message.replace("cannot write:", "cannot write the CSV:"),
             hint=("Send it to a disk with room, or give" if full else "Give")
             + " a file path instead of -.",
         ) from None
@@ -382,9 +380,9 @@ def stats_command(app: AppContext, as_json: bool) -> None:
                 "complaint_rate_target": COMPLAINT_TARGET,
             },
         }
-        click.echo(json.dumps({**counts, "rates": rates}))
+        echo(json.dumps({**counts, "rates": rates}))
         return
     for key in (*_STATUSES, "total", "erased"):
-        click.echo(f"{key}: {counts[key]}")
-    click.echo(_rates_line(f"last {RATE_DAYS} days", recent))
-    click.echo(_rates_line(f"last digest {day.isoformat() if day else '(none)'}", last))
+        echo(f"{key}: {counts[key]}")
+    echo(_rates_line(f"last {RATE_DAYS} days", recent))
+    echo(_rates_line(f"last digest {day.isoformat() if day else '(none)'}", last))
