@@ -32,7 +32,7 @@ from syndicate.store.bounces import (
     last_digest_rates,
     recent_rates,
 )
-from syndicate.store.lists import OWN_COLUMNS, RowError, defuse_cell, import_row, read_list
+from syndicate.store.lists import OWN_COLUMNS, RowError, defuse_cell, import_rows, read_list
 from syndicate.store.subscribers import (
     add_subscriber,
     erase,
@@ -199,26 +199,25 @@ def import_command(app: AppContext, file: Path) -> None:
     except UnicodeDecodeError as exc:
         raise InputError(f"{file}: not UTF-8 text ({exc.reason}). Save it as UTF-8 CSV.") from exc
     shape, rows = read_list(text, source=str(file))
-    db = app.database
-    now = _now(app)
-    added = unchanged = stopped = bad = 0
-    for parsed in rows:
-        try:
-            if isinstance(parsed.row, RowError):
-                raise parsed.row
-            outcome = import_row(db, parsed.row, now=now, language=app.settings.site.language)
-        except SubscriberError as exc:
-            bad += 1
-            column = exc.column if isinstance(exc, RowError) else "email"
-            where = f"{file} line {parsed.line}" + (f", column {column}" if column else "")
-            echo(f"{where}: {exc}" + ("" if exc.hint else f" {_ROW_FIX}"), err=True)
-            continue
-        added += outcome.added
-        stopped += outcome.stopped
-        unchanged += not (outcome.added or outcome.stopped)
-    left = f", {stopped} stored ones marked as having left" if stopped else ""
-    app.echo(f"Imported {added}{left}, unchanged {unchanged}, rejected {bad} ({shape.name} list).")
-    if bad:
+
+    def report(line: int, exc: SubscriberError) -> None:
+        column = exc.column if isinstance(exc, RowError) else "email"
+        where = f"{file} line {line}" + (f", column {column}" if column else "")
+        echo(f"{where}: {exc}" + ("" if exc.hint else f" {_ROW_FIX}"), err=True)
+
+    counts = import_rows(
+        app.database,
+        rows,
+        now=_now(app),
+        language=app.settings.site.language,
+        on_error=report,
+    )
+    left = f", {counts.stopped} stored ones marked as having left" if counts.stopped else ""
+    app.echo(
+        f"Imported {counts.added}{left}, unchanged {counts.unchanged}, "
+        f"rejected {counts.rejected} ({shape.name} list)."
+    )
+    if counts.rejected:
         click.get_current_context().exit(1)
 
 
