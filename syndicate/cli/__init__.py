@@ -121,6 +121,7 @@ class AppContext:
                 url=settings.store.url,
                 busy_timeout=settings.store.busy_timeout,
                 reply_timeout=settings.store.reply_timeout,
+                url_name=settings.store_url_from,
             )
         return self._database
 
@@ -137,6 +138,7 @@ class AppContext:
                 url=settings.store.url,
                 busy_timeout=settings.store.busy_timeout,
                 reply_timeout=settings.store.reply_timeout,
+                url_name=settings.store_url_from,
             )
             self._looked = True
         return self._reader

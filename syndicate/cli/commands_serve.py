@@ -186,6 +186,7 @@ def serve_command(app: AppContext, host: str, port: int) -> None:
         any_thread=True,
         busy_timeout=timeout,
         reply_timeout=silence,
+        url_name=settings.store_url_from,
     )
     try:
         reader = open_database(
@@ -195,6 +196,7 @@ def serve_command(app: AppContext, host: str, port: int) -> None:
             busy_timeout=timeout,
             reply_timeout=silence,
             read_only=True,
+            url_name=settings.store_url_from,
         )
         try:
             _serve(app, database, reader, host, port)

@@ -92,6 +92,7 @@ def _open_source(found: _Location, settings: StoreSettings) -> Database:
                 url=url,
                 busy_timeout=settings.busy_timeout,
                 reply_timeout=settings.reply_timeout,
+                url_name="the --from URL",
             )
     if db is None:
         from syndicate.store import postgres  # psycopg: loaded only for a PostgreSQL store
@@ -163,6 +164,7 @@ def copy_command(app: AppContext, source_url: str, target_url: str, as_json: boo
                 busy_timeout=settings.busy_timeout,
                 reply_timeout=settings.reply_timeout,
                 on_complete=complete,
+                url_name="the --to URL",
             )
             names = (str(source.path), target_name)
     finally:

@@ -60,6 +60,9 @@ _SIDE_FILES = ("", "-wal", "-shm")
 # What to do when the SQLite file cannot be opened, or is no store; a command whose file
 # comes from an option, not paths.database (`store copy`), says its own.
 OPEN_HINT = "Check paths.database and the folder's permissions."
+# How a hint names the PostgreSQL URL when the caller does not say where it came from;
+# callers say: `store.url`, `SYNDICATE_STORE_URL`, or `store copy`'s `the --from URL`.
+URL_NAME = "store.url (or SYNDICATE_STORE_URL)"
 NOT_A_STORE_HINT = "Point paths.database at a new file, or restore this one from a backup."
 
 log = logging.getLogger(__name__)
@@ -135,12 +138,14 @@ def not_permitted(message: str, *, making: bool = False) -> StoreAccessError:
     )
 
 
-def unreachable(where: str, exc: BaseException) -> StoreUnavailableError:
-    """The error for a database server that cannot be reached (exit 75)."""
+def unreachable(
+    where: str, exc: BaseException, *, url_name: str = URL_NAME
+) -> StoreUnavailableError:
+    """The error for a database server that cannot be reached (exit 75); `url_name` says
+    where its URL came from."""
     return StoreUnavailableError(
         f"{where}: cannot reach the database: {_first_line(exc)}.",
-        hint="Check that the server runs and store.url (or SYNDICATE_STORE_URL); "
-        "the next run tries again.",
+        hint=f"Check that the server runs and {url_name}; the next run tries again.",
     )
 
 
@@ -163,17 +168,20 @@ _BAD_SERVICE = re.compile(
 )
 
 
-def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
+def not_connected(
+    where: str, url: str, exc: BaseException, *, url_name: str = URL_NAME
+) -> StoreError:
     """The error for a connection to `url` that failed: StoreAccessError (exit 2) when the
     server refused the login (a wrong password, no such role or database, no right to
-    connect: no retry fixes it), else the server is unreachable (exit 75)."""
+    connect: no retry fixes it), else the server is unreachable (exit 75). Its hint names
+    the URL by `url_name`: where it came from (`store.url`, `the --to URL`)."""
     from syndicate.store import postgres  # loaded already: it raised `exc`
 
     service = _BAD_SERVICE.search(str(exc))
     if service is not None:  # libpq read no service file or definition: before connecting
         return StoreError(
             f"{where}: libpq cannot use the connection service: {service.group(0)}.",
-            hint="Check the service's name (service= in store.url or SYNDICATE_STORE_URL, or "
+            hint=f"Check the service's name (service= in {url_name}, or "
             "PGSERVICE) and its file (PGSERVICEFILE, else ~/.pg_service.conf); trying again "
             "will not help until then.",
         )
@@ -183,8 +191,7 @@ def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
         reason = re.sub(r'\s*"[^"]*"( for)', r"\1", bad.group(0)).replace('"', "")
         return StoreError(
             f"{where}: the URL has a value libpq refuses: {reason}.",
-            hint="Fix store.url or SYNDICATE_STORE_URL (or the URL given to `store copy`); "
-            "trying again will not help until then.",
+            hint=f"Fix {url_name}; trying again will not help until then.",
         )
     limit = postgres.connection_limit(exc)
     if limit is not None:
@@ -196,7 +203,7 @@ def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
         )
     refused = postgres.refused_login(exc)
     if refused is None:
-        return unreachable(where, exc)
+        return unreachable(where, exc, url_name=url_name)
     kind, reason = refused
     try:
         params = postgres.parse_url(url)
@@ -209,17 +216,17 @@ def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
     user = params.get("user") or os.environ.get("PGUSER") or _system_user()
     dbname = params.get("dbname") or os.environ.get("PGDATABASE") or user
     hints = {
-        "password": "Check the password (in store.url or SYNDICATE_STORE_URL, or in "
+        "password": f"Check the password (in {url_name}, or in "
         f"PGPASSWORD or ~/.pgpass) against the role's on the server (ALTER ROLE {user} "
         "PASSWORD ...).",
-        "role": "Check the user in store.url (or SYNDICATE_STORE_URL), or create the role on "
+        "role": f"Check the user in {url_name}, or create the role on "
         f"the server (CREATE ROLE {user} LOGIN PASSWORD ...).",
         "access": "Let this user in from this machine: a line for it in the server's "
         f"pg_hba.conf, and GRANT CONNECT ON DATABASE {dbname} TO {user}.",
         "ssl": "The URL asks for SSL (sslmode require, verify-ca or verify-full) and the "
-        "server offers none: turn ssl on in the server's postgresql.conf, or give store.url "
-        "(or SYNDICATE_STORE_URL) a lower sslmode.",
-        "database": "Check the database name in store.url (or SYNDICATE_STORE_URL), or "
+        "server offers none: turn ssl on in the server's postgresql.conf, or give "
+        f"{url_name} a lower sslmode.",
+        "database": f"Check the database name in {url_name}, or "
         f"create it (createdb -O {user} {dbname}).",
     }
     hint = hints[kind]
@@ -456,6 +463,7 @@ class PgDatabase(Database):
         url: str,
         busy_timeout: float,
         reply_timeout: float | None,
+        url_name: str = URL_NAME,
     ) -> None:
         from syndicate.store import postgres  # loaded already: `conn` is its PgConnection
 
@@ -465,6 +473,7 @@ class PgDatabase(Database):
         self._begin_read = postgres.BEGIN_READ
         # For connect_async.
         self._url, self._busy_timeout, self._reply_timeout = url, busy_timeout, reply_timeout
+        self._url_name = url_name
 
     async def connect_async(self) -> Any:
         """A second connection to this (already migrated) store, a psycopg
@@ -481,7 +490,7 @@ class PgDatabase(Database):
                 self._url, busy_timeout=self._busy_timeout, reply_timeout=self._reply_timeout
             )
         except PgError as exc:
-            raise not_connected(str(self.path), self._url, exc) from exc
+            raise not_connected(str(self.path), self._url, exc, url_name=self._url_name) from exc
 
 
 def open_database(
@@ -492,10 +501,12 @@ def open_database(
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     read_only: bool = False,
     reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT,
+    url_name: str = URL_NAME,
 ) -> Database:
     """Open (creating if needed) and migrate the store: PostgreSQL at `url`, else `path`.
 
-    `url` is `store.url` (a PostgreSQL URL) or empty for the SQLite file at `path`.
+    `url` is `store.url` (a PostgreSQL URL) or empty for the SQLite file at `path`;
+    `url_name` is how hints name it, where it came from (`SYNDICATE_STORE_URL`).
 
     Raises StoreError with the path when the file cannot be opened or is not
     a syndicate database, StoreBusyError when another connection held the write
@@ -510,7 +521,11 @@ def open_database(
     """
     if url:
         return _open_postgres(
-            url, busy_timeout=busy_timeout, read_only=read_only, reply_timeout=reply_timeout
+            url,
+            busy_timeout=busy_timeout,
+            read_only=read_only,
+            reply_timeout=reply_timeout,
+            url_name=url_name,
         )
     try:
         _make_private_folder(path.parent)
@@ -569,6 +584,7 @@ def open_reader(
     url: str = "",
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT,
+    url_name: str = URL_NAME,
 ) -> Database | None:
     """Open the store to read only; None, making nothing, when there is no store yet.
 
@@ -585,6 +601,7 @@ def open_reader(
             read_only=True,
             must_exist=True,
             reply_timeout=reply_timeout,
+            url_name=url_name,
         )
     if not path.exists():
         return None
@@ -609,6 +626,7 @@ def _open_postgres(
     read_only: bool,
     reply_timeout: float | None,
     must_exist: Literal[False] = False,
+    url_name: str = URL_NAME,
 ) -> Database: ...
 @overload
 def _open_postgres(
@@ -618,6 +636,7 @@ def _open_postgres(
     read_only: bool,
     reply_timeout: float | None,
     must_exist: bool,
+    url_name: str = URL_NAME,
 ) -> Database | None: ...
 def _open_postgres(
     url: str,
@@ -626,6 +645,7 @@ def _open_postgres(
     read_only: bool,
     reply_timeout: float | None,
     must_exist: bool = False,
+    url_name: str = URL_NAME,
 ) -> Database | None:
     from syndicate.store import postgres  # psycopg loads here, on PostgreSQL only
 
@@ -636,17 +656,24 @@ def _open_postgres(
         raise StoreError(
             f"PostgreSQL URL: libpq cannot read it: {exc}. The URL is not shown, as it may "
             "hold a password.",
-            hint="Check store.url or SYNDICATE_STORE_URL (or the URL given to `store copy`); "
-            "in the password write '%' as %25, '/' as %2F, '@' as %40.",
+            hint=f"Check {url_name}; in the password write '%' as %25, '/' as %2F, '@' as %40.",
         ) from None
     reply_timeout = reply_timeout or None  # 0: no bound
     try:
         conn = postgres.connect(url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)
     except PgError as exc:
-        raise not_connected(postgres.where(url, postgres.tried(exc)), url, exc) from exc
+        where = postgres.where(url, postgres.tried(exc))
+        raise not_connected(where, url, exc, url_name=url_name) from exc
     # Named as libpq connected: a service file or PGHOST may say what the URL does not.
     where = postgres.where(url, conn.raw.pgconn)
-    db = PgDatabase(conn, where, url=url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)
+    db = PgDatabase(
+        conn,
+        where,
+        url=url,
+        busy_timeout=busy_timeout,
+        reply_timeout=reply_timeout,
+        url_name=url_name,
+    )
     try:
         if must_exist and db.schema_version == 0:  # never used: no store yet, left alone
             conn.close()
