@@ -175,7 +175,9 @@ def serve_command(app: AppContext, host: str, port: int) -> None:
         # puts its own handler back once the command returns.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     settings = app.settings
-    check_mail_settings(settings)  # as `send` does: a login without its password mails nothing
+    # As `send` does: a login without its password mails nothing; on the outbox, the folder
+    # the confirmation mails go to must take them (the outbox itself need not).
+    check_mail_settings(settings, folder=CONFIRMATIONS_FOLDER)
     # The app writes from a thread of its own (one call at a time), and reads from
     # another, through a second connection that never takes the write lock.
     timeout, url = settings.store.busy_timeout, settings.store.url
