@@ -199,11 +199,66 @@ COMMAND_MODULES = {
 }
 
 
+def _show_help(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """`--help`, printed through `echo` as every other line (click's own prints around it)."""
+    if value and not ctx.resilient_parsing:
+        echo(ctx.get_help())
+        ctx.exit()
+
+
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        echo(f"syndicate, version {__version__}")
+        ctx.exit()
+
+
+def _help_through_echo(option: click.Option | None) -> click.Option | None:
+    if option is not None:
+        option.callback = _show_help
+    return option
+
+
+class Command(click.Command):
+    """A command whose --help prints through `echo`."""
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        return _help_through_echo(super().get_help_option(ctx))
+
+
+class Group(click.Group):
+    """A group of commands (`subscribers`, `store`) whose --help prints through `echo`."""
+
+    command_class = Command
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        return _help_through_echo(super().get_help_option(ctx))
+
+
 class SyndicateGroup(click.Group):
     """A click group that is the one error boundary: SyndicateError -> one line + exit code.
 
     Its commands load lazily (COMMAND_MODULES); each module registers on `cli` on import.
     """
+
+    command_class = Command
+    group_class = Group
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        return _help_through_echo(super().get_help_option(ctx))
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except OutputError as exc:  # `syndicate --help` or `--version` could not be printed
+            if not isinstance(exc, ReaderGoneError):
+                echo(f"Error: {printable(str(exc))}", err=True)
+            raise click.exceptions.Exit(exc.exit_code) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
@@ -338,7 +393,14 @@ def _sigterm_raises() -> Iterator[None]:
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (repeat for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors (for cron).")
 @click.option("--debug", is_flag=True, help="Show a traceback for errors.")
-@click.version_option(__version__, "--version", prog_name="syndicate")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version and exit.",
+)
 @click.pass_context
 def cli(
     ctx: click.Context, config_path: Path | None, verbose: int, quiet: bool, debug: bool
