@@ -391,6 +391,8 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     config_path: Path | None = None
     env_secret: str = field(default="", repr=False)  # SYNDICATE_SECRET
+    # What gave store.url, as the store's hints name it: the config key or the variable.
+    store_url_from: str = "store.url"
 
     @property
     def secret(self) -> str:
@@ -682,6 +684,7 @@ def load_settings(
     settings = Settings(
         config_path=path.resolve() if path is not None else None,
         env_secret=_from_env(environ, ENV_SECRET),
+        store_url_from=ENV_STORE_URL if store_url else "store.url",
         **built,  # type: ignore[arg-type]
     )
     _check(settings)

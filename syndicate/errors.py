@@ -11,6 +11,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # the job ran but something failed (or was skipped under --strict)
 EXIT_USAGE = 2  # bad invocation, bad config or unusable input
 EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: locked or busy, disk full, or the mail server unavailable
+EXIT_PIPE = 141  # 128 + SIGPIPE: what a shell shows for a tool a closed pipe ended (`| head`)
 
 
 class SyndicateError(Exception):
@@ -67,6 +68,14 @@ class DiskFullError(OutputError):
     """A file could not be written because the disk is full (or over quota); try again later."""
 
     exit_code: ClassVar[int] = EXIT_TEMPFAIL
+
+
+class ReaderGoneError(OutputError):
+    """Standard output is a pipe whose reader has gone (`| head -1`). The command ends
+    quietly, as Unix tools do, with the exit status a shell shows for one that SIGPIPE
+    ended; what it did before it printed is whole."""
+
+    exit_code: ClassVar[int] = EXIT_PIPE
 
 
 class OutboxUnreadableError(SyndicateError):

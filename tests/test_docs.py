@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from syndicate.cli import AppContext, cli
 from syndicate.config import Settings
-from syndicate.errors import EXIT_FAILED, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
+from syndicate.errors import EXIT_FAILED, EXIT_OK, EXIT_PIPE, EXIT_TEMPFAIL, EXIT_USAGE
 from tests.conftest import FIXED_NOW
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,7 +187,7 @@ def test_every_config_key_is_in_the_reference(section: str, key: str) -> None:
     )
 
 
-@pytest.mark.parametrize("code", [EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TEMPFAIL])
+@pytest.mark.parametrize("code", [EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TEMPFAIL, EXIT_PIPE])
 def test_every_exit_code_is_documented(code: int) -> None:
     exit_codes = _sections(_read(DOCS / "commands.md"))["Exit codes"]
     assert re.search(rf"^\| {code} \|", exit_codes, re.MULTILINE)

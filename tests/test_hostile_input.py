@@ -191,8 +191,7 @@ def test_a_store_url_with_a_value_libpq_refuses_is_exit_2_not_75(
     where = url.removeprefix("postgresql://news@").partition("?")[0]
     assert done.stderr == (
         f"Error: PostgreSQL at {where}: the URL has a value libpq refuses: {reason}. "
-        "Fix store.url or SYNDICATE_STORE_URL (or the URL given to `store copy`); trying "
-        "again will not help until then.\n"
+        "Fix SYNDICATE_STORE_URL; trying again will not help until then.\n"
     )
 
 

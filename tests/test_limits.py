@@ -860,3 +860,50 @@ def test_erase_says_which_outbox_folder_it_could_not_read_and_exits_1(
         "an@example.org in it may remain; give this user access to it and run "
         "`syndicate subscribers erase an@example.org` again."
     )
+
+
+@pytest.mark.slow(seconds=3)
+@pytest.mark.skipif(not _can_mount(), reason="needs root and unshare to mount read-only")
+@pytest.mark.parametrize("read_only", ["outbox", "outbox/confirmations"])
+def test_serve_on_the_outbox_checks_the_folder_it_writes_its_confirmations_in(
+    tmp_path: Path, read_only: str
+) -> None:
+    # `serve` writes confirmation mails in outbox/confirmations/ only, but checked that the
+    # outbox itself could be written: a read-only outbox whose confirmations/ could be was
+    # refused (exit 2), and a read-only confirmations/ in a writable outbox was not.
+    (tmp_path / "feeds").mkdir()
+    (tmp_path / "feeds" / "index.html").write_text("<!doctype html><title>Tin</title>\n")
+    confirmations = tmp_path / "outbox" / "confirmations"
+    confirmations.mkdir(parents=True)
+    writable = tmp_path / "writable"
+    writable.mkdir()
+    folder = tmp_path / read_only
+    mounts = f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder}"
+    if read_only == "outbox":  # and a writable folder mounted on its confirmations/
+        mounts += f" && mount --bind {writable} {confirmations}"
+    script = f"{mounts} || exit 99\nexec {sys.executable} -m syndicate serve --port 0"
+    serving = subprocess.Popen(
+        ["unshare", "--mount", "sh", "-c", script],
+        cwd=tmp_path,
+        env=_clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert serving.stdout is not None
+    try:
+        line = serving.stdout.readline()  # the first line, once it serves; "" at its exit
+    finally:
+        serving.terminate()
+        _, err = serving.communicate(timeout=30)
+    if serving.returncode == 99:
+        pytest.skip(f"cannot mount read-only here: {err.strip()}")
+    if read_only == "outbox":
+        assert line.startswith("Serving "), err
+        assert "confirmation mails are written to outbox/confirmations/, not sent" in line
+        return
+    assert (line, serving.returncode) == ("", 2)
+    assert err == (
+        f"Error: config key paths.outbox: cannot write in {confirmations}: Read-only file "
+        "system. Give a folder this user can write to (or one it can make).\n"
+    )

@@ -93,7 +93,7 @@ def test_a_database_that_does_not_exist_is_exit_2_saying_to_create_it(
         "postgres",
         "no_such_db",
         'database "no_such_db" does not exist',
-        "Check the database name in store.url (or SYNDICATE_STORE_URL), or create it "
+        "Check the database name in SYNDICATE_STORE_URL, or create it "
         "(createdb -O postgres no_such_db).",
     )
 
@@ -109,7 +109,7 @@ def test_a_role_that_does_not_exist_is_exit_2_never_showing_the_password(
         "nobody_here",
         "postgres",
         'role "nobody_here" does not exist',
-        "Check the user in store.url (or SYNDICATE_STORE_URL), or create the role on the "
+        "Check the user in SYNDICATE_STORE_URL, or create the role on the "
         "server (CREATE ROLE nobody_here LOGIN PASSWORD ...).",
     )
     assert PASSWORD not in err
@@ -141,8 +141,7 @@ def test_a_login_store_copy_is_refused_names_the_option_its_url_came_from(
         "postgres",
         "no_such_db",
         'database "no_such_db" does not exist',
-        "Check the database name in the URL given to --to, or create it "
-        "(createdb -O postgres no_such_db).",
+        "Check the database name in the --to URL, or create it (createdb -O postgres no_such_db).",
     )
     wrong = _url(roles, ASKED, WRONG, "postgres")
     code, out, err = _copy(wrong, "new.db", workdir, monkeypatch)
@@ -153,17 +152,64 @@ def test_a_login_store_copy_is_refused_names_the_option_its_url_came_from(
         ASKED,
         "postgres",
         reason,
-        "Check the password in the URL given to --from, in PGPASSWORD or in ~/.pgpass "
-        f"against the role's on the server (ALTER ROLE {ASKED} PASSWORD ...).",
+        "Check the password (in the --from URL, or in PGPASSWORD or ~/.pgpass) against the "
+        f"role's on the server (ALTER ROLE {ASKED} PASSWORD ...).",
     )
     assert WRONG not in err
     assert not (workdir / "new.db").exists()
 
 
+def test_a_login_hint_names_the_config_key_when_the_url_is_in_the_config_file(
+    pg_cluster: Cluster, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hints named "store.url (or SYNDICATE_STORE_URL)" wherever the URL was.
+    url = _url(pg_cluster, "postgres", "", "no_such_db")
+    (workdir / "syndicate.toml").write_text(f'[store]\nurl = "{url}"\n', encoding="utf-8")
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv(ENV_STORE_URL, raising=False)
+    result = CliRunner().invoke(cli, ["subscribers", "list"], catch_exceptions=False)
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == _refused(
+        pg_cluster,
+        "postgres",
+        "no_such_db",
+        'database "no_such_db" does not exist',
+        "Check the database name in store.url, or create it (createdb -O postgres no_such_db).",
+    )
+
+
+@pytest.mark.parametrize("option", ["--from", "--to"])
+def test_a_store_copy_login_hint_names_the_option_that_gave_the_url(
+    pg_cluster: Cluster, workdir: Path, monkeypatch: pytest.MonkeyPatch, option: str
+) -> None:
+    # `store copy` said to check store.url (or SYNDICATE_STORE_URL), which it does not use.
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv(ENV_STORE_URL, pg_cluster.url("postgres"))  # not the copy's
+    bad = _url(pg_cluster, "nobody_here", PASSWORD, "postgres")
+    locations = {"--from": bad, "--to": str(workdir / "copy.db")}
+    if option == "--to":
+        monkeypatch.delenv(ENV_STORE_URL)
+        CliRunner().invoke(cli, ["subscribers", "add", "an@example.org"])  # a store to copy
+        locations = {"--from": str(workdir / "syndicate.db"), "--to": bad}
+    args = ["store", "copy", "--from", locations["--from"], "--to", locations["--to"]]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == _refused(
+        pg_cluster,
+        "nobody_here",
+        "postgres",
+        'role "nobody_here" does not exist',
+        f"Check the user in the {option} URL, or create the role on the server "
+        "(CREATE ROLE nobody_here LOGIN PASSWORD ...).",
+    )
+    assert PASSWORD not in result.stderr
+    assert not (workdir / "copy.db").exists()
+
+
 # What a refused login says to do, with a wrong password and with none.
 WRONG_PASSWORD_HINT = (
-    "Check the password in store.url (or SYNDICATE_STORE_URL), in PGPASSWORD or in "
-    f"~/.pgpass against the role's on the server (ALTER ROLE {ASKED} PASSWORD ...)."
+    "Check the password (in SYNDICATE_STORE_URL, or in PGPASSWORD or "
+    f"~/.pgpass) against the role's on the server (ALTER ROLE {ASKED} PASSWORD ...)."
 )
 NO_PASSWORD_HINT = (
     "No password was given: put it in ~/.pgpass (or the file PGPASSFILE names) as "
@@ -395,8 +441,8 @@ def test_a_connection_service_libpq_cannot_find_is_exit_2_not_75(
         monkeypatch.setenv("PGSERVICEFILE", str(workdir / "bad.conf"))
     expected = (
         "Error: PostgreSQL service 'elsewhere': libpq cannot use the connection service: "
-        f"{reason.format(workdir=workdir)}. Check the service's name (service= in store.url "
-        "or SYNDICATE_STORE_URL, or PGSERVICE) and its file (PGSERVICEFILE, else "
+        f"{reason.format(workdir=workdir)}. Check the service's name (service= in "
+        "SYNDICATE_STORE_URL, or PGSERVICE) and its file (PGSERVICEFILE, else "
         "~/.pg_service.conf); trying again will not help until then.\n"
     )
     code, out, err = _list("postgresql://?service=elsewhere", workdir, monkeypatch)
@@ -420,8 +466,8 @@ def test_a_server_without_ssl_when_the_url_requires_it_says_to_change_one_of_the
         "postgres",
         "server does not support SSL, but SSL was required",
         "The URL asks for SSL (sslmode require, verify-ca or verify-full) and the server "
-        "offers none: turn ssl on in the server's postgresql.conf, or give store.url (or "
-        "SYNDICATE_STORE_URL) a lower sslmode.",
+        "offers none: turn ssl on in the server's postgresql.conf, or give "
+        "SYNDICATE_STORE_URL a lower sslmode.",
     )
 
 

@@ -6,6 +6,7 @@ options, call the stage functions, and print. Only this package prints.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import logging
@@ -32,8 +33,11 @@ from syndicate.config import (
     weak_secret_warning,
 )
 from syndicate.errors import (
+    DiskFullError,
     OpenFilesError,
     OutOfFilesError,
+    OutputError,
+    ReaderGoneError,
     SyndicateError,
     log_lines_to_stderr,
     printable,
@@ -41,6 +45,41 @@ from syndicate.errors import (
 from syndicate.store import Database, open_database, open_empty, open_reader
 
 log = logging.getLogger("syndicate")
+
+
+def echo(message: str | bytes = "", *, err: bool = False, nl: bool = True) -> None:
+    """Print `message` (and a newline) on standard output, or with `err` on standard error:
+    every line a command prints goes through here.
+
+    Standard output that cannot take it raises, so the command stops where it is (a
+    transaction still open rolls back; what was committed stays, whole): ReaderGoneError
+    (exit 141, said nowhere) for a pipe whose reader has gone, DiskFullError (75) for a full
+    disk or quota, OutputError (2) for anything else.
+    """
+    if err:
+        click.echo(message, err=True, nl=nl)
+        return
+    try:
+        click.echo(message, nl=nl)  # writes, then flushes
+    except OSError as exc:
+        raise stdout_error(exc) from None
+
+
+def stdout_error(exc: OSError) -> OutputError:
+    """The error for `exc`, raised by a write to standard output. Standard output then goes
+    to /dev/null: what stayed in its buffer would fail again at exit, with a traceback."""
+    with contextlib.suppress(OSError):  # (CliRunner's stdout has no file descriptor)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    if exc.errno == errno.EPIPE:
+        return ReaderGoneError("standard output: its reader has gone.")
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return (DiskFullError if full else OutputError)(
+        f"standard output: cannot write: {exc.strerror or exc}.",
+        hint=("Free some space or send" if full else "Send")
+        + " the output elsewhere; nothing was half-written.",
+    )
 
 
 @dataclass
@@ -70,7 +109,7 @@ class AppContext:
                 if warning is not None:
                     # Once (the settings load once a command), and under -q too: cron runs
                     # with -q, and its mail is where an operator sees that links can be forged.
-                    click.echo(f"warning: {warning}", err=True)
+                    echo(f"warning: {warning}", err=True)
         return self._settings
 
     @property
@@ -82,6 +121,7 @@ class AppContext:
                 url=settings.store.url,
                 busy_timeout=settings.store.busy_timeout,
                 reply_timeout=settings.store.reply_timeout,
+                url_name=settings.store_url_from,
             )
         return self._database
 
@@ -98,6 +138,7 @@ class AppContext:
                 url=settings.store.url,
                 busy_timeout=settings.store.busy_timeout,
                 reply_timeout=settings.store.reply_timeout,
+                url_name=settings.store_url_from,
             )
             self._looked = True
         return self._reader
@@ -127,7 +168,7 @@ class AppContext:
     def echo(self, message: str) -> None:
         """Print a normal result line (suppressed by -q)."""
         if not self.quiet:
-            click.echo(message)
+            echo(message)
 
     def now(self) -> float:
         return time.time()
@@ -158,11 +199,66 @@ COMMAND_MODULES = {
 }
 
 
+def _show_help(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """`--help`, printed through `echo` as every other line (click's own prints around it)."""
+    if value and not ctx.resilient_parsing:
+        echo(ctx.get_help())
+        ctx.exit()
+
+
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        echo(f"syndicate, version {__version__}")
+        ctx.exit()
+
+
+def _help_through_echo(option: click.Option | None) -> click.Option | None:
+    if option is not None:
+        option.callback = _show_help
+    return option
+
+
+class Command(click.Command):
+    """A command whose --help prints through `echo`."""
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        return _help_through_echo(super().get_help_option(ctx))
+
+
+class Group(click.Group):
+    """A group of commands (`subscribers`, `store`) whose --help prints through `echo`."""
+
+    command_class = Command
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        return _help_through_echo(super().get_help_option(ctx))
+
+
 class SyndicateGroup(click.Group):
     """A click group that is the one error boundary: SyndicateError -> one line + exit code.
 
     Its commands load lazily (COMMAND_MODULES); each module registers on `cli` on import.
     """
+
+    command_class = Command
+    group_class = Group
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        return _help_through_echo(super().get_help_option(ctx))
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except OutputError as exc:  # `syndicate --help` or `--version` could not be printed
+            if not isinstance(exc, ReaderGoneError):
+                echo(f"Error: {printable(str(exc))}", err=True)
+            raise click.exceptions.Exit(exc.exit_code) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
@@ -186,11 +282,13 @@ class SyndicateGroup(click.Group):
             app = ctx.obj if isinstance(ctx.obj, AppContext) else None
             if app is not None and app.debug:
                 raise
+            if isinstance(exc, ReaderGoneError):  # as Unix tools end: quietly
+                ctx.exit(exc.exit_code)
             # One line, as the log's: it may quote a stranger (a mail server's reply).
-            click.echo(f"Error: {printable(str(exc))}", err=True)
+            echo(f"Error: {printable(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
+            echo("Interrupted.", err=True)
             ctx.exit(130)
         except Terminated:
             name = ctx.invoked_subcommand
@@ -200,7 +298,7 @@ class SyndicateGroup(click.Group):
                 # pipe defers a command that dies by a signal, and returns one exiting 143).
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 os.kill(os.getpid(), signal.SIGTERM)
-            click.echo(
+            echo(
                 f"{name}: stopped by SIGTERM before it finished; nothing was half-written. "
                 "Run it again to finish.",
                 err=True,
@@ -295,7 +393,14 @@ def _sigterm_raises() -> Iterator[None]:
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (repeat for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors (for cron).")
 @click.option("--debug", is_flag=True, help="Show a traceback for errors.")
-@click.version_option(__version__, "--version", prog_name="syndicate")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version and exit.",
+)
 @click.pass_context
 def cli(
     ctx: click.Context, config_path: Path | None, verbose: int, quiet: bool, debug: bool
@@ -338,4 +443,4 @@ def main() -> None:
     cli.main(prog_name="syndicate")
 
 
-__all__ = ["AppContext", "Terminated", "cli", "main", "pass_app"]
+__all__ = ["AppContext", "Terminated", "cli", "echo", "main", "pass_app"]

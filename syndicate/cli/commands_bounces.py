@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from syndicate.bounces import Item, apply_mail, read_mail, read_piped_mail
-from syndicate.cli import AppContext, Terminated, cli, pass_app
+from syndicate.cli import AppContext, Terminated, cli, echo, pass_app
 from syndicate.errors import EXIT_TEMPFAIL, InputError, SyndicateError
 from syndicate.mail import MailInfo
 from syndicate.send.policy import SendPolicy
@@ -75,7 +75,7 @@ def _apply(app: AppContext, items: Iterable[Item], *, as_json: bool) -> None:
         now=datetime.fromtimestamp(app.now(), UTC),
     )
     if as_json:
-        click.echo(json.dumps(summary.to_dict()))
+        echo(json.dumps(summary.to_dict()))
     else:
         app.echo(summary.line())
     if summary.unreadable:

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from syndicate.cli import AppContext, cli, pass_app
+from syndicate.cli import AppContext, cli, echo, pass_app
 from syndicate.errors import EXIT_FAILED
 from syndicate.load import SEEDS_HINT, check_dump_paths
 from syndicate.output import check_writable_folder
@@ -118,9 +118,9 @@ def build_command(
         if app.quiet:
             # -q hid the warnings; under --strict a skip is an error, so name each file.
             for error in summary.errors:
-                click.echo(f"error: {error}", err=True)
+                echo(f"error: {error}", err=True)
         where = "listed above" if app.quiet else "see the warnings above"
-        click.echo(
+        echo(
             f"Error: {_plural(summary.skipped, 'dump was', 'dumps were')} skipped "
             f"and --strict is set. Fix or remove them ({where}).",
             err=True,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from syndicate.cli import AppContext, cli, pass_app
+from syndicate.cli import AppContext, cli, echo, pass_app
 from syndicate.config import Settings
 from syndicate.digest import stale_warning
 from syndicate.i18n import LANGUAGES
@@ -23,7 +23,7 @@ def warn_if_stale(settings: Settings, plan: DigestPlan | None) -> None:
     """Print the digest's freshness warning on stderr (also under -q: cron mails it)."""
     warning = stale_warning(plan, tz=settings.site.tz) if plan is not None else None
     if warning is not None:
-        click.echo(warning, err=True)
+        echo(warning, err=True)
 
 
 @cli.command("digest")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from syndicate.cli import AppContext, cli, pass_app
+from syndicate.cli import AppContext, cli, echo, pass_app
 from syndicate.errors import EXIT_FAILED, DumpError
 from syndicate.load import display_path, read_dumps
 from syndicate.model import Article
@@ -76,16 +76,16 @@ def inspect_command(app: AppContext, paths: tuple[Path, ...], as_json: bool) -> 
             failed += 1
             if as_json:
                 record = {"source": display_path(path), "error": _error_text(result)}
-                click.echo(json.dumps(record, ensure_ascii=False))
+                echo(json.dumps(record, ensure_ascii=False))
             else:
-                click.echo(f"error: {result}", err=True)
+                echo(f"error: {result}", err=True)
             continue
         if as_json:
-            click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+            echo(json.dumps(result.to_dict(), ensure_ascii=False))
         else:
             if not first:
-                click.echo("")
-            click.echo("\n".join(_render(result, pages)))
+                echo("")
+            echo("\n".join(_render(result, pages)))
             first = False
     if failed:
         raise click.exceptions.Exit(EXIT_FAILED)

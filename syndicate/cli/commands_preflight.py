@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from syndicate.cli import AppContext, cli, pass_app
+from syndicate.cli import AppContext, cli, echo, pass_app
 from syndicate.errors import printable
 from syndicate.preflight import preflight_setup
 
@@ -62,10 +62,10 @@ def preflight_command(
         settings, open_db=lambda: app.database, now=now, nameserver=nameserver, timeout=timeout
     )
     if as_json:
-        click.echo(json.dumps([c.to_dict() for c in checks], ensure_ascii=False))
+        echo(json.dumps([c.to_dict() for c in checks], ensure_ascii=False))
     else:
         for check in checks:
             # A detail may quote what a record holds: the nameserver's to say.
-            click.echo(f"{'✓' if check.ok else '✗'} {check.check}: {printable(check.detail)}")
+            echo(f"{'✓' if check.ok else '✗'} {check.check}: {printable(check.detail)}")
     if not all(c.ok for c in checks):
         click.get_current_context().exit(1)

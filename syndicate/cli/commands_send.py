@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
-from syndicate.cli import AppContext, cli, pass_app
+from syndicate.cli import AppContext, cli, echo, pass_app
 from syndicate.cli.commands_subscribers import NOT_LISTED_HINT
-from syndicate.errors import InterruptError, SubscriberError, TokenError
+from syndicate.errors import InterruptError, OutputError, SubscriberError, TokenError
 from syndicate.mail import MailInfo, unsubscribe_url
 from syndicate.send import SendSummary
 from syndicate.send.daily import Preview, preview, run_daily
@@ -44,14 +44,14 @@ class _ProgressLine:
         elapsed = max(now - self.started, 1e-6)
         rate = done / elapsed
         left = (total - done) / rate if rate > 0 else 0.0
-        click.echo(
+        echo(
             f"\r{done}/{total} sent, {rate:.0f} messages/s, {timedelta(seconds=round(left))} left ",
             err=True,
             nl=False,
         )
 
     def close(self) -> None:
-        click.echo("", err=True)
+        echo("", err=True)
 
 
 def format_summary(summary: SendSummary) -> str:
@@ -74,7 +74,7 @@ def _print_summary(app: AppContext, summary: SendSummary, *, note: str = "") -> 
     if note:
         line = f"{line[:-1]}; {note}"
     if summary.failed:
-        click.echo(line, err=True)
+        echo(line, err=True)
     else:
         app.echo(line)
 
@@ -129,9 +129,16 @@ def send_command(
         return
     lines = _ProgressLines(show=not as_json and sys.stderr.isatty() and not app.quiet)
 
+    unprinted: list[OutputError] = []
+
     def show(summary: SendSummary) -> None:
-        if not as_json:
-            _print_summary(app, summary)
+        # A summary that cannot be printed does not cut the catch-up short: the error ends
+        # the command once the owed digests are delivered.
+        if not as_json and not unprinted:
+            try:
+                _print_summary(app, summary)
+            except OutputError as exc:
+                unprinted.append(exc)
 
     try:
         report = run_daily(
@@ -141,19 +148,21 @@ def send_command(
             limit=limit,
             progress=lines.next,
             on_earlier=show,
-            on_notice=lambda line: click.echo(line, err=True),  # also under -q: cron mails it
+            on_notice=lambda line: echo(line, err=True),  # also under -q: cron mails it
             workers=workers,
         )
     except InterruptError as exc:
-        click.echo(exc.message, err=True)
+        echo(exc.message, err=True)
         click.get_current_context().exit(exc.exit_code)
     finally:
         lines.close()
+    if unprinted:
+        raise unprinted[0]
     today = report.today
     if as_json:
         # The same keys whether or not there was a digest today, so a script reads one shape.
         shape = today.to_dict() if today is not None else {"digest": None, **_NOTHING_COUNTS}
-        click.echo(json.dumps({**shape, "earlier": [s.to_dict() for s in report.earlier]}))
+        echo(json.dumps({**shape, "earlier": [s.to_dict() for s in report.earlier]}))
     elif today is None:
         app.echo(NOTHING_NEW)
     else:
@@ -195,19 +204,19 @@ def _print_preview(app: AppContext, shown: Preview | None, *, as_json: bool) -> 
     if shown is None:
         if as_json:
             # The same keys as a run's summary, so a script reads one shape.
-            click.echo(json.dumps({"digest": None, **_NOTHING_COUNTS}))
+            echo(json.dumps({"digest": None, **_NOTHING_COUNTS}))
         else:
             app.echo(NOTHING_NEW)
         return
     if shown.test_copy is not None:
         if as_json:
-            click.echo(json.dumps({"digest": shown.digest, "test_copy": shown.test_copy}))
+            echo(json.dumps({"digest": shown.digest, "test_copy": shown.test_copy}))
         else:
             app.echo(f"Sent a test copy of the {shown.digest} digest to {shown.test_copy}.")
         return
     note = f" (no test copy to {shown.address} either)" if shown.address else ""
     if as_json:
-        click.echo(
+        echo(
             json.dumps(
                 {
                     "digest": shown.digest,
@@ -261,7 +270,7 @@ def verify_command(app: AppContext, token: str) -> None:
         )
     except TokenError as exc:
         raise TokenError(f"not valid: {exc.message}", hint=exc.hint) from None
-    click.echo(f"valid: subscriber {found.id} <{found.email}> ({found.status})")
+    echo(f"valid: subscriber {found.id} <{found.email}> ({found.status})")
 
 
 @unsubscribe_token_group.command("make")
@@ -289,4 +298,4 @@ def make_command(app: AppContext, email: str) -> None:
         nonce=found.token_nonce,
         issued_at=now,
     )
-    click.echo(unsubscribe_url(token, info=MailInfo.from_settings(settings)))
+    echo(unsubscribe_url(token, info=MailInfo.from_settings(settings)))

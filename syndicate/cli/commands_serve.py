@@ -175,7 +175,9 @@ def serve_command(app: AppContext, host: str, port: int) -> None:
         # puts its own handler back once the command returns.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     settings = app.settings
-    check_mail_settings(settings)  # as `send` does: a login without its password mails nothing
+    # As `send` does: a login without its password mails nothing; on the outbox, the folder
+    # the confirmation mails go to must take them (the outbox itself need not).
+    check_mail_settings(settings, folder=CONFIRMATIONS_FOLDER)
     # The app writes from a thread of its own (one call at a time), and reads from
     # another, through a second connection that never takes the write lock.
     timeout, url = settings.store.busy_timeout, settings.store.url
@@ -186,6 +188,7 @@ def serve_command(app: AppContext, host: str, port: int) -> None:
         any_thread=True,
         busy_timeout=timeout,
         reply_timeout=silence,
+        url_name=settings.store_url_from,
     )
     try:
         reader = open_database(
@@ -195,6 +198,7 @@ def serve_command(app: AppContext, host: str, port: int) -> None:
             busy_timeout=timeout,
             reply_timeout=silence,
             read_only=True,
+            url_name=settings.store_url_from,
         )
         try:
             _serve(app, database, reader, host, port)
@@ -231,15 +235,15 @@ def _serve(app: AppContext, database: Database, reader: Database, host: str, por
     )
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    app.echo(
-        f"Serving {settings.paths.output} at http://{shown}:{bound_port}/ "
-        f"(site {settings.site.base_url}); {confirmations_note(settings)}; "
-        "press Ctrl-C to stop."
-    )
     accept_errors, hide_tokens = AcceptErrors(), HideTokens()
     logging.getLogger("asyncio").addFilter(accept_errors)
     logging.getLogger("uvicorn.access").addFilter(hide_tokens)
     try:
+        app.echo(
+            f"Serving {settings.paths.output} at http://{shown}:{bound_port}/ "
+            f"(site {settings.site.base_url}); {confirmations_note(settings)}; "
+            "press Ctrl-C to stop."
+        )
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         logging.getLogger("uvicorn.access").removeFilter(hide_tokens)

@@ -14,7 +14,7 @@ from types import FrameType
 
 import click
 
-from syndicate.cli import AppContext, cli, pass_app
+from syndicate.cli import AppContext, cli, echo, pass_app
 from syndicate.config import StoreSettings
 from syndicate.errors import StoreError, TerminatedError
 from syndicate.store import (
@@ -23,7 +23,6 @@ from syndicate.store import (
     NOT_A_STORE_HINT,
     OPEN_HINT,
     Database,
-    name_url_given,
     open_reader,
 )
 from syndicate.store.copy import copy_into
@@ -79,14 +78,13 @@ _OPTION_HINTS = {
 @contextmanager
 def _named_by(option: str) -> Iterator[None]:
     """Give a StoreError raised in the block, about a file that cannot be opened or is no
-    store, the hint of `option` instead of paths.database's; a login refused names the URL
-    given to `option` instead of store.url."""
+    store, the hint of `option` instead of paths.database's (a refused login names the URL
+    by the `url_name` the caller gave)."""
     try:
         yield
     except StoreError as exc:
         if exc.hint in (OPEN_HINT, NOT_A_STORE_HINT, FOLDER_HINT, NO_FOLDER_HINT):
             exc.hint = _OPTION_HINTS[option]
-        name_url_given(exc, option)
         raise
 
 
@@ -102,6 +100,7 @@ def _open_source(found: _Location, settings: StoreSettings) -> Database:
                 url=url,
                 busy_timeout=settings.busy_timeout,
                 reply_timeout=settings.reply_timeout,
+                url_name="the --from URL",
             )
     if db is None:
         from syndicate.store import postgres  # psycopg: loaded only for a PostgreSQL store
@@ -173,6 +172,7 @@ def copy_command(app: AppContext, source_url: str, target_url: str, as_json: boo
                 busy_timeout=settings.busy_timeout,
                 reply_timeout=settings.reply_timeout,
                 on_complete=complete,
+                url_name="the --to URL",
             )
             names = (str(source.path), target_name)
     finally:
@@ -188,6 +188,6 @@ def copy_command(app: AppContext, source_url: str, target_url: str, as_json: boo
         )
     if as_json:
         record = {"from": names[0], "to": names[1], "copied": counts}
-        click.echo(json.dumps(record, ensure_ascii=False))
+        echo(json.dumps(record, ensure_ascii=False))
         return
     app.echo("copied: " + ", ".join(f"{n} {table}" for table, n in counts.items()))

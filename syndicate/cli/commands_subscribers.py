@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import errno
 import io
 import json
 import os
@@ -15,8 +13,14 @@ from pathlib import Path
 
 import click
 
-from syndicate.cli import AppContext, cli, pass_app
-from syndicate.errors import DiskFullError, InputError, OutputError, SubscriberError
+from syndicate.cli import AppContext, cli, echo, pass_app
+from syndicate.errors import (
+    DiskFullError,
+    InputError,
+    OutputError,
+    ReaderGoneError,
+    SubscriberError,
+)
 from syndicate.i18n import LANGUAGES
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.output import write_atomic
@@ -29,7 +33,7 @@ from syndicate.store.bounces import (
     last_digest_rates,
     recent_rates,
 )
-from syndicate.store.lists import OWN_COLUMNS, RowError, defuse_cell, import_row, read_list
+from syndicate.store.lists import OWN_COLUMNS, RowError, defuse_cell, import_rows, read_list
 from syndicate.store.subscribers import (
     add_subscriber,
     erase,
@@ -160,10 +164,10 @@ def list_command(app: AppContext, status: str | None, as_json: bool) -> None:
         for subscriber in iter_subscribers(db, status=wanted):
             listed += 1
             if as_json:
-                click.echo(json.dumps(_record(subscriber), ensure_ascii=False))
+                echo(json.dumps(_record(subscriber), ensure_ascii=False))
             else:
                 name = f"  {subscriber.name}" if subscriber.name else ""
-                click.echo(
+                echo(
                     f"{subscriber.id}\t{subscriber.email}\t{subscriber.language}\t"
                     f"{subscriber.status}{name}"
                 )
@@ -196,26 +200,25 @@ def import_command(app: AppContext, file: Path) -> None:
     except UnicodeDecodeError as exc:
         raise InputError(f"{file}: not UTF-8 text ({exc.reason}). Save it as UTF-8 CSV.") from exc
     shape, rows = read_list(text, source=str(file))
-    db = app.database
-    now = _now(app)
-    added = unchanged = stopped = bad = 0
-    for parsed in rows:
-        try:
-            if isinstance(parsed.row, RowError):
-                raise parsed.row
-            outcome = import_row(db, parsed.row, now=now, language=app.settings.site.language)
-        except SubscriberError as exc:
-            bad += 1
-            column = exc.column if isinstance(exc, RowError) else "email"
-            where = f"{file} line {parsed.line}" + (f", column {column}" if column else "")
-            click.echo(f"{where}: {exc}" + ("" if exc.hint else f" {_ROW_FIX}"), err=True)
-            continue
-        added += outcome.added
-        stopped += outcome.stopped
-        unchanged += not (outcome.added or outcome.stopped)
-    left = f", {stopped} stored ones marked as having left" if stopped else ""
-    app.echo(f"Imported {added}{left}, unchanged {unchanged}, rejected {bad} ({shape.name} list).")
-    if bad:
+
+    def report(line: int, exc: SubscriberError) -> None:
+        column = exc.column if isinstance(exc, RowError) else "email"
+        where = f"{file} line {line}" + (f", column {column}" if column else "")
+        echo(f"{where}: {exc}" + ("" if exc.hint else f" {_ROW_FIX}"), err=True)
+
+    counts = import_rows(
+        app.database,
+        rows,
+        now=_now(app),
+        language=app.settings.site.language,
+        on_error=report,
+    )
+    left = f", {counts.stopped} stored ones marked as having left" if counts.stopped else ""
+    app.echo(
+        f"Imported {counts.added}{left}, unchanged {counts.unchanged}, "
+        f"rejected {counts.rejected} ({shape.name} list)."
+    )
+    if counts.rejected:
         click.get_current_context().exit(1)
 
 
@@ -253,34 +256,28 @@ def export_command(app: AppContext, file: Path) -> None:
     if to_stdout:
         _write_stdout(buffer.getvalue().encode("utf-8"))
         if not app.quiet:  # stdout holds the CSV alone
-            click.echo(f"Exported {count} subscribers to standard output.", err=True)
+            echo(f"Exported {count} subscribers to standard output.", err=True)
         return
     write_atomic(file, buffer.getvalue().encode("utf-8"), skip_unchanged=False, private=True)
     app.echo(f"Exported {count} subscribers to {file}.")
 
 
 def _write_stdout(data: bytes) -> None:
-    """Write `data` to standard output; OutputError (DiskFullError, exit 75, when the disk
-    is full) when it cannot take it: a full disk, a reader gone (a closed pipe), none at
-    all (the command started with it closed: Python then has no sys.stdout)."""
+    """Write `data` to standard output; DiskFullError (exit 75) or OutputError when it
+    cannot take it, saying so of the CSV (a pipe whose reader has gone ends quietly)."""
     if sys.stdout is None:
         raise OutputError(
             "standard output: cannot write the CSV: it is closed.",
             hint="Give a file path instead of -.",
         )
     try:
-        sys.stdout.flush()
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-    except OSError as exc:
-        # What stayed in the buffer would fail again, and be reported, at exit.
-        with contextlib.suppress(OSError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        raise (DiskFullError if full else OutputError)(
-            f"standard output: cannot write the CSV: {exc.strerror or exc}.",
+        echo(data, nl=False)
+    except ReaderGoneError:
+        raise
+    except OutputError as exc:
+        full = isinstance(exc, DiskFullError)
+        raise type(exc)(
+            exc.message.replace("cannot write:", "cannot write the CSV:"),
             hint=("Send it to a disk with room, or give" if full else "Give")
             + " a file path instead of -.",
         ) from None
@@ -388,9 +385,9 @@ def stats_command(app: AppContext, as_json: bool) -> None:
                 "complaint_rate_target": COMPLAINT_TARGET,
             },
         }
-        click.echo(json.dumps({**counts, "rates": rates}))
+        echo(json.dumps({**counts, "rates": rates}))
         return
     for key in (*_STATUSES, "total", "erased"):
-        click.echo(f"{key}: {counts[key]}")
-    click.echo(_rates_line(f"last {RATE_DAYS} days", recent))
-    click.echo(_rates_line(f"last digest {day.isoformat() if day else '(none)'}", last))
+        echo(f"{key}: {counts[key]}")
+    echo(_rates_line(f"last {RATE_DAYS} days", recent))
+    echo(_rates_line(f"last digest {day.isoformat() if day else '(none)'}", last))

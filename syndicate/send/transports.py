@@ -81,12 +81,14 @@ class SmtpServer:
         )
 
 
-def check_mail_settings(settings: Settings) -> None:
+def check_mail_settings(settings: Settings, *, folder: str = "") -> None:
     """Raise ConfigError when the mail settings cannot work (before any lock or store).
 
     The mail.* address keys, the operator's email templates (digest.templates_dir) and
     the DKIM key on every transport (the outbox writes the same messages), then the SMTP
-    login.
+    login; on the outbox transport, that the folder the caller writes in can be written
+    (OutputError): `folder` inside paths.outbox (`serve`'s confirmations/), else the outbox
+    itself (`send` makes a folder in it for each digest).
     """
     check_addresses(info=MailInfo.from_settings(settings))
     if settings.digest.templates_dir:  # the operator's own; the shipped ones are whole
@@ -97,7 +99,7 @@ def check_mail_settings(settings: Settings) -> None:
         check_email_templates(settings.digest.templates_dir)
     read_dkim_key(settings)
     if settings.mail.transport != "smtp":
-        check_writable_folder(settings.paths.outbox, name="config key paths.outbox")
+        check_writable_folder(settings.paths.outbox / folder, name="config key paths.outbox")
         return
     server = SmtpServer.from_settings(settings)
     if server.username and not server.password:

@@ -538,6 +538,7 @@ async def _work(job: WorkerJob, pending: list[int]) -> WorkerResult:
             url=settings.store.url,
             busy_timeout=settings.store.busy_timeout,
             reply_timeout=settings.store.reply_timeout,
+            url_name=settings.store_url_from,
         )
     except SyndicateError as exc:
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)  # as below

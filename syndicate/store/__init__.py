@@ -67,6 +67,9 @@ FOLDER_HINT = (
 NO_FOLDER_HINT = (
     "Point paths.database at a file in a folder (or where one can be made); nothing was changed."
 )
+# How a hint names the PostgreSQL URL when the caller does not say where it came from;
+# callers say: `store.url`, `SYNDICATE_STORE_URL`, or `store copy`'s `the --from URL`.
+URL_NAME = "store.url (or SYNDICATE_STORE_URL)"
 NOT_A_STORE_HINT = "Point paths.database at a new file, or restore this one from a backup."
 
 log = logging.getLogger(__name__)
@@ -142,12 +145,14 @@ def not_permitted(message: str, *, making: bool = False) -> StoreAccessError:
     )
 
 
-def unreachable(where: str, exc: BaseException) -> StoreUnavailableError:
-    """The error for a database server that cannot be reached (exit 75)."""
+def unreachable(
+    where: str, exc: BaseException, *, url_name: str = URL_NAME
+) -> StoreUnavailableError:
+    """The error for a database server that cannot be reached (exit 75); `url_name` says
+    where its URL came from."""
     return StoreUnavailableError(
         f"{where}: cannot reach the database: {_first_line(exc)}.",
-        hint="Check that the server runs and store.url (or SYNDICATE_STORE_URL); "
-        "the next run tries again.",
+        hint=f"Check that the server runs and {url_name}; the next run tries again.",
     )
 
 
@@ -170,29 +175,20 @@ _BAD_SERVICE = re.compile(
 )
 
 
-# Where a refused login's hint says the URL is. `store copy`, which reads neither, puts the
-# option its URL came from in its place (`name_url_given`).
-URL_PLACE = "store.url (or SYNDICATE_STORE_URL)"
-
-
-def name_url_given(exc: StoreError, option: str) -> None:
-    """Make the hint of a login refused for the URL given to `option` (of `store copy`)
-    name that option, not store.url."""
-    if isinstance(exc, StoreAccessError) and exc.hint:
-        exc.hint = exc.hint.replace(URL_PLACE, f"the URL given to {option}")
-
-
-def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
+def not_connected(
+    where: str, url: str, exc: BaseException, *, url_name: str = URL_NAME
+) -> StoreError:
     """The error for a connection to `url` that failed: StoreAccessError (exit 2) when the
     server refused the login (a wrong password, no such role or database, no right to
-    connect: no retry fixes it), else the server is unreachable (exit 75)."""
+    connect: no retry fixes it), else the server is unreachable (exit 75). Its hint names
+    the URL by `url_name`: where it came from (`store.url`, `the --to URL`)."""
     from syndicate.store import postgres  # loaded already: it raised `exc`
 
     service = _BAD_SERVICE.search(str(exc))
     if service is not None:  # libpq read no service file or definition: before connecting
         return StoreError(
             f"{where}: libpq cannot use the connection service: {service.group(0)}.",
-            hint="Check the service's name (service= in store.url or SYNDICATE_STORE_URL, or "
+            hint=f"Check the service's name (service= in {url_name}, or "
             "PGSERVICE) and its file (PGSERVICEFILE, else ~/.pg_service.conf); trying again "
             "will not help until then.",
         )
@@ -202,8 +198,7 @@ def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
         reason = re.sub(r'\s*"[^"]*"( for)', r"\1", bad.group(0)).replace('"', "")
         return StoreError(
             f"{where}: the URL has a value libpq refuses: {reason}.",
-            hint="Fix store.url or SYNDICATE_STORE_URL (or the URL given to `store copy`); "
-            "trying again will not help until then.",
+            hint=f"Fix {url_name}; trying again will not help until then.",
         )
     limit = postgres.connection_limit(exc)
     if limit is not None:
@@ -215,7 +210,7 @@ def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
         )
     refused = postgres.refused_login(exc)
     if refused is None:
-        return unreachable(where, exc)
+        return unreachable(where, exc, url_name=url_name)
     kind, reason = refused
     try:
         params = postgres.parse_url(url)
@@ -228,17 +223,18 @@ def not_connected(where: str, url: str, exc: BaseException) -> StoreError:
     user = params.get("user") or os.environ.get("PGUSER") or _system_user()
     dbname = params.get("dbname") or os.environ.get("PGDATABASE") or user
     hints = {
-        "password": f"Check the password in {URL_PLACE}, in PGPASSWORD or in ~/.pgpass "
-        f"against the role's on the server (ALTER ROLE {user} PASSWORD ...).",
-        "role": f"Check the user in {URL_PLACE}, or create the role on the server (CREATE "
-        f"ROLE {user} LOGIN PASSWORD ...).",
+        "password": f"Check the password (in {url_name}, or in "
+        f"PGPASSWORD or ~/.pgpass) against the role's on the server (ALTER ROLE {user} "
+        "PASSWORD ...).",
+        "role": f"Check the user in {url_name}, or create the role on "
+        f"the server (CREATE ROLE {user} LOGIN PASSWORD ...).",
         "access": "Let this user in from this machine: a line for it in the server's "
         f"pg_hba.conf, and GRANT CONNECT ON DATABASE {dbname} TO {user}.",
         "ssl": "The URL asks for SSL (sslmode require, verify-ca or verify-full) and the "
-        f"server offers none: turn ssl on in the server's postgresql.conf, or give {URL_PLACE} "
-        "a lower sslmode.",
-        "database": f"Check the database name in {URL_PLACE}, or create it (createdb -O "
-        f"{user} {dbname}).",
+        "server offers none: turn ssl on in the server's postgresql.conf, or give "
+        f"{url_name} a lower sslmode.",
+        "database": f"Check the database name in {url_name}, or "
+        f"create it (createdb -O {user} {dbname}).",
     }
     hint = hints[kind]
     if reason.endswith("no password supplied"):  # libpq had none to give: nothing to check
@@ -474,6 +470,7 @@ class PgDatabase(Database):
         url: str,
         busy_timeout: float,
         reply_timeout: float | None,
+        url_name: str = URL_NAME,
     ) -> None:
         from syndicate.store import postgres  # loaded already: `conn` is its PgConnection
 
@@ -483,6 +480,7 @@ class PgDatabase(Database):
         self._begin_read = postgres.BEGIN_READ
         # For connect_async.
         self._url, self._busy_timeout, self._reply_timeout = url, busy_timeout, reply_timeout
+        self._url_name = url_name
 
     async def connect_async(self) -> Any:
         """A second connection to this (already migrated) store, a psycopg
@@ -499,7 +497,7 @@ class PgDatabase(Database):
                 self._url, busy_timeout=self._busy_timeout, reply_timeout=self._reply_timeout
             )
         except PgError as exc:
-            raise not_connected(str(self.path), self._url, exc) from exc
+            raise not_connected(str(self.path), self._url, exc, url_name=self._url_name) from exc
 
 
 def open_database(
@@ -510,10 +508,12 @@ def open_database(
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     read_only: bool = False,
     reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT,
+    url_name: str = URL_NAME,
 ) -> Database:
     """Open (creating if needed) and migrate the store: PostgreSQL at `url`, else `path`.
 
-    `url` is `store.url` (a PostgreSQL URL) or empty for the SQLite file at `path`.
+    `url` is `store.url` (a PostgreSQL URL) or empty for the SQLite file at `path`;
+    `url_name` is how hints name it, where it came from (`SYNDICATE_STORE_URL`).
 
     Raises StoreError with the path when the file cannot be opened or is not
     a syndicate database, StoreBusyError when another connection held the write
@@ -528,7 +528,11 @@ def open_database(
     """
     if url:
         return _open_postgres(
-            url, busy_timeout=busy_timeout, read_only=read_only, reply_timeout=reply_timeout
+            url,
+            busy_timeout=busy_timeout,
+            read_only=read_only,
+            reply_timeout=reply_timeout,
+            url_name=url_name,
         )
     try:
         _make_private_folder(path.parent)
@@ -587,6 +591,7 @@ def open_reader(
     url: str = "",
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT,
+    url_name: str = URL_NAME,
 ) -> Database | None:
     """Open the store to read only; None, making nothing, when there is no store yet.
 
@@ -603,6 +608,7 @@ def open_reader(
             read_only=True,
             must_exist=True,
             reply_timeout=reply_timeout,
+            url_name=url_name,
         )
     if not path.exists():
         return None
@@ -627,6 +633,7 @@ def _open_postgres(
     read_only: bool,
     reply_timeout: float | None,
     must_exist: Literal[False] = False,
+    url_name: str = URL_NAME,
 ) -> Database: ...
 @overload
 def _open_postgres(
@@ -636,6 +643,7 @@ def _open_postgres(
     read_only: bool,
     reply_timeout: float | None,
     must_exist: bool,
+    url_name: str = URL_NAME,
 ) -> Database | None: ...
 def _open_postgres(
     url: str,
@@ -644,6 +652,7 @@ def _open_postgres(
     read_only: bool,
     reply_timeout: float | None,
     must_exist: bool = False,
+    url_name: str = URL_NAME,
 ) -> Database | None:
     from syndicate.store import postgres  # psycopg loads here, on PostgreSQL only
 
@@ -654,17 +663,24 @@ def _open_postgres(
         raise StoreError(
             f"PostgreSQL URL: libpq cannot read it: {exc}. The URL is not shown, as it may "
             "hold a password.",
-            hint="Check store.url or SYNDICATE_STORE_URL (or the URL given to `store copy`); "
-            "in the password write '%' as %25, '/' as %2F, '@' as %40.",
+            hint=f"Check {url_name}; in the password write '%' as %25, '/' as %2F, '@' as %40.",
         ) from None
     reply_timeout = reply_timeout or None  # 0: no bound
     try:
         conn = postgres.connect(url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)
     except PgError as exc:
-        raise not_connected(postgres.where(url, postgres.tried(exc)), url, exc) from exc
+        where = postgres.where(url, postgres.tried(exc))
+        raise not_connected(where, url, exc, url_name=url_name) from exc
     # Named as libpq connected: a service file or PGHOST may say what the URL does not.
     where = postgres.where(url, conn.raw.pgconn)
-    db = PgDatabase(conn, where, url=url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)
+    db = PgDatabase(
+        conn,
+        where,
+        url=url,
+        busy_timeout=busy_timeout,
+        reply_timeout=reply_timeout,
+        url_name=url_name,
+    )
     try:
         if must_exist and db.schema_version == 0:  # never used: no store yet, left alone
             conn.close()

@@ -38,6 +38,7 @@ from syndicate.store import (
     DB_ERRORS,
     DEFAULT_BUSY_TIMEOUT,
     DEFAULT_REPLY_TIMEOUT,
+    URL_NAME,
     Database,
     open_database,
     open_empty,
@@ -472,10 +473,11 @@ def copy_into(
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT,
     on_complete: Callable[[], None] | None = None,
+    url_name: str = URL_NAME,
 ) -> tuple[dict[str, int], str]:
     """Copy `source` into the store at `url` (PostgreSQL) or `path` (SQLite), opened with
     these timeouts; rows copied per table, and the target's name. `on_complete` as
-    `copy_to_new_file` (a new SQLite file only).
+    `copy_to_new_file` (a new SQLite file only); `url_name` is how hints name the URL.
 
     A new SQLite file goes through `copy_to_new_file`, a PostgreSQL database with no store
     yet through `copy_to_new_database`, any other store through `copy_store`: whichever
@@ -490,12 +492,18 @@ def copy_into(
         return counts, str(path)
     new = False
     if url:
-        found = open_reader(path, url=url, busy_timeout=busy_timeout, reply_timeout=reply_timeout)
+        found = open_reader(
+            path,
+            url=url,
+            busy_timeout=busy_timeout,
+            reply_timeout=reply_timeout,
+            url_name=url_name,
+        )
         if found is not None:
             found.close()
         new = found is None
     with open_database(
-        path, url=url, busy_timeout=busy_timeout, reply_timeout=reply_timeout
+        path, url=url, busy_timeout=busy_timeout, reply_timeout=reply_timeout, url_name=url_name
     ) as target:
         if new:
             return copy_to_new_database(source, target), str(target.path)

@@ -156,6 +156,7 @@ class DatabaseStore:
                     busy_timeout=self.settings.store.busy_timeout,
                     reply_timeout=self.settings.store.reply_timeout,
                     read_only=db is self.reader,
+                    url_name=self.settings.store_url_from,
                 )
                 with suppress(*DB_ERRORS):
                     db.conn.close()
