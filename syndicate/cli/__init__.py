@@ -47,18 +47,27 @@ from syndicate.store import Database, open_database, open_empty, open_reader
 log = logging.getLogger("syndicate")
 
 
-def echo(message: str | bytes = "", *, err: bool = False, nl: bool = True) -> None:
+def echo(
+    message: str | bytes = "", *, err: bool = False, nl: bool = True, needed: bool = False
+) -> None:
     """Print `message` (and a newline) on standard output, or with `err` on standard error:
     every line a command prints goes through here.
 
     Standard output that cannot take it raises, so the command stops where it is (a
     transaction still open rolls back; what was committed stays, whole): ReaderGoneError
     (exit 141, said nowhere) for a pipe whose reader has gone, DiskFullError (75) for a full
-    disk or quota, OutputError (2) for anything else.
+    disk or quota, OutputError (2) for anything else. A command started with standard output
+    closed (Python then has none) prints nothing, unless the output is what it was `needed`
+    for (`subscribers export -`): then OutputError.
     """
     if err:
         click.echo(message, err=True, nl=nl)
         return
+    if needed and sys.stdout is None:
+        raise OutputError(
+            "standard output: cannot write: it is closed.",
+            hint="Send the output elsewhere; nothing was half-written.",
+        )
     try:
         click.echo(message, nl=nl)  # writes, then flushes
     except OSError as exc:

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import stat
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -264,14 +263,10 @@ def export_command(app: AppContext, file: Path) -> None:
 
 def _write_stdout(data: bytes) -> None:
     """Write `data` to standard output; DiskFullError (exit 75) or OutputError when it
-    cannot take it, saying so of the CSV (a pipe whose reader has gone ends quietly)."""
-    if sys.stdout is None:
-        raise OutputError(
-            "standard output: cannot write the CSV: it is closed.",
-            hint="Give a file path instead of -.",
-        )
+    cannot take it or is closed, saying so of the CSV (a pipe whose reader has gone ends
+    quietly)."""
     try:
-        echo(data, nl=False)
+        echo(data, nl=False, needed=True)
     except ReaderGoneError:
         raise
     except OutputError as exc:
