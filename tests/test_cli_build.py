@@ -469,3 +469,53 @@ def test_a_story_read_again_by_a_new_parser_keeps_its_item_and_is_not_marked_upd
         if i["title"] == "Khánh thành cầu mới"
     )
     assert item["date_modified"] == item["date_published"]
+
+
+def test_two_dumps_swapped_stay_two_items_each_with_its_own_id(project: Path) -> None:
+    """Two stories of the same minute whose dumps swap paths (a scraper numbering files
+    in another order): each read again gave the other's article, and carry_over took it
+    for a correction of the same story (same publish time), so both stories went out
+    under one item id (readers show one of them) and one took the other's digest day."""
+    bus = (
+        "Mở tuyến xe buýt mới\n01/11/2024 08:00\nQTO - Tuyến xe buýt số 9 chạy từ hôm nay.\n"
+        "Giá vé 7.000 đồng.\n"
+    )
+    market = (
+        "Khai trương chợ đêm\n01/11/2024 08:00\nQTO - Chợ đêm Đông Hà mở cửa tối nay.\n"
+        "Hơn 100 gian hàng.\n"
+    )
+    (project / "seeds" / "e.txt").write_text(bus, encoding="utf-8")
+    (project / "seeds" / "f.txt").write_text(market, encoding="utf-8")
+    assert _run("build")[0] == 0
+    before = _feed_items(project)
+    (project / "seeds" / "e.txt").write_text(market, encoding="utf-8")
+    (project / "seeds" / "f.txt").write_text(bus, encoding="utf-8")
+    assert _run("build")[0] == 0
+    for name, items in _feed_items(project).items():
+        assert len({item[0] for item in items}) == len(items) == 4, name
+        assert {(item[0], item[1], item[2]) for item in items} == {
+            (item[0], item[1], item[2]) for item in before[name]
+        }, name
+
+
+@pytest.mark.parametrize("edited", ["a.txt", "b.txt"])
+def test_a_corrected_copy_of_a_story_leaves_the_other_copy_its_item_and_page(
+    project: Path, edited: str
+) -> None:
+    """a.txt and b.txt hold one story; one of them corrected: the copy left unchanged is
+    still that story, under its item id and page URL. carry_over gave the corrected copy
+    the story's first id and page, so both went out under one item id, and the unchanged
+    copy's page moved to a new URL (its published link then showed the corrected text)."""
+    assert _run("build")[0] == 0
+    before = {
+        name: {item[2]: item[:2] for item in items} for name, items in _feed_items(project).items()
+    }
+    (project / "seeds" / edited).write_text(
+        GOOD.replace("Đoạn thân bài thứ nhất.", "Đoạn thân bài thứ hai."), encoding="utf-8"
+    )
+    assert _run("build")[0] == 0
+    for name, items in _feed_items(project).items():
+        assert len({item[0] for item in items}) == len(items) == 3, name
+        assert len({item[1] for item in items}) == 3, name
+        (kept,) = [item for item in items if "thứ nhất" in item[3]]
+        assert kept[:2] == before[name][kept[2]], name

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -93,6 +93,9 @@ class _Sync:
         self.max_bytes = settings.load.max_bytes
         self.parser_version = parse_version(settings.site.timezone)
         self.cache = store.read_dump_cache(db)
+        # How many dumps give each article: the ones read this run as read, the others as
+        # cached (a dump gone since still counts until the run ends).
+        self.holders = Counter(e.article_id for e in self.cache.values() if e.article_id)
         # The link check (shared with load.read_dumps): where links must stay inside.
         self.links = load.LinkCheck(roots, follow_symlinks=settings.load.follow_symlinks)
         # Paths that were links when signed, checked to stay inside the folders (rare).
@@ -191,11 +194,18 @@ class _Sync:
                 return
             old = self.cache.get(key)
             entry, row = self._record(key, st, got), got.row
+            if old is not None and old.article_id is not None:
+                self.holders[old.article_id] -= 1
+            if entry.article_id is not None:
+                self.holders[entry.article_id] += 1
             if (
                 old is not None
                 and old.article_id is not None
                 and entry.article_id is not None
                 and old.article_id != entry.article_id
+                # An article stored before from another dump is a story of its own (two
+                # dumps swapped, a dump now a copy of another): it keeps its id and page.
+                and self.sources.get(entry.article_id) in (None, shown)
             ):
                 edited = old.content_hash != entry.content_hash
                 self.renamed.append((old.article_id, entry.article_id, edited))
@@ -288,7 +298,10 @@ class _Sync:
             # The same dump is the same story: the digest it went out in (not mailed again),
             # when it was first seen (its place among undated articles), its feed id (one
             # item in readers) and its page (its URL) stay with it.
-            store.carry_over(self.db, self.renamed, now=self.now)
+            # An old article another dump still gives (a copy of it corrected) is still its
+            # own story: its feed id and page stay with it, not with the corrected copy.
+            shared = {old for old, _new, _edited in self.renamed if self.holders[old] > 0}
+            store.carry_over(self.db, self.renamed, now=self.now, shared=shared)
             self.renamed.clear()
         self.dump_rows.clear()
         self.article_rows.clear()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -398,9 +398,9 @@ _CARRY_OVER = f"""
             (SELECT o.first_seen_at FROM articles AS o
              WHERE o.id = :old AND o.first_seen_at < articles.first_seen_at),
             first_seen_at),
-        first_id = nullif(
-            (SELECT coalesce(o.first_id, o.id) FROM articles AS o WHERE o.id = :old), id),
-        revised_at = CASE WHEN :edited = 1 THEN :now
+        first_id = CASE WHEN :shared = 1 THEN first_id ELSE nullif(
+            (SELECT coalesce(o.first_id, o.id) FROM articles AS o WHERE o.id = :old), id) END,
+        revised_at = CASE WHEN :shared = 1 THEN revised_at WHEN :edited = 1 THEN :now
             ELSE (SELECT o.revised_at FROM articles AS o WHERE o.id = :old) END
     WHERE id = :new AND {_SAME_STORY}
 """  # noqa: S608 - constant text, no value
@@ -409,24 +409,41 @@ _CARRY_OVER = f"""
 _CARRY_OVER_PAGE = f"""
     INSERT INTO article_pages (article_id, path)
     SELECT :new, p.path FROM article_pages AS p
-    WHERE p.article_id = :old AND {_SAME_STORY}
+    WHERE p.article_id = :old AND :shared = 0 AND {_SAME_STORY}
     ON CONFLICT (article_id) DO NOTHING
 """  # noqa: S608 - constant text, no value
 
 
-def carry_over(db: Database, pairs: Sequence[tuple[str, str, bool]], *, now: datetime) -> None:
+def carry_over(
+    db: Database,
+    pairs: Sequence[tuple[str, str, bool]],
+    *,
+    now: datetime,
+    shared: Collection[str] = (),
+) -> None:
     """For each (old id, new id, edited) of a dump read again: when the new article is the
     same story, by title or publish time, it keeps the old one's digest day, first-seen
     time, first id (the story's feed id) and page, and is revised at `now` when the dump
     was `edited` (its bytes changed), else keeps the old one's revision time (inside the
-    caller's transaction)."""
+    caller's transaction). An old id in `shared` is still given by another dump (one copy
+    of a story corrected): its feed id and page stay its own, only the digest day and
+    first-seen time are carried."""
     params = [
-        {"old": old, "new": new, "now": _utc_text(now), "edited": int(edited)}
+        {
+            "old": old,
+            "new": new,
+            "now": _utc_text(now),
+            "edited": int(edited),
+            "shared": int(old in shared),
+        }
         for old, new, edited in pairs
         if old != new
     ]
     try:
-        db.conn.executemany(_CARRY_OVER_PAGE, [{"old": p["old"], "new": p["new"]} for p in params])
+        db.conn.executemany(
+            _CARRY_OVER_PAGE,
+            [{"old": p["old"], "new": p["new"], "shared": p["shared"]} for p in params],
+        )
         db.conn.executemany(_CARRY_OVER, params)
     except DB_ERRORS as exc:
         raise _wrap("store the articles", db, exc) from exc
