@@ -1541,6 +1541,24 @@ def test_an_expired_confirm_link_says_it_has_expired_in_the_readers_language(
     assert "Liên kết xác nhận không dùng được" in client.get(altered).text
 
 
+def test_a_confirmed_subscribers_old_confirm_link_does_not_say_the_sign_up_lapsed(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    # Readers click an old mail's link again: past its hours, the page told a subscriber
+    # who had confirmed that the sign-up "was not confirmed in time, so it has lapsed" and
+    # to sign up again. It is confirmed: the page says so, and changes nothing.
+    sign_up(client, "lan@example.org", server=server)
+    link = confirm_url(server, server.mail.wait_for(1)[0])
+    assert client.post(link).status_code == 200
+    server.clock.advance(hours=72)
+    for answer in (client.get(link), client.post(link)):
+        assert answer.status_code == 200
+        assert "<title>Đăng ký đã được xác nhận" in answer.text
+        assert "hết hạn" not in answer.text
+        assert "<button" not in answer.text
+    assert subscriber(server.settings, "lan@example.org").status is SubscriptionStatus.CONFIRMED
+
+
 def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
     server: LiveServer, client: httpx.Client
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -49,8 +49,10 @@ async def confirm(service: Service, request: Request) -> Response:
         )
     except ExpiredTokenError:
         # Past its hours the sign-up has lapsed (`send` deletes it): say so, so the reader
-        # knows that signing up again is all it takes.
-        subscriber, expired = None, True
+        # knows that signing up again is all it takes; unless it was confirmed in time (an
+        # old mail's link clicked again): that page says so, and nothing changes.
+        subscriber = await _confirmed_by(service, token, now=now)
+        expired = subscriber is None
     except TokenError:
         subscriber = None
     # The page speaks the language of the subscriber the link was made for, not the
@@ -92,3 +94,20 @@ async def confirm(service: Service, request: Request) -> Response:
     if subscriber.status is SubscriptionStatus.PENDING:
         await service.call_store(service.store.confirm, subscriber.id, now=now)
     return service.page("confirm.html.j2", lang, title=strings["confirmed_title"], state="done")
+
+
+async def _confirmed_by(service: Service, token: str, *, now: datetime) -> Subscriber | None:
+    """The confirmed subscriber an expired confirm `token` was made for, else None."""
+    try:
+        found = await service.call_reader(
+            tokens.verify_token,
+            service.secret,
+            token,
+            purpose="confirm",
+            now=now,
+            max_age=None,
+            find=service.store.find,
+        )
+    except TokenError:
+        return None
+    return found if found.status is SubscriptionStatus.CONFIRMED else None
