@@ -923,6 +923,19 @@ def test_the_form_cookie_is_secure_under_an_https_public_url(
     }
 
 
+def test_the_form_cookie_path_is_the_address_browsers_ask_for_under_a_vietnamese_base_path(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    # A site.base_url whose path is Vietnamese ("/bản-tin/") put that text in the cookie's
+    # Path, which HTTP headers cannot carry (latin-1): GET /subscribe was a 500. Browsers
+    # ask for the path percent-encoded: the cookie's Path is that, so they send it back.
+    server = live_server(public_url="https://tin.example.org/b\u1ea3n-tin/")
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        answer = client.get("subscribe")
+    assert answer.status_code == 200
+    assert "Path=/b%E1%BA%A3n-tin/subscribe;" in answer.headers["set-cookie"]
+
+
 @pytest.mark.parametrize("stamp", ["999999999999", "\u00b2"], ids=["year 33658", "superscript two"])
 def test_a_form_token_with_an_impossible_time_is_refused_like_a_forged_one(
     server: LiveServer, client: httpx.Client, stamp: str

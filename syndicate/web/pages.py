@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -275,7 +275,9 @@ class Service:
             FORM_COOKIE,
             binding,
             max_age=FORM_TOKEN_HOURS * 3600,
-            path=f"{self.base_path}subscribe",
+            # As browsers ask for it: a path in Vietnamese percent-encoded (a header carries
+            # latin-1 only), and no ';' to end the attribute.
+            path=quote(f"{self.base_path}subscribe", safe="/%-._~!$&'()*+,=:@"),
             secure=self.base_url.lower().startswith("https:"),
             httponly=True,
             samesite="strict",
