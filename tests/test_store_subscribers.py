@@ -427,6 +427,26 @@ def test_lapsed_sign_ups_go_in_batches_of_short_transactions(db: Database, now) 
     assert expire_sign_ups(db, now=now, link_hours=48, batch=3) == 0
 
 
+def test_an_imported_pending_subscriber_who_signs_up_through_the_form_keeps_the_row(
+    db: Database,
+    now,  # type: ignore[no-untyped-def]
+) -> None:
+    # expire_sign_ups keeps a row imported as pending; but the person's own sign-up through
+    # the form stamped signed_up_at and left updated_at as stored, so 48 hours later the
+    # imported row (its name, its import time) was deleted as a sign-up of the form's.
+    imported = add_subscriber(
+        db,
+        "lan@example.org",
+        name="Lan",
+        status=SubscriptionStatus.PENDING,
+        now=now - timedelta(days=30),
+    )
+    signup(db, "lan@example.org", language="vi", now=now - timedelta(hours=49))
+    signup(db, "form@example.org", language="vi", now=now - timedelta(hours=49))
+    assert expire_sign_ups(db, now=now, link_hours=48) == 1
+    assert [(s.id, s.name) for s in iter_subscribers(db)] == [(imported.id, "Lan")]
+
+
 def test_stale_confirm_link_does_not_resubscribe(db: Database, now) -> None:  # type: ignore[no-untyped-def]
     sub, _ = signup(db, "an@example.org", language="vi", now=now)
     unsubscribe(db, sub.id, now=now)

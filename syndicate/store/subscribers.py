@@ -74,12 +74,14 @@ _SET_STATUS = """
 # A repeat sign-up, the one write for every state (so its cost tells no state): stamp
 # signed_up_at (and the mailbox key, for a row stored before it was kept); one who left is
 # pending again in the chosen language; when a confirmation goes out now (:send),
-# confirm_sent_at = now and :mails (the day's mails, this one too).
+# confirm_sent_at = now and :mails (the day's mails, this one too). A row the form did not
+# make (no signed_up_at: imported, or stored before it was kept) is updated now, as one who
+# left is: `expire_sign_ups` deletes only rows the form made that nothing else changed.
 _SIGN_UP_AGAIN = """
     UPDATE subscribers SET signed_up_at = :now, mailbox_key = :mailbox,
         status = CASE WHEN :rejoin THEN 'pending' ELSE status END,
         language = CASE WHEN :rejoin THEN :language ELSE language END,
-        updated_at = CASE WHEN :rejoin THEN :now ELSE updated_at END,
+        updated_at = CASE WHEN :rejoin OR signed_up_at IS NULL THEN :now ELSE updated_at END,
         confirm_sent_at = CASE WHEN :send THEN :now ELSE confirm_sent_at END,
         confirm_mails = CASE WHEN :send THEN :mails ELSE confirm_mails END
     WHERE id = :id
