@@ -471,11 +471,18 @@ def test_a_story_read_again_by_a_new_parser_keeps_its_item_and_is_not_marked_upd
     assert item["date_modified"] == item["date_published"]
 
 
-def test_two_dumps_swapped_stay_two_items_each_with_its_own_id(project: Path) -> None:
+@pytest.mark.parametrize("batch", [0, 1], ids=["one batch", "a batch a dump"])
+def test_two_dumps_swapped_stay_two_items_each_with_its_own_id(
+    project: Path, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
     """Two stories of the same minute whose dumps swap paths (a scraper numbering files
     in another order): each read again gave the other's article, and carry_over took it
     for a correction of the same story (same publish time), so both stories went out
     under one item id (readers show one of them) and one took the other's digest day."""
+    from syndicate.publish import sync
+
+    if batch:
+        monkeypatch.setattr(sync, "_SYNC_BATCH", {"sqlite": batch, "postgresql": batch})
     bus = (
         "Mở tuyến xe buýt mới\n01/11/2024 08:00\nQTO - Tuyến xe buýt số 9 chạy từ hôm nay.\n"
         "Giá vé 7.000 đồng.\n"
@@ -499,13 +506,18 @@ def test_two_dumps_swapped_stay_two_items_each_with_its_own_id(project: Path) ->
 
 
 @pytest.mark.parametrize("edited", ["a.txt", "b.txt"])
+@pytest.mark.parametrize("batch", [0, 1], ids=["one batch", "a batch a dump"])
 def test_a_corrected_copy_of_a_story_leaves_the_other_copy_its_item_and_page(
-    project: Path, edited: str
+    project: Path, monkeypatch: pytest.MonkeyPatch, edited: str, batch: int
 ) -> None:
     """a.txt and b.txt hold one story; one of them corrected: the copy left unchanged is
     still that story, under its item id and page URL. carry_over gave the corrected copy
     the story's first id and page, so both went out under one item id, and the unchanged
     copy's page moved to a new URL (its published link then showed the corrected text)."""
+    from syndicate.publish import sync
+
+    if batch:
+        monkeypatch.setattr(sync, "_SYNC_BATCH", {"sqlite": batch, "postgresql": batch})
     assert _run("build")[0] == 0
     before = {
         name: {item[2]: item[:2] for item in items} for name, items in _feed_items(project).items()
@@ -519,3 +531,33 @@ def test_a_corrected_copy_of_a_story_leaves_the_other_copy_its_item_and_page(
         assert len({item[1] for item in items}) == 3, name
         (kept,) = [item for item in items if "thứ nhất" in item[3]]
         assert kept[:2] == before[name][kept[2]], name
+
+
+def test_a_story_in_two_dumps_read_again_by_a_new_parser_keeps_its_item_across_batches(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a.txt and b.txt hold one story; a new parser reads both into another id, each in a
+    batch of its own: the story keeps its item id (the first batch saw b.txt still giving
+    the old id, the second that another dump already gave the new one)."""
+    from syndicate.feeds import item_id
+    from syndicate.publish import sync
+
+    assert _run("build")[0] == 0
+    with open_store(project / "syndicate.db") as db, db.transaction() as conn:
+        (old,) = conn.execute(
+            "SELECT article_id FROM dumps WHERE path LIKE ?", ("%a.txt",)
+        ).fetchone()
+        conn.execute("UPDATE articles SET id = 'older-parser' WHERE id = ?", (old,))
+        conn.execute(
+            "UPDATE article_pages SET article_id = 'older-parser' WHERE article_id = ?", (old,)
+        )
+        conn.execute(
+            "UPDATE dumps SET article_id = 'older-parser', parser_version = 0 WHERE article_id = ?",
+            (old,),
+        )
+    monkeypatch.setattr(sync, "_SYNC_BATCH", {"sqlite": 1, "postgresql": 1})
+    assert _run("build")[0] == 0
+    for name, items in _feed_items(project).items():
+        (item,) = [i for i in items if i[2] == "Hội thảo khoa học tại Đông Hà"]
+        assert item[0] == item_id("older-parser"), name
+        assert item[1].endswith("articles/hoi-thao-khoa-hoc-tai-dong-ha.html"), name

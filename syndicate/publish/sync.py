@@ -101,6 +101,8 @@ class _Sync:
         # Paths that were links when signed, checked to stay inside the folders (rare).
         self.checked_links: set[str] = set()
         self.sources = store.read_article_sources(db)
+        # The articles this run stored first (not in `sources` before it).
+        self.created: set[str] = set()
         # The slug each stored article was first published under (it never changes): read
         # when the first record is stored, so a run that stores none does not hold them all.
         self._slugs: dict[str, str] | None = None
@@ -203,9 +205,13 @@ class _Sync:
                 and old.article_id is not None
                 and entry.article_id is not None
                 and old.article_id != entry.article_id
-                # An article stored before from another dump is a story of its own (two
-                # dumps swapped, a dump now a copy of another): it keeps its id and page.
-                and self.sources.get(entry.article_id) in (None, shown)
+                # An article stored before this run from another dump is a story of its own
+                # (two dumps swapped, a dump now a copy of another): it keeps its id and
+                # page. One first stored this run (a duplicate's new id) is not.
+                and (
+                    self.sources.get(entry.article_id) in (None, shown)
+                    or entry.article_id in self.created
+                )
             ):
                 edited = old.content_hash != entry.content_hash
                 self.renamed.append((old.article_id, entry.article_id, edited))
@@ -232,7 +238,9 @@ class _Sync:
         self.ids.add(entry.article_id)
         if row is not None:
             # self.sources holds every stored id: no need to ask the store whether it is new.
-            self.new += row.id not in self.sources
+            if row.id not in self.sources:
+                self.new += 1
+                self.created.add(row.id)
             self.sources[row.id] = shown
             if self._slugs is None:
                 self._slugs = store.read_article_slugs(self.db)
