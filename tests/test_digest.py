@@ -1013,6 +1013,24 @@ def test_fold_html_lines_breaks_only_outside_attribute_values() -> None:
     assert folded.replace("\n", " ") == html
 
 
+@pytest.mark.parametrize("before", ["", "x ", "x" * 100 + " "], ids=["alone", "a word", "words"])
+def test_fold_html_lines_keeps_every_line_in_its_limit_around_a_run_after_an_ampersand(
+    before: str,
+) -> None:
+    # Breaking before an "&" that opens a character reference: a run after it longer than a
+    # line (no ";") left lines of up to 1,404 bytes at the default 900 (a break at a space
+    # kept the "&"'s place on the line before; one at a line's start broke nothing).
+    for length in (250, 410, 1000):
+        html = f"<p>{before}&{'a' * length};</p>"
+        folded = fold_html_lines(html, limit=200)
+        assert max(len(line.encode()) for line in folded.split("\n")) <= 200, length
+        assert folded.replace("\n", "").replace(" ", "") == html.replace(" ", ""), length
+    # A reference shorter than a line is still never split.
+    html = "<p>" + "từ " * 60 + "&amp; " * 100 + "</p>"
+    folded = fold_html_lines(html, limit=200)
+    assert all(line.count("&") == line.count("&amp;") for line in folded.split("\n"))
+
+
 def test_wrap_text_hangs_list_items_and_keeps_protected_words() -> None:
     keep = "MARKER-" + "x" * 90
     text = "1. " + "chữ " * 40 + "\n" + keep + "\n" + "y" * 100
