@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import math
+import os
 import re
 import shutil
 import ssl
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import click
 import pytest
 import trustme
 from click.testing import CliRunner
@@ -929,6 +932,45 @@ def test_failures_in_an_earlier_digest_exit_1_with_its_line_on_stderr(
     code, out, err = _run("-q", "send")
     assert (code, out) == (1, "")
     assert _summaries(err) == [("2024-10-31", "0", "1", "1")]  # nothing new on day 2
+
+
+@pytest.mark.parametrize(
+    ("error", "code"), [(errno.EPIPE, 141), (errno.ENOSPC, 75)], ids=["reader gone", "full disk"]
+)
+def test_failed_deliveries_exit_1_when_standard_output_cannot_be_written(
+    clock: Clock,
+    workdir: Path,
+    smtpd: SmtpServer,
+    monkeypatch: pytest.MonkeyPatch,
+    error: int,
+    code: int,
+) -> None:
+    # The earlier digest's failures go to stderr; the run's last line ("nothing new") to
+    # stdout, whose reader had gone (or whose disk was full): the run ended 141, quietly
+    # (or 75, "try again later"), not 1, the exit code of failed deliveries.
+    _smtp_config(workdir, smtpd)
+    _subscribe("a@example.org", "b@example.org")
+    assert _run("send", "--limit", "1")[0] == 0
+    clock.next_day()
+    smtpd.handler.refuse("b@example.org", "550 5.1.1 no such user", times=1)
+    real_echo = click.echo
+
+    def echo(message: Any = None, file: Any = None, nl: bool = True, err: bool = False) -> None:
+        if not err and file is None:  # standard output, as the system would fail it
+            raise OSError(error, os.strerror(error))
+        real_echo(message, file=file, nl=nl, err=err)
+
+    monkeypatch.setattr(click, "echo", echo)
+    result = CliRunner().invoke(cli, ["send"], catch_exceptions=False)
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert "Digest 2024-10-31: sent 0, failed 1, 1 bounced, skipped 1" in result.stderr
+    full = (
+        "Error: standard output: cannot write: No space left on device. Free some space or "
+        "send the output elsewhere; nothing was half-written."
+    )
+    said = [line for line in lines if line.startswith("Error: ")]
+    assert said == ([] if error == errno.EPIPE else [full])
 
 
 def test_each_test_copy_has_its_own_message_id(clock: Clock, workdir: Path) -> None:

@@ -12,7 +12,14 @@ import click
 
 from syndicate.cli import AppContext, cli, echo, pass_app
 from syndicate.cli.commands_subscribers import NOT_LISTED_HINT
-from syndicate.errors import InterruptError, OutputError, SubscriberError, TokenError
+from syndicate.errors import (
+    InterruptError,
+    OutputError,
+    ReaderGoneError,
+    SubscriberError,
+    TokenError,
+    printable,
+)
 from syndicate.mail import MailInfo, unsubscribe_url
 from syndicate.send import SendSummary
 from syndicate.send.daily import Preview, preview, run_daily
@@ -156,17 +163,28 @@ def send_command(
         click.get_current_context().exit(exc.exit_code)
     finally:
         lines.close()
-    if unprinted:
-        raise unprinted[0]
     today = report.today
-    if as_json:
-        # The same keys whether or not there was a digest today, so a script reads one shape.
-        shape = today.to_dict() if today is not None else {"digest": None, **_NOTHING_COUNTS}
-        echo(json.dumps({**shape, "earlier": [s.to_dict() for s in report.earlier]}))
-    elif today is None:
-        app.echo(NOTHING_NEW)
-    else:
-        _print_summary(app, today, note="" if report.subscribers else NO_SUBSCRIBERS)
+    try:
+        if unprinted:
+            raise unprinted[0]
+        if as_json:
+            # The same keys whether or not there was a digest today, so a script reads one
+            # shape.
+            shape = today.to_dict() if today is not None else {"digest": None, **_NOTHING_COUNTS}
+            echo(json.dumps({**shape, "earlier": [s.to_dict() for s in report.earlier]}))
+        elif today is None:
+            app.echo(NOTHING_NEW)
+        else:
+            _print_summary(app, today, note="" if report.subscribers else NO_SUBSCRIBERS)
+    except OutputError as exc:
+        if not report.failed:
+            raise
+        # Failed deliveries say so whatever became of standard output: their lines went to
+        # stderr, and the exit code is theirs (1), not the output's (141 or 75).
+        if today is not None and today.failed and not as_json:
+            _print_summary(app, today)
+        if not isinstance(exc, ReaderGoneError):
+            echo(f"Error: {printable(str(exc))}", err=True)
     if report.failed:
         click.get_current_context().exit(1)
 
