@@ -694,6 +694,20 @@ def test_a_writers_name_above_the_story_is_still_its_author(
     assert meta == f"06:30 Thứ Năm, 31 tháng 10, 2024 · Tác giả: {name}"
 
 
+@pytest.mark.parametrize("name", ["Hà Giang", "Thái Bình", "Phú Yên"])
+def test_a_writer_named_as_a_province_closing_the_story_is_its_author(
+    settings: Settings, db: Database, now: datetime, name: str
+) -> None:
+    """Journalists are named "Hà Giang" or "Thái Bình" too. Below the story, where bylines
+    stand and datelines do not, such a name was made a paragraph and no author shown (the
+    place list is for the line above the story)."""
+    dump = FISHERS.replace("Hoàng Yến\n", "") + f"{name}\n"
+    output = _build(settings, db, now, {"f.txt": dump})
+    meta, paragraphs, _other = _article(output, "ngu-dan-phuoc-hai-trung-dam-mua-ca-com")
+    assert meta == f"06:30 Thứ Năm, 31 tháng 10, 2024 · Tác giả: {name}"
+    assert name not in paragraphs
+
+
 QUOTE = (
     "Chủ tịch UBND tỉnh Lam Giang: “Không để người dân nào thiếu đói, thiếu nhà ở sau mùa "
     "mưa lũ”\n01/11/2024 16:30\n{head}\n"

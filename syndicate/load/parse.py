@@ -159,7 +159,9 @@ def _credit(text: str) -> str | None:
     return name if 1 <= len(words) <= 6 else None
 
 
-def _is_byline(text: str) -> bool:
+def _is_byline(text: str, *, closing: bool = False) -> bool:
+    """Whether `text` is shaped as a byline; `closing`: it is below the story (where a
+    province's bare name is a writer's: "Hà Giang"), not above it (where it is a place)."""
     if len(text) > 50 or _is_caption(text) or _DATELINE.match(text):
         return False
     if _credit(text) is not None:
@@ -180,7 +182,7 @@ def _is_byline(text: str) -> bool:
         all(w[0].isupper() or w.lower() in joiners for w in words)
         and any(w[0].isupper() for w in words)
         # Shaped as a name, and yet none: "Hà Nội", "TP Hồ Chí Minh", "Tin Nóng".
-        and not is_place_or_label(text)
+        and not is_place_or_label(text, bare_places=not closing)
     )
 
 
@@ -203,7 +205,7 @@ def _is_scraped_headline(lines: list[str], captions: list[bool], first: int) -> 
     if after is None or not _DATELINE.match(lines[after]):
         return False
     rest = [lines[i] for i in range(after + 1, len(lines)) if not captions[i]]
-    if any(not (_DATELINE.match(text) or _is_byline(text)) for text in rest):
+    if any(not (_DATELINE.match(text) or _is_byline(text, closing=True)) for text in rest):
         return True  # the story goes on below its lead
     # Else a one-paragraph story under its headline, or a brief whose only paragraph is
     # `line`, the teasers below it: a headline ends on no sentence's punctuation, and its
@@ -315,7 +317,7 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
         end - 1 > floor
         and not captions[-1]
         and _DATELINE.match(lines[-2])
-        and _is_byline(lines[-1])
+        and _is_byline(lines[-1], closing=True)
     ):
         end -= 1
         byline = lines[-1]
@@ -337,7 +339,7 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
     last = len(lines) - 1
     while last >= 0 and captions[last]:
         last -= 1
-    if byline is None and paragraphs_left > 1 and _is_byline(lines[last]):
+    if byline is None and paragraphs_left > 1 and _is_byline(lines[last], closing=True):
         byline = lines.pop(last)
         captions.pop(last)
     elif byline is None and paragraphs_left > 1:

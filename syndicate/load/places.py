@@ -177,19 +177,30 @@ def _key(text: str) -> str:
     return " ".join(_syllable_key(word) for word in text.split(" "))
 
 
-_PLACES = frozenset(_key(" ".join(name.casefold().split())) for name in PROVINCES + SHORT_FORMS)
+_PROVINCES = frozenset(_key(" ".join(name.casefold().split())) for name in PROVINCES)
+_PLACES = _PROVINCES | {_key(" ".join(name.casefold().split())) for name in SHORT_FORMS}
 _LABELS = frozenset(_key(" ".join(label.casefold().split())) for label in SECTION_LABELS)
 
 
 # Bylines repeat from dump to dump (a paper's writers, its sections): each is looked up once.
 @functools.lru_cache(maxsize=4096)
-def is_place_or_label(line: str) -> bool:
+def is_place_or_label(line: str, *, bare_places: bool = True) -> bool:
     """Whether `line` is a province or city ("Hà Nội", "TP.HCM", "TP Hồ Chí Minh", "Sài
     Gòn", "Hà Nội -"), or a section label ("Tin Nóng", "THỜI SỰ"): what stands above a
-    story or under it where a byline may, and names no writer."""
-    text = " ".join(_TRAILING_DASH.sub("", line).casefold().split())
+    story or under it where a byline may, and names no writer.
+
+    Without `bare_places`, a province's name alone ("Hà Giang", "Thái Bình") is not a
+    place: below a story, where datelines do not stand, it is a writer's name; the
+    prefixed forms ("TP.HCM", "Tỉnh Hà Giang"), the other names ("Sài Gòn") and a
+    dateline's dash still are.
+    """
+    bare = _TRAILING_DASH.sub("", line)
+    text = " ".join(bare.casefold().split())
     key = _key(text)
-    if key in _LABELS or key in _PLACES:
+    if key in _LABELS:
         return True
+    if key in _PLACES:
+        # A dash after it is a dateline's: a place wherever it stands.
+        return bare_places or key not in _PROVINCES or bare != line
     bare = _PREFIX.sub("", text)
     return bare != text and _key(bare) in _PLACES
