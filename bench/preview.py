@@ -10,6 +10,7 @@ baseline is the same sign-ups with no preview running, in the same run.
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
@@ -65,7 +66,9 @@ def describe(waits: list[float]) -> str:
 
 
 def main() -> None:
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("n", nargs="?", type=int, default=10_000, help="number of dumps (10000)")
+    count = parser.parse_args().n
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         generate(work / "seeds", count)
