@@ -373,20 +373,21 @@ def _fold_html_line(line: str, limit: int) -> str:
     size_before_reference = 0
     for char in line:
         width = len(char.encode())
-        if size + width > limit:
-            if last_space >= 0:
-                out[last_space] = "\n"
-                size -= size_after_space
-                size_before_reference -= size_after_space  # an open one is on the new line
-                last_space = -1
-            elif reference >= 0 and size_before_reference > 0:
-                out.insert(reference, "\n")  # break before the reference, not inside it
-                size -= size_before_reference
-                reference = -1
-            elif not in_tag and not unicodedata.combining(char):
-                out.append("\n")  # a run longer than a line, a "&"'s too, is split
-                size = 0
-                reference = -1
+        if size + width > limit and last_space >= 0:
+            out[last_space] = "\n"
+            size -= size_after_space
+            size_before_reference -= size_after_space  # an open one is on the new line
+            last_space = -1
+        # Each break is measured again: one at a space a byte or two into the line, or
+        # before an "&" whose run fills the line, may leave too little room for `char`.
+        if size + width > limit and reference >= 0 and size_before_reference > 0:
+            out.insert(reference, "\n")  # break before the reference, not inside it
+            size -= size_before_reference
+            reference = -1
+        if size + width > limit and not in_tag and not unicodedata.combining(char):
+            out.append("\n")  # a run longer than a line, a "&"'s too, is split
+            size = 0
+            reference = -1
         if reference >= 0 and not (char.isascii() and (char.isalnum() or char == "#")):
             reference = -1  # ";" (or anything else) ends it
         if quote:

@@ -561,3 +561,32 @@ def test_a_story_in_two_dumps_read_again_by_a_new_parser_keeps_its_item_across_b
         (item,) = [i for i in items if i[2] == "Hội thảo khoa học tại Đông Hà"]
         assert item[0] == item_id("older-parser"), name
         assert item[1].endswith("articles/hoi-thao-khoa-hoc-tai-dong-ha.html"), name
+
+
+@pytest.mark.parametrize("edited", ["a.txt", "b.txt"])
+@pytest.mark.parametrize("batch", [0, 1], ids=["one batch", "a batch a dump"])
+def test_a_story_corrected_as_its_other_copy_is_removed_keeps_its_item_and_page(
+    project: Path, monkeypatch: pytest.MonkeyPatch, edited: str, batch: int
+) -> None:
+    """a.txt and b.txt hold one story; in one run the scraper corrects one copy and removes
+    the other. The story is given by one dump again, corrected: as for a story in one dump
+    corrected, it keeps its item id and page URL (the copy gone still counted as giving the
+    old article, so the corrected one came out as a new item under a new URL)."""
+    from syndicate.publish import sync
+
+    if batch:
+        monkeypatch.setattr(sync, "_SYNC_BATCH", {"sqlite": batch, "postgresql": batch})
+    assert _run("build")[0] == 0
+    before = {
+        name: {item[2]: item[:2] for item in items} for name, items in _feed_items(project).items()
+    }
+    other = "b.txt" if edited == "a.txt" else "a.txt"
+    (project / "seeds" / edited).write_text(
+        GOOD.replace("Đoạn thân bài thứ nhất.", "Đoạn thân bài thứ hai."), encoding="utf-8"
+    )
+    (project / "seeds" / other).unlink()
+    assert _run("build")[0] == 0
+    for name, items in _feed_items(project).items():
+        assert len(items) == 2, name
+        (corrected,) = [item for item in items if "thứ hai" in item[3]]
+        assert corrected[:2] == before[name][corrected[2]], name

@@ -1432,3 +1432,37 @@ def test_a_subscriber_bounced_by_two_digests_in_one_second_counts_once(
     assert [{k: e[k] for k in counts} for e in summary["earlier"]] == [
         {"digest": "2024-10-31", "sent": 0, "failed": 1, "bounced": 1}
     ]
+
+
+@pytest.mark.parametrize("error", [errno.EPIPE, errno.ENOSPC], ids=["reader gone", "full disk"])
+def test_an_earlier_digests_failures_are_said_after_another_summary_could_not_be_printed(
+    clock: Clock,
+    workdir: Path,
+    smtpd: SmtpServer,
+    monkeypatch: pytest.MonkeyPatch,
+    error: int,
+) -> None:
+    # The catch-up printed no more summaries once one could not go to standard output: the
+    # failures of a later earlier digest (a stderr line, the one cron mails) were said
+    # nowhere.
+    _smtp_config(workdir, smtpd)
+    _subscribe("a@example.org", "b@example.org")
+    assert _run("send", "--limit", "1")[0] == 0  # 31 October: b@ still owed it
+    clock.next_day()
+    (workdir / "seeds" / "day2.txt").write_text(DUMP_DAY2, encoding="utf-8")
+    _subscribe("d@example.org")
+    assert _run("send", "--limit", "1")[0] == 0  # 1 November: two still owed it
+    clock.next_day()
+    smtpd.handler.refuse("d@example.org", "550 5.1.1 no such user", times=3)
+    real_echo = click.echo
+
+    def echo(message: Any = None, file: Any = None, nl: bool = True, err: bool = False) -> None:
+        if not err and file is None:  # standard output, as the system would fail it
+            raise OSError(error, os.strerror(error))
+        real_echo(message, file=file, nl=nl, err=err)
+
+    monkeypatch.setattr(click, "echo", echo)
+    result = CliRunner().invoke(cli, ["send"], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert "Digest 2024-11-01: sent 1, failed 1, 1 bounced, skipped 1" in result.stderr
+    assert "Digest 2024-10-31" not in result.stderr  # its summary is standard output's

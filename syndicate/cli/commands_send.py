@@ -140,8 +140,9 @@ def send_command(
 
     def show(summary: SendSummary) -> None:
         # A summary that cannot be printed does not cut the catch-up short: the error ends
-        # the command once the owed digests are delivered.
-        if not as_json and not unprinted:
+        # the command once the owed digests are delivered. Failures still say so after it
+        # (on stderr, which cron mails).
+        if not as_json and (summary.failed or not unprinted):
             try:
                 _print_summary(app, summary)
             except OutputError as exc:

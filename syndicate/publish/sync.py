@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,8 +94,8 @@ class _Sync:
         self.parser_version = parse_version(settings.site.timezone)
         self.cache = store.read_dump_cache(db)
         # How many dumps give each article: the ones read this run as read, the others as
-        # cached (a dump gone since still counts until the run ends).
-        self.holders = Counter(e.article_id for e in self.cache.values() if e.article_id)
+        # cached (count_holders: a dump gone since gives none).
+        self.holders: Counter[str] = Counter()
         # The link check (shared with load.read_dumps): where links must stay inside.
         self.links = load.LinkCheck(roots, follow_symlinks=settings.load.follow_symlinks)
         # Paths that were links when signed, checked to stay inside the folders (rare).
@@ -125,6 +125,14 @@ class _Sync:
         # edit: its bytes changed; or a new parser version), whose story keeps what the old
         # one had (see `flush`).
         self.renamed: list[tuple[str, str, bool]] = []
+
+    def count_holders(self, found: Collection[str]) -> None:
+        """Count the cached dumps giving each article: those `found` this run, and those
+        outside its folders (`build PATH`). One gone since gives none: a story corrected
+        as its other copy is removed is that story corrected (its item id and page stay)."""
+        for key, entry in self.cache.items():
+            if entry.article_id and (key in found or os.path.exists(key)):
+                self.holders[entry.article_id] += 1
 
     def signature(self, path: str, shown: str) -> _Signature | DumpError:
         """The stat signature of a dump (taken before it is read), or why it cannot be read."""
@@ -471,7 +479,9 @@ def sync_articles(
             hint="Check the folder (an unmounted share, a wrong path?). To empty the site "
             "on purpose, run `syndicate build --allow-empty`.",
         )
-    signer = _Signer(sync, found, os.getcwd())
+    cwd = os.getcwd()
+    sync.count_holders({text if os.path.isabs(text) else os.path.join(cwd, text) for text in found})
+    signer = _Signer(sync, found, cwd)
     reads = own_pool = None
     # Signatures are taken as the dumps are needed, each before its dump is read (a write
     # after it shows up next run); they also tell which dumps must be read: those the
