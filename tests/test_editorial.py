@@ -708,6 +708,16 @@ def test_a_writer_named_as_a_province_closing_the_story_is_its_author(
     assert name not in paragraphs
 
 
+@pytest.mark.parametrize("line", ["Hà Nội", "Đà Nẵng", "Bà Rịa - Vũng Tàu", "TP.HCM"])
+def test_a_city_closing_the_story_is_still_no_author(
+    settings: Settings, db: Database, now: datetime, line: str
+) -> None:
+    dump = FISHERS.replace("Hoàng Yến\n", "") + f"{line}\n"
+    output = _build(settings, db, now, {"f.txt": dump})
+    meta, _paragraphs, _other = _article(output, "ngu-dan-phuoc-hai-trung-dam-mua-ca-com")
+    assert meta == "06:30 Thứ Năm, 31 tháng 10, 2024"
+
+
 QUOTE = (
     "Chủ tịch UBND tỉnh Lam Giang: “Không để người dân nào thiếu đói, thiếu nhà ở sau mùa "
     "mưa lũ”\n01/11/2024 16:30\n{head}\n"

@@ -1459,8 +1459,9 @@ def test_a_place_or_a_section_label_is_no_byline_above_the_story_or_below_it(lin
     assert (above.author, above.credit) == (None, None)
     assert above.paragraphs == (line, "Mở đầu câu chuyện.", "Thân bài.")
     below = parse_text(f"T\n{{publish}}\n{{head}}\nMở đầu câu chuyện.\nThân bài.\n{line}\n")
-    # Below the story, a province's bare name is a writer's ("Hà Giang", "Thái Bình").
-    bare = line in ("Hà Nội", "HÀ NỘI", "Khánh Hoà", "Bà Rịa-Vũng Tàu", "Đắk Lắk")
+    # Below the story, a province's two-word name is a writer's ("Hà Giang", "Thái Bình"),
+    # not one of the five cities' ("Hà Nội") nor a joined one ("Bà Rịa-Vũng Tàu").
+    bare = line in ("Khánh Hoà", "Đắk Lắk")
     assert (below.author, below.credit) == ((line, None) if bare else (None, None))
 
 

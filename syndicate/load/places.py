@@ -177,8 +177,12 @@ def _key(text: str) -> str:
     return " ".join(_syllable_key(word) for word in text.split(" "))
 
 
-_PROVINCES = frozenset(_key(" ".join(name.casefold().split())) for name in PROVINCES)
-_PLACES = _PROVINCES | {_key(" ".join(name.casefold().split())) for name in SHORT_FORMS}
+_PLACES = frozenset(_key(" ".join(name.casefold().split())) for name in PROVINCES + SHORT_FORMS)
+# The provinces whose names people bear ("Hà Giang", "Thái Bình", "Phú Yên"): two words, not
+# one of the five centrally run cities (listed first) nor a joined name ("Bà Rịa - Vũng Tàu").
+_NAME_LIKE = frozenset(
+    _key(name.casefold()) for name in PROVINCES[5:] if len(name.split()) == 2 and "-" not in name
+)
 _LABELS = frozenset(_key(" ".join(label.casefold().split())) for label in SECTION_LABELS)
 
 
@@ -189,10 +193,10 @@ def is_place_or_label(line: str, *, bare_places: bool = True) -> bool:
     Gòn", "Hà Nội -"), or a section label ("Tin Nóng", "THỜI SỰ"): what stands above a
     story or under it where a byline may, and names no writer.
 
-    Without `bare_places`, a province's name alone ("Hà Giang", "Thái Bình") is not a
-    place: below a story, where datelines do not stand, it is a writer's name; the
-    prefixed forms ("TP.HCM", "Tỉnh Hà Giang"), the other names ("Sài Gòn") and a
-    dateline's dash still are.
+    Without `bare_places`, a province's name that people bear ("Hà Giang", "Thái Bình":
+    two words, not one of the five cities) is not a place: below a story, where datelines
+    do not stand, it is a writer's name; "Hà Nội", the prefixed forms ("TP.HCM", "Tỉnh Hà
+    Giang"), the other names ("Sài Gòn") and a dateline's dash still are places.
     """
     bare = _TRAILING_DASH.sub("", line)
     text = " ".join(bare.casefold().split())
@@ -201,6 +205,6 @@ def is_place_or_label(line: str, *, bare_places: bool = True) -> bool:
         return True
     if key in _PLACES:
         # A dash after it is a dateline's: a place wherever it stands.
-        return bare_places or key not in _PROVINCES or bare != line
+        return bare_places or key not in _NAME_LIKE or bare != line
     bare = _PREFIX.sub("", text)
     return bare != text and _key(bare) in _PLACES
