@@ -427,6 +427,24 @@ def test_bad_locations_are_usage_errors_and_create_nothing(project: Path) -> Non
     assert not Path("new.db").exists()
 
 
+def test_an_empty_file_is_no_store_to_copy_from_and_is_left_as_it_was(project: Path) -> None:
+    # A 0-byte file (a `touch`, a failed download) was opened as a store "of version 0" and
+    # migrated: the source got a whole schema (0 -> 286,720 bytes), its mode changed, and
+    # the copy said "copied: 0 ..." with exit 0 (review22).
+    empty = Path("empty.db")
+    empty.touch(mode=0o644)
+    empty.chmod(0o644)
+    code, out, err = _run("store", "copy", "--from", "empty.db", "--to", "new.db")
+    assert (code, out) == (2, "")
+    assert err == (
+        "Error: empty.db: no such store to copy from; nothing was copied. "
+        "Check the path given to --from.\n"
+    )
+    assert (empty.stat().st_size, empty.stat().st_mode & 0o777) == (0, 0o644)
+    assert not Path("new.db").exists()
+    assert not Path("empty.db-wal").exists()
+
+
 def test_a_file_that_is_no_store_or_a_folder_is_named_by_its_option(
     project: Path, full_store: Path
 ) -> None:

@@ -595,9 +595,10 @@ def open_reader(
 ) -> Database | None:
     """Open the store to read only; None, making nothing, when there is no store yet.
 
-    There is none yet when no file is at `path` (SQLite), or when the PostgreSQL database
-    at `url` holds no syndicate schema (no writing command has used it): a command that
-    only reads leaves such a database as it found it, on either engine. A store of an
+    There is none yet when no file, or an empty one (a `touch`), is at `path` (SQLite), or
+    when the PostgreSQL database at `url` holds no syndicate schema (no writing command has
+    used it): a command that only reads leaves such a database as it found it, on either
+    engine. A store of an
     older version is migrated first, as every command migrates it after an upgrade.
     Raises as `open_database` does.
     """
@@ -610,8 +611,12 @@ def open_reader(
             reply_timeout=reply_timeout,
             url_name=url_name,
         )
-    if not path.exists():
+    try:
+        found = path.stat()
+    except OSError:  # nothing there, as Path.exists() says
         return None
+    if stat.S_ISREG(found.st_mode) and found.st_size == 0:
+        return None  # SQLite would take it for a store of version 0, and migrate it
     return open_database(path, busy_timeout=busy_timeout, read_only=True)
 
 
