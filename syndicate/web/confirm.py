@@ -38,15 +38,7 @@ async def confirm(service: Service, request: Request) -> Response:
         # The lookup runs on the reading thread (it only reads, so it never waits
         # behind a sign-up that waits for the write lock): the token must name the
         # very subscriber it was made for (their nonce), not whoever holds the id now.
-        subscriber = await service.call_reader(
-            tokens.verify_token,
-            service.secret,
-            token,
-            purpose="confirm",
-            now=now,
-            max_age=max_age,
-            find=service.store.find,
-        )
+        subscriber = await _verify(service, token, now=now, max_age=max_age)
     except ExpiredTokenError:
         # Past its hours the sign-up has lapsed (`send` deletes it): say so, so the reader
         # knows that signing up again is all it takes; unless it was confirmed in time (an
@@ -96,18 +88,26 @@ async def confirm(service: Service, request: Request) -> Response:
     return service.page("confirm.html.j2", lang, title=strings["confirmed_title"], state="done")
 
 
+async def _verify(
+    service: Service, token: str, *, now: datetime, max_age: timedelta | None
+) -> Subscriber:
+    """The subscriber a confirm `token` names; TokenError (ExpiredTokenError past
+    `max_age`) when it is not good."""
+    return await service.call_reader(
+        tokens.verify_token,
+        service.secret,
+        token,
+        purpose="confirm",
+        now=now,
+        max_age=max_age,
+        find=service.store.find,
+    )
+
+
 async def _confirmed_by(service: Service, token: str, *, now: datetime) -> Subscriber | None:
     """The confirmed subscriber an expired confirm `token` was made for, else None."""
     try:
-        found = await service.call_reader(
-            tokens.verify_token,
-            service.secret,
-            token,
-            purpose="confirm",
-            now=now,
-            max_age=None,
-            find=service.store.find,
-        )
+        found = await _verify(service, token, now=now, max_age=None)
     except TokenError:
         return None
     return found if found.status is SubscriptionStatus.CONFIRMED else None
