@@ -694,8 +694,9 @@ def test_a_sign_up_costs_the_same_mail_work_whatever_the_address_state(
     new = cost([f"moi{n}@example.org" for n in range(count)], "mark2@example.org", count + 2)
     # Made for every sign-up, the work is about the same; made for the mailed ones only, the
     # subscribed address's sign-ups cost one mail's work (the mark's) where the new ones
-    # cost 21.
-    assert subscribed > new / 2, (subscribed, new)
+    # cost 21. Measured: 0.04-0.16 of the new ones' on the code before (22c84e3^), 0.53-1.2
+    # on the code after, 0.49 once in a loaded CI run (the new ones also store and send).
+    assert subscribed > new * 0.3, (subscribed, new)
 
 
 def test_repeat_signup_resends_the_confirmation_at_most_once_per_window(
