@@ -431,6 +431,23 @@ def test_a_corrected_story_stays_one_item_in_every_feed_reader(project: Path) ->
         }, name
 
 
+def _as_an_older_parser_left(project: Path, name: str) -> None:
+    """Make the store look as an older parser left it for dump `name`: another id for its
+    article (and its page), and an older parser version."""
+    with open_store(project / "syndicate.db") as db, db.transaction() as conn:
+        (old,) = conn.execute(
+            "SELECT article_id FROM dumps WHERE path LIKE ?", ("%" + name,)
+        ).fetchone()
+        conn.execute("UPDATE articles SET id = 'older-parser' WHERE id = ?", (old,))
+        conn.execute(
+            "UPDATE article_pages SET article_id = 'older-parser' WHERE article_id = ?", (old,)
+        )
+        conn.execute(
+            "UPDATE dumps SET article_id = 'older-parser', parser_version = 0 WHERE article_id = ?",
+            (old,),
+        )
+
+
 def test_a_story_read_again_by_a_new_parser_keeps_its_item_and_is_not_marked_updated(
     project: Path,
 ) -> None:
@@ -442,19 +459,7 @@ def test_a_story_read_again_by_a_new_parser_keeps_its_item_and_is_not_marked_upd
     from syndicate.feeds import item_id
 
     assert _run("build")[0] == 0
-    # As an older parser left it: another id for c.txt's article, and an older version.
-    with open_store(project / "syndicate.db") as db, db.transaction() as conn:
-        (old,) = conn.execute(
-            "SELECT article_id FROM dumps WHERE path LIKE ?", ("%c.txt",)
-        ).fetchone()
-        conn.execute("UPDATE articles SET id = 'older-parser' WHERE id = ?", (old,))
-        conn.execute(
-            "UPDATE article_pages SET article_id = 'older-parser' WHERE article_id = ?", (old,)
-        )
-        conn.execute(
-            "UPDATE dumps SET article_id = 'older-parser', parser_version = 0 WHERE article_id = ?",
-            (old,),
-        )
+    _as_an_older_parser_left(project, "c.txt")
     assert _run("build")[0] == 0
     (entry,) = [
         e
@@ -543,18 +548,7 @@ def test_a_story_in_two_dumps_read_again_by_a_new_parser_keeps_its_item_across_b
     from syndicate.publish import sync
 
     assert _run("build")[0] == 0
-    with open_store(project / "syndicate.db") as db, db.transaction() as conn:
-        (old,) = conn.execute(
-            "SELECT article_id FROM dumps WHERE path LIKE ?", ("%a.txt",)
-        ).fetchone()
-        conn.execute("UPDATE articles SET id = 'older-parser' WHERE id = ?", (old,))
-        conn.execute(
-            "UPDATE article_pages SET article_id = 'older-parser' WHERE article_id = ?", (old,)
-        )
-        conn.execute(
-            "UPDATE dumps SET article_id = 'older-parser', parser_version = 0 WHERE article_id = ?",
-            (old,),
-        )
+    _as_an_older_parser_left(project, "a.txt")
     monkeypatch.setattr(sync, "_SYNC_BATCH", {"sqlite": 1, "postgresql": 1})
     assert _run("build")[0] == 0
     for name, items in _feed_items(project).items():
