@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from syndicate.store import Database, open_database
 from syndicate.store.bounces import ReportKind, apply_report
 from syndicate.store.copy import copy_store
 from syndicate.store.schema import MIGRATIONS
-from syndicate.store.subscribers import add_subscriber, get_by_email, signup
+from syndicate.store.subscribers import add_subscriber, expire_sign_ups, get_by_email, signup
 from tests.conftest import FIXED_NOW
 from tests.plugins.postgres import ENV_STORE_URL, Cluster
 from tests.test_store_subscribers import _store_from_before_every_row_was_keyed
@@ -237,6 +237,23 @@ def test_on_postgresql_the_copied_store_goes_on_where_sqlite_left_it(
     key = outbox[0].split(".")[2].split("_")[0]  # the digest's (digests.message_key)
     late = [f"{day}.{n}.{key}_localhost.eml" for n in (5, new.id)]  # added after the first send
     assert now_in_outbox == sorted(outbox + late)
+
+
+def test_a_leavers_sign_up_copied_to_the_other_engine_lapses_back_to_what_it_was(
+    full_store: Path, new_pg: Callable[[], str]
+) -> None:
+    # What a leaver was before the form made them pending is read from the row's own stamps,
+    # which the copy carries: on PostgreSQL it lapses back as it would have on SQLite.
+    with open_database(full_store) as db:
+        before = get_by_email(db, "binh@example.org")
+        assert before is not None
+        assert signup(db, "binh@example.org", language="vi", now=FIXED_NOW)[0].status == "pending"
+    pg_url = new_pg()
+    assert _run("store", "copy", "--from", str(full_store), "--to", pg_url)[0] == 0
+    with open_database(Path(), url=pg_url) as pg:
+        lapsed = expire_sign_ups(pg, now=FIXED_NOW + timedelta(days=3), link_hours=48)
+        assert lapsed.restored == 1
+        assert get_by_email(pg, "binh@example.org") == before
 
 
 def test_a_copy_of_a_store_from_before_every_row_was_keyed_has_every_row_keyed(

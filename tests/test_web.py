@@ -43,6 +43,7 @@ from syndicate.store.limits import count_request
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import (
     add_subscriber,
+    expire_sign_ups,
     get_by_email,
     set_status,
     signup,
@@ -1595,6 +1596,40 @@ def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
     assert subscriber(server.settings, "giang@example.org").status is (
         SubscriptionStatus.UNSUBSCRIBED
     )
+
+
+def test_the_confirm_link_of_a_leavers_lapsed_sign_up_says_it_has_expired(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    # One who left and signed up again without confirming is put back by the lapse
+    # (unsubscribed, as before the form): the link of that sign-up says it expired.
+    sign_up(client, "vy@example.org", server=server)
+    assert client.post(confirm_url(server, server.mail.wait_for(1)[0])).status_code == 200
+    stored = subscriber(server.settings, "vy@example.org")
+    with open_settings_store(server.settings) as db:
+        secret = get_secret(server.settings, db)
+    leave = tokens.make_token(
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=stored.id,
+        nonce=stored.token_nonce,
+        issued_at=server.clock(),
+    )
+    assert client.post("unsubscribe", params={"token": leave}).status_code == 200
+    left = subscriber(server.settings, "vy@example.org")
+    server.clock.advance(hours=1)
+    sign_up(client, "vy@example.org", server=server)
+    link = confirm_url(server, server.mail.wait_for(2)[1])
+    assert subscriber(server.settings, "vy@example.org").status is SubscriptionStatus.PENDING
+    server.clock.advance(hours=49)
+    with open_settings_store(server.settings) as db:
+        assert expire_sign_ups(db, now=server.clock(), link_hours=48) == (0, 1)
+    assert subscriber(server.settings, "vy@example.org") == left
+    for answer in (client.get(link), client.post(link)):
+        assert answer.status_code == 400
+        assert "<title>Liên kết xác nhận đã hết hạn" in answer.text
+        assert "<button" not in answer.text
+    assert subscriber(server.settings, "vy@example.org") == left
 
 
 # --- unsubscribe --------------------------------------------------------------------------
