@@ -524,6 +524,30 @@ def test_the_lapse_puts_back_the_status_a_rejoined_address_had_last(db: Database
     assert get_by_id(db, added.id).status is SubscriptionStatus.UNSUBSCRIBED  # type: ignore[union-attr]
 
 
+def test_a_form_row_from_before_signed_up_at_lapses_after_a_repeat_sign_up(
+    db: Database,
+    now,  # type: ignore[no-untyped-def]
+) -> None:
+    # Rows the form made before schema step 8 have no signed_up_at (but, as every form row
+    # then, a confirm_sent_at; an imported row has neither): a repeat sign-up stamped
+    # updated_at, as for an imported row, so it never lapsed.
+    old = signup(db, "old@example.org", language="vi", now=now - timedelta(days=9))[0]
+    with db.transaction() as conn:
+        conn.execute("UPDATE subscribers SET signed_up_at = NULL WHERE id = ?", (old.id,))
+    # An imported row with a name (the form stores none) that the old form mailed keeps it.
+    imported = add_subscriber(
+        db, "lan@example.org", name="Lan", status=SubscriptionStatus.PENDING, now=old.created_at
+    )
+    with db.transaction() as conn:
+        conn.execute(
+            "UPDATE subscribers SET confirm_sent_at = updated_at WHERE id = ?", (imported.id,)
+        )
+    for address in ("old@example.org", "lan@example.org"):
+        signup(db, address, language="vi", now=now - timedelta(hours=49))
+    assert expire_sign_ups(db, now=now, link_hours=48) == (1, 0)
+    assert [s.id for s in iter_subscribers(db)] == [imported.id]
+
+
 def test_stale_confirm_link_does_not_resubscribe(db: Database, now) -> None:  # type: ignore[no-untyped-def]
     sub, _ = signup(db, "an@example.org", language="vi", now=now)
     unsubscribe(db, sub.id, now=now)

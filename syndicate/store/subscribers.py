@@ -77,14 +77,19 @@ _SET_STATUS = """
 # signed_up_at (and the mailbox key, for a row stored before it was kept); one who left is
 # pending again in the chosen language; when a confirmation goes out now (:send),
 # confirm_sent_at = now and :mails (the day's mails, this one too). A row the form did not
-# make (no signed_up_at: imported, or stored before it was kept) is updated now, as one who
-# left is: `expire_sign_ups` deletes only rows the form made that nothing else changed, and
-# puts one who left back as it was.
+# make is updated now, as one who left is: `expire_sign_ups` deletes only rows the form made
+# that nothing else changed, and puts one who left back as it was. Such a row has no
+# signed_up_at, and no confirm_sent_at (`add` and `import` mail nothing) or a name (the form
+# stores none); a row the form made before signed_up_at was kept (schema step 8) has none
+# either, but its confirmation's confirm_sent_at and no name, and lapses as any other.
 _SIGN_UP_AGAIN = """
     UPDATE subscribers SET signed_up_at = :now, mailbox_key = :mailbox,
         status = CASE WHEN :rejoin THEN 'pending' ELSE status END,
         language = CASE WHEN :rejoin THEN :language ELSE language END,
-        updated_at = CASE WHEN :rejoin OR signed_up_at IS NULL THEN :now ELSE updated_at END,
+        updated_at = CASE
+            WHEN :rejoin OR (signed_up_at IS NULL AND (confirm_sent_at IS NULL
+                                                       OR name IS NOT NULL)) THEN :now
+            ELSE updated_at END,
         confirm_sent_at = CASE WHEN :send THEN :now ELSE confirm_sent_at END,
         confirm_mails = CASE WHEN :send THEN :mails ELSE confirm_mails END
     WHERE id = :id
