@@ -70,6 +70,14 @@ NO_FOLDER_HINT = (
 # How a hint names the PostgreSQL URL when the caller does not say where it came from;
 # callers say: `store.url`, `SYNDICATE_STORE_URL`, or `store copy`'s `the --from URL`.
 URL_NAME = "store.url (or SYNDICATE_STORE_URL)"
+# How an unreachable server's hint ends: a command cron runs again; `store copy`, which
+# nothing runs again, says its own.
+NEXT_RUN = "; the next run tries again."
+# A PostgreSQL database that is no syndicate store and cannot be made one (another
+# program's tables in it); `store copy` names its --from or --to instead.
+UNUSABLE_HINT = (
+    "Point store.url at a new database, or check the role's privileges (docs/operating.md)."
+)
 NOT_A_STORE_HINT = "Point paths.database at a new file, or restore this one from a backup."
 
 log = logging.getLogger(__name__)
@@ -152,7 +160,7 @@ def unreachable(
     where its URL came from."""
     return StoreUnavailableError(
         f"{where}: cannot reach the database: {_first_line(exc)}.",
-        hint=f"Check that the server runs and {url_name}; the next run tries again.",
+        hint=f"Check that the server runs and {url_name}{NEXT_RUN}",
     )
 
 
@@ -704,8 +712,7 @@ def _open_postgres(
             ) from exc
         raise StoreError(
             f"{where}: not a usable syndicate database: {_first_line(exc)}.",
-            hint="Point store.url at a new database, or check the role's privileges "
-            "(docs/operating.md).",
+            hint=UNUSABLE_HINT,
         ) from exc
     except BaseException:
         conn.close()
