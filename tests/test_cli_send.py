@@ -384,7 +384,8 @@ def test_unsubscribe_token_make_and_verify(project: Path) -> None:
     assert (code, out) == (2, "")
     assert err == (
         "Error: not valid: unsubscribe token: the signature does not match (altered, or "
-        "signed with another secret). Use the link from the email.\n"
+        "signed with another secret). Check that the token was copied whole (the part of the "
+        "link after token=) and that this is the store (and SYNDICATE_SECRET) that made it.\n"
     )
 
 
