@@ -56,7 +56,7 @@ from syndicate.web import (
     make_form_token,
     negotiate_language,
 )
-from syndicate.web.guard import RateWindow, rate_decision, rate_limit_key
+from syndicate.web.guard import RateWindow, form_cookie_path, rate_decision, rate_limit_key
 from syndicate.web.seams import DatabaseStore
 from tests.conftest import ROOT
 from tests.plugins.postgres import ENV_STORE_URL, Cluster, start_cluster, store_environ
@@ -936,6 +936,42 @@ def test_the_form_cookie_path_is_the_address_browsers_ask_for_under_a_vietnamese
         answer = client.get("subscribe")
     assert answer.status_code == 200
     assert "Path=/b%E1%BA%A3n-tin/subscribe;" in answer.headers["set-cookie"]
+
+
+def _path_matches(request_path: str, cookie_path: str) -> bool:
+    """RFC 6265 5.1.4: does `cookie_path` path-match `request_path` (as strings)?"""
+    return request_path == cookie_path or (
+        request_path.startswith(cookie_path)
+        and (cookie_path.endswith("/") or request_path[len(cookie_path)] == "/")
+    )
+
+
+@pytest.mark.parametrize(
+    ("base", "requested"),
+    [
+        # The form's path as the URL standard (Firefox) and Chromium ask for it.
+        ("/a[b]/", ["/a[b]/subscribe"]),
+        ("/x|y^z/", ["/x|y^z/subscribe", "/x%7Cy%5Ez/subscribe"]),
+        ("/tin/a;b/", ["/tin/a;b/subscribe"]),
+        ("/b\u1ea3n-tin/", ["/b%E1%BA%A3n-tin/subscribe"]),
+        (
+            "/b\u1ea3n tin/x|y/",
+            ["/b%E1%BA%A3n%20tin/x|y/subscribe", "/b%E1%BA%A3n%20tin/x%7Cy/subscribe"],
+        ),
+    ],
+)
+def test_the_form_cookie_path_matches_the_form_as_every_browser_asks_for_it(
+    base: str, requested: list[str]
+) -> None:
+    # ';[]|^' were percent-encoded, where the standard has browsers send them raw: the
+    # cookie never came back (a ';' cannot be in a Path at all); and on '|' and '^'
+    # browsers differ. The Path holds what they all send, or the folder before.
+    path = form_cookie_path(base)
+    assert path.isascii()
+    assert ";" not in path
+    for request_path in requested:
+        assert _path_matches(request_path, path), (request_path, path)
+    assert not _path_matches("/other/subscribe", path) or path == "/"
 
 
 @pytest.mark.parametrize("stamp", ["999999999999", "\u00b2"], ids=["year 33658", "superscript two"])
