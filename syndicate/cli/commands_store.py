@@ -20,6 +20,7 @@ from syndicate.errors import StoreError, TerminatedError
 from syndicate.store import (
     FOLDER_HINT,
     NEXT_RUN,
+    NEXT_RUN_OR_REQUEST,
     NO_FOLDER_HINT,
     NOT_A_STORE_HINT,
     OPEN_HINT,
@@ -97,6 +98,8 @@ def _named_by(option: str) -> Iterator[None]:
             exc.hint = _UNUSABLE_HINTS[option]
         elif exc.hint and exc.hint.endswith(NEXT_RUN):  # a copy has no next run
             exc.hint = exc.hint.removesuffix(NEXT_RUN) + ", then run the copy again."
+        elif exc.hint and exc.hint.endswith(NEXT_RUN_OR_REQUEST):
+            exc.hint = exc.hint.removesuffix(NEXT_RUN_OR_REQUEST) + " Then run the copy again."
         raise
 
 

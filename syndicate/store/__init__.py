@@ -73,6 +73,8 @@ URL_NAME = "store.url (or SYNDICATE_STORE_URL)"
 # How an unreachable server's hint ends: a command cron runs again; `store copy`, which
 # nothing runs again, says its own.
 NEXT_RUN = "; the next run tries again."
+# The same, where the hint's last sentence says it (a server with no connection to spare).
+NEXT_RUN_OR_REQUEST = " The next run (or request, in `serve`) tries again."
 # A PostgreSQL database that is no syndicate store and cannot be made one (another
 # program's tables in it); `store copy` names its --from or --to instead.
 UNUSABLE_HINT = (
@@ -213,8 +215,8 @@ def not_connected(
         return StoreUnavailableError(
             f"{where}: the server takes no more connections: {limit}.",
             hint="Close some of the connections to it, or raise its max_connections (or the "
-            "role's CONNECTION LIMIT); `send --workers N` holds 3 per worker and 1 more. The "
-            "next run (or request, in `serve`) tries again.",
+            "role's CONNECTION LIMIT); `send --workers N` holds 3 per worker and 1 more."
+            + NEXT_RUN_OR_REQUEST,
         )
     refused = postgres.refused_login(exc)
     if refused is None:
