@@ -323,7 +323,8 @@ class SubscribeSettings:
         default=48,
         metadata={
             "doc": "how long a confirmation link stays valid; `send` deletes a sign-up left "
-            "unconfirmed past it (and at least 24 hours)"
+            "unconfirmed past it (and at least 24 hours), or puts one who had left back as "
+            "they were"
         },
     )
     rate_limit: int = field(

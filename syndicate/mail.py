@@ -15,6 +15,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime
+from email import errors as email_errors
 from email import policy
 from email.header import Header
 from email.message import EmailMessage
@@ -56,6 +57,17 @@ _SAFE_ADDRESS = re.compile(r"[^\s<>\"\\,;@]+@[^\s<>\"\\,;@]+")
 def _plain_address(address: str) -> bool:
     """Whether `address` is one bare ASCII address (_SAFE_ADDRESS), fit for a header."""
     return _SAFE_ADDRESS.fullmatch(address) is not None and address.isascii()
+
+
+# What to say of an address header value the parser had to mend (a '<' left open, a '>'
+# never opened, a quote not closed): the address it took is a guess.
+_MALFORMED = "it is not a well-formed address (check its quotes and angle brackets): "
+
+
+def _malformed(value: str) -> bool:
+    """Whether the header parser finds `value` broken (and would mend it in silence)."""
+    parsed = policy.default.header_factory("Reply-To", value)
+    return any(isinstance(d, email_errors.InvalidHeaderDefect) for d in parsed.defects)
 
 
 def _not_ascii(address: str) -> str | None:
@@ -178,6 +190,12 @@ def envelope_sender(*, info: MailInfo) -> str:
             'expected one address like "News <news@example.org>".',
             key="mail.from",
         )
+    if _malformed(header_safe(info.sender)):
+        raise ConfigError(
+            f"config key mail.from has value {info.sender!r}; "
+            f'{_MALFORMED}expected one like "News <news@example.org>".',
+            key="mail.from",
+        )
     return address
 
 
@@ -260,6 +278,12 @@ def reply_to(*, info: MailInfo) -> str:
             + (
                 (wrong and _not_ascii(wrong[0])) or "expected an address like 'editor@example.org'."
             ),
+            key="mail.reply_to",
+        )
+    if _malformed(value):
+        raise ConfigError(
+            f"config key mail.reply_to has value {info.reply_to!r}; "
+            f"{_MALFORMED}expected one like 'Editor <editor@example.org>'.",
             key="mail.reply_to",
         )
     return value

@@ -133,7 +133,7 @@ def read_token(
     subscriber it names is still the one it was made for.
     """
     code = _purpose_code(purpose)
-    malformed = f"{purpose} token: the token is malformed. Use the link from the email."
+    malformed = f"{purpose} token: the token is malformed."
     text = token.strip()
     if not text or len(text) > _MAX_TEXT or not text.isascii():
         raise TokenError(malformed)
@@ -150,7 +150,7 @@ def read_token(
     if not hmac.compare_digest(tag, _tag(secret, payload)):
         raise TokenError(
             f"{purpose} token: the signature does not match (altered, or signed with "
-            "another secret). Use the link from the email."
+            "another secret)."
         )
     nonce: bytes | None
     if len(payload) == _PAYLOAD.size:

@@ -31,6 +31,7 @@ from syndicate.store.subscribers import (
     get_by_email,
     iter_subscribers,
     signup,
+    unsubscribe,
 )
 from syndicate.tokens import make_return_token
 from tests.conftest import DATA
@@ -331,6 +332,43 @@ def test_soft_bounces_of_distinct_digests_in_a_row_reach_the_limit(project: Path
     _run("bounces", "-", stdin=soft(date(2024, 11, 2), 3))
     _run("bounces", "-", stdin=soft(date(2024, 11, 2), 4))
     assert _statuses(project)["full@yahoo.example"] == "bounced"
+
+
+@pytest.mark.parametrize(
+    "original_id",
+    [b"<confirm.3f9a0c1d2e4b@news.example.org>", None],  # None: the report quotes none
+)
+def test_a_soft_bounce_of_a_confirmation_mail_never_counts_as_a_digest(
+    plain_project: Path, original_id: bytes | None
+) -> None:
+    # One who had the digest of 2024-11-01, left and signed up again: the soft bounce of the
+    # confirmation mail was put on 2024-11-01 (the last digest sent to them), so with a limit
+    # of 2 one soft bounce of the next digest made them bounced. The limit counts digests.
+    project = plain_project
+    with open_store(project / "syndicate.db") as db:
+        reader = get_by_email(db, "full@yahoo.example")
+        assert reader is not None
+        unsubscribe(db, reader.id, now=NOW)
+        assert signup(db, "full@yahoo.example", language="vi", now=NOW)[1]
+    raw = (BOUNCES / "yahoo-soft.eml").read_bytes()
+    quoted = b"Message-ID: <2024-11-01.3@news.example.org>\r\n"
+    if quoted not in raw:
+        quoted = quoted.replace(b"\r\n", b"\n")
+    assert quoted in raw
+    confirmation = raw.replace(
+        quoted, b"" if original_id is None else b"Message-ID: " + original_id + quoted[-2:]
+    )
+    assert _run("bounces", "-", stdin=confirmation)[1] == (
+        "bounces: 0 hard, 1 soft, 0 complaints, 0 ignored, 0 unreadable\n"
+    )
+    with open_store(project / "syndicate.db") as db:
+        days = db.conn.execute("SELECT digest_day FROM mail_events").fetchall()
+        assert [tuple(row) for row in days] == [(None,)]
+        confirm(db, reader.id, now=NOW)
+        _sent(db, "2024-11-02", [reader.id])
+    digest = raw.replace(b"2024-11-01.3@", b"2024-11-02.3@").replace(b"yahoo-dsn@", b"dsn-2@")
+    _run("bounces", "-", stdin=digest)
+    assert _statuses(project)["full@yahoo.example"] == "confirmed"
 
 
 def test_bad_invocations_exit_2(project: Path) -> None:

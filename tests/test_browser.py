@@ -8,7 +8,10 @@ the test.
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import re
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -24,7 +27,7 @@ from syndicate.model import SubscriptionStatus
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import get_by_email
 from syndicate.web.confirmation import ConfirmationInfo, render_confirmation
-from tests.plugins.web import LiveServer, build_site, open_settings_store
+from tests.plugins.web import LiveServer, bind_loopback, build_site, open_settings_store
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -437,3 +440,94 @@ def test_a_byline_name_stays_on_one_line_in_the_digest_at_phone_width(
             assert overflow <= 0, f"{author!r} scrolls the mail sideways by {overflow} px"
     finally:
         context.close()
+
+
+class _PrefixProxy(http.server.BaseHTTPRequestHandler):
+    """A reverse proxy as docs/operating.md has it: strips the base path's prefix (the
+    request target as the browser sent it, byte for byte) and passes the rest on; it drops
+    Origin, as some privacy add-ons and older browsers leave it out, so a sign-up rests on
+    the form token and its cookie."""
+
+    segments = 0  # of the base path
+    upstream: tuple[str, int] = ("127.0.0.1", 0)
+    targets: list[str]
+
+    def _forward(self) -> None:
+        self.targets.append(self.path)
+        parts = self.path.split("/", self.segments + 1)
+        if len(parts) < self.segments + 2:
+            self.send_error(404)
+            return
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("origin",)}
+        upstream = http.client.HTTPConnection(*self.upstream, timeout=10)
+        try:
+            upstream.request(self.command, "/" + parts[-1], body, headers)
+            answer = upstream.getresponse()
+            data = answer.read()
+            self.send_response(answer.status)
+            for name, value in answer.getheaders():
+                if name.lower() not in ("connection", "transfer-encoding", "content-length"):
+                    self.send_header(name, value)
+            self.send_header("content-length", str(len(data)))
+            self.send_header("connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+        finally:
+            upstream.close()
+
+    do_GET = do_POST = _forward
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("base", ["/a[b]/", "/x|y^z/", "/tin/a;b/", "/b\u1ea3n;tin/"])
+def test_the_form_cookie_comes_back_under_any_base_path_a_browser_can_use(
+    chromium: Any, live_server: Callable[..., LiveServer], now: datetime, base: str
+) -> None:
+    # The cookie's Path was percent-encoded with ';[]|^' too ("/a%5Bb%5D/subscribe"), which
+    # browsers send raw ("/a[b]/subscribe"): the cookie never came back, and every sign-up
+    # without an Origin header was refused (403). A ';' cannot be in a Path at all.
+    sock = bind_loopback()
+    proxy_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = live_server(public_url=proxy_url + base)
+    build_site(server.settings, now)
+    upstream = urllib.parse.urlsplit(server.url)
+    targets: list[str] = []
+    handler = type(
+        "Proxy",
+        (_PrefixProxy,),
+        {
+            "segments": base.count("/") - 1,
+            "upstream": (upstream.hostname, upstream.port),
+            "targets": targets,
+        },
+    )
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler, bind_and_activate=False)
+    proxy.socket.close()
+    proxy.socket = sock
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    context = chromium.new_context(locale="vi-VN")
+    try:
+        page = context.new_page()
+        page.goto(proxy_url + base + "subscribe")
+        [cookie] = context.cookies()
+        page.get_by_label("Địa chỉ email").fill("vy@example.org")
+        with page.expect_request(lambda request: request.method == "POST") as posted:
+            page.get_by_role("button", name="Đăng ký").click()
+        page.wait_for_load_state()
+        sent = posted.value.all_headers()
+        assert "origin" in sent  # which the proxy drops
+        assert f"syndicate_form={cookie['value']}" in sent.get("cookie", "")
+        assert page.get_by_role("heading", level=1).inner_text() == "Hãy kiểm tra hộp thư của bạn"
+    finally:
+        context.close()
+        proxy.shutdown()
+        proxy.server_close()
+    server.mail.wait_for(1)
+    assert _status(server, "vy@example.org") is SubscriptionStatus.PENDING
+    # The browser asked for the form as the cookie's Path says (no more than the form's
+    # folder where a ';' is in the way).
+    assert all(target.startswith(cookie["path"]) for target in targets if "subscribe" in target)

@@ -163,14 +163,16 @@ NO_STORE_TOKENS = {
     "verify-malformed": (
         ["verify", "xyz"],
         "",
-        "Error: not valid: unsubscribe token: the token is malformed. Use the link from the "
-        "email.\n",
+        "Error: not valid: unsubscribe token: the token is malformed. Check that the token "
+        "was copied whole (the part of the link after token=) and that this is the store (and "
+        "SYNDICATE_SECRET) that made it.\n",
     ),
     "verify-no-secret": (  # no secret was ever made here: nothing this store signed
         ["verify", SIGNED],
         "",
         "Error: not valid: unsubscribe token: the signature does not match (altered, or "
-        "signed with another secret). Use the link from the email.\n",
+        "signed with another secret). Check that the token was copied whole (the part of the "
+        "link after token=) and that this is the store (and SYNDICATE_SECRET) that made it.\n",
     ),
     "verify-configured-secret": (
         ["verify", SIGNED],

@@ -137,7 +137,7 @@ def test_send_deletes_sign_ups_left_unconfirmed_past_their_link_and_keeps_the_re
         signup(db, "again@example.org", language="en", now=hours(1))  # signed up again since
         confirmed = signup(db, "yes@example.org", language="vi", now=hours(100))[0]
         confirm(db, confirmed.id, now=hours(99))
-        # Back through the form after leaving: the row keeps what it was (not deleted).
+        # Back through the form after leaving: the row is put back as it was (not deleted).
         left = add_subscriber(db, "left@example.org", now=hours(200))
         unsubscribe(db, left.id, now=hours(150))
         signup(db, "left@example.org", language="vi", now=hours(100))
@@ -157,17 +157,17 @@ def test_send_deletes_sign_ups_left_unconfirmed_past_their_link_and_keeps_the_re
         "fresh@example.org": "pending",
         "again@example.org": "pending",
         "yes@example.org": "confirmed",
-        "left@example.org": "pending",
-        "spam@example.org": "pending",
+        "left@example.org": "unsubscribed",
+        "spam@example.org": "complained",
         "imported@example.org": "pending",
     }
     code, out, _ = _run("subscribers", "stats")
     assert out.splitlines()[:7] == [
-        "pending: 5",
+        "pending: 3",
         "confirmed: 1",
-        "unsubscribed: 0",
+        "unsubscribed: 1",
         "bounced: 0",
-        "complained: 0",
+        "complained: 1",
         "total: 6",
         "erased: 1",
     ]
@@ -384,7 +384,8 @@ def test_unsubscribe_token_make_and_verify(project: Path) -> None:
     assert (code, out) == (2, "")
     assert err == (
         "Error: not valid: unsubscribe token: the signature does not match (altered, or "
-        "signed with another secret). Use the link from the email.\n"
+        "signed with another secret). Check that the token was copied whole (the part of the "
+        "link after token=) and that this is the store (and SYNDICATE_SECRET) that made it.\n"
     )
 
 

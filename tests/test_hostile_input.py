@@ -417,6 +417,42 @@ def test_a_mail_from_with_two_addresses_is_refused_before_sending(
             "u@@example.org",
             "; expected a plain ASCII address like 'unsubscribe@example.org'.",
         ),
+        # A '<' left open, a '>' never opened, words after the address: each was mended in
+        # silence ("Tin <tin@example.org" went out as "Tin <tin@example.org>").
+        (
+            "from",
+            "Tin <tin@example.org",
+            "; it is not a well-formed address (check its quotes and angle brackets): "
+            'expected one like "News <news@example.org>".',
+        ),
+        (
+            "from",
+            "<tin@example.org",
+            "; it is not a well-formed address (check its quotes and angle brackets): "
+            'expected one like "News <news@example.org>".',
+        ),
+        (
+            "reply_to",
+            "Ban biên tập <editor@example.org",
+            "; it is not a well-formed address (check its quotes and angle brackets): "
+            "expected one like 'Editor <editor@example.org>'.",
+        ),
+        (
+            "reply_to",
+            "<editor@example.org",
+            "; it is not a well-formed address (check its quotes and angle brackets): "
+            "expected one like 'Editor <editor@example.org>'.",
+        ),
+        (
+            "bounce_address",
+            "<bounces@example.org",
+            "; expected a plain address like 'bounces@news.example.org'.",
+        ),
+        (
+            "mailto_unsubscribe",
+            "<unsubscribe@example.org>",
+            "; expected a plain ASCII address like 'unsubscribe@example.org'.",
+        ),
     ],
 )
 @pytest.mark.parametrize("command", [("send",), ("send", "--dry-run"), ("serve", "--port", "0")])

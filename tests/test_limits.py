@@ -100,6 +100,27 @@ def test_a_server_out_of_connection_slots_is_named_so(words: str) -> None:
     assert "max_connections" in str(error)
 
 
+def test_a_copy_to_a_full_server_says_to_run_the_copy_again(
+    small_cluster: Cluster, tmp_path: Path
+) -> None:
+    # "The next run (or request, in `serve`) tries again": nothing runs a copy again.
+    import psycopg
+
+    url = small_cluster.new_database()
+    with open_store(tmp_path / "source.db") as db:
+        add_subscriber(db, "an@example.org", now=datetime(2024, 11, 1, tzinfo=UTC))
+    held = [psycopg.connect(url, autocommit=True) for _ in range(MAX_CONNECTIONS)]
+    try:
+        done = _syndicate(tmp_path, "", "store", "copy", "--from", "source.db", "--to", url)
+    finally:
+        for conn in held:
+            conn.close()
+    assert (done.returncode, done.stdout) == (75, "")
+    [line] = _errors(done.stderr)
+    assert "the server takes no more connections: sorry, too many clients already." in line
+    assert line.endswith("holds 3 per worker and 1 more. Then run the copy again."), line
+
+
 @pytest.mark.slow(seconds=8)
 def test_send_workers_beyond_max_connections_say_so_and_the_next_run_finishes(
     small_cluster: Cluster, tmp_path: Path

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from syndicate.store import Database, open_database
 from syndicate.store.bounces import ReportKind, apply_report
 from syndicate.store.copy import copy_store
 from syndicate.store.schema import MIGRATIONS
-from syndicate.store.subscribers import add_subscriber, get_by_email, signup
+from syndicate.store.subscribers import add_subscriber, expire_sign_ups, get_by_email, signup
 from tests.conftest import FIXED_NOW
 from tests.plugins.postgres import ENV_STORE_URL, Cluster
 from tests.test_store_subscribers import _store_from_before_every_row_was_keyed
@@ -239,6 +239,23 @@ def test_on_postgresql_the_copied_store_goes_on_where_sqlite_left_it(
     assert now_in_outbox == sorted(outbox + late)
 
 
+def test_a_leavers_sign_up_copied_to_the_other_engine_lapses_back_to_what_it_was(
+    full_store: Path, new_pg: Callable[[], str]
+) -> None:
+    # What a leaver was before the form made them pending is read from the row's own stamps,
+    # which the copy carries: on PostgreSQL it lapses back as it would have on SQLite.
+    with open_database(full_store) as db:
+        before = get_by_email(db, "binh@example.org")
+        assert before is not None
+        assert signup(db, "binh@example.org", language="vi", now=FIXED_NOW)[0].status == "pending"
+    pg_url = new_pg()
+    assert _run("store", "copy", "--from", str(full_store), "--to", pg_url)[0] == 0
+    with open_database(Path(), url=pg_url) as pg:
+        lapsed = expire_sign_ups(pg, now=FIXED_NOW + timedelta(days=3), link_hours=48)
+        assert lapsed.restored == 1
+        assert get_by_email(pg, "binh@example.org") == before
+
+
 def test_a_copy_of_a_store_from_before_every_row_was_keyed_has_every_row_keyed(
     project: Path, new_pg: Callable[[], str]
 ) -> None:
@@ -409,6 +426,11 @@ def test_an_unreachable_server_is_exit_75_naming_the_host_never_the_password(
         assert (code, out) == (75, "")
         assert len(err.splitlines()) == 1
         assert err.startswith(f"Error: PostgreSQL at 127.0.0.1:{port}/news: cannot reach")
+        # A copy has no next run (it said "the next run tries again"): run it again.
+        option = args[0] if args[1] == url else args[2]
+        assert err.endswith(
+            f"Check that the server runs and the {option} URL, then run the copy again.\n"
+        )
         assert PASSWORD not in err
     assert not Path("new.db").exists()
 
@@ -472,6 +494,47 @@ def test_a_file_that_is_no_store_or_a_folder_is_named_by_its_option(
     assert (project / "notes.txt").read_text(encoding="utf-8") == "not a database\n" * 100
     assert not (project / "new.db").exists()
     assert not any((project / "copies").iterdir())
+
+
+def test_a_target_under_a_file_says_that_it_is_a_file(project: Path, full_store: Path) -> None:
+    # "afile/x.db" where afile is a file: "cannot make the new store: Not a directory ...
+    # Check the folder's permissions and free space", which no permission fixes.
+    (project / "afile").write_text("notes\n", encoding="utf-8")
+    for target in ("afile/x.db", "afile/deeper/x.db"):
+        code, out, err = _run("store", "copy", "--from", str(full_store), "--to", target)
+        assert (code, out) == (2, "")
+        assert err == (
+            f"Error: {target}: afile is a file, not a folder; nothing was copied. Give --to a "
+            "new file in a folder this user may write to, or an empty syndicate store.\n"
+        )
+    assert (project / "afile").read_text(encoding="utf-8") == "notes\n"
+
+
+def test_a_postgresql_target_that_is_no_syndicate_store_says_to_point_to_elsewhere(
+    full_store: Path, new_pg: Callable[[], str]
+) -> None:
+    # It said "Point store.url at a new database", which a copy does not read.
+    url = new_pg()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE subscribers (note text)")  # another program's table
+    where = "PostgreSQL at " + url.split("@", 1)[1]
+    code, out, err = _run("store", "copy", "--from", str(full_store), "--to", url)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"Error: {where}: not a usable syndicate database: ")
+    assert err.endswith(
+        ". Point --to at a new database, or check the role's privileges (docs/operating.md).\n"
+    )
+    # A store a step cannot be run on (its tables gone): the same, said of --from.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE syndicate_schema (version integer)")
+        conn.execute("INSERT INTO syndicate_schema VALUES (%s)", (len(MIGRATIONS) - 1,))
+    code, out, err = _run("store", "copy", "--from", url, "--to", "new.db")
+    assert (code, out) == (2, "")
+    assert err.startswith(f"Error: {where}: not a usable syndicate database: ")
+    assert err.endswith(
+        ". Check the URL given to --from: it must be a syndicate store; or check the role's "
+        "privileges (docs/operating.md).\n"
+    )
 
 
 def test_a_postgresql_database_syndicate_never_wrote_is_no_store_to_copy_from(

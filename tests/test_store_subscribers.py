@@ -16,6 +16,7 @@ from syndicate.config import Settings
 from syndicate.errors import SubscriberError
 from syndicate.model import SubscriptionStatus
 from syndicate.store import Database, ledger
+from syndicate.store.bounces import ReportKind, apply_report
 from syndicate.store.meta import get_erasure_key, get_secret
 from syndicate.store.pg_schema import PG_FIRST_VERSION, PG_MIGRATIONS
 from syndicate.store.schema import MIGRATIONS
@@ -420,11 +421,12 @@ def test_lapsed_sign_ups_go_in_batches_of_short_transactions(db: Database, now) 
         return transaction(**options)
 
     db.transaction = counted  # type: ignore[method-assign]
-    assert expire_sign_ups(db, now=now, link_hours=48, batch=3) == 8
+    assert expire_sign_ups(db, now=now, link_hours=48, batch=3) == (8, 0)
     del db.transaction
-    assert len(commits) == 3  # 3 + 3 + 2: the last batch short, so no fourth
+    # 3 + 3 + 2 deleted: the last batch short, so no fourth; then one (empty) of rows put back
+    assert len(commits) == 4
     assert [s.id for s in iter_subscribers(db)] == [kept.id]
-    assert expire_sign_ups(db, now=now, link_hours=48, batch=3) == 0
+    assert expire_sign_ups(db, now=now, link_hours=48, batch=3) == (0, 0)
 
 
 def test_an_imported_pending_subscriber_who_signs_up_through_the_form_keeps_the_row(
@@ -443,8 +445,107 @@ def test_an_imported_pending_subscriber_who_signs_up_through_the_form_keeps_the_
     )
     signup(db, "lan@example.org", language="vi", now=now - timedelta(hours=49))
     signup(db, "form@example.org", language="vi", now=now - timedelta(hours=49))
-    assert expire_sign_ups(db, now=now, link_hours=48) == 1
+    assert expire_sign_ups(db, now=now, link_hours=48) == (1, 0)
     assert [(s.id, s.name) for s in iter_subscribers(db)] == [(imported.id, "Lan")]
+
+
+_STAMPS = (
+    "SELECT status, created_at, confirmed_at, unsubscribed_at, bounced_at, complained_at, "
+    "bounce_count FROM subscribers WHERE email = ?"
+)
+
+
+def _leave(db: Database, subscriber_id: int, left: str, *, now: datetime) -> None:
+    if left == "unsubscribed":
+        unsubscribe(db, subscriber_id, now=now)
+    elif left == "bounced":
+        assert record_bounce(db, subscriber_id, limit=1, now=now)
+    else:
+        apply_report(
+            db,
+            key=f"report-{subscriber_id}",
+            subscriber_id=subscriber_id,
+            kind=ReportKind.COMPLAINT,
+            day=None,
+            detail="abuse",
+            bounce_limit=3,
+            now=now,
+        )
+
+
+@pytest.mark.parametrize("left", ["unsubscribed", "bounced", "complained"])
+def test_a_leaver_who_signs_up_again_and_never_confirms_is_back_as_they_were_after_the_lapse(
+    db: Database,
+    now,  # type: ignore[no-untyped-def]
+    left: str,
+) -> None:
+    # The form made them pending again; unconfirmed, they stayed pending for ever (the lapse
+    # deletes only rows the form made) and what they were before was not kept.
+    added = add_subscriber(db, "an@example.org", now=now - timedelta(days=30))
+    _leave(db, added.id, left, now=now - timedelta(days=10))
+    before = db.conn.execute(_STAMPS, ("an@example.org",)).fetchone()
+    assert before[0] == left
+    again, mailed = signup(db, "an@example.org", language="en", now=now - timedelta(hours=49))
+    assert (again.status, mailed) == (SubscriptionStatus.PENDING, True)
+    # Within its hours (and the cap's day) it waits.
+    assert expire_sign_ups(db, now=now - timedelta(hours=1), link_hours=48) == (0, 0)
+    assert get_by_id(db, added.id).status is SubscriptionStatus.PENDING  # type: ignore[union-attr]
+    assert expire_sign_ups(db, now=now, link_hours=48) == (0, 1)
+    assert db.conn.execute(_STAMPS, ("an@example.org",)).fetchone() == before
+    assert expire_sign_ups(db, now=now, link_hours=48) == (0, 0)
+    # A new sign-up through the form is a new one: pending, and mailed.
+    assert signup(db, "an@example.org", language="vi", now=now)[1] is True
+
+
+def test_an_address_imported_as_complained_is_back_as_complained_after_the_lapse(
+    db: Database,
+    now,  # type: ignore[no-untyped-def]
+) -> None:
+    # Stored as complained (an import), it had no complained_at, so nothing said what it
+    # was once the form made it pending.
+    added = add_subscriber(
+        db, "an@example.org", status=SubscriptionStatus.COMPLAINED, now=now - timedelta(days=9)
+    )
+    signup(db, "an@example.org", language="vi", now=now - timedelta(days=3))
+    assert expire_sign_ups(db, now=now, link_hours=48) == (0, 1)
+    assert get_by_id(db, added.id).status is SubscriptionStatus.COMPLAINED  # type: ignore[union-attr]
+
+
+def test_the_lapse_puts_back_the_status_a_rejoined_address_had_last(db: Database, now) -> None:  # type: ignore[no-untyped-def]
+    # Bounced, back through the form and confirmed, then unsubscribed: the last thing it was
+    # is unsubscribed, though it bounced once too.
+    added = add_subscriber(db, "an@example.org", now=now - timedelta(days=90))
+    _leave(db, added.id, "bounced", now=now - timedelta(days=60))
+    signup(db, "an@example.org", language="vi", now=now - timedelta(days=59))
+    confirm(db, added.id, now=now - timedelta(days=59))
+    _leave(db, added.id, "unsubscribed", now=now - timedelta(days=20))
+    signup(db, "an@example.org", language="vi", now=now - timedelta(days=3))
+    assert expire_sign_ups(db, now=now, link_hours=48) == (0, 1)
+    assert get_by_id(db, added.id).status is SubscriptionStatus.UNSUBSCRIBED  # type: ignore[union-attr]
+
+
+def test_a_form_row_from_before_signed_up_at_lapses_after_a_repeat_sign_up(
+    db: Database,
+    now,  # type: ignore[no-untyped-def]
+) -> None:
+    # Rows the form made before schema step 8 have no signed_up_at (but, as every form row
+    # then, a confirm_sent_at; an imported row has neither): a repeat sign-up stamped
+    # updated_at, as for an imported row, so it never lapsed.
+    old = signup(db, "old@example.org", language="vi", now=now - timedelta(days=9))[0]
+    with db.transaction() as conn:
+        conn.execute("UPDATE subscribers SET signed_up_at = NULL WHERE id = ?", (old.id,))
+    # An imported row with a name (the form stores none) that the old form mailed keeps it.
+    imported = add_subscriber(
+        db, "lan@example.org", name="Lan", status=SubscriptionStatus.PENDING, now=old.created_at
+    )
+    with db.transaction() as conn:
+        conn.execute(
+            "UPDATE subscribers SET confirm_sent_at = updated_at WHERE id = ?", (imported.id,)
+        )
+    for address in ("old@example.org", "lan@example.org"):
+        signup(db, address, language="vi", now=now - timedelta(hours=49))
+    assert expire_sign_ups(db, now=now, link_hours=48) == (1, 0)
+    assert [s.id for s in iter_subscribers(db)] == [imported.id]
 
 
 def test_stale_confirm_link_does_not_resubscribe(db: Database, now) -> None:  # type: ignore[no-untyped-def]

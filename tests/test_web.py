@@ -43,6 +43,7 @@ from syndicate.store.limits import count_request
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import (
     add_subscriber,
+    expire_sign_ups,
     get_by_email,
     set_status,
     signup,
@@ -55,7 +56,7 @@ from syndicate.web import (
     make_form_token,
     negotiate_language,
 )
-from syndicate.web.guard import RateWindow, rate_decision, rate_limit_key
+from syndicate.web.guard import RateWindow, form_cookie_path, rate_decision, rate_limit_key
 from syndicate.web.seams import DatabaseStore
 from tests.conftest import ROOT
 from tests.plugins.postgres import ENV_STORE_URL, Cluster, start_cluster, store_environ
@@ -937,6 +938,42 @@ def test_the_form_cookie_path_is_the_address_browsers_ask_for_under_a_vietnamese
     assert "Path=/b%E1%BA%A3n-tin/subscribe;" in answer.headers["set-cookie"]
 
 
+def _path_matches(request_path: str, cookie_path: str) -> bool:
+    """RFC 6265 5.1.4: does `cookie_path` path-match `request_path` (as strings)?"""
+    return request_path == cookie_path or (
+        request_path.startswith(cookie_path)
+        and (cookie_path.endswith("/") or request_path[len(cookie_path)] == "/")
+    )
+
+
+@pytest.mark.parametrize(
+    ("base", "requested"),
+    [
+        # The form's path as the URL standard (Firefox) and Chromium ask for it.
+        ("/a[b]/", ["/a[b]/subscribe"]),
+        ("/x|y^z/", ["/x|y^z/subscribe", "/x%7Cy%5Ez/subscribe"]),
+        ("/tin/a;b/", ["/tin/a;b/subscribe"]),
+        ("/b\u1ea3n-tin/", ["/b%E1%BA%A3n-tin/subscribe"]),
+        (
+            "/b\u1ea3n tin/x|y/",
+            ["/b%E1%BA%A3n%20tin/x|y/subscribe", "/b%E1%BA%A3n%20tin/x%7Cy/subscribe"],
+        ),
+    ],
+)
+def test_the_form_cookie_path_matches_the_form_as_every_browser_asks_for_it(
+    base: str, requested: list[str]
+) -> None:
+    # ';[]|^' were percent-encoded, where the standard has browsers send them raw: the
+    # cookie never came back (a ';' cannot be in a Path at all); and on '|' and '^'
+    # browsers differ. The Path holds what they all send, or the folder before.
+    path = form_cookie_path(base)
+    assert path.isascii()
+    assert ";" not in path
+    for request_path in requested:
+        assert _path_matches(request_path, path), (request_path, path)
+    assert not _path_matches("/other/subscribe", path) or path == "/"
+
+
 @pytest.mark.parametrize("stamp", ["999999999999", "\u00b2"], ids=["year 33658", "superscript two"])
 def test_a_form_token_with_an_impossible_time_is_refused_like_a_forged_one(
     server: LiveServer, client: httpx.Client, stamp: str
@@ -1595,6 +1632,40 @@ def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
     assert subscriber(server.settings, "giang@example.org").status is (
         SubscriptionStatus.UNSUBSCRIBED
     )
+
+
+def test_the_confirm_link_of_a_leavers_lapsed_sign_up_says_it_has_expired(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    # One who left and signed up again without confirming is put back by the lapse
+    # (unsubscribed, as before the form): the link of that sign-up says it expired.
+    sign_up(client, "vy@example.org", server=server)
+    assert client.post(confirm_url(server, server.mail.wait_for(1)[0])).status_code == 200
+    stored = subscriber(server.settings, "vy@example.org")
+    with open_settings_store(server.settings) as db:
+        secret = get_secret(server.settings, db)
+    leave = tokens.make_token(
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=stored.id,
+        nonce=stored.token_nonce,
+        issued_at=server.clock(),
+    )
+    assert client.post("unsubscribe", params={"token": leave}).status_code == 200
+    left = subscriber(server.settings, "vy@example.org")
+    server.clock.advance(hours=1)
+    sign_up(client, "vy@example.org", server=server)
+    link = confirm_url(server, server.mail.wait_for(2)[1])
+    assert subscriber(server.settings, "vy@example.org").status is SubscriptionStatus.PENDING
+    server.clock.advance(hours=49)
+    with open_settings_store(server.settings) as db:
+        assert expire_sign_ups(db, now=server.clock(), link_hours=48) == (0, 1)
+    assert subscriber(server.settings, "vy@example.org") == left
+    for answer in (client.get(link), client.post(link)):
+        assert answer.status_code == 400
+        assert "<title>Liên kết xác nhận đã hết hạn" in answer.text
+        assert "<button" not in answer.text
+    assert subscriber(server.settings, "vy@example.org") == left
 
 
 # --- unsubscribe --------------------------------------------------------------------------

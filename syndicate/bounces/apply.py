@@ -16,10 +16,17 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from syndicate.bounces.mailboxes import Item
-from syndicate.bounces.parse import Kind, Report, ReportFormatError, digest_hint, parse_report
+from syndicate.bounces.parse import (
+    Kind,
+    Report,
+    ReportFormatError,
+    digest_hint,
+    is_confirmation,
+    parse_report,
+)
 from syndicate.errors import SubscriberError, TokenError
 from syndicate.mail import MailInfo, bounce_address
-from syndicate.model import Subscriber
+from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.store import Database
 from syndicate.store.bounces import ReportKind, apply_report, is_applied, last_sent_day
 from syndicate.store.subscribers import get_by_email, get_by_id
@@ -135,7 +142,15 @@ def _apply_one(
         return
     if day is None:
         hint = digest_hint(report.original_id)
-        day = hint[0] if hint and hint[1] == subscriber.id else last_sent_day(db, subscriber.id)
+        if hint and hint[1] == subscriber.id:
+            day = hint[0]
+        elif not (
+            # About a confirmation mail, which is no digest: never counted toward the limit.
+            # A pending subscriber is mailed nothing else (a leaver back through the form
+            # included, whose last digest it is not about).
+            is_confirmation(report.original_id) or subscriber.status is SubscriptionStatus.PENDING
+        ):
+            day = last_sent_day(db, subscriber.id)
     changed = apply_report(
         db,
         key=report.key,

@@ -75,6 +75,8 @@ _SMTP_CODE = re.compile(r"(?:^|;)\s*([245])\d\d\b")
 # A digest's Message-ID: '<DAY.ID.KEY@domain>' (KEY: the digest's digests.message_key, hex),
 # or '<DAY.ID@domain>' as digests were sent before (their bounces come back for days).
 _DIGEST_ID = re.compile(r"<?(\d{4}-\d{2}-\d{2})\.(\d+)(?:\.[0-9a-f]{1,32})?@[^>]*>?")
+# A confirmation mail's Message-ID: '<confirm.TAG@domain>' (mail.build_confirmation_message).
+_CONFIRMATION_ID = re.compile(r"<?confirm\.[0-9a-f]{1,64}@[^>]*>?")
 # Where the envelope recipient of the report (our return path) may be recorded.
 _ENVELOPE_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To")
 _AUTO_SUBJECT = re.compile(
@@ -329,6 +331,11 @@ def _merged(blocks: list[Message]) -> Message:
         for name, value in block.items():
             merged[name] = value
     return merged
+
+
+def is_confirmation(original_id: str) -> bool:
+    """Tell whether a returned message's Message-ID is a confirmation mail's (no digest)."""
+    return _CONFIRMATION_ID.fullmatch(original_id.strip()) is not None
 
 
 def digest_hint(original_id: str) -> tuple[date, int] | None:

@@ -255,6 +255,14 @@ def _print_preview(app: AppContext, shown: Preview | None, *, as_json: bool) -> 
     )
 
 
+# What an operator checks when a token given to `unsubscribe-token verify` is not one this
+# store signed (a reader's page says nothing of the kind: the web answers with its own).
+_VERIFY_HINT = (
+    "Check that the token was copied whole (the part of the link after token=) and that this "
+    "is the store (and SYNDICATE_SECRET) that made it."
+)
+
+
 @cli.group("unsubscribe-token")
 def unsubscribe_token_group() -> None:
     """Check or make the signed tokens of unsubscribe links.
@@ -288,7 +296,7 @@ def verify_command(app: AppContext, token: str) -> None:
             find=lambda subscriber_id: get_by_id(db, subscriber_id),
         )
     except TokenError as exc:
-        raise TokenError(f"not valid: {exc.message}", hint=exc.hint) from None
+        raise TokenError(f"not valid: {exc.message}", hint=exc.hint or _VERIFY_HINT) from None
     echo(f"valid: subscriber {found.id} <{found.email}> ({found.status})")
 
 

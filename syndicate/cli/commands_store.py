@@ -19,9 +19,12 @@ from syndicate.config import StoreSettings
 from syndicate.errors import StoreError, TerminatedError
 from syndicate.store import (
     FOLDER_HINT,
+    NEXT_RUN,
+    NEXT_RUN_OR_REQUEST,
     NO_FOLDER_HINT,
     NOT_A_STORE_HINT,
     OPEN_HINT,
+    UNUSABLE_HINT,
     Database,
     open_reader,
 )
@@ -73,6 +76,12 @@ _OPTION_HINTS = {
     "paths.database names.",
     "--to": "Give --to a new file in a folder this user may write to, or an empty syndicate store.",
 }
+# The same for a PostgreSQL database that is no syndicate store (UNUSABLE_HINT).
+_UNUSABLE_HINTS = {
+    "--from": "Check the URL given to --from: it must be a syndicate store; or check the "
+    "role's privileges (docs/operating.md).",
+    "--to": "Point --to at a new database, or check the role's privileges (docs/operating.md).",
+}
 
 
 @contextmanager
@@ -85,6 +94,12 @@ def _named_by(option: str) -> Iterator[None]:
     except StoreError as exc:
         if exc.hint in (OPEN_HINT, NOT_A_STORE_HINT, FOLDER_HINT, NO_FOLDER_HINT):
             exc.hint = _OPTION_HINTS[option]
+        elif exc.hint == UNUSABLE_HINT:
+            exc.hint = _UNUSABLE_HINTS[option]
+        elif exc.hint and exc.hint.endswith(NEXT_RUN):  # a copy has no next run
+            exc.hint = exc.hint.removesuffix(NEXT_RUN) + ", then run the copy again."
+        elif exc.hint and exc.hint.endswith(NEXT_RUN_OR_REQUEST):
+            exc.hint = exc.hint.removesuffix(NEXT_RUN_OR_REQUEST) + " Then run the copy again."
         raise
 
 

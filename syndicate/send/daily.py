@@ -221,9 +221,15 @@ def run_daily(
         check_day(settings, db, now=now)  # before the build: a clock set back stops here
         # Sign-ups left unconfirmed past their link go, or a bot within the rate limit
         # keeps adding rows for ever.
-        expired = expire_sign_ups(db, now=now, link_hours=settings.subscribe.confirm_hours)
-        if expired:
-            log.info("send: deleted %s sign-ups left unconfirmed past their link", expired)
+        lapsed = expire_sign_ups(db, now=now, link_hours=settings.subscribe.confirm_hours)
+        if lapsed.deleted:
+            log.info("send: deleted %s sign-ups left unconfirmed past their link", lapsed.deleted)
+        if lapsed.restored:
+            log.info(
+                "send: put back %s addresses that had left, signed up again and did not "
+                "confirm in time (unsubscribed, bounced or complained, as they were)",
+                lapsed.restored,
+            )
         run_build(settings, db, now=now)
         plan = todays_digest(settings, db, now=now, create=True)
         if plan is not None and (stale := stale_warning(plan, tz=settings.site.tz)) is not None:

@@ -70,6 +70,16 @@ NO_FOLDER_HINT = (
 # How a hint names the PostgreSQL URL when the caller does not say where it came from;
 # callers say: `store.url`, `SYNDICATE_STORE_URL`, or `store copy`'s `the --from URL`.
 URL_NAME = "store.url (or SYNDICATE_STORE_URL)"
+# How an unreachable server's hint ends: a command cron runs again; `store copy`, which
+# nothing runs again, says its own.
+NEXT_RUN = "; the next run tries again."
+# The same, where the hint's last sentence says it (a server with no connection to spare).
+NEXT_RUN_OR_REQUEST = " The next run (or request, in `serve`) tries again."
+# A PostgreSQL database that is no syndicate store and cannot be made one (another
+# program's tables in it); `store copy` names its --from or --to instead.
+UNUSABLE_HINT = (
+    "Point store.url at a new database, or check the role's privileges (docs/operating.md)."
+)
 NOT_A_STORE_HINT = "Point paths.database at a new file, or restore this one from a backup."
 
 log = logging.getLogger(__name__)
@@ -152,7 +162,7 @@ def unreachable(
     where its URL came from."""
     return StoreUnavailableError(
         f"{where}: cannot reach the database: {_first_line(exc)}.",
-        hint=f"Check that the server runs and {url_name}; the next run tries again.",
+        hint=f"Check that the server runs and {url_name}{NEXT_RUN}",
     )
 
 
@@ -205,8 +215,8 @@ def not_connected(
         return StoreUnavailableError(
             f"{where}: the server takes no more connections: {limit}.",
             hint="Close some of the connections to it, or raise its max_connections (or the "
-            "role's CONNECTION LIMIT); `send --workers N` holds 3 per worker and 1 more. The "
-            "next run (or request, in `serve`) tries again.",
+            "role's CONNECTION LIMIT); `send --workers N` holds 3 per worker and 1 more."
+            + NEXT_RUN_OR_REQUEST,
         )
     refused = postgres.refused_login(exc)
     if refused is None:
@@ -704,8 +714,7 @@ def _open_postgres(
             ) from exc
         raise StoreError(
             f"{where}: not a usable syndicate database: {_first_line(exc)}.",
-            hint="Point store.url at a new database, or check the role's privileges "
-            "(docs/operating.md).",
+            hint=UNUSABLE_HINT,
         ) from exc
     except BaseException:
         conn.close()

@@ -38,6 +38,7 @@ from syndicate.store import (
     DB_ERRORS,
     DEFAULT_BUSY_TIMEOUT,
     DEFAULT_REPLY_TIMEOUT,
+    NO_FOLDER_HINT,
     URL_NAME,
     Database,
     open_database,
@@ -431,6 +432,7 @@ def copy_to_new_file(
     crash) stopped leaves a file no process holds: the next copy into the folder removes
     it first (`_sweep`), and never the file of a copy still running.
     """
+    _check_folder(path)
     made = _make_folders(path.parent)
     _sweep(path.parent)
     temporary: Path | None = None
@@ -561,6 +563,21 @@ def _leave_wal(db: Database) -> None:
             f"{db.path}: cannot finish the new store: SQLite kept journal mode {mode!r}; "
             "nothing was copied."
         )
+
+
+def _check_folder(path: Path) -> None:
+    """Raise StoreError when the nearest existing folder above `path` is a file: no folder
+    can be made there, whatever the permissions (mkstemp and mkdir say only ENOTDIR)."""
+    above = path.parent
+    try:
+        while not os.path.lexists(above) and above.parent != above:
+            above = above.parent
+        if above.is_dir():
+            return
+    except OSError:  # cannot be looked at: making the folder or file says why
+        return
+    kind = "a file, not a folder" if above.is_file() else "not a folder"
+    raise StoreError(f"{path}: {above} is {kind}; nothing was copied.", hint=NO_FOLDER_HINT)
 
 
 def _make_folders(folder: Path) -> list[Path]:

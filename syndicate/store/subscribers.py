@@ -14,7 +14,7 @@ import hmac
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from syndicate.errors import StoreError, SubscriberError
 from syndicate.i18n import LANGUAGES
@@ -38,7 +38,7 @@ CONFIRM_MAILS_PER_DAY = 3
 CONFIRM_MAILS_WINDOW = timedelta(hours=24)
 # Rows keyed at a time by `fill_mailbox_keys` (schema step 17).
 MAILBOX_KEY_BATCH = 1000
-# Sign-ups deleted at a time by `expire_sign_ups`, each batch one short transaction.
+# Sign-ups deleted (or put back) at a time by `expire_sign_ups`, each batch one short transaction.
 EXPIRE_BATCH = 500
 # Past the link's hours, a little longer: a token may be dated up to 15 s after its sign-up
 # (tokens.make_token), and its page must say "expired", not "cannot be used".
@@ -54,12 +54,14 @@ _SELECT_BY_ID = f"SELECT {_COLUMNS} FROM subscribers WHERE id = ?"  # noqa: S608
 _INSERT = """
     INSERT INTO subscribers (email, email_key, name, language, status, created_at, updated_at,
                              confirmed_at, unsubscribed_at, bounced_at, confirm_sent_at,
-                             token_nonce, signed_up_at, confirm_mails, mailbox_key)
+                             token_nonce, signed_up_at, confirm_mails, mailbox_key,
+                             complained_at)
     VALUES (:email, :key, :name, :language, :status, :now, :now,
             CASE WHEN :status = 'confirmed' THEN :now END,
             CASE WHEN :status = 'unsubscribed' THEN :now END,
             CASE WHEN :status = 'bounced' THEN :now END,
-            :confirm_sent_at, :nonce, :signed_up_at, :confirm_sent_at, :mailbox)
+            :confirm_sent_at, :nonce, :signed_up_at, :confirm_sent_at, :mailbox,
+            CASE WHEN :status = 'complained' THEN :now END)
     RETURNING id
 """
 # Move to a status, stamping the matching *_at column.
@@ -75,13 +77,19 @@ _SET_STATUS = """
 # signed_up_at (and the mailbox key, for a row stored before it was kept); one who left is
 # pending again in the chosen language; when a confirmation goes out now (:send),
 # confirm_sent_at = now and :mails (the day's mails, this one too). A row the form did not
-# make (no signed_up_at: imported, or stored before it was kept) is updated now, as one who
-# left is: `expire_sign_ups` deletes only rows the form made that nothing else changed.
+# make is updated now, as one who left is: `expire_sign_ups` deletes only rows the form made
+# that nothing else changed, and puts one who left back as it was. Such a row has no
+# signed_up_at, and no confirm_sent_at (`add` and `import` mail nothing) or a name (the form
+# stores none); a row the form made before signed_up_at was kept (schema step 8) has none
+# either, but its confirmation's confirm_sent_at and no name, and lapses as any other.
 _SIGN_UP_AGAIN = """
     UPDATE subscribers SET signed_up_at = :now, mailbox_key = :mailbox,
         status = CASE WHEN :rejoin THEN 'pending' ELSE status END,
         language = CASE WHEN :rejoin THEN :language ELSE language END,
-        updated_at = CASE WHEN :rejoin OR signed_up_at IS NULL THEN :now ELSE updated_at END,
+        updated_at = CASE
+            WHEN :rejoin OR (signed_up_at IS NULL AND (confirm_sent_at IS NULL
+                                                       OR name IS NOT NULL)) THEN :now
+            ELSE updated_at END,
         confirm_sent_at = CASE WHEN :send THEN :now ELSE confirm_sent_at END,
         confirm_mails = CASE WHEN :send THEN :mails ELSE confirm_mails END
     WHERE id = :id
@@ -104,8 +112,8 @@ _SELECT_UNKEYED = (
 _SET_MAILBOX_KEY = "UPDATE subscribers SET mailbox_key = ? WHERE id = ?"
 # Delete a batch of lapsed sign-ups, in id order from :last: rows signed up through the form
 # (signed_up_at) that are pending and were never anything else (no status stamp, never
-# updated since stored: a complained or unsubscribed address back through the form keeps
-# its row, so its record holds), whose last sign-up and mail are older than :before.
+# updated since stored: an imported row the form touched keeps it, see _SIGN_UP_AGAIN),
+# whose last sign-up and mail are older than :before.
 _EXPIRE_SIGN_UPS = """
     DELETE FROM subscribers WHERE id IN (
         SELECT id FROM subscribers
@@ -114,6 +122,34 @@ _EXPIRE_SIGN_UPS = """
           AND (confirm_sent_at IS NULL OR confirm_sent_at < :before)
           AND confirmed_at IS NULL AND unsubscribed_at IS NULL AND bounced_at IS NULL
           AND complained_at IS NULL AND updated_at = created_at
+        ORDER BY id LIMIT :batch
+    )
+    RETURNING id
+"""
+# Put back a batch of lapsed sign-ups of addresses that had left, in id order from :last:
+# pending rows with a leaving stamp (only the form makes such a row pending again: an
+# import or `add` never does), whose last sign-up (or, for one from before signed_up_at
+# was kept, its last change) and mail are older than :before. The status they had is the
+# one whose stamp is the latest (its time, like every other stamp, stays as it was); on a
+# tie the one that stops more mail. updated_at says when the lapse put it back. The outer
+# WHERE repeats the sign-up's time: PostgreSQL checks it again on a row a sign-up of that
+# moment changed (READ COMMITTED re-reads only the updated row, not the subquery).
+_RESTORE_SIGN_UPS = """
+    UPDATE subscribers SET updated_at = :now,
+        status = CASE
+            WHEN complained_at IS NOT NULL
+                 AND complained_at >= coalesce(bounced_at, '')
+                 AND complained_at >= coalesce(unsubscribed_at, '') THEN 'complained'
+            WHEN bounced_at IS NOT NULL
+                 AND bounced_at >= coalesce(unsubscribed_at, '') THEN 'bounced'
+            ELSE 'unsubscribed' END
+    WHERE status = 'pending' AND coalesce(signed_up_at, updated_at) < :before AND id IN (
+        SELECT id FROM subscribers
+        WHERE status = 'pending' AND id > :last
+          AND coalesce(signed_up_at, updated_at) < :before
+          AND (confirm_sent_at IS NULL OR confirm_sent_at < :before)
+          AND (unsubscribed_at IS NOT NULL OR bounced_at IS NOT NULL
+               OR complained_at IS NOT NULL)
         ORDER BY id LIMIT :batch
     )
     RETURNING id
@@ -463,33 +499,48 @@ def fill_mailbox_keys(conn: Any, *, batch: int = MAILBOX_KEY_BATCH) -> int:
     return keyed
 
 
+class LapsedSignUps(NamedTuple):
+    """What `expire_sign_ups` did: sign-ups deleted, and rows put back as they were."""
+
+    deleted: int
+    restored: int
+
+
 def expire_sign_ups(
     db: Database, *, now: datetime, link_hours: int, batch: int = EXPIRE_BATCH
-) -> int:
-    """Delete the sign-ups left unconfirmed past their confirm link; return how many.
+) -> LapsedSignUps:
+    """End the sign-ups left unconfirmed past their confirm link; say how many.
 
     A sign-up lapses once its last sign-up and confirmation mail are older than the
     link's `link_hours` (subscribe.confirm_hours) and the confirmation cap's window
     (CONFIRM_MAILS_WINDOW: a row the cap still counts must stay, or the mailbox could be
-    mailed again at once). Only rows the form made that were never anything but pending
-    go: an address back through the form after it unsubscribed, bounced or complained
-    keeps its row (pending; its link expires all the same), and one imported as pending
-    waits for its own sign-up. Suppressions (erased addresses) are never touched. Works
-    in batches of `batch` rows, each its own transaction, so the write lock is held
-    briefly whatever the count.
+    mailed again at once). A row the form made that was never anything but pending is
+    deleted. An address back through the form after it unsubscribed, bounced or
+    complained is put back to that status, its stamps as they were (its link expires all
+    the same); one imported as pending waits for its own confirmation. Suppressions
+    (erased addresses) are never touched. Works in batches of `batch` rows, each its own
+    transaction, so the write lock is held briefly whatever the count.
     """
     before = now - max(timedelta(hours=link_hours), CONFIRM_MAILS_WINDOW) - _EXPIRY_MARGIN
-    params = {"before": _iso(before), "last": 0, "batch": batch}
-    deleted = 0
+    return LapsedSignUps(
+        _in_batches(db, _EXPIRE_SIGN_UPS, before=before, now=now, batch=batch),
+        _in_batches(db, _RESTORE_SIGN_UPS, before=before, now=now, batch=batch),
+    )
+
+
+def _in_batches(db: Database, sql: str, *, before: datetime, now: datetime, batch: int) -> int:
+    """Run `sql` (returning the ids it changed) a batch at a time; return how many rows."""
+    params = {"before": _iso(before), "now": _iso(now), "last": 0, "batch": batch}
+    changed = 0
     while True:
         try:
             with db.transaction() as conn:
-                ids = [int(row[0]) for row in conn.execute(_EXPIRE_SIGN_UPS, params).fetchall()]
+                ids = [int(row[0]) for row in conn.execute(sql, params).fetchall()]
         except DB_ERRORS as exc:
             raise _fail(db, exc) from exc
-        deleted += len(ids)
+        changed += len(ids)
         if len(ids) < batch:
-            return deleted
+            return changed
         params["last"] = max(ids)
 
 

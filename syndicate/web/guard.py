@@ -10,7 +10,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
@@ -28,6 +28,15 @@ _FORM_TOKEN_SKEW = 300
 # URL makes), Secure under an https site.base_url, Path the form's own.
 FORM_COOKIE = "syndicate_form"
 _FORM_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{22}")
+
+# Characters a browser sends raw in a URL path, which a cookie's Path must hold raw too (RFC
+# 6265 compares the two as strings): the rest of printable ASCII, and non-ASCII text, every
+# browser percent-encodes (WHATWG URL's path percent-encode set). '%' is kept as written.
+_PATH_RAW = "/%!$&'()*+,-.:=@[]_~"
+# Characters on which they differ ('|' and '^': Chromium encodes them, the URL standard and
+# Firefox do not), and ';', which would end the Path attribute: the Path stops at the folder
+# before the first of them, and so still covers the form.
+_PATH_CUT = re.compile(r"[;|^]")
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
@@ -130,6 +139,21 @@ def form_binding(request: Request) -> str:
     """The value of the request's form cookie, or "" when it has none (or a malformed one)."""
     value = request.cookies.get(FORM_COOKIE, "")
     return value if _FORM_COOKIE_VALUE.fullmatch(value) else ""
+
+
+def form_cookie_path(base_path: str) -> str:
+    """The form cookie's Path: the form's path (`base_path` + "subscribe") as browsers ask
+    for it, so they send the cookie back with the form's POST.
+
+    Non-ASCII text and what browsers percent-encode is encoded as they do (a header carries
+    latin-1 only); `[`, `]` and the like stay as browsers send them. From a ';', '|' or '^'
+    on, which no Path can match in every browser, the Path is the folder before it.
+    """
+    path = f"{base_path}subscribe".replace("\\", "/")  # browsers read a backslash as '/'
+    cut = _PATH_CUT.search(path)
+    if cut is not None:
+        path = path[: path.rfind("/", 0, cut.start()) + 1]
+    return quote(path, safe=_PATH_RAW)
 
 
 def new_form_binding() -> str:

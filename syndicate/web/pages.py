@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -37,6 +37,7 @@ from syndicate.web.guard import (
     FORM_COOKIE,
     FORM_TOKEN_HOURS,
     form_binding,
+    form_cookie_path,
     make_form_token,
     new_form_binding,
 )
@@ -275,9 +276,7 @@ class Service:
             FORM_COOKIE,
             binding,
             max_age=FORM_TOKEN_HOURS * 3600,
-            # As browsers ask for it: a path in Vietnamese percent-encoded (a header carries
-            # latin-1 only), and no ';' to end the attribute.
-            path=quote(f"{self.base_path}subscribe", safe="/%-._~!$&'()*+,=:@"),
+            path=form_cookie_path(self.base_path),
             secure=self.base_url.lower().startswith("https:"),
             httponly=True,
             samesite="strict",
