@@ -114,18 +114,22 @@ _SET_MAILBOX_KEY = "UPDATE subscribers SET mailbox_key = ? WHERE id = ?"
 # (signed_up_at) that are pending and were never anything else (no status stamp, never
 # updated since stored: an imported row the form touched keeps it, see _SIGN_UP_AGAIN),
 # whose last sign-up and mail are older than :before.
-_EXPIRE_SIGN_UPS = """
-    DELETE FROM subscribers WHERE id IN (
-        SELECT id FROM subscribers
-        WHERE status = 'pending' AND id > :last
-          AND signed_up_at < :before
-          AND (confirm_sent_at IS NULL OR confirm_sent_at < :before)
-          AND confirmed_at IS NULL AND unsubscribed_at IS NULL AND bounced_at IS NULL
-          AND complained_at IS NULL AND updated_at = created_at
+_LAPSED_FORM_ROW = """
+    status = 'pending' AND signed_up_at < :before
+    AND (confirm_sent_at IS NULL OR confirm_sent_at < :before)
+    AND confirmed_at IS NULL AND unsubscribed_at IS NULL AND bounced_at IS NULL
+    AND complained_at IS NULL AND updated_at = created_at
+"""
+# The outer WHERE repeats the test: PostgreSQL checks it again on a row that a sign-up of
+# that moment changed while the DELETE waited for it (READ COMMITTED re-reads the row, not
+# the subquery), so that sign-up keeps its row.
+_EXPIRE_SIGN_UPS = f"""
+    DELETE FROM subscribers WHERE {_LAPSED_FORM_ROW} AND id IN (
+        SELECT id FROM subscribers WHERE {_LAPSED_FORM_ROW} AND id > :last
         ORDER BY id LIMIT :batch
     )
     RETURNING id
-"""
+"""  # noqa: S608
 # Put back a batch of lapsed sign-ups of addresses that had left, in id order from :last:
 # pending rows with a leaving stamp (only the form makes such a row pending again: an
 # import or `add` never does), whose last sign-up (or, for one from before signed_up_at
