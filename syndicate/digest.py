@@ -364,7 +364,9 @@ def render_digest(
             articles.append(
                 {
                     "number": len(articles) + 1,
-                    "title": typeset(header_safe(article.title, limit=TITLE_CHARS)),
+                    "title": typeset(
+                        shorten_headline(header_safe(article.title), limit=TITLE_CHARS)
+                    ),
                     "url": root + page if page else None,  # no page: no link
                     "language": article.language,
                     "date": _published_text(article, lang=lang, tz=tz),
@@ -421,7 +423,11 @@ def render_digest(
                 "text": typeset(
                     trailing_ellipsis(shorten(one_line(n.teaser.text), limit=TEASER_CHARS))
                 ),
-                "title": typeset(header_safe(n.link.title, limit=TITLE_CHARS)) if n.link else None,
+                "title": (
+                    typeset(shorten_headline(header_safe(n.link.title), limit=TITLE_CHARS))
+                    if n.link
+                    else None
+                ),
                 "url": root + n.link.path if n.link else None,
                 # What the item shows (the linked title, else the teaser) says its language.
                 "language": detect_language(n.link.title if n.link else n.teaser.text),

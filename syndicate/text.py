@@ -704,14 +704,15 @@ def derive_title(text: str, *, limit: int = TITLE_LIMIT) -> str:
     At most `limit` characters. A cut falls at a clause boundary (comma, semicolon, colon,
     closing quotation mark) between TITLE_CLAUSE_MIN and `limit`, else at a word boundary
     that splits no compound word (COMPOUND_WORDS, names) and leaves no function word
-    (FUNCTION_WORDS) at the end; "…" ends the title only when something was cut.
+    (FUNCTION_WORDS) at the end; "…" ends the title only when something was cut, and a
+    quotation the cut leaves open is closed after it (as shorten_headline does).
     """
     if "  " in text or not text.isprintable() or text != text.strip():
         text = collapse_spaces(text)  # loader text has single spaces already
     sentence = first_sentence(text)
     if sentence.endswith(".") and not sentence.endswith(".."):
         sentence = sentence[:-1]
-    return _cut_headline(drop_opening_adverbial(sentence), limit)
+    return _cut_closed(drop_opening_adverbial(sentence), limit)
 
 
 def shorten_headline(text: str, *, limit: int) -> str:
@@ -719,10 +720,15 @@ def shorten_headline(text: str, *, limit: int) -> str:
     clause boundary past TITLE_CLAUSE_MIN, else at a word boundary that splits no compound
     word or name and leaves no function word at the end; "…" ends it when something was
     cut, and a quotation the cut leaves open is closed after it (`“Không để người dân
-    nào…”`). For headlines shown short (the subject line); `shorten` cuts at any space,
+    nào…”`). For headlines shown short (the subject line, the digest's longest titles);
+    `shorten` cuts at any space,
     which in Vietnamese falls between the syllables of a word as often as between words.
     """
-    text = nfc(collapse_spaces(text))
+    return _cut_closed(nfc(collapse_spaces(text)), limit)
+
+
+def _cut_closed(text: str, limit: int) -> str:
+    """`_cut_headline`, and the quotations the cut leaves open closed after its "…"."""
     cut = _cut_headline(text, limit)
     if len(text) <= limit:
         return cut
@@ -868,8 +874,10 @@ def after_title(title: str, text: str) -> str:
     ("…") leaves the rest of the text, which then opens with "…". Empty when nothing is
     left; `text` itself when it does not open with the title.
     """
-    cut = title.endswith("\u2026")
-    opening = title.removesuffix("\u2026")
+    # A cut inside a quotation closed it after the "…" (derive_title): not the text's.
+    stem = title.rstrip("".join(_QUOTE_CLOSERS))
+    cut = stem.endswith("\u2026")
+    opening = stem.removesuffix("\u2026") if cut else title
     if not opening or not text.startswith(opening):
         return text
     rest = text[len(opening) :]

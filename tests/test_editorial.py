@@ -838,3 +838,35 @@ def test_article_dates_read_one_way_on_pages_and_in_the_digest(
     assert day_only in text.splitlines()
     assert f">{dated}</p>" in mail_html
     assert f">{day_only}</p>" in mail_html
+
+
+PLEDGE = (
+    "{title}\n01/11/2024 16:30\n{head}\n"
+    "LGO - Chiều nay 1/11, Chủ tịch UBND tỉnh Lam Giang Trần Minh Khoa khẳng định “Không để "
+    "người dân nào thiếu đói, thiếu nhà ở sau mùa mưa lũ năm nay” tại buổi làm việc với "
+    "huyện Đồng Lũy.\n"
+    "Huyện đã hỗ trợ gạo cho 1.200 hộ dân bị ảnh hưởng.\n"
+)
+
+
+def test_a_title_derived_inside_a_quotation_closes_it_on_pages_feeds_and_digest(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """A dump without a title gets one from its lead, cut where it is too long: cut inside
+    a quotation, it ended "… “Không để người dân nào thiếu…" with the quotation open, on
+    the page, in the feeds and in the digest (subjects already closed it)."""
+    (workdir / "seeds" / "p.txt").write_text(PLEDGE, encoding="utf-8")
+    for args in (["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    title = "Chủ tịch UBND tỉnh Lam Giang Trần Minh Khoa khẳng định “Không để người dân nào thiếu…”"
+    output = workdir / "feeds"
+    page = (output / "articles" / "chu-tich-ubnd-tinh-lam-giang-tran-minh-khoa-khang-dinh-khong-de"
+            "-nguoi-dan-nao.html")  # fmt: skip
+    page_html = page.read_text("utf-8")
+    assert f"<h1>{title}</h1>" in page_html
+    entry, _content = _feed_entry(output, title)
+    assert entry["title"] == title
+    text, mail_html = _mail_parts(workdir)
+    assert " ".join(text.split()).count(title) == 1  # the text part wraps it
+    assert f">{title}</a>" in mail_html

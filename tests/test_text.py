@@ -16,6 +16,7 @@ from syndicate.text import (
     COMPOUND_WORDS,
     FUNCTION_WORDS,
     TITLE_LIMIT,
+    after_title,
     clean_line,
     collapse_spaces,
     derive_title,
@@ -285,6 +286,33 @@ def test_derived_title_cuts_after_a_closing_quotation_mark() -> None:
     assert derive_title(lead) == (
         "Sở Văn hóa tổ chức hội thảo khoa học “Di sản văn hóa biển đảo Quảng Trị”…"
     )
+
+
+@pytest.mark.parametrize(
+    ("lead", "title"),
+    [
+        (
+            "Sáng nay 1/11, Chủ tịch UBND tỉnh Lam Giang Trần Minh Khoa khẳng định “Không để "
+            "người dân nào thiếu đói, thiếu nhà ở sau mùa mưa lũ năm nay” tại buổi làm việc.",
+            "Chủ tịch UBND tỉnh Lam Giang Trần Minh Khoa khẳng định “Không để người dân nào "
+            "thiếu…”",
+        ),
+        (
+            'Ông Nguyễn Văn Hải nói "mùa cá cơm năm nay là mùa bội thu nhất trong mười năm qua '
+            'của ngư dân Phước Hải" và vui mừng.',
+            'Ông Nguyễn Văn Hải nói "mùa cá cơm năm nay là mùa bội thu nhất trong mười năm…"',
+        ),
+    ],
+)
+def test_derived_title_closes_a_quotation_its_cut_leaves_open(lead: str, title: str) -> None:
+    """A title cut inside a quotation ended with it open, as subjects did before they
+    closed it: the same rule now (text.shorten_headline's), for every derived title."""
+    assert derive_title(lead) == title
+    assert len(title) <= TITLE_LIMIT
+    # The words after it are still found in its text (the digest and pages print them).
+    rest = after_title(title, first_sentence(drop_opening_adverbial(lead)))
+    assert rest.startswith("…")
+    assert rest.endswith(("” tại buổi làm việc.", '" và vui mừng.'))
 
 
 def test_derived_title_without_a_clause_boundary_never_splits_a_compound_word() -> None:

@@ -30,7 +30,8 @@ from syndicate.text import (
 #    HTML character references read as their characters; a name on line 3 is the byline.
 # 7: a source credit ("Theo TTXVN", "Nguồn: VnExpress", "(Theo Dân trí)") is the story's
 #    credit, not its author; a place or a section label ("Hà Nội", "Tin Nóng") no byline.
-PARSER_VERSION = 7
+# 8: a derived title cut inside a quotation closes it ("…”").
+PARSER_VERSION = 8
 
 # The most a dump may hold to be taken as one article: ten times the longest real article
 # (about 100,000 characters in 200 lines). Past them a dump is a scrape gone wrong, and its
