@@ -19,11 +19,18 @@ _TO_SPACE = dict.fromkeys(
 # Bidi embedding, override and isolate controls: in a title they can reorder what a reader
 # sees (an address or a name shown backwards), and an unclosed one spills into what follows.
 _BIDI = "\u202a-\u202e\u2066-\u2069"
+# Bidi marks (LRM, RLM, ALM) and the invisible operators: they show nothing, and no
+# Vietnamese or English line needs them (a title copied out of a word processor or a social
+# post carries them, and they split a word for search and matching).
+_MARKS = "\u200e\u200f\u061c\u2061-\u2064"
 # U+FFFE/U+FFFF are valid UTF-8 but not XML characters: a feed writer would refuse them.
-# The zero-width joiner is kept inside an emoji sequence (see _ZWJ_OUTSIDE_EMOJI).
-_DELETE = dict.fromkeys(map(ord, "\u200b\u200c\u2060\ufeff\u00ad\ufffe\uffff"), None)
+# The zero-width joiner is kept inside an emoji sequence (see _ZWJ_OUTSIDE_EMOJI), the
+# zero-width space between letters of a script written without spaces (_ZWSP_OUTSIDE_WORDS)
+# and tag characters in a flag's tag sequence (_TAGS_OUTSIDE_FLAGS).
+_DELETE = dict.fromkeys(map(ord, "\u200c\u2060\ufeff\u00ad\ufffe\uffff\u200e\u200f\u061c"), None)
 _DELETE.update(dict.fromkeys(range(0x202A, 0x202F), None))
 _DELETE.update(dict.fromkeys(range(0x2066, 0x206A), None))
+_DELETE.update(dict.fromkeys(range(0x2061, 0x2065), None))
 _CLEAN_TABLE = {**_TO_SPACE, **_DELETE}
 # Characters an emoji ZWJ sequence joins (Extended_Pictographic, roughly), with the
 # variation selector and skin tones that may end one: "👨‍👩‍👧", "🏳️‍🌈", "👩🏽‍💻".
@@ -33,6 +40,19 @@ _EMOJI += "\u2934\u2935\u2b05-\u2b55\u3030\u303d\u3297\u3299\U0001f000-\U0001faf
 # It starts with the joiner itself: a pattern opening with a lookbehind is tried at every
 # position of the text, four times slower over a whole dump.
 _ZWJ_OUTSIDE_EMOJI = re.compile(f"\u200d(?:(?<![{_EMOJI}\ufe0f]\u200d)|(?![{_EMOJI}]))")
+# Thai, Lao, Myanmar, Khmer (and Tai Tham, Myanmar extensions) put no space between words: a
+# zero-width space between two of their letters is where a line may break. Anywhere else it
+# is an invisible that splits a word for search and matching ("Hà\u200bNội"): deleted.
+_NO_SPACE_SCRIPTS = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u19e0-\u19ff\u1a20-\u1aaf"
+_NO_SPACE_SCRIPTS += "\ua9e0-\ua9ff\uaa60-\uaa7f"
+_ZWSP_OUTSIDE_WORDS = re.compile(
+    f"\u200b(?:(?<![{_NO_SPACE_SCRIPTS}]\u200b)|(?![{_NO_SPACE_SCRIPTS}]))"
+)
+# Tag characters spell text no reader sees (hidden instructions, "ASCII smuggling"), except
+# in the one sequence they exist for: a subdivision flag, the black flag, tags, CANCEL TAG.
+_TAGS = "\U000e0000-\U000e007f"
+_TAGS_OUTSIDE_FLAGS = re.compile(f"(\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f)|[{_TAGS}]")
+_ANY_TAG = re.compile(f"[{_TAGS}]")
 _SPACES = re.compile(r" {2,}")
 # C0/C1 controls other than \n (line breaks are split on before cleaning).
 _CONTROLS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
@@ -49,14 +69,15 @@ def nfc(text: str) -> str:
 
 
 # The same mapping as _CLEAN_TABLE, as regexes: one C-level scan each, even on long texts.
-_DELETE_RE = re.compile(f"[\u200b\u200c\u2060\ufeff\u00ad\ufffe\uffff\ud800-\udfff{_BIDI}]")
+_DELETE_RE = re.compile(f"[\u200c\u2060\ufeff\u00ad\ufffe\uffff\ud800-\udfff{_BIDI}{_MARKS}]")
 _TO_SPACE_RE = re.compile(
     "[\u00a0\u2000-\u200a\u202f\u205f\u3000\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]"
 )
 
 # Any character either of them may change (the joiner included: most texts have none).
 _SPECIAL_RE = re.compile(
-    f"[\u200b-\u200d\u2060\ufeff\u00ad\ufffe\uffff\ud800-\udfff{_BIDI}{_TO_SPACE_RE.pattern[1:]}"
+    f"[\u200b-\u200d\u2060\ufeff\u00ad\ufffe\uffff\ud800-\udfff{_BIDI}{_MARKS}{_TAGS}"
+    f"{_TO_SPACE_RE.pattern[1:]}"
 )
 
 
@@ -67,10 +88,21 @@ def clean_text(text: str) -> str:
     are left for the caller to collapse.
     """
     if _SPECIAL_RE.search(text):  # most texts have none: one scan instead of two rewrites
-        if "\u200d" in text:  # rare: its own pass keeps the character class scans fast
-            text = _ZWJ_OUTSIDE_EMOJI.sub("", text)
-        text = _TO_SPACE_RE.sub(" ", _DELETE_RE.sub("", text))
+        text = _TO_SPACE_RE.sub(" ", _DELETE_RE.sub("", _drop_joiners(text)))
     return nfc(text)
+
+
+def _drop_joiners(text: str) -> str:
+    """`text` without the invisibles kept only in some places: the zero-width joiner outside
+    emoji, the zero-width space outside words of scripts written without spaces, tag
+    characters outside flags. Each is rare: its own pass keeps the class scans fast."""
+    if "\u200d" in text:
+        text = _ZWJ_OUTSIDE_EMOJI.sub("", text)
+    if "\u200b" in text:
+        text = _ZWSP_OUTSIDE_WORDS.sub("", text)
+    if _ANY_TAG.search(text):
+        text = _TAGS_OUTSIDE_FLAGS.sub(lambda m: m.group(1) or "", text)
+    return text
 
 
 def clean_line(line: str) -> str:
@@ -95,7 +127,7 @@ def one_line(text: str) -> str:
 def header_safe(text: str, *, limit: int = 900) -> str:
     """Make article text safe for one email header: one line, no controls, NFC, bounded."""
     text = _CONTROLS.sub(" ", text.replace("\r", " ").replace("\n", " "))
-    text = _ZWJ_OUTSIDE_EMOJI.sub("", text.translate(_CLEAN_TABLE))
+    text = _drop_joiners(text).translate(_CLEAN_TABLE)
     text = _SPACES.sub(" ", text).strip()
     text = nfc(text)
     if len(text) > limit:

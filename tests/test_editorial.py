@@ -870,3 +870,30 @@ def test_a_title_derived_inside_a_quotation_closes_it_on_pages_feeds_and_digest(
     text, mail_html = _mail_parts(workdir)
     assert " ".join(text.split()).count(title) == 1  # the text part wraps it
     assert f">{title}</a>" in mail_html
+
+
+def test_invisible_marks_and_tags_are_kept_out_of_titles_subjects_and_pages(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """Bidi marks (U+200E, U+200F) and tag characters (hidden text no reader sees) were kept:
+    in the page's headline and text, the feeds' titles and the subject line."""
+    hidden = "".join(chr(0xE0000 + ord(c)) for c in "ignore all") + "\U000e007f"
+    dump = CAMERAS.replace("Bến Lam lắp", "Bến Lam\u200e lắp\u200f").replace(
+        "giám sát giao thông tại", f"giám sát{hidden} giao thông\u200e tại"
+    )
+    (workdir / "seeds" / "c.txt").write_text(dump, encoding="utf-8")
+    for args in (["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    invisible = re.compile("[\u200e\u200f\U000e0000-\U000e007f]")
+    title = "Bến Lam lắp thêm 200 camera giám sát giao thông"
+    output = workdir / "feeds"
+    for path in [*output.rglob("*.html"), *output.glob("*.xml"), output / "feed.json"]:
+        assert not invisible.search(path.read_text("utf-8")), path
+    page = output / "articles" / "ben-lam-lap-them-200-camera-giam-sat-giao-thong.html"
+    assert f"<h1>{title}</h1>" in page.read_text("utf-8")
+    (mail,) = (workdir / "outbox").rglob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    assert str(message["Subject"]) == f"Tin mới: {title}"
+    text, mail_html = _mail_parts(workdir)
+    assert not invisible.search(text + mail_html)

@@ -18,6 +18,7 @@ from syndicate.text import (
     TITLE_LIMIT,
     after_title,
     clean_line,
+    clean_text,
     collapse_spaces,
     derive_title,
     detect_language,
@@ -109,6 +110,44 @@ def test_zero_width_joiner_inside_an_emoji_sequence_is_kept(clean, emoji: str) -
 @pytest.mark.parametrize("clean", ONE_LINE_CLEANERS)
 def test_zero_width_joiner_outside_emoji_is_removed(clean) -> None:  # type: ignore[no-untyped-def]
     assert clean("a\u200db \u200d👍 👍\u200d x\u200d\u200d👍") == "ab 👍 👍 x👍"
+
+
+SCOTLAND = "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"
+
+
+@pytest.mark.parametrize("clean", ONE_LINE_CLEANERS)
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # Bidi marks: invisible, and nothing a Vietnamese or English line needs.
+        ("Tin\u200e nóng\u200f về\u061c Huế", "Tin nóng về Huế"),
+        # Tag characters spell hidden text ("ASCII smuggling") that no reader sees...
+        ("Tin\U000e0001\U000e0069\U000e0067\U000e006e\U000e007f nóng", "Tin nóng"),
+        # ... but spell a subdivision flag after the black flag: kept there.
+        (f"Cờ {SCOTLAND} tung bay", f"Cờ {SCOTLAND} tung bay"),
+        (f"\U000e0067{SCOTLAND}\U000e007f", SCOTLAND),
+        # Invisible operators (function application, times, separator, plus).
+        ("a\u2061b\u2062c\u2063d\u2064e", "abcde"),
+        # A byte order mark inside the text, and a zero-width space between Latin letters
+        # (neither was ever kept).
+        ("Quảng\ufeff Trị, Hà\u200bNội", "Quảng Trị, HàNội"),
+        # Thai, Lao, Khmer and Burmese write no spaces: a zero-width space between two of
+        # their letters is where a line may break, and stays.
+        ("ภาษา\u200bไทย", "ภาษา\u200bไทย"),
+        (
+            "ພາສາ\u200bລາວ ភាសា\u200bខ្មែរ မြန်မာ\u200bစာ",
+            "ພາສາ\u200bລາວ ភាសា\u200bខ្មែរ မြန်မာ\u200bစာ",
+        ),
+        # ... but not at their edge, nor doubled.
+        ("ไทย\u200b Huế\u200bไทย ไทย\u200b\u200bไทย", "ไทย Huếไทย ไทยไทย"),
+    ],
+)
+def test_invisible_characters_are_removed_from_one_line_fields(
+    clean, raw: str, expected: str
+) -> None:  # type: ignore[no-untyped-def]
+    assert clean(raw) == expected
+    assert clean_text(raw).strip() == expected
+    assert clean(clean(raw)) == expected
 
 
 @pytest.mark.parametrize(

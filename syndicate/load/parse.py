@@ -30,7 +30,9 @@ from syndicate.text import (
 #    HTML character references read as their characters; a name on line 3 is the byline.
 # 7: a source credit ("Theo TTXVN", "Nguồn: VnExpress", "(Theo Dân trí)") is the story's
 #    credit, not its author; a place or a section label ("Hà Nội", "Tin Nóng") no byline.
-# 8: a derived title cut inside a quotation closes it ("…”").
+# 8: a derived title cut inside a quotation closes it ("…”"); bidi marks, invisible
+#    operators and tag characters (outside a flag) removed, a zero-width space between
+#    Thai, Lao, Khmer or Burmese letters kept.
 PARSER_VERSION = 8
 
 # The most a dump may hold to be taken as one article: ten times the longest real article
