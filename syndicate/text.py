@@ -797,6 +797,38 @@ def _cut_headline(text: str, limit: int) -> str:
     return cut.rstrip(_CUT_STRIP) + "\u2026"
 
 
+# A space before a full stop, comma, semicolon, colon, question or exclamation mark (a
+# scraper's, or a typist's: "Sông Lam , nối hai bờ"), where the mark ends a word.
+_SPACE_BEFORE_MARK = re.compile(r" +(?=[.,;:!?](?:\s|$))")
+_THREE_DOTS = re.compile(r"\.{3,}")
+# A straight double quote opening a quotation (at the start, or after a space or bracket,
+# before a character that is not a space) and the one closing it (after a character that
+# is not a space, before the end, a space or punctuation).
+_STRAIGHT_QUOTATION = re.compile(r'(?<![^\s(\[])"(?=\S)([^"]*?\S)"(?![^\s,;:.!?)\]\u2026])')
+_CLOSING_MARKS = '\u201d\u2019\u00bb")]'
+
+
+def set_headline(title: str) -> str:
+    """A headline set as papers set one: no full stop at its end (an abbreviation keeps
+    its own: "A.B.C.", "TP."), three dots as "…", no space before a full stop, comma,
+    colon or question mark, and straight double quotes that pair up as “ ” (left alone when one
+    does not pair: an inch mark, a quotation left open). For a title the dump gives; the
+    text around it keeps its own marks."""
+    if "..." in title:
+        title = _THREE_DOTS.sub("\u2026", title)
+    if " " in title:
+        title = _SPACE_BEFORE_MARK.sub("", title)
+    if '"' in title and title.count('"') % 2 == 0:
+        curly = _STRAIGHT_QUOTATION.sub("\u201c\\1\u201d", title)
+        if '"' not in curly:
+            title = curly
+    if title.endswith(".") and not title.endswith(".."):
+        last = title[:-1].rsplit(" ", 1)[-1].rstrip(_CLOSING_MARKS)
+        if "." not in last and len(last) > 2:
+            title = title[:-1]
+    return title
+
+
 # --------------------------------------------------------------------------- typesetting
 
 NBSP = "\u00a0"

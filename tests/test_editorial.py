@@ -897,3 +897,36 @@ def test_invisible_marks_and_tags_are_kept_out_of_titles_subjects_and_pages(
     assert str(message["Subject"]) == f"Tin mới: {title}"
     text, mail_html = _mail_parts(workdir)
     assert not invisible.search(text + mail_html)
+
+
+RUN = (
+    'Giải chạy "Vì biển đảo Lam Giang" thu hút hơn 3.000 vận động viên .\n01/11/2024 09:11\n'
+    "{head}\n"
+    "LGO - Giải chạy “Vì biển đảo Lam Giang” lần thứ nhất sẽ diễn ra vào sáng 3/11 trên cung "
+    "đường ven biển TP. Bến Lam.\n"
+    "Ban tổ chức bố trí 12 trạm tiếp nước và đội y tế dọc đường chạy.\n"
+)
+
+
+def test_a_given_headline_is_set_as_papers_set_one_on_pages_feeds_and_digest(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """A title line typed as a sentence ('… "Vì biển đảo Lam Giang" … vận động viên .')
+    was printed as it came: straight quotes, a space before the full stop that ended it.
+    Papers set it 'Giải chạy “Vì biển đảo Lam Giang” thu hút hơn 3.000 vận động viên'."""
+    (workdir / "seeds" / "r.txt").write_text(RUN, encoding="utf-8")
+    for args in (["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    title = "Giải chạy “Vì biển đảo Lam Giang” thu hút hơn 3.000 vận động viên"
+    output = workdir / "feeds"
+    # The page keeps the path the title's words gave it before.
+    page = (
+        output / "articles" / "giai-chay-vi-bien-dao-lam-giang-thu-hut-hon-3-000-van-dong-vien.html"
+    )
+    assert f"<h1>{title}</h1>" in page.read_text("utf-8")
+    entry, _content = _feed_entry(output, title)
+    assert entry["title"] == title
+    (mail,) = (workdir / "outbox").rglob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    assert str(message["Subject"]) == f"Tin mới: {title}"

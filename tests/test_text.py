@@ -29,6 +29,7 @@ from syndicate.text import (
     nfc,
     one_line,
     photo_description,
+    set_headline,
     shorten,
     slugify,
     story_key,
@@ -148,6 +149,36 @@ def test_invisible_characters_are_removed_from_one_line_fields(
     assert clean(raw) == expected
     assert clean_text(raw).strip() == expected
     assert clean(clean(raw)) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "headline"),
+    [
+        # No paper ends a headline with a full stop...
+        ("Thông xe cầu Sông Lam.", "Thông xe cầu Sông Lam"),
+        ("Thông xe cầu Sông Lam .", "Thông xe cầu Sông Lam"),
+        ("Khánh thành cầu “Sông Lam”.", "Khánh thành cầu “Sông Lam”"),
+        # ... but an abbreviation keeps its own, and a question or exclamation stays.
+        ("Lam Giang hợp tác với Công ty A.B.C.", "Lam Giang hợp tác với Công ty A.B.C."),
+        ("Ai sẽ thắng?", "Ai sẽ thắng?"),
+        # Three dots are an ellipsis; no space before a comma, colon or question mark.
+        ("Mùa lũ đã qua...", "Mùa lũ đã qua…"),
+        ("Cầu Sông Lam , nối hai bờ : vì sao ?", "Cầu Sông Lam, nối hai bờ: vì sao?"),
+        # Straight double quotes that pair up are a quotation's curly marks.
+        (
+            'Giải chạy "Vì biển đảo Lam Giang" thu hút 3.000 người',
+            "Giải chạy “Vì biển đảo Lam Giang” thu hút 3.000 người",
+        ),
+        ('"Không để ai thiếu đói": Chủ tịch tỉnh', "“Không để ai thiếu đói”: Chủ tịch tỉnh"),
+        # Left as they are when they do not pair (an inch mark, a lone quote).
+        ('Màn hình 55" giảm giá', 'Màn hình 55" giảm giá'),
+        ('Ông A nói "sẽ về', 'Ông A nói "sẽ về'),
+        ("Thông xe cầu Sông Lam", "Thông xe cầu Sông Lam"),
+    ],
+)
+def test_a_headline_is_set_as_papers_set_one(raw: str, headline: str) -> None:
+    assert set_headline(raw) == headline
+    assert set_headline(headline) == headline
 
 
 @pytest.mark.parametrize(
