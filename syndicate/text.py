@@ -335,15 +335,20 @@ def shorten(text: str, *, limit: int = 100) -> str:
     """Cut NFC `text` at a word boundary to at most `limit` characters; the one shortener.
 
     Whitespace is collapsed; "…" ends the text only when something was cut, and no
-    comma, dash or opening quote dangles before it.
+    comma, dash or opening quote dangles before it. The cut is a derived title's word cut
+    (_word_cut): it splits no compound word, name or number and unit, and leaves no
+    function word before the "…", unless that would keep less than half of `limit`; a
+    quotation the cut leaves open is closed after the "…" (as shorten_headline does).
     """
     text = nfc(collapse_spaces(text))
     if len(text) <= limit:
         return text
-    cut = text[: limit - 1]
-    if text[limit - 1] != " " and " " in cut:
-        cut = cut.rsplit(" ", 1)[0]
-    return cut.rstrip(_SHORTEN_STRIP) + "…"
+    cut = _word_cut(text, limit).rstrip(_SHORTEN_STRIP) + "…"
+    closers = _open_quotes(cut)
+    if closers:  # as shorten_headline: closed after the "…", cut again with room for it
+        cut = _word_cut(text, limit - len(closers)).rstrip(_SHORTEN_STRIP) + "…"
+        cut += _open_quotes(cut)
+    return cut
 
 
 # How much of a head or lead a story key keeps: more than any teaser the sites cut off.
@@ -388,7 +393,7 @@ TITLE_CLAUSE_MIN = 40  # a clause boundary this far in (or further) is a good cu
 FUNCTION_WORDS = frozenset(
     "của và các những với cho trong tại về để là được đã sẽ đang bị do vì nên mà thì khi "
     "từ đến ở như theo trên dưới sau trước giữa cùng hay hoặc nhưng rằng cũng vẫn còn một "
-    "mọi mỗi có không chưa nhằm qua bằng vào ra lên xuống này đó nơi "
+    "mọi mỗi có không chưa nhằm qua bằng vào ra lên xuống này đó nơi thuộc "
     "the a an of and or to in on at for with by from as is are was were be been will has "
     "have had that its their his her but into over after before than about".split()
 )
@@ -400,6 +405,11 @@ COMPOUND_WORDS = frozenset(
     line.strip()
     for line in """
     an ninh
+    hàng chục
+    hàng trăm
+    hàng nghìn
+    hàng ngàn
+    hàng triệu
     ban hành
     biên giới
     biên phòng
@@ -680,12 +690,22 @@ def _clause_cut(text: str, limit: int) -> str | None:
     return best
 
 
+# Abbreviated titles and place kinds that a name follows (ABBREVIATIONS has others too:
+# "etc.", "v.v.", the months).
+_TITLE_WORDS = frozenset(
+    "tp ts ths th.s pgs pgs.ts gs gs.ts bs bsck ks cn ls nsnd nsưt tt q p h x tx "
+    "mr mrs ms dr prof st mt gen col lt sgt".split()
+)
+
+
 def _splits_a_word(left: str, right: str) -> bool:
     """Would a cut between the syllables `left` and `right` split one word?"""
     if not right:
         return False
     if left in _DASHES or right in _DASHES:
         return True  # "chính trị - xã hội" is one term
+    if left[-1] == "." and right[0].isupper() and left[:-1].casefold() in _TITLE_WORDS:
+        return True  # "TS. BS. Nguyễn Hữu Tâm", "TP. Đông Hà": a title and its name are one
     if left[-1] in _WORD_PUNCTUATION or right[0] in _WORD_PUNCTUATION:
         return False
     left, right = left.lstrip(_QUOTE_OPENERS), right.rstrip(_WORD_PUNCTUATION)

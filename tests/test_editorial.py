@@ -930,3 +930,31 @@ def test_a_given_headline_is_set_as_papers_set_one_on_pages_feeds_and_digest(
     (mail,) = (workdir / "outbox").rglob("*.eml")
     message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
     assert str(message["Subject"]) == f"Tin mới: {title}"
+
+
+def test_the_seed_pages_descriptions_end_on_a_word_that_reads_well(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """A page's description (search results, link previews) was cut at the last space that
+    fit: the seeds' ended "phía bắc sông sau…", "ở các…", "TS. BS. Nguyễn Hữu…", "hoping to
+    sell to…" (a preposition left dangling, half a name), "hội thảo “Chuyển đổi số…" (a
+    quotation left open)."""
+    from syndicate.text import FUNCTION_WORDS
+
+    for seed in (Path(__file__).resolve().parent.parent / "seeds").glob("*.txt"):
+        (workdir / "seeds" / seed.name).write_bytes(seed.read_bytes())
+    result = runner.invoke(cli, ["build"])
+    assert result.exit_code == 0, result.output
+    cut = []
+    for page in sorted((workdir / "feeds" / "articles").glob("*.html")):
+        found = re.search(r'<meta name="description" content="([^"]*)"', page.read_text("utf-8"))
+        assert found is not None
+        description = html.unescape(found.group(1))
+        if description.endswith("…"):
+            cut.append(description)
+            (last,) = description.removesuffix("…").split()[-1:]
+            assert last.casefold() not in FUNCTION_WORDS, description
+    assert len(cut) >= 8
+    assert any(d.endswith("bệnh nhân 56 tuổi…") for d in cut), cut
+    assert any(d.endswith("các xã phía bắc sông…") for d in cut), cut
+    assert any(d.endswith("hội thảo “Chuyển đổi số…”") for d in cut), cut  # closed

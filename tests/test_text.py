@@ -253,6 +253,46 @@ def test_shorten_cuts_at_a_word_boundary() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "limit", "expected"),
+    [
+        # The seeds' page descriptions (160 characters) ended "phía bắc sông sau…", "ở
+        # các…", "TS. BS. Nguyễn Hữu…", "hoping to sell to…": a function word, half a name.
+        (
+            "Sáng nay 1/11, UBND tỉnh Lam Giang tổ chức lễ thông xe cầu Sông Lam, công trình "
+            "giao thông trọng điểm nối trung tâm TP. Bến Lam với các xã phía bắc sông sau hơn "
+            "hai năm thi công.",
+            160,
+            "Sáng nay 1/11, UBND tỉnh Lam Giang tổ chức lễ thông xe cầu Sông Lam, công trình "
+            "giao thông trọng điểm nối trung tâm TP. Bến Lam với các xã phía bắc sông…",
+        ),
+        (
+            "Bệnh viện Đa khoa tỉnh Lam Giang vừa thực hiện thành công ca phẫu thuật nội soi "
+            "cắt khối u tuyến thượng thận cho một bệnh nhân 56 tuổi, do TS. BS. Nguyễn Hữu Tâm "
+            "và ThS. BS. Phan Văn Lực trực tiếp thực hiện.",
+            160,
+            "Bệnh viện Đa khoa tỉnh Lam Giang vừa thực hiện thành công ca phẫu thuật nội soi "
+            "cắt khối u tuyến thượng thận cho một bệnh nhân 56 tuổi…",
+        ),
+        (
+            "Coffee farmers in the highland districts of Lam Giang province are replacing "
+            "ageing robusta trees with arabica and fine robusta varieties, hoping to sell to "
+            "specialty roasters at home and abroad.",
+            160,
+            "Coffee farmers in the highland districts of Lam Giang province are replacing "
+            "ageing robusta trees with arabica and fine robusta varieties, hoping to sell…",
+        ),
+        # A number keeps its unit, or goes with it.
+        ("Cầu Sông Lam dài 680 m, rộng 21 m với bốn làn xe", 32, "Cầu Sông Lam dài 680 m, rộng…"),
+    ],
+)
+def test_shorten_ends_on_a_word_that_reads_well(text: str, limit: int, expected: str) -> None:
+    """`shorten` cut at the last space that fits: in Vietnamese as often inside a word as
+    between words, and before "…" it left a preposition or half a name dangling."""
+    assert shorten(text, limit=limit) == expected
+    assert len(expected) <= limit
+
+
+@pytest.mark.parametrize(
     ("text", "language"),
     [
         ("Sáng nay, tại TP. Đông Hà, hội thảo về chuyển đổi số đã diễn ra.", "vi"),
