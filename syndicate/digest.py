@@ -23,7 +23,6 @@ from zoneinfo import ZoneInfo
 
 import css_inline
 import jinja2
-from babel.dates import format_date, format_time, get_datetime_format
 
 from syndicate import i18n
 from syndicate.config import (
@@ -277,32 +276,12 @@ def stale_warning(plan: DigestPlan, *, tz: tzinfo) -> str | None:
     )
 
 
-# --------------------------------------------------------------------------- dates
-
-
 def _published_text(article: Article, *, lang: str, tz: tzinfo) -> str | None:
-    """The article's date for a reader of `lang`, as precise as it is known, or None.
-
-    Written as the article's page writes it (site.format_published): with the weekday,
-    which also keeps a time and the day's number apart ("09:15 Thứ Năm, 31 tháng 10").
-    """
+    """The article's date as its page writes it (i18n.format_published), or None."""
     if article.published is None or article.precision is Precision.UNKNOWN:
         return None
-    local = article.published.astimezone(tz)
-    day = format_date(local.date(), "full", locale=lang)
-    if article.precision is not Precision.DATETIME:
-        return day
-    pattern = str(get_datetime_format("full", locale=lang)).replace("'", "")
-    return pattern.replace("{0}", format_time(local, "short", locale=lang)).replace("{1}", day)
-
-
-# The digest's day as papers write it: Vietnamese ones "Thứ Hai, 7/12/2026" (Babel's
-# "7 tháng 12, 2026" is no paper's), English ones CLDR's long form ("December 7, 2026").
-_DAY_PATTERNS = {"vi": "EEEE, d/M/y"}
-
-
-def _long_day(day: date, lang: str) -> str:
-    return format_date(day, _DAY_PATTERNS.get(lang, "long"), locale=lang)
+    with_time = article.precision is Precision.DATETIME
+    return i18n.format_published(article.published, lang=lang, tz=tz, with_time=with_time)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -332,7 +311,7 @@ def make_subject(
     """
     strings = make_strings(lang, info.site_title)
     more = strings["subject_more"].replace("{n}", str(others)) if others > 0 else ""
-    values = {"site": info.site_title, "date": _long_day(day, lang), "more": more}
+    values = {"site": info.site_title, "date": i18n.format_issue_day(day, lang), "more": more}
     headline = header_safe(headline)
 
     def fill(title: str) -> str:
@@ -385,7 +364,9 @@ def render_digest(
             articles.append(
                 {
                     "number": len(articles) + 1,
-                    "title": typeset(header_safe(article.title, limit=TITLE_CHARS)),
+                    "title": typeset(
+                        shorten_headline(header_safe(article.title), limit=TITLE_CHARS)
+                    ),
                     "url": root + page if page else None,  # no page: no link
                     "language": article.language,
                     "date": _published_text(article, lang=lang, tz=tz),
@@ -434,7 +415,7 @@ def render_digest(
         "site_url": root,
         "subject": subject,
         "preheader": preheader,
-        "heading": strings["heading"].replace("{date}", _long_day(plan.day, lang)),
+        "heading": strings["heading"].replace("{date}", i18n.format_issue_day(plan.day, lang)),
         "articles": articles,
         "other_news": [
             {
@@ -442,7 +423,11 @@ def render_digest(
                 "text": typeset(
                     trailing_ellipsis(shorten(one_line(n.teaser.text), limit=TEASER_CHARS))
                 ),
-                "title": typeset(header_safe(n.link.title, limit=TITLE_CHARS)) if n.link else None,
+                "title": (
+                    typeset(shorten_headline(header_safe(n.link.title), limit=TITLE_CHARS))
+                    if n.link
+                    else None
+                ),
                 "url": root + n.link.path if n.link else None,
                 # What the item shows (the linked title, else the teaser) says its language.
                 "language": detect_language(n.link.title if n.link else n.teaser.text),

@@ -4,9 +4,13 @@ Sections: "pages" (the static site's chrome), "digest" (the digest and the confi
 mail) and "web" (the subscription service's pages; it shows them over the "pages" chrome).
 Placeholders such as `{site}`, `{n}` and `{hours}` are filled in by the caller with
 str.replace (never by a template engine, so a site title cannot inject template code).
+Dates are written here too, one way for pages, feeds' readers and the digest alike.
 """
 
 from __future__ import annotations
+
+import functools
+from datetime import date, datetime, time, timedelta, tzinfo
 
 LANGUAGES = ("vi", "en")
 
@@ -261,3 +265,64 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
 def strings(section: str, lang: str) -> dict[str, str]:
     """The strings of `section` in `lang`; KeyError when either is unknown."""
     return STRINGS[section][lang]
+
+
+# --------------------------------------------------------------------------- dates
+#
+# A date as the reader's papers write it. Vietnamese ones: "Thứ Sáu, 1/11/2024, 09:15
+# (GMT+7)" (VnExpress, Tuổi Trẻ; Babel's long form, "1 tháng 11, 2024", is no paper's);
+# English ones: "Friday, November 1, 2024, 9:15 AM (GMT+7)". The zone goes with a time of
+# day, so a reader abroad knows whose 09:15 it is. Babel is imported on first use: the
+# commands that render nothing do not load it (tests/test_startup.py).
+
+# An article's day, and a digest's (an English paper dates an issue without the weekday).
+_DAY_PATTERNS = {"vi": "EEEE, d/M/y", "en": "EEEE, MMMM d, y"}
+_ISSUE_PATTERNS = {"vi": "EEEE, d/M/y", "en": "MMMM d, y"}
+_CLOCK_PATTERNS = {"vi": "HH:mm"}  # else CLDR's short time ("9:15 AM")
+
+
+def format_published(published: datetime, *, lang: str, tz: tzinfo, with_time: bool) -> str:
+    """An article's publish date for a reader of `lang`: the day ("Thứ Năm, 31/10/2024"),
+    and `with_time` (the dump gave one) the time of day with its zone ("Thứ Năm, 31/10/2024,
+    09:15 (GMT+7)", "Thursday, October 31, 2024, 9:15 AM (GMT+7)")."""
+    local = published.astimezone(tz)
+    day = _day_text(local.date(), lang)
+    if not with_time:
+        return day
+    clock = _clock_text(local.time().replace(second=0, microsecond=0), lang)
+    return f"{day}, {clock} ({_zone_text(local.utcoffset())})"
+
+
+def format_issue_day(day: date, lang: str) -> str:
+    """A digest's day for a reader of `lang`: "Thứ Sáu, 1/11/2024", "November 1, 2024"."""
+    return _format_date(day, _ISSUE_PATTERNS.get(lang, "long"), lang)
+
+
+# Many articles share a day, and times of day repeat: Babel formats each once.
+@functools.lru_cache(maxsize=2048)
+def _day_text(day: date, lang: str) -> str:
+    return _format_date(day, _DAY_PATTERNS.get(lang, "full"), lang)
+
+
+@functools.lru_cache(maxsize=2048)
+def _clock_text(clock: time, lang: str) -> str:
+    from babel.dates import format_time
+
+    return str(format_time(clock, _CLOCK_PATTERNS.get(lang, "short"), locale=lang))
+
+
+def _format_date(day: date, pattern: str, lang: str) -> str:
+    from babel.dates import format_date
+
+    return str(format_date(day, pattern, locale=lang))
+
+
+@functools.lru_cache(maxsize=64)
+def _zone_text(offset: timedelta | None) -> str:
+    """ "GMT+7", "GMT+5:30", "GMT-3", "GMT": as Vietnamese papers name their zone."""
+    minutes = round((offset or timedelta()).total_seconds() / 60)
+    if not minutes:
+        return "GMT"
+    sign, minutes = ("+" if minutes > 0 else "-"), abs(minutes)
+    hours, rest = divmod(minutes, 60)
+    return f"GMT{sign}{hours}" + (f":{rest:02d}" if rest else "")

@@ -16,14 +16,13 @@ import secrets
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo
 
 import babel
-from babel.dates import format_date, format_time, get_datetime_format
 from markupsafe import Markup
 
 from syndicate import i18n
@@ -234,38 +233,14 @@ def assign_slugs(
 def format_published(
     published: datetime | None, precision: Precision, *, locale: str, tz: ZoneInfo
 ) -> str:
-    """The publish date as a reader of `locale` expects it (CLDR via Babel).
-
-    A time of day is shown only when the dump gave one; an unknown date says so.
+    """The publish date as a reader of `locale` expects it (i18n.format_published, as the
+    digest writes it). A time of day is shown only when the dump gave one; an unknown date
+    says so.
     """
     if published is None or precision is Precision.UNKNOWN:
         return _STRINGS.get(locale, _STRINGS["vi"])["unknown_date"]
-    local = published.astimezone(tz)
-    day = _format_day(local.date(), locale)
-    if precision is not Precision.DATETIME:
-        return day
-    return (
-        _datetime_pattern(locale)
-        .replace("{0}", _format_clock(local.time(), locale))
-        .replace("{1}", day)
-    )
-
-
-# Many articles share a day, and times of day repeat: Babel formats each once.
-@functools.lru_cache(maxsize=2048)
-def _format_day(day: date, locale: str) -> str:
-    return str(format_date(day, "full", locale=locale))
-
-
-@functools.lru_cache(maxsize=2048)
-def _format_clock(clock: time, locale: str) -> str:
-    return str(format_time(clock, "short", locale=locale))
-
-
-@functools.lru_cache(maxsize=16)
-def _datetime_pattern(locale: str) -> str:
-    # Babel's own way of joining date and time (format_datetime does the same).
-    return str(get_datetime_format("full", locale=locale)).replace("'", "")
+    with_time = precision is Precision.DATETIME
+    return i18n.format_published(published, lang=locale, tz=tz, with_time=with_time)
 
 
 def _advertises(key: str, own: Sequence[str]) -> bool:

@@ -19,11 +19,18 @@ _TO_SPACE = dict.fromkeys(
 # Bidi embedding, override and isolate controls: in a title they can reorder what a reader
 # sees (an address or a name shown backwards), and an unclosed one spills into what follows.
 _BIDI = "\u202a-\u202e\u2066-\u2069"
+# Bidi marks (LRM, RLM, ALM) and the invisible operators: they show nothing, and no
+# Vietnamese or English line needs them (a title copied out of a word processor or a social
+# post carries them, and they split a word for search and matching).
+_MARKS = "\u200e\u200f\u061c\u2061-\u2064"
 # U+FFFE/U+FFFF are valid UTF-8 but not XML characters: a feed writer would refuse them.
-# The zero-width joiner is kept inside an emoji sequence (see _ZWJ_OUTSIDE_EMOJI).
-_DELETE = dict.fromkeys(map(ord, "\u200b\u200c\u2060\ufeff\u00ad\ufffe\uffff"), None)
+# The zero-width joiner is kept inside an emoji sequence (see _ZWJ_OUTSIDE_EMOJI), the
+# zero-width space between letters of a script written without spaces (_ZWSP_OUTSIDE_WORDS)
+# and tag characters in a flag's tag sequence (_TAGS_OUTSIDE_FLAGS).
+_DELETE = dict.fromkeys(map(ord, "\u200c\u2060\ufeff\u00ad\ufffe\uffff\u200e\u200f\u061c"), None)
 _DELETE.update(dict.fromkeys(range(0x202A, 0x202F), None))
 _DELETE.update(dict.fromkeys(range(0x2066, 0x206A), None))
+_DELETE.update(dict.fromkeys(range(0x2061, 0x2065), None))
 _CLEAN_TABLE = {**_TO_SPACE, **_DELETE}
 # Characters an emoji ZWJ sequence joins (Extended_Pictographic, roughly), with the
 # variation selector and skin tones that may end one: "👨‍👩‍👧", "🏳️‍🌈", "👩🏽‍💻".
@@ -33,6 +40,19 @@ _EMOJI += "\u2934\u2935\u2b05-\u2b55\u3030\u303d\u3297\u3299\U0001f000-\U0001faf
 # It starts with the joiner itself: a pattern opening with a lookbehind is tried at every
 # position of the text, four times slower over a whole dump.
 _ZWJ_OUTSIDE_EMOJI = re.compile(f"\u200d(?:(?<![{_EMOJI}\ufe0f]\u200d)|(?![{_EMOJI}]))")
+# Thai, Lao, Myanmar, Khmer (and Tai Tham, Myanmar extensions) put no space between words: a
+# zero-width space between two of their letters is where a line may break. Anywhere else it
+# is an invisible that splits a word for search and matching ("Hà\u200bNội"): deleted.
+_NO_SPACE_SCRIPTS = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u19e0-\u19ff\u1a20-\u1aaf"
+_NO_SPACE_SCRIPTS += "\ua9e0-\ua9ff\uaa60-\uaa7f"
+_ZWSP_OUTSIDE_WORDS = re.compile(
+    f"\u200b(?:(?<![{_NO_SPACE_SCRIPTS}]\u200b)|(?![{_NO_SPACE_SCRIPTS}]))"
+)
+# Tag characters spell text no reader sees (hidden instructions, "ASCII smuggling"), except
+# in the one sequence they exist for: a subdivision flag, the black flag, tags, CANCEL TAG.
+_TAGS = "\U000e0000-\U000e007f"
+_TAGS_OUTSIDE_FLAGS = re.compile(f"(\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f)|[{_TAGS}]")
+_ANY_TAG = re.compile(f"[{_TAGS}]")
 _SPACES = re.compile(r" {2,}")
 # C0/C1 controls other than \n (line breaks are split on before cleaning).
 _CONTROLS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
@@ -49,14 +69,15 @@ def nfc(text: str) -> str:
 
 
 # The same mapping as _CLEAN_TABLE, as regexes: one C-level scan each, even on long texts.
-_DELETE_RE = re.compile(f"[\u200b\u200c\u2060\ufeff\u00ad\ufffe\uffff\ud800-\udfff{_BIDI}]")
+_DELETE_RE = re.compile(f"[\u200c\u2060\ufeff\u00ad\ufffe\uffff\ud800-\udfff{_BIDI}{_MARKS}]")
 _TO_SPACE_RE = re.compile(
     "[\u00a0\u2000-\u200a\u202f\u205f\u3000\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]"
 )
 
 # Any character either of them may change (the joiner included: most texts have none).
 _SPECIAL_RE = re.compile(
-    f"[\u200b-\u200d\u2060\ufeff\u00ad\ufffe\uffff\ud800-\udfff{_BIDI}{_TO_SPACE_RE.pattern[1:]}"
+    f"[\u200b-\u200d\u2060\ufeff\u00ad\ufffe\uffff\ud800-\udfff{_BIDI}{_MARKS}{_TAGS}"
+    f"{_TO_SPACE_RE.pattern[1:]}"
 )
 
 
@@ -67,10 +88,21 @@ def clean_text(text: str) -> str:
     are left for the caller to collapse.
     """
     if _SPECIAL_RE.search(text):  # most texts have none: one scan instead of two rewrites
-        if "\u200d" in text:  # rare: its own pass keeps the character class scans fast
-            text = _ZWJ_OUTSIDE_EMOJI.sub("", text)
-        text = _TO_SPACE_RE.sub(" ", _DELETE_RE.sub("", text))
+        text = _TO_SPACE_RE.sub(" ", _DELETE_RE.sub("", _drop_joiners(text)))
     return nfc(text)
+
+
+def _drop_joiners(text: str) -> str:
+    """`text` without the invisibles kept only in some places: the zero-width joiner outside
+    emoji, the zero-width space outside words of scripts written without spaces, tag
+    characters outside flags. Each is rare: its own pass keeps the class scans fast."""
+    if "\u200d" in text:
+        text = _ZWJ_OUTSIDE_EMOJI.sub("", text)
+    if "\u200b" in text:
+        text = _ZWSP_OUTSIDE_WORDS.sub("", text)
+    if _ANY_TAG.search(text):
+        text = _TAGS_OUTSIDE_FLAGS.sub(lambda m: m.group(1) or "", text)
+    return text
 
 
 def clean_line(line: str) -> str:
@@ -95,7 +127,7 @@ def one_line(text: str) -> str:
 def header_safe(text: str, *, limit: int = 900) -> str:
     """Make article text safe for one email header: one line, no controls, NFC, bounded."""
     text = _CONTROLS.sub(" ", text.replace("\r", " ").replace("\n", " "))
-    text = _ZWJ_OUTSIDE_EMOJI.sub("", text.translate(_CLEAN_TABLE))
+    text = _drop_joiners(text).translate(_CLEAN_TABLE)
     text = _SPACES.sub(" ", text).strip()
     text = nfc(text)
     if len(text) > limit:
@@ -303,15 +335,20 @@ def shorten(text: str, *, limit: int = 100) -> str:
     """Cut NFC `text` at a word boundary to at most `limit` characters; the one shortener.
 
     Whitespace is collapsed; "…" ends the text only when something was cut, and no
-    comma, dash or opening quote dangles before it.
+    comma, dash or opening quote dangles before it. The cut is a derived title's word cut
+    (_word_cut): it splits no compound word, name or number and unit, and leaves no
+    function word before the "…", unless that would keep less than half of `limit`; a
+    quotation the cut leaves open is closed after the "…" (as shorten_headline does).
     """
     text = nfc(collapse_spaces(text))
     if len(text) <= limit:
         return text
-    cut = text[: limit - 1]
-    if text[limit - 1] != " " and " " in cut:
-        cut = cut.rsplit(" ", 1)[0]
-    return cut.rstrip(_SHORTEN_STRIP) + "…"
+    cut = _word_cut(text, limit).rstrip(_SHORTEN_STRIP) + "…"
+    closers = _open_quotes(cut)
+    if closers:  # as shorten_headline: closed after the "…", cut again with room for it
+        cut = _word_cut(text, limit - len(closers)).rstrip(_SHORTEN_STRIP) + "…"
+        cut += _open_quotes(cut)
+    return cut
 
 
 # How much of a head or lead a story key keeps: more than any teaser the sites cut off.
@@ -356,7 +393,7 @@ TITLE_CLAUSE_MIN = 40  # a clause boundary this far in (or further) is a good cu
 FUNCTION_WORDS = frozenset(
     "của và các những với cho trong tại về để là được đã sẽ đang bị do vì nên mà thì khi "
     "từ đến ở như theo trên dưới sau trước giữa cùng hay hoặc nhưng rằng cũng vẫn còn một "
-    "mọi mỗi có không chưa nhằm qua bằng vào ra lên xuống này đó nơi "
+    "mọi mỗi có không chưa nhằm qua bằng vào ra lên xuống này đó nơi thuộc "
     "the a an of and or to in on at for with by from as is are was were be been will has "
     "have had that its their his her but into over after before than about".split()
 )
@@ -368,6 +405,11 @@ COMPOUND_WORDS = frozenset(
     line.strip()
     for line in """
     an ninh
+    hàng chục
+    hàng trăm
+    hàng nghìn
+    hàng ngàn
+    hàng triệu
     ban hành
     biên giới
     biên phòng
@@ -648,12 +690,22 @@ def _clause_cut(text: str, limit: int) -> str | None:
     return best
 
 
+# Abbreviated titles and place kinds that a name follows (ABBREVIATIONS has others too:
+# "etc.", "v.v.", the months).
+_TITLE_WORDS = frozenset(
+    "tp ts ths th.s pgs pgs.ts gs gs.ts bs bsck ks cn ls nsnd nsưt tt q p h x tx "
+    "mr mrs ms dr prof st mt gen col lt sgt".split()
+)
+
+
 def _splits_a_word(left: str, right: str) -> bool:
     """Would a cut between the syllables `left` and `right` split one word?"""
     if not right:
         return False
     if left in _DASHES or right in _DASHES:
         return True  # "chính trị - xã hội" is one term
+    if left[-1] == "." and right[0].isupper() and left[:-1].casefold() in _TITLE_WORDS:
+        return True  # "TS. BS. Nguyễn Hữu Tâm", "TP. Đông Hà": a title and its name are one
     if left[-1] in _WORD_PUNCTUATION or right[0] in _WORD_PUNCTUATION:
         return False
     left, right = left.lstrip(_QUOTE_OPENERS), right.rstrip(_WORD_PUNCTUATION)
@@ -704,14 +756,15 @@ def derive_title(text: str, *, limit: int = TITLE_LIMIT) -> str:
     At most `limit` characters. A cut falls at a clause boundary (comma, semicolon, colon,
     closing quotation mark) between TITLE_CLAUSE_MIN and `limit`, else at a word boundary
     that splits no compound word (COMPOUND_WORDS, names) and leaves no function word
-    (FUNCTION_WORDS) at the end; "…" ends the title only when something was cut.
+    (FUNCTION_WORDS) at the end; "…" ends the title only when something was cut, and a
+    quotation the cut leaves open is closed after it (as shorten_headline does).
     """
     if "  " in text or not text.isprintable() or text != text.strip():
         text = collapse_spaces(text)  # loader text has single spaces already
     sentence = first_sentence(text)
     if sentence.endswith(".") and not sentence.endswith(".."):
         sentence = sentence[:-1]
-    return _cut_headline(drop_opening_adverbial(sentence), limit)
+    return _cut_closed(drop_opening_adverbial(sentence), limit)
 
 
 def shorten_headline(text: str, *, limit: int) -> str:
@@ -719,10 +772,15 @@ def shorten_headline(text: str, *, limit: int) -> str:
     clause boundary past TITLE_CLAUSE_MIN, else at a word boundary that splits no compound
     word or name and leaves no function word at the end; "…" ends it when something was
     cut, and a quotation the cut leaves open is closed after it (`“Không để người dân
-    nào…”`). For headlines shown short (the subject line); `shorten` cuts at any space,
+    nào…”`). For headlines shown short (the subject line, the digest's longest titles);
+    `shorten` cuts at any space,
     which in Vietnamese falls between the syllables of a word as often as between words.
     """
-    text = nfc(collapse_spaces(text))
+    return _cut_closed(nfc(collapse_spaces(text)), limit)
+
+
+def _cut_closed(text: str, limit: int) -> str:
+    """`_cut_headline`, and the quotations the cut leaves open closed after its "…"."""
     cut = _cut_headline(text, limit)
     if len(text) <= limit:
         return cut
@@ -757,6 +815,38 @@ def _cut_headline(text: str, limit: int) -> str:
         return text
     cut = _clause_cut(text, limit) or _word_cut(text, limit)
     return cut.rstrip(_CUT_STRIP) + "\u2026"
+
+
+# A space before a full stop, comma, semicolon, colon, question or exclamation mark (a
+# scraper's, or a typist's: "Sông Lam , nối hai bờ"), where the mark ends a word.
+_SPACE_BEFORE_MARK = re.compile(r" +(?=[.,;:!?](?:\s|$))")
+_THREE_DOTS = re.compile(r"\.{3,}")
+# A straight double quote opening a quotation (at the start, or after a space or bracket,
+# before a character that is not a space) and the one closing it (after a character that
+# is not a space, before the end, a space or punctuation).
+_STRAIGHT_QUOTATION = re.compile(r'(?<![^\s(\[])"(?=\S)([^"]*?\S)"(?![^\s,;:.!?)\]\u2026])')
+_CLOSING_MARKS = '\u201d\u2019\u00bb")]'
+
+
+def set_headline(title: str) -> str:
+    """A headline set as papers set one: no full stop at its end (an abbreviation keeps
+    its own: "A.B.C.", "TP."), three dots as "…", no space before a full stop, comma,
+    colon or question mark, and straight double quotes that pair up as “ ” (left alone when one
+    does not pair: an inch mark, a quotation left open). For a title the dump gives; the
+    text around it keeps its own marks."""
+    if "..." in title:
+        title = _THREE_DOTS.sub("\u2026", title)
+    if " " in title:
+        title = _SPACE_BEFORE_MARK.sub("", title)
+    if '"' in title and title.count('"') % 2 == 0:
+        curly = _STRAIGHT_QUOTATION.sub("\u201c\\1\u201d", title)
+        if '"' not in curly:
+            title = curly
+    if title.endswith(".") and not title.endswith(".."):
+        last = title[:-1].rsplit(" ", 1)[-1].rstrip(_CLOSING_MARKS)
+        if "." not in last and len(last) > 2:
+            title = title[:-1]
+    return title
 
 
 # --------------------------------------------------------------------------- typesetting
@@ -868,8 +958,10 @@ def after_title(title: str, text: str) -> str:
     ("…") leaves the rest of the text, which then opens with "…". Empty when nothing is
     left; `text` itself when it does not open with the title.
     """
-    cut = title.endswith("\u2026")
-    opening = title.removesuffix("\u2026")
+    # A cut inside a quotation closed it after the "…" (derive_title): not the text's.
+    stem = title.rstrip("".join(_QUOTE_CLOSERS))
+    cut = stem.endswith("\u2026")
+    opening = stem.removesuffix("\u2026") if cut else title
     if not opening or not text.startswith(opening):
         return text
     rest = text[len(opening) :]

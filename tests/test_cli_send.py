@@ -577,6 +577,39 @@ def test_a_story_corrected_after_its_digest_went_out_is_not_mailed_again(
     assert str(rows[0][1]) == str(rows[1][1]) == "2024-10-31"
 
 
+def test_an_earlier_digest_caught_up_after_a_correction_links_the_storys_page(
+    clock: Clock, workdir: Path
+) -> None:
+    # A story corrected after its digest was made is another article (another id) that
+    # keeps the story's page; the first text's article stays stored without one. A day
+    # caught up later rendered that article, and so the "view in browser" page and the
+    # mail still owed showed the story unlinked.
+    _subscribe("a@example.org", "b@example.org")
+    assert _run("send", "--limit", "1")[0] == 0
+    page_name = "thong-xe-cau-song-lam.html"
+    link = f'href="http://localhost:8000/articles/{page_name}"'
+    view = workdir / "feeds" / "digests" / "2024-10-31.html"
+    assert link in view.read_text(encoding="utf-8")
+    dump = workdir / "seeds" / "day1.txt"
+    dump.write_text(DUMP_DAY1.replace("680 m", "690 m"), encoding="utf-8")
+    clock.next_day()
+    code, out, _ = _run("send")
+    assert code == 0
+    assert out.splitlines()[1:] == ["Nothing new to send."]
+    assert _summaries(out.splitlines(keepends=True)[0]) == [("2024-10-31", "1", "0", "1")]
+    assert (workdir / "feeds" / "articles" / page_name).is_file()
+    assert link in view.read_text(encoding="utf-8")
+    (mail,) = [
+        message_from_bytes(p.read_bytes(), policy=policy.default)
+        for p in (workdir / "outbox" / "2024-10-31").iterdir()
+        if "b@example.org" in p.read_text(encoding="utf-8")
+    ]
+    html = mail.get_body(("html",)).get_content()
+    text = mail.get_body(("plain",)).get_content()
+    assert link in html
+    assert f"http://localhost:8000/articles/{page_name}" in text
+
+
 def test_another_story_in_a_dump_path_read_before_is_mailed(clock: Clock, workdir: Path) -> None:
     # A scraper that reuses its file names (or a folder link moved to another day's dumps):
     # the dump's new article is another story, not a correction (another title, another

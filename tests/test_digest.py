@@ -737,8 +737,8 @@ def test_digest_has_every_required_part(
     assert "Báo Lam Giang, 12 Trần Hưng Đạo, TP. Bến Lam" in text
     assert "Bạn nhận được thư này vì đã đăng ký" in visible
     # Dates: time of day when known, date only for a date, nothing when unknown.
-    assert "09:15 Thứ Sáu, 1 tháng 11, 2024 · Hoài Nam" in text
-    assert "Thứ Sáu, 1 tháng 11, 2024 · NHÓM PV" in text
+    assert "Thứ Sáu, 1/11/2024, 09:15 (GMT+7) · Hoài Nam" in text
+    assert "Thứ Sáu, 1/11/2024 · NHÓM PV" in text
     assert "00:00" not in text
     # The preheader is the first lead, cut to about 100 characters, and hidden.
     assert rendered.preheader.startswith("Sáng nay 1/11, UBND tỉnh Lam Giang")
@@ -1201,19 +1201,19 @@ def test_an_unlinked_teaser_cut_with_three_dots_ends_in_an_ellipsis(
             "vi",
             datetime(2024, 10, 31, 2, 15, tzinfo=UTC),
             Precision.DATETIME,
-            "09:15 Thứ Năm, 31 tháng 10, 2024",
+            "Thứ Năm, 31/10/2024, 09:15 (GMT+7)",
         ),
         (
             "vi",
             datetime(2024, 10, 30, 17, 0, tzinfo=UTC),
             Precision.DATE,
-            "Thứ Năm, 31 tháng 10, 2024",
+            "Thứ Năm, 31/10/2024",
         ),
         (
             "en",
             datetime(2024, 10, 31, 2, 15, tzinfo=UTC),
             Precision.DATETIME,
-            "Thursday, October 31, 2024, 9:15\u202fAM",
+            "Thursday, October 31, 2024, 9:15\u202fAM (GMT+7)",
         ),
     ],
 )

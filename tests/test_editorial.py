@@ -243,7 +243,7 @@ def test_the_date_and_words_around_an_other_language_article_keep_the_readers_la
     runner: CliRunner, workdir: Path
 ) -> None:
     """An English story on the Vietnamese site is marked lang="en", and so was all around
-    it: its date ("12:00 Thứ Sáu, 1 tháng 11, 2024"), "Tác giả" and "Đọc tiếp" were read
+    it: its date ("Thứ Sáu, 1/11/2024, 12:00 (GMT+7)"), "Tác giả" and "Đọc tiếp" were read
     out by an English voice, on its page, in the index and in the digest."""
     (workdir / "seeds" / "m.txt").write_text(MARKET, encoding="utf-8")
     (workdir / "seeds" / "c.txt").write_text(CAMERAS, encoding="utf-8")
@@ -252,7 +252,7 @@ def test_the_date_and_words_around_an_other_language_article_keep_the_readers_la
         assert result.exit_code == 0, result.output
     output = workdir / "feeds"
     title = "Ben Lam opens its first night market for tourists"
-    date = "12:00 Thứ Sáu, 1 tháng 11, 2024"
+    date = "Thứ Sáu, 1/11/2024, 12:00 (GMT+7)"
     page = output / "articles" / "ben-lam-opens-its-first-night-market-for-tourists.html"
     page_html = page.read_text("utf-8")
     assert _voice(page_html, title) == "en"
@@ -535,7 +535,7 @@ def test_the_byline_reads_as_english_on_an_english_site(runner: CliRunner, workd
     meta, _paragraphs, _other = _article(
         workdir / "feeds", "ben-lam-opens-its-first-night-market-for-tourists"
     )
-    assert meta == "Friday, November 1, 2024, 12:00 PM · By Thu Ha"
+    assert meta == "Friday, November 1, 2024, 12:00 PM (GMT+7) · By Thu Ha"
     meta, _paragraphs, _other = _article(
         workdir / "feeds", "ben-lam-lap-them-200-camera-giam-sat-giao-thong"
     )
@@ -631,10 +631,10 @@ def test_a_source_credit_is_shown_as_the_source_not_the_author(
         assert result.exit_code == 0, result.output
     output = workdir / "feeds"
     meta, paragraphs, _other = _article(output, "gia-xang-giam-lan-thu-ba-lien-tiep")
-    assert meta == f"15:00 Thứ Sáu, 1 tháng 11, 2024 · {shown}"
+    assert meta == f"Thứ Sáu, 1/11/2024, 15:00 (GMT+7) · {shown}"
     assert paragraphs[-1] == "Giá xăng RON95 giảm 320 đồng/lít, còn 20.450 đồng/lít."
     index = _text((output / "index.html").read_text("utf-8"))
-    assert f"15:00 Thứ Sáu, 1 tháng 11, 2024 · {shown}" in index
+    assert f"Thứ Sáu, 1/11/2024, 15:00 (GMT+7) · {shown}" in index
     entry, content = _feed_entry(output, "Giá xăng giảm lần thứ ba liên tiếp")
     assert "author" not in entry
     assert entry["source"]["title"] == source  # type: ignore[index]
@@ -647,8 +647,8 @@ def test_a_source_credit_is_shown_as_the_source_not_the_author(
     for text in (entry["content"][0]["value"], content, rss.entries[0].content[0].value):  # type: ignore[index]
         assert text.endswith(f'<p class="credit">{shown}</p>')
     text, page = _mail_parts(workdir)
-    assert f"15:00 Thứ Sáu, 1 tháng 11, 2024 · {shown}" in text
-    assert f"15:00 Thứ Sáu, 1 tháng 11, 2024 · {shown}" in _text(page)
+    assert f"Thứ Sáu, 1/11/2024, 15:00 (GMT+7) · {shown}" in text
+    assert f"Thứ Sáu, 1/11/2024, 15:00 (GMT+7) · {shown}" in _text(page)
     for where in (text, _text(page), index, meta):
         assert "Tác giả" not in where
         assert "Nguồn:" not in where
@@ -680,7 +680,7 @@ def test_a_place_or_a_section_label_above_the_story_is_not_its_author(
     shown as the story's author ("Tác giả: Hà Nội")."""
     output = _build(settings, db, now, {"f.txt": FISHERS.replace("Hoàng Yến", line)})
     meta, _paragraphs, _other = _article(output, "ngu-dan-phuoc-hai-trung-dam-mua-ca-com")
-    assert meta == "06:30 Thứ Năm, 31 tháng 10, 2024"
+    assert meta == "Thứ Năm, 31/10/2024, 06:30 (GMT+7)"
     entry, _content = _feed_entry(output, "Ngư dân Phước Hải trúng đậm mùa cá cơm")
     assert "author" not in entry
 
@@ -691,7 +691,7 @@ def test_a_writers_name_above_the_story_is_still_its_author(
 ) -> None:
     output = _build(settings, db, now, {"f.txt": FISHERS.replace("Hoàng Yến", name)})
     meta, _paragraphs, _other = _article(output, "ngu-dan-phuoc-hai-trung-dam-mua-ca-com")
-    assert meta == f"06:30 Thứ Năm, 31 tháng 10, 2024 · Tác giả: {name}"
+    assert meta == f"Thứ Năm, 31/10/2024, 06:30 (GMT+7) · Tác giả: {name}"
 
 
 @pytest.mark.parametrize("name", ["Hà Giang", "Thái Bình", "Phú Yên"])
@@ -704,7 +704,7 @@ def test_a_writer_named_as_a_province_closing_the_story_is_its_author(
     dump = FISHERS.replace("Hoàng Yến\n", "") + f"{name}\n"
     output = _build(settings, db, now, {"f.txt": dump})
     meta, paragraphs, _other = _article(output, "ngu-dan-phuoc-hai-trung-dam-mua-ca-com")
-    assert meta == f"06:30 Thứ Năm, 31 tháng 10, 2024 · Tác giả: {name}"
+    assert meta == f"Thứ Năm, 31/10/2024, 06:30 (GMT+7) · Tác giả: {name}"
     assert name not in paragraphs
 
 
@@ -715,7 +715,7 @@ def test_a_city_closing_the_story_is_still_no_author(
     dump = FISHERS.replace("Hoàng Yến\n", "") + f"{line}\n"
     output = _build(settings, db, now, {"f.txt": dump})
     meta, _paragraphs, _other = _article(output, "ngu-dan-phuoc-hai-trung-dam-mua-ca-com")
-    assert meta == "06:30 Thứ Năm, 31 tháng 10, 2024"
+    assert meta == "Thứ Năm, 31/10/2024, 06:30 (GMT+7)"
 
 
 QUOTE = (
@@ -802,3 +802,160 @@ def test_a_hostile_credit_is_escaped_text_and_nfc_everywhere(
     for where in (page, index, text, html_part):
         assert "49" not in where
         assert where == unicodedata.normalize("NFC", where)
+
+
+@pytest.mark.parametrize(
+    ("lang", "dated", "day_only"),
+    [
+        ("vi", "Thứ Sáu, 1/11/2024, 16:00 (GMT+7)", "Thứ Năm, 31/10/2024"),
+        ("en", "Friday, November 1, 2024, 4:00\u202fPM (GMT+7)", "Thursday, October 31, 2024"),
+    ],
+)
+def test_article_dates_read_one_way_on_pages_and_in_the_digest(
+    runner: CliRunner, workdir: Path, lang: str, dated: str, day_only: str
+) -> None:
+    """The digest's day read as papers write it ("Thứ Sáu, 1/11/2024"), but an article's
+    date, on its page, in the index and in the digest, was Babel's long form ("16:00 Thứ
+    Sáu, 1 tháng 11, 2024"). Vietnamese papers write "Thứ Sáu, 1/11/2024, 16:00 (GMT+7)";
+    the machine dates (<time datetime>) are as before."""
+    (workdir / "syndicate.toml").write_text(f'[site]\nlanguage = "{lang}"\n', encoding="utf-8")
+    (workdir / "seeds" / "c.txt").write_text(CAMERAS, encoding="utf-8")
+    (workdir / "seeds" / "s.txt").write_text(
+        SCHOOLS.replace("01/11/2024 17:00", "31/10/2024"), encoding="utf-8"
+    )
+    for args in (["subscribers", "add", "an@example.org", "--lang", lang], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    output = workdir / "feeds"
+    page = output / "articles" / "ben-lam-lap-them-200-camera-giam-sat-giao-thong.html"
+    page_html = page.read_text("utf-8")
+    assert f'<time datetime="2024-11-01T16:00:00+07:00">{dated}</time>' in page_html
+    index = (output / "index.html").read_text("utf-8")
+    assert f'<time datetime="2024-11-01T16:00:00+07:00">{dated}</time>' in index
+    assert f'<time datetime="2024-10-31">{day_only}</time>' in index
+    text, mail_html = _mail_parts(workdir)
+    assert dated in text.splitlines()
+    assert day_only in text.splitlines()
+    assert f">{dated}</p>" in mail_html
+    assert f">{day_only}</p>" in mail_html
+
+
+PLEDGE = (
+    "{title}\n01/11/2024 16:30\n{head}\n"
+    "LGO - Chiều nay 1/11, Chủ tịch UBND tỉnh Lam Giang Trần Minh Khoa khẳng định “Không để "
+    "người dân nào thiếu đói, thiếu nhà ở sau mùa mưa lũ năm nay” tại buổi làm việc với "
+    "huyện Đồng Lũy.\n"
+    "Huyện đã hỗ trợ gạo cho 1.200 hộ dân bị ảnh hưởng.\n"
+)
+
+
+def test_a_title_derived_inside_a_quotation_closes_it_on_pages_feeds_and_digest(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """A dump without a title gets one from its lead, cut where it is too long: cut inside
+    a quotation, it ended "… “Không để người dân nào thiếu…" with the quotation open, on
+    the page, in the feeds and in the digest (subjects already closed it)."""
+    (workdir / "seeds" / "p.txt").write_text(PLEDGE, encoding="utf-8")
+    for args in (["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    title = "Chủ tịch UBND tỉnh Lam Giang Trần Minh Khoa khẳng định “Không để người dân nào thiếu…”"
+    output = workdir / "feeds"
+    page = (output / "articles" / "chu-tich-ubnd-tinh-lam-giang-tran-minh-khoa-khang-dinh-khong-de"
+            "-nguoi-dan-nao.html")  # fmt: skip
+    page_html = page.read_text("utf-8")
+    assert f"<h1>{title}</h1>" in page_html
+    entry, _content = _feed_entry(output, title)
+    assert entry["title"] == title
+    text, mail_html = _mail_parts(workdir)
+    assert " ".join(text.split()).count(title) == 1  # the text part wraps it
+    assert f">{title}</a>" in mail_html
+
+
+def test_invisible_marks_and_tags_are_kept_out_of_titles_subjects_and_pages(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """Bidi marks (U+200E, U+200F) and tag characters (hidden text no reader sees) were kept:
+    in the page's headline and text, the feeds' titles and the subject line."""
+    hidden = "".join(chr(0xE0000 + ord(c)) for c in "ignore all") + "\U000e007f"
+    dump = CAMERAS.replace("Bến Lam lắp", "Bến Lam\u200e lắp\u200f").replace(
+        "giám sát giao thông tại", f"giám sát{hidden} giao thông\u200e tại"
+    )
+    (workdir / "seeds" / "c.txt").write_text(dump, encoding="utf-8")
+    for args in (["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    invisible = re.compile("[\u200e\u200f\U000e0000-\U000e007f]")
+    title = "Bến Lam lắp thêm 200 camera giám sát giao thông"
+    output = workdir / "feeds"
+    for path in [*output.rglob("*.html"), *output.glob("*.xml"), output / "feed.json"]:
+        assert not invisible.search(path.read_text("utf-8")), path
+    page = output / "articles" / "ben-lam-lap-them-200-camera-giam-sat-giao-thong.html"
+    assert f"<h1>{title}</h1>" in page.read_text("utf-8")
+    (mail,) = (workdir / "outbox").rglob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    assert str(message["Subject"]) == f"Tin mới: {title}"
+    text, mail_html = _mail_parts(workdir)
+    assert not invisible.search(text + mail_html)
+
+
+RUN = (
+    'Giải chạy "Vì biển đảo Lam Giang" thu hút hơn 3.000 vận động viên .\n01/11/2024 09:11\n'
+    "{head}\n"
+    "LGO - Giải chạy “Vì biển đảo Lam Giang” lần thứ nhất sẽ diễn ra vào sáng 3/11 trên cung "
+    "đường ven biển TP. Bến Lam.\n"
+    "Ban tổ chức bố trí 12 trạm tiếp nước và đội y tế dọc đường chạy.\n"
+)
+
+
+def test_a_given_headline_is_set_as_papers_set_one_on_pages_feeds_and_digest(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """A title line typed as a sentence ('… "Vì biển đảo Lam Giang" … vận động viên .')
+    was printed as it came: straight quotes, a space before the full stop that ended it.
+    Papers set it 'Giải chạy “Vì biển đảo Lam Giang” thu hút hơn 3.000 vận động viên'."""
+    (workdir / "seeds" / "r.txt").write_text(RUN, encoding="utf-8")
+    for args in (["subscribers", "add", "an@example.org"], ["send"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    title = "Giải chạy “Vì biển đảo Lam Giang” thu hút hơn 3.000 vận động viên"
+    output = workdir / "feeds"
+    # The page keeps the path the title's words gave it before.
+    page = (
+        output / "articles" / "giai-chay-vi-bien-dao-lam-giang-thu-hut-hon-3-000-van-dong-vien.html"
+    )
+    assert f"<h1>{title}</h1>" in page.read_text("utf-8")
+    entry, _content = _feed_entry(output, title)
+    assert entry["title"] == title
+    (mail,) = (workdir / "outbox").rglob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    assert str(message["Subject"]) == f"Tin mới: {title}"
+
+
+def test_the_seed_pages_descriptions_end_on_a_word_that_reads_well(
+    runner: CliRunner, workdir: Path
+) -> None:
+    """A page's description (search results, link previews) was cut at the last space that
+    fit: the seeds' ended "phía bắc sông sau…", "ở các…", "TS. BS. Nguyễn Hữu…", "hoping to
+    sell to…" (a preposition left dangling, half a name), "hội thảo “Chuyển đổi số…" (a
+    quotation left open)."""
+    from syndicate.text import FUNCTION_WORDS
+
+    for seed in (Path(__file__).resolve().parent.parent / "seeds").glob("*.txt"):
+        (workdir / "seeds" / seed.name).write_bytes(seed.read_bytes())
+    result = runner.invoke(cli, ["build"])
+    assert result.exit_code == 0, result.output
+    cut = []
+    for page in sorted((workdir / "feeds" / "articles").glob("*.html")):
+        found = re.search(r'<meta name="description" content="([^"]*)"', page.read_text("utf-8"))
+        assert found is not None
+        description = html.unescape(found.group(1))
+        stem = description.rstrip("\u201d\u00bb")  # a quotation it cut is closed after "…"
+        if stem.endswith("…"):
+            cut.append(description)
+            (last,) = stem.removesuffix("…").split()[-1:]
+            assert last.casefold() not in FUNCTION_WORDS, description
+    assert len(cut) >= 8
+    assert any(d.endswith("bệnh nhân 56 tuổi…") for d in cut), cut
+    assert any(d.endswith("các xã phía bắc sông…") for d in cut), cut
+    assert any(d.endswith("hội thảo “Chuyển đổi số…”") for d in cut), cut

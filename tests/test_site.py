@@ -127,7 +127,8 @@ def test_article_page_shows_the_date_for_vietnamese_readers(
 ) -> None:
     text = renderer.render_article(hostile, slug="x").decode("utf-8")
     assert (
-        '<time datetime="2024-10-31T09:15:00+07:00">09:15 Thứ Năm, 31 tháng 10, 2024</time>' in text
+        '<time datetime="2024-10-31T09:15:00+07:00">Thứ Năm, 31/10/2024, 09:15 (GMT+7)</time>'
+        in text
     )
     assert "Tác giả: Trúc &lt;i&gt;Phương&lt;/i&gt;" in text
 
@@ -136,14 +137,14 @@ def test_article_page_shows_the_date_for_vietnamese_readers(
     ("published", "precision", "locale", "expected"),
     [
         (datetime(2024, 10, 31, 2, 15, tzinfo=UTC), Precision.DATETIME, "vi",
-         "09:15 Thứ Năm, 31 tháng 10, 2024"),
-        (datetime(2024, 10, 31, tzinfo=TZ), Precision.DATE, "vi", "Thứ Năm, 31 tháng 10, 2024"),
+         "Thứ Năm, 31/10/2024, 09:15 (GMT+7)"),
+        (datetime(2024, 10, 31, tzinfo=TZ), Precision.DATE, "vi", "Thứ Năm, 31/10/2024"),
         (datetime(2024, 10, 29, tzinfo=TZ), Precision.INFERRED_YEAR, "vi",
-         "Thứ Ba, 29 tháng 10, 2024"),
+         "Thứ Ba, 29/10/2024"),
         (None, Precision.UNKNOWN, "vi", "Chưa rõ ngày"),
         (None, Precision.UNKNOWN, "en", "Date unknown"),
         (datetime(2024, 10, 31, 2, 15, tzinfo=UTC), Precision.DATETIME, "en",
-         "Thursday, October 31, 2024, 9:15\u202fAM"),
+         "Thursday, October 31, 2024, 9:15\u202fAM (GMT+7)"),
     ],
 )  # fmt: skip
 def test_format_published_by_precision(

@@ -16,7 +16,9 @@ from syndicate.text import (
     COMPOUND_WORDS,
     FUNCTION_WORDS,
     TITLE_LIMIT,
+    after_title,
     clean_line,
+    clean_text,
     collapse_spaces,
     derive_title,
     detect_language,
@@ -27,6 +29,7 @@ from syndicate.text import (
     nfc,
     one_line,
     photo_description,
+    set_headline,
     shorten,
     slugify,
     story_key,
@@ -110,6 +113,74 @@ def test_zero_width_joiner_outside_emoji_is_removed(clean) -> None:  # type: ign
     assert clean("a\u200db \u200d👍 👍\u200d x\u200d\u200d👍") == "ab 👍 👍 x👍"
 
 
+SCOTLAND = "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"
+
+
+@pytest.mark.parametrize("clean", ONE_LINE_CLEANERS)
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # Bidi marks: invisible, and nothing a Vietnamese or English line needs.
+        ("Tin\u200e nóng\u200f về\u061c Huế", "Tin nóng về Huế"),
+        # Tag characters spell hidden text ("ASCII smuggling") that no reader sees...
+        ("Tin\U000e0001\U000e0069\U000e0067\U000e006e\U000e007f nóng", "Tin nóng"),
+        # ... but spell a subdivision flag after the black flag: kept there.
+        (f"Cờ {SCOTLAND} tung bay", f"Cờ {SCOTLAND} tung bay"),
+        (f"\U000e0067{SCOTLAND}\U000e007f", SCOTLAND),
+        # Invisible operators (function application, times, separator, plus).
+        ("a\u2061b\u2062c\u2063d\u2064e", "abcde"),
+        # A byte order mark inside the text, and a zero-width space between Latin letters
+        # (neither was ever kept).
+        ("Quảng\ufeff Trị, Hà\u200bNội", "Quảng Trị, HàNội"),
+        # Thai, Lao, Khmer and Burmese write no spaces: a zero-width space between two of
+        # their letters is where a line may break, and stays.
+        ("ภาษา\u200bไทย", "ภาษา\u200bไทย"),
+        (
+            "ພາສາ\u200bລາວ ភាសា\u200bខ្មែរ မြန်မာ\u200bစာ",
+            "ພາສາ\u200bລາວ ភាសា\u200bខ្មែរ မြန်မာ\u200bစာ",
+        ),
+        # ... but not at their edge, nor doubled.
+        ("ไทย\u200b Huế\u200bไทย ไทย\u200b\u200bไทย", "ไทย Huếไทย ไทยไทย"),
+    ],
+)
+def test_invisible_characters_are_removed_from_one_line_fields(
+    clean, raw: str, expected: str
+) -> None:  # type: ignore[no-untyped-def]
+    assert clean(raw) == expected
+    assert clean_text(raw).strip() == expected
+    assert clean(clean(raw)) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "headline"),
+    [
+        # No paper ends a headline with a full stop...
+        ("Thông xe cầu Sông Lam.", "Thông xe cầu Sông Lam"),
+        ("Thông xe cầu Sông Lam .", "Thông xe cầu Sông Lam"),
+        ("Khánh thành cầu “Sông Lam”.", "Khánh thành cầu “Sông Lam”"),
+        # ... but an abbreviation keeps its own, and a question or exclamation stays.
+        ("Lam Giang hợp tác với Công ty A.B.C.", "Lam Giang hợp tác với Công ty A.B.C."),
+        ("Ai sẽ thắng?", "Ai sẽ thắng?"),
+        # Three dots are an ellipsis; no space before a comma, colon or question mark.
+        ("Mùa lũ đã qua...", "Mùa lũ đã qua…"),
+        ("Cầu Sông Lam , nối hai bờ : vì sao ?", "Cầu Sông Lam, nối hai bờ: vì sao?"),
+        # Straight double quotes that pair up are a quotation's curly marks.
+        (
+            'Giải chạy "Vì biển đảo Lam Giang" thu hút 3.000 người',
+            "Giải chạy “Vì biển đảo Lam Giang” thu hút 3.000 người",
+        ),
+        ('"Không để ai thiếu đói": Chủ tịch tỉnh', "“Không để ai thiếu đói”: Chủ tịch tỉnh"),
+        # Left as they are when they do not pair (an inch mark, a lone quote).
+        ('Màn hình 55" giảm giá', 'Màn hình 55" giảm giá'),
+        ('Ông A nói "sẽ về', 'Ông A nói "sẽ về'),
+        ("Thông xe cầu Sông Lam", "Thông xe cầu Sông Lam"),
+    ],
+)
+def test_a_headline_is_set_as_papers_set_one(raw: str, headline: str) -> None:
+    assert set_headline(raw) == headline
+    assert set_headline(headline) == headline
+
+
 @pytest.mark.parametrize(
     ("title", "slug"),
     [
@@ -179,6 +250,46 @@ def test_shorten_cuts_at_a_word_boundary() -> None:
     assert shorten("một hai ba bốn năm", limit=12) == "một hai ba…"
     assert shorten("một, hai ba", limit=8) == "một…"
     assert len(shorten("từ " * 100, limit=100)) <= 100
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "expected"),
+    [
+        # The seeds' page descriptions (160 characters) ended "phía bắc sông sau…", "ở
+        # các…", "TS. BS. Nguyễn Hữu…", "hoping to sell to…": a function word, half a name.
+        (
+            "Sáng nay 1/11, UBND tỉnh Lam Giang tổ chức lễ thông xe cầu Sông Lam, công trình "
+            "giao thông trọng điểm nối trung tâm TP. Bến Lam với các xã phía bắc sông sau hơn "
+            "hai năm thi công.",
+            160,
+            "Sáng nay 1/11, UBND tỉnh Lam Giang tổ chức lễ thông xe cầu Sông Lam, công trình "
+            "giao thông trọng điểm nối trung tâm TP. Bến Lam với các xã phía bắc sông…",
+        ),
+        (
+            "Bệnh viện Đa khoa tỉnh Lam Giang vừa thực hiện thành công ca phẫu thuật nội soi "
+            "cắt khối u tuyến thượng thận cho một bệnh nhân 56 tuổi, do TS. BS. Nguyễn Hữu Tâm "
+            "và ThS. BS. Phan Văn Lực trực tiếp thực hiện.",
+            160,
+            "Bệnh viện Đa khoa tỉnh Lam Giang vừa thực hiện thành công ca phẫu thuật nội soi "
+            "cắt khối u tuyến thượng thận cho một bệnh nhân 56 tuổi…",
+        ),
+        (
+            "Coffee farmers in the highland districts of Lam Giang province are replacing "
+            "ageing robusta trees with arabica and fine robusta varieties, hoping to sell to "
+            "specialty roasters at home and abroad.",
+            160,
+            "Coffee farmers in the highland districts of Lam Giang province are replacing "
+            "ageing robusta trees with arabica and fine robusta varieties, hoping to sell…",
+        ),
+        # A number keeps its unit, or goes with it.
+        ("Cầu Sông Lam dài 680 m, rộng 21 m với bốn làn xe", 32, "Cầu Sông Lam dài 680 m, rộng…"),
+    ],
+)
+def test_shorten_ends_on_a_word_that_reads_well(text: str, limit: int, expected: str) -> None:
+    """`shorten` cut at the last space that fits: in Vietnamese as often inside a word as
+    between words, and before "…" it left a preposition or half a name dangling."""
+    assert shorten(text, limit=limit) == expected
+    assert len(expected) <= limit
 
 
 @pytest.mark.parametrize(
@@ -285,6 +396,33 @@ def test_derived_title_cuts_after_a_closing_quotation_mark() -> None:
     assert derive_title(lead) == (
         "Sở Văn hóa tổ chức hội thảo khoa học “Di sản văn hóa biển đảo Quảng Trị”…"
     )
+
+
+@pytest.mark.parametrize(
+    ("lead", "title"),
+    [
+        (
+            "Sáng nay 1/11, Chủ tịch UBND tỉnh Lam Giang Trần Minh Khoa khẳng định “Không để "
+            "người dân nào thiếu đói, thiếu nhà ở sau mùa mưa lũ năm nay” tại buổi làm việc.",
+            "Chủ tịch UBND tỉnh Lam Giang Trần Minh Khoa khẳng định “Không để người dân nào "
+            "thiếu…”",
+        ),
+        (
+            'Ông Nguyễn Văn Hải nói "mùa cá cơm năm nay là mùa bội thu nhất trong mười năm qua '
+            'của ngư dân Phước Hải" và vui mừng.',
+            'Ông Nguyễn Văn Hải nói "mùa cá cơm năm nay là mùa bội thu nhất trong mười năm…"',
+        ),
+    ],
+)
+def test_derived_title_closes_a_quotation_its_cut_leaves_open(lead: str, title: str) -> None:
+    """A title cut inside a quotation ended with it open, as subjects did before they
+    closed it: the same rule now (text.shorten_headline's), for every derived title."""
+    assert derive_title(lead) == title
+    assert len(title) <= TITLE_LIMIT
+    # The words after it are still found in its text (the digest and pages print them).
+    rest = after_title(title, first_sentence(drop_opening_adverbial(lead)))
+    assert rest.startswith("…")
+    assert rest.endswith(("” tại buổi làm việc.", '" và vui mừng.'))
 
 
 def test_derived_title_without_a_clause_boundary_never_splits_a_compound_word() -> None:

@@ -34,10 +34,11 @@ _TCVN3_LETTERS = re.compile(rb"[A-Za-z][\xa1-\xbf]|[\xa1-\xbf][A-Za-z]")
 _VNI_BYTES = "øùûïäåöüÑñÄÅÖÜØÙÛÏ".encode("cp1258")
 # What text.clean_text deletes or replaces (text._SPECIAL_RE), line breaks aside, is either a
 # control counted in _CONTROL_SET, or "\t", "\v", "\f", or a character whose encoding holds
-# one of these bytes: in UTF-8 the lead byte of U+0080-U+00BF, U+2000-U+2FFF, U+3000-U+3FFF,
-# a surrogate (UTF-16 text encoded with "surrogatepass") and U+F000-U+FFFF; in Windows-1258
+# one of these bytes: in UTF-8 the lead byte of U+0080-U+00BF, U+0600-U+063F (the Arabic
+# letter mark), U+2000-U+2FFF, U+3000-U+3FFF, a surrogate (UTF-16 text encoded with
+# "surrogatepass"), U+F000-U+FFFF and U+C0000-U+FFFFF (the tag characters); in Windows-1258
 # the no-break space and the soft hyphen. tests/test_load.py checks every code point.
-_SCREEN_UTF8 = b"\t\v\f\xc2\xe2\xe3\xed\xef"
+_SCREEN_UTF8 = b"\t\v\f\xc2\xd8\xe2\xe3\xed\xef\xf3"
 _SCREEN_CP1258 = b"\t\v\f\xa0\xad"
 
 

@@ -18,6 +18,7 @@ from syndicate.text import (
     clean_text,
     derive_title,
     nfc,
+    set_headline,
     slugify,
     tell_article_language,
 )
@@ -30,7 +31,11 @@ from syndicate.text import (
 #    HTML character references read as their characters; a name on line 3 is the byline.
 # 7: a source credit ("Theo TTXVN", "Nguồn: VnExpress", "(Theo Dân trí)") is the story's
 #    credit, not its author; a place or a section label ("Hà Nội", "Tin Nóng") no byline.
-PARSER_VERSION = 7
+# 8: a derived title cut inside a quotation closes it ("…”"); bidi marks, invisible
+#    operators and tag characters (outside a flag) removed, a zero-width space between
+#    Thai, Lao, Khmer or Burmese letters kept; a given headline set as papers set one
+#    (no final full stop, "…", no space before a colon, “ ” for paired straight quotes).
+PARSER_VERSION = 8
 
 # The most a dump may hold to be taken as one article: ten times the longest real article
 # (about 100,000 characters in 200 lines). Past them a dump is a scrape gone wrong, and its
@@ -401,7 +406,7 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
     if _is_unfilled(title_line):
         title, derived = derive_title(summary or lead, limit=TITLE_LIMIT), True
     else:
-        title, derived = title_line, False
+        title, derived = set_headline(title_line), False
         if summary is not None and _words(summary) == _words(title):
             # A head that only says the headline again summarises nothing: the lead does.
             summary = None

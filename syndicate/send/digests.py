@@ -31,7 +31,7 @@ from syndicate.output import write_atomic
 from syndicate.publish import sync_articles
 from syndicate.send.transports import read_dkim_key
 from syndicate.store import Database
-from syndicate.store.articles import iter_summaries
+from syndicate.store.articles import ArticleSummary, iter_summaries
 from syndicate.store.digests import (
     create_digest,
     delete_digest,
@@ -221,23 +221,32 @@ def _with_pages(db: Database, plan: DigestPlan) -> DigestPlan:
     """Give the plan its articles' pages, and its teasers links, as the last build stored them.
 
     Nothing is worked out here: an article (or an advertised one) without a stored page path
-    has no page, and is shown unlinked.
+    has the page of its story (a text of it corrected since keeps the story's page: see
+    store.articles.carry_over), else none, and is then shown unlinked.
     """
     wanted = {a.id for a in plan.articles}
     found = article_links(db, wanted)
     targets = {target_id for pairs in found.values() for _key, target_id in pairs}
     summaries = {s.id: s for s in iter_summaries(db) if s.id in wanted or s.id in targets}
-    pages = {i: s.page_path for i, s in summaries.items() if i in wanted and s.page_path}
+    # An earlier day's digest holds the texts it was made with: a story corrected since is
+    # another article, which has the story's page (the first text's keeps none).
+    pageless = {s.story_id for s in summaries.values() if not s.page_path}
+    story_pages = _story_pages(db, pageless) if pageless else {}
+
+    def page_of(summary: ArticleSummary) -> str | None:
+        return summary.page_path or story_pages.get(summary.story_id)
+
+    pages = {i: p for i, s in summaries.items() if i in wanted and (p := page_of(s))}
     links: dict[str, StoryLink] = {}
     for pairs in found.values():
         for key, target_id in pairs:
             target = summaries.get(target_id)
-            if target is not None and target.page_path:
+            if target is not None and (page := page_of(target)):
                 links.setdefault(
                     key,
                     StoryLink(
                         target.id,
-                        target.page_path,
+                        page,
                         target.title,
                         target.published,
                         target.precision,
@@ -245,6 +254,18 @@ def _with_pages(db: Database, plan: DigestPlan) -> DigestPlan:
                     ),
                 )
     return dataclasses.replace(plan, links=links, pages=pages)
+
+
+def _story_pages(db: Database, stories: set[str]) -> dict[str, str]:
+    """The page of each story in `stories` (by ArticleSummary.story_id) that has one: the
+    page of the article of the story the last build gave one."""
+    found: dict[str, str] = {}
+    for summary in iter_summaries(db):
+        if summary.page_path and summary.story_id in stories:
+            found[summary.story_id] = min(
+                found.get(summary.story_id, summary.page_path), summary.page_path
+            )
+    return found
 
 
 def _plan(settings: Settings, db: Database, day: date, *, now: datetime) -> DigestPlan | None:
