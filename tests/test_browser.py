@@ -437,3 +437,55 @@ def test_a_byline_name_stays_on_one_line_in_the_digest_at_phone_width(
             assert overflow <= 0, f"{author!r} scrolls the mail sideways by {overflow} px"
     finally:
         context.close()
+
+
+# --- A reader's stumbles (the subscriber's side, walked in the browser) ----------------
+
+
+def _sign_up_in_browser(browser: Browser, address: str, *, newsletter: str) -> str:
+    """Sign `address` up through the form (the browser's language), the newsletter in
+    `newsletter`; return the confirmation link from the mail's plain-text part."""
+    server, page = browser.server, browser.page
+    browser.open("subscribe")
+    page.locator("#signup-email").fill(address)
+    page.locator("#signup-language").select_option(newsletter)
+    page.locator("form.signup button").click()
+    page.wait_for_load_state()
+    [message] = server.mail.wait_for(1)
+    body = message.get_body(("plain",))
+    assert body is not None
+    link = re.search(re.escape(server.url) + r"confirm\?token=[\w-]+", body.get_content())
+    assert link, "the confirmation mail has no confirm link"
+    return link.group(0)
+
+
+def _expect_refusals(browser: Browser, *urls: str) -> None:
+    """Drop what opening each of `urls` on purpose (a 4xx page) adds to the problems."""
+    expected = {f"HTTP 400: {url}" for url in urls} | {
+        "console error: Failed to load resource: the server responded with a status of 400 "
+        "(Bad Request)"
+    }
+    browser.problems = [problem for problem in browser.problems if problem not in expected]
+
+
+def test_an_expired_confirmation_link_speaks_the_language_the_reader_chose(
+    browser: Browser,
+) -> None:
+    """A reader on a Vietnamese browser chose the newsletter in English: the link's page
+    speaks English while the link is good, and spoke Vietnamese once it had expired."""
+    server, page = browser.server, browser.page
+    link = _sign_up_in_browser(browser, "mai@example.org", newsletter="en")
+    server.clock.advance(hours=server.settings.subscribe.confirm_hours, seconds=1)
+    response = page.goto(link)
+    assert response is not None
+    assert response.status == 400
+    assert page.evaluate("document.documentElement.lang") == "en"
+    assert page.get_by_role("heading", level=1).inner_text() == (
+        "This confirmation link has expired"
+    )
+    # The way on, in the same language: the form in English, the newsletter in English.
+    page.get_by_role("link", name="Subscribe to the newsletter").click()
+    page.wait_for_load_state()
+    assert page.evaluate("document.documentElement.lang") == "en"
+    assert page.locator("#signup-language").input_value() == "en"
+    _expect_refusals(browser, link)
