@@ -489,3 +489,36 @@ def test_an_expired_confirmation_link_speaks_the_language_the_reader_chose(
     assert page.evaluate("document.documentElement.lang") == "en"
     assert page.locator("#signup-language").input_value() == "en"
     _expect_refusals(browser, link)
+
+
+@pytest.mark.parametrize("tail", [".", ")", ",", ">", "”", "%20."])
+def test_a_link_with_the_sentences_punctuation_still_confirms_and_unsubscribes(
+    browser: Browser, tail: str
+) -> None:
+    """A link pasted or quoted into a sentence ("... open http://.../confirm?token=X."),
+    or between brackets, carries the punctuation after it into the URL: mail clients and
+    chat apps make it part of the link. The page said the link "cannot be used"."""
+    server, page = browser.server, browser.page
+    link = _sign_up_in_browser(browser, "thu@example.org", newsletter="vi")
+    browser.open(link.removeprefix(server.url) + tail)
+    assert page.get_by_role("heading", level=1).inner_text() == "Xác nhận đăng ký"
+    page.get_by_role("button", name="Xác nhận đăng ký").click()
+    page.wait_for_load_state()
+    assert page.get_by_role("heading", level=1).inner_text() == "Đăng ký đã được xác nhận"
+    assert _status(server, "thu@example.org") is SubscriptionStatus.CONFIRMED
+    with open_settings_store(server.settings) as db:
+        secret = get_secret(server.settings, db)
+        found = get_by_email(db, "thu@example.org")
+    assert found is not None
+    token = tokens.make_token(
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=found.id,
+        nonce=found.token_nonce,
+        issued_at=server.clock(),
+    )
+    browser.open(f"unsubscribe?token={token}{tail}")
+    page.get_by_role("button", name="Hủy đăng ký").click()
+    page.wait_for_load_state()
+    assert page.get_by_role("heading", level=1).inner_text() == "Bạn đã hủy đăng ký"
+    assert _status(server, "thu@example.org") is SubscriptionStatus.UNSUBSCRIBED
