@@ -522,3 +522,27 @@ def test_a_link_with_the_sentences_punctuation_still_confirms_and_unsubscribes(
     page.wait_for_load_state()
     assert page.get_by_role("heading", level=1).inner_text() == "Bạn đã hủy đăng ký"
     assert _status(server, "thu@example.org") is SubscriptionStatus.UNSUBSCRIBED
+
+
+def test_a_confirmation_link_cut_by_a_line_wrap_says_to_open_the_whole_link(
+    browser: Browser,
+) -> None:
+    """A mail client that wraps the plain-text part's long line makes only the first part
+    a link (or a reader copies one line of two). The page said the link had expired or
+    was altered, and to sign up again: the reader's link was fine, only cut."""
+    server, page = browser.server, browser.page
+    link = _sign_up_in_browser(browser, "khanh@example.org", newsletter="vi")
+    cut = link[:-20]
+    response = page.goto(cut)
+    assert response is not None
+    assert response.status == 400
+    assert page.get_by_role("heading", level=1).inner_text() == (
+        "Liên kết xác nhận bị thiếu một phần"
+    )
+    assert "trọn cả liên kết" in page.locator("main").inner_text()
+    assert page.locator("button").count() == 0
+    assert _status(server, "khanh@example.org") is SubscriptionStatus.PENDING
+    # The whole link still works.
+    browser.open(link.removeprefix(server.url))
+    assert page.get_by_role("heading", level=1).inner_text() == "Xác nhận đăng ký"
+    _expect_refusals(browser, cut)

@@ -50,6 +50,17 @@ async def confirm(service: Service, request: Request) -> Response:
         expired = not confirmed
     except TokenError:
         subscriber = None
+        if tokens.looks_cut(token):
+            # Cut short by a line wrap: the reader's link is good, the whole of it is
+            # needed; signing up again (what the "cannot be used" page says) is not.
+            lang = service.language(request)
+            return service.page(
+                "confirm.html.j2",
+                lang,
+                title=_STRINGS[lang]["cut_confirm_title"],
+                status_code=400,
+                state="cut",
+            )
     # The page speaks the language of the subscriber the link was made for, not the
     # browser's (`?lang=` still wins); an expired link's too, while they are stored.
     lang = service.language(request, subscriber or owner)
