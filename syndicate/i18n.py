@@ -15,6 +15,8 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
         "vi": {
             "home": "Trang chủ",
             "feeds": "Theo dõi",
+            # The header's link to the sign-up form, among the feeds.
+            "by_email": "Email",
             "unknown_date": "Chưa rõ ngày",
             "by": "Tác giả:",
             # A story credited to its source (an agency, a paper): not its author.
@@ -32,6 +34,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
         "en": {
             "home": "Home",
             "feeds": "Follow",
+            "by_email": "Email",
             "unknown_date": "Date unknown",
             "by": "By",
             "credit": "Source: {source}",

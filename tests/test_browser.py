@@ -546,3 +546,26 @@ def test_a_confirmation_link_cut_by_a_line_wrap_says_to_open_the_whole_link(
     browser.open(link.removeprefix(server.url))
     assert page.get_by_role("heading", level=1).inner_text() == "Xác nhận đăng ký"
     _expect_refusals(browser, cut)
+
+
+def test_a_reader_who_comes_from_the_feed_finds_the_sign_up_from_the_article(
+    browser: Browser,
+) -> None:
+    """A reader follows a feed item (or a shared link) to an article page: the sign-up
+    form was only at the foot of the front page, with no way to it from the article's."""
+    server, page = browser.server, browser.page
+    rss = (server.settings.paths.output / "rss.xml").read_text(encoding="utf-8")
+    first = re.search(r"<item>.*?<link>([^<]+)</link>", rss, re.DOTALL)
+    assert first, "the feed has no item link"
+    browser.open(first.group(1).removeprefix(server.url))
+    follow = page.get_by_role("navigation", name="Theo dõi").get_by_role("link", name="Email")
+    assert follow.count() == 1, "no way from the article to the sign-up form"
+    follow.click()
+    page.wait_for_load_state()
+    assert page.evaluate("document.documentElement.lang") == "vi"
+    page.get_by_label("Địa chỉ email").fill("phuong@example.org")
+    page.get_by_role("button", name="Đăng ký").click()
+    page.wait_for_load_state()
+    assert page.get_by_role("heading", level=1).inner_text() == "Hãy kiểm tra hộp thư của bạn"
+    server.mail.wait_for(1)
+    assert _status(server, "phuong@example.org") is SubscriptionStatus.PENDING
