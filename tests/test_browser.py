@@ -569,3 +569,30 @@ def test_a_reader_who_comes_from_the_feed_finds_the_sign_up_from_the_article(
     assert page.get_by_role("heading", level=1).inner_text() == "Hãy kiểm tra hộp thư của bạn"
     server.mail.wait_for(1)
     assert _status(server, "phuong@example.org") is SubscriptionStatus.PENDING
+
+
+def test_a_reader_of_english_finds_the_form_in_english_from_the_vietnamese_pages(
+    browser: Browser,
+) -> None:
+    """The site is in Vietnamese, and its links to the form keep the page's language: a
+    reader of English reached the Vietnamese form, with no way to the English one."""
+    page = browser.page
+    browser.open("")
+    page.get_by_role("navigation", name="Theo dõi").get_by_role("link", name="Email").click()
+    page.wait_for_load_state()
+    assert page.evaluate("document.documentElement.lang") == "vi"
+    english = page.get_by_role("link", name="English")
+    assert english.count() == 1, "no way from the Vietnamese form to the English one"
+    assert english.get_attribute("lang") == "en"
+    assert english.get_attribute("hreflang") == "en"
+    english.click()
+    page.wait_for_load_state()
+    assert page.evaluate("document.documentElement.lang") == "en"
+    assert page.get_by_role("heading", level=1).inner_text() == "Subscribe to the newsletter"
+    assert page.get_by_label("Newsletter language").input_value() == "en"
+    # And back.
+    vietnamese = page.get_by_role("link", name="Tiếng Việt")
+    assert vietnamese.get_attribute("lang") == "vi"
+    vietnamese.click()
+    page.wait_for_load_state()
+    assert page.get_by_role("heading", level=1).inner_text() == "Đăng ký nhận bản tin"
