@@ -596,3 +596,33 @@ def test_a_reader_of_english_finds_the_form_in_english_from_the_vietnamese_pages
     vietnamese.click()
     page.wait_for_load_state()
     assert page.get_by_role("heading", level=1).inner_text() == "Đăng ký nhận bản tin"
+
+
+def test_a_refused_address_puts_the_reader_back_in_the_field_with_the_error(
+    browser: Browser,
+) -> None:
+    """An address the browser lets through but the service refuses comes back with the
+    error above the field: the focus was nowhere (a keyboard or screen-reader user had to
+    find the field again) and the title, which a screen reader reads first, was the form's."""
+    server, page = browser.server, browser.page
+    browser.open("subscribe")
+    page.get_by_label("Địa chỉ email").fill("lan@localhost")
+    page.get_by_role("button", name="Đăng ký").click()
+    page.wait_for_load_state()
+    assert page.title().startswith("Lỗi: Đăng ký nhận bản tin")
+    assert page.evaluate("document.activeElement.id") == "signup-email"
+    field = page.get_by_label("Địa chỉ email")
+    assert field.input_value() == "lan@localhost"
+    assert field.get_attribute("aria-invalid") == "true"
+    described = page.evaluate(
+        "document.getElementById('signup-email').getAttribute('aria-describedby')"
+        ".split(' ').map((id) => document.getElementById(id).textContent).join(' ')"
+    )
+    assert "Địa chỉ email này không hợp lệ" in described
+    assert server.signups.count == 0
+    expected = {
+        f"HTTP 400: {server.url}subscribe?lang=vi",
+        "console error: Failed to load resource: the server responded with a status of 400 "
+        "(Bad Request)",
+    }
+    browser.problems = [problem for problem in browser.problems if problem not in expected]
