@@ -19,6 +19,8 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
         "vi": {
             "home": "Trang chủ",
             "feeds": "Theo dõi",
+            # The header's link to the sign-up form, among the feeds.
+            "by_email": "Email",
             "unknown_date": "Chưa rõ ngày",
             "by": "Tác giả:",
             # A story credited to its source (an agency, a paper): not its author.
@@ -36,6 +38,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
         "en": {
             "home": "Home",
             "feeds": "Follow",
+            "by_email": "Email",
             "unknown_date": "Date unknown",
             "by": "By",
             "credit": "Source: {source}",
@@ -145,6 +148,12 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
                 "Liên kết này đã hết hạn, bị thay đổi hoặc không còn hiệu lực. "
                 "Hãy đăng ký lại để nhận một liên kết mới."
             ),
+            "cut_confirm_title": "Liên kết xác nhận bị thiếu một phần",
+            "cut_confirm_body": (
+                "Liên kết này ngắn hơn liên kết chúng tôi đã gửi: có lẽ nó bị ngắt xuống dòng "
+                "trong email và chỉ phần đầu được mở. Hãy bấm nút trong email xác nhận, hoặc "
+                "chép trọn cả liên kết (kể cả phần ở dòng dưới) vào trình duyệt."
+            ),
             "expired_confirm_title": "Liên kết xác nhận đã hết hạn",
             "expired_confirm_body": (
                 "Liên kết xác nhận chỉ có hiệu lực trong {hours} giờ. Đăng ký chưa được xác nhận "
@@ -213,6 +222,13 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "bad_confirm_body": (
                 "The link has expired, was altered, or is no longer valid. "
                 "Please sign up again to get a new link."
+            ),
+            "cut_confirm_title": "This confirmation link is incomplete",
+            "cut_confirm_body": (
+                "The link is shorter than the one we sent: it was probably split over two "
+                "lines in the email, and only the first part was opened. Press the button in "
+                "the confirmation email, or copy the whole link (the part on the next line "
+                "too) into your browser."
             ),
             "expired_confirm_title": "This confirmation link has expired",
             "expired_confirm_body": (

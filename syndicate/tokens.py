@@ -178,6 +178,23 @@ def read_token(
     return TokenClaim(int(subscriber_id), issued_at, nonce)
 
 
+_TOKEN_TEXT = -(-_TOKEN_BYTES * 4 // 3)  # a version 2 token's characters: 62
+_LEGACY_TOKEN_TEXT = -(-_LEGACY_TOKEN_BYTES * 4 // 3)  # version 1: 40
+_TOKEN_CHARACTERS = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def looks_cut(token: str) -> bool:
+    """Tell whether a token `read_token` refused looks like the start of one: url-safe
+    base64 characters only, fewer than a token has (a link a mail client's line wrap or
+    a reader's copy cut short)."""
+    text = token.strip()
+    return (
+        _TOKEN_CHARACTERS.fullmatch(text) is not None
+        and len(text) < _TOKEN_TEXT
+        and len(text) != _LEGACY_TOKEN_TEXT
+    )
+
+
 def is_owner(claim: TokenClaim, subscriber: Subscriber) -> bool:
     """Tell whether `subscriber` is the one the token was made for.
 

@@ -531,3 +531,192 @@ def test_the_form_cookie_comes_back_under_any_base_path_a_browser_can_use(
     # The browser asked for the form as the cookie's Path says (no more than the form's
     # folder where a ';' is in the way).
     assert all(target.startswith(cookie["path"]) for target in targets if "subscribe" in target)
+
+
+# --- A reader's stumbles (the subscriber's side, walked in the browser) ----------------
+
+
+def _sign_up_in_browser(browser: Browser, address: str, *, newsletter: str) -> str:
+    """Sign `address` up through the form (the browser's language), the newsletter in
+    `newsletter`; return the confirmation link from the mail's plain-text part."""
+    server, page = browser.server, browser.page
+    browser.open("subscribe")
+    page.locator("#signup-email").fill(address)
+    page.locator("#signup-language").select_option(newsletter)
+    page.locator("form.signup button").click()
+    page.wait_for_load_state()
+    [message] = server.mail.wait_for(1)
+    body = message.get_body(("plain",))
+    assert body is not None
+    link = re.search(re.escape(server.url) + r"confirm\?token=[\w-]+", body.get_content())
+    assert link, "the confirmation mail has no confirm link"
+    return link.group(0)
+
+
+def _expect_refusals(browser: Browser, *urls: str) -> None:
+    """Drop what opening each of `urls` on purpose (a 4xx page) adds to the problems."""
+    expected = {f"HTTP 400: {url}" for url in urls} | {
+        "console error: Failed to load resource: the server responded with a status of 400 "
+        "(Bad Request)"
+    }
+    browser.problems = [problem for problem in browser.problems if problem not in expected]
+
+
+def test_an_expired_confirmation_link_speaks_the_language_the_reader_chose(
+    browser: Browser,
+) -> None:
+    """A reader on a Vietnamese browser chose the newsletter in English: the link's page
+    speaks English while the link is good, and spoke Vietnamese once it had expired."""
+    server, page = browser.server, browser.page
+    link = _sign_up_in_browser(browser, "mai@example.org", newsletter="en")
+    server.clock.advance(hours=server.settings.subscribe.confirm_hours, seconds=1)
+    response = page.goto(link)
+    assert response is not None
+    assert response.status == 400
+    assert page.evaluate("document.documentElement.lang") == "en"
+    assert page.get_by_role("heading", level=1).inner_text() == (
+        "This confirmation link has expired"
+    )
+    # The way on, in the same language: the form in English, the newsletter in English.
+    page.get_by_role("link", name="Subscribe to the newsletter").click()
+    page.wait_for_load_state()
+    assert page.evaluate("document.documentElement.lang") == "en"
+    assert page.locator("#signup-language").input_value() == "en"
+    _expect_refusals(browser, link)
+
+
+@pytest.mark.parametrize("tail", [".", ")", ",", ">", "”", "%20."])
+def test_a_link_with_the_sentences_punctuation_still_confirms_and_unsubscribes(
+    browser: Browser, tail: str
+) -> None:
+    """A link pasted or quoted into a sentence ("... open http://.../confirm?token=X."),
+    or between brackets, carries the punctuation after it into the URL: mail clients and
+    chat apps make it part of the link. The page said the link "cannot be used"."""
+    server, page = browser.server, browser.page
+    link = _sign_up_in_browser(browser, "thu@example.org", newsletter="vi")
+    browser.open(link.removeprefix(server.url) + tail)
+    assert page.get_by_role("heading", level=1).inner_text() == "Xác nhận đăng ký"
+    page.get_by_role("button", name="Xác nhận đăng ký").click()
+    page.wait_for_load_state()
+    assert page.get_by_role("heading", level=1).inner_text() == "Đăng ký đã được xác nhận"
+    assert _status(server, "thu@example.org") is SubscriptionStatus.CONFIRMED
+    with open_settings_store(server.settings) as db:
+        secret = get_secret(server.settings, db)
+        found = get_by_email(db, "thu@example.org")
+    assert found is not None
+    token = tokens.make_token(
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=found.id,
+        nonce=found.token_nonce,
+        issued_at=server.clock(),
+    )
+    browser.open(f"unsubscribe?token={token}{tail}")
+    page.get_by_role("button", name="Hủy đăng ký").click()
+    page.wait_for_load_state()
+    assert page.get_by_role("heading", level=1).inner_text() == "Bạn đã hủy đăng ký"
+    assert _status(server, "thu@example.org") is SubscriptionStatus.UNSUBSCRIBED
+
+
+def test_a_confirmation_link_cut_by_a_line_wrap_says_to_open_the_whole_link(
+    browser: Browser,
+) -> None:
+    """A mail client that wraps the plain-text part's long line makes only the first part
+    a link (or a reader copies one line of two). The page said the link had expired or
+    was altered, and to sign up again: the reader's link was fine, only cut."""
+    server, page = browser.server, browser.page
+    link = _sign_up_in_browser(browser, "khanh@example.org", newsletter="vi")
+    cut = link[:-20]
+    response = page.goto(cut)
+    assert response is not None
+    assert response.status == 400
+    assert page.get_by_role("heading", level=1).inner_text() == (
+        "Liên kết xác nhận bị thiếu một phần"
+    )
+    assert "trọn cả liên kết" in page.locator("main").inner_text()
+    assert page.locator("button").count() == 0
+    assert _status(server, "khanh@example.org") is SubscriptionStatus.PENDING
+    # The whole link still works.
+    browser.open(link.removeprefix(server.url))
+    assert page.get_by_role("heading", level=1).inner_text() == "Xác nhận đăng ký"
+    _expect_refusals(browser, cut)
+
+
+def test_a_reader_who_comes_from_the_feed_finds_the_sign_up_from_the_article(
+    browser: Browser,
+) -> None:
+    """A reader follows a feed item (or a shared link) to an article page: the sign-up
+    form was only at the foot of the front page, with no way to it from the article's."""
+    server, page = browser.server, browser.page
+    rss = (server.settings.paths.output / "rss.xml").read_text(encoding="utf-8")
+    first = re.search(r"<item>.*?<link>([^<]+)</link>", rss, re.DOTALL)
+    assert first, "the feed has no item link"
+    browser.open(first.group(1).removeprefix(server.url))
+    follow = page.get_by_role("navigation", name="Theo dõi").get_by_role("link", name="Email")
+    assert follow.count() == 1, "no way from the article to the sign-up form"
+    follow.click()
+    page.wait_for_load_state()
+    assert page.evaluate("document.documentElement.lang") == "vi"
+    page.get_by_label("Địa chỉ email").fill("phuong@example.org")
+    page.get_by_role("button", name="Đăng ký").click()
+    page.wait_for_load_state()
+    assert page.get_by_role("heading", level=1).inner_text() == "Hãy kiểm tra hộp thư của bạn"
+    server.mail.wait_for(1)
+    assert _status(server, "phuong@example.org") is SubscriptionStatus.PENDING
+
+
+def test_a_reader_of_english_finds_the_form_in_english_from_the_vietnamese_pages(
+    browser: Browser,
+) -> None:
+    """The site is in Vietnamese, and its links to the form keep the page's language: a
+    reader of English reached the Vietnamese form, with no way to the English one."""
+    page = browser.page
+    browser.open("")
+    page.get_by_role("navigation", name="Theo dõi").get_by_role("link", name="Email").click()
+    page.wait_for_load_state()
+    assert page.evaluate("document.documentElement.lang") == "vi"
+    english = page.get_by_role("link", name="English")
+    assert english.count() == 1, "no way from the Vietnamese form to the English one"
+    assert english.get_attribute("lang") == "en"
+    assert english.get_attribute("hreflang") == "en"
+    english.click()
+    page.wait_for_load_state()
+    assert page.evaluate("document.documentElement.lang") == "en"
+    assert page.get_by_role("heading", level=1).inner_text() == "Subscribe to the newsletter"
+    assert page.get_by_label("Newsletter language").input_value() == "en"
+    # And back.
+    vietnamese = page.get_by_role("link", name="Tiếng Việt")
+    assert vietnamese.get_attribute("lang") == "vi"
+    vietnamese.click()
+    page.wait_for_load_state()
+    assert page.get_by_role("heading", level=1).inner_text() == "Đăng ký nhận bản tin"
+
+
+def test_a_refused_address_puts_the_reader_back_in_the_field_with_the_error(
+    browser: Browser,
+) -> None:
+    """An address the browser lets through but the service refuses comes back with the
+    error above the field: the focus was nowhere (a keyboard or screen-reader user had to
+    find the field again) and the title, which a screen reader reads first, was the form's."""
+    server, page = browser.server, browser.page
+    browser.open("subscribe")
+    page.get_by_label("Địa chỉ email").fill("lan@localhost")
+    page.get_by_role("button", name="Đăng ký").click()
+    page.wait_for_load_state()
+    assert page.title().startswith("Lỗi: Đăng ký nhận bản tin")
+    assert page.evaluate("document.activeElement.id") == "signup-email"
+    field = page.get_by_label("Địa chỉ email")
+    assert field.input_value() == "lan@localhost"
+    assert field.get_attribute("aria-invalid") == "true"
+    described = page.evaluate(
+        "document.getElementById('signup-email').getAttribute('aria-describedby')"
+        ".split(' ').map((id) => document.getElementById(id).textContent).join(' ')"
+    )
+    assert "Địa chỉ email này không hợp lệ" in described
+    assert server.signups.count == 0
+    expected = {
+        f"HTTP 400: {server.url}subscribe?lang=vi",
+        "console error: Failed to load resource: the server responded with a status of 400 "
+        "(Bad Request)",
+    }
+    browser.problems = [problem for problem in browser.problems if problem not in expected]

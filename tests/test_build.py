@@ -156,7 +156,7 @@ def test_every_link_in_pages_and_feeds_resolves_to_a_written_file(
     out = _tree(settings.paths.output)
     assert {"page/1.html", "page/2.html"} <= set(out)
     base = settings.site.base_url
-    checked = 0
+    checked = to_sign_up = 0
     for name, data in out.items():
         if name.endswith(".html"):
             parser = _Links()
@@ -171,9 +171,15 @@ def test_every_link_in_pages_and_feeds_resolves_to_a_written_file(
             feed = json.loads(data)
             hrefs = [feed["home_page_url"], feed["feed_url"]] + [i["url"] for i in feed["items"]]
         for href in hrefs:
-            assert _resolve(base, name, href) in out, f"{name}: broken link {href}"
+            target = _resolve(base, name, href)
+            if name.endswith(".html") and target == f"subscribe?lang={settings.site.language}":
+                # The header's way to the sign-up form: a page of `serve`, not a file.
+                to_sign_up += 1
+                continue
+            assert target in out, f"{name}: broken link {href}"
             checked += 1
     assert checked > 50
+    assert to_sign_up == sum(name.endswith(".html") for name in out)
 
 
 def test_feeds_hold_every_article_newest_first_with_hostile_text_as_text(

@@ -14,7 +14,7 @@ import pytest
 
 from syndicate.errors import StaleTokenError, TokenError
 from syndicate.model import Subscriber, SubscriptionStatus
-from syndicate.tokens import make_token, read_token, verify_token
+from syndicate.tokens import looks_cut, make_token, read_token, verify_token
 
 SECRET = b"k" * 32
 NOW = datetime(2024, 11, 1, 6, 0, tzinfo=UTC)
@@ -268,3 +268,12 @@ def test_no_token_reads_as_a_bitcoin_address_to_spam_filters(purpose: str) -> No
         assert claims.subscriber_id == subscriber_id
         assert claims.nonce == nonce
         assert NOW <= claims.issued_at <= NOW + timedelta(seconds=15)
+
+
+def test_the_start_of_a_token_looks_cut_and_a_whole_or_altered_one_does_not() -> None:
+    token = _make()
+    for start in (token[:10], token[:-1], f" {token[:30]}"):
+        assert looks_cut(start), start
+    altered = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    for whole in (token, altered, token + "A", "", "<b>x</b>", token[:20] + "." + token[21:40]):
+        assert not looks_cut(whole), whole

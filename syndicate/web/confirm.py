@@ -33,6 +33,7 @@ async def confirm(service: Service, request: Request) -> Response:
     max_age = timedelta(hours=service.settings.subscribe.confirm_hours)
     now = service.clock()
     subscriber: Subscriber | None
+    owner: Subscriber | None = None  # whom an expired link was made for, if still stored
     expired = False
     try:
         # The lookup runs on the reading thread (it only reads, so it never waits
@@ -43,13 +44,26 @@ async def confirm(service: Service, request: Request) -> Response:
         # Past its hours the sign-up has lapsed (`send` deletes it): say so, so the reader
         # knows that signing up again is all it takes; unless it was confirmed in time (an
         # old mail's link clicked again): that page says so, and nothing changes.
-        subscriber = await _confirmed_by(service, token, now=now)
-        expired = subscriber is None
+        owner = await _owner(service, token, now=now)
+        confirmed = owner is not None and owner.status is SubscriptionStatus.CONFIRMED
+        subscriber = owner if confirmed else None
+        expired = not confirmed
     except TokenError:
         subscriber = None
+        if tokens.looks_cut(token):
+            # Cut short by a line wrap: the reader's link is good, the whole of it is
+            # needed; signing up again (what the "cannot be used" page says) is not.
+            lang = service.language(request)
+            return service.page(
+                "confirm.html.j2",
+                lang,
+                title=_STRINGS[lang]["cut_confirm_title"],
+                status_code=400,
+                state="cut",
+            )
     # The page speaks the language of the subscriber the link was made for, not the
-    # browser's (`?lang=` still wins).
-    lang = service.language(request, subscriber)
+    # browser's (`?lang=` still wins); an expired link's too, while they are stored.
+    lang = service.language(request, subscriber or owner)
     strings = _STRINGS[lang]
     if expired:
         return service.page(
@@ -104,10 +118,9 @@ async def _verify(
     )
 
 
-async def _confirmed_by(service: Service, token: str, *, now: datetime) -> Subscriber | None:
-    """The confirmed subscriber an expired confirm `token` was made for, else None."""
+async def _owner(service: Service, token: str, *, now: datetime) -> Subscriber | None:
+    """The subscriber an expired confirm `token` was made for, if still stored, else None."""
     try:
-        found = await _verify(service, token, now=now, max_age=None)
+        return await _verify(service, token, now=now, max_age=None)
     except TokenError:
         return None
-    return found if found.status is SubscriptionStatus.CONFIRMED else None

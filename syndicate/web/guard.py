@@ -58,9 +58,18 @@ async def read_form(request: Request) -> FormData:
     return await request.form(max_files=0, max_fields=10, max_part_size=MAX_BODY_BYTES)
 
 
+# A link's token followed by characters no token has: the punctuation of the sentence the
+# link was quoted in ("... open <link>." or "(<link>)"), which mail clients, chat apps and
+# readers copying by hand carry into the URL.
+_TOKEN_THEN_PUNCTUATION = re.compile(r"\s*([A-Za-z0-9_-]+)[^A-Za-z0-9_-]+")
+
+
 async def link_token(request: Request) -> str:
     """The token of a confirm or unsubscribe link: in the URL, else (on POST) in the form.
 
+    Characters after the token that no token has (a full stop, a closing bracket or quote,
+    spaces) are dropped, so a link quoted in a sentence still works; anything else is
+    returned as it came, for the token check to refuse.
     A POST's body is read even when the token is in the URL, so that the body limit (413)
     holds here as everywhere; a one-click unsubscribe's body is a few bytes.
     """
@@ -69,7 +78,8 @@ async def link_token(request: Request) -> str:
         await request.body()
         if not token:
             token = str((await read_form(request)).get("token") or "")
-    return token
+    quoted = _TOKEN_THEN_PUNCTUATION.fullmatch(token)
+    return quoted.group(1) if quoted else token
 
 
 # The sign-up rate limit's window: `subscribe.rate_limit` requests per minute.

@@ -261,10 +261,12 @@ class Service:
         """
         strings = _STRINGS[lang]
         binding = form_binding(request) or new_form_binding()
+        # A refused address: the title, which a screen reader reads first, says so.
+        title = strings["subscribe_title"]
         response = self.page(
             "subscribe.html.j2",
             lang,
-            title=strings["subscribe_title"],
+            title=f"{strings['error']}: {title}" if error else title,
             status_code=status_code,
             state="form",
             form_token=make_form_token(self.secret, binding=binding, now=self.clock()),
