@@ -188,11 +188,14 @@ def looks_cut(token: str) -> bool:
     base64 characters only, fewer than a token has (a link a mail client's line wrap or
     a reader's copy cut short)."""
     text = token.strip()
-    return (
-        _TOKEN_CHARACTERS.fullmatch(text) is not None
-        and len(text) < _TOKEN_TEXT
-        and len(text) != _LEGACY_TOKEN_TEXT
-    )
+    if _TOKEN_CHARACTERS.fullmatch(text) is None or len(text) >= _TOKEN_TEXT:
+        return False
+    if len(text) != _LEGACY_TOKEN_TEXT:
+        return True
+    # As long as a version 1 token (where a line wrap cuts every link of a site whose URL
+    # before the token leaves 40 characters): the start of a version 2 token if its first
+    # byte says so, else an altered version 1 token.
+    return base64.urlsafe_b64decode(text)[0] == _VERSION
 
 
 def is_owner(claim: TokenClaim, subscriber: Subscriber) -> bool:

@@ -277,3 +277,16 @@ def test_the_start_of_a_token_looks_cut_and_a_whole_or_altered_one_does_not() ->
     altered = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
     for whole in (token, altered, token + "A", "", "<b>x</b>", token[:20] + "." + token[21:40]):
         assert not looks_cut(whole), whole
+
+
+def test_a_token_cut_to_the_length_of_a_version_1_token_looks_cut() -> None:
+    # A line wrap cuts every link of one site at the same place: where the URL before the
+    # token leaves 40 characters of it, each confirmation link read as an altered version
+    # 1 token and its page said "cannot be used, sign up again". A version 2 token's start
+    # says version 2 in its first byte; an altered version 1 token's does not.
+    for purpose in ("confirm", "unsubscribe"):
+        assert looks_cut(_make(purpose=purpose)[:40])
+    for legacy in (LEGACY_CONFIRM, LEGACY_UNSUBSCRIBE):
+        altered = legacy[:-2] + ("AA" if legacy[-2:] != "AA" else "BB")
+        assert len(altered) == 40
+        assert not looks_cut(altered), altered

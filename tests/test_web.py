@@ -1596,6 +1596,22 @@ def test_an_expired_confirm_link_says_it_has_expired_in_the_readers_language(
     assert "Liên kết xác nhận không dùng được" in client.get(altered).text
 
 
+def test_a_confirm_link_cut_short_says_it_is_incomplete_at_any_length(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    # Cut at 40 characters of its token (where a line wrap cuts every link of a site whose
+    # URL before the token leaves that many), the link read as an altered version 1 token:
+    # "cannot be used, sign up again", for a link that was only cut.
+    sign_up(client, "khai@example.org", server=server)
+    link = confirm_url(server, server.mail.wait_for(1)[0])
+    start, token = link.split("token=")
+    for length in (1, 20, 39, 40, 41, len(token) - 1):
+        answer = client.get(f"{start}token={token[:length]}")
+        assert answer.status_code == 400
+        assert "<title>Liên kết xác nhận bị thiếu một phần" in answer.text, length
+    assert subscriber(server.settings, "khai@example.org").status is SubscriptionStatus.PENDING
+
+
 def test_a_confirmed_subscribers_old_confirm_link_does_not_say_the_sign_up_lapsed(
     server: LiveServer, client: httpx.Client
 ) -> None:
