@@ -172,6 +172,13 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
                 "Mỗi bản tin có một liên kết hủy đăng ký riêng ở cuối thư. "
                 "Hãy bấm liên kết đó trong email bạn nhận được: chỉ cần một cú bấm."
             ),
+            "cut_unsubscribe_title": "Liên kết hủy đăng ký bị thiếu một phần",
+            "cut_unsubscribe_body": (
+                "Liên kết này ngắn hơn liên kết ở cuối bản tin: có lẽ nó bị ngắt xuống dòng "
+                "trong email và chỉ phần đầu được mở. Hãy chép trọn cả liên kết (kể cả phần "
+                "ở dòng dưới) vào trình duyệt, hoặc bấm nút “Hủy đăng ký” mà chương trình "
+                "email của bạn hiện cạnh người gửi."
+            ),
             "bad_unsubscribe_title": "Liên kết hủy đăng ký không hợp lệ",
             "bad_unsubscribe_body": (
                 "Liên kết này bị thiếu hoặc bị thay đổi. Hãy dùng đúng liên kết "
@@ -248,6 +255,13 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "how_unsubscribe_body": (
                 "Every newsletter carries its own unsubscribe link at the bottom. "
                 "Follow that link in an email you received: one click is all it takes."
+            ),
+            "cut_unsubscribe_title": "This unsubscribe link is incomplete",
+            "cut_unsubscribe_body": (
+                "The link is shorter than the one at the bottom of the newsletter: it was "
+                "probably split over two lines in the email, and only the first part was "
+                "opened. Copy the whole link (the part on the next line too) into your "
+                "browser, or use the Unsubscribe button your mail program shows by the sender."
             ),
             "bad_unsubscribe_title": "This unsubscribe link is not valid",
             "bad_unsubscribe_body": (

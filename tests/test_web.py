@@ -1848,6 +1848,32 @@ def test_unsubscribe_with_an_altered_token_gets_400_and_changes_nothing(
     assert subscriber(server.settings, "linh@example.org").status is SubscriptionStatus.CONFIRMED
 
 
+def test_an_unsubscribe_link_cut_short_says_it_is_incomplete_and_changes_nothing(
+    server: LiveServer, client: httpx.Client, now: datetime
+) -> None:
+    # The plain-text digest puts the unsubscribe link on a line of its own, where a mail
+    # client's wrap cuts it as it cuts a confirm link; the reader then got "this link is not
+    # valid" and had no way off the list but the spam button.
+    added, secret = add_confirmed(server.settings, "linh@example.org", now)
+    token = tokens.make_token(
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=added.id,
+        nonce=added.token_nonce,
+        issued_at=now,
+    )
+    for length in (1, 20, 40, len(token) - 1):
+        for answer in (
+            client.get("unsubscribe", params={"token": token[:length]}),
+            client.post("unsubscribe", params={"token": token[:length]}),
+        ):
+            assert answer.status_code == 400
+            assert "<title>Liên kết hủy đăng ký bị thiếu một phần" in answer.text, length
+    answer = client.get("unsubscribe", params={"token": token[:30], "lang": "en"})
+    assert "<title>This unsubscribe link is incomplete" in answer.text
+    assert subscriber(server.settings, "linh@example.org").status is SubscriptionStatus.CONFIRMED
+
+
 def test_unsubscribe_without_a_token_explains_where_the_personal_link_is(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:

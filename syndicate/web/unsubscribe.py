@@ -35,12 +35,14 @@ async def unsubscribe(service: Service, request: Request) -> Response:
         # The signature first: a bad link is answered without asking the store.
         tokens.read_token(service.secret, token, purpose="unsubscribe", now=service.clock())
     except TokenError:
+        # The start of a link (a line wrap cut it): say to open the whole of it.
+        cut = tokens.looks_cut(token)
         return service.page(
             "unsubscribe.html.j2",
             lang,
-            title=strings["bad_unsubscribe_title"],
+            title=strings["cut_unsubscribe_title" if cut else "bad_unsubscribe_title"],
             status_code=400,
-            state="invalid",
+            state="cut" if cut else "invalid",
         )
     # The subscriber the link was made for (None when erased since): the page speaks
     # their language, not the browser's (`?lang=` still wins).
