@@ -958,9 +958,10 @@ def after_title(title: str, text: str) -> str:
     ("…") leaves the rest of the text, which then opens with "…". Empty when nothing is
     left; `text` itself when it does not open with the title.
     """
-    # A cut inside a quotation closed it after the "…" (derive_title): not the text's.
+    # A cut inside a quotation closed it after the "…" (derive_title): not the text's. A
+    # title the text opens with, marks and all, is its own words ('“Sẽ cố gắng…” Ông nói').
     stem = title.rstrip("".join(_QUOTE_CLOSERS))
-    cut = stem.endswith("\u2026")
+    cut = stem.endswith("\u2026") and (stem == title or not text.startswith(title))
     opening = stem.removesuffix("\u2026") if cut else title
     if not opening or not text.startswith(opening):
         return text
