@@ -818,8 +818,9 @@ def _cut_headline(text: str, limit: int) -> str:
 
 
 # A space before a full stop, comma, semicolon, colon, question or exclamation mark (a
-# scraper's, or a typist's: "Sông Lam , nối hai bờ"), where the mark ends a word.
-_SPACE_BEFORE_MARK = re.compile(r" +(?=[.,;:!?](?:\s|$))")
+# scraper's, or a typist's: "Sông Lam , nối hai bờ"), where the mark ends a word; not the
+# spaced colon of a score or a ratio between two numbers ("thắng 2 : 1").
+_SPACE_BEFORE_MARK = re.compile(r" +(?=[.,;!?](?:\s|$))|(?<!\d) +(?=:(?:\s|$))| +(?=:(?:$|\s\D))")
 _THREE_DOTS = re.compile(r"\.{3,}")
 # A straight double quote opening a quotation (at the start, or after a space or bracket,
 # before a character that is not a space) and the one closing it (after a character that
@@ -830,10 +831,10 @@ _CLOSING_MARKS = '\u201d\u2019\u00bb")]'
 
 def set_headline(title: str) -> str:
     """A headline set as papers set one: no full stop at its end (an abbreviation keeps
-    its own: "A.B.C.", "TP."), three dots as "…", no space before a full stop, comma,
-    colon or question mark, and straight double quotes that pair up as “ ” (left alone when one
-    does not pair: an inch mark, a quotation left open). For a title the dump gives; the
-    text around it keeps its own marks."""
+    its own: "A.B.C.", "TP.", "Inc."), three dots as "…", no space before a full stop,
+    comma, colon (but a score's: "2 : 1") or question mark, and straight double quotes that
+    pair up as “ ” (left alone when one does not pair: an inch mark, a quotation left open).
+    For a title the dump gives; the text around it keeps its own marks."""
     if "..." in title:
         title = _THREE_DOTS.sub("\u2026", title)
     if " " in title:
@@ -844,7 +845,10 @@ def set_headline(title: str) -> str:
             title = curly
     if title.endswith(".") and not title.endswith(".."):
         last = title[:-1].rsplit(" ", 1)[-1].rstrip(_CLOSING_MARKS)
-        if "." not in last and len(last) > 2:
+        # An abbreviation's own stop stays ("A.B.C.", "TP.", "Inc.", an initial: "Văn A."),
+        # however short or long; a word's goes ("phát nổ.", "2%.").
+        initial = len(last) == 1 and last.isupper()
+        if "." not in last and not initial and last.casefold() not in ABBREVIATIONS:
             title = title[:-1]
     return title
 

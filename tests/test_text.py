@@ -174,6 +174,19 @@ def test_invisible_characters_are_removed_from_one_line_fields(
         ('Màn hình 55" giảm giá', 'Màn hình 55" giảm giá'),
         ('Ông A nói "sẽ về', 'Ông A nói "sẽ về'),
         ("Thông xe cầu Sông Lam", "Thông xe cầu Sông Lam"),
+        # A short last word is no abbreviation for being short (review23): it loses the
+        # stop; an abbreviation of any length keeps it, and an initial too.
+        ("Xe bồn phát nổ.", "Xe bồn phát nổ"),
+        ("Hà Nội rét 9 độ.", "Hà Nội rét 9 độ"),
+        ("Lãi suất tăng 2%.", "Lãi suất tăng 2%"),
+        ("Samsung mua cổ phần của Harman Inc.", "Samsung mua cổ phần của Harman Inc."),
+        ("Rau, củ, quả etc.", "Rau, củ, quả etc."),
+        ("Luận văn xuất sắc của ThS.", "Luận văn xuất sắc của ThS."),
+        ("Khen thưởng ông Nguyễn Văn A.", "Khen thưởng ông Nguyễn Văn A."),
+        ("Đoàn công tác đến TP.", "Đoàn công tác đến TP."),
+        # A score or a ratio keeps its spaced colon; a label loses the space before it.
+        ("Việt Nam thắng Lào 2 : 1", "Việt Nam thắng Lào 2 : 1"),
+        ("Tỷ lệ chọi 1 : 20 : kỷ lục", "Tỷ lệ chọi 1 : 20: kỷ lục"),
     ],
 )
 def test_a_headline_is_set_as_papers_set_one(raw: str, headline: str) -> None:
