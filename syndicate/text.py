@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 # Characters that render as nothing or as a plain space in the dumps we get.
 _TO_SPACE = dict.fromkeys(
@@ -343,12 +343,9 @@ def shorten(text: str, *, limit: int = 100) -> str:
     text = nfc(collapse_spaces(text))
     if len(text) <= limit:
         return text
-    cut = _word_cut(text, limit).rstrip(_SHORTEN_STRIP) + "…"
-    closers = _open_quotes(cut)
-    if closers:  # as shorten_headline: closed after the "…", cut again with room for it
-        cut = _word_cut(text, limit - len(closers)).rstrip(_SHORTEN_STRIP) + "…"
-        cut += _open_quotes(cut)
-    return cut
+    return _with_closers(
+        text, limit, lambda room: _word_cut(text, room).rstrip(_SHORTEN_STRIP) + "…"
+    )
 
 
 # How much of a head or lead a story key keeps: more than any teaser the sites cut off.
@@ -781,14 +778,27 @@ def shorten_headline(text: str, *, limit: int) -> str:
 
 def _cut_closed(text: str, limit: int) -> str:
     """`_cut_headline`, and the quotations the cut leaves open closed after its "…"."""
-    cut = _cut_headline(text, limit)
     if len(text) <= limit:
-        return cut
+        return text
+    return _with_closers(text, limit, lambda room: _cut_headline(text, room))
+
+
+def _with_closers(text: str, limit: int, cut_at: Callable[[int], str]) -> str:
+    """`cut_at(limit)`, the quotations it leaves open closed after its "…": cut again with
+    room for their marks, and again while the marks that cut needs do not fit (it may fall
+    before a quote, or inside one more)."""
+    cut = cut_at(limit)
     closers = _open_quotes(cut)
-    if closers:  # cut again, leaving room for them (the cut may now fall before the quote)
-        cut = _cut_headline(text, limit - len(closers))
-        cut += _open_quotes(cut)
-    return cut
+    if not closers:
+        return cut
+    room = max(1, limit - len(closers))
+    cut = cut_at(room)
+    closers = _open_quotes(cut)
+    while len(cut) + len(closers) > limit and room > 1:
+        room = max(1, min(room - 1, limit - len(closers)))
+        cut = cut_at(room)
+        closers = _open_quotes(cut)
+    return cut + closers
 
 
 # Quotation marks, each opener with its closer; a straight double quote closes itself.

@@ -31,6 +31,7 @@ from syndicate.text import (
     photo_description,
     set_headline,
     shorten,
+    shorten_headline,
     slugify,
     story_key,
     trailing_ellipsis,
@@ -303,6 +304,24 @@ def test_shorten_ends_on_a_word_that_reads_well(text: str, limit: int, expected:
     between words, and before "…" it left a preposition or half a name dangling."""
     assert shorten(text, limit=limit) == expected
     assert len(expected) <= limit
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [
+        # Quotations a scrape left open, one inside another: cut again to make room for
+        # their closing marks, the cut fell before a quote whose mark then needed room too.
+        ('“ “đồng “ " «hàng ” "', 20),
+        ("“đồng “ “không bị ” TP. sau “không", 20),
+        ("Nội “đồng ai “đồng bị sau sau “đồng ) ” «hàng nói «hàng người", 40),
+    ],
+)
+def test_a_cut_that_closes_quotations_keeps_to_its_limit(text: str, limit: int) -> None:
+    """shorten and shorten_headline close the quotations their cut leaves open: the marks
+    took them past `limit` (23 characters of 20, 43 of 40) (review23)."""
+    for cut in (shorten(text, limit=limit), shorten_headline(text, limit=limit)):
+        assert len(cut) <= limit, cut
+        assert cut.endswith(("…", "”", '"', "»"))
 
 
 @pytest.mark.parametrize(
