@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 # Characters that render as nothing or as a plain space in the dumps we get.
 _TO_SPACE = dict.fromkeys(
@@ -343,12 +343,9 @@ def shorten(text: str, *, limit: int = 100) -> str:
     text = nfc(collapse_spaces(text))
     if len(text) <= limit:
         return text
-    cut = _word_cut(text, limit).rstrip(_SHORTEN_STRIP) + "…"
-    closers = _open_quotes(cut)
-    if closers:  # as shorten_headline: closed after the "…", cut again with room for it
-        cut = _word_cut(text, limit - len(closers)).rstrip(_SHORTEN_STRIP) + "…"
-        cut += _open_quotes(cut)
-    return cut
+    return _with_closers(
+        text, limit, lambda room: _word_cut(text, room).rstrip(_SHORTEN_STRIP) + "…"
+    )
 
 
 # How much of a head or lead a story key keeps: more than any teaser the sites cut off.
@@ -781,14 +778,27 @@ def shorten_headline(text: str, *, limit: int) -> str:
 
 def _cut_closed(text: str, limit: int) -> str:
     """`_cut_headline`, and the quotations the cut leaves open closed after its "…"."""
-    cut = _cut_headline(text, limit)
     if len(text) <= limit:
-        return cut
+        return text
+    return _with_closers(text, limit, lambda room: _cut_headline(text, room))
+
+
+def _with_closers(text: str, limit: int, cut_at: Callable[[int], str]) -> str:
+    """`cut_at(limit)`, the quotations it leaves open closed after its "…": cut again with
+    room for their marks, and again while the marks that cut needs do not fit (it may fall
+    before a quote, or inside one more)."""
+    cut = cut_at(limit)
     closers = _open_quotes(cut)
-    if closers:  # cut again, leaving room for them (the cut may now fall before the quote)
-        cut = _cut_headline(text, limit - len(closers))
-        cut += _open_quotes(cut)
-    return cut
+    if not closers:
+        return cut
+    room = max(1, limit - len(closers))
+    cut = cut_at(room)
+    closers = _open_quotes(cut)
+    while len(cut) + len(closers) > limit and room > 1:
+        room = max(1, min(room - 1, limit - len(closers)))
+        cut = cut_at(room)
+        closers = _open_quotes(cut)
+    return cut + closers
 
 
 # Quotation marks, each opener with its closer; a straight double quote closes itself.
@@ -818,8 +828,9 @@ def _cut_headline(text: str, limit: int) -> str:
 
 
 # A space before a full stop, comma, semicolon, colon, question or exclamation mark (a
-# scraper's, or a typist's: "Sông Lam , nối hai bờ"), where the mark ends a word.
-_SPACE_BEFORE_MARK = re.compile(r" +(?=[.,;:!?](?:\s|$))")
+# scraper's, or a typist's: "Sông Lam , nối hai bờ"), where the mark ends a word; not the
+# spaced colon of a score or a ratio between two numbers ("thắng 2 : 1").
+_SPACE_BEFORE_MARK = re.compile(r" +(?=[.,;!?](?:\s|$))|(?<!\d) +(?=:(?:\s|$))| +(?=:(?:$|\s\D))")
 _THREE_DOTS = re.compile(r"\.{3,}")
 # A straight double quote opening a quotation (at the start, or after a space or bracket,
 # before a character that is not a space) and the one closing it (after a character that
@@ -830,10 +841,10 @@ _CLOSING_MARKS = '\u201d\u2019\u00bb")]'
 
 def set_headline(title: str) -> str:
     """A headline set as papers set one: no full stop at its end (an abbreviation keeps
-    its own: "A.B.C.", "TP."), three dots as "…", no space before a full stop, comma,
-    colon or question mark, and straight double quotes that pair up as “ ” (left alone when one
-    does not pair: an inch mark, a quotation left open). For a title the dump gives; the
-    text around it keeps its own marks."""
+    its own: "A.B.C.", "TP.", "Inc."), three dots as "…", no space before a full stop,
+    comma, colon (but a score's: "2 : 1") or question mark, and straight double quotes that
+    pair up as “ ” (left alone when one does not pair: an inch mark, a quotation left open).
+    For a title the dump gives; the text around it keeps its own marks."""
     if "..." in title:
         title = _THREE_DOTS.sub("\u2026", title)
     if " " in title:
@@ -844,7 +855,10 @@ def set_headline(title: str) -> str:
             title = curly
     if title.endswith(".") and not title.endswith(".."):
         last = title[:-1].rsplit(" ", 1)[-1].rstrip(_CLOSING_MARKS)
-        if "." not in last and len(last) > 2:
+        # An abbreviation's own stop stays ("A.B.C.", "TP.", "Inc.", an initial: "Văn A."),
+        # however short or long; a word's goes ("phát nổ.", "2%.").
+        initial = len(last) == 1 and last.isupper()
+        if "." not in last and not initial and last.casefold() not in ABBREVIATIONS:
             title = title[:-1]
     return title
 
@@ -958,9 +972,10 @@ def after_title(title: str, text: str) -> str:
     ("…") leaves the rest of the text, which then opens with "…". Empty when nothing is
     left; `text` itself when it does not open with the title.
     """
-    # A cut inside a quotation closed it after the "…" (derive_title): not the text's.
+    # A cut inside a quotation closed it after the "…" (derive_title): not the text's. A
+    # title the text opens with, marks and all, is its own words ('“Sẽ cố gắng…” Ông nói').
     stem = title.rstrip("".join(_QUOTE_CLOSERS))
-    cut = stem.endswith("\u2026")
+    cut = stem.endswith("\u2026") and (stem == title or not text.startswith(title))
     opening = stem.removesuffix("\u2026") if cut else title
     if not opening or not text.startswith(opening):
         return text

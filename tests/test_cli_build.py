@@ -476,6 +476,30 @@ def test_a_story_read_again_by_a_new_parser_keeps_its_item_and_is_not_marked_upd
     assert item["date_modified"] == item["date_published"]
 
 
+def test_an_undated_story_read_again_by_a_new_parser_under_a_new_title_keeps_its_item(
+    project: Path,
+) -> None:
+    """An undated dump, its bytes unchanged, that a new parser reads into another id and
+    another title (parser version 8 sets a headline: "… cầu mới." -> "… cầu mới"): neither
+    its title nor its publish time matched the old article's, so it came out as a new story,
+    under a new item id, the old one gone from every feed (review23). The same bytes are the
+    same story."""
+    from syndicate.feeds import item_id
+
+    (project / "seeds" / "c.txt").write_text(
+        "Khánh thành cầu mới.\n{publish}\n{head}\nCây cầu dài 300 mét.\n", encoding="utf-8"
+    )
+    assert _run("build")[0] == 0
+    _as_an_older_parser_left(project, "c.txt")
+    with open_store(project / "syndicate.db") as db, db.transaction() as conn:
+        conn.execute("UPDATE articles SET title = title || '.' WHERE id = 'older-parser'")
+    assert _run("build")[0] == 0
+    for name, items in _feed_items(project).items():
+        (item,) = [i for i in items if i[2] == "Khánh thành cầu mới"]
+        assert item[0] == item_id("older-parser"), name
+        assert item[1].endswith("articles/khanh-thanh-cau-moi.html"), name
+
+
 @pytest.mark.parametrize("batch", [0, 1], ids=["one batch", "a batch a dump"])
 def test_two_dumps_swapped_stay_two_items_each_with_its_own_id(
     project: Path, monkeypatch: pytest.MonkeyPatch, batch: int

@@ -430,6 +430,20 @@ def test_page_with_a_cut_derived_title_goes_on_where_the_title_stopped(
     assert "<p>…tổng kết công tác chuyển đổi số của các cơ quan đảng và mặt trận tỉnh.</p>" in html
 
 
+def test_page_with_a_derived_title_that_is_a_whole_quotation_goes_on_after_it(
+    renderer: SiteRenderer,
+) -> None:
+    # The lead's first sentence is a quotation its speaker broke off ("…”"): the title is
+    # all of it, uncut, and the paragraph goes on after it, not with "……”" (review23).
+    html = _parsed_page(
+        renderer,
+        "{title}\n{publish}\n{head}\n“Chúng tôi sẽ cố gắng…” Ông Minh nói vậy.\nHết.\n",
+    )
+    assert "<h1>“Chúng tôi sẽ cố gắng…”</h1>" in html
+    assert "<p>Ông Minh nói vậy.</p>" in html
+    assert "……" not in html
+
+
 def test_page_with_a_title_derived_from_the_head_shows_the_rest_of_the_head(
     renderer: SiteRenderer,
 ) -> None:

@@ -31,6 +31,7 @@ from syndicate.text import (
     photo_description,
     set_headline,
     shorten,
+    shorten_headline,
     slugify,
     story_key,
     trailing_ellipsis,
@@ -174,6 +175,19 @@ def test_invisible_characters_are_removed_from_one_line_fields(
         ('Màn hình 55" giảm giá', 'Màn hình 55" giảm giá'),
         ('Ông A nói "sẽ về', 'Ông A nói "sẽ về'),
         ("Thông xe cầu Sông Lam", "Thông xe cầu Sông Lam"),
+        # A short last word is no abbreviation for being short (review23): it loses the
+        # stop; an abbreviation of any length keeps it, and an initial too.
+        ("Xe bồn phát nổ.", "Xe bồn phát nổ"),
+        ("Hà Nội rét 9 độ.", "Hà Nội rét 9 độ"),
+        ("Lãi suất tăng 2%.", "Lãi suất tăng 2%"),
+        ("Samsung mua cổ phần của Harman Inc.", "Samsung mua cổ phần của Harman Inc."),
+        ("Rau, củ, quả etc.", "Rau, củ, quả etc."),
+        ("Luận văn xuất sắc của ThS.", "Luận văn xuất sắc của ThS."),
+        ("Khen thưởng ông Nguyễn Văn A.", "Khen thưởng ông Nguyễn Văn A."),
+        ("Đoàn công tác đến TP.", "Đoàn công tác đến TP."),
+        # A score or a ratio keeps its spaced colon; a label loses the space before it.
+        ("Việt Nam thắng Lào 2 : 1", "Việt Nam thắng Lào 2 : 1"),
+        ("Tỷ lệ chọi 1 : 20 : kỷ lục", "Tỷ lệ chọi 1 : 20: kỷ lục"),
     ],
 )
 def test_a_headline_is_set_as_papers_set_one(raw: str, headline: str) -> None:
@@ -290,6 +304,24 @@ def test_shorten_ends_on_a_word_that_reads_well(text: str, limit: int, expected:
     between words, and before "…" it left a preposition or half a name dangling."""
     assert shorten(text, limit=limit) == expected
     assert len(expected) <= limit
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [
+        # Quotations a scrape left open, one inside another: cut again to make room for
+        # their closing marks, the cut fell before a quote whose mark then needed room too.
+        ('“ “đồng “ " «hàng ” "', 20),
+        ("“đồng “ “không bị ” TP. sau “không", 20),
+        ("Nội “đồng ai “đồng bị sau sau “đồng ) ” «hàng nói «hàng người", 40),
+    ],
+)
+def test_a_cut_that_closes_quotations_keeps_to_its_limit(text: str, limit: int) -> None:
+    """shorten and shorten_headline close the quotations their cut leaves open: the marks
+    took them past `limit` (23 characters of 20, 43 of 40) (review23)."""
+    for cut in (shorten(text, limit=limit), shorten_headline(text, limit=limit)):
+        assert len(cut) <= limit, cut
+        assert cut.endswith(("…", "”", '"', "»"))
 
 
 @pytest.mark.parametrize(

@@ -378,6 +378,8 @@ def upsert_rows(db: Database, rows: Sequence[ArticleRow], *, now: datetime) -> N
 # publish time (a correction keeps one of them). A path that now holds another story (a
 # scraper that reuses its file names, a folder link moved to another day's dumps) carries
 # nothing over: that story would never be mailed, and readers would take it for the old.
+# A dump whose bytes did not change (a new parser read it into another id) is the same
+# story whatever it says: an undated one whose title the parser sets anew matches neither.
 _SAME_STORY = """
     EXISTS (
         SELECT 1 FROM articles AS o, articles AS n
@@ -402,14 +404,14 @@ _CARRY_OVER = f"""
             (SELECT coalesce(o.first_id, o.id) FROM articles AS o WHERE o.id = :old), id) END,
         revised_at = CASE WHEN :shared = 1 THEN revised_at WHEN :edited = 1 THEN :now
             ELSE (SELECT o.revised_at FROM articles AS o WHERE o.id = :old) END
-    WHERE id = :new AND {_SAME_STORY}
+    WHERE id = :new AND (:edited = 0 OR {_SAME_STORY})
 """  # noqa: S608 - constant text, no value
 # ... and its page: a published URL stays with the story (the build keeps an article's page
 # path), even when the correction is in the title its slug came from.
 _CARRY_OVER_PAGE = f"""
     INSERT INTO article_pages (article_id, path)
     SELECT :new, p.path FROM article_pages AS p
-    WHERE p.article_id = :old AND :shared = 0 AND {_SAME_STORY}
+    WHERE p.article_id = :old AND :shared = 0 AND (:edited = 0 OR {_SAME_STORY})
     ON CONFLICT (article_id) DO NOTHING
 """  # noqa: S608 - constant text, no value
 
@@ -422,12 +424,12 @@ def carry_over(
     shared: Collection[str] = (),
 ) -> None:
     """For each (old id, new id, edited) of a dump read again: when the new article is the
-    same story, by title or publish time, it keeps the old one's digest day, first-seen
-    time, first id (the story's feed id) and page, and is revised at `now` when the dump
-    was `edited` (its bytes changed), else keeps the old one's revision time (inside the
-    caller's transaction). An old id in `shared` is still given by another dump (one copy
-    of a story corrected): its feed id and page stay its own, only the digest day and
-    first-seen time are carried."""
+    same story (by title or publish time; always when the dump was not `edited`), it keeps
+    the old one's digest day, first-seen time, first id (the story's feed id) and page, and
+    is revised at `now` when the dump was `edited` (its bytes changed), else keeps the old
+    one's revision time (inside the caller's transaction). An old id in `shared` is still
+    given by another dump (one copy of a story corrected): its feed id and page stay its
+    own, only the digest day and first-seen time are carried."""
     params = [
         {
             "old": old,
@@ -442,7 +444,10 @@ def carry_over(
     try:
         db.conn.executemany(
             _CARRY_OVER_PAGE,
-            [{"old": p["old"], "new": p["new"], "shared": p["shared"]} for p in params],
+            [
+                {"old": p["old"], "new": p["new"], "shared": p["shared"], "edited": p["edited"]}
+                for p in params
+            ],
         )
         db.conn.executemany(_CARRY_OVER, params)
     except DB_ERRORS as exc:
