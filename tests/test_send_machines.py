@@ -32,7 +32,7 @@ from syndicate.store import Database, open_database
 from syndicate.store.ledger import day_counts
 from tests.plugins.postgres import ENV_STORE_URL
 from tests.plugins.sendproject import add_confirmed, write_send_project
-from tests.plugins.smtp import SmtpServer, TimedRecorder, run_smtp_server
+from tests.plugins.smtp import SmtpRecorder, SmtpServer, TimedRecorder, run_smtp_server
 
 pytestmark = pytest.mark.slow
 
@@ -290,12 +290,36 @@ def _owners_in(db: Database) -> Counter[str]:
     return Counter({str(owner).rsplit("/", 1)[0]: int(n) for owner, n in rows})
 
 
-def _wait_until_both_send(url: str, folder: Path, runs: list[subprocess.Popen[str]]) -> None:
-    """Wait until each machine holds a batch and has sent from it.
+def _python(run: subprocess.Popen[str]) -> int:
+    """The pid of the Python a machine's `send` runs in: its own, or under `faketime` (which
+    forks it, and waits) its child's."""
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{run.pid}/comm").read_text().strip() == "faketime":
+        children = Path(f"/proc/{run.pid}/task/{run.pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        assert time.monotonic() < deadline, "faketime never started its command"
+        time.sleep(0.01)
+    return run.pid
+
+
+def _both_sending(handler: SmtpRecorder, runs: list[subprocess.Popen[str]]) -> None:
+    """Once a body of each machine is held at the sink (`handler.holding`), let those
+    through: both are mid-send at once, however late one started (with the messages
+    flowing, one started late under load could find nothing left). The later bodies stay
+    held until the test sets `handler.release`."""
+    assert handler.let_through_once_all_send([_python(run) for run in runs])
+
+
+def _wait_until_both_send(
+    url: str, folder: Path, runs: list[subprocess.Popen[str]], handler: SmtpRecorder
+) -> None:
+    """Wait until each machine holds a batch and has sent from it (`_both_sending`).
 
     One store for the whole wait: opening one every 10 ms (a new PostgreSQL backend each
     time) cost more CPU than the machines it waits for.
     """
+    _both_sending(handler, runs)
     deadline = time.monotonic() + 60
     with open_database(folder / "syndicate.db", url=url) as db:
         while len(_owners_in(db)) < 2:
@@ -312,13 +336,15 @@ def test_a_machine_stopped_past_its_lease_sends_nothing_the_other_took_over(
     count = 200
     with run_smtp_server(handler) as server:
         handler.delay = 0.02
+        handler.holding = True
         one = _machine(tmp_path / "one", server.port)
         two = _machine(tmp_path / "two", server.port)
         emails = add_confirmed(one, store_url, count)
         stalled, other = _send(one, store_url), _send(two, store_url)
-        _wait_until_both_send(store_url, one, [stalled, other])  # each holds a batch now
+        _wait_until_both_send(store_url, one, [stalled, other], handler)  # each holds a batch
         stalled.send_signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
+        handler.release.set()
         try:
             # The other machine sends its own share and, once the stopped one's lease has
             # run out (1 s), the rows the stopped one held.
@@ -386,10 +412,13 @@ def test_a_machine_whose_clock_runs_ahead_never_takes_a_live_lease(
     count = 300
     with run_smtp_server(handler) as server:
         handler.delay = 0.02
+        handler.holding = True
         one = _machine(tmp_path / "one", server.port)
         two = _machine(tmp_path / "two", server.port)
         emails = add_confirmed(one, store_url, count)
         runs = [_send(one, store_url), _send(two, store_url, clock="+30s")]
+        _both_sending(handler, runs)
+        handler.release.set()
         results = [run.communicate(timeout=120) for run in runs]
     for run, (_out, err) in zip(runs, results, strict=True):
         assert run.returncode == 0, err
@@ -417,12 +446,14 @@ def test_a_machine_whose_clock_steps_back_mid_run_never_loses_its_leases(
     offset.write_text("+0\n", encoding="ascii")
     with run_smtp_server(handler) as server:
         handler.delay = 0.02
+        handler.holding = True
         one = _machine(tmp_path / "one", server.port)
         two = _machine(tmp_path / "two", server.port)
         emails = add_confirmed(one, store_url, count)
         runs = [_send(one, store_url), _send(two, store_url, clock_file=offset)]
-        _wait_until_both_send(store_url, one, runs)  # each machine holds a batch now
+        _wait_until_both_send(store_url, one, runs, handler)  # each machine holds a batch now
         offset.write_text("-1h\n", encoding="ascii")  # the step, on machine two only
+        handler.release.set()
         results = [run.communicate(timeout=120) for run in runs]
     for run, (_out, err) in zip(runs, results, strict=True):
         assert run.returncode == 0, err

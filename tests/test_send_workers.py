@@ -113,15 +113,19 @@ def _finish(folder: Path) -> str:
     return out
 
 
-def _both_sending(folder: Path, port: int) -> tuple[list[str], subprocess.Popen[str], list[int]]:
-    """`send --workers 2` to 100 subscribers, once both workers have sent some: the
+def _both_sending(
+    folder: Path, server: SmtpServer
+) -> tuple[list[str], subprocess.Popen[str], list[int]]:
+    """`send --workers 2` to 100 subscribers, once both workers have sent some, held there
+    (`_hold`: the test sets `server.handler.release` once the run may go on): the
     subscribers, the run and its workers' pids. The lease outlives a test's steps: no
     takeover meanwhile."""
-    write_send_project(folder, port=port, connections=CONNECTIONS, lease=5)
+    write_send_project(folder, port=server.port, connections=CONNECTIONS, lease=5)
     emails = _subscribe(folder, 0, 100)
+    _hold(server.handler)
     process = _start(folder)
     workers = _wait_for_workers(process)
-    _wait_until_both_send(folder)
+    _wait_until_both_send(folder, server.handler, workers)
     return emails, process, workers
 
 
@@ -159,9 +163,24 @@ def _owners(folder: Path) -> Counter[str]:
     return Counter({str(owner): int(n) for owner, n in rows})
 
 
-def _wait_until_both_send(folder: Path) -> None:
-    # One store for the whole wait: opening one every 10 ms (a new PostgreSQL backend each
-    # time) cost more CPU than the workers it waits for.
+def _hold(handler: SmtpRecorder) -> None:
+    """Have `handler` hold every message body unanswered (`_wait_until_both_send` lets
+    through the first ones, and the test sets `handler.release` once the run may go on)."""
+    handler.holding = True
+
+
+def _wait_until_both_send(folder: Path, handler: SmtpRecorder, workers: list[int]) -> None:
+    """Wait until each of the two `workers` has a message body held at the sink (`_hold`),
+    let those through, and wait until each worker has recorded its message as sent. Every
+    later body stays held until the test sets `handler.release`: the run stays mid-send,
+    both workers with rows left, whatever the machine's load (waiting with the messages
+    flowing, a worker that started late found none left: the other had sent all 100, 40 a
+    second, before it claimed any).
+    """
+    assert handler.let_through_once_all_send(workers), "the two workers never both sent"
+    # Each has its 250 now, and commits its mark at once. One store for the whole wait:
+    # opening one every 10 ms (a new PostgreSQL backend each time) cost more CPU than the
+    # workers it waits for.
     deadline = time.monotonic() + 30
     with open_store(folder / "syndicate.db") as db:
         while len(db.conn.execute(_SENT_BY_OWNER).fetchall()) < 2:
@@ -278,16 +297,18 @@ def test_a_clock_stepped_an_hour_ahead_mid_run_leaves_the_summarys_time_right(
     if not Path(FAKETIME_LIB).exists():
         pytest.skip("libfaketime is not installed (Debian package faketime)")
     handler = TimedRecorder()
-    count = 300
+    count = 100  # the step comes mid-run by construction (`_hold`), not by a long run
     offset = tmp_path / "faketime.rc"
     offset.write_text("+0\n", encoding="ascii")
     with run_smtp_server(handler) as server:
         handler.delay = 0.02
+        _hold(handler)
         _project(tmp_path, server)
         emails = _subscribe(tmp_path, 0, count)
         process = _start(tmp_path, clock_file=offset)
-        _wait_until_both_send(tmp_path)
+        _wait_until_both_send(tmp_path, handler, _wait_for_workers(process))
         offset.write_text("+1h\n", encoding="ascii")
+        handler.release.set()
         out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     got = Counter(r for _at, r in handler.started)
@@ -339,14 +360,16 @@ def test_a_worker_stalled_past_its_lease_sends_nothing_another_took_over(
     handler = TimedRecorder()
     with run_smtp_server(handler) as server:
         handler.delay = 0.02
+        _hold(handler)
         _project(tmp_path, server)
         emails = _subscribe(tmp_path, 0, 150)
         process = _start(tmp_path)
         workers = _wait_for_workers(process)
-        _wait_until_both_send(tmp_path)  # each holds a batch now
+        _wait_until_both_send(tmp_path, handler, workers)  # each holds a batch now
         stalled = workers[0]
         os.kill(stalled, signal.SIGSTOP)
         stopped_at = time.monotonic()
+        handler.release.set()
         try:
             # The other worker sends its own share, then, once the stalled one's lease has
             # run out, the rows the stalled one held.
@@ -531,12 +554,14 @@ def test_a_killed_workers_unused_share_of_the_limit_goes_to_the_others(tmp_path:
     # exited 1, someone owed within the limit).
     with run_smtp_server() as server:
         server.handler.delay = 0.05
+        _hold(server.handler)
         _project(tmp_path, server)
         emails = _subscribe(tmp_path, 0, 100)
         process = _start(tmp_path, "--limit", "60")
         workers = _wait_for_workers(process)
-        _wait_until_both_send(tmp_path)
+        _wait_until_both_send(tmp_path, server.handler, workers)
         os.kill(workers[0], signal.SIGKILL)
+        server.handler.release.set()
         out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert re.search(
@@ -634,13 +659,15 @@ def test_the_summary_counts_what_a_killed_worker_sent(tmp_path: Path, as_json: b
     # A worker killed after it sent some: the run exited 0 and its summary (line and
     # --json) said only what the surviving worker had sent, fewer than the ledger holds.
     with run_smtp_server() as server:
-        server.handler.delay = 0.05  # over a second of sending: the kill comes mid-run
+        server.handler.delay = 0.05
+        _hold(server.handler)  # the kill comes mid-run
         _project(tmp_path, server)
         emails = _subscribe(tmp_path, 0, 100)
         process = _start(tmp_path, *(["--json"] if as_json else []))
         workers = _wait_for_workers(process)
-        _wait_until_both_send(tmp_path)  # the one killed has sent some
+        _wait_until_both_send(tmp_path, server.handler, workers)  # the one killed has sent some
         os.kill(workers[0], signal.SIGKILL)
+        server.handler.release.set()
         out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert "was killed by SIGKILL before it finished" in err, err
@@ -1081,7 +1108,7 @@ def test_the_interrupt_line_counts_in_flight_what_a_killed_worker_left_in_doubt(
     handler = _BodyLog()
     with run_smtp_server(handler) as server:
         handler.delay = 0.02
-        emails, process, workers = _both_sending(tmp_path, server.port)
+        emails, process, workers = _both_sending(tmp_path, server)
         with handler.lock:  # from now on no DATA is answered: every connection holds a body
             handler.hold_after = len(handler.messages)
             holding = handler.lock.wait_for(
@@ -1131,13 +1158,15 @@ def test_sigterm_to_a_worker_stops_the_whole_run_gracefully_with_exit_143(
     # its report, which the parent ignored: the others went on and the run exited 0.
     with run_smtp_server() as server:
         server.handler.delay = 0.05
+        _hold(server.handler)
         _project(tmp_path, server)
         emails = _subscribe(tmp_path, 0, 100)
         process = _start(tmp_path)
         workers = _wait_for_workers(process)
-        _wait_until_both_send(tmp_path)
+        _wait_until_both_send(tmp_path, server.handler, workers)
         for pid in workers[:1] if who == "one-worker" else [process.pid, *workers]:
             os.kill(pid, signal.SIGTERM)
+        server.handler.release.set()
         _out, err = process.communicate(timeout=60)
         assert process.returncode == 143, err
         if who == "one-worker":
@@ -1303,9 +1332,10 @@ def test_a_ctrl_c_after_a_worker_alone_got_a_sigint_does_not_quit_the_others_at_
     gate = _Gate()
     with run_smtp_server(gate) as server:
         gate.delay = 0.02
-        emails, process, workers = _both_sending(tmp_path, server.port)
+        emails, process, workers = _both_sending(tmp_path, server)
         with gate.lock:  # every connection of both workers comes to hold a body
             gate.closed = True
+            gate.release.set()  # the bodies held since the workers both sent: not in `held`
             assert gate.lock.wait_for(lambda: len(gate.held) >= 2 * CONNECTIONS, 30)
             held = list(gate.held)
         first = _owned_by(tmp_path, held, 1)
@@ -1359,13 +1389,15 @@ def test_a_sigint_to_the_parent_and_every_worker_at_once_stops_them_gracefully(
     # by dead workers'), to be sent again by the next run.
     with run_smtp_server() as server:
         server.handler.delay = 0.05
+        _hold(server.handler)
         _project(tmp_path, server)
         emails = _subscribe(tmp_path, 0, 100)
         process = _start(tmp_path)
         workers = _wait_for_workers(process)
-        _wait_until_both_send(tmp_path)
+        _wait_until_both_send(tmp_path, server.handler, workers)
         for pid in [process.pid, *workers]:
             os.kill(pid, signal.SIGINT)
+        server.handler.release.set()
         _out, err = process.communicate(timeout=60)
         assert process.returncode == 130, err
         assert "before it finished" not in err, err
@@ -1393,12 +1425,12 @@ def test_a_second_ctrl_c_to_the_parent_quits_the_workers_at_once(tmp_path: Path)
     # second quits at once, the workers too (the send lock free), leaving them to the next run.
     with run_smtp_server() as server:
         server.handler.delay = 0.02
+        _hold(server.handler)  # once both send, no message is answered till the end
         _project(tmp_path, server)
-        _subscribe(tmp_path, 0, 400)  # work left for a worker that starts late
+        _subscribe(tmp_path, 0, 100)
         process = _start(tmp_path)
         workers = _wait_for_workers(process)
-        _wait_until_both_send(tmp_path)
-        server.handler.hold_after = 0
+        _wait_until_both_send(tmp_path, server.handler, workers)
         assert server.handler.wait_for_data(len(server.handler.messages) + 2 * CONNECTIONS)
         assert process.stderr is not None
         process.send_signal(signal.SIGINT)
@@ -1430,12 +1462,14 @@ def test_a_stop_on_a_store_the_workers_cannot_write_says_the_stores_error(
         _project(tmp_path, server)
         with (tmp_path / "syndicate.toml").open("a", encoding="utf-8") as config:
             config.write("[store]\nbusy_timeout = 1\n")
-        _subscribe(tmp_path, 0, 400)  # work left for a worker that starts late
+        _hold(server.handler)
+        _subscribe(tmp_path, 0, 100)
         process = _start(tmp_path)
-        _wait_for_workers(process)
-        _wait_until_both_send(tmp_path)
+        workers = _wait_for_workers(process)
+        _wait_until_both_send(tmp_path, server.handler, workers)
         with _store_write_locked(tmp_path):
             process.send_signal(signal.SIGTERM)
+            server.handler.release.set()
             _out, err = process.communicate(timeout=60)
         assert process.returncode == 75, err
         assert "dead worker" not in err, err

@@ -4,7 +4,9 @@ It offers PIPELINING (`pipelining = False`: it does not). The handler can be tol
 to misbehave: refuse chosen recipients with any
 reply (550 5.1.1, 452 4.2.2, 550 5.7.1 ...), answer the first N DATA commands with a
 reply (421, 451 ...), drop the connection, or answer slowly after the message body
-(`delay`: the message is recorded only once the reply is due, as a slow real server would).
+(`delay`: the message is recorded only once the reply is due, as a slow real server would),
+or answer none until told (`hold_after`, `holding`: a test keeps a run mid-send, and with
+`let_through_once_all_send` first has each of several senders get a message through).
 Every RCPT is logged in order (`rcpt_log`).
 """
 
@@ -13,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,6 +77,12 @@ class SmtpRecorder:
     # holds a run mid-send for as long as it needs, whatever the machine's speed).
     hold_after: int | None = None
     release: threading.Event = field(default_factory=threading.Event)
+    # While `holding`, answer no DATA until `release` is set, but for the first `let_through`
+    # bodies held; `held_bodies` lists each body held as it came: its client's port and its
+    # recipients (`let_through_once_all_send` finds out whose each is).
+    holding: bool = False
+    let_through: int = 0
+    held_bodies: list[tuple[int, list[str]]] = field(default_factory=list)
     # Offer PIPELINING (RFC 2920) as Postfix, Exim and the big mailbox providers do; aiosmtpd
     # reads pipelined commands in order but does not say so itself. False: one by one.
     pipelining: bool = True
@@ -88,6 +98,30 @@ class SmtpRecorder:
     def recipients(self) -> list[str]:
         with self.lock:
             return [r for m in self.messages for r in m.recipients]
+
+    def let_through_once_all_send(self, pids: Sequence[int], timeout: float = 60.0) -> bool:
+        """While `holding`: block until a body of each of the processes `pids` is held, then
+        let through every body held so far (the later ones stay held until `release`).
+
+        However late one of them started, they are all mid-send at once: waiting for each
+        one's first message with the messages flowing, one that started late under load
+        found nothing left to send."""
+        assert self.holding, "hold the messages first (`holding`)"
+        deadline = time.monotonic() + timeout
+        senders: set[int | None] = set()
+        seen = 0
+        while not set(pids) <= senders:
+            with self.lock:
+                if not self.lock.wait_for(
+                    lambda seen=seen: len(self.held_bodies) > seen, deadline - time.monotonic()
+                ):
+                    return False
+                held = self.held_bodies[seen:]
+            seen += len(held)
+            senders |= {client_pid(port, pids) for port, _to in held}
+        with self.lock:
+            self.let_through = seen
+        return True
 
     def wait_for_data(self, count: int, timeout: float = 30.0) -> bool:
         """Block until at least `count` DATA commands have come (accepted or not)."""
@@ -135,7 +169,14 @@ class SmtpRecorder:
             reply = self.data_replies.pop(0) if self.data_replies and not drop else None
         if self.delay:
             await asyncio.sleep(self.delay)
-        if self.hold_after is not None and len(self.messages) >= self.hold_after:
+        if self.holding and not self.release.is_set():
+            with self.lock:
+                index = len(self.held_bodies)
+                self.held_bodies.append((int(session.peer[1]), list(envelope.rcpt_tos)))
+                self.lock.notify_all()
+            while index >= self.let_through and not self.release.is_set():
+                await asyncio.sleep(0.01)
+        elif self.hold_after is not None and len(self.messages) >= self.hold_after:
             while not self.release.is_set():
                 await asyncio.sleep(0.01)
         if drop:
@@ -187,6 +228,21 @@ class SmtpServer:
     def refused(self) -> int:
         """Sessions refused for `run_smtp_server(sessions=N)`'s limit."""
         return self.controller.refused if isinstance(self.controller, _GatedController) else 0
+
+
+def client_pid(port: int, pids: Sequence[int]) -> int | None:
+    """Which of `pids` has the TCP socket 127.0.0.1:`port` open (a client's end: which
+    process a connection to the server is from)."""
+    local = f"0100007F:{port:04X}"
+    rows = (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+    sockets = {f"socket:[{row[9]}]" for row in rows if row[1] == local}
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError):  # it has ended
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+                    if os.readlink(fd) in sockets:
+                        return pid
+    return None
 
 
 def free_port() -> int:
