@@ -34,7 +34,8 @@ from syndicate.text import (
 # 8: a derived title cut inside a quotation closes it ("…”"); bidi marks, invisible
 #    operators and tag characters (outside a flag) removed, a zero-width space between
 #    Thai, Lao, Khmer or Burmese letters kept; a given headline set as papers set one
-#    (no final full stop, "…", no space before a colon, “ ” for paired straight quotes).
+#    (no final full stop but an abbreviation's or an initial's, "…", no space before a
+#    colon but a score's, “ ” for paired straight quotes).
 PARSER_VERSION = 8
 
 # The most a dump may hold to be taken as one article: ten times the longest real article
