@@ -718,33 +718,36 @@ def _splits_a_word(left: str, right: str) -> bool:
 
 def _word_cut(text: str, limit: int) -> str:
     """The longest opening of `text` ending at a word boundary that reads well."""
-    words = text[: limit + 40].split(" ")  # the words near the cut are all it looks at
+    words = text[: limit + 40]  # the words near the cut are all it looks at
     fallback = None
-    length = -1
-    kept: list[int] = []  # lengths of the openings that fit, by number of words
-    for word in words:
-        length += len(word) + 1
-        if length > limit - 1:
-            break
-        kept.append(length)
-    for count in range(len(kept), 0, -1):
-        opening = text[: kept[count - 1]].rstrip(_CUT_STRIP)
-        if not opening:
-            continue
-        fallback = fallback or opening
-        last = words[count - 1]
-        following = words[count] if count < len(words) else ""
-        if _bare(last) in FUNCTION_WORDS or not _bare(last):
-            continue
-        if _splits_a_word(last, following):
-            continue
-        quoted = opening.rsplit("\u201c", 1)[-1] if _quotes_open(opening) else None
-        if quoted is not None and len(quoted.split()) < 3:
-            continue  # a quotation cut after a word or two reads as a mistake
-        if len(opening) < limit // 2:
-            break
-        return opening
+    # The openings that fit end at a space before `limit`, or with the words: the longest
+    # first, each found from the one after it (no walk over all the words before the cut).
+    end = len(words) if len(words) <= limit - 1 else words.rfind(" ", 0, limit)
+    while end >= 0:
+        start = words.rfind(" ", 0, end)
+        opening = text[:end].rstrip(_CUT_STRIP)
+        if opening:
+            fallback = fallback or opening
+            last = words[start + 1 : end]
+            after = words.find(" ", end + 1)
+            following = words[end + 1 : after if after >= 0 else len(words)]
+            if (
+                _bare(last) not in FUNCTION_WORDS
+                and _bare(last)
+                and not _splits_a_word(last, following)
+                and not _quoted_briefly(opening)
+            ):
+                if len(opening) < limit // 2:
+                    break
+                return opening
+        end = start
     return fallback or text[: limit - 1]
+
+
+def _quoted_briefly(opening: str) -> bool:
+    """Does `opening` end inside a quotation after a word or two (which reads as a mistake)?"""
+    quoted = opening.rsplit("\u201c", 1)[-1] if _quotes_open(opening) else None
+    return quoted is not None and len(quoted.split()) < 3
 
 
 def derive_title(text: str, *, limit: int = TITLE_LIMIT) -> str:
@@ -804,12 +807,13 @@ def _with_closers(text: str, limit: int, cut_at: Callable[[int], str]) -> str:
 # Quotation marks, each opener with its closer; a straight double quote closes itself.
 _QUOTE_PAIRS = {"\u201c": "\u201d", "\u00ab": "\u00bb", '"': '"'}
 _QUOTE_CLOSERS = frozenset(_QUOTE_PAIRS.values())
+_QUOTE_MARKS = re.compile('[\u201c\u201d\u00ab\u00bb"]')
 
 
 def _open_quotes(text: str) -> str:
     """The closing marks of the quotations `text` leaves open, innermost first."""
     expected: list[str] = []
-    for char in text:
+    for char in _QUOTE_MARKS.findall(text):  # the marks only: a C-level scan for them
         if expected and char == expected[-1]:
             expected.pop()
         elif char in _QUOTE_PAIRS:
