@@ -60,8 +60,12 @@ def _plain_address(address: str) -> bool:
 
 
 # What to say of an address header value the parser had to mend (a '<' left open, a '>'
-# never opened, a quote not closed): the address it took is a guess.
-_MALFORMED = "it is not a well-formed address (check its quotes and angle brackets): "
+# never opened, a quote not closed, a name holding a ':' or ',' unquoted): the address it
+# took is a guess.
+_MALFORMED = (
+    "it is not a well-formed address (check its quotes and angle brackets; a name holding "
+    ", : ; or @ goes in double quotes): "
+)
 
 
 def _malformed(value: str) -> bool:

@@ -376,6 +376,12 @@ def test_a_mail_from_with_two_addresses_is_refused_before_sending(
     assert not (tmp_path / "outbox").exists()
 
 
+_MALFORMED = (
+    "; it is not a well-formed address (check its quotes and angle brackets; a name holding "
+    ", : ; or @ goes in double quotes): "
+)
+
+
 @pytest.mark.parametrize(
     ("key", "value", "wrong"),
     [
@@ -422,26 +428,29 @@ def test_a_mail_from_with_two_addresses_is_refused_before_sending(
         (
             "from",
             "Tin <tin@example.org",
-            "; it is not a well-formed address (check its quotes and angle brackets): "
-            'expected one like "News <news@example.org>".',
+            _MALFORMED + 'expected one like "News <news@example.org>".',
         ),
         (
             "from",
             "<tin@example.org",
-            "; it is not a well-formed address (check its quotes and angle brackets): "
-            'expected one like "News <news@example.org>".',
+            _MALFORMED + 'expected one like "News <news@example.org>".',
         ),
         (
             "reply_to",
             "Ban biên tập <editor@example.org",
-            "; it is not a well-formed address (check its quotes and angle brackets): "
-            "expected one like 'Editor <editor@example.org>'.",
+            _MALFORMED + "expected one like 'Editor <editor@example.org>'.",
         ),
         (
             "reply_to",
             "<editor@example.org",
-            "; it is not a well-formed address (check its quotes and angle brackets): "
-            "expected one like 'Editor <editor@example.org>'.",
+            _MALFORMED + "expected one like 'Editor <editor@example.org>'.",
+        ),
+        # A colon in a name not in quotes makes the header a group ("Ban biên tập: Tin
+        # <tin@example.org>;"): the reader's client shows no sender.
+        (
+            "from",
+            "Ban biên tập: Tin <tin@example.org>",
+            _MALFORMED + 'expected one like "News <news@example.org>".',
         ),
         (
             "bounce_address",
