@@ -1630,22 +1630,27 @@ def test_a_confirmed_subscribers_old_confirm_link_does_not_say_the_sign_up_lapse
     assert subscriber(server.settings, "lan@example.org").status is SubscriptionStatus.CONFIRMED
 
 
-def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
-    server: LiveServer, client: httpx.Client
-) -> None:
-    sign_up(client, "giang@example.org", server=server)
-    link = confirm_url(server, server.mail.wait_for(1)[0])
-    assert client.post(link).status_code == 200
-    stored = subscriber(server.settings, "giang@example.org")
+def _leave_token(server: LiveServer, address: str) -> str:
+    """The unsubscribe token the digest gives `address`, as its mails would carry it."""
+    stored = subscriber(server.settings, address)
     with open_settings_store(server.settings) as db:
         secret = get_secret(server.settings, db)
-    leave = tokens.make_token(
+    return tokens.make_token(
         secret,
         purpose="unsubscribe",
         subscriber_id=stored.id,
         nonce=stored.token_nonce,
         issued_at=server.clock(),
     )
+
+
+def test_a_replayed_confirm_link_cannot_bring_back_someone_who_left(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    sign_up(client, "giang@example.org", server=server)
+    link = confirm_url(server, server.mail.wait_for(1)[0])
+    assert client.post(link).status_code == 200
+    leave = _leave_token(server, "giang@example.org")
     assert client.post("unsubscribe", params={"token": leave}).status_code == 200
     for replay in (client.get(link), client.post(link)):
         assert replay.status_code == 400
@@ -1661,16 +1666,7 @@ def test_the_confirm_link_of_a_leavers_lapsed_sign_up_says_it_has_expired(
     # (unsubscribed, as before the form): the link of that sign-up says it expired.
     sign_up(client, "vy@example.org", server=server)
     assert client.post(confirm_url(server, server.mail.wait_for(1)[0])).status_code == 200
-    stored = subscriber(server.settings, "vy@example.org")
-    with open_settings_store(server.settings) as db:
-        secret = get_secret(server.settings, db)
-    leave = tokens.make_token(
-        secret,
-        purpose="unsubscribe",
-        subscriber_id=stored.id,
-        nonce=stored.token_nonce,
-        issued_at=server.clock(),
-    )
+    leave = _leave_token(server, "vy@example.org")
     assert client.post("unsubscribe", params={"token": leave}).status_code == 200
     left = subscriber(server.settings, "vy@example.org")
     server.clock.advance(hours=1)
