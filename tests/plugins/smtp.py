@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import os
 import socket
@@ -245,6 +246,9 @@ def client_pid(port: int, pids: Sequence[int]) -> int | None:
     return None
 
 
+_BIND_ATTEMPTS = 5
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -294,13 +298,30 @@ def run_smtp_server(
     once, refusing the others with 421; `options`: more Controller arguments, such as a TLS
     context)."""
     handler = handler or SmtpRecorder()
-    where: dict[str, Any] = {"hostname": "127.0.0.1", "port": free_port(), "ready_timeout": 10}
-    controller = (
-        Controller(handler, **where, **options)
-        if sessions is None
-        else _GatedController(handler, sessions, **where, **options)
-    )
-    controller.start()
+    ready_timeout = options.pop("ready_timeout", 10)  # also how long a port taken costs
+    for attempt in range(_BIND_ATTEMPTS):
+        # free_port's port is free only a moment ago: another test process may take it first.
+        where: dict[str, Any] = {
+            "hostname": "127.0.0.1",
+            "port": free_port(),
+            "ready_timeout": ready_timeout,
+        }
+        controller = (
+            Controller(handler, **where, **options)
+            if sessions is None
+            else _GatedController(handler, sessions, **where, **options)
+        )
+        try:
+            controller.start()
+            break
+        except OSError as exc:
+            # aiosmtpd leaves the loop of a server that could not bind open (a later test's
+            # garbage collection then warns of it and its sockets): close it.
+            if controller._thread is not None:
+                controller._thread.join()
+            controller.loop.close()
+            if exc.errno != errno.EADDRINUSE or attempt == _BIND_ATTEMPTS - 1:
+                raise
     try:
         yield SmtpServer("127.0.0.1", controller.port, handler, controller)
     finally:
