@@ -1706,6 +1706,28 @@ def test_unsubscribe_get_shows_one_button_and_changes_nothing(
     assert subscriber(server.settings, "hoa@example.org").status is SubscriptionStatus.CONFIRMED
 
 
+def test_an_unsubscribed_readers_link_says_they_are_off_the_list_without_a_button(
+    server: LiveServer, client: httpx.Client, now: datetime
+) -> None:
+    # Readers click an old digest's link again: the page asked them to unsubscribe, as if
+    # they were still on the list.
+    added, secret = add_confirmed(server.settings, "hoa@example.org", now)
+    token = tokens.make_token(
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=added.id,
+        nonce=added.token_nonce,
+        issued_at=now,
+    )
+    assert client.post("unsubscribe", params={"token": token}).status_code == 200
+    left = subscriber(server.settings, "hoa@example.org")
+    page = client.get("unsubscribe", params={"token": token})
+    assert page.status_code == 200
+    assert "<title>Bạn đã hủy đăng ký" in page.text
+    assert "<button" not in page.text
+    assert subscriber(server.settings, "hoa@example.org") == left
+
+
 def test_one_click_unsubscribe_needs_no_cookie_or_form_token_and_is_idempotent(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:

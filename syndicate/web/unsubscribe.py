@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from syndicate import i18n, tokens
 from syndicate.errors import SubscriberError, TokenError
-from syndicate.model import Subscriber
+from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.web.guard import link_token
 
 if TYPE_CHECKING:
@@ -62,6 +62,11 @@ async def unsubscribe(service: Service, request: Request) -> Response:
     lang = service.language(request, owner)
     strings = _STRINGS[lang]
     if request.method != "POST":
+        if owner is not None and owner.status is SubscriptionStatus.UNSUBSCRIBED:
+            # An old digest's link clicked again: they are off the list already.
+            return service.page(
+                "unsubscribe.html.j2", lang, title=strings["unsubscribed_title"], state="done"
+            )
         # Link scanners follow GETs: show the button, change nothing.
         return service.page(
             "unsubscribe.html.j2",
