@@ -139,6 +139,17 @@ def add_confirmed(settings: Settings, address: str, now: datetime) -> tuple[Subs
         return added, get_secret(settings, db)
 
 
+def _unsubscribe_token(added: Subscriber, secret: bytes, now: datetime) -> str:
+    """The unsubscribe token a digest made at `now` gives `added`."""
+    return tokens.make_token(
+        secret,
+        purpose="unsubscribe",
+        subscriber_id=added.id,
+        nonce=added.token_nonce,
+        issued_at=now,
+    )
+
+
 def raw_get(url: str, target: str) -> tuple[int, bytes]:
     """GET `target` exactly as written (no client-side normalisation of dot segments)."""
     parts = urlsplit(url)
@@ -1691,13 +1702,7 @@ def test_unsubscribe_get_shows_one_button_and_changes_nothing(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
     added, secret = add_confirmed(server.settings, "hoa@example.org", now)
-    token = tokens.make_token(
-        secret,
-        purpose="unsubscribe",
-        subscriber_id=added.id,
-        nonce=added.token_nonce,
-        issued_at=now,
-    )
+    token = _unsubscribe_token(added, secret, now)
     page = client.get("unsubscribe", params={"token": token})
     assert page.status_code == 200
     assert page.text.count("<button") == 1
@@ -1712,13 +1717,7 @@ def test_an_unsubscribed_readers_link_says_they_are_off_the_list_without_a_butto
     # Readers click an old digest's link again: the page asked them to unsubscribe, as if
     # they were still on the list.
     added, secret = add_confirmed(server.settings, "hoa@example.org", now)
-    token = tokens.make_token(
-        secret,
-        purpose="unsubscribe",
-        subscriber_id=added.id,
-        nonce=added.token_nonce,
-        issued_at=now,
-    )
+    token = _unsubscribe_token(added, secret, now)
     assert client.post("unsubscribe", params={"token": token}).status_code == 200
     left = subscriber(server.settings, "hoa@example.org")
     page = client.get("unsubscribe", params={"token": token})
@@ -1732,13 +1731,7 @@ def test_one_click_unsubscribe_needs_no_cookie_or_form_token_and_is_idempotent(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
     added, secret = add_confirmed(server.settings, "khanh@example.org", now)
-    token = tokens.make_token(
-        secret,
-        purpose="unsubscribe",
-        subscriber_id=added.id,
-        nonce=added.token_nonce,
-        issued_at=now,
-    )
+    token = _unsubscribe_token(added, secret, now)
     one_click = {"content-type": "application/x-www-form-urlencoded"}
     for _ in range(2):
         answer = client.post(
@@ -1798,13 +1791,7 @@ def test_unsubscribe_pages_speak_the_subscribers_language_not_the_browsers(
     server: LiveServer, client: httpx.Client, now: datetime, language: str, title: str
 ) -> None:
     added, secret = _add_in(server.settings, f"{language}@example.org", language, now)
-    token = tokens.make_token(
-        secret,
-        purpose="unsubscribe",
-        subscriber_id=added.id,
-        nonce=added.token_nonce,
-        issued_at=now,
-    )
+    token = _unsubscribe_token(added, secret, now)
     browser = {"accept-language": "vi" if language == "en" else "en-GB,en;q=0.9"}
     ask = client.get("unsubscribe", params={"token": token}, headers=browser)
     assert ask.status_code == 200
@@ -1846,13 +1833,7 @@ def test_unsubscribe_with_an_altered_token_gets_400_and_changes_nothing(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
     added, secret = add_confirmed(server.settings, "linh@example.org", now)
-    token = tokens.make_token(
-        secret,
-        purpose="unsubscribe",
-        subscriber_id=added.id,
-        nonce=added.token_nonce,
-        issued_at=now,
-    )
+    token = _unsubscribe_token(added, secret, now)
     altered = token[:10] + ("A" if token[10] != "A" else "B") + token[11:]
     confirm_token = tokens.make_token(
         secret, purpose="confirm", subscriber_id=added.id, nonce=added.token_nonce, issued_at=now
@@ -1873,13 +1854,7 @@ def test_an_unsubscribe_link_cut_short_says_it_is_incomplete_and_changes_nothing
     # client's wrap cuts it as it cuts a confirm link; the reader then got "this link is not
     # valid" and had no way off the list but the spam button.
     added, secret = add_confirmed(server.settings, "linh@example.org", now)
-    token = tokens.make_token(
-        secret,
-        purpose="unsubscribe",
-        subscriber_id=added.id,
-        nonce=added.token_nonce,
-        issued_at=now,
-    )
+    token = _unsubscribe_token(added, secret, now)
     for length in (1, 20, 40, len(token) - 1):
         for answer in (
             client.get("unsubscribe", params={"token": token[:length]}),
@@ -1910,13 +1885,7 @@ def test_unsubscribe_token_in_the_form_body_and_of_an_erased_subscriber(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
     added, secret = add_confirmed(server.settings, "minh@example.org", now)
-    token = tokens.make_token(
-        secret,
-        purpose="unsubscribe",
-        subscriber_id=added.id,
-        nonce=added.token_nonce,
-        issued_at=now,
-    )
+    token = _unsubscribe_token(added, secret, now)
     assert client.post("unsubscribe", data={"token": token}).status_code == 200
     assert subscriber(server.settings, "minh@example.org").status is (
         SubscriptionStatus.UNSUBSCRIBED
