@@ -726,6 +726,28 @@ def test_repeat_signup_resends_the_confirmation_at_most_once_per_window(
     assert sent_at == [start, start + timedelta(minutes=11)]
 
 
+def test_a_pending_reader_who_signs_up_again_in_the_other_language_is_mailed_in_it(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    sign_up(client, "thu@example.org", language="vi", server=server)
+    server.mail.wait_for(1)
+    server.clock.advance(minutes=2)  # within subscribe.resend_minutes
+    sign_up(client, "thu@example.org", language="en", server=server)
+    messages = server.mail.wait_for(2)
+    assert [m["Content-Language"] for m in messages] == ["vi", "en"]
+    assert subscriber(server.settings, "thu@example.org").language == "en"
+    # The same language again within the window mails nothing more, and keeps it.
+    sign_up(client, "thu@example.org", language="en", server=server)
+    server.clock.advance(minutes=1)
+    sign_up(client, "thu@example.org", language="vi", server=server)
+    assert [m["Content-Language"] for m in server.mail.wait_for(3)][2] == "vi"
+    confirmed = client.post(confirm_url(server, messages[0]))
+    assert confirmed.status_code == 200
+    # Confirmed: a sign-up by anyone in the other language changes nothing.
+    sign_up(client, "thu@example.org", language="en", server=server)
+    assert subscriber(server.settings, "thu@example.org").language == "vi"
+
+
 def test_repeated_sign_ups_of_one_address_mail_it_at_most_three_times_a_day(
     server: LiveServer, client: httpx.Client
 ) -> None:

@@ -75,7 +75,9 @@ _SET_STATUS = """
 """
 # A repeat sign-up, the one write for every state (so its cost tells no state): stamp
 # signed_up_at (and the mailbox key, for a row stored before it was kept); one who left is
-# pending again in the chosen language; when a confirmation goes out now (:send),
+# pending again in the chosen language, and a pending one takes the chosen language (the
+# latest form says what the reader wants; a confirmed one keeps its own: only its reader
+# changes it, and the form never tells who that is); when a confirmation goes out now (:send),
 # confirm_sent_at = now and :mails (the day's mails, this one too). A row the form did not
 # make is updated now, as one who left is: `expire_sign_ups` deletes only rows the form made
 # that nothing else changed, and puts one who left back as it was. Such a row has no
@@ -85,7 +87,7 @@ _SET_STATUS = """
 _SIGN_UP_AGAIN = """
     UPDATE subscribers SET signed_up_at = :now, mailbox_key = :mailbox,
         status = CASE WHEN :rejoin THEN 'pending' ELSE status END,
-        language = CASE WHEN :rejoin THEN :language ELSE language END,
+        language = CASE WHEN :rejoin OR status = 'pending' THEN :language ELSE language END,
         updated_at = CASE
             WHEN :rejoin OR (signed_up_at IS NULL AND (confirm_sent_at IS NULL
                                                        OR name IS NOT NULL)) THEN :now
@@ -410,19 +412,19 @@ def signup(
 ) -> tuple[Subscriber, bool]:
     """Record a sign-up; return the subscriber and whether to send a confirmation now.
 
-    A new address is stored as pending. A pending one gets a new confirmation
-    at most once per `resend_after`. A confirmed one is left alone (no mail:
-    the caller answers the same either way, so nobody learns who is
-    subscribed). An unsubscribed, bounced or complained one becomes pending
-    again and is sent a confirmation. Whatever the state, a mailbox (all the
-    addresses with its `mailbox_key`) gets at most `max_mails` confirmations
-    in any `mails_window` (a rolling window); past that a sign-up is stored but
-    mails nothing. Every state costs two reads (the address, the mailbox's
-    recent mails) and one write (an insert, or one update stamping
-    `signed_up_at`), so the web app can store a sign-up before it answers
-    without its timing telling the state. Raises
-    SubscriberError for a bad address or language, StoreBusyError when the
-    database stayed locked past the busy timeout.
+    A new address is stored as pending. A pending one takes the language of the latest
+    sign-up, and gets a new confirmation at most once per `resend_after`, or at once
+    when that language is another. A confirmed one is left alone, its language too (no
+    mail: the caller answers the same either way, so nobody learns who is subscribed).
+    An unsubscribed, bounced or complained one becomes pending again and is sent a
+    confirmation. Whatever the state, a mailbox (all the addresses with its
+    `mailbox_key`) gets at most `max_mails` confirmations in any `mails_window` (a
+    rolling window); past that a sign-up is stored but mails nothing. Every state costs
+    two reads (the address, the mailbox's recent mails) and one write (an insert, or one
+    update stamping `signed_up_at`), so the web app can store a sign-up before it
+    answers without its timing telling the state. Raises SubscriberError for a bad
+    address or language, StoreBusyError when the database stayed locked past the busy
+    timeout.
     """
     address = normalize_email(email)
     check_language(language)
@@ -466,9 +468,11 @@ def signup(
                 rejoin = status not in (SubscriptionStatus.CONFIRMED, SubscriptionStatus.PENDING)
                 sent_at = _time(row[-2])
                 recent = _recent_mails(row[-2], row[-1], now=now, window=mails_window)
+                # A pending reader who chose the other language is mailed in it at once
+                # (the mail before is in the language they no longer want); the cap holds.
                 due = rejoin or (
                     status is SubscriptionStatus.PENDING
-                    and (sent_at is None or now - sent_at >= resend_after)
+                    and (sent_at is None or now - sent_at >= resend_after or row[3] != language)
                 )
                 send = due and len(recent) + elsewhere < max_mails
                 conn.execute(
