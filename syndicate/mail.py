@@ -258,6 +258,23 @@ def return_path(
     return f"{parts[0]}+{token}@{parts[1]}"
 
 
+def confirmation_return_path(
+    *, info: MailInfo, secret: bytes, subscriber_id: int, nonce: bytes, day: date
+) -> str:
+    """Return a confirmation mail's envelope sender, as `return_path` does a digest's.
+
+    With mail.bounce_address set, the VERP address whose token names the pending
+    subscriber as a confirmation's (its bounce counts toward no digest); else mail.from's.
+    """
+    sender, parts = _return_parts(info)
+    if parts is None:
+        return sender
+    token = make_return_token(
+        secret, subscriber_id=subscriber_id, nonce=nonce, day=day, confirmation=True
+    )
+    return f"{parts[0]}+{token}@{parts[1]}"
+
+
 def list_id(*, info: MailInfo) -> str:
     """Return the List-Id value: mail.list_id, else '<title> <digest.HOST>'."""
     configured = header_safe(info.list_id)

@@ -9,8 +9,9 @@ database where an id was used twice.
 
 Return-path tokens (`make_return_token`) go into the local part of a VERP
 envelope sender, `bounces+<token>@domain`, so they are lower-case base32
-(some MTAs lower-case local parts) and short: a version byte, the subscriber
-id and the digest day, then a 10-byte tag over those and the subscriber's
+(some MTAs lower-case local parts) and short: a kind byte (1 a digest, 2 a
+confirmation mail), the subscriber id and the digest day (a confirmation's:
+the day it was sent), then a 10-byte tag over those and the subscriber's
 nonce. The nonce is not carried: the reader looks the subscriber up and
 checks the tag with theirs, so a token dies with its subscriber too.
 
@@ -237,8 +238,9 @@ def verify_token(
     return found
 
 
-_RETURN_VERSION = 1
-# version, subscriber id, digest day (days since RETURN_EPOCH)
+_RETURN_VERSION = 1  # a digest's
+_CONFIRM_RETURN_VERSION = 2  # a confirmation mail's: its bounce counts toward no digest
+# kind (version), subscriber id, digest day (days since RETURN_EPOCH)
 _RETURN_PAYLOAD = struct.Struct(">BQH")
 _RETURN_TAG_BYTES = 10  # 80 bits: a forged bounce must guess it, and gets one try per mail
 # The first day a return path can name; a digest's day is never before it (send.digests).
@@ -259,22 +261,30 @@ def _b32(raw: bytes) -> str:
     return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
 
 
-def make_return_token(secret: bytes, *, subscriber_id: int, nonce: bytes, day: date) -> str:
-    """Return the lower-case base32 token naming a subscriber and a digest day, for VERP."""
+def make_return_token(
+    secret: bytes, *, subscriber_id: int, nonce: bytes, day: date, confirmation: bool = False
+) -> str:
+    """Return the lower-case base32 token naming a subscriber and a digest day, for VERP.
+
+    With `confirmation`, the token of a confirmation mail sent on `day` instead.
+    """
     if not secret:
         raise ValueError("an empty secret cannot sign tokens")
     if len(nonce) != NONCE_BYTES:
         raise ValueError(f"a token nonce has {NONCE_BYTES} bytes, not {len(nonce)}")
-    payload = _RETURN_PAYLOAD.pack(_RETURN_VERSION, subscriber_id, (day - RETURN_EPOCH).days)
+    version = _CONFIRM_RETURN_VERSION if confirmation else _RETURN_VERSION
+    payload = _RETURN_PAYLOAD.pack(version, subscriber_id, (day - RETURN_EPOCH).days)
     return _b32(payload + _return_tag(secret, payload, nonce))
 
 
 @dataclass(frozen=True, slots=True)
 class ReturnClaim:
-    """What a verified return-path token names: the subscriber and the digest day."""
+    """What a verified return-path token names: the subscriber and the digest day (for a
+    confirmation mail's token, the day it was sent)."""
 
     subscriber: Subscriber
     day: date
+    confirmation: bool = False  # a confirmation mail's token, not a digest's
 
 
 def verify_return_token(
@@ -298,7 +308,7 @@ def verify_return_token(
         raise TokenError("return-path token: the token is malformed.")
     payload, tag = raw[: _RETURN_PAYLOAD.size], raw[_RETURN_PAYLOAD.size :]
     version, subscriber_id, days = _RETURN_PAYLOAD.unpack(payload)
-    if version != _RETURN_VERSION:
+    if version not in (_RETURN_VERSION, _CONFIRM_RETURN_VERSION):
         raise TokenError("return-path token: the token has an unknown version.")
     if subscriber_id > _MAX_ID:  # looked up before its tag is checked: no id is that big
         raise TokenError("return-path token: the token is malformed.")
@@ -312,4 +322,6 @@ def verify_return_token(
             "return-path token: the signature does not match (forged, altered, or signed "
             "with another secret)."
         )
-    return ReturnClaim(found, RETURN_EPOCH + timedelta(days=int(days)))
+    return ReturnClaim(
+        found, RETURN_EPOCH + timedelta(days=int(days)), version == _CONFIRM_RETURN_VERSION
+    )

@@ -290,3 +290,21 @@ def test_a_token_cut_to_the_length_of_a_version_1_token_looks_cut() -> None:
         altered = legacy[:-2] + ("AA" if legacy[-2:] != "AA" else "BB")
         assert len(altered) == 40
         assert not looks_cut(altered), altered
+
+
+def test_a_confirmation_mails_return_token_says_so_and_a_digests_does_not() -> None:
+    from datetime import date
+
+    from syndicate.tokens import make_return_token, verify_return_token
+
+    day = date(2024, 11, 1)
+    digest = make_return_token(SECRET, subscriber_id=42, nonce=NONCE, day=day)
+    confirmation = make_return_token(
+        SECRET, subscriber_id=42, nonce=NONCE, day=day, confirmation=True
+    )
+    assert len(confirmation) == len(digest)
+    assert confirmation != digest
+    find = _finder(_subscriber())
+    assert verify_return_token(SECRET, digest, find=find).confirmation is False
+    claim = verify_return_token(SECRET, confirmation, find=find)
+    assert (claim.subscriber.id, claim.day, claim.confirmation) == (42, day, True)

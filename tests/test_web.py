@@ -28,6 +28,7 @@ import pytest
 from click.testing import CliRunner
 
 from syndicate import tokens
+from syndicate.bounces import BounceSummary, apply_mail, read_mail
 from syndicate.cli import AppContext, cli
 from syndicate.config import (
     Settings,
@@ -36,6 +37,7 @@ from syndicate.config import (
     make_environment,
     site_templates_dir,
 )
+from syndicate.mail import MailInfo
 from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.send import Mailer, open_mailer
 from syndicate.store import open_database
@@ -1993,6 +1995,66 @@ def test_sign_up_confirm_send_one_click_unsubscribe_and_the_next_send_skips_them
     second = runner.invoke(cli, ["--config", str(config), "send"])
     assert second.exit_code == 0, second.output
     assert sorted(_digest_mails(server.settings, "2024-11-02")) == ["binh@example.org"]
+
+
+def _dsn(return_path: str, recipient: str, original: EmailMessage, *, number: int) -> bytes:
+    """A hard bounce as a receiving MTA writes it (RFC 3464): to the return path, with the
+    returned message's headers."""
+    return (
+        f"Return-Path: <>\r\nFrom: MAILER-DAEMON@mx.example.net\r\nTo: {return_path}\r\n"
+        f"Subject: Undelivered Mail Returned to Sender\r\n"
+        f"Message-ID: <dsn.{number}@mx.example.net>\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="R"\r\n\r\n'
+        "--R\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n"
+        "--R\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.example.net\r\n\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        "Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n\r\n"
+        "--R\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"Return-Path: <{return_path}>\r\nTo: {recipient}\r\n"
+        f"Message-ID: {original['Message-ID']}\r\n\r\n--R--\r\n"
+    ).encode("ascii")
+
+
+def test_a_hard_bounce_of_a_confirmation_mail_is_known_by_its_verp_token(
+    live_server: Callable[..., LiveServer], settings: Settings, tmp_path: Path
+) -> None:
+    mail = dataclasses.replace(settings.mail, bounce_address="bounces@news.example.org")
+    server = live_server(mail=mail)
+    with httpx.Client(base_url=server.url) as client:
+        sign_up(client, "khong-co@example.org", server=server)
+        [message] = server.mail.wait_for(1)
+        [sender] = server.mail.senders
+        assert re.fullmatch(r"bounces\+[a-z2-7]{34}@news\.example\.org", sender)
+
+        def bounce(number: int, original: EmailMessage) -> BounceSummary:
+            report = tmp_path / f"{number}.eml"
+            report.write_bytes(_dsn(sender, "khong-co@example.org", original, number=number))
+            with open_settings_store(server.settings) as db:
+                return apply_mail(
+                    db,
+                    read_mail([report]),
+                    info=MailInfo.from_settings(server.settings),
+                    bounce_limit=3,
+                    secret=get_secret(server.settings, db),
+                    now=server.clock(),
+                )
+
+        assert bounce(1, message).to_dict()["hard"] == 1
+        assert subscriber(server.settings, "khong-co@example.org").status == "bounced"
+        with open_settings_store(server.settings) as db, db.transaction() as conn:
+            days = conn.execute("SELECT digest_day FROM mail_events").fetchall()
+        assert [tuple(day) for day in days] == [(None,)]  # about no digest
+        # The reader signs up again (the address works now): pending, and mailed.
+        server.clock.advance(hours=1)
+        sign_up(client, "khong-co@example.org", server=server)
+        second = server.mail.wait_for(2)[1]
+        assert subscriber(server.settings, "khong-co@example.org").status == "pending"
+        assert client.post(confirm_url(server, second)).status_code == 200
+        # A late bounce of that mail finds them confirmed: it changes nothing.
+        sender = server.mail.senders[1]
+        assert bounce(2, second).to_dict()["hard"] == 1
+        assert subscriber(server.settings, "khong-co@example.org").status == "confirmed"
 
 
 def test_confirmation_mail_goes_through_smtp_when_configured(

@@ -1,11 +1,12 @@
 """Bounces: apply what report mails say to the subscribers they are about.
 
 The subscriber is found, in this order: a VERP return-path token (signed: it
-names the subscriber and the digest day), the recipient the report names
-(Final-Recipient, Original-Recipient, Original-Rcpt-To) matched against the
-stored addresses, then the addresses flufl.bounce found. A report whose token
-does not verify (forged, altered, or for an erased subscriber) is ignored
-altogether.
+names the subscriber and the digest day, or that it was their confirmation
+mail), the recipient the report names (Final-Recipient, Original-Recipient,
+Original-Rcpt-To) matched against the stored addresses, then the addresses
+flufl.bounce found. A report whose token does not verify (forged, altered, or
+for an erased subscriber) is ignored altogether. A bounce of a confirmation
+mail counts toward no digest, and a hard one bounces only a pending sign-up.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from syndicate.model import Subscriber, SubscriptionStatus
 from syndicate.store import Database
 from syndicate.store.bounces import ReportKind, apply_report, is_applied, last_sent_day
 from syndicate.store.subscribers import get_by_email, get_by_id
-from syndicate.tokens import verify_return_token
+from syndicate.tokens import ReturnClaim, verify_return_token
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,8 @@ class _Forged(Exception):
 
 def _token_claim(
     db: Database, report: Report, *, secret: bytes, verp: tuple[str, str] | None
-) -> tuple[Subscriber, date] | None:
-    """The subscriber and day a VERP token in the report names; raises _Forged for a bad one."""
+) -> ReturnClaim | None:
+    """What a VERP token in the report names; raises _Forged for a bad one."""
     if verp is None:
         return None
     prefix = f"{verp[0]}+".lower()
@@ -83,7 +84,7 @@ def _token_claim(
             claim = verify_return_token(secret, token, find=lambda i: get_by_id(db, i))
         except TokenError as exc:
             raise _Forged(str(exc)) from None
-        return claim.subscriber, claim.day
+        return claim
     return None
 
 
@@ -125,8 +126,12 @@ def _apply_one(
         return
     subscriber: Subscriber | None
     day: date | None = None
+    confirmation = is_confirmation(report.original_id)
     if claim is not None:
-        subscriber, day = claim
+        subscriber = claim.subscriber
+        # A confirmation mail's token: about no digest, whatever the report quotes.
+        confirmation = claim.confirmation
+        day = None if confirmation else claim.day
     elif verp is not None:
         # With mail.bounce_address set, every digest's return path carries a signed token:
         # a report without one is not about our mail (anyone can mail the bounce address
@@ -140,7 +145,7 @@ def _apply_one(
         log.info("%s: ignored (%s about no subscriber)", item.label, report.kind)
         summary.ignored += 1
         return
-    if day is None:
+    if day is None and not (claim is not None and confirmation):
         hint = digest_hint(report.original_id)
         if hint and hint[1] == subscriber.id:
             day = hint[0]
@@ -148,7 +153,7 @@ def _apply_one(
             # About a confirmation mail, which is no digest: never counted toward the limit.
             # A pending subscriber is mailed nothing else (a leaver back through the form
             # included, whose last digest it is not about).
-            is_confirmation(report.original_id) or subscriber.status is SubscriptionStatus.PENDING
+            confirmation or subscriber.status is SubscriptionStatus.PENDING
         ):
             day = last_sent_day(db, subscriber.id)
     changed = apply_report(
@@ -160,6 +165,7 @@ def _apply_one(
         detail=report.detail,
         bounce_limit=bounce_limit,
         now=now,
+        confirmation=confirmation,
     )
     if changed is None:
         summary.ignored += 1

@@ -47,6 +47,12 @@ _HARD_BOUNCE = """
     UPDATE subscribers SET status = 'bounced', bounced_at = :now, updated_at = :now
     WHERE id = :id AND status IN ('confirmed', 'pending')
 """
+# A hard bounce of a confirmation mail: only the pending sign-up it asked to confirm is
+# bounced (one who confirmed since proved the address works; their digests' bounces count).
+_HARD_BOUNCE_PENDING = """
+    UPDATE subscribers SET status = 'bounced', bounced_at = :now, updated_at = :now
+    WHERE id = :id AND status = 'pending'
+"""
 # Soft bounces: a confirmed subscriber is bounced.
 _SOFT_LIMIT = """
     UPDATE subscribers SET status = 'bounced', bounced_at = :now, updated_at = :now
@@ -124,10 +130,12 @@ def apply_report(
     detail: str,
     bounce_limit: int,
     now: datetime,
+    confirmation: bool = False,
 ) -> bool | None:
     """Record one bounce or complaint; return whether it changed the subscriber's status.
 
-    Returns None when the report mail (`key`) was applied before: nothing changes.
+    Returns None when the report mail (`key`) was applied before: nothing changes. A hard
+    bounce of a confirmation mail (`confirmation`) bounces only a pending subscriber.
     """
     params = {
         "id": subscriber_id,
@@ -143,7 +151,8 @@ def apply_report(
             conn.execute(_INSERT_REPORT, (key, params["now"]))
             conn.execute(_INSERT_EVENT, params)
             if kind is ReportKind.HARD:
-                changed = conn.execute(_HARD_BOUNCE, params).rowcount
+                hard = _HARD_BOUNCE_PENDING if confirmation else _HARD_BOUNCE
+                changed = conn.execute(hard, params).rowcount
             elif kind is ReportKind.COMPLAINT:
                 changed = conn.execute(_COMPLAIN, params).rowcount
             else:

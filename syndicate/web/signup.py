@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from starlette.background import BackgroundTask
@@ -144,7 +144,13 @@ async def _send_confirmation(
     )
     confirm_url = urls.confirm_url(service.base_url, token)
     try:
-        sender = mail.envelope_sender(info=service.mail_info)
+        sender = mail.confirmation_return_path(
+            info=service.mail_info,
+            secret=service.secret,
+            subscriber_id=subscriber.id,
+            nonce=subscriber.token_nonce,
+            day=now.astimezone(UTC).date(),
+        )
         message = build_confirmation(
             service.settings,
             subscriber=subscriber,

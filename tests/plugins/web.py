@@ -66,6 +66,7 @@ class RecordingMailer:
     def __init__(self, inner: Mailer) -> None:
         self.inner = inner
         self.messages: list[EmailMessage] = []
+        self.senders: list[str] = []  # each message's envelope sender (MAIL FROM)
         self._changed = threading.Condition()
 
     async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> None:
@@ -73,6 +74,7 @@ class RecordingMailer:
         parsed = email.message_from_bytes(message, policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
         with self._changed:
+            self.senders.append(sender)
             self.messages.append(parsed)
             self._changed.notify_all()
 
@@ -83,6 +85,7 @@ class RecordingMailer:
         """Forget the messages delivered so far (a server shared between tests)."""
         with self._changed:
             self.messages.clear()
+            self.senders.clear()
 
     def wait_for(self, count: int, *, timeout: float = 10.0) -> list[EmailMessage]:
         """Block until `count` messages were delivered in all; return them all."""
