@@ -139,7 +139,8 @@ class MailSettings:
     from_: str = field(
         default="",
         metadata={
-            "doc": "the From address; required for `smtp` (the outbox uses `newsletter@localhost`)"
+            "doc": "the From address; required for `smtp` (the outbox uses "
+            "`newsletter@localhost`); an address without a name is shown under `site.title`"
         },
     )
     reply_to: str = field(
@@ -204,8 +205,9 @@ class MailSettings:
 
     @property
     def sender(self) -> str:
-        """The From address; the outbox transport has a harmless default."""
-        return self.from_ or "syndicate <newsletter@localhost>"
+        """The From address; the outbox transport has a harmless default (shown, as any
+        address without a name, under `site.title`: mail.MailInfo)."""
+        return self.from_ or "newsletter@localhost"
 
 
 @dataclass(frozen=True, slots=True)

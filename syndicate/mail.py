@@ -359,10 +359,12 @@ def _encode_text(name: str, text: str) -> str:
     return Header(text, charset, header_name=name).encode(linesep="\r\n")
 
 
-def _encode_address(name: str, value: str) -> str:
-    """An address header's value ('Name <addr>', bare addresses) with the names encoded."""
+def _encode_address(name: str, value: str, *, default_name: str = "") -> str:
+    """An address header's value ('Name <addr>', bare addresses) with the names encoded;
+    a bare address gets `default_name`, when given."""
     encoded = []
-    for display, address in getaddresses([value]):
+    for found, address in getaddresses([value]):
+        display = found or default_name
         if not display:
             encoded.append(address)
         elif display.isascii():
@@ -377,8 +379,12 @@ def _encode_address(name: str, value: str) -> str:
 
 
 def _text_headers(rendered: Rendered, info: MailInfo) -> bytes:
-    """From, Reply-To, Subject and List-Id as header bytes, encoded by `_encode_text`."""
-    lines = [f"From: {_encode_address('From', header_safe(info.sender))}"]
+    """From, Reply-To, Subject and List-Id as header bytes, encoded by `_encode_text`.
+
+    A mail.from without a name is shown under the site's title: the name readers know.
+    """
+    title = " ".join(header_safe(info.site_title).split())
+    lines = [f"From: {_encode_address('From', header_safe(info.sender), default_name=title)}"]
     answer_to = reply_to(info=info)
     if answer_to:
         lines.append(f"Reply-To: {_encode_address('Reply-To', answer_to)}")

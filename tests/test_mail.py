@@ -89,6 +89,36 @@ def _template(rendered, settings, now, **extra):  # type: ignore[no-untyped-def]
     )
 
 
+@pytest.mark.parametrize(
+    ("from_", "title", "shown"),
+    [
+        # No name: the site's title, which readers know (not "syndicate").
+        ("news@example.org", "Báo Lam Giang", ("Báo Lam Giang", "news@example.org")),
+        ("", 'Báo, "Lam" <Giang>', ('Báo, "Lam" <Giang>', "newsletter@localhost")),
+        ("", "The Daily", ("The Daily", "newsletter@localhost")),
+        # A name configured wins.
+        ("Tòa soạn <news@example.org>", "Báo Lam Giang", ("Tòa soạn", "news@example.org")),
+    ],
+)
+def test_a_sender_without_a_name_is_shown_under_the_sites_title(  # type: ignore[no-untyped-def]
+    mail_settings, rendered, now, from_: str, title: str, shown: tuple[str, str]
+) -> None:
+    settings = dataclasses.replace(
+        mail_settings,
+        site=dataclasses.replace(mail_settings.site, title=title),
+        mail=dataclasses.replace(mail_settings.mail, from_=from_),
+    )
+    digest = _parse(_fill(_template(rendered, settings, now)))
+    confirmation = _parse(
+        build_confirmation_message(
+            rendered, info=MailInfo.from_settings(settings), to="an@example.org", now=now
+        )
+    )
+    for msg in (digest, confirmation):
+        [address] = msg["From"].addresses
+        assert (address.display_name, address.addr_spec) == shown
+
+
 def test_digest_message_has_every_header(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
     template = _template(rendered, mail_settings, now)
     msg = _parse(_fill(template))
