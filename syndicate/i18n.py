@@ -142,7 +142,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "confirm_ask_body": "Bấm nút dưới đây để bắt đầu nhận bản tin qua email.",
             "confirm_ask_button": "Xác nhận đăng ký",
             "confirmed_title": "Đăng ký đã được xác nhận",
-            "confirmed_body": "Cảm ơn bạn! Từ sáng mai, bản tin sẽ đến hộp thư của bạn.",
+            "confirmed_body": "Cảm ơn bạn! Bản tin sẽ đến hộp thư của bạn từ số tiếp theo.",
             "bad_confirm_title": "Liên kết xác nhận không dùng được",
             "bad_confirm_body": (
                 "Liên kết này đã hết hạn, bị thay đổi hoặc không còn hiệu lực. "
@@ -222,8 +222,10 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "confirm_ask_body": "Press the button below to start receiving the newsletter.",
             "confirm_ask_button": "Confirm subscription",
             "confirmed_title": "Subscription confirmed",
+            # Not "tomorrow morning": `send` may run later today, and the next digest is the
+            # first (a day without news has none).
             "confirmed_body": (
-                "Thank you! The newsletter will reach your inbox from tomorrow morning."
+                "Thank you! The newsletter will reach your inbox from its next issue."
             ),
             "bad_confirm_title": "This confirmation link cannot be used",
             "bad_confirm_body": (
