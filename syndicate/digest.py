@@ -342,14 +342,15 @@ def render_digest(
     now: datetime,
     view_url: str | None = None,
     web: bool = False,
+    subscribe_url: str | None = None,
 ) -> RenderedEmail:
     """Render the digest in `lang` as HTML (CSS inlined) and wrapped text.
 
-    `unsubscribe_url` appears verbatim in both parts (a caller may substitute
-    it in the bytes later). Every line of the text part stays under 998 bytes; the
-    mail stage folds long HTML lines (mail.fold_html_lines).
-    `web=True` words the footer for the "view in browser" page rather than a
-    mail. Raises ConfigError when the templates are missing or broken.
+    `unsubscribe_url` appears verbatim in both parts (a caller may substitute it in the
+    bytes later). Every line of the text part stays under 998 bytes; the mail stage folds
+    long HTML lines (mail.fold_html_lines). `web=True` words the footer for the "view in
+    browser" page rather than a mail; its `subscribe_url` (the form) lets one it was
+    forwarded to sign up. Raises ConfigError when the templates are missing or broken.
     """
     site_title = info.site_title
     strings = make_strings(lang, site_title)
@@ -439,6 +440,7 @@ def render_digest(
         "feeds": _feed_links(root),
         "unsubscribe_url": unsubscribe_url,
         "view_url": view_url,
+        "subscribe_url": subscribe_url,
         "why": strings["why_web"] if web else strings["why"],
         "postal_address": info.postal_address,
         "year": now.astimezone(tz).year,

@@ -111,6 +111,11 @@ def unsubscribe_page_url(base_url: str, lang: str) -> str:
     return f"{base_url}unsubscribe?lang={lang}"
 
 
+def subscribe_page_url(base_url: str, lang: str) -> str:
+    """The sign-up form in `lang`, for a page someone may have been sent (a digest's web copy)."""
+    return f"{base_url}subscribe?lang={lang}"
+
+
 def preview_unsubscribe_url(base_url: str) -> str:
     """A clearly fake unsubscribe link for previews (`base_url` as given, not made ASCII)."""
     return _token_url(base_url, "unsubscribe", PREVIEW_TOKEN)

@@ -212,6 +212,21 @@ def test_pages_at_phone_and_desktop_widths(browser: Browser, tmp_path: Path) -> 
         assert shot.stat().st_size > 5_000, f"{shot.name} looks empty"
 
 
+def test_a_forwarded_digest_page_leads_to_the_form_in_its_language(browser: Browser) -> None:
+    server, page = browser.server, browser.page
+    output = server.settings.paths.output
+    english = sorted((output / "digests").glob("*.en.html"))[0]
+    browser.open(f"digests/{english.name}")  # the browser says vi-VN; the page is English
+    page.get_by_role("link", name="Get this digest by email every day").click()
+    page.wait_for_load_state()
+    assert page.evaluate("document.documentElement.lang") == "en"
+    page.get_by_label("Email address").fill("vy@example.org")
+    page.get_by_role("button", name="Subscribe").click()
+    page.wait_for_load_state()
+    server.mail.wait_for(1)
+    assert _status(server, "vy@example.org") is SubscriptionStatus.PENDING
+
+
 def test_sign_up_from_the_form_on_the_static_index(browser: Browser) -> None:
     server, page = browser.server, browser.page
     index = (server.settings.paths.output / "index.html").read_text(encoding="utf-8")

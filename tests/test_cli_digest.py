@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -171,6 +172,11 @@ def test_write_digest_page(settings: Settings, db: Database) -> None:
     # the browser's language (a phone set to English asked for an English one).
     assert 'href="http://localhost:8000/unsubscribe?lang=vi"' in html
     assert "Đây là bản xem trên trình duyệt" in html
+    # Forwarded to someone not on the list: they can sign up, in the page's language.
+    link = r'<a href="http://localhost:8000/subscribe\?lang={}"[^>]*>{}</a>'
+    assert re.search(link.format("vi", "Nhận bản tin này qua email mỗi ngày"), html)
+    english = (path.parent / "2024-11-01.en.html").read_text(encoding="utf-8")
+    assert re.search(link.format("en", "Get this digest by email every day"), english)
     assert "http://localhost:8000/articles/bai-a.html" in html
     assert digest_view_url(settings, DAY) == "http://localhost:8000/digests/2024-11-01.html"
 

@@ -959,6 +959,20 @@ def test_web_version_says_so_and_has_no_view_link(mail_settings: Settings, now: 
     assert "Xem trong trình duyệt" not in rendered.html
 
 
+def test_the_web_versions_sign_up_link_is_escaped(mail_settings: Settings, now: datetime) -> None:
+    rendered = render_digest(
+        digest_plan(day=DAY, articles=golden_articles()),
+        lang="en",
+        info=DigestInfo.from_settings(mail_settings),
+        unsubscribe_url="http://localhost:8000/unsubscribe",
+        now=now,
+        web=True,
+        subscribe_url='http://localhost:8000/a"<b>&/subscribe?lang=en',
+    )
+    # The quote cannot end the attribute (the CSS inliner writes the rest as HTML allows).
+    assert '<a href="http://localhost:8000/a&quot;<b>&amp;/subscribe?lang=en" ' in rendered.html
+
+
 def test_unknown_language_is_refused(mail_settings: Settings, now: datetime) -> None:
     with pytest.raises(
         InputError, match=r"^language 'fr' is not supported; expected one of vi, en\.$"

@@ -309,8 +309,10 @@ def write_digest_page(settings: Settings, plan: DigestPlan, *, now: datetime) ->
     site's language, and feeds/digests/<day>.<lang>.html in each other language, the one
     each reader's message links to.
 
-    Each is the HTML part in its language, with a link to the generic unsubscribe page
-    (in that language) instead of a personal one. Returns the site-language page's path.
+    Each is the HTML part in its language, with a link to the generic unsubscribe page (in
+    that language) instead of a personal one, and one to the sign-up form in that language
+    (the page may have been forwarded to someone who is not on the list). Returns the site-
+    language page's path.
     """
     info = DigestInfo.from_settings(settings)
     paths = []
@@ -322,6 +324,7 @@ def write_digest_page(settings: Settings, plan: DigestPlan, *, now: datetime) ->
             unsubscribe_url=generic_unsubscribe_url(settings, lang),
             now=now,
             web=True,
+            subscribe_url=urls.subscribe_page_url(base_url(settings), lang),
         )
         path = settings.paths.output / urls.digest_page_path(plan.day, _page_lang(settings, lang))
         write_atomic(path, rendered.html.encode("utf-8"))
