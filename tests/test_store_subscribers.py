@@ -588,6 +588,58 @@ def test_a_form_row_from_before_signed_up_at_lapses_after_a_repeat_sign_up(
     assert [s.id for s in iter_subscribers(db)] == [imported.id]
 
 
+def test_a_form_row_from_before_signed_up_at_lapses_without_signing_up_again(
+    db: Database,
+    now,  # type: ignore[no-untyped-def]
+) -> None:
+    # Only a repeat sign-up stamped signed_up_at on such a row: one that never came back
+    # stayed pending for ever.
+    old = signup(db, "old@example.org", language="vi", now=now - timedelta(days=9))[0]
+    recent = signup(db, "recent@example.org", language="vi", now=now - timedelta(hours=2))[0]
+    with db.transaction() as conn:
+        conn.execute(
+            "UPDATE subscribers SET signed_up_at = NULL WHERE id IN (?, ?)", (old.id, recent.id)
+        )
+    # Imported as pending: no mail (import sends none), or a name (the form stores none).
+    kept = [
+        add_subscriber(
+            db, "lan@example.org", status=SubscriptionStatus.PENDING, now=old.created_at
+        ),
+        add_subscriber(
+            db, "mai@example.org", name="Mai", status=SubscriptionStatus.PENDING, now=old.created_at
+        ),
+    ]
+    with db.transaction() as conn:
+        conn.execute(
+            "UPDATE subscribers SET confirm_sent_at = updated_at WHERE id = ?", (kept[1].id,)
+        )
+    assert expire_sign_ups(db, now=now, link_hours=48) == (1, 0)
+    assert [s.id for s in iter_subscribers(db)] == [recent.id, *(k.id for k in kept)]
+
+
+@pytest.mark.parametrize("left", ["unsubscribed", "bounced", "complained"])
+def test_a_leaver_stored_without_its_stamp_is_back_as_it_was_after_the_lapse(
+    db: Database,
+    now,  # type: ignore[no-untyped-def]
+    left: str,
+) -> None:
+    # Imported as complained before complained_at was written: signed up again and never
+    # confirmed, no stamp said what it had been, so it stayed pending for ever.
+    added = add_subscriber(
+        db, "an@example.org", status=SubscriptionStatus(left), now=now - timedelta(days=9)
+    )
+    with db.transaction() as conn:
+        conn.execute(
+            f"UPDATE subscribers SET {left}_at = NULL WHERE id = ?",  # noqa: S608
+            (added.id,),
+        )
+    signup(db, "an@example.org", language="vi", now=now - timedelta(days=3))
+    assert expire_sign_ups(db, now=now, link_hours=48) == (0, 1)
+    back = db.conn.execute(_STAMPS, ("an@example.org",)).fetchone()
+    assert back[0] == left
+    assert [stamp for stamp in back[3:6] if stamp] == [added.created_at.isoformat()]
+
+
 def test_stale_confirm_link_does_not_resubscribe(db: Database, now) -> None:  # type: ignore[no-untyped-def]
     sub, _ = signup(db, "an@example.org", language="vi", now=now)
     unsubscribe(db, sub.id, now=now)

@@ -80,7 +80,10 @@ _SET_STATUS = """
 # changes it, and the form never tells who that is); when a confirmation goes out now (:send),
 # confirm_sent_at = now and :mails (the day's mails, this one too). A row the form did not
 # make is updated now, as one who left is: `expire_sign_ups` deletes only rows the form made
-# that nothing else changed, and puts one who left back as it was. Such a row has no
+# that nothing else changed, and puts one who left back as it was, by the stamp of the
+# status it left with: one stored without it (a row imported as `complained` before
+# `complained_at` was written) gets it now, its last change's time, or it would stay pending
+# for ever. Such a row has no
 # signed_up_at, and no confirm_sent_at (`add` and `import` mail nothing) or a name (the form
 # stores none); a row the form made before signed_up_at was kept (schema step 8) has none
 # either, but its confirmation's confirm_sent_at and no name, and lapses as any other.
@@ -88,6 +91,13 @@ _SIGN_UP_AGAIN = """
     UPDATE subscribers SET signed_up_at = :now, mailbox_key = :mailbox,
         status = CASE WHEN :rejoin THEN 'pending' ELSE status END,
         language = CASE WHEN :rejoin OR status = 'pending' THEN :language ELSE language END,
+        unsubscribed_at = CASE WHEN :rejoin AND status = 'unsubscribed'
+                               THEN coalesce(unsubscribed_at, updated_at)
+                               ELSE unsubscribed_at END,
+        bounced_at = CASE WHEN :rejoin AND status = 'bounced'
+                          THEN coalesce(bounced_at, updated_at) ELSE bounced_at END,
+        complained_at = CASE WHEN :rejoin AND status = 'complained'
+                             THEN coalesce(complained_at, updated_at) ELSE complained_at END,
         updated_at = CASE
             WHEN :rejoin OR (signed_up_at IS NULL AND (confirm_sent_at IS NULL
                                                        OR name IS NOT NULL)) THEN :now
@@ -113,11 +123,13 @@ _SELECT_UNKEYED = (
 )
 _SET_MAILBOX_KEY = "UPDATE subscribers SET mailbox_key = ? WHERE id = ?"
 # Delete a batch of lapsed sign-ups, in id order from :last: rows signed up through the form
-# (signed_up_at) that are pending and were never anything else (no status stamp, never
-# updated since stored: an imported row the form touched keeps it, see _SIGN_UP_AGAIN),
+# (signed_up_at; or, made before it was kept, mailed a confirmation and with no name, as
+# _SIGN_UP_AGAIN tells them) that are pending and were never anything else (no status stamp,
+# never updated since stored: an imported row the form touched keeps it, see _SIGN_UP_AGAIN),
 # whose last sign-up and mail are older than :before.
 _LAPSED_FORM_ROW = """
-    status = 'pending' AND signed_up_at < :before
+    status = 'pending'
+    AND coalesce(signed_up_at, CASE WHEN name IS NULL THEN confirm_sent_at END) < :before
     AND (confirm_sent_at IS NULL OR confirm_sent_at < :before)
     AND confirmed_at IS NULL AND unsubscribed_at IS NULL AND bounced_at IS NULL
     AND complained_at IS NULL AND updated_at = created_at
