@@ -24,7 +24,6 @@ the digest's own day set out to send it to them: `updated_at >= confirmed_at`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections import Counter
@@ -37,6 +36,8 @@ from syndicate.errors import StoreBusyError, StoreError
 from syndicate.store import DB_ERRORS, Database, PgDatabase, store_error
 
 if TYPE_CHECKING:  # psycopg loads with store.postgres, on PostgreSQL only
+    import asyncio
+
     from syndicate.store.postgres import LoopStatement
 
 _T = TypeVar("_T")
@@ -450,6 +451,11 @@ class SqliteQueue:
         self, *, day: date, subscriber_ids: Sequence[int], now: datetime
     ) -> asyncio.Future[None]:
         """As `PgQueue.start_mark`: here a task, which commits in the next turn of the loop."""
+        # Imported where the queue runs, inside `send`'s event loop (asyncio is loaded, so
+        # this is a dictionary lookup a group of marks): `digest` and `send --dry-run` read
+        # this module without the event loop and ssl it brings.
+        import asyncio
+
         return asyncio.ensure_future(self.mark(day=day, subscriber_ids=subscriber_ids, now=now))
 
     async def mark(self, *, day: date, subscriber_ids: Sequence[int], now: datetime) -> None:
@@ -510,6 +516,8 @@ class SqliteQueue:
                     raise
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {self.busy_ms}")
+            import asyncio  # as in `start_mark`
+
             await asyncio.sleep(pause)
             pause = min(pause * 2, self._LAST_PAUSE)
 
