@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from syndicate.cli import COMMAND_MODULES
+
 RENDERING = ("jinja2", "babel", "css_inline", "feedgen", "lxml", "flufl", "email_validator")
 
 
@@ -76,6 +78,8 @@ finally:
 FEEDS = {"syndicate.feeds", "syndicate.publish.run", "feedgen", "lxml", "dateutil"}
 # The event loop and the SMTP stack: only what sends or serves.
 EVENT_LOOP = {"asyncio", "ssl", "aiosmtplib", "syndicate.send.transports"}
+# The commands' own modules: `syndicate --help` lists them from a table.
+COMMANDS = {f"syndicate.cli.{module}" for module in COMMAND_MODULES.values()}
 # The digest and its templates.
 DIGEST = {"syndicate.digest", "jinja2", "css_inline", "syndicate.publish"}
 
@@ -116,6 +120,7 @@ def _present(loaded: set[str], names: set[str]) -> set[str]:
     ("args", "unneeded"),
     [
         (("--version",), FEEDS | EVENT_LOOP | DIGEST),
+        (("--help",), COMMANDS),
         (("subscribers", "list"), FEEDS | EVENT_LOOP | DIGEST),
         (("subscribers", "export", "list.csv"), FEEDS | EVENT_LOOP | DIGEST),
         (("unsubscribe-token", "make", "a@example.org"), FEEDS | EVENT_LOOP | DIGEST),
