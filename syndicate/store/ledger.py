@@ -444,19 +444,20 @@ class SqliteQueue:
     _FIRST_PAUSE, _LAST_PAUSE = 0.0002, 0.005
 
     def __init__(self, db: Database) -> None:
+        # Imported here, once a queue, where `send` runs it in its event loop: `digest` and
+        # `send --dry-run` read this module without the event loop and the ssl it brings.
+        import asyncio
+
         self.db = db
         self.busy_ms = int(db.conn.execute("PRAGMA busy_timeout").fetchone()[0])
+        self._ensure_future = asyncio.ensure_future
+        self._sleep = asyncio.sleep
 
     def start_mark(
         self, *, day: date, subscriber_ids: Sequence[int], now: datetime
     ) -> asyncio.Future[None]:
         """As `PgQueue.start_mark`: here a task, which commits in the next turn of the loop."""
-        # Imported where the queue runs, inside `send`'s event loop (asyncio is loaded, so
-        # this is a dictionary lookup a group of marks): `digest` and `send --dry-run` read
-        # this module without the event loop and ssl it brings.
-        import asyncio
-
-        return asyncio.ensure_future(self.mark(day=day, subscriber_ids=subscriber_ids, now=now))
+        return self._ensure_future(self.mark(day=day, subscriber_ids=subscriber_ids, now=now))
 
     async def mark(self, *, day: date, subscriber_ids: Sequence[int], now: datetime) -> None:
         await self._retrying(
@@ -516,9 +517,7 @@ class SqliteQueue:
                     raise
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {self.busy_ms}")
-            import asyncio  # as in `start_mark`
-
-            await asyncio.sleep(pause)
+            await self._sleep(pause)
             pause = min(pause * 2, self._LAST_PAUSE)
 
     async def close(self) -> None:
