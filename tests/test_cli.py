@@ -8,11 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from syndicate import __version__
-from syndicate.cli import COMMAND_MODULES, cli
+from syndicate.cli import COMMAND_MODULES, COMMAND_SUMMARIES, cli
 from syndicate.errors import log_lines_to_stderr
 
 
@@ -27,6 +28,17 @@ def test_help_lists_the_commands() -> None:
     assert result.exit_code == 0
     for name in COMMAND_MODULES:
         assert f"  {name} " in result.output
+
+
+@pytest.mark.parametrize("name", sorted(COMMAND_MODULES))
+def test_help_lists_each_command_by_its_docstring_s_first_paragraph(name: str) -> None:
+    """`syndicate --help` shows COMMAND_SUMMARIES, not loading the commands: each line is what
+    click makes of the command's own help, and the command has nothing that changes it."""
+    command = cli.get_command(click.Context(cli), name)
+    assert command is not None
+    assert (command.short_help, command.hidden, command.deprecated) == (None, False, False)
+    assert command.help is not None
+    assert " ".join(command.help.partition("\n\n")[0].split()) == COMMAND_SUMMARIES[name]
 
 
 @pytest.mark.usefixtures("store")  # the subprocess inherits the test's store

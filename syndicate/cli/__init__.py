@@ -206,6 +206,24 @@ COMMAND_MODULES = {
     "subscribers": "commands_subscribers",
     "unsubscribe-token": "commands_send",
 }
+# Each command's summary, the first paragraph of its docstring, for `syndicate --help`: it
+# lists the commands without loading their modules (tests/test_cli.py holds it to them).
+COMMAND_SUMMARIES = {
+    "bounces": "Read bounces (DSN) and spam complaints (ARF) from Maildirs, mbox or .eml files.",
+    "build": "Build feeds and article pages from the dumps (default: paths.seeds).",
+    "digest": "Preview the digest `send` would mail now, as HTML and text files.",
+    "inspect": "Show how each dump file parses, on its own (no duplicate removal).",
+    "preflight": (
+        "Check that mail from this setup will be accepted: SPF, DKIM, DMARC, SMTP, the message."
+    ),
+    "send": (
+        "Build feeds and today's digest, and deliver it to every confirmed subscriber owed it."
+    ),
+    "serve": "Serve the feeds and pages, sign-up, confirm and one-click unsubscribe over HTTP.",
+    "store": "Manage the store itself.",
+    "subscribers": "Manage the mailing list: add, remove, list, import, export, erase, stats.",
+    "unsubscribe-token": "Check or make the signed tokens of unsubscribe links.",
+}
 
 
 def _show_help(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -271,6 +289,16 @@ class SyndicateGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """As click's, with a command not loaded yet shown by its COMMAND_SUMMARIES line."""
+        listed = click.Group(
+            commands={
+                name: self.commands.get(name) or click.Command(name, help=COMMAND_SUMMARIES[name])
+                for name in self.list_commands(ctx)
+            }
+        )
+        click.Group.format_commands(listed, ctx, formatter)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:

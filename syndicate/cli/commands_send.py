@@ -7,11 +7,11 @@ import secrets
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import click
 
 from syndicate.cli import AppContext, cli, echo, pass_app
-from syndicate.cli.commands_subscribers import NOT_LISTED_HINT
 from syndicate.errors import (
     InterruptError,
     OutputError,
@@ -21,11 +21,13 @@ from syndicate.errors import (
     printable,
 )
 from syndicate.mail import MailInfo, unsubscribe_url
-from syndicate.send import SendSummary
-from syndicate.send.daily import Preview, preview, run_daily
 from syndicate.store.meta import get_secret, read_secret
 from syndicate.store.subscribers import get_by_email, get_by_id, normalize_email
 from syndicate.tokens import make_token, verify_token
+
+if TYPE_CHECKING:
+    from syndicate.send import SendSummary
+    from syndicate.send.daily import Preview
 
 NOTHING_NEW = "Nothing new to send."
 
@@ -126,6 +128,9 @@ def send_command(
 
     Example: syndicate -q send
     """
+    # Imported here: `unsubscribe-token`, in this module too, needs none of the send stack.
+    from syndicate.send.daily import preview, run_daily
+
     settings = app.settings
     now = datetime.fromtimestamp(app.now(), UTC)
     if dry_run or to is not None:
@@ -313,6 +318,8 @@ def make_command(app: AppContext, email: str) -> None:
     db = app.database if app.read_store() is not None else None
     found = get_by_email(db, email) if db is not None else None
     if db is None or found is None:
+        from syndicate.cli.commands_subscribers import NOT_LISTED_HINT
+
         raise SubscriberError(
             f"email address {normalize_email(email)!r} is not a subscriber.",
             hint=NOT_LISTED_HINT,

@@ -18,10 +18,41 @@ background page writer), `pool` (the worker processes; `BuildTuning` says when t
 take part).
 """
 
-from syndicate.publish.pool import PARALLEL_MIN, BuildTuning
-from syndicate.publish.reading import parse_version
-from syndicate.publish.run import BuildSummary, run_build
-from syndicate.publish.sync import Progress, SyncResult, check_clock, sync_articles
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from syndicate.publish.pool import PARALLEL_MIN, BuildTuning
+    from syndicate.publish.reading import parse_version
+    from syndicate.publish.run import BuildSummary, run_build
+    from syndicate.publish.sync import Progress, SyncResult, check_clock, sync_articles
+
+# Each name, and the module that defines it, loaded when first used: `send --dry-run` and
+# `digest` read the dumps (`sync_articles`) without loading the feeds and their libraries
+# (feedgen, lxml, dateutil), which only `run_build` needs.
+_HOME = {
+    "PARALLEL_MIN": "syndicate.publish.pool",
+    "BuildTuning": "syndicate.publish.pool",
+    "parse_version": "syndicate.publish.reading",
+    "BuildSummary": "syndicate.publish.run",
+    "run_build": "syndicate.publish.run",
+    "Progress": "syndicate.publish.sync",
+    "SyncResult": "syndicate.publish.sync",
+    "check_clock": "syndicate.publish.sync",
+    "sync_articles": "syndicate.publish.sync",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # the next lookup finds it here
+    return value
+
 
 __all__ = [
     "PARALLEL_MIN",

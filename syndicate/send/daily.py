@@ -17,6 +17,7 @@ import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from syndicate.config import Settings
@@ -39,7 +40,6 @@ from syndicate.mail import (
 )
 from syndicate.model import DigestPlan
 from syndicate.output import check_writable_folder
-from syndicate.publish import run_build
 from syndicate.send.catchup import OwedDigest, read_earlier_digests
 from syndicate.send.deliver import (
     DigestSender,
@@ -68,13 +68,15 @@ from syndicate.send.transports import (
     open_mailer,
     run_event_loop,
 )
-from syndicate.send.workers import DayJob, WorkersOutcome, fit_workers, run_workers
 from syndicate.store import Database, ledger
 from syndicate.store.bounces import complaint_warning, recent_rates
 from syndicate.store.digests import close_digest
 from syndicate.store.meta import get_secret
 from syndicate.store.subscribers import confirmed_languages, expire_sign_ups, normalize_email
 from syndicate.tokens import NONCE_BYTES, make_token
+
+if TYPE_CHECKING:
+    from syndicate.send.workers import DayJob, WorkersOutcome
 
 # The stage's logger: records keep the name they had before send became a package.
 log = logging.getLogger("syndicate.send")
@@ -230,6 +232,10 @@ def run_daily(
                 "confirm in time (unsubscribed, bounced or complained, as they were)",
                 lapsed.restored,
             )
+        # Imported here: the build and its feed libraries are `send`'s alone, not
+        # `send --dry-run`'s or `--to`'s.
+        from syndicate.publish.run import run_build
+
         run_build(settings, db, now=now)
         plan = todays_digest(settings, db, now=now, create=True)
         if plan is not None and (stale := stale_warning(plan, tz=settings.site.tz)) is not None:
@@ -402,6 +408,8 @@ def _daily_workers(
     subscribers: bool,
 ) -> DailyReport:
     """The daily job's sending over `workers` processes: every digest owed, made here once."""
+    from syndicate.send.workers import fit_workers, run_workers  # `--workers` alone needs them
+
     # Raised here, the open-files limit is the workers' too; too low, it is said here once:
     # for this process's pipes to the workers, then for each worker's connections.
     workers = fit_workers(workers)
@@ -558,6 +566,8 @@ def _joined(first: WorkersOutcome, then: WorkersOutcome) -> WorkersOutcome:
                 in_flight=sum(p.in_flight for p in parts),
             )
         )
+    from syndicate.send.workers import WorkersOutcome
+
     return WorkersOutcome(
         run=first.run,
         summaries=tuple(summaries),
@@ -710,6 +720,8 @@ def _day_job(
     skipped = ledger.count_skipped(
         db, day=day, max_attempts=MAX_ATTEMPTS, confirmed_by=confirmed_by
     )
+    from syndicate.send.workers import DayJob
+
     return DayJob(day=day, confirmed_by=confirmed_by, templates=dict(templates), skipped=skipped)
 
 

@@ -29,7 +29,6 @@ from syndicate.mail import (
 from syndicate.model import DigestPlan, StoryLink
 from syndicate.output import write_atomic
 from syndicate.publish import sync_articles
-from syndicate.send.transports import read_dkim_key
 from syndicate.store import Database
 from syndicate.store.articles import ArticleSummary, iter_summaries
 from syndicate.store.digests import (
@@ -383,6 +382,9 @@ def build_send_templates(
     settings: Settings, plan: DigestPlan, languages: Iterable[str], *, now: datetime
 ) -> dict[str, MessageTemplate]:
     """The templates `send` fills for each recipient: a fresh marker, DKIM-signed when set up."""
+    # Imported here, once a run: `digest` writes its preview without the SMTP stack.
+    from syndicate.send.transports import read_dkim_key
+
     return build_templates(
         settings, plan, languages, marker=make_marker(), now=now, dkim=read_dkim_key(settings)
     )

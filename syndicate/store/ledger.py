@@ -24,7 +24,6 @@ the digest's own day set out to send it to them: `updated_at >= confirmed_at`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections import Counter
@@ -37,6 +36,8 @@ from syndicate.errors import StoreBusyError, StoreError
 from syndicate.store import DB_ERRORS, Database, PgDatabase, store_error
 
 if TYPE_CHECKING:  # psycopg loads with store.postgres, on PostgreSQL only
+    import asyncio
+
     from syndicate.store.postgres import LoopStatement
 
 _T = TypeVar("_T")
@@ -443,14 +444,20 @@ class SqliteQueue:
     _FIRST_PAUSE, _LAST_PAUSE = 0.0002, 0.005
 
     def __init__(self, db: Database) -> None:
+        # Imported here, once a queue, where `send` runs it in its event loop: `digest` and
+        # `send --dry-run` read this module without the event loop and the ssl it brings.
+        import asyncio
+
         self.db = db
         self.busy_ms = int(db.conn.execute("PRAGMA busy_timeout").fetchone()[0])
+        self._ensure_future = asyncio.ensure_future
+        self._sleep = asyncio.sleep
 
     def start_mark(
         self, *, day: date, subscriber_ids: Sequence[int], now: datetime
     ) -> asyncio.Future[None]:
         """As `PgQueue.start_mark`: here a task, which commits in the next turn of the loop."""
-        return asyncio.ensure_future(self.mark(day=day, subscriber_ids=subscriber_ids, now=now))
+        return self._ensure_future(self.mark(day=day, subscriber_ids=subscriber_ids, now=now))
 
     async def mark(self, *, day: date, subscriber_ids: Sequence[int], now: datetime) -> None:
         await self._retrying(
@@ -510,7 +517,7 @@ class SqliteQueue:
                     raise
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {self.busy_ms}")
-            await asyncio.sleep(pause)
+            await self._sleep(pause)
             pause = min(pause * 2, self._LAST_PAUSE)
 
     async def close(self) -> None:
