@@ -408,14 +408,16 @@ def render_digest(
         limit=PREHEADER_CHARS,
     )
     more_key = "more_one" if plan.more == 1 else "more_many"
+    issue_day = i18n.format_issue_day(plan.day, lang)
     context = {
         "lang": lang,
         "t": strings,
         "site_title": site_title,
         "site_url": root,
-        "subject": subject,
+        # A mail's <title> is its subject; the "view in browser" page's reads as a page's.
+        "subject": strings["page_title"].replace("{date}", issue_day) if web else subject,
         "preheader": preheader,
-        "heading": strings["heading"].replace("{date}", i18n.format_issue_day(plan.day, lang)),
+        "heading": strings["heading"].replace("{date}", issue_day),
         "articles": articles,
         "other_news": [
             {

@@ -63,10 +63,13 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "more_many": "Và {n} tin khác trên trang",
             "subject_more": "và {n} tin khác",
             "why": "Bạn nhận được thư này vì đã đăng ký nhận bản tin hằng ngày của {site}.",
+            # The "view in browser" page: one "của" (not "bản xem ... của bản tin ... của").
             "why_web": (
-                "Đây là bản xem trên trình duyệt của bản tin hằng ngày của {site}. "
+                "Bạn đang xem bản tin hằng ngày của {site} trên trình duyệt. "
                 "Để hủy đăng ký, hãy dùng liên kết ở cuối thư bản tin bạn nhận được."
             ),
+            # The <title> of that page (a mail's is its subject).
+            "page_title": "Bản tin {date} — {site}",
             "unsubscribe": "Hủy đăng ký",
             "view_in_browser": "Xem trong trình duyệt",
             "feeds": "Theo dõi qua",
@@ -98,9 +101,10 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "subject_more": "and {n} more",
             "why": "You are receiving this because you subscribed to the daily digest of {site}.",
             "why_web": (
-                "This is the web version of the daily digest of {site}. "
+                "You are reading the {site} daily digest in your browser. "
                 "To unsubscribe, use the link at the end of any digest email you received."
             ),
+            "page_title": "News for {date} — {site}",
             "unsubscribe": "Unsubscribe",
             "view_in_browser": "View in browser",
             "feeds": "Follow via",

@@ -170,7 +170,7 @@ def test_write_digest_page(settings: Settings, db: Database) -> None:
     # The page is Vietnamese: its unsubscribe link opens the Vietnamese page, whatever
     # the browser's language (a phone set to English asked for an English one).
     assert 'href="http://localhost:8000/unsubscribe?lang=vi"' in html
-    assert "Đây là bản xem trên trình duyệt" in html
+    assert "Bạn đang xem bản tin hằng ngày của" in html
     assert "http://localhost:8000/articles/bai-a.html" in html
     assert digest_view_url(settings, DAY) == "http://localhost:8000/digests/2024-11-01.html"
 

@@ -955,8 +955,38 @@ def test_web_version_says_so_and_has_no_view_link(mail_settings: Settings, now: 
         now=now,
         web=True,
     )
-    assert "Đây là bản xem trên trình duyệt" in rendered.html
+    site = mail_settings.site.title
+    # One "của", as a news site words it (it said "bản xem ... của bản tin ... của").
+    assert f"Bạn đang xem bản tin hằng ngày của {site} trên trình duyệt." in rendered.html
     assert "Xem trong trình duyệt" not in rendered.html
+    # A page's title, not the mail's subject line.
+    assert f"<title>Bản tin Thứ Sáu, 1/11/2024 — {site}</title>" in rendered.html
+    assert f"<title>{rendered.subject}</title>" not in rendered.html
+
+
+def test_web_version_in_english_has_a_page_title(mail_settings: Settings, now: datetime) -> None:
+    rendered = render_digest(
+        digest_plan(day=DAY, articles=golden_articles()),
+        lang="en",
+        info=DigestInfo.from_settings(mail_settings),
+        unsubscribe_url="http://localhost:8000/unsubscribe",
+        now=now,
+        web=True,
+    )
+    site = mail_settings.site.title
+    assert f"<title>News for November 1, 2024 — {site}</title>" in rendered.html
+    assert f"You are reading the {site} daily digest in your browser." in rendered.html
+
+
+def test_mail_title_is_its_subject(mail_settings: Settings, now: datetime) -> None:
+    rendered = render_digest(
+        digest_plan(day=DAY, articles=golden_articles()),
+        lang="vi",
+        info=DigestInfo.from_settings(mail_settings),
+        unsubscribe_url="http://localhost:8000/unsubscribe",
+        now=now,
+    )
+    assert f"<title>{rendered.subject}</title>" in rendered.html
 
 
 def test_unknown_language_is_refused(mail_settings: Settings, now: datetime) -> None:
