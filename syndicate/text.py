@@ -304,8 +304,8 @@ def lead_excerpt(text: str, *, words: int) -> str:
     When even the first sentence is longer, cut it as an editor would, and end with "…":
     at its last clause boundary (comma, semicolon, colon, closing quotation mark) within
     the words when that keeps at least half of them, else at a word boundary that splits
-    no word (a compound, a name, a number from its unit) and leaves no function word at
-    the end (as headlines are cut). Works on whole words of NFC text, so no character is
+    no word (a compound, a name, a number from its unit) and leaves no word of
+    CUT_STOP_WORDS at the end. Works on whole words of NFC text, so no character is
     ever split.
     """
     tokens = nfc(text).split()
@@ -323,7 +323,7 @@ def lead_excerpt(text: str, *, words: int) -> str:
     limit = len(" ".join(tokens[:words])) + 1
     cut = _clause_cut(flat, limit)
     if cut is None or len(cut) < limit // 2:
-        cut = _word_cut(flat, limit)
+        cut = _word_cut(flat, limit, stop=CUT_STOP_WORDS)
     return cut.rstrip(_SHORTEN_STRIP).rstrip(".…") + "…"
 
 
@@ -337,14 +337,17 @@ def shorten(text: str, *, limit: int = 100) -> str:
     Whitespace is collapsed; "…" ends the text only when something was cut, and no
     comma, dash or opening quote dangles before it. The cut is a derived title's word cut
     (_word_cut): it splits no compound word, name or number and unit, and leaves no
-    function word before the "…", unless that would keep less than half of `limit`; a
+    function word (CUT_STOP_WORDS: nor a "huyện" without its name) before the "…", unless
+    that would keep less than half of `limit`; a
     quotation the cut leaves open is closed after the "…" (as shorten_headline does).
     """
     text = nfc(collapse_spaces(text))
     if len(text) <= limit:
         return text
     return _with_closers(
-        text, limit, lambda room: _word_cut(text, room).rstrip(_SHORTEN_STRIP) + "…"
+        text,
+        limit,
+        lambda room: _word_cut(text, room, stop=CUT_STOP_WORDS).rstrip(_SHORTEN_STRIP) + "…",
     )
 
 
@@ -394,6 +397,17 @@ FUNCTION_WORDS = frozenset(
     "the a an of and or to in on at for with by from as is are was were be been will has "
     "have had that its their his her but into over after before than about".split()
 )
+
+# What else a teaser, summary or description (`shorten`, `lead_excerpt`) must not end on: a
+# noun whose name, or number, the cut leaves out, which the reader takes the "…" for
+# ("thuộc huyện…", "Doanh nghiệp tỉnh…", "ông…", "vào ngày…"); not "số", which ends
+# "chuyển đổi số" as often as it opens a number. Not for derived titles: their
+# slug is a published URL, so how they are cut stays as it was (PARSER_VERSION).
+NAMED_NOUNS = frozenset(
+    "tỉnh huyện quận xã phường thôn xóm ấp trấn ông bà ngày tháng mr mrs ms dr".split()
+)
+# The words `shorten` and `lead_excerpt` keep from the end of a cut: the one list.
+CUT_STOP_WORDS = FUNCTION_WORDS | NAMED_NOUNS
 
 # Two-syllable Vietnamese words (lower case, NFC) that a cut must not split. Compared after
 # lower-casing, so "Tỉnh ủy" and "tỉnh ủy" are one entry; both tone placements are listed
@@ -716,8 +730,9 @@ def _splits_a_word(left: str, right: str) -> bool:
     return left[0].isupper() and right[0].isupper()
 
 
-def _word_cut(text: str, limit: int) -> str:
-    """The longest opening of `text` ending at a word boundary that reads well."""
+def _word_cut(text: str, limit: int, *, stop: frozenset[str] = FUNCTION_WORDS) -> str:
+    """The longest opening of `text` ending at a word boundary that reads well: no word of
+    `stop` at its end."""
     words = text[: limit + 40]  # the words near the cut are all it looks at
     fallback = None
     # The openings that fit end at a space before `limit`, or with the words: the longest
@@ -732,7 +747,7 @@ def _word_cut(text: str, limit: int) -> str:
             after = words.find(" ", end + 1)
             following = words[end + 1 : after if after >= 0 else len(words)]
             if (
-                _bare(last) not in FUNCTION_WORDS
+                _bare(last) not in stop
                 and _bare(last)
                 and not _splits_a_word(last, following)
                 and not _quoted_briefly(opening)

@@ -307,6 +307,50 @@ def test_shorten_ends_on_a_word_that_reads_well(text: str, limit: int, expected:
 
 
 @pytest.mark.parametrize(
+    ("text", "limit", "expected"),
+    [
+        # The sample flood story's page description (160 characters) ended "thuộc huyện…":
+        # a district without its name.
+        (
+            "Từ đêm 30/10 đến chiều 31/10, mưa lớn kéo dài khiến nước sông Lam dâng cao, gây "
+            "ngập cục bộ tại nhiều thôn của các xã Đồng Lũy, Phước Sơn và Tân Mỹ thuộc huyện "
+            "Đồng Lũy, tỉnh Lam Giang.",
+            160,
+            "Từ đêm 30/10 đến chiều 31/10, mưa lớn kéo dài khiến nước sông Lam dâng cao, gây "
+            "ngập cục bộ tại nhiều thôn của các xã Đồng Lũy, Phước Sơn và Tân Mỹ…",
+        ),
+        # The digest's lead of the seminar story ended "Hiệp hội Doanh nghiệp tỉnh…".
+        (
+            "Sở Thông tin và Truyền thông tỉnh Lam Giang phối hợp với Hiệp hội Doanh nghiệp "
+            "tỉnh tổ chức hội thảo",
+            90,
+            "Sở Thông tin và Truyền thông tỉnh Lam Giang phối hợp với Hiệp hội Doanh nghiệp…",
+        ),
+        (
+            "Lễ khởi công cầu Cửa Tùng sẽ được tổ chức vào ngày 12/11 tại xã Phước Sơn",
+            56,
+            "Lễ khởi công cầu Cửa Tùng sẽ được tổ chức…",
+        ),
+        ("Phát biểu tại buổi lễ, ông Nguyễn Văn An cho biết", 28, "Phát biểu tại buổi lễ…"),
+        ("The ceremony was opened by Mr Smith of the province", 33, "The ceremony was opened…"),
+        # "Chuyển đổi số" (digital transformation) ends on "số", which stays a whole word.
+        (
+            "Hội thảo về chuyển đổi số trong doanh nghiệp nhỏ",
+            30,
+            "Hội thảo về chuyển đổi số…",
+        ),
+    ],
+)
+def test_shorten_leaves_no_noun_without_its_name(text: str, limit: int, expected: str) -> None:
+    """A place, a person's title or a date's noun before "…" reads as the name left out
+    (text.CUT_STOP_WORDS); lead_excerpt cuts the same way."""
+    assert shorten(text, limit=limit) == expected
+    assert len(expected) <= limit
+    if "," not in text:  # (lead_excerpt cuts at a clause boundary first)
+        assert lead_excerpt(text, words=len(text[:limit].split()) - 1) == expected
+
+
+@pytest.mark.parametrize(
     ("text", "limit"),
     [
         # Quotations a scrape left open, one inside another: cut again to make room for
