@@ -38,6 +38,7 @@ from syndicate.model import (
     RENDER_ERRORS,
     Article,
     DigestPlan,
+    OrderKey,
     OtherNews,
     Precision,
     Teaser,
@@ -128,36 +129,34 @@ def plan_digest(
     newest_published: datetime | None,
     max_age_hours: int,
     max_articles: int,
+    tz: tzinfo,
 ) -> DigestPlan | None:
     """Choose the day's articles from (article, first_seen_at) pairs not yet in a digest.
 
-    An article counts from its publish time, or from when it was first seen when
-    its date is unknown. One older than `newest_published` minus `max_age_hours`
-    is dropped. The newest `max_articles` are kept, newest first (on a tie a
-    dated article first, then by id, descending); the rest are counted in
-    `more`. Streams: holds at most `max_articles` articles. Returns None when
+    An article counts from its publish time, or from the start of the day (in `tz`) it
+    was first seen when its date is unknown (model.order_key). One older than
+    `newest_published` minus `max_age_hours` is dropped. The newest `max_articles` are
+    kept, newest first (on a tie a dated article first, then by id, descending); the rest
+    are counted in `more`. Streams: holds at most `max_articles` articles. Returns None when
     nothing is left.
     """
     cutoff = newest_published - timedelta(hours=max_age_hours) if newest_published else None
     # A min-heap of the best so far: its root is the first to drop out.
-    heap: list[tuple[datetime, bool, str, Article]] = []
+    heap: list[tuple[OrderKey, Article]] = []
     eligible = 0
     for article, first_seen_at in candidates:
-        when, dated, _id = order_key(
-            article.published, article.precision, first_seen_at, article.id
-        )
-        if cutoff is not None and when < cutoff:
+        key = order_key(article.published, article.precision, first_seen_at, article.id, tz=tz)
+        if cutoff is not None and key[0] < cutoff:
             continue
         eligible += 1
-        entry = (when, dated, article.id, article)
         if len(heap) < max_articles:
-            heapq.heappush(heap, entry)
-        elif entry[:3] > heap[0][:3]:
-            heapq.heapreplace(heap, entry)
+            heapq.heappush(heap, (key, article))
+        elif key > heap[0][0]:
+            heapq.heapreplace(heap, (key, article))
     if not heap:
         return None
-    chosen = sorted(heap, key=lambda e: e[:3], reverse=True)
-    return DigestPlan(day=day, articles=tuple(e[3] for e in chosen), more=eligible - len(chosen))
+    chosen = sorted(heap, key=lambda e: e[0], reverse=True)
+    return DigestPlan(day=day, articles=tuple(e[1] for e in chosen), more=eligible - len(chosen))
 
 
 # --------------------------------------------------------------------------- other news
@@ -244,7 +243,7 @@ def plan_other_news(plan: DigestPlan, *, limit: int, tz: tzinfo) -> list[OtherNe
     candidates = select_other_news(plan.articles, limit=sum(len(a.teasers) for a in plan.articles))
     newest = _newest_day(plan, tz)
     exclude = {a.id for a in plan.articles}
-    return order_teasers(candidates, plan.links, newest=newest, exclude=exclude, limit=limit)
+    return order_teasers(candidates, plan.links, newest=newest, tz=tz, exclude=exclude, limit=limit)
 
 
 def _newest_day(plan: DigestPlan, tz: tzinfo) -> date | None:

@@ -7,7 +7,7 @@ import hashlib
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from enum import StrEnum
 from typing import Any
 
@@ -331,20 +331,35 @@ def dated_at(
     return midday
 
 
+# An article's place in the one order: sort by it, reversed (see order_key).
+OrderKey = tuple[datetime, bool, datetime, str]
+
+
 def order_key(
-    published: datetime | None, precision: Precision, first_seen_at: datetime, article_id: str
-) -> tuple[datetime, bool, str]:
+    published: datetime | None,
+    precision: Precision,
+    first_seen_at: datetime,
+    article_id: str,
+    *,
+    tz: tzinfo,
+) -> OrderKey:
     """Where an article stands in the index, the feeds and the digest: sort by this key,
     reversed.
 
-    An article counts from when it is dated (`dated_at`: its publish time, midday of its
-    day when the dump gave no time), or from when syndicate first saw it when its date is
-    unknown; on a tie a dated article comes first, then the larger id.
+    A dated article counts from when it is dated (`dated_at`: its publish time, midday of
+    its day when the dump gave no time). An article whose date is unknown stands after
+    the dated ones of the day (in `tz`, the site's) syndicate first saw it: an editor does
+    not lead with a story nobody can date, nor bury it under the day before; among
+    themselves, the last seen first. On a tie a dated article comes first, then the
+    larger id.
     """
     when = dated_at(published, precision, first_seen_at)
     if when is not None:
-        return when.astimezone(UTC), True, article_id
-    return first_seen_at.astimezone(UTC), False, article_id
+        when = when.astimezone(UTC)
+        return when, True, when, article_id
+    seen = first_seen_at.astimezone(tz)
+    day_start = datetime.combine(seen.date(), time(0), tzinfo=tz)
+    return day_start.astimezone(UTC), False, first_seen_at.astimezone(UTC), article_id
 
 
 # The day a teaser opens with ("Hôm nay 21/11", "Sáng nay 30/10", "Ngày 27.10.2024").
@@ -394,11 +409,15 @@ class OtherNews:
     link: StoryLink | None
 
 
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
 def order_teasers(
     teasers: Iterable[Teaser],
     links: Mapping[str, StoryLink],
     *,
     newest: date | None,
+    tz: tzinfo,
     exclude: Collection[str] = (),
     limit: int | None = None,
 ) -> list[OtherNews]:
@@ -432,9 +451,9 @@ def order_teasers(
         unlinked.append(OtherNews(teaser, None))
     linked.sort(
         key=lambda n: (
-            order_key(n.link.published, n.link.precision, n.link.first_seen_at, n.link.id)
+            order_key(n.link.published, n.link.precision, n.link.first_seen_at, n.link.id, tz=tz)
             if n.link is not None
-            else (datetime.min.replace(tzinfo=UTC), False, "")
+            else (_EARLIEST, False, _EARLIEST, "")
         ),
         reverse=True,
     )

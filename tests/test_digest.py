@@ -215,6 +215,7 @@ def render(
 
 NEWEST = datetime(2024, 11, 1, 0, 0, tzinfo=UTC)
 SEEN = datetime(2024, 11, 1, 6, 0, tzinfo=UTC)
+SITE_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 
 
 def plan(candidates: list[tuple[Article, datetime]], **kwargs: object) -> DigestPlan | None:
@@ -223,6 +224,7 @@ def plan(candidates: list[tuple[Article, datetime]], **kwargs: object) -> Digest
         "newest_published": NEWEST,
         "max_age_hours": 48,
         "max_articles": 20,
+        "tz": SITE_TZ,
     }
     options.update(kwargs)
     return plan_digest(candidates, **options)  # type: ignore[arg-type]
@@ -251,7 +253,38 @@ def test_plan_counts_undated_articles_from_first_seen() -> None:
         ]
     )
     assert result is not None
-    assert [a.id for a in result.articles] == ["recent", "dated"]
+    # Both on 1/11 in Vietnam: the undated one after the dated one of its day.
+    assert [a.id for a in result.articles] == ["dated", "recent"]
+
+
+def test_plan_puts_an_undated_article_after_the_dated_ones_of_its_day() -> None:
+    """An undated story (no publish time in its dump) first seen at the build led the
+    digest above every story published that day and earlier (editor23's brief)."""
+    seen = datetime(2024, 11, 1, 23, 0, tzinfo=SITE_TZ)
+    undated = make_article("undated", published=None)
+    morning = make_article("morning", published=datetime(2024, 11, 1, 7, 0, tzinfo=SITE_TZ))
+    evening = make_article("evening", published=datetime(2024, 11, 1, 20, 0, tzinfo=SITE_TZ))
+    yesterday = make_article("yesterday", published=datetime(2024, 10, 31, 22, tzinfo=SITE_TZ))
+    later_undated = make_article("a-later", published=None)
+    items = [
+        (yesterday, SEEN),
+        (undated, seen),
+        (morning, SEEN),
+        (later_undated, seen + timedelta(minutes=30)),
+        (evening, SEEN),
+    ]
+    result = plan(items, newest_published=evening.published)
+    assert result is not None
+    # The day's dated stories, then its undated ones (the last seen first), then the day
+    # before: whatever the input order.
+    assert [a.id for a in result.articles] == [
+        "evening",
+        "morning",
+        "a-later",
+        "undated",
+        "yesterday",
+    ]
+    assert plan(list(reversed(items)), newest_published=evening.published) == result
 
 
 def test_plan_orders_newest_first_with_ties_by_id() -> None:
@@ -294,7 +327,7 @@ def test_plan_streams_from_a_one_shot_iterator() -> None:
             yield make_article(f"s{i:05}", published=NEWEST - timedelta(seconds=i)), SEEN
 
     result = plan_digest(
-        generate(), day=DAY, newest_published=NEWEST, max_age_hours=48, max_articles=3
+        generate(), day=DAY, newest_published=NEWEST, max_age_hours=48, max_articles=3, tz=SITE_TZ
     )
     assert result is not None
     assert [a.id for a in result.articles] == ["s00000", "s00001", "s00002"]
@@ -1125,6 +1158,7 @@ def test_shared_sample_articles_make_a_sound_digest(
         newest_published=newest,
         max_age_hours=48,
         max_articles=20,
+        tz=SITE_TZ,
     )
     assert result is not None
     assert all(
