@@ -134,7 +134,8 @@ def plan_digest(
     """Choose the day's articles from (article, first_seen_at) pairs not yet in a digest.
 
     An article counts from its publish time, or from the start of the day (in `tz`) it
-    was first seen when its date is unknown (model.order_key). One older than
+    was first seen when its date is unknown, or of `newest_published`'s day if earlier
+    (model.order_key). One older than
     `newest_published` minus `max_age_hours` is dropped. The newest `max_articles` are
     kept, newest first (on a tie a dated article first, then by id, descending); the rest
     are counted in `more`. Streams: holds at most `max_articles` articles. Returns None when
@@ -145,7 +146,14 @@ def plan_digest(
     heap: list[tuple[OrderKey, Article]] = []
     eligible = 0
     for article, first_seen_at in candidates:
-        key = order_key(article.published, article.precision, first_seen_at, article.id, tz=tz)
+        key = order_key(
+            article.published,
+            article.precision,
+            first_seen_at,
+            article.id,
+            tz=tz,
+            newest=newest_published,
+        )
         if cutoff is not None and key[0] < cutoff:
             continue
         eligible += 1

@@ -9,7 +9,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from syndicate.i18n import LANGUAGES, STRINGS
 from syndicate.text import after_title, photo_description, story_key, tell_article_language
@@ -331,6 +331,26 @@ def dated_at(
     return midday
 
 
+class _Dated(Protocol):
+    @property
+    def published(self) -> datetime | None: ...
+    @property
+    def precision(self) -> Precision: ...
+
+
+def newest_published(articles: Iterable[_Dated]) -> datetime | None:
+    """The newest publish time of `articles` (Article or stored summaries), for order_key.
+
+    The newest dated article of a list stands above every undated one in the order, so
+    the feeds (the first `limit` of the index's order) find the index's value."""
+    dated = [
+        a.published
+        for a in articles
+        if a.published is not None and a.precision is not Precision.UNKNOWN
+    ]
+    return max(dated) if dated else None
+
+
 # An article's place in the one order: sort by it, reversed (see order_key).
 OrderKey = tuple[datetime, bool, datetime, str]
 
@@ -342,23 +362,29 @@ def order_key(
     article_id: str,
     *,
     tz: tzinfo,
+    newest: datetime | None,
 ) -> OrderKey:
     """Where an article stands in the index, the feeds and the digest: sort by this key,
     reversed.
 
     A dated article counts from when it is dated (`dated_at`: its publish time, midday of
     its day when the dump gave no time). An article whose date is unknown stands after
-    the dated ones of the day (in `tz`, the site's) syndicate first saw it: an editor does
-    not lead with a story nobody can date, nor bury it under the day before; among
-    themselves, the last seen first. On a tie a dated article comes first, then the
+    the dated ones of the day (in `tz`, the site's) syndicate first saw it, or of the day
+    of `newest` (newest_published of the articles ordered) when that is earlier (a
+    future date, a typo, changes nothing: the day first seen is the earlier). An editor
+    does not lead with a story nobody can date (an archive read late: its undated stories
+    are as old as its others, for all anyone knows), nor bury it under the day before.
+    Among themselves, the last seen first. On a tie a dated article comes first, then the
     larger id.
     """
     when = dated_at(published, precision, first_seen_at)
     if when is not None:
         when = when.astimezone(UTC)
         return when, True, when, article_id
-    seen = first_seen_at.astimezone(tz)
-    day_start = datetime.combine(seen.date(), time(0), tzinfo=tz)
+    day = first_seen_at.astimezone(tz).date()
+    if newest is not None:
+        day = min(day, newest.astimezone(tz).date())
+    day_start = datetime.combine(day, time(0), tzinfo=tz)
     return day_start.astimezone(UTC), False, first_seen_at.astimezone(UTC), article_id
 
 
@@ -451,7 +477,14 @@ def order_teasers(
         unlinked.append(OtherNews(teaser, None))
     linked.sort(
         key=lambda n: (
-            order_key(n.link.published, n.link.precision, n.link.first_seen_at, n.link.id, tz=tz)
+            order_key(
+                n.link.published,
+                n.link.precision,
+                n.link.first_seen_at,
+                n.link.id,
+                tz=tz,
+                newest=None,  # undated articles among the links: by the day first seen
+            )
             if n.link is not None
             else (_EARLIEST, False, _EARLIEST, "")
         ),

@@ -302,6 +302,17 @@ def test_plan_orders_newest_first_with_ties_by_id() -> None:
     assert again == result
 
 
+def test_plan_puts_an_archive_read_late_before_its_undated_story() -> None:
+    """The seeds built in 2026: their undated story, first seen then, led a digest of 2024
+    stories. It stands after the dated ones of the newest story's day."""
+    undated = make_article("undated", published=None)
+    newest = make_article("newest", published=NEWEST)
+    before = make_article("before", published=NEWEST - timedelta(days=1))
+    result = plan([(undated, NEWEST + timedelta(days=700)), (newest, SEEN), (before, SEEN)])
+    assert result is not None
+    assert [a.id for a in result.articles] == ["newest", "undated", "before"]
+
+
 def test_plan_puts_a_dated_article_before_an_undated_one_seen_at_that_time() -> None:
     dated = make_article("a-dated", published=NEWEST)
     undated = make_article("z-undated", published=None)
