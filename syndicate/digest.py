@@ -46,6 +46,7 @@ from syndicate.model import (
     order_key,
     order_teasers,
     prefix_related,
+    settle_relative_day,
 )
 from syndicate.text import (
     MAX_LINE_BYTES,
@@ -386,7 +387,9 @@ def render_digest(
                     ),
                     "lead": typeset(
                         shorten(
-                            lead_excerpt(_summary(article), words=words),
+                            lead_excerpt(
+                                _as_read(_summary(article), article, plan.day, tz), words=words
+                            ),
                             limit=words * CHARS_PER_LEAD_WORD,
                         )
                     ),
@@ -411,7 +414,9 @@ def render_digest(
     # The inbox shows it after the subject, which names the first headline: a title made
     # from the summary is not said twice there either.
     preheader = shorten(
-        (_summary(first) or first.summary or first.title) if first else site_title,
+        _as_read(_summary(first) or first.summary or first.title, first, plan.day, tz)
+        if first
+        else site_title,
         limit=PREHEADER_CHARS,
     )
     more_key = "more_one" if plan.more == 1 else "more_many"
@@ -430,7 +435,14 @@ def render_digest(
             {
                 "dateline": one_line(n.teaser.dateline),
                 "text": typeset(
-                    trailing_ellipsis(shorten(one_line(n.teaser.text), limit=TEASER_CHARS))
+                    trailing_ellipsis(
+                        shorten(
+                            settle_relative_day(
+                                one_line(n.teaser.text), written=None, day=plan.day
+                            ),
+                            limit=TEASER_CHARS,
+                        )
+                    )
                 ),
                 "title": (
                     typeset(shorten_headline(header_safe(n.link.title), limit=TITLE_CHARS))
@@ -454,6 +466,15 @@ def render_digest(
     }
     html, text = render_email(info.templates_dir, "digest", context, keep={unsubscribe_url})
     return RenderedEmail(lang=lang, subject=subject, preheader=preheader, html=html, text=text)
+
+
+def _as_read(text: str, article: Article, day: date, tz: tzinfo) -> str:
+    """`text` of `article` as read in the digest of `day`: "Sáng nay 1/11" is "Sáng 1/11"
+    in a later digest (model.settle_relative_day)."""
+    written = None
+    if article.published is not None and article.precision is not Precision.UNKNOWN:
+        written = article.published.astimezone(tz).date()
+    return settle_relative_day(text, written=written, day=day)
 
 
 def _summary(article: Article) -> str:

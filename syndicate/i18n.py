@@ -333,6 +333,15 @@ def format_issue_day(day: date, lang: str) -> str:
 
 
 # Many articles share a day, and times of day repeat: Babel formats each once.
+# A day as a story's text names it: "1/11" in Vietnamese news, "November 1" in English.
+_TEXT_DAY_PATTERNS = {"vi": "d/M", "en": "MMMM d"}
+
+
+def format_text_day(day: date, lang: str) -> str:
+    """A day as news text names it, without the year: "1/11", "November 1"."""
+    return _format_date(day, _TEXT_DAY_PATTERNS.get(lang, "MMMM d"), lang)
+
+
 @functools.lru_cache(maxsize=2048)
 def _day_text(day: date, lang: str) -> str:
     return _format_date(day, _DAY_PATTERNS.get(lang, "full"), lang)

@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from enum import StrEnum
 from typing import Any, Protocol
 
-from syndicate.i18n import LANGUAGES, STRINGS
+from syndicate.i18n import LANGUAGES, STRINGS, format_text_day
 from syndicate.text import after_title, photo_description, story_key, tell_article_language
 
 
@@ -410,6 +410,52 @@ def teaser_day(text: str, *, near: date) -> date | None:
         except ValueError:
             continue
     return min(found, key=lambda d: abs((d - near).days)) if found else None
+
+
+# A teaser's or lead's opening relative day: "Sáng nay 1/11", "Hôm qua", "Chiều qua 30-10";
+# "Yesterday", "This morning". Only at the start: the dateline's words.
+_RELATIVE_DAY_VI = re.compile(
+    r"(?P<when>rạng sáng|sáng|trưa|chiều|tối|đêm|hôm)\s+(?P<rel>nay|qua)\b"
+    r"(?P<date>\s+\d{1,2}[/.-]\d{1,2}(?:[/.-]\d{4})?\b)?",
+    re.IGNORECASE,
+)
+_RELATIVE_DAY_EN = re.compile(
+    r"(?P<rel>today|yesterday|this morning|this afternoon|this evening|tonight|last night)\b",
+    re.IGNORECASE,
+)
+_BEFORE = ("qua", "yesterday", "last night")  # the day before the one written on
+
+
+def settle_relative_day(text: str, *, written: date | None, day: date) -> str:
+    """`text` as read on `day`: an opening relative day word ("Sáng nay 1/11", "Hôm qua")
+    rewritten when the text was not written on `day` ("Sáng 1/11", "Ngày 15/11", "On
+    October 31"); kept when it was, or when nothing says which day it names.
+
+    `written` is the day the text was written on (its story's publish day), None when
+    unknown; an explicit date after the word ("Sáng nay 1/11") says it too.
+    """
+    match = _RELATIVE_DAY_VI.match(text)
+    if match is not None:
+        before = match["rel"].casefold() in _BEFORE
+        named = teaser_day(text, near=written or day) if match["date"] else None
+        if named is not None:
+            written = named + timedelta(days=1) if before else named
+        elif written is not None:
+            named = written - timedelta(days=1) if before else written
+        if written is None or named is None or written == day:
+            return text
+        word = match["when"]
+        head = "ngày" if word.casefold() == "hôm" else word.casefold()
+        when = match["date"].strip() if match["date"] else format_text_day(named, "vi")
+        opening = f"{head} {when}"
+        if text[:1].isupper():
+            opening = opening[0].upper() + opening[1:]
+        return opening + text[match.end() :]
+    match = _RELATIVE_DAY_EN.match(text)
+    if match is None or written is None or written == day:
+        return text
+    named = written - timedelta(days=1) if match["rel"].casefold() in _BEFORE else written
+    return f"On {format_text_day(named, 'en')}" + text[match.end() :]
 
 
 def prefix_related(keys: Sequence[str], key: str) -> bool:

@@ -37,6 +37,7 @@ from syndicate.model import (
     Precision,
     StoryLink,
     Teaser,
+    settle_relative_day,
 )
 from syndicate.text import lead_excerpt, story_key
 from syndicate.urls import article_path, article_url
@@ -1033,6 +1034,82 @@ def test_mail_title_is_its_subject(mail_settings: Settings, now: datetime) -> No
     assert f"<title>{rendered.subject}</title>" in rendered.html
 
 
+@pytest.mark.parametrize(
+    ("text", "written", "day", "expected"),
+    [
+        # Read on the day it was written: as it is.
+        ("Sáng nay 1/11, UBND tỉnh", None, date(2024, 11, 1), "Sáng nay 1/11, UBND tỉnh"),
+        ("Chiều qua 30-10, Sở", date(2024, 10, 31), date(2024, 10, 31), "Chiều qua 30-10, Sở"),
+        # Read later: the relative word goes, the explicit date stays as written.
+        ("Sáng nay 1/11, UBND tỉnh", None, date(2024, 11, 3), "Sáng 1/11, UBND tỉnh"),
+        ("Chiều qua 30-10, Sở", None, date(2024, 11, 3), "Chiều 30-10, Sở"),
+        ("Hôm nay 21/11, Bộ Chỉ huy", None, date(2024, 11, 25), "Ngày 21/11, Bộ Chỉ huy"),
+        ("Rạng sáng nay 1/11, lũ", None, date(2024, 11, 2), "Rạng sáng 1/11, lũ"),
+        # No date in the text: the story's day gives it.
+        (
+            "Hôm qua, tỉnh Lam Giang",
+            date(2024, 10, 31),
+            date(2024, 11, 1),
+            "Ngày 30/10, tỉnh Lam Giang",
+        ),
+        (
+            "Sáng nay, tại TP. Bến Lam",
+            date(2024, 10, 31),
+            date(2024, 11, 1),
+            "Sáng 31/10, tại TP. Bến Lam",
+        ),
+        (
+            "Yesterday, the province",
+            date(2024, 10, 29),
+            date(2024, 11, 1),
+            "On October 28, the province",
+        ),
+        (
+            "This morning the province",
+            date(2024, 10, 29),
+            date(2024, 11, 1),
+            "On October 29 the province",
+        ),
+        ("Today, farmers", date(2024, 10, 29), date(2024, 10, 29), "Today, farmers"),
+        # Nothing says which day: as it is.
+        ("Hôm qua, tỉnh Lam Giang", None, date(2024, 11, 1), "Hôm qua, tỉnh Lam Giang"),
+        # Not an opening relative day.
+        (
+            "Hội thảo diễn ra sáng nay 1/11",
+            None,
+            date(2024, 11, 3),
+            "Hội thảo diễn ra sáng nay 1/11",
+        ),
+        ("Sáng nayx 1/11", None, date(2024, 11, 3), "Sáng nayx 1/11"),
+    ],
+)
+def test_a_relative_day_is_settled_when_read_on_another_day(
+    text: str, written: date | None, day: date, expected: str
+) -> None:
+    assert settle_relative_day(text, written=written, day=day) == expected
+
+
+def test_a_later_digest_drops_sang_nay_from_leads_and_teasers(
+    mail_settings: Settings, now: datetime
+) -> None:
+    """A digest sent days after its stories said "Sáng nay 1/11" (this morning) of a story
+    of 1/11 and of a teaser of 30/10 (editor23's brief); the day's own digest keeps it."""
+    info = DigestInfo.from_settings(mail_settings)
+    later = render_digest(
+        digest_plan(day=DAY + timedelta(days=3), articles=golden_articles()),
+        lang="vi",
+        info=info,
+        unsubscribe_url="http://localhost:8000/unsubscribe",
+        now=now,
+    )
+    for part in (later.html, later.text):
+        assert "Sáng nay" not in part
+        assert "Sáng 1/11, UBND tỉnh Lam Giang" in part
+    assert "Sáng 30/10, Sở Y tế" in later.text
+    same_day = render(digest_plan(day=DAY, articles=golden_articles()), mail_settings, now)
+    assert "Sáng nay 1/11, UBND tỉnh Lam Giang" in same_day.text
+
+
 def test_unknown_language_is_refused(mail_settings: Settings, now: datetime) -> None:
     with pytest.raises(
         InputError, match=r"^language 'fr' is not supported; expected one of vi, en\.$"
@@ -1144,7 +1221,13 @@ def test_shared_hostile_articles_come_out_as_text_in_both_parts(
         flat_text = " ".join(rendered.text.split())
         for article in hostile_articles:
             title = unicodedata.normalize("NFC", " ".join(article.title.split()))
-            lead = lead_excerpt(article.lead, words=mail_settings.digest.lead_words)
+            dated = article.published is not None and article.precision is not Precision.UNKNOWN
+            written = article.published.astimezone(SITE_TZ).date() if dated else None  # type: ignore[union-attr]
+            # As read on DAY ("Sáng nay" of an earlier day is "Sáng <date>").
+            lead = lead_excerpt(
+                settle_relative_day(article.lead, written=written, day=DAY),
+                words=mail_settings.digest.lead_words,
+            )
             for expected in (title, lead):
                 assert expected.encode("utf-8") in visible.encode("utf-8"), expected
                 assert expected.encode("utf-8") in flat_text.encode("utf-8"), expected
@@ -1266,7 +1349,8 @@ def test_an_unlinked_teaser_cut_with_three_dots_ends_in_an_ellipsis(
     for text in (visible, re.sub(r"\n *", " ", rendered.text)):
         assert "cán bộ các trường…" in text
         assert "trường..." not in text
-        assert "LGO \u2013 Sáng nay 31/10" in text
+        # (Read on 1/11: "Sáng nay 31/10" is "Sáng 31/10".)
+        assert "LGO \u2013 Sáng 31/10" in text
 
 
 @pytest.mark.parametrize(
@@ -1351,7 +1435,7 @@ def test_a_summary_does_not_repeat_a_title_made_from_it(
     for part in (leads, text):
         assert "Lễ diễn ra tại TP. Đông Hà." in part
         assert "Hơn 80 gian hàng tham gia." in part
-        assert "Sáng nay 30/10, tỉnh khai mạc hội chợ." in part
+        assert "Sáng 30/10, tỉnh khai mạc hội chợ." in part  # read on 1/11: not "Sáng nay"
     # The inbox preview, shown after the subject (which names the first headline), goes on
     # after it too.
     assert rendered.subject.startswith("Tin mới: Tỉnh khen thưởng 20 tập thể xuất sắc")
