@@ -406,8 +406,23 @@ FUNCTION_WORDS = frozenset(
 NAMED_NOUNS = frozenset(
     "tỉnh huyện quận xã phường thôn xóm ấp trấn ông bà ngày tháng mr mrs ms dr".split()
 )
-# The words `shorten` and `lead_excerpt` keep from the end of a cut: the one list.
+# The words `shorten` and `lead_excerpt` keep from the end of a cut: the one list (a
+# NAMED_NOUNS word counted, "hai huyện", "các xã", is whole: see `_dangles`).
 CUT_STOP_WORDS = FUNCTION_WORDS | NAMED_NOUNS
+# Words that count a noun, which then needs no name ("nối hai huyện", "ở các xã").
+_QUANTIFIERS = frozenset(
+    "các những nhiều mọi mỗi vài hai ba bốn năm sáu bảy tám chín mười trăm nghìn".split()
+)
+
+
+def _dangles(previous: str, bare: str) -> bool:
+    """Does a cut ending "… `previous` <`bare`>" leave its last word, a stop word (`bare`,
+    as `_bare` gives it), dangling? Not a NAMED_NOUNS word that `previous` counts."""
+    if bare in FUNCTION_WORDS or bare not in NAMED_NOUNS:
+        return True
+    before = _bare(previous)
+    return not (before in _QUANTIFIERS or before[:1].isdigit())
+
 
 # Two-syllable Vietnamese words (lower case, NFC) that a cut must not split. Compared after
 # lower-casing, so "Tỉnh ủy" and "tỉnh ủy" are one entry; both tone placements are listed
@@ -744,11 +759,12 @@ def _word_cut(text: str, limit: int, *, stop: frozenset[str] = FUNCTION_WORDS) -
         if opening:
             fallback = fallback or opening
             last = words[start + 1 : end]
+            bare = _bare(last)
             after = words.find(" ", end + 1)
             following = words[end + 1 : after if after >= 0 else len(words)]
             if (
-                _bare(last) not in stop
-                and _bare(last)
+                bare
+                and not (bare in stop and _dangles(_word_before(words, start), bare))
                 and not _splits_a_word(last, following)
                 and not _quoted_briefly(opening)
             ):
@@ -757,6 +773,11 @@ def _word_cut(text: str, limit: int, *, stop: frozenset[str] = FUNCTION_WORDS) -
                 return opening
         end = start
     return fallback or text[: limit - 1]
+
+
+def _word_before(words: str, space: int) -> str:
+    """The word of `words` that ends at offset `space` (a space, or -1: none)."""
+    return words[words.rfind(" ", 0, max(space, 0)) + 1 : max(space, 0)]
 
 
 def _quoted_briefly(opening: str) -> bool:
@@ -976,12 +997,34 @@ def trailing_ellipsis(text: str) -> str:
     """`text` with the dots that end it ("...", " ....") written as one "…": a sidebar
     teaser cut off with three dots or more, shown with "…" like every other cut.
 
+    The site that cut it counted characters: words our own cuts never end on
+    (CUT_STOP_WORDS: "tại các…", "tỉnh…", "(Lào) để…") and a number without its unit
+    ("vào 2…") go from its end, as long as half of it stays, and a quotation it leaves
+    open is closed after the "…".
+
     Not a regex: a search for spaces and dots at the end tries each of a long run of them
     (one dump line: megabytes) as the start, time quadratic in its length."""
     kept = text.rstrip(".")
     if len(text) - len(kept) < 3:
-        return text
-    return kept.rstrip() + "\u2026"
+        kept = text.removesuffix("\u2026")
+        if kept == text:
+            return text
+    kept = kept.rstrip()
+    half = len(kept) // 2
+    while True:
+        head, _, last = kept.rpartition(" ")
+        bare = _bare(last)
+        dangling = (bare in CUT_STOP_WORDS and _dangles(head.rpartition(" ")[2], bare)) or (
+            bare[:1].isdigit() and _DANGLING_NUMBER.match(bare) is not None
+        )
+        if not head or not dangling or len(head.rstrip(_SHORTEN_STRIP)) < half:
+            break
+        kept = head.rstrip(_SHORTEN_STRIP)
+    return kept + "\u2026" + _open_quotes(kept)
+
+
+# A number alone at the end of a cut teaser: its unit or noun was cut off ("vào 2…").
+_DANGLING_NUMBER = re.compile(r"[\d.,/]+$")
 
 
 def after_title(title: str, text: str) -> str:

@@ -333,6 +333,12 @@ def test_shorten_ends_on_a_word_that_reads_well(text: str, limit: int, expected:
         ),
         ("Phát biểu tại buổi lễ, ông Nguyễn Văn An cho biết", 28, "Phát biểu tại buổi lễ…"),
         ("The ceremony was opened by Mr Smith of the province", 33, "The ceremony was opened…"),
+        # A counted place needs no name.
+        (
+            "Tuyến đường ven biển nối hai huyện Vân Trạch và Đồng Lũy",
+            40,
+            "Tuyến đường ven biển nối hai huyện…",
+        ),
         # "Chuyển đổi số" (digital transformation) ends on "số", which stays a whole word.
         (
             "Hội thảo về chuyển đổi số trong doanh nghiệp nhỏ",
@@ -614,6 +620,39 @@ def test_typesetting_text_and_utf8_agree(text: str) -> None:
 )
 def test_trailing_ellipsis_writes_the_dots_that_end_a_text_as_one(text: str, shown: str) -> None:
     assert trailing_ellipsis(text) == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        # The shared sample's sidebar, cut by its site at a character count.
+        (
+            "Chủ tịch UBND xã Hướng Sơn cho biết, do ảnh hưởng bão số 6, các tuyến giao "
+            "thông vào 2...",
+            "Chủ tịch UBND xã Hướng Sơn cho biết, do ảnh hưởng bão số 6, các tuyến giao thông…",
+        ),
+        (
+            "đã có mặt tại thôn Sa Nam, xã Vĩnh Long, huyện Vĩnh Linh, tỉnh...",
+            "đã có mặt tại thôn Sa Nam, xã Vĩnh Long, huyện Vĩnh Linh…",
+        ),
+        (
+            "có buổi làm việc với Trường Chính trị tỉnh Savannakhet, Salavan (Lào) để...",
+            "có buổi làm việc với Trường Chính trị tỉnh Savannakhet, Salavan (Lào)…",
+        ),
+        (
+            "thực hiện Đề án “Phát huy vai trò của các...",
+            "thực hiện Đề án “Phát huy vai trò…”",
+        ),
+        # A counted noun is whole; a cut keeps at least half.
+        ("tỉnh khánh thành 12 km đường ven biển nối hai huyện...", None),
+        ("và các...", "và các…"),
+        ("Tin tiếp…", "Tin tiếp…"),
+    ],
+)
+def test_a_cut_teaser_does_not_end_on_a_dangling_word(text: str, shown: str | None) -> None:
+    """A sidebar teaser ended "…, tỉnh…", "tại các…", "vào 2…" on the pages and in the
+    digest: the cut its site made, shown as it was."""
+    assert trailing_ellipsis(text) == (shown or text.removesuffix("...") + "…")
 
 
 @pytest.mark.parametrize("filler", [".", " "])
