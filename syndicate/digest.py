@@ -473,7 +473,10 @@ def _as_read(text: str, article: Article, day: date, tz: tzinfo) -> str:
     in a later digest (model.settle_relative_day)."""
     written = None
     if article.published is not None and article.precision is not Precision.UNKNOWN:
-        written = article.published.astimezone(tz).date()
+        try:
+            written = article.published.astimezone(tz).date()
+        except RENDER_ERRORS:  # out of range in the site's timezone: no day to settle on
+            written = None
     return settle_relative_day(text, written=written, day=day)
 
 

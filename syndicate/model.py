@@ -381,11 +381,14 @@ def order_key(
     if when is not None:
         when = when.astimezone(UTC)
         return when, True, when, article_id
-    day = first_seen_at.astimezone(tz).date()
-    if newest is not None:
-        day = min(day, newest.astimezone(tz).date())
-    day_start = datetime.combine(day, time(0), tzinfo=tz)
-    return day_start.astimezone(UTC), False, first_seen_at.astimezone(UTC), article_id
+    try:
+        day = first_seen_at.astimezone(tz).date()
+        if newest is not None:
+            day = min(day, newest.astimezone(tz).date())
+        day_start = datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
+    except OverflowError:  # a date at an end of the calendar (a hostile dump's)
+        day_start = first_seen_at.astimezone(UTC)
+    return day_start, False, first_seen_at.astimezone(UTC), article_id
 
 
 # The day a teaser opens with ("Hôm nay 21/11", "Sáng nay 30/10", "Ngày 27.10.2024").
@@ -434,6 +437,13 @@ def settle_relative_day(text: str, *, written: date | None, day: date) -> str:
     `written` is the day the text was written on (its story's publish day), None when
     unknown; an explicit date after the word ("Sáng nay 1/11") says it too.
     """
+    try:
+        return _settled(text, written, day)
+    except OverflowError:  # a day at an end of the calendar (a hostile dump's)
+        return text
+
+
+def _settled(text: str, written: date | None, day: date) -> str:
     match = _RELATIVE_DAY_VI.match(text)
     if match is not None:
         before = match["rel"].casefold() in _BEFORE

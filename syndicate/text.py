@@ -1011,15 +1011,18 @@ def trailing_ellipsis(text: str) -> str:
             return text
     kept = kept.rstrip()
     half = len(kept) // 2
+    dropped = ""  # the word dropped last: the word before it must not need it ("diễn ra")
     while True:
         head, _, last = kept.rpartition(" ")
         bare = _bare(last)
-        dangling = (bare in CUT_STOP_WORDS and _dangles(head.rpartition(" ")[2], bare)) or (
-            bare[:1].isdigit() and _DANGLING_NUMBER.match(bare) is not None
+        dangling = (
+            (bare in CUT_STOP_WORDS and _dangles(head.rpartition(" ")[2], bare))
+            or (bare[:1].isdigit() and _DANGLING_NUMBER.match(bare) is not None)
+            or (dropped and _splits_a_word(last, dropped))
         )
         if not head or not dangling or len(head.rstrip(_SHORTEN_STRIP)) < half:
             break
-        kept = head.rstrip(_SHORTEN_STRIP)
+        kept, dropped = head.rstrip(_SHORTEN_STRIP), last
     return kept + "\u2026" + _open_quotes(kept)
 
 

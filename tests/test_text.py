@@ -646,6 +646,11 @@ def test_trailing_ellipsis_writes_the_dots_that_end_a_text_as_one(text: str, sho
         # A counted noun is whole; a cut keeps at least half.
         ("tỉnh khánh thành 12 km đường ven biển nối hai huyện...", None),
         ("và các...", "và các…"),
+        # The word before a dropped one is not left half a word ("diễn ra").
+        (
+            "Chiều nay, hội thảo về chuyển đổi số diễn ra tại...",
+            "Chiều nay, hội thảo về chuyển đổi số…",
+        ),
         ("Tin tiếp…", "Tin tiếp…"),
     ],
 )
