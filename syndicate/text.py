@@ -1012,7 +1012,7 @@ def trailing_ellipsis(text: str) -> str:
     kept = kept.rstrip()
     half = len(kept) // 2
     dropped = ""  # the word dropped last: the word before it must not need it ("diễn ra")
-    while True:
+    for _ in range(_MAX_DROPPED):  # bounded: each step copies the text (a line: megabytes)
         head, _, last = kept.rpartition(" ")
         bare = _bare(last)
         dangling = (
@@ -1026,6 +1026,8 @@ def trailing_ellipsis(text: str) -> str:
     return kept + "\u2026" + _open_quotes(kept)
 
 
+# The most words a cut teaser loses ("thuộc huyện…" ends such runs in two or three).
+_MAX_DROPPED = 6
 # A number alone at the end of a cut teaser: its unit or noun was cut off ("vào 2…").
 _DANGLING_NUMBER = re.compile(r"[\d.,/]+$")
 

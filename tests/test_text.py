@@ -660,6 +660,12 @@ def test_a_cut_teaser_does_not_end_on_a_dangling_word(text: str, shown: str | No
     assert trailing_ellipsis(text) == (shown or text.removesuffix("...") + "…")
 
 
+def test_a_cut_teaser_loses_a_few_words_at_most() -> None:
+    """Each word dropped copies the text, and a teaser is one dump line (megabytes): a run
+    of "các" would have cost a copy per word."""
+    assert trailing_ellipsis("các " * 40 + "...") == " ".join(["các"] * 34) + "…"
+
+
 @pytest.mark.parametrize("filler", [".", " "])
 def test_trailing_ellipsis_is_linear_in_a_hostile_run_of_dots_or_spaces(filler: str) -> None:
     # A sidebar teaser is one dump line, as long as load.max_bytes lets it be, and the page
