@@ -38,6 +38,7 @@ from syndicate.model import (
     RENDER_ERRORS,
     Article,
     DigestPlan,
+    OrderKey,
     OtherNews,
     Precision,
     Teaser,
@@ -45,6 +46,7 @@ from syndicate.model import (
     order_key,
     order_teasers,
     prefix_related,
+    settle_relative_day,
 )
 from syndicate.text import (
     MAX_LINE_BYTES,
@@ -128,36 +130,42 @@ def plan_digest(
     newest_published: datetime | None,
     max_age_hours: int,
     max_articles: int,
+    tz: tzinfo,
 ) -> DigestPlan | None:
     """Choose the day's articles from (article, first_seen_at) pairs not yet in a digest.
 
-    An article counts from its publish time, or from when it was first seen when
-    its date is unknown. One older than `newest_published` minus `max_age_hours`
-    is dropped. The newest `max_articles` are kept, newest first (on a tie a
-    dated article first, then by id, descending); the rest are counted in
-    `more`. Streams: holds at most `max_articles` articles. Returns None when
+    An article counts from its publish time, or from the start of the day (in `tz`) it
+    was first seen when its date is unknown, or of `newest_published`'s day if earlier
+    (model.order_key). One older than
+    `newest_published` minus `max_age_hours` is dropped. The newest `max_articles` are
+    kept, newest first (on a tie a dated article first, then by id, descending); the rest
+    are counted in `more`. Streams: holds at most `max_articles` articles. Returns None when
     nothing is left.
     """
     cutoff = newest_published - timedelta(hours=max_age_hours) if newest_published else None
     # A min-heap of the best so far: its root is the first to drop out.
-    heap: list[tuple[datetime, bool, str, Article]] = []
+    heap: list[tuple[OrderKey, Article]] = []
     eligible = 0
     for article, first_seen_at in candidates:
-        when, dated, _id = order_key(
-            article.published, article.precision, first_seen_at, article.id
+        key = order_key(
+            article.published,
+            article.precision,
+            first_seen_at,
+            article.id,
+            tz=tz,
+            newest=newest_published,
         )
-        if cutoff is not None and when < cutoff:
+        if cutoff is not None and key[0] < cutoff:
             continue
         eligible += 1
-        entry = (when, dated, article.id, article)
         if len(heap) < max_articles:
-            heapq.heappush(heap, entry)
-        elif entry[:3] > heap[0][:3]:
-            heapq.heapreplace(heap, entry)
+            heapq.heappush(heap, (key, article))
+        elif key > heap[0][0]:
+            heapq.heapreplace(heap, (key, article))
     if not heap:
         return None
-    chosen = sorted(heap, key=lambda e: e[:3], reverse=True)
-    return DigestPlan(day=day, articles=tuple(e[3] for e in chosen), more=eligible - len(chosen))
+    chosen = sorted(heap, key=lambda e: e[0], reverse=True)
+    return DigestPlan(day=day, articles=tuple(e[1] for e in chosen), more=eligible - len(chosen))
 
 
 # --------------------------------------------------------------------------- other news
@@ -244,7 +252,7 @@ def plan_other_news(plan: DigestPlan, *, limit: int, tz: tzinfo) -> list[OtherNe
     candidates = select_other_news(plan.articles, limit=sum(len(a.teasers) for a in plan.articles))
     newest = _newest_day(plan, tz)
     exclude = {a.id for a in plan.articles}
-    return order_teasers(candidates, plan.links, newest=newest, exclude=exclude, limit=limit)
+    return order_teasers(candidates, plan.links, newest=newest, tz=tz, exclude=exclude, limit=limit)
 
 
 def _newest_day(plan: DigestPlan, tz: tzinfo) -> date | None:
@@ -380,7 +388,9 @@ def render_digest(
                     ),
                     "lead": typeset(
                         shorten(
-                            lead_excerpt(_summary(article), words=words),
+                            lead_excerpt(
+                                _as_read(_summary(article), article, plan.day, tz), words=words
+                            ),
                             limit=words * CHARS_PER_LEAD_WORD,
                         )
                     ),
@@ -405,24 +415,35 @@ def render_digest(
     # The inbox shows it after the subject, which names the first headline: a title made
     # from the summary is not said twice there either.
     preheader = shorten(
-        (_summary(first) or first.summary or first.title) if first else site_title,
+        _as_read(_summary(first) or first.summary or first.title, first, plan.day, tz)
+        if first
+        else site_title,
         limit=PREHEADER_CHARS,
     )
     more_key = "more_one" if plan.more == 1 else "more_many"
+    issue_day = i18n.format_issue_day(plan.day, lang)
     context = {
         "lang": lang,
         "t": strings,
         "site_title": site_title,
         "site_url": root,
-        "subject": subject,
+        # A mail's <title> is its subject; the "view in browser" page's reads as a page's.
+        "subject": strings["page_title"].replace("{date}", issue_day) if web else subject,
         "preheader": preheader,
-        "heading": strings["heading"].replace("{date}", i18n.format_issue_day(plan.day, lang)),
+        "heading": strings["heading"].replace("{date}", issue_day),
         "articles": articles,
         "other_news": [
             {
                 "dateline": one_line(n.teaser.dateline),
                 "text": typeset(
-                    trailing_ellipsis(shorten(one_line(n.teaser.text), limit=TEASER_CHARS))
+                    trailing_ellipsis(
+                        shorten(
+                            settle_relative_day(
+                                one_line(n.teaser.text), written=None, day=plan.day
+                            ),
+                            limit=TEASER_CHARS,
+                        )
+                    )
                 ),
                 "title": (
                     typeset(shorten_headline(header_safe(n.link.title), limit=TITLE_CHARS))
@@ -447,6 +468,18 @@ def render_digest(
     }
     html, text = render_email(info.templates_dir, "digest", context, keep={unsubscribe_url})
     return RenderedEmail(lang=lang, subject=subject, preheader=preheader, html=html, text=text)
+
+
+def _as_read(text: str, article: Article, day: date, tz: tzinfo) -> str:
+    """`text` of `article` as read in the digest of `day`: "Sáng nay 1/11" is "Sáng 1/11"
+    in a later digest (model.settle_relative_day)."""
+    written = None
+    if article.published is not None and article.precision is not Precision.UNKNOWN:
+        try:
+            written = article.published.astimezone(tz).date()
+        except RENDER_ERRORS:  # out of range in the site's timezone: no day to settle on
+            written = None
+    return settle_relative_day(text, written=written, day=day)
 
 
 def _summary(article: Article) -> str:

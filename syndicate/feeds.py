@@ -20,7 +20,7 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -34,6 +34,7 @@ from syndicate.model import (
     BlockKind,
     credit_line,
     dated_at,
+    newest_published,
     order_key,
     shown_blocks,
     shown_standfirst,
@@ -139,12 +140,20 @@ def _credit(article: Article) -> str | None:
     return one_line(article.credit or "") or None
 
 
-def _order(articles: Sequence[Article], first_seen: Mapping[str, datetime]) -> list[Article]:
+def _order(
+    articles: Sequence[Article],
+    first_seen: Mapping[str, datetime],
+    tz: tzinfo,
+    newest: datetime | None,
+) -> list[Article]:
     """The site's one order (model.order_key, as the index and the digest): newest first, an
-    undated article where it was first seen, ties by id. The same for any input order."""
+    undated article after the dated ones of the day it was first seen, ties by id. The same
+    for any input order."""
     return sorted(
         articles,
-        key=lambda a: order_key(a.published, a.precision, first_seen[a.id], a.id),
+        key=lambda a: order_key(
+            a.published, a.precision, first_seen[a.id], a.id, tz=tz, newest=newest
+        ),
         reverse=True,
     )
 
@@ -180,7 +189,7 @@ def build_feed(
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    chosen = _order(articles, first_seen)[:limit]
+    chosen = _order(articles, first_seen, info.tz, newest_published(articles))[:limit]
     dates = {a.id: dated_at(a.published, a.precision, first_seen[a.id]) for a in chosen}
     revised = revised or {}
     story_ids = story_ids or {}

@@ -63,10 +63,13 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "more_many": "Và {n} tin khác trên trang",
             "subject_more": "và {n} tin khác",
             "why": "Bạn nhận được thư này vì đã đăng ký nhận bản tin hằng ngày của {site}.",
+            # The "view in browser" page: one "của" (not "bản xem ... của bản tin ... của").
             "why_web": (
-                "Đây là bản xem trên trình duyệt của bản tin hằng ngày của {site}. "
+                "Bạn đang xem bản tin hằng ngày của {site} trên trình duyệt. "
                 "Để hủy đăng ký, hãy dùng liên kết ở cuối thư bản tin bạn nhận được."
             ),
+            # The <title> of that page (a mail's is its subject).
+            "page_title": "Bản tin {date} — {site}",
             "unsubscribe": "Hủy đăng ký",
             "view_in_browser": "Xem trong trình duyệt",
             "subscribe_by_email": "Nhận bản tin này qua email mỗi ngày",
@@ -99,9 +102,10 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "subject_more": "and {n} more",
             "why": "You are receiving this because you subscribed to the daily digest of {site}.",
             "why_web": (
-                "This is the web version of the daily digest of {site}. "
+                "You are reading the {site} daily digest in your browser. "
                 "To unsubscribe, use the link at the end of any digest email you received."
             ),
+            "page_title": "News for {date} — {site}",
             "unsubscribe": "Unsubscribe",
             "view_in_browser": "View in browser",
             "subscribe_by_email": "Get this digest by email every day",
@@ -333,6 +337,15 @@ def format_issue_day(day: date, lang: str) -> str:
 
 
 # Many articles share a day, and times of day repeat: Babel formats each once.
+# A day as a story's text names it: "1/11" in Vietnamese news, "November 1" in English.
+_TEXT_DAY_PATTERNS = {"vi": "d/M", "en": "MMMM d"}
+
+
+def format_text_day(day: date, lang: str) -> str:
+    """A day as news text names it, without the year: "1/11", "November 1"."""
+    return _format_date(day, _TEXT_DAY_PATTERNS.get(lang, "MMMM d"), lang)
+
+
 @functools.lru_cache(maxsize=2048)
 def _day_text(day: date, lang: str) -> str:
     return _format_date(day, _DAY_PATTERNS.get(lang, "full"), lang)

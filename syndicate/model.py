@@ -7,11 +7,11 @@ import hashlib
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
-from syndicate.i18n import LANGUAGES, STRINGS
+from syndicate.i18n import LANGUAGES, STRINGS, format_text_day
 from syndicate.text import after_title, photo_description, story_key, tell_article_language
 
 
@@ -331,20 +331,64 @@ def dated_at(
     return midday
 
 
+class _Dated(Protocol):
+    @property
+    def published(self) -> datetime | None: ...
+    @property
+    def precision(self) -> Precision: ...
+
+
+def newest_published(articles: Iterable[_Dated]) -> datetime | None:
+    """The newest publish time of `articles` (Article or stored summaries), for order_key.
+
+    The newest dated article of a list stands above every undated one in the order, so
+    the feeds (the first `limit` of the index's order) find the index's value."""
+    dated = [
+        a.published
+        for a in articles
+        if a.published is not None and a.precision is not Precision.UNKNOWN
+    ]
+    return max(dated) if dated else None
+
+
+# An article's place in the one order: sort by it, reversed (see order_key).
+OrderKey = tuple[datetime, bool, datetime, str]
+
+
 def order_key(
-    published: datetime | None, precision: Precision, first_seen_at: datetime, article_id: str
-) -> tuple[datetime, bool, str]:
+    published: datetime | None,
+    precision: Precision,
+    first_seen_at: datetime,
+    article_id: str,
+    *,
+    tz: tzinfo,
+    newest: datetime | None,
+) -> OrderKey:
     """Where an article stands in the index, the feeds and the digest: sort by this key,
     reversed.
 
-    An article counts from when it is dated (`dated_at`: its publish time, midday of its
-    day when the dump gave no time), or from when syndicate first saw it when its date is
-    unknown; on a tie a dated article comes first, then the larger id.
+    A dated article counts from when it is dated (`dated_at`: its publish time, midday of
+    its day when the dump gave no time). An article whose date is unknown stands after
+    the dated ones of the day (in `tz`, the site's) syndicate first saw it, or of the day
+    of `newest` (newest_published of the articles ordered) when that is earlier (a
+    future date, a typo, changes nothing: the day first seen is the earlier). An editor
+    does not lead with a story nobody can date (an archive read late: its undated stories
+    are as old as its others, for all anyone knows), nor bury it under the day before.
+    Among themselves, the last seen first. On a tie a dated article comes first, then the
+    larger id.
     """
     when = dated_at(published, precision, first_seen_at)
     if when is not None:
-        return when.astimezone(UTC), True, article_id
-    return first_seen_at.astimezone(UTC), False, article_id
+        when = when.astimezone(UTC)
+        return when, True, when, article_id
+    try:
+        day = first_seen_at.astimezone(tz).date()
+        if newest is not None:
+            day = min(day, newest.astimezone(tz).date())
+        day_start = datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
+    except OverflowError:  # a date at an end of the calendar (a hostile dump's)
+        day_start = first_seen_at.astimezone(UTC)
+    return day_start, False, first_seen_at.astimezone(UTC), article_id
 
 
 # The day a teaser opens with ("Hôm nay 21/11", "Sáng nay 30/10", "Ngày 27.10.2024").
@@ -371,6 +415,59 @@ def teaser_day(text: str, *, near: date) -> date | None:
     return min(found, key=lambda d: abs((d - near).days)) if found else None
 
 
+# A teaser's or lead's opening relative day: "Sáng nay 1/11", "Hôm qua", "Chiều qua 30-10";
+# "Yesterday", "This morning". Only at the start: the dateline's words.
+_RELATIVE_DAY_VI = re.compile(
+    r"(?P<when>rạng sáng|sáng|trưa|chiều|tối|đêm|hôm)\s+(?P<rel>nay|qua)\b"
+    r"(?P<date>\s+\d{1,2}[/.-]\d{1,2}(?:[/.-]\d{4})?\b)?",
+    re.IGNORECASE,
+)
+_RELATIVE_DAY_EN = re.compile(
+    r"(?P<rel>today|yesterday|this morning|this afternoon|this evening|tonight|last night)\b",
+    re.IGNORECASE,
+)
+_BEFORE = ("qua", "yesterday", "last night")  # the day before the one written on
+
+
+def settle_relative_day(text: str, *, written: date | None, day: date) -> str:
+    """`text` as read on `day`: an opening relative day word ("Sáng nay 1/11", "Hôm qua")
+    rewritten when the text was not written on `day` ("Sáng 1/11", "Ngày 15/11", "On
+    October 31"); kept when it was, or when nothing says which day it names.
+
+    `written` is the day the text was written on (its story's publish day), None when
+    unknown; an explicit date after the word ("Sáng nay 1/11") says it too.
+    """
+    try:
+        return _settled(text, written, day)
+    except OverflowError:  # a day at an end of the calendar (a hostile dump's)
+        return text
+
+
+def _settled(text: str, written: date | None, day: date) -> str:
+    match = _RELATIVE_DAY_VI.match(text)
+    if match is not None:
+        before = match["rel"].casefold() in _BEFORE
+        named = teaser_day(text, near=written or day) if match["date"] else None
+        if named is not None:
+            written = named + timedelta(days=1) if before else named
+        elif written is not None:
+            named = written - timedelta(days=1) if before else written
+        if written is None or named is None or written == day:
+            return text
+        word = match["when"]
+        head = "ngày" if word.casefold() == "hôm" else word.casefold()
+        when = match["date"].strip() if match["date"] else format_text_day(named, "vi")
+        opening = f"{head} {when}"
+        if text[:1].isupper():
+            opening = opening[0].upper() + opening[1:]
+        return opening + text[match.end() :]
+    match = _RELATIVE_DAY_EN.match(text)
+    if match is None or written is None or written == day:
+        return text
+    named = written - timedelta(days=1) if match["rel"].casefold() in _BEFORE else written
+    return f"On {format_text_day(named, 'en')}" + text[match.end() :]
+
+
 def prefix_related(keys: Sequence[str], key: str) -> bool:
     """Whether `key` is a prefix of one of `keys`, or one of them a prefix of `key`.
 
@@ -394,11 +491,15 @@ class OtherNews:
     link: StoryLink | None
 
 
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
 def order_teasers(
     teasers: Iterable[Teaser],
     links: Mapping[str, StoryLink],
     *,
     newest: date | None,
+    tz: tzinfo,
     exclude: Collection[str] = (),
     limit: int | None = None,
 ) -> list[OtherNews]:
@@ -432,9 +533,16 @@ def order_teasers(
         unlinked.append(OtherNews(teaser, None))
     linked.sort(
         key=lambda n: (
-            order_key(n.link.published, n.link.precision, n.link.first_seen_at, n.link.id)
+            order_key(
+                n.link.published,
+                n.link.precision,
+                n.link.first_seen_at,
+                n.link.id,
+                tz=tz,
+                newest=None,  # undated articles among the links: by the day first seen
+            )
             if n.link is not None
-            else (datetime.min.replace(tzinfo=UTC), False, "")
+            else (_EARLIEST, False, _EARLIEST, "")
         ),
         reverse=True,
     )

@@ -536,7 +536,7 @@ class SiteRenderer:
             teaser for teaser in article.teasers if not _advertises(story_key(teaser.text), own)
         ]
         items = []
-        for item in order_teasers(teasers, links, newest=newest, exclude={article.id}):
+        for item in order_teasers(teasers, links, newest=newest, tz=self._tz, exclude={article.id}):
             link = item.link
             items.append(
                 SimpleNamespace(

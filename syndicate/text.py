@@ -304,8 +304,8 @@ def lead_excerpt(text: str, *, words: int) -> str:
     When even the first sentence is longer, cut it as an editor would, and end with "…":
     at its last clause boundary (comma, semicolon, colon, closing quotation mark) within
     the words when that keeps at least half of them, else at a word boundary that splits
-    no word (a compound, a name, a number from its unit) and leaves no function word at
-    the end (as headlines are cut). Works on whole words of NFC text, so no character is
+    no word (a compound, a name, a number from its unit) and leaves no word of
+    CUT_STOP_WORDS at the end. Works on whole words of NFC text, so no character is
     ever split.
     """
     tokens = nfc(text).split()
@@ -323,7 +323,7 @@ def lead_excerpt(text: str, *, words: int) -> str:
     limit = len(" ".join(tokens[:words])) + 1
     cut = _clause_cut(flat, limit)
     if cut is None or len(cut) < limit // 2:
-        cut = _word_cut(flat, limit)
+        cut = _word_cut(flat, limit, stop=CUT_STOP_WORDS)
     return cut.rstrip(_SHORTEN_STRIP).rstrip(".…") + "…"
 
 
@@ -337,14 +337,17 @@ def shorten(text: str, *, limit: int = 100) -> str:
     Whitespace is collapsed; "…" ends the text only when something was cut, and no
     comma, dash or opening quote dangles before it. The cut is a derived title's word cut
     (_word_cut): it splits no compound word, name or number and unit, and leaves no
-    function word before the "…", unless that would keep less than half of `limit`; a
+    function word (CUT_STOP_WORDS: nor a "huyện" without its name) before the "…", unless
+    that would keep less than half of `limit`; a
     quotation the cut leaves open is closed after the "…" (as shorten_headline does).
     """
     text = nfc(collapse_spaces(text))
     if len(text) <= limit:
         return text
     return _with_closers(
-        text, limit, lambda room: _word_cut(text, room).rstrip(_SHORTEN_STRIP) + "…"
+        text,
+        limit,
+        lambda room: _word_cut(text, room, stop=CUT_STOP_WORDS).rstrip(_SHORTEN_STRIP) + "…",
     )
 
 
@@ -394,6 +397,32 @@ FUNCTION_WORDS = frozenset(
     "the a an of and or to in on at for with by from as is are was were be been will has "
     "have had that its their his her but into over after before than about".split()
 )
+
+# What else a teaser, summary or description (`shorten`, `lead_excerpt`) must not end on: a
+# noun whose name, or number, the cut leaves out, which the reader takes the "…" for
+# ("thuộc huyện…", "Doanh nghiệp tỉnh…", "ông…", "vào ngày…"); not "số", which ends
+# "chuyển đổi số" as often as it opens a number. Not for derived titles: their
+# slug is a published URL, so how they are cut stays as it was (PARSER_VERSION).
+NAMED_NOUNS = frozenset(
+    "tỉnh huyện quận xã phường thôn xóm ấp trấn ông bà ngày tháng mr mrs ms dr".split()
+)
+# The words `shorten` and `lead_excerpt` keep from the end of a cut: the one list (a
+# NAMED_NOUNS word counted, "hai huyện", "các xã", is whole: see `_dangles`).
+CUT_STOP_WORDS = FUNCTION_WORDS | NAMED_NOUNS
+# Words that count a noun, which then needs no name ("nối hai huyện", "ở các xã").
+_QUANTIFIERS = frozenset(
+    "các những nhiều mọi mỗi vài hai ba bốn năm sáu bảy tám chín mười trăm nghìn".split()
+)
+
+
+def _dangles(previous: str, bare: str) -> bool:
+    """Does a cut ending "… `previous` <`bare`>" leave its last word, a stop word (`bare`,
+    as `_bare` gives it), dangling? Not a NAMED_NOUNS word that `previous` counts."""
+    if bare in FUNCTION_WORDS or bare not in NAMED_NOUNS:
+        return True
+    before = _bare(previous)
+    return not (before in _QUANTIFIERS or before[:1].isdigit())
+
 
 # Two-syllable Vietnamese words (lower case, NFC) that a cut must not split. Compared after
 # lower-casing, so "Tỉnh ủy" and "tỉnh ủy" are one entry; both tone placements are listed
@@ -716,8 +745,9 @@ def _splits_a_word(left: str, right: str) -> bool:
     return left[0].isupper() and right[0].isupper()
 
 
-def _word_cut(text: str, limit: int) -> str:
-    """The longest opening of `text` ending at a word boundary that reads well."""
+def _word_cut(text: str, limit: int, *, stop: frozenset[str] = FUNCTION_WORDS) -> str:
+    """The longest opening of `text` ending at a word boundary that reads well: no word of
+    `stop` at its end."""
     words = text[: limit + 40]  # the words near the cut are all it looks at
     fallback = None
     # The openings that fit end at a space before `limit`, or with the words: the longest
@@ -729,11 +759,12 @@ def _word_cut(text: str, limit: int) -> str:
         if opening:
             fallback = fallback or opening
             last = words[start + 1 : end]
+            bare = _bare(last)
             after = words.find(" ", end + 1)
             following = words[end + 1 : after if after >= 0 else len(words)]
             if (
-                _bare(last) not in FUNCTION_WORDS
-                and _bare(last)
+                bare
+                and not (bare in stop and _dangles(_word_before(words, start), bare))
                 and not _splits_a_word(last, following)
                 and not _quoted_briefly(opening)
             ):
@@ -742,6 +773,11 @@ def _word_cut(text: str, limit: int) -> str:
                 return opening
         end = start
     return fallback or text[: limit - 1]
+
+
+def _word_before(words: str, space: int) -> str:
+    """The word of `words` that ends at offset `space` (a space, or -1: none)."""
+    return words[words.rfind(" ", 0, max(space, 0)) + 1 : max(space, 0)]
 
 
 def _quoted_briefly(opening: str) -> bool:
@@ -961,12 +997,39 @@ def trailing_ellipsis(text: str) -> str:
     """`text` with the dots that end it ("...", " ....") written as one "…": a sidebar
     teaser cut off with three dots or more, shown with "…" like every other cut.
 
+    The site that cut it counted characters: words our own cuts never end on
+    (CUT_STOP_WORDS: "tại các…", "tỉnh…", "(Lào) để…") and a number without its unit
+    ("vào 2…") go from its end, as long as half of it stays, and a quotation it leaves
+    open is closed after the "…".
+
     Not a regex: a search for spaces and dots at the end tries each of a long run of them
     (one dump line: megabytes) as the start, time quadratic in its length."""
     kept = text.rstrip(".")
     if len(text) - len(kept) < 3:
-        return text
-    return kept.rstrip() + "\u2026"
+        kept = text.removesuffix("\u2026")
+        if kept == text:
+            return text
+    kept = kept.rstrip()
+    half = len(kept) // 2
+    dropped = ""  # the word dropped last: the word before it must not need it ("diễn ra")
+    for _ in range(_MAX_DROPPED):  # bounded: each step copies the text (a line: megabytes)
+        head, _, last = kept.rpartition(" ")
+        bare = _bare(last)
+        dangling = (
+            (bare in CUT_STOP_WORDS and _dangles(head.rpartition(" ")[2], bare))
+            or (bare[:1].isdigit() and _DANGLING_NUMBER.match(bare) is not None)
+            or (dropped and _splits_a_word(last, dropped))
+        )
+        if not head or not dangling or len(head.rstrip(_SHORTEN_STRIP)) < half:
+            break
+        kept, dropped = head.rstrip(_SHORTEN_STRIP), last
+    return kept + "\u2026" + _open_quotes(kept)
+
+
+# The most words a cut teaser loses ("thuộc huyện…" ends such runs in two or three).
+_MAX_DROPPED = 6
+# A number alone at the end of a cut teaser: its unit or noun was cut off ("vào 2…").
+_DANGLING_NUMBER = re.compile(r"[\d.,/]+$")
 
 
 def after_title(title: str, text: str) -> str:

@@ -37,6 +37,7 @@ from syndicate.model import (
     Precision,
     StoryLink,
     Teaser,
+    settle_relative_day,
 )
 from syndicate.text import lead_excerpt, story_key
 from syndicate.urls import article_path, article_url
@@ -215,6 +216,7 @@ def render(
 
 NEWEST = datetime(2024, 11, 1, 0, 0, tzinfo=UTC)
 SEEN = datetime(2024, 11, 1, 6, 0, tzinfo=UTC)
+SITE_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 
 
 def plan(candidates: list[tuple[Article, datetime]], **kwargs: object) -> DigestPlan | None:
@@ -223,6 +225,7 @@ def plan(candidates: list[tuple[Article, datetime]], **kwargs: object) -> Digest
         "newest_published": NEWEST,
         "max_age_hours": 48,
         "max_articles": 20,
+        "tz": SITE_TZ,
     }
     options.update(kwargs)
     return plan_digest(candidates, **options)  # type: ignore[arg-type]
@@ -251,7 +254,38 @@ def test_plan_counts_undated_articles_from_first_seen() -> None:
         ]
     )
     assert result is not None
-    assert [a.id for a in result.articles] == ["recent", "dated"]
+    # Both on 1/11 in Vietnam: the undated one after the dated one of its day.
+    assert [a.id for a in result.articles] == ["dated", "recent"]
+
+
+def test_plan_puts_an_undated_article_after_the_dated_ones_of_its_day() -> None:
+    """An undated story (no publish time in its dump) first seen at the build led the
+    digest above every story published that day and earlier (editor23's brief)."""
+    seen = datetime(2024, 11, 1, 23, 0, tzinfo=SITE_TZ)
+    undated = make_article("undated", published=None)
+    morning = make_article("morning", published=datetime(2024, 11, 1, 7, 0, tzinfo=SITE_TZ))
+    evening = make_article("evening", published=datetime(2024, 11, 1, 20, 0, tzinfo=SITE_TZ))
+    yesterday = make_article("yesterday", published=datetime(2024, 10, 31, 22, tzinfo=SITE_TZ))
+    later_undated = make_article("a-later", published=None)
+    items = [
+        (yesterday, SEEN),
+        (undated, seen),
+        (morning, SEEN),
+        (later_undated, seen + timedelta(minutes=30)),
+        (evening, SEEN),
+    ]
+    result = plan(items, newest_published=evening.published)
+    assert result is not None
+    # The day's dated stories, then its undated ones (the last seen first), then the day
+    # before: whatever the input order.
+    assert [a.id for a in result.articles] == [
+        "evening",
+        "morning",
+        "a-later",
+        "undated",
+        "yesterday",
+    ]
+    assert plan(list(reversed(items)), newest_published=evening.published) == result
 
 
 def test_plan_orders_newest_first_with_ties_by_id() -> None:
@@ -267,6 +301,17 @@ def test_plan_orders_newest_first_with_ties_by_id() -> None:
     assert [a.id for a in result.articles] == ["new", "z", "m", "old"]
     again = plan(list(reversed(items)))
     assert again == result
+
+
+def test_plan_puts_an_archive_read_late_before_its_undated_story() -> None:
+    """The seeds built in 2026: their undated story, first seen then, led a digest of 2024
+    stories. It stands after the dated ones of the newest story's day."""
+    undated = make_article("undated", published=None)
+    newest = make_article("newest", published=NEWEST)
+    before = make_article("before", published=NEWEST - timedelta(days=1))
+    result = plan([(undated, NEWEST + timedelta(days=700)), (newest, SEEN), (before, SEEN)])
+    assert result is not None
+    assert [a.id for a in result.articles] == ["newest", "undated", "before"]
 
 
 def test_plan_puts_a_dated_article_before_an_undated_one_seen_at_that_time() -> None:
@@ -294,7 +339,7 @@ def test_plan_streams_from_a_one_shot_iterator() -> None:
             yield make_article(f"s{i:05}", published=NEWEST - timedelta(seconds=i)), SEEN
 
     result = plan_digest(
-        generate(), day=DAY, newest_published=NEWEST, max_age_hours=48, max_articles=3
+        generate(), day=DAY, newest_published=NEWEST, max_age_hours=48, max_articles=3, tz=SITE_TZ
     )
     assert result is not None
     assert [a.id for a in result.articles] == ["s00000", "s00001", "s00002"]
@@ -955,8 +1000,114 @@ def test_web_version_says_so_and_has_no_view_link(mail_settings: Settings, now: 
         now=now,
         web=True,
     )
-    assert "Đây là bản xem trên trình duyệt" in rendered.html
+    site = mail_settings.site.title
+    # One "của", as a news site words it (it said "bản xem ... của bản tin ... của").
+    assert f"Bạn đang xem bản tin hằng ngày của {site} trên trình duyệt." in rendered.html
     assert "Xem trong trình duyệt" not in rendered.html
+    # A page's title, not the mail's subject line.
+    assert f"<title>Bản tin Thứ Sáu, 1/11/2024 — {site}</title>" in rendered.html
+    assert f"<title>{rendered.subject}</title>" not in rendered.html
+
+
+def test_web_version_in_english_has_a_page_title(mail_settings: Settings, now: datetime) -> None:
+    rendered = render_digest(
+        digest_plan(day=DAY, articles=golden_articles()),
+        lang="en",
+        info=DigestInfo.from_settings(mail_settings),
+        unsubscribe_url="http://localhost:8000/unsubscribe",
+        now=now,
+        web=True,
+    )
+    site = mail_settings.site.title
+    assert f"<title>News for November 1, 2024 — {site}</title>" in rendered.html
+    assert f"You are reading the {site} daily digest in your browser." in rendered.html
+
+
+def test_mail_title_is_its_subject(mail_settings: Settings, now: datetime) -> None:
+    rendered = render_digest(
+        digest_plan(day=DAY, articles=golden_articles()),
+        lang="vi",
+        info=DigestInfo.from_settings(mail_settings),
+        unsubscribe_url="http://localhost:8000/unsubscribe",
+        now=now,
+    )
+    assert f"<title>{rendered.subject}</title>" in rendered.html
+
+
+@pytest.mark.parametrize(
+    ("text", "written", "day", "expected"),
+    [
+        # Read on the day it was written: as it is.
+        ("Sáng nay 1/11, UBND tỉnh", None, date(2024, 11, 1), "Sáng nay 1/11, UBND tỉnh"),
+        ("Chiều qua 30-10, Sở", date(2024, 10, 31), date(2024, 10, 31), "Chiều qua 30-10, Sở"),
+        # Read later: the relative word goes, the explicit date stays as written.
+        ("Sáng nay 1/11, UBND tỉnh", None, date(2024, 11, 3), "Sáng 1/11, UBND tỉnh"),
+        ("Chiều qua 30-10, Sở", None, date(2024, 11, 3), "Chiều 30-10, Sở"),
+        ("Hôm nay 21/11, Bộ Chỉ huy", None, date(2024, 11, 25), "Ngày 21/11, Bộ Chỉ huy"),
+        ("Rạng sáng nay 1/11, lũ", None, date(2024, 11, 2), "Rạng sáng 1/11, lũ"),
+        # No date in the text: the story's day gives it.
+        (
+            "Hôm qua, tỉnh Lam Giang",
+            date(2024, 10, 31),
+            date(2024, 11, 1),
+            "Ngày 30/10, tỉnh Lam Giang",
+        ),
+        (
+            "Sáng nay, tại TP. Bến Lam",
+            date(2024, 10, 31),
+            date(2024, 11, 1),
+            "Sáng 31/10, tại TP. Bến Lam",
+        ),
+        (
+            "Yesterday, the province",
+            date(2024, 10, 29),
+            date(2024, 11, 1),
+            "On October 28, the province",
+        ),
+        (
+            "This morning the province",
+            date(2024, 10, 29),
+            date(2024, 11, 1),
+            "On October 29 the province",
+        ),
+        ("Today, farmers", date(2024, 10, 29), date(2024, 10, 29), "Today, farmers"),
+        # Nothing says which day: as it is.
+        ("Hôm qua, tỉnh Lam Giang", None, date(2024, 11, 1), "Hôm qua, tỉnh Lam Giang"),
+        # Not an opening relative day.
+        (
+            "Hội thảo diễn ra sáng nay 1/11",
+            None,
+            date(2024, 11, 3),
+            "Hội thảo diễn ra sáng nay 1/11",
+        ),
+        ("Sáng nayx 1/11", None, date(2024, 11, 3), "Sáng nayx 1/11"),
+    ],
+)
+def test_a_relative_day_is_settled_when_read_on_another_day(
+    text: str, written: date | None, day: date, expected: str
+) -> None:
+    assert settle_relative_day(text, written=written, day=day) == expected
+
+
+def test_a_later_digest_drops_sang_nay_from_leads_and_teasers(
+    mail_settings: Settings, now: datetime
+) -> None:
+    """A digest sent days after its stories said "Sáng nay 1/11" (this morning) of a story
+    of 1/11 and of a teaser of 30/10 (editor23's brief); the day's own digest keeps it."""
+    info = DigestInfo.from_settings(mail_settings)
+    later = render_digest(
+        digest_plan(day=DAY + timedelta(days=3), articles=golden_articles()),
+        lang="vi",
+        info=info,
+        unsubscribe_url="http://localhost:8000/unsubscribe",
+        now=now,
+    )
+    for part in (later.html, later.text):
+        assert "Sáng nay" not in part
+        assert "Sáng 1/11, UBND tỉnh Lam Giang" in part
+    assert "Sáng 30/10, Sở Y tế" in later.text
+    same_day = render(digest_plan(day=DAY, articles=golden_articles()), mail_settings, now)
+    assert "Sáng nay 1/11, UBND tỉnh Lam Giang" in same_day.text
 
 
 def test_the_web_versions_sign_up_link_is_escaped(mail_settings: Settings, now: datetime) -> None:
@@ -1084,7 +1235,13 @@ def test_shared_hostile_articles_come_out_as_text_in_both_parts(
         flat_text = " ".join(rendered.text.split())
         for article in hostile_articles:
             title = unicodedata.normalize("NFC", " ".join(article.title.split()))
-            lead = lead_excerpt(article.lead, words=mail_settings.digest.lead_words)
+            dated = article.published is not None and article.precision is not Precision.UNKNOWN
+            written = article.published.astimezone(SITE_TZ).date() if dated else None  # type: ignore[union-attr]
+            # As read on DAY ("Sáng nay" of an earlier day is "Sáng <date>").
+            lead = lead_excerpt(
+                settle_relative_day(article.lead, written=written, day=DAY),
+                words=mail_settings.digest.lead_words,
+            )
             for expected in (title, lead):
                 assert expected.encode("utf-8") in visible.encode("utf-8"), expected
                 assert expected.encode("utf-8") in flat_text.encode("utf-8"), expected
@@ -1109,6 +1266,7 @@ def test_shared_sample_articles_make_a_sound_digest(
         newest_published=newest,
         max_age_hours=48,
         max_articles=20,
+        tz=SITE_TZ,
     )
     assert result is not None
     assert all(
@@ -1205,7 +1363,8 @@ def test_an_unlinked_teaser_cut_with_three_dots_ends_in_an_ellipsis(
     for text in (visible, re.sub(r"\n *", " ", rendered.text)):
         assert "cán bộ các trường…" in text
         assert "trường..." not in text
-        assert "LGO \u2013 Sáng nay 31/10" in text
+        # (Read on 1/11: "Sáng nay 31/10" is "Sáng 31/10".)
+        assert "LGO \u2013 Sáng 31/10" in text
 
 
 @pytest.mark.parametrize(
@@ -1290,7 +1449,7 @@ def test_a_summary_does_not_repeat_a_title_made_from_it(
     for part in (leads, text):
         assert "Lễ diễn ra tại TP. Đông Hà." in part
         assert "Hơn 80 gian hàng tham gia." in part
-        assert "Sáng nay 30/10, tỉnh khai mạc hội chợ." in part
+        assert "Sáng 30/10, tỉnh khai mạc hội chợ." in part  # read on 1/11: not "Sáng nay"
     # The inbox preview, shown after the subject (which names the first headline), goes on
     # after it too.
     assert rendered.subject.startswith("Tin mới: Tỉnh khen thưởng 20 tập thể xuất sắc")

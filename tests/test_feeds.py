@@ -263,7 +263,8 @@ def test_items_are_newest_first_undated_last_and_limited(
 @pytest.mark.parametrize("kind", ["rss", "atom", "json"])
 def test_items_are_in_the_index_order_for_ties_and_undated_articles(kind: str) -> None:
     """model.order_key, as the index and the digest: on a tie the larger id first; an
-    undated article where it was first seen, below a dated one of that instant."""
+    undated article after the dated ones of the day it was first seen (it led them all,
+    placed where it was first seen)."""
     at = datetime(2024, 10, 31, 9, 15, tzinfo=TZ)
     tied = [_article(n, published=at) for n in (1, 2)]
     undated = [_article(n, published=None) for n in (3, 4)]
@@ -275,7 +276,7 @@ def test_items_are_in_the_index_order_for_ties_and_undated_articles(kind: str) -
         ids = [i["id"] for i in json.loads(data)["items"]]
     else:
         ids = [e.id for e in feedparser.parse(data).entries]
-    assert ids == [item_id(a.id) for a in (tied[1], tied[0], undated[1], undated[0], older)]
+    assert ids == [item_id(a.id) for a in (tied[1], tied[0], older, undated[1], undated[0])]
 
 
 @pytest.mark.parametrize("kind", ["rss", "atom", "json"])

@@ -307,6 +307,56 @@ def test_shorten_ends_on_a_word_that_reads_well(text: str, limit: int, expected:
 
 
 @pytest.mark.parametrize(
+    ("text", "limit", "expected"),
+    [
+        # The sample flood story's page description (160 characters) ended "thuộc huyện…":
+        # a district without its name.
+        (
+            "Từ đêm 30/10 đến chiều 31/10, mưa lớn kéo dài khiến nước sông Lam dâng cao, gây "
+            "ngập cục bộ tại nhiều thôn của các xã Đồng Lũy, Phước Sơn và Tân Mỹ thuộc huyện "
+            "Đồng Lũy, tỉnh Lam Giang.",
+            160,
+            "Từ đêm 30/10 đến chiều 31/10, mưa lớn kéo dài khiến nước sông Lam dâng cao, gây "
+            "ngập cục bộ tại nhiều thôn của các xã Đồng Lũy, Phước Sơn và Tân Mỹ…",
+        ),
+        # The digest's lead of the seminar story ended "Hiệp hội Doanh nghiệp tỉnh…".
+        (
+            "Sở Thông tin và Truyền thông tỉnh Lam Giang phối hợp với Hiệp hội Doanh nghiệp "
+            "tỉnh tổ chức hội thảo",
+            90,
+            "Sở Thông tin và Truyền thông tỉnh Lam Giang phối hợp với Hiệp hội Doanh nghiệp…",
+        ),
+        (
+            "Lễ khởi công cầu Cửa Tùng sẽ được tổ chức vào ngày 12/11 tại xã Phước Sơn",
+            56,
+            "Lễ khởi công cầu Cửa Tùng sẽ được tổ chức…",
+        ),
+        ("Phát biểu tại buổi lễ, ông Nguyễn Văn An cho biết", 28, "Phát biểu tại buổi lễ…"),
+        ("The ceremony was opened by Mr Smith of the province", 33, "The ceremony was opened…"),
+        # A counted place needs no name.
+        (
+            "Tuyến đường ven biển nối hai huyện Vân Trạch và Đồng Lũy",
+            40,
+            "Tuyến đường ven biển nối hai huyện…",
+        ),
+        # "Chuyển đổi số" (digital transformation) ends on "số", which stays a whole word.
+        (
+            "Hội thảo về chuyển đổi số trong doanh nghiệp nhỏ",
+            30,
+            "Hội thảo về chuyển đổi số…",
+        ),
+    ],
+)
+def test_shorten_leaves_no_noun_without_its_name(text: str, limit: int, expected: str) -> None:
+    """A place, a person's title or a date's noun before "…" reads as the name left out
+    (text.CUT_STOP_WORDS); lead_excerpt cuts the same way."""
+    assert shorten(text, limit=limit) == expected
+    assert len(expected) <= limit
+    if "," not in text:  # (lead_excerpt cuts at a clause boundary first)
+        assert lead_excerpt(text, words=len(text[:limit].split()) - 1) == expected
+
+
+@pytest.mark.parametrize(
     ("text", "limit"),
     [
         # Quotations a scrape left open, one inside another: cut again to make room for
@@ -570,6 +620,50 @@ def test_typesetting_text_and_utf8_agree(text: str) -> None:
 )
 def test_trailing_ellipsis_writes_the_dots_that_end_a_text_as_one(text: str, shown: str) -> None:
     assert trailing_ellipsis(text) == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        # The shared sample's sidebar, cut by its site at a character count.
+        (
+            "Chủ tịch UBND xã Hướng Sơn cho biết, do ảnh hưởng bão số 6, các tuyến giao "
+            "thông vào 2...",
+            "Chủ tịch UBND xã Hướng Sơn cho biết, do ảnh hưởng bão số 6, các tuyến giao thông…",
+        ),
+        (
+            "đã có mặt tại thôn Sa Nam, xã Vĩnh Long, huyện Vĩnh Linh, tỉnh...",
+            "đã có mặt tại thôn Sa Nam, xã Vĩnh Long, huyện Vĩnh Linh…",
+        ),
+        (
+            "có buổi làm việc với Trường Chính trị tỉnh Savannakhet, Salavan (Lào) để...",
+            "có buổi làm việc với Trường Chính trị tỉnh Savannakhet, Salavan (Lào)…",
+        ),
+        (
+            "thực hiện Đề án “Phát huy vai trò của các...",
+            "thực hiện Đề án “Phát huy vai trò…”",
+        ),
+        # A counted noun is whole; a cut keeps at least half.
+        ("tỉnh khánh thành 12 km đường ven biển nối hai huyện...", None),
+        ("và các...", "và các…"),
+        # The word before a dropped one is not left half a word ("diễn ra").
+        (
+            "Chiều nay, hội thảo về chuyển đổi số diễn ra tại...",
+            "Chiều nay, hội thảo về chuyển đổi số…",
+        ),
+        ("Tin tiếp…", "Tin tiếp…"),
+    ],
+)
+def test_a_cut_teaser_does_not_end_on_a_dangling_word(text: str, shown: str | None) -> None:
+    """A sidebar teaser ended "…, tỉnh…", "tại các…", "vào 2…" on the pages and in the
+    digest: the cut its site made, shown as it was."""
+    assert trailing_ellipsis(text) == (shown or text.removesuffix("...") + "…")
+
+
+def test_a_cut_teaser_loses_a_few_words_at_most() -> None:
+    """Each word dropped copies the text, and a teaser is one dump line (megabytes): a run
+    of "các" would have cost a copy per word."""
+    assert trailing_ellipsis("các " * 40 + "...") == " ".join(["các"] * 34) + "…"
 
 
 @pytest.mark.parametrize("filler", [".", " "])

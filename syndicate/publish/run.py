@@ -12,14 +12,14 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
 from syndicate import feeds
 from syndicate.config import Settings, base_url, site_templates_dir
 from syndicate.errors import DumpError, StoreError, SyndicateError
 from syndicate.feeds import ENTRY_ERRORS, FeedInfo, build_feed
-from syndicate.model import Article, StoryLink, order_key
+from syndicate.model import Article, OrderKey, StoryLink, newest_published, order_key
 from syndicate.publish.hashing import digest as _hash
 from syndicate.publish.pool import BuildPool, BuildTuning, IndexJob, render_page
 from syndicate.publish.staging import (
@@ -87,9 +87,17 @@ def _feed_info(settings: Settings) -> FeedInfo:
     )
 
 
-def _order_key(summary: store.ArticleSummary) -> tuple[datetime, bool, str]:
-    # The digest's order (an undated article stands where it was first seen): sort reversed.
-    return order_key(summary.published, summary.precision, summary.first_seen_at, summary.id)
+def _order_key(summary: store.ArticleSummary, tz: tzinfo, newest: datetime | None) -> OrderKey:
+    # The digest's order (an undated article after the dated ones of the day it was first
+    # seen, or of the newest article's day): sort reversed.
+    return order_key(
+        summary.published,
+        summary.precision,
+        summary.first_seen_at,
+        summary.id,
+        tz=tz,
+        newest=newest,
+    )
 
 
 # An article page's links: the story key of a teaser -> the article it advertises.
@@ -163,11 +171,9 @@ def run_build(
                 pool=pool,
                 allow_empty=allow_empty,
             )
-            summaries = sorted(
-                (s for s in store.iter_summaries(db) if s.id in sync.article_ids),
-                key=_order_key,
-                reverse=True,
-            )
+            summaries = [s for s in store.iter_summaries(db) if s.id in sync.article_ids]
+            newest = newest_published(summaries)
+            summaries.sort(key=lambda s: _order_key(s, settings.site.tz, newest), reverse=True)
             # An article with a page keeps its path: a published URL stays put.
             kept = {
                 s.id: s.slug if slug == s.slug else slug  # one copy of the text when the same

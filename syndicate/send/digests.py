@@ -285,6 +285,7 @@ def _plan(settings: Settings, db: Database, day: date, *, now: datetime) -> Dige
         newest_published=newest,
         max_age_hours=settings.digest.max_age_hours,
         max_articles=settings.digest.max_articles,
+        tz=settings.site.tz,
     )
 
 
