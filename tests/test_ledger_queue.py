@@ -451,42 +451,50 @@ def test_workers_enqueueing_at_once_do_not_wait_on_each_other_past_the_busy_time
 ) -> None:
     # Every worker enqueues first. In one transaction, the first one's rows stayed
     # uncommitted for the whole list (11 s at 300,000 subscribers), and every other worker
-    # waited on them past store.busy_timeout and gave up (exit 75). Here a trigger makes
-    # each row take 10 ms: the list takes 1 s, a batch 0.1 s, the busy timeout is 0.5 s.
+    # waited on them past store.busy_timeout and gave up (exit 75). Here the first enqueue
+    # is held mid-list, at its sixth batch's first row, for as long as the second one runs:
+    # its first five batches are committed by then, so the second waits on nothing. (Held
+    # by a lock, not slowed by a timer: a loaded machine once stretched a timed batch past
+    # the busy timeout.)
     url = os.environ.get(ENV_STORE_URL)
     if not url:
         pytest.skip("on SQLite the enqueues take turns on the one write lock")
     monkeypatch.setattr(ledger, "ENQUEUE_BATCH", 10, raising=False)
-    with _store(tmp_path, 100) as db:
-        with psycopg.connect(url, autocommit=True) as admin:
-            admin.execute(
-                "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN PERFORM pg_sleep(0.01); RETURN NEW; END $$"
-            )
-            admin.execute(
-                "CREATE TRIGGER slow_row BEFORE INSERT ON deliveries "
-                "FOR EACH ROW EXECUTE FUNCTION slow_row()"
-            )
-            added: list[int] = []
-            first = threading.Thread(
-                target=lambda: added.append(ledger.enqueue_owed(db, day=DAY, now=T0))
-            )
-            first.start()
-            try:
-                deadline = time.monotonic() + 10
-                while not admin.execute(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE state = 'active' AND query LIKE '%INSERT INTO deliveries%'"
-                    " AND pid <> pg_backend_pid()"
-                ).fetchone()[0]:
-                    assert time.monotonic() < deadline, "the first enqueue never started"
-                    time.sleep(0.01)
-                with open_store(tmp_path / "x.db", busy_timeout=0.5) as other:
-                    added.append(ledger.enqueue_owed(other, day=DAY, now=T0))
-            finally:
-                first.join(30)
-        assert len(added) == 2  # both finished
-        assert sum(added) == 100  # between them, each row once
+    with _store(tmp_path, 100) as db, psycopg.connect(url, autocommit=True) as admin:
+        first_pid = db.conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        admin.execute("SELECT pg_advisory_lock(23)")  # held until the second one is done
+        admin.execute(
+            "CREATE FUNCTION hold_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            f" IF pg_backend_pid() = {int(first_pid)} AND NEW.subscriber_id = 51 THEN"
+            " PERFORM pg_advisory_lock_shared(23); PERFORM pg_advisory_unlock_shared(23);"
+            " END IF; RETURN NEW; END $$"
+        )
+        admin.execute(
+            "CREATE TRIGGER hold_row BEFORE INSERT ON deliveries "
+            "FOR EACH ROW EXECUTE FUNCTION hold_row()"
+        )
+        added: list[int] = []
+        first = threading.Thread(
+            target=lambda: added.append(ledger.enqueue_owed(db, day=DAY, now=T0))
+        )
+        first.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not admin.execute(  # the first enqueue waits on the lock, mid-list
+                "SELECT count(*) FROM pg_locks"
+                " WHERE locktype = 'advisory' AND NOT granted AND pid = %s",
+                (first_pid,),
+            ).fetchone()[0]:
+                assert first.is_alive(), "the first enqueue ended without reaching row 51"
+                assert time.monotonic() < deadline, "the first enqueue never reached row 51"
+                time.sleep(0.01)
+            with open_store(tmp_path / "x.db", busy_timeout=0.5) as other:
+                added.append(ledger.enqueue_owed(other, day=DAY, now=T0))
+            assert added == [50]  # rows 51 to 100: the first one had committed 1 to 50
+        finally:
+            admin.execute("SELECT pg_advisory_unlock(23)")
+            first.join(30)
+        assert added == [50, 50]  # both finished, each row added once between them
         assert ledger.day_counts(db, day=DAY) == {"sending": 100}
 
 
