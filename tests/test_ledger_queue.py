@@ -498,6 +498,81 @@ def test_workers_enqueueing_at_once_do_not_wait_on_each_other_past_the_busy_time
         assert ledger.day_counts(db, day=DAY) == {"sending": 100}
 
 
+@pytest.mark.sqlite_only  # SQLite's write lock: on PostgreSQL the enqueue takes no such lock
+@pytest.mark.slow(seconds=4)
+def test_a_sign_up_waiting_for_a_long_sqlite_enqueue_gets_in_between_its_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On SQLite the enqueue's batches take the one write lock in turn. Committed one after
+    # the other with no moment between, they left a sign-up waiting in SQLite's busy wait no
+    # turn until the whole list was done (4.1 s at 400,000 subscribers, past
+    # store.busy_timeout at 1,000,000). Here the list is 100 batches: a sign-up that began
+    # waiting during the first ones must be stored before the last one is.
+    monkeypatch.setattr(ledger, "ENQUEUE_BATCH", 10)
+    with _store(tmp_path, 1000) as db:
+        added: list[int] = []
+
+        def enqueue() -> None:
+            with open_store(tmp_path / "queue.db") as own:
+                added.append(ledger.enqueue_owed(own, day=DAY, now=T0))
+
+        enqueuer = threading.Thread(target=enqueue)
+        enqueuer.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not ledger.day_counts(db, day=DAY):  # its first batch is committed
+                assert enqueuer.is_alive(), "the enqueue ended before it was seen"
+                assert time.monotonic() < deadline, "the enqueue never began"
+                time.sleep(0.001)
+            signup(db, "new@example.org", language="vi", now=T0, resend_after=timedelta(0))
+            enqueued = ledger.day_counts(db, day=DAY).get("sending", 0)
+        finally:
+            enqueuer.join(60)
+        assert enqueued < 1000, "the sign-up waited for the whole enqueue"
+        assert added == [1000]
+        assert ledger.day_counts(db, day=DAY) == {"sending": 1000}
+
+
+def test_an_enqueue_cut_off_between_batches_is_finished_by_the_next_each_row_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batches commit one by one: an enqueue stopped at one (here an insert refused at
+    subscriber 51, as a kill would leave it) keeps the batches before it, and the next
+    enqueue adds exactly the rest."""
+    url = os.environ.get(ENV_STORE_URL)
+    monkeypatch.setattr(ledger, "ENQUEUE_BATCH", 10)
+    with _store(tmp_path, 100) as db:
+        if url:
+            with psycopg.connect(url, autocommit=True) as admin:
+                admin.execute(
+                    "CREATE FUNCTION refuse_51() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                    " IF NEW.subscriber_id = 51 THEN RAISE EXCEPTION 'cut off'; END IF;"
+                    " RETURN NEW; END $$"
+                )
+                admin.execute(
+                    "CREATE TRIGGER refuse_51 BEFORE INSERT ON deliveries "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse_51()"
+                )
+        else:
+            with db.transaction() as conn:
+                conn.execute(
+                    "CREATE TRIGGER refuse_51 BEFORE INSERT ON deliveries"
+                    " WHEN NEW.subscriber_id = 51 BEGIN SELECT RAISE(ABORT, 'cut off'); END"
+                )
+        with pytest.raises(StoreError):
+            ledger.enqueue_owed(db, day=DAY, now=T0)
+        with db.transaction() as conn:
+            conn.execute("DROP TRIGGER refuse_51" + (" ON deliveries" if url else ""))
+        rows = [r[0] for r in db.conn.execute("SELECT subscriber_id FROM deliveries").fetchall()]
+        kept = len(rows)
+        assert 0 < kept <= 50  # the batches before the one cut off
+        assert sorted(rows) == list(range(1, kept + 1))
+        assert ledger.enqueue_owed(db, day=DAY, now=T0) == 100 - kept
+        rows = [r[0] for r in db.conn.execute("SELECT subscriber_id FROM deliveries").fetchall()]
+        assert sorted(rows) == list(range(1, 101))  # each once
+        assert ledger.day_counts(db, day=DAY) == {"sending": 100}
+
+
 @pytest.mark.sqlite_only  # SQLite's write lock, held by another process's connection
 async def test_sent_marks_wait_for_the_write_lock_without_stopping_the_event_loop(
     tmp_path: Path,
