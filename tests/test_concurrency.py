@@ -259,6 +259,7 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+@pytest.mark.skipif(WORKERS < 2, reason="on one core the preview reads in its own process")
 @pytest.mark.slow(seconds=8)
 def test_sign_ups_are_answered_at_once_while_a_big_preview_runs(
     live_server: Callable[..., LiveServer], settings: Settings, workdir: Path
