@@ -682,6 +682,19 @@ _TOP_SUBSCRIBER = "SELECT coalesce(max(id), 0) FROM subscribers"
 # another) waited on its rows past store.busy_timeout and gave up (exit 75): now each
 # waits at most one batch of another's (about 0.4 s).
 ENQUEUE_BATCH = 10_000
+# On SQLite every enqueue transaction takes the store's one write lock, which sign-ups,
+# confirms and unsubscribes wait for with SQLite's own busy wait: it tries again 1, 2, 5,
+# 10, 15, 20, 25, 25, 25 ms after it began waiting, then every 50 and 100 ms, and never in
+# between. A batch committed and the next one begun at once left it almost no moment to try
+# in: a sign-up waited 4.1 s at 400,000 subscribers, and near 1,000,000 could pass
+# store.busy_timeout (503; bench/enqueue_signups.py). So on SQLite a batch is cut to about
+# `_ENQUEUE_HOLD` seconds of work (its size follows the last one's time) and the lock is
+# left free for `_ENQUEUE_PAUSE` after it: a writer that began waiting during a batch tries
+# again inside that pause (its tries are at most 25 ms apart for its first 128 ms), so it
+# waits about one batch.
+_ENQUEUE_HOLD = 0.075
+_ENQUEUE_PAUSE = 0.025
+_ENQUEUE_FIRST = 1_000  # subscriber ids in the first SQLite batch, before one was timed
 
 # Claim: up to :limit owed rows of :day that no live lease holds get the lease
 # (:owner, :until), in one write transaction. Owed: `sending` or `failed`, with attempts
@@ -901,25 +914,35 @@ def enqueue_owed(
     """Add a `sending` row, with no lease, for each confirmed subscriber with no row for `day`.
 
     Idempotent. Returns how many rows were added. Committed in batches of subscriber ids
-    (`ENQUEUE_BATCH`): one cut off part way leaves rows the next enqueue completes.
+    (`ENQUEUE_BATCH`; on SQLite smaller, with a pause after each for the other writers):
+    one cut off part way leaves rows the next enqueue completes.
     """
     params: dict[str, object] = {
         "day": day.isoformat(),
         "now": _iso(now),
         "confirmed_by": _cutoff(confirmed_by),
     }
-    added = 0
+    added = after = 0
+    sqlite = db.dialect == "sqlite"
+    size = min(_ENQUEUE_FIRST, ENQUEUE_BATCH) if sqlite else ENQUEUE_BATCH
     try:
         top = int(db.conn.execute(_TOP_SUBSCRIBER).fetchone()[0])
         # Without the store-wide write lock on PostgreSQL: the statements read every confirmed
         # subscriber (2 s at 300,000, 13 s the first time), which held sign-ups, confirms and
         # bounces up for that long, for each worker of each machine, past store.busy_timeout.
         # Two enqueuers at once insert in the same order; the second waits on the first's
-        # rows of one batch, then leaves them.
-        for after in range(0, top, ENQUEUE_BATCH):
+        # rows of one batch, then leaves them. Each batch commits on its own: an enqueue cut
+        # off between two leaves the ids after it to the next one (ON CONFLICT DO NOTHING).
+        while after < top:
             with db.transaction(rows_only=True) as conn:
-                batch = params | {"after": after, "upto": after + ENQUEUE_BATCH}
+                started = time.monotonic()  # the lock is held: not counting the wait for it
+                batch = params | {"after": after, "upto": after + size}
                 added += max(int(conn.execute(_ENQUEUE, batch).rowcount), 0)
+            after += size
+            if sqlite and after < top:
+                took = max(time.monotonic() - started, 1e-4)
+                size = max(1, min(ENQUEUE_BATCH, 2 * size, round(size * _ENQUEUE_HOLD / took)))
+                time.sleep(_ENQUEUE_PAUSE)  # the write lock is free: a waiting writer's turn
         if db.dialect == "postgresql" and added >= _ANALYZE_AFTER:
             # The day's rows are new to the planner's statistics until autovacuum samples
             # them (a minute or more): meanwhile it costs the claim as a few rows, and
