@@ -62,6 +62,8 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "more_one": "Và {n} tin khác trên trang",
             "more_many": "Và {n} tin khác trên trang",
             "subject_more": "và {n} tin khác",
+            # After a headline in another language: no words of ours to run on from it.
+            "subject_more_other": "(+{n})",
             "why": "Bạn nhận được thư này vì đã đăng ký nhận bản tin hằng ngày của {site}.",
             "why_web": (
                 "Đây là bản xem trên trình duyệt của bản tin hằng ngày của {site}. "
@@ -97,6 +99,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "more_one": "And {n} more story on the site",
             "more_many": "And {n} more stories on the site",
             "subject_more": "and {n} more",
+            "subject_more_other": "(+{n})",
             "why": "You are receiving this because you subscribed to the daily digest of {site}.",
             "why_web": (
                 "This is the web version of the daily digest of {site}. "
