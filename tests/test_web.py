@@ -1632,6 +1632,48 @@ def test_an_expired_confirm_link_says_it_has_expired_in_the_readers_language(
     assert "Liên kết xác nhận không dùng được" in client.get(altered).text
 
 
+def test_an_expired_confirm_link_speaks_the_chosen_language_after_the_sign_up_lapsed(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    # The page took its language from the stored sign-up: once `send` had let it lapse
+    # (deleted, the usual case by the time a link has expired), a reader who chose English
+    # got it in the browser's language, and the language told whether the row was still
+    # stored. The mail's link carries the language chosen.
+    sign_up(client, "quan@example.org", language="en", server=server)
+    [message] = server.mail.wait_for(1)
+    body = message.get_body(("plain",))
+    assert body is not None
+    found = re.search(
+        re.escape(server.url) + r"confirm\?token=[\w-]+&lang=en\b", body.get_content()
+    )
+    assert found, "the confirmation mail's link does not carry the reader's language"
+    link = found.group(0)
+    server.clock.advance(hours=48, seconds=1)
+    before = client.get(link, headers={"accept-language": "vi"})
+    server.clock.advance(minutes=1)  # past the lapse's margin
+    with open_settings_store(server.settings) as db:
+        assert expire_sign_ups(db, now=server.clock(), link_hours=48) == (1, 0)
+    assert subscriber(server.settings, "quan@example.org") is None
+    after = client.get(link, headers={"accept-language": "vi"})
+    for answer in (before, after):
+        assert answer.status_code == 400
+        assert '<html lang="en">' in answer.text
+        assert "<title>This confirmation link has expired" in answer.text
+        assert 'href="/subscribe?lang=en"' in answer.text
+    # The link's pages and its button keep to it while the link is good.
+    sign_up(client, "quan@example.org", language="en", server=server)
+    [_, again] = server.mail.wait_for(2)
+    fresh = re.search(
+        re.escape(server.url) + r"confirm\?token=[\w-]+&lang=en",
+        again.get_body(("plain",)).get_content(),
+    )
+    assert fresh
+    ask = client.get(fresh.group(0), headers={"accept-language": "vi"})
+    assert "<title>Confirm your subscription" in ask.text
+    assert client.post(fresh.group(0)).status_code == 200
+    assert subscriber(server.settings, "quan@example.org").status is SubscriptionStatus.CONFIRMED
+
+
 def test_a_confirm_link_cut_short_says_it_is_incomplete_at_any_length(
     server: LiveServer, client: httpx.Client
 ) -> None:
