@@ -175,7 +175,9 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "how_unsubscribe_title": "Cách hủy đăng ký",
             "how_unsubscribe_body": (
                 "Mỗi bản tin có một liên kết hủy đăng ký riêng ở cuối thư. "
-                "Hãy bấm liên kết đó trong email bạn nhận được: chỉ cần một cú bấm."
+                "Hãy mở liên kết đó trong một email bạn nhận được rồi bấm nút trên trang "
+                "hiện ra, hoặc bấm nút “Hủy đăng ký” mà chương trình email của bạn hiện cạnh "
+                "người gửi."
             ),
             "cut_unsubscribe_title": "Liên kết hủy đăng ký bị thiếu một phần",
             "cut_unsubscribe_body": (
@@ -261,7 +263,8 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "how_unsubscribe_title": "How to unsubscribe",
             "how_unsubscribe_body": (
                 "Every newsletter carries its own unsubscribe link at the bottom. "
-                "Follow that link in an email you received: one click is all it takes."
+                "Open that link in an email you received and press the button on the page "
+                "it opens, or use the Unsubscribe button your mail program shows by the sender."
             ),
             "cut_unsubscribe_title": "This unsubscribe link is incomplete",
             "cut_unsubscribe_body": (

@@ -1948,6 +1948,14 @@ def test_unsubscribe_without_a_token_explains_where_the_personal_link_is(
     english = client.get("unsubscribe", params={"lang": "en"})
     assert "How to unsubscribe" in english.text
     assert subscriber(server.settings, "lan@example.org").status is SubscriptionStatus.CONFIRMED
+    # It said "one click is all it takes" of the mail's link, which opens a page with a
+    # button: the way is the link then the button, or the mail program's own button.
+    assert "chỉ cần một cú bấm" not in page.text
+    assert "rồi bấm nút trên trang hiện ra" in page.text
+    assert "nút “Hủy đăng ký” mà chương trình email của bạn hiện" in page.text
+    assert "one click is all it takes" not in english.text
+    assert "press the button on the page it opens" in english.text
+    assert "the Unsubscribe button your mail program shows" in english.text
 
 
 def test_unsubscribe_token_in_the_form_body_and_of_an_erased_subscriber(
