@@ -132,7 +132,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
         "vi": {
             "subscribe_title": "Đăng ký nhận bản tin",
             "subscribe_intro": (
-                "Mỗi sáng một email với những tin mới nhất. "
+                "Mỗi ngày một email với những tin mới nhất. "
                 "Bạn có thể hủy đăng ký bất cứ lúc nào chỉ với một cú bấm."
             ),
             "invalid_email": "Địa chỉ email này không hợp lệ. Hãy kiểm tra và nhập lại.",
@@ -214,7 +214,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
         "en": {
             "subscribe_title": "Subscribe to the newsletter",
             "subscribe_intro": (
-                "One email every morning with the latest news. "
+                "One email a day with the latest news. "
                 "You can unsubscribe at any time with one click."
             ),
             "invalid_email": "This email address is not valid. Please check it and try again.",

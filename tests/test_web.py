@@ -2312,6 +2312,31 @@ def test_the_form_partial_renders_for_static_pages_without_a_token() -> None:
     assert "Nhận bản tin qua email" in vietnamese
 
 
+def test_the_sign_up_pages_promise_a_daily_email_not_a_morning_one(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    # They said "every morning" (the form on the index and the form's page): when the
+    # digest goes out is the operator's cron, and the confirmed page, after them, says only
+    # "from its next issue".
+    env = make_environment(site_templates_dir())
+    partial = env.from_string(
+        '{% import "_subscribe_form.html.j2" as signup %}'
+        "{{ signup.form(root=root, lang=lang, heading=True) }}"
+    )
+    pages = {
+        "vi": (client.get("subscribe").text, partial.render(root="", lang="vi")),
+        "en": (
+            client.get("subscribe", params={"lang": "en"}).text,
+            partial.render(root="", lang="en"),
+        ),
+    }
+    for lang, daily in (("vi", "Mỗi ngày một email"), ("en", "One email a day")):
+        for html in pages[lang]:
+            assert daily in html, lang
+            assert "sáng" not in html.split("<main", 1)[-1], lang
+            assert "morning" not in html, lang
+
+
 @pytest.mark.slow
 def test_serve_answers_503_while_postgresql_is_away_and_uses_it_again_once_it_is_back(
     settings: Settings, now: datetime
