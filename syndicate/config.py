@@ -157,7 +157,8 @@ class MailSettings:
             ' ("Thứ Hai, 7/12/2026", "December 7, '
             '2026"), `{headline}` the top story (shortened to keep the subject within 78 '
             "characters, a quotation it cuts closed after the …), `{more}` "
-            '"và N tin khác" / "and N more" (empty for one article)'
+            '"và N tin khác" / "and N more" (empty for one article; "(+N)" after a '
+            "headline in another language than the reader's)"
         },
     )
     list_id: str = field(

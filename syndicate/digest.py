@@ -308,17 +308,26 @@ _PLACEHOLDER = re.compile(r"\{(site|date|headline|more)\}")
 
 
 def make_subject(
-    info: DigestInfo, *, lang: str, day: date, headline: str = "", others: int = 0
+    info: DigestInfo,
+    *,
+    lang: str,
+    day: date,
+    headline: str = "",
+    others: int = 0,
+    headline_language: str | None = None,
 ) -> str:
     """The digest's Subject: mail.subject with its placeholders filled in, on one line.
 
     {site} is the site's title, {date} the digest's day, {headline} the top story's title
-    and {more} "và N tin khác" / "and N more" for the `others` (empty when none). The
+    and {more} "và N tin khác" / "and N more" for the `others` (empty when none); "(+N)"
+    when the headline is in another language than `lang` (`headline_language`), where the
+    reader's words would run on from a headline in another ("Cầu mới and 6 more"). The
     headline is shortened at a word boundary so that the subject keeps to SUBJECT_CHARS
     characters when the rest of the template leaves room.
     """
     strings = make_strings(lang, info.site_title)
-    more = strings["subject_more"].replace("{n}", str(others)) if others > 0 else ""
+    key = "subject_more" if headline_language in (None, lang) else "subject_more_other"
+    more = strings[key].replace("{n}", str(others)) if others > 0 else ""
     values = {"site": info.site_title, "date": i18n.format_issue_day(day, lang), "more": more}
     headline = header_safe(headline)
 
@@ -410,6 +419,7 @@ def render_digest(
         day=plan.day,
         headline=shown[0].title if shown else "",
         others=len(shown) - 1,
+        headline_language=shown[0].language if shown else None,
     )
     first = plan.articles[0] if plan.articles else None
     # The inbox shows it after the subject, which names the first headline: a title made

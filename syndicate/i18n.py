@@ -62,6 +62,8 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "more_one": "Và {n} tin khác trên trang",
             "more_many": "Và {n} tin khác trên trang",
             "subject_more": "và {n} tin khác",
+            # After a headline in another language: no words of ours to run on from it.
+            "subject_more_other": "(+{n})",
             "why": "Bạn nhận được thư này vì đã đăng ký nhận bản tin hằng ngày của {site}.",
             # The "view in browser" page: one "của" (not "bản xem ... của bản tin ... của").
             "why_web": (
@@ -100,6 +102,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "more_one": "And {n} more story on the site",
             "more_many": "And {n} more stories on the site",
             "subject_more": "and {n} more",
+            "subject_more_other": "(+{n})",
             "why": "You are receiving this because you subscribed to the daily digest of {site}.",
             "why_web": (
                 "You are reading the {site} daily digest in your browser. "
@@ -133,7 +136,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
         "vi": {
             "subscribe_title": "Đăng ký nhận bản tin",
             "subscribe_intro": (
-                "Mỗi sáng một email với những tin mới nhất. "
+                "Mỗi ngày một email với những tin mới nhất. "
                 "Bạn có thể hủy đăng ký bất cứ lúc nào chỉ với một cú bấm."
             ),
             "invalid_email": "Địa chỉ email này không hợp lệ. Hãy kiểm tra và nhập lại.",
@@ -176,7 +179,9 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "how_unsubscribe_title": "Cách hủy đăng ký",
             "how_unsubscribe_body": (
                 "Mỗi bản tin có một liên kết hủy đăng ký riêng ở cuối thư. "
-                "Hãy bấm liên kết đó trong email bạn nhận được: chỉ cần một cú bấm."
+                "Hãy mở liên kết đó trong một email bạn nhận được rồi bấm nút trên trang "
+                "hiện ra, hoặc bấm nút “Hủy đăng ký” mà chương trình email của bạn hiện cạnh "
+                "người gửi."
             ),
             "cut_unsubscribe_title": "Liên kết hủy đăng ký bị thiếu một phần",
             "cut_unsubscribe_body": (
@@ -213,7 +218,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
         "en": {
             "subscribe_title": "Subscribe to the newsletter",
             "subscribe_intro": (
-                "One email every morning with the latest news. "
+                "One email a day with the latest news. "
                 "You can unsubscribe at any time with one click."
             ),
             "invalid_email": "This email address is not valid. Please check it and try again.",
@@ -262,7 +267,8 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "how_unsubscribe_title": "How to unsubscribe",
             "how_unsubscribe_body": (
                 "Every newsletter carries its own unsubscribe link at the bottom. "
-                "Follow that link in an email you received: one click is all it takes."
+                "Open that link in an email you received and press the button on the page "
+                "it opens, or use the Unsubscribe button your mail program shows by the sender."
             ),
             "cut_unsubscribe_title": "This unsubscribe link is incomplete",
             "cut_unsubscribe_body": (

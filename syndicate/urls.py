@@ -121,6 +121,8 @@ def preview_unsubscribe_url(base_url: str) -> str:
     return _token_url(base_url, "unsubscribe", PREVIEW_TOKEN)
 
 
-def confirm_url(base_url: str, token: str) -> str:
-    """The double opt-in confirmation URL served by the subscription service."""
-    return _token_url(base_url, "confirm", token)
+def confirm_url(base_url: str, token: str, *, lang: str) -> str:
+    """The double opt-in confirmation URL served by the subscription service, its pages in
+    `lang`, the language the reader chose: after the token, so that a link a line wrap cut
+    keeps the whole token longer; an expired link's page needs it, its sign-up may be gone."""
+    return f"{_token_url(base_url, 'confirm', token)}&lang={lang}"

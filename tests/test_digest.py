@@ -555,6 +555,36 @@ def test_subject_names_the_top_story_and_how_many_more(
     assert subject == expected
 
 
+@pytest.mark.parametrize(
+    ("lang", "headline", "language", "expected"),
+    [
+        ("en", "Thông xe cầu Sông Lam", "vi", "Tin mới: Thông xe cầu Sông Lam (+6)"),
+        ("vi", "Thông xe cầu Sông Lam", "vi", "Tin mới: Thông xe cầu Sông Lam và 6 tin khác"),
+        ("vi", "Coffee growers bet on beans", "en", "Tin mới: Coffee growers bet on beans (+6)"),
+        (
+            "en",
+            "Coffee growers bet on beans",
+            "en",
+            "Tin mới: Coffee growers bet on beans and 6 more",
+        ),
+    ],
+)
+def test_subject_counts_the_others_without_words_when_the_headline_is_in_another_language(
+    settings: Settings, lang: str, headline: str, language: str, expected: str
+) -> None:
+    """An English reader's subject read "Thông xe cầu Sông Lam and 6 more": English words
+    running on from a Vietnamese headline. The count stands alone then, in either language."""
+    subject = make_subject(
+        DigestInfo.from_settings(settings),
+        lang=lang,
+        day=DAY,
+        headline=headline,
+        others=6,
+        headline_language=language,
+    )
+    assert subject == expected
+
+
 def test_subject_shortens_a_long_headline_at_a_word_boundary_to_78_characters(
     settings: Settings,
 ) -> None:
@@ -752,7 +782,8 @@ def test_golden_digest_en(
     rendered = render(golden_plan, mail_settings, now, lang="en")
     check_golden("digest.en.html", rendered.html.encode("utf-8"))
     check_golden("digest.en.txt", rendered.text.encode("utf-8"))
-    assert rendered.subject == "Tin mới: Thông xe cầu Sông Lam nối hai bờ TP. Bến Lam and 2 more"
+    # A Vietnamese headline: "(+2)", not English words running on from it.
+    assert rendered.subject == "Tin mới: Thông xe cầu Sông Lam nối hai bờ TP. Bến Lam (+2)"
 
 
 def test_digest_has_every_required_part(

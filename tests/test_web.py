@@ -1632,6 +1632,48 @@ def test_an_expired_confirm_link_says_it_has_expired_in_the_readers_language(
     assert "Liên kết xác nhận không dùng được" in client.get(altered).text
 
 
+def test_an_expired_confirm_link_speaks_the_chosen_language_after_the_sign_up_lapsed(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    # The page took its language from the stored sign-up: once `send` had let it lapse
+    # (deleted, the usual case by the time a link has expired), a reader who chose English
+    # got it in the browser's language, and the language told whether the row was still
+    # stored. The mail's link carries the language chosen.
+    sign_up(client, "quan@example.org", language="en", server=server)
+    [message] = server.mail.wait_for(1)
+    body = message.get_body(("plain",))
+    assert body is not None
+    found = re.search(
+        re.escape(server.url) + r"confirm\?token=[\w-]+&lang=en\b", body.get_content()
+    )
+    assert found, "the confirmation mail's link does not carry the reader's language"
+    link = found.group(0)
+    server.clock.advance(hours=48, seconds=1)
+    before = client.get(link, headers={"accept-language": "vi"})
+    server.clock.advance(minutes=1)  # past the lapse's margin
+    with open_settings_store(server.settings) as db:
+        assert expire_sign_ups(db, now=server.clock(), link_hours=48) == (1, 0)
+    assert subscriber(server.settings, "quan@example.org") is None
+    after = client.get(link, headers={"accept-language": "vi"})
+    for answer in (before, after):
+        assert answer.status_code == 400
+        assert '<html lang="en">' in answer.text
+        assert "<title>This confirmation link has expired" in answer.text
+        assert 'href="/subscribe?lang=en"' in answer.text
+    # The link's pages and its button keep to it while the link is good.
+    sign_up(client, "quan@example.org", language="en", server=server)
+    [_, again] = server.mail.wait_for(2)
+    fresh = re.search(
+        re.escape(server.url) + r"confirm\?token=[\w-]+&lang=en",
+        again.get_body(("plain",)).get_content(),
+    )
+    assert fresh
+    ask = client.get(fresh.group(0), headers={"accept-language": "vi"})
+    assert "<title>Confirm your subscription" in ask.text
+    assert client.post(fresh.group(0)).status_code == 200
+    assert subscriber(server.settings, "quan@example.org").status is SubscriptionStatus.CONFIRMED
+
+
 def test_a_confirm_link_cut_short_says_it_is_incomplete_at_any_length(
     server: LiveServer, client: httpx.Client
 ) -> None:
@@ -1906,6 +1948,14 @@ def test_unsubscribe_without_a_token_explains_where_the_personal_link_is(
     english = client.get("unsubscribe", params={"lang": "en"})
     assert "How to unsubscribe" in english.text
     assert subscriber(server.settings, "lan@example.org").status is SubscriptionStatus.CONFIRMED
+    # It said "one click is all it takes" of the mail's link, which opens a page with a
+    # button: the way is the link then the button, or the mail program's own button.
+    assert "chỉ cần một cú bấm" not in page.text
+    assert "rồi bấm nút trên trang hiện ra" in page.text
+    assert "nút “Hủy đăng ký” mà chương trình email của bạn hiện" in page.text
+    assert "one click is all it takes" not in english.text
+    assert "press the button on the page it opens" in english.text
+    assert "the Unsubscribe button your mail program shows" in english.text
 
 
 def test_unsubscribe_token_in_the_form_body_and_of_an_erased_subscriber(
@@ -2260,6 +2310,31 @@ def test_the_form_partial_renders_for_static_pages_without_a_token() -> None:
     vietnamese = page.render(root="", lang="vi")
     assert 'action="subscribe?lang=vi"' in vietnamese
     assert "Nhận bản tin qua email" in vietnamese
+
+
+def test_the_sign_up_pages_promise_a_daily_email_not_a_morning_one(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    # They said "every morning" (the form on the index and the form's page): when the
+    # digest goes out is the operator's cron, and the confirmed page, after them, says only
+    # "from its next issue".
+    env = make_environment(site_templates_dir())
+    partial = env.from_string(
+        '{% import "_subscribe_form.html.j2" as signup %}'
+        "{{ signup.form(root=root, lang=lang, heading=True) }}"
+    )
+    pages = {
+        "vi": (client.get("subscribe").text, partial.render(root="", lang="vi")),
+        "en": (
+            client.get("subscribe", params={"lang": "en"}).text,
+            partial.render(root="", lang="en"),
+        ),
+    }
+    for lang, daily in (("vi", "Mỗi ngày một email"), ("en", "One email a day")):
+        for html in pages[lang]:
+            assert daily in html, lang
+            assert "sáng" not in html.split("<main", 1)[-1], lang
+            assert "morning" not in html, lang
 
 
 @pytest.mark.slow

@@ -142,7 +142,7 @@ async def _send_confirmation(
         nonce=subscriber.token_nonce,
         issued_at=now,
     )
-    confirm_url = urls.confirm_url(service.base_url, token)
+    confirm_url = urls.confirm_url(service.base_url, token, lang=subscriber.language)
     try:
         sender = mail.confirmation_return_path(
             info=service.mail_info,
