@@ -209,7 +209,10 @@ def test_a_killed_send_is_completed_by_the_next_run(tmp_path: Path, smtpd: SmtpS
 def test_a_concurrent_send_exits_75(tmp_path: Path, smtpd: SmtpServer) -> None:
     _write_project(tmp_path, smtpd)
     _subscribe(tmp_path, 80)
-    smtpd.handler.delay = 0.1  # 80 messages over 2 connections: 4 s, ample for a second start
+    # The run is held mid-send (no DATA answered after the first message) until the second
+    # start has been refused, however slow the machine: with 0.1 s a message it could end
+    # before a second start under load, which then found the lock free (CI, load 10).
+    smtpd.handler.hold_after = 1
     process = _start(tmp_path)
     try:
         assert smtpd.handler.wait_for(1, timeout=60)
@@ -220,7 +223,7 @@ def test_a_concurrent_send_exits_75(tmp_path: Path, smtpd: SmtpServer) -> None:
             f"Error: {tmp_path / 'syndicate.db.lock'}: another `syndicate send` is running "
             "(it holds this lock). Let it finish; run again later.\n"
         )
-        smtpd.handler.delay = 0
+        smtpd.handler.release.set()
         out, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
