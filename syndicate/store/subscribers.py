@@ -123,13 +123,18 @@ _SELECT_UNKEYED = (
 )
 _SET_MAILBOX_KEY = "UPDATE subscribers SET mailbox_key = ? WHERE id = ?"
 # Delete a batch of lapsed sign-ups, in id order from :last: rows signed up through the form
-# (signed_up_at; or, made before it was kept, mailed a confirmation and with no name, as
-# _SIGN_UP_AGAIN tells them) that are pending and were never anything else (no status stamp,
-# never updated since stored: an imported row the form touched keeps it, see _SIGN_UP_AGAIN),
-# whose last sign-up and mail are older than :before.
+# (signed_up_at; or, made before it was kept, with no name and mailed as they were stored:
+# confirm_sent_at = created_at) that are pending and were never anything else (no status
+# stamp, never updated since stored: an imported row the form touched keeps it, see
+# _SIGN_UP_AGAIN), whose last sign-up and mail are older than :before. A form of then that
+# mailed a pending row again set confirm_sent_at alone: such a row may be one imported, and
+# stays (as it did before signed_up_at) until its person signs up again.
 _LAPSED_FORM_ROW = """
     status = 'pending'
-    AND coalesce(signed_up_at, CASE WHEN name IS NULL THEN confirm_sent_at END) < :before
+    AND coalesce(
+        signed_up_at,
+        CASE WHEN name IS NULL AND confirm_sent_at = created_at THEN confirm_sent_at END
+    ) < :before
     AND (confirm_sent_at IS NULL OR confirm_sent_at < :before)
     AND confirmed_at IS NULL AND unsubscribed_at IS NULL AND bounced_at IS NULL
     AND complained_at IS NULL AND updated_at = created_at
