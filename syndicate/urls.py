@@ -121,6 +121,8 @@ def preview_unsubscribe_url(base_url: str) -> str:
     return _token_url(base_url, "unsubscribe", PREVIEW_TOKEN)
 
 
-def confirm_url(base_url: str, token: str) -> str:
-    """The double opt-in confirmation URL served by the subscription service."""
-    return _token_url(base_url, "confirm", token)
+def confirm_url(base_url: str, token: str, lang: str | None = None) -> str:
+    """The double opt-in confirmation URL served by the subscription service; with `lang`,
+    the language of the mail it is in, which confirming it chooses (web.confirm)."""
+    url = _token_url(base_url, "confirm", token)
+    return f"{url}&lang={lang}" if lang else url

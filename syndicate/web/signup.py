@@ -142,7 +142,9 @@ async def _send_confirmation(
         nonce=subscriber.token_nonce,
         issued_at=now,
     )
-    confirm_url = urls.confirm_url(service.base_url, token)
+    # The link says the mail's language: the one its reader chose, whatever sign-up of the
+    # address (anyone may send the form) came after it (web.confirm).
+    confirm_url = urls.confirm_url(service.base_url, token, subscriber.language)
     try:
         sender = mail.confirmation_return_path(
             info=service.mail_info,
