@@ -367,14 +367,18 @@ def _encode_address(name: str, value: str, *, default_name: str = "") -> str:
         display = found or default_name
         if not display:
             encoded.append(address)
-        elif display.isascii():
-            encoded.append(formataddr((display, address)))  # quotes a name with specials
-        else:
-            # One encoded word: some readers add a space between the words of a folded name.
-            single = formataddr((display, address), charset="utf-8")
-            if len(name) + 2 + len(single) > 990:
-                single = f"{_encode_text(name, display)} <{address}>"
-            encoded.append(single)
+            continue
+        # ASCII: quoted when it holds specials (formataddr); else one encoded word (some
+        # readers add a space between the words of a folded name). Encoded words, folded,
+        # when that line would pass the limit (a name of quotes doubles in length quoted),
+        # or for ASCII holding "=?", which a reader would decode into other text
+        # (`_encode_text`): a title like "=?utf-8?b?...?=" is shown as written.
+        plain = display.isascii() and "=?" not in display
+        single = formataddr((display, address))  # utf-8 encoded words for non-ASCII
+        if len(name) + 2 + len(single) > 990 or (not plain and display.isascii()):
+            words = Header(display, "utf-8", header_name=name).encode(linesep="\r\n")
+            single = f"{words} <{address}>"
+        encoded.append(single)
     return ", ".join(encoded) if encoded else value
 
 

@@ -417,13 +417,21 @@ def teaser_day(text: str, *, near: date) -> date | None:
 
 # A teaser's or lead's opening relative day: "Sáng nay 1/11", "Hôm qua", "Chiều qua 30-10";
 # "Yesterday", "This morning". Only at the start: the dateline's words.
+# The date may stand in brackets, as datelines often give it: "Sáng nay (1/11), UBND ...".
+_TEXT_DATE = r"\d{1,2}[/.-]\d{1,2}(?:[/.-]\d{4})?"
 _RELATIVE_DAY_VI = re.compile(
     r"(?P<when>rạng sáng|sáng|trưa|chiều|tối|đêm|hôm)\s+(?P<rel>nay|qua)\b"
-    r"(?P<date>\s+\d{1,2}[/.-]\d{1,2}(?:[/.-]\d{4})?\b)?",
+    rf"(?P<date>\s+(?:\((?P<bracketed>{_TEXT_DATE})\)|(?P<bare>{_TEXT_DATE})\b))?",
     re.IGNORECASE,
 )
 _RELATIVE_DAY_EN = re.compile(
     r"(?P<rel>today|yesterday|this morning|this afternoon|this evening|tonight|last night)\b",
+    re.IGNORECASE,
+)
+# After an English relative day, what makes it the sentence's subject ("Today's vote",
+# "Today is the last day"): the date alone takes its place, not "On <date>".
+_EN_SUBJECT = re.compile(
+    r"(?:['\u2019]s\b|\s+(?:is|was|will|has|had|marks|marked|saw|sees|brings|brought)\b)",
     re.IGNORECASE,
 )
 _BEFORE = ("qua", "yesterday", "last night")  # the day before the one written on
@@ -447,25 +455,31 @@ def _settled(text: str, written: date | None, day: date) -> str:
     match = _RELATIVE_DAY_VI.match(text)
     if match is not None:
         before = match["rel"].casefold() in _BEFORE
-        named = teaser_day(text, near=written or day) if match["date"] else None
+        given = match["bracketed"] or match["bare"]
+        named = teaser_day(f"ngày {given}", near=written or day) if given else None
         if named is not None:
             written = named + timedelta(days=1) if before else named
         elif written is not None:
             named = written - timedelta(days=1) if before else written
-        if written is None or named is None or written == day:
+        # Kept when read the day it was written, or when its date comes after the day it
+        # is read (no dateline: "Tối nay 3-1 là tỷ số" names a score, not 3 January).
+        if written is None or named is None or written >= day:
             return text
         word = match["when"]
         head = "ngày" if word.casefold() == "hôm" else word.casefold()
-        when = match["date"].strip() if match["date"] else format_text_day(named, "vi")
+        when = given or format_text_day(named, "vi")
         opening = f"{head} {when}"
         if text[:1].isupper():
             opening = opening[0].upper() + opening[1:]
         return opening + text[match.end() :]
     match = _RELATIVE_DAY_EN.match(text)
-    if match is None or written is None or written == day:
+    if match is None or written is None or written >= day:
         return text
     named = written - timedelta(days=1) if match["rel"].casefold() in _BEFORE else written
-    return f"On {format_text_day(named, 'en')}" + text[match.end() :]
+    rest = text[match.end() :]
+    if _EN_SUBJECT.match(rest):
+        return format_text_day(named, "en") + rest
+    return f"On {format_text_day(named, 'en')}" + rest
 
 
 def prefix_related(keys: Sequence[str], key: str) -> bool:

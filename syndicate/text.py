@@ -1012,18 +1012,35 @@ def trailing_ellipsis(text: str) -> str:
     kept = kept.rstrip()
     half = len(kept) // 2
     dropped = ""  # the word dropped last: the word before it must not need it ("diễn ra")
+    before = kept  # the text before that drop
     for _ in range(_MAX_DROPPED):  # bounded: each step copies the text (a line: megabytes)
         head, _, last = kept.rpartition(" ")
         bare = _bare(last)
+        previous = head.rpartition(" ")[2]
+        splits = bool(dropped) and _splits_a_word(last, dropped)
         dangling = (
-            (bare in CUT_STOP_WORDS and _dangles(head.rpartition(" ")[2], bare))
-            or (bare[:1].isdigit() and _DANGLING_NUMBER.match(bare) is not None)
-            or (dropped and _splits_a_word(last, dropped))
+            # A capital "A", "In" is a name or a label ("Nguyễn Văn A"), no English word.
+            (bare in CUT_STOP_WORDS and _dangles(previous, bare) and not _capital_function(last))
+            # A number after a noun is whole ("năm 2024", "Quốc lộ 1"); after a function
+            # word its unit was cut off ("vào 2…").
+            or (
+                bare[:1].isdigit()
+                and _DANGLING_NUMBER.match(bare) is not None
+                and _bare(previous) in FUNCTION_WORDS
+            )
+            or splits
         )
         if not head or not dangling or len(head.rstrip(_SHORTEN_STRIP)) < half:
+            if splits:  # stopped inside a word ("diễn|ra"): the word stays whole
+                kept = before
             break
-        kept, dropped = head.rstrip(_SHORTEN_STRIP), last
+        before, kept, dropped = kept, head.rstrip(_SHORTEN_STRIP), last
     return kept + "\u2026" + _open_quotes(kept)
+
+
+def _capital_function(word: str) -> bool:
+    """Is `word` a FUNCTION_WORDS word written with a capital ("A", "In"): a name there?"""
+    return word[:1].isupper() and _bare(word) in FUNCTION_WORDS
 
 
 # The most words a cut teaser loses ("thuộc huyện…" ends such runs in two or three).

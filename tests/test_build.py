@@ -1095,3 +1095,44 @@ def test_a_caption_without_its_photo_is_a_note_of_what_the_photo_showed_or_nothi
         for gone in ("T.P", "NGỌC VĂN", "Gian hàng rau", "Phương Anh", 'class="caption"'):
             assert gone not in text
         assert "Các đại biểu thảo luận giải pháp cho thời gian tới." in text
+
+
+def test_the_digest_orders_as_the_index_after_a_newer_dump_is_removed(
+    settings: Settings, db: Database
+) -> None:
+    """The index and the feeds place an undated article by the newest story of the dumps
+    on disk (model.newest_published); the digest took the newest of the whole store, a
+    story whose dump was removed included: the undated story led the digest, not the index."""
+    seeds = settings.paths.seeds
+    seeds.mkdir(parents=True, exist_ok=True)
+    gone = seeds / "gone.txt"
+    gone.write_text(
+        "Tin đã gỡ\n01/11/2024 10:00\nQTO - Bài này đã gỡ.\nKhông còn trên trang.\n",
+        encoding="utf-8",
+    )
+    run_build(settings, db, now=datetime(2024, 11, 1, 4, 0, tzinfo=UTC))
+    gone.unlink()
+    (seeds / "b1.txt").write_text(
+        "Tin về cầu\n31/10/2024 08:00\nQTO - Cầu mới thông xe.\nXe qua cầu từ sáng.\n",
+        encoding="utf-8",
+    )
+    (seeds / "b2.txt").write_text(
+        "Tin về chợ\n30/10/2024 10:00\nQTO - Chợ phiên họp lại.\nNgười bán về đông.\n",
+        encoding="utf-8",
+    )
+    (seeds / "u.txt").write_text(
+        "Tin không ngày\n{publish}\n{head}\nBài không ghi ngày.\nĐoạn hai.\n", encoding="utf-8"
+    )
+    now = datetime(2024, 11, 1, 5, 0, tzinfo=UTC)
+    run_build(settings, db, now=now)
+    page = (settings.paths.output / "index.html").read_text("utf-8")
+    index = [html.unescape(t) for t in re.findall(r'<h2><a href="[^"]*">([^<]*)</a>', page)]
+    feed = feedparser.parse((settings.paths.output / "rss.xml").read_bytes())
+    assert [e.title for e in feed.entries] == index
+    assert index == ["Tin về cầu", "Tin không ngày", "Tin về chợ"]
+    wide = dataclasses.replace(
+        settings, digest=dataclasses.replace(settings.digest, max_age_hours=24 * 30)
+    )
+    plan = preview_digest(wide, db, now=now)
+    assert plan is not None
+    assert [a.title for a in plan.articles] == index

@@ -1112,6 +1112,26 @@ def test_mail_title_is_its_subject(mail_settings: Settings, now: datetime) -> No
             "Hội thảo diễn ra sáng nay 1/11",
         ),
         ("Sáng nayx 1/11", None, date(2024, 11, 3), "Sáng nayx 1/11"),
+        # The date in brackets, as many datelines give it: not said twice.
+        ("Sáng nay (1/11), UBND tỉnh", None, date(2024, 11, 3), "Sáng 1/11, UBND tỉnh"),
+        ("Chiều nay (1/11), Sở", date(2024, 11, 1), date(2024, 11, 3), "Chiều 1/11, Sở"),
+        ("Hôm qua (31/10), Sở", None, date(2024, 11, 3), "Ngày 31/10, Sở"),
+        # A number after the word that would be a date after the reading day: a score.
+        ("Tối nay 3-1 là tỷ số", None, date(2024, 11, 3), "Tối nay 3-1 là tỷ số"),
+        # The English word as the subject: the date takes its place, without "On".
+        (
+            "Today's vote was close",
+            date(2024, 10, 29),
+            date(2024, 11, 1),
+            "October 29's vote was close",
+        ),
+        (
+            "Today is the last day",
+            date(2024, 10, 29),
+            date(2024, 11, 1),
+            "October 29 is the last day",
+        ),
+        ("Yesterday saw rain", date(2024, 10, 29), date(2024, 11, 1), "October 28 saw rain"),
     ],
 )
 def test_a_relative_day_is_settled_when_read_on_another_day(

@@ -512,3 +512,33 @@ def test_mail_info_takes_the_base_url_with_its_slash(settings: Settings) -> None
     info = MailInfo.from_settings(bare)
     assert info.base_url == "https://news.example.org/x/"
     assert unsubscribe_url("T0K", info=info) == "https://news.example.org/x/unsubscribe?token=T0K"
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        # Shaped like an encoded word: a reader decoded it into other text ("Bcc: x@evil").
+        "=?utf-8?b?QmNjOiB4QGV2aWw=?=",
+        "Tin =?utf-8?q?x?= mới",
+        # Quoted with a backslash before each quote: a From line of 1,200 bytes (RFC 5322
+        # allows 998).
+        '"' * 600,
+        "a, " * 300,
+    ],
+)
+def test_the_sites_title_as_the_senders_name_is_shown_as_written(  # type: ignore[no-untyped-def]
+    mail_settings, rendered, now, title: str
+) -> None:
+    settings = dataclasses.replace(
+        mail_settings,
+        site=dataclasses.replace(mail_settings.site, title=title),
+        mail=dataclasses.replace(mail_settings.mail, from_="news@example.org"),
+    )
+    raw = _fill(_template(rendered, settings, now))
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    [address] = _parse(raw)["From"].addresses
+    assert address.addr_spec == "news@example.org"
+    if len(title) < 70:
+        assert address.display_name == title
+    else:  # folded into several encoded words: the email package reads a space between them
+        assert address.display_name.replace(" ", "") == title.replace(" ", "")

@@ -617,6 +617,29 @@ def test_a_form_row_from_before_signed_up_at_lapses_without_signing_up_again(
     assert [s.id for s in iter_subscribers(db)] == [recent.id, *(k.id for k in kept)]
 
 
+def test_an_imported_row_mailed_by_the_form_before_signed_up_at_is_kept(
+    db: Database,
+    now,  # type: ignore[no-untyped-def]
+) -> None:
+    # Before signed_up_at was kept, a repeat sign-up of a pending row set its
+    # confirm_sent_at alone (not updated_at): a row imported as pending, without a name,
+    # whose person then used the form, looked like a form row that never came back, and
+    # was deleted. A form row of then was mailed as it was stored: confirm_sent_at is its
+    # created_at.
+    imported = add_subscriber(
+        db, "lan@example.org", status=SubscriptionStatus.PENDING, now=now - timedelta(days=20)
+    )
+    old = signup(db, "old@example.org", language="vi", now=now - timedelta(days=9))[0]
+    with db.transaction() as conn:
+        conn.execute("UPDATE subscribers SET signed_up_at = NULL WHERE id = ?", (old.id,))
+        conn.execute(
+            "UPDATE subscribers SET confirm_sent_at = ? WHERE id = ?",
+            ((now - timedelta(days=9)).astimezone(UTC).isoformat(timespec="seconds"), imported.id),
+        )
+    assert expire_sign_ups(db, now=now, link_hours=48) == (1, 0)
+    assert [s.id for s in iter_subscribers(db)] == [imported.id]
+
+
 @pytest.mark.parametrize("left", ["unsubscribed", "bounced", "complained"])
 def test_a_leaver_stored_without_its_stamp_is_back_as_it_was_after_the_lapse(
     db: Database,

@@ -646,6 +646,12 @@ def test_trailing_ellipsis_writes_the_dots_that_end_a_text_as_one(text: str, sho
         # A counted noun is whole; a cut keeps at least half.
         ("tỉnh khánh thành 12 km đường ven biển nối hai huyện...", None),
         ("và các...", "và các…"),
+        # A capital "A" is a name (or a block, a ward), no English article; a number after a
+        # noun is whole; a cut stopped by the half it keeps splits no word ("diễn|ra").
+        ("Ông Nguyễn Văn A...", None),
+        ("Dự án khởi công năm 2024...", None),
+        ("Tai nạn trên Quốc lộ 1...", None),
+        ("Lễ diễn ra...", None),
         # The word before a dropped one is not left half a word ("diễn ra").
         (
             "Chiều nay, hội thảo về chuyển đổi số diễn ra tại...",

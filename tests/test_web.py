@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import email
 import email.policy
+import html
 import logging
 import os
 import re
@@ -749,6 +750,33 @@ def test_a_pending_reader_who_signs_up_again_in_the_other_language_is_mailed_in_
     # Confirmed: a sign-up by anyone in the other language changes nothing.
     sign_up(client, "thu@example.org", language="en", server=server)
     assert subscriber(server.settings, "thu@example.org").language == "vi"
+
+
+def test_a_confirm_link_confirms_in_its_mails_language_whatever_sign_up_came_since(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    """A pending reader's language follows the latest sign-up, which anyone may send: the
+    reader who then confirmed from their own mail was subscribed in the other language."""
+    sign_up(client, "thu@example.org", language="vi", server=server)
+    [first] = server.mail.wait_for(1)
+    server.clock.advance(minutes=2)
+    sign_up(client, "thu@example.org", language="en", server=server)  # a third party
+    server.mail.wait_for(2)
+    assert subscriber(server.settings, "thu@example.org").language == "en"
+    body = first.get_body(("plain",))
+    assert body is not None
+    found = re.search(
+        re.escape(server.url) + r"confirm\?token=[A-Za-z0-9_\-]+&lang=vi\b", body.get_content()
+    )
+    assert found, "the confirmation mail's link does not say its language"
+    # Link scanners follow the GET: its button posts the language back.
+    ask = client.get(found.group(0))
+    assert ask.status_code == 200
+    [action] = re.findall(r'<form method="post" action="([^"]+)"', ask.text)
+    done = client.post(html.unescape(action))
+    assert done.status_code == 200
+    stored = subscriber(server.settings, "thu@example.org")
+    assert (stored.status, stored.language) == (SubscriptionStatus.CONFIRMED, "vi")
 
 
 def test_repeated_sign_ups_of_one_address_mail_it_at_most_three_times_a_day(

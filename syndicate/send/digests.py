@@ -275,8 +275,10 @@ def _plan(settings: Settings, db: Database, day: date, *, now: datetime) -> Dige
     if live:
         candidates = (c for c in candidates if c[0].id in live)
     # A publish date in the future (a typo like 2042 in a dump) must not move the age
-    # cutoff past every real article: it would stop all later digests, for good.
-    newest = newest_published(db)
+    # cutoff past every real article: it would stop all later digests, for good. Of the
+    # live articles, as the index and the feeds take it (model.order_key places undated
+    # ones by it): an article whose dump was removed neither moves the cutoff nor the order.
+    newest = newest_published(db, live=bool(live))
     if newest is not None and newest > now:
         newest = now
     return plan_digest(

@@ -23,6 +23,12 @@ SELECT_CANDIDATES = """
 """
 # The newest known publish time in the whole store (published_at is UTC ISO text).
 SELECT_NEWEST_PUBLISHED = "SELECT max(published_at) FROM articles WHERE published_at IS NOT NULL"
+# The same of the articles a dump on disk still gives (the index's and the feeds' articles).
+SELECT_NEWEST_LIVE_PUBLISHED = """
+    SELECT max(published_at) FROM articles
+    WHERE published_at IS NOT NULL AND precision <> 'unknown'
+      AND id IN (SELECT article_id FROM dumps WHERE article_id IS NOT NULL)
+"""
 # One day's digest row.
 SELECT_DIGEST = "SELECT article_ids, more, message_key FROM digests WHERE day = :day"
 # The stored record of one article.
@@ -123,10 +129,16 @@ def iter_candidates(db: Database, *, batch: int = 500) -> Iterator[tuple[Article
         last = rows[-1][0]
 
 
-def newest_published(db: Database) -> datetime | None:
-    """The newest publish time of any article in the store, or None when none is dated."""
+def newest_published(db: Database, *, live: bool = False) -> datetime | None:
+    """The newest publish time of any article in the store, or None when none is dated.
+
+    With `live`, of the articles a dump on disk still gives (`live_article_ids`): those
+    the index and the feeds order by (model.newest_published).
+    """
     try:
-        row = db.conn.execute(SELECT_NEWEST_PUBLISHED).fetchone()
+        row = db.conn.execute(
+            SELECT_NEWEST_LIVE_PUBLISHED if live else SELECT_NEWEST_PUBLISHED
+        ).fetchone()
     except DB_ERRORS as exc:
         raise store_error(db.path, "cannot read articles", exc) from exc
     if row is None or row[0] is None:

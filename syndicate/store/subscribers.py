@@ -73,6 +73,8 @@ _SET_STATUS = """
         bounce_count = CASE WHEN :status = 'confirmed' THEN 0 ELSE bounce_count END
     WHERE id = :id
 """
+# The language a pending subscriber confirms in (the confirmation mail's).
+_SET_LANGUAGE = "UPDATE subscribers SET language = :language WHERE id = :id"
 # A repeat sign-up, the one write for every state (so its cost tells no state): stamp
 # signed_up_at (and the mailbox key, for a row stored before it was kept); one who left is
 # pending again in the chosen language, and a pending one takes the chosen language (the
@@ -123,13 +125,18 @@ _SELECT_UNKEYED = (
 )
 _SET_MAILBOX_KEY = "UPDATE subscribers SET mailbox_key = ? WHERE id = ?"
 # Delete a batch of lapsed sign-ups, in id order from :last: rows signed up through the form
-# (signed_up_at; or, made before it was kept, mailed a confirmation and with no name, as
-# _SIGN_UP_AGAIN tells them) that are pending and were never anything else (no status stamp,
-# never updated since stored: an imported row the form touched keeps it, see _SIGN_UP_AGAIN),
-# whose last sign-up and mail are older than :before.
+# (signed_up_at; or, made before it was kept, with no name and mailed as they were stored:
+# confirm_sent_at = created_at) that are pending and were never anything else (no status
+# stamp, never updated since stored: an imported row the form touched keeps it, see
+# _SIGN_UP_AGAIN), whose last sign-up and mail are older than :before. A form of then that
+# mailed a pending row again set confirm_sent_at alone: such a row may be one imported, and
+# stays (as it did before signed_up_at) until its person signs up again.
 _LAPSED_FORM_ROW = """
     status = 'pending'
-    AND coalesce(signed_up_at, CASE WHEN name IS NULL THEN confirm_sent_at END) < :before
+    AND coalesce(
+        signed_up_at,
+        CASE WHEN name IS NULL AND confirm_sent_at = created_at THEN confirm_sent_at END
+    ) < :before
     AND (confirm_sent_at IS NULL OR confirm_sent_at < :before)
     AND confirmed_at IS NULL AND unsubscribed_at IS NULL AND bounced_at IS NULL
     AND complained_at IS NULL AND updated_at = created_at
@@ -564,17 +571,25 @@ def _in_batches(db: Database, sql: str, *, before: datetime, now: datetime, batc
         params["last"] = max(ids)
 
 
-def confirm(db: Database, subscriber_id: int, *, now: datetime) -> Subscriber:
+def confirm(
+    db: Database, subscriber_id: int, *, now: datetime, language: str | None = None
+) -> Subscriber:
     """Confirm a pending subscriber; idempotent for a confirmed one.
 
     Subscribers who left (unsubscribed or bounced) after the link was sent are
     left as they are: a stale confirmation link must not sign them up again.
-    Raises SubscriberError for an unknown id.
+    `language`, the one of the confirmation mail whose link was followed, becomes the
+    subscriber's (a later sign-up of the address, by anyone, may have changed it).
+    Raises SubscriberError for an unknown id or language.
     """
+    if language is not None:
+        check_language(language)
     try:
-        with db.transaction():
+        with db.transaction() as conn:
             current = _require(db, subscriber_id)
             if current.status is SubscriptionStatus.PENDING:
+                if language is not None:
+                    conn.execute(_SET_LANGUAGE, {"language": language, "id": subscriber_id})
                 set_status(db, subscriber_id, SubscriptionStatus.CONFIRMED, now=now)
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc

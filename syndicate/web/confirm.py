@@ -30,6 +30,10 @@ async def confirm(service: Service, request: Request) -> Response:
     checks the link and shows one button, which POSTs back the same token.
     """
     token = await link_token(request)
+    # The language of the mail whose link this is: confirming chooses it (the address may
+    # have been signed up again since, by anyone, in the other).
+    chosen = request.query_params.get("lang")
+    link_lang = chosen if chosen in i18n.LANGUAGES else None
     max_age = timedelta(hours=service.settings.subscribe.confirm_hours)
     now = service.clock()
     subscriber: Subscriber | None
@@ -95,11 +99,19 @@ async def confirm(service: Service, request: Request) -> Response:
             lang,
             title=strings["confirm_ask_title"],
             state="ask",
-            form_action=service.url("confirm", lang, token=token),
+            form_action=_with_lang(service.url("confirm", lang, token=token), link_lang),
         )
     if subscriber.status is SubscriptionStatus.PENDING:
-        await service.call_store(service.store.confirm, subscriber.id, now=now)
+        await service.call_store(service.store.confirm, subscriber.id, now=now, language=link_lang)
     return service.page("confirm.html.j2", lang, title=strings["confirmed_title"], state="done")
+
+
+def _with_lang(url: str, lang: str | None) -> str:
+    """`url` (Service.url's, which leaves out the site's language) with `lang`, when given:
+    the button confirms in the language the mail's link said."""
+    if lang is None or "lang=" in url.partition("?")[2]:
+        return url
+    return f"{url}&lang={lang}"
 
 
 async def _verify(

@@ -49,7 +49,9 @@ class SubscriptionStore(Protocol):
 
     def find(self, subscriber_id: int) -> Subscriber | None: ...
 
-    def confirm(self, subscriber_id: int, *, now: datetime) -> None: ...
+    def confirm(
+        self, subscriber_id: int, *, now: datetime, language: str | None = None
+    ) -> None: ...
 
     def unsubscribe(self, subscriber_id: int, *, now: datetime) -> None: ...
 
@@ -123,9 +125,9 @@ class DatabaseStore:
         with self._using(self.reader) as reader:
             return store_subscribers.get_by_id(reader, subscriber_id)
 
-    def confirm(self, subscriber_id: int, *, now: datetime) -> None:
+    def confirm(self, subscriber_id: int, *, now: datetime, language: str | None = None) -> None:
         with self._using(self.db) as db:
-            store_subscribers.confirm(db, subscriber_id, now=now)
+            store_subscribers.confirm(db, subscriber_id, now=now, language=language)
 
     def unsubscribe(self, subscriber_id: int, *, now: datetime) -> None:
         with self._using(self.db) as db:

@@ -142,6 +142,8 @@ async def _send_confirmation(
         nonce=subscriber.token_nonce,
         issued_at=now,
     )
+    # The link says the mail's language: the one its reader chose, whatever sign-up of the
+    # address (anyone may send the form) came after it (web.confirm).
     confirm_url = urls.confirm_url(service.base_url, token, lang=subscriber.language)
     try:
         sender = mail.confirmation_return_path(
