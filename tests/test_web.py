@@ -2359,10 +2359,10 @@ def test_the_sign_up_pages_promise_a_daily_email_not_a_morning_one(
         ),
     }
     for lang, daily in (("vi", "Mỗi ngày một email"), ("en", "One email a day")):
-        for html in pages[lang]:
-            assert daily in html, lang
-            assert "sáng" not in html.split("<main", 1)[-1], lang
-            assert "morning" not in html, lang
+        for page in pages[lang]:
+            assert daily in page, lang
+            assert "sáng" not in page.split("<main", 1)[-1], lang
+            assert "morning" not in page, lang
 
 
 @pytest.mark.slow
