@@ -1702,6 +1702,50 @@ def test_an_expired_confirm_link_speaks_the_chosen_language_after_the_sign_up_la
     assert subscriber(server.settings, "quan@example.org").status is SubscriptionStatus.CONFIRMED
 
 
+@pytest.mark.parametrize("tail", [".", ")", "”", "%20."])
+def test_a_confirm_link_quoted_in_a_sentence_keeps_its_language(
+    server: LiveServer, client: httpx.Client, tail: str
+) -> None:
+    # Since the link ends in its language (&lang=en), the sentence's punctuation that mail
+    # clients and chat apps carry into a quoted link ("... open <link>.") lands on the
+    # language, not on the token: "en." named no language, so the button confirmed in
+    # whatever the latest sign-up had chosen, and an expired link's page spoke the
+    # browser's language once the sign-up had lapsed.
+    sign_up(client, "quan@example.org", language="en", server=server)
+    [first] = server.mail.wait_for(1)
+    server.clock.advance(minutes=2)
+    sign_up(client, "quan@example.org", language="vi", server=server)  # a third party
+    server.mail.wait_for(2)
+    body = first.get_body(("plain",))
+    assert body is not None
+    found = re.search(
+        re.escape(server.url) + r"confirm\?token=[\w-]+&lang=en\b", body.get_content()
+    )
+    assert found
+    quoted = found.group(0) + tail
+    ask = client.get(quoted, headers={"accept-language": "vi"})
+    assert (ask.status_code, '<html lang="en">' in ask.text) == (200, True)
+    [action] = re.findall(r'<form method="post" action="([^"]+)"', ask.text)
+    assert re.findall(r"[?&]lang=([^&]*)", html.unescape(action)) == ["en"]
+    assert client.post(html.unescape(action)).status_code == 200
+    stored = subscriber(server.settings, "quan@example.org")
+    assert (stored.status, stored.language) == (SubscriptionStatus.CONFIRMED, "en")
+    # An expired one, after the sign-up lapsed: still the link's language.
+    sign_up(client, "lan@example.org", language="en", server=server)
+    [*_, third] = server.mail.wait_for(3)
+    link = re.search(
+        re.escape(server.url) + r"confirm\?token=[\w-]+&lang=en\b",
+        third.get_body(("plain",)).get_content(),
+    )
+    assert link
+    server.clock.advance(hours=48, minutes=2)
+    with open_settings_store(server.settings) as db:
+        assert expire_sign_ups(db, now=server.clock(), link_hours=48) == (1, 0)
+    expired = client.get(link.group(0) + tail, headers={"accept-language": "vi"})
+    assert expired.status_code == 400
+    assert '<html lang="en">' in expired.text
+
+
 def test_a_confirm_link_cut_short_says_it_is_incomplete_at_any_length(
     server: LiveServer, client: httpx.Client
 ) -> None:

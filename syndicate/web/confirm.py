@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,10 @@ log = logging.getLogger(__name__)
 
 _STRINGS = i18n.STRINGS["web"]
 
+# A link's language (`&lang=`, the end of a confirm link) followed by the punctuation of a
+# sentence it was quoted in: since the token is no longer last, that lands on the language.
+_LANGUAGE_THEN_PUNCTUATION = re.compile(r"\s*([a-z]+)[^A-Za-z0-9_-]*")
+
 
 async def confirm(service: Service, request: Request) -> Response:
     """Ask on GET; confirm on POST the pending subscriber a valid, unexpired link was made for.
@@ -32,8 +37,7 @@ async def confirm(service: Service, request: Request) -> Response:
     token = await link_token(request)
     # The language of the mail whose link this is: confirming chooses it (the address may
     # have been signed up again since, by anyone, in the other).
-    chosen = request.query_params.get("lang")
-    link_lang = chosen if chosen in i18n.LANGUAGES else None
+    link_lang = _link_language(request)
     max_age = timedelta(hours=service.settings.subscribe.confirm_hours)
     now = service.clock()
     subscriber: Subscriber | None
@@ -57,7 +61,7 @@ async def confirm(service: Service, request: Request) -> Response:
         if tokens.looks_cut(token):
             # Cut short by a line wrap: the reader's link is good, the whole of it is
             # needed; signing up again (what the "cannot be used" page says) is not.
-            lang = service.language(request)
+            lang = link_lang or service.language(request)
             return service.page(
                 "confirm.html.j2",
                 lang,
@@ -67,7 +71,7 @@ async def confirm(service: Service, request: Request) -> Response:
             )
     # The page speaks the language of the subscriber the link was made for, not the
     # browser's (`?lang=` still wins); an expired link's too, while they are stored.
-    lang = service.language(request, subscriber or owner)
+    lang = link_lang or service.language(request, subscriber or owner)
     strings = _STRINGS[lang]
     if expired:
         return service.page(
@@ -104,6 +108,13 @@ async def confirm(service: Service, request: Request) -> Response:
     if subscriber.status is SubscriptionStatus.PENDING:
         await service.call_store(service.store.confirm, subscriber.id, now=now, language=link_lang)
     return service.page("confirm.html.j2", lang, title=strings["confirmed_title"], state="done")
+
+
+def _link_language(request: Request) -> str | None:
+    """The language the link's `lang` names, less the punctuation of a sentence the link
+    was quoted in (as `link_token` drops it after a token); None when it names none."""
+    quoted = _LANGUAGE_THEN_PUNCTUATION.fullmatch(request.query_params.get("lang", ""))
+    return quoted.group(1) if quoted and quoted.group(1) in i18n.LANGUAGES else None
 
 
 def _with_lang(url: str, lang: str | None) -> str:
