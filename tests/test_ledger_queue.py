@@ -508,8 +508,11 @@ def test_a_sign_up_waiting_for_a_long_sqlite_enqueue_gets_in_between_its_batches
     # the other with no moment between, they left a sign-up waiting in SQLite's busy wait no
     # turn until the whole list was done (4.1 s at 400,000 subscribers, past
     # store.busy_timeout at 1,000,000). Here the list is 100 batches: a sign-up that began
-    # waiting during the first ones must be stored before the last one is.
+    # waiting during the first ones must be stored before the last one is. (Not grown past
+    # ENQUEUE_BATCH: to 20 of them, fast ones double to 200 ids, and the list was 9 batches,
+    # 0.2 s, for this thread to see the first, sign up and count before the last.)
     monkeypatch.setattr(ledger, "ENQUEUE_BATCH", 10)
+    monkeypatch.setattr(ledger, "_ENQUEUE_MOST", 1)
     with _store(tmp_path, 1000) as db:
         added: list[int] = []
 
