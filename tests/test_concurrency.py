@@ -289,9 +289,9 @@ def test_sign_ups_are_answered_at_once_while_a_big_preview_runs(
             with contextlib.suppress(FileNotFoundError):  # it has just ended
                 workers = _children(preview.pid)
             time.sleep(0.01)
-        for worker in workers:
-            os.kill(worker, signal.SIGSTOP)
-        try:
+        try:  # each one stopped is continued, whatever fails, even a worker gone meanwhile
+            for worker in workers:
+                os.kill(worker, signal.SIGSTOP)
             with httpx.Client(
                 base_url=server.url, timeout=30, headers={"origin": server.url[:-1]}
             ) as web:
@@ -303,7 +303,8 @@ def test_sign_ups_are_answered_at_once_while_a_big_preview_runs(
             assert preview.poll() is None  # the sign-ups were answered mid-run
         finally:
             for worker in workers:
-                os.kill(worker, signal.SIGCONT)
+                with contextlib.suppress(ProcessLookupError):  # it has ended
+                    os.kill(worker, signal.SIGCONT)
         _, err = preview.communicate(timeout=60)
     finally:  # a failure above must not leave the preview running past the test
         if preview.poll() is None:
