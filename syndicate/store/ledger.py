@@ -929,7 +929,8 @@ def enqueue_owed(
     }
     added = after = 0
     sqlite = db.dialect == "sqlite"
-    size = min(_ENQUEUE_FIRST, ENQUEUE_BATCH) if sqlite else ENQUEUE_BATCH
+    first = min(_ENQUEUE_FIRST, ENQUEUE_BATCH)
+    size = first if sqlite else ENQUEUE_BATCH
     try:
         top = int(db.conn.execute(_TOP_SUBSCRIBER).fetchone()[0])
         # Without the store-wide write lock on PostgreSQL: the statements read every confirmed
@@ -946,8 +947,10 @@ def enqueue_owed(
             after += size
             if sqlite and after < top:
                 took = max(time.monotonic() - started, 1e-4)
+                # Never under the first batch's size: a store whose every commit is slow
+                # (a slow disk) would otherwise go down to one id a transaction.
                 size = max(
-                    1,
+                    first,
                     min(
                         _ENQUEUE_MOST * ENQUEUE_BATCH, 2 * size, round(size * _ENQUEUE_HOLD / took)
                     ),
