@@ -137,7 +137,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "subscribe_title": "Đăng ký nhận bản tin",
             "subscribe_intro": (
                 "Mỗi ngày một email với những tin mới nhất. "
-                "Bạn có thể hủy đăng ký bất cứ lúc nào chỉ với một cú bấm."
+                "Bạn có thể hủy đăng ký bất cứ lúc nào từ liên kết trong mỗi email."
             ),
             "invalid_email": "Địa chỉ email này không hợp lệ. Hãy kiểm tra và nhập lại.",
             "sent_title": "Hãy kiểm tra hộp thư của bạn",
@@ -219,7 +219,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "subscribe_title": "Subscribe to the newsletter",
             "subscribe_intro": (
                 "One email a day with the latest news. "
-                "You can unsubscribe at any time with one click."
+                "You can unsubscribe at any time from the link in every email."
             ),
             "invalid_email": "This email address is not valid. Please check it and try again.",
             "sent_title": "Check your inbox",

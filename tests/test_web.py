@@ -2412,6 +2412,27 @@ def test_the_sign_up_pages_promise_a_daily_email_not_a_morning_one(
             assert "morning" not in page, lang
 
 
+def test_the_sign_up_pages_do_not_promise_a_one_click_unsubscribe(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    # They said "with one click" (the form on the index and the form's page): the mail's
+    # link opens a page with a button, two clicks (one with the mail program's own button).
+    env = make_environment(site_templates_dir())
+    partial = env.from_string(
+        '{% import "_subscribe_form.html.j2" as signup %}'
+        "{{ signup.form(root=root, lang=lang, heading=True) }}"
+    )
+    service = {lang: client.get("subscribe", params={"lang": lang}).text for lang in ("vi", "en")}
+    assert "Bạn có thể hủy đăng ký bất cứ lúc nào từ liên kết trong mỗi email." in service["vi"]
+    assert "You can unsubscribe at any time from the link in every email." in service["en"]
+    index = {lang: partial.render(root="", lang=lang) for lang in ("vi", "en")}
+    assert "Hủy đăng ký bất cứ lúc nào từ liên kết trong mỗi email." in index["vi"]
+    assert "Unsubscribe any time from the link in every email." in index["en"]
+    for page in (*service.values(), *index.values()):
+        assert "cú bấm" not in page
+        assert "one click" not in page
+
+
 @pytest.mark.slow
 def test_serve_answers_503_while_postgresql_is_away_and_uses_it_again_once_it_is_back(
     settings: Settings, now: datetime
