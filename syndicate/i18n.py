@@ -17,6 +17,8 @@ LANGUAGES = ("vi", "en")
 STRINGS: dict[str, dict[str, dict[str, str]]] = {
     "pages": {
         "vi": {
+            # The link a keyboard's first Tab lands on, past the header to the page's own.
+            "skip": "Chuyển đến nội dung chính",
             "home": "Trang chủ",
             "feeds": "Theo dõi",
             # The header's link to the sign-up form, among the feeds.
@@ -36,6 +38,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "photo_note": "Ảnh trong bài gốc",
         },
         "en": {
+            "skip": "Skip to main content",
             "home": "Home",
             "feeds": "Follow",
             "by_email": "Email",
