@@ -17,6 +17,8 @@ LANGUAGES = ("vi", "en")
 STRINGS: dict[str, dict[str, dict[str, str]]] = {
     "pages": {
         "vi": {
+            # The link a keyboard's first Tab lands on, past the header to the page's own.
+            "skip": "Chuyển đến nội dung chính",
             "home": "Trang chủ",
             "feeds": "Theo dõi",
             # The header's link to the sign-up form, among the feeds.
@@ -36,6 +38,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "photo_note": "Ảnh trong bài gốc",
         },
         "en": {
+            "skip": "Skip to main content",
             "home": "Home",
             "feeds": "Follow",
             "by_email": "Email",
@@ -137,7 +140,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "subscribe_title": "Đăng ký nhận bản tin",
             "subscribe_intro": (
                 "Mỗi ngày một email với những tin mới nhất. "
-                "Bạn có thể hủy đăng ký bất cứ lúc nào chỉ với một cú bấm."
+                "Bạn có thể hủy đăng ký bất cứ lúc nào từ liên kết trong mỗi email."
             ),
             "invalid_email": "Địa chỉ email này không hợp lệ. Hãy kiểm tra và nhập lại.",
             "sent_title": "Hãy kiểm tra hộp thư của bạn",
@@ -219,7 +222,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "subscribe_title": "Subscribe to the newsletter",
             "subscribe_intro": (
                 "One email a day with the latest news. "
-                "You can unsubscribe at any time with one click."
+                "You can unsubscribe at any time from the link in every email."
             ),
             "invalid_email": "This email address is not valid. Please check it and try again.",
             "sent_title": "Check your inbox",

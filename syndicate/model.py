@@ -417,11 +417,13 @@ def teaser_day(text: str, *, near: date) -> date | None:
 
 # A teaser's or lead's opening relative day: "Sáng nay 1/11", "Hôm qua", "Chiều qua 30-10";
 # "Yesterday", "This morning". Only at the start: the dateline's words.
-# The date may stand in brackets, as datelines often give it: "Sáng nay (1/11), UBND ...".
+# The date may stand in brackets or after a comma, as datelines often give it: "Sáng nay
+# (1/11), UBND ...", "Sáng nay, 1/11, UBND ...".
 _TEXT_DATE = r"\d{1,2}[/.-]\d{1,2}(?:[/.-]\d{4})?"
 _RELATIVE_DAY_VI = re.compile(
     r"(?P<when>rạng sáng|sáng|trưa|chiều|tối|đêm|hôm)\s+(?P<rel>nay|qua)\b"
-    rf"(?P<date>\s+(?:\((?P<bracketed>{_TEXT_DATE})\)|(?P<bare>{_TEXT_DATE})\b))?",
+    rf"(?P<date>\s+(?:\((?P<bracketed>{_TEXT_DATE})\)|(?P<bare>{_TEXT_DATE})\b)"
+    rf"|\s*,\s*(?P<after_comma>{_TEXT_DATE})\b)?",
     re.IGNORECASE,
 )
 _RELATIVE_DAY_EN = re.compile(
@@ -455,7 +457,7 @@ def _settled(text: str, written: date | None, day: date) -> str:
     match = _RELATIVE_DAY_VI.match(text)
     if match is not None:
         before = match["rel"].casefold() in _BEFORE
-        given = match["bracketed"] or match["bare"]
+        given = match["bracketed"] or match["bare"] or match["after_comma"]
         named = teaser_day(f"ngày {given}", near=written or day) if given else None
         if named is not None:
             written = named + timedelta(days=1) if before else named

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from syndicate.errors import ExpiredTokenError, StaleTokenError, TokenError
+from syndicate.errors import ClockError, ExpiredTokenError, StaleTokenError, TokenError
 from syndicate.model import Subscriber
 
 PURPOSES = ("confirm", "unsubscribe")
@@ -58,6 +58,10 @@ _BITCOIN_LOOKALIKE = re.compile(
 _LOOKALIKE_TRIES = 16  # each a fresh token: one in 4,400 looks alike, 16 in a row never do
 # A version 1 token issued this far in the future still passes: clocks of two hosts drift.
 _CLOCK_SKEW = timedelta(minutes=5)
+# The times a token can carry: an unsigned 32-bit count of seconds from 1970, less the
+# tries above, which may date it a few seconds later (the last: 2106-02-07 06:27:59 UTC).
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+LAST_TOKEN_TIME = datetime.fromtimestamp(2**32 - 1 - _LOOKALIKE_TRIES, UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,8 @@ def make_token(
     """Return a signed, url-safe token for `purpose` ('confirm' or 'unsubscribe').
 
     `nonce` is the subscriber's token nonce (NONCE_BYTES random bytes stored with them).
+    Raises ClockError when `issued_at` is before 1970 or after LAST_TOKEN_TIME: only a
+    clock far off dates a mail there.
     """
     if not secret:
         raise ValueError("an empty secret cannot sign tokens")
@@ -103,6 +109,12 @@ def make_token(
         raise ValueError("issued_at must be timezone-aware")
     if len(nonce) != NONCE_BYTES:
         raise ValueError(f"a token nonce has {NONCE_BYTES} bytes, not {len(nonce)}")
+    if not _EPOCH <= issued_at <= LAST_TOKEN_TIME:
+        raise ClockError(
+            f"token: the time {issued_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC is outside "
+            f"1970-01-01..{LAST_TOKEN_TIME:%Y-%m-%d %H:%M} UTC, the times a token can "
+            "carry: this machine's clock is wrong. Set it (NTP)."
+        )
     issued = int(issued_at.timestamp())
     # About one token in 4,400 holds a run that spam filters read as a Bitcoin address
     # (SpamAssassin's PDS_BTC_ID, 1 point), and its message is scored as if it asked for a
@@ -245,6 +257,8 @@ _RETURN_PAYLOAD = struct.Struct(">BQH")
 _RETURN_TAG_BYTES = 10  # 80 bits: a forged bounce must guess it, and gets one try per mail
 # The first day a return path can name; a digest's day is never before it (send.digests).
 RETURN_EPOCH = date(2000, 1, 1)
+# The last: the day is an unsigned 16-bit count of days from RETURN_EPOCH (2179-06-06).
+RETURN_LAST = RETURN_EPOCH + timedelta(days=2**16 - 1)
 _RETURN_BYTES = _RETURN_PAYLOAD.size + _RETURN_TAG_BYTES
 RETURN_TOKEN_LENGTH = -(-_RETURN_BYTES * 8 // 5)  # base32 characters, no padding: 34
 _BASE32 = frozenset("abcdefghijklmnopqrstuvwxyz234567")
@@ -266,12 +280,20 @@ def make_return_token(
 ) -> str:
     """Return the lower-case base32 token naming a subscriber and a digest day, for VERP.
 
-    With `confirmation`, the token of a confirmation mail sent on `day` instead.
+    With `confirmation`, the token of a confirmation mail sent on `day` instead. Raises
+    ClockError for a day outside RETURN_EPOCH..RETURN_LAST: only a clock never set (1970)
+    or far off dates a mail there.
     """
     if not secret:
         raise ValueError("an empty secret cannot sign tokens")
     if len(nonce) != NONCE_BYTES:
         raise ValueError(f"a token nonce has {NONCE_BYTES} bytes, not {len(nonce)}")
+    if not RETURN_EPOCH <= day <= RETURN_LAST:
+        raise ClockError(
+            f"return-path token: the day {day.isoformat()} is outside "
+            f"{RETURN_EPOCH.isoformat()}..{RETURN_LAST.isoformat()}, the days a return path "
+            "can name: this machine's clock is wrong. Set it (NTP)."
+        )
     version = _CONFIRM_RETURN_VERSION if confirmation else _RETURN_VERSION
     payload = _RETURN_PAYLOAD.pack(version, subscriber_id, (day - RETURN_EPOCH).days)
     return _b32(payload + _return_tag(secret, payload, nonce))

@@ -735,3 +735,48 @@ def test_a_refused_address_puts_the_reader_back_in_the_field_with_the_error(
         "(Bad Request)",
     }
     browser.problems = [problem for problem in browser.problems if problem not in expected]
+
+
+def _skip_to_main(browser: Browser, url: str, label: str) -> None:
+    """On `url`, the first Tab focuses the skip link (`label`), shown; Enter moves the focus
+    to <main>, and the next Tab goes on from there, past the header."""
+    page = browser.page
+    response = page.goto(url)
+    assert response is not None
+    page.keyboard.press("Tab")
+    focused = page.evaluate(
+        "(() => { const a = document.activeElement; const box = a.getBoundingClientRect();"
+        " return [a.className, a.textContent, a.getAttribute('href'), box.width > 20,"
+        " box.height > 10]; })()"
+    )
+    assert focused == ["skip", label, "#main", True, True], url
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.activeElement.tagName === 'MAIN'")
+    assert page.evaluate("document.activeElement.id") == "main", url
+    # Out of sight again, and the next Tab lands inside <main>, not on the site's name.
+    hidden = page.evaluate("document.querySelector('a.skip').getBoundingClientRect().width")
+    assert hidden <= 1, url
+    page.keyboard.press("Tab")
+    inside = page.evaluate("document.querySelector('main').contains(document.activeElement)")
+    assert inside, url
+
+
+def test_the_first_tab_on_every_page_skips_past_the_header_to_the_content(
+    browser: Browser,
+) -> None:
+    """The first Tab landed on the site's name, then the feed links: a keyboard user went
+    through the header on every page before reaching its own content."""
+    server = browser.server
+    output = server.settings.paths.output
+    article = sorted((output / "articles").glob("*.html"))[0].name
+    link = _sign_up_in_browser(browser, "khoa@example.org", newsletter="vi")
+    pages = {
+        "": "Chuyển đến nội dung chính",  # the static pages
+        f"articles/{article}": "Chuyển đến nội dung chính",
+        "subscribe": "Chuyển đến nội dung chính",  # the service's
+        "subscribe?lang=en": "Skip to main content",
+        link.removeprefix(server.url): "Chuyển đến nội dung chính",
+        "unsubscribe?lang=en": "Skip to main content",
+    }
+    for path, label in pages.items():
+        _skip_to_main(browser, server.url + path, label)

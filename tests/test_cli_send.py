@@ -920,6 +920,29 @@ def test_a_clock_that_was_never_set_makes_no_digest(clock: Clock, workdir: Path)
     assert _summaries(out) == [("2024-10-31", "1", "0", "0")]
 
 
+def test_a_clock_far_ahead_makes_no_digest_and_no_traceback(clock: Clock, workdir: Path) -> None:
+    # A token carries its time as a 32-bit count of seconds from 1970 (a return path, the
+    # digest's day as a 16-bit count of days from 2000): a clock past 2106-02-07 made a
+    # digest, then stopped at its first message with a traceback (struct.error).
+    config = workdir / "syndicate.toml"
+    config.write_text('[mail]\nbounce_address = "bounces@example.org"\n', encoding="utf-8")
+    _subscribe("a@example.org")
+    clock.now = datetime(2200, 1, 1, 6, tzinfo=UTC)
+    code, out, err = _run("-q", "send")
+    assert (code, out) == (75, "")
+    assert err == (
+        "Error: send: this machine's clock reads 2200-01-01 06:00 UTC, past 2106-02-07 06:27 "
+        "UTC, the last time a mail's links can be signed for: the clock is wrong. Set it "
+        "(NTP); `send` dates each digest by it.\n"
+    )
+    with open_store(workdir / "syndicate.db") as db:
+        assert db.conn.execute("SELECT count(*) FROM digests").fetchone()[0] == 0
+    clock.now = DAY1
+    code, out, err = _run("send")
+    assert (code, err) == (0, "")
+    assert _summaries(out) == [("2024-10-31", "1", "0", "0")]
+
+
 @pytest.mark.parametrize("command", [["build"], ["digest"]])
 def test_a_build_on_a_clock_that_was_never_set_dates_nothing(
     clock: Clock, workdir: Path, command: list[str]

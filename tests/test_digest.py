@@ -1116,6 +1116,12 @@ def test_mail_title_is_its_subject(mail_settings: Settings, now: datetime) -> No
         ("Sáng nay (1/11), UBND tỉnh", None, date(2024, 11, 3), "Sáng 1/11, UBND tỉnh"),
         ("Chiều nay (1/11), Sở", date(2024, 11, 1), date(2024, 11, 3), "Chiều 1/11, Sở"),
         ("Hôm qua (31/10), Sở", None, date(2024, 11, 3), "Ngày 31/10, Sở"),
+        # The date after a comma, as other datelines give it: not said twice either.
+        ("Sáng nay, 1/11, UBND tỉnh", None, date(2024, 11, 3), "Sáng 1/11, UBND tỉnh"),
+        ("Rạng sáng nay, 1/11, Sở", None, date(2024, 11, 3), "Rạng sáng 1/11, Sở"),
+        ("Hôm qua, 31/10, Sở", date(2024, 11, 1), date(2024, 11, 3), "Ngày 31/10, Sở"),
+        ("Tối nay, 1/11 UBND tỉnh", None, date(2024, 11, 1), "Tối nay, 1/11 UBND tỉnh"),
+        ("Tối nay, 3-1 là tỷ số", None, date(2024, 11, 3), "Tối nay, 3-1 là tỷ số"),
         # A number after the word that would be a date after the reading day: a score.
         ("Tối nay 3-1 là tỷ số", None, date(2024, 11, 3), "Tối nay 3-1 là tỷ số"),
         # The English word as the subject: the date takes its place, without "On".

@@ -223,6 +223,41 @@ def test_return_token_names_the_subscriber_and_the_digest_day() -> None:
     assert (claim.subscriber.id, claim.day) == (42, date(2024, 11, 1))
 
 
+def test_a_token_outside_the_times_it_can_carry_is_a_clock_error() -> None:
+    # The last day and second each packs (16 bits of days from 2000, 32 bits of seconds
+    # from 1970, less the tries that date a token later) still sign and read back; one
+    # past either end was struct.error, which no caller catches.
+    from datetime import date
+
+    from syndicate.errors import ClockError
+    from syndicate.tokens import (
+        LAST_TOKEN_TIME,
+        RETURN_EPOCH,
+        RETURN_LAST,
+        make_return_token,
+        verify_return_token,
+    )
+
+    assert (RETURN_LAST, LAST_TOKEN_TIME) == (
+        date(2179, 6, 6),
+        datetime(2106, 2, 7, 6, 27, 59, tzinfo=UTC),
+    )
+    for day in (RETURN_EPOCH, RETURN_LAST):
+        token = make_return_token(SECRET, subscriber_id=42, nonce=NONCE, day=day)
+        assert verify_return_token(SECRET, token, find=_finder(_subscriber())).day == day
+    for day in (RETURN_EPOCH - timedelta(days=1), RETURN_LAST + timedelta(days=1)):
+        with pytest.raises(ClockError, match=rf"^return-path token: the day {day} "):
+            make_return_token(SECRET, subscriber_id=42, nonce=NONCE, day=day)
+    for at in (datetime(1970, 1, 1, tzinfo=UTC), LAST_TOKEN_TIME):
+        token = make_token(SECRET, purpose="confirm", subscriber_id=42, nonce=NONCE, issued_at=at)
+        claim = read_token(SECRET, token, purpose="confirm", now=at)
+        assert at <= claim.issued_at <= at + timedelta(seconds=15)
+    before, after = datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC), timedelta(seconds=1)
+    for at in (before, LAST_TOKEN_TIME + after):
+        with pytest.raises(ClockError, match=r"^token: the time "):
+            make_token(SECRET, purpose="confirm", subscriber_id=42, nonce=NONCE, issued_at=at)
+
+
 def test_a_forged_or_stale_return_token_is_refused() -> None:
     from datetime import date
 

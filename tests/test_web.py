@@ -1373,6 +1373,14 @@ class _LogRecorder(logging.Handler):
             self._changed.wait_for(lambda: len(self.records) >= count, timeout)
             return list(self.records)
 
+    def wait_until(
+        self, wanted: Callable[[logging.LogRecord], bool], *, timeout: float = 10.0
+    ) -> list[logging.LogRecord]:
+        """The records `wanted` picks, once there is one (or none after `timeout`)."""
+        with self._changed:
+            self._changed.wait_for(lambda: any(map(wanted, self.records)), timeout)
+            return [record for record in self.records if wanted(record)]
+
 
 @pytest.fixture
 def server_log() -> Iterator[_LogRecorder]:
@@ -2182,6 +2190,45 @@ def test_a_hard_bounce_of_a_confirmation_mail_is_known_by_its_verp_token(
         assert subscriber(server.settings, "khong-co@example.org").status == "confirmed"
 
 
+@pytest.mark.parametrize(
+    ("clock_at", "line"),
+    [
+        # Never set (a machine without a battery-backed clock): the return path's day is
+        # before 2000, the first it can name.
+        (
+            datetime(1970, 1, 1, 0, 0, 42, tzinfo=UTC),
+            "return-path token: the day 1970-01-01 is outside 2000-01-01..2179-06-06, the "
+            "days a return path can name: this machine's clock is wrong. Set it (NTP).",
+        ),
+        # Far ahead: past what the confirm link's token can carry.
+        (
+            datetime(2150, 1, 1, 12, tzinfo=UTC),
+            "token: the time 2150-01-01 12:00 UTC is outside 1970-01-01..2106-02-07 06:27 "
+            "UTC, the times a token can carry: this machine's clock is wrong. Set it (NTP).",
+        ),
+    ],
+)
+def test_a_sign_up_on_a_clock_far_off_logs_one_line_not_a_traceback(
+    live_server: Callable[..., LiveServer],
+    settings: Settings,
+    server_log: _LogRecorder,
+    clock_at: datetime,
+    line: str,
+) -> None:
+    # The tokens pack the day in 16 bits from 2000 and the time in 32 bits from 1970: a
+    # clock outside either raised struct.error, logged with its traceback.
+    mail = dataclasses.replace(settings.mail, bounce_address="bounces@news.example.org")
+    server = live_server(mail=mail)
+    server.clock.now = clock_at
+    with httpx.Client(base_url=server.url) as client:
+        assert sign_up(client, "an@example.org", server=server).status_code == 200
+    found = subscriber(server.settings, "an@example.org")
+    [record] = server_log.wait_until(lambda r: r.getMessage().startswith("subscribe: confirm"))
+    assert (record.levelno, record.exc_info) == (logging.WARNING, None)
+    assert record.getMessage() == f"subscribe: confirmation to subscriber {found.id} failed: {line}"
+    assert server.mail.senders == []
+
+
 def test_confirmation_mail_goes_through_smtp_when_configured(
     live_server: Callable[..., LiveServer], settings: Settings, smtpd: SmtpServer
 ) -> None:
@@ -2407,6 +2454,27 @@ def test_the_sign_up_pages_promise_a_daily_email_not_a_morning_one(
             assert daily in page, lang
             assert "sáng" not in page.split("<main", 1)[-1], lang
             assert "morning" not in page, lang
+
+
+def test_the_sign_up_pages_do_not_promise_a_one_click_unsubscribe(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    # They said "with one click" (the form on the index and the form's page): the mail's
+    # link opens a page with a button, two clicks (one with the mail program's own button).
+    env = make_environment(site_templates_dir())
+    partial = env.from_string(
+        '{% import "_subscribe_form.html.j2" as signup %}'
+        "{{ signup.form(root=root, lang=lang, heading=True) }}"
+    )
+    service = {lang: client.get("subscribe", params={"lang": lang}).text for lang in ("vi", "en")}
+    assert "Bạn có thể hủy đăng ký bất cứ lúc nào từ liên kết trong mỗi email." in service["vi"]
+    assert "You can unsubscribe at any time from the link in every email." in service["en"]
+    index = {lang: partial.render(root="", lang=lang) for lang in ("vi", "en")}
+    assert "Hủy đăng ký bất cứ lúc nào từ liên kết trong mỗi email." in index["vi"]
+    assert "Unsubscribe any time from the link in every email." in index["en"]
+    for page in (*service.values(), *index.values()):
+        assert "cú bấm" not in page
+        assert "one click" not in page
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from syndicate import urls
@@ -42,7 +42,7 @@ from syndicate.store.digests import (
 )
 from syndicate.store.ledger import server_time
 from syndicate.store.teasers import article_links
-from syndicate.tokens import RETURN_EPOCH
+from syndicate.tokens import LAST_TOKEN_TIME, RETURN_EPOCH
 
 
 def digest_day(settings: Settings, now: datetime) -> date:
@@ -63,7 +63,8 @@ log = logging.getLogger("syndicate.send")
 
 
 def check_day(settings: Settings, db: Database, *, now: datetime) -> None:
-    """Refuse a day before the newest digest's, or before 2000: ClockError (exit 75).
+    """Refuse a day before the newest digest's, before 2000, or a clock past
+    tokens.LAST_TOKEN_TIME (2106: no link could be signed): ClockError (exit 75).
 
     Days only go forward: a clock set back past midnight (NTP correcting a clock that ran
     ahead by a little, a machine booted before its clock was set) or a site.timezone moved
@@ -81,6 +82,12 @@ def check_day(settings: Settings, db: Database, *, now: datetime) -> None:
             f"send: today is {today.isoformat()} by this machine's clock, before "
             f"{RETURN_EPOCH.isoformat()}: the clock is not set. Set it (NTP); `send` dates "
             "each digest by it."
+        )
+    if now > LAST_TOKEN_TIME:  # a clock set far ahead (return paths last till 2179)
+        raise ClockError(
+            f"send: this machine's clock reads {now.astimezone(UTC):%Y-%m-%d %H:%M} UTC, "
+            f"past {LAST_TOKEN_TIME:%Y-%m-%d %H:%M} UTC, the last time a mail's links can be "
+            "signed for: the clock is wrong. Set it (NTP); `send` dates each digest by it."
         )
     ahead = digests_between(db, after=today, before=today + timedelta(days=CLOCK_BACK_DAYS + 1))
     if not ahead:

@@ -135,17 +135,18 @@ async def _send_confirmation(
     states only made the requests right after a sign-up slower when the address was not
     on the list (about 5 ms over three requests), which told who is.
     """
-    token = tokens.make_token(
-        service.secret,
-        purpose="confirm",
-        subscriber_id=subscriber.id,
-        nonce=subscriber.token_nonce,
-        issued_at=now,
-    )
-    # The link says the mail's language: the one its reader chose, whatever sign-up of the
-    # address (anyone may send the form) came after it (web.confirm).
-    confirm_url = urls.confirm_url(service.base_url, token, lang=subscriber.language)
     try:
+        # A clock far off (never set, or past 2106) signs no token: ClockError, one line.
+        token = tokens.make_token(
+            service.secret,
+            purpose="confirm",
+            subscriber_id=subscriber.id,
+            nonce=subscriber.token_nonce,
+            issued_at=now,
+        )
+        # The link says the mail's language: the one its reader chose, whatever sign-up of
+        # the address (anyone may send the form) came after it (web.confirm).
+        confirm_url = urls.confirm_url(service.base_url, token, lang=subscriber.language)
         sender = mail.confirmation_return_path(
             info=service.mail_info,
             secret=service.secret,
