@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -13,7 +12,7 @@ from starlette.responses import Response
 from syndicate import i18n, tokens
 from syndicate.errors import ExpiredTokenError, TokenError
 from syndicate.model import Subscriber, SubscriptionStatus
-from syndicate.web.guard import link_token
+from syndicate.web.guard import link_language, link_token
 
 if TYPE_CHECKING:
     from syndicate.web.pages import Service
@@ -21,10 +20,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _STRINGS = i18n.STRINGS["web"]
-
-# A link's language (`&lang=`, the end of a confirm link) followed by the punctuation of a
-# sentence it was quoted in: since the token is no longer last, that lands on the language.
-_LANGUAGE_THEN_PUNCTUATION = re.compile(r"\s*([a-z]+)[^A-Za-z0-9_-]*")
 
 
 async def confirm(service: Service, request: Request) -> Response:
@@ -37,7 +32,7 @@ async def confirm(service: Service, request: Request) -> Response:
     token = await link_token(request)
     # The language of the mail whose link this is: confirming chooses it (the address may
     # have been signed up again since, by anyone, in the other).
-    link_lang = _link_language(request)
+    link_lang = link_language(request)
     max_age = timedelta(hours=service.settings.subscribe.confirm_hours)
     now = service.clock()
     subscriber: Subscriber | None
@@ -108,13 +103,6 @@ async def confirm(service: Service, request: Request) -> Response:
     if subscriber.status is SubscriptionStatus.PENDING:
         await service.call_store(service.store.confirm, subscriber.id, now=now, language=link_lang)
     return service.page("confirm.html.j2", lang, title=strings["confirmed_title"], state="done")
-
-
-def _link_language(request: Request) -> str | None:
-    """The language the link's `lang` names, less the punctuation of a sentence the link
-    was quoted in (as `link_token` drops it after a token); None when it names none."""
-    quoted = _LANGUAGE_THEN_PUNCTUATION.fullmatch(request.query_params.get("lang", ""))
-    return quoted.group(1) if quoted and quoted.group(1) in i18n.LANGUAGES else None
 
 
 def _with_lang(url: str, lang: str | None) -> str:

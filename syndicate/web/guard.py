@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from syndicate.i18n import LANGUAGES
+
 # Request bodies larger than this get 413: a sign-up form is well under 1 KiB.
 MAX_BODY_BYTES = 16 * 1024
 # How long a sign-up form's anti-forgery token stays valid, and the clock skew allowed.
@@ -80,6 +82,18 @@ async def link_token(request: Request) -> str:
             token = str((await read_form(request)).get("token") or "")
     quoted = _TOKEN_THEN_PUNCTUATION.fullmatch(token)
     return quoted.group(1) if quoted else token
+
+
+# A link's language (`&lang=`, the end of a confirm link) followed by the punctuation of a
+# sentence it was quoted in: since the token is no longer last, that lands on the language.
+_LANGUAGE_THEN_PUNCTUATION = re.compile(r"\s*([a-z]+)[^A-Za-z0-9_-]*")
+
+
+def link_language(request: Request) -> str | None:
+    """The language a link's `lang` names, less the punctuation of a sentence the link was
+    quoted in (as `link_token` drops it after a token); None when it names none."""
+    quoted = _LANGUAGE_THEN_PUNCTUATION.fullmatch(request.query_params.get("lang", ""))
+    return quoted.group(1) if quoted and quoted.group(1) in LANGUAGES else None
 
 
 # The sign-up rate limit's window: `subscribe.rate_limit` requests per minute.
