@@ -184,7 +184,11 @@ def test_sigterm_mid_build_is_one_line_exit_143_and_leaves_nothing_half_written(
             time.sleep(0.005)
         assert run.poll() is None, "the command ended before it could be stopped"
         run.send_signal(signal.SIGTERM)
-        _, stderr = run.communicate(timeout=60)
+        try:
+            _, stderr = run.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # pragma: no cover - the failure looked for
+            run.kill()
+            pytest.fail(f"{command} did not end within 60 s of SIGTERM: it hung")
     assert run.returncode == 143, stderr
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == (

@@ -13,18 +13,14 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import click
 
-from syndicate import __version__
+from syndicate import __version__, interrupts
 from syndicate.config import (
     Settings,
     exposed_secret_warning,
@@ -42,6 +38,7 @@ from syndicate.errors import (
     log_lines_to_stderr,
     printable,
 )
+from syndicate.interrupts import Terminated
 from syndicate.store import Database, open_database, open_empty, open_reader
 
 log = logging.getLogger("syndicate")
@@ -307,7 +304,7 @@ class SyndicateGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            with _sigterm_raises():
+            with interrupts.raising():
                 check_open_files()  # before the command's module is even imported
                 try:
                     return super().invoke(ctx)
@@ -375,48 +372,6 @@ def check_open_files() -> None:
         f"{MIN_OPEN_FILES} any command needs; nothing was done.",
         hint="Raise the limit (ulimit -n 1024, or LimitNOFILE= in a systemd unit).",
     )
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised where the command is, as Ctrl-C raises KeyboardInterrupt.
-
-    A BaseException for the same reason: a stage's `except Exception` (one odd dump, one
-    recipient) must not take it for a fault of its own. On the way out the `with` and
-    `finally` blocks do what they do for Ctrl-C: temp files and the staging folder go,
-    an open transaction rolls back.
-    """
-
-
-@contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """While a command runs, SIGTERM raises Terminated in this process's main thread.
-
-    Commands that stop gracefully on their own (`send` while it delivers, `store copy`) put
-    their handlers in place of this one while they run; after `send`'s delivery asyncio
-    leaves SIGTERM at its default until the command returns, and `serve` sets the default
-    itself (a supervisor's stop ends it by the signal). A process forked from
-    this one (the build's workers) that gets the signal ends by it, as before. Elsewhere
-    than the main thread (a test's server thread) Python sets no handler: nothing changes.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pid = os.getpid()
-
-    def terminated(signum: int, frame: FrameType | None) -> None:
-        if os.getpid() != pid:  # a forked worker: ended by the signal, as before
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up runs to its end
-        raise Terminated
-
-    before = signal.signal(signal.SIGTERM, terminated)
-    try:
-        yield
-    finally:
-        # None: a handler not set from Python, which cannot be put back from it.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
 @click.group(cls=SyndicateGroup, context_settings={"help_option_names": ["-h", "--help"]})

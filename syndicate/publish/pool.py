@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 from zoneinfo import ZoneInfo
 
+from syndicate import interrupts
 from syndicate.config import Settings
 from syndicate.errors import DiskFullError, DumpError, OutputError, SyndicateError, WorkerError
 from syndicate.load import DumpPin
@@ -138,7 +139,7 @@ def _worker_error(exc: BrokenProcessPool) -> WorkerError:
 def _result(future: Future[_T]) -> _T:
     """A worker's result; WorkerError (exit 1) when the worker process died."""
     try:
-        return future.result()
+        return interrupts.result(future)
     except BrokenProcessPool as exc:
         raise _worker_error(exc) from exc
 
@@ -146,7 +147,8 @@ def _result(future: Future[_T]) -> _T:
 def _submit(pool: ProcessPoolExecutor, function: Callable[..., _T], *args: Any) -> Future[_T]:
     """Send a task; WorkerError (exit 1) when a worker died before (the pool is broken)."""
     try:
-        return pool.submit(function, *args)
+        with interrupts.held():  # a signal inside the pool's locks would leave them taken
+            return pool.submit(function, *args)
     except BrokenProcessPool as exc:
         raise _worker_error(exc) from exc
 
@@ -249,7 +251,8 @@ class BuildPool:
     def close(self) -> None:
         """Stop the workers (tasks not started are dropped)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            with interrupts.held():
+                self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
     def __enter__(self) -> Self:
@@ -280,8 +283,9 @@ class BuildPool:
                     pending.append(_submit(pool, following[0], *following[1]))
                 yield result
         finally:
-            for future in pending:
-                future.cancel()
+            with interrupts.held():
+                for future in pending:
+                    future.cancel()
 
     def reads(
         self,

@@ -12,6 +12,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from syndicate.interrupts import held, result
 from syndicate.output import move_into_place, write_atomic
 from syndicate.store.articles import PageStamp, page_stamp
 
@@ -88,7 +89,8 @@ class PageWriter:
 
     def write(self, rel: str, data: bytes, fingerprint: str, *, fsync: bool) -> None:
         """Queue an atomic write of `data` to `rel`; counted once it is done."""
-        future = self._pool.submit(write_atomic, self.output / rel, data, fsync=fsync)
+        with held():  # a signal inside the pool's locks would leave them taken
+            future = self._pool.submit(write_atomic, self.output / rel, data, fsync=fsync)
         self._pending.append((rel, fingerprint, future))
         if len(self._pending) > _WRITES_IN_FLIGHT:
             self._settle()
@@ -116,7 +118,7 @@ class PageWriter:
 
     def _settle(self) -> None:
         rel, fingerprint, future = self._pending.popleft()
-        self.record(rel, fingerprint, changed=future.result())
+        self.record(rel, fingerprint, changed=result(future))
 
     def record(
         self, rel: str, fingerprint: str, *, changed: bool, stamp: PageStamp | None = None
@@ -144,10 +146,11 @@ class PageWriter:
 
     def abandon(self) -> None:
         """Drop the writes not started yet and wait for the one in progress (no errors)."""
-        for _rel, _fingerprint, future in self._pending:
-            future.cancel()
-        self._pending.clear()
-        self._pool.shutdown(wait=True)
+        with held():
+            for _rel, _fingerprint, future in self._pending:
+                future.cancel()
+            self._pending.clear()
+            self._pool.shutdown(wait=True)
 
 
 def _file_names(folder: Path) -> frozenset[str]:
