@@ -99,6 +99,21 @@ def raising() -> Iterator[None]:
         _State.pid = None
 
 
+@contextmanager
+def python_sigint() -> Iterator[None]:
+    """Ctrl-C taken by Python's own handler meanwhile, for code that looks for that handler:
+    `asyncio.Runner` then puts its own in place, which cancels the running task at its
+    next `await` rather than raising wherever the loop is. Ours is back after."""
+    if threading.get_ident() != _MAIN or signal.getsignal(signal.SIGINT) is not _handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, _handler)
+
+
 class _Held:
     """The context manager `held()` returns: one object, entered again and again (a page
     write enters it twice, so it costs no more than a counter)."""

@@ -10,6 +10,7 @@ parallel build passes through, in a process of their own so a hang fails the tes
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -307,3 +308,31 @@ def test_a_signal_at_any_point_of_a_parallel_build_ends_it_and_leaves_no_worker(
         assert left == [], (target, outcome)  # no temp file, no staging folder
     assert fired >= 35
     assert len(pages) == 24  # and a build left alone writes every page
+
+
+def test_an_event_loop_takes_ctrl_c_as_asyncio_means_it_and_gives_it_back() -> None:
+    """Inside a command, `send` and `preflight` run their event loop with asyncio's own Ctrl-C
+    handler (it cancels the task at its next await, rather than raising wherever the loop
+    is); ours is back after."""
+    from syndicate.send.transports import run_event_loop
+
+    cancelled: list[str] = []
+
+    async def interrupted() -> None:
+        signal.raise_signal(signal.SIGINT)
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.append("at its await")
+            raise
+
+    def work() -> None:
+        mine = signal.getsignal(signal.SIGINT)
+        try:
+            run_event_loop(interrupted)
+        finally:
+            assert signal.getsignal(signal.SIGINT) is mine
+
+    with pytest.raises(KeyboardInterrupt):
+        _inside(work)
+    assert cancelled == ["at its await"]

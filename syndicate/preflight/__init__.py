@@ -18,6 +18,7 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import parseaddr
 
+from syndicate import interrupts
 from syndicate.config import Settings
 from syndicate.errors import ConfigError, SyndicateError
 from syndicate.preflight.lookup import (
@@ -225,7 +226,8 @@ def check_smtp(settings: Settings, *, timeout: float) -> Check:
             f"mail.transport is {settings.mail.transport!r}: nothing goes out over SMTP. "
             'Set mail.transport = "smtp" and [smtp] to send.',
         )
-    ok, detail = asyncio.run(probe_smtp(SmtpServer.from_settings(settings), timeout=timeout))
+    with interrupts.python_sigint():  # Ctrl-C cancels the probe, as asyncio.run means it to
+        ok, detail = asyncio.run(probe_smtp(SmtpServer.from_settings(settings), timeout=timeout))
     return Check("smtp", ok, detail)
 
 

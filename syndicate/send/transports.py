@@ -30,6 +30,7 @@ from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import MAX_LINE_LENGTH, normalize_message_line_endings
 from aiosmtplib.response import SMTPResponse
 
+from syndicate import interrupts
 from syndicate.config import Settings
 from syndicate.errors import (
     ConfigError,
@@ -857,7 +858,8 @@ def run_event_loop(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     finally:
         for fd in held:
             os.close(fd)
-    with asyncio.Runner() as runner:
+    # Ctrl-C cancels the task, as under asyncio.run, rather than cutting in anywhere.
+    with interrupts.python_sigint(), asyncio.Runner() as runner:
         return runner.run(make())
 
 
