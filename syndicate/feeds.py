@@ -174,6 +174,7 @@ def build_feed(
     first_seen: Mapping[str, datetime],
     story_ids: Mapping[str, str] | None = None,
     revised: Mapping[str, datetime] | None = None,
+    newest: datetime | None = None,
 ) -> bytes:
     """Render one feed of the newest `limit` articles, in the site's order (model.order_key).
 
@@ -184,12 +185,16 @@ def build_feed(
     day and no time (model.dated_at). `story_ids` maps an Article.id to the id its story
     was first stored under, whose `item_id` its item keeps (missing: its own); `revised`
     to when its text replaced an earlier one of the story (its updated time). `now` is
-    used only when no chosen article has a date. The bytes are the same for the same
-    arguments.
+    used only when no chosen article has a date. `newest` is the newest publish time of the
+    list the feed heads (the index's: model.newest_published), which places undated
+    articles; None: that of `articles` (the same unless one was left out). The bytes are
+    the same for the same arguments.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    chosen = _order(articles, first_seen, info.tz, newest_published(articles))[:limit]
+    if newest is None:
+        newest = newest_published(articles)
+    chosen = _order(articles, first_seen, info.tz, newest)[:limit]
     dates = {a.id: dated_at(a.published, a.precision, first_seen[a.id]) for a in chosen}
     revised = revised or {}
     story_ids = story_ids or {}

@@ -314,6 +314,44 @@ def test_an_article_that_cannot_go_in_a_feed_is_left_out_of_the_feeds(
     assert [str(e) for e in again.errors] == [str(error)]
 
 
+def test_the_feeds_keep_the_index_order_when_the_newest_article_is_left_out(
+    project: Path,
+    settings: Settings,
+    db: Database,
+) -> None:
+    """An undated article stands after the dated ones of its day, or of the newest article's
+    day when that is earlier: the index's newest, in the feeds too, even when the newest
+    article's feed entry cannot be rendered and the feeds go without it."""
+    seeds = project / "seeds"
+    (seeds / "003.txt").write_text(
+        "Tin mới nhất\n01/11/2024 08:00\nQTO - Tin của sáng nay.\nNgười dân đón mùa lúa mới.\n",
+        encoding="utf-8",
+    )
+    (seeds / "004.txt").write_text(
+        "Tin không ghi ngày\n\nQTO - Tin không rõ ngày đăng.\nTrường học mở cửa đón học sinh.\n",
+        encoding="utf-8",
+    )
+    now = datetime(2024, 11, 1, 3, tzinfo=UTC)  # 10:00 in Đông Hà: all first seen on 1/11
+    run_build(settings, db, now=now)
+    feeds = project / "feeds"
+    order = ["Tin mới nhất", "Tin không ghi ngày", "Khánh thành cầu mới", "Hội thảo chuyển đổi số"]
+    assert [i["title"] for i in json.loads((feeds / "feed.json").read_bytes())["items"]] == order
+    _damage(db, _id_of(db, "seeds/003.txt"), published=OUT_OF_RANGE)
+    for name in ("rss.xml", "atom.xml", "feed.json"):
+        (feeds / name).unlink()
+
+    summary = run_build(settings, db, now=now)
+
+    assert [str(e).split(" (")[0] for e in summary.errors] == [
+        "seeds/003.txt: its feed entry cannot be rendered"
+    ]
+    items = json.loads((feeds / "feed.json").read_bytes())["items"]
+    assert [item["title"] for item in items] == order[1:]
+    for name in ("rss.xml", "atom.xml"):
+        parsed = feedparser.parse((feeds / name).read_bytes())
+        assert [entry.title for entry in parsed.entries] == order[1:], name
+
+
 def test_an_article_the_digest_cannot_render_is_left_out_of_it(
     project: Path,
     settings: Settings,

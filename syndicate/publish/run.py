@@ -527,6 +527,8 @@ def _write_feeds(
         first_seen={s.id: s.first_seen_at for s in chosen if s.id in ids},
         story_ids={s.id: s.first_id for s in chosen if s.id in ids and s.first_id},
         revised={s.id: s.revised_at for s in chosen if s.id in ids and s.revised_at},
+        # The index's newest: an article left out does not move the undated ones.
+        newest=newest_published(chosen),
     )
     feeds = _render_feeds(render, top, list(stale), failed)
     if failed:  # not fresh next time: the articles left out are reported again
