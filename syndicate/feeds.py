@@ -29,6 +29,7 @@ from feedgen.feed import FeedGenerator
 from lxml import etree
 from markupsafe import escape
 
+from syndicate.i18n import STRINGS
 from syndicate.model import (
     Article,
     BlockKind,
@@ -39,7 +40,7 @@ from syndicate.model import (
     shown_blocks,
     shown_standfirst,
 )
-from syndicate.text import one_line
+from syndicate.text import one_line, shorten
 from syndicate.urls import FEED_TYPES, FeedKind, feed_url
 
 JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
@@ -92,9 +93,20 @@ def item_id(article_id: str) -> str:
     return f"urn:uuid:{uuid.uuid5(_ID_NAMESPACE, article_id)}"
 
 
-def build_content_html(article: Article) -> str:
+# Bytes of HTML past which an entry carries the opening of its article and a link to the
+# rest on its page. An article runs 5 to 50 KB; a dump of a whole report (or a hostile one)
+# can reach megabytes, and feed readers refuse or cut feeds that large: one odd dump must
+# not weigh on every reader of the feed. The page keeps the whole text.
+CONTENT_LIMIT = 256 * 1024
+# Characters kept of a single paragraph that alone passes the limit (escaped, at most 6
+# bytes each, with room left for the link).
+_CUT_PARAGRAPH = CONTENT_LIMIT // 8
+
+
+def build_content_html(article: Article, *, page_url: str = "", limit: int = CONTENT_LIMIT) -> str:
     """The article as HTML: its standfirst, then each paragraph and photo note, each
-    escaped on its own.
+    escaped on its own. Past `limit` bytes (UTF-8), and with its `page_url`, the paragraphs
+    that fit and a link to the whole article on its page (in the article's language).
 
     It is the text the article page shows under its headline: the standfirst
     (model.shown_standfirst: the head, which feed readers showing the full text would
@@ -117,11 +129,44 @@ def build_content_html(article: Article) -> str:
     if article.credit:
         credit = credit_line(one_line(article.credit), language=article.language)
         parts.append(f'<p class="credit">{escape(credit)}</p>')
-    return "\n".join(parts)
+    content = "\n".join(parts)
+    if not page_url or len(content) <= limit // 4 or len(content.encode()) <= limit:
+        return content
+    return _cut_content(parts, article, page_url=page_url, limit=limit)
+
+
+def _cut_content(parts: list[str], article: Article, *, page_url: str, limit: int) -> str:
+    """The first `parts` that fit in `limit` bytes with a link to `page_url` after them (the
+    first paragraph cut short when it alone does not fit)."""
+    label = STRINGS["pages"].get(article.language, STRINGS["pages"]["vi"])["whole_article"]
+    link = f'<p class="whole-article"><a href="{escape(page_url)}">{escape(label)} →</a></p>'
+    room = limit - len(link.encode()) - 1
+    kept: list[str] = []
+    for part in parts:
+        size = len(part.encode()) + 1
+        if size > room:
+            break
+        kept.append(part)
+        room -= size
+    if not kept:  # one paragraph past the limit on its own: its opening words
+        first = shown_standfirst(article) or next(
+            (b.text for b in shown_blocks(article.body, language=article.language)), ""
+        )
+        kept.append(f"<p>{escape(shorten(one_line(first), limit=_CUT_PARAGRAPH))}</p>")
+    return "\n".join([*kept, link])
+
+
+# The longest summary (`description`, `summary`) an entry carries, in characters: a head runs
+# to about 500; a longer one is cut at a word, with "…" (the content has it whole, or its
+# opening when the article passes CONTENT_LIMIT).
+SUMMARY_LIMIT = 1000
 
 
 def _summary(article: Article) -> str:
-    return one_line(article.summary) or _title(article)
+    summary = one_line(article.summary)
+    if len(summary) > SUMMARY_LIMIT:
+        summary = shorten(summary, limit=SUMMARY_LIMIT)
+    return summary or _title(article)
 
 
 def _title(article: Article) -> str:
@@ -301,7 +346,7 @@ def _add_entry(fg: FeedGenerator, entry: _Entry, *, info: FeedInfo, updated: dat
     # RSS <description> is entity-encoded HTML, so the plain lead is escaped once more.
     fe.description(str(escape(_summary(article))))
     fe.summary(_summary(article))
-    fe.content(build_content_html(article), type="html")
+    fe.content(build_content_html(article, page_url=entry.url), type="html")
     author = _author(article)
     if author is not None:
         fe.author({"name": author})
@@ -330,7 +375,7 @@ def _build_json_feed(entries: Sequence[_Entry], *, info: FeedInfo, updated: date
             "id": entry.id,
             "url": entry.url,
             "title": _title(article),
-            "content_html": build_content_html(article),
+            "content_html": build_content_html(article, page_url=entry.url),
             "summary": _summary(article),
         }
         if entry.dated is not None:

@@ -27,6 +27,8 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "by": "Tác giả:",
             # A story credited to its source (an agency, a paper): not its author.
             "credit": "Theo {source}",
+            # Closes a feed entry cut short (an article far longer than any a paper runs).
+            "whole_article": "Đọc toàn bài trên trang",
             "newer": "← Tin mới hơn",
             "older": "Tin cũ hơn →",
             "pages": "Các trang tin",
@@ -45,6 +47,7 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             "unknown_date": "Date unknown",
             "by": "By",
             "credit": "Source: {source}",
+            "whole_article": "Read the whole article on the site",
             "newer": "← Newer",
             "older": "Older →",
             "pages": "Pages of news",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import html
 import json
@@ -411,3 +412,69 @@ def test_a_date_only_article_is_dated_at_noon_or_when_first_seen_that_morning_ne
         # The feed lists them in that order too: the one order places them at those times.
         order = list(dates)
         assert order == [item_id(late.id), item_id(morning.id)], kind
+
+
+def _long_article(body: tuple[Block, ...], *, head: str | None = None) -> Article:
+    return dataclasses.replace(
+        _article(1, body=body, published=datetime(2024, 10, 31, tzinfo=TZ)), head=head
+    )
+
+
+def _paragraphs(count: int) -> tuple[Block, ...]:
+    """`count` paragraphs of about 1.4 KB each (UTF-8), numbered."""
+    text = "Người dân Quảng Trị đón tin vui về mùa màng năm nay, đoạn {n}. " * 20
+    return tuple(Block(BlockKind.PARAGRAPH, text.format(n=n)) for n in range(count))
+
+
+@pytest.mark.parametrize("kind", ["rss", "atom", "json"])
+def test_an_entry_past_the_content_limit_carries_its_opening_and_a_link_to_the_rest(
+    kind: str,
+) -> None:
+    """A dump of a whole report (the loader takes up to a million characters) must not make
+    every reader of the feed fetch megabytes: the entry keeps whole paragraphs up to
+    CONTENT_LIMIT and links to its page, which has the whole text."""
+    from syndicate.feeds import CONTENT_LIMIT
+
+    long = _long_article(_paragraphs(600))  # about 840 KB of HTML
+    page = f"{BASE}articles/{long.slug}.html"
+    whole = build_content_html(long)
+    assert len(whole.encode()) > 3 * CONTENT_LIMIT
+    data = _build([long], kind)
+    assert len(data) < 1.5 * CONTENT_LIMIT
+    if kind == "json":
+        content = json.loads(data)["items"][0]["content_html"]
+    else:
+        content = feedparser.parse(data).entries[0].content[0].value
+    assert len(content.encode()) <= CONTENT_LIMIT
+    paragraphs = content.split("\n")
+    assert paragraphs[:-1] == whole.split("\n")[: len(paragraphs) - 1]  # whole, in order
+    assert len(paragraphs) > 100
+    assert paragraphs[-1] == (
+        f'<p class="whole-article"><a href="{page}">Đọc toàn bài trên trang →</a></p>'
+    )
+    # An article of ordinary length is whole, with no link.
+    short = _article(2)
+    assert build_content_html(short, page_url=page) == build_content_html(short)
+
+
+def test_one_paragraph_past_the_limit_is_cut_and_a_summary_past_its_limit_too() -> None:
+    from syndicate.feeds import CONTENT_LIMIT, SUMMARY_LIMIT
+
+    wall = "<>" * 400_000  # one "word" that escapes to 3.2 MB
+    article = _long_article((Block(BlockKind.PARAGRAPH, wall),), head="Tóm tắt dài " * 500)
+    page = f"{BASE}articles/bai-1.html"
+    # The head fits: it is kept whole; the paragraph past the limit goes.
+    head, link = build_content_html(article, page_url=page).split("\n")
+    assert head == f"<p>{'Tóm tắt dài ' * 499}Tóm tắt dài</p>"
+    assert link.startswith(f'<p class="whole-article"><a href="{page}">')
+    # Nothing before it: its opening words, escaped.
+    content = build_content_html(dataclasses.replace(article, head=None), page_url=page)
+    assert len(content.encode()) <= CONTENT_LIMIT
+    cut, link = content.split("\n")
+    assert cut.startswith("<p>&lt;&gt;&lt;&gt;")
+    assert cut.endswith("…</p>")
+    assert link.startswith(f'<p class="whole-article"><a href="{page}">')
+    entry = json.loads(_build([article], "json"))["items"][0]
+    assert len(entry["summary"]) <= SUMMARY_LIMIT
+    assert entry["summary"].endswith("…")
+    assert len(json.dumps(entry)) < 1.5 * CONTENT_LIMIT

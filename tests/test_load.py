@@ -685,6 +685,23 @@ def test_long_derived_title_is_cut_at_a_word_boundary() -> None:
     assert len(article.title) <= 90
 
 
+def test_a_title_line_past_the_headline_limit_is_cut_as_a_headline() -> None:
+    """A paragraph scraped into the title line would head every index page, feed and digest
+    listing the article: past HEADLINE_LIMIT it is cut at a word, with "…". A headline of
+    the limit's length stays whole."""
+    limit = parse_module.HEADLINE_LIMIT
+    line = "Người dân Quảng Trị đón tin vui về mùa màng năm nay " * 40
+    article = parse_text(f"{line}\n31/10/2024 09:15\nQTO - Tóm tắt.\nĐoạn một.\n")
+    assert len(article.title) <= limit
+    assert article.title.endswith("…")
+    assert line.startswith(article.title[:-1])
+    assert not article.title_derived
+    whole = ("Khánh thành cầu mới nối hai huyện " * 10)[: limit - 1] + "A"
+    assert len(whole) == limit
+    kept = parse_text(f"{whole}\n31/10/2024 09:15\nQTO - Tóm tắt.\nĐoạn một.\n")
+    assert kept.title == whole
+
+
 def test_question_keeps_its_mark_in_a_derived_title() -> None:
     article = parse_text("{title}\n{publish}\n{head}\nAi sẽ thắng? Không ai biết.\n")
     assert article.title == "Ai sẽ thắng?"

@@ -19,6 +19,7 @@ from syndicate.text import (
     derive_title,
     nfc,
     set_headline,
+    shorten_headline,
     slugify,
     tell_article_language,
 )
@@ -36,13 +37,18 @@ from syndicate.text import (
 #    Thai, Lao, Khmer or Burmese letters kept; a given headline set as papers set one
 #    (no final full stop but an abbreviation's or an initial's, "…", no space before a
 #    colon but a score's, “ ” for paired straight quotes).
-PARSER_VERSION = 8
+# 9: a given headline past HEADLINE_LIMIT characters is cut as a headline is, with "…".
+PARSER_VERSION = 9
 
 # The most a dump may hold to be taken as one article: ten times the longest real article
 # (about 100,000 characters in 200 lines). Past them a dump is a scrape gone wrong, and its
 # page and feed entries would grow tens of megabytes once escaped.
 TEXT_LIMIT = 1_000_000  # characters, after decoding
 LINE_LIMIT = 10_000  # lines
+# The longest headline kept whole, in characters (real ones run to about 150). A longer
+# title line (a paragraph scraped into it) is cut as headlines shown short are
+# (text.shorten_headline, "…"): every index page, feed and digest listing the article shows it.
+HEADLINE_LIMIT = 300
 _LIMIT_HINT = "Split it into articles, or move it out of the dump folder."
 
 _SPACES = re.compile(" {2,}")
@@ -407,6 +413,8 @@ def parse_dump_with_body(data: bytes, *, source: str, tz: ZoneInfo) -> tuple[Art
     if _is_unfilled(title_line):
         title, derived = derive_title(summary or lead, limit=TITLE_LIMIT), True
     else:
+        if len(title_line) > HEADLINE_LIMIT:
+            title_line = shorten_headline(title_line, limit=HEADLINE_LIMIT)
         title, derived = set_headline(title_line), False
         if summary is not None and _words(summary) == _words(title):
             # A head that only says the headline again summarises nothing: the lead does.
