@@ -456,6 +456,38 @@ def test_signup_page_has_an_accessible_form_in_both_languages(client: httpx.Clie
     assert 'action="/subscribe?lang=en"' in english.text
 
 
+def test_links_to_the_index_from_an_english_page_say_it_is_in_vietnamese(
+    client: httpx.Client,
+) -> None:
+    # The site, its index included, is built in site.language (vi) only: "Home" and "Back
+    # to the front page" on the service's English pages led, unannounced, to a Vietnamese
+    # page. Their text and hreflang say so; the Vietnamese pages' links are as they were.
+    for path in ("subscribe?lang=en", "unsubscribe?lang=en", "no-such-page?lang=en"):
+        page = client.get(path).text
+        assert '<a href="/index.html" hreflang="vi">Home (in Vietnamese)</a>' in page, path
+        assert '<a class="brand" href="/index.html" hreflang="vi">' in page, path
+        assert ">Home</a>" not in page, path
+    back = client.get("unsubscribe?lang=en").text
+    assert '<a href="/index.html" hreflang="vi">← Back to the front page (in Vietnamese)</a>' in (
+        back
+    )
+    vietnamese = client.get("unsubscribe?lang=vi").text
+    assert 'index.html" hreflang' not in vietnamese
+    assert '<a href="/index.html">Trang chủ</a>' in vietnamese
+    assert '<a href="/index.html">← Về trang chủ</a>' in vietnamese
+
+
+def test_links_to_the_index_of_an_english_site_from_a_vietnamese_page_say_so(
+    live_server: Callable[..., LiveServer], settings: Settings
+) -> None:
+    server = live_server(site=dataclasses.replace(settings.site, language="en"))
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        page = client.get("subscribe?lang=vi").text
+        english = client.get("subscribe?lang=en").text
+    assert '<a href="/index.html" hreflang="en">Trang chủ (tiếng Anh)</a>' in page
+    assert 'index.html" hreflang' not in english
+
+
 def test_signup_stores_pending_and_mails_a_signed_confirmation_link(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
