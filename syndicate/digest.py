@@ -472,6 +472,8 @@ def render_digest(
         "unsubscribe_url": unsubscribe_url,
         "view_url": view_url,
         "subscribe_url": subscribe_url,
+        # The web page's skip link says what every page's does (none in the mail).
+        "skip": i18n.STRINGS["pages"][lang]["skip"] if web else None,
         "why": strings["why_web"] if web else strings["why"],
         "postal_address": info.postal_address,
         "year": now.astimezone(tz).year,

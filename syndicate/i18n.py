@@ -20,6 +20,10 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
             # The link a keyboard's first Tab lands on, past the header to the page's own.
             "skip": "Chuyển đến nội dung chính",
             "home": "Trang chủ",
+            # After a link to the index on a page in the other language (the site, its index
+            # included, is built in site.language only): the language the reader lands in.
+            "in_vi": "(tiếng Việt)",
+            "in_en": "(tiếng Anh)",
             "feeds": "Theo dõi",
             # The header's link to the sign-up form, among the feeds.
             "by_email": "Email",
@@ -42,6 +46,8 @@ STRINGS: dict[str, dict[str, dict[str, str]]] = {
         "en": {
             "skip": "Skip to main content",
             "home": "Home",
+            "in_vi": "(in Vietnamese)",
+            "in_en": "(in English)",
             "feeds": "Follow",
             "by_email": "Email",
             "unknown_date": "Date unknown",

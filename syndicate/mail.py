@@ -21,6 +21,7 @@ from email.header import Header
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, getaddresses, parseaddr
 from functools import lru_cache
+from html import escape
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -51,6 +52,8 @@ MARKER_PATTERN = re.compile(r"[A-Za-z0-9\-_:/.?=]+")
 # or in HTML ('&' and "'" would be escaped in the HTML part, so they are percent-encoded).
 _URL_SAFE = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$()*+,;=%]+")
 _SLOT_TO, _SLOT_ID, _SLOT_URL = 0, 1, 2
+# A language as it ends an unsubscribe link: lowercase letters (i18n.LANGUAGES).
+_LANGUAGE = re.compile(r"[a-z]+")
 _SAFE_ADDRESS = re.compile(r"[^\s<>\"\\,;@]+@[^\s<>\"\\,;@]+")
 
 
@@ -105,6 +108,16 @@ class Rendered(Protocol):
     def html(self) -> str: ...
     @property
     def text(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """A `Rendered` whose parts were changed (build_digest_template's link language)."""
+
+    lang: str
+    subject: str
+    html: str
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,13 +522,16 @@ def build_digest_template(
     """Build the digest message of one language once, with per-recipient slots.
 
     `rendered` must have been rendered with `unsubscribe_url=marker`; each
-    occurrence of the marker becomes an unsubscribe-URL slot. `message_key` is the
+    occurrence of the marker becomes an unsubscribe-URL slot, followed by the mail's
+    language (`urls.link_language`), as is the List-Unsubscribe header's. `message_key` is the
     digest's own part of its Message-IDs (below), None for one stored without. Raises
     ConfigError when mail.from is unusable or the rendered digest lost the
     unsubscribe link (custom templates must keep it).
     """
     if not MARKER_PATTERN.fullmatch(marker):
         raise ValueError(f"marker {marker!r} holds characters escaping could change")
+    if not _LANGUAGE.fullmatch(rendered.lang):
+        raise ValueError(f"language {rendered.lang!r} is not a language code")
     mark = marker.encode("ascii")
     for part, body in (("text", rendered.text), ("HTML", rendered.html)):
         if marker not in body:
@@ -523,6 +539,17 @@ def build_digest_template(
                 f"digest ({rendered.lang}): the {part} part has no unsubscribe link.",
                 hint="Keep the unsubscribe link in custom templates (digest.templates_dir).",
             )
+    # The mail's language ends each unsubscribe link (`&lang=`, escaped in HTML): the same
+    # for every recipient of this template, so it is static bytes after each URL slot and
+    # filling one recipient's message costs nothing more. The pages the link opens speak
+    # it, even for a subscriber erased since (whose language the store no longer knows).
+    language = urls.link_language(rendered.lang)
+    rendered = _Body(
+        lang=rendered.lang,
+        subject=rendered.subject,
+        text=rendered.text.replace(marker, marker + language),
+        html=rendered.html.replace(marker, marker + escape(language)),
+    )
     common = _common_message(rendered, info=info, now=now, html_cte="8bit")
     domain = message_domain(info=info)
     head: list[bytes | int] = [
@@ -541,7 +568,11 @@ def build_digest_template(
     if message_key is not None and not MESSAGE_KEY.fullmatch(message_key):
         raise ValueError(f"message key {message_key!r} is not lowercase hex")
     key = f".{message_key}" if message_key is not None else ""
-    head += [f"{key}@{domain}>\r\nList-Unsubscribe: <".encode(), _SLOT_URL, b">"]
+    head += [
+        f"{key}@{domain}>\r\nList-Unsubscribe: <".encode(),
+        _SLOT_URL,
+        f"{language}>".encode("ascii"),
+    ]
     mailto = mailto_unsubscribe(info=info)
     if mailto:
         head.append(f", <mailto:{mailto}?subject=unsubscribe>".encode("ascii"))

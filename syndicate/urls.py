@@ -96,11 +96,19 @@ def _token_url(base_url: str, endpoint: str, token: str) -> str:
     return f"{base_url}{endpoint}?token={token}"
 
 
+def link_language(lang: str) -> str:
+    """The end of a personal link (`&lang=`, after its token) that names the language of the
+    mail it is in: its pages speak that language (web.guard.link_language reads it)."""
+    return f"&lang={lang}"
+
+
 def unsubscribe_url(base_url: str, token: str) -> str:
-    """The one-click unsubscribe URL served by the subscription service.
+    """The one-click unsubscribe URL served by the subscription service, up to its token.
 
     Always ASCII URL characters (an internationalised host in its xn-- form), so
-    it can go into the List-Unsubscribe header as it is.
+    it can go into the List-Unsubscribe header as it is. A digest's message adds
+    `link_language` after it (mail.build_digest_template), the same for every recipient
+    of one language, so the per-recipient part stays this.
     """
     return _token_url(ascii_base_url(base_url), "unsubscribe", token)
 
@@ -125,4 +133,4 @@ def confirm_url(base_url: str, token: str, *, lang: str) -> str:
     """The double opt-in confirmation URL served by the subscription service, its pages in
     `lang`, the language the reader chose: after the token, so that a link a line wrap cut
     keeps the whole token longer; an expired link's page needs it, its sign-up may be gone."""
-    return f"{_token_url(base_url, 'confirm', token)}&lang={lang}"
+    return _token_url(base_url, "confirm", token) + link_language(lang)

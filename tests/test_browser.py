@@ -780,3 +780,43 @@ def test_the_first_tab_on_every_page_skips_past_the_header_to_the_content(
     }
     for path, label in pages.items():
         _skip_to_main(browser, server.url + path, label)
+
+
+def test_the_first_tab_on_the_digest_page_skips_past_the_site_name_to_its_heading(
+    browser: Browser,
+) -> None:
+    """The "view in browser" page had no skip link and no <main>, unlike every other page:
+    the first Tab landed on the site's name."""
+    server, page = browser.server, browser.page
+    digests = server.settings.paths.output / "digests"
+    vietnamese = sorted(p for p in digests.glob("*.html") if p.name.count(".") == 1)[0]
+    english = sorted(digests.glob("*.en.html"))[0]
+    for path, label in (
+        (vietnamese, "Chuyển đến nội dung chính"),
+        (english, "Skip to main content"),
+    ):
+        browser.open(f"digests/{path.name}")
+        assert page.evaluate("document.querySelectorAll('main').length") == 1, path.name
+        page.keyboard.press("Tab")
+        focused = page.evaluate(
+            "(() => { const a = document.activeElement; const box = a.getBoundingClientRect();"
+            " return [a.className, a.textContent, box.width > 20, box.height > 10]; })()"
+        )
+        assert focused == ["skip", label, True, True], path.name
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.activeElement.tagName === 'H1'")
+        hidden = page.evaluate("document.querySelector('a.skip').getBoundingClientRect().width")
+        assert hidden <= 1, path.name
+        # The next Tab goes on from the heading, in <main>: the site's name is behind it.
+        page.keyboard.press("Tab")
+        after = page.evaluate(
+            "[document.querySelector('main').contains(document.activeElement),"
+            " document.activeElement.className]"
+        )
+        assert after == [True, ""], path.name
+        # Every link but the skip link is in <main>.
+        outside = page.evaluate(
+            "[...document.querySelectorAll('a')].filter(a => !a.closest('main'))"
+            ".map(a => a.className)"
+        )
+        assert outside == ["skip"], path.name

@@ -943,6 +943,25 @@ def test_a_clock_far_ahead_makes_no_digest_and_no_traceback(clock: Clock, workdi
     assert _summaries(out) == [("2024-10-31", "1", "0", "0")]
 
 
+def test_unsubscribe_token_make_on_a_clock_past_2106_is_one_line_and_exit_75(
+    clock: Clock, workdir: Path
+) -> None:
+    # A token carries its time as a 32-bit count of seconds from 1970: past 2106-02-07 no
+    # link can be signed (tokens.make_token's ClockError), and the clock is what is wrong.
+    _subscribe("a@example.org")
+    clock.now = datetime(2200, 1, 1, 6, tzinfo=UTC)
+    assert _run("unsubscribe-token", "make", "a@example.org") == (
+        75,
+        "",
+        "Error: token: the time 2200-01-01 06:00 UTC is outside 1970-01-01..2106-02-07 06:27 "
+        "UTC, the times a token can carry: this machine's clock is wrong. Set it (NTP).\n",
+    )
+    clock.now = DAY1
+    code, url, err = _run("unsubscribe-token", "make", "a@example.org")
+    assert (code, err) == (0, "")
+    assert url.startswith("http://localhost:8000/unsubscribe?token=")
+
+
 @pytest.mark.parametrize("command", [["build"], ["digest"]])
 def test_a_build_on_a_clock_that_was_never_set_dates_nothing(
     clock: Clock, workdir: Path, command: list[str]

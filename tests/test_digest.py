@@ -1054,6 +1054,33 @@ def test_web_version_in_english_has_a_page_title(mail_settings: Settings, now: d
     assert f"You are reading the {site} daily digest in your browser." in rendered.html
 
 
+@pytest.mark.parametrize(
+    ("lang", "label"), [("vi", "Chuyển đến nội dung chính"), ("en", "Skip to main content")]
+)
+def test_web_version_has_a_main_landmark_and_a_skip_link_the_mail_has_not(
+    mail_settings: Settings, now: datetime, lang: str, label: str
+) -> None:
+    # The "view in browser" page had neither, unlike every other page of the site.
+    plan = digest_plan(day=DAY, articles=golden_articles())
+    info = DigestInfo.from_settings(mail_settings)
+    url = "http://localhost:8000/unsubscribe"
+    page = render_digest(plan, lang=lang, info=info, unsubscribe_url=url, now=now, web=True)
+    body = page.html.split("<body", 1)[1]
+    assert body.count("<main>") == body.count("</main>") == 1
+    skip = re.search(r'<a class="skip" href="#heading"[^>]*>([^<]*)</a>\s*<main>', body)
+    assert skip is not None
+    assert skip.group(1) == label
+    # The heading it leads to, past the site's name, is in <main>.
+    assert re.search(r'<main>.*<h1 id="heading" tabindex="-1"[^>]*>', body, re.DOTALL)
+    assert body.index("</table>\n</main>") > body.rindex("unsubscribe")
+    # Out of sight until focused: kept in a <style> (@media), not inlined onto the link.
+    assert "a.skip:not(:focus)" in page.html.split("</head>", 1)[0]
+    mail = render_digest(plan, lang=lang, info=info, unsubscribe_url=url, now=now)
+    assert "<main" not in mail.html
+    assert "skip" not in mail.html
+    assert 'id="heading"' not in mail.html
+
+
 def test_mail_title_is_its_subject(mail_settings: Settings, now: datetime) -> None:
     rendered = render_digest(
         digest_plan(day=DAY, articles=golden_articles()),

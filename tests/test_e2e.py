@@ -131,15 +131,17 @@ def _check_message(received: Received, lang: str) -> None:
     assert re.search(r" và \d+ tin khác$" if lang == "vi" else r" \(\+\d+\)$", subject)
     url = msg["List-Unsubscribe"].strip("<>")
     assert url.startswith("https://news.example.org/unsubscribe?token=")
+    token, _, link_lang = url.split("token=")[1].partition("&lang=")
+    assert link_lang == lang  # the pages it opens speak the mail's language
     subscriber_id = read_token(
-        SECRET.encode(), url.split("token=")[1], purpose="unsubscribe", now=datetime.now(UTC)
+        SECRET.encode(), token, purpose="unsubscribe", now=datetime.now(UTC)
     ).subscriber_id
     assert re.fullmatch(
         rf"<\d{{4}}-\d\d-\d\d\.{subscriber_id}\.[0-9a-f]{{12}}@news\.example\.org>",
         msg["Message-ID"],
     )
     html_text, plain = html.get_content(), text.get_content()
-    assert url in html_text
+    assert f'href="{url.replace("&", "&amp;")}"' in html_text
     assert url in plain
     assert "@" not in url
     assert "<script>alert(1)</script>" not in html_text

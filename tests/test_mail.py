@@ -129,7 +129,8 @@ def test_digest_message_has_every_header(mail_settings, rendered, now) -> None: 
     assert msg["Date"] == "Fri, 01 Nov 2024 06:00:00 +0000"
     assert msg["Message-ID"] == f"<2024-11-01.42.{KEY}@news.example.org>"
     assert msg["List-Id"] == "Tin mới <digest.news.example.org>"
-    assert msg["List-Unsubscribe"] == f"<{URL}>"
+    # The mail's language ends the link: its pages speak it (the same for every recipient).
+    assert msg["List-Unsubscribe"] == f"<{URL}&lang=vi>"
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert msg["Content-Language"] == "vi"
     assert msg["Bcc"] is None
@@ -157,8 +158,12 @@ def test_parts_are_text_then_html_with_the_url_filled_in(mail_settings, rendered
     assert text.get_content_type() == "text/plain"
     assert html.get_content_type() == "text/html"
     assert text.get_content_charset() == "utf-8"
-    assert text.get_content().replace("\r\n", "\n") == rendered.text.replace(MARKER, URL)
-    assert html.get_content().replace("\r\n", "\n") == rendered.html.replace(MARKER, URL)
+    assert text.get_content().replace("\r\n", "\n") == rendered.text.replace(
+        MARKER, URL + "&lang=vi"
+    )
+    assert html.get_content().replace("\r\n", "\n") == rendered.html.replace(
+        MARKER, URL + "&amp;lang=vi"
+    )
 
 
 def test_each_recipient_gets_their_own_fields(mail_settings, rendered, now) -> None:  # type: ignore[no-untyped-def]
@@ -213,7 +218,9 @@ def test_mailto_unsubscribe_is_added_when_configured(mail_settings, rendered, no
     )
     template = _template(rendered, configured, now)
     msg = _parse(_fill(template))
-    assert msg["List-Unsubscribe"] == f"<{URL}>, <mailto:leave@example.org?subject=unsubscribe>"
+    assert msg["List-Unsubscribe"] == (
+        f"<{URL}&lang=vi>, <mailto:leave@example.org?subject=unsubscribe>"
+    )
     assert msg["List-Id"] == "<tin.example.org>"
 
 
@@ -356,7 +363,7 @@ def test_unsubscribe_url_is_header_safe_for_any_base_url(  # type: ignore[no-unt
     head = raw.split(b"\r\n\r\n", 1)[0]
     assert head.isascii()
     msg = _parse(raw)
-    assert msg["List-Unsubscribe"] == f"<{url}>"
+    assert msg["List-Unsubscribe"] == f"<{url}&lang=vi>"
     assert msg["Message-ID"].endswith("@" + (urlsplit(expected).hostname or "") + ">")
     assert url in msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
 

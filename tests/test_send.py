@@ -154,7 +154,8 @@ async def test_send_delivers_one_message_per_confirmed_subscriber(  # type: igno
         assert received.sender == "news@example.org"
         assert msg["To"] == received.recipients[0]
         url = msg["List-Unsubscribe"].strip("<>")
-        token = url.split("token=")[1]
+        token, _, lang = url.split("token=")[1].partition("&lang=")
+        assert lang == msg["Content-Language"]
         found = verify_token(
             SECRET, token, purpose="unsubscribe", now=now, find=lambda i: get_by_id(db, i)
         )

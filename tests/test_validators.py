@@ -345,6 +345,41 @@ def test_pages_have_no_serious_accessibility_violations(published: Published) ->
 
 AXE_RUN = "(options) => axe.run(document, {resultTypes: ['violations'], ...options})"
 AXE_CONTRAST = {"runOnly": ["color-contrast"]}
+# What a page of the site has and the "view in browser" digest page had not: one <main>
+# landmark holding the content, and a way past the repeated links (moderate, not serious).
+AXE_LANDMARKS = {"runOnly": ["landmark-one-main", "region", "bypass", "skip-link"]}
+
+
+@pytest.mark.browser
+@pytest.mark.slow(seconds=10)
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium")
+def test_the_digest_pages_have_a_main_landmark_and_a_skip_link(published: Published) -> None:
+    """axe-core's landmark and bypass rules, every impact, over the digest's web pages in
+    both languages on both sites (the mail's HTML part, which mail clients show inside
+    their own page, has none on purpose)."""
+    axe = _tool("AXE_CORE_JS", what="axe-core (npm package axe-core: axe.min.js)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    pages = [path for path in published.site if path.name.startswith(_DIGEST_PAGES)]
+    assert len(pages) == 4, [path.name for path in pages]
+    found = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            context = browser.new_context(bypass_csp=True)
+            context.add_init_script(path=str(axe))
+            page = context.new_page()
+            for path in pages:
+                page.goto(published.urls[path.name])
+                result = page.evaluate(AXE_RUN, AXE_LANDMARKS)
+                found += [
+                    f"{path.name}: {v['impact']} {v['id']}: {v['help']}"
+                    for v in result["violations"]
+                ]
+        finally:
+            browser.close()
+    assert found == []
 
 
 def _serious(name: str, result: dict[str, Any]) -> list[str]:

@@ -456,6 +456,38 @@ def test_signup_page_has_an_accessible_form_in_both_languages(client: httpx.Clie
     assert 'action="/subscribe?lang=en"' in english.text
 
 
+def test_links_to_the_index_from_an_english_page_say_it_is_in_vietnamese(
+    client: httpx.Client,
+) -> None:
+    # The site, its index included, is built in site.language (vi) only: "Home" and "Back
+    # to the front page" on the service's English pages led, unannounced, to a Vietnamese
+    # page. Their text and hreflang say so; the Vietnamese pages' links are as they were.
+    for path in ("subscribe?lang=en", "unsubscribe?lang=en", "no-such-page?lang=en"):
+        page = client.get(path).text
+        assert '<a href="/index.html" hreflang="vi">Home (in Vietnamese)</a>' in page, path
+        assert '<a class="brand" href="/index.html" hreflang="vi">' in page, path
+        assert ">Home</a>" not in page, path
+    back = client.get("unsubscribe?lang=en").text
+    assert '<a href="/index.html" hreflang="vi">← Back to the front page (in Vietnamese)</a>' in (
+        back
+    )
+    vietnamese = client.get("unsubscribe?lang=vi").text
+    assert 'index.html" hreflang' not in vietnamese
+    assert '<a href="/index.html">Trang chủ</a>' in vietnamese
+    assert '<a href="/index.html">← Về trang chủ</a>' in vietnamese
+
+
+def test_links_to_the_index_of_an_english_site_from_a_vietnamese_page_say_so(
+    live_server: Callable[..., LiveServer], settings: Settings
+) -> None:
+    server = live_server(site=dataclasses.replace(settings.site, language="en"))
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        page = client.get("subscribe?lang=vi").text
+        english = client.get("subscribe?lang=en").text
+    assert '<a href="/index.html" hreflang="en">Trang chủ (tiếng Anh)</a>' in page
+    assert 'index.html" hreflang' not in english
+
+
 def test_signup_stores_pending_and_mails_a_signed_confirmation_link(
     server: LiveServer, client: httpx.Client, now: datetime
 ) -> None:
@@ -2053,6 +2085,47 @@ def test_unsubscribe_token_in_the_form_body_and_of_an_erased_subscriber(
     assert client.post("unsubscribe", params={"token": gone}).status_code == 200
 
 
+def test_an_erased_subscribers_unsubscribe_pages_speak_the_links_language(
+    server: LiveServer, client: httpx.Client, now: datetime
+) -> None:
+    # A digest's link ends in its language (`&lang=`), which wins over the browser's, as a
+    # confirm link's: the store no longer knows an erased subscriber's. The button's form
+    # dropped a `lang` that was the site's (Service.url leaves it out), so the page after it
+    # spoke the browser's; and the full stop of a sentence the link was quoted in ("...
+    # &lang=en.") made the language unknown.
+    secret = _add_in(server.settings, "mai@example.org", "vi", now)[1]
+    gone = tokens.make_token(
+        secret, purpose="unsubscribe", subscriber_id=4242, nonce=bytes(16), issued_at=now
+    )
+    english_browser = {"accept-language": "en-GB,en;q=0.9"}
+    ask = client.get(f"unsubscribe?token={gone}&lang=vi", headers=english_browser)
+    assert (ask.status_code, '<html lang="vi"' in ask.text) == (200, True)
+    [action] = re.findall(r'<form method="post" action="([^"]+)"', ask.text)
+    assert html.unescape(action) == f"/unsubscribe?token={gone}&lang=vi"
+    done = client.post(html.unescape(action), headers=english_browser)
+    assert (done.status_code, "<title>Bạn đã hủy đăng ký" in done.text) == (200, True)
+    vietnamese_browser = {"accept-language": "vi"}
+    for quoted in ("en.", "en)", "en%20", "en%E2%80%9D"):
+        page = client.get(f"unsubscribe?token={gone}&lang={quoted}", headers=vietnamese_browser)
+        assert '<html lang="en"' in page.text, quoted
+    # One-click, to the exact URL of the List-Unsubscribe header.
+    one_click = client.post(
+        f"unsubscribe?token={gone}&lang=en",
+        content=b"List-Unsubscribe=One-Click",
+        headers={"content-type": "application/x-www-form-urlencoded", **vietnamese_browser},
+    )
+    assert (one_click.status_code, "<title>You have unsubscribed" in one_click.text) == (200, True)
+    # An unknown language is ignored: the browser's.
+    unknown = client.get(f"unsubscribe?token={gone}&lang=fr", headers=vietnamese_browser)
+    assert '<html lang="vi"' in unknown.text
+    # A link cut by a line wrap with its language kept (a copy and paste of two lines).
+    cut = client.get(f"unsubscribe?token={gone[:30]}&lang=en.", headers=vietnamese_browser)
+    assert (cut.status_code, "<title>This unsubscribe link is incomplete" in cut.text) == (
+        400,
+        True,
+    )
+
+
 # --- the whole journey --------------------------------------------------------------------
 
 NEXT_DAY_DUMP = """Khánh thành nhà văn hóa cộng đồng ở xã Hải An
@@ -2128,6 +2201,79 @@ def test_sign_up_confirm_send_one_click_unsubscribe_and_the_next_send_skips_them
     second = runner.invoke(cli, ["--config", str(config), "send"])
     assert second.exit_code == 0, second.output
     assert sorted(_digest_mails(server.settings, "2024-11-02")) == ["binh@example.org"]
+
+
+def _unsubscribe_links(message: EmailMessage) -> tuple[str, str, list[str]]:
+    """The List-Unsubscribe URL, the text part's unsubscribe URL and the HTML part's hrefs."""
+    found = re.search(r"<(https?://[^>]+)>", str(message["List-Unsubscribe"]))
+    assert found
+    text = message.get_body(("plain",))
+    page = message.get_body(("html",))
+    assert text is not None
+    assert page is not None
+    [in_text] = re.findall(r"https?://\S+/unsubscribe\?\S+", text.get_content())
+    hrefs = [
+        html.unescape(h) for h in re.findall(r'href="([^"]*unsubscribe[^"]*)"', page.get_content())
+    ]
+    return found.group(1), in_text, hrefs
+
+
+def test_a_digests_unsubscribe_links_end_in_its_language_and_its_pages_speak_it(
+    live_server: Callable[..., LiveServer],
+    now: datetime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The unsubscribe link of a digest carried no language: its pages spoke the browser's
+    # for a reader the store no longer knows (erased since), as for one whose mail was in
+    # another language than the one stored now.
+    server = live_server()
+    config = server.settings.paths.seeds.parent / "syndicate.toml"
+    config.write_text(f'[site]\nbase_url = "{server.url}"\n', encoding="utf-8")
+    shutil.copytree(ROOT / "seeds", server.settings.paths.seeds, dirs_exist_ok=True)
+    monkeypatch.setattr(AppContext, "now", lambda self: now.timestamp())
+    runner = CliRunner()
+    _add_in(server.settings, "an@example.org", "en", now)
+    _add_in(server.settings, "binh@example.org", "vi", now)
+    sent = runner.invoke(cli, ["--config", str(config), "send"])
+    assert sent.exit_code == 0, sent.output
+    mails = _digest_mails(server.settings, "2024-11-01")
+    links = {}
+    for address, lang in (("an@example.org", "en"), ("binh@example.org", "vi")):
+        header, in_text, hrefs = _unsubscribe_links(mails[address])
+        assert re.fullmatch(
+            re.escape(f"{server.url}unsubscribe?token=") + rf"[\w-]+&lang={lang}", header
+        ), header
+        assert (in_text, hrefs) == (header, [header]), address
+        assert header.isascii()
+        links[address] = header
+    erased = runner.invoke(cli, ["--config", str(config), "subscribers", "erase", "an@example.org"])
+    assert erased.exit_code == 0, erased.output
+
+    with httpx.Client() as reader:
+        # An, erased since, opens the link in a Vietnamese browser: the page is English.
+        vietnamese = {"accept-language": "vi"}
+        ask = reader.get(links["an@example.org"], headers=vietnamese)
+        assert (ask.status_code, '<html lang="en"' in ask.text) == (200, True)
+        # The RFC 8058 one-click POST goes to the exact URL of the header.
+        done = reader.post(
+            links["an@example.org"],
+            content=b"List-Unsubscribe=One-Click",
+            headers={"content-type": "application/x-www-form-urlencoded", **vietnamese},
+        )
+        assert (done.status_code, "<title>You have unsubscribed" in done.text) == (200, True)
+        # Bình's mail client does the one-click POST; Bình is off the list.
+        one_click = reader.post(
+            links["binh@example.org"],
+            content=b"List-Unsubscribe=One-Click",
+            headers={"content-type": "application/x-www-form-urlencoded", "accept-language": "en"},
+        )
+        assert (one_click.status_code, "<title>Bạn đã hủy đăng ký" in one_click.text) == (
+            200,
+            True,
+        )
+    assert subscriber(server.settings, "binh@example.org").status is (
+        SubscriptionStatus.UNSUBSCRIBED
+    )
 
 
 def _dsn(return_path: str, recipient: str, original: EmailMessage, *, number: int) -> bytes:

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from syndicate import i18n, tokens
 from syndicate.errors import ExpiredTokenError, TokenError
 from syndicate.model import Subscriber, SubscriptionStatus
-from syndicate.web.guard import link_language, link_token
+from syndicate.web.guard import link_language, link_token, with_link_language
 
 if TYPE_CHECKING:
     from syndicate.web.pages import Service
@@ -98,19 +98,11 @@ async def confirm(service: Service, request: Request) -> Response:
             lang,
             title=strings["confirm_ask_title"],
             state="ask",
-            form_action=_with_lang(service.url("confirm", lang, token=token), link_lang),
+            form_action=with_link_language(service.url("confirm", lang, token=token), link_lang),
         )
     if subscriber.status is SubscriptionStatus.PENDING:
         await service.call_store(service.store.confirm, subscriber.id, now=now, language=link_lang)
     return service.page("confirm.html.j2", lang, title=strings["confirmed_title"], state="done")
-
-
-def _with_lang(url: str, lang: str | None) -> str:
-    """`url` (Service.url's, which leaves out the site's language) with `lang`, when given:
-    the button confirms in the language the mail's link said."""
-    if lang is None or "lang=" in url.partition("?")[2]:
-        return url
-    return f"{url}&lang={lang}"
 
 
 async def _verify(

@@ -96,6 +96,14 @@ def link_language(request: Request) -> str | None:
     return quoted.group(1) if quoted and quoted.group(1) in LANGUAGES else None
 
 
+def with_link_language(url: str, lang: str | None) -> str:
+    """`url` (Service.url's, which leaves out the site's language) with the language a link
+    named (`link_language`), when it named one: a page's button keeps it for the next page."""
+    if lang is None or "lang=" in url.partition("?")[2]:
+        return url
+    return f"{url}&lang={lang}"
+
+
 # The sign-up rate limit's window: `subscribe.rate_limit` requests per minute.
 RATE_WINDOW = timedelta(minutes=1)
 

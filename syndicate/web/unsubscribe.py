@@ -11,7 +11,7 @@ from starlette.responses import Response
 from syndicate import i18n, tokens
 from syndicate.errors import SubscriberError, TokenError
 from syndicate.model import Subscriber, SubscriptionStatus
-from syndicate.web.guard import link_token
+from syndicate.web.guard import link_language, link_token, with_link_language
 
 if TYPE_CHECKING:
     from syndicate.web.pages import Service
@@ -23,9 +23,12 @@ _STRINGS = i18n.STRINGS["web"]
 
 async def unsubscribe(service: Service, request: Request) -> Response:
     """Ask on GET (link scanners follow GETs); unsubscribe on POST, one-click or the form."""
-    lang = service.language(request)
-    strings = _STRINGS[lang]
     token = await link_token(request)
+    # The language of the mail whose link this is (`&lang=`, after the token): its pages
+    # speak it, whatever the browser's (an unknown one is ignored).
+    link_lang = link_language(request)
+    lang = link_lang or service.language(request)
+    strings = _STRINGS[lang]
     if not token and request.method != "POST":
         # The generic link of the "view in browser" page: explain, change nothing.
         return service.page(
@@ -44,8 +47,8 @@ async def unsubscribe(service: Service, request: Request) -> Response:
             status_code=400,
             state="cut" if cut else "invalid",
         )
-    # The subscriber the link was made for (None when erased since): the page speaks
-    # their language, not the browser's (`?lang=` still wins).
+    # The subscriber the link was made for (None when erased since): the page speaks the
+    # mail's language, else theirs, not the browser's.
     owner: Subscriber | None = None
     stale: TokenError | None = None
     try:
@@ -59,7 +62,7 @@ async def unsubscribe(service: Service, request: Request) -> Response:
         )
     except TokenError as exc:
         stale = exc
-    lang = service.language(request, owner)
+    lang = link_lang or service.language(request, owner)
     strings = _STRINGS[lang]
     if request.method != "POST":
         if owner is not None and owner.status is SubscriptionStatus.UNSUBSCRIBED:
@@ -73,7 +76,9 @@ async def unsubscribe(service: Service, request: Request) -> Response:
             lang,
             title=strings["unsubscribe_title"],
             state="ask",
-            form_action=service.url("unsubscribe", lang, token=token),
+            form_action=with_link_language(
+                service.url("unsubscribe", lang, token=token), link_lang
+            ),
         )
     # The subscriber the link was made for is erased: off the list already, which is
     # what they asked for. Whoever holds their id now (a database from before ids were
