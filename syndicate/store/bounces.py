@@ -3,7 +3,8 @@
 `apply_report` records one bounce or complaint against a subscriber in one
 transaction, keyed by the report mail (its Message-ID, else a hash of its
 bytes), so the same mail read twice changes nothing. A hard bounce makes a
-confirmed or pending subscriber `bounced`; soft bounces make them `bounced`
+confirmed or pending subscriber `bounced` (a sign-up that never agreed to anything
+still lapses as a pending one: `subscribers.expire_sign_ups`); soft bounces make them `bounced`
 once mail.bounce_limit digests in a row bounced softly (a digest sent between
 them that did not bounce starts the count again); a complaint makes them
 `complained`, whatever their status was.
@@ -42,17 +43,24 @@ _INSERT_EVENT = """
     INSERT INTO mail_events (subscriber_id, kind, digest_day, detail, created_at)
     VALUES (:id, :kind, :day, :detail, :now)
 """
-# A hard bounce: a subscriber still (to be) mailed is bounced.
-_HARD_BOUNCE = """
-    UPDATE subscribers SET status = 'bounced', bounced_at = :now, updated_at = :now
-    WHERE id = :id AND status IN ('confirmed', 'pending')
+# A pending row nothing changed since it was stored keeps updated_at as it is when it
+# bounces: a sign-up that never agreed to anything still lapses, bounced, when it would have
+# (store.subscribers._LAPSED_FORM_ROW), and is not kept for ever.
+_BOUNCED_UPDATED_AT = """
+    updated_at = CASE WHEN status = 'pending' AND updated_at = created_at THEN updated_at
+                      ELSE :now END
 """
+# A hard bounce: a subscriber still (to be) mailed is bounced.
+_HARD_BOUNCE = f"""
+    UPDATE subscribers SET status = 'bounced', bounced_at = :now, {_BOUNCED_UPDATED_AT}
+    WHERE id = :id AND status IN ('confirmed', 'pending')
+"""  # noqa: S608
 # A hard bounce of a confirmation mail: only the pending sign-up it asked to confirm is
 # bounced (one who confirmed since proved the address works; their digests' bounces count).
-_HARD_BOUNCE_PENDING = """
-    UPDATE subscribers SET status = 'bounced', bounced_at = :now, updated_at = :now
+_HARD_BOUNCE_PENDING = f"""
+    UPDATE subscribers SET status = 'bounced', bounced_at = :now, {_BOUNCED_UPDATED_AT}
     WHERE id = :id AND status = 'pending'
-"""
+"""  # noqa: S608
 # Soft bounces: a confirmed subscriber is bounced.
 _SOFT_LIMIT = """
     UPDATE subscribers SET status = 'bounced', bounced_at = :now, updated_at = :now
