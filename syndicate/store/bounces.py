@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from typing import NamedTuple
 
 from syndicate.errors import StoreError
 from syndicate.store import DB_ERRORS, Database
@@ -91,16 +92,47 @@ _SOFT_STREAK = """
 _LAST_SENT_DAY = """
     SELECT max(digest_day) FROM deliveries WHERE subscriber_id = ? AND status = 'sent'
 """
+# A rate's numerator counts the messages its denominator counts: the ledger's `sent` rows
+# (digests, one per subscriber and day). A report counts when it is about one of them (its
+# digest day and subscriber), each message once a kind however many reports name it; a
+# confirmation mail's (no digest day), or one about a digest the span does not count, is in
+# no rate. Reports are read after their message went, so only those read in the span are
+# looked at.
 # Messages accepted since a time (the ledger's `sent` rows are stamped when accepted).
 _SENT_SINCE = "SELECT count(*) FROM deliveries WHERE status = 'sent' AND updated_at >= ?"
-# Bounces and complaints recorded since a time.
-_EVENTS_SINCE = "SELECT kind, count(*) FROM mail_events WHERE created_at >= ? GROUP BY kind"
+# Of those messages, the ones that bounced or drew a complaint, per kind.
+_EVENTS_SINCE = """
+    SELECT kind, count(*) FROM (
+        SELECT DISTINCT e.kind, e.subscriber_id, e.digest_day
+        FROM mail_events AS e
+        JOIN deliveries AS d ON d.digest_day = e.digest_day AND d.subscriber_id = e.subscriber_id
+        WHERE e.created_at >= :since AND d.status = 'sent' AND d.updated_at >= :since
+    ) AS messages
+    GROUP BY kind
+"""
+# Reports read since a time about mail none of those messages is: confirmation mails, and
+# digests accepted before the span (or retired with `digest --retire`).
+_OTHER_EVENTS_SINCE = """
+    SELECT kind, count(*) FROM mail_events AS e
+    WHERE e.created_at >= :since AND NOT EXISTS (
+        SELECT 1 FROM deliveries AS d
+        WHERE d.digest_day = e.digest_day AND d.subscriber_id = e.subscriber_id
+          AND d.status = 'sent' AND d.updated_at >= :since
+    )
+    GROUP BY kind
+"""
 # The latest digest that was sent to anyone.
 _LAST_DIGEST = "SELECT max(digest_day) FROM deliveries WHERE status = 'sent'"
 # Messages of one digest accepted.
 _SENT_OF_DAY = "SELECT count(*) FROM deliveries WHERE status = 'sent' AND digest_day = ?"
-# Bounces and complaints about one digest.
-_EVENTS_OF_DAY = "SELECT kind, count(*) FROM mail_events WHERE digest_day = ? GROUP BY kind"
+# Of those messages, the ones that bounced or drew a complaint, per kind.
+_EVENTS_OF_DAY = """
+    SELECT e.kind, count(DISTINCT e.subscriber_id)
+    FROM mail_events AS e
+    JOIN deliveries AS d ON d.digest_day = e.digest_day AND d.subscriber_id = e.subscriber_id
+    WHERE e.digest_day = ? AND d.status = 'sent'
+    GROUP BY e.kind
+"""
 
 
 def _iso(moment: datetime) -> str:
@@ -200,14 +232,33 @@ class Rates:
 
 
 def recent_rates(db: Database, *, now: datetime, days: int = RATE_DAYS) -> Rates:
-    """Return the rates of the last `days` days (messages accepted, reports read)."""
+    """Return the rates of the last `days` days: the messages accepted, and of those the
+    ones that bounced hard or drew a complaint (by the reports read in the span)."""
     since = _iso(now - timedelta(days=days))
     try:
         sent = int(db.conn.execute(_SENT_SINCE, (since,)).fetchone()[0])
-        kinds = dict(db.conn.execute(_EVENTS_SINCE, (since,)).fetchall())
+        kinds = dict(db.conn.execute(_EVENTS_SINCE, {"since": since}).fetchall())
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return Rates(sent, int(kinds.get("hard", 0)), int(kinds.get("complaint", 0)))
+
+
+class OtherReports(NamedTuple):
+    """Hard bounces and complaints read over a span about mail its rates do not count."""
+
+    hard: int
+    complaints: int
+
+
+def other_reports(db: Database, *, now: datetime, days: int = RATE_DAYS) -> OtherReports:
+    """Return the reports read in the last `days` days that are in no rate: about
+    confirmation mails, or digests accepted before the span or retired."""
+    since = _iso(now - timedelta(days=days))
+    try:
+        kinds = dict(db.conn.execute(_OTHER_EVENTS_SINCE, {"since": since}).fetchall())
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+    return OtherReports(int(kinds.get("hard", 0)), int(kinds.get("complaint", 0)))
 
 
 def last_digest_rates(db: Database) -> tuple[date | None, Rates]:
