@@ -28,7 +28,6 @@ from syndicate.store.bounces import (
     COMPLAINT_LIMIT,
     COMPLAINT_TARGET,
     RATE_DAYS,
-    OtherReports,
     Rates,
     last_digest_rates,
     other_reports,
@@ -357,12 +356,12 @@ def _rates_line(label: str, rates: Rates) -> str:
     )
 
 
-def _other_line(other: OtherReports) -> str:
-    bounce = "hard bounce" if other.hard == 1 else "hard bounces"
-    complaint = "complaint" if other.complaints == 1 else "complaints"
+def _other_line(hard: int, complaints: int) -> str:
+    bounce = "hard bounce" if hard == 1 else "hard bounces"
+    complaint = "complaint" if complaints == 1 else "complaints"
     return (
-        f"last {RATE_DAYS} days, other mail: {other.hard} {bounce}, {other.complaints} "
-        f"{complaint} (confirmation mails, earlier digests; in no rate)"
+        f"last {RATE_DAYS} days, other mail: {hard} {bounce}, {complaints} {complaint} "
+        "(confirmation mails, earlier digests; in no rate)"
     )
 
 
@@ -381,14 +380,14 @@ def stats_command(app: AppContext, as_json: bool) -> None:
         counts = stats(db)
         now = _now(app)
         recent = recent_rates(db, now=now)
-        other = other_reports(db, now=now)
+        other_hard, other_complaints = other_reports(db, now=now)
         day, last = last_digest_rates(db)
     if as_json:
         rates = {
             "last_30_days": {
                 **recent.to_dict(),
-                "other_hard_bounces": other.hard,
-                "other_complaints": other.complaints,
+                "other_hard_bounces": other_hard,
+                "other_complaints": other_complaints,
             },
             "last_digest": {"day": day.isoformat() if day else None, **last.to_dict()},
             "limits": {
@@ -402,5 +401,5 @@ def stats_command(app: AppContext, as_json: bool) -> None:
     for key in (*_STATUSES, "total", "erased"):
         echo(f"{key}: {counts[key]}")
     echo(_rates_line(f"last {RATE_DAYS} days", recent))
-    echo(_other_line(other))
+    echo(_other_line(other_hard, other_complaints))
     echo(_rates_line(f"last digest {day.isoformat() if day else '(none)'}", last))

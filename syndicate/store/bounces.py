@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import NamedTuple
 
 from syndicate.errors import StoreError
 from syndicate.store import DB_ERRORS, Database
@@ -243,22 +242,15 @@ def recent_rates(db: Database, *, now: datetime, days: int = RATE_DAYS) -> Rates
     return Rates(sent, int(kinds.get("hard", 0)), int(kinds.get("complaint", 0)))
 
 
-class OtherReports(NamedTuple):
-    """Hard bounces and complaints read over a span about mail its rates do not count."""
-
-    hard: int
-    complaints: int
-
-
-def other_reports(db: Database, *, now: datetime, days: int = RATE_DAYS) -> OtherReports:
-    """Return the reports read in the last `days` days that are in no rate: about
-    confirmation mails, or digests accepted before the span or retired."""
+def other_reports(db: Database, *, now: datetime, days: int = RATE_DAYS) -> tuple[int, int]:
+    """Return the hard bounces and complaints read in the last `days` days that are in no
+    rate: about confirmation mails, or digests accepted before the span or retired."""
     since = _iso(now - timedelta(days=days))
     try:
         kinds = dict(db.conn.execute(_OTHER_EVENTS_SINCE, {"since": since}).fetchall())
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
-    return OtherReports(int(kinds.get("hard", 0)), int(kinds.get("complaint", 0)))
+    return int(kinds.get("hard", 0)), int(kinds.get("complaint", 0))
 
 
 def last_digest_rates(db: Database) -> tuple[date | None, Rates]:
