@@ -475,9 +475,11 @@ def test_stats_show_rates_for_30_days_and_the_last_digest() -> None:
     _run("bounces", str(BOUNCES / "gmail-hard.eml"), str(BOUNCES / "microsoft-arf.eml"))
     code, out, _ = _run("subscribers", "stats")
     assert code == 0
-    assert out.splitlines()[-2:] == [
+    assert out.splitlines()[-3:] == [
         "last 30 days: 7 sent, 1 hard bounce (14.29%, keep under 2%), 1 complaint (14.29%, "
         "keep under 0.3%, better under 0.1%)",
+        "last 30 days, other mail: 0 hard bounces, 0 complaints (confirmation mails, earlier "
+        "digests; in no rate)",
         "last digest 2024-11-01: 7 sent, 1 hard bounce (14.29%, keep under 2%), 1 complaint "
         "(14.29%, keep under 0.3%, better under 0.1%)",
     ]
@@ -495,6 +497,89 @@ def test_stats_show_rates_for_30_days_and_the_last_digest() -> None:
         "complaint_rate": 0.003,
         "complaint_rate_target": 0.001,
     }
+
+
+def _confirmation_bounce(project: Path, address: str, *, number: int) -> bytes:
+    """A hard bounce of the confirmation mail a sign-up of `address` was sent (VERP token)."""
+    settings = load_settings(project / "syndicate.toml", {}, cwd=project)
+    with open_store(project / "syndicate.db") as db:
+        pending, mailed = signup(db, address, language="vi", now=NOW)
+        assert mailed
+        token = make_return_token(
+            get_secret(settings, db),
+            subscriber_id=pending.id,
+            nonce=pending.token_nonce,
+            day=NOW.date(),
+            confirmation=True,
+        )
+    raw = (BOUNCES / "gmail-hard.eml").read_bytes()
+    for old, new in (
+        (BOUNCE_ADDRESS.encode(), f"bounces+{token}@news.example.org".encode()),
+        (b"gone@gmail.example", address.encode()),
+        (b"<2024-11-01.1@news.example.org>", f"<confirm.{number}@news.example.org>".encode()),
+        (b"0001.GMR@", f"{number}.GMR@".encode()),
+    ):
+        raw = raw.replace(old, new)
+    return raw
+
+
+def test_a_bounced_confirmation_mail_is_in_no_rate(project: Path) -> None:
+    # 7 digests sent, 1 bounced hard; a bot's sign-up of an address that does not exist
+    # bounced too: "2 hard bounces (28.57%)", counting a message "sent" did not.
+    digest = (BOUNCES / "gmail-hard.eml").read_bytes()
+    digest = digest.replace(
+        BOUNCE_ADDRESS.encode(), _verp(project, "gone@gmail.example", date(2024, 11, 1)).encode()
+    )
+    bounced = _confirmation_bounce(project, "khong-co@gmail.example", number=1)
+    assert _run("bounces", "-", stdin=digest)[0] == 0
+    assert _run("bounces", "-", stdin=bounced)[1] == (
+        "bounces: 1 hard, 0 soft, 0 complaints, 0 ignored, 0 unreadable\n"
+    )
+    assert _statuses(project)["khong-co@gmail.example"] == "bounced"
+    recent = json.loads(_run("subscribers", "stats", "--json")[1])["rates"]["last_30_days"]
+    assert (recent["sent"], recent["hard_bounces"], recent["bounce_rate"]) == (7, 1, 0.142857)
+    assert recent == {
+        "sent": 7,
+        "hard_bounces": 1,
+        "complaints": 0,
+        "bounce_rate": 0.142857,
+        "complaint_rate": 0.0,
+        "other_hard_bounces": 1,
+        "other_complaints": 0,
+    }
+    code, out, _ = _run("subscribers", "stats")
+    assert code == 0
+    assert out.splitlines()[-3:] == [
+        "last 30 days: 7 sent, 1 hard bounce (14.29%, keep under 2%), 0 complaints (0.00%, "
+        "keep under 0.3%, better under 0.1%)",
+        "last 30 days, other mail: 1 hard bounce, 0 complaints (confirmation mails, earlier "
+        "digests; in no rate)",
+        "last digest 2024-11-01: 7 sent, 1 hard bounce (14.29%, keep under 2%), 0 complaints "
+        "(0.00%, keep under 0.3%, better under 0.1%)",
+    ]
+
+
+def test_a_message_two_reports_name_counts_once_in_a_rate(plain_project: Path) -> None:
+    # The relay's report and the final server's, both about one digest to one reader: the
+    # rate counted two hard bounces of 7 messages.
+    first = (BOUNCES / "gmail-hard.eml").read_bytes()
+    second = first.replace(b"0001.GMR@", b"0002.GMR@")
+    _run("bounces", "-", stdin=first)
+    assert _run("bounces", "-", stdin=second)[1] == (
+        "bounces: 1 hard, 0 soft, 0 complaints, 0 ignored, 0 unreadable\n"
+    )
+    rates = json.loads(_run("subscribers", "stats", "--json")[1])["rates"]
+    assert (rates["last_30_days"]["hard_bounces"], rates["last_digest"]["hard_bounces"]) == (1, 1)
+    # A digest sent before the 30 days is no message of theirs: its report is "other".
+    with open_store(plain_project / "syndicate.db") as db:
+        reader = get_by_email(db, "nobody@outlook.example")
+        assert reader is not None
+        _sent(db, "2024-09-20", [reader.id])
+    old = (BOUNCES / "microsoft-hard.eml").read_bytes()
+    assert b"2024-11-01" in old
+    _run("bounces", "-", stdin=old.replace(b"2024-11-01", b"2024-09-20"))
+    recent = json.loads(_run("subscribers", "stats", "--json")[1])["rates"]["last_30_days"]
+    assert (recent["hard_bounces"], recent["other_hard_bounces"]) == (1, 1)
 
 
 @pytest.mark.parametrize(

@@ -41,10 +41,15 @@ RATES = (
     "0 sent, 0 hard bounces (0.00%, keep under 2%), 0 complaints (0.00%, keep under 0.3%, "
     "better under 0.1%)"
 )
+OTHER = (
+    "last 30 days, other mail: 0 hard bounces, 0 complaints (confirmation mails, earlier "
+    "digests; in no rate)"
+)
 STATS_JSON = (
     '{"pending": 0, "confirmed": 0, "unsubscribed": 0, "bounced": 0, "complained": 0, '
     '"total": 0, "erased": 0, "rates": {"last_30_days": {"sent": 0, "hard_bounces": 0, '
-    '"complaints": 0, "bounce_rate": 0.0, "complaint_rate": 0.0}, "last_digest": '
+    '"complaints": 0, "bounce_rate": 0.0, "complaint_rate": 0.0, "other_hard_bounces": 0, '
+    '"other_complaints": 0}, "last_digest": '
     '{"day": null, "sent": 0, "hard_bounces": 0, "complaints": 0, "bounce_rate": 0.0, '
     '"complaint_rate": 0.0}, "limits": {"bounce_rate": 0.02, "complaint_rate": 0.003, '
     '"complaint_rate_target": 0.001}}}\n'
@@ -80,7 +85,7 @@ NO_STORE_YET = {
         ["subscribers", "stats"],
         0,
         "pending: 0\nconfirmed: 0\nunsubscribed: 0\nbounced: 0\ncomplained: 0\ntotal: 0\n"
-        f"erased: 0\nlast 30 days: {RATES}\nlast digest (none): {RATES}\n",
+        f"erased: 0\nlast 30 days: {RATES}\n{OTHER}\nlast digest (none): {RATES}\n",
     ),
     "stats-json": (["subscribers", "stats", "--json"], 0, STATS_JSON),
     "export": (

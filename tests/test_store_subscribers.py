@@ -640,6 +640,104 @@ def test_an_imported_row_mailed_by_the_form_before_signed_up_at_is_kept(
     assert [s.id for s in iter_subscribers(db)] == [imported.id]
 
 
+def _bounce_confirmation(db: Database, subscriber_id: int, *, now: datetime) -> None:
+    """A hard bounce of the subscriber's confirmation mail, as `syndicate bounces` applies it."""
+    assert apply_report(
+        db,
+        key=f"dsn-{subscriber_id}-{now.isoformat()}",
+        subscriber_id=subscriber_id,
+        kind=ReportKind.HARD,
+        day=None,
+        detail="5.1.1",
+        bounce_limit=3,
+        now=now,
+        confirmation=True,
+    )
+
+
+def test_a_sign_up_whose_confirmation_bounced_goes_when_it_would_have_lapsed(
+    db: Database,
+    now,  # type: ignore[no-untyped-def]
+) -> None:
+    # The hard bounce of its confirmation mail made the sign-up `bounced`, and the lapse
+    # deletes only pending rows: an address that never agreed to anything was kept for ever.
+    signed_up = now - timedelta(hours=49)
+    gone = signup(db, "khong-co@example.org", language="vi", now=signed_up)[0]
+    twin = signup(db, "lan@example.org", language="vi", now=signed_up)[0]  # nothing bounced
+    _bounce_confirmation(db, gone.id, now=signed_up + timedelta(minutes=5))
+    assert get_by_id(db, gone.id).status is SubscriptionStatus.BOUNCED  # type: ignore[union-attr]
+    # Not before a pending sign-up of the same moment goes: its link and the cap's day.
+    assert expire_sign_ups(db, now=now - timedelta(hours=1), link_hours=48) == (0, 0)
+    assert expire_sign_ups(db, now=now, link_hours=48) == (2, 0)
+    assert get_by_id(db, gone.id) is None
+    assert get_by_id(db, twin.id) is None
+    # Its bounce goes with it (as a lapsed sign-up's records do); no hash is kept (a lapse
+    # keeps none: only `erase` does), and the form may sign the address up again.
+    assert db.conn.execute("SELECT count(*) FROM mail_events").fetchone()[0] == 0
+    assert stats(db)["erased"] == 0
+    assert signup(db, "khong-co@example.org", language="vi", now=now)[1] is True
+
+
+def test_a_sign_up_whose_confirmations_bounced_twice_goes_at_its_last_lapse(
+    db: Database,
+    now,  # type: ignore[no-untyped-def]
+) -> None:
+    # Bounced, then back through the form (pending again, as one who left), then left
+    # unconfirmed: the lapse put it back to `bounced`, for ever.
+    first = now - timedelta(days=5)
+    row = signup(db, "khong-co@example.org", language="vi", now=first)[0]
+    _bounce_confirmation(db, row.id, now=first + timedelta(minutes=5))
+    again = now - timedelta(hours=49)
+    assert signup(db, "khong-co@example.org", language="en", now=again)[1] is True
+    assert get_by_id(db, row.id).status is SubscriptionStatus.PENDING  # type: ignore[union-attr]
+    assert expire_sign_ups(db, now=now - timedelta(hours=1), link_hours=48) == (0, 0)
+    assert expire_sign_ups(db, now=now, link_hours=48) == (1, 0)
+    assert get_by_id(db, row.id) is None
+    # The same when the second confirmation bounced too.
+    row = signup(db, "mai@example.org", language="vi", now=first)[0]
+    _bounce_confirmation(db, row.id, now=first + timedelta(minutes=5))
+    signup(db, "mai@example.org", language="vi", now=again)
+    _bounce_confirmation(db, row.id, now=again + timedelta(minutes=5))
+    assert get_by_id(db, row.id).status is SubscriptionStatus.BOUNCED  # type: ignore[union-attr]
+    assert expire_sign_ups(db, now=now, link_hours=48) == (1, 0)
+    assert list(iter_subscribers(db)) == []
+
+
+def test_a_bounced_address_that_had_agreed_or_was_imported_keeps_its_row(
+    db: Database,
+    now,  # type: ignore[no-untyped-def]
+) -> None:
+    # Told apart from a sign-up that never agreed: one who confirmed and later bounced (a
+    # digest refused, or a late bounce of a confirmation after confirming), one who left
+    # first, and rows an import made (`bounced`, or `pending` then signed up through the
+    # form) stay, as records that stop mail.
+    long_ago = now - timedelta(days=30)
+    confirmed = signup(db, "da-xac-nhan@example.org", language="vi", now=long_ago)[0]
+    confirm(db, confirmed.id, now=long_ago + timedelta(minutes=1))
+    assert record_bounce(db, confirmed.id, limit=1, now=long_ago + timedelta(days=1))
+    left = signup(db, "da-roi@example.org", language="vi", now=long_ago)[0]
+    confirm(db, left.id, now=long_ago + timedelta(minutes=1))
+    unsubscribe(db, left.id, now=long_ago + timedelta(days=1))
+    signup(db, "da-roi@example.org", language="vi", now=long_ago + timedelta(days=2))
+    _bounce_confirmation(db, left.id, now=long_ago + timedelta(days=2, minutes=5))
+    imported = add_subscriber(
+        db, "nhap@example.org", status=SubscriptionStatus.BOUNCED, now=long_ago
+    )
+    signup(db, "nhap@example.org", language="vi", now=long_ago)  # the same second
+    pending = add_subscriber(db, "cho@example.org", status=SubscriptionStatus.PENDING, now=long_ago)
+    signup(db, "cho@example.org", language="vi", now=long_ago + timedelta(days=1))
+    _bounce_confirmation(db, pending.id, now=long_ago + timedelta(days=1, minutes=5))
+    assert expire_sign_ups(db, now=now, link_hours=48) == (0, 1)  # the import, put back
+    kept = {s.email: s.status for s in iter_subscribers(db)}
+    assert kept == {
+        "da-xac-nhan@example.org": SubscriptionStatus.BOUNCED,
+        "da-roi@example.org": SubscriptionStatus.BOUNCED,
+        "nhap@example.org": SubscriptionStatus.BOUNCED,
+        "cho@example.org": SubscriptionStatus.BOUNCED,
+    }
+    assert imported.id in {s.id for s in iter_subscribers(db)}
+
+
 @pytest.mark.parametrize("left", ["unsubscribed", "bounced", "complained"])
 def test_a_leaver_stored_without_its_stamp_is_back_as_it_was_after_the_lapse(
     db: Database,

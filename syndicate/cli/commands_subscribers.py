@@ -30,6 +30,7 @@ from syndicate.store.bounces import (
     RATE_DAYS,
     Rates,
     last_digest_rates,
+    other_reports,
     recent_rates,
 )
 from syndicate.store.lists import OWN_COLUMNS, RowError, defuse_cell, import_rows, read_list
@@ -355,6 +356,15 @@ def _rates_line(label: str, rates: Rates) -> str:
     )
 
 
+def _other_line(hard: int, complaints: int) -> str:
+    bounce = "hard bounce" if hard == 1 else "hard bounces"
+    complaint = "complaint" if complaints == 1 else "complaints"
+    return (
+        f"last {RATE_DAYS} days, other mail: {hard} {bounce}, {complaints} {complaint} "
+        "(confirmation mails, earlier digests; in no rate)"
+    )
+
+
 @subscribers_group.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @pass_app
@@ -368,11 +378,17 @@ def stats_command(app: AppContext, as_json: bool) -> None:
     db = app.reader  # reads only: a store not made yet reads as an empty one
     with db.snapshot():
         counts = stats(db)
-        recent = recent_rates(db, now=_now(app))
+        now = _now(app)
+        recent = recent_rates(db, now=now)
+        other_hard, other_complaints = other_reports(db, now=now)
         day, last = last_digest_rates(db)
     if as_json:
         rates = {
-            "last_30_days": recent.to_dict(),
+            "last_30_days": {
+                **recent.to_dict(),
+                "other_hard_bounces": other_hard,
+                "other_complaints": other_complaints,
+            },
             "last_digest": {"day": day.isoformat() if day else None, **last.to_dict()},
             "limits": {
                 "bounce_rate": BOUNCE_LIMIT,
@@ -385,4 +401,5 @@ def stats_command(app: AppContext, as_json: bool) -> None:
     for key in (*_STATUSES, "total", "erased"):
         echo(f"{key}: {counts[key]}")
     echo(_rates_line(f"last {RATE_DAYS} days", recent))
+    echo(_other_line(other_hard, other_complaints))
     echo(_rates_line(f"last digest {day.isoformat() if day else '(none)'}", last))

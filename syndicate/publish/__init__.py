@@ -20,8 +20,9 @@ take part).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import syndicate
 
 if TYPE_CHECKING:
     from syndicate.publish.pool import PARALLEL_MIN, BuildTuning
@@ -44,14 +45,7 @@ _HOME = {
     "sync_articles": "syndicate.publish.sync",
 }
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value  # the next lookup finds it here
-    return value
+__getattr__ = syndicate.lazy_attributes(globals(), _HOME)
 
 
 __all__ = [

@@ -19,8 +19,9 @@ digests still owed), `digests` (which digest goes out, its page and messages),
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import syndicate
 
 if TYPE_CHECKING:
     from syndicate.errors import RecipientRefusedError, TransientSendError
@@ -81,14 +82,7 @@ _HOME = {
     "read_dkim_key": "syndicate.send.transports",
 }
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value  # the next lookup finds it here
-    return value
+__getattr__ = syndicate.lazy_attributes(globals(), _HOME)
 
 
 __all__ = [

@@ -3,7 +3,8 @@
 `apply_report` records one bounce or complaint against a subscriber in one
 transaction, keyed by the report mail (its Message-ID, else a hash of its
 bytes), so the same mail read twice changes nothing. A hard bounce makes a
-confirmed or pending subscriber `bounced`; soft bounces make them `bounced`
+confirmed or pending subscriber `bounced` (a sign-up that never agreed to anything
+still lapses as a pending one: `subscribers.expire_sign_ups`); soft bounces make them `bounced`
 once mail.bounce_limit digests in a row bounced softly (a digest sent between
 them that did not bounce starts the count again); a complaint makes them
 `complained`, whatever their status was.
@@ -42,17 +43,24 @@ _INSERT_EVENT = """
     INSERT INTO mail_events (subscriber_id, kind, digest_day, detail, created_at)
     VALUES (:id, :kind, :day, :detail, :now)
 """
-# A hard bounce: a subscriber still (to be) mailed is bounced.
-_HARD_BOUNCE = """
-    UPDATE subscribers SET status = 'bounced', bounced_at = :now, updated_at = :now
-    WHERE id = :id AND status IN ('confirmed', 'pending')
+# A pending row nothing changed since it was stored keeps updated_at as it is when it
+# bounces: a sign-up that never agreed to anything still lapses, bounced, when it would have
+# (store.subscribers._LAPSED_FORM_ROW), and is not kept for ever.
+_BOUNCED_UPDATED_AT = """
+    updated_at = CASE WHEN status = 'pending' AND updated_at = created_at THEN updated_at
+                      ELSE :now END
 """
+# A hard bounce: a subscriber still (to be) mailed is bounced.
+_HARD_BOUNCE = f"""
+    UPDATE subscribers SET status = 'bounced', bounced_at = :now, {_BOUNCED_UPDATED_AT}
+    WHERE id = :id AND status IN ('confirmed', 'pending')
+"""  # noqa: S608
 # A hard bounce of a confirmation mail: only the pending sign-up it asked to confirm is
 # bounced (one who confirmed since proved the address works; their digests' bounces count).
-_HARD_BOUNCE_PENDING = """
-    UPDATE subscribers SET status = 'bounced', bounced_at = :now, updated_at = :now
+_HARD_BOUNCE_PENDING = f"""
+    UPDATE subscribers SET status = 'bounced', bounced_at = :now, {_BOUNCED_UPDATED_AT}
     WHERE id = :id AND status = 'pending'
-"""
+"""  # noqa: S608
 # Soft bounces: a confirmed subscriber is bounced.
 _SOFT_LIMIT = """
     UPDATE subscribers SET status = 'bounced', bounced_at = :now, updated_at = :now
@@ -83,16 +91,47 @@ _SOFT_STREAK = """
 _LAST_SENT_DAY = """
     SELECT max(digest_day) FROM deliveries WHERE subscriber_id = ? AND status = 'sent'
 """
+# A rate's numerator counts the messages its denominator counts: the ledger's `sent` rows
+# (digests, one per subscriber and day). A report counts when it is about one of them (its
+# digest day and subscriber), each message once a kind however many reports name it; a
+# confirmation mail's (no digest day), or one about a digest the span does not count, is in
+# no rate. Reports are read after their message went, so only those read in the span are
+# looked at.
 # Messages accepted since a time (the ledger's `sent` rows are stamped when accepted).
 _SENT_SINCE = "SELECT count(*) FROM deliveries WHERE status = 'sent' AND updated_at >= ?"
-# Bounces and complaints recorded since a time.
-_EVENTS_SINCE = "SELECT kind, count(*) FROM mail_events WHERE created_at >= ? GROUP BY kind"
+# Of those messages, the ones that bounced or drew a complaint, per kind.
+_EVENTS_SINCE = """
+    SELECT kind, count(*) FROM (
+        SELECT DISTINCT e.kind, e.subscriber_id, e.digest_day
+        FROM mail_events AS e
+        JOIN deliveries AS d ON d.digest_day = e.digest_day AND d.subscriber_id = e.subscriber_id
+        WHERE e.created_at >= :since AND d.status = 'sent' AND d.updated_at >= :since
+    ) AS messages
+    GROUP BY kind
+"""
+# Reports read since a time about mail none of those messages is: confirmation mails, and
+# digests accepted before the span (or retired with `digest --retire`).
+_OTHER_EVENTS_SINCE = """
+    SELECT kind, count(*) FROM mail_events AS e
+    WHERE e.created_at >= :since AND NOT EXISTS (
+        SELECT 1 FROM deliveries AS d
+        WHERE d.digest_day = e.digest_day AND d.subscriber_id = e.subscriber_id
+          AND d.status = 'sent' AND d.updated_at >= :since
+    )
+    GROUP BY kind
+"""
 # The latest digest that was sent to anyone.
 _LAST_DIGEST = "SELECT max(digest_day) FROM deliveries WHERE status = 'sent'"
 # Messages of one digest accepted.
 _SENT_OF_DAY = "SELECT count(*) FROM deliveries WHERE status = 'sent' AND digest_day = ?"
-# Bounces and complaints about one digest.
-_EVENTS_OF_DAY = "SELECT kind, count(*) FROM mail_events WHERE digest_day = ? GROUP BY kind"
+# Of those messages, the ones that bounced or drew a complaint, per kind.
+_EVENTS_OF_DAY = """
+    SELECT e.kind, count(DISTINCT e.subscriber_id)
+    FROM mail_events AS e
+    JOIN deliveries AS d ON d.digest_day = e.digest_day AND d.subscriber_id = e.subscriber_id
+    WHERE e.digest_day = ? AND d.status = 'sent'
+    GROUP BY e.kind
+"""
 
 
 def _iso(moment: datetime) -> str:
@@ -192,14 +231,26 @@ class Rates:
 
 
 def recent_rates(db: Database, *, now: datetime, days: int = RATE_DAYS) -> Rates:
-    """Return the rates of the last `days` days (messages accepted, reports read)."""
+    """Return the rates of the last `days` days: the messages accepted, and of those the
+    ones that bounced hard or drew a complaint (by the reports read in the span)."""
     since = _iso(now - timedelta(days=days))
     try:
         sent = int(db.conn.execute(_SENT_SINCE, (since,)).fetchone()[0])
-        kinds = dict(db.conn.execute(_EVENTS_SINCE, (since,)).fetchall())
+        kinds = dict(db.conn.execute(_EVENTS_SINCE, {"since": since}).fetchall())
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return Rates(sent, int(kinds.get("hard", 0)), int(kinds.get("complaint", 0)))
+
+
+def other_reports(db: Database, *, now: datetime, days: int = RATE_DAYS) -> tuple[int, int]:
+    """Return the hard bounces and complaints read in the last `days` days that are in no
+    rate: about confirmation mails, or digests accepted before the span or retired."""
+    since = _iso(now - timedelta(days=days))
+    try:
+        kinds = dict(db.conn.execute(_OTHER_EVENTS_SINCE, {"since": since}).fetchall())
+    except DB_ERRORS as exc:
+        raise _fail(db, exc) from exc
+    return int(kinds.get("hard", 0)), int(kinds.get("complaint", 0))
 
 
 def last_digest_rates(db: Database) -> tuple[date | None, Rates]:

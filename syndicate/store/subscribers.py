@@ -88,7 +88,9 @@ _SET_LANGUAGE = "UPDATE subscribers SET language = :language WHERE id = :id"
 # for ever. Such a row has no
 # signed_up_at, and no confirm_sent_at (`add` and `import` mail nothing) or a name (the form
 # stores none); a row the form made before signed_up_at was kept (schema step 8) has none
-# either, but its confirmation's confirm_sent_at and no name, and lapses as any other.
+# either, but its confirmation's confirm_sent_at and no name, and lapses as any other. A row
+# the form made that only its confirmation mail's bounce changed (bounced, updated_at still
+# created_at) keeps updated_at: it never agreed to anything, and lapses as a pending one.
 _SIGN_UP_AGAIN = """
     UPDATE subscribers SET signed_up_at = :now, mailbox_key = :mailbox,
         status = CASE WHEN :rejoin THEN 'pending' ELSE status END,
@@ -101,6 +103,11 @@ _SIGN_UP_AGAIN = """
         complained_at = CASE WHEN :rejoin AND status = 'complained'
                              THEN coalesce(complained_at, updated_at) ELSE complained_at END,
         updated_at = CASE
+            WHEN :rejoin AND status = 'bounced' AND updated_at = created_at
+                 AND confirmed_at IS NULL AND unsubscribed_at IS NULL
+                 AND complained_at IS NULL
+                 AND (signed_up_at IS NOT NULL
+                      OR (name IS NULL AND confirm_sent_at = created_at)) THEN updated_at
             WHEN :rejoin OR (signed_up_at IS NULL AND (confirm_sent_at IS NULL
                                                        OR name IS NOT NULL)) THEN :now
             ELSE updated_at END,
@@ -126,20 +133,25 @@ _SELECT_UNKEYED = (
 _SET_MAILBOX_KEY = "UPDATE subscribers SET mailbox_key = ? WHERE id = ?"
 # Delete a batch of lapsed sign-ups, in id order from :last: rows signed up through the form
 # (signed_up_at; or, made before it was kept, with no name and mailed as they were stored:
-# confirm_sent_at = created_at) that are pending and were never anything else (no status
-# stamp, never updated since stored: an imported row the form touched keeps it, see
-# _SIGN_UP_AGAIN), whose last sign-up and mail are older than :before. A form of then that
-# mailed a pending row again set confirm_sent_at alone: such a row may be one imported, and
-# stays (as it did before signed_up_at) until its person signs up again.
+# confirm_sent_at = created_at) that never agreed to anything: pending, or bounced by their
+# own confirmation mails (store/bounces.py), with no other status stamp and never updated
+# since stored (an imported row the form touched keeps it, see _SIGN_UP_AGAIN; a hard bounce
+# of a pending row, and the form bringing such a bounced row back, leave updated_at as it
+# is; a bounce stamped the second the row was stored is taken for an import's `bounced`, kept
+# as every import is), whose last sign-up and mail are older than :before: the moment they
+# would have gone had nothing bounced. A form of then that mailed a pending row again set
+# confirm_sent_at alone: such a row may be one imported, and stays (as it did before
+# signed_up_at) until its person signs up again.
 _LAPSED_FORM_ROW = """
-    status = 'pending'
+    status IN ('pending', 'bounced')
     AND coalesce(
         signed_up_at,
         CASE WHEN name IS NULL AND confirm_sent_at = created_at THEN confirm_sent_at END
     ) < :before
     AND (confirm_sent_at IS NULL OR confirm_sent_at < :before)
-    AND confirmed_at IS NULL AND unsubscribed_at IS NULL AND bounced_at IS NULL
-    AND complained_at IS NULL AND updated_at = created_at
+    AND confirmed_at IS NULL AND unsubscribed_at IS NULL AND complained_at IS NULL
+    AND (bounced_at IS NULL OR bounced_at > created_at)
+    AND updated_at = created_at
 """
 # The outer WHERE repeats the test: PostgreSQL checks it again on a row that a sign-up of
 # that moment changed while the DELETE waited for it (READ COMMITTED re-reads the row, not
@@ -541,10 +553,13 @@ def expire_sign_ups(
     A sign-up lapses once its last sign-up and confirmation mail are older than the
     link's `link_hours` (subscribe.confirm_hours) and the confirmation cap's window
     (CONFIRM_MAILS_WINDOW: a row the cap still counts must stay, or the mailbox could be
-    mailed again at once). A row the form made that was never anything but pending is
-    deleted. An address back through the form after it unsubscribed, bounced or
-    complained is put back to that status, its stamps as they were (its link expires all
-    the same); one imported as pending waits for its own confirmation. Suppressions
+    mailed again at once). A row the form made that never agreed to anything (pending, or
+    bounced by its own confirmation mails, and nothing else) is deleted, at the moment it
+    would have been had nothing bounced; a lapse keeps no hash of it (only `erase` does).
+    An address back through the form after it unsubscribed, bounced or complained is put
+    back to that status, its stamps as they were (its link expires all the same); it runs
+    after the deletions, which take the rows that had bounced only by their confirmation
+    mails. One imported as pending waits for its own confirmation. Suppressions
     (erased addresses) are never touched. Works in batches of `batch` rows, each its own
     transaction, so the write lock is held briefly whatever the count.
     """
