@@ -1001,3 +1001,79 @@ async def test_a_queue_that_cannot_open_its_second_connection_leaves_none_open(
                 (role,),
             )
             admin.execute(f'DROP ROLE "{role}"')
+
+
+def _waiting(other: psycopg.Connection[tuple[object, ...]], count: int) -> None:
+    """Wait until `count` locks are waited for (row locks: a tuple or a transaction)."""
+    deadline = time.monotonic() + 10
+    while other.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone() != (count,):
+        assert time.monotonic() < deadline, "never waited for the row"
+        time.sleep(0.01)
+
+
+def _mark_as_a_sender(db: Database, ids: list[int], now: datetime) -> None:
+    """Mark `ids` sent as `send` does: the prepared statement of the queue's marks."""
+
+    async def mark() -> None:
+        assert isinstance(db, PgDatabase)
+        queue = await ledger.PgQueue.open(db)
+        try:
+            await queue.mark(day=DAY, subscriber_ids=ids, now=now)
+        finally:
+            await queue.close()
+
+    asyncio.run(mark())
+
+
+def test_a_renewal_never_waits_for_a_stalled_workers_mark(tmp_path: Path) -> None:
+    # run1/1 stalled past its lease with two messages at the server; run2/1 took both rows
+    # over. run1/1's mark (here in subscriber order) and run2/1's renewal (in the order its
+    # plan read the rows: here row 2's version lies first) each took one row and waited for
+    # the other's: PostgreSQL broke the deadlock by failing one, and that machine's send
+    # exited 75 (test_send_machines' ten kills, once at load 15).
+    url = _pg_url()
+    with (
+        _store(tmp_path, 300) as db,
+        open_store(tmp_path / "queue.db") as stalled,
+        psycopg.connect(url, autocommit=True) as blocker,
+        psycopg.connect(url, autocommit=True) as watcher,
+    ):
+        ledger.enqueue_owed(db, day=DAY, now=T0)
+        db.conn.execute("ANALYZE deliveries")
+        assert _claim(db, "run1/1", T0, limit=300) == list(range(1, 301))
+        later = T0 + timedelta(seconds=LEASE + 1)
+        assert _claim(db, "run2/1", later, limit=300) == list(range(1, 301))
+        # A new version of row 1, after row 2's (lease_until is indexed: not a HOT update).
+        db.conn.execute(
+            "UPDATE deliveries SET lease_until = lease_until || '0' WHERE subscriber_id = 1"
+        )
+        errors: list[BaseException] = []
+        held: list[set[int]] = []
+
+        def mark() -> None:
+            try:
+                _mark_as_a_sender(stalled, [1, 2], later)
+            except BaseException as exc:
+                errors.append(exc)
+
+        def renew() -> None:
+            try:
+                held.append(ledger.renew(db, day=DAY, owner="run2/1", now=later, lease=LEASE))
+            except BaseException as exc:
+                errors.append(exc)
+
+        with blocker.transaction():
+            blocker.execute("SELECT 1 FROM deliveries WHERE subscriber_id = 1 FOR UPDATE")
+            marking = threading.Thread(target=mark)
+            marking.start()
+            _waiting(watcher, 1)  # the mark waits for row 1, first in line
+            renewing = threading.Thread(target=renew)
+            renewing.start()
+            renewing.join(timeout=30)  # at once: it passes row 1 by
+            assert not renewing.is_alive(), "the renewal waited for a row"
+        marking.join(timeout=30)
+        assert not errors, [(e, getattr(e.__cause__, "sqlstate", None)) for e in errors]
+        # Row 1 was locked: not this worker's to send now (sent meanwhile). Row 2 was free
+        # when the renewal read it (the mark had not reached it), so it was renewed.
+        assert held == [set(range(2, 301))]
+        assert ledger.day_counts(db, day=DAY) == {"sent": 2, "sending": 298}

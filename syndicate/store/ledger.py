@@ -777,14 +777,35 @@ def claim_statement(dialect: str) -> str:
 # confirmed (unsubscribed, bounced, complained since the claim; an erased one has no row):
 # nobody who left is mailed by a run that claimed them before. Rows sent, failed or in
 # doubt have no expiry.
-_RENEW = """
+#
+# On PostgreSQL the rows are locked first, passing by any row another transaction holds
+# locked (`_HELD_ROWS`): it is changing hands or being marked (sent by a worker that stalled
+# past its lease, or this worker's own mark or charge under way on its other connection), so
+# it is not a row to keep sending now. Waiting for it deadlocked: a stalled worker's sent
+# mark of rows the renewing worker had taken over took them in its plan's order, the
+# renewal in its own, each took one and waited for the other's, and PostgreSQL failed one
+# of them (40P01): that machine's send exited 75. Never waiting, the renewal and the release
+# are in no such cycle, whatever order any plan reads rows in.
+_HELD_ROWS = """
+    id = ANY(ARRAY(
+        SELECT d.id FROM deliveries AS d
+        WHERE d.digest_day = :day AND d.status <> 'sent' AND d.lease_until IS NOT NULL
+          AND d.lease_owner = :owner AND d.status = 'sending'
+        FOR UPDATE SKIP LOCKED
+    ))"""
+_RENEW_TEMPLATE = """
     UPDATE deliveries SET lease_until = :until
-    WHERE digest_day = :day AND status <> 'sent' AND lease_until IS NOT NULL
-      AND lease_owner = :owner AND status = 'sending'
+    WHERE {held}
       AND (SELECT s.status FROM subscribers AS s WHERE s.id = deliveries.subscriber_id)
           = 'confirmed'
     RETURNING subscriber_id
 """
+_HELD_SQLITE = """digest_day = :day AND status <> 'sent' AND lease_until IS NOT NULL
+      AND lease_owner = :owner AND status = 'sending'"""
+_RENEW = {
+    "sqlite": _RENEW_TEMPLATE.format(held=_HELD_SQLITE),
+    "postgresql": _RENEW_TEMPLATE.format(held=_HELD_ROWS),
+}
 
 # Still held: whether :owner holds one row (as _RENEW would keep it), its subscriber still
 # confirmed. Asked before a deferred recipient's retry: one row, not a renewal of every row
@@ -797,11 +818,15 @@ _STILL_HELD = """
 
 # Release: rows :owner claimed but never started (a stop, a limit, a setup error) are
 # owed again, to any worker of any run, at once.
-_RELEASE = """
+# On PostgreSQL passing by rows another transaction holds, as the renewal (`_HELD_ROWS`).
+_RELEASE_TEMPLATE = """
     UPDATE deliveries SET lease_owner = NULL, lease_until = NULL
-    WHERE digest_day = :day AND status <> 'sent' AND lease_until IS NOT NULL
-      AND lease_owner = :owner AND status = 'sending'
+    WHERE {held}
 """
+_RELEASE = {
+    "sqlite": _RELEASE_TEMPLATE.format(held=_HELD_SQLITE),
+    "postgresql": _RELEASE_TEMPLATE.format(held=_HELD_ROWS),
+}
 
 # Park: deferred rows :owner will not retry in this run (past its retry window) keep their
 # owner with no expiry, as a failed or in-doubt row does: no worker of this run claims them,
@@ -1041,7 +1066,7 @@ def renew(db: Database, *, day: date, owner: str, now: datetime, lease: float) -
         "until": lease_stamp(now + timedelta(seconds=lease)),
     }
     try:
-        rows = _one_statement(db, _RENEW, params, fetch=True)
+        rows = _one_statement(db, _RENEW[db.dialect], params, fetch=True)
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
     return {int(r[0]) for r in rows}
@@ -1059,7 +1084,7 @@ def still_held(db: Database, *, day: date, owner: str, subscriber_id: int) -> bo
 def release(db: Database, *, day: date, owner: str) -> None:
     """Give back the rows of `day` that `owner` claimed and never started."""
     try:
-        _one_statement(db, _RELEASE, {"day": day.isoformat(), "owner": owner})
+        _one_statement(db, _RELEASE[db.dialect], {"day": day.isoformat(), "owner": owner})
     except DB_ERRORS as exc:
         raise _fail(db, exc) from exc
 
