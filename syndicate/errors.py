@@ -133,11 +133,8 @@ class StoreBusyError(StoreError):
 
     exit_code: ClassVar[int] = EXIT_TEMPFAIL
 
-    def __init__(self, path: str) -> None:
-        super().__init__(
-            f"{path}: the database is busy (another syndicate command is writing). "
-            "Try again in a moment."
-        )
+    def __init__(self, path: str, reason: str = "another syndicate command is writing") -> None:
+        super().__init__(f"{path}: the database is busy ({reason}). Try again in a moment.")
         self.path = path
 
 

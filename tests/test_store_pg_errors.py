@@ -18,6 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from syndicate.errors import StoreBusyError
 from syndicate.store import DB_ERRORS, INTEGRITY_ERRORS, PgDatabase, open_database, store_error
 from syndicate.store.pgerrors import PgError, PgIntegrityError
 from tests.plugins.postgres import ENV_STORE_URL, Cluster
@@ -153,3 +154,27 @@ async def test_the_async_connections_errors_are_the_stores(pg: PgDatabase) -> No
     with pytest.raises(PgError) as closed:  # a closed connection: the server is gone
         await conn.execute("SELECT 1")
     assert closed.value.broken
+
+
+def test_a_busy_server_says_what_kept_it_busy(pg: PgDatabase) -> None:
+    """Each of PostgreSQL's "try again later" errors is the busy line (exit 75), saying what
+    happened: a deadlock between two senders was reported as "another syndicate command is
+    writing", which sent an operator looking for a command that was not there."""
+    pg.conn.execute("SET statement_timeout = 50")
+    with pytest.raises(PgError) as caught:
+        pg.conn.execute("SELECT pg_sleep(5)")
+    pg.conn.execute("SET statement_timeout = 0")
+    _check(caught.value, "57014")
+    timed_out = store_error(pg.path, "cannot read", caught.value)
+    assert isinstance(timed_out, StoreBusyError)
+    assert timed_out.exit_code == 75
+    assert str(timed_out) == (
+        f"{pg.path}: the database is busy (a statement ran past its time limit). "
+        "Try again in a moment."
+    )
+    deadlock = store_error(pg.path, "cannot mark", PgError("deadlock", sqlstate="40P01"))
+    assert "waited on each other's rows; PostgreSQL stopped this one" in str(deadlock)
+    full = store_error(pg.path, "cannot open", PgError("too many", sqlstate="53300"))
+    assert "no connection free (max_connections)" in str(full)
+    lock = store_error(pg.path, "cannot write", PgError("lock timeout", sqlstate="55P03"))
+    assert "(another syndicate command is writing)" in str(lock)

@@ -35,7 +35,14 @@ from syndicate.errors import (
     StoreUpgradeError,
 )
 from syndicate.store.pg_schema import PG_FIRST_VERSION, PG_MIGRATIONS
-from syndicate.store.pgerrors import PgError, PgIntegrityError, is_busy, is_full, is_gone
+from syndicate.store.pgerrors import (
+    PgError,
+    PgIntegrityError,
+    busy_reason,
+    is_busy,
+    is_full,
+    is_gone,
+)
 from syndicate.store.schema import MIGRATIONS
 
 # Busy timeout: a concurrent writer (the web app beside `syndicate send`) waits this long
@@ -105,7 +112,8 @@ def store_error(path: Path | str, what: str, exc: Exception) -> StoreError:
         if is_gone(exc):
             return unreachable(str(path), exc)
         if is_busy(exc):
-            return StoreBusyError(str(path))
+            reason = busy_reason(exc)
+            return StoreBusyError(str(path), reason) if reason else StoreBusyError(str(path))
         if exc.sqlstate == INSUFFICIENT_PRIVILEGE:
             return not_permitted(f"{path}: {what}: {_first_line(exc)}.")
         return StoreError(f"{path}: {what}: {_first_line(exc)}.")

@@ -38,6 +38,21 @@ class PgIntegrityError(PgError):
     """A UNIQUE, CHECK or foreign key constraint refused a row (SQLSTATE class 23)."""
 
 
+# Why PostgreSQL said "try again later", as the busy line says it (a lock waited for past
+# store.busy_timeout, 55P03, is the line's own words: another command is writing).
+_BUSY_REASONS = {
+    "57014": "a statement ran past its time limit",
+    "40P01": "two syndicate processes waited on each other's rows; PostgreSQL stopped this one",
+    "40001": "another syndicate process changed the same rows at the same moment",
+    "53300": "the PostgreSQL server has no connection free (max_connections)",
+}
+
+
+def busy_reason(exc: BaseException) -> str | None:
+    """What made a busy PostgreSQL error busy, in words, or None for a lock waited for."""
+    return _BUSY_REASONS.get(getattr(exc, "sqlstate", None) or "")
+
+
 def is_busy(exc: BaseException) -> bool:
     """True for a server that is there but busy: try again in a moment."""
     return getattr(exc, "sqlstate", None) in _BUSY_STATES
