@@ -157,5 +157,8 @@ def result(future: Future[_T]) -> _T:
             try:
                 return future.result(timeout=POLL)
             except TimeoutError:
-                if future.done():  # the task itself raised TimeoutError
-                    raise
+                if not future.done():
+                    continue
+            # Done: the task's own TimeoutError, or a task that finished after the slice's
+            # wait timed out (another thread sets it at any moment): its value or exception.
+            return future.result()

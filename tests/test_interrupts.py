@@ -136,6 +136,32 @@ def test_waiting_for_a_result_is_cut_short_between_two_slices() -> None:
     assert interrupts.result(done) == 7
 
 
+def test_a_result_that_comes_as_a_slice_times_out_is_returned() -> None:
+    # The task finishes after a slice's wait timed out and before `result` looks whether it
+    # is done: the worker's thread sets it at any moment. Its value, not the slice's
+    # TimeoutError (which ended a build with a traceback, once in thousands of waits).
+    late: Future[int] = Future()
+    finished: list[bool] = []
+
+    def finish_at_done(frame: Any, event: str, arg: object) -> None:
+        if (
+            event == "call"
+            and frame.f_code is Future.done.__code__
+            and frame.f_locals.get("self") is late
+            and not finished
+        ):
+            finished.append(True)
+            late.set_result(7)
+
+    sys.setprofile(finish_at_done)
+    try:
+        value = interrupts.result(late)
+    finally:
+        sys.setprofile(None)
+    assert finished
+    assert value == 7
+
+
 # Deliver SIGTERM or SIGINT from a trace function, at the Nth call of a function of these
 # modules in the main thread: as Python runs a handler at a function's entry.
 TRACER = r"""
