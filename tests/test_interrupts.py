@@ -91,6 +91,30 @@ def test_outside_a_section_a_signal_raises_at_once_and_sigterm_only_once() -> No
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
+def test_ctrl_c_ignored_when_the_command_starts_stays_ignored() -> None:
+    # A shell starts a script's background job (`syndicate build &`) with SIGINT ignored,
+    # and Python leaves it so: the terminal's Ctrl-C, meant for the job in the foreground,
+    # stopped the build once its handler took SIGINT too.
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reached: list[str] = []
+
+    def work() -> None:
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.raise_signal(signal.SIGINT)
+        with interrupts.held():
+            signal.raise_signal(signal.SIGINT)
+        with interrupts.python_sigint():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        reached.append("done")
+
+    try:
+        _inside(work)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert reached == ["done"]
+
+
 def test_a_section_held_by_another_thread_does_not_hold_the_main_threads_signal() -> None:
     inside, leave = threading.Event(), threading.Event()
 
