@@ -80,21 +80,26 @@ def raising() -> Iterator[None]:
 
     A process forked from this one (the build's workers) ends by SIGTERM and raises
     KeyboardInterrupt on SIGINT, as before. Elsewhere than the main thread (a test's server
-    thread) Python sets no handler: nothing changes. The handlers found are put back after.
+    thread) Python sets no handler: nothing changes. A SIGINT ignored when the command
+    starts stays ignored. The handlers found are put back after.
     """
     if threading.get_ident() != _MAIN:
         yield
         return
     _State.pid, _State.depth, _State.came = os.getpid(), 0, []
     before_term = signal.signal(signal.SIGTERM, _handler)
-    before_int = signal.signal(signal.SIGINT, _handler)
+    # Ctrl-C the parent ignores (a script's background job, `syndicate build &`) stays
+    # ignored, as Python leaves it: the terminal's Ctrl-C is for the job in the foreground.
+    take_int = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    before_int = signal.signal(signal.SIGINT, _handler) if take_int else None
     try:
         yield
     finally:
         # None: a handler not set from Python, which cannot be put back from it.
-        signal.signal(
-            signal.SIGINT, signal.default_int_handler if before_int is None else before_int
-        )
+        if take_int:
+            signal.signal(
+                signal.SIGINT, signal.default_int_handler if before_int is None else before_int
+            )
         signal.signal(signal.SIGTERM, signal.SIG_DFL if before_term is None else before_term)
         _State.pid = None
 
@@ -157,5 +162,8 @@ def result(future: Future[_T]) -> _T:
             try:
                 return future.result(timeout=POLL)
             except TimeoutError:
-                if future.done():  # the task itself raised TimeoutError
-                    raise
+                if not future.done():
+                    continue
+            # Done: the task's own TimeoutError, or a task that finished after the slice's
+            # wait timed out (another thread sets it at any moment): its value or exception.
+            return future.result()

@@ -91,6 +91,30 @@ def test_outside_a_section_a_signal_raises_at_once_and_sigterm_only_once() -> No
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
+def test_ctrl_c_ignored_when_the_command_starts_stays_ignored() -> None:
+    # A shell starts a script's background job (`syndicate build &`) with SIGINT ignored,
+    # and Python leaves it so: the terminal's Ctrl-C, meant for the job in the foreground,
+    # stopped the build once its handler took SIGINT too.
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reached: list[str] = []
+
+    def work() -> None:
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.raise_signal(signal.SIGINT)
+        with interrupts.held():
+            signal.raise_signal(signal.SIGINT)
+        with interrupts.python_sigint():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        reached.append("done")
+
+    try:
+        _inside(work)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert reached == ["done"]
+
+
 def test_a_section_held_by_another_thread_does_not_hold_the_main_threads_signal() -> None:
     inside, leave = threading.Event(), threading.Event()
 
@@ -134,6 +158,32 @@ def test_waiting_for_a_result_is_cut_short_between_two_slices() -> None:
     done: Future[int] = Future()
     done.set_result(7)
     assert interrupts.result(done) == 7
+
+
+def test_a_result_that_comes_as_a_slice_times_out_is_returned() -> None:
+    # The task finishes after a slice's wait timed out and before `result` looks whether it
+    # is done: the worker's thread sets it at any moment. Its value, not the slice's
+    # TimeoutError (which ended a build with a traceback, once in thousands of waits).
+    late: Future[int] = Future()
+    finished: list[bool] = []
+
+    def finish_at_done(frame: Any, event: str, arg: object) -> None:
+        if (
+            event == "call"
+            and frame.f_code is Future.done.__code__
+            and frame.f_locals.get("self") is late
+            and not finished
+        ):
+            finished.append(True)
+            late.set_result(7)
+
+    sys.setprofile(finish_at_done)
+    try:
+        value = interrupts.result(late)
+    finally:
+        sys.setprofile(None)
+    assert finished
+    assert value == 7
 
 
 # Deliver SIGTERM or SIGINT from a trace function, at the Nth call of a function of these

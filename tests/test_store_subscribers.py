@@ -703,6 +703,20 @@ def test_a_sign_up_whose_confirmations_bounced_twice_goes_at_its_last_lapse(
     assert list(iter_subscribers(db)) == []
 
 
+def test_a_sign_up_whose_confirmation_bounced_in_its_second_goes_too(
+    db: Database,
+    now,  # type: ignore[no-untyped-def]
+) -> None:
+    # A bounce piped back from the mail server (`syndicate bounces -`) is recorded in the
+    # second of the sign-up: stamped as an import's `bounced` is, it was kept for ever.
+    signed_up = now - timedelta(hours=49)
+    row = signup(db, "khong-co@example.org", language="vi", now=signed_up)[0]
+    _bounce_confirmation(db, row.id, now=signed_up)
+    assert get_by_id(db, row.id).status is SubscriptionStatus.BOUNCED  # type: ignore[union-attr]
+    assert expire_sign_ups(db, now=now, link_hours=48) == (1, 0)
+    assert list(iter_subscribers(db)) == []
+
+
 def test_a_bounced_address_that_had_agreed_or_was_imported_keeps_its_row(
     db: Database,
     now,  # type: ignore[no-untyped-def]

@@ -138,10 +138,11 @@ _SET_MAILBOX_KEY = "UPDATE subscribers SET mailbox_key = ? WHERE id = ?"
 # since stored (an imported row the form touched keeps it, see _SIGN_UP_AGAIN; a hard bounce
 # of a pending row, and the form bringing such a bounced row back, leave updated_at as it
 # is; a bounce stamped the second the row was stored is taken for an import's `bounced`, kept
-# as every import is), whose last sign-up and mail are older than :before: the moment they
-# would have gone had nothing bounced. A form of then that mailed a pending row again set
-# confirm_sent_at alone: such a row may be one imported, and stays (as it did before
-# signed_up_at) until its person signs up again.
+# as every import is, unless a confirmation mail's hard bounce was recorded: one piped back
+# from the mail server lands in the second of the sign-up), whose last sign-up and mail are
+# older than :before: the moment they would have gone had nothing bounced. A form of then
+# that mailed a pending row again set confirm_sent_at alone: such a row may be one imported,
+# and stays (as it did before signed_up_at) until its person signs up again.
 _LAPSED_FORM_ROW = """
     status IN ('pending', 'bounced')
     AND coalesce(
@@ -150,7 +151,10 @@ _LAPSED_FORM_ROW = """
     ) < :before
     AND (confirm_sent_at IS NULL OR confirm_sent_at < :before)
     AND confirmed_at IS NULL AND unsubscribed_at IS NULL AND complained_at IS NULL
-    AND (bounced_at IS NULL OR bounced_at > created_at)
+    AND (bounced_at IS NULL OR bounced_at > created_at OR EXISTS (
+        SELECT 1 FROM mail_events AS e
+        WHERE e.subscriber_id = subscribers.id AND e.kind = 'hard' AND e.digest_day IS NULL
+    ))
     AND updated_at = created_at
 """
 # The outer WHERE repeats the test: PostgreSQL checks it again on a row that a sign-up of
