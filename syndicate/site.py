@@ -419,7 +419,8 @@ class SiteRenderer:
         self._index = self.env.get_template(INDEX_TEMPLATE)
         self._chromes: dict[str, PageChrome] = {}  # by root
         digest = hashlib.blake2b(digest_size=16)
-        digest.update(repr((RENDER_VERSION, babel.__version__, info)).encode())
+        # The words of the pages (all languages: a credit is in its article's) too.
+        digest.update(repr((RENDER_VERSION, babel.__version__, info, _STRINGS)).encode())
         for name, source in sources:
             digest.update(name.encode() + b"\0" + source.encode() + b"\0")
         self.fingerprint = digest.hexdigest()

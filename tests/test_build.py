@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import feedparser
 import pytest
 
-from syndicate import load, publish
+from syndicate import i18n, load, publish
 from syndicate.config import Settings, load_settings
 from syndicate.errors import InputError, WorkerError
 from syndicate.publish import BuildTuning, run_build, sync_articles
@@ -249,6 +249,37 @@ def test_rebuild_with_nothing_changed_parses_and_writes_nothing(
     assert summary.written == 0
     assert summary.unchanged == len(stamps)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_new_wording_renders_the_feeds_and_pages_that_carry_it_again(
+    settings: Settings,
+    db: Database,
+    now: datetime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A release that words a string otherwise (a credit's "Theo …") is seen by the next
+    build: the feeds and pages were taken as fresh, kept the old words, and kept them until
+    their article changed."""
+    (settings.paths.seeds / "001.txt").write_text(
+        "Khánh thành cầu mới\n31/10/2024 09:15\nQTO - Sáng nay, tỉnh khánh thành cây cầu.\n"
+        "Cây cầu dài 300 mét, rộng 12 mét.\nTheo TTXVN\n",
+        encoding="utf-8",
+    )
+    run_build(settings, db, now=now)
+    output = settings.paths.output
+    names = ["rss.xml", "atom.xml", "feed.json", "articles/khanh-thanh-cau-moi.html"]
+    for name in names:
+        assert "Theo TTXVN" in (output / name).read_text(encoding="utf-8"), name
+    pages = i18n.STRINGS["pages"]
+    monkeypatch.setitem(pages, "vi", {**pages["vi"], "credit": "Nguồn: {source}"})
+
+    summary = run_build(settings, db, now=now)
+
+    assert summary.written >= len(names)
+    for name in names:
+        text = (output / name).read_text(encoding="utf-8")
+        assert "Nguồn: TTXVN" in text, name
+        assert "Theo TTXVN" not in text, name
 
 
 def test_touched_dump_is_matched_by_content_hash(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
-from syndicate import feeds
+from syndicate import feeds, i18n, model, text
 from syndicate.config import Settings, base_url, site_templates_dir
 from syndicate.errors import DumpError, StoreError, SyndicateError
 from syndicate.feeds import ENTRY_ERRORS, FeedInfo, build_feed
@@ -475,10 +475,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 @functools.cache
 def _feeds_code() -> str:
-    """What the feed bytes depend on besides their inputs: the feeds module's code and the
-    libraries that write them (a change to either renders the feeds again)."""
-    source = Path(feeds.__file__).read_bytes()
-    return _hash(repr((feeds.LIBRARY_VERSIONS, source)).encode())
+    """What the feed bytes depend on besides their inputs: the code that writes them (the
+    feeds module, and the model, text and strings modules whose helpers shape an entry:
+    its photo notes, credit line, cuts) and the libraries under it (a change to any of
+    them renders the feeds again)."""
+    sources = [Path(m.__file__ or "").read_bytes() for m in (feeds, model, text, i18n)]
+    return _hash(repr((feeds.LIBRARY_VERSIONS, sources)).encode())
 
 
 def _write_feeds(
@@ -498,7 +500,8 @@ def _write_feeds(
     # when the newest was first seen: with the same settings and code,
     # the same inputs give the same bytes, and the feeds are not rendered again.
     key = "\0".join(
-        [_feeds_code(), repr(info), str(limit)]
+        # The strings as this process holds them (the words an entry adds: "Theo …").
+        [_feeds_code(), repr(i18n.STRINGS["pages"]), repr(info), str(limit)]
         + [
             f"{slugs[s.id]}:{s.record_hash}:{s.first_seen_at.isoformat()}:{s.story_id}:"
             f"{s.revised_at.isoformat() if s.revised_at else ''}"
