@@ -133,7 +133,8 @@ class StoreBusyError(StoreError):
 
     exit_code: ClassVar[int] = EXIT_TEMPFAIL
 
-    def __init__(self, path: str, reason: str = "another syndicate command is writing") -> None:
+    def __init__(self, path: str, reason: str | None = None) -> None:
+        reason = reason or "another syndicate command is writing"
         super().__init__(f"{path}: the database is busy ({reason}). Try again in a moment.")
         self.path = path
 

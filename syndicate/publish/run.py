@@ -476,10 +476,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 @functools.cache
 def _feeds_code() -> str:
     """What the feed bytes depend on besides their inputs: the code that writes them (the
-    feeds module, and the model, text and strings modules whose helpers shape an entry:
-    its photo notes, credit line, cuts) and the libraries under it (a change to any of
-    them renders the feeds again)."""
-    sources = [Path(m.__file__ or "").read_bytes() for m in (feeds, model, text, i18n)]
+    feeds module, and the model and text modules whose helpers shape an entry: its photo
+    notes, credit line, cuts) and the libraries under it (a change to any of them renders
+    the feeds again). The strings an entry adds are in the feeds' key as they are held."""
+    sources = [Path(m.__file__ or "").read_bytes() for m in (feeds, model, text)]
     return _hash(repr((feeds.LIBRARY_VERSIONS, sources)).encode())
 
 

@@ -112,8 +112,7 @@ def store_error(path: Path | str, what: str, exc: Exception) -> StoreError:
         if is_gone(exc):
             return unreachable(str(path), exc)
         if is_busy(exc):
-            reason = busy_reason(exc)
-            return StoreBusyError(str(path), reason) if reason else StoreBusyError(str(path))
+            return StoreBusyError(str(path), busy_reason(exc))
         if exc.sqlstate == INSUFFICIENT_PRIVILEGE:
             return not_permitted(f"{path}: {what}: {_first_line(exc)}.")
         return StoreError(f"{path}: {what}: {_first_line(exc)}.")
